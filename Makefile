@@ -1,0 +1,47 @@
+# Ferry — see README.md. Every target installs what it needs (hack/deps.sh).
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
+GO ?= go
+BIN := bin/ferry
+GUEST := build/guest/initrd.img
+# End-to-end tests boot real guests; they share the machine's two cores.
+TEST_TIMEOUT ?= 25m
+
+.PHONY: all deps build guest test unit e2e demo generate lint clean
+
+all: build
+
+deps:
+	@bash hack/deps.sh
+
+build: deps
+	$(GO) build -o $(BIN) ./cmd/ferry
+
+guest: deps
+	bash hack/build-guest.sh build/guest
+
+# The README's test command: unit tests and end-to-end tests with real QEMU,
+# real etcd and real network namespaces.
+test: deps guest build
+	FERRY_GUEST_DIR=$(CURDIR)/build/guest FERRY_BIN=$(CURDIR)/$(BIN) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 ./...
+
+unit: deps
+	$(GO) test -count=1 -short ./internal/...
+
+demo: deps guest build
+	$(BIN) dev demo --guest-dir build/guest
+
+generate:
+	@command -v buf >/dev/null || $(GO) install github.com/bufbuild/buf/cmd/buf@v1.75.0
+	@command -v protoc-gen-go >/dev/null || $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	@command -v protoc-gen-connect-go >/dev/null || $(GO) install connectrpc.com/connect/cmd/protoc-gen-connect-go@v1.21.1
+	buf lint
+	buf generate
+
+lint:
+	gofmt -l $$(git ls-files '*.go') | tee /dev/stderr | (! read)
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin build

@@ -1,0 +1,229 @@
+//go:build linux
+
+// Command ferry-guest is PID 1 (/init) of Ferry's test guest initramfs.
+//
+// As PID 1 it mounts /proc, /sys and /dev, loads the kernel modules listed
+// in /etc/ferry/modules, configures eth0 from ferry.ip=, starts the memory
+// dirtier (ferry.dirty=), the disk writer (ferry.disk=), the counter stream
+// on TCP 7000 and GET /status on TCP 8080, then prints
+// "FERRY-GUEST READY boot_id=<id>" on the console. It never exits.
+//
+// Run as an ordinary process (PID != 1) it skips the system setup and takes
+// flags, which is handy for trying the services on a workstation:
+//
+//	go run ./guest/cmd/ferry-guest -cmdline 'ferry.dirty=64:16' -stream :7000 -http :8080
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/guest/guestapi"
+	"github.com/ferryvm/ferry/guest/internal/agent"
+	"github.com/ferryvm/ferry/guest/internal/cmdline"
+	"github.com/ferryvm/ferry/guest/internal/sysinit"
+)
+
+const (
+	moduleList = "/etc/ferry/modules"
+	netIf      = "eth0"
+)
+
+var logger = log.New(os.Stdout, guestapi.LogPrefix, 0)
+
+func logf(format string, args ...any) { logger.Printf(format, args...) }
+
+func main() {
+	pid1 := os.Getpid() == 1
+	cmdFlag := ""
+	streamAddr := fmt.Sprintf(":%d", guestapi.StreamPort)
+	httpAddr := fmt.Sprintf(":%d", guestapi.HTTPPort)
+	diskDev := "/dev/vda"
+	if !pid1 {
+		flag.StringVar(&cmdFlag, "cmdline", "", "kernel command line to use instead of /proc/cmdline")
+		flag.StringVar(&streamAddr, "stream", streamAddr, "counter stream listen address")
+		flag.StringVar(&httpAddr, "http", httpAddr, "status HTTP listen address")
+		flag.StringVar(&diskDev, "disk", diskDev, "disk writer device")
+		flag.Parse()
+	}
+
+	if pid1 {
+		sysinit.IgnoreSignals()
+		// Never let PID 1 exit: a panic in main is logged and we idle.
+		defer func() {
+			if r := recover(); r != nil {
+				logf("PANIC in main: %v\n%s", r, debug.Stack())
+			}
+			idle()
+		}()
+		if err := sysinit.Mounts(); err != nil {
+			logf("mounts: %v", err)
+		}
+		go safe("reaper", func() { sysinit.Reap(logf) })
+	}
+	kernel := sysinit.KernelRelease()
+	logf("starting (pid %d, kernel %s, uptime %.2fs)", os.Getpid(), kernel, sysinit.Uptime().Seconds())
+
+	t0 := time.Now()
+	bootID, err := agent.NewBootID()
+	for err != nil { // crypto/rand should never fail; never print a bogus id
+		logf("boot id: %v (retrying)", err)
+		time.Sleep(time.Second)
+		bootID, err = agent.NewBootID()
+	}
+	if d := time.Since(t0); d > 100*time.Millisecond {
+		logf("boot id: waited %v for the kernel RNG", d.Round(time.Millisecond))
+	}
+
+	line := cmdFlag
+	if line == "" && (pid1 || !isFlagSet("cmdline")) {
+		if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+			line = strings.TrimSpace(string(b))
+		} else {
+			logf("read /proc/cmdline: %v", err)
+		}
+	}
+	cfg := cmdline.Parse(line)
+	for _, e := range cfg.Errors {
+		logf("config error: %s", e)
+	}
+	a := agent.New(bootID, line, cfg, diskDev, sysinit.Uptime)
+	a.Kernel = kernel
+	a.Stream.Logf = logf
+
+	if pid1 {
+		if n := sysinit.LoadModules(moduleList, logf); n > 0 {
+			logf("%d module(s) failed to load", n)
+		}
+	}
+
+	// The dirtier's initial fill overlaps network setup; /status shows
+	// dirty_state=filling until the working set is resident.
+	go safe("dirtier", func() {
+		if err := a.Dirtier.Run(nil); err != nil {
+			logf("dirtier: %v", err)
+		}
+	})
+	if cfg.WSSMiB > 0 {
+		go safe("dirtier-log", func() {
+			for a.Dirtier.Stats(time.Now()).State == "filling" {
+				time.Sleep(10 * time.Millisecond)
+			}
+			s := a.Dirtier.Stats(time.Now())
+			logf("dirtier: %s wss=%dMiB rate=%dMiB/s (initial fill %v)", s.State, s.WSSMiB, s.RateMiBps, s.Fill.Round(time.Millisecond))
+		})
+	}
+
+	if pid1 {
+		t0 := time.Now()
+		err := sysinit.ConfigureNet(netIf, cfg.IP, cfg.Gateway, 10*time.Second)
+		a.SetNetError(err)
+		switch {
+		case err != nil:
+			logf("network: %v", err)
+		case cfg.IP.IsValid():
+			gw := ""
+			if cfg.Gateway.IsValid() {
+				gw = " gw " + cfg.Gateway.String()
+			}
+			logf("network: %s %s up%s (%v)", netIf, cfg.IP, gw, time.Since(t0).Round(time.Millisecond))
+		default:
+			logf("network: no ferry.ip=, only lo configured")
+		}
+	}
+
+	sl := listen(streamAddr)
+	hl := listen(httpAddr)
+	go safe("stream", func() { logf("stream server stopped: %v", a.Stream.Serve(sl)) })
+	go safe("http", func() {
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		logf("http server stopped: %v", srv.Serve(hl))
+	})
+
+	if cfg.DiskKiBps > 0 {
+		go safe("disk", func() {
+			if err := a.Disk.Run(nil); err != nil {
+				logf("disk writer: %v", err)
+			}
+		})
+	}
+
+	if pid1 {
+		go safe("power", func() {
+			n := sysinit.WatchPowerButton(logf, func() {
+				logf("power button pressed: powering off")
+				if err := sysinit.PowerOff(); err != nil {
+					logf("poweroff: %v", err)
+				}
+			})
+			if n == 0 {
+				logf("no ACPI power button found; system_powerdown will be ignored")
+			}
+		})
+	}
+
+	// The READY line is written with a single write of its own.
+	fmt.Fprintf(os.Stdout, "%s%s\n", guestapi.ReadyPrefix, a.BootIDHex)
+	logf("ready after %.2fs uptime: stream on %s, status on %s (GET /status)", sysinit.Uptime().Seconds(), sl.Addr(), hl.Addr())
+	if cfg.DiskKiBps > 0 {
+		go safe("disk-log", func() {
+			time.Sleep(2 * time.Second)
+			s := a.Disk.Stats(time.Now())
+			logf("disk writer: state=%s dev=%s records=%d last_seq=%d direct_io=%v err=%q", s.State, s.Device, s.Records, s.LastSeq, s.DirectIO, s.Error)
+		})
+	}
+	go safe("heartbeat", func() {
+		for {
+			time.Sleep(30 * time.Second)
+			s := a.Status()
+			logf("alive uptime=%.0fs stream_clients=%d pages_dirtied=%d achieved=%.1fMiB/s last_seq=%d",
+				s.UptimeS, s.StreamClients, s.PagesDirtied, s.AchievedMiBps, s.LastSeq)
+		}
+	})
+	idle()
+}
+
+func isFlagSet(name string) bool {
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// listen retries until the address can be bound: as PID 1 giving up is not
+// an option.
+func listen(addr string) net.Listener {
+	for i := 0; ; i++ {
+		l, err := net.Listen("tcp", addr)
+		if err == nil {
+			return l
+		}
+		if os.Getpid() != 1 && i >= 10 {
+			logger.Fatalf("listen %s: %v", addr, err)
+		}
+		logf("listen %s: %v (retrying)", addr, err)
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// safe runs fn, logging (instead of crashing PID 1 on) a panic.
+func safe(name string, fn func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			logf("PANIC in %s: %v\n%s", name, r, debug.Stack())
+		}
+	}()
+	fn()
+}
+
+func idle() {
+	for {
+		time.Sleep(time.Hour)
+	}
+}

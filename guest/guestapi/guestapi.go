@@ -1,0 +1,157 @@
+// Package guestapi is the host-side view of the Ferry test guest's contract:
+// the ports it listens on, the serial READY line, the JSON returned by
+// GET /status and the on-disk record format written by the disk writer.
+//
+// It has no dependencies beyond the standard library so that any part of
+// Ferry (e2e tests, tools) can import it.
+package guestapi
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"regexp"
+	"time"
+)
+
+const (
+	// StreamPort is the guest TCP port serving the counter stream
+	// ("0\n1\n2\n..." one line every StreamInterval).
+	StreamPort = 7000
+	// HTTPPort is the guest TCP port serving GET /status.
+	HTTPPort = 8080
+	// StreamInterval is the pacing of the counter stream.
+	StreamInterval = 2 * time.Millisecond
+
+	// ReadyPrefix starts the line printed once on the serial console when
+	// all services listen: "FERRY-GUEST READY boot_id=<32 hex>".
+	ReadyPrefix = "FERRY-GUEST READY boot_id="
+	// LogPrefix prefixes every other line the guest prints on the console.
+	LogPrefix = "ferry-guest: "
+
+	// PageSize is the unit the memory dirtier works in.
+	PageSize = 4096
+)
+
+// ReadyRe matches the READY line; submatch 1 is the boot id.
+var ReadyRe = regexp.MustCompile(`FERRY-GUEST READY boot_id=([0-9a-f]{32})`)
+
+// Status is the JSON document served by GET /status on HTTPPort.
+type Status struct {
+	BootID  string  `json:"boot_id"`  // 32 lowercase hex chars, random per boot
+	UptimeS float64 `json:"uptime_s"` // CLOCK_BOOTTIME seconds
+	Kernel  string  `json:"kernel,omitempty"`
+	Cmdline string  `json:"cmdline,omitempty"`
+	// ConfigErrors lists problems parsing ferry.* kernel parameters.
+	ConfigErrors []string `json:"config_errors,omitempty"`
+
+	IP       string `json:"ip"` // configured "A.B.C.D/P" or "" if none
+	Gateway  string `json:"gw,omitempty"`
+	NetError string `json:"net_error,omitempty"`
+
+	StreamClients     int64  `json:"stream_clients"`      // currently connected to StreamPort
+	StreamConnections uint64 `json:"stream_connections"`  // total accepted since boot
+
+	// Memory dirtier (ferry.dirty=WSS_MiB:RATE_MiBps).
+	WSSMiB        uint64  `json:"wss_mib"`
+	RateMiBps     uint64  `json:"rate_mibps"`
+	DirtyState    string  `json:"dirty_state"` // off|filling|idle|running|error
+	DirtyError    string  `json:"dirty_error,omitempty"`
+	PagesDirtied  uint64  `json:"pages_dirtied"` // paced writes since dirtier start (initial fill excluded)
+	PagesSkipped  uint64  `json:"pages_skipped"` // backlog dropped because the dirtier fell >1s behind
+	DirtyPasses   uint64  `json:"dirty_passes"`  // completed passes over the working set
+	DirtyElapsedS float64 `json:"dirty_elapsed_s"`
+	AchievedMiBps float64 `json:"achieved_mibps"` // pages_dirtied MiB / dirty_elapsed_s
+	FillS         float64 `json:"fill_s"`         // time the initial touch of the WSS took
+
+	// Disk writer (ferry.disk=RATE_KiBps).
+	DiskRateKiBps    uint64  `json:"disk_rate_kibps"`
+	DiskState        string  `json:"disk_state"` // off|waiting|running|error
+	DiskDevice       string  `json:"disk_device,omitempty"`
+	DiskRecords      uint64  `json:"disk_records"` // capacity in records (device size / RecordSize)
+	LastSeq          uint64  `json:"last_seq"`     // last durably written sequence number, 0 = none yet
+	DiskSkipped      uint64  `json:"disk_skipped"` // records dropped because the writer fell >1s behind
+	DiskWriteErrors  uint64  `json:"disk_write_errors"`
+	DiskError        string  `json:"disk_error"`
+	DiskAchievedKiBs float64 `json:"disk_achieved_kibps"`
+}
+
+// Disk record format. The disk writer fills the device with RecordSize
+// records; record with sequence number seq (seq starts at 1) lives at byte
+// offset ((seq-1) % records) * RecordSize, wrapping at the device end.
+//
+//	off len
+//	  0   8  magic "FERRYREC"
+//	  8   8  seq, little endian uint64 (>= 1)
+//	 16  16  boot id (raw 16 bytes; hex of it is Status.BootID)
+//	 32   8  guest CLOCK_REALTIME unix nanoseconds when written (LE int64)
+//	 40   8  guest CLOCK_BOOTTIME nanoseconds when written (LE uint64)
+//	 48   4  CRC32 (IEEE) of bytes [0,48) and [52,4096)
+//	 52 ...  filler: byte i = byte(seq + i)
+const (
+	RecordSize  = 4096
+	RecordMagic = "FERRYREC"
+)
+
+// Record is one decoded disk record.
+type Record struct {
+	Seq      uint64
+	BootID   [16]byte
+	WallNs   int64
+	UptimeNs uint64
+}
+
+// BootIDHex returns the boot id as the 32-hex string used in Status.
+func (r Record) BootIDHex() string { return hex.EncodeToString(r.BootID[:]) }
+
+// ErrNoRecord is returned by DecodeRecord for a block without the magic
+// (e.g. never written).
+var ErrNoRecord = errors.New("guestapi: no record (magic missing)")
+
+// EncodeRecord fills buf (len >= RecordSize) with a record.
+func EncodeRecord(buf []byte, r Record) {
+	b := buf[:RecordSize]
+	copy(b[0:8], RecordMagic)
+	binary.LittleEndian.PutUint64(b[8:16], r.Seq)
+	copy(b[16:32], r.BootID[:])
+	binary.LittleEndian.PutUint64(b[32:40], uint64(r.WallNs))
+	binary.LittleEndian.PutUint64(b[40:48], r.UptimeNs)
+	s := byte(r.Seq)
+	for i := 52; i < RecordSize; i++ {
+		b[i] = s + byte(i)
+	}
+	binary.LittleEndian.PutUint32(b[48:52], recordCRC(b))
+}
+
+// DecodeRecord parses and verifies one record.
+func DecodeRecord(buf []byte) (Record, error) {
+	if len(buf) < RecordSize {
+		return Record{}, fmt.Errorf("guestapi: short record (%d bytes)", len(buf))
+	}
+	b := buf[:RecordSize]
+	if string(b[0:8]) != RecordMagic {
+		return Record{}, ErrNoRecord
+	}
+	if got, want := binary.LittleEndian.Uint32(b[48:52]), recordCRC(b); got != want {
+		return Record{}, fmt.Errorf("guestapi: record crc mismatch (stored %08x, computed %08x)", got, want)
+	}
+	var r Record
+	r.Seq = binary.LittleEndian.Uint64(b[8:16])
+	copy(r.BootID[:], b[16:32])
+	r.WallNs = int64(binary.LittleEndian.Uint64(b[32:40]))
+	r.UptimeNs = binary.LittleEndian.Uint64(b[40:48])
+	return r, nil
+}
+
+// RecordOffset is the byte offset of sequence number seq (>=1) on a device
+// holding records records.
+func RecordOffset(seq, records uint64) int64 {
+	return int64(((seq - 1) % records) * RecordSize)
+}
+
+func recordCRC(b []byte) uint32 {
+	c := crc32.ChecksumIEEE(b[0:48])
+	return crc32.Update(c, crc32.IEEETable, b[52:RecordSize])
+}

@@ -1,0 +1,285 @@
+// Package agent is `ferry agent`: it runs the VMs of one host as QEMU
+// processes, owns their taps, disks and QMP sockets, reports the host to the
+// control plane, and survives its own restart without touching running VMs
+// (it reattaches through each VM's pidfile and QMP socket).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/rpcaddr"
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Name is the host's name in the cluster.
+	Name string
+	// Listen is the agent API address (host:port or unix:///path).
+	Listen string
+	// Advertise is the address the server dials; defaults to the bound Listen URL.
+	Advertise string
+	// Server is the control plane's address.
+	Server string
+	// DataDir holds one directory per VM and the accel probe cache.
+	DataDir string
+	// Bridge is the default bridge for VM NICs that name none.
+	Bridge string
+	// Accel is auto (honour each VM's spec), kvm or tcg (force for every VM).
+	Accel string
+	// MigrationIP is the address other hosts use for migration traffic;
+	// defaults to the first IPv4 address of Bridge.
+	MigrationIP string
+	// QEMUBinary is the QEMU system emulator to run.
+	QEMUBinary string
+	// HeartbeatInterval is how often the agent reports to the server.
+	HeartbeatInterval time.Duration
+	Log               *slog.Logger
+}
+
+// Agent runs and reports the VMs of one host.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	mu  sync.Mutex
+	vms map[string]*vm
+
+	accelMu   sync.Mutex
+	autoAccel string // what auto resolves to on this host, once known
+}
+
+// New validates cfg and returns an Agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	var errs []error
+	if cfg.Name == "" {
+		errs = append(errs, errors.New("--name: required (the host's name in the cluster)"))
+	}
+	if cfg.Listen == "" {
+		errs = append(errs, errors.New("--listen: required (e.g. 127.0.0.1:7101 or unix:///run/ferry/agent.sock)"))
+	}
+	if cfg.Server == "" {
+		errs = append(errs, errors.New("--server: required (the control plane's address)"))
+	}
+	if cfg.DataDir == "" {
+		errs = append(errs, errors.New("--data-dir: required"))
+	}
+	switch cfg.Accel {
+	case "":
+		cfg.Accel = "auto"
+	case "auto", "kvm", "tcg":
+	default:
+		errs = append(errs, fmt.Errorf("--accel: must be auto, kvm or tcg, got %q", cfg.Accel))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	if cfg.QEMUBinary == "" {
+		cfg.QEMUBinary = "qemu-system-x86_64"
+	}
+	if cfg.HeartbeatInterval == 0 {
+		cfg.HeartbeatInterval = 2 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	abs, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("--data-dir: %w", err)
+	}
+	cfg.DataDir = abs
+	if cfg.MigrationIP == "" && cfg.Bridge != "" {
+		cfg.MigrationIP = firstIPv4(cfg.Bridge)
+	}
+	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}}, nil
+}
+
+func firstIPv4(ifname string) string {
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return ""
+	}
+	addrs, err := ifc.Addrs()
+	if err != nil {
+		return ""
+	}
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
+			return ipn.IP.String()
+		}
+	}
+	return ""
+}
+
+func (a *Agent) vmsDir() string { return filepath.Join(a.cfg.DataDir, "vms") }
+
+// Run reattaches to the host's VMs, serves the agent API and heartbeats to
+// the server until ctx ends. Running VMs are left running when it returns.
+func (a *Agent) Run(ctx context.Context) error {
+	if err := os.MkdirAll(a.vmsDir(), 0o755); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := a.reattachAll(ctx); err != nil {
+		return err
+	}
+	l, err := rpcaddr.Listen(a.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	advertise := a.cfg.Advertise
+	if advertise == "" {
+		advertise = rpcaddr.URL(a.cfg.Listen, l)
+	}
+	mux := http.NewServeMux()
+	mux.Handle(ferryv1connect.NewAgentServiceHandler(&service{a}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(l) }()
+	a.log.Info("agent listening", "url", advertise, "data_dir", a.cfg.DataDir, "accel", a.cfg.Accel, "migration_ip", a.cfg.MigrationIP)
+
+	if a.cfg.Accel == "auto" {
+		go a.probeAccel(ctx)
+	}
+	go a.heartbeatLoop(ctx, advertise)
+
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return fmt.Errorf("agent API: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = hs.Shutdown(sctx)
+	a.mu.Lock()
+	for _, v := range a.vms {
+		v.detach()
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// probeAccel resolves what auto means on this host once at start, so the
+// first VM does not wait for the probe and the host report shows it.
+func (a *Agent) probeAccel(ctx context.Context) {
+	if _, err := a.resolveAccel(ctx, "auto", ""); err != nil {
+		a.log.Warn("accel probe", "err", err)
+	}
+}
+
+// resolveAccel applies the host's --accel policy to a VM's requested accel.
+func (a *Agent) resolveAccel(ctx context.Context, requested, kernel string) (string, error) {
+	if a.cfg.Accel != "auto" {
+		if requested != "auto" && requested != "" && requested != a.cfg.Accel {
+			return "", fmt.Errorf("spec.accel: %s requested but host %s runs every VM with --accel %s: use accel: auto or %s", requested, a.cfg.Name, a.cfg.Accel, a.cfg.Accel)
+		}
+		return a.cfg.Accel, nil
+	}
+	if requested == "tcg" || requested == "kvm" {
+		res, err := qemu.ResolveAccel(ctx, qemu.ResolveRequest{Requested: requested, Binary: a.cfg.QEMUBinary, Kernel: kernel, CacheFile: a.probeCache(), Log: a.log})
+		if err != nil {
+			return "", err
+		}
+		return res.Accel, nil
+	}
+	a.accelMu.Lock()
+	defer a.accelMu.Unlock()
+	if a.autoAccel != "" {
+		return a.autoAccel, nil
+	}
+	if kernel == "" {
+		kernel = hostKernel()
+	}
+	res, err := qemu.ResolveAccel(ctx, qemu.ResolveRequest{Requested: "auto", Binary: a.cfg.QEMUBinary, Kernel: kernel, CacheFile: a.probeCache(), Log: a.log})
+	if err != nil {
+		return "", err
+	}
+	a.autoAccel = res.Accel
+	return res.Accel, nil
+}
+
+func (a *Agent) probeCache() string { return filepath.Join(a.cfg.DataDir, "accel-probe.json") }
+
+// hostKernel finds a kernel to probe KVM with when no VM names one.
+func hostKernel() string {
+	m, _ := filepath.Glob("/boot/vmlinuz-*")
+	sort.Strings(m)
+	if len(m) > 0 {
+		return m[len(m)-1]
+	}
+	return ""
+}
+
+func (a *Agent) heartbeatLoop(ctx context.Context, advertise string) {
+	hc, base := rpcaddr.Client(a.cfg.Server)
+	client := ferryv1connect.NewHostServiceClient(hc, base)
+	t := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := client.Heartbeat(hctx, connect.NewRequest(&ferryv1.HeartbeatRequest{Host: a.report(advertise)}))
+		cancel()
+		switch {
+		case err != nil && !failing && ctx.Err() == nil:
+			a.log.Warn("heartbeat failed; retrying", "server", a.cfg.Server, "err", err)
+			failing = true
+		case err == nil && failing:
+			a.log.Info("heartbeat ok again", "server", a.cfg.Server)
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// report describes the host and its VMs for a heartbeat.
+func (a *Agent) report(advertise string) *ferryv1.Host {
+	a.mu.Lock()
+	vms := make([]*vm, 0, len(a.vms))
+	for _, v := range a.vms {
+		vms = append(vms, v)
+	}
+	a.mu.Unlock()
+	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity()}
+	a.accelMu.Lock()
+	h.Accel = a.autoAccel
+	a.accelMu.Unlock()
+	if a.cfg.Accel != "auto" {
+		h.Accel = a.cfg.Accel
+	}
+	for _, v := range vms {
+		st := v.status()
+		h.Vms = append(h.Vms, st)
+		h.Capacity.Vms++
+		h.Capacity.AllocatedVcpus += st.Vcpus
+		h.Capacity.AllocatedMemoryMib += st.MemoryMib
+	}
+	sort.Slice(h.Vms, func(i, j int) bool { return h.Vms[i].Name < h.Vms[j].Name })
+	return h
+}
+
+func (a *Agent) lookup(name string) (*vm, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.vms[name]
+	if !ok {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("VM %q is not on host %s", name, a.cfg.Name))
+	}
+	return v, nil
+}

@@ -1,0 +1,421 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/netdev"
+	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/qmp"
+	"github.com/ferryvm/ferry/internal/revert"
+	"github.com/ferryvm/ferry/internal/spec"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Files in a VM's directory besides those of qemu.Paths.
+const (
+	specFile      = "spec.json"
+	runningMarker = "should-run" // present while the VM is meant to run
+	disksDir      = "disks"
+)
+
+// vm is one VM of this host and its QEMU, if running.
+type vm struct {
+	a     *Agent
+	name  string
+	dir   string
+	paths qemu.Paths
+
+	mu       sync.Mutex // serialises lifecycle operations
+	spec     *ferryv1.VMSpec
+	proc     *qemu.Process
+	mon      *qmp.Monitor
+	accel    string
+	state    string // running, stopped, failed
+	message  string
+	stopping bool
+}
+
+func (a *Agent) newVM(name string) *vm {
+	dir := filepath.Join(a.vmsDir(), name)
+	return &vm{a: a, name: name, dir: dir, paths: qemu.PathsFor(dir), state: "stopped"}
+}
+
+// getOrCreate returns the VM handle for name, creating an idle one.
+func (a *Agent) getOrCreate(name string) *vm {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.vms[name]
+	if !ok {
+		v = a.newVM(name)
+		a.vms[name] = v
+	}
+	return v
+}
+
+func invalid(field, format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+// start boots the VM's QEMU. Every step registers its undo, so a failure
+// leaves no QEMU, tap, disk or directory it created behind.
+func (v *vm) start(ctx context.Context, sp *ferryv1.VMSpec) (*ferryv1.VMStatus, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.proc != nil && v.proc.Alive() {
+		return v.statusLocked(), nil
+	}
+	a := v.a
+	r := revert.New()
+	defer r.Fail()
+
+	if _, err := os.Stat(v.dir); os.IsNotExist(err) {
+		if err := os.MkdirAll(v.dir, 0o755); err != nil {
+			return nil, fmt.Errorf("create VM dir: %w", err)
+		}
+		r.Add(func() { _ = os.RemoveAll(v.dir) })
+	}
+	if err := writeSpec(filepath.Join(v.dir, specFile), sp); err != nil {
+		return nil, err
+	}
+	for _, f := range []struct{ field, path string }{{"spec.boot.kernel", sp.GetBoot().GetKernel()}, {"spec.boot.initrd", sp.GetBoot().GetInitrd()}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return nil, invalid(f.field, "%s not found on host %s: copy it there or fix the path", f.path, a.cfg.Name)
+		}
+	}
+	disks, err := v.prepareDisks(ctx, sp, r)
+	if err != nil {
+		return nil, err
+	}
+	accel, err := a.resolveAccel(ctx, sp.GetAccel(), sp.GetBoot().GetKernel())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
+	}
+	nics, err := v.prepareTaps(sp, r)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile} {
+		_ = os.Remove(p)
+	}
+	proc, err := qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics})
+	if err != nil {
+		return nil, fmt.Errorf("start QEMU for VM %s: %w", v.name, err)
+	}
+	r.Add(func() { _ = proc.Kill() })
+	mon, err := qmp.Connect(ctx, v.paths.QMPSocket, qmp.WithLogFile(v.paths.QMPLog), qmp.WithName(v.name))
+	if err != nil {
+		return nil, fmt.Errorf("connect QMP of VM %s: %w", v.name, err)
+	}
+	r.Add(func() { _ = mon.Close() })
+	st, err := mon.QueryStatus(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("query status of VM %s: %w", v.name, err)
+	}
+	if st.Status != "running" {
+		return nil, fmt.Errorf("VM %s: QEMU started but is %q, not running", v.name, st.Status)
+	}
+	if err := os.WriteFile(filepath.Join(v.dir, runningMarker), nil, 0o644); err != nil {
+		return nil, fmt.Errorf("mark VM running: %w", err)
+	}
+	r.Success()
+	v.spec, v.proc, v.mon, v.accel = sp, proc, mon, accel
+	v.state, v.message, v.stopping = "running", "", false
+	go v.watch(proc, mon)
+	a.log.Info("VM started", "vm", v.name, "pid", proc.PID(), "accel", accel)
+	return v.statusLocked(), nil
+}
+
+// prepareDisks resolves each disk to an image, creating sized ones.
+func (v *vm) prepareDisks(ctx context.Context, sp *ferryv1.VMSpec, r *revert.Reverter) ([]qemu.Disk, error) {
+	var out []qemu.Disk
+	for i, d := range sp.GetDisks() {
+		field := fmt.Sprintf("spec.disks[%d]", i)
+		format := d.GetFormat()
+		if format == "" {
+			format = "qcow2"
+		}
+		if d.GetPath() != "" {
+			if _, err := os.Stat(d.GetPath()); err != nil {
+				return nil, invalid(field+".path", "%s not found on host %s", d.GetPath(), v.a.cfg.Name)
+			}
+			out = append(out, qemu.Disk{Name: d.GetName(), Path: d.GetPath(), Format: format})
+			continue
+		}
+		path := filepath.Join(v.dir, disksDir, d.GetName()+"."+format)
+		if _, err := os.Stat(path); os.IsNotExist(err) {
+			size, err := spec.ParseSize(d.GetSize())
+			if err != nil {
+				return nil, invalid(field+".size", "%v", err)
+			}
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				return nil, fmt.Errorf("create disks dir: %w", err)
+			}
+			cmd := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", format, path, fmt.Sprint(size))
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("%s: qemu-img create: %w: %s", field, err, strings.TrimSpace(string(out)))
+			}
+			r.Add(func() { _ = os.Remove(path) })
+		}
+		out = append(out, qemu.Disk{Name: d.GetName(), Path: path, Format: format})
+	}
+	return out, nil
+}
+
+// prepareTaps creates one tap per NIC on its bridge.
+func (v *vm) prepareTaps(sp *ferryv1.VMSpec, r *revert.Reverter) ([]qemu.NIC, error) {
+	var out []qemu.NIC
+	for i, n := range sp.GetNics() {
+		bridge := n.GetBridge()
+		if bridge == "" {
+			bridge = v.a.cfg.Bridge
+		}
+		if bridge == "" {
+			return nil, invalid(fmt.Sprintf("spec.nics[%d].bridge", i), "empty and host %s has no default bridge: set the bridge or start the agent with --bridge", v.a.cfg.Name)
+		}
+		tap := netdev.TapName(v.name, i)
+		if err := netdev.CreateTap(tap, bridge, 0); err != nil {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("spec.nics[%d]: %w", i, err))
+		}
+		r.Add(func() { _ = netdev.DeleteTap(tap) })
+		out = append(out, qemu.NIC{Tap: tap, MAC: n.GetMac()})
+	}
+	return out, nil
+}
+
+func (v *vm) deleteTaps(sp *ferryv1.VMSpec) {
+	for i := range sp.GetNics() {
+		if err := netdev.DeleteTap(netdev.TapName(v.name, i)); err != nil {
+			v.a.log.Warn("delete tap", "vm", v.name, "err", err)
+		}
+	}
+}
+
+// watch records the end of a QEMU process.
+func (v *vm) watch(proc *qemu.Process, mon *qmp.Monitor) {
+	<-proc.Exited()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.proc != proc {
+		return
+	}
+	_ = mon.Close()
+	v.proc, v.mon = nil, nil
+	if v.stopping {
+		v.state, v.message = "stopped", ""
+	} else {
+		v.state = "failed"
+		v.message = "QEMU exited unexpectedly" + logTail(v.paths.StderrLog)
+		v.a.log.Warn("VM's QEMU exited unexpectedly", "vm", v.name, "detail", v.message)
+	}
+	v.deleteTaps(v.spec)
+}
+
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	s := strings.TrimSpace(string(b))
+	if len(s) > 300 {
+		s = s[len(s)-300:]
+	}
+	return ": " + s
+}
+
+// stop ends the VM's QEMU: a guest power-off request first (unless force),
+// then QMP quit, then SIGKILL. Its taps are removed; disks stay.
+func (v *vm) stop(ctx context.Context, force bool) (*ferryv1.VMStatus, error) {
+	v.mu.Lock()
+	proc, mon := v.proc, v.mon
+	_ = os.Remove(filepath.Join(v.dir, runningMarker))
+	if proc == nil {
+		v.state = "stopped"
+		st := v.statusLocked()
+		v.mu.Unlock()
+		return st, nil
+	}
+	v.stopping = true
+	v.mu.Unlock()
+
+	wait := func(d time.Duration) bool {
+		select {
+		case <-proc.Exited():
+			return true
+		case <-time.After(d):
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+	exited := false
+	if !force && mon != nil {
+		if err := mon.SystemPowerdown(ctx); err == nil {
+			exited = wait(10 * time.Second)
+		}
+	}
+	if !exited && mon != nil {
+		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_ = mon.Quit(qctx)
+		cancel()
+		exited = wait(5 * time.Second)
+	}
+	if !exited {
+		if err := proc.Kill(); err != nil {
+			return nil, fmt.Errorf("kill QEMU of VM %s (pid %d): %w", v.name, proc.PID(), err)
+		}
+	}
+	<-proc.Exited()
+	// watch() records the stop; make sure it ran before reporting.
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.proc == proc {
+		v.proc, v.mon = nil, nil
+		if mon != nil {
+			_ = mon.Close()
+		}
+		v.deleteTaps(v.spec)
+	}
+	v.state, v.message = "stopped", ""
+	v.a.log.Info("VM stopped", "vm", v.name, "force", force)
+	return v.statusLocked(), nil
+}
+
+// detach lets go of the QEMU without stopping it (agent shutdown).
+func (v *vm) detach() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.mon != nil {
+		_ = v.mon.Close()
+	}
+}
+
+func (v *vm) status() *ferryv1.VMStatus {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.statusLocked()
+}
+
+func (v *vm) statusLocked() *ferryv1.VMStatus {
+	st := &ferryv1.VMStatus{Name: v.name, State: v.state, Message: v.message, Accel: v.accel, ConsolePath: v.paths.SerialLog}
+	if v.spec != nil {
+		st.Vcpus = v.spec.GetVcpus()
+		st.MemoryMib = v.spec.GetMemoryMib()
+	}
+	if v.proc != nil {
+		st.Pid = int64(v.proc.PID())
+		st.StartedAt = timestamppb.New(v.proc.StartedAt())
+		st.RssBytes = v.proc.RSSBytes()
+	}
+	if v.mon != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		if s, err := v.mon.QueryStatus(ctx); err == nil {
+			st.QemuStatus = s.Status
+			if s.Status != "running" {
+				st.State = "paused"
+			}
+		}
+		cancel()
+	}
+	return st
+}
+
+// reattachAll adopts the VMs found in the data dir: a live QEMU is
+// reattached (never restarted), a dead one is reported.
+func (a *Agent) reattachAll(ctx context.Context) error {
+	entries, err := os.ReadDir(a.vmsDir())
+	if err != nil {
+		return fmt.Errorf("read VMs dir: %w", err)
+	}
+	for _, e := range entries {
+		if !e.IsDir() {
+			continue
+		}
+		v := a.newVM(e.Name())
+		sp, err := readSpec(filepath.Join(v.dir, specFile))
+		if err != nil {
+			a.log.Warn("skipping VM dir without a readable spec", "dir", v.dir, "err", err)
+			continue
+		}
+		v.spec = sp
+		a.vms[v.name] = v
+		proc, err := qemu.Attach(v.paths)
+		if err != nil {
+			if _, serr := os.Stat(filepath.Join(v.dir, runningMarker)); serr == nil {
+				v.state, v.message = "failed", "QEMU exited while the agent was not running"+logTail(v.paths.StderrLog)
+				v.deleteTaps(sp)
+			}
+			if !errors.Is(err, qemu.ErrNotRunning) {
+				a.log.Warn("reattach", "vm", v.name, "err", err)
+			}
+			continue
+		}
+		mon, err := qmp.Connect(ctx, v.paths.QMPSocket, qmp.WithLogFile(v.paths.QMPLog), qmp.WithName(v.name))
+		if err != nil {
+			// The QEMU runs but its monitor is unusable: leave it alone and say so.
+			v.state, v.message = "failed", fmt.Sprintf("QEMU pid %d runs but its QMP socket is unusable: %v", proc.PID(), err)
+			a.log.Error("reattach QMP", "vm", v.name, "pid", proc.PID(), "err", err)
+			continue
+		}
+		v.proc, v.mon, v.state = proc, mon, "running"
+		v.accel = accelOf(proc.PID())
+		go v.watch(proc, mon)
+		a.log.Info("reattached VM", "vm", v.name, "pid", proc.PID())
+	}
+	return nil
+}
+
+// accelOf reads the accelerator from a QEMU's command line.
+func accelOf(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return ""
+	}
+	args := strings.Split(string(b), "\x00")
+	for i, s := range args {
+		if s == "-accel" && i+1 < len(args) {
+			return strings.SplitN(args[i+1], ",", 2)[0]
+		}
+	}
+	return ""
+}
+
+func writeSpec(path string, sp *ferryv1.VMSpec) error {
+	b, err := protojson.MarshalOptions{Indent: "  "}.Marshal(sp)
+	if err != nil {
+		return fmt.Errorf("encode spec: %w", err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("write spec: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write spec: %w", err)
+	}
+	return nil
+}
+
+func readSpec(path string) (*ferryv1.VMSpec, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	sp := &ferryv1.VMSpec{}
+	if err := protojson.Unmarshal(b, sp); err != nil {
+		return nil, fmt.Errorf("decode %s: %w", path, err)
+	}
+	return sp, nil
+}

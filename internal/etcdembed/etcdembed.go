@@ -1,0 +1,104 @@
+// Package etcdembed runs a single-member etcd inside the Ferry server
+// process, with its data and chosen ports kept in the server's data dir so a
+// restart finds the same cluster.
+package etcdembed
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.etcd.io/etcd/server/v3/embed"
+)
+
+// Etcd is a running embedded etcd.
+type Etcd struct {
+	e *embed.Etcd
+	// Endpoint is the client URL (http://127.0.0.1:PORT).
+	Endpoint string
+}
+
+type ports struct {
+	Client int `json:"client"`
+	Peer   int `json:"peer"`
+}
+
+// Start starts (or restarts) the embedded etcd whose data lives in dir.
+// Its ports are chosen once and remembered in dir/ports.json.
+func Start(ctx context.Context, dir string) (*Etcd, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("embedded etcd: create %s: %w", dir, err)
+	}
+	p, err := loadOrPickPorts(filepath.Join(dir, "ports.json"))
+	if err != nil {
+		return nil, err
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = "ferry"
+	cfg.Dir = filepath.Join(dir, "data")
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
+	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", p.Client)}
+	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", p.Peer)}
+	cfg.ListenClientUrls = []url.URL{cu}
+	cfg.AdvertiseClientUrls = []url.URL{cu}
+	cfg.ListenPeerUrls = []url.URL{pu}
+	cfg.AdvertisePeerUrls = []url.URL{pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: start in %s (log %s): %w", dir, cfg.LogOutputs[0], err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return nil, errors.New("embedded etcd: not ready after 30s")
+	case <-ctx.Done():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", ctx.Err())
+	}
+	return &Etcd{e: e, Endpoint: cu.String()}, nil
+}
+
+// Close stops etcd.
+func (e *Etcd) Close() { e.e.Close() }
+
+func loadOrPickPorts(path string) (ports, error) {
+	var p ports
+	if b, err := os.ReadFile(path); err == nil {
+		if err := json.Unmarshal(b, &p); err != nil {
+			return p, fmt.Errorf("embedded etcd: parse %s: %w (delete it to pick new ports)", path, err)
+		}
+		return p, nil
+	} else if !os.IsNotExist(err) {
+		return p, fmt.Errorf("embedded etcd: %w", err)
+	}
+	var err error
+	if p.Client, err = freePort(); err != nil {
+		return p, err
+	}
+	if p.Peer, err = freePort(); err != nil {
+		return p, err
+	}
+	b, _ := json.Marshal(p)
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return p, fmt.Errorf("embedded etcd: save ports: %w", err)
+	}
+	return p, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("embedded etcd: pick a port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

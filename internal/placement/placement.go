@@ -1,0 +1,87 @@
+// Package placement chooses a host for a VM. It is pure: it takes numbers
+// and returns a decision, with no I/O.
+package placement
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+)
+
+// ErrNoCapacity means no host can take the VM; the error text says why each
+// host was rejected.
+var ErrNoCapacity = errors.New("no host has capacity")
+
+// Host is what placement knows about one candidate.
+type Host struct {
+	Name  string
+	Ready bool
+	// CPUs and MemoryMiB are the host's totals.
+	CPUs      int
+	MemoryMiB int64
+	// AllocatedVCPUs and AllocatedMemoryMiB are what VMs placed there claim.
+	AllocatedVCPUs     int
+	AllocatedMemoryMiB int64
+}
+
+// Request is the VM to place.
+type Request struct {
+	VCPUs     int
+	MemoryMiB int64
+	// Exclude lists hosts that must not be chosen (e.g. the source of a
+	// migration).
+	Exclude []string
+}
+
+// ReservedMiB is memory kept free on every host for the host itself and
+// QEMU's own overhead.
+const ReservedMiB = 256
+
+// MaxVCPUOvercommit is how many vCPUs may be placed per host CPU.
+const MaxVCPUOvercommit = 4
+
+// Choose returns the ready host with the most free memory that fits the
+// request (ties broken by name). It returns ErrNoCapacity with the reason
+// for every rejected host when none fits.
+func Choose(hosts []Host, req Request) (string, error) {
+	excluded := map[string]bool{}
+	for _, n := range req.Exclude {
+		excluded[n] = true
+	}
+	type cand struct {
+		name string
+		free int64
+	}
+	var cands []cand
+	var reasons []string
+	for _, h := range hosts {
+		free := h.MemoryMiB - ReservedMiB - h.AllocatedMemoryMiB
+		switch {
+		case excluded[h.Name]:
+			reasons = append(reasons, h.Name+": excluded")
+		case !h.Ready:
+			reasons = append(reasons, h.Name+": unreachable")
+		case free < req.MemoryMiB:
+			reasons = append(reasons, fmt.Sprintf("%s: %d MiB free, need %d", h.Name, max(free, 0), req.MemoryMiB))
+		case h.AllocatedVCPUs+req.VCPUs > h.CPUs*MaxVCPUOvercommit:
+			reasons = append(reasons, fmt.Sprintf("%s: %d vCPUs allocated on %d CPUs, limit %dx", h.Name, h.AllocatedVCPUs, h.CPUs, MaxVCPUOvercommit))
+		default:
+			cands = append(cands, cand{h.Name, free})
+		}
+	}
+	if len(cands) == 0 {
+		if len(hosts) == 0 {
+			return "", fmt.Errorf("%w: no hosts registered (start `ferry agent`)", ErrNoCapacity)
+		}
+		sort.Strings(reasons)
+		return "", fmt.Errorf("%w: %s", ErrNoCapacity, strings.Join(reasons, "; "))
+	}
+	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].free != cands[j].free {
+			return cands[i].free > cands[j].free
+		}
+		return cands[i].name < cands[j].name
+	})
+	return cands[0].name, nil
+}

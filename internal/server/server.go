@@ -1,0 +1,147 @@
+// Package server is Ferry's control plane: it keeps hosts and VMs in the
+// store (etcd), places VMs, drives agents, and serves the API (ConnectRPC:
+// gRPC, gRPC-Web and JSON over HTTP from one handler), /metrics and /healthz.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/rpcaddr"
+	"github.com/ferryvm/ferry/internal/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// HostLeaseTTL is how long a host stays ready without a heartbeat.
+const HostLeaseTTL = 10 * time.Second
+
+// Config configures a Server.
+type Config struct {
+	Store store.Store
+	Log   *slog.Logger
+	// AgentCallTimeout bounds one call to an agent (VM start waits for QEMU).
+	AgentCallTimeout time.Duration
+}
+
+// Server is the control plane.
+type Server struct {
+	store   store.Store
+	log     *slog.Logger
+	agents  *agentPool
+	metrics *metrics
+	timeout time.Duration
+
+	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
+}
+
+// New returns a Server over cfg.Store.
+func New(cfg Config) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.AgentCallTimeout == 0 {
+		cfg.AgentCallTimeout = 2 * time.Minute
+	}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout}
+	s.metrics = newMetrics(s)
+	return s
+}
+
+// Handler returns the HTTP handler serving the API, /metrics and /healthz.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	opts := connect.WithInterceptors(s.metrics.interceptor())
+	mux.Handle(ferryv1connect.NewHostServiceHandler(&hostService{s}, opts))
+	mux.Handle(ferryv1connect.NewVMServiceHandler(&vmService{s}, opts))
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", s.healthz)
+	return mux
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
+	defer cancel()
+	if _, err := s.store.ListHosts(ctx); err != nil {
+		http.Error(w, "store: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// Serve serves the API on every address in addrs until ctx ends. ready, if
+// not nil, receives the URLs actually bound.
+func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)) error {
+	var ls []net.Listener
+	var urls []string
+	for _, a := range addrs {
+		l, err := rpcaddr.Listen(a)
+		if err != nil {
+			for _, o := range ls {
+				o.Close()
+			}
+			return err
+		}
+		ls = append(ls, l)
+		urls = append(urls, rpcaddr.URL(a, l))
+	}
+	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errc <- hs.Serve(l) }()
+	}
+	if ready != nil {
+		ready(urls)
+	}
+	s.log.Info("server listening", "urls", urls)
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			hs.Close()
+			return fmt.Errorf("serve: %w", err)
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return hs.Shutdown(sctx)
+}
+
+// lockVM serialises lifecycle operations on one VM.
+func (s *Server) lockVM(name string) func() {
+	m, _ := s.vmLocks.LoadOrStore(name, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
+}
+
+// connectError maps store and domain errors to Connect codes.
+func connectError(err error) error {
+	var ce *connect.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ce):
+		return err
+	case errors.Is(err, store.ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, store.ErrExists):
+		return connect.NewError(connect.CodeAlreadyExists, err)
+	case errors.Is(err, store.ErrConflict):
+		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	}
+	return connect.NewError(connect.CodeInternal, err)
+}
+
+// newMetricsRegistry is split out so tests can build a Server cheaply.
+func newMetricsRegistry() *prometheus.Registry { return prometheus.NewRegistry() }

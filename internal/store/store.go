@@ -1,0 +1,55 @@
+// Package store defines Ferry's cluster state (hosts and VMs) and keeps it
+// in etcd. Every write of a VM record is a compare-and-swap, so two writers
+// never silently overwrite each other, and a VM's owner changes only through
+// a CAS on its generation.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotFound means the record does not exist.
+	ErrNotFound = errors.New("not found")
+	// ErrExists means a record with that name already exists.
+	ErrExists = errors.New("already exists")
+	// ErrConflict means a compare-and-swap lost: the record changed since it
+	// was read.
+	ErrConflict = errors.New("conflict: record changed concurrently")
+)
+
+// Store is the cluster state. Implementations must be safe for concurrent use.
+type Store interface {
+	// PutHost records a host's registration and latest report, and renews
+	// its liveness lease for ttl.
+	PutHost(ctx context.Context, h *ferryv1.Host, ttl time.Duration) error
+	// GetHost returns a host with State "ready" or "unreachable".
+	GetHost(ctx context.Context, name string) (*ferryv1.Host, error)
+	// ListHosts returns all hosts sorted by name, with their State set.
+	ListHosts(ctx context.Context) ([]*ferryv1.Host, error)
+
+	// CreateVM stores a new VM record; ErrExists if the name is taken.
+	CreateVM(ctx context.Context, vm *ferryv1.VM) error
+	// GetVM returns a VM record.
+	GetVM(ctx context.Context, name string) (*ferryv1.VM, error)
+	// ListVMs returns all VM records sorted by name.
+	ListVMs(ctx context.Context) ([]*ferryv1.VM, error)
+	// UpdateVM applies fn to the current record and writes it back with a
+	// compare-and-swap, retrying on conflict. fn may return an error to
+	// abort. The stored generation is incremented when bump is true.
+	UpdateVM(ctx context.Context, name string, bump bool, fn func(*ferryv1.VM) error) (*ferryv1.VM, error)
+	// SwapVM writes vm only if the stored generation equals
+	// expectGeneration (ErrConflict otherwise); vm.Generation is set to
+	// expectGeneration+1.
+	SwapVM(ctx context.Context, vm *ferryv1.VM, expectGeneration int64) error
+	// DeleteVM removes a VM record; ErrNotFound if absent.
+	DeleteVM(ctx context.Context, name string) error
+
+	// Close releases the store's connections.
+	Close() error
+}
