@@ -6,6 +6,7 @@
 #
 # Environment:
 #   KERNEL=/boot/vmlinuz-<ver>   kernel to use (default: newest /boot/vmlinuz-*-cloud-amd64)
+#   MODULES_DIR=/lib/modules/<ver>  where the kernel's modules and modules.{dep,builtin} are
 #   BUSYBOX=/bin/busybox         static busybox to include
 #   SOURCE_DATE_EPOCH=N          mtime stamped on every initramfs entry (default 0)
 #   FORCE=1                      repack even if the inputs did not change
@@ -38,7 +39,7 @@ APPLETS=(sh ash cat cp dd df dmesg echo free grep head hexdump ip ifconfig insmo
 need() { # need CMD PACKAGE
 	command -v "$1" >/dev/null 2>&1 || die "'$1' not found: apt-get install $2"
 }
-need go "golang (or put Go 1.26 on PATH)"
+command -v go >/dev/null 2>&1 || die "'go' not found: put the Go toolchain named in go.mod on PATH"
 need cpio cpio
 need gzip gzip
 need sha256sum coreutils
@@ -47,7 +48,7 @@ need find findutils
 BUSYBOX=${BUSYBOX:-/bin/busybox}
 [[ -x $BUSYBOX ]] || die "$BUSYBOX not found: apt-get install busybox-static"
 ldd_out=$(LC_ALL=C ldd "$BUSYBOX" 2>&1 || true)
-if [[ $ldd_out != *"not a dynamic executable"* ]]; then
+if command -v ldd >/dev/null 2>&1 && [[ $ldd_out != *"not a dynamic executable"* ]]; then
 	die "$BUSYBOX is dynamically linked (package busybox?): apt-get install busybox-static"
 fi
 
@@ -56,9 +57,10 @@ if [[ -z ${KERNEL:-} ]]; then
 	KERNEL=$(ls -1 /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n1 || true)
 	[[ -n $KERNEL ]] || die "no /boot/vmlinuz-*-cloud-amd64: apt-get install linux-image-cloud-amd64"
 fi
-[[ -r $KERNEL ]] || die "kernel $KERNEL is not readable (run as root? the Debian kernel image is mode 0600)"
+[[ -e $KERNEL ]] || die "kernel $KERNEL not found: apt-get install linux-image-cloud-amd64 (or fix KERNEL=)"
+[[ -r $KERNEL ]] || die "kernel $KERNEL is not readable (the Debian kernel image is mode 0600: run as root or make it readable)"
 KVER=$(basename "$KERNEL"); KVER=${KVER#vmlinuz-}
-MODDIR=/lib/modules/$KVER
+MODDIR=${MODULES_DIR:-/lib/modules/$KVER}
 [[ -f $MODDIR/modules.dep ]] || die "$MODDIR/modules.dep missing: apt-get install linux-image-$KVER (modules must match the kernel)"
 
 # ---- stage ---------------------------------------------------------------
@@ -149,6 +151,7 @@ inputs_hash() {
 HASH=$(inputs_hash)
 STAMP=$OUTDIR/.inputs.sha256
 if [[ -z ${FORCE:-} && -f $OUTDIR/initrd.img && -f $OUTDIR/vmlinuz && -f $STAMP && $(cat "$STAMP") == "$HASH" ]]; then
+	touch "$OUTDIR/vmlinuz" "$OUTDIR/initrd.img" # mtime = last verified build
 	log "up to date: $OUTDIR/{vmlinuz,initrd.img} (kernel $KVER)"
 	exit 0
 fi

@@ -51,8 +51,8 @@ type Status struct {
 	Gateway  string `json:"gw,omitempty"`
 	NetError string `json:"net_error,omitempty"`
 
-	StreamClients     int64  `json:"stream_clients"`      // currently connected to StreamPort
-	StreamConnections uint64 `json:"stream_connections"`  // total accepted since boot
+	StreamClients     int64  `json:"stream_clients"`     // currently connected to StreamPort
+	StreamConnections uint64 `json:"stream_connections"` // total accepted since boot
 
 	// Memory dirtier (ferry.dirty=WSS_MiB:RATE_MiBps).
 	WSSMiB        uint64  `json:"wss_mib"`

@@ -323,7 +323,7 @@ func (v *vm) statusLocked() *ferryv1.VMStatus {
 	if v.mon != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if s, err := v.mon.QueryStatus(ctx); err == nil {
-			st.QemuStatus = s.Status
+			st.QemuStatus = string(s.Status)
 			if s.Status != "running" {
 				st.State = "paused"
 			}

@@ -66,7 +66,7 @@ func NewRoot() *cobra.Command {
 		g.stdout, g.stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 		return g.checkOutput()
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd())
+	root.AddCommand(newServerCmd(), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
 	return root
 }
 

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -133,6 +134,18 @@ func (c *Cluster) Host(name string) (Host, bool) {
 	return Host{}, false
 }
 
+// String describes the cluster for people, one namespace a line.
+func (c *Cluster) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "dev cluster %q (state %s)\n", c.Config.Prefix, c.StatePath())
+	fmt.Fprintf(&b, "  %-20s bridge %s (segment)\n", c.Segment, SegmentBridge)
+	for _, h := range c.Hosts {
+		fmt.Fprintf(&b, "  %-20s %s on %s (host %s)\n", h.Netns, h.IP, h.Bridge, h.Name)
+	}
+	fmt.Fprintf(&b, "  %-20s %s on %s (client)\n", c.Client, c.ClientIP, ClientLink)
+	return b.String()
+}
+
 // StatePath returns the path of the cluster's state file.
 func (c *Cluster) StatePath() string { return statePath(c.Config.Dir) }
 
@@ -163,6 +176,11 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("dev cluster %q up: %w", cfg.Prefix, err)
+		}
+	}()
 	if err := checkPrerequisites(); err != nil {
 		return nil, err
 	}
@@ -256,8 +274,59 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if err := netnsutil.Do(c.Client, func() error { return addAddr(ClientLink, ClientIP) }); err != nil {
 		return nil, fmt.Errorf("address client in %s: %w", c.Client, err)
 	}
+	if err := c.waitReady(ctx); err != nil {
+		return nil, err
+	}
 	r.Success()
 	return c, nil
+}
+
+// ReadyTimeout bounds how long Up waits for every link to be operational.
+const ReadyTimeout = 5 * time.Second
+
+// waitReady waits until every veth end and bridge is operationally up.
+// The kernel applies carrier changes in its linkwatch worker, which
+// batches non-urgent events for up to a second; until it runs, a link
+// has carrier but no queueing discipline and drops what is sent, and a
+// bridge port stays "disabled". Without this wait the first packets
+// (ARP, SYN) after Up are lost and connections stall for a TCP
+// retransmission timeout.
+func (c *Cluster) waitReady(ctx context.Context) error {
+	links := map[string][]string{c.Segment: {SegmentBridge, "client"}, c.Client: {ClientLink}}
+	for _, h := range c.Hosts {
+		links[c.Segment] = append(links[c.Segment], h.Name)
+		links[h.Netns] = []string{HostBridge, HostUplink}
+	}
+	deadline := time.Now().Add(ReadyTimeout)
+	for _, ns := range c.Namespaces() {
+		for _, name := range links[ns] {
+			for {
+				var state netlink.LinkOperState
+				err := netnsutil.Do(ns, func() error {
+					link, err := netlink.LinkByName(name)
+					if err == nil {
+						state = link.Attrs().OperState
+					}
+					return err
+				})
+				if err != nil {
+					return fmt.Errorf("wait for %s in %s: %w", name, ns, err)
+				}
+				if state == netlink.OperUp {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("link %s in %s is still %s after %v: check `ip -n %s link`", name, ns, state, ReadyTimeout, ns)
+				}
+				select {
+				case <-ctx.Done():
+					return fmt.Errorf("dev cluster up interrupted while waiting for links: %w", ctx.Err())
+				case <-time.After(10 * time.Millisecond):
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // prepareNamespace sets lo up and the sysctls that keep the segment a

@@ -98,7 +98,7 @@ func removeState(dir string) error {
 // lockDir takes an exclusive flock on DIR/cluster.lock, serialising Up,
 // Down and StartProcess across processes. It returns the unlock function.
 func lockDir(dir string) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR|os.O_CLOEXEC, 0o644)
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open dev cluster lock: %w", err)
 	}

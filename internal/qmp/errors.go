@@ -12,8 +12,10 @@ type sentinelError struct {
 	parent error
 }
 
+// Error returns the sentinel's message.
 func (e *sentinelError) Error() string { return e.msg }
 
+// Unwrap returns the broader sentinel this one implies, if any.
 func (e *sentinelError) Unwrap() error { return e.parent }
 
 var (
@@ -57,6 +59,7 @@ const (
 // classError is the sentinel type for one QMP error class.
 type classError struct{ class string }
 
+// Error names the class.
 func (e *classError) Error() string { return "QMP error class " + e.class }
 
 var (
@@ -118,6 +121,7 @@ type causeError struct {
 	cause    error
 }
 
+// Error returns "<sentinel> (<cause>)".
 func (e *causeError) Error() string {
 	if e.cause == nil {
 		return e.sentinel.Error()
@@ -125,6 +129,7 @@ func (e *causeError) Error() string {
 	return e.sentinel.Error() + " (" + e.cause.Error() + ")"
 }
 
+// Unwrap exposes both the sentinel and the cause.
 func (e *causeError) Unwrap() []error {
 	if e.cause == nil {
 		return []error{e.sentinel}

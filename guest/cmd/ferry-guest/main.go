@@ -28,6 +28,7 @@ import (
 	"github.com/ferryvm/ferry/guest/guestapi"
 	"github.com/ferryvm/ferry/guest/internal/agent"
 	"github.com/ferryvm/ferry/guest/internal/cmdline"
+	"github.com/ferryvm/ferry/guest/internal/dirtier"
 	"github.com/ferryvm/ferry/guest/internal/sysinit"
 )
 
@@ -71,16 +72,23 @@ func main() {
 	kernel := sysinit.KernelRelease()
 	logf("starting (pid %d, kernel %s, uptime %.2fs)", os.Getpid(), kernel, sysinit.Uptime().Seconds())
 
-	t0 := time.Now()
-	bootID, err := agent.NewBootID()
-	for err != nil { // crypto/rand should never fail; never print a bogus id
-		logf("boot id: %v (retrying)", err)
-		time.Sleep(time.Second)
-		bootID, err = agent.NewBootID()
-	}
-	if d := time.Since(t0); d > 100*time.Millisecond {
-		logf("boot id: waited %v for the kernel RNG", d.Round(time.Millisecond))
-	}
+	// The kernel RNG may need a moment to initialise under emulation
+	// (crypto/rand blocks in getrandom until it has); overlap that wait
+	// with module loading and network setup.
+	idCh := make(chan [16]byte, 1)
+	go safe("boot-id", func() {
+		t0 := time.Now()
+		id, err := agent.NewBootID()
+		for err != nil { // crypto/rand should never fail; never print a bogus id
+			logf("boot id: %v (retrying)", err)
+			time.Sleep(time.Second)
+			id, err = agent.NewBootID()
+		}
+		if d := time.Since(t0); d > 100*time.Millisecond {
+			logf("boot id: waited %v for the kernel RNG", d.Round(time.Millisecond))
+		}
+		idCh <- id
+	})
 
 	line := cmdFlag
 	if line == "" && (pid1 || !isFlagSet("cmdline")) {
@@ -91,12 +99,17 @@ func main() {
 		}
 	}
 	cfg := cmdline.Parse(line)
+	ipS, gwS := "none", "none"
+	if cfg.IP.IsValid() {
+		ipS = cfg.IP.String()
+	}
+	if cfg.Gateway.IsValid() {
+		gwS = cfg.Gateway.String()
+	}
+	logf("config: ip=%s gw=%s dirty=%d:%d disk=%d", ipS, gwS, cfg.WSSMiB, cfg.RateMiBps, cfg.DiskKiBps)
 	for _, e := range cfg.Errors {
 		logf("config error: %s", e)
 	}
-	a := agent.New(bootID, line, cfg, diskDev, sysinit.Uptime)
-	a.Kernel = kernel
-	a.Stream.Logf = logf
 
 	if pid1 {
 		if n := sysinit.LoadModules(moduleList, logf); n > 0 {
@@ -104,30 +117,13 @@ func main() {
 		}
 	}
 
-	// The dirtier's initial fill overlaps network setup; /status shows
-	// dirty_state=filling until the working set is resident.
-	go safe("dirtier", func() {
-		if err := a.Dirtier.Run(nil); err != nil {
-			logf("dirtier: %v", err)
-		}
-	})
-	if cfg.WSSMiB > 0 {
-		go safe("dirtier-log", func() {
-			for a.Dirtier.Stats(time.Now()).State == "filling" {
-				time.Sleep(10 * time.Millisecond)
-			}
-			s := a.Dirtier.Stats(time.Now())
-			logf("dirtier: %s wss=%dMiB rate=%dMiB/s (initial fill %v)", s.State, s.WSSMiB, s.RateMiBps, s.Fill.Round(time.Millisecond))
-		})
-	}
-
+	var netErr error
 	if pid1 {
 		t0 := time.Now()
-		err := sysinit.ConfigureNet(netIf, cfg.IP, cfg.Gateway, 10*time.Second)
-		a.SetNetError(err)
+		netErr = sysinit.ConfigureNet(netIf, cfg.IP, cfg.Gateway, 10*time.Second)
 		switch {
-		case err != nil:
-			logf("network: %v", err)
+		case netErr != nil:
+			logf("network: %v", netErr)
 		case cfg.IP.IsValid():
 			gw := ""
 			if cfg.Gateway.IsValid() {
@@ -138,6 +134,12 @@ func main() {
 			logf("network: no ferry.ip=, only lo configured")
 		}
 	}
+
+	bootID := <-idCh
+	a := agent.New(bootID, line, cfg, nil, diskDev, sysinit.Uptime)
+	a.Kernel = kernel
+	a.Stream.Logf = logf
+	a.SetNetError(netErr)
 
 	sl := listen(streamAddr)
 	hl := listen(httpAddr)
@@ -172,6 +174,23 @@ func main() {
 	// The READY line is written with a single write of its own.
 	fmt.Fprintf(os.Stdout, "%s%s\n", guestapi.ReadyPrefix, a.BootIDHex)
 	logf("ready after %.2fs uptime: stream on %s, status on %s (GET /status)", sysinit.Uptime().Seconds(), sl.Addr(), hl.Addr())
+	// The dirtier starts after READY so that the initial fill of a large
+	// working set (seconds under TCG on one vCPU) does not delay boot;
+	// /status shows dirty_state=filling until the working set is resident.
+	go safe("dirtier", func() {
+		if err := a.Dirtier.Run(nil); err != nil {
+			logf("dirtier: %v", err)
+		}
+	})
+	if cfg.WSSMiB > 0 {
+		go safe("dirtier-log", func() {
+			for a.Dirtier.Stats(time.Now()).State == dirtier.StateFilling {
+				time.Sleep(10 * time.Millisecond)
+			}
+			s := a.Dirtier.Stats(time.Now())
+			logf("dirtier: %s wss=%dMiB rate=%dMiB/s (initial fill %v)", s.State, s.WSSMiB, s.RateMiBps, s.Fill.Round(time.Millisecond))
+		})
+	}
 	if cfg.DiskKiBps > 0 {
 		go safe("disk-log", func() {
 			time.Sleep(2 * time.Second)

@@ -45,15 +45,19 @@ func NewBootID() ([16]byte, error) {
 	return id, err
 }
 
-// New builds an agent (nothing is started) for a parsed command line.
-func New(bootID [16]byte, cmd string, cfg cmdline.Config, diskDev string, uptime func() time.Duration) *Agent {
+// New builds an agent (nothing is started) for a parsed command line. dirt
+// may be an already running dirtier for cfg; nil creates one.
+func New(bootID [16]byte, cmd string, cfg cmdline.Config, dirt *dirtier.Dirtier, diskDev string, uptime func() time.Duration) *Agent {
+	if dirt == nil {
+		dirt = dirtier.New(cfg.WSSMiB, cfg.RateMiBps)
+	}
 	a := &Agent{
 		BootID:    bootID,
 		BootIDHex: hex.EncodeToString(bootID[:]),
 		Cmdline:   cmd,
 		Config:    cfg,
 		Stream:    stream.New(guestapi.StreamInterval),
-		Dirtier:   dirtier.New(cfg.WSSMiB, cfg.RateMiBps),
+		Dirtier:   dirt,
 		Disk:      diskwriter.New(diskDev, cfg.DiskKiBps, bootID),
 		Uptime:    uptime,
 	}

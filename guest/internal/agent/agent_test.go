@@ -20,7 +20,7 @@ func TestStatusJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	line := "console=ttyS0 ferry.ip=10.0.2.15/24 ferry.dirty=64:16 ferry.disk=256 ferry.nope=1"
-	a := New(id, line, cmdline.Parse(line), "/nonexistent/vda", func() time.Duration { return 1500 * time.Millisecond })
+	a := New(id, line, cmdline.Parse(line), nil, "/nonexistent/vda", func() time.Duration { return 1500 * time.Millisecond })
 	srv := httptest.NewServer(a.Handler())
 	defer srv.Close()
 

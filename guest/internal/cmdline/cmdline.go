@@ -173,4 +173,3 @@ func parseUint(s string, max uint64) (uint64, error) {
 	}
 	return n, nil
 }
-

@@ -16,12 +16,12 @@ func TestTarget(t *testing.T) {
 		{0, 1 << 20, 4096, 0},
 		{-time.Second, 1 << 20, 4096, 0},
 		{time.Second, 0, 4096, 0},
-		{time.Second, 16 << 20, 4096, 4096},       // 16 MiB/s = 4096 pages/s
-		{time.Second / 2, 16 << 20, 4096, 2048},   // half a second
-		{time.Millisecond, 16 << 20, 4096, 4},     // 4.096 -> 4
-		{time.Second, 256 << 10, 4096, 64},        // 256 KiB/s = 64 records/s
-		{time.Second, 6 << 10, 4096, 1},           // 1.5 records/s floor
-		{2 * time.Second, 6 << 10, 4096, 3},       // exact over time
+		{time.Second, 16 << 20, 4096, 4096},          // 16 MiB/s = 4096 pages/s
+		{time.Second / 2, 16 << 20, 4096, 2048},      // half a second
+		{time.Millisecond, 16 << 20, 4096, 4},        // 4.096 -> 4
+		{time.Second, 256 << 10, 4096, 64},           // 256 KiB/s = 64 records/s
+		{time.Second, 6 << 10, 4096, 1},              // 1.5 records/s floor
+		{2 * time.Second, 6 << 10, 4096, 3},          // exact over time
 		{24 * time.Hour, 1 << 30, 4096, 22649241600}, // large values stay exact
 	} {
 		if got := Target(tc.el, tc.rate, tc.unit); got != tc.want {

@@ -1,0 +1,125 @@
+package devcluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/rpcaddr"
+)
+
+// FerryOptions says how to run Ferry's daemons in a cluster.
+type FerryOptions struct {
+	// Binary is the ferry executable (default: this process's executable).
+	Binary string
+	// Accel is passed to every agent (auto, kvm or tcg).
+	Accel string
+	// ReadyTimeout bounds the wait for every host to be ready.
+	ReadyTimeout time.Duration
+}
+
+// ServerURL is the control plane's address in a cluster started by
+// StartFerry: a unix socket, reachable from every namespace.
+func (c *Cluster) ServerURL() string {
+	return "unix://" + filepath.Join(c.Config.Dir, "server.sock")
+}
+
+// EnvPath is the file StartFerry writes with FERRY_SERVER and friends.
+func (c *Cluster) EnvPath() string { return filepath.Join(c.Config.Dir, "env") }
+
+// StartFerry starts `ferry server` (embedded etcd, in the root namespace,
+// listening on a unix socket) and one `ferry agent` per host namespace, each
+// with its host's bridge, waits until every host is ready, and writes
+// DIR/env. The processes are recorded, so Down stops them.
+func (c *Cluster) StartFerry(ctx context.Context, opt FerryOptions) error {
+	if opt.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find ferry binary: %w", err)
+		}
+		opt.Binary = exe
+	}
+	if opt.Accel == "" {
+		opt.Accel = "auto"
+	}
+	if opt.ReadyTimeout == 0 {
+		opt.ReadyTimeout = 60 * time.Second
+	}
+	dir := c.Config.Dir
+	server := c.ServerURL()
+	if _, err := c.StartProcess("", filepath.Join(dir, "logs", "server.log"), []string{
+		opt.Binary, "server", "--listen", server, "--data-dir", filepath.Join(dir, "server"),
+	}); err != nil {
+		return err
+	}
+	for _, h := range c.Hosts {
+		if _, err := c.StartProcess(h.Netns, filepath.Join(dir, "logs", h.Name+"-agent.log"), []string{
+			opt.Binary, "agent", "--name", h.Name, "--server", server,
+			"--listen", "unix://" + filepath.Join(dir, h.Name, "agent.sock"),
+			"--data-dir", filepath.Join(dir, h.Name), "--bridge", h.Bridge,
+			"--migration-ip", h.IP, "--accel", opt.Accel,
+		}); err != nil {
+			return err
+		}
+	}
+	if err := c.WaitHostsReady(ctx, opt.ReadyTimeout); err != nil {
+		return err
+	}
+	env := fmt.Sprintf("FERRY_SERVER=%s\nFERRY_DEV_PREFIX=%s\nFERRY_DEV_CLIENT_NETNS=%s\n", server, c.Config.Prefix, c.Client)
+	for _, h := range c.Hosts {
+		env += fmt.Sprintf("FERRY_DEV_%s_NETNS=%s\nFERRY_DEV_%s_IP=%s\n", strings.ToUpper(h.Name), h.Netns, strings.ToUpper(h.Name), h.IP)
+	}
+	if err := os.WriteFile(c.EnvPath(), []byte(env), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", c.EnvPath(), err)
+	}
+	return nil
+}
+
+// WaitHostsReady waits until the server lists every host of the cluster as
+// ready; the error names the hosts that are not and where their logs are.
+func (c *Cluster) WaitHostsReady(ctx context.Context, timeout time.Duration) error {
+	hc, base := rpcaddr.Client(c.ServerURL())
+	client := ferryv1connect.NewHostServiceClient(hc, base)
+	deadline := time.Now().Add(timeout)
+	var missing []string
+	var lastErr error
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := client.ListHosts(rctx, connect.NewRequest(&ferryv1.ListHostsRequest{}))
+		cancel()
+		missing = missing[:0]
+		lastErr = err
+		ready := map[string]bool{}
+		if err == nil {
+			for _, h := range resp.Msg.Hosts {
+				ready[h.Name] = h.State == "ready"
+			}
+		}
+		for _, h := range c.Hosts {
+			if !ready[h.Name] {
+				missing = append(missing, h.Name)
+			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if lastErr != nil {
+		return fmt.Errorf("server %s not answering after %s: %w (see %s)", c.ServerURL(), timeout, lastErr, filepath.Join(c.Config.Dir, "logs", "server.log"))
+	}
+	return fmt.Errorf("hosts %s not ready after %s (see %s)", strings.Join(missing, ", "), timeout, filepath.Join(c.Config.Dir, "logs"))
+}
