@@ -32,6 +32,10 @@ type Paths struct {
 	PIDFile   string // QEMU's pidfile (qemu.pid)
 	StderrLog string // QEMU's stdout and stderr (qemu.log)
 	QMPLog    string // QMP traffic log for the QMP client (qmp.log)
+	// ObserveSocket is a second QMP monitor (qmp-observe.sock) for
+	// read-only observers such as tests and operators; the agent never
+	// uses it, so observing never competes with the agent's connection.
+	ObserveSocket string
 }
 
 // PathsFor returns the fixed file names inside vmDir.
@@ -43,6 +47,8 @@ func PathsFor(vmDir string) Paths {
 		PIDFile:   filepath.Join(vmDir, "qemu.pid"),
 		StderrLog: filepath.Join(vmDir, "qemu.log"),
 		QMPLog:    filepath.Join(vmDir, "qmp.log"),
+
+		ObserveSocket: filepath.Join(vmDir, "qmp-observe.sock"),
 	}
 }
 
@@ -173,10 +179,17 @@ func options(cfg Config) ([]option, error) {
 		propOpt("-msg", kv("timestamp", "on")),
 		propOpt("-chardev", kv("", "socket"), kv("id", "qmp"), kv("path", p.QMPSocket), kv("server", "on"), kv("wait", "off")),
 		propOpt("-mon", kv("chardev", "qmp"), kv("mode", "control")),
+	}
+	if p.ObserveSocket != "" {
+		opts = append(opts,
+			propOpt("-chardev", kv("", "socket"), kv("id", "qmp-observe"), kv("path", p.ObserveSocket), kv("server", "on"), kv("wait", "off")),
+			propOpt("-mon", kv("chardev", "qmp-observe"), kv("mode", "control")))
+	}
+	opts = append(opts,
 		propOpt("-chardev", kv("", "file"), kv("id", "serial0"), kv("path", p.SerialLog), kv("append", "on")),
 		rawOpt("-serial", "chardev:serial0"),
 		rawOpt("-pidfile", p.PIDFile),
-	}
+	)
 	if k := s.Boot.Kernel; k != "" {
 		opts = append(opts, rawOpt("-kernel", k))
 		if s.Boot.Initrd != "" {
@@ -197,7 +210,9 @@ func options(cfg Config) ([]option, error) {
 	}
 	opts = append(opts, nicOpts...)
 	if cfg.Incoming != "" {
-		opts = append(opts, rawOpt("-incoming", cfg.Incoming))
+		// -S: the destination stays paused after the state arrives; the
+		// agent resumes it only once the owner record names this host.
+		opts = append(opts, bareOpt("-S"), rawOpt("-incoming", cfg.Incoming))
 	}
 	return opts, nil
 }
@@ -211,8 +226,10 @@ func checkPaths(p Paths) error {
 			return fmt.Errorf("qemu: Config.Paths.%s: must be an absolute path (use PathsFor), got %q", f.name, f.val)
 		}
 	}
-	if len(p.QMPSocket) > maxSocketPath {
-		return fmt.Errorf("qemu: Config.Paths.QMPSocket: unix socket paths are limited to %d bytes, got %d (%s): use a shorter VM directory", maxSocketPath, len(p.QMPSocket), p.QMPSocket)
+	for _, f := range []struct{ name, val string }{{"QMPSocket", p.QMPSocket}, {"ObserveSocket", p.ObserveSocket}} {
+		if len(f.val) > maxSocketPath {
+			return fmt.Errorf("qemu: Config.Paths.%s: unix socket paths are limited to %d bytes, got %d (%s): use a shorter VM directory", f.name, maxSocketPath, len(f.val), f.val)
+		}
 	}
 	return nil
 }

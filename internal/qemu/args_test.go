@@ -100,6 +100,8 @@ func TestArgsDeterministicAcrossHosts(t *testing.T) {
 			case "-pidfile", "-incoming":
 				i++
 				continue
+			case "-S": // the destination starts paused
+				continue
 			case "-chardev", "-netdev", "-blockdev":
 				out = append(out, argv[i], "<host-specific>")
 				i++
@@ -197,7 +199,7 @@ func TestArgsDoesNotMutateSpec(t *testing.T) {
 
 func TestPathsFor(t *testing.T) {
 	p := PathsFor("/v/x")
-	want := Paths{Dir: "/v/x", QMPSocket: "/v/x/qmp.sock", SerialLog: "/v/x/serial.log", PIDFile: "/v/x/qemu.pid", StderrLog: "/v/x/qemu.log", QMPLog: "/v/x/qmp.log"}
+	want := Paths{Dir: "/v/x", QMPSocket: "/v/x/qmp.sock", SerialLog: "/v/x/serial.log", PIDFile: "/v/x/qemu.pid", StderrLog: "/v/x/qemu.log", QMPLog: "/v/x/qmp.log", ObserveSocket: "/v/x/qmp-observe.sock"}
 	if p != want {
 		t.Errorf("PathsFor = %+v", p)
 	}
