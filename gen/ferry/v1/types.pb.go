@@ -370,7 +370,9 @@ type VM struct {
 	// pid of the QEMU process on its host, as last reported.
 	Pid int64 `protobuf:"varint,9,opt,name=pid,proto3" json:"pid,omitempty"`
 	// accel the QEMU runs with (kvm or tcg), as last reported.
-	Accel         string `protobuf:"bytes,10,opt,name=accel,proto3" json:"accel,omitempty"`
+	Accel string `protobuf:"bytes,10,opt,name=accel,proto3" json:"accel,omitempty"`
+	// migration_id is the migration in flight (the VM's migration lock).
+	MigrationId   string `protobuf:"bytes,11,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,6 +473,13 @@ func (x *VM) GetPid() int64 {
 func (x *VM) GetAccel() string {
 	if x != nil {
 		return x.Accel
+	}
+	return ""
+}
+
+func (x *VM) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
 	}
 	return ""
 }
@@ -930,7 +939,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x06shared\x18\x05 \x01(\bR\x06shared\"3\n" +
 	"\aNICSpec\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x16\n" +
-	"\x06bridge\x18\x02 \x01(\tR\x06bridge\"\xd1\x02\n" +
+	"\x06bridge\x18\x02 \x01(\tR\x06bridge\"\xf4\x02\n" +
 	"\x02VM\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12#\n" +
 	"\rdesired_state\x18\x02 \x01(\tR\fdesiredState\x12\x14\n" +
@@ -946,7 +955,8 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\amessage\x18\b \x01(\tR\amessage\x12\x10\n" +
 	"\x03pid\x18\t \x01(\x03R\x03pid\x12\x14\n" +
 	"\x05accel\x18\n" +
-	" \x01(\tR\x05accel\"\xc7\x02\n" +
+	" \x01(\tR\x05accel\x12!\n" +
+	"\fmigration_id\x18\v \x01(\tR\vmigrationId\"\xc7\x02\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
