@@ -145,6 +145,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(ferryv1connect.NewAgentServiceHandler(&service{a}))
+	mux.Handle(ferryv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()

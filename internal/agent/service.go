@@ -73,6 +73,7 @@ func (s *service) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.Age
 	if _, err := v.stop(ctx, true); err != nil {
 		return nil, err
 	}
+	v.archiveLogs("deleted")
 	if err := os.RemoveAll(v.dir); err != nil {
 		return nil, fmt.Errorf("remove VM dir %s: %w", v.dir, err)
 	}

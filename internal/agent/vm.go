@@ -44,6 +44,10 @@ type vm struct {
 	state    string // running, stopped, failed
 	message  string
 	stopping bool
+
+	// Live migration, at most one direction at a time (see migrate.go).
+	out *outgoing
+	in  *incoming
 }
 
 func (a *Agent) newVM(name string) *vm {
@@ -73,54 +77,17 @@ func (v *vm) start(ctx context.Context, sp *ferryv1.VMSpec) (*ferryv1.VMStatus, 
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.proc != nil && v.proc.Alive() {
+		if v.in != nil {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is arriving here by migration %s", v.name, v.in.id))
+		}
 		return v.statusLocked(), nil
 	}
-	a := v.a
 	r := revert.New()
 	defer r.Fail()
-
-	if _, err := os.Stat(v.dir); os.IsNotExist(err) {
-		if err := os.MkdirAll(v.dir, 0o755); err != nil {
-			return nil, fmt.Errorf("create VM dir: %w", err)
-		}
-		r.Add(func() { _ = os.RemoveAll(v.dir) })
-	}
-	if err := writeSpec(filepath.Join(v.dir, specFile), sp); err != nil {
-		return nil, err
-	}
-	for _, f := range []struct{ field, path string }{{"spec.boot.kernel", sp.GetBoot().GetKernel()}, {"spec.boot.initrd", sp.GetBoot().GetInitrd()}} {
-		if f.path == "" {
-			continue
-		}
-		if _, err := os.Stat(f.path); err != nil {
-			return nil, invalid(f.field, "%s not found on host %s: copy it there or fix the path", f.path, a.cfg.Name)
-		}
-	}
-	disks, err := v.prepareDisks(ctx, sp, r)
+	proc, mon, accel, err := v.launch(ctx, sp, "", r)
 	if err != nil {
 		return nil, err
 	}
-	accel, err := a.resolveAccel(ctx, sp.GetAccel(), sp.GetBoot().GetKernel())
-	if err != nil {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, err)
-	}
-	nics, err := v.prepareTaps(sp, r)
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile} {
-		_ = os.Remove(p)
-	}
-	proc, err := qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics})
-	if err != nil {
-		return nil, fmt.Errorf("start QEMU for VM %s: %w", v.name, err)
-	}
-	r.Add(func() { _ = proc.Kill() })
-	mon, err := qmp.Connect(ctx, v.paths.QMPSocket, qmp.WithLogFile(v.paths.QMPLog), qmp.WithName(v.name))
-	if err != nil {
-		return nil, fmt.Errorf("connect QMP of VM %s: %w", v.name, err)
-	}
-	r.Add(func() { _ = mon.Close() })
 	st, err := mon.QueryStatus(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("query status of VM %s: %w", v.name, err)
@@ -132,11 +99,66 @@ func (v *vm) start(ctx context.Context, sp *ferryv1.VMSpec) (*ferryv1.VMStatus, 
 		return nil, fmt.Errorf("mark VM running: %w", err)
 	}
 	r.Success()
+	v.adopt(sp, proc, mon, accel)
+	v.a.log.Info("VM started", "vm", v.name, "pid", proc.PID(), "accel", accel)
+	return v.statusLocked(), nil
+}
+
+// adopt makes a launched QEMU the VM's running process.
+func (v *vm) adopt(sp *ferryv1.VMSpec, proc *qemu.Process, mon *qmp.Monitor, accel string) {
 	v.spec, v.proc, v.mon, v.accel = sp, proc, mon, accel
 	v.state, v.message, v.stopping = "running", "", false
 	go v.watch(proc, mon)
-	a.log.Info("VM started", "vm", v.name, "pid", proc.PID(), "accel", accel)
-	return v.statusLocked(), nil
+}
+
+// launch creates the VM's directory, spec file, disks and taps, starts its
+// QEMU (with -incoming defer when incoming is "defer") and connects to its
+// QMP socket. Each step registers its undo on r.
+func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r *revert.Reverter) (*qemu.Process, *qmp.Monitor, string, error) {
+	a := v.a
+	if _, err := os.Stat(v.dir); os.IsNotExist(err) {
+		if err := os.MkdirAll(v.dir, 0o755); err != nil {
+			return nil, nil, "", fmt.Errorf("create VM dir: %w", err)
+		}
+		r.Add(func() { _ = os.RemoveAll(v.dir) })
+	}
+	if err := writeSpec(filepath.Join(v.dir, specFile), sp); err != nil {
+		return nil, nil, "", err
+	}
+	for _, f := range []struct{ field, path string }{{"spec.boot.kernel", sp.GetBoot().GetKernel()}, {"spec.boot.initrd", sp.GetBoot().GetInitrd()}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return nil, nil, "", invalid(f.field, "%s not found on host %s: copy it there or fix the path", f.path, a.cfg.Name)
+		}
+	}
+	disks, err := v.prepareDisks(ctx, sp, r)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	accel, err := a.resolveAccel(ctx, sp.GetAccel(), sp.GetBoot().GetKernel())
+	if err != nil {
+		return nil, nil, "", connect.NewError(connect.CodeFailedPrecondition, err)
+	}
+	nics, err := v.prepareTaps(sp, r)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile} {
+		_ = os.Remove(p)
+	}
+	proc, err := qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming})
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("start QEMU for VM %s: %w", v.name, err)
+	}
+	r.Add(func() { _ = proc.Kill() })
+	mon, err := qmp.Connect(ctx, v.paths.QMPSocket, qmp.WithLogFile(v.paths.QMPLog), qmp.WithName(v.name))
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("connect QMP of VM %s: %w", v.name, err)
+	}
+	r.Add(func() { _ = mon.Close() })
+	return proc, mon, accel, nil
 }
 
 // prepareDisks resolves each disk to an image, creating sized ones.
@@ -214,6 +236,13 @@ func (v *vm) watch(proc *qemu.Process, mon *qmp.Monitor) {
 	}
 	_ = mon.Close()
 	v.proc, v.mon = nil, nil
+	if v.in != nil && v.in.adoptable() {
+		// An arriving VM whose QEMU ended (the source cancelled, or it was
+		// killed) was never this host's: remove every trace of it.
+		v.a.log.Warn("incoming migration ended before the VM ran here; removing it", "vm", v.name, "migration", v.in.id, "detail", logTail(v.paths.StderrLog))
+		v.discardIncomingLocked()
+		return
+	}
 	if v.stopping {
 		v.state, v.message = "stopped", ""
 	} else {
@@ -294,6 +323,22 @@ func (v *vm) stop(ctx context.Context, force bool) (*ferryv1.VMStatus, error) {
 	return v.statusLocked(), nil
 }
 
+// archiveLogs keeps the VM's QMP, QEMU and serial logs under
+// DATA/logs/<vm>/<time>-<why>/ before its directory is removed, so every
+// QMP exchange stays on record after a VM leaves the host.
+func (v *vm) archiveLogs(why string) {
+	dst := filepath.Join(v.a.cfg.DataDir, "logs", v.name, time.Now().UTC().Format("20060102T150405.000")+"-"+why)
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		v.a.log.Warn("archive logs", "vm", v.name, "err", err)
+		return
+	}
+	for _, f := range []string{v.paths.QMPLog, v.paths.StderrLog, v.paths.SerialLog} {
+		if err := os.Rename(f, filepath.Join(dst, filepath.Base(f))); err != nil && !os.IsNotExist(err) {
+			v.a.log.Warn("archive log", "vm", v.name, "file", f, "err", err)
+		}
+	}
+}
+
 // detach lets go of the QEMU without stopping it (agent shutdown).
 func (v *vm) detach() {
 	v.mu.Lock()
@@ -352,8 +397,15 @@ func (a *Agent) reattachAll(ctx context.Context) error {
 		}
 		v.spec = sp
 		a.vms[v.name] = v
+		marker, ierr := os.ReadFile(filepath.Join(v.dir, incomingMarker))
+		arriving := ierr == nil
 		proc, err := qemu.Attach(v.paths)
 		if err != nil {
+			if arriving {
+				// The arrival's QEMU is gone: it never ran here.
+				v.discardIncomingLocked()
+				continue
+			}
 			if _, serr := os.Stat(filepath.Join(v.dir, runningMarker)); serr == nil {
 				v.state, v.message = "failed", "QEMU exited while the agent was not running"+logTail(v.paths.StderrLog)
 				v.deleteTaps(sp)
@@ -372,8 +424,11 @@ func (a *Agent) reattachAll(ctx context.Context) error {
 		}
 		v.proc, v.mon, v.state = proc, mon, "running"
 		v.accel = accelOf(proc.PID())
+		if arriving {
+			v.reattachIncoming(ctx, string(marker))
+		}
 		go v.watch(proc, mon)
-		a.log.Info("reattached VM", "vm", v.name, "pid", proc.PID())
+		a.log.Info("reattached VM", "vm", v.name, "pid", proc.PID(), "arriving", arriving)
 	}
 	return nil
 }

@@ -63,6 +63,9 @@ func newServerCmd() *cobra.Command {
 			}
 			defer st.Close()
 			srv := server.New(server.Config{Store: st, Log: log})
+			if err := srv.RecoverMigrations(ctx); err != nil {
+				log.Error("recover migrations", "err", err)
+			}
 			return srv.Serve(ctx, listen, nil)
 		},
 	}

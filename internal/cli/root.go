@@ -67,6 +67,7 @@ func NewRoot() *cobra.Command {
 		return g.checkOutput()
 	}
 	root.AddCommand(newServerCmd(), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
+	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g))
 	return root
 }
 

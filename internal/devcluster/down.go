@@ -146,6 +146,9 @@ func Down(ctx context.Context, cfg Config) error {
 		}
 	}
 	if st != nil {
+		if err := removeFerryState(cfg.Dir, st.Hosts); err != nil {
+			return fmt.Errorf("dev cluster %q down: %w", cfg.Prefix, err)
+		}
 		if err := removeState(cfg.Dir); err != nil {
 			return fmt.Errorf("dev cluster %q down: %w", cfg.Prefix, err)
 		}

@@ -123,3 +123,19 @@ func (c *Cluster) WaitHostsReady(ctx context.Context, timeout time.Duration) err
 	}
 	return fmt.Errorf("hosts %s not ready after %s (see %s)", strings.Join(missing, ", "), timeout, filepath.Join(c.Config.Dir, "logs"))
 }
+
+// removeFerryState deletes what StartFerry's daemons kept in dir (the
+// server's etcd, the agents' VM directories, sockets, env), so the next Up
+// in the same dir starts empty. Logs stay.
+func removeFerryState(dir string, hosts int) error {
+	paths := []string{filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), filepath.Join(dir, "env")}
+	for i := 1; i <= hosts; i++ {
+		paths = append(paths, filepath.Join(dir, fmt.Sprintf("h%d", i)))
+	}
+	for _, p := range paths {
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("remove %s: %w", p, err)
+		}
+	}
+	return nil
+}

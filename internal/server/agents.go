@@ -1,32 +1,39 @@
 package server
 
 import (
-	"net/http"
 	"sync"
 
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 )
 
-// agentPool caches one AgentService client per agent address.
+// agentClients are the services one agent serves.
+type agentClients struct {
+	ferryv1connect.AgentServiceClient
+	mig ferryv1connect.MigrationAgentServiceClient
+}
+
+// agentPool caches the clients of each agent address.
 type agentPool struct {
 	mu      sync.Mutex
-	clients map[string]ferryv1connect.AgentServiceClient
+	clients map[string]*agentClients
 }
 
 func newAgentPool() *agentPool {
-	return &agentPool{clients: map[string]ferryv1connect.AgentServiceClient{}}
+	return &agentPool{clients: map[string]*agentClients{}}
 }
 
-func (p *agentPool) get(addr string) ferryv1connect.AgentServiceClient {
+func (p *agentPool) get(addr string) *agentClients {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if c, ok := p.clients[addr]; ok {
 		return c
 	}
-	var hc *http.Client
 	hc, base := rpcaddr.Client(addr)
-	c := ferryv1connect.NewAgentServiceClient(hc, base)
+	c := &agentClients{
+		AgentServiceClient: ferryv1connect.NewAgentServiceClient(hc, base),
+		mig:                ferryv1connect.NewMigrationAgentServiceClient(hc, base),
+	}
 	p.clients[addr] = c
 	return c
 }

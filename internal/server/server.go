@@ -41,6 +41,9 @@ type Server struct {
 	timeout time.Duration
 
 	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
+
+	runsMu sync.Mutex
+	runs   map[string]*run // migrations driven by this server
 }
 
 // New returns a Server over cfg.Store.
@@ -51,7 +54,7 @@ func New(cfg Config) *Server {
 	if cfg.AgentCallTimeout == 0 {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
-	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{}}
 	s.metrics = newMetrics(s)
 	return s
 }
@@ -62,6 +65,7 @@ func (s *Server) Handler() http.Handler {
 	opts := connect.WithInterceptors(s.metrics.interceptor())
 	mux.Handle(ferryv1connect.NewHostServiceHandler(&hostService{s}, opts))
 	mux.Handle(ferryv1connect.NewVMServiceHandler(&vmService{s}, opts))
+	mux.Handle(ferryv1connect.NewMigrationServiceHandler(&migrationService{s}, opts))
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", s.healthz)
 	return mux

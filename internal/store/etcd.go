@@ -18,6 +18,7 @@ const (
 	hostsPrefix = "/ferry/hosts/"
 	alivePrefix = "/ferry/alive/"
 	vmsPrefix   = "/ferry/vms/"
+	migPrefix   = "/ferry/migrations/"
 )
 
 // Etcd is the Store kept in an etcd cluster.
@@ -303,3 +304,52 @@ var _ Store = (*Etcd)(nil)
 
 // IsNotFound reports whether err is ErrNotFound.
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// PutMigration implements Store.
+func (s *Etcd) PutMigration(ctx context.Context, m *ferryv1.Migration) error {
+	v, err := encode(m)
+	if err != nil {
+		return err
+	}
+	if _, err := s.c.Put(ctx, migPrefix+m.Id, v); err != nil {
+		return fmt.Errorf("store migration %s: %w", m.Id, err)
+	}
+	return nil
+}
+
+// GetMigration implements Store.
+func (s *Etcd) GetMigration(ctx context.Context, id string) (*ferryv1.Migration, error) {
+	resp, err := s.c.Get(ctx, migPrefix+id)
+	if err != nil {
+		return nil, fmt.Errorf("get migration %s: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("migration %q: %w", id, ErrNotFound)
+	}
+	m := &ferryv1.Migration{}
+	return m, decode(resp.Kvs[0].Value, m)
+}
+
+// ListMigrations implements Store.
+func (s *Etcd) ListMigrations(ctx context.Context) ([]*ferryv1.Migration, error) {
+	resp, err := s.c.Get(ctx, migPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("list migrations: %w", err)
+	}
+	out := make([]*ferryv1.Migration, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		m := &ferryv1.Migration{}
+		if err := decode(kv.Value, m); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].GetStartedAt().AsTime(), out[j].GetStartedAt().AsTime()
+		if !a.Equal(b) {
+			return a.Before(b)
+		}
+		return out[i].Id < out[j].Id
+	})
+	return out, nil
+}

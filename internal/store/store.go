@@ -50,6 +50,13 @@ type Store interface {
 	// DeleteVM removes a VM record; ErrNotFound if absent.
 	DeleteVM(ctx context.Context, name string) error
 
+	// PutMigration writes a migration record (its persisted state machine).
+	PutMigration(ctx context.Context, m *ferryv1.Migration) error
+	// GetMigration returns a migration record.
+	GetMigration(ctx context.Context, id string) (*ferryv1.Migration, error)
+	// ListMigrations returns all migration records, oldest first.
+	ListMigrations(ctx context.Context) ([]*ferryv1.Migration, error)
+
 	// Close releases the store's connections.
 	Close() error
 }

@@ -205,22 +205,32 @@ func (x *MigrationSample) GetRound() int64 {
 
 // DowntimePhases splits the guest's pause into its parts, measured from
 // QMP event timestamps on both QEMUs (same clock on one machine).
+//
+// QEMU stops the guest, pauses at pre-switchover, and after migrate-continue
+// sends the last dirty RAM and the device state in one stream with no event
+// between them; final_round_ms is therefore derived from the bytes of that
+// round (downtime_bytes at the transfer's measured rate) and device_state_ms
+// is the rest of that stream. The other phases are measured.
 type DowntimePhases struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// final_round_ms: source stopped the guest → last RAM pass done
-	// (pre-switchover reached).
+	// final_round_ms: the last dirty RAM, estimated as final_round_bytes at
+	// the measured bandwidth (bounded by the stream's measured time).
 	FinalRoundMs int64 `protobuf:"varint,1,opt,name=final_round_ms,json=finalRoundMs,proto3" json:"final_round_ms,omitempty"`
 	// switchover_ms: pre-switchover → migrate-continue sent; includes the
-	// ownership compare-and-swap in etcd.
+	// ownership compare-and-swap in etcd and arming the destination.
 	SwitchoverMs int64 `protobuf:"varint,2,opt,name=switchover_ms,json=switchoverMs,proto3" json:"switchover_ms,omitempty"`
-	// device_state_ms: migrate-continue → destination has the device state.
+	// device_state_ms: the rest of migrate-continue → destination loaded.
 	DeviceStateMs int64 `protobuf:"varint,3,opt,name=device_state_ms,json=deviceStateMs,proto3" json:"device_state_ms,omitempty"`
-	// resume_ms: destination has everything → destination running.
+	// resume_ms: destination loaded → destination running.
 	ResumeMs int64 `protobuf:"varint,4,opt,name=resume_ms,json=resumeMs,proto3" json:"resume_ms,omitempty"`
-	// total_ms: source stop → destination running (the sum of the above).
-	TotalMs       int64 `protobuf:"varint,5,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// total_ms: source STOP → destination RESUME (the sum of the phases).
+	TotalMs int64 `protobuf:"varint,5,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	// stop_ms: source STOP → pre-switchover (stopping the vCPUs, syncing).
+	StopMs int64 `protobuf:"varint,6,opt,name=stop_ms,json=stopMs,proto3" json:"stop_ms,omitempty"`
+	// final_round_bytes: RAM sent while paused.
+	FinalRoundBytes int64 `protobuf:"varint,7,opt,name=final_round_bytes,json=finalRoundBytes,proto3" json:"final_round_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DowntimePhases) Reset() {
@@ -284,6 +294,20 @@ func (x *DowntimePhases) GetResumeMs() int64 {
 func (x *DowntimePhases) GetTotalMs() int64 {
 	if x != nil {
 		return x.TotalMs
+	}
+	return 0
+}
+
+func (x *DowntimePhases) GetStopMs() int64 {
+	if x != nil {
+		return x.StopMs
+	}
+	return 0
+}
+
+func (x *DowntimePhases) GetFinalRoundBytes() int64 {
+	if x != nil {
+		return x.FinalRoundBytes
 	}
 	return 0
 }
@@ -1019,7 +1043,9 @@ type OutgoingStatus struct {
 	ContinuedAt     *timestamppb.Timestamp `protobuf:"bytes,16,opt,name=continued_at,json=continuedAt,proto3" json:"continued_at,omitempty"`
 	CompletedAt     *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
 	// qemu_status is the source QEMU's run state.
-	QemuStatus    string `protobuf:"bytes,18,opt,name=qemu_status,json=qemuStatus,proto3" json:"qemu_status,omitempty"`
+	QemuStatus string `protobuf:"bytes,18,opt,name=qemu_status,json=qemuStatus,proto3" json:"qemu_status,omitempty"`
+	// downtime_bytes is RAM sent while the guest was paused (the final round).
+	DowntimeBytes int64 `protobuf:"varint,19,opt,name=downtime_bytes,json=downtimeBytes,proto3" json:"downtime_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1178,6 +1204,13 @@ func (x *OutgoingStatus) GetQemuStatus() string {
 		return x.QemuStatus
 	}
 	return ""
+}
+
+func (x *OutgoingStatus) GetDowntimeBytes() int64 {
+	if x != nil {
+		return x.DowntimeBytes
+	}
+	return 0
 }
 
 // IncomingStatus is the destination side of a live migration.
@@ -1459,9 +1492,15 @@ func (x *StartOutgoingRequest) GetMultifdChannels() int32 {
 
 // MigrationStepRequest names the VM (and migration) a step applies to.
 type MigrationStepRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	MigrationId   string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MigrationId string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// wait_ms makes QueryOutgoing wait up to this long for the next change of
+	// QEMU's migration status before answering (a long poll).
+	WaitMs int64 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	// known_status is the migration status the caller saw last: the long
+	// poll answers at once when QEMU's status already differs from it.
+	KnownStatus   string `protobuf:"bytes,4,opt,name=known_status,json=knownStatus,proto3" json:"known_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1506,6 +1545,20 @@ func (x *MigrationStepRequest) GetName() string {
 func (x *MigrationStepRequest) GetMigrationId() string {
 	if x != nil {
 		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *MigrationStepRequest) GetWaitMs() int64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
+}
+
+func (x *MigrationStepRequest) GetKnownStatus() string {
+	if x != nil {
+		return x.KnownStatus
 	}
 	return ""
 }
@@ -1662,13 +1715,15 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10dirty_rate_mibps\x18\x04 \x01(\x01R\x0edirtyRateMibps\x12\x1d\n" +
 	"\n" +
 	"rate_mibps\x18\x05 \x01(\x01R\trateMibps\x12\x14\n" +
-	"\x05round\x18\x06 \x01(\x03R\x05round\"\xbb\x01\n" +
+	"\x05round\x18\x06 \x01(\x03R\x05round\"\x80\x02\n" +
 	"\x0eDowntimePhases\x12$\n" +
 	"\x0efinal_round_ms\x18\x01 \x01(\x03R\ffinalRoundMs\x12#\n" +
 	"\rswitchover_ms\x18\x02 \x01(\x03R\fswitchoverMs\x12&\n" +
 	"\x0fdevice_state_ms\x18\x03 \x01(\x03R\rdeviceStateMs\x12\x1b\n" +
 	"\tresume_ms\x18\x04 \x01(\x03R\bresumeMs\x12\x19\n" +
-	"\btotal_ms\x18\x05 \x01(\x03R\atotalMs\"l\n" +
+	"\btotal_ms\x18\x05 \x01(\x03R\atotalMs\x12\x17\n" +
+	"\astop_ms\x18\x06 \x01(\x03R\x06stopMs\x12*\n" +
+	"\x11final_round_bytes\x18\a \x01(\x03R\x0ffinalRoundBytes\"l\n" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
@@ -1728,7 +1783,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x16CancelMigrationRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x17CancelMigrationResponse\x121\n" +
-	"\tmigration\x18\x01 \x01(\v2\x13.ferry.v1.MigrationR\tmigration\"\xe5\x05\n" +
+	"\tmigration\x18\x01 \x01(\v2\x13.ferry.v1.MigrationR\tmigration\"\x8c\x06\n" +
 	"\x0eOutgoingStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
 	"\x11transferred_bytes\x18\x02 \x01(\x03R\x10transferredBytes\x12'\n" +
@@ -1752,7 +1807,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\fcontinued_at\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\vcontinuedAt\x12=\n" +
 	"\fcompleted_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\x1f\n" +
 	"\vqemu_status\x18\x12 \x01(\tR\n" +
-	"qemuStatus\"\xf5\x01\n" +
+	"qemuStatus\x12%\n" +
+	"\x0edowntime_bytes\x18\x13 \x01(\x03R\rdowntimeBytes\"\xf5\x01\n" +
 	"\x0eIncomingStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1f\n" +
 	"\vqemu_status\x18\x02 \x01(\tR\n" +
@@ -1774,10 +1830,12 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\x12.\n" +
 	"\x13max_bandwidth_bytes\x18\x04 \x01(\x03R\x11maxBandwidthBytes\x12*\n" +
 	"\x11downtime_limit_ms\x18\x05 \x01(\x03R\x0fdowntimeLimitMs\x12)\n" +
-	"\x10multifd_channels\x18\x06 \x01(\x05R\x0fmultifdChannels\"M\n" +
+	"\x10multifd_channels\x18\x06 \x01(\x05R\x0fmultifdChannels\"\x89\x01\n" +
 	"\x14MigrationStepRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
-	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\"J\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
+	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12!\n" +
+	"\fknown_status\x18\x04 \x01(\tR\vknownStatus\"J\n" +
 	"\x16OutgoingStatusResponse\x120\n" +
 	"\x06status\x18\x01 \x01(\v2\x18.ferry.v1.OutgoingStatusR\x06status\"J\n" +
 	"\x16IncomingStatusResponse\x120\n" +

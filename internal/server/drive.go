@@ -1,0 +1,315 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// errCancelled is the cause recorded when the user cancels.
+var errCancelled = errors.New("cancelled by the user")
+
+// driver drives one migration; only its goroutine touches its fields.
+type driver struct {
+	s         *Server
+	r         *run
+	vm        *ferryv1.VM // the record when the migration began
+	src, dst  *agentClients
+	prevState string // the VM's state to restore on rollback
+
+	outgoingStarted bool
+	transferStart   time.Time
+	lastOut         *ferryv1.OutgoingStatus
+}
+
+// drive runs a migration to its end and forgets it.
+func (s *Server) drive(r *run, vm *ferryv1.VM, src, dst *ferryv1.Host, prev string) {
+	d := &driver{s: s, r: r, vm: vm, src: s.agents.get(src.Address), dst: s.agents.get(dst.Address), prevState: prev}
+	ctx := context.Background()
+	if r.m.Strategy == "cold" {
+		d.cold(ctx)
+	} else {
+		d.live(ctx)
+	}
+	s.runsMu.Lock()
+	delete(s.runs, r.m.Id)
+	s.runsMu.Unlock()
+}
+
+func (d *driver) name() string { return d.r.m.Vm }
+func (d *driver) id() string   { return d.r.m.Id }
+func (d *driver) isCold() bool { return d.r.m.Strategy == "cold" }
+func (d *driver) stepReq() *connect.Request[ferryv1.MigrationStepRequest] {
+	return connect.NewRequest(&ferryv1.MigrationStepRequest{Name: d.name(), MigrationId: d.id()})
+}
+
+// state returns the machine's current state.
+func (d *driver) state() migration.State {
+	d.r.mu.Lock()
+	defer d.r.mu.Unlock()
+	return migration.State(d.r.m.State)
+}
+
+// step advances the state machine and persists the new state before the
+// caller acts on it.
+func (d *driver) step(ev migration.Event, msg string) error {
+	d.r.mu.Lock()
+	next, err := migration.Step(migration.State(d.r.m.State), ev, d.isCold())
+	if err == nil {
+		d.r.m.State, d.r.m.Status = string(next), next.Status()
+		d.r.event(string(next), msg)
+		if next.Terminal() {
+			d.r.m.FinishedAt = timestamppb.Now()
+			d.r.m.TotalMs = time.Since(d.r.m.StartedAt.AsTime()).Milliseconds()
+		}
+	}
+	d.r.mu.Unlock()
+	if err != nil {
+		d.s.log.Error("migration state machine", "id", d.id(), "err", err)
+		return err
+	}
+	d.s.log.Info("migration step", "id", d.id(), "vm", d.name(), "state", next, "msg", msg)
+	d.save()
+	return nil
+}
+
+// save persists the migration record (with samples).
+func (d *driver) save() {
+	m := d.r.snapshot(true)
+	m.UpdatedAt = timestamppb.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.s.store.PutMigration(ctx, m); err != nil {
+		d.s.log.Error("persist migration", "id", d.id(), "err", err)
+	}
+	d.r.lastSave = time.Now()
+}
+
+// retry calls fn until it succeeds or the budget runs out.
+func retry(ctx context.Context, budget time.Duration, fn func(context.Context) error) error {
+	deadline := time.Now().Add(budget)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := fn(cctx)
+		cancel()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		var ce *connect.Error
+		if errors.As(err, &ce) && (ce.Code() == connect.CodeFailedPrecondition || ce.Code() == connect.CodeInvalidArgument || ce.Code() == connect.CodeNotFound) {
+			return err // a refusal, not a transient failure
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// live drives a pre-copy live migration.
+func (d *driver) live(ctx context.Context) {
+	m := d.r.snapshot(false)
+	if err := d.step(migration.EvBeginLive, "starting the destination QEMU on "+m.To); err != nil {
+		return
+	}
+	sp := proto.Clone(d.vm.Spec).(*ferryv1.VMSpec)
+	if d.vm.Accel != "" {
+		sp.Accel = d.vm.Accel // the destination must emulate exactly like the source
+	}
+	pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	prep, err := d.dst.mig.PrepareIncoming(pctx, connect.NewRequest(&ferryv1.PrepareIncomingRequest{
+		Spec: sp, MigrationId: d.id(), MultifdChannels: m.Options.MultifdChannels,
+	}))
+	cancel()
+	if err != nil {
+		d.rollback(ctx, fmt.Errorf("prepare destination on %s: %w", m.To, err))
+		return
+	}
+	d.r.mu.Lock()
+	d.r.m.DestUri = prep.Msg.Uri
+	d.r.mu.Unlock()
+	if d.r.cancelled() {
+		d.rollback(ctx, errCancelled)
+		return
+	}
+	if err := d.step(migration.EvPrepared, "sending RAM to "+prep.Msg.Uri); err != nil {
+		return
+	}
+	bw := unlimitedBandwidth
+	if m.Options.BandwidthMibps > 0 {
+		bw = m.Options.BandwidthMibps << 20
+	}
+	d.transferStart = time.Now()
+	d.outgoingStarted = true
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	_, err = d.src.mig.StartOutgoing(sctx, connect.NewRequest(&ferryv1.StartOutgoingRequest{
+		Name: d.name(), MigrationId: d.id(), Uri: prep.Msg.Uri,
+		MaxBandwidthBytes: bw, DowntimeLimitMs: m.Options.MaxDowntimeMs, MultifdChannels: m.Options.MultifdChannels,
+	}))
+	cancel()
+	if err != nil {
+		d.rollback(ctx, fmt.Errorf("start sending from %s: %w", m.From, err))
+		return
+	}
+	if err := d.transfer(ctx); err != nil {
+		d.rollback(ctx, err)
+		return
+	}
+	if err := d.step(migration.EvPreSwitchover, "source paused with the last RAM sent; switching the owner"); err != nil {
+		return
+	}
+	if d.r.cancelled() {
+		d.rollback(ctx, errCancelled)
+		return
+	}
+	if err := d.switchOwner(ctx, m.To); err != nil {
+		d.rollback(ctx, fmt.Errorf("ownership compare-and-swap: %w", err))
+		return
+	}
+	if err := d.step(migration.EvCommitted, "owner is now "+m.To+" (generation CAS succeeded)"); err != nil {
+		return
+	}
+	d.forward(ctx)
+}
+
+// switchOwner moves the VM record to host with a compare-and-swap on the
+// generation the migration locked; any other write since makes it fail.
+func (d *driver) switchOwner(ctx context.Context, host string) error {
+	d.r.mu.Lock()
+	gen := d.r.m.VmGeneration
+	d.r.mu.Unlock()
+	cur, err := d.s.store.GetVM(ctx, d.name())
+	if err != nil {
+		return err
+	}
+	cur.Host = host
+	if err := d.s.store.SwapVM(ctx, cur, gen); err != nil {
+		return err
+	}
+	d.r.mu.Lock()
+	d.r.m.VmGeneration = cur.Generation
+	d.r.mu.Unlock()
+	return nil
+}
+
+// transfer polls both sides until the source reaches pre-switchover, and
+// fails on cancel, a stall, a timeout, or either side going away.
+func (d *driver) transfer(ctx context.Context) error {
+	opt := d.r.snapshot(false).Options
+	stall := time.Duration(opt.StallTimeoutMs) * time.Millisecond
+	deadline := d.r.started.Add(time.Duration(opt.TimeoutMs) * time.Millisecond)
+	var lastTransferred int64 = -1
+	lastProgress := time.Now()
+	var srcDownSince, dstDownSince time.Time
+	lastDstCheck := time.Time{}
+	for {
+		if d.r.cancelled() {
+			return errCancelled
+		}
+		// A long poll: the agent answers at once when QEMU's status moves
+		// (pre-switchover above all), else after 100 ms with progress.
+		req := d.stepReq()
+		req.Msg.WaitMs = 100
+		if d.lastOut != nil {
+			req.Msg.KnownStatus = d.lastOut.Status
+		}
+		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		resp, err := d.src.mig.QueryOutgoing(qctx, req)
+		cancel()
+		now := time.Now()
+		if err != nil {
+			if srcDownSince.IsZero() {
+				srcDownSince = now
+			}
+			if now.Sub(srcDownSince) > 5*time.Second {
+				return fmt.Errorf("source agent unreachable for 5s: %w", err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		} else {
+			srcDownSince = time.Time{}
+			out := resp.Msg.Status
+			d.record(out)
+			switch out.Status {
+			case "pre-switchover":
+				return nil
+			case "failed", "cancelled", "completed":
+				return fmt.Errorf("source QEMU reports the migration %s: %s", out.Status, orUnknown(out.Error))
+			}
+			if out.TransferredBytes > lastTransferred {
+				lastTransferred, lastProgress = out.TransferredBytes, now
+			}
+		}
+		if now.Sub(lastProgress) > stall {
+			return fmt.Errorf("no progress for %s (%d bytes sent): the link between the hosts may be down", stall, lastTransferred)
+		}
+		if now.After(deadline) {
+			return fmt.Errorf("migration timeout of %s reached", time.Duration(opt.TimeoutMs)*time.Millisecond)
+		}
+		if now.Sub(lastDstCheck) >= 300*time.Millisecond {
+			lastDstCheck = now
+			qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			in, err := d.dst.mig.QueryIncoming(qctx, d.stepReq())
+			cancel()
+			switch {
+			case err != nil && connect.CodeOf(err) == connect.CodeNotFound:
+				return errors.New("destination QEMU is gone (it exited or was killed)")
+			case err != nil:
+				if dstDownSince.IsZero() {
+					dstDownSince = now
+				}
+				if now.Sub(dstDownSince) > 2*time.Second {
+					return fmt.Errorf("destination agent unreachable for 2s: %w", err)
+				}
+			case in.Msg.Status.GetVm().GetPid() == 0:
+				return errors.New("destination QEMU is gone (it exited or was killed)")
+			default:
+				dstDownSince = time.Time{}
+			}
+		}
+		if now.Sub(d.r.lastSave) > time.Second {
+			d.save()
+		}
+	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "no reason given"
+	}
+	return s
+}
+
+// record folds a source status into the report and its samples.
+func (d *driver) record(out *ferryv1.OutgoingStatus) {
+	d.lastOut = out
+	dirty := out.DirtyPagesRate * float64(out.PageSize) / (1 << 20)
+	d.r.mu.Lock()
+	defer d.r.mu.Unlock()
+	m := d.r.m
+	m.TransferredBytes, m.RemainingBytes, m.TotalBytes = out.TransferredBytes, out.RemainingBytes, out.TotalBytes
+	m.Rounds, m.DirtyRateMibps, m.ExpectedDowntimeMs, m.SetupMs = out.DirtySyncCount, dirty, out.ExpectedDowntimeMs, out.SetupMs
+	if el := time.Since(d.transferStart).Seconds(); el > 0 {
+		m.BandwidthMibps = float64(out.TransferredBytes) / (1 << 20) / el
+	}
+	m.Samples = append(m.Samples, &ferryv1.MigrationSample{
+		TMs: time.Since(d.r.started).Milliseconds(), RemainingBytes: out.RemainingBytes, TransferredBytes: out.TransferredBytes,
+		DirtyRateMibps: dirty, RateMibps: out.Mbps / 8 * 1e6 / (1 << 20), Round: out.DirtySyncCount,
+	})
+	if len(m.Samples) > 4000 { // keep long migrations bounded: drop every other sample
+		kept := m.Samples[:0]
+		for i, s := range m.Samples {
+			if i%2 == 0 {
+				kept = append(kept, s)
+			}
+		}
+		m.Samples = kept
+	}
+}

@@ -1,0 +1,327 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration"
+	"github.com/ferryvm/ferry/internal/placement"
+	"github.com/ferryvm/ferry/internal/store"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Migration defaults.
+const (
+	DefaultStallTimeout     = 15 * time.Second
+	DefaultMigrationTimeout = 10 * time.Minute
+	// unlimitedBandwidth is QEMU's max-bandwidth for "no cap" (bytes/s).
+	unlimitedBandwidth = int64(1) << 40
+)
+
+// run is one migration being driven by this server. The driving goroutine
+// owns m; readers take a clone under mu.
+type run struct {
+	mu       sync.Mutex
+	m        *ferryv1.Migration
+	cancel   chan struct{}
+	once     sync.Once
+	started  time.Time
+	lastSave time.Time
+}
+
+func (r *run) snapshot(withSamples bool) *ferryv1.Migration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := proto.Clone(r.m).(*ferryv1.Migration)
+	if !withSamples {
+		m.Samples = nil
+	}
+	return m
+}
+
+func (r *run) requestCancel() {
+	r.once.Do(func() { close(r.cancel) })
+}
+
+func (r *run) cancelled() bool {
+	select {
+	case <-r.cancel:
+		return true
+	default:
+		return false
+	}
+}
+
+type migrationService struct{ s *Server }
+
+func newMigrationID() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return "mig-" + hex.EncodeToString(b)
+}
+
+// Migrate validates the request, takes the VM's migration lock and starts
+// driving the migration in the background.
+func (h *migrationService) Migrate(ctx context.Context, req *connect.Request[ferryv1.MigrateRequest]) (*connect.Response[ferryv1.MigrateResponse], error) {
+	r, err := h.s.beginMigration(ctx, req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ferryv1.MigrateResponse{Migration: r.snapshot(false)}), nil
+}
+
+func invalidArg(format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
+}
+
+func precondition(format string, args ...any) error {
+	return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(format, args...))
+}
+
+// beginMigration checks everything that can be checked before acting, so a
+// refused migration changes nothing.
+func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest) (*run, error) {
+	opt := proto.Clone(req.GetOptions()).(*ferryv1.MigrationOptions)
+	if opt == nil {
+		opt = &ferryv1.MigrationOptions{}
+	}
+	if opt.Strategy == "" {
+		opt.Strategy = "precopy"
+	}
+	switch opt.Strategy {
+	case "precopy", "cold":
+	default:
+		return nil, invalidArg("strategy: must be precopy or cold, got %q", opt.Strategy)
+	}
+	if opt.BandwidthMibps < 0 {
+		return nil, invalidArg("bandwidth: must be >= 0 MiB/s (0 = unlimited), got %d", opt.BandwidthMibps)
+	}
+	if opt.MaxDowntimeMs < 0 || opt.MaxDowntimeMs > 60000 {
+		return nil, invalidArg("max-downtime: must be between 1ms and 60s, got %dms", opt.MaxDowntimeMs)
+	}
+	if opt.MultifdChannels < 0 || opt.MultifdChannels > 16 {
+		return nil, invalidArg("multifd: must be between 0 and 16 channels, got %d", opt.MultifdChannels)
+	}
+	if req.GetVm() == "" || req.GetTo() == "" {
+		return nil, invalidArg("vm and to: required")
+	}
+	unlock := s.lockVM(req.Vm)
+	defer unlock()
+	vm, err := s.store.GetVM(ctx, req.Vm)
+	if err != nil {
+		if store.IsNotFound(err) {
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("VM %q not found (see ferry vm list)", req.Vm))
+		}
+		return nil, connectError(err)
+	}
+	if vm.Host == req.To {
+		return nil, invalidArg("VM %s is already on host %s: choose another destination", req.Vm, req.To)
+	}
+	switch {
+	case vm.State == "migrating":
+		return nil, precondition("VM %s is already migrating (%s)", req.Vm, vm.MigrationId)
+	case opt.Strategy == "precopy" && vm.State != "running":
+		return nil, precondition("VM %s is %s: live migration needs a running VM (use --strategy cold, or start it)", req.Vm, vm.State)
+	case opt.Strategy == "cold" && vm.State != "running" && vm.State != "stopped":
+		return nil, precondition("VM %s is %s: cold migration needs a running or stopped VM", req.Vm, vm.State)
+	}
+	hosts, err := s.store.ListHosts(ctx)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	var src, dst *ferryv1.Host
+	for _, h := range hosts {
+		switch h.Name {
+		case vm.Host:
+			src = h
+		case req.To:
+			dst = h
+		}
+	}
+	if dst == nil {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination host %q is not registered (see ferry host list)", req.To))
+	}
+	if dst.State != "ready" {
+		return nil, precondition("destination host %s is %s", dst.Name, dst.State)
+	}
+	if src == nil || src.State != "ready" {
+		return nil, precondition("VM %s's host %s is not ready: its agent must take part in the migration", req.Vm, vm.Host)
+	}
+	if opt.Strategy == "precopy" && dst.MigrationIp == "" {
+		return nil, precondition("destination host %s has no migration address (agent --migration-ip)", dst.Name)
+	}
+	for i, d := range vm.Spec.GetDisks() {
+		if !d.GetShared() {
+			return nil, precondition("spec.disks[%d] (%s) is not shared: moving local disks needs storage migration, which Ferry does not do yet; mark the disk shared: true if both hosts see it at the same path", i, d.GetName())
+		}
+	}
+	if err := s.checkRoom(ctx, vm, dst); err != nil {
+		return nil, err
+	}
+	if opt.MaxDowntimeMs == 0 {
+		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
+		if opt.MaxDowntimeMs == 0 {
+			opt.MaxDowntimeMs = 300
+		}
+	}
+	if opt.StallTimeoutMs == 0 {
+		opt.StallTimeoutMs = DefaultStallTimeout.Milliseconds()
+	}
+	if opt.TimeoutMs == 0 {
+		opt.TimeoutMs = DefaultMigrationTimeout.Milliseconds()
+	}
+
+	id := newMigrationID()
+	now := time.Now()
+	locked, err := s.store.UpdateVM(ctx, req.Vm, true, func(cur *ferryv1.VM) error {
+		if cur.State != vm.State || cur.Host != vm.Host || cur.MigrationId != "" {
+			return precondition("VM %s changed while the migration was being set up; try again", req.Vm)
+		}
+		cur.State, cur.MigrationId = "migrating", id
+		return nil
+	})
+	if err != nil {
+		return nil, connectError(err)
+	}
+	m := &ferryv1.Migration{
+		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
+		Status: "running", State: string(migration.Pending), StartedAt: timestamppb.New(now),
+		Options: opt, VmGeneration: locked.Generation,
+	}
+	r := &run{m: m, cancel: make(chan struct{}), started: now}
+	r.event(string(migration.Pending), fmt.Sprintf("%s %s → %s (%s)", req.Vm, vm.Host, req.To, opt.Strategy))
+	if err := s.store.PutMigration(ctx, m); err != nil {
+		// Undo the lock so the VM is as it was.
+		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
+		return nil, connectError(err)
+	}
+	s.runsMu.Lock()
+	s.runs[id] = r
+	s.runsMu.Unlock()
+	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
+	go s.drive(r, vm, src, dst, prevState(vm.State))
+	return r, nil
+}
+
+// prevState is the VM state to restore on rollback.
+func prevState(s string) string { return s }
+
+// checkRoom verifies the destination can hold the VM.
+func (s *Server) checkRoom(ctx context.Context, vm *ferryv1.VM, dst *ferryv1.Host) error {
+	vms, err := s.store.ListVMs(ctx)
+	if err != nil {
+		return connectError(err)
+	}
+	c := placement.Host{Name: dst.Name, Ready: true, CPUs: int(dst.GetCapacity().GetCpus()), MemoryMiB: dst.GetCapacity().GetMemoryMib()}
+	for _, o := range vms {
+		if o.Host == dst.Name {
+			c.AllocatedVCPUs += int(o.Spec.GetVcpus())
+			c.AllocatedMemoryMiB += o.Spec.GetMemoryMib()
+		}
+	}
+	if _, err := placement.Choose([]placement.Host{c}, placement.Request{VCPUs: int(vm.Spec.GetVcpus()), MemoryMiB: vm.Spec.GetMemoryMib()}); err != nil {
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("destination host %s cannot take VM %s: %w", dst.Name, vm.Spec.GetName(), err))
+	}
+	return nil
+}
+
+// unlockVMRecord clears the VM's migration lock and restores its state.
+func (s *Server) unlockVMRecord(ctx context.Context, vm, id, state string) {
+	if _, err := s.store.UpdateVM(ctx, vm, false, func(cur *ferryv1.VM) error {
+		if cur.MigrationId != id {
+			return errSkip
+		}
+		cur.State, cur.MigrationId = state, ""
+		return nil
+	}); err != nil && !errors.Is(err, errSkip) {
+		s.log.Error("unlock VM record", "vm", vm, "migration", id, "err", err)
+	}
+}
+
+// event appends to the migration's history (caller owns r.m or holds mu).
+func (r *run) event(state, msg string) {
+	r.m.Events = append(r.m.Events, &ferryv1.MigrationEvent{At: timestamppb.Now(), State: state, Message: msg})
+}
+
+// GetMigration returns a migration: live from memory while it runs here,
+// from the store otherwise.
+func (h *migrationService) GetMigration(ctx context.Context, req *connect.Request[ferryv1.GetMigrationRequest]) (*connect.Response[ferryv1.GetMigrationResponse], error) {
+	if r := h.s.runFor(req.Msg.Id); r != nil {
+		return connect.NewResponse(&ferryv1.GetMigrationResponse{Migration: r.snapshot(!req.Msg.WithoutSamples)}), nil
+	}
+	m, err := h.s.store.GetMigration(ctx, req.Msg.Id)
+	if err != nil {
+		if store.IsNotFound(err) {
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("migration %q not found (see ferry migration list)", req.Msg.Id))
+		}
+		return nil, connectError(err)
+	}
+	if req.Msg.WithoutSamples {
+		m.Samples = nil
+	}
+	return connect.NewResponse(&ferryv1.GetMigrationResponse{Migration: m}), nil
+}
+
+func (s *Server) runFor(id string) *run {
+	s.runsMu.Lock()
+	defer s.runsMu.Unlock()
+	return s.runs[id]
+}
+
+// ListMigrations returns every migration (without samples), oldest first.
+func (h *migrationService) ListMigrations(ctx context.Context, req *connect.Request[ferryv1.ListMigrationsRequest]) (*connect.Response[ferryv1.ListMigrationsResponse], error) {
+	ms, err := h.s.store.ListMigrations(ctx)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	out := &ferryv1.ListMigrationsResponse{}
+	for _, m := range ms {
+		if req.Msg.Vm != "" && m.Vm != req.Msg.Vm {
+			continue
+		}
+		if r := h.s.runFor(m.Id); r != nil {
+			m = r.snapshot(false)
+		}
+		m.Samples = nil
+		out.Migrations = append(out.Migrations, m)
+	}
+	return connect.NewResponse(out), nil
+}
+
+// CancelMigration asks a running migration to roll back. Past the
+// switchover it is too late, and the error says so.
+func (h *migrationService) CancelMigration(ctx context.Context, req *connect.Request[ferryv1.CancelMigrationRequest]) (*connect.Response[ferryv1.CancelMigrationResponse], error) {
+	r := h.s.runFor(req.Msg.Id)
+	if r == nil {
+		m, err := h.s.store.GetMigration(ctx, req.Msg.Id)
+		if err != nil {
+			if store.IsNotFound(err) {
+				return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("migration %q not found", req.Msg.Id))
+			}
+			return nil, connectError(err)
+		}
+		return nil, precondition("migration %s is %s: nothing to cancel", m.Id, m.Status)
+	}
+	snap := r.snapshot(false)
+	st := migration.State(snap.State)
+	if st.Terminal() {
+		return nil, precondition("migration %s is %s: nothing to cancel", snap.Id, snap.Status)
+	}
+	if !st.Cancellable() {
+		return nil, precondition("migration %s is past the switchover (%s): the VM already belongs to %s; it cannot be cancelled", snap.Id, snap.State, snap.To)
+	}
+	r.mu.Lock()
+	r.m.CancelRequested = true
+	r.mu.Unlock()
+	r.requestCancel()
+	h.s.log.Info("migration cancel requested", "id", snap.Id)
+	return connect.NewResponse(&ferryv1.CancelMigrationResponse{Migration: r.snapshot(false)}), nil
+}
