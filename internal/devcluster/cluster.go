@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -302,17 +303,20 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 		for _, name := range links[ns] {
 			for {
 				var state netlink.LinkOperState
+				var lowerUp bool
 				err := netnsutil.Do(ns, func() error {
 					link, err := netlink.LinkByName(name)
 					if err == nil {
 						state = link.Attrs().OperState
+						lowerUp = link.Attrs().RawFlags&unix.IFF_LOWER_UP != 0
 					}
 					return err
 				})
 				if err != nil {
 					return fmt.Errorf("wait for %s in %s: %w", name, ns, err)
 				}
-				if state == netlink.OperUp {
+				// A bridge whose MAC was set reports "unknown" with carrier.
+				if state == netlink.OperUp || (state == netlink.OperUnknown && lowerUp) {
 					break
 				}
 				if time.Now().After(deadline) {

@@ -73,7 +73,8 @@ func lookupBridge(name string) (*netlink.Bridge, error) {
 
 // CreateBridge creates a bridge called name (or adopts an existing one),
 // turns STP off, sets its forward delay to 0 so new ports forward at once,
-// and sets it up. It assigns no address.
+// pins its MAC address (so ports joining never change it) and sets it up.
+// It assigns no IP address.
 func CreateBridge(name string) error {
 	ok, err := BridgeExists(name)
 	if err != nil {
@@ -90,6 +91,14 @@ func CreateBridge(name string) error {
 	}
 	if err := setBridgeNoDelay(br.Attrs().Index); err != nil {
 		return fmt.Errorf("configure bridge %q: %w", name, err)
+	}
+	// Pin the bridge's MAC: a bridge whose address was never set takes the
+	// lowest port MAC, so a VM tap joining would change the host's MAC
+	// under its IP and strand every neighbour's ARP entry for seconds.
+	if hw := br.Attrs().HardwareAddr; len(hw) == 6 {
+		if err := netlink.LinkSetHardwareAddr(br, hw); err != nil {
+			return fmt.Errorf("pin MAC of bridge %q: %w", name, err)
+		}
 	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		return fmt.Errorf("set bridge %q up: %w", name, err)

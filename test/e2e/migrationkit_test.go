@@ -246,10 +246,17 @@ func (c *cluster) listMigrations() []*ferryv1.Migration {
 func logReport(t *testing.T, label string, m *ferryv1.Migration, wall time.Duration) {
 	t.Helper()
 	p := m.GetDowntimePhases()
-	t.Logf("%s: %s %s %s→%s status %s in %s (CLI wall %s): totalMs %d setupMs %d downtimeMs %d phases{finalRound %d, switchover %d, deviceState %d, resume %d, total %d} transferred %.1f MiB rounds %d bandwidth %.1f MiB/s dirtyRate %.1f MiB/s samples %d",
+	var maxDirty, maxRate float64
+	for _, s := range m.Samples {
+		maxDirty, maxRate = max(maxDirty, s.DirtyRateMibps), max(maxRate, s.RateMibps)
+	}
+	t.Logf("%s: %s %s %s→%s status %s in %s (CLI wall %s): totalMs %d setupMs %d downtimeMs %d "+
+		"phases{stop %d, finalRound %d (%.1f MiB), switchover %d, deviceState %d, resume %d, total %d} "+
+		"transferred %.1f MiB rounds %d bandwidth %.1f MiB/s dirtyRate %.1f MiB/s samples %d (max rate %.1f MiB/s, max dirty rate %.1f MiB/s)",
 		label, m.Id, m.Strategy, m.From, m.To, m.Status, time.Duration(m.TotalMs)*time.Millisecond, wall.Round(time.Millisecond),
-		m.TotalMs, m.SetupMs, m.DowntimeMs, p.GetFinalRoundMs(), p.GetSwitchoverMs(), p.GetDeviceStateMs(), p.GetResumeMs(), p.GetTotalMs(),
-		float64(m.TransferredBytes)/(1<<20), m.Rounds, m.BandwidthMibps, m.DirtyRateMibps, len(m.Samples))
+		m.TotalMs, m.SetupMs, m.DowntimeMs,
+		p.GetStopMs(), p.GetFinalRoundMs(), float64(p.GetFinalRoundBytes())/(1<<20), p.GetSwitchoverMs(), p.GetDeviceStateMs(), p.GetResumeMs(), p.GetTotalMs(),
+		float64(m.TransferredBytes)/(1<<20), m.Rounds, m.BandwidthMibps, m.DirtyRateMibps, len(m.Samples), maxRate, maxDirty)
 }
 
 // checkLiveReport checks a completed live migration's report.
@@ -318,11 +325,16 @@ func (c *cluster) waitNoLeftovers(host, vm string, timeout time.Duration) {
 }
 
 // checkRolledBack checks the state after a failed or cancelled migration:
-// the VM runs on h1 with the same boot, and h2 holds nothing of it.
-func (c *cluster) checkRolledBack(name, ip, bootID string) {
+// the VM runs on h1 with the same boot, and h2 holds nothing of it. obs,
+// if not nil, is the observer holding the observer sockets.
+func (c *cluster) checkRolledBack(name, ip, bootID string, obs *observer) {
 	c.t.Helper()
 	c.checkOnHost(name, "h1")
-	if st, err := observeOnce(c.observeSock("h1", name)); err != nil || !st.Running {
+	if obs != nil {
+		if s, ok := obs.sampleAfter(time.Now(), 5*time.Second); !ok || !s.running[0] {
+			c.t.Errorf("source QEMU on h1 after rollback: %v (sampled %v); want running", s, ok)
+		}
+	} else if st, err := observeOnce(c.observeSock("h1", name)); err != nil || !st.Running {
 		c.t.Errorf("source QEMU on h1: status %+v err %v; want running", st, err)
 	}
 	if got := c.bootID(ip, 20*time.Second); got != bootID {
@@ -467,6 +479,9 @@ func (o *observer) run(ctx context.Context) {
 			wg.Go(func() { s.status[i], s.running[i] = o.poll(ctx, i) })
 		}
 		wg.Wait()
+		if ctx.Err() != nil {
+			break // the polls were cut short: not a sample
+		}
 		s.at = time.Now()
 		o.mu.Lock()
 		o.samples = append(o.samples, s)
@@ -539,7 +554,26 @@ func (o *observer) stop() {
 	})
 }
 
-// between counts samples in [from, to] where both hosts had a QEMU.
+// sampleAfter waits up to timeout for a sample taken after t.
+func (o *observer) sampleAfter(t time.Time, timeout time.Duration) (qmpSample, bool) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		o.mu.Lock()
+		n := len(o.samples)
+		var s qmpSample
+		if n > 0 {
+			s = o.samples[n-1]
+		}
+		o.mu.Unlock()
+		if n > 0 && s.at.After(t) {
+			return s, true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return qmpSample{}, false
+}
+
+// bothPresent counts samples in [from, to] where both hosts had a QEMU.
 func (o *observer) bothPresent(from, to time.Time) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
