@@ -17,6 +17,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/guest/guestapi"
 	"github.com/ferryvm/ferry/internal/devcluster"
 	"github.com/ferryvm/ferry/internal/guestprobe"
 	"github.com/ferryvm/ferry/internal/netnsutil"
@@ -87,7 +88,7 @@ func Run(ctx context.Context, opt Options, out io.Writer) (err error) {
 
 	spec := &ferryv1.VMSpec{
 		Name: "demo", Vcpus: 1, MemoryMib: 512, Accel: opt.Accel,
-		Boot: &ferryv1.BootSpec{Kernel: kernel, Initrd: initrd, Cmdline: "console=ttyS0 ferry.ip=" + GuestIP + "/15 ferry.dirty=128:32"},
+		Boot: &ferryv1.BootSpec{Kernel: kernel, Initrd: initrd, Cmdline: guestapi.BaseCmdline + " ferry.ip=" + GuestIP + "/15 ferry.dirty=128:32"},
 		Nics: []*ferryv1.NICSpec{{}},
 	}
 	step("creating VM %q on h1 (real QEMU; guest dirties a 128 MiB working set at 32 MiB/s)", spec.Name)
@@ -101,6 +102,7 @@ func Run(ctx context.Context, opt Options, out io.Writer) (err error) {
 
 	step("waiting for the guest to answer on %s:8080 (from namespace %s)", GuestIP, c.Client)
 	client := netnsutil.HTTPClient(c.Client)
+	client.Timeout = 5 * time.Second
 	before, err := guestprobe.WaitStatus(ctx, client, GuestIP, 90*time.Second)
 	if err != nil {
 		return err

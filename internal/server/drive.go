@@ -289,6 +289,9 @@ func orUnknown(s string) string {
 
 // record folds a source status into the report and its samples.
 func (d *driver) record(out *ferryv1.OutgoingStatus) {
+	if out.TotalBytes == 0 && d.lastOut != nil {
+		return // a failed or cancelled QEMU reports no RAM figures: keep the last real ones
+	}
 	d.lastOut = out
 	dirty := out.DirtyPagesRate * float64(out.PageSize) / (1 << 20)
 	d.r.mu.Lock()

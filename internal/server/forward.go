@@ -120,9 +120,11 @@ func (d *driver) report(out *ferryv1.OutgoingStatus, inc *ferryv1.IncomingStatus
 	if out != nil {
 		m.DowntimeMs, m.SetupMs = out.DowntimeMs, out.SetupMs
 		m.TransferredBytes, m.RemainingBytes, m.TotalBytes, m.Rounds = out.TransferredBytes, out.RemainingBytes, out.TotalBytes, out.DirtySyncCount
+		// The rate of the live phase: bytes sent before the pause over
+		// the time until the pause (the final round is sent after it).
 		if out.PreSwitchoverAt != nil && !d.transferStart.IsZero() {
 			if el := out.PreSwitchoverAt.AsTime().Sub(d.transferStart).Seconds(); el > 0 {
-				m.BandwidthMibps = float64(out.TransferredBytes) / (1 << 20) / el
+				m.BandwidthMibps = float64(out.TransferredBytes-out.DowntimeBytes) / (1 << 20) / el
 			}
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/guest/guestapi"
 	"github.com/ferryvm/ferry/internal/devcluster"
 	"github.com/ferryvm/ferry/internal/netnsutil"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -162,10 +163,10 @@ accel: tcg
 boot:
   kernel: %s
   initrd: %s
-  cmdline: "console=ttyS0 ferry.ip=%s/15"
+  cmdline: "%s ferry.ip=%s/15"
 nics:
   - {}
-%s`, name, filepath.Join(guestDir, "vmlinuz"), filepath.Join(guestDir, "initrd.img"), ip, extra)
+%s`, name, filepath.Join(guestDir, "vmlinuz"), filepath.Join(guestDir, "initrd.img"), guestapi.BaseCmdline, ip, extra)
 	path := filepath.Join(c.dir, name+".yaml")
 	if err := os.WriteFile(path, []byte(spec), 0o644); err != nil {
 		c.t.Fatal(err)

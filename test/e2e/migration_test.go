@@ -49,6 +49,12 @@ func TestLiveMigrationKeepsTCPSessions(t *testing.T) {
 		if m.TotalMs > 5000 {
 			t.Errorf("migration %d %s→%s took %d ms on an unlimited link (first byte sent after %d ms), want < 5 s", i+1, l.from, l.to, m.TotalMs, firstByte)
 		}
+		if !stream.flowing(time.Second) {
+			if crash := c.guestCrash(name); crash != "" {
+				t.Fatalf("migration %d %s→%s: the guest kernel crashed on the destination (its RAM or CPU state arrived corrupted); console:\n%s", i+1, l.from, l.to, crash)
+			}
+			t.Fatalf("migration %d %s→%s: the TCP stream did not resume within 1s of the migration's end (no guest crash on the console)", i+1, l.from, l.to)
+		}
 		vm := c.checkOnHost(name, l.to)
 		t.Logf("after migration %d: record host %s state %s generation %d", i+1, vm.Host, vm.State, vm.Generation)
 		if n := obs.bothPresent(start, end); n < 1 {

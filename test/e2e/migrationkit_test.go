@@ -668,6 +668,42 @@ func (w *streamWatch) stop() {
 	<-w.done
 }
 
+// flowing waits up to d for a line newer than the call.
+func (w *streamWatch) flowing(d time.Duration) bool {
+	n0, _ := w.snapshot()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if n, _ := w.snapshot(); n > n0 {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return false
+}
+
+// guestCrash returns the guest console from its first kernel crash line
+// ("Kernel panic", "Oops", "BUG:") on, or "" if there is none.
+func (c *cluster) guestCrash(name string) string {
+	out, _, _ := c.ferry("vm", "console", name)
+	i := -1
+	for _, sig := range []string{"BUG:", "Oops", "general protection fault", "Kernel panic"} {
+		if j := strings.Index(out, sig); j >= 0 && (i < 0 || j < i) {
+			i = j
+		}
+	}
+	if i < 0 {
+		return ""
+	}
+	if j := strings.LastIndexByte(out[:i], '\n'); j >= 0 {
+		i = j + 1
+	}
+	out = out[i:]
+	if len(out) > 1500 {
+		out = out[:1500] + "..."
+	}
+	return out
+}
+
 // snapshot returns the line count and the time of the last line.
 func (w *streamWatch) snapshot() (int, time.Time) {
 	w.mu.Lock()
