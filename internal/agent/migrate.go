@@ -31,6 +31,7 @@ type outgoing struct {
 	sub   *qmp.Subscription
 
 	stoppedAt, preSwitchoverAt, continuedAt, completedAt time.Time
+	postcopyAt                                           time.Time
 	changed                                              chan struct{} // closed and replaced at each status event
 	status                                               string        // QEMU's migration status from the last event
 }
@@ -44,7 +45,7 @@ type incoming struct {
 	state     migration.IncomingState
 	sub       *qmp.Subscription
 	loaded    bool // QEMU reported the incoming migration completed
-	contSent  bool
+	contSent  bool // cont sent after arming
 	loadedAt  time.Time
 	resumedAt time.Time
 	err       string
@@ -111,6 +112,9 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *ferryv1.PrepareIncomin
 	in.sub = mon.Subscribe(qmp.EventMigration, qmp.EventResume)
 	r.Add(in.sub.Close)
 	caps := []qmp.CapabilityState{{Capability: qmp.CapEvents, State: true}}
+	if req.Postcopy {
+		caps = append(caps, qmp.CapabilityState{Capability: qmp.CapPostcopyRAM, State: true})
+	}
 	if req.MultifdChannels > 1 {
 		caps = append(caps, qmp.CapabilityState{Capability: qmp.CapMultifd, State: true})
 	}
@@ -145,14 +149,14 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *ferryv1.PrepareIncomin
 	v.state, v.message, v.stopping = "incoming", "", false
 	v.in = in
 	go v.watch(proc, mon)
-	go v.watchIncoming(in, mon)
+	go v.watchIncoming(in)
 	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "pid", proc.PID())
 	return in.uri, nil
 }
 
-// watchIncoming records the destination's QMP events and resumes the VM as
-// soon as its state has arrived, if (and only if) the resume is armed.
-func (v *vm) watchIncoming(in *incoming, mon *qmp.Monitor) {
+// watchIncoming records the destination's QMP event times and its move to
+// running.
+func (v *vm) watchIncoming(in *incoming) {
 	for ev := range in.sub.C() {
 		switch ev.Name {
 		case qmp.EventMigration:
@@ -168,7 +172,6 @@ func (v *vm) watchIncoming(in *incoming, mon *qmp.Monitor) {
 				in.err = "incoming migration failed on the destination"
 			}
 			in.mu.Unlock()
-			v.maybeResume(in, mon)
 		case qmp.EventResume:
 			in.mu.Lock()
 			if in.resumedAt.IsZero() {
@@ -179,28 +182,6 @@ func (v *vm) watchIncoming(in *incoming, mon *qmp.Monitor) {
 			}
 			in.mu.Unlock()
 		}
-	}
-}
-
-// maybeResume sends cont once the state has arrived and the resume is armed.
-func (v *vm) maybeResume(in *incoming, mon *qmp.Monitor) {
-	in.mu.Lock()
-	do := in.loaded && in.state == migration.InArmed && !in.contSent
-	if do {
-		in.contSent = true
-	}
-	in.mu.Unlock()
-	if !do {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := mon.Cont(ctx); err != nil {
-		in.mu.Lock()
-		in.err = "resume destination: " + err.Error()
-		in.contSent = false
-		in.mu.Unlock()
-		v.a.log.Error("resume destination", "vm", v.name, "err", err)
 	}
 }
 
@@ -238,8 +219,12 @@ func (a *Agent) incomingFor(name, id string) (*vm, error) {
 	return v, nil
 }
 
-// armResume authorises the destination to run (the owner CAS succeeded).
-func (a *Agent) armResume(name, id string) (*ferryv1.IncomingStatus, error) {
+// armResume authorises the destination to run (the owner CAS succeeded)
+// and sends cont at once: while QEMU is still loading (inmigrate) cont only
+// sets autostart, so the destination starts the instant its state is
+// complete — in pre-copy after the device state, in post-copy as soon as
+// the device state arrived — and never before it was armed.
+func (a *Agent) armResume(ctx context.Context, name, id string) (*ferryv1.IncomingStatus, error) {
 	v, err := a.incomingFor(name, id)
 	if err != nil {
 		return nil, err
@@ -256,9 +241,16 @@ func (a *Agent) armResume(name, id string) (*ferryv1.IncomingStatus, error) {
 		}
 		in.state = next
 	}
+	send := !in.contSent
+	in.contSent = true
 	in.mu.Unlock()
-	if mon != nil {
-		go v.maybeResume(in, mon) // the state may already be here
+	if send && mon != nil {
+		if err := mon.Cont(ctx); err != nil {
+			in.mu.Lock()
+			in.contSent = false
+			in.mu.Unlock()
+			return nil, fmt.Errorf("arm destination resume (cont): %w", err)
+		}
 	}
 	return v.incomingStatus(), nil
 }
@@ -396,5 +388,5 @@ func (v *vm) reattachIncoming(ctx context.Context, id string) {
 		in.loaded, in.loadedAt = true, time.Now()
 	}
 	v.in, v.state = in, "incoming"
-	go v.watchIncoming(in, v.mon)
+	go v.watchIncoming(in)
 }

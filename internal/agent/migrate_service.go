@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"connectrpc.com/connect"
@@ -28,8 +29,8 @@ func (s *migrationService) QueryIncoming(_ context.Context, req *connect.Request
 	return connect.NewResponse(&ferryv1.IncomingStatusResponse{Status: v.incomingStatus()}), nil
 }
 
-func (s *migrationService) ArmResume(_ context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.IncomingStatusResponse], error) {
-	st, err := s.a.armResume(req.Msg.Name, req.Msg.MigrationId)
+func (s *migrationService) ArmResume(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.IncomingStatusResponse], error) {
+	st, err := s.a.armResume(ctx, req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
@@ -94,5 +95,75 @@ func (s *migrationService) FinishOutgoing(ctx context.Context, req *connect.Requ
 	if err := s.a.finishOutgoing(ctx, req.Msg.Name, req.Msg.MigrationId); err != nil {
 		return nil, err
 	}
+	return connect.NewResponse(&ferryv1.StepResponse{}), nil
+}
+
+func (s *migrationService) StartPostcopy(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+	st, err := s.a.startPostcopy(ctx, req.Msg.Name, req.Msg.MigrationId)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ferryv1.OutgoingStatusResponse{Status: st}), nil
+}
+
+func (s *migrationService) RecoverIncoming(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.RecoverResponse], error) {
+	uri, err := s.a.recoverIncoming(ctx, req.Msg.Name, req.Msg.MigrationId)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ferryv1.RecoverResponse{Uri: uri}), nil
+}
+
+func (s *migrationService) ResumeOutgoing(ctx context.Context, req *connect.Request[ferryv1.ResumeOutgoingRequest]) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+	st, err := s.a.resumeOutgoing(ctx, req.Msg)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ferryv1.OutgoingStatusResponse{Status: st}), nil
+}
+
+func (s *migrationService) Measure(ctx context.Context, req *connect.Request[ferryv1.MeasureRequest]) (*connect.Response[ferryv1.MeasureResponse], error) {
+	resp, err := s.a.measure(ctx, req.Msg.Name, req.Msg.Seconds)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *migrationService) ProbeListen(context.Context, *connect.Request[ferryv1.ProbeListenRequest]) (*connect.Response[ferryv1.ProbeListenResponse], error) {
+	addr, err := s.a.probeListen()
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ferryv1.ProbeListenResponse{Address: addr}), nil
+}
+
+func (s *migrationService) ProbeSend(ctx context.Context, req *connect.Request[ferryv1.ProbeSendRequest]) (*connect.Response[ferryv1.ProbeSendResponse], error) {
+	d := time.Duration(req.Msg.DurationMs) * time.Millisecond
+	if d <= 0 || d > 10*time.Second {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("duration_ms: must be 1..10000, got %d", req.Msg.DurationMs))
+	}
+	resp, err := probeSend(ctx, req.Msg.Address, d)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+func (s *migrationService) PauseMigration(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.StepResponse], error) {
+	v, err := s.a.lookup(req.Msg.Name)
+	if err != nil {
+		return nil, err
+	}
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil, failedPrecondition("VM %s has no QEMU on host %s", req.Msg.Name, s.a.cfg.Name)
+	}
+	if err := mon.MigratePause(ctx); err != nil {
+		return nil, fmt.Errorf("migrate-pause: %w", err)
+	}
+	s.a.log.Info("post-copy paused on request", "vm", req.Msg.Name, "migration", req.Msg.MigrationId)
 	return connect.NewResponse(&ferryv1.StepResponse{}), nil
 }

@@ -65,6 +65,8 @@ func (a *Agent) startOutgoing(ctx context.Context, req *ferryv1.StartOutgoingReq
 		{Capability: qmp.CapEvents, State: true},
 		{Capability: qmp.CapPauseBeforeSwitchover, State: true},
 		{Capability: qmp.CapMultifd, State: req.MultifdChannels > 1},
+		{Capability: qmp.CapPostcopyRAM, State: req.Postcopy},
+		{Capability: qmp.CapAutoConverge, State: req.AutoConverge},
 	}
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return fail(fmt.Errorf("source capabilities: %w", err))
@@ -72,9 +74,20 @@ func (a *Agent) startOutgoing(ctx context.Context, req *ferryv1.StartOutgoingReq
 	params := qmp.MigrationParameters{
 		MaxBandwidth:  qmp.Ptr(req.MaxBandwidthBytes),
 		DowntimeLimit: qmp.Ptr(req.DowntimeLimitMs),
+		// The cap applies to the post-copy phase too (QEMU's default there
+		// is unlimited).
+		MaxPostcopyBandwidth: qmp.Ptr(req.MaxBandwidthBytes),
 	}
 	if req.MultifdChannels > 1 {
 		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))
+	}
+	if req.AutoConverge {
+		if req.ThrottleInitial > 0 {
+			params.CPUThrottleInitial = qmp.Ptr(int64(req.ThrottleInitial))
+		}
+		if req.ThrottleIncrement > 0 {
+			params.CPUThrottleIncrement = qmp.Ptr(int64(req.ThrottleIncrement))
+		}
 	}
 	if err := mon.MigrateSetParameters(ctx, params); err != nil {
 		return fail(fmt.Errorf("source parameters: %w", err))
@@ -108,6 +121,10 @@ func (v *vm) watchOutgoing(out *outgoing) {
 					out.preSwitchoverAt = ev.Timestamp
 					if next, err := migration.StepSource(out.state, migration.SrcEvPaused); err == nil {
 						out.state = next
+					}
+				case qmp.MigrationStatusPostcopyActive:
+					if out.postcopyAt.IsZero() {
+						out.postcopyAt = ev.Timestamp
 					}
 				case qmp.MigrationStatusCompleted:
 					out.completedAt = ev.Timestamp
@@ -156,6 +173,7 @@ func (v *vm) outgoingStatus(ctx context.Context) (*ferryv1.OutgoingStatus, error
 		st.TransferredBytes, st.RemainingBytes, st.TotalBytes = r.Transferred, r.Remaining, r.Total
 		st.DirtyPagesRate, st.PageSize, st.Mbps, st.DirtySyncCount = float64(r.DirtyPagesRate), r.PageSize, r.Mbps, r.DirtySyncCount
 		st.DowntimeBytes = int64(r.DowntimeBytes)
+		st.PostcopyRequests = r.PostcopyRequests
 	}
 	deref := func(p *int64) int64 {
 		if p == nil {
@@ -164,11 +182,13 @@ func (v *vm) outgoingStatus(ctx context.Context) (*ferryv1.OutgoingStatus, error
 		return *p
 	}
 	st.SetupMs, st.TotalMs, st.DowntimeMs, st.ExpectedDowntimeMs = deref(info.SetupTime), deref(info.TotalTime), deref(info.Downtime), deref(info.ExpectedDowntime)
+	st.ThrottlePercent = deref(info.CPUThrottlePercentage)
 	if s, err := mon.QueryStatus(ctx); err == nil {
 		st.QemuStatus = string(s.Status)
 	}
 	out.mu.Lock()
 	st.StoppedAt, st.PreSwitchoverAt, st.ContinuedAt, st.CompletedAt = ts(out.stoppedAt), ts(out.preSwitchoverAt), ts(out.continuedAt), ts(out.completedAt)
+	st.PostcopyStartedAt = ts(out.postcopyAt)
 	out.mu.Unlock()
 	return st, nil
 }

@@ -39,7 +39,14 @@ type migrateFlags struct {
 	stallTimeout time.Duration
 	timeout      time.Duration
 	wait         bool
+	dryRun       bool
+	noPostcopy   bool
+	noThrottle   bool
+	recovery     time.Duration
 }
+
+// strategies are the values of --strategy.
+var strategies = map[string]bool{"auto": true, "precopy": true, "converge": true, "postcopy": true, "hybrid": true, "cold": true}
 
 // options validates the flags and turns them into the API's options.
 // changed reports whether a flag was given on the command line.
@@ -47,10 +54,17 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 	if f.to == "" {
 		return nil, errors.New("--to: required (the destination host, see ferry host list)")
 	}
-	switch f.strategy {
-	case "precopy", "cold":
-	default:
-		return nil, fmt.Errorf("--strategy: must be precopy (live, the VM keeps running) or cold (stop, copy, start), got %q", f.strategy)
+	if !strategies[f.strategy] {
+		return nil, fmt.Errorf("--strategy: must be auto, precopy, converge, postcopy, hybrid or cold, got %q", f.strategy)
+	}
+	if f.noPostcopy && (f.strategy == "postcopy" || f.strategy == "hybrid") {
+		return nil, fmt.Errorf("--no-postcopy: conflicts with --strategy %s", f.strategy)
+	}
+	if f.noThrottle && f.strategy == "converge" {
+		return nil, errors.New("--no-throttle: conflicts with --strategy converge (it throttles the guest)")
+	}
+	if f.recovery < 0 {
+		return nil, fmt.Errorf("--recovery-window: must not be negative, got %s", f.recovery)
 	}
 	switch {
 	case f.maxDowntime < 0:
@@ -69,7 +83,7 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 	if f.strategy == "cold" {
 		for _, name := range []string{"max-downtime", "multifd"} {
 			if changed(name) {
-				return nil, fmt.Errorf("--%s: only applies to --strategy precopy (a cold migration stops the VM for the whole copy)", name)
+				return nil, fmt.Errorf("--%s: only applies to live strategies (a cold migration stops the VM for the whole copy)", name)
 			}
 		}
 	}
@@ -85,12 +99,15 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 		return nil, fmt.Errorf("--stall-timeout: must not exceed --timeout (%s), got %s", f.timeout, f.stallTimeout)
 	}
 	return &ferryv1.MigrationOptions{
-		Strategy:        f.strategy,
-		MaxDowntimeMs:   f.maxDowntime.Milliseconds(),
-		BandwidthMibps:  f.bandwidth,
-		MultifdChannels: f.multifd,
-		StallTimeoutMs:  f.stallTimeout.Milliseconds(),
-		TimeoutMs:       f.timeout.Milliseconds(),
+		Strategy:         f.strategy,
+		MaxDowntimeMs:    f.maxDowntime.Milliseconds(),
+		BandwidthMibps:   f.bandwidth,
+		MultifdChannels:  f.multifd,
+		StallTimeoutMs:   f.stallTimeout.Milliseconds(),
+		TimeoutMs:        f.timeout.Milliseconds(),
+		NoPostcopy:       f.noPostcopy,
+		NoThrottle:       f.noThrottle,
+		RecoveryWindowMs: f.recovery.Milliseconds(),
 	}, nil
 }
 
@@ -98,16 +115,23 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	var f migrateFlags
 	cmd := &cobra.Command{
 		Use:   "migrate VM --to HOST",
-		Short: "Move a VM to another host (live pre-copy, or cold)",
-		Long: "Move a VM to another host. precopy copies the RAM while the guest runs and pauses it\n" +
-			"only for the last round (--max-downtime is QEMU's target for that pause); cold stops\n" +
-			"the guest, copies its files and boots it on the destination. Any failure before the\n" +
-			"switchover rolls back: the VM keeps running on its source.\n\n" +
+		Short: "Move a VM to another host (live: auto, precopy, converge, postcopy, hybrid; or cold)",
+		Long: "Move a VM to another host. auto (the default) measures the guest's dirty rate and the link,\n" +
+			"predicts every strategy and picks the best one the policy allows (see --dry-run).\n" +
+			"precopy copies the RAM while the guest runs and pauses it only for the last round\n" +
+			"(--max-downtime is QEMU's target for that pause); converge is pre-copy that throttles\n" +
+			"the guest's vCPUs when it would not converge; postcopy switches to the destination after\n" +
+			"the first full round and pulls the rest on demand; hybrid is pre-copy that switches to\n" +
+			"post-copy when the controller sees it will not converge; cold stops the guest and boots\n" +
+			"it on the destination. Any failure before the switchover rolls back: the VM keeps\n" +
+			"running on its source. A post-copy whose link breaks pauses the guest and recovers\n" +
+			"when the link returns (within --recovery-window).\n\n" +
 			"Without --wait the command returns once the migration has started; follow it with\n" +
 			"`ferry migration get ID`. With --wait it shows progress and the final report, and exits\n" +
 			"non-zero unless the migration completed. Ctrl-C stops waiting (it does not cancel;\n" +
 			"use `ferry migration cancel ID`).",
 		Example: "  ferry migrate web --to h2 --wait\n" +
+			"  ferry migrate web --to h2 --dry-run\n" +
 			"  ferry migrate web --to h2 --max-downtime 50ms --bandwidth 500 --multifd 4\n" +
 			"  ferry migrate db --to h3 --strategy cold --wait -o json",
 		Args: func(_ *cobra.Command, args []string) error {
@@ -125,8 +149,15 @@ func newMigrateCmd(g *globals) *cobra.Command {
 				return err
 			}
 			c := g.migrations()
-			resp, err := c.Migrate(cmd.Context(), connect.NewRequest(&ferryv1.MigrateRequest{Vm: args[0], To: f.to, Options: opts}))
+			resp, err := c.Migrate(cmd.Context(), connect.NewRequest(&ferryv1.MigrateRequest{Vm: args[0], To: f.to, Options: opts, DryRun: f.dryRun}))
 			if err != nil {
+				return err
+			}
+			if f.dryRun {
+				if g.output == "json" {
+					return printJSON(g.stdout, resp.Msg.GetPlan())
+				}
+				_, err := fmt.Fprint(g.stdout, renderPlan(args[0], f.to, resp.Msg.GetPlan()))
 				return err
 			}
 			m := resp.Msg.GetMigration()
@@ -154,7 +185,11 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.to, "to", "", "destination host (required; see ferry host list)")
-	fl.StringVar(&f.strategy, "strategy", "precopy", "precopy (live) or cold (stop, copy, start)")
+	fl.StringVar(&f.strategy, "strategy", "auto", "auto, precopy, converge, postcopy, hybrid, or cold")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "measure and predict every strategy, print the choice, change nothing")
+	fl.BoolVar(&f.noPostcopy, "no-postcopy", false, "policy: never switch to post-copy")
+	fl.BoolVar(&f.noThrottle, "no-throttle", false, "policy: never slow the guest down (auto-converge)")
+	fl.DurationVar(&f.recovery, "recovery-window", 0, "how long a post-copy broken by the link waits to recover (0 = server default, 5m)")
 	fl.DurationVar(&f.maxDowntime, "max-downtime", 0, "QEMU's downtime target, 1ms..60s (0 = the VM's maxDowntimeMs)")
 	fl.Int64Var(&f.bandwidth, "bandwidth", 0, "cap the migration stream, MiB/s (0 = unlimited)")
 	fl.Int32Var(&f.multifd, "multifd", 0, "parallel migration streams (0 or 1 = one stream)")

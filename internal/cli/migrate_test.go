@@ -43,15 +43,17 @@ func TestMigrateFlagValidation(t *testing.T) {
 		{[]string{"migrate"}, "VM: required (the VM's name, see ferry vm list)"},
 		{[]string{"migrate", "a", "b", "--to", "h2"}, "expected one VM, got 2 arguments"},
 		{[]string{"migrate", "web"}, "--to: required (the destination host, see ferry host list)"},
-		{[]string{"migrate", "web", "--to", "h2", "--strategy", "postcopy"}, `--strategy: must be precopy (live, the VM keeps running) or cold (stop, copy, start), got "postcopy"`},
+		{[]string{"migrate", "web", "--to", "h2", "--strategy", "fast"}, `--strategy: must be auto, precopy, converge, postcopy, hybrid or cold, got "fast"`},
+		{[]string{"migrate", "web", "--to", "h2", "--strategy", "postcopy", "--no-postcopy"}, "--no-postcopy: conflicts with --strategy postcopy"},
+		{[]string{"migrate", "web", "--to", "h2", "--strategy", "converge", "--no-throttle"}, "--no-throttle: conflicts with --strategy converge"},
 		{[]string{"migrate", "web", "--to", "h2", "--max-downtime", "500us"}, "--max-downtime: must be at least 1ms (0 uses the VM's maxDowntimeMs), got 500µs"},
 		{[]string{"migrate", "web", "--to", "h2", "--max-downtime", "61s"}, "--max-downtime: must be at most 60s, got 1m1s"},
 		{[]string{"migrate", "web", "--to", "h2", "--max-downtime", "-1ms"}, "--max-downtime: must not be negative, got -1ms"},
 		{[]string{"migrate", "web", "--to", "h2", "--max-downtime", "100"}, `invalid argument "100" for "--max-downtime" flag`},
 		{[]string{"migrate", "web", "--to", "h2", "--bandwidth", "-1"}, "--bandwidth: must be >= 0 MiB/s (0 = unlimited), got -1"},
 		{[]string{"migrate", "web", "--to", "h2", "--multifd", "300"}, "--multifd: must be between 0 and 255 channels (0 or 1 = one stream), got 300"},
-		{[]string{"migrate", "web", "--to", "h2", "--strategy", "cold", "--max-downtime", "100ms"}, "--max-downtime: only applies to --strategy precopy"},
-		{[]string{"migrate", "web", "--to", "h2", "--strategy", "cold", "--multifd", "4"}, "--multifd: only applies to --strategy precopy"},
+		{[]string{"migrate", "web", "--to", "h2", "--strategy", "cold", "--max-downtime", "100ms"}, "--max-downtime: only applies to live strategies"},
+		{[]string{"migrate", "web", "--to", "h2", "--strategy", "cold", "--multifd", "4"}, "--multifd: only applies to live strategies"},
 		{[]string{"migrate", "web", "--to", "h2", "--stall-timeout", "500ms"}, "--stall-timeout: must be at least 1s (0 uses the server's default), got 500ms"},
 		{[]string{"migrate", "web", "--to", "h2", "--timeout", "-1s"}, "--timeout: must be at least 1s (0 uses the server's default), got -1s"},
 		{[]string{"migrate", "web", "--to", "h2", "--stall-timeout", "20m"}, "--stall-timeout: must not exceed --timeout (10m0s), got 20m0s"},
@@ -169,7 +171,7 @@ func TestMigrateWait(t *testing.T) {
 		final: final,
 	}
 	url := serveFake(t, f)
-	out, _, err := runCLI(t, nil, "--server", url, "migrate", "web", "--to", "h2", "--wait",
+	out, _, err := runCLI(t, nil, "--server", url, "migrate", "web", "--to", "h2", "--wait", "--strategy", "precopy",
 		"--max-downtime", "50ms", "--bandwidth", "500", "--multifd", "4")
 	if err != nil {
 		t.Fatal(err)

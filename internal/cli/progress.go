@@ -256,6 +256,22 @@ func renderReport(m *ferryv1.Migration) string {
 	if tt := transferText(m); tt != "" {
 		line("transferred", tt)
 	}
+	if pr := m.GetPredicted(); pr != nil {
+		line("predicted", fmt.Sprintf("total %s, downtime %s (planning %s)", fmtMs(pr.GetTotalMs()), fmtMs(pr.GetDowntimeMs()), fmtMs(m.GetPlanningMs())))
+	}
+	if t := m.GetThrottlePercent(); t > 0 {
+		line("throttle", fmt.Sprintf("up to %d%% of the guest's CPU", t))
+	}
+	if pc := m.GetPostcopyMs(); pc > 0 {
+		v := fmt.Sprintf("%s, %d pages faulted in", fmtMs(pc), m.GetPostcopyRequests())
+		if p := m.GetPostcopyPausedMs(); p > 0 {
+			v += fmt.Sprintf(", paused %s by a broken link", fmtMs(p))
+		}
+		line("post-copy", v)
+	}
+	for _, dcs := range m.GetDecisions() {
+		line("decision", fmt.Sprintf("+%s %s: %s", fmtMs(dcs.GetTMs()), dcs.GetAction(), dcs.GetReason()))
+	}
 	if e := m.GetError(); e != "" {
 		line("error", e)
 	}

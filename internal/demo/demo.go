@@ -202,11 +202,15 @@ func migrate(ctx context.Context, c ferryv1connect.MigrationServiceClient, vm, t
 }
 
 func printTable(out io.Writer, rows []row) {
-	fmt.Fprintf(out, "\n    %-14s %-8s %9s %10s %14s %12s %7s %10s\n", "MIGRATION", "ROUTE", "TOTAL", "DOWNTIME", "(QEMU says)", "CLIENT GAP", "ROUNDS", "SENT")
+	fmt.Fprintf(out, "\n    %-14s %-8s %-9s %9s %10s %12s %12s %7s %10s %18s\n", "MIGRATION", "ROUTE", "STRATEGY", "TOTAL", "DOWNTIME", "(QEMU says)", "CLIENT GAP", "ROUNDS", "SENT", "PREDICTED total/down")
 	for _, r := range rows {
 		m := r.m
-		fmt.Fprintf(out, "    %-14s %-8s %8dms %8dms %12dms %10dms %7d %6.0f MiB\n", m.Id, m.From+"→"+m.To, m.TotalMs,
-			m.GetDowntimePhases().GetTotalMs(), m.DowntimeMs, r.gap.Milliseconds(), m.Rounds, float64(m.TransferredBytes)/(1<<20))
+		pred := "-"
+		if p := m.GetPredicted(); p != nil {
+			pred = fmt.Sprintf("%dms/%dms", p.TotalMs, p.DowntimeMs)
+		}
+		fmt.Fprintf(out, "    %-14s %-8s %-9s %7dms %8dms %10dms %10dms %7d %6.0f MiB %18s\n", m.Id, m.From+"→"+m.To, m.Strategy, m.TotalMs,
+			m.GetDowntimePhases().GetTotalMs(), m.DowntimeMs, r.gap.Milliseconds(), m.Rounds, float64(m.TransferredBytes)/(1<<20), pred)
 	}
 	fmt.Fprintln(out)
 }

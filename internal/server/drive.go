@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration"
+	"github.com/ferryvm/ferry/internal/planner"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -27,6 +28,11 @@ type driver struct {
 	outgoingStarted bool
 	transferStart   time.Time
 	lastOut         *ferryv1.OutgoingStatus
+
+	ctrl           *planner.Controller // nil when migrating without a plan
+	postcopyAsked  bool
+	postcopyActive bool
+	recoverURI     string // where the destination listens for a post-copy resume
 }
 
 // drive runs a migration to its end and forgets it.
@@ -125,8 +131,9 @@ func (d *driver) live(ctx context.Context) {
 		sp.Accel = d.vm.Accel // the destination must emulate exactly like the source
 	}
 	pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	usePostcopy := m.Strategy == "postcopy" || m.Strategy == "hybrid"
 	prep, err := d.dst.mig.PrepareIncoming(pctx, connect.NewRequest(&ferryv1.PrepareIncomingRequest{
-		Spec: sp, MigrationId: d.id(), MultifdChannels: m.Options.MultifdChannels,
+		Spec: sp, MigrationId: d.id(), MultifdChannels: m.Options.MultifdChannels, Postcopy: usePostcopy,
 	}))
 	cancel()
 	if err != nil {
@@ -150,14 +157,22 @@ func (d *driver) live(ctx context.Context) {
 	d.transferStart = time.Now()
 	d.outgoingStarted = true
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	throttle := m.Strategy == "converge" || (m.Strategy == "hybrid" && !m.Options.NoThrottle)
 	_, err = d.src.mig.StartOutgoing(sctx, connect.NewRequest(&ferryv1.StartOutgoingRequest{
 		Name: d.name(), MigrationId: d.id(), Uri: prep.Msg.Uri,
-		MaxBandwidthBytes: bw, DowntimeLimitMs: m.Options.MaxDowntimeMs, MultifdChannels: m.Options.MultifdChannels,
+		MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: m.Options.MultifdChannels,
+		Postcopy: usePostcopy, AutoConverge: throttle, ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
 	}))
 	cancel()
 	if err != nil {
 		d.rollback(ctx, fmt.Errorf("start sending from %s: %w", m.From, err))
 		return
+	}
+	if m.Plan != nil {
+		pin := plannerInputs(m.Plan.Inputs, m.Options)
+		pin.Policy.AllowConverge = throttle
+		pin.Policy.AllowPostcopy = usePostcopy && m.Strategy == "hybrid"
+		d.ctrl = planner.NewController(pin)
 	}
 	if err := d.transfer(ctx); err != nil {
 		d.rollback(ctx, err)
@@ -246,6 +261,9 @@ func (d *driver) transfer(ctx context.Context) error {
 			if out.TransferredBytes > lastTransferred {
 				lastTransferred, lastProgress = out.TransferredBytes, now
 			}
+			if err := d.steer(ctx, out); err != nil {
+				return err
+			}
 		}
 		if now.Sub(lastProgress) > stall {
 			return fmt.Errorf("no progress for %s (%d bytes sent): the link between the hosts may be down", stall, lastTransferred)
@@ -287,6 +305,69 @@ func orUnknown(s string) string {
 	return s
 }
 
+// qemuDowntimeLimit is QEMU's downtime-limit: the target less what the
+// planner expects for the device state and the switchover, so the whole
+// pause meets the target (the target itself without a plan).
+func qemuDowntimeLimit(m *ferryv1.Migration) int64 {
+	if p := m.GetPredicted(); p != nil && p.DowntimeLimitMs > 0 {
+		return p.DowntimeLimitMs
+	}
+	return m.Options.MaxDowntimeMs
+}
+
+// steer applies the strategy while RAM moves: post-copy switches after the
+// first full round; the adaptive controller may throttle (QEMU's
+// auto-converge does it), switch to post-copy (hybrid) or give up.
+func (d *driver) steer(ctx context.Context, out *ferryv1.OutgoingStatus) error {
+	strategy := d.r.snapshot(false).Strategy
+	if strategy == "postcopy" && !d.postcopyAsked && out.DirtySyncCount >= 2 {
+		return d.startPostcopy(ctx, "post-copy: the first full round is done")
+	}
+	if d.ctrl == nil || d.postcopyAsked {
+		return nil
+	}
+	act := d.ctrl.Observe(planner.Sample{
+		Elapsed: time.Since(d.transferStart), Round: int(out.DirtySyncCount),
+		RemainingBytes: out.RemainingBytes, TransferredBytes: out.TransferredBytes,
+		DirtyRateBytesPerSec: out.DirtyPagesRate * float64(out.PageSize), RateBytesPerSec: out.Mbps / 8 * 1e6,
+		Throttle: int(out.ThrottlePercent),
+	})
+	if act.Kind == planner.None {
+		return nil
+	}
+	d.decide(act.Kind.String(), act.Reason)
+	switch act.Kind {
+	case planner.StartPostcopy:
+		return d.startPostcopy(ctx, act.Reason)
+	case planner.Abort:
+		return fmt.Errorf("the migration cannot finish within policy: %s", act.Reason)
+	}
+	return nil
+}
+
+// decide records a controller decision in the report.
+func (d *driver) decide(action, reason string) {
+	d.r.mu.Lock()
+	defer d.r.mu.Unlock()
+	d.r.m.Decisions = append(d.r.m.Decisions, &ferryv1.ControllerDecision{TMs: time.Since(d.r.started).Milliseconds(), Action: action, Reason: reason})
+}
+
+// startPostcopy asks the source to switch to post-copy; it then pauses at
+// pre-switchover like any switchover, so the owner CAS comes first.
+func (d *driver) startPostcopy(ctx context.Context, why string) error {
+	d.postcopyAsked = true
+	if d.r.snapshot(false).Strategy == "postcopy" {
+		d.decide("start-postcopy", why)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := d.src.mig.StartPostcopy(sctx, d.stepReq()); err != nil {
+		return fmt.Errorf("switch to post-copy: %w", err)
+	}
+	d.postcopyActive = true
+	return nil
+}
+
 // record folds a source status into the report and its samples.
 func (d *driver) record(out *ferryv1.OutgoingStatus) {
 	if out.TotalBytes == 0 && d.lastOut != nil {
@@ -299,6 +380,8 @@ func (d *driver) record(out *ferryv1.OutgoingStatus) {
 	m := d.r.m
 	m.TransferredBytes, m.RemainingBytes, m.TotalBytes = out.TransferredBytes, out.RemainingBytes, out.TotalBytes
 	m.Rounds, m.DirtyRateMibps, m.ExpectedDowntimeMs, m.SetupMs = out.DirtySyncCount, dirty, out.ExpectedDowntimeMs, out.SetupMs
+	m.ThrottlePercent = max(m.ThrottlePercent, out.ThrottlePercent)
+	m.PostcopyRequests = max(m.PostcopyRequests, out.PostcopyRequests)
 	if el := time.Since(d.transferStart).Seconds(); el > 0 {
 		m.BandwidthMibps = float64(out.TransferredBytes) / (1 << 20) / el
 	}

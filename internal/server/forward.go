@@ -56,6 +56,12 @@ func (d *driver) forward(ctx context.Context) {
 	if err := d.step(migration.EvResumed, "destination runs and announced itself"); err != nil {
 		return
 	}
+	if d.postcopyActive {
+		if err := d.finishPostcopy(ctx); err != nil {
+			d.fail(err)
+			return
+		}
+	}
 	out := d.finalSource(ctx)
 	d.report(out, inc)
 	if err := retry(ctx, 30*time.Second, func(c context.Context) error {
@@ -141,7 +147,17 @@ func (d *driver) report(out *ferryv1.OutgoingStatus, inc *ferryv1.IncomingStatus
 	if out.PreSwitchoverAt != nil && out.ContinuedAt != nil {
 		p.SwitchoverMs = ms(out.PreSwitchoverAt, out.ContinuedAt)
 	}
-	if out.ContinuedAt != nil && inc.LoadedAt != nil {
+	if d.postcopyActive {
+		// Post-copy: the destination runs as soon as the device state is
+		// there; the rest of RAM follows while it runs.
+		if out.ContinuedAt != nil && inc.ResumedAt != nil {
+			p.DeviceStateMs = ms(out.ContinuedAt, inc.ResumedAt)
+		}
+		if out.PostcopyStartedAt != nil && out.CompletedAt != nil {
+			m.PostcopyMs = ms(out.PostcopyStartedAt, out.CompletedAt)
+		}
+		p.FinalRoundBytes = 0
+	} else if out.ContinuedAt != nil && inc.LoadedAt != nil {
 		stream := ms(out.ContinuedAt, inc.LoadedAt)
 		// QEMU sends the last RAM and the device state in one stream:
 		// split it by the final round's bytes at the measured rate.

@@ -22,6 +22,7 @@ import (
 const (
 	DefaultStallTimeout     = 15 * time.Second
 	DefaultMigrationTimeout = 10 * time.Minute
+	DefaultRecoveryWindow   = 5 * time.Minute
 	// unlimitedBandwidth is QEMU's max-bandwidth for "no cap" (bytes/s).
 	unlimitedBandwidth = int64(1) << 40
 )
@@ -71,11 +72,14 @@ func newMigrationID() string {
 // Migrate validates the request, takes the VM's migration lock and starts
 // driving the migration in the background.
 func (h *migrationService) Migrate(ctx context.Context, req *connect.Request[ferryv1.MigrateRequest]) (*connect.Response[ferryv1.MigrateResponse], error) {
-	r, err := h.s.beginMigration(ctx, req.Msg)
+	r, plan, err := h.s.beginMigration(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.MigrateResponse{Migration: r.snapshot(false)}), nil
+	if r == nil { // a dry run: nothing changed
+		return connect.NewResponse(&ferryv1.MigrateResponse{Plan: plan}), nil
+	}
+	return connect.NewResponse(&ferryv1.MigrateResponse{Migration: r.snapshot(false), Plan: plan}), nil
 }
 
 func invalidArg(format string, args ...any) error {
@@ -88,54 +92,60 @@ func precondition(format string, args ...any) error {
 
 // beginMigration checks everything that can be checked before acting, so a
 // refused migration changes nothing.
-func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest) (*run, error) {
+func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest) (*run, *ferryv1.Plan, error) {
 	opt := proto.Clone(req.GetOptions()).(*ferryv1.MigrationOptions)
 	if opt == nil {
 		opt = &ferryv1.MigrationOptions{}
 	}
 	if opt.Strategy == "" {
-		opt.Strategy = "precopy"
+		opt.Strategy = "auto"
 	}
 	switch opt.Strategy {
-	case "precopy", "cold":
+	case "auto", "precopy", "converge", "postcopy", "hybrid", "cold":
 	default:
-		return nil, invalidArg("strategy: must be precopy or cold, got %q", opt.Strategy)
+		return nil, nil, invalidArg("strategy: must be auto, precopy, converge, postcopy, hybrid or cold, got %q", opt.Strategy)
+	}
+	if opt.NoPostcopy && (opt.Strategy == "postcopy" || opt.Strategy == "hybrid") {
+		return nil, nil, invalidArg("strategy %s needs post-copy, which --no-postcopy forbids", opt.Strategy)
+	}
+	if opt.NoThrottle && opt.Strategy == "converge" {
+		return nil, nil, invalidArg("strategy converge throttles the guest, which --no-throttle forbids")
 	}
 	if opt.BandwidthMibps < 0 {
-		return nil, invalidArg("bandwidth: must be >= 0 MiB/s (0 = unlimited), got %d", opt.BandwidthMibps)
+		return nil, nil, invalidArg("bandwidth: must be >= 0 MiB/s (0 = unlimited), got %d", opt.BandwidthMibps)
 	}
 	if opt.MaxDowntimeMs < 0 || opt.MaxDowntimeMs > 60000 {
-		return nil, invalidArg("max-downtime: must be between 1ms and 60s, got %dms", opt.MaxDowntimeMs)
+		return nil, nil, invalidArg("max-downtime: must be between 1ms and 60s, got %dms", opt.MaxDowntimeMs)
 	}
 	if opt.MultifdChannels < 0 || opt.MultifdChannels > 16 {
-		return nil, invalidArg("multifd: must be between 0 and 16 channels, got %d", opt.MultifdChannels)
+		return nil, nil, invalidArg("multifd: must be between 0 and 16 channels, got %d", opt.MultifdChannels)
 	}
 	if req.GetVm() == "" || req.GetTo() == "" {
-		return nil, invalidArg("vm and to: required")
+		return nil, nil, invalidArg("vm and to: required")
 	}
 	unlock := s.lockVM(req.Vm)
 	defer unlock()
 	vm, err := s.store.GetVM(ctx, req.Vm)
 	if err != nil {
 		if store.IsNotFound(err) {
-			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("VM %q not found (see ferry vm list)", req.Vm))
+			return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("VM %q not found (see ferry vm list)", req.Vm))
 		}
-		return nil, connectError(err)
+		return nil, nil, connectError(err)
 	}
 	if vm.Host == req.To {
-		return nil, invalidArg("VM %s is already on host %s: choose another destination", req.Vm, req.To)
+		return nil, nil, invalidArg("VM %s is already on host %s: choose another destination", req.Vm, req.To)
 	}
 	switch {
 	case vm.State == "migrating":
-		return nil, precondition("VM %s is already migrating (%s)", req.Vm, vm.MigrationId)
-	case opt.Strategy == "precopy" && vm.State != "running":
-		return nil, precondition("VM %s is %s: live migration needs a running VM (use --strategy cold, or start it)", req.Vm, vm.State)
+		return nil, nil, precondition("VM %s is already migrating (%s)", req.Vm, vm.MigrationId)
+	case opt.Strategy != "cold" && vm.State != "running":
+		return nil, nil, precondition("VM %s is %s: live migration needs a running VM (use --strategy cold, or start it)", req.Vm, vm.State)
 	case opt.Strategy == "cold" && vm.State != "running" && vm.State != "stopped":
-		return nil, precondition("VM %s is %s: cold migration needs a running or stopped VM", req.Vm, vm.State)
+		return nil, nil, precondition("VM %s is %s: cold migration needs a running or stopped VM", req.Vm, vm.State)
 	}
 	hosts, err := s.store.ListHosts(ctx)
 	if err != nil {
-		return nil, connectError(err)
+		return nil, nil, connectError(err)
 	}
 	var src, dst *ferryv1.Host
 	for _, h := range hosts {
@@ -147,24 +157,24 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		}
 	}
 	if dst == nil {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination host %q is not registered (see ferry host list)", req.To))
+		return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination host %q is not registered (see ferry host list)", req.To))
 	}
 	if dst.State != "ready" {
-		return nil, precondition("destination host %s is %s", dst.Name, dst.State)
+		return nil, nil, precondition("destination host %s is %s", dst.Name, dst.State)
 	}
 	if src == nil || src.State != "ready" {
-		return nil, precondition("VM %s's host %s is not ready: its agent must take part in the migration", req.Vm, vm.Host)
+		return nil, nil, precondition("VM %s's host %s is not ready: its agent must take part in the migration", req.Vm, vm.Host)
 	}
-	if opt.Strategy == "precopy" && dst.MigrationIp == "" {
-		return nil, precondition("destination host %s has no migration address (agent --migration-ip)", dst.Name)
+	if opt.Strategy != "cold" && dst.MigrationIp == "" {
+		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip)", dst.Name)
 	}
 	for i, d := range vm.Spec.GetDisks() {
 		if !d.GetShared() {
-			return nil, precondition("spec.disks[%d] (%s) is not shared: moving local disks needs storage migration, which Ferry does not do yet; mark the disk shared: true if both hosts see it at the same path", i, d.GetName())
+			return nil, nil, precondition("spec.disks[%d] (%s) is not shared: moving local disks needs storage migration, which Ferry does not do yet; mark the disk shared: true if both hosts see it at the same path", i, d.GetName())
 		}
 	}
 	if err := s.checkRoom(ctx, vm, dst); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if opt.MaxDowntimeMs == 0 {
 		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
@@ -178,6 +188,37 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.TimeoutMs == 0 {
 		opt.TimeoutMs = DefaultMigrationTimeout.Milliseconds()
 	}
+	if opt.RecoveryWindowMs == 0 {
+		opt.RecoveryWindowMs = DefaultRecoveryWindow.Milliseconds()
+	}
+
+	// Plan live migrations: measure, predict every strategy, choose for auto.
+	var plan *ferryv1.Plan
+	planStart := time.Now()
+	if opt.Strategy != "cold" {
+		in, err := s.measurePlanInputs(ctx, vm, src, dst, opt)
+		if err != nil {
+			if req.DryRun || opt.Strategy == "auto" {
+				return nil, nil, connect.NewError(connect.CodeUnavailable, err)
+			}
+			s.log.Warn("planning measurement failed; migrating without a prediction", "vm", req.Vm, "err", err)
+		} else {
+			var perr error
+			plan, perr = makePlan(in, opt)
+			if req.DryRun {
+				return nil, plan, nil
+			}
+			if opt.Strategy == "auto" {
+				if perr != nil {
+					return nil, plan, noPlanError(req.Vm, perr)
+				}
+				opt.Strategy = plan.Choice
+			}
+		}
+	} else if req.DryRun {
+		return nil, &ferryv1.Plan{Choice: "cold", Reason: "cold migration: the guest is stopped, moved and booted again"}, nil
+	}
+	planningMs := time.Since(planStart).Milliseconds()
 
 	id := newMigrationID()
 	now := time.Now()
@@ -189,26 +230,29 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		return nil
 	})
 	if err != nil {
-		return nil, connectError(err)
+		return nil, nil, connectError(err)
 	}
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(migration.Pending), StartedAt: timestamppb.New(now),
-		Options: opt, VmGeneration: locked.Generation,
+		Options: opt, VmGeneration: locked.Generation, Plan: plan, PlanningMs: planningMs,
+	}
+	if plan != nil {
+		m.Predicted = predictionFor(plan, opt.Strategy)
 	}
 	r := &run{m: m, cancel: make(chan struct{}), started: now}
 	r.event(string(migration.Pending), fmt.Sprintf("%s %s → %s (%s)", req.Vm, vm.Host, req.To, opt.Strategy))
 	if err := s.store.PutMigration(ctx, m); err != nil {
 		// Undo the lock so the VM is as it was.
 		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
-		return nil, connectError(err)
+		return nil, nil, connectError(err)
 	}
 	s.runsMu.Lock()
 	s.runs[id] = r
 	s.runsMu.Unlock()
 	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
 	go s.drive(r, vm, src, dst, prevState(vm.State))
-	return r, nil
+	return r, plan, nil
 }
 
 // prevState is the VM state to restore on rollback.

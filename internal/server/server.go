@@ -44,6 +44,8 @@ type Server struct {
 
 	runsMu sync.Mutex
 	runs   map[string]*run // migrations driven by this server
+
+	bw bandwidths // learned migration rate per host pair
 }
 
 // New returns a Server over cfg.Store.

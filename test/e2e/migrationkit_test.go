@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,9 +126,14 @@ func parseMigration(out string) (*ferryv1.Migration, error) {
 }
 
 // migrate runs `ferry migrate VM --to HOST ARGS... -o json` and decodes the
-// printed migration (nil if nothing decodable was printed).
+// printed migration (nil if nothing decodable was printed). Without a
+// --strategy in args it migrates with --strategy precopy, so the tests of
+// the protocol do not depend on the planner's choice.
 func (c *cluster) migrate(vm, to string, args ...string) (*ferryv1.Migration, string, error) {
 	argv := append([]string{"migrate", vm, "--to", to}, args...)
+	if !slices.Contains(args, "--strategy") {
+		argv = append(argv, "--strategy", "precopy")
+	}
 	argv = append(argv, "-o", "json")
 	out, errOut, err := c.ferry(argv...)
 	m, perr := parseMigration(out)

@@ -25,7 +25,8 @@ const (
 // MigrationOptions are the knobs of one migration.
 type MigrationOptions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// strategy is precopy or cold.
+	// strategy is auto (the planner chooses), precopy, converge, postcopy,
+	// hybrid or cold.
 	Strategy string `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	// max_downtime_ms is QEMU's downtime target; 0 uses the VM's maxDowntimeMs.
 	MaxDowntimeMs int64 `protobuf:"varint,2,opt,name=max_downtime_ms,json=maxDowntimeMs,proto3" json:"max_downtime_ms,omitempty"`
@@ -37,9 +38,16 @@ type MigrationOptions struct {
 	// progress for this long; 0 means the default (15 s).
 	StallTimeoutMs int64 `protobuf:"varint,5,opt,name=stall_timeout_ms,json=stallTimeoutMs,proto3" json:"stall_timeout_ms,omitempty"`
 	// timeout_ms bounds the whole migration; 0 means the default (10 min).
-	TimeoutMs     int64 `protobuf:"varint,6,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	TimeoutMs int64 `protobuf:"varint,6,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// no_postcopy forbids post-copy (for auto and hybrid; postcopy refuses).
+	NoPostcopy bool `protobuf:"varint,7,opt,name=no_postcopy,json=noPostcopy,proto3" json:"no_postcopy,omitempty"`
+	// no_throttle forbids slowing the guest (auto-converge).
+	NoThrottle bool `protobuf:"varint,8,opt,name=no_throttle,json=noThrottle,proto3" json:"no_throttle,omitempty"`
+	// recovery_window_ms is how long a paused post-copy waits for its link
+	// to come back before giving up; 0 means the default (5 min).
+	RecoveryWindowMs int64 `protobuf:"varint,9,opt,name=recovery_window_ms,json=recoveryWindowMs,proto3" json:"recovery_window_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -114,6 +122,382 @@ func (x *MigrationOptions) GetTimeoutMs() int64 {
 	return 0
 }
 
+func (x *MigrationOptions) GetNoPostcopy() bool {
+	if x != nil {
+		return x.NoPostcopy
+	}
+	return false
+}
+
+func (x *MigrationOptions) GetNoThrottle() bool {
+	if x != nil {
+		return x.NoThrottle
+	}
+	return false
+}
+
+func (x *MigrationOptions) GetRecoveryWindowMs() int64 {
+	if x != nil {
+		return x.RecoveryWindowMs
+	}
+	return 0
+}
+
+// PlanInputs are the measured figures a plan is made from.
+type PlanInputs struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	MemoryBytes int64                  `protobuf:"varint,1,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	// non_zero_bytes estimates the guest RAM that is not zero (QEMU's RSS).
+	NonZeroBytes   int64   `protobuf:"varint,2,opt,name=non_zero_bytes,json=nonZeroBytes,proto3" json:"non_zero_bytes,omitempty"`
+	DirtyRateMibps float64 `protobuf:"fixed64,3,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
+	WssBytes       int64   `protobuf:"varint,4,opt,name=wss_bytes,json=wssBytes,proto3" json:"wss_bytes,omitempty"`
+	BandwidthMibps float64 `protobuf:"fixed64,5,opt,name=bandwidth_mibps,json=bandwidthMibps,proto3" json:"bandwidth_mibps,omitempty"`
+	// bandwidth_source says where bandwidth_mibps comes from (measured,
+	// learned from past migrations on this host pair, or both).
+	BandwidthSource  string `protobuf:"bytes,6,opt,name=bandwidth_source,json=bandwidthSource,proto3" json:"bandwidth_source,omitempty"`
+	DeviceStateBytes int64  `protobuf:"varint,7,opt,name=device_state_bytes,json=deviceStateBytes,proto3" json:"device_state_bytes,omitempty"`
+	MaxDowntimeMs    int64  `protobuf:"varint,8,opt,name=max_downtime_ms,json=maxDowntimeMs,proto3" json:"max_downtime_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *PlanInputs) Reset() {
+	*x = PlanInputs{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanInputs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanInputs) ProtoMessage() {}
+
+func (x *PlanInputs) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanInputs.ProtoReflect.Descriptor instead.
+func (*PlanInputs) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PlanInputs) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetNonZeroBytes() int64 {
+	if x != nil {
+		return x.NonZeroBytes
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetDirtyRateMibps() float64 {
+	if x != nil {
+		return x.DirtyRateMibps
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetWssBytes() int64 {
+	if x != nil {
+		return x.WssBytes
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetBandwidthMibps() float64 {
+	if x != nil {
+		return x.BandwidthMibps
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetBandwidthSource() string {
+	if x != nil {
+		return x.BandwidthSource
+	}
+	return ""
+}
+
+func (x *PlanInputs) GetDeviceStateBytes() int64 {
+	if x != nil {
+		return x.DeviceStateBytes
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetMaxDowntimeMs() int64 {
+	if x != nil {
+		return x.MaxDowntimeMs
+	}
+	return 0
+}
+
+// StrategyPrediction is the planner's forecast for one strategy.
+type StrategyPrediction struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Strategy        string                 `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Converges       bool                   `protobuf:"varint,2,opt,name=converges,proto3" json:"converges,omitempty"`
+	TotalMs         int64                  `protobuf:"varint,3,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	DowntimeMs      int64                  `protobuf:"varint,4,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+	Bytes           int64                  `protobuf:"varint,5,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	Rounds          int32                  `protobuf:"varint,6,opt,name=rounds,proto3" json:"rounds,omitempty"`
+	ThrottlePercent int32                  `protobuf:"varint,7,opt,name=throttle_percent,json=throttlePercent,proto3" json:"throttle_percent,omitempty"`
+	Reason          string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	// allowed is false when the policy forbids this strategy.
+	Allowed bool `protobuf:"varint,9,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// downtime_limit_ms is what Ferry asks QEMU for so that the whole pause
+	// (last round + device state + switchover) meets the target.
+	DowntimeLimitMs int64 `protobuf:"varint,10,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *StrategyPrediction) Reset() {
+	*x = StrategyPrediction{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StrategyPrediction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StrategyPrediction) ProtoMessage() {}
+
+func (x *StrategyPrediction) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StrategyPrediction.ProtoReflect.Descriptor instead.
+func (*StrategyPrediction) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *StrategyPrediction) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+func (x *StrategyPrediction) GetConverges() bool {
+	if x != nil {
+		return x.Converges
+	}
+	return false
+}
+
+func (x *StrategyPrediction) GetTotalMs() int64 {
+	if x != nil {
+		return x.TotalMs
+	}
+	return 0
+}
+
+func (x *StrategyPrediction) GetDowntimeMs() int64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+func (x *StrategyPrediction) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *StrategyPrediction) GetRounds() int32 {
+	if x != nil {
+		return x.Rounds
+	}
+	return 0
+}
+
+func (x *StrategyPrediction) GetThrottlePercent() int32 {
+	if x != nil {
+		return x.ThrottlePercent
+	}
+	return 0
+}
+
+func (x *StrategyPrediction) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *StrategyPrediction) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *StrategyPrediction) GetDowntimeLimitMs() int64 {
+	if x != nil {
+		return x.DowntimeLimitMs
+	}
+	return 0
+}
+
+// Plan is a dry run's answer, and the start of every planned migration.
+type Plan struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Inputs      *PlanInputs            `protobuf:"bytes,1,opt,name=inputs,proto3" json:"inputs,omitempty"`
+	Predictions []*StrategyPrediction  `protobuf:"bytes,2,rep,name=predictions,proto3" json:"predictions,omitempty"`
+	// choice is the strategy chosen (empty when none fits).
+	Choice        string `protobuf:"bytes,3,opt,name=choice,proto3" json:"choice,omitempty"`
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Plan) Reset() {
+	*x = Plan{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Plan) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Plan) ProtoMessage() {}
+
+func (x *Plan) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Plan.ProtoReflect.Descriptor instead.
+func (*Plan) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Plan) GetInputs() *PlanInputs {
+	if x != nil {
+		return x.Inputs
+	}
+	return nil
+}
+
+func (x *Plan) GetPredictions() []*StrategyPrediction {
+	if x != nil {
+		return x.Predictions
+	}
+	return nil
+}
+
+func (x *Plan) GetChoice() string {
+	if x != nil {
+		return x.Choice
+	}
+	return ""
+}
+
+func (x *Plan) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// ControllerDecision is one action of the adaptive controller.
+type ControllerDecision struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TMs           int64                  `protobuf:"varint,1,opt,name=t_ms,json=tMs,proto3" json:"t_ms,omitempty"`
+	Action        string                 `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ControllerDecision) Reset() {
+	*x = ControllerDecision{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ControllerDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ControllerDecision) ProtoMessage() {}
+
+func (x *ControllerDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ControllerDecision.ProtoReflect.Descriptor instead.
+func (*ControllerDecision) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ControllerDecision) GetTMs() int64 {
+	if x != nil {
+		return x.TMs
+	}
+	return 0
+}
+
+func (x *ControllerDecision) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *ControllerDecision) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // MigrationSample is one progress sample of the transfer.
 type MigrationSample struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -133,7 +517,7 @@ type MigrationSample struct {
 
 func (x *MigrationSample) Reset() {
 	*x = MigrationSample{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -145,7 +529,7 @@ func (x *MigrationSample) String() string {
 func (*MigrationSample) ProtoMessage() {}
 
 func (x *MigrationSample) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[1]
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -158,7 +542,7 @@ func (x *MigrationSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationSample.ProtoReflect.Descriptor instead.
 func (*MigrationSample) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MigrationSample) GetTMs() int64 {
@@ -235,7 +619,7 @@ type DowntimePhases struct {
 
 func (x *DowntimePhases) Reset() {
 	*x = DowntimePhases{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -247,7 +631,7 @@ func (x *DowntimePhases) String() string {
 func (*DowntimePhases) ProtoMessage() {}
 
 func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[2]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -260,7 +644,7 @@ func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DowntimePhases.ProtoReflect.Descriptor instead.
 func (*DowntimePhases) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DowntimePhases) GetFinalRoundMs() int64 {
@@ -324,7 +708,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +720,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[3]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +733,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MigrationEvent) GetAt() *timestamppb.Timestamp {
@@ -412,13 +796,29 @@ type Migration struct {
 	// expected_downtime_ms is QEMU's last estimate while transferring.
 	ExpectedDowntimeMs int64                  `protobuf:"varint,27,opt,name=expected_downtime_ms,json=expectedDowntimeMs,proto3" json:"expected_downtime_ms,omitempty"`
 	UpdatedAt          *timestamppb.Timestamp `protobuf:"bytes,28,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// plan is what the planner measured, predicted and chose.
+	Plan *Plan `protobuf:"bytes,29,opt,name=plan,proto3" json:"plan,omitempty"`
+	// predicted is the chosen strategy's prediction, next to the actuals.
+	Predicted *StrategyPrediction   `protobuf:"bytes,30,opt,name=predicted,proto3" json:"predicted,omitempty"`
+	Decisions []*ControllerDecision `protobuf:"bytes,31,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	// throttle_percent is the highest CPU throttle QEMU applied.
+	ThrottlePercent int64 `protobuf:"varint,32,opt,name=throttle_percent,json=throttlePercent,proto3" json:"throttle_percent,omitempty"`
+	// postcopy_ms is how long the post-copy phase lasted (0 if none).
+	PostcopyMs int64 `protobuf:"varint,33,opt,name=postcopy_ms,json=postcopyMs,proto3" json:"postcopy_ms,omitempty"`
+	// postcopy_paused_ms is how long a broken link paused the post-copy.
+	PostcopyPausedMs int64 `protobuf:"varint,34,opt,name=postcopy_paused_ms,json=postcopyPausedMs,proto3" json:"postcopy_paused_ms,omitempty"`
+	// postcopy_requests counts pages the destination faulted in.
+	PostcopyRequests int64 `protobuf:"varint,35,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
+	// planning_ms is the measurement before the migration (dirty rate, link
+	// probe); started_at and total_ms begin after it.
+	PlanningMs    int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Migration) Reset() {
 	*x = Migration{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -430,7 +830,7 @@ func (x *Migration) String() string {
 func (*Migration) ProtoMessage() {}
 
 func (x *Migration) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -443,7 +843,7 @@ func (x *Migration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Migration.ProtoReflect.Descriptor instead.
 func (*Migration) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Migration) GetId() string {
@@ -642,18 +1042,76 @@ func (x *Migration) GetUpdatedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Migration) GetPlan() *Plan {
+	if x != nil {
+		return x.Plan
+	}
+	return nil
+}
+
+func (x *Migration) GetPredicted() *StrategyPrediction {
+	if x != nil {
+		return x.Predicted
+	}
+	return nil
+}
+
+func (x *Migration) GetDecisions() []*ControllerDecision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *Migration) GetThrottlePercent() int64 {
+	if x != nil {
+		return x.ThrottlePercent
+	}
+	return 0
+}
+
+func (x *Migration) GetPostcopyMs() int64 {
+	if x != nil {
+		return x.PostcopyMs
+	}
+	return 0
+}
+
+func (x *Migration) GetPostcopyPausedMs() int64 {
+	if x != nil {
+		return x.PostcopyPausedMs
+	}
+	return 0
+}
+
+func (x *Migration) GetPostcopyRequests() int64 {
+	if x != nil {
+		return x.PostcopyRequests
+	}
+	return 0
+}
+
+func (x *Migration) GetPlanningMs() int64 {
+	if x != nil {
+		return x.PlanningMs
+	}
+	return 0
+}
+
 type MigrateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vm            string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
-	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
-	Options       *MigrationOptions      `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Vm      string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	To      string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Options *MigrationOptions      `protobuf:"bytes,3,opt,name=options,proto3" json:"options,omitempty"`
+	// dry_run measures and plans but changes nothing.
+	DryRun        bool `protobuf:"varint,4,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -665,7 +1123,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -678,7 +1136,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MigrateRequest) GetVm() string {
@@ -702,16 +1160,26 @@ func (x *MigrateRequest) GetOptions() *MigrationOptions {
 	return nil
 }
 
+func (x *MigrateRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
 type MigrateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Migration     *Migration             `protobuf:"bytes,1,opt,name=migration,proto3" json:"migration,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// migration is the started migration (empty for a dry run).
+	Migration *Migration `protobuf:"bytes,1,opt,name=migration,proto3" json:"migration,omitempty"`
+	// plan is the dry run's plan.
+	Plan          *Plan `protobuf:"bytes,2,opt,name=plan,proto3" json:"plan,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +1191,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,12 +1204,19 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MigrateResponse) GetMigration() *Migration {
 	if x != nil {
 		return x.Migration
+	}
+	return nil
+}
+
+func (x *MigrateResponse) GetPlan() *Plan {
+	if x != nil {
+		return x.Plan
 	}
 	return nil
 }
@@ -757,7 +1232,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +1244,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +1257,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetMigrationRequest) GetId() string {
@@ -808,7 +1283,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -820,7 +1295,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -833,7 +1308,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -853,7 +1328,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -865,7 +1340,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -878,7 +1353,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListMigrationsRequest) GetVm() string {
@@ -897,7 +1372,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -909,7 +1384,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -922,7 +1397,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -941,7 +1416,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -953,7 +1428,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -966,7 +1441,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelMigrationRequest) GetId() string {
@@ -985,7 +1460,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -997,7 +1472,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1010,7 +1485,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -1045,14 +1520,17 @@ type OutgoingStatus struct {
 	// qemu_status is the source QEMU's run state.
 	QemuStatus string `protobuf:"bytes,18,opt,name=qemu_status,json=qemuStatus,proto3" json:"qemu_status,omitempty"`
 	// downtime_bytes is RAM sent while the guest was paused (the final round).
-	DowntimeBytes int64 `protobuf:"varint,19,opt,name=downtime_bytes,json=downtimeBytes,proto3" json:"downtime_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DowntimeBytes     int64                  `protobuf:"varint,19,opt,name=downtime_bytes,json=downtimeBytes,proto3" json:"downtime_bytes,omitempty"`
+	ThrottlePercent   int64                  `protobuf:"varint,20,opt,name=throttle_percent,json=throttlePercent,proto3" json:"throttle_percent,omitempty"`
+	PostcopyRequests  int64                  `protobuf:"varint,21,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
+	PostcopyStartedAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=postcopy_started_at,json=postcopyStartedAt,proto3" json:"postcopy_started_at,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *OutgoingStatus) Reset() {
 	*x = OutgoingStatus{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1542,7 @@ func (x *OutgoingStatus) String() string {
 func (*OutgoingStatus) ProtoMessage() {}
 
 func (x *OutgoingStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1555,7 @@ func (x *OutgoingStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutgoingStatus.ProtoReflect.Descriptor instead.
 func (*OutgoingStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *OutgoingStatus) GetStatus() string {
@@ -1213,6 +1691,27 @@ func (x *OutgoingStatus) GetDowntimeBytes() int64 {
 	return 0
 }
 
+func (x *OutgoingStatus) GetThrottlePercent() int64 {
+	if x != nil {
+		return x.ThrottlePercent
+	}
+	return 0
+}
+
+func (x *OutgoingStatus) GetPostcopyRequests() int64 {
+	if x != nil {
+		return x.PostcopyRequests
+	}
+	return 0
+}
+
+func (x *OutgoingStatus) GetPostcopyStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PostcopyStartedAt
+	}
+	return nil
+}
+
 // IncomingStatus is the destination side of a live migration.
 type IncomingStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1230,7 +1729,7 @@ type IncomingStatus struct {
 
 func (x *IncomingStatus) Reset() {
 	*x = IncomingStatus{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1741,7 @@ func (x *IncomingStatus) String() string {
 func (*IncomingStatus) ProtoMessage() {}
 
 func (x *IncomingStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1754,7 @@ func (x *IncomingStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncomingStatus.ProtoReflect.Descriptor instead.
 func (*IncomingStatus) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *IncomingStatus) GetState() string {
@@ -1305,13 +1804,15 @@ type PrepareIncomingRequest struct {
 	Spec            *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
 	MigrationId     string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	MultifdChannels int32                  `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// postcopy enables postcopy-ram on the destination (it must match the source).
+	Postcopy      bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PrepareIncomingRequest) Reset() {
 	*x = PrepareIncomingRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1824,7 @@ func (x *PrepareIncomingRequest) String() string {
 func (*PrepareIncomingRequest) ProtoMessage() {}
 
 func (x *PrepareIncomingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1837,7 @@ func (x *PrepareIncomingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareIncomingRequest.ProtoReflect.Descriptor instead.
 func (*PrepareIncomingRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PrepareIncomingRequest) GetSpec() *VMSpec {
@@ -1360,6 +1861,13 @@ func (x *PrepareIncomingRequest) GetMultifdChannels() int32 {
 	return 0
 }
 
+func (x *PrepareIncomingRequest) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
 type PrepareIncomingResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is the tcp:IP:PORT the destination QEMU listens on.
@@ -1370,7 +1878,7 @@ type PrepareIncomingResponse struct {
 
 func (x *PrepareIncomingResponse) Reset() {
 	*x = PrepareIncomingResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1890,7 @@ func (x *PrepareIncomingResponse) String() string {
 func (*PrepareIncomingResponse) ProtoMessage() {}
 
 func (x *PrepareIncomingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1903,7 @@ func (x *PrepareIncomingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareIncomingResponse.ProtoReflect.Descriptor instead.
 func (*PrepareIncomingResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PrepareIncomingResponse) GetUri() string {
@@ -1414,13 +1922,19 @@ type StartOutgoingRequest struct {
 	MaxBandwidthBytes int64 `protobuf:"varint,4,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
 	DowntimeLimitMs   int64 `protobuf:"varint,5,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
 	MultifdChannels   int32 `protobuf:"varint,6,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
+	// postcopy enables postcopy-ram (switch later with StartPostcopy).
+	Postcopy bool `protobuf:"varint,7,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	// auto_converge lets QEMU throttle the guest's vCPUs.
+	AutoConverge      bool  `protobuf:"varint,8,opt,name=auto_converge,json=autoConverge,proto3" json:"auto_converge,omitempty"`
+	ThrottleInitial   int32 `protobuf:"varint,9,opt,name=throttle_initial,json=throttleInitial,proto3" json:"throttle_initial,omitempty"`
+	ThrottleIncrement int32 `protobuf:"varint,10,opt,name=throttle_increment,json=throttleIncrement,proto3" json:"throttle_increment,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StartOutgoingRequest) Reset() {
 	*x = StartOutgoingRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1432,7 +1946,7 @@ func (x *StartOutgoingRequest) String() string {
 func (*StartOutgoingRequest) ProtoMessage() {}
 
 func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1445,7 +1959,7 @@ func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*StartOutgoingRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StartOutgoingRequest) GetName() string {
@@ -1490,6 +2004,437 @@ func (x *StartOutgoingRequest) GetMultifdChannels() int32 {
 	return 0
 }
 
+func (x *StartOutgoingRequest) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+func (x *StartOutgoingRequest) GetAutoConverge() bool {
+	if x != nil {
+		return x.AutoConverge
+	}
+	return false
+}
+
+func (x *StartOutgoingRequest) GetThrottleInitial() int32 {
+	if x != nil {
+		return x.ThrottleInitial
+	}
+	return 0
+}
+
+func (x *StartOutgoingRequest) GetThrottleIncrement() int32 {
+	if x != nil {
+		return x.ThrottleIncrement
+	}
+	return 0
+}
+
+type MeasureRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// seconds is how long to sample the dirty rate (1..10).
+	Seconds       int32 `protobuf:"varint,2,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MeasureRequest) Reset() {
+	*x = MeasureRequest{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MeasureRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MeasureRequest) ProtoMessage() {}
+
+func (x *MeasureRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MeasureRequest.ProtoReflect.Descriptor instead.
+func (*MeasureRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *MeasureRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MeasureRequest) GetSeconds() int32 {
+	if x != nil {
+		return x.Seconds
+	}
+	return 0
+}
+
+type MeasureResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	DirtyRateMibps float64                `protobuf:"fixed64,1,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
+	RssBytes       int64                  `protobuf:"varint,2,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	MemoryBytes    int64                  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *MeasureResponse) Reset() {
+	*x = MeasureResponse{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MeasureResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MeasureResponse) ProtoMessage() {}
+
+func (x *MeasureResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MeasureResponse.ProtoReflect.Descriptor instead.
+func (*MeasureResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *MeasureResponse) GetDirtyRateMibps() float64 {
+	if x != nil {
+		return x.DirtyRateMibps
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetRssBytes() int64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetMemoryBytes() int64 {
+	if x != nil {
+		return x.MemoryBytes
+	}
+	return 0
+}
+
+type ProbeListenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeListenRequest) Reset() {
+	*x = ProbeListenRequest{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeListenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeListenRequest) ProtoMessage() {}
+
+func (x *ProbeListenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeListenRequest.ProtoReflect.Descriptor instead.
+func (*ProbeListenRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{24}
+}
+
+type ProbeListenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// address is IP:PORT on the migration address, accepting one connection.
+	Address       string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeListenResponse) Reset() {
+	*x = ProbeListenResponse{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeListenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeListenResponse) ProtoMessage() {}
+
+func (x *ProbeListenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeListenResponse.ProtoReflect.Descriptor instead.
+func (*ProbeListenResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ProbeListenResponse) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type ProbeSendRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Address       string                 `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	DurationMs    int64                  `protobuf:"varint,2,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeSendRequest) Reset() {
+	*x = ProbeSendRequest{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeSendRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeSendRequest) ProtoMessage() {}
+
+func (x *ProbeSendRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeSendRequest.ProtoReflect.Descriptor instead.
+func (*ProbeSendRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ProbeSendRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ProbeSendRequest) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+type ProbeSendResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mibps         float64                `protobuf:"fixed64,1,opt,name=mibps,proto3" json:"mibps,omitempty"`
+	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProbeSendResponse) Reset() {
+	*x = ProbeSendResponse{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProbeSendResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProbeSendResponse) ProtoMessage() {}
+
+func (x *ProbeSendResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProbeSendResponse.ProtoReflect.Descriptor instead.
+func (*ProbeSendResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ProbeSendResponse) GetMibps() float64 {
+	if x != nil {
+		return x.Mibps
+	}
+	return 0
+}
+
+func (x *ProbeSendResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type RecoverResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// uri is where the destination waits for the source to resume.
+	Uri           string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecoverResponse) Reset() {
+	*x = RecoverResponse{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecoverResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecoverResponse) ProtoMessage() {}
+
+func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
+func (*RecoverResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RecoverResponse) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
+type ResumeOutgoingRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MigrationId   string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	Uri           string                 `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeOutgoingRequest) Reset() {
+	*x = ResumeOutgoingRequest{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeOutgoingRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeOutgoingRequest) ProtoMessage() {}
+
+func (x *ResumeOutgoingRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeOutgoingRequest.ProtoReflect.Descriptor instead.
+func (*ResumeOutgoingRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ResumeOutgoingRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ResumeOutgoingRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *ResumeOutgoingRequest) GetUri() string {
+	if x != nil {
+		return x.Uri
+	}
+	return ""
+}
+
 // MigrationStepRequest names the VM (and migration) a step applies to.
 type MigrationStepRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1507,7 +2452,7 @@ type MigrationStepRequest struct {
 
 func (x *MigrationStepRequest) Reset() {
 	*x = MigrationStepRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +2464,7 @@ func (x *MigrationStepRequest) String() string {
 func (*MigrationStepRequest) ProtoMessage() {}
 
 func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +2477,7 @@ func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationStepRequest.ProtoReflect.Descriptor instead.
 func (*MigrationStepRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MigrationStepRequest) GetName() string {
@@ -1572,7 +2517,7 @@ type OutgoingStatusResponse struct {
 
 func (x *OutgoingStatusResponse) Reset() {
 	*x = OutgoingStatusResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1584,7 +2529,7 @@ func (x *OutgoingStatusResponse) String() string {
 func (*OutgoingStatusResponse) ProtoMessage() {}
 
 func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1597,7 +2542,7 @@ func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutgoingStatusResponse.ProtoReflect.Descriptor instead.
 func (*OutgoingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *OutgoingStatusResponse) GetStatus() *OutgoingStatus {
@@ -1616,7 +2561,7 @@ type IncomingStatusResponse struct {
 
 func (x *IncomingStatusResponse) Reset() {
 	*x = IncomingStatusResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1628,7 +2573,7 @@ func (x *IncomingStatusResponse) String() string {
 func (*IncomingStatusResponse) ProtoMessage() {}
 
 func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[20]
+	mi := &file_ferry_v1_migration_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1641,7 +2586,7 @@ func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncomingStatusResponse.ProtoReflect.Descriptor instead.
 func (*IncomingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{20}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *IncomingStatusResponse) GetStatus() *IncomingStatus {
@@ -1660,7 +2605,7 @@ type StepResponse struct {
 
 func (x *StepResponse) Reset() {
 	*x = StepResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +2617,7 @@ func (x *StepResponse) String() string {
 func (*StepResponse) ProtoMessage() {}
 
 func (x *StepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[21]
+	mi := &file_ferry_v1_migration_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +2630,7 @@ func (x *StepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResponse.ProtoReflect.Descriptor instead.
 func (*StepResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{21}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StepResponse) GetVm() *VMStatus {
@@ -1699,7 +2644,7 @@ var File_ferry_v1_migration_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x14ferry/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x01\n" +
+	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x14ferry/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n" +
 	"\x10MigrationOptions\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12&\n" +
 	"\x0fmax_downtime_ms\x18\x02 \x01(\x03R\rmaxDowntimeMs\x12'\n" +
@@ -1707,7 +2652,44 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10multifd_channels\x18\x04 \x01(\x05R\x0fmultifdChannels\x12(\n" +
 	"\x10stall_timeout_ms\x18\x05 \x01(\x03R\x0estallTimeoutMs\x12\x1d\n" +
 	"\n" +
-	"timeout_ms\x18\x06 \x01(\x03R\ttimeoutMs\"\xd9\x01\n" +
+	"timeout_ms\x18\x06 \x01(\x03R\ttimeoutMs\x12\x1f\n" +
+	"\vno_postcopy\x18\a \x01(\bR\n" +
+	"noPostcopy\x12\x1f\n" +
+	"\vno_throttle\x18\b \x01(\bR\n" +
+	"noThrottle\x12,\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xc6\x02\n" +
+	"\n" +
+	"PlanInputs\x12!\n" +
+	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
+	"\x0enon_zero_bytes\x18\x02 \x01(\x03R\fnonZeroBytes\x12(\n" +
+	"\x10dirty_rate_mibps\x18\x03 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
+	"\twss_bytes\x18\x04 \x01(\x03R\bwssBytes\x12'\n" +
+	"\x0fbandwidth_mibps\x18\x05 \x01(\x01R\x0ebandwidthMibps\x12)\n" +
+	"\x10bandwidth_source\x18\x06 \x01(\tR\x0fbandwidthSource\x12,\n" +
+	"\x12device_state_bytes\x18\a \x01(\x03R\x10deviceStateBytes\x12&\n" +
+	"\x0fmax_downtime_ms\x18\b \x01(\x03R\rmaxDowntimeMs\"\xc1\x02\n" +
+	"\x12StrategyPrediction\x12\x1a\n" +
+	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
+	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +
+	"\btotal_ms\x18\x03 \x01(\x03R\atotalMs\x12\x1f\n" +
+	"\vdowntime_ms\x18\x04 \x01(\x03R\n" +
+	"downtimeMs\x12\x14\n" +
+	"\x05bytes\x18\x05 \x01(\x03R\x05bytes\x12\x16\n" +
+	"\x06rounds\x18\x06 \x01(\x05R\x06rounds\x12)\n" +
+	"\x10throttle_percent\x18\a \x01(\x05R\x0fthrottlePercent\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12\x18\n" +
+	"\aallowed\x18\t \x01(\bR\aallowed\x12*\n" +
+	"\x11downtime_limit_ms\x18\n" +
+	" \x01(\x03R\x0fdowntimeLimitMs\"\xa4\x01\n" +
+	"\x04Plan\x12,\n" +
+	"\x06inputs\x18\x01 \x01(\v2\x14.ferry.v1.PlanInputsR\x06inputs\x12>\n" +
+	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
+	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"W\n" +
+	"\x12ControllerDecision\x12\x11\n" +
+	"\x04t_ms\x18\x01 \x01(\x03R\x03tMs\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xd9\x01\n" +
 	"\x0fMigrationSample\x12\x11\n" +
 	"\x04t_ms\x18\x01 \x01(\x03R\x03tMs\x12'\n" +
 	"\x0fremaining_bytes\x18\x02 \x01(\x03R\x0eremainingBytes\x12+\n" +
@@ -1727,7 +2709,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\x98\b\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xfc\n" +
+	"\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -1762,13 +2745,25 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\bdest_uri\x18\x1a \x01(\tR\adestUri\x120\n" +
 	"\x14expected_downtime_ms\x18\x1b \x01(\x03R\x12expectedDowntimeMs\x129\n" +
 	"\n" +
-	"updated_at\x18\x1c \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\"f\n" +
+	"updated_at\x18\x1c \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12\"\n" +
+	"\x04plan\x18\x1d \x01(\v2\x0e.ferry.v1.PlanR\x04plan\x12:\n" +
+	"\tpredicted\x18\x1e \x01(\v2\x1c.ferry.v1.StrategyPredictionR\tpredicted\x12:\n" +
+	"\tdecisions\x18\x1f \x03(\v2\x1c.ferry.v1.ControllerDecisionR\tdecisions\x12)\n" +
+	"\x10throttle_percent\x18  \x01(\x03R\x0fthrottlePercent\x12\x1f\n" +
+	"\vpostcopy_ms\x18! \x01(\x03R\n" +
+	"postcopyMs\x12,\n" +
+	"\x12postcopy_paused_ms\x18\" \x01(\x03R\x10postcopyPausedMs\x12+\n" +
+	"\x11postcopy_requests\x18# \x01(\x03R\x10postcopyRequests\x12\x1f\n" +
+	"\vplanning_ms\x18$ \x01(\x03R\n" +
+	"planningMs\"\x7f\n" +
 	"\x0eMigrateRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x124\n" +
-	"\aoptions\x18\x03 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\"D\n" +
+	"\aoptions\x18\x03 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\x12\x17\n" +
+	"\adry_run\x18\x04 \x01(\bR\x06dryRun\"h\n" +
 	"\x0fMigrateResponse\x121\n" +
-	"\tmigration\x18\x01 \x01(\v2\x13.ferry.v1.MigrationR\tmigration\"N\n" +
+	"\tmigration\x18\x01 \x01(\v2\x13.ferry.v1.MigrationR\tmigration\x12\"\n" +
+	"\x04plan\x18\x02 \x01(\v2\x0e.ferry.v1.PlanR\x04plan\"N\n" +
 	"\x13GetMigrationRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x0fwithout_samples\x18\x02 \x01(\bR\x0ewithoutSamples\"I\n" +
@@ -1783,7 +2778,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x16CancelMigrationRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"L\n" +
 	"\x17CancelMigrationResponse\x121\n" +
-	"\tmigration\x18\x01 \x01(\v2\x13.ferry.v1.MigrationR\tmigration\"\x8c\x06\n" +
+	"\tmigration\x18\x01 \x01(\v2\x13.ferry.v1.MigrationR\tmigration\"\xb0\a\n" +
 	"\x0eOutgoingStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
 	"\x11transferred_bytes\x18\x02 \x01(\x03R\x10transferredBytes\x12'\n" +
@@ -1808,7 +2803,10 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\fcompleted_at\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\x1f\n" +
 	"\vqemu_status\x18\x12 \x01(\tR\n" +
 	"qemuStatus\x12%\n" +
-	"\x0edowntime_bytes\x18\x13 \x01(\x03R\rdowntimeBytes\"\xf5\x01\n" +
+	"\x0edowntime_bytes\x18\x13 \x01(\x03R\rdowntimeBytes\x12)\n" +
+	"\x10throttle_percent\x18\x14 \x01(\x03R\x0fthrottlePercent\x12+\n" +
+	"\x11postcopy_requests\x18\x15 \x01(\x03R\x10postcopyRequests\x12J\n" +
+	"\x13postcopy_started_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11postcopyStartedAt\"\xf5\x01\n" +
 	"\x0eIncomingStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1f\n" +
 	"\vqemu_status\x18\x02 \x01(\tR\n" +
@@ -1817,20 +2815,49 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
 	"resumed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tresumedAt\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
-	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\x8c\x01\n" +
+	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\xa8\x01\n" +
 	"\x16PrepareIncomingRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12)\n" +
-	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\"+\n" +
+	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
+	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"+\n" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
-	"\x03uri\x18\x01 \x01(\tR\x03uri\"\xe6\x01\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\"\x81\x03\n" +
 	"\x14StartOutgoingRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\x12.\n" +
 	"\x13max_bandwidth_bytes\x18\x04 \x01(\x03R\x11maxBandwidthBytes\x12*\n" +
 	"\x11downtime_limit_ms\x18\x05 \x01(\x03R\x0fdowntimeLimitMs\x12)\n" +
-	"\x10multifd_channels\x18\x06 \x01(\x05R\x0fmultifdChannels\"\x89\x01\n" +
+	"\x10multifd_channels\x18\x06 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
+	"\bpostcopy\x18\a \x01(\bR\bpostcopy\x12#\n" +
+	"\rauto_converge\x18\b \x01(\bR\fautoConverge\x12)\n" +
+	"\x10throttle_initial\x18\t \x01(\x05R\x0fthrottleInitial\x12-\n" +
+	"\x12throttle_increment\x18\n" +
+	" \x01(\x05R\x11throttleIncrement\">\n" +
+	"\x0eMeasureRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aseconds\x18\x02 \x01(\x05R\aseconds\"{\n" +
+	"\x0fMeasureResponse\x12(\n" +
+	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
+	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\"\x14\n" +
+	"\x12ProbeListenRequest\"/\n" +
+	"\x13ProbeListenResponse\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
+	"\x10ProbeSendRequest\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1f\n" +
+	"\vduration_ms\x18\x02 \x01(\x03R\n" +
+	"durationMs\"?\n" +
+	"\x11ProbeSendResponse\x12\x14\n" +
+	"\x05mibps\x18\x01 \x01(\x01R\x05mibps\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"#\n" +
+	"\x0fRecoverResponse\x12\x10\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\"`\n" +
+	"\x15ResumeOutgoingRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\"\x89\x01\n" +
 	"\x14MigrationStepRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
@@ -1846,7 +2873,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\aMigrate\x12\x18.ferry.v1.MigrateRequest\x1a\x19.ferry.v1.MigrateResponse\x12M\n" +
 	"\fGetMigration\x12\x1d.ferry.v1.GetMigrationRequest\x1a\x1e.ferry.v1.GetMigrationResponse\x12S\n" +
 	"\x0eListMigrations\x12\x1f.ferry.v1.ListMigrationsRequest\x1a .ferry.v1.ListMigrationsResponse\x12V\n" +
-	"\x0fCancelMigration\x12 .ferry.v1.CancelMigrationRequest\x1a!.ferry.v1.CancelMigrationResponse2\xbe\x06\n" +
+	"\x0fCancelMigration\x12 .ferry.v1.CancelMigrationRequest\x1a!.ferry.v1.CancelMigrationResponse2\xd0\n" +
+	"\n" +
 	"\x15MigrationAgentService\x12V\n" +
 	"\x0fPrepareIncoming\x12 .ferry.v1.PrepareIncomingRequest\x1a!.ferry.v1.PrepareIncomingResponse\x12Q\n" +
 	"\rQueryIncoming\x12\x1e.ferry.v1.MigrationStepRequest\x1a .ferry.v1.IncomingStatusResponse\x12M\n" +
@@ -1857,7 +2885,14 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\rQueryOutgoing\x12\x1e.ferry.v1.MigrationStepRequest\x1a .ferry.v1.OutgoingStatusResponse\x12T\n" +
 	"\x10ContinueOutgoing\x12\x1e.ferry.v1.MigrationStepRequest\x1a .ferry.v1.OutgoingStatusResponse\x12H\n" +
 	"\x0eCancelOutgoing\x12\x1e.ferry.v1.MigrationStepRequest\x1a\x16.ferry.v1.StepResponse\x12H\n" +
-	"\x0eFinishOutgoing\x12\x1e.ferry.v1.MigrationStepRequest\x1a\x16.ferry.v1.StepResponseB/Z-github.com/ferryvm/ferry/gen/ferry/v1;ferryv1b\x06proto3"
+	"\x0eFinishOutgoing\x12\x1e.ferry.v1.MigrationStepRequest\x1a\x16.ferry.v1.StepResponse\x12Q\n" +
+	"\rStartPostcopy\x12\x1e.ferry.v1.MigrationStepRequest\x1a .ferry.v1.OutgoingStatusResponse\x12L\n" +
+	"\x0fRecoverIncoming\x12\x1e.ferry.v1.MigrationStepRequest\x1a\x19.ferry.v1.RecoverResponse\x12S\n" +
+	"\x0eResumeOutgoing\x12\x1f.ferry.v1.ResumeOutgoingRequest\x1a .ferry.v1.OutgoingStatusResponse\x12H\n" +
+	"\x0ePauseMigration\x12\x1e.ferry.v1.MigrationStepRequest\x1a\x16.ferry.v1.StepResponse\x12>\n" +
+	"\aMeasure\x12\x18.ferry.v1.MeasureRequest\x1a\x19.ferry.v1.MeasureResponse\x12J\n" +
+	"\vProbeListen\x12\x1c.ferry.v1.ProbeListenRequest\x1a\x1d.ferry.v1.ProbeListenResponse\x12D\n" +
+	"\tProbeSend\x12\x1a.ferry.v1.ProbeSendRequest\x1a\x1b.ferry.v1.ProbeSendResponseB/Z-github.com/ferryvm/ferry/gen/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_migration_proto_rawDescOnce sync.Once
@@ -1871,92 +2906,125 @@ func file_ferry_v1_migration_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_proto_rawDescData
 }
 
-var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_ferry_v1_migration_proto_goTypes = []any{
 	(*MigrationOptions)(nil),        // 0: ferry.v1.MigrationOptions
-	(*MigrationSample)(nil),         // 1: ferry.v1.MigrationSample
-	(*DowntimePhases)(nil),          // 2: ferry.v1.DowntimePhases
-	(*MigrationEvent)(nil),          // 3: ferry.v1.MigrationEvent
-	(*Migration)(nil),               // 4: ferry.v1.Migration
-	(*MigrateRequest)(nil),          // 5: ferry.v1.MigrateRequest
-	(*MigrateResponse)(nil),         // 6: ferry.v1.MigrateResponse
-	(*GetMigrationRequest)(nil),     // 7: ferry.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 8: ferry.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 9: ferry.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 10: ferry.v1.ListMigrationsResponse
-	(*CancelMigrationRequest)(nil),  // 11: ferry.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 12: ferry.v1.CancelMigrationResponse
-	(*OutgoingStatus)(nil),          // 13: ferry.v1.OutgoingStatus
-	(*IncomingStatus)(nil),          // 14: ferry.v1.IncomingStatus
-	(*PrepareIncomingRequest)(nil),  // 15: ferry.v1.PrepareIncomingRequest
-	(*PrepareIncomingResponse)(nil), // 16: ferry.v1.PrepareIncomingResponse
-	(*StartOutgoingRequest)(nil),    // 17: ferry.v1.StartOutgoingRequest
-	(*MigrationStepRequest)(nil),    // 18: ferry.v1.MigrationStepRequest
-	(*OutgoingStatusResponse)(nil),  // 19: ferry.v1.OutgoingStatusResponse
-	(*IncomingStatusResponse)(nil),  // 20: ferry.v1.IncomingStatusResponse
-	(*StepResponse)(nil),            // 21: ferry.v1.StepResponse
-	(*timestamppb.Timestamp)(nil),   // 22: google.protobuf.Timestamp
-	(*VMStatus)(nil),                // 23: ferry.v1.VMStatus
-	(*VMSpec)(nil),                  // 24: ferry.v1.VMSpec
+	(*PlanInputs)(nil),              // 1: ferry.v1.PlanInputs
+	(*StrategyPrediction)(nil),      // 2: ferry.v1.StrategyPrediction
+	(*Plan)(nil),                    // 3: ferry.v1.Plan
+	(*ControllerDecision)(nil),      // 4: ferry.v1.ControllerDecision
+	(*MigrationSample)(nil),         // 5: ferry.v1.MigrationSample
+	(*DowntimePhases)(nil),          // 6: ferry.v1.DowntimePhases
+	(*MigrationEvent)(nil),          // 7: ferry.v1.MigrationEvent
+	(*Migration)(nil),               // 8: ferry.v1.Migration
+	(*MigrateRequest)(nil),          // 9: ferry.v1.MigrateRequest
+	(*MigrateResponse)(nil),         // 10: ferry.v1.MigrateResponse
+	(*GetMigrationRequest)(nil),     // 11: ferry.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 12: ferry.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 13: ferry.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 14: ferry.v1.ListMigrationsResponse
+	(*CancelMigrationRequest)(nil),  // 15: ferry.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 16: ferry.v1.CancelMigrationResponse
+	(*OutgoingStatus)(nil),          // 17: ferry.v1.OutgoingStatus
+	(*IncomingStatus)(nil),          // 18: ferry.v1.IncomingStatus
+	(*PrepareIncomingRequest)(nil),  // 19: ferry.v1.PrepareIncomingRequest
+	(*PrepareIncomingResponse)(nil), // 20: ferry.v1.PrepareIncomingResponse
+	(*StartOutgoingRequest)(nil),    // 21: ferry.v1.StartOutgoingRequest
+	(*MeasureRequest)(nil),          // 22: ferry.v1.MeasureRequest
+	(*MeasureResponse)(nil),         // 23: ferry.v1.MeasureResponse
+	(*ProbeListenRequest)(nil),      // 24: ferry.v1.ProbeListenRequest
+	(*ProbeListenResponse)(nil),     // 25: ferry.v1.ProbeListenResponse
+	(*ProbeSendRequest)(nil),        // 26: ferry.v1.ProbeSendRequest
+	(*ProbeSendResponse)(nil),       // 27: ferry.v1.ProbeSendResponse
+	(*RecoverResponse)(nil),         // 28: ferry.v1.RecoverResponse
+	(*ResumeOutgoingRequest)(nil),   // 29: ferry.v1.ResumeOutgoingRequest
+	(*MigrationStepRequest)(nil),    // 30: ferry.v1.MigrationStepRequest
+	(*OutgoingStatusResponse)(nil),  // 31: ferry.v1.OutgoingStatusResponse
+	(*IncomingStatusResponse)(nil),  // 32: ferry.v1.IncomingStatusResponse
+	(*StepResponse)(nil),            // 33: ferry.v1.StepResponse
+	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
+	(*VMStatus)(nil),                // 35: ferry.v1.VMStatus
+	(*VMSpec)(nil),                  // 36: ferry.v1.VMSpec
 }
 var file_ferry_v1_migration_proto_depIdxs = []int32{
-	22, // 0: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
-	22, // 1: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
-	22, // 2: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
-	2,  // 3: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
-	1,  // 4: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
-	0,  // 5: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
-	3,  // 6: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	22, // 7: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
-	0,  // 8: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
-	4,  // 9: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
-	4,  // 10: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
-	4,  // 11: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
-	4,  // 12: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
-	22, // 13: ferry.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	22, // 14: ferry.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	22, // 15: ferry.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	22, // 16: ferry.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	22, // 17: ferry.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	22, // 18: ferry.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	23, // 19: ferry.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	24, // 20: ferry.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	13, // 21: ferry.v1.OutgoingStatusResponse.status:type_name -> ferry.v1.OutgoingStatus
-	14, // 22: ferry.v1.IncomingStatusResponse.status:type_name -> ferry.v1.IncomingStatus
-	23, // 23: ferry.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	5,  // 24: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
-	7,  // 25: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
-	9,  // 26: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
-	11, // 27: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
-	15, // 28: ferry.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.v1.PrepareIncomingRequest
-	18, // 29: ferry.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.v1.MigrationStepRequest
-	18, // 30: ferry.v1.MigrationAgentService.ArmResume:input_type -> ferry.v1.MigrationStepRequest
-	18, // 31: ferry.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.v1.MigrationStepRequest
-	18, // 32: ferry.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.v1.MigrationStepRequest
-	17, // 33: ferry.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.v1.StartOutgoingRequest
-	18, // 34: ferry.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.v1.MigrationStepRequest
-	18, // 35: ferry.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.v1.MigrationStepRequest
-	18, // 36: ferry.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.v1.MigrationStepRequest
-	18, // 37: ferry.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.v1.MigrationStepRequest
-	6,  // 38: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
-	8,  // 39: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
-	10, // 40: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
-	12, // 41: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
-	16, // 42: ferry.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.v1.PrepareIncomingResponse
-	20, // 43: ferry.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.v1.IncomingStatusResponse
-	20, // 44: ferry.v1.MigrationAgentService.ArmResume:output_type -> ferry.v1.IncomingStatusResponse
-	20, // 45: ferry.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.v1.IncomingStatusResponse
-	21, // 46: ferry.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.v1.StepResponse
-	19, // 47: ferry.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.v1.OutgoingStatusResponse
-	19, // 48: ferry.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.v1.OutgoingStatusResponse
-	19, // 49: ferry.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.v1.OutgoingStatusResponse
-	21, // 50: ferry.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.v1.StepResponse
-	21, // 51: ferry.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.v1.StepResponse
-	38, // [38:52] is the sub-list for method output_type
-	24, // [24:38] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	1,  // 0: ferry.v1.Plan.inputs:type_name -> ferry.v1.PlanInputs
+	2,  // 1: ferry.v1.Plan.predictions:type_name -> ferry.v1.StrategyPrediction
+	34, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
+	34, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
+	34, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
+	6,  // 5: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
+	5,  // 6: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
+	0,  // 7: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
+	7,  // 8: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
+	34, // 9: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 10: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
+	2,  // 11: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
+	4,  // 12: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
+	0,  // 13: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
+	8,  // 14: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
+	3,  // 15: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
+	8,  // 16: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
+	8,  // 17: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
+	8,  // 18: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
+	34, // 19: ferry.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	34, // 20: ferry.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	34, // 21: ferry.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	34, // 22: ferry.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	34, // 23: ferry.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	34, // 24: ferry.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	34, // 25: ferry.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	35, // 26: ferry.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	36, // 27: ferry.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	17, // 28: ferry.v1.OutgoingStatusResponse.status:type_name -> ferry.v1.OutgoingStatus
+	18, // 29: ferry.v1.IncomingStatusResponse.status:type_name -> ferry.v1.IncomingStatus
+	35, // 30: ferry.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	9,  // 31: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
+	11, // 32: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
+	13, // 33: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
+	15, // 34: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
+	19, // 35: ferry.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.v1.PrepareIncomingRequest
+	30, // 36: ferry.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.v1.MigrationStepRequest
+	30, // 37: ferry.v1.MigrationAgentService.ArmResume:input_type -> ferry.v1.MigrationStepRequest
+	30, // 38: ferry.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.v1.MigrationStepRequest
+	30, // 39: ferry.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.v1.MigrationStepRequest
+	21, // 40: ferry.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.v1.StartOutgoingRequest
+	30, // 41: ferry.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.v1.MigrationStepRequest
+	30, // 42: ferry.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.v1.MigrationStepRequest
+	30, // 43: ferry.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.v1.MigrationStepRequest
+	30, // 44: ferry.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.v1.MigrationStepRequest
+	30, // 45: ferry.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.v1.MigrationStepRequest
+	30, // 46: ferry.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.v1.MigrationStepRequest
+	29, // 47: ferry.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.v1.ResumeOutgoingRequest
+	30, // 48: ferry.v1.MigrationAgentService.PauseMigration:input_type -> ferry.v1.MigrationStepRequest
+	22, // 49: ferry.v1.MigrationAgentService.Measure:input_type -> ferry.v1.MeasureRequest
+	24, // 50: ferry.v1.MigrationAgentService.ProbeListen:input_type -> ferry.v1.ProbeListenRequest
+	26, // 51: ferry.v1.MigrationAgentService.ProbeSend:input_type -> ferry.v1.ProbeSendRequest
+	10, // 52: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
+	12, // 53: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
+	14, // 54: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
+	16, // 55: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
+	20, // 56: ferry.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.v1.PrepareIncomingResponse
+	32, // 57: ferry.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.v1.IncomingStatusResponse
+	32, // 58: ferry.v1.MigrationAgentService.ArmResume:output_type -> ferry.v1.IncomingStatusResponse
+	32, // 59: ferry.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.v1.IncomingStatusResponse
+	33, // 60: ferry.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.v1.StepResponse
+	31, // 61: ferry.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.v1.OutgoingStatusResponse
+	31, // 62: ferry.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.v1.OutgoingStatusResponse
+	31, // 63: ferry.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.v1.OutgoingStatusResponse
+	33, // 64: ferry.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.v1.StepResponse
+	33, // 65: ferry.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.v1.StepResponse
+	31, // 66: ferry.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.v1.OutgoingStatusResponse
+	28, // 67: ferry.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.v1.RecoverResponse
+	31, // 68: ferry.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.v1.OutgoingStatusResponse
+	33, // 69: ferry.v1.MigrationAgentService.PauseMigration:output_type -> ferry.v1.StepResponse
+	23, // 70: ferry.v1.MigrationAgentService.Measure:output_type -> ferry.v1.MeasureResponse
+	25, // 71: ferry.v1.MigrationAgentService.ProbeListen:output_type -> ferry.v1.ProbeListenResponse
+	27, // 72: ferry.v1.MigrationAgentService.ProbeSend:output_type -> ferry.v1.ProbeSendResponse
+	52, // [52:73] is the sub-list for method output_type
+	31, // [31:52] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_proto_init() }
@@ -1971,7 +3039,7 @@ func file_ferry_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_proto_rawDesc), len(file_ferry_v1_migration_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

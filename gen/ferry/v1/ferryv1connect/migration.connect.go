@@ -77,6 +77,27 @@ const (
 	// MigrationAgentServiceFinishOutgoingProcedure is the fully-qualified name of the
 	// MigrationAgentService's FinishOutgoing RPC.
 	MigrationAgentServiceFinishOutgoingProcedure = "/ferry.v1.MigrationAgentService/FinishOutgoing"
+	// MigrationAgentServiceStartPostcopyProcedure is the fully-qualified name of the
+	// MigrationAgentService's StartPostcopy RPC.
+	MigrationAgentServiceStartPostcopyProcedure = "/ferry.v1.MigrationAgentService/StartPostcopy"
+	// MigrationAgentServiceRecoverIncomingProcedure is the fully-qualified name of the
+	// MigrationAgentService's RecoverIncoming RPC.
+	MigrationAgentServiceRecoverIncomingProcedure = "/ferry.v1.MigrationAgentService/RecoverIncoming"
+	// MigrationAgentServiceResumeOutgoingProcedure is the fully-qualified name of the
+	// MigrationAgentService's ResumeOutgoing RPC.
+	MigrationAgentServiceResumeOutgoingProcedure = "/ferry.v1.MigrationAgentService/ResumeOutgoing"
+	// MigrationAgentServicePauseMigrationProcedure is the fully-qualified name of the
+	// MigrationAgentService's PauseMigration RPC.
+	MigrationAgentServicePauseMigrationProcedure = "/ferry.v1.MigrationAgentService/PauseMigration"
+	// MigrationAgentServiceMeasureProcedure is the fully-qualified name of the MigrationAgentService's
+	// Measure RPC.
+	MigrationAgentServiceMeasureProcedure = "/ferry.v1.MigrationAgentService/Measure"
+	// MigrationAgentServiceProbeListenProcedure is the fully-qualified name of the
+	// MigrationAgentService's ProbeListen RPC.
+	MigrationAgentServiceProbeListenProcedure = "/ferry.v1.MigrationAgentService/ProbeListen"
+	// MigrationAgentServiceProbeSendProcedure is the fully-qualified name of the
+	// MigrationAgentService's ProbeSend RPC.
+	MigrationAgentServiceProbeSendProcedure = "/ferry.v1.MigrationAgentService/ProbeSend"
 )
 
 // MigrationServiceClient is a client for the ferry.v1.MigrationService service.
@@ -256,6 +277,21 @@ type MigrationAgentServiceClient interface {
 	CancelOutgoing(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
 	// FinishOutgoing quits the source QEMU and removes its taps and directory.
 	FinishOutgoing(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
+	// StartPostcopy switches a running pre-copy to post-copy.
+	StartPostcopy(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.OutgoingStatusResponse], error)
+	// RecoverIncoming makes a paused post-copy destination listen again.
+	RecoverIncoming(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.RecoverResponse], error)
+	// ResumeOutgoing reconnects a paused post-copy source to uri.
+	ResumeOutgoing(context.Context, *connect.Request[v1.ResumeOutgoingRequest]) (*connect.Response[v1.OutgoingStatusResponse], error)
+	// PauseMigration runs migrate-pause on this side of a post-copy whose
+	// link went silent, so both sides enter postcopy-paused and can recover.
+	PauseMigration(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
+	// Measure samples a VM's dirty rate (calc-dirty-rate) and RSS.
+	Measure(context.Context, *connect.Request[v1.MeasureRequest]) (*connect.Response[v1.MeasureResponse], error)
+	// ProbeListen opens a one-shot TCP sink on the migration address.
+	ProbeListen(context.Context, *connect.Request[v1.ProbeListenRequest]) (*connect.Response[v1.ProbeListenResponse], error)
+	// ProbeSend streams to a ProbeListen sink and reports the rate.
+	ProbeSend(context.Context, *connect.Request[v1.ProbeSendRequest]) (*connect.Response[v1.ProbeSendResponse], error)
 }
 
 // NewMigrationAgentServiceClient constructs a client for the ferry.v1.MigrationAgentService
@@ -329,6 +365,48 @@ func NewMigrationAgentServiceClient(httpClient connect.HTTPClient, baseURL strin
 			connect.WithSchema(migrationAgentServiceMethods.ByName("FinishOutgoing")),
 			connect.WithClientOptions(opts...),
 		),
+		startPostcopy: connect.NewClient[v1.MigrationStepRequest, v1.OutgoingStatusResponse](
+			httpClient,
+			baseURL+MigrationAgentServiceStartPostcopyProcedure,
+			connect.WithSchema(migrationAgentServiceMethods.ByName("StartPostcopy")),
+			connect.WithClientOptions(opts...),
+		),
+		recoverIncoming: connect.NewClient[v1.MigrationStepRequest, v1.RecoverResponse](
+			httpClient,
+			baseURL+MigrationAgentServiceRecoverIncomingProcedure,
+			connect.WithSchema(migrationAgentServiceMethods.ByName("RecoverIncoming")),
+			connect.WithClientOptions(opts...),
+		),
+		resumeOutgoing: connect.NewClient[v1.ResumeOutgoingRequest, v1.OutgoingStatusResponse](
+			httpClient,
+			baseURL+MigrationAgentServiceResumeOutgoingProcedure,
+			connect.WithSchema(migrationAgentServiceMethods.ByName("ResumeOutgoing")),
+			connect.WithClientOptions(opts...),
+		),
+		pauseMigration: connect.NewClient[v1.MigrationStepRequest, v1.StepResponse](
+			httpClient,
+			baseURL+MigrationAgentServicePauseMigrationProcedure,
+			connect.WithSchema(migrationAgentServiceMethods.ByName("PauseMigration")),
+			connect.WithClientOptions(opts...),
+		),
+		measure: connect.NewClient[v1.MeasureRequest, v1.MeasureResponse](
+			httpClient,
+			baseURL+MigrationAgentServiceMeasureProcedure,
+			connect.WithSchema(migrationAgentServiceMethods.ByName("Measure")),
+			connect.WithClientOptions(opts...),
+		),
+		probeListen: connect.NewClient[v1.ProbeListenRequest, v1.ProbeListenResponse](
+			httpClient,
+			baseURL+MigrationAgentServiceProbeListenProcedure,
+			connect.WithSchema(migrationAgentServiceMethods.ByName("ProbeListen")),
+			connect.WithClientOptions(opts...),
+		),
+		probeSend: connect.NewClient[v1.ProbeSendRequest, v1.ProbeSendResponse](
+			httpClient,
+			baseURL+MigrationAgentServiceProbeSendProcedure,
+			connect.WithSchema(migrationAgentServiceMethods.ByName("ProbeSend")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -344,6 +422,13 @@ type migrationAgentServiceClient struct {
 	continueOutgoing *connect.Client[v1.MigrationStepRequest, v1.OutgoingStatusResponse]
 	cancelOutgoing   *connect.Client[v1.MigrationStepRequest, v1.StepResponse]
 	finishOutgoing   *connect.Client[v1.MigrationStepRequest, v1.StepResponse]
+	startPostcopy    *connect.Client[v1.MigrationStepRequest, v1.OutgoingStatusResponse]
+	recoverIncoming  *connect.Client[v1.MigrationStepRequest, v1.RecoverResponse]
+	resumeOutgoing   *connect.Client[v1.ResumeOutgoingRequest, v1.OutgoingStatusResponse]
+	pauseMigration   *connect.Client[v1.MigrationStepRequest, v1.StepResponse]
+	measure          *connect.Client[v1.MeasureRequest, v1.MeasureResponse]
+	probeListen      *connect.Client[v1.ProbeListenRequest, v1.ProbeListenResponse]
+	probeSend        *connect.Client[v1.ProbeSendRequest, v1.ProbeSendResponse]
 }
 
 // PrepareIncoming calls ferry.v1.MigrationAgentService.PrepareIncoming.
@@ -396,6 +481,41 @@ func (c *migrationAgentServiceClient) FinishOutgoing(ctx context.Context, req *c
 	return c.finishOutgoing.CallUnary(ctx, req)
 }
 
+// StartPostcopy calls ferry.v1.MigrationAgentService.StartPostcopy.
+func (c *migrationAgentServiceClient) StartPostcopy(ctx context.Context, req *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.OutgoingStatusResponse], error) {
+	return c.startPostcopy.CallUnary(ctx, req)
+}
+
+// RecoverIncoming calls ferry.v1.MigrationAgentService.RecoverIncoming.
+func (c *migrationAgentServiceClient) RecoverIncoming(ctx context.Context, req *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.RecoverResponse], error) {
+	return c.recoverIncoming.CallUnary(ctx, req)
+}
+
+// ResumeOutgoing calls ferry.v1.MigrationAgentService.ResumeOutgoing.
+func (c *migrationAgentServiceClient) ResumeOutgoing(ctx context.Context, req *connect.Request[v1.ResumeOutgoingRequest]) (*connect.Response[v1.OutgoingStatusResponse], error) {
+	return c.resumeOutgoing.CallUnary(ctx, req)
+}
+
+// PauseMigration calls ferry.v1.MigrationAgentService.PauseMigration.
+func (c *migrationAgentServiceClient) PauseMigration(ctx context.Context, req *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error) {
+	return c.pauseMigration.CallUnary(ctx, req)
+}
+
+// Measure calls ferry.v1.MigrationAgentService.Measure.
+func (c *migrationAgentServiceClient) Measure(ctx context.Context, req *connect.Request[v1.MeasureRequest]) (*connect.Response[v1.MeasureResponse], error) {
+	return c.measure.CallUnary(ctx, req)
+}
+
+// ProbeListen calls ferry.v1.MigrationAgentService.ProbeListen.
+func (c *migrationAgentServiceClient) ProbeListen(ctx context.Context, req *connect.Request[v1.ProbeListenRequest]) (*connect.Response[v1.ProbeListenResponse], error) {
+	return c.probeListen.CallUnary(ctx, req)
+}
+
+// ProbeSend calls ferry.v1.MigrationAgentService.ProbeSend.
+func (c *migrationAgentServiceClient) ProbeSend(ctx context.Context, req *connect.Request[v1.ProbeSendRequest]) (*connect.Response[v1.ProbeSendResponse], error) {
+	return c.probeSend.CallUnary(ctx, req)
+}
+
 // MigrationAgentServiceHandler is an implementation of the ferry.v1.MigrationAgentService service.
 type MigrationAgentServiceHandler interface {
 	// PrepareIncoming starts a paused QEMU with -incoming defer and returns
@@ -421,6 +541,21 @@ type MigrationAgentServiceHandler interface {
 	CancelOutgoing(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
 	// FinishOutgoing quits the source QEMU and removes its taps and directory.
 	FinishOutgoing(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
+	// StartPostcopy switches a running pre-copy to post-copy.
+	StartPostcopy(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.OutgoingStatusResponse], error)
+	// RecoverIncoming makes a paused post-copy destination listen again.
+	RecoverIncoming(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.RecoverResponse], error)
+	// ResumeOutgoing reconnects a paused post-copy source to uri.
+	ResumeOutgoing(context.Context, *connect.Request[v1.ResumeOutgoingRequest]) (*connect.Response[v1.OutgoingStatusResponse], error)
+	// PauseMigration runs migrate-pause on this side of a post-copy whose
+	// link went silent, so both sides enter postcopy-paused and can recover.
+	PauseMigration(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
+	// Measure samples a VM's dirty rate (calc-dirty-rate) and RSS.
+	Measure(context.Context, *connect.Request[v1.MeasureRequest]) (*connect.Response[v1.MeasureResponse], error)
+	// ProbeListen opens a one-shot TCP sink on the migration address.
+	ProbeListen(context.Context, *connect.Request[v1.ProbeListenRequest]) (*connect.Response[v1.ProbeListenResponse], error)
+	// ProbeSend streams to a ProbeListen sink and reports the rate.
+	ProbeSend(context.Context, *connect.Request[v1.ProbeSendRequest]) (*connect.Response[v1.ProbeSendResponse], error)
 }
 
 // NewMigrationAgentServiceHandler builds an HTTP handler from the service implementation. It
@@ -490,6 +625,48 @@ func NewMigrationAgentServiceHandler(svc MigrationAgentServiceHandler, opts ...c
 		connect.WithSchema(migrationAgentServiceMethods.ByName("FinishOutgoing")),
 		connect.WithHandlerOptions(opts...),
 	)
+	migrationAgentServiceStartPostcopyHandler := connect.NewUnaryHandler(
+		MigrationAgentServiceStartPostcopyProcedure,
+		svc.StartPostcopy,
+		connect.WithSchema(migrationAgentServiceMethods.ByName("StartPostcopy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrationAgentServiceRecoverIncomingHandler := connect.NewUnaryHandler(
+		MigrationAgentServiceRecoverIncomingProcedure,
+		svc.RecoverIncoming,
+		connect.WithSchema(migrationAgentServiceMethods.ByName("RecoverIncoming")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrationAgentServiceResumeOutgoingHandler := connect.NewUnaryHandler(
+		MigrationAgentServiceResumeOutgoingProcedure,
+		svc.ResumeOutgoing,
+		connect.WithSchema(migrationAgentServiceMethods.ByName("ResumeOutgoing")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrationAgentServicePauseMigrationHandler := connect.NewUnaryHandler(
+		MigrationAgentServicePauseMigrationProcedure,
+		svc.PauseMigration,
+		connect.WithSchema(migrationAgentServiceMethods.ByName("PauseMigration")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrationAgentServiceMeasureHandler := connect.NewUnaryHandler(
+		MigrationAgentServiceMeasureProcedure,
+		svc.Measure,
+		connect.WithSchema(migrationAgentServiceMethods.ByName("Measure")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrationAgentServiceProbeListenHandler := connect.NewUnaryHandler(
+		MigrationAgentServiceProbeListenProcedure,
+		svc.ProbeListen,
+		connect.WithSchema(migrationAgentServiceMethods.ByName("ProbeListen")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrationAgentServiceProbeSendHandler := connect.NewUnaryHandler(
+		MigrationAgentServiceProbeSendProcedure,
+		svc.ProbeSend,
+		connect.WithSchema(migrationAgentServiceMethods.ByName("ProbeSend")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.v1.MigrationAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MigrationAgentServicePrepareIncomingProcedure:
@@ -512,6 +689,20 @@ func NewMigrationAgentServiceHandler(svc MigrationAgentServiceHandler, opts ...c
 			migrationAgentServiceCancelOutgoingHandler.ServeHTTP(w, r)
 		case MigrationAgentServiceFinishOutgoingProcedure:
 			migrationAgentServiceFinishOutgoingHandler.ServeHTTP(w, r)
+		case MigrationAgentServiceStartPostcopyProcedure:
+			migrationAgentServiceStartPostcopyHandler.ServeHTTP(w, r)
+		case MigrationAgentServiceRecoverIncomingProcedure:
+			migrationAgentServiceRecoverIncomingHandler.ServeHTTP(w, r)
+		case MigrationAgentServiceResumeOutgoingProcedure:
+			migrationAgentServiceResumeOutgoingHandler.ServeHTTP(w, r)
+		case MigrationAgentServicePauseMigrationProcedure:
+			migrationAgentServicePauseMigrationHandler.ServeHTTP(w, r)
+		case MigrationAgentServiceMeasureProcedure:
+			migrationAgentServiceMeasureHandler.ServeHTTP(w, r)
+		case MigrationAgentServiceProbeListenProcedure:
+			migrationAgentServiceProbeListenHandler.ServeHTTP(w, r)
+		case MigrationAgentServiceProbeSendProcedure:
+			migrationAgentServiceProbeSendHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -559,4 +750,32 @@ func (UnimplementedMigrationAgentServiceHandler) CancelOutgoing(context.Context,
 
 func (UnimplementedMigrationAgentServiceHandler) FinishOutgoing(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.FinishOutgoing is not implemented"))
+}
+
+func (UnimplementedMigrationAgentServiceHandler) StartPostcopy(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.OutgoingStatusResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.StartPostcopy is not implemented"))
+}
+
+func (UnimplementedMigrationAgentServiceHandler) RecoverIncoming(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.RecoverResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.RecoverIncoming is not implemented"))
+}
+
+func (UnimplementedMigrationAgentServiceHandler) ResumeOutgoing(context.Context, *connect.Request[v1.ResumeOutgoingRequest]) (*connect.Response[v1.OutgoingStatusResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.ResumeOutgoing is not implemented"))
+}
+
+func (UnimplementedMigrationAgentServiceHandler) PauseMigration(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.PauseMigration is not implemented"))
+}
+
+func (UnimplementedMigrationAgentServiceHandler) Measure(context.Context, *connect.Request[v1.MeasureRequest]) (*connect.Response[v1.MeasureResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.Measure is not implemented"))
+}
+
+func (UnimplementedMigrationAgentServiceHandler) ProbeListen(context.Context, *connect.Request[v1.ProbeListenRequest]) (*connect.Response[v1.ProbeListenResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.ProbeListen is not implemented"))
+}
+
+func (UnimplementedMigrationAgentServiceHandler) ProbeSend(context.Context, *connect.Request[v1.ProbeSendRequest]) (*connect.Response[v1.ProbeSendResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.MigrationAgentService.ProbeSend is not implemented"))
 }

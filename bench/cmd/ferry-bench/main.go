@@ -1,0 +1,77 @@
+// Command ferry-bench is `make bench`: it live-migrates the same test
+// guest with Ferry, plain QEMU (defaults) and libvirt between the two
+// namespaced hosts of one dev cluster, in several load scenarios, and
+// writes per-run JSON, a Markdown summary and SVG plots to
+// bench/results/<timestamp>/. See bench/README.md.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ferryvm/ferry/bench/internal/bench"
+)
+
+func main() {
+	o := bench.Options{Out: os.Stdout}
+	var scenarios, systems string
+	flag.IntVar(&o.Runs, "runs", 3, "runs per scenario and system (medians are reported)")
+	flag.StringVar(&scenarios, "scenarios", strings.Join(bench.AllScenarios, ","), "comma-separated scenarios: idle, half, heavy")
+	flag.StringVar(&systems, "systems", strings.Join(bench.AllSystems, ","), "comma-separated systems: ferry, qemu, libvirt")
+	flag.DurationVar(&o.Cap, "cap", 180*time.Second, "abort a migration that has not completed after this long")
+	flag.Float64Var(&o.LinkMiBps, "link-mibps", 48, "host-to-host link rate in half/heavy, MiB/s (half dirties at half of it, heavy at twice)")
+	flag.Int64Var(&o.MemoryMiB, "memory-mib", 1024, "guest RAM, MiB")
+	flag.Int64Var(&o.WSSMiB, "wss-mib", 256, "dirtier working set in half/heavy, MiB")
+	flag.DurationVar(&o.Warmup, "warmup", 3*time.Second, "let the dirtier run this long before migrating")
+	flag.StringVar(&o.FerryStrategy, "strategy", "", "ferry migrate --strategy (empty: Ferry's default)")
+	flag.StringVar(&o.Repo, "repo", ".", "repository root (bin/ferry, build/guest, hack/, bench/scripts)")
+	flag.StringVar(&o.ResultsDir, "results", "", "parent of the timestamped result directory (default REPO/bench/results)")
+	flag.StringVar(&o.Prefix, "prefix", "fbench", "namespace prefix of the benchmark's dev cluster")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "ferry-bench: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+	o.Scenarios = splitList(scenarios)
+	o.Systems = splitList(systems)
+	if o.Runs < 1 {
+		fmt.Fprintln(os.Stderr, "ferry-bench: -runs must be at least 1")
+		os.Exit(2)
+	}
+	repo, err := filepath.Abs(o.Repo)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ferry-bench: %v\n", err)
+		os.Exit(2)
+	}
+	o.Repo = repo
+	if o.ResultsDir == "" {
+		o.ResultsDir = filepath.Join(repo, "bench", "results")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dir, err := bench.Run(ctx, o)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ferry-bench: %v\n", err)
+		if dir != "" {
+			fmt.Fprintf(os.Stderr, "ferry-bench: partial results in %s\n", dir)
+		}
+		os.Exit(1)
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}

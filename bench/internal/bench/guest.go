@@ -1,0 +1,202 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/guest/guestapi"
+	"github.com/ferryvm/ferry/internal/netnsutil"
+	"github.com/ferryvm/ferry/internal/spec"
+)
+
+// Guest is one benchmark VM: the same image, size and command line for
+// every system; only the name, address and MAC differ per system.
+type Guest struct {
+	Name      string `json:"name"`
+	IP        string `json:"ip"`
+	MAC       string `json:"mac"`
+	MemoryMiB int64  `json:"memoryMiB"`
+	Vcpus     int32  `json:"vcpus"`
+	Kernel    string `json:"kernel"`
+	Initrd    string `json:"initrd"`
+	Cmdline   string `json:"cmdline"`
+}
+
+// guestIPs gives every system its own guest address on the segment.
+var guestIPs = map[string]string{"ferry": "198.19.0.21", "qemu": "198.19.0.22", "libvirt": "198.19.0.23"}
+
+// newGuest describes the guest system runs in scenario sc.
+func newGuest(system string, sc Scenario, guestDir string, memMiB int64) Guest {
+	name := "bench-" + system
+	ip := guestIPs[system]
+	return Guest{
+		Name:      name,
+		IP:        ip,
+		MAC:       spec.DefaultMAC(name, 0),
+		MemoryMiB: memMiB,
+		Vcpus:     1,
+		Kernel:    filepath.Join(guestDir, "vmlinuz"),
+		Initrd:    filepath.Join(guestDir, "initrd.img"),
+		Cmdline: fmt.Sprintf("%s ferry.ip=%s/15 ferry.dirty=%d:%d",
+			guestapi.BaseCmdline, ip, sc.WSSMiB, sc.DirtyMiBps),
+	}
+}
+
+// prober talks to guests from the client namespace.
+type prober struct {
+	ns   string
+	http *http.Client
+}
+
+func newProber(clientNS string) *prober {
+	c := netnsutil.HTTPClient(clientNS)
+	c.Timeout = 3 * time.Second
+	return &prober{ns: clientNS, http: c}
+}
+
+// status fetches the guest's full GET /status.
+func (p *prober) status(ctx context.Context, ip string) (guestapi.Status, error) {
+	var st guestapi.Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, strconv.Itoa(guestapi.HTTPPort))+"/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := p.http.Do(req)
+	if err != nil {
+		return st, fmt.Errorf("GET /status from guest %s: %w", ip, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("GET /status from guest %s: %s", ip, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return st, fmt.Errorf("decode /status from guest %s: %w", ip, err)
+	}
+	return st, nil
+}
+
+// waitStatus polls status until it answers or timeout passes.
+func (p *prober) waitStatus(ctx context.Context, ip string, timeout time.Duration) (guestapi.Status, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := p.status(ctx, ip)
+		if err == nil {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("guest %s did not answer within %s: %w", ip, timeout, err)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// waitDirtying waits until the guest answers and its dirtier is in steady
+// state ("running", or "idle" for rate 0), then for warmup more.
+func (p *prober) waitDirtying(ctx context.Context, ip string, timeout, warmup time.Duration) (guestapi.Status, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := p.waitStatus(ctx, ip, time.Until(deadline))
+		if err != nil {
+			return st, err
+		}
+		switch st.DirtyState {
+		case "running", "idle", "off":
+			select {
+			case <-ctx.Done():
+				return st, ctx.Err()
+			case <-time.After(warmup):
+			}
+			return p.status(ctx, ip)
+		case "error":
+			return st, fmt.Errorf("guest %s dirtier failed: %s", ip, st.DirtyError)
+		}
+		if time.Now().After(deadline) {
+			return st, fmt.Errorf("guest %s dirtier still %q after %s", ip, st.DirtyState, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-time.After(300 * time.Millisecond):
+		}
+	}
+}
+
+// dial connects to the guest from the client namespace.
+func (p *prober) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	return netnsutil.DialContext(ctx, p.ns, network, addr)
+}
+
+// countNonZero counts the guest's non-zero 4 KiB pages by reading the
+// guest RAM mapping of the QEMU process pid (the largest private rw
+// anonymous mapping of at least memMiB) through /proc/PID/mem. This is the
+// memory any migration has to send at least once.
+func countNonZero(pid int, memMiB int64) (int64, error) {
+	maps, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0, fmt.Errorf("count non-zero guest memory: %w", err)
+	}
+	defer maps.Close()
+	var start, end uint64
+	sc := bufio.NewScanner(maps)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 5 || f[1] != "rw-p" || len(f) > 5 { // anonymous: no path
+			continue
+		}
+		lo, hi, ok := strings.Cut(f[0], "-")
+		if !ok {
+			continue
+		}
+		a, err1 := strconv.ParseUint(lo, 16, 64)
+		b, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		if b-a >= uint64(memMiB)<<20 && b-a > end-start {
+			start, end = a, b
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("count non-zero guest memory: read maps of %d: %w", pid, err)
+	}
+	if end == 0 {
+		return 0, fmt.Errorf("count non-zero guest memory: no anonymous mapping of %d MiB in QEMU %d", memMiB, pid)
+	}
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return 0, fmt.Errorf("count non-zero guest memory: %w", err)
+	}
+	defer mem.Close()
+	const page = guestapi.PageSize
+	zero := make([]byte, page)
+	buf := make([]byte, 4<<20)
+	var pages int64
+	for off := start; off < end; off += uint64(len(buf)) {
+		n := min(uint64(len(buf)), end-off)
+		k, err := mem.ReadAt(buf[:n], int64(off))
+		if err != nil && err != io.EOF {
+			return 0, fmt.Errorf("count non-zero guest memory: read QEMU %d at %#x: %w", pid, off, err)
+		}
+		for i := 0; i+page <= k; i += page {
+			if !bytes.Equal(buf[i:i+page], zero) {
+				pages++
+			}
+		}
+	}
+	return pages * page, nil
+}

@@ -1,0 +1,306 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"html"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/devcluster"
+)
+
+// LibvirtPackages are the Debian packages the libvirt system needs.
+var LibvirtPackages = []string{"libvirt-daemon-system", "libvirt-clients"}
+
+// LibvirtSystem runs one private libvirtd per host namespace, each in its
+// own mount namespace (scripts/libvirtd-ns.sh bind-mounts private
+// /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/cache/libvirt and
+// /var/log/libvirt), listening on TCP without auth on the host's address,
+// and migrates with `virsh migrate --live --p2p` with libvirt's defaults.
+type LibvirtSystem struct {
+	env     *Env
+	daemons []*proc
+	roots   []string
+}
+
+// libvirtdUUIDs are the host_uuid of the two daemons (they must differ,
+// or libvirt refuses to migrate to "the same host").
+var libvirtdUUIDs = []string{"5b1c0e6e-b3f1-4f6a-9d1c-000000000001", "5b1c0e6e-b3f1-4f6a-9d1c-000000000002"}
+
+// StartLibvirt prepares the private directories and starts both daemons;
+// script is bench/scripts/libvirtd-ns.sh.
+func StartLibvirt(ctx context.Context, env *Env, script string) (_ *LibvirtSystem, err error) {
+	s := &LibvirtSystem{env: env}
+	defer func() {
+		if err != nil {
+			_ = s.Close()
+		}
+	}()
+	for i, h := range []devcluster.Host{env.Src, env.Dst} {
+		root := filepath.Join(env.Dir, "libvirt-"+h.Name)
+		s.roots = append(s.roots, root)
+		if err := prepareLibvirtRoot(root, h.IP, libvirtdUUIDs[i]); err != nil {
+			return nil, err
+		}
+		p, err := startProc(h.Netns, filepath.Join(root, "libvirtd.out"), script, root)
+		if err != nil {
+			return nil, fmt.Errorf("libvirt: start libvirtd on %s: %w", h.Name, err)
+		}
+		s.daemons = append(s.daemons, p)
+	}
+	for i, h := range []devcluster.Host{env.Src, env.Dst} {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			_, err := s.virsh(ctx, h, "version")
+			if err == nil {
+				break
+			}
+			if s.daemons[i].Exited() || time.Now().After(deadline) {
+				return nil, fmt.Errorf("libvirt: libvirtd on %s not answering: %w; log: %s", h.Name, err, tail(s.daemons[i].log, 800))
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return s, nil
+}
+
+// prepareLibvirtRoot copies /etc/libvirt into root/etc and appends the
+// settings that make two daemons coexist on one machine without systemd.
+func prepareLibvirtRoot(root, ip, uuid string) error {
+	if err := os.RemoveAll(root); err != nil {
+		return fmt.Errorf("libvirt: clean %s: %w", root, err)
+	}
+	for _, d := range []string{"etc", "run", "lib", "cache", "log"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return fmt.Errorf("libvirt: %w", err)
+		}
+	}
+	if _, err := run(context.Background(), "", "cp", "-a", "/etc/libvirt/.", filepath.Join(root, "etc")); err != nil {
+		return fmt.Errorf("libvirt: copy /etc/libvirt (is libvirt-daemon-system installed?): %w", err)
+	}
+	// No autostarted "default" network (it would want dnsmasq and a bridge).
+	autostart := filepath.Join(root, "etc", "qemu", "networks", "autostart")
+	if err := os.RemoveAll(autostart); err != nil {
+		return fmt.Errorf("libvirt: %w", err)
+	}
+	appendTo := func(name, text string) error {
+		f, err := os.OpenFile(filepath.Join(root, "etc", name), os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			return fmt.Errorf("libvirt: %w", err)
+		}
+		defer f.Close()
+		if _, err := f.WriteString("\n# ferry-bench\n" + text); err != nil {
+			return fmt.Errorf("libvirt: write %s: %w", name, err)
+		}
+		return nil
+	}
+	if err := appendTo("libvirtd.conf", fmt.Sprintf(
+		"listen_tls = 0\nlisten_tcp = 1\nlisten_addr = %q\nauth_tcp = \"none\"\nhost_uuid = %q\n", ip, uuid)); err != nil {
+		return err
+	}
+	return appendTo("qemu.conf", "security_driver = \"none\"\nnamespaces = [ ]\ncgroup_controllers = [ ]\n"+
+		"stdio_handler = \"file\"\nuser = \"root\"\ngroup = \"root\"\nremember_owner = 0\n")
+}
+
+// uri is the libvirt connection URI of host h.
+func uri(h devcluster.Host) string { return "qemu+tcp://" + h.IP + "/system" }
+
+// virsh runs virsh against host h's daemon, from inside h's namespace.
+func (s *LibvirtSystem) virsh(ctx context.Context, h devcluster.Host, args ...string) (string, error) {
+	return run(ctx, h.Netns, "virsh", append([]string{"-c", uri(h)}, args...)...)
+}
+
+// Name implements System.
+func (s *LibvirtSystem) Name() string { return "libvirt" }
+
+// domainXML is the guest as a libvirt domain: type qemu (TCG), the same
+// kernel, initrd, command line, memory, vCPU, CPU model and machine type
+// as Ferry's argv, a virtio NIC on the host bridge with the same MAC, the
+// serial console to a file, and no balloon or USB.
+func domainXML(g Guest, serial string) string {
+	e := html.EscapeString
+	return fmt.Sprintf(`<domain type='qemu'>
+  <name>%s</name>
+  <memory unit='MiB'>%d</memory>
+  <vcpu>%d</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc-q35-7.2'>hvm</type>
+    <kernel>%s</kernel>
+    <initrd>%s</initrd>
+    <cmdline>%s</cmdline>
+  </os>
+  <features><acpi/></features>
+  <cpu mode='custom' match='exact' check='none'><model fallback='forbid'>qemu64</model></cpu>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <controller type='usb' model='none'/>
+    <interface type='bridge'>
+      <source bridge='br0'/>
+      <mac address='%s'/>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'><source path='%s'/><target port='0'/></serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`, e(g.Name), g.MemoryMiB, g.Vcpus, e(g.Kernel), e(g.Initrd), e(g.Cmdline), e(g.MAC), e(serial))
+}
+
+// Boot implements System.
+func (s *LibvirtSystem) Boot(ctx context.Context, g Guest) (int, error) {
+	xmlPath := filepath.Join(s.env.Dir, g.Name+".xml")
+	if err := os.WriteFile(xmlPath, []byte(domainXML(g, "/var/log/libvirt/"+g.Name+"-serial.log")), 0o644); err != nil {
+		return 0, fmt.Errorf("libvirt: write domain XML: %w", err)
+	}
+	if _, err := s.virsh(ctx, s.env.Src, "create", xmlPath); err != nil {
+		return 0, fmt.Errorf("libvirt: create domain: %w", err)
+	}
+	// The pid file lives in the daemon's private /run/libvirt.
+	b, err := os.ReadFile(filepath.Join(s.roots[0], "run", "qemu", g.Name+".pid"))
+	if err != nil {
+		return 0, fmt.Errorf("libvirt: read QEMU pid: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0, fmt.Errorf("libvirt: parse QEMU pid %q: %w", b, err)
+	}
+	return pid, nil
+}
+
+// jobStats parses `virsh domjobinfo --rawstats` ("key: value" lines).
+func jobStats(out string) map[string]string {
+	m := map[string]string{}
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok {
+			m[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
+
+func statInt(m map[string]string, key string) int64 {
+	n, _ := strconv.ParseInt(m[key], 10, 64)
+	return n
+}
+
+// Migrate implements System.
+func (s *LibvirtSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) (Report, error) {
+	var rep Report
+	src, dst := s.env.Src, s.env.Dst
+	logPath := filepath.Join(s.env.Dir, g.Name+"-migrate.log")
+	_ = os.Remove(logPath)
+	t0 := time.Now()
+	mig, err := startProc(src.Netns, logPath, "virsh", "-c", uri(src), "migrate", "--live", "--p2p", g.Name, uri(dst),
+		"--migrateuri", "tcp://"+dst.IP)
+	if err != nil {
+		return rep, fmt.Errorf("libvirt: start virsh migrate: %w", err)
+	}
+	defer mig.Stop(5 * time.Second)
+	aborted := false
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for !mig.Exited() {
+		select {
+		case <-ctx.Done():
+			_, _ = s.virsh(context.Background(), src, "domjobabort", g.Name)
+			return rep, ctx.Err()
+		case <-mig.done:
+			continue
+		case <-tick.C:
+		}
+		if !aborted && time.Since(t0) > limit {
+			aborted = true
+			if _, err := s.virsh(ctx, src, "domjobabort", g.Name); err != nil && !mig.Exited() {
+				return rep, fmt.Errorf("libvirt: domjobabort at the %s cap: %w", limit, err)
+			}
+		}
+		out, err := s.virsh(ctx, src, "domjobinfo", g.Name, "--rawstats")
+		if err != nil {
+			continue // the domain may just have left the source
+		}
+		st := jobStats(out)
+		if statInt(st, "data_total") == 0 {
+			continue // the job has not started its first round yet
+		}
+		rep.Samples = append(rep.Samples, Sample{TMs: time.Since(t0).Milliseconds(),
+			RemainingBytes: statInt(st, "data_remaining"), TransferredBytes: statInt(st, "data_processed")})
+	}
+	rep.WallMs = time.Since(t0).Milliseconds()
+	migErr := mig.err
+	// Completed statistics: on the destination after success, on the
+	// source after a failure or abort.
+	statsHost := dst
+	if migErr != nil {
+		statsHost = src
+	}
+	out, err := s.virsh(ctx, statsHost, "domjobinfo", g.Name, "--completed", "--keep-completed", "--rawstats")
+	st := jobStats(out)
+	switch {
+	case migErr == nil:
+		rep.Status = "completed"
+	case aborted:
+		rep.Status = "aborted"
+	default:
+		rep.Status = "failed"
+	}
+	if migErr != nil {
+		rep.Error = strings.TrimSpace(tail(logPath, 600))
+	}
+	if err == nil {
+		rep.TotalMs = statInt(st, "time_elapsed")
+		rep.DowntimeMs = statInt(st, "downtime")
+		rep.TransferredBytes = statInt(st, "data_processed")
+		rep.Rounds = statInt(st, "memory_iteration")
+		rep.BandwidthMiBps = float64(statInt(st, "memory_bps")) / (1 << 20)
+		rep.Raw, _ = json.Marshal(st)
+	} else if migErr == nil {
+		return rep, fmt.Errorf("libvirt: completed job statistics: %w", err)
+	}
+	if !rep.Completed() {
+		rep.DowntimeMs = 0 // the guest never switched over
+	}
+	return rep, nil
+}
+
+// Destroy implements System.
+func (s *LibvirtSystem) Destroy(ctx context.Context, g Guest) error {
+	var errs []error
+	for _, h := range []devcluster.Host{s.env.Src, s.env.Dst} {
+		if _, err := s.virsh(ctx, h, "domstate", g.Name); err != nil {
+			continue // not on this host
+		}
+		if _, err := s.virsh(ctx, h, "destroy", g.Name); err != nil {
+			errs = append(errs, fmt.Errorf("libvirt: destroy %s on %s: %w", g.Name, h.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Close stops both daemons (their mount namespaces, and with them the bind
+// mounts, go away with them) and removes the private directories.
+func (s *LibvirtSystem) Close() error {
+	for _, p := range s.daemons {
+		p.Stop(10 * time.Second)
+	}
+	var errs []error
+	for _, r := range s.roots {
+		if err := os.RemoveAll(r); err != nil {
+			errs = append(errs, fmt.Errorf("libvirt: remove %s: %w", r, err))
+		}
+	}
+	s.daemons, s.roots = nil, nil
+	return errors.Join(errs...)
+}

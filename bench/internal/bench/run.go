@@ -1,0 +1,369 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/ferryvm/ferry/bench/internal/report"
+	"github.com/ferryvm/ferry/internal/guestprobe"
+)
+
+// Scenario is one set of conditions (see report.Scenario).
+type Scenario = report.Scenario
+
+// Options configures a benchmark run.
+type Options struct {
+	Runs      int           // runs per scenario and system
+	Scenarios []string      // idle, half, heavy
+	Systems   []string      // ferry, qemu, libvirt
+	Cap       time.Duration // abort a migration after this long
+	// LinkMiBps is the host-to-host rate in the half and heavy scenarios;
+	// the half scenario dirties at LinkMiBps/2, heavy at 2×LinkMiBps.
+	LinkMiBps float64
+	MemoryMiB int64 // guest RAM
+	WSSMiB    int64 // dirtier working set in half and heavy
+	Warmup    time.Duration
+	// FerryStrategy is passed to `ferry migrate --strategy` unless empty.
+	FerryStrategy string
+	// Repo is the repository root (bin/ferry, build/guest, hack/deps.sh,
+	// bench/scripts); ResultsDir the parent of the timestamped result
+	// directory; Prefix the dev cluster's namespace prefix.
+	Repo, ResultsDir, Prefix string
+	Out                      io.Writer
+}
+
+// AllScenarios and AllSystems are the defaults, in run order.
+var (
+	AllScenarios = []string{"idle", "half", "heavy"}
+	AllSystems   = []string{"ferry", "qemu", "libvirt"}
+)
+
+// scenarios resolves the scenario names.
+func (o Options) scenarios() ([]Scenario, error) {
+	var out []Scenario
+	for _, name := range o.Scenarios {
+		switch name {
+		case "idle":
+			out = append(out, Scenario{Name: name})
+		case "half":
+			out = append(out, Scenario{Name: name, WSSMiB: o.WSSMiB, DirtyMiBps: int64(math.Round(o.LinkMiBps / 2)), ShapedMiBps: o.LinkMiBps})
+		case "heavy":
+			out = append(out, Scenario{Name: name, WSSMiB: o.WSSMiB, DirtyMiBps: int64(math.Round(o.LinkMiBps * 2)), ShapedMiBps: o.LinkMiBps})
+		default:
+			return nil, fmt.Errorf("-scenarios: unknown scenario %q (idle, half, heavy)", name)
+		}
+	}
+	return out, nil
+}
+
+// Run runs the benchmark and writes the results; it returns the result
+// directory. Everything it starts is stopped on every path.
+func Run(ctx context.Context, o Options) (resultDir string, err error) {
+	scenarios, err := o.scenarios()
+	if err != nil {
+		return "", err
+	}
+	for _, s := range o.Systems {
+		if _, ok := guestIPs[s]; !ok {
+			return "", fmt.Errorf("-systems: unknown system %q (ferry, qemu, libvirt)", s)
+		}
+	}
+	if os.Geteuid() != 0 {
+		return "", errors.New("the benchmark needs root (network namespaces, taps, tc)")
+	}
+	ferryBin := filepath.Join(o.Repo, "bin", "ferry")
+	guestDir := filepath.Join(o.Repo, "build", "guest")
+	for _, f := range []string{ferryBin, filepath.Join(guestDir, "vmlinuz"), filepath.Join(guestDir, "initrd.img")} {
+		if _, err := os.Stat(f); err != nil {
+			return "", fmt.Errorf("%s missing: run `make build guest` first: %w", f, err)
+		}
+	}
+	if contains(o.Systems, "libvirt") {
+		if err := ensureLibvirt(ctx, o); err != nil {
+			return "", err
+		}
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(o.Out, "==> "+format+"\n", args...) }
+
+	started := time.Now()
+	resultDir = filepath.Join(o.ResultsDir, started.Format("20060102-150405"))
+	if err := os.MkdirAll(resultDir, 0o755); err != nil {
+		return "", fmt.Errorf("create result directory: %w", err)
+	}
+	base := filepath.Join("/run/ferry-bench", o.Prefix)
+	env := &Env{Dir: filepath.Join(base, "work"), FerryBin: ferryBin, GuestDir: guestDir}
+	if err := os.MkdirAll(env.Dir, 0o755); err != nil {
+		return "", fmt.Errorf("create work directory: %w", err)
+	}
+
+	logf("bringing up a 2-host dev cluster (prefix %s) with Ferry's server and agents", o.Prefix)
+	c, err := upEnv(ctx, o.Prefix, filepath.Join(base, "cluster"), ferryBin)
+	if err != nil {
+		return "", err
+	}
+	env.Cluster = c
+	env.Src, _ = c.Host("h1")
+	env.Dst, _ = c.Host("h2")
+	var systems []System
+	defer func() {
+		logf("cleaning up: systems, shaping, cluster")
+		for _, s := range systems {
+			if cerr := s.Close(); cerr != nil {
+				fmt.Fprintf(o.Out, "    cleanup %s: %v\n", s.Name(), cerr)
+			}
+		}
+		env.Unshape()
+		dctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if derr := c.Down(dctx); derr != nil {
+			err = errors.Join(err, fmt.Errorf("tear down the benchmark cluster: %w", derr))
+			return
+		}
+		_ = os.RemoveAll(base)
+	}()
+
+	var notes []string
+	for _, name := range o.Systems {
+		switch name {
+		case "ferry":
+			systems = append(systems, NewFerrySystem(env, o.FerryStrategy))
+		case "qemu":
+			systems = append(systems, NewQEMUSystem(env))
+		case "libvirt":
+			logf("starting two private libvirtd (one per host namespace, each in its own mount namespace)")
+			lv, err := StartLibvirt(ctx, env, filepath.Join(o.Repo, "bench", "scripts", "libvirtd-ns.sh"))
+			if err != nil {
+				notes = append(notes, "libvirt skipped: "+err.Error())
+				fmt.Fprintf(o.Out, "    libvirt unavailable, continuing without it: %v\n", err)
+				continue
+			}
+			systems = append(systems, lv)
+		}
+	}
+
+	pr := newProber(c.Client)
+	var runs []report.Run
+	for i := range scenarios {
+		sc := &scenarios[i]
+		if err := env.Shape(ctx, sc.ShapedMiBps); err != nil {
+			return resultDir, err
+		}
+		bw, err := env.MeasureBandwidth(ctx, 3*time.Second)
+		if err != nil {
+			return resultDir, err
+		}
+		sc.MeasuredMiBps = bw
+		logf("scenario %s: ferry.dirty=%d:%d, link shaped to %s, measured %.0f MiB/s", sc.Name, sc.WSSMiB, sc.DirtyMiBps, shapedString(sc.ShapedMiBps), bw)
+		for n := 1; n <= o.Runs; n++ {
+			for _, sys := range systems {
+				if ctx.Err() != nil {
+					return resultDir, ctx.Err()
+				}
+				r := runOne(ctx, env, pr, sys, *sc, n, o)
+				runs = append(runs, r)
+				if err := writeJSON(filepath.Join(resultDir, fmt.Sprintf("%s-%s-%d.json", sc.Name, sys.Name(), n)), r); err != nil {
+					return resultDir, err
+				}
+				fmt.Fprintf(o.Out, "    %s\n", describe(r))
+			}
+		}
+	}
+	env.Unshape()
+
+	meta := map[string]any{
+		"started": started.UTC().Format(time.RFC3339), "runs": o.Runs, "capSeconds": o.Cap.Seconds(),
+		"guest":         fmt.Sprintf("%d MiB, 1 vCPU, TCG, WSS %d MiB in half/heavy", o.MemoryMiB, o.WSSMiB),
+		"ferryStrategy": orDefault(o.FerryStrategy, "(Ferry's default)"),
+		"host":          fmt.Sprintf("%d CPUs, %s", runtime.NumCPU(), kernelRelease()),
+		"notes":         notes,
+	}
+	sum := report.Summarize(scenarios, runs, meta)
+	if err := writeJSON(filepath.Join(resultDir, "summary.json"), sum); err != nil {
+		return resultDir, err
+	}
+	var md strings.Builder
+	sum.Markdown(&md)
+	for _, n := range notes {
+		md.WriteString("- " + n + "\n")
+	}
+	if err := os.WriteFile(filepath.Join(resultDir, "summary.md"), []byte(md.String()), 0o644); err != nil {
+		return resultDir, fmt.Errorf("write summary.md: %w", err)
+	}
+	for _, sc := range scenarios {
+		var scRuns []report.Run
+		for _, r := range runs {
+			if r.Scenario == sc.Name {
+				scRuns = append(scRuns, r)
+			}
+		}
+		title := fmt.Sprintf("%s: remaining bytes (dirty %d MiB/s asked, link %s)", sc.Name, sc.DirtyMiBps, shapedString(sc.ShapedMiBps))
+		f, err := os.Create(filepath.Join(resultDir, "remaining-"+sc.Name+".svg"))
+		if err != nil {
+			return resultDir, fmt.Errorf("write plot: %w", err)
+		}
+		err = report.PlotRemaining(f, title, scRuns)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return resultDir, fmt.Errorf("write plot for %s: %w", sc.Name, err)
+		}
+	}
+	fmt.Fprintf(o.Out, "\n%s\nresults: %s\n", md.String(), resultDir)
+	return resultDir, nil
+}
+
+// runOne boots the guest with sys, measures it, migrates it and removes it.
+func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, n int, o Options) (r report.Run) {
+	g := newGuest(sys.Name(), sc, env.GuestDir, o.MemoryMiB)
+	r = report.Run{Scenario: sc.Name, System: sys.Name(), Index: n, Started: time.Now().UTC(), Guest: g,
+		ShapedMiBps: sc.ShapedMiBps, MeasuredMiBps: sc.MeasuredMiBps}
+	fail := func(err error) report.Run { r.Error = err.Error(); return r }
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := sys.Destroy(dctx, g); err != nil && r.Error == "" {
+			r.Error = "cleanup: " + err.Error()
+		}
+	}()
+	_ = sys.Destroy(ctx, g) // leftovers of an interrupted run
+
+	pid, err := sys.Boot(ctx, g)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := pr.waitDirtying(ctx, g.IP, 120*time.Second, o.Warmup); err != nil {
+		return fail(fmt.Errorf("%s guest not ready: %w", sys.Name(), err))
+	}
+	if r.NonZeroBytes, err = countNonZero(pid, g.MemoryMiB); err != nil {
+		return fail(err)
+	}
+	stream, err := guestprobe.Dial(ctx, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return pr.dial(ctx, network, addr)
+	}, g.IP)
+	if err != nil {
+		return fail(err)
+	}
+	defer stream.Close()
+	if err := stream.WaitLines(ctx, 250); err != nil {
+		return fail(fmt.Errorf("guest stream: %w", err))
+	}
+	before, err := pr.status(ctx, g.IP)
+	if err != nil {
+		return fail(err)
+	}
+	r.BootIDBefore = before.BootID
+	stream.WindowGap()
+
+	rep, err := sys.Migrate(ctx, g, o.Cap)
+	r.Migration = rep
+	if err != nil {
+		return fail(err)
+	}
+	time.Sleep(500 * time.Millisecond) // let a lingering stall show
+	r.ClientGapMs = stream.WindowGap().Milliseconds()
+	after, err := pr.waitStatus(ctx, g.IP, 15*time.Second)
+	if err != nil {
+		return fail(fmt.Errorf("guest after migration: %w", err))
+	}
+	r.BootIDAfter = after.BootID
+	r.Rebooted = after.BootID != before.BootID
+	r.AchievedMiBps = after.AchievedMiBps
+	if dt := after.DirtyElapsedS - before.DirtyElapsedS; dt > 0 && after.PagesDirtied >= before.PagesDirtied {
+		r.WindowMiBps = float64(after.PagesDirtied-before.PagesDirtied) * 4096 / (1 << 20) / dt
+	}
+	st := stream.Close()
+	r.StreamLines = st.Lines
+	r.StreamBroken = st.Broken()
+	if st.Err != nil {
+		r.StreamError = st.Err.Error()
+	}
+	return r
+}
+
+// describe is a one-line account of a run.
+func describe(r report.Run) string {
+	head := fmt.Sprintf("%-6s run %d %-8s", r.Scenario, r.Index, r.System)
+	if r.Error != "" {
+		return head + " ERROR: " + r.Error
+	}
+	m := r.Migration
+	s := fmt.Sprintf("%s %-9s total %6.2fs downtime %4dms client gap %5dms sent %5.0f MiB rounds %3d non-zero %4.0f MiB dirty %5.1f MiB/s",
+		head, m.Status, float64(m.TotalMs)/1000, m.DowntimeMs, r.ClientGapMs, float64(m.TransferredBytes)/(1<<20), m.Rounds,
+		float64(r.NonZeroBytes)/(1<<20), r.AchievedMiBps)
+	if r.Rebooted {
+		s += " REBOOTED"
+	}
+	if r.StreamBroken {
+		s += " STREAM BROKEN (" + r.StreamError + ")"
+	}
+	return s
+}
+
+// ensureLibvirt installs libvirt through hack/deps.sh if it is missing.
+func ensureLibvirt(ctx context.Context, o Options) error {
+	_, err1 := exec.LookPath("libvirtd")
+	_, err2 := exec.LookPath("virsh")
+	if err1 == nil && err2 == nil {
+		return nil
+	}
+	fmt.Fprintf(o.Out, "==> installing %s (hack/deps.sh)\n", strings.Join(LibvirtPackages, " "))
+	args := append([]string{filepath.Join(o.Repo, "hack", "deps.sh")}, LibvirtPackages...)
+	if _, err := run(ctx, "", "bash", args...); err != nil {
+		return fmt.Errorf("install libvirt: %w", err)
+	}
+	return nil
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", filepath.Base(path), err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func shapedString(mibps float64) string {
+	if mibps <= 0 {
+		return "none"
+	}
+	return fmt.Sprintf("%.0f MiB/s", mibps)
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func contains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func kernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return "unknown kernel"
+	}
+	return "Linux " + strings.TrimSpace(string(b))
+}

@@ -1,0 +1,165 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/qmp"
+)
+
+// startPostcopy switches a running pre-copy to post-copy. With
+// pause-before-switchover the source then pauses at pre-switchover, exactly
+// like a pre-copy switchover, so the owner CAS still happens while both
+// QEMUs are paused.
+func (a *Agent) startPostcopy(ctx context.Context, name, id string) (*ferryv1.OutgoingStatus, error) {
+	v, _, err := a.outgoingFor(name, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.mon.MigrateStartPostcopy(ctx); err != nil {
+		return nil, fmt.Errorf("migrate-start-postcopy: %w", err)
+	}
+	a.log.Info("post-copy requested", "vm", name, "migration", id)
+	return v.outgoingStatus(ctx)
+}
+
+// recoverIncoming makes a destination whose post-copy paused (broken link)
+// listen again, on a fresh port of this host's migration address.
+func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, error) {
+	v, err := a.lookup(name)
+	if err != nil {
+		return "", err
+	}
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return "", failedPrecondition("VM %s has no QEMU on host %s", name, a.cfg.Name)
+	}
+	port, err := freePort(a.cfg.MigrationIP)
+	if err != nil {
+		return "", err
+	}
+	uri := "tcp:" + net.JoinHostPort(a.cfg.MigrationIP, strconv.Itoa(port))
+	if err := mon.MigrateRecover(ctx, uri); err != nil {
+		return "", fmt.Errorf("migrate-recover %s: %w", uri, err)
+	}
+	a.log.Info("post-copy recovery listening", "vm", name, "migration", id, "uri", uri)
+	return uri, nil
+}
+
+// resumeOutgoing reconnects a paused post-copy source to the destination.
+func (a *Agent) resumeOutgoing(ctx context.Context, req *ferryv1.ResumeOutgoingRequest) (*ferryv1.OutgoingStatus, error) {
+	v, _, err := a.outgoingFor(req.Name, req.MigrationId)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{Resume: true}); err != nil {
+		return nil, fmt.Errorf("migrate resume to %s: %w", req.Uri, err)
+	}
+	a.log.Info("post-copy resumed", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri)
+	return v.outgoingStatus(ctx)
+}
+
+func freePort(ip string) (int, error) {
+	l, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		return 0, fmt.Errorf("pick a port on %s: %w", ip, err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// measure samples a running VM's dirty rate with QEMU's calc-dirty-rate
+// (page sampling) and reads its resident memory.
+func (a *Agent) measure(ctx context.Context, name string, seconds int32) (*ferryv1.MeasureResponse, error) {
+	v, err := a.running(name)
+	if err != nil {
+		return nil, err
+	}
+	if seconds < 1 || seconds > 10 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("seconds: must be 1..10, got %d", seconds))
+	}
+	v.mu.Lock()
+	mon, proc, sp := v.mon, v.proc, v.spec
+	v.mu.Unlock()
+	if err := mon.CalcDirtyRate(ctx, int64(seconds), qmp.DirtyRateOptions{}); err != nil {
+		return nil, fmt.Errorf("calc-dirty-rate: %w", err)
+	}
+	deadline := time.Now().Add(time.Duration(seconds)*time.Second + 5*time.Second)
+	time.Sleep(time.Duration(seconds) * time.Second)
+	for {
+		info, err := mon.QueryDirtyRate(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("query-dirty-rate: %w", err)
+		}
+		if info.Status == "measured" && info.DirtyRate != nil {
+			return &ferryv1.MeasureResponse{
+				DirtyRateMibps: float64(*info.DirtyRate) * 1e6 / (1 << 20), // QEMU reports MB/s
+				RssBytes:       proc.RSSBytes(),
+				MemoryBytes:    sp.GetMemoryMib() << 20,
+			}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("dirty rate of VM %s not measured after %ds (status %s)", name, seconds+5, info.Status)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// probeListen opens a one-connection TCP sink on the migration address.
+func (a *Agent) probeListen() (string, error) {
+	if a.cfg.MigrationIP == "" {
+		return "", failedPrecondition("host %s has no migration address", a.cfg.Name)
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(a.cfg.MigrationIP, "0"))
+	if err != nil {
+		return "", fmt.Errorf("probe listen: %w", err)
+	}
+	go func() {
+		defer l.Close()
+		_ = l.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+		_, _ = io.Copy(io.Discard, c)
+	}()
+	return l.Addr().String(), nil
+}
+
+// probeSend streams zeros to a probe sink for d and reports the rate: the
+// bandwidth a migration between the two hosts can expect.
+func probeSend(ctx context.Context, addr string, d time.Duration) (*ferryv1.ProbeSendResponse, error) {
+	var dialer net.Dialer
+	c, err := dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("probe connect %s: %w", addr, err)
+	}
+	defer c.Close()
+	buf := make([]byte, 256<<10)
+	start := time.Now()
+	_ = c.SetWriteDeadline(start.Add(d + 5*time.Second))
+	var n int64
+	for time.Since(start) < d {
+		m, err := c.Write(buf)
+		n += int64(m)
+		if err != nil {
+			return nil, fmt.Errorf("probe send: %w", err)
+		}
+	}
+	el := time.Since(start).Seconds()
+	return &ferryv1.ProbeSendResponse{Bytes: n, Mibps: float64(n) / (1 << 20) / el}, nil
+}

@@ -1,0 +1,288 @@
+package planner
+
+import (
+	"fmt"
+	"time"
+)
+
+// Prediction is the forecast for one strategy.
+type Prediction struct {
+	// Strategy is one of the Strategy* names.
+	Strategy string
+	// Converges says whether the strategy finishes at all. Total, Downtime
+	// and Bytes are zero when it does not.
+	Converges bool
+	// Total is the whole migration, setup to the guest running on the
+	// destination (for post-copy: until the last page has arrived).
+	Total time.Duration
+	// Downtime is the guest's pause.
+	Downtime time.Duration
+	// Bytes is everything sent: RAM of every round plus the device state.
+	Bytes int64
+	// Rounds is the number of pre-copy rounds while the guest runs (1 for
+	// post-copy, 0 for cold); for a strategy that does not converge, the
+	// rounds simulated before giving up.
+	Rounds int
+	// Throttle is the highest vCPU throttle in percent auto-converge
+	// applies (converge only).
+	Throttle int
+	// Postcopy says the destination runs before all RAM has arrived (remote
+	// page faults; a broken link pauses the guest until it is recovered).
+	Postcopy bool
+	// DowntimeLimit is the downtime-limit to give QEMU for a live strategy:
+	// MaxDowntime minus the device state's transfer and the switchover, in
+	// whole milliseconds, so that the real pause fits MaxDowntime.
+	DowntimeLimit time.Duration
+	// Reason explains the prediction in one line.
+	Reason string
+}
+
+// ReasonBandwidthUnknown is the Reason of every prediction when
+// Inputs.BandwidthBytesPerSec is 0.
+const ReasonBandwidthUnknown = "bandwidth unknown: measure it first"
+
+// maxSimRounds bounds a simulation whose throttle keeps changing.
+const maxSimRounds = 100000
+
+// Predict forecasts every strategy, in the order of Strategies. It never
+// fails: with unknown bandwidth or invalid inputs every prediction has
+// Converges false and a Reason saying why.
+func Predict(in Inputs) []Prediction {
+	m, err := newModel(in)
+	why := ""
+	switch {
+	case err != nil:
+		why = err.Error()
+	case m.b == 0:
+		why = ReasonBandwidthUnknown
+	}
+	if why != "" {
+		preds := make([]Prediction, len(strategyOrder))
+		for i, s := range strategyOrder {
+			preds[i] = Prediction{Strategy: s, Reason: why}
+		}
+		return preds
+	}
+	return m.predictAll()
+}
+
+func (m *model) predictAll() []Prediction {
+	pre, post := m.predictPrecopy(), m.predictPostcopy()
+	return []Prediction{pre, m.predictConverge(), post, m.predictHybrid(pre, post), m.predictCold()}
+}
+
+// predict returns the prediction of one strategy.
+func (m *model) predict(strategy string) Prediction {
+	switch strategy {
+	case StrategyPrecopy:
+		return m.predictPrecopy()
+	case StrategyConverge:
+		return m.predictConverge()
+	case StrategyPostcopy:
+		return m.predictPostcopy()
+	case StrategyHybrid:
+		return m.predictHybrid(m.predictPrecopy(), m.predictPostcopy())
+	case StrategyCold:
+		return m.predictCold()
+	}
+	return Prediction{Strategy: strategy, Reason: "unknown strategy"}
+}
+
+// run is the outcome of simulating pre-copy rounds.
+type run struct {
+	converges  bool
+	rounds     int
+	live       float64 // seconds of rounds while the guest runs
+	sent       float64 // bytes of those rounds
+	final      float64 // dirty set at switchover, or when giving up
+	throttle   int     // throttle (percent) at the end
+	firstDirty float64 // bytes dirtied during round 1
+	fail       string  // why it does not converge
+}
+
+// simulate runs pre-copy rounds from a dirty set of start bytes, at throttle
+// p0 percent, until QEMU
+// would switch over, the dirty set stops shrinking, or MaxRounds pass
+// without a throttle change. With autoConverge it throttles as QEMU 7.2's
+// auto-converge does (see the package documentation).
+func (m *model) simulate(start float64, p0 int, autoConverge bool) run {
+	var r run
+	d, p := start, p0
+	var perT, perDirty, perSent float64
+	high, sinceChange := 0, 0
+	for {
+		if d <= m.thr {
+			r.converges, r.final, r.throttle = true, d, p
+			return r
+		}
+		atMax := !autoConverge || p >= m.maxThrottle
+		if (sinceChange >= MaxRounds && atMax) || r.rounds >= maxSimRounds {
+			r.final, r.throttle, r.fail = d, p, m.slowReason(p, d, r.rounds)
+			return r
+		}
+		t := d / m.b
+		next := m.dirtied(t, p)
+		r.rounds++
+		sinceChange++
+		r.live += t
+		r.sent += d
+		if r.rounds == 1 {
+			r.firstDirty = next
+		}
+		changed := false
+		if autoConverge {
+			perT, perDirty, perSent = perT+t, perDirty+next, perSent+d
+			if perT >= 1 { // QEMU checks at a sync at least a second after the last check
+				if perDirty > 0.5*perSent {
+					if high++; high >= 2 {
+						high = 0
+						if np := m.nextThrottle(p); np != p {
+							p, changed, sinceChange = np, true, 0
+						}
+					}
+				}
+				perT, perDirty, perSent = 0, 0, 0
+			}
+		}
+		if !changed && atMax && next >= d {
+			// Rounds never get shorter, so the dirty set never shrinks again.
+			r.final, r.throttle, r.fail = next, p, m.stuckReason(p)
+			return r
+		}
+		d = next
+	}
+}
+
+// stuckReason explains a dirty set that stopped shrinking at throttle p.
+func (m *model) stuckReason(p int) string {
+	f := 1 - float64(p)/100
+	prefix := ""
+	if p > 0 {
+		prefix = fmt.Sprintf("even at %d%% throttle, ", p)
+	}
+	switch {
+	case f*m.r >= m.b:
+		return fmt.Sprintf("%sdirty rate %s ≥ bandwidth %s: pre-copy never converges", prefix, fmtRate(f*m.r), fmtRate(m.b))
+	case f*m.w >= m.b:
+		return fmt.Sprintf("%sthe working set (%s rewritten every second) outpaces bandwidth %s: pre-copy never converges",
+			prefix, fmtBytes(f*m.w), fmtRate(m.b))
+	}
+	return fmt.Sprintf("%sthe dirty set stops shrinking above the switchover threshold %s: pre-copy never converges", prefix, fmtBytes(m.thr))
+}
+
+// slowReason explains a dirty set that still shrinks, but too slowly.
+func (m *model) slowReason(p int, d float64, rounds int) string {
+	f := 1 - float64(p)/100
+	rate := f * max(m.r, m.w)
+	prefix := ""
+	if p > 0 {
+		prefix = fmt.Sprintf("at %d%% throttle, ", p)
+	}
+	return fmt.Sprintf("%sdirty rate %s is %.2f of bandwidth %s: still %s dirty after %d rounds (switchover needs ≤ %s): pre-copy does not converge",
+		prefix, fmtRate(rate), rate/m.b, fmtRate(m.b), fmtBytes(d), rounds, fmtBytes(m.thr))
+}
+
+// live turns a converged run into a prediction's figures.
+func (m *model) live(strategy string, r run) Prediction {
+	down := r.final/m.b + m.fixedDowntime()
+	return Prediction{
+		Strategy: strategy, Converges: true,
+		Total:    seconds(m.setup + r.live + down),
+		Downtime: seconds(down),
+		Bytes:    int64(r.sent + r.final + m.s + 0.5),
+		Rounds:   r.rounds, Throttle: r.throttle,
+		DowntimeLimit: seconds(m.limit),
+	}
+}
+
+// overBudget is appended to the reason of a live strategy whose fixed
+// downtime alone exceeds MaxDowntime.
+func (m *model) overBudget(down float64) string {
+	if down <= m.maxDown+1e-9 {
+		return ""
+	}
+	return fmt.Sprintf("; but device state (%s at %s) and switchover alone take %s > max downtime %s",
+		fmtBytes(m.s), fmtRate(m.b), fmtSec(m.fixedDowntime()), fmtSec(m.maxDown))
+}
+
+func (m *model) predictPrecopy() Prediction {
+	r := m.simulate(m.nz, 0, false)
+	if !r.converges {
+		return Prediction{Strategy: StrategyPrecopy, Rounds: r.rounds, DowntimeLimit: seconds(m.limit), Reason: r.fail}
+	}
+	p := m.live(StrategyPrecopy, r)
+	p.Reason = m.convergedReason(r) + m.overBudget(p.Downtime.Seconds())
+	return p
+}
+
+// convergedReason describes a converged pre-copy run.
+func (m *model) convergedReason(r run) string {
+	if r.rounds == 0 {
+		return fmt.Sprintf("all non-zero RAM (%s) fits the switchover threshold %s: stop and copy at once", fmtBytes(m.nz), fmtBytes(m.thr))
+	}
+	return fmt.Sprintf("converges after %s: dirty rate %s is %.2f of bandwidth %s; final dirty set %s ≤ %s (bandwidth × QEMU downtime-limit %s)",
+		plural(r.rounds, "round"), fmtRate(m.r), m.r/m.b, fmtRate(m.b), fmtBytes(r.final), fmtBytes(m.thr), fmtSec(m.limit))
+}
+
+func (m *model) predictConverge() Prediction {
+	r := m.simulate(m.nz, 0, true)
+	if !r.converges {
+		return Prediction{Strategy: StrategyConverge, Rounds: r.rounds, Throttle: r.throttle, DowntimeLimit: seconds(m.limit),
+			Reason: fmt.Sprintf("auto-converge (max throttle %d%%) fails: %s", m.maxThrottle, r.fail)}
+	}
+	p := m.live(StrategyConverge, r)
+	if r.throttle == 0 {
+		p.Reason = "no throttling needed: " + m.convergedReason(r)
+	} else {
+		f := 1 - float64(r.throttle)/100
+		p.Reason = fmt.Sprintf("auto-converge throttles the vCPUs to %d%% (dirty rate %s → %s); converges after %s with a final dirty set of %s",
+			r.throttle, fmtRate(m.r), fmtRate(f*m.r), plural(r.rounds, "round"), fmtBytes(r.final))
+	}
+	p.Reason += m.overBudget(p.Downtime.Seconds())
+	return p
+}
+
+func (m *model) predictPostcopy() Prediction {
+	t1 := m.nz / m.b
+	d2 := m.dirtied(t1, 0)
+	down := m.fixedDowntime()
+	p := Prediction{
+		Strategy: StrategyPostcopy, Converges: true, Postcopy: true,
+		Total:    seconds(m.setup + (m.nz+d2+m.s)/m.b + m.sw),
+		Downtime: seconds(down),
+		Bytes:    int64(m.nz + d2 + m.s + 0.5),
+		Rounds:   1, DowntimeLimit: seconds(m.limit),
+	}
+	p.Reason = fmt.Sprintf("switches to the destination after round 1 (%s); the %s dirtied meanwhile arrive afterwards (%s during which the guest waits on remote page faults; a broken link pauses it until recovered)",
+		fmtSec(t1), fmtBytes(d2), fmtSec(d2/m.b)) + m.overBudget(down)
+	return p
+}
+
+// predictHybrid is pre-copy when that converges within MaxDowntime,
+// otherwise post-copy after round 1.
+func (m *model) predictHybrid(pre, post Prediction) Prediction {
+	if pre.Converges && pre.Downtime.Seconds() <= m.maxDown+1e-9 {
+		h := pre
+		h.Strategy = StrategyHybrid
+		h.Reason = "pre-copy: " + pre.Reason + "; post-copy stays armed as a fallback"
+		return h
+	}
+	h := post
+	h.Strategy = StrategyHybrid
+	why := pre.Reason
+	if pre.Converges {
+		why = fmt.Sprintf("its downtime %s exceeds max downtime %s", fmtDur(pre.Downtime), fmtSec(m.maxDown))
+	}
+	h.Reason = fmt.Sprintf("pre-copy would not do (%s), so it %s", why, post.Reason)
+	return h
+}
+
+func (m *model) predictCold() Prediction {
+	total := m.setup + m.nz/m.b + m.boot
+	return Prediction{
+		Strategy: StrategyCold, Converges: true,
+		Total: seconds(total), Downtime: seconds(total), Bytes: int64(m.nz + 0.5),
+		Reason: fmt.Sprintf("the guest is off for the whole copy: %s at %s plus %s to boot (the guest reboots)",
+			fmtBytes(m.nz), fmtRate(m.b), fmtSec(m.boot)),
+	}
+}

@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"google.golang.org/protobuf/encoding/protojson"
+)
+
+// TestDryRunPredictsAndChangesNothing: --dry-run measures the guest and the
+// link, predicts every strategy and names a choice, and leaves the VM, the
+// destination and the migration list untouched.
+func TestDryRunPredictsAndChangesNothing(t *testing.T) {
+	c := upCluster(t, 2)
+	const name, ip = "dry", "198.19.0.51"
+	c.bootGuest(name, ip, "64:16")
+	before := c.checkOnHost(name, "h1")
+
+	out := c.mustFerry("migrate", name, "--to", "h2", "--dry-run", "-o", "json")
+	plan := &ferryv1.Plan{}
+	if err := protojson.Unmarshal([]byte(out), plan); err != nil {
+		t.Fatalf("decode dry-run plan: %v\n%s", err, out)
+	}
+	in := plan.GetInputs()
+	t.Logf("inputs: memory %d, non-zero %d, dirty %.1f MiB/s, link %.0f MiB/s (%s)", in.GetMemoryBytes(), in.GetNonZeroBytes(), in.GetDirtyRateMibps(), in.GetBandwidthMibps(), in.GetBandwidthSource())
+	if in.GetMemoryBytes() != 256<<20 || in.GetNonZeroBytes() <= 0 || in.GetBandwidthMibps() <= 0 || in.GetDirtyRateMibps() <= 0 {
+		t.Errorf("measured inputs look wrong: %v", in)
+	}
+	seen := map[string]bool{}
+	for _, p := range plan.GetPredictions() {
+		seen[p.Strategy] = true
+		t.Logf("  %-9s converges=%v total=%dms downtime=%dms allowed=%v: %s", p.Strategy, p.Converges, p.TotalMs, p.DowntimeMs, p.Allowed, p.Reason)
+	}
+	for _, s := range []string{"precopy", "converge", "postcopy", "hybrid"} {
+		if !seen[s] {
+			t.Errorf("dry run has no prediction for %s", s)
+		}
+	}
+	if plan.GetChoice() == "" {
+		t.Errorf("dry run chose nothing: %s", plan.GetReason())
+	}
+	table := c.mustFerry("migrate", name, "--to", "h2", "--dry-run")
+	if !strings.Contains(table, "choice") || !strings.Contains(table, "precopy") {
+		t.Errorf("dry-run table lacks the choice or the strategies:\n%s", table)
+	}
+
+	after := c.checkOnHost(name, "h1")
+	if after.Generation != before.Generation || after.State != "running" || after.MigrationId != "" {
+		t.Errorf("dry run changed the VM record: %v -> %v", before, after)
+	}
+	if ms := c.listMigrations(); len(ms) != 0 {
+		t.Errorf("dry run recorded %d migrations", len(ms))
+	}
+	if p := qemuPIDs(t, c.hostNS("h2")); len(p) != 0 {
+		t.Errorf("dry run started QEMU on h2: %v", p)
+	}
+}
+
+// TestAutoMigrationReportsPrediction: the default strategy (auto) plans,
+// migrates, and reports its prediction next to the actual figures.
+func TestAutoMigrationReportsPrediction(t *testing.T) {
+	c := upCluster(t, 2)
+	const name, ip = "auto", "198.19.0.52"
+	boot := c.bootGuest(name, ip, "64:16")
+	m, wall := c.mustMigrateWait(name, "h2", "--strategy", "auto")
+	logReport(t, "auto migration", m, wall)
+	if m.Status != "completed" || m.GetPlan() == nil || m.GetPredicted() == nil {
+		t.Fatalf("auto migration: status %s, plan %v, predicted %v", m.Status, m.GetPlan(), m.GetPredicted())
+	}
+	if m.Strategy != m.GetPlan().GetChoice() || m.Strategy == "auto" {
+		t.Errorf("strategy %q, plan chose %q", m.Strategy, m.GetPlan().GetChoice())
+	}
+	t.Logf("predicted total %d ms downtime %d ms; actual total %d ms downtime %d ms (planning %d ms)",
+		m.Predicted.TotalMs, m.Predicted.DowntimeMs, m.TotalMs, m.GetDowntimePhases().GetTotalMs(), m.PlanningMs)
+	if got := c.bootID(ip, 10*time.Second); got != boot {
+		t.Errorf("boot_id changed: %s -> %s", boot, got)
+	}
+}
+
+// TestPostcopyRecoversFromLinkBreak breaks the link between the hosts while
+// post-copy runs: the guest pauses on the destination instead of dying, and
+// the migration finishes once the link returns, with the same boot and an
+// unbroken client stream.
+func TestPostcopyRecoversFromLinkBreak(t *testing.T) {
+	c := upCluster(t, 2)
+	const name, ip = "pc", "198.19.0.53"
+	boot := c.bootGuest(name, ip, "64:16")
+	stream := c.watchStream(ip)
+	defer stream.stop()
+	ns := c.hostNS("h2")
+	t.Cleanup(func() { _ = setLink(ns, true) })
+
+	m := c.startMigration(name, "h2", "--strategy", "postcopy", "--bandwidth", "12", "--stall-timeout", "2s")
+	// Wait for the switch: the owner moves to h2 when post-copy starts.
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		vm, err := c.getVM(name)
+		if err == nil && vm.Host == "h2" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("post-copy did not start within 90s (VM %v, err %v)", vm, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := setLink(ns, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("link of h2 cut at the switch to post-copy")
+	time.Sleep(7 * time.Second)
+	mid, _ := c.getMigration(m.Id)
+	if err := setLink(ns, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("link restored; migration state %s status %s", mid.GetState(), mid.GetStatus())
+	final, _ := c.waitFinal(m.Id, 120*time.Second)
+	logReport(t, "post-copy with a broken link", final, 0)
+	if final.Status != "completed" {
+		t.Fatalf("post-copy did not complete after the link returned: %s %s", final.Status, final.Error)
+	}
+	if final.PostcopyPausedMs <= 0 {
+		t.Errorf("the report shows no post-copy pause (postcopyPausedMs %d)", final.PostcopyPausedMs)
+	}
+	paused := false
+	for _, e := range final.Events {
+		if strings.Contains(e.Message, "post-copy paused") {
+			paused = true
+		}
+	}
+	if !paused {
+		t.Errorf("no post-copy pause in the migration's history: %v", final.Events)
+	}
+	c.checkOnHost(name, "h2")
+	if got := c.bootID(ip, 20*time.Second); got != boot {
+		t.Errorf("boot_id changed: %s -> %s", boot, got)
+	}
+	if !stream.flowing(5 * time.Second) {
+		t.Fatalf("the client stream did not resume after recovery; guest console: %s", c.guestCrash(name))
+	}
+	time.Sleep(500 * time.Millisecond)
+	stream.stop()
+	stream.mu.Lock()
+	defer stream.mu.Unlock()
+	t.Logf("stream: %d lines, longest gap %s, problems %v", stream.lines, stream.maxGap, first(stream.anomalies, 5))
+	if stream.readErr != nil {
+		t.Errorf("the client's TCP connection broke: %v", stream.readErr)
+	}
+	if len(stream.anomalies) > 0 {
+		t.Errorf("the stream lost or repeated counters: %v", first(stream.anomalies, 5))
+	}
+}
