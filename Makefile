@@ -45,3 +45,7 @@ lint:
 
 clean:
 	rm -rf bin build
+
+bench: deps guest build  # Ferry vs QEMU defaults vs libvirt (bench/README.md); BENCH_FLAGS="-runs 1 -scenarios half"
+	bash hack/deps.sh libvirt-daemon-system libvirt-clients
+	$(GO) run ./bench/cmd/ferry-bench $(BENCH_FLAGS)

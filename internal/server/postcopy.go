@@ -45,7 +45,7 @@ func (d *driver) finishPostcopy(ctx context.Context) error {
 			return nil
 		case "failed":
 			return fmt.Errorf("post-copy failed on the source: %s; the guest ran on the destination with pages still on the source", orUnknown(out.Error))
-		case "postcopy-paused":
+		case "postcopy-paused", "postcopy-recover":
 			if pausedSince.IsZero() {
 				pausedSince = now
 				d.note("post-copy paused: the link broke; the guest waits on the destination for the missing pages")
@@ -53,16 +53,25 @@ func (d *driver) finishPostcopy(ctx context.Context) error {
 			if now.Sub(pausedSince) > window {
 				return fmt.Errorf("post-copy stayed paused for %s (recovery window): the link did not come back; the guest is paused on the destination, its missing pages on the source — restore the link and resume", window)
 			}
-			if now.After(nextRecovery) {
+			// One recovery at a time, and only over a link that answers:
+			// QEMU 7.2 crashes when recover/resume are repeated while an
+			// earlier attempt is still connecting.
+			if out.Status == "postcopy-paused" && now.After(nextRecovery) {
 				nextRecovery = now.Add(2 * time.Second)
-				if err := d.recoverPostcopy(ctx); err != nil {
+				if err := d.linkUp(ctx); err != nil {
+					d.s.log.Info("post-copy recovery: link still down", "id", d.id(), "err", err)
+				} else if err := d.recoverPostcopy(ctx); err != nil {
 					d.s.log.Info("post-copy recovery attempt failed; retrying", "id", d.id(), "err", err)
+					nextRecovery = now.Add(5 * time.Second)
+				} else {
+					nextRecovery = now.Add(10 * time.Second)
 				}
 			}
 		case "postcopy-active":
 			if !pausedSince.IsZero() {
 				d.endPause(pausedSince, now)
 				pausedSince = time.Time{}
+				d.recoverURI = ""
 				d.note("post-copy recovered: the link is back")
 			}
 			if out.TransferredBytes > lastTransferred {
@@ -104,19 +113,30 @@ func (d *driver) pauseBothSides(ctx context.Context) {
 	}
 }
 
-// recoverPostcopy makes the destination listen again and the source
-// reconnect to it.
+// linkUp checks the hosts can reach each other again with a short TCP probe
+// between the agents (source → destination migration address).
+func (d *driver) linkUp(ctx context.Context) error {
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	lis, err := d.dst.mig.ProbeListen(pctx, connect.NewRequest(&ferryv1.ProbeListenRequest{}))
+	if err != nil {
+		return err
+	}
+	_, err = d.src.mig.ProbeSend(pctx, connect.NewRequest(&ferryv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: 50}))
+	return err
+}
+
+// recoverPostcopy makes the destination listen again (once per pause) and
+// the source reconnect to it.
 func (d *driver) recoverPostcopy(ctx context.Context) error {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	rec, err := d.dst.mig.RecoverIncoming(rctx, d.stepReq())
-	switch {
-	case err == nil:
+	if d.recoverURI == "" { // else the destination still listens from the last attempt
+		rec, err := d.dst.mig.RecoverIncoming(rctx, d.stepReq())
+		if err != nil {
+			return fmt.Errorf("destination migrate-recover: %w", err)
+		}
 		d.recoverURI = rec.Msg.Uri
-	case d.recoverURI == "":
-		return fmt.Errorf("destination migrate-recover: %w", err)
-	default:
-		// Still listening from the last attempt (postcopy-recover): reuse it.
 	}
 	if _, err := d.src.mig.ResumeOutgoing(rctx, connect.NewRequest(&ferryv1.ResumeOutgoingRequest{
 		Name: d.name(), MigrationId: d.id(), Uri: d.recoverURI,

@@ -34,7 +34,15 @@ func main() {
 	flag.StringVar(&o.Repo, "repo", ".", "repository root (bin/ferry, build/guest, hack/, bench/scripts)")
 	flag.StringVar(&o.ResultsDir, "results", "", "parent of the timestamped result directory (default REPO/bench/results)")
 	flag.StringVar(&o.Prefix, "prefix", "fbench", "namespace prefix of the benchmark's dev cluster")
+	resummarize := flag.String("resummarize", "", "recompute the summary and plots of this result directory from its run files, and exit")
 	flag.Parse()
+	if *resummarize != "" {
+		if err := bench.Resummarize(*resummarize, os.Stdout); err != nil {
+			fmt.Fprintf(os.Stderr, "ferry-bench: %v\n", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "ferry-bench: unexpected arguments %q\n", flag.Args())
 		os.Exit(2)

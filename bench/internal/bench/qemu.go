@@ -144,6 +144,9 @@ func (s *QEMUSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) 
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var info qmp.MigrationInfo
+	// A cancelled migration's query-migrate carries no RAM statistics:
+	// keep the last ones seen.
+	var lastRAM *qmp.MigrationStats
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		info, err = sm.QueryMigrate(qctx)
@@ -152,6 +155,7 @@ func (s *QEMUSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) 
 			return rep, fmt.Errorf("plain QEMU: query-migrate: %w", err)
 		}
 		if info.RAM != nil {
+			lastRAM = info.RAM
 			rep.Samples = append(rep.Samples, Sample{TMs: time.Since(t0).Milliseconds(), RemainingBytes: info.RAM.Remaining, TransferredBytes: info.RAM.Transferred})
 		}
 		if info.CurrentStatus().Finished() {
@@ -181,6 +185,9 @@ func (s *QEMUSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) 
 	}
 	if info.Downtime != nil {
 		rep.DowntimeMs = *info.Downtime
+	}
+	if info.RAM == nil {
+		info.RAM = lastRAM
 	}
 	if info.RAM != nil {
 		rep.TransferredBytes = info.RAM.Transferred

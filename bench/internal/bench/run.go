@@ -107,6 +107,13 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		return "", fmt.Errorf("create work directory: %w", err)
 	}
 
+	// Snapshot the ferry binary: bin/ferry may be rebuilt while we run, and
+	// the CLI must stay the version of the daemons it talks to.
+	snap := filepath.Join(env.Dir, "ferry")
+	if _, err := run(ctx, "", "cp", ferryBin, snap); err != nil {
+		return "", fmt.Errorf("snapshot %s: %w", ferryBin, err)
+	}
+	ferryBin, env.FerryBin = snap, snap
 	logf("bringing up a 2-host dev cluster (prefix %s) with Ferry's server and agents", o.Prefix)
 	c, err := upEnv(ctx, o.Prefix, filepath.Join(base, "cluster"), ferryBin)
 	if err != nil {
@@ -154,32 +161,46 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 
 	pr := newProber(c.Client)
 	var runs []report.Run
-	for i := range scenarios {
-		sc := &scenarios[i]
-		if err := env.Shape(ctx, sc.ShapedMiBps); err != nil {
-			return resultDir, err
-		}
-		bw, err := env.MeasureBandwidth(ctx, 3*time.Second)
-		if err != nil {
-			return resultDir, err
-		}
-		sc.MeasuredMiBps = bw
-		logf("scenario %s: ferry.dirty=%d:%d, link shaped to %s, measured %.0f MiB/s", sc.Name, sc.WSSMiB, sc.DirtyMiBps, shapedString(sc.ShapedMiBps), bw)
-		for n := 1; n <= o.Runs; n++ {
-			for _, sys := range systems {
-				if ctx.Err() != nil {
-					return resultDir, ctx.Err()
+	loopErr := func() error {
+		for i := range scenarios {
+			sc := &scenarios[i]
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := env.Shape(ctx, sc.ShapedMiBps); err != nil {
+				return err
+			}
+			bw, err := env.MeasureBandwidth(ctx, 3*time.Second)
+			if err != nil {
+				return err
+			}
+			sc.MeasuredMiBps = bw
+			logf("scenario %s: ferry.dirty=%d:%d, link shaped to %s, measured %.0f MiB/s", sc.Name, sc.WSSMiB, sc.DirtyMiBps, shapedString(sc.ShapedMiBps), bw)
+			for n := 1; n <= o.Runs; n++ {
+				for _, sys := range systems {
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+					r := runOne(ctx, env, pr, sys, *sc, n, o)
+					runs = append(runs, r)
+					if err := writeJSON(filepath.Join(resultDir, fmt.Sprintf("%s-%s-%d.json", sc.Name, sys.Name(), n)), r); err != nil {
+						return err
+					}
+					fmt.Fprintf(o.Out, "    %s\n", describe(r))
 				}
-				r := runOne(ctx, env, pr, sys, *sc, n, o)
-				runs = append(runs, r)
-				if err := writeJSON(filepath.Join(resultDir, fmt.Sprintf("%s-%s-%d.json", sc.Name, sys.Name(), n)), r); err != nil {
-					return resultDir, err
-				}
-				fmt.Fprintf(o.Out, "    %s\n", describe(r))
 			}
 		}
-	}
+		return nil
+	}()
 	env.Unshape()
+	if len(runs) == 0 {
+		return resultDir, loopErr
+	}
+	if loopErr != nil {
+		notes = append(notes, "incomplete: "+loopErr.Error())
+	}
+	// Summarise what was measured, also after an interruption.
+	defer func() { err = errors.Join(loopErr, err) }()
 
 	meta := map[string]any{
 		"started": started.UTC().Format(time.RFC3339), "runs": o.Runs, "capSeconds": o.Cap.Seconds(),
@@ -188,17 +209,28 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		"host":          fmt.Sprintf("%d CPUs, %s", runtime.NumCPU(), kernelRelease()),
 		"notes":         notes,
 	}
-	sum := report.Summarize(scenarios, runs, meta)
-	if err := writeJSON(filepath.Join(resultDir, "summary.json"), sum); err != nil {
+	if err := writeSummary(resultDir, scenarios, runs, meta, o.Out); err != nil {
 		return resultDir, err
+	}
+	return resultDir, nil
+}
+
+// writeSummary writes summary.json, summary.md (also printed to out) and
+// one remaining-bytes plot per scenario into dir.
+func writeSummary(dir string, scenarios []Scenario, runs []report.Run, meta map[string]any, out io.Writer) error {
+	sum := report.Summarize(scenarios, runs, meta)
+	if err := writeJSON(filepath.Join(dir, "summary.json"), sum); err != nil {
+		return err
 	}
 	var md strings.Builder
 	sum.Markdown(&md)
-	for _, n := range notes {
-		md.WriteString("- " + n + "\n")
+	if notes, ok := meta["notes"].([]string); ok {
+		for _, n := range notes {
+			md.WriteString("- " + n + "\n")
+		}
 	}
-	if err := os.WriteFile(filepath.Join(resultDir, "summary.md"), []byte(md.String()), 0o644); err != nil {
-		return resultDir, fmt.Errorf("write summary.md: %w", err)
+	if err := os.WriteFile(filepath.Join(dir, "summary.md"), []byte(md.String()), 0o644); err != nil {
+		return fmt.Errorf("write summary.md: %w", err)
 	}
 	for _, sc := range scenarios {
 		var scRuns []report.Run
@@ -208,20 +240,33 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 			}
 		}
 		title := fmt.Sprintf("%s: remaining bytes (dirty %d MiB/s asked, link %s)", sc.Name, sc.DirtyMiBps, shapedString(sc.ShapedMiBps))
-		f, err := os.Create(filepath.Join(resultDir, "remaining-"+sc.Name+".svg"))
+		f, err := os.Create(filepath.Join(dir, "remaining-"+sc.Name+".svg"))
 		if err != nil {
-			return resultDir, fmt.Errorf("write plot: %w", err)
+			return fmt.Errorf("write plot: %w", err)
 		}
 		err = report.PlotRemaining(f, title, scRuns)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
 		if err != nil {
-			return resultDir, fmt.Errorf("write plot for %s: %w", sc.Name, err)
+			return fmt.Errorf("write plot for %s: %w", sc.Name, err)
 		}
 	}
-	fmt.Fprintf(o.Out, "\n%s\nresults: %s\n", md.String(), resultDir)
-	return resultDir, nil
+	fmt.Fprintf(out, "\n%s\nresults: %s\n", md.String(), dir)
+	return nil
+}
+
+// fillAborted completes the figures of a migration that did not finish:
+// an aborted job's final statistics may be empty (QEMU drops them on
+// cancel), so the bytes come from the last sample and the total is the
+// time waited.
+func fillAborted(m *report.Migration) {
+	if n := len(m.Samples); n > 0 && m.TransferredBytes == 0 {
+		m.TransferredBytes = m.Samples[n-1].TransferredBytes
+	}
+	if !m.Completed() && m.TotalMs == 0 {
+		m.TotalMs = m.WallMs
+	}
 }
 
 // runOne boots the guest with sys, measures it, migrates it and removes it.
@@ -267,6 +312,7 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	stream.WindowGap()
 
 	rep, err := sys.Migrate(ctx, g, o.Cap)
+	fillAborted(&rep)
 	r.Migration = rep
 	if err != nil {
 		return fail(err)
