@@ -289,10 +289,16 @@ func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*ferryv1.I
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	// Tell the segment where the guest's MAC lives now (RARP/GARP, repeated).
-	if err := mon.AnnounceSelf(ctx, qmp.AnnounceParameters{Initial: 50, Max: 550, Rounds: 5, Step: 100}); err != nil {
-		a.log.Warn("announce-self", "vm", name, "err", err)
-	}
+	// Tell the segment where the guest's MAC lives now (RARP/GARP,
+	// repeated). Asynchronously: in post-copy the destination's main loop
+	// can wait on missing pages, and adopting the VM must not wait for it.
+	go func() {
+		actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := mon.AnnounceSelf(actx, qmp.AnnounceParameters{Initial: 50, Max: 550, Rounds: 5, Step: 100}); err != nil {
+			a.log.Warn("announce-self", "vm", name, "err", err)
+		}
+	}()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	in.mu.Lock()

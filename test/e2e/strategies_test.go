@@ -93,18 +93,11 @@ func TestPostcopyRecoversFromLinkBreak(t *testing.T) {
 	t.Cleanup(func() { _ = setLink(ns, true) })
 
 	m := c.startMigration(name, "h2", "--strategy", "postcopy", "--bandwidth", "12", "--stall-timeout", "2s")
-	// Wait for the switch: the owner moves to h2 when post-copy starts.
-	deadline := time.Now().Add(90 * time.Second)
-	for {
-		vm, err := c.getVM(name)
-		if err == nil && vm.Host == "h2" {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("post-copy did not start within 90s (VM %v, err %v)", vm, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	// Wait until the guest runs on h2 in post-copy (state cleanup: the
+	// destination runs, the source still holds the pages it has not sent).
+	c.waitMigration(m.Id, 90*time.Second, "running on the destination in post-copy", func(m *ferryv1.Migration) bool {
+		return m.State == "cleanup" || m.Status != "running"
+	})
 	if err := setLink(ns, false); err != nil {
 		t.Fatal(err)
 	}
