@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
 
@@ -100,11 +101,17 @@ func (a *Agent) measure(ctx context.Context, name string, seconds int32) (*ferry
 			return nil, fmt.Errorf("query-dirty-rate: %w", err)
 		}
 		if info.Status == "measured" && info.DirtyRate != nil {
-			return &ferryv1.MeasureResponse{
+			resp := &ferryv1.MeasureResponse{
 				DirtyRateMibps: float64(*info.DirtyRate) * 1e6 / (1 << 20), // QEMU reports MB/s
 				RssBytes:       proc.RSSBytes(),
 				MemoryBytes:    sp.GetMemoryMib() << 20,
-			}, nil
+			}
+			if nz, err := qemu.NonZeroRAM(proc.PID(), resp.MemoryBytes); err == nil {
+				resp.NonZeroBytes = nz
+			} else {
+				a.log.Warn("count non-zero guest RAM; using RSS", "vm", name, "err", err)
+			}
+			return resp, nil
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("dirty rate of VM %s not measured after %ds (status %s)", name, seconds+5, info.Status)

@@ -64,6 +64,12 @@ func (d *driver) forward(ctx context.Context) {
 	}
 	out := d.finalSource(ctx)
 	d.report(out, inc)
+	if fin := d.r.snapshot(false); fin.Options.GetBandwidthMibps() == 0 && !d.postcopyActive {
+		// Learn what QEMU really reaches between these hosts (and anywhere):
+		// the planner's bandwidth for the next migration.
+		d.s.bw.observe(fin.From, fin.To, fin.BandwidthMibps)
+		d.s.bw.observe("*", "*", fin.BandwidthMibps)
+	}
 	if err := retry(ctx, 30*time.Second, func(c context.Context) error {
 		_, err := d.src.mig.FinishOutgoing(c, d.stepReq())
 		return err

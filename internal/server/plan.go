@@ -59,6 +59,9 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 		DeviceStateBytes: 1 << 20,
 		MaxDowntimeMs:    opt.MaxDowntimeMs,
 	}
+	if meas.Msg.NonZeroBytes > 0 {
+		in.NonZeroBytes = meas.Msg.NonZeroBytes
+	}
 	in.WssBytes = min(in.MemoryBytes, int64(in.DirtyRateMibps*(1<<20)))
 	lis, err := da.mig.ProbeListen(mctx, connect.NewRequest(&ferryv1.ProbeListenRequest{}))
 	if err != nil {
@@ -69,7 +72,11 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 		return nil, fmt.Errorf("probe the link %s → %s: %w", src.Name, dst.Name, err)
 	}
 	in.BandwidthMibps, in.BandwidthSource = probe.Msg.Mibps, "measured (0.5 s TCP probe)"
-	if learned, ok := s.bw.estimate(src.Name, dst.Name); ok {
+	learned, ok := s.bw.estimate(src.Name, dst.Name)
+	if !ok {
+		learned, ok = s.bw.estimate("*", "*") // any pair: what QEMU reaches here at all
+	}
+	if ok {
 		// QEMU rarely reaches raw TCP speed (a TCG guest's migration thread
 		// is CPU-bound); past migrations on this pair say what it does reach.
 		in.BandwidthMibps = min(in.BandwidthMibps, learned)

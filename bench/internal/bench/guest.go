@@ -1,21 +1,17 @@
 package bench
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/guest/guestapi"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/netnsutil"
 	"github.com/ferryvm/ferry/internal/spec"
 )
@@ -141,62 +137,7 @@ func (p *prober) dial(ctx context.Context, network, addr string) (net.Conn, erro
 	return netnsutil.DialContext(ctx, p.ns, network, addr)
 }
 
-// countNonZero counts the guest's non-zero 4 KiB pages by reading the
-// guest RAM mapping of the QEMU process pid (the largest private rw
-// anonymous mapping of at least memMiB) through /proc/PID/mem. This is the
-// memory any migration has to send at least once.
+// countNonZero counts the guest's non-zero memory (see qemu.NonZeroRAM).
 func countNonZero(pid int, memMiB int64) (int64, error) {
-	maps, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return 0, fmt.Errorf("count non-zero guest memory: %w", err)
-	}
-	defer maps.Close()
-	var start, end uint64
-	sc := bufio.NewScanner(maps)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 5 || f[1] != "rw-p" || len(f) > 5 { // anonymous: no path
-			continue
-		}
-		lo, hi, ok := strings.Cut(f[0], "-")
-		if !ok {
-			continue
-		}
-		a, err1 := strconv.ParseUint(lo, 16, 64)
-		b, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		if b-a >= uint64(memMiB)<<20 && b-a > end-start {
-			start, end = a, b
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("count non-zero guest memory: read maps of %d: %w", pid, err)
-	}
-	if end == 0 {
-		return 0, fmt.Errorf("count non-zero guest memory: no anonymous mapping of %d MiB in QEMU %d", memMiB, pid)
-	}
-	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
-	if err != nil {
-		return 0, fmt.Errorf("count non-zero guest memory: %w", err)
-	}
-	defer mem.Close()
-	const page = guestapi.PageSize
-	zero := make([]byte, page)
-	buf := make([]byte, 4<<20)
-	var pages int64
-	for off := start; off < end; off += uint64(len(buf)) {
-		n := min(uint64(len(buf)), end-off)
-		k, err := mem.ReadAt(buf[:n], int64(off))
-		if err != nil && err != io.EOF {
-			return 0, fmt.Errorf("count non-zero guest memory: read QEMU %d at %#x: %w", pid, off, err)
-		}
-		for i := 0; i+page <= k; i += page {
-			if !bytes.Equal(buf[i:i+page], zero) {
-				pages++
-			}
-		}
-	}
-	return pages * page, nil
+	return qemu.NonZeroRAM(pid, memMiB<<20)
 }

@@ -147,7 +147,8 @@ func (x *MigrationOptions) GetRecoveryWindowMs() int64 {
 type PlanInputs struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	MemoryBytes int64                  `protobuf:"varint,1,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	// non_zero_bytes estimates the guest RAM that is not zero (QEMU's RSS).
+	// non_zero_bytes is the guest RAM that is not zero (counted on the
+	// source by scanning the guest's RAM; QEMU's RSS if that failed).
 	NonZeroBytes   int64   `protobuf:"varint,2,opt,name=non_zero_bytes,json=nonZeroBytes,proto3" json:"non_zero_bytes,omitempty"`
 	DirtyRateMibps float64 `protobuf:"fixed64,3,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
 	WssBytes       int64   `protobuf:"varint,4,opt,name=wss_bytes,json=wssBytes,proto3" json:"wss_bytes,omitempty"`
@@ -2090,8 +2091,10 @@ type MeasureResponse struct {
 	DirtyRateMibps float64                `protobuf:"fixed64,1,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
 	RssBytes       int64                  `protobuf:"varint,2,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
 	MemoryBytes    int64                  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// non_zero_bytes is the guest RAM that is not zero (0 if not counted).
+	NonZeroBytes  int64 `protobuf:"varint,4,opt,name=non_zero_bytes,json=nonZeroBytes,proto3" json:"non_zero_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MeasureResponse) Reset() {
@@ -2141,6 +2144,13 @@ func (x *MeasureResponse) GetRssBytes() int64 {
 func (x *MeasureResponse) GetMemoryBytes() int64 {
 	if x != nil {
 		return x.MemoryBytes
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetNonZeroBytes() int64 {
+	if x != nil {
+		return x.NonZeroBytes
 	}
 	return 0
 }
@@ -2837,11 +2847,12 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	" \x01(\x05R\x11throttleIncrement\">\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aseconds\x18\x02 \x01(\x05R\aseconds\"{\n" +
+	"\aseconds\x18\x02 \x01(\x05R\aseconds\"\xa1\x01\n" +
 	"\x0fMeasureResponse\x12(\n" +
 	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
 	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
-	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\"\x14\n" +
+	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\x12$\n" +
+	"\x0enon_zero_bytes\x18\x04 \x01(\x03R\fnonZeroBytes\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
