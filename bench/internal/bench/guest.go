@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/guest/guestapi"
-	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/netnsutil"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/spec"
 )
 
