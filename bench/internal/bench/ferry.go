@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/ferryvm/ferry/bench/internal/report"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 )
 
@@ -68,13 +69,66 @@ func (s *FerrySystem) Boot(ctx context.Context, g Guest) (int, error) {
 	return int(vm.Pid), nil
 }
 
-// Migrate implements System.
-func (s *FerrySystem) Migrate(ctx context.Context, g Guest, limit time.Duration) (Report, error) {
-	var rep Report
-	args := []string{"migrate", g.Name, "--to", s.env.Dst.Name, "--wait", "-o", "json", "--server", s.env.Cluster.ServerURL()}
+// migrateFlags are the flags of `ferry migrate` the benchmark passes,
+// other than --wait/--dry-run and the output format: the dry run and the
+// real run use the same.
+func (s *FerrySystem) migrateFlags(g Guest) []string {
+	args := []string{"migrate", g.Name, "--to", s.env.Dst.Name}
 	if s.Strategy != "" {
 		args = append(args, "--strategy", s.Strategy)
 	}
+	return args
+}
+
+// DryRun implements Planner: `ferry migrate VM --to H --dry-run -o json`
+// with the flags of the real run; it changes nothing. The prediction is
+// the one for the strategy the real run will use: the plan's choice under
+// auto, the given strategy otherwise.
+func (s *FerrySystem) DryRun(ctx context.Context, g Guest) *report.DryRun {
+	dr := &report.DryRun{}
+	t0 := time.Now()
+	out, err := s.ferry(ctx, append(s.migrateFlags(g), "--dry-run", "-o", "json")...)
+	dr.WallMs = time.Since(t0).Milliseconds()
+	if err != nil {
+		dr.Error = err.Error()
+		return dr
+	}
+	var plan ferryv1.Plan
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(out), &plan); err != nil {
+		dr.Error = fmt.Sprintf("decode the dry run's plan: %v", err)
+		return dr
+	}
+	dr.Plan = json.RawMessage(bytes.TrimSpace([]byte(out)))
+	dr.Choice = plan.Choice
+	in := plan.GetInputs()
+	dr.BandwidthMiBps, dr.BandwidthSource = in.GetBandwidthMibps(), in.GetBandwidthSource()
+	dr.DirtyRateMiBps, dr.NonZeroBytes = in.GetDirtyRateMibps(), in.GetNonZeroBytes()
+	strategy := plan.Choice
+	if s.Strategy != "" && s.Strategy != "auto" {
+		strategy = s.Strategy
+	}
+	for _, p := range plan.GetPredictions() {
+		if p.GetStrategy() == strategy {
+			dr.Predicted = predicted(p)
+		}
+	}
+	if dr.Predicted == nil {
+		dr.Error = fmt.Sprintf("the plan has no prediction for %q (reason: %s)", strategy, plan.Reason)
+	}
+	return dr
+}
+
+func predicted(p *ferryv1.StrategyPrediction) *report.Predicted {
+	if p == nil {
+		return nil
+	}
+	return &report.Predicted{Strategy: p.Strategy, Converges: p.Converges, TotalMs: p.TotalMs, DowntimeMs: p.DowntimeMs, Bytes: p.Bytes}
+}
+
+// Migrate implements System.
+func (s *FerrySystem) Migrate(ctx context.Context, g Guest, limit time.Duration) (Report, error) {
+	var rep Report
+	args := append(s.migrateFlags(g), "--wait", "-o", "json", "--server", s.env.Cluster.ServerURL())
 	cmd := command(context.Background(), "", s.env.FerryBin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -126,6 +180,13 @@ wait:
 	rep.TransferredBytes = m.TransferredBytes
 	rep.Rounds = m.Rounds
 	rep.BandwidthMiBps = m.BandwidthMibps
+	rep.Strategy = m.Strategy
+	rep.Predicted = predicted(m.Predicted)
+	rep.BandwidthSource = m.GetPlan().GetInputs().GetBandwidthSource()
+	rep.PlanningMs, rep.PostcopyMs, rep.PostcopyPausedMs = m.PlanningMs, m.PostcopyMs, m.PostcopyPausedMs
+	for _, d := range m.Decisions {
+		rep.Decisions = append(rep.Decisions, fmt.Sprintf("%.1fs %s: %s", float64(d.TMs)/1000, d.Action, d.Reason))
+	}
 	for _, smp := range m.Samples {
 		rep.Samples = append(rep.Samples, Sample{TMs: smp.TMs, RemainingBytes: smp.RemainingBytes, TransferredBytes: smp.TransferredBytes})
 	}

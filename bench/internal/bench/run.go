@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,7 +35,12 @@ type Options struct {
 	LinkMiBps float64
 	MemoryMiB int64 // guest RAM
 	WSSMiB    int64 // dirtier working set in half and heavy
-	Warmup    time.Duration
+	// Settle is how long the guest's dirtier runs before the migration.
+	Settle time.Duration
+	// Warmup runs one unmeasured Ferry migration per shaping setting
+	// before the measured runs, so that Ferry's server has learned the
+	// rate QEMU reaches (a fresh server only has its raw TCP probe).
+	Warmup bool
 	// FerryStrategy is passed to `ferry migrate --strategy` unless empty.
 	FerryStrategy string
 	// Repo is the repository root (bin/ferry, build/guest, hack/deps.sh,
@@ -114,6 +121,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		return "", fmt.Errorf("snapshot %s: %w", ferryBin, err)
 	}
 	ferryBin, env.FerryBin = snap, snap
+	binInfo := describeBinary(ctx, o.Repo, snap)
 	logf("bringing up a 2-host dev cluster (prefix %s) with Ferry's server and agents", o.Prefix)
 	c, err := upEnv(ctx, o.Prefix, filepath.Join(base, "cluster"), ferryBin)
 	if err != nil {
@@ -161,6 +169,8 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 
 	pr := newProber(c.Client)
 	var runs []report.Run
+	var warmups []string
+	warmed := map[float64]bool{} // shaping settings Ferry has migrated under
 	loopErr := func() error {
 		for i := range scenarios {
 			sc := &scenarios[i]
@@ -176,6 +186,28 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 			}
 			sc.MeasuredMiBps = bw
 			logf("scenario %s: ferry.dirty=%d:%d, link shaped to %s, measured %.0f MiB/s", sc.Name, sc.WSSMiB, sc.DirtyMiBps, shapedString(sc.ShapedMiBps), bw)
+			if o.Warmup && !warmed[sc.ShapedMiBps] {
+				for _, sys := range systems {
+					if sys.Name() != "ferry" {
+						continue
+					}
+					warmed[sc.ShapedMiBps] = true
+					logf("warm-up: one unmeasured Ferry migration with link %s (teaches the server the rate QEMU reaches)", shapedString(sc.ShapedMiBps))
+					r := runOne(ctx, env, pr, sys, *sc, 0, o)
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+					wdir := filepath.Join(resultDir, "warmup")
+					if err := os.MkdirAll(wdir, 0o755); err != nil {
+						return fmt.Errorf("create %s: %w", wdir, err)
+					}
+					if err := writeJSON(filepath.Join(wdir, fmt.Sprintf("%s-%s-0.json", sc.Name, sys.Name())), r); err != nil {
+						return err
+					}
+					fmt.Fprintf(o.Out, "    warm-up: %s\n", describe(r))
+					warmups = append(warmups, warmupLine(r))
+				}
+			}
 			for n := 1; n <= o.Runs; n++ {
 				for _, sys := range systems {
 					if err := ctx.Err(); err != nil {
@@ -206,7 +238,10 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		"started": started.UTC().Format(time.RFC3339), "runs": o.Runs, "capSeconds": o.Cap.Seconds(),
 		"guest":         fmt.Sprintf("%d MiB, 1 vCPU, TCG, WSS %d MiB in half/heavy", o.MemoryMiB, o.WSSMiB),
 		"ferryStrategy": orDefault(o.FerryStrategy, "(Ferry's default)"),
-		"host":          fmt.Sprintf("%d CPUs, %s", runtime.NumCPU(), kernelRelease()),
+		"host":          fmt.Sprintf("%d CPUs, %s, guests under TCG", runtime.NumCPU(), kernelRelease()),
+		"ferryBinary":   binInfo,
+		"warmup":        warmupString(o.Warmup, contains(o.Systems, "ferry")),
+		"warmupRuns":    warmups,
 		"notes":         notes,
 	}
 	if err := writeSummary(resultDir, scenarios, runs, meta, o.Out); err != nil {
@@ -224,7 +259,8 @@ func writeSummary(dir string, scenarios []Scenario, runs []report.Run, meta map[
 	}
 	var md strings.Builder
 	sum.Markdown(&md)
-	if notes, ok := meta["notes"].([]string); ok {
+	if notes := report.StringList(meta["notes"]); len(notes) > 0 {
+		md.WriteString("\n## Harness notes\n\n")
 		for _, n := range notes {
 			md.WriteString("- " + n + "\n")
 		}
@@ -253,6 +289,16 @@ func writeSummary(dir string, scenarios []Scenario, runs []report.Run, meta map[
 		}
 	}
 	fmt.Fprintf(out, "\n%s\nresults: %s\n", md.String(), dir)
+	fmt.Fprintln(out, "\nprediction accuracy:")
+	for _, ss := range sum.Scenarios {
+		if ss.Prediction != nil {
+			fmt.Fprintf(out, "  %s\n", ss.Prediction.Line(ss.Scenario.Name))
+		}
+	}
+	fmt.Fprintln(out, "requirement checks:")
+	for _, c := range sum.Checks {
+		fmt.Fprintf(out, "  %s\n", c.Line())
+	}
 	return nil
 }
 
@@ -288,7 +334,7 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := pr.waitDirtying(ctx, g.IP, 120*time.Second, o.Warmup); err != nil {
+	if _, err := pr.waitDirtying(ctx, g.IP, 120*time.Second, o.Settle); err != nil {
 		return fail(fmt.Errorf("%s guest not ready: %w", sys.Name(), err))
 	}
 	if r.NonZeroBytes, err = countNonZero(pid, g.MemoryMiB); err != nil {
@@ -303,6 +349,11 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	defer stream.Close()
 	if err := stream.WaitLines(ctx, 250); err != nil {
 		return fail(fmt.Errorf("guest stream: %w", err))
+	}
+	if p, ok := sys.(Planner); ok {
+		// Right before the migration, with the same flags: what it
+		// predicts (and changes nothing).
+		r.DryRun = p.DryRun(ctx, g)
 	}
 	before, err := pr.status(ctx, g.IP)
 	if err != nil {
@@ -354,6 +405,87 @@ func describe(r report.Run) string {
 	if r.StreamBroken {
 		s += " STREAM BROKEN (" + r.StreamError + ")"
 	}
+	if p := predictionString(r); p != "" {
+		s += "\n    " + strings.Repeat(" ", len(head)) + p
+	}
+	return s
+}
+
+// predictionString is the run's predicted vs actual total, "" for systems
+// that do not predict.
+func predictionString(r report.Run) string {
+	dr := r.DryRun
+	if dr == nil {
+		return ""
+	}
+	if dr.Predicted == nil {
+		return "no prediction: dry run: " + firstLineOf(dr.Error)
+	}
+	p := dr.Predicted
+	s := fmt.Sprintf("predicted total %.2f s vs actual ", float64(p.TotalMs)/1000)
+	if e, ok := r.TotalErrorPct(); ok {
+		s += fmt.Sprintf("%.2f s (error %+.0f%%)", float64(r.Migration.TotalMs)/1000, e)
+	} else {
+		s += fmt.Sprintf("— (%s)", orDefault(r.Migration.Status, "no migration"))
+	}
+	s += fmt.Sprintf("; downtime predicted %d ms vs actual %d ms; dry-run choice %s", p.DowntimeMs, r.Migration.DowntimeMs, orDefault(dr.Choice, "—"))
+	if r.Migration.Strategy != "" && r.Migration.Strategy != p.Strategy {
+		s += fmt.Sprintf(", ran %s", r.Migration.Strategy)
+	}
+	if rp := r.Migration.Predicted; rp != nil {
+		s += fmt.Sprintf("; report's own prediction %.2f s / %d ms", float64(rp.TotalMs)/1000, rp.DowntimeMs)
+	}
+	s += fmt.Sprintf("; link %.0f MiB/s (%s)", dr.BandwidthMiBps, dr.BandwidthSource)
+	return s
+}
+
+// warmupLine summarises a warm-up run for the summary.
+func warmupLine(r report.Run) string {
+	head := fmt.Sprintf("%s (link %s)", r.Scenario, shapedString(r.ShapedMiBps))
+	if r.Error != "" {
+		return head + ": " + firstLineOf(r.Error)
+	}
+	s := fmt.Sprintf("%s: %s %s, total %.2f s", head, orDefault(r.Migration.Strategy, "?"), r.Migration.Status, float64(r.Migration.TotalMs)/1000)
+	if p := predictionString(r); p != "" {
+		s += "; " + p
+	}
+	return s
+}
+
+func warmupString(on, ferry bool) string {
+	switch {
+	case !ferry:
+		return "n/a (no Ferry runs)"
+	case on:
+		return "on (one unmeasured Ferry migration per shaping setting before the measured runs)"
+	}
+	return "off (-warmup=false): the first Ferry run plans without a learned rate"
+}
+
+// describeBinary identifies the ferry binary the benchmark uses: the
+// repository's commit (and whether its tree had changes) and the copy's
+// SHA-256.
+func describeBinary(ctx context.Context, repo, bin string) string {
+	sum := "?"
+	if f, err := os.Open(bin); err == nil {
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err == nil {
+			sum = hex.EncodeToString(h.Sum(nil))[:16]
+		}
+		f.Close()
+	}
+	rev := "?"
+	if out, err := run(ctx, "", "git", "-C", repo, "rev-parse", "--short", "HEAD"); err == nil {
+		rev = strings.TrimSpace(out)
+		if st, err := run(ctx, "", "git", "-C", repo, "status", "--porcelain", "--untracked-files=no"); err == nil && strings.TrimSpace(st) != "" {
+			rev += " (tree modified)"
+		}
+	}
+	return fmt.Sprintf("bin/ferry copied at start, sha256 %s…, repository at %s", sum, rev)
+}
+
+func firstLineOf(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
 	return s
 }
 

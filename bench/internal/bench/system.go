@@ -24,6 +24,14 @@ type System interface {
 	Close() error
 }
 
+// Planner is a system that can predict a migration without making it
+// (Ferry's --dry-run); the harness asks it right before every migration.
+type Planner interface {
+	// DryRun predicts g's migration with the flags Migrate will use and
+	// changes nothing; failures are recorded in the result's Error.
+	DryRun(ctx context.Context, g Guest) *report.DryRun
+}
+
 // Report and Sample are the common result types (see package report).
 type (
 	Report = report.Migration

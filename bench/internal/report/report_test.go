@@ -62,3 +62,63 @@ func TestSummarizeMarkdownAndJSON(t *testing.T) {
 		t.Errorf("unexpected SVG:\n%s", s)
 	}
 }
+
+func TestPredictionAccuracyAndChecks(t *testing.T) {
+	scs := []Scenario{{Name: "half", ShapedMiBps: 48, MeasuredMiBps: 46}, {Name: "heavy", ShapedMiBps: 48, MeasuredMiBps: 46}}
+	mk := func(sc, sys string, i int, predicted, total, down, gap int64) Run {
+		r := Run{Scenario: sc, System: sys, Index: i, ClientGapMs: gap,
+			Migration: Migration{Status: "completed", TotalMs: total, DowntimeMs: down, Strategy: "postcopy",
+				Predicted: &Predicted{Strategy: "postcopy", TotalMs: predicted * 2, DowntimeMs: 40}}}
+		if sys == "ferry" && predicted > 0 {
+			r.DryRun = &DryRun{Choice: "postcopy", BandwidthSource: "measured (0.5 s TCP probe)",
+				Predicted: &Predicted{Strategy: "postcopy", TotalMs: predicted, DowntimeMs: 40}}
+		}
+		return r
+	}
+	runs := []Run{
+		// half: errors +20 %, -10 %, +50 % → median |error| 20 %.
+		mk("half", "ferry", 1, 12000, 10000, 60, 700), mk("half", "ferry", 2, 9000, 10000, 70, 800), mk("half", "ferry", 3, 15000, 10000, 80, 900),
+		mk("half", "libvirt", 1, 0, 16000, 300, 400),
+		// heavy: one run's client gap is over 1 s; errors +100 %.
+		mk("heavy", "ferry", 1, 20000, 10000, 60, 900), mk("heavy", "ferry", 2, 20000, 10000, 60, 1200),
+	}
+	if e, ok := runs[0].TotalErrorPct(); !ok || math.Abs(e-20) > 1e-9 {
+		t.Errorf("TotalErrorPct = %v, %v; want +20", e, ok)
+	}
+	if e, ok := runs[0].ReportTotalErrorPct(); !ok || math.Abs(e-140) > 1e-9 {
+		t.Errorf("ReportTotalErrorPct = %v, %v; want +140", e, ok)
+	}
+	sum := Summarize(scs, runs, map[string]any{"warmupRuns": []any{"idle (link none): precopy completed"}})
+	half := sum.Scenarios[0].Prediction
+	if half == nil || half.Runs != 3 || float64(half.MedianAbsErrorPct) != 20 || !half.Within || half.RunsWithin != 2 || half.Choices["postcopy"] != 3 {
+		t.Errorf("half prediction = %+v", half)
+	}
+	if heavy := sum.Scenarios[1].Prediction; heavy == nil || heavy.Within || float64(heavy.MedianAbsErrorPct) != 100 {
+		t.Errorf("heavy prediction = %+v", heavy)
+	}
+	results := map[string]string{}
+	for _, c := range sum.Checks {
+		results[c.Name] = c.Result
+	}
+	for name, want := range map[string]string{
+		"heavy: every Ferry run completes, downtime ≤ 300 ms, client gap ≤ 1000 ms": "FAIL",
+		"half: Ferry median total ≤ libvirt's":                                      "PASS",
+		"half: Ferry median downtime ≤ libvirt's":                                   "PASS",
+		"idle: Ferry median total ≤ libvirt's":                                      "N/A",
+	} {
+		if results[name] != want {
+			t.Errorf("check %q = %q, want %q (all: %v)", name, results[name], want, results)
+		}
+	}
+	var md bytes.Buffer
+	sum.Markdown(&md)
+	for _, want := range []string{"## Prediction accuracy", "half: median |error| of total 20 % (within ±35 %", "heavy: median |error| of total 100 % (NOT within",
+		"## Requirement checks", "FAIL  heavy:", "run 2: client gap 1200 ms", "PASS  half: Ferry median total ≤ libvirt's: Ferry 10.00 s", "- idle (link none): precopy completed"} {
+		if !strings.Contains(md.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md.String())
+		}
+	}
+	if _, err := json.Marshal(sum); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -47,12 +47,58 @@ type ScenarioSummary struct {
 	// RatesDiffer is set when the systems' achieved dirty rates differ by
 	// more than 15%: their figures are then not comparable.
 	RatesDiffer bool `json:"ratesDiffer"`
+	// Prediction is how well Ferry's dry-run predicted its runs (nil
+	// without Ferry runs).
+	Prediction *PredictionSummary `json:"prediction,omitempty"`
 }
+
+// PredictionTolerancePct is the error within which a prediction counts as
+// accurate.
+const PredictionTolerancePct = 35
+
+// PredictionSummary compares Ferry's predictions with its actual figures
+// in one scenario (completed runs with a dry-run prediction).
+type PredictionSummary struct {
+	Runs int `json:"runs"`
+	// MedianAbsErrorPct is the median |predicted - actual| / actual of
+	// the total time, dry run vs actual; Within says whether it is within
+	// ±PredictionTolerancePct, RunsWithin how many runs are.
+	MedianAbsErrorPct F    `json:"medianAbsErrorPct"`
+	MedianErrorPct    F    `json:"medianErrorPct"`
+	Within            bool `json:"within"`
+	RunsWithin        int  `json:"runsWithin"`
+	// The same for the report's own prediction (the migration re-plans).
+	MedianAbsReportErrorPct F `json:"medianAbsReportErrorPct"`
+	// Medians of predicted and actual total and downtime.
+	PredictedTotalMs    F `json:"medianPredictedTotalMs"`
+	ActualTotalMs       F `json:"medianActualTotalMs"`
+	PredictedDowntimeMs F `json:"medianPredictedDowntimeMs"`
+	ActualDowntimeMs    F `json:"medianActualDowntimeMs"`
+	// Choices counts the dry runs' choices, Ran the strategies the runs
+	// used, BandwidthSources where the dry runs' bandwidth came from.
+	Choices          map[string]int `json:"choices"`
+	Ran              map[string]int `json:"ran"`
+	BandwidthSources map[string]int `json:"bandwidthSources"`
+	// Missing counts Ferry runs without a usable prediction.
+	Missing int `json:"missing"`
+}
+
+// Check is one requirement checked against the measured runs.
+type Check struct {
+	Name string `json:"name"`
+	// Result is PASS, FAIL or N/A (not measured).
+	Result string `json:"result"`
+	Detail string `json:"detail"`
+}
+
+// Line is the check as one line of text.
+func (c Check) Line() string { return fmt.Sprintf("%s  %s: %s", c.Result, c.Name, c.Detail) }
 
 // Summary is the whole benchmark.
 type Summary struct {
 	Meta      map[string]any    `json:"meta"`
 	Scenarios []ScenarioSummary `json:"scenarios"`
+	Checks    []Check           `json:"checks"`
 }
 
 // F is a float64 that encodes NaN and ±Inf as JSON null.
@@ -153,9 +199,168 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 			}
 		}
 		ss.RatesDiffer = hi > 1 && lo < hi*0.85
+		ss.Prediction = summarizePrediction(sc.Name, runs)
 		sum.Scenarios = append(sum.Scenarios, ss)
 	}
+	sum.Checks = checks(sum.Scenarios, runs)
 	return sum
+}
+
+// summarizePrediction compares Ferry's dry-run predictions with its runs.
+func summarizePrediction(scenario string, runs []Run) *PredictionSummary {
+	p := &PredictionSummary{Choices: map[string]int{}, Ran: map[string]int{}, BandwidthSources: map[string]int{}}
+	var abs, signed, absRep, pt, at, pd, ad []float64
+	n := 0
+	for _, r := range runs {
+		if r.Scenario != scenario || r.System != "ferry" {
+			continue
+		}
+		n++
+		if r.DryRun != nil {
+			if r.DryRun.Choice != "" {
+				p.Choices[r.DryRun.Choice]++
+			} else if r.DryRun.Error != "" {
+				p.Choices["(dry run failed)"]++
+			}
+			if r.DryRun.BandwidthSource != "" {
+				src, _, _ := strings.Cut(r.DryRun.BandwidthSource, " (")
+				p.BandwidthSources[src]++
+			}
+		}
+		if r.Migration.Strategy != "" {
+			p.Ran[r.Migration.Strategy]++
+		}
+		e, ok := r.TotalErrorPct()
+		if !ok {
+			p.Missing++
+			continue
+		}
+		p.Runs++
+		abs, signed = append(abs, math.Abs(e)), append(signed, e)
+		if math.Abs(e) <= PredictionTolerancePct {
+			p.RunsWithin++
+		}
+		if er, ok := r.ReportTotalErrorPct(); ok {
+			absRep = append(absRep, math.Abs(er))
+		}
+		pt, at = append(pt, float64(r.DryRun.Predicted.TotalMs)), append(at, float64(r.Migration.TotalMs))
+		pd, ad = append(pd, float64(r.DryRun.Predicted.DowntimeMs)), append(ad, float64(r.Migration.DowntimeMs))
+	}
+	if n == 0 {
+		return nil
+	}
+	p.MedianAbsErrorPct, p.MedianErrorPct, p.MedianAbsReportErrorPct = median(abs), median(signed), median(absRep)
+	p.Within = p.Runs > 0 && float64(p.MedianAbsErrorPct) <= PredictionTolerancePct
+	p.PredictedTotalMs, p.ActualTotalMs = median(pt), median(at)
+	p.PredictedDowntimeMs, p.ActualDowntimeMs = median(pd), median(ad)
+	return p
+}
+
+// Requirement thresholds for Ferry in the heavy scenario.
+const (
+	HeavyMaxDowntimeMs  = 300
+	HeavyMaxClientGapMs = 1000
+)
+
+// checks evaluates the requirements: in heavy, every Ferry run completes
+// with downtime ≤ HeavyMaxDowntimeMs and client gap ≤ HeavyMaxClientGapMs;
+// in idle and half, Ferry's median total and downtime are ≤ libvirt's.
+func checks(scs []ScenarioSummary, runs []Run) []Check {
+	var out []Check
+	row := func(scenario, system string) (Row, bool) {
+		for _, ss := range scs {
+			if ss.Scenario.Name != scenario {
+				continue
+			}
+			for _, r := range ss.Rows {
+				if r.System == system {
+					return r, true
+				}
+			}
+		}
+		return Row{}, false
+	}
+	// heavy
+	c := Check{Name: fmt.Sprintf("heavy: every Ferry run completes, downtime ≤ %d ms, client gap ≤ %d ms", HeavyMaxDowntimeMs, HeavyMaxClientGapMs)}
+	if f, ok := row("heavy", "ferry"); !ok || f.Runs == 0 {
+		c.Result, c.Detail = "N/A", "no Ferry run in heavy"
+	} else {
+		var bad []string
+		var maxDown, maxGap int64
+		for _, r := range runs {
+			if r.Scenario != "heavy" || r.System != "ferry" {
+				continue
+			}
+			id := fmt.Sprintf("run %d", r.Index)
+			switch {
+			case r.Error != "":
+				bad = append(bad, id+": "+firstLine(r.Error))
+				continue
+			case !r.Migration.Completed():
+				bad = append(bad, id+": "+r.Migration.Status)
+				continue
+			case r.Rebooted || r.StreamBroken:
+				bad = append(bad, id+": rebooted or stream broken")
+			}
+			maxDown, maxGap = max(maxDown, r.Migration.DowntimeMs), max(maxGap, r.ClientGapMs)
+			if r.Migration.DowntimeMs > HeavyMaxDowntimeMs {
+				bad = append(bad, fmt.Sprintf("%s: downtime %d ms", id, r.Migration.DowntimeMs))
+			}
+			if r.ClientGapMs > HeavyMaxClientGapMs {
+				bad = append(bad, fmt.Sprintf("%s: client gap %d ms", id, r.ClientGapMs))
+			}
+		}
+		c.Result = "PASS"
+		if len(bad) > 0 {
+			c.Result = "FAIL"
+		}
+		c.Detail = fmt.Sprintf("%d/%d completed cleanly; max downtime %d ms, max client gap %d ms (median %s ms / %s ms)",
+			f.Clean, f.Runs, maxDown, maxGap, fmtNum("%.0f", f.DowntimeMs), fmtNum("%.0f", f.ClientGapMs))
+		if len(bad) > 0 {
+			c.Detail += "; " + strings.Join(bad, "; ")
+		}
+	}
+	out = append(out, c)
+	// idle and half: Ferry ≤ libvirt
+	for _, sc := range []string{"idle", "half"} {
+		for _, m := range []struct {
+			what, unit string
+			get        func(Row) F
+			scale      float64
+			format     string
+		}{
+			{"median total", "s", func(r Row) F { return r.TotalMs }, 1000, "%.2f"},
+			{"median downtime", "ms", func(r Row) F { return r.DowntimeMs }, 1, "%.0f"},
+		} {
+			c := Check{Name: fmt.Sprintf("%s: Ferry %s ≤ libvirt's", sc, m.what)}
+			f, okF := row(sc, "ferry")
+			l, okL := row(sc, "libvirt")
+			switch {
+			case !okF || !okL:
+				c.Result, c.Detail = "N/A", "Ferry or libvirt not measured in "+sc
+				out = append(out, c)
+				continue
+			}
+			fv, lv := m.get(f), m.get(l)
+			c.Detail = fmt.Sprintf("Ferry %s %s (%d/%d completed) vs libvirt %s %s (%d/%d completed)",
+				fmtNum(m.format, fv/F(m.scale)), m.unit, f.Completed, f.Runs, fmtNum(m.format, lv/F(m.scale)), m.unit, l.Completed, l.Runs)
+			switch {
+			case math.IsNaN(float64(fv)):
+				c.Result = "FAIL" // Ferry completed nothing
+			case math.IsNaN(float64(lv)):
+				c.Result = "PASS" // libvirt completed nothing, Ferry did
+			case fv <= lv:
+				c.Result = "PASS"
+			default:
+				c.Result = "FAIL"
+			}
+			if c.Result != "N/A" && !math.IsNaN(float64(fv)) && !math.IsNaN(float64(lv)) && lv > 0 {
+				c.Detail += fmt.Sprintf(", ratio %.2f", float64(fv/lv))
+			}
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 func appendUnique(xs []string, s string) []string {
@@ -184,11 +389,26 @@ func fmtNum(format string, v F) string {
 // Markdown writes the summary as Markdown tables.
 func (s Summary) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "# Live-migration benchmark: Ferry vs plain QEMU defaults vs libvirt\n\n")
-	for _, k := range []string{"started", "runs", "capSeconds", "guest", "ferryStrategy", "host"} {
+	for _, k := range []string{"started", "runs", "capSeconds", "guest", "ferryStrategy", "warmup", "host", "ferryBinary"} {
 		if v, ok := s.Meta[k]; ok {
 			fmt.Fprintf(w, "- %s: %v\n", k, v)
 		}
 	}
+	fmt.Fprint(w, "\n## Scenarios\n\n")
+	for _, ss := range s.Scenarios {
+		sc := ss.Scenario
+		load := "no dirtier (`ferry.dirty=0:0`)"
+		if sc.DirtyMiBps > 0 {
+			load = fmt.Sprintf("dirtier over a %d MiB working set at %d MiB/s asked (`ferry.dirty=%d:%d`)", sc.WSSMiB, sc.DirtyMiBps, sc.WSSMiB, sc.DirtyMiBps)
+		}
+		link := "link unshaped"
+		if sc.ShapedMiBps > 0 {
+			link = fmt.Sprintf("link shaped to %.0f MiB/s", sc.ShapedMiBps)
+		}
+		fmt.Fprintf(w, "- `%s`: %s; %s, one TCP stream measured %s MiB/s; plot `remaining-%s.svg`\n",
+			sc.Name, load, link, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.Name)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "\nTimes are medians over completed runs (total and downtime as each system reports them; "+
 		"client gap = longest silence on the guest's 2 ms TCP counter stream seen from the client namespace). "+
 		"Bytes: median over all runs. Bound = non-zero guest memory ÷ measured host-to-host bandwidth.\n\n")
@@ -227,6 +447,15 @@ func (s Summary) Markdown(w io.Writer) {
 			r("total_ferry/libvirt"), r("total_ferry/qemu"), r("downtime_ferry/libvirt"), r("downtime_ferry/qemu"),
 			r("gap_ferry/libvirt"), r("gap_ferry/qemu"), r("bytes_ferry/libvirt"), r("bytes_ferry/qemu"), r("total_ferry/bound"))
 	}
+	s.predictionMarkdown(w)
+	if len(s.Checks) > 0 {
+		fmt.Fprint(w, "\n## Requirement checks\n\n")
+		fmt.Fprintln(w, "```")
+		for _, c := range s.Checks {
+			fmt.Fprintln(w, c.Line())
+		}
+		fmt.Fprintln(w, "```")
+	}
 	var notes []string
 	for _, ss := range s.Scenarios {
 		if ss.RatesDiffer {
@@ -243,3 +472,126 @@ func (s Summary) Markdown(w io.Writer) {
 		fmt.Fprintln(w, strings.Join(notes, "\n"))
 	}
 }
+
+// predictionMarkdown writes the "Prediction accuracy" section.
+func (s Summary) predictionMarkdown(w io.Writer) {
+	var has bool
+	for _, ss := range s.Scenarios {
+		has = has || ss.Prediction != nil
+	}
+	if !has {
+		return
+	}
+	fmt.Fprintln(w, "\n## Prediction accuracy (Ferry)")
+	fmt.Fprintf(w, "\nRight before every measured Ferry run the harness runs `ferry migrate VM --to h2 --dry-run -o json` "+
+		"with the same flags and takes the prediction of the strategy the run uses (the plan's choice under auto). "+
+		"Error = (predicted − actual) ÷ actual total time (`totalMs`, which excludes the planning measurement); "+
+		"+ means Ferry predicted too long. A scenario is within tolerance when the median |error| is ≤ %d %%. "+
+		"\"report's own\" is the `predicted` in the migration's report (it measures and plans again when it starts).\n\n", PredictionTolerancePct)
+	fmt.Fprintf(w, "| scenario | runs | dry-run choice | strategy run | predicted total s | actual total s | median abs error | median error | within ±%d %% | runs within | predicted / actual downtime ms | report's own: median abs error | bandwidth source (dry run) |\n", PredictionTolerancePct)
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, ss := range s.Scenarios {
+		p := ss.Prediction
+		if p == nil {
+			continue
+		}
+		within := "no"
+		if p.Within {
+			within = "yes"
+		}
+		if p.Runs == 0 {
+			within = "—"
+		}
+		runs := fmt.Sprintf("%d", p.Runs)
+		if p.Missing > 0 {
+			runs += fmt.Sprintf(" (+%d without prediction)", p.Missing)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %d/%d | %s / %s | %s | %s |\n", ss.Scenario.Name, runs,
+			counts(p.Choices), counts(p.Ran), fmtNum("%.2f", p.PredictedTotalMs/1000), fmtNum("%.2f", p.ActualTotalMs/1000),
+			fmtNum("%.0f %%", p.MedianAbsErrorPct), fmtNum("%+.0f %%", p.MedianErrorPct), within, p.RunsWithin, p.Runs,
+			fmtNum("%.0f", p.PredictedDowntimeMs), fmtNum("%.0f", p.ActualDowntimeMs), fmtNum("%.0f %%", p.MedianAbsReportErrorPct),
+			counts(p.BandwidthSources))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Accuracy lines:")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "```")
+	for _, ss := range s.Scenarios {
+		if p := ss.Prediction; p != nil {
+			fmt.Fprintln(w, p.Line(ss.Scenario.Name))
+		}
+	}
+	fmt.Fprintln(w, "```")
+	fmt.Fprintln(w, "\nThe first migration on a fresh server has no learned rate: the planner then uses its 0.5 s TCP link probe, "+
+		"which measures raw TCP between the hosts — far faster than what QEMU's migration thread reaches under TCG "+
+		"(unshaped veth: GB/s vs a few hundred MiB/s), so that first prediction is too short. The server learns the rate "+
+		"from finished pre-copy migrations (not post-copy ones). The harness's `-warmup` (on by default) therefore runs one "+
+		"unmeasured Ferry migration per shaping setting before the measured runs; those are not in any figure above "+
+		"(they are in `warmup/`).")
+	if ws, ok := s.Meta["warmupRuns"]; ok {
+		if lines := stringList(ws); len(lines) > 0 {
+			fmt.Fprintln(w, "\nWarm-up migrations (unmeasured):")
+			fmt.Fprintln(w)
+			for _, l := range lines {
+				fmt.Fprintf(w, "- %s\n", l)
+			}
+		}
+	}
+}
+
+// Line is the scenario's prediction accuracy as one line of text.
+func (p PredictionSummary) Line(scenario string) string {
+	if p.Runs == 0 {
+		return fmt.Sprintf("%s: no Ferry run with a prediction (%d without)", scenario, p.Missing)
+	}
+	verdict := "within"
+	if !p.Within {
+		verdict = "NOT within"
+	}
+	return fmt.Sprintf("%s: median |error| of total %s (%s ±%d %%; median error %s, %d/%d runs within), predicted %s s vs actual %s s; chosen: %s",
+		scenario, fmtNum("%.0f %%", p.MedianAbsErrorPct), verdict, PredictionTolerancePct, fmtNum("%+.0f %%", p.MedianErrorPct),
+		p.RunsWithin, p.Runs, fmtNum("%.2f", p.PredictedTotalMs/1000), fmtNum("%.2f", p.ActualTotalMs/1000), counts(p.Choices))
+}
+
+// counts renders a histogram as "a ×2, b" in key order.
+func counts(m map[string]int) string {
+	if len(m) == 0 {
+		return "—"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var parts []string
+	for _, k := range keys {
+		if m[k] > 1 {
+			parts = append(parts, fmt.Sprintf("%s ×%d", k, m[k]))
+		} else {
+			parts = append(parts, k)
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// stringList returns v as strings ([]string, or []any after a JSON round
+// trip).
+func stringList(v any) []string {
+	switch l := v.(type) {
+	case []string:
+		return l
+	case []any:
+		var out []string
+		for _, x := range l {
+			if s, ok := x.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// StringList is stringList for the harness (meta values after a JSON round
+// trip).
+func StringList(v any) []string { return stringList(v) }

@@ -31,6 +31,47 @@ type Migration struct {
 	Error string `json:"error,omitempty"`
 	// Raw is the system's final report as it printed it.
 	Raw json.RawMessage `json:"raw,omitempty"`
+
+	// Ferry only (from its report): the strategy that ran, the report's
+	// own prediction (the migration plans again when it starts), the
+	// planning time (outside TotalMs), the post-copy phase and its pause,
+	// and the adaptive controller's decisions.
+	Strategy         string     `json:"strategy,omitempty"`
+	Predicted        *Predicted `json:"predicted,omitempty"`
+	BandwidthSource  string     `json:"bandwidthSource,omitempty"`
+	PlanningMs       int64      `json:"planningMs,omitempty"`
+	PostcopyMs       int64      `json:"postcopyMs,omitempty"`
+	PostcopyPausedMs int64      `json:"postcopyPausedMs,omitempty"`
+	Decisions        []string   `json:"decisions,omitempty"`
+}
+
+// Predicted is one strategy's forecast (Ferry's StrategyPrediction).
+type Predicted struct {
+	Strategy   string `json:"strategy"`
+	Converges  bool   `json:"converges"`
+	TotalMs    int64  `json:"totalMs"`
+	DowntimeMs int64  `json:"downtimeMs"`
+	Bytes      int64  `json:"bytes,omitempty"`
+}
+
+// DryRun is `ferry migrate VM --to H --dry-run -o json`, run with the same
+// flags just before the measured migration.
+type DryRun struct {
+	// Choice is the plan's choice (auto); Predicted the prediction of the
+	// strategy the real run uses (the choice, or the -strategy given).
+	Choice    string     `json:"choice"`
+	Predicted *Predicted `json:"predicted,omitempty"`
+	// The plan's inputs.
+	BandwidthMiBps  float64 `json:"bandwidthMibps"`
+	BandwidthSource string  `json:"bandwidthSource"`
+	DirtyRateMiBps  float64 `json:"dirtyRateMibps"`
+	NonZeroBytes    int64   `json:"nonZeroBytes"`
+	// WallMs is how long the dry run took.
+	WallMs int64 `json:"wallMs"`
+	// Error is why there is no prediction.
+	Error string `json:"error,omitempty"`
+	// Plan is the dry run's output as printed.
+	Plan json.RawMessage `json:"plan,omitempty"`
 }
 
 // Completed reports whether the migration finished.
@@ -86,9 +127,37 @@ type Run struct {
 	AchievedMiBps float64   `json:"achievedMiBps"`
 	WindowMiBps   float64   `json:"windowMiBps"`
 	Migration     Migration `json:"migration"`
+	// DryRun is the system's prediction made just before the migration
+	// (Ferry only).
+	DryRun *DryRun `json:"dryRun,omitempty"`
 	// Error is why the harness could not complete the run (boot failure,
 	// unreachable guest...), separate from a failed migration.
 	Error string `json:"error,omitempty"`
+}
+
+// TotalErrorPct is the dry run's predicted total time relative to the
+// actual one, in percent (+ = predicted too long); false when the run has
+// no prediction or did not complete.
+func (r Run) TotalErrorPct() (float64, bool) {
+	if r.DryRun == nil || r.DryRun.Predicted == nil || r.DryRun.Predicted.TotalMs <= 0 ||
+		r.Error != "" || !r.Migration.Completed() || r.Migration.TotalMs <= 0 {
+		return 0, false
+	}
+	return pctError(r.DryRun.Predicted.TotalMs, r.Migration.TotalMs), true
+}
+
+// ReportTotalErrorPct is the same for the migration report's own
+// prediction (made when the migration started).
+func (r Run) ReportTotalErrorPct() (float64, bool) {
+	p := r.Migration.Predicted
+	if p == nil || p.TotalMs <= 0 || r.Error != "" || !r.Migration.Completed() || r.Migration.TotalMs <= 0 {
+		return 0, false
+	}
+	return pctError(p.TotalMs, r.Migration.TotalMs), true
+}
+
+func pctError(predicted, actual int64) float64 {
+	return (float64(predicted) - float64(actual)) / float64(actual) * 100
 }
 
 // OK reports whether the run completed cleanly: migrated, no reboot,
