@@ -251,12 +251,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	s.runs[id] = r
 	s.runsMu.Unlock()
 	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
-	go s.drive(r, vm, src, dst, prevState(vm.State))
+	go s.drive(r, vm, src, dst, vm.State)
 	return r, plan, nil
 }
-
-// prevState is the VM state to restore on rollback.
-func prevState(s string) string { return s }
 
 // checkRoom verifies the destination can hold the VM.
 func (s *Server) checkRoom(ctx context.Context, vm *ferryv1.VM, dst *ferryv1.Host) error {

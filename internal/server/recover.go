@@ -38,9 +38,9 @@ func (s *Server) RecoverMigrations(ctx context.Context) error {
 		r := &run{m: m, cancel: make(chan struct{}), started: m.StartedAt.AsTime()}
 		d := &driver{s: s, r: r, vm: vm, src: s.agents.get(src.Address), dst: s.agents.get(dst.Address),
 			prevState: "running", outgoingStarted: true, transferStart: m.StartedAt.AsTime()}
-		if m.Strategy == "cold" {
-			d.prevState = "running"
-		}
+		// The CAS is the commit: a server that died between the CAS and
+		// persisting "resuming" left the owner already moved.
+		ownerMoved := vm.Host == m.To && vm.MigrationId == m.Id
 		s.runsMu.Lock()
 		s.runs[m.Id] = r
 		s.runsMu.Unlock()
@@ -53,6 +53,15 @@ func (s *Server) RecoverMigrations(ctx context.Context) error {
 			}()
 			rctx := context.Background()
 			switch {
+			case st == migration.Switchover && ownerMoved:
+				if d.step(migration.EvCommitted, "recovering after a control-plane restart: the owner CAS had succeeded") != nil {
+					return
+				}
+				if m.Strategy == "cold" {
+					d.coldForward(rctx, time.Now())
+				} else {
+					d.forward(rctx)
+				}
 			case st == migration.RollingBack:
 				d.undo(rctx, errRestarted)
 			case st == migration.Unswitching:

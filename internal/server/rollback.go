@@ -26,7 +26,6 @@ func (d *driver) rollback(ctx context.Context, cause error) {
 
 // undo does the rolling back (state RollingBack) and ends the migration.
 func (d *driver) undo(ctx context.Context, cause error) {
-	m := d.r.snapshot(false)
 	var problems []string
 	if d.isCold() {
 		if d.prevState == "running" {
@@ -34,7 +33,7 @@ func (d *driver) undo(ctx context.Context, cause error) {
 				problems = append(problems, err.Error())
 			}
 		}
-	} else if d.outgoingStarted || m.State == string(migration.RollingBack) {
+	} else {
 		err := retry(ctx, 30*time.Second, func(c context.Context) error {
 			_, err := d.src.mig.CancelOutgoing(c, d.stepReq())
 			if connect.CodeOf(err) == connect.CodeFailedPrecondition && !d.outgoingStarted {

@@ -315,3 +315,29 @@ func TestColdMigration(t *testing.T) {
 	}
 	c.waitNoLeftovers("h1", name, 15*time.Second)
 }
+
+// TestServerRestartMidMigrationRollsBack: the control plane dies (SIGKILL)
+// while RAM moves; the restarted server finds the migration in etcd short
+// of its commit and rolls it back: the VM runs on h1 with the same boot,
+// nothing is left on h2, the migration is failed with the reason.
+func TestServerRestartMidMigrationRollsBack(t *testing.T) {
+	c, boot, m, obs := failureSetup(t, "srvdie", "198.19.0.39")
+	server := c.process("server")
+	if err := syscall.Kill(server.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, server.PID, 10*time.Second)
+	t.Logf("killed the server (pid %d) mid-transfer", server.PID)
+	if _, err := c.c.StartProcess("", filepath.Join(c.dir, "logs", "server.log"), server.Argv); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.c.WaitHostsReady(ctxT(t, time.Minute), 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	m, _ = c.waitFinal(m.Id, 60*time.Second)
+	checkFailed(t, m, "failed")
+	if !strings.Contains(m.Error, "restarted") {
+		t.Errorf("error %q does not say the control plane restarted", m.Error)
+	}
+	c.checkRolledBack("srvdie", "198.19.0.39", boot, obs)
+}
