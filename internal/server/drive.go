@@ -56,13 +56,6 @@ func (d *driver) stepReq() *connect.Request[ferryv1.MigrationStepRequest] {
 	return connect.NewRequest(&ferryv1.MigrationStepRequest{Name: d.name(), MigrationId: d.id()})
 }
 
-// state returns the machine's current state.
-func (d *driver) state() migration.State {
-	d.r.mu.Lock()
-	defer d.r.mu.Unlock()
-	return migration.State(d.r.m.State)
-}
-
 // step advances the state machine and persists the new state before the
 // caller acts on it.
 func (d *driver) step(ev migration.Event, msg string) error {
@@ -82,13 +75,16 @@ func (d *driver) step(ev migration.Event, msg string) error {
 		return err
 	}
 	d.s.log.Info("migration step", "id", d.id(), "vm", d.name(), "state", next, "msg", msg)
-	d.save()
+	d.save(next.Terminal())
 	return nil
 }
 
-// save persists the migration record (with samples).
-func (d *driver) save() {
-	m := d.r.snapshot(true)
+// save persists the migration record. The per-sample series is written
+// only with the final record: while the migration runs, readers get it
+// from memory, and rewriting it every second would grow each etcd write
+// with the migration's length.
+func (d *driver) save(withSamples bool) {
+	m := d.r.snapshot(withSamples)
 	m.UpdatedAt = timestamppb.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -293,7 +289,7 @@ func (d *driver) transfer(ctx context.Context) error {
 			}
 		}
 		if now.Sub(d.r.lastSave) > time.Second {
-			d.save()
+			d.save(false)
 		}
 	}
 }

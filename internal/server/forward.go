@@ -197,7 +197,7 @@ func (d *driver) fail(err error) {
 	d.r.m.Status = "failed"
 	d.r.event(d.r.m.State, err.Error())
 	d.r.mu.Unlock()
-	d.save()
+	d.save(true)
 }
 
 // unswitch moves the owner back to the source after the point of no

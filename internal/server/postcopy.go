@@ -85,7 +85,7 @@ func (d *driver) finishPostcopy(ctx context.Context) error {
 			}
 		}
 		if now.Sub(d.r.lastSave) > time.Second {
-			d.save()
+			d.save(false)
 		}
 	}
 }
