@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
@@ -76,7 +77,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *ferryv1.StartOutgoingReq
 		DowntimeLimit: qmp.Ptr(req.DowntimeLimitMs),
 		// The cap applies to the post-copy phase too (QEMU's default there
 		// is unlimited).
-		MaxPostcopyBandwidth: qmp.Ptr(req.MaxBandwidthBytes),
+		MaxPostcopyBandwidth: qmp.Ptr(cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes)),
 	}
 	if req.MultifdChannels > 1 {
 		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))

@@ -158,6 +158,7 @@ func (d *driver) live(ctx context.Context) {
 		Name: d.name(), MigrationId: d.id(), Uri: prep.Msg.Uri,
 		MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: m.Options.MultifdChannels,
 		Postcopy: usePostcopy, AutoConverge: throttle, ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
+		MaxPostcopyBandwidthBytes: postcopyBandwidth(m, bw),
 	}))
 	cancel()
 	if err != nil {
@@ -299,6 +300,17 @@ func orUnknown(s string) string {
 		return "no reason given"
 	}
 	return s
+}
+
+// postcopyBandwidth caps post-copy's background stream at 80% of the link
+// the planner measured (or of --bandwidth), so pages the running guest
+// faults in do not wait behind a full queue of background pages.
+func postcopyBandwidth(m *ferryv1.Migration, capBytes int64) int64 {
+	link := float64(capBytes)
+	if in := m.GetPlan().GetInputs(); in != nil && in.BandwidthMibps > 0 {
+		link = min(link, in.BandwidthMibps*(1<<20))
+	}
+	return int64(link * 0.8)
 }
 
 // qemuDowntimeLimit is QEMU's downtime-limit: the target less what the

@@ -1929,8 +1929,12 @@ type StartOutgoingRequest struct {
 	AutoConverge      bool  `protobuf:"varint,8,opt,name=auto_converge,json=autoConverge,proto3" json:"auto_converge,omitempty"`
 	ThrottleInitial   int32 `protobuf:"varint,9,opt,name=throttle_initial,json=throttleInitial,proto3" json:"throttle_initial,omitempty"`
 	ThrottleIncrement int32 `protobuf:"varint,10,opt,name=throttle_increment,json=throttleIncrement,proto3" json:"throttle_increment,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// max_postcopy_bandwidth_bytes caps post-copy's background stream
+	// (bytes/s) so demand-faulted pages do not queue behind it; 0 = the same
+	// as max_bandwidth_bytes.
+	MaxPostcopyBandwidthBytes int64 `protobuf:"varint,11,opt,name=max_postcopy_bandwidth_bytes,json=maxPostcopyBandwidthBytes,proto3" json:"max_postcopy_bandwidth_bytes,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *StartOutgoingRequest) Reset() {
@@ -2029,6 +2033,13 @@ func (x *StartOutgoingRequest) GetThrottleInitial() int32 {
 func (x *StartOutgoingRequest) GetThrottleIncrement() int32 {
 	if x != nil {
 		return x.ThrottleIncrement
+	}
+	return 0
+}
+
+func (x *StartOutgoingRequest) GetMaxPostcopyBandwidthBytes() int64 {
+	if x != nil {
+		return x.MaxPostcopyBandwidthBytes
 	}
 	return 0
 }
@@ -2832,7 +2843,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
 	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"+\n" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
-	"\x03uri\x18\x01 \x01(\tR\x03uri\"\x81\x03\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\"\xc2\x03\n" +
 	"\x14StartOutgoingRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
@@ -2844,7 +2855,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\rauto_converge\x18\b \x01(\bR\fautoConverge\x12)\n" +
 	"\x10throttle_initial\x18\t \x01(\x05R\x0fthrottleInitial\x12-\n" +
 	"\x12throttle_increment\x18\n" +
-	" \x01(\x05R\x11throttleIncrement\">\n" +
+	" \x01(\x05R\x11throttleIncrement\x12?\n" +
+	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\">\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\"\xa1\x01\n" +
