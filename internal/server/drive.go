@@ -59,6 +59,14 @@ func (d *driver) stepReq() *connect.Request[ferryv1.MigrationStepRequest] {
 // step advances the state machine and persists the new state before the
 // caller acts on it.
 func (d *driver) step(ev migration.Event, msg string) error {
+	return d.advance(ev, msg, true)
+}
+
+// advance is step with the persisting optional: inside the guest's pause
+// (pre-switchover → commit → continue) the only write is the owner CAS on
+// the VM record, which is itself the persisted commit point (recovery
+// reads it); the migration record follows right after the continue.
+func (d *driver) advance(ev migration.Event, msg string, persist bool) error {
 	d.r.mu.Lock()
 	next, err := migration.Step(migration.State(d.r.m.State), ev, d.isCold())
 	if err == nil {
@@ -75,7 +83,9 @@ func (d *driver) step(ev migration.Event, msg string) error {
 		return err
 	}
 	d.s.log.Info("migration step", "id", d.id(), "vm", d.name(), "state", next, "msg", msg)
-	d.save(next.Terminal())
+	if persist {
+		d.save(next.Terminal())
+	}
 	return nil
 }
 
@@ -175,7 +185,7 @@ func (d *driver) live(ctx context.Context) {
 		d.rollback(ctx, err)
 		return
 	}
-	if err := d.step(migration.EvPreSwitchover, "source paused with the last RAM sent; switching the owner"); err != nil {
+	if err := d.advance(migration.EvPreSwitchover, "source paused with the last RAM sent; switching the owner", false); err != nil {
 		return
 	}
 	if d.r.cancelled() {
@@ -186,7 +196,7 @@ func (d *driver) live(ctx context.Context) {
 		d.rollback(ctx, fmt.Errorf("ownership compare-and-swap: %w", err))
 		return
 	}
-	if err := d.step(migration.EvCommitted, "owner is now "+m.To+" (generation CAS succeeded)"); err != nil {
+	if err := d.advance(migration.EvCommitted, "owner is now "+m.To+" (generation CAS succeeded)", false); err != nil {
 		return
 	}
 	d.forward(ctx)

@@ -24,17 +24,19 @@ func (d *driver) forward(ctx context.Context) {
 		d.unswitch(ctx, fmt.Errorf("arm the destination's resume: %w", armed))
 		return
 	}
-	if err := retry(ctx, 30*time.Second, func(c context.Context) error {
+	err := retry(ctx, 30*time.Second, func(c context.Context) error {
 		_, err := d.src.mig.ContinueOutgoing(c, d.stepReq())
 		return err
-	}); err != nil {
+	})
+	d.save(false) // the switchover and commit steps, now that the guest's pause is over
+	if err != nil {
 		if d.destNeverRan(ctx) {
 			d.unswitch(ctx, fmt.Errorf("send the device state (migrate-continue): %w", err))
 			return
 		}
 	}
 	var inc *ferryv1.IncomingStatus
-	err := retry(ctx, 2*time.Minute, func(c context.Context) error {
+	err = retry(ctx, 2*time.Minute, func(c context.Context) error {
 		resp, err := d.dst.mig.FinishIncoming(c, d.stepReq())
 		if err == nil {
 			inc = resp.Msg.Status

@@ -53,7 +53,18 @@ func (s *Server) RecoverMigrations(ctx context.Context) error {
 			}()
 			rctx := context.Background()
 			switch {
-			case st == migration.Switchover && ownerMoved:
+			case (st == migration.Transferring || st == migration.Switchover || st == migration.Copying) && ownerMoved:
+				// The switchover steps are persisted after the guest's pause;
+				// the owner record says the CAS happened.
+				if st != migration.Switchover {
+					ev := migration.EvPreSwitchover
+					if m.Strategy == "cold" {
+						ev = migration.EvCopied
+					}
+					if d.advance(ev, "recovering after a control-plane restart", false) != nil {
+						return
+					}
+				}
 				if d.step(migration.EvCommitted, "recovering after a control-plane restart: the owner CAS had succeeded") != nil {
 					return
 				}
