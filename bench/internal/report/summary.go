@@ -408,7 +408,6 @@ func (s Summary) Markdown(w io.Writer) {
 		fmt.Fprintf(w, "- `%s`: %s; %s, one TCP stream measured %s MiB/s; plot `remaining-%s.svg`\n",
 			sc.Name, load, link, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.Name)
 	}
-	fmt.Fprintln(w)
 	fmt.Fprintf(w, "\nTimes are medians over completed runs (total and downtime as each system reports them; "+
 		"client gap = longest silence on the guest's 2 ms TCP counter stream seen from the client namespace). "+
 		"Bytes: median over all runs. Bound = non-zero guest memory ÷ measured host-to-host bandwidth.\n\n")
