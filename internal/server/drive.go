@@ -358,6 +358,13 @@ func (d *driver) steer(ctx context.Context, out *ferryv1.OutgoingStatus) error {
 	case planner.StartPostcopy:
 		return d.startPostcopy(ctx, act.Reason)
 	case planner.Abort:
+		// With QEMU throttling, give up only once the throttle is at its
+		// maximum: until then the controller's view of a round is noisy
+		// and QEMU is still slowing the guest down.
+		if strategy == "converge" && out.ThrottlePercent < 99 {
+			d.decide("wait", fmt.Sprintf("not aborting yet: QEMU's throttle is %d%%, below its 99%% maximum", out.ThrottlePercent))
+			return nil
+		}
 		return fmt.Errorf("the migration cannot finish within policy: %s", act.Reason)
 	}
 	return nil

@@ -144,3 +144,30 @@ func TestPostcopyRecoversFromLinkBreak(t *testing.T) {
 		t.Errorf("the stream lost or repeated counters: %v", first(stream.anomalies, 5))
 	}
 }
+
+// TestHybridSwitchesToPostcopy: with throttling forbidden and pre-copy not
+// converging over a capped link, the adaptive controller switches to
+// post-copy, logs why, and the migration finishes with the same boot.
+func TestHybridSwitchesToPostcopy(t *testing.T) {
+	c := upCluster(t, 2)
+	const name, ip = "hyb", "198.19.0.55"
+	boot := c.bootGuest(name, ip, "64:24")
+	m, wall := c.mustMigrateWait(name, "h2", "--strategy", "hybrid", "--no-throttle", "--bandwidth", "16")
+	logReport(t, "hybrid", m, wall)
+	if m.Status != "completed" {
+		t.Fatalf("hybrid: status %s: %s", m.Status, m.Error)
+	}
+	switched := false
+	for _, d := range m.Decisions {
+		t.Logf("decision +%d ms %s: %s", d.TMs, d.Action, d.Reason)
+		if d.Action == "start-postcopy" && d.Reason != "" {
+			switched = true
+		}
+	}
+	if !switched || m.PostcopyMs <= 0 {
+		t.Errorf("hybrid did not switch to post-copy (decisions %v, postcopyMs %d)", m.Decisions, m.PostcopyMs)
+	}
+	if got := c.bootID(ip, 10*time.Second); got != boot {
+		t.Errorf("boot_id changed: %s -> %s", boot, got)
+	}
+}
