@@ -17,6 +17,7 @@ import (
 	"github.com/ferryvm/ferry/internal/etcdembed"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/spec"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // TestVMLifecycle drives one VM through the real CLI, server, agent and
@@ -81,7 +82,18 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("boot_id changed across agent restart: %v -> %v", bootID, st["boot_id"])
 	}
 	// The reattached agent still controls the VM: its QMP works.
-	if out := c.mustFerry("host", "list", "-o", "json"); !strings.Contains(out, `"qemuStatus": "running"`) {
+	out := c.mustFerry("host", "list", "-o", "json")
+	hl := &ferryv1.ListHostsResponse{}
+	if err := protojson.Unmarshal([]byte(out), hl); err != nil {
+		t.Fatalf("decode host list: %v\n%s", err, out)
+	}
+	qmpOK := false
+	for _, h := range hl.Hosts {
+		for _, st := range h.Vms {
+			qmpOK = qmpOK || (st.Name == "life" && st.QemuStatus == "running")
+		}
+	}
+	if !qmpOK {
 		t.Fatalf("reattached agent does not report QMP status running:\n%s", out)
 	}
 
