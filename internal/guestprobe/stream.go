@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/ferryvm/ferry/guest/guestapi"
 )
 
 // StreamStats is what a Stream has seen so far.
@@ -163,24 +165,13 @@ func (s *Stream) Close() StreamStats {
 	return s.Stats()
 }
 
-// Status is the guest's GET /status (the fields Ferry's tools read).
-type Status struct {
-	BootID        string  `json:"boot_id"`
-	UptimeS       float64 `json:"uptime_s"`
-	StreamClients int     `json:"stream_clients"`
-	WSSMiB        float64 `json:"wss_mib"`
-	RateMiBps     float64 `json:"rate_mibps"`
-	PagesDirtied  int64   `json:"pages_dirtied"`
-	AchievedMiBps float64 `json:"achieved_mibps"`
-	DirtyState    string  `json:"dirty_state"`
-	LastSeq       int64   `json:"last_seq"`
-	IP            string  `json:"ip"`
-}
+// Status is the guest's GET /status (its contract lives in guestapi).
+type Status = guestapi.Status
 
 // GetStatus fetches http://ip:8080/status with client.
 func GetStatus(ctx context.Context, client *http.Client, ip string) (Status, error) {
 	var st Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, "8080")+"/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, strconv.Itoa(guestapi.HTTPPort))+"/status", nil)
 	if err != nil {
 		return st, err
 	}

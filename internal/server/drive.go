@@ -236,16 +236,7 @@ func (d *driver) transfer(ctx context.Context) error {
 		if d.r.cancelled() {
 			return errCancelled
 		}
-		// A long poll: the agent answers at once when QEMU's status moves
-		// (pre-switchover above all), else after 100 ms with progress.
-		req := d.stepReq()
-		req.Msg.WaitMs = 100
-		if d.lastOut != nil {
-			req.Msg.KnownStatus = d.lastOut.Status
-		}
-		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		resp, err := d.src.mig.QueryOutgoing(qctx, req)
-		cancel()
+		resp, err := d.pollSource(ctx, 100*time.Millisecond)
 		now := time.Now()
 		if err != nil {
 			if srcDownSince.IsZero() {
@@ -331,6 +322,20 @@ func qemuDowntimeLimit(m *ferryv1.Migration) int64 {
 		return p.DowntimeLimitMs
 	}
 	return m.Options.MaxDowntimeMs
+}
+
+// pollSource is a long poll of the source: the agent answers at once when
+// QEMU's migration status moves (pre-switchover above all), else after
+// wait with the current progress.
+func (d *driver) pollSource(ctx context.Context, wait time.Duration) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+	req := d.stepReq()
+	req.Msg.WaitMs = wait.Milliseconds()
+	if d.lastOut != nil {
+		req.Msg.KnownStatus = d.lastOut.Status
+	}
+	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	return d.src.mig.QueryOutgoing(qctx, req)
 }
 
 // steer applies the strategy while RAM moves: post-copy switches after the

@@ -24,14 +24,7 @@ func (d *driver) finishPostcopy(ctx context.Context) error {
 	lastProgress := time.Now()
 	nextRecovery := time.Time{}
 	for {
-		req := d.stepReq()
-		req.Msg.WaitMs = 200
-		if d.lastOut != nil {
-			req.Msg.KnownStatus = d.lastOut.Status
-		}
-		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		resp, err := d.src.mig.QueryOutgoing(qctx, req)
-		cancel()
+		resp, err := d.pollSource(ctx, 200*time.Millisecond)
 		now := time.Now()
 		if err != nil {
 			time.Sleep(200 * time.Millisecond)

@@ -2,15 +2,14 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/ferryvm/ferry/guest/guestapi"
+	"github.com/ferryvm/ferry/internal/guestprobe"
 	"github.com/ferryvm/ferry/internal/netnsutil"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/spec"
@@ -61,25 +60,9 @@ func newProber(clientNS string) *prober {
 	return &prober{ns: clientNS, http: c}
 }
 
-// status fetches the guest's full GET /status.
+// status fetches the guest's GET /status.
 func (p *prober) status(ctx context.Context, ip string) (guestapi.Status, error) {
-	var st guestapi.Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(ip, strconv.Itoa(guestapi.HTTPPort))+"/status", nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := p.http.Do(req)
-	if err != nil {
-		return st, fmt.Errorf("GET /status from guest %s: %w", ip, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("GET /status from guest %s: %s", ip, resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		return st, fmt.Errorf("decode /status from guest %s: %w", ip, err)
-	}
-	return st, nil
+	return guestprobe.GetStatus(ctx, p.http, ip)
 }
 
 // waitStatus polls status until it answers or timeout passes.
