@@ -275,10 +275,16 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	return h
 }
 
-func (a *Agent) lookup(name string) (*vm, error) {
+// find returns the VM called name, if this host has one.
+func (a *Agent) find(name string) (*vm, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	v, ok := a.vms[name]
+	return v, ok
+}
+
+func (a *Agent) lookup(name string) (*vm, error) {
+	v, ok := a.find(name)
 	if !ok {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("VM %q is not on host %s", name, a.cfg.Name))
 	}

@@ -319,9 +319,7 @@ func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*ferryv1.I
 // abortIncoming removes an arriving VM: QEMU, taps, directory. It refuses
 // once the VM runs here. Unknown VMs are not an error (idempotent).
 func (a *Agent) abortIncoming(name, id string) error {
-	a.mu.Lock()
-	v, ok := a.vms[name]
-	a.mu.Unlock()
+	v, ok := a.find(name)
 	if !ok {
 		return nil
 	}

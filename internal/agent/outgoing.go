@@ -302,9 +302,7 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string) (*ferryv1.V
 // finishOutgoing quits the source QEMU after a completed migration and
 // removes its taps and directory. Unknown VMs are not an error.
 func (a *Agent) finishOutgoing(ctx context.Context, name, id string) error {
-	a.mu.Lock()
-	v, ok := a.vms[name]
-	a.mu.Unlock()
+	v, ok := a.find(name)
 	if !ok {
 		return nil
 	}

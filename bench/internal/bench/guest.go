@@ -67,21 +67,7 @@ func (p *prober) status(ctx context.Context, ip string) (guestapi.Status, error)
 
 // waitStatus polls status until it answers or timeout passes.
 func (p *prober) waitStatus(ctx context.Context, ip string, timeout time.Duration) (guestapi.Status, error) {
-	deadline := time.Now().Add(timeout)
-	for {
-		st, err := p.status(ctx, ip)
-		if err == nil {
-			return st, nil
-		}
-		if time.Now().After(deadline) {
-			return st, fmt.Errorf("guest %s did not answer within %s: %w", ip, timeout, err)
-		}
-		select {
-		case <-ctx.Done():
-			return st, ctx.Err()
-		case <-time.After(300 * time.Millisecond):
-		}
-	}
+	return guestprobe.WaitStatus(ctx, p.http, ip, timeout)
 }
 
 // waitDirtying waits until the guest answers and its dirtier is in steady
