@@ -4,7 +4,36 @@
 # Usage: hack/deps.sh [extra-package ...]
 set -euo pipefail
 
-pkgs=(qemu-system-x86 qemu-utils busybox-static linux-image-cloud-amd64 iproute2 cpio kmod procps "$@")
+pkgs=(busybox-static linux-image-cloud-amd64 iproute2 cpio kmod procps "$@")
+# QEMU 10.0 is the platform (docs/design.md): Debian 13's, which Debian 12
+# takes from bookworm-backports. A machine already on Debian 13 has it in its
+# release.
+qemu_pkgs=(qemu-system-x86 qemu-utils)
+qemu_min=10.0
+
+qemu_ok() {
+	local v
+	for p in "${qemu_pkgs[@]}"; do
+		v=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null) || return 1
+		case "$v" in "install ok installed "*) ;; *) return 1 ;; esac
+		v=${v##* }; v=${v#*:}
+		[ "$(printf '%s\n%s\n' "$qemu_min" "$v" | sort -V | head -n1)" = "$qemu_min" ] || return 1
+	done
+}
+
+# add_backports makes bookworm-backports available from the Debian mirror
+# this machine already uses (only on Debian 12).
+add_backports() {
+	. /etc/os-release
+	[ "${VERSION_CODENAME:-}" = bookworm ] || return 0
+	local f=/etc/apt/sources.list.d/ferry-bookworm-backports.sources
+	[ -f "$f" ] && return 0
+	local uri
+	uri=$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+	[ -n "$uri" ] || uri=$(awk '$1=="deb" && $3 ~ /^bookworm$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+	[ -n "$uri" ] || { echo "hack/deps.sh: cannot find the Debian mirror in /etc/apt (debian.sources or sources.list)" >&2; exit 1; }
+	printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$uri" >"$f"
+}
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -19,6 +48,23 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	export DEBIAN_FRONTEND=noninteractive
 	apt-get update -qq
 	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! qemu_ok; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "hack/deps.sh: QEMU >= $qemu_min missing; run as root" >&2
+		exit 1
+	fi
+	echo "hack/deps.sh: installing QEMU $qemu_min (${qemu_pkgs[*]}, bookworm-backports on Debian 12)" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	add_backports
+	apt-get update -qq || true
+	. /etc/os-release
+	if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+		apt-get install -y -qq --no-install-recommends -t bookworm-backports "${qemu_pkgs[@]}" >/dev/null
+	else
+		apt-get install -y -qq --no-install-recommends "${qemu_pkgs[@]}" >/dev/null
+	fi
+	qemu_ok || { echo "hack/deps.sh: QEMU $qemu_min did not install ($(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null))" >&2; exit 1; }
 fi
 
 # Go: the machine image ships it in /usr/local/go; otherwise Debian's go plus

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
 	"log/slog"
 	"net"
 	"net/http"
@@ -144,8 +145,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		advertise = rpcaddr.URL(a.cfg.Listen, l)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(ferryv1connect.NewAgentServiceHandler(&service{a}))
-	mux.Handle(ferryv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
+	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}))
+	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()

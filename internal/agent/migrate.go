@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
-	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/revert"
@@ -71,7 +71,7 @@ func ts(t time.Time) *timestamppb.Timestamp {
 
 // prepareIncoming starts a paused QEMU for sp that waits for a migration
 // stream on this host's migration address, and returns its tcp: URI.
-func (a *Agent) prepareIncoming(ctx context.Context, req *ferryv1.PrepareIncomingRequest) (string, error) {
+func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomingRequest) (string, error) {
 	sp := req.GetSpec()
 	if sp == nil {
 		return "", connect.NewError(connect.CodeInvalidArgument, errors.New("spec: required"))
@@ -185,14 +185,14 @@ func (v *vm) watchIncoming(in *incoming) {
 	}
 }
 
-func (v *vm) incomingStatus() *ferryv1.IncomingStatus {
+func (v *vm) incomingStatus() *agentv1.IncomingStatus {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.incomingStatusLocked()
 }
 
-func (v *vm) incomingStatusLocked() *ferryv1.IncomingStatus {
-	st := &ferryv1.IncomingStatus{Vm: v.statusLocked()}
+func (v *vm) incomingStatusLocked() *agentv1.IncomingStatus {
+	st := &agentv1.IncomingStatus{Vm: v.statusLocked()}
 	st.QemuStatus = st.Vm.QemuStatus
 	if in := v.in; in != nil {
 		in.mu.Lock()
@@ -224,7 +224,7 @@ func (a *Agent) incomingFor(name, id string) (*vm, error) {
 // sets autostart, so the destination starts the instant its state is
 // complete — in pre-copy after the device state, in post-copy as soon as
 // the device state arrived — and never before it was armed.
-func (a *Agent) armResume(ctx context.Context, name, id string) (*ferryv1.IncomingStatus, error) {
+func (a *Agent) armResume(ctx context.Context, name, id string) (*agentv1.IncomingStatus, error) {
 	v, err := a.incomingFor(name, id)
 	if err != nil {
 		return nil, err
@@ -257,7 +257,7 @@ func (a *Agent) armResume(ctx context.Context, name, id string) (*ferryv1.Incomi
 
 // finishIncoming waits until the destination runs, announces it on the
 // network and adopts it as an ordinary VM of this host.
-func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*ferryv1.IncomingStatus, error) {
+func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*agentv1.IncomingStatus, error) {
 	v, err := a.lookup(name)
 	if err != nil {
 		return nil, err

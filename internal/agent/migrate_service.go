@@ -3,64 +3,64 @@ package agent
 import (
 	"context"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"time"
 
 	"connectrpc.com/connect"
-	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 )
 
-// migrationService implements ferryv1connect.MigrationAgentServiceHandler:
+// migrationService implements agentv1connect.MigrationAgentServiceHandler:
 // the steps of both sides of a migration, each idempotent.
 type migrationService struct{ a *Agent }
 
-func (s *migrationService) PrepareIncoming(ctx context.Context, req *connect.Request[ferryv1.PrepareIncomingRequest]) (*connect.Response[ferryv1.PrepareIncomingResponse], error) {
+func (s *migrationService) PrepareIncoming(ctx context.Context, req *connect.Request[agentv1.PrepareIncomingRequest]) (*connect.Response[agentv1.PrepareIncomingResponse], error) {
 	uri, err := s.a.prepareIncoming(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.PrepareIncomingResponse{Uri: uri}), nil
+	return connect.NewResponse(&agentv1.PrepareIncomingResponse{Uri: uri}), nil
 }
 
-func (s *migrationService) QueryIncoming(_ context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.IncomingStatusResponse], error) {
+func (s *migrationService) QueryIncoming(_ context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.IncomingStatusResponse], error) {
 	v, err := s.a.lookup(req.Msg.Name)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.IncomingStatusResponse{Status: v.incomingStatus()}), nil
+	return connect.NewResponse(&agentv1.IncomingStatusResponse{Status: v.incomingStatus()}), nil
 }
 
-func (s *migrationService) ArmResume(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.IncomingStatusResponse], error) {
+func (s *migrationService) ArmResume(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.IncomingStatusResponse], error) {
 	st, err := s.a.armResume(ctx, req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.IncomingStatusResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.IncomingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) FinishIncoming(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.IncomingStatusResponse], error) {
+func (s *migrationService) FinishIncoming(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.IncomingStatusResponse], error) {
 	st, err := s.a.finishIncoming(ctx, req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.IncomingStatusResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.IncomingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) AbortIncoming(_ context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.StepResponse], error) {
+func (s *migrationService) AbortIncoming(_ context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.StepResponse], error) {
 	if err := s.a.abortIncoming(req.Msg.Name, req.Msg.MigrationId); err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.StepResponse{}), nil
+	return connect.NewResponse(&agentv1.StepResponse{}), nil
 }
 
-func (s *migrationService) StartOutgoing(ctx context.Context, req *connect.Request[ferryv1.StartOutgoingRequest]) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+func (s *migrationService) StartOutgoing(ctx context.Context, req *connect.Request[agentv1.StartOutgoingRequest]) (*connect.Response[agentv1.OutgoingStatusResponse], error) {
 	st, err := s.a.startOutgoing(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.OutgoingStatusResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.OutgoingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) QueryOutgoing(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+func (s *migrationService) QueryOutgoing(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.OutgoingStatusResponse], error) {
 	v, out, err := s.a.outgoingFor(req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
@@ -72,57 +72,57 @@ func (s *migrationService) QueryOutgoing(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.OutgoingStatusResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.OutgoingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) ContinueOutgoing(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+func (s *migrationService) ContinueOutgoing(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.OutgoingStatusResponse], error) {
 	st, err := s.a.continueOutgoing(ctx, req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.OutgoingStatusResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.OutgoingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) CancelOutgoing(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.StepResponse], error) {
+func (s *migrationService) CancelOutgoing(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.StepResponse], error) {
 	st, err := s.a.cancelOutgoing(ctx, req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.StepResponse{Vm: st}), nil
+	return connect.NewResponse(&agentv1.StepResponse{Vm: st}), nil
 }
 
-func (s *migrationService) FinishOutgoing(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.StepResponse], error) {
+func (s *migrationService) FinishOutgoing(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.StepResponse], error) {
 	if err := s.a.finishOutgoing(ctx, req.Msg.Name, req.Msg.MigrationId); err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.StepResponse{}), nil
+	return connect.NewResponse(&agentv1.StepResponse{}), nil
 }
 
-func (s *migrationService) StartPostcopy(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+func (s *migrationService) StartPostcopy(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.OutgoingStatusResponse], error) {
 	st, err := s.a.startPostcopy(ctx, req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.OutgoingStatusResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.OutgoingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) RecoverIncoming(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.RecoverResponse], error) {
+func (s *migrationService) RecoverIncoming(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.RecoverResponse], error) {
 	uri, err := s.a.recoverIncoming(ctx, req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.RecoverResponse{Uri: uri}), nil
+	return connect.NewResponse(&agentv1.RecoverResponse{Uri: uri}), nil
 }
 
-func (s *migrationService) ResumeOutgoing(ctx context.Context, req *connect.Request[ferryv1.ResumeOutgoingRequest]) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+func (s *migrationService) ResumeOutgoing(ctx context.Context, req *connect.Request[agentv1.ResumeOutgoingRequest]) (*connect.Response[agentv1.OutgoingStatusResponse], error) {
 	st, err := s.a.resumeOutgoing(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.OutgoingStatusResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.OutgoingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) Measure(ctx context.Context, req *connect.Request[ferryv1.MeasureRequest]) (*connect.Response[ferryv1.MeasureResponse], error) {
+func (s *migrationService) Measure(ctx context.Context, req *connect.Request[agentv1.MeasureRequest]) (*connect.Response[agentv1.MeasureResponse], error) {
 	resp, err := s.a.measure(ctx, req.Msg.Name, req.Msg.Seconds)
 	if err != nil {
 		return nil, err
@@ -130,15 +130,15 @@ func (s *migrationService) Measure(ctx context.Context, req *connect.Request[fer
 	return connect.NewResponse(resp), nil
 }
 
-func (s *migrationService) ProbeListen(context.Context, *connect.Request[ferryv1.ProbeListenRequest]) (*connect.Response[ferryv1.ProbeListenResponse], error) {
+func (s *migrationService) ProbeListen(context.Context, *connect.Request[agentv1.ProbeListenRequest]) (*connect.Response[agentv1.ProbeListenResponse], error) {
 	addr, err := s.a.probeListen()
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.ProbeListenResponse{Address: addr}), nil
+	return connect.NewResponse(&agentv1.ProbeListenResponse{Address: addr}), nil
 }
 
-func (s *migrationService) ProbeSend(ctx context.Context, req *connect.Request[ferryv1.ProbeSendRequest]) (*connect.Response[ferryv1.ProbeSendResponse], error) {
+func (s *migrationService) ProbeSend(ctx context.Context, req *connect.Request[agentv1.ProbeSendRequest]) (*connect.Response[agentv1.ProbeSendResponse], error) {
 	d := time.Duration(req.Msg.DurationMs) * time.Millisecond
 	if d <= 0 || d > 10*time.Second {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("duration_ms: must be 1..10000, got %d", req.Msg.DurationMs))
@@ -150,7 +150,7 @@ func (s *migrationService) ProbeSend(ctx context.Context, req *connect.Request[f
 	return connect.NewResponse(resp), nil
 }
 
-func (s *migrationService) PauseMigration(ctx context.Context, req *connect.Request[ferryv1.MigrationStepRequest]) (*connect.Response[ferryv1.StepResponse], error) {
+func (s *migrationService) PauseMigration(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.StepResponse], error) {
 	v, err := s.a.lookup(req.Msg.Name)
 	if err != nil {
 		return nil, err
@@ -165,5 +165,5 @@ func (s *migrationService) PauseMigration(ctx context.Context, req *connect.Requ
 		return nil, fmt.Errorf("migrate-pause: %w", err)
 	}
 	s.a.log.Info("post-copy paused on request", "vm", req.Msg.Name, "migration", req.Msg.MigrationId)
-	return connect.NewResponse(&ferryv1.StepResponse{}), nil
+	return connect.NewResponse(&agentv1.StepResponse{}), nil
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"os"
 	"time"
 
@@ -28,7 +29,7 @@ func (a *Agent) running(name string) (*vm, error) {
 
 // startOutgoing configures the source QEMU and starts sending to uri. The
 // source pauses at pre-switchover and waits for ContinueOutgoing.
-func (a *Agent) startOutgoing(ctx context.Context, req *ferryv1.StartOutgoingRequest) (*ferryv1.OutgoingStatus, error) {
+func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingRequest) (*agentv1.OutgoingStatus, error) {
 	v, err := a.running(req.Name)
 	if err != nil {
 		return nil, err
@@ -53,7 +54,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *ferryv1.StartOutgoingReq
 	v.out = out
 	v.mu.Unlock()
 
-	fail := func(err error) (*ferryv1.OutgoingStatus, error) {
+	fail := func(err error) (*agentv1.OutgoingStatus, error) {
 		out.sub.Close()
 		v.mu.Lock()
 		if v.out == out {
@@ -158,7 +159,7 @@ func (out *outgoing) waitChange(ctx context.Context, known string, d time.Durati
 }
 
 // outgoingStatus reads query-migrate and the recorded event times.
-func (v *vm) outgoingStatus(ctx context.Context) (*ferryv1.OutgoingStatus, error) {
+func (v *vm) outgoingStatus(ctx context.Context) (*agentv1.OutgoingStatus, error) {
 	v.mu.Lock()
 	mon, out := v.mon, v.out
 	v.mu.Unlock()
@@ -169,7 +170,7 @@ func (v *vm) outgoingStatus(ctx context.Context) (*ferryv1.OutgoingStatus, error
 	if err != nil {
 		return nil, fmt.Errorf("query-migrate: %w", err)
 	}
-	st := &ferryv1.OutgoingStatus{Status: string(info.CurrentStatus()), Error: info.ErrorDesc}
+	st := &agentv1.OutgoingStatus{Status: string(info.CurrentStatus()), Error: info.ErrorDesc}
 	if r := info.RAM; r != nil {
 		st.TransferredBytes, st.RemainingBytes, st.TotalBytes = r.Transferred, r.Remaining, r.Total
 		st.DirtyPagesRate, st.PageSize, st.Mbps, st.DirtySyncCount = float64(r.DirtyPagesRate), r.PageSize, r.Mbps, r.DirtySyncCount
@@ -210,7 +211,7 @@ func (a *Agent) outgoingFor(name, id string) (*vm, *outgoing, error) {
 
 // continueOutgoing sends migrate-continue: the owner CAS succeeded, the
 // device state may go.
-func (a *Agent) continueOutgoing(ctx context.Context, name, id string) (*ferryv1.OutgoingStatus, error) {
+func (a *Agent) continueOutgoing(ctx context.Context, name, id string) (*agentv1.OutgoingStatus, error) {
 	v, out, err := a.outgoingFor(name, id)
 	if err != nil {
 		return nil, err

@@ -3,13 +3,13 @@ package agent
 import (
 	"context"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"io"
 	"net"
 	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
-	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
@@ -18,7 +18,7 @@ import (
 // pause-before-switchover the source then pauses at pre-switchover, exactly
 // like a pre-copy switchover, so the owner CAS still happens while both
 // QEMUs are paused.
-func (a *Agent) startPostcopy(ctx context.Context, name, id string) (*ferryv1.OutgoingStatus, error) {
+func (a *Agent) startPostcopy(ctx context.Context, name, id string) (*agentv1.OutgoingStatus, error) {
 	v, _, err := a.outgoingFor(name, id)
 	if err != nil {
 		return nil, err
@@ -56,7 +56,7 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 }
 
 // resumeOutgoing reconnects a paused post-copy source to the destination.
-func (a *Agent) resumeOutgoing(ctx context.Context, req *ferryv1.ResumeOutgoingRequest) (*ferryv1.OutgoingStatus, error) {
+func (a *Agent) resumeOutgoing(ctx context.Context, req *agentv1.ResumeOutgoingRequest) (*agentv1.OutgoingStatus, error) {
 	v, _, err := a.outgoingFor(req.Name, req.MigrationId)
 	if err != nil {
 		return nil, err
@@ -79,7 +79,7 @@ func freePort(ip string) (int, error) {
 
 // measure samples a running VM's dirty rate with QEMU's calc-dirty-rate
 // (page sampling) and reads its resident memory.
-func (a *Agent) measure(ctx context.Context, name string, seconds int32) (*ferryv1.MeasureResponse, error) {
+func (a *Agent) measure(ctx context.Context, name string, seconds int32) (*agentv1.MeasureResponse, error) {
 	v, err := a.running(name)
 	if err != nil {
 		return nil, err
@@ -101,7 +101,7 @@ func (a *Agent) measure(ctx context.Context, name string, seconds int32) (*ferry
 			return nil, fmt.Errorf("query-dirty-rate: %w", err)
 		}
 		if info.Status == "measured" && info.DirtyRate != nil {
-			resp := &ferryv1.MeasureResponse{
+			resp := &agentv1.MeasureResponse{
 				DirtyRateMibps: float64(*info.DirtyRate) * 1e6 / (1 << 20), // QEMU reports MB/s
 				RssBytes:       proc.RSSBytes(),
 				MemoryBytes:    sp.GetMemoryMib() << 20,
@@ -149,7 +149,7 @@ func (a *Agent) probeListen() (string, error) {
 
 // probeSend streams zeros to a probe sink for d and reports the rate: the
 // bandwidth a migration between the two hosts can expect.
-func probeSend(ctx context.Context, addr string, d time.Duration) (*ferryv1.ProbeSendResponse, error) {
+func probeSend(ctx context.Context, addr string, d time.Duration) (*agentv1.ProbeSendResponse, error) {
 	var dialer net.Dialer
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -168,5 +168,5 @@ func probeSend(ctx context.Context, addr string, d time.Duration) (*ferryv1.Prob
 		}
 	}
 	el := time.Since(start).Seconds()
-	return &ferryv1.ProbeSendResponse{Bytes: n, Mibps: float64(n) / (1 << 20) / el}, nil
+	return &agentv1.ProbeSendResponse{Bytes: n, Mibps: float64(n) / (1 << 20) / el}, nil
 }

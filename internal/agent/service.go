@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"io"
 	"os"
 	"sort"
@@ -14,11 +15,11 @@ import (
 	"github.com/ferryvm/ferry/internal/spec"
 )
 
-// service implements ferryv1connect.AgentServiceHandler.
+// service implements agentv1connect.AgentServiceHandler.
 type service struct{ a *Agent }
 
 // StartVM boots a VM from its spec (idempotent when it already runs).
-func (s *service) StartVM(ctx context.Context, req *connect.Request[ferryv1.AgentStartVMRequest]) (*connect.Response[ferryv1.AgentStartVMResponse], error) {
+func (s *service) StartVM(ctx context.Context, req *connect.Request[agentv1.AgentStartVMRequest]) (*connect.Response[agentv1.AgentStartVMResponse], error) {
 	sp := req.Msg.GetSpec()
 	if sp == nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("spec: required"))
@@ -32,7 +33,7 @@ func (s *service) StartVM(ctx context.Context, req *connect.Request[ferryv1.Agen
 		s.a.forgetIfIdle(sp.Name)
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.AgentStartVMResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.AgentStartVMResponse{Status: st}), nil
 }
 
 // forgetIfIdle drops a VM handle whose start failed before it ever ran and
@@ -50,7 +51,7 @@ func (a *Agent) forgetIfIdle(name string) {
 }
 
 // StopVM stops a VM's QEMU.
-func (s *service) StopVM(ctx context.Context, req *connect.Request[ferryv1.AgentStopVMRequest]) (*connect.Response[ferryv1.AgentStopVMResponse], error) {
+func (s *service) StopVM(ctx context.Context, req *connect.Request[agentv1.AgentStopVMRequest]) (*connect.Response[agentv1.AgentStopVMResponse], error) {
 	v, err := s.a.lookup(req.Msg.GetName())
 	if err != nil {
 		return nil, err
@@ -59,16 +60,16 @@ func (s *service) StopVM(ctx context.Context, req *connect.Request[ferryv1.Agent
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.AgentStopVMResponse{Status: st}), nil
+	return connect.NewResponse(&agentv1.AgentStopVMResponse{Status: st}), nil
 }
 
 // DeleteVM stops a VM and removes its directory (and the disks the agent
 // created). Deleting an unknown VM is not an error.
-func (s *service) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.AgentDeleteVMRequest]) (*connect.Response[ferryv1.AgentDeleteVMResponse], error) {
+func (s *service) DeleteVM(ctx context.Context, req *connect.Request[agentv1.AgentDeleteVMRequest]) (*connect.Response[agentv1.AgentDeleteVMResponse], error) {
 	name := req.Msg.GetName()
 	v, err := s.a.lookup(name)
 	if err != nil {
-		return connect.NewResponse(&ferryv1.AgentDeleteVMResponse{}), nil
+		return connect.NewResponse(&agentv1.AgentDeleteVMResponse{}), nil
 	}
 	if _, err := v.stop(ctx, true); err != nil {
 		return nil, err
@@ -81,27 +82,27 @@ func (s *service) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.Age
 	delete(s.a.vms, name)
 	s.a.mu.Unlock()
 	s.a.log.Info("VM deleted", "vm", name)
-	return connect.NewResponse(&ferryv1.AgentDeleteVMResponse{}), nil
+	return connect.NewResponse(&agentv1.AgentDeleteVMResponse{}), nil
 }
 
 // GetVM reports one VM.
-func (s *service) GetVM(_ context.Context, req *connect.Request[ferryv1.AgentGetVMRequest]) (*connect.Response[ferryv1.AgentGetVMResponse], error) {
+func (s *service) GetVM(_ context.Context, req *connect.Request[agentv1.AgentGetVMRequest]) (*connect.Response[agentv1.AgentGetVMResponse], error) {
 	v, err := s.a.lookup(req.Msg.GetName())
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ferryv1.AgentGetVMResponse{Status: v.status()}), nil
+	return connect.NewResponse(&agentv1.AgentGetVMResponse{Status: v.status()}), nil
 }
 
 // ListVMs reports every VM of the host.
-func (s *service) ListVMs(_ context.Context, _ *connect.Request[ferryv1.AgentListVMsRequest]) (*connect.Response[ferryv1.AgentListVMsResponse], error) {
+func (s *service) ListVMs(_ context.Context, _ *connect.Request[agentv1.AgentListVMsRequest]) (*connect.Response[agentv1.AgentListVMsResponse], error) {
 	s.a.mu.Lock()
 	vms := make([]*vm, 0, len(s.a.vms))
 	for _, v := range s.a.vms {
 		vms = append(vms, v)
 	}
 	s.a.mu.Unlock()
-	out := &ferryv1.AgentListVMsResponse{}
+	out := &agentv1.AgentListVMsResponse{}
 	for _, v := range vms {
 		out.Vms = append(out.Vms, v.status())
 	}

@@ -1,16 +1,16 @@
 package server
 
 import (
+	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
 	"sync"
 
-	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 )
 
 // agentClients are the services one agent serves.
 type agentClients struct {
-	ferryv1connect.AgentServiceClient
-	mig ferryv1connect.MigrationAgentServiceClient
+	agentv1connect.AgentServiceClient
+	mig agentv1connect.MigrationAgentServiceClient
 }
 
 // agentPool caches the clients of each agent address.
@@ -31,8 +31,8 @@ func (p *agentPool) get(addr string) *agentClients {
 	}
 	hc, base := rpcaddr.Client(addr)
 	c := &agentClients{
-		AgentServiceClient: ferryv1connect.NewAgentServiceClient(hc, base),
-		mig:                ferryv1connect.NewMigrationAgentServiceClient(hc, base),
+		AgentServiceClient: agentv1connect.NewAgentServiceClient(hc, base),
+		mig:                agentv1connect.NewMigrationAgentServiceClient(hc, base),
 	}
 	p.clients[addr] = c
 	return c

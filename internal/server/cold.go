@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"time"
 
 	"connectrpc.com/connect"
@@ -23,7 +24,7 @@ func (d *driver) cold(ctx context.Context) {
 	stopAt := time.Now()
 	if wasRunning {
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)
-		_, err := d.src.StopVM(sctx, connect.NewRequest(&ferryv1.AgentStopVMRequest{Name: d.name()}))
+		_, err := d.src.StopVM(sctx, connect.NewRequest(&agentv1.AgentStopVMRequest{Name: d.name()}))
 		cancel()
 		if err != nil {
 			d.rollback(ctx, fmt.Errorf("stop the guest on %s: %w", m.From, err))
@@ -58,7 +59,7 @@ func (d *driver) coldForward(ctx context.Context, stopAt time.Time) {
 	var started *ferryv1.VMStatus
 	if wasRunning {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		resp, err := d.dst.StartVM(sctx, connect.NewRequest(&ferryv1.AgentStartVMRequest{Spec: d.vm.Spec}))
+		resp, err := d.dst.StartVM(sctx, connect.NewRequest(&agentv1.AgentStartVMRequest{Spec: d.vm.Spec}))
 		cancel()
 		if err != nil {
 			d.unswitch(ctx, fmt.Errorf("start the guest on %s: %w", m.To, err))
@@ -80,7 +81,7 @@ func (d *driver) coldForward(ctx context.Context, stopAt time.Time) {
 	}
 	d.r.mu.Unlock()
 	if err := retry(ctx, 30*time.Second, func(c context.Context) error {
-		_, err := d.src.DeleteVM(c, connect.NewRequest(&ferryv1.AgentDeleteVMRequest{Name: d.name()}))
+		_, err := d.src.DeleteVM(c, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: d.name()}))
 		return err
 	}); err != nil {
 		d.note(fmt.Sprintf("source cleanup failed: %v", err))

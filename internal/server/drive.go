@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"time"
 
 	"connectrpc.com/connect"
@@ -27,7 +28,7 @@ type driver struct {
 
 	outgoingStarted bool
 	transferStart   time.Time
-	lastOut         *ferryv1.OutgoingStatus
+	lastOut         *agentv1.OutgoingStatus
 
 	ctrl           *planner.Controller // nil when migrating without a plan
 	postcopyAsked  bool
@@ -52,8 +53,8 @@ func (s *Server) drive(r *run, vm *ferryv1.VM, src, dst *ferryv1.Host, prev stri
 func (d *driver) name() string { return d.r.m.Vm }
 func (d *driver) id() string   { return d.r.m.Id }
 func (d *driver) isCold() bool { return d.r.m.Strategy == "cold" }
-func (d *driver) stepReq() *connect.Request[ferryv1.MigrationStepRequest] {
-	return connect.NewRequest(&ferryv1.MigrationStepRequest{Name: d.name(), MigrationId: d.id()})
+func (d *driver) stepReq() *connect.Request[agentv1.MigrationStepRequest] {
+	return connect.NewRequest(&agentv1.MigrationStepRequest{Name: d.name(), MigrationId: d.id()})
 }
 
 // step advances the state machine and persists the new state before the
@@ -138,7 +139,7 @@ func (d *driver) live(ctx context.Context) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	usePostcopy := m.Strategy == "postcopy" || m.Strategy == "hybrid"
-	prep, err := d.dst.mig.PrepareIncoming(pctx, connect.NewRequest(&ferryv1.PrepareIncomingRequest{
+	prep, err := d.dst.mig.PrepareIncoming(pctx, connect.NewRequest(&agentv1.PrepareIncomingRequest{
 		Spec: sp, MigrationId: d.id(), MultifdChannels: m.Options.MultifdChannels, Postcopy: usePostcopy,
 	}))
 	cancel()
@@ -164,7 +165,7 @@ func (d *driver) live(ctx context.Context) {
 	d.outgoingStarted = true
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	throttle := m.Strategy == "converge" || (m.Strategy == "hybrid" && !m.Options.NoThrottle)
-	_, err = d.src.mig.StartOutgoing(sctx, connect.NewRequest(&ferryv1.StartOutgoingRequest{
+	_, err = d.src.mig.StartOutgoing(sctx, connect.NewRequest(&agentv1.StartOutgoingRequest{
 		Name: d.name(), MigrationId: d.id(), Uri: prep.Msg.Uri,
 		MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: m.Options.MultifdChannels,
 		Postcopy: usePostcopy, AutoConverge: throttle, ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
@@ -327,7 +328,7 @@ func qemuDowntimeLimit(m *ferryv1.Migration) int64 {
 // pollSource is a long poll of the source: the agent answers at once when
 // QEMU's migration status moves (pre-switchover above all), else after
 // wait with the current progress.
-func (d *driver) pollSource(ctx context.Context, wait time.Duration) (*connect.Response[ferryv1.OutgoingStatusResponse], error) {
+func (d *driver) pollSource(ctx context.Context, wait time.Duration) (*connect.Response[agentv1.OutgoingStatusResponse], error) {
 	req := d.stepReq()
 	req.Msg.WaitMs = wait.Milliseconds()
 	if d.lastOut != nil {
@@ -341,7 +342,7 @@ func (d *driver) pollSource(ctx context.Context, wait time.Duration) (*connect.R
 // steer applies the strategy while RAM moves: post-copy switches after the
 // first full round; the adaptive controller may throttle (QEMU's
 // auto-converge does it), switch to post-copy (hybrid) or give up.
-func (d *driver) steer(ctx context.Context, out *ferryv1.OutgoingStatus) error {
+func (d *driver) steer(ctx context.Context, out *agentv1.OutgoingStatus) error {
 	strategy := d.r.snapshot(false).Strategy
 	if strategy == "postcopy" && !d.postcopyAsked && out.DirtySyncCount >= 2 {
 		return d.startPostcopy(ctx, "post-copy: the first full round is done")
@@ -399,7 +400,7 @@ func (d *driver) startPostcopy(ctx context.Context, why string) error {
 }
 
 // record folds a source status into the report and its samples.
-func (d *driver) record(out *ferryv1.OutgoingStatus) {
+func (d *driver) record(out *agentv1.OutgoingStatus) {
 	if out.TotalBytes == 0 && d.lastOut != nil {
 		return // a failed or cancelled QEMU reports no RAM figures: keep the last real ones
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"time"
 
 	"connectrpc.com/connect"
@@ -35,7 +36,7 @@ func (d *driver) forward(ctx context.Context) {
 			return
 		}
 	}
-	var inc *ferryv1.IncomingStatus
+	var inc *agentv1.IncomingStatus
 	err = retry(ctx, 2*time.Minute, func(c context.Context) error {
 		resp, err := d.dst.mig.FinishIncoming(c, d.stepReq())
 		if err == nil {
@@ -106,7 +107,7 @@ func (d *driver) destNeverRan(ctx context.Context) bool {
 
 // finalSource waits briefly for the source to report completed and returns
 // its last status (QEMU's downtime and totals).
-func (d *driver) finalSource(ctx context.Context) *ferryv1.OutgoingStatus {
+func (d *driver) finalSource(ctx context.Context) *agentv1.OutgoingStatus {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -127,7 +128,7 @@ func (d *driver) finalSource(ctx context.Context) *ferryv1.OutgoingStatus {
 
 // report fills the final figures and the downtime phases from QMP event
 // times of both QEMUs.
-func (d *driver) report(out *ferryv1.OutgoingStatus, inc *ferryv1.IncomingStatus) {
+func (d *driver) report(out *agentv1.OutgoingStatus, inc *agentv1.IncomingStatus) {
 	d.r.mu.Lock()
 	defer d.r.mu.Unlock()
 	m := d.r.m

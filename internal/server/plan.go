@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"sync"
 	"time"
 
@@ -48,7 +49,7 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 	sa, da := s.agents.get(src.Address), s.agents.get(dst.Address)
 	mctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	meas, err := sa.mig.Measure(mctx, connect.NewRequest(&ferryv1.MeasureRequest{Name: vm.Spec.Name, Seconds: 1}))
+	meas, err := sa.mig.Measure(mctx, connect.NewRequest(&agentv1.MeasureRequest{Name: vm.Spec.Name, Seconds: 1}))
 	if err != nil {
 		return nil, fmt.Errorf("measure VM %s on %s: %w", vm.Spec.Name, src.Name, err)
 	}
@@ -63,11 +64,11 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 		in.NonZeroBytes = meas.Msg.NonZeroBytes
 	}
 	in.WssBytes = min(in.MemoryBytes, int64(in.DirtyRateMibps*(1<<20)))
-	lis, err := da.mig.ProbeListen(mctx, connect.NewRequest(&ferryv1.ProbeListenRequest{}))
+	lis, err := da.mig.ProbeListen(mctx, connect.NewRequest(&agentv1.ProbeListenRequest{}))
 	if err != nil {
 		return nil, fmt.Errorf("open a bandwidth probe on %s: %w", dst.Name, err)
 	}
-	probe, err := sa.mig.ProbeSend(mctx, connect.NewRequest(&ferryv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: 500}))
+	probe, err := sa.mig.ProbeSend(mctx, connect.NewRequest(&agentv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: 500}))
 	if err != nil {
 		return nil, fmt.Errorf("probe the link %s → %s: %w", src.Name, dst.Name, err)
 	}

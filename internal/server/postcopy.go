@@ -3,10 +3,10 @@ package server
 import (
 	"context"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"time"
 
 	"connectrpc.com/connect"
-	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 )
 
 // finishPostcopy waits while the destination runs and pulls the rest of
@@ -111,11 +111,11 @@ func (d *driver) pauseBothSides(ctx context.Context) {
 func (d *driver) linkUp(ctx context.Context) error {
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	lis, err := d.dst.mig.ProbeListen(pctx, connect.NewRequest(&ferryv1.ProbeListenRequest{}))
+	lis, err := d.dst.mig.ProbeListen(pctx, connect.NewRequest(&agentv1.ProbeListenRequest{}))
 	if err != nil {
 		return err
 	}
-	_, err = d.src.mig.ProbeSend(pctx, connect.NewRequest(&ferryv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: 50}))
+	_, err = d.src.mig.ProbeSend(pctx, connect.NewRequest(&agentv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: 50}))
 	return err
 }
 
@@ -131,7 +131,7 @@ func (d *driver) recoverPostcopy(ctx context.Context) error {
 		}
 		d.recoverURI = rec.Msg.Uri
 	}
-	if _, err := d.src.mig.ResumeOutgoing(rctx, connect.NewRequest(&ferryv1.ResumeOutgoingRequest{
+	if _, err := d.src.mig.ResumeOutgoing(rctx, connect.NewRequest(&agentv1.ResumeOutgoingRequest{
 		Name: d.name(), MigrationId: d.id(), Uri: d.recoverURI,
 	})); err != nil {
 		return fmt.Errorf("source resume to %s: %w", d.recoverURI, err)

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"time"
 
 	"connectrpc.com/connect"
-	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration"
 )
 
@@ -94,7 +94,7 @@ func (d *driver) abortLater() {
 func (d *driver) startOn(ctx context.Context, c *agentClients, side string) error {
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	if _, err := c.StartVM(sctx, connect.NewRequest(&ferryv1.AgentStartVMRequest{Spec: d.vm.Spec})); err != nil {
+	if _, err := c.StartVM(sctx, connect.NewRequest(&agentv1.AgentStartVMRequest{Spec: d.vm.Spec})); err != nil {
 		return fmt.Errorf("start VM on the %s: %w", side, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -133,7 +134,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 func (s *Server) startOn(ctx context.Context, vm *ferryv1.VM, host *ferryv1.Host) (*ferryv1.VM, error) {
 	actx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	resp, err := s.agents.get(host.Address).StartVM(actx, connect.NewRequest(&ferryv1.AgentStartVMRequest{Spec: vm.Spec}))
+	resp, err := s.agents.get(host.Address).StartVM(actx, connect.NewRequest(&agentv1.AgentStartVMRequest{Spec: vm.Spec}))
 	name := vm.Spec.Name
 	if err != nil {
 		err = fmt.Errorf("start VM %s on host %s: %w", name, host.Name, err)
@@ -243,7 +244,7 @@ func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.Sto
 	}
 	actx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	resp, err := s.agents.get(host.Address).StopVM(actx, connect.NewRequest(&ferryv1.AgentStopVMRequest{Name: name, Force: req.Msg.Force}))
+	resp, err := s.agents.get(host.Address).StopVM(actx, connect.NewRequest(&agentv1.AgentStopVMRequest{Name: name, Force: req.Msg.Force}))
 	if err != nil {
 		return nil, agentError(fmt.Errorf("stop VM %s on host %s: %w", name, host.Name, err))
 	}
@@ -280,7 +281,7 @@ func (v *vmService) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.D
 		}
 		actx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
-		if _, err := s.agents.get(host.Address).DeleteVM(actx, connect.NewRequest(&ferryv1.AgentDeleteVMRequest{Name: name})); err != nil {
+		if _, err := s.agents.get(host.Address).DeleteVM(actx, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: name})); err != nil {
 			return nil, agentError(fmt.Errorf("delete VM %s on host %s: %w", name, host.Name, err))
 		}
 	}

@@ -923,438 +923,6 @@ func (x *ConsoleChunk) GetData() []byte {
 	return nil
 }
 
-type AgentStartVMRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *VMSpec                `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentStartVMRequest) Reset() {
-	*x = AgentStartVMRequest{}
-	mi := &file_ferry_v1_services_proto_msgTypes[20]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentStartVMRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentStartVMRequest) ProtoMessage() {}
-
-func (x *AgentStartVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[20]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentStartVMRequest.ProtoReflect.Descriptor instead.
-func (*AgentStartVMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{20}
-}
-
-func (x *AgentStartVMRequest) GetSpec() *VMSpec {
-	if x != nil {
-		return x.Spec
-	}
-	return nil
-}
-
-type AgentStartVMResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        *VMStatus              `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentStartVMResponse) Reset() {
-	*x = AgentStartVMResponse{}
-	mi := &file_ferry_v1_services_proto_msgTypes[21]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentStartVMResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentStartVMResponse) ProtoMessage() {}
-
-func (x *AgentStartVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[21]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentStartVMResponse.ProtoReflect.Descriptor instead.
-func (*AgentStartVMResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{21}
-}
-
-func (x *AgentStartVMResponse) GetStatus() *VMStatus {
-	if x != nil {
-		return x.Status
-	}
-	return nil
-}
-
-type AgentStopVMRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Force         bool                   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentStopVMRequest) Reset() {
-	*x = AgentStopVMRequest{}
-	mi := &file_ferry_v1_services_proto_msgTypes[22]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentStopVMRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentStopVMRequest) ProtoMessage() {}
-
-func (x *AgentStopVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[22]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentStopVMRequest.ProtoReflect.Descriptor instead.
-func (*AgentStopVMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{22}
-}
-
-func (x *AgentStopVMRequest) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-func (x *AgentStopVMRequest) GetForce() bool {
-	if x != nil {
-		return x.Force
-	}
-	return false
-}
-
-type AgentStopVMResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        *VMStatus              `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentStopVMResponse) Reset() {
-	*x = AgentStopVMResponse{}
-	mi := &file_ferry_v1_services_proto_msgTypes[23]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentStopVMResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentStopVMResponse) ProtoMessage() {}
-
-func (x *AgentStopVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[23]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentStopVMResponse.ProtoReflect.Descriptor instead.
-func (*AgentStopVMResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{23}
-}
-
-func (x *AgentStopVMResponse) GetStatus() *VMStatus {
-	if x != nil {
-		return x.Status
-	}
-	return nil
-}
-
-type AgentDeleteVMRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentDeleteVMRequest) Reset() {
-	*x = AgentDeleteVMRequest{}
-	mi := &file_ferry_v1_services_proto_msgTypes[24]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentDeleteVMRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentDeleteVMRequest) ProtoMessage() {}
-
-func (x *AgentDeleteVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[24]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentDeleteVMRequest.ProtoReflect.Descriptor instead.
-func (*AgentDeleteVMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{24}
-}
-
-func (x *AgentDeleteVMRequest) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-type AgentDeleteVMResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentDeleteVMResponse) Reset() {
-	*x = AgentDeleteVMResponse{}
-	mi := &file_ferry_v1_services_proto_msgTypes[25]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentDeleteVMResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentDeleteVMResponse) ProtoMessage() {}
-
-func (x *AgentDeleteVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[25]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentDeleteVMResponse.ProtoReflect.Descriptor instead.
-func (*AgentDeleteVMResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{25}
-}
-
-type AgentGetVMRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentGetVMRequest) Reset() {
-	*x = AgentGetVMRequest{}
-	mi := &file_ferry_v1_services_proto_msgTypes[26]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentGetVMRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentGetVMRequest) ProtoMessage() {}
-
-func (x *AgentGetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[26]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentGetVMRequest.ProtoReflect.Descriptor instead.
-func (*AgentGetVMRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{26}
-}
-
-func (x *AgentGetVMRequest) GetName() string {
-	if x != nil {
-		return x.Name
-	}
-	return ""
-}
-
-type AgentGetVMResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        *VMStatus              `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentGetVMResponse) Reset() {
-	*x = AgentGetVMResponse{}
-	mi := &file_ferry_v1_services_proto_msgTypes[27]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentGetVMResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentGetVMResponse) ProtoMessage() {}
-
-func (x *AgentGetVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[27]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentGetVMResponse.ProtoReflect.Descriptor instead.
-func (*AgentGetVMResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{27}
-}
-
-func (x *AgentGetVMResponse) GetStatus() *VMStatus {
-	if x != nil {
-		return x.Status
-	}
-	return nil
-}
-
-type AgentListVMsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentListVMsRequest) Reset() {
-	*x = AgentListVMsRequest{}
-	mi := &file_ferry_v1_services_proto_msgTypes[28]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentListVMsRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentListVMsRequest) ProtoMessage() {}
-
-func (x *AgentListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[28]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentListVMsRequest.ProtoReflect.Descriptor instead.
-func (*AgentListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{28}
-}
-
-type AgentListVMsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Vms           []*VMStatus            `protobuf:"bytes,1,rep,name=vms,proto3" json:"vms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AgentListVMsResponse) Reset() {
-	*x = AgentListVMsResponse{}
-	mi := &file_ferry_v1_services_proto_msgTypes[29]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AgentListVMsResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AgentListVMsResponse) ProtoMessage() {}
-
-func (x *AgentListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_services_proto_msgTypes[29]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AgentListVMsResponse.ProtoReflect.Descriptor instead.
-func (*AgentListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_services_proto_rawDescGZIP(), []int{29}
-}
-
-func (x *AgentListVMsResponse) GetVms() []*VMStatus {
-	if x != nil {
-		return x.Vms
-	}
-	return nil
-}
-
 var File_ferry_v1_services_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_services_proto_rawDesc = "" +
@@ -1401,26 +969,7 @@ const file_ferry_v1_services_proto_rawDesc = "" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\"\"\n" +
 	"\fConsoleChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\";\n" +
-	"\x13AgentStartVMRequest\x12$\n" +
-	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\"B\n" +
-	"\x14AgentStartVMResponse\x12*\n" +
-	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\">\n" +
-	"\x12AgentStopVMRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force\"A\n" +
-	"\x13AgentStopVMResponse\x12*\n" +
-	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"*\n" +
-	"\x14AgentDeleteVMRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
-	"\x15AgentDeleteVMResponse\"'\n" +
-	"\x11AgentGetVMRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"@\n" +
-	"\x12AgentGetVMResponse\x12*\n" +
-	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"\x15\n" +
-	"\x13AgentListVMsRequest\"<\n" +
-	"\x14AgentListVMsResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms2\xd9\x01\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data2\xd9\x01\n" +
 	"\vHostService\x12D\n" +
 	"\tHeartbeat\x12\x1a.ferry.v1.HeartbeatRequest\x1a\x1b.ferry.v1.HeartbeatResponse\x12D\n" +
 	"\tListHosts\x12\x1a.ferry.v1.ListHostsRequest\x1a\x1b.ferry.v1.ListHostsResponse\x12>\n" +
@@ -1432,13 +981,6 @@ const file_ferry_v1_services_proto_rawDesc = "" +
 	"\aStartVM\x12\x18.ferry.v1.StartVMRequest\x1a\x19.ferry.v1.StartVMResponse\x12;\n" +
 	"\x06StopVM\x12\x17.ferry.v1.StopVMRequest\x1a\x18.ferry.v1.StopVMResponse\x12A\n" +
 	"\bDeleteVM\x12\x19.ferry.v1.DeleteVMRequest\x1a\x1a.ferry.v1.DeleteVMResponse\x12=\n" +
-	"\aConsole\x12\x18.ferry.v1.ConsoleRequest\x1a\x16.ferry.v1.ConsoleChunk0\x012\xb9\x03\n" +
-	"\fAgentService\x12H\n" +
-	"\aStartVM\x12\x1d.ferry.v1.AgentStartVMRequest\x1a\x1e.ferry.v1.AgentStartVMResponse\x12E\n" +
-	"\x06StopVM\x12\x1c.ferry.v1.AgentStopVMRequest\x1a\x1d.ferry.v1.AgentStopVMResponse\x12K\n" +
-	"\bDeleteVM\x12\x1e.ferry.v1.AgentDeleteVMRequest\x1a\x1f.ferry.v1.AgentDeleteVMResponse\x12B\n" +
-	"\x05GetVM\x12\x1b.ferry.v1.AgentGetVMRequest\x1a\x1c.ferry.v1.AgentGetVMResponse\x12H\n" +
-	"\aListVMs\x12\x1d.ferry.v1.AgentListVMsRequest\x1a\x1e.ferry.v1.AgentListVMsResponse\x12=\n" +
 	"\aConsole\x12\x18.ferry.v1.ConsoleRequest\x1a\x16.ferry.v1.ConsoleChunk0\x01B/Z-github.com/ferryvm/ferry/gen/ferry/v1;ferryv1b\x06proto3"
 
 var (
@@ -1453,95 +995,67 @@ func file_ferry_v1_services_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_services_proto_rawDescData
 }
 
-var file_ferry_v1_services_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ferry_v1_services_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_ferry_v1_services_proto_goTypes = []any{
-	(*HeartbeatRequest)(nil),      // 0: ferry.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 1: ferry.v1.HeartbeatResponse
-	(*ListHostsRequest)(nil),      // 2: ferry.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),     // 3: ferry.v1.ListHostsResponse
-	(*GetHostRequest)(nil),        // 4: ferry.v1.GetHostRequest
-	(*GetHostResponse)(nil),       // 5: ferry.v1.GetHostResponse
-	(*CreateVMRequest)(nil),       // 6: ferry.v1.CreateVMRequest
-	(*CreateVMResponse)(nil),      // 7: ferry.v1.CreateVMResponse
-	(*GetVMRequest)(nil),          // 8: ferry.v1.GetVMRequest
-	(*GetVMResponse)(nil),         // 9: ferry.v1.GetVMResponse
-	(*ListVMsRequest)(nil),        // 10: ferry.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),       // 11: ferry.v1.ListVMsResponse
-	(*StartVMRequest)(nil),        // 12: ferry.v1.StartVMRequest
-	(*StartVMResponse)(nil),       // 13: ferry.v1.StartVMResponse
-	(*StopVMRequest)(nil),         // 14: ferry.v1.StopVMRequest
-	(*StopVMResponse)(nil),        // 15: ferry.v1.StopVMResponse
-	(*DeleteVMRequest)(nil),       // 16: ferry.v1.DeleteVMRequest
-	(*DeleteVMResponse)(nil),      // 17: ferry.v1.DeleteVMResponse
-	(*ConsoleRequest)(nil),        // 18: ferry.v1.ConsoleRequest
-	(*ConsoleChunk)(nil),          // 19: ferry.v1.ConsoleChunk
-	(*AgentStartVMRequest)(nil),   // 20: ferry.v1.AgentStartVMRequest
-	(*AgentStartVMResponse)(nil),  // 21: ferry.v1.AgentStartVMResponse
-	(*AgentStopVMRequest)(nil),    // 22: ferry.v1.AgentStopVMRequest
-	(*AgentStopVMResponse)(nil),   // 23: ferry.v1.AgentStopVMResponse
-	(*AgentDeleteVMRequest)(nil),  // 24: ferry.v1.AgentDeleteVMRequest
-	(*AgentDeleteVMResponse)(nil), // 25: ferry.v1.AgentDeleteVMResponse
-	(*AgentGetVMRequest)(nil),     // 26: ferry.v1.AgentGetVMRequest
-	(*AgentGetVMResponse)(nil),    // 27: ferry.v1.AgentGetVMResponse
-	(*AgentListVMsRequest)(nil),   // 28: ferry.v1.AgentListVMsRequest
-	(*AgentListVMsResponse)(nil),  // 29: ferry.v1.AgentListVMsResponse
-	(*Host)(nil),                  // 30: ferry.v1.Host
-	(*VMSpec)(nil),                // 31: ferry.v1.VMSpec
-	(*VM)(nil),                    // 32: ferry.v1.VM
-	(*VMStatus)(nil),              // 33: ferry.v1.VMStatus
+	(*HeartbeatRequest)(nil),  // 0: ferry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil), // 1: ferry.v1.HeartbeatResponse
+	(*ListHostsRequest)(nil),  // 2: ferry.v1.ListHostsRequest
+	(*ListHostsResponse)(nil), // 3: ferry.v1.ListHostsResponse
+	(*GetHostRequest)(nil),    // 4: ferry.v1.GetHostRequest
+	(*GetHostResponse)(nil),   // 5: ferry.v1.GetHostResponse
+	(*CreateVMRequest)(nil),   // 6: ferry.v1.CreateVMRequest
+	(*CreateVMResponse)(nil),  // 7: ferry.v1.CreateVMResponse
+	(*GetVMRequest)(nil),      // 8: ferry.v1.GetVMRequest
+	(*GetVMResponse)(nil),     // 9: ferry.v1.GetVMResponse
+	(*ListVMsRequest)(nil),    // 10: ferry.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),   // 11: ferry.v1.ListVMsResponse
+	(*StartVMRequest)(nil),    // 12: ferry.v1.StartVMRequest
+	(*StartVMResponse)(nil),   // 13: ferry.v1.StartVMResponse
+	(*StopVMRequest)(nil),     // 14: ferry.v1.StopVMRequest
+	(*StopVMResponse)(nil),    // 15: ferry.v1.StopVMResponse
+	(*DeleteVMRequest)(nil),   // 16: ferry.v1.DeleteVMRequest
+	(*DeleteVMResponse)(nil),  // 17: ferry.v1.DeleteVMResponse
+	(*ConsoleRequest)(nil),    // 18: ferry.v1.ConsoleRequest
+	(*ConsoleChunk)(nil),      // 19: ferry.v1.ConsoleChunk
+	(*Host)(nil),              // 20: ferry.v1.Host
+	(*VMSpec)(nil),            // 21: ferry.v1.VMSpec
+	(*VM)(nil),                // 22: ferry.v1.VM
 }
 var file_ferry_v1_services_proto_depIdxs = []int32{
-	30, // 0: ferry.v1.HeartbeatRequest.host:type_name -> ferry.v1.Host
-	30, // 1: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
-	30, // 2: ferry.v1.GetHostResponse.host:type_name -> ferry.v1.Host
-	31, // 3: ferry.v1.CreateVMRequest.spec:type_name -> ferry.v1.VMSpec
-	32, // 4: ferry.v1.CreateVMResponse.vm:type_name -> ferry.v1.VM
-	32, // 5: ferry.v1.GetVMResponse.vm:type_name -> ferry.v1.VM
-	32, // 6: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
-	32, // 7: ferry.v1.StartVMResponse.vm:type_name -> ferry.v1.VM
-	32, // 8: ferry.v1.StopVMResponse.vm:type_name -> ferry.v1.VM
-	31, // 9: ferry.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	33, // 10: ferry.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	33, // 11: ferry.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	33, // 12: ferry.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	33, // 13: ferry.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	0,  // 14: ferry.v1.HostService.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
-	2,  // 15: ferry.v1.HostService.ListHosts:input_type -> ferry.v1.ListHostsRequest
-	4,  // 16: ferry.v1.HostService.GetHost:input_type -> ferry.v1.GetHostRequest
-	6,  // 17: ferry.v1.VMService.CreateVM:input_type -> ferry.v1.CreateVMRequest
-	8,  // 18: ferry.v1.VMService.GetVM:input_type -> ferry.v1.GetVMRequest
-	10, // 19: ferry.v1.VMService.ListVMs:input_type -> ferry.v1.ListVMsRequest
-	12, // 20: ferry.v1.VMService.StartVM:input_type -> ferry.v1.StartVMRequest
-	14, // 21: ferry.v1.VMService.StopVM:input_type -> ferry.v1.StopVMRequest
-	16, // 22: ferry.v1.VMService.DeleteVM:input_type -> ferry.v1.DeleteVMRequest
-	18, // 23: ferry.v1.VMService.Console:input_type -> ferry.v1.ConsoleRequest
-	20, // 24: ferry.v1.AgentService.StartVM:input_type -> ferry.v1.AgentStartVMRequest
-	22, // 25: ferry.v1.AgentService.StopVM:input_type -> ferry.v1.AgentStopVMRequest
-	24, // 26: ferry.v1.AgentService.DeleteVM:input_type -> ferry.v1.AgentDeleteVMRequest
-	26, // 27: ferry.v1.AgentService.GetVM:input_type -> ferry.v1.AgentGetVMRequest
-	28, // 28: ferry.v1.AgentService.ListVMs:input_type -> ferry.v1.AgentListVMsRequest
-	18, // 29: ferry.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	1,  // 30: ferry.v1.HostService.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
-	3,  // 31: ferry.v1.HostService.ListHosts:output_type -> ferry.v1.ListHostsResponse
-	5,  // 32: ferry.v1.HostService.GetHost:output_type -> ferry.v1.GetHostResponse
-	7,  // 33: ferry.v1.VMService.CreateVM:output_type -> ferry.v1.CreateVMResponse
-	9,  // 34: ferry.v1.VMService.GetVM:output_type -> ferry.v1.GetVMResponse
-	11, // 35: ferry.v1.VMService.ListVMs:output_type -> ferry.v1.ListVMsResponse
-	13, // 36: ferry.v1.VMService.StartVM:output_type -> ferry.v1.StartVMResponse
-	15, // 37: ferry.v1.VMService.StopVM:output_type -> ferry.v1.StopVMResponse
-	17, // 38: ferry.v1.VMService.DeleteVM:output_type -> ferry.v1.DeleteVMResponse
-	19, // 39: ferry.v1.VMService.Console:output_type -> ferry.v1.ConsoleChunk
-	21, // 40: ferry.v1.AgentService.StartVM:output_type -> ferry.v1.AgentStartVMResponse
-	23, // 41: ferry.v1.AgentService.StopVM:output_type -> ferry.v1.AgentStopVMResponse
-	25, // 42: ferry.v1.AgentService.DeleteVM:output_type -> ferry.v1.AgentDeleteVMResponse
-	27, // 43: ferry.v1.AgentService.GetVM:output_type -> ferry.v1.AgentGetVMResponse
-	29, // 44: ferry.v1.AgentService.ListVMs:output_type -> ferry.v1.AgentListVMsResponse
-	19, // 45: ferry.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	30, // [30:46] is the sub-list for method output_type
-	14, // [14:30] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	20, // 0: ferry.v1.HeartbeatRequest.host:type_name -> ferry.v1.Host
+	20, // 1: ferry.v1.ListHostsResponse.hosts:type_name -> ferry.v1.Host
+	20, // 2: ferry.v1.GetHostResponse.host:type_name -> ferry.v1.Host
+	21, // 3: ferry.v1.CreateVMRequest.spec:type_name -> ferry.v1.VMSpec
+	22, // 4: ferry.v1.CreateVMResponse.vm:type_name -> ferry.v1.VM
+	22, // 5: ferry.v1.GetVMResponse.vm:type_name -> ferry.v1.VM
+	22, // 6: ferry.v1.ListVMsResponse.vms:type_name -> ferry.v1.VM
+	22, // 7: ferry.v1.StartVMResponse.vm:type_name -> ferry.v1.VM
+	22, // 8: ferry.v1.StopVMResponse.vm:type_name -> ferry.v1.VM
+	0,  // 9: ferry.v1.HostService.Heartbeat:input_type -> ferry.v1.HeartbeatRequest
+	2,  // 10: ferry.v1.HostService.ListHosts:input_type -> ferry.v1.ListHostsRequest
+	4,  // 11: ferry.v1.HostService.GetHost:input_type -> ferry.v1.GetHostRequest
+	6,  // 12: ferry.v1.VMService.CreateVM:input_type -> ferry.v1.CreateVMRequest
+	8,  // 13: ferry.v1.VMService.GetVM:input_type -> ferry.v1.GetVMRequest
+	10, // 14: ferry.v1.VMService.ListVMs:input_type -> ferry.v1.ListVMsRequest
+	12, // 15: ferry.v1.VMService.StartVM:input_type -> ferry.v1.StartVMRequest
+	14, // 16: ferry.v1.VMService.StopVM:input_type -> ferry.v1.StopVMRequest
+	16, // 17: ferry.v1.VMService.DeleteVM:input_type -> ferry.v1.DeleteVMRequest
+	18, // 18: ferry.v1.VMService.Console:input_type -> ferry.v1.ConsoleRequest
+	1,  // 19: ferry.v1.HostService.Heartbeat:output_type -> ferry.v1.HeartbeatResponse
+	3,  // 20: ferry.v1.HostService.ListHosts:output_type -> ferry.v1.ListHostsResponse
+	5,  // 21: ferry.v1.HostService.GetHost:output_type -> ferry.v1.GetHostResponse
+	7,  // 22: ferry.v1.VMService.CreateVM:output_type -> ferry.v1.CreateVMResponse
+	9,  // 23: ferry.v1.VMService.GetVM:output_type -> ferry.v1.GetVMResponse
+	11, // 24: ferry.v1.VMService.ListVMs:output_type -> ferry.v1.ListVMsResponse
+	13, // 25: ferry.v1.VMService.StartVM:output_type -> ferry.v1.StartVMResponse
+	15, // 26: ferry.v1.VMService.StopVM:output_type -> ferry.v1.StopVMResponse
+	17, // 27: ferry.v1.VMService.DeleteVM:output_type -> ferry.v1.DeleteVMResponse
+	19, // 28: ferry.v1.VMService.Console:output_type -> ferry.v1.ConsoleChunk
+	19, // [19:29] is the sub-list for method output_type
+	9,  // [9:19] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_services_proto_init() }
@@ -1556,9 +1070,9 @@ func file_ferry_v1_services_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_services_proto_rawDesc), len(file_ferry_v1_services_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   20,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   2,
 		},
 		GoTypes:           file_ferry_v1_services_proto_goTypes,
 		DependencyIndexes: file_ferry_v1_services_proto_depIdxs,
