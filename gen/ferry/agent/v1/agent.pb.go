@@ -683,10 +683,14 @@ type IncomingStatus struct {
 	State      string `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`
 	QemuStatus string `protobuf:"bytes,2,opt,name=qemu_status,json=qemuStatus,proto3" json:"qemu_status,omitempty"`
 	// QMP event times on the destination QEMU.
-	LoadedAt      *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
-	ResumedAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=resumed_at,json=resumedAt,proto3" json:"resumed_at,omitempty"`
-	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
-	Vm            *v1.VMStatus           `protobuf:"bytes,6,opt,name=vm,proto3" json:"vm,omitempty"`
+	LoadedAt  *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
+	ResumedAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=resumed_at,json=resumedAt,proto3" json:"resumed_at,omitempty"`
+	Error     string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	Vm        *v1.VMStatus           `protobuf:"bytes,6,opt,name=vm,proto3" json:"vm,omitempty"`
+	// ran says the destination QEMU has run (RESUME seen, or found running)
+	// since it was started; the agent keeps it across its own restart. A
+	// destination that ran is never aborted.
+	Ran           bool `protobuf:"varint,7,opt,name=ran,proto3" json:"ran,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +765,13 @@ func (x *IncomingStatus) GetVm() *v1.VMStatus {
 		return x.Vm
 	}
 	return nil
+}
+
+func (x *IncomingStatus) GetRan() bool {
+	if x != nil {
+		return x.Ran
+	}
+	return false
 }
 
 type PrepareIncomingRequest struct {
@@ -1429,9 +1440,14 @@ type MigrationStepRequest struct {
 	WaitMs int64 `protobuf:"varint,3,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
 	// known_status is the migration status the caller saw last: the long
 	// poll answers at once when QEMU's status already differs from it.
-	KnownStatus   string `protobuf:"bytes,4,opt,name=known_status,json=knownStatus,proto3" json:"known_status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KnownStatus string `protobuf:"bytes,4,opt,name=known_status,json=knownStatus,proto3" json:"known_status,omitempty"`
+	// resume_completed (CancelOutgoing only) says the destination provably
+	// never ran: a source whose outgoing migration already completed may run
+	// again (QEMU re-activates its block devices on cont). Without it a
+	// completed source is never resumed.
+	ResumeCompleted bool `protobuf:"varint,5,opt,name=resume_completed,json=resumeCompleted,proto3" json:"resume_completed,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *MigrationStepRequest) Reset() {
@@ -1490,6 +1506,13 @@ func (x *MigrationStepRequest) GetKnownStatus() string {
 		return x.KnownStatus
 	}
 	return ""
+}
+
+func (x *MigrationStepRequest) GetResumeCompleted() bool {
+	if x != nil {
+		return x.ResumeCompleted
+	}
+	return false
 }
 
 type OutgoingStatusResponse struct {
@@ -1675,7 +1698,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0edowntime_bytes\x18\x13 \x01(\x03R\rdowntimeBytes\x12)\n" +
 	"\x10throttle_percent\x18\x14 \x01(\x03R\x0fthrottlePercent\x12+\n" +
 	"\x11postcopy_requests\x18\x15 \x01(\x03R\x10postcopyRequests\x12J\n" +
-	"\x13postcopy_started_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11postcopyStartedAt\"\xf5\x01\n" +
+	"\x13postcopy_started_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11postcopyStartedAt\"\x87\x02\n" +
 	"\x0eIncomingStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1f\n" +
 	"\vqemu_status\x18\x02 \x01(\tR\n" +
@@ -1684,7 +1707,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
 	"resumed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tresumedAt\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
-	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\xa8\x01\n" +
+	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\x12\x10\n" +
+	"\x03ran\x18\a \x01(\bR\x03ran\"\xa8\x01\n" +
 	"\x16PrepareIncomingRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12)\n" +
@@ -1728,12 +1752,13 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15ResumeOutgoingRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
-	"\x03uri\x18\x03 \x01(\tR\x03uri\"\x89\x01\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\"\xb4\x01\n" +
 	"\x14MigrationStepRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12!\n" +
-	"\fknown_status\x18\x04 \x01(\tR\vknownStatus\"P\n" +
+	"\fknown_status\x18\x04 \x01(\tR\vknownStatus\x12)\n" +
+	"\x10resume_completed\x18\x05 \x01(\bR\x0fresumeCompleted\"P\n" +
 	"\x16OutgoingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.OutgoingStatusR\x06status\"P\n" +
 	"\x16IncomingStatusResponse\x126\n" +
