@@ -48,6 +48,7 @@ func (s *Server) drive(r *run, vm *ferryv1.VM, src, dst *ferryv1.Host, prev stri
 	s.runsMu.Lock()
 	delete(s.runs, r.m.Id)
 	s.runsMu.Unlock()
+	s.releaseReservation(r.m.Id) // the destination's room is the VM's now, or free again
 }
 
 func (d *driver) name() string { return d.r.m.Vm }

@@ -132,6 +132,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		}
 		return nil, nil, connectError(err)
 	}
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, nil, err
+	}
 	if vm.Host == req.To {
 		return nil, nil, invalidArg("VM %s is already on host %s: choose another destination", req.Vm, req.To)
 	}
@@ -141,7 +144,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	case opt.Strategy != "cold" && vm.State != "running":
 		return nil, nil, precondition("VM %s is %s: live migration needs a running VM (use --strategy cold, or start it)", req.Vm, vm.State)
 	case opt.Strategy == "cold" && vm.State != "running" && vm.State != "stopped":
-		return nil, nil, precondition("VM %s is %s: cold migration needs a running or stopped VM", req.Vm, vm.State)
+		return nil, nil, precondition("VM %s is %s: cold migration needs a running or stopped VM (stop it first: ferry vm stop %s)", req.Vm, vm.State, req.Vm)
 	}
 	hosts, err := s.store.ListHosts(ctx)
 	if err != nil {
@@ -221,6 +224,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	planningMs := time.Since(planStart).Milliseconds()
 
 	id := newMigrationID()
+	if err := s.reserveMigration(ctx, id, vm, dst, opt); err != nil {
+		return nil, nil, err
+	}
 	now := time.Now()
 	locked, err := s.store.UpdateVM(ctx, req.Vm, true, func(cur *ferryv1.VM) error {
 		if cur.State != vm.State || cur.Host != vm.Host || cur.MigrationId != "" {
@@ -230,6 +236,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		return nil
 	})
 	if err != nil {
+		s.releaseReservation(id)
 		return nil, nil, connectError(err)
 	}
 	m := &ferryv1.Migration{
@@ -245,6 +252,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err := s.store.PutMigration(ctx, m); err != nil {
 		// Undo the lock so the VM is as it was.
 		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
+		s.releaseReservation(id)
 		return nil, nil, connectError(err)
 	}
 	s.runsMu.Lock()
@@ -262,6 +270,9 @@ func (s *Server) checkRoom(ctx context.Context, vm *ferryv1.VM, dst *ferryv1.Hos
 		return connectError(err)
 	}
 	c := placement.Host{Name: dst.Name, Ready: true, CPUs: int(dst.GetCapacity().GetCpus()), MemoryMiB: dst.GetCapacity().GetMemoryMib()}
+	if err := s.addHeld(ctx, &c); err != nil {
+		return err
+	}
 	for _, o := range vms {
 		if o.Host == dst.Name {
 			c.AllocatedVCPUs += int(o.Spec.GetVcpus())

@@ -50,6 +50,7 @@ func (s *Server) RecoverMigrations(ctx context.Context) error {
 				s.runsMu.Lock()
 				delete(s.runs, m.Id)
 				s.runsMu.Unlock()
+				s.releaseReservation(m.Id)
 			}()
 			rctx := context.Background()
 			switch {

@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/reserve"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,9 @@ type Config struct {
 	Log   *slog.Logger
 	// AgentCallTimeout bounds one call to an agent (VM start waits for QEMU).
 	AgentCallTimeout time.Duration
+	// Reservations holds capacity for in-flight creates and migrations;
+	// nil means a table in the store's etcd (none if the store is not etcd).
+	Reservations *reserve.Table
 }
 
 // Server is the control plane.
@@ -39,6 +43,7 @@ type Server struct {
 	agents  *agentPool
 	metrics *metrics
 	timeout time.Duration
+	reserve *reserve.Table // capacity held for creates and migrations (nil: off)
 
 	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
 
@@ -57,6 +62,7 @@ func New(cfg Config) *Server {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
 	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{}}
+	s.reserve = newReservations(cfg)
 	s.metrics = newMetrics(s)
 	return s
 }

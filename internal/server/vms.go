@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/revert"
 	"github.com/ferryvm/ferry/internal/spec"
@@ -30,8 +31,10 @@ func invalidSpec(err error) error {
 	return ce
 }
 
-// CreateVM validates the spec, places the VM, records it and starts it on
-// its host. If starting fails, the record is removed: nothing is left behind.
+// CreateVM validates the spec, places the VM (holding its room with a
+// reservation until it is recorded), records it and starts it on its host.
+// If starting fails or its reply is lost, the undo removes the VM from the
+// host (undoCreate) and only then the record: nothing is left behind.
 func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.CreateVMRequest]) (*connect.Response[ferryv1.CreateVMResponse], error) {
 	s := v.s
 	sp := req.Msg.GetSpec()
@@ -50,10 +53,11 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 	} else if !store.IsNotFound(err) {
 		return nil, connectError(err)
 	}
-	host, err := s.pickHost(ctx, sp, req.Msg.GetHost())
+	host, release, err := s.placeAndReserve(ctx, sp, req.Msg.GetHost())
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	desired := "running"
 	if req.Msg.NoStart {
 		desired = "stopped"
@@ -67,12 +71,10 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 	if err := s.store.CreateVM(ctx, vm); err != nil {
 		return nil, connectError(err)
 	}
-	r.Add(func() {
-		if err := s.store.DeleteVM(context.WithoutCancel(ctx), name); err != nil {
-			s.log.Error("undo create: delete record", "vm", name, "err", err)
-		}
-	})
+	started := false // a StartVM was sent: its QEMU may run even if the reply never came
+	r.Add(func() { s.undoCreate(context.WithoutCancel(ctx), name, host, started) })
 	if !req.Msg.NoStart {
+		started = true
 		vm, err = s.startOn(ctx, vm, host)
 		if err != nil {
 			return nil, err
@@ -85,8 +87,13 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 
 // pickHost returns the pinned host (which must be ready) or lets placement
 // choose among ready hosts.
-func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string) (*ferryv1.Host, error) {
+// VMs placed on a host and the reservations held there both count.
+func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string, exclude []string) (*ferryv1.Host, error) {
 	hosts, err := s.store.ListHosts(ctx)
+	if err != nil {
+		return nil, connectError(err)
+	}
+	held, err := s.heldByHost(ctx)
 	if err != nil {
 		return nil, connectError(err)
 	}
@@ -102,6 +109,12 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		a.AllocatedVCPUs += int(vm.Spec.GetVcpus())
 		a.AllocatedMemoryMiB += vm.Spec.GetMemoryMib()
 		alloc[vm.Host] = a
+	}
+	for h, r := range held {
+		a := alloc[h]
+		a.AllocatedVCPUs += r.VCPUs
+		a.AllocatedMemoryMiB += r.MemoryMiB
+		alloc[h] = a
 	}
 	for _, h := range hosts {
 		byName[h.Name] = h
@@ -122,7 +135,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		}
 		return h, nil
 	}
-	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib})
+	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeResourceExhausted, err)
 	}
@@ -135,6 +148,10 @@ func (s *Server) startOn(ctx context.Context, vm *ferryv1.VM, host *ferryv1.Host
 	actx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	resp, err := s.agents.get(host.Address).StartVM(actx, connect.NewRequest(&agentv1.AgentStartVMRequest{Spec: vm.Spec}))
+	if err == nil {
+		// A lost reply: the agent started the VM but the server never hears.
+		err = failpoint.Inject("server/after-agent-start")
+	}
 	name := vm.Spec.Name
 	if err != nil {
 		err = fmt.Errorf("start VM %s on host %s: %w", name, host.Name, err)
@@ -196,11 +213,14 @@ func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.St
 	if err != nil {
 		return nil, connectError(err)
 	}
-	if vm.State == "running" {
-		return connect.NewResponse(&ferryv1.StartVMResponse{Vm: vm}), nil
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, err
 	}
-	if vm.State == "migrating" || vm.State == "pending" {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is %s: wait for it to finish", name, vm.State))
+	switch vm.State {
+	case "running":
+		return connect.NewResponse(&ferryv1.StartVMResponse{Vm: vm}), nil
+	case "paused":
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is paused on host %s (its state may have been sent to another host by a migration): stop it (`ferry vm stop %s`) and start it again for a new boot", name, vm.Host, name))
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
 	if err != nil {
@@ -232,8 +252,8 @@ func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.Sto
 	if err != nil {
 		return nil, connectError(err)
 	}
-	if vm.State == "migrating" {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is migrating: cancel the migration first", name))
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, err
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
 	if err != nil {
@@ -268,8 +288,8 @@ func (v *vmService) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.D
 	if err != nil {
 		return nil, connectError(err)
 	}
-	if vm.State == "migrating" {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is migrating: cancel the migration first", name))
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, err
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
 	if err != nil && !store.IsNotFound(err) {
