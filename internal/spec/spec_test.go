@@ -344,7 +344,7 @@ func TestValidateAcceptsGoodVariants(t *testing.T) {
 		"limits": func(s *ferryv1.VMSpec) {
 			s.Vcpus, s.MemoryMib, s.MaxDowntimeMs, s.Name = 64, 64, 60000, strings.Repeat("a", 63)
 		},
-		"accel values": func(s *ferryv1.VMSpec) { s.Accel = "kvm" },
+		"accel values":     func(s *ferryv1.VMSpec) { s.Accel = "kvm" },
 		"shared path disk": func(s *ferryv1.VMSpec) { s.Disks[0].Shared = true },
 		"one char name": func(s *ferryv1.VMSpec) {
 			s.Name = "a"
