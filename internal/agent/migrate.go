@@ -364,7 +364,7 @@ func (v *vm) discardIncomingLocked() {
 	}
 	v.deleteTaps(v.spec)
 	v.archiveLogs("arrival-aborted")
-	if err := os.RemoveAll(v.dir); err != nil {
+	if err := v.removeVMDir(false, "arrival-aborted"); err != nil {
 		a.log.Warn("remove arrival dir", "vm", v.name, "err", err)
 	}
 	a.mu.Lock()

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
-	"os"
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -352,7 +351,7 @@ func (a *Agent) finishOutgoing(ctx context.Context, name, id string) error {
 	v.proc, v.mon, v.out = nil, nil, nil
 	v.deleteTaps(v.spec)
 	v.archiveLogs("migrated-" + id)
-	if err := os.RemoveAll(v.dir); err != nil {
+	if err := v.removeVMDir(true, "migrated-"+id); err != nil {
 		return fmt.Errorf("remove source dir of VM %s: %w", name, err)
 	}
 	a.mu.Lock()

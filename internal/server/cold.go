@@ -81,7 +81,7 @@ func (d *driver) coldForward(ctx context.Context, stopAt time.Time) {
 	}
 	d.r.mu.Unlock()
 	if err := retry(ctx, 30*time.Second, func(c context.Context) error {
-		_, err := d.src.DeleteVM(c, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: d.name()}))
+		_, err := d.src.DeleteVM(c, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: d.name(), MigrationId: d.id()}))
 		return err
 	}); err != nil {
 		d.note(fmt.Sprintf("source cleanup failed: %v", err))

@@ -171,12 +171,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.Strategy != "cold" && dst.MigrationIp == "" {
 		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip)", dst.Name)
 	}
-	for i, d := range vm.Spec.GetDisks() {
-		if !d.GetShared() {
-			return nil, nil, precondition("spec.disks[%d] (%s) is not shared: moving local disks needs storage migration, which Ferry does not do yet; mark the disk shared: true if both hosts see it at the same path", i, d.GetName())
-		}
-	}
 	if err := s.checkRoom(ctx, vm, dst); err != nil {
+		return nil, nil, err
+	}
+	if err := s.checkSharedDisks(ctx, vm, src, dst); err != nil {
 		return nil, nil, err
 	}
 	if opt.MaxDowntimeMs == 0 {
