@@ -85,11 +85,40 @@ type Request struct {
 	TTL time.Duration
 }
 
-// UsageFunc returns what the VMs recorded on host already claim, not
-// counting reservations. Reserve calls it after it has read the host's
-// reservations, so a VM is always counted: either its reservation is still
-// there, or its record (written before the reservation is released) is.
-type UsageFunc func(ctx context.Context, host string) (Held, error)
+// Claims is what the VMs recorded on one host claim, by VM name.
+type Claims map[string]Held
+
+// UsageFunc returns what the VM records placed on host claim. Reserve calls
+// it after it has read the host's reservations, so a VM is always counted:
+// either its reservation is still there, or its record (written before the
+// reservation is released) is. A VM with both on the host counts once.
+type UsageFunc func(ctx context.Context, host string) (Claims, error)
+
+// Allocated sums, per host, the VM records (vms: host → claims) and the
+// reservations rs, counting a VM that has both on one host once (a create
+// between recording the VM and releasing its reservation, a migration
+// between the owner switch and its end).
+func Allocated(vms map[string]Claims, rs []*statev1.Reservation) map[string]Held {
+	out := map[string]Held{}
+	for host, cs := range vms {
+		h := out[host]
+		for _, c := range cs {
+			h.VCPUs += c.VCPUs
+			h.MemoryMiB += c.MemoryMiB
+		}
+		out[host] = h
+	}
+	for _, r := range rs {
+		if _, recorded := vms[r.Host][r.Vm]; recorded && r.Vm != "" {
+			continue
+		}
+		h := out[r.Host]
+		h.VCPUs += int(r.Vcpus)
+		h.MemoryMiB += r.MemoryMib
+		out[r.Host] = h
+	}
+	return out
+}
 
 // Table is the set of reservations in one etcd cluster.
 type Table struct {
@@ -120,7 +149,6 @@ func (t *Table) fence() []clientv3.Cmp {
 // view is a host's reservations and guard revision, read at one revision.
 type view struct {
 	guardRev int64 // mod revision of the guard key (0 = absent)
-	held     Held  // unexpired reservations on the host
 	existing *statev1.Reservation
 	all      []*statev1.Reservation
 }
@@ -150,8 +178,6 @@ func (t *Table) read(ctx context.Context, host, id string) (*view, error) {
 			continue
 		}
 		v.all = append(v.all, r)
-		v.held.VCPUs += int(r.Vcpus)
-		v.held.MemoryMiB += r.MemoryMib
 	}
 	return v, nil
 }
@@ -193,13 +219,14 @@ func (t *Table) Reserve(ctx context.Context, req Request, usage UsageFunc) (*sta
 		if err != nil {
 			return nil, fmt.Errorf("reserve on %s: usage: %w", req.Host, err)
 		}
+		alloc := Allocated(map[string]Claims{req.Host: used}, v.all)[req.Host]
 		c := placement.Host{
 			Name: req.Host, Ready: true, CPUs: req.Capacity.CPUs, MemoryMiB: req.Capacity.MemoryMiB,
-			AllocatedVCPUs: used.VCPUs + v.held.VCPUs, AllocatedMemoryMiB: used.MemoryMiB + v.held.MemoryMiB,
+			AllocatedVCPUs: alloc.VCPUs, AllocatedMemoryMiB: alloc.MemoryMiB,
 		}
 		if _, err := placement.Choose([]placement.Host{c}, placement.Request{VCPUs: req.VCPUs, MemoryMiB: req.MemoryMiB}); err != nil {
-			return nil, fmt.Errorf("%w on host %s for VM %s (%d reservations held there: %d vCPUs, %d MiB): %v",
-				ErrNoRoom, req.Host, req.VM, len(v.all), v.held.VCPUs, v.held.MemoryMiB, err)
+			return nil, fmt.Errorf("%w on host %s for VM %s (%d VMs and %d reservations there): %v",
+				ErrNoRoom, req.Host, req.VM, len(used), len(v.all), err)
 		}
 		r, ok, err := t.commit(ctx, req, v)
 		if err != nil {
@@ -344,18 +371,11 @@ func (t *Table) List(ctx context.Context) ([]*statev1.Reservation, error) {
 	return out, nil
 }
 
-// HeldByHost sums the unexpired reservations per host (for placement).
+// HeldByHost sums the unexpired reservations per host.
 func (t *Table) HeldByHost(ctx context.Context) (map[string]Held, error) {
 	rs, err := t.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := map[string]Held{}
-	for _, r := range rs {
-		h := out[r.Host]
-		h.VCPUs += int(r.Vcpus)
-		h.MemoryMiB += r.MemoryMib
-		out[r.Host] = h
-	}
-	return out, nil
+	return Allocated(nil, rs), nil
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	"github.com/ferryvm/ferry/internal/etcdembed"
 	"github.com/ferryvm/ferry/internal/placement"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -29,7 +30,7 @@ func newTable(t *testing.T) *Table {
 	return New(c)
 }
 
-func noUsage(context.Context, string) (Held, error) { return Held{}, nil }
+func noUsage(context.Context, string) (Claims, error) { return nil, nil }
 
 // room is a host with memory for exactly k VMs of 256 MiB and vCPUs to spare.
 func room(k int) Capacity {
@@ -89,7 +90,7 @@ func TestConcurrentReservationsTakeExactlyK(t *testing.T) {
 func TestReserveCountsVMsReleaseFreesIdempotent(t *testing.T) {
 	tb := newTable(t)
 	ctx := context.Background()
-	oneVM := func(context.Context, string) (Held, error) { return Held{VCPUs: 1, MemoryMiB: 256}, nil }
+	oneVM := func(context.Context, string) (Claims, error) { return Claims{"other": {VCPUs: 1, MemoryMiB: 256}}, nil }
 	if _, err := tb.Reserve(ctx, req("a", "h1", 2), oneVM); err != nil {
 		t.Fatalf("first reservation on a host with room for 2 and one VM: %v", err)
 	}
@@ -118,7 +119,7 @@ func TestReserveCountsVMsReleaseFreesIdempotent(t *testing.T) {
 	if len(rs) != 1 || rs[0].Id != "b" || rs[0].Owner != "test b" || rs[0].Host != "h1" {
 		t.Fatalf("List = %v, want only b on h1", rs)
 	}
-	failing := func(context.Context, string) (Held, error) { return Held{}, errors.New("store down") }
+	failing := func(context.Context, string) (Claims, error) { return nil, errors.New("store down") }
 	if _, err := tb.Reserve(ctx, req("c", "h3", 2), failing); err == nil {
 		t.Fatal("Reserve ignored a usage error")
 	}
@@ -170,5 +171,38 @@ func TestReserveKeyBoundToLease(t *testing.T) {
 	}
 	if ttl.TTL <= 0 || ttl.TTL > 60 {
 		t.Fatalf("lease TTL %d s, want within (0, 60]", ttl.TTL)
+	}
+}
+
+// TestAllocatedCountsAVMOnce: a VM with both a record and a reservation on
+// one host counts once; on two hosts (a migration before its owner switch)
+// it counts on each.
+func TestAllocatedCountsAVMOnce(t *testing.T) {
+	vms := map[string]Claims{"h1": {"a": {1, 256}, "b": {2, 512}}, "h2": {"c": {1, 128}}}
+	rs := []*statev1.Reservation{
+		{Host: "h1", Vm: "a", Vcpus: 1, MemoryMib: 256}, // a create not yet released
+		{Host: "h2", Vm: "a", Vcpus: 1, MemoryMib: 256}, // a migrating to h2
+		{Host: "h3", Vm: "d", Vcpus: 4, MemoryMib: 1024},
+	}
+	got := Allocated(vms, rs)
+	want := map[string]Held{"h1": {3, 768}, "h2": {2, 384}, "h3": {4, 1024}}
+	for h, w := range want {
+		if got[h] != w {
+			t.Errorf("%s: %+v, want %+v", h, got[h], w)
+		}
+	}
+}
+
+// TestReserveCountsAVMOnce: a reservation for a VM already recorded on the
+// host (a create between its record and its release) does not count twice.
+func TestReserveCountsAVMOnce(t *testing.T) {
+	tb := newTable(t)
+	ctx := context.Background()
+	if _, err := tb.Reserve(ctx, req("a", "h1", 2), noUsage); err != nil {
+		t.Fatal(err)
+	}
+	recorded := func(context.Context, string) (Claims, error) { return Claims{"vm-a": {1, 256}}, nil }
+	if _, err := tb.Reserve(ctx, req("b", "h1", 2), recorded); err != nil {
+		t.Fatalf("vm-a counted twice (record and reservation): %v", err)
 	}
 }

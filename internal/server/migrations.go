@@ -261,21 +261,12 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	return r, plan, nil
 }
 
-// checkRoom verifies the destination can hold the VM.
+// checkRoom verifies the destination can hold the VM, counting the VMs
+// placed there and the capacity reservations hold there.
 func (s *Server) checkRoom(ctx context.Context, vm *ferryv1.VM, dst *ferryv1.Host) error {
-	vms, err := s.store.ListVMs(ctx)
-	if err != nil {
-		return connectError(err)
-	}
 	c := placement.Host{Name: dst.Name, Ready: true, CPUs: int(dst.GetCapacity().GetCpus()), MemoryMiB: dst.GetCapacity().GetMemoryMib()}
-	if err := s.addHeld(ctx, &c); err != nil {
+	if err := s.setAllocated(ctx, &c); err != nil { // VMs there and reservations held there
 		return err
-	}
-	for _, o := range vms {
-		if o.Host == dst.Name {
-			c.AllocatedVCPUs += int(o.Spec.GetVcpus())
-			c.AllocatedMemoryMiB += o.Spec.GetMemoryMib()
-		}
 	}
 	if _, err := placement.Choose([]placement.Host{c}, placement.Request{VCPUs: int(vm.Spec.GetVcpus()), MemoryMiB: vm.Spec.GetMemoryMib()}); err != nil {
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("destination host %s cannot take VM %s: %w", dst.Name, vm.Spec.GetName(), err))

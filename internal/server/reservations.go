@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/reserve"
@@ -39,20 +40,29 @@ func newReservations(cfg Config) *reserve.Table {
 	return nil
 }
 
-// usageOn sums what the VM records placed on host claim.
-func (s *Server) usageOn(ctx context.Context, host string) (reserve.Held, error) {
+// claims is what the VM records claim, per host and VM.
+func (s *Server) claims(ctx context.Context) (map[string]reserve.Claims, error) {
 	vms, err := s.store.ListVMs(ctx)
 	if err != nil {
-		return reserve.Held{}, err
+		return nil, err
 	}
-	var h reserve.Held
+	out := map[string]reserve.Claims{}
 	for _, vm := range vms {
-		if vm.Host == host {
-			h.VCPUs += int(vm.Spec.GetVcpus())
-			h.MemoryMiB += vm.Spec.GetMemoryMib()
+		if out[vm.Host] == nil {
+			out[vm.Host] = reserve.Claims{}
 		}
+		out[vm.Host][vm.Spec.GetName()] = reserve.Held{VCPUs: int(vm.Spec.GetVcpus()), MemoryMiB: vm.Spec.GetMemoryMib()}
 	}
-	return h, nil
+	return out, nil
+}
+
+// usageOn is what the VM records placed on host claim.
+func (s *Server) usageOn(ctx context.Context, host string) (reserve.Claims, error) {
+	all, err := s.claims(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return all[host], nil
 }
 
 // heldByHost is the capacity reservations hold per host (empty without a
@@ -62,6 +72,24 @@ func (s *Server) heldByHost(ctx context.Context) (map[string]reserve.Held, error
 		return map[string]reserve.Held{}, nil
 	}
 	return s.reserve.HeldByHost(ctx)
+}
+
+// allocated is what VM records and reservations claim per host, a VM
+// with both on one host counted once. Reservations are read first, like
+// Reserve does, so no VM slips between the two reads.
+func (s *Server) allocated(ctx context.Context) (map[string]reserve.Held, error) {
+	var rs []*statev1.Reservation
+	if s.reserve != nil {
+		var err error
+		if rs, err = s.reserve.List(ctx); err != nil {
+			return nil, err
+		}
+	}
+	vms, err := s.claims(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return reserve.Allocated(vms, rs), nil
 }
 
 // reserveOn takes the room for sp on host under id.
@@ -132,14 +160,13 @@ func (s *Server) reserveMigration(ctx context.Context, id string, vm *ferryv1.VM
 	return s.reserveOn(ctx, id, "migration "+id, vm.Spec, dst, ttl)
 }
 
-// addHeld adds the reservations held on c's host to its allocation
-// (checkRoom counts them like placement does).
-func (s *Server) addHeld(ctx context.Context, c *placement.Host) error {
-	held, err := s.heldByHost(ctx)
+// setAllocated sets c's allocation to what VM records and reservations
+// claim on its host (checkRoom counts reservations like placement does).
+func (s *Server) setAllocated(ctx context.Context, c *placement.Host) error {
+	a, err := s.allocated(ctx)
 	if err != nil {
 		return connectError(err)
 	}
-	c.AllocatedVCPUs += held[c.Name].VCPUs
-	c.AllocatedMemoryMiB += held[c.Name].MemoryMiB
+	c.AllocatedVCPUs, c.AllocatedMemoryMiB = a[c.Name].VCPUs, a[c.Name].MemoryMiB
 	return nil
 }

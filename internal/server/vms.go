@@ -86,43 +86,26 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 }
 
 // pickHost returns the pinned host (which must be ready) or lets placement
-// choose among ready hosts.
-// VMs placed on a host and the reservations held there both count.
+// choose among ready hosts, excluding those in exclude. VMs placed on a
+// host and the reservations held there both count.
 func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string, exclude []string) (*ferryv1.Host, error) {
 	hosts, err := s.store.ListHosts(ctx)
 	if err != nil {
 		return nil, connectError(err)
 	}
-	held, err := s.heldByHost(ctx)
-	if err != nil {
-		return nil, connectError(err)
-	}
-	vms, err := s.store.ListVMs(ctx)
+	alloc, err := s.allocated(ctx)
 	if err != nil {
 		return nil, connectError(err)
 	}
 	byName := map[string]*ferryv1.Host{}
 	cands := make([]placement.Host, 0, len(hosts))
-	alloc := map[string]placement.Host{}
-	for _, vm := range vms {
-		a := alloc[vm.Host]
-		a.AllocatedVCPUs += int(vm.Spec.GetVcpus())
-		a.AllocatedMemoryMiB += vm.Spec.GetMemoryMib()
-		alloc[vm.Host] = a
-	}
-	for h, r := range held {
-		a := alloc[h]
-		a.AllocatedVCPUs += r.VCPUs
-		a.AllocatedMemoryMiB += r.MemoryMiB
-		alloc[h] = a
-	}
 	for _, h := range hosts {
 		byName[h.Name] = h
 		a := alloc[h.Name]
 		cands = append(cands, placement.Host{
 			Name: h.Name, Ready: h.State == "ready",
 			CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
-			AllocatedVCPUs: a.AllocatedVCPUs, AllocatedMemoryMiB: a.AllocatedMemoryMiB,
+			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB,
 		})
 	}
 	if pinned != "" {
