@@ -36,6 +36,8 @@ func invalidSpec(err error) error {
 // If starting fails or its reply is lost, the undo removes the VM from the
 // host (undoCreate) and only then the record: nothing is left behind.
 func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.CreateVMRequest]) (*connect.Response[ferryv1.CreateVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	sp := req.Msg.GetSpec()
 	if sp == nil {
@@ -188,6 +190,8 @@ func (v *vmService) ListVMs(ctx context.Context, _ *connect.Request[ferryv1.List
 
 // StartVM starts a stopped or failed VM on the host that owns it.
 func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.StartVMRequest]) (*connect.Response[ferryv1.StartVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
 	unlock := s.lockVM(name)
@@ -227,6 +231,8 @@ func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.St
 
 // StopVM stops a VM's QEMU on its host; the VM keeps its host and disks.
 func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.StopVMRequest]) (*connect.Response[ferryv1.StopVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
 	unlock := s.lockVM(name)
@@ -263,6 +269,8 @@ func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.Sto
 
 // DeleteVM stops the VM, removes its files on its host and its record.
 func (v *vmService) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.DeleteVMRequest]) (*connect.Response[ferryv1.DeleteVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
 	unlock := s.lockVM(name)

@@ -33,6 +33,8 @@ var (
 // is kept, failed, with what to do: an unrecorded QEMU is never left
 // behind knowingly (the agent's orphan reaper is the second line).
 func (s *Server) undoCreate(ctx context.Context, name string, host *ferryv1.Host, started bool) {
+	ctx, cancel := context.WithTimeout(ctx, undoDeleteBudget+opMargin)
+	defer cancel()
 	if started {
 		if err := s.deleteOnHost(ctx, name, host, undoDeleteBudget); err != nil {
 			msg := fmt.Sprintf("create failed and removing the VM from host %s failed too (%v): its QEMU may still run there; run `ferry vm delete %s` once the host answers", host.Name, err, name)
@@ -79,4 +81,14 @@ func (s *Server) deleteOnHost(ctx context.Context, name string, host *ferryv1.Ho
 		case <-time.After(undoDeletePause):
 		}
 	}
+}
+
+// opMargin is added to the agent call timeout and the undo budget to bound
+// a whole VM operation (store reads and writes included).
+const opMargin = 30 * time.Second
+
+// boundOp bounds one VM operation, so no store or agent call in it waits
+// forever even when the client set no deadline.
+func (s *Server) boundOp(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.timeout+undoDeleteBudget+opMargin)
 }
