@@ -117,12 +117,9 @@ func (s *Server) reserveOn(ctx context.Context, id, owner string, sp *ferryv1.VM
 // releaseReservation drops reservation id (bounded; a failure only leaves
 // a reservation that expires on its own, and is logged).
 func (s *Server) releaseReservation(id string) {
-	if s.reserve == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	if err := s.reserve.Release(ctx, id); err != nil {
+	if err := s.releaseReservationErr(ctx, id); err != nil {
 		s.log.Warn("release reservation (it expires on its own)", "reservation", id, "err", err)
 	}
 }
@@ -169,4 +166,13 @@ func (s *Server) setAllocated(ctx context.Context, c *placement.Host) error {
 	}
 	c.AllocatedVCPUs, c.AllocatedMemoryMiB = a[c.Name].VCPUs, a[c.Name].MemoryMiB
 	return nil
+}
+
+// releaseReservationErr drops reservation id and returns the error (for
+// the migration engine's Release hook; idempotent).
+func (s *Server) releaseReservationErr(ctx context.Context, id string) error {
+	if s.reserve == nil {
+		return nil
+	}
+	return s.reserve.Release(ctx, id)
 }
