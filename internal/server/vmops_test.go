@@ -358,3 +358,36 @@ func TestMigrationReservationHoldsRoom(t *testing.T) {
 		t.Fatalf("create after the release: %v", err)
 	}
 }
+
+// TestMigrationRefusesDisksTheDestinationCannotHold: a local disk, and a
+// shared disk without a path (a record from before shared+size was
+// refused), are refused before any agent is asked, and nothing changes.
+func TestMigrationRefusesDisksTheDestinationCannotHold(t *testing.T) {
+	s, st := newTestServer(t)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		disk *ferryv1.DiskSpec
+		want string
+	}{
+		{&ferryv1.DiskSpec{Name: "data", Path: "/srv/data.qcow2"}, "spec.disks[0] (data) is not shared"},
+		{&ferryv1.DiskSpec{Name: "data", Size: "1GiB", Shared: true}, "spec.disks[0] (data) is shared but has no path"},
+	} {
+		if _, err := st.UpdateVM(ctx, "web", false, func(v *ferryv1.VM) error { v.Spec.Disks = []*ferryv1.DiskSpec{tc.disk}; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := st.GetVM(ctx, "web")
+		for _, dry := range []bool{true, false} {
+			_, err := (&migrationService{s}).Migrate(ctx, connect.NewRequest(&ferryv1.MigrateRequest{Vm: "web", To: "h2", DryRun: dry,
+				Options: &ferryv1.MigrationOptions{Strategy: "cold"}}))
+			if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("disk %v (dry run %v): %v, want FailedPrecondition with %q", tc.disk, dry, err, tc.want)
+			}
+		}
+		if after, _ := st.GetVM(ctx, "web"); after.Generation != before.Generation || after.MigrationId != "" {
+			t.Errorf("refusal changed the record: %v", after)
+		}
+	}
+	if held, _ := s.heldByHost(ctx); len(held) != 0 {
+		t.Errorf("a refused migration holds a reservation: %v", held)
+	}
+}
