@@ -20,6 +20,8 @@ const (
 	// staleAbortTimeout bounds asking a failed migration's destination to
 	// remove what it may still hold.
 	staleAbortTimeout = 10 * time.Second
+	// settleTimeout bounds settleMigrationLock as a whole.
+	settleTimeout = 30 * time.Second
 )
 
 // errMigrationInFlight is wrapped by the refusal of a VM operation while a
@@ -59,6 +61,8 @@ func (s *Server) settleMigrationLock(ctx context.Context, vm *ferryv1.VM) (*ferr
 	if vm.State != "migrating" && id == "" {
 		return vm, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout)
+	defer cancel()
 	var m *ferryv1.Migration
 	if id != "" {
 		inFlight, rec, err := s.migrationInFlight(ctx, id)

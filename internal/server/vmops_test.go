@@ -150,6 +150,15 @@ func vmSpec(name string) *ferryv1.VMSpec {
 	return &ferryv1.VMSpec{Name: name, Vcpus: 1, MemoryMib: 256, Accel: "tcg", Boot: &ferryv1.BootSpec{Kernel: "/k"}}
 }
 
+// putMigration stores a migration record with the given status and state.
+func putMigration(t *testing.T, st store.Store, id, vm, from, to, status, state string) {
+	t.Helper()
+	m := &ferryv1.Migration{Id: id, Vm: vm, From: from, To: to, Status: status, State: state}
+	if err := st.PutMigration(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func lockVMRecord(t *testing.T, st store.Store, name, id string) {
 	t.Helper()
 	if _, err := st.UpdateVM(context.Background(), name, false, func(v *ferryv1.VM) error {
@@ -169,11 +178,8 @@ func TestVMOperationsRefusedOnlyWhileMigrationInFlight(t *testing.T) {
 	s, st, a1, a2 := newFakeAgentServer(t, 4)
 	ctx := context.Background()
 	v := &vmService{s}
-	m := &ferryv1.Migration{Id: "mig-live", Vm: "web", From: "h1", To: "h2", Status: "running", State: "transferring"}
-	if err := st.PutMigration(ctx, m); err != nil {
-		t.Fatal(err)
-	}
-	lockVMRecord(t, st, "web", m.Id)
+	putMigration(t, st, "mig-live", "web", "h1", "h2", "running", "transferring")
+	lockVMRecord(t, st, "web", "mig-live")
 	before, _ := st.GetVM(ctx, "web")
 	ops := map[string]func() error{
 		"stop": func() error {
@@ -204,10 +210,7 @@ func TestVMOperationsRefusedOnlyWhileMigrationInFlight(t *testing.T) {
 	}
 
 	// The migration failed but the VM was left locked.
-	m.Status, m.State = "failed", "failed"
-	if err := st.PutMigration(ctx, m); err != nil {
-		t.Fatal(err)
-	}
+	putMigration(t, st, "mig-live", "web", "h1", "h2", "failed", "failed")
 	if _, err := v.StopVM(ctx, connect.NewRequest(&ferryv1.StopVMRequest{Name: "web", Force: true})); err != nil {
 		t.Fatalf("stop after the migration failed: %v", err)
 	}
