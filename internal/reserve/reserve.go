@@ -206,15 +206,13 @@ func (t *Table) Reserve(ctx context.Context, req Request, usage UsageFunc) (*sta
 		if err != nil {
 			return nil, err
 		}
-		if r := v.existing; r != nil {
-			if r.Host == req.Host && r.ExpiresAt.AsTime().After(t.now()) {
+		if r := v.existing; r != nil && r.ExpiresAt.AsTime().After(t.now()) {
+			if r.Host == req.Host {
 				return r, nil
 			}
-			if r.Host != req.Host {
-				return nil, fmt.Errorf("reserve %s on %s: already held on host %s", req.ID, req.Host, r.Host)
-			}
-			// Expired but not yet removed by etcd: take it again below.
+			return nil, fmt.Errorf("reserve %s on %s: already held on host %s", req.ID, req.Host, r.Host)
 		}
+		// An expired one not yet removed by etcd is taken again below.
 		used, err := usage(ctx, req.Host)
 		if err != nil {
 			return nil, fmt.Errorf("reserve on %s: usage: %w", req.Host, err)
