@@ -53,6 +53,9 @@ var (
 	ErrContention = errors.New("reservations of the host kept changing")
 	// ErrNotFound means no reservation has that id.
 	ErrNotFound = errors.New("no such reservation")
+	// ErrFenced means the write was refused by the Fence comparison (this
+	// replica is no longer the leader); nothing was written.
+	ErrFenced = errors.New("reservation write refused by the leadership fence")
 )
 
 // Capacity is a host's totals.
@@ -123,9 +126,10 @@ func Allocated(vms map[string]Claims, rs []*statev1.Reservation) map[string]Held
 // Table is the set of reservations in one etcd cluster.
 type Table struct {
 	c *clientv3.Client
-	// Fence, if set, returns comparisons every write must also satisfy
-	// (the leader's fencing key), so a deposed leader cannot reserve.
-	Fence func() []clientv3.Cmp
+	// Fence, if set, returns a comparison every write must also satisfy
+	// (the leader's fencing key), so a deposed leader cannot reserve; ok
+	// false means writes are not fenced.
+	Fence func() (cmp clientv3.Cmp, ok bool)
 	now   func() time.Time
 }
 
@@ -139,11 +143,26 @@ var (
 	unmarshal = protojson.UnmarshalOptions{DiscardUnknown: true}
 )
 
-func (t *Table) fence() []clientv3.Cmp {
-	if t.Fence == nil {
-		return nil
+// txn commits ops if cmps hold, inside the fence when there is one. It
+// returns whether cmps held; ErrFenced when the fence failed.
+func (t *Table) txn(ctx context.Context, cmps []clientv3.Cmp, ops ...clientv3.Op) (bool, error) {
+	if t.Fence != nil {
+		if f, ok := t.Fence(); ok {
+			resp, err := t.c.Txn(ctx).If(f).Then(clientv3.OpTxn(cmps, ops, nil)).Commit()
+			if err != nil {
+				return false, err
+			}
+			if !resp.Succeeded {
+				return false, ErrFenced
+			}
+			return resp.Responses[0].GetResponseTxn().GetSucceeded(), nil
+		}
 	}
-	return t.Fence()
+	resp, err := t.c.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return false, err
+	}
+	return resp.Succeeded, nil
 }
 
 // view is a host's reservations and guard revision, read at one revision.
@@ -263,12 +282,11 @@ func (t *Table) commit(ctx context.Context, req Request, v *view) (*statev1.Rese
 		return nil, false, fmt.Errorf("reserve %s: grant lease: %w", req.ID, err)
 	}
 	guard := GuardPrefix + req.Host
-	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(guard), "=", v.guardRev)}, t.fence()...)
-	resp, err := t.c.Txn(ctx).If(cmps...).Then(
+	ok, err := t.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(guard), "=", v.guardRev)},
 		clientv3.OpPut(guard, req.ID),
 		clientv3.OpPut(Prefix+req.ID, string(b), clientv3.WithLease(lease.ID)),
-	).Commit()
-	if err != nil || !resp.Succeeded {
+	)
+	if err != nil || !ok {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		_, _ = t.c.Revoke(rctx, lease.ID)
 		cancel()
@@ -276,7 +294,7 @@ func (t *Table) commit(ctx context.Context, req Request, v *view) (*statev1.Rese
 	if err != nil {
 		return nil, false, fmt.Errorf("reserve %s on %s: %w", req.ID, req.Host, err)
 	}
-	return r, resp.Succeeded, nil
+	return r, ok, nil
 }
 
 // Release removes reservation id and its lease. Releasing an id that is
@@ -290,7 +308,7 @@ func (t *Table) Release(ctx context.Context, id string) error {
 		return nil
 	}
 	kv := resp.Kvs[0]
-	if _, err := t.c.Txn(ctx).If(t.fence()...).Then(clientv3.OpDelete(Prefix + id)).Commit(); err != nil {
+	if _, err := t.txn(ctx, nil, clientv3.OpDelete(Prefix+id)); err != nil {
 		return fmt.Errorf("release reservation %s: %w", id, err)
 	}
 	if kv.Lease != 0 {
@@ -328,9 +346,9 @@ func (t *Table) Renew(ctx context.Context, id string, ttl time.Duration) error {
 	if err != nil {
 		return fmt.Errorf("renew reservation %s: grant lease: %w", id, err)
 	}
-	cmps := append([]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(Prefix+id), "=", kv.ModRevision)}, t.fence()...)
-	tr, err := t.c.Txn(ctx).If(cmps...).Then(clientv3.OpPut(Prefix+id, string(b), clientv3.WithLease(lease.ID))).Commit()
-	if err != nil || !tr.Succeeded {
+	ok, err := t.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(Prefix+id), "=", kv.ModRevision)},
+		clientv3.OpPut(Prefix+id, string(b), clientv3.WithLease(lease.ID)))
+	if err != nil || !ok {
 		_, _ = t.c.Revoke(context.WithoutCancel(ctx), lease.ID)
 		if err != nil {
 			return fmt.Errorf("renew reservation %s: %w", id, err)

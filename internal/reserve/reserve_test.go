@@ -206,3 +206,31 @@ func TestReserveCountsAVMOnce(t *testing.T) {
 		t.Fatalf("vm-a counted twice (record and reservation): %v", err)
 	}
 }
+
+// TestFencedWritesRefusedWhenTheFenceFails: with a fence whose key is
+// gone (a deposed leader), Reserve and Release write nothing.
+func TestFencedWritesRefusedWhenTheFenceFails(t *testing.T) {
+	tb := newTable(t)
+	ctx := context.Background()
+	if _, err := tb.c.Put(ctx, "/leader", "me"); err != nil {
+		t.Fatal(err)
+	}
+	tb.Fence = func() (clientv3.Cmp, bool) { return clientv3.Compare(clientv3.Value("/leader"), "=", "me"), true }
+	if _, err := tb.Reserve(ctx, req("a", "h1", 2), noUsage); err != nil {
+		t.Fatalf("reserve under a holding fence: %v", err)
+	}
+	if _, err := tb.c.Put(ctx, "/leader", "someone else"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tb.Reserve(ctx, req("b", "h1", 2), noUsage); !errors.Is(err, ErrFenced) {
+		t.Fatalf("reserve under a failed fence: %v, want ErrFenced", err)
+	}
+	if err := tb.Release(ctx, "a"); !errors.Is(err, ErrFenced) {
+		t.Fatalf("release under a failed fence: %v, want ErrFenced", err)
+	}
+	tb.Fence = nil
+	rs, _ := tb.List(ctx)
+	if len(rs) != 1 || rs[0].Id != "a" {
+		t.Fatalf("reservations after fenced writes: %v, want only a", rs)
+	}
+}

@@ -108,6 +108,8 @@ func (s *Server) reserveOn(ctx context.Context, id, owner string, sp *ferryv1.VM
 		return nil
 	case errors.Is(err, reserve.ErrNoRoom):
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("host %s cannot take VM %s: %w", host.Name, sp.GetName(), err))
+	case errors.Is(err, reserve.ErrFenced):
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("this server is no longer the leader: %w", err))
 	case errors.Is(err, reserve.ErrContention):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("host %s is busy with other placements, try again: %w", host.Name, err))
 	}
