@@ -267,8 +267,8 @@ func TestCreateUndoDeletesOnHostWhenReplyLost(t *testing.T) {
 	a1.startErr, a2.startErr = errors.New("fake: reply lost"), errors.New("fake: reply lost")
 	a1.deleteErrs = 2
 	_, err := v.CreateVM(ctx, connect.NewRequest(&ferryv1.CreateVMRequest{Spec: vmSpec("lost"), Host: "h1"}))
-	if err == nil {
-		t.Fatal("create succeeded with a lost reply")
+	if err == nil || !strings.Contains(err.Error(), "VM lost was removed from host h1 and not recorded") {
+		t.Fatalf("create with a lost reply: %v; want an error saying the VM was removed from h1", err)
 	}
 	if a1.called("DeleteVM lost") != 3 || a1.running["lost"] {
 		t.Fatalf("DeleteVM calls %d (want 3: two failures then success), still running %v", a1.called("DeleteVM lost"), a1.running["lost"])
@@ -281,8 +281,8 @@ func TestCreateUndoDeletesOnHostWhenReplyLost(t *testing.T) {
 	undoDeleteBudget = 1500 * time.Millisecond
 	t.Cleanup(func() { undoDeleteBudget = saved })
 	a2.deleteErrs = -1 // never succeeds
-	if _, err := v.CreateVM(ctx, connect.NewRequest(&ferryv1.CreateVMRequest{Spec: vmSpec("stuck"), Host: "h2"})); err == nil {
-		t.Fatal("create succeeded with a lost reply")
+	if _, err := v.CreateVM(ctx, connect.NewRequest(&ferryv1.CreateVMRequest{Spec: vmSpec("stuck"), Host: "h2"})); err == nil || !strings.Contains(err.Error(), "ferry vm delete stuck") {
+		t.Fatalf("create with a lost reply and no delete: %v; want an error naming `ferry vm delete stuck`", err)
 	}
 	vm, err := st.GetVM(ctx, "stuck")
 	if err != nil || vm.State != "failed" || !strings.Contains(vm.Message, "ferry vm delete stuck") {

@@ -74,12 +74,14 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 		return nil, connectError(err)
 	}
 	started := false // a StartVM was sent: its QEMU may run even if the reply never came
-	r.Add(func() { s.undoCreate(context.WithoutCancel(ctx), name, host, started) })
+	undone := ""     // what the undo did, for the error
+	r.Add(func() { undone = s.undoCreate(context.WithoutCancel(ctx), name, host, started) })
 	if !req.Msg.NoStart {
 		started = true
 		vm, err = s.startOn(ctx, vm, host)
 		if err != nil {
-			return nil, err
+			r.Fail()
+			return nil, withNote(err, undone)
 		}
 	}
 	r.Success()

@@ -32,7 +32,9 @@ var (
 // is the record removed. If the host cannot confirm the removal, the record
 // is kept, failed, with what to do: an unrecorded QEMU is never left
 // behind knowingly (the agent's orphan reaper is the second line).
-func (s *Server) undoCreate(ctx context.Context, name string, host *ferryv1.Host, started bool) {
+//
+// It returns what it did, for the create's error.
+func (s *Server) undoCreate(ctx context.Context, name string, host *ferryv1.Host, started bool) string {
 	ctx, cancel := context.WithTimeout(ctx, undoDeleteBudget+opMargin)
 	defer cancel()
 	if started {
@@ -45,13 +47,35 @@ func (s *Server) undoCreate(ctx context.Context, name string, host *ferryv1.Host
 			}); uerr != nil && !store.IsNotFound(uerr) {
 				s.log.Error("undo create: record the failure", "vm", name, "err", uerr)
 			}
-			return
+			return msg
 		}
 		s.log.Info("undo create: VM removed from its host", "vm", name, "host", host.Name)
 	}
 	if err := s.store.DeleteVM(ctx, name); err != nil && !store.IsNotFound(err) {
 		s.log.Error("undo create: delete record", "vm", name, "err", err)
+		return fmt.Sprintf("removing the record of VM %s failed (%v): delete it with `ferry vm delete %s`", name, err, name)
 	}
+	if started {
+		return fmt.Sprintf("VM %s was removed from host %s and not recorded", name, host.Name)
+	}
+	return fmt.Sprintf("VM %s was not recorded", name)
+}
+
+// withNote appends note to err's message, keeping its Connect code and
+// details.
+func withNote(err error, note string) error {
+	if note == "" {
+		return err
+	}
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		return fmt.Errorf("%w; %s", err, note)
+	}
+	out := connect.NewError(ce.Code(), fmt.Errorf("%s; %s", ce.Message(), note))
+	for _, d := range ce.Details() {
+		out.AddDetail(d)
+	}
+	return out
 }
 
 // deleteOnHost calls the host agent's DeleteVM until it succeeds, a
