@@ -19,13 +19,28 @@ import (
 // like a pre-copy switchover, so the owner CAS still happens while both
 // QEMUs are paused.
 func (a *Agent) startPostcopy(ctx context.Context, name, id string) (*agentv1.OutgoingStatus, error) {
-	v, _, err := a.outgoingFor(name, id)
+	v, out, err := a.outgoingFor(name, id)
 	if err != nil {
 		return nil, err
 	}
-	if err := v.mon.MigrateStartPostcopy(ctx); err != nil {
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil, failedPrecondition("the source QEMU of VM %s on host %s is gone", name, a.cfg.Name)
+	}
+	out.mu.Lock()
+	requested := out.postcopyRequested || !out.postcopyAt.IsZero()
+	out.mu.Unlock()
+	if requested {
+		return v.outgoingStatus(ctx) // a retried step
+	}
+	if err := mon.MigrateStartPostcopy(ctx); err != nil {
 		return nil, fmt.Errorf("migrate-start-postcopy: %w", err)
 	}
+	out.mu.Lock()
+	out.postcopyRequested = true
+	out.mu.Unlock()
 	a.log.Info("post-copy requested", "vm", name, "migration", id)
 	return v.outgoingStatus(ctx)
 }

@@ -35,7 +35,9 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 		return nil, connectError(err)
 	}
 	h.s.reconcileHost(ctx, host)
-	return connect.NewResponse(&ferryv1.HeartbeatResponse{LeaseTtlSeconds: int64(HostLeaseTTL / time.Second)}), nil
+	resp := &ferryv1.HeartbeatResponse{LeaseTtlSeconds: int64(HostLeaseTTL / time.Second)}
+	h.s.hostExpectation(ctx, host.Name, resp)
+	return connect.NewResponse(resp), nil
 }
 
 // reconcileHost updates the records of VMs owned by host from its report.
