@@ -15,6 +15,20 @@ import (
 // agent removes it.
 const DefaultOrphanGrace = 2 * time.Minute
 
+// OrphanGraceEnv, when set to a duration, replaces DefaultOrphanGrace as
+// the --orphan-grace default (tests that start agents through `ferry dev
+// cluster up` shorten it this way).
+const OrphanGraceEnv = "FERRY_ORPHAN_GRACE"
+
+// OrphanGraceDefault returns the --orphan-grace default: OrphanGraceEnv
+// when it holds a positive duration, else DefaultOrphanGrace.
+func OrphanGraceDefault() time.Duration {
+	if d, err := time.ParseDuration(os.Getenv(OrphanGraceEnv)); err == nil && d > 0 {
+		return d
+	}
+	return DefaultOrphanGrace
+}
+
 // expectation is what the control plane's heartbeat reply says should be
 // on this host.
 type expectation struct {

@@ -9,7 +9,7 @@ import (
 
 // hostExpectation fills a heartbeat reply with what the records place on
 // host: the VMs whose record names it and the in-flight migrations whose
-// source or destination it is. The reply is authoritative only when both
+// source or destination it is (their VMs count as expected too). The reply is authoritative only when both
 // lists were read completely and this replica's view counts (see
 // viewIsAuthoritative); an agent reaps orphan QEMUs only on such replies.
 func (s *Server) hostExpectation(ctx context.Context, host string, resp *ferryv1.HeartbeatResponse) {
@@ -33,6 +33,9 @@ func (s *Server) hostExpectation(ctx context.Context, host string, resp *ferryv1
 			continue
 		}
 		resp.InflightMigrations = append(resp.InflightMigrations, m.Id)
+		// A migration's VM may run here under no migration id (a cold
+		// migration's destination is started by StartVM).
+		resp.ExpectedVms = append(resp.ExpectedVms, m.Vm)
 	}
 	sort.Strings(resp.ExpectedVms)
 	sort.Strings(resp.InflightMigrations)

@@ -69,7 +69,8 @@ type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// lease_ttl_seconds is how long the server waits for the next heartbeat.
 	LeaseTtlSeconds int64 `protobuf:"varint,1,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
-	// expected_vms are the VMs whose records place them on this host.
+	// expected_vms are the VMs whose records place them on this host, and
+	// the VMs of inflight_migrations.
 	ExpectedVms []string `protobuf:"bytes,2,rep,name=expected_vms,json=expectedVms,proto3" json:"expected_vms,omitempty"`
 	// inflight_migrations are the ids of the migrations not yet ended whose
 	// source or destination is this host.
