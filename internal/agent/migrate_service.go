@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/ferryvm/ferry/internal/qmp"
 )
 
 // migrationService implements agentv1connect.MigrationAgentServiceHandler:
@@ -160,6 +161,9 @@ func (s *migrationService) PauseMigration(ctx context.Context, req *connect.Requ
 	v.mu.Unlock()
 	if mon == nil {
 		return nil, failedPrecondition("VM %s has no QEMU on host %s", req.Msg.Name, s.a.cfg.Name)
+	}
+	if info, err := mon.QueryMigrate(ctx); err == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyPaused {
+		return connect.NewResponse(&agentv1.StepResponse{}), nil // paused already: a retried step
 	}
 	if err := mon.MigratePause(ctx); err != nil {
 		return nil, fmt.Errorf("migrate-pause: %w", err)

@@ -42,10 +42,11 @@ type vm struct {
 
 	// Live migration, at most one direction at a time (see incoming.go and
 	// outgoing.go).
-	out     *outgoing
-	in      *incoming
-	arrived string    // id of the migration this VM arrived by, once adopted
-	started time.Time // when this agent started or found the VM's QEMU (reaper grace)
+	out        *outgoing
+	in         *incoming
+	arrived    string    // id of the migration this VM arrived by, once adopted
+	recoverURI string    // where a paused post-copy destination listens again
+	started    time.Time // when this agent started or found the VM's QEMU (reaper grace)
 }
 
 func (a *Agent) newVM(name string) *vm {

@@ -21,8 +21,8 @@ const (
 // socket: a run state and a migration status that the commands act on
 // (query-status, query-migrate, migrate, migrate-continue, migrate_cancel,
 // migrate-start-postcopy, migrate-incoming, migrate-set-capabilities,
-// migrate-set-parameters, cont, stop, quit, system_powerdown,
-// announce-self), emitting STOP, RESUME, MIGRATION and SHUTDOWN like QEMU.
+// migrate-set-parameters, migrate-pause, migrate-recover, cont, stop, quit,
+// system_powerdown, announce-self), emitting STOP, RESUME, MIGRATION and SHUTDOWN like QEMU.
 // A test moves what QEMU would do by itself (the transfer reaching
 // pre-switchover, the incoming state arriving, a crash) with its methods.
 // Commands the model does not know can be scripted on Server().
@@ -270,6 +270,22 @@ func (q *FakeQEMU) install() {
 	s.Handle("quit", func(json.RawMessage) Reply { return Reply{After: func() { go q.exit(true) }} })
 	s.Handle("system_powerdown", func(json.RawMessage) Reply { return Reply{After: func() { go q.exit(true) }} })
 	s.Handle("announce-self", func(json.RawMessage) Reply { return Reply{} })
+	s.Handle("migrate-pause", func(json.RawMessage) Reply {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if q.mig != "postcopy-active" {
+			return Reply{Err: GenericError("migrate-pause is currently only supported during postcopy-active state")}
+		}
+		return Reply{Events: q.setMigLocked("postcopy-paused")}
+	})
+	s.Handle("migrate-recover", func(json.RawMessage) Reply {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if !q.incoming || q.mig != "postcopy-paused" {
+			return Reply{Err: GenericError("Migrate recover can only be run when postcopy is paused.")}
+		}
+		return Reply{Events: q.setMigLocked("postcopy-recover")}
+	})
 }
 
 func (q *FakeQEMU) migrateInfo() map[string]any {
