@@ -218,3 +218,7 @@ func must[T any](t *testing.T) func(*connect.Response[T], error) *T {
 func step(name, id string) *connect.Request[agentv1.MigrationStepRequest] {
 	return connect.NewRequest(&agentv1.MigrationStepRequest{Name: name, MigrationId: id})
 }
+
+func contextWithTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d)
+}

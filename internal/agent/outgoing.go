@@ -95,7 +95,13 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	v.out = out
 	v.mu.Unlock()
 
+	sent := false // migrate was sent
 	fail := func(err error) (*agentv1.OutgoingStatus, error) {
+		if sent && migrationRuns(mon) {
+			// The command took effect although its answer was lost: keep
+			// the migration so a retried step finds it.
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w (QEMU's migration runs: retry the step)", err))
+		}
 		out.sub.Close()
 		v.mu.Lock()
 		if v.out == out {
@@ -143,12 +149,22 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err := v.saveOutgoing(out); err != nil {
 		return fail(err)
 	}
+	sent = true
 	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
 	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri,
 		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels)
 	return v.outgoingStatus(ctx)
+}
+
+// migrationRuns reports whether QEMU's migration is under way.
+func migrationRuns(mon *qmp.Monitor) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := mon.QueryMigrate(ctx)
+	s := info.CurrentStatus()
+	return err == nil && s != qmp.MigrationStatusNone && !s.Finished()
 }
 
 // watchOutgoing records the source's QMP event times.
