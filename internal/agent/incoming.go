@@ -31,6 +31,7 @@ type incoming struct {
 	ran       bool // the QEMU has run (persisted)
 	loaded    bool // QEMU reported the incoming migration completed
 	contSent  bool // cont sent after arming
+	adopted   bool // FinishIncoming adopted it (persisted)
 	loadedAt  time.Time
 	resumedAt time.Time
 	err       string
@@ -43,15 +44,19 @@ func (in *incoming) adoptable() bool {
 	return !in.ran && (in.state == migration.InListening || in.state == migration.InArmed || in.state == migration.InNone)
 }
 
-func (in *incoming) record(adopted bool) incomingRecord {
+func (in *incoming) record() incomingRecord {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return incomingRecord{ID: in.id, URI: in.uri, Armed: in.armed, Ran: in.ran, Adopted: adopted}
+	return incomingRecord{ID: in.id, URI: in.uri, Armed: in.armed, Ran: in.ran, Adopted: in.adopted}
 }
 
-// saveIncoming persists the arrival's facts in the VM's directory.
-func (v *vm) saveIncoming(in *incoming, adopted bool) error {
-	return writeRecord(filepath.Join(v.dir, incomingMarker), in.record(adopted))
+// saveIncoming persists the arrival's facts in the VM's directory. Writers
+// are serialised and each writes the whole current record, so a slower
+// writer never puts back an older one.
+func (v *vm) saveIncoming(in *incoming) error {
+	v.recMu.Lock()
+	defer v.recMu.Unlock()
+	return writeRecord(filepath.Join(v.dir, incomingMarker), in.record())
 }
 
 func failedPrecondition(format string, args ...any) error {
@@ -128,7 +133,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 		return "", err
 	}
 	in := &incoming{id: req.MigrationId, state: migration.InNone}
-	if err := v.saveIncoming(in, false); err != nil {
+	if err := v.saveIncoming(in); err != nil {
 		return "", err
 	}
 	in.sub = mon.Subscribe(qmp.EventMigration, qmp.EventResume)
@@ -162,7 +167,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 	if in.state, err = migration.StepIncoming(in.state, migration.InEvListen); err != nil {
 		return "", err
 	}
-	if err := v.saveIncoming(in, false); err != nil {
+	if err := v.saveIncoming(in); err != nil {
 		return "", err
 	}
 	r.Success()
@@ -227,7 +232,7 @@ func (v *vm) markRan(in *incoming, at time.Time) {
 	}
 	in.mu.Unlock()
 	if first {
-		if err := v.saveIncoming(in, false); err != nil {
+		if err := v.saveIncoming(in); err != nil {
 			v.a.log.Error("persist that the destination ran", "vm", v.name, "migration", in.id, "err", err)
 		}
 	}

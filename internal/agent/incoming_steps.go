@@ -70,7 +70,7 @@ func (a *Agent) armResume(ctx context.Context, name, id string) (*agentv1.Incomi
 	}
 	in.armed = true
 	in.mu.Unlock()
-	if err := v.saveIncoming(in, false); err != nil {
+	if err := v.saveIncoming(in); err != nil {
 		return nil, err
 	}
 	if err := v.resumeArmed(ctx, in, mon); err != nil {
@@ -201,7 +201,13 @@ func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*agentv1.I
 	if err := os.WriteFile(filepath.Join(v.dir, runningMarker), nil, 0o644); err != nil {
 		return nil, fmt.Errorf("mark VM running: %w", err)
 	}
-	if err := v.saveIncoming(in, true); err != nil {
+	in.mu.Lock()
+	in.adopted = true
+	in.mu.Unlock()
+	if err := v.saveIncoming(in); err != nil {
+		in.mu.Lock()
+		in.adopted = false
+		in.mu.Unlock()
 		return nil, err
 	}
 	in.mu.Lock()

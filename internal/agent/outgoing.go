@@ -41,6 +41,8 @@ func (out *outgoing) record() outgoingRecord {
 
 // saveOutgoing persists the departure's facts in the VM's directory.
 func (v *vm) saveOutgoing(out *outgoing) error {
+	v.recMu.Lock()
+	defer v.recMu.Unlock()
 	return writeRecord(filepath.Join(v.dir, outgoingFile), out.record())
 }
 

@@ -136,7 +136,7 @@ func (v *vm) reattachIncoming(ctx context.Context, rec incomingRecord) {
 	}
 	in.sub = v.mon.Subscribe(qmp.EventMigration, qmp.EventResume)
 	v.in, v.state = in, "incoming"
-	if err := v.saveIncoming(in, false); err != nil {
+	if err := v.saveIncoming(in); err != nil {
 		v.a.log.Warn("reattach: persist incoming record", "vm", v.name, "err", err)
 	}
 	go v.watchIncoming(in)

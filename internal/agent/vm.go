@@ -32,6 +32,7 @@ type vm struct {
 	paths qemu.Paths
 
 	mu       sync.Mutex // serialises lifecycle operations
+	recMu    sync.Mutex // serialises writes of the migration records
 	spec     *ferryv1.VMSpec
 	proc     QEMUProcess
 	mon      *qmp.Monitor
@@ -105,8 +106,13 @@ func (v *vm) start(ctx context.Context, sp *ferryv1.VMSpec) (*ferryv1.VMStatus, 
 
 // adopt makes a launched QEMU the VM's running process.
 func (v *vm) adopt(sp *ferryv1.VMSpec, proc QEMUProcess, mon *qmp.Monitor, accel string) {
-	v.spec, v.proc, v.mon, v.accel = sp, proc, mon, accel
+	v.spec, v.proc, v.mon, v.accel, v.started = sp, proc, mon, accel, time.Now()
 	v.state, v.message, v.stopping = "running", "", false
+	if v.out != nil { // a migration of the previous QEMU: over with it
+		v.out.sub.Close()
+		v.out = nil
+		_ = os.Remove(filepath.Join(v.dir, outgoingFile))
+	}
 	go v.watch(proc, mon)
 }
 
