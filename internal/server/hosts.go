@@ -87,8 +87,10 @@ func observedState(st *ferryv1.VMStatus) string {
 	switch {
 	case st == nil:
 		return "failed"
-	case st.State == "running" || st.State == "paused":
+	case st.State == "running":
 		return "running"
+	case st.State == "paused": // the record says what QEMU does
+		return "paused"
 	case st.State == "stopped":
 		return "stopped"
 	default:
@@ -110,10 +112,10 @@ func applyStatus(vm *ferryv1.VM, st *ferryv1.VMStatus) {
 	}
 	vm.Pid = st.Pid
 	vm.Accel = st.Accel
-	if st.StartedAt != nil && next == "running" {
+	if st.StartedAt != nil && (next == "running" || next == "paused") {
 		vm.StartedAt = st.StartedAt
 	}
-	if next == "running" {
+	if next == "running" || next == "paused" {
 		vm.Message = ""
 	} else if st.Message != "" {
 		vm.Message = st.Message
