@@ -324,3 +324,29 @@ func TestPostcopyPauseRecoverResumeIdempotent(t *testing.T) {
 		t.Fatalf("source after resume: %s", sq.MigrationStatus())
 	}
 }
+
+func TestRestartedVMCanMigrateAgain(t *testing.T) {
+	ta := newTestAgent(t)
+	leaving(t, ta, "web", "m1")
+	must[agentv1.AgentStopVMResponse](t)(ta.svc.StopVM(testCtx(t), connect.NewRequest(&agentv1.AgentStopVMRequest{Name: "web", Force: true})))
+	startVM(t, ta, "web")
+	mustStartOut(t, ta, "web", "m2") // the old QEMU's migration is over with it
+	_, err := ta.mig.QueryOutgoing(testCtx(t), step("web", "m1"))
+	wantCode(t, err, connect.CodeNotFound)
+}
+
+func TestOutgoingRecordWithoutAMigrationIsDropped(t *testing.T) {
+	ta := newTestAgent(t)
+	startVM(t, ta, "web")
+	v, _ := ta.a.find("web")
+	// The agent died between recording the migration and sending migrate.
+	if err := writeRecord(v.dir+"/"+outgoingFile, outgoingRecord{ID: "m1", URI: dstURI}); err != nil {
+		t.Fatal(err)
+	}
+	ta = ta.restart()
+	_, err := ta.mig.QueryOutgoing(testCtx(t), step("web", "m1"))
+	wantCode(t, err, connect.CodeNotFound)
+	if st := mustStartOut(t, ta, "web", "m1"); st.Status != "active" {
+		t.Fatalf("StartOutgoing after the lost start: %+v", st)
+	}
+}
