@@ -5,11 +5,11 @@ import (
 	"sort"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // hostExpectation fills a heartbeat reply with what the records place on
-// host: the VMs whose record names it and the in-flight migrations whose
-// source or destination it is (their VMs count as expected too). The reply is authoritative only when both
+// host (see expectationFor). The reply is authoritative only when both
 // lists were read completely and this replica's view counts (see
 // viewIsAuthoritative); an agent reaps orphan QEMUs only on such replies.
 func (s *Server) hostExpectation(ctx context.Context, host string, resp *ferryv1.HeartbeatResponse) {
@@ -23,32 +23,44 @@ func (s *Server) hostExpectation(ctx context.Context, host string, resp *ferryv1
 		s.log.Warn("heartbeat: list migrations for the host's expectation", "host", host, "err", err)
 		return
 	}
-	for _, vm := range vms {
-		if vm.Host == host {
-			resp.ExpectedVms = append(resp.ExpectedVms, vm.Spec.GetName())
-		}
-	}
-	for _, m := range migs {
-		if migrationEnded(m) || (m.From != host && m.To != host) {
-			continue
-		}
-		resp.InflightMigrations = append(resp.InflightMigrations, m.Id)
-		// A migration's VM may run here under no migration id (a cold
-		// migration's destination is started by StartVM).
-		resp.ExpectedVms = append(resp.ExpectedVms, m.Vm)
-	}
-	sort.Strings(resp.ExpectedVms)
-	sort.Strings(resp.InflightMigrations)
+	expectationFor(host, vms, migs, resp)
 	resp.Authoritative = s.viewIsAuthoritative()
 }
 
-// migrationEnded reports whether a migration record is final.
-func migrationEnded(m *ferryv1.Migration) bool {
-	switch m.Status {
-	case "completed", "failed", "cancelled":
-		return true
+// migrationRef is what the expectation reads of a stored migration record.
+type migrationRef interface {
+	GetId() string
+	GetVm() string
+	GetFrom() string
+	GetTo() string
+	GetFinishedAt() *timestamppb.Timestamp
+}
+
+// expectationFor lists the VMs whose record names host and the migrations
+// not yet finished whose source or destination it is (their VMs count as
+// expected too: a cold migration's destination runs under no migration id).
+func expectationFor[M migrationRef](host string, vms []*ferryv1.VM, migs []M, resp *ferryv1.HeartbeatResponse) {
+	seen := map[string]bool{}
+	add := func(name string) {
+		if !seen[name] {
+			seen[name] = true
+			resp.ExpectedVms = append(resp.ExpectedVms, name)
+		}
 	}
-	return false
+	for _, vm := range vms {
+		if vm.Host == host {
+			add(vm.Spec.GetName())
+		}
+	}
+	for _, m := range migs {
+		if m.GetFinishedAt() != nil || (m.GetFrom() != host && m.GetTo() != host) {
+			continue
+		}
+		resp.InflightMigrations = append(resp.InflightMigrations, m.GetId())
+		add(m.GetVm())
+	}
+	sort.Strings(resp.ExpectedVms)
+	sort.Strings(resp.InflightMigrations)
 }
 
 // viewIsAuthoritative reports whether this replica's reading of the
