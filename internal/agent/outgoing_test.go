@@ -118,6 +118,15 @@ func TestStartOutgoingAfterLostMigrateReply(t *testing.T) {
 func TestQueryOutgoingLongPoll(t *testing.T) {
 	ta := newTestAgent(t)
 	q := leaving(t, ta, "web", "m1")
+	_, out, err := ta.a.outgoingFor("web", "m1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the agent to see the migration active", func() bool {
+		out.mu.Lock()
+		defer out.mu.Unlock()
+		return out.status == "active"
+	})
 	go func() {
 		time.Sleep(50 * time.Millisecond)
 		_ = q.ReachPreSwitchover()

@@ -55,6 +55,7 @@ type vmFacts struct {
 	started    time.Time // when this agent started or found that QEMU
 	migrations []string  // ids of the migrations it is arriving or leaving by
 	ran        bool      // it arrives by migration and has run here
+	arriving   string    // id of the migration it arrives by, not adopted yet
 }
 
 // reaper decides which QEMUs no record names. It is a pure core fed by the
@@ -115,6 +116,23 @@ func (r *reaper) observe(now time.Time, grace time.Duration, exp expectation, vm
 	return reap, warn
 }
 
+// strandedArrivals returns the VMs that arrived by a migration, have run
+// here, are named here by the records and that no in-flight migration
+// touches any more: the engine is done with them but never adopted them
+// (its FinishIncoming was lost), so the agent adopts them itself.
+func strandedArrivals(exp expectation, vms []vmFacts) []vmFacts {
+	if !exp.authoritative {
+		return nil
+	}
+	var out []vmFacts
+	for _, f := range vms {
+		if f.arriving != "" && f.ran && f.qemu && exp.vms[f.name] && !exp.migrations[f.arriving] {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 func anyIn(ids []string, set map[string]bool) bool {
 	for _, id := range ids {
 		if set[id] {
@@ -138,7 +156,7 @@ func (a *Agent) facts() []vmFacts {
 		f := vmFacts{name: v.name, qemu: v.proc != nil && v.proc.Alive(), started: v.started}
 		if v.in != nil {
 			f.migrations = append(f.migrations, v.in.id)
-			f.ran = v.in.isRan()
+			f.ran, f.arriving = v.in.isRan(), v.in.id
 		}
 		if v.out != nil {
 			f.migrations = append(f.migrations, v.out.id)
@@ -152,10 +170,20 @@ func (a *Agent) facts() []vmFacts {
 	return out
 }
 
-// reapOrphans applies one heartbeat reply: it stops and removes each QEMU
-// the reaper chooses, and logs each.
+// reapOrphans applies one heartbeat reply: it adopts stranded arrivals,
+// and stops and removes each QEMU the reaper chooses, logging each.
 func (a *Agent) reapOrphans(ctx context.Context, resp *ferryv1.HeartbeatResponse) {
-	reap, warn := a.reaper.observe(time.Now(), a.cfg.OrphanGrace, expectationOf(resp), a.facts())
+	exp, facts := expectationOf(resp), a.facts()
+	for _, f := range strandedArrivals(exp, facts) {
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if _, err := a.finishIncoming(actx, f.name, f.arriving); err != nil {
+			a.log.Warn("adopt an arrival the control plane is done with", "vm", f.name, "migration", f.arriving, "err", err)
+		} else {
+			a.log.Info("adopted an arrival the control plane is done with", "vm", f.name, "migration", f.arriving)
+		}
+		cancel()
+	}
+	reap, warn := a.reaper.observe(time.Now(), a.cfg.OrphanGrace, exp, facts)
 	for _, name := range warn {
 		a.log.Warn("no record names this VM, but it arrived by migration and ran here: leaving it running", "vm", name)
 	}

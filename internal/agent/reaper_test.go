@@ -143,3 +143,23 @@ func TestReaperGraceRestartsWithTheAgent(t *testing.T) {
 		t.Fatal("orphan not reaped after the grace")
 	}
 }
+
+func TestStrandedArrivalIsAdopted(t *testing.T) {
+	ta := newTestAgent(t)
+	mustPrepare(t, ta, "web", "m1")
+	arm(t, ta, "web", "m1")
+	if err := ta.qemu("web").ArriveIncoming(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the destination to run", func() bool { return queryIn(t, ta, "web", "m1").Ran })
+	// In flight: left to the engine.
+	ta.a.reapOrphans(testCtx(t), &ferryv1.HeartbeatResponse{ExpectedVms: []string{"web"}, InflightMigrations: []string{"m1"}, Authoritative: true})
+	if st := queryIn(t, ta, "web", "m1"); st.State != "running" {
+		t.Fatalf("arrival adopted while its migration is in flight: %+v", st)
+	}
+	// The migration ended and the record names this host: adopted.
+	ta.a.reapOrphans(testCtx(t), &ferryv1.HeartbeatResponse{ExpectedVms: []string{"web"}, Authoritative: true})
+	if st := queryIn(t, ta, "web", "m1"); st.State != "adopted" || getVM(t, ta, "web").State != "running" {
+		t.Fatalf("stranded arrival not adopted: %+v", st)
+	}
+}
