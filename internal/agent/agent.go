@@ -262,8 +262,11 @@ func (a *Agent) heartbeatLoop(ctx context.Context, advertise string) {
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := client.Heartbeat(hctx, connect.NewRequest(&ferryv1.HeartbeatRequest{Host: a.report(advertise)}))
 		cancel()
-		if err == nil {
-			a.reapOrphans(ctx, resp.Msg)
+		if err == nil && a.reaper.busy.CompareAndSwap(false, true) {
+			go func() { // never delays the next heartbeat
+				defer a.reaper.busy.Store(false)
+				a.reapOrphans(ctx, resp.Msg)
+			}()
 		}
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:

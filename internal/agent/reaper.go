@@ -6,6 +6,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -61,6 +62,7 @@ type vmFacts struct {
 // reaper decides which QEMUs no record names. It is a pure core fed by the
 // heartbeat loop (observe) and acted on by reapOrphans.
 type reaper struct {
+	busy        atomic.Bool // a reapOrphans pass runs
 	mu          sync.Mutex
 	orphanSince map[string]time.Time // first authoritative reply that did not name the VM
 	warned      map[string]bool
