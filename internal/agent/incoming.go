@@ -255,6 +255,11 @@ func (v *vm) incomingStatusLocked() *agentv1.IncomingStatus {
 		}
 	case v.arrived != "":
 		st.State, st.Ran = string(migration.InAdopted), true
+		if in := v.arrivedIn; in != nil { // this agent adopted it: its event times
+			in.mu.Lock()
+			st.LoadedAt, st.ResumedAt = ts(in.loadedAt), ts(in.resumedAt)
+			in.mu.Unlock()
+		}
 	case v.proc != nil:
 		st.State = string(migration.InAdopted)
 	}

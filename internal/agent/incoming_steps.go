@@ -214,7 +214,7 @@ func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*agentv1.I
 	in.state, _ = migration.StepIncoming(in.state, migration.InEvAdopt)
 	in.sub.Close()
 	in.mu.Unlock()
-	v.in, v.arrived, v.state = nil, id, "running"
+	v.in, v.arrived, v.arrivedIn, v.state = nil, id, in, "running"
 	st := v.incomingStatusLocked()
 	a.log.Info("VM arrived by migration", "vm", name, "migration", id, "pid", v.proc.PID())
 	return st, nil

@@ -149,8 +149,8 @@ func TestFinishIncomingIdempotentAndAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := finishIn(t, ta, "web", "m1")
-	if st.State != "adopted" || !st.Ran || st.Vm.State != "running" {
-		t.Fatalf("FinishIncoming: %+v", st)
+	if st.State != "adopted" || !st.Ran || st.Vm.State != "running" || st.LoadedAt == nil || st.ResumedAt == nil {
+		t.Fatalf("FinishIncoming (event times are the downtime figures): %+v", st)
 	}
 	if again := finishIn(t, ta, "web", "m1"); again.State != "adopted" || again.Vm.Pid != st.Vm.Pid {
 		t.Fatalf("second FinishIncoming: %+v", again)

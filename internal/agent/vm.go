@@ -46,6 +46,7 @@ type vm struct {
 	out        *outgoing
 	in         *incoming
 	arrived    string    // id of the migration this VM arrived by, once adopted
+	arrivedIn  *incoming // that arrival, when this agent adopted it
 	recoverURI string    // where a paused post-copy destination listens again
 	started    time.Time // when this agent started or found the VM's QEMU (reaper grace)
 }
