@@ -67,15 +67,15 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
+	qemu   QEMURuntime
+	ended  endedArrivals // incoming migrations that ended here (aborted, failed)
+	reaper reaper
+
 	mu  sync.Mutex
 	vms map[string]*vm
 
 	accelMu   sync.Mutex
 	autoAccel string // what auto resolves to on this host, once known
-
-	qemu   QEMURuntime
-	ended  endedArrivals // incoming migrations that ended here (aborted, failed)
-	reaper reaper
 }
 
 // New validates cfg and returns an Agent; Run starts it.

@@ -296,7 +296,7 @@ func (v *vm) discardIncomingLocked(why string) {
 	}
 	v.deleteTaps(v.spec)
 	v.archiveLogs("arrival-" + why)
-	if err := os.RemoveAll(v.dir); err != nil {
+	if err := v.removeDir(false, "arrival-"+why); err != nil {
 		a.log.Warn("remove arrival dir", "vm", v.name, "err", err)
 	}
 	a.mu.Lock()

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
@@ -243,7 +242,7 @@ func (a *Agent) finishOutgoing(ctx context.Context, name, id string) error {
 	v.proc, v.mon, v.out = nil, nil, nil
 	v.deleteTaps(v.spec)
 	v.archiveLogs("migrated-" + id)
-	if err := os.RemoveAll(v.dir); err != nil {
+	if err := v.removeDir(true, "migrated-"+id); err != nil {
 		return fmt.Errorf("remove source dir of VM %s: %w", name, err)
 	}
 	a.mu.Lock()

@@ -224,8 +224,8 @@ func (a *Agent) reap(ctx context.Context, name string) error {
 		return fmt.Errorf("VM %s was started again meanwhile", name)
 	}
 	v.archiveLogs("orphan")
-	if err := os.RemoveAll(v.dir); err != nil {
-		return fmt.Errorf("remove orphan VM dir %s: %w", v.dir, err)
+	if err := v.removeDir(true, "orphan"); err != nil {
+		return err
 	}
 	a.mu.Lock()
 	if a.vms[name] == v {

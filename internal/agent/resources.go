@@ -80,3 +80,15 @@ func (v *vm) deleteTaps(sp *ferryv1.VMSpec) {
 		}
 	}
 }
+
+// removeDir removes the VM's directory. keepLocal asks to keep the disk
+// images the agent created there (a migration's source, or a VM no record
+// names: nobody else may hold them); why names the removal in logs. Every
+// removal of a VM's directory goes through here.
+func (v *vm) removeDir(keepLocal bool, why string) error {
+	_ = keepLocal // every image goes for now: the disk-keeping rule is vmops' (removeVMDir)
+	if err := os.RemoveAll(v.dir); err != nil {
+		return fmt.Errorf("remove VM dir %s (%s): %w", v.dir, why, err)
+	}
+	return nil
+}
