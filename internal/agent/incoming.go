@@ -47,7 +47,7 @@ func (in *incoming) adoptable() bool {
 func (in *incoming) record() incomingRecord {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return incomingRecord{ID: in.id, URI: in.uri, Armed: in.armed, Ran: in.ran, Adopted: in.adopted}
+	return incomingRecord{ID: in.id, URI: in.uri, Armed: in.armed, Ran: in.ran, Adopted: in.adopted, LoadedAt: in.loadedAt, ResumedAt: in.resumedAt}
 }
 
 // saveIncoming persists the arrival's facts in the VM's directory. Writers
@@ -204,15 +204,19 @@ func (v *vm) watchIncoming(in *incoming) {
 				continue
 			}
 			in.mu.Lock()
+			save := false
 			switch me.Status {
 			case qmp.MigrationStatusCompleted:
-				in.loaded, in.loadedAt = true, ev.Timestamp
+				in.loaded, in.loadedAt, save = true, ev.Timestamp, true
 			case qmp.MigrationStatusPostcopyActive:
 				in.loaded = true // the device state arrived; pages follow on demand
 			case qmp.MigrationStatusFailed:
 				in.err = "incoming migration failed on the destination"
 			}
 			in.mu.Unlock()
+			if save {
+				v.saveAfterEvent(v.saveIncoming(in))
+			}
 		case qmp.EventResume:
 			v.markRan(in, ev.Timestamp)
 		}

@@ -160,6 +160,9 @@ func TestFinishIncomingIdempotentAndAfterRestart(t *testing.T) {
 	if again := finishIn(t, ta, "web", "m1"); again.State != "adopted" || again.Vm.Pid != st.Vm.Pid {
 		t.Fatalf("FinishIncoming after restart: %+v", again)
 	}
+	if st := queryIn(t, ta, "web", "m1"); st.ResumedAt == nil {
+		t.Fatalf("QueryIncoming after restart lost the event times: %+v", st)
+	}
 	if st := queryIn(t, ta, "web", "m1"); st.State != "adopted" || !st.Ran {
 		t.Fatalf("QueryIncoming of an adopted VM after restart: %+v", st)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -36,7 +37,8 @@ func (out *outgoing) record() outgoingRecord {
 	out.mu.Lock()
 	defer out.mu.Unlock()
 	return outgoingRecord{ID: out.id, URI: out.uri, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
-		Cancelled: out.state == migration.SrcCancelled}
+		Cancelled: out.state == migration.SrcCancelled,
+		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
 }
 
 // saveOutgoing persists the departure's facts in the VM's directory.
@@ -173,6 +175,7 @@ func migrationRuns(mon *qmp.Monitor) bool {
 func (v *vm) watchOutgoing(out *outgoing) {
 	for ev := range out.sub.C() {
 		out.mu.Lock()
+		save := true // an event time to keep
 		switch ev.Name {
 		case qmp.EventStop:
 			out.stoppedAt = ev.Timestamp
@@ -196,10 +199,25 @@ func (v *vm) watchOutgoing(out *outgoing) {
 					if next, err := migration.StepSource(out.state, migration.SrcEvCompleted); err == nil {
 						out.state = next
 					}
+				default:
+					save = false
 				}
 			}
+		default:
+			save = false
 		}
 		out.mu.Unlock()
+		if save {
+			v.saveAfterEvent(v.saveOutgoing(out))
+		}
+	}
+}
+
+// saveAfterEvent reports a record write that followed a QMP event; a VM
+// whose directory is already gone (it left) has nothing to keep.
+func (v *vm) saveAfterEvent(err error) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		v.a.log.Warn("persist a migration event time", "vm", v.name, "err", err)
 	}
 }
 

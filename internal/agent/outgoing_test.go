@@ -144,10 +144,13 @@ func TestContinueOutgoingIdempotentAndAfterRestart(t *testing.T) {
 		ta := newTestAgent(t)
 		q := leaving(t, ta, "web", "m1")
 		atPreSwitchover(t, ta, q, "web", "m1")
+		before := queryOut(t, ta, "web", "m1")
 		if restart {
 			ta = ta.restart()
-			if st := queryOut(t, ta, "web", "m1"); st.Status != "pre-switchover" {
-				t.Fatalf("after restart: %+v", st)
+			st := queryOut(t, ta, "web", "m1")
+			if st.Status != "pre-switchover" || st.StoppedAt == nil || !st.StoppedAt.AsTime().Equal(before.StoppedAt.AsTime()) ||
+				!st.PreSwitchoverAt.AsTime().Equal(before.PreSwitchoverAt.AsTime()) {
+				t.Fatalf("after restart (event times kept): %+v, before %+v", st, before)
 			}
 		}
 		st := continueOut(t, ta, "web", "m1")

@@ -56,6 +56,8 @@ func (a *Agent) reattach(ctx context.Context, v *vm) {
 	arriving := hasIn && !inRec.Adopted
 	if hasIn && inRec.Adopted {
 		v.arrived = inRec.ID
+		v.arrivedIn = &incoming{id: inRec.ID, uri: inRec.URI, state: migration.InAdopted, armed: true, ran: true, adopted: true,
+			loadedAt: inRec.LoadedAt, resumedAt: inRec.ResumedAt}
 	}
 	proc, err := a.qemu.Attach(v.paths)
 	if err != nil {
@@ -105,7 +107,8 @@ func (a *Agent) reattach(ctx context.Context, v *vm) {
 // An armed one whose resume was not sent yet is resumed now: the owner CAS
 // is done.
 func (v *vm) reattachIncoming(ctx context.Context, rec incomingRecord) {
-	in := &incoming{id: rec.ID, uri: rec.URI, state: migration.InListening, armed: rec.Armed, ran: rec.Ran}
+	in := &incoming{id: rec.ID, uri: rec.URI, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
+		loadedAt: rec.LoadedAt, resumedAt: rec.ResumedAt}
 	if rec.Armed {
 		in.state = migration.InArmed
 	}
@@ -116,7 +119,10 @@ func (v *vm) reattachIncoming(ctx context.Context, rec incomingRecord) {
 		}
 		switch s := info.CurrentStatus(); {
 		case s == qmp.MigrationStatusCompleted:
-			in.loaded, in.loadedAt = true, time.Now()
+			in.loaded = true
+			if in.loadedAt.IsZero() {
+				in.loadedAt = time.Now()
+			}
 		case postcopyStarted(s):
 			in.loaded = true
 		case s == qmp.MigrationStatusFailed:
@@ -165,7 +171,8 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 		v.a.log.Warn("reattach: query-migrate", "vm", v.name, "err", err)
 		return
 	}
-	out := &outgoing{id: rec.ID, uri: rec.URI, changed: make(chan struct{})}
+	out := &outgoing{id: rec.ID, uri: rec.URI, changed: make(chan struct{}),
+		stoppedAt: rec.StoppedAt, preSwitchoverAt: rec.PreSwitchoverAt, continuedAt: rec.ContinuedAt, completedAt: rec.CompletedAt, postcopyAt: rec.PostcopyAt}
 	s := info.CurrentStatus()
 	out.status = string(s)
 	switch {
@@ -179,7 +186,7 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 		out.state = migration.SrcCompleted
 	case s == qmp.MigrationStatusDevice || postcopyStarted(s):
 		out.state = migration.SrcContinued
-		if postcopyStarted(s) {
+		if postcopyStarted(s) && out.postcopyAt.IsZero() {
 			out.postcopyAt = time.Now()
 		}
 	case s == qmp.MigrationStatusPreSwitchover:
@@ -187,7 +194,7 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 	default:
 		out.state = migration.SrcMigrating
 	}
-	if rec.Continued {
+	if rec.Continued && out.continuedAt.IsZero() {
 		out.continuedAt = time.Now()
 	}
 	out.sub = v.mon.Subscribe(qmp.EventMigration, qmp.EventStop)

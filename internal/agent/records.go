@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"google.golang.org/protobuf/proto"
@@ -33,6 +34,9 @@ type incomingRecord struct {
 	Armed   bool   `json:"armed,omitempty"`   // ArmResume accepted: the owner CAS is done
 	Ran     bool   `json:"ran,omitempty"`     // the destination QEMU has run
 	Adopted bool   `json:"adopted,omitempty"` // an ordinary VM of this host now
+	// QMP event times, so QueryIncoming answers the same after a restart.
+	LoadedAt  time.Time `json:"loaded_at"`
+	ResumedAt time.Time `json:"resumed_at"`
 }
 
 // outgoingRecord is the persisted source side of a migration.
@@ -41,6 +45,12 @@ type outgoingRecord struct {
 	URI       string `json:"uri,omitempty"`
 	Continued bool   `json:"continued,omitempty"` // migrate-continue was sent
 	Cancelled bool   `json:"cancelled,omitempty"` // CancelOutgoing succeeded
+	// QMP event times, so QueryOutgoing answers the same after a restart.
+	StoppedAt       time.Time `json:"stopped_at"`
+	PreSwitchoverAt time.Time `json:"pre_switchover_at"`
+	ContinuedAt     time.Time `json:"continued_at"`
+	CompletedAt     time.Time `json:"completed_at"`
+	PostcopyAt      time.Time `json:"postcopy_at"`
 }
 
 // readRecord reads a record file; ok is false when there is none. A
