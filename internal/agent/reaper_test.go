@@ -163,3 +163,19 @@ func TestStrandedArrivalIsAdopted(t *testing.T) {
 		t.Fatalf("stranded arrival not adopted: %+v", st)
 	}
 }
+
+func TestIncomingMarkerOfAnOlderAgentIsRead(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/" + incomingMarker
+	if err := os.WriteFile(path, []byte("mig-1234\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var rec incomingRecord
+	ok, err := readRecord(path, &rec)
+	if !ok || err != nil || rec.ID != "mig-1234" || rec.Ran || rec.Adopted {
+		t.Fatalf("legacy marker: ok %v err %v rec %+v", ok, err, rec)
+	}
+	if ok, err := readRecord(dir+"/none", &rec); ok || err != nil {
+		t.Fatalf("missing record: ok %v err %v", ok, err)
+	}
+}
