@@ -438,6 +438,9 @@ func (r *Record) onGetVM(now time.Time, obs Observation) {
 // sourceLost reacts to the source QEMU being gone.
 func (r *Record) sourceLost(now time.Time) {
 	switch {
+	case r.State == Cleanup || r.State == Unswitching:
+		// Expected (the source is being removed) or handled (the
+		// destination is being removed first, then the rollback sees it).
 	case r.State == RollingBack:
 		r.vol.finalVM, r.vol.finalSeen = VMFailed, true
 		if r.Error == "" || r.CancelRequested {
