@@ -225,6 +225,9 @@ func (r *Record) planCleanup(p *planner) {
 				p.want(Action{Kind: ActDeleteVM, Side: Src})
 			} else {
 				p.want(Action{Kind: ActFinishOutgoing, Side: Src})
+				if r.vol.checkOut {
+					p.want(Action{Kind: ActQueryOutgoing, Side: Src})
+				}
 			}
 			return
 		}

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"math/rand"
 	"strings"
 
 	"github.com/ferryvm/ferry/internal/migration/core"
@@ -141,4 +142,53 @@ func (r *Result) Report() string {
 		fmt.Fprintf(&b, "  %s\n", t)
 	}
 	return b.String()
+}
+
+// PairCase is a run with two faults: f1 at step k1, then f2 at step k2 (of
+// that run's own steps, k2 > k1) — so the second lands in whatever path the
+// first one caused (recovery, rollback, unswitch).
+type PairCase struct {
+	Scenario Scenario
+	K1, K2   int
+	F1, F2   Fault
+	Seed     int64
+}
+
+// RunPair runs one two-fault case.
+func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
+	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
+	w.Mutate = mutate
+	w.Hook = func(w *World, k int, a core.Action) Disposition {
+		switch k {
+		case c.K1:
+			return w.Inject(c.F1, a)
+		case c.K2:
+			return w.Inject(c.F2, a)
+		}
+		return DispDeliver
+	}
+	w.Start()
+	w.Run()
+	if len(w.Violations) == 0 {
+		w.CheckEnd()
+	}
+	name := fmt.Sprintf("%s+%s", c.F1, c.F2)
+	return Result{Case: Case{Scenario: c.Scenario, Step: c.K1, Fault: Fault(name), Seed: c.Seed}, Steps: w.Steps, Trace: w.Trace,
+		Violations: dedup(w.Violations), Final: w.Summary(), Outcome: w.Record().State}
+}
+
+// ExplorePairs samples n two-fault cases per scenario from seed.
+func ExplorePairs(seed int64, n int, mutate func(core.Record, *core.Ready)) *Exploration {
+	rng := rand.New(rand.NewSource(seed))
+	e := &Exploration{PerScen: map[string]int{}, Outcomes: map[core.State]int{}}
+	for _, s := range Scenarios {
+		steps := HappyPath(s, seed).Steps
+		for i := 0; i < n; i++ {
+			k1 := rng.Intn(steps)
+			c := PairCase{Scenario: s, K1: k1, K2: k1 + 1 + rng.Intn(12), F1: AllFaults[rng.Intn(len(AllFaults))],
+				F2: AllFaults[rng.Intn(len(AllFaults))], Seed: seed + int64(i)}
+			e.add(RunPair(c, mutate))
+		}
+	}
+	return e
 }

@@ -63,3 +63,22 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 	}
 	t.Logf("broken core: %d of %d cases violate; shortest:\n%s", len(e.Violations), e.Cases, e.Shortest().Report())
 }
+
+// TestPairFaults samples two faults per case (the second lands in the
+// recovery path the first caused).
+func TestPairFaults(t *testing.T) {
+	e := ExplorePairs(7, 400, nil)
+	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v", e.Cases, len(e.Violations), e.Outcomes)
+	t.Log(summary)
+	fmt.Println(summary)
+	if len(e.Violations) > 0 {
+		groups := map[string]int{}
+		for _, v := range e.Violations {
+			groups[v.Case.Scenario.Name+"/"+string(v.Case.Fault)+": "+v.Violations[0]]++
+		}
+		for g, n := range groups {
+			t.Logf("  %4d × %s", n, g)
+		}
+		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
+	}
+}

@@ -339,15 +339,14 @@ func (w *World) perform(a core.Action) {
 		return
 	}
 	ag := w.Agents[a.Side]
-	if disp == DispLoseRequest || !w.reach(a.Side) || !ag.Up {
+	if disp == DispLoseRequest || !w.reach(a.Side) {
 		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
 		return
 	}
 	w.after(NetLatency, func() {
 		if !ag.Up {
-			if w.epoch == epoch {
-				w.after(RPCTimeout, func() { w.deliverIf(epoch, transient(a, "agent went away")) })
-			}
+			// The agent's process is gone: the connection is refused at once.
+			w.after(NetLatency, func() { w.deliverIf(epoch, transient(a, "connection refused")) })
 			return
 		}
 		wait := time.Duration(0)
