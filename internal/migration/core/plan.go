@@ -190,6 +190,9 @@ func (r *Record) planFinal(p *planner, owner Side) {
 		}
 	}
 	if !r.Facts.VMRecordReleased {
+		if r.vol.inflight[ActCASOwner][Src] || r.vol.inflight[ActCASOwner][Dst] {
+			return // a CAS still in flight could land after the release: wait for its answer
+		}
 		u := VMUpdate{State: r.vol.finalVM, Host: r.Host(owner), Unlock: true}
 		if u.State == VMFailed || u.State == VMPaused {
 			u.Reason = r.Error

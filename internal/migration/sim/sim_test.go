@@ -57,7 +57,7 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 		t.Fatalf("the checker missed a source resumed after the CAS:\n%s", r.Report())
 	}
 	t.Logf("caught: %v", r.Violations)
-	e := Explore(1, resumeAfterCAS)
+	e := exploreScenarios([]Scenario{Scenarios[0]}, []Fault{CrashServer, LoseReply}, 1, resumeAfterCAS)
 	if len(e.Violations) == 0 {
 		t.Fatal("the exploration found no violation with a broken core")
 	}
@@ -67,7 +67,7 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 // TestPairFaults samples two faults per case (the second lands in the
 // recovery path the first caused).
 func TestPairFaults(t *testing.T) {
-	e := ExplorePairs(7, 400, nil)
+	e := ExplorePairs(7, 150, nil)
 	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v", e.Cases, len(e.Violations), e.Outcomes)
 	t.Log(summary)
 	fmt.Println(summary)

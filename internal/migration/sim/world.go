@@ -419,6 +419,11 @@ func (w *World) storeOp(a core.Action) core.Observation {
 // physics moves QEMU's migrations by one Tick.
 func (w *World) physics() {
 	for _, ag := range w.Agents {
+		if ag.alive() && ag.vm.qemu.In != "" && ag.vm.qemu.In != "listening" && ag.vm.qemu.In != "receiving" {
+			ag.vm.qemu.loadedTicks++ // counted from the tick after the state arrived
+		}
+	}
+	for _, ag := range w.Agents {
 		if !ag.alive() {
 			continue
 		}
@@ -446,7 +451,7 @@ func (w *World) physics() {
 			q.Sent += 1 << 18
 			p.Boot = q.Boot // the device state carries the running guest
 			if q.PCPending {
-				q.Mig, q.Run, q.pcLeft = "postcopy-active", "postmigrate", 3
+				q.Mig, q.Run, q.pcLeft = "postcopy-active", "postmigrate", 10
 				p.In = "postcopy"
 			} else {
 				q.Mig, q.Run = "completed", "postmigrate"
@@ -478,9 +483,6 @@ func (w *World) physics() {
 		}
 	}
 	for _, ag := range w.Agents {
-		if ag.alive() && ag.vm.qemu.In != "" && ag.vm.qemu.In != "listening" && ag.vm.qemu.In != "receiving" {
-			ag.vm.qemu.loadedTicks++
-		}
 		ag.reconcile()
 	}
 }
@@ -507,7 +509,11 @@ func (w *World) Run() {
 			w.violate("the migration did not end within %s of simulated time (state %s)", MaxSimTime, w.storedState())
 			return
 		}
-		if w.storedState().Terminal() && w.serverUp {
+		if !w.rec.State.Terminal() && w.Clock.now.Sub(start) > MaxSimTime/2 && w.Steps > 20000 {
+			w.violate("the migration did not end after %d steps (state %s)", w.Steps, w.storedState())
+			return
+		}
+		if w.serverUp && w.rec.State.Terminal() && w.storedState().Terminal() {
 			if settleUntil.IsZero() {
 				settleUntil = w.Clock.now.Add(CutFor + AgentDown + RPCTimeout)
 			} else if w.Clock.now.After(settleUntil) {
