@@ -82,3 +82,47 @@ func TestPairFaults(t *testing.T) {
 		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
 	}
 }
+
+// TestCheckerCatchesMoreBrokenRules: each deliberately broken rule must be
+// reported by the checker in its scenario's happy path.
+func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		scen   Scenario
+		mutate func(core.Record, *core.Ready)
+	}{
+		{"the VM record is never released", Scenarios[0], func(_ core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActUpdateVM {
+					r.Actions[i] = core.Action{Kind: core.ActSetTimer, At: a.At}
+				}
+			}
+		}},
+		{"a stopped VM is booted by its cold migration", Scenarios[5], func(_ core.Record, r *core.Ready) {
+			for _, a := range r.Actions {
+				if a.Kind == core.ActDeleteVM && a.Side == core.Src {
+					r.Actions = append(r.Actions, core.Action{Kind: core.ActStartVM, Side: core.Dst})
+					return
+				}
+			}
+		}},
+		{"the destination is not removed on rollback", Scenarios[0], func(rec core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActQueryIncoming && rec.State == core.Transferring && rec.Transferred > 0 {
+					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src} // and never abort
+				}
+				if a.Kind == core.ActAbortIncoming {
+					r.Actions[i] = core.Action{Kind: core.ActSetTimer, At: a.At}
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := RunCase(Case{Scenario: tc.scen, Fault: NoFault, Seed: 1}, tc.mutate)
+			if len(r.Violations) == 0 {
+				t.Fatalf("not caught:\n%s", r.Report())
+			}
+			t.Logf("caught: %s", r.Violations[0])
+		})
+	}
+}

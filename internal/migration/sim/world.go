@@ -22,6 +22,7 @@ const (
 	CutFor      = 5 * time.Second // a server↔agent partition lasts this long
 	LinkDownFor = 4 * time.Second // an agent↔agent partition lasts this long
 	FreezeFor   = 6 * time.Second // the server stalls this long (a timeout fires)
+	DelayFor    = 8 * time.Second // a delayed request reaches its agent this late
 	MaxSimTime  = 30 * time.Minute
 )
 
@@ -113,6 +114,7 @@ const (
 	DispLoseReply                // done, but the executor sees a transient error after RPCTimeout
 	DispStoreFailure             // a store write that fails (not applied)
 	DispDrop                     // the server crashed before it: nothing happens
+	DispDelay                    // arrives after DelayFor; the executor sees a timeout after RPCTimeout
 )
 
 // NewWorld sets up a VM running (or stopped, for cold) on the source host.
@@ -340,6 +342,16 @@ func (w *World) perform(a core.Action) {
 	}
 	ag := w.Agents[a.Side]
 	if disp == DispLoseRequest || !w.reach(a.Side) {
+		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
+		return
+	}
+	if disp == DispDelay {
+		w.after(DelayFor, func() {
+			if ag.Up {
+				w.logf("   late %s reaches the agent", a)
+				ag.handle(a, migID) // done, but nobody waits for the answer
+			}
+		})
 		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
 		return
 	}
