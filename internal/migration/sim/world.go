@@ -512,8 +512,18 @@ func (w *World) failIncoming(p *FakeQEMU) {
 func (w *World) Run() {
 	settleUntil := time.Time{}
 	start := w.rec.StartedAt
+	same := 0
 	for len(w.q) > 0 {
 		e := heap.Pop(&w.q).(*event)
+		if e.at.Equal(w.Clock.now) {
+			same++
+		} else {
+			same = 0
+		}
+		if same > 10000 {
+			w.violate("livelock: more than 10000 events at %s without time passing (state %s)", w.Clock.now.Sub(start), w.rec.State)
+			return
+		}
 		w.Clock.now = e.at
 		e.fn()
 		w.checkInstant()
