@@ -106,9 +106,11 @@ func (r *Record) plan(now time.Time) []Action {
 func (r *Record) deadlineWake(p *planner) {
 	if !r.Facts.OwnerSwitched {
 		switch r.State {
-		case Preparing, Transferring, Stopping, Switchover:
+		case Preparing, Transferring, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
+		case Stopping:
+			p.wakeAt(r.Deadline)
 		}
 	}
 	if r.State == Resuming && !r.Facts.DestArmed {
@@ -294,11 +296,17 @@ func (r *Record) planRollback(p *planner) {
 			p.want(Action{Kind: ActCancelOutgoing, Side: Src, ResumeCompleted: r.Facts.DestAborted})
 			return
 		}
-		if !r.Facts.DestAborted {
+		if !r.Facts.DestAborted && !r.destLeftToAgent(p.now) {
 			// The source is settled: release the VM record now (it can be
 			// stopped or migrated again), keep removing the destination.
 			r.planRecord(p, Src)
+			if !r.vol.dstDown.IsZero() {
+				p.wakeAt(r.vol.dstDown.Add(DestUnreachable))
+			}
 			return
+		}
+		if !r.Facts.DestAborted && r.Note == "" {
+			r.Note = "the destination agent on " + r.To + " does not answer: it removes the never-armed destination QEMU itself when it is back"
 		}
 	} else if r.PrevVMState == VMRunning && !r.Facts.SourceResumed && !r.Facts.SourceLost {
 		p.want(Action{Kind: ActStartVM, Side: Src})

@@ -37,10 +37,11 @@ type volatile struct {
 	checkDst    bool   // a destination step was refused: QueryIncoming says whether it is gone
 	checkOut    bool   // FinishOutgoing was refused: QueryOutgoing says why
 	finalVM     VMState
-	loadedIn    State // the state the record was loaded in (ObsLoaded)
-	dstChecked  bool  // cold unswitch: GetVM said the destination does not run
-	giveUpAsked bool  // gave up: GetVM of the owner was asked once
-	finalSeen   bool  // finalVM holds the owner's run state from GetVM
+	loadedIn    State     // the state the record was loaded in (ObsLoaded)
+	dstChecked  bool      // cold unswitch: GetVM said the destination does not run
+	giveUpAsked bool      // gave up: GetVM of the owner was asked once
+	finalSeen   bool      // finalVM holds the owner's run state from GetVM
+	dstDown     time.Time // the destination agent has not answered since (before the CAS)
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -98,6 +99,7 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	case ObsLoaded:
 		r.vol = volatile{loadedIn: r.State}
 		r.LastProgressAt = now
+		r.rollbackInterrupted(now)
 	case ObsAgentRestarted:
 		for k := range r.vol.notBefore {
 			r.vol.notBefore[k][obs.Side] = time.Time{}
@@ -235,7 +237,10 @@ func (r *Record) deadlines(now time.Time) {
 		}
 		if !now.Before(r.Deadline) {
 			r.rollback(now, fmt.Sprintf("migration timeout of %s reached", r.Options.Timeout), false)
-		} else if now.Sub(r.LastProgressAt) > r.Options.StallTimeout {
+		} else if r.State != Stopping && now.Sub(r.LastProgressAt) > r.Options.StallTimeout {
+			// (A guest's power-off takes its time: stopping is bounded by
+			// the timeout only, so that no StopVM still on its way can stop
+			// a guest a rollback has just started again.)
 			r.rollback(now, fmt.Sprintf("no progress for %s in %s (%d bytes sent)", r.Options.StallTimeout, r.State, r.Transferred), false)
 		}
 	case RollingBack, Unswitching, Resuming, Starting, PostcopyActive, PostcopyPaused, PostcopyRecovering, Cleanup:

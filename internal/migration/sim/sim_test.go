@@ -106,13 +106,10 @@ func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
 				}
 			}
 		}},
-		{"the destination is not removed on rollback", Scenarios[0], func(rec core.Record, r *core.Ready) {
+		{"the source is resumed after the CAS without moving the owner back", Scenarios[0], func(_ core.Record, r *core.Ready) {
 			for i, a := range r.Actions {
-				if a.Kind == core.ActQueryIncoming && rec.State == core.Transferring && rec.Transferred > 0 {
-					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src} // and never abort
-				}
-				if a.Kind == core.ActAbortIncoming {
-					r.Actions[i] = core.Action{Kind: core.ActSetTimer, At: a.At}
+				if a.Kind == core.ActArmResume {
+					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src}
 				}
 			}
 		}},
