@@ -22,8 +22,8 @@ func TestHappyPaths(t *testing.T) {
 // every fault kind and checks the invariants.
 func TestFaultExploration(t *testing.T) {
 	e := Explore(1, nil)
-	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths), %d violations; outcomes %v",
-		e.Cases, len(Scenarios), len(AllFaults), len(e.Violations), e.Outcomes)
+	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths), %d violations; outcomes %v; longest case %s simulated",
+		e.Cases, len(Scenarios), len(AllFaults), len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
 	for _, s := range Scenarios {
@@ -68,7 +68,7 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 // recovery path the first caused).
 func TestPairFaults(t *testing.T) {
 	e := ExplorePairs(7, 150, nil)
-	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v", e.Cases, len(e.Violations), e.Outcomes)
+	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
 	if len(e.Violations) > 0 {
