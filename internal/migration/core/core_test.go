@@ -118,3 +118,30 @@ func TestPersistFailedRetries(t *testing.T) {
 		t.Fatalf("no retry after the backoff: %v", ready.Actions)
 	}
 }
+
+// TestPausedQEMURecordedPaused: the VM record is written from what the
+// owner's QEMU does; a paused QEMU is recorded paused, with a reason.
+func TestPausedQEMURecordedPaused(t *testing.T) {
+	r, _ := New("mig-1", "vm1", "h1", "h2", Precopy, VMRunning, 7, opts, t0)
+	r.State, r.Facts.OwnerSwitched, r.Facts.DestRan, r.Facts.SourceQuit = Cleanup, true, true, true
+	r.SwitchedAt, r.GiveUpAt = t0, t0.Add(time.Minute)
+	r, ready := Step(r, Observation{Kind: ObsLoaded, Now: t0})
+	if len(ready.Actions) == 0 || ready.Actions[0].Kind != ActGetVM || ready.Actions[0].Side != Dst {
+		t.Fatalf("want GetVM(dst) first, got %v", ready.Actions)
+	}
+	r, ready = Step(r, Observation{Kind: ObsResult, Now: t0, Action: ActGetVM, Side: Dst, VM: &VMInfo{State: "paused", PID: 9}})
+	var u *VMUpdate
+	for _, a := range ready.Actions {
+		if a.Kind == ActUpdateVM {
+			u = &a.Update
+		}
+	}
+	if u == nil || u.State != VMPaused || u.Host != "h2" || !u.Unlock || u.Reason == "" {
+		t.Fatalf("want UpdateVM(paused@h2, unlock, with a reason), got %v", ready.Actions)
+	}
+	r, _ = Step(r, Observation{Kind: ObsResult, Now: t0, Action: ActUpdateVM, Side: Dst, StoreVM: &StoreVM{Host: "h2"}})
+	r, _ = Step(r, Observation{Kind: ObsResult, Now: t0, Action: ActReleaseReservation, Side: Dst})
+	if r.State != Completed || r.FinalVMState != VMPaused {
+		t.Fatalf("state %s final %s", r.State, r.FinalVMState)
+	}
+}

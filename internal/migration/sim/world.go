@@ -601,3 +601,13 @@ func (w *World) Summary() string {
 	}
 	return b.String()
 }
+
+// Events processes the next n events (a script's deliver).
+func (w *World) Events(n int) {
+	for ; n > 0 && len(w.q) > 0; n-- {
+		e := heap.Pop(&w.q).(*event)
+		w.Clock.now = e.at
+		e.fn()
+		w.checkInstant()
+	}
+}
