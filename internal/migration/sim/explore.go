@@ -205,3 +205,16 @@ func ExplorePairs(seed int64, n int, mutate func(core.Record, *core.Ready)) *Exp
 	}
 	return e
 }
+
+// Merge adds another exploration's counts and violations to e.
+func (e *Exploration) Merge(o *Exploration) {
+	e.Cases += o.Cases
+	for k, v := range o.PerScen {
+		e.PerScen[k] += v
+	}
+	for k, v := range o.Outcomes {
+		e.Outcomes[k] += v
+	}
+	e.Violations = append(e.Violations, o.Violations...)
+	e.Longest = max(e.Longest, o.Longest)
+}

@@ -2,6 +2,8 @@ package sim
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/ferryvm/ferry/internal/migration/core"
@@ -20,10 +22,24 @@ func TestHappyPaths(t *testing.T) {
 
 // TestFaultExploration runs every scenario × every step of its happy path ×
 // every fault kind and checks the invariants.
+//
+// FERRY_SIM_SEEDS=N explores N seeds (each orders concurrent replies
+// differently); the default is one.
 func TestFaultExploration(t *testing.T) {
+	seeds := 1
+	if v := os.Getenv("FERRY_SIM_SEEDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_SEEDS=%q: want a number of seeds >= 1", v)
+		}
+		seeds = n
+	}
 	e := Explore(1, nil)
-	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths), %d violations; outcomes %v; longest case %s simulated",
-		e.Cases, len(Scenarios), len(AllFaults), len(e.Violations), e.Outcomes, e.Longest)
+	for seed := 2; seed <= seeds; seed++ {
+		e.Merge(Explore(int64(seed)*1000, nil))
+	}
+	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths, %d seed(s)), %d violations; outcomes %v; longest case %s simulated",
+		e.Cases, len(Scenarios), len(AllFaults), seeds, len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
 	for _, s := range Scenarios {
