@@ -2,6 +2,7 @@ package agent
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -68,6 +69,17 @@ func atPreSwitchover(t *testing.T, ta *testAgent, q *qmptest.FakeQEMU, name, id 
 		t.Fatal(err)
 	}
 	eventually(t, "pre-switchover", func() bool { return queryOut(t, ta, name, id).Status == "pre-switchover" })
+	// The event's time is written to the VM's outgoing record right after
+	// the status moves; a restart test must not race that write.
+	v, ok := ta.a.find(name)
+	if !ok {
+		t.Fatalf("VM %s not on the agent", name)
+	}
+	eventually(t, "pre-switchover time persisted", func() bool {
+		var rec outgoingRecord
+		ok, err := readRecord(filepath.Join(v.dir, outgoingFile), &rec)
+		return err == nil && ok && !rec.PreSwitchoverAt.IsZero()
+	})
 }
 
 func TestStartOutgoingIdempotentAndAfterRestart(t *testing.T) {
