@@ -295,6 +295,9 @@ func (r *Record) planRollback(p *planner) {
 			p.want(Action{Kind: ActAbortIncoming, Side: Dst})
 		}
 		if !r.Facts.SourceResumed && !r.Facts.SourceLost {
+			if r.vol.inflight[ActStartOutgoing][Src] {
+				return // a StartOutgoing landing after the cancel would start the transfer again
+			}
 			p.want(Action{Kind: ActCancelOutgoing, Side: Src, ResumeCompleted: r.Facts.DestAborted})
 			return
 		}
@@ -314,7 +317,7 @@ func (r *Record) planRollback(p *planner) {
 		if r.vol.inflight[ActStopVM][Src] {
 			return // query before acting: a StopVM landing after the StartVM would stop the guest again
 		}
-		if r.cameFrom(RollingBack) == Stopping {
+		if r.cameFrom(RollingBack) != Pending {
 			// A StopVM that timed out may still be on its way: start the
 			// guest again only once it must have ended.
 			if grace := r.entered(RollingBack).Add(StartGrace); p.now.Before(grace) {

@@ -555,7 +555,7 @@ func (r *Record) onCAS(now time.Time, obs Observation) {
 			return
 		}
 		r.Facts.OwnerSwitched = false
-		r.GiveUpAt = now.Add(r.Options.RecoveryWindow)
+		r.GiveUpAt = now.Add(r.rollbackWindow())
 		r.enter(now, RollingBack, "owner back to "+r.From+": the destination never ran")
 	}
 }

@@ -108,7 +108,7 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 			r.vol.notBefore[k][obs.Side] = time.Time{}
 		}
 	case ObsCancel:
-		if r.State == Stopping && r.PrevVMState == VMRunning {
+		if (r.State == Stopping || r.State == Switchover) && r.Strategy == Cold && r.PrevVMState == VMRunning {
 			r.Note = "cancel refused: the guest is being stopped; the cold migration goes on to " + r.To
 		} else if !r.Facts.OwnerSwitched && r.State != RollingBack && r.State != Unswitching {
 			r.CancelRequested = true
@@ -198,7 +198,7 @@ func (r *Record) rollback(now time.Time, cause string, cancelled bool) {
 	if cancelled {
 		msg = "cancelled by the user"
 	}
-	r.GiveUpAt = now.Add(r.Options.RecoveryWindow)
+	r.GiveUpAt = now.Add(r.rollbackWindow())
 	r.enter(now, RollingBack, msg)
 }
 
@@ -306,4 +306,14 @@ func (r *Record) steer(now time.Time, obs Observation) {
 	case SteerAbort:
 		r.rollback(now, "the migration cannot finish within policy: "+obs.SteerWhy, false)
 	}
+}
+
+// rollbackWindow bounds a rollback's retries: the recovery window, plus
+// StartGrace for a cold rollback of a running VM (which waits that long
+// before it starts the guest again).
+func (r *Record) rollbackWindow() time.Duration {
+	if r.Strategy == Cold && r.PrevVMState == VMRunning {
+		return r.Options.RecoveryWindow + StartGrace
+	}
+	return r.Options.RecoveryWindow
 }

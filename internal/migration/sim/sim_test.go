@@ -82,8 +82,17 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 
 // TestPairFaults samples two faults per case (the second lands in the
 // recovery path the first caused).
+//
+// FERRY_SIM_PAIRS=N samples N cases per scenario (default 150).
 func TestPairFaults(t *testing.T) {
-	e := ExplorePairs(7, 150, nil)
+	n := 150
+	if v := os.Getenv("FERRY_SIM_PAIRS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_PAIRS=%q: want a number of cases >= 1", v)
+		}
+	}
+	e := ExplorePairs(7, n, nil)
 	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
