@@ -218,3 +218,36 @@ func (e *Exploration) Merge(o *Exploration) {
 	e.Violations = append(e.Violations, o.Violations...)
 	e.Longest = max(e.Longest, o.Longest)
 }
+
+// ExploreTriples samples n cases with three faults each (at increasing
+// steps) over all scenarios.
+func ExploreTriples(seed int64, n int) *Exploration {
+	rng := rand.New(rand.NewSource(seed))
+	e := &Exploration{PerScen: map[string]int{}, Outcomes: map[core.State]int{}}
+	for i := 0; i < n; i++ {
+		s := Scenarios[rng.Intn(len(Scenarios))]
+		ks := []int{rng.Intn(25)}
+		ks = append(ks, ks[0]+1+rng.Intn(10))
+		ks = append(ks, ks[1]+1+rng.Intn(10))
+		fs := []Fault{AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))]}
+		w := NewWorld(s.Strategy, s.Prev, seed+int64(i))
+		w.Hook = func(w *World, k int, a core.Action) Disposition {
+			for j := range ks {
+				if ks[j] == k {
+					return w.Inject(fs[j], a)
+				}
+			}
+			return DispDeliver
+		}
+		w.Start()
+		w.Run()
+		if len(w.Violations) == 0 {
+			w.CheckEnd()
+		}
+		rec := w.Record()
+		name := fmt.Sprintf("%s@%d+%s@%d+%s@%d", fs[0], ks[0], fs[1], ks[1], fs[2], ks[2])
+		e.add(Result{Case: Case{Scenario: s, Step: ks[0], Fault: Fault(name), Seed: seed + int64(i)}, Steps: w.Steps, Trace: w.Trace,
+			Violations: dedup(w.Violations), Final: w.Summary(), Outcome: rec.State, Took: rec.FinishedAt.Sub(rec.StartedAt)})
+	}
+	return e
+}

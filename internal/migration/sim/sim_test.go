@@ -148,3 +148,22 @@ func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
 		})
 	}
 }
+
+// TestTripleFaults samples cases with three faults. FERRY_SIM_TRIPLES=N
+// runs N cases (default 300).
+func TestTripleFaults(t *testing.T) {
+	n := 300
+	if v := os.Getenv("FERRY_SIM_TRIPLES"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_TRIPLES=%q: want a number of cases >= 1", v)
+		}
+	}
+	e := ExploreTriples(99, n)
+	summary := fmt.Sprintf("triple-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
+	t.Log(summary)
+	fmt.Println(summary)
+	if len(e.Violations) > 0 {
+		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
+	}
+}
