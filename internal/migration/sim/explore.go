@@ -34,6 +34,7 @@ type Case struct {
 	Seed     int64
 }
 
+// String names the case for reports.
 func (c Case) String() string {
 	return fmt.Sprintf("%s fault=%s at step %d (seed %d)", c.Scenario.Name, c.Fault, c.Step, c.Seed)
 }
