@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -86,8 +87,16 @@ func (v *vm) deleteTaps(sp *ferryv1.VMSpec) {
 // names: nobody else may hold them); why names the removal in logs. Every
 // removal of a VM's directory goes through here.
 func (v *vm) removeDir(keepLocal bool, why string) error {
-	if err := v.removeVMDir(keepLocal, why); err != nil { // diskkeep.go: never a disk given by path
-		return fmt.Errorf("remove VM dir %s (%s): %w", v.dir, why, err)
+	// A record write racing the removal (an event saved as the QEMU quits)
+	// can add a file after the directory was listed: try again, a bounded
+	// number of times. removeVMDir (diskkeep.go) never deletes a disk given
+	// by path, nor local images when keepLocal.
+	var err error
+	for range 5 {
+		if err = v.removeVMDir(keepLocal, why); err == nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return nil
+	return fmt.Errorf("remove VM dir %s (%s): %w", v.dir, why, err)
 }
