@@ -226,3 +226,17 @@ func TestProtoRoundTrip(t *testing.T) {
 		t.Error("failed probe is ok")
 	}
 }
+
+func TestRequireHost(t *testing.T) {
+	h72 := ToProto(Result{Caps: load(t, "qemu-7.2")})
+	err := RequireHost("h2", h72, AvailSwitchoverBandwidth)
+	if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "host h2") || !strings.Contains(err.Error(), "needs QEMU 8.2 or later") {
+		t.Errorf("7.2 host: %v", err)
+	}
+	if err := RequireHost("h1", ToProto(Result{Caps: load(t, "qemu-10.0")}), AvailSwitchoverBandwidth); err != nil {
+		t.Errorf("10.0 host: %v", err)
+	}
+	if err := RequireHost("h3", nil, DirtyLimit); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "reported no QEMU capabilities") {
+		t.Errorf("host without caps: %v", err)
+	}
+}

@@ -1,6 +1,8 @@
 package qemucaps
 
 import (
+	"fmt"
+
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 )
 
@@ -50,4 +52,18 @@ func FromProto(h *ferryv1.HostQEMU) (c Caps, ok bool) {
 		c.CPUModels = append(c.CPUModels, CPUModel{Name: m.Name, AliasOf: m.AliasOf, Usable: m.Usable, MigrationSafe: m.MigrationSafe, Deprecated: m.Deprecated})
 	}
 	return c, true
+}
+
+// RequireHost is Require for a host record: host names the host in the
+// error, and a host that reported no capabilities is refused too (its
+// QEMU is unknown).
+func RequireHost(host string, h *ferryv1.HostQEMU, f Feature) error {
+	c, ok := FromProto(h)
+	if !ok {
+		return fmt.Errorf("%w: %s on host %s: its agent reported no QEMU capabilities (probe error %q); upgrade or restart the agent", ErrUnsupported, f, host, h.GetProbeError())
+	}
+	if err := Require(c, f); err != nil {
+		return fmt.Errorf("host %s: %w", host, err)
+	}
+	return nil
 }
