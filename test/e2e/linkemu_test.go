@@ -162,6 +162,22 @@ func TestLinkEmulator(t *testing.T) {
 		t.Errorf("after --up RTT %v, want 40ms ± 10%% (shaping kept)", rtt)
 	}
 
+	// Loss and jitter: 2 % of UDP datagrams h1→h2 lost (one crossing of the
+	// link), round trips spread over 40 ms ± 2×5 ms.
+	link("--loss", "2%", "--jitter", "5ms")
+	lost := udpLoss(t, h1.Netns, h2.Netns, h2.IP+":7002", 4000)
+	t.Logf("loss asked 2%%: measured %.2f%% of 4000 UDP datagrams", 100*lost)
+	if lost < 0.01 || lost > 0.03 {
+		t.Errorf("UDP loss %.2f%%, want 2%% ± 1%%", 100*lost)
+	}
+	link("--loss", "0%")
+	lo, hi := jitterRange(t, h1.Netns, h2.IP+":7000", 40)
+	t.Logf("jitter asked 5ms each way: round trips %v..%v", lo, hi)
+	if lo < 29*time.Millisecond || hi > 52*time.Millisecond || hi-lo < 3*time.Millisecond {
+		t.Errorf("round trips %v..%v, want within 30..50 ms and spread out", lo, hi)
+	}
+	link("--jitter", "0s")
+
 	// Clear: the emulator and its links are gone, the host is plugged in
 	// directly again.
 	link("--clear")
@@ -270,4 +286,69 @@ func linkDelivered(t *testing.T, c *devcluster.Cluster) uint64 {
 		t.Errorf("link status: %v\n%s", err, out)
 	}
 	return st.Stats[linkemu.AToB].DeliveredB
+}
+
+// udpLoss sends n datagrams from namespace src to addr in namespace dst and
+// returns the fraction that did not arrive.
+func udpLoss(t *testing.T, src, dst, addr string, n int) float64 {
+	t.Helper()
+	pc, err := netnsutil.ListenPacket(dst, "udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	got := make(chan int, 1)
+	go func() {
+		buf := make([]byte, 2048)
+		count := 0
+		for {
+			_ = pc.SetReadDeadline(time.Now().Add(time.Second))
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				got <- count
+				return
+			}
+			count++
+		}
+	}()
+	conn, err := netnsutil.Dial(src, "udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	payload := make([]byte, 200)
+	for i := range n {
+		if _, err := conn.Write(payload); err != nil {
+			t.Fatal(err)
+		}
+		if i%50 == 49 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return 1 - float64(<-got)/float64(n)
+}
+
+// jitterRange returns the shortest and longest of n round trips.
+func jitterRange(t *testing.T, ns, addr string, n int) (lo, hi time.Duration) {
+	t.Helper()
+	conn, err := netnsutil.Dial(ns, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 1)
+	lo = time.Hour
+	for range n {
+		start := time.Now()
+		if _, err := conn.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			t.Fatal(err)
+		}
+		d := time.Since(start)
+		lo, hi = min(lo, d), max(hi, d)
+		time.Sleep(5 * time.Millisecond)
+	}
+	return lo, hi
 }
