@@ -141,25 +141,32 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	return nil
 }
 
+// framePool recycles frame buffers (MaxFrame bytes each) between the
+// readers and the senders, so forwarding does not allocate per frame.
+var framePool = sync.Pool{New: func() any { b := make([]byte, MaxFrame); return &b }}
+
 // receive reads frames from c into d's pipe until c is closed.
 func (f *Forwarder) receive(c *packetConn, d *direction) error {
-	buf := make([]byte, MaxFrame)
 	for {
+		bp := framePool.Get().(*[]byte)
+		buf := (*bp)[:MaxFrame]
 		n, err := c.read(buf)
 		if err != nil {
+			framePool.Put(bp)
 			if errors.Is(err, os.ErrClosed) {
 				return nil
 			}
 			return err
 		}
-		fr := make([]byte, min(n, len(buf)))
-		copy(fr, buf)
+		fr := buf[:min(n, len(buf))]
 		f.mu.Lock()
 		if n > len(buf) {
 			f.truncated++
 		}
 		wasEmpty := d.pipe.Len() == 0
-		d.pipe.Push(time.Now(), fr)
+		if d.pipe.Push(time.Now(), fr) != Queued {
+			framePool.Put(bp)
+		}
 		f.mu.Unlock()
 		if wasEmpty {
 			d.poke()
@@ -186,6 +193,8 @@ func (f *Forwarder) send(ctx context.Context, d *direction, c *packetConn) error
 				}
 				failed++ // e.g. the peer is down: the frame is lost, as on a wire
 			}
+			fr = fr[:cap(fr)]
+			framePool.Put(&fr)
 			batch[i] = nil
 		}
 		if failed > 0 {
