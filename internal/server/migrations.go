@@ -171,6 +171,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.Strategy != "cold" && dst.MigrationIp == "" {
 		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip)", dst.Name)
 	}
+	if err := checkHostPair(vm, dst); err != nil { // compat.go
+		return nil, nil, err
+	}
 	if err := s.checkRoom(ctx, vm, dst); err != nil {
 		return nil, nil, err
 	}

@@ -60,6 +60,9 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 		return nil, err
 	}
 	defer release()
+	if err := pinMachineType(sp, host); err != nil { // compat.go
+		return nil, err
+	}
 	desired := "running"
 	if req.Msg.NoStart {
 		desired = "stopped"
