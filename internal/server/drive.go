@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/migration"
 	"github.com/ferryvm/ferry/internal/planner"
 	"google.golang.org/protobuf/proto"
@@ -199,6 +200,9 @@ func (d *driver) live(ctx context.Context) {
 	}
 	if err := d.advance(migration.EvCommitted, "owner is now "+m.To+" (generation CAS succeeded)", false); err != nil {
 		return
+	}
+	if err := failpoint.Inject("engine/after-owner-cas"); err != nil {
+		d.s.log.Warn("failpoint", "id", d.id(), "err", err)
 	}
 	d.forward(ctx)
 }
