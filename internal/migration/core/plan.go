@@ -1,0 +1,259 @@
+package core
+
+import "time"
+
+// planner collects the actions of one step.
+type planner struct {
+	r    *Record
+	now  time.Time
+	acts []Action
+	wake time.Time // earliest time a gated action may go
+}
+
+// want asks for action a unless one like it is in flight or its retry
+// time has not come.
+func (p *planner) want(a Action) {
+	v := &p.r.vol
+	if v.inflight[a.Kind][a.Side] {
+		return
+	}
+	if nb := v.notBefore[a.Kind][a.Side]; nb.After(p.now) {
+		p.wakeAt(nb)
+		return
+	}
+	v.inflight[a.Kind][a.Side] = true
+	p.acts = append(p.acts, a)
+}
+
+func (p *planner) wakeAt(t time.Time) {
+	if p.wake.IsZero() || t.Before(p.wake) {
+		p.wake = t
+	}
+}
+
+// plan returns the actions the current state needs now. It runs after
+// every observation; the state and facts alone decide, so a restarted
+// executor (Loaded, nothing in flight) asks for the same steps again —
+// every one of them idempotent.
+func (r *Record) plan(now time.Time) []Action {
+	p := &planner{r: r, now: now}
+	if r.State.Terminal() {
+		return nil
+	}
+	if r.vol.checkSrc {
+		p.want(Action{Kind: ActGetVM, Side: Src})
+	}
+	switch r.State {
+	case Preparing:
+		p.want(Action{Kind: ActPrepareIncoming, Side: Dst, Postcopy: r.Strategy.UsesPostcopy()})
+	case Transferring:
+		r.planTransfer(p)
+	case Switchover:
+		p.want(Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation})
+	case Resuming:
+		r.planResume(p)
+	case PostcopyActive, PostcopyPaused, PostcopyRecovering:
+		r.planPostcopy(p)
+	case Stopping:
+		if r.PrevVMState == VMRunning {
+			p.want(Action{Kind: ActStopVM, Side: Src})
+		} else {
+			r.Facts.SourceStopped = true
+			r.enter(now, Switchover, "the VM is stopped: nothing to stop")
+			return r.plan(now)
+		}
+	case Starting:
+		switch {
+		case r.PrevVMState != VMRunning:
+			r.enter(now, Cleanup, "the VM stays stopped on "+r.To)
+			return r.plan(now)
+		case r.vol.checkDst:
+			p.want(Action{Kind: ActGetVM, Side: Dst})
+		default:
+			p.want(Action{Kind: ActStartVM, Side: Dst})
+		}
+	case Unswitching:
+		r.planUnswitch(p)
+	case Cleanup:
+		r.planCleanup(p)
+	case RollingBack:
+		r.planRollback(p)
+	}
+	if r.State.Terminal() {
+		return nil
+	}
+	r.deadlineWake(p)
+	if !p.wake.IsZero() && (r.vol.timerAt.IsZero() || p.wake.Before(r.vol.timerAt) || !r.vol.timerAt.After(now)) {
+		r.vol.timerAt = p.wake
+		p.acts = append(p.acts, Action{Kind: ActSetTimer, At: p.wake})
+	}
+	return p.acts
+}
+
+// deadlineWake makes sure a tick comes when a bound expires.
+func (r *Record) deadlineWake(p *planner) {
+	if !r.Facts.OwnerSwitched {
+		switch r.State {
+		case Preparing, Transferring, Stopping, Switchover:
+			p.wakeAt(r.Deadline)
+			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
+		}
+	}
+	if !r.GiveUpAt.IsZero() {
+		p.wakeAt(r.GiveUpAt)
+	}
+}
+
+func (r *Record) planTransfer(p *planner) {
+	if !r.Facts.OutgoingStarted {
+		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, Postcopy: r.Strategy.UsesPostcopy(),
+			AutoConverge: r.Strategy == Converge || r.Strategy == Hybrid})
+	} else {
+		if r.PostcopyWanted && !r.Facts.PostcopyAsked {
+			p.want(Action{Kind: ActStartPostcopy, Side: Src})
+		}
+		p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+	}
+	p.want(Action{Kind: ActQueryIncoming, Side: Dst})
+}
+
+func (r *Record) planResume(p *planner) {
+	switch {
+	case !r.Facts.DestArmed:
+		p.want(Action{Kind: ActArmResume, Side: Dst})
+	case !r.Facts.ContinueSent:
+		p.want(Action{Kind: ActContinueOutgoing, Side: Src})
+	default:
+		if r.vol.checkDst {
+			p.want(Action{Kind: ActQueryIncoming, Side: Dst})
+		} else {
+			p.want(Action{Kind: ActFinishIncoming, Side: Dst})
+		}
+		p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+	}
+}
+
+func (r *Record) planPostcopy(p *planner) {
+	p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+	p.want(Action{Kind: ActQueryIncoming, Side: Dst})
+	switch r.State {
+	case PostcopyActive:
+		if p.now.Sub(r.LastProgressAt) > r.Options.StallTimeout {
+			// A dead link does not error for minutes: pause both sides so
+			// they can recover.
+			p.want(Action{Kind: ActPauseMigration, Side: Src})
+			p.want(Action{Kind: ActPauseMigration, Side: Dst})
+			r.PausedAt = p.now
+			r.LastProgressAt = p.now
+			r.enter(p.now, PostcopyPaused, "post-copy made no progress: pausing it to recover")
+		} else {
+			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
+		}
+	case PostcopyPaused:
+		if r.vol.lastOut == "postcopy-paused" {
+			p.want(Action{Kind: ActRecoverIncoming, Side: Dst})
+		}
+	case PostcopyRecovering:
+		p.want(Action{Kind: ActResumeOutgoing, Side: Src, URI: r.RecoverURI})
+	}
+}
+
+func (r *Record) planUnswitch(p *planner) {
+	if !r.Facts.DestAborted {
+		if r.Strategy.Live() {
+			p.want(Action{Kind: ActAbortIncoming, Side: Dst})
+			return
+		}
+		if r.vol.inflight[ActStartVM][Dst] {
+			return // query before acting: wait for the start's answer
+		}
+		p.want(Action{Kind: ActDeleteVM, Side: Dst})
+		return
+	}
+	if r.Facts.OwnerSwitched {
+		p.want(Action{Kind: ActCASOwner, Side: Src, Owner: r.From, Generation: r.Generation})
+	}
+}
+
+// planFinal writes the VM record from what the owner's QEMU does, frees
+// the reservation and ends the migration.
+func (r *Record) planFinal(p *planner, owner Side) {
+	if r.State == Cleanup && r.Error != "" || r.State == RollingBack && r.Facts.SourceLost {
+		r.vol.finalVM, r.vol.finalSeen = VMFailed, true // the VM's only QEMU is gone
+	}
+	if !r.vol.finalSeen && !r.Facts.VMRecordReleased {
+		if r.Strategy == Cold && r.PrevVMState == VMStopped {
+			r.vol.finalVM, r.vol.finalSeen = VMStopped, true
+		} else {
+			p.want(Action{Kind: ActGetVM, Side: owner})
+			return
+		}
+	}
+	if !r.Facts.VMRecordReleased {
+		u := VMUpdate{State: r.vol.finalVM, Host: r.Host(owner), Unlock: true}
+		if u.State == VMFailed || u.State == VMPaused {
+			u.Reason = r.Error
+			if u.Reason == "" {
+				u.Reason = "its QEMU is " + string(u.State) + " after migration " + r.ID
+			}
+		}
+		p.want(Action{Kind: ActUpdateVM, Side: owner, Update: u})
+		return
+	}
+	if r.FinalVMState == "" {
+		r.FinalVMState = r.vol.finalVM
+	}
+	if !r.Facts.ReservationFreed {
+		p.want(Action{Kind: ActReleaseReservation, Side: Dst})
+		return
+	}
+	switch {
+	case r.State == Cleanup && r.Error == "":
+		r.enter(p.now, Completed, "the VM runs on "+r.To)
+	case r.State == RollingBack && r.Error == "" && r.CancelRequested:
+		r.enter(p.now, Cancelled, "the VM is back on "+r.From)
+	default:
+		r.enter(p.now, Failed, r.Error)
+	}
+}
+
+func (r *Record) planCleanup(p *planner) {
+	lost := r.Error != "" // Cleanup with an error: the VM was lost forward (see lose)
+	if r.Strategy.Live() {
+		if !r.Facts.SourceQuit {
+			if lost || r.Facts.SourceLost {
+				p.want(Action{Kind: ActDeleteVM, Side: Src})
+			} else {
+				p.want(Action{Kind: ActFinishOutgoing, Side: Src})
+				p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+			}
+			return
+		}
+		if lost && !r.Facts.DestAborted {
+			p.want(Action{Kind: ActDeleteVM, Side: Dst})
+			return
+		}
+	} else if !r.Facts.SourceQuit {
+		p.want(Action{Kind: ActDeleteVM, Side: Src})
+		return
+	}
+	r.planFinal(p, Dst)
+}
+
+func (r *Record) planRollback(p *planner) {
+	if r.Strategy.Live() {
+		if !r.Facts.DestAborted {
+			p.want(Action{Kind: ActAbortIncoming, Side: Dst})
+		}
+		if !r.Facts.SourceResumed && !r.Facts.SourceLost {
+			p.want(Action{Kind: ActCancelOutgoing, Side: Src, ResumeCompleted: r.Facts.DestAborted})
+		}
+		if !r.Facts.DestAborted || (!r.Facts.SourceResumed && !r.Facts.SourceLost) {
+			return
+		}
+	} else if r.PrevVMState == VMRunning && !r.Facts.SourceResumed && !r.Facts.SourceLost {
+		p.want(Action{Kind: ActStartVM, Side: Src})
+		return
+	}
+	r.planFinal(p, Src)
+}
