@@ -225,7 +225,9 @@ func (r *Record) planCleanup(p *planner) {
 				p.want(Action{Kind: ActDeleteVM, Side: Src})
 			} else {
 				p.want(Action{Kind: ActFinishOutgoing, Side: Src})
-				p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+				if r.vol.checkOut {
+					p.want(Action{Kind: ActQueryOutgoing, Side: Src})
+				}
 			}
 			return
 		}

@@ -140,6 +140,9 @@ func (r *Record) onStartOutgoing(now time.Time, obs Observation) {
 // onSourceStep handles QueryOutgoing, StartPostcopy, ContinueOutgoing and ResumeOutgoing.
 func (r *Record) onSourceStep(now time.Time, obs Observation) {
 	a := obs.Action
+	if a == ActQueryOutgoing {
+		r.vol.checkOut = false
+	}
 	if obs.Err == NotFound {
 		r.vol.checkSrc = true
 		r.vol.notBefore[a][Src] = now.Add(RetryBackoff)
@@ -217,6 +220,18 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		case "failed":
 			r.lose(now, "post-copy failed on the source ("+orUnknown(out.Error)+"): the guest's memory is split between the hosts")
 		}
+	case Cleanup:
+		// The source is still in post-copy (a lost write forgot that it
+		// switched): supervise the post-copy before quitting it.
+		if r.Error == "" && !r.Facts.SourceQuit {
+			switch out.Status {
+			case "postcopy-active", "postcopy-recover":
+				r.enter(now, PostcopyActive, "the source is still in post-copy: supervising it")
+			case "postcopy-paused":
+				r.PausedAt = now
+				r.enter(now, PostcopyPaused, "the source is in a paused post-copy: recovering it")
+			}
+		}
 	case PostcopyPaused, PostcopyRecovering:
 		switch out.Status {
 		case "completed":
@@ -254,9 +269,22 @@ func (r *Record) onFinishIncoming(now time.Time, obs Observation) {
 	if r.State != Resuming {
 		return
 	}
+	if obs.Err == OK && obs.In != nil && obs.In.Ran {
+		r.Facts.DestRan = true
+	}
 	switch obs.Err {
 	case OK:
-		if obs.In != nil && obs.In.PID != 0 {
+		if obs.In != nil && obs.In.PID == 0 {
+			// Adopted before (a lost reply) and gone since.
+			if r.Facts.DestRan {
+				r.Facts.DestLost = true
+				r.lose(now, "the destination QEMU died after it ran: the VM is lost (its source QEMU had handed over)")
+			} else {
+				r.unswitch(now, "the destination QEMU is gone and never ran")
+			}
+			return
+		}
+		if obs.In != nil {
 			r.Facts.DestRan = true
 			if r.Facts.PostcopyAsked {
 				r.enter(now, PostcopyActive, "destination runs and announced itself; pulling the rest of RAM")
@@ -314,6 +342,7 @@ func (r *Record) onFinishOutgoing(now time.Time, obs Observation) {
 		r.Facts.SourceQuit = true
 	default:
 		r.vol.notBefore[ActFinishOutgoing][Src] = now.Add(RetryBackoff)
+		r.vol.checkOut = true // why not completed? QueryOutgoing says
 	}
 }
 
@@ -438,6 +467,9 @@ func (r *Record) onGetVM(now time.Time, obs Observation) {
 // sourceLost reacts to the source QEMU being gone.
 func (r *Record) sourceLost(now time.Time) {
 	switch {
+	case r.State == Cleanup || r.State == Unswitching:
+		// Expected (the source is being removed) or handled (the
+		// destination is being removed first, then the rollback sees it).
 	case r.State == RollingBack:
 		r.vol.finalVM, r.vol.finalSeen = VMFailed, true
 		if r.Error == "" || r.CancelRequested {

@@ -31,6 +31,7 @@ type volatile struct {
 	lastOut   string // the source's migration status seen last (long poll)
 	checkSrc  bool   // a source step said NotFound: ask GetVM(src) what is left
 	checkDst  bool   // a destination step was refused: QueryIncoming says whether it is gone
+	checkOut  bool   // FinishOutgoing was refused: QueryOutgoing says why
 	finalVM   VMState
 	finalSeen bool // finalVM holds the owner's run state from GetVM
 }
@@ -112,10 +113,18 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 		}
 		r.vol.timerAt = time.Time{}
 	case ObsResult:
-		if obs.Action > ActNone && obs.Action < actCount {
-			r.vol.inflight[obs.Action][obs.Side] = false
+		if obs.Action <= ActNone || obs.Action >= actCount {
+			break
 		}
+		r.vol.inflight[obs.Action][obs.Side] = false
 		r.result(obs)
+		// A step whose answer changed nothing is not sent again at once:
+		// no busy loop on a confused or slow side (polls pace themselves).
+		if r.State == before.State && r.Facts == before.Facts && obs.Action != ActQueryOutgoing && obs.Action != ActQueryIncoming {
+			if nb := &r.vol.notBefore[obs.Action][obs.Side]; !nb.After(now) {
+				*nb = now.Add(RetryBackoff)
+			}
+		}
 	case ObsTick:
 		if !r.vol.timerAt.After(now) {
 			r.vol.timerAt = time.Time{}

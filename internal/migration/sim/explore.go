@@ -1,0 +1,194 @@
+package sim
+
+import (
+	"fmt"
+	"math/rand"
+	"strings"
+
+	"github.com/ferryvm/ferry/internal/migration/core"
+)
+
+// Scenario is a strategy and the VM's state before the migration.
+type Scenario struct {
+	Name     string
+	Strategy core.Strategy
+	Prev     core.VMState
+}
+
+// Scenarios is every strategy the engine has; cold twice (running and stopped VM).
+var Scenarios = []Scenario{
+	{"precopy", core.Precopy, core.VMRunning},
+	{"converge", core.Converge, core.VMRunning},
+	{"postcopy", core.Postcopy, core.VMRunning},
+	{"hybrid", core.Hybrid, core.VMRunning},
+	{"cold-running", core.Cold, core.VMRunning},
+	{"cold-stopped", core.Cold, core.VMStopped},
+}
+
+// Case is one simulated run: a scenario with one fault at one step.
+type Case struct {
+	Scenario Scenario
+	Step     int
+	Fault    Fault
+	Seed     int64
+}
+
+func (c Case) String() string {
+	return fmt.Sprintf("%s fault=%s at step %d (seed %d)", c.Scenario.Name, c.Fault, c.Step, c.Seed)
+}
+
+// Result is what one case did.
+type Result struct {
+	Case       Case
+	Steps      int
+	Trace      []string
+	Violations []string
+	Final      string
+	Outcome    core.State
+}
+
+// RunCase runs one case to quiescence and checks it. mutate, when set,
+// breaks the core's output on purpose (the checker's own test).
+func RunCase(c Case, mutate func(core.Record, *core.Ready)) Result {
+	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
+	w.Mutate = mutate
+	if c.Fault != NoFault {
+		w.Hook = func(w *World, k int, a core.Action) Disposition {
+			if k != c.Step {
+				return DispDeliver
+			}
+			return w.Inject(c.Fault, a)
+		}
+	}
+	w.Start()
+	w.Run()
+	if len(w.Violations) == 0 {
+		w.CheckEnd()
+	}
+	return Result{Case: c, Steps: w.Steps, Trace: w.Trace, Violations: dedup(w.Violations), Final: w.Summary(), Outcome: w.Record().State}
+}
+
+func dedup(v []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range v {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// HappyPath returns the steps of a scenario without faults.
+func HappyPath(s Scenario, seed int64) Result {
+	return RunCase(Case{Scenario: s, Fault: NoFault, Seed: seed}, nil)
+}
+
+// Exploration is the summary of a run over every scenario × step × fault.
+type Exploration struct {
+	Cases      int
+	PerScen    map[string]int
+	Outcomes   map[core.State]int
+	Violations []Result // every violating case
+}
+
+// Shortest is the violating case with the shortest trace.
+func (e *Exploration) Shortest() *Result {
+	var best *Result
+	for i := range e.Violations {
+		v := &e.Violations[i]
+		if best == nil || len(v.Trace) < len(best.Trace) {
+			best = v
+		}
+	}
+	return best
+}
+
+// Explore runs every scenario's happy path, then every step index × every
+// fault kind.
+func Explore(seed int64, mutate func(core.Record, *core.Ready)) *Exploration {
+	e := &Exploration{PerScen: map[string]int{}, Outcomes: map[core.State]int{}}
+	for _, s := range Scenarios {
+		happy := RunCase(Case{Scenario: s, Fault: NoFault, Seed: seed}, mutate)
+		e.add(happy)
+		for k := 0; k < happy.Steps; k++ {
+			for _, f := range AllFaults {
+				e.add(RunCase(Case{Scenario: s, Step: k, Fault: f, Seed: seed + int64(k)}, mutate))
+			}
+		}
+	}
+	return e
+}
+
+func (e *Exploration) add(r Result) {
+	e.Cases++
+	e.PerScen[r.Case.Scenario.Name]++
+	e.Outcomes[r.Outcome]++
+	if len(r.Violations) > 0 {
+		e.Violations = append(e.Violations, r)
+	}
+}
+
+// Report renders a violating case: the case, the violations, the trace.
+func (r *Result) Report() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "case: %s\nviolations:\n", r.Case)
+	for _, v := range r.Violations {
+		fmt.Fprintf(&b, "  - %s\n", v)
+	}
+	fmt.Fprintf(&b, "end: %s\ntrace (%d lines):\n", r.Final, len(r.Trace))
+	for _, t := range r.Trace {
+		fmt.Fprintf(&b, "  %s\n", t)
+	}
+	return b.String()
+}
+
+// PairCase is a run with two faults: f1 at step k1, then f2 at step k2 (of
+// that run's own steps, k2 > k1) — so the second lands in whatever path the
+// first one caused (recovery, rollback, unswitch).
+type PairCase struct {
+	Scenario Scenario
+	K1, K2   int
+	F1, F2   Fault
+	Seed     int64
+}
+
+// RunPair runs one two-fault case.
+func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
+	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
+	w.Mutate = mutate
+	w.Hook = func(w *World, k int, a core.Action) Disposition {
+		switch k {
+		case c.K1:
+			return w.Inject(c.F1, a)
+		case c.K2:
+			return w.Inject(c.F2, a)
+		}
+		return DispDeliver
+	}
+	w.Start()
+	w.Run()
+	if len(w.Violations) == 0 {
+		w.CheckEnd()
+	}
+	name := fmt.Sprintf("%s+%s", c.F1, c.F2)
+	return Result{Case: Case{Scenario: c.Scenario, Step: c.K1, Fault: Fault(name), Seed: c.Seed}, Steps: w.Steps, Trace: w.Trace,
+		Violations: dedup(w.Violations), Final: w.Summary(), Outcome: w.Record().State}
+}
+
+// ExplorePairs samples n two-fault cases per scenario from seed.
+func ExplorePairs(seed int64, n int, mutate func(core.Record, *core.Ready)) *Exploration {
+	rng := rand.New(rand.NewSource(seed))
+	e := &Exploration{PerScen: map[string]int{}, Outcomes: map[core.State]int{}}
+	for _, s := range Scenarios {
+		steps := HappyPath(s, seed).Steps
+		for i := 0; i < n; i++ {
+			k1 := rng.Intn(steps)
+			c := PairCase{Scenario: s, K1: k1, K2: k1 + 1 + rng.Intn(12), F1: AllFaults[rng.Intn(len(AllFaults))],
+				F2: AllFaults[rng.Intn(len(AllFaults))], Seed: seed + int64(i)}
+			e.add(RunPair(c, mutate))
+		}
+	}
+	return e
+}
