@@ -91,6 +91,7 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	case ObsLoaded:
 		r.vol = volatile{}
 		r.LastProgressAt = now
+		r.rollbackInterrupted(now)
 	case ObsAgentRestarted:
 		for k := range r.vol.notBefore {
 			r.vol.notBefore[k][obs.Side] = time.Time{}

@@ -143,7 +143,7 @@ func (e *Engine) recover(ctx context.Context) error {
 				if report == nil {
 					report = &ferryv1.Migration{Id: rec.ID, Vm: rec.VM, From: rec.From, To: rec.To, Strategy: string(rec.Strategy)}
 				}
-				if err := e.launch(rec, report); err != nil {
+				if err := e.launch(rec, report, core.ObsLoaded); err != nil {
 					e.cfg.Log.Error("recover migration", "id", rec.ID, "err", err)
 				}
 			}
@@ -173,11 +173,13 @@ func (e *Engine) Start(ctx context.Context, rec core.Record, report *ferryv1.Mig
 	if err := e.cfg.Records.PutMigration(ctx, pr); err != nil {
 		return fmt.Errorf("record migration %s: %w", rec.ID, err)
 	}
-	return e.launch(rec, rep.snapshot(true))
+	return e.launch(rec, rep.snapshot(true), core.ObsTick)
 }
 
-// launch registers and starts the goroutine of one migration.
-func (e *Engine) launch(rec core.Record, report *ferryv1.Migration) error {
+// launch registers and starts the goroutine of one migration; first is
+// the first observation: Loaded for a record recovered from the store,
+// Tick for a new migration.
+func (e *Engine) launch(rec core.Record, report *ferryv1.Migration, first core.ObsKind) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.running {
@@ -197,14 +199,14 @@ func (e *Engine) launch(rec core.Record, report *ferryv1.Migration) error {
 			delete(e.runs, rec.ID)
 			e.mu.Unlock()
 		}()
-		e.drive(ctx, rp, rec)
+		e.drive(ctx, rp, rec, first)
 	}()
 	return nil
 }
 
 // drive sets up a migration's performer and runs it to its end (or until
 // ctx ends).
-func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record) {
+func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record, first core.ObsKind) {
 	log := e.cfg.Log.With("id", rec.ID, "vm", rec.VM)
 	var src, dst Agent
 	var vm *ferryv1.VM
@@ -227,7 +229,7 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record) {
 	p := &performer{
 		id: rec.ID, vm: rec.VM, from: rec.From, to: rec.To, src: src, dst: dst,
 		store: e.cfg.Store, clock: e.cfg.Clock, knobs: e.cfg.Knobs(report, vm), watch: rp.rep, release: e.cfg.Release,
-		fill: func(cur *ferryv1.VM, u core.VMUpdate) { rp.rep.fillVM(cur, u, rec.To) },
+		fill: func(cur *ferryv1.VM, u core.VMUpdate) { rp.rep.fillVM(cur, u, rec.To) }, log: log,
 	}
 	persist := &recordWriter{e: e, rep: rp.rep, log: log}
 	runner := NewRunner[core.Record, core.Observation, core.Action](machine{e.cfg.Clock}, p, persist, rec, func(r core.Record) core.Record { return r }, log)
@@ -239,7 +241,7 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record) {
 	rp.mu.Lock()
 	rp.runner = runner
 	rp.mu.Unlock()
-	err = runner.Run(ctx, core.Observation{Kind: core.ObsLoaded, Now: e.cfg.Clock.Now()})
+	err = runner.Run(ctx, core.Observation{Kind: first, Now: e.cfg.Clock.Now()})
 	switch {
 	case err == nil:
 		final := runner.Snapshot()

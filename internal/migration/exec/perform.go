@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -79,6 +81,10 @@ type performer struct {
 	// fill adds what is known of the destination QEMU (pid, ...) to a VM
 	// record an update moves there (nil: nothing).
 	fill func(cur *ferryv1.VM, u core.VMUpdate)
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	stopTimer context.CancelFunc // cancels the pending timer
 }
 
 func (p *performer) agent(s core.Side) Agent {
@@ -146,15 +152,7 @@ func storeVM(vm *ferryv1.VM) *core.StoreVM {
 // except a timer cut short by the runner's end.
 func (p *performer) Perform(ctx context.Context, a core.Action) (core.Observation, bool) {
 	if a.Kind == core.ActSetTimer {
-		d := a.At.Sub(p.clock.Now())
-		if d > 0 {
-			select {
-			case <-ctx.Done():
-				return core.Observation{}, false
-			case <-p.clock.After(d):
-			}
-		}
-		return core.Observation{Kind: core.ObsTick, Now: p.clock.Now()}, true
+		return p.timer(ctx, a.At)
 	}
 	o := core.Observation{Kind: core.ObsResult, Action: a.Kind, Side: a.Side}
 	err := p.do(ctx, a, &o)
@@ -165,8 +163,33 @@ func (p *performer) Perform(ctx context.Context, a core.Action) (core.Observatio
 	o.Err = classify(err)
 	if err != nil {
 		o.ErrMsg = err.Error()
+		if p.log != nil {
+			p.log.Info("migration step failed", "action", a.String(), "class", o.Err.String(), "err", err)
+		}
 	}
 	return o, true
+}
+
+// timer waits until at and reports a tick. The core asks for a new timer
+// only when it must wake earlier than the pending one (or that one has
+// fired), so a new timer supersedes the previous one.
+func (p *performer) timer(ctx context.Context, at time.Time) (core.Observation, bool) {
+	tctx, cancel := context.WithCancel(ctx)
+	p.mu.Lock()
+	if p.stopTimer != nil {
+		p.stopTimer()
+	}
+	p.stopTimer = cancel
+	p.mu.Unlock()
+	defer cancel()
+	if d := at.Sub(p.clock.Now()); d > 0 {
+		select {
+		case <-tctx.Done():
+			return core.Observation{}, false
+		case <-p.clock.After(d):
+		}
+	}
+	return core.Observation{Kind: core.ObsTick, Now: p.clock.Now()}, true
 }
 
 // do performs a and fills o's data.
