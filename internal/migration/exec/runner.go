@@ -106,8 +106,8 @@ func (r *Runner[Rec, Obs, Act]) Observe(ctx context.Context, o Obs) bool {
 	}
 }
 
-// Run steps the machine from first until the migration is done and every
-// action it started has returned, or ctx ends (ErrStopped: in-flight
+// Run steps the machine from first until the migration is done (actions
+// still in flight are then cancelled and awaited), or ctx ends (ErrStopped: in-flight
 // actions are cancelled and awaited, nothing more is written), or a write
 // is fenced.
 func (r *Runner[Rec, Obs, Act]) Run(ctx context.Context, first Obs) error {
@@ -121,7 +121,6 @@ func (r *Runner[Rec, Obs, Act]) Run(ctx context.Context, first Obs) error {
 		cancel()
 		wg.Wait()
 	}()
-	inflight := 0
 	results := make(chan result)
 	next, have := first, true
 	for {
@@ -143,7 +142,6 @@ func (r *Runner[Rec, Obs, Act]) Run(ctx context.Context, first Obs) error {
 			r.rec = rec
 			r.mu.Unlock()
 			for _, a := range acts {
-				inflight++
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -155,14 +153,13 @@ func (r *Runner[Rec, Obs, Act]) Run(ctx context.Context, first Obs) error {
 				}()
 			}
 		}
-		if r.m.Done(r.current()) && inflight == 0 {
-			return nil
+		if r.m.Done(r.current()) {
+			return nil // what is still in flight no longer matters: cancelled and awaited on return
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrStopped, ctx.Err())
 		case res := <-results:
-			inflight--
 			next, have = res.o, res.ok
 		case o := <-r.obs:
 			next, have = o, true
