@@ -167,6 +167,18 @@ func (r *Record) planUnswitch(p *planner) {
 		if r.vol.inflight[ActStartVM][Dst] {
 			return // query before acting: wait for the start's answer
 		}
+		if r.vol.loadedIn == Starting || r.vol.loadedIn == Unswitching {
+			// A previous executor may still have a StartVM on its way to the
+			// destination: look only once it must have ended.
+			if grace := r.entered(Unswitching).Add(StartGrace); p.now.Before(grace) {
+				p.wakeAt(grace)
+				return
+			}
+		}
+		if !r.vol.dstChecked {
+			p.want(Action{Kind: ActGetVM, Side: Dst})
+			return
+		}
 		p.want(Action{Kind: ActDeleteVM, Side: Dst})
 		return
 	}
@@ -190,6 +202,9 @@ func (r *Record) planFinal(p *planner, owner Side) {
 		}
 	}
 	if !r.Facts.VMRecordReleased {
+		if r.vol.inflight[ActCASOwner][Src] || r.vol.inflight[ActCASOwner][Dst] {
+			return // a CAS still in flight could land after the release: wait for its answer
+		}
 		u := VMUpdate{State: r.vol.finalVM, Host: r.Host(owner), Unlock: true}
 		if u.State == VMFailed || u.State == VMPaused {
 			u.Reason = r.Error
@@ -258,4 +273,14 @@ func (r *Record) planRollback(p *planner) {
 		return
 	}
 	r.planFinal(p, Src)
+}
+
+// entered is when the record last entered state s (from its history).
+func (r *Record) entered(s State) time.Time {
+	for i := len(r.History) - 1; i >= 0; i-- {
+		if r.History[i].State == s {
+			return r.History[i].At
+		}
+	}
+	return r.StartedAt
 }

@@ -436,6 +436,16 @@ func (r *Record) onGetVM(now time.Time, obs Observation) {
 			return
 		}
 	}
+	if side == Dst && r.Strategy == Cold && r.State == Unswitching {
+		if st == VMRunning || st == VMPaused {
+			r.Facts.DestRan = true
+			r.Error = ""
+			r.enter(now, Cleanup, "the guest runs on "+r.To+" after all: driving forward")
+			return
+		}
+		r.vol.dstChecked = true
+		return
+	}
 	if side == Dst && r.vol.checkDst && r.Strategy == Cold {
 		r.vol.checkDst = false
 		if st == VMRunning || st == VMPaused {

@@ -17,6 +17,10 @@ const (
 	IncomingPollEvery = 300 * time.Millisecond
 	// RecoverEvery paces post-copy recovery attempts.
 	RecoverEvery = 2 * time.Second
+	// StartGrace bounds a StartVM call an executor may still have on its
+	// way (its per-call deadline must be shorter): a cold unswitch after a
+	// restart waits this long before it concludes the destination does not run.
+	StartGrace = 2 * time.Minute
 )
 
 // ErrBadRecord is returned by New and Validate for a record that cannot be driven.
@@ -25,15 +29,17 @@ var ErrBadRecord = errors.New("invalid migration record")
 // volatile is the executor's session with the core: what is in flight and
 // when a step may be sent again. It is not persisted; Loaded resets it.
 type volatile struct {
-	inflight  [actCount][2]bool
-	notBefore [actCount][2]time.Time
-	timerAt   time.Time
-	lastOut   string // the source's migration status seen last (long poll)
-	checkSrc  bool   // a source step said NotFound: ask GetVM(src) what is left
-	checkDst  bool   // a destination step was refused: QueryIncoming says whether it is gone
-	checkOut  bool   // FinishOutgoing was refused: QueryOutgoing says why
-	finalVM   VMState
-	finalSeen bool // finalVM holds the owner's run state from GetVM
+	inflight   [actCount][2]bool
+	notBefore  [actCount][2]time.Time
+	timerAt    time.Time
+	lastOut    string // the source's migration status seen last (long poll)
+	checkSrc   bool   // a source step said NotFound: ask GetVM(src) what is left
+	checkDst   bool   // a destination step was refused: QueryIncoming says whether it is gone
+	checkOut   bool   // FinishOutgoing was refused: QueryOutgoing says why
+	finalVM    VMState
+	loadedIn   State // the state the record was loaded in (ObsLoaded)
+	dstChecked bool  // cold unswitch: GetVM said the destination does not run
+	finalSeen  bool  // finalVM holds the owner's run state from GetVM
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -89,7 +95,7 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	now := obs.Now
 	switch obs.Kind {
 	case ObsLoaded:
-		r.vol = volatile{}
+		r.vol = volatile{loadedIn: r.State}
 		r.LastProgressAt = now
 		r.rollbackInterrupted(now)
 	case ObsAgentRestarted:

@@ -108,12 +108,16 @@ func (e *Exploration) Shortest() *Result {
 // Explore runs every scenario's happy path, then every step index × every
 // fault kind.
 func Explore(seed int64, mutate func(core.Record, *core.Ready)) *Exploration {
+	return exploreScenarios(Scenarios, AllFaults, seed, mutate)
+}
+
+func exploreScenarios(scen []Scenario, faults []Fault, seed int64, mutate func(core.Record, *core.Ready)) *Exploration {
 	e := &Exploration{PerScen: map[string]int{}, Outcomes: map[core.State]int{}}
-	for _, s := range Scenarios {
+	for _, s := range scen {
 		happy := RunCase(Case{Scenario: s, Fault: NoFault, Seed: seed}, mutate)
 		e.add(happy)
 		for k := 0; k < happy.Steps; k++ {
-			for _, f := range AllFaults {
+			for _, f := range faults {
 				e.add(RunCase(Case{Scenario: s, Step: k, Fault: f, Seed: seed + int64(k)}, mutate))
 			}
 		}

@@ -26,11 +26,12 @@ const (
 	TimeoutFires  Fault = "timeout"         // the server stalls past the stall timeout: a timeout fires
 	TimerEarly    Fault = "timer-early"     // a timer fires before its deadline
 	CancelByUser  Fault = "cancel"          // the user cancels
+	DelayRequest  Fault = "delay-request"   // the step's request arrives late (after the caller timed out)
 )
 
 // AllFaults is every fault kind the exploration injects.
 var AllFaults = []Fault{CrashServer, CrashAgentSrc, CrashAgentDst, LoseRequest, LoseReply, KillQEMUSrc, KillQEMUDst,
-	CutSrc, CutDst, LinkDown, StoreFail, TimeoutFires, TimerEarly, CancelByUser}
+	CutSrc, CutDst, LinkDown, StoreFail, TimeoutFires, TimerEarly, CancelByUser, DelayRequest}
 
 // Inject applies fault f now, before action a; it returns what happens to a.
 func (w *World) Inject(f Fault, a core.Action) Disposition {
@@ -50,6 +51,11 @@ func (w *World) Inject(f Fault, a core.Action) Disposition {
 		return DispLoseRequest
 	case LoseReply:
 		return DispLoseReply
+	case DelayRequest:
+		if a.Kind.IsStore() {
+			return DispStoreFailure
+		}
+		return DispDelay
 	case KillQEMUSrc:
 		w.KillQEMU(core.Src)
 	case KillQEMUDst:

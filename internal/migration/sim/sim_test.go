@@ -57,7 +57,7 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 		t.Fatalf("the checker missed a source resumed after the CAS:\n%s", r.Report())
 	}
 	t.Logf("caught: %v", r.Violations)
-	e := Explore(1, resumeAfterCAS)
+	e := exploreScenarios([]Scenario{Scenarios[0]}, []Fault{CrashServer, LoseReply}, 1, resumeAfterCAS)
 	if len(e.Violations) == 0 {
 		t.Fatal("the exploration found no violation with a broken core")
 	}
@@ -67,7 +67,7 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 // TestPairFaults samples two faults per case (the second lands in the
 // recovery path the first caused).
 func TestPairFaults(t *testing.T) {
-	e := ExplorePairs(7, 400, nil)
+	e := ExplorePairs(7, 150, nil)
 	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v", e.Cases, len(e.Violations), e.Outcomes)
 	t.Log(summary)
 	fmt.Println(summary)
@@ -80,5 +80,49 @@ func TestPairFaults(t *testing.T) {
 			t.Logf("  %4d × %s", n, g)
 		}
 		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
+	}
+}
+
+// TestCheckerCatchesMoreBrokenRules: each deliberately broken rule must be
+// reported by the checker in its scenario's happy path.
+func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		scen   Scenario
+		mutate func(core.Record, *core.Ready)
+	}{
+		{"the VM record is never released", Scenarios[0], func(_ core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActUpdateVM {
+					r.Actions[i] = core.Action{Kind: core.ActSetTimer, At: a.At}
+				}
+			}
+		}},
+		{"a stopped VM is booted by its cold migration", Scenarios[5], func(_ core.Record, r *core.Ready) {
+			for _, a := range r.Actions {
+				if a.Kind == core.ActDeleteVM && a.Side == core.Src {
+					r.Actions = append(r.Actions, core.Action{Kind: core.ActStartVM, Side: core.Dst})
+					return
+				}
+			}
+		}},
+		{"the destination is not removed on rollback", Scenarios[0], func(rec core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActQueryIncoming && rec.State == core.Transferring && rec.Transferred > 0 {
+					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src} // and never abort
+				}
+				if a.Kind == core.ActAbortIncoming {
+					r.Actions[i] = core.Action{Kind: core.ActSetTimer, At: a.At}
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := RunCase(Case{Scenario: tc.scen, Fault: NoFault, Seed: 1}, tc.mutate)
+			if len(r.Violations) == 0 {
+				t.Fatalf("not caught:\n%s", r.Report())
+			}
+			t.Logf("caught: %s", r.Violations[0])
+		})
 	}
 }

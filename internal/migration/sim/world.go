@@ -22,6 +22,7 @@ const (
 	CutFor      = 5 * time.Second // a server↔agent partition lasts this long
 	LinkDownFor = 4 * time.Second // an agent↔agent partition lasts this long
 	FreezeFor   = 6 * time.Second // the server stalls this long (a timeout fires)
+	DelayFor    = 8 * time.Second // a delayed request reaches its agent this late
 	MaxSimTime  = 30 * time.Minute
 )
 
@@ -113,6 +114,7 @@ const (
 	DispLoseReply                // done, but the executor sees a transient error after RPCTimeout
 	DispStoreFailure             // a store write that fails (not applied)
 	DispDrop                     // the server crashed before it: nothing happens
+	DispDelay                    // arrives after DelayFor; the executor sees a timeout after RPCTimeout
 )
 
 // NewWorld sets up a VM running (or stopped, for cold) on the source host.
@@ -343,6 +345,16 @@ func (w *World) perform(a core.Action) {
 		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
 		return
 	}
+	if disp == DispDelay {
+		w.after(DelayFor, func() {
+			if ag.Up {
+				w.logf("   late %s reaches the agent", a)
+				ag.handle(a, migID) // done, but nobody waits for the answer
+			}
+		})
+		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
+		return
+	}
 	w.after(NetLatency, func() {
 		if !ag.Up {
 			// The agent's process is gone: the connection is refused at once.
@@ -419,6 +431,11 @@ func (w *World) storeOp(a core.Action) core.Observation {
 // physics moves QEMU's migrations by one Tick.
 func (w *World) physics() {
 	for _, ag := range w.Agents {
+		if ag.alive() && ag.vm.qemu.In != "" && ag.vm.qemu.In != "listening" && ag.vm.qemu.In != "receiving" {
+			ag.vm.qemu.loadedTicks++ // counted from the tick after the state arrived
+		}
+	}
+	for _, ag := range w.Agents {
 		if !ag.alive() {
 			continue
 		}
@@ -446,7 +463,7 @@ func (w *World) physics() {
 			q.Sent += 1 << 18
 			p.Boot = q.Boot // the device state carries the running guest
 			if q.PCPending {
-				q.Mig, q.Run, q.pcLeft = "postcopy-active", "postmigrate", 3
+				q.Mig, q.Run, q.pcLeft = "postcopy-active", "postmigrate", 10
 				p.In = "postcopy"
 			} else {
 				q.Mig, q.Run = "completed", "postmigrate"
@@ -478,9 +495,6 @@ func (w *World) physics() {
 		}
 	}
 	for _, ag := range w.Agents {
-		if ag.alive() && ag.vm.qemu.In != "" && ag.vm.qemu.In != "listening" && ag.vm.qemu.In != "receiving" {
-			ag.vm.qemu.loadedTicks++
-		}
 		ag.reconcile()
 	}
 }
@@ -507,7 +521,11 @@ func (w *World) Run() {
 			w.violate("the migration did not end within %s of simulated time (state %s)", MaxSimTime, w.storedState())
 			return
 		}
-		if w.storedState().Terminal() && w.serverUp {
+		if !w.rec.State.Terminal() && w.Clock.now.Sub(start) > MaxSimTime/2 && w.Steps > 20000 {
+			w.violate("the migration did not end after %d steps (state %s)", w.Steps, w.storedState())
+			return
+		}
+		if w.serverUp && w.rec.State.Terminal() && w.storedState().Terminal() {
 			if settleUntil.IsZero() {
 				settleUntil = w.Clock.now.Add(CutFor + AgentDown + RPCTimeout)
 			} else if w.Clock.now.After(settleUntil) {
