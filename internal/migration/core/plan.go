@@ -265,7 +265,13 @@ func (r *Record) planRollback(p *planner) {
 		if !r.Facts.SourceResumed && !r.Facts.SourceLost {
 			p.want(Action{Kind: ActCancelOutgoing, Side: Src, ResumeCompleted: r.Facts.DestAborted})
 		}
-		if !r.Facts.DestAborted || (!r.Facts.SourceResumed && !r.Facts.SourceLost) {
+		if !r.Facts.DestAborted && r.destLeftToAgent(p.now) && r.Note == "" {
+			r.Note = "the destination agent on " + r.To + " does not answer: it removes the never-armed destination QEMU itself when it is back"
+		}
+		if (!r.Facts.DestAborted && !r.destLeftToAgent(p.now)) || (!r.Facts.SourceResumed && !r.Facts.SourceLost) {
+			if !r.Facts.DestAborted && !r.vol.dstDown.IsZero() {
+				p.wakeAt(r.vol.dstDown.Add(DestUnreachable))
+			}
 			return
 		}
 	} else if r.PrevVMState == VMRunning && !r.Facts.SourceResumed && !r.Facts.SourceLost {

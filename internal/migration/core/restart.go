@@ -1,6 +1,9 @@
 package core
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // ErrRestarted is the cause recorded for a migration a control-plane
 // restart (or a change of leader) interrupted before the owner switch.
@@ -20,4 +23,42 @@ func (r *Record) rollbackInterrupted(now time.Time) {
 	case Preparing, Transferring, Stopping:
 		r.rollback(now, ErrRestarted, false)
 	}
+}
+
+// DestUnreachable is how long the destination agent may stay silent
+// before the owner switch before the migration rolls back: its QEMU may be
+// gone with it, and nothing can be decided about the destination without
+// it (its own restart takes about a second).
+const DestUnreachable = 5 * time.Second
+
+// destReachable tracks the destination agent's answers while preparing or
+// transferring, and rolls back once it has not answered for
+// DestUnreachable.
+func (r *Record) destReachable(obs Observation) {
+	if obs.Side != Dst || !obs.Action.IsAgent() {
+		return
+	}
+	if obs.Err != Transient {
+		r.vol.dstDown = time.Time{}
+		return
+	}
+	if r.Facts.OwnerSwitched || (r.State != Preparing && r.State != Transferring && r.State != RollingBack) {
+		return
+	}
+	if r.vol.dstDown.IsZero() {
+		r.vol.dstDown = obs.Now
+		return
+	}
+	if r.State != RollingBack && obs.Now.Sub(r.vol.dstDown) >= DestUnreachable {
+		r.rollback(obs.Now, fmt.Sprintf("destination agent on %s unreachable for %s: %s", r.To, DestUnreachable, obs.ErrMsg), false)
+	}
+}
+
+// destLeftToAgent reports whether a rollback may end without the
+// destination's removal confirmed: its agent has not answered for
+// DestUnreachable. The destination QEMU was never armed (the owner never
+// switched), so it cannot run; its agent removes an arrival that no
+// migration in flight names when it is back (the orphan reaper).
+func (r *Record) destLeftToAgent(now time.Time) bool {
+	return !r.Facts.OwnerSwitched && !r.vol.dstDown.IsZero() && now.Sub(r.vol.dstDown) >= DestUnreachable
 }

@@ -11,6 +11,7 @@ import (
 func (r *Record) result(obs Observation) {
 	now := obs.Now
 	a, side := obs.Action, obs.Side
+	r.destReachable(obs)
 	if obs.Err == Transient {
 		r.vol.notBefore[a][side] = now.Add(RetryBackoff)
 		r.Attempts++

@@ -37,9 +37,10 @@ type volatile struct {
 	checkDst   bool   // a destination step was refused: QueryIncoming says whether it is gone
 	checkOut   bool   // FinishOutgoing was refused: QueryOutgoing says why
 	finalVM    VMState
-	loadedIn   State // the state the record was loaded in (ObsLoaded)
-	dstChecked bool  // cold unswitch: GetVM said the destination does not run
-	finalSeen  bool  // finalVM holds the owner's run state from GetVM
+	loadedIn   State     // the state the record was loaded in (ObsLoaded)
+	dstChecked bool      // cold unswitch: GetVM said the destination does not run
+	finalSeen  bool      // finalVM holds the owner's run state from GetVM
+	dstDown    time.Time // the destination agent has not answered since (before the CAS)
 }
 
 // New returns the record of a migration that has locked its VM (state

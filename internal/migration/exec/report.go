@@ -178,6 +178,12 @@ func (r *reporter) Incoming(_ core.ActionKind, in *agentv1.IncomingStatus) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if prev := r.lastIn; prev != nil {
+		// An adopted destination may report no event times any more: keep
+		// the arrival's.
+		in = proto.Clone(in).(*agentv1.IncomingStatus)
+		in.LoadedAt, in.ResumedAt = cmpTS(in.LoadedAt, prev.LoadedAt), cmpTS(in.ResumedAt, prev.ResumedAt)
+	}
 	r.lastIn = in
 	if in.Vm != nil && in.Vm.Pid > 0 {
 		r.dstVM = in.Vm
