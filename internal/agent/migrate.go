@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/migration"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/revert"
@@ -245,12 +244,6 @@ func (a *Agent) armResume(ctx context.Context, name, id string) (*agentv1.Incomi
 	send := !in.contSent
 	in.contSent = true
 	in.mu.Unlock()
-	if send && mon != nil && failpoint.Armed(beforeResumeIncoming) {
-		// A test wants the armed destination to sit loaded but paused:
-		// resume it only after its state arrived and the point fired.
-		go a.resumeWhenLoaded(v, in, mon)
-		return v.incomingStatus(), nil
-	}
 	if send && mon != nil {
 		if err := mon.Cont(ctx); err != nil {
 			in.mu.Lock()
@@ -260,39 +253,6 @@ func (a *Agent) armResume(ctx context.Context, name, id string) (*agentv1.Incomi
 		}
 	}
 	return v.incomingStatus(), nil
-}
-
-// beforeResumeIncoming is the failpoint between an armed destination's
-// state having arrived and its resume: a test kills the destination QEMU
-// there (after migrate-continue, before it ever ran).
-const beforeResumeIncoming = "agent/before-resume-incoming"
-
-// resumeWhenLoaded is armResume's path while the beforeResumeIncoming
-// failpoint is armed: it waits (bounded) until the incoming state is
-// complete, fires the point, then sends cont.
-func (a *Agent) resumeWhenLoaded(v *vm, in *incoming, mon *qmp.Monitor) {
-	deadline := time.Now().Add(10 * time.Minute)
-	for {
-		in.mu.Lock()
-		loaded, state := in.loaded, in.state
-		in.mu.Unlock()
-		if loaded {
-			break
-		}
-		if state == migration.InAborted || time.Now().After(deadline) {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if err := failpoint.Inject(beforeResumeIncoming); err != nil {
-		a.log.Warn("failpoint", "vm", v.name, "err", err)
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := mon.Cont(ctx); err != nil {
-		a.log.Warn("resume the arrived destination (cont)", "vm", v.name, "err", err)
-	}
 }
 
 // finishIncoming waits until the destination runs, announces it on the
