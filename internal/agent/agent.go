@@ -22,6 +22,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 )
 
@@ -48,7 +49,10 @@ type Config struct {
 	QEMUBinary string
 	// HeartbeatInterval is how often the agent reports to the server.
 	HeartbeatInterval time.Duration
-	Log               *slog.Logger
+	// LogRetention bounds the archived per-VM logs (DATA/logs/<vm>/...);
+	// zero fields keep everything.
+	LogRetention retention.Policy
+	Log          *slog.Logger
 }
 
 // Agent runs and reports the VMs of one host.
@@ -74,6 +78,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Server == "" {
 		errs = append(errs, errors.New("--server: required (the control plane's address)"))
+	}
+	if err := cfg.LogRetention.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--keep-logs/--keep-logs-for: %w", err))
 	}
 	if cfg.DataDir == "" {
 		errs = append(errs, errors.New("--data-dir: required"))
@@ -156,6 +163,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.probeAccel(ctx)
 	}
 	go a.heartbeatLoop(ctx, advertise)
+	go a.sweepLogsLoop(ctx)
 
 	select {
 	case <-ctx.Done():
