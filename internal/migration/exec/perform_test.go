@@ -14,6 +14,7 @@ import (
 	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // fakeVMStore is an in-memory VMStore with the etcd store's CAS rules.
@@ -151,5 +152,23 @@ func TestPausedMs(t *testing.T) {
 	}
 	if got := pausedMs(h, t0.Add(6*time.Second)); got != 3000 {
 		t.Fatalf("pausedMs = %d, want 3000 (2 s, then 1 s still paused)", got)
+	}
+}
+
+func TestReportPostcopyFigures(t *testing.T) {
+	t0 := time.Now()
+	ts := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(t0.Add(d)) }
+	r := newReporter(&ferryv1.Migration{Strategy: "hybrid", StartedAt: ts(0)}, nil)
+	r.Outgoing(core.ActStartOutgoing, &agentv1.OutgoingStatus{Status: "active", TotalBytes: 1 << 28})
+	r.Outgoing(core.ActStartPostcopy, &agentv1.OutgoingStatus{Status: "active", TotalBytes: 1 << 28})
+	r.Outgoing(core.ActContinueOutgoing, &agentv1.OutgoingStatus{Status: "postcopy-active", TotalBytes: 1 << 28,
+		StoppedAt: ts(time.Second), PreSwitchoverAt: ts(time.Second + 5*time.Millisecond), ContinuedAt: ts(time.Second + 10*time.Millisecond),
+		PostcopyStartedAt: ts(time.Second)})
+	r.Incoming(core.ActFinishIncoming, &agentv1.IncomingStatus{ResumedAt: ts(time.Second + 30*time.Millisecond)})
+	r.Incoming(core.ActQueryIncoming, &agentv1.IncomingStatus{State: "adopted"}) // an adopted VM reports no times
+	r.Outgoing(core.ActQueryOutgoing, &agentv1.OutgoingStatus{Status: "completed", CompletedAt: ts(4 * time.Second)})
+	m := r.snapshot(false)
+	if m.PostcopyMs != 3000 || m.GetDowntimePhases().GetTotalMs() != 30 {
+		t.Fatalf("postcopyMs %d, downtime total %d; want 3000 and 30", m.PostcopyMs, m.GetDowntimePhases().GetTotalMs())
 	}
 }

@@ -101,11 +101,19 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	if out.PostcopyStartedAt != nil {
 		r.postcopy = true
 	}
-	if out.TotalBytes == 0 && r.lastOut != nil {
-		// A failed or cancelled QEMU reports no RAM figures: keep the last
-		// real ones, but take its event times.
-		r.lastOut.CompletedAt = cmpTS(r.lastOut.CompletedAt, out.CompletedAt)
-		return
+	if prev := r.lastOut; prev != nil {
+		if out.TotalBytes == 0 {
+			// A failed, cancelled or finished QEMU reports no RAM figures:
+			// keep the last real ones, but take its event times.
+			keep := proto.Clone(prev).(*agentv1.OutgoingStatus)
+			keep.Status, keep.DowntimeMs = out.Status, max(keep.DowntimeMs, out.DowntimeMs)
+			mergeOutTimes(keep, out)
+			r.lastOut = keep
+			r.phasesLocked()
+			return
+		}
+		out = proto.Clone(out).(*agentv1.OutgoingStatus)
+		mergeOutTimes(out, prev)
 	}
 	r.lastOut = out
 	m := r.m
@@ -228,6 +236,16 @@ func (r *reporter) fillVM(cur *ferryv1.VM, u core.VMUpdate, to string) {
 	}
 }
 
+// mergeOutTimes fills the event times dst lacks from src.
+func mergeOutTimes(dst, src *agentv1.OutgoingStatus) {
+	dst.StoppedAt = cmpTS(dst.StoppedAt, src.StoppedAt)
+	dst.PreSwitchoverAt = cmpTS(dst.PreSwitchoverAt, src.PreSwitchoverAt)
+	dst.ContinuedAt = cmpTS(dst.ContinuedAt, src.ContinuedAt)
+	dst.CompletedAt = cmpTS(dst.CompletedAt, src.CompletedAt)
+	dst.PostcopyStartedAt = cmpTS(dst.PostcopyStartedAt, src.PostcopyStartedAt)
+}
+
+// cmpTS is a, or b when a is unset.
 func cmpTS(a, b *timestamppb.Timestamp) *timestamppb.Timestamp {
 	if a != nil {
 		return a
