@@ -72,7 +72,17 @@
 // the stall timeout, the overall timeout, a cancel, a refused CAS — rolls
 // back: CancelOutgoing and AbortIncoming (cold: StartVM on the source if
 // the VM ran), then the VM record gets what the source's QEMU really does.
+// A record loaded (restart, new leader) in preparing, transferring or
+// stopping rolls back (restart.go); a destination agent silent for
+// DestUnreachable before the CAS rolls back too, and that rollback may end
+// without the destination's removal (never armed, it cannot run; its
+// agent's orphan reaper removes it). Stopping is bounded by the timeout
+// only, never the stall timeout (no StopVM may still be on its way when a
+// rollback starts the guest again).
+//
 // After the CAS the engine drives forward, bounded by the recovery window;
+// a destination not armed within the stall timeout of the CAS was never
+// sent the device state and is unswitched without waiting for its removal;
 // the only way back is unswitching, which first removes the destination
 // (AbortIncoming OK proves it never ran), then moves the owner back, then
 // resumes the source with resume_completed. A destination that has run is

@@ -26,6 +26,9 @@ func (p *planner) want(a Action) {
 }
 
 func (p *planner) wakeAt(t time.Time) {
+	if !t.After(p.now) {
+		return // already due: whatever it waits for is in flight, its result wakes the core
+	}
 	if p.wake.IsZero() || t.Before(p.wake) {
 		p.wake = t
 	}
@@ -39,6 +42,15 @@ func (r *Record) plan(now time.Time) []Action {
 	p := &planner{r: r, now: now}
 	if r.State.Terminal() {
 		return nil
+	}
+	if r.Facts.GaveUp {
+		r.planGaveUp(p)
+		r.deadlineWake(p)
+		if !p.wake.IsZero() && (r.vol.timerAt.IsZero() || p.wake.Before(r.vol.timerAt) || !r.vol.timerAt.After(now)) {
+			r.vol.timerAt = p.wake
+			p.acts = append(p.acts, Action{Kind: ActSetTimer, At: p.wake})
+		}
+		return p.acts
 	}
 	if r.vol.checkSrc {
 		p.want(Action{Kind: ActGetVM, Side: Src})
@@ -94,10 +106,15 @@ func (r *Record) plan(now time.Time) []Action {
 func (r *Record) deadlineWake(p *planner) {
 	if !r.Facts.OwnerSwitched {
 		switch r.State {
-		case Preparing, Transferring, Stopping, Switchover:
+		case Preparing, Transferring, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
+		case Stopping:
+			p.wakeAt(r.Deadline)
 		}
+	}
+	if r.State == Resuming && !r.Facts.DestArmed {
+		p.wakeAt(r.SwitchedAt.Add(r.Options.StallTimeout + time.Millisecond))
 	}
 	if !r.GiveUpAt.IsZero() {
 		p.wakeAt(r.GiveUpAt)
@@ -159,7 +176,12 @@ func (r *Record) planPostcopy(p *planner) {
 }
 
 func (r *Record) planUnswitch(p *planner) {
-	if !r.Facts.DestAborted {
+	// A live destination that was never armed was never sent the device
+	// state (ContinueOutgoing follows a persisted DestArmed): it cannot run,
+	// so the owner may move back before it is removed (rolling-back
+	// removes it).
+	neverArmed := r.Strategy.Live() && !r.Facts.DestArmed
+	if !r.Facts.DestAborted && !neverArmed {
 		if r.Strategy.Live() {
 			p.want(Action{Kind: ActAbortIncoming, Side: Dst})
 			return
@@ -187,32 +209,40 @@ func (r *Record) planUnswitch(p *planner) {
 	}
 }
 
-// planFinal writes the VM record from what the owner's QEMU does, frees
-// the reservation and ends the migration.
-func (r *Record) planFinal(p *planner, owner Side) {
+// planRecord writes the VM record from what the owner's QEMU does and
+// unlocks it; it reports whether that is done.
+func (r *Record) planRecord(p *planner, owner Side) bool {
 	if r.State == Cleanup && r.Error != "" || r.State == RollingBack && r.Facts.SourceLost {
 		r.vol.finalVM, r.vol.finalSeen = VMFailed, true // the VM's only QEMU is gone
 	}
-	if !r.vol.finalSeen && !r.Facts.VMRecordReleased {
+	if r.Facts.VMRecordReleased {
+		return true
+	}
+	if !r.vol.finalSeen {
 		if r.Strategy == Cold && r.PrevVMState == VMStopped {
 			r.vol.finalVM, r.vol.finalSeen = VMStopped, true
 		} else {
 			p.want(Action{Kind: ActGetVM, Side: owner})
-			return
+			return false
 		}
 	}
-	if !r.Facts.VMRecordReleased {
-		if r.vol.inflight[ActCASOwner][Src] || r.vol.inflight[ActCASOwner][Dst] {
-			return // a CAS still in flight could land after the release: wait for its answer
+	if r.vol.inflight[ActCASOwner][Src] || r.vol.inflight[ActCASOwner][Dst] {
+		return false // a CAS still in flight could land after the release: wait for its answer
+	}
+	u := VMUpdate{State: r.vol.finalVM, Host: r.Host(owner), Unlock: true}
+	if u.State == VMFailed || u.State == VMPaused {
+		u.Reason = r.Error
+		if u.Reason == "" {
+			u.Reason = "its QEMU is " + string(u.State) + " after migration " + r.ID
 		}
-		u := VMUpdate{State: r.vol.finalVM, Host: r.Host(owner), Unlock: true}
-		if u.State == VMFailed || u.State == VMPaused {
-			u.Reason = r.Error
-			if u.Reason == "" {
-				u.Reason = "its QEMU is " + string(u.State) + " after migration " + r.ID
-			}
-		}
-		p.want(Action{Kind: ActUpdateVM, Side: owner, Update: u})
+	}
+	p.want(Action{Kind: ActUpdateVM, Side: owner, Update: u})
+	return false
+}
+
+// planFinal writes the VM record, frees the reservation and ends the migration.
+func (r *Record) planFinal(p *planner, owner Side) {
+	if !r.planRecord(p, owner) {
 		return
 	}
 	if r.FinalVMState == "" {
@@ -264,15 +294,19 @@ func (r *Record) planRollback(p *planner) {
 		}
 		if !r.Facts.SourceResumed && !r.Facts.SourceLost {
 			p.want(Action{Kind: ActCancelOutgoing, Side: Src, ResumeCompleted: r.Facts.DestAborted})
+			return
 		}
-		if !r.Facts.DestAborted && r.destLeftToAgent(p.now) && r.Note == "" {
-			r.Note = "the destination agent on " + r.To + " does not answer: it removes the never-armed destination QEMU itself when it is back"
-		}
-		if (!r.Facts.DestAborted && !r.destLeftToAgent(p.now)) || (!r.Facts.SourceResumed && !r.Facts.SourceLost) {
-			if !r.Facts.DestAborted && !r.vol.dstDown.IsZero() {
+		if !r.Facts.DestAborted && !r.destLeftToAgent(p.now) {
+			// The source is settled: release the VM record now (it can be
+			// stopped or migrated again), keep removing the destination.
+			r.planRecord(p, Src)
+			if !r.vol.dstDown.IsZero() {
 				p.wakeAt(r.vol.dstDown.Add(DestUnreachable))
 			}
 			return
+		}
+		if !r.Facts.DestAborted && r.Note == "" {
+			r.Note = "the destination agent on " + r.To + " does not answer: it removes the never-armed destination QEMU itself when it is back"
 		}
 	} else if r.PrevVMState == VMRunning && !r.Facts.SourceResumed && !r.Facts.SourceLost {
 		p.want(Action{Kind: ActStartVM, Side: Src})
@@ -289,4 +323,40 @@ func (r *Record) entered(s State) time.Time {
 		}
 	}
 	return r.StartedAt
+}
+
+// planGaveUp writes the VM record failed with the reason (its QEMUs are
+// left as they are: the operator decides), frees the reservation and ends.
+func (r *Record) planGaveUp(p *planner) {
+	owner := Src
+	if r.Facts.OwnerSwitched {
+		owner = Dst
+	}
+	if !r.Facts.VMRecordReleased {
+		if !r.vol.finalSeen && !r.vol.giveUpAsked {
+			r.vol.giveUpAsked = true // one look at the owner's QEMU, then write what is known
+			p.want(Action{Kind: ActGetVM, Side: owner})
+			return
+		}
+		if r.vol.inflight[ActGetVM][owner] {
+			return
+		}
+		st := VMFailed
+		if r.vol.finalSeen {
+			st = r.vol.finalVM
+		}
+		p.want(Action{Kind: ActUpdateVM, Side: owner, Update: VMUpdate{State: st, Host: r.Host(owner), Reason: r.Error, Unlock: true}})
+		return
+	}
+	if r.FinalVMState == "" {
+		r.FinalVMState = VMFailed
+		if r.vol.finalSeen {
+			r.FinalVMState = r.vol.finalVM
+		}
+	}
+	if !r.Facts.ReservationFreed {
+		p.want(Action{Kind: ActReleaseReservation, Side: Dst})
+		return
+	}
+	r.enter(p.now, Failed, r.Error)
 }

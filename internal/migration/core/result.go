@@ -48,7 +48,7 @@ func (r *Record) result(obs Observation) {
 	case ActCASOwner:
 		r.onCAS(now, obs)
 	case ActUpdateVM:
-		if r.State == Cleanup || r.State == RollingBack {
+		if r.State == Cleanup || r.State == RollingBack || r.Facts.GaveUp {
 			if obs.Err == OK || (obs.StoreVM != nil && obs.StoreVM.MigrationID != r.ID) {
 				r.Facts.VMRecordReleased = true // refused: the lock is no longer ours, the write was done
 			} else {
@@ -421,6 +421,17 @@ func (r *Record) onVMStep(now time.Time, obs Observation) {
 // onGetVM: what a host really runs.
 func (r *Record) onGetVM(now time.Time, obs Observation) {
 	side := obs.Side
+	if r.Facts.GaveUp {
+		switch obs.Err {
+		case OK:
+			if obs.VM != nil {
+				r.vol.finalVM, r.vol.finalSeen = vmState(obs.VM.State), true
+			}
+		case NotFound:
+			r.vol.finalVM, r.vol.finalSeen = VMFailed, true
+		}
+		return
+	}
 	st := VMFailed
 	if obs.Err == OK && obs.VM != nil {
 		st = vmState(obs.VM.State)

@@ -29,18 +29,19 @@ var ErrBadRecord = errors.New("invalid migration record")
 // volatile is the executor's session with the core: what is in flight and
 // when a step may be sent again. It is not persisted; Loaded resets it.
 type volatile struct {
-	inflight   [actCount][2]bool
-	notBefore  [actCount][2]time.Time
-	timerAt    time.Time
-	lastOut    string // the source's migration status seen last (long poll)
-	checkSrc   bool   // a source step said NotFound: ask GetVM(src) what is left
-	checkDst   bool   // a destination step was refused: QueryIncoming says whether it is gone
-	checkOut   bool   // FinishOutgoing was refused: QueryOutgoing says why
-	finalVM    VMState
-	loadedIn   State     // the state the record was loaded in (ObsLoaded)
-	dstChecked bool      // cold unswitch: GetVM said the destination does not run
-	finalSeen  bool      // finalVM holds the owner's run state from GetVM
-	dstDown    time.Time // the destination agent has not answered since (before the CAS)
+	inflight    [actCount][2]bool
+	notBefore   [actCount][2]time.Time
+	timerAt     time.Time
+	lastOut     string // the source's migration status seen last (long poll)
+	checkSrc    bool   // a source step said NotFound: ask GetVM(src) what is left
+	checkDst    bool   // a destination step was refused: QueryIncoming says whether it is gone
+	checkOut    bool   // FinishOutgoing was refused: QueryOutgoing says why
+	finalVM     VMState
+	loadedIn    State     // the state the record was loaded in (ObsLoaded)
+	dstChecked  bool      // cold unswitch: GetVM said the destination does not run
+	giveUpAsked bool      // gave up: GetVM of the owner was asked once
+	finalSeen   bool      // finalVM holds the owner's run state from GetVM
+	dstDown     time.Time // the destination agent has not answered since (before the CAS)
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -236,22 +237,40 @@ func (r *Record) deadlines(now time.Time) {
 		}
 		if !now.Before(r.Deadline) {
 			r.rollback(now, fmt.Sprintf("migration timeout of %s reached", r.Options.Timeout), false)
-		} else if now.Sub(r.LastProgressAt) > r.Options.StallTimeout {
+		} else if r.State != Stopping && now.Sub(r.LastProgressAt) > r.Options.StallTimeout {
+			// (A guest's power-off takes its time: stopping is bounded by
+			// the timeout only, so that no StopVM still on its way can stop
+			// a guest a rollback has just started again.)
 			r.rollback(now, fmt.Sprintf("no progress for %s in %s (%d bytes sent)", r.Options.StallTimeout, r.State, r.Transferred), false)
 		}
 	case RollingBack, Unswitching, Resuming, Starting, PostcopyActive, PostcopyPaused, PostcopyRecovering, Cleanup:
+		if r.State == Resuming && !r.Facts.DestArmed && !r.Facts.GaveUp && !r.vol.inflight[ActArmResume][Dst] &&
+			now.Sub(r.SwitchedAt) > r.Options.StallTimeout {
+			// The guest is paused on both sides. Never armed, the
+			// destination was never sent the device state (continue
+			// follows a proven arm): it cannot run — resume the source.
+			r.unswitch(now, fmt.Sprintf("the destination could not be armed within %s of the owner switch", r.Options.StallTimeout))
+			return
+		}
 		if !r.GiveUpAt.IsZero() && !now.Before(r.GiveUpAt) {
 			r.giveUp(now)
 		}
 	}
 }
 
-// giveUp ends a migration whose retries ran out of their window: the
-// record says what is known; the VM record could not be settled.
+// giveUp ends the attempts of a migration whose retries ran out of their
+// window: the VM record is written failed with what is known (owner, where
+// the guest and its pages are) and unlocked; if even that cannot be done
+// within one more window, the migration ends failed.
 func (r *Record) giveUp(now time.Time) {
+	if r.Facts.GaveUp {
+		r.Error += "; the VM record could not be written either"
+		r.enter(now, Failed, r.Error)
+		return
+	}
 	what := fmt.Sprintf("gave up in %s after %s (recovery window): ", r.State, r.Options.RecoveryWindow)
 	switch {
-	case r.State == PostcopyPaused || r.State == PostcopyRecovering || r.State == PostcopyActive:
+	case isPostcopy(r.State):
 		what += "the post-copy link did not come back; the guest waits on " + r.To + ", its missing pages on " + r.From + " — restore the link and migrate again"
 	case r.Facts.OwnerSwitched:
 		what += "the owner record names " + r.To + "; check it with ferry host list"
@@ -262,7 +281,9 @@ func (r *Record) giveUp(now time.Time) {
 		what += "; cause: " + r.Error
 	}
 	r.Error = what
-	r.enter(now, Failed, what)
+	r.Facts.GaveUp = true
+	r.GiveUpAt = now.Add(r.Options.RecoveryWindow)
+	r.History = append(r.History, Event{At: now, State: r.State, Message: what})
 }
 
 // steer applies the controller's decision (hybrid's post-copy switch, a clear abort).

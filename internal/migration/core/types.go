@@ -120,6 +120,7 @@ type Facts struct {
 	DestLost         bool // the destination QEMU is gone after it ran
 	VMRecordReleased bool // the VM record was written with its final state and unlocked
 	ReservationFreed bool // the destination's capacity reservation was released
+	GaveUp           bool // the retries ran out of their window: only the final VM record write is left
 }
 
 // Record is a migration's persisted state: everything a restarted or newly

@@ -2,6 +2,7 @@ package sim
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/ferryvm/ferry/internal/migration/core"
 )
@@ -299,4 +300,38 @@ func (ag *FakeAgent) reconcile() {
 		v.ran = true
 		v.inState = "running"
 	}
+}
+
+// reap is the agent's orphan reaper (internal/agent/reaper.go) as far as
+// the engine relies on it: an arrival that never ran, which no migration in
+// flight names (the store's record is terminal), is removed after
+// OrphanGrace. It needs the agent up and its heartbeat answered.
+func (ag *FakeAgent) reap() {
+	v := ag.vm
+	w := ag.w
+	if !ag.Up || !w.serverUp || !w.reach(ag.side) || v == nil || v.inID == "" || v.ran || v.inState == "adopted" {
+		return
+	}
+	if !w.rec.State.Terminal() {
+		v.orphanSince = time.Time{}
+		return
+	}
+	if v.orphanSince.IsZero() {
+		v.orphanSince = w.Clock.now
+		return
+	}
+	if w.Clock.now.Sub(v.orphanSince) >= OrphanGrace {
+		w.logf("agent %s reaper: removed the arrival of %s (no migration in flight names it)", ag.side, v.inID)
+		ag.remove()
+	}
+}
+
+// reapPending reports whether an agent still holds an arrival its reaper will remove.
+func (w *World) reapPending() bool {
+	for _, ag := range w.Agents {
+		if v := ag.vm; v != nil && v.inID != "" && !v.ran && v.inState != "adopted" {
+			return true
+		}
+	}
+	return false
 }

@@ -2,17 +2,41 @@ package sim
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/ferryvm/ferry/internal/migration/core"
 )
 
-// checkInstant: never two running QEMUs of the VM.
+// OwnerLag bounds how long a QEMU of the VM may run on a host its record
+// does not name while the server can act (QEMU itself restarts a source
+// whose stream failed after the owner switch; the engine must move the
+// owner back within this).
+const OwnerLag = 3 * time.Second
+
+// checkInstant: never two running QEMUs of the VM; a running QEMU on a
+// host the VM record does not name only briefly.
 func (w *World) checkInstant() {
 	n := 0
+	foreign := false
 	for _, ag := range w.Agents {
 		if ag.vm != nil && ag.vm.qemu.running() {
 			n++
+			if ag.Host != w.Store.VM.Host {
+				foreign = true
+			}
 		}
+	}
+	switch {
+	case !foreign:
+		w.foreignSince = time.Time{}
+	case !w.serverUp || w.Clock.now.Before(w.frozen) || !w.reach(core.Src) || !w.reach(core.Dst) || !w.Agents[core.Src].Up || !w.Agents[core.Dst].Up:
+		w.foreignSince = w.Clock.now // counted from when the server can act (and learn what it needs)
+	case w.foreignSince.IsZero():
+		w.foreignSince = w.Clock.now
+	case w.Clock.now.Sub(w.foreignSince) > OwnerLag && !w.lagSeen:
+		w.lagSeen = true
+		w.logf("VIOLATION: the VM runs on a host its record does not name for more than %s", OwnerLag)
+		w.violate("the VM ran on a host its record does not name (%s) for more than %s", w.Store.VM.Host, OwnerLag)
 	}
 	if n > 1 && !w.twoSeen {
 		w.twoSeen = true

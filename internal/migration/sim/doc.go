@@ -20,8 +20,15 @@
 // early, a user cancel. ExplorePairs samples cases with a second fault
 // landing in the path the first one caused.
 //
+// The fakes also model the two control-plane/agent loops the engine relies
+// on: the host heartbeat reconciler (a VM record no migration holds whose
+// QEMU exited becomes failed) and the agent's orphan reaper (an arrival
+// that never ran and no migration in flight names is removed after
+// OrphanGrace).
+//
 // The checker asserts after every simulated instant that at most one QEMU
-// of the VM runs, and at the end: the migration is terminal; the VM record
+// of the VM runs and that a QEMU runs on a host its record does not name
+// for at most OwnerLag while the server can act, and at the end: the migration is terminal; the VM record
 // is unlocked, names one host, and matches that host's QEMU (running with
 // the same boot for live strategies, paused recorded paused, stopped with no
 // QEMU, failed with a reason and only if a fault killed a QEMU); nothing is

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand"
 	"strings"
+	"time"
 
 	"github.com/ferryvm/ferry/internal/migration/core"
 )
@@ -45,6 +46,8 @@ type Result struct {
 	Violations []string
 	Final      string
 	Outcome    core.State
+	// Took is the simulated time from the start to the terminal state.
+	Took time.Duration
 }
 
 // RunCase runs one case to quiescence and checks it. mutate, when set,
@@ -65,7 +68,9 @@ func RunCase(c Case, mutate func(core.Record, *core.Ready)) Result {
 	if len(w.Violations) == 0 {
 		w.CheckEnd()
 	}
-	return Result{Case: c, Steps: w.Steps, Trace: w.Trace, Violations: dedup(w.Violations), Final: w.Summary(), Outcome: w.Record().State}
+	rec := w.Record()
+	return Result{Case: c, Steps: w.Steps, Trace: w.Trace, Violations: dedup(w.Violations), Final: w.Summary(), Outcome: rec.State,
+		Took: rec.FinishedAt.Sub(rec.StartedAt)}
 }
 
 func dedup(v []string) []string {
@@ -91,6 +96,8 @@ type Exploration struct {
 	PerScen    map[string]int
 	Outcomes   map[core.State]int
 	Violations []Result // every violating case
+	// Longest is the longest simulated time a case took to end.
+	Longest time.Duration
 }
 
 // Shortest is the violating case with the shortest trace.
@@ -129,6 +136,7 @@ func (e *Exploration) add(r Result) {
 	e.Cases++
 	e.PerScen[r.Case.Scenario.Name]++
 	e.Outcomes[r.Outcome]++
+	e.Longest = max(e.Longest, r.Took)
 	if len(r.Violations) > 0 {
 		e.Violations = append(e.Violations, r)
 	}
@@ -177,8 +185,9 @@ func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
 		w.CheckEnd()
 	}
 	name := fmt.Sprintf("%s+%s", c.F1, c.F2)
+	rec := w.Record()
 	return Result{Case: Case{Scenario: c.Scenario, Step: c.K1, Fault: Fault(name), Seed: c.Seed}, Steps: w.Steps, Trace: w.Trace,
-		Violations: dedup(w.Violations), Final: w.Summary(), Outcome: w.Record().State}
+		Violations: dedup(w.Violations), Final: w.Summary(), Outcome: rec.State, Took: rec.FinishedAt.Sub(rec.StartedAt)}
 }
 
 // ExplorePairs samples n two-fault cases per scenario from seed.

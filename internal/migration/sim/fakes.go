@@ -57,6 +57,8 @@ type vmOnHost struct {
 	uri     string
 	// outgoing migration id (a small file: rebuilt with query-migrate after a restart)
 	outID string
+	// orphanSince: the reaper saw no migration in flight name this arrival since
+	orphanSince time.Time
 }
 
 // FakeAgent is one host's agent as the engine sees it through the agent

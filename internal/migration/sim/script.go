@@ -15,8 +15,10 @@ import (
 //
 //	start <strategy> [stopped]      a new world; the VM runs (or is stopped) on h1
 //	run [for=<duration>]            run to the end (or for a while); prints the trace since the last print
-//	crash server [at=<action>] [for=<duration>]
-//	crash agent src|dst [at=<action>] [for=<duration>]
+//	deliver [n=<events>]            process the next event(s) only
+//	crash server [manual] [at=<action>] [for=<duration>]   (manual: stays down until restart)
+//	crash agent src|dst [manual] [at=<action>] [for=<duration>]
+//	restart server | restart agent src|dst
 //	kill qemu src|dst [at=<action>]
 //	drop request|reply [at=<action>]   (default: the next action)
 //	cut src|dst [at=<action>] [for=<duration>]
@@ -122,16 +124,50 @@ func (in *Interp) Do(cmd string, args []string) (string, error) {
 			out += "violations: none\n"
 		}
 		return strings.TrimSuffix(out, "\n"), nil
+	case "restart":
+		if len(pos) > 0 && pos[0] == "server" {
+			in.W.RestartServer()
+			return strings.TrimSuffix(in.flush(), "\n"), nil
+		}
+		s, err := side()
+		if err != nil {
+			return "", err
+		}
+		in.W.RestartAgent(s)
+		return strings.TrimSuffix(in.flush(), "\n"), nil
+	case "deliver":
+		n := 1
+		if v, ok := kv["n"]; ok {
+			if _, err := fmt.Sscan(v, &n); err != nil {
+				return "", fmt.Errorf("deliver: n: %w", err)
+			}
+		}
+		in.W.Events(n)
+		return strings.TrimSuffix(in.flush(), "\n"), nil
 	case "crash":
 		d, err := dur(0)
 		if err != nil {
 			return "", err
 		}
+		manual := len(pos) > 0 && pos[len(pos)-1] == "manual"
+		if manual {
+			pos = pos[:len(pos)-1]
+			d = -1
+		}
 		if len(pos) > 0 && pos[0] == "server" {
 			if d == 0 {
 				d = ServerDown
 			}
-			return schedule(func(core.Action) Disposition { in.W.logf("FAULT crash server"); in.W.CrashServer(d); return DispDrop }), nil
+			return schedule(func(core.Action) Disposition {
+				in.W.logf("FAULT crash server")
+				if d < 0 {
+					in.W.serverUp = false
+					in.W.epoch++
+					return DispDrop
+				}
+				in.W.CrashServer(d)
+				return DispDrop
+			}), nil
 		}
 		s, err := side()
 		if err != nil {
@@ -142,7 +178,7 @@ func (in *Interp) Do(cmd string, args []string) (string, error) {
 		}
 		return schedule(func(core.Action) Disposition {
 			in.W.logf("FAULT crash agent %s", s)
-			in.W.CrashAgent(s, d)
+			in.W.CrashAgent(s, max(d, 0))
 			return DispDeliver
 		}), nil
 	case "kill":

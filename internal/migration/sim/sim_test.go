@@ -22,8 +22,8 @@ func TestHappyPaths(t *testing.T) {
 // every fault kind and checks the invariants.
 func TestFaultExploration(t *testing.T) {
 	e := Explore(1, nil)
-	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths), %d violations; outcomes %v",
-		e.Cases, len(Scenarios), len(AllFaults), len(e.Violations), e.Outcomes)
+	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths), %d violations; outcomes %v; longest case %s simulated",
+		e.Cases, len(Scenarios), len(AllFaults), len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
 	for _, s := range Scenarios {
@@ -68,7 +68,7 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 // recovery path the first caused).
 func TestPairFaults(t *testing.T) {
 	e := ExplorePairs(7, 150, nil)
-	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v", e.Cases, len(e.Violations), e.Outcomes)
+	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
 	if len(e.Violations) > 0 {
@@ -106,13 +106,10 @@ func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
 				}
 			}
 		}},
-		{"the destination is not removed on rollback", Scenarios[0], func(rec core.Record, r *core.Ready) {
+		{"the source is resumed after the CAS without moving the owner back", Scenarios[0], func(_ core.Record, r *core.Ready) {
 			for i, a := range r.Actions {
-				if a.Kind == core.ActQueryIncoming && rec.State == core.Transferring && rec.Transferred > 0 {
-					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src} // and never abort
-				}
-				if a.Kind == core.ActAbortIncoming {
-					r.Actions[i] = core.Action{Kind: core.ActSetTimer, At: a.At}
+				if a.Kind == core.ActArmResume {
+					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src}
 				}
 			}
 		}},

@@ -24,6 +24,7 @@ const (
 	FreezeFor   = 6 * time.Second // the server stalls this long (a timeout fires)
 	DelayFor    = 8 * time.Second // a delayed request reaches its agent this late
 	MaxSimTime  = 30 * time.Minute
+	OrphanGrace = 2 * time.Minute // an agent removes an arrival no in-flight migration names after this
 )
 
 // SimOptions are the migration's bounds in the simulation.
@@ -100,6 +101,9 @@ type World struct {
 	Violations []string
 	qemuKilled bool // a fault killed a QEMU of the VM
 	twoSeen    bool
+	// foreignSince: a QEMU of the VM runs on a host its record does not name since
+	foreignSince time.Time
+	lagSeen      bool
 	// Mutate, when set, rewrites the core's output (a deliberately broken rule).
 	Mutate func(rec core.Record, ready *core.Ready)
 }
@@ -216,6 +220,9 @@ func (w *World) scheduleTick() {
 		w.physics()
 		if w.Clock.now.Sub(w.rec.StartedAt)%time.Second == 0 {
 			w.reconcileHosts()
+			for _, ag := range w.Agents {
+				ag.reap()
+			}
 		}
 		w.scheduleTick()
 	})
@@ -512,8 +519,18 @@ func (w *World) failIncoming(p *FakeQEMU) {
 func (w *World) Run() {
 	settleUntil := time.Time{}
 	start := w.rec.StartedAt
+	same := 0
 	for len(w.q) > 0 {
 		e := heap.Pop(&w.q).(*event)
+		if e.at.Equal(w.Clock.now) {
+			same++
+		} else {
+			same = 0
+		}
+		if same > 10000 {
+			w.violate("livelock: more than 10000 events at %s without time passing (state %s)", w.Clock.now.Sub(start), w.rec.State)
+			return
+		}
 		w.Clock.now = e.at
 		e.fn()
 		w.checkInstant()
@@ -529,6 +546,9 @@ func (w *World) Run() {
 			if settleUntil.IsZero() {
 				settleUntil = w.Clock.now.Add(CutFor + AgentDown + RPCTimeout)
 			} else if w.Clock.now.After(settleUntil) {
+				if w.reapPending() && w.Clock.now.Before(settleUntil.Add(OrphanGrace+5*time.Second)) {
+					continue // an agent's reaper still has an arrival to remove
+				}
 				return
 			}
 		}
@@ -580,4 +600,14 @@ func (w *World) Summary() string {
 		}
 	}
 	return b.String()
+}
+
+// Events processes the next n events (a script's deliver).
+func (w *World) Events(n int) {
+	for ; n > 0 && len(w.q) > 0; n-- {
+		e := heap.Pop(&w.q).(*event)
+		w.Clock.now = e.at
+		e.fn()
+		w.checkInstant()
+	}
 }

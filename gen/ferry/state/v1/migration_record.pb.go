@@ -402,8 +402,11 @@ type MigrationFacts struct {
 	DestLost         bool                   `protobuf:"varint,14,opt,name=dest_lost,json=destLost,proto3" json:"dest_lost,omitempty"`
 	VmRecordReleased bool                   `protobuf:"varint,15,opt,name=vm_record_released,json=vmRecordReleased,proto3" json:"vm_record_released,omitempty"`
 	ReservationFreed bool                   `protobuf:"varint,16,opt,name=reservation_freed,json=reservationFreed,proto3" json:"reservation_freed,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// gave_up: the retries ran out of their window; only the final VM
+	// record write is left.
+	GaveUp        bool `protobuf:"varint,17,opt,name=gave_up,json=gaveUp,proto3" json:"gave_up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationFacts) Reset() {
@@ -548,6 +551,13 @@ func (x *MigrationFacts) GetReservationFreed() bool {
 	return false
 }
 
+func (x *MigrationFacts) GetGaveUp() bool {
+	if x != nil {
+		return x.GaveUp
+	}
+	return false
+}
+
 // MigrationRecordEvent is one state change with its reason.
 type MigrationRecordEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -656,7 +666,7 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\x0fMigrationBounds\x12>\n" +
 	"\rstall_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fstallTimeout\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
-	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\"\xe3\x04\n" +
+	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\"\xfc\x04\n" +
 	"\x0eMigrationFacts\x12#\n" +
 	"\rdest_prepared\x18\x01 \x01(\bR\fdestPrepared\x12)\n" +
 	"\x10outgoing_started\x18\x02 \x01(\bR\x0foutgoingStarted\x12%\n" +
@@ -677,7 +687,8 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"sourceLost\x12\x1b\n" +
 	"\tdest_lost\x18\x0e \x01(\bR\bdestLost\x12,\n" +
 	"\x12vm_record_released\x18\x0f \x01(\bR\x10vmRecordReleased\x12+\n" +
-	"\x11reservation_freed\x18\x10 \x01(\bR\x10reservationFreed\"r\n" +
+	"\x11reservation_freed\x18\x10 \x01(\bR\x10reservationFreed\x12\x17\n" +
+	"\agave_up\x18\x11 \x01(\bR\x06gaveUp\"r\n" +
 	"\x14MigrationRecordEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
