@@ -318,12 +318,13 @@ func (p *performer) casOwner(ctx context.Context, a core.Action, o *core.Observa
 	return nil
 }
 
-// updateVM writes the VM record while the migration holds it.
+// updateVM writes the VM record while the migration holds it, bumping its
+// generation so that no stale owner CAS can land after the release.
 func (p *performer) updateVM(ctx context.Context, a core.Action, o *core.Observation) error {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	u := a.Update
-	vm, err := p.store.UpdateVM(sctx, p.vm, false, func(cur *ferryv1.VM) error {
+	vm, err := p.store.UpdateVM(sctx, p.vm, true, func(cur *ferryv1.VM) error {
 		o.StoreVM = storeVM(cur)
 		if cur.MigrationId != p.id {
 			return fmt.Errorf("VM %s is held by migration %q, not %s: %w", p.vm, cur.MigrationId, p.id, errRefused)
