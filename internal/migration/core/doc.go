@@ -54,7 +54,11 @@
 // source's VM status (its real run state, paused = "paused"); FinishIncoming
 // of an adopted destination answers OK with pid 0 once that QEMU died;
 // AbortIncoming is refused once the destination ran — which makes an OK
-// abort the proof that it never ran and never will.
+// abort the proof that it never ran and never will; CancelOutgoing keeps
+// the id it cancelled, so that a StartOutgoing of that id arriving late is
+// refused (never a transfer the engine already rolled back).
+// Calls still on their way when an executor restarts are bounded by
+// StartGrace (StartVM, StopVM): cold paths that could race with them wait.
 //
 // # States
 //

@@ -138,7 +138,8 @@ func (r *Record) planResume(p *planner) {
 	switch {
 	case !r.Facts.DestArmed:
 		p.want(Action{Kind: ActArmResume, Side: Dst})
-	case !r.Facts.ContinueSent:
+	case !r.Facts.ContinueSent && !r.Facts.DestRan:
+		// (A destination that ran proves the continue happened, its reply lost.)
 		p.want(Action{Kind: ActContinueOutgoing, Side: Src})
 	default:
 		if r.vol.checkDst {
@@ -270,8 +271,9 @@ func (r *Record) planCleanup(p *planner) {
 				p.want(Action{Kind: ActDeleteVM, Side: Src})
 			} else {
 				p.want(Action{Kind: ActFinishOutgoing, Side: Src})
-				if r.vol.checkOut {
+				if r.vol.checkOut && !r.vol.inflight[ActQueryOutgoing][Src] {
 					p.want(Action{Kind: ActQueryOutgoing, Side: Src})
+					r.vol.freshOut = true
 				}
 			}
 			return
@@ -293,6 +295,9 @@ func (r *Record) planRollback(p *planner) {
 			p.want(Action{Kind: ActAbortIncoming, Side: Dst})
 		}
 		if !r.Facts.SourceResumed && !r.Facts.SourceLost {
+			if r.vol.inflight[ActStartOutgoing][Src] {
+				return // a StartOutgoing landing after the cancel would start the transfer again
+			}
 			p.want(Action{Kind: ActCancelOutgoing, Side: Src, ResumeCompleted: r.Facts.DestAborted})
 			return
 		}
@@ -309,6 +314,17 @@ func (r *Record) planRollback(p *planner) {
 			r.Note = "the destination agent on " + r.To + " does not answer: it removes the never-armed destination QEMU itself when it is back"
 		}
 	} else if r.PrevVMState == VMRunning && !r.Facts.SourceResumed && !r.Facts.SourceLost {
+		if r.vol.inflight[ActStopVM][Src] {
+			return // query before acting: a StopVM landing after the StartVM would stop the guest again
+		}
+		if r.cameFrom(RollingBack) != Pending {
+			// A StopVM that timed out may still be on its way: start the
+			// guest again only once it must have ended.
+			if grace := r.entered(RollingBack).Add(StartGrace); p.now.Before(grace) {
+				p.wakeAt(grace)
+				return
+			}
+		}
 		p.want(Action{Kind: ActStartVM, Side: Src})
 		return
 	}
@@ -359,4 +375,14 @@ func (r *Record) planGaveUp(p *planner) {
 		return
 	}
 	r.enter(p.now, Failed, r.Error)
+}
+
+// cameFrom is the state the record was in before it last entered s.
+func (r *Record) cameFrom(s State) State {
+	for i := len(r.History) - 1; i > 0; i-- {
+		if r.History[i].State == s {
+			return r.History[i-1].State
+		}
+	}
+	return ""
 }

@@ -10,17 +10,20 @@ import (
 const ErrRestarted = "the control plane restarted during the migration"
 
 // rollbackInterrupted applies the rule for a record loaded by a new
-// executor: a migration that was preparing or transferring (or stopping a
-// cold guest) and had not switched the owner is rolled back, as the fault
-// model promises ("rolls back before the owner switch"); the source still
-// runs the guest. A pending migration has done nothing yet and starts; one
-// at the switchover first learns from the owner CAS whether it happened.
+// executor: a live migration that was preparing or transferring and had
+// not switched the owner is rolled back, as the fault model promises
+// ("rolls back before the owner switch"); the source still runs the guest.
+// A pending migration has done nothing yet and starts; one at the
+// switchover first learns from the owner CAS whether it happened; a cold
+// one stopping its guest stops it again (StopVM is idempotent) and goes on,
+// since a StopVM of the previous executor still on its way would stop a
+// guest a rollback had just started again.
 func (r *Record) rollbackInterrupted(now time.Time) {
 	if r.Facts.OwnerSwitched {
 		return
 	}
 	switch r.State {
-	case Preparing, Transferring, Stopping:
+	case Preparing, Transferring:
 		r.rollback(now, ErrRestarted, false)
 	}
 }

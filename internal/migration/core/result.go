@@ -188,6 +188,8 @@ func (r *Record) onSourceStep(now time.Time, obs Observation) {
 
 // sourceStatus reacts to the source QEMU's migration status.
 func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
+	fresh := r.vol.freshOut
+	r.vol.freshOut = false
 	if out == nil {
 		return
 	}
@@ -223,8 +225,10 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		}
 	case Cleanup:
 		// The source is still in post-copy (a lost write forgot that it
-		// switched): supervise the post-copy before quitting it.
-		if r.Error == "" && !r.Facts.SourceQuit {
+		// switched): supervise the post-copy before quitting it. Only a
+		// status asked after FinishOutgoing was refused counts (an older
+		// one may be stale).
+		if r.Error == "" && !r.Facts.SourceQuit && fresh {
 			switch out.Status {
 			case "postcopy-active", "postcopy-recover":
 				r.enter(now, PostcopyActive, "the source is still in post-copy: supervising it")
@@ -335,7 +339,15 @@ func (r *Record) onCancel(now time.Time, obs Observation) {
 }
 
 func (r *Record) onFinishOutgoing(now time.Time, obs Observation) {
+	if obs.Err == OK {
+		// A fact in any state: the agent quits a source only once its
+		// migration completed — the VM is on the destination.
+		r.Facts.SourceQuit = true
+	}
 	if r.State != Cleanup {
+		if obs.Err == OK && isPostcopy(r.State) {
+			r.enter(now, Cleanup, "post-copy completed: the source quit")
+		}
 		return
 	}
 	switch obs.Err {
@@ -489,6 +501,8 @@ func (r *Record) onGetVM(now time.Time, obs Observation) {
 // sourceLost reacts to the source QEMU being gone.
 func (r *Record) sourceLost(now time.Time) {
 	switch {
+	case r.Facts.SourceQuit || r.vol.inflight[ActFinishOutgoing][Src]:
+		// Gone because FinishOutgoing quit it: its migration had completed.
 	case r.State == Cleanup || r.State == Unswitching:
 		// Expected (the source is being removed) or handled (the
 		// destination is being removed first, then the rollback sees it).
@@ -541,7 +555,7 @@ func (r *Record) onCAS(now time.Time, obs Observation) {
 			return
 		}
 		r.Facts.OwnerSwitched = false
-		r.GiveUpAt = now.Add(r.Options.RecoveryWindow)
+		r.GiveUpAt = now.Add(r.rollbackWindow())
 		r.enter(now, RollingBack, "owner back to "+r.From+": the destination never ran")
 	}
 }

@@ -17,9 +17,11 @@ const (
 	IncomingPollEvery = 300 * time.Millisecond
 	// RecoverEvery paces post-copy recovery attempts.
 	RecoverEvery = 2 * time.Second
-	// StartGrace bounds a StartVM call an executor may still have on its
-	// way (its per-call deadline must be shorter): a cold unswitch after a
-	// restart waits this long before it concludes the destination does not run.
+	// StartGrace bounds a StartVM or StopVM call an executor may still have
+	// on its way (its per-call deadline must be shorter): a cold unswitch
+	// after a restart waits this long before it concludes the destination
+	// does not run, and a cold rollback from stopping before it starts the
+	// guest again.
 	StartGrace = 2 * time.Minute
 )
 
@@ -42,6 +44,7 @@ type volatile struct {
 	giveUpAsked bool      // gave up: GetVM of the owner was asked once
 	finalSeen   bool      // finalVM holds the owner's run state from GetVM
 	dstDown     time.Time // the destination agent has not answered since (before the CAS)
+	freshOut    bool      // the QueryOutgoing in flight was asked after FinishOutgoing was refused
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -105,7 +108,9 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 			r.vol.notBefore[k][obs.Side] = time.Time{}
 		}
 	case ObsCancel:
-		if !r.Facts.OwnerSwitched && r.State != RollingBack && r.State != Unswitching {
+		if (r.State == Stopping || r.State == Switchover) && r.Strategy == Cold && r.PrevVMState == VMRunning {
+			r.Note = "cancel refused: the guest is being stopped; the cold migration goes on to " + r.To
+		} else if !r.Facts.OwnerSwitched && r.State != RollingBack && r.State != Unswitching {
 			r.CancelRequested = true
 			r.rollback(now, "", true)
 		} else {
@@ -193,7 +198,7 @@ func (r *Record) rollback(now time.Time, cause string, cancelled bool) {
 	if cancelled {
 		msg = "cancelled by the user"
 	}
-	r.GiveUpAt = now.Add(r.Options.RecoveryWindow)
+	r.GiveUpAt = now.Add(r.rollbackWindow())
 	r.enter(now, RollingBack, msg)
 }
 
@@ -301,4 +306,14 @@ func (r *Record) steer(now time.Time, obs Observation) {
 	case SteerAbort:
 		r.rollback(now, "the migration cannot finish within policy: "+obs.SteerWhy, false)
 	}
+}
+
+// rollbackWindow bounds a rollback's retries: the recovery window, plus
+// StartGrace for a cold rollback of a running VM (which waits that long
+// before it starts the guest again).
+func (r *Record) rollbackWindow() time.Duration {
+	if r.Strategy == Cold && r.PrevVMState == VMRunning {
+		return r.Options.RecoveryWindow + StartGrace
+	}
+	return r.Options.RecoveryWindow
 }

@@ -198,6 +198,7 @@ const (
 	Dst
 )
 
+// String is src or dst.
 func (s Side) String() string {
 	if s == Src {
 		return "src"
@@ -260,6 +261,7 @@ var actionNames = [...]string{
 	ActReleaseReservation: "ReleaseReservation", ActSetTimer: "SetTimer",
 }
 
+// String is the action's name (its agent RPC or store step).
 func (k ActionKind) String() string {
 	if k >= 0 && int(k) < len(actionNames) {
 		return actionNames[k]
@@ -306,6 +308,7 @@ type Action struct {
 	At time.Time // SetTimer
 }
 
+// String renders the action for traces and scripts, e.g. CASOwner(h2@7).
 func (a Action) String() string {
 	switch {
 	case a.Kind == ActSetTimer:
@@ -359,6 +362,7 @@ const (
 
 var obsNames = [...]string{"result", "tick", "loaded", "agent-restarted", "cancel", "steer", "persist-failed"}
 
+// String is the observation kind's name.
 func (k ObsKind) String() string {
 	if k >= 0 && int(k) < len(obsNames) {
 		return obsNames[k]
@@ -377,6 +381,7 @@ const (
 	NotFound           // no such VM or migration there
 )
 
+// String is the error class's name.
 func (e ErrClass) String() string {
 	return [...]string{"ok", "transient", "refused", "not-found"}[e]
 }

@@ -189,6 +189,9 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 		return notFound("the VM's QEMU is not running here")
 	}
 	q := v.qemu
+	if a.Kind == core.ActCancelOutgoing {
+		ag.remember(id)
+	}
 	if a.Kind != core.ActStartOutgoing && v.outID != id {
 		if a.Kind == core.ActCancelOutgoing {
 			if q.Run != "running" && q.Mig != "completed" {
@@ -202,6 +205,9 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 	case core.ActStartOutgoing:
 		if v.outID == id {
 			return core.Observation{Out: ag.outgoing()}
+		}
+		if ag.cancelled[id] {
+			return refused("migration %s was cancelled here: it is not started again", id)
 		}
 		if q.Mig == "active" || q.Mig == "pre-switchover" || q.Mig == "device" || q.Mig == "postcopy-active" {
 			return refused("another migration is active")
@@ -334,4 +340,13 @@ func (w *World) reapPending() bool {
 		}
 	}
 	return false
+}
+
+// remember keeps a cancelled migration id (a small file): a StartOutgoing
+// of it arriving late is refused.
+func (ag *FakeAgent) remember(id string) {
+	if ag.cancelled == nil {
+		ag.cancelled = map[string]bool{}
+	}
+	ag.cancelled[id] = true
 }

@@ -36,4 +36,8 @@
 // reservation is released.
 //
 //	go test ./internal/migration/sim -run TestFaultExploration -v
+//	FERRY_SIM_SEEDS=20 go test ./internal/migration/sim -run TestFaultExploration
+//
+// Each seed draws the network's latency jitter, so seeds order concurrent
+// replies differently.
 package sim

@@ -34,6 +34,7 @@ type Case struct {
 	Seed     int64
 }
 
+// String names the case for reports.
 func (c Case) String() string {
 	return fmt.Sprintf("%s fault=%s at step %d (seed %d)", c.Scenario.Name, c.Fault, c.Step, c.Seed)
 }
@@ -202,6 +203,52 @@ func ExplorePairs(seed int64, n int, mutate func(core.Record, *core.Ready)) *Exp
 				F2: AllFaults[rng.Intn(len(AllFaults))], Seed: seed + int64(i)}
 			e.add(RunPair(c, mutate))
 		}
+	}
+	return e
+}
+
+// Merge adds another exploration's counts and violations to e.
+func (e *Exploration) Merge(o *Exploration) {
+	e.Cases += o.Cases
+	for k, v := range o.PerScen {
+		e.PerScen[k] += v
+	}
+	for k, v := range o.Outcomes {
+		e.Outcomes[k] += v
+	}
+	e.Violations = append(e.Violations, o.Violations...)
+	e.Longest = max(e.Longest, o.Longest)
+}
+
+// ExploreTriples samples n cases with three faults each (at increasing
+// steps) over all scenarios.
+func ExploreTriples(seed int64, n int) *Exploration {
+	rng := rand.New(rand.NewSource(seed))
+	e := &Exploration{PerScen: map[string]int{}, Outcomes: map[core.State]int{}}
+	for i := 0; i < n; i++ {
+		s := Scenarios[rng.Intn(len(Scenarios))]
+		ks := []int{rng.Intn(25)}
+		ks = append(ks, ks[0]+1+rng.Intn(10))
+		ks = append(ks, ks[1]+1+rng.Intn(10))
+		fs := []Fault{AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))]}
+		w := NewWorld(s.Strategy, s.Prev, seed+int64(i))
+		w.Hook = func(w *World, k int, a core.Action) Disposition {
+			for j := range ks {
+				if ks[j] == k {
+					return w.Inject(fs[j], a)
+				}
+			}
+			return DispDeliver
+		}
+		w.Start()
+		w.Run()
+		if len(w.Violations) == 0 {
+			w.CheckEnd()
+		}
+		rec := w.Record()
+		name := fmt.Sprintf("%s@%d+%s@%d+%s@%d", fs[0], ks[0], fs[1], ks[1], fs[2], ks[2])
+		e.add(Result{Case: Case{Scenario: s, Step: ks[0], Fault: Fault(name), Seed: seed + int64(i)}, Steps: w.Steps, Trace: w.Trace,
+			Violations: dedup(w.Violations), Final: w.Summary(), Outcome: rec.State, Took: rec.FinishedAt.Sub(rec.StartedAt)})
 	}
 	return e
 }

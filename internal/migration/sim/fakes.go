@@ -70,6 +70,8 @@ type FakeAgent struct {
 	Host string
 	Up   bool
 	vm   *vmOnHost // the simulation has one VM
+	// cancelled are the ids CancelOutgoing saw (small files, kept across restarts)
+	cancelled map[string]bool
 }
 
 // FakeStoreVM is the VM record in the fake store.

@@ -2,6 +2,8 @@ package sim
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"testing"
 
 	"github.com/ferryvm/ferry/internal/migration/core"
@@ -20,10 +22,24 @@ func TestHappyPaths(t *testing.T) {
 
 // TestFaultExploration runs every scenario × every step of its happy path ×
 // every fault kind and checks the invariants.
+//
+// FERRY_SIM_SEEDS=N explores N seeds (each orders concurrent replies
+// differently); the default is one.
 func TestFaultExploration(t *testing.T) {
+	seeds := 1
+	if v := os.Getenv("FERRY_SIM_SEEDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_SEEDS=%q: want a number of seeds >= 1", v)
+		}
+		seeds = n
+	}
 	e := Explore(1, nil)
-	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths), %d violations; outcomes %v; longest case %s simulated",
-		e.Cases, len(Scenarios), len(AllFaults), len(e.Violations), e.Outcomes, e.Longest)
+	for seed := 2; seed <= seeds; seed++ {
+		e.Merge(Explore(int64(seed)*1000, nil))
+	}
+	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths, %d seed(s)), %d violations; outcomes %v; longest case %s simulated",
+		e.Cases, len(Scenarios), len(AllFaults), seeds, len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
 	for _, s := range Scenarios {
@@ -66,8 +82,17 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 
 // TestPairFaults samples two faults per case (the second lands in the
 // recovery path the first caused).
+//
+// FERRY_SIM_PAIRS=N samples N cases per scenario (default 150).
 func TestPairFaults(t *testing.T) {
-	e := ExplorePairs(7, 150, nil)
+	n := 150
+	if v := os.Getenv("FERRY_SIM_PAIRS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_PAIRS=%q: want a number of cases >= 1", v)
+		}
+	}
+	e := ExplorePairs(7, n, nil)
 	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
 	t.Log(summary)
 	fmt.Println(summary)
@@ -121,5 +146,24 @@ func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
 			}
 			t.Logf("caught: %s", r.Violations[0])
 		})
+	}
+}
+
+// TestTripleFaults samples cases with three faults. FERRY_SIM_TRIPLES=N
+// runs N cases (default 300).
+func TestTripleFaults(t *testing.T) {
+	n := 300
+	if v := os.Getenv("FERRY_SIM_TRIPLES"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_TRIPLES=%q: want a number of cases >= 1", v)
+		}
+	}
+	e := ExploreTriples(99, n)
+	summary := fmt.Sprintf("triple-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
+	t.Log(summary)
+	fmt.Println(summary)
+	if len(e.Violations) > 0 {
+		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
 	}
 }

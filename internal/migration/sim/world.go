@@ -229,21 +229,29 @@ func (w *World) scheduleTick() {
 }
 
 // reconcileHosts is the server's heartbeat reconciler (internal/server/hosts.go)
-// as far as the engine relies on it: a VM record no migration holds, whose
-// QEMU exited on its host, is recorded failed.
+// as far as the engine relies on it, for a VM record no migration holds: a
+// QEMU that exited on the owner makes it failed, a QEMU running there again
+// makes a failed record running. (Running versus paused is left to the
+// engine's own final write, which the checker verifies.)
 func (w *World) reconcileHosts() {
 	vm := &w.Store.VM
-	if !w.serverUp || vm.MigrationID != "" || vm.State != string(core.VMRunning) && vm.State != string(core.VMPaused) {
+	if !w.serverUp || vm.MigrationID != "" {
 		return
 	}
 	for _, ag := range w.Agents {
 		if ag.Host != vm.Host || !ag.Up || !w.reach(ag.side) {
 			continue
 		}
-		if ag.vm == nil || ag.vm.qemu == nil || !ag.vm.qemu.Alive {
+		alive := ag.alive()
+		switch {
+		case !alive && (vm.State == string(core.VMRunning) || vm.State == string(core.VMPaused)):
 			vm.State, vm.Message = string(core.VMFailed), "its QEMU exited (host heartbeat)"
 			vm.Generation++
 			w.logf("host reconciler: VM failed (its QEMU exited)")
+		case alive && vm.State == string(core.VMFailed) && ag.vm.qemu.Run == "running":
+			vm.State, vm.Message = string(core.VMRunning), ""
+			vm.Generation++
+			w.logf("host reconciler: VM running again")
 		}
 	}
 }
@@ -336,7 +344,7 @@ func (w *World) perform(a core.Action) {
 		if w.Store.failNext || disp == DispStoreFailure {
 			w.Store.failNext = false
 			w.logf("   store write FAILED")
-			reply(core.Observation{Err: core.Transient, ErrMsg: "store unavailable"}, NetLatency)
+			reply(core.Observation{Err: core.Transient, ErrMsg: "store unavailable"}, w.lat())
 			return
 		}
 		obs := w.storeOp(a)
@@ -344,7 +352,7 @@ func (w *World) perform(a core.Action) {
 			reply(core.Observation{Err: core.Transient, ErrMsg: "reply lost"}, RPCTimeout)
 			return
 		}
-		reply(obs, NetLatency)
+		reply(obs, w.lat())
 		return
 	}
 	ag := w.Agents[a.Side]
@@ -362,7 +370,7 @@ func (w *World) perform(a core.Action) {
 		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
 		return
 	}
-	w.after(NetLatency, func() {
+	w.after(w.lat(), func() {
 		if !ag.Up {
 			// The agent's process is gone: the connection is refused at once.
 			w.after(NetLatency, func() { w.deliverIf(epoch, transient(a, "connection refused")) })
@@ -382,7 +390,7 @@ func (w *World) perform(a core.Action) {
 				reply(core.Observation{Err: core.Transient, ErrMsg: "reply lost"}, RPCTimeout)
 				return
 			}
-			reply(obs, NetLatency)
+			reply(obs, w.lat())
 		}
 		if wait > 0 {
 			w.after(wait, run)
@@ -610,4 +618,10 @@ func (w *World) Events(n int) {
 		e.fn()
 		w.checkInstant()
 	}
+}
+
+// lat is one network hop: NetLatency plus a jitter drawn from the seed, so
+// that different seeds order concurrent replies differently.
+func (w *World) lat() time.Duration {
+	return NetLatency + time.Duration(w.rng.Intn(3))*time.Millisecond
 }
