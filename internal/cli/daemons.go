@@ -63,10 +63,15 @@ func newServerCmd() *cobra.Command {
 			}
 			defer st.Close()
 			srv := server.New(server.Config{Store: st, Log: log})
-			if err := srv.RecoverMigrations(ctx); err != nil {
-				log.Error("recover migrations", "err", err)
+			ectx, stopEngine := context.WithCancel(ctx)
+			engineDone := make(chan error, 1)
+			go func() { engineDone <- srv.RunEngine(ectx) }()
+			err = srv.Serve(ctx, listen, nil)
+			stopEngine()
+			if eerr := <-engineDone; eerr != nil {
+				log.Error("migration engine", "err", eerr)
 			}
-			return srv.Serve(ctx, listen, nil)
+			return err
 		},
 	}
 	cmd.Flags().StringSliceVar(&listen, "listen", []string{DefaultServer}, "API addresses (host:port or unix:///path), repeatable")

@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/reserve"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
@@ -47,8 +48,7 @@ type Server struct {
 
 	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
 
-	runsMu sync.Mutex
-	runs   map[string]*run // migrations driven by this server
+	engine *exec.Engine // drives migrations while RunEngine runs
 
 	bw bandwidths // learned migration rate per host pair
 }
@@ -61,8 +61,9 @@ func New(cfg Config) *Server {
 	if cfg.AgentCallTimeout == 0 {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
-	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{}}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout}
 	s.reserve = newReservations(cfg)
+	s.engine = s.newEngine()
 	s.metrics = newMetrics(s)
 	return s
 }

@@ -9,7 +9,7 @@ import (
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/migration"
+	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
@@ -33,20 +33,18 @@ var errMigrationInFlight = errors.New("a migration of the VM is in flight")
 // or the recovery of a restarted server, drives it). A missing record or a
 // terminal one means the VM's lock on it is stale. m is the record, if any.
 func (s *Server) migrationInFlight(ctx context.Context, id string) (bool, *ferryv1.Migration, error) {
-	if r := s.runFor(id); r != nil {
-		snap := r.snapshot(false)
-		if !migration.State(snap.State).Terminal() {
-			return true, snap, nil
-		}
+	if m, ok := s.engine.Get(id, false); ok && m.Status == "running" {
+		return true, m, nil
 	}
-	m, err := s.store.GetMigration(ctx, id)
+	pr, err := s.store.GetMigration(ctx, id)
 	switch {
 	case store.IsNotFound(err):
 		return false, nil, nil
 	case err != nil:
 		return false, nil, err
 	}
-	return m.Status == "running" && !migration.State(m.State).Terminal(), m, nil
+	m := exec.Render(pr)
+	return m.Status == "running", m, nil
 }
 
 // settleMigrationLock is the first step of every VM operation (start,

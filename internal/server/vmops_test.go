@@ -15,6 +15,7 @@ import (
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
@@ -153,8 +154,14 @@ func vmSpec(name string) *ferryv1.VMSpec {
 // putMigration stores a migration record with the given status and state.
 func putMigration(t *testing.T, st store.Store, id, vm, from, to, status, state string) {
 	t.Helper()
-	m := &ferryv1.Migration{Id: id, Vm: vm, From: from, To: to, Status: status, State: state}
-	if err := st.PutMigration(context.Background(), m); err != nil {
+	_ = status // rendered from state
+	r, err := core.New(id, vm, from, to, core.Strategy("precopy"), core.VMState("running"), 1,
+		core.Options{StallTimeout: time.Second, Timeout: time.Minute, RecoveryWindow: time.Minute}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.State = core.State(state)
+	if err := st.PutMigration(context.Background(), core.ToProto(r)); err != nil {
 		t.Fatal(err)
 	}
 }
