@@ -12,6 +12,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // setStaleLock writes what a migration whose unlock was lost leaves in the
@@ -26,6 +27,30 @@ func (c *cluster) setStaleLock(name, id string) {
 		c.t.Fatal(err)
 	}
 	c.t.Logf("VM %s record set to migrating with migrationId %s (a lost unlock)", name, id)
+}
+
+// waitNoReservations waits until etcd holds no capacity reservation (each
+// create and migration releases its own when it ends).
+func (c *cluster) waitNoReservations(timeout time.Duration) {
+	c.t.Helper()
+	cl := c.etcdStore().Client()
+	deadline := time.Now().Add(timeout)
+	for {
+		resp, err := cl.Get(ctxT(c.t, 5*time.Second), "/ferry/reservations/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err == nil && len(resp.Kvs) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			var keys []string
+			if resp != nil {
+				for _, kv := range resp.Kvs {
+					keys = append(keys, string(kv.Key))
+				}
+			}
+			c.t.Fatalf("reservations left after %s: %v (err %v)", timeout, keys, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // serverLogHas reports whether the server log contains every word.
@@ -75,6 +100,7 @@ func TestVMOperationsAfterFailedMigration(t *testing.T) {
 	}
 	c.checkOnHost(name, "h1")
 	c.waitNoLeftovers("h2", name, 15*time.Second)
+	c.waitNoReservations(10 * time.Second)
 
 	// The failed migration's unlock was lost: the record still says migrating.
 	c.setStaleLock(name, m.Id)
@@ -105,6 +131,7 @@ func TestVMOperationsAfterFailedMigration(t *testing.T) {
 	}
 	c.checkOnHost(name, "h2")
 	c.waitNoLeftovers("h1", name, 15*time.Second)
+	c.waitNoReservations(10 * time.Second)
 
 	// Delete with a lock whose migration record does not exist at all.
 	c.setStaleLock(name, "mig-00000000")
