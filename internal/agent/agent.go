@@ -24,6 +24,7 @@ import (
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
+	"github.com/ferryvm/ferry/internal/telemetry"
 )
 
 // Config configures an Agent.
@@ -52,7 +53,11 @@ type Config struct {
 	// LogRetention bounds the archived per-VM logs (DATA/logs/<vm>/...);
 	// zero fields keep everything.
 	LogRetention retention.Policy
-	Log          *slog.Logger
+	// Telemetry is the background sampler's schedule per running VM
+	// (dirty rate, non-zero RAM); zero fields take the defaults of
+	// internal/telemetry, negative ones switch that sampling off.
+	Telemetry telemetry.Schedule
+	Log       *slog.Logger
 }
 
 // Agent runs and reports the VMs of one host.
@@ -65,6 +70,8 @@ type Agent struct {
 
 	accelMu   sync.Mutex
 	autoAccel string // what auto resolves to on this host, once known
+
+	tele *telemetryHub // background telemetry of the running VMs
 }
 
 // New validates cfg and returns an Agent; Run starts it.
@@ -112,7 +119,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MigrationIP == "" && cfg.Bridge != "" {
 		cfg.MigrationIP = firstIPv4(cfg.Bridge)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}}, nil
+	a := &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}}
+	a.tele = newTelemetryHub(a, telemetrySchedule(cfg.Telemetry))
+	return a, nil
 }
 
 func firstIPv4(ifname string) string {
@@ -164,6 +173,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	go a.heartbeatLoop(ctx, advertise)
 	go a.sweepLogsLoop(ctx)
+	go a.tele.run(ctx)
 
 	select {
 	case <-ctx.Done():
