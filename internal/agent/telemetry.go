@@ -31,6 +31,14 @@ const telemetryTick = time.Second
 // is discarded.
 var errMigrating = errors.New("the VM started migrating during the sample")
 
+// sampledQEMU is what the sampler needs of a VM's QEMU process (the real
+// one is *qemu.Process).
+type sampledQEMU interface {
+	PID() int
+	Alive() bool
+	RSSBytes() int64
+}
+
 // telemetryHub owns the per-VM samplers of one agent.
 type telemetryHub struct {
 	a   *Agent
@@ -48,7 +56,7 @@ type telemetryHub struct {
 // e.g. after a restart or an arrival, starts a new record).
 type vmTelemetry struct {
 	name string
-	proc *qemu.Process
+	proc sampledQEMU
 
 	cancel  context.CancelFunc // stops the sampler goroutine (nil: none started)
 	done    chan struct{}      // closed when it returned
@@ -72,7 +80,7 @@ func newTelemetryHub(a *Agent, sch telemetry.Schedule) *telemetryHub {
 
 // vmSampleView is what the sampler needs from a VM, read under its lock.
 type vmSampleView struct {
-	proc      *qemu.Process
+	proc      sampledQEMU // nil: no QEMU
 	mon       *qmp.Monitor
 	memBytes  int64
 	running   bool // this host's VM, its QEMU up, not stopping, not arriving
@@ -82,7 +90,10 @@ type vmSampleView struct {
 func (v *vm) sampleView() vmSampleView {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	sv := vmSampleView{proc: v.proc, mon: v.mon, memBytes: v.spec.GetMemoryMib() << 20}
+	sv := vmSampleView{mon: v.mon, memBytes: v.spec.GetMemoryMib() << 20}
+	if v.proc != nil {
+		sv.proc = v.proc
+	}
 	sv.running = v.proc != nil && v.mon != nil && v.in == nil && !v.stopping && v.state == "running"
 	if out := v.out; out != nil {
 		out.mu.Lock()
@@ -157,7 +168,7 @@ func (h *telemetryHub) reconcile(ctx context.Context) {
 
 // record returns the telemetry of VM name's QEMU proc, creating it (and
 // dropping one of an earlier QEMU) when needed.
-func (h *telemetryHub) record(name string, proc *qemu.Process) *vmTelemetry {
+func (h *telemetryHub) record(name string, proc sampledQEMU) *vmTelemetry {
 	h.mu.Lock()
 	t, ok := h.vms[name]
 	h.mu.Unlock()

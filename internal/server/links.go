@@ -61,6 +61,12 @@ func (b *bandwidths) figure(from, to string) (telemetry.Figure, bool) {
 	return b.book().Figure(from, to, time.Now())
 }
 
+func (b *bandwidths) probeFailed(from, to string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.book().ProbeFailed(from, to, time.Now())
+}
+
 func (b *bandwidths) due() []telemetry.Pair {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -134,6 +140,7 @@ func (s *Server) probeDue(ctx context.Context, due []telemetry.Pair) {
 		pcancel()
 		if err != nil {
 			s.log.Debug("background link probe failed", "pair", p.String(), "err", err)
+			s.bw.probeFailed(p.From, p.To)
 			continue
 		}
 		s.bw.observeProbe(p.From, p.To, mibps, false)

@@ -22,6 +22,9 @@ const (
 	// DefaultActiveFor is how long a pair (both directions) stays active
 	// after a migration between its hosts.
 	DefaultActiveFor = 30 * time.Minute
+	// DefaultProbeRetry is how long the prober waits after a failed probe
+	// of a pair before it tries that pair again.
+	DefaultProbeRetry = time.Minute
 	// BackgroundProbe is the length of a background probe.
 	BackgroundProbe = 100 * time.Millisecond
 	// InlineProbe is the length of a probe a plan makes when it has no
@@ -46,21 +49,22 @@ type probe struct {
 // background. The zero value is not usable; use NewLinks. Not safe for
 // concurrent use.
 type Links struct {
-	// ProbeMaxAge, ProbeEvery and ActiveFor are the policy (see the
-	// Default constants).
-	ProbeMaxAge, ProbeEvery, ActiveFor time.Duration
+	// ProbeMaxAge, ProbeEvery, ActiveFor and ProbeRetry are the policy
+	// (see the Default constants).
+	ProbeMaxAge, ProbeEvery, ActiveFor, ProbeRetry time.Duration
 
 	learned   planner.BandwidthEstimator
 	learnedAt map[Pair]time.Time
 	migrated  map[Pair]time.Time // last migration on the pair, either direction recorded both ways
 	probes    map[Pair]probe
+	failed    map[Pair]time.Time // last failed background probe
 }
 
 // NewLinks returns an empty book with the default policy.
 func NewLinks() *Links {
 	return &Links{
-		ProbeMaxAge: DefaultProbeMaxAge, ProbeEvery: DefaultProbeEvery, ActiveFor: DefaultActiveFor,
-		learnedAt: map[Pair]time.Time{}, migrated: map[Pair]time.Time{}, probes: map[Pair]probe{},
+		ProbeMaxAge: DefaultProbeMaxAge, ProbeEvery: DefaultProbeEvery, ActiveFor: DefaultActiveFor, ProbeRetry: DefaultProbeRetry,
+		learnedAt: map[Pair]time.Time{}, migrated: map[Pair]time.Time{}, probes: map[Pair]probe{}, failed: map[Pair]time.Time{},
 	}
 }
 
@@ -90,6 +94,13 @@ func (l *Links) ObserveProbe(from, to string, bytesPerSec float64, at time.Time,
 		return
 	}
 	l.probes[Pair{from, to}] = probe{bytesPerSec: bytesPerSec, at: at, inline: inline}
+	delete(l.failed, Pair{from, to})
+}
+
+// ProbeFailed records a failed probe from → to at at: Due leaves the pair
+// alone for ProbeRetry.
+func (l *Links) ProbeFailed(from, to string, at time.Time) {
+	l.failed[Pair{from, to}] = at
 }
 
 // FigureKind is where a link figure comes from.
@@ -160,7 +171,8 @@ func (l *Links) Figure(from, to string, now time.Time) (Figure, bool) {
 
 // Due returns the pairs the background prober should probe at now, sorted:
 // those active (a migration between their hosts, either direction, within
-// ActiveFor) whose latest probe is older than ProbeEvery or missing.
+// ActiveFor) whose latest probe is older than ProbeEvery or missing, and
+// whose last failed probe (if any) is at least ProbeRetry old.
 func (l *Links) Due(now time.Time) []Pair {
 	var out []Pair
 	for p, at := range l.migrated {
@@ -168,6 +180,9 @@ func (l *Links) Due(now time.Time) []Pair {
 			continue
 		}
 		if pr, ok := l.probes[p]; ok && now.Sub(pr.at) < l.ProbeEvery {
+			continue
+		}
+		if f, ok := l.failed[p]; ok && now.Sub(f) < l.ProbeRetry {
 			continue
 		}
 		out = append(out, p)

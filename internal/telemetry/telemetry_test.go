@@ -205,6 +205,14 @@ func TestLinksDue(t *testing.T) {
 	if !ok || !strings.Contains(f.Source, "background probe h2→h1") || f.BytesPerSec != 300*mib {
 		t.Errorf("reverse pair after a background probe: %+v", f)
 	}
+	// A failed probe waits ProbeRetry before the pair is tried again.
+	l.ProbeFailed("h1", "h2", c.now())
+	if d := l.Due(c.now()); !reflect.DeepEqual(d, []Pair{{"h2", "h1"}}) {
+		t.Errorf("after a failed probe: %v", d)
+	}
+	if d := l.Due(c.advance(DefaultProbeRetry)); !reflect.DeepEqual(d, want) {
+		t.Errorf("after ProbeRetry: %v", d)
+	}
 	c.advance(DefaultActiveFor)
 	if d := l.Due(c.now()); len(d) != 0 {
 		t.Errorf("pair inactive for ActiveFor is still probed: %v", d)
