@@ -18,8 +18,13 @@ import (
 	"github.com/ferryvm/ferry/internal/telemetry"
 )
 
-// linkProbeTick is how often the prober looks for pairs that are due.
-const linkProbeTick = 5 * time.Second
+// The background prober looks for due pairs every linkProbeTick and probes
+// at most probesPerTick of them (each telemetry.BackgroundProbe long): at
+// most 4 % of any link's time, however many hosts there are.
+const (
+	linkProbeTick = 5 * time.Second
+	probesPerTick = 2
+)
 
 // bandwidths is the server's link book (see telemetry.Links), safe for
 // concurrent use.
@@ -67,10 +72,10 @@ func (b *bandwidths) probeFailed(from, to string) {
 	b.book().ProbeFailed(from, to, time.Now())
 }
 
-func (b *bandwidths) due() []telemetry.Pair {
+func (b *bandwidths) due(hosts []string) []telemetry.Pair {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.book().Due(time.Now())
+	return b.book().Due(time.Now(), hosts)
 }
 
 // probeLink runs a TCP probe of d from src to dst and returns its rate in
@@ -88,10 +93,10 @@ func (s *Server) probeLink(ctx context.Context, src, dst *ferryv1.Host, d time.D
 	return probe.Msg.Mibps, nil
 }
 
-// linkProbeLoop probes, every linkProbeTick, the pairs the book says are
-// due (recently migrated, probe missing or older than a few minutes),
-// skipping pairs with a migration running between their hosts: the probe
-// would compete with it.
+// linkProbeLoop probes, every linkProbeTick, at most probesPerTick of
+// the pairs the book says are due (recently migrated pairs every few
+// minutes, the others every ten), skipping pairs with a migration running
+// between their hosts: the probe would compete with it.
 func (s *Server) linkProbeLoop(ctx context.Context) {
 	t := time.NewTicker(linkProbeTick)
 	defer t.Stop()
@@ -101,13 +106,11 @@ func (s *Server) linkProbeLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if due := s.bw.due(); len(due) > 0 {
-			s.probeDue(ctx, due)
-		}
+		s.probeDue(ctx)
 	}
 }
 
-func (s *Server) probeDue(ctx context.Context, due []telemetry.Pair) {
+func (s *Server) probeDue(ctx context.Context) {
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	hosts, err := s.store.ListHosts(lctx)
@@ -115,28 +118,38 @@ func (s *Server) probeDue(ctx context.Context, due []telemetry.Pair) {
 		return
 	}
 	byName := map[string]*ferryv1.Host{}
+	var names []string
 	for _, h := range hosts {
 		if h.State == "ready" && h.MigrationIp != "" {
 			byName[h.Name] = h
+			names = append(names, h.Name)
 		}
 	}
-	busy := map[string]bool{}
-	if ms, err := s.store.ListMigrations(lctx); err == nil {
-		for _, m := range ms {
-			if m.Status == "running" {
-				busy[m.From], busy[m.To] = true, true
-			}
-		}
-	} else {
+	due := s.bw.due(names)
+	if len(due) == 0 {
 		return
 	}
+	ms, err := s.store.ListMigrations(lctx)
+	if err != nil {
+		return
+	}
+	busy := map[string]bool{}
+	for _, m := range ms {
+		if m.Status == "running" {
+			busy[m.From], busy[m.To] = true, true
+		}
+	}
+	probed := 0
 	for _, p := range due {
-		src, dst := byName[p.From], byName[p.To]
-		if src == nil || dst == nil || busy[p.From] || busy[p.To] {
+		if probed == probesPerTick {
+			return
+		}
+		if busy[p.From] || busy[p.To] {
 			continue
 		}
+		probed++
 		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
-		mibps, err := s.probeLink(pctx, src, dst, telemetry.BackgroundProbe)
+		mibps, err := s.probeLink(pctx, byName[p.From], byName[p.To], telemetry.BackgroundProbe)
 		pcancel()
 		if err != nil {
 			s.log.Debug("background link probe failed", "pair", p.String(), "err", err)

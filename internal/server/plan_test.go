@@ -65,7 +65,7 @@ func TestBandwidthsIgnoresTheAnyPair(t *testing.T) {
 	if v, ok := b.book().Learned("*", "*"); !ok || v != 300<<20 {
 		t.Errorf("any pair learned %v %v, want one observation of 300 MiB/s", v, ok)
 	}
-	if d := b.due(); len(d) != 2 {
+	if d := b.due([]string{"h1", "h2"}); len(d) != 2 {
 		t.Errorf("due after a migration: %v, want both directions", d)
 	}
 }

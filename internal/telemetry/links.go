@@ -3,6 +3,7 @@ package telemetry
 import (
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"time"
 
@@ -19,6 +20,9 @@ const (
 	DefaultProbeMaxAge = 15 * time.Minute
 	// DefaultProbeEvery is how often an active pair is probed again.
 	DefaultProbeEvery = 3 * time.Minute
+	// DefaultProbeIdleEvery is how often a pair with no recent migration
+	// is probed (within DefaultProbeMaxAge, so its figure stays usable).
+	DefaultProbeIdleEvery = 10 * time.Minute
 	// DefaultActiveFor is how long a pair (both directions) stays active
 	// after a migration between its hosts.
 	DefaultActiveFor = 30 * time.Minute
@@ -49,9 +53,9 @@ type probe struct {
 // background. The zero value is not usable; use NewLinks. Not safe for
 // concurrent use.
 type Links struct {
-	// ProbeMaxAge, ProbeEvery, ActiveFor and ProbeRetry are the policy
-	// (see the Default constants).
-	ProbeMaxAge, ProbeEvery, ActiveFor, ProbeRetry time.Duration
+	// ProbeMaxAge, ProbeEvery, ProbeIdleEvery, ActiveFor and ProbeRetry
+	// are the policy (see the Default constants).
+	ProbeMaxAge, ProbeEvery, ProbeIdleEvery, ActiveFor, ProbeRetry time.Duration
 
 	learned   planner.BandwidthEstimator
 	learnedAt map[Pair]time.Time
@@ -63,7 +67,7 @@ type Links struct {
 // NewLinks returns an empty book with the default policy.
 func NewLinks() *Links {
 	return &Links{
-		ProbeMaxAge: DefaultProbeMaxAge, ProbeEvery: DefaultProbeEvery, ActiveFor: DefaultActiveFor, ProbeRetry: DefaultProbeRetry,
+		ProbeMaxAge: DefaultProbeMaxAge, ProbeEvery: DefaultProbeEvery, ProbeIdleEvery: DefaultProbeIdleEvery, ActiveFor: DefaultActiveFor, ProbeRetry: DefaultProbeRetry,
 		learnedAt: map[Pair]time.Time{}, migrated: map[Pair]time.Time{}, probes: map[Pair]probe{}, failed: map[Pair]time.Time{},
 	}
 }
@@ -169,30 +173,73 @@ func (l *Links) Figure(from, to string, now time.Time) (Figure, bool) {
 	return Figure{}, false
 }
 
-// Due returns the pairs the background prober should probe at now, sorted:
-// those active (a migration between their hosts, either direction, within
-// ActiveFor) whose latest probe is older than ProbeEvery or missing, and
-// whose last failed probe (if any) is at least ProbeRetry old.
-func (l *Links) Due(now time.Time) []Pair {
-	var out []Pair
-	for p, at := range l.migrated {
-		if now.Sub(at) > l.ActiveFor {
-			continue
-		}
-		if pr, ok := l.probes[p]; ok && now.Sub(pr.at) < l.ProbeEvery {
-			continue
-		}
-		if f, ok := l.failed[p]; ok && now.Sub(f) < l.ProbeRetry {
-			continue
-		}
-		out = append(out, p)
+// Due returns the pairs among hosts (the ready hosts with a migration
+// address) the background prober should probe at now, most urgent first:
+//  1. active pairs (a migration between their hosts, either direction,
+//     within ActiveFor) whose latest probe is older than ProbeEvery or
+//     missing, never probed first, then oldest probe first;
+//  2. every other pair whose probe is missing or older than
+//     ProbeIdleEvery (so a VM's first migration between two hosts finds a
+//     figure too), same order.
+//
+// A pair whose last probe failed less than ProbeRetry ago is left out. The
+// caller bounds how many it probes per round, which bounds the probing
+// load however large the cluster.
+func (l *Links) Due(now time.Time, hosts []string) []Pair {
+	type cand struct {
+		p      Pair
+		active bool
+		last   time.Time // zero: never probed
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].From != out[j].From {
-			return out[i].From < out[j].From
+	var cs []cand
+	seen := map[Pair]bool{}
+	consider := func(p Pair) {
+		if seen[p] || p.From == p.To || p.From == Any || p.To == Any {
+			return
 		}
-		return out[i].To < out[j].To
+		seen[p] = true
+		if f, ok := l.failed[p]; ok && now.Sub(f) < l.ProbeRetry {
+			return
+		}
+		at, migrated := l.migrated[p]
+		active := migrated && now.Sub(at) <= l.ActiveFor
+		every := l.ProbeIdleEvery
+		if active {
+			every = l.ProbeEvery
+		}
+		pr, probed := l.probes[p]
+		if probed && now.Sub(pr.at) < every {
+			return
+		}
+		cs = append(cs, cand{p: p, active: active, last: pr.at})
+	}
+	for p := range l.migrated {
+		if slices.Contains(hosts, p.From) && slices.Contains(hosts, p.To) {
+			consider(p)
+		}
+	}
+	for _, a := range hosts {
+		for _, b := range hosts {
+			consider(Pair{a, b})
+		}
+	}
+	sort.Slice(cs, func(i, j int) bool {
+		x, y := cs[i], cs[j]
+		if x.active != y.active {
+			return x.active
+		}
+		if !x.last.Equal(y.last) {
+			return x.last.Before(y.last)
+		}
+		if x.p.From != y.p.From {
+			return x.p.From < y.p.From
+		}
+		return x.p.To < y.p.To
 	})
+	out := make([]Pair, len(cs))
+	for i, c := range cs {
+		out[i] = c.p
+	}
 	return out
 }
 

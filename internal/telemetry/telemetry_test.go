@@ -185,36 +185,55 @@ func TestLinksFigure(t *testing.T) {
 func TestLinksDue(t *testing.T) {
 	c := newFakeClock()
 	l := NewLinks()
-	if d := l.Due(c.now()); len(d) != 0 {
-		t.Fatalf("nothing migrated, due %v", d)
+	hosts := []string{"h1", "h2", "h3"}
+	all := []Pair{{"h1", "h2"}, {"h1", "h3"}, {"h2", "h1"}, {"h2", "h3"}, {"h3", "h1"}, {"h3", "h2"}}
+	if d := l.Due(c.now(), nil); len(d) != 0 {
+		t.Fatalf("no hosts, due %v", d)
 	}
-	l.ObserveMigration("h1", "h2", 300*mib, c.now())
-	want := []Pair{{"h1", "h2"}, {"h2", "h1"}} // both directions: migrations come back
-	if d := l.Due(c.now()); !reflect.DeepEqual(d, want) {
-		t.Fatalf("after a migration: %v, want %v", d, want)
+	// Never-probed pairs are due so a first migration finds a figure.
+	if d := l.Due(c.now(), hosts); !reflect.DeepEqual(d, all) {
+		t.Fatalf("fresh book: %v, want %v", d, all)
 	}
-	l.ObserveProbe("h1", "h2", 900*mib, c.advance(time.Second), false)
+	for _, p := range all {
+		l.ObserveProbe(p.From, p.To, 900*mib, c.now(), false)
+	}
+	if d := l.Due(c.advance(time.Minute), hosts); len(d) != 0 {
+		t.Fatalf("all just probed, due %v", d)
+	}
+	// A migration makes both directions active: re-probed after
+	// ProbeEvery, before idle pairs, and while the idle ones wait for
+	// ProbeIdleEvery.
+	l.ObserveMigration("h2", "h1", 300*mib, c.now())
+	active := []Pair{{"h1", "h2"}, {"h2", "h1"}}
+	if d := l.Due(c.advance(DefaultProbeEvery), hosts); !reflect.DeepEqual(d, active) {
+		t.Errorf("after ProbeEvery: %v, want %v", d, active)
+	}
 	l.ObserveProbe("h2", "h1", 800*mib, c.now(), false)
-	if d := l.Due(c.now()); len(d) != 0 {
-		t.Errorf("just probed, due %v", d)
-	}
-	if d := l.Due(c.advance(DefaultProbeEvery)); !reflect.DeepEqual(d, want) {
-		t.Errorf("after ProbeEvery: %v", d)
-	}
 	f, ok := l.Figure("h2", "h1", c.now())
 	if !ok || !strings.Contains(f.Source, "background probe h2→h1") || f.BytesPerSec != 300*mib {
 		t.Errorf("reverse pair after a background probe: %+v", f)
 	}
 	// A failed probe waits ProbeRetry before the pair is tried again.
 	l.ProbeFailed("h1", "h2", c.now())
-	if d := l.Due(c.now()); !reflect.DeepEqual(d, []Pair{{"h2", "h1"}}) {
+	if d := l.Due(c.now(), hosts); len(d) != 0 {
 		t.Errorf("after a failed probe: %v", d)
 	}
-	if d := l.Due(c.advance(DefaultProbeRetry)); !reflect.DeepEqual(d, want) {
+	if d := l.Due(c.advance(DefaultProbeRetry), hosts); !reflect.DeepEqual(d, []Pair{{"h1", "h2"}}) {
 		t.Errorf("after ProbeRetry: %v", d)
 	}
+	// Idle pairs come after active ones, oldest probe first.
+	l.ObserveProbe("h1", "h2", 800*mib, c.now(), false)
+	c.t = c.t.Add(DefaultProbeIdleEvery - DefaultProbeEvery - DefaultProbeRetry - time.Minute + time.Second)
+	d := l.Due(c.now(), hosts)
+	if len(d) < 2 || !reflect.DeepEqual(d[:2], []Pair{{"h2", "h1"}, {"h1", "h2"}}) || len(d) != len(all) {
+		t.Errorf("active then idle: %v", d)
+	}
+	// A host that left (not ready) is not probed; pairs go inactive.
 	c.advance(DefaultActiveFor)
-	if d := l.Due(c.now()); len(d) != 0 {
-		t.Errorf("pair inactive for ActiveFor is still probed: %v", d)
+	for _, p := range all {
+		l.ObserveProbe(p.From, p.To, 900*mib, c.now(), false)
+	}
+	if d := l.Due(c.advance(DefaultProbeEvery), []string{"h1", "h2"}); len(d) != 0 {
+		t.Errorf("inactive pairs re-probed before ProbeIdleEvery: %v", d)
 	}
 }

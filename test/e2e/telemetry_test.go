@@ -1,11 +1,20 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -16,10 +25,11 @@ import (
 // under 100 ms; the dry run made from that telemetry still predicts the
 // migration's total time within a sane range.
 //
-// Migration 1 (h1→h2) plans from the VM's telemetry but has no link figure
-// yet (it probes inline and says so). After it, the server probes both
-// directions of the pair in the background; migrations 2 (h2→h1) and 3
-// (h1→h2) then plan from telemetry alone.
+// Migration 1 (h1→h2) plans from the VM's telemetry (its link figure is an
+// inline probe or the prober's first probe of the pair, whichever came
+// first). After it, the server probes both directions of the pair in the
+// background; migrations 2 (h2→h1) and 3 (h1→h2) then plan from telemetry
+// alone.
 func TestPlanFromFreshTelemetry(t *testing.T) {
 	c := upCluster(t, 2)
 	const name, ip = "tele", "198.19.0.61"
@@ -34,9 +44,6 @@ func TestPlanFromFreshTelemetry(t *testing.T) {
 	}
 	if !strings.HasPrefix(in1.GetDirtyRateSource(), "telemetry") {
 		t.Errorf("migration 1: dirty rate not from telemetry: %q", in1.GetDirtyRateSource())
-	}
-	if !strings.HasPrefix(in1.GetBandwidthSource(), "measured for this plan") || !in1.GetMeasuredInline() {
-		t.Errorf("migration 1: a pair that never migrated must probe inline and say so: %q (inline %v)", in1.GetBandwidthSource(), in1.GetMeasuredInline())
 	}
 
 	// The background prober runs every 5 s and skips pairs with a running
@@ -87,7 +94,7 @@ func TestPlanFromFreshTelemetry(t *testing.T) {
 	if got := c.bootID(ip, 10*time.Second); got != boot {
 		t.Errorf("boot_id changed: %s -> %s", boot, got)
 	}
-	t.Logf("planningMs: first %d (inline link probe), then %d, %d; CLI wall: first %s, then %s, %s",
+	t.Logf("planningMs: first %d, then %d, %d; CLI wall: first %s, then %s, %s",
 		m1.PlanningMs, m2.PlanningMs, m3.PlanningMs, wall1.Round(time.Millisecond), wall2.Round(time.Millisecond), wall3.Round(time.Millisecond))
 }
 
@@ -118,4 +125,67 @@ func logTelemetryPlan(t *testing.T, label string, m *ferryv1.Migration, wall tim
 	in := m.GetPlan().GetInputs()
 	b, _ := protojson.Marshal(in)
 	t.Logf("%s: planningMs %d, predicted total %d ms, inputs %s", label, m.PlanningMs, m.GetPredicted().GetTotalMs(), b)
+}
+
+// TestPlanAfterAMinute: a VM that has run for more than a minute plans its
+// first migration in under 100 ms (its telemetry, and the prober's figure
+// for a pair that never migrated), and the sampler's CPU cost per VM is
+// measured: the agent's own thread CPU for the samples (from the Measure
+// RPC) and, as an upper bound, the whole agent process over that minute.
+func TestPlanAfterAMinute(t *testing.T) {
+	c := upCluster(t, 2)
+	const name, ip = "minute", "198.19.0.62"
+	boot := c.bootGuest(name, ip, "")
+	agent := c.process("agent", "--name", "h1")
+	cpu0, at0 := procCPU(t, agent.PID), time.Now()
+	time.Sleep(62 * time.Second)
+	agentCPU := procCPU(t, agent.PID) - cpu0
+	perMin := agentCPU.Seconds() / time.Since(at0).Minutes()
+
+	mig := agentClient(t, c, "h1")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := mig.Measure(ctx, connect.NewRequest(&agentv1.MeasureRequest{Name: name, Seconds: 1, MaxAgeMs: 60000, MaxRamAgeMs: 120000}))
+	if err != nil {
+		t.Fatalf("Measure: %v", err)
+	}
+	r := resp.Msg
+	t.Logf("telemetry after %s: %d dirty-rate samples (latest %.2f MiB/s), non-zero %.1f MiB; sampler CPU %.4f s/min per VM (agent thread time); whole agent process %.3f s/min (heartbeats included)",
+		time.Since(at0).Round(time.Second), r.Samples, r.DirtyRateLatestMibps, float64(r.NonZeroBytes)/(1<<20), r.SamplerCpuSecondsPerMinute, perMin)
+	if r.DirtyFresh || r.NonZeroFresh {
+		t.Errorf("telemetry of a VM running for a minute was stale: %s", r.StaleReason)
+	}
+	if r.Samples < 4 || r.SamplerCpuSecondsPerMinute <= 0 || r.NonZeroSampledAt == nil {
+		t.Errorf("sampler did not run as scheduled (15 s dirty rate, 60 s RAM): %v", r)
+	}
+
+	m, wall := c.mustMigrateWait(name, "h2")
+	logTelemetryPlan(t, "first migration after a minute", m, wall)
+	if m.Status != "completed" || m.PlanningMs >= 100 || m.GetPlan().GetInputs().GetMeasuredInline() {
+		t.Errorf("VM running for a minute: status %s, planningMs %d (want < 100), measured inline %v", m.Status, m.PlanningMs, m.GetPlan().GetInputs().GetMeasuredInline())
+	}
+	if got := c.bootID(ip, 10*time.Second); got != boot {
+		t.Errorf("boot_id changed: %s -> %s", boot, got)
+	}
+}
+
+// agentClient is a MigrationAgentService client of host's agent socket.
+func agentClient(t *testing.T, c *cluster, host string) agentv1connect.MigrationAgentServiceClient {
+	t.Helper()
+	hc, base := rpcaddr.Client("unix://" + filepath.Join(c.dir, host, "agent.sock"))
+	return agentv1connect.NewMigrationAgentServiceClient(hc, base)
+}
+
+// procCPU is the user + system CPU time process pid used so far.
+func procCPU(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	// f[11], f[12] are fields 14 (utime) and 15 (stime), in clock ticks.
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
