@@ -50,14 +50,14 @@ type Config struct {
 	QEMUBinary string
 	// HeartbeatInterval is how often the agent reports to the server.
 	HeartbeatInterval time.Duration
-	// LogRetention bounds the archived per-VM logs (DATA/logs/<vm>/...);
-	// zero fields keep everything.
-	LogRetention retention.Policy
 	// Telemetry is the background sampler's schedule per running VM
 	// (dirty rate, non-zero RAM); zero fields take the defaults of
 	// internal/telemetry, negative ones switch that sampling off.
 	Telemetry telemetry.Schedule
-	Log       *slog.Logger
+	// LogRetention bounds the archived per-VM logs (DATA/logs/<vm>/...);
+	// zero fields keep everything.
+	LogRetention retention.Policy
+	Log          *slog.Logger
 }
 
 // Agent runs and reports the VMs of one host.
@@ -68,10 +68,11 @@ type Agent struct {
 	mu  sync.Mutex
 	vms map[string]*vm
 
+	teleOnce sync.Once
+	tele     *telemetryHub // background telemetry of the running VMs (see telemetry())
+
 	accelMu   sync.Mutex
 	autoAccel string // what auto resolves to on this host, once known
-
-	tele *telemetryHub // background telemetry of the running VMs
 }
 
 // New validates cfg and returns an Agent; Run starts it.
@@ -119,9 +120,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MigrationIP == "" && cfg.Bridge != "" {
 		cfg.MigrationIP = firstIPv4(cfg.Bridge)
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}}
-	a.tele = newTelemetryHub(a, telemetrySchedule(cfg.Telemetry))
-	return a, nil
+	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}}, nil
 }
 
 func firstIPv4(ifname string) string {
@@ -173,7 +172,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	go a.heartbeatLoop(ctx, advertise)
 	go a.sweepLogsLoop(ctx)
-	go a.tele.run(ctx)
+	go a.telemetry().run(ctx)
 
 	select {
 	case <-ctx.Done():

@@ -330,7 +330,6 @@ func (a *Agent) finishOutgoing(ctx context.Context, name, id string) error {
 		v.mu.Lock()
 		v.stopping = true
 		v.mu.Unlock()
-		a.tele.forget(name) // no sample while its QEMU goes away
 		if mon != nil {
 			qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			_ = mon.Quit(qctx)

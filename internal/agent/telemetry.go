@@ -374,6 +374,13 @@ func threadRusage() (time.Duration, error) {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
+// telemetry returns the agent's telemetry hub, made on first use from
+// Config.Telemetry.
+func (a *Agent) telemetry() *telemetryHub {
+	a.teleOnce.Do(func() { a.tele = newTelemetryHub(a, telemetrySchedule(a.cfg.Telemetry)) })
+	return a.tele
+}
+
 // telemetrySchedule fills the defaults into a configured schedule.
 func telemetrySchedule(s telemetry.Schedule) telemetry.Schedule {
 	if s.DirtyEvery == 0 {

@@ -36,7 +36,8 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 	if ramAge == 0 {
 		ramAge = maxAge
 	}
-	t := a.tele.record(v.name, sv.proc)
+	tele := a.telemetry()
+	t := tele.record(v.name, sv.proc)
 	t.mu.Lock()
 	dirtyStale, ramStale := t.dirty.Staleness(time.Now(), maxAge), t.nonZero.Staleness(time.Now(), ramAge)
 	t.mu.Unlock()
@@ -49,14 +50,14 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp.DirtyFresh, dirtyErr = a.tele.measureDirty(ctx, v, t, sv, req.Seconds, maxAge)
+			resp.DirtyFresh, dirtyErr = tele.measureDirty(ctx, v, t, sv, req.Seconds, maxAge)
 		}()
 	}
 	if ramStale != "" {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp.NonZeroFresh, ramErr = a.tele.countRAM(ctx, v, t, sv, ramAge)
+			resp.NonZeroFresh, ramErr = tele.countRAM(ctx, v, t, sv, ramAge)
 		}()
 	}
 	wg.Wait()

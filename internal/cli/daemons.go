@@ -95,6 +95,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	}
 	host, _ := os.Hostname()
 	f := cmd.Flags()
+	addTelemetryFlags(f, &cfg.Telemetry)
 	f.StringVar(&cfg.Name, "name", host, "this host's name in the cluster")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:7101", "agent API address (host:port or unix:///path)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address the server dials (default: the bound --listen address)")
@@ -105,6 +106,5 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
 	f.IntVar(&cfg.LogRetention.Count, "keep-logs", agent.DefaultKeepLogs, "archived log sets kept per VM (0 = any number)")
 	f.DurationVar(&cfg.LogRetention.Age, "keep-logs-for", agent.DefaultKeepLogsFor, "how long archived VM logs are kept (0 = forever)")
-	addTelemetryFlags(f, &cfg.Telemetry)
 	return cmd
 }
