@@ -392,5 +392,8 @@ func telemetrySchedule(s telemetry.Schedule) telemetry.Schedule {
 	if s.Settle == 0 {
 		s.Settle = telemetry.DefaultSettle
 	}
+	if s.YoungFor == 0 && s.YoungDirtyEvery == 0 {
+		s.YoungFor, s.YoungDirtyEvery = telemetry.DefaultYoungFor, telemetry.DefaultYoungDirtyEvery
+	}
 	return s
 }

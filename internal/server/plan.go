@@ -23,9 +23,9 @@ const (
 
 // How old telemetry may be for a plan to use it without measuring.
 const (
-	// planDirtyMaxAge is three dirty-rate sampling periods: one missed
+	// planDirtyMaxAge is two dirty-rate sampling periods: one missed
 	// sample still plans from telemetry.
-	planDirtyMaxAge = 3 * telemetry.DefaultDirtyEvery
+	planDirtyMaxAge = 2 * telemetry.DefaultDirtyEvery
 	// planRAMMaxAge: non-zero RAM changes slowly.
 	planRAMMaxAge = 3 * telemetry.DefaultRAMEvery
 )

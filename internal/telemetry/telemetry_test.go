@@ -126,7 +126,24 @@ func TestScheduleNext(t *testing.T) {
 			t.Errorf("step %d at +%s: %s, want %s", i, st.at, got, st.want)
 		}
 	}
-	off := Schedule{Settle: time.Second}
+	// A young VM's dirty rate is sampled more often; its RAM is not.
+	young := Schedule{DirtyEvery: 15 * time.Second, RAMEvery: 60 * time.Second, Settle: time.Second, YoungFor: time.Minute, YoungDirtyEvery: 3 * time.Second}
+	yv := VMView{Running: true, QuietSince: start, LastDirty: start.Add(2 * time.Second), LastRAM: start.Add(2 * time.Second)}
+	for _, st := range []struct {
+		at   time.Duration
+		want Kind
+	}{{4 * time.Second, Nothing}, {5 * time.Second, Dirty}, {59 * time.Second, Dirty}, {61 * time.Second, Nothing}} {
+		if st.at == 61*time.Second {
+			yv.LastDirty = start.Add(59 * time.Second)
+		}
+		if got := young.Next(start.Add(st.at), yv); got != st.want {
+			t.Errorf("young VM at +%s: %s, want %s", st.at, got, st.want)
+		}
+	}
+	if got := young.Next(start.Add(74*time.Second), yv); got != Dirty {
+		t.Errorf("grown-up VM 15 s after its last sample: %s, want dirty-rate", got)
+	}
+	off := Schedule{Settle: time.Second, YoungFor: time.Minute, YoungDirtyEvery: time.Second}
 	if got := off.Next(start.Add(time.Hour), VMView{Running: true, QuietSince: start}); got != Nothing {
 		t.Errorf("sampling switched off still schedules %s", got)
 	}

@@ -192,3 +192,23 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
+
+// TestPlanSeesTheWorkload: a guest whose dirtier runs (16 MiB/s over a
+// 64 MiB working set) is planned from telemetry that shows it, a few
+// seconds after the dirtier started (the young VM's 3 s sampling), not
+// from a sample of its boot.
+func TestPlanSeesTheWorkload(t *testing.T) {
+	c := upCluster(t, 2)
+	const name, ip = "busy", "198.19.0.63"
+	c.bootGuest(name, ip, "64:16")
+	time.Sleep(5 * time.Second)
+	plan := c.dryRun(name, "h2")
+	in := plan.GetInputs()
+	t.Logf("dry run: dirty %.1f MiB/s (%s); link %.0f MiB/s (%s); choice %s", in.GetDirtyRateMibps(), in.GetDirtyRateSource(), in.GetBandwidthMibps(), in.GetBandwidthSource(), plan.GetChoice())
+	if !strings.HasPrefix(in.GetDirtyRateSource(), "telemetry of h1") {
+		t.Errorf("dirty rate not from telemetry: %q", in.GetDirtyRateSource())
+	}
+	if in.GetDirtyRateMibps() < 4 {
+		t.Errorf("dirty rate %.1f MiB/s: the telemetry missed the 16 MiB/s dirtier", in.GetDirtyRateMibps())
+	}
+}
