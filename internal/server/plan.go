@@ -82,6 +82,13 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 // planInputsFrom turns the agent's answer and the link figure into plan
 // inputs with their sources and ages.
 func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline bool, src string, opt *ferryv1.MigrationOptions, now time.Time) *ferryv1.PlanInputs {
+	// An agent without telemetry (older than this server) measures every
+	// time and sets no sample times.
+	dirtyFresh := m.DirtyFresh || m.DirtySampledAt == nil
+	ramFresh := m.NonZeroFresh || (m.NonZeroBytes > 0 && m.NonZeroSampledAt == nil)
+	if m.DirtySampledAt == nil && m.StaleReason == "" {
+		m.StaleReason = "dirty rate: the agent keeps no telemetry; non-zero RAM: the agent keeps no telemetry"
+	}
 	in := &ferryv1.PlanInputs{
 		MemoryBytes:      m.MemoryBytes,
 		NonZeroBytes:     min(m.RssBytes, m.MemoryBytes),
@@ -89,7 +96,7 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 		DirtyRateMibps:   m.DirtyRateMibps,
 		DeviceStateBytes: 1 << 20,
 		MaxDowntimeMs:    opt.MaxDowntimeMs,
-		MeasuredInline:   m.DirtyFresh || m.NonZeroFresh || linkInline,
+		MeasuredInline:   dirtyFresh || ramFresh || linkInline,
 	}
 	ageOf := func(ts *timestamppb.Timestamp) int64 {
 		if ts == nil {
@@ -99,7 +106,7 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 	}
 	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
 	in.DirtyRateAgeMs = ageOf(m.DirtySampledAt)
-	if m.DirtyFresh {
+	if dirtyFresh {
 		in.DirtyRateSource = fmt.Sprintf("measured for this plan (1 s calc-dirty-rate on %s): %s", src, staleWhy(m.StaleReason, "dirty rate"))
 	} else {
 		in.DirtyRateSource = fmt.Sprintf("telemetry of %s: %d sample(s), latest %.1f, average %.1f, peak %.1f MiB/s, %s old",
@@ -109,7 +116,7 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 		in.NonZeroBytes = m.NonZeroBytes
 		in.NonZeroAgeMs = ageOf(m.NonZeroSampledAt)
 		in.NonZeroSource = fmt.Sprintf("telemetry of %s (RAM count %s old)", src, ms(in.NonZeroAgeMs))
-		if m.NonZeroFresh {
+		if ramFresh {
 			in.NonZeroSource = fmt.Sprintf("counted for this plan on %s: %s", src, staleWhy(m.StaleReason, "non-zero RAM"))
 		}
 	}

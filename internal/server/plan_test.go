@@ -55,6 +55,16 @@ func TestPlanInputsFromTelemetry(t *testing.T) {
 	}
 }
 
+func TestPlanInputsFromAnAgentWithoutTelemetry(t *testing.T) {
+	m := &agentv1.MeasureResponse{MemoryBytes: 256 << 20, RssBytes: 120 << 20, NonZeroBytes: 90 << 20, DirtyRateMibps: 3}
+	fig := telemetry.Figure{BytesPerSec: 300 << 20, Source: "x"}
+	in := planInputsFrom(m, fig, false, "h1", &ferryv1.MigrationOptions{}, time.Now())
+	if !in.MeasuredInline || !strings.Contains(in.DirtyRateSource, "measured for this plan") || !strings.Contains(in.DirtyRateSource, "keeps no telemetry") ||
+		!strings.HasPrefix(in.NonZeroSource, "counted for this plan") || in.DirtyRateAgeMs != 0 {
+		t.Errorf("old agent's answer: %v", in)
+	}
+}
+
 func TestBandwidthsIgnoresTheAnyPair(t *testing.T) {
 	var b bandwidths
 	b.observe("h1", "h2", 300)
