@@ -2,10 +2,7 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -140,10 +137,9 @@ func TestPlanAfterAMinute(t *testing.T) {
 	const name, ip = "minute", "198.19.0.62"
 	boot := c.bootGuest(name, ip, "")
 	agent := c.process("agent", "--name", "h1")
-	cpu0, at0 := procCPU(t, agent.PID), time.Now()
+	cpu0, at0 := procCPU(agent.PID), time.Now()
 	time.Sleep(62 * time.Second)
-	agentCPU := procCPU(t, agent.PID) - cpu0
-	perMin := agentCPU.Seconds() / time.Since(at0).Minutes()
+	perMin := (procCPU(agent.PID) - cpu0) / time.Since(at0).Minutes()
 
 	mig := agentClient(t, c, "h1")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -177,20 +173,6 @@ func agentClient(t *testing.T, c *cluster, host string) agentv1connect.Migration
 	t.Helper()
 	hc, base := rpcaddr.Client("unix://" + filepath.Join(c.dir, host, "agent.sock"))
 	return agentv1connect.NewMigrationAgentServiceClient(hc, base)
-}
-
-// procCPU is the user + system CPU time process pid used so far.
-func procCPU(t *testing.T, pid int) time.Duration {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-	// f[11], f[12] are fields 14 (utime) and 15 (stime), in clock ticks.
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
 // TestPlanSeesTheWorkload: a guest whose dirtier runs (16 MiB/s over a
