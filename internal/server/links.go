@@ -9,6 +9,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"github.com/ferryvm/ferry/internal/migration/core"
 	"sync"
 	"time"
 
@@ -135,7 +136,7 @@ func (s *Server) probeDue(ctx context.Context) {
 	}
 	busy := map[string]bool{}
 	for _, m := range ms {
-		if m.Status == "running" {
+		if !core.State(m.State).Terminal() {
 			busy[m.From], busy[m.To] = true, true
 		}
 	}
