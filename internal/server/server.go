@@ -115,6 +115,7 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 		ready(urls)
 	}
 	s.log.Info("server listening", "urls", urls)
+	go s.linkProbeLoop(ctx)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
