@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/server"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/spf13/cobra"
@@ -28,6 +29,7 @@ func signalContext() (context.Context, context.CancelFunc) {
 func newServerCmd() *cobra.Command {
 	var listen []string
 	var dataDir, endpoints string
+	var keep retention.Policy
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run the control plane (API, placement, cluster state in etcd)",
@@ -62,7 +64,10 @@ func newServerCmd() *cobra.Command {
 				return err
 			}
 			defer st.Close()
-			srv := server.New(server.Config{Store: st, Log: log})
+			if err := keep.Validate(); err != nil {
+				return fmt.Errorf("--keep-migrations/--keep-migrations-for: %w", err)
+			}
+			srv := server.New(server.Config{Store: st, Log: log, Retention: keep})
 			ectx, stopEngine := context.WithCancel(ctx)
 			engineDone := make(chan error, 1)
 			go func() { engineDone <- srv.RunEngine(ectx) }()
@@ -77,6 +82,8 @@ func newServerCmd() *cobra.Command {
 	cmd.Flags().StringSliceVar(&listen, "listen", []string{DefaultServer}, "API addresses (host:port or unix:///path), repeatable")
 	cmd.Flags().StringVar(&dataDir, "data-dir", "/var/lib/ferry/server", "state directory (embedded etcd data)")
 	cmd.Flags().StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty runs an embedded etcd")
+	cmd.Flags().IntVar(&keep.Count, "keep-migrations", server.DefaultKeepMigrations, "finished migration records kept (0 = any number)")
+	cmd.Flags().DurationVar(&keep.Age, "keep-migrations-for", server.DefaultKeepMigrationsFor, "how long finished migration records are kept (0 = forever)")
 	return cmd
 }
 

@@ -45,6 +45,7 @@ func (s *Server) newEngine() *exec.Engine {
 // the migration engine until ctx ends (the server stops, or this replica
 // stops leading). Migrations can be started only while it runs.
 func (s *Server) RunEngine(ctx context.Context) error {
+	go s.runRetention(ctx)
 	err := s.engine.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("migration engine: %w", err)

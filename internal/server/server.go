@@ -17,6 +17,7 @@ import (
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/reserve"
+	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,10 @@ type Config struct {
 	// Reservations holds capacity for in-flight creates and migrations;
 	// nil means a table in the store's etcd (none if the store is not etcd).
 	Reservations *reserve.Table
+	// Retention bounds the finished migration records kept (zero fields
+	// keep everything; ferry server defaults to DefaultKeepMigrations for
+	// DefaultKeepMigrationsFor).
+	Retention retention.Policy
 }
 
 // Server is the control plane.
@@ -51,6 +56,8 @@ type Server struct {
 	engine *exec.Engine // drives migrations while RunEngine runs
 
 	bw bandwidths // learned migration rate per host pair
+
+	retention retention.Policy // finished migration records kept
 }
 
 // New returns a Server over cfg.Store.
@@ -61,7 +68,7 @@ func New(cfg Config) *Server {
 	if cfg.AgentCallTimeout == 0 {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
-	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, retention: cfg.Retention}
 	s.reserve = newReservations(cfg)
 	s.engine = s.newEngine()
 	s.metrics = newMetrics(s)

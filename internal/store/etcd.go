@@ -318,6 +318,14 @@ func (s *Etcd) PutMigration(ctx context.Context, m *statev1.MigrationRecord) err
 	return nil
 }
 
+// DeleteMigration implements Store.
+func (s *Etcd) DeleteMigration(ctx context.Context, id string) error {
+	if _, err := s.c.Delete(ctx, migPrefix+id); err != nil {
+		return fmt.Errorf("delete migration %s: %w", id, err)
+	}
+	return nil
+}
+
 // GetMigration implements Store.
 func (s *Etcd) GetMigration(ctx context.Context, id string) (*statev1.MigrationRecord, error) {
 	resp, err := s.c.Get(ctx, migPrefix+id)
