@@ -267,6 +267,9 @@ func (h *telemetryHub) measureDirty(ctx context.Context, v *vm, t *vmTelemetry, 
 			return false, nil
 		}
 	}
+	if err := quietMigration(ctx, sv.mon); err != nil {
+		return false, err
+	}
 	var mibps float64
 	cpu, err := threadCPU(func() error {
 		var err error
@@ -300,6 +303,9 @@ func (h *telemetryHub) countRAM(ctx context.Context, v *vm, t *vmTelemetry, sv v
 			return false, nil
 		}
 	}
+	if err := quietMigration(ctx, sv.mon); err != nil {
+		return false, err
+	}
 	select {
 	case h.ramScans <- struct{}{}:
 	case <-ctx.Done():
@@ -324,6 +330,28 @@ func (h *telemetryHub) countRAM(ctx context.Context, v *vm, t *vmTelemetry, sv v
 	t.cpu += cpu
 	t.nonZero.Add(now, float64(nz))
 	return true, nil
+}
+
+// quietMigration returns errMigrating while QEMU reports a migration in
+// progress, outgoing or incoming: an adopted post-copy destination still
+// pulls pages, and sampling it (calc-dirty-rate hashes guest pages, the RAM
+// count reads them) would fault on missing pages and, with the link down,
+// wedge QEMU's main loop and its monitor until the link is back.
+func quietMigration(ctx context.Context, mon *qmp.Monitor) error {
+	if mon == nil {
+		return errMigrating
+	}
+	qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	info, err := mon.QueryMigrate(qctx)
+	if err != nil {
+		return fmt.Errorf("query-migrate before sampling: %w", err)
+	}
+	switch info.CurrentStatus() {
+	case qmp.MigrationStatusNone, qmp.MigrationStatusCompleted, qmp.MigrationStatusFailed, qmp.MigrationStatusCancelled:
+		return nil
+	}
+	return errMigrating
 }
 
 // dirtyRate runs calc-dirty-rate (page sampling) for seconds and returns
