@@ -66,7 +66,7 @@ func NewRoot() *cobra.Command {
 		g.stdout, g.stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 		return g.checkOutput()
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
+	root.AddCommand(newServerCmd(g), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
 	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g))
 	return root
 }

@@ -30,6 +30,12 @@ type Config struct {
 	Log   *slog.Logger
 	// AgentCallTimeout bounds one call to an agent (VM start waits for QEMU).
 	AgentCallTimeout time.Duration
+	// Wrap, if set, wraps the API handler Serve serves (a replica forwards
+	// mutating calls to the leader and adds the cluster status).
+	Wrap func(http.Handler) http.Handler
+	// Leading, if set, reports whether this replica leads; reconcilers
+	// run only on the leader. Nil means always.
+	Leading func() bool
 }
 
 // Server is the control plane.
@@ -46,6 +52,9 @@ type Server struct {
 	runs   map[string]*run // migrations driven by this server
 
 	bw bandwidths // learned migration rate per host pair
+
+	wrap    func(http.Handler) http.Handler
+	leading func() bool
 }
 
 // New returns a Server over cfg.Store.
@@ -56,7 +65,11 @@ func New(cfg Config) *Server {
 	if cfg.AgentCallTimeout == 0 {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
-	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{}}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{},
+		wrap: cfg.Wrap, leading: cfg.Leading}
+	if s.leading == nil {
+		s.leading = func() bool { return true }
+	}
 	s.metrics = newMetrics(s)
 	return s
 }
@@ -99,7 +112,11 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 		ls = append(ls, l)
 		urls = append(urls, rpcaddr.URL(a, l))
 	}
-	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	h := s.Handler()
+	if s.wrap != nil {
+		h = s.wrap(h)
+	}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- hs.Serve(l) }()
