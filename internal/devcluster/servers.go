@@ -2,11 +2,13 @@ package devcluster
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // MaxServers bounds FerryOptions.Servers.
@@ -129,11 +131,34 @@ func (c *Cluster) startServers(opt FerryOptions) ([]string, error) {
 	return urls, nil
 }
 
+// Ports for the etcd members are picked below Linux's default ephemeral
+// range (32768-60999): a port the kernel handed out as ephemeral could be
+// taken by an outgoing connection before the member binds it.
+const (
+	portLow  = 20000
+	portHigh = 32000
+)
+
+var (
+	portsMu   sync.Mutex
+	portsUsed = map[int]bool{}
+)
+
 func freeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("pick a loopback port for etcd: %w", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 200 {
+		p := portLow + rand.IntN(portHigh-portLow)
+		if portsUsed[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsUsed[p] = true
+		return p, nil
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("pick a loopback port for etcd: no free port in %d-%d after 200 tries", portLow, portHigh)
 }

@@ -49,6 +49,8 @@ var routes = map[string]route{
 
 // LeaderView tells the forwarder who leads.
 type LeaderView interface {
+	// Leading reports whether this replica leads now.
+	Leading() bool
 	// Leader returns the current leader; ok is false when none leads.
 	Leader() (leader.Info, bool)
 }
@@ -84,11 +86,17 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.next.ServeHTTP(w, r)
 		return
 	}
-	l, ok := f.view.Leader()
-	switch {
-	case ok && l.Name == f.self:
+	if f.view.Leading() {
 		f.next.ServeHTTP(w, r)
 		return
+	}
+	l, ok := f.view.Leader()
+	if ok && l.Name == f.self {
+		// Our own name but we do not lead: the key of this replica's
+		// previous incarnation, until its lease expires.
+		ok = false
+	}
+	switch {
 	case r.Header.Get(ForwardedHeader) != "":
 		// Forwarded to us, but we do not lead (any more): the sender's
 		// view is stale. Do not bounce it on.

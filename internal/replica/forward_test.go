@@ -17,12 +17,20 @@ import (
 
 // fakeView is a LeaderView the test sets by hand.
 type fakeView struct {
-	mu sync.Mutex
+	self string
+	mu   sync.Mutex
 	l  leader.Info
 	ok bool
 }
 
 func (v *fakeView) set(l leader.Info, ok bool) { v.mu.Lock(); v.l, v.ok = l, ok; v.mu.Unlock() }
+
+// Leading: the fake leads when its view names it (set by newNode).
+func (v *fakeView) Leading() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.ok && v.l.Name == v.self
+}
 func (v *fakeView) Leader() (leader.Info, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -52,7 +60,7 @@ type node struct {
 
 func newNode(t *testing.T, name string) *node {
 	t.Helper()
-	n := &node{view: &fakeView{}}
+	n := &node{view: &fakeView{self: name}}
 	mux := http.NewServeMux()
 	mux.Handle(ferryv1connect.NewVMServiceHandler(&fakeVMService{name: name}))
 	n.srv = httptest.NewServer(replica.NewForwarder(name, n.view, mux))

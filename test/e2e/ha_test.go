@@ -199,6 +199,9 @@ func TestHALeaderKilledMidMigration(t *testing.T) {
 		t.Errorf("etcd members unhealthy after the kill = %d, want 1 (the killed replica's): %v", unhealthy, st.EtcdMembers)
 	}
 
+	if at, ok := electedAt(c, st.Leader); ok {
+		t.Logf("MEASURED: %s logged its election %s after the SIGKILL", st.Leader, at.Sub(killed).Round(time.Millisecond))
+	}
 	final, _ := c.waitFinal(m.Id, 2*time.Minute)
 	t.Logf("MEASURED: migration %s ended %s %s after the SIGKILL", m.Id, final.Status, time.Since(killed).Round(time.Millisecond))
 	lp.stop()
@@ -225,6 +228,19 @@ func TestHALeaderKilledMidMigration(t *testing.T) {
 	if !strings.Contains(string(b), m.Id) {
 		t.Errorf("new leader %s's log never mentions migration %s", st.Leader, m.Id)
 	}
+}
+
+var electedRE = regexp.MustCompile(`time=(\S+) level=INFO msg="elected leader"`)
+
+// electedAt returns when replica name last logged its election.
+func electedAt(c *cluster, name string) (time.Time, bool) {
+	b, _ := os.ReadFile(serverLogOf(c, name))
+	ms := electedRE.FindAllStringSubmatch(string(b), -1)
+	if len(ms) == 0 {
+		return time.Time{}, false
+	}
+	at, err := time.Parse(time.RFC3339Nano, ms[len(ms)-1][1])
+	return at, err == nil
 }
 
 // serverLogOf returns replica name's log path.
@@ -316,6 +332,9 @@ func TestHATwoServersOneEtcd(t *testing.T) {
 	waitGone(t, victim.PID, 10*time.Second)
 	st, _ = c.waitLeader(lead, 20*time.Second)
 	t.Logf("MEASURED: %s leads %s after the SIGKILL of %s", st.Leader, time.Since(killed).Round(time.Millisecond), lead)
+	if at, ok := electedAt(c, st.Leader); ok {
+		t.Logf("MEASURED: %s logged its election %s after the SIGKILL", st.Leader, at.Sub(killed).Round(time.Millisecond))
+	}
 	if st.Leader != follower {
 		t.Fatalf("new leader %s, want the follower %s", st.Leader, follower)
 	}
