@@ -19,8 +19,8 @@ import (
 type fakeView struct {
 	self string
 	mu   sync.Mutex
-	l  leader.Info
-	ok bool
+	l    leader.Info
+	ok   bool
 }
 
 func (v *fakeView) set(l leader.Info, ok bool) { v.mu.Lock(); v.l, v.ok = l, ok; v.mu.Unlock() }

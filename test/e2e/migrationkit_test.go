@@ -26,9 +26,9 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/netnsutil"
 	"github.com/ferryvm/ferry/internal/qmp"
-	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/encoding/protojson"
 )
