@@ -45,6 +45,7 @@ type Server struct {
 	agents  *agentPool
 	metrics *metrics
 	timeout time.Duration
+	replica replicaHooks // see Config.Wrap and Config.Leading
 
 	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
 
@@ -52,9 +53,6 @@ type Server struct {
 	runs   map[string]*run // migrations driven by this server
 
 	bw bandwidths // learned migration rate per host pair
-
-	wrap    func(http.Handler) http.Handler
-	leading func() bool
 }
 
 // New returns a Server over cfg.Store.
@@ -65,12 +63,9 @@ func New(cfg Config) *Server {
 	if cfg.AgentCallTimeout == 0 {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
-	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{},
-		wrap: cfg.Wrap, leading: cfg.Leading}
-	if s.leading == nil {
-		s.leading = func() bool { return true }
-	}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{}}
 	s.metrics = newMetrics(s)
+	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}
 	return s
 }
 
@@ -112,11 +107,7 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 		ls = append(ls, l)
 		urls = append(urls, rpcaddr.URL(a, l))
 	}
-	h := s.Handler()
-	if s.wrap != nil {
-		h = s.wrap(h)
-	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: s.replica.handler(s.Handler()), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- hs.Serve(l) }()
