@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/migration"
 	"github.com/ferryvm/ferry/internal/planner"
 	"google.golang.org/protobuf/proto"
@@ -220,6 +221,13 @@ func (d *driver) switchOwner(ctx context.Context, host string) error {
 	d.r.mu.Lock()
 	d.r.m.VmGeneration = cur.Generation
 	d.r.mu.Unlock()
+	if host == d.r.m.To {
+		// The owner is the destination now: the HA e2e test kills the
+		// leader here (the engine keeps a point of the same name).
+		if err := failpoint.Inject("engine/after-owner-cas"); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -366,3 +366,75 @@ func (c *cluster) checkOnHostAny(name string) string {
 	}
 	return vm.Host
 }
+
+// haWaitFailpoint waits until the failpoint log names point.
+func haWaitFailpoint(t *testing.T, log, point string, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if b, err := os.ReadFile(log); err == nil && strings.Contains(string(b), point) {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("failpoint %s did not fire within %s (log %s)", point, timeout, log)
+}
+
+// TestHALeaderKilledAfterOwnerSwitch: three servers on a three-member
+// embedded etcd; the leader is SIGKILLed right after the owner CAS of a live
+// migration (held there by a failpoint). Another replica leads, finds the
+// owner already moved in the record and drives the migration forward: it
+// completes, the VM runs exactly once on h2 with the same boot, never on
+// both, and the client's TCP stream to the guest survives.
+func TestHALeaderKilledAfterOwnerSwitch(t *testing.T) {
+	fpLog := filepath.Join(t.TempDir(), "failpoints.log")
+	c := upClusterEnv(t, 2, []string{"FERRY_FAILPOINTS=engine/after-owner-cas=sleep(60s)*1", "FERRY_FAILPOINTS_LOG=" + fpLog},
+		"--servers", "3", "--leader-ttl", haLeaderTTL)
+	st, _ := c.waitLeader("", 30*time.Second)
+	old := st.Leader
+	const name, ip = "haswitch", "198.19.0.63"
+	boot := c.bootGuest(name, ip, "64:16")
+	obs := c.startObserver(name)
+	t.Cleanup(func() { checkNeverBoth(t, obs) })
+	stream := c.watchStream(ip)
+	m := c.startMigration(name, "h2")
+	haWaitFailpoint(t, fpLog, "engine/after-owner-cas", 90*time.Second)
+	victim := c.serverProcess(old)
+	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitGone(t, victim.PID, 10*time.Second)
+	t.Logf("SIGKILLed leader %s (pid %d) right after the owner CAS", old, victim.PID)
+	st, _ = c.waitLeader(old, 20*time.Second)
+	if at, ok := electedAt(c, st.Leader); ok {
+		t.Logf("MEASURED: %s logged its election %s after the SIGKILL", st.Leader, at.Sub(killed).Round(time.Millisecond))
+		if at.Sub(killed) > 10*time.Second {
+			t.Errorf("new leader after %s, want within 10s", at.Sub(killed).Round(time.Millisecond))
+		}
+	}
+	final, _ := c.waitFinal(m.Id, 2*time.Minute)
+	t.Logf("MEASURED: migration %s ended %s %s after the SIGKILL", m.Id, final.Status, time.Since(killed).Round(time.Millisecond))
+	if final.Status != "completed" {
+		t.Fatalf("migration past the owner switch ended %s (%s), want completed", final.Status, final.Error)
+	}
+	vm := checkRunsOnceWhereRecorded(t, c, name, obs)
+	if vm.Host != "h2" {
+		t.Errorf("VM record on %s, want h2", vm.Host)
+	}
+	if got := c.bootID(ip, 30*time.Second); got != boot {
+		t.Errorf("boot_id = %s, want %s (the guest rebooted)", got, boot)
+	}
+	c.waitNoLeftovers("h1", name, 30*time.Second)
+	time.Sleep(time.Second)
+	stream.stop()
+	stream.mu.Lock()
+	defer stream.mu.Unlock()
+	t.Logf("stream: %d lines, longest gap %s", stream.lines, stream.maxGap.Round(time.Millisecond))
+	if stream.readErr != nil {
+		t.Errorf("the client's TCP connection broke: %v", stream.readErr)
+	}
+	if len(stream.anomalies) > 0 {
+		t.Errorf("the stream lost or repeated counters: %v", first(stream.anomalies, 10))
+	}
+}

@@ -93,6 +93,13 @@ func upCluster(t *testing.T, hosts int) *cluster {
 // (--servers N ...); c.server then lists every server address.
 func upClusterWith(t *testing.T, hosts int, extra ...string) *cluster {
 	t.Helper()
+	return upClusterEnv(t, hosts, nil, extra...)
+}
+
+// upClusterEnv is upClusterWith with extra environment for every daemon
+// (FERRY_FAILPOINTS=...).
+func upClusterEnv(t *testing.T, hosts int, env []string, extra ...string) *cluster {
+	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	prefix := "fe" + hex.EncodeToString(b)
@@ -118,7 +125,9 @@ func upClusterWith(t *testing.T, hosts int, extra ...string) *cluster {
 		os.RemoveAll(dir)
 	})
 	args := append([]string{"dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg"}, extra...)
-	out, err := exec.Command(ferryBin, args...).CombinedOutput()
+	up := exec.Command(ferryBin, args...)
+	up.Env = append(os.Environ(), env...)
+	out, err := up.CombinedOutput()
 	if err != nil {
 		t.Fatalf("dev cluster up: %v\n%s", err, out)
 	}
