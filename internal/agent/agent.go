@@ -54,13 +54,24 @@ type Config struct {
 	// LogRetention bounds the archived per-VM logs (DATA/logs/<vm>/...);
 	// zero fields keep everything.
 	LogRetention retention.Policy
-	Log          *slog.Logger
+	// OrphanGrace is how long a QEMU this agent started may run while no
+	// record of the control plane names it before the agent stops and
+	// removes it (see reaper.go); 0 means DefaultOrphanGrace.
+	OrphanGrace time.Duration
+	// QEMU starts and reattaches QEMU processes; nil means real QEMU.
+	// Unit tests pass a fake.
+	QEMU QEMURuntime
+	Log  *slog.Logger
 }
 
 // Agent runs and reports the VMs of one host.
 type Agent struct {
 	cfg Config
 	log *slog.Logger
+
+	qemu   QEMURuntime
+	ended  endedArrivals // incoming migrations that ended here (aborted, failed)
+	reaper reaper
 
 	mu  sync.Mutex
 	vms map[string]*vm
@@ -106,6 +117,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
+	if cfg.OrphanGrace == 0 {
+		cfg.OrphanGrace = DefaultOrphanGrace
+	}
+	if cfg.OrphanGrace < 0 {
+		return nil, fmt.Errorf("--orphan-grace: must be positive, got %s", cfg.OrphanGrace)
+	}
+	if cfg.QEMU == nil {
+		cfg.QEMU = realQEMU{}
+	}
 	abs, err := filepath.Abs(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("--data-dir: %w", err)
@@ -114,7 +134,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MigrationIP == "" && cfg.Bridge != "" {
 		cfg.MigrationIP = firstIPv4(cfg.Bridge)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}}, nil
+	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU}, nil
 }
 
 func firstIPv4(ifname string) string {
@@ -242,8 +262,14 @@ func (a *Agent) heartbeatLoop(ctx context.Context, advertise string) {
 	failing := false
 	for {
 		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		_, err := client.Heartbeat(hctx, connect.NewRequest(&ferryv1.HeartbeatRequest{Host: a.report(advertise)}))
+		resp, err := client.Heartbeat(hctx, connect.NewRequest(&ferryv1.HeartbeatRequest{Host: a.report(advertise)}))
 		cancel()
+		if err == nil && a.reaper.busy.CompareAndSwap(false, true) {
+			go func() { // never delays the next heartbeat
+				defer a.reaper.busy.Store(false)
+				a.reapOrphans(ctx, resp.Msg)
+			}()
+		}
 		switch {
 		case err != nil && !failing && ctx.Err() == nil:
 			a.log.Warn("heartbeat failed; retrying", "server", a.cfg.Server, "err", err)

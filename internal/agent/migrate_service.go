@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/ferryvm/ferry/internal/qmp"
 )
 
 // migrationService implements agentv1connect.MigrationAgentServiceHandler:
@@ -22,11 +23,11 @@ func (s *migrationService) PrepareIncoming(ctx context.Context, req *connect.Req
 }
 
 func (s *migrationService) QueryIncoming(_ context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.IncomingStatusResponse], error) {
-	v, err := s.a.lookup(req.Msg.Name)
+	st, err := s.a.queryIncoming(req.Msg.Name, req.Msg.MigrationId)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&agentv1.IncomingStatusResponse{Status: v.incomingStatus()}), nil
+	return connect.NewResponse(&agentv1.IncomingStatusResponse{Status: st}), nil
 }
 
 func (s *migrationService) ArmResume(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.IncomingStatusResponse], error) {
@@ -45,8 +46,8 @@ func (s *migrationService) FinishIncoming(ctx context.Context, req *connect.Requ
 	return connect.NewResponse(&agentv1.IncomingStatusResponse{Status: st}), nil
 }
 
-func (s *migrationService) AbortIncoming(_ context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.StepResponse], error) {
-	if err := s.a.abortIncoming(req.Msg.Name, req.Msg.MigrationId); err != nil {
+func (s *migrationService) AbortIncoming(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.StepResponse], error) {
+	if err := s.a.abortIncoming(ctx, req.Msg.Name, req.Msg.MigrationId); err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&agentv1.StepResponse{}), nil
@@ -84,7 +85,7 @@ func (s *migrationService) ContinueOutgoing(ctx context.Context, req *connect.Re
 }
 
 func (s *migrationService) CancelOutgoing(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.StepResponse], error) {
-	st, err := s.a.cancelOutgoing(ctx, req.Msg.Name, req.Msg.MigrationId)
+	st, err := s.a.cancelOutgoing(ctx, req.Msg.Name, req.Msg.MigrationId, req.Msg.ResumeCompleted)
 	if err != nil {
 		return nil, err
 	}
@@ -160,6 +161,9 @@ func (s *migrationService) PauseMigration(ctx context.Context, req *connect.Requ
 	v.mu.Unlock()
 	if mon == nil {
 		return nil, failedPrecondition("VM %s has no QEMU on host %s", req.Msg.Name, s.a.cfg.Name)
+	}
+	if info, err := mon.QueryMigrate(ctx); err == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyPaused {
+		return connect.NewResponse(&agentv1.StepResponse{}), nil // paused already: a retried step
 	}
 	if err := mon.MigratePause(ctx); err != nil {
 		return nil, fmt.Errorf("migrate-pause: %w", err)

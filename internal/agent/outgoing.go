@@ -3,15 +3,50 @@ package agent
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
-	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	"io/fs"
 	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
-	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"connectrpc.com/connect"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"github.com/ferryvm/ferry/internal/migration"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
+
+// outgoing is the source side of a live migration.
+type outgoing struct {
+	id  string
+	uri string
+
+	mu    sync.Mutex // guards the fields below (updated by the event watcher)
+	state migration.SourceState
+	sub   *qmp.Subscription
+
+	stoppedAt, preSwitchoverAt, continuedAt, completedAt time.Time
+	postcopyAt                                           time.Time
+	postcopyRequested                                    bool          // migrate-start-postcopy sent
+	changed                                              chan struct{} // closed and replaced at each status event
+	status                                               string        // QEMU's migration status from the last event
+}
+
+func (out *outgoing) record() outgoingRecord {
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	return outgoingRecord{ID: out.id, URI: out.uri, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
+		Cancelled: out.state == migration.SrcCancelled,
+		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
+}
+
+// saveOutgoing persists the departure's facts in the VM's directory.
+func (v *vm) saveOutgoing(out *outgoing) error {
+	v.recMu.Lock()
+	defer v.recMu.Unlock()
+	return writeRecord(filepath.Join(v.dir, outgoingFile), out.record())
+}
 
 // running returns the VM if its QEMU runs here as this host's own VM.
 func (a *Agent) running(name string) (*vm, error) {
@@ -34,10 +69,20 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err != nil {
 		return nil, err
 	}
+	if req.MigrationId == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("migration_id: required"))
+	}
 	v.mu.Lock()
 	if v.out != nil && v.out.id == req.MigrationId {
+		out := v.out
 		v.mu.Unlock()
-		return v.outgoingStatus(ctx) // a retried step
+		out.mu.Lock()
+		cancelled := out.state == migration.SrcCancelled
+		out.mu.Unlock()
+		if cancelled {
+			return nil, failedPrecondition("migration %s of VM %s was cancelled on host %s: start a new migration", req.MigrationId, req.Name, a.cfg.Name)
+		}
+		return v.outgoingStatus(ctx) // a retried step: never a second migrate
 	}
 	if v.out != nil {
 		v.out.mu.Lock()
@@ -49,16 +94,23 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		}
 	}
 	mon := v.mon
-	out := &outgoing{id: req.MigrationId, state: migration.SrcIdle, changed: make(chan struct{})}
+	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{})}
 	out.sub = mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
 	v.mu.Unlock()
 
+	sent := false // migrate was sent
 	fail := func(err error) (*agentv1.OutgoingStatus, error) {
+		if sent && migrationRuns(mon) {
+			// The command took effect although its answer was lost: keep
+			// the migration so a retried step finds it.
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w (QEMU's migration runs: retry the step)", err))
+		}
 		out.sub.Close()
 		v.mu.Lock()
 		if v.out == out {
 			v.out = nil
+			_ = os.Remove(filepath.Join(v.dir, outgoingFile))
 		}
 		v.mu.Unlock()
 		return nil, err
@@ -98,6 +150,10 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	out.mu.Lock()
 	out.state, _ = migration.StepSource(out.state, migration.SrcEvStart)
 	out.mu.Unlock()
+	if err := v.saveOutgoing(out); err != nil {
+		return fail(err)
+	}
+	sent = true
 	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
@@ -106,10 +162,20 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	return v.outgoingStatus(ctx)
 }
 
+// migrationRuns reports whether QEMU's migration is under way.
+func migrationRuns(mon *qmp.Monitor) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	info, err := mon.QueryMigrate(ctx)
+	s := info.CurrentStatus()
+	return err == nil && s != qmp.MigrationStatusNone && !s.Finished()
+}
+
 // watchOutgoing records the source's QMP event times.
 func (v *vm) watchOutgoing(out *outgoing) {
 	for ev := range out.sub.C() {
 		out.mu.Lock()
+		save := true // an event time to keep
 		switch ev.Name {
 		case qmp.EventStop:
 			out.stoppedAt = ev.Timestamp
@@ -133,10 +199,25 @@ func (v *vm) watchOutgoing(out *outgoing) {
 					if next, err := migration.StepSource(out.state, migration.SrcEvCompleted); err == nil {
 						out.state = next
 					}
+				default:
+					save = false
 				}
 			}
+		default:
+			save = false
 		}
 		out.mu.Unlock()
+		if save {
+			v.saveAfterEvent(v.saveOutgoing(out))
+		}
+	}
+}
+
+// saveAfterEvent reports a record write that followed a QMP event; a VM
+// whose directory is already gone (it left) has nothing to keep.
+func (v *vm) saveAfterEvent(err error) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		v.a.log.Warn("persist a migration event time", "vm", v.name, "err", err)
 	}
 }
 
@@ -204,162 +285,7 @@ func (a *Agent) outgoingFor(name, id string) (*vm, *outgoing, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.out == nil || v.out.id != id {
-		return nil, nil, failedPrecondition("VM %s has no outgoing migration %s on host %s", name, id, a.cfg.Name)
+		return nil, nil, notFound("VM %s has no outgoing migration %s on host %s", name, id, a.cfg.Name)
 	}
 	return v, v.out, nil
-}
-
-// continueOutgoing sends migrate-continue: the owner CAS succeeded, the
-// device state may go.
-func (a *Agent) continueOutgoing(ctx context.Context, name, id string) (*agentv1.OutgoingStatus, error) {
-	v, out, err := a.outgoingFor(name, id)
-	if err != nil {
-		return nil, err
-	}
-	out.mu.Lock()
-	if out.state == migration.SrcContinued || out.state == migration.SrcCompleted {
-		out.mu.Unlock()
-		return v.outgoingStatus(ctx)
-	}
-	next, err := migration.StepSource(out.state, migration.SrcEvContinue)
-	if err != nil {
-		out.mu.Unlock()
-		return nil, failedPrecondition("%v", err)
-	}
-	out.state, out.continuedAt = next, time.Now()
-	out.mu.Unlock()
-	if err := v.mon.MigrateContinue(ctx, qmp.MigrationStatusPreSwitchover); err != nil {
-		return nil, fmt.Errorf("migrate-continue: %w", err)
-	}
-	return v.outgoingStatus(ctx)
-}
-
-// cancelOutgoing cancels the transfer and makes sure the source runs. A
-// source whose migration completed is refused: it must never run again.
-func (a *Agent) cancelOutgoing(ctx context.Context, name, id string) (*ferryv1.VMStatus, error) {
-	v, err := a.lookup(name)
-	if err != nil {
-		return nil, err
-	}
-	v.mu.Lock()
-	out, mon := v.out, v.mon
-	v.mu.Unlock()
-	if mon == nil {
-		return nil, failedPrecondition("VM %s has no QEMU on host %s", name, a.cfg.Name)
-	}
-	if out != nil && out.id == id {
-		out.mu.Lock()
-		next, err := migration.StepSource(out.state, migration.SrcEvCancel)
-		if err != nil && out.state != migration.SrcCancelled {
-			out.mu.Unlock()
-			return nil, failedPrecondition("%v", err)
-		}
-		if err == nil {
-			out.state = next
-		}
-		out.mu.Unlock()
-	}
-	info, err := mon.QueryMigrate(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("query-migrate: %w", err)
-	}
-	if s := info.CurrentStatus(); s == qmp.MigrationStatusCompleted {
-		return nil, failedPrecondition("VM %s's migration already completed: the source must not run again", name)
-	} else if !s.Finished() && s != qmp.MigrationStatusNone {
-		if err := mon.MigrateCancel(ctx); err != nil {
-			return nil, fmt.Errorf("migrate_cancel: %w", err)
-		}
-		deadline := time.Now().Add(15 * time.Second)
-		for {
-			info, err := mon.QueryMigrate(ctx)
-			if err == nil && info.CurrentStatus().Finished() {
-				break
-			}
-			if time.Now().After(deadline) {
-				return nil, fmt.Errorf("migration of VM %s did not stop within 15s of migrate_cancel", name)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
-	st, err := mon.QueryStatus(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("query-status: %w", err)
-	}
-	if !st.Running {
-		if err := mon.Cont(ctx); err != nil {
-			return nil, fmt.Errorf("resume source: %w", err)
-		}
-	}
-	v.mu.Lock()
-	if v.out == out && out != nil {
-		out.sub.Close()
-		v.out = nil
-	}
-	v.mu.Unlock()
-	a.log.Info("outgoing migration cancelled; source runs", "vm", name, "migration", id)
-	return v.status(), nil
-}
-
-// finishOutgoing quits the source QEMU after a completed migration and
-// removes its taps and directory. Unknown VMs are not an error.
-func (a *Agent) finishOutgoing(ctx context.Context, name, id string) error {
-	v, ok := a.find(name)
-	if !ok {
-		return nil
-	}
-	v.mu.Lock()
-	out, mon, proc := v.out, v.mon, v.proc
-	v.mu.Unlock()
-	if out == nil || out.id != id {
-		return failedPrecondition("VM %s has no outgoing migration %s on host %s", name, id, a.cfg.Name)
-	}
-	if mon != nil {
-		info, err := mon.QueryMigrate(ctx)
-		if err != nil {
-			return fmt.Errorf("query-migrate: %w", err)
-		}
-		if info.CurrentStatus() != qmp.MigrationStatusCompleted {
-			return failedPrecondition("VM %s's migration is %s, not completed: not removing the source", name, info.CurrentStatus())
-		}
-	}
-	out.mu.Lock()
-	out.state, _ = migration.StepSource(out.state, migration.SrcEvFinish)
-	out.sub.Close()
-	out.mu.Unlock()
-	if proc != nil {
-		v.mu.Lock()
-		v.stopping = true
-		v.mu.Unlock()
-		if mon != nil {
-			qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			_ = mon.Quit(qctx)
-			cancel()
-		}
-		select {
-		case <-proc.Exited():
-		case <-time.After(5 * time.Second):
-			if err := proc.Kill(); err != nil {
-				return fmt.Errorf("kill source QEMU of VM %s: %w", name, err)
-			}
-		}
-		<-proc.Exited()
-	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	if v.mon != nil {
-		_ = v.mon.Close()
-	}
-	v.proc, v.mon, v.out = nil, nil, nil
-	v.deleteTaps(v.spec)
-	v.archiveLogs("migrated-" + id)
-	if err := os.RemoveAll(v.dir); err != nil {
-		return fmt.Errorf("remove source dir of VM %s: %w", name, err)
-	}
-	a.mu.Lock()
-	if a.vms[name] == v {
-		delete(a.vms, name)
-	}
-	a.mu.Unlock()
-	a.log.Info("VM left by migration; source removed", "vm", name, "migration", id)
-	return nil
 }

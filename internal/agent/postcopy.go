@@ -19,13 +19,28 @@ import (
 // like a pre-copy switchover, so the owner CAS still happens while both
 // QEMUs are paused.
 func (a *Agent) startPostcopy(ctx context.Context, name, id string) (*agentv1.OutgoingStatus, error) {
-	v, _, err := a.outgoingFor(name, id)
+	v, out, err := a.outgoingFor(name, id)
 	if err != nil {
 		return nil, err
 	}
-	if err := v.mon.MigrateStartPostcopy(ctx); err != nil {
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil, failedPrecondition("the source QEMU of VM %s on host %s is gone", name, a.cfg.Name)
+	}
+	out.mu.Lock()
+	requested := out.postcopyRequested || !out.postcopyAt.IsZero()
+	out.mu.Unlock()
+	if requested {
+		return v.outgoingStatus(ctx) // a retried step
+	}
+	if err := mon.MigrateStartPostcopy(ctx); err != nil {
 		return nil, fmt.Errorf("migrate-start-postcopy: %w", err)
 	}
+	out.mu.Lock()
+	out.postcopyRequested = true
+	out.mu.Unlock()
 	a.log.Info("post-copy requested", "vm", name, "migration", id)
 	return v.outgoingStatus(ctx)
 }
@@ -43,6 +58,14 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 	if mon == nil {
 		return "", failedPrecondition("VM %s has no QEMU on host %s", name, a.cfg.Name)
 	}
+	if info, err := mon.QueryMigrate(ctx); err == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyRecover {
+		v.mu.Lock()
+		uri := v.recoverURI
+		v.mu.Unlock()
+		if uri != "" {
+			return uri, nil // a retried step: already listening there
+		}
+	}
 	port, err := freePort(a.cfg.MigrationIP)
 	if err != nil {
 		return "", err
@@ -51,6 +74,9 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 	if err := mon.MigrateRecover(ctx, uri); err != nil {
 		return "", fmt.Errorf("migrate-recover %s: %w", uri, err)
 	}
+	v.mu.Lock()
+	v.recoverURI = uri
+	v.mu.Unlock()
 	a.log.Info("post-copy recovery listening", "vm", name, "migration", id, "uri", uri)
 	return uri, nil
 }
@@ -61,7 +87,23 @@ func (a *Agent) resumeOutgoing(ctx context.Context, req *agentv1.ResumeOutgoingR
 	if err != nil {
 		return nil, err
 	}
-	if err := v.mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{Resume: true}); err != nil {
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil, failedPrecondition("the source QEMU of VM %s on host %s is gone", req.Name, a.cfg.Name)
+	}
+	info, err := mon.QueryMigrate(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("query-migrate: %w", err)
+	}
+	if s := info.CurrentStatus(); s != qmp.MigrationStatusPostcopyPaused {
+		if postcopyStarted(s) || s == qmp.MigrationStatusCompleted {
+			return v.outgoingStatus(ctx) // resumed already: a retried step
+		}
+		return nil, failedPrecondition("VM %s's migration is %s, not postcopy-paused: nothing to resume", req.Name, s)
+	}
+	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{Resume: true}); err != nil {
 		return nil, fmt.Errorf("migrate resume to %s: %w", req.Uri, err)
 	}
 	a.log.Info("post-copy resumed", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri)

@@ -52,9 +52,9 @@ func (a *Agent) forgetIfIdle(name string) {
 
 // StopVM stops a VM's QEMU.
 func (s *service) StopVM(ctx context.Context, req *connect.Request[agentv1.AgentStopVMRequest]) (*connect.Response[agentv1.AgentStopVMResponse], error) {
-	v, err := s.a.lookup(req.Msg.GetName())
-	if err != nil {
-		return nil, err
+	v, ok := s.a.find(req.Msg.GetName())
+	if !ok { // not there: nothing to stop
+		return connect.NewResponse(&agentv1.AgentStopVMResponse{Status: &ferryv1.VMStatus{Name: req.Msg.GetName(), State: "stopped"}}), nil
 	}
 	st, err := v.stop(ctx, req.Msg.GetForce())
 	if err != nil {

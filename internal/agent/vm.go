@@ -2,10 +2,8 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,12 +11,9 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/netdev"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/revert"
-	"github.com/ferryvm/ferry/internal/spec"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -37,17 +32,23 @@ type vm struct {
 	paths qemu.Paths
 
 	mu       sync.Mutex // serialises lifecycle operations
+	recMu    sync.Mutex // serialises writes of the migration records
 	spec     *ferryv1.VMSpec
-	proc     *qemu.Process
+	proc     QEMUProcess
 	mon      *qmp.Monitor
 	accel    string
 	state    string // running, stopped, failed
 	message  string
 	stopping bool
 
-	// Live migration, at most one direction at a time (see migrate.go).
-	out *outgoing
-	in  *incoming
+	// Live migration, at most one direction at a time (see incoming.go and
+	// outgoing.go).
+	out        *outgoing
+	in         *incoming
+	arrived    string    // id of the migration this VM arrived by, once adopted
+	arrivedIn  *incoming // that arrival, when this agent adopted it
+	recoverURI string    // where a paused post-copy destination listens again
+	started    time.Time // when this agent started or found the VM's QEMU (reaper grace)
 }
 
 func (a *Agent) newVM(name string) *vm {
@@ -105,16 +106,21 @@ func (v *vm) start(ctx context.Context, sp *ferryv1.VMSpec) (*ferryv1.VMStatus, 
 }
 
 // adopt makes a launched QEMU the VM's running process.
-func (v *vm) adopt(sp *ferryv1.VMSpec, proc *qemu.Process, mon *qmp.Monitor, accel string) {
-	v.spec, v.proc, v.mon, v.accel = sp, proc, mon, accel
+func (v *vm) adopt(sp *ferryv1.VMSpec, proc QEMUProcess, mon *qmp.Monitor, accel string) {
+	v.spec, v.proc, v.mon, v.accel, v.started = sp, proc, mon, accel, time.Now()
 	v.state, v.message, v.stopping = "running", "", false
+	if v.out != nil { // a migration of the previous QEMU: over with it
+		v.out.sub.Close()
+		v.out = nil
+		_ = os.Remove(filepath.Join(v.dir, outgoingFile))
+	}
 	go v.watch(proc, mon)
 }
 
 // launch creates the VM's directory, spec file, disks and taps, starts its
 // QEMU (with -incoming defer when incoming is "defer") and connects to its
 // QMP socket. Each step registers its undo on r.
-func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r *revert.Reverter) (*qemu.Process, *qmp.Monitor, string, error) {
+func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r *revert.Reverter) (QEMUProcess, *qmp.Monitor, string, error) {
 	a := v.a
 	if _, err := os.Stat(v.dir); os.IsNotExist(err) {
 		if err := os.MkdirAll(v.dir, 0o755); err != nil {
@@ -148,7 +154,7 @@ func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r 
 	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile} {
 		_ = os.Remove(p)
 	}
-	proc, err := qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming})
+	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming})
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("start QEMU for VM %s: %w", v.name, err)
 	}
@@ -161,73 +167,8 @@ func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r 
 	return proc, mon, accel, nil
 }
 
-// prepareDisks resolves each disk to an image, creating sized ones.
-func (v *vm) prepareDisks(ctx context.Context, sp *ferryv1.VMSpec, r *revert.Reverter) ([]qemu.Disk, error) {
-	var out []qemu.Disk
-	for i, d := range sp.GetDisks() {
-		field := fmt.Sprintf("spec.disks[%d]", i)
-		format := d.GetFormat()
-		if format == "" {
-			format = "qcow2"
-		}
-		if d.GetPath() != "" {
-			if _, err := os.Stat(d.GetPath()); err != nil {
-				return nil, invalid(field+".path", "%s not found on host %s", d.GetPath(), v.a.cfg.Name)
-			}
-			out = append(out, qemu.Disk{Name: d.GetName(), Path: d.GetPath(), Format: format})
-			continue
-		}
-		path := filepath.Join(v.dir, disksDir, d.GetName()+"."+format)
-		if _, err := os.Stat(path); os.IsNotExist(err) {
-			size, err := spec.ParseSize(d.GetSize())
-			if err != nil {
-				return nil, invalid(field+".size", "%v", err)
-			}
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return nil, fmt.Errorf("create disks dir: %w", err)
-			}
-			cmd := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", format, path, fmt.Sprint(size))
-			if out, err := cmd.CombinedOutput(); err != nil {
-				return nil, fmt.Errorf("%s: qemu-img create: %w: %s", field, err, strings.TrimSpace(string(out)))
-			}
-			r.Add(func() { _ = os.Remove(path) })
-		}
-		out = append(out, qemu.Disk{Name: d.GetName(), Path: path, Format: format})
-	}
-	return out, nil
-}
-
-// prepareTaps creates one tap per NIC on its bridge.
-func (v *vm) prepareTaps(sp *ferryv1.VMSpec, r *revert.Reverter) ([]qemu.NIC, error) {
-	var out []qemu.NIC
-	for i, n := range sp.GetNics() {
-		bridge := n.GetBridge()
-		if bridge == "" {
-			bridge = v.a.cfg.Bridge
-		}
-		if bridge == "" {
-			return nil, invalid(fmt.Sprintf("spec.nics[%d].bridge", i), "empty and host %s has no default bridge: set the bridge or start the agent with --bridge", v.a.cfg.Name)
-		}
-		tap := netdev.TapName(v.name, i)
-		if err := netdev.CreateTap(tap, bridge, 0); err != nil {
-			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("spec.nics[%d]: %w", i, err))
-		}
-		r.Add(func() { _ = netdev.DeleteTap(tap) })
-		out = append(out, qemu.NIC{Tap: tap, MAC: n.GetMac()})
-	}
-	return out, nil
-}
-
-func (v *vm) deleteTaps(sp *ferryv1.VMSpec) {
-	for i := range sp.GetNics() {
-		if err := netdev.DeleteTap(netdev.TapName(v.name, i)); err != nil {
-			v.a.log.Warn("delete tap", "vm", v.name, "err", err)
-		}
-	}
-}
-
 // watch records the end of a QEMU process.
-func (v *vm) watch(proc *qemu.Process, mon *qmp.Monitor) {
+func (v *vm) watch(proc QEMUProcess, mon *qmp.Monitor) {
 	<-proc.Exited()
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -240,7 +181,7 @@ func (v *vm) watch(proc *qemu.Process, mon *qmp.Monitor) {
 		// An arriving VM whose QEMU ended (the source cancelled, or it was
 		// killed) was never this host's: remove every trace of it.
 		v.a.log.Warn("incoming migration ended before the VM ran here; removing it", "vm", v.name, "migration", v.in.id, "detail", logTail(v.paths.StderrLog))
-		v.discardIncomingLocked()
+		v.discardIncomingLocked("ended")
 		return
 	}
 	if v.stopping {
@@ -369,108 +310,11 @@ func (v *vm) statusLocked() *ferryv1.VMStatus {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		if s, err := v.mon.QueryStatus(ctx); err == nil {
 			st.QemuStatus = string(s.Status)
-			if s.Status != "running" {
-				st.State = "paused"
+			if st.State == "running" && s.Status != qmp.RunStateRunning {
+				st.State = "paused" // the record must say what QEMU does
 			}
 		}
 		cancel()
 	}
 	return st
-}
-
-// reattachAll adopts the VMs found in the data dir: a live QEMU is
-// reattached (never restarted), a dead one is reported.
-func (a *Agent) reattachAll(ctx context.Context) error {
-	entries, err := os.ReadDir(a.vmsDir())
-	if err != nil {
-		return fmt.Errorf("read VMs dir: %w", err)
-	}
-	for _, e := range entries {
-		if !e.IsDir() {
-			continue
-		}
-		v := a.newVM(e.Name())
-		sp, err := readSpec(filepath.Join(v.dir, specFile))
-		if err != nil {
-			a.log.Warn("skipping VM dir without a readable spec", "dir", v.dir, "err", err)
-			continue
-		}
-		v.spec = sp
-		a.vms[v.name] = v
-		marker, ierr := os.ReadFile(filepath.Join(v.dir, incomingMarker))
-		arriving := ierr == nil
-		proc, err := qemu.Attach(v.paths)
-		if err != nil {
-			if arriving {
-				// The arrival's QEMU is gone: it never ran here.
-				v.discardIncomingLocked()
-				continue
-			}
-			if _, serr := os.Stat(filepath.Join(v.dir, runningMarker)); serr == nil {
-				v.state, v.message = "failed", "QEMU exited while the agent was not running"+logTail(v.paths.StderrLog)
-				v.deleteTaps(sp)
-			}
-			if !errors.Is(err, qemu.ErrNotRunning) {
-				a.log.Warn("reattach", "vm", v.name, "err", err)
-			}
-			continue
-		}
-		mon, err := qmp.Connect(ctx, v.paths.QMPSocket, qmp.WithLogFile(v.paths.QMPLog), qmp.WithName(v.name))
-		if err != nil {
-			// The QEMU runs but its monitor is unusable: leave it alone and say so.
-			v.state, v.message = "failed", fmt.Sprintf("QEMU pid %d runs but its QMP socket is unusable: %v", proc.PID(), err)
-			a.log.Error("reattach QMP", "vm", v.name, "pid", proc.PID(), "err", err)
-			continue
-		}
-		v.proc, v.mon, v.state = proc, mon, "running"
-		v.accel = accelOf(proc.PID())
-		if arriving {
-			v.reattachIncoming(ctx, string(marker))
-		}
-		go v.watch(proc, mon)
-		a.log.Info("reattached VM", "vm", v.name, "pid", proc.PID(), "arriving", arriving)
-	}
-	return nil
-}
-
-// accelOf reads the accelerator from a QEMU's command line.
-func accelOf(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	if err != nil {
-		return ""
-	}
-	args := strings.Split(string(b), "\x00")
-	for i, s := range args {
-		if s == "-accel" && i+1 < len(args) {
-			return strings.SplitN(args[i+1], ",", 2)[0]
-		}
-	}
-	return ""
-}
-
-func writeSpec(path string, sp *ferryv1.VMSpec) error {
-	b, err := protojson.MarshalOptions{Indent: "  "}.Marshal(sp)
-	if err != nil {
-		return fmt.Errorf("encode spec: %w", err)
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return fmt.Errorf("write spec: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write spec: %w", err)
-	}
-	return nil
-}
-
-func readSpec(path string) (*ferryv1.VMSpec, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	sp := &ferryv1.VMSpec{}
-	if err := protojson.Unmarshal(b, sp); err != nil {
-		return nil, fmt.Errorf("decode %s: %w", path, err)
-	}
-	return sp, nil
 }

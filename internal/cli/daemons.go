@@ -49,5 +49,6 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
 	f.IntVar(&cfg.LogRetention.Count, "keep-logs", agent.DefaultKeepLogs, "archived log sets kept per VM (0 = any number)")
 	f.DurationVar(&cfg.LogRetention.Age, "keep-logs-for", agent.DefaultKeepLogsFor, "how long archived VM logs are kept (0 = forever)")
+	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", agent.OrphanGraceDefault(), "how long a QEMU that no record names may run before the agent stops and removes it (default from "+agent.OrphanGraceEnv+" if set)")
 	return cmd
 }

@@ -136,6 +136,18 @@ func Inject(name string) error {
 	return nil
 }
 
+// Armed reports whether the point called name is armed and has firings
+// left, without firing it: code that must take another path to make room
+// for the point (defer an action so the point can sit before it) asks
+// this first.
+func Armed(name string) bool {
+	mu.Lock()
+	defer mu.Unlock()
+	load()
+	t := terms[name]
+	return t != nil && t.left != 0
+}
+
 func record(name, action, arg string) {
 	p := os.Getenv(LogEnv)
 	if p == "" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/ferryvm/ferry/internal/qmp/qmptest"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -118,8 +119,8 @@ func TestMigrationInfoFromRealQEMU(t *testing.T) {
 			}
 
 			// And through the wire, exactly as QEMU sent it.
-			s := newFakeServer(t)
-			s.HandleStatic("query-migrate", fakeReply{Raw: data})
+			s := qmptest.NewServer(t)
+			s.HandleStatic("query-migrate", qmptest.Reply{Raw: data})
 			m := connectFake(t, s)
 			mi, err := m.QueryMigrate(testCtx(t))
 			if err != nil {
@@ -185,11 +186,11 @@ func TestMigrationParametersFromRealQEMU(t *testing.T) {
 // TestCommandWireFormat checks every typed helper sends QEMU's exact
 // command name and argument object.
 func TestCommandWireFormat(t *testing.T) {
-	s := newFakeServer(t)
+	s := qmptest.NewServer(t)
 	for _, name := range []string{"stop", "cont", "quit", "system_powerdown", "migrate-set-capabilities",
 		"migrate-set-parameters", "migrate", "migrate-incoming", "migrate_cancel", "migrate-continue",
 		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self"} {
-		s.HandleStatic(name, fakeReply{})
+		s.HandleStatic(name, qmptest.Reply{})
 	}
 	m := connectFake(t, s)
 	ctx := testCtx(t)
@@ -265,13 +266,13 @@ func TestCommandWireFormat(t *testing.T) {
 }
 
 func TestTypedQueries(t *testing.T) {
-	s := newFakeServer(t)
-	s.HandleStatic("query-status", fakeReply{Raw: json.RawMessage(`{"status": "inmigrate", "singlestep": false, "running": false}`)})
-	s.HandleStatic("query-version", fakeReply{Raw: json.RawMessage(`{"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}`)})
-	s.HandleStatic("query-migrate-capabilities", fakeReply{Raw: json.RawMessage(`[{"state": false, "capability": "xbzrle"}, {"state": true, "capability": "postcopy-preempt"}]`)})
-	s.HandleStatic("query-dirty-rate", fakeReply{Raw: json.RawMessage(`{"status": "measured", "sample-pages": 512, "dirty-rate": 4, "mode": "page-sampling", "start-time": 1234, "calc-time": 1}`)})
-	s.HandleStatic("query-migrate-parameters", fakeReply{Raw: json.RawMessage(`{"downtime-limit": 300}`)})
-	s.HandleStatic("bad-shape", fakeReply{Raw: json.RawMessage(`[1,2]`)})
+	s := qmptest.NewServer(t)
+	s.HandleStatic("query-status", qmptest.Reply{Raw: json.RawMessage(`{"status": "inmigrate", "singlestep": false, "running": false}`)})
+	s.HandleStatic("query-version", qmptest.Reply{Raw: json.RawMessage(`{"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}`)})
+	s.HandleStatic("query-migrate-capabilities", qmptest.Reply{Raw: json.RawMessage(`[{"state": false, "capability": "xbzrle"}, {"state": true, "capability": "postcopy-preempt"}]`)})
+	s.HandleStatic("query-dirty-rate", qmptest.Reply{Raw: json.RawMessage(`{"status": "measured", "sample-pages": 512, "dirty-rate": 4, "mode": "page-sampling", "start-time": 1234, "calc-time": 1}`)})
+	s.HandleStatic("query-migrate-parameters", qmptest.Reply{Raw: json.RawMessage(`{"downtime-limit": 300}`)})
+	s.HandleStatic("bad-shape", qmptest.Reply{Raw: json.RawMessage(`[1,2]`)})
 	m := connectFake(t, s)
 	ctx := testCtx(t)
 

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/ferryvm/ferry/internal/qmp/qmptest"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,11 +18,11 @@ import (
 	"time"
 )
 
-func connectFake(t *testing.T, s *fakeServer, opts ...Option) *Monitor {
+func connectFake(t *testing.T, s *qmptest.Server, opts ...Option) *Monitor {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	m, err := Connect(ctx, s.path, opts...)
+	m, err := Connect(ctx, s.Path(), opts...)
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
@@ -36,7 +37,7 @@ func testCtx(t *testing.T) context.Context {
 }
 
 func TestHandshake(t *testing.T) {
-	s := newFakeServer(t)
+	s := qmptest.NewServer(t)
 	m := connectFake(t, s)
 
 	v := m.Version()
@@ -81,17 +82,15 @@ func TestConnectFailures(t *testing.T) {
 		}
 	})
 	t.Run("bad greeting", func(t *testing.T) {
-		s := newFakeServer(t, func(s *fakeServer) { s.greeting = `{"hello": "world"}` })
-		_, err := Connect(testCtx(t), s.path)
+		s := qmptest.NewServer(t, qmptest.WithGreeting(`{"hello": "world"}`))
+		_, err := Connect(testCtx(t), s.Path())
 		if !errors.Is(err, ErrHandshake) {
 			t.Fatalf("got %v, want ErrHandshake", err)
 		}
 	})
 	t.Run("capabilities refused", func(t *testing.T) {
-		s := newFakeServer(t, func(s *fakeServer) {
-			s.capsErr = &wireError{Class: ClassCommandNotFound, Desc: "Capabilities negotiation is already complete"}
-		})
-		_, err := Connect(testCtx(t), s.path)
+		s := qmptest.NewServer(t, qmptest.WithCapabilitiesError(&qmptest.Error{Class: ClassCommandNotFound, Desc: "Capabilities negotiation is already complete"}))
+		_, err := Connect(testCtx(t), s.Path())
 		var ce *CommandError
 		if !errors.Is(err, ErrHandshake) || !errors.As(err, &ce) || ce.Command != "qmp_capabilities" {
 			t.Fatalf("got %v, want ErrHandshake wrapping a qmp_capabilities CommandError", err)
@@ -119,16 +118,16 @@ func TestConnectFailures(t *testing.T) {
 }
 
 func TestConcurrentRunsOutOfOrder(t *testing.T) {
-	s := newFakeServer(t)
+	s := qmptest.NewServer(t)
 	// "echo" answers with its arguments after the requested delay, so
 	// replies come back in a different order than the commands were sent.
-	s.Handle("echo", func(args json.RawMessage) fakeReply {
+	s.Handle("echo", func(args json.RawMessage) qmptest.Reply {
 		var a struct {
 			N     int `json:"n"`
 			Delay int `json:"delay"`
 		}
 		_ = json.Unmarshal(args, &a)
-		return fakeReply{Raw: args, Delay: time.Duration(a.Delay) * time.Millisecond}
+		return qmptest.Reply{Raw: args, Delay: time.Duration(a.Delay) * time.Millisecond}
 	})
 	m := connectFake(t, s)
 	ctx := testCtx(t)
@@ -180,7 +179,7 @@ func TestConcurrentRunsOutOfOrder(t *testing.T) {
 }
 
 func TestCommandErrorsMapToSentinels(t *testing.T) {
-	s := newFakeServer(t)
+	s := qmptest.NewServer(t)
 	m := connectFake(t, s)
 	all := []error{ErrGenericError, ErrCommandNotFound, ErrDeviceNotActive, ErrDeviceNotFound, ErrKVMMissingCap}
 	cases := []struct {
@@ -194,7 +193,7 @@ func TestCommandErrorsMapToSentinels(t *testing.T) {
 		{ClassKVMMissingCap, ErrKVMMissingCap},
 	}
 	for _, c := range cases {
-		s.HandleStatic("fail-"+c.class, fakeReply{Err: &wireError{Class: c.class, Desc: "it broke: " + c.class}})
+		s.HandleStatic("fail-"+c.class, qmptest.Reply{Err: &qmptest.Error{Class: c.class, Desc: "it broke: " + c.class}})
 		err := m.Run(testCtx(t), "fail-"+c.class, map[string]any{"x": 1}, nil)
 		for _, sentinel := range all {
 			if got := errors.Is(err, sentinel); got != (sentinel == c.want) {
@@ -213,7 +212,7 @@ func TestCommandErrorsMapToSentinels(t *testing.T) {
 		}
 	}
 	// Unknown classes still produce a CommandError.
-	s.HandleStatic("odd", fakeReply{Err: &wireError{Class: "SomethingNew", Desc: "new"}})
+	s.HandleStatic("odd", qmptest.Reply{Err: &qmptest.Error{Class: "SomethingNew", Desc: "new"}})
 	var ce *CommandError
 	if err := m.Run(testCtx(t), "odd", nil, nil); !errors.As(err, &ce) || errors.Is(err, ErrGenericError) {
 		t.Fatalf("got %v", err)
@@ -225,9 +224,9 @@ func TestCommandErrorsMapToSentinels(t *testing.T) {
 }
 
 func TestContextCancellation(t *testing.T) {
-	s := newFakeServer(t)
-	s.HandleStatic("slow", fakeReply{Return: map[string]string{"who": "slow"}, Delay: 300 * time.Millisecond})
-	s.HandleStatic("fast", fakeReply{Return: map[string]string{"who": "fast"}})
+	s := qmptest.NewServer(t)
+	s.HandleStatic("slow", qmptest.Reply{Return: map[string]string{"who": "slow"}, Delay: 300 * time.Millisecond})
+	s.HandleStatic("fast", qmptest.Reply{Return: map[string]string{"who": "fast"}})
 	m := connectFake(t, s)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
@@ -271,9 +270,9 @@ func TestContextCancellation(t *testing.T) {
 }
 
 func TestEvents(t *testing.T) {
-	s := newFakeServer(t)
-	s.HandleStatic("migrate", fakeReply{Events: []string{fakeEvent(EventMigration, map[string]string{"status": "setup"})}})
-	s.HandleStatic("sync", fakeReply{})
+	s := qmptest.NewServer(t)
+	s.HandleStatic("migrate", qmptest.Reply{Events: []string{qmptest.Event(EventMigration, map[string]string{"status": "setup"})}})
+	s.HandleStatic("sync", qmptest.Reply{})
 	m := connectFake(t, s)
 	ctx := testCtx(t)
 
@@ -368,8 +367,8 @@ func TestEvents(t *testing.T) {
 }
 
 func TestEventBufferDropsOldest(t *testing.T) {
-	s := newFakeServer(t)
-	s.HandleStatic("sync", fakeReply{})
+	s := qmptest.NewServer(t)
+	s.HandleStatic("sync", qmptest.Reply{})
 	m := connectFake(t, s, WithEventBuffer(4))
 	for i := 1; i <= 10; i++ {
 		s.Emit(EventMigrationPass, map[string]int{"pass": i})
@@ -393,8 +392,8 @@ func TestEventBufferDropsOldest(t *testing.T) {
 }
 
 func TestServerDisconnect(t *testing.T) {
-	s := newFakeServer(t)
-	s.HandleStatic("hang", fakeReply{Never: true})
+	s := qmptest.NewServer(t)
+	s.HandleStatic("hang", qmptest.Reply{Never: true})
 	m := connectFake(t, s)
 	sub := m.Subscribe()
 
@@ -447,8 +446,8 @@ func TestServerDisconnect(t *testing.T) {
 }
 
 func TestClose(t *testing.T) {
-	s := newFakeServer(t)
-	s.HandleStatic("hang", fakeReply{Never: true})
+	s := qmptest.NewServer(t)
+	s.HandleStatic("hang", qmptest.Reply{Never: true})
 	m := connectFake(t, s)
 	errc := make(chan error, 1)
 	go func() { errc <- m.Run(context.Background(), "hang", nil, nil) }()
@@ -503,9 +502,9 @@ func parseLog(t *testing.T, data []byte) []logLine {
 }
 
 func TestLogEveryExchange(t *testing.T) {
-	s := newFakeServer(t)
-	s.HandleStatic("query-status", fakeReply{Return: StatusInfo{Status: RunStateRunning, Running: true}})
-	s.HandleStatic("stop", fakeReply{Err: &wireError{Class: ClassGenericError, Desc: "nope"}, Events: []string{fakeEvent(EventStop, nil)}})
+	s := qmptest.NewServer(t)
+	s.HandleStatic("query-status", qmptest.Reply{Return: StatusInfo{Status: RunStateRunning, Running: true}})
+	s.HandleStatic("stop", qmptest.Reply{Err: &qmptest.Error{Class: ClassGenericError, Desc: "nope"}, Events: []string{qmptest.Event(EventStop, nil)}})
 	var buf syncBuffer
 	logPath := filepath.Join(t.TempDir(), "vm1-qmp.log")
 	m := connectFake(t, s, WithLog(&buf), WithLogFile(logPath), WithName("vm1"))

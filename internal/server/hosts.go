@@ -35,7 +35,9 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 		return nil, connectError(err)
 	}
 	h.s.reconcileHost(ctx, host)
-	return connect.NewResponse(&ferryv1.HeartbeatResponse{LeaseTtlSeconds: int64(HostLeaseTTL / time.Second)}), nil
+	resp := &ferryv1.HeartbeatResponse{LeaseTtlSeconds: int64(HostLeaseTTL / time.Second)}
+	h.s.hostExpectation(ctx, host.Name, resp)
+	return connect.NewResponse(resp), nil
 }
 
 // reconcileHost updates the records of VMs owned by host from its report.
@@ -88,8 +90,10 @@ func observedState(st *ferryv1.VMStatus) string {
 	switch {
 	case st == nil:
 		return "failed"
-	case st.State == "running" || st.State == "paused":
+	case st.State == "running":
 		return "running"
+	case st.State == "paused": // the record says what QEMU does
+		return "paused"
 	case st.State == "stopped":
 		return "stopped"
 	default:
@@ -111,10 +115,10 @@ func applyStatus(vm *ferryv1.VM, st *ferryv1.VMStatus) {
 	}
 	vm.Pid = st.Pid
 	vm.Accel = st.Accel
-	if st.StartedAt != nil && next == "running" {
+	if st.StartedAt != nil && (next == "running" || next == "paused") {
 		vm.StartedAt = st.StartedAt
 	}
-	if next == "running" {
+	if next == "running" || next == "paused" {
 		vm.Message = ""
 	} else if st.Message != "" {
 		vm.Message = st.Message

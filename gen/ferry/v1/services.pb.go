@@ -69,8 +69,18 @@ type HeartbeatResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// lease_ttl_seconds is how long the server waits for the next heartbeat.
 	LeaseTtlSeconds int64 `protobuf:"varint,1,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3" json:"lease_ttl_seconds,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// expected_vms are the VMs whose records place them on this host, and
+	// the VMs of inflight_migrations.
+	ExpectedVms []string `protobuf:"bytes,2,rep,name=expected_vms,json=expectedVms,proto3" json:"expected_vms,omitempty"`
+	// inflight_migrations are the ids of the migrations not yet ended whose
+	// source or destination is this host.
+	InflightMigrations []string `protobuf:"bytes,3,rep,name=inflight_migrations,json=inflightMigrations,proto3" json:"inflight_migrations,omitempty"`
+	// authoritative says expected_vms and inflight_migrations are the
+	// leader's complete view: only then may the agent remove a QEMU that no
+	// record names (the orphan reaper); a reply without it never does.
+	Authoritative bool `protobuf:"varint,4,opt,name=authoritative,proto3" json:"authoritative,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
@@ -108,6 +118,27 @@ func (x *HeartbeatResponse) GetLeaseTtlSeconds() int64 {
 		return x.LeaseTtlSeconds
 	}
 	return 0
+}
+
+func (x *HeartbeatResponse) GetExpectedVms() []string {
+	if x != nil {
+		return x.ExpectedVms
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetInflightMigrations() []string {
+	if x != nil {
+		return x.InflightMigrations
+	}
+	return nil
+}
+
+func (x *HeartbeatResponse) GetAuthoritative() bool {
+	if x != nil {
+		return x.Authoritative
+	}
+	return false
 }
 
 type ListHostsRequest struct {
@@ -929,9 +960,12 @@ const file_ferry_v1_services_proto_rawDesc = "" +
 	"\n" +
 	"\x17ferry/v1/services.proto\x12\bferry.v1\x1a\x14ferry/v1/types.proto\"6\n" +
 	"\x10HeartbeatRequest\x12\"\n" +
-	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"?\n" +
+	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"\xb9\x01\n" +
 	"\x11HeartbeatResponse\x12*\n" +
-	"\x11lease_ttl_seconds\x18\x01 \x01(\x03R\x0fleaseTtlSeconds\"\x12\n" +
+	"\x11lease_ttl_seconds\x18\x01 \x01(\x03R\x0fleaseTtlSeconds\x12!\n" +
+	"\fexpected_vms\x18\x02 \x03(\tR\vexpectedVms\x12/\n" +
+	"\x13inflight_migrations\x18\x03 \x03(\tR\x12inflightMigrations\x12$\n" +
+	"\rauthoritative\x18\x04 \x01(\bR\rauthoritative\"\x12\n" +
 	"\x10ListHostsRequest\"9\n" +
 	"\x11ListHostsResponse\x12$\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\"$\n" +
