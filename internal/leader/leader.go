@@ -28,8 +28,9 @@ import (
 const DefaultPrefix = "/ferry/leader"
 
 // DefaultTTL is the lease TTL of a replica's session: a dead leader is
-// replaced within about this long.
-const DefaultTTL = 5 * time.Second
+// replaced within about this long, plus an etcd leader election when the
+// dead replica also held etcd's raft leadership (etcd then extends leases).
+const DefaultTTL = 4 * time.Second
 
 // ErrNoLeader means no replica leads at the moment (between terms, or no
 // replica runs).
