@@ -438,3 +438,94 @@ func TestHALeaderKilledAfterOwnerSwitch(t *testing.T) {
 		t.Errorf("the stream lost or repeated counters: %v", first(stream.anomalies, 10))
 	}
 }
+
+// TestHAFrozenLeaderIsDeposed: the leader is frozen (SIGSTOP) longer than
+// its lease; another replica is elected. Once thawed, the old leader learns
+// it lost the term — its log says so and its engine stopped — and it serves
+// as a follower: the status lists exactly one leader, the new one.
+func TestHAFrozenLeaderIsDeposed(t *testing.T) {
+	c := upClusterWith(t, 1, "--servers", "3", "--leader-ttl", haLeaderTTL)
+	st, _ := c.waitLeader("", 30*time.Second)
+	old := st.Leader
+	var others []string
+	for _, r := range st.Replicas {
+		if r.Name != old {
+			others = append(others, r.Url)
+		}
+	}
+	victim := c.serverProcess(old)
+	if err := syscall.Kill(victim.PID, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			thawed = true
+			_ = syscall.Kill(victim.PID, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(thaw)
+	// A frozen server accepts connections but never answers: ask the others.
+	var nst *ferryv1.ClusterStatus
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s, err := c.serverStatus(strings.Join(others, ","))
+		if err == nil && s.Leader != "" && s.Leader != old {
+			nst = s
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no new leader 20s after freezing %s: %v %v", old, s, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("MEASURED: %s leads %s after %s was frozen", nst.Leader, time.Since(frozen).Round(time.Millisecond), old)
+	time.Sleep(time.Second)
+	thaw()
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		b, _ := os.ReadFile(serverLogOf(c, old))
+		if strings.Contains(string(b), `msg="leadership ended: writes fenced off, engine cancelled"`) &&
+			strings.Contains(string(b), `msg="engine stopped"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("thawed %s never logged the end of its term:\n%s", old, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		s, err := c.serverStatus(c.serverURLOf(old))
+		if err == nil {
+			leaders, oldRole := 0, ""
+			for _, r := range s.Replicas {
+				if r.Role == "leader" {
+					leaders++
+				}
+				if r.Name == old {
+					oldRole = r.Role
+				}
+			}
+			if s.Leader == nst.Leader && leaders == 1 && oldRole == "follower" {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the thaw, status through %s = %v, %v; want leader %s, %s a follower", old, s, err, nst.Leader, old)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// serverURLOf returns replica name's API address from its process.
+func (c *cluster) serverURLOf(name string) string {
+	c.t.Helper()
+	p := c.serverProcess(name)
+	i := slices.Index(p.Argv, "--listen")
+	if i < 0 || i+1 >= len(p.Argv) {
+		c.t.Fatalf("replica %s has no --listen: %v", name, p.Argv)
+	}
+	return p.Argv[i+1]
+}
