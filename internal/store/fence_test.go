@@ -3,12 +3,15 @@ package store_test
 import (
 	"context"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/etcdembed"
 	"github.com/ferryvm/ferry/internal/store"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // TestFencedWrites: while the fence's key exists with its revision every
@@ -43,7 +46,7 @@ func TestFencedWrites(t *testing.T) {
 	if err := s.CreateVM(ctx, vm("v", "h2")); !errors.Is(err, store.ErrExists) {
 		t.Fatalf("second create under a valid fence: %v, want ErrExists", err)
 	}
-	if err := s.PutMigration(ctx, &ferryv1.Migration{Id: "m1", Vm: "v", State: "transferring"}); err != nil {
+	if err := putMigration(ctx, s, "m1", "v", "transferring"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -60,7 +63,7 @@ func TestFencedWrites(t *testing.T) {
 		"create":  s.CreateVM(ctx, vm("w", "h1")),
 		"swap":    s.SwapVM(ctx, vm("v", "h2"), before.Generation),
 		"delete":  s.DeleteVM(ctx, "v"),
-		"migrate": s.PutMigration(ctx, &ferryv1.Migration{Id: "m1", Vm: "v", State: "failed"}),
+		"migrate": putMigration(ctx, s, "m1", "v", "failed"),
 	}
 	_, err = s.UpdateVM(ctx, "v", true, func(v *ferryv1.VM) error { v.State = "stopped"; return nil })
 	checks["update"] = err
@@ -76,8 +79,8 @@ func TestFencedWrites(t *testing.T) {
 	if _, err := s.GetVM(ctx, "w"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("VM created by a deposed leader exists: %v", err)
 	}
-	if m, _ := s.GetMigration(ctx, "m1"); m.State != "transferring" {
-		t.Fatalf("migration written by a deposed leader: state %q", m.State)
+	if st := migrationState(ctx, t, s, "m1"); st != "transferring" {
+		t.Fatalf("migration written by a deposed leader: state %q", st)
 	}
 	if err := s.PutHost(ctx, &ferryv1.Host{Name: "h1", Address: "x"}, 5*time.Second); err != nil {
 		t.Fatalf("heartbeat must stay unfenced: %v", err)
@@ -92,4 +95,30 @@ func TestFencedWrites(t *testing.T) {
 	if err := s.CreateVM(ctx, vm("w", "h1")); err != nil {
 		t.Fatalf("create unfenced: %v", err)
 	}
+}
+
+// The migration record's message type belongs to the engine and changes
+// with it; these helpers build and read it through reflection on the
+// store's PutMigration/GetMigration (every version has id, vm and state).
+func putMigration(ctx context.Context, s *store.Etcd, id, vm, state string) error {
+	put := reflect.ValueOf(s).MethodByName("PutMigration")
+	msg := reflect.New(put.Type().In(1).Elem()).Interface().(proto.Message)
+	r := msg.ProtoReflect()
+	fs := r.Descriptor().Fields()
+	r.Set(fs.ByName("id"), protoreflect.ValueOfString(id))
+	r.Set(fs.ByName("vm"), protoreflect.ValueOfString(vm))
+	r.Set(fs.ByName("state"), protoreflect.ValueOfString(state))
+	out := put.Call([]reflect.Value{reflect.ValueOf(ctx), reflect.ValueOf(msg)})
+	err, _ := out[0].Interface().(error)
+	return err
+}
+
+func migrationState(ctx context.Context, t *testing.T, s *store.Etcd, id string) string {
+	t.Helper()
+	out := reflect.ValueOf(s).MethodByName("GetMigration").Call([]reflect.Value{reflect.ValueOf(ctx), reflect.ValueOf(id)})
+	if err, _ := out[1].Interface().(error); err != nil {
+		t.Fatalf("get migration %s: %v", id, err)
+	}
+	r := out[0].Interface().(proto.Message).ProtoReflect()
+	return r.Get(r.Descriptor().Fields().ByName("state")).String()
 }
