@@ -78,6 +78,9 @@ type Agent struct {
 
 	accelMu   sync.Mutex
 	autoAccel string // what auto resolves to on this host, once known
+
+	capsMu   sync.Mutex
+	qemuCaps *ferryv1.HostQEMU // probed at start (qemucaps.go)
 }
 
 // New validates cfg and returns an Agent; Run starts it.
@@ -184,6 +187,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Accel == "auto" {
 		go a.probeAccel(ctx)
 	}
+	a.probeQEMU(ctx)
 	go a.heartbeatLoop(ctx, advertise)
 	go a.sweepLogsLoop(ctx)
 
@@ -294,7 +298,7 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 		vms = append(vms, v)
 	}
 	a.mu.Unlock()
-	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity()}
+	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU()}
 	a.accelMu.Lock()
 	h.Accel = a.autoAccel
 	a.accelMu.Unlock()

@@ -63,6 +63,14 @@ func (s *migrationService) StartOutgoing(ctx context.Context, req *connect.Reque
 
 func (s *migrationService) QueryOutgoing(ctx context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.OutgoingStatusResponse], error) {
 	v, out, err := s.a.outgoingFor(req.Msg.Name, req.Msg.MigrationId)
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		// The contract: a VM whose QEMU lives here but that has no such
+		// outgoing migration answers status "none"; NotFound means the
+		// VM (its QEMU) is not here.
+		if st, ok := s.a.noOutgoing(ctx, req.Msg.Name); ok {
+			return connect.NewResponse(&agentv1.OutgoingStatusResponse{Status: st}), nil
+		}
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -276,6 +276,27 @@ func (v *vm) outgoingStatus(ctx context.Context) (*agentv1.OutgoingStatus, error
 	return st, nil
 }
 
+// noOutgoing is QueryOutgoing's answer for a VM that runs here without the
+// asked-for outgoing migration: status "none" and its QEMU's run state. ok
+// is false when the VM or its QEMU is not here.
+func (a *Agent) noOutgoing(ctx context.Context, name string) (*agentv1.OutgoingStatus, bool) {
+	v, found := a.find(name)
+	if !found {
+		return nil, false
+	}
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil, false
+	}
+	s, err := mon.QueryStatus(ctx)
+	if err != nil {
+		return nil, false
+	}
+	return &agentv1.OutgoingStatus{Status: string(qmp.MigrationStatusNone), QemuStatus: string(s.Status)}, true
+}
+
 // outgoingFor returns the VM leaving by migration id.
 func (a *Agent) outgoingFor(name, id string) (*vm, *outgoing, error) {
 	v, err := a.lookup(name)

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -87,8 +88,15 @@ func (v *vm) deleteTaps(sp *ferryv1.VMSpec) {
 // removal of a VM's directory goes through here.
 func (v *vm) removeDir(keepLocal bool, why string) error {
 	_ = keepLocal // every image goes for now: the disk-keeping rule is vmops' (removeVMDir)
-	if err := os.RemoveAll(v.dir); err != nil {
-		return fmt.Errorf("remove VM dir %s (%s): %w", v.dir, why, err)
+	// A record write racing the removal (an event saved as the QEMU quits)
+	// can add a file after RemoveAll listed the directory: try again, a
+	// bounded number of times.
+	var err error
+	for range 5 {
+		if err = os.RemoveAll(v.dir); err == nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	return nil
+	return fmt.Errorf("remove VM dir %s (%s): %w", v.dir, why, err)
 }

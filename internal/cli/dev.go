@@ -15,7 +15,7 @@ import (
 func newDevCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "dev", Short: "Developer tools: a multi-host cluster on one machine, the demo"}
 	cluster := &cobra.Command{Use: "cluster", Short: "Create or remove a namespaced multi-host cluster on this machine"}
-	cluster.AddCommand(newDevClusterUpCmd(g), newDevClusterDownCmd())
+	cluster.AddCommand(newDevClusterUpCmd(g), newDevClusterDownCmd(), newDevClusterLinkCmd(g), newDevClusterLinkForwarderCmd())
 	cmd.AddCommand(cluster, newDevDemoCmd(g))
 	return cmd
 }

@@ -28,18 +28,18 @@ func newHostCmd(g *globals) *cobra.Command {
 			for _, h := range resp.Msg.Hosts {
 				c := h.GetCapacity()
 				rows = append(rows, []string{
-					h.Name, h.State, orDash(h.Accel),
+					h.Name, h.State, orDash(h.Accel), orDash(h.GetQemu().GetVersion()),
 					fmt.Sprintf("%d/%d", c.GetAllocatedVcpus(), c.GetCpus()),
 					fmt.Sprintf("%d/%d MiB", c.GetAllocatedMemoryMib(), c.GetMemoryMib()),
 					fmt.Sprint(c.GetVms()), orDash(h.MigrationIp), age(h.LastSeen, now) + " ago",
 				})
 			}
-			return table(g.stdout, []string{"NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "VMS", "MIGRATION-IP", "LAST-SEEN"}, rows)
+			return table(g.stdout, []string{"NAME", "STATE", "ACCEL", "QEMU", "VCPUS", "MEMORY", "VMS", "MIGRATION-IP", "LAST-SEEN"}, rows)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
 		Use:   "get NAME",
-		Short: "Show one host",
+		Short: "Show one host as JSON (capacity, VMs, its QEMU's version and capabilities)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			resp, err := g.hosts().GetHost(cmd.Context(), connect.NewRequest(&ferryv1.GetHostRequest{Name: args[0]}))

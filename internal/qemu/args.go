@@ -16,8 +16,10 @@ import (
 )
 
 // DefaultMachineType is the explicit, versioned machine type used when
-// Config.MachineType is empty. A versioned type (not the "q35" alias) keeps
-// the guest ABI identical on both ends of a migration.
+// neither Config.MachineType nor the spec's machineType (pinned by the
+// server at create time) is set, i.e. for VMs created before pinning. A
+// versioned type (not the "q35" alias) keeps the guest ABI identical on
+// both ends of a migration.
 const DefaultMachineType = "pc-q35-7.2"
 
 // maxSocketPath is the longest AF_UNIX path (sun_path is 108 bytes with
@@ -73,7 +75,7 @@ type Config struct {
 	Disks       []Disk // one per spec.disks entry, same order
 	NICs        []NIC  // one per spec.nics entry, same order
 	Incoming    string // "" or "defer" (destination of a migration)
-	MachineType string // default DefaultMachineType
+	MachineType string // overrides Spec.MachineType; default DefaultMachineType
 }
 
 // prop is one key=value of an option; an empty key renders the value alone.
@@ -153,7 +155,10 @@ func options(cfg Config) ([]option, error) {
 	}
 	machine := cfg.MachineType
 	if machine == "" {
-		machine = DefaultMachineType
+		machine = s.MachineType // pinned by the server at create time
+	}
+	if machine == "" {
+		machine = DefaultMachineType // VMs created before pinning
 	}
 	if !machineRE.MatchString(machine) {
 		return nil, fmt.Errorf("qemu: Config.MachineType: must be a QEMU machine type like %s, got %q", DefaultMachineType, machine)

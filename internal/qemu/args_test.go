@@ -27,6 +27,8 @@ func twoDiskSpec() *ferryv1.VMSpec {
 		Boot:  &ferryv1.BootSpec{Kernel: "/boot/vmlinuz", Initrd: "/boot/initrd.img", Cmdline: "console=ttyS0 root=/dev/vda1"},
 		Disks: []*ferryv1.DiskSpec{{Name: "root", Path: "/images/db-root.qcow2"}, {Size: "10GiB", Format: "raw"}},
 		Nics:  []*ferryv1.NICSpec{{}, {Mac: "52:54:00:AB:CD:EF", Bridge: "br1"}},
+		// Pinned at create time on a QEMU 10.0 host.
+		MachineType: "pc-q35-10.0",
 	}
 }
 

@@ -168,6 +168,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.Strategy != "cold" && dst.MigrationIp == "" {
 		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip)", dst.Name)
 	}
+	if err := checkHostPair(vm, dst); err != nil { // compat.go
+		return nil, nil, err
+	}
 	for i, d := range vm.Spec.GetDisks() {
 		if !d.GetShared() {
 			return nil, nil, precondition("spec.disks[%d] (%s) is not shared: moving local disks needs storage migration, which Ferry does not do yet; mark the disk shared: true if both hosts see it at the same path", i, d.GetName())

@@ -54,6 +54,9 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 	if err != nil {
 		return nil, err
 	}
+	if err := pinMachineType(sp, host); err != nil { // compat.go
+		return nil, err
+	}
 	desired := "running"
 	if req.Msg.NoStart {
 		desired = "stopped"

@@ -252,6 +252,8 @@ func TestValidateRules(t *testing.T) {
 		{"memory zero", func(s *ferryv1.VMSpec) { s.MemoryMib = 0 }, "spec.memoryMiB", "must be >= 64, got 0"},
 		{"memory small", func(s *ferryv1.VMSpec) { s.MemoryMib = 63 }, "spec.memoryMiB", "must be >= 64, got 63"},
 		{"accel", func(s *ferryv1.VMSpec) { s.Accel = "xen" }, "spec.accel", `must be one of auto, kvm, tcg, got "xen"`},
+		{"machine type with options", func(s *ferryv1.VMSpec) { s.MachineType = "q35,accel=kvm" }, "spec.machineType",
+			`must be a QEMU machine type such as pc-q35-10.0 or the alias q35 (lowercase letters, digits, '.', '-', '_', no options), got "q35,accel=kvm"`},
 		{"boot missing", func(s *ferryv1.VMSpec) { s.Boot = nil }, "spec.boot",
 			"is required: set either kernel (with optional initrd, cmdline) or disk"},
 		{"boot both", func(s *ferryv1.VMSpec) { s.Boot.Disk = "root" }, "spec.boot",
@@ -342,7 +344,9 @@ func TestValidateAcceptsGoodVariants(t *testing.T) {
 		"limits": func(s *ferryv1.VMSpec) {
 			s.Vcpus, s.MemoryMib, s.MaxDowntimeMs, s.Name = 64, 64, 60000, strings.Repeat("a", 63)
 		},
-		"accel values": func(s *ferryv1.VMSpec) { s.Accel = "kvm" },
+		"accel values":        func(s *ferryv1.VMSpec) { s.Accel = "kvm" },
+		"machine type pinned": func(s *ferryv1.VMSpec) { s.MachineType = "pc-q35-10.0" },
+		"machine type alias":  func(s *ferryv1.VMSpec) { s.MachineType = "q35" },
 		"one char name": func(s *ferryv1.VMSpec) {
 			s.Name = "a"
 		},

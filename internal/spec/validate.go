@@ -26,11 +26,12 @@ const (
 )
 
 var (
-	dnsLabelRE  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-	diskNameRE  = regexp.MustCompile(`^[a-z][-a-z0-9]*$`)
-	macRE       = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
-	cpuModelRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
-	ifaceNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+	dnsLabelRE    = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+	diskNameRE    = regexp.MustCompile(`^[a-z][-a-z0-9]*$`)
+	macRE         = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
+	cpuModelRE    = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+	machineTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+	ifaceNameRE   = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
 )
 
 // Validate checks every field of s and returns nil or a *ValidationError
@@ -58,6 +59,9 @@ func Validate(s *ferryv1.VMSpec) error {
 	validateNICs(&c, s.Nics)
 	if s.CpuModel != "" && !cpuModelRE.MatchString(s.CpuModel) {
 		c.add("spec.cpuModel", "must be a QEMU CPU model name (letters, digits, '-', '_', '.', at most 64 chars, no options), got %q", s.CpuModel)
+	}
+	if s.MachineType != "" && !machineTypeRE.MatchString(s.MachineType) {
+		c.add("spec.machineType", "must be a QEMU machine type such as pc-q35-10.0 or the alias q35 (lowercase letters, digits, '.', '-', '_', no options), got %q", s.MachineType)
 	}
 	switch s.Accel {
 	case "", "auto", "kvm", "tcg":

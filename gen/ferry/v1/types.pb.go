@@ -44,6 +44,11 @@ type VMSpec struct {
 	Accel string `protobuf:"bytes,8,opt,name=accel,proto3" json:"accel,omitempty"`
 	// max_downtime_ms is the downtime target for live migrations of this VM.
 	MaxDowntimeMs int64 `protobuf:"varint,9,opt,name=max_downtime_ms,json=maxDowntimeMs,proto3" json:"max_downtime_ms,omitempty"`
+	// machine_type is the VM's versioned QEMU machine type (e.g. pc-q35-10.0).
+	// The server pins it at create time, resolving the alias q35 (or the one
+	// given) on the chosen host, so the VM never follows a moving alias.
+	// Empty in VMs created before it existed: those run pc-q35-7.2.
+	MachineType   string `protobuf:"bytes,10,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -139,6 +144,13 @@ func (x *VMSpec) GetMaxDowntimeMs() int64 {
 		return x.MaxDowntimeMs
 	}
 	return 0
+}
+
+func (x *VMSpec) GetMachineType() string {
+	if x != nil {
+		return x.MachineType
+	}
+	return ""
 }
 
 // BootSpec is either a direct kernel boot (kernel, initrd, cmdline) or a
@@ -714,7 +726,9 @@ type Host struct {
 	// migration_ip is the address other hosts reach for migration traffic.
 	MigrationIp string `protobuf:"bytes,8,opt,name=migration_ip,json=migrationIp,proto3" json:"migration_ip,omitempty"`
 	// accel is the accelerator auto resolves to on this host.
-	Accel         string `protobuf:"bytes,9,opt,name=accel,proto3" json:"accel,omitempty"`
+	Accel string `protobuf:"bytes,9,opt,name=accel,proto3" json:"accel,omitempty"`
+	// qemu is what the host's QEMU binary offers, probed by the agent at start.
+	Qemu          *HostQEMU `protobuf:"bytes,10,opt,name=qemu,proto3" json:"qemu,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -812,6 +826,323 @@ func (x *Host) GetAccel() string {
 	return ""
 }
 
+func (x *Host) GetQemu() *HostQEMU {
+	if x != nil {
+		return x.Qemu
+	}
+	return nil
+}
+
+// HostQEMU describes a host's QEMU binary (agent probe at start, cached by
+// path and modification time).
+type HostQEMU struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// binary is the path of the QEMU system emulator.
+	Binary string `protobuf:"bytes,1,opt,name=binary,proto3" json:"binary,omitempty"`
+	// version is major.minor.micro, e.g. 10.0.2.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// package is the distribution's package version string.
+	Package   string          `protobuf:"bytes,3,opt,name=package,proto3" json:"package,omitempty"`
+	Machines  []*QEMUMachine  `protobuf:"bytes,4,rep,name=machines,proto3" json:"machines,omitempty"`
+	CpuModels []*QEMUCPUModel `protobuf:"bytes,5,rep,name=cpu_models,json=cpuModels,proto3" json:"cpu_models,omitempty"`
+	// migration_capabilities are the names query-migrate-capabilities lists.
+	MigrationCapabilities []string `protobuf:"bytes,6,rep,name=migration_capabilities,json=migrationCapabilities,proto3" json:"migration_capabilities,omitempty"`
+	// migration_parameters are the members migrate-set-parameters accepts.
+	MigrationParameters []string `protobuf:"bytes,7,rep,name=migration_parameters,json=migrationParameters,proto3" json:"migration_parameters,omitempty"`
+	// devices are the device types Ferry uses that the binary has.
+	Devices []string `protobuf:"bytes,8,rep,name=devices,proto3" json:"devices,omitempty"`
+	// features are the optional Ferry features this QEMU supports
+	// (postcopy-preempt, multifd-zero-page-detection, ...).
+	Features []string `protobuf:"bytes,9,rep,name=features,proto3" json:"features,omitempty"`
+	// probe_ms is how long the probe took (0 when read from the cache).
+	ProbeMs int64 `protobuf:"varint,10,opt,name=probe_ms,json=probeMs,proto3" json:"probe_ms,omitempty"`
+	// probe_error is set when the probe failed; the other fields are empty.
+	ProbeError string `protobuf:"bytes,11,opt,name=probe_error,json=probeError,proto3" json:"probe_error,omitempty"`
+	// probe_accel is the accelerator cpu_models[].usable refers to.
+	ProbeAccel string `protobuf:"bytes,12,opt,name=probe_accel,json=probeAccel,proto3" json:"probe_accel,omitempty"`
+	// cached is true when the capabilities came from the agent's cache.
+	Cached        bool `protobuf:"varint,13,opt,name=cached,proto3" json:"cached,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostQEMU) Reset() {
+	*x = HostQEMU{}
+	mi := &file_ferry_v1_types_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostQEMU) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostQEMU) ProtoMessage() {}
+
+func (x *HostQEMU) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_types_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostQEMU.ProtoReflect.Descriptor instead.
+func (*HostQEMU) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_types_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *HostQEMU) GetBinary() string {
+	if x != nil {
+		return x.Binary
+	}
+	return ""
+}
+
+func (x *HostQEMU) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *HostQEMU) GetPackage() string {
+	if x != nil {
+		return x.Package
+	}
+	return ""
+}
+
+func (x *HostQEMU) GetMachines() []*QEMUMachine {
+	if x != nil {
+		return x.Machines
+	}
+	return nil
+}
+
+func (x *HostQEMU) GetCpuModels() []*QEMUCPUModel {
+	if x != nil {
+		return x.CpuModels
+	}
+	return nil
+}
+
+func (x *HostQEMU) GetMigrationCapabilities() []string {
+	if x != nil {
+		return x.MigrationCapabilities
+	}
+	return nil
+}
+
+func (x *HostQEMU) GetMigrationParameters() []string {
+	if x != nil {
+		return x.MigrationParameters
+	}
+	return nil
+}
+
+func (x *HostQEMU) GetDevices() []string {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+func (x *HostQEMU) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *HostQEMU) GetProbeMs() int64 {
+	if x != nil {
+		return x.ProbeMs
+	}
+	return 0
+}
+
+func (x *HostQEMU) GetProbeError() string {
+	if x != nil {
+		return x.ProbeError
+	}
+	return ""
+}
+
+func (x *HostQEMU) GetProbeAccel() string {
+	if x != nil {
+		return x.ProbeAccel
+	}
+	return ""
+}
+
+func (x *HostQEMU) GetCached() bool {
+	if x != nil {
+		return x.Cached
+	}
+	return false
+}
+
+// QEMUMachine is one machine type of a host's QEMU.
+type QEMUMachine struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// alias is the moving name pointing at this type (q35, pc).
+	Alias         string `protobuf:"bytes,2,opt,name=alias,proto3" json:"alias,omitempty"`
+	Default       bool   `protobuf:"varint,3,opt,name=default,proto3" json:"default,omitempty"`
+	Deprecated    bool   `protobuf:"varint,4,opt,name=deprecated,proto3" json:"deprecated,omitempty"`
+	CpuMax        int32  `protobuf:"varint,5,opt,name=cpu_max,json=cpuMax,proto3" json:"cpu_max,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QEMUMachine) Reset() {
+	*x = QEMUMachine{}
+	mi := &file_ferry_v1_types_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QEMUMachine) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QEMUMachine) ProtoMessage() {}
+
+func (x *QEMUMachine) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_types_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QEMUMachine.ProtoReflect.Descriptor instead.
+func (*QEMUMachine) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_types_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *QEMUMachine) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QEMUMachine) GetAlias() string {
+	if x != nil {
+		return x.Alias
+	}
+	return ""
+}
+
+func (x *QEMUMachine) GetDefault() bool {
+	if x != nil {
+		return x.Default
+	}
+	return false
+}
+
+func (x *QEMUMachine) GetDeprecated() bool {
+	if x != nil {
+		return x.Deprecated
+	}
+	return false
+}
+
+func (x *QEMUMachine) GetCpuMax() int32 {
+	if x != nil {
+		return x.CpuMax
+	}
+	return 0
+}
+
+// QEMUCPUModel is one CPU model of a host's QEMU.
+type QEMUCPUModel struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	AliasOf string                 `protobuf:"bytes,2,opt,name=alias_of,json=aliasOf,proto3" json:"alias_of,omitempty"`
+	// usable is false when the model lacks CPU features under probe_accel.
+	Usable        bool `protobuf:"varint,3,opt,name=usable,proto3" json:"usable,omitempty"`
+	MigrationSafe bool `protobuf:"varint,4,opt,name=migration_safe,json=migrationSafe,proto3" json:"migration_safe,omitempty"`
+	Deprecated    bool `protobuf:"varint,5,opt,name=deprecated,proto3" json:"deprecated,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QEMUCPUModel) Reset() {
+	*x = QEMUCPUModel{}
+	mi := &file_ferry_v1_types_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QEMUCPUModel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QEMUCPUModel) ProtoMessage() {}
+
+func (x *QEMUCPUModel) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_types_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QEMUCPUModel.ProtoReflect.Descriptor instead.
+func (*QEMUCPUModel) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_types_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *QEMUCPUModel) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *QEMUCPUModel) GetAliasOf() string {
+	if x != nil {
+		return x.AliasOf
+	}
+	return ""
+}
+
+func (x *QEMUCPUModel) GetUsable() bool {
+	if x != nil {
+		return x.Usable
+	}
+	return false
+}
+
+func (x *QEMUCPUModel) GetMigrationSafe() bool {
+	if x != nil {
+		return x.MigrationSafe
+	}
+	return false
+}
+
+func (x *QEMUCPUModel) GetDeprecated() bool {
+	if x != nil {
+		return x.Deprecated
+	}
+	return false
+}
+
 // FieldViolation names one bad field of a request and how to fix it.
 type FieldViolation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -823,7 +1154,7 @@ type FieldViolation struct {
 
 func (x *FieldViolation) Reset() {
 	*x = FieldViolation{}
-	mi := &file_ferry_v1_types_proto_msgTypes[8]
+	mi := &file_ferry_v1_types_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -835,7 +1166,7 @@ func (x *FieldViolation) String() string {
 func (*FieldViolation) ProtoMessage() {}
 
 func (x *FieldViolation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_types_proto_msgTypes[8]
+	mi := &file_ferry_v1_types_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -848,7 +1179,7 @@ func (x *FieldViolation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FieldViolation.ProtoReflect.Descriptor instead.
 func (*FieldViolation) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_types_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_types_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FieldViolation) GetField() string {
@@ -875,7 +1206,7 @@ type BadRequest struct {
 
 func (x *BadRequest) Reset() {
 	*x = BadRequest{}
-	mi := &file_ferry_v1_types_proto_msgTypes[9]
+	mi := &file_ferry_v1_types_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1218,7 @@ func (x *BadRequest) String() string {
 func (*BadRequest) ProtoMessage() {}
 
 func (x *BadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_types_proto_msgTypes[9]
+	mi := &file_ferry_v1_types_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1231,7 @@ func (x *BadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BadRequest.ProtoReflect.Descriptor instead.
 func (*BadRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_types_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_types_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BadRequest) GetViolations() []*FieldViolation {
@@ -914,7 +1245,7 @@ var File_ferry_v1_types_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x02\n" +
+	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n" +
 	"\x06VMSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05vcpus\x18\x02 \x01(\x05R\x05vcpus\x12\x1d\n" +
@@ -925,7 +1256,9 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x04nics\x18\x06 \x03(\v2\x11.ferry.v1.NICSpecR\x04nics\x12\x1b\n" +
 	"\tcpu_model\x18\a \x01(\tR\bcpuModel\x12\x14\n" +
 	"\x05accel\x18\b \x01(\tR\x05accel\x12&\n" +
-	"\x0fmax_downtime_ms\x18\t \x01(\x03R\rmaxDowntimeMs\"h\n" +
+	"\x0fmax_downtime_ms\x18\t \x01(\x03R\rmaxDowntimeMs\x12!\n" +
+	"\fmachine_type\x18\n" +
+	" \x01(\tR\vmachineType\"h\n" +
 	"\bBootSpec\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x16\n" +
 	"\x06initrd\x18\x02 \x01(\tR\x06initrd\x12\x18\n" +
@@ -980,7 +1313,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x03vms\x18\x03 \x01(\x05R\x03vms\x12'\n" +
 	"\x0fallocated_vcpus\x18\x04 \x01(\x05R\x0eallocatedVcpus\x120\n" +
 	"\x14allocated_memory_mib\x18\x05 \x01(\x03R\x12allocatedMemoryMib\x12&\n" +
-	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\"\xd7\x02\n" +
+	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\"\xff\x02\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -990,7 +1323,43 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\rregistered_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fregisteredAt\x127\n" +
 	"\tlast_seen\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12!\n" +
 	"\fmigration_ip\x18\b \x01(\tR\vmigrationIp\x12\x14\n" +
-	"\x05accel\x18\t \x01(\tR\x05accel\"H\n" +
+	"\x05accel\x18\t \x01(\tR\x05accel\x12&\n" +
+	"\x04qemu\x18\n" +
+	" \x01(\v2\x12.ferry.v1.HostQEMUR\x04qemu\"\xd5\x03\n" +
+	"\bHostQEMU\x12\x16\n" +
+	"\x06binary\x18\x01 \x01(\tR\x06binary\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
+	"\apackage\x18\x03 \x01(\tR\apackage\x121\n" +
+	"\bmachines\x18\x04 \x03(\v2\x15.ferry.v1.QEMUMachineR\bmachines\x125\n" +
+	"\n" +
+	"cpu_models\x18\x05 \x03(\v2\x16.ferry.v1.QEMUCPUModelR\tcpuModels\x125\n" +
+	"\x16migration_capabilities\x18\x06 \x03(\tR\x15migrationCapabilities\x121\n" +
+	"\x14migration_parameters\x18\a \x03(\tR\x13migrationParameters\x12\x18\n" +
+	"\adevices\x18\b \x03(\tR\adevices\x12\x1a\n" +
+	"\bfeatures\x18\t \x03(\tR\bfeatures\x12\x19\n" +
+	"\bprobe_ms\x18\n" +
+	" \x01(\x03R\aprobeMs\x12\x1f\n" +
+	"\vprobe_error\x18\v \x01(\tR\n" +
+	"probeError\x12\x1f\n" +
+	"\vprobe_accel\x18\f \x01(\tR\n" +
+	"probeAccel\x12\x16\n" +
+	"\x06cached\x18\r \x01(\bR\x06cached\"\x8a\x01\n" +
+	"\vQEMUMachine\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05alias\x18\x02 \x01(\tR\x05alias\x12\x18\n" +
+	"\adefault\x18\x03 \x01(\bR\adefault\x12\x1e\n" +
+	"\n" +
+	"deprecated\x18\x04 \x01(\bR\n" +
+	"deprecated\x12\x17\n" +
+	"\acpu_max\x18\x05 \x01(\x05R\x06cpuMax\"\x9c\x01\n" +
+	"\fQEMUCPUModel\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x19\n" +
+	"\balias_of\x18\x02 \x01(\tR\aaliasOf\x12\x16\n" +
+	"\x06usable\x18\x03 \x01(\bR\x06usable\x12%\n" +
+	"\x0emigration_safe\x18\x04 \x01(\bR\rmigrationSafe\x12\x1e\n" +
+	"\n" +
+	"deprecated\x18\x05 \x01(\bR\n" +
+	"deprecated\"H\n" +
 	"\x0eFieldViolation\x12\x14\n" +
 	"\x05field\x18\x01 \x01(\tR\x05field\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"F\n" +
@@ -1012,7 +1381,7 @@ func file_ferry_v1_types_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_types_proto_rawDescData
 }
 
-var file_ferry_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_ferry_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ferry_v1_types_proto_goTypes = []any{
 	(*VMSpec)(nil),                // 0: ferry.v1.VMSpec
 	(*BootSpec)(nil),              // 1: ferry.v1.BootSpec
@@ -1022,28 +1391,34 @@ var file_ferry_v1_types_proto_goTypes = []any{
 	(*VMStatus)(nil),              // 5: ferry.v1.VMStatus
 	(*HostCapacity)(nil),          // 6: ferry.v1.HostCapacity
 	(*Host)(nil),                  // 7: ferry.v1.Host
-	(*FieldViolation)(nil),        // 8: ferry.v1.FieldViolation
-	(*BadRequest)(nil),            // 9: ferry.v1.BadRequest
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*HostQEMU)(nil),              // 8: ferry.v1.HostQEMU
+	(*QEMUMachine)(nil),           // 9: ferry.v1.QEMUMachine
+	(*QEMUCPUModel)(nil),          // 10: ferry.v1.QEMUCPUModel
+	(*FieldViolation)(nil),        // 11: ferry.v1.FieldViolation
+	(*BadRequest)(nil),            // 12: ferry.v1.BadRequest
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
 }
 var file_ferry_v1_types_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.VMSpec.boot:type_name -> ferry.v1.BootSpec
 	2,  // 1: ferry.v1.VMSpec.disks:type_name -> ferry.v1.DiskSpec
 	3,  // 2: ferry.v1.VMSpec.nics:type_name -> ferry.v1.NICSpec
 	0,  // 3: ferry.v1.VM.spec:type_name -> ferry.v1.VMSpec
-	10, // 4: ferry.v1.VM.created_at:type_name -> google.protobuf.Timestamp
-	10, // 5: ferry.v1.VM.started_at:type_name -> google.protobuf.Timestamp
-	10, // 6: ferry.v1.VMStatus.started_at:type_name -> google.protobuf.Timestamp
+	13, // 4: ferry.v1.VM.created_at:type_name -> google.protobuf.Timestamp
+	13, // 5: ferry.v1.VM.started_at:type_name -> google.protobuf.Timestamp
+	13, // 6: ferry.v1.VMStatus.started_at:type_name -> google.protobuf.Timestamp
 	6,  // 7: ferry.v1.Host.capacity:type_name -> ferry.v1.HostCapacity
 	5,  // 8: ferry.v1.Host.vms:type_name -> ferry.v1.VMStatus
-	10, // 9: ferry.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
-	10, // 10: ferry.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	8,  // 11: ferry.v1.BadRequest.violations:type_name -> ferry.v1.FieldViolation
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	13, // 9: ferry.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
+	13, // 10: ferry.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	8,  // 11: ferry.v1.Host.qemu:type_name -> ferry.v1.HostQEMU
+	9,  // 12: ferry.v1.HostQEMU.machines:type_name -> ferry.v1.QEMUMachine
+	10, // 13: ferry.v1.HostQEMU.cpu_models:type_name -> ferry.v1.QEMUCPUModel
+	11, // 14: ferry.v1.BadRequest.violations:type_name -> ferry.v1.FieldViolation
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_types_proto_init() }
@@ -1057,7 +1432,7 @@ func file_ferry_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_types_proto_rawDesc), len(file_ferry_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

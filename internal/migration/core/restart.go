@@ -1,0 +1,67 @@
+package core
+
+import (
+	"fmt"
+	"time"
+)
+
+// ErrRestarted is the cause recorded for a migration a control-plane
+// restart (or a change of leader) interrupted before the owner switch.
+const ErrRestarted = "the control plane restarted during the migration"
+
+// rollbackInterrupted applies the rule for a record loaded by a new
+// executor: a live migration that was preparing or transferring and had
+// not switched the owner is rolled back, as the fault model promises
+// ("rolls back before the owner switch"); the source still runs the guest.
+// A pending migration has done nothing yet and starts; one at the
+// switchover first learns from the owner CAS whether it happened; a cold
+// one stopping its guest stops it again (StopVM is idempotent) and goes on,
+// since a StopVM of the previous executor still on its way would stop a
+// guest a rollback had just started again.
+func (r *Record) rollbackInterrupted(now time.Time) {
+	if r.Facts.OwnerSwitched {
+		return
+	}
+	switch r.State {
+	case Preparing, Transferring:
+		r.rollback(now, ErrRestarted, false)
+	}
+}
+
+// DestUnreachable is how long the destination agent may stay silent
+// before the owner switch before the migration rolls back: its QEMU may be
+// gone with it, and nothing can be decided about the destination without
+// it (its own restart takes about a second).
+const DestUnreachable = 5 * time.Second
+
+// destReachable tracks the destination agent's answers while preparing or
+// transferring, and rolls back once it has not answered for
+// DestUnreachable.
+func (r *Record) destReachable(obs Observation) {
+	if obs.Side != Dst || !obs.Action.IsAgent() {
+		return
+	}
+	if obs.Err != Transient {
+		r.vol.dstDown = time.Time{}
+		return
+	}
+	if r.Facts.OwnerSwitched || (r.State != Preparing && r.State != Transferring && r.State != RollingBack) {
+		return
+	}
+	if r.vol.dstDown.IsZero() {
+		r.vol.dstDown = obs.Now
+		return
+	}
+	if r.State != RollingBack && obs.Now.Sub(r.vol.dstDown) >= DestUnreachable {
+		r.rollback(obs.Now, fmt.Sprintf("destination agent on %s unreachable for %s: %s", r.To, DestUnreachable, obs.ErrMsg), false)
+	}
+}
+
+// destLeftToAgent reports whether a rollback may end without the
+// destination's removal confirmed: its agent has not answered for
+// DestUnreachable. The destination QEMU was never armed (the owner never
+// switched), so it cannot run; its agent removes an arrival that no
+// migration in flight names when it is back (the orphan reaper).
+func (r *Record) destLeftToAgent(now time.Time) bool {
+	return !r.Facts.OwnerSwitched && !r.vol.dstDown.IsZero() && now.Sub(r.vol.dstDown) >= DestUnreachable
+}

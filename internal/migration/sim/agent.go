@@ -1,0 +1,352 @@
+package sim
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/migration/core"
+)
+
+func refused(format string, args ...any) core.Observation {
+	return core.Observation{Err: core.Refused, ErrMsg: fmt.Sprintf(format, args...)}
+}
+
+func notFound(what string) core.Observation {
+	return core.Observation{Err: core.NotFound, ErrMsg: what}
+}
+
+// alive reports whether the VM's QEMU runs here.
+func (ag *FakeAgent) alive() bool { return ag.vm != nil && ag.vm.qemu != nil && ag.vm.qemu.Alive }
+
+func (ag *FakeAgent) vmInfo() *core.VMInfo {
+	v := ag.vm
+	switch {
+	case v == nil:
+		return nil
+	case v.qemu == nil:
+		return &core.VMInfo{State: "stopped"}
+	case !v.qemu.Alive:
+		return &core.VMInfo{State: "failed"}
+	case v.qemu.Run == "running":
+		return &core.VMInfo{State: "running", PID: v.qemu.PID}
+	}
+	return &core.VMInfo{State: "paused", PID: v.qemu.PID}
+}
+
+func (ag *FakeAgent) outgoing() *core.Outgoing {
+	q := ag.vm.qemu
+	return &core.Outgoing{Status: q.Mig, QEMUStatus: q.Run, Transferred: q.Sent, Rounds: q.Rounds}
+}
+
+func (ag *FakeAgent) incoming() *core.Incoming {
+	v := ag.vm
+	in := &core.Incoming{State: v.inState, Ran: v.ran}
+	if v.qemu != nil && v.qemu.Alive {
+		in.PID, in.QEMUStatus = v.qemu.PID, v.qemu.Run
+	} else if v.inState != "adopted" {
+		in.State = "failed"
+	}
+	return in
+}
+
+// remove kills the QEMU (if any) and removes tap and directory.
+func (ag *FakeAgent) remove() {
+	if ag.vm != nil && ag.vm.qemu != nil {
+		ag.w.kill(ag.vm.qemu)
+	}
+	ag.vm = nil
+}
+
+// handle runs one RPC of the agent contract against this host's state.
+func (ag *FakeAgent) handle(a core.Action, id string) core.Observation {
+	w := ag.w
+	v := ag.vm
+	switch a.Kind {
+	case core.ActPrepareIncoming:
+		if v != nil && v.inID == id {
+			if !ag.alive() {
+				return refused("the destination QEMU of %s exited", id)
+			}
+			return core.Observation{URI: v.uri}
+		}
+		if v != nil {
+			return refused("VM already on this host")
+		}
+		q := w.newQEMU(0)
+		q.Run, q.In, q.Postcopy = "inmigrate", "listening", a.Postcopy
+		ag.vm = &vmOnHost{qemu: q, tap: true, dir: true, inID: id, inState: "listening", uri: fmt.Sprintf("tcp:%s:%d", ag.Host, 4000+q.PID)}
+		return core.Observation{URI: ag.vm.uri}
+	case core.ActQueryIncoming:
+		if v == nil || v.inID != id {
+			return notFound("no incoming migration " + id)
+		}
+		return core.Observation{In: ag.incoming()}
+	case core.ActArmResume:
+		if v == nil || v.inID != id {
+			return notFound("no incoming migration " + id)
+		}
+		switch v.inState {
+		case "armed", "running", "adopted":
+			return core.Observation{In: ag.incoming()}
+		}
+		if !ag.alive() {
+			return refused("the destination QEMU exited")
+		}
+		v.inState = "armed"
+		return core.Observation{In: ag.incoming()}
+	case core.ActFinishIncoming:
+		if v == nil || v.inID != id {
+			return notFound("no incoming migration " + id)
+		}
+		if v.inState == "adopted" {
+			return core.Observation{In: ag.incoming()}
+		}
+		if !ag.alive() {
+			return refused("the destination QEMU exited (ran=%v)", v.ran)
+		}
+		if v.inState == "running" {
+			v.inState = "adopted"
+			return core.Observation{In: ag.incoming()}
+		}
+		if v.inState != "armed" {
+			return refused("not armed")
+		}
+		return core.Observation{Err: core.Transient, ErrMsg: "the destination does not run yet"}
+	case core.ActAbortIncoming:
+		if v == nil || v.inID != id {
+			return core.Observation{}
+		}
+		if v.ran {
+			return refused("the destination has run: never aborted")
+		}
+		ag.remove()
+		return core.Observation{}
+	case core.ActRecoverIncoming:
+		if v == nil || v.inID != id {
+			return notFound("no incoming migration " + id)
+		}
+		if !ag.alive() {
+			return refused("the destination QEMU exited")
+		}
+		switch v.qemu.In {
+		case "postcopy-paused":
+			v.qemu.In = "postcopy-recover"
+			return core.Observation{URI: v.uri + "-r"}
+		case "postcopy-recover":
+			return core.Observation{URI: v.uri + "-r"}
+		}
+		return refused("not paused in post-copy (%s)", v.qemu.In)
+	case core.ActStartOutgoing, core.ActQueryOutgoing, core.ActContinueOutgoing, core.ActStartPostcopy,
+		core.ActCancelOutgoing, core.ActFinishOutgoing, core.ActResumeOutgoing, core.ActPauseMigration:
+		return ag.handleOutgoing(a, id)
+	case core.ActStartVM:
+		if v != nil && ag.alive() {
+			if v.inID != "" && v.inState != "adopted" {
+				return refused("an incoming migration holds the VM here")
+			}
+			return core.Observation{VM: ag.vmInfo()}
+		}
+		q := w.newQEMU(w.newBoot())
+		q.Run = "running"
+		ag.vm = &vmOnHost{qemu: q, tap: true, dir: true}
+		return core.Observation{VM: ag.vmInfo()}
+	case core.ActStopVM:
+		if v == nil || v.qemu == nil {
+			return core.Observation{VM: ag.vmInfo()}
+		}
+		w.kill(v.qemu) // a power-off: the QEMU quits
+		v.qemu, v.tap = nil, false
+		return core.Observation{VM: ag.vmInfo()}
+	case core.ActDeleteVM:
+		ag.remove()
+		return core.Observation{}
+	case core.ActGetVM:
+		if v == nil {
+			return notFound("no VM here")
+		}
+		return core.Observation{VM: ag.vmInfo()}
+	}
+	return refused("unknown action %s", a.Kind)
+}
+
+// handleOutgoing runs the source steps.
+func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
+	w := ag.w
+	v := ag.vm
+	if a.Kind == core.ActPauseMigration && v != nil && v.inID == id {
+		if ag.alive() && v.qemu.In == "postcopy" {
+			v.qemu.In = "postcopy-paused"
+		}
+		return core.Observation{}
+	}
+	if a.Kind == core.ActFinishOutgoing && (v == nil || v.qemu == nil || !v.qemu.Alive) {
+		if v != nil && (v.outID == id || v.outID == "") && v.inID == "" {
+			ag.vm = nil // nothing left but files: remove them
+		}
+		return core.Observation{}
+	}
+	if !ag.alive() {
+		return notFound("the VM's QEMU is not running here")
+	}
+	q := v.qemu
+	if a.Kind == core.ActCancelOutgoing {
+		ag.remember(id)
+	}
+	if a.Kind != core.ActStartOutgoing && v.outID != id {
+		if a.Kind == core.ActCancelOutgoing {
+			if q.Run != "running" && q.Mig != "completed" {
+				q.Run = "running"
+			}
+			return core.Observation{VM: ag.vmInfo()}
+		}
+		return core.Observation{Out: &core.Outgoing{Status: "none", QEMUStatus: q.Run}}
+	}
+	switch a.Kind {
+	case core.ActStartOutgoing:
+		if v.outID == id {
+			return core.Observation{Out: ag.outgoing()}
+		}
+		if ag.cancelled[id] {
+			return refused("migration %s was cancelled here: it is not started again", id)
+		}
+		if q.Mig == "active" || q.Mig == "pre-switchover" || q.Mig == "device" || q.Mig == "postcopy-active" {
+			return refused("another migration is active")
+		}
+		v.outID = id
+		q.Mig, q.Rounds, q.Sent, q.Postcopy, q.PCPending = "active", 0, 0, a.Postcopy, false
+		q.peer = w.peerFor(ag.side, a.URI)
+		if q.peer == nil || !w.linkUp() {
+			q.Mig = "failed" // migrate cannot connect: QEMU reports failed, the guest runs on
+		} else {
+			q.peer.In = "receiving"
+		}
+		return core.Observation{Out: ag.outgoing()}
+	case core.ActQueryOutgoing:
+		return core.Observation{Out: ag.outgoing()}
+	case core.ActStartPostcopy:
+		switch q.Mig {
+		case "active":
+			if !q.Postcopy {
+				return refused("postcopy-ram is not enabled")
+			}
+			q.PCPending = true
+		case "pre-switchover", "device", "postcopy-active", "postcopy-paused", "postcopy-recover", "completed":
+		default:
+			return refused("migration is %s", q.Mig)
+		}
+		return core.Observation{Out: ag.outgoing()}
+	case core.ActContinueOutgoing:
+		switch q.Mig {
+		case "pre-switchover":
+			q.Mig = "device"
+		case "device", "completed", "postcopy-active", "postcopy-paused", "postcopy-recover":
+		default:
+			return refused("migration is %s, not at pre-switchover", q.Mig)
+		}
+		return core.Observation{Out: ag.outgoing()}
+	case core.ActCancelOutgoing:
+		switch q.Mig {
+		case "completed", "postcopy-active", "postcopy-paused", "postcopy-recover":
+			if !a.ResumeCompleted {
+				return refused("the migration is %s: the source never runs again unless the destination provably never ran", q.Mig)
+			}
+			q.Mig = "cancelled"
+		case "active", "pre-switchover", "device":
+			q.Mig = "cancelled"
+			if q.peer != nil && q.peer.Alive && q.peer.In != "" {
+				w.kill(q.peer) // the destination's incoming stream fails: QEMU exits
+			}
+		}
+		if q.Run != "running" {
+			q.Run = "running"
+		}
+		return core.Observation{VM: ag.vmInfo()}
+	case core.ActFinishOutgoing:
+		if q.Mig != "completed" {
+			return refused("the migration is %s: the source is quit only once it completed", q.Mig)
+		}
+		ag.remove()
+		return core.Observation{}
+	case core.ActResumeOutgoing:
+		switch q.Mig {
+		case "postcopy-active":
+			return core.Observation{Out: ag.outgoing()}
+		case "postcopy-paused":
+		default:
+			return refused("migration is %s", q.Mig)
+		}
+		p := q.peer
+		if p == nil || !p.Alive || p.In != "postcopy-recover" || !w.linkUp() {
+			return refused("the destination does not listen for a resume")
+		}
+		q.Mig, p.In = "postcopy-active", "postcopy"
+		return core.Observation{Out: ag.outgoing()}
+	case core.ActPauseMigration:
+		if q.Mig == "postcopy-active" {
+			q.Mig = "postcopy-paused"
+		}
+		return core.Observation{}
+	}
+	return refused("unknown action %s", a.Kind)
+}
+
+// reconcile is what an agent does on its own: an armed destination whose
+// state has arrived is resumed (only while the agent runs).
+func (ag *FakeAgent) reconcile() {
+	v := ag.vm
+	if !ag.Up || v == nil || !ag.alive() || v.inState != "armed" {
+		return
+	}
+	switch v.qemu.In {
+	case "loaded", "postcopy", "postcopy-paused", "postcopy-recover", "done":
+		if v.qemu.loadedTicks < 1 {
+			return // the agent reacts to MIGRATION completed on its next look
+		}
+		v.qemu.Run = "running"
+		v.ran = true
+		v.inState = "running"
+	}
+}
+
+// reap is the agent's orphan reaper (internal/agent/reaper.go) as far as
+// the engine relies on it: an arrival that never ran, which no migration in
+// flight names (the store's record is terminal), is removed after
+// OrphanGrace. It needs the agent up and its heartbeat answered.
+func (ag *FakeAgent) reap() {
+	v := ag.vm
+	w := ag.w
+	if !ag.Up || !w.serverUp || !w.reach(ag.side) || v == nil || v.inID == "" || v.ran || v.inState == "adopted" {
+		return
+	}
+	if !w.rec.State.Terminal() {
+		v.orphanSince = time.Time{}
+		return
+	}
+	if v.orphanSince.IsZero() {
+		v.orphanSince = w.Clock.now
+		return
+	}
+	if w.Clock.now.Sub(v.orphanSince) >= OrphanGrace {
+		w.logf("agent %s reaper: removed the arrival of %s (no migration in flight names it)", ag.side, v.inID)
+		ag.remove()
+	}
+}
+
+// reapPending reports whether an agent still holds an arrival its reaper will remove.
+func (w *World) reapPending() bool {
+	for _, ag := range w.Agents {
+		if v := ag.vm; v != nil && v.inID != "" && !v.ran && v.inState != "adopted" {
+			return true
+		}
+	}
+	return false
+}
+
+// remember keeps a cancelled migration id (a small file): a StartOutgoing
+// of it arriving late is refused.
+func (ag *FakeAgent) remember(id string) {
+	if ag.cancelled == nil {
+		ag.cancelled = map[string]bool{}
+	}
+	ag.cancelled[id] = true
+}

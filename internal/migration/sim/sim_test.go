@@ -1,0 +1,169 @@
+package sim
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+
+	"github.com/ferryvm/ferry/internal/migration/core"
+)
+
+func TestHappyPaths(t *testing.T) {
+	for _, s := range Scenarios {
+		r := HappyPath(s, 1)
+		if len(r.Violations) > 0 || r.Outcome != "completed" {
+			t.Errorf("%s: outcome %s\n%s", s.Name, r.Outcome, r.Report())
+			continue
+		}
+		t.Logf("%s: %d steps; %s", s.Name, r.Steps, r.Final)
+	}
+}
+
+// TestFaultExploration runs every scenario × every step of its happy path ×
+// every fault kind and checks the invariants.
+//
+// FERRY_SIM_SEEDS=N explores N seeds (each orders concurrent replies
+// differently); the default is one.
+func TestFaultExploration(t *testing.T) {
+	seeds := 1
+	if v := os.Getenv("FERRY_SIM_SEEDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_SEEDS=%q: want a number of seeds >= 1", v)
+		}
+		seeds = n
+	}
+	e := Explore(1, nil)
+	for seed := 2; seed <= seeds; seed++ {
+		e.Merge(Explore(int64(seed)*1000, nil))
+	}
+	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths, %d seed(s)), %d violations; outcomes %v; longest case %s simulated",
+		e.Cases, len(Scenarios), len(AllFaults), seeds, len(e.Violations), e.Outcomes, e.Longest)
+	t.Log(summary)
+	fmt.Println(summary)
+	for _, s := range Scenarios {
+		t.Logf("  %s: %d cases", s.Name, e.PerScen[s.Name])
+	}
+	if len(e.Violations) > 0 {
+		groups := map[string]int{}
+		for _, v := range e.Violations {
+			groups[v.Case.Scenario.Name+"/"+string(v.Case.Fault)+": "+v.Violations[0]]++
+		}
+		for g, n := range groups {
+			t.Logf("  %4d × %s", n, g)
+		}
+		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
+	}
+}
+
+// TestCheckerCatchesBrokenRule breaks one rule of the core on purpose —
+// after the owner CAS the source is resumed (CancelOutgoing with
+// resume_completed) instead of quit — and expects the checker to report it.
+func TestCheckerCatchesBrokenRule(t *testing.T) {
+	resumeAfterCAS := func(rec core.Record, ready *core.Ready) {
+		for i, a := range ready.Actions {
+			if a.Kind == core.ActFinishOutgoing {
+				ready.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src, ResumeCompleted: true}
+			}
+		}
+	}
+	r := RunCase(Case{Scenario: Scenarios[0], Fault: NoFault, Seed: 1}, resumeAfterCAS)
+	if len(r.Violations) == 0 {
+		t.Fatalf("the checker missed a source resumed after the CAS:\n%s", r.Report())
+	}
+	t.Logf("caught: %v", r.Violations)
+	e := exploreScenarios([]Scenario{Scenarios[0]}, []Fault{CrashServer, LoseReply}, 1, resumeAfterCAS)
+	if len(e.Violations) == 0 {
+		t.Fatal("the exploration found no violation with a broken core")
+	}
+	t.Logf("broken core: %d of %d cases violate; shortest:\n%s", len(e.Violations), e.Cases, e.Shortest().Report())
+}
+
+// TestPairFaults samples two faults per case (the second lands in the
+// recovery path the first caused).
+//
+// FERRY_SIM_PAIRS=N samples N cases per scenario (default 150).
+func TestPairFaults(t *testing.T) {
+	n := 150
+	if v := os.Getenv("FERRY_SIM_PAIRS"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_PAIRS=%q: want a number of cases >= 1", v)
+		}
+	}
+	e := ExplorePairs(7, n, nil)
+	summary := fmt.Sprintf("pair-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
+	t.Log(summary)
+	fmt.Println(summary)
+	if len(e.Violations) > 0 {
+		groups := map[string]int{}
+		for _, v := range e.Violations {
+			groups[v.Case.Scenario.Name+"/"+string(v.Case.Fault)+": "+v.Violations[0]]++
+		}
+		for g, n := range groups {
+			t.Logf("  %4d × %s", n, g)
+		}
+		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
+	}
+}
+
+// TestCheckerCatchesMoreBrokenRules: each deliberately broken rule must be
+// reported by the checker in its scenario's happy path.
+func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		scen   Scenario
+		mutate func(core.Record, *core.Ready)
+	}{
+		{"the VM record is never released", Scenarios[0], func(_ core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActUpdateVM {
+					r.Actions[i] = core.Action{Kind: core.ActSetTimer, At: a.At}
+				}
+			}
+		}},
+		{"a stopped VM is booted by its cold migration", Scenarios[5], func(_ core.Record, r *core.Ready) {
+			for _, a := range r.Actions {
+				if a.Kind == core.ActDeleteVM && a.Side == core.Src {
+					r.Actions = append(r.Actions, core.Action{Kind: core.ActStartVM, Side: core.Dst})
+					return
+				}
+			}
+		}},
+		{"the source is resumed after the CAS without moving the owner back", Scenarios[0], func(_ core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActArmResume {
+					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src}
+				}
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := RunCase(Case{Scenario: tc.scen, Fault: NoFault, Seed: 1}, tc.mutate)
+			if len(r.Violations) == 0 {
+				t.Fatalf("not caught:\n%s", r.Report())
+			}
+			t.Logf("caught: %s", r.Violations[0])
+		})
+	}
+}
+
+// TestTripleFaults samples cases with three faults. FERRY_SIM_TRIPLES=N
+// runs N cases (default 300).
+func TestTripleFaults(t *testing.T) {
+	n := 300
+	if v := os.Getenv("FERRY_SIM_TRIPLES"); v != "" {
+		var err error
+		if n, err = strconv.Atoi(v); err != nil || n < 1 {
+			t.Fatalf("FERRY_SIM_TRIPLES=%q: want a number of cases >= 1", v)
+		}
+	}
+	e := ExploreTriples(99, n)
+	summary := fmt.Sprintf("triple-fault exploration: %d cases, %d violations; outcomes %v; longest case %s simulated", e.Cases, len(e.Violations), e.Outcomes, e.Longest)
+	t.Log(summary)
+	fmt.Println(summary)
+	if len(e.Violations) > 0 {
+		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
+	}
+}
