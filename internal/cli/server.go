@@ -94,6 +94,7 @@ func runServer(f serverFlags) error {
 	defer cancel()
 	log := newLogger().With("component", "server", "replica", f.name)
 	var eps []string
+	var localMember string
 	switch {
 	case f.endpoints != "":
 		eps = failover.Split(f.endpoints)
@@ -105,6 +106,7 @@ func runServer(f serverFlags) error {
 		}
 		defer e.Close()
 		eps = []string{e.Endpoint}
+		localMember = e.Endpoint
 		log.Info("embedded etcd member ready", "member", f.member.Name, "endpoint", e.Endpoint, "dir", f.member.Dir)
 	default:
 		e, err := etcdembed.Start(ctx, filepath.Join(f.dataDir, "etcd"))
@@ -134,7 +136,7 @@ func runServer(f serverFlags) error {
 	defer stopServing()
 	// The replica must exist before the first request; its URL is known
 	// once the listeners are bound, so the election starts after that.
-	rep, err = replica.New(replica.Config{Self: leader.Info{Name: f.name}, Store: st, Engine: srv, TTL: f.leaderTTL, Log: log})
+	rep, err = replica.New(replica.Config{Self: leader.Info{Name: f.name}, Store: st, Engine: srv, TTL: f.leaderTTL, LocalMember: localMember, Log: log})
 	if err != nil {
 		return err
 	}

@@ -38,6 +38,11 @@ type Config struct {
 	// TTL is the election and registration lease TTL (default
 	// leader.DefaultTTL).
 	TTL time.Duration
+	// LocalMember, when set, is the client URL of the etcd member embedded
+	// in this process; while leading, the replica keeps etcd's raft
+	// leadership on another member, so its own death costs no raft
+	// election on top of the lease TTL.
+	LocalMember string
 	Log *slog.Logger
 }
 
@@ -135,6 +140,9 @@ func (r *Replica) lead(ctx context.Context, t leader.Term) {
 	r.mu.Unlock()
 	r.cfg.Store.SetFence(t.Fence)
 	r.leading.Store(true)
+	if r.cfg.LocalMember != "" {
+		go r.shedRaftLeadership(ctx, r.cfg.LocalMember)
+	}
 	r.cfg.Log.Info("leading: starting the engine", "fence_rev", t.Fence.Rev)
 	if err := r.cfg.Engine.RunEngine(ctx); err != nil && ctx.Err() == nil {
 		r.cfg.Log.Error("engine stopped; resigning leadership", "err", err)

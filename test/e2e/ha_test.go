@@ -174,7 +174,7 @@ func TestHALeaderKilledMidMigration(t *testing.T) {
 	c.waitTransferring(m.Id)
 
 	lp := c.pollList()
-	time.Sleep(time.Second)
+	c.waitRaftLeaderElsewhere(old)
 	victim := c.serverProcess(old)
 	if err := syscall.Kill(victim.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -397,6 +397,7 @@ func TestHALeaderKilledAfterOwnerSwitch(t *testing.T) {
 	obs := c.startObserver(name)
 	t.Cleanup(func() { checkNeverBoth(t, obs) })
 	stream := c.watchStream(ip)
+	c.waitRaftLeaderElsewhere(old)
 	m := c.startMigration(name, "h2")
 	haWaitFailpoint(t, fpLog, "engine/after-owner-cas", 90*time.Second)
 	victim := c.serverProcess(old)
@@ -514,6 +515,29 @@ func TestHAFrozenLeaderIsDeposed(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("after the thaw, status through %s = %v, %v; want leader %s, %s a follower", old, s, err, nst.Leader, old)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitRaftLeaderElsewhere waits until etcd's raft leader is a member other
+// than the leading replica's own (the replica moves it away, so that its
+// death costs no raft election on top of the lease).
+func (c *cluster) waitRaftLeaderElsewhere(replica string) {
+	c.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, err := c.serverStatus("")
+		if err == nil {
+			for _, m := range st.EtcdMembers {
+				if m.IsLeader && m.Name != replica {
+					c.t.Logf("etcd raft leader %s, Ferry leader %s", m.Name, replica)
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("etcd raft leadership still on the leading replica %s after 15s: %v %v", replica, st, err)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
