@@ -25,6 +25,7 @@ import (
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
+	"github.com/ferryvm/ferry/internal/telemetry"
 )
 
 // Config configures an Agent.
@@ -51,6 +52,10 @@ type Config struct {
 	QEMUBinary string
 	// HeartbeatInterval is how often the agent reports to the server.
 	HeartbeatInterval time.Duration
+	// Telemetry is the background sampler's schedule per running VM
+	// (dirty rate, non-zero RAM); zero fields take the defaults of
+	// internal/telemetry, negative ones switch that sampling off.
+	Telemetry telemetry.Schedule
 	// LogRetention bounds the archived per-VM logs (DATA/logs/<vm>/...);
 	// zero fields keep everything.
 	LogRetention retention.Policy
@@ -75,6 +80,9 @@ type Agent struct {
 
 	mu  sync.Mutex
 	vms map[string]*vm
+
+	teleOnce sync.Once
+	tele     *telemetryHub // background telemetry of the running VMs (see telemetry())
 
 	accelMu   sync.Mutex
 	autoAccel string // what auto resolves to on this host, once known
@@ -190,6 +198,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.probeQEMU(ctx)
 	go a.heartbeatLoop(ctx, advertise)
 	go a.sweepLogsLoop(ctx)
+	go a.telemetry().run(ctx)
 
 	select {
 	case <-ctx.Done():

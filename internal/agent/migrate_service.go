@@ -132,7 +132,7 @@ func (s *migrationService) ResumeOutgoing(ctx context.Context, req *connect.Requ
 }
 
 func (s *migrationService) Measure(ctx context.Context, req *connect.Request[agentv1.MeasureRequest]) (*connect.Response[agentv1.MeasureResponse], error) {
-	resp, err := s.a.measure(ctx, req.Msg.Name, req.Msg.Seconds)
+	resp, err := s.a.measure(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}

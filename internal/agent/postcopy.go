@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"connectrpc.com/connect"
-	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
 
@@ -117,53 +115,6 @@ func freePort(ip string) (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// measure samples a running VM's dirty rate with QEMU's calc-dirty-rate
-// (page sampling) and reads its resident memory.
-func (a *Agent) measure(ctx context.Context, name string, seconds int32) (*agentv1.MeasureResponse, error) {
-	v, err := a.running(name)
-	if err != nil {
-		return nil, err
-	}
-	if seconds < 1 || seconds > 10 {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("seconds: must be 1..10, got %d", seconds))
-	}
-	v.mu.Lock()
-	mon, proc, sp := v.mon, v.proc, v.spec
-	v.mu.Unlock()
-	if err := mon.CalcDirtyRate(ctx, int64(seconds), qmp.DirtyRateOptions{}); err != nil {
-		return nil, fmt.Errorf("calc-dirty-rate: %w", err)
-	}
-	deadline := time.Now().Add(time.Duration(seconds)*time.Second + 5*time.Second)
-	time.Sleep(time.Duration(seconds) * time.Second)
-	for {
-		info, err := mon.QueryDirtyRate(ctx)
-		if err != nil {
-			return nil, fmt.Errorf("query-dirty-rate: %w", err)
-		}
-		if info.Status == "measured" && info.DirtyRate != nil {
-			resp := &agentv1.MeasureResponse{
-				DirtyRateMibps: float64(*info.DirtyRate) * 1e6 / (1 << 20), // QEMU reports MB/s
-				RssBytes:       proc.RSSBytes(),
-				MemoryBytes:    sp.GetMemoryMib() << 20,
-			}
-			if nz, err := qemu.NonZeroRAM(proc.PID(), resp.MemoryBytes); err == nil {
-				resp.NonZeroBytes = nz
-			} else {
-				a.log.Warn("count non-zero guest RAM; using RSS", "vm", name, "err", err)
-			}
-			return resp, nil
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("dirty rate of VM %s not measured after %ds (status %s)", name, seconds+5, info.Status)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // probeListen opens a one-connection TCP sink on the migration address.

@@ -220,6 +220,7 @@ func (v *vm) stop(ctx context.Context, force bool) (*ferryv1.VMStatus, error) {
 	}
 	v.stopping = true
 	v.mu.Unlock()
+	v.a.telemetry().forget(v.name) // no sample while its QEMU goes away
 
 	wait := func(d time.Duration) bool {
 		select {

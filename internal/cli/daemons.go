@@ -39,6 +39,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	}
 	host, _ := os.Hostname()
 	f := cmd.Flags()
+	addTelemetryFlags(f, &cfg.Telemetry)
 	f.StringVar(&cfg.Name, "name", host, "this host's name in the cluster")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:7101", "agent API address (host:port or unix:///path)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address the server dials (default: the bound --listen address)")

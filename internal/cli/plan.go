@@ -16,6 +16,9 @@ func renderPlan(vm, to string, p *ferryv1.Plan) string {
 	if in != nil {
 		fmt.Fprintf(&b, "  measured   memory %s, non-zero ≈ %s, dirty rate %.1f MiB/s, link %.0f MiB/s (%s), target downtime %d ms\n",
 			mibStr(in.MemoryBytes), mibStr(in.NonZeroBytes), in.DirtyRateMibps, in.BandwidthMibps, in.BandwidthSource, in.MaxDowntimeMs)
+		if in.DirtyRateSource != "" {
+			fmt.Fprintf(&b, "  from       dirty rate: %s; non-zero RAM: %s\n", in.DirtyRateSource, in.NonZeroSource)
+		}
 	}
 	if len(p.GetPredictions()) > 0 {
 		rows := [][]string{}

@@ -51,3 +51,17 @@ func TestInject(t *testing.T) {
 		t.Fatalf("log has %d lines, want 3 (a, b, c):\n%s", got, b)
 	}
 }
+
+func TestArmed(t *testing.T) {
+	t.Setenv(Env, "a=sleep(1ms)*1")
+	t.Setenv(LogEnv, "")
+	reset()
+	t.Cleanup(reset)
+	if !Armed("a") || Armed("b") {
+		t.Fatalf("Armed(a) = %v, Armed(b) = %v; want true, false", Armed("a"), Armed("b"))
+	}
+	_ = Inject("a")
+	if Armed("a") {
+		t.Fatal("Armed(a) after its only firing = true, want false")
+	}
+}

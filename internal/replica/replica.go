@@ -43,7 +43,7 @@ type Config struct {
 	// leadership on another member, so its own death costs no raft
 	// election on top of the lease TTL.
 	LocalMember string
-	Log *slog.Logger
+	Log         *slog.Logger
 }
 
 // Replica is one control-plane replica.

@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/migration"
+	"github.com/ferryvm/ferry/internal/migration/core"
+	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
@@ -23,43 +23,7 @@ const (
 	DefaultStallTimeout     = 15 * time.Second
 	DefaultMigrationTimeout = 10 * time.Minute
 	DefaultRecoveryWindow   = 5 * time.Minute
-	// unlimitedBandwidth is QEMU's max-bandwidth for "no cap" (bytes/s).
-	unlimitedBandwidth = int64(1) << 40
 )
-
-// run is one migration being driven by this server. The driving goroutine
-// owns m; readers take a clone under mu.
-type run struct {
-	mu       sync.Mutex
-	m        *ferryv1.Migration
-	cancel   chan struct{}
-	once     sync.Once
-	started  time.Time
-	lastSave time.Time
-}
-
-func (r *run) snapshot(withSamples bool) *ferryv1.Migration {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	m := proto.Clone(r.m).(*ferryv1.Migration)
-	if !withSamples {
-		m.Samples = nil
-	}
-	return m
-}
-
-func (r *run) requestCancel() {
-	r.once.Do(func() { close(r.cancel) })
-}
-
-func (r *run) cancelled() bool {
-	select {
-	case <-r.cancel:
-		return true
-	default:
-		return false
-	}
-}
 
 type migrationService struct{ s *Server }
 
@@ -72,14 +36,14 @@ func newMigrationID() string {
 // Migrate validates the request, takes the VM's migration lock and starts
 // driving the migration in the background.
 func (h *migrationService) Migrate(ctx context.Context, req *connect.Request[ferryv1.MigrateRequest]) (*connect.Response[ferryv1.MigrateResponse], error) {
-	r, plan, err := h.s.beginMigration(ctx, req.Msg)
+	m, plan, err := h.s.beginMigration(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	if r == nil { // a dry run: nothing changed
+	if m == nil { // a dry run: nothing changed
 		return connect.NewResponse(&ferryv1.MigrateResponse{Plan: plan}), nil
 	}
-	return connect.NewResponse(&ferryv1.MigrateResponse{Migration: r.snapshot(false), Plan: plan}), nil
+	return connect.NewResponse(&ferryv1.MigrateResponse{Migration: m, Plan: plan}), nil
 }
 
 func invalidArg(format string, args ...any) error {
@@ -92,7 +56,7 @@ func precondition(format string, args ...any) error {
 
 // beginMigration checks everything that can be checked before acting, so a
 // refused migration changes nothing.
-func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest) (*run, *ferryv1.Plan, error) {
+func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest) (*ferryv1.Migration, *ferryv1.Plan, error) {
 	opt := proto.Clone(req.GetOptions()).(*ferryv1.MigrationOptions)
 	if opt == nil {
 		opt = &ferryv1.MigrationOptions{}
@@ -235,27 +199,31 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err != nil {
 		return nil, nil, connectError(err)
 	}
+	stall, timeout, window := coreOptions(opt)
+	rec, err := core.New(id, req.Vm, vm.Host, req.To, core.Strategy(opt.Strategy), core.VMState(vm.State), locked.Generation,
+		core.Options{StallTimeout: stall, Timeout: timeout, RecoveryWindow: window}, now)
+	if err != nil {
+		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
+		return nil, nil, invalidArg("%v", err)
+	}
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
-		Status: "running", State: string(migration.Pending), StartedAt: timestamppb.New(now),
+		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),
 		Options: opt, VmGeneration: locked.Generation, Plan: plan, PlanningMs: planningMs,
 	}
 	if plan != nil {
 		m.Predicted = predictionFor(plan, opt.Strategy)
 	}
-	r := &run{m: m, cancel: make(chan struct{}), started: now}
-	r.event(string(migration.Pending), fmt.Sprintf("%s %s → %s (%s)", req.Vm, vm.Host, req.To, opt.Strategy))
-	if err := s.store.PutMigration(ctx, m); err != nil {
+	if err := s.engine.Start(ctx, rec, m); err != nil {
 		// Undo the lock so the VM is as it was.
 		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
 		return nil, nil, connectError(err)
 	}
-	s.runsMu.Lock()
-	s.runs[id] = r
-	s.runsMu.Unlock()
 	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
-	go s.drive(r, vm, src, dst, vm.State)
-	return r, plan, nil
+	if live, ok := s.engine.Get(id, false); ok {
+		m = live
+	}
+	return m, plan, nil
 }
 
 // checkRoom verifies the destination can hold the VM.
@@ -290,49 +258,40 @@ func (s *Server) unlockVMRecord(ctx context.Context, vm, id, state string) {
 	}
 }
 
-// event appends to the migration's history (caller owns r.m or holds mu).
-func (r *run) event(state, msg string) {
-	r.m.Events = append(r.m.Events, &ferryv1.MigrationEvent{At: timestamppb.Now(), State: state, Message: msg})
-}
-
-// GetMigration returns a migration: live from memory while it runs here,
-// from the store otherwise.
+// GetMigration returns a migration: live from the engine while it runs
+// here, rendered from its stored record otherwise.
 func (h *migrationService) GetMigration(ctx context.Context, req *connect.Request[ferryv1.GetMigrationRequest]) (*connect.Response[ferryv1.GetMigrationResponse], error) {
-	if r := h.s.runFor(req.Msg.Id); r != nil {
-		return connect.NewResponse(&ferryv1.GetMigrationResponse{Migration: r.snapshot(!req.Msg.WithoutSamples)}), nil
+	if m, ok := h.s.engine.Get(req.Msg.Id, !req.Msg.WithoutSamples); ok {
+		return connect.NewResponse(&ferryv1.GetMigrationResponse{Migration: m}), nil
 	}
-	m, err := h.s.store.GetMigration(ctx, req.Msg.Id)
+	pr, err := h.s.store.GetMigration(ctx, req.Msg.Id)
 	if err != nil {
 		if store.IsNotFound(err) {
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("migration %q not found (see ferry migration list)", req.Msg.Id))
 		}
 		return nil, connectError(err)
 	}
+	m := exec.Render(pr)
 	if req.Msg.WithoutSamples {
 		m.Samples = nil
 	}
 	return connect.NewResponse(&ferryv1.GetMigrationResponse{Migration: m}), nil
 }
 
-func (s *Server) runFor(id string) *run {
-	s.runsMu.Lock()
-	defer s.runsMu.Unlock()
-	return s.runs[id]
-}
-
 // ListMigrations returns every migration (without samples), oldest first.
 func (h *migrationService) ListMigrations(ctx context.Context, req *connect.Request[ferryv1.ListMigrationsRequest]) (*connect.Response[ferryv1.ListMigrationsResponse], error) {
-	ms, err := h.s.store.ListMigrations(ctx)
+	prs, err := h.s.store.ListMigrations(ctx)
 	if err != nil {
 		return nil, connectError(err)
 	}
 	out := &ferryv1.ListMigrationsResponse{}
-	for _, m := range ms {
-		if req.Msg.Vm != "" && m.Vm != req.Msg.Vm {
+	for _, pr := range prs {
+		if req.Msg.Vm != "" && pr.Vm != req.Msg.Vm {
 			continue
 		}
-		if r := h.s.runFor(m.Id); r != nil {
-			m = r.snapshot(false)
+		m, ok := h.s.engine.Get(pr.Id, false)
+		if !ok {
+			m = exec.Render(pr)
 		}
 		m.Samples = nil
 		out.Migrations = append(out.Migrations, m)
@@ -343,29 +302,24 @@ func (h *migrationService) ListMigrations(ctx context.Context, req *connect.Requ
 // CancelMigration asks a running migration to roll back. Past the
 // switchover it is too late, and the error says so.
 func (h *migrationService) CancelMigration(ctx context.Context, req *connect.Request[ferryv1.CancelMigrationRequest]) (*connect.Response[ferryv1.CancelMigrationResponse], error) {
-	r := h.s.runFor(req.Msg.Id)
-	if r == nil {
-		m, err := h.s.store.GetMigration(ctx, req.Msg.Id)
+	if _, ok := h.s.engine.Get(req.Msg.Id, false); !ok {
+		pr, err := h.s.store.GetMigration(ctx, req.Msg.Id)
 		if err != nil {
 			if store.IsNotFound(err) {
 				return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("migration %q not found", req.Msg.Id))
 			}
 			return nil, connectError(err)
 		}
-		return nil, precondition("migration %s is %s: nothing to cancel", m.Id, m.Status)
+		m := exec.Render(pr)
+		if m.Status != "running" {
+			return nil, precondition("migration %s is %s: nothing to cancel", m.Id, m.Status)
+		}
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("migration %s is not driven by this server right now (is it the leader?); try again", m.Id))
 	}
-	snap := r.snapshot(false)
-	st := migration.State(snap.State)
-	if st.Terminal() {
-		return nil, precondition("migration %s is %s: nothing to cancel", snap.Id, snap.Status)
+	m, err := h.s.engine.Cancel(ctx, req.Msg.Id)
+	if err != nil {
+		return nil, err
 	}
-	if !st.Cancellable() {
-		return nil, precondition("migration %s is past the switchover (%s): the VM already belongs to %s; it cannot be cancelled", snap.Id, snap.State, snap.To)
-	}
-	r.mu.Lock()
-	r.m.CancelRequested = true
-	r.mu.Unlock()
-	r.requestCancel()
-	h.s.log.Info("migration cancel requested", "id", snap.Id)
-	return connect.NewResponse(&ferryv1.CancelMigrationResponse{Migration: r.snapshot(false)}), nil
+	h.s.log.Info("migration cancel requested", "id", m.Id)
+	return connect.NewResponse(&ferryv1.CancelMigrationResponse{Migration: m}), nil
 }

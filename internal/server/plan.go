@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
-	"sync"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/planner"
+	"github.com/ferryvm/ferry/internal/telemetry"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Auto-converge steps Ferry asks QEMU for (and the planner models).
@@ -19,75 +21,126 @@ const (
 	throttleIncrement = 20
 )
 
-// bandwidths learns the migration rate of each host pair from finished
-// migrations (the planner's second bandwidth source next to the probe).
-type bandwidths struct {
-	mu  sync.Mutex
-	est planner.BandwidthEstimator
-}
+// How old telemetry may be for a plan to use it without measuring.
+const (
+	// planDirtyMaxAge is two dirty-rate sampling periods: one missed
+	// sample still plans from telemetry.
+	planDirtyMaxAge = 2 * telemetry.DefaultDirtyEvery
+	// planRAMMaxAge: non-zero RAM changes slowly.
+	planRAMMaxAge = 3 * telemetry.DefaultRAMEvery
+)
 
-func (b *bandwidths) observe(from, to string, mibps float64) {
-	if mibps <= 0 {
-		return
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.est.Observe(from, to, mibps*(1<<20))
-}
-
-func (b *bandwidths) estimate(from, to string) (float64, bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	v, ok := b.est.Estimate(from, to)
-	return v / (1 << 20), ok
-}
-
-// measurePlanInputs samples the VM's dirty rate and RSS on the source and
-// the link from source to destination, and blends the link figure with
-// what past migrations on this pair achieved.
+// measurePlanInputs gathers what a plan needs: the VM's dirty rate and
+// non-zero RAM from the source agent's background telemetry (measured now
+// only when stale), and the link from the server's link book (probed now
+// only when the pair has no figure). The two run in parallel; the inputs
+// say where each figure came from and how old it is.
 func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst *ferryv1.Host, opt *ferryv1.MigrationOptions) (*ferryv1.PlanInputs, error) {
-	sa, da := s.agents.get(src.Address), s.agents.get(dst.Address)
+	sa := s.agents.get(src.Address)
 	mctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	meas, err := sa.mig.Measure(mctx, connect.NewRequest(&agentv1.MeasureRequest{Name: vm.Spec.Name, Seconds: 1}))
+
+	type linkResult struct {
+		fig    telemetry.Figure
+		inline bool
+		err    error
+	}
+	linkc := make(chan linkResult, 1)
+	go func() {
+		if f, ok := s.bw.figure(src.Name, dst.Name); ok {
+			linkc <- linkResult{fig: f}
+			return
+		}
+		mibps, err := s.probeLink(mctx, src, dst, telemetry.InlineProbe)
+		if err != nil {
+			linkc <- linkResult{err: err}
+			return
+		}
+		s.bw.observeProbe(src.Name, dst.Name, mibps, true)
+		f, ok := s.bw.figure(src.Name, dst.Name)
+		if !ok {
+			linkc <- linkResult{err: fmt.Errorf("probe the link %s → %s: no usable rate (%.1f MiB/s)", src.Name, dst.Name, mibps)}
+			return
+		}
+		linkc <- linkResult{fig: f, inline: true}
+	}()
+
+	meas, err := sa.mig.Measure(mctx, connect.NewRequest(&agentv1.MeasureRequest{
+		Name: vm.Spec.Name, Seconds: 1,
+		MaxAgeMs: planDirtyMaxAge.Milliseconds(), MaxRamAgeMs: planRAMMaxAge.Milliseconds(),
+	}))
+	link := <-linkc
 	if err != nil {
 		return nil, fmt.Errorf("measure VM %s on %s: %w", vm.Spec.Name, src.Name, err)
 	}
+	if link.err != nil {
+		return nil, link.err
+	}
+	return planInputsFrom(meas.Msg, link.fig, link.inline, src.Name, opt, time.Now()), nil
+}
+
+// planInputsFrom turns the agent's answer and the link figure into plan
+// inputs with their sources and ages.
+func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline bool, src string, opt *ferryv1.MigrationOptions, now time.Time) *ferryv1.PlanInputs {
+	// An agent without telemetry (older than this server) measures every
+	// time and sets no sample times.
+	dirtyFresh := m.DirtyFresh || m.DirtySampledAt == nil
+	ramFresh := m.NonZeroFresh || (m.NonZeroBytes > 0 && m.NonZeroSampledAt == nil)
+	if m.DirtySampledAt == nil && m.StaleReason == "" {
+		m.StaleReason = "dirty rate: the agent keeps no telemetry; non-zero RAM: the agent keeps no telemetry"
+	}
 	in := &ferryv1.PlanInputs{
-		MemoryBytes:      meas.Msg.MemoryBytes,
-		NonZeroBytes:     min(meas.Msg.RssBytes, meas.Msg.MemoryBytes),
-		DirtyRateMibps:   meas.Msg.DirtyRateMibps,
+		MemoryBytes:      m.MemoryBytes,
+		NonZeroBytes:     min(m.RssBytes, m.MemoryBytes),
+		NonZeroSource:    "QEMU's RSS (the RAM count failed)",
+		DirtyRateMibps:   m.DirtyRateMibps,
 		DeviceStateBytes: 1 << 20,
 		MaxDowntimeMs:    opt.MaxDowntimeMs,
+		MeasuredInline:   dirtyFresh || ramFresh || linkInline,
 	}
-	if meas.Msg.NonZeroBytes > 0 {
-		in.NonZeroBytes = meas.Msg.NonZeroBytes
+	ageOf := func(ts *timestamppb.Timestamp) int64 {
+		if ts == nil {
+			return 0
+		}
+		return max(now.Sub(ts.AsTime()).Milliseconds(), 0)
+	}
+	ms := func(v int64) time.Duration { return time.Duration(v) * time.Millisecond }
+	in.DirtyRateAgeMs = ageOf(m.DirtySampledAt)
+	if dirtyFresh {
+		in.DirtyRateSource = fmt.Sprintf("measured for this plan (1 s calc-dirty-rate on %s): %s", src, staleWhy(m.StaleReason, "dirty rate"))
+	} else {
+		in.DirtyRateSource = fmt.Sprintf("telemetry of %s: %d sample(s), latest %.1f, average %.1f, peak %.1f MiB/s, %s old",
+			src, m.Samples, m.DirtyRateLatestMibps, m.DirtyRateEwmaMibps, m.DirtyRatePeakMibps, ms(in.DirtyRateAgeMs))
+	}
+	if m.NonZeroBytes > 0 {
+		in.NonZeroBytes = m.NonZeroBytes
+		in.NonZeroAgeMs = ageOf(m.NonZeroSampledAt)
+		in.NonZeroSource = fmt.Sprintf("telemetry of %s (RAM count %s old)", src, ms(in.NonZeroAgeMs))
+		if ramFresh {
+			in.NonZeroSource = fmt.Sprintf("counted for this plan on %s: %s", src, staleWhy(m.StaleReason, "non-zero RAM"))
+		}
 	}
 	in.WssBytes = min(in.MemoryBytes, int64(in.DirtyRateMibps*(1<<20)))
-	lis, err := da.mig.ProbeListen(mctx, connect.NewRequest(&agentv1.ProbeListenRequest{}))
-	if err != nil {
-		return nil, fmt.Errorf("open a bandwidth probe on %s: %w", dst.Name, err)
-	}
-	probe, err := sa.mig.ProbeSend(mctx, connect.NewRequest(&agentv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: 500}))
-	if err != nil {
-		return nil, fmt.Errorf("probe the link %s → %s: %w", src.Name, dst.Name, err)
-	}
-	in.BandwidthMibps, in.BandwidthSource = probe.Msg.Mibps, "measured (0.5 s TCP probe)"
-	learned, ok := s.bw.estimate(src.Name, dst.Name)
-	if !ok {
-		learned, ok = s.bw.estimate("*", "*") // any pair: what QEMU reaches here at all
-	}
-	if ok {
-		// QEMU rarely reaches raw TCP speed (a TCG guest's migration thread
-		// is CPU-bound); past migrations on this pair say what it does reach.
-		in.BandwidthMibps = min(in.BandwidthMibps, learned)
-		in.BandwidthSource = fmt.Sprintf("learned from past migrations %s→%s (probe %.0f MiB/s)", src.Name, dst.Name, probe.Msg.Mibps)
+	in.BandwidthMibps, in.BandwidthSource = fig.BytesPerSec/(1<<20), fig.Source
+	in.BandwidthAgeMs = fig.Age.Milliseconds()
+	if linkInline {
+		in.BandwidthSource = "measured for this plan (no recent figure for the pair): " + in.BandwidthSource
 	}
 	if opt.BandwidthMibps > 0 && float64(opt.BandwidthMibps) < in.BandwidthMibps {
 		in.BandwidthMibps = float64(opt.BandwidthMibps)
 		in.BandwidthSource += fmt.Sprintf(", capped by --bandwidth %d", opt.BandwidthMibps)
 	}
-	return in, nil
+	return in
+}
+
+// staleWhy picks the part of the agent's stale reason about figure.
+func staleWhy(reason, figure string) string {
+	for _, part := range strings.Split(reason, "; ") {
+		if r, ok := strings.CutPrefix(part, figure+": "); ok {
+			return r
+		}
+	}
+	return reason
 }
 
 // plannerInputs converts measured inputs and the options' policy.

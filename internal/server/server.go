@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,8 +50,7 @@ type Server struct {
 
 	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
 
-	runsMu sync.Mutex
-	runs   map[string]*run // migrations driven by this server
+	engine *exec.Engine // drives migrations while RunEngine runs
 
 	bw bandwidths // learned migration rate per host pair
 }
@@ -63,7 +63,8 @@ func New(cfg Config) *Server {
 	if cfg.AgentCallTimeout == 0 {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
-	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, runs: map[string]*run{}}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout}
+	s.engine = s.newEngine()
 	s.metrics = newMetrics(s)
 	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}
 	return s
@@ -116,6 +117,7 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 		ready(urls)
 	}
 	s.log.Info("server listening", "urls", urls)
+	go s.linkProbeLoop(ctx)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:

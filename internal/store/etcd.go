@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -309,7 +310,7 @@ var _ Store = (*Etcd)(nil)
 func IsNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
 
 // PutMigration implements Store.
-func (s *Etcd) PutMigration(ctx context.Context, m *ferryv1.Migration) error {
+func (s *Etcd) PutMigration(ctx context.Context, m *statev1.MigrationRecord) error {
 	v, err := encode(m)
 	if err != nil {
 		return err
@@ -321,7 +322,7 @@ func (s *Etcd) PutMigration(ctx context.Context, m *ferryv1.Migration) error {
 }
 
 // GetMigration implements Store.
-func (s *Etcd) GetMigration(ctx context.Context, id string) (*ferryv1.Migration, error) {
+func (s *Etcd) GetMigration(ctx context.Context, id string) (*statev1.MigrationRecord, error) {
 	resp, err := s.c.Get(ctx, migPrefix+id)
 	if err != nil {
 		return nil, fmt.Errorf("get migration %s: %w", id, err)
@@ -329,19 +330,19 @@ func (s *Etcd) GetMigration(ctx context.Context, id string) (*ferryv1.Migration,
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("migration %q: %w", id, ErrNotFound)
 	}
-	m := &ferryv1.Migration{}
+	m := &statev1.MigrationRecord{}
 	return m, decode(resp.Kvs[0].Value, m)
 }
 
 // ListMigrations implements Store.
-func (s *Etcd) ListMigrations(ctx context.Context) ([]*ferryv1.Migration, error) {
+func (s *Etcd) ListMigrations(ctx context.Context) ([]*statev1.MigrationRecord, error) {
 	resp, err := s.c.Get(ctx, migPrefix, clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("list migrations: %w", err)
 	}
-	out := make([]*ferryv1.Migration, 0, len(resp.Kvs))
+	out := make([]*statev1.MigrationRecord, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		m := &ferryv1.Migration{}
+		m := &statev1.MigrationRecord{}
 		if err := decode(kv.Value, m); err != nil {
 			return nil, err
 		}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"time"
 
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 )
 
@@ -50,12 +51,13 @@ type Store interface {
 	// DeleteVM removes a VM record; ErrNotFound if absent.
 	DeleteVM(ctx context.Context, name string) error
 
-	// PutMigration writes a migration record (its persisted state machine).
-	PutMigration(ctx context.Context, m *ferryv1.Migration) error
+	// PutMigration writes a migration record (the engine's persisted state
+	// of one migration, with its report).
+	PutMigration(ctx context.Context, m *statev1.MigrationRecord) error
 	// GetMigration returns a migration record.
-	GetMigration(ctx context.Context, id string) (*ferryv1.Migration, error)
+	GetMigration(ctx context.Context, id string) (*statev1.MigrationRecord, error)
 	// ListMigrations returns all migration records, oldest first.
-	ListMigrations(ctx context.Context) ([]*ferryv1.Migration, error)
+	ListMigrations(ctx context.Context) ([]*statev1.MigrationRecord, error)
 
 	// Close releases the store's connections.
 	Close() error

@@ -93,10 +93,10 @@ func TestPostcopyRecoversFromLinkBreak(t *testing.T) {
 	t.Cleanup(func() { _ = setLink(ns, true) })
 
 	m := c.startMigration(name, "h2", "--strategy", "postcopy", "--bandwidth", "12", "--stall-timeout", "2s")
-	// Wait until the guest runs on h2 in post-copy (state cleanup: the
-	// destination runs, the source still holds the pages it has not sent).
+	// Wait until the guest runs on h2 in post-copy (state postcopy-active:
+	// the destination runs, the source still holds the pages it has not sent).
 	c.waitMigration(m.Id, 90*time.Second, "running on the destination in post-copy", func(m *ferryv1.Migration) bool {
-		return m.State == "cleanup" || m.Status != "running"
+		return m.State == "postcopy-active" || m.Status != "running"
 	})
 	if err := setLink(ns, false); err != nil {
 		t.Fatal(err)
@@ -118,7 +118,7 @@ func TestPostcopyRecoversFromLinkBreak(t *testing.T) {
 	}
 	paused := false
 	for _, e := range final.Events {
-		if strings.Contains(e.Message, "post-copy paused") {
+		if e.State == "postcopy-paused" || strings.Contains(e.Message, "post-copy paused") {
 			paused = true
 		}
 	}

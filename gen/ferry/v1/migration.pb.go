@@ -158,8 +158,25 @@ type PlanInputs struct {
 	BandwidthSource  string `protobuf:"bytes,6,opt,name=bandwidth_source,json=bandwidthSource,proto3" json:"bandwidth_source,omitempty"`
 	DeviceStateBytes int64  `protobuf:"varint,7,opt,name=device_state_bytes,json=deviceStateBytes,proto3" json:"device_state_bytes,omitempty"`
 	MaxDowntimeMs    int64  `protobuf:"varint,8,opt,name=max_downtime_ms,json=maxDowntimeMs,proto3" json:"max_downtime_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// dirty_rate_source says where dirty_rate_mibps comes from: the source
+	// agent's background telemetry (how many samples) or measured for this
+	// plan (and why: no sample, or the latest too old).
+	DirtyRateSource string `protobuf:"bytes,9,opt,name=dirty_rate_source,json=dirtyRateSource,proto3" json:"dirty_rate_source,omitempty"`
+	// dirty_rate_age_ms is the age of the latest dirty-rate sample when the
+	// plan was made.
+	DirtyRateAgeMs int64 `protobuf:"varint,10,opt,name=dirty_rate_age_ms,json=dirtyRateAgeMs,proto3" json:"dirty_rate_age_ms,omitempty"`
+	// non_zero_source says where non_zero_bytes comes from (telemetry,
+	// counted for this plan, or RSS).
+	NonZeroSource string `protobuf:"bytes,11,opt,name=non_zero_source,json=nonZeroSource,proto3" json:"non_zero_source,omitempty"`
+	NonZeroAgeMs  int64  `protobuf:"varint,12,opt,name=non_zero_age_ms,json=nonZeroAgeMs,proto3" json:"non_zero_age_ms,omitempty"`
+	// bandwidth_age_ms is the age of the link figure used (0 when probed
+	// for this plan).
+	BandwidthAgeMs int64 `protobuf:"varint,13,opt,name=bandwidth_age_ms,json=bandwidthAgeMs,proto3" json:"bandwidth_age_ms,omitempty"`
+	// measured_inline says the plan had to measure something itself (stale
+	// or missing telemetry), which is what makes planning slow.
+	MeasuredInline bool `protobuf:"varint,14,opt,name=measured_inline,json=measuredInline,proto3" json:"measured_inline,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PlanInputs) Reset() {
@@ -246,6 +263,48 @@ func (x *PlanInputs) GetMaxDowntimeMs() int64 {
 		return x.MaxDowntimeMs
 	}
 	return 0
+}
+
+func (x *PlanInputs) GetDirtyRateSource() string {
+	if x != nil {
+		return x.DirtyRateSource
+	}
+	return ""
+}
+
+func (x *PlanInputs) GetDirtyRateAgeMs() int64 {
+	if x != nil {
+		return x.DirtyRateAgeMs
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetNonZeroSource() string {
+	if x != nil {
+		return x.NonZeroSource
+	}
+	return ""
+}
+
+func (x *PlanInputs) GetNonZeroAgeMs() int64 {
+	if x != nil {
+		return x.NonZeroAgeMs
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetBandwidthAgeMs() int64 {
+	if x != nil {
+		return x.BandwidthAgeMs
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetMeasuredInline() bool {
+	if x != nil {
+		return x.MeasuredInline
+	}
+	return false
 }
 
 // StrategyPrediction is the planner's forecast for one strategy.
@@ -1513,7 +1572,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"noPostcopy\x12\x1f\n" +
 	"\vno_throttle\x18\b \x01(\bR\n" +
 	"noThrottle\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xc6\x02\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xbf\x04\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1523,7 +1582,14 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0fbandwidth_mibps\x18\x05 \x01(\x01R\x0ebandwidthMibps\x12)\n" +
 	"\x10bandwidth_source\x18\x06 \x01(\tR\x0fbandwidthSource\x12,\n" +
 	"\x12device_state_bytes\x18\a \x01(\x03R\x10deviceStateBytes\x12&\n" +
-	"\x0fmax_downtime_ms\x18\b \x01(\x03R\rmaxDowntimeMs\"\xc1\x02\n" +
+	"\x0fmax_downtime_ms\x18\b \x01(\x03R\rmaxDowntimeMs\x12*\n" +
+	"\x11dirty_rate_source\x18\t \x01(\tR\x0fdirtyRateSource\x12)\n" +
+	"\x11dirty_rate_age_ms\x18\n" +
+	" \x01(\x03R\x0edirtyRateAgeMs\x12&\n" +
+	"\x0fnon_zero_source\x18\v \x01(\tR\rnonZeroSource\x12%\n" +
+	"\x0fnon_zero_age_ms\x18\f \x01(\x03R\fnonZeroAgeMs\x12(\n" +
+	"\x10bandwidth_age_ms\x18\r \x01(\x03R\x0ebandwidthAgeMs\x12'\n" +
+	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +

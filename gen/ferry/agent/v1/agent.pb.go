@@ -1021,8 +1021,16 @@ func (x *StartOutgoingRequest) GetMaxPostcopyBandwidthBytes() int64 {
 type MeasureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// seconds is how long to sample the dirty rate (1..10).
-	Seconds       int32 `protobuf:"varint,2,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	// seconds is how long to sample the dirty rate (1..10) when the agent
+	// measures it for this request.
+	Seconds int32 `protobuf:"varint,2,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	// max_age_ms lets the agent answer the dirty rate from its background
+	// telemetry when the latest sample is at most this old; 0 always
+	// measures now (the behaviour before telemetry).
+	MaxAgeMs int64 `protobuf:"varint,3,opt,name=max_age_ms,json=maxAgeMs,proto3" json:"max_age_ms,omitempty"`
+	// max_ram_age_ms is the same for the non-zero RAM count; 0 means
+	// max_age_ms.
+	MaxRamAgeMs   int64 `protobuf:"varint,4,opt,name=max_ram_age_ms,json=maxRamAgeMs,proto3" json:"max_ram_age_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1071,15 +1079,55 @@ func (x *MeasureRequest) GetSeconds() int32 {
 	return 0
 }
 
+func (x *MeasureRequest) GetMaxAgeMs() int64 {
+	if x != nil {
+		return x.MaxAgeMs
+	}
+	return 0
+}
+
+func (x *MeasureRequest) GetMaxRamAgeMs() int64 {
+	if x != nil {
+		return x.MaxRamAgeMs
+	}
+	return 0
+}
+
 type MeasureResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	DirtyRateMibps float64                `protobuf:"fixed64,1,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
-	RssBytes       int64                  `protobuf:"varint,2,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
-	MemoryBytes    int64                  `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// dirty_rate_mibps is the figure to plan with: the latest sample, or
+	// the moving average of the recent samples when that is higher.
+	DirtyRateMibps float64 `protobuf:"fixed64,1,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
+	RssBytes       int64   `protobuf:"varint,2,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	MemoryBytes    int64   `protobuf:"varint,3,opt,name=memory_bytes,json=memoryBytes,proto3" json:"memory_bytes,omitempty"`
 	// non_zero_bytes is the guest RAM that is not zero (0 if not counted).
-	NonZeroBytes  int64 `protobuf:"varint,4,opt,name=non_zero_bytes,json=nonZeroBytes,proto3" json:"non_zero_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NonZeroBytes int64 `protobuf:"varint,4,opt,name=non_zero_bytes,json=nonZeroBytes,proto3" json:"non_zero_bytes,omitempty"`
+	// dirty_sampled_at is when the latest dirty-rate sample ended.
+	DirtySampledAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=dirty_sampled_at,json=dirtySampledAt,proto3" json:"dirty_sampled_at,omitempty"`
+	// non_zero_sampled_at is when the latest non-zero RAM count ended.
+	NonZeroSampledAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=non_zero_sampled_at,json=nonZeroSampledAt,proto3" json:"non_zero_sampled_at,omitempty"`
+	// samples is how many dirty-rate samples of this QEMU the agent holds
+	// (its recent window).
+	Samples int32 `protobuf:"varint,7,opt,name=samples,proto3" json:"samples,omitempty"`
+	// dirty_fresh says the dirty rate was measured for this request (the
+	// telemetry was missing or older than max_age_ms); false: it comes from
+	// the background telemetry.
+	DirtyFresh bool `protobuf:"varint,8,opt,name=dirty_fresh,json=dirtyFresh,proto3" json:"dirty_fresh,omitempty"`
+	// non_zero_fresh is the same for the non-zero RAM count.
+	NonZeroFresh bool `protobuf:"varint,9,opt,name=non_zero_fresh,json=nonZeroFresh,proto3" json:"non_zero_fresh,omitempty"`
+	// stale_reason says why a figure had to be measured now ("" if none).
+	StaleReason string `protobuf:"bytes,10,opt,name=stale_reason,json=staleReason,proto3" json:"stale_reason,omitempty"`
+	// dirty_rate_latest_mibps, dirty_rate_ewma_mibps and
+	// dirty_rate_peak_mibps are the latest sample, the moving average and
+	// the highest sample of the window.
+	DirtyRateLatestMibps float64 `protobuf:"fixed64,11,opt,name=dirty_rate_latest_mibps,json=dirtyRateLatestMibps,proto3" json:"dirty_rate_latest_mibps,omitempty"`
+	DirtyRateEwmaMibps   float64 `protobuf:"fixed64,12,opt,name=dirty_rate_ewma_mibps,json=dirtyRateEwmaMibps,proto3" json:"dirty_rate_ewma_mibps,omitempty"`
+	DirtyRatePeakMibps   float64 `protobuf:"fixed64,13,opt,name=dirty_rate_peak_mibps,json=dirtyRatePeakMibps,proto3" json:"dirty_rate_peak_mibps,omitempty"`
+	// sampler_cpu_seconds_per_minute is the agent CPU its background
+	// sampler spent on this VM, per minute of sampling (thread CPU time).
+	SamplerCpuSecondsPerMinute float64 `protobuf:"fixed64,14,opt,name=sampler_cpu_seconds_per_minute,json=samplerCpuSecondsPerMinute,proto3" json:"sampler_cpu_seconds_per_minute,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *MeasureResponse) Reset() {
@@ -1136,6 +1184,76 @@ func (x *MeasureResponse) GetMemoryBytes() int64 {
 func (x *MeasureResponse) GetNonZeroBytes() int64 {
 	if x != nil {
 		return x.NonZeroBytes
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetDirtySampledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DirtySampledAt
+	}
+	return nil
+}
+
+func (x *MeasureResponse) GetNonZeroSampledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NonZeroSampledAt
+	}
+	return nil
+}
+
+func (x *MeasureResponse) GetSamples() int32 {
+	if x != nil {
+		return x.Samples
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetDirtyFresh() bool {
+	if x != nil {
+		return x.DirtyFresh
+	}
+	return false
+}
+
+func (x *MeasureResponse) GetNonZeroFresh() bool {
+	if x != nil {
+		return x.NonZeroFresh
+	}
+	return false
+}
+
+func (x *MeasureResponse) GetStaleReason() string {
+	if x != nil {
+		return x.StaleReason
+	}
+	return ""
+}
+
+func (x *MeasureResponse) GetDirtyRateLatestMibps() float64 {
+	if x != nil {
+		return x.DirtyRateLatestMibps
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetDirtyRateEwmaMibps() float64 {
+	if x != nil {
+		return x.DirtyRateEwmaMibps
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetDirtyRatePeakMibps() float64 {
+	if x != nil {
+		return x.DirtyRatePeakMibps
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetSamplerCpuSecondsPerMinute() float64 {
+	if x != nil {
+		return x.SamplerCpuSecondsPerMinute
 	}
 	return 0
 }
@@ -1728,15 +1846,30 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10throttle_initial\x18\t \x01(\x05R\x0fthrottleInitial\x12-\n" +
 	"\x12throttle_increment\x18\n" +
 	" \x01(\x05R\x11throttleIncrement\x12?\n" +
-	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\">\n" +
+	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\"\x81\x01\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\aseconds\x18\x02 \x01(\x05R\aseconds\"\xa1\x01\n" +
+	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
+	"\n" +
+	"max_age_ms\x18\x03 \x01(\x03R\bmaxAgeMs\x12#\n" +
+	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\x97\x05\n" +
 	"\x0fMeasureResponse\x12(\n" +
 	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
 	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
 	"\fmemory_bytes\x18\x03 \x01(\x03R\vmemoryBytes\x12$\n" +
-	"\x0enon_zero_bytes\x18\x04 \x01(\x03R\fnonZeroBytes\"\x14\n" +
+	"\x0enon_zero_bytes\x18\x04 \x01(\x03R\fnonZeroBytes\x12D\n" +
+	"\x10dirty_sampled_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0edirtySampledAt\x12I\n" +
+	"\x13non_zero_sampled_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x10nonZeroSampledAt\x12\x18\n" +
+	"\asamples\x18\a \x01(\x05R\asamples\x12\x1f\n" +
+	"\vdirty_fresh\x18\b \x01(\bR\n" +
+	"dirtyFresh\x12$\n" +
+	"\x0enon_zero_fresh\x18\t \x01(\bR\fnonZeroFresh\x12!\n" +
+	"\fstale_reason\x18\n" +
+	" \x01(\tR\vstaleReason\x125\n" +
+	"\x17dirty_rate_latest_mibps\x18\v \x01(\x01R\x14dirtyRateLatestMibps\x121\n" +
+	"\x15dirty_rate_ewma_mibps\x18\f \x01(\x01R\x12dirtyRateEwmaMibps\x121\n" +
+	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
+	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
@@ -1853,60 +1986,62 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	29, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
 	28, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
 	27, // 13: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	10, // 14: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
-	11, // 15: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	28, // 16: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	0,  // 17: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
-	2,  // 18: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
-	4,  // 19: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
-	6,  // 20: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
-	8,  // 21: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	30, // 22: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	12, // 23: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
-	23, // 24: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 25: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 26: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 27: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	14, // 28: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
-	23, // 29: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 30: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 31: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 32: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 33: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 34: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	22, // 35: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
-	23, // 36: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 37: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
-	17, // 38: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
-	19, // 39: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
-	1,  // 40: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 41: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 42: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 43: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 44: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	31, // 45: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 46: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	25, // 47: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 48: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 49: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 50: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	24, // 51: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 52: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 53: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 54: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	26, // 55: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	24, // 56: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	21, // 57: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	24, // 58: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 59: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 60: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	18, // 61: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	20, // 62: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	40, // [40:63] is the sub-list for method output_type
-	17, // [17:40] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	29, // 14: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	29, // 15: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	10, // 16: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
+	11, // 17: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
+	28, // 18: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	0,  // 19: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
+	2,  // 20: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
+	4,  // 21: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
+	6,  // 22: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
+	8,  // 23: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
+	30, // 24: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	12, // 25: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
+	23, // 26: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 27: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 28: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 29: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	14, // 30: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	23, // 31: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 32: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 33: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 34: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 35: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 36: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	22, // 37: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
+	23, // 38: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
+	15, // 39: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	17, // 40: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
+	19, // 41: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
+	1,  // 42: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 43: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 44: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 45: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 46: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	31, // 47: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	13, // 48: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	25, // 49: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	25, // 50: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	25, // 51: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 52: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	24, // 53: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	24, // 54: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	24, // 55: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	26, // 56: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	26, // 57: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	24, // 58: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	21, // 59: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	24, // 60: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	26, // 61: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	16, // 62: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	18, // 63: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	20, // 64: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	42, // [42:65] is the sub-list for method output_type
+	19, // [19:42] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }

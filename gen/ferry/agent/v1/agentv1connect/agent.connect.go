@@ -338,7 +338,9 @@ type MigrationAgentServiceClient interface {
 	// PauseMigration runs migrate-pause on this side of a post-copy whose
 	// link went silent, so both sides enter postcopy-paused and can recover.
 	PauseMigration(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
-	// Measure samples a VM's dirty rate (calc-dirty-rate) and RSS.
+	// Measure reports a VM's dirty rate (calc-dirty-rate page sampling),
+	// non-zero RAM and RSS: from the agent's background telemetry when it is
+	// fresh enough (max_age_ms), else measured now; the response says which.
 	Measure(context.Context, *connect.Request[v1.MeasureRequest]) (*connect.Response[v1.MeasureResponse], error)
 	// ProbeListen opens a one-shot TCP sink on the migration address.
 	ProbeListen(context.Context, *connect.Request[v1.ProbeListenRequest]) (*connect.Response[v1.ProbeListenResponse], error)
@@ -603,7 +605,9 @@ type MigrationAgentServiceHandler interface {
 	// PauseMigration runs migrate-pause on this side of a post-copy whose
 	// link went silent, so both sides enter postcopy-paused and can recover.
 	PauseMigration(context.Context, *connect.Request[v1.MigrationStepRequest]) (*connect.Response[v1.StepResponse], error)
-	// Measure samples a VM's dirty rate (calc-dirty-rate) and RSS.
+	// Measure reports a VM's dirty rate (calc-dirty-rate page sampling),
+	// non-zero RAM and RSS: from the agent's background telemetry when it is
+	// fresh enough (max_age_ms), else measured now; the response says which.
 	Measure(context.Context, *connect.Request[v1.MeasureRequest]) (*connect.Response[v1.MeasureResponse], error)
 	// ProbeListen opens a one-shot TCP sink on the migration address.
 	ProbeListen(context.Context, *connect.Request[v1.ProbeListenRequest]) (*connect.Response[v1.ProbeListenResponse], error)

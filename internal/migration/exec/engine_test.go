@@ -1,0 +1,348 @@
+package exec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/core"
+	"google.golang.org/protobuf/proto"
+)
+
+// fakeQEMUPair is an in-process stand-in for the two agents and their
+// QEMUs of one pre-copy: the source reaches pre-switchover after a few
+// polls, completes on continue; the armed destination runs once the
+// source completed. It only knows the happy path and aborts.
+type fakeQEMUPair struct {
+	mu        sync.Mutex
+	polls     int
+	srcStatus string // QEMU's migration status on the source
+	srcRuns   bool
+	dstState  string // "", listening, armed, running, aborted
+	dstRan    bool
+	calls     []string
+}
+
+func (f *fakeQEMUPair) note(s string) {
+	f.calls = append(f.calls, s)
+}
+
+// fakeAgent is one side of fakeQEMUPair as an Agent.
+type fakeAgent struct {
+	f   *fakeQEMUPair
+	src bool
+}
+
+var errFakeUnsupported = connect.NewError(connect.CodeUnimplemented, errors.New("fake agent: not modelled"))
+
+func (a fakeAgent) PrepareIncoming(context.Context, *agentv1.PrepareIncomingRequest) (*agentv1.PrepareIncomingResponse, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("PrepareIncoming")
+	if a.f.dstState == "" {
+		a.f.dstState = "listening"
+	}
+	return &agentv1.PrepareIncomingResponse{Uri: "tcp:fake:1"}, nil
+}
+
+func (a fakeAgent) inStatus() *agentv1.IncomingStatus {
+	pid := int64(2)
+	if a.f.dstState == "aborted" {
+		pid = 0
+	}
+	return &agentv1.IncomingStatus{State: a.f.dstState, Ran: a.f.dstRan, Vm: &ferryv1.VMStatus{Pid: pid, State: "paused"}}
+}
+
+func (a fakeAgent) QueryIncoming(context.Context, *agentv1.MigrationStepRequest) (*agentv1.IncomingStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	return a.inStatus(), nil
+}
+
+func (a fakeAgent) ArmResume(context.Context, *agentv1.MigrationStepRequest) (*agentv1.IncomingStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("ArmResume")
+	if a.f.dstState == "listening" {
+		a.f.dstState = "armed"
+	}
+	return a.inStatus(), nil
+}
+
+func (a fakeAgent) FinishIncoming(context.Context, *agentv1.MigrationStepRequest) (*agentv1.IncomingStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	if a.f.srcStatus == "completed" && (a.f.dstState == "armed" || a.f.dstState == "running") {
+		a.f.note("FinishIncoming")
+		a.f.dstState, a.f.dstRan = "running", true
+		return a.inStatus(), nil
+	}
+	return nil, connect.NewError(connect.CodeDeadlineExceeded, errors.New("fake: not running yet"))
+}
+
+func (a fakeAgent) AbortIncoming(context.Context, *agentv1.MigrationStepRequest) error {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("AbortIncoming")
+	if a.f.dstRan {
+		return connect.NewError(connect.CodeFailedPrecondition, errors.New("fake: it ran"))
+	}
+	a.f.dstState = "aborted"
+	return nil
+}
+
+func (a fakeAgent) outStatus() *agentv1.OutgoingStatus {
+	return &agentv1.OutgoingStatus{Status: a.f.srcStatus, TransferredBytes: int64(a.f.polls) << 20, TotalBytes: 64 << 20, DirtySyncCount: 1}
+}
+
+func (a fakeAgent) StartOutgoing(context.Context, *agentv1.StartOutgoingRequest) (*agentv1.OutgoingStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("StartOutgoing")
+	if a.f.srcStatus == "" {
+		a.f.srcStatus = "active"
+	}
+	return a.outStatus(), nil
+}
+
+func (a fakeAgent) QueryOutgoing(context.Context, *agentv1.MigrationStepRequest) (*agentv1.OutgoingStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.polls++
+	if a.f.srcStatus == "active" && a.f.polls >= 3 {
+		a.f.srcStatus, a.f.srcRuns = "pre-switchover", false
+	}
+	return a.outStatus(), nil
+}
+
+func (a fakeAgent) ContinueOutgoing(context.Context, *agentv1.MigrationStepRequest) (*agentv1.OutgoingStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("ContinueOutgoing")
+	if a.f.srcStatus == "pre-switchover" {
+		a.f.srcStatus = "completed"
+	}
+	return a.outStatus(), nil
+}
+
+func (a fakeAgent) CancelOutgoingVM(context.Context, *agentv1.MigrationStepRequest) (*ferryv1.VMStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("CancelOutgoing")
+	a.f.srcStatus, a.f.srcRuns = "cancelled", true
+	return &ferryv1.VMStatus{State: "running", Pid: 1}, nil
+}
+
+func (a fakeAgent) FinishOutgoing(context.Context, *agentv1.MigrationStepRequest) error {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("FinishOutgoing")
+	return nil
+}
+
+func (a fakeAgent) GetVM(context.Context, string) (*ferryv1.VMStatus, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	if a.src {
+		if a.f.srcRuns {
+			return &ferryv1.VMStatus{State: "running", Pid: 1}, nil
+		}
+		return nil, connect.NewError(connect.CodeNotFound, errors.New("fake: gone"))
+	}
+	if a.f.dstState == "running" {
+		return &ferryv1.VMStatus{State: "running", Pid: 2}, nil
+	}
+	return nil, connect.NewError(connect.CodeNotFound, errors.New("fake: not here"))
+}
+
+func (fakeAgent) StartPostcopy(context.Context, *agentv1.MigrationStepRequest) (*agentv1.OutgoingStatus, error) {
+	return nil, errFakeUnsupported
+}
+func (fakeAgent) PauseMigration(context.Context, *agentv1.MigrationStepRequest) error {
+	return errFakeUnsupported
+}
+func (fakeAgent) RecoverIncoming(context.Context, *agentv1.MigrationStepRequest) (string, error) {
+	return "", errFakeUnsupported
+}
+func (fakeAgent) ResumeOutgoing(context.Context, *agentv1.ResumeOutgoingRequest) (*agentv1.OutgoingStatus, error) {
+	return nil, errFakeUnsupported
+}
+func (fakeAgent) ProbeListen(context.Context) (string, error)            { return "", errFakeUnsupported }
+func (fakeAgent) ProbeSend(context.Context, string, time.Duration) error { return errFakeUnsupported }
+func (fakeAgent) StartVM(context.Context, *ferryv1.VMSpec) (*ferryv1.VMStatus, error) {
+	return nil, errFakeUnsupported
+}
+func (fakeAgent) StopVM(context.Context, string, bool) (*ferryv1.VMStatus, error) {
+	return nil, errFakeUnsupported
+}
+func (fakeAgent) DeleteVM(context.Context, string) error { return nil }
+
+// fakeRecords is an in-memory Records.
+type fakeRecords struct {
+	mu   sync.Mutex
+	recs map[string]*statev1.MigrationRecord
+	fail bool
+}
+
+func (r *fakeRecords) PutMigration(_ context.Context, m *statev1.MigrationRecord) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fail {
+		return errors.New("fake store down")
+	}
+	r.recs[m.Id] = proto.Clone(m).(*statev1.MigrationRecord)
+	return nil
+}
+
+func (r *fakeRecords) ListMigrations(context.Context) ([]*statev1.MigrationRecord, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*statev1.MigrationRecord
+	for _, m := range r.recs {
+		out = append(out, proto.Clone(m).(*statev1.MigrationRecord))
+	}
+	return out, nil
+}
+
+func (r *fakeRecords) get(id string) *statev1.MigrationRecord {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.recs[id]
+}
+
+// newFakeEngine runs an Engine over fakes and returns it with its parts.
+func newFakeEngine(t *testing.T) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRecords, context.CancelFunc, chan error) {
+	t.Helper()
+	pair := &fakeQEMUPair{srcRuns: true}
+	vms := &fakeVMStore{vms: map[string]*ferryv1.VM{
+		"web": {Spec: &ferryv1.VMSpec{Name: "web"}, Host: "h1", Generation: 5, State: "migrating", MigrationId: "mig-1"},
+	}}
+	recs := &fakeRecords{recs: map[string]*statev1.MigrationRecord{}}
+	e := New(Config{
+		Store: vms, Records: recs,
+		AgentFor: func(_ context.Context, host string) (Agent, error) { return fakeAgent{f: pair, src: host == "h1"}, nil },
+		Knobs:    func(*ferryv1.Migration, *ferryv1.VM) Knobs { return Knobs{Spec: &ferryv1.VMSpec{Name: "web"}} },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	stopped := make(chan struct{})
+	go func() {
+		err := e.Run(ctx)
+		close(stopped)
+		done <- err
+	}()
+	for i := 0; ; i++ {
+		e.mu.Lock()
+		running := e.running
+		e.mu.Unlock()
+		if running {
+			break
+		}
+		if i > 1000 {
+			t.Fatal("engine did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Cleanup(func() { cancel(); <-stopped })
+	return e, pair, vms, recs, cancel, done
+}
+
+func newFakeRecord(t *testing.T) (core.Record, *ferryv1.Migration) {
+	t.Helper()
+	now := time.Now()
+	rec, err := core.New("mig-1", "web", "h1", "h2", core.Precopy, core.VMRunning, 5,
+		core.Options{StallTimeout: 5 * time.Second, Timeout: time.Minute, RecoveryWindow: time.Minute}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec, &ferryv1.Migration{Id: "mig-1", Vm: "web", From: "h1", To: "h2", Strategy: "precopy", Options: &ferryv1.MigrationOptions{}}
+}
+
+// waitStatus polls the engine's report until status is want.
+func waitStatus(t *testing.T, e *Engine, recs *fakeRecords, id, want string) *ferryv1.Migration {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		m, ok := e.Get(id, false)
+		if !ok {
+			if pr := recs.get(id); pr != nil {
+				m = Render(pr)
+			}
+		}
+		if m != nil && m.Status == want {
+			return m
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	m, _ := e.Get(id, false)
+	t.Fatalf("migration %s not %s within 10s: %v", id, want, m)
+	return nil
+}
+
+func TestEngineDrivesAPrecopyToItsEnd(t *testing.T) {
+	e, pair, vms, recs, _, _ := newFakeEngine(t)
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, e, recs, "mig-1", "completed")
+	vm, _ := vms.GetVM(context.Background(), "web")
+	if vm.Host != "h2" || vm.State != "running" || vm.MigrationId != "" {
+		t.Errorf("VM record after the migration: host %s state %s migration %q; want h2, running, unlocked", vm.Host, vm.State, vm.MigrationId)
+	}
+	pr := recs.get("mig-1")
+	if pr.GetState() != "completed" || pr.GetReport().GetStatus() != "completed" || !pr.GetFacts().GetOwnerSwitched() {
+		t.Errorf("stored record: state %s report status %s facts %v", pr.GetState(), pr.GetReport().GetStatus(), pr.GetFacts())
+	}
+	if m.TransferredBytes == 0 || len(m.Events) < 4 {
+		t.Errorf("report: transferred %d, %d events; want figures and the history", m.TransferredBytes, len(m.Events))
+	}
+	pair.mu.Lock()
+	defer pair.mu.Unlock()
+	t.Logf("agent calls: %v", pair.calls)
+	// The destination is armed only after the owner CAS, and continue
+	// only after it is armed.
+	want := []string{"PrepareIncoming", "StartOutgoing", "ArmResume", "ContinueOutgoing", "FinishIncoming", "FinishOutgoing"}
+	if fmt.Sprint(pair.calls) != fmt.Sprint(want) {
+		t.Errorf("agent calls %v, want %v", pair.calls, want)
+	}
+}
+
+func TestEngineRefusesToStartWhenNotRunning(t *testing.T) {
+	e := New(Config{Records: &fakeRecords{recs: map[string]*statev1.MigrationRecord{}}})
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("Start without Run = %v, want ErrNotRunning", err)
+	}
+}
+
+func TestEngineStopsAndTheNextRunRecovers(t *testing.T) {
+	e, _, _, recs, cancel, done := newFakeEngine(t)
+	rec, report := newFakeRecord(t)
+	recs.fail = false
+	// A record persisted mid-transfer by a previous leader.
+	rec.State, rec.Facts.DestPrepared, rec.Facts.OutgoingStarted, rec.DestURI = core.Transferring, true, true, "tcp:fake:1"
+	pr := core.ToProto(rec)
+	pr.Report = report
+	cancel()
+	<-done
+	if err := recs.PutMigration(context.Background(), pr); err != nil {
+		t.Fatal(err)
+	}
+	// This replica leads again: it recovers the record and, the owner not
+	// having switched, rolls the migration back.
+	ctx, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	go func() { _ = e.Run(ctx) }()
+	m := waitStatus(t, e, recs, "mig-1", "failed")
+	if m.Error != core.ErrRestarted {
+		t.Errorf("error %q, want %q", m.Error, core.ErrRestarted)
+	}
+}

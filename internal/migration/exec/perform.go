@@ -1,0 +1,352 @@
+package exec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/failpoint"
+	"github.com/ferryvm/ferry/internal/migration/core"
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// AfterOwnerCAS is the failpoint between a successful owner CAS and its
+// result reaching the core (before the destination is armed): an e2e test
+// kills the server there.
+const AfterOwnerCAS = "engine/after-owner-cas"
+
+// VMStore is the part of the store the executor writes VM records through.
+type VMStore interface {
+	GetVM(ctx context.Context, name string) (*ferryv1.VM, error)
+	UpdateVM(ctx context.Context, name string, bump bool, fn func(*ferryv1.VM) error) (*ferryv1.VM, error)
+	SwapVM(ctx context.Context, vm *ferryv1.VM, expectGeneration int64) error
+}
+
+// Clock is the executor's time: real in production, fake in tests.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+// RealClock is the wall clock.
+type RealClock struct{}
+
+// Now implements Clock.
+func (RealClock) Now() time.Time { return time.Now() }
+
+// After implements Clock.
+func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// Knobs are the QEMU parameters of one migration's outgoing side and the
+// destination's setup, fixed when the migration began.
+type Knobs struct {
+	// Spec is the VM's spec as the destination must start it (accel pinned).
+	Spec                      *ferryv1.VMSpec
+	MaxBandwidthBytes         int64
+	DowntimeLimitMs           int64
+	MultifdChannels           int32
+	MaxPostcopyBandwidthBytes int64
+	ThrottleInitial           int32
+	ThrottleIncrement         int32
+	// NoThrottle forbids QEMU's auto-converge whatever the strategy.
+	NoThrottle bool
+}
+
+// Watcher sees every agent reply a performer gets, for the report (figures,
+// samples, event times) and the adaptive controller. Calls come from the
+// performing goroutines, concurrently.
+type Watcher interface {
+	Outgoing(act core.ActionKind, st *agentv1.OutgoingStatus)
+	Incoming(act core.ActionKind, st *agentv1.IncomingStatus)
+	VM(side core.Side, act core.ActionKind, st *ferryv1.VMStatus)
+}
+
+// performer carries out the actions of one migration.
+type performer struct {
+	id, vm   string
+	from, to string
+	src, dst Agent
+	store    VMStore
+	clock    Clock
+	knobs    Knobs
+	watch    Watcher
+	// release frees the destination's capacity reservation (nil: none kept).
+	release func(ctx context.Context, id string) error
+	// fill adds what is known of the destination QEMU (pid, ...) to a VM
+	// record an update moves there (nil: nothing).
+	fill func(cur *ferryv1.VM, u core.VMUpdate)
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	stopTimer context.CancelFunc // cancels the pending timer
+}
+
+func (p *performer) agent(s core.Side) Agent {
+	if s == core.Src {
+		return p.src
+	}
+	return p.dst
+}
+
+func (p *performer) stepReq() *agentv1.MigrationStepRequest {
+	return &agentv1.MigrationStepRequest{Name: p.vm, MigrationId: p.id}
+}
+
+// classify turns an agent or store error into the core's error class.
+func classify(err error) core.ErrClass {
+	switch {
+	case err == nil:
+		return core.OK
+	case errors.Is(err, errRefused), errors.Is(err, store.ErrConflict):
+		return core.Refused
+	case errors.Is(err, store.ErrNotFound):
+		return core.NotFound
+	}
+	switch Code(err) {
+	case connect.CodeNotFound:
+		return core.NotFound
+	case connect.CodeFailedPrecondition, connect.CodeInvalidArgument, connect.CodeAlreadyExists, connect.CodeResourceExhausted:
+		return core.Refused
+	}
+	return core.Transient
+}
+
+// errRefused marks a store write the migration's lock forbids.
+var errRefused = errors.New("refused")
+
+func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
+	if st == nil {
+		return nil
+	}
+	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes, Rounds: st.DirtySyncCount, Error: st.Error}
+}
+
+func incoming(st *agentv1.IncomingStatus) *core.Incoming {
+	if st == nil {
+		return nil
+	}
+	return &core.Incoming{State: st.State, QEMUStatus: st.QemuStatus, Ran: st.Ran, PID: st.GetVm().GetPid(), Error: st.Error}
+}
+
+func vmInfo(st *ferryv1.VMStatus) *core.VMInfo {
+	if st == nil {
+		return nil
+	}
+	return &core.VMInfo{State: st.State, PID: st.Pid}
+}
+
+func storeVM(vm *ferryv1.VM) *core.StoreVM {
+	if vm == nil {
+		return nil
+	}
+	return &core.StoreVM{Host: vm.Host, Generation: vm.Generation, MigrationID: vm.MigrationId, State: vm.State}
+}
+
+// Perform implements Performer: every action yields exactly one result,
+// except a timer cut short by the runner's end.
+func (p *performer) Perform(ctx context.Context, a core.Action) (core.Observation, bool) {
+	if a.Kind == core.ActSetTimer {
+		return p.timer(ctx, a.At)
+	}
+	o := core.Observation{Kind: core.ObsResult, Action: a.Kind, Side: a.Side}
+	err := p.do(ctx, a, &o)
+	if ctx.Err() != nil && err != nil {
+		return core.Observation{}, false // stopping: the next leader asks again
+	}
+	o.Now = p.clock.Now()
+	o.Err = classify(err)
+	if err != nil {
+		o.ErrMsg = err.Error()
+		if p.log != nil {
+			p.log.Info("migration step failed", "action", a.String(), "class", o.Err.String(), "err", err)
+		}
+	}
+	return o, true
+}
+
+// timer waits until at and reports a tick. The core asks for a new timer
+// only when it must wake earlier than the pending one (or that one has
+// fired), so a new timer supersedes the previous one.
+func (p *performer) timer(ctx context.Context, at time.Time) (core.Observation, bool) {
+	tctx, cancel := context.WithCancel(ctx)
+	p.mu.Lock()
+	if p.stopTimer != nil {
+		p.stopTimer()
+	}
+	p.stopTimer = cancel
+	p.mu.Unlock()
+	defer cancel()
+	if d := at.Sub(p.clock.Now()); d > 0 {
+		select {
+		case <-tctx.Done():
+			return core.Observation{}, false
+		case <-p.clock.After(d):
+		}
+	}
+	return core.Observation{Kind: core.ObsTick, Now: p.clock.Now()}, true
+}
+
+// do performs a and fills o's data.
+func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) error {
+	ag := p.agent(a.Side)
+	switch a.Kind {
+	case core.ActPrepareIncoming:
+		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
+			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
+		})
+		if err == nil {
+			o.URI = r.Uri
+		}
+		return err
+	case core.ActQueryIncoming, core.ActArmResume, core.ActFinishIncoming:
+		fn := map[core.ActionKind]func(context.Context, *agentv1.MigrationStepRequest) (*agentv1.IncomingStatus, error){
+			core.ActQueryIncoming: ag.QueryIncoming, core.ActArmResume: ag.ArmResume, core.ActFinishIncoming: ag.FinishIncoming,
+		}[a.Kind]
+		st, err := fn(ctx, p.stepReq())
+		if err == nil {
+			o.In = incoming(st)
+			p.watch.Incoming(a.Kind, st)
+		}
+		return err
+	case core.ActAbortIncoming:
+		return ag.AbortIncoming(ctx, p.stepReq())
+	case core.ActStartOutgoing:
+		st, err := ag.StartOutgoing(ctx, &agentv1.StartOutgoingRequest{
+			Name: p.vm, MigrationId: p.id, Uri: a.URI,
+			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.knobs.DowntimeLimitMs, MultifdChannels: p.knobs.MultifdChannels,
+			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
+			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
+		})
+		return p.out(a.Kind, st, err, o)
+	case core.ActQueryOutgoing:
+		req := p.stepReq()
+		req.WaitMs, req.KnownStatus = a.Wait.Milliseconds(), a.KnownStatus
+		st, err := ag.QueryOutgoing(ctx, req)
+		return p.out(a.Kind, st, err, o)
+	case core.ActStartPostcopy:
+		st, err := ag.StartPostcopy(ctx, p.stepReq())
+		return p.out(a.Kind, st, err, o)
+	case core.ActContinueOutgoing:
+		st, err := ag.ContinueOutgoing(ctx, p.stepReq())
+		return p.out(a.Kind, st, err, o)
+	case core.ActCancelOutgoing:
+		req := p.stepReq()
+		req.ResumeCompleted = a.ResumeCompleted
+		st, err := ag.CancelOutgoingVM(ctx, req)
+		if err == nil {
+			o.VM = vmInfo(st)
+		}
+		return err
+	case core.ActFinishOutgoing:
+		return ag.FinishOutgoing(ctx, p.stepReq())
+	case core.ActPauseMigration:
+		return ag.PauseMigration(ctx, p.stepReq())
+	case core.ActRecoverIncoming:
+		uri, err := ag.RecoverIncoming(ctx, p.stepReq())
+		o.URI = uri
+		return err
+	case core.ActResumeOutgoing:
+		st, err := ag.ResumeOutgoing(ctx, &agentv1.ResumeOutgoingRequest{Name: p.vm, MigrationId: p.id, Uri: a.URI})
+		return p.out(a.Kind, st, err, o)
+	case core.ActStartVM, core.ActStopVM, core.ActGetVM:
+		var st *ferryv1.VMStatus
+		var err error
+		switch a.Kind {
+		case core.ActStartVM:
+			st, err = ag.StartVM(ctx, p.knobs.Spec)
+		case core.ActStopVM:
+			st, err = ag.StopVM(ctx, p.vm, a.Force)
+		default:
+			st, err = ag.GetVM(ctx, p.vm)
+		}
+		if err == nil {
+			o.VM = vmInfo(st)
+			p.watch.VM(a.Side, a.Kind, st)
+		}
+		return err
+	case core.ActDeleteVM:
+		return ag.DeleteVM(ctx, p.vm)
+	case core.ActCASOwner:
+		return p.casOwner(ctx, a, o)
+	case core.ActUpdateVM:
+		return p.updateVM(ctx, a, o)
+	case core.ActReleaseReservation:
+		if p.release == nil {
+			return nil
+		}
+		return p.release(ctx, p.id)
+	}
+	return fmt.Errorf("action %s: %w", a.Kind, errRefused)
+}
+
+func (p *performer) out(k core.ActionKind, st *agentv1.OutgoingStatus, err error, o *core.Observation) error {
+	if err == nil {
+		o.Out = outgoing(st)
+		p.watch.Outgoing(k, st)
+	}
+	return err
+}
+
+// casOwner moves the VM record's owner with a compare-and-swap on the
+// generation the core expects; a moved generation is Refused with the
+// record as found.
+func (p *performer) casOwner(ctx context.Context, a core.Action, o *core.Observation) error {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cur, err := p.store.GetVM(sctx, p.vm)
+	if err != nil {
+		return fmt.Errorf("read VM %s for the owner CAS: %w", p.vm, err)
+	}
+	o.StoreVM = storeVM(cur)
+	if cur.Generation != a.Generation {
+		return fmt.Errorf("VM %s generation is %d, the migration expects %d (the record changed): %w", p.vm, cur.Generation, a.Generation, store.ErrConflict)
+	}
+	cur.Host = a.Owner
+	if err := p.store.SwapVM(sctx, cur, a.Generation); err != nil {
+		return fmt.Errorf("owner compare-and-swap to %s: %w", a.Owner, err)
+	}
+	o.StoreVM = storeVM(cur)
+	if err := failpoint.Inject(AfterOwnerCAS); err != nil {
+		return err
+	}
+	return nil
+}
+
+// updateVM writes the VM record while the migration holds it, bumping its
+// generation so that no stale owner CAS can land after the release.
+func (p *performer) updateVM(ctx context.Context, a core.Action, o *core.Observation) error {
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	u := a.Update
+	vm, err := p.store.UpdateVM(sctx, p.vm, true, func(cur *ferryv1.VM) error {
+		o.StoreVM = storeVM(cur)
+		if cur.MigrationId != p.id {
+			return fmt.Errorf("VM %s is held by migration %q, not %s: %w", p.vm, cur.MigrationId, p.id, errRefused)
+		}
+		cur.State, cur.Message = string(u.State), u.Reason
+		if u.Host != "" {
+			cur.Host = u.Host
+		}
+		if u.Unlock {
+			cur.MigrationId = ""
+		}
+		if u.State == core.VMStopped || u.State == core.VMFailed {
+			cur.Pid = 0
+		}
+		if p.fill != nil {
+			p.fill(cur, u)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("update VM record %s: %w", p.vm, err)
+	}
+	o.StoreVM = storeVM(vm)
+	return nil
+}

@@ -1,0 +1,110 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/exec"
+	"github.com/ferryvm/ferry/internal/planner"
+	"google.golang.org/protobuf/proto"
+)
+
+// unlimitedBandwidth is QEMU's max-bandwidth for "no cap" (bytes/s).
+const unlimitedBandwidth = int64(1) << 40
+
+// newEngine builds the migration engine over the server's store and agents.
+func (s *Server) newEngine() *exec.Engine {
+	pool := exec.NewPool(exec.Timeouts{})
+	return exec.New(exec.Config{
+		Store:   s.store,
+		Records: s.store,
+		AgentFor: func(ctx context.Context, host string) (exec.Agent, error) {
+			h, err := s.store.GetHost(ctx, host)
+			if err != nil {
+				return nil, fmt.Errorf("host %s of the migration: %w", host, err)
+			}
+			return pool.Get(h.Address), nil
+		},
+		Knobs:      knobs,
+		Controller: controller,
+		Learn: func(from, to string, mibps float64) {
+			// What QEMU really reaches between these hosts (and anywhere):
+			// the planner's bandwidth for the next migration.
+			s.bw.observe(from, to, mibps)
+			s.bw.observe("*", "*", mibps)
+		},
+		Log: s.log,
+	})
+}
+
+// RunEngine recovers every in-flight migration from its record and runs
+// the migration engine until ctx ends (the server stops, or this replica
+// stops leading). Migrations can be started only while it runs.
+func (s *Server) RunEngine(ctx context.Context) error {
+	err := s.engine.Run(ctx)
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("migration engine: %w", err)
+	}
+	return nil
+}
+
+// knobs are the QEMU parameters of a migration, from its options and plan.
+func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
+	sp := proto.Clone(vm.GetSpec()).(*ferryv1.VMSpec)
+	if vm.GetAccel() != "" {
+		sp.Accel = vm.Accel // the destination must emulate exactly like the source
+	}
+	opt := m.GetOptions()
+	bw := unlimitedBandwidth
+	if opt.GetBandwidthMibps() > 0 {
+		bw = opt.GetBandwidthMibps() << 20
+	}
+	return exec.Knobs{
+		Spec: sp, MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: opt.GetMultifdChannels(),
+		MaxPostcopyBandwidthBytes: postcopyBandwidth(m, bw), ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
+		NoThrottle: opt.GetNoThrottle(),
+	}
+}
+
+// controller is the adaptive controller of a planned hybrid or converge
+// migration (nil otherwise).
+func controller(m *ferryv1.Migration) *planner.Controller {
+	if m.GetPlan().GetInputs() == nil || (m.Strategy != "hybrid" && m.Strategy != "converge") {
+		return nil
+	}
+	opt := m.GetOptions()
+	pin := plannerInputs(m.Plan.Inputs, opt)
+	pin.Policy.AllowConverge = m.Strategy == "converge" || !opt.GetNoThrottle()
+	pin.Policy.AllowPostcopy = m.Strategy == "hybrid"
+	return planner.NewController(pin)
+}
+
+// postcopyBandwidth caps post-copy's background stream at 80% of the link
+// the planner measured (or of --bandwidth), so pages the running guest
+// faults in do not wait behind a full queue of background pages.
+func postcopyBandwidth(m *ferryv1.Migration, capBytes int64) int64 {
+	link := float64(capBytes)
+	if in := m.GetPlan().GetInputs(); in != nil && in.BandwidthMibps > 0 {
+		link = min(link, in.BandwidthMibps*(1<<20))
+	}
+	return int64(link * 0.8)
+}
+
+// qemuDowntimeLimit is QEMU's downtime-limit: the target less what the
+// planner expects for the device state and the switchover, so the whole
+// pause meets the target (the target itself without a plan).
+func qemuDowntimeLimit(m *ferryv1.Migration) int64 {
+	if p := m.GetPredicted(); p != nil && p.DowntimeLimitMs > 0 {
+		return p.DowntimeLimitMs
+	}
+	return m.GetOptions().GetMaxDowntimeMs()
+}
+
+// coreOptions are the engine's time bounds from the request's options.
+func coreOptions(opt *ferryv1.MigrationOptions) (stall, timeout, window time.Duration) {
+	return time.Duration(opt.StallTimeoutMs) * time.Millisecond, time.Duration(opt.TimeoutMs) * time.Millisecond,
+		time.Duration(opt.RecoveryWindowMs) * time.Millisecond
+}

@@ -1,0 +1,72 @@
+package server
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+)
+
+// TestMigrateWithoutTheEngineChangesNothing: a replica whose engine does
+// not run (not the leader, or stopping) refuses a migration as
+// Unavailable and leaves the VM record unlocked and unrecorded.
+func TestMigrateWithoutTheEngineChangesNothing(t *testing.T) {
+	s, st := newTestServer(t)
+	ctx := context.Background()
+	_, err := (&migrationService{s}).Migrate(ctx, connect.NewRequest(&ferryv1.MigrateRequest{Vm: "web", To: "h2",
+		Options: &ferryv1.MigrationOptions{Strategy: "cold"}}))
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("err = %v, want Unavailable (the engine is not running)", err)
+	}
+	vm, _ := st.GetVM(ctx, "web")
+	if vm.State != "running" || vm.MigrationId != "" || vm.Host != "h1" {
+		t.Errorf("VM record after the refusal: %v", vm)
+	}
+	if ms, _ := st.ListMigrations(ctx); len(ms) != 0 {
+		t.Errorf("refused migration recorded: %v", ms)
+	}
+}
+
+// TestRunEngineRecordsAndRendersAMigration: with the engine running, a
+// cold migration (its agents unreachable here) is recorded in the new
+// record type and its report is rendered from the live engine and from the
+// stored record.
+func TestRunEngineRecordsAndRendersAMigration(t *testing.T) {
+	s, st := newTestServer(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.RunEngine(ctx) }()
+	defer func() { cancel(); <-done }()
+	h := &migrationService{s}
+	var resp *connect.Response[ferryv1.MigrateResponse]
+	var err error
+	for i := 0; i < 100; i++ { // RunEngine starts asynchronously
+		resp, err = h.Migrate(context.Background(), connect.NewRequest(&ferryv1.MigrateRequest{Vm: "web", To: "h2",
+			Options: &ferryv1.MigrationOptions{Strategy: "cold"}}))
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := resp.Msg.Migration
+	if m.Id == "" || m.Status != "running" || m.Strategy != "cold" {
+		t.Fatalf("started migration: %v", m)
+	}
+	pr, err := st.GetMigration(context.Background(), m.Id)
+	if err != nil || pr.GetVersion() != 1 || pr.GetReport().GetId() != m.Id {
+		t.Fatalf("stored record: %v (err %v), want a version 1 record with its report", pr, err)
+	}
+	got, err := h.GetMigration(context.Background(), connect.NewRequest(&ferryv1.GetMigrationRequest{Id: m.Id}))
+	if err != nil || got.Msg.Migration.Vm != "web" || got.Msg.Migration.From != "h1" {
+		t.Fatalf("get migration: %v %v", got, err)
+	}
+	list, err := h.ListMigrations(context.Background(), connect.NewRequest(&ferryv1.ListMigrationsRequest{}))
+	if err != nil || len(list.Msg.Migrations) != 1 {
+		t.Fatalf("list migrations: %v %v", list, err)
+	}
+}

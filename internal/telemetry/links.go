@@ -1,0 +1,255 @@
+package telemetry
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/planner"
+)
+
+// Any is the host name that stands for every pair: what migrations reach
+// anywhere in the cluster.
+const Any = "*"
+
+// Defaults of the control plane's link book.
+const (
+	// DefaultProbeMaxAge is how long a probe's figure is used.
+	DefaultProbeMaxAge = 15 * time.Minute
+	// DefaultProbeEvery is how often an active pair is probed again.
+	DefaultProbeEvery = 3 * time.Minute
+	// DefaultProbeIdleEvery is how often a pair with no recent migration
+	// is probed (within DefaultProbeMaxAge, so its figure stays usable).
+	DefaultProbeIdleEvery = 10 * time.Minute
+	// DefaultActiveFor is how long a pair (both directions) stays active
+	// after a migration between its hosts.
+	DefaultActiveFor = 30 * time.Minute
+	// DefaultProbeRetry is how long the prober waits after a failed probe
+	// of a pair before it tries that pair again.
+	DefaultProbeRetry = time.Minute
+	// BackgroundProbe is the length of a background probe.
+	BackgroundProbe = 100 * time.Millisecond
+	// InlineProbe is the length of a probe a plan makes when it has no
+	// figure for the pair.
+	InlineProbe = 500 * time.Millisecond
+)
+
+// Pair is a directed host pair.
+type Pair struct{ From, To string }
+
+func (p Pair) String() string { return p.From + "→" + p.To }
+
+type probe struct {
+	bytesPerSec float64
+	at          time.Time
+	inline      bool
+}
+
+// Links is the control plane's book of link rates per directed host pair:
+// what past migrations reached (a moving average, planner.EWMAAlpha) and
+// the latest TCP probe. It also says which pairs to probe in the
+// background. The zero value is not usable; use NewLinks. Not safe for
+// concurrent use.
+type Links struct {
+	// ProbeMaxAge, ProbeEvery, ProbeIdleEvery, ActiveFor and ProbeRetry
+	// are the policy (see the Default constants).
+	ProbeMaxAge, ProbeEvery, ProbeIdleEvery, ActiveFor, ProbeRetry time.Duration
+
+	learned   planner.BandwidthEstimator
+	learnedAt map[Pair]time.Time
+	migrated  map[Pair]time.Time // last migration on the pair, either direction recorded both ways
+	probes    map[Pair]probe
+	failed    map[Pair]time.Time // last failed background probe
+}
+
+// NewLinks returns an empty book with the default policy.
+func NewLinks() *Links {
+	return &Links{
+		ProbeMaxAge: DefaultProbeMaxAge, ProbeEvery: DefaultProbeEvery, ProbeIdleEvery: DefaultProbeIdleEvery, ActiveFor: DefaultActiveFor, ProbeRetry: DefaultProbeRetry,
+		learnedAt: map[Pair]time.Time{}, migrated: map[Pair]time.Time{}, probes: map[Pair]probe{}, failed: map[Pair]time.Time{},
+	}
+}
+
+func usable(bps float64) bool { return bps > 0 && !math.IsInf(bps, 0) && !math.IsNaN(bps) }
+
+// ObserveMigration folds in the rate a finished migration from → to
+// reached at at (also into the Any pair) and makes both directions of the
+// pair active for background probes.
+func (l *Links) ObserveMigration(from, to string, bytesPerSec float64, at time.Time) {
+	if !usable(bytesPerSec) {
+		return
+	}
+	for _, p := range []Pair{{from, to}, {Any, Any}} {
+		l.learned.Observe(p.From, p.To, bytesPerSec)
+		l.learnedAt[p] = at
+	}
+	if from != Any && to != Any {
+		l.migrated[Pair{from, to}] = at
+		l.migrated[Pair{to, from}] = at
+	}
+}
+
+// ObserveProbe records a TCP probe from → to that ended at at; inline says
+// a plan made it (not the background prober).
+func (l *Links) ObserveProbe(from, to string, bytesPerSec float64, at time.Time, inline bool) {
+	if !usable(bytesPerSec) {
+		return
+	}
+	l.probes[Pair{from, to}] = probe{bytesPerSec: bytesPerSec, at: at, inline: inline}
+	delete(l.failed, Pair{from, to})
+}
+
+// ProbeFailed records a failed probe from → to at at: Due leaves the pair
+// alone for ProbeRetry.
+func (l *Links) ProbeFailed(from, to string, at time.Time) {
+	l.failed[Pair{from, to}] = at
+}
+
+// FigureKind is where a link figure comes from.
+type FigureKind string
+
+// Figure kinds.
+const (
+	// FromProbe: a recent TCP probe, capped by what migrations reached.
+	FromProbe FigureKind = "probe"
+	// FromMigrations: past migrations on the pair (no recent probe).
+	FromMigrations FigureKind = "migrations"
+)
+
+// Figure is the link rate a plan uses for one pair.
+type Figure struct {
+	BytesPerSec float64
+	Kind        FigureKind
+	// Age is the age of the figure's newest input.
+	Age time.Duration
+	// Source says in words where it came from.
+	Source string
+}
+
+// Figure returns the rate to plan with from → to at now, false when the
+// book has neither a probe younger than ProbeMaxAge nor a past migration
+// for the pair (the plan must probe now). A probe is raw TCP speed, which
+// QEMU rarely reaches, so it is capped by what migrations reached on the
+// pair (or anywhere, when the pair never migrated).
+func (l *Links) Figure(from, to string, now time.Time) (Figure, bool) {
+	k := Pair{from, to}
+	mb := func(bps float64) float64 { return bps / (1 << 20) }
+	learned, haveLearned := l.learned.Estimate(from, to)
+	learnedAge := max(now.Sub(l.learnedAt[k]), 0)
+	pr, haveProbe := l.probes[k]
+	if haveProbe && now.Sub(pr.at) > l.ProbeMaxAge {
+		haveProbe = false
+	}
+	switch {
+	case haveProbe:
+		f := Figure{BytesPerSec: pr.bytesPerSec, Kind: FromProbe, Age: max(now.Sub(pr.at), 0)}
+		how := "background"
+		if pr.inline {
+			how = "inline"
+		}
+		f.Source = fmt.Sprintf("%s probe %s→%s %s ago (%.0f MiB/s)", how, from, to, ago(f.Age), mb(pr.bytesPerSec))
+		capBPS, capFrom, capOK := learned, k.String(), haveLearned
+		if !capOK {
+			capBPS, capOK = l.learned.Estimate(Any, Any)
+			capFrom = "any pair"
+		}
+		if capOK && capBPS < f.BytesPerSec {
+			f.BytesPerSec = capBPS
+			f.Source += fmt.Sprintf(", capped by past migrations %s (%.0f MiB/s)", capFrom, mb(capBPS))
+		}
+		return f, true
+	case haveLearned:
+		n := 0
+		for _, x := range l.learned.Links() {
+			if x.From == from && x.To == to {
+				n = x.Samples
+			}
+		}
+		return Figure{BytesPerSec: learned, Kind: FromMigrations, Age: learnedAge,
+			Source: fmt.Sprintf("learned from %d past migration(s) %s→%s, last %s ago (%.0f MiB/s)", n, from, to, ago(learnedAge), mb(learned))}, true
+	}
+	return Figure{}, false
+}
+
+// Due returns the pairs among hosts (the ready hosts with a migration
+// address) the background prober should probe at now, most urgent first:
+//  1. active pairs (a migration between their hosts, either direction,
+//     within ActiveFor) whose latest probe is older than ProbeEvery or
+//     missing, never probed first, then oldest probe first;
+//  2. every other pair whose probe is missing or older than
+//     ProbeIdleEvery (so a VM's first migration between two hosts finds a
+//     figure too), same order.
+//
+// A pair whose last probe failed less than ProbeRetry ago is left out. The
+// caller bounds how many it probes per round, which bounds the probing
+// load however large the cluster.
+func (l *Links) Due(now time.Time, hosts []string) []Pair {
+	type cand struct {
+		p      Pair
+		active bool
+		last   time.Time // zero: never probed
+	}
+	var cs []cand
+	seen := map[Pair]bool{}
+	consider := func(p Pair) {
+		if seen[p] || p.From == p.To || p.From == Any || p.To == Any {
+			return
+		}
+		seen[p] = true
+		if f, ok := l.failed[p]; ok && now.Sub(f) < l.ProbeRetry {
+			return
+		}
+		at, migrated := l.migrated[p]
+		active := migrated && now.Sub(at) <= l.ActiveFor
+		every := l.ProbeIdleEvery
+		if active {
+			every = l.ProbeEvery
+		}
+		pr, probed := l.probes[p]
+		if probed && now.Sub(pr.at) < every {
+			return
+		}
+		cs = append(cs, cand{p: p, active: active, last: pr.at})
+	}
+	for p := range l.migrated {
+		if slices.Contains(hosts, p.From) && slices.Contains(hosts, p.To) {
+			consider(p)
+		}
+	}
+	for _, a := range hosts {
+		for _, b := range hosts {
+			consider(Pair{a, b})
+		}
+	}
+	sort.Slice(cs, func(i, j int) bool {
+		x, y := cs[i], cs[j]
+		if x.active != y.active {
+			return x.active
+		}
+		if !x.last.Equal(y.last) {
+			return x.last.Before(y.last)
+		}
+		if x.p.From != y.p.From {
+			return x.p.From < y.p.From
+		}
+		return x.p.To < y.p.To
+	})
+	out := make([]Pair, len(cs))
+	for i, c := range cs {
+		out[i] = c.p
+	}
+	return out
+}
+
+// Learned returns what past migrations reached from → to (false: never
+// observed); Any, Any is the whole cluster.
+func (l *Links) Learned(from, to string) (float64, bool) { return l.learned.Estimate(from, to) }
+
+func ago(d time.Duration) string {
+	if d < time.Second {
+		return d.Round(time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}

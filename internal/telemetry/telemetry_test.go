@@ -1,0 +1,256 @@
+package telemetry
+
+import (
+	"math"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeClock is a clock the tests move by hand.
+type fakeClock struct{ t time.Time }
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)} }
+
+func (c *fakeClock) now() time.Time                    { return c.t }
+func (c *fakeClock) advance(d time.Duration) time.Time { c.t = c.t.Add(d); return c.t }
+
+func TestSeriesRingKeepsNewestInOrder(t *testing.T) {
+	c := newFakeClock()
+	s := NewSeries(3, 0.5)
+	for i := 1; i <= 5; i++ {
+		if !s.Add(c.advance(time.Second), float64(i)) {
+			t.Fatalf("sample %d refused", i)
+		}
+	}
+	var got []float64
+	for _, x := range s.Samples() {
+		got = append(got, x.Value)
+	}
+	if !reflect.DeepEqual(got, []float64{3, 4, 5}) || s.Len() != 3 {
+		t.Errorf("ring holds %v (len %d), want [3 4 5]", got, s.Len())
+	}
+	if last, _ := s.Latest(); last.Value != 5 || !last.At.Equal(c.now()) {
+		t.Errorf("latest %+v", last)
+	}
+}
+
+func TestSeriesRefusesBadAndOutOfOrderSamples(t *testing.T) {
+	c := newFakeClock()
+	s := NewSeries(4, 0)
+	s.Add(c.advance(time.Second), 10)
+	for _, v := range []float64{-1, math.NaN(), math.Inf(1)} {
+		if s.Add(c.now(), v) {
+			t.Errorf("value %v accepted", v)
+		}
+	}
+	if s.Add(c.now().Add(-time.Millisecond), 3) {
+		t.Error("a sample older than the newest was accepted")
+	}
+	if s.Len() != 1 {
+		t.Errorf("len %d, want 1", s.Len())
+	}
+}
+
+func TestEstimateUsesHigherOfLatestAndEWMA(t *testing.T) {
+	c := newFakeClock()
+	s := NewSeries(10, 0.5)
+	if _, ok := s.Estimate(c.now()); ok {
+		t.Fatal("empty series gave an estimate")
+	}
+	s.Add(c.advance(15*time.Second), 100) // ewma 100
+	s.Add(c.advance(15*time.Second), 0)   // ewma 50: a burst just ended
+	e, _ := s.Estimate(c.advance(5 * time.Second))
+	if e.Latest != 0 || e.EWMA != 50 || e.Value != 50 || e.Peak != 100 || e.Samples != 2 || e.Age != 5*time.Second {
+		t.Errorf("after a burst: %+v", e)
+	}
+	s.Add(c.advance(time.Second), 200) // ewma 125, a new burst
+	e, _ = s.Estimate(c.now())
+	if e.Value != 200 || e.EWMA != 125 || e.Peak != 200 || e.Age != 0 {
+		t.Errorf("during a burst: %+v", e)
+	}
+}
+
+func TestStaleness(t *testing.T) {
+	c := newFakeClock()
+	s := NewSeries(4, 0)
+	if r := s.Staleness(c.now(), time.Minute); r != "no sample yet" {
+		t.Errorf("empty: %q", r)
+	}
+	s.Add(c.now(), 1)
+	if r := s.Staleness(c.advance(45*time.Second), 45*time.Second); r != "" {
+		t.Errorf("exactly max age should be fresh: %q", r)
+	}
+	if r := s.Staleness(c.advance(time.Second), 45*time.Second); !strings.Contains(r, "46s old (limit 45s)") {
+		t.Errorf("stale: %q", r)
+	}
+	if r := s.Staleness(c.now(), 0); r == "" {
+		t.Error("max age 0 must always ask for a measurement")
+	}
+	s.Reset()
+	if s.Len() != 0 || s.Staleness(c.now(), time.Hour) != "no sample yet" {
+		t.Error("reset kept samples")
+	}
+}
+
+func TestScheduleNext(t *testing.T) {
+	c := newFakeClock()
+	sch := Schedule{DirtyEvery: 15 * time.Second, RAMEvery: 60 * time.Second, Settle: 2 * time.Second}
+	start := c.now()
+	v := VMView{Running: true, QuietSince: start}
+	steps := []struct {
+		at   time.Duration
+		view func(*VMView)
+		want Kind
+	}{
+		{time.Second, nil, Nothing}, // settling after start
+		{2 * time.Second, nil, Dirty},
+		{2 * time.Second, func(v *VMView) { v.LastDirty = start.Add(2 * time.Second) }, RAM},
+		{3 * time.Second, func(v *VMView) { v.LastRAM = start.Add(3 * time.Second) }, Nothing},
+		{16 * time.Second, nil, Nothing},
+		{17 * time.Second, nil, Dirty},
+		{17 * time.Second, func(v *VMView) { v.Migrating = true }, Nothing}, // never while migrating
+		{40 * time.Second, func(v *VMView) { v.Migrating = false; v.QuietSince = start.Add(40 * time.Second) }, Nothing},
+		{42 * time.Second, nil, Dirty},
+		{42 * time.Second, func(v *VMView) { v.LastDirty = start.Add(42 * time.Second) }, Nothing},
+		{63 * time.Second, nil, Dirty},
+		{63 * time.Second, func(v *VMView) { v.LastDirty = start.Add(63 * time.Second) }, RAM},
+		{63 * time.Second, func(v *VMView) { v.Running = false }, Nothing},
+	}
+	for i, st := range steps {
+		if st.view != nil {
+			st.view(&v)
+		}
+		if got := sch.Next(start.Add(st.at), v); got != st.want {
+			t.Errorf("step %d at +%s: %s, want %s", i, st.at, got, st.want)
+		}
+	}
+	// A young VM's dirty rate is sampled more often; its RAM is not.
+	young := Schedule{DirtyEvery: 15 * time.Second, RAMEvery: 60 * time.Second, Settle: time.Second, YoungFor: time.Minute, YoungDirtyEvery: 3 * time.Second}
+	yv := VMView{Running: true, QuietSince: start, LastDirty: start.Add(2 * time.Second), LastRAM: start.Add(2 * time.Second)}
+	for _, st := range []struct {
+		at   time.Duration
+		want Kind
+	}{{4 * time.Second, Nothing}, {5 * time.Second, Dirty}, {59 * time.Second, Dirty}, {61 * time.Second, Nothing}} {
+		if st.at == 61*time.Second {
+			yv.LastDirty = start.Add(59 * time.Second)
+		}
+		if got := young.Next(start.Add(st.at), yv); got != st.want {
+			t.Errorf("young VM at +%s: %s, want %s", st.at, got, st.want)
+		}
+	}
+	if got := young.Next(start.Add(74*time.Second), yv); got != Dirty {
+		t.Errorf("grown-up VM 15 s after its last sample: %s, want dirty-rate", got)
+	}
+	off := Schedule{Settle: time.Second, YoungFor: time.Minute, YoungDirtyEvery: time.Second}
+	if got := off.Next(start.Add(time.Hour), VMView{Running: true, QuietSince: start}); got != Nothing {
+		t.Errorf("sampling switched off still schedules %s", got)
+	}
+}
+
+const mib = 1 << 20
+
+func TestLinksFigure(t *testing.T) {
+	c := newFakeClock()
+	l := NewLinks()
+	if _, ok := l.Figure("h1", "h2", c.now()); ok {
+		t.Fatal("empty book gave a figure")
+	}
+	// A probe alone is used as is.
+	l.ObserveProbe("h1", "h2", 900*mib, c.now(), true)
+	f, ok := l.Figure("h1", "h2", c.advance(2*time.Second))
+	if !ok || f.Kind != FromProbe || f.BytesPerSec != 900*mib || f.Age != 2*time.Second || !strings.Contains(f.Source, "inline probe h1→h2 2s ago") {
+		t.Fatalf("probe only: %+v", f)
+	}
+	// A migration on another pair caps it (what QEMU reaches anywhere).
+	l.ObserveMigration("h3", "h4", 300*mib, c.now())
+	f, _ = l.Figure("h1", "h2", c.now())
+	if f.BytesPerSec != 300*mib || !strings.Contains(f.Source, "capped by past migrations any pair") {
+		t.Errorf("capped by any pair: %+v", f)
+	}
+	// The pair's own migrations cap it when it has some.
+	l.ObserveMigration("h1", "h2", 400*mib, c.now())
+	f, _ = l.Figure("h1", "h2", c.now())
+	if f.BytesPerSec != 400*mib || !strings.Contains(f.Source, "capped by past migrations h1→h2") {
+		t.Errorf("capped by the pair: %+v", f)
+	}
+	// An old probe is not used; the pair's migrations are.
+	c.advance(DefaultProbeMaxAge + time.Second)
+	f, ok = l.Figure("h1", "h2", c.now())
+	if !ok || f.Kind != FromMigrations || f.BytesPerSec != 400*mib || !strings.Contains(f.Source, "learned from 1 past migration(s) h1→h2") {
+		t.Errorf("stale probe: %+v", f)
+	}
+	// The reverse direction never migrated nor was probed: no figure.
+	if f, ok := l.Figure("h2", "h1", c.now()); ok {
+		t.Errorf("reverse pair has a figure: %+v", f)
+	}
+	// The moving average follows planner.EWMAAlpha.
+	l.ObserveMigration("h1", "h2", 200*mib, c.now())
+	f, _ = l.Figure("h1", "h2", c.now())
+	if want := 0.3*200*mib + 0.7*400*mib; math.Abs(f.BytesPerSec-want) > 1 {
+		t.Errorf("EWMA %.0f, want %.0f", f.BytesPerSec, want)
+	}
+	// Bad figures are ignored.
+	l.ObserveProbe("h5", "h6", math.Inf(1), c.now(), false)
+	l.ObserveMigration("h5", "h6", -1, c.now())
+	if _, ok := l.Figure("h5", "h6", c.now()); ok {
+		t.Error("bad figures were recorded")
+	}
+}
+
+func TestLinksDue(t *testing.T) {
+	c := newFakeClock()
+	l := NewLinks()
+	hosts := []string{"h1", "h2", "h3"}
+	all := []Pair{{"h1", "h2"}, {"h1", "h3"}, {"h2", "h1"}, {"h2", "h3"}, {"h3", "h1"}, {"h3", "h2"}}
+	if d := l.Due(c.now(), nil); len(d) != 0 {
+		t.Fatalf("no hosts, due %v", d)
+	}
+	// Never-probed pairs are due so a first migration finds a figure.
+	if d := l.Due(c.now(), hosts); !reflect.DeepEqual(d, all) {
+		t.Fatalf("fresh book: %v, want %v", d, all)
+	}
+	for _, p := range all {
+		l.ObserveProbe(p.From, p.To, 900*mib, c.now(), false)
+	}
+	if d := l.Due(c.advance(time.Minute), hosts); len(d) != 0 {
+		t.Fatalf("all just probed, due %v", d)
+	}
+	// A migration makes both directions active: re-probed after
+	// ProbeEvery, before idle pairs, and while the idle ones wait for
+	// ProbeIdleEvery.
+	l.ObserveMigration("h2", "h1", 300*mib, c.now())
+	active := []Pair{{"h1", "h2"}, {"h2", "h1"}}
+	if d := l.Due(c.advance(DefaultProbeEvery), hosts); !reflect.DeepEqual(d, active) {
+		t.Errorf("after ProbeEvery: %v, want %v", d, active)
+	}
+	l.ObserveProbe("h2", "h1", 800*mib, c.now(), false)
+	f, ok := l.Figure("h2", "h1", c.now())
+	if !ok || !strings.Contains(f.Source, "background probe h2→h1") || f.BytesPerSec != 300*mib {
+		t.Errorf("reverse pair after a background probe: %+v", f)
+	}
+	// A failed probe waits ProbeRetry before the pair is tried again.
+	l.ProbeFailed("h1", "h2", c.now())
+	if d := l.Due(c.now(), hosts); len(d) != 0 {
+		t.Errorf("after a failed probe: %v", d)
+	}
+	if d := l.Due(c.advance(DefaultProbeRetry), hosts); !reflect.DeepEqual(d, []Pair{{"h1", "h2"}}) {
+		t.Errorf("after ProbeRetry: %v", d)
+	}
+	// Idle pairs come after active ones, oldest probe first.
+	l.ObserveProbe("h1", "h2", 800*mib, c.now(), false)
+	c.t = c.t.Add(DefaultProbeIdleEvery - DefaultProbeEvery - DefaultProbeRetry - time.Minute + time.Second)
+	d := l.Due(c.now(), hosts)
+	if len(d) < 2 || !reflect.DeepEqual(d[:2], []Pair{{"h2", "h1"}, {"h1", "h2"}}) || len(d) != len(all) {
+		t.Errorf("active then idle: %v", d)
+	}
+	// A host that left (not ready) is not probed; pairs go inactive.
+	c.advance(DefaultActiveFor)
+	for _, p := range all {
+		l.ObserveProbe(p.From, p.To, 900*mib, c.now(), false)
+	}
+	if d := l.Due(c.advance(DefaultProbeEvery), []string{"h1", "h2"}); len(d) != 0 {
+		t.Errorf("inactive pairs re-probed before ProbeIdleEvery: %v", d)
+	}
+}
