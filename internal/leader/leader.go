@@ -129,7 +129,33 @@ func (e *Elector) Run(ctx context.Context, onEnd func(Term), lead func(context.C
 	}
 }
 
+// dropStale deletes election keys that carry this replica's name: they
+// belong to a previous incarnation of it (replica names are unique), which
+// died and whose lease has not expired yet. Without this a restarted leader
+// would wait out its own old lease. Should the owner still run, the delete
+// ends its term: its fence then refuses every write.
+func (e *Elector) dropStale(ctx context.Context) {
+	gctx, cancel := context.WithTimeout(ctx, e.cfg.TTL)
+	defer cancel()
+	resp, err := e.c.Get(gctx, e.cfg.Prefix+"/", clientv3.WithPrefix())
+	if err != nil {
+		return
+	}
+	for _, kv := range resp.Kvs {
+		i, err := decodeInfo(kv.Value)
+		if err != nil || i.Name != e.cfg.Self.Name {
+			continue
+		}
+		_, err = e.c.Txn(gctx).If(clientv3.Compare(clientv3.CreateRevision(string(kv.Key)), "=", kv.CreateRevision)).
+			Then(clientv3.OpDelete(string(kv.Key))).Commit()
+		if err == nil {
+			e.cfg.Log.Warn("removed the election key of this replica's previous incarnation", "key", string(kv.Key), "rev", kv.CreateRevision)
+		}
+	}
+}
+
 func (e *Elector) runOnce(ctx context.Context, onEnd func(Term), lead func(context.Context, Term)) error {
+	e.dropStale(ctx)
 	sess, err := concurrency.NewSession(e.c, concurrency.WithTTL(int(e.cfg.TTL/time.Second)))
 	if err != nil {
 		return fmt.Errorf("open election session: %w", err)

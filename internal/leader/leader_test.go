@@ -11,6 +11,7 @@ import (
 	"github.com/ferryvm/ferry/internal/etcdembed"
 	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/store"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func startEtcd(t *testing.T) string {
@@ -176,7 +177,7 @@ func TestTermEndsWhenLeaseLost(t *testing.T) {
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("leader key: %v %v", resp, err)
 	}
-	if _, err := c.Revoke(ctx, clientLease(resp.Kvs[0].Lease)); err != nil {
+	if _, err := c.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -245,5 +246,39 @@ func TestObserverAndRegistry(t *testing.T) {
 	<-done
 	if rs, err := leader.Replicas(ctx, c); err != nil || len(rs) != 0 {
 		t.Fatalf("after stop: replicas = %+v, %v; want none", rs, err)
+	}
+}
+
+// TestRestartedReplicaTakesOverAtOnce: a replica whose process died while
+// leading (its key still held by a live lease) and which comes back under
+// the same name removes its old key and leads without waiting the TTL; the
+// old term's fence refuses writes.
+func TestRestartedReplicaTakesOverAtOnce(t *testing.T) {
+	ep := startEtcd(t)
+	st := newStore(t, ep)
+	ctx := context.Background()
+	// The dead incarnation: a key with a long lease nobody will revoke.
+	g, err := st.Client().Grant(ctx, 60)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, err := st.Client().Put(ctx, leader.DefaultPrefix+"/dead", `{"name":"a","url":"http://a"}`, clientv3.WithLease(g.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := store.Fence{Key: leader.DefaultPrefix + "/dead", Rev: put.Header.Revision}
+	start := time.Now()
+	a := startReplica(t, ep, "a", 30*time.Second)
+	waitFor(t, "restarted a leads", 5*time.Second, a.isLeading)
+	t.Logf("restarted replica led after %s (its old lease had 60s left)", time.Since(start).Round(time.Millisecond))
+	st.SetFence(old)
+	if err := st.CreateVM(ctx, &ferryv1.VM{Spec: &ferryv1.VMSpec{Name: "x"}}); !errors.Is(err, store.ErrNotLeader) {
+		t.Fatalf("write with the dead incarnation's fence: %v, want ErrNotLeader", err)
+	}
+	// Another replica's key is left alone.
+	b := startReplica(t, ep, "b", 30*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	if !a.isLeading() || b.isLeading() {
+		t.Fatalf("a leading %v, b leading %v; want a only", a.isLeading(), b.isLeading())
 	}
 }
