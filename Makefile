@@ -22,9 +22,16 @@ guest: deps
 
 # The README's test command: unit tests and end-to-end tests with real QEMU,
 # real etcd and real network namespaces.
+# Unit tests run with the race detector; the fault exploration of the
+# migration engine prints its summary (cases explored, violations); the
+# end-to-end tests run last, one package at a time.
 test: deps guest build
 	FERRY_GUEST_DIR=$(CURDIR)/build/guest FERRY_BIN=$(CURDIR)/$(BIN) \
-		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -p 1 ./...
+		$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -p 1 $$($(GO) list ./... | grep -v /test/e2e)
+	set -o pipefail; $(GO) test -count=1 -v -run 'TestFaultExploration|TestPairFaults|TestTripleFaults|TestCheckerCatchesBrokenRule' ./internal/migration/sim \
+		| grep -E '^(fault|pair-fault|triple-fault) exploration|^checker self-test|^(ok|FAIL|---)'
+	FERRY_GUEST_DIR=$(CURDIR)/build/guest FERRY_BIN=$(CURDIR)/$(BIN) \
+		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
 
 unit: deps
 	$(GO) test -count=1 -short ./internal/...

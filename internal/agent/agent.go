@@ -187,6 +187,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}))
 	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
+	mux.Handle(agentv1connect.NewDiskAgentServiceHandler(&diskService{a}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()

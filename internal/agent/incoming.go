@@ -44,6 +44,13 @@ func (in *incoming) adoptable() bool {
 	return !in.ran && (in.state == migration.InListening || in.state == migration.InArmed || in.state == migration.InNone)
 }
 
+// abortedUnran reports an arrival that was aborted before it ever ran.
+func (in *incoming) abortedUnran() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return !in.ran && in.state == migration.InAborted
+}
+
 func (in *incoming) record() incomingRecord {
 	in.mu.Lock()
 	defer in.mu.Unlock()

@@ -253,7 +253,10 @@ func (a *Agent) abortIncoming(ctx context.Context, name, id string) error {
 		}
 		cancel()
 	}
-	if !in.adoptable() {
+	// An arrival already aborted (its QEMU died before it ran and the agent
+	// removed it) aborts again as a no-op: the contract's idempotence, and
+	// the engine's proof that the destination never ran.
+	if !in.adoptable() && !in.abortedUnran() {
 		return failedPrecondition("the destination of VM %s on host %s has run: it is never aborted", name, a.cfg.Name)
 	}
 	if v.proc != nil {

@@ -278,3 +278,23 @@ func TestDestinationQEMUDeathIsReported(t *testing.T) {
 	_, err := ta.mig.FinishIncoming(testCtx(t), step("web", "m1"))
 	wantCode(t, err, connect.CodeFailedPrecondition)
 }
+
+func TestAbortIncomingAfterTheArrivalDiedBeforeItRan(t *testing.T) {
+	ta := newTestAgent(t)
+	mustPrepare(t, ta, "web", "m1")
+	q := ta.qemu("web")
+	if err := q.ArriveIncoming(); err != nil { // the state is all there
+		t.Fatal(err)
+	}
+	eventually(t, "the state to be loaded", func() bool { return queryIn(t, ta, "web", "m1").LoadedAt != nil })
+	q.Crash() // the destination QEMU dies before it ever ran
+	eventually(t, "the dead arrival to be removed", func() bool {
+		st, err := ta.mig.QueryIncoming(testCtx(t), step("web", "m1"))
+		return err == nil && st.Msg.Status.GetVm().GetPid() == 0
+	})
+	// The engine's proof that the destination never ran: the abort succeeds.
+	must[agentv1.StepResponse](t)(ta.mig.AbortIncoming(testCtx(t), step("web", "m1")))
+	if st := queryIn(t, ta, "web", "m1"); st.Ran {
+		t.Fatalf("QueryIncoming after the dead arrival: %+v, want never ran", st)
+	}
+}

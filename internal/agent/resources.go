@@ -87,13 +87,13 @@ func (v *vm) deleteTaps(sp *ferryv1.VMSpec) {
 // names: nobody else may hold them); why names the removal in logs. Every
 // removal of a VM's directory goes through here.
 func (v *vm) removeDir(keepLocal bool, why string) error {
-	_ = keepLocal // every image goes for now: the disk-keeping rule is vmops' (removeVMDir)
 	// A record write racing the removal (an event saved as the QEMU quits)
-	// can add a file after RemoveAll listed the directory: try again, a
-	// bounded number of times.
+	// can add a file after the directory was listed: try again, a bounded
+	// number of times. removeVMDir (diskkeep.go) never deletes a disk given
+	// by path, nor local images when keepLocal.
 	var err error
 	for range 5 {
-		if err = os.RemoveAll(v.dir); err == nil {
+		if err = v.removeVMDir(keepLocal, why); err == nil {
 			return nil
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -75,8 +75,10 @@ func (s *service) DeleteVM(ctx context.Context, req *connect.Request[agentv1.Age
 		return nil, err
 	}
 	v.archiveLogs("deleted")
-	if err := os.RemoveAll(v.dir); err != nil {
-		return nil, fmt.Errorf("remove VM dir %s: %w", v.dir, err)
+	// The source of a cold migration keeps its local disks: the
+	// destination does not hold them.
+	if err := v.removeDir(req.Msg.GetMigrationId() != "", "deleted"); err != nil {
+		return nil, err
 	}
 	s.a.mu.Lock()
 	delete(s.a.vms, name)

@@ -13,6 +13,7 @@ import (
 	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/replica"
+	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/server"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/spf13/cobra"
@@ -27,6 +28,7 @@ type serverFlags struct {
 	endpoints string
 	leaderTTL time.Duration
 	member    etcdembed.Member
+	keep      retention.Policy
 }
 
 func newServerCmd(g *globals) *cobra.Command {
@@ -56,6 +58,8 @@ func newServerCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.member.AdvertisePeer, "advertise-peer", "", "embedded etcd peer URL announced to the other members (default --listen-peer)")
 	fl.StringVar(&f.member.ListenClient, "listen-client", "", "embedded etcd client URL(s) to listen on (with --initial-cluster)")
 	fl.StringVar(&f.member.AdvertiseClient, "advertise-client", "", "embedded etcd client URL announced (default --listen-client)")
+	fl.IntVar(&f.keep.Count, "keep-migrations", server.DefaultKeepMigrations, "finished migration records kept (0 = any number)")
+	fl.DurationVar(&f.keep.Age, "keep-migrations-for", server.DefaultKeepMigrationsFor, "how long finished migration records are kept (0 = forever)")
 	cmd.AddCommand(newServerStatusCmd(g))
 	return cmd
 }
@@ -73,6 +77,9 @@ func (f *serverFlags) validate() error {
 	}
 	if f.leaderTTL < time.Second {
 		errs = append(errs, fmt.Errorf("--leader-ttl: at least 1s, got %s", f.leaderTTL))
+	}
+	if err := f.keep.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--keep-migrations/--keep-migrations-for: %w", err))
 	}
 	if len(f.listen) == 0 {
 		errs = append(errs, errors.New("--listen: at least one address"))
@@ -125,10 +132,11 @@ func runServer(f serverFlags) error {
 
 	var rep *replica.Replica
 	srv := server.New(server.Config{
-		Store:   st,
-		Log:     log,
-		Wrap:    func(h http.Handler) http.Handler { return rep.Handler(h) },
-		Leading: func() bool { return rep.Leading() },
+		Store:     st,
+		Log:       log,
+		Retention: f.keep,
+		Wrap:      func(h http.Handler) http.Handler { return rep.Handler(h) },
+		Leading:   func() bool { return rep.Leading() },
 	})
 	urls := make(chan []string, 1)
 	serveErr := make(chan error, 1)

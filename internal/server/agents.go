@@ -10,7 +10,8 @@ import (
 // agentClients are the services one agent serves.
 type agentClients struct {
 	agentv1connect.AgentServiceClient
-	mig agentv1connect.MigrationAgentServiceClient
+	mig  agentv1connect.MigrationAgentServiceClient
+	disk agentv1connect.DiskAgentServiceClient
 }
 
 // agentPool caches the clients of each agent address.
@@ -33,6 +34,7 @@ func (p *agentPool) get(addr string) *agentClients {
 	c := &agentClients{
 		AgentServiceClient: agentv1connect.NewAgentServiceClient(hc, base),
 		mig:                agentv1connect.NewMigrationAgentServiceClient(hc, base),
+		disk:               agentv1connect.NewDiskAgentServiceClient(hc, base),
 	}
 	p.clients[addr] = c
 	return c

@@ -29,6 +29,7 @@ func (s *Server) newEngine() *exec.Engine {
 			return pool.Get(h.Address), nil
 		},
 		Knobs:      knobs,
+		Release:    s.releaseReservationErr, // reservations.go: the destination's room, held since beginMigration
 		Controller: controller,
 		Learn: func(from, to string, mibps float64) {
 			// What QEMU really reaches between these hosts (and anywhere):
@@ -44,6 +45,7 @@ func (s *Server) newEngine() *exec.Engine {
 // the migration engine until ctx ends (the server stops, or this replica
 // stops leading). Migrations can be started only while it runs.
 func (s *Server) RunEngine(ctx context.Context) error {
+	go s.runRetention(ctx)
 	err := s.engine.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("migration engine: %w", err)

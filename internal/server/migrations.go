@@ -96,6 +96,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		}
 		return nil, nil, connectError(err)
 	}
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, nil, err
+	}
 	if vm.Host == req.To {
 		return nil, nil, invalidArg("VM %s is already on host %s: choose another destination", req.Vm, req.To)
 	}
@@ -105,7 +108,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	case opt.Strategy != "cold" && vm.State != "running":
 		return nil, nil, precondition("VM %s is %s: live migration needs a running VM (use --strategy cold, or start it)", req.Vm, vm.State)
 	case opt.Strategy == "cold" && vm.State != "running" && vm.State != "stopped":
-		return nil, nil, precondition("VM %s is %s: cold migration needs a running or stopped VM", req.Vm, vm.State)
+		return nil, nil, precondition("VM %s is %s: cold migration needs a running or stopped VM (stop it first: ferry vm stop %s)", req.Vm, vm.State, req.Vm)
 	}
 	hosts, err := s.store.ListHosts(ctx)
 	if err != nil {
@@ -135,12 +138,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err := checkHostPair(vm, dst); err != nil { // compat.go
 		return nil, nil, err
 	}
-	for i, d := range vm.Spec.GetDisks() {
-		if !d.GetShared() {
-			return nil, nil, precondition("spec.disks[%d] (%s) is not shared: moving local disks needs storage migration, which Ferry does not do yet; mark the disk shared: true if both hosts see it at the same path", i, d.GetName())
-		}
-	}
 	if err := s.checkRoom(ctx, vm, dst); err != nil {
+		return nil, nil, err
+	}
+	if err := s.checkSharedDisks(ctx, vm, src, dst); err != nil {
 		return nil, nil, err
 	}
 	if opt.MaxDowntimeMs == 0 {
@@ -188,6 +189,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	planningMs := time.Since(planStart).Milliseconds()
 
 	id := newMigrationID()
+	if err := s.reserveMigration(ctx, id, vm, dst, opt); err != nil {
+		return nil, nil, err
+	}
 	now := time.Now()
 	locked, err := s.store.UpdateVM(ctx, req.Vm, true, func(cur *ferryv1.VM) error {
 		if cur.State != vm.State || cur.Host != vm.Host || cur.MigrationId != "" {
@@ -197,6 +201,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		return nil
 	})
 	if err != nil {
+		s.releaseReservation(id)
 		return nil, nil, connectError(err)
 	}
 	stall, timeout, window := coreOptions(opt)
@@ -204,6 +209,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		core.Options{StallTimeout: stall, Timeout: timeout, RecoveryWindow: window}, now)
 	if err != nil {
 		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
+		s.releaseReservation(id)
 		return nil, nil, invalidArg("%v", err)
 	}
 	m := &ferryv1.Migration{
@@ -217,6 +223,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err := s.engine.Start(ctx, rec, m); err != nil {
 		// Undo the lock so the VM is as it was.
 		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
+		s.releaseReservation(id)
 		return nil, nil, connectError(err)
 	}
 	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
@@ -226,18 +233,12 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	return m, plan, nil
 }
 
-// checkRoom verifies the destination can hold the VM.
+// checkRoom verifies the destination can hold the VM, counting the VMs
+// placed there and the capacity reservations hold there.
 func (s *Server) checkRoom(ctx context.Context, vm *ferryv1.VM, dst *ferryv1.Host) error {
-	vms, err := s.store.ListVMs(ctx)
-	if err != nil {
-		return connectError(err)
-	}
 	c := placement.Host{Name: dst.Name, Ready: true, CPUs: int(dst.GetCapacity().GetCpus()), MemoryMiB: dst.GetCapacity().GetMemoryMib()}
-	for _, o := range vms {
-		if o.Host == dst.Name {
-			c.AllocatedVCPUs += int(o.Spec.GetVcpus())
-			c.AllocatedMemoryMiB += o.Spec.GetMemoryMib()
-		}
+	if err := s.setAllocated(ctx, &c); err != nil { // VMs there and reservations held there
+		return err
 	}
 	if _, err := placement.Choose([]placement.Host{c}, placement.Request{VCPUs: int(vm.Spec.GetVcpus()), MemoryMiB: vm.Spec.GetMemoryMib()}); err != nil {
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("destination host %s cannot take VM %s: %w", dst.Name, vm.Spec.GetName(), err))

@@ -16,6 +16,8 @@ import (
 	"connectrpc.com/connect"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/migration/exec"
+	"github.com/ferryvm/ferry/internal/reserve"
+	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +39,13 @@ type Config struct {
 	// Leading, if set, reports whether this replica leads; reconcilers
 	// run only on the leader. Nil means always.
 	Leading func() bool
+	// Reservations holds capacity for in-flight creates and migrations;
+	// nil means a table in the store's etcd (none if the store is not etcd).
+	Reservations *reserve.Table
+	// Retention bounds the finished migration records kept (zero fields
+	// keep everything; ferry server defaults to DefaultKeepMigrations for
+	// DefaultKeepMigrationsFor).
+	Retention retention.Policy
 }
 
 // Server is the control plane.
@@ -46,13 +55,16 @@ type Server struct {
 	agents  *agentPool
 	metrics *metrics
 	timeout time.Duration
-	replica replicaHooks // see Config.Wrap and Config.Leading
+	replica replicaHooks   // see Config.Wrap and Config.Leading
+	reserve *reserve.Table // capacity held for creates and migrations (nil: off)
 
 	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
 
 	engine *exec.Engine // drives migrations while RunEngine runs
 
 	bw bandwidths // learned migration rate per host pair
+
+	retention retention.Policy // finished migration records kept
 }
 
 // New returns a Server over cfg.Store.
@@ -63,7 +75,8 @@ func New(cfg Config) *Server {
 	if cfg.AgentCallTimeout == 0 {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
-	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout}
+	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, retention: cfg.Retention}
+	s.reserve = newReservations(cfg)
 	s.engine = s.newEngine()
 	s.metrics = newMetrics(s)
 	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}

@@ -8,6 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/revert"
 	"github.com/ferryvm/ferry/internal/spec"
@@ -30,9 +31,13 @@ func invalidSpec(err error) error {
 	return ce
 }
 
-// CreateVM validates the spec, places the VM, records it and starts it on
-// its host. If starting fails, the record is removed: nothing is left behind.
+// CreateVM validates the spec, places the VM (holding its room with a
+// reservation until it is recorded), records it and starts it on its host.
+// If starting fails or its reply is lost, the undo removes the VM from the
+// host (undoCreate) and only then the record: nothing is left behind.
 func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.CreateVMRequest]) (*connect.Response[ferryv1.CreateVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	sp := req.Msg.GetSpec()
 	if sp == nil {
@@ -50,10 +55,11 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 	} else if !store.IsNotFound(err) {
 		return nil, connectError(err)
 	}
-	host, err := s.pickHost(ctx, sp, req.Msg.GetHost())
+	host, release, err := s.placeAndReserve(ctx, sp, req.Msg.GetHost())
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	if err := pinMachineType(sp, host); err != nil { // compat.go
 		return nil, err
 	}
@@ -70,15 +76,15 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 	if err := s.store.CreateVM(ctx, vm); err != nil {
 		return nil, connectError(err)
 	}
-	r.Add(func() {
-		if err := s.store.DeleteVM(context.WithoutCancel(ctx), name); err != nil {
-			s.log.Error("undo create: delete record", "vm", name, "err", err)
-		}
-	})
+	started := false // a StartVM was sent: its QEMU may run even if the reply never came
+	undone := ""     // what the undo did, for the error
+	r.Add(func() { undone = s.undoCreate(context.WithoutCancel(ctx), name, host, started) })
 	if !req.Msg.NoStart {
+		started = true
 		vm, err = s.startOn(ctx, vm, host)
 		if err != nil {
-			return nil, err
+			r.Fail()
+			return nil, withNote(err, undone)
 		}
 	}
 	r.Success()
@@ -87,32 +93,26 @@ func (v *vmService) CreateVM(ctx context.Context, req *connect.Request[ferryv1.C
 }
 
 // pickHost returns the pinned host (which must be ready) or lets placement
-// choose among ready hosts.
-func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string) (*ferryv1.Host, error) {
+// choose among ready hosts, excluding those in exclude. VMs placed on a
+// host and the reservations held there both count.
+func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string, exclude []string) (*ferryv1.Host, error) {
 	hosts, err := s.store.ListHosts(ctx)
 	if err != nil {
 		return nil, connectError(err)
 	}
-	vms, err := s.store.ListVMs(ctx)
+	alloc, err := s.allocated(ctx)
 	if err != nil {
 		return nil, connectError(err)
 	}
 	byName := map[string]*ferryv1.Host{}
 	cands := make([]placement.Host, 0, len(hosts))
-	alloc := map[string]placement.Host{}
-	for _, vm := range vms {
-		a := alloc[vm.Host]
-		a.AllocatedVCPUs += int(vm.Spec.GetVcpus())
-		a.AllocatedMemoryMiB += vm.Spec.GetMemoryMib()
-		alloc[vm.Host] = a
-	}
 	for _, h := range hosts {
 		byName[h.Name] = h
 		a := alloc[h.Name]
 		cands = append(cands, placement.Host{
 			Name: h.Name, Ready: h.State == "ready",
 			CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
-			AllocatedVCPUs: a.AllocatedVCPUs, AllocatedMemoryMiB: a.AllocatedMemoryMiB,
+			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB,
 		})
 	}
 	if pinned != "" {
@@ -125,7 +125,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		}
 		return h, nil
 	}
-	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib})
+	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeResourceExhausted, err)
 	}
@@ -138,6 +138,10 @@ func (s *Server) startOn(ctx context.Context, vm *ferryv1.VM, host *ferryv1.Host
 	actx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
 	resp, err := s.agents.get(host.Address).StartVM(actx, connect.NewRequest(&agentv1.AgentStartVMRequest{Spec: vm.Spec}))
+	if err == nil {
+		// A lost reply: the agent started the VM but the server never hears.
+		err = failpoint.Inject("server/after-agent-start")
+	}
 	name := vm.Spec.Name
 	if err != nil {
 		err = fmt.Errorf("start VM %s on host %s: %w", name, host.Name, err)
@@ -191,6 +195,8 @@ func (v *vmService) ListVMs(ctx context.Context, _ *connect.Request[ferryv1.List
 
 // StartVM starts a stopped or failed VM on the host that owns it.
 func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.StartVMRequest]) (*connect.Response[ferryv1.StartVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
 	unlock := s.lockVM(name)
@@ -199,11 +205,14 @@ func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.St
 	if err != nil {
 		return nil, connectError(err)
 	}
-	if vm.State == "running" {
-		return connect.NewResponse(&ferryv1.StartVMResponse{Vm: vm}), nil
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, err
 	}
-	if vm.State == "migrating" || vm.State == "pending" {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is %s: wait for it to finish", name, vm.State))
+	switch vm.State {
+	case "running":
+		return connect.NewResponse(&ferryv1.StartVMResponse{Vm: vm}), nil
+	case "paused":
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is paused on host %s (its state may have been sent to another host by a migration): stop it (`ferry vm stop %s`) and start it again for a new boot", name, vm.Host, name))
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
 	if err != nil {
@@ -227,6 +236,8 @@ func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.St
 
 // StopVM stops a VM's QEMU on its host; the VM keeps its host and disks.
 func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.StopVMRequest]) (*connect.Response[ferryv1.StopVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
 	unlock := s.lockVM(name)
@@ -235,8 +246,8 @@ func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.Sto
 	if err != nil {
 		return nil, connectError(err)
 	}
-	if vm.State == "migrating" {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is migrating: cancel the migration first", name))
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, err
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
 	if err != nil {
@@ -263,6 +274,8 @@ func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.Sto
 
 // DeleteVM stops the VM, removes its files on its host and its record.
 func (v *vmService) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.DeleteVMRequest]) (*connect.Response[ferryv1.DeleteVMResponse], error) {
+	ctx, cancel := v.s.boundOp(ctx)
+	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
 	unlock := s.lockVM(name)
@@ -271,8 +284,8 @@ func (v *vmService) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.D
 	if err != nil {
 		return nil, connectError(err)
 	}
-	if vm.State == "migrating" {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s is migrating: cancel the migration first", name))
+	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
+		return nil, err
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
 	if err != nil && !store.IsNotFound(err) {

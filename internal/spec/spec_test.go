@@ -21,10 +21,10 @@ boot:
   cmdline: console=ttyS0
 disks:
   - path: images/root.qcow2
+    shared: true
   - name: data
     size: 1GiB
     format: raw
-    shared: true
 nics:
   - bridge: br0
   - mac: 52:54:00:aa:bb:cc
@@ -42,8 +42,8 @@ func TestParseYAML(t *testing.T) {
 		Name: "web-1", Vcpus: 2, MemoryMib: 512,
 		Boot: &ferryv1.BootSpec{Kernel: "/srv/vms/vmlinuz", Initrd: "/boot/initrd.img", Cmdline: "console=ttyS0"},
 		Disks: []*ferryv1.DiskSpec{
-			{Path: "/srv/vms/images/root.qcow2"},
-			{Name: "data", Size: "1GiB", Format: "raw", Shared: true},
+			{Path: "/srv/vms/images/root.qcow2", Shared: true},
+			{Name: "data", Size: "1GiB", Format: "raw"},
 		},
 		Nics:     []*ferryv1.NICSpec{{Bridge: "br0"}, {Mac: "52:54:00:aa:bb:cc"}},
 		CpuModel: "qemu64", Accel: "tcg", MaxDowntimeMs: 500,
@@ -276,6 +276,8 @@ func TestValidateRules(t *testing.T) {
 		{"disk size syntax", func(s *ferryv1.VMSpec) { s.Disks[1].Size = "lots" }, "spec.disks[1].size",
 			`must be a size like 512MiB, 1GiB, 10G or a byte count, got "lots"`},
 		{"disk size zero", func(s *ferryv1.VMSpec) { s.Disks[1].Size = "0MiB" }, "spec.disks[1].size", `must be greater than 0, got "0MiB"`},
+		{"disk shared with size", func(s *ferryv1.VMSpec) { s.Disks[1].Shared = true }, "spec.disks[1].shared",
+			"a shared disk must be an existing image every host sees at the same path: set path (create the image once, e.g. with qemu-img create) and remove size, or remove shared: true for a new local disk"},
 		{"disk format", func(s *ferryv1.VMSpec) { s.Disks[1].Format = "vmdk" }, "spec.disks[1].format", `must be one of qcow2, raw, got "vmdk"`},
 		{"disk name charset", func(s *ferryv1.VMSpec) { s.Disks[0].Name = "Root" }, "spec.disks[0].name",
 			`must be 1-26 chars of lowercase letters, digits and '-', starting with a letter (it names QEMU block nodes), got "Root"`},
@@ -345,6 +347,7 @@ func TestValidateAcceptsGoodVariants(t *testing.T) {
 			s.Vcpus, s.MemoryMib, s.MaxDowntimeMs, s.Name = 64, 64, 60000, strings.Repeat("a", 63)
 		},
 		"accel values":        func(s *ferryv1.VMSpec) { s.Accel = "kvm" },
+		"shared path disk":    func(s *ferryv1.VMSpec) { s.Disks[0].Shared = true },
 		"machine type pinned": func(s *ferryv1.VMSpec) { s.MachineType = "pc-q35-10.0" },
 		"machine type alias":  func(s *ferryv1.VMSpec) { s.MachineType = "q35" },
 		"one char name": func(s *ferryv1.VMSpec) {

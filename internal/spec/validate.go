@@ -113,6 +113,9 @@ func validateDisks(c *collector, disks []*ferryv1.DiskSpec) []string {
 				c.add(p+".size", "must be greater than 0, got %q", d.Size)
 			}
 		}
+		if d.Shared && d.Size != "" {
+			c.add(p+".shared", "a shared disk must be an existing image every host sees at the same path: set path (create the image once, e.g. with qemu-img create) and remove size, or remove shared: true for a new local disk")
+		}
 		switch d.Format {
 		case "", "qcow2", "raw":
 		default:

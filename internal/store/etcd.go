@@ -53,10 +53,6 @@ func NewEtcd(ctx context.Context, endpoints []string) (*Etcd, error) {
 	return &Etcd{c: c, leases: map[string]clientv3.LeaseID{}}, nil
 }
 
-// Client returns the etcd client the store uses (for leader election and
-// cluster status, which share its connection).
-func (s *Etcd) Client() *clientv3.Client { return s.c }
-
 // Close closes the etcd client.
 func (s *Etcd) Close() error { return s.c.Close() }
 
@@ -317,6 +313,14 @@ func (s *Etcd) PutMigration(ctx context.Context, m *statev1.MigrationRecord) err
 	}
 	if _, _, err := s.write(ctx, "store migration "+m.Id, nil, []clientv3.Op{clientv3.OpPut(migPrefix+m.Id, v)}); err != nil {
 		return err
+	}
+	return nil
+}
+
+// DeleteMigration implements Store.
+func (s *Etcd) DeleteMigration(ctx context.Context, id string) error {
+	if _, err := s.c.Delete(ctx, migPrefix+id); err != nil {
+		return fmt.Errorf("delete migration %s: %w", id, err)
 	}
 	return nil
 }

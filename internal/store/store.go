@@ -58,6 +58,9 @@ type Store interface {
 	GetMigration(ctx context.Context, id string) (*statev1.MigrationRecord, error)
 	// ListMigrations returns all migration records, oldest first.
 	ListMigrations(ctx context.Context) ([]*statev1.MigrationRecord, error)
+	// DeleteMigration removes a migration record (retention); deleting one
+	// that is gone is not an error.
+	DeleteMigration(ctx context.Context, id string) error
 
 	// Close releases the store's connections.
 	Close() error

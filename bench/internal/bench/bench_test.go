@@ -4,6 +4,8 @@ import (
 	"encoding/xml"
 	"strings"
 	"testing"
+
+	"github.com/ferryvm/ferry/guest/guestapi"
 )
 
 func TestJobStats(t *testing.T) {
@@ -27,7 +29,7 @@ func TestDomainXMLIsValidAndMatchesGuest(t *testing.T) {
 	if err := xml.Unmarshal([]byte(x), &v); err != nil {
 		t.Fatalf("domain XML does not parse: %v\n%s", err, x)
 	}
-	if v.Name != "bench-libvirt" || v.MAC.Address != g.MAC || !strings.HasPrefix(v.Cmdline, "console=ttyS0 pti=on ") ||
+	if v.Name != "bench-libvirt" || v.MAC.Address != g.MAC || !strings.HasPrefix(v.Cmdline, guestapi.BaseCmdline+" ") ||
 		!strings.Contains(v.Cmdline, "ferry.dirty=256:24") || !strings.Contains(v.Cmdline, "ferry.ip=198.19.0.23/15") {
 		t.Errorf("domain XML = %+v", v)
 	}

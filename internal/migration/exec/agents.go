@@ -37,7 +37,10 @@ type Agent interface {
 	ProbeSend(ctx context.Context, address string, d time.Duration) error
 	StartVM(ctx context.Context, spec *ferryv1.VMSpec) (*ferryv1.VMStatus, error)
 	StopVM(ctx context.Context, name string, force bool) (*ferryv1.VMStatus, error)
-	DeleteVM(ctx context.Context, name string) error
+	// DeleteVM removes a VM from the host; migrationID, when set, names
+	// the migration whose source this is, so the agent keeps its local
+	// disk images (the destination holds the VM now).
+	DeleteVM(ctx context.Context, name, migrationID string) error
 	GetVM(ctx context.Context, name string) (*ferryv1.VMStatus, error)
 	CancelOutgoingVM(ctx context.Context, req *agentv1.MigrationStepRequest) (*ferryv1.VMStatus, error)
 }
@@ -283,9 +286,9 @@ func (a *connectAgent) StopVM(ctx context.Context, name string, force bool) (*fe
 }
 
 // DeleteVM implements Agent.
-func (a *connectAgent) DeleteVM(ctx context.Context, name string) error {
+func (a *connectAgent) DeleteVM(ctx context.Context, name, migrationID string) error {
 	_, err := call(ctx, a.t.Step*3, "delete VM", func(c context.Context) (struct{}, error) {
-		_, err := a.vm.DeleteVM(c, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: name}))
+		_, err := a.vm.DeleteVM(c, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: name, MigrationId: migrationID}))
 		return struct{}{}, err
 	})
 	return err

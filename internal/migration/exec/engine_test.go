@@ -182,7 +182,7 @@ func (fakeAgent) StartVM(context.Context, *ferryv1.VMSpec) (*ferryv1.VMStatus, e
 func (fakeAgent) StopVM(context.Context, string, bool) (*ferryv1.VMStatus, error) {
 	return nil, errFakeUnsupported
 }
-func (fakeAgent) DeleteVM(context.Context, string) error { return nil }
+func (fakeAgent) DeleteVM(context.Context, string, string) error { return nil }
 
 // fakeRecords is an in-memory Records.
 type fakeRecords struct {

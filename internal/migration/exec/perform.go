@@ -271,7 +271,11 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		}
 		return err
 	case core.ActDeleteVM:
-		return ag.DeleteVM(ctx, p.vm)
+		id := ""
+		if a.Side == core.Src {
+			id = p.id // a cold migration's source: the destination holds the VM
+		}
+		return ag.DeleteVM(ctx, p.vm, id)
 	case core.ActCASOwner:
 		return p.casOwner(ctx, a, o)
 	case core.ActUpdateVM:

@@ -78,6 +78,8 @@ func TestCheckerCatchesBrokenRule(t *testing.T) {
 		t.Fatal("the exploration found no violation with a broken core")
 	}
 	t.Logf("broken core: %d of %d cases violate; shortest:\n%s", len(e.Violations), e.Cases, e.Shortest().Report())
+	fmt.Printf("checker self-test: a core that resumes the source after the owner CAS is caught (%d of %d cases violate; first: %s)\n",
+		len(e.Violations), e.Cases, r.Violations[0])
 }
 
 // TestPairFaults samples two faults per case (the second lands in the

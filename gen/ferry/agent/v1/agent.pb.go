@@ -212,8 +212,12 @@ func (x *AgentStopVMResponse) GetStatus() *v1.VMStatus {
 }
 
 type AgentDeleteVMRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// migration_id is set when the delete removes a migration's source
+	// (cold migration): local disk images in the VM's directory are then
+	// kept, since the destination does not hold them (no storage migration).
+	MigrationId   string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +255,13 @@ func (*AgentDeleteVMRequest) Descriptor() ([]byte, []int) {
 func (x *AgentDeleteVMRequest) GetName() string {
 	if x != nil {
 		return x.Name
+	}
+	return ""
+}
+
+func (x *AgentDeleteVMRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
 	}
 	return ""
 }
@@ -1765,6 +1776,187 @@ func (x *StepResponse) GetVm() *v1.VMStatus {
 	return nil
 }
 
+// DiskMarker is one disk's marker in a shared-disk check.
+type DiskMarker struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// disk_path is the disk image's absolute path (the same on both hosts).
+	DiskPath string `protobuf:"bytes,1,opt,name=disk_path,json=diskPath,proto3" json:"disk_path,omitempty"`
+	// token is written by WriteDiskMarkers and reported by ReadDiskMarkers
+	// (empty when no marker was found).
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// marker_path is the marker file's path.
+	MarkerPath string `protobuf:"bytes,3,opt,name=marker_path,json=markerPath,proto3" json:"marker_path,omitempty"`
+	// disk_exists reports whether the disk image exists on this host.
+	DiskExists bool `protobuf:"varint,4,opt,name=disk_exists,json=diskExists,proto3" json:"disk_exists,omitempty"`
+	// error is why this disk's marker could not be written, read or removed.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskMarker) Reset() {
+	*x = DiskMarker{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskMarker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskMarker) ProtoMessage() {}
+
+func (x *DiskMarker) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskMarker.ProtoReflect.Descriptor instead.
+func (*DiskMarker) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DiskMarker) GetDiskPath() string {
+	if x != nil {
+		return x.DiskPath
+	}
+	return ""
+}
+
+func (x *DiskMarker) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *DiskMarker) GetMarkerPath() string {
+	if x != nil {
+		return x.MarkerPath
+	}
+	return ""
+}
+
+func (x *DiskMarker) GetDiskExists() bool {
+	if x != nil {
+		return x.DiskExists
+	}
+	return false
+}
+
+func (x *DiskMarker) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type DiskMarkersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// check_id names the check (letters, digits, '-'); it ends the marker's
+	// file name so concurrent checks never collide.
+	CheckId       string        `protobuf:"bytes,1,opt,name=check_id,json=checkId,proto3" json:"check_id,omitempty"`
+	Markers       []*DiskMarker `protobuf:"bytes,2,rep,name=markers,proto3" json:"markers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskMarkersRequest) Reset() {
+	*x = DiskMarkersRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskMarkersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskMarkersRequest) ProtoMessage() {}
+
+func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskMarkersRequest.ProtoReflect.Descriptor instead.
+func (*DiskMarkersRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DiskMarkersRequest) GetCheckId() string {
+	if x != nil {
+		return x.CheckId
+	}
+	return ""
+}
+
+func (x *DiskMarkersRequest) GetMarkers() []*DiskMarker {
+	if x != nil {
+		return x.Markers
+	}
+	return nil
+}
+
+type DiskMarkersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Markers       []*DiskMarker          `protobuf:"bytes,1,rep,name=markers,proto3" json:"markers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskMarkersResponse) Reset() {
+	*x = DiskMarkersResponse{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskMarkersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskMarkersResponse) ProtoMessage() {}
+
+func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskMarkersResponse.ProtoReflect.Descriptor instead.
+func (*DiskMarkersResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
+	if x != nil {
+		return x.Markers
+	}
+	return nil
+}
+
 var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
@@ -1778,9 +1970,10 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"A\n" +
 	"\x13AgentStopVMResponse\x12*\n" +
-	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"*\n" +
+	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"M\n" +
 	"\x14AgentDeleteVMRequest\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x17\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\"\x17\n" +
 	"\x15AgentDeleteVMResponse\"'\n" +
 	"\x11AgentGetVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"@\n" +
@@ -1897,7 +2090,21 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x16IncomingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.IncomingStatusR\x06status\"2\n" +
 	"\fStepResponse\x12\"\n" +
-	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm2\xf5\x03\n" +
+	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\x97\x01\n" +
+	"\n" +
+	"DiskMarker\x12\x1b\n" +
+	"\tdisk_path\x18\x01 \x01(\tR\bdiskPath\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x1f\n" +
+	"\vmarker_path\x18\x03 \x01(\tR\n" +
+	"markerPath\x12\x1f\n" +
+	"\vdisk_exists\x18\x04 \x01(\bR\n" +
+	"diskExists\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"e\n" +
+	"\x12DiskMarkersRequest\x12\x19\n" +
+	"\bcheck_id\x18\x01 \x01(\tR\acheckId\x124\n" +
+	"\amarkers\x18\x02 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers\"K\n" +
+	"\x13DiskMarkersResponse\x124\n" +
+	"\amarkers\x18\x01 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers2\xf5\x03\n" +
 	"\fAgentService\x12T\n" +
 	"\aStartVM\x12#.ferry.agent.v1.AgentStartVMRequest\x1a$.ferry.agent.v1.AgentStartVMResponse\x12Q\n" +
 	"\x06StopVM\x12\".ferry.agent.v1.AgentStopVMRequest\x1a#.ferry.agent.v1.AgentStopVMResponse\x12W\n" +
@@ -1922,7 +2129,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ePauseMigration\x12$.ferry.agent.v1.MigrationStepRequest\x1a\x1c.ferry.agent.v1.StepResponse\x12J\n" +
 	"\aMeasure\x12\x1e.ferry.agent.v1.MeasureRequest\x1a\x1f.ferry.agent.v1.MeasureResponse\x12V\n" +
 	"\vProbeListen\x12\".ferry.agent.v1.ProbeListenRequest\x1a#.ferry.agent.v1.ProbeListenResponse\x12P\n" +
-	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
+	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponse2\xa9\x02\n" +
+	"\x10DiskAgentService\x12[\n" +
+	"\x10WriteDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12Z\n" +
+	"\x0fReadDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12\\\n" +
+	"\x11RemoveDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_ferry_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -1936,7 +2147,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*AgentStartVMRequest)(nil),     // 0: ferry.agent.v1.AgentStartVMRequest
 	(*AgentStartVMResponse)(nil),    // 1: ferry.agent.v1.AgentStartVMResponse
@@ -1965,83 +2176,94 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*OutgoingStatusResponse)(nil),  // 24: ferry.agent.v1.OutgoingStatusResponse
 	(*IncomingStatusResponse)(nil),  // 25: ferry.agent.v1.IncomingStatusResponse
 	(*StepResponse)(nil),            // 26: ferry.agent.v1.StepResponse
-	(*v1.VMSpec)(nil),               // 27: ferry.v1.VMSpec
-	(*v1.VMStatus)(nil),             // 28: ferry.v1.VMStatus
-	(*timestamppb.Timestamp)(nil),   // 29: google.protobuf.Timestamp
-	(*v1.ConsoleRequest)(nil),       // 30: ferry.v1.ConsoleRequest
-	(*v1.ConsoleChunk)(nil),         // 31: ferry.v1.ConsoleChunk
+	(*DiskMarker)(nil),              // 27: ferry.agent.v1.DiskMarker
+	(*DiskMarkersRequest)(nil),      // 28: ferry.agent.v1.DiskMarkersRequest
+	(*DiskMarkersResponse)(nil),     // 29: ferry.agent.v1.DiskMarkersResponse
+	(*v1.VMSpec)(nil),               // 30: ferry.v1.VMSpec
+	(*v1.VMStatus)(nil),             // 31: ferry.v1.VMStatus
+	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
+	(*v1.ConsoleRequest)(nil),       // 33: ferry.v1.ConsoleRequest
+	(*v1.ConsoleChunk)(nil),         // 34: ferry.v1.ConsoleChunk
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	27, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	28, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	28, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	28, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	28, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	29, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	29, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	29, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	29, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	29, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
-	29, // 10: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	29, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	28, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	27, // 13: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	29, // 14: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
-	29, // 15: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	30, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
+	31, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
+	31, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
+	31, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
+	31, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
+	32, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	32, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	32, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	32, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	32, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	32, // 10: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	32, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	31, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	30, // 13: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	32, // 14: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	32, // 15: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
 	10, // 16: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
 	11, // 17: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	28, // 18: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	0,  // 19: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
-	2,  // 20: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
-	4,  // 21: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
-	6,  // 22: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
-	8,  // 23: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	30, // 24: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	12, // 25: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
-	23, // 26: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 27: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 28: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 29: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	14, // 30: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
-	23, // 31: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 32: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 33: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 34: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 35: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 36: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	22, // 37: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
-	23, // 38: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 39: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
-	17, // 40: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
-	19, // 41: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
-	1,  // 42: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 43: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 44: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 45: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 46: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	31, // 47: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 48: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	25, // 49: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 50: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 51: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 52: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	24, // 53: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 54: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 55: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 56: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	26, // 57: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	24, // 58: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	21, // 59: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	24, // 60: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 61: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 62: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	18, // 63: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	20, // 64: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	42, // [42:65] is the sub-list for method output_type
-	19, // [19:42] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	31, // 18: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	27, // 19: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
+	27, // 20: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
+	0,  // 21: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
+	2,  // 22: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
+	4,  // 23: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
+	6,  // 24: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
+	8,  // 25: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
+	33, // 26: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	12, // 27: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
+	23, // 28: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 29: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 30: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 31: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	14, // 32: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	23, // 33: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 34: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 35: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 36: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 37: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 38: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	22, // 39: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
+	23, // 40: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
+	15, // 41: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	17, // 42: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
+	19, // 43: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
+	28, // 44: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	28, // 45: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	28, // 46: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	1,  // 47: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 48: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 49: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 50: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 51: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	34, // 52: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	13, // 53: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	25, // 54: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	25, // 55: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	25, // 56: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 57: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	24, // 58: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	24, // 59: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	24, // 60: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	26, // 61: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	26, // 62: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	24, // 63: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	21, // 64: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	24, // 65: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	26, // 66: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	16, // 67: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	18, // 68: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	20, // 69: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	29, // 70: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	29, // 71: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	29, // 72: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	47, // [47:73] is the sub-list for method output_type
+	21, // [21:47] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2055,9 +2277,9 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   30,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_ferry_agent_v1_agent_proto_goTypes,
 		DependencyIndexes: file_ferry_agent_v1_agent_proto_depIdxs,

@@ -29,6 +29,8 @@ const (
 	AgentServiceName = "ferry.agent.v1.AgentService"
 	// MigrationAgentServiceName is the fully-qualified name of the MigrationAgentService service.
 	MigrationAgentServiceName = "ferry.agent.v1.MigrationAgentService"
+	// DiskAgentServiceName is the fully-qualified name of the DiskAgentService service.
+	DiskAgentServiceName = "ferry.agent.v1.DiskAgentService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -102,6 +104,15 @@ const (
 	// MigrationAgentServiceProbeSendProcedure is the fully-qualified name of the
 	// MigrationAgentService's ProbeSend RPC.
 	MigrationAgentServiceProbeSendProcedure = "/ferry.agent.v1.MigrationAgentService/ProbeSend"
+	// DiskAgentServiceWriteDiskMarkersProcedure is the fully-qualified name of the DiskAgentService's
+	// WriteDiskMarkers RPC.
+	DiskAgentServiceWriteDiskMarkersProcedure = "/ferry.agent.v1.DiskAgentService/WriteDiskMarkers"
+	// DiskAgentServiceReadDiskMarkersProcedure is the fully-qualified name of the DiskAgentService's
+	// ReadDiskMarkers RPC.
+	DiskAgentServiceReadDiskMarkersProcedure = "/ferry.agent.v1.DiskAgentService/ReadDiskMarkers"
+	// DiskAgentServiceRemoveDiskMarkersProcedure is the fully-qualified name of the DiskAgentService's
+	// RemoveDiskMarkers RPC.
+	DiskAgentServiceRemoveDiskMarkersProcedure = "/ferry.agent.v1.DiskAgentService/RemoveDiskMarkers"
 )
 
 // AgentServiceClient is a client for the ferry.agent.v1.AgentService service.
@@ -835,4 +846,136 @@ func (UnimplementedMigrationAgentServiceHandler) ProbeListen(context.Context, *c
 
 func (UnimplementedMigrationAgentServiceHandler) ProbeSend(context.Context, *connect.Request[v1.ProbeSendRequest]) (*connect.Response[v1.ProbeSendResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.MigrationAgentService.ProbeSend is not implemented"))
+}
+
+// DiskAgentServiceClient is a client for the ferry.agent.v1.DiskAgentService service.
+type DiskAgentServiceClient interface {
+	// WriteDiskMarkers writes <disk>.ferry-shared-check-<check_id> holding
+	// each marker's token next to each disk (which must exist here).
+	WriteDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// ReadDiskMarkers reads the markers at the same paths and reports, per
+	// disk, whether the disk exists here and what token its marker holds.
+	ReadDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// RemoveDiskMarkers removes the markers of check_id (idempotent).
+	RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+}
+
+// NewDiskAgentServiceClient constructs a client for the ferry.agent.v1.DiskAgentService service. By
+// default, it uses the Connect protocol with the binary Protobuf Codec, asks for gzipped responses,
+// and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the
+// connect.WithGRPC() or connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewDiskAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) DiskAgentServiceClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	diskAgentServiceMethods := v1.File_ferry_agent_v1_agent_proto.Services().ByName("DiskAgentService").Methods()
+	return &diskAgentServiceClient{
+		writeDiskMarkers: connect.NewClient[v1.DiskMarkersRequest, v1.DiskMarkersResponse](
+			httpClient,
+			baseURL+DiskAgentServiceWriteDiskMarkersProcedure,
+			connect.WithSchema(diskAgentServiceMethods.ByName("WriteDiskMarkers")),
+			connect.WithClientOptions(opts...),
+		),
+		readDiskMarkers: connect.NewClient[v1.DiskMarkersRequest, v1.DiskMarkersResponse](
+			httpClient,
+			baseURL+DiskAgentServiceReadDiskMarkersProcedure,
+			connect.WithSchema(diskAgentServiceMethods.ByName("ReadDiskMarkers")),
+			connect.WithClientOptions(opts...),
+		),
+		removeDiskMarkers: connect.NewClient[v1.DiskMarkersRequest, v1.DiskMarkersResponse](
+			httpClient,
+			baseURL+DiskAgentServiceRemoveDiskMarkersProcedure,
+			connect.WithSchema(diskAgentServiceMethods.ByName("RemoveDiskMarkers")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// diskAgentServiceClient implements DiskAgentServiceClient.
+type diskAgentServiceClient struct {
+	writeDiskMarkers  *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
+	readDiskMarkers   *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
+	removeDiskMarkers *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
+}
+
+// WriteDiskMarkers calls ferry.agent.v1.DiskAgentService.WriteDiskMarkers.
+func (c *diskAgentServiceClient) WriteDiskMarkers(ctx context.Context, req *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
+	return c.writeDiskMarkers.CallUnary(ctx, req)
+}
+
+// ReadDiskMarkers calls ferry.agent.v1.DiskAgentService.ReadDiskMarkers.
+func (c *diskAgentServiceClient) ReadDiskMarkers(ctx context.Context, req *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
+	return c.readDiskMarkers.CallUnary(ctx, req)
+}
+
+// RemoveDiskMarkers calls ferry.agent.v1.DiskAgentService.RemoveDiskMarkers.
+func (c *diskAgentServiceClient) RemoveDiskMarkers(ctx context.Context, req *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
+	return c.removeDiskMarkers.CallUnary(ctx, req)
+}
+
+// DiskAgentServiceHandler is an implementation of the ferry.agent.v1.DiskAgentService service.
+type DiskAgentServiceHandler interface {
+	// WriteDiskMarkers writes <disk>.ferry-shared-check-<check_id> holding
+	// each marker's token next to each disk (which must exist here).
+	WriteDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// ReadDiskMarkers reads the markers at the same paths and reports, per
+	// disk, whether the disk exists here and what token its marker holds.
+	ReadDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// RemoveDiskMarkers removes the markers of check_id (idempotent).
+	RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+}
+
+// NewDiskAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
+// path on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewDiskAgentServiceHandler(svc DiskAgentServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	diskAgentServiceMethods := v1.File_ferry_agent_v1_agent_proto.Services().ByName("DiskAgentService").Methods()
+	diskAgentServiceWriteDiskMarkersHandler := connect.NewUnaryHandler(
+		DiskAgentServiceWriteDiskMarkersProcedure,
+		svc.WriteDiskMarkers,
+		connect.WithSchema(diskAgentServiceMethods.ByName("WriteDiskMarkers")),
+		connect.WithHandlerOptions(opts...),
+	)
+	diskAgentServiceReadDiskMarkersHandler := connect.NewUnaryHandler(
+		DiskAgentServiceReadDiskMarkersProcedure,
+		svc.ReadDiskMarkers,
+		connect.WithSchema(diskAgentServiceMethods.ByName("ReadDiskMarkers")),
+		connect.WithHandlerOptions(opts...),
+	)
+	diskAgentServiceRemoveDiskMarkersHandler := connect.NewUnaryHandler(
+		DiskAgentServiceRemoveDiskMarkersProcedure,
+		svc.RemoveDiskMarkers,
+		connect.WithSchema(diskAgentServiceMethods.ByName("RemoveDiskMarkers")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ferry.agent.v1.DiskAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case DiskAgentServiceWriteDiskMarkersProcedure:
+			diskAgentServiceWriteDiskMarkersHandler.ServeHTTP(w, r)
+		case DiskAgentServiceReadDiskMarkersProcedure:
+			diskAgentServiceReadDiskMarkersHandler.ServeHTTP(w, r)
+		case DiskAgentServiceRemoveDiskMarkersProcedure:
+			diskAgentServiceRemoveDiskMarkersHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedDiskAgentServiceHandler returns CodeUnimplemented from all methods.
+type UnimplementedDiskAgentServiceHandler struct{}
+
+func (UnimplementedDiskAgentServiceHandler) WriteDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.WriteDiskMarkers is not implemented"))
+}
+
+func (UnimplementedDiskAgentServiceHandler) ReadDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.ReadDiskMarkers is not implemented"))
+}
+
+func (UnimplementedDiskAgentServiceHandler) RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.RemoveDiskMarkers is not implemented"))
 }
