@@ -85,3 +85,18 @@ func (s *Etcd) write(ctx context.Context, what string, cmps []clientv3.Cmp, ops 
 	inner := resp.Responses[0].GetResponseTxn()
 	return inner.GetSucceeded(), inner.GetResponses(), nil
 }
+
+// FenceCmp returns the comparison a write must also satisfy to be fenced
+// like the store's own writes (for tables other packages keep in the same
+// etcd, such as internal/reserve); ok is false when writes are unfenced. A
+// closed fence yields a comparison that never holds.
+func (s *Etcd) FenceCmp() (cmp clientv3.Cmp, ok bool) {
+	f := s.fence.Load()
+	switch {
+	case f == nil:
+		return clientv3.Cmp{}, false
+	case f == closedFence:
+		return clientv3.Compare(clientv3.CreateRevision("/ferry/leader/none"), "=", -1), true
+	}
+	return clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev), true
+}

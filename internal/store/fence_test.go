@@ -86,12 +86,27 @@ func TestFencedWrites(t *testing.T) {
 		t.Fatalf("heartbeat must stay unfenced: %v", err)
 	}
 
+	// The comparison other tables use fails like the store's own writes.
+	if cmp, ok := s.FenceCmp(); !ok {
+		t.Fatal("FenceCmp: not fenced")
+	} else if r, err := c.Txn(ctx).If(cmp).Then().Commit(); err != nil || r.Succeeded {
+		t.Fatalf("deposed FenceCmp held: %v %v", r, err)
+	}
+
 	// A closed fence refuses without asking etcd; unfencing writes again.
 	s.CloseFence()
 	if err := s.CreateVM(ctx, vm("w", "h1")); !errors.Is(err, store.ErrNotLeader) {
 		t.Fatalf("create with a closed fence: %v", err)
 	}
+	if cmp, ok := s.FenceCmp(); !ok {
+		t.Fatal("closed FenceCmp: not fenced")
+	} else if r, err := c.Txn(ctx).If(cmp).Then().Commit(); err != nil || r.Succeeded {
+		t.Fatalf("closed FenceCmp held: %v %v", r, err)
+	}
 	s.Unfence()
+	if _, ok := s.FenceCmp(); ok {
+		t.Fatal("FenceCmp fenced after Unfence")
+	}
 	if err := s.CreateVM(ctx, vm("w", "h1")); err != nil {
 		t.Fatalf("create unfenced: %v", err)
 	}
