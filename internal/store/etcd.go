@@ -319,8 +319,8 @@ func (s *Etcd) PutMigration(ctx context.Context, m *statev1.MigrationRecord) err
 
 // DeleteMigration implements Store.
 func (s *Etcd) DeleteMigration(ctx context.Context, id string) error {
-	if _, err := s.c.Delete(ctx, migPrefix+id); err != nil {
-		return fmt.Errorf("delete migration %s: %w", id, err)
+	if _, _, err := s.write(ctx, "delete migration "+id, nil, []clientv3.Op{clientv3.OpDelete(migPrefix + id)}); err != nil {
+		return err
 	}
 	return nil
 }
