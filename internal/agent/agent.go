@@ -21,6 +21,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
@@ -35,7 +36,8 @@ type Config struct {
 	Listen string
 	// Advertise is the address the server dials; defaults to the bound Listen URL.
 	Advertise string
-	// Server is the control plane's address.
+	// Server is the control plane's addresses, comma-separated: heartbeats
+	// go to the one that answered last and fail over in order.
 	Server string
 	// DataDir holds one directory per VM and the accel probe cache.
 	DataDir string
@@ -98,7 +100,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Listen == "" {
 		errs = append(errs, errors.New("--listen: required (e.g. 127.0.0.1:7101 or unix:///run/ferry/agent.sock)"))
 	}
-	if cfg.Server == "" {
+	if len(failover.Split(cfg.Server)) == 0 {
 		errs = append(errs, errors.New("--server: required (the control plane's address)"))
 	}
 	if err := cfg.LogRetention.Validate(); err != nil {
@@ -267,7 +269,7 @@ func hostKernel() string {
 }
 
 func (a *Agent) heartbeatLoop(ctx context.Context, advertise string) {
-	hc, base := rpcaddr.Client(a.cfg.Server)
+	hc, base := failover.Client(a.cfg.Server)
 	client := ferryv1connect.NewHostServiceClient(hc, base)
 	t := time.NewTicker(a.cfg.HeartbeatInterval)
 	defer t.Stop()

@@ -2,19 +2,12 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/ferryvm/ferry/internal/agent"
-	"github.com/ferryvm/ferry/internal/etcdembed"
-	"github.com/ferryvm/ferry/internal/retention"
-	"github.com/ferryvm/ferry/internal/server"
-	"github.com/ferryvm/ferry/internal/store"
 	"github.com/spf13/cobra"
 )
 
@@ -24,67 +17,6 @@ func newLogger() *slog.Logger {
 
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-}
-
-func newServerCmd() *cobra.Command {
-	var listen []string
-	var dataDir, endpoints string
-	var keep retention.Policy
-	cmd := &cobra.Command{
-		Use:   "server",
-		Short: "Run the control plane (API, placement, cluster state in etcd)",
-		Long: "Run the control plane. With no --etcd-endpoints it runs an embedded etcd in --data-dir;\n" +
-			"with endpoints it uses that etcd cluster.",
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, cancel := signalContext()
-			defer cancel()
-			log := newLogger().With("component", "server")
-			var eps []string
-			if endpoints == "" {
-				if dataDir == "" {
-					return fmt.Errorf("--data-dir: required for the embedded etcd (or pass --etcd-endpoints)")
-				}
-				e, err := etcdembed.Start(ctx, filepath.Join(dataDir, "etcd"))
-				if err != nil {
-					return err
-				}
-				defer e.Close()
-				eps = []string{e.Endpoint}
-				log.Info("embedded etcd ready", "endpoint", e.Endpoint, "dir", filepath.Join(dataDir, "etcd"))
-			} else {
-				for _, e := range strings.Split(endpoints, ",") {
-					if e = strings.TrimSpace(e); e != "" {
-						eps = append(eps, e)
-					}
-				}
-			}
-			st, err := store.NewEtcd(ctx, eps)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			if err := keep.Validate(); err != nil {
-				return fmt.Errorf("--keep-migrations/--keep-migrations-for: %w", err)
-			}
-			srv := server.New(server.Config{Store: st, Log: log, Retention: keep})
-			ectx, stopEngine := context.WithCancel(ctx)
-			engineDone := make(chan error, 1)
-			go func() { engineDone <- srv.RunEngine(ectx) }()
-			err = srv.Serve(ctx, listen, nil)
-			stopEngine()
-			if eerr := <-engineDone; eerr != nil {
-				log.Error("migration engine", "err", eerr)
-			}
-			return err
-		},
-	}
-	cmd.Flags().StringSliceVar(&listen, "listen", []string{DefaultServer}, "API addresses (host:port or unix:///path), repeatable")
-	cmd.Flags().StringVar(&dataDir, "data-dir", "/var/lib/ferry/server", "state directory (embedded etcd data)")
-	cmd.Flags().StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty runs an embedded etcd")
-	cmd.Flags().IntVar(&keep.Count, "keep-migrations", server.DefaultKeepMigrations, "finished migration records kept (0 = any number)")
-	cmd.Flags().DurationVar(&keep.Age, "keep-migrations-for", server.DefaultKeepMigrationsFor, "how long finished migration records are kept (0 = forever)")
-	return cmd
 }
 
 func newAgentCmd(g *globals) *cobra.Command {

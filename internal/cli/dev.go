@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferryvm/ferry/internal/demo"
@@ -22,24 +23,29 @@ func newDevCmd(g *globals) *cobra.Command {
 func newDevClusterUpCmd(g *globals) *cobra.Command {
 	var cfg devcluster.Config
 	var accel string
+	var fopt devcluster.FerryOptions
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Create N host namespaces and a client namespace on one L2 segment, start a server and one agent per host",
 		Long: "Creates network namespaces PREFIX-h1..hN (host i is 198.18.0.i/15 on bridge br0),\n" +
 			"PREFIX-client (198.18.0.250) and the segment joining them, starts `ferry server`\n" +
-			"(embedded etcd, unix socket DIR/server.sock) and one `ferry agent` per host, waits\n" +
+			"(embedded etcd, unix socket DIR/server.sock; with --servers N, N replicas s1..sN on\n" +
+			"DIR/server.sock, DIR/server2.sock, ... whose embedded etcd members form one cluster)\n" +
+			"and one `ferry agent` per host (given every server address), waits\n" +
 			"until every host is ready and writes DIR/env (FERRY_SERVER=...).\n" +
 			"Guests take addresses from 198.19.0.0/16 with prefix /15 (ferry.ip=198.19.0.X/15).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := signalContextFrom(cmd.Context())
 			defer cancel()
-			c, err := devClusterUp(ctx, cfg, accel)
+			fopt.Accel = accel
+			c, err := devClusterUp(ctx, cfg, fopt)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "dev cluster %q is up (%d hosts)\n%s\nserver: %s\nenv:    %s (source it, or: export FERRY_SERVER=%s)\n",
-				c.Config.Prefix, len(c.Hosts), c.String(), c.ServerURL(), c.EnvPath(), c.ServerURL())
+			servers := strings.Join(c.ServerURLs(), ",")
+			fmt.Fprintf(g.stdout, "dev cluster %q is up (%d hosts, %d servers)\n%s\nserver: %s\nenv:    %s (source it, or: export FERRY_SERVER=%s)\n",
+				c.Config.Prefix, len(c.Hosts), len(c.ServerURLs()), c.String(), servers, c.EnvPath(), servers)
 			return nil
 		},
 	}
@@ -47,12 +53,15 @@ func newDevClusterUpCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&cfg.Dir, "dir", "", "state directory (default /run/ferry-dev/PREFIX)")
 	cmd.Flags().StringVar(&cfg.Prefix, "prefix", devcluster.DefaultPrefix, "namespace name prefix")
 	cmd.Flags().StringVar(&accel, "accel", "auto", "accelerator policy for every agent: auto, kvm or tcg")
+	cmd.Flags().IntVar(&fopt.Servers, "servers", 1, "number of server replicas (more than 1: each runs a member of one embedded etcd cluster)")
+	cmd.Flags().StringVar(&fopt.EtcdEndpoints, "etcd-endpoints", "", "run every server on this etcd cluster (comma-separated client URLs) instead of embedded etcd")
+	cmd.Flags().DurationVar(&fopt.LeaderTTL, "leader-ttl", 0, "lease TTL of the servers' leader election (default: the server's)")
 	return cmd
 }
 
 // devClusterUp brings up the namespaces and Ferry's daemons; if anything
 // fails, everything made so far is removed.
-func devClusterUp(ctx context.Context, cfg devcluster.Config, accel string) (*devcluster.Cluster, error) {
+func devClusterUp(ctx context.Context, cfg devcluster.Config, fopt devcluster.FerryOptions) (*devcluster.Cluster, error) {
 	r := revert.New()
 	defer r.Fail()
 	c, err := devcluster.Up(ctx, cfg)
@@ -64,7 +73,7 @@ func devClusterUp(ctx context.Context, cfg devcluster.Config, accel string) (*de
 		defer cancel()
 		_ = c.Down(dctx)
 	})
-	if err := c.StartFerry(ctx, devcluster.FerryOptions{Accel: accel}); err != nil {
+	if err := c.StartFerry(ctx, fopt); err != nil {
 		return nil, err
 	}
 	r.Success()

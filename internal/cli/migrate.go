@@ -11,7 +11,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
-	"github.com/ferryvm/ferry/internal/rpcaddr"
+	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 )
@@ -25,7 +25,7 @@ var pollInterval = 200 * time.Millisecond
 const maxPollFailures = 50
 
 func (g *globals) migrations() ferryv1connect.MigrationServiceClient {
-	hc, base := rpcaddr.Client(g.server)
+	hc, base := failover.Client(g.server)
 	return ferryv1connect.NewMigrationServiceClient(hc, base)
 }
 

@@ -12,7 +12,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
-	"github.com/ferryvm/ferry/internal/rpcaddr"
+	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/spf13/cobra"
 )
 
@@ -29,12 +29,12 @@ type globals struct {
 }
 
 func (g *globals) hosts() ferryv1connect.HostServiceClient {
-	hc, base := rpcaddr.Client(g.server)
+	hc, base := failover.Client(g.server)
 	return ferryv1connect.NewHostServiceClient(hc, base)
 }
 
 func (g *globals) vms() ferryv1connect.VMServiceClient {
-	hc, base := rpcaddr.Client(g.server)
+	hc, base := failover.Client(g.server)
 	return ferryv1connect.NewVMServiceClient(hc, base)
 }
 
@@ -60,13 +60,13 @@ func NewRoot() *cobra.Command {
 	if def == "" {
 		def = DefaultServer
 	}
-	root.PersistentFlags().StringVar(&g.server, "server", def, "control plane address (host:port or unix:///path; env FERRY_SERVER)")
+	root.PersistentFlags().StringVar(&g.server, "server", def, "control plane addresses, comma-separated, tried in order (host:port or unix:///path; env FERRY_SERVER)")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: table or json")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
 		g.stdout, g.stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 		return g.checkOutput()
 	}
-	root.AddCommand(newServerCmd(), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
+	root.AddCommand(newServerCmd(g), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
 	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g))
 	return root
 }

@@ -11,7 +11,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
-	"github.com/ferryvm/ferry/internal/rpcaddr"
+	"github.com/ferryvm/ferry/internal/failover"
 )
 
 // FerryOptions says how to run Ferry's daemons in a cluster.
@@ -22,10 +22,19 @@ type FerryOptions struct {
 	Accel string
 	// ReadyTimeout bounds the wait for every host to be ready.
 	ReadyTimeout time.Duration
+	// Servers is the number of server replicas (default 1). With more than
+	// one, each runs a member of one embedded etcd cluster.
+	Servers int
+	// LeaderTTL is passed to every server as --leader-ttl when set.
+	LeaderTTL time.Duration
+	// EtcdEndpoints, when set, makes every server use that etcd cluster
+	// (--etcd-endpoints) instead of an embedded one.
+	EtcdEndpoints string
 }
 
-// ServerURL is the control plane's address in a cluster started by
-// StartFerry: a unix socket, reachable from every namespace.
+// ServerURL is the first server's address in a cluster started by
+// StartFerry: a unix socket, reachable from every namespace. ServerURLs
+// lists every replica's.
 func (c *Cluster) ServerURL() string {
 	return "unix://" + filepath.Join(c.Config.Dir, "server.sock")
 }
@@ -52,12 +61,11 @@ func (c *Cluster) StartFerry(ctx context.Context, opt FerryOptions) error {
 		opt.ReadyTimeout = 60 * time.Second
 	}
 	dir := c.Config.Dir
-	server := c.ServerURL()
-	if _, err := c.StartProcess("", filepath.Join(dir, "logs", "server.log"), []string{
-		opt.Binary, "server", "--listen", server, "--data-dir", filepath.Join(dir, "server"),
-	}); err != nil {
+	urls, err := c.startServers(opt)
+	if err != nil {
 		return err
 	}
+	server := strings.Join(urls, ",")
 	for _, h := range c.Hosts {
 		if _, err := c.StartProcess(h.Netns, filepath.Join(dir, "logs", h.Name+"-agent.log"), []string{
 			opt.Binary, "agent", "--name", h.Name, "--server", server,
@@ -84,7 +92,7 @@ func (c *Cluster) StartFerry(ctx context.Context, opt FerryOptions) error {
 // WaitHostsReady waits until the server lists every host of the cluster as
 // ready; the error names the hosts that are not and where their logs are.
 func (c *Cluster) WaitHostsReady(ctx context.Context, timeout time.Duration) error {
-	hc, base := rpcaddr.Client(c.ServerURL())
+	hc, base := failover.Client(strings.Join(c.ServerURLs(), ","))
 	client := ferryv1connect.NewHostServiceClient(hc, base)
 	deadline := time.Now().Add(timeout)
 	var missing []string
@@ -128,7 +136,9 @@ func (c *Cluster) WaitHostsReady(ctx context.Context, timeout time.Duration) err
 // server's etcd, the agents' VM directories, sockets, env), so the next Up
 // in the same dir starts empty. Logs stay.
 func removeFerryState(dir string, hosts int) error {
-	paths := []string{filepath.Join(dir, "server"), filepath.Join(dir, "server.sock"), filepath.Join(dir, "env")}
+	paths := []string{filepath.Join(dir, "env")}
+	servers, _ := filepath.Glob(filepath.Join(dir, "server*"))
+	paths = append(paths, servers...)
 	for i := 1; i <= hosts; i++ {
 		paths = append(paths, filepath.Join(dir, fmt.Sprintf("h%d", i)))
 	}

@@ -44,6 +44,9 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 // VMs in a transition (pending, migrating) are left to the operation that
 // owns the transition.
 func (s *Server) reconcileHost(ctx context.Context, host *ferryv1.Host) {
+	if !s.leading() {
+		return // a follower stores the heartbeat; the leader reconciles
+	}
 	reported := map[string]*ferryv1.VMStatus{}
 	for _, st := range host.Vms {
 		reported[st.Name] = st

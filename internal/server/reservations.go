@@ -35,7 +35,13 @@ func newReservations(cfg Config) *reserve.Table {
 		return cfg.Reservations
 	}
 	if e, ok := cfg.Store.(interface{ Client() *clientv3.Client }); ok {
-		return reserve.New(e.Client())
+		t := reserve.New(e.Client())
+		if f, ok := cfg.Store.(interface {
+			FenceCmp() (clientv3.Cmp, bool)
+		}); ok {
+			t.Fence = f.FenceCmp // reservations are leader writes too
+		}
+		return t
 	}
 	return nil
 }

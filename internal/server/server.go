@@ -33,6 +33,12 @@ type Config struct {
 	Log   *slog.Logger
 	// AgentCallTimeout bounds one call to an agent (VM start waits for QEMU).
 	AgentCallTimeout time.Duration
+	// Wrap, if set, wraps the API handler Serve serves (a replica forwards
+	// mutating calls to the leader and adds the cluster status).
+	Wrap func(http.Handler) http.Handler
+	// Leading, if set, reports whether this replica leads; reconcilers
+	// run only on the leader. Nil means always.
+	Leading func() bool
 	// Reservations holds capacity for in-flight creates and migrations;
 	// nil means a table in the store's etcd (none if the store is not etcd).
 	Reservations *reserve.Table
@@ -49,6 +55,7 @@ type Server struct {
 	agents  *agentPool
 	metrics *metrics
 	timeout time.Duration
+	replica replicaHooks   // see Config.Wrap and Config.Leading
 	reserve *reserve.Table // capacity held for creates and migrations (nil: off)
 
 	vmLocks sync.Map // VM name -> *sync.Mutex: one lifecycle operation per VM at a time
@@ -72,6 +79,7 @@ func New(cfg Config) *Server {
 	s.reserve = newReservations(cfg)
 	s.engine = s.newEngine()
 	s.metrics = newMetrics(s)
+	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}
 	return s
 }
 
@@ -113,7 +121,7 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 		ls = append(ls, l)
 		urls = append(urls, rpcaddr.URL(a, l))
 	}
-	hs := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := &http.Server{Handler: s.replica.handler(s.Handler()), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- hs.Serve(l) }()
@@ -158,6 +166,8 @@ func connectError(err error) error {
 		return connect.NewError(connect.CodeAlreadyExists, err)
 	case errors.Is(err, store.ErrConflict):
 		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, store.ErrNotLeader):
+		return connect.NewError(connect.CodeUnavailable, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	}

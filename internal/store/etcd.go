@@ -28,6 +28,8 @@ type Etcd struct {
 
 	mu     sync.Mutex
 	leases map[string]clientv3.LeaseID // host -> liveness lease
+
+	fence fenceRef // nil: unfenced; see SetFence
 }
 
 // NewEtcd connects to the etcd cluster at endpoints.
@@ -174,14 +176,13 @@ func (s *Etcd) CreateVM(ctx context.Context, vm *ferryv1.VM) error {
 		return err
 	}
 	key := vmsPrefix + name
-	resp, err := s.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, v)).
-		Commit()
+	ok, _, err := s.write(ctx, "create VM "+name,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)},
+		[]clientv3.Op{clientv3.OpPut(key, v)})
 	if err != nil {
-		return fmt.Errorf("create VM %s: %w", name, err)
+		return err
 	}
-	if !resp.Succeeded {
+	if !ok {
 		return fmt.Errorf("VM %q: %w", name, ErrExists)
 	}
 	return nil
@@ -244,14 +245,13 @@ func (s *Etcd) UpdateVM(ctx context.Context, name string, bump bool, fn func(*fe
 			return nil, err
 		}
 		key := vmsPrefix + name
-		resp, err := s.c.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-			Then(clientv3.OpPut(key, v)).
-			Commit()
+		ok, _, err := s.write(ctx, "update VM "+name,
+			[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)},
+			[]clientv3.Op{clientv3.OpPut(key, v)})
 		if err != nil {
-			return nil, fmt.Errorf("update VM %s: %w", name, err)
+			return nil, err
 		}
-		if resp.Succeeded {
+		if ok {
 			return vm, nil
 		}
 	}
@@ -275,14 +275,13 @@ func (s *Etcd) SwapVM(ctx context.Context, vm *ferryv1.VM, expectGeneration int6
 		return err
 	}
 	key := vmsPrefix + name
-	resp, err := s.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-		Then(clientv3.OpPut(key, v)).
-		Commit()
+	ok, _, err := s.write(ctx, "swap VM "+name,
+		[]clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev)},
+		[]clientv3.Op{clientv3.OpPut(key, v)})
 	if err != nil {
-		return fmt.Errorf("swap VM %s: %w", name, err)
+		return err
 	}
-	if !resp.Succeeded {
+	if !ok {
 		return fmt.Errorf("VM %s changed during swap: %w", name, ErrConflict)
 	}
 	vm.Generation = next.Generation
@@ -291,11 +290,11 @@ func (s *Etcd) SwapVM(ctx context.Context, vm *ferryv1.VM, expectGeneration int6
 
 // DeleteVM implements Store.
 func (s *Etcd) DeleteVM(ctx context.Context, name string) error {
-	resp, err := s.c.Delete(ctx, vmsPrefix+name)
+	_, rs, err := s.write(ctx, "delete VM "+name, nil, []clientv3.Op{clientv3.OpDelete(vmsPrefix + name)})
 	if err != nil {
-		return fmt.Errorf("delete VM %s: %w", name, err)
+		return err
 	}
-	if resp.Deleted == 0 {
+	if len(rs) == 0 || rs[0].GetResponseDeleteRange().GetDeleted() == 0 {
 		return fmt.Errorf("VM %q: %w", name, ErrNotFound)
 	}
 	return nil
@@ -312,16 +311,16 @@ func (s *Etcd) PutMigration(ctx context.Context, m *statev1.MigrationRecord) err
 	if err != nil {
 		return err
 	}
-	if _, err := s.c.Put(ctx, migPrefix+m.Id, v); err != nil {
-		return fmt.Errorf("store migration %s: %w", m.Id, err)
+	if _, _, err := s.write(ctx, "store migration "+m.Id, nil, []clientv3.Op{clientv3.OpPut(migPrefix+m.Id, v)}); err != nil {
+		return err
 	}
 	return nil
 }
 
 // DeleteMigration implements Store.
 func (s *Etcd) DeleteMigration(ctx context.Context, id string) error {
-	if _, err := s.c.Delete(ctx, migPrefix+id); err != nil {
-		return fmt.Errorf("delete migration %s: %w", id, err)
+	if _, _, err := s.write(ctx, "delete migration "+id, nil, []clientv3.Op{clientv3.OpDelete(migPrefix + id)}); err != nil {
+		return err
 	}
 	return nil
 }

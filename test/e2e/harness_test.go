@@ -86,6 +86,20 @@ type cluster struct {
 // `ferry dev cluster down` plus a check that nothing is left behind.
 func upCluster(t *testing.T, hosts int) *cluster {
 	t.Helper()
+	return upClusterWith(t, hosts)
+}
+
+// upClusterWith is upCluster with extra `ferry dev cluster up` arguments
+// (--servers N ...); c.server then lists every server address.
+func upClusterWith(t *testing.T, hosts int, extra ...string) *cluster {
+	t.Helper()
+	return upClusterEnv(t, hosts, nil, extra...)
+}
+
+// upClusterEnv is upClusterWith with extra environment for every daemon
+// (FERRY_FAILPOINTS=...).
+func upClusterEnv(t *testing.T, hosts int, env []string, extra ...string) *cluster {
+	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	prefix := "fe" + hex.EncodeToString(b)
@@ -110,7 +124,10 @@ func upCluster(t *testing.T, hosts int) *cluster {
 		}
 		os.RemoveAll(dir)
 	})
-	out, err := exec.Command(ferryBin, "dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg").CombinedOutput()
+	args := append([]string{"dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg"}, extra...)
+	up := exec.Command(ferryBin, args...)
+	up.Env = append(os.Environ(), env...)
+	out, err := up.CombinedOutput()
 	if err != nil {
 		t.Fatalf("dev cluster up: %v\n%s", err, out)
 	}
@@ -118,7 +135,7 @@ func upCluster(t *testing.T, hosts int) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl.server = cl.c.ServerURL()
+	cl.server = strings.Join(cl.c.ServerURLs(), ",")
 	return cl
 }
 

@@ -15,6 +15,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/spec"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -192,7 +193,7 @@ func TestBadSpecLeavesNothing(t *testing.T) {
 	}
 
 	// The server validates too (a client may skip local validation).
-	hc, base := rpcaddr.Client(c.server)
+	hc, base := failover.Client(c.server)
 	vms := ferryv1connect.NewVMServiceClient(hc, base)
 	_, err = vms.CreateVM(context.Background(), connect.NewRequest(&ferryv1.CreateVMRequest{Spec: &ferryv1.VMSpec{
 		Name: "Bad_Name", Vcpus: 1, MemoryMib: 0, Accel: "xen", Boot: &ferryv1.BootSpec{Kernel: "/k"},

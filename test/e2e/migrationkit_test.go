@@ -26,9 +26,9 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/netnsutil"
 	"github.com/ferryvm/ferry/internal/qmp"
-	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -398,7 +398,7 @@ func (c *cluster) etcdStore() *store.Etcd {
 // migrationClient is the server's MigrationService over its socket, for
 // polling faster than the CLI can.
 func (c *cluster) migrationClient() ferryv1connect.MigrationServiceClient {
-	hc, base := rpcaddr.Client(c.server)
+	hc, base := failover.Client(c.server)
 	return ferryv1connect.NewMigrationServiceClient(hc, base)
 }
 

@@ -1,0 +1,180 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/leader"
+	"github.com/ferryvm/ferry/internal/replica"
+	"github.com/ferryvm/ferry/internal/retention"
+	"github.com/ferryvm/ferry/internal/server"
+	"github.com/ferryvm/ferry/internal/store"
+	"github.com/spf13/cobra"
+)
+
+// serverFlags are the flags of `ferry server`.
+type serverFlags struct {
+	listen    []string
+	advertise string
+	name      string
+	dataDir   string
+	endpoints string
+	leaderTTL time.Duration
+	member    etcdembed.Member
+	keep      retention.Policy
+}
+
+func newServerCmd(g *globals) *cobra.Command {
+	var f serverFlags
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a control-plane replica (API, placement, cluster state in etcd)",
+		Long: "Run a control-plane replica. With no --etcd-endpoints it runs an embedded etcd in --data-dir:\n" +
+			"a single member, or with --initial-cluster one member of a multi-member cluster.\n" +
+			"With --etcd-endpoints it uses that etcd cluster. Every replica serves the API; one,\n" +
+			"elected through etcd, runs the migration engine, and the others forward writes to it.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runServer(f) },
+	}
+	host, _ := os.Hostname()
+	fl := cmd.Flags()
+	fl.StringSliceVar(&f.listen, "listen", []string{DefaultServer}, "API addresses (host:port or unix:///path), repeatable")
+	fl.StringVar(&f.advertise, "advertise", "", "API URL other replicas forward to (default: the first bound --listen address)")
+	fl.StringVar(&f.name, "name", "", "this replica's name (default: --etcd-name, else the host name "+host+")")
+	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/ferry/server", "state directory (embedded etcd data)")
+	fl.StringVar(&f.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty runs an embedded etcd")
+	fl.DurationVar(&f.leaderTTL, "leader-ttl", leader.DefaultTTL, "lease TTL of the leader election: a dead leader is replaced within about this long")
+	fl.StringVar(&f.member.Name, "etcd-name", "", "embedded etcd member name (with --initial-cluster)")
+	fl.StringVar(&f.member.InitialCluster, "initial-cluster", "", "embedded etcd cluster: name=http://host:peerport,... for every member")
+	fl.StringVar(&f.member.InitialClusterState, "initial-cluster-state", "new", "new, or existing to join a running cluster")
+	fl.StringVar(&f.member.ListenPeer, "listen-peer", "", "embedded etcd peer URL(s) to listen on (with --initial-cluster)")
+	fl.StringVar(&f.member.AdvertisePeer, "advertise-peer", "", "embedded etcd peer URL announced to the other members (default --listen-peer)")
+	fl.StringVar(&f.member.ListenClient, "listen-client", "", "embedded etcd client URL(s) to listen on (with --initial-cluster)")
+	fl.StringVar(&f.member.AdvertiseClient, "advertise-client", "", "embedded etcd client URL announced (default --listen-client)")
+	fl.IntVar(&f.keep.Count, "keep-migrations", server.DefaultKeepMigrations, "finished migration records kept (0 = any number)")
+	fl.DurationVar(&f.keep.Age, "keep-migrations-for", server.DefaultKeepMigrationsFor, "how long finished migration records are kept (0 = forever)")
+	cmd.AddCommand(newServerStatusCmd(g))
+	return cmd
+}
+
+func (f *serverFlags) validate() error {
+	var errs []error
+	if f.endpoints != "" && f.member.InitialCluster != "" {
+		errs = append(errs, errors.New("--etcd-endpoints and --initial-cluster: give one (an external etcd, or an embedded member)"))
+	}
+	if f.member.InitialCluster == "" && (f.member.ListenPeer != "" || f.member.ListenClient != "" || f.member.Name != "") {
+		errs = append(errs, errors.New("--etcd-name, --listen-peer, --listen-client: only with --initial-cluster"))
+	}
+	if f.endpoints == "" && f.dataDir == "" {
+		errs = append(errs, errors.New("--data-dir: required for the embedded etcd (or pass --etcd-endpoints)"))
+	}
+	if f.leaderTTL < time.Second {
+		errs = append(errs, fmt.Errorf("--leader-ttl: at least 1s, got %s", f.leaderTTL))
+	}
+	if err := f.keep.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--keep-migrations/--keep-migrations-for: %w", err))
+	}
+	if len(f.listen) == 0 {
+		errs = append(errs, errors.New("--listen: at least one address"))
+	}
+	if f.name == "" {
+		f.name = f.member.Name
+	}
+	if f.name == "" {
+		f.name, _ = os.Hostname()
+	}
+	return errors.Join(errs...)
+}
+
+func runServer(f serverFlags) error {
+	if err := f.validate(); err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	log := newLogger().With("component", "server", "replica", f.name)
+	var eps []string
+	var localMember string
+	switch {
+	case f.endpoints != "":
+		eps = failover.Split(f.endpoints)
+	case f.member.InitialCluster != "":
+		f.member.Dir = filepath.Join(f.dataDir, "etcd")
+		e, err := etcdembed.StartMember(ctx, f.member)
+		if err != nil {
+			return err
+		}
+		defer e.Close()
+		eps = []string{e.Endpoint}
+		localMember = e.Endpoint
+		log.Info("embedded etcd member ready", "member", f.member.Name, "endpoint", e.Endpoint, "dir", f.member.Dir)
+	default:
+		e, err := etcdembed.Start(ctx, filepath.Join(f.dataDir, "etcd"))
+		if err != nil {
+			return err
+		}
+		defer e.Close()
+		eps = []string{e.Endpoint}
+		log.Info("embedded etcd ready", "endpoint", e.Endpoint, "dir", filepath.Join(f.dataDir, "etcd"))
+	}
+	st, err := store.NewEtcd(ctx, eps)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	var rep *replica.Replica
+	srv := server.New(server.Config{
+		Store:     st,
+		Log:       log,
+		Retention: f.keep,
+		Wrap:      func(h http.Handler) http.Handler { return rep.Handler(h) },
+		Leading:   func() bool { return rep.Leading() },
+	})
+	urls := make(chan []string, 1)
+	serveErr := make(chan error, 1)
+	sctx, stopServing := context.WithCancel(context.Background())
+	defer stopServing()
+	// The replica must exist before the first request; its URL is known
+	// once the listeners are bound, so the election starts after that.
+	rep, err = replica.New(replica.Config{Self: leader.Info{Name: f.name}, Store: st, Engine: srv, TTL: f.leaderTTL, LocalMember: localMember, Log: log})
+	if err != nil {
+		return err
+	}
+	go func() { serveErr <- srv.Serve(sctx, f.listen, func(u []string) { urls <- u }) }()
+	var bound []string
+	select {
+	case bound = <-urls:
+	case err := <-serveErr:
+		return err
+	}
+	self := leader.Info{Name: f.name, URL: f.advertise}
+	if self.URL == "" {
+		self.URL = bound[0]
+	}
+	rep.SetSelf(self)
+	repDone := make(chan error, 1)
+	go func() { repDone <- rep.Run(ctx) }()
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		cancel()
+		<-repDone
+		return err
+	}
+	// Resign first (the engine stops, another replica takes over), then
+	// stop serving.
+	rerr := <-repDone
+	stopServing()
+	if err := <-serveErr; err != nil {
+		return err
+	}
+	return rerr
+}
