@@ -45,7 +45,9 @@ func (s *Server) newEngine() *exec.Engine {
 // the migration engine until ctx ends (the server stops, or this replica
 // stops leading). Migrations can be started only while it runs.
 func (s *Server) RunEngine(ctx context.Context) error {
+	// The leader's reconcilers live as long as its engine.
 	go s.runRetention(ctx)
+	go s.linkProbeLoop(ctx)
 	err := s.engine.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("migration engine: %w", err)

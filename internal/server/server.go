@@ -130,7 +130,6 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 		ready(urls)
 	}
 	s.log.Info("server listening", "urls", urls)
-	go s.linkProbeLoop(ctx)
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
