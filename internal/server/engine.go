@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferryvm/ferry/internal/store"
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -37,7 +38,10 @@ func (s *Server) newEngine() *exec.Engine {
 			s.bw.observe(from, to, mibps)
 			s.bw.observe("*", "*", mibps)
 		},
-		Log: s.log,
+		// A write refused by the leader fence: this replica no longer
+		// leads; its engine stops and the new leader takes over.
+		Fenced: func(err error) bool { return errors.Is(err, store.ErrNotLeader) },
+		Log:    s.log,
 	})
 }
 
