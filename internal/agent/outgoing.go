@@ -297,6 +297,22 @@ func (a *Agent) noOutgoing(ctx context.Context, name string) (*agentv1.OutgoingS
 	return &agentv1.OutgoingStatus{Status: string(qmp.MigrationStatusNone), QemuStatus: string(s.Status)}, true
 }
 
+// outgoingMonitor is outgoingFor plus the source QEMU's monitor, refused
+// when that QEMU is gone.
+func (a *Agent) outgoingMonitor(name, id string) (*vm, *outgoing, *qmp.Monitor, error) {
+	v, out, err := a.outgoingFor(name, id)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil, nil, nil, failedPrecondition("the source QEMU of VM %s on host %s is gone", name, a.cfg.Name)
+	}
+	return v, out, mon, nil
+}
+
 // outgoingFor returns the VM leaving by migration id.
 func (a *Agent) outgoingFor(name, id string) (*vm, *outgoing, error) {
 	v, err := a.lookup(name)

@@ -42,15 +42,9 @@ func postcopyStarted(s qmp.MigrationStatus) bool {
 // agent restart, and is idempotent once the migration moved past
 // pre-switchover.
 func (a *Agent) continueOutgoing(ctx context.Context, name, id string) (*agentv1.OutgoingStatus, error) {
-	v, out, err := a.outgoingFor(name, id)
+	v, out, mon, err := a.outgoingMonitor(name, id)
 	if err != nil {
 		return nil, err
-	}
-	v.mu.Lock()
-	mon := v.mon
-	v.mu.Unlock()
-	if mon == nil {
-		return nil, failedPrecondition("the source QEMU of VM %s on host %s is gone", name, a.cfg.Name)
 	}
 	info, err := mon.QueryMigrate(ctx)
 	if err != nil {

@@ -17,15 +17,9 @@ import (
 // like a pre-copy switchover, so the owner CAS still happens while both
 // QEMUs are paused.
 func (a *Agent) startPostcopy(ctx context.Context, name, id string) (*agentv1.OutgoingStatus, error) {
-	v, out, err := a.outgoingFor(name, id)
+	v, out, mon, err := a.outgoingMonitor(name, id)
 	if err != nil {
 		return nil, err
-	}
-	v.mu.Lock()
-	mon := v.mon
-	v.mu.Unlock()
-	if mon == nil {
-		return nil, failedPrecondition("the source QEMU of VM %s on host %s is gone", name, a.cfg.Name)
 	}
 	out.mu.Lock()
 	requested := out.postcopyRequested || !out.postcopyAt.IsZero()
