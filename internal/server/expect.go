@@ -65,5 +65,6 @@ func expectationFor[M migrationRef](host string, vms []*ferryv1.VM, migs []M, re
 
 // viewIsAuthoritative reports whether this replica's reading of the
 // records is the cluster's: with one server it always is; with several
-// only the leader's is (replicas that are not leading must return false).
-func (s *Server) viewIsAuthoritative() bool { return true }
+// only the leader's is (a follower answering a heartbeat itself, because no
+// leader could be reached, must not make an agent reap anything).
+func (s *Server) viewIsAuthoritative() bool { return s.leading() }

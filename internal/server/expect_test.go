@@ -50,3 +50,15 @@ func TestHeartbeatReplyIsAuthoritativeAndPausedIsRecorded(t *testing.T) {
 		t.Fatalf("record of a paused QEMU: state %q pid %d, want paused 7", vm.State, vm.Pid)
 	}
 }
+
+func TestHeartbeatReplyOfAFollowerIsNotAuthoritative(t *testing.T) {
+	s, _ := newTestServer(t)
+	s.replica = replicaHooks{leading: func() bool { return false }} // a replica that does not lead
+	resp, err := (&hostService{s}).Heartbeat(context.Background(), connect.NewRequest(&ferryv1.HeartbeatRequest{Host: &ferryv1.Host{Name: "h1", Address: "unix:///nonexistent/h1"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Msg.Authoritative {
+		t.Fatal("a follower's heartbeat reply is authoritative: its agent could reap QEMUs on a stale view")
+	}
+}
