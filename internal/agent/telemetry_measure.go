@@ -40,7 +40,15 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 	t := tele.record(v.name, sv.proc)
 	t.mu.Lock()
 	dirtyStale, ramStale := t.dirty.Staleness(time.Now(), maxAge), t.nonZero.Staleness(time.Now(), ramAge)
+	latest, hasLatest := t.dirty.Latest()
 	t.mu.Unlock()
+	if dirtyStale == "" && hasLatest {
+		if booted, ok := v.bootedAt(); ok && latest.At.Sub(booted) < bootSettle {
+			// A sample from a freshly booted VM's first seconds saw its
+			// guest booting, not its workload: measure now instead.
+			dirtyStale = fmt.Sprintf("latest sample taken %s after the VM booted (its guest may still have been starting)", latest.At.Sub(booted).Round(100*time.Millisecond))
+		}
+	}
 
 	resp := &agentv1.MeasureResponse{MemoryBytes: sv.memBytes, RssBytes: sv.proc.RSSBytes()}
 	var reasons []string
@@ -89,4 +97,20 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 		resp.SamplerCpuSecondsPerMinute = t.cpu.Seconds() / el.Minutes()
 	}
 	return resp, nil
+}
+
+// bootSettle is how long after a VM boots its dirty-rate samples are not
+// trusted for a plan (the guest is still starting its workload).
+const bootSettle = 20 * time.Second
+
+// bootedAt is when the VM's QEMU started, for a VM booted on this host (not
+// one that arrived by migration: its guest was already running). ok is
+// false when there is no QEMU or it arrived.
+func (v *vm) bootedAt() (time.Time, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.proc == nil || v.arrived != "" {
+		return time.Time{}, false
+	}
+	return v.proc.StartedAt(), true
 }

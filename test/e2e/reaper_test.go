@@ -66,11 +66,21 @@ func TestOrphanQEMUIsReaped(t *testing.T) {
 	if took < grace {
 		t.Fatalf("orphan reaped %s after its record went, before the %s grace", took, grace)
 	}
-	logs, _ := os.ReadFile(filepath.Join(c.dir, "logs", "h1-agent.log"))
+	// The QEMU exits first; its taps and directory go right after, and the
+	// agent logs "orphan QEMU removed" once they are gone.
+	var logs []byte
 	var line string
-	for _, l := range strings.Split(string(logs), "\n") {
-		if strings.Contains(l, "removing orphan QEMU") && strings.Contains(l, "orphan") {
-			line = l
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		logs, _ = os.ReadFile(filepath.Join(c.dir, "logs", "h1-agent.log"))
+		done := false
+		for _, l := range strings.Split(string(logs), "\n") {
+			if strings.Contains(l, "removing orphan QEMU") && strings.Contains(l, "orphan") {
+				line = l
+			}
+			done = done || strings.Contains(l, "orphan QEMU removed")
+		}
+		if done || time.Now().After(deadline) {
+			break
 		}
 	}
 	if line == "" {
