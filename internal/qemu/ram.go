@@ -29,6 +29,12 @@ func NonZeroRAM(pid int, memBytes int64) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return nonZeroPages(pid, start, end)
+}
+
+// nonZeroPages counts the non-zero bytes, in whole pages, of [start, end)
+// in the address space of process pid.
+func nonZeroPages(pid int, start, end uint64) (int64, error) {
 	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
 	if err != nil {
 		return 0, fmt.Errorf("count non-zero guest RAM: %w", err)
