@@ -91,6 +91,16 @@ func (v *vm) resumeArmed(ctx context.Context, in *incoming, mon *qmp.Monitor) er
 	if !send {
 		return nil
 	}
+	if in.nbd != "" {
+		// The source's mirrors completed before the owner switch: the
+		// export ends before this QEMU runs.
+		if err := stopExports(ctx, mon); err != nil {
+			in.mu.Lock()
+			in.contSent = false
+			in.mu.Unlock()
+			return err
+		}
+	}
 	if failpoint.Armed(fpBeforeResumeIncoming) {
 		go v.resumeWhenLoaded(in, mon)
 		return nil

@@ -172,7 +172,7 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 		return
 	}
 	out := &outgoing{id: rec.ID, uri: rec.URI, changed: make(chan struct{}),
-		stoppedAt: rec.StoppedAt, preSwitchoverAt: rec.PreSwitchoverAt, continuedAt: rec.ContinuedAt, completedAt: rec.CompletedAt, postcopyAt: rec.PostcopyAt}
+		stoppedAt: rec.StoppedAt, preSwitchoverAt: rec.PreSwitchoverAt, continuedAt: rec.ContinuedAt, completedAt: rec.CompletedAt, postcopyAt: rec.PostcopyAt, disksMirrored: rec.DisksMirrored}
 	s := info.CurrentStatus()
 	out.status = string(s)
 	switch {

@@ -45,6 +45,8 @@ type outgoingRecord struct {
 	URI       string `json:"uri,omitempty"`
 	Continued bool   `json:"continued,omitempty"` // migrate-continue was sent
 	Cancelled bool   `json:"cancelled,omitempty"` // CancelOutgoing succeeded
+	// DisksMirrored: the local disks' mirrors completed at the switchover.
+	DisksMirrored bool `json:"disks_mirrored,omitempty"`
 	// QMP event times, so QueryOutgoing answers the same after a restart.
 	StoppedAt       time.Time `json:"stopped_at"`
 	PreSwitchoverAt time.Time `json:"pre_switchover_at"`

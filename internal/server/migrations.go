@@ -144,6 +144,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err := s.checkSharedDisks(ctx, vm, src, dst); err != nil {
 		return nil, nil, err
 	}
+	localDisks, err := s.localDisks(ctx, vm, src, opt.Strategy)
+	if err != nil {
+		return nil, nil, err
+	}
 	if opt.MaxDowntimeMs == 0 {
 		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
 		if opt.MaxDowntimeMs == 0 {
@@ -216,6 +220,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),
 		Options: opt, VmGeneration: locked.Generation, Plan: plan, PlanningMs: planningMs,
+		Disks: localDisks,
+	}
+	for _, d := range localDisks {
+		m.DiskBytesTotal += d.AllocatedBytes
 	}
 	if plan != nil {
 		m.Predicted = predictionFor(plan, opt.Strategy)

@@ -871,7 +871,17 @@ type Migration struct {
 	PostcopyRequests int64 `protobuf:"varint,35,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
 	// planning_ms is the measurement before the migration (dirty rate, link
 	// probe); started_at and total_ms begin after it.
-	PlanningMs    int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	PlanningMs int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	// disks are the VM's local disks this migration mirrors (empty when
+	// every disk is shared).
+	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
+	// disk_bytes_total is the data of the local disks when the mirrors
+	// started; disk_bytes_transferred what the mirrors copied (it includes
+	// what the guest wrote during the mirror).
+	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
+	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
+	// disk_uri is the destination's NBD server (host:port).
+	DiskUri       string `protobuf:"bytes,83,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1158,6 +1168,141 @@ func (x *Migration) GetPlanningMs() int64 {
 	return 0
 }
 
+func (x *Migration) GetDisks() []*MigrationDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *Migration) GetDiskBytesTotal() int64 {
+	if x != nil {
+		return x.DiskBytesTotal
+	}
+	return 0
+}
+
+func (x *Migration) GetDiskBytesTransferred() int64 {
+	if x != nil {
+		return x.DiskBytesTransferred
+	}
+	return 0
+}
+
+func (x *Migration) GetDiskUri() string {
+	if x != nil {
+		return x.DiskUri
+	}
+	return ""
+}
+
+// MigrationDisk is one local disk a live migration mirrors.
+type MigrationDisk struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Format           string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	VirtualSizeBytes int64                  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
+	// allocated_bytes is the image's allocation on the source at the start.
+	AllocatedBytes int64 `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
+	// bytes_transferred is the data its mirror copied.
+	BytesTransferred int64 `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
+	// mirror_ms is from the mirror's start until it was ready (in sync);
+	// complete_ms from the start until it completed at the switchover.
+	MirrorMs   int64 `protobuf:"varint,6,opt,name=mirror_ms,json=mirrorMs,proto3" json:"mirror_ms,omitempty"`
+	CompleteMs int64 `protobuf:"varint,7,opt,name=complete_ms,json=completeMs,proto3" json:"complete_ms,omitempty"`
+	// state is the mirror's last state (mirroring, ready, completed, failed,
+	// cancelled).
+	State         string `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrationDisk) Reset() {
+	*x = MigrationDisk{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationDisk) ProtoMessage() {}
+
+func (x *MigrationDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationDisk.ProtoReflect.Descriptor instead.
+func (*MigrationDisk) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *MigrationDisk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MigrationDisk) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *MigrationDisk) GetVirtualSizeBytes() int64 {
+	if x != nil {
+		return x.VirtualSizeBytes
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetAllocatedBytes() int64 {
+	if x != nil {
+		return x.AllocatedBytes
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetBytesTransferred() int64 {
+	if x != nil {
+		return x.BytesTransferred
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetMirrorMs() int64 {
+	if x != nil {
+		return x.MirrorMs
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetCompleteMs() int64 {
+	if x != nil {
+		return x.CompleteMs
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 type MigrateRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Vm      string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
@@ -1171,7 +1316,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1328,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1341,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MigrateRequest) GetVm() string {
@@ -1239,7 +1384,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1396,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1409,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MigrateResponse) GetMigration() *Migration {
@@ -1292,7 +1437,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1449,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1462,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetMigrationRequest) GetId() string {
@@ -1343,7 +1488,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1500,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1513,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1388,7 +1533,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1545,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1558,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListMigrationsRequest) GetVm() string {
@@ -1432,7 +1577,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1589,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1602,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1476,7 +1621,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1633,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1646,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelMigrationRequest) GetId() string {
@@ -1520,7 +1665,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1677,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1690,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -1631,8 +1776,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xfc\n" +
-	"\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xa6\f\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -1677,7 +1821,21 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12postcopy_paused_ms\x18\" \x01(\x03R\x10postcopyPausedMs\x12+\n" +
 	"\x11postcopy_requests\x18# \x01(\x03R\x10postcopyRequests\x12\x1f\n" +
 	"\vplanning_ms\x18$ \x01(\x03R\n" +
-	"planningMs\"\x7f\n" +
+	"planningMs\x12-\n" +
+	"\x05disks\x18P \x03(\v2\x17.ferry.v1.MigrationDiskR\x05disks\x12(\n" +
+	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
+	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\x12\x19\n" +
+	"\bdisk_uri\x18S \x01(\tR\adiskUri\"\x93\x02\n" +
+	"\rMigrationDisk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +
+	"\x12virtual_size_bytes\x18\x03 \x01(\x03R\x10virtualSizeBytes\x12'\n" +
+	"\x0fallocated_bytes\x18\x04 \x01(\x03R\x0eallocatedBytes\x12+\n" +
+	"\x11bytes_transferred\x18\x05 \x01(\x03R\x10bytesTransferred\x12\x1b\n" +
+	"\tmirror_ms\x18\x06 \x01(\x03R\bmirrorMs\x12\x1f\n" +
+	"\vcomplete_ms\x18\a \x01(\x03R\n" +
+	"completeMs\x12\x14\n" +
+	"\x05state\x18\b \x01(\tR\x05state\"\x7f\n" +
 	"\x0eMigrateRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x124\n" +
@@ -1719,7 +1877,7 @@ func file_ferry_v1_migration_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_proto_rawDescData
 }
 
-var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_v1_migration_proto_goTypes = []any{
 	(*MigrationOptions)(nil),        // 0: ferry.v1.MigrationOptions
 	(*PlanInputs)(nil),              // 1: ferry.v1.PlanInputs
@@ -1730,49 +1888,51 @@ var file_ferry_v1_migration_proto_goTypes = []any{
 	(*DowntimePhases)(nil),          // 6: ferry.v1.DowntimePhases
 	(*MigrationEvent)(nil),          // 7: ferry.v1.MigrationEvent
 	(*Migration)(nil),               // 8: ferry.v1.Migration
-	(*MigrateRequest)(nil),          // 9: ferry.v1.MigrateRequest
-	(*MigrateResponse)(nil),         // 10: ferry.v1.MigrateResponse
-	(*GetMigrationRequest)(nil),     // 11: ferry.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 12: ferry.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 13: ferry.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 14: ferry.v1.ListMigrationsResponse
-	(*CancelMigrationRequest)(nil),  // 15: ferry.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 16: ferry.v1.CancelMigrationResponse
-	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
+	(*MigrationDisk)(nil),           // 9: ferry.v1.MigrationDisk
+	(*MigrateRequest)(nil),          // 10: ferry.v1.MigrateRequest
+	(*MigrateResponse)(nil),         // 11: ferry.v1.MigrateResponse
+	(*GetMigrationRequest)(nil),     // 12: ferry.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 13: ferry.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 14: ferry.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 15: ferry.v1.ListMigrationsResponse
+	(*CancelMigrationRequest)(nil),  // 16: ferry.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 17: ferry.v1.CancelMigrationResponse
+	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.Plan.inputs:type_name -> ferry.v1.PlanInputs
 	2,  // 1: ferry.v1.Plan.predictions:type_name -> ferry.v1.StrategyPrediction
-	17, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
-	17, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
-	17, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
+	18, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
+	18, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
+	18, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
 	6,  // 5: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
 	5,  // 6: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
 	0,  // 7: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
 	7,  // 8: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	17, // 9: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	18, // 9: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
 	3,  // 10: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
 	2,  // 11: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
 	4,  // 12: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
-	0,  // 13: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
-	8,  // 14: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
-	3,  // 15: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
-	8,  // 16: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
-	8,  // 17: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
-	8,  // 18: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
-	9,  // 19: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
-	11, // 20: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
-	13, // 21: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
-	15, // 22: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
-	10, // 23: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
-	12, // 24: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
-	14, // 25: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
-	16, // 26: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
-	23, // [23:27] is the sub-list for method output_type
-	19, // [19:23] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	9,  // 13: ferry.v1.Migration.disks:type_name -> ferry.v1.MigrationDisk
+	0,  // 14: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
+	8,  // 15: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
+	3,  // 16: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
+	8,  // 17: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
+	8,  // 18: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
+	8,  // 19: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
+	10, // 20: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
+	12, // 21: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
+	14, // 22: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
+	16, // 23: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
+	11, // 24: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
+	13, // 25: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
+	15, // 26: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
+	17, // 27: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
+	24, // [24:28] is the sub-list for method output_type
+	20, // [20:24] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_proto_init() }
@@ -1786,7 +1946,7 @@ func file_ferry_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_proto_rawDesc), len(file_ferry_v1_migration_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

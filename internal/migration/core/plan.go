@@ -58,7 +58,7 @@ func (r *Record) plan(now time.Time) []Action {
 	switch r.State {
 	case Preparing:
 		p.want(Action{Kind: ActPrepareIncoming, Side: Dst, Postcopy: r.Strategy.UsesPostcopy()})
-	case Transferring:
+	case Transferring, Mirroring:
 		r.planTransfer(p)
 	case Switchover:
 		p.want(Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation})
@@ -106,7 +106,7 @@ func (r *Record) plan(now time.Time) []Action {
 func (r *Record) deadlineWake(p *planner) {
 	if !r.Facts.OwnerSwitched {
 		switch r.State {
-		case Preparing, Transferring, Switchover:
+		case Preparing, Mirroring, Transferring, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
 		case Stopping:
@@ -123,7 +123,7 @@ func (r *Record) deadlineWake(p *planner) {
 
 func (r *Record) planTransfer(p *planner) {
 	if !r.Facts.OutgoingStarted {
-		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, Postcopy: r.Strategy.UsesPostcopy(),
+		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, DiskURI: r.DiskURI, Postcopy: r.Strategy.UsesPostcopy(),
 			AutoConverge: r.Strategy == Converge || r.Strategy == Hybrid})
 	} else {
 		if r.PostcopyWanted && !r.Facts.PostcopyAsked {

@@ -46,6 +46,10 @@ const (
 	Pending      State = "pending"      // recorded, nothing done yet
 	Preparing    State = "preparing"    // PrepareIncoming on the destination
 	Transferring State = "transferring" // StartOutgoing, then RAM rounds (and post-copy's request)
+	// Mirroring: the VM has local disks: StartOutgoing started a mirror of
+	// each to the destination's NBD export; RAM follows (Transferring) when
+	// every mirror is ready. Like Transferring, it rolls back on failure.
+	Mirroring State = "mirroring"
 	Switchover   State = "switchover"   // source paused at pre-switchover (or cold: stopped): CAS the owner
 	Resuming     State = "resuming"     // owner is the destination: arm, continue, finish incoming
 
@@ -144,6 +148,9 @@ type Record struct {
 	Generation int64
 	DestURI    string
 	RecoverURI string // where a paused post-copy destination listens again
+	// DiskURI is the destination's NBD server (host:port) exporting the
+	// local disks; empty when the VM has none (no mirror, no Mirroring).
+	DiskURI string
 	Facts      Facts
 
 	StartedAt time.Time
@@ -294,6 +301,7 @@ type Action struct {
 	Side Side // agent actions: which host
 
 	URI             string        // StartOutgoing (dest URI), ResumeOutgoing (recover URI)
+	DiskURI         string        // StartOutgoing: the NBD server to mirror the local disks to
 	Wait            time.Duration // QueryOutgoing long poll
 	KnownStatus     string        // QueryOutgoing: the status seen last
 	ResumeCompleted bool          // CancelOutgoing: the destination provably never ran
@@ -447,6 +455,7 @@ type Observation struct {
 	ErrMsg string
 
 	URI      string    // PrepareIncoming, RecoverIncoming
+	DiskURI  string    // PrepareIncoming: the NBD server of the local disks ("" without)
 	Out      *Outgoing // source steps
 	In       *Incoming // destination steps
 	VM       *VMInfo   // VM steps

@@ -56,6 +56,9 @@ type Knobs struct {
 	ThrottleIncrement         int32
 	// NoThrottle forbids QEMU's auto-converge whatever the strategy.
 	NoThrottle bool
+	// LocalDisks are the VM's local disks: the destination creates and
+	// exports them, the source mirrors them before RAM (issue 8).
+	LocalDisks []*agentv1.LocalDisk
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,
@@ -124,7 +127,8 @@ func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
 	if st == nil {
 		return nil
 	}
-	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes, Rounds: st.DirtySyncCount, Error: st.Error}
+	// The disks' mirrors count as progress too (the stall timer).
+	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes + st.DiskBytesTransferred, Rounds: st.DirtySyncCount, Error: st.Error}
 }
 
 func incoming(st *agentv1.IncomingStatus) *core.Incoming {
@@ -199,9 +203,10 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
 			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
+			LocalDisks: p.knobs.LocalDisks,
 		})
 		if err == nil {
-			o.URI = r.Uri
+			o.URI, o.DiskURI = r.Uri, r.NbdAddress
 		}
 		return err
 	case core.ActQueryIncoming, core.ActArmResume, core.ActFinishIncoming:
@@ -222,6 +227,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.knobs.DowntimeLimitMs, MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
 			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
+			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
 		})
 		return p.out(a.Kind, st, err, o)
 	case core.ActQueryOutgoing:
@@ -353,4 +359,17 @@ func (p *performer) updateVM(ctx context.Context, a core.Action, o *core.Observa
 	}
 	o.StoreVM = storeVM(vm)
 	return nil
+}
+
+// mirrorNames are the disks a StartOutgoing mirrors: every local disk when
+// the destination exports them (nbd set), none otherwise.
+func mirrorNames(nbd string, disks []*agentv1.LocalDisk) []string {
+	if nbd == "" {
+		return nil
+	}
+	var out []string
+	for _, d := range disks {
+		out = append(out, d.GetName())
+	}
+	return out
 }

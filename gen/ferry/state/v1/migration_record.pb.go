@@ -77,7 +77,9 @@ type MigrationRecord struct {
 	History      []*MigrationRecordEvent `protobuf:"bytes,29,rep,name=history,proto3" json:"history,omitempty"`
 	// report is the public report so far (figures, samples, plan), kept by
 	// the executor; status, state and error are rendered from this record.
-	Report        *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
+	Report *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
+	// disk_uri is the destination's NBD server for the local disks' mirrors.
+	DiskUri       string `protobuf:"bytes,80,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -320,6 +322,13 @@ func (x *MigrationRecord) GetReport() *v1.Migration {
 		return x.Report
 	}
 	return nil
+}
+
+func (x *MigrationRecord) GetDiskUri() string {
+	if x != nil {
+		return x.DiskUri
+	}
+	return ""
 }
 
 // MigrationBounds are the time bounds of one migration.
@@ -623,7 +632,7 @@ var File_ferry_state_v1_migration_record_proto protoreflect.FileDescriptor
 
 const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\n" +
-	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\t\n" +
+	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\t\n" +
 	"\x0fMigrationRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x0e\n" +
@@ -662,7 +671,8 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"finishedAt\x12$\n" +
 	"\x0efinal_vm_state\x18\x1c \x01(\tR\ffinalVmState\x12>\n" +
 	"\ahistory\x18\x1d \x03(\v2$.ferry.state.v1.MigrationRecordEventR\ahistory\x12+\n" +
-	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\"\xca\x01\n" +
+	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\x12\x19\n" +
+	"\bdisk_uri\x18P \x01(\tR\adiskUri\"\xca\x01\n" +
 	"\x0fMigrationBounds\x12>\n" +
 	"\rstall_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fstallTimeout\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
