@@ -49,9 +49,9 @@ const (
 	// Mirroring: the VM has local disks: StartOutgoing started a mirror of
 	// each to the destination's NBD export; RAM follows (Transferring) when
 	// every mirror is ready. Like Transferring, it rolls back on failure.
-	Mirroring State = "mirroring"
-	Switchover   State = "switchover"   // source paused at pre-switchover (or cold: stopped): CAS the owner
-	Resuming     State = "resuming"     // owner is the destination: arm, continue, finish incoming
+	Mirroring  State = "mirroring"
+	Switchover State = "switchover" // source paused at pre-switchover (or cold: stopped): CAS the owner
+	Resuming   State = "resuming"   // owner is the destination: arm, continue, finish incoming
 
 	PostcopyActive     State = "postcopy-active"     // destination runs, pulls the rest of RAM
 	PostcopyPaused     State = "postcopy-paused"     // link broke: both sides paused, guest waits
@@ -151,7 +151,7 @@ type Record struct {
 	// DiskURI is the destination's NBD server (host:port) exporting the
 	// local disks; empty when the VM has none (no mirror, no Mirroring).
 	DiskURI string
-	Facts      Facts
+	Facts   Facts
 
 	StartedAt time.Time
 	// Deadline is StartedAt + Timeout: the end of attempts before the CAS.

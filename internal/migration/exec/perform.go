@@ -227,7 +227,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.knobs.DowntimeLimitMs, MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
 			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
-			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
+			NbdAddress:                a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
 		})
 		return p.out(a.Kind, st, err, o)
 	case core.ActQueryOutgoing:
