@@ -12,6 +12,22 @@ import (
 	"github.com/ferryvm/ferry/internal/revert"
 )
 
+// ImageDirsEnv, when set, is the --image-dir default: directories
+// separated by ':' (tests that start agents through `ferry dev cluster up`
+// set it this way).
+const ImageDirsEnv = "FERRY_IMAGE_DIRS"
+
+// ImageDirsDefault returns the --image-dir default from ImageDirsEnv.
+func ImageDirsDefault() []string {
+	var out []string
+	for _, d := range strings.Split(os.Getenv(ImageDirsEnv), ":") {
+		if d != "" {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // imageInfo is what qemu-img info reports of an image (the fields used).
 type imageInfo struct {
 	Format          string `json:"format"`

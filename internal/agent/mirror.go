@@ -60,7 +60,8 @@ type diskMirror struct {
 
 // mirrorSet is the mirrors of one outgoing migration.
 type mirrorSet struct {
-	nbd string // host:port of the destination's NBD server
+	nbd   string // host:port of the destination's NBD server
+	speed int64  // the bulk copy's cap in bytes/s (the migration's bandwidth cap; 0: none)
 
 	mu          sync.Mutex
 	disks       []*diskMirror
@@ -94,6 +95,11 @@ func (v *vm) mirrorSet(ctx context.Context, req *agentv1.StartOutgoingRequest) (
 		local[d.name] = d.path
 	}
 	set := &mirrorSet{nbd: req.NbdAddress, stop: make(chan struct{})}
+	if req.MaxBandwidthBytes > 0 && req.MaxBandwidthBytes < 1<<40 {
+		// The migration's cap covers the disks too: the mirrors copy
+		// before the RAM transfer, each phase within the cap.
+		set.speed = req.MaxBandwidthBytes / int64(max(1, len(req.MirrorDisks)))
+	}
 	for i, name := range req.MirrorDisks {
 		path, ok := local[name]
 		if !ok {
@@ -210,6 +216,9 @@ func startMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet, disks [
 			// Guest writes go to both sides once the mirror is ready: the
 			// copy converges whatever the guest's write rate.
 			"copy-mode": "write-blocking", "auto-dismiss": false,
+		}
+		if set.speed > 0 {
+			mirror["speed"] = set.speed
 		}
 		if err := mon.Run(ctx, "blockdev-mirror", mirror, nil); err != nil {
 			cancelMirrors(context.WithoutCancel(ctx), mon, set)
