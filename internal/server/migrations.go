@@ -169,6 +169,11 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	planStart := time.Now()
 	if opt.Strategy != "cold" {
 		in, err := s.measurePlanInputs(ctx, vm, src, dst, opt)
+		if in != nil {
+			for _, d := range localDisks {
+				in.DiskBytes += d.AllocatedBytes
+			}
+		}
 		if err != nil {
 			if req.DryRun || opt.Strategy == "auto" {
 				return nil, nil, connect.NewError(connect.CodeUnavailable, err)

@@ -175,8 +175,11 @@ type PlanInputs struct {
 	// measured_inline says the plan had to measure something itself (stale
 	// or missing telemetry), which is what makes planning slow.
 	MeasuredInline bool `protobuf:"varint,14,opt,name=measured_inline,json=measuredInline,proto3" json:"measured_inline,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// disk_bytes is the data of the VM's local disks (allocated bytes on
+	// the source) that a live migration mirrors before the RAM.
+	DiskBytes     int64 `protobuf:"varint,80,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PlanInputs) Reset() {
@@ -305,6 +308,13 @@ func (x *PlanInputs) GetMeasuredInline() bool {
 		return x.MeasuredInline
 	}
 	return false
+}
+
+func (x *PlanInputs) GetDiskBytes() int64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
 }
 
 // StrategyPrediction is the planner's forecast for one strategy.
@@ -1717,7 +1727,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"noPostcopy\x12\x1f\n" +
 	"\vno_throttle\x18\b \x01(\bR\n" +
 	"noThrottle\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xbf\x04\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xde\x04\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1734,7 +1744,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0fnon_zero_source\x18\v \x01(\tR\rnonZeroSource\x12%\n" +
 	"\x0fnon_zero_age_ms\x18\f \x01(\x03R\fnonZeroAgeMs\x12(\n" +
 	"\x10bandwidth_age_ms\x18\r \x01(\x03R\x0ebandwidthAgeMs\x12'\n" +
-	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\"\xc1\x02\n" +
+	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18P \x01(\x03R\tdiskBytes\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +
