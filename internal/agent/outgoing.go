@@ -42,7 +42,15 @@ type outgoing struct {
 func (out *outgoing) record() outgoingRecord {
 	out.mu.Lock()
 	defer out.mu.Unlock()
-	return outgoingRecord{ID: out.id, URI: out.uri, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
+	var nbd string
+	var disks []string
+	if out.mir != nil {
+		nbd = out.mir.nbd
+		for _, d := range out.mir.pending {
+			disks = append(disks, d.name)
+		}
+	}
+	return outgoingRecord{ID: out.id, URI: out.uri, MirrorNBD: nbd, MirrorDisks: disks, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
 		Cancelled: out.state == migration.SrcCancelled, DisksMirrored: out.disksMirrored,
 		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
 }
@@ -168,6 +176,9 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		out.mu.Lock()
 		out.mir = set
 		out.mu.Unlock()
+		if err := v.saveOutgoing(out); err != nil {
+			return fail(err)
+		}
 		if err := startMirrors(ctx, mon, set, set.pending); err != nil {
 			return fail(err)
 		}

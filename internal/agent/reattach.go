@@ -197,6 +197,20 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 	if rec.Continued && out.continuedAt.IsZero() {
 		out.continuedAt = time.Now()
 	}
+	if len(rec.MirrorDisks) > 0 {
+		// The RAM transfer runs, so every mirror was ready: complete them
+		// at pre-switchover as the agent that started them would have.
+		set := &mirrorSet{nbd: rec.MirrorNBD, stop: make(chan struct{}), migrateSent: true, completed: rec.DisksMirrored}
+		for _, name := range rec.MirrorDisks {
+			d := &diskMirror{name: name, job: blockJobID(name), target: nbdNode(name), state: mirrorReady}
+			if rec.DisksMirrored {
+				d.state = mirrorCompleted
+			}
+			set.pending = append(set.pending, d)
+			set.disks = append(set.disks, d)
+		}
+		out.mir = set
+	}
 	out.sub = v.mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
 	go v.watchOutgoing(out)

@@ -47,6 +47,10 @@ type outgoingRecord struct {
 	Cancelled bool   `json:"cancelled,omitempty"` // CancelOutgoing succeeded
 	// DisksMirrored: the local disks' mirrors completed at the switchover.
 	DisksMirrored bool `json:"disks_mirrored,omitempty"`
+	// MirrorNBD and MirrorDisks are the local disks' mirrors (where to,
+	// which disks), so a restarted agent completes them at pre-switchover.
+	MirrorNBD   string   `json:"mirror_nbd,omitempty"`
+	MirrorDisks []string `json:"mirror_disks,omitempty"`
 	// QMP event times, so QueryOutgoing answers the same after a restart.
 	StoppedAt       time.Time `json:"stopped_at"`
 	PreSwitchoverAt time.Time `json:"pre_switchover_at"`
