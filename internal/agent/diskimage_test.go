@@ -123,3 +123,16 @@ func TestMirrorSetStatus(t *testing.T) {
 		}
 	}
 }
+
+func TestDiskOfStats(t *testing.T) {
+	for _, c := range []struct{ qdev, node, want string }{
+		{"", "data", "data"},
+		{"/machine/peripheral/data-dev/virtio-backend", "", "data"},
+		{"data-dev", "", "data"},
+		{"/machine/peripheral-anon/device[3]", "", ""},
+	} {
+		if got := diskOfStats(c.qdev, c.node); got != c.want {
+			t.Errorf("diskOfStats(%q, %q) = %q, want %q", c.qdev, c.node, got, c.want)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -148,12 +149,13 @@ func queryBlockJobs(ctx context.Context, mon *qmp.Monitor) (map[string]blockJobI
 	return out, nil
 }
 
-// blockStats returns the guest's written bytes per disk (query-blockstats
-// of the devices' backends, by qdev id "<disk>-dev").
+// blockStats returns the guest's written bytes per disk from
+// query-blockstats (the devices' backends), keyed by the disk's name.
 func blockStats(ctx context.Context, mon *qmp.Monitor) (map[string]int64, error) {
 	var st []struct {
-		Qdev  string `json:"qdev"`
-		Stats struct {
+		Qdev     string `json:"qdev"`
+		NodeName string `json:"node-name"`
+		Stats    struct {
 			WrBytes int64 `json:"wr_bytes"`
 		} `json:"stats"`
 	}
@@ -162,21 +164,30 @@ func blockStats(ctx context.Context, mon *qmp.Monitor) (map[string]int64, error)
 	}
 	out := map[string]int64{}
 	for _, s := range st {
-		out[s.Qdev] = s.Stats.WrBytes
+		if name := diskOfStats(s.Qdev, s.NodeName); name != "" {
+			out[name] = s.Stats.WrBytes
+		}
 	}
 	return out, nil
 }
 
-// qdevPath finds the written-bytes figure of disk in a blockStats answer
-// (QEMU reports the qdev id or its QOM path).
-func qdevWritten(stats map[string]int64, disk string) int64 {
-	for k, n := range stats {
-		if k == disk+"-dev" || len(k) > len(disk)+4 && k[len(k)-len(disk)-4:] == "/"+disk+"-dev" {
-			return n
+// diskOfStats names the disk of a query-blockstats entry: its root node
+// is the disk's format node, or its qdev (an id "<disk>-dev", or a QOM path
+// such as /machine/peripheral/<disk>-dev/virtio-backend) names the device.
+func diskOfStats(qdev, node string) string {
+	if node != "" {
+		return node
+	}
+	for _, part := range strings.Split(qdev, "/") {
+		if name, ok := strings.CutSuffix(part, "-dev"); ok && name != "" {
+			return name
 		}
 	}
-	return 0
+	return ""
 }
+
+// qdevWritten is the written bytes of disk in a blockStats answer.
+func qdevWritten(stats map[string]int64, disk string) int64 { return stats[disk] }
 
 // startMirrors connects to the destination's NBD export of each disk and
 // starts its mirror. A mirror already running (a retried step) is kept.
@@ -230,16 +241,7 @@ func startMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet, disks [
 
 func isDuplicateNode(err error) bool {
 	var ce *qmp.CommandError
-	return errors.As(err, &ce) && contains(ce.Error(), "Duplicate node name")
-}
-
-func contains(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return true
-		}
-	}
-	return false
+	return errors.As(err, &ce) && strings.Contains(ce.Error(), "Duplicate node name")
 }
 
 // refresh reads the jobs' progress into the set; it reports whether every
