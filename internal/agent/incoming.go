@@ -55,7 +55,7 @@ func (in *incoming) abortedUnran() bool {
 func (in *incoming) record() incomingRecord {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return incomingRecord{ID: in.id, URI: in.uri, Armed: in.armed, Ran: in.ran, Adopted: in.adopted, LoadedAt: in.loadedAt, ResumedAt: in.resumedAt}
+	return incomingRecord{ID: in.id, URI: in.uri, NBD: in.nbd, Armed: in.armed, Ran: in.ran, Adopted: in.adopted, LoadedAt: in.loadedAt, ResumedAt: in.resumedAt}
 }
 
 // saveIncoming persists the arrival's facts in the VM's directory. Writers
@@ -107,6 +107,11 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 			nbd = v.in.nbd
 		}
 		v.mu.Unlock()
+	}
+	if len(req.LocalDisks) > 0 && nbd == "" {
+		// Never answer a URI without the disks' export: the source would
+		// send RAM to a destination whose disks are empty.
+		return "", "", failedPrecondition("the arrival of VM %s by migration %s on host %s has no NBD export of its local disks: start a new migration", req.GetSpec().GetName(), req.MigrationId, a.cfg.Name)
 	}
 	return uri, nbd, nil
 }

@@ -107,7 +107,7 @@ func (a *Agent) reattach(ctx context.Context, v *vm) {
 // An armed one whose resume was not sent yet is resumed now: the owner CAS
 // is done.
 func (v *vm) reattachIncoming(ctx context.Context, rec incomingRecord) {
-	in := &incoming{id: rec.ID, uri: rec.URI, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
+	in := &incoming{id: rec.ID, uri: rec.URI, nbd: rec.NBD, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
 		loadedAt: rec.LoadedAt, resumedAt: rec.ResumedAt}
 	if rec.Armed {
 		in.state = migration.InArmed

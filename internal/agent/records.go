@@ -31,6 +31,7 @@ const (
 type incomingRecord struct {
 	ID      string `json:"id"`
 	URI     string `json:"uri,omitempty"`
+	NBD     string `json:"nbd,omitempty"`     // the NBD server exporting the local disks
 	Armed   bool   `json:"armed,omitempty"`   // ArmResume accepted: the owner CAS is done
 	Ran     bool   `json:"ran,omitempty"`     // the destination QEMU has run
 	Adopted bool   `json:"adopted,omitempty"` // an ordinary VM of this host now

@@ -205,6 +205,11 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
 			LocalDisks: p.knobs.LocalDisks,
 		})
+		if err == nil && len(p.knobs.LocalDisks) > 0 && r.NbdAddress == "" {
+			// An agent that does not export the disks (an older one): never
+			// send RAM to a destination whose disks would stay empty.
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not export the VM's %d local disks over NBD: upgrade its agent", p.to, len(p.knobs.LocalDisks)))
+		}
 		if err == nil {
 			o.URI, o.DiskURI = r.Uri, r.NbdAddress
 		}
