@@ -101,7 +101,7 @@ func TestLocalDiskImages(t *testing.T) {
 // fill reports mirroring until the RAM transfer started, and again at
 // pre-switchover until the mirrors completed; a failed mirror fails it.
 func TestMirrorSetStatus(t *testing.T) {
-	set := &mirrorSet{nbd: "198.18.0.2:10809", disks: []*diskMirror{{name: "data", state: mirrorRunning, allocated: 100, written: 50, jobLen: 1000, jobOffset: 500}}}
+	set := &mirrorSet{nbd: "198.18.0.2:10809", disks: []*diskMirror{{name: "data", state: mirrorRunning, allocated: 100, written: 50, jobLen: 1000, jobOffset: 925}}}
 	for _, c := range []struct {
 		migrateSent, completed bool
 		err, qemu, want        string

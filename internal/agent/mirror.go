@@ -479,8 +479,9 @@ func (set *mirrorSet) fill(st *agentv1.OutgoingStatus) {
 		st.DiskBytesTotal += d.allocated
 		done := data
 		if d.state == mirrorRunning && d.jobLen > 0 {
-			// Not in sync yet: the share of the job done, of the data.
-			done = min(data, int64(float64(data)*float64(d.jobOffset)/float64(d.jobLen)))
+			// Not in sync yet: QEMU's job counts the target's zeroing
+			// too, but len − offset is the data still to copy.
+			done = max(0, min(data, data-(d.jobLen-d.jobOffset)))
 		}
 		st.DiskBytesTransferred += done
 	}
