@@ -37,7 +37,9 @@ func Resummarize(dir string, out io.Writer) error {
 		fillAborted(&r.Migration)
 		runs = append(runs, r)
 		sc := Scenario{Name: r.Scenario, ShapedMiBps: r.ShapedMiBps, MeasuredMiBps: r.MeasuredMiBps}
-		if g, ok := r.Guest.(map[string]any); ok {
+		if r.Spec != nil {
+			sc = *r.Spec
+		} else if g, ok := r.Guest.(map[string]any); ok {
 			if cl, ok := g["cmdline"].(string); ok {
 				if m := dirtyRE.FindStringSubmatch(cl); m != nil {
 					sc.WSSMiB, _ = strconv.ParseInt(m[1], 10, 64)
