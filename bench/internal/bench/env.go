@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
-		"time"
+	"time"
 
 	"github.com/ferryvm/ferry/internal/devcluster"
 	"github.com/ferryvm/ferry/internal/linkemu"
