@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,8 @@ type LibvirtSystem struct {
 	// name is "libvirt" (defaults) or "libvirt-tuned" (flags).
 	name  string
 	flags []string
+	// Note says why flags differ from TunedMigrateFlags, if they do.
+	Note string
 }
 
 // libvirtd is the two daemons, shared by the default and tuned systems.
@@ -235,8 +238,41 @@ func statInt(m map[string]string, key string) int64 {
 	return n
 }
 
-// Migrate implements System.
+// multifdPostcopyRefusal is how QEMU 10.0 refuses post-copy together
+// with multifd (libvirt's --parallel).
+const multifdPostcopyRefusal = "not yet compatible with multifd"
+
+// Migrate implements System. When QEMU refuses the tuned combination of
+// post-copy and --parallel (QEMU 10.0 cannot do post-copy over multifd),
+// the system drops --parallel, as an operator would, says so in Note and
+// the run's raw report, and migrates again; the guest is still on the
+// source (the refusal comes before anything is sent).
 func (s *LibvirtSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) (Report, error) {
+	rep, err := s.migrate(ctx, g, limit)
+	if err != nil || rep.Status != "failed" || !strings.Contains(rep.Error, multifdPostcopyRefusal) || !slices.Contains(s.flags, "--parallel") {
+		return rep, err
+	}
+	s.Note = fmt.Sprintf("QEMU refused %s (%q): --parallel dropped, the tuned runs use %s",
+		strings.Join(s.flags, " "), firstLineOf(rep.Error), strings.Join(slices.DeleteFunc(slices.Clone(s.flags), func(f string) bool { return f == "--parallel" }), " "))
+	s.flags = slices.DeleteFunc(slices.Clone(s.flags), func(f string) bool { return f == "--parallel" })
+	retry, err := s.migrate(ctx, g, limit)
+	retry.Decisions = append(retry.Decisions, fmt.Sprintf("first attempt failed after %d ms: %s", rep.WallMs, s.Note))
+	return retry, err
+}
+
+// Flags is the tuned system's flags in use and what changed them.
+func (s *LibvirtSystem) Flags() string {
+	f := strings.Join(s.flags, " ")
+	if f == "" {
+		f = "(defaults)"
+	}
+	if s.Note != "" {
+		f += "; " + s.Note
+	}
+	return f
+}
+
+func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duration) (Report, error) {
 	var rep Report
 	src, dst := s.env.Src, s.env.Dst
 	logPath := filepath.Join(s.env.Dir, g.Name+"-migrate.log")

@@ -181,7 +181,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 	}()
 
 	var notes []string
-	var lv *LibvirtSystem
+	var lv, lvTuned *LibvirtSystem
 	libvirtInfo := ""
 	for _, name := range o.Systems {
 		switch name {
@@ -206,7 +206,8 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 			if name == "libvirt" {
 				systems = append(systems, lv)
 			} else {
-				systems = append(systems, lv.Tuned())
+				lvTuned = lv.Tuned()
+				systems = append(systems, lvTuned)
 			}
 		}
 	}
@@ -282,6 +283,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		"started": started.UTC().Format(time.RFC3339), "runs": o.Runs, "capSeconds": o.Cap.Seconds(),
 		"guest":         fmt.Sprintf("%d MiB (big: %d MiB), 1 vCPU, TCG, WSS %d MiB in half/heavy/wan/flaky", o.MemoryMiB, BigMemoryMiB, o.WSSMiB),
 		"libvirt":       orDefault(libvirtInfo, "not run"),
+		"libvirtTuned":  tunedInfo(lvTuned),
 		"elapsed":       time.Since(started).Round(time.Second).String(),
 		"ferryStrategy": orDefault(o.FerryStrategy, "(Ferry's default)"),
 		"host":          fmt.Sprintf("%d CPUs, %s, guests under TCG", runtime.NumCPU(), kernelRelease()),
@@ -470,7 +472,7 @@ func describe(r report.Run) string {
 		s += fmt.Sprintf(" (planning %d ms)", m.PlanningMs)
 	}
 	if r.CPU != nil {
-		s += fmt.Sprintf(" cpu %.1fs (qemu %.1f+%.1f, daemons %.1f+%.1f)", r.CPU.HostsS(), r.CPU.SrcQEMUS, r.CPU.DstQEMUS, r.CPU.SrcDaemonS, r.CPU.DstDaemonS)
+		s += fmt.Sprintf(" cpu %.2fs (qemu %.2f+%.2f, daemons %.2f+%.2f)", r.CPU.HostsS(), r.CPU.SrcQEMUS, r.CPU.DstQEMUS, r.CPU.SrcDaemonS, r.CPU.DstDaemonS)
 	}
 	if len(r.LinkEvents) > 0 {
 		var ev []string
@@ -528,6 +530,13 @@ func warmupLine(r report.Run) string {
 		s += "; " + p
 	}
 	return s
+}
+
+func tunedInfo(s *LibvirtSystem) string {
+	if s == nil {
+		return "not run"
+	}
+	return "virsh migrate --live --p2p " + s.Flags()
 }
 
 func warmupString(on, ferry bool) string {

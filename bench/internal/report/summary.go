@@ -367,7 +367,7 @@ func (s Summary) Markdown(w io.Writer) {
 			fmt.Fprintf(w, "| %s | %s / %s | %d / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 				sc.Name, link, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.DirtyMiBps, fmtNum("%.1f", r.AchievedMiBps),
 				r.System, comp, fmtNum("%.2f", r.TotalMs/1000), fmtNum("%.2f", r.WallMs/1000), fmtNum("%.0f", r.DowntimeMs), fmtNum("%.0f", r.ClientGapMs),
-				fmtNum("%.0f", r.Bytes/(1<<20)), fmtNum("%.1f", r.CPUS), fmtNum("%.0f", r.NonZeroBytes/(1<<20)), fmtNum("%.2f", ss.BoundMs/1000),
+				fmtNum("%.0f", r.Bytes/(1<<20)), fmtNum("%.2f", r.CPUS), fmtNum("%.0f", r.NonZeroBytes/(1<<20)), fmtNum("%.2f", ss.BoundMs/1000),
 				fmtNum("%.1f×", r.TotalMs/ss.BoundMs))
 		}
 	}
