@@ -289,6 +289,10 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 	aborted := false
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	// The source's last running job statistics: after a post-copy
+	// migration the destination keeps no completed statistics.
+	var lastSrc map[string]string
+	var lastSrcMs int64
 	for !mig.Exited() {
 		select {
 		case <-ctx.Done():
@@ -312,7 +316,8 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 		if statInt(st, "data_total") == 0 {
 			continue // the job has not started its first round yet
 		}
-		rep.Samples = append(rep.Samples, Sample{TMs: time.Since(t0).Milliseconds(),
+		lastSrc, lastSrcMs = st, time.Since(t0).Milliseconds()
+		rep.Samples = append(rep.Samples, Sample{TMs: lastSrcMs,
 			RemainingBytes: statInt(st, "data_remaining"), TransferredBytes: statInt(st, "data_processed")})
 	}
 	rep.WallMs = time.Since(t0).Milliseconds()
@@ -335,6 +340,17 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 	}
 	if migErr != nil {
 		rep.Error = strings.TrimSpace(tail(logPath, 600))
+	}
+	if err == nil && statInt(st, "time_elapsed") == 0 && lastSrc != nil {
+		// No completed statistics (post-copy): the source's last ones,
+		// the elapsed time carried forward to virsh's exit. The downtime
+		// is unknown unless the source reported one.
+		lastSrc["bench_stats_from"] = fmt.Sprintf("source's last running statistics at %d ms (the destination kept no completed ones)", lastSrcMs)
+		lastSrc["time_elapsed"] = strconv.FormatInt(statInt(lastSrc, "time_elapsed")+rep.WallMs-lastSrcMs, 10)
+		if _, ok := lastSrc["downtime"]; !ok && migErr == nil {
+			rep.DowntimeUnknown = true
+		}
+		st = lastSrc
 	}
 	if err == nil {
 		rep.TotalMs = statInt(st, "time_elapsed")

@@ -458,8 +458,12 @@ func describe(r report.Run) string {
 		return head + " ERROR: " + r.Error
 	}
 	m := r.Migration
-	s := fmt.Sprintf("%s %-9s total %6.2fs downtime %4dms client gap %5dms sent %5.0f MiB rounds %3d non-zero %4.0f MiB dirty %5.1f MiB/s",
-		head, m.Status, float64(m.TotalMs)/1000, m.DowntimeMs, r.ClientGapMs, float64(m.TransferredBytes)/(1<<20), m.Rounds,
+	down := fmt.Sprintf("%4dms", m.DowntimeMs)
+	if m.DowntimeUnknown {
+		down = "     ?"
+	}
+	s := fmt.Sprintf("%s %-9s total %6.2fs downtime %s client gap %5dms sent %5.0f MiB rounds %3d non-zero %4.0f MiB dirty %5.1f MiB/s",
+		head, m.Status, float64(m.TotalMs)/1000, down, r.ClientGapMs, float64(m.TransferredBytes)/(1<<20), m.Rounds,
 		float64(r.NonZeroBytes)/(1<<20), r.AchievedMiBps)
 	if r.Rebooted {
 		s += " REBOOTED"

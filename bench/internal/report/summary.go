@@ -191,7 +191,9 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 						r.Clean++
 					}
 					total = append(total, float64(run.Migration.TotalMs))
-					down = append(down, float64(run.Migration.DowntimeMs))
+					if !run.Migration.DowntimeUnknown {
+						down = append(down, float64(run.Migration.DowntimeMs))
+					}
 					gap = append(gap, float64(run.ClientGapMs))
 					wall = append(wall, float64(run.Migration.WallMs))
 					if run.Migration.PlanningMs > 0 {

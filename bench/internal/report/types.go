@@ -20,6 +20,9 @@ type Migration struct {
 	// domjobinfo time_elapsed and downtime).
 	TotalMs    int64 `json:"totalMs"`
 	DowntimeMs int64 `json:"downtimeMs"`
+	// DowntimeUnknown is set when the system reported no downtime (libvirt
+	// after a post-copy migration): DowntimeMs is then in no median.
+	DowntimeUnknown bool `json:"downtimeUnknown,omitempty"`
 	// TransferredBytes is what went over the wire; Rounds is QEMU's
 	// dirty-sync count (libvirt: memory_iteration).
 	TransferredBytes int64 `json:"transferredBytes"`
