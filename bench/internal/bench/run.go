@@ -379,6 +379,7 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	}()
 	_ = sys.Destroy(ctx, g) // leftovers of an interrupted run
 
+	booted := time.Now()
 	pid, err := sys.Boot(ctx, g)
 	if err != nil {
 		return fail(err)
@@ -412,6 +413,7 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	r.BootIDBefore = before.BootID
 	stream.WindowGap()
 
+	r.UptimeMs = time.Since(booted).Milliseconds()
 	cpu, cpuErr := startCPU(env, sys)
 	flapCtx, stopFlaps := context.WithCancel(ctx)
 	flapsDone := make(chan []report.LinkEvent, 1)

@@ -92,8 +92,8 @@ func usesLibvirt(systems []string) bool {
 // teardown; the big guest boots and fills 1 GiB for longer; Ferry adds
 // its dry run.
 const (
-	estRunOverhead = 16 * time.Second
-	estBigExtra    = 20 * time.Second
+	estRunOverhead = 11 * time.Second
+	estBigExtra    = 14 * time.Second
 	estDryRun      = 2 * time.Second
 	estClusterUp   = 40 * time.Second // cluster, Ferry, libvirtd, probes
 )
@@ -104,23 +104,20 @@ func estMigration(scenario, system string) time.Duration {
 	s := func(x float64) time.Duration { return time.Duration(x * float64(time.Second)) }
 	switch scenario {
 	case "idle":
-		return s(2)
+		return s(1)
 	case "half":
 		return s(16)
 	case "heavy":
 		if system == "ferry" || system == "libvirt-tuned" {
-			return s(20)
+			return s(16)
 		}
 		return 0
 	case "wan":
-		if system == "ferry" {
-			return s(40)
-		}
-		return 0
+		return s(18)
 	case "flaky":
 		return s(20)
 	case "big":
-		return s(12)
+		return s(13)
 	}
 	return s(20)
 }

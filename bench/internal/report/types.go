@@ -199,6 +199,9 @@ type Run struct {
 	AchievedMiBps float64   `json:"achievedMiBps"`
 	WindowMiBps   float64   `json:"windowMiBps"`
 	Migration     Migration `json:"migration"`
+	// UptimeMs is how long the VM had been running (from its boot) when
+	// the migration was issued.
+	UptimeMs int64 `json:"uptimeMs,omitempty"`
 	// CPU is the hosts' CPU time during the migration (nil if unmeasured).
 	CPU *CPU `json:"cpu,omitempty"`
 	// LinkEvents are the link flaps the harness caused (flaky).
