@@ -115,7 +115,7 @@ func estMigration(scenario, system string) time.Duration {
 	case "wan":
 		return s(18)
 	case "flaky":
-		return s(20)
+		return s(24)
 	case "big":
 		return s(13)
 	}
