@@ -67,6 +67,26 @@ func Resummarize(dir string, out io.Writer) error {
 			meta = old.Meta
 		}
 	}
+	if _, ok := meta["warmupRuns"]; !ok {
+		// Rebuild the warm-up lines from warmup/ (a directory put together
+		// from several result directories has no summary of its own).
+		wfiles, _ := filepath.Glob(filepath.Join(dir, "warmup", "*-ferry-0.json"))
+		var lines []string
+		for _, f := range wfiles {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return fmt.Errorf("read warm-up run: %w", err)
+			}
+			var r report.Run
+			if err := json.Unmarshal(b, &r); err != nil {
+				return fmt.Errorf("decode %s: %w", f, err)
+			}
+			lines = append(lines, warmupLine(r))
+		}
+		if len(lines) > 0 {
+			meta["warmupRuns"] = lines
+		}
+	}
 	slices.SortFunc(runs, func(a, b report.Run) int { return a.Started.Compare(b.Started) })
 	return writeSummary(dir, scenarios, runs, meta, out)
 }
