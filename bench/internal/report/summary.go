@@ -196,7 +196,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 					}
 					gap = append(gap, float64(run.ClientGapMs))
 					wall = append(wall, float64(run.Migration.WallMs))
-					if run.Migration.PlanningMs > 0 {
+					if sys == "ferry" {
 						plan = append(plan, float64(run.Migration.PlanningMs))
 					}
 					if run.CPU != nil {
@@ -474,12 +474,11 @@ func (s Summary) predictionMarkdown(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w, "```")
-	fmt.Fprintln(w, "\nThe first migration on a fresh server has no learned rate: the planner then uses its 0.5 s TCP link probe, "+
-		"which measures raw TCP between the hosts — far faster than what QEMU's migration thread reaches under TCG "+
-		"(unshaped veth: GB/s vs a few hundred MiB/s), so that first prediction is too short. The server learns the rate "+
-		"from finished pre-copy migrations (not post-copy ones). The harness's `-warmup` (on by default) therefore runs one "+
-		"unmeasured Ferry migration per shaping setting before the measured runs; those are not in any figure above "+
-		"(they are in `warmup/`).")
+	fmt.Fprintln(w, "\nA fresh server has no learned rate, and the agents' background link probe measures raw TCP "+
+		"(on the unshaped veth far faster than QEMU's migration thread reaches under TCG) and may predate the harness's "+
+		"change of the emulated link between scenarios (the dry run's bandwidth source says how old it is). The server learns "+
+		"the rate from finished migrations. The harness's `-warmup` (on by default) therefore runs one unmeasured Ferry "+
+		"migration per link setting before the measured runs; those are in no figure above (they are in `warmup/`).")
 	if ws, ok := s.Meta["warmupRuns"]; ok {
 		if lines := stringList(ws); len(lines) > 0 {
 			fmt.Fprintln(w, "\nWarm-up migrations (unmeasured):")
