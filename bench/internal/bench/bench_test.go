@@ -111,3 +111,26 @@ func TestTunedFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestCPUSamplerCountsAProcess(t *testing.T) {
+	s, err := startCPUSampler(nil, nil, []int{os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn CPU until /proc shows at least two clock ticks more (bounded).
+	deadline := time.Now().Add(10 * time.Second)
+	_, t0, _, _ := readStat(os.Getpid())
+	x := 0
+	for time.Now().Before(deadline) {
+		for i := 0; i < 1e6; i++ {
+			x += i
+		}
+		if _, t1, _, _ := readStat(os.Getpid()); t1 >= t0+2 {
+			break
+		}
+	}
+	c := s.Stop("h1", "h2")
+	if c.ControlPlaneS < 0.02 || c.HostsS() != 0 || len(c.Processes) != 1 || !strings.HasPrefix(c.Processes[0], "root ") {
+		t.Errorf("cpu = %+v (x=%d)", c, x)
+	}
+}
