@@ -127,8 +127,13 @@ func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
 	if st == nil {
 		return nil
 	}
-	// The disks' mirrors count as progress too (the stall timer).
-	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes + st.DiskBytesTransferred, Rounds: st.DirtySyncCount, Error: st.Error}
+	// The disks' mirrors count as progress too (the stall timer): QEMU's
+	// job offsets grow as long as a mirror works.
+	tr := st.TransferredBytes
+	for _, d := range st.Disks {
+		tr += d.JobOffset
+	}
+	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: tr, Rounds: st.DirtySyncCount, Error: st.Error}
 }
 
 func incoming(st *agentv1.IncomingStatus) *core.Incoming {
