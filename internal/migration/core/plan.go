@@ -22,6 +22,9 @@ func (p *planner) want(a Action) {
 		return
 	}
 	v.inflight[a.Kind][a.Side] = true
+	if a.Kind.IsAgent() {
+		a.MigrationID = p.r.AttemptID()
+	}
 	p.acts = append(p.acts, a)
 }
 
@@ -84,6 +87,11 @@ func (r *Record) plan(now time.Time) []Action {
 		default:
 			p.want(Action{Kind: ActStartVM, Side: Dst})
 		}
+	case RetryWait:
+		r.planRetryWait(p)
+		if r.State == Preparing {
+			return r.plan(now)
+		}
 	case Unswitching:
 		r.planUnswitch(p)
 	case Cleanup:
@@ -109,7 +117,7 @@ func (r *Record) deadlineWake(p *planner) {
 		case Preparing, Transferring, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
-		case Stopping:
+		case Stopping, RetryWait:
 			p.wakeAt(r.Deadline)
 		}
 	}
@@ -290,6 +298,10 @@ func (r *Record) planCleanup(p *planner) {
 }
 
 func (r *Record) planRollback(p *planner) {
+	if r.Retrying {
+		r.planRetryCleanup(p)
+		return
+	}
 	if r.Strategy.Live() {
 		if !r.Facts.DestAborted {
 			p.want(Action{Kind: ActAbortIncoming, Side: Dst})

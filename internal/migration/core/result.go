@@ -198,7 +198,10 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		switch out.Status {
 		case "pre-switchover":
 			r.enter(now, Switchover, "source paused with the last RAM owed; switching the owner")
-		case "failed", "cancelled":
+		case "failed":
+			// The stream broke (a socket error): link-related, retried.
+			r.failAttempt(now, fmt.Sprintf("source QEMU reports the migration failed: %s", orUnknown(out.Error)))
+		case "cancelled":
 			r.rollback(now, fmt.Sprintf("source QEMU reports the migration %s: %s", out.Status, orUnknown(out.Error)), false)
 		case "completed", "postcopy-active", "postcopy-paused", "postcopy-recover":
 			r.rollback(now, "source QEMU reports "+out.Status+" before the owner switched", false)

@@ -72,6 +72,8 @@ type FakeAgent struct {
 	vm   *vmOnHost // the simulation has one VM
 	// cancelled are the ids CancelOutgoing saw (small files, kept across restarts)
 	cancelled map[string]bool
+	// ended are the incoming ids AbortIncoming removed (kept across restarts)
+	ended map[string]bool
 }
 
 // FakeStoreVM is the VM record in the fake store.

@@ -28,7 +28,10 @@ const (
 )
 
 // SimOptions are the migration's bounds in the simulation.
-var SimOptions = core.Options{StallTimeout: 5 * time.Second, Timeout: 2 * time.Minute, RecoveryWindow: 2 * time.Minute}
+// Retries are on (3 attempts, 2 s backoff): a link-related failure before
+// the owner switch is cleaned up and tried again.
+var SimOptions = core.Options{StallTimeout: 5 * time.Second, Timeout: 2 * time.Minute, RecoveryWindow: 2 * time.Minute,
+	MaxAttempts: 3, RetryBackoff: 2 * time.Second}
 
 const (
 	vmName = "vm1"
@@ -106,6 +109,13 @@ type World struct {
 	lagSeen      bool
 	// Mutate, when set, rewrites the core's output (a deliberately broken rule).
 	Mutate func(rec core.Record, ready *core.Ready)
+
+	// flaps is how many more attempts the scenario flaps (retry.go);
+	// flapped the last attempt it did; flapsAsked the scenario's count.
+	flaps, flapsAsked int
+	flapped           int32
+	retrySeen         bool
+	lateRequest       bool // a request was delayed past its caller's deadline
 }
 
 // Disposition says what happens to one action.
@@ -313,6 +323,7 @@ func (w *World) perform(a core.Action) {
 		})
 		return
 	}
+	w.flap(a)
 	k := w.Steps
 	w.Steps++
 	disp := DispDeliver
@@ -322,7 +333,11 @@ func (w *World) perform(a core.Action) {
 	if !w.serverUp || w.epoch != epoch || disp == DispDrop {
 		return // the server crashed before it could act
 	}
-	w.logf("#%d %s", k, a)
+	if a.MigrationID != "" && a.MigrationID != migID {
+		w.logf("#%d %s [%s]", k, a, a.MigrationID) // a retried attempt's agent id
+	} else {
+		w.logf("#%d %s", k, a)
+	}
 	reply := func(obs core.Observation, d time.Duration) {
 		obs.Kind, obs.Action, obs.Side = core.ObsResult, a.Kind, a.Side
 		w.after(d, func() {
@@ -361,10 +376,11 @@ func (w *World) perform(a core.Action) {
 		return
 	}
 	if disp == DispDelay {
+		w.lateRequest = true
 		w.after(DelayFor, func() {
 			if ag.Up {
 				w.logf("   late %s reaches the agent", a)
-				ag.handle(a, migID) // done, but nobody waits for the answer
+				ag.handle(a, agentID(a)) // done, but nobody waits for the answer
 			}
 		})
 		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
@@ -385,7 +401,7 @@ func (w *World) perform(a core.Action) {
 				w.after(RPCTimeout, func() { w.deliverIf(epoch, transient(a, "agent went away")) })
 				return
 			}
-			obs := ag.handle(a, migID)
+			obs := ag.handle(a, agentID(a))
 			if disp == DispLoseReply {
 				reply(core.Observation{Err: core.Transient, ErrMsg: "reply lost"}, RPCTimeout)
 				return
@@ -398,6 +414,14 @@ func (w *World) perform(a core.Action) {
 			run()
 		}
 	})
+}
+
+// agentID is the id an agent step is keyed by (the attempt's).
+func agentID(a core.Action) string {
+	if a.MigrationID != "" {
+		return a.MigrationID
+	}
+	return migID
 }
 
 func (w *World) deliverIf(epoch int, obs core.Observation) {
