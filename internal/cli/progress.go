@@ -269,6 +269,12 @@ func renderReport(m *ferryv1.Migration) string {
 		}
 		line("post-copy", v)
 	}
+	for _, r := range m.GetRetries() {
+		line("retried", fmt.Sprintf("attempt %d: %s (next after %s)", r.GetAttempt(), r.GetReason(), fmtMs(r.GetBackoffMs())))
+	}
+	if a := m.GetAttempt(); a > 1 {
+		line("attempts", fmt.Sprintf("%d of %d", a, max(m.GetOptions().GetMaxAttempts(), a)))
+	}
 	for _, dcs := range m.GetDecisions() {
 		line("decision", fmt.Sprintf("+%s %s: %s", fmtMs(dcs.GetTMs()), dcs.GetAction(), dcs.GetReason()))
 	}
