@@ -130,6 +130,10 @@ func (r *Record) deadlineWake(p *planner) {
 }
 
 func (r *Record) planTransfer(p *planner) {
+	if r.vol.streamFailed != "" {
+		r.planStreamCheck(p)
+		return
+	}
 	if !r.Facts.OutgoingStarted {
 		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, Postcopy: r.Strategy.UsesPostcopy(),
 			AutoConverge: r.Strategy == Converge || r.Strategy == Hybrid})

@@ -15,6 +15,7 @@ func (r *Record) result(obs Observation) {
 	if obs.Err == Transient {
 		r.vol.notBefore[a][side] = now.Add(RetryBackoff)
 		r.Attempts++
+		r.streamFailedDestSilent(obs)
 		return
 	}
 	if obs.Out != nil {
@@ -106,6 +107,7 @@ func (r *Record) onQueryIncoming(now time.Time, obs Observation) {
 	}
 	gone := obs.Err == NotFound || destGone(obs.In)
 	if !gone {
+		r.streamFailedDestAlive(now)
 		return
 	}
 	switch {
@@ -199,8 +201,9 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		case "pre-switchover":
 			r.enter(now, Switchover, "source paused with the last RAM owed; switching the owner")
 		case "failed":
-			// The stream broke (a socket error): link-related, retried.
-			r.failAttempt(now, fmt.Sprintf("source QEMU reports the migration failed: %s", orUnknown(out.Error)))
+			// The stream broke: the link's fault (retried) unless the
+			// destination QEMU is gone — a fresh QueryIncoming says (retry.go).
+			r.streamFailed(fmt.Sprintf("source QEMU reports the migration failed: %s", orUnknown(out.Error)))
 		case "cancelled":
 			r.rollback(now, fmt.Sprintf("source QEMU reports the migration %s: %s", out.Status, orUnknown(out.Error)), false)
 		case "completed", "postcopy-active", "postcopy-paused", "postcopy-recover":

@@ -183,3 +183,39 @@ func (r *Record) startAttempt(now time.Time) {
 	r.vol = volatile{loadedIn: r.vol.loadedIn, timerAt: r.vol.timerAt}
 	r.enter(now, Preparing, fmt.Sprintf("attempt %d of %d: starting the destination QEMU on %s", r.Attempt, r.maxAttempts(), r.To))
 }
+
+// streamFailed notes a source-reported stream failure while transferring:
+// whether it is the link's (retried) or the destination's (its QEMU gone:
+// not retried) a QueryIncoming asked after it decides.
+func (r *Record) streamFailed(cause string) {
+	if r.vol.streamFailed == "" {
+		r.vol.streamFailed = cause
+	}
+}
+
+// planStreamCheck asks the destination once, after the failure (a query
+// already in flight was asked before it: its answer is waited for first).
+func (r *Record) planStreamCheck(p *planner) {
+	if r.vol.streamAsked || r.vol.inflight[ActQueryIncoming][Dst] {
+		return
+	}
+	r.vol.notBefore[ActQueryIncoming][Dst] = time.Time{}
+	p.want(Action{Kind: ActQueryIncoming, Side: Dst})
+	r.vol.streamAsked = true
+}
+
+// streamFailedDestAlive: the destination QEMU lives after the stream
+// failed: the link broke it.
+func (r *Record) streamFailedDestAlive(now time.Time) {
+	if r.State == Transferring && r.vol.streamFailed != "" && r.vol.streamAsked {
+		r.failAttempt(now, r.vol.streamFailed)
+	}
+}
+
+// streamFailedDestSilent: the destination agent does not answer the check
+// either: the link is down.
+func (r *Record) streamFailedDestSilent(obs Observation) {
+	if obs.Action == ActQueryIncoming && r.State == Transferring && r.vol.streamFailed != "" && r.vol.streamAsked {
+		r.failAttempt(obs.Now, r.vol.streamFailed+" (the destination agent does not answer either)")
+	}
+}

@@ -45,6 +45,11 @@ type volatile struct {
 	finalSeen   bool      // finalVM holds the owner's run state from GetVM
 	dstDown     time.Time // the destination agent has not answered since (before the CAS)
 	freshOut    bool      // the QueryOutgoing in flight was asked after FinishOutgoing was refused
+	// streamFailed is the cause of a source-reported stream failure while
+	// transferring, until a QueryIncoming asked after it (streamAsked)
+	// says whether the destination QEMU is gone (retry.go).
+	streamFailed string
+	streamAsked  bool
 }
 
 // New returns the record of a migration that has locked its VM (state

@@ -485,7 +485,7 @@ func (w *World) physics() {
 		case "active":
 			if !peerOK {
 				q.Mig = "failed" // the guest keeps running
-				w.failIncoming(p)
+				w.failIncomingLater(p)
 				break
 			}
 			q.Rounds++
@@ -496,7 +496,7 @@ func (w *World) physics() {
 		case "device":
 			if !peerOK {
 				q.Mig, q.Run = "failed", "running" // QEMU restarts a source whose migration failed before completing
-				w.failIncoming(p)
+				w.failIncomingLater(p)
 				break
 			}
 			q.Sent += 1 << 18
@@ -536,6 +536,17 @@ func (w *World) physics() {
 	for _, ag := range w.Agents {
 		ag.reconcile()
 	}
+}
+
+// failIncomingLater: the destination of a stream that failed exits when it
+// sees the failure: at once, or once the link is back if the link broke it
+// (no packet reaches it meanwhile).
+func (w *World) failIncomingLater(p *FakeQEMU) {
+	if w.linkUp() {
+		w.failIncoming(p)
+		return
+	}
+	w.at(w.linkUntil, func() { w.failIncoming(p) })
 }
 
 // failIncoming: a destination whose stream failed before it was complete exits.
