@@ -123,7 +123,12 @@ func precopyThroughFlaps(t *testing.T, name, ip string, args ...string) *ferryv1
 	stream.stop()
 	stream.mu.Lock()
 	defer stream.mu.Unlock()
-	t.Logf("stream: %d lines, longest gap %s", stream.lines, stream.maxGap)
+	t.Logf("stream: %d lines, longest gap %s; gaps over 100 ms: %v", stream.lines, stream.maxGap, first(stream.bigGaps, 10))
+	if stream.maxGap > time.Second {
+		// The guest pauses only at the switchover (a few hundred ms); a
+		// pause during a down or a cleanup would show as a gap of seconds.
+		t.Errorf("the guest's stream stopped for %s: the guest noticed the flaps", stream.maxGap)
+	}
 	if stream.readErr != nil {
 		t.Errorf("the client's TCP connection broke: %v", stream.readErr)
 	}
