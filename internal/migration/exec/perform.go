@@ -94,18 +94,8 @@ func (p *performer) agent(s core.Side) Agent {
 	return p.dst
 }
 
-// stepReq is the request of agent step a, keyed by its attempt's id.
-func (p *performer) stepReq(a core.Action) *agentv1.MigrationStepRequest {
-	return &agentv1.MigrationStepRequest{Name: p.vm, MigrationId: p.agentID(a)}
-}
-
-// agentID is the id the agents key action a by: the attempt's (see
-// core.Record.AttemptID), the migration's when the core set none.
-func (p *performer) agentID(a core.Action) string {
-	if a.MigrationID != "" {
-		return a.MigrationID
-	}
-	return p.id
+func (p *performer) stepReq() *agentv1.MigrationStepRequest {
+	return &agentv1.MigrationStepRequest{Name: p.vm, MigrationId: p.id}
 }
 
 // classify turns an agent or store error into the core's error class.
@@ -204,11 +194,11 @@ func (p *performer) timer(ctx context.Context, at time.Time) (core.Observation, 
 
 // do performs a and fills o's data.
 func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) error {
-	ag := p.agent(a.Side)
+	ag := p.attempt(p.agent(a.Side), a)
 	switch a.Kind {
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
-			Spec: p.knobs.Spec, MigrationId: p.agentID(a), MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
+			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
 		})
 		if err == nil {
 			o.URI = r.Uri
@@ -218,35 +208,35 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		fn := map[core.ActionKind]func(context.Context, *agentv1.MigrationStepRequest) (*agentv1.IncomingStatus, error){
 			core.ActQueryIncoming: ag.QueryIncoming, core.ActArmResume: ag.ArmResume, core.ActFinishIncoming: ag.FinishIncoming,
 		}[a.Kind]
-		st, err := fn(ctx, p.stepReq(a))
+		st, err := fn(ctx, p.stepReq())
 		if err == nil {
 			o.In = incoming(st)
 			p.watch.Incoming(a.Kind, st)
 		}
 		return err
 	case core.ActAbortIncoming:
-		return ag.AbortIncoming(ctx, p.stepReq(a))
+		return ag.AbortIncoming(ctx, p.stepReq())
 	case core.ActStartOutgoing:
 		st, err := ag.StartOutgoing(ctx, &agentv1.StartOutgoingRequest{
-			Name: p.vm, MigrationId: p.agentID(a), Uri: a.URI,
+			Name: p.vm, MigrationId: p.id, Uri: a.URI,
 			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.knobs.DowntimeLimitMs, MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
 			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
 		})
 		return p.out(a.Kind, st, err, o)
 	case core.ActQueryOutgoing:
-		req := p.stepReq(a)
+		req := p.stepReq()
 		req.WaitMs, req.KnownStatus = a.Wait.Milliseconds(), a.KnownStatus
 		st, err := ag.QueryOutgoing(ctx, req)
 		return p.out(a.Kind, st, err, o)
 	case core.ActStartPostcopy:
-		st, err := ag.StartPostcopy(ctx, p.stepReq(a))
+		st, err := ag.StartPostcopy(ctx, p.stepReq())
 		return p.out(a.Kind, st, err, o)
 	case core.ActContinueOutgoing:
-		st, err := ag.ContinueOutgoing(ctx, p.stepReq(a))
+		st, err := ag.ContinueOutgoing(ctx, p.stepReq())
 		return p.out(a.Kind, st, err, o)
 	case core.ActCancelOutgoing:
-		req := p.stepReq(a)
+		req := p.stepReq()
 		req.ResumeCompleted = a.ResumeCompleted
 		st, err := ag.CancelOutgoingVM(ctx, req)
 		if err == nil {
@@ -254,15 +244,15 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		}
 		return err
 	case core.ActFinishOutgoing:
-		return ag.FinishOutgoing(ctx, p.stepReq(a))
+		return ag.FinishOutgoing(ctx, p.stepReq())
 	case core.ActPauseMigration:
-		return ag.PauseMigration(ctx, p.stepReq(a))
+		return ag.PauseMigration(ctx, p.stepReq())
 	case core.ActRecoverIncoming:
-		uri, err := ag.RecoverIncoming(ctx, p.stepReq(a))
+		uri, err := ag.RecoverIncoming(ctx, p.stepReq())
 		o.URI = uri
 		return err
 	case core.ActResumeOutgoing:
-		st, err := ag.ResumeOutgoing(ctx, &agentv1.ResumeOutgoingRequest{Name: p.vm, MigrationId: p.agentID(a), Uri: a.URI})
+		st, err := ag.ResumeOutgoing(ctx, &agentv1.ResumeOutgoingRequest{Name: p.vm, MigrationId: p.id, Uri: a.URI})
 		return p.out(a.Kind, st, err, o)
 	case core.ActStartVM, core.ActStopVM, core.ActGetVM:
 		var st *ferryv1.VMStatus
