@@ -31,6 +31,12 @@ var ErrBadRecord = errors.New("invalid migration record")
 // volatile is the executor's session with the core: what is in flight and
 // when a step may be sent again. It is not persisted; Loaded resets it.
 type volatile struct {
+	// streamFailed is the cause of a source-reported stream failure while
+	// transferring, until a QueryIncoming asked after it (streamAsked)
+	// says whether the destination QEMU is gone (retry.go).
+	streamFailed string
+	streamAsked  bool
+
 	inflight    [actCount][2]bool
 	notBefore   [actCount][2]time.Time
 	timerAt     time.Time
@@ -45,11 +51,6 @@ type volatile struct {
 	finalSeen   bool      // finalVM holds the owner's run state from GetVM
 	dstDown     time.Time // the destination agent has not answered since (before the CAS)
 	freshOut    bool      // the QueryOutgoing in flight was asked after FinishOutgoing was refused
-	// streamFailed is the cause of a source-reported stream failure while
-	// transferring, until a QueryIncoming asked after it (streamAsked)
-	// says whether the destination QEMU is gone (retry.go).
-	streamFailed string
-	streamAsked  bool
 }
 
 // New returns the record of a migration that has locked its VM (state
