@@ -38,13 +38,13 @@ type migrateFlags struct {
 	multifd      int32
 	stallTimeout time.Duration
 	timeout      time.Duration
+	maxAttempts  int32
+	retryBackoff time.Duration
 	wait         bool
 	dryRun       bool
 	noPostcopy   bool
 	noThrottle   bool
 	recovery     time.Duration
-	maxAttempts  int32
-	retryBackoff time.Duration
 }
 
 // strategies are the values of --strategy.
@@ -116,11 +116,11 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 		MultifdChannels:  f.multifd,
 		StallTimeoutMs:   f.stallTimeout.Milliseconds(),
 		TimeoutMs:        f.timeout.Milliseconds(),
+		MaxAttempts:      f.maxAttempts,
+		RetryBackoffMs:   f.retryBackoff.Milliseconds(),
 		NoPostcopy:       f.noPostcopy,
 		NoThrottle:       f.noThrottle,
 		RecoveryWindowMs: f.recovery.Milliseconds(),
-		MaxAttempts:      f.maxAttempts,
-		RetryBackoffMs:   f.retryBackoff.Milliseconds(),
 	}, nil
 }
 
@@ -206,10 +206,10 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&f.maxDowntime, "max-downtime", 0, "QEMU's downtime target, 1ms..60s (0 = the VM's maxDowntimeMs)")
 	fl.Int64Var(&f.bandwidth, "bandwidth", 0, "cap the migration stream, MiB/s (0 = unlimited)")
 	fl.Int32Var(&f.multifd, "multifd", 0, "parallel migration streams (0 or 1 = one stream)")
-	fl.DurationVar(&f.stallTimeout, "stall-timeout", 15*time.Second, "fail and roll back after this long without progress")
-	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "fail and roll back if not done within this long")
 	fl.Int32Var(&f.maxAttempts, "max-attempts", 0, "attempts of a live migration whose link fails before the switchover (0 = server default, 3; 1 = never retry)")
 	fl.DurationVar(&f.retryBackoff, "retry-backoff", 0, "wait before the second attempt, doubled for each further one (0 = server default, 2s)")
+	fl.DurationVar(&f.stallTimeout, "stall-timeout", 15*time.Second, "fail and roll back after this long without progress")
+	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "fail and roll back if not done within this long")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the end, showing progress, and print the report")
 	return cmd
 }

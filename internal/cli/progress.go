@@ -256,6 +256,12 @@ func renderReport(m *ferryv1.Migration) string {
 	if tt := transferText(m); tt != "" {
 		line("transferred", tt)
 	}
+	for _, r := range m.GetRetries() {
+		line("retried", fmt.Sprintf("attempt %d: %s (next after %s)", r.GetAttempt(), r.GetReason(), fmtMs(r.GetBackoffMs())))
+	}
+	if a := m.GetAttempt(); a > 1 {
+		line("attempts", fmt.Sprintf("%d of %d", a, max(m.GetOptions().GetMaxAttempts(), a)))
+	}
 	if pr := m.GetPredicted(); pr != nil {
 		line("predicted", fmt.Sprintf("total %s, downtime %s (planning %s)", fmtMs(pr.GetTotalMs()), fmtMs(pr.GetDowntimeMs()), fmtMs(m.GetPlanningMs())))
 	}
@@ -268,12 +274,6 @@ func renderReport(m *ferryv1.Migration) string {
 			v += fmt.Sprintf(", paused %s by a broken link", fmtMs(p))
 		}
 		line("post-copy", v)
-	}
-	for _, r := range m.GetRetries() {
-		line("retried", fmt.Sprintf("attempt %d: %s (next after %s)", r.GetAttempt(), r.GetReason(), fmtMs(r.GetBackoffMs())))
-	}
-	if a := m.GetAttempt(); a > 1 {
-		line("attempts", fmt.Sprintf("%d of %d", a, max(m.GetOptions().GetMaxAttempts(), a)))
 	}
 	for _, dcs := range m.GetDecisions() {
 		line("decision", fmt.Sprintf("+%s %s: %s", fmtMs(dcs.GetTMs()), dcs.GetAction(), dcs.GetReason()))

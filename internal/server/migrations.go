@@ -156,17 +156,17 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.StallTimeoutMs == 0 {
 		opt.StallTimeoutMs = DefaultStallTimeout.Milliseconds()
 	}
-	if opt.TimeoutMs == 0 {
-		opt.TimeoutMs = DefaultMigrationTimeout.Milliseconds()
-	}
-	if opt.RecoveryWindowMs == 0 {
-		opt.RecoveryWindowMs = DefaultRecoveryWindow.Milliseconds()
-	}
 	if opt.MaxAttempts == 0 && opt.Strategy != "cold" {
 		opt.MaxAttempts = core.DefaultMaxAttempts
 	}
 	if opt.RetryBackoffMs == 0 {
 		opt.RetryBackoffMs = core.DefaultRetryBackoff.Milliseconds()
+	}
+	if opt.TimeoutMs == 0 {
+		opt.TimeoutMs = DefaultMigrationTimeout.Milliseconds()
+	}
+	if opt.RecoveryWindowMs == 0 {
+		opt.RecoveryWindowMs = DefaultRecoveryWindow.Milliseconds()
 	}
 
 	// Plan live migrations: measure, predict every strategy, choose for auto.

@@ -43,9 +43,6 @@ type MigrationOptions struct {
 	NoPostcopy bool `protobuf:"varint,7,opt,name=no_postcopy,json=noPostcopy,proto3" json:"no_postcopy,omitempty"`
 	// no_throttle forbids slowing the guest (auto-converge).
 	NoThrottle bool `protobuf:"varint,8,opt,name=no_throttle,json=noThrottle,proto3" json:"no_throttle,omitempty"`
-	// recovery_window_ms is how long a paused post-copy waits for its link
-	// to come back before giving up; 0 means the default (5 min).
-	RecoveryWindowMs int64 `protobuf:"varint,9,opt,name=recovery_window_ms,json=recoveryWindowMs,proto3" json:"recovery_window_ms,omitempty"`
 	// max_attempts bounds how many times a live migration whose link failed
 	// before the owner switch is tried (1 = never retried); 0 means the
 	// default (3). At most 10.
@@ -53,8 +50,11 @@ type MigrationOptions struct {
 	// retry_backoff_ms is the wait before the second attempt, doubled for
 	// each further one (at most 30 s); 0 means the default (2 s).
 	RetryBackoffMs int64 `protobuf:"varint,61,opt,name=retry_backoff_ms,json=retryBackoffMs,proto3" json:"retry_backoff_ms,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// recovery_window_ms is how long a paused post-copy waits for its link
+	// to come back before giving up; 0 means the default (5 min).
+	RecoveryWindowMs int64 `protobuf:"varint,9,opt,name=recovery_window_ms,json=recoveryWindowMs,proto3" json:"recovery_window_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -143,13 +143,6 @@ func (x *MigrationOptions) GetNoThrottle() bool {
 	return false
 }
 
-func (x *MigrationOptions) GetRecoveryWindowMs() int64 {
-	if x != nil {
-		return x.RecoveryWindowMs
-	}
-	return 0
-}
-
 func (x *MigrationOptions) GetMaxAttempts() int32 {
 	if x != nil {
 		return x.MaxAttempts
@@ -160,6 +153,13 @@ func (x *MigrationOptions) GetMaxAttempts() int32 {
 func (x *MigrationOptions) GetRetryBackoffMs() int64 {
 	if x != nil {
 		return x.RetryBackoffMs
+	}
+	return 0
+}
+
+func (x *MigrationOptions) GetRecoveryWindowMs() int64 {
+	if x != nil {
+		return x.RecoveryWindowMs
 	}
 	return 0
 }
@@ -865,11 +865,16 @@ type Migration struct {
 	// bandwidth_mibps is the average transfer rate over the RAM transfer.
 	BandwidthMibps float64 `protobuf:"fixed64,19,opt,name=bandwidth_mibps,json=bandwidthMibps,proto3" json:"bandwidth_mibps,omitempty"`
 	// dirty_rate_mibps is the last dirty rate QEMU measured.
-	DirtyRateMibps  float64            `protobuf:"fixed64,20,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
-	Samples         []*MigrationSample `protobuf:"bytes,21,rep,name=samples,proto3" json:"samples,omitempty"`
-	Options         *MigrationOptions  `protobuf:"bytes,22,opt,name=options,proto3" json:"options,omitempty"`
-	Events          []*MigrationEvent  `protobuf:"bytes,23,rep,name=events,proto3" json:"events,omitempty"`
-	CancelRequested bool               `protobuf:"varint,24,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	DirtyRateMibps float64            `protobuf:"fixed64,20,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
+	Samples        []*MigrationSample `protobuf:"bytes,21,rep,name=samples,proto3" json:"samples,omitempty"`
+	Options        *MigrationOptions  `protobuf:"bytes,22,opt,name=options,proto3" json:"options,omitempty"`
+	Events         []*MigrationEvent  `protobuf:"bytes,23,rep,name=events,proto3" json:"events,omitempty"`
+	// attempt is the pre-copy attempt running or the one that finished (1
+	// unless a link failure before the owner switch made the engine retry).
+	Attempt int32 `protobuf:"varint,60,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// retries lists each attempt that failed and was retried, with why.
+	Retries         []*MigrationRetry `protobuf:"bytes,61,rep,name=retries,proto3" json:"retries,omitempty"`
+	CancelRequested bool              `protobuf:"varint,24,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
 	// vm_generation is the VM record's generation the switchover CAS expects.
 	VmGeneration int64 `protobuf:"varint,25,opt,name=vm_generation,json=vmGeneration,proto3" json:"vm_generation,omitempty"`
 	// dest_uri is where the destination QEMU listens.
@@ -892,12 +897,7 @@ type Migration struct {
 	PostcopyRequests int64 `protobuf:"varint,35,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
 	// planning_ms is the measurement before the migration (dirty rate, link
 	// probe); started_at and total_ms begin after it.
-	PlanningMs int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
-	// attempt is the pre-copy attempt running or the one that finished (1
-	// unless a link failure before the owner switch made the engine retry).
-	Attempt int32 `protobuf:"varint,60,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	// retries lists each attempt that failed and was retried, with why.
-	Retries       []*MigrationRetry `protobuf:"bytes,61,rep,name=retries,proto3" json:"retries,omitempty"`
+	PlanningMs    int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1093,6 +1093,20 @@ func (x *Migration) GetEvents() []*MigrationEvent {
 	return nil
 }
 
+func (x *Migration) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Migration) GetRetries() []*MigrationRetry {
+	if x != nil {
+		return x.Retries
+	}
+	return nil
+}
+
 func (x *Migration) GetCancelRequested() bool {
 	if x != nil {
 		return x.CancelRequested
@@ -1182,20 +1196,6 @@ func (x *Migration) GetPlanningMs() int64 {
 		return x.PlanningMs
 	}
 	return 0
-}
-
-func (x *Migration) GetAttempt() int32 {
-	if x != nil {
-		return x.Attempt
-	}
-	return 0
-}
-
-func (x *Migration) GetRetries() []*MigrationRetry {
-	if x != nil {
-		return x.Retries
-	}
-	return nil
 }
 
 // MigrationRetry is one attempt of a live migration that failed before the
@@ -1683,10 +1683,10 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\vno_postcopy\x18\a \x01(\bR\n" +
 	"noPostcopy\x12\x1f\n" +
 	"\vno_throttle\x18\b \x01(\bR\n" +
-	"noThrottle\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x12!\n" +
+	"noThrottle\x12!\n" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12(\n" +
-	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\"\xbf\x04\n" +
+	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xbf\x04\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1774,7 +1774,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10dirty_rate_mibps\x18\x14 \x01(\x01R\x0edirtyRateMibps\x123\n" +
 	"\asamples\x18\x15 \x03(\v2\x19.ferry.v1.MigrationSampleR\asamples\x124\n" +
 	"\aoptions\x18\x16 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\x120\n" +
-	"\x06events\x18\x17 \x03(\v2\x18.ferry.v1.MigrationEventR\x06events\x12)\n" +
+	"\x06events\x18\x17 \x03(\v2\x18.ferry.v1.MigrationEventR\x06events\x12\x18\n" +
+	"\aattempt\x18< \x01(\x05R\aattempt\x122\n" +
+	"\aretries\x18= \x03(\v2\x18.ferry.v1.MigrationRetryR\aretries\x12)\n" +
 	"\x10cancel_requested\x18\x18 \x01(\bR\x0fcancelRequested\x12#\n" +
 	"\rvm_generation\x18\x19 \x01(\x03R\fvmGeneration\x12\x19\n" +
 	"\bdest_uri\x18\x1a \x01(\tR\adestUri\x120\n" +
@@ -1790,9 +1792,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12postcopy_paused_ms\x18\" \x01(\x03R\x10postcopyPausedMs\x12+\n" +
 	"\x11postcopy_requests\x18# \x01(\x03R\x10postcopyRequests\x12\x1f\n" +
 	"\vplanning_ms\x18$ \x01(\x03R\n" +
-	"planningMs\x12\x18\n" +
-	"\aattempt\x18< \x01(\x05R\aattempt\x122\n" +
-	"\aretries\x18= \x03(\v2\x18.ferry.v1.MigrationRetryR\aretries\"\x9a\x01\n" +
+	"planningMs\"\x9a\x01\n" +
 	"\x0eMigrationRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
@@ -1872,11 +1872,11 @@ var file_ferry_v1_migration_proto_depIdxs = []int32{
 	5,  // 6: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
 	0,  // 7: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
 	7,  // 8: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	18, // 9: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 10: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
-	2,  // 11: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
-	4,  // 12: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
-	9,  // 13: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
+	9,  // 9: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
+	18, // 10: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 11: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
+	2,  // 12: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
+	4,  // 13: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
 	18, // 14: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
 	0,  // 15: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
 	8,  // 16: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
