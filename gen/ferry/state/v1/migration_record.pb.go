@@ -75,9 +75,6 @@ type MigrationRecord struct {
 	// final_vm_state is what the VM record was written with at the end.
 	FinalVmState string                  `protobuf:"bytes,28,opt,name=final_vm_state,json=finalVmState,proto3" json:"final_vm_state,omitempty"`
 	History      []*MigrationRecordEvent `protobuf:"bytes,29,rep,name=history,proto3" json:"history,omitempty"`
-	// report is the public report so far (figures, samples, plan), kept by
-	// the executor; status, state and error are rendered from this record.
-	Report *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
 	// attempt is the current attempt of a live migration before the owner
 	// switch (0 in version-1 records: read as 1).
 	Attempt int32 `protobuf:"varint,60,opt,name=attempt,proto3" json:"attempt,omitempty"`
@@ -85,8 +82,11 @@ type MigrationRecord struct {
 	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,61,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
 	// retrying: the rolling-back in progress cleans up an attempt that is
 	// retried (the VM stays locked; retry-wait follows).
-	Retrying      bool                    `protobuf:"varint,62,opt,name=retrying,proto3" json:"retrying,omitempty"`
-	Retries       []*MigrationRecordRetry `protobuf:"bytes,63,rep,name=retries,proto3" json:"retries,omitempty"`
+	Retrying bool                    `protobuf:"varint,62,opt,name=retrying,proto3" json:"retrying,omitempty"`
+	Retries  []*MigrationRecordRetry `protobuf:"bytes,63,rep,name=retries,proto3" json:"retries,omitempty"`
+	// report is the public report so far (figures, samples, plan), kept by
+	// the executor; status, state and error are rendered from this record.
+	Report        *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -324,13 +324,6 @@ func (x *MigrationRecord) GetHistory() []*MigrationRecordEvent {
 	return nil
 }
 
-func (x *MigrationRecord) GetReport() *v1.Migration {
-	if x != nil {
-		return x.Report
-	}
-	return nil
-}
-
 func (x *MigrationRecord) GetAttempt() int32 {
 	if x != nil {
 		return x.Attempt
@@ -355,6 +348,13 @@ func (x *MigrationRecord) GetRetrying() bool {
 func (x *MigrationRecord) GetRetries() []*MigrationRecordRetry {
 	if x != nil {
 		return x.Retries
+	}
+	return nil
+}
+
+func (x *MigrationRecord) GetReport() *v1.Migration {
+	if x != nil {
+		return x.Report
 	}
 	return nil
 }
@@ -786,12 +786,12 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\vfinished_at\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12$\n" +
 	"\x0efinal_vm_state\x18\x1c \x01(\tR\ffinalVmState\x12>\n" +
-	"\ahistory\x18\x1d \x03(\v2$.ferry.state.v1.MigrationRecordEventR\ahistory\x12+\n" +
-	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\x12\x18\n" +
+	"\ahistory\x18\x1d \x03(\v2$.ferry.state.v1.MigrationRecordEventR\ahistory\x12\x18\n" +
 	"\aattempt\x18< \x01(\x05R\aattempt\x12B\n" +
 	"\x0fnext_attempt_at\x18= \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x1a\n" +
 	"\bretrying\x18> \x01(\bR\bretrying\x12>\n" +
-	"\aretries\x18? \x03(\v2$.ferry.state.v1.MigrationRecordRetryR\aretries\"\xb6\x01\n" +
+	"\aretries\x18? \x03(\v2$.ferry.state.v1.MigrationRecordRetryR\aretries\x12+\n" +
+	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\"\xb6\x01\n" +
 	"\x14MigrationRecordRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
@@ -864,9 +864,9 @@ var file_ferry_state_v1_migration_record_proto_depIdxs = []int32{
 	5,  // 7: ferry.state.v1.MigrationRecord.postcopy_paused_at:type_name -> google.protobuf.Timestamp
 	5,  // 8: ferry.state.v1.MigrationRecord.finished_at:type_name -> google.protobuf.Timestamp
 	4,  // 9: ferry.state.v1.MigrationRecord.history:type_name -> ferry.state.v1.MigrationRecordEvent
-	6,  // 10: ferry.state.v1.MigrationRecord.report:type_name -> ferry.v1.Migration
-	5,  // 11: ferry.state.v1.MigrationRecord.next_attempt_at:type_name -> google.protobuf.Timestamp
-	1,  // 12: ferry.state.v1.MigrationRecord.retries:type_name -> ferry.state.v1.MigrationRecordRetry
+	5,  // 10: ferry.state.v1.MigrationRecord.next_attempt_at:type_name -> google.protobuf.Timestamp
+	1,  // 11: ferry.state.v1.MigrationRecord.retries:type_name -> ferry.state.v1.MigrationRecordRetry
+	6,  // 12: ferry.state.v1.MigrationRecord.report:type_name -> ferry.v1.Migration
 	5,  // 13: ferry.state.v1.MigrationRecordRetry.failed_at:type_name -> google.protobuf.Timestamp
 	7,  // 14: ferry.state.v1.MigrationRecordRetry.backoff:type_name -> google.protobuf.Duration
 	7,  // 15: ferry.state.v1.MigrationBounds.stall_timeout:type_name -> google.protobuf.Duration
