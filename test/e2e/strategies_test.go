@@ -196,7 +196,7 @@ func postcopyThroughCuts(t *testing.T, name, ip string, breaks int, bandwidth st
 		}
 		t.Logf("event %s %s: %s", e.GetAt().AsTime().Format("15:04:05.000"), e.State, e.Message)
 	}
-	if pauses != breaks {
+	if pauses < breaks {
 		t.Errorf("%d post-copy pause(s) in the migration's history for %d break(s)", pauses, breaks)
 	}
 	if recoveries < breaks {

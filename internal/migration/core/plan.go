@@ -180,11 +180,12 @@ func (r *Record) planPostcopy(p *planner) {
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
 		}
 	case PostcopyPaused:
+		r.vol.resumeSent = false
 		if r.vol.lastOut == "postcopy-paused" {
 			p.want(Action{Kind: ActRecoverIncoming, Side: Dst})
 		}
 	case PostcopyRecovering:
-		p.want(Action{Kind: ActResumeOutgoing, Side: Src, URI: r.RecoverURI})
+		r.planRecovering(p)
 	}
 }
 

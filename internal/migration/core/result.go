@@ -175,8 +175,10 @@ func (r *Record) onSourceStep(now time.Time, obs Observation) {
 			break
 		}
 		if obs.Err == OK {
-			r.enter(now, PostcopyActive, "post-copy resumed")
-			r.PausedAt = time.Time{}
+			// QEMU took the resume and reconnects on its own: only its
+			// status (postcopy-active) says the post-copy runs again
+			// (sourceStatus); a link still down keeps it reconnecting.
+			r.vol.resumeSent = true
 		} else {
 			r.RecoverURI = ""
 			r.vol.notBefore[ActRecoverIncoming][Dst] = now.Add(RecoverEvery)

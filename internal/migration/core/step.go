@@ -36,6 +36,9 @@ type volatile struct {
 	// says whether the destination QEMU is gone (retry.go).
 	streamFailed string
 	streamAsked  bool
+	// resumeSent: ResumeOutgoing was accepted in postcopy-recovering; the
+	// source's status says when the post-copy runs again (postcopy.go).
+	resumeSent bool
 
 	inflight    [actCount][2]bool
 	notBefore   [actCount][2]time.Time

@@ -283,8 +283,13 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 			return refused("migration is %s", q.Mig)
 		}
 		p := q.peer
-		if p == nil || !p.Alive || p.In != "postcopy-recover" || !w.linkUp() {
+		if p == nil || !p.Alive || p.In != "postcopy-recover" {
 			return refused("the destination does not listen for a resume")
+		}
+		if !w.linkUp() {
+			// QEMU takes the resume and reconnects on its own (physics).
+			q.Mig, q.reconnectSince = "postcopy-recover", w.Clock.now
+			return core.Observation{Out: ag.outgoing()}
 		}
 		q.Mig, p.In = "postcopy-active", "postcopy"
 		return core.Observation{Out: ag.outgoing()}

@@ -32,6 +32,9 @@ type FakeQEMU struct {
 	Postcopy  bool // postcopy-ram
 	PCPending bool // migrate-start-postcopy asked: switches at pre-switchover
 	pcLeft    int  // post-copy ticks until every page is on the destination
+	// reconnectSince: a resumed post-copy source reconnects since then
+	// (status postcopy-recover) while the link is down.
+	reconnectSince time.Time
 	peer      *FakeQEMU
 	// In is the incoming side: "" (not incoming), listening, receiving,
 	// loaded (complete, paused), postcopy (device state in, pages pending),

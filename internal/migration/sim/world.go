@@ -25,6 +25,9 @@ const (
 	DelayFor    = 8 * time.Second // a delayed request reaches its agent this late
 	MaxSimTime  = 30 * time.Minute
 	OrphanGrace = 2 * time.Minute // an agent removes an arrival no in-flight migration names after this
+	// ReconnectFor is how long a resumed post-copy source keeps trying to
+	// reach its destination before it is paused again.
+	ReconnectFor = 3 * time.Second
 )
 
 // SimOptions are the migration's bounds in the simulation.
@@ -507,6 +510,15 @@ func (w *World) physics() {
 			} else {
 				q.Mig, q.Run = "completed", "postmigrate"
 				p.In = "loaded"
+			}
+		case "postcopy-recover":
+			// A resume taken while the link was down: it connects once the
+			// link is back, or gives up (paused again) after ReconnectFor.
+			switch {
+			case peerOK && p.In == "postcopy-recover":
+				q.Mig, p.In = "postcopy-active", "postcopy"
+			case w.Clock.now.Sub(q.reconnectSince) >= ReconnectFor || p == nil || !p.Alive:
+				q.Mig = "postcopy-paused"
 			}
 		case "postcopy-active":
 			if !peerOK {
