@@ -32,9 +32,6 @@ type FakeQEMU struct {
 	Postcopy  bool // postcopy-ram
 	PCPending bool // migrate-start-postcopy asked: switches at pre-switchover
 	pcLeft    int  // post-copy ticks until every page is on the destination
-	// reconnectSince: a resumed post-copy source reconnects since then
-	// (status postcopy-recover) while the link is down.
-	reconnectSince time.Time
 	peer      *FakeQEMU
 	// In is the incoming side: "" (not incoming), listening, receiving,
 	// loaded (complete, paused), postcopy (device state in, pages pending),
@@ -43,6 +40,10 @@ type FakeQEMU struct {
 	// loadedTicks counts the ticks since the state arrived: the agent
 	// resumes an armed destination on the tick after (its reaction time).
 	loadedTicks int
+
+	// reconnectSince: a resumed post-copy source reconnects since then
+	// (status postcopy-recover) while the link is down.
+	reconnectSince time.Time
 }
 
 func (q *FakeQEMU) running() bool { return q != nil && q.Alive && q.Run == "running" }
