@@ -53,7 +53,9 @@ func (w *World) checkRetry() {
 	switch {
 	case vm.MigrationID != migID || vm.Host != "h1":
 		bad = "the VM record is not held by the migration on h1"
-	case !src.alive() || src.vm.qemu.Run != "running":
+	case (!src.alive() || src.vm.qemu.Run != "running") && !w.qemuKilled:
+		// (A QEMU a fault killed is gone: the next attempt's first source
+		// step finds it lost.)
 		bad = "the source QEMU does not run the guest"
 	case dst.alive() && !w.lateRequest:
 		// (A request the fault delayed past its caller's deadline may
