@@ -256,17 +256,17 @@ func renderReport(m *ferryv1.Migration) string {
 	if tt := transferText(m); tt != "" {
 		line("transferred", tt)
 	}
-	for _, r := range m.GetRetries() {
-		line("retried", fmt.Sprintf("attempt %d: %s (next after %s)", r.GetAttempt(), r.GetReason(), fmtMs(r.GetBackoffMs())))
-	}
-	if a := m.GetAttempt(); a > 1 {
-		line("attempts", fmt.Sprintf("%d of %d", a, max(m.GetOptions().GetMaxAttempts(), a)))
-	}
 	if pr := m.GetPredicted(); pr != nil {
 		line("predicted", fmt.Sprintf("total %s, downtime %s (planning %s)", fmtMs(pr.GetTotalMs()), fmtMs(pr.GetDowntimeMs()), fmtMs(m.GetPlanningMs())))
 	}
 	if t := m.GetThrottlePercent(); t > 0 {
 		line("throttle", fmt.Sprintf("up to %d%% of the guest's CPU", t))
+	}
+	for _, r := range m.GetRetries() {
+		line("retried", fmt.Sprintf("attempt %d: %s (next after %s)", r.GetAttempt(), r.GetReason(), fmtMs(r.GetBackoffMs())))
+	}
+	if a := m.GetAttempt(); a > 1 {
+		line("attempts", fmt.Sprintf("%d of %d", a, max(m.GetOptions().GetMaxAttempts(), a)))
 	}
 	if pc := m.GetPostcopyMs(); pc > 0 {
 		v := fmt.Sprintf("%s, %d pages faulted in", fmtMs(pc), m.GetPostcopyRequests())

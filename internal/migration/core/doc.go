@@ -66,9 +66,9 @@
 //	                      │            │              │                      └─▶ postcopy-active ⇄ postcopy-paused
 //	                      └────────────┴──────────────┴──▶ rolling-back              │      postcopy-recovering
 //	                                                         → failed | cancelled    └─▶ cleanup → completed
+//	        preparing | transferring ─(link failure, attempts left)─▶ rolling-back (Retrying) → retry-wait ─▶ preparing (retry.go)
 //	        resuming ─(destination provably never ran)─▶ unswitching ─CAS back─▶ rolling-back → failed
 //	        resuming | postcopy-* ─(the VM's only QEMU died)─▶ cleanup (Error set) → failed
-//	        preparing | transferring ─(link failure, attempts left)─▶ rolling-back (Retrying) → retry-wait ─▶ preparing (retry.go)
 //	cold:   pending → stopping → switchover ─CAS─▶ starting → cleanup → completed
 //	        (a stopped VM skips stopping's StopVM and starting's StartVM: it is never booted)
 //	        starting ─(StartVM refused and GetVM: not running)─▶ unswitching ─CAS back─▶ rolling-back (StartVM src if it ran)

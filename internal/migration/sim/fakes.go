@@ -17,6 +17,10 @@ func (c *FakeClock) Now() time.Time { return c.now }
 // its migration status (query-migrate), as QEMU 10 reports them. A QEMU
 // survives its agent's restart; killing it loses everything.
 type FakeQEMU struct {
+	// reconnectSince: a resumed post-copy source reconnects since then
+	// (status postcopy-recover) while the link is down.
+	reconnectSince time.Time
+
 	PID   int64
 	Boot  int // the guest's boot: the same number after a live migration
 	Alive bool
@@ -40,10 +44,6 @@ type FakeQEMU struct {
 	// loadedTicks counts the ticks since the state arrived: the agent
 	// resumes an armed destination on the tick after (its reaction time).
 	loadedTicks int
-
-	// reconnectSince: a resumed post-copy source reconnects since then
-	// (status postcopy-recover) while the link is down.
-	reconnectSince time.Time
 }
 
 func (q *FakeQEMU) running() bool { return q != nil && q.Alive && q.Run == "running" }
