@@ -48,6 +48,12 @@ type Store interface {
 	// expectGeneration (ErrConflict otherwise); vm.Generation is set to
 	// expectGeneration+1.
 	SwapVM(ctx context.Context, vm *ferryv1.VM, expectGeneration int64) error
+	// GetVMRevision is GetVM with the store revision the record was last
+	// written at.
+	GetVMRevision(ctx context.Context, name string) (*ferryv1.VM, int64, error)
+	// SwitchOwner writes vm (generation expectGeneration+1) and a migration
+	// record in one transaction, guarded by revisions (switch.go).
+	SwitchOwner(ctx context.Context, vm *ferryv1.VM, vmRev, expectGeneration int64, m *statev1.MigrationRecord, migRev int64) (int64, error)
 	// DeleteVM removes a VM record; ErrNotFound if absent.
 	DeleteVM(ctx context.Context, name string) error
 

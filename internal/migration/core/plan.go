@@ -61,7 +61,7 @@ func (r *Record) plan(now time.Time) []Action {
 	case Transferring:
 		r.planTransfer(p)
 	case Switchover:
-		p.want(Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation})
+		r.planSwitchover(p)
 	case Resuming:
 		r.planResume(p)
 	case PostcopyActive, PostcopyPaused, PostcopyRecovering:
@@ -132,6 +132,32 @@ func (r *Record) planTransfer(p *planner) {
 		p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
 	}
 	p.want(Action{Kind: ActQueryIncoming, Side: Dst})
+}
+
+// planSwitchover: a live migration arms the destination first — the source
+// waits at pre-switchover for migrate-continue, which the engine sends only
+// after the CAS, so an armed destination cannot get the device state (and
+// run) before the owner names it — then switches the owner with the
+// switched record prepared (one store transaction).
+func (r *Record) planSwitchover(p *planner) {
+	a := Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation}
+	if r.Strategy.Live() {
+		if !r.Facts.DestArmed {
+			p.want(Action{Kind: ActArmResume, Side: Dst})
+			return
+		}
+		if r.vol.inflight[ActCASOwner][Dst] {
+			return
+		}
+		prep := r.switched(p.now, r.Generation+1)
+		a.Record = &prep
+		p.want(a)
+		if r.vol.inflight[ActCASOwner][Dst] {
+			r.vol.prepared = a.Record
+		}
+		return
+	}
+	p.want(a)
 }
 
 func (r *Record) planResume(p *planner) {

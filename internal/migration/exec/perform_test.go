@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/store"
@@ -17,10 +18,40 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// fakeVMStore is an in-memory VMStore with the etcd store's CAS rules.
+// fakeVMStore is an in-memory VMStore with the etcd store's CAS rules. A
+// VM's revision is its generation (every fake write bumps it); with recs
+// set, SwitchOwner writes the migration record there in the same step.
 type fakeVMStore struct {
-	mu  sync.Mutex
-	vms map[string]*ferryv1.VM
+	mu   sync.Mutex
+	vms  map[string]*ferryv1.VM
+	recs *fakeRecords
+}
+
+func (s *fakeVMStore) GetVMRevision(ctx context.Context, name string) (*ferryv1.VM, int64, error) {
+	vm, err := s.GetVM(ctx, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	return vm, vm.Generation, nil
+}
+
+func (s *fakeVMStore) SwitchOwner(_ context.Context, vm *ferryv1.VM, vmRev, gen int64, m *statev1.MigrationRecord, _ int64) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.vms[vm.Spec.Name]
+	if cur.Generation != gen || cur.Generation != vmRev {
+		return 0, fmt.Errorf("generation %d, expected %d: %w", cur.Generation, gen, store.ErrConflict)
+	}
+	next := proto.Clone(vm).(*ferryv1.VM)
+	next.Generation = gen + 1
+	s.vms[vm.Spec.Name] = next
+	vm.Generation = next.Generation
+	if s.recs != nil {
+		if err := s.recs.PutMigration(context.Background(), m); err != nil {
+			return 0, err
+		}
+	}
+	return next.Generation, nil
 }
 
 func (s *fakeVMStore) GetVM(_ context.Context, name string) (*ferryv1.VM, error) {
