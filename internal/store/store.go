@@ -60,6 +60,9 @@ type Store interface {
 	// PutMigration writes a migration record (the engine's persisted state
 	// of one migration, with its report).
 	PutMigration(ctx context.Context, m *statev1.MigrationRecord) error
+	// PutMigrationRevision is PutMigration that returns the revision it
+	// wrote at (the guard of SwitchOwner).
+	PutMigrationRevision(ctx context.Context, m *statev1.MigrationRecord) (int64, error)
 	// GetMigration returns a migration record.
 	GetMigration(ctx context.Context, id string) (*statev1.MigrationRecord, error)
 	// ListMigrations returns all migration records, oldest first.
