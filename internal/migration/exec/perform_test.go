@@ -203,3 +203,31 @@ func TestReportPostcopyFigures(t *testing.T) {
 		t.Fatalf("postcopyMs %d, downtime total %d; want 3000 and 30", m.PostcopyMs, m.GetDowntimePhases().GetTotalMs())
 	}
 }
+
+// TestSwitchOwnerWritesOwnerAndRecordTogether: a live switchover's CAS
+// writes the switched migration record in the same store step; a VM record
+// changed since the prefetch is read again once; a moved generation is
+// Refused with nothing written.
+func TestSwitchOwnerWritesOwnerAndRecordTogether(t *testing.T) {
+	st := lockedStore()
+	st.recs = &fakeRecords{recs: map[string]*statev1.MigrationRecord{}}
+	p := newPerformer(st)
+	p.record = func(r core.Record) *statev1.MigrationRecord { return core.ToProto(r) }
+	p.prefetchOwner(context.Background())
+	// Changed since the prefetch, same generation: the fake's revision is
+	// the generation, so fake a stale revision.
+	p.owner.rev = 4
+	sw := core.Record{Version: core.Version, ID: "mig-1", VM: "web", From: "h1", To: "h2", State: core.Resuming, Generation: 6}
+	o, ok := p.Perform(context.Background(), core.Action{Kind: core.ActCASOwner, Owner: "h2", Generation: 5, Record: &sw})
+	if !ok || o.Err != core.OK || o.StoreVM.Host != "h2" || o.StoreVM.Generation != 6 {
+		t.Fatalf("switch: %+v (store VM %+v), want OK, host h2 at generation 6", o, o.StoreVM)
+	}
+	if m := st.recs.recs["mig-1"]; m == nil || m.State != string(core.Resuming) {
+		t.Fatalf("migration record after the switch = %v, want the switched record (resuming)", m)
+	}
+	delete(st.recs.recs, "mig-1")
+	o, _ = p.Perform(context.Background(), core.Action{Kind: core.ActCASOwner, Owner: "h2", Generation: 5, Record: &sw})
+	if o.Err != core.Refused || o.StoreVM.Generation != 6 || st.recs.recs["mig-1"] != nil {
+		t.Fatalf("switch on a moved generation: %+v (store VM %+v, record %v), want Refused and nothing written", o, o.StoreVM, st.recs.recs["mig-1"])
+	}
+}
