@@ -130,15 +130,23 @@ func (r *Record) planTransfer(p *planner) {
 			p.want(Action{Kind: ActStartPostcopy, Side: Src})
 		}
 		p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+		if !r.Facts.DestArmed {
+			// Pre-armed while RAM moves, so that the arm is not inside the
+			// guest's pause: the source (pause-before-switchover, set by the
+			// StartOutgoing that answered) sends the device state only on
+			// migrate-continue, which follows the owner CAS.
+			p.want(Action{Kind: ActArmResume, Side: Dst})
+		}
 	}
 	p.want(Action{Kind: ActQueryIncoming, Side: Dst})
 }
 
-// planSwitchover: a live migration arms the destination first — the source
-// waits at pre-switchover for migrate-continue, which the engine sends only
-// after the CAS, so an armed destination cannot get the device state (and
-// run) before the owner names it — then switches the owner with the
-// switched record prepared (one store transaction).
+// planSwitchover: a live migration's destination is armed (normally while
+// RAM moved, planTransfer; else now) — the source waits at pre-switchover
+// for migrate-continue, which the engine sends only after the CAS, so an
+// armed destination cannot get the device state (and run) before the owner
+// names it — then the owner switches with the switched record prepared
+// (one store transaction).
 func (r *Record) planSwitchover(p *planner) {
 	a := Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation}
 	if r.Strategy.Live() {

@@ -256,12 +256,14 @@ func orUnknown(s string) string {
 }
 
 func (r *Record) onArm(now time.Time, obs Observation) {
-	if r.State == Switchover && r.Strategy.Live() && !r.Facts.OwnerSwitched {
-		// Armed before the CAS (planSwitchover).
+	if (r.State == Transferring || r.State == Switchover) && r.Strategy.Live() && !r.Facts.OwnerSwitched {
+		// Armed before the CAS (planTransfer, planSwitchover).
 		switch obs.Err {
 		case OK:
 			r.Facts.DestArmed = true
-			r.LastProgressAt = now // a step forward: the CAS gets its own stall timeout
+			if r.State == Switchover {
+				r.LastProgressAt = now // a step forward: the CAS gets its own stall timeout
+			}
 		default:
 			r.rollback(now, fmt.Sprintf("the destination refused to arm (%s): %s", obs.Err, obs.ErrMsg), false)
 		}
