@@ -91,16 +91,6 @@ func (v *vm) resumeArmed(ctx context.Context, in *incoming, mon *qmp.Monitor) er
 	if !send {
 		return nil
 	}
-	if in.nbd != "" {
-		// The source's mirrors completed before the owner switch: the
-		// export ends before this QEMU runs.
-		if err := stopExports(ctx, mon); err != nil {
-			in.mu.Lock()
-			in.contSent = false
-			in.mu.Unlock()
-			return err
-		}
-	}
 	if failpoint.Armed(fpBeforeResumeIncoming) {
 		go v.resumeWhenLoaded(in, mon)
 		return nil
@@ -192,6 +182,17 @@ func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*agentv1.I
 			return nil, fmt.Errorf("destination of VM %s did not resume (state %s): %w", name, state, ctx.Err())
 		case <-time.After(5 * time.Millisecond):
 		}
+	}
+	if in.nbd != "" {
+		// The source's mirrors completed (and it closed its NBD
+		// connections) at pre-switchover, before this QEMU got the device
+		// state: the export has no client left; end it. (Not at the arm:
+		// the engine arms before the owner switch, while the mirrors run.)
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := stopExports(sctx, mon); err != nil {
+			a.log.Warn("stop the NBD export of the arrived disks", "vm", name, "err", err)
+		}
+		cancel()
 	}
 	// Tell the segment where the guest's MAC lives now (RARP/GARP,
 	// repeated). Asynchronously: in post-copy the destination's main loop
