@@ -23,6 +23,13 @@ type Host struct {
 	// AllocatedVCPUs and AllocatedMemoryMiB are what VMs placed there claim.
 	AllocatedVCPUs     int
 	AllocatedMemoryMiB int64
+	// DiskGiB and AllocatedDiskGiB are the host's local disk and what VMs
+	// claim of it; DiskGiB 0 means disk is not checked.
+	DiskGiB          int64
+	AllocatedDiskGiB int64
+	// Groups counts, per anti-affinity group, the VMs of that group placed
+	// on the host.
+	Groups map[string]int
 }
 
 // Request is the VM to place.
@@ -32,6 +39,11 @@ type Request struct {
 	// Exclude lists hosts that must not be chosen (e.g. the source of a
 	// migration).
 	Exclude []string
+	// DiskGiB is the local disk the VM needs on the host.
+	DiskGiB int64
+	// AntiAffinity lists the VM's anti-affinity groups: no two VMs of one
+	// group on the same host.
+	AntiAffinity []string
 }
 
 // ReservedMiB is memory kept free on every host for the host itself and
@@ -56,19 +68,15 @@ func Choose(hosts []Host, req Request) (string, error) {
 	var cands []cand
 	var reasons []string
 	for _, h := range hosts {
-		free := h.MemoryMiB - ReservedMiB - h.AllocatedMemoryMiB
-		switch {
-		case excluded[h.Name]:
+		if excluded[h.Name] {
 			reasons = append(reasons, h.Name+": excluded")
-		case !h.Ready:
-			reasons = append(reasons, h.Name+": unreachable")
-		case free < req.MemoryMiB:
-			reasons = append(reasons, fmt.Sprintf("%s: %d MiB free, need %d", h.Name, max(free, 0), req.MemoryMiB))
-		case h.AllocatedVCPUs+req.VCPUs > h.CPUs*MaxVCPUOvercommit:
-			reasons = append(reasons, fmt.Sprintf("%s: %d vCPUs allocated on %d CPUs, limit %dx", h.Name, h.AllocatedVCPUs, h.CPUs, MaxVCPUOvercommit))
-		default:
-			cands = append(cands, cand{h.Name, free})
+			continue
 		}
+		if r := Check(h, req); r != nil {
+			reasons = append(reasons, h.Name+": "+r.Detail)
+			continue
+		}
+		cands = append(cands, cand{h.Name, h.FreeMemoryMiB()})
 	}
 	if len(cands) == 0 {
 		if len(hosts) == 0 {
