@@ -3,17 +3,15 @@ package evacuate
 import (
 	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
+		"path/filepath"
+		"strings"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/policy"
 	"github.com/ferryvm/ferry/internal/qemucaps"
-	"github.com/ferryvm/ferry/internal/spec"
+	"github.com/ferryvm/ferry/internal/scripttest"
 )
 
 // rewrite regenerates the expected output of testdata/*.txt:
@@ -39,113 +37,15 @@ func TestScripts(t *testing.T) {
 		t.Fatalf("no scripts: %v", err)
 	}
 	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) { runScript(t, f, runDrain) })
+		t.Run(filepath.Base(f), func(t *testing.T) { scripttest.Run(t, f, *rewrite, runDrain) })
 	}
-}
-
-// runScript runs every block of file through run and compares (or
-// rewrites) the expected output.
-func runScript(t *testing.T, file string, run func(t *testing.T, header []string) []string) {
-	data, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var out []string
-	blocks := 0
-	for i := 0; i < len(lines); {
-		if strings.TrimSpace(lines[i]) == "" || strings.HasPrefix(lines[i], "#") {
-			out = append(out, lines[i])
-			i++
-			continue
-		}
-		start := i + 1
-		var header, want []string
-		for ; i < len(lines) && lines[i] != "----"; i++ {
-			if !strings.HasPrefix(lines[i], "#") {
-				header = append(header, lines[i])
-			}
-			out = append(out, lines[i])
-		}
-		if i == len(lines) {
-			t.Fatalf("%s:%d: block without ----", file, start)
-		}
-		out = append(out, "----")
-		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
-			want = append(want, lines[i])
-		}
-		got := run(t, header)
-		blocks++
-		out = append(out, got...)
-		if !*rewrite && strings.Join(got, "\n") != strings.Join(want, "\n") {
-			t.Errorf("%s:%d: %s\n--- got:\n%s\n--- want:\n%s", file, start, header[0], strings.Join(got, "\n"), strings.Join(want, "\n"))
-		}
-	}
-	if *rewrite {
-		if err := os.WriteFile(file, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if blocks == 0 {
-		t.Fatalf("%s: no blocks", file)
-	}
-}
-
-// fakeBandwidths is a test table of host-pair rates; "*" matches any host.
-type fakeBandwidths map[[2]string]float64
-
-func (b fakeBandwidths) Estimate(from, to string) (float64, bool) {
-	for _, k := range [][2]string{{from, to}, {from, "*"}, {"*", to}, {"*", "*"}} {
-		if v, ok := b[k]; ok {
-			return v, true
-		}
-	}
-	return 0, false
-}
-
-func kv(t *testing.T, fields []string) map[string]string {
-	m := map[string]string{}
-	for _, f := range fields {
-		k, v, _ := strings.Cut(f, "=")
-		m[k] = v
-	}
-	return m
-}
-
-func mustSize(t *testing.T, s string) int64 {
-	if s == "" {
-		return 0
-	}
-	v, err := spec.ParseSize(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
-func mustInt(t *testing.T, s string) int {
-	if s == "" {
-		return 0
-	}
-	v, err := strconv.Atoi(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
-}
-
-func list(s string) []string {
-	if s == "" {
-		return nil
-	}
-	return strings.Split(s, ",")
 }
 
 func parseHost(t *testing.T, f []string) Host {
-	a := kv(t, f[2:])
-	h := Host{Host: placement.Host{Name: f[1], CPUs: mustInt(t, a["cpus"]), MemoryMiB: mustSize(t, a["mem"]) >> 20,
-		DiskGiB: mustSize(t, a["disk"]) >> 30, AllocatedVCPUs: mustInt(t, a["vcpus-used"]),
-		AllocatedMemoryMiB: mustSize(t, a["mem-used"]) >> 20, AllocatedDiskGiB: mustSize(t, a["disk-used"]) >> 30},
+	a := scripttest.KV(f[2:])
+	h := Host{Host: placement.Host{Name: f[1], CPUs: scripttest.Int(t, a["cpus"]), MemoryMiB: scripttest.Size(t, a["mem"]) >> 20,
+		DiskGiB: scripttest.Size(t, a["disk"]) >> 30, AllocatedVCPUs: scripttest.Int(t, a["vcpus-used"]),
+		AllocatedMemoryMiB: scripttest.Size(t, a["mem-used"]) >> 20, AllocatedDiskGiB: scripttest.Size(t, a["disk-used"]) >> 30},
 		Schedulable: true, Health: Healthy}
 	if _, ok := a["unschedulable"]; ok {
 		h.Schedulable = false
@@ -153,7 +53,7 @@ func parseHost(t *testing.T, f []string) Host {
 	if v := a["health"]; v != "" {
 		h.Health = Health(v)
 	}
-	for _, g := range list(a["groups"]) {
+	for _, g := range scripttest.List(a["groups"]) {
 		if h.Groups == nil {
 			h.Groups = map[string]int{}
 		}
@@ -161,10 +61,10 @@ func parseHost(t *testing.T, f []string) Host {
 	}
 	if a["machines"] != "" || a["cpu-models"] != "" {
 		c := &qemucaps.Caps{}
-		for _, m := range list(a["machines"]) {
+		for _, m := range scripttest.List(a["machines"]) {
 			c.Machines = append(c.Machines, qemucaps.Machine{Name: m})
 		}
-		for _, m := range list(a["cpu-models"]) {
+		for _, m := range scripttest.List(a["cpu-models"]) {
 			c.CPUModels = append(c.CPUModels, qemucaps.CPUModel{Name: m, Usable: true})
 		}
 		h.Caps = c
@@ -173,11 +73,11 @@ func parseHost(t *testing.T, f []string) Host {
 }
 
 func parseVM(t *testing.T, f []string) VM {
-	a := kv(t, f[2:])
-	vm := VM{Name: f[1], VCPUs: mustInt(t, a["vcpus"]), MemoryMiB: mustSize(t, a["mem"]) >> 20, DiskGiB: mustSize(t, a["disk"]) >> 30,
-		NonZeroBytes: mustSize(t, a["nonzero"]), DirtyRateBytesPerSec: float64(mustSize(t, strings.TrimSuffix(a["dirty"], "/s"))),
-		AntiAffinity: list(a["groups"]), Needs: qemucaps.VMNeeds{MachineType: a["machine"], CPUModel: a["cpu"]}}
-	for _, l := range list(a["labels"]) {
+	a := scripttest.KV(f[2:])
+	vm := VM{Name: f[1], VCPUs: scripttest.Int(t, a["vcpus"]), MemoryMiB: scripttest.Size(t, a["mem"]) >> 20, DiskGiB: scripttest.Size(t, a["disk"]) >> 30,
+		NonZeroBytes: scripttest.Size(t, a["nonzero"]), DirtyRateBytesPerSec: float64(scripttest.Size(t, a["dirty"])),
+		AntiAffinity: scripttest.List(a["groups"]), Needs: qemucaps.VMNeeds{MachineType: a["machine"], CPUModel: a["cpu"]}}
+	for _, l := range scripttest.List(a["labels"]) {
 		k, v, _ := strings.Cut(l, ":")
 		if vm.Labels == nil {
 			vm.Labels = map[string]string{}
@@ -199,22 +99,22 @@ func parsePolicy(t *testing.T, set *policy.Set, f []string) {
 	default:
 		t.Fatalf("policy %q: want cluster, vm NAME or label K=V", target)
 	}
-	for k, v := range kv(t, kvs) {
+	for k, v := range scripttest.KV(kvs) {
 		d, _ := time.ParseDuration(v)
 		switch k {
 		case "parallel":
-			set.Cluster.MaxParallelCluster = mustInt(t, v)
+			set.Cluster.MaxParallelCluster = scripttest.Int(t, v)
 		case "per-source":
-			set.Cluster.MaxParallelPerSource = mustInt(t, v)
+			set.Cluster.MaxParallelPerSource = scripttest.Int(t, v)
 		case "per-dest":
-			set.Cluster.MaxParallelPerDest = mustInt(t, v)
+			set.Cluster.MaxParallelPerDest = scripttest.Int(t, v)
 		case "host-bw":
-			set.Cluster.BandwidthPerHost = float64(mustSize(t, strings.TrimSuffix(v, "/s")))
+			set.Cluster.BandwidthPerHost = float64(scripttest.Size(t, v))
 		case "bw":
-			b := float64(mustSize(t, strings.TrimSuffix(v, "/s")))
+			b := float64(scripttest.Size(t, v))
 			o.BandwidthPerMigration = &b
 		case "strategies":
-			o.AllowedStrategies = list(v)
+			o.AllowedStrategies = scripttest.List(v)
 		case "max-downtime":
 			o.MaxDowntime = &d
 		case "timeout-per-gib":
@@ -248,7 +148,7 @@ func parsePolicy(t *testing.T, set *policy.Set, f []string) {
 
 func runDrain(t *testing.T, header []string) []string {
 	in := Input{}
-	bw := fakeBandwidths{}
+	bw := scripttest.Bandwidths{}
 	in.Bandwidth = bw
 	type failure struct {
 		vm, dest string
@@ -265,12 +165,12 @@ func runDrain(t *testing.T, header []string) []string {
 		case "vm":
 			in.VMs = append(in.VMs, parseVM(t, f))
 		case "bw":
-			bw[[2]string{f[1], f[2]}] = float64(mustSize(t, strings.TrimSuffix(f[3], "/s")))
+			bw[[2]string{f[1], f[2]}] = float64(scripttest.Size(t, f[3]))
 		case "policy":
 			parsePolicy(t, &in.Policies, f)
 		case "fail":
-			a := kv(t, f[3:])
-			fails = append(fails, failure{f[1], f[2], list(a["done"])})
+			a := scripttest.KV(f[3:])
+			fails = append(fails, failure{f[1], f[2], scripttest.List(a["done"])})
 		default:
 			t.Fatalf("unknown line %q", l)
 		}
