@@ -3,8 +3,8 @@ package evacuate
 import (
 	"flag"
 	"fmt"
-		"path/filepath"
-		"strings"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
