@@ -68,7 +68,7 @@ const (
 	DefaultDowntimeWeight = 10
 	// DefaultMinGainPerCost is the least imbalance reduction per unit of
 	// cost a move must bring.
-	DefaultMinGainPerCost = 1e-6
+	DefaultMinGainPerCost = 1e-3
 )
 
 // Config tunes the balancer; zero fields take the defaults.
@@ -131,8 +131,10 @@ type Proposal struct {
 	VM, From, To string
 	Strategy     string
 	Prediction   planner.Prediction
-	// Gain is the reduction of the objective (sum of the variances of CPU
-	// and memory utilisation); Cost is GiB sent plus weighted downtime.
+	// Gain is the reduction of the objective: the sum over hosts of the
+	// squared deviations of CPU and memory utilisation (the variances
+	// times the number of hosts, so it does not shrink with fleet size);
+	// Cost is GiB sent plus weighted downtime.
 	Gain, Cost float64
 	// Reason says why, for `ferry balance recommendations`.
 	Reason string

@@ -210,7 +210,7 @@ func (p *planState) step(cooling map[string]bool) (Proposal, bool) {
 				if d == s || p.load(d) >= p.load(s) {
 					continue
 				}
-				gain := f0 - p.objectiveAfter(j, s, d)
+				gain := (f0 - p.objectiveAfter(j, s, d)) * p.cpu.n
 				if gain <= 0 || (b != nil && gain/minCost < b.ratio) {
 					continue
 				}

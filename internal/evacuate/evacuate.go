@@ -218,7 +218,7 @@ func PlanDrain(in Input) (Plan, error) {
 		plan.Moves = append(plan.Moves, mv)
 	}
 	sort.Slice(plan.Unplaced, func(i, j int) bool { return plan.Unplaced[i].VM < plan.Unplaced[j].VM })
-	plan.ETA = schedule(plan.Moves, parallel, cluster.MaxParallelPerDest)
+	plan.ETA = Schedule(plan.Moves, cluster.MaxParallelCluster, parallel, cluster.MaxParallelPerDest)
 	sort.Slice(plan.Moves, func(i, j int) bool { return plan.Moves[i].Order < plan.Moves[j].Order })
 	return plan, nil
 }
@@ -363,10 +363,12 @@ func unplaced(vm VM, hosts, avoided, incompat int, firstIncompat error, rejects 
 	return u
 }
 
-// schedule assigns Order, Start and End to moves (in place), longest
-// predicted migration first, with at most parallel in flight and perDest
-// into one destination; it returns the end of the last.
-func schedule(moves []Move, parallel, perDest int) time.Duration {
+// Schedule assigns Order, Start and End to moves (in place), longest
+// predicted migration first, with at most parallel in flight in the
+// cluster, perSource out of one host and perDest into one host; it
+// returns the end of the last. The balancer's proposals use it too.
+func Schedule(moves []Move, parallel, perSource, perDest int) time.Duration {
+	parallel, perSource, perDest = max(parallel, 1), max(perSource, 1), max(perDest, 1)
 	idx := make([]int, len(moves))
 	for i := range idx {
 		idx[i] = i
@@ -380,18 +382,19 @@ func schedule(moves []Move, parallel, perDest int) time.Duration {
 	})
 	var now, eta time.Duration
 	var running []int
-	into := map[string]int{}
+	into, outOf := map[string]int{}, map[string]int{}
 	order := 0
 	for len(idx) > 0 || len(running) > 0 {
 		rest := idx[:0:0]
 		for _, i := range idx {
 			m := &moves[i]
-			if len(running) < parallel && into[m.To] < perDest {
+			if len(running) < parallel && into[m.To] < perDest && outOf[m.From] < perSource {
 				order++
 				m.Order, m.Start, m.End = order, now, now+m.Prediction.Total
 				eta = max(eta, m.End)
 				running = append(running, i)
 				into[m.To]++
+				outOf[m.From]++
 				continue
 			}
 			rest = append(rest, i)
@@ -409,6 +412,7 @@ func schedule(moves []Move, parallel, perDest int) time.Duration {
 		for _, i := range running {
 			if moves[i].End <= now {
 				into[moves[i].To]--
+				outOf[moves[i].From]--
 				continue
 			}
 			keep = append(keep, i)
