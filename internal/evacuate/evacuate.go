@@ -42,7 +42,8 @@ type Host struct {
 	placement.Host
 	// Schedulable is false for a host in maintenance.
 	Schedulable bool
-	// Health is the agent's report.
+	// Health is the agent's report; only Healthy hosts receive VMs (the
+	// zero value, unknown, receives none).
 	Health Health
 	// Caps is what its QEMU offers; nil means not checked.
 	Caps *qemucaps.Caps
