@@ -53,17 +53,20 @@ const ReservedMiB = 256
 // MaxVCPUOvercommit is how many vCPUs may be placed per host CPU.
 const MaxVCPUOvercommit = 4
 
-// Choose returns the ready host with the most free memory that fits the
-// request (ties broken by name). It returns ErrNoCapacity with the reason
-// for every rejected host when none fits.
+// Choose returns the ready host that fits the request (Check) with the
+// best Score — the most room left in its scarcest resource, the scoring
+// the evacuation planner and the balancer use — ties broken by free
+// memory, then name. It returns ErrNoCapacity with the reason for every
+// rejected host when none fits.
 func Choose(hosts []Host, req Request) (string, error) {
 	excluded := map[string]bool{}
 	for _, n := range req.Exclude {
 		excluded[n] = true
 	}
 	type cand struct {
-		name string
-		free int64
+		name  string
+		score float64
+		free  int64
 	}
 	var cands []cand
 	var reasons []string
@@ -76,7 +79,7 @@ func Choose(hosts []Host, req Request) (string, error) {
 			reasons = append(reasons, h.Name+": "+r.Detail)
 			continue
 		}
-		cands = append(cands, cand{h.Name, h.FreeMemoryMiB()})
+		cands = append(cands, cand{h.Name, Score(h, req), h.FreeMemoryMiB()})
 	}
 	if len(cands) == 0 {
 		if len(hosts) == 0 {
@@ -86,6 +89,9 @@ func Choose(hosts []Host, req Request) (string, error) {
 		return "", fmt.Errorf("%w: %s", ErrNoCapacity, strings.Join(reasons, "; "))
 	}
 	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].score != cands[j].score {
+			return cands[i].score > cands[j].score
+		}
 		if cands[i].free != cands[j].free {
 			return cands[i].free > cands[j].free
 		}
