@@ -36,15 +36,15 @@ func main() {
 	src := f.Busiest()
 	din := f.DrainInput(src)
 	var plan evacuate.Plan
-	dt, alloc := measure(*runs, func() {
+	dt, alloc, live := measure(*runs, func() {
 		var err error
 		if plan, err = evacuate.PlanDrain(din); err != nil {
 			fmt.Fprintln(os.Stderr, "drain:", err)
 			os.Exit(1)
 		}
 	})
-	fmt.Printf("drain %s (%d VMs): plan %v (median of %d; target < 1s), allocated %.1f MiB; %d moves, %d unplaced, parallel %d; predicted ETA %v\n",
-		src, len(din.VMs), dt, *runs, alloc, len(plan.Moves), len(plan.Unplaced), plan.Parallel, plan.ETA.Round(time.Second))
+	fmt.Printf("drain %s (%d VMs): plan %v (median of %d; target < 1s), allocated %.1f MiB, live heap %.1f MiB; %d moves, %d unplaced, parallel %d; predicted ETA %v\n",
+		src, len(din.VMs), dt, *runs, alloc, live, len(plan.Moves), len(plan.Unplaced), plan.Parallel, plan.ETA.Round(time.Second))
 	for _, u := range plan.Unplaced {
 		fmt.Printf("  unplaced %s: %s: %s\n", u.VM, u.Reason, u.Detail)
 	}
@@ -52,7 +52,7 @@ func main() {
 	bin := fleetsim.New(*seed, *hosts, *vms).BalanceInput()
 	bin.Config.MaxMoves = len(bin.VMs)
 	var res balance.Result
-	dt, alloc = measure(*runs, func() {
+	dt, alloc, live = measure(*runs, func() {
 		var err error
 		if res, err = balance.Propose(bin); err != nil {
 			fmt.Fprintln(os.Stderr, "rebalance:", err)
@@ -69,21 +69,22 @@ func main() {
 	}
 	pol := policy.Set{}.Cluster.WithDefaults()
 	eta := evacuate.Schedule(moves, pol.MaxParallelCluster, pol.MaxParallelPerSource, pol.MaxParallelPerDest)
-	fmt.Printf("rebalance (%d hosts, %d VMs): plan %v (median of %d; target < 30s), allocated %.1f MiB; imbalance %.3f -> %.3f; %d migrations proposed, %.1f GiB to send, longest downtime %v; predicted ETA %v at %d in flight (%d per host)\n",
-		len(bin.Hosts), len(bin.VMs), dt, *runs, alloc, res.Before, res.After, len(res.Proposals), float64(bytes)/(1<<30),
+	fmt.Printf("rebalance (%d hosts, %d VMs): plan %v (median of %d; target < 30s), allocated %.1f MiB, live heap %.1f MiB; imbalance %.3f -> %.3f; %d migrations proposed, %.1f GiB to send, longest downtime %v; predicted ETA %v at %d in flight (%d per host)\n",
+		len(bin.Hosts), len(bin.VMs), dt, *runs, alloc, live, res.Before, res.After, len(res.Proposals), float64(bytes)/(1<<30),
 		down.Round(time.Millisecond), eta.Round(time.Second), pol.MaxParallelCluster, pol.MaxParallelPerSource)
 	fmt.Printf("  stopped: %s\n", res.Why)
-	var ms runtime.MemStats
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	fmt.Printf("heap in use after both plans: %.1f MiB\n", float64(ms.HeapInuse)/(1<<20))
+	runtime.KeepAlive(f)
+	runtime.KeepAlive(din)
+	runtime.KeepAlive(bin)
 }
 
-// measure runs fn runs times and returns the median wall time and the
-// median MiB allocated (runtime.MemStats.TotalAlloc) per run.
-func measure(runs int, fn func()) (time.Duration, float64) {
+// measure runs fn runs times and returns the median wall time, the median
+// MiB allocated per run (runtime.MemStats.TotalAlloc) and the median live
+// heap after a run (HeapAlloc after a GC: the fleet, the inputs and the
+// plan).
+func measure(runs int, fn func()) (time.Duration, float64, float64) {
 	ts := make([]time.Duration, runs)
-	as := make([]float64, runs)
+	as, ls := make([]float64, runs), make([]float64, runs)
 	for i := range runs {
 		var a, b runtime.MemStats
 		runtime.GC()
@@ -93,8 +94,12 @@ func measure(runs int, fn func()) (time.Duration, float64) {
 		ts[i] = time.Since(t0)
 		runtime.ReadMemStats(&b)
 		as[i] = float64(b.TotalAlloc-a.TotalAlloc) / (1 << 20)
+		runtime.GC()
+		runtime.ReadMemStats(&b)
+		ls[i] = float64(b.HeapAlloc) / (1 << 20)
 	}
 	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
 	sort.Float64s(as)
-	return ts[runs/2].Round(time.Microsecond), as[runs/2]
+	sort.Float64s(ls)
+	return ts[runs/2].Round(time.Microsecond), as[runs/2], ls[runs/2]
 }
