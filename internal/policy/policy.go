@@ -163,7 +163,7 @@ func (o Override) validate(f string) error {
 			return fmt.Errorf("%w: %s.allowedStrategies: unknown strategy %q: use %s", ErrInvalid, f, s, strings.Join(planner.Strategies, ", "))
 		}
 	}
-	if o.MaxDowntime != nil && (*o.MaxDowntime < 0 || *o.MaxDowntime > time.Minute) {
+	if o.MaxDowntime != nil && *o.MaxDowntime != 0 && (*o.MaxDowntime < time.Millisecond || *o.MaxDowntime > time.Minute) {
 		return fmt.Errorf("%w: %s.maxDowntime = %v: must be between 1ms and 1m (0 for the default)", ErrInvalid, f, *o.MaxDowntime)
 	}
 	if o.CompletionTimeoutPerGiB != nil && *o.CompletionTimeoutPerGiB < 0 {

@@ -26,6 +26,7 @@ func TestValidate(t *testing.T) {
 		{"duplicate label", Set{Labels: []LabelOverride{{Key: "a", Value: "1"}, {Key: "a", Value: "1"}}}, "labels[1]: label a=1 has two overrides"},
 		{"empty strategies override", Set{VMs: map[string]Override{"web": {AllowedStrategies: []string{}}}}, "vms[web].allowedStrategies is empty"},
 		{"downtime too long", Set{VMs: map[string]Override{"db": {MaxDowntime: ptr(2 * time.Minute)}}}, "vms[db].maxDowntime = 2m0s"},
+		{"downtime below a millisecond", Set{Cluster: Policy{MaxDowntime: time.Microsecond}}, "cluster.maxDowntime = 1µs"},
 		{"negative progress timeout", Set{Labels: []LabelOverride{{Key: "t", Value: "g", Override: Override{ProgressTimeout: ptr(-time.Second)}}}}, "labels[0].override.progressTimeout"},
 	}
 	for _, tc := range tests {
