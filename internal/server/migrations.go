@@ -23,6 +23,9 @@ const (
 	DefaultStallTimeout     = 15 * time.Second
 	DefaultMigrationTimeout = 10 * time.Minute
 	DefaultRecoveryWindow   = 5 * time.Minute
+	// DefaultGuestAliveTimeout bounds the check after the switchover that
+	// the guest shows a sign of life.
+	DefaultGuestAliveTimeout = 5 * time.Second
 )
 
 type migrationService struct{ s *Server }
@@ -158,6 +161,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	if opt.RecoveryWindowMs == 0 {
 		opt.RecoveryWindowMs = DefaultRecoveryWindow.Milliseconds()
+	}
+	if opt.GuestAliveTimeoutMs == 0 {
+		opt.GuestAliveTimeoutMs = DefaultGuestAliveTimeout.Milliseconds()
 	}
 
 	// Plan live migrations: measure, predict every strategy, choose for auto.
