@@ -73,7 +73,8 @@ func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
 	return exec.Knobs{
 		Spec: sp, MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: opt.GetMultifdChannels(),
 		MaxPostcopyBandwidthBytes: postcopyBandwidth(m, bw), ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
-		NoThrottle: opt.GetNoThrottle(),
+		NoThrottle:        opt.GetNoThrottle(),
+		GuestAliveTimeout: time.Duration(opt.GetGuestAliveTimeoutMs()) * time.Millisecond,
 	}
 }
 

@@ -56,6 +56,9 @@ type Knobs struct {
 	ThrottleIncrement         int32
 	// NoThrottle forbids QEMU's auto-converge whatever the strategy.
 	NoThrottle bool
+	// GuestAliveTimeout bounds the check after FinishIncoming that the guest
+	// shows a sign of life (0: DefaultGuestAliveTimeout).
+	GuestAliveTimeout time.Duration
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,
@@ -83,8 +86,9 @@ type performer struct {
 	fill func(cur *ferryv1.VM, u core.VMUpdate)
 	log  *slog.Logger
 
-	mu        sync.Mutex
-	stopTimer context.CancelFunc // cancels the pending timer
+	mu           sync.Mutex
+	stopTimer    context.CancelFunc // cancels the pending timer
+	aliveChecked bool               // the guest-alive check ran (once per performer)
 }
 
 func (p *performer) agent(s core.Side) Agent {
@@ -212,6 +216,11 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		if err == nil {
 			o.In = incoming(st)
 			p.watch.Incoming(a.Kind, st)
+			if a.Kind == core.ActFinishIncoming && st.GetRan() {
+				// The destination runs: before the core moves on (and the
+				// migration can complete), see that the guest does too.
+				p.checkAlive(ctx)
+			}
 		}
 		return err
 	case core.ActAbortIncoming:
