@@ -170,9 +170,14 @@ func (c *cluster) mustFerry(args ...string) string {
 	return out
 }
 
-// writeSpec writes a test-guest spec and returns its path.
+// writeSpec writes a test-guest spec and returns its path. The test guest
+// has the guest agent channel (guestAgent: true) unless extra says
+// otherwise.
 func (c *cluster) writeSpec(name, ip string, extra string) string {
 	c.t.Helper()
+	if !strings.Contains(extra, "guestAgent:") {
+		extra = "guestAgent: true\n" + extra
+	}
 	spec := fmt.Sprintf(`name: %s
 vcpus: 1
 memoryMiB: 256
