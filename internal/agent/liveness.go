@@ -64,18 +64,24 @@ func (a *Agent) checkGuestAlive(ctx context.Context, req *agentv1.CheckGuestAliv
 		for i := range sp.GetNics() {
 			taps = append(taps, netdev.TapName(v.name, i))
 		}
+		var frames *guestalive.FrameWatch
+		if len(taps) > 0 {
+			if frames, err = guestalive.WatchGuestFrames(taps); err != nil {
+				a.log.Warn("guest alive check: watching the NIC failed; vCPU progress only", "vm", v.name, "err", err)
+			} else {
+				defer frames.Close()
+			}
+		}
 		cfg.Sample = func() (guestalive.Sample, error) {
 			ticks, _, err := guestalive.VCPUTicks("/proc", pid)
 			if err != nil {
 				return guestalive.Sample{}, err
 			}
-			var tx uint64
-			if len(taps) > 0 {
-				if tx, err = guestalive.TapRxPackets("/proc/self/net/dev", taps); err != nil {
-					return guestalive.Sample{}, err
-				}
+			s := guestalive.Sample{CPUTicks: ticks}
+			if frames != nil {
+				s.TxPackets = frames.Count()
 			}
-			return guestalive.Sample{CPUTicks: ticks, TxPackets: tx}, nil
+			return s, nil
 		}
 	}
 	res := guestalive.Check(ctx, cfg)

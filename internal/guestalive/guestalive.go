@@ -1,9 +1,9 @@
 // Package guestalive decides whether a VM's guest shows signs of life, for
 // the check after a migration's destination resumed: an answer to the QEMU
 // guest agent's guest-ping when the VM has the channel, otherwise progress
-// of its vCPU threads' CPU time or of the packets its NIC sent. The probes
-// are functions (the agent passes real ones, see procfs.go; tests pass
-// fakes); Check owns the polling and the deadline.
+// of its vCPU threads' CPU time or frames its NIC sent. The probes are
+// functions (the agent passes real ones, see procfs.go and frames_linux.go;
+// tests pass fakes); Check owns the polling and the deadline.
 //
 // What the fallback cannot tell: a guest kernel spinning in a panic loop
 // (panic=0 halts in a busy mdelay loop) still burns vCPU time, so without
@@ -28,8 +28,8 @@ const (
 type Sample struct {
 	// CPUTicks is the sum of utime+stime of the VM's vCPU threads (clock ticks).
 	CPUTicks uint64
-	// TxPackets is the sum of packets the guest's NICs sent (their taps'
-	// receive counters on the host).
+	// TxPackets counts frames the guest's NICs sent (seen on their taps,
+	// QEMU's own RARP announcements left out: see FrameWatch).
 	TxPackets uint64
 }
 

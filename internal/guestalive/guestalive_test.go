@@ -109,20 +109,3 @@ func TestVCPUTicks(t *testing.T) {
 		t.Error("VCPUTicks of a missing process: want an error")
 	}
 }
-
-func TestTapRxPackets(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "dev")
-	os.WriteFile(p, []byte(`Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
-fr-web-0:  4242      17    0    0    0     0          0         0     9999      99    0    0    0     0       0          0
-fr-web-1:   100       3    0    0    0     0          0         0        0       0    0    0    0     0       0          0
-`), 0o644)
-	n, err := TapRxPackets(p, []string{"fr-web-0", "fr-web-1"})
-	if err != nil || n != 20 {
-		t.Fatalf("TapRxPackets = %d, %v; want 20", n, err)
-	}
-	if _, err := TapRxPackets(p, []string{"fr-gone-0"}); err == nil || !strings.Contains(err.Error(), "found 0 of the taps") {
-		t.Errorf("missing tap: err = %v", err)
-	}
-}

@@ -1,7 +1,6 @@
 package guestalive
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -64,45 +63,4 @@ func statTicks(stat []byte) (uint64, error) {
 		return 0, fmt.Errorf("stime: %w", err)
 	}
 	return u + s, nil
-}
-
-// TapRxPackets sums the receive packet counters of the named interfaces in
-// a /proc/net/dev table (the caller's network namespace): what a tap
-// receives on the host is what the guest's NIC sent.
-func TapRxPackets(netDev string, taps []string) (uint64, error) {
-	f, err := os.Open(netDev)
-	if err != nil {
-		return 0, fmt.Errorf("NIC counters: %w", err)
-	}
-	defer f.Close()
-	want := map[string]bool{}
-	for _, t := range taps {
-		want[t] = true
-	}
-	var sum uint64
-	found := 0
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), ":")
-		if !ok || !want[strings.TrimSpace(name)] {
-			continue
-		}
-		fields := strings.Fields(rest)
-		if len(fields) < 2 {
-			return 0, fmt.Errorf("%s: short line for %s", netDev, strings.TrimSpace(name))
-		}
-		n, err := strconv.ParseUint(fields[1], 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s: rx packets of %s: %w", netDev, strings.TrimSpace(name), err)
-		}
-		sum += n
-		found++
-	}
-	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("%s: %w", netDev, err)
-	}
-	if found != len(want) {
-		return 0, fmt.Errorf("%s: found %d of the taps %v", netDev, found, taps)
-	}
-	return sum, nil
 }
