@@ -162,6 +162,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.RecoveryWindowMs == 0 {
 		opt.RecoveryWindowMs = DefaultRecoveryWindow.Milliseconds()
 	}
+	if t := opt.GuestAliveTimeoutMs; t < 0 || t > (10*time.Minute).Milliseconds() {
+		return nil, nil, invalidArg("options.guest_alive_timeout_ms: must be between 0 (default %v) and 600000, got %d", DefaultGuestAliveTimeout, t)
+	}
 	if opt.GuestAliveTimeoutMs == 0 {
 		opt.GuestAliveTimeoutMs = DefaultGuestAliveTimeout.Milliseconds()
 	}

@@ -20,6 +20,9 @@ import (
 // guest-ping on its guest agent channel (three legs, h1→h2→h1→h2); a VM
 // without the channel is judged by vCPU and NIC progress.
 func TestGuestAliveAfterMigration(t *testing.T) {
+	if !guestHasAgent {
+		t.Fatalf("the test guest in %s has no guest agent handler (virtio_console): rebuild it with make guest", guestDir)
+	}
 	c := upCluster(t, 2)
 	const name, ip = "alive", "198.19.0.61"
 	boot := c.bootGuest(name, ip, "")
@@ -63,6 +66,9 @@ func TestGuestAliveAfterMigration(t *testing.T) {
 // the migration completes with a "guest unresponsive" warning, the VM left
 // on the destination (it ran there: no rollback).
 func TestGuestUnresponsiveAfterSwitchover(t *testing.T) {
+	if !guestHasAgent {
+		t.Fatalf("the test guest in %s has no guest agent handler (virtio_console): rebuild it with make guest", guestDir)
+	}
 	c := upCluster(t, 2)
 	const name, ip = "hang", "198.19.0.63"
 	c.bootGuest(name, ip, "")
