@@ -3,7 +3,9 @@ package exec
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -91,10 +93,15 @@ func (p *performer) checkAlive(ctx context.Context) {
 func (r *reporter) Alive(res *agentv1.CheckGuestAliveResponse, err error, at time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	// A check run again (a new leader performed FinishIncoming again)
+	// replaces the previous one's outcome.
+	r.m.Warnings = slices.DeleteFunc(r.m.Warnings, aliveWarning)
+	r.extra = slices.DeleteFunc(r.extra, func(e *ferryv1.MigrationEvent) bool { return aliveWarning(e.Message) })
+	r.m.GuestAliveAfterMs, r.m.GuestAliveMethod = 0, ""
 	var warn string
 	switch {
 	case err != nil:
-		warn = fmt.Sprintf("guest liveness not checked: %v", err)
+		warn = fmt.Sprintf("%s: %v", warnNotChecked, err)
 	case !res.Alive:
 		r.m.GuestAliveAfterMs, r.m.GuestAliveMethod = -1, res.Method
 		warn = fmt.Sprintf("%s: no sign of life on %s after the switchover (%s)", WarnGuestUnresponsive, r.m.To, res.Detail)
@@ -104,6 +111,14 @@ func (r *reporter) Alive(res *agentv1.CheckGuestAliveResponse, err error, at tim
 	}
 	r.m.Warnings = append(r.m.Warnings, warn)
 	r.extra = append(r.extra, &ferryv1.MigrationEvent{At: timestamppb.New(at), State: warningState, Message: warn})
+}
+
+// warnNotChecked starts the warning of a check that could not run.
+const warnNotChecked = "guest liveness not checked"
+
+// aliveWarning reports whether w is a warning of the guest-alive check.
+func aliveWarning(w string) bool {
+	return strings.HasPrefix(w, WarnGuestUnresponsive+":") || strings.HasPrefix(w, warnNotChecked+":")
 }
 
 // warningEvents are the warning events of a report loaded from the store

@@ -398,3 +398,17 @@ func TestEngineStopsAndTheNextRunRecovers(t *testing.T) {
 		t.Errorf("error %q, want %q", m.Error, core.ErrRestarted)
 	}
 }
+
+func TestReporterAliveReplacesAnEarlierCheck(t *testing.T) {
+	_, report := newFakeRecord(t)
+	r := newReporter(report, nil)
+	r.Alive(nil, errors.New("fake: agent unreachable"), time.Now())
+	r.Alive(&agentv1.CheckGuestAliveResponse{AliveAfterMs: -1, Method: "guest-ping", Detail: "fake: no answer"}, nil, time.Now())
+	if w := r.m.Warnings; len(w) != 1 || !strings.HasPrefix(w[0], WarnGuestUnresponsive+": ") || len(r.extra) != 1 {
+		t.Fatalf("after two checks: warnings %q, %d events; want only the last one's", w, len(r.extra))
+	}
+	r.Alive(&agentv1.CheckGuestAliveResponse{Alive: true, AliveAfterMs: 40, Method: "vcpu"}, nil, time.Now())
+	if len(r.m.Warnings) != 0 || len(r.extra) != 0 || r.m.GuestAliveAfterMs != 40 || r.m.GuestAliveMethod != "vcpu" {
+		t.Fatalf("after an alive check: %q %v %d %q", r.m.Warnings, r.extra, r.m.GuestAliveAfterMs, r.m.GuestAliveMethod)
+	}
+}
