@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
@@ -97,4 +99,26 @@ func TestCheckGuestAliveSilentGuest(t *testing.T) {
 	wantCode(t, err, connect.CodeInvalidArgument)
 	_, err = (&livenessService{ta.a}).CheckGuestAlive(testCtx(t), connect.NewRequest(&agentv1.CheckGuestAliveRequest{Name: "nope"}))
 	wantCode(t, err, connect.CodeNotFound)
+}
+
+func TestCheckGuestAliveUsesTheResumeProbe(t *testing.T) {
+	for _, silent := range []bool{false, true} {
+		ta := newTestAgent(t)
+		sp := testSpec(t, "web")
+		sp.GuestAgent = true
+		must[agentv1.AgentStartVMResponse](t)(ta.svc.StartVM(testCtx(t), connect.NewRequest(&agentv1.AgentStartVMRequest{Spec: sp})))
+		v, _ := ta.a.find("web")
+		fakeGuestAgent(t, v.paths.GuestAgentSocket, silent)
+		v.startAliveProbe("m1", time.Now().Add(-50*time.Millisecond)) // as markRan does at the RESUME
+		r, err := (&livenessService{ta.a}).CheckGuestAlive(testCtx(t), connect.NewRequest(&agentv1.CheckGuestAliveRequest{Name: "web", MigrationId: "m1", TimeoutMs: 300}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := r.Msg; {
+		case !silent && (!m.Alive || m.AliveAfterMs < 50 || m.Method != "guest-ping"):
+			t.Errorf("probe of an answering guest: %+v, want alive >= 50 ms after the resume", m)
+		case silent && (m.Alive || m.AliveAfterMs != -1 || !strings.Contains(m.Detail, "probing since the resume")):
+			t.Errorf("probe of a silent guest: %+v, want not alive", m)
+		}
+	}
 }

@@ -51,6 +51,9 @@ type vm struct {
 	started    time.Time // when this agent started or found the VM's QEMU (reaper grace)
 
 	qgaMu sync.Mutex // one session at a time on the guest agent channel (QEMU serves one client)
+
+	probeMu sync.Mutex
+	probe   *aliveProbe // the guest-alive probe of the last arrival (see liveness.go)
 }
 
 func (a *Agent) newVM(name string) *vm {
