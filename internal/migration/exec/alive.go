@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/core"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -53,7 +54,7 @@ func (a *connectAgent) CheckGuestAlive(ctx context.Context, req *agentv1.CheckGu
 // a sign of life and hands the answer to the report. It never fails the
 // step: the guest already ran on the destination, so whatever the answer
 // the migration goes forward (an unresponsive guest is a warning).
-func (p *performer) checkAlive(ctx context.Context) {
+func (p *performer) checkAlive(ctx context.Context, a core.Action) {
 	p.mu.Lock()
 	done := p.aliveChecked
 	p.aliveChecked = true
@@ -67,7 +68,11 @@ func (p *performer) checkAlive(ctx context.Context) {
 	if timeout <= 0 {
 		timeout = DefaultGuestAliveTimeout
 	}
-	r, err := ac.CheckGuestAlive(ctx, &agentv1.CheckGuestAliveRequest{Name: p.vm, MigrationId: p.id, TimeoutMs: timeout.Milliseconds()})
+	id := p.id
+	if a.MigrationID != "" {
+		id = a.MigrationID // a retried pre-copy's attempt: the destination knows it by that id
+	}
+	r, err := ac.CheckGuestAlive(ctx, &agentv1.CheckGuestAliveRequest{Name: p.vm, MigrationId: id, TimeoutMs: timeout.Milliseconds()})
 	if ctx.Err() != nil {
 		// Stopping (another leader takes over): the next one checks again.
 		p.mu.Lock()
