@@ -30,6 +30,14 @@ const (
 	ReadyPrefix = "FERRY-GUEST READY boot_id="
 	// LogPrefix prefixes every other line the guest prints on the console.
 	LogPrefix = "ferry-guest: "
+	// StopKernelLine starts the console line the guest prints right before
+	// it stops its kernel (POST /stop-kernel), followed by why; the serial
+	// log it lands in tells which host's QEMU ran the guest then.
+	StopKernelLine = "FERRY-GUEST STOP-KERNEL "
+	// StopKernelPath is the guest's HTTP endpoint that stops its kernel:
+	// POST with delay_ms=N (guest time) or on=guest-agent (at the next
+	// command on the guest agent channel, which then gets no answer).
+	StopKernelPath = "/stop-kernel"
 
 	// PageSize is the unit the memory dirtier works in.
 	PageSize = 4096

@@ -192,6 +192,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}))
 	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
 	mux.Handle(agentv1connect.NewDiskAgentServiceHandler(&diskService{a}))
+	mux.Handle(agentv1connect.NewLivenessAgentServiceHandler(&livenessService{a}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()

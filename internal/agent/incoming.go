@@ -282,6 +282,7 @@ func (v *vm) markRan(in *incoming, at time.Time) {
 		if err := v.saveIncoming(in); err != nil {
 			v.a.log.Error("persist that the destination ran", "vm", v.name, "migration", in.id, "err", err)
 		}
+		v.startAliveProbe(in.id, at) // the engine asks CheckGuestAlive next
 	}
 }
 

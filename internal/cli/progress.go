@@ -214,6 +214,9 @@ func statusText(m *ferryv1.Migration) string {
 	if m.GetCancelRequested() && m.GetStatus() == "running" {
 		s += ", cancel requested"
 	}
+	if n := len(m.GetWarnings()); n > 0 {
+		s += fmt.Sprintf(", %d warning(s)", n)
+	}
 	return s
 }
 
@@ -285,6 +288,15 @@ func renderReport(m *ferryv1.Migration) string {
 			v += fmt.Sprintf(", paused %s by a broken link", fmtMs(p))
 		}
 		line("post-copy", v)
+	}
+	switch a := m.GetGuestAliveAfterMs(); {
+	case a > 0:
+		line("guest alive", fmt.Sprintf("%s after the resume (%s)", fmtMs(a), m.GetGuestAliveMethod()))
+	case a < 0:
+		line("guest alive", "no sign of life ("+m.GetGuestAliveMethod()+")")
+	}
+	for _, w := range m.GetWarnings() {
+		line("warning", w)
 	}
 	for _, dcs := range m.GetDecisions() {
 		line("decision", fmt.Sprintf("+%s %s: %s", fmtMs(dcs.GetTMs()), dcs.GetAction(), dcs.GetReason()))

@@ -75,6 +75,7 @@ func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
 		Spec: sp, MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: opt.GetMultifdChannels(),
 		MaxPostcopyBandwidthBytes: postcopyBandwidth(m, bw), ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
 		NoThrottle: opt.GetNoThrottle(), LocalDisks: localDiskKnobs(m),
+		GuestAliveTimeout: time.Duration(opt.GetGuestAliveTimeoutMs()) * time.Millisecond,
 	}
 }
 

@@ -23,6 +23,9 @@ const (
 	DefaultStallTimeout     = 15 * time.Second
 	DefaultMigrationTimeout = 10 * time.Minute
 	DefaultRecoveryWindow   = 5 * time.Minute
+	// DefaultGuestAliveTimeout bounds the check after the switchover that
+	// the guest shows a sign of life.
+	DefaultGuestAliveTimeout = 5 * time.Second
 )
 
 type migrationService struct{ s *Server }
@@ -171,6 +174,12 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	if opt.RecoveryWindowMs == 0 {
 		opt.RecoveryWindowMs = DefaultRecoveryWindow.Milliseconds()
+	}
+	if t := opt.GuestAliveTimeoutMs; t < 0 || t > (10*time.Minute).Milliseconds() {
+		return nil, nil, invalidArg("options.guest_alive_timeout_ms: must be between 0 (default %v) and 600000, got %d", DefaultGuestAliveTimeout, t)
+	}
+	if opt.GuestAliveTimeoutMs == 0 {
+		opt.GuestAliveTimeoutMs = DefaultGuestAliveTimeout.Milliseconds()
 	}
 
 	// Plan live migrations: measure, predict every strategy, choose for auto.

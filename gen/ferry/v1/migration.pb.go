@@ -53,8 +53,12 @@ type MigrationOptions struct {
 	// recovery_window_ms is how long a paused post-copy waits for its link
 	// to come back before giving up; 0 means the default (5 min).
 	RecoveryWindowMs int64 `protobuf:"varint,9,opt,name=recovery_window_ms,json=recoveryWindowMs,proto3" json:"recovery_window_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// guest_alive_timeout_ms bounds the check after the switchover that the
+	// guest shows a sign of life; 0 means the default (5 s). A guest that
+	// shows none completes the migration with a "guest unresponsive" warning.
+	GuestAliveTimeoutMs int64 `protobuf:"varint,45,opt,name=guest_alive_timeout_ms,json=guestAliveTimeoutMs,proto3" json:"guest_alive_timeout_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -160,6 +164,13 @@ func (x *MigrationOptions) GetRetryBackoffMs() int64 {
 func (x *MigrationOptions) GetRecoveryWindowMs() int64 {
 	if x != nil {
 		return x.RecoveryWindowMs
+	}
+	return 0
+}
+
+func (x *MigrationOptions) GetGuestAliveTimeoutMs() int64 {
+	if x != nil {
+		return x.GuestAliveTimeoutMs
 	}
 	return 0
 }
@@ -908,6 +919,18 @@ type Migration struct {
 	// planning_ms is the measurement before the migration (dirty rate, link
 	// probe); started_at and total_ms begin after it.
 	PlanningMs int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	// guest_alive_after_ms is how long after the destination resumed the
+	// guest first showed a sign of life (guest_alive_method); -1 when it
+	// showed none within the check's timeout (see warnings), 0 when not
+	// checked (cold migrations, or before the check ran).
+	GuestAliveAfterMs int64 `protobuf:"varint,45,opt,name=guest_alive_after_ms,json=guestAliveAfterMs,proto3" json:"guest_alive_after_ms,omitempty"`
+	// guest_alive_method is the sign seen: guest-ping, vcpu or nic-tx.
+	GuestAliveMethod string `protobuf:"bytes,46,opt,name=guest_alive_method,json=guestAliveMethod,proto3" json:"guest_alive_method,omitempty"`
+	// warnings are what a completed migration wants the operator to know,
+	// e.g. "guest unresponsive: ..." when the guest showed no sign of life
+	// after the switchover (the migration still completed: the guest runs
+	// on the destination and was never rolled back).
+	Warnings []string `protobuf:"bytes,47,rep,name=warnings,proto3" json:"warnings,omitempty"`
 	// disks are the VM's local disks this migration mirrors (empty when
 	// every disk is shared).
 	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
@@ -1216,6 +1239,27 @@ func (x *Migration) GetPlanningMs() int64 {
 		return x.PlanningMs
 	}
 	return 0
+}
+
+func (x *Migration) GetGuestAliveAfterMs() int64 {
+	if x != nil {
+		return x.GuestAliveAfterMs
+	}
+	return 0
+}
+
+func (x *Migration) GetGuestAliveMethod() string {
+	if x != nil {
+		return x.GuestAliveMethod
+	}
+	return ""
+}
+
+func (x *Migration) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
 }
 
 func (x *Migration) GetDisks() []*MigrationDisk {
@@ -1826,7 +1870,7 @@ var File_ferry_v1_migration_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x03\n" +
+	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
 	"\x10MigrationOptions\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12&\n" +
 	"\x0fmax_downtime_ms\x18\x02 \x01(\x03R\rmaxDowntimeMs\x12'\n" +
@@ -1841,7 +1885,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"noThrottle\x12!\n" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12(\n" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xde\x04\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
+	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\"\xde\x04\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1902,7 +1947,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xf4\f\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xef\r\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -1949,7 +1994,10 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12postcopy_paused_ms\x18\" \x01(\x03R\x10postcopyPausedMs\x12+\n" +
 	"\x11postcopy_requests\x18# \x01(\x03R\x10postcopyRequests\x12\x1f\n" +
 	"\vplanning_ms\x18$ \x01(\x03R\n" +
-	"planningMs\x12-\n" +
+	"planningMs\x12/\n" +
+	"\x14guest_alive_after_ms\x18- \x01(\x03R\x11guestAliveAfterMs\x12,\n" +
+	"\x12guest_alive_method\x18. \x01(\tR\x10guestAliveMethod\x12\x1a\n" +
+	"\bwarnings\x18/ \x03(\tR\bwarnings\x12-\n" +
 	"\x05disks\x18P \x03(\v2\x17.ferry.v1.MigrationDiskR\x05disks\x12(\n" +
 	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
 	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\x12\x19\n" +

@@ -48,7 +48,12 @@ type VMSpec struct {
 	// The server pins it at create time, resolving the alias q35 (or the one
 	// given) on the chosen host, so the VM never follows a moving alias.
 	// Empty in VMs created before it existed: those run pc-q35-7.2.
-	MachineType   string `protobuf:"bytes,10,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
+	MachineType string `protobuf:"bytes,10,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
+	// guest_agent gives the VM a QEMU guest agent channel: a virtio-serial
+	// port named org.qemu.guest_agent.0 whose host side is a unix socket the
+	// agent owns. After a migration Ferry pings the guest agent over it to
+	// check the guest is alive; without it, vCPU and NIC progress are used.
+	GuestAgent    bool `protobuf:"varint,11,opt,name=guest_agent,json=guestAgent,proto3" json:"guest_agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -151,6 +156,13 @@ func (x *VMSpec) GetMachineType() string {
 		return x.MachineType
 	}
 	return ""
+}
+
+func (x *VMSpec) GetGuestAgent() bool {
+	if x != nil {
+		return x.GuestAgent
+	}
+	return false
 }
 
 // BootSpec is either a direct kernel boot (kernel, initrd, cmdline) or a
@@ -1256,7 +1268,7 @@ var File_ferry_v1_types_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n" +
+	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x02\n" +
 	"\x06VMSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05vcpus\x18\x02 \x01(\x05R\x05vcpus\x12\x1d\n" +
@@ -1269,7 +1281,9 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x05accel\x18\b \x01(\tR\x05accel\x12&\n" +
 	"\x0fmax_downtime_ms\x18\t \x01(\x03R\rmaxDowntimeMs\x12!\n" +
 	"\fmachine_type\x18\n" +
-	" \x01(\tR\vmachineType\"h\n" +
+	" \x01(\tR\vmachineType\x12\x1f\n" +
+	"\vguest_agent\x18\v \x01(\bR\n" +
+	"guestAgent\"h\n" +
 	"\bBootSpec\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x16\n" +
 	"\x06initrd\x18\x02 \x01(\tR\x06initrd\x12\x18\n" +

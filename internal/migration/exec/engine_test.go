@@ -28,6 +28,7 @@ type fakeQEMUPair struct {
 	srcRuns   bool
 	dstState  string // "", listening, armed, running, aborted
 	dstRan    bool
+	guestDead bool // CheckGuestAlive answers alive=false
 	calls     []string
 }
 
@@ -86,6 +87,19 @@ func (a fakeAgent) FinishIncoming(context.Context, *agentv1.MigrationStepRequest
 		return a.inStatus(), nil
 	}
 	return nil, connect.NewError(connect.CodeDeadlineExceeded, errors.New("fake: not running yet"))
+}
+
+func (a fakeAgent) CheckGuestAlive(_ context.Context, req *agentv1.CheckGuestAliveRequest) (*agentv1.CheckGuestAliveResponse, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("CheckGuestAlive")
+	if !a.f.dstRan || req.TimeoutMs <= 0 {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("fake: checked before the destination ran, or without a timeout"))
+	}
+	if a.f.guestDead {
+		return &agentv1.CheckGuestAliveResponse{AliveAfterMs: -1, Method: "guest-ping", Detail: "fake: no answer"}, nil
+	}
+	return &agentv1.CheckGuestAliveResponse{Alive: true, AliveAfterMs: 12, Method: "guest-ping"}, nil
 }
 
 func (a fakeAgent) AbortIncoming(context.Context, *agentv1.MigrationStepRequest) error {
@@ -309,6 +323,9 @@ func TestEngineDrivesAPrecopyToItsEnd(t *testing.T) {
 	if pr.GetState() != "completed" || pr.GetReport().GetStatus() != "completed" || !pr.GetFacts().GetOwnerSwitched() {
 		t.Errorf("stored record: state %s report status %s facts %v", pr.GetState(), pr.GetReport().GetStatus(), pr.GetFacts())
 	}
+	if m.GuestAliveAfterMs != 12 || m.GuestAliveMethod != "guest-ping" || len(m.Warnings) != 0 {
+		t.Errorf("report: guestAliveAfterMs %d method %q warnings %q; want 12 by guest-ping, none", m.GuestAliveAfterMs, m.GuestAliveMethod, m.Warnings)
+	}
 	if m.TransferredBytes == 0 || len(m.Events) < 4 {
 		t.Errorf("report: transferred %d, %d events; want figures and the history", m.TransferredBytes, len(m.Events))
 	}
@@ -317,9 +334,43 @@ func TestEngineDrivesAPrecopyToItsEnd(t *testing.T) {
 	t.Logf("agent calls: %v", pair.calls)
 	// The destination is armed only after the owner CAS, and continue
 	// only after it is armed.
-	want := []string{"PrepareIncoming", "StartOutgoing", "ArmResume", "ContinueOutgoing", "FinishIncoming", "FinishOutgoing"}
+	want := []string{"PrepareIncoming", "StartOutgoing", "ArmResume", "ContinueOutgoing", "FinishIncoming", "CheckGuestAlive", "FinishOutgoing"}
 	if fmt.Sprint(pair.calls) != fmt.Sprint(want) {
 		t.Errorf("agent calls %v, want %v", pair.calls, want)
+	}
+}
+
+func TestEngineWarnsWhenTheGuestIsUnresponsive(t *testing.T) {
+	e, pair, vms, recs, _, _ := newFakeEngine(t)
+	pair.guestDead = true
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, e, recs, "mig-1", "completed")
+	// The guest ran on the destination: it stays there, the report says why
+	// it is suspicious (also as stored).
+	vm, _ := vms.GetVM(context.Background(), "web")
+	if vm.Host != "h2" || vm.State != "running" {
+		t.Errorf("VM record: host %s state %s; want h2 running (never rolled back)", vm.Host, vm.State)
+	}
+	m := recs.get("mig-1").GetReport()
+	if m.GuestAliveAfterMs != -1 || len(m.Warnings) != 1 || !strings.HasPrefix(m.Warnings[0], WarnGuestUnresponsive+": ") {
+		t.Fatalf("stored report: guestAliveAfterMs %d warnings %q; want -1 and one %q warning", m.GuestAliveAfterMs, m.Warnings, WarnGuestUnresponsive)
+	}
+	var warned bool
+	for i, ev := range m.Events {
+		if ev.State == warningState {
+			warned = strings.Contains(ev.Message, WarnGuestUnresponsive) && i < len(m.Events)-1 // before completed
+		}
+	}
+	if !warned {
+		t.Errorf("events %v: want a warning event before the end", m.Events)
+	}
+	// A report rendered again from the stored one keeps the warning event.
+	again := Render(recs.get("mig-1"))
+	if n := len(warningEvents(again)); n != 1 {
+		t.Errorf("re-rendered report has %d warning events, want 1", n)
 	}
 }
 
@@ -378,5 +429,19 @@ func TestEngineRefusesADestinationWithoutTheDisksExport(t *testing.T) {
 		if c == "StartOutgoing" {
 			t.Errorf("StartOutgoing sent although the destination exports no disks: %v", pair.calls)
 		}
+	}
+}
+
+func TestReporterAliveReplacesAnEarlierCheck(t *testing.T) {
+	_, report := newFakeRecord(t)
+	r := newReporter(report, nil)
+	r.Alive(nil, errors.New("fake: agent unreachable"), time.Now())
+	r.Alive(&agentv1.CheckGuestAliveResponse{AliveAfterMs: -1, Method: "guest-ping", Detail: "fake: no answer"}, nil, time.Now())
+	if w := r.m.Warnings; len(w) != 1 || !strings.HasPrefix(w[0], WarnGuestUnresponsive+": ") || len(r.extra) != 1 {
+		t.Fatalf("after two checks: warnings %q, %d events; want only the last one's", w, len(r.extra))
+	}
+	r.Alive(&agentv1.CheckGuestAliveResponse{Alive: true, AliveAfterMs: 40, Method: "vcpu"}, nil, time.Now())
+	if len(r.m.Warnings) != 0 || len(r.extra) != 0 || r.m.GuestAliveAfterMs != 40 || r.m.GuestAliveMethod != "vcpu" {
+		t.Fatalf("after an alive check: %q %v %d %q", r.m.Warnings, r.extra, r.m.GuestAliveAfterMs, r.m.GuestAliveMethod)
 	}
 }

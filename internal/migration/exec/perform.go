@@ -67,6 +67,9 @@ type Knobs struct {
 	// LocalDisks are the VM's local disks: the destination creates and
 	// exports them, the source mirrors them before RAM (issue 8).
 	LocalDisks []*agentv1.LocalDisk
+	// GuestAliveTimeout bounds the check after FinishIncoming that the guest
+	// shows a sign of life (0: DefaultGuestAliveTimeout).
+	GuestAliveTimeout time.Duration
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,
@@ -116,9 +119,10 @@ type performer struct {
 	record func(core.Record) *statev1.MigrationRecord
 	revs   *recordRevision
 
-	mu        sync.Mutex
-	stopTimer context.CancelFunc // cancels the pending timer
-	owner     *ownerRead         // the VM record read before the pause (prefetch)
+	mu           sync.Mutex
+	stopTimer    context.CancelFunc // cancels the pending timer
+	owner        *ownerRead         // the VM record read before the pause (prefetch)
+	aliveChecked bool               // the guest-alive check ran (once per performer)
 }
 
 // ownerRead is the VM record as read before the switchover, with the
@@ -265,6 +269,11 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		if err == nil {
 			o.In = incoming(st)
 			p.watch.Incoming(a.Kind, st)
+			if a.Kind == core.ActFinishIncoming && st.GetRan() {
+				// The destination runs: before the core moves on (and the
+				// migration can complete), see that the guest does too.
+				p.checkAlive(ctx, a)
+			}
 		}
 		return err
 	case core.ActAbortIncoming:

@@ -33,10 +33,11 @@ type reporter struct {
 	stopAt   time.Time // cold: the source stopped
 	dstVM    *ferryv1.VMStatus
 	postcopy bool
+	extra    []*ferryv1.MigrationEvent // warning events (see Alive)
 }
 
 func newReporter(m *ferryv1.Migration, ctrl *planner.Controller) *reporter {
-	r := &reporter{m: m, ctrl: ctrl}
+	r := &reporter{m: m, ctrl: ctrl, extra: warningEvents(m)}
 	if m.StartedAt != nil {
 		r.transfer = m.StartedAt.AsTime()
 	}
@@ -70,6 +71,7 @@ func (r *reporter) render(rec core.Record) *ferryv1.Migration {
 	for _, e := range rec.History {
 		m.Events = append(m.Events, &ferryv1.MigrationEvent{At: timestamppb.New(e.At), State: string(e.State), Message: e.Message})
 	}
+	m.Events = mergeEvents(m.Events, r.extra)
 	m.PostcopyPausedMs = pausedMs(rec.History, time.Now())
 	renderRetries(m, rec)
 	if rec.State.Terminal() && !rec.FinishedAt.IsZero() {

@@ -2319,6 +2319,142 @@ func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
 	return nil
 }
 
+type CheckGuestAliveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// migration_id, when set, measures alive_after_ms from the moment the
+	// destination of that migration resumed (else from the request).
+	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// timeout_ms bounds the wait (default 5000).
+	TimeoutMs     int64 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckGuestAliveRequest) Reset() {
+	*x = CheckGuestAliveRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckGuestAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckGuestAliveRequest) ProtoMessage() {}
+
+func (x *CheckGuestAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckGuestAliveRequest.ProtoReflect.Descriptor instead.
+func (*CheckGuestAliveRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *CheckGuestAliveRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CheckGuestAliveRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *CheckGuestAliveRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type CheckGuestAliveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Alive bool                   `protobuf:"varint,1,opt,name=alive,proto3" json:"alive,omitempty"`
+	// alive_after_ms is when the first sign of life came, after the
+	// destination resumed (or after the request): -1 when none came.
+	AliveAfterMs int64 `protobuf:"varint,2,opt,name=alive_after_ms,json=aliveAfterMs,proto3" json:"alive_after_ms,omitempty"`
+	// method is guest-ping, vcpu or nic-tx (the sign seen, or the ones
+	// watched when none came).
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// detail says what was seen or what was missing.
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckGuestAliveResponse) Reset() {
+	*x = CheckGuestAliveResponse{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckGuestAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckGuestAliveResponse) ProtoMessage() {}
+
+func (x *CheckGuestAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckGuestAliveResponse.ProtoReflect.Descriptor instead.
+func (*CheckGuestAliveResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CheckGuestAliveResponse) GetAlive() bool {
+	if x != nil {
+		return x.Alive
+	}
+	return false
+}
+
+func (x *CheckGuestAliveResponse) GetAliveAfterMs() int64 {
+	if x != nil {
+		return x.AliveAfterMs
+	}
+	return 0
+}
+
+func (x *CheckGuestAliveResponse) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *CheckGuestAliveResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
 var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_ferry_agent_v1_agent_proto_rawDesc = "" +
@@ -2501,7 +2637,17 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\bcheck_id\x18\x01 \x01(\tR\acheckId\x124\n" +
 	"\amarkers\x18\x02 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers\"K\n" +
 	"\x13DiskMarkersResponse\x124\n" +
-	"\amarkers\x18\x01 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers2\xf5\x03\n" +
+	"\amarkers\x18\x01 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers\"n\n" +
+	"\x16CheckGuestAliveRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\"\x85\x01\n" +
+	"\x17CheckGuestAliveResponse\x12\x14\n" +
+	"\x05alive\x18\x01 \x01(\bR\x05alive\x12$\n" +
+	"\x0ealive_after_ms\x18\x02 \x01(\x03R\faliveAfterMs\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail2\xf5\x03\n" +
 	"\fAgentService\x12T\n" +
 	"\aStartVM\x12#.ferry.agent.v1.AgentStartVMRequest\x1a$.ferry.agent.v1.AgentStartVMResponse\x12Q\n" +
 	"\x06StopVM\x12\".ferry.agent.v1.AgentStopVMRequest\x1a#.ferry.agent.v1.AgentStopVMResponse\x12W\n" +
@@ -2532,7 +2678,9 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fReadDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12\\\n" +
 	"\x11RemoveDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12S\n" +
 	"\n" +
-	"LocalDisks\x12!.ferry.agent.v1.LocalDisksRequest\x1a\".ferry.agent.v1.LocalDisksResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
+	"LocalDisks\x12!.ferry.agent.v1.LocalDisksRequest\x1a\".ferry.agent.v1.LocalDisksResponse2z\n" +
+	"\x14LivenessAgentService\x12b\n" +
+	"\x0fCheckGuestAlive\x12&.ferry.agent.v1.CheckGuestAliveRequest\x1a'.ferry.agent.v1.CheckGuestAliveResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_ferry_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2546,7 +2694,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*AgentStartVMRequest)(nil),     // 0: ferry.agent.v1.AgentStartVMRequest
 	(*AgentStartVMResponse)(nil),    // 1: ferry.agent.v1.AgentStartVMResponse
@@ -2582,38 +2730,40 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*DiskMarker)(nil),              // 31: ferry.agent.v1.DiskMarker
 	(*DiskMarkersRequest)(nil),      // 32: ferry.agent.v1.DiskMarkersRequest
 	(*DiskMarkersResponse)(nil),     // 33: ferry.agent.v1.DiskMarkersResponse
-	(*v1.VMSpec)(nil),               // 34: ferry.v1.VMSpec
-	(*v1.VMStatus)(nil),             // 35: ferry.v1.VMStatus
-	(*timestamppb.Timestamp)(nil),   // 36: google.protobuf.Timestamp
-	(*v1.ConsoleRequest)(nil),       // 37: ferry.v1.ConsoleRequest
-	(*v1.ConsoleChunk)(nil),         // 38: ferry.v1.ConsoleChunk
+	(*CheckGuestAliveRequest)(nil),  // 34: ferry.agent.v1.CheckGuestAliveRequest
+	(*CheckGuestAliveResponse)(nil), // 35: ferry.agent.v1.CheckGuestAliveResponse
+	(*v1.VMSpec)(nil),               // 36: ferry.v1.VMSpec
+	(*v1.VMStatus)(nil),             // 37: ferry.v1.VMStatus
+	(*timestamppb.Timestamp)(nil),   // 38: google.protobuf.Timestamp
+	(*v1.ConsoleRequest)(nil),       // 39: ferry.v1.ConsoleRequest
+	(*v1.ConsoleChunk)(nil),         // 40: ferry.v1.ConsoleChunk
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	34, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	35, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	35, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	35, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	35, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	36, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	36, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	36, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	36, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	36, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	36, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
+	37, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
+	37, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
+	37, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
+	37, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
+	38, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	38, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	38, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	38, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	38, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
 	30, // 10: ferry.agent.v1.OutgoingStatus.disks:type_name -> ferry.agent.v1.DiskMirror
-	36, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	36, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	35, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	34, // 14: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	38, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	38, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	37, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	36, // 14: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
 	29, // 15: ferry.agent.v1.PrepareIncomingRequest.local_disks:type_name -> ferry.agent.v1.LocalDisk
-	36, // 16: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
-	36, // 17: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	38, // 16: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	38, // 17: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
 	10, // 18: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
 	11, // 19: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	35, // 20: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	37, // 20: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
 	29, // 21: ferry.agent.v1.LocalDisksResponse.disks:type_name -> ferry.agent.v1.LocalDisk
-	36, // 22: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
-	36, // 23: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
-	36, // 24: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
+	38, // 22: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
+	38, // 23: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
+	38, // 24: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
 	31, // 25: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
 	31, // 26: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
 	0,  // 27: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
@@ -2621,7 +2771,7 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	4,  // 29: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
 	6,  // 30: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
 	8,  // 31: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	37, // 32: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	39, // 32: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
 	12, // 33: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
 	23, // 34: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
 	23, // 35: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
@@ -2643,35 +2793,37 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	32, // 51: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
 	32, // 52: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
 	27, // 53: ferry.agent.v1.DiskAgentService.LocalDisks:input_type -> ferry.agent.v1.LocalDisksRequest
-	1,  // 54: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 55: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 56: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 57: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 58: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	38, // 59: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 60: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	25, // 61: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 62: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 63: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 64: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	24, // 65: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 66: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 67: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 68: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	26, // 69: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	24, // 70: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	21, // 71: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	24, // 72: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 73: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 74: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	18, // 75: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	20, // 76: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	33, // 77: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	33, // 78: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	33, // 79: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	28, // 80: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
-	54, // [54:81] is the sub-list for method output_type
-	27, // [27:54] is the sub-list for method input_type
+	34, // 54: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:input_type -> ferry.agent.v1.CheckGuestAliveRequest
+	1,  // 55: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 56: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 57: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 58: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 59: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	40, // 60: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	13, // 61: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	25, // 62: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	25, // 63: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	25, // 64: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 65: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	24, // 66: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	24, // 67: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	24, // 68: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	26, // 69: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	26, // 70: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	24, // 71: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	21, // 72: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	24, // 73: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	26, // 74: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	16, // 75: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	18, // 76: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	20, // 77: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	33, // 78: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	33, // 79: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	33, // 80: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	28, // 81: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
+	35, // 82: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:output_type -> ferry.agent.v1.CheckGuestAliveResponse
+	55, // [55:83] is the sub-list for method output_type
+	27, // [27:55] is the sub-list for method input_type
 	27, // [27:27] is the sub-list for extension type_name
 	27, // [27:27] is the sub-list for extension extendee
 	0,  // [0:27] is the sub-list for field type_name
@@ -2688,9 +2840,9 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_ferry_agent_v1_agent_proto_goTypes,
 		DependencyIndexes: file_ferry_agent_v1_agent_proto_depIdxs,

@@ -31,6 +31,8 @@ const (
 	MigrationAgentServiceName = "ferry.agent.v1.MigrationAgentService"
 	// DiskAgentServiceName is the fully-qualified name of the DiskAgentService service.
 	DiskAgentServiceName = "ferry.agent.v1.DiskAgentService"
+	// LivenessAgentServiceName is the fully-qualified name of the LivenessAgentService service.
+	LivenessAgentServiceName = "ferry.agent.v1.LivenessAgentService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -116,6 +118,9 @@ const (
 	// DiskAgentServiceLocalDisksProcedure is the fully-qualified name of the DiskAgentService's
 	// LocalDisks RPC.
 	DiskAgentServiceLocalDisksProcedure = "/ferry.agent.v1.DiskAgentService/LocalDisks"
+	// LivenessAgentServiceCheckGuestAliveProcedure is the fully-qualified name of the
+	// LivenessAgentService's CheckGuestAlive RPC.
+	LivenessAgentServiceCheckGuestAliveProcedure = "/ferry.agent.v1.LivenessAgentService/CheckGuestAlive"
 )
 
 // AgentServiceClient is a client for the ferry.agent.v1.AgentService service.
@@ -1011,4 +1016,85 @@ func (UnimplementedDiskAgentServiceHandler) RemoveDiskMarkers(context.Context, *
 
 func (UnimplementedDiskAgentServiceHandler) LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.LocalDisks is not implemented"))
+}
+
+// LivenessAgentServiceClient is a client for the ferry.agent.v1.LivenessAgentService service.
+type LivenessAgentServiceClient interface {
+	// CheckGuestAlive waits up to timeout_ms for a sign of life from the
+	// guest: an answer to the QEMU guest agent's guest-ping over the VM's
+	// org.qemu.guest_agent.0 channel when it has one, otherwise vCPU progress
+	// (its vCPU threads' CPU time) or packets its NIC sent (its tap's rx
+	// counters). It answers alive=false, not an error, when none came in time.
+	CheckGuestAlive(context.Context, *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error)
+}
+
+// NewLivenessAgentServiceClient constructs a client for the ferry.agent.v1.LivenessAgentService
+// service. By default, it uses the Connect protocol with the binary Protobuf Codec, asks for
+// gzipped responses, and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply
+// the connect.WithGRPC() or connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewLivenessAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) LivenessAgentServiceClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	livenessAgentServiceMethods := v1.File_ferry_agent_v1_agent_proto.Services().ByName("LivenessAgentService").Methods()
+	return &livenessAgentServiceClient{
+		checkGuestAlive: connect.NewClient[v1.CheckGuestAliveRequest, v1.CheckGuestAliveResponse](
+			httpClient,
+			baseURL+LivenessAgentServiceCheckGuestAliveProcedure,
+			connect.WithSchema(livenessAgentServiceMethods.ByName("CheckGuestAlive")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// livenessAgentServiceClient implements LivenessAgentServiceClient.
+type livenessAgentServiceClient struct {
+	checkGuestAlive *connect.Client[v1.CheckGuestAliveRequest, v1.CheckGuestAliveResponse]
+}
+
+// CheckGuestAlive calls ferry.agent.v1.LivenessAgentService.CheckGuestAlive.
+func (c *livenessAgentServiceClient) CheckGuestAlive(ctx context.Context, req *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error) {
+	return c.checkGuestAlive.CallUnary(ctx, req)
+}
+
+// LivenessAgentServiceHandler is an implementation of the ferry.agent.v1.LivenessAgentService
+// service.
+type LivenessAgentServiceHandler interface {
+	// CheckGuestAlive waits up to timeout_ms for a sign of life from the
+	// guest: an answer to the QEMU guest agent's guest-ping over the VM's
+	// org.qemu.guest_agent.0 channel when it has one, otherwise vCPU progress
+	// (its vCPU threads' CPU time) or packets its NIC sent (its tap's rx
+	// counters). It answers alive=false, not an error, when none came in time.
+	CheckGuestAlive(context.Context, *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error)
+}
+
+// NewLivenessAgentServiceHandler builds an HTTP handler from the service implementation. It returns
+// the path on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewLivenessAgentServiceHandler(svc LivenessAgentServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	livenessAgentServiceMethods := v1.File_ferry_agent_v1_agent_proto.Services().ByName("LivenessAgentService").Methods()
+	livenessAgentServiceCheckGuestAliveHandler := connect.NewUnaryHandler(
+		LivenessAgentServiceCheckGuestAliveProcedure,
+		svc.CheckGuestAlive,
+		connect.WithSchema(livenessAgentServiceMethods.ByName("CheckGuestAlive")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ferry.agent.v1.LivenessAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case LivenessAgentServiceCheckGuestAliveProcedure:
+			livenessAgentServiceCheckGuestAliveHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedLivenessAgentServiceHandler returns CodeUnimplemented from all methods.
+type UnimplementedLivenessAgentServiceHandler struct{}
+
+func (UnimplementedLivenessAgentServiceHandler) CheckGuestAlive(context.Context, *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.LivenessAgentService.CheckGuestAlive is not implemented"))
 }
