@@ -175,8 +175,11 @@ type PlanInputs struct {
 	// measured_inline says the plan had to measure something itself (stale
 	// or missing telemetry), which is what makes planning slow.
 	MeasuredInline bool `protobuf:"varint,14,opt,name=measured_inline,json=measuredInline,proto3" json:"measured_inline,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// rtt_ms is the link's round-trip time (TCP connect of the latest
+	// probe); 0 when unknown.
+	RttMs         float64 `protobuf:"fixed64,15,opt,name=rtt_ms,json=rttMs,proto3" json:"rtt_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PlanInputs) Reset() {
@@ -307,6 +310,13 @@ func (x *PlanInputs) GetMeasuredInline() bool {
 	return false
 }
 
+func (x *PlanInputs) GetRttMs() float64 {
+	if x != nil {
+		return x.RttMs
+	}
+	return 0
+}
+
 // StrategyPrediction is the planner's forecast for one strategy.
 type StrategyPrediction struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -433,8 +443,12 @@ type Plan struct {
 	Inputs      *PlanInputs            `protobuf:"bytes,1,opt,name=inputs,proto3" json:"inputs,omitempty"`
 	Predictions []*StrategyPrediction  `protobuf:"bytes,2,rep,name=predictions,proto3" json:"predictions,omitempty"`
 	// choice is the strategy chosen (empty when none fits).
-	Choice        string `protobuf:"bytes,3,opt,name=choice,proto3" json:"choice,omitempty"`
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Choice string `protobuf:"bytes,3,opt,name=choice,proto3" json:"choice,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// tuning are the QEMU capabilities and parameters the planner chose for
+	// the strategy (postcopy-preempt, multifd-channels, zero-page-detection,
+	// multifd-compression, avail-switchover-bandwidth), each with its reason.
+	Tuning        *PlanTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -497,6 +511,186 @@ func (x *Plan) GetReason() string {
 	return ""
 }
 
+func (x *Plan) GetTuning() *PlanTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
+}
+
+// PlanTuning is what the planner set beyond the strategy, applied by the
+// agents on both sides where QEMU needs it on both.
+type PlanTuning struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// choices are the decisions with their reasons, in a fixed order.
+	Choices         []*TuningChoice `protobuf:"bytes,1,rep,name=choices,proto3" json:"choices,omitempty"`
+	PostcopyPreempt bool            `protobuf:"varint,2,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
+	// multifd_channels > 1 enables multifd (0: one stream).
+	MultifdChannels int32 `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
+	// zero_page_detection is QEMU's zero-page-detection ("" = default).
+	ZeroPageDetection string `protobuf:"bytes,4,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
+	// multifd_compression is "zstd" or "" (none).
+	MultifdCompression string `protobuf:"bytes,5,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
+	MultifdZstdLevel   int32  `protobuf:"varint,6,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
+	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
+	// (bytes/s); 0 = QEMU's own estimate.
+	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,7,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
+	// postcopy_background_share is the share of the link post-copy's
+	// background stream may use (1 with preempt, 0.8 without).
+	PostcopyBackgroundShare float64 `protobuf:"fixed64,8,opt,name=postcopy_background_share,json=postcopyBackgroundShare,proto3" json:"postcopy_background_share,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *PlanTuning) Reset() {
+	*x = PlanTuning{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanTuning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanTuning) ProtoMessage() {}
+
+func (x *PlanTuning) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanTuning.ProtoReflect.Descriptor instead.
+func (*PlanTuning) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PlanTuning) GetChoices() []*TuningChoice {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
+}
+
+func (x *PlanTuning) GetPostcopyPreempt() bool {
+	if x != nil {
+		return x.PostcopyPreempt
+	}
+	return false
+}
+
+func (x *PlanTuning) GetMultifdChannels() int32 {
+	if x != nil {
+		return x.MultifdChannels
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetZeroPageDetection() string {
+	if x != nil {
+		return x.ZeroPageDetection
+	}
+	return ""
+}
+
+func (x *PlanTuning) GetMultifdCompression() string {
+	if x != nil {
+		return x.MultifdCompression
+	}
+	return ""
+}
+
+func (x *PlanTuning) GetMultifdZstdLevel() int32 {
+	if x != nil {
+		return x.MultifdZstdLevel
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetAvailSwitchoverBandwidthBytes() int64 {
+	if x != nil {
+		return x.AvailSwitchoverBandwidthBytes
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyBackgroundShare() float64 {
+	if x != nil {
+		return x.PostcopyBackgroundShare
+	}
+	return 0
+}
+
+// TuningChoice is one QEMU capability or parameter the planner set.
+type TuningChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the QEMU capability or parameter.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// value is what Ferry set ("on", "off", "4", "zstd", "43.2 MiB/s").
+	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TuningChoice) Reset() {
+	*x = TuningChoice{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TuningChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TuningChoice) ProtoMessage() {}
+
+func (x *TuningChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TuningChoice.ProtoReflect.Descriptor instead.
+func (*TuningChoice) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TuningChoice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TuningChoice) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *TuningChoice) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // ControllerDecision is one action of the adaptive controller.
 type ControllerDecision struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -509,7 +703,7 @@ type ControllerDecision struct {
 
 func (x *ControllerDecision) Reset() {
 	*x = ControllerDecision{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +715,7 @@ func (x *ControllerDecision) String() string {
 func (*ControllerDecision) ProtoMessage() {}
 
 func (x *ControllerDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +728,7 @@ func (x *ControllerDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControllerDecision.ProtoReflect.Descriptor instead.
 func (*ControllerDecision) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ControllerDecision) GetTMs() int64 {
@@ -577,7 +771,7 @@ type MigrationSample struct {
 
 func (x *MigrationSample) Reset() {
 	*x = MigrationSample{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -589,7 +783,7 @@ func (x *MigrationSample) String() string {
 func (*MigrationSample) ProtoMessage() {}
 
 func (x *MigrationSample) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -602,7 +796,7 @@ func (x *MigrationSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationSample.ProtoReflect.Descriptor instead.
 func (*MigrationSample) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MigrationSample) GetTMs() int64 {
@@ -679,7 +873,7 @@ type DowntimePhases struct {
 
 func (x *DowntimePhases) Reset() {
 	*x = DowntimePhases{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +885,7 @@ func (x *DowntimePhases) String() string {
 func (*DowntimePhases) ProtoMessage() {}
 
 func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +898,7 @@ func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DowntimePhases.ProtoReflect.Descriptor instead.
 func (*DowntimePhases) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DowntimePhases) GetFinalRoundMs() int64 {
@@ -768,7 +962,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +974,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +987,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MigrationEvent) GetAt() *timestamppb.Timestamp {
@@ -878,7 +1072,7 @@ type Migration struct {
 
 func (x *Migration) Reset() {
 	*x = Migration{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +1084,7 @@ func (x *Migration) String() string {
 func (*Migration) ProtoMessage() {}
 
 func (x *Migration) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +1097,7 @@ func (x *Migration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Migration.ProtoReflect.Descriptor instead.
 func (*Migration) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Migration) GetId() string {
@@ -1171,7 +1365,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1377,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1390,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MigrateRequest) GetVm() string {
@@ -1239,7 +1433,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1445,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1458,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MigrateResponse) GetMigration() *Migration {
@@ -1292,7 +1486,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1498,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1511,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetMigrationRequest) GetId() string {
@@ -1343,7 +1537,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1549,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1562,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1388,7 +1582,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1594,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1607,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListMigrationsRequest) GetVm() string {
@@ -1432,7 +1626,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1638,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1651,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1476,7 +1670,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1682,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1695,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelMigrationRequest) GetId() string {
@@ -1520,7 +1714,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1726,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1739,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -1572,7 +1766,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"noPostcopy\x12\x1f\n" +
 	"\vno_throttle\x18\b \x01(\bR\n" +
 	"noThrottle\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xbf\x04\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xd6\x04\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1589,7 +1783,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0fnon_zero_source\x18\v \x01(\tR\rnonZeroSource\x12%\n" +
 	"\x0fnon_zero_age_ms\x18\f \x01(\x03R\fnonZeroAgeMs\x12(\n" +
 	"\x10bandwidth_age_ms\x18\r \x01(\x03R\x0ebandwidthAgeMs\x12'\n" +
-	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\"\xc1\x02\n" +
+	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\x12\x15\n" +
+	"\x06rtt_ms\x18\x0f \x01(\x01R\x05rttMs\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +
@@ -1602,12 +1797,27 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12\x18\n" +
 	"\aallowed\x18\t \x01(\bR\aallowed\x12*\n" +
 	"\x11downtime_limit_ms\x18\n" +
-	" \x01(\x03R\x0fdowntimeLimitMs\"\xa4\x01\n" +
+	" \x01(\x03R\x0fdowntimeLimitMs\"\xd2\x01\n" +
 	"\x04Plan\x12,\n" +
 	"\x06inputs\x18\x01 \x01(\v2\x14.ferry.v1.PlanInputsR\x06inputs\x12>\n" +
 	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
 	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"W\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xa8\x03\n" +
+	"\n" +
+	"PlanTuning\x120\n" +
+	"\achoices\x18\x01 \x03(\v2\x16.ferry.v1.TuningChoiceR\achoices\x12)\n" +
+	"\x10postcopy_preempt\x18\x02 \x01(\bR\x0fpostcopyPreempt\x12)\n" +
+	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12.\n" +
+	"\x13zero_page_detection\x18\x04 \x01(\tR\x11zeroPageDetection\x12/\n" +
+	"\x13multifd_compression\x18\x05 \x01(\tR\x12multifdCompression\x12,\n" +
+	"\x12multifd_zstd_level\x18\x06 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
+	" avail_switchover_bandwidth_bytes\x18\a \x01(\x03R\x1davailSwitchoverBandwidthBytes\x12:\n" +
+	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\"P\n" +
+	"\fTuningChoice\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"W\n" +
 	"\x12ControllerDecision\x12\x11\n" +
 	"\x04t_ms\x18\x01 \x01(\x03R\x03tMs\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
@@ -1719,60 +1929,64 @@ func file_ferry_v1_migration_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_proto_rawDescData
 }
 
-var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_ferry_v1_migration_proto_goTypes = []any{
 	(*MigrationOptions)(nil),        // 0: ferry.v1.MigrationOptions
 	(*PlanInputs)(nil),              // 1: ferry.v1.PlanInputs
 	(*StrategyPrediction)(nil),      // 2: ferry.v1.StrategyPrediction
 	(*Plan)(nil),                    // 3: ferry.v1.Plan
-	(*ControllerDecision)(nil),      // 4: ferry.v1.ControllerDecision
-	(*MigrationSample)(nil),         // 5: ferry.v1.MigrationSample
-	(*DowntimePhases)(nil),          // 6: ferry.v1.DowntimePhases
-	(*MigrationEvent)(nil),          // 7: ferry.v1.MigrationEvent
-	(*Migration)(nil),               // 8: ferry.v1.Migration
-	(*MigrateRequest)(nil),          // 9: ferry.v1.MigrateRequest
-	(*MigrateResponse)(nil),         // 10: ferry.v1.MigrateResponse
-	(*GetMigrationRequest)(nil),     // 11: ferry.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 12: ferry.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 13: ferry.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 14: ferry.v1.ListMigrationsResponse
-	(*CancelMigrationRequest)(nil),  // 15: ferry.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 16: ferry.v1.CancelMigrationResponse
-	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
+	(*PlanTuning)(nil),              // 4: ferry.v1.PlanTuning
+	(*TuningChoice)(nil),            // 5: ferry.v1.TuningChoice
+	(*ControllerDecision)(nil),      // 6: ferry.v1.ControllerDecision
+	(*MigrationSample)(nil),         // 7: ferry.v1.MigrationSample
+	(*DowntimePhases)(nil),          // 8: ferry.v1.DowntimePhases
+	(*MigrationEvent)(nil),          // 9: ferry.v1.MigrationEvent
+	(*Migration)(nil),               // 10: ferry.v1.Migration
+	(*MigrateRequest)(nil),          // 11: ferry.v1.MigrateRequest
+	(*MigrateResponse)(nil),         // 12: ferry.v1.MigrateResponse
+	(*GetMigrationRequest)(nil),     // 13: ferry.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 14: ferry.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 15: ferry.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 16: ferry.v1.ListMigrationsResponse
+	(*CancelMigrationRequest)(nil),  // 17: ferry.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 18: ferry.v1.CancelMigrationResponse
+	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.Plan.inputs:type_name -> ferry.v1.PlanInputs
 	2,  // 1: ferry.v1.Plan.predictions:type_name -> ferry.v1.StrategyPrediction
-	17, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
-	17, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
-	17, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 5: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
-	5,  // 6: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
-	0,  // 7: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
-	7,  // 8: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	17, // 9: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 10: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
-	2,  // 11: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
-	4,  // 12: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
-	0,  // 13: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
-	8,  // 14: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
-	3,  // 15: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
-	8,  // 16: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
-	8,  // 17: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
-	8,  // 18: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
-	9,  // 19: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
-	11, // 20: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
-	13, // 21: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
-	15, // 22: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
-	10, // 23: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
-	12, // 24: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
-	14, // 25: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
-	16, // 26: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
-	23, // [23:27] is the sub-list for method output_type
-	19, // [19:23] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	4,  // 2: ferry.v1.Plan.tuning:type_name -> ferry.v1.PlanTuning
+	5,  // 3: ferry.v1.PlanTuning.choices:type_name -> ferry.v1.TuningChoice
+	19, // 4: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
+	19, // 5: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
+	19, // 6: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
+	8,  // 7: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
+	7,  // 8: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
+	0,  // 9: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
+	9,  // 10: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
+	19, // 11: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 12: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
+	2,  // 13: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
+	6,  // 14: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
+	0,  // 15: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
+	10, // 16: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
+	3,  // 17: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
+	10, // 18: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
+	10, // 19: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
+	10, // 20: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
+	11, // 21: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
+	13, // 22: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
+	15, // 23: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
+	17, // 24: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
+	12, // 25: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
+	14, // 26: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
+	16, // 27: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
+	18, // 28: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
+	25, // [25:29] is the sub-list for method output_type
+	21, // [21:25] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_proto_init() }
@@ -1786,7 +2000,7 @@ func file_ferry_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_proto_rawDesc), len(file_ferry_v1_migration_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

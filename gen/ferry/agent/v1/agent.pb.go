@@ -791,7 +791,9 @@ type PrepareIncomingRequest struct {
 	MigrationId     string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	MultifdChannels int32                  `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
 	// postcopy enables postcopy-ram on the destination (it must match the source).
-	Postcopy      bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	Postcopy bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	// tuning is what the destination must match of the source's tuning.
+	Tuning        *MigrationTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -854,6 +856,97 @@ func (x *PrepareIncomingRequest) GetPostcopy() bool {
 	return false
 }
 
+func (x *PrepareIncomingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
+}
+
+// MigrationTuning are the QEMU capabilities and parameters the planner
+// chose beyond the strategy's own (see planner.Tune). Zero values leave
+// QEMU's defaults, so an older server's request changes nothing.
+type MigrationTuning struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// postcopy_preempt enables capability postcopy-preempt (both sides).
+	PostcopyPreempt bool `protobuf:"varint,1,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
+	// zero_page_detection is zero-page-detection ("multifd"; "" = default).
+	ZeroPageDetection string `protobuf:"bytes,2,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
+	// multifd_compression is multifd-compression ("zstd"; "" = none), both sides.
+	MultifdCompression string `protobuf:"bytes,3,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
+	MultifdZstdLevel   int32  `protobuf:"varint,4,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
+	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
+	// (bytes/s, source only); 0 = QEMU's own estimate.
+	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,5,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
+	unknownFields                 protoimpl.UnknownFields
+	sizeCache                     protoimpl.SizeCache
+}
+
+func (x *MigrationTuning) Reset() {
+	*x = MigrationTuning{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationTuning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationTuning) ProtoMessage() {}
+
+func (x *MigrationTuning) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationTuning.ProtoReflect.Descriptor instead.
+func (*MigrationTuning) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MigrationTuning) GetPostcopyPreempt() bool {
+	if x != nil {
+		return x.PostcopyPreempt
+	}
+	return false
+}
+
+func (x *MigrationTuning) GetZeroPageDetection() string {
+	if x != nil {
+		return x.ZeroPageDetection
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdCompression() string {
+	if x != nil {
+		return x.MultifdCompression
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdZstdLevel() int32 {
+	if x != nil {
+		return x.MultifdZstdLevel
+	}
+	return 0
+}
+
+func (x *MigrationTuning) GetAvailSwitchoverBandwidthBytes() int64 {
+	if x != nil {
+		return x.AvailSwitchoverBandwidthBytes
+	}
+	return 0
+}
+
 type PrepareIncomingResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is the tcp:IP:PORT the destination QEMU listens on.
@@ -864,7 +957,7 @@ type PrepareIncomingResponse struct {
 
 func (x *PrepareIncomingResponse) Reset() {
 	*x = PrepareIncomingResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -876,7 +969,7 @@ func (x *PrepareIncomingResponse) String() string {
 func (*PrepareIncomingResponse) ProtoMessage() {}
 
 func (x *PrepareIncomingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -889,7 +982,7 @@ func (x *PrepareIncomingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareIncomingResponse.ProtoReflect.Descriptor instead.
 func (*PrepareIncomingResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PrepareIncomingResponse) GetUri() string {
@@ -917,14 +1010,15 @@ type StartOutgoingRequest struct {
 	// max_postcopy_bandwidth_bytes caps post-copy's background stream
 	// (bytes/s) so demand-faulted pages do not queue behind it; 0 = the same
 	// as max_bandwidth_bytes.
-	MaxPostcopyBandwidthBytes int64 `protobuf:"varint,11,opt,name=max_postcopy_bandwidth_bytes,json=maxPostcopyBandwidthBytes,proto3" json:"max_postcopy_bandwidth_bytes,omitempty"`
+	MaxPostcopyBandwidthBytes int64            `protobuf:"varint,11,opt,name=max_postcopy_bandwidth_bytes,json=maxPostcopyBandwidthBytes,proto3" json:"max_postcopy_bandwidth_bytes,omitempty"`
+	Tuning                    *MigrationTuning `protobuf:"bytes,12,opt,name=tuning,proto3" json:"tuning,omitempty"`
 	unknownFields             protoimpl.UnknownFields
 	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *StartOutgoingRequest) Reset() {
 	*x = StartOutgoingRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -936,7 +1030,7 @@ func (x *StartOutgoingRequest) String() string {
 func (*StartOutgoingRequest) ProtoMessage() {}
 
 func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -949,7 +1043,7 @@ func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*StartOutgoingRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StartOutgoingRequest) GetName() string {
@@ -1029,6 +1123,13 @@ func (x *StartOutgoingRequest) GetMaxPostcopyBandwidthBytes() int64 {
 	return 0
 }
 
+func (x *StartOutgoingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
+}
+
 type MeasureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1048,7 +1149,7 @@ type MeasureRequest struct {
 
 func (x *MeasureRequest) Reset() {
 	*x = MeasureRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1161,7 @@ func (x *MeasureRequest) String() string {
 func (*MeasureRequest) ProtoMessage() {}
 
 func (x *MeasureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1174,7 @@ func (x *MeasureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasureRequest.ProtoReflect.Descriptor instead.
 func (*MeasureRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MeasureRequest) GetName() string {
@@ -1143,7 +1244,7 @@ type MeasureResponse struct {
 
 func (x *MeasureResponse) Reset() {
 	*x = MeasureResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1256,7 @@ func (x *MeasureResponse) String() string {
 func (*MeasureResponse) ProtoMessage() {}
 
 func (x *MeasureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1269,7 @@ func (x *MeasureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasureResponse.ProtoReflect.Descriptor instead.
 func (*MeasureResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MeasureResponse) GetDirtyRateMibps() float64 {
@@ -1277,7 +1378,7 @@ type ProbeListenRequest struct {
 
 func (x *ProbeListenRequest) Reset() {
 	*x = ProbeListenRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1390,7 @@ func (x *ProbeListenRequest) String() string {
 func (*ProbeListenRequest) ProtoMessage() {}
 
 func (x *ProbeListenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1403,7 @@ func (x *ProbeListenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeListenRequest.ProtoReflect.Descriptor instead.
 func (*ProbeListenRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type ProbeListenResponse struct {
@@ -1315,7 +1416,7 @@ type ProbeListenResponse struct {
 
 func (x *ProbeListenResponse) Reset() {
 	*x = ProbeListenResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1428,7 @@ func (x *ProbeListenResponse) String() string {
 func (*ProbeListenResponse) ProtoMessage() {}
 
 func (x *ProbeListenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1441,7 @@ func (x *ProbeListenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeListenResponse.ProtoReflect.Descriptor instead.
 func (*ProbeListenResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProbeListenResponse) GetAddress() string {
@@ -1360,7 +1461,7 @@ type ProbeSendRequest struct {
 
 func (x *ProbeSendRequest) Reset() {
 	*x = ProbeSendRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1473,7 @@ func (x *ProbeSendRequest) String() string {
 func (*ProbeSendRequest) ProtoMessage() {}
 
 func (x *ProbeSendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1486,7 @@ func (x *ProbeSendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSendRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProbeSendRequest) GetAddress() string {
@@ -1403,16 +1504,18 @@ func (x *ProbeSendRequest) GetDurationMs() int64 {
 }
 
 type ProbeSendResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mibps         float64                `protobuf:"fixed64,1,opt,name=mibps,proto3" json:"mibps,omitempty"`
-	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mibps float64                `protobuf:"fixed64,1,opt,name=mibps,proto3" json:"mibps,omitempty"`
+	Bytes int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// rtt_us is the TCP connect time to the sink: one round trip.
+	RttUs         int64 `protobuf:"varint,3,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProbeSendResponse) Reset() {
 	*x = ProbeSendResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1527,7 @@ func (x *ProbeSendResponse) String() string {
 func (*ProbeSendResponse) ProtoMessage() {}
 
 func (x *ProbeSendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1540,7 @@ func (x *ProbeSendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSendResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProbeSendResponse) GetMibps() float64 {
@@ -1454,6 +1557,13 @@ func (x *ProbeSendResponse) GetBytes() int64 {
 	return 0
 }
 
+func (x *ProbeSendResponse) GetRttUs() int64 {
+	if x != nil {
+		return x.RttUs
+	}
+	return 0
+}
+
 type RecoverResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is where the destination waits for the source to resume.
@@ -1464,7 +1574,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1476,7 +1586,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1489,7 +1599,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RecoverResponse) GetUri() string {
@@ -1510,7 +1620,7 @@ type ResumeOutgoingRequest struct {
 
 func (x *ResumeOutgoingRequest) Reset() {
 	*x = ResumeOutgoingRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1522,7 +1632,7 @@ func (x *ResumeOutgoingRequest) String() string {
 func (*ResumeOutgoingRequest) ProtoMessage() {}
 
 func (x *ResumeOutgoingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1535,7 +1645,7 @@ func (x *ResumeOutgoingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*ResumeOutgoingRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ResumeOutgoingRequest) GetName() string {
@@ -1581,7 +1691,7 @@ type MigrationStepRequest struct {
 
 func (x *MigrationStepRequest) Reset() {
 	*x = MigrationStepRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1593,7 +1703,7 @@ func (x *MigrationStepRequest) String() string {
 func (*MigrationStepRequest) ProtoMessage() {}
 
 func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1606,7 +1716,7 @@ func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationStepRequest.ProtoReflect.Descriptor instead.
 func (*MigrationStepRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MigrationStepRequest) GetName() string {
@@ -1653,7 +1763,7 @@ type OutgoingStatusResponse struct {
 
 func (x *OutgoingStatusResponse) Reset() {
 	*x = OutgoingStatusResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1775,7 @@ func (x *OutgoingStatusResponse) String() string {
 func (*OutgoingStatusResponse) ProtoMessage() {}
 
 func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1788,7 @@ func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutgoingStatusResponse.ProtoReflect.Descriptor instead.
 func (*OutgoingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OutgoingStatusResponse) GetStatus() *OutgoingStatus {
@@ -1697,7 +1807,7 @@ type IncomingStatusResponse struct {
 
 func (x *IncomingStatusResponse) Reset() {
 	*x = IncomingStatusResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1819,7 @@ func (x *IncomingStatusResponse) String() string {
 func (*IncomingStatusResponse) ProtoMessage() {}
 
 func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1832,7 @@ func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncomingStatusResponse.ProtoReflect.Descriptor instead.
 func (*IncomingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IncomingStatusResponse) GetStatus() *IncomingStatus {
@@ -1741,7 +1851,7 @@ type StepResponse struct {
 
 func (x *StepResponse) Reset() {
 	*x = StepResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1863,7 @@ func (x *StepResponse) String() string {
 func (*StepResponse) ProtoMessage() {}
 
 func (x *StepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1876,7 @@ func (x *StepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResponse.ProtoReflect.Descriptor instead.
 func (*StepResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StepResponse) GetVm() *v1.VMStatus {
@@ -1796,7 +1906,7 @@ type DiskMarker struct {
 
 func (x *DiskMarker) Reset() {
 	*x = DiskMarker{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1918,7 @@ func (x *DiskMarker) String() string {
 func (*DiskMarker) ProtoMessage() {}
 
 func (x *DiskMarker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1931,7 @@ func (x *DiskMarker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarker.ProtoReflect.Descriptor instead.
 func (*DiskMarker) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DiskMarker) GetDiskPath() string {
@@ -1871,7 +1981,7 @@ type DiskMarkersRequest struct {
 
 func (x *DiskMarkersRequest) Reset() {
 	*x = DiskMarkersRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +1993,7 @@ func (x *DiskMarkersRequest) String() string {
 func (*DiskMarkersRequest) ProtoMessage() {}
 
 func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2006,7 @@ func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersRequest.ProtoReflect.Descriptor instead.
 func (*DiskMarkersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DiskMarkersRequest) GetCheckId() string {
@@ -1922,7 +2032,7 @@ type DiskMarkersResponse struct {
 
 func (x *DiskMarkersResponse) Reset() {
 	*x = DiskMarkersResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2044,7 @@ func (x *DiskMarkersResponse) String() string {
 func (*DiskMarkersResponse) ProtoMessage() {}
 
 func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2057,7 @@ func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersResponse.ProtoReflect.Descriptor instead.
 func (*DiskMarkersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
@@ -2019,14 +2129,21 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"resumed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tresumedAt\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
 	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\x12\x10\n" +
-	"\x03ran\x18\a \x01(\bR\x03ran\"\xa8\x01\n" +
+	"\x03ran\x18\a \x01(\bR\x03ran\"\xe1\x01\n" +
 	"\x16PrepareIncomingRequest\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12)\n" +
 	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
-	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"+\n" +
+	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\x127\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\"\x94\x02\n" +
+	"\x0fMigrationTuning\x12)\n" +
+	"\x10postcopy_preempt\x18\x01 \x01(\bR\x0fpostcopyPreempt\x12.\n" +
+	"\x13zero_page_detection\x18\x02 \x01(\tR\x11zeroPageDetection\x12/\n" +
+	"\x13multifd_compression\x18\x03 \x01(\tR\x12multifdCompression\x12,\n" +
+	"\x12multifd_zstd_level\x18\x04 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
+	" avail_switchover_bandwidth_bytes\x18\x05 \x01(\x03R\x1davailSwitchoverBandwidthBytes\"+\n" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
-	"\x03uri\x18\x01 \x01(\tR\x03uri\"\xc2\x03\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\"\xfb\x03\n" +
 	"\x14StartOutgoingRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
@@ -2039,7 +2156,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10throttle_initial\x18\t \x01(\x05R\x0fthrottleInitial\x12-\n" +
 	"\x12throttle_increment\x18\n" +
 	" \x01(\x05R\x11throttleIncrement\x12?\n" +
-	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\"\x81\x01\n" +
+	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\x127\n" +
+	"\x06tuning\x18\f \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\"\x81\x01\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
@@ -2069,10 +2187,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10ProbeSendRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vduration_ms\x18\x02 \x01(\x03R\n" +
-	"durationMs\"?\n" +
+	"durationMs\"V\n" +
 	"\x11ProbeSendResponse\x12\x14\n" +
 	"\x05mibps\x18\x01 \x01(\x01R\x05mibps\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"#\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x15\n" +
+	"\x06rtt_us\x18\x03 \x01(\x03R\x05rttUs\"#\n" +
 	"\x0fRecoverResponse\x12\x10\n" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\"`\n" +
 	"\x15ResumeOutgoingRequest\x12\x12\n" +
@@ -2147,7 +2266,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*AgentStartVMRequest)(nil),     // 0: ferry.agent.v1.AgentStartVMRequest
 	(*AgentStartVMResponse)(nil),    // 1: ferry.agent.v1.AgentStartVMResponse
@@ -2162,108 +2281,111 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*OutgoingStatus)(nil),          // 10: ferry.agent.v1.OutgoingStatus
 	(*IncomingStatus)(nil),          // 11: ferry.agent.v1.IncomingStatus
 	(*PrepareIncomingRequest)(nil),  // 12: ferry.agent.v1.PrepareIncomingRequest
-	(*PrepareIncomingResponse)(nil), // 13: ferry.agent.v1.PrepareIncomingResponse
-	(*StartOutgoingRequest)(nil),    // 14: ferry.agent.v1.StartOutgoingRequest
-	(*MeasureRequest)(nil),          // 15: ferry.agent.v1.MeasureRequest
-	(*MeasureResponse)(nil),         // 16: ferry.agent.v1.MeasureResponse
-	(*ProbeListenRequest)(nil),      // 17: ferry.agent.v1.ProbeListenRequest
-	(*ProbeListenResponse)(nil),     // 18: ferry.agent.v1.ProbeListenResponse
-	(*ProbeSendRequest)(nil),        // 19: ferry.agent.v1.ProbeSendRequest
-	(*ProbeSendResponse)(nil),       // 20: ferry.agent.v1.ProbeSendResponse
-	(*RecoverResponse)(nil),         // 21: ferry.agent.v1.RecoverResponse
-	(*ResumeOutgoingRequest)(nil),   // 22: ferry.agent.v1.ResumeOutgoingRequest
-	(*MigrationStepRequest)(nil),    // 23: ferry.agent.v1.MigrationStepRequest
-	(*OutgoingStatusResponse)(nil),  // 24: ferry.agent.v1.OutgoingStatusResponse
-	(*IncomingStatusResponse)(nil),  // 25: ferry.agent.v1.IncomingStatusResponse
-	(*StepResponse)(nil),            // 26: ferry.agent.v1.StepResponse
-	(*DiskMarker)(nil),              // 27: ferry.agent.v1.DiskMarker
-	(*DiskMarkersRequest)(nil),      // 28: ferry.agent.v1.DiskMarkersRequest
-	(*DiskMarkersResponse)(nil),     // 29: ferry.agent.v1.DiskMarkersResponse
-	(*v1.VMSpec)(nil),               // 30: ferry.v1.VMSpec
-	(*v1.VMStatus)(nil),             // 31: ferry.v1.VMStatus
-	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
-	(*v1.ConsoleRequest)(nil),       // 33: ferry.v1.ConsoleRequest
-	(*v1.ConsoleChunk)(nil),         // 34: ferry.v1.ConsoleChunk
+	(*MigrationTuning)(nil),         // 13: ferry.agent.v1.MigrationTuning
+	(*PrepareIncomingResponse)(nil), // 14: ferry.agent.v1.PrepareIncomingResponse
+	(*StartOutgoingRequest)(nil),    // 15: ferry.agent.v1.StartOutgoingRequest
+	(*MeasureRequest)(nil),          // 16: ferry.agent.v1.MeasureRequest
+	(*MeasureResponse)(nil),         // 17: ferry.agent.v1.MeasureResponse
+	(*ProbeListenRequest)(nil),      // 18: ferry.agent.v1.ProbeListenRequest
+	(*ProbeListenResponse)(nil),     // 19: ferry.agent.v1.ProbeListenResponse
+	(*ProbeSendRequest)(nil),        // 20: ferry.agent.v1.ProbeSendRequest
+	(*ProbeSendResponse)(nil),       // 21: ferry.agent.v1.ProbeSendResponse
+	(*RecoverResponse)(nil),         // 22: ferry.agent.v1.RecoverResponse
+	(*ResumeOutgoingRequest)(nil),   // 23: ferry.agent.v1.ResumeOutgoingRequest
+	(*MigrationStepRequest)(nil),    // 24: ferry.agent.v1.MigrationStepRequest
+	(*OutgoingStatusResponse)(nil),  // 25: ferry.agent.v1.OutgoingStatusResponse
+	(*IncomingStatusResponse)(nil),  // 26: ferry.agent.v1.IncomingStatusResponse
+	(*StepResponse)(nil),            // 27: ferry.agent.v1.StepResponse
+	(*DiskMarker)(nil),              // 28: ferry.agent.v1.DiskMarker
+	(*DiskMarkersRequest)(nil),      // 29: ferry.agent.v1.DiskMarkersRequest
+	(*DiskMarkersResponse)(nil),     // 30: ferry.agent.v1.DiskMarkersResponse
+	(*v1.VMSpec)(nil),               // 31: ferry.v1.VMSpec
+	(*v1.VMStatus)(nil),             // 32: ferry.v1.VMStatus
+	(*timestamppb.Timestamp)(nil),   // 33: google.protobuf.Timestamp
+	(*v1.ConsoleRequest)(nil),       // 34: ferry.v1.ConsoleRequest
+	(*v1.ConsoleChunk)(nil),         // 35: ferry.v1.ConsoleChunk
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	30, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	31, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	31, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	31, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	31, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	32, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	32, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	32, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	32, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	32, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
-	32, // 10: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	32, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	31, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	30, // 13: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	32, // 14: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
-	32, // 15: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
-	10, // 16: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
-	11, // 17: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	31, // 18: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	27, // 19: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
-	27, // 20: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
-	0,  // 21: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
-	2,  // 22: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
-	4,  // 23: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
-	6,  // 24: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
-	8,  // 25: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	33, // 26: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	12, // 27: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
-	23, // 28: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 29: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 30: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 31: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	14, // 32: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
-	23, // 33: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 34: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 35: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 36: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 37: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 38: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	22, // 39: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
-	23, // 40: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 41: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
-	17, // 42: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
-	19, // 43: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
-	28, // 44: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	28, // 45: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	28, // 46: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	1,  // 47: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 48: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 49: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 50: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 51: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	34, // 52: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 53: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	25, // 54: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 55: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 56: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 57: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	24, // 58: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 59: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 60: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 61: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	26, // 62: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	24, // 63: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	21, // 64: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	24, // 65: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 66: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 67: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	18, // 68: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	20, // 69: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	29, // 70: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	29, // 71: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	29, // 72: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	47, // [47:73] is the sub-list for method output_type
-	21, // [21:47] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	31, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
+	32, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
+	32, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
+	32, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
+	32, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
+	33, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	33, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	33, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	33, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	33, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	33, // 10: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	33, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	32, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	31, // 13: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	13, // 14: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	13, // 15: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	33, // 16: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	33, // 17: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	10, // 18: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
+	11, // 19: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
+	32, // 20: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	28, // 21: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
+	28, // 22: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
+	0,  // 23: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
+	2,  // 24: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
+	4,  // 25: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
+	6,  // 26: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
+	8,  // 27: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
+	34, // 28: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	12, // 29: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
+	24, // 30: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 31: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 32: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 33: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	15, // 34: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	24, // 35: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 36: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 37: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 38: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 39: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 40: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 41: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
+	24, // 42: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
+	16, // 43: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	18, // 44: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
+	20, // 45: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
+	29, // 46: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	29, // 47: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	29, // 48: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	1,  // 49: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 50: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 51: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 52: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 53: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	35, // 54: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	14, // 55: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	26, // 56: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 57: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 58: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	27, // 59: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	25, // 60: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 61: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 62: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 63: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	27, // 64: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	25, // 65: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	22, // 66: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	25, // 67: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 68: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	17, // 69: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	19, // 70: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	21, // 71: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	30, // 72: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	30, // 73: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	30, // 74: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	49, // [49:75] is the sub-list for method output_type
+	23, // [23:49] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2277,7 +2399,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
