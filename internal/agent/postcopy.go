@@ -138,10 +138,13 @@ func (a *Agent) probeListen() (string, error) {
 // bandwidth a migration between the two hosts can expect.
 func probeSend(ctx context.Context, addr string, d time.Duration) (*agentv1.ProbeSendResponse, error) {
 	var dialer net.Dialer
+	dialStart := time.Now()
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("probe connect %s: %w", addr, err)
 	}
+	// The TCP handshake is one round trip: the link's latency at no cost.
+	rtt := time.Since(dialStart)
 	defer c.Close()
 	buf := make([]byte, 256<<10)
 	start := time.Now()
@@ -155,5 +158,5 @@ func probeSend(ctx context.Context, addr string, d time.Duration) (*agentv1.Prob
 		}
 	}
 	el := time.Since(start).Seconds()
-	return &agentv1.ProbeSendResponse{Bytes: n, Mibps: float64(n) / (1 << 20) / el}, nil
+	return &agentv1.ProbeSendResponse{Bytes: n, Mibps: float64(n) / (1 << 20) / el, RttUs: max(rtt.Microseconds(), 1)}, nil
 }

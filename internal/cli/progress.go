@@ -269,6 +269,9 @@ func renderReport(m *ferryv1.Migration) string {
 		}
 		line("post-copy", v)
 	}
+	for _, l := range tuningLines(m.GetPlan().GetTuning()) {
+		line("tuning", l)
+	}
 	for _, dcs := range m.GetDecisions() {
 		line("decision", fmt.Sprintf("+%s %s: %s", fmtMs(dcs.GetTMs()), dcs.GetAction(), dcs.GetReason()))
 	}

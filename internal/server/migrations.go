@@ -173,6 +173,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		} else {
 			var perr error
 			plan, perr = makePlan(in, opt)
+			// The QEMU tuning of the strategy that will run.
+			if st := tunedStrategy(opt.Strategy, plan.Choice); st != "" {
+				plan.Tuning = tunePlan(st, in, opt, src, dst)
+			}
 			if req.DryRun {
 				return nil, plan, nil
 			}

@@ -56,6 +56,9 @@ type Knobs struct {
 	ThrottleIncrement         int32
 	// NoThrottle forbids QEMU's auto-converge whatever the strategy.
 	NoThrottle bool
+	// Tuning are the planner's further QEMU capabilities and parameters
+	// (planner.Tune), sent to both sides; nil sets none.
+	Tuning *agentv1.MigrationTuning
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,
@@ -199,6 +202,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
 			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
+			Tuning: p.knobs.Tuning,
 		})
 		if err == nil {
 			o.URI = r.Uri
@@ -221,7 +225,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			Name: p.vm, MigrationId: p.id, Uri: a.URI,
 			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.knobs.DowntimeLimitMs, MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
-			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
+			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes, Tuning: p.knobs.Tuning,
 		})
 		return p.out(a.Kind, st, err, o)
 	case core.ActQueryOutgoing:
