@@ -62,6 +62,10 @@ type TuneInputs struct {
 	Strategy string
 	// BandwidthBytesPerSec is the planned link rate (Inputs.BandwidthBytesPerSec).
 	BandwidthBytesPerSec float64
+	// NonZeroBytes and DirtyRateBytesPerSec are the plan's (Inputs):
+	// round 1 sends the first, the guest dirties at the second meanwhile.
+	NonZeroBytes         int64
+	DirtyRateBytesPerSec float64
 	// RTT is the link's round-trip time; 0 means unknown (no latency term).
 	RTT time.Duration
 	// Src and Dst are the two hosts' features; a feature is used only when
@@ -117,6 +121,9 @@ type Tuning struct {
 	// PostcopyBackgroundShare is the share of the link post-copy's
 	// background stream may use (1 with preempt).
 	PostcopyBackgroundShare float64
+	// PostcopyAfterBytes is where a post-copy migration switches: once the
+	// source sent this many bytes (0: after round 1).
+	PostcopyAfterBytes int64
 	// Choices are the decisions with their reasons, in a fixed order.
 	Choices []Choice
 }
@@ -150,6 +157,27 @@ func Tune(in TuneInputs) Tuning {
 		t.PostcopyBackgroundShare = 1
 		add("postcopy-preempt", "on", "post-copy: pages the guest faults in travel on their own channel and overtake the background stream, so the background stream may use the whole link (not %.0f%% of it)",
 			PostcopyBackgroundShare*100)
+	}
+
+	// Where post-copy starts. Every page the guest dirties during round 1
+	// is sent twice (the bitmap sync at the switch marks it again), so a
+	// switch at t costs M + R·t bytes: the earlier the fewer, but the
+	// longer the guest waits on remote faults for pages round 1 would have
+	// sent. Tune switches where round 1's remainder has shrunk to what the
+	// guest dirtied meanwhile: M − B·t = R·t.
+	m, r := float64(in.NonZeroBytes), in.DirtyRateBytesPerSec
+	switch {
+	case in.Strategy == StrategyHybrid:
+		add("postcopy-start", "controller", "hybrid: post-copy only when the controller sees pre-copy not converging")
+	case in.Strategy != StrategyPostcopy:
+	case m <= 0 || b <= 0 || r <= 0:
+		add("postcopy-start", "after round 1", "the guest dirties nothing measurable (or RAM and link are unknown): round 1 costs no second copy")
+	default:
+		after := m * b / (b + r)
+		t1, ts := m/b, after/b
+		t.PostcopyAfterBytes = int64(after)
+		add("postcopy-start", fmtBytes(after), "after %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
+			fmtBytes(after), fmtBytes(m), fmtSec(ts), fmtSec(t1), fmtBytes(r*ts), fmtRate(r), fmtBytes(r*(t1-ts)))
 	}
 
 	// multifd and its channels.

@@ -14,7 +14,7 @@ import (
 //	tune TITLE
 //	key=value ...   strategy, bandwidth, rtt, src, dst (comma-separated
 //	                features or "none"), multifd, stream, window,
-//	                compress, ratio
+//	                compress, ratio, nonzero, dirty
 //	----
 //	one line per choice: NAME=VALUE, then its reason indented
 //
@@ -78,8 +78,8 @@ func fmtTuning(tu Tuning) []string {
 	for _, c := range tu.Choices {
 		out = append(out, c.Name+"="+c.Value, "  "+c.Reason)
 	}
-	out = append(out, fmt.Sprintf("apply: preempt=%v multifd=%d zero-page=%q compression=%q level=%d avail-switchover=%d postcopy-share=%g",
-		tu.PostcopyPreempt, tu.MultifdChannels, tu.ZeroPageDetection, tu.Compression, tu.ZstdLevel, tu.AvailSwitchoverBandwidth, tu.PostcopyBackgroundShare))
+	out = append(out, fmt.Sprintf("apply: preempt=%v multifd=%d zero-page=%q compression=%q level=%d avail-switchover=%d postcopy-share=%g postcopy-after=%d",
+		tu.PostcopyPreempt, tu.MultifdChannels, tu.ZeroPageDetection, tu.Compression, tu.ZstdLevel, tu.AvailSwitchoverBandwidth, tu.PostcopyBackgroundShare, tu.PostcopyAfterBytes))
 	return out
 }
 
@@ -128,6 +128,10 @@ func parseTune(lines []string) (TuneInputs, error) {
 				in.BandwidthBytesPerSec, err = parseRate(v)
 			case "stream":
 				in.StreamBytesPerSec, err = parseRate(v)
+			case "dirty":
+				in.DirtyRateBytesPerSec, err = parseRate(v)
+			case "nonzero":
+				in.NonZeroBytes, err = parseSize(v)
 			case "compress":
 				in.CompressBytesPerSec, err = parseRate(v)
 			case "rtt":

@@ -46,6 +46,8 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 	t := planner.Tune(planner.TuneInputs{
 		Strategy:             strategy,
 		BandwidthBytesPerSec: in.GetBandwidthMibps() * (1 << 20),
+		NonZeroBytes:         in.GetNonZeroBytes(),
+		DirtyRateBytesPerSec: in.GetDirtyRateMibps() * (1 << 20),
 		RTT:                  time.Duration(in.GetRttMs() * float64(time.Millisecond)),
 		Src:                  hostFeatures(src),
 		Dst:                  hostFeatures(dst),
@@ -62,6 +64,7 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		MultifdZstdLevel:              int32(t.ZstdLevel),
 		AvailSwitchoverBandwidthBytes: t.AvailSwitchoverBandwidth,
 		PostcopyBackgroundShare:       t.PostcopyBackgroundShare,
+		PostcopyAfterBytes:            t.PostcopyAfterBytes,
 	}
 	for _, c := range t.Choices {
 		out.Choices = append(out.Choices, &ferryv1.TuningChoice{Name: c.Name, Value: c.Value, Reason: c.Reason})
@@ -99,4 +102,13 @@ func applyTuning(k *exec.Knobs, t *ferryv1.PlanTuning, strategy string) {
 		MultifdZstdLevel:              t.MultifdZstdLevel,
 		AvailSwitchoverBandwidthBytes: t.AvailSwitchoverBandwidthBytes,
 	}
+}
+
+// postcopyAfter is the engine's post-copy switch point for a migration
+// running strategy under plan (0: after round 1).
+func postcopyAfter(plan *ferryv1.Plan, strategy string) int64 {
+	if strategy != "postcopy" {
+		return 0
+	}
+	return plan.GetTuning().GetPostcopyAfterBytes()
 }

@@ -88,3 +88,21 @@ func TestKnobsCarryTheTuning(t *testing.T) {
 	}
 	var _ exec.Knobs = k
 }
+
+// The planner's post-copy switch point reaches the engine only for a
+// post-copy migration.
+func TestPostcopyAfterOnlyForPostcopy(t *testing.T) {
+	in := &ferryv1.PlanInputs{BandwidthMibps: 48, NonZeroBytes: 352 << 20, DirtyRateMibps: 24}
+	h := qemuHost("h1", "10.0.2", qemu10...)
+	plan := &ferryv1.Plan{Tuning: tunePlan("postcopy", in, &ferryv1.MigrationOptions{}, h, h)}
+	want := int64(352 << 20 * 48 / 72)
+	if got := postcopyAfter(plan, "postcopy"); got < want-1 || got > want+1 {
+		t.Fatalf("switch point %d, want ≈ %d (M·B/(B+R))", got, want)
+	}
+	if c := choice(t, plan.Tuning, "postcopy-start"); !strings.Contains(c.Value, "MiB") {
+		t.Errorf("postcopy-start choice %+v", c)
+	}
+	if postcopyAfter(plan, "hybrid") != 0 || postcopyAfter(nil, "postcopy") != 0 {
+		t.Fatal("a switch point outside post-copy")
+	}
+}

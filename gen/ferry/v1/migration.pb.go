@@ -538,8 +538,11 @@ type PlanTuning struct {
 	// postcopy_background_share is the share of the link post-copy's
 	// background stream may use (1 with preempt, 0.8 without).
 	PostcopyBackgroundShare float64 `protobuf:"fixed64,8,opt,name=postcopy_background_share,json=postcopyBackgroundShare,proto3" json:"postcopy_background_share,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// postcopy_after_bytes: a post-copy migration switches once the source
+	// sent this many bytes, before round 1 ends (0: after round 1).
+	PostcopyAfterBytes int64 `protobuf:"varint,9,opt,name=postcopy_after_bytes,json=postcopyAfterBytes,proto3" json:"postcopy_after_bytes,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *PlanTuning) Reset() {
@@ -624,6 +627,13 @@ func (x *PlanTuning) GetAvailSwitchoverBandwidthBytes() int64 {
 func (x *PlanTuning) GetPostcopyBackgroundShare() float64 {
 	if x != nil {
 		return x.PostcopyBackgroundShare
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyAfterBytes() int64 {
+	if x != nil {
+		return x.PostcopyAfterBytes
 	}
 	return 0
 }
@@ -1803,7 +1813,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
 	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
-	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xa8\x03\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xda\x03\n" +
 	"\n" +
 	"PlanTuning\x120\n" +
 	"\achoices\x18\x01 \x03(\v2\x16.ferry.v1.TuningChoiceR\achoices\x12)\n" +
@@ -1813,7 +1823,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x13multifd_compression\x18\x05 \x01(\tR\x12multifdCompression\x12,\n" +
 	"\x12multifd_zstd_level\x18\x06 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
 	" avail_switchover_bandwidth_bytes\x18\a \x01(\x03R\x1davailSwitchoverBandwidthBytes\x12:\n" +
-	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\"P\n" +
+	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\x120\n" +
+	"\x14postcopy_after_bytes\x18\t \x01(\x03R\x12postcopyAfterBytes\"P\n" +
 	"\fTuningChoice\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +

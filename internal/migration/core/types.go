@@ -89,6 +89,10 @@ const (
 
 // Options are the bounds of one migration (from ferryv1.MigrationOptions).
 type Options struct {
+	// PostcopyAfterBytes makes a post-copy migration switch once the
+	// source has sent this many bytes (the planner's switch point), if that
+	// comes before the end of round 1; 0: after round 1.
+	PostcopyAfterBytes int64
 	// StallTimeout fails a pre-copy (before the CAS) that makes no progress
 	// this long, and pauses a post-copy that makes none (to recover it).
 	StallTimeout time.Duration
