@@ -124,6 +124,7 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 	in.BandwidthMibps, in.BandwidthSource = fig.BytesPerSec/(1<<20), fig.Source
 	in.BandwidthAgeMs = fig.Age.Milliseconds()
 	in.RttMs = float64(fig.RTT.Microseconds()) / 1000
+	in.CompressRatio = m.CompressRatio
 	if linkInline {
 		in.BandwidthSource = "measured for this plan (no recent figure for the pair): " + in.BandwidthSource
 	}

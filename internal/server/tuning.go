@@ -53,8 +53,8 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		Dst:                  hostFeatures(dst),
 		MultifdChannels:      int(opt.GetMultifdChannels()),
 		CompressBytesPerSec:  compressBudget(src),
-		// The guest RAM's compressibility is not measured yet: zstd stays
-		// off (the planner takes unknown as incompressible).
+		// From the source agent's RAM count (a DEFLATE sample; 0 unknown).
+		CompressRatio: in.GetCompressRatio(),
 	})
 	out := &ferryv1.PlanTuning{
 		PostcopyPreempt:               t.PostcopyPreempt,

@@ -106,3 +106,18 @@ func TestPostcopyAfterOnlyForPostcopy(t *testing.T) {
 		t.Fatal("a switch point outside post-copy")
 	}
 }
+
+// zstd when the source agent's RAM count says the guest compresses and the
+// link is slower than the source's spare core compresses.
+func TestTunePlanCompressesASlowLink(t *testing.T) {
+	h := qemuHost("h1", "10.0.2", qemu10...)
+	pt := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 20, CompressRatio: 0.3}, &ferryv1.MigrationOptions{}, h, h)
+	if pt.MultifdCompression != "zstd" || pt.MultifdZstdLevel != 1 || pt.MultifdChannels < 2 {
+		t.Fatalf("slow link, compressible RAM: %+v", pt)
+	}
+	busy := qemuHost("h1", "10.0.2", qemu10...)
+	busy.Capacity.AllocatedVcpus = 2 // no spare core
+	if pt := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 20, CompressRatio: 0.3}, &ferryv1.MigrationOptions{}, busy, h); pt.MultifdCompression != "" {
+		t.Fatalf("no spare core but compression: %+v", pt)
+	}
+}

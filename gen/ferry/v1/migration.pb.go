@@ -177,7 +177,10 @@ type PlanInputs struct {
 	MeasuredInline bool `protobuf:"varint,14,opt,name=measured_inline,json=measuredInline,proto3" json:"measured_inline,omitempty"`
 	// rtt_ms is the link's round-trip time (TCP connect of the latest
 	// probe); 0 when unknown.
-	RttMs         float64 `protobuf:"fixed64,15,opt,name=rtt_ms,json=rttMs,proto3" json:"rtt_ms,omitempty"`
+	RttMs float64 `protobuf:"fixed64,15,opt,name=rtt_ms,json=rttMs,proto3" json:"rtt_ms,omitempty"`
+	// compress_ratio is how well the guest's non-zero RAM compresses
+	// (compressed over original size of a sample; 0 = unknown).
+	CompressRatio float64 `protobuf:"fixed64,16,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -313,6 +316,13 @@ func (x *PlanInputs) GetMeasuredInline() bool {
 func (x *PlanInputs) GetRttMs() float64 {
 	if x != nil {
 		return x.RttMs
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetCompressRatio() float64 {
+	if x != nil {
+		return x.CompressRatio
 	}
 	return 0
 }
@@ -1776,7 +1786,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"noPostcopy\x12\x1f\n" +
 	"\vno_throttle\x18\b \x01(\bR\n" +
 	"noThrottle\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xd6\x04\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xfd\x04\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1794,7 +1804,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0fnon_zero_age_ms\x18\f \x01(\x03R\fnonZeroAgeMs\x12(\n" +
 	"\x10bandwidth_age_ms\x18\r \x01(\x03R\x0ebandwidthAgeMs\x12'\n" +
 	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\x12\x15\n" +
-	"\x06rtt_ms\x18\x0f \x01(\x01R\x05rttMs\"\xc1\x02\n" +
+	"\x06rtt_ms\x18\x0f \x01(\x01R\x05rttMs\x12%\n" +
+	"\x0ecompress_ratio\x18\x10 \x01(\x01R\rcompressRatio\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +

@@ -1238,8 +1238,12 @@ type MeasureResponse struct {
 	// sampler_cpu_seconds_per_minute is the agent CPU its background
 	// sampler spent on this VM, per minute of sampling (thread CPU time).
 	SamplerCpuSecondsPerMinute float64 `protobuf:"fixed64,14,opt,name=sampler_cpu_seconds_per_minute,json=samplerCpuSecondsPerMinute,proto3" json:"sampler_cpu_seconds_per_minute,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// compress_ratio is how well the guest's non-zero RAM compresses
+	// (compressed over original size of a sample, from the latest RAM count);
+	// 0 when unknown.
+	CompressRatio float64 `protobuf:"fixed64,40,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MeasureResponse) Reset() {
@@ -1366,6 +1370,13 @@ func (x *MeasureResponse) GetDirtyRatePeakMibps() float64 {
 func (x *MeasureResponse) GetSamplerCpuSecondsPerMinute() float64 {
 	if x != nil {
 		return x.SamplerCpuSecondsPerMinute
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetCompressRatio() float64 {
+	if x != nil {
+		return x.CompressRatio
 	}
 	return 0
 }
@@ -2163,7 +2174,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
 	"\n" +
 	"max_age_ms\x18\x03 \x01(\x03R\bmaxAgeMs\x12#\n" +
-	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\x97\x05\n" +
+	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\xbe\x05\n" +
 	"\x0fMeasureResponse\x12(\n" +
 	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
 	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
@@ -2180,7 +2191,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x17dirty_rate_latest_mibps\x18\v \x01(\x01R\x14dirtyRateLatestMibps\x121\n" +
 	"\x15dirty_rate_ewma_mibps\x18\f \x01(\x01R\x12dirtyRateEwmaMibps\x121\n" +
 	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
-	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\"\x14\n" +
+	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x12%\n" +
+	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
