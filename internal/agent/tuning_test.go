@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"io"
+	"net"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
@@ -91,5 +94,29 @@ func TestTuningCheckedAgainstHostRecord(t *testing.T) {
 		if v := q.Parameter(p); v != nil {
 			t.Errorf("parameter %s = %s without tuning", p, v)
 		}
+	}
+}
+
+// A probe reports the round-trip time of its connection (the kernel's
+// estimate after the handshake), here over loopback: above 0, below 100 ms.
+func TestProbeSendReportsTheRTT(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err == nil {
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	resp, err := probeSend(testCtx(t), l.Addr().String(), 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.RttUs <= 0 || resp.RttUs > 100_000 || resp.Bytes <= 0 {
+		t.Fatalf("probe: rtt %d µs, %d bytes", resp.RttUs, resp.Bytes)
 	}
 }

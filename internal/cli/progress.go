@@ -262,15 +262,15 @@ func renderReport(m *ferryv1.Migration) string {
 	if t := m.GetThrottlePercent(); t > 0 {
 		line("throttle", fmt.Sprintf("up to %d%% of the guest's CPU", t))
 	}
+	for _, l := range tuningLines(m.GetPlan().GetTuning()) {
+		line("tuning", l)
+	}
 	if pc := m.GetPostcopyMs(); pc > 0 {
 		v := fmt.Sprintf("%s, %d pages faulted in", fmtMs(pc), m.GetPostcopyRequests())
 		if p := m.GetPostcopyPausedMs(); p > 0 {
 			v += fmt.Sprintf(", paused %s by a broken link", fmtMs(p))
 		}
 		line("post-copy", v)
-	}
-	for _, l := range tuningLines(m.GetPlan().GetTuning()) {
-		line("tuning", l)
 	}
 	for _, dcs := range m.GetDecisions() {
 		line("decision", fmt.Sprintf("+%s %s: %s", fmtMs(dcs.GetTMs()), dcs.GetAction(), dcs.GetReason()))

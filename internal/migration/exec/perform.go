@@ -47,7 +47,10 @@ func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // destination's setup, fixed when the migration began.
 type Knobs struct {
 	// Spec is the VM's spec as the destination must start it (accel pinned).
-	Spec                      *ferryv1.VMSpec
+	Spec *ferryv1.VMSpec
+	// Tuning are the planner's further QEMU capabilities and parameters
+	// (planner.Tune), sent to both sides; nil sets none.
+	Tuning                    *agentv1.MigrationTuning
 	MaxBandwidthBytes         int64
 	DowntimeLimitMs           int64
 	MultifdChannels           int32
@@ -56,9 +59,6 @@ type Knobs struct {
 	ThrottleIncrement         int32
 	// NoThrottle forbids QEMU's auto-converge whatever the strategy.
 	NoThrottle bool
-	// Tuning are the planner's further QEMU capabilities and parameters
-	// (planner.Tune), sent to both sides; nil sets none.
-	Tuning *agentv1.MigrationTuning
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,

@@ -786,14 +786,14 @@ func (x *IncomingStatus) GetRan() bool {
 }
 
 type PrepareIncomingRequest struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Spec            *v1.VMSpec             `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	MigrationId     string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	MultifdChannels int32                  `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
-	// postcopy enables postcopy-ram on the destination (it must match the source).
-	Postcopy bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
 	// tuning is what the destination must match of the source's tuning.
-	Tuning        *MigrationTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Tuning          *MigrationTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Spec            *v1.VMSpec       `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	MigrationId     string           `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	MultifdChannels int32            `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
+	// postcopy enables postcopy-ram on the destination (it must match the source).
+	Postcopy      bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -828,6 +828,13 @@ func (*PrepareIncomingRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
+func (x *PrepareIncomingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
+}
+
 func (x *PrepareIncomingRequest) GetSpec() *v1.VMSpec {
 	if x != nil {
 		return x.Spec
@@ -856,97 +863,6 @@ func (x *PrepareIncomingRequest) GetPostcopy() bool {
 	return false
 }
 
-func (x *PrepareIncomingRequest) GetTuning() *MigrationTuning {
-	if x != nil {
-		return x.Tuning
-	}
-	return nil
-}
-
-// MigrationTuning are the QEMU capabilities and parameters the planner
-// chose beyond the strategy's own (see planner.Tune). Zero values leave
-// QEMU's defaults, so an older server's request changes nothing.
-type MigrationTuning struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// postcopy_preempt enables capability postcopy-preempt (both sides).
-	PostcopyPreempt bool `protobuf:"varint,1,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
-	// zero_page_detection is zero-page-detection ("multifd"; "" = default).
-	ZeroPageDetection string `protobuf:"bytes,2,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
-	// multifd_compression is multifd-compression ("zstd"; "" = none), both sides.
-	MultifdCompression string `protobuf:"bytes,3,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
-	MultifdZstdLevel   int32  `protobuf:"varint,4,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
-	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
-	// (bytes/s, source only); 0 = QEMU's own estimate.
-	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,5,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
-	unknownFields                 protoimpl.UnknownFields
-	sizeCache                     protoimpl.SizeCache
-}
-
-func (x *MigrationTuning) Reset() {
-	*x = MigrationTuning{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MigrationTuning) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MigrationTuning) ProtoMessage() {}
-
-func (x *MigrationTuning) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MigrationTuning.ProtoReflect.Descriptor instead.
-func (*MigrationTuning) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
-}
-
-func (x *MigrationTuning) GetPostcopyPreempt() bool {
-	if x != nil {
-		return x.PostcopyPreempt
-	}
-	return false
-}
-
-func (x *MigrationTuning) GetZeroPageDetection() string {
-	if x != nil {
-		return x.ZeroPageDetection
-	}
-	return ""
-}
-
-func (x *MigrationTuning) GetMultifdCompression() string {
-	if x != nil {
-		return x.MultifdCompression
-	}
-	return ""
-}
-
-func (x *MigrationTuning) GetMultifdZstdLevel() int32 {
-	if x != nil {
-		return x.MultifdZstdLevel
-	}
-	return 0
-}
-
-func (x *MigrationTuning) GetAvailSwitchoverBandwidthBytes() int64 {
-	if x != nil {
-		return x.AvailSwitchoverBandwidthBytes
-	}
-	return 0
-}
-
 type PrepareIncomingResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is the tcp:IP:PORT the destination QEMU listens on.
@@ -957,7 +873,7 @@ type PrepareIncomingResponse struct {
 
 func (x *PrepareIncomingResponse) Reset() {
 	*x = PrepareIncomingResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +885,7 @@ func (x *PrepareIncomingResponse) String() string {
 func (*PrepareIncomingResponse) ProtoMessage() {}
 
 func (x *PrepareIncomingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +898,7 @@ func (x *PrepareIncomingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareIncomingResponse.ProtoReflect.Descriptor instead.
 func (*PrepareIncomingResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PrepareIncomingResponse) GetUri() string {
@@ -993,10 +909,12 @@ func (x *PrepareIncomingResponse) GetUri() string {
 }
 
 type StartOutgoingRequest struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	MigrationId string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	Uri         string                 `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tuning are the planner's further capabilities and parameters.
+	Tuning      *MigrationTuning `protobuf:"bytes,12,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Name        string           `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MigrationId string           `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	Uri         string           `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
 	// max_bandwidth_bytes is QEMU's max-bandwidth (bytes/s).
 	MaxBandwidthBytes int64 `protobuf:"varint,4,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
 	DowntimeLimitMs   int64 `protobuf:"varint,5,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
@@ -1010,15 +928,14 @@ type StartOutgoingRequest struct {
 	// max_postcopy_bandwidth_bytes caps post-copy's background stream
 	// (bytes/s) so demand-faulted pages do not queue behind it; 0 = the same
 	// as max_bandwidth_bytes.
-	MaxPostcopyBandwidthBytes int64            `protobuf:"varint,11,opt,name=max_postcopy_bandwidth_bytes,json=maxPostcopyBandwidthBytes,proto3" json:"max_postcopy_bandwidth_bytes,omitempty"`
-	Tuning                    *MigrationTuning `protobuf:"bytes,12,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	MaxPostcopyBandwidthBytes int64 `protobuf:"varint,11,opt,name=max_postcopy_bandwidth_bytes,json=maxPostcopyBandwidthBytes,proto3" json:"max_postcopy_bandwidth_bytes,omitempty"`
 	unknownFields             protoimpl.UnknownFields
 	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *StartOutgoingRequest) Reset() {
 	*x = StartOutgoingRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +947,7 @@ func (x *StartOutgoingRequest) String() string {
 func (*StartOutgoingRequest) ProtoMessage() {}
 
 func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +960,14 @@ func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*StartOutgoingRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StartOutgoingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
 }
 
 func (x *StartOutgoingRequest) GetName() string {
@@ -1123,13 +1047,6 @@ func (x *StartOutgoingRequest) GetMaxPostcopyBandwidthBytes() int64 {
 	return 0
 }
 
-func (x *StartOutgoingRequest) GetTuning() *MigrationTuning {
-	if x != nil {
-		return x.Tuning
-	}
-	return nil
-}
-
 type MeasureRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1149,7 +1066,7 @@ type MeasureRequest struct {
 
 func (x *MeasureRequest) Reset() {
 	*x = MeasureRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1078,7 @@ func (x *MeasureRequest) String() string {
 func (*MeasureRequest) ProtoMessage() {}
 
 func (x *MeasureRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1091,7 @@ func (x *MeasureRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasureRequest.ProtoReflect.Descriptor instead.
 func (*MeasureRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MeasureRequest) GetName() string {
@@ -1248,7 +1165,7 @@ type MeasureResponse struct {
 
 func (x *MeasureResponse) Reset() {
 	*x = MeasureResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1260,7 +1177,7 @@ func (x *MeasureResponse) String() string {
 func (*MeasureResponse) ProtoMessage() {}
 
 func (x *MeasureResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1273,7 +1190,7 @@ func (x *MeasureResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MeasureResponse.ProtoReflect.Descriptor instead.
 func (*MeasureResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MeasureResponse) GetDirtyRateMibps() float64 {
@@ -1377,6 +1294,90 @@ func (x *MeasureResponse) GetSamplerCpuSecondsPerMinute() float64 {
 func (x *MeasureResponse) GetCompressRatio() float64 {
 	if x != nil {
 		return x.CompressRatio
+	}
+	return 0
+}
+
+// MigrationTuning are the QEMU capabilities and parameters the planner
+// chose beyond the strategy's own (see planner.Tune). Zero values leave
+// QEMU's defaults, so an older server's request changes nothing.
+type MigrationTuning struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// postcopy_preempt enables capability postcopy-preempt (both sides).
+	PostcopyPreempt bool `protobuf:"varint,1,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
+	// zero_page_detection is zero-page-detection ("multifd"; "" = default).
+	ZeroPageDetection string `protobuf:"bytes,2,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
+	// multifd_compression is multifd-compression ("zstd"; "" = none), both sides.
+	MultifdCompression string `protobuf:"bytes,3,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
+	MultifdZstdLevel   int32  `protobuf:"varint,4,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
+	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
+	// (bytes/s, source only); 0 = QEMU's own estimate.
+	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,5,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
+	unknownFields                 protoimpl.UnknownFields
+	sizeCache                     protoimpl.SizeCache
+}
+
+func (x *MigrationTuning) Reset() {
+	*x = MigrationTuning{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationTuning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationTuning) ProtoMessage() {}
+
+func (x *MigrationTuning) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationTuning.ProtoReflect.Descriptor instead.
+func (*MigrationTuning) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MigrationTuning) GetPostcopyPreempt() bool {
+	if x != nil {
+		return x.PostcopyPreempt
+	}
+	return false
+}
+
+func (x *MigrationTuning) GetZeroPageDetection() string {
+	if x != nil {
+		return x.ZeroPageDetection
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdCompression() string {
+	if x != nil {
+		return x.MultifdCompression
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdZstdLevel() int32 {
+	if x != nil {
+		return x.MultifdZstdLevel
+	}
+	return 0
+}
+
+func (x *MigrationTuning) GetAvailSwitchoverBandwidthBytes() int64 {
+	if x != nil {
+		return x.AvailSwitchoverBandwidthBytes
 	}
 	return 0
 }
@@ -2141,21 +2142,16 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
 	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\x12\x10\n" +
 	"\x03ran\x18\a \x01(\bR\x03ran\"\xe1\x01\n" +
-	"\x16PrepareIncomingRequest\x12$\n" +
+	"\x16PrepareIncomingRequest\x127\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12)\n" +
 	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
-	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\x127\n" +
-	"\x06tuning\x18\x05 \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\"\x94\x02\n" +
-	"\x0fMigrationTuning\x12)\n" +
-	"\x10postcopy_preempt\x18\x01 \x01(\bR\x0fpostcopyPreempt\x12.\n" +
-	"\x13zero_page_detection\x18\x02 \x01(\tR\x11zeroPageDetection\x12/\n" +
-	"\x13multifd_compression\x18\x03 \x01(\tR\x12multifdCompression\x12,\n" +
-	"\x12multifd_zstd_level\x18\x04 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
-	" avail_switchover_bandwidth_bytes\x18\x05 \x01(\x03R\x1davailSwitchoverBandwidthBytes\"+\n" +
+	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"+\n" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\"\xfb\x03\n" +
-	"\x14StartOutgoingRequest\x12\x12\n" +
+	"\x14StartOutgoingRequest\x127\n" +
+	"\x06tuning\x18\f \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\x12.\n" +
@@ -2167,8 +2163,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10throttle_initial\x18\t \x01(\x05R\x0fthrottleInitial\x12-\n" +
 	"\x12throttle_increment\x18\n" +
 	" \x01(\x05R\x11throttleIncrement\x12?\n" +
-	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\x127\n" +
-	"\x06tuning\x18\f \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\"\x81\x01\n" +
+	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\"\x81\x01\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
@@ -2192,7 +2187,13 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15dirty_rate_ewma_mibps\x18\f \x01(\x01R\x12dirtyRateEwmaMibps\x121\n" +
 	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
 	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x12%\n" +
-	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\x14\n" +
+	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\x94\x02\n" +
+	"\x0fMigrationTuning\x12)\n" +
+	"\x10postcopy_preempt\x18\x01 \x01(\bR\x0fpostcopyPreempt\x12.\n" +
+	"\x13zero_page_detection\x18\x02 \x01(\tR\x11zeroPageDetection\x12/\n" +
+	"\x13multifd_compression\x18\x03 \x01(\tR\x12multifdCompression\x12,\n" +
+	"\x12multifd_zstd_level\x18\x04 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
+	" avail_switchover_bandwidth_bytes\x18\x05 \x01(\x03R\x1davailSwitchoverBandwidthBytes\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
@@ -2293,11 +2294,11 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*OutgoingStatus)(nil),          // 10: ferry.agent.v1.OutgoingStatus
 	(*IncomingStatus)(nil),          // 11: ferry.agent.v1.IncomingStatus
 	(*PrepareIncomingRequest)(nil),  // 12: ferry.agent.v1.PrepareIncomingRequest
-	(*MigrationTuning)(nil),         // 13: ferry.agent.v1.MigrationTuning
-	(*PrepareIncomingResponse)(nil), // 14: ferry.agent.v1.PrepareIncomingResponse
-	(*StartOutgoingRequest)(nil),    // 15: ferry.agent.v1.StartOutgoingRequest
-	(*MeasureRequest)(nil),          // 16: ferry.agent.v1.MeasureRequest
-	(*MeasureResponse)(nil),         // 17: ferry.agent.v1.MeasureResponse
+	(*PrepareIncomingResponse)(nil), // 13: ferry.agent.v1.PrepareIncomingResponse
+	(*StartOutgoingRequest)(nil),    // 14: ferry.agent.v1.StartOutgoingRequest
+	(*MeasureRequest)(nil),          // 15: ferry.agent.v1.MeasureRequest
+	(*MeasureResponse)(nil),         // 16: ferry.agent.v1.MeasureResponse
+	(*MigrationTuning)(nil),         // 17: ferry.agent.v1.MigrationTuning
 	(*ProbeListenRequest)(nil),      // 18: ferry.agent.v1.ProbeListenRequest
 	(*ProbeListenResponse)(nil),     // 19: ferry.agent.v1.ProbeListenResponse
 	(*ProbeSendRequest)(nil),        // 20: ferry.agent.v1.ProbeSendRequest
@@ -2331,9 +2332,9 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	33, // 10: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
 	33, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
 	32, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	31, // 13: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	13, // 14: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
-	13, // 15: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	17, // 13: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	31, // 14: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	17, // 15: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
 	33, // 16: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
 	33, // 17: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
 	10, // 18: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
@@ -2352,7 +2353,7 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	24, // 31: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
 	24, // 32: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
 	24, // 33: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 34: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	14, // 34: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
 	24, // 35: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
 	24, // 36: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
 	24, // 37: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
@@ -2361,7 +2362,7 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	24, // 40: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
 	23, // 41: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
 	24, // 42: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	16, // 43: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	15, // 43: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
 	18, // 44: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
 	20, // 45: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
 	29, // 46: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
@@ -2373,7 +2374,7 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	7,  // 52: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
 	9,  // 53: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
 	35, // 54: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	14, // 55: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	13, // 55: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
 	26, // 56: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
 	26, // 57: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
 	26, // 58: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
@@ -2387,7 +2388,7 @@ var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
 	22, // 66: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
 	25, // 67: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
 	27, // 68: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	17, // 69: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	16, // 69: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
 	19, // 70: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
 	21, // 71: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
 	30, // 72: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
