@@ -172,7 +172,7 @@ func Tune(in TuneInputs) Tuning {
 	case m <= 0 || b <= 0 || r <= 0:
 		add("postcopy-start", "after round 1", "the guest dirties nothing measurable (or RAM and link are unknown): round 1 costs no second copy")
 	default:
-		after := m * b / (b + r)
+		after := postcopySwitchBytes(m, b, r)
 		t1, ts := m/b, after/b
 		t.PostcopyAfterBytes = int64(after)
 		add("postcopy-start", fmtBytes(after), "after %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
