@@ -121,9 +121,10 @@ type Tuning struct {
 	// PostcopyBackgroundShare is the share of the link post-copy's
 	// background stream may use.
 	PostcopyBackgroundShare float64
-	// PostcopyAfterBytes is where a post-copy migration switches: once the
-	// source sent this many bytes (0: after round 1).
-	PostcopyAfterBytes int64
+	// PostcopyAtFraction is where a post-copy migration switches: once
+	// round 1 has gone through this fraction of the guest's RAM (0: after
+	// round 1).
+	PostcopyAtFraction float64
 	// Choices are the decisions with their reasons, in a fixed order.
 	Choices []Choice
 }
@@ -174,8 +175,8 @@ func Tune(in TuneInputs) Tuning {
 	default:
 		after := postcopySwitchBytes(m, b, r)
 		t1, ts := m/b, after/b
-		t.PostcopyAfterBytes = int64(after)
-		add("postcopy-start", fmtBytes(after), "after %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
+		t.PostcopyAtFraction = after / m
+		add("postcopy-start", fmt.Sprintf("%.0f%% of round 1", 100*after/m), "at %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
 			fmtBytes(after), fmtBytes(m), fmtSec(ts), fmtSec(t1), fmtBytes(r*ts), fmtRate(r), fmtBytes(r*(t1-ts)))
 	}
 

@@ -216,7 +216,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		s.releaseReservation(id)
 		return nil, nil, invalidArg("%v", err)
 	}
-	rec.Options.PostcopyAfterBytes = postcopyAfter(plan, opt.Strategy)
+	rec.Options.PostcopyAtFraction = postcopyAt(plan, opt.Strategy)
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),

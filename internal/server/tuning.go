@@ -64,7 +64,7 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		MultifdZstdLevel:              int32(t.ZstdLevel),
 		AvailSwitchoverBandwidthBytes: t.AvailSwitchoverBandwidth,
 		PostcopyBackgroundShare:       t.PostcopyBackgroundShare,
-		PostcopyAfterBytes:            t.PostcopyAfterBytes,
+		PostcopyAtFraction:            t.PostcopyAtFraction,
 	}
 	for _, c := range t.Choices {
 		out.Choices = append(out.Choices, &ferryv1.TuningChoice{Name: c.Name, Value: c.Value, Reason: c.Reason})
@@ -104,11 +104,11 @@ func applyTuning(k *exec.Knobs, t *ferryv1.PlanTuning, strategy string) {
 	}
 }
 
-// postcopyAfter is the engine's post-copy switch point for a migration
+// postcopyAt is the engine's post-copy switch point for a migration
 // running strategy under plan (0: after round 1).
-func postcopyAfter(plan *ferryv1.Plan, strategy string) int64 {
+func postcopyAt(plan *ferryv1.Plan, strategy string) float64 {
 	if strategy != "postcopy" {
 		return 0
 	}
-	return plan.GetTuning().GetPostcopyAfterBytes()
+	return plan.GetTuning().GetPostcopyAtFraction()
 }

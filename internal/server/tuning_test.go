@@ -95,14 +95,13 @@ func TestPostcopyAfterOnlyForPostcopy(t *testing.T) {
 	in := &ferryv1.PlanInputs{BandwidthMibps: 48, NonZeroBytes: 352 << 20, DirtyRateMibps: 24}
 	h := qemuHost("h1", "10.0.2", qemu10...)
 	plan := &ferryv1.Plan{Tuning: tunePlan("postcopy", in, &ferryv1.MigrationOptions{}, h, h)}
-	want := int64(352 << 20 * 48 / 72)
-	if got := postcopyAfter(plan, "postcopy"); got < want-1 || got > want+1 {
-		t.Fatalf("switch point %d, want ≈ %d (M·B/(B+R))", got, want)
+	if got := postcopyAt(plan, "postcopy"); got < 0.666 || got > 0.667 {
+		t.Fatalf("switch point %.4f, want 48/72 (B/(B+R))", got)
 	}
-	if c := choice(t, plan.Tuning, "postcopy-start"); !strings.Contains(c.Value, "MiB") {
+	if c := choice(t, plan.Tuning, "postcopy-start"); c.Value != "67% of round 1" {
 		t.Errorf("postcopy-start choice %+v", c)
 	}
-	if postcopyAfter(plan, "hybrid") != 0 || postcopyAfter(nil, "postcopy") != 0 {
+	if postcopyAt(plan, "hybrid") != 0 || postcopyAt(nil, "postcopy") != 0 {
 		t.Fatal("a switch point outside post-copy")
 	}
 }

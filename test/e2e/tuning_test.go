@@ -65,7 +65,7 @@ func TestPostcopyWithPreempt(t *testing.T) {
 	if v := tuningValue(t, m, "postcopy-preempt"); v != "on" {
 		t.Errorf("postcopy-preempt = %q, want on", v)
 	}
-	if v := tuningValue(t, m, "postcopy-start"); !strings.HasSuffix(v, "MiB") {
+	if v := tuningValue(t, m, "postcopy-start"); !strings.HasSuffix(v, "% of round 1") {
 		t.Errorf("postcopy-start = %q", v)
 	}
 	if v := tuningValue(t, m, "multifd-channels"); v != "1" {

@@ -548,9 +548,9 @@ type PlanTuning struct {
 	// postcopy_background_share is the share of the link post-copy's
 	// background stream may use (1 with preempt, 0.8 without).
 	PostcopyBackgroundShare float64 `protobuf:"fixed64,8,opt,name=postcopy_background_share,json=postcopyBackgroundShare,proto3" json:"postcopy_background_share,omitempty"`
-	// postcopy_after_bytes: a post-copy migration switches once the source
-	// sent this many bytes, before round 1 ends (0: after round 1).
-	PostcopyAfterBytes int64 `protobuf:"varint,9,opt,name=postcopy_after_bytes,json=postcopyAfterBytes,proto3" json:"postcopy_after_bytes,omitempty"`
+	// postcopy_at_fraction: a post-copy migration switches once round 1
+	// has gone through this fraction of the guest's RAM (0: after round 1).
+	PostcopyAtFraction float64 `protobuf:"fixed64,9,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -641,9 +641,9 @@ func (x *PlanTuning) GetPostcopyBackgroundShare() float64 {
 	return 0
 }
 
-func (x *PlanTuning) GetPostcopyAfterBytes() int64 {
+func (x *PlanTuning) GetPostcopyAtFraction() float64 {
 	if x != nil {
-		return x.PostcopyAfterBytes
+		return x.PostcopyAtFraction
 	}
 	return 0
 }
@@ -1835,7 +1835,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12multifd_zstd_level\x18\x06 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
 	" avail_switchover_bandwidth_bytes\x18\a \x01(\x03R\x1davailSwitchoverBandwidthBytes\x12:\n" +
 	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\x120\n" +
-	"\x14postcopy_after_bytes\x18\t \x01(\x03R\x12postcopyAfterBytes\"P\n" +
+	"\x14postcopy_at_fraction\x18\t \x01(\x01R\x12postcopyAtFraction\"P\n" +
 	"\fTuningChoice\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +

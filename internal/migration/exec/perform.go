@@ -127,7 +127,8 @@ func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
 	if st == nil {
 		return nil
 	}
-	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes, Rounds: st.DirtySyncCount, Error: st.Error}
+	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes, Rounds: st.DirtySyncCount, Error: st.Error,
+		Remaining: st.RemainingBytes, Total: st.TotalBytes}
 }
 
 func incoming(st *agentv1.IncomingStatus) *core.Incoming {

@@ -325,9 +325,9 @@ func (x *MigrationRecord) GetReport() *v1.Migration {
 // MigrationBounds are the time bounds of one migration.
 type MigrationBounds struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// postcopy_after_bytes: a post-copy migration switches once the source
-	// has sent this many bytes, or after round 1 (0: after round 1 only).
-	PostcopyAfterBytes int64                `protobuf:"varint,70,opt,name=postcopy_after_bytes,json=postcopyAfterBytes,proto3" json:"postcopy_after_bytes,omitempty"`
+	// postcopy_at_fraction: a post-copy migration switches once round 1 has
+	// gone through this fraction of the guest's RAM (0: after round 1).
+	PostcopyAtFraction float64              `protobuf:"fixed64,70,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
 	StallTimeout       *durationpb.Duration `protobuf:"bytes,1,opt,name=stall_timeout,json=stallTimeout,proto3" json:"stall_timeout,omitempty"`
 	Timeout            *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	RecoveryWindow     *durationpb.Duration `protobuf:"bytes,3,opt,name=recovery_window,json=recoveryWindow,proto3" json:"recovery_window,omitempty"`
@@ -365,9 +365,9 @@ func (*MigrationBounds) Descriptor() ([]byte, []int) {
 	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *MigrationBounds) GetPostcopyAfterBytes() int64 {
+func (x *MigrationBounds) GetPostcopyAtFraction() float64 {
 	if x != nil {
-		return x.PostcopyAfterBytes
+		return x.PostcopyAtFraction
 	}
 	return 0
 }
@@ -674,7 +674,7 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\ahistory\x18\x1d \x03(\v2$.ferry.state.v1.MigrationRecordEventR\ahistory\x12+\n" +
 	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\"\xfc\x01\n" +
 	"\x0fMigrationBounds\x120\n" +
-	"\x14postcopy_after_bytes\x18F \x01(\x03R\x12postcopyAfterBytes\x12>\n" +
+	"\x14postcopy_at_fraction\x18F \x01(\x01R\x12postcopyAtFraction\x12>\n" +
 	"\rstall_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fstallTimeout\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
 	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\"\xfc\x04\n" +
