@@ -29,13 +29,13 @@ func choice(t *testing.T, pt *ferryv1.PlanTuning, name string) *ferryv1.TuningCh
 	return nil
 }
 
-// Post-copy between two QEMU 10 hosts: preempt; to a 7.2 host: none. The
-// background stream keeps 80 % of the link either way.
+// Post-copy between two QEMU 10 hosts: preempt, the background stream not
+// capped; to a 7.2 host: neither, the 80 % share stays.
 func TestTunePlanFromHostRecords(t *testing.T) {
 	in := &ferryv1.PlanInputs{BandwidthMibps: 48, RttMs: 0.2}
 	opt := &ferryv1.MigrationOptions{MultifdChannels: 4}
 	pt := tunePlan("postcopy", in, opt, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
-	if !pt.PostcopyPreempt || pt.MultifdChannels != 0 || pt.PostcopyBackgroundShare != 0.8 || choice(t, pt, "postcopy-preempt").Value != "on" {
+	if !pt.PostcopyPreempt || pt.MultifdChannels != 0 || pt.PostcopyBackgroundShare != 1 || choice(t, pt, "postcopy-preempt").Value != "on" {
 		t.Fatalf("post-copy 10.0 → 10.0: %+v", pt)
 	}
 	if r := choice(t, pt, "multifd-channels").Reason; !strings.Contains(r, "--multifd 4 not used") {
