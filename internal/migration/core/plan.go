@@ -22,6 +22,9 @@ func (p *planner) want(a Action) {
 		return
 	}
 	v.inflight[a.Kind][a.Side] = true
+	if a.Kind.IsAgent() {
+		a.MigrationID = p.r.AttemptID()
+	}
 	p.acts = append(p.acts, a)
 }
 
@@ -84,6 +87,11 @@ func (r *Record) plan(now time.Time) []Action {
 		default:
 			p.want(Action{Kind: ActStartVM, Side: Dst})
 		}
+	case RetryWait:
+		r.planRetryWait(p)
+		if r.State == Preparing {
+			return r.plan(now)
+		}
 	case Unswitching:
 		r.planUnswitch(p)
 	case Cleanup:
@@ -109,7 +117,7 @@ func (r *Record) deadlineWake(p *planner) {
 		case Preparing, Transferring, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
-		case Stopping:
+		case Stopping, RetryWait:
 			p.wakeAt(r.Deadline)
 		}
 	}
@@ -122,6 +130,10 @@ func (r *Record) deadlineWake(p *planner) {
 }
 
 func (r *Record) planTransfer(p *planner) {
+	if r.vol.streamFailed != "" {
+		r.planStreamCheck(p)
+		return
+	}
 	if !r.Facts.OutgoingStarted {
 		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, Postcopy: r.Strategy.UsesPostcopy(),
 			AutoConverge: r.Strategy == Converge || r.Strategy == Hybrid})
@@ -168,11 +180,12 @@ func (r *Record) planPostcopy(p *planner) {
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
 		}
 	case PostcopyPaused:
+		r.vol.resumeSent = false
 		if r.vol.lastOut == "postcopy-paused" {
 			p.want(Action{Kind: ActRecoverIncoming, Side: Dst})
 		}
 	case PostcopyRecovering:
-		p.want(Action{Kind: ActResumeOutgoing, Side: Src, URI: r.RecoverURI})
+		r.planRecovering(p)
 	}
 }
 
@@ -290,6 +303,10 @@ func (r *Record) planCleanup(p *planner) {
 }
 
 func (r *Record) planRollback(p *planner) {
+	if r.Retrying {
+		r.planRetryCleanup(p)
+		return
+	}
 	if r.Strategy.Live() {
 		if !r.Facts.DestAborted {
 			p.want(Action{Kind: ActAbortIncoming, Side: Dst})

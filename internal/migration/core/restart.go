@@ -53,7 +53,7 @@ func (r *Record) destReachable(obs Observation) {
 		return
 	}
 	if r.State != RollingBack && obs.Now.Sub(r.vol.dstDown) >= DestUnreachable {
-		r.rollback(obs.Now, fmt.Sprintf("destination agent on %s unreachable for %s: %s", r.To, DestUnreachable, obs.ErrMsg), false)
+		r.failAttempt(obs.Now, fmt.Sprintf("destination agent on %s unreachable for %s: %s", r.To, DestUnreachable, obs.ErrMsg))
 	}
 }
 

@@ -15,6 +15,7 @@ func (r *Record) result(obs Observation) {
 	if obs.Err == Transient {
 		r.vol.notBefore[a][side] = now.Add(RetryBackoff)
 		r.Attempts++
+		r.streamFailedDestSilent(obs)
 		return
 	}
 	if obs.Out != nil {
@@ -106,6 +107,7 @@ func (r *Record) onQueryIncoming(now time.Time, obs Observation) {
 	}
 	gone := obs.Err == NotFound || destGone(obs.In)
 	if !gone {
+		r.streamFailedDestAlive(now)
 		return
 	}
 	switch {
@@ -173,8 +175,10 @@ func (r *Record) onSourceStep(now time.Time, obs Observation) {
 			break
 		}
 		if obs.Err == OK {
-			r.enter(now, PostcopyActive, "post-copy resumed")
-			r.PausedAt = time.Time{}
+			// QEMU took the resume and reconnects on its own: only its
+			// status (postcopy-active) says the post-copy runs again
+			// (sourceStatus); a link still down keeps it reconnecting.
+			r.vol.resumeSent = true
 		} else {
 			r.RecoverURI = ""
 			r.vol.notBefore[ActRecoverIncoming][Dst] = now.Add(RecoverEvery)
@@ -198,7 +202,11 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		switch out.Status {
 		case "pre-switchover":
 			r.enter(now, Switchover, "source paused with the last RAM owed; switching the owner")
-		case "failed", "cancelled":
+		case "failed":
+			// The stream broke: the link's fault (retried) unless the
+			// destination QEMU is gone — a fresh QueryIncoming says (retry.go).
+			r.streamFailed(fmt.Sprintf("source QEMU reports the migration failed: %s", orUnknown(out.Error)))
+		case "cancelled":
 			r.rollback(now, fmt.Sprintf("source QEMU reports the migration %s: %s", out.Status, orUnknown(out.Error)), false)
 		case "completed", "postcopy-active", "postcopy-paused", "postcopy-recover":
 			r.rollback(now, "source QEMU reports "+out.Status+" before the owner switched", false)

@@ -198,7 +198,7 @@ func (p *performer) timer(ctx context.Context, at time.Time) (core.Observation, 
 
 // do performs a and fills o's data.
 func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) error {
-	ag := p.agent(a.Side)
+	ag := p.attempt(p.agent(a.Side), a)
 	switch a.Kind {
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{

@@ -70,6 +70,7 @@ func (r *reporter) render(rec core.Record) *ferryv1.Migration {
 		m.Events = append(m.Events, &ferryv1.MigrationEvent{At: timestamppb.New(e.At), State: string(e.State), Message: e.Message})
 	}
 	m.PostcopyPausedMs = pausedMs(rec.History, time.Now())
+	renderRetries(m, rec)
 	if rec.State.Terminal() && !rec.FinishedAt.IsZero() {
 		m.FinishedAt = timestamppb.New(rec.FinishedAt)
 		m.TotalMs = rec.FinishedAt.Sub(rec.StartedAt).Milliseconds()
