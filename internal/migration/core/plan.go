@@ -64,7 +64,7 @@ func (r *Record) plan(now time.Time) []Action {
 	case Transferring:
 		r.planTransfer(p)
 	case Switchover:
-		p.want(Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation})
+		r.planSwitchover(p)
 	case Resuming:
 		r.planResume(p)
 	case PostcopyActive, PostcopyPaused, PostcopyRecovering:
@@ -142,8 +142,42 @@ func (r *Record) planTransfer(p *planner) {
 			p.want(Action{Kind: ActStartPostcopy, Side: Src})
 		}
 		p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+		if !r.Facts.DestArmed {
+			// Pre-armed while RAM moves, so that the arm is not inside the
+			// guest's pause: the source (pause-before-switchover, set by the
+			// StartOutgoing that answered) sends the device state only on
+			// migrate-continue, which follows the owner CAS.
+			p.want(Action{Kind: ActArmResume, Side: Dst})
+		}
 	}
 	p.want(Action{Kind: ActQueryIncoming, Side: Dst})
+}
+
+// planSwitchover: a live migration's destination is armed (normally while
+// RAM moved, planTransfer; else now) — the source waits at pre-switchover
+// for migrate-continue, which the engine sends only after the CAS, so an
+// armed destination cannot get the device state (and run) before the owner
+// names it — then the owner switches with the switched record prepared
+// (one store transaction).
+func (r *Record) planSwitchover(p *planner) {
+	a := Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation}
+	if r.Strategy.Live() {
+		if !r.Facts.DestArmed {
+			p.want(Action{Kind: ActArmResume, Side: Dst})
+			return
+		}
+		if r.vol.inflight[ActCASOwner][Dst] {
+			return
+		}
+		prep := r.switched(p.now, r.Generation+1)
+		a.Record = &prep
+		p.want(a)
+		if r.vol.inflight[ActCASOwner][Dst] {
+			r.vol.prepared = a.Record
+		}
+		return
+	}
+	p.want(a)
 }
 
 func (r *Record) planResume(p *planner) {

@@ -54,6 +54,8 @@ type volatile struct {
 	finalSeen   bool      // finalVM holds the owner's run state from GetVM
 	dstDown     time.Time // the destination agent has not answered since (before the CAS)
 	freshOut    bool      // the QueryOutgoing in flight was asked after FinishOutgoing was refused
+	prepared    *Record   // the switched record the CASOwner in flight writes with the owner
+	wrote       *Record   // the record the last step's owner CAS wrote (what the store holds now)
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -167,7 +169,22 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	}
 	r.deadlines(now)
 	acts := r.plan(now)
-	return r, Ready{Persist: persistMode(&before, &r), Actions: acts}
+	mode := persistMode(&before, &r)
+	if w := r.vol.wrote; w != nil {
+		// The owner CAS wrote the switched record: only what changed since
+		// then needs writing.
+		r.vol.wrote = nil
+		mode = persistMode(w, &r)
+	}
+	if r.State == Switchover && r.Strategy.Live() && !r.Facts.OwnerSwitched {
+		// A live switchover is not written on its own: its owner CAS writes
+		// the switched record in the same transaction. Until then the store
+		// says transferring, and a restarted server rolls back — right, as
+		// the CAS did not happen (the destination, armed or not, never gets
+		// the device state: migrate-continue follows the CAS).
+		mode = PersistNone
+	}
+	return r, Ready{Persist: mode, Actions: acts}
 }
 
 // persistMode compares what changed.
@@ -262,7 +279,10 @@ func (r *Record) deadlines(now time.Time) {
 		}
 		if !now.Before(r.Deadline) {
 			r.rollback(now, fmt.Sprintf("migration timeout of %s reached", r.Options.Timeout), false)
-		} else if r.State != Stopping && now.Sub(r.LastProgressAt) > r.Options.StallTimeout {
+		} else if r.State != Stopping && now.Sub(r.LastProgressAt) > r.Options.StallTimeout &&
+			!(r.State == Switchover && r.vol.inflight[ActArmResume][Dst]) {
+			// (An ArmResume in flight at the switchover is bounded by its
+			// call's deadline: its answer decides, not the stall timeout.)
 			// (A guest's power-off takes its time: stopping is bounded by
 			// the timeout only, so that no StopVM still on its way can stop
 			// a guest a rollback has just started again.)

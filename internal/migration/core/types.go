@@ -340,7 +340,12 @@ type Action struct {
 
 	Owner      string // CASOwner: the new owner host
 	Generation int64  // CASOwner: the expected generation
-	Update     VMUpdate
+	// Record (CASOwner of a live migration) is the migration record as it
+	// is once the owner switched: the executor writes it in the same store
+	// transaction as the owner (both or neither), so the switch costs one
+	// transaction inside the guest's pause.
+	Record *Record
+	Update VMUpdate
 
 	At time.Time // SetTimer
 

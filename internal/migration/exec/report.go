@@ -180,6 +180,17 @@ func (r *reporter) steerLocked(out *agentv1.OutgoingStatus) {
 	}
 }
 
+// DowntimeLimitMs is the downtime-limit the source QEMU should have now:
+// the adaptive controller's stepped target, or 0 (keep the knob's).
+func (r *reporter) DowntimeLimitMs() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctrl == nil {
+		return 0
+	}
+	return r.ctrl.DowntimeLimit().Milliseconds()
+}
+
 // Incoming implements Watcher.
 func (r *reporter) Incoming(_ core.ActionKind, in *agentv1.IncomingStatus) {
 	if in == nil {

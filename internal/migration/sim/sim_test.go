@@ -136,8 +136,15 @@ func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
 		}},
 		{"the source is resumed after the CAS without moving the owner back", Scenarios[0], func(_ core.Record, r *core.Ready) {
 			for i, a := range r.Actions {
-				if a.Kind == core.ActArmResume {
+				if a.Kind == core.ActContinueOutgoing { // the first action after the CAS (the arm precedes it)
 					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src}
+				}
+			}
+		}},
+		{"migrate-continue before the owner CAS (the destination is armed before it)", Scenarios[0], func(rec core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActCASOwner && rec.State == core.Switchover {
+					r.Actions[i] = core.Action{Kind: core.ActContinueOutgoing, Side: core.Src}
 				}
 			}
 		}},

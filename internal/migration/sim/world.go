@@ -447,6 +447,10 @@ func (w *World) storeOp(a core.Action) core.Observation {
 		}
 		s.VM.Host = a.Owner
 		s.VM.Generation++
+		if a.Record != nil {
+			// The switched migration record, in the same transaction.
+			w.putRecord(*a.Record)
+		}
 		return core.Observation{StoreVM: s.snapshot()}
 	case core.ActUpdateVM:
 		if s.VM.MigrationID != migID {
