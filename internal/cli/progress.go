@@ -262,6 +262,17 @@ func renderReport(m *ferryv1.Migration) string {
 	if tt := transferText(m); tt != "" {
 		line("transferred", tt)
 	}
+	for _, d := range m.GetDisks() {
+		v := fmt.Sprintf("%s (%s, %s MiB virtual, %s MiB allocated): %s, %s MiB copied", d.GetName(), d.GetFormat(),
+			fmtMiB(d.GetVirtualSizeBytes()), fmtMiB(d.GetAllocatedBytes()), orDash(d.GetState()), fmtMiB(d.GetBytesTransferred()))
+		if d.GetMirrorMs() > 0 {
+			v += ", in sync after " + fmtMs(d.GetMirrorMs())
+		}
+		if d.GetCompleteMs() > 0 {
+			v += ", completed after " + fmtMs(d.GetCompleteMs())
+		}
+		line("disk", v)
+	}
 	if pr := m.GetPredicted(); pr != nil {
 		line("predicted", fmt.Sprintf("total %s, downtime %s (planning %s)", fmtMs(pr.GetTotalMs()), fmtMs(pr.GetDowntimeMs()), fmtMs(m.GetPlanningMs())))
 	}

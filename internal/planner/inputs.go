@@ -93,6 +93,12 @@ type Inputs struct {
 	MaxDowntime time.Duration
 	// Policy says which strategies may be used.
 	Policy Policy
+	// DiskBytes is the data of the VM's local disks (their allocated
+	// bytes): a live migration mirrors it before the RAM transfer starts.
+	DiskBytes int64
+	// DiskWriteBytesPerSec is the guest's disk write rate while the disks
+	// are mirrored (the mirror sends those writes too); 0 means unknown.
+	DiskWriteBytesPerSec float64
 }
 
 // Policy says which strategies may be used and within which limits.
@@ -131,7 +137,7 @@ func (in Inputs) Validate() error {
 	for _, f := range []struct {
 		name string
 		v    int64
-	}{{"non-zero bytes", in.NonZeroBytes}, {"WSS", in.WSSBytes}, {"device state", in.DeviceStateBytes}} {
+	}{{"non-zero bytes", in.NonZeroBytes}, {"WSS", in.WSSBytes}, {"device state", in.DeviceStateBytes}, {"disk bytes", in.DiskBytes}} {
 		if f.v < 0 {
 			return bad("%s must not be negative, got %d", f.name, f.v)
 		}
@@ -142,6 +148,7 @@ func (in Inputs) Validate() error {
 	}{
 		{"dirty rate", in.DirtyRateBytesPerSec}, {"bandwidth", in.BandwidthBytesPerSec}, {"setup seconds", in.SetupSeconds},
 		{"switchover seconds", in.SwitchoverSeconds}, {"cold boot seconds", in.ColdBootSeconds},
+		{"disk write rate", in.DiskWriteBytesPerSec},
 	} {
 		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
 			return bad("%s must be a finite number ≥ 0, got %v", f.name, f.v)
@@ -177,6 +184,7 @@ type model struct {
 	incThrottle         int
 	maxTotal            float64 // seconds, 0 = none
 	pol                 Policy
+	disk, dw            float64 // local disks' data (bytes) and the guest's disk write rate (bytes/s)
 }
 
 // newModel applies the defaults. It fails only on invalid inputs; a zero
@@ -201,6 +209,8 @@ func newModel(in Inputs) (model, error) {
 		incThrottle:  orI(in.Policy.ThrottleIncrement, DefaultThrottleIncrement),
 		maxTotal:     in.Policy.MaxTotal.Seconds(),
 		pol:          in.Policy,
+		disk:         float64(in.DiskBytes),
+		dw:           in.DiskWriteBytesPerSec,
 	}
 	if m.nz == 0 || m.nz > m.mem {
 		m.nz = m.mem

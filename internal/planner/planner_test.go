@@ -336,3 +336,39 @@ func TestSecondsSaturates(t *testing.T) {
 		}
 	}
 }
+
+// TestPredictLocalDisks: 512 MiB of local disk data on the 100 MiB/s link
+// with the guest writing 4 MiB/s adds 512/96 s of mirroring to every live
+// strategy (and its bytes), nothing to the downtime; cold is refused.
+func TestPredictLocalDisks(t *testing.T) {
+	in := base(10, StrategyPrecopy, StrategyPostcopy, StrategyCold)
+	without := Predict(in)
+	in.DiskBytes, in.DiskWriteBytesPerSec = 512*mib, 4*testMiB
+	with := Predict(in)
+	mirror := 512.0 / 96
+	for _, s := range []string{StrategyPrecopy, StrategyPostcopy, StrategyHybrid} {
+		a, b := find(t, without, s), find(t, with, s)
+		if !a.Converges || !b.Converges {
+			t.Fatalf("%s: converges %v without disks, %v with", s, a.Converges, b.Converges)
+		}
+		if d := (b.Total - a.Total).Seconds(); math.Abs(d-mirror) > 0.01 {
+			t.Errorf("%s: the disks add %.3f s, want %.3f s", s, d, mirror)
+		}
+		if b.Downtime != a.Downtime {
+			t.Errorf("%s: downtime %s with disks, %s without", s, b.Downtime, a.Downtime)
+		}
+		if want := a.Bytes + int64(512*testMiB+4*testMiB*mirror+0.5); b.Bytes != want {
+			t.Errorf("%s: bytes %d, want %d", s, b.Bytes, want)
+		}
+		if !strings.Contains(b.Reason, "mirroring 512.0 MiB of local disks") {
+			t.Errorf("%s: reason %q", s, b.Reason)
+		}
+	}
+	if c := find(t, with, StrategyCold); c.Converges || !strings.Contains(c.Reason, "local disks") {
+		t.Errorf("cold with local disks: %+v", c)
+	}
+	in.DiskBytes = -1
+	if err := in.Validate(); err == nil {
+		t.Error("negative disk bytes accepted")
+	}
+}

@@ -68,11 +68,52 @@ func Predict(in Inputs) []Prediction {
 
 func (m *model) predictAll() []Prediction {
 	pre := m.predictPrecopy()
-	return []Prediction{pre, m.predictConverge(), m.predictPostcopy(), m.predictHybrid(pre, m.predictPostcopyAfterRound1()), m.predictCold()}
+	preds := []Prediction{pre, m.predictConverge(), m.predictPostcopy(), m.predictHybrid(pre, m.predictPostcopyAfterRound1()), m.predictCold()}
+	for i := range preds {
+		preds[i] = m.withDisks(preds[i])
+	}
+	return preds
 }
 
-// predict returns the prediction of one strategy.
+// withDisks adds the local disks' mirror to a prediction: a live
+// migration mirrors them first (the RAM transfer starts when every mirror
+// is ready), at the link's rate less what the guest writes meanwhile
+// (those writes go over the link too). The mirrors complete at the
+// switchover with the guest paused and in sync (write-blocking mode), so
+// they add nothing to the downtime, and post-copy starts only after they
+// completed: every live strategy keeps the disks consistent. A cold
+// migration does not copy local disks yet.
+func (m *model) withDisks(p Prediction) Prediction {
+	if m.disk <= 0 {
+		return p
+	}
+	if p.Strategy == StrategyCold {
+		p.Converges, p.Total, p.Downtime, p.Bytes = false, 0, 0, 0
+		p.Reason = "the VM has local disks: a cold migration does not copy them yet"
+		return p
+	}
+	if !p.Converges {
+		return p
+	}
+	t := m.diskSeconds()
+	p.Total += seconds(t)
+	p.Bytes += int64(m.disk + m.dw*t + 0.5)
+	p.Reason += fmt.Sprintf("; first %.1f s mirroring %.1f MiB of local disks", t, m.disk/(1<<20))
+	return p
+}
+
+// diskSeconds is the time the mirrors take until every one is ready.
+func (m *model) diskSeconds() float64 {
+	return m.disk / max(m.b-m.dw, m.b/10)
+}
+
+// predict returns the prediction of one strategy (with the disks).
 func (m *model) predict(strategy string) Prediction {
+	return m.withDisks(m.predictRAM(strategy))
+}
+
+// predictRAM is predict without the local disks.
+func (m *model) predictRAM(strategy string) Prediction {
 	switch strategy {
 	case StrategyPrecopy:
 		return m.predictPrecopy()

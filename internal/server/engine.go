@@ -7,6 +7,7 @@ import (
 	"github.com/ferryvm/ferry/internal/store"
 	"time"
 
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/planner"
@@ -73,10 +74,20 @@ func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
 	k := exec.Knobs{
 		Spec: sp, MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: opt.GetMultifdChannels(),
 		MaxPostcopyBandwidthBytes: postcopyBandwidth(m, bw), ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
-		NoThrottle: opt.GetNoThrottle(),
+		NoThrottle: opt.GetNoThrottle(), LocalDisks: localDiskKnobs(m),
 	}
 	applyTuning(&k, m.GetPlan().GetTuning(), m.Strategy)
 	return k
+}
+
+// localDiskKnobs are the local disks the destination creates and the
+// source mirrors (from the migration's record).
+func localDiskKnobs(m *ferryv1.Migration) []*agentv1.LocalDisk {
+	var out []*agentv1.LocalDisk
+	for _, d := range m.GetDisks() {
+		out = append(out, &agentv1.LocalDisk{Name: d.Name, Format: d.Format, VirtualSizeBytes: d.VirtualSizeBytes, AllocatedBytes: d.AllocatedBytes})
+	}
+	return out
 }
 
 // controller is the adaptive controller of a planned pre-copy, hybrid or

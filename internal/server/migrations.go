@@ -147,6 +147,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err := s.checkSharedDisks(ctx, vm, src, dst); err != nil {
 		return nil, nil, err
 	}
+	localDisks, err := s.localDisks(ctx, vm, src, opt.Strategy)
+	if err != nil {
+		return nil, nil, err
+	}
 	if opt.MaxDowntimeMs == 0 {
 		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
 		if opt.MaxDowntimeMs == 0 {
@@ -174,6 +178,11 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	planStart := time.Now()
 	if opt.Strategy != "cold" {
 		in, err := s.measurePlanInputs(ctx, vm, src, dst, opt)
+		if in != nil {
+			for _, d := range localDisks {
+				in.DiskBytes += d.AllocatedBytes
+			}
+		}
 		if err != nil {
 			if req.DryRun || opt.Strategy == "auto" {
 				return nil, nil, connect.NewError(connect.CodeUnavailable, err)
@@ -231,6 +240,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),
 		Options: opt, VmGeneration: locked.Generation, Plan: plan, PlanningMs: planningMs,
+		Disks: localDisks,
+	}
+	for _, d := range localDisks {
+		m.DiskBytesTotal += d.AllocatedBytes
 	}
 	if plan != nil {
 		m.Predicted = predictionFor(plan, opt.Strategy)

@@ -155,6 +155,7 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		BandwidthBytesPerSec: in.BandwidthMibps * (1 << 20),
 		DeviceStateBytes:     in.DeviceStateBytes,
 		MaxDowntime:          time.Duration(in.MaxDowntimeMs) * time.Millisecond,
+		DiskBytes:            in.DiskBytes,
 		Policy: planner.Policy{
 			AllowPrecopy:  true,
 			AllowConverge: !opt.NoThrottle,

@@ -202,6 +202,9 @@ type PlanInputs struct {
 	// compress_ratio is how well the guest's non-zero RAM compresses
 	// (compressed over original size of a sample; 0 = unknown).
 	CompressRatio float64 `protobuf:"fixed64,16,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
+	// disk_bytes is the data of the VM's local disks (allocated bytes on
+	// the source) that a live migration mirrors before the RAM.
+	DiskBytes     int64 `protobuf:"varint,80,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -344,6 +347,13 @@ func (x *PlanInputs) GetRttMs() float64 {
 func (x *PlanInputs) GetCompressRatio() float64 {
 	if x != nil {
 		return x.CompressRatio
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetDiskBytes() int64 {
+	if x != nil {
+		return x.DiskBytes
 	}
 	return 0
 }
@@ -1111,7 +1121,17 @@ type Migration struct {
 	PostcopyRequests int64 `protobuf:"varint,35,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
 	// planning_ms is the measurement before the migration (dirty rate, link
 	// probe); started_at and total_ms begin after it.
-	PlanningMs    int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	PlanningMs int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	// disks are the VM's local disks this migration mirrors (empty when
+	// every disk is shared).
+	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
+	// disk_bytes_total is the data of the local disks when the mirrors
+	// started; disk_bytes_transferred what the mirrors copied (it includes
+	// what the guest wrote during the mirror).
+	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
+	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
+	// disk_uri is the destination's NBD server (host:port).
+	DiskUri       string `protobuf:"bytes,83,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1412,6 +1432,141 @@ func (x *Migration) GetPlanningMs() int64 {
 	return 0
 }
 
+func (x *Migration) GetDisks() []*MigrationDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *Migration) GetDiskBytesTotal() int64 {
+	if x != nil {
+		return x.DiskBytesTotal
+	}
+	return 0
+}
+
+func (x *Migration) GetDiskBytesTransferred() int64 {
+	if x != nil {
+		return x.DiskBytesTransferred
+	}
+	return 0
+}
+
+func (x *Migration) GetDiskUri() string {
+	if x != nil {
+		return x.DiskUri
+	}
+	return ""
+}
+
+// MigrationDisk is one local disk a live migration mirrors.
+type MigrationDisk struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Format           string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	VirtualSizeBytes int64                  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
+	// allocated_bytes is the image's allocation on the source at the start.
+	AllocatedBytes int64 `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
+	// bytes_transferred is the data its mirror copied.
+	BytesTransferred int64 `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
+	// mirror_ms is from the mirror's start until it was ready (in sync);
+	// complete_ms from the start until it completed at the switchover.
+	MirrorMs   int64 `protobuf:"varint,6,opt,name=mirror_ms,json=mirrorMs,proto3" json:"mirror_ms,omitempty"`
+	CompleteMs int64 `protobuf:"varint,7,opt,name=complete_ms,json=completeMs,proto3" json:"complete_ms,omitempty"`
+	// state is the mirror's last state (mirroring, ready, completed, failed,
+	// cancelled).
+	State         string `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrationDisk) Reset() {
+	*x = MigrationDisk{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationDisk) ProtoMessage() {}
+
+func (x *MigrationDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationDisk.ProtoReflect.Descriptor instead.
+func (*MigrationDisk) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MigrationDisk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MigrationDisk) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *MigrationDisk) GetVirtualSizeBytes() int64 {
+	if x != nil {
+		return x.VirtualSizeBytes
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetAllocatedBytes() int64 {
+	if x != nil {
+		return x.AllocatedBytes
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetBytesTransferred() int64 {
+	if x != nil {
+		return x.BytesTransferred
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetMirrorMs() int64 {
+	if x != nil {
+		return x.MirrorMs
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetCompleteMs() int64 {
+	if x != nil {
+		return x.CompleteMs
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 // MigrationRetry is one attempt of a live migration that failed before the
 // owner switch for a link-related reason and was cleaned up and retried.
 type MigrationRetry struct {
@@ -1428,7 +1583,7 @@ type MigrationRetry struct {
 
 func (x *MigrationRetry) Reset() {
 	*x = MigrationRetry{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1595,7 @@ func (x *MigrationRetry) String() string {
 func (*MigrationRetry) ProtoMessage() {}
 
 func (x *MigrationRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1608,7 @@ func (x *MigrationRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationRetry.ProtoReflect.Descriptor instead.
 func (*MigrationRetry) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MigrationRetry) GetAttempt() int32 {
@@ -1497,7 +1652,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1664,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1677,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MigrateRequest) GetVm() string {
@@ -1565,7 +1720,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +1732,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +1745,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MigrateResponse) GetMigration() *Migration {
@@ -1618,7 +1773,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1785,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1798,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetMigrationRequest) GetId() string {
@@ -1669,7 +1824,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1836,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1849,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1714,7 +1869,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1726,7 +1881,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1739,7 +1894,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListMigrationsRequest) GetVm() string {
@@ -1758,7 +1913,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1925,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1938,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1802,7 +1957,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1814,7 +1969,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1827,7 +1982,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelMigrationRequest) GetId() string {
@@ -1846,7 +2001,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2013,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[19]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2026,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{19}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -1900,7 +2055,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"noThrottle\x12!\n" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12(\n" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xfd\x04\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\x9c\x05\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1919,7 +2074,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10bandwidth_age_ms\x18\r \x01(\x03R\x0ebandwidthAgeMs\x12'\n" +
 	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\x12\x15\n" +
 	"\x06rtt_ms\x18\x0f \x01(\x01R\x05rttMs\x12%\n" +
-	"\x0ecompress_ratio\x18\x10 \x01(\x01R\rcompressRatio\"\xc1\x02\n" +
+	"\x0ecompress_ratio\x18\x10 \x01(\x01R\rcompressRatio\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18P \x01(\x03R\tdiskBytes\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +
@@ -1977,7 +2134,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xca\v\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xf4\f\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -2024,7 +2181,21 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12postcopy_paused_ms\x18\" \x01(\x03R\x10postcopyPausedMs\x12+\n" +
 	"\x11postcopy_requests\x18# \x01(\x03R\x10postcopyRequests\x12\x1f\n" +
 	"\vplanning_ms\x18$ \x01(\x03R\n" +
-	"planningMs\"\x9a\x01\n" +
+	"planningMs\x12-\n" +
+	"\x05disks\x18P \x03(\v2\x17.ferry.v1.MigrationDiskR\x05disks\x12(\n" +
+	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
+	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\x12\x19\n" +
+	"\bdisk_uri\x18S \x01(\tR\adiskUri\"\x93\x02\n" +
+	"\rMigrationDisk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +
+	"\x12virtual_size_bytes\x18\x03 \x01(\x03R\x10virtualSizeBytes\x12'\n" +
+	"\x0fallocated_bytes\x18\x04 \x01(\x03R\x0eallocatedBytes\x12+\n" +
+	"\x11bytes_transferred\x18\x05 \x01(\x03R\x10bytesTransferred\x12\x1b\n" +
+	"\tmirror_ms\x18\x06 \x01(\x03R\bmirrorMs\x12\x1f\n" +
+	"\vcomplete_ms\x18\a \x01(\x03R\n" +
+	"completeMs\x12\x14\n" +
+	"\x05state\x18\b \x01(\tR\x05state\"\x9a\x01\n" +
 	"\x0eMigrationRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
@@ -2072,7 +2243,7 @@ func file_ferry_v1_migration_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_proto_rawDescData
 }
 
-var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ferry_v1_migration_proto_goTypes = []any{
 	(*MigrationOptions)(nil),        // 0: ferry.v1.MigrationOptions
 	(*PlanInputs)(nil),              // 1: ferry.v1.PlanInputs
@@ -2085,54 +2256,56 @@ var file_ferry_v1_migration_proto_goTypes = []any{
 	(*DowntimePhases)(nil),          // 8: ferry.v1.DowntimePhases
 	(*MigrationEvent)(nil),          // 9: ferry.v1.MigrationEvent
 	(*Migration)(nil),               // 10: ferry.v1.Migration
-	(*MigrationRetry)(nil),          // 11: ferry.v1.MigrationRetry
-	(*MigrateRequest)(nil),          // 12: ferry.v1.MigrateRequest
-	(*MigrateResponse)(nil),         // 13: ferry.v1.MigrateResponse
-	(*GetMigrationRequest)(nil),     // 14: ferry.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 15: ferry.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 16: ferry.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 17: ferry.v1.ListMigrationsResponse
-	(*CancelMigrationRequest)(nil),  // 18: ferry.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 19: ferry.v1.CancelMigrationResponse
-	(*timestamppb.Timestamp)(nil),   // 20: google.protobuf.Timestamp
+	(*MigrationDisk)(nil),           // 11: ferry.v1.MigrationDisk
+	(*MigrationRetry)(nil),          // 12: ferry.v1.MigrationRetry
+	(*MigrateRequest)(nil),          // 13: ferry.v1.MigrateRequest
+	(*MigrateResponse)(nil),         // 14: ferry.v1.MigrateResponse
+	(*GetMigrationRequest)(nil),     // 15: ferry.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 16: ferry.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 17: ferry.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 18: ferry.v1.ListMigrationsResponse
+	(*CancelMigrationRequest)(nil),  // 19: ferry.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 20: ferry.v1.CancelMigrationResponse
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.Plan.inputs:type_name -> ferry.v1.PlanInputs
 	2,  // 1: ferry.v1.Plan.predictions:type_name -> ferry.v1.StrategyPrediction
 	4,  // 2: ferry.v1.Plan.tuning:type_name -> ferry.v1.PlanTuning
 	5,  // 3: ferry.v1.PlanTuning.choices:type_name -> ferry.v1.TuningChoice
-	20, // 4: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
-	20, // 5: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
-	20, // 6: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
+	21, // 4: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
+	21, // 5: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
+	21, // 6: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
 	8,  // 7: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
 	7,  // 8: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
 	0,  // 9: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
 	9,  // 10: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	11, // 11: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
-	20, // 12: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	12, // 11: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
+	21, // 12: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
 	3,  // 13: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
 	2,  // 14: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
 	6,  // 15: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
-	20, // 16: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
-	0,  // 17: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
-	10, // 18: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
-	3,  // 19: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
-	10, // 20: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
-	10, // 21: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
-	10, // 22: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
-	12, // 23: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
-	14, // 24: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
-	16, // 25: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
-	18, // 26: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
-	13, // 27: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
-	15, // 28: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
-	17, // 29: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
-	19, // 30: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
-	27, // [27:31] is the sub-list for method output_type
-	23, // [23:27] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	11, // 16: ferry.v1.Migration.disks:type_name -> ferry.v1.MigrationDisk
+	21, // 17: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
+	0,  // 18: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
+	10, // 19: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
+	3,  // 20: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
+	10, // 21: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
+	10, // 22: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
+	10, // 23: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
+	13, // 24: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
+	15, // 25: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
+	17, // 26: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
+	19, // 27: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
+	14, // 28: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
+	16, // 29: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
+	18, // 30: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
+	20, // 31: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
+	28, // [28:32] is the sub-list for method output_type
+	24, // [24:28] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_proto_init() }
@@ -2146,7 +2319,7 @@ func file_ferry_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_proto_rawDesc), len(file_ferry_v1_migration_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

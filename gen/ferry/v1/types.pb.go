@@ -237,7 +237,11 @@ type DiskSpec struct {
 	// format is qcow2 (default) or raw.
 	Format string `protobuf:"bytes,4,opt,name=format,proto3" json:"format,omitempty"`
 	// shared marks storage every host sees at the same path (no copy needed).
-	Shared        bool `protobuf:"varint,5,opt,name=shared,proto3" json:"shared,omitempty"`
+	Shared bool `protobuf:"varint,5,opt,name=shared,proto3" json:"shared,omitempty"`
+	// source creates a new local image as a copy of this image (an absolute
+	// path inside a directory the agent allows with --image-dir); the copy
+	// keeps the source's virtual size and is sparse.
+	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -305,6 +309,13 @@ func (x *DiskSpec) GetShared() bool {
 		return x.Shared
 	}
 	return false
+}
+
+func (x *DiskSpec) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
 }
 
 // NICSpec is one virtio-net interface backed by a tap on a bridge.
@@ -1263,13 +1274,14 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x16\n" +
 	"\x06initrd\x18\x02 \x01(\tR\x06initrd\x12\x18\n" +
 	"\acmdline\x18\x03 \x01(\tR\acmdline\x12\x12\n" +
-	"\x04disk\x18\x04 \x01(\tR\x04disk\"v\n" +
+	"\x04disk\x18\x04 \x01(\tR\x04disk\"\x8e\x01\n" +
 	"\bDiskSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\tR\x04size\x12\x16\n" +
 	"\x06format\x18\x04 \x01(\tR\x06format\x12\x16\n" +
-	"\x06shared\x18\x05 \x01(\bR\x06shared\"3\n" +
+	"\x06shared\x18\x05 \x01(\bR\x06shared\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\"3\n" +
 	"\aNICSpec\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x16\n" +
 	"\x06bridge\x18\x02 \x01(\tR\x06bridge\"\xf4\x02\n" +

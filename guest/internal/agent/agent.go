@@ -127,9 +127,19 @@ func (a *Agent) Handler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Write(append(b, '\n'))
 	})
+	mux.HandleFunc("GET "+guestapi.VerifyPath, func(w http.ResponseWriter, r *http.Request) {
+		b, err := json.MarshalIndent(a.Disk.Verify(), "", "  ")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(append(b, '\n'))
+	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "ferry-guest boot_id=%s\nGET /status  JSON status\nTCP %d      counter stream\n", a.BootIDHex, guestapi.StreamPort)
+		fmt.Fprintf(w, "ferry-guest boot_id=%s\nGET /status  JSON status\nGET /verify  disk records read back\nTCP %d      counter stream\n", a.BootIDHex, guestapi.StreamPort)
 	})
 	return mux
 }

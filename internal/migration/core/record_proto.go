@@ -35,7 +35,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 			MaxAttempts:    r.Options.MaxAttempts, RetryBackoff: durationpb.New(r.Options.RetryBackoff),
 		},
 		State: string(r.State), PrevVmState: string(r.PrevVMState), Generation: r.Generation,
-		DestUri: r.DestURI, RecoverUri: r.RecoverURI,
+		DestUri: r.DestURI, RecoverUri: r.RecoverURI, DiskUri: r.DiskURI,
 		Facts: &statev1.MigrationFacts{
 			DestPrepared: f.DestPrepared, OutgoingStarted: f.OutgoingStarted, PostcopyAsked: f.PostcopyAsked,
 			SourceStopped: f.SourceStopped, OwnerSwitched: f.OwnerSwitched, DestArmed: f.DestArmed,
@@ -78,7 +78,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 			MaxAttempts:    o.GetMaxAttempts(), RetryBackoff: o.GetRetryBackoff().AsDuration(),
 		},
 		State: State(m.State), PrevVMState: VMState(m.PrevVmState), Generation: m.Generation,
-		DestURI: m.DestUri, RecoverURI: m.RecoverUri,
+		DestURI: m.DestUri, RecoverURI: m.RecoverUri, DiskURI: m.DiskUri,
 		Facts: Facts{
 			DestPrepared: f.GetDestPrepared(), OutgoingStarted: f.GetOutgoingStarted(), PostcopyAsked: f.GetPostcopyAsked(),
 			SourceStopped: f.GetSourceStopped(), OwnerSwitched: f.GetOwnerSwitched(), DestArmed: f.GetDestArmed(),

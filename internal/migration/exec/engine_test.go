@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -220,6 +221,12 @@ func (r *fakeRecords) get(id string) *statev1.MigrationRecord {
 // newFakeEngine runs an Engine over fakes and returns it with its parts.
 func newFakeEngine(t *testing.T) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRecords, context.CancelFunc, chan error) {
 	t.Helper()
+	return newFakeEngineWith(t, Knobs{Spec: &ferryv1.VMSpec{Name: "web"}})
+}
+
+// newFakeEngineWith is newFakeEngine with the migrations' knobs.
+func newFakeEngineWith(t *testing.T, knobs Knobs) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRecords, context.CancelFunc, chan error) {
+	t.Helper()
 	pair := &fakeQEMUPair{srcRuns: true}
 	vms := &fakeVMStore{vms: map[string]*ferryv1.VM{
 		"web": {Spec: &ferryv1.VMSpec{Name: "web"}, Host: "h1", Generation: 5, State: "migrating", MigrationId: "mig-1"},
@@ -229,7 +236,7 @@ func newFakeEngine(t *testing.T) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRec
 	e := New(Config{
 		Store: vms, Records: recs,
 		AgentFor: func(_ context.Context, host string) (Agent, error) { return fakeAgent{f: pair, src: host == "h1"}, nil },
-		Knobs:    func(*ferryv1.Migration, *ferryv1.VM) Knobs { return Knobs{Spec: &ferryv1.VMSpec{Name: "web"}} },
+		Knobs:    func(*ferryv1.Migration, *ferryv1.VM) Knobs { return knobs },
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -345,5 +352,31 @@ func TestEngineStopsAndTheNextRunRecovers(t *testing.T) {
 	m := waitStatus(t, e, recs, "mig-1", "failed")
 	if m.Error != core.ErrRestarted {
 		t.Errorf("error %q, want %q", m.Error, core.ErrRestarted)
+	}
+}
+
+// A destination that answers PrepareIncoming without an NBD export of the
+// VM's local disks (an agent that knows nothing of them) fails the
+// migration before any RAM is sent: its disks would stay empty.
+func TestEngineRefusesADestinationWithoutTheDisksExport(t *testing.T) {
+	e, pair, vms, recs, _, _ := newFakeEngineWith(t, Knobs{Spec: &ferryv1.VMSpec{Name: "web"},
+		LocalDisks: []*agentv1.LocalDisk{{Name: "data", Format: "qcow2", VirtualSizeBytes: 1 << 30}}})
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, e, recs, "mig-1", "failed")
+	if !strings.Contains(m.Error, "does not export the VM's 1 local disks") {
+		t.Errorf("error %q", m.Error)
+	}
+	if vm, _ := vms.GetVM(context.Background(), "web"); vm.Host != "h1" {
+		t.Errorf("VM on %s after the refusal", vm.Host)
+	}
+	pair.mu.Lock()
+	defer pair.mu.Unlock()
+	for _, c := range pair.calls {
+		if c == "StartOutgoing" {
+			t.Errorf("StartOutgoing sent although the destination exports no disks: %v", pair.calls)
+		}
 	}
 }

@@ -67,6 +67,9 @@ type Knobs struct {
 	ThrottleIncrement         int32
 	// NoThrottle forbids QEMU's auto-converge whatever the strategy.
 	NoThrottle bool
+	// LocalDisks are the VM's local disks: the destination creates and
+	// exports them, the source mirrors them before RAM (issue 8).
+	LocalDisks []*agentv1.LocalDisk
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,
@@ -165,7 +168,13 @@ func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
 	if st == nil {
 		return nil
 	}
-	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes, Rounds: st.DirtySyncCount, Error: st.Error,
+	// The disks' mirrors count as progress too (the stall timer): QEMU's
+	// job offsets grow as long as a mirror works.
+	tr := st.TransferredBytes
+	for _, d := range st.Disks {
+		tr += d.JobOffset
+	}
+	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: tr, Rounds: st.DirtySyncCount, Error: st.Error,
 		Remaining: st.RemainingBytes, Total: st.TotalBytes}
 }
 
@@ -241,10 +250,16 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
 			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
-			Tuning: p.knobs.Tuning,
+			Tuning:     p.knobs.Tuning,
+			LocalDisks: p.knobs.LocalDisks,
 		})
+		if err == nil && len(p.knobs.LocalDisks) > 0 && r.NbdAddress == "" {
+			// An agent that does not export the disks (an older one): never
+			// send RAM to a destination whose disks would stay empty.
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not export the VM's %d local disks over NBD: upgrade its agent", p.to, len(p.knobs.LocalDisks)))
+		}
 		if err == nil {
-			o.URI = r.Uri
+			o.URI, o.DiskURI = r.Uri, r.NbdAddress
 		}
 		return err
 	case core.ActQueryIncoming, core.ActArmResume, core.ActFinishIncoming:
@@ -265,6 +280,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
 			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes, Tuning: p.knobs.Tuning,
+			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
 		})
 		if err == nil {
 			p.prefetchOwner(ctx)
@@ -404,4 +420,17 @@ func (p *performer) updateVM(ctx context.Context, a core.Action, o *core.Observa
 	}
 	o.StoreVM = storeVM(vm)
 	return nil
+}
+
+// mirrorNames are the disks a StartOutgoing mirrors: every local disk when
+// the destination exports them (nbd set), none otherwise.
+func mirrorNames(nbd string, disks []*agentv1.LocalDisk) []string {
+	if nbd == "" {
+		return nil
+	}
+	var out []string
+	for _, d := range disks {
+		out = append(out, d.GetName())
+	}
+	return out
 }

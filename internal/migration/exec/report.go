@@ -65,6 +65,7 @@ func (r *reporter) render(rec core.Record) *ferryv1.Migration {
 	m.CancelRequested = rec.CancelRequested
 	m.VmGeneration = rec.Generation
 	m.DestUri = rec.DestURI
+	m.DiskUri = rec.DiskURI
 	m.Events = m.Events[:0]
 	for _, e := range rec.History {
 		m.Events = append(m.Events, &ferryv1.MigrationEvent{At: timestamppb.New(e.At), State: string(e.State), Message: e.Message})
@@ -99,6 +100,7 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	if k == core.ActStartPostcopy {
 		r.postcopy = true
 	}
+	r.disksLocked(out)
 	if out.PostcopyStartedAt != nil {
 		r.postcopy = true
 	}
@@ -345,4 +347,37 @@ func pausedMs(h []core.Event, now time.Time) int64 {
 		total += now.Sub(since)
 	}
 	return total.Milliseconds()
+}
+
+// disksLocked folds the source's disk mirrors into the report: per disk
+// the data copied, the time to ready and to completion; the totals.
+func (r *reporter) disksLocked(out *agentv1.OutgoingStatus) {
+	if len(out.Disks) == 0 {
+		return
+	}
+	m := r.m
+	m.DiskBytesTotal = max(m.DiskBytesTotal, out.DiskBytesTotal)
+	m.DiskBytesTransferred = max(m.DiskBytesTransferred, out.DiskBytesTransferred)
+	for _, d := range out.Disks {
+		var md *ferryv1.MigrationDisk
+		for _, x := range m.Disks {
+			if x.Name == d.Name {
+				md = x
+			}
+		}
+		if md == nil {
+			md = &ferryv1.MigrationDisk{Name: d.Name}
+			m.Disks = append(m.Disks, md)
+		}
+		md.State = d.State
+		if d.State == "ready" || d.State == "completed" {
+			md.BytesTransferred = max(md.BytesTransferred, d.DataBytes)
+		}
+		if d.StartedAt != nil && d.ReadyAt != nil {
+			md.MirrorMs = d.ReadyAt.AsTime().Sub(d.StartedAt.AsTime()).Milliseconds()
+		}
+		if d.StartedAt != nil && d.CompletedAt != nil {
+			md.CompleteMs = d.CompletedAt.AsTime().Sub(d.StartedAt.AsTime()).Milliseconds()
+		}
+	}
 }

@@ -499,8 +499,15 @@ type OutgoingStatus struct {
 	ThrottlePercent   int64                  `protobuf:"varint,20,opt,name=throttle_percent,json=throttlePercent,proto3" json:"throttle_percent,omitempty"`
 	PostcopyRequests  int64                  `protobuf:"varint,21,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
 	PostcopyStartedAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=postcopy_started_at,json=postcopyStartedAt,proto3" json:"postcopy_started_at,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// disks are the mirrors of the local disks (empty without local disks).
+	Disks []*DiskMirror `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
+	// disk_bytes_total is the data the mirrors had to copy when they
+	// started (allocated bytes); disk_bytes_transferred what they copied so
+	// far (including what the guest wrote meanwhile).
+	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
+	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *OutgoingStatus) Reset() {
@@ -687,6 +694,27 @@ func (x *OutgoingStatus) GetPostcopyStartedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *OutgoingStatus) GetDisks() []*DiskMirror {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *OutgoingStatus) GetDiskBytesTotal() int64 {
+	if x != nil {
+		return x.DiskBytesTotal
+	}
+	return 0
+}
+
+func (x *OutgoingStatus) GetDiskBytesTransferred() int64 {
+	if x != nil {
+		return x.DiskBytesTransferred
+	}
+	return 0
+}
+
 // IncomingStatus is the destination side of a live migration.
 type IncomingStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -793,7 +821,11 @@ type PrepareIncomingRequest struct {
 	MigrationId     string           `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	MultifdChannels int32            `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
 	// postcopy enables postcopy-ram on the destination (it must match the source).
-	Postcopy      bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	Postcopy bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	// local_disks are the VM's local disks (not shared): the destination
+	// creates each empty with the same format and virtual size and exports
+	// it over NBD for the source's mirror.
+	LocalDisks    []*LocalDisk `protobuf:"bytes,80,rep,name=local_disks,json=localDisks,proto3" json:"local_disks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -863,10 +895,20 @@ func (x *PrepareIncomingRequest) GetPostcopy() bool {
 	return false
 }
 
+func (x *PrepareIncomingRequest) GetLocalDisks() []*LocalDisk {
+	if x != nil {
+		return x.LocalDisks
+	}
+	return nil
+}
+
 type PrepareIncomingResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is the tcp:IP:PORT the destination QEMU listens on.
-	Uri           string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	Uri string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	// nbd_address is host:port of the NBD server exporting the local disks
+	// (each under its disk name); empty when there are none.
+	NbdAddress    string `protobuf:"bytes,80,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -908,6 +950,13 @@ func (x *PrepareIncomingResponse) GetUri() string {
 	return ""
 }
 
+func (x *PrepareIncomingResponse) GetNbdAddress() string {
+	if x != nil {
+		return x.NbdAddress
+	}
+	return ""
+}
+
 type StartOutgoingRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tuning are the planner's further capabilities and parameters.
@@ -929,8 +978,13 @@ type StartOutgoingRequest struct {
 	// (bytes/s) so demand-faulted pages do not queue behind it; 0 = the same
 	// as max_bandwidth_bytes.
 	MaxPostcopyBandwidthBytes int64 `protobuf:"varint,11,opt,name=max_postcopy_bandwidth_bytes,json=maxPostcopyBandwidthBytes,proto3" json:"max_postcopy_bandwidth_bytes,omitempty"`
-	unknownFields             protoimpl.UnknownFields
-	sizeCache                 protoimpl.SizeCache
+	// mirror_disks names the local disks to mirror to nbd_address before
+	// RAM is sent: the RAM transfer starts when every mirror is ready, and
+	// at pre-switchover the mirrors complete before the source reports it.
+	MirrorDisks   []string `protobuf:"bytes,80,rep,name=mirror_disks,json=mirrorDisks,proto3" json:"mirror_disks,omitempty"`
+	NbdAddress    string   `protobuf:"bytes,81,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartOutgoingRequest) Reset() {
@@ -1045,6 +1099,20 @@ func (x *StartOutgoingRequest) GetMaxPostcopyBandwidthBytes() int64 {
 		return x.MaxPostcopyBandwidthBytes
 	}
 	return 0
+}
+
+func (x *StartOutgoingRequest) GetMirrorDisks() []string {
+	if x != nil {
+		return x.MirrorDisks
+	}
+	return nil
+}
+
+func (x *StartOutgoingRequest) GetNbdAddress() string {
+	if x != nil {
+		return x.NbdAddress
+	}
+	return ""
 }
 
 type MeasureRequest struct {
@@ -1910,6 +1978,288 @@ func (x *StepResponse) GetVm() *v1.VMStatus {
 	return nil
 }
 
+type LocalDisksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalDisksRequest) Reset() {
+	*x = LocalDisksRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDisksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDisksRequest) ProtoMessage() {}
+
+func (x *LocalDisksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDisksRequest.ProtoReflect.Descriptor instead.
+func (*LocalDisksRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LocalDisksRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type LocalDisksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Disks         []*LocalDisk           `protobuf:"bytes,1,rep,name=disks,proto3" json:"disks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalDisksResponse) Reset() {
+	*x = LocalDisksResponse{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDisksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDisksResponse) ProtoMessage() {}
+
+func (x *LocalDisksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDisksResponse.ProtoReflect.Descriptor instead.
+func (*LocalDisksResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LocalDisksResponse) GetDisks() []*LocalDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+// LocalDisk is a disk image the agent keeps in the VM's directory (a spec
+// disk with size or source, not shared).
+type LocalDisk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// format is qcow2 or raw.
+	Format           string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	VirtualSizeBytes int64  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
+	// allocated_bytes is what the image holds on the host (sparse files
+	// count only their allocated blocks).
+	AllocatedBytes int64  `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
+	Path           string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LocalDisk) Reset() {
+	*x = LocalDisk{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDisk) ProtoMessage() {}
+
+func (x *LocalDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDisk.ProtoReflect.Descriptor instead.
+func (*LocalDisk) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *LocalDisk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LocalDisk) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *LocalDisk) GetVirtualSizeBytes() int64 {
+	if x != nil {
+		return x.VirtualSizeBytes
+	}
+	return 0
+}
+
+func (x *LocalDisk) GetAllocatedBytes() int64 {
+	if x != nil {
+		return x.AllocatedBytes
+	}
+	return 0
+}
+
+func (x *LocalDisk) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+// DiskMirror is one local disk's blockdev-mirror to the destination.
+type DiskMirror struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// state is mirroring, ready, completed, failed or cancelled.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// job_len and job_offset are QEMU's job progress (zero ranges count).
+	JobLen    int64 `protobuf:"varint,3,opt,name=job_len,json=jobLen,proto3" json:"job_len,omitempty"`
+	JobOffset int64 `protobuf:"varint,4,opt,name=job_offset,json=jobOffset,proto3" json:"job_offset,omitempty"`
+	// data_bytes is the data the mirror copies: the image's allocated bytes
+	// when it started plus what the guest wrote since.
+	DataBytes     int64                  `protobuf:"varint,5,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	ReadyAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
+	CompletedAt   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	Error         string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskMirror) Reset() {
+	*x = DiskMirror{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskMirror) ProtoMessage() {}
+
+func (x *DiskMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskMirror.ProtoReflect.Descriptor instead.
+func (*DiskMirror) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DiskMirror) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DiskMirror) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DiskMirror) GetJobLen() int64 {
+	if x != nil {
+		return x.JobLen
+	}
+	return 0
+}
+
+func (x *DiskMirror) GetJobOffset() int64 {
+	if x != nil {
+		return x.JobOffset
+	}
+	return 0
+}
+
+func (x *DiskMirror) GetDataBytes() int64 {
+	if x != nil {
+		return x.DataBytes
+	}
+	return 0
+}
+
+func (x *DiskMirror) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *DiskMirror) GetReadyAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReadyAt
+	}
+	return nil
+}
+
+func (x *DiskMirror) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *DiskMirror) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // DiskMarker is one disk's marker in a shared-disk check.
 type DiskMarker struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1930,7 +2280,7 @@ type DiskMarker struct {
 
 func (x *DiskMarker) Reset() {
 	*x = DiskMarker{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2292,7 @@ func (x *DiskMarker) String() string {
 func (*DiskMarker) ProtoMessage() {}
 
 func (x *DiskMarker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2305,7 @@ func (x *DiskMarker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarker.ProtoReflect.Descriptor instead.
 func (*DiskMarker) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DiskMarker) GetDiskPath() string {
@@ -2005,7 +2355,7 @@ type DiskMarkersRequest struct {
 
 func (x *DiskMarkersRequest) Reset() {
 	*x = DiskMarkersRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2367,7 @@ func (x *DiskMarkersRequest) String() string {
 func (*DiskMarkersRequest) ProtoMessage() {}
 
 func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2380,7 @@ func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersRequest.ProtoReflect.Descriptor instead.
 func (*DiskMarkersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DiskMarkersRequest) GetCheckId() string {
@@ -2056,7 +2406,7 @@ type DiskMarkersResponse struct {
 
 func (x *DiskMarkersResponse) Reset() {
 	*x = DiskMarkersResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2068,7 +2418,7 @@ func (x *DiskMarkersResponse) String() string {
 func (*DiskMarkersResponse) ProtoMessage() {}
 
 func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2081,7 +2431,7 @@ func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersResponse.ProtoReflect.Descriptor instead.
 func (*DiskMarkersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
@@ -2115,7 +2465,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"\x15\n" +
 	"\x13AgentListVMsRequest\"<\n" +
 	"\x14AgentListVMsResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xb0\a\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xc2\b\n" +
 	"\x0eOutgoingStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
 	"\x11transferred_bytes\x18\x02 \x01(\x03R\x10transferredBytes\x12'\n" +
@@ -2143,7 +2493,10 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0edowntime_bytes\x18\x13 \x01(\x03R\rdowntimeBytes\x12)\n" +
 	"\x10throttle_percent\x18\x14 \x01(\x03R\x0fthrottlePercent\x12+\n" +
 	"\x11postcopy_requests\x18\x15 \x01(\x03R\x10postcopyRequests\x12J\n" +
-	"\x13postcopy_started_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11postcopyStartedAt\"\x87\x02\n" +
+	"\x13postcopy_started_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11postcopyStartedAt\x120\n" +
+	"\x05disks\x18P \x03(\v2\x1a.ferry.agent.v1.DiskMirrorR\x05disks\x12(\n" +
+	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
+	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\"\x87\x02\n" +
 	"\x0eIncomingStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1f\n" +
 	"\vqemu_status\x18\x02 \x01(\tR\n" +
@@ -2153,15 +2506,19 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"resumed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tresumedAt\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
 	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\x12\x10\n" +
-	"\x03ran\x18\a \x01(\bR\x03ran\"\xe1\x01\n" +
+	"\x03ran\x18\a \x01(\bR\x03ran\"\x9d\x02\n" +
 	"\x16PrepareIncomingRequest\x127\n" +
 	"\x06tuning\x18\x05 \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12)\n" +
 	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
-	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"+\n" +
+	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\x12:\n" +
+	"\vlocal_disks\x18P \x03(\v2\x19.ferry.agent.v1.LocalDiskR\n" +
+	"localDisks\"L\n" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
-	"\x03uri\x18\x01 \x01(\tR\x03uri\"\xfb\x03\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x1f\n" +
+	"\vnbd_address\x18P \x01(\tR\n" +
+	"nbdAddress\"\xbf\x04\n" +
 	"\x14StartOutgoingRequest\x127\n" +
 	"\x06tuning\x18\f \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
@@ -2175,7 +2532,10 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10throttle_initial\x18\t \x01(\x05R\x0fthrottleInitial\x12-\n" +
 	"\x12throttle_increment\x18\n" +
 	" \x01(\x05R\x11throttleIncrement\x12?\n" +
-	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\"\x81\x01\n" +
+	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\x12!\n" +
+	"\fmirror_disks\x18P \x03(\tR\vmirrorDisks\x12\x1f\n" +
+	"\vnbd_address\x18Q \x01(\tR\n" +
+	"nbdAddress\"\x81\x01\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
@@ -2235,7 +2595,31 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x16IncomingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.IncomingStatusR\x06status\"2\n" +
 	"\fStepResponse\x12\"\n" +
-	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\x97\x01\n" +
+	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"'\n" +
+	"\x11LocalDisksRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"E\n" +
+	"\x12LocalDisksResponse\x12/\n" +
+	"\x05disks\x18\x01 \x03(\v2\x19.ferry.agent.v1.LocalDiskR\x05disks\"\xa2\x01\n" +
+	"\tLocalDisk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +
+	"\x12virtual_size_bytes\x18\x03 \x01(\x03R\x10virtualSizeBytes\x12'\n" +
+	"\x0fallocated_bytes\x18\x04 \x01(\x03R\x0eallocatedBytes\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\"\xd4\x02\n" +
+	"\n" +
+	"DiskMirror\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x17\n" +
+	"\ajob_len\x18\x03 \x01(\x03R\x06jobLen\x12\x1d\n" +
+	"\n" +
+	"job_offset\x18\x04 \x01(\x03R\tjobOffset\x12\x1d\n" +
+	"\n" +
+	"data_bytes\x18\x05 \x01(\x03R\tdataBytes\x129\n" +
+	"\n" +
+	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x125\n" +
+	"\bready_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\areadyAt\x12=\n" +
+	"\fcompleted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\"\x97\x01\n" +
 	"\n" +
 	"DiskMarker\x12\x1b\n" +
 	"\tdisk_path\x18\x01 \x01(\tR\bdiskPath\x12\x14\n" +
@@ -2274,11 +2658,13 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ePauseMigration\x12$.ferry.agent.v1.MigrationStepRequest\x1a\x1c.ferry.agent.v1.StepResponse\x12J\n" +
 	"\aMeasure\x12\x1e.ferry.agent.v1.MeasureRequest\x1a\x1f.ferry.agent.v1.MeasureResponse\x12V\n" +
 	"\vProbeListen\x12\".ferry.agent.v1.ProbeListenRequest\x1a#.ferry.agent.v1.ProbeListenResponse\x12P\n" +
-	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponse2\xa9\x02\n" +
+	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponse2\xfe\x02\n" +
 	"\x10DiskAgentService\x12[\n" +
 	"\x10WriteDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12Z\n" +
 	"\x0fReadDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12\\\n" +
-	"\x11RemoveDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
+	"\x11RemoveDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12S\n" +
+	"\n" +
+	"LocalDisks\x12!.ferry.agent.v1.LocalDisksRequest\x1a\".ferry.agent.v1.LocalDisksResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_ferry_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2292,7 +2678,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*AgentStartVMRequest)(nil),     // 0: ferry.agent.v1.AgentStartVMRequest
 	(*AgentStartVMResponse)(nil),    // 1: ferry.agent.v1.AgentStartVMResponse
@@ -2322,96 +2708,108 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*OutgoingStatusResponse)(nil),  // 25: ferry.agent.v1.OutgoingStatusResponse
 	(*IncomingStatusResponse)(nil),  // 26: ferry.agent.v1.IncomingStatusResponse
 	(*StepResponse)(nil),            // 27: ferry.agent.v1.StepResponse
-	(*DiskMarker)(nil),              // 28: ferry.agent.v1.DiskMarker
-	(*DiskMarkersRequest)(nil),      // 29: ferry.agent.v1.DiskMarkersRequest
-	(*DiskMarkersResponse)(nil),     // 30: ferry.agent.v1.DiskMarkersResponse
-	(*v1.VMSpec)(nil),               // 31: ferry.v1.VMSpec
-	(*v1.VMStatus)(nil),             // 32: ferry.v1.VMStatus
-	(*timestamppb.Timestamp)(nil),   // 33: google.protobuf.Timestamp
-	(*v1.ConsoleRequest)(nil),       // 34: ferry.v1.ConsoleRequest
-	(*v1.ConsoleChunk)(nil),         // 35: ferry.v1.ConsoleChunk
+	(*LocalDisksRequest)(nil),       // 28: ferry.agent.v1.LocalDisksRequest
+	(*LocalDisksResponse)(nil),      // 29: ferry.agent.v1.LocalDisksResponse
+	(*LocalDisk)(nil),               // 30: ferry.agent.v1.LocalDisk
+	(*DiskMirror)(nil),              // 31: ferry.agent.v1.DiskMirror
+	(*DiskMarker)(nil),              // 32: ferry.agent.v1.DiskMarker
+	(*DiskMarkersRequest)(nil),      // 33: ferry.agent.v1.DiskMarkersRequest
+	(*DiskMarkersResponse)(nil),     // 34: ferry.agent.v1.DiskMarkersResponse
+	(*v1.VMSpec)(nil),               // 35: ferry.v1.VMSpec
+	(*v1.VMStatus)(nil),             // 36: ferry.v1.VMStatus
+	(*timestamppb.Timestamp)(nil),   // 37: google.protobuf.Timestamp
+	(*v1.ConsoleRequest)(nil),       // 38: ferry.v1.ConsoleRequest
+	(*v1.ConsoleChunk)(nil),         // 39: ferry.v1.ConsoleChunk
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	31, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	32, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	32, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	32, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	32, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	33, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	33, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	33, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	33, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	33, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
-	33, // 10: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	33, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	32, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	17, // 13: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
-	31, // 14: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	17, // 15: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
-	33, // 16: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
-	33, // 17: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
-	10, // 18: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
-	11, // 19: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	32, // 20: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	28, // 21: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
-	28, // 22: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
-	0,  // 23: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
-	2,  // 24: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
-	4,  // 25: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
-	6,  // 26: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
-	8,  // 27: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	34, // 28: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	12, // 29: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
-	24, // 30: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 31: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 32: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 33: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	14, // 34: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
-	24, // 35: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 36: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 37: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 38: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 39: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 40: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 41: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
-	24, // 42: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 43: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
-	18, // 44: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
-	20, // 45: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
-	29, // 46: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	29, // 47: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	29, // 48: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	1,  // 49: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 50: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 51: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 52: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 53: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	35, // 54: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 55: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	26, // 56: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 57: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 58: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	27, // 59: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	25, // 60: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	25, // 61: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	25, // 62: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	27, // 63: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	27, // 64: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	25, // 65: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	22, // 66: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	25, // 67: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	27, // 68: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 69: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	19, // 70: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	21, // 71: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	30, // 72: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	30, // 73: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	30, // 74: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	49, // [49:75] is the sub-list for method output_type
-	23, // [23:49] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	35, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
+	36, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
+	36, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
+	36, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
+	36, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
+	37, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	37, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	37, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	37, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	37, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	31, // 10: ferry.agent.v1.OutgoingStatus.disks:type_name -> ferry.agent.v1.DiskMirror
+	37, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	37, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	36, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	17, // 14: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	35, // 15: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	30, // 16: ferry.agent.v1.PrepareIncomingRequest.local_disks:type_name -> ferry.agent.v1.LocalDisk
+	17, // 17: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	37, // 18: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	37, // 19: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	10, // 20: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
+	11, // 21: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
+	36, // 22: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	30, // 23: ferry.agent.v1.LocalDisksResponse.disks:type_name -> ferry.agent.v1.LocalDisk
+	37, // 24: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
+	37, // 25: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
+	37, // 26: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
+	32, // 27: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
+	32, // 28: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
+	0,  // 29: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
+	2,  // 30: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
+	4,  // 31: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
+	6,  // 32: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
+	8,  // 33: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
+	38, // 34: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	12, // 35: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
+	24, // 36: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 37: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 38: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 39: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	14, // 40: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	24, // 41: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 42: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 43: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 44: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 45: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 46: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 47: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
+	24, // 48: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
+	15, // 49: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	18, // 50: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
+	20, // 51: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
+	33, // 52: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	33, // 53: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	33, // 54: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	28, // 55: ferry.agent.v1.DiskAgentService.LocalDisks:input_type -> ferry.agent.v1.LocalDisksRequest
+	1,  // 56: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 57: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 58: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 59: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 60: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	39, // 61: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	13, // 62: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	26, // 63: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 64: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 65: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	27, // 66: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	25, // 67: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 68: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 69: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 70: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	27, // 71: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	25, // 72: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	22, // 73: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	25, // 74: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 75: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	16, // 76: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	19, // 77: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	21, // 78: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	34, // 79: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	34, // 80: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	34, // 81: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	29, // 82: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
+	56, // [56:83] is the sub-list for method output_type
+	29, // [29:56] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2425,7 +2823,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   31,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

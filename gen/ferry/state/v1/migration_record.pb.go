@@ -86,7 +86,9 @@ type MigrationRecord struct {
 	Retries  []*MigrationRecordRetry `protobuf:"bytes,63,rep,name=retries,proto3" json:"retries,omitempty"`
 	// report is the public report so far (figures, samples, plan), kept by
 	// the executor; status, state and error are rendered from this record.
-	Report        *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
+	Report *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
+	// disk_uri is the destination's NBD server for the local disks' mirrors.
+	DiskUri       string `protobuf:"bytes,80,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -357,6 +359,13 @@ func (x *MigrationRecord) GetReport() *v1.Migration {
 		return x.Report
 	}
 	return nil
+}
+
+func (x *MigrationRecord) GetDiskUri() string {
+	if x != nil {
+		return x.DiskUri
+	}
+	return ""
 }
 
 // MigrationRecordRetry is one failed and retried attempt (see core.Retry).
@@ -757,8 +766,7 @@ var File_ferry_state_v1_migration_record_proto protoreflect.FileDescriptor
 
 const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\n" +
-	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\n" +
-	"\n" +
+	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\v\n" +
 	"\x0fMigrationRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x0e\n" +
@@ -801,7 +809,8 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\x0fnext_attempt_at\x18= \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x1a\n" +
 	"\bretrying\x18> \x01(\bR\bretrying\x12>\n" +
 	"\aretries\x18? \x03(\v2$.ferry.state.v1.MigrationRecordRetryR\aretries\x12+\n" +
-	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\"\xb6\x01\n" +
+	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\x12\x19\n" +
+	"\bdisk_uri\x18P \x01(\tR\adiskUri\"\xb6\x01\n" +
 	"\x14MigrationRecordRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +

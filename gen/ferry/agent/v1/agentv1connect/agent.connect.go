@@ -113,6 +113,9 @@ const (
 	// DiskAgentServiceRemoveDiskMarkersProcedure is the fully-qualified name of the DiskAgentService's
 	// RemoveDiskMarkers RPC.
 	DiskAgentServiceRemoveDiskMarkersProcedure = "/ferry.agent.v1.DiskAgentService/RemoveDiskMarkers"
+	// DiskAgentServiceLocalDisksProcedure is the fully-qualified name of the DiskAgentService's
+	// LocalDisks RPC.
+	DiskAgentServiceLocalDisksProcedure = "/ferry.agent.v1.DiskAgentService/LocalDisks"
 )
 
 // AgentServiceClient is a client for the ferry.agent.v1.AgentService service.
@@ -858,6 +861,9 @@ type DiskAgentServiceClient interface {
 	ReadDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
 	// RemoveDiskMarkers removes the markers of check_id (idempotent).
 	RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// LocalDisks reports a VM's local disk images here (format, virtual and
+	// allocated size): what a storage migration must copy.
+	LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error)
 }
 
 // NewDiskAgentServiceClient constructs a client for the ferry.agent.v1.DiskAgentService service. By
@@ -889,6 +895,12 @@ func NewDiskAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(diskAgentServiceMethods.ByName("RemoveDiskMarkers")),
 			connect.WithClientOptions(opts...),
 		),
+		localDisks: connect.NewClient[v1.LocalDisksRequest, v1.LocalDisksResponse](
+			httpClient,
+			baseURL+DiskAgentServiceLocalDisksProcedure,
+			connect.WithSchema(diskAgentServiceMethods.ByName("LocalDisks")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -897,6 +909,7 @@ type diskAgentServiceClient struct {
 	writeDiskMarkers  *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
 	readDiskMarkers   *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
 	removeDiskMarkers *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
+	localDisks        *connect.Client[v1.LocalDisksRequest, v1.LocalDisksResponse]
 }
 
 // WriteDiskMarkers calls ferry.agent.v1.DiskAgentService.WriteDiskMarkers.
@@ -914,6 +927,11 @@ func (c *diskAgentServiceClient) RemoveDiskMarkers(ctx context.Context, req *con
 	return c.removeDiskMarkers.CallUnary(ctx, req)
 }
 
+// LocalDisks calls ferry.agent.v1.DiskAgentService.LocalDisks.
+func (c *diskAgentServiceClient) LocalDisks(ctx context.Context, req *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error) {
+	return c.localDisks.CallUnary(ctx, req)
+}
+
 // DiskAgentServiceHandler is an implementation of the ferry.agent.v1.DiskAgentService service.
 type DiskAgentServiceHandler interface {
 	// WriteDiskMarkers writes <disk>.ferry-shared-check-<check_id> holding
@@ -924,6 +942,9 @@ type DiskAgentServiceHandler interface {
 	ReadDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
 	// RemoveDiskMarkers removes the markers of check_id (idempotent).
 	RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// LocalDisks reports a VM's local disk images here (format, virtual and
+	// allocated size): what a storage migration must copy.
+	LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error)
 }
 
 // NewDiskAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -951,6 +972,12 @@ func NewDiskAgentServiceHandler(svc DiskAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(diskAgentServiceMethods.ByName("RemoveDiskMarkers")),
 		connect.WithHandlerOptions(opts...),
 	)
+	diskAgentServiceLocalDisksHandler := connect.NewUnaryHandler(
+		DiskAgentServiceLocalDisksProcedure,
+		svc.LocalDisks,
+		connect.WithSchema(diskAgentServiceMethods.ByName("LocalDisks")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.agent.v1.DiskAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case DiskAgentServiceWriteDiskMarkersProcedure:
@@ -959,6 +986,8 @@ func NewDiskAgentServiceHandler(svc DiskAgentServiceHandler, opts ...connect.Han
 			diskAgentServiceReadDiskMarkersHandler.ServeHTTP(w, r)
 		case DiskAgentServiceRemoveDiskMarkersProcedure:
 			diskAgentServiceRemoveDiskMarkersHandler.ServeHTTP(w, r)
+		case DiskAgentServiceLocalDisksProcedure:
+			diskAgentServiceLocalDisksHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -978,4 +1007,8 @@ func (UnimplementedDiskAgentServiceHandler) ReadDiskMarkers(context.Context, *co
 
 func (UnimplementedDiskAgentServiceHandler) RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.RemoveDiskMarkers is not implemented"))
+}
+
+func (UnimplementedDiskAgentServiceHandler) LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.LocalDisks is not implemented"))
 }
