@@ -132,6 +132,9 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	if a.cfg.MigrationIP == "" {
 		return "", failedPrecondition("host %s has no migration address: start the agent with --migration-ip or a --bridge that has an IPv4 address", a.cfg.Name)
 	}
+	if err := a.checkTuning(req.Tuning, false); err != nil {
+		return "", err
+	}
 	if st, ok := a.ended.get(req.MigrationId); ok {
 		return "", failedPrecondition("migration %s of VM %s already ended on host %s (%s): start a new migration", req.MigrationId, sp.Name, a.cfg.Name, st.State)
 	}
@@ -183,12 +186,15 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	if req.MultifdChannels > 1 {
 		caps = append(caps, qmp.CapabilityState{Capability: qmp.CapMultifd, State: true})
 	}
+	caps = append(caps, tuningCaps(req.Tuning)...)
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return "", fmt.Errorf("destination capabilities: %w", err)
 	}
 	if req.MultifdChannels > 1 {
-		if err := mon.MigrateSetParameters(ctx, qmp.MigrationParameters{MultifdChannels: qmp.Ptr(int64(req.MultifdChannels))}); err != nil {
-			return "", fmt.Errorf("destination multifd channels: %w", err)
+		params := qmp.MigrationParameters{MultifdChannels: qmp.Ptr(int64(req.MultifdChannels))}
+		tuneParams(req.Tuning, false, true, &params)
+		if err := mon.MigrateSetParameters(ctx, params); err != nil {
+			return "", fmt.Errorf("destination multifd parameters: %w", err)
 		}
 	}
 	if err := mon.MigrateIncoming(ctx, "tcp:"+a.cfg.MigrationIP+":0"); err != nil {

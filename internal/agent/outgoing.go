@@ -114,6 +114,9 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if req.MigrationId == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("migration_id: required"))
 	}
+	if err := a.checkTuning(req.Tuning, true); err != nil {
+		return nil, err
+	}
 	v.mu.Lock()
 	if v.out != nil && v.out.id == req.MigrationId {
 		out := v.out
@@ -164,6 +167,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		{Capability: qmp.CapPostcopyRAM, State: req.Postcopy},
 		{Capability: qmp.CapAutoConverge, State: req.AutoConverge},
 	}
+	caps = append(caps, tuningCaps(req.Tuning)...)
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return fail(fmt.Errorf("source capabilities: %w", err))
 	}
@@ -177,6 +181,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if req.MultifdChannels > 1 {
 		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))
 	}
+	tuneParams(req.Tuning, true, req.MultifdChannels > 1, &params)
 	if req.AutoConverge {
 		if req.ThrottleInitial > 0 {
 			params.CPUThrottleInitial = qmp.Ptr(int64(req.ThrottleInitial))
@@ -220,7 +225,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
 	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri,
-		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels)
+		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)
 }
 

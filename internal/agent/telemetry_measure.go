@@ -92,6 +92,7 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 	}
 	if e, ok := t.nonZero.Estimate(now); ok {
 		resp.NonZeroBytes, resp.NonZeroSampledAt = int64(e.Latest), timestamppb.New(e.At)
+		resp.CompressRatio = t.compressRatio
 	}
 	if el := now.Sub(t.since); el > 0 {
 		resp.SamplerCpuSecondsPerMinute = t.cpu.Seconds() / el.Minutes()

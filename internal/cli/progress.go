@@ -282,6 +282,9 @@ func renderReport(m *ferryv1.Migration) string {
 	if t := m.GetThrottlePercent(); t > 0 {
 		line("throttle", fmt.Sprintf("up to %d%% of the guest's CPU", t))
 	}
+	for _, l := range tuningLines(m.GetPlan().GetTuning()) {
+		line("tuning", l)
+	}
 	if pc := m.GetPostcopyMs(); pc > 0 {
 		v := fmt.Sprintf("%s, %d pages faulted in", fmtMs(pc), m.GetPostcopyRequests())
 		if p := m.GetPostcopyPausedMs(); p > 0 {

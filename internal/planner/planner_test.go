@@ -82,12 +82,13 @@ func TestPredictByHand(t *testing.T) {
 			rounds: 6, downtime: ms(190), total: ms(20450), bytesMiB: 2033,
 		},
 		{
-			// Post-copy of the same guest: switch after round 1 (10.24 s) with
-			// 512 MiB dirtied meanwhile.
+			// Post-copy of the same guest: switch where round 1's remainder
+			// equals what was dirtied, at 1024/(100+50) = 6.8267 s of round 1
+			// (10.24 s), with 50 × 6.8267 = 341.33 MiB dirtied meanwhile.
 			// downtime = 0.01 + 0.02 = 30 ms
-			// total    = 0.1 + (1024 + 512 + 1)/100 + 0.02 = 15.49 s
+			// total    = 0.1 + (1024 + 341.33 + 1)/100 + 0.02 = 13.7833 s
 			name: "half the bandwidth, post-copy", in: base(50), strategy: StrategyPostcopy,
-			rounds: 1, downtime: ms(30), total: ms(15490), bytesMiB: 1537,
+			rounds: 1, downtime: ms(30), total: 13783333 * time.Microsecond, bytesMiB: 1366.33,
 		},
 		{
 			// Dirty 120 MiB/s on 100 MiB/s with auto-converge; QEMU 7.2 checks at

@@ -67,8 +67,8 @@ func Predict(in Inputs) []Prediction {
 }
 
 func (m *model) predictAll() []Prediction {
-	pre, post := m.predictPrecopy(), m.predictPostcopy()
-	preds := []Prediction{pre, m.predictConverge(), post, m.predictHybrid(pre, post), m.predictCold()}
+	pre := m.predictPrecopy()
+	preds := []Prediction{pre, m.predictConverge(), m.predictPostcopy(), m.predictHybrid(pre, m.predictPostcopyAfterRound1()), m.predictCold()}
 	for i := range preds {
 		preds[i] = m.withDisks(preds[i])
 	}
@@ -122,7 +122,7 @@ func (m *model) predictRAM(strategy string) Prediction {
 	case StrategyPostcopy:
 		return m.predictPostcopy()
 	case StrategyHybrid:
-		return m.predictHybrid(m.predictPrecopy(), m.predictPostcopy())
+		return m.predictHybrid(m.predictPrecopy(), m.predictPostcopyAfterRound1())
 	case StrategyCold:
 		return m.predictCold()
 	}
@@ -284,6 +284,40 @@ func (m *model) predictConverge() Prediction {
 }
 
 func (m *model) predictPostcopy() Prediction {
+	t1 := m.nz / m.b
+	ts := postcopySwitchBytes(m.nz, m.b, m.r) / m.b
+	if ts >= t1-1e-9 {
+		return m.predictPostcopyAfterRound1()
+	}
+	// The post-copy strategy switches at Tune's switch point: round 1's
+	// remainder then equals what the guest dirtied meanwhile.
+	d2 := m.dirtied(ts, 0)
+	down := m.fixedDowntime()
+	p := Prediction{
+		Strategy: StrategyPostcopy, Converges: true, Postcopy: true,
+		Total:    seconds(m.setup + (m.nz+d2+m.s)/m.b + m.sw),
+		Downtime: seconds(down),
+		Bytes:    int64(m.nz + d2 + m.s + 0.5),
+		Rounds:   1, DowntimeLimit: seconds(m.limit),
+	}
+	p.Reason = fmt.Sprintf("switches to the destination at %s of round 1 (%s); the rest of round 1 and the %s dirtied meanwhile arrive afterwards (%s during which the guest waits on remote page faults; a broken link pauses it until recovered)",
+		fmtSec(ts), fmtSec(t1), fmtBytes(d2), fmtSec((m.nz-ts*m.b+d2)/m.b)) + m.overBudget(down)
+	return p
+}
+
+// postcopySwitchBytes is where the post-copy strategy switches: after
+// m·b/(b+r) bytes of round 1, where round 1's remainder m − b·t equals
+// what the guest dirtied meanwhile, r·t (m itself when r is 0).
+func postcopySwitchBytes(m, b, r float64) float64 {
+	if m <= 0 || b <= 0 || r <= 0 {
+		return m
+	}
+	return m * b / (b + r)
+}
+
+// predictPostcopyAfterRound1 is post-copy started after the first full
+// round: hybrid's fallback, and the post-copy strategy of an idle guest.
+func (m *model) predictPostcopyAfterRound1() Prediction {
 	t1 := m.nz / m.b
 	d2 := m.dirtied(t1, 0)
 	down := m.fixedDowntime()

@@ -200,6 +200,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		} else {
 			var perr error
 			plan, perr = makePlan(in, opt)
+			// The QEMU tuning of the strategy that will run.
+			if st := tunedStrategy(opt.Strategy, plan.Choice); st != "" {
+				plan.Tuning = tunePlan(st, in, opt, src, dst)
+			}
 			if req.DryRun {
 				return nil, plan, nil
 			}
@@ -240,6 +244,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		s.releaseReservation(id)
 		return nil, nil, invalidArg("%v", err)
 	}
+	rec.Options.PostcopyAtFraction = postcopyAt(plan, opt.Strategy)
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),

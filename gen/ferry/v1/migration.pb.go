@@ -207,6 +207,12 @@ type PlanInputs struct {
 	// measured_inline says the plan had to measure something itself (stale
 	// or missing telemetry), which is what makes planning slow.
 	MeasuredInline bool `protobuf:"varint,14,opt,name=measured_inline,json=measuredInline,proto3" json:"measured_inline,omitempty"`
+	// rtt_ms is the link's round-trip time (TCP connect of the latest
+	// probe); 0 when unknown.
+	RttMs float64 `protobuf:"fixed64,15,opt,name=rtt_ms,json=rttMs,proto3" json:"rtt_ms,omitempty"`
+	// compress_ratio is how well the guest's non-zero RAM compresses
+	// (compressed over original size of a sample; 0 = unknown).
+	CompressRatio float64 `protobuf:"fixed64,16,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
 	// disk_bytes is the data of the VM's local disks (allocated bytes on
 	// the source) that a live migration mirrors before the RAM.
 	DiskBytes     int64 `protobuf:"varint,80,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
@@ -342,6 +348,20 @@ func (x *PlanInputs) GetMeasuredInline() bool {
 	return false
 }
 
+func (x *PlanInputs) GetRttMs() float64 {
+	if x != nil {
+		return x.RttMs
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetCompressRatio() float64 {
+	if x != nil {
+		return x.CompressRatio
+	}
+	return 0
+}
+
 func (x *PlanInputs) GetDiskBytes() int64 {
 	if x != nil {
 		return x.DiskBytes
@@ -475,8 +495,12 @@ type Plan struct {
 	Inputs      *PlanInputs            `protobuf:"bytes,1,opt,name=inputs,proto3" json:"inputs,omitempty"`
 	Predictions []*StrategyPrediction  `protobuf:"bytes,2,rep,name=predictions,proto3" json:"predictions,omitempty"`
 	// choice is the strategy chosen (empty when none fits).
-	Choice        string `protobuf:"bytes,3,opt,name=choice,proto3" json:"choice,omitempty"`
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Choice string `protobuf:"bytes,3,opt,name=choice,proto3" json:"choice,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// tuning are the QEMU capabilities and parameters the planner chose for
+	// the strategy (postcopy-preempt, multifd-channels, zero-page-detection,
+	// multifd-compression, avail-switchover-bandwidth), each with its reason.
+	Tuning        *PlanTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -539,6 +563,196 @@ func (x *Plan) GetReason() string {
 	return ""
 }
 
+func (x *Plan) GetTuning() *PlanTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
+}
+
+// PlanTuning is what the planner set beyond the strategy, applied by the
+// agents on both sides where QEMU needs it on both.
+type PlanTuning struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// choices are the decisions with their reasons, in a fixed order.
+	Choices         []*TuningChoice `protobuf:"bytes,1,rep,name=choices,proto3" json:"choices,omitempty"`
+	PostcopyPreempt bool            `protobuf:"varint,2,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
+	// multifd_channels > 1 enables multifd (0: one stream).
+	MultifdChannels int32 `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
+	// zero_page_detection is QEMU's zero-page-detection ("" = default).
+	ZeroPageDetection string `protobuf:"bytes,4,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
+	// multifd_compression is "zstd" or "" (none).
+	MultifdCompression string `protobuf:"bytes,5,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
+	MultifdZstdLevel   int32  `protobuf:"varint,6,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
+	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
+	// (bytes/s); 0 = QEMU's own estimate.
+	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,7,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
+	// postcopy_background_share is the share of the link post-copy's
+	// background stream may use (1 with preempt, 0.8 without).
+	PostcopyBackgroundShare float64 `protobuf:"fixed64,8,opt,name=postcopy_background_share,json=postcopyBackgroundShare,proto3" json:"postcopy_background_share,omitempty"`
+	// postcopy_at_fraction: a post-copy migration switches once round 1
+	// has gone through this fraction of the guest's RAM (0: after round 1).
+	PostcopyAtFraction float64 `protobuf:"fixed64,9,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *PlanTuning) Reset() {
+	*x = PlanTuning{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanTuning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanTuning) ProtoMessage() {}
+
+func (x *PlanTuning) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanTuning.ProtoReflect.Descriptor instead.
+func (*PlanTuning) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PlanTuning) GetChoices() []*TuningChoice {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
+}
+
+func (x *PlanTuning) GetPostcopyPreempt() bool {
+	if x != nil {
+		return x.PostcopyPreempt
+	}
+	return false
+}
+
+func (x *PlanTuning) GetMultifdChannels() int32 {
+	if x != nil {
+		return x.MultifdChannels
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetZeroPageDetection() string {
+	if x != nil {
+		return x.ZeroPageDetection
+	}
+	return ""
+}
+
+func (x *PlanTuning) GetMultifdCompression() string {
+	if x != nil {
+		return x.MultifdCompression
+	}
+	return ""
+}
+
+func (x *PlanTuning) GetMultifdZstdLevel() int32 {
+	if x != nil {
+		return x.MultifdZstdLevel
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetAvailSwitchoverBandwidthBytes() int64 {
+	if x != nil {
+		return x.AvailSwitchoverBandwidthBytes
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyBackgroundShare() float64 {
+	if x != nil {
+		return x.PostcopyBackgroundShare
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyAtFraction() float64 {
+	if x != nil {
+		return x.PostcopyAtFraction
+	}
+	return 0
+}
+
+// TuningChoice is one QEMU capability or parameter the planner set.
+type TuningChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the QEMU capability or parameter.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// value is what Ferry set ("on", "off", "4", "zstd", "43.2 MiB/s").
+	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TuningChoice) Reset() {
+	*x = TuningChoice{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TuningChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TuningChoice) ProtoMessage() {}
+
+func (x *TuningChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TuningChoice.ProtoReflect.Descriptor instead.
+func (*TuningChoice) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TuningChoice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TuningChoice) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *TuningChoice) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // ControllerDecision is one action of the adaptive controller.
 type ControllerDecision struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -551,7 +765,7 @@ type ControllerDecision struct {
 
 func (x *ControllerDecision) Reset() {
 	*x = ControllerDecision{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -563,7 +777,7 @@ func (x *ControllerDecision) String() string {
 func (*ControllerDecision) ProtoMessage() {}
 
 func (x *ControllerDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -576,7 +790,7 @@ func (x *ControllerDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControllerDecision.ProtoReflect.Descriptor instead.
 func (*ControllerDecision) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ControllerDecision) GetTMs() int64 {
@@ -619,7 +833,7 @@ type MigrationSample struct {
 
 func (x *MigrationSample) Reset() {
 	*x = MigrationSample{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +845,7 @@ func (x *MigrationSample) String() string {
 func (*MigrationSample) ProtoMessage() {}
 
 func (x *MigrationSample) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +858,7 @@ func (x *MigrationSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationSample.ProtoReflect.Descriptor instead.
 func (*MigrationSample) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MigrationSample) GetTMs() int64 {
@@ -721,7 +935,7 @@ type DowntimePhases struct {
 
 func (x *DowntimePhases) Reset() {
 	*x = DowntimePhases{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -733,7 +947,7 @@ func (x *DowntimePhases) String() string {
 func (*DowntimePhases) ProtoMessage() {}
 
 func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -746,7 +960,7 @@ func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DowntimePhases.ProtoReflect.Descriptor instead.
 func (*DowntimePhases) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DowntimePhases) GetFinalRoundMs() int64 {
@@ -810,7 +1024,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -822,7 +1036,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -835,7 +1049,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MigrationEvent) GetAt() *timestamppb.Timestamp {
@@ -947,7 +1161,7 @@ type Migration struct {
 
 func (x *Migration) Reset() {
 	*x = Migration{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -959,7 +1173,7 @@ func (x *Migration) String() string {
 func (*Migration) ProtoMessage() {}
 
 func (x *Migration) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -972,7 +1186,7 @@ func (x *Migration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Migration.ProtoReflect.Descriptor instead.
 func (*Migration) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Migration) GetId() string {
@@ -1313,7 +1527,7 @@ type MigrationDisk struct {
 
 func (x *MigrationDisk) Reset() {
 	*x = MigrationDisk{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1539,7 @@ func (x *MigrationDisk) String() string {
 func (*MigrationDisk) ProtoMessage() {}
 
 func (x *MigrationDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1552,7 @@ func (x *MigrationDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationDisk.ProtoReflect.Descriptor instead.
 func (*MigrationDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MigrationDisk) GetName() string {
@@ -1413,7 +1627,7 @@ type MigrationRetry struct {
 
 func (x *MigrationRetry) Reset() {
 	*x = MigrationRetry{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1639,7 @@ func (x *MigrationRetry) String() string {
 func (*MigrationRetry) ProtoMessage() {}
 
 func (x *MigrationRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1652,7 @@ func (x *MigrationRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationRetry.ProtoReflect.Descriptor instead.
 func (*MigrationRetry) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MigrationRetry) GetAttempt() int32 {
@@ -1482,7 +1696,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1708,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1721,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MigrateRequest) GetVm() string {
@@ -1550,7 +1764,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1562,7 +1776,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1575,7 +1789,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MigrateResponse) GetMigration() *Migration {
@@ -1603,7 +1817,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1829,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1842,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetMigrationRequest) GetId() string {
@@ -1654,7 +1868,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1880,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1893,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1699,7 +1913,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1711,7 +1925,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1724,7 +1938,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListMigrationsRequest) GetVm() string {
@@ -1743,7 +1957,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1969,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1982,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1787,7 +2001,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +2013,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +2026,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelMigrationRequest) GetId() string {
@@ -1831,7 +2045,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2057,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[18]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2070,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -1886,7 +2100,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12(\n" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
-	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\"\xde\x04\n" +
+	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\"\x9c\x05\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1903,7 +2117,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0fnon_zero_source\x18\v \x01(\tR\rnonZeroSource\x12%\n" +
 	"\x0fnon_zero_age_ms\x18\f \x01(\x03R\fnonZeroAgeMs\x12(\n" +
 	"\x10bandwidth_age_ms\x18\r \x01(\x03R\x0ebandwidthAgeMs\x12'\n" +
-	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\x12\x1d\n" +
+	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\x12\x15\n" +
+	"\x06rtt_ms\x18\x0f \x01(\x01R\x05rttMs\x12%\n" +
+	"\x0ecompress_ratio\x18\x10 \x01(\x01R\rcompressRatio\x12\x1d\n" +
 	"\n" +
 	"disk_bytes\x18P \x01(\x03R\tdiskBytes\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
@@ -1918,12 +2134,28 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12\x18\n" +
 	"\aallowed\x18\t \x01(\bR\aallowed\x12*\n" +
 	"\x11downtime_limit_ms\x18\n" +
-	" \x01(\x03R\x0fdowntimeLimitMs\"\xa4\x01\n" +
+	" \x01(\x03R\x0fdowntimeLimitMs\"\xd2\x01\n" +
 	"\x04Plan\x12,\n" +
 	"\x06inputs\x18\x01 \x01(\v2\x14.ferry.v1.PlanInputsR\x06inputs\x12>\n" +
 	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
 	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"W\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xda\x03\n" +
+	"\n" +
+	"PlanTuning\x120\n" +
+	"\achoices\x18\x01 \x03(\v2\x16.ferry.v1.TuningChoiceR\achoices\x12)\n" +
+	"\x10postcopy_preempt\x18\x02 \x01(\bR\x0fpostcopyPreempt\x12)\n" +
+	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12.\n" +
+	"\x13zero_page_detection\x18\x04 \x01(\tR\x11zeroPageDetection\x12/\n" +
+	"\x13multifd_compression\x18\x05 \x01(\tR\x12multifdCompression\x12,\n" +
+	"\x12multifd_zstd_level\x18\x06 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
+	" avail_switchover_bandwidth_bytes\x18\a \x01(\x03R\x1davailSwitchoverBandwidthBytes\x12:\n" +
+	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\x120\n" +
+	"\x14postcopy_at_fraction\x18\t \x01(\x01R\x12postcopyAtFraction\"P\n" +
+	"\fTuningChoice\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"W\n" +
 	"\x12ControllerDecision\x12\x11\n" +
 	"\x04t_ms\x18\x01 \x01(\x03R\x03tMs\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
@@ -2059,65 +2291,69 @@ func file_ferry_v1_migration_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_proto_rawDescData
 }
 
-var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ferry_v1_migration_proto_goTypes = []any{
 	(*MigrationOptions)(nil),        // 0: ferry.v1.MigrationOptions
 	(*PlanInputs)(nil),              // 1: ferry.v1.PlanInputs
 	(*StrategyPrediction)(nil),      // 2: ferry.v1.StrategyPrediction
 	(*Plan)(nil),                    // 3: ferry.v1.Plan
-	(*ControllerDecision)(nil),      // 4: ferry.v1.ControllerDecision
-	(*MigrationSample)(nil),         // 5: ferry.v1.MigrationSample
-	(*DowntimePhases)(nil),          // 6: ferry.v1.DowntimePhases
-	(*MigrationEvent)(nil),          // 7: ferry.v1.MigrationEvent
-	(*Migration)(nil),               // 8: ferry.v1.Migration
-	(*MigrationDisk)(nil),           // 9: ferry.v1.MigrationDisk
-	(*MigrationRetry)(nil),          // 10: ferry.v1.MigrationRetry
-	(*MigrateRequest)(nil),          // 11: ferry.v1.MigrateRequest
-	(*MigrateResponse)(nil),         // 12: ferry.v1.MigrateResponse
-	(*GetMigrationRequest)(nil),     // 13: ferry.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 14: ferry.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 15: ferry.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 16: ferry.v1.ListMigrationsResponse
-	(*CancelMigrationRequest)(nil),  // 17: ferry.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 18: ferry.v1.CancelMigrationResponse
-	(*timestamppb.Timestamp)(nil),   // 19: google.protobuf.Timestamp
+	(*PlanTuning)(nil),              // 4: ferry.v1.PlanTuning
+	(*TuningChoice)(nil),            // 5: ferry.v1.TuningChoice
+	(*ControllerDecision)(nil),      // 6: ferry.v1.ControllerDecision
+	(*MigrationSample)(nil),         // 7: ferry.v1.MigrationSample
+	(*DowntimePhases)(nil),          // 8: ferry.v1.DowntimePhases
+	(*MigrationEvent)(nil),          // 9: ferry.v1.MigrationEvent
+	(*Migration)(nil),               // 10: ferry.v1.Migration
+	(*MigrationDisk)(nil),           // 11: ferry.v1.MigrationDisk
+	(*MigrationRetry)(nil),          // 12: ferry.v1.MigrationRetry
+	(*MigrateRequest)(nil),          // 13: ferry.v1.MigrateRequest
+	(*MigrateResponse)(nil),         // 14: ferry.v1.MigrateResponse
+	(*GetMigrationRequest)(nil),     // 15: ferry.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 16: ferry.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 17: ferry.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 18: ferry.v1.ListMigrationsResponse
+	(*CancelMigrationRequest)(nil),  // 19: ferry.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 20: ferry.v1.CancelMigrationResponse
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.Plan.inputs:type_name -> ferry.v1.PlanInputs
 	2,  // 1: ferry.v1.Plan.predictions:type_name -> ferry.v1.StrategyPrediction
-	19, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
-	19, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
-	19, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 5: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
-	5,  // 6: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
-	0,  // 7: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
-	7,  // 8: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	10, // 9: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
-	19, // 10: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 11: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
-	2,  // 12: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
-	4,  // 13: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
-	9,  // 14: ferry.v1.Migration.disks:type_name -> ferry.v1.MigrationDisk
-	19, // 15: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
-	0,  // 16: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
-	8,  // 17: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
-	3,  // 18: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
-	8,  // 19: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
-	8,  // 20: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
-	8,  // 21: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
-	11, // 22: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
-	13, // 23: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
-	15, // 24: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
-	17, // 25: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
-	12, // 26: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
-	14, // 27: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
-	16, // 28: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
-	18, // 29: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
-	26, // [26:30] is the sub-list for method output_type
-	22, // [22:26] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	4,  // 2: ferry.v1.Plan.tuning:type_name -> ferry.v1.PlanTuning
+	5,  // 3: ferry.v1.PlanTuning.choices:type_name -> ferry.v1.TuningChoice
+	21, // 4: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
+	21, // 5: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
+	21, // 6: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
+	8,  // 7: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
+	7,  // 8: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
+	0,  // 9: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
+	9,  // 10: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
+	12, // 11: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
+	21, // 12: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 13: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
+	2,  // 14: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
+	6,  // 15: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
+	11, // 16: ferry.v1.Migration.disks:type_name -> ferry.v1.MigrationDisk
+	21, // 17: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
+	0,  // 18: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
+	10, // 19: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
+	3,  // 20: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
+	10, // 21: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
+	10, // 22: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
+	10, // 23: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
+	13, // 24: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
+	15, // 25: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
+	17, // 26: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
+	19, // 27: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
+	14, // 28: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
+	16, // 29: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
+	18, // 30: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
+	20, // 31: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
+	28, // [28:32] is the sub-list for method output_type
+	24, // [24:28] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_proto_init() }
@@ -2131,7 +2367,7 @@ func file_ferry_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_proto_rawDesc), len(file_ferry_v1_migration_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

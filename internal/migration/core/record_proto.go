@@ -58,6 +58,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 	for _, e := range r.History {
 		m.History = append(m.History, &statev1.MigrationRecordEvent{At: ts(e.At), State: string(e.State), Message: e.Message})
 	}
+	m.Options.PostcopyAtFraction = r.Options.PostcopyAtFraction
 	return m
 }
 
@@ -99,6 +100,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 	for _, e := range m.History {
 		r.History = append(r.History, Event{At: tm(e.At), State: State(e.State), Message: e.Message})
 	}
+	r.Options.PostcopyAtFraction = o.GetPostcopyAtFraction()
 	if err := r.Validate(); err != nil {
 		return Record{}, err
 	}

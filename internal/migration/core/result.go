@@ -233,7 +233,7 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		case "none", "":
 			r.Facts.OutgoingStarted = false // the source knows no migration: start it (again)
 		default:
-			if r.Strategy == Postcopy && out.Rounds >= 2 {
+			if r.Strategy == Postcopy && (out.Rounds >= 2 || r.postcopyDue(out)) {
 				r.PostcopyWanted = true
 			}
 		}

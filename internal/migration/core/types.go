@@ -98,6 +98,11 @@ const (
 
 // Options are the bounds of one migration (from ferryv1.MigrationOptions).
 type Options struct {
+	// PostcopyAtFraction makes a post-copy migration switch once round 1
+	// has gone through this fraction of the guest's RAM (the planner's
+	// switch point, 0..1; QEMU's remaining over total bytes); 0: after
+	// round 1.
+	PostcopyAtFraction float64
 	// StallTimeout fails a pre-copy (before the CAS) that makes no progress
 	// this long, and pauses a post-copy that makes none (to recover it).
 	StallTimeout time.Duration
@@ -456,6 +461,9 @@ type Outgoing struct {
 	Transferred int64
 	Rounds      int64
 	Error       string
+	// Remaining and Total are QEMU's RAM bytes still to send in this
+	// round and of the whole guest (0: unknown).
+	Remaining, Total int64
 }
 
 // Incoming is the destination's side (QueryIncoming, ArmResume, FinishIncoming).

@@ -55,7 +55,10 @@ func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // destination's setup, fixed when the migration began.
 type Knobs struct {
 	// Spec is the VM's spec as the destination must start it (accel pinned).
-	Spec                      *ferryv1.VMSpec
+	Spec *ferryv1.VMSpec
+	// Tuning are the planner's further QEMU capabilities and parameters
+	// (planner.Tune), sent to both sides; nil sets none.
+	Tuning                    *agentv1.MigrationTuning
 	MaxBandwidthBytes         int64
 	DowntimeLimitMs           int64
 	MultifdChannels           int32
@@ -175,7 +178,8 @@ func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
 	for _, d := range st.Disks {
 		tr += d.JobOffset
 	}
-	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: tr, Rounds: st.DirtySyncCount, Error: st.Error}
+	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: tr, Rounds: st.DirtySyncCount, Error: st.Error,
+		Remaining: st.RemainingBytes, Total: st.TotalBytes}
 }
 
 func incoming(st *agentv1.IncomingStatus) *core.Incoming {
@@ -250,6 +254,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
 			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
+			Tuning:     p.knobs.Tuning,
 			LocalDisks: p.knobs.LocalDisks,
 		})
 		if err == nil && len(p.knobs.LocalDisks) > 0 && r.NbdAddress == "" {
@@ -283,8 +288,8 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			Name: p.vm, MigrationId: p.id, Uri: a.URI,
 			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
-			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
-			NbdAddress:                a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
+			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes, Tuning: p.knobs.Tuning,
+			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
 		})
 		if err == nil {
 			p.prefetchOwner(ctx)

@@ -814,10 +814,12 @@ func (x *IncomingStatus) GetRan() bool {
 }
 
 type PrepareIncomingRequest struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Spec            *v1.VMSpec             `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	MigrationId     string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	MultifdChannels int32                  `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tuning is what the destination must match of the source's tuning.
+	Tuning          *MigrationTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Spec            *v1.VMSpec       `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	MigrationId     string           `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	MultifdChannels int32            `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
 	// postcopy enables postcopy-ram on the destination (it must match the source).
 	Postcopy bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
 	// local_disks are the VM's local disks (not shared): the destination
@@ -856,6 +858,13 @@ func (x *PrepareIncomingRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use PrepareIncomingRequest.ProtoReflect.Descriptor instead.
 func (*PrepareIncomingRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *PrepareIncomingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
 }
 
 func (x *PrepareIncomingRequest) GetSpec() *v1.VMSpec {
@@ -949,10 +958,12 @@ func (x *PrepareIncomingResponse) GetNbdAddress() string {
 }
 
 type StartOutgoingRequest struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	MigrationId string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	Uri         string                 `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tuning are the planner's further capabilities and parameters.
+	Tuning      *MigrationTuning `protobuf:"bytes,12,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Name        string           `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MigrationId string           `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	Uri         string           `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
 	// max_bandwidth_bytes is QEMU's max-bandwidth (bytes/s).
 	MaxBandwidthBytes int64 `protobuf:"varint,4,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
 	DowntimeLimitMs   int64 `protobuf:"varint,5,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
@@ -1004,6 +1015,13 @@ func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StartOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*StartOutgoingRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StartOutgoingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
 }
 
 func (x *StartOutgoingRequest) GetName() string {
@@ -1205,8 +1223,12 @@ type MeasureResponse struct {
 	// sampler_cpu_seconds_per_minute is the agent CPU its background
 	// sampler spent on this VM, per minute of sampling (thread CPU time).
 	SamplerCpuSecondsPerMinute float64 `protobuf:"fixed64,14,opt,name=sampler_cpu_seconds_per_minute,json=samplerCpuSecondsPerMinute,proto3" json:"sampler_cpu_seconds_per_minute,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// compress_ratio is how well the guest's non-zero RAM compresses
+	// (compressed over original size of a sample, from the latest RAM count);
+	// 0 when unknown.
+	CompressRatio float64 `protobuf:"fixed64,40,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MeasureResponse) Reset() {
@@ -1337,6 +1359,97 @@ func (x *MeasureResponse) GetSamplerCpuSecondsPerMinute() float64 {
 	return 0
 }
 
+func (x *MeasureResponse) GetCompressRatio() float64 {
+	if x != nil {
+		return x.CompressRatio
+	}
+	return 0
+}
+
+// MigrationTuning are the QEMU capabilities and parameters the planner
+// chose beyond the strategy's own (see planner.Tune). Zero values leave
+// QEMU's defaults, so an older server's request changes nothing.
+type MigrationTuning struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// postcopy_preempt enables capability postcopy-preempt (both sides).
+	PostcopyPreempt bool `protobuf:"varint,1,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
+	// zero_page_detection is zero-page-detection ("multifd"; "" = default).
+	ZeroPageDetection string `protobuf:"bytes,2,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
+	// multifd_compression is multifd-compression ("zstd"; "" = none), both sides.
+	MultifdCompression string `protobuf:"bytes,3,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
+	MultifdZstdLevel   int32  `protobuf:"varint,4,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
+	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
+	// (bytes/s, source only); 0 = QEMU's own estimate.
+	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,5,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
+	unknownFields                 protoimpl.UnknownFields
+	sizeCache                     protoimpl.SizeCache
+}
+
+func (x *MigrationTuning) Reset() {
+	*x = MigrationTuning{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationTuning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationTuning) ProtoMessage() {}
+
+func (x *MigrationTuning) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationTuning.ProtoReflect.Descriptor instead.
+func (*MigrationTuning) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MigrationTuning) GetPostcopyPreempt() bool {
+	if x != nil {
+		return x.PostcopyPreempt
+	}
+	return false
+}
+
+func (x *MigrationTuning) GetZeroPageDetection() string {
+	if x != nil {
+		return x.ZeroPageDetection
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdCompression() string {
+	if x != nil {
+		return x.MultifdCompression
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdZstdLevel() int32 {
+	if x != nil {
+		return x.MultifdZstdLevel
+	}
+	return 0
+}
+
+func (x *MigrationTuning) GetAvailSwitchoverBandwidthBytes() int64 {
+	if x != nil {
+		return x.AvailSwitchoverBandwidthBytes
+	}
+	return 0
+}
+
 type ProbeListenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1345,7 +1458,7 @@ type ProbeListenRequest struct {
 
 func (x *ProbeListenRequest) Reset() {
 	*x = ProbeListenRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1357,7 +1470,7 @@ func (x *ProbeListenRequest) String() string {
 func (*ProbeListenRequest) ProtoMessage() {}
 
 func (x *ProbeListenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1370,7 +1483,7 @@ func (x *ProbeListenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeListenRequest.ProtoReflect.Descriptor instead.
 func (*ProbeListenRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type ProbeListenResponse struct {
@@ -1383,7 +1496,7 @@ type ProbeListenResponse struct {
 
 func (x *ProbeListenResponse) Reset() {
 	*x = ProbeListenResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1508,7 @@ func (x *ProbeListenResponse) String() string {
 func (*ProbeListenResponse) ProtoMessage() {}
 
 func (x *ProbeListenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1521,7 @@ func (x *ProbeListenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeListenResponse.ProtoReflect.Descriptor instead.
 func (*ProbeListenResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProbeListenResponse) GetAddress() string {
@@ -1428,7 +1541,7 @@ type ProbeSendRequest struct {
 
 func (x *ProbeSendRequest) Reset() {
 	*x = ProbeSendRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1553,7 @@ func (x *ProbeSendRequest) String() string {
 func (*ProbeSendRequest) ProtoMessage() {}
 
 func (x *ProbeSendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1566,7 @@ func (x *ProbeSendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSendRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProbeSendRequest) GetAddress() string {
@@ -1471,16 +1584,18 @@ func (x *ProbeSendRequest) GetDurationMs() int64 {
 }
 
 type ProbeSendResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mibps         float64                `protobuf:"fixed64,1,opt,name=mibps,proto3" json:"mibps,omitempty"`
-	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mibps float64                `protobuf:"fixed64,1,opt,name=mibps,proto3" json:"mibps,omitempty"`
+	Bytes int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// rtt_us is the TCP connect time to the sink: one round trip.
+	RttUs         int64 `protobuf:"varint,3,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProbeSendResponse) Reset() {
 	*x = ProbeSendResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1492,7 +1607,7 @@ func (x *ProbeSendResponse) String() string {
 func (*ProbeSendResponse) ProtoMessage() {}
 
 func (x *ProbeSendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1505,7 +1620,7 @@ func (x *ProbeSendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSendResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProbeSendResponse) GetMibps() float64 {
@@ -1522,6 +1637,13 @@ func (x *ProbeSendResponse) GetBytes() int64 {
 	return 0
 }
 
+func (x *ProbeSendResponse) GetRttUs() int64 {
+	if x != nil {
+		return x.RttUs
+	}
+	return 0
+}
+
 type RecoverResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is where the destination waits for the source to resume.
@@ -1532,7 +1654,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1666,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1679,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RecoverResponse) GetUri() string {
@@ -1578,7 +1700,7 @@ type ResumeOutgoingRequest struct {
 
 func (x *ResumeOutgoingRequest) Reset() {
 	*x = ResumeOutgoingRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1712,7 @@ func (x *ResumeOutgoingRequest) String() string {
 func (*ResumeOutgoingRequest) ProtoMessage() {}
 
 func (x *ResumeOutgoingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1725,7 @@ func (x *ResumeOutgoingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*ResumeOutgoingRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ResumeOutgoingRequest) GetName() string {
@@ -1654,7 +1776,7 @@ type MigrationStepRequest struct {
 
 func (x *MigrationStepRequest) Reset() {
 	*x = MigrationStepRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1666,7 +1788,7 @@ func (x *MigrationStepRequest) String() string {
 func (*MigrationStepRequest) ProtoMessage() {}
 
 func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1679,7 +1801,7 @@ func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationStepRequest.ProtoReflect.Descriptor instead.
 func (*MigrationStepRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MigrationStepRequest) GetName() string {
@@ -1733,7 +1855,7 @@ type OutgoingStatusResponse struct {
 
 func (x *OutgoingStatusResponse) Reset() {
 	*x = OutgoingStatusResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1867,7 @@ func (x *OutgoingStatusResponse) String() string {
 func (*OutgoingStatusResponse) ProtoMessage() {}
 
 func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +1880,7 @@ func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutgoingStatusResponse.ProtoReflect.Descriptor instead.
 func (*OutgoingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OutgoingStatusResponse) GetStatus() *OutgoingStatus {
@@ -1777,7 +1899,7 @@ type IncomingStatusResponse struct {
 
 func (x *IncomingStatusResponse) Reset() {
 	*x = IncomingStatusResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1789,7 +1911,7 @@ func (x *IncomingStatusResponse) String() string {
 func (*IncomingStatusResponse) ProtoMessage() {}
 
 func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1802,7 +1924,7 @@ func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncomingStatusResponse.ProtoReflect.Descriptor instead.
 func (*IncomingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IncomingStatusResponse) GetStatus() *IncomingStatus {
@@ -1821,7 +1943,7 @@ type StepResponse struct {
 
 func (x *StepResponse) Reset() {
 	*x = StepResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1833,7 +1955,7 @@ func (x *StepResponse) String() string {
 func (*StepResponse) ProtoMessage() {}
 
 func (x *StepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1846,7 +1968,7 @@ func (x *StepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResponse.ProtoReflect.Descriptor instead.
 func (*StepResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StepResponse) GetVm() *v1.VMStatus {
@@ -1865,7 +1987,7 @@ type LocalDisksRequest struct {
 
 func (x *LocalDisksRequest) Reset() {
 	*x = LocalDisksRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +1999,7 @@ func (x *LocalDisksRequest) String() string {
 func (*LocalDisksRequest) ProtoMessage() {}
 
 func (x *LocalDisksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2012,7 @@ func (x *LocalDisksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalDisksRequest.ProtoReflect.Descriptor instead.
 func (*LocalDisksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *LocalDisksRequest) GetName() string {
@@ -1909,7 +2031,7 @@ type LocalDisksResponse struct {
 
 func (x *LocalDisksResponse) Reset() {
 	*x = LocalDisksResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2043,7 @@ func (x *LocalDisksResponse) String() string {
 func (*LocalDisksResponse) ProtoMessage() {}
 
 func (x *LocalDisksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2056,7 @@ func (x *LocalDisksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalDisksResponse.ProtoReflect.Descriptor instead.
 func (*LocalDisksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *LocalDisksResponse) GetDisks() []*LocalDisk {
@@ -1962,7 +2084,7 @@ type LocalDisk struct {
 
 func (x *LocalDisk) Reset() {
 	*x = LocalDisk{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2096,7 @@ func (x *LocalDisk) String() string {
 func (*LocalDisk) ProtoMessage() {}
 
 func (x *LocalDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2109,7 @@ func (x *LocalDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalDisk.ProtoReflect.Descriptor instead.
 func (*LocalDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LocalDisk) GetName() string {
@@ -2047,7 +2169,7 @@ type DiskMirror struct {
 
 func (x *DiskMirror) Reset() {
 	*x = DiskMirror{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2181,7 @@ func (x *DiskMirror) String() string {
 func (*DiskMirror) ProtoMessage() {}
 
 func (x *DiskMirror) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2194,7 @@ func (x *DiskMirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMirror.ProtoReflect.Descriptor instead.
 func (*DiskMirror) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DiskMirror) GetName() string {
@@ -2158,7 +2280,7 @@ type DiskMarker struct {
 
 func (x *DiskMarker) Reset() {
 	*x = DiskMarker{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2170,7 +2292,7 @@ func (x *DiskMarker) String() string {
 func (*DiskMarker) ProtoMessage() {}
 
 func (x *DiskMarker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2183,7 +2305,7 @@ func (x *DiskMarker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarker.ProtoReflect.Descriptor instead.
 func (*DiskMarker) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DiskMarker) GetDiskPath() string {
@@ -2233,7 +2355,7 @@ type DiskMarkersRequest struct {
 
 func (x *DiskMarkersRequest) Reset() {
 	*x = DiskMarkersRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2367,7 @@ func (x *DiskMarkersRequest) String() string {
 func (*DiskMarkersRequest) ProtoMessage() {}
 
 func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2380,7 @@ func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersRequest.ProtoReflect.Descriptor instead.
 func (*DiskMarkersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DiskMarkersRequest) GetCheckId() string {
@@ -2284,7 +2406,7 @@ type DiskMarkersResponse struct {
 
 func (x *DiskMarkersResponse) Reset() {
 	*x = DiskMarkersResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2418,7 @@ func (x *DiskMarkersResponse) String() string {
 func (*DiskMarkersResponse) ProtoMessage() {}
 
 func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2431,7 @@ func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersResponse.ProtoReflect.Descriptor instead.
 func (*DiskMarkersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
@@ -2333,7 +2455,7 @@ type CheckGuestAliveRequest struct {
 
 func (x *CheckGuestAliveRequest) Reset() {
 	*x = CheckGuestAliveRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2345,7 +2467,7 @@ func (x *CheckGuestAliveRequest) String() string {
 func (*CheckGuestAliveRequest) ProtoMessage() {}
 
 func (x *CheckGuestAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2358,7 +2480,7 @@ func (x *CheckGuestAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckGuestAliveRequest.ProtoReflect.Descriptor instead.
 func (*CheckGuestAliveRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CheckGuestAliveRequest) GetName() string {
@@ -2399,7 +2521,7 @@ type CheckGuestAliveResponse struct {
 
 func (x *CheckGuestAliveResponse) Reset() {
 	*x = CheckGuestAliveResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2411,7 +2533,7 @@ func (x *CheckGuestAliveResponse) String() string {
 func (*CheckGuestAliveResponse) ProtoMessage() {}
 
 func (x *CheckGuestAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2424,7 +2546,7 @@ func (x *CheckGuestAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckGuestAliveResponse.ProtoReflect.Descriptor instead.
 func (*CheckGuestAliveResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CheckGuestAliveResponse) GetAlive() bool {
@@ -2520,8 +2642,9 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"resumed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tresumedAt\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
 	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\x12\x10\n" +
-	"\x03ran\x18\a \x01(\bR\x03ran\"\xe4\x01\n" +
-	"\x16PrepareIncomingRequest\x12$\n" +
+	"\x03ran\x18\a \x01(\bR\x03ran\"\x9d\x02\n" +
+	"\x16PrepareIncomingRequest\x127\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12)\n" +
 	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
@@ -2531,8 +2654,9 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x1f\n" +
 	"\vnbd_address\x18P \x01(\tR\n" +
-	"nbdAddress\"\x86\x04\n" +
-	"\x14StartOutgoingRequest\x12\x12\n" +
+	"nbdAddress\"\xbf\x04\n" +
+	"\x14StartOutgoingRequest\x127\n" +
+	"\x06tuning\x18\f \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\x12.\n" +
@@ -2553,7 +2677,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
 	"\n" +
 	"max_age_ms\x18\x03 \x01(\x03R\bmaxAgeMs\x12#\n" +
-	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\x97\x05\n" +
+	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\xbe\x05\n" +
 	"\x0fMeasureResponse\x12(\n" +
 	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
 	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
@@ -2570,17 +2694,25 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x17dirty_rate_latest_mibps\x18\v \x01(\x01R\x14dirtyRateLatestMibps\x121\n" +
 	"\x15dirty_rate_ewma_mibps\x18\f \x01(\x01R\x12dirtyRateEwmaMibps\x121\n" +
 	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
-	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\"\x14\n" +
+	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x12%\n" +
+	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\x94\x02\n" +
+	"\x0fMigrationTuning\x12)\n" +
+	"\x10postcopy_preempt\x18\x01 \x01(\bR\x0fpostcopyPreempt\x12.\n" +
+	"\x13zero_page_detection\x18\x02 \x01(\tR\x11zeroPageDetection\x12/\n" +
+	"\x13multifd_compression\x18\x03 \x01(\tR\x12multifdCompression\x12,\n" +
+	"\x12multifd_zstd_level\x18\x04 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
+	" avail_switchover_bandwidth_bytes\x18\x05 \x01(\x03R\x1davailSwitchoverBandwidthBytes\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
 	"\x10ProbeSendRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vduration_ms\x18\x02 \x01(\x03R\n" +
-	"durationMs\"?\n" +
+	"durationMs\"V\n" +
 	"\x11ProbeSendResponse\x12\x14\n" +
 	"\x05mibps\x18\x01 \x01(\x01R\x05mibps\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"#\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x15\n" +
+	"\x06rtt_us\x18\x03 \x01(\x03R\x05rttUs\"#\n" +
 	"\x0fRecoverResponse\x12\x10\n" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\"`\n" +
 	"\x15ResumeOutgoingRequest\x12\x12\n" +
@@ -2694,7 +2826,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*AgentStartVMRequest)(nil),     // 0: ferry.agent.v1.AgentStartVMRequest
 	(*AgentStartVMResponse)(nil),    // 1: ferry.agent.v1.AgentStartVMResponse
@@ -2713,120 +2845,123 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*StartOutgoingRequest)(nil),    // 14: ferry.agent.v1.StartOutgoingRequest
 	(*MeasureRequest)(nil),          // 15: ferry.agent.v1.MeasureRequest
 	(*MeasureResponse)(nil),         // 16: ferry.agent.v1.MeasureResponse
-	(*ProbeListenRequest)(nil),      // 17: ferry.agent.v1.ProbeListenRequest
-	(*ProbeListenResponse)(nil),     // 18: ferry.agent.v1.ProbeListenResponse
-	(*ProbeSendRequest)(nil),        // 19: ferry.agent.v1.ProbeSendRequest
-	(*ProbeSendResponse)(nil),       // 20: ferry.agent.v1.ProbeSendResponse
-	(*RecoverResponse)(nil),         // 21: ferry.agent.v1.RecoverResponse
-	(*ResumeOutgoingRequest)(nil),   // 22: ferry.agent.v1.ResumeOutgoingRequest
-	(*MigrationStepRequest)(nil),    // 23: ferry.agent.v1.MigrationStepRequest
-	(*OutgoingStatusResponse)(nil),  // 24: ferry.agent.v1.OutgoingStatusResponse
-	(*IncomingStatusResponse)(nil),  // 25: ferry.agent.v1.IncomingStatusResponse
-	(*StepResponse)(nil),            // 26: ferry.agent.v1.StepResponse
-	(*LocalDisksRequest)(nil),       // 27: ferry.agent.v1.LocalDisksRequest
-	(*LocalDisksResponse)(nil),      // 28: ferry.agent.v1.LocalDisksResponse
-	(*LocalDisk)(nil),               // 29: ferry.agent.v1.LocalDisk
-	(*DiskMirror)(nil),              // 30: ferry.agent.v1.DiskMirror
-	(*DiskMarker)(nil),              // 31: ferry.agent.v1.DiskMarker
-	(*DiskMarkersRequest)(nil),      // 32: ferry.agent.v1.DiskMarkersRequest
-	(*DiskMarkersResponse)(nil),     // 33: ferry.agent.v1.DiskMarkersResponse
-	(*CheckGuestAliveRequest)(nil),  // 34: ferry.agent.v1.CheckGuestAliveRequest
-	(*CheckGuestAliveResponse)(nil), // 35: ferry.agent.v1.CheckGuestAliveResponse
-	(*v1.VMSpec)(nil),               // 36: ferry.v1.VMSpec
-	(*v1.VMStatus)(nil),             // 37: ferry.v1.VMStatus
-	(*timestamppb.Timestamp)(nil),   // 38: google.protobuf.Timestamp
-	(*v1.ConsoleRequest)(nil),       // 39: ferry.v1.ConsoleRequest
-	(*v1.ConsoleChunk)(nil),         // 40: ferry.v1.ConsoleChunk
+	(*MigrationTuning)(nil),         // 17: ferry.agent.v1.MigrationTuning
+	(*ProbeListenRequest)(nil),      // 18: ferry.agent.v1.ProbeListenRequest
+	(*ProbeListenResponse)(nil),     // 19: ferry.agent.v1.ProbeListenResponse
+	(*ProbeSendRequest)(nil),        // 20: ferry.agent.v1.ProbeSendRequest
+	(*ProbeSendResponse)(nil),       // 21: ferry.agent.v1.ProbeSendResponse
+	(*RecoverResponse)(nil),         // 22: ferry.agent.v1.RecoverResponse
+	(*ResumeOutgoingRequest)(nil),   // 23: ferry.agent.v1.ResumeOutgoingRequest
+	(*MigrationStepRequest)(nil),    // 24: ferry.agent.v1.MigrationStepRequest
+	(*OutgoingStatusResponse)(nil),  // 25: ferry.agent.v1.OutgoingStatusResponse
+	(*IncomingStatusResponse)(nil),  // 26: ferry.agent.v1.IncomingStatusResponse
+	(*StepResponse)(nil),            // 27: ferry.agent.v1.StepResponse
+	(*LocalDisksRequest)(nil),       // 28: ferry.agent.v1.LocalDisksRequest
+	(*LocalDisksResponse)(nil),      // 29: ferry.agent.v1.LocalDisksResponse
+	(*LocalDisk)(nil),               // 30: ferry.agent.v1.LocalDisk
+	(*DiskMirror)(nil),              // 31: ferry.agent.v1.DiskMirror
+	(*DiskMarker)(nil),              // 32: ferry.agent.v1.DiskMarker
+	(*DiskMarkersRequest)(nil),      // 33: ferry.agent.v1.DiskMarkersRequest
+	(*DiskMarkersResponse)(nil),     // 34: ferry.agent.v1.DiskMarkersResponse
+	(*CheckGuestAliveRequest)(nil),  // 35: ferry.agent.v1.CheckGuestAliveRequest
+	(*CheckGuestAliveResponse)(nil), // 36: ferry.agent.v1.CheckGuestAliveResponse
+	(*v1.VMSpec)(nil),               // 37: ferry.v1.VMSpec
+	(*v1.VMStatus)(nil),             // 38: ferry.v1.VMStatus
+	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
+	(*v1.ConsoleRequest)(nil),       // 40: ferry.v1.ConsoleRequest
+	(*v1.ConsoleChunk)(nil),         // 41: ferry.v1.ConsoleChunk
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	36, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	37, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	37, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	37, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	37, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	38, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	38, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	38, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	38, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	38, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
-	30, // 10: ferry.agent.v1.OutgoingStatus.disks:type_name -> ferry.agent.v1.DiskMirror
-	38, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	38, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	37, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	36, // 14: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	29, // 15: ferry.agent.v1.PrepareIncomingRequest.local_disks:type_name -> ferry.agent.v1.LocalDisk
-	38, // 16: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
-	38, // 17: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
-	10, // 18: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
-	11, // 19: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	37, // 20: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	29, // 21: ferry.agent.v1.LocalDisksResponse.disks:type_name -> ferry.agent.v1.LocalDisk
-	38, // 22: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
-	38, // 23: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
-	38, // 24: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
-	31, // 25: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
-	31, // 26: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
-	0,  // 27: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
-	2,  // 28: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
-	4,  // 29: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
-	6,  // 30: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
-	8,  // 31: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	39, // 32: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	12, // 33: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
-	23, // 34: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 35: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 36: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 37: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	14, // 38: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
-	23, // 39: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 40: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 41: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 42: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 43: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 44: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	22, // 45: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
-	23, // 46: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 47: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
-	17, // 48: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
-	19, // 49: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
-	32, // 50: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	32, // 51: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	32, // 52: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	27, // 53: ferry.agent.v1.DiskAgentService.LocalDisks:input_type -> ferry.agent.v1.LocalDisksRequest
-	34, // 54: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:input_type -> ferry.agent.v1.CheckGuestAliveRequest
-	1,  // 55: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 56: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 57: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 58: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 59: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	40, // 60: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 61: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	25, // 62: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 63: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 64: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 65: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	24, // 66: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 67: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 68: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 69: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	26, // 70: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	24, // 71: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	21, // 72: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	24, // 73: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 74: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 75: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	18, // 76: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	20, // 77: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	33, // 78: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	33, // 79: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	33, // 80: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	28, // 81: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
-	35, // 82: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:output_type -> ferry.agent.v1.CheckGuestAliveResponse
-	55, // [55:83] is the sub-list for method output_type
-	27, // [27:55] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	37, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
+	38, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
+	38, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
+	38, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
+	38, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
+	39, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	39, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	39, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	39, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	39, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	31, // 10: ferry.agent.v1.OutgoingStatus.disks:type_name -> ferry.agent.v1.DiskMirror
+	39, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	39, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	38, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	17, // 14: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	37, // 15: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	30, // 16: ferry.agent.v1.PrepareIncomingRequest.local_disks:type_name -> ferry.agent.v1.LocalDisk
+	17, // 17: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	39, // 18: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	39, // 19: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	10, // 20: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
+	11, // 21: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
+	38, // 22: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	30, // 23: ferry.agent.v1.LocalDisksResponse.disks:type_name -> ferry.agent.v1.LocalDisk
+	39, // 24: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
+	39, // 25: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
+	39, // 26: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
+	32, // 27: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
+	32, // 28: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
+	0,  // 29: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
+	2,  // 30: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
+	4,  // 31: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
+	6,  // 32: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
+	8,  // 33: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
+	40, // 34: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	12, // 35: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
+	24, // 36: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 37: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 38: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 39: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	14, // 40: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	24, // 41: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 42: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 43: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 44: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 45: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 46: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 47: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
+	24, // 48: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
+	15, // 49: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	18, // 50: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
+	20, // 51: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
+	33, // 52: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	33, // 53: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	33, // 54: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	28, // 55: ferry.agent.v1.DiskAgentService.LocalDisks:input_type -> ferry.agent.v1.LocalDisksRequest
+	35, // 56: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:input_type -> ferry.agent.v1.CheckGuestAliveRequest
+	1,  // 57: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 58: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 59: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 60: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 61: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	41, // 62: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	13, // 63: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	26, // 64: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 65: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 66: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	27, // 67: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	25, // 68: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 69: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 70: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 71: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	27, // 72: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	25, // 73: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	22, // 74: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	25, // 75: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 76: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	16, // 77: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	19, // 78: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	21, // 79: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	34, // 80: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	34, // 81: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	34, // 82: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	29, // 83: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
+	36, // 84: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:output_type -> ferry.agent.v1.CheckGuestAliveResponse
+	57, // [57:85] is the sub-list for method output_type
+	29, // [29:57] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2840,7 +2975,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   4,
 		},
