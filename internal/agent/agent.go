@@ -22,6 +22,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/pathguard"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
@@ -41,6 +42,9 @@ type Config struct {
 	Server string
 	// DataDir holds one directory per VM and the accel probe cache.
 	DataDir string
+	// AllowPaths are directories, besides DataDir, whose regular files a
+	// VM spec may name as kernel, initrd or disk image (--allow-path).
+	AllowPaths []string
 	// Bridge is the default bridge for VM NICs that name none.
 	Bridge string
 	// Accel is auto (honour each VM's spec), kvm or tcg (force for every VM).
@@ -75,7 +79,8 @@ type Agent struct {
 	log *slog.Logger
 
 	qemu   QEMURuntime
-	ended  endedArrivals // incoming migrations that ended here (aborted, failed)
+	paths  *pathguard.Guard // where a spec's kernel, initrd and disks may be
+	ended  endedArrivals    // incoming migrations that ended here (aborted, failed)
 	reaper reaper
 
 	mu  sync.Mutex
@@ -145,7 +150,19 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MigrationIP == "" && cfg.Bridge != "" {
 		cfg.MigrationIP = firstIPv4(cfg.Bridge)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU}, nil
+	allow := []string{cfg.DataDir}
+	for _, d := range cfg.AllowPaths {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			return nil, fmt.Errorf("--allow-path %q: %w", d, err)
+		}
+		allow = append(allow, abs)
+	}
+	guard, err := pathguard.New(allow...)
+	if err != nil {
+		return nil, fmt.Errorf("--allow-path: %w", err)
+	}
+	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard}, nil
 }
 
 func firstIPv4(ifname string) string {
@@ -185,10 +202,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		advertise = rpcaddr.URL(a.cfg.Listen, l)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}))
-	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
-	mux.Handle(agentv1connect.NewDiskAgentServiceHandler(&diskService{a}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	limit := connect.WithReadMaxBytes(rpcaddr.MaxRequestBytes)
+	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}, limit))
+	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}, limit))
+	mux.Handle(agentv1connect.NewDiskAgentServiceHandler(&diskService{a}, limit))
+	hs := rpcaddr.NewHTTPServer(mux)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()
 	a.log.Info("agent listening", "url", advertise, "data_dir", a.cfg.DataDir, "accel", a.cfg.Accel, "migration_ip", a.cfg.MigrationIP)

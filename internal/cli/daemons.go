@@ -44,6 +44,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:7101", "agent API address (host:port or unix:///path)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address the server dials (default: the bound --listen address)")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/ferry/agent", "directory for VM state (pidfiles, QMP sockets, logs, disks)")
+	f.StringArrayVar(&cfg.AllowPaths, "allow-path", nil, "directory whose regular files VM specs may name as kernel, initrd or disk image, besides --data-dir (repeatable; symlinks are resolved before the check)")
 	f.StringVar(&cfg.Bridge, "bridge", "", "default bridge for VM NICs")
 	f.StringVar(&cfg.Accel, "accel", "auto", "auto (KVM if a probe boots a guest, else TCG), kvm, or tcg for every VM")
 	f.StringVar(&cfg.MigrationIP, "migration-ip", "", "address for migration traffic (default: the bridge's IPv4)")

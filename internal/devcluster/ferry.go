@@ -30,6 +30,31 @@ type FerryOptions struct {
 	// EtcdEndpoints, when set, makes every server use that etcd cluster
 	// (--etcd-endpoints) instead of an embedded one.
 	EtcdEndpoints string
+	// AllowPaths are directories every agent lets VM specs name files in
+	// (--allow-path), besides the ones DevAllowPaths always adds.
+	AllowPaths []string
+}
+
+// DevAllowPaths lists the directories a dev cluster's agents accept
+// kernels, initrds and disk images from, besides each agent's data dir:
+// the cluster's state dir, $FERRY_GUEST_DIR and ./build/guest (the test
+// guest, `make guest`) when they exist, and extra.
+func (c *Cluster) DevAllowPaths(extra []string) []string {
+	out := []string{c.Config.Dir}
+	cands := append([]string{os.Getenv("FERRY_GUEST_DIR"), "build/guest"}, extra...)
+	for _, d := range cands {
+		if d == "" {
+			continue
+		}
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			continue
+		}
+		if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
+			out = append(out, abs)
+		}
+	}
+	return out
 }
 
 // ServerURL is the first server's address in a cluster started by
@@ -66,13 +91,18 @@ func (c *Cluster) StartFerry(ctx context.Context, opt FerryOptions) error {
 		return err
 	}
 	server := strings.Join(urls, ",")
+	allow := c.DevAllowPaths(opt.AllowPaths)
 	for _, h := range c.Hosts {
-		if _, err := c.StartProcess(h.Netns, filepath.Join(dir, "logs", h.Name+"-agent.log"), []string{
+		argv := []string{
 			opt.Binary, "agent", "--name", h.Name, "--server", server,
 			"--listen", "unix://" + filepath.Join(dir, h.Name, "agent.sock"),
 			"--data-dir", filepath.Join(dir, h.Name), "--bridge", h.Bridge,
 			"--migration-ip", h.IP, "--accel", opt.Accel,
-		}); err != nil {
+		}
+		for _, a := range allow {
+			argv = append(argv, "--allow-path", a)
+		}
+		if _, err := c.StartProcess(h.Netns, filepath.Join(dir, "logs", h.Name+"-agent.log"), argv); err != nil {
 			return err
 		}
 	}

@@ -86,7 +86,7 @@ func New(cfg Config) *Server {
 // Handler returns the HTTP handler serving the API, /metrics and /healthz.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	opts := connect.WithInterceptors(s.metrics.interceptor())
+	opts := connect.WithHandlerOptions(connect.WithInterceptors(s.metrics.interceptor()), connect.WithReadMaxBytes(rpcaddr.MaxRequestBytes))
 	mux.Handle(ferryv1connect.NewHostServiceHandler(&hostService{s}, opts))
 	mux.Handle(ferryv1connect.NewVMServiceHandler(&vmService{s}, opts))
 	mux.Handle(ferryv1connect.NewMigrationServiceHandler(&migrationService{s}, opts))
@@ -121,7 +121,7 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 		ls = append(ls, l)
 		urls = append(urls, rpcaddr.URL(a, l))
 	}
-	hs := &http.Server{Handler: s.replica.handler(s.Handler()), ReadHeaderTimeout: 10 * time.Second}
+	hs := rpcaddr.NewHTTPServer(s.replica.handler(s.Handler()))
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- hs.Serve(l) }()
