@@ -6,6 +6,8 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
@@ -23,6 +25,7 @@ import (
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/pathguard"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
@@ -37,6 +40,11 @@ type Config struct {
 	Listen string
 	// Advertise is the address the server dials; defaults to the bound Listen URL.
 	Advertise string
+	// JoinToken is a one-time agent token (or "@FILE" holding one) used
+	// when the agent has no certificate yet in DATA/pki.
+	JoinToken string
+	// Insecure runs without TLS or authentication (unit tests only).
+	Insecure bool
 	// Server is the control plane's addresses, comma-separated: heartbeats
 	// go to the one that answered last and fail over in order.
 	Server string
@@ -193,13 +201,25 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.reattachAll(ctx); err != nil {
 		return err
 	}
-	l, err := rpcaddr.Listen(a.cfg.Listen)
+	var tlsCfg *tls.Config
+	if !a.cfg.Insecure {
+		id, err := a.loadIdentity(ctx)
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		pool.AddCert(id.ca)
+		rpcaddr.SetCredentials(&rpcaddr.Credentials{TLS: pki.ClientTLS(pool, id.kp, pki.KindServer)})
+		tlsCfg = pki.AgentTLS(pool, id.kp)
+		go a.renewLoop(ctx, id)
+	}
+	l, err := rpcaddr.ListenTLS(a.cfg.Listen, tlsCfg)
 	if err != nil {
 		return err
 	}
 	advertise := a.cfg.Advertise
 	if advertise == "" {
-		advertise = rpcaddr.URL(a.cfg.Listen, l)
+		advertise = rpcaddr.URLTLS(a.cfg.Listen, l, tlsCfg != nil)
 	}
 	mux := http.NewServeMux()
 	limit := connect.WithReadMaxBytes(rpcaddr.MaxRequestBytes)

@@ -41,6 +41,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	addTelemetryFlags(f, &cfg.Telemetry)
 	f.StringVar(&cfg.Name, "name", host, "this host's name in the cluster")
+	f.StringVar(&cfg.JoinToken, "join", "", "one-time agent token (ferry token create --role agent), or @FILE holding it: used when DATA/pki holds no certificate yet")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:7101", "agent API address (host:port or unix:///path)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address the server dials (default: the bound --listen address)")
 	f.StringVar(&cfg.DataDir, "data-dir", "/var/lib/ferry/agent", "directory for VM state (pidfiles, QMP sockets, logs, disks)")

@@ -1,0 +1,183 @@
+package rpcaddr
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+
+	"github.com/ferryvm/ferry/internal/pki"
+)
+
+// Credentials are what a process presents and trusts when it calls a Ferry
+// API: a TLS client config (the peer's verification, maybe a client
+// certificate) and maybe a bearer token.
+type Credentials struct {
+	TLS   *tls.Config
+	Token string
+}
+
+// Entry is a stored credential (a user's, from `ferry login` or a dev
+// cluster): the pinned cluster CA and a token or a client certificate, PEM.
+type Entry struct {
+	CA    string `json:"ca"`
+	Token string `json:"token,omitempty"`
+	Cert  string `json:"cert,omitempty"`
+	Key   string `json:"key,omitempty"`
+}
+
+// Credentials builds the client credentials of an entry: the server must
+// present a server certificate of the pinned CA.
+func (e Entry) Credentials() (*Credentials, error) {
+	ca, err := pki.ParseCert([]byte(e.CA))
+	if err != nil {
+		return nil, fmt.Errorf("credential CA: %w", err)
+	}
+	pool := poolOf(ca)
+	var kp *pki.Keypair
+	if e.Cert != "" {
+		if kp, err = pki.NewKeypair([]byte(e.Cert), []byte(e.Key), nil); err != nil {
+			return nil, fmt.Errorf("credential certificate: %w", err)
+		}
+	}
+	return &Credentials{TLS: pki.ClientTLS(pool, kp, pki.KindServer), Token: e.Token}, nil
+}
+
+// CredentialsEnv names a credential file that applies to every address.
+const CredentialsEnv = "FERRY_CREDENTIALS"
+
+// ConfigDirEnv overrides the user's config directory.
+const ConfigDirEnv = "FERRY_CONFIG_DIR"
+
+var process atomic.Pointer[Credentials]
+
+// SetCredentials makes c the credentials of every client this process
+// makes from now on (a daemon's own certificate); nil clears them.
+func SetCredentials(c *Credentials) { process.Store(c) }
+
+// credentialsFor finds the credentials to call addr with: the process's
+// own, then $FERRY_CREDENTIALS, then the user's stored entry for addr.
+// None means plaintext and anonymous.
+func credentialsFor(addr string) (*Credentials, error) {
+	if c := process.Load(); c != nil {
+		return c, nil
+	}
+	if p := os.Getenv(CredentialsEnv); p != "" {
+		e, err := ReadEntry(p)
+		if err != nil {
+			return nil, err
+		}
+		return e.Credentials()
+	}
+	e, err := ReadEntry(UserEntryPath(addr))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return e.Credentials()
+}
+
+// ConfigDir is where a user's stored credentials live: $FERRY_CONFIG_DIR,
+// else $XDG_CONFIG_HOME/ferry, else ~/.config/ferry.
+func ConfigDir() string {
+	if d := os.Getenv(ConfigDirEnv); d != "" {
+		return d
+	}
+	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
+		return filepath.Join(d, "ferry")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		home = "/root"
+	}
+	return filepath.Join(home, ".config", "ferry")
+}
+
+// UserEntryPath is the file of the stored credential for a server address
+// (one file per address, named by its hash).
+func UserEntryPath(addr string) string {
+	s := sha256.Sum256([]byte(strings.TrimSuffix(addr, "/")))
+	return filepath.Join(ConfigDir(), "servers", hex.EncodeToString(s[:8])+".json")
+}
+
+// ReadEntry reads a credential file.
+func ReadEntry(path string) (Entry, error) {
+	var e Entry
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return e, fmt.Errorf("credentials %s: %w", path, err)
+	}
+	if err := json.Unmarshal(b, &e); err != nil {
+		return e, fmt.Errorf("credentials %s: %w", path, err)
+	}
+	return e, nil
+}
+
+// WriteEntry writes a credential file with mode 0600.
+func WriteEntry(path string, e Entry) error {
+	b, err := json.MarshalIndent(e, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	return pki.WriteFile(path, b, 0o600)
+}
+
+// SaveUserEntry stores e as the user's credential for every address
+// given (a comma-separated server list is stored under itself and under
+// each address).
+func SaveUserEntry(addrs string, e Entry) error {
+	for _, a := range keysOf(addrs) {
+		if err := WriteEntry(UserEntryPath(a), e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RemoveUserEntry removes what SaveUserEntry stored for addrs.
+func RemoveUserEntry(addrs string) {
+	for _, a := range keysOf(addrs) {
+		_ = os.Remove(UserEntryPath(a))
+	}
+}
+
+func keysOf(addrs string) []string {
+	keys := []string{addrs}
+	for _, a := range strings.Split(addrs, ",") {
+		if a = strings.TrimSpace(a); a != "" && a != addrs {
+			keys = append(keys, a)
+		}
+	}
+	return keys
+}
+
+// bearer adds a token to every request.
+type bearer struct {
+	token string
+	next  http.RoundTripper
+}
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+b.token)
+	return b.next.RoundTrip(r)
+}
+
+func poolOf(ca *x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca)
+	return p
+}
