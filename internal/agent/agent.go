@@ -6,7 +6,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -43,8 +43,6 @@ type Config struct {
 	// JoinToken is a one-time agent token (or "@FILE" holding one) used
 	// when the agent has no certificate yet in DATA/pki.
 	JoinToken string
-	// Insecure runs without TLS or authentication (unit tests only).
-	Insecure bool
 	// Server is the control plane's addresses, comma-separated: heartbeats
 	// go to the one that answered last and fail over in order.
 	Server string
@@ -87,8 +85,9 @@ type Agent struct {
 	log *slog.Logger
 
 	qemu   QEMURuntime
-	paths  *pathguard.Guard // where a spec's kernel, initrd and disks may be
-	ended  endedArrivals    // incoming migrations that ended here (aborted, failed)
+	paths  *pathguard.Guard         // where a spec's kernel, initrd and disks may be
+	ident  atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
+	ended  endedArrivals            // incoming migrations that ended here (aborted, failed)
 	reaper reaper
 
 	mu  sync.Mutex
@@ -201,25 +200,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.reattachAll(ctx); err != nil {
 		return err
 	}
-	var tlsCfg *tls.Config
-	if !a.cfg.Insecure {
-		id, err := a.loadIdentity(ctx)
-		if err != nil {
-			return err
-		}
-		pool := x509.NewCertPool()
-		pool.AddCert(id.ca)
-		rpcaddr.SetCredentials(&rpcaddr.Credentials{TLS: pki.ClientTLS(pool, id.kp, pki.KindServer)})
-		tlsCfg = pki.AgentTLS(pool, id.kp)
-		go a.renewLoop(ctx, id)
+	id, err := a.loadIdentity(ctx)
+	if err != nil {
+		return err
 	}
+	pool := x509.NewCertPool()
+	pool.AddCert(id.ca)
+	rpcaddr.SetCredentials(&rpcaddr.Credentials{TLS: pki.ClientTLS(pool, id.kp, pki.KindServer)})
+	tlsCfg := pki.AgentTLS(pool, id.kp)
+	a.ident.Store(id)
+	go a.renewLoop(ctx, id)
 	l, err := rpcaddr.ListenTLS(a.cfg.Listen, tlsCfg)
 	if err != nil {
 		return err
 	}
 	advertise := a.cfg.Advertise
 	if advertise == "" {
-		advertise = rpcaddr.URLTLS(a.cfg.Listen, l, tlsCfg != nil)
+		advertise = rpcaddr.URLTLS(a.cfg.Listen, l, true)
 	}
 	mux := http.NewServeMux()
 	limit := connect.WithReadMaxBytes(rpcaddr.MaxRequestBytes)

@@ -16,6 +16,7 @@ import (
 	"github.com/ferryvm/ferry/internal/auth"
 	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/qemutls"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 )
 
@@ -51,8 +52,28 @@ func (a *Agent) loadIdentity(ctx context.Context) (*identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--join: %w", err)
 	}
-	return a.join(ctx, tok)
+	// A server not answering yet (starting with the agent) is waited for;
+	// a refused token is not retried.
+	deadline := time.Now().Add(joinWait)
+	for {
+		id, err := a.join(ctx, tok)
+		if err == nil || errors.Is(err, errJoinRefused) || time.Now().After(deadline) {
+			return id, err
+		}
+		a.log.Warn("join: no server answered; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
+
+// joinWait bounds how long an agent waits for a server to join through.
+const joinWait = time.Minute
+
+// errJoinRefused marks a join the server refused (bad token, taken name).
+var errJoinRefused = errors.New("join refused")
 
 func (a *Agent) savedIdentity() (*identity, error) {
 	caPEM, err := os.ReadFile(a.pkiPath(agentCACert))
@@ -124,7 +145,7 @@ func (a *Agent) join(ctx context.Context, token string) (*identity, error) {
 		if err != nil {
 			lastErr = fmt.Errorf("join through %s: %w", srv, err)
 			if c := connect.CodeOf(err); c == connect.CodeUnauthenticated || c == connect.CodeAlreadyExists || c == connect.CodeInvalidArgument {
-				return nil, lastErr
+				return nil, fmt.Errorf("%w: %w", errJoinRefused, lastErr)
 			}
 			continue
 		}
@@ -203,4 +224,36 @@ func readSecret(s string) (string, error) {
 		return strings.TrimSpace(string(b)), nil
 	}
 	return s, nil
+}
+
+// ErrNoIdentity: the agent has no certificate yet (Run has not joined).
+var ErrNoIdentity = errors.New("agent has no certificate")
+
+// StreamTLS returns the QEMU TLS credentials for this host's endpoint of
+// an encrypted stream to peer (a migration, an NBD mirror): the agent's
+// certificate and the cluster CA written for QEMU into DATA/qemu-tls, and
+// the object and parameter arguments naming peer (see internal/qemutls).
+// id names the QOM objects.
+func (a *Agent) StreamTLS(peer string, ep qemutls.Endpoint, id string) (qemutls.Creds, error) {
+	ident := a.ident.Load()
+	if ident == nil {
+		return qemutls.Creds{}, ErrNoIdentity
+	}
+	caPEM, err := os.ReadFile(a.pkiPath(agentCACert))
+	if err != nil {
+		return qemutls.Creds{}, err
+	}
+	certPEM, err := os.ReadFile(a.pkiPath(agentCert))
+	if err != nil {
+		return qemutls.Creds{}, err
+	}
+	keyPEM, err := os.ReadFile(a.pkiPath(agentKey))
+	if err != nil {
+		return qemutls.Creds{}, err
+	}
+	dir := filepath.Join(a.cfg.DataDir, "qemu-tls")
+	if err := qemutls.WriteDir(dir, caPEM, certPEM, keyPEM); err != nil {
+		return qemutls.Creds{}, err
+	}
+	return qemutls.ForPair(dir, id, peer, ep), nil
 }

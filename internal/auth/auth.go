@@ -104,10 +104,10 @@ type Caller struct {
 	Host string
 }
 
-func (c Caller) encode() string { return string(c.Role) + " " + c.ID + " " + c.Host }
+func (c Caller) encode() string { return string(c.Role) + "|" + c.ID + "|" + c.Host }
 
 func decodeCaller(s string) (Caller, bool) {
-	f := strings.SplitN(s, " ", 3)
+	f := strings.SplitN(s, "|", 3)
 	if len(f) != 3 {
 		return Caller{}, false
 	}
