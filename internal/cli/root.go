@@ -93,6 +93,10 @@ func describe(err error) string {
 	if ce.Code() == connect.CodeUnavailable && strings.Contains(msg, "connect:") {
 		msg += "\n(is `ferry server` running? set --server or FERRY_SERVER)"
 	}
+	switch ce.Code() {
+	case connect.CodeUnauthenticated, connect.CodePermissionDenied:
+		msg = ce.Code().String() + ": " + msg
+	}
 	for _, d := range ce.Details() {
 		v, derr := d.Value()
 		if derr != nil {

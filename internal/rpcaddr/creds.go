@@ -1,6 +1,7 @@
 package rpcaddr
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -180,4 +182,28 @@ func poolOf(ca *x509.Certificate) *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(ca)
 	return p
+}
+
+// ErrNeedsTLS: a plaintext request reached a TLS server.
+var ErrNeedsTLS = errors.New("the server speaks TLS and this client has no credential for it: `ferry login URL --token T` (a token from `ferry token create`), or set FERRY_CREDENTIALS")
+
+// plain is the transport of a client without credentials: it turns the
+// answer of a TLS server to plaintext HTTP into ErrNeedsTLS.
+type plain struct {
+	addr string
+	next http.RoundTripper
+}
+
+func (p plain) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := p.next.RoundTrip(r)
+	if err != nil || resp.StatusCode != http.StatusBadRequest {
+		return resp, err
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+	resp.Body.Close()
+	if strings.Contains(string(b), "HTTP request to an HTTPS server") {
+		return nil, fmt.Errorf("%s: %w", p.addr, ErrNeedsTLS)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	return resp, nil
 }

@@ -113,7 +113,10 @@ func ClientWith(addr string, c *Credentials) (*http.Client, string) {
 		}
 	}
 	var rt http.RoundTripper = tr
-	if c != nil && c.Token != "" {
+	switch {
+	case c == nil:
+		rt = plain{addr: addr, next: tr}
+	case c.Token != "":
 		rt = bearer{token: c.Token, next: tr}
 	}
 	return &http.Client{Transport: rt}, strings.TrimSuffix(base, "/")
