@@ -22,6 +22,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Kind is what a certificate is for; it is the certificate's OU.
@@ -138,7 +140,21 @@ func (ca *CA) Save(dir string) error {
 
 // LoadOrCreateCA loads the CA in dir or creates and saves one; created
 // says which.
+// Replicas starting together on one --ca directory serialise on a lock
+// file there, so exactly one creates the CA.
 func LoadOrCreateCA(dir string) (ca *CA, created bool, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, err
+	}
+	lf, err := os.OpenFile(filepath.Join(dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("CA lock: %w", err)
+	}
+	defer lf.Close()
+	if err := unix.Flock(int(lf.Fd()), unix.LOCK_EX); err != nil {
+		return nil, false, fmt.Errorf("CA lock: %w", err)
+	}
+	defer unix.Flock(int(lf.Fd()), unix.LOCK_UN) //nolint:errcheck // closing releases it too
 	ca, err = LoadCA(dir)
 	if err == nil || !errors.Is(err, ErrNoCA) {
 		return ca, false, err
@@ -304,11 +320,21 @@ func ParseKey(b []byte) (*ecdsa.PrivateKey, error) {
 
 // WriteFile writes data to path atomically with mode perm.
 func WriteFile(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, perm); err != nil {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
+	if err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp, perm); err != nil {
+	tmp := f.Name()
+	defer os.Remove(tmp) // after a successful rename: nothing there
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path)
