@@ -61,6 +61,41 @@ const ConfigDirEnv = "FERRY_CONFIG_DIR"
 
 var process atomic.Pointer[Credentials]
 
+var peerName atomic.Pointer[func(addr string) string]
+
+// SetPeerName makes every TLS client of this process check, at each
+// handshake, that the peer's certificate names f(addr) (when f returns a
+// name; "" keeps the kind check only). The server uses it so a call meant
+// for host h1 reaches only h1's agent.
+func SetPeerName(f func(addr string) string) { peerName.Store(&f) }
+
+// withPeerName returns cfg checking, on top of its own verification, that
+// the peer certificate's common name is the one expected at addr.
+func withPeerName(cfg *tls.Config, addr string) *tls.Config {
+	f := peerName.Load()
+	if f == nil || cfg == nil {
+		return cfg
+	}
+	cfg = cfg.Clone()
+	inner := cfg.VerifyConnection
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if inner != nil {
+			if err := inner(cs); err != nil {
+				return err
+			}
+		}
+		want := (*f)(addr)
+		if want == "" || len(cs.PeerCertificates) == 0 {
+			return nil
+		}
+		if got := pki.IdentityOf(cs.PeerCertificates[0]); got.Name != want {
+			return fmt.Errorf("%s answered with the certificate of %s, not of %s", addr, got, want)
+		}
+		return nil
+	}
+	return cfg
+}
+
 // SetCredentials makes c the credentials of every client this process
 // makes from now on (a daemon's own certificate); nil clears them.
 func SetCredentials(c *Credentials) { process.Store(c) }

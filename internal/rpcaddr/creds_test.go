@@ -84,3 +84,28 @@ func TestCredentialLookup(t *testing.T) {
 		t.Fatalf("after RemoveUserEntry: %v, want ErrNeedsTLS", err)
 	}
 }
+
+// TestPeerName: with SetPeerName, a peer whose certificate names another
+// holder than the one expected at the address is refused.
+func TestPeerName(t *testing.T) {
+	ca, _ := pki.NewCA("t")
+	addr := tlsServer(t, ca) // its certificate names s1
+	creds := &Credentials{TLS: pki.ClientTLS(ca.Pool(), nil, pki.KindServer)}
+	t.Cleanup(func() { peerName.Store(nil) })
+	for want, ok := range map[string]bool{"s1": true, "h1": false, "": true} {
+		SetPeerName(func(a string) string {
+			if a == addr {
+				return want
+			}
+			return ""
+		})
+		hc, base := ClientWith(addr, creds)
+		resp, err := hc.Get(base + "/x")
+		if err == nil {
+			resp.Body.Close()
+		}
+		if (err == nil) != ok {
+			t.Errorf("expecting %q at %s: err %v, want ok=%v", want, addr, err, ok)
+		}
+	}
+}

@@ -71,7 +71,7 @@ func Client(addr string) (*http.Client, string) {
 func ClientWith(addr string, c *Credentials) (*http.Client, string) {
 	var tlsCfg *tls.Config
 	if c != nil {
-		tlsCfg = c.TLS
+		tlsCfg = withPeerName(c.TLS, addr)
 	}
 	var tr *http.Transport
 	var base string

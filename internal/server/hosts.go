@@ -23,6 +23,9 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 	if c, ok := auth.CallerFrom(ctx); ok && c.Role == auth.RoleAgent && c.Host != host.GetName() {
 		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("heartbeat: %s may report only host %s, not %s", c.ID, c.Host, host.GetName()))
 	}
+	if c, ok := auth.CallerFrom(ctx); ok && c.Role == auth.RoleAgent {
+		h.s.sec.notePeer(host.GetAddress(), c.Host)
+	}
 	prev, err := h.s.store.GetHost(ctx, host.Name)
 	switch {
 	case err == nil:

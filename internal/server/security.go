@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -38,6 +39,24 @@ type Security struct {
 
 	kp    *pki.Keypair
 	authn *auth.Authenticator
+	peers sync.Map // agent address -> host name, from authenticated heartbeats
+}
+
+// notePeer records that the agent of host heartbeats from addr: calls to
+// addr must then be answered by host's certificate.
+func (sec *Security) notePeer(addr, host string) {
+	if sec != nil {
+		sec.peers.Store(addr, host)
+	}
+}
+
+// peerName is the host whose certificate must answer at addr ("" if
+// unknown: a server replica, or an agent not heard from yet).
+func (sec *Security) peerName(addr string) string {
+	if v, ok := sec.peers.Load(addr); ok {
+		return v.(string)
+	}
+	return ""
 }
 
 // install issues this replica's certificate and makes it the process's
@@ -56,6 +75,7 @@ func (sec *Security) install() {
 	}
 	sec.authn = &auth.Authenticator{CA: sec.CA, Tokens: sec.Tokens}
 	rpcaddr.SetCredentials(&rpcaddr.Credentials{TLS: pki.ClientTLS(sec.CA.Pool(), sec.kp, pki.KindAgent, pki.KindServer)})
+	rpcaddr.SetPeerName(sec.peerName)
 }
 
 func (sec *Security) tlsConfig() *tls.Config {
