@@ -60,15 +60,30 @@ func URL(addr string, l net.Listener) string {
 // and a token when it has them, plaintext otherwise. A credential that
 // cannot be read makes every request fail with that error.
 func Client(addr string) (*http.Client, string) {
+	return clientFor(addr, true)
+}
+
+// FreshConnClient is Client with a new connection per request: a request
+// to a server that just died then fails at the dial, before anything was
+// sent, so a caller may safely try another address (internal/failover).
+func FreshConnClient(addr string) (*http.Client, string) {
+	return clientFor(addr, false)
+}
+
+func clientFor(addr string, keepAlive bool) (*http.Client, string) {
 	c, err := credentialsFor(addr)
 	if err != nil {
 		return &http.Client{Transport: failing{err}}, "http://invalid"
 	}
-	return ClientWith(addr, c)
+	return clientWith(addr, c, keepAlive)
 }
 
 // ClientWith is Client with explicit credentials (nil: plaintext).
 func ClientWith(addr string, c *Credentials) (*http.Client, string) {
+	return clientWith(addr, c, true)
+}
+
+func clientWith(addr string, c *Credentials, keepAlive bool) (*http.Client, string) {
 	var tlsCfg *tls.Config
 	if c != nil {
 		tlsCfg = withPeerName(c.TLS, addr)
@@ -112,6 +127,7 @@ func ClientWith(addr string, c *Credentials) (*http.Client, string) {
 			base = "https://" + strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
 		}
 	}
+	tr.DisableKeepAlives = !keepAlive
 	var rt http.RoundTripper = tr
 	switch {
 	case c == nil:
