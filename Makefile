@@ -61,6 +61,8 @@ lint:
 clean:
 	rm -rf bin build
 
-bench: deps guest build  # Ferry vs QEMU defaults vs libvirt (bench/README.md); BENCH_FLAGS="-runs 1 -scenarios half"
-	bash hack/deps.sh libvirt-daemon-system libvirt-clients
+# Ferry vs QEMU 10 defaults vs libvirt 11.3 defaults and tuned (bench/README.md);
+# a subset: BENCH_FLAGS="-runs 1 -scenarios wan,flaky -systems ferry,libvirt-tuned".
+bench: deps guest build
+	bash hack/deps.sh --libvirt
 	$(GO) run ./bench/cmd/ferry-bench $(BENCH_FLAGS)

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Installs what Ferry needs on a Debian 12 machine, idempotently: the Debian
 # packages below (only those missing) and a Go toolchain new enough for go.mod.
-# Usage: hack/deps.sh [extra-package ...]
+# Usage: hack/deps.sh [--libvirt] [extra-package ...]
+#   --libvirt  also libvirt 11.3 (the benchmark's peer), from bookworm-backports
+#              on Debian 12 like QEMU, driving the same QEMU 10 binary.
 set -euo pipefail
 
+want_libvirt=
+if [ "${1:-}" = --libvirt ]; then
+	want_libvirt=1
+	shift
+fi
 pkgs=(busybox-static linux-image-cloud-amd64 iproute2 cpio kmod procps "$@")
 # QEMU 10.0 is the platform (docs/design.md): Debian 13's, which Debian 12
 # takes from bookworm-backports. A machine already on Debian 13 has it in its
@@ -11,15 +18,22 @@ pkgs=(busybox-static linux-image-cloud-amd64 iproute2 cpio kmod procps "$@")
 qemu_pkgs=(qemu-system-x86 qemu-utils)
 qemu_min=10.0
 
-qemu_ok() {
-	local v
-	for p in "${qemu_pkgs[@]}"; do
+libvirt_pkgs=(libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu)
+libvirt_min=11.3
+
+# at_least MIN PKG... succeeds when every PKG is installed at version >= MIN.
+at_least() {
+	local min=$1 v p
+	shift
+	for p in "$@"; do
 		v=$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null) || return 1
 		case "$v" in "install ok installed "*) ;; *) return 1 ;; esac
 		v=${v##* }; v=${v#*:}
-		[ "$(printf '%s\n%s\n' "$qemu_min" "$v" | sort -V | head -n1)" = "$qemu_min" ] || return 1
+		[ "$(printf '%s\n%s\n' "$min" "$v" | sort -V | head -n1)" = "$min" ] || return 1
 	done
 }
+
+qemu_ok() { at_least "$qemu_min" "${qemu_pkgs[@]}"; }
 
 # add_backports makes bookworm-backports available from the Debian mirror
 # this machine already uses (only on Debian 12).
@@ -65,6 +79,25 @@ if ! qemu_ok; then
 		apt-get install -y -qq --no-install-recommends "${qemu_pkgs[@]}" >/dev/null
 	fi
 	qemu_ok || { echo "hack/deps.sh: QEMU $qemu_min did not install ($(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null))" >&2; exit 1; }
+fi
+if [ -n "$want_libvirt" ] && ! at_least "$libvirt_min" "${libvirt_pkgs[@]}"; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "hack/deps.sh: libvirt >= $libvirt_min missing; run as root" >&2
+		exit 1
+	fi
+	echo "hack/deps.sh: installing libvirt $libvirt_min (${libvirt_pkgs[*]}, bookworm-backports on Debian 12)" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	add_backports
+	apt-get update -qq || true
+	. /etc/os-release
+	if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+		apt-get install -y -qq --no-install-recommends -t bookworm-backports "${libvirt_pkgs[@]}" >/dev/null
+	else
+		apt-get install -y -qq --no-install-recommends "${libvirt_pkgs[@]}" >/dev/null
+	fi
+	at_least "$libvirt_min" "${libvirt_pkgs[@]}" || { echo "hack/deps.sh: libvirt $libvirt_min did not install ($(dpkg-query -W -f='${Version}' libvirt-daemon-system 2>/dev/null))" >&2; exit 1; }
+	# libvirt must drive the QEMU 10 binary installed above.
+	qemu_ok || { echo "hack/deps.sh: installing libvirt replaced QEMU $qemu_min" >&2; exit 1; }
 fi
 
 # Go: the machine image ships it in /usr/local/go; otherwise Debian's go plus

@@ -1,6 +1,7 @@
 // Command ferry-bench is `make bench`: it live-migrates the same test
-// guest with Ferry, plain QEMU (defaults) and libvirt between the two
-// namespaced hosts of one dev cluster, in several load scenarios, and
+// guest with Ferry, plain QEMU (defaults) and libvirt (defaults and tuned)
+// between the two namespaced hosts of one dev cluster, in several load
+// and link scenarios, and
 // writes per-run JSON, a Markdown summary and SVG plots to
 // bench/results/<timestamp>/. See bench/README.md.
 package main
@@ -23,18 +24,19 @@ func main() {
 	o := bench.Options{Out: os.Stdout}
 	var scenarios, systems string
 	flag.IntVar(&o.Runs, "runs", 3, "runs per scenario and system (medians are reported)")
-	flag.StringVar(&scenarios, "scenarios", strings.Join(bench.AllScenarios, ","), "comma-separated scenarios: idle, half, heavy")
-	flag.StringVar(&systems, "systems", strings.Join(bench.AllSystems, ","), "comma-separated systems: ferry, qemu, libvirt")
-	flag.DurationVar(&o.Cap, "cap", 180*time.Second, "abort a migration that has not completed after this long")
-	flag.Float64Var(&o.LinkMiBps, "link-mibps", 48, "host-to-host link rate in half/heavy, MiB/s (half dirties at half of it, heavy at twice)")
-	flag.Int64Var(&o.MemoryMiB, "memory-mib", 1024, "guest RAM, MiB")
-	flag.Int64Var(&o.WSSMiB, "wss-mib", 256, "dirtier working set in half/heavy, MiB")
+	flag.StringVar(&scenarios, "scenarios", strings.Join(bench.AllScenarios, ","), "comma-separated scenarios: "+strings.Join(bench.AllScenarios, ", "))
+	flag.StringVar(&systems, "systems", strings.Join(bench.AllSystems, ","), "comma-separated systems: "+strings.Join(bench.AllSystems, ", "))
+	flag.DurationVar(&o.Cap, "cap", 60*time.Second, "abort a migration that has not completed after this long")
+	flag.Float64Var(&o.LinkMiBps, "link-mibps", 48, "host-to-host link rate of the shaped scenarios, MiB/s (half dirties at half of it, heavy at twice, wan and flaky at a third)")
+	flag.Int64Var(&o.MemoryMiB, "memory-mib", 1024, "guest RAM, MiB (big: 4096)")
+	flag.Int64Var(&o.WSSMiB, "wss-mib", 256, "dirtier working set in half/heavy/wan/flaky, MiB")
 	flag.DurationVar(&o.Settle, "settle", 3*time.Second, "let the dirtier run this long before migrating")
 	flag.BoolVar(&o.Warmup, "warmup", true, "before the measured runs, one unmeasured Ferry migration per shaping setting so Ferry's server has learned the rate QEMU reaches (-warmup=false: off)")
 	flag.StringVar(&o.FerryStrategy, "strategy", "", "ferry migrate --strategy (empty: Ferry's default)")
 	flag.StringVar(&o.Repo, "repo", ".", "repository root (bin/ferry, build/guest, hack/, bench/scripts)")
 	flag.StringVar(&o.ResultsDir, "results", "", "parent of the timestamped result directory (default REPO/bench/results)")
 	flag.StringVar(&o.Prefix, "prefix", "fbench", "namespace prefix of the benchmark's dev cluster")
+	estimate := flag.Bool("estimate", false, "print the estimated duration of the run the other flags describe, and exit")
 	resummarize := flag.String("resummarize", "", "recompute the summary and plots of this result directory from its run files, and exit")
 	flag.Parse()
 	if *resummarize != "" {
@@ -53,6 +55,15 @@ func main() {
 	if o.Runs < 1 {
 		fmt.Fprintln(os.Stderr, "ferry-bench: -runs must be at least 1")
 		os.Exit(2)
+	}
+	if *estimate {
+		d, err := bench.EstimateFor(o)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ferry-bench: %v\n", err)
+			os.Exit(2)
+		}
+		fmt.Printf("estimated %s\n", d.Round(time.Minute))
+		return
 	}
 	repo, err := filepath.Abs(o.Repo)
 	if err != nil {

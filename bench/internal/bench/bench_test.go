@@ -2,8 +2,11 @@ package bench
 
 import (
 	"encoding/xml"
+	"os"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ferryvm/ferry/guest/guestapi"
 )
@@ -36,15 +39,98 @@ func TestDomainXMLIsValidAndMatchesGuest(t *testing.T) {
 }
 
 func TestScenarios(t *testing.T) {
-	o := Options{Scenarios: []string{"idle", "half", "heavy"}, LinkMiBps: 48, WSSMiB: 256}
+	o := Options{Scenarios: AllScenarios, LinkMiBps: 48, WSSMiB: 256, MemoryMiB: 1024}
 	scs, err := o.scenarios()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if scs[0].DirtyMiBps != 0 || scs[0].ShapedMiBps != 0 || scs[1].DirtyMiBps != 24 || scs[2].DirtyMiBps != 96 || scs[2].ShapedMiBps != 48 {
-		t.Errorf("scenarios = %+v", scs)
+	by := map[string]Scenario{}
+	for _, sc := range scs {
+		by[sc.Name] = sc
+	}
+	if sc := by["idle"]; sc.DirtyMiBps != 0 || sc.Shaped() || sc.MemoryMiB != 1024 {
+		t.Errorf("idle = %+v", sc)
+	}
+	if by["half"].DirtyMiBps != 24 || by["heavy"].DirtyMiBps != 96 || by["heavy"].ShapedMiBps != 48 {
+		t.Errorf("half/heavy = %+v / %+v", by["half"], by["heavy"])
+	}
+	if sc := by["wan"]; sc.DelayMs != 20 || sc.LossPct != 0.1 || sc.DirtyMiBps != 16 || sc.ShapedMiBps != 48 {
+		t.Errorf("wan = %+v", sc)
+	}
+	if sc := by["flaky"]; sc.Flaps != 2 || sc.FlapDownMs != 2000 || sc.DirtyMiBps != 16 || !sc.Shaped() {
+		t.Errorf("flaky = %+v", sc)
+	}
+	if sc := by["big"]; sc.MemoryMiB != 4096 || sc.WSSMiB != 1024 || sc.DirtyMiBps != 0 || sc.Shaped() {
+		t.Errorf("big = %+v", sc)
+	}
+	if linkKey(by["flaky"]) != linkKey(by["half"]) || linkKey(by["wan"]) == linkKey(by["half"]) {
+		t.Error("warm-up link keys: flaky must share half's link, wan must not")
 	}
 	if _, err := (Options{Scenarios: []string{"bogus"}}).scenarios(); err == nil {
 		t.Error("unknown scenario accepted")
+	}
+}
+
+func TestEstimate(t *testing.T) {
+	o := Options{Scenarios: AllScenarios, Systems: AllSystems, Runs: 3, Cap: 60 * time.Second, LinkMiBps: 48, WSSMiB: 256, MemoryMiB: 1024,
+		Settle: 3 * time.Second, Warmup: true}
+	full, err := EstimateFor(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Runs = 1
+	one, _ := EstimateFor(o)
+	if full <= one || full > 90*time.Minute || one < 5*time.Minute {
+		t.Errorf("estimates: 3 runs %v, 1 run %v", full, one)
+	}
+	o.Cap = 30 * time.Second
+	if shorter, _ := EstimateFor(o); shorter >= one {
+		t.Errorf("a shorter cap does not shorten the estimate: %v vs %v", shorter, one)
+	}
+}
+
+func TestReadStatAndVersions(t *testing.T) {
+	comm, ticks, start, err := readStat(os.Getpid())
+	if err != nil || comm == "" || start == 0 {
+		t.Fatalf("readStat(self) = %q, %d, %d, %v", comm, ticks, start, err)
+	}
+	if !versionAtLeast("11.3.0", "11.3") || versionAtLeast("9.0.0", "11.3") || !versionAtLeast("12.0", "11.3") || versionAtLeast("11.2.9", "11.3") {
+		t.Error("versionAtLeast")
+	}
+}
+
+func TestTunedFlags(t *testing.T) {
+	base := &LibvirtSystem{libvirtd: &libvirtd{}, name: "libvirt"}
+	tuned := base.Tuned()
+	if tuned.Name() != "libvirt-tuned" || tuned.libvirtd != base.libvirtd || len(base.flags) != 0 {
+		t.Errorf("tuned = %+v", tuned)
+	}
+	for _, f := range []string{"--auto-converge", "--postcopy", "--postcopy-after-precopy", "--parallel"} {
+		if !slices.Contains(tuned.flags, f) {
+			t.Errorf("tuned flags lack %s", f)
+		}
+	}
+}
+
+func TestCPUSamplerCountsAProcess(t *testing.T) {
+	s, err := startCPUSampler(nil, nil, []int{os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Burn CPU until /proc shows at least two clock ticks more (bounded).
+	deadline := time.Now().Add(10 * time.Second)
+	_, t0, _, _ := readStat(os.Getpid())
+	x := 0
+	for time.Now().Before(deadline) {
+		for i := 0; i < 1e6; i++ {
+			x += i
+		}
+		if _, t1, _, _ := readStat(os.Getpid()); t1 >= t0+2 {
+			break
+		}
+	}
+	c := s.Stop("h1", "h2")
+	if c.ControlPlaneS < 0.02 || c.HostsS() != 0 || len(c.Processes) != 1 || !strings.HasPrefix(c.Processes[0], "root ") {
+		t.Errorf("cpu = %+v (x=%d)", c, x)
 	}
 }

@@ -6,10 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"time"
 
 	"github.com/ferryvm/ferry/internal/devcluster"
+	"github.com/ferryvm/ferry/internal/linkemu"
 	"github.com/ferryvm/ferry/internal/netnsutil"
 )
 
@@ -23,8 +23,8 @@ type Env struct {
 	Dir string
 	// FerryBin is the ferry binary; GuestDir holds vmlinuz and initrd.img.
 	FerryBin, GuestDir string
-	// shapedMiBps is the current host-to-host rate limit (0 = none).
-	shapedMiBps float64
+	// shaped is set while the link emulator is inserted.
+	shaped bool
 }
 
 // upEnv tears down a leftover cluster of the same prefix (ours, from a
@@ -48,53 +48,63 @@ func upEnv(ctx context.Context, prefix, stateDir, ferryBin string, allow ...stri
 	return c, nil
 }
 
-// Shape limits host-to-host IP traffic (each host's address to the other
-// host's) to mibps MiB/s on every host's uplink with an HTB class; all
-// other traffic (guests ↔ client) goes through an unshaped class, so the
-// client's stream never queues behind migration data. mibps 0 removes the
-// shaping.
-func (e *Env) Shape(ctx context.Context, mibps float64) error {
-	for _, h := range []devcluster.Host{e.Src, e.Dst} {
-		// Deleting a qdisc that is not there fails; that is fine.
-		_, _ = run(ctx, h.Netns, "tc", "qdisc", "del", "dev", devcluster.HostUplink, "root")
-	}
-	e.shapedMiBps = 0
-	if mibps <= 0 {
+// linkHost is the host whose link to the segment the link emulator
+// shapes: every byte between the two hosts crosses it once, so its delay
+// and loss apply once each way (RTT = 2 × delay). The guest's own traffic
+// to the client crosses it too while the guest runs on h1, for every
+// system alike.
+func (e *Env) linkHost() devcluster.Host { return e.Src }
+
+// Shape puts the link emulator (internal/linkemu, `ferry dev cluster
+// link`) on the source host's link with the scenario's rate, delay and
+// loss, or removes it for an unshaped scenario.
+func (e *Env) Shape(ctx context.Context, sc Scenario) error {
+	h := e.linkHost()
+	if !sc.Shaped() {
+		if err := e.Cluster.ClearLink(ctx, h.Name); err != nil {
+			return fmt.Errorf("unshape the link of %s: %w", h.Name, err)
+		}
+		e.shaped = false
 		return nil
 	}
-	rate := strconv.FormatInt(int64(mibps*1024*1024), 10) + "bps" // tc: bps = bytes/s
-	for _, pair := range [][2]devcluster.Host{{e.Src, e.Dst}, {e.Dst, e.Src}} {
-		h, peer := pair[0], pair[1]
-		cmds := [][]string{
-			{"qdisc", "add", "dev", devcluster.HostUplink, "root", "handle", "1:", "htb", "default", "20"},
-			{"class", "add", "dev", devcluster.HostUplink, "parent", "1:", "classid", "1:10", "htb",
-				"rate", rate, "ceil", rate, "burst", "256k", "cburst", "256k", "quantum", "60000"},
-			{"class", "add", "dev", devcluster.HostUplink, "parent", "1:", "classid", "1:20", "htb",
-				"rate", "20gbit", "ceil", "20gbit", "burst", "4m", "quantum", "60000"},
-			{"filter", "add", "dev", devcluster.HostUplink, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-				"match", "ip", "src", h.IP + "/32", "match", "ip", "dst", peer.IP + "/32", "flowid", "1:10"},
-		}
-		for _, args := range cmds {
-			if _, err := run(ctx, h.Netns, "tc", args...); err != nil {
-				return fmt.Errorf("shape the link of %s to %.0f MiB/s: %w", h.Name, mibps, err)
-			}
-		}
+	want := linkemu.Params{
+		Rate:  int64(sc.ShapedMiBps * (1 << 20)),
+		Delay: time.Duration(sc.DelayMs * float64(time.Millisecond)),
+		Loss:  sc.LossPct / 100,
 	}
-	e.shapedMiBps = mibps
+	if _, err := e.Cluster.Link(ctx, h.Name, e.FerryBin, func(p *linkemu.Params) { *p = want }); err != nil {
+		return fmt.Errorf("shape the link of %s (%s): %w", h.Name, sc.LinkString(), err)
+	}
+	e.shaped = true
 	return nil
 }
 
-// Unshape removes the shaping, ignoring errors (cleanup path).
-func (e *Env) Unshape() {
-	for _, h := range []devcluster.Host{e.Src, e.Dst} {
-		_, _ = run(context.Background(), h.Netns, "tc", "qdisc", "del", "dev", devcluster.HostUplink, "root")
+// SetLinkDown takes the emulated link down (every frame dropped) or up.
+func (e *Env) SetLinkDown(ctx context.Context, down bool) error {
+	h := e.linkHost()
+	if _, err := e.Cluster.Link(ctx, h.Name, e.FerryBin, func(p *linkemu.Params) { p.Down = down }); err != nil {
+		return fmt.Errorf("set the link of %s down=%v: %w", h.Name, down, err)
 	}
-	e.shapedMiBps = 0
+	return nil
 }
 
-// MeasureBandwidth sends bulk TCP data from the source host's namespace
-// to a receiver in the destination host's namespace for d and returns the
-// rate the receiver saw in MiB/s: the link as a migration stream sees it.
+// Unshape removes the link emulator, ignoring errors (cleanup path).
+func (e *Env) Unshape() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = e.Cluster.ClearLink(ctx, e.linkHost().Name)
+	e.shaped = false
+}
+
+// ProbeStreams is how many parallel TCP streams MeasureBandwidth uses: on
+// a lossy, far link one stream gets a fraction of the link (its window
+// halves at every loss), and the bound is about the link.
+const ProbeStreams = 4
+
+// MeasureBandwidth sends bulk TCP data over ProbeStreams parallel
+// connections from the source host's namespace to a receiver in the
+// destination host's namespace for d and returns the aggregate rate the
+// receiver saw in MiB/s: what the link carries for TCP.
 func (e *Env) MeasureBandwidth(ctx context.Context, d time.Duration) (float64, error) {
 	l, err := netnsutil.Listen(e.Dst.Netns, "tcp", net.JoinHostPort(e.Dst.IP, "0"))
 	if err != nil {
@@ -102,65 +112,93 @@ func (e *Env) MeasureBandwidth(ctx context.Context, d time.Duration) (float64, e
 	}
 	defer l.Close()
 	type result struct {
-		n   int64
-		dur time.Duration
-		err error
+		n          int64
+		start, end time.Time
+		err        error
 	}
-	got := make(chan result, 1)
+	got := make(chan result, ProbeStreams)
 	go func() {
-		conn, err := l.Accept()
-		if err != nil {
-			got <- result{err: err}
-			return
-		}
-		defer conn.Close()
-		buf := make([]byte, 1<<20)
-		var n int64
-		var start time.Time
-		for {
-			k, err := conn.Read(buf)
-			if k > 0 && start.IsZero() {
-				start = time.Now()
-			}
-			n += int64(k)
+		for range ProbeStreams {
+			conn, err := l.Accept()
 			if err != nil {
-				if errors.Is(err, io.EOF) {
-					err = nil
-				}
-				got <- result{n: n, dur: time.Since(start), err: err}
-				return
+				got <- result{err: err}
+				continue
 			}
+			go func() {
+				defer conn.Close()
+				buf := make([]byte, 1<<20)
+				var r result
+				for {
+					k, err := conn.Read(buf)
+					if k > 0 && r.start.IsZero() {
+						r.start = time.Now()
+					}
+					r.n += int64(k)
+					if err != nil {
+						if !errors.Is(err, io.EOF) {
+							r.err = err
+						}
+						r.end = time.Now()
+						got <- r
+						return
+					}
+				}
+			}()
 		}
 	}()
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	conn, err := netnsutil.DialContext(dctx, e.Src.Netns, "tcp", l.Addr().String())
-	cancel()
-	if err != nil {
-		return 0, fmt.Errorf("bandwidth probe: %w", err)
-	}
 	buf := make([]byte, 256<<10)
 	for i := range buf {
 		buf[i] = byte(i*7 + 1)
 	}
 	deadline := time.Now().Add(d)
-	_ = conn.SetWriteDeadline(deadline.Add(5 * time.Second))
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if _, err := conn.Write(buf); err != nil {
-			conn.Close()
-			return 0, fmt.Errorf("bandwidth probe: send: %w", err)
+	sendErr := make(chan error, ProbeStreams)
+	for range ProbeStreams {
+		go func() {
+			dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			conn, err := netnsutil.DialContext(dctx, e.Src.Netns, "tcp", l.Addr().String())
+			cancel()
+			if err != nil {
+				sendErr <- fmt.Errorf("bandwidth probe: %w", err)
+				return
+			}
+			defer conn.Close()
+			_ = conn.SetWriteDeadline(deadline.Add(5 * time.Second))
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				if _, err := conn.Write(buf); err != nil {
+					sendErr <- fmt.Errorf("bandwidth probe: send: %w", err)
+					return
+				}
+			}
+			sendErr <- nil
+		}()
+	}
+	for range ProbeStreams {
+		if err := <-sendErr; err != nil {
+			return 0, err
 		}
 	}
-	conn.Close()
-	select {
-	case r := <-got:
-		if r.err != nil {
-			return 0, fmt.Errorf("bandwidth probe: receive: %w", r.err)
+	var total int64
+	var first, last time.Time
+	timeout := time.After(30 * time.Second)
+	for range ProbeStreams {
+		select {
+		case r := <-got:
+			if r.err != nil {
+				return 0, fmt.Errorf("bandwidth probe: receive: %w", r.err)
+			}
+			total += r.n
+			if !r.start.IsZero() && (first.IsZero() || r.start.Before(first)) {
+				first = r.start
+			}
+			if r.end.After(last) {
+				last = r.end
+			}
+		case <-timeout:
+			return 0, errors.New("bandwidth probe: receivers did not finish within 30s")
 		}
-		if r.dur <= 0 {
-			return 0, errors.New("bandwidth probe: nothing received")
-		}
-		return float64(r.n) / (1 << 20) / r.dur.Seconds(), nil
-	case <-time.After(30 * time.Second):
-		return 0, errors.New("bandwidth probe: receiver did not finish within 30s")
 	}
+	if first.IsZero() || !last.After(first) {
+		return 0, errors.New("bandwidth probe: nothing received")
+	}
+	return float64(total) / (1 << 20) / last.Sub(first).Seconds(), nil
 }

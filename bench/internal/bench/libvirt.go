@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"html"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,8 +18,16 @@ import (
 	"github.com/ferryvm/ferry/internal/devcluster"
 )
 
-// LibvirtPackages are the Debian packages the libvirt system needs.
-var LibvirtPackages = []string{"libvirt-daemon-system", "libvirt-clients"}
+// LibvirtMinVersion is the libvirt the benchmark compares with (Debian
+// 13's; bookworm-backports on Debian 12, installed by `hack/deps.sh
+// --libvirt`).
+const LibvirtMinVersion = "11.3"
+
+// TunedMigrateFlags are what a skilled operator adds to `virsh migrate`:
+// auto-converge, post-copy switched on after the first pre-copy pass,
+// parallel (multifd) connections; bandwidth stays libvirt's default,
+// unlimited (recorded per run from `virsh migrate-getspeed`).
+var TunedMigrateFlags = []string{"--auto-converge", "--postcopy", "--postcopy-after-precopy", "--parallel"}
 
 // LibvirtSystem runs one private libvirtd per host namespace, each in its
 // own mount namespace (scripts/libvirtd-ns.sh bind-mounts private
@@ -25,9 +35,41 @@ var LibvirtPackages = []string{"libvirt-daemon-system", "libvirt-clients"}
 // /var/log/libvirt), listening on TCP without auth on the host's address,
 // and migrates with `virsh migrate --live --p2p` with libvirt's defaults.
 type LibvirtSystem struct {
+	*libvirtd
+	// name is "libvirt" (defaults) or "libvirt-tuned" (flags).
+	name  string
+	flags []string
+	// Note says why flags differ from TunedMigrateFlags, if they do.
+	Note string
+}
+
+// libvirtd is the two daemons, shared by the default and tuned systems.
+type libvirtd struct {
 	env     *Env
 	daemons []*proc
 	roots   []string
+}
+
+// Tuned returns the system that migrates with TunedMigrateFlags through
+// the same daemons.
+func (s *LibvirtSystem) Tuned() *LibvirtSystem {
+	return &LibvirtSystem{libvirtd: s.libvirtd, name: "libvirt-tuned", flags: TunedMigrateFlags}
+}
+
+// Version is `virsh version` of the source daemon in one line: the
+// library, the daemon and the QEMU it drives.
+func (s *LibvirtSystem) Version(ctx context.Context) string {
+	out, err := s.virsh(ctx, s.env.Src, "version")
+	if err != nil {
+		return "virsh version: " + err.Error()
+	}
+	var parts []string
+	for _, l := range strings.Split(out, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // libvirtdUUIDs are the host_uuid of the two daemons (they must differ,
@@ -37,7 +79,7 @@ var libvirtdUUIDs = []string{"5b1c0e6e-b3f1-4f6a-9d1c-000000000001", "5b1c0e6e-b
 // StartLibvirt prepares the private directories and starts both daemons;
 // script is bench/scripts/libvirtd-ns.sh.
 func StartLibvirt(ctx context.Context, env *Env, script string) (_ *LibvirtSystem, err error) {
-	s := &LibvirtSystem{env: env}
+	s := &LibvirtSystem{libvirtd: &libvirtd{env: env}, name: "libvirt"}
 	defer func() {
 		if err != nil {
 			_ = s.Close()
@@ -113,12 +155,12 @@ func prepareLibvirtRoot(root, ip, uuid string) error {
 func uri(h devcluster.Host) string { return "qemu+tcp://" + h.IP + "/system" }
 
 // virsh runs virsh against host h's daemon, from inside h's namespace.
-func (s *LibvirtSystem) virsh(ctx context.Context, h devcluster.Host, args ...string) (string, error) {
+func (s *libvirtd) virsh(ctx context.Context, h devcluster.Host, args ...string) (string, error) {
 	return run(ctx, h.Netns, "virsh", append([]string{"-c", uri(h)}, args...)...)
 }
 
 // Name implements System.
-func (s *LibvirtSystem) Name() string { return "libvirt" }
+func (s *LibvirtSystem) Name() string { return s.name }
 
 // domainXML is the guest as a libvirt domain: type qemu (TCG), the same
 // kernel, initrd, command line, memory, vCPU, CPU model and machine type
@@ -196,15 +238,50 @@ func statInt(m map[string]string, key string) int64 {
 	return n
 }
 
-// Migrate implements System.
+// multifdPostcopyRefusal is how QEMU 10.0 refuses post-copy together
+// with multifd (libvirt's --parallel).
+const multifdPostcopyRefusal = "not yet compatible with multifd"
+
+// Migrate implements System. When QEMU refuses the tuned combination of
+// post-copy and --parallel (QEMU 10.0 cannot do post-copy over multifd),
+// the system drops --parallel, as an operator would, says so in Note and
+// the run's raw report, and migrates again; the guest is still on the
+// source (the refusal comes before anything is sent).
 func (s *LibvirtSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) (Report, error) {
+	rep, err := s.migrate(ctx, g, limit)
+	if err != nil || rep.Status != "failed" || !strings.Contains(rep.Error, multifdPostcopyRefusal) || !slices.Contains(s.flags, "--parallel") {
+		return rep, err
+	}
+	s.Note = fmt.Sprintf("QEMU refused %s (%q): --parallel dropped, the tuned runs use %s",
+		strings.Join(s.flags, " "), firstLineOf(rep.Error), strings.Join(slices.DeleteFunc(slices.Clone(s.flags), func(f string) bool { return f == "--parallel" }), " "))
+	s.flags = slices.DeleteFunc(slices.Clone(s.flags), func(f string) bool { return f == "--parallel" })
+	retry, err := s.migrate(ctx, g, limit)
+	retry.Decisions = append(retry.Decisions, fmt.Sprintf("first attempt failed after %d ms: %s", rep.WallMs, s.Note))
+	return retry, err
+}
+
+// Flags is the tuned system's flags in use and what changed them.
+func (s *LibvirtSystem) Flags() string {
+	f := strings.Join(s.flags, " ")
+	if f == "" {
+		f = "(defaults)"
+	}
+	if s.Note != "" {
+		f += "; " + s.Note
+	}
+	return f
+}
+
+func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duration) (Report, error) {
 	var rep Report
 	src, dst := s.env.Src, s.env.Dst
 	logPath := filepath.Join(s.env.Dir, g.Name+"-migrate.log")
 	_ = os.Remove(logPath)
+	speed, _ := s.virsh(ctx, src, "migrate-getspeed", g.Name)
+	args := append([]string{"-c", uri(src), "migrate", "--live", "--p2p"}, s.flags...)
+	args = append(args, g.Name, uri(dst), "--migrateuri", "tcp://"+dst.IP)
 	t0 := time.Now()
-	mig, err := startProc(src.Netns, logPath, "virsh", "-c", uri(src), "migrate", "--live", "--p2p", g.Name, uri(dst),
-		"--migrateuri", "tcp://"+dst.IP)
+	mig, err := startProc(src.Netns, logPath, "virsh", args...)
 	if err != nil {
 		return rep, fmt.Errorf("libvirt: start virsh migrate: %w", err)
 	}
@@ -212,6 +289,10 @@ func (s *LibvirtSystem) Migrate(ctx context.Context, g Guest, limit time.Duratio
 	aborted := false
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
+	// The source's last running job statistics: after a post-copy
+	// migration the destination keeps no completed statistics.
+	var lastSrc map[string]string
+	var lastSrcMs int64
 	for !mig.Exited() {
 		select {
 		case <-ctx.Done():
@@ -235,7 +316,8 @@ func (s *LibvirtSystem) Migrate(ctx context.Context, g Guest, limit time.Duratio
 		if statInt(st, "data_total") == 0 {
 			continue // the job has not started its first round yet
 		}
-		rep.Samples = append(rep.Samples, Sample{TMs: time.Since(t0).Milliseconds(),
+		lastSrc, lastSrcMs = st, time.Since(t0).Milliseconds()
+		rep.Samples = append(rep.Samples, Sample{TMs: lastSrcMs,
 			RemainingBytes: statInt(st, "data_remaining"), TransferredBytes: statInt(st, "data_processed")})
 	}
 	rep.WallMs = time.Since(t0).Milliseconds()
@@ -259,12 +341,25 @@ func (s *LibvirtSystem) Migrate(ctx context.Context, g Guest, limit time.Duratio
 	if migErr != nil {
 		rep.Error = strings.TrimSpace(tail(logPath, 600))
 	}
+	if err == nil && statInt(st, "time_elapsed") == 0 && lastSrc != nil {
+		// No completed statistics (post-copy): the source's last ones,
+		// the elapsed time carried forward to virsh's exit. The downtime
+		// is unknown unless the source reported one.
+		lastSrc["bench_stats_from"] = fmt.Sprintf("source's last running statistics at %d ms (the destination kept no completed ones)", lastSrcMs)
+		lastSrc["time_elapsed"] = strconv.FormatInt(statInt(lastSrc, "time_elapsed")+rep.WallMs-lastSrcMs, 10)
+		if _, ok := lastSrc["downtime"]; !ok && migErr == nil {
+			rep.DowntimeUnknown = true
+		}
+		st = lastSrc
+	}
 	if err == nil {
 		rep.TotalMs = statInt(st, "time_elapsed")
 		rep.DowntimeMs = statInt(st, "downtime")
 		rep.TransferredBytes = statInt(st, "data_processed")
 		rep.Rounds = statInt(st, "memory_iteration")
 		rep.BandwidthMiBps = float64(statInt(st, "memory_bps")) / (1 << 20)
+		st["bench_migrate_getspeed_MiBps"] = strings.TrimSpace(speed)
+		st["bench_virsh_migrate"] = strings.Join(args, " ")
 		rep.Raw, _ = json.Marshal(st)
 	} else if migErr == nil {
 		return rep, fmt.Errorf("libvirt: completed job statistics: %w", err)
@@ -290,8 +385,9 @@ func (s *LibvirtSystem) Destroy(ctx context.Context, g Guest) error {
 }
 
 // Close stops both daemons (their mount namespaces, and with them the bind
-// mounts, go away with them) and removes the private directories.
-func (s *LibvirtSystem) Close() error {
+// mounts, go away with them) and removes the private directories. The
+// default and tuned systems share them: the first Close stops them.
+func (s *libvirtd) Close() error {
 	for _, p := range s.daemons {
 		p.Stop(10 * time.Second)
 	}
@@ -303,4 +399,36 @@ func (s *LibvirtSystem) Close() error {
 	}
 	s.daemons, s.roots = nil, nil
 	return errors.Join(errs...)
+}
+
+// ensureLibvirt installs libvirt LibvirtMinVersion through `hack/deps.sh
+// --libvirt` unless libvirtd and virsh of at least that version are there.
+func ensureLibvirt(ctx context.Context, o Options) error {
+	if v, err := run(ctx, "", "libvirtd", "--version"); err == nil {
+		f := strings.Fields(v)
+		if _, err := exec.LookPath("virsh"); err == nil && len(f) > 0 && versionAtLeast(f[len(f)-1], LibvirtMinVersion) {
+			return nil
+		}
+	}
+	fmt.Fprintf(o.Out, "==> installing libvirt %s (hack/deps.sh --libvirt)\n", LibvirtMinVersion)
+	if _, err := run(ctx, "", "bash", filepath.Join(o.Repo, "hack", "deps.sh"), "--libvirt"); err != nil {
+		return fmt.Errorf("install libvirt %s: %w", LibvirtMinVersion, err)
+	}
+	return nil
+}
+
+// versionAtLeast compares dotted version numbers ("11.3.0" >= "11.3").
+func versionAtLeast(have, want string) bool {
+	h, w := strings.Split(have, "."), strings.Split(want, ".")
+	for i := range w {
+		var hi, wi int
+		if i < len(h) {
+			hi, _ = strconv.Atoi(h[i])
+		}
+		wi, _ = strconv.Atoi(w[i])
+		if hi != wi {
+			return hi > wi
+		}
+	}
+	return true
 }

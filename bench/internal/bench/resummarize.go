@@ -37,7 +37,9 @@ func Resummarize(dir string, out io.Writer) error {
 		fillAborted(&r.Migration)
 		runs = append(runs, r)
 		sc := Scenario{Name: r.Scenario, ShapedMiBps: r.ShapedMiBps, MeasuredMiBps: r.MeasuredMiBps}
-		if g, ok := r.Guest.(map[string]any); ok {
+		if r.Spec != nil {
+			sc = *r.Spec
+		} else if g, ok := r.Guest.(map[string]any); ok {
 			if cl, ok := g["cmdline"].(string); ok {
 				if m := dirtyRE.FindStringSubmatch(cl); m != nil {
 					sc.WSSMiB, _ = strconv.ParseInt(m[1], 10, 64)
@@ -63,6 +65,26 @@ func Resummarize(dir string, out io.Writer) error {
 		}
 		if json.Unmarshal(b, &old) == nil && old.Meta != nil {
 			meta = old.Meta
+		}
+	}
+	if _, ok := meta["warmupRuns"]; !ok {
+		// Rebuild the warm-up lines from warmup/ (a directory put together
+		// from several result directories has no summary of its own).
+		wfiles, _ := filepath.Glob(filepath.Join(dir, "warmup", "*-ferry-0.json"))
+		var lines []string
+		for _, f := range wfiles {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				return fmt.Errorf("read warm-up run: %w", err)
+			}
+			var r report.Run
+			if err := json.Unmarshal(b, &r); err != nil {
+				return fmt.Errorf("decode %s: %w", f, err)
+			}
+			lines = append(lines, warmupLine(r))
+		}
+		if len(lines) > 0 {
+			meta["warmupRuns"] = lines
 		}
 	}
 	slices.SortFunc(runs, func(a, b report.Run) int { return a.Started.Compare(b.Started) })

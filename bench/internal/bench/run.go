@@ -11,7 +11,6 @@ import (
 	"math"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -27,14 +26,15 @@ type Scenario = report.Scenario
 // Options configures a benchmark run.
 type Options struct {
 	Runs      int           // runs per scenario and system
-	Scenarios []string      // idle, half, heavy
-	Systems   []string      // ferry, qemu, libvirt
+	Scenarios []string      // see AllScenarios
+	Systems   []string      // see AllSystems
 	Cap       time.Duration // abort a migration after this long
-	// LinkMiBps is the host-to-host rate in the half and heavy scenarios;
-	// the half scenario dirties at LinkMiBps/2, heavy at 2×LinkMiBps.
+	// LinkMiBps is the host-to-host rate in the shaped scenarios; half
+	// dirties at LinkMiBps/2, heavy at 2×LinkMiBps, wan and flaky at a
+	// third of it.
 	LinkMiBps float64
-	MemoryMiB int64 // guest RAM
-	WSSMiB    int64 // dirtier working set in half and heavy
+	MemoryMiB int64 // guest RAM (big: BigMemoryMiB)
+	WSSMiB    int64 // dirtier working set in half, heavy, wan and flaky
 	// Settle is how long the guest's dirtier runs before the migration.
 	Settle time.Duration
 	// Warmup runs one unmeasured Ferry migration per shaping setting
@@ -52,26 +52,55 @@ type Options struct {
 
 // AllScenarios and AllSystems are the defaults, in run order.
 var (
-	AllScenarios = []string{"idle", "half", "heavy"}
-	AllSystems   = []string{"ferry", "qemu", "libvirt"}
+	AllScenarios = []string{"idle", "half", "heavy", "wan", "flaky", "big"}
+	AllSystems   = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+)
+
+// Fixed parameters of the wan, flaky and big scenarios.
+const (
+	WANDelayMs      = 20   // one-way delay
+	WANLossPct      = 0.1  // frame loss each way
+	FlakyFlaps      = 2    // link-down periods per migration
+	FlakyDownMs     = 2000 // each one this long
+	FlakyFirstMs    = 1500 // the first this long after the migration is issued
+	FlakyGapMs      = 2000 // the next this long after the link came back
+	BigMemoryMiB    = 4096 // the big guest's RAM
+	BigNonZeroMiB   = 1024 // of which the dirtier fills this much
+	defaultSettleMs = 3000
 )
 
 // scenarios resolves the scenario names.
 func (o Options) scenarios() ([]Scenario, error) {
 	var out []Scenario
+	third := int64(math.Round(o.LinkMiBps / 3))
 	for _, name := range o.Scenarios {
+		sc := Scenario{Name: name, MemoryMiB: o.MemoryMiB}
 		switch name {
 		case "idle":
-			out = append(out, Scenario{Name: name})
 		case "half":
-			out = append(out, Scenario{Name: name, WSSMiB: o.WSSMiB, DirtyMiBps: int64(math.Round(o.LinkMiBps / 2)), ShapedMiBps: o.LinkMiBps})
+			sc.WSSMiB, sc.DirtyMiBps, sc.ShapedMiBps = o.WSSMiB, int64(math.Round(o.LinkMiBps/2)), o.LinkMiBps
 		case "heavy":
-			out = append(out, Scenario{Name: name, WSSMiB: o.WSSMiB, DirtyMiBps: int64(math.Round(o.LinkMiBps * 2)), ShapedMiBps: o.LinkMiBps})
+			sc.WSSMiB, sc.DirtyMiBps, sc.ShapedMiBps = o.WSSMiB, int64(math.Round(o.LinkMiBps*2)), o.LinkMiBps
+		case "wan":
+			sc.WSSMiB, sc.DirtyMiBps, sc.ShapedMiBps = o.WSSMiB, third, o.LinkMiBps
+			sc.DelayMs, sc.LossPct = WANDelayMs, WANLossPct
+		case "flaky":
+			sc.WSSMiB, sc.DirtyMiBps, sc.ShapedMiBps = o.WSSMiB, third, o.LinkMiBps
+			sc.Flaps, sc.FlapDownMs, sc.FlapFirstMs, sc.FlapGapMs = FlakyFlaps, FlakyDownMs, FlakyFirstMs, FlakyGapMs
+		case "big":
+			sc.MemoryMiB, sc.WSSMiB = BigMemoryMiB, BigNonZeroMiB
 		default:
-			return nil, fmt.Errorf("-scenarios: unknown scenario %q (idle, half, heavy)", name)
+			return nil, fmt.Errorf("-scenarios: unknown scenario %q (%s)", name, strings.Join(AllScenarios, ", "))
 		}
+		out = append(out, sc)
 	}
 	return out, nil
+}
+
+// linkKey identifies a link setting for the warm-up (flaps aside: the
+// link is the same between them).
+func linkKey(sc Scenario) string {
+	return fmt.Sprintf("%g/%g/%g", sc.ShapedMiBps, sc.DelayMs, sc.LossPct)
 }
 
 // Run runs the benchmark and writes the results; it returns the result
@@ -83,7 +112,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 	}
 	for _, s := range o.Systems {
 		if _, ok := guestIPs[s]; !ok {
-			return "", fmt.Errorf("-systems: unknown system %q (ferry, qemu, libvirt)", s)
+			return "", fmt.Errorf("-systems: unknown system %q (%s)", s, strings.Join(AllSystems, ", "))
 		}
 	}
 	if os.Geteuid() != 0 {
@@ -96,12 +125,15 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 			return "", fmt.Errorf("%s missing: run `make build guest` first: %w", f, err)
 		}
 	}
-	if contains(o.Systems, "libvirt") {
+	if usesLibvirt(o.Systems) {
 		if err := ensureLibvirt(ctx, o); err != nil {
 			return "", err
 		}
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(o.Out, "==> "+format+"\n", args...) }
+	est := Estimate(o, scenarios)
+	logf("%d scenario(s) × %d system(s) × %d run(s), cap %s: estimated %s (finishing around %s UTC)",
+		len(scenarios), len(o.Systems), o.Runs, o.Cap, est.Round(time.Minute), time.Now().Add(est).UTC().Format("15:04"))
 
 	started := time.Now()
 	resultDir = filepath.Join(o.ResultsDir, started.Format("20060102-150405"))
@@ -149,35 +181,48 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 	}()
 
 	var notes []string
+	var lv, lvTuned *LibvirtSystem
+	libvirtInfo := ""
 	for _, name := range o.Systems {
 		switch name {
 		case "ferry":
 			systems = append(systems, NewFerrySystem(env, o.FerryStrategy))
 		case "qemu":
 			systems = append(systems, NewQEMUSystem(env))
-		case "libvirt":
-			logf("starting two private libvirtd (one per host namespace, each in its own mount namespace)")
-			lv, err := StartLibvirt(ctx, env, filepath.Join(o.Repo, "bench", "scripts", "libvirtd-ns.sh"))
-			if err != nil {
-				notes = append(notes, "libvirt skipped: "+err.Error())
-				fmt.Fprintf(o.Out, "    libvirt unavailable, continuing without it: %v\n", err)
-				continue
+		case "libvirt", "libvirt-tuned":
+			if lv == nil {
+				logf("starting two private libvirtd (one per host namespace, each in its own mount namespace)")
+				var err error
+				lv, err = StartLibvirt(ctx, env, filepath.Join(o.Repo, "bench", "scripts", "libvirtd-ns.sh"))
+				if err != nil {
+					notes = append(notes, "libvirt skipped: "+err.Error())
+					fmt.Fprintf(o.Out, "    libvirt unavailable, continuing without it: %v\n", err)
+					lv = nil
+					continue
+				}
+				libvirtInfo = lv.Version(ctx)
+				logf("libvirt: %s", libvirtInfo)
 			}
-			systems = append(systems, lv)
+			if name == "libvirt" {
+				systems = append(systems, lv)
+			} else {
+				lvTuned = lv.Tuned()
+				systems = append(systems, lvTuned)
+			}
 		}
 	}
 
 	pr := newProber(c.Client)
 	var runs []report.Run
 	var warmups []string
-	warmed := map[float64]bool{} // shaping settings Ferry has migrated under
+	warmed := map[string]bool{} // link settings Ferry has migrated under
 	loopErr := func() error {
 		for i := range scenarios {
 			sc := &scenarios[i]
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			if err := env.Shape(ctx, sc.ShapedMiBps); err != nil {
+			if err := env.Shape(ctx, *sc); err != nil {
 				return err
 			}
 			bw, err := env.MeasureBandwidth(ctx, 3*time.Second)
@@ -185,14 +230,14 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 				return err
 			}
 			sc.MeasuredMiBps = bw
-			logf("scenario %s: ferry.dirty=%d:%d, link shaped to %s, measured %.0f MiB/s", sc.Name, sc.WSSMiB, sc.DirtyMiBps, shapedString(sc.ShapedMiBps), bw)
-			if o.Warmup && !warmed[sc.ShapedMiBps] {
+			logf("scenario %s: %d MiB guest, ferry.dirty=%d:%d, link %s, measured %.0f MiB/s (%d TCP streams)", sc.Name, sc.MemoryMiB, sc.WSSMiB, sc.DirtyMiBps, sc.LinkString(), bw, ProbeStreams)
+			if o.Warmup && !warmed[linkKey(*sc)] {
 				for _, sys := range systems {
 					if sys.Name() != "ferry" {
 						continue
 					}
-					warmed[sc.ShapedMiBps] = true
-					logf("warm-up: one unmeasured Ferry migration with link %s (teaches the server the rate QEMU reaches)", shapedString(sc.ShapedMiBps))
+					warmed[linkKey(*sc)] = true
+					logf("warm-up: one unmeasured Ferry migration with link %s (teaches the server the rate QEMU reaches)", sc.LinkString())
 					r := runOne(ctx, env, pr, sys, *sc, 0, o)
 					if err := ctx.Err(); err != nil {
 						return err
@@ -236,7 +281,10 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 
 	meta := map[string]any{
 		"started": started.UTC().Format(time.RFC3339), "runs": o.Runs, "capSeconds": o.Cap.Seconds(),
-		"guest":         fmt.Sprintf("%d MiB, 1 vCPU, TCG, WSS %d MiB in half/heavy", o.MemoryMiB, o.WSSMiB),
+		"guest":         fmt.Sprintf("%d MiB (big: %d MiB), 1 vCPU, TCG, WSS %d MiB in half/heavy/wan/flaky", o.MemoryMiB, BigMemoryMiB, o.WSSMiB),
+		"libvirt":       orDefault(libvirtInfo, "not run"),
+		"libvirtTuned":  tunedInfo(lvTuned),
+		"elapsed":       time.Since(started).Round(time.Second).String(),
 		"ferryStrategy": orDefault(o.FerryStrategy, "(Ferry's default)"),
 		"host":          fmt.Sprintf("%d CPUs, %s, guests under TCG", runtime.NumCPU(), kernelRelease()),
 		"ferryBinary":   binInfo,
@@ -275,7 +323,7 @@ func writeSummary(dir string, scenarios []Scenario, runs []report.Run, meta map[
 				scRuns = append(scRuns, r)
 			}
 		}
-		title := fmt.Sprintf("%s: remaining bytes (dirty %d MiB/s asked, link %s)", sc.Name, sc.DirtyMiBps, shapedString(sc.ShapedMiBps))
+		title := fmt.Sprintf("%s: remaining bytes (dirty %d MiB/s asked, link %s)", sc.Name, sc.DirtyMiBps, sc.LinkString())
 		f, err := os.Create(filepath.Join(dir, "remaining-"+sc.Name+".svg"))
 		if err != nil {
 			return fmt.Errorf("write plot: %w", err)
@@ -317,9 +365,10 @@ func fillAborted(m *report.Migration) {
 
 // runOne boots the guest with sys, measures it, migrates it and removes it.
 func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, n int, o Options) (r report.Run) {
-	g := newGuest(sys.Name(), sc, env.GuestDir, o.MemoryMiB)
+	g := newGuest(sys.Name(), sc, env.GuestDir, sc.MemoryMiB)
+	spec := sc
 	r = report.Run{Scenario: sc.Name, System: sys.Name(), Index: n, Started: time.Now().UTC(), Guest: g,
-		ShapedMiBps: sc.ShapedMiBps, MeasuredMiBps: sc.MeasuredMiBps}
+		ShapedMiBps: sc.ShapedMiBps, MeasuredMiBps: sc.MeasuredMiBps, Spec: &spec}
 	fail := func(err error) report.Run { r.Error = err.Error(); return r }
 	defer func() {
 		dctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -330,11 +379,13 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	}()
 	_ = sys.Destroy(ctx, g) // leftovers of an interrupted run
 
+	booted := time.Now()
 	pid, err := sys.Boot(ctx, g)
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := pr.waitDirtying(ctx, g.IP, 120*time.Second, o.Settle); err != nil {
+	r.QEMUBinary = qemuBinary(ctx, pid)
+	if _, err := pr.waitDirtying(ctx, g.IP, 180*time.Second, o.Settle); err != nil {
 		return fail(fmt.Errorf("%s guest not ready: %w", sys.Name(), err))
 	}
 	if r.NonZeroBytes, err = countNonZero(pid, g.MemoryMiB); err != nil {
@@ -362,11 +413,24 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	r.BootIDBefore = before.BootID
 	stream.WindowGap()
 
+	r.UptimeMs = time.Since(booted).Milliseconds()
+	cpu, cpuErr := startCPU(env, sys)
+	flapCtx, stopFlaps := context.WithCancel(ctx)
+	flapsDone := make(chan []report.LinkEvent, 1)
+	go func() { flapsDone <- flap(flapCtx, env, sc, time.Now()) }()
 	rep, err := sys.Migrate(ctx, g, o.Cap)
+	stopFlaps()
+	r.LinkEvents = <-flapsDone
+	if cpuErr == nil {
+		r.CPU = cpu.Stop(env.Src.Name, env.Dst.Name)
+	}
 	fillAborted(&rep)
 	r.Migration = rep
 	if err != nil {
 		return fail(err)
+	}
+	if cpuErr != nil {
+		return fail(cpuErr)
 	}
 	time.Sleep(500 * time.Millisecond) // let a lingering stall show
 	r.ClientGapMs = stream.WindowGap().Milliseconds()
@@ -391,19 +455,37 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 
 // describe is a one-line account of a run.
 func describe(r report.Run) string {
-	head := fmt.Sprintf("%-6s run %d %-8s", r.Scenario, r.Index, r.System)
+	head := fmt.Sprintf("%-6s run %d %-13s", r.Scenario, r.Index, r.System)
 	if r.Error != "" {
 		return head + " ERROR: " + r.Error
 	}
 	m := r.Migration
-	s := fmt.Sprintf("%s %-9s total %6.2fs downtime %4dms client gap %5dms sent %5.0f MiB rounds %3d non-zero %4.0f MiB dirty %5.1f MiB/s",
-		head, m.Status, float64(m.TotalMs)/1000, m.DowntimeMs, r.ClientGapMs, float64(m.TransferredBytes)/(1<<20), m.Rounds,
+	down := fmt.Sprintf("%4dms", m.DowntimeMs)
+	if m.DowntimeUnknown {
+		down = "     ?"
+	}
+	s := fmt.Sprintf("%s %-9s total %6.2fs downtime %s client gap %5dms sent %5.0f MiB rounds %3d non-zero %4.0f MiB dirty %5.1f MiB/s",
+		head, m.Status, float64(m.TotalMs)/1000, down, r.ClientGapMs, float64(m.TransferredBytes)/(1<<20), m.Rounds,
 		float64(r.NonZeroBytes)/(1<<20), r.AchievedMiBps)
 	if r.Rebooted {
 		s += " REBOOTED"
 	}
 	if r.StreamBroken {
 		s += " STREAM BROKEN (" + r.StreamError + ")"
+	}
+	s += fmt.Sprintf(" wall %.2fs", float64(m.WallMs)/1000)
+	if m.PlanningMs > 0 {
+		s += fmt.Sprintf(" (planning %d ms)", m.PlanningMs)
+	}
+	if r.CPU != nil {
+		s += fmt.Sprintf(" cpu %.2fs (qemu %.2f+%.2f, daemons %.2f+%.2f)", r.CPU.HostsS(), r.CPU.SrcQEMUS, r.CPU.DstQEMUS, r.CPU.SrcDaemonS, r.CPU.DstDaemonS)
+	}
+	if len(r.LinkEvents) > 0 {
+		var ev []string
+		for _, e := range r.LinkEvents {
+			ev = append(ev, fmt.Sprintf("%.1fs %s", float64(e.TMs)/1000, e.What))
+		}
+		s += " link: " + strings.Join(ev, ", ")
 	}
 	if p := predictionString(r); p != "" {
 		s += "\n    " + strings.Repeat(" ", len(head)) + p
@@ -441,7 +523,11 @@ func predictionString(r report.Run) string {
 
 // warmupLine summarises a warm-up run for the summary.
 func warmupLine(r report.Run) string {
-	head := fmt.Sprintf("%s (link %s)", r.Scenario, shapedString(r.ShapedMiBps))
+	link := shapedString(r.ShapedMiBps)
+	if r.Spec != nil {
+		link = r.Spec.LinkString()
+	}
+	head := fmt.Sprintf("%s (link %s)", r.Scenario, link)
 	if r.Error != "" {
 		return head + ": " + firstLineOf(r.Error)
 	}
@@ -450,6 +536,13 @@ func warmupLine(r report.Run) string {
 		s += "; " + p
 	}
 	return s
+}
+
+func tunedInfo(s *LibvirtSystem) string {
+	if s == nil {
+		return "not run"
+	}
+	return "virsh migrate --live --p2p " + s.Flags()
 }
 
 func warmupString(on, ferry bool) string {
@@ -487,21 +580,6 @@ func describeBinary(ctx context.Context, repo, bin string) string {
 func firstLineOf(s string) string {
 	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
 	return s
-}
-
-// ensureLibvirt installs libvirt through hack/deps.sh if it is missing.
-func ensureLibvirt(ctx context.Context, o Options) error {
-	_, err1 := exec.LookPath("libvirtd")
-	_, err2 := exec.LookPath("virsh")
-	if err1 == nil && err2 == nil {
-		return nil
-	}
-	fmt.Fprintf(o.Out, "==> installing %s (hack/deps.sh)\n", strings.Join(LibvirtPackages, " "))
-	args := append([]string{filepath.Join(o.Repo, "hack", "deps.sh")}, LibvirtPackages...)
-	if _, err := run(ctx, "", "bash", args...); err != nil {
-		return fmt.Errorf("install libvirt: %w", err)
-	}
-	return nil
 }
 
 func writeJSON(path string, v any) error {

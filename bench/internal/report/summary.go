@@ -10,7 +10,14 @@ import (
 )
 
 // Systems is the order systems appear in tables and plots.
-var Systems = []string{"ferry", "qemu", "libvirt"}
+var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+
+// probeStreams is the harness's number of bandwidth-probe streams (see
+// bench.ProbeStreams), for the text.
+const probeStreams = 4
+
+// Peers are the systems Ferry is compared with.
+var Peers = []string{"qemu", "libvirt", "libvirt-tuned"}
 
 // Row is the summary of one system in one scenario. Time medians (total,
 // downtime, client gap) are over completed runs; bytes over all runs.
@@ -29,6 +36,15 @@ type Row struct {
 	AchievedMiBps F `json:"medianAchievedMiBps"`
 	WindowMiBps   F `json:"medianWindowMiBps"`
 	NonZeroBytes  F `json:"medianNonZeroBytes"`
+	// WallMs is the median time from issuing the migration to its end as
+	// the harness saw it (Ferry: including planning), PlanningMs Ferry's
+	// planning time, CPUS the hosts' CPU seconds (QEMU and daemons), all
+	// over completed runs.
+	WallMs     F `json:"medianWallMs"`
+	PlanningMs F `json:"medianPlanningMs"`
+	CPUS       F `json:"medianCpuS"`
+	// Strategies counts the strategies the runs used (Ferry).
+	Strategies map[string]int `json:"strategies,omitempty"`
 	// Errors lists distinct failure messages.
 	Errors []string `json:"errors,omitempty"`
 }
@@ -54,7 +70,20 @@ type ScenarioSummary struct {
 
 // PredictionTolerancePct is the error within which a prediction counts as
 // accurate.
-const PredictionTolerancePct = 35
+const PredictionTolerancePct = 25
+
+// ratioMetrics are the figures compared between Ferry and each peer.
+var ratioMetrics = []struct {
+	key, title string
+	get        func(Row) F
+}{
+	{"total", "total", func(r Row) F { return r.TotalMs }},
+	{"wall", "wall", func(r Row) F { return r.WallMs }},
+	{"downtime", "downtime", func(r Row) F { return r.DowntimeMs }},
+	{"gap", "client gap", func(r Row) F { return r.ClientGapMs }},
+	{"bytes", "bytes", func(r Row) F { return r.Bytes }},
+	{"cpu", "CPU s", func(r Row) F { return r.CPUS }},
+}
 
 // PredictionSummary compares Ferry's predictions with its actual figures
 // in one scenario (completed runs with a dry-run prediction).
@@ -136,7 +165,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 		for _, sys := range Systems {
 			var r Row
 			r.Scenario, r.System = sc.Name, sys
-			var total, down, gap, bytes, ach, win, nz []float64
+			var total, down, gap, bytes, ach, win, nz, wall, plan, cpu []float64
 			for _, run := range runs {
 				if run.Scenario != sc.Name || run.System != sys {
 					continue
@@ -162,8 +191,23 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 						r.Clean++
 					}
 					total = append(total, float64(run.Migration.TotalMs))
-					down = append(down, float64(run.Migration.DowntimeMs))
+					if !run.Migration.DowntimeUnknown {
+						down = append(down, float64(run.Migration.DowntimeMs))
+					}
 					gap = append(gap, float64(run.ClientGapMs))
+					wall = append(wall, float64(run.Migration.WallMs))
+					if sys == "ferry" {
+						plan = append(plan, float64(run.Migration.PlanningMs))
+					}
+					if run.CPU != nil {
+						cpu = append(cpu, run.CPU.HostsS())
+					}
+					if st := run.Migration.Strategy; st != "" {
+						if r.Strategies == nil {
+							r.Strategies = map[string]int{}
+						}
+						r.Strategies[st]++
+					}
 				}
 			}
 			if r.Runs == 0 {
@@ -171,6 +215,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 			}
 			r.TotalMs, r.DowntimeMs, r.ClientGapMs = median(total), median(down), median(gap)
 			r.Bytes, r.AchievedMiBps, r.WindowMiBps, r.NonZeroBytes = median(bytes), median(ach), median(win), median(nz)
+			r.WallMs, r.PlanningMs, r.CPUS = median(wall), median(plan), median(cpu)
 			rows[sys] = r
 			ss.Rows = append(ss.Rows, r)
 		}
@@ -179,15 +224,14 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 			ss.BoundMs = ss.NonZeroBytes / F(sc.MeasuredMiBps*(1<<20)) * 1000
 		}
 		f, hasF := rows["ferry"]
-		for _, other := range []string{"libvirt", "qemu"} {
+		for _, other := range Peers {
 			o, ok := rows[other]
 			if !hasF || !ok {
 				continue
 			}
-			ss.Ratios["total_ferry/"+other] = f.TotalMs / o.TotalMs
-			ss.Ratios["downtime_ferry/"+other] = f.DowntimeMs / o.DowntimeMs
-			ss.Ratios["gap_ferry/"+other] = f.ClientGapMs / o.ClientGapMs
-			ss.Ratios["bytes_ferry/"+other] = f.Bytes / o.Bytes
+			for _, m := range ratioMetrics {
+				ss.Ratios[m.key+"_ferry/"+other] = m.get(f) / m.get(o)
+			}
 		}
 		if hasF && ss.BoundMs > 0 {
 			ss.Ratios["total_ferry/bound"] = f.TotalMs / ss.BoundMs
@@ -256,113 +300,6 @@ func summarizePrediction(scenario string, runs []Run) *PredictionSummary {
 	return p
 }
 
-// Requirement thresholds for Ferry in the heavy scenario.
-const (
-	HeavyMaxDowntimeMs  = 300
-	HeavyMaxClientGapMs = 1000
-)
-
-// checks evaluates the requirements: in heavy, every Ferry run completes
-// with downtime ≤ HeavyMaxDowntimeMs and client gap ≤ HeavyMaxClientGapMs;
-// in idle and half, Ferry's median total and downtime are ≤ libvirt's.
-func checks(scs []ScenarioSummary, runs []Run) []Check {
-	var out []Check
-	row := func(scenario, system string) (Row, bool) {
-		for _, ss := range scs {
-			if ss.Scenario.Name != scenario {
-				continue
-			}
-			for _, r := range ss.Rows {
-				if r.System == system {
-					return r, true
-				}
-			}
-		}
-		return Row{}, false
-	}
-	// heavy
-	c := Check{Name: fmt.Sprintf("heavy: every Ferry run completes, downtime ≤ %d ms, client gap ≤ %d ms", HeavyMaxDowntimeMs, HeavyMaxClientGapMs)}
-	if f, ok := row("heavy", "ferry"); !ok || f.Runs == 0 {
-		c.Result, c.Detail = "N/A", "no Ferry run in heavy"
-	} else {
-		var bad []string
-		var maxDown, maxGap int64
-		for _, r := range runs {
-			if r.Scenario != "heavy" || r.System != "ferry" {
-				continue
-			}
-			id := fmt.Sprintf("run %d", r.Index)
-			switch {
-			case r.Error != "":
-				bad = append(bad, id+": "+firstLine(r.Error))
-				continue
-			case !r.Migration.Completed():
-				bad = append(bad, id+": "+r.Migration.Status)
-				continue
-			case r.Rebooted || r.StreamBroken:
-				bad = append(bad, id+": rebooted or stream broken")
-			}
-			maxDown, maxGap = max(maxDown, r.Migration.DowntimeMs), max(maxGap, r.ClientGapMs)
-			if r.Migration.DowntimeMs > HeavyMaxDowntimeMs {
-				bad = append(bad, fmt.Sprintf("%s: downtime %d ms", id, r.Migration.DowntimeMs))
-			}
-			if r.ClientGapMs > HeavyMaxClientGapMs {
-				bad = append(bad, fmt.Sprintf("%s: client gap %d ms", id, r.ClientGapMs))
-			}
-		}
-		c.Result = "PASS"
-		if len(bad) > 0 {
-			c.Result = "FAIL"
-		}
-		c.Detail = fmt.Sprintf("%d/%d completed cleanly; max downtime %d ms, max client gap %d ms (median %s ms / %s ms)",
-			f.Clean, f.Runs, maxDown, maxGap, fmtNum("%.0f", f.DowntimeMs), fmtNum("%.0f", f.ClientGapMs))
-		if len(bad) > 0 {
-			c.Detail += "; " + strings.Join(bad, "; ")
-		}
-	}
-	out = append(out, c)
-	// idle and half: Ferry ≤ libvirt
-	for _, sc := range []string{"idle", "half"} {
-		for _, m := range []struct {
-			what, unit string
-			get        func(Row) F
-			scale      float64
-			format     string
-		}{
-			{"median total", "s", func(r Row) F { return r.TotalMs }, 1000, "%.2f"},
-			{"median downtime", "ms", func(r Row) F { return r.DowntimeMs }, 1, "%.0f"},
-		} {
-			c := Check{Name: fmt.Sprintf("%s: Ferry %s ≤ libvirt's", sc, m.what)}
-			f, okF := row(sc, "ferry")
-			l, okL := row(sc, "libvirt")
-			switch {
-			case !okF || !okL:
-				c.Result, c.Detail = "N/A", "Ferry or libvirt not measured in "+sc
-				out = append(out, c)
-				continue
-			}
-			fv, lv := m.get(f), m.get(l)
-			c.Detail = fmt.Sprintf("Ferry %s %s (%d/%d completed) vs libvirt %s %s (%d/%d completed)",
-				fmtNum(m.format, fv/F(m.scale)), m.unit, f.Completed, f.Runs, fmtNum(m.format, lv/F(m.scale)), m.unit, l.Completed, l.Runs)
-			switch {
-			case math.IsNaN(float64(fv)):
-				c.Result = "FAIL" // Ferry completed nothing
-			case math.IsNaN(float64(lv)):
-				c.Result = "PASS" // libvirt completed nothing, Ferry did
-			case fv <= lv:
-				c.Result = "PASS"
-			default:
-				c.Result = "FAIL"
-			}
-			if c.Result != "N/A" && !math.IsNaN(float64(fv)) && !math.IsNaN(float64(lv)) && lv > 0 {
-				c.Detail += fmt.Sprintf(", ratio %.2f", float64(fv/lv))
-			}
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 func appendUnique(xs []string, s string) []string {
 	if slices.Contains(xs, s) {
 		return xs
@@ -388,8 +325,8 @@ func fmtNum(format string, v F) string {
 
 // Markdown writes the summary as Markdown tables.
 func (s Summary) Markdown(w io.Writer) {
-	fmt.Fprintf(w, "# Live-migration benchmark: Ferry vs plain QEMU defaults vs libvirt\n\n")
-	for _, k := range []string{"started", "runs", "capSeconds", "guest", "ferryStrategy", "warmup", "host", "ferryBinary"} {
+	fmt.Fprintf(w, "# Live-migration benchmark: Ferry vs plain QEMU defaults vs libvirt (defaults and tuned)\n\n")
+	for _, k := range []string{"started", "elapsed", "runs", "capSeconds", "guest", "ferryStrategy", "warmup", "host", "ferryBinary", "libvirt", "libvirtTuned"} {
 		if v, ok := s.Meta[k]; ok {
 			fmt.Fprintf(w, "- %s: %v\n", k, v)
 		}
@@ -397,22 +334,27 @@ func (s Summary) Markdown(w io.Writer) {
 	fmt.Fprint(w, "\n## Scenarios\n\n")
 	for _, ss := range s.Scenarios {
 		sc := ss.Scenario
-		load := "no dirtier (`ferry.dirty=0:0`)"
-		if sc.DirtyMiBps > 0 {
+		load := "no dirtier"
+		switch {
+		case sc.DirtyMiBps > 0:
 			load = fmt.Sprintf("dirtier over a %d MiB working set at %d MiB/s asked (`ferry.dirty=%d:%d`)", sc.WSSMiB, sc.DirtyMiBps, sc.WSSMiB, sc.DirtyMiBps)
+		case sc.WSSMiB > 0:
+			load = fmt.Sprintf("%d MiB filled, not dirtied (`ferry.dirty=%d:0`)", sc.WSSMiB, sc.WSSMiB)
 		}
-		link := "link unshaped"
-		if sc.ShapedMiBps > 0 {
-			link = fmt.Sprintf("link shaped to %.0f MiB/s", sc.ShapedMiBps)
+		mem := ""
+		if sc.MemoryMiB > 0 {
+			mem = fmt.Sprintf("%d MiB guest, ", sc.MemoryMiB)
 		}
-		fmt.Fprintf(w, "- `%s`: %s; %s, one TCP stream measured %s MiB/s; plot `remaining-%s.svg`\n",
-			sc.Name, load, link, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.Name)
+		fmt.Fprintf(w, "- `%s`: %s%s; link %s, %d TCP streams measured %s MiB/s; plot `remaining-%s.svg`\n",
+			sc.Name, mem, load, sc.LinkString(), probeStreams, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.Name)
 	}
-	fmt.Fprintf(w, "\nTimes are medians over completed runs (total and downtime as each system reports them; "+
-		"client gap = longest silence on the guest's 2 ms TCP counter stream seen from the client namespace). "+
+	fmt.Fprintf(w, "\nTimes are medians over completed runs (total and downtime as each system reports them; wall = from issuing "+
+		"the migration to its end as the harness saw it, for Ferry including planning; "+
+		"client gap = longest silence on the guest's 2 ms TCP counter stream seen from the client namespace; "+
+		"CPU = utime+stime of the QEMU processes and the system's migration daemons on both hosts during the migration). "+
 		"Bytes: median over all runs. Bound = non-zero guest memory ÷ measured host-to-host bandwidth.\n\n")
-	fmt.Fprintln(w, "| scenario | link (shaped / measured MiB/s) | dirty asked / achieved MiB/s | system | completed | total s | downtime ms | client gap ms | sent MiB | non-zero MiB | bound s | total / bound |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | link MiB/s (shaped / measured) | dirty asked / achieved MiB/s | system | completed | total s | wall s | downtime ms | client gap ms | sent MiB | CPU s | non-zero MiB | bound s | total / bound |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, ss := range s.Scenarios {
 		sc := ss.Scenario
 		link := fmtNum("%.0f", F(sc.ShapedMiBps))
@@ -424,27 +366,38 @@ func (s Summary) Markdown(w io.Writer) {
 			if r.Clean != r.Completed {
 				comp += fmt.Sprintf(" (%d clean)", r.Clean)
 			}
-			fmt.Fprintf(w, "| %s | %s / %s | %d / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			fmt.Fprintf(w, "| %s | %s / %s | %d / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 				sc.Name, link, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.DirtyMiBps, fmtNum("%.1f", r.AchievedMiBps),
-				r.System, comp, fmtNum("%.2f", r.TotalMs/1000), fmtNum("%.0f", r.DowntimeMs), fmtNum("%.0f", r.ClientGapMs),
-				fmtNum("%.0f", r.Bytes/(1<<20)), fmtNum("%.0f", r.NonZeroBytes/(1<<20)), fmtNum("%.2f", ss.BoundMs/1000),
+				r.System, comp, fmtNum("%.2f", r.TotalMs/1000), fmtNum("%.2f", r.WallMs/1000), fmtNum("%.0f", r.DowntimeMs), fmtNum("%.0f", r.ClientGapMs),
+				fmtNum("%.0f", r.Bytes/(1<<20)), fmtNum("%.2f", r.CPUS), fmtNum("%.0f", r.NonZeroBytes/(1<<20)), fmtNum("%.2f", ss.BoundMs/1000),
 				fmtNum("%.1f×", r.TotalMs/ss.BoundMs))
 		}
 	}
-	fmt.Fprintln(w, "\n## Ratios (Ferry ÷ other; < 1 means Ferry is better)")
-	fmt.Fprintln(w, "\n| scenario | total ÷ libvirt | total ÷ QEMU | downtime ÷ libvirt | downtime ÷ QEMU | client gap ÷ libvirt | client gap ÷ QEMU | bytes ÷ libvirt | bytes ÷ QEMU | Ferry total ÷ bound |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "\n## Ratios (Ferry ÷ peer; < 1 means Ferry is better)")
+	fmt.Fprint(w, "\n| scenario | peer |")
+	for _, m := range ratioMetrics {
+		fmt.Fprintf(w, " %s |", m.title)
+	}
+	fmt.Fprint(w, " Ferry total ÷ bound |\n|---|---|")
+	for range ratioMetrics {
+		fmt.Fprint(w, "---|")
+	}
+	fmt.Fprintln(w, "---|")
 	for _, ss := range s.Scenarios {
-		r := func(k string) string {
-			v, ok := ss.Ratios[k]
-			if !ok {
-				return "—"
+		for _, peer := range Peers {
+			if _, ok := ss.Ratios["total_ferry/"+peer]; !ok {
+				continue
 			}
-			return fmtNum("%.2f", v)
+			fmt.Fprintf(w, "| %s | %s |", ss.Scenario.Name, peer)
+			for _, m := range ratioMetrics {
+				fmt.Fprintf(w, " %s |", fmtNum("%.2f", ss.Ratios[m.key+"_ferry/"+peer]))
+			}
+			b, ok := ss.Ratios["total_ferry/bound"]
+			if !ok {
+				b = F(math.NaN())
+			}
+			fmt.Fprintf(w, " %s |\n", fmtNum("%.2f", b))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", ss.Scenario.Name,
-			r("total_ferry/libvirt"), r("total_ferry/qemu"), r("downtime_ferry/libvirt"), r("downtime_ferry/qemu"),
-			r("gap_ferry/libvirt"), r("gap_ferry/qemu"), r("bytes_ferry/libvirt"), r("bytes_ferry/qemu"), r("total_ferry/bound"))
 	}
 	s.predictionMarkdown(w)
 	if len(s.Checks) > 0 {
@@ -521,12 +474,11 @@ func (s Summary) predictionMarkdown(w io.Writer) {
 		}
 	}
 	fmt.Fprintln(w, "```")
-	fmt.Fprintln(w, "\nThe first migration on a fresh server has no learned rate: the planner then uses its 0.5 s TCP link probe, "+
-		"which measures raw TCP between the hosts — far faster than what QEMU's migration thread reaches under TCG "+
-		"(unshaped veth: GB/s vs a few hundred MiB/s), so that first prediction is too short. The server learns the rate "+
-		"from finished pre-copy migrations (not post-copy ones). The harness's `-warmup` (on by default) therefore runs one "+
-		"unmeasured Ferry migration per shaping setting before the measured runs; those are not in any figure above "+
-		"(they are in `warmup/`).")
+	fmt.Fprintln(w, "\nA fresh server has no learned rate, and the agents' background link probe measures raw TCP "+
+		"(on the unshaped veth far faster than QEMU's migration thread reaches under TCG) and may predate the harness's "+
+		"change of the emulated link between scenarios (the dry run's bandwidth source says how old it is). The server learns "+
+		"the rate from finished migrations. The harness's `-warmup` (on by default) therefore runs one unmeasured Ferry "+
+		"migration per link setting before the measured runs; those are in no figure above (they are in `warmup/`).")
 	if ws, ok := s.Meta["warmupRuns"]; ok {
 		if lines := stringList(ws); len(lines) > 0 {
 			fmt.Fprintln(w, "\nWarm-up migrations (unmeasured):")

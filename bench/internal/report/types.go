@@ -2,6 +2,8 @@ package report
 
 import (
 	"encoding/json"
+	"fmt"
+	"strings"
 	"time"
 )
 
@@ -18,6 +20,9 @@ type Migration struct {
 	// domjobinfo time_elapsed and downtime).
 	TotalMs    int64 `json:"totalMs"`
 	DowntimeMs int64 `json:"downtimeMs"`
+	// DowntimeUnknown is set when the system reported no downtime (libvirt
+	// after a post-copy migration): DowntimeMs is then in no median.
+	DowntimeUnknown bool `json:"downtimeUnknown,omitempty"`
 	// TransferredBytes is what went over the wire; Rounds is QEMU's
 	// dirty-sync count (libvirt: memory_iteration).
 	TransferredBytes int64 `json:"transferredBytes"`
@@ -92,9 +97,76 @@ type Scenario struct {
 	DirtyMiBps int64 `json:"dirtyMiBps"`
 	// ShapedMiBps is the host-to-host rate limit (0 = unshaped).
 	ShapedMiBps float64 `json:"shapedMiBps"`
-	// MeasuredMiBps is what a bulk TCP stream achieved between the host
-	// namespaces under that shaping, measured before the runs.
+	// MeasuredMiBps is what bulk TCP achieved between the host namespaces
+	// under that shaping (ProbeStreams parallel streams), measured before
+	// the runs.
 	MeasuredMiBps float64 `json:"measuredMiBps"`
+	// DelayMs and LossPct are the link emulator's one-way delay and frame
+	// loss (each direction); 0 for none.
+	DelayMs float64 `json:"delayMs,omitempty"`
+	LossPct float64 `json:"lossPct,omitempty"`
+	// Flaps is how many times the link goes down for FlapDownMs during
+	// each migration (first FlapFirstMs after it is issued, then
+	// FlapGapMs after the link came back).
+	Flaps       int   `json:"flaps,omitempty"`
+	FlapDownMs  int64 `json:"flapDownMs,omitempty"`
+	FlapFirstMs int64 `json:"flapFirstMs,omitempty"`
+	FlapGapMs   int64 `json:"flapGapMs,omitempty"`
+	// MemoryMiB is the guest's RAM in this scenario.
+	MemoryMiB int64 `json:"memoryMiB,omitempty"`
+}
+
+// Shaped reports whether the scenario's link goes through the link
+// emulator.
+func (s Scenario) Shaped() bool {
+	return s.ShapedMiBps > 0 || s.DelayMs > 0 || s.LossPct > 0 || s.Flaps > 0
+}
+
+// LinkString describes the scenario's link, e.g. "48 MiB/s, 20 ms, 0.1 % loss, 2× down 2 s".
+func (s Scenario) LinkString() string {
+	if !s.Shaped() {
+		return "unshaped"
+	}
+	var parts []string
+	if s.ShapedMiBps > 0 {
+		parts = append(parts, fmt.Sprintf("%.0f MiB/s", s.ShapedMiBps))
+	}
+	if s.DelayMs > 0 {
+		parts = append(parts, fmt.Sprintf("%g ms each way", s.DelayMs))
+	}
+	if s.LossPct > 0 {
+		parts = append(parts, fmt.Sprintf("%g %% loss each way", s.LossPct))
+	}
+	if s.Flaps > 0 {
+		parts = append(parts, fmt.Sprintf("down %d× for %.0f s", s.Flaps, float64(s.FlapDownMs)/1000))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// CPU is the CPU time (utime+stime from /proc, seconds) processes used on
+// the two hosts from the migration's start to its end.
+type CPU struct {
+	// QEMU processes (source and destination guest) per host.
+	SrcQEMUS float64 `json:"srcQemuS"`
+	DstQEMUS float64 `json:"dstQemuS"`
+	// The system's migration daemons per host (Ferry's agents, libvirtd;
+	// none for plain QEMU).
+	SrcDaemonS float64 `json:"srcDaemonS"`
+	DstDaemonS float64 `json:"dstDaemonS"`
+	// ControlPlaneS is Ferry's server (root namespace, not on a host).
+	ControlPlaneS float64 `json:"controlPlaneS,omitempty"`
+	// Processes names what was counted ("h1 qemu-system-x86 1234: 3.21 s").
+	Processes []string `json:"processes,omitempty"`
+}
+
+// HostsS is the CPU used on both hosts (QEMU and daemons).
+func (c CPU) HostsS() float64 { return c.SrcQEMUS + c.DstQEMUS + c.SrcDaemonS + c.DstDaemonS }
+
+// LinkEvent is something the harness did to the link during a migration.
+type LinkEvent struct {
+	// TMs is since the migration was issued.
+	TMs  int64  `json:"tMs"`
+	What string `json:"what"`
 }
 
 // Run is one migration of one system in one scenario, measured from the
@@ -127,6 +199,17 @@ type Run struct {
 	AchievedMiBps float64   `json:"achievedMiBps"`
 	WindowMiBps   float64   `json:"windowMiBps"`
 	Migration     Migration `json:"migration"`
+	// UptimeMs is how long the VM had been running (from its boot) when
+	// the migration was issued.
+	UptimeMs int64 `json:"uptimeMs,omitempty"`
+	// CPU is the hosts' CPU time during the migration (nil if unmeasured).
+	CPU *CPU `json:"cpu,omitempty"`
+	// LinkEvents are the link flaps the harness caused (flaky).
+	LinkEvents []LinkEvent `json:"linkEvents,omitempty"`
+	// QEMUBinary is the source QEMU's /proc/PID/exe and its version.
+	QEMUBinary string `json:"qemuBinary,omitempty"`
+	// Spec is the scenario as run (for -resummarize).
+	Spec *Scenario `json:"scenarioSpec,omitempty"`
 	// DryRun is the system's prediction made just before the migration
 	// (Ferry only).
 	DryRun *DryRun `json:"dryRun,omitempty"`
