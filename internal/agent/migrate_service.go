@@ -74,6 +74,9 @@ func (s *migrationService) QueryOutgoing(ctx context.Context, req *connect.Reque
 	if err != nil {
 		return nil, err
 	}
+	if err := v.setDowntimeLimit(ctx, out, req.Msg.DowntimeLimitMs); err != nil {
+		s.a.log.Warn("stepped downtime target not applied; the next poll tries again", "vm", req.Msg.Name, "err", err)
+	}
 	if w := req.Msg.WaitMs; w > 0 {
 		out.waitChange(ctx, req.Msg.KnownStatus, time.Duration(min(w, 5000))*time.Millisecond)
 	}

@@ -31,6 +31,34 @@ type outgoing struct {
 	postcopyRequested                                    bool          // migrate-start-postcopy sent
 	changed                                              chan struct{} // closed and replaced at each status event
 	status                                               string        // QEMU's migration status from the last event
+	downtimeLimitMs                                      int64         // the downtime-limit last given to QEMU (0: StartOutgoing's)
+}
+
+// setDowntimeLimit gives QEMU the downtime-limit a QueryOutgoing carries
+// (the controller's stepped target) unless it already has it. It changes
+// only a parameter of a running pre-copy; a migration that has stopped
+// the guest or ended is left alone.
+func (v *vm) setDowntimeLimit(ctx context.Context, out *outgoing, ms int64) error {
+	out.mu.Lock()
+	same, status := out.downtimeLimitMs == ms, out.status
+	out.mu.Unlock()
+	if ms <= 0 || same || (status != "" && status != string(qmp.MigrationStatusActive) && status != string(qmp.MigrationStatusSetup)) {
+		return nil
+	}
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil
+	}
+	if err := mon.MigrateSetParameters(ctx, qmp.MigrationParameters{DowntimeLimit: qmp.Ptr(ms)}); err != nil {
+		return fmt.Errorf("set downtime-limit %d ms: %w", ms, err)
+	}
+	out.mu.Lock()
+	out.downtimeLimitMs = ms
+	out.mu.Unlock()
+	v.a.log.Info("downtime target set", "vm", v.name, "migration", out.id, "downtime_limit_ms", ms)
+	return nil
 }
 
 func (out *outgoing) record() outgoingRecord {
@@ -94,7 +122,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		}
 	}
 	mon := v.mon
-	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{})}
+	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs}
 	out.sub = mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
 	v.mu.Unlock()

@@ -103,7 +103,9 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 	if mon == nil {
 		return nil, failedPrecondition("VM %s has no QEMU on host %s", name, a.cfg.Name)
 	}
+	other := ""
 	if out != nil && out.id != id {
+		other = out.id
 		out = nil // another migration: only make sure the source runs
 	}
 	info, err := mon.QueryMigrate(ctx)
@@ -111,6 +113,11 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 		return nil, fmt.Errorf("query-migrate: %w", err)
 	}
 	s := info.CurrentStatus()
+	if other != "" && !s.Finished() && s != qmp.MigrationStatusNone {
+		// A late cancel of an earlier attempt must not cancel (or resume
+		// the source of) the attempt that runs now.
+		return nil, failedPrecondition("VM %s is migrating by %s (%s), not %s: not cancelled", name, other, s, id)
+	}
 	if !s.Finished() && s != qmp.MigrationStatusNone && !postcopyStarted(s) {
 		if err := mon.MigrateCancel(ctx); err != nil {
 			return nil, fmt.Errorf("migrate_cancel: %w", err)

@@ -379,3 +379,44 @@ func TestOutgoingRecordWithoutAMigrationIsDropped(t *testing.T) {
 		t.Fatalf("StartOutgoing after the lost start: %+v", st)
 	}
 }
+
+// TestQueryOutgoingSetsTheSteppedDowntimeLimit: a poll carrying the
+// controller's downtime target gives it to QEMU (once, while the
+// migration is active); a target already applied or 0 changes nothing,
+// and a migration at pre-switchover is left alone.
+func TestQueryOutgoingSetsTheSteppedDowntimeLimit(t *testing.T) {
+	ta := newTestAgent(t)
+	q := leaving(t, ta, "web", "m1")
+	_, out, err := ta.a.outgoingFor("web", "m1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the agent to see the migration active", func() bool {
+		out.mu.Lock()
+		defer out.mu.Unlock()
+		return out.status == "active"
+	})
+	poll := func(ms int64) {
+		t.Helper()
+		req := step("web", "m1")
+		req.Msg.DowntimeLimitMs = ms
+		must[agentv1.OutgoingStatusResponse](t)(ta.mig.QueryOutgoing(testCtx(t), req))
+	}
+	if got := string(q.Parameter("downtime-limit")); got != "300" {
+		t.Fatalf("downtime-limit after StartOutgoing = %s, want 300", got)
+	}
+	poll(0)
+	poll(300)
+	if got := string(q.Parameter("downtime-limit")); got != "300" {
+		t.Fatalf("downtime-limit after polls without a new target = %s, want 300", got)
+	}
+	poll(18)
+	if got := string(q.Parameter("downtime-limit")); got != "18" {
+		t.Fatalf("downtime-limit after a poll with target 18 ms = %s, want 18", got)
+	}
+	atPreSwitchover(t, ta, q, "web", "m1")
+	poll(40)
+	if got := string(q.Parameter("downtime-limit")); got != "18" {
+		t.Fatalf("downtime-limit changed at pre-switchover to %s, want it left at 18", got)
+	}
+}

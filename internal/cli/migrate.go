@@ -38,6 +38,8 @@ type migrateFlags struct {
 	multifd      int32
 	stallTimeout time.Duration
 	timeout      time.Duration
+	maxAttempts  int32
+	retryBackoff time.Duration
 	wait         bool
 	dryRun       bool
 	noPostcopy   bool
@@ -95,6 +97,15 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 			return nil, fmt.Errorf("--%s: must be at least 1s (0 uses the server's default), got %s", d.name, d.v)
 		}
 	}
+	if f.maxAttempts < 0 || f.maxAttempts > 10 {
+		return nil, fmt.Errorf("--max-attempts: must be between 1 and 10 (0 = the server's default, 3; 1 = never retry), got %d", f.maxAttempts)
+	}
+	if f.retryBackoff < 0 || f.retryBackoff > 30*time.Second || (f.retryBackoff > 0 && f.retryBackoff < time.Millisecond) {
+		return nil, fmt.Errorf("--retry-backoff: must be between 1ms and 30s (0 = the server's default, 2s), got %s", f.retryBackoff)
+	}
+	if f.strategy == "cold" && f.maxAttempts > 1 {
+		return nil, errors.New("--max-attempts: only applies to live strategies (a cold migration has no transfer to retry)")
+	}
 	if f.stallTimeout > 0 && f.timeout > 0 && f.stallTimeout > f.timeout {
 		return nil, fmt.Errorf("--stall-timeout: must not exceed --timeout (%s), got %s", f.timeout, f.stallTimeout)
 	}
@@ -105,6 +116,8 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 		MultifdChannels:  f.multifd,
 		StallTimeoutMs:   f.stallTimeout.Milliseconds(),
 		TimeoutMs:        f.timeout.Milliseconds(),
+		MaxAttempts:      f.maxAttempts,
+		RetryBackoffMs:   f.retryBackoff.Milliseconds(),
 		NoPostcopy:       f.noPostcopy,
 		NoThrottle:       f.noThrottle,
 		RecoveryWindowMs: f.recovery.Milliseconds(),
@@ -193,6 +206,8 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&f.maxDowntime, "max-downtime", 0, "QEMU's downtime target, 1ms..60s (0 = the VM's maxDowntimeMs)")
 	fl.Int64Var(&f.bandwidth, "bandwidth", 0, "cap the migration stream, MiB/s (0 = unlimited)")
 	fl.Int32Var(&f.multifd, "multifd", 0, "parallel migration streams (0 or 1 = one stream)")
+	fl.Int32Var(&f.maxAttempts, "max-attempts", 0, "attempts of a live migration whose link fails before the switchover (0 = server default, 3; 1 = never retry)")
+	fl.DurationVar(&f.retryBackoff, "retry-backoff", 0, "wait before the second attempt, doubled for each further one (0 = server default, 2s)")
 	fl.DurationVar(&f.stallTimeout, "stall-timeout", 15*time.Second, "fail and roll back after this long without progress")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "fail and roll back if not done within this long")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the end, showing progress, and print the report")

@@ -253,6 +253,12 @@ func renderReport(m *ferryv1.Migration) string {
 	} else if e := m.GetExpectedDowntimeMs(); running && e > 0 {
 		line("downtime", fmt.Sprintf("~%s expected (QEMU estimate)", fmtMs(e)))
 	}
+	for _, r := range m.GetRetries() {
+		line("retried", fmt.Sprintf("attempt %d: %s (next after %s)", r.GetAttempt(), r.GetReason(), fmtMs(r.GetBackoffMs())))
+	}
+	if a := m.GetAttempt(); a > 1 {
+		line("attempts", fmt.Sprintf("%d of %d", a, max(m.GetOptions().GetMaxAttempts(), a)))
+	}
 	if tt := transferText(m); tt != "" {
 		line("transferred", tt)
 	}

@@ -25,10 +25,15 @@ const (
 	StartPostcopy
 	// Abort: nothing the policy allows will finish; cancel and roll back.
 	Abort
+	// RaiseDowntime: pre-copy does not reach the switchover threshold of
+	// the stepped downtime target; set QEMU's downtime-limit to
+	// Action.DowntimeLimit. A stepped controller (ControllerOptions) tries
+	// it before every other action, once per step, up to the cap.
+	RaiseDowntime
 )
 
-// String returns "none", "raise-bandwidth", "throttle", "start-postcopy" or
-// "abort".
+// String returns "none", "raise-bandwidth", "throttle", "start-postcopy",
+// "abort" or "raise-downtime".
 func (k ActionKind) String() string {
 	switch k {
 	case None:
@@ -41,6 +46,8 @@ func (k ActionKind) String() string {
 		return "start-postcopy"
 	case Abort:
 		return "abort"
+	case RaiseDowntime:
+		return "raise-downtime"
 	}
 	return fmt.Sprintf("action(%d)", int(k))
 }
@@ -74,6 +81,8 @@ type Action struct {
 	Throttle int
 	// BandwidthBytesPerSec is the max-bandwidth to set (Kind RaiseBandwidth).
 	BandwidthBytesPerSec float64
+	// DowntimeLimit is QEMU's downtime-limit to set (Kind RaiseDowntime).
+	DowntimeLimit time.Duration
 	// Reason explains the action, None included, in one line.
 	Reason string
 }
@@ -103,8 +112,10 @@ const (
 // converging. After asking for a throttle it waits until QEMU's throttle
 // reached the expected need (the maximum when the next step would be to
 // abort), or had the time to (two checks per step), and judges afresh from
-// there. Each action is issued at most once; after post-copy or abort it
-// only answers None. It is pure and deterministic, and not safe for
+// there. Each action is issued at most once (RaiseDowntime once per step);
+// after post-copy or abort it only answers None. With ControllerOptions
+// StepDowntime the switchover threshold is the stepped downtime target's,
+// raised (RaiseDowntime) before anything else is tried. It is pure and deterministic, and not safe for
 // concurrent use.
 type Controller struct {
 	m           model
@@ -121,6 +132,7 @@ type Controller struct {
 	target      int           // throttle expected to be needed
 	ramped      bool          // the throttle reached the target (or had time to)
 	done        string        // why the controller has nothing more to do
+	dt          downtimeStep  // the stepped downtime target (downtime.go)
 }
 
 // roundStart is the largest remaining seen during a round (its start).
@@ -180,12 +192,20 @@ func (c *Controller) Observe(s Sample) Action {
 	}
 	m := c.m
 	m.setBandwidth(b)
+	if c.dt.on {
+		m.thr = b * c.stepLimit(&m) // judged against the stepped target
+	}
 	overTime := m.maxTotal > 0 && s.Elapsed.Seconds() >= m.maxTotal
 	if !overTime {
 		if s.Round < 2 {
 			return none(fmt.Sprintf("round 1 (the full copy) in progress: %s remaining", fmtBytes(float64(s.RemainingBytes))))
 		}
-		if float64(s.RemainingBytes) <= m.thr {
+		near := float64(s.RemainingBytes) <= m.thr
+		if c.nearTooLong(&m, s, near) {
+			return c.raiseDowntime(&m, s, b, fmt.Sprintf("remaining %s ≤ switchover threshold %s for %s but QEMU has not switched over (its own rate estimate is lower)",
+				fmtBytes(float64(s.RemainingBytes)), fmtBytes(m.thr), fmtDur(s.Elapsed-c.dt.nearAt)))
+		}
+		if near {
 			return none(fmt.Sprintf("remaining %s ≤ switchover threshold %s: switchover is near", fmtBytes(float64(s.RemainingBytes)), fmtBytes(m.thr)))
 		}
 	}
@@ -251,6 +271,12 @@ func last(rs []roundStart) roundStart {
 // escalate picks the next action the policy allows for a migration that is
 // not converging.
 func (c *Controller) escalate(m *model, s Sample, b float64, why string) Action {
+	if c.dt.on && c.stepLimit(m) < m.limit {
+		return c.raiseDowntime(m, s, b, why)
+	}
+	if c.dt.only {
+		return none(fmt.Sprintf("%s; the downtime target is at its cap %s: plain pre-copy has nothing more to change", why, fmtMs(m.limit)))
+	}
 	if !c.issued[RaiseBandwidth] && c.m.b > 0 && s.RateBytesPerSec > 0 && s.RateBytesPerSec < slowLink*c.m.b {
 		return c.issue(s, Action{Kind: RaiseBandwidth, BandwidthBytesPerSec: c.m.b,
 			Reason: fmt.Sprintf("%s: QEMU sends %s on a link known to carry %s: raise its max-bandwidth", why, fmtRate(s.RateBytesPerSec), fmtRate(c.m.b))})

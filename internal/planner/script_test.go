@@ -92,7 +92,7 @@ func TestScenarios(t *testing.T) {
 
 // runPlan predicts and chooses for a plan block.
 func runPlan(t *testing.T, b block) []string {
-	in, _ := parseInputs(t, b)
+	in, _, _ := parseInputs(t, b)
 	var got []string
 	preds := Predict(in)
 	for _, p := range preds {
@@ -138,8 +138,8 @@ func fmtPrediction(p Prediction) string {
 
 // runController feeds a controller block's samples to a Controller.
 func runController(t *testing.T, b block) []string {
-	in, samples := parseInputs(t, b)
-	c := NewController(in)
+	in, samples, opt := parseInputs(t, b)
+	c := NewSteppedController(in, opt)
 	var got []string
 	for _, s := range samples {
 		a := c.Observe(s)
@@ -150,15 +150,23 @@ func runController(t *testing.T, b block) []string {
 		if a.Kind == RaiseBandwidth {
 			line += " " + fmtRate(a.BandwidthBytesPerSec)
 		}
+		if a.Kind == RaiseDowntime {
+			line += " " + a.DowntimeLimit.String()
+		}
+		if opt.StepDowntime || opt.DowntimeOnly {
+			line += " (limit " + c.DowntimeLimit().String() + ")"
+		}
 		got = append(got, line, "  "+a.Reason)
 	}
 	return got
 }
 
-// parseInputs reads key=value pairs and sample lines.
-func parseInputs(t *testing.T, b block) (Inputs, []Sample) {
+// parseInputs reads key=value pairs and sample lines; step=downtime or
+// step=downtime-only sets the controller's options.
+func parseInputs(t *testing.T, b block) (Inputs, []Sample, ControllerOptions) {
 	t.Helper()
 	var in Inputs
+	var opt ControllerOptions
 	var samples []Sample
 	fail := func(format string, a ...any) {
 		t.Helper()
@@ -207,6 +215,15 @@ func parseInputs(t *testing.T, b block) (Inputs, []Sample) {
 			var n int64
 			var d time.Duration
 			switch k {
+			case "step":
+				switch v {
+				case "downtime":
+					opt.StepDowntime = true
+				case "downtime-only":
+					opt.DowntimeOnly = true
+				default:
+					err = fmt.Errorf("want step=downtime or step=downtime-only")
+				}
 			case "memory":
 				in.MemoryBytes, err = parseSize(v)
 			case "nonzero":
@@ -254,7 +271,7 @@ func parseInputs(t *testing.T, b block) (Inputs, []Sample) {
 			}
 		}
 	}
-	return in, samples
+	return in, samples, opt
 }
 
 // parseSize parses "4GiB", "512MiB", "64KiB" or plain bytes.

@@ -77,17 +77,22 @@ func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
 	}
 }
 
-// controller is the adaptive controller of a planned hybrid or converge
-// migration (nil otherwise).
+// controller is the adaptive controller of a planned pre-copy, hybrid or
+// converge migration (nil otherwise). Each steps QEMU's downtime-limit up
+// from planner.DowntimeStepStart only as far as convergence needs (capped
+// by the VM's max downtime); plain pre-copy does nothing else.
 func controller(m *ferryv1.Migration) *planner.Controller {
-	if m.GetPlan().GetInputs() == nil || (m.Strategy != "hybrid" && m.Strategy != "converge") {
+	if m.GetPlan().GetInputs() == nil || (m.Strategy != "hybrid" && m.Strategy != "converge" && m.Strategy != "precopy") {
 		return nil
 	}
 	opt := m.GetOptions()
 	pin := plannerInputs(m.Plan.Inputs, opt)
+	if m.Strategy == "precopy" {
+		return planner.NewSteppedController(pin, planner.ControllerOptions{DowntimeOnly: true})
+	}
 	pin.Policy.AllowConverge = m.Strategy == "converge" || !opt.GetNoThrottle()
 	pin.Policy.AllowPostcopy = m.Strategy == "hybrid"
-	return planner.NewController(pin)
+	return planner.NewSteppedController(pin, planner.ControllerOptions{StepDowntime: true})
 }
 
 // postcopyBandwidth caps post-copy's background stream at 80% of the link

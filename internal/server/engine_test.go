@@ -7,6 +7,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/core"
 )
 
 // TestMigrateWithoutTheEngineChangesNothing: a replica whose engine does
@@ -58,8 +59,8 @@ func TestRunEngineRecordsAndRendersAMigration(t *testing.T) {
 		t.Fatalf("started migration: %v", m)
 	}
 	pr, err := st.GetMigration(context.Background(), m.Id)
-	if err != nil || pr.GetVersion() != 1 || pr.GetReport().GetId() != m.Id {
-		t.Fatalf("stored record: %v (err %v), want a version 1 record with its report", pr, err)
+	if err != nil || pr.GetVersion() != core.Version || pr.GetReport().GetId() != m.Id {
+		t.Fatalf("stored record: %v (err %v), want a version %d record with its report", pr, err, core.Version)
 	}
 	got, err := h.GetMigration(context.Background(), connect.NewRequest(&ferryv1.GetMigrationRequest{Id: m.Id}))
 	if err != nil || got.Msg.Migration.Vm != "web" || got.Msg.Migration.From != "h1" {

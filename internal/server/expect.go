@@ -5,6 +5,7 @@ import (
 	"sort"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/core"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -57,6 +58,10 @@ func expectationFor[M migrationRef](host string, vms []*ferryv1.VM, migs []M, re
 			continue
 		}
 		resp.InflightMigrations = append(resp.InflightMigrations, m.GetId())
+		if a, ok := any(m).(interface{ GetAttempt() int32 }); ok && a.GetAttempt() > 1 {
+			// A retried attempt's agent steps carry its own id.
+			resp.InflightMigrations = append(resp.InflightMigrations, core.AttemptIDOf(m.GetId(), a.GetAttempt()))
+		}
 		add(m.GetVm())
 	}
 	sort.Strings(resp.ExpectedVms)

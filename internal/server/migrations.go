@@ -84,6 +84,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.MultifdChannels < 0 || opt.MultifdChannels > 16 {
 		return nil, nil, invalidArg("multifd: must be between 0 and 16 channels, got %d", opt.MultifdChannels)
 	}
+	if err := checkRetryPolicy(opt); err != nil {
+		return nil, nil, err
+	}
 	if req.GetVm() == "" || req.GetTo() == "" {
 		return nil, nil, invalidArg("vm and to: required")
 	}
@@ -153,6 +156,12 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.StallTimeoutMs == 0 {
 		opt.StallTimeoutMs = DefaultStallTimeout.Milliseconds()
 	}
+	if opt.MaxAttempts == 0 && opt.Strategy != "cold" {
+		opt.MaxAttempts = core.DefaultMaxAttempts
+	}
+	if opt.RetryBackoffMs == 0 {
+		opt.RetryBackoffMs = core.DefaultRetryBackoff.Milliseconds()
+	}
 	if opt.TimeoutMs == 0 {
 		opt.TimeoutMs = DefaultMigrationTimeout.Milliseconds()
 	}
@@ -206,7 +215,8 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	stall, timeout, window := coreOptions(opt)
 	rec, err := core.New(id, req.Vm, vm.Host, req.To, core.Strategy(opt.Strategy), core.VMState(vm.State), locked.Generation,
-		core.Options{StallTimeout: stall, Timeout: timeout, RecoveryWindow: window}, now)
+		core.Options{StallTimeout: stall, Timeout: timeout, RecoveryWindow: window, MaxAttempts: opt.MaxAttempts,
+			RetryBackoff: time.Duration(opt.RetryBackoffMs) * time.Millisecond}, now)
 	if err != nil {
 		s.unlockVMRecord(context.WithoutCancel(ctx), req.Vm, id, vm.State)
 		s.releaseReservation(id)

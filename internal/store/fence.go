@@ -63,27 +63,34 @@ type fenceRef = atomic.Pointer[Fence]
 // returns whether cmps held, and the responses of ops. When the fence fails
 // it returns ErrNotLeader (wrapped with what) and nothing is written.
 func (s *Etcd) write(ctx context.Context, what string, cmps []clientv3.Cmp, ops []clientv3.Op) (bool, []*etcdserverpb.ResponseOp, error) {
+	ok, rs, _, err := s.writeRev(ctx, what, cmps, ops)
+	return ok, rs, err
+}
+
+// writeRev is write that also returns the store revision the transaction
+// committed at (the mod revision of every key it put).
+func (s *Etcd) writeRev(ctx context.Context, what string, cmps []clientv3.Cmp, ops []clientv3.Op) (bool, []*etcdserverpb.ResponseOp, int64, error) {
 	f := s.fence.Load()
 	if f == nil {
 		resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return false, nil, fmt.Errorf("%s: %w", what, err)
+			return false, nil, 0, fmt.Errorf("%s: %w", what, err)
 		}
-		return resp.Succeeded, resp.Responses, nil
+		return resp.Succeeded, resp.Responses, resp.Header.GetRevision(), nil
 	}
 	if f == closedFence {
-		return false, nil, fmt.Errorf("%s: %w", what, ErrNotLeader)
+		return false, nil, 0, fmt.Errorf("%s: %w", what, ErrNotLeader)
 	}
 	fenceCmp := clientv3.Compare(clientv3.CreateRevision(f.Key), "=", f.Rev)
 	resp, err := s.c.Txn(ctx).If(fenceCmp).Then(clientv3.OpTxn(cmps, ops, nil)).Commit()
 	if err != nil {
-		return false, nil, fmt.Errorf("%s: %w", what, err)
+		return false, nil, 0, fmt.Errorf("%s: %w", what, err)
 	}
 	if !resp.Succeeded {
-		return false, nil, fmt.Errorf("%s: %w (leader key %s rev %d is gone)", what, ErrNotLeader, f.Key, f.Rev)
+		return false, nil, 0, fmt.Errorf("%s: %w (leader key %s rev %d is gone)", what, ErrNotLeader, f.Key, f.Rev)
 	}
 	inner := resp.Responses[0].GetResponseTxn()
-	return inner.GetSucceeded(), inner.GetResponses(), nil
+	return inner.GetSucceeded(), inner.GetResponses(), resp.Header.GetRevision(), nil
 }
 
 // FenceCmp returns the comparison a write must also satisfy to be fenced

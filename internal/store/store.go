@@ -48,12 +48,21 @@ type Store interface {
 	// expectGeneration (ErrConflict otherwise); vm.Generation is set to
 	// expectGeneration+1.
 	SwapVM(ctx context.Context, vm *ferryv1.VM, expectGeneration int64) error
+	// GetVMRevision is GetVM with the store revision the record was last
+	// written at.
+	GetVMRevision(ctx context.Context, name string) (*ferryv1.VM, int64, error)
+	// SwitchOwner writes vm (generation expectGeneration+1) and a migration
+	// record in one transaction, guarded by revisions (switch.go).
+	SwitchOwner(ctx context.Context, vm *ferryv1.VM, vmRev, expectGeneration int64, m *statev1.MigrationRecord, migRev int64) (int64, error)
 	// DeleteVM removes a VM record; ErrNotFound if absent.
 	DeleteVM(ctx context.Context, name string) error
 
 	// PutMigration writes a migration record (the engine's persisted state
 	// of one migration, with its report).
 	PutMigration(ctx context.Context, m *statev1.MigrationRecord) error
+	// PutMigrationRevision is PutMigration that returns the revision it
+	// wrote at (the guard of SwitchOwner).
+	PutMigrationRevision(ctx context.Context, m *statev1.MigrationRecord) (int64, error)
 	// GetMigration returns a migration record.
 	GetMigration(ctx context.Context, id string) (*statev1.MigrationRecord, error)
 	// ListMigrations returns all migration records, oldest first.

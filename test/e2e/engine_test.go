@@ -112,8 +112,10 @@ func TestEngineServerKilledDuringTransfer(t *testing.T) {
 }
 
 // TestEngineServerKilledAtSwitchover: the server is SIGKILLed between the
-// owner CAS and arming the destination (both QEMUs paused) and restarted:
-// the owner names h2, so the migration completes there.
+// owner switch (one transaction with the switched record; the destination
+// was armed before it) and migrate-continue, both QEMUs paused, and
+// restarted: the record says resuming and the owner names h2, so the
+// migration completes there.
 func TestEngineServerKilledAtSwitchover(t *testing.T) {
 	var log string
 	r := newFaultRig(t, "esrvs", "198.19.0.62", "64:16", func(c *cluster) {

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -94,19 +95,62 @@ func TestPostcopyRecoversFromTwoLinkBreaks(t *testing.T) {
 	postcopyThroughBreaks(t, "pc2", "198.19.0.54", 2, "6")
 }
 
+// TestPostcopyRecoversFromTwoShortFlaps: the link emulator takes h2's link
+// down for 2 s twice during a post-copy (stall timeout 1 s): each time the
+// engine pauses the post-copy, recovers it once the link is back, and the
+// migration completes with the same boot and no counter lost.
+func TestPostcopyRecoversFromTwoShortFlaps(t *testing.T) {
+	postcopyThroughCuts(t, "pcf", "198.19.0.73", 2, "6", postcopyCut{emulator: true, hold: 2 * time.Second, stall: "1s"})
+}
+
 // postcopyThroughBreaks cuts the destination's link `breaks` times while
 // the guest runs there in post-copy (each cut after the previous recovery)
 // and asserts the migration pauses, recovers each time and completes with
 // the same boot and an unbroken client stream.
 func postcopyThroughBreaks(t *testing.T, name, ip string, breaks int, bandwidth string) {
+	postcopyThroughCuts(t, name, ip, breaks, bandwidth, postcopyCut{hold: 6 * time.Second, stall: "2s"})
+}
+
+// postcopyCut is how a post-copy test breaks h2's link: through the link
+// emulator (emulator: --down/--up) or by setting h2's uplink down; for
+// hold, with the given --stall-timeout.
+type postcopyCut struct {
+	emulator bool
+	hold     time.Duration
+	stall    string
+}
+
+// postcopyThroughCuts is postcopyThroughBreaks with the way of breaking
+// the link given: it also asserts that each break was recovered (a
+// post-copy-active entered after each pause) and that the migration paused
+// once per break.
+func postcopyThroughCuts(t *testing.T, name, ip string, breaks int, bandwidth string, cut postcopyCut) {
 	c := upCluster(t, 2)
 	boot := c.bootGuest(name, ip, "64:16")
 	stream := c.watchStream(ip)
 	defer stream.stop()
 	ns := c.hostNS("h2")
+	setLink := func(_ string, up bool) error {
+		if !cut.emulator {
+			return setLink(ns, up)
+		}
+		flag := "--down"
+		if up {
+			flag = "--up"
+		}
+		_, errOut, err := c.ferry("dev", "cluster", "link", "h2", "--dir", c.dir, flag)
+		if err != nil {
+			return fmt.Errorf("ferry dev cluster link h2 %s: %v: %s", flag, err, errOut)
+		}
+		return nil
+	}
+	if cut.emulator {
+		c.mustFerry("dev", "cluster", "link", "h2", "--dir", c.dir, "--up")
+		t.Cleanup(func() { _, _, _ = c.ferry("dev", "cluster", "link", "h2", "--dir", c.dir, "--clear") })
+	}
 	t.Cleanup(func() { _ = setLink(ns, true) })
 
-	m := c.startMigration(name, "h2", "--strategy", "postcopy", "--bandwidth", bandwidth, "--stall-timeout", "2s")
+	m := c.startMigration(name, "h2", "--strategy", "postcopy", "--bandwidth", bandwidth, "--stall-timeout", cut.stall)
 	for i := 1; i <= breaks; i++ {
 		// Wait until the guest runs on h2 in post-copy (state postcopy-active:
 		// the destination runs, the source still holds the pages it has not
@@ -117,8 +161,8 @@ func postcopyThroughBreaks(t *testing.T, name, ip string, breaks int, bandwidth 
 		if err := setLink(ns, false); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("break %d: link of h2 cut in post-copy", i)
-		time.Sleep(6 * time.Second)
+		t.Logf("break %d: link of h2 cut in post-copy for %s", i, cut.hold)
+		time.Sleep(cut.hold)
 		mid, _ := c.getMigration(m.Id)
 		if err := setLink(ns, true); err != nil {
 			t.Fatal(err)
@@ -136,14 +180,27 @@ func postcopyThroughBreaks(t *testing.T, name, ip string, breaks int, bandwidth 
 	if final.PostcopyPausedMs <= 0 {
 		t.Errorf("the report shows no post-copy pause (postcopyPausedMs %d)", final.PostcopyPausedMs)
 	}
-	pauses := 0
+	pauses, recoveries, paused := 0, 0, false
 	for _, e := range final.Events {
-		if e.State == "postcopy-paused" {
-			pauses++
+		switch e.State {
+		case "postcopy-paused":
+			if !paused {
+				pauses++
+			}
+			paused = true
+		case "postcopy-active":
+			if paused {
+				recoveries++ // a pause ended by a recovery
+			}
+			paused = false
 		}
+		t.Logf("event %s %s: %s", e.GetAt().AsTime().Format("15:04:05.000"), e.State, e.Message)
 	}
 	if pauses < breaks {
-		t.Errorf("%d post-copy pause(s) in the migration's history for %d break(s): %v", pauses, breaks, final.Events)
+		t.Errorf("%d post-copy pause(s) in the migration's history for %d break(s)", pauses, breaks)
+	}
+	if recoveries < breaks {
+		t.Errorf("%d recoveries (postcopy-paused → postcopy-active) for %d break(s)", recoveries, breaks)
 	}
 	c.checkOnHost(name, "h2")
 	if got := c.bootID(ip, 20*time.Second); got != boot {

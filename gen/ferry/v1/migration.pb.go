@@ -43,6 +43,13 @@ type MigrationOptions struct {
 	NoPostcopy bool `protobuf:"varint,7,opt,name=no_postcopy,json=noPostcopy,proto3" json:"no_postcopy,omitempty"`
 	// no_throttle forbids slowing the guest (auto-converge).
 	NoThrottle bool `protobuf:"varint,8,opt,name=no_throttle,json=noThrottle,proto3" json:"no_throttle,omitempty"`
+	// max_attempts bounds how many times a live migration whose link failed
+	// before the owner switch is tried (1 = never retried); 0 means the
+	// default (3). At most 10.
+	MaxAttempts int32 `protobuf:"varint,60,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// retry_backoff_ms is the wait before the second attempt, doubled for
+	// each further one (at most 30 s); 0 means the default (2 s).
+	RetryBackoffMs int64 `protobuf:"varint,61,opt,name=retry_backoff_ms,json=retryBackoffMs,proto3" json:"retry_backoff_ms,omitempty"`
 	// recovery_window_ms is how long a paused post-copy waits for its link
 	// to come back before giving up; 0 means the default (5 min).
 	RecoveryWindowMs int64 `protobuf:"varint,9,opt,name=recovery_window_ms,json=recoveryWindowMs,proto3" json:"recovery_window_ms,omitempty"`
@@ -134,6 +141,20 @@ func (x *MigrationOptions) GetNoThrottle() bool {
 		return x.NoThrottle
 	}
 	return false
+}
+
+func (x *MigrationOptions) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *MigrationOptions) GetRetryBackoffMs() int64 {
+	if x != nil {
+		return x.RetryBackoffMs
+	}
+	return 0
 }
 
 func (x *MigrationOptions) GetRecoveryWindowMs() int64 {
@@ -844,11 +865,16 @@ type Migration struct {
 	// bandwidth_mibps is the average transfer rate over the RAM transfer.
 	BandwidthMibps float64 `protobuf:"fixed64,19,opt,name=bandwidth_mibps,json=bandwidthMibps,proto3" json:"bandwidth_mibps,omitempty"`
 	// dirty_rate_mibps is the last dirty rate QEMU measured.
-	DirtyRateMibps  float64            `protobuf:"fixed64,20,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
-	Samples         []*MigrationSample `protobuf:"bytes,21,rep,name=samples,proto3" json:"samples,omitempty"`
-	Options         *MigrationOptions  `protobuf:"bytes,22,opt,name=options,proto3" json:"options,omitempty"`
-	Events          []*MigrationEvent  `protobuf:"bytes,23,rep,name=events,proto3" json:"events,omitempty"`
-	CancelRequested bool               `protobuf:"varint,24,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
+	DirtyRateMibps float64            `protobuf:"fixed64,20,opt,name=dirty_rate_mibps,json=dirtyRateMibps,proto3" json:"dirty_rate_mibps,omitempty"`
+	Samples        []*MigrationSample `protobuf:"bytes,21,rep,name=samples,proto3" json:"samples,omitempty"`
+	Options        *MigrationOptions  `protobuf:"bytes,22,opt,name=options,proto3" json:"options,omitempty"`
+	Events         []*MigrationEvent  `protobuf:"bytes,23,rep,name=events,proto3" json:"events,omitempty"`
+	// attempt is the pre-copy attempt running or the one that finished (1
+	// unless a link failure before the owner switch made the engine retry).
+	Attempt int32 `protobuf:"varint,60,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// retries lists each attempt that failed and was retried, with why.
+	Retries         []*MigrationRetry `protobuf:"bytes,61,rep,name=retries,proto3" json:"retries,omitempty"`
+	CancelRequested bool              `protobuf:"varint,24,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
 	// vm_generation is the VM record's generation the switchover CAS expects.
 	VmGeneration int64 `protobuf:"varint,25,opt,name=vm_generation,json=vmGeneration,proto3" json:"vm_generation,omitempty"`
 	// dest_uri is where the destination QEMU listens.
@@ -1067,6 +1093,20 @@ func (x *Migration) GetEvents() []*MigrationEvent {
 	return nil
 }
 
+func (x *Migration) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Migration) GetRetries() []*MigrationRetry {
+	if x != nil {
+		return x.Retries
+	}
+	return nil
+}
+
 func (x *Migration) GetCancelRequested() bool {
 	if x != nil {
 		return x.CancelRequested
@@ -1158,6 +1198,78 @@ func (x *Migration) GetPlanningMs() int64 {
 	return 0
 }
 
+// MigrationRetry is one attempt of a live migration that failed before the
+// owner switch for a link-related reason and was cleaned up and retried.
+type MigrationRetry struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Attempt int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// failed_at is when the attempt failed.
+	FailedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
+	Reason   string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// backoff_ms is the wait after its cleanup before the next attempt.
+	BackoffMs     int64 `protobuf:"varint,4,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrationRetry) Reset() {
+	*x = MigrationRetry{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationRetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationRetry) ProtoMessage() {}
+
+func (x *MigrationRetry) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationRetry.ProtoReflect.Descriptor instead.
+func (*MigrationRetry) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *MigrationRetry) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *MigrationRetry) GetFailedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailedAt
+	}
+	return nil
+}
+
+func (x *MigrationRetry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *MigrationRetry) GetBackoffMs() int64 {
+	if x != nil {
+		return x.BackoffMs
+	}
+	return 0
+}
+
 type MigrateRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Vm      string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
@@ -1171,7 +1283,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1295,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1308,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MigrateRequest) GetVm() string {
@@ -1239,7 +1351,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1363,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1376,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MigrateResponse) GetMigration() *Migration {
@@ -1292,7 +1404,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1304,7 +1416,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1317,7 +1429,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetMigrationRequest) GetId() string {
@@ -1343,7 +1455,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1355,7 +1467,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1368,7 +1480,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1388,7 +1500,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1512,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1525,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListMigrationsRequest) GetVm() string {
@@ -1432,7 +1544,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1556,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1569,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1476,7 +1588,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1600,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1613,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelMigrationRequest) GetId() string {
@@ -1520,7 +1632,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +1644,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +1657,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -1559,7 +1671,7 @@ var File_ferry_v1_migration_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n" +
+	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x03\n" +
 	"\x10MigrationOptions\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12&\n" +
 	"\x0fmax_downtime_ms\x18\x02 \x01(\x03R\rmaxDowntimeMs\x12'\n" +
@@ -1571,7 +1683,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\vno_postcopy\x18\a \x01(\bR\n" +
 	"noPostcopy\x12\x1f\n" +
 	"\vno_throttle\x18\b \x01(\bR\n" +
-	"noThrottle\x12,\n" +
+	"noThrottle\x12!\n" +
+	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12(\n" +
+	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xbf\x04\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
@@ -1631,8 +1745,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xfc\n" +
-	"\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xca\v\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -1661,7 +1774,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10dirty_rate_mibps\x18\x14 \x01(\x01R\x0edirtyRateMibps\x123\n" +
 	"\asamples\x18\x15 \x03(\v2\x19.ferry.v1.MigrationSampleR\asamples\x124\n" +
 	"\aoptions\x18\x16 \x01(\v2\x1a.ferry.v1.MigrationOptionsR\aoptions\x120\n" +
-	"\x06events\x18\x17 \x03(\v2\x18.ferry.v1.MigrationEventR\x06events\x12)\n" +
+	"\x06events\x18\x17 \x03(\v2\x18.ferry.v1.MigrationEventR\x06events\x12\x18\n" +
+	"\aattempt\x18< \x01(\x05R\aattempt\x122\n" +
+	"\aretries\x18= \x03(\v2\x18.ferry.v1.MigrationRetryR\aretries\x12)\n" +
 	"\x10cancel_requested\x18\x18 \x01(\bR\x0fcancelRequested\x12#\n" +
 	"\rvm_generation\x18\x19 \x01(\x03R\fvmGeneration\x12\x19\n" +
 	"\bdest_uri\x18\x1a \x01(\tR\adestUri\x120\n" +
@@ -1677,7 +1792,13 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12postcopy_paused_ms\x18\" \x01(\x03R\x10postcopyPausedMs\x12+\n" +
 	"\x11postcopy_requests\x18# \x01(\x03R\x10postcopyRequests\x12\x1f\n" +
 	"\vplanning_ms\x18$ \x01(\x03R\n" +
-	"planningMs\"\x7f\n" +
+	"planningMs\"\x9a\x01\n" +
+	"\x0eMigrationRetry\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
+	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1d\n" +
+	"\n" +
+	"backoff_ms\x18\x04 \x01(\x03R\tbackoffMs\"\x7f\n" +
 	"\x0eMigrateRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x124\n" +
@@ -1719,7 +1840,7 @@ func file_ferry_v1_migration_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_proto_rawDescData
 }
 
-var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_v1_migration_proto_goTypes = []any{
 	(*MigrationOptions)(nil),        // 0: ferry.v1.MigrationOptions
 	(*PlanInputs)(nil),              // 1: ferry.v1.PlanInputs
@@ -1730,49 +1851,52 @@ var file_ferry_v1_migration_proto_goTypes = []any{
 	(*DowntimePhases)(nil),          // 6: ferry.v1.DowntimePhases
 	(*MigrationEvent)(nil),          // 7: ferry.v1.MigrationEvent
 	(*Migration)(nil),               // 8: ferry.v1.Migration
-	(*MigrateRequest)(nil),          // 9: ferry.v1.MigrateRequest
-	(*MigrateResponse)(nil),         // 10: ferry.v1.MigrateResponse
-	(*GetMigrationRequest)(nil),     // 11: ferry.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 12: ferry.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 13: ferry.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 14: ferry.v1.ListMigrationsResponse
-	(*CancelMigrationRequest)(nil),  // 15: ferry.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 16: ferry.v1.CancelMigrationResponse
-	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
+	(*MigrationRetry)(nil),          // 9: ferry.v1.MigrationRetry
+	(*MigrateRequest)(nil),          // 10: ferry.v1.MigrateRequest
+	(*MigrateResponse)(nil),         // 11: ferry.v1.MigrateResponse
+	(*GetMigrationRequest)(nil),     // 12: ferry.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 13: ferry.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 14: ferry.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 15: ferry.v1.ListMigrationsResponse
+	(*CancelMigrationRequest)(nil),  // 16: ferry.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 17: ferry.v1.CancelMigrationResponse
+	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.Plan.inputs:type_name -> ferry.v1.PlanInputs
 	2,  // 1: ferry.v1.Plan.predictions:type_name -> ferry.v1.StrategyPrediction
-	17, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
-	17, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
-	17, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
+	18, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
+	18, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
+	18, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
 	6,  // 5: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
 	5,  // 6: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
 	0,  // 7: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
 	7,  // 8: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	17, // 9: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 10: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
-	2,  // 11: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
-	4,  // 12: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
-	0,  // 13: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
-	8,  // 14: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
-	3,  // 15: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
-	8,  // 16: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
-	8,  // 17: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
-	8,  // 18: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
-	9,  // 19: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
-	11, // 20: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
-	13, // 21: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
-	15, // 22: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
-	10, // 23: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
-	12, // 24: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
-	14, // 25: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
-	16, // 26: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
-	23, // [23:27] is the sub-list for method output_type
-	19, // [19:23] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	9,  // 9: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
+	18, // 10: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 11: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
+	2,  // 12: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
+	4,  // 13: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
+	18, // 14: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
+	0,  // 15: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
+	8,  // 16: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
+	3,  // 17: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
+	8,  // 18: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
+	8,  // 19: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
+	8,  // 20: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
+	10, // 21: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
+	12, // 22: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
+	14, // 23: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
+	16, // 24: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
+	11, // 25: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
+	13, // 26: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
+	15, // 27: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
+	17, // 28: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
+	25, // [25:29] is the sub-list for method output_type
+	21, // [21:25] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_proto_init() }
@@ -1786,7 +1910,7 @@ func file_ferry_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_proto_rawDesc), len(file_ferry_v1_migration_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -66,6 +66,7 @@
 //	                      │            │              │                      └─▶ postcopy-active ⇄ postcopy-paused
 //	                      └────────────┴──────────────┴──▶ rolling-back              │      postcopy-recovering
 //	                                                         → failed | cancelled    └─▶ cleanup → completed
+//	        preparing | transferring ─(link failure, attempts left)─▶ rolling-back (Retrying) → retry-wait ─▶ preparing (retry.go)
 //	        resuming ─(destination provably never ran)─▶ unswitching ─CAS back─▶ rolling-back → failed
 //	        resuming | postcopy-* ─(the VM's only QEMU died)─▶ cleanup (Error set) → failed
 //	cold:   pending → stopping → switchover ─CAS─▶ starting → cleanup → completed
@@ -103,7 +104,10 @@
 // source that reports postcopy-paused, or no progress for the stall
 // timeout (PauseMigration on both sides), leads to postcopy-paused;
 // every RecoverEvery the engine tries RecoverIncoming then ResumeOutgoing
-// (postcopy-recovering). Past the recovery window it gives up and says
+// (postcopy-recovering), and counts the post-copy recovered only when the
+// source reports postcopy-active again (QEMU reconnects on its own after
+// taking the resume; one that does not run within the stall timeout pauses
+// again, postcopy.go). Past the recovery window it gives up and says
 // where the guest and its pages are.
 //
 // # Facts

@@ -22,6 +22,9 @@ func (p *planner) want(a Action) {
 		return
 	}
 	v.inflight[a.Kind][a.Side] = true
+	if a.Kind.IsAgent() {
+		a.MigrationID = p.r.AttemptID()
+	}
 	p.acts = append(p.acts, a)
 }
 
@@ -61,7 +64,7 @@ func (r *Record) plan(now time.Time) []Action {
 	case Transferring:
 		r.planTransfer(p)
 	case Switchover:
-		p.want(Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation})
+		r.planSwitchover(p)
 	case Resuming:
 		r.planResume(p)
 	case PostcopyActive, PostcopyPaused, PostcopyRecovering:
@@ -83,6 +86,11 @@ func (r *Record) plan(now time.Time) []Action {
 			p.want(Action{Kind: ActGetVM, Side: Dst})
 		default:
 			p.want(Action{Kind: ActStartVM, Side: Dst})
+		}
+	case RetryWait:
+		r.planRetryWait(p)
+		if r.State == Preparing {
+			return r.plan(now)
 		}
 	case Unswitching:
 		r.planUnswitch(p)
@@ -109,7 +117,7 @@ func (r *Record) deadlineWake(p *planner) {
 		case Preparing, Transferring, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
-		case Stopping:
+		case Stopping, RetryWait:
 			p.wakeAt(r.Deadline)
 		}
 	}
@@ -122,6 +130,10 @@ func (r *Record) deadlineWake(p *planner) {
 }
 
 func (r *Record) planTransfer(p *planner) {
+	if r.vol.streamFailed != "" {
+		r.planStreamCheck(p)
+		return
+	}
 	if !r.Facts.OutgoingStarted {
 		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, Postcopy: r.Strategy.UsesPostcopy(),
 			AutoConverge: r.Strategy == Converge || r.Strategy == Hybrid})
@@ -130,8 +142,42 @@ func (r *Record) planTransfer(p *planner) {
 			p.want(Action{Kind: ActStartPostcopy, Side: Src})
 		}
 		p.want(Action{Kind: ActQueryOutgoing, Side: Src, Wait: PollWait, KnownStatus: r.vol.lastOut})
+		if !r.Facts.DestArmed {
+			// Pre-armed while RAM moves, so that the arm is not inside the
+			// guest's pause: the source (pause-before-switchover, set by the
+			// StartOutgoing that answered) sends the device state only on
+			// migrate-continue, which follows the owner CAS.
+			p.want(Action{Kind: ActArmResume, Side: Dst})
+		}
 	}
 	p.want(Action{Kind: ActQueryIncoming, Side: Dst})
+}
+
+// planSwitchover: a live migration's destination is armed (normally while
+// RAM moved, planTransfer; else now) — the source waits at pre-switchover
+// for migrate-continue, which the engine sends only after the CAS, so an
+// armed destination cannot get the device state (and run) before the owner
+// names it — then the owner switches with the switched record prepared
+// (one store transaction).
+func (r *Record) planSwitchover(p *planner) {
+	a := Action{Kind: ActCASOwner, Side: Dst, Owner: r.To, Generation: r.Generation}
+	if r.Strategy.Live() {
+		if !r.Facts.DestArmed {
+			p.want(Action{Kind: ActArmResume, Side: Dst})
+			return
+		}
+		if r.vol.inflight[ActCASOwner][Dst] {
+			return
+		}
+		prep := r.switched(p.now, r.Generation+1)
+		a.Record = &prep
+		p.want(a)
+		if r.vol.inflight[ActCASOwner][Dst] {
+			r.vol.prepared = a.Record
+		}
+		return
+	}
+	p.want(a)
 }
 
 func (r *Record) planResume(p *planner) {
@@ -168,11 +214,12 @@ func (r *Record) planPostcopy(p *planner) {
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
 		}
 	case PostcopyPaused:
+		r.vol.resumeSent = false
 		if r.vol.lastOut == "postcopy-paused" {
 			p.want(Action{Kind: ActRecoverIncoming, Side: Dst})
 		}
 	case PostcopyRecovering:
-		p.want(Action{Kind: ActResumeOutgoing, Side: Src, URI: r.RecoverURI})
+		r.planRecovering(p)
 	}
 }
 
@@ -290,6 +337,10 @@ func (r *Record) planCleanup(p *planner) {
 }
 
 func (r *Record) planRollback(p *planner) {
+	if r.Retrying {
+		r.planRetryCleanup(p)
+		return
+	}
 	if r.Strategy.Live() {
 		if !r.Facts.DestAborted {
 			p.want(Action{Kind: ActAbortIncoming, Side: Dst})

@@ -32,6 +32,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 		Options: &statev1.MigrationBounds{
 			StallTimeout: durationpb.New(r.Options.StallTimeout), Timeout: durationpb.New(r.Options.Timeout),
 			RecoveryWindow: durationpb.New(r.Options.RecoveryWindow),
+			MaxAttempts:    r.Options.MaxAttempts, RetryBackoff: durationpb.New(r.Options.RetryBackoff),
 		},
 		State: string(r.State), PrevVmState: string(r.PrevVMState), Generation: r.Generation,
 		DestUri: r.DestURI, RecoverUri: r.RecoverURI,
@@ -48,6 +49,11 @@ func ToProto(r Record) *statev1.MigrationRecord {
 		LastProgressAt: ts(r.LastProgressAt), PostcopyPausedAt: ts(r.PausedAt),
 		CancelRequested: r.CancelRequested, PostcopyWanted: r.PostcopyWanted, Error: r.Error, Note: r.Note,
 		FinishedAt: ts(r.FinishedAt), FinalVmState: string(r.FinalVMState),
+		Attempt: r.Attempt, NextAttemptAt: ts(r.NextAttemptAt), Retrying: r.Retrying,
+	}
+	for _, t := range r.Retries {
+		m.Retries = append(m.Retries, &statev1.MigrationRecordRetry{Attempt: t.Attempt, FailedAt: ts(t.At), Reason: t.Reason,
+			Backoff: durationpb.New(t.Backoff)})
 	}
 	for _, e := range r.History {
 		m.History = append(m.History, &statev1.MigrationRecordEvent{At: ts(e.At), State: string(e.State), Message: e.Message})
@@ -68,6 +74,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 		Options: Options{
 			StallTimeout: o.GetStallTimeout().AsDuration(), Timeout: o.GetTimeout().AsDuration(),
 			RecoveryWindow: o.GetRecoveryWindow().AsDuration(),
+			MaxAttempts:    o.GetMaxAttempts(), RetryBackoff: o.GetRetryBackoff().AsDuration(),
 		},
 		State: State(m.State), PrevVMState: VMState(m.PrevVmState), Generation: m.Generation,
 		DestURI: m.DestUri, RecoverURI: m.RecoverUri,
@@ -84,6 +91,10 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 		LastProgressAt: tm(m.LastProgressAt), PausedAt: tm(m.PostcopyPausedAt),
 		CancelRequested: m.CancelRequested, PostcopyWanted: m.PostcopyWanted, Error: m.Error, Note: m.Note,
 		FinishedAt: tm(m.FinishedAt), FinalVMState: VMState(m.FinalVmState),
+		Attempt: m.Attempt, NextAttemptAt: tm(m.NextAttemptAt), Retrying: m.Retrying,
+	}
+	for _, t := range m.Retries {
+		r.Retries = append(r.Retries, Retry{Attempt: t.Attempt, At: tm(t.FailedAt), Reason: t.Reason, Backoff: t.GetBackoff().AsDuration()})
 	}
 	for _, e := range m.History {
 		r.History = append(r.History, Event{At: tm(e.At), State: State(e.State), Message: e.Message})

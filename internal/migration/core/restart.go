@@ -53,15 +53,17 @@ func (r *Record) destReachable(obs Observation) {
 		return
 	}
 	if r.State != RollingBack && obs.Now.Sub(r.vol.dstDown) >= DestUnreachable {
-		r.rollback(obs.Now, fmt.Sprintf("destination agent on %s unreachable for %s: %s", r.To, DestUnreachable, obs.ErrMsg), false)
+		r.failAttempt(obs.Now, fmt.Sprintf("destination agent on %s unreachable for %s: %s", r.To, DestUnreachable, obs.ErrMsg))
 	}
 }
 
 // destLeftToAgent reports whether a rollback may end without the
 // destination's removal confirmed: its agent has not answered for
-// DestUnreachable. The destination QEMU was never armed (the owner never
-// switched), so it cannot run; its agent removes an arrival that no
-// migration in flight names when it is back (the orphan reaper).
+// DestUnreachable. The owner never switched, so the source was never sent
+// migrate-continue: the destination QEMU (even one armed at the
+// switchover) never gets the device state and cannot run; its agent
+// removes an arrival that no migration in flight names when it is back
+// (the orphan reaper).
 func (r *Record) destLeftToAgent(now time.Time) bool {
 	return !r.Facts.OwnerSwitched && !r.vol.dstDown.IsZero() && now.Sub(r.vol.dstDown) >= DestUnreachable
 }

@@ -15,6 +15,7 @@ func (r *Record) result(obs Observation) {
 	if obs.Err == Transient {
 		r.vol.notBefore[a][side] = now.Add(RetryBackoff)
 		r.Attempts++
+		r.streamFailedDestSilent(obs)
 		return
 	}
 	if obs.Out != nil {
@@ -106,6 +107,7 @@ func (r *Record) onQueryIncoming(now time.Time, obs Observation) {
 	}
 	gone := obs.Err == NotFound || destGone(obs.In)
 	if !gone {
+		r.streamFailedDestAlive(now)
 		return
 	}
 	switch {
@@ -173,8 +175,10 @@ func (r *Record) onSourceStep(now time.Time, obs Observation) {
 			break
 		}
 		if obs.Err == OK {
-			r.enter(now, PostcopyActive, "post-copy resumed")
-			r.PausedAt = time.Time{}
+			// QEMU took the resume and reconnects on its own: only its
+			// status (postcopy-active) says the post-copy runs again
+			// (sourceStatus); a link still down keeps it reconnecting.
+			r.vol.resumeSent = true
 		} else {
 			r.RecoverURI = ""
 			r.vol.notBefore[ActRecoverIncoming][Dst] = now.Add(RecoverEvery)
@@ -198,7 +202,11 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		switch out.Status {
 		case "pre-switchover":
 			r.enter(now, Switchover, "source paused with the last RAM owed; switching the owner")
-		case "failed", "cancelled":
+		case "failed":
+			// The stream broke: the link's fault (retried) unless the
+			// destination QEMU is gone — a fresh QueryIncoming says (retry.go).
+			r.streamFailed(fmt.Sprintf("source QEMU reports the migration failed: %s", orUnknown(out.Error)))
+		case "cancelled":
 			r.rollback(now, fmt.Sprintf("source QEMU reports the migration %s: %s", out.Status, orUnknown(out.Error)), false)
 		case "completed", "postcopy-active", "postcopy-paused", "postcopy-recover":
 			r.rollback(now, "source QEMU reports "+out.Status+" before the owner switched", false)
@@ -256,6 +264,19 @@ func orUnknown(s string) string {
 }
 
 func (r *Record) onArm(now time.Time, obs Observation) {
+	if (r.State == Transferring || r.State == Switchover) && r.Strategy.Live() && !r.Facts.OwnerSwitched {
+		// Armed before the CAS (planTransfer, planSwitchover).
+		switch obs.Err {
+		case OK:
+			r.Facts.DestArmed = true
+			if r.State == Switchover {
+				r.LastProgressAt = now // a step forward: the CAS gets its own stall timeout
+			}
+		default:
+			r.rollback(now, fmt.Sprintf("the destination refused to arm (%s): %s", obs.Err, obs.ErrMsg), false)
+		}
+		return
+	}
 	if r.State != Resuming {
 		return
 	}
@@ -520,28 +541,46 @@ func (r *Record) sourceLost(now time.Time) {
 	}
 }
 
+// switched is the record once the owner CAS wrote generation gen at at:
+// past the point of no return (a copy; r is unchanged).
+func (r *Record) switched(at time.Time, gen int64) Record {
+	n := *r
+	n.History = append([]Event(nil), r.History...)
+	n.Generation = gen
+	n.Facts.OwnerSwitched = true
+	n.SwitchedAt = at
+	n.GiveUpAt = at.Add(r.Options.RecoveryWindow)
+	if r.Strategy.Live() {
+		n.enter(at, Resuming, "owner is now "+r.To+" (generation CAS succeeded)")
+	} else {
+		n.enter(at, Starting, "owner is now "+r.To)
+	}
+	return n
+}
+
 // onCAS handles an owner compare-and-swap.
 func (r *Record) onCAS(now time.Time, obs Observation) {
 	cur := obs.StoreVM
 	switch r.State {
 	case Switchover:
+		prep := r.vol.prepared
+		r.vol.prepared = nil
 		switch {
+		case obs.Err == OK && cur != nil && prep != nil && cur.Generation == prep.Generation:
+			// The transaction wrote prep with the owner: switch as it says
+			// (its time), so that nothing is left to write.
+			*r = r.switched(prep.SwitchedAt, cur.Generation)
+			r.vol.wrote = prep
+			return
 		case obs.Err == OK && cur != nil:
-			r.Generation = cur.Generation
 		case cur != nil && cur.Host == r.To && cur.MigrationID == r.ID:
-			r.Generation = cur.Generation // our earlier CAS (its reply was lost)
+			// Our earlier CAS (its reply was lost): its transaction wrote
+			// an earlier switched record; this step writes the current one.
 		default:
 			r.rollback(now, "ownership compare-and-swap lost: the VM record changed during the migration", false)
 			return
 		}
-		r.Facts.OwnerSwitched = true
-		r.SwitchedAt = now
-		r.GiveUpAt = now.Add(r.Options.RecoveryWindow)
-		if r.Strategy.Live() {
-			r.enter(now, Resuming, "owner is now "+r.To+" (generation CAS succeeded)")
-		} else {
-			r.enter(now, Starting, "owner is now "+r.To)
-		}
+		*r = r.switched(now, cur.Generation)
 	case Unswitching:
 		switch {
 		case obs.Err == OK && cur != nil:

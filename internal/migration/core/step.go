@@ -31,6 +31,15 @@ var ErrBadRecord = errors.New("invalid migration record")
 // volatile is the executor's session with the core: what is in flight and
 // when a step may be sent again. It is not persisted; Loaded resets it.
 type volatile struct {
+	// streamFailed is the cause of a source-reported stream failure while
+	// transferring, until a QueryIncoming asked after it (streamAsked)
+	// says whether the destination QEMU is gone (retry.go).
+	streamFailed string
+	streamAsked  bool
+	// resumeSent: ResumeOutgoing was accepted in postcopy-recovering; the
+	// source's status says when the post-copy runs again (postcopy.go).
+	resumeSent bool
+
 	inflight    [actCount][2]bool
 	notBefore   [actCount][2]time.Time
 	timerAt     time.Time
@@ -45,6 +54,8 @@ type volatile struct {
 	finalSeen   bool      // finalVM holds the owner's run state from GetVM
 	dstDown     time.Time // the destination agent has not answered since (before the CAS)
 	freshOut    bool      // the QueryOutgoing in flight was asked after FinishOutgoing was refused
+	prepared    *Record   // the switched record the CASOwner in flight writes with the owner
+	wrote       *Record   // the record the last step's owner CAS wrote (what the store holds now)
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -53,6 +64,7 @@ func New(id, vm, from, to string, s Strategy, prev VMState, gen int64, opt Optio
 	r := Record{
 		Version: Version, ID: id, VM: vm, From: from, To: to, Strategy: s, Options: opt, State: Pending,
 		PrevVMState: prev, Generation: gen, StartedAt: now, Deadline: now.Add(opt.Timeout), LastProgressAt: now,
+		Attempt: 1,
 	}
 	if err := r.Validate(); err != nil {
 		return Record{}, err
@@ -72,6 +84,10 @@ func (r *Record) Validate() error {
 		return fmt.Errorf("%w: from and to are both %s", ErrBadRecord, r.From)
 	case r.Options.StallTimeout <= 0 || r.Options.Timeout <= 0 || r.Options.RecoveryWindow <= 0:
 		return fmt.Errorf("%w: options: stall timeout, timeout and recovery window must be > 0", ErrBadRecord)
+	case r.Options.MaxAttempts < 0 || r.Options.MaxAttempts > MaxMaxAttempts:
+		return fmt.Errorf("%w: options: max attempts must be 0..%d, got %d", ErrBadRecord, MaxMaxAttempts, r.Options.MaxAttempts)
+	case r.Options.RetryBackoff < 0 || r.Options.RetryBackoff > MaxRetryBackoff:
+		return fmt.Errorf("%w: options: retry backoff must be 0..%s, got %s", ErrBadRecord, MaxRetryBackoff, r.Options.RetryBackoff)
 	}
 	if _, err := ParseStrategy(string(r.Strategy)); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadRecord, err)
@@ -110,6 +126,11 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	case ObsCancel:
 		if (r.State == Stopping || r.State == Switchover) && r.Strategy == Cold && r.PrevVMState == VMRunning {
 			r.Note = "cancel refused: the guest is being stopped; the cold migration goes on to " + r.To
+		} else if r.State == RollingBack && r.Retrying {
+			// Cleaning up an attempt to retry it: no further attempt.
+			r.CancelRequested = true
+			r.Retrying = false
+			r.History = append(r.History, Event{At: now, State: RollingBack, Message: "cancelled by the user: no further attempt"})
 		} else if !r.Facts.OwnerSwitched && r.State != RollingBack && r.State != Unswitching {
 			r.CancelRequested = true
 			r.rollback(now, "", true)
@@ -148,7 +169,22 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	}
 	r.deadlines(now)
 	acts := r.plan(now)
-	return r, Ready{Persist: persistMode(&before, &r), Actions: acts}
+	mode := persistMode(&before, &r)
+	if w := r.vol.wrote; w != nil {
+		// The owner CAS wrote the switched record: only what changed since
+		// then needs writing.
+		r.vol.wrote = nil
+		mode = persistMode(w, &r)
+	}
+	if r.State == Switchover && r.Strategy.Live() && !r.Facts.OwnerSwitched {
+		// A live switchover is not written on its own: its owner CAS writes
+		// the switched record in the same transaction. Until then the store
+		// says transferring, and a restarted server rolls back — right, as
+		// the CAS did not happen (the destination, armed or not, never gets
+		// the device state: migrate-continue follows the CAS).
+		mode = PersistNone
+	}
+	return r, Ready{Persist: mode, Actions: acts}
 }
 
 // persistMode compares what changed.
@@ -156,7 +192,8 @@ func persistMode(a, b *Record) PersistMode {
 	if a.State != b.State || a.Facts != b.Facts || a.Generation != b.Generation || a.DestURI != b.DestURI ||
 		a.RecoverURI != b.RecoverURI || a.CancelRequested != b.CancelRequested || a.PostcopyWanted != b.PostcopyWanted || a.Error != b.Error ||
 		!a.GiveUpAt.Equal(b.GiveUpAt) || !a.SwitchedAt.Equal(b.SwitchedAt) || a.FinalVMState != b.FinalVMState ||
-		len(a.History) != len(b.History) {
+		len(a.History) != len(b.History) || a.Attempt != b.Attempt || a.Retrying != b.Retrying ||
+		!a.NextAttemptAt.Equal(b.NextAttemptAt) || len(a.Retries) != len(b.Retries) {
 		return PersistBefore
 	}
 	if a.Transferred != b.Transferred || a.Rounds != b.Rounds || !a.LastProgressAt.Equal(b.LastProgressAt) ||
@@ -242,11 +279,23 @@ func (r *Record) deadlines(now time.Time) {
 		}
 		if !now.Before(r.Deadline) {
 			r.rollback(now, fmt.Sprintf("migration timeout of %s reached", r.Options.Timeout), false)
-		} else if r.State != Stopping && now.Sub(r.LastProgressAt) > r.Options.StallTimeout {
+		} else if r.State != Stopping && now.Sub(r.LastProgressAt) > r.Options.StallTimeout &&
+			!(r.State == Switchover && r.vol.inflight[ActArmResume][Dst]) {
+			// (An ArmResume in flight at the switchover is bounded by its
+			// call's deadline: its answer decides, not the stall timeout.)
 			// (A guest's power-off takes its time: stopping is bounded by
 			// the timeout only, so that no StopVM still on its way can stop
 			// a guest a rollback has just started again.)
-			r.rollback(now, fmt.Sprintf("no progress for %s in %s (%d bytes sent)", r.Options.StallTimeout, r.State, r.Transferred), false)
+			cause := fmt.Sprintf("no progress for %s in %s (%d bytes sent)", r.Options.StallTimeout, r.State, r.Transferred)
+			if r.State == Switchover {
+				r.rollback(now, cause, false) // the source is paused at pre-switchover: no retry
+			} else {
+				r.failAttempt(now, cause)
+			}
+		}
+	case RetryWait:
+		if !now.Before(r.Deadline) {
+			r.rollback(now, fmt.Sprintf("migration timeout of %s reached before attempt %d", r.Options.Timeout, r.attempt()+1), false)
 		}
 	case RollingBack, Unswitching, Resuming, Starting, PostcopyActive, PostcopyPaused, PostcopyRecovering, Cleanup:
 		if r.State == Resuming && !r.Facts.DestArmed && !r.Facts.GaveUp && !r.vol.inflight[ActArmResume][Dst] &&
@@ -268,6 +317,7 @@ func (r *Record) deadlines(now time.Time) {
 // the guest and its pages are) and unlocked; if even that cannot be done
 // within one more window, the migration ends failed.
 func (r *Record) giveUp(now time.Time) {
+	r.abandonRetry("the cleanup ran out of its window")
 	if r.Facts.GaveUp {
 		r.Error += "; the VM record could not be written either"
 		r.enter(now, Failed, r.Error)

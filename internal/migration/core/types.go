@@ -7,7 +7,7 @@ import (
 
 // Version is the version of the persisted record this package writes
 // (statev1.MigrationRecord.version). Records of a newer version are refused.
-const Version uint32 = 1
+const Version uint32 = 2
 
 // Strategy is how a migration moves the VM.
 type Strategy string
@@ -56,6 +56,11 @@ const (
 	Stopping State = "stopping" // cold: stop the guest on the source (running VM only)
 	Starting State = "starting" // cold: owner is the destination: boot it there (running VM only)
 
+	// RetryWait: a live attempt that failed for a link-related reason
+	// before the owner switch was cleaned up (destination removed, source
+	// running); the next attempt starts at NextAttemptAt (retry.go).
+	RetryWait State = "retry-wait"
+
 	Cleanup     State = "cleanup"     // the VM lives on the destination: remove the source, release the VM record
 	Unswitching State = "unswitching" // after the CAS, destination provably never ran: remove it, CAS back
 	RollingBack State = "rolling-back"
@@ -98,6 +103,13 @@ type Options struct {
 	// retry): how long the engine keeps retrying before it gives up and
 	// records what it knows.
 	RecoveryWindow time.Duration
+	// MaxAttempts bounds how many times a live migration is tried when a
+	// link-related failure ends an attempt before the owner switch
+	// (retry.go); 0 or 1: never retried.
+	MaxAttempts int32
+	// RetryBackoff is the wait before the second attempt, doubled for each
+	// further one up to MaxRetryBackoff; 0: DefaultRetryBackoff.
+	RetryBackoff time.Duration
 }
 
 // Facts are what observations proved. Each is set only when an observation
@@ -179,7 +191,27 @@ type Record struct {
 	// History is the state changes with their reason (for the report).
 	History []Event
 
+	// Attempt is the live attempt before the owner switch (1-based; 0 in a
+	// version-1 record reads as 1). Agent steps use AttemptID.
+	Attempt int32
+	// Retrying: the rolling-back in progress cleans up an attempt that is
+	// retried: the VM stays locked and the reservation kept; RetryWait follows.
+	Retrying bool
+	// NextAttemptAt is when RetryWait starts the next attempt.
+	NextAttemptAt time.Time
+	// Retries lists the attempts that failed and were retried.
+	Retries []Retry
+
 	vol volatile
+}
+
+// Retry is one attempt that failed before the owner switch for a
+// link-related reason and was retried.
+type Retry struct {
+	Attempt int32
+	At      time.Time // when it failed
+	Reason  string
+	Backoff time.Duration // the wait after its cleanup before the next attempt
 }
 
 // Event is one state change of a migration's history.
@@ -303,9 +335,18 @@ type Action struct {
 
 	Owner      string // CASOwner: the new owner host
 	Generation int64  // CASOwner: the expected generation
-	Update     VMUpdate
+	// Record (CASOwner of a live migration) is the migration record as it
+	// is once the owner switched: the executor writes it in the same store
+	// transaction as the owner (both or neither), so the switch costs one
+	// transaction inside the guest's pause.
+	Record *Record
+	Update VMUpdate
 
 	At time.Time // SetTimer
+
+	// MigrationID is the id agent steps are keyed by: the record's
+	// AttemptID when the action was planned (set for every agent action).
+	MigrationID string
 }
 
 // String renders the action for traces and scripts, e.g. CASOwner(h2@7).

@@ -231,7 +231,8 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record, first core
 		store: e.cfg.Store, clock: e.cfg.Clock, knobs: e.cfg.Knobs(report, vm), watch: rp.rep, release: e.cfg.Release,
 		fill: func(cur *ferryv1.VM, u core.VMUpdate) { rp.rep.fillVM(cur, u, rec.To) }, log: log,
 	}
-	persist := &recordWriter{e: e, rep: rp.rep, log: log}
+	persist := &recordWriter{e: e, rep: rp.rep, log: log, revs: &recordRevision{}}
+	p.record, p.revs = persist.proto, persist.revs
 	runner := NewRunner[core.Record, core.Observation, core.Action](machine{e.cfg.Clock}, p, persist, rec, func(r core.Record) core.Record { return r }, log)
 	rp.rep.mu.Lock()
 	rp.rep.steer = func(s core.Steer, why string) {
@@ -359,16 +360,39 @@ type recordWriter struct {
 	rep   *reporter
 	log   *slog.Logger
 	state core.State
+	revs  *recordRevision // the revision of the latest write (when the store tells it)
 }
 
-// Put implements Persister.
-func (w *recordWriter) Put(ctx context.Context, rec core.Record) error {
+// revisionPutter is a Records that tells the revision of a write (the
+// guard of the owner switch's transaction).
+type revisionPutter interface {
+	PutMigrationRevision(ctx context.Context, m *statev1.MigrationRecord) (int64, error)
+}
+
+// proto renders rec as the store keeps it, with its report.
+func (w *recordWriter) proto(rec core.Record) *statev1.MigrationRecord {
 	pr := core.ToProto(rec)
 	pr.Report = w.rep.render(rec)
 	if !rec.State.Terminal() {
 		pr.Report.Samples = nil // the series is written with the final record only
 	}
-	if err := w.e.cfg.Records.PutMigration(ctx, pr); err != nil {
+	return pr
+}
+
+// Put implements Persister.
+func (w *recordWriter) Put(ctx context.Context, rec core.Record) error {
+	pr := w.proto(rec)
+	var err error
+	if rp, ok := w.e.cfg.Records.(revisionPutter); ok {
+		var rev int64
+		rev, err = rp.PutMigrationRevision(ctx, pr)
+		w.revs.rev.Store(rev) // 0 after an error: written or not, the revision is not known
+
+	} else {
+		err = w.e.cfg.Records.PutMigration(ctx, pr)
+		w.revs.rev.Store(0) // not known: the owner switch is guarded by the VM record only
+	}
+	if err != nil {
 		if w.e.cfg.Fenced != nil && w.e.cfg.Fenced(err) {
 			return fmt.Errorf("%w: %w", ErrFenced, err)
 		}

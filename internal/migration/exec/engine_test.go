@@ -225,6 +225,7 @@ func newFakeEngine(t *testing.T) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRec
 		"web": {Spec: &ferryv1.VMSpec{Name: "web"}, Host: "h1", Generation: 5, State: "migrating", MigrationId: "mig-1"},
 	}}
 	recs := &fakeRecords{recs: map[string]*statev1.MigrationRecord{}}
+	vms.recs = recs
 	e := New(Config{
 		Store: vms, Records: recs,
 		AgentFor: func(_ context.Context, host string) (Agent, error) { return fakeAgent{f: pair, src: host == "h1"}, nil },

@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/migration/core"
@@ -26,6 +27,13 @@ type VMStore interface {
 	GetVM(ctx context.Context, name string) (*ferryv1.VM, error)
 	UpdateVM(ctx context.Context, name string, bump bool, fn func(*ferryv1.VM) error) (*ferryv1.VM, error)
 	SwapVM(ctx context.Context, vm *ferryv1.VM, expectGeneration int64) error
+	// GetVMRevision is GetVM with the revision the record was written at.
+	GetVMRevision(ctx context.Context, name string) (*ferryv1.VM, int64, error)
+	// SwitchOwner writes vm (generation expectGeneration+1) and the
+	// migration record m in one transaction, guarded by the VM record's
+	// revision vmRev and (migRev > 0) the migration record's; it returns
+	// the revision written (store.Etcd.SwitchOwner).
+	SwitchOwner(ctx context.Context, vm *ferryv1.VM, vmRev, expectGeneration int64, m *statev1.MigrationRecord, migRev int64) (int64, error)
 }
 
 // Clock is the executor's time: real in production, fake in tests.
@@ -67,6 +75,23 @@ type Watcher interface {
 	VM(side core.Side, act core.ActionKind, st *ferryv1.VMStatus)
 }
 
+// downtimeTarget is a Watcher that also steers QEMU's downtime-limit (the
+// reporter, which runs the adaptive controller): 0 means the knob's.
+type downtimeTarget interface {
+	DowntimeLimitMs() int64
+}
+
+// downtimeLimitMs is the downtime-limit to give QEMU now: the controller's
+// stepped target, else the knob.
+func (p *performer) downtimeLimitMs() int64 {
+	if d, ok := p.watch.(downtimeTarget); ok {
+		if ms := d.DowntimeLimitMs(); ms > 0 {
+			return ms
+		}
+	}
+	return p.knobs.DowntimeLimitMs
+}
+
 // performer carries out the actions of one migration.
 type performer struct {
 	id, vm   string
@@ -82,9 +107,22 @@ type performer struct {
 	// record an update moves there (nil: nothing).
 	fill func(cur *ferryv1.VM, u core.VMUpdate)
 	log  *slog.Logger
+	// record renders a migration record for the store (with its report),
+	// and revs tracks the revision of its latest write: the owner switch
+	// writes the switched record in the CAS's transaction.
+	record func(core.Record) *statev1.MigrationRecord
+	revs   *recordRevision
 
 	mu        sync.Mutex
 	stopTimer context.CancelFunc // cancels the pending timer
+	owner     *ownerRead         // the VM record read before the pause (prefetch)
+}
+
+// ownerRead is the VM record as read before the switchover, with the
+// revision the owner switch's transaction is guarded by.
+type ownerRead struct {
+	vm  *ferryv1.VM
+	rev int64
 }
 
 func (p *performer) agent(s core.Side) Agent {
@@ -194,7 +232,7 @@ func (p *performer) timer(ctx context.Context, at time.Time) (core.Observation, 
 
 // do performs a and fills o's data.
 func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) error {
-	ag := p.agent(a.Side)
+	ag := p.attempt(p.agent(a.Side), a)
 	switch a.Kind {
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
@@ -219,14 +257,18 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	case core.ActStartOutgoing:
 		st, err := ag.StartOutgoing(ctx, &agentv1.StartOutgoingRequest{
 			Name: p.vm, MigrationId: p.id, Uri: a.URI,
-			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.knobs.DowntimeLimitMs, MultifdChannels: p.knobs.MultifdChannels,
+			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
 			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
 		})
+		if err == nil {
+			p.prefetchOwner(ctx)
+		}
 		return p.out(a.Kind, st, err, o)
 	case core.ActQueryOutgoing:
 		req := p.stepReq()
 		req.WaitMs, req.KnownStatus = a.Wait.Milliseconds(), a.KnownStatus
+		req.DowntimeLimitMs = p.downtimeLimitMs() // the stepped target rides on the poll
 		st, err := ag.QueryOutgoing(ctx, req)
 		return p.out(a.Kind, st, err, o)
 	case core.ActStartPostcopy:
@@ -299,10 +341,14 @@ func (p *performer) out(k core.ActionKind, st *agentv1.OutgoingStatus, err error
 
 // casOwner moves the VM record's owner with a compare-and-swap on the
 // generation the core expects; a moved generation is Refused with the
-// record as found.
+// record as found. With the switched migration record (a live switchover)
+// both are written in one transaction.
 func (p *performer) casOwner(ctx context.Context, a core.Action, o *core.Observation) error {
 	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	if a.Record != nil && p.record != nil {
+		return p.switchOwner(sctx, a, o)
+	}
 	cur, err := p.store.GetVM(sctx, p.vm)
 	if err != nil {
 		return fmt.Errorf("read VM %s for the owner CAS: %w", p.vm, err)

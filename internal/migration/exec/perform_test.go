@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/store"
@@ -17,10 +18,40 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// fakeVMStore is an in-memory VMStore with the etcd store's CAS rules.
+// fakeVMStore is an in-memory VMStore with the etcd store's CAS rules. A
+// VM's revision is its generation (every fake write bumps it); with recs
+// set, SwitchOwner writes the migration record there in the same step.
 type fakeVMStore struct {
-	mu  sync.Mutex
-	vms map[string]*ferryv1.VM
+	mu   sync.Mutex
+	vms  map[string]*ferryv1.VM
+	recs *fakeRecords
+}
+
+func (s *fakeVMStore) GetVMRevision(ctx context.Context, name string) (*ferryv1.VM, int64, error) {
+	vm, err := s.GetVM(ctx, name)
+	if err != nil {
+		return nil, 0, err
+	}
+	return vm, vm.Generation, nil
+}
+
+func (s *fakeVMStore) SwitchOwner(_ context.Context, vm *ferryv1.VM, vmRev, gen int64, m *statev1.MigrationRecord, _ int64) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	cur := s.vms[vm.Spec.Name]
+	if cur.Generation != gen || cur.Generation != vmRev {
+		return 0, fmt.Errorf("generation %d, expected %d: %w", cur.Generation, gen, store.ErrConflict)
+	}
+	next := proto.Clone(vm).(*ferryv1.VM)
+	next.Generation = gen + 1
+	s.vms[vm.Spec.Name] = next
+	vm.Generation = next.Generation
+	if s.recs != nil {
+		if err := s.recs.PutMigration(context.Background(), m); err != nil {
+			return 0, err
+		}
+	}
+	return next.Generation, nil
 }
 
 func (s *fakeVMStore) GetVM(_ context.Context, name string) (*ferryv1.VM, error) {
@@ -170,5 +201,33 @@ func TestReportPostcopyFigures(t *testing.T) {
 	m := r.snapshot(false)
 	if m.PostcopyMs != 3000 || m.GetDowntimePhases().GetTotalMs() != 30 {
 		t.Fatalf("postcopyMs %d, downtime total %d; want 3000 and 30", m.PostcopyMs, m.GetDowntimePhases().GetTotalMs())
+	}
+}
+
+// TestSwitchOwnerWritesOwnerAndRecordTogether: a live switchover's CAS
+// writes the switched migration record in the same store step; a VM record
+// changed since the prefetch is read again once; a moved generation is
+// Refused with nothing written.
+func TestSwitchOwnerWritesOwnerAndRecordTogether(t *testing.T) {
+	st := lockedStore()
+	st.recs = &fakeRecords{recs: map[string]*statev1.MigrationRecord{}}
+	p := newPerformer(st)
+	p.record = func(r core.Record) *statev1.MigrationRecord { return core.ToProto(r) }
+	p.prefetchOwner(context.Background())
+	// Changed since the prefetch, same generation: the fake's revision is
+	// the generation, so fake a stale revision.
+	p.owner.rev = 4
+	sw := core.Record{Version: core.Version, ID: "mig-1", VM: "web", From: "h1", To: "h2", State: core.Resuming, Generation: 6}
+	o, ok := p.Perform(context.Background(), core.Action{Kind: core.ActCASOwner, Owner: "h2", Generation: 5, Record: &sw})
+	if !ok || o.Err != core.OK || o.StoreVM.Host != "h2" || o.StoreVM.Generation != 6 {
+		t.Fatalf("switch: %+v (store VM %+v), want OK, host h2 at generation 6", o, o.StoreVM)
+	}
+	if m := st.recs.recs["mig-1"]; m == nil || m.State != string(core.Resuming) {
+		t.Fatalf("migration record after the switch = %v, want the switched record (resuming)", m)
+	}
+	delete(st.recs.recs, "mig-1")
+	o, _ = p.Perform(context.Background(), core.Action{Kind: core.ActCASOwner, Owner: "h2", Generation: 5, Record: &sw})
+	if o.Err != core.Refused || o.StoreVM.Generation != 6 || st.recs.recs["mig-1"] != nil {
+		t.Fatalf("switch on a moved generation: %+v (store VM %+v, record %v), want Refused and nothing written", o, o.StoreVM, st.recs.recs["mig-1"])
 	}
 }

@@ -70,6 +70,7 @@ func (r *reporter) render(rec core.Record) *ferryv1.Migration {
 		m.Events = append(m.Events, &ferryv1.MigrationEvent{At: timestamppb.New(e.At), State: string(e.State), Message: e.Message})
 	}
 	m.PostcopyPausedMs = pausedMs(rec.History, time.Now())
+	renderRetries(m, rec)
 	if rec.State.Terminal() && !rec.FinishedAt.IsZero() {
 		m.FinishedAt = timestamppb.New(rec.FinishedAt)
 		m.TotalMs = rec.FinishedAt.Sub(rec.StartedAt).Milliseconds()
@@ -177,6 +178,17 @@ func (r *reporter) steerLocked(out *agentv1.OutgoingStatus) {
 	default:
 		r.decideLocked(act.Kind.String(), act.Reason)
 	}
+}
+
+// DowntimeLimitMs is the downtime-limit the source QEMU should have now:
+// the adaptive controller's stepped target, or 0 (keep the knob's).
+func (r *reporter) DowntimeLimitMs() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ctrl == nil {
+		return 0
+	}
+	return r.ctrl.DowntimeLimit().Milliseconds()
 }
 
 // Incoming implements Watcher.

@@ -63,6 +63,9 @@ func (ag *FakeAgent) handle(a core.Action, id string) core.Observation {
 	v := ag.vm
 	switch a.Kind {
 	case core.ActPrepareIncoming:
+		if ag.ended[id] {
+			return refused("migration %s already ended on this host: start a new migration", id)
+		}
 		if v != nil && v.inID == id {
 			if !ag.alive() {
 				return refused("the destination QEMU of %s exited", id)
@@ -119,6 +122,7 @@ func (ag *FakeAgent) handle(a core.Action, id string) core.Observation {
 		if v.ran {
 			return refused("the destination has run: never aborted")
 		}
+		ag.end(id)
 		ag.remove()
 		return core.Observation{}
 	case core.ActRecoverIncoming:
@@ -193,6 +197,9 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 		ag.remember(id)
 	}
 	if a.Kind != core.ActStartOutgoing && v.outID != id {
+		if a.Kind == core.ActCancelOutgoing && v.outID != "" && q.Mig != "none" && q.Mig != "completed" && q.Mig != "failed" && q.Mig != "cancelled" {
+			return refused("the VM is migrating by %s (%s), not %s", v.outID, q.Mig, id)
+		}
 		if a.Kind == core.ActCancelOutgoing {
 			if q.Run != "running" && q.Mig != "completed" {
 				q.Run = "running"
@@ -276,8 +283,13 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 			return refused("migration is %s", q.Mig)
 		}
 		p := q.peer
-		if p == nil || !p.Alive || p.In != "postcopy-recover" || !w.linkUp() {
+		if p == nil || !p.Alive || p.In != "postcopy-recover" {
 			return refused("the destination does not listen for a resume")
+		}
+		if !w.linkUp() {
+			// QEMU takes the resume and reconnects on its own (physics).
+			q.Mig, q.reconnectSince = "postcopy-recover", w.Clock.now
+			return core.Observation{Out: ag.outgoing()}
 		}
 		q.Mig, p.In = "postcopy-active", "postcopy"
 		return core.Observation{Out: ag.outgoing()}
@@ -340,6 +352,15 @@ func (w *World) reapPending() bool {
 		}
 	}
 	return false
+}
+
+// end keeps an aborted incoming id (like the agent's ended list): a
+// PrepareIncoming of it arriving late is refused.
+func (ag *FakeAgent) end(id string) {
+	if ag.ended == nil {
+		ag.ended = map[string]bool{}
+	}
+	ag.ended[id] = true
 }
 
 // remember keeps a cancelled migration id (a small file): a StartOutgoing

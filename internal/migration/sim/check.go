@@ -43,6 +43,7 @@ func (w *World) checkInstant() {
 		w.logf("VIOLATION: two running QEMUs")
 		w.violate("two running QEMUs of the VM at %s", w.Clock.now.Sub(w.rec.StartedAt))
 	}
+	w.checkRetry()
 }
 
 // CheckEnd asserts the end state; call it after Run.

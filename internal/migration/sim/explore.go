@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"math/rand"
+	"slices"
 	"strings"
 	"time"
 
@@ -49,6 +50,8 @@ type Result struct {
 	Outcome    core.State
 	// Took is the simulated time from the start to the terminal state.
 	Took time.Duration
+	// Attempts is how many attempts the migration made (retry.go).
+	Attempts int32
 }
 
 // RunCase runs one case to quiescence and checks it. mutate, when set,
@@ -56,6 +59,7 @@ type Result struct {
 func RunCase(c Case, mutate func(core.Record, *core.Ready)) Result {
 	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
 	w.Mutate = mutate
+	w.SetFlaps(scenarioFlaps[c.Scenario.Name])
 	if c.Fault != NoFault {
 		w.Hook = func(w *World, k int, a core.Action) Disposition {
 			if k != c.Step {
@@ -68,10 +72,11 @@ func RunCase(c Case, mutate func(core.Record, *core.Ready)) Result {
 	w.Run()
 	if len(w.Violations) == 0 {
 		w.CheckEnd()
+		w.checkRetryEnd(w.Record(), c.Fault != NoFault)
 	}
 	rec := w.Record()
 	return Result{Case: c, Steps: w.Steps, Trace: w.Trace, Violations: dedup(w.Violations), Final: w.Summary(), Outcome: rec.State,
-		Took: rec.FinishedAt.Sub(rec.StartedAt)}
+		Took: rec.FinishedAt.Sub(rec.StartedAt), Attempts: rec.Attempt}
 }
 
 func dedup(v []string) []string {
@@ -99,6 +104,8 @@ type Exploration struct {
 	Violations []Result // every violating case
 	// Longest is the longest simulated time a case took to end.
 	Longest time.Duration
+	// Retried counts the cases that made more than one attempt.
+	Retried int
 }
 
 // Shortest is the violating case with the shortest trace.
@@ -116,7 +123,7 @@ func (e *Exploration) Shortest() *Result {
 // Explore runs every scenario's happy path, then every step index × every
 // fault kind.
 func Explore(seed int64, mutate func(core.Record, *core.Ready)) *Exploration {
-	return exploreScenarios(Scenarios, AllFaults, seed, mutate)
+	return exploreScenarios(append(slices.Clone(Scenarios), RetryScenarios...), AllFaults, seed, mutate)
 }
 
 func exploreScenarios(scen []Scenario, faults []Fault, seed int64, mutate func(core.Record, *core.Ready)) *Exploration {
@@ -138,6 +145,9 @@ func (e *Exploration) add(r Result) {
 	e.PerScen[r.Case.Scenario.Name]++
 	e.Outcomes[r.Outcome]++
 	e.Longest = max(e.Longest, r.Took)
+	if r.Attempts > 1 {
+		e.Retried++
+	}
 	if len(r.Violations) > 0 {
 		e.Violations = append(e.Violations, r)
 	}
@@ -171,6 +181,7 @@ type PairCase struct {
 func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
 	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
 	w.Mutate = mutate
+	w.SetFlaps(scenarioFlaps[c.Scenario.Name])
 	w.Hook = func(w *World, k int, a core.Action) Disposition {
 		switch k {
 		case c.K1:
@@ -195,7 +206,7 @@ func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
 func ExplorePairs(seed int64, n int, mutate func(core.Record, *core.Ready)) *Exploration {
 	rng := rand.New(rand.NewSource(seed))
 	e := &Exploration{PerScen: map[string]int{}, Outcomes: map[core.State]int{}}
-	for _, s := range Scenarios {
+	for _, s := range append(slices.Clone(Scenarios), RetryScenarios...) {
 		steps := HappyPath(s, seed).Steps
 		for i := 0; i < n; i++ {
 			k1 := rng.Intn(steps)
@@ -218,6 +229,7 @@ func (e *Exploration) Merge(o *Exploration) {
 	}
 	e.Violations = append(e.Violations, o.Violations...)
 	e.Longest = max(e.Longest, o.Longest)
+	e.Retried += o.Retried
 }
 
 // ExploreTriples samples n cases with three faults each (at increasing

@@ -17,6 +17,10 @@ func (c *FakeClock) Now() time.Time { return c.now }
 // its migration status (query-migrate), as QEMU 10 reports them. A QEMU
 // survives its agent's restart; killing it loses everything.
 type FakeQEMU struct {
+	// reconnectSince: a resumed post-copy source reconnects since then
+	// (status postcopy-recover) while the link is down.
+	reconnectSince time.Time
+
 	PID   int64
 	Boot  int // the guest's boot: the same number after a live migration
 	Alive bool
@@ -72,6 +76,8 @@ type FakeAgent struct {
 	vm   *vmOnHost // the simulation has one VM
 	// cancelled are the ids CancelOutgoing saw (small files, kept across restarts)
 	cancelled map[string]bool
+	// ended are the incoming ids AbortIncoming removed (kept across restarts)
+	ended map[string]bool
 }
 
 // FakeStoreVM is the VM record in the fake store.

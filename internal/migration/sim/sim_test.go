@@ -3,6 +3,7 @@ package sim
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -38,11 +39,11 @@ func TestFaultExploration(t *testing.T) {
 	for seed := 2; seed <= seeds; seed++ {
 		e.Merge(Explore(int64(seed)*1000, nil))
 	}
-	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths, %d seed(s)), %d violations; outcomes %v; longest case %s simulated",
-		e.Cases, len(Scenarios), len(AllFaults), seeds, len(e.Violations), e.Outcomes, e.Longest)
+	summary := fmt.Sprintf("fault exploration: %d cases (%d scenarios × steps × %d fault kinds + happy paths, %d seed(s)), %d violations; outcomes %v; longest case %s simulated; %d cases retried an attempt",
+		e.Cases, len(Scenarios)+len(RetryScenarios), len(AllFaults), seeds, len(e.Violations), e.Outcomes, e.Longest, e.Retried)
 	t.Log(summary)
 	fmt.Println(summary)
-	for _, s := range Scenarios {
+	for _, s := range append(slices.Clone(Scenarios), RetryScenarios...) {
 		t.Logf("  %s: %d cases", s.Name, e.PerScen[s.Name])
 	}
 	if len(e.Violations) > 0 {
@@ -135,8 +136,15 @@ func TestCheckerCatchesMoreBrokenRules(t *testing.T) {
 		}},
 		{"the source is resumed after the CAS without moving the owner back", Scenarios[0], func(_ core.Record, r *core.Ready) {
 			for i, a := range r.Actions {
-				if a.Kind == core.ActArmResume {
+				if a.Kind == core.ActContinueOutgoing { // the first action after the CAS (the arm precedes it)
 					r.Actions[i] = core.Action{Kind: core.ActCancelOutgoing, Side: core.Src}
+				}
+			}
+		}},
+		{"migrate-continue before the owner CAS (the destination is armed before it)", Scenarios[0], func(rec core.Record, r *core.Ready) {
+			for i, a := range r.Actions {
+				if a.Kind == core.ActCASOwner && rec.State == core.Switchover {
+					r.Actions[i] = core.Action{Kind: core.ActContinueOutgoing, Side: core.Src}
 				}
 			}
 		}},

@@ -25,10 +25,16 @@ const (
 	DelayFor    = 8 * time.Second // a delayed request reaches its agent this late
 	MaxSimTime  = 30 * time.Minute
 	OrphanGrace = 2 * time.Minute // an agent removes an arrival no in-flight migration names after this
+	// ReconnectFor is how long a resumed post-copy source keeps trying to
+	// reach its destination before it is paused again.
+	ReconnectFor = 3 * time.Second
 )
 
 // SimOptions are the migration's bounds in the simulation.
-var SimOptions = core.Options{StallTimeout: 5 * time.Second, Timeout: 2 * time.Minute, RecoveryWindow: 2 * time.Minute}
+// Retries are on (3 attempts, 2 s backoff): a link-related failure before
+// the owner switch is cleaned up and tried again.
+var SimOptions = core.Options{StallTimeout: 5 * time.Second, Timeout: 2 * time.Minute, RecoveryWindow: 2 * time.Minute,
+	MaxAttempts: 3, RetryBackoff: 2 * time.Second}
 
 const (
 	vmName = "vm1"
@@ -106,6 +112,13 @@ type World struct {
 	lagSeen      bool
 	// Mutate, when set, rewrites the core's output (a deliberately broken rule).
 	Mutate func(rec core.Record, ready *core.Ready)
+
+	// flaps is how many more attempts the scenario flaps (retry.go);
+	// flapped the last attempt it did; flapsAsked the scenario's count.
+	flaps, flapsAsked int
+	flapped           int32
+	retrySeen         bool
+	lateRequest       bool // a request was delayed past its caller's deadline
 }
 
 // Disposition says what happens to one action.
@@ -313,6 +326,7 @@ func (w *World) perform(a core.Action) {
 		})
 		return
 	}
+	w.flap(a)
 	k := w.Steps
 	w.Steps++
 	disp := DispDeliver
@@ -322,7 +336,11 @@ func (w *World) perform(a core.Action) {
 	if !w.serverUp || w.epoch != epoch || disp == DispDrop {
 		return // the server crashed before it could act
 	}
-	w.logf("#%d %s", k, a)
+	if a.MigrationID != "" && a.MigrationID != migID {
+		w.logf("#%d %s [%s]", k, a, a.MigrationID) // a retried attempt's agent id
+	} else {
+		w.logf("#%d %s", k, a)
+	}
 	reply := func(obs core.Observation, d time.Duration) {
 		obs.Kind, obs.Action, obs.Side = core.ObsResult, a.Kind, a.Side
 		w.after(d, func() {
@@ -361,10 +379,11 @@ func (w *World) perform(a core.Action) {
 		return
 	}
 	if disp == DispDelay {
+		w.lateRequest = true
 		w.after(DelayFor, func() {
 			if ag.Up {
 				w.logf("   late %s reaches the agent", a)
-				ag.handle(a, migID) // done, but nobody waits for the answer
+				ag.handle(a, agentID(a)) // done, but nobody waits for the answer
 			}
 		})
 		reply(core.Observation{Err: core.Transient, ErrMsg: "deadline exceeded"}, RPCTimeout)
@@ -385,7 +404,7 @@ func (w *World) perform(a core.Action) {
 				w.after(RPCTimeout, func() { w.deliverIf(epoch, transient(a, "agent went away")) })
 				return
 			}
-			obs := ag.handle(a, migID)
+			obs := ag.handle(a, agentID(a))
 			if disp == DispLoseReply {
 				reply(core.Observation{Err: core.Transient, ErrMsg: "reply lost"}, RPCTimeout)
 				return
@@ -398,6 +417,14 @@ func (w *World) perform(a core.Action) {
 			run()
 		}
 	})
+}
+
+// agentID is the id an agent step is keyed by (the attempt's).
+func agentID(a core.Action) string {
+	if a.MigrationID != "" {
+		return a.MigrationID
+	}
+	return migID
 }
 
 func (w *World) deliverIf(epoch int, obs core.Observation) {
@@ -420,6 +447,10 @@ func (w *World) storeOp(a core.Action) core.Observation {
 		}
 		s.VM.Host = a.Owner
 		s.VM.Generation++
+		if a.Record != nil {
+			// The switched migration record, in the same transaction.
+			w.putRecord(*a.Record)
+		}
 		return core.Observation{StoreVM: s.snapshot()}
 	case core.ActUpdateVM:
 		if s.VM.MigrationID != migID {
@@ -461,7 +492,7 @@ func (w *World) physics() {
 		case "active":
 			if !peerOK {
 				q.Mig = "failed" // the guest keeps running
-				w.failIncoming(p)
+				w.failIncomingLater(p)
 				break
 			}
 			q.Rounds++
@@ -472,7 +503,7 @@ func (w *World) physics() {
 		case "device":
 			if !peerOK {
 				q.Mig, q.Run = "failed", "running" // QEMU restarts a source whose migration failed before completing
-				w.failIncoming(p)
+				w.failIncomingLater(p)
 				break
 			}
 			q.Sent += 1 << 18
@@ -483,6 +514,15 @@ func (w *World) physics() {
 			} else {
 				q.Mig, q.Run = "completed", "postmigrate"
 				p.In = "loaded"
+			}
+		case "postcopy-recover":
+			// A resume taken while the link was down: it connects once the
+			// link is back, or gives up (paused again) after ReconnectFor.
+			switch {
+			case peerOK && p.In == "postcopy-recover":
+				q.Mig, p.In = "postcopy-active", "postcopy"
+			case w.Clock.now.Sub(q.reconnectSince) >= ReconnectFor || p == nil || !p.Alive:
+				q.Mig = "postcopy-paused"
 			}
 		case "postcopy-active":
 			if !peerOK {
@@ -512,6 +552,17 @@ func (w *World) physics() {
 	for _, ag := range w.Agents {
 		ag.reconcile()
 	}
+}
+
+// failIncomingLater: the destination of a stream that failed exits when it
+// sees the failure: at once, or once the link is back if the link broke it
+// (no packet reaches it meanwhile).
+func (w *World) failIncomingLater(p *FakeQEMU) {
+	if w.linkUp() {
+		w.failIncoming(p)
+		return
+	}
+	w.at(w.linkUntil, func() { w.failIncoming(p) })
 }
 
 // failIncoming: a destination whose stream failed before it was complete exits.

@@ -1575,6 +1575,11 @@ type MigrationStepRequest struct {
 	// again (QEMU re-activates its block devices on cont). Without it a
 	// completed source is never resumed.
 	ResumeCompleted bool `protobuf:"varint,5,opt,name=resume_completed,json=resumeCompleted,proto3" json:"resume_completed,omitempty"`
+	// downtime_limit_ms (QueryOutgoing only): when > 0 and not the limit the
+	// agent last gave this migration's QEMU, the agent sets QEMU's
+	// downtime-limit to it before answering (the controller's stepped
+	// downtime target rides on the progress poll: no extra round trip).
+	DowntimeLimitMs int64 `protobuf:"varint,6,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1642,6 +1647,13 @@ func (x *MigrationStepRequest) GetResumeCompleted() bool {
 		return x.ResumeCompleted
 	}
 	return false
+}
+
+func (x *MigrationStepRequest) GetDowntimeLimitMs() int64 {
+	if x != nil {
+		return x.DowntimeLimitMs
+	}
+	return 0
 }
 
 type OutgoingStatusResponse struct {
@@ -2078,13 +2090,14 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15ResumeOutgoingRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
-	"\x03uri\x18\x03 \x01(\tR\x03uri\"\xb4\x01\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\"\xe0\x01\n" +
 	"\x14MigrationStepRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12!\n" +
 	"\fknown_status\x18\x04 \x01(\tR\vknownStatus\x12)\n" +
-	"\x10resume_completed\x18\x05 \x01(\bR\x0fresumeCompleted\"P\n" +
+	"\x10resume_completed\x18\x05 \x01(\bR\x0fresumeCompleted\x12*\n" +
+	"\x11downtime_limit_ms\x18\x06 \x01(\x03R\x0fdowntimeLimitMs\"P\n" +
 	"\x16OutgoingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.OutgoingStatusR\x06status\"P\n" +
 	"\x16IncomingStatusResponse\x126\n" +

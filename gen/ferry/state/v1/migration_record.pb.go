@@ -75,6 +75,15 @@ type MigrationRecord struct {
 	// final_vm_state is what the VM record was written with at the end.
 	FinalVmState string                  `protobuf:"bytes,28,opt,name=final_vm_state,json=finalVmState,proto3" json:"final_vm_state,omitempty"`
 	History      []*MigrationRecordEvent `protobuf:"bytes,29,rep,name=history,proto3" json:"history,omitempty"`
+	// attempt is the current attempt of a live migration before the owner
+	// switch (0 in version-1 records: read as 1).
+	Attempt int32 `protobuf:"varint,60,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// next_attempt_at is when retry-wait starts the next attempt.
+	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,61,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	// retrying: the rolling-back in progress cleans up an attempt that is
+	// retried (the VM stays locked; retry-wait follows).
+	Retrying bool                    `protobuf:"varint,62,opt,name=retrying,proto3" json:"retrying,omitempty"`
+	Retries  []*MigrationRecordRetry `protobuf:"bytes,63,rep,name=retries,proto3" json:"retries,omitempty"`
 	// report is the public report so far (figures, samples, plan), kept by
 	// the executor; status, state and error are rendered from this record.
 	Report        *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
@@ -315,9 +324,106 @@ func (x *MigrationRecord) GetHistory() []*MigrationRecordEvent {
 	return nil
 }
 
+func (x *MigrationRecord) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *MigrationRecord) GetNextAttemptAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextAttemptAt
+	}
+	return nil
+}
+
+func (x *MigrationRecord) GetRetrying() bool {
+	if x != nil {
+		return x.Retrying
+	}
+	return false
+}
+
+func (x *MigrationRecord) GetRetries() []*MigrationRecordRetry {
+	if x != nil {
+		return x.Retries
+	}
+	return nil
+}
+
 func (x *MigrationRecord) GetReport() *v1.Migration {
 	if x != nil {
 		return x.Report
+	}
+	return nil
+}
+
+// MigrationRecordRetry is one failed and retried attempt (see core.Retry).
+type MigrationRecordRetry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attempt       int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	FailedAt      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Backoff       *durationpb.Duration   `protobuf:"bytes,4,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrationRecordRetry) Reset() {
+	*x = MigrationRecordRetry{}
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationRecordRetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationRecordRetry) ProtoMessage() {}
+
+func (x *MigrationRecordRetry) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationRecordRetry.ProtoReflect.Descriptor instead.
+func (*MigrationRecordRetry) Descriptor() ([]byte, []int) {
+	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MigrationRecordRetry) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *MigrationRecordRetry) GetFailedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailedAt
+	}
+	return nil
+}
+
+func (x *MigrationRecordRetry) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *MigrationRecordRetry) GetBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.Backoff
 	}
 	return nil
 }
@@ -328,13 +434,17 @@ type MigrationBounds struct {
 	StallTimeout   *durationpb.Duration   `protobuf:"bytes,1,opt,name=stall_timeout,json=stallTimeout,proto3" json:"stall_timeout,omitempty"`
 	Timeout        *durationpb.Duration   `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	RecoveryWindow *durationpb.Duration   `protobuf:"bytes,3,opt,name=recovery_window,json=recoveryWindow,proto3" json:"recovery_window,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// max_attempts bounds the attempts of a live migration before the owner
+	// switch (0 in version-1 records: read as 1, never retried).
+	MaxAttempts   int32                `protobuf:"varint,60,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	RetryBackoff  *durationpb.Duration `protobuf:"bytes,61,opt,name=retry_backoff,json=retryBackoff,proto3" json:"retry_backoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationBounds) Reset() {
 	*x = MigrationBounds{}
-	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[1]
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -346,7 +456,7 @@ func (x *MigrationBounds) String() string {
 func (*MigrationBounds) ProtoMessage() {}
 
 func (x *MigrationBounds) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[1]
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -359,7 +469,7 @@ func (x *MigrationBounds) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationBounds.ProtoReflect.Descriptor instead.
 func (*MigrationBounds) Descriptor() ([]byte, []int) {
-	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{1}
+	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MigrationBounds) GetStallTimeout() *durationpb.Duration {
@@ -379,6 +489,20 @@ func (x *MigrationBounds) GetTimeout() *durationpb.Duration {
 func (x *MigrationBounds) GetRecoveryWindow() *durationpb.Duration {
 	if x != nil {
 		return x.RecoveryWindow
+	}
+	return nil
+}
+
+func (x *MigrationBounds) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *MigrationBounds) GetRetryBackoff() *durationpb.Duration {
+	if x != nil {
+		return x.RetryBackoff
 	}
 	return nil
 }
@@ -411,7 +535,7 @@ type MigrationFacts struct {
 
 func (x *MigrationFacts) Reset() {
 	*x = MigrationFacts{}
-	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[2]
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +547,7 @@ func (x *MigrationFacts) String() string {
 func (*MigrationFacts) ProtoMessage() {}
 
 func (x *MigrationFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[2]
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +560,7 @@ func (x *MigrationFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationFacts.ProtoReflect.Descriptor instead.
 func (*MigrationFacts) Descriptor() ([]byte, []int) {
-	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{2}
+	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *MigrationFacts) GetDestPrepared() bool {
@@ -570,7 +694,7 @@ type MigrationRecordEvent struct {
 
 func (x *MigrationRecordEvent) Reset() {
 	*x = MigrationRecordEvent{}
-	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[3]
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +706,7 @@ func (x *MigrationRecordEvent) String() string {
 func (*MigrationRecordEvent) ProtoMessage() {}
 
 func (x *MigrationRecordEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[3]
+	mi := &file_ferry_state_v1_migration_record_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +719,7 @@ func (x *MigrationRecordEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationRecordEvent.ProtoReflect.Descriptor instead.
 func (*MigrationRecordEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{3}
+	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MigrationRecordEvent) GetAt() *timestamppb.Timestamp {
@@ -623,7 +747,8 @@ var File_ferry_state_v1_migration_record_proto protoreflect.FileDescriptor
 
 const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\n" +
-	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\t\n" +
+	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\n" +
+	"\n" +
 	"\x0fMigrationRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x0e\n" +
@@ -661,12 +786,23 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\vfinished_at\x18\x1b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12$\n" +
 	"\x0efinal_vm_state\x18\x1c \x01(\tR\ffinalVmState\x12>\n" +
-	"\ahistory\x18\x1d \x03(\v2$.ferry.state.v1.MigrationRecordEventR\ahistory\x12+\n" +
-	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\"\xca\x01\n" +
+	"\ahistory\x18\x1d \x03(\v2$.ferry.state.v1.MigrationRecordEventR\ahistory\x12\x18\n" +
+	"\aattempt\x18< \x01(\x05R\aattempt\x12B\n" +
+	"\x0fnext_attempt_at\x18= \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x1a\n" +
+	"\bretrying\x18> \x01(\bR\bretrying\x12>\n" +
+	"\aretries\x18? \x03(\v2$.ferry.state.v1.MigrationRecordRetryR\aretries\x12+\n" +
+	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\"\xb6\x01\n" +
+	"\x14MigrationRecordRetry\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
+	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x123\n" +
+	"\abackoff\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"\xad\x02\n" +
 	"\x0fMigrationBounds\x12>\n" +
 	"\rstall_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fstallTimeout\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
-	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\"\xfc\x04\n" +
+	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\x12!\n" +
+	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12>\n" +
+	"\rretry_backoff\x18= \x01(\v2\x19.google.protobuf.DurationR\fretryBackoff\"\xfc\x04\n" +
 	"\x0eMigrationFacts\x12#\n" +
 	"\rdest_prepared\x18\x01 \x01(\bR\fdestPrepared\x12)\n" +
 	"\x10outgoing_started\x18\x02 \x01(\bR\x0foutgoingStarted\x12%\n" +
@@ -706,37 +842,43 @@ func file_ferry_state_v1_migration_record_proto_rawDescGZIP() []byte {
 	return file_ferry_state_v1_migration_record_proto_rawDescData
 }
 
-var file_ferry_state_v1_migration_record_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_ferry_state_v1_migration_record_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_ferry_state_v1_migration_record_proto_goTypes = []any{
 	(*MigrationRecord)(nil),       // 0: ferry.state.v1.MigrationRecord
-	(*MigrationBounds)(nil),       // 1: ferry.state.v1.MigrationBounds
-	(*MigrationFacts)(nil),        // 2: ferry.state.v1.MigrationFacts
-	(*MigrationRecordEvent)(nil),  // 3: ferry.state.v1.MigrationRecordEvent
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
-	(*v1.Migration)(nil),          // 5: ferry.v1.Migration
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
+	(*MigrationRecordRetry)(nil),  // 1: ferry.state.v1.MigrationRecordRetry
+	(*MigrationBounds)(nil),       // 2: ferry.state.v1.MigrationBounds
+	(*MigrationFacts)(nil),        // 3: ferry.state.v1.MigrationFacts
+	(*MigrationRecordEvent)(nil),  // 4: ferry.state.v1.MigrationRecordEvent
+	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(*v1.Migration)(nil),          // 6: ferry.v1.Migration
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
 }
 var file_ferry_state_v1_migration_record_proto_depIdxs = []int32{
-	1,  // 0: ferry.state.v1.MigrationRecord.options:type_name -> ferry.state.v1.MigrationBounds
-	2,  // 1: ferry.state.v1.MigrationRecord.facts:type_name -> ferry.state.v1.MigrationFacts
-	4,  // 2: ferry.state.v1.MigrationRecord.started_at:type_name -> google.protobuf.Timestamp
-	4,  // 3: ferry.state.v1.MigrationRecord.deadline:type_name -> google.protobuf.Timestamp
-	4,  // 4: ferry.state.v1.MigrationRecord.switched_at:type_name -> google.protobuf.Timestamp
-	4,  // 5: ferry.state.v1.MigrationRecord.give_up_at:type_name -> google.protobuf.Timestamp
-	4,  // 6: ferry.state.v1.MigrationRecord.last_progress_at:type_name -> google.protobuf.Timestamp
-	4,  // 7: ferry.state.v1.MigrationRecord.postcopy_paused_at:type_name -> google.protobuf.Timestamp
-	4,  // 8: ferry.state.v1.MigrationRecord.finished_at:type_name -> google.protobuf.Timestamp
-	3,  // 9: ferry.state.v1.MigrationRecord.history:type_name -> ferry.state.v1.MigrationRecordEvent
-	5,  // 10: ferry.state.v1.MigrationRecord.report:type_name -> ferry.v1.Migration
-	6,  // 11: ferry.state.v1.MigrationBounds.stall_timeout:type_name -> google.protobuf.Duration
-	6,  // 12: ferry.state.v1.MigrationBounds.timeout:type_name -> google.protobuf.Duration
-	6,  // 13: ferry.state.v1.MigrationBounds.recovery_window:type_name -> google.protobuf.Duration
-	4,  // 14: ferry.state.v1.MigrationRecordEvent.at:type_name -> google.protobuf.Timestamp
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	2,  // 0: ferry.state.v1.MigrationRecord.options:type_name -> ferry.state.v1.MigrationBounds
+	3,  // 1: ferry.state.v1.MigrationRecord.facts:type_name -> ferry.state.v1.MigrationFacts
+	5,  // 2: ferry.state.v1.MigrationRecord.started_at:type_name -> google.protobuf.Timestamp
+	5,  // 3: ferry.state.v1.MigrationRecord.deadline:type_name -> google.protobuf.Timestamp
+	5,  // 4: ferry.state.v1.MigrationRecord.switched_at:type_name -> google.protobuf.Timestamp
+	5,  // 5: ferry.state.v1.MigrationRecord.give_up_at:type_name -> google.protobuf.Timestamp
+	5,  // 6: ferry.state.v1.MigrationRecord.last_progress_at:type_name -> google.protobuf.Timestamp
+	5,  // 7: ferry.state.v1.MigrationRecord.postcopy_paused_at:type_name -> google.protobuf.Timestamp
+	5,  // 8: ferry.state.v1.MigrationRecord.finished_at:type_name -> google.protobuf.Timestamp
+	4,  // 9: ferry.state.v1.MigrationRecord.history:type_name -> ferry.state.v1.MigrationRecordEvent
+	5,  // 10: ferry.state.v1.MigrationRecord.next_attempt_at:type_name -> google.protobuf.Timestamp
+	1,  // 11: ferry.state.v1.MigrationRecord.retries:type_name -> ferry.state.v1.MigrationRecordRetry
+	6,  // 12: ferry.state.v1.MigrationRecord.report:type_name -> ferry.v1.Migration
+	5,  // 13: ferry.state.v1.MigrationRecordRetry.failed_at:type_name -> google.protobuf.Timestamp
+	7,  // 14: ferry.state.v1.MigrationRecordRetry.backoff:type_name -> google.protobuf.Duration
+	7,  // 15: ferry.state.v1.MigrationBounds.stall_timeout:type_name -> google.protobuf.Duration
+	7,  // 16: ferry.state.v1.MigrationBounds.timeout:type_name -> google.protobuf.Duration
+	7,  // 17: ferry.state.v1.MigrationBounds.recovery_window:type_name -> google.protobuf.Duration
+	7,  // 18: ferry.state.v1.MigrationBounds.retry_backoff:type_name -> google.protobuf.Duration
+	5,  // 19: ferry.state.v1.MigrationRecordEvent.at:type_name -> google.protobuf.Timestamp
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_ferry_state_v1_migration_record_proto_init() }
@@ -750,7 +892,7 @@ func file_ferry_state_v1_migration_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_state_v1_migration_record_proto_rawDesc), len(file_ferry_state_v1_migration_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

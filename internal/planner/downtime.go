@@ -1,0 +1,124 @@
+package planner
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Stepping the downtime target.
+const (
+	// DowntimeStepStart is the first downtime-limit a stepped controller
+	// gives QEMU: the RAM part of the pause (the device state and the
+	// switchover come on top of it). An idle guest's dirty set reaches it
+	// within a few short rounds.
+	DowntimeStepStart = 5 * time.Millisecond
+	// nearFor is how long the dirty set may sit at or below the current
+	// switchover threshold (by the controller's rate) without QEMU
+	// switching over before the target is raised: QEMU judges with its own,
+	// sometimes lower, rate estimate.
+	nearFor = time.Second
+	// stepFactor is the least a raise multiplies the target by, so that a
+	// target reaches its cap in a few steps.
+	stepFactor = 2
+	// stepMargin is the headroom a raise adds above the observed dirty set.
+	stepMargin = 1.25
+)
+
+// ControllerOptions are a Controller's behaviours beyond its Inputs.
+type ControllerOptions struct {
+	// StepDowntime starts QEMU's downtime-limit at DowntimeStepStart and
+	// raises it (RaiseDowntime) only when pre-copy does not converge to its
+	// switchover threshold, up to what MaxDowntime leaves after the device
+	// state and the switchover (the limit the planner predicts with).
+	StepDowntime bool
+	// DowntimeOnly makes the controller step the downtime target and
+	// nothing else (plain pre-copy: no throttle, no post-copy, no abort;
+	// QEMU keeps sending at the cap and the migration's own bounds apply).
+	DowntimeOnly bool
+}
+
+// downtimeStep is the stepped downtime target's state.
+type downtimeStep struct {
+	on, only bool
+	limit    float64       // seconds: the downtime-limit QEMU has now (before the cap)
+	nearAt   time.Duration // since when the dirty set is at or below the threshold; < 0: it is not
+}
+
+// NewSteppedController is NewController with options: with StepDowntime
+// the downtime target starts low and rises only when needed.
+func NewSteppedController(in Inputs, o ControllerOptions) *Controller {
+	c := NewController(in)
+	if o.StepDowntime || o.DowntimeOnly {
+		c.dt = downtimeStep{on: true, only: o.DowntimeOnly, limit: DowntimeStepStart.Seconds(), nearAt: -1}
+	}
+	return c
+}
+
+// DowntimeLimit is the downtime-limit QEMU should have now: the stepped
+// target (never above its cap), or 0 for a controller that does not step it
+// (or is disabled by invalid inputs).
+func (c *Controller) DowntimeLimit() time.Duration {
+	if !c.dt.on || c.err != nil {
+		return 0 // a disabled controller never raises it: keep the planned limit
+	}
+	l := c.dt.limit
+	if c.m.b > 0 {
+		l = math.Min(l, c.m.limit)
+	}
+	return time.Duration(math.Max(math.Round(l*1000), 1)) * time.Millisecond
+}
+
+// stepLimit is the current target under m's cap (m.limit, at m's rate).
+func (c *Controller) stepLimit(m *model) float64 {
+	return math.Min(c.dt.limit, m.limit)
+}
+
+// nearTooLong reports whether the dirty set has been at or below the
+// stepped threshold for nearFor without QEMU switching over (it is called
+// only while the migration is still active).
+func (c *Controller) nearTooLong(m *model, s Sample, near bool) bool {
+	if !c.dt.on || !near {
+		c.dt.nearAt = -1
+		return false
+	}
+	if c.dt.nearAt < 0 {
+		c.dt.nearAt = s.Elapsed
+	}
+	return s.Elapsed-c.dt.nearAt >= nearFor && c.stepLimit(m) < m.limit
+}
+
+// raiseDowntime steps the target up for a pre-copy that does not reach
+// the current threshold: to the dirty set seen at the last round start
+// (with a margin) at the current rate, at least stepFactor times the
+// current target, at most the cap. A dirty set the cap cannot hold either
+// goes straight to the cap without restarting the judging window, so the
+// rest of the escalation (throttle, post-copy, abort) is not delayed.
+func (c *Controller) raiseDowntime(m *model, s Sample, b float64, why string) Action {
+	cur := c.stepLimit(m)
+	plateau := float64(s.RemainingBytes)
+	if r := last(c.starts); r.round > 0 && r.remaining > 0 {
+		plateau = float64(r.remaining)
+	}
+	need := plateau / b
+	next := math.Ceil(math.Max(cur*stepFactor, need*stepMargin)*1000-1e-6) / 1000
+	fits := need <= m.limit
+	if next >= m.limit {
+		next = m.limit
+	}
+	c.dt.limit, c.dt.nearAt = next, -1
+	base, baseSet := c.base, c.baseSet
+	a := c.issue(s, Action{Kind: RaiseDowntime, DowntimeLimit: seconds(next),
+		Reason: fmt.Sprintf("%s: raise the downtime target %s → %s (dirty set %s at %s needs %s; cap %s)",
+			why, fmtMs(cur), fmtMs(next), fmtBytes(plateau), fmtRate(b), fmtMs(need), fmtMs(m.limit))})
+	delete(c.issued, RaiseDowntime) // it may be issued again, up to the cap
+	if !fits {
+		c.base, c.baseSet = base, baseSet
+	}
+	return a
+}
+
+// fmtMs formats seconds as whole milliseconds ("12 ms").
+func fmtMs(sec float64) string {
+	return fmt.Sprintf("%.0f ms", sec*1000)
+}
