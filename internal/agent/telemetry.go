@@ -66,6 +66,7 @@ type vmTelemetry struct {
 	mu         sync.Mutex // guards the fields below
 	dirty      *telemetry.Series
 	nonZero    *telemetry.Series
+	rssAtCount int64 // QEMU's RSS when the latest RAM count ended
 	lastDirty  time.Time // last attempts (telemetry.VMView)
 	lastRAM    time.Time
 	quietSince time.Time
@@ -329,6 +330,7 @@ func (h *telemetryHub) countRAM(ctx context.Context, v *vm, t *vmTelemetry, sv v
 	defer t.mu.Unlock()
 	t.cpu += cpu
 	t.nonZero.Add(now, float64(nz))
+	t.rssAtCount = sv.proc.RSSBytes()
 	return true, nil
 }
 

@@ -116,6 +116,9 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 		in.NonZeroBytes = m.NonZeroBytes
 		in.NonZeroAgeMs = ageOf(m.NonZeroSampledAt)
 		in.NonZeroSource = fmt.Sprintf("telemetry of %s (RAM count %s old)", src, ms(in.NonZeroAgeMs))
+		if g := m.NonZeroRssGrowthBytes; g > 0 {
+			in.NonZeroSource = fmt.Sprintf("telemetry of %s (RAM count %s old, plus %.0f MiB QEMU's RSS grew since)", src, ms(in.NonZeroAgeMs), float64(g)/(1<<20))
+		}
 		if ramFresh {
 			in.NonZeroSource = fmt.Sprintf("counted for this plan on %s: %s", src, staleWhy(m.StaleReason, "non-zero RAM"))
 		}

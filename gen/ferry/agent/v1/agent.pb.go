@@ -1137,8 +1137,13 @@ type MeasureResponse struct {
 	// sampler_cpu_seconds_per_minute is the agent CPU its background
 	// sampler spent on this VM, per minute of sampling (thread CPU time).
 	SamplerCpuSecondsPerMinute float64 `protobuf:"fixed64,14,opt,name=sampler_cpu_seconds_per_minute,json=samplerCpuSecondsPerMinute,proto3" json:"sampler_cpu_seconds_per_minute,omitempty"`
-	unknownFields              protoimpl.UnknownFields
-	sizeCache                  protoimpl.SizeCache
+	// non_zero_rss_growth_bytes is how much QEMU's resident memory grew since
+	// the last non-zero RAM count, already added to non_zero_bytes (0: it did
+	// not grow by telemetry.RSSGrowthMin): a guest that filled memory after
+	// its count.
+	NonZeroRssGrowthBytes int64 `protobuf:"varint,15,opt,name=non_zero_rss_growth_bytes,json=nonZeroRssGrowthBytes,proto3" json:"non_zero_rss_growth_bytes,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *MeasureResponse) Reset() {
@@ -1265,6 +1270,13 @@ func (x *MeasureResponse) GetDirtyRatePeakMibps() float64 {
 func (x *MeasureResponse) GetSamplerCpuSecondsPerMinute() float64 {
 	if x != nil {
 		return x.SamplerCpuSecondsPerMinute
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetNonZeroRssGrowthBytes() int64 {
+	if x != nil {
+		return x.NonZeroRssGrowthBytes
 	}
 	return 0
 }
@@ -2057,7 +2069,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
 	"\n" +
 	"max_age_ms\x18\x03 \x01(\x03R\bmaxAgeMs\x12#\n" +
-	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\x97\x05\n" +
+	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\xd1\x05\n" +
 	"\x0fMeasureResponse\x12(\n" +
 	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
 	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
@@ -2074,7 +2086,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x17dirty_rate_latest_mibps\x18\v \x01(\x01R\x14dirtyRateLatestMibps\x121\n" +
 	"\x15dirty_rate_ewma_mibps\x18\f \x01(\x01R\x12dirtyRateEwmaMibps\x121\n" +
 	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
-	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\"\x14\n" +
+	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x128\n" +
+	"\x19non_zero_rss_growth_bytes\x18\x0f \x01(\x03R\x15nonZeroRssGrowthBytes\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
