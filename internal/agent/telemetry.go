@@ -66,7 +66,7 @@ type vmTelemetry struct {
 	mu         sync.Mutex // guards the fields below
 	dirty      *telemetry.Series
 	nonZero    *telemetry.Series
-	rssAtCount int64 // QEMU's RSS when the latest RAM count ended
+	rssAtCount int64     // QEMU's RSS when the latest RAM count ended
 	lastDirty  time.Time // last attempts (telemetry.VMView)
 	lastRAM    time.Time
 	quietSince time.Time
