@@ -91,6 +91,11 @@ type Inputs struct {
 	// MaxDowntime is the longest acceptable guest pause; 0 means
 	// DefaultMaxDowntime.
 	MaxDowntime time.Duration
+	// StepDowntime says the migration's controller steps QEMU's
+	// downtime-limit up from DowntimeStepStart only as far as convergence
+	// needs (ControllerOptions.StepDowntime): pre-copy then switches over
+	// with a smaller final dirty set, after more rounds, than at the cap.
+	StepDowntime bool
 	// Policy says which strategies may be used.
 	Policy Policy
 }
@@ -176,6 +181,7 @@ type model struct {
 	initThrottle        int
 	incThrottle         int
 	maxTotal            float64 // seconds, 0 = none
+	stepped             bool    // Inputs.StepDowntime
 	pol                 Policy
 }
 
@@ -200,6 +206,7 @@ func newModel(in Inputs) (model, error) {
 		initThrottle: orI(in.Policy.ThrottleInitial, DefaultThrottleInitial),
 		incThrottle:  orI(in.Policy.ThrottleIncrement, DefaultThrottleIncrement),
 		maxTotal:     in.Policy.MaxTotal.Seconds(),
+		stepped:      in.StepDowntime,
 		pol:          in.Policy,
 	}
 	if m.nz == 0 || m.nz > m.mem {

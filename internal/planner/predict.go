@@ -206,12 +206,13 @@ func (m *model) overBudget(down float64) string {
 }
 
 func (m *model) predictPrecopy() Prediction {
-	r := m.simulate(m.nz, 0, false)
+	r, stepped, extra := m.precopyRun(false)
 	if !r.converges {
 		return Prediction{Strategy: StrategyPrecopy, Rounds: r.rounds, DowntimeLimit: seconds(m.limit), Reason: r.fail}
 	}
 	p := m.live(StrategyPrecopy, r)
-	p.Reason = m.convergedReason(r) + m.overBudget(p.Downtime.Seconds())
+	p.Total += seconds(extra)
+	p.Reason = m.convergedReason(r) + stepped + m.overBudget(p.Downtime.Seconds())
 	return p
 }
 
@@ -225,12 +226,13 @@ func (m *model) convergedReason(r run) string {
 }
 
 func (m *model) predictConverge() Prediction {
-	r := m.simulate(m.nz, 0, true)
+	r, stepped, extra := m.precopyRun(true)
 	if !r.converges {
 		return Prediction{Strategy: StrategyConverge, Rounds: r.rounds, Throttle: r.throttle, DowntimeLimit: seconds(m.limit),
 			Reason: fmt.Sprintf("auto-converge (max throttle %d%%) fails: %s", m.maxThrottle, r.fail)}
 	}
 	p := m.live(StrategyConverge, r)
+	p.Total += seconds(extra)
 	if r.throttle == 0 {
 		p.Reason = "no throttling needed: " + m.convergedReason(r)
 	} else {
@@ -238,7 +240,7 @@ func (m *model) predictConverge() Prediction {
 		p.Reason = fmt.Sprintf("auto-converge throttles the vCPUs to %d%% (dirty rate %s → %s); converges after %s with a final dirty set of %s",
 			r.throttle, fmtRate(m.r), fmtRate(f*m.r), plural(r.rounds, "round"), fmtBytes(r.final))
 	}
-	p.Reason += m.overBudget(p.Downtime.Seconds())
+	p.Reason += stepped + m.overBudget(p.Downtime.Seconds())
 	return p
 }
 
