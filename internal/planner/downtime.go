@@ -145,15 +145,21 @@ func (m *model) steppedRun(start float64, p0 int, autoConverge bool) (r run, lim
 }
 
 // precopyRun is the pre-copy simulation a prediction uses: stepped when
-// the controller steps the downtime target, else at the cap. extra is the
+// the controller steps the downtime target (unthrottled: the controller
+// throttles only once the target is at its cap), else at the cap. extra is the
 // time the raises cost: each waits for the controller to see no
 // convergence at the lower target (about nearFor).
 func (m *model) precopyRun(autoConverge bool) (r run, why string, extra float64) {
 	if !m.stepped {
 		return m.simulate(m.nz, 0, autoConverge), "", 0
 	}
-	r, limit, raises := m.steppedRun(m.nz, 0, autoConverge)
+	// The controller raises the target to its cap before it throttles:
+	// throttling starts only at the cap.
+	r, limit, raises := m.steppedRun(m.nz, 0, false)
 	if !r.converges {
+		if autoConverge {
+			return m.simulate(m.nz, 0, true), "", 0
+		}
 		return r, "", 0
 	}
 	extra = float64(raises) * nearFor.Seconds()

@@ -2,6 +2,7 @@ package planner
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -246,7 +247,11 @@ func (m *model) predictConverge() Prediction {
 
 func (m *model) predictPostcopy() Prediction {
 	t1 := m.nz / m.b
-	d2 := m.dirtied(t1, 0)
+	// The tail is the pages dirtied during round 1, and a page the guest
+	// rewrites is one it holds data in: never more than its non-zero RAM
+	// (the working set over a long round 1 saturates there, where the
+	// measured rate times t1 would not).
+	d2 := math.Min(m.dirtied(t1, 0), m.nz)
 	down := m.fixedDowntime()
 	p := Prediction{
 		Strategy: StrategyPostcopy, Converges: true, Postcopy: true,
