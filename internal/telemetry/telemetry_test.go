@@ -191,6 +191,23 @@ func TestLinksFigure(t *testing.T) {
 	if want := 0.3*200*mib + 0.7*400*mib; math.Abs(f.BytesPerSec-want) > 1 {
 		t.Errorf("EWMA %.0f, want %.0f", f.BytesPerSec, want)
 	}
+	// A migration far below (or above) the average: the link changed, and
+	// the average restarts from that migration.
+	c.advance(DefaultProbeMaxAge + time.Second)
+	l.ObserveMigration("h1", "h2", 45*mib, c.now())
+	f, _ = l.Figure("h1", "h2", c.now())
+	if f.BytesPerSec != 45*mib || !strings.Contains(f.Source, "learned from 1 past migration(s) h1→h2") {
+		t.Errorf("link changed to 45 MiB/s: %+v", f)
+	}
+	l.ObserveMigration("h1", "h2", 60*mib, c.now()) // within the factor: averaged
+	f, _ = l.Figure("h1", "h2", c.now())
+	if want := 0.3*60*mib + 0.7*45*mib; math.Abs(f.BytesPerSec-want) > 1 {
+		t.Errorf("EWMA after the change %.0f, want %.0f", f.BytesPerSec, want)
+	}
+	l.ObserveMigration("h1", "h2", 200*mib, c.now()) // faster again: restart
+	if f, _ = l.Figure("h1", "h2", c.now()); f.BytesPerSec != 200*mib {
+		t.Errorf("link changed to 200 MiB/s: %+v", f)
+	}
 	// Bad figures are ignored.
 	l.ObserveProbe("h5", "h6", math.Inf(1), c.now(), false)
 	l.ObserveMigration("h5", "h6", -1, c.now())
