@@ -49,6 +49,25 @@ type probe struct {
 	bytesPerSec float64
 	at          time.Time
 	inline      bool
+	// recent are the rates of the pair's latest probes (this one last, at
+	// most probeWindow) that agree with this one within LinkChanged: the
+	// figure is their median, as one 100 ms probe of a shaped link is off
+	// by up to a third (the bench: 34, 40 and 58 MiB/s on a 44 MiB/s link).
+	recent []float64
+}
+
+// probeWindow is how many agreeing probes a pair's figure is the median of.
+const probeWindow = 3
+
+// median is the median of a short list.
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
 }
 
 // Links is the control plane's book of link rates per directed host pair:
@@ -113,7 +132,16 @@ func (l *Links) ObserveProbe(from, to string, bytesPerSec float64, at time.Time,
 	if !usable(bytesPerSec) {
 		return
 	}
-	l.probes[Pair{from, to}] = probe{bytesPerSec: bytesPerSec, at: at, inline: inline}
+	k := Pair{from, to}
+	var recent []float64
+	if prev, ok := l.probes[k]; ok && at.Sub(prev.at) <= l.ProbeMaxAge {
+		for _, r := range prev.recent[max(len(prev.recent)-(probeWindow-1), 0):] {
+			if r <= LinkChanged*bytesPerSec && r*LinkChanged >= bytesPerSec {
+				recent = append(recent, r)
+			}
+		}
+	}
+	l.probes[k] = probe{bytesPerSec: bytesPerSec, at: at, inline: inline, recent: append(recent, bytesPerSec)}
 	delete(l.failed, Pair{from, to})
 }
 
@@ -160,12 +188,15 @@ func (l *Links) Figure(from, to string, now time.Time) (Figure, bool) {
 	}
 	switch {
 	case haveProbe:
-		f := Figure{BytesPerSec: pr.bytesPerSec, Kind: FromProbe, Age: max(now.Sub(pr.at), 0)}
+		f := Figure{BytesPerSec: median(pr.recent), Kind: FromProbe, Age: max(now.Sub(pr.at), 0)}
 		how := "background"
 		if pr.inline {
 			how = "inline"
 		}
 		f.Source = fmt.Sprintf("%s probe %s→%s %s ago (%.0f MiB/s)", how, from, to, ago(f.Age), mb(pr.bytesPerSec))
+		if len(pr.recent) > 1 {
+			f.Source += fmt.Sprintf(", median of the last %d agreeing probes %.0f MiB/s", len(pr.recent), mb(f.BytesPerSec))
+		}
 		capBPS, capFrom, capOK := learned, k.String(), haveLearned
 		if !capOK {
 			capBPS, capOK = l.learned.Estimate(Any, Any)

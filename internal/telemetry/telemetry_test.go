@@ -272,3 +272,26 @@ func TestLinksDue(t *testing.T) {
 		t.Errorf("inactive pairs re-probed before ProbeIdleEvery: %v", d)
 	}
 }
+
+func TestLinksProbeFigureIsTheMedianOfAgreeingProbes(t *testing.T) {
+	const mib = 1 << 20
+	c := &fakeClock{t: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	l := NewLinks()
+	for _, r := range []float64{5000, 58, 34, 40} { // the unshaped link, then three probes of the shaped one
+		l.ObserveProbe("h1", "h2", r*mib, c.advance(DefaultProbeEvery), false)
+	}
+	f, ok := l.Figure("h1", "h2", c.now())
+	if !ok || f.BytesPerSec != 40*mib || !strings.Contains(f.Source, "median of the last 3 agreeing probes 40 MiB/s") {
+		t.Errorf("three probes of the shaped link: %+v", f)
+	}
+	// A probe more than LinkChanged off the others: the link changed.
+	l.ObserveProbe("h1", "h2", 200*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ = l.Figure("h1", "h2", c.now()); f.BytesPerSec != 200*mib || strings.Contains(f.Source, "median") {
+		t.Errorf("after the link changed: %+v", f)
+	}
+	// Probes older than ProbeMaxAge are not part of the median.
+	l.ObserveProbe("h1", "h2", 120*mib, c.advance(DefaultProbeMaxAge+time.Second), false)
+	if f, _ = l.Figure("h1", "h2", c.now()); f.BytesPerSec != 120*mib {
+		t.Errorf("after a long gap: %+v", f)
+	}
+}
