@@ -295,3 +295,20 @@ func TestLinksProbeFigureIsTheMedianOfAgreeingProbes(t *testing.T) {
 		t.Errorf("after a long gap: %+v", f)
 	}
 }
+
+func TestLinksProbeBelowTheLearnedRate(t *testing.T) {
+	const mib = 1 << 20
+	c := &fakeClock{t: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	l := NewLinks()
+	l.ObserveMigration("h1", "h2", 44*mib, c.now())
+	// Somewhat below: the probe's error; the migrations' rate is planned with.
+	l.ObserveProbe("h1", "h2", 32*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 44*mib || !strings.Contains(f.Source, "planned with theirs") {
+		t.Errorf("probe 32 MiB/s, migrations 44 MiB/s: %+v", f)
+	}
+	// More than LinkChanged below: the link changed; the probe is planned with.
+	l.ObserveProbe("h1", "h2", 15*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 15*mib {
+		t.Errorf("probe 15 MiB/s, migrations 44 MiB/s: %+v", f)
+	}
+}

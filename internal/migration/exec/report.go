@@ -33,7 +33,15 @@ type reporter struct {
 	stopAt   time.Time // cold: the source stopped
 	dstVM    *ferryv1.VMStatus
 	postcopy bool
+	// precopyMibps is the live rate of a post-copy migration's pre-copy
+	// phase (round 1) when it ran at least minLearnPhase: what the link
+	// carried before the switch (0: none).
+	precopyMibps float64
 }
+
+// minLearnPhase is how long a post-copy's pre-copy phase must have run for
+// its rate to be learned.
+const minLearnPhase = 2 * time.Second
 
 func newReporter(m *ferryv1.Migration, ctrl *planner.Controller) *reporter {
 	r := &reporter{m: m, ctrl: ctrl}
@@ -96,11 +104,11 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	if k == core.ActStartOutgoing && r.lastOut == nil {
 		r.transfer = time.Now()
 	}
-	if k == core.ActStartPostcopy {
+	if (k == core.ActStartPostcopy || out.PostcopyStartedAt != nil) && !r.postcopy {
 		r.postcopy = true
-	}
-	if out.PostcopyStartedAt != nil {
-		r.postcopy = true
+		if !r.transfer.IsZero() && time.Since(r.transfer) >= minLearnPhase && r.m.GetOptions().GetBandwidthMibps() == 0 {
+			r.precopyMibps = r.m.BandwidthMibps // the pre-copy phase's average, before this status
+		}
 	}
 	if prev := r.lastOut; prev != nil {
 		if out.TotalBytes == 0 {
@@ -315,13 +323,17 @@ func (r *reporter) phasesLocked() {
 	m.DowntimePhases = p
 }
 
-// learnable reports the live-phase rate of a completed pre-copy the
-// planner may learn from (0 when there is none to learn).
+// learnable reports the live-phase rate of a completed migration the
+// planner may learn from: a pre-copy's, or a post-copy's pre-copy phase
+// (0 when there is none to learn).
 func (r *reporter) learnable() float64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.m.Status != "completed" || r.postcopy || r.m.Strategy == "cold" || r.m.GetOptions().GetBandwidthMibps() != 0 {
+	if r.m.Status != "completed" || r.m.Strategy == "cold" || r.m.GetOptions().GetBandwidthMibps() != 0 {
 		return 0
+	}
+	if r.postcopy {
+		return r.precopyMibps
 	}
 	return r.m.BandwidthMibps
 }
