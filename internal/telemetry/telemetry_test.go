@@ -186,9 +186,9 @@ func TestLinksFigure(t *testing.T) {
 		t.Errorf("reverse pair has a figure: %+v", f)
 	}
 	// The moving average follows planner.EWMAAlpha.
-	l.ObserveMigration("h1", "h2", 200*mib, c.now())
+	l.ObserveMigration("h1", "h2", 300*mib, c.now())
 	f, _ = l.Figure("h1", "h2", c.now())
-	if want := 0.3*200*mib + 0.7*400*mib; math.Abs(f.BytesPerSec-want) > 1 {
+	if want := 0.3*300*mib + 0.7*400*mib; math.Abs(f.BytesPerSec-want) > 1 {
 		t.Errorf("EWMA %.0f, want %.0f", f.BytesPerSec, want)
 	}
 	// A migration far below (or above) the average: the link changed, and
@@ -284,7 +284,7 @@ func TestLinksProbeFigureIsTheMedianOfAgreeingProbes(t *testing.T) {
 	if !ok || f.BytesPerSec != 40*mib || !strings.Contains(f.Source, "median of the last 3 agreeing probes 40 MiB/s") {
 		t.Errorf("three probes of the shaped link: %+v", f)
 	}
-	// A probe more than LinkChanged off the others: the link changed.
+	// A probe more than probesAgree off the others: the link changed.
 	l.ObserveProbe("h1", "h2", 200*mib, c.advance(DefaultProbeEvery), false)
 	if f, _ = l.Figure("h1", "h2", c.now()); f.BytesPerSec != 200*mib || strings.Contains(f.Source, "median") {
 		t.Errorf("after the link changed: %+v", f)
@@ -306,9 +306,14 @@ func TestLinksProbeBelowTheLearnedRate(t *testing.T) {
 	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 44*mib || !strings.Contains(f.Source, "planned with theirs") {
 		t.Errorf("probe 32 MiB/s, migrations 44 MiB/s: %+v", f)
 	}
-	// More than LinkChanged below: the link changed; the probe is planned with.
-	l.ObserveProbe("h1", "h2", 15*mib, c.advance(DefaultProbeEvery), false)
-	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 15*mib {
-		t.Errorf("probe 15 MiB/s, migrations 44 MiB/s: %+v", f)
+	// Far below (a far link's slow start): still the migrations' rate.
+	l.ObserveProbe("h1", "h2", 2.4*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 44*mib {
+		t.Errorf("probe 2.4 MiB/s, migrations 44 MiB/s: %+v", f)
+	}
+	// A pair without migrations plans with its probe.
+	l.ObserveProbe("h3", "h4", 2.4*mib, c.now(), false)
+	if f, _ := l.Figure("h3", "h4", c.now()); f.BytesPerSec != 2.4*mib {
+		t.Errorf("probe only: %+v", f)
 	}
 }
