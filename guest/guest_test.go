@@ -14,6 +14,7 @@ package guest_test
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/guest/guestapi"
+	"github.com/ferryvm/ferry/internal/guestagent"
 )
 
 const readyTimeout = 60 * time.Second
@@ -59,7 +61,11 @@ func TestGuestBoots(t *testing.T) {
 func testNetDirtyStream(t *testing.T, qemu string, art artifacts) {
 	// ferry.disk without a disk attached: the writer must report an error
 	// in /status, not crash the guest.
-	g := boot(t, qemu, art, "console=ttyS0 ferry.ip=10.0.2.15/24 ferry.dirty=64:16 ferry.disk=64")
+	qga := filepath.Join(t.TempDir(), "qga.sock")
+	g := boot(t, qemu, art, "console=ttyS0 ferry.ip=10.0.2.15/24 ferry.dirty=64:16 ferry.disk=64",
+		"-device", "virtio-serial-pci,id=vser0",
+		"-chardev", "socket,id=qga0,path="+qga+",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0")
 	id := g.waitReady(t)
 
 	st := g.status(t)
@@ -110,6 +116,43 @@ func testNetDirtyStream(t *testing.T, qemu string, art artifacts) {
 	}
 	if es.BootID != id {
 		t.Fatalf("boot id changed: guest rebooted?")
+	}
+
+	// The guest agent channel answers guest-sync-delimited and guest-ping.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := guestagent.SyncPing(ctx, qga); err != nil {
+		t.Fatalf("guest-ping over the guest agent channel: %v\nserial:\n%s", err, g.serialTail())
+	}
+	// POST /stop-kernel: the kernel panics and hangs (the command line's
+	// panic=-1 is overridden): nothing answers any more, QEMU keeps running.
+	resp, err := httpClient.Post("http://"+g.httpAddr+guestapi.StopKernelPath+"?delay_ms=0", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST %s: %s, want 202", guestapi.StopKernelPath, resp.Status)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for !strings.Contains(g.serialTail(), "Kernel panic") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no kernel panic within 15s of POST /stop-kernel\nserial:\n%s", g.serialTail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(g.serialTail(), guestapi.StopKernelLine) {
+		t.Errorf("no %q line before the panic", guestapi.StopKernelLine)
+	}
+	pctx, pcancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer pcancel()
+	if err := guestagent.SyncPing(pctx, qga); !errors.Is(err, guestagent.ErrNoReply) {
+		t.Errorf("guest-ping after the kernel stopped: %v, want no reply", err)
+	}
+	select {
+	case <-g.exited:
+		t.Errorf("QEMU exited: the stopped kernel should hang, not reboot or power off")
+	default:
 	}
 }
 

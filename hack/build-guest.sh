@@ -24,10 +24,11 @@ OUTDIR=${1:-$ROOT/build/guest}
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
 
-# Modules loaded by /init, in this order. Virtio first (required), then the
+# Modules loaded by /init, in this order. Virtio first (required; virtio_console
+# carries the guest agent channel org.qemu.guest_agent.0), then the
 # ACPI button + evdev (optional: QMP system_powerdown -> clean poweroff).
 MODULES=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         failover net_failover virtio_net virtio_blk)
+         failover net_failover virtio_net virtio_blk virtio_console)
 OPTIONAL_MODULES=(button evdev)
 
 # Busybox applets linked into /bin (debugging with rdinit=/bin/sh).

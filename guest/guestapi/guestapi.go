@@ -30,6 +30,14 @@ const (
 	ReadyPrefix = "FERRY-GUEST READY boot_id="
 	// LogPrefix prefixes every other line the guest prints on the console.
 	LogPrefix = "ferry-guest: "
+	// StopKernelLine starts the console line the guest prints right before
+	// it stops its kernel (POST /stop-kernel), followed by why; the serial
+	// log it lands in tells which host's QEMU ran the guest then.
+	StopKernelLine = "FERRY-GUEST STOP-KERNEL "
+	// StopKernelPath is the guest's HTTP endpoint that stops its kernel:
+	// POST with delay_ms=N (guest time) or on=guest-agent (at the next
+	// command on the guest agent channel, which then gets no answer).
+	StopKernelPath = "/stop-kernel"
 
 	// PageSize is the unit the memory dirtier works in.
 	PageSize = 4096
@@ -173,3 +181,32 @@ func recordCRC(b []byte) uint32 {
 // the guest alive with the same boot and a continuous stream (wall median
 // 3.5 s, downtime median 62 ms, max 576 ms). The test keeps checking it.
 const BaseCmdline = "console=ttyS0"
+
+// VerifyPath is the HTTP path (GET, on HTTPPort) that reads every disk
+// record the writer made durable back from the device and checks it.
+const VerifyPath = "/verify"
+
+// Verify problems (Verify.Problem).
+const (
+	ProblemMissing    = "missing"      // no record at the sequence number's place (never written, or lost)
+	ProblemTorn       = "torn"         // magic present, checksum wrong
+	ProblemOutOfOrder = "out-of-order" // a valid record with another sequence number (an older or newer one)
+	ProblemOtherBoot  = "other-boot"   // a valid record written by another boot of the guest
+	ProblemReadError  = "read-error"   // the device could not be read
+)
+
+// Verify is the JSON document served by GET /verify. OK is true when
+// every record from FirstSeq to LastSeq is intact; otherwise BadSeq is the
+// first record that is not, Problem says how, and Detail says more.
+type Verify struct {
+	OK       bool    `json:"ok"`
+	BootID   string  `json:"boot_id"`
+	FirstSeq uint64  `json:"first_seq"` // the oldest record still on the device (the writer wraps)
+	LastSeq  uint64  `json:"last_seq"`  // the writer's last_seq when the check started
+	Checked  uint64  `json:"checked"`   // records read and found intact
+	BadSeq   uint64  `json:"bad_seq,omitempty"`
+	Problem  string  `json:"problem,omitempty"`
+	Detail   string  `json:"detail,omitempty"`
+	DirectIO bool    `json:"direct_io"` // read past the guest's page cache (O_DIRECT)
+	Seconds  float64 `json:"seconds"`
+}

@@ -48,6 +48,10 @@ type Config struct {
 	// MigrationIP is the address other hosts use for migration traffic;
 	// defaults to the first IPv4 address of Bridge.
 	MigrationIP string
+	// ImageDirs are the directories a spec's disks[].source may name an
+	// image in (the agent copies it into the VM's directory); none allows
+	// no source.
+	ImageDirs []string
 	// QEMUBinary is the QEMU system emulator to run.
 	QEMUBinary string
 	// HeartbeatInterval is how often the agent reports to the server.
@@ -188,6 +192,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}))
 	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
 	mux.Handle(agentv1connect.NewDiskAgentServiceHandler(&diskService{a}))
+	mux.Handle(agentv1connect.NewLivenessAgentServiceHandler(&livenessService{a}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()

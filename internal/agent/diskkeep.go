@@ -12,8 +12,8 @@ import (
 // keptDisks lists the disk images inside dir that removing dir must not
 // delete: every image a spec names by path (the user's, shared or not —
 // never the agent's to delete), and, when keepLocal, the images the agent
-// created for the VM in dir/disks (a migration's source keeps them: the
-// destination does not hold them, as Ferry does not migrate storage).
+// created for the VM in dir/disks (a migration's source keeps them unless
+// its mirrors gave the destination whole copies; see docs/storage.md).
 func keptDisks(dir string, sp *ferryv1.VMSpec, keepLocal bool) []string {
 	var keep []string
 	for _, d := range sp.GetDisks() {

@@ -23,6 +23,7 @@ import (
 type incoming struct {
 	id  string
 	uri string
+	nbd string // host:port of the NBD server exporting the local disks ("" without)
 
 	mu        sync.Mutex
 	state     migration.IncomingState
@@ -54,7 +55,7 @@ func (in *incoming) abortedUnran() bool {
 func (in *incoming) record() incomingRecord {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return incomingRecord{ID: in.id, URI: in.uri, Armed: in.armed, Ran: in.ran, Adopted: in.adopted, LoadedAt: in.loadedAt, ResumedAt: in.resumedAt}
+	return incomingRecord{ID: in.id, URI: in.uri, NBD: in.nbd, Armed: in.armed, Ran: in.ran, Adopted: in.adopted, LoadedAt: in.loadedAt, ResumedAt: in.resumedAt}
 }
 
 // saveIncoming persists the arrival's facts in the VM's directory. Writers
@@ -95,7 +96,28 @@ const (
 // prepareIncoming starts a paused QEMU for sp that waits for a migration
 // stream on this host's migration address, and returns its tcp: URI. A
 // repeated call for the same migration returns the same URI.
-func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomingRequest) (string, error) {
+func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomingRequest) (uri, nbd string, err error) {
+	uri, err = a.prepareIncomingQEMU(ctx, req)
+	if err != nil {
+		return "", "", err
+	}
+	if v, ok := a.find(req.GetSpec().GetName()); ok {
+		v.mu.Lock()
+		if v.in != nil && v.in.id == req.MigrationId {
+			nbd = v.in.nbd
+		}
+		v.mu.Unlock()
+	}
+	if len(req.LocalDisks) > 0 && nbd == "" {
+		// Never answer a URI without the disks' export: the source would
+		// send RAM to a destination whose disks are empty.
+		return "", "", failedPrecondition("the arrival of VM %s by migration %s on host %s has no NBD export of its local disks: start a new migration", req.GetSpec().GetName(), req.MigrationId, a.cfg.Name)
+	}
+	return uri, nbd, nil
+}
+
+// prepareIncomingQEMU is prepareIncoming without the NBD address.
+func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareIncomingRequest) (string, error) {
 	sp := req.GetSpec()
 	if sp == nil {
 		return "", connect.NewError(connect.CodeInvalidArgument, errors.New("spec: required"))
@@ -109,6 +131,9 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 	}
 	if a.cfg.MigrationIP == "" {
 		return "", failedPrecondition("host %s has no migration address: start the agent with --migration-ip or a --bridge that has an IPv4 address", a.cfg.Name)
+	}
+	if err := a.checkTuning(req.Tuning, false); err != nil {
+		return "", err
 	}
 	if st, ok := a.ended.get(req.MigrationId); ok {
 		return "", failedPrecondition("migration %s of VM %s already ended on host %s (%s): start a new migration", req.MigrationId, sp.Name, a.cfg.Name, st.State)
@@ -135,6 +160,15 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 
 	r := revert.New()
 	defer r.Fail()
+	if len(req.LocalDisks) > 0 {
+		if err := os.MkdirAll(v.dir, 0o755); err != nil {
+			return "", fmt.Errorf("create VM dir: %w", err)
+		}
+		r.Add(func() { _ = os.RemoveAll(v.dir) })
+		if err := v.createArrivingDisks(ctx, sp, req.LocalDisks, r); err != nil {
+			return "", err
+		}
+	}
 	proc, mon, accel, err := v.launch(ctx, sp, "defer", r)
 	if err != nil {
 		return "", err
@@ -152,12 +186,15 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 	if req.MultifdChannels > 1 {
 		caps = append(caps, qmp.CapabilityState{Capability: qmp.CapMultifd, State: true})
 	}
+	caps = append(caps, tuningCaps(req.Tuning)...)
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return "", fmt.Errorf("destination capabilities: %w", err)
 	}
 	if req.MultifdChannels > 1 {
-		if err := mon.MigrateSetParameters(ctx, qmp.MigrationParameters{MultifdChannels: qmp.Ptr(int64(req.MultifdChannels))}); err != nil {
-			return "", fmt.Errorf("destination multifd channels: %w", err)
+		params := qmp.MigrationParameters{MultifdChannels: qmp.Ptr(int64(req.MultifdChannels))}
+		tuneParams(req.Tuning, false, true, &params)
+		if err := mon.MigrateSetParameters(ctx, params); err != nil {
+			return "", fmt.Errorf("destination multifd parameters: %w", err)
 		}
 	}
 	if err := mon.MigrateIncoming(ctx, "tcp:"+a.cfg.MigrationIP+":0"); err != nil {
@@ -171,6 +208,11 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 	if in.uri == "" {
 		return "", fmt.Errorf("destination QEMU reports no listening port (query-migrate: %+v)", info.SocketAddress)
 	}
+	if len(req.LocalDisks) > 0 {
+		if in.nbd, err = exportDisks(ctx, mon, a.cfg.MigrationIP, req.LocalDisks); err != nil {
+			return "", err
+		}
+	}
 	if in.state, err = migration.StepIncoming(in.state, migration.InEvListen); err != nil {
 		return "", err
 	}
@@ -183,7 +225,7 @@ func (a *Agent) prepareIncoming(ctx context.Context, req *agentv1.PrepareIncomin
 	v.in = in
 	go v.watch(proc, mon)
 	go v.watchIncoming(in)
-	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "pid", proc.PID())
+	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "nbd", in.nbd, "pid", proc.PID())
 	if err := failpoint.Inject(fpAfterPrepareIncoming); err != nil {
 		return "", connect.NewError(connect.CodeUnavailable, err)
 	}
@@ -246,6 +288,7 @@ func (v *vm) markRan(in *incoming, at time.Time) {
 		if err := v.saveIncoming(in); err != nil {
 			v.a.log.Error("persist that the destination ran", "vm", v.name, "migration", in.id, "err", err)
 		}
+		v.startAliveProbe(in.id, at) // the engine asks CheckGuestAlive next
 	}
 }
 

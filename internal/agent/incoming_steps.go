@@ -183,6 +183,17 @@ func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*agentv1.I
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	if in.nbd != "" {
+		// The source's mirrors completed (and it closed its NBD
+		// connections) at pre-switchover, before this QEMU got the device
+		// state: the export has no client left; end it. (Not at the arm:
+		// the engine arms before the owner switch, while the mirrors run.)
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := stopExports(sctx, mon); err != nil {
+			a.log.Warn("stop the NBD export of the arrived disks", "vm", name, "err", err)
+		}
+		cancel()
+	}
 	// Tell the segment where the guest's MAC lives now (RARP/GARP,
 	// repeated). Asynchronously: in post-copy the destination's main loop
 	// can wait on missing pages, and adopting the VM must not wait for it.

@@ -15,11 +15,11 @@ import (
 type migrationService struct{ a *Agent }
 
 func (s *migrationService) PrepareIncoming(ctx context.Context, req *connect.Request[agentv1.PrepareIncomingRequest]) (*connect.Response[agentv1.PrepareIncomingResponse], error) {
-	uri, err := s.a.prepareIncoming(ctx, req.Msg)
+	uri, nbd, err := s.a.prepareIncoming(ctx, req.Msg)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&agentv1.PrepareIncomingResponse{Uri: uri}), nil
+	return connect.NewResponse(&agentv1.PrepareIncomingResponse{Uri: uri, NbdAddress: nbd}), nil
 }
 
 func (s *migrationService) QueryIncoming(_ context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.IncomingStatusResponse], error) {

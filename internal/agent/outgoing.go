@@ -32,6 +32,12 @@ type outgoing struct {
 	changed                                              chan struct{} // closed and replaced at each status event
 	status                                               string        // QEMU's migration status from the last event
 	downtimeLimitMs                                      int64         // the downtime-limit last given to QEMU (0: StartOutgoing's)
+
+	// mir is the local disks' mirrors (nil without local disks);
+	// disksMirrored: they completed at the switchover (persisted), so the
+	// destination holds the disks and the source's may go with it.
+	mir           *mirrorSet
+	disksMirrored bool
 }
 
 // setDowntimeLimit gives QEMU the downtime-limit a QueryOutgoing carries
@@ -64,8 +70,16 @@ func (v *vm) setDowntimeLimit(ctx context.Context, out *outgoing, ms int64) erro
 func (out *outgoing) record() outgoingRecord {
 	out.mu.Lock()
 	defer out.mu.Unlock()
-	return outgoingRecord{ID: out.id, URI: out.uri, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
-		Cancelled: out.state == migration.SrcCancelled,
+	var nbd string
+	var disks []string
+	if out.mir != nil {
+		nbd = out.mir.nbd
+		for _, d := range out.mir.pending {
+			disks = append(disks, d.name)
+		}
+	}
+	return outgoingRecord{ID: out.id, URI: out.uri, MirrorNBD: nbd, MirrorDisks: disks, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
+		Cancelled: out.state == migration.SrcCancelled, DisksMirrored: out.disksMirrored,
 		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
 }
 
@@ -99,6 +113,9 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	}
 	if req.MigrationId == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("migration_id: required"))
+	}
+	if err := a.checkTuning(req.Tuning, true); err != nil {
+		return nil, err
 	}
 	v.mu.Lock()
 	if v.out != nil && v.out.id == req.MigrationId {
@@ -150,6 +167,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		{Capability: qmp.CapPostcopyRAM, State: req.Postcopy},
 		{Capability: qmp.CapAutoConverge, State: req.AutoConverge},
 	}
+	caps = append(caps, tuningCaps(req.Tuning)...)
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return fail(fmt.Errorf("source capabilities: %w", err))
 	}
@@ -163,6 +181,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if req.MultifdChannels > 1 {
 		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))
 	}
+	tuneParams(req.Tuning, true, req.MultifdChannels > 1, &params)
 	if req.AutoConverge {
 		if req.ThrottleInitial > 0 {
 			params.CPUThrottleInitial = qmp.Ptr(int64(req.ThrottleInitial))
@@ -181,12 +200,32 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err := v.saveOutgoing(out); err != nil {
 		return fail(err)
 	}
+	if len(req.MirrorDisks) > 0 {
+		// Local disks first: RAM follows when every mirror is ready.
+		set, err := v.mirrorSet(ctx, req)
+		if err != nil {
+			return fail(err)
+		}
+		out.mu.Lock()
+		out.mir = set
+		out.mu.Unlock()
+		if err := v.saveOutgoing(out); err != nil {
+			return fail(err)
+		}
+		if err := startMirrors(ctx, mon, set, set.pending); err != nil {
+			return fail(err)
+		}
+		go v.runMirrors(out, mon, set)
+		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId,
+			"nbd", req.NbdAddress, "disks", req.MirrorDisks, "uri", req.Uri)
+		return v.outgoingStatus(ctx)
+	}
 	sent = true
 	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
 	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri,
-		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels)
+		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)
 }
 
@@ -215,6 +254,9 @@ func (v *vm) watchOutgoing(out *outgoing) {
 				switch me.Status {
 				case qmp.MigrationStatusPreSwitchover:
 					out.preSwitchoverAt = ev.Timestamp
+					if set := out.mir; set != nil {
+						go func() { v.completeMirrors(out, v.monitor(), set) }()
+					}
 					if next, err := migration.StepSource(out.state, migration.SrcEvPaused); err == nil {
 						out.state = next
 					}
@@ -254,8 +296,9 @@ func (v *vm) saveAfterEvent(err error) {
 func (out *outgoing) waitChange(ctx context.Context, known string, d time.Duration) {
 	out.mu.Lock()
 	ch, cur := out.changed, out.status
+	mirroring := out.mir != nil && known == mirrorRunning
 	out.mu.Unlock()
-	if cur != known {
+	if cur != known && !mirroring {
 		return
 	}
 	t := time.NewTimer(d)
@@ -300,7 +343,17 @@ func (v *vm) outgoingStatus(ctx context.Context) (*agentv1.OutgoingStatus, error
 	out.mu.Lock()
 	st.StoppedAt, st.PreSwitchoverAt, st.ContinuedAt, st.CompletedAt = ts(out.stoppedAt), ts(out.preSwitchoverAt), ts(out.continuedAt), ts(out.completedAt)
 	st.PostcopyStartedAt = ts(out.postcopyAt)
+	set := out.mir
 	out.mu.Unlock()
+	if set != nil {
+		if _, err := set.refresh(ctx, mon); err != nil {
+			v.a.log.Debug("disk mirror status", "vm", v.name, "err", err)
+		}
+		if st.Status == string(qmp.MigrationStatusPreSwitchover) {
+			go v.completeMirrors(out, mon, set) // (a no-op once started: the event may have been missed)
+		}
+		set.fill(st)
+	}
 	return st, nil
 }
 

@@ -108,6 +108,15 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 		other = out.id
 		out = nil // another migration: only make sure the source runs
 	}
+	if out != nil {
+		out.mu.Lock()
+		set := out.mir
+		out.mu.Unlock()
+		if set != nil {
+			// The source keeps its disks; the destination's copies go with it.
+			cancelMirrors(ctx, mon, set)
+		}
+	}
 	info, err := mon.QueryMigrate(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("query-migrate: %w", err)
@@ -243,7 +252,11 @@ func (a *Agent) finishOutgoing(ctx context.Context, name, id string) error {
 	v.proc, v.mon, v.out = nil, nil, nil
 	v.deleteTaps(v.spec)
 	v.archiveLogs("migrated-" + id)
-	if err := v.removeDir(true, "migrated-"+id); err != nil {
+	// The local disks go only when the destination holds whole copies.
+	out.mu.Lock()
+	keepLocal := !out.disksMirrored
+	out.mu.Unlock()
+	if err := v.removeDir(keepLocal, "migrated-"+id); err != nil {
 		return fmt.Errorf("remove source dir of VM %s: %w", name, err)
 	}
 	a.mu.Lock()

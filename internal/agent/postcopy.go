@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/internal/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // startPostcopy switches a running pre-copy to post-copy. With
@@ -143,6 +144,7 @@ func probeSend(ctx context.Context, addr string, d time.Duration) (*agentv1.Prob
 		return nil, fmt.Errorf("probe connect %s: %w", addr, err)
 	}
 	defer c.Close()
+	rtt := handshakeRTT(c)
 	buf := make([]byte, 256<<10)
 	start := time.Now()
 	_ = c.SetWriteDeadline(start.Add(d + 5*time.Second))
@@ -155,5 +157,24 @@ func probeSend(ctx context.Context, addr string, d time.Duration) (*agentv1.Prob
 		}
 	}
 	el := time.Since(start).Seconds()
-	return &agentv1.ProbeSendResponse{Bytes: n, Mibps: float64(n) / (1 << 20) / el}, nil
+	return &agentv1.ProbeSendResponse{Bytes: n, Mibps: float64(n) / (1 << 20) / el, RttUs: rtt.Microseconds()}, nil
+}
+
+// handshakeRTT is the kernel's round-trip estimate of a fresh TCP
+// connection (TCP_INFO; right after the handshake it is the handshake's
+// round trip): the link's latency at no cost. 0 when unavailable.
+func handshakeRTT(c net.Conn) time.Duration {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return 0
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var info *unix.TCPInfo
+	if err := raw.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) }); err != nil || info == nil {
+		return 0
+	}
+	return time.Duration(info.Rtt) * time.Microsecond
 }

@@ -107,7 +107,7 @@ func (a *Agent) reattach(ctx context.Context, v *vm) {
 // An armed one whose resume was not sent yet is resumed now: the owner CAS
 // is done.
 func (v *vm) reattachIncoming(ctx context.Context, rec incomingRecord) {
-	in := &incoming{id: rec.ID, uri: rec.URI, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
+	in := &incoming{id: rec.ID, uri: rec.URI, nbd: rec.NBD, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
 		loadedAt: rec.LoadedAt, resumedAt: rec.ResumedAt}
 	if rec.Armed {
 		in.state = migration.InArmed
@@ -172,7 +172,7 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 		return
 	}
 	out := &outgoing{id: rec.ID, uri: rec.URI, changed: make(chan struct{}),
-		stoppedAt: rec.StoppedAt, preSwitchoverAt: rec.PreSwitchoverAt, continuedAt: rec.ContinuedAt, completedAt: rec.CompletedAt, postcopyAt: rec.PostcopyAt}
+		stoppedAt: rec.StoppedAt, preSwitchoverAt: rec.PreSwitchoverAt, continuedAt: rec.ContinuedAt, completedAt: rec.CompletedAt, postcopyAt: rec.PostcopyAt, disksMirrored: rec.DisksMirrored}
 	s := info.CurrentStatus()
 	out.status = string(s)
 	switch {
@@ -196,6 +196,20 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 	}
 	if rec.Continued && out.continuedAt.IsZero() {
 		out.continuedAt = time.Now()
+	}
+	if len(rec.MirrorDisks) > 0 {
+		// The RAM transfer runs, so every mirror was ready: complete them
+		// at pre-switchover as the agent that started them would have.
+		set := &mirrorSet{nbd: rec.MirrorNBD, stop: make(chan struct{}), migrateSent: true, completed: rec.DisksMirrored}
+		for _, name := range rec.MirrorDisks {
+			d := &diskMirror{name: name, job: blockJobID(name), target: nbdNode(name), state: mirrorReady}
+			if rec.DisksMirrored {
+				d.state = mirrorCompleted
+			}
+			set.pending = append(set.pending, d)
+			set.disks = append(set.disks, d)
+		}
+		out.mir = set
 	}
 	out.sub = v.mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out

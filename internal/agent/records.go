@@ -31,6 +31,7 @@ const (
 type incomingRecord struct {
 	ID      string `json:"id"`
 	URI     string `json:"uri,omitempty"`
+	NBD     string `json:"nbd,omitempty"`     // the NBD server exporting the local disks
 	Armed   bool   `json:"armed,omitempty"`   // ArmResume accepted: the owner CAS is done
 	Ran     bool   `json:"ran,omitempty"`     // the destination QEMU has run
 	Adopted bool   `json:"adopted,omitempty"` // an ordinary VM of this host now
@@ -45,6 +46,12 @@ type outgoingRecord struct {
 	URI       string `json:"uri,omitempty"`
 	Continued bool   `json:"continued,omitempty"` // migrate-continue was sent
 	Cancelled bool   `json:"cancelled,omitempty"` // CancelOutgoing succeeded
+	// DisksMirrored: the local disks' mirrors completed at the switchover.
+	DisksMirrored bool `json:"disks_mirrored,omitempty"`
+	// MirrorNBD and MirrorDisks are the local disks' mirrors (where to,
+	// which disks), so a restarted agent completes them at pre-switchover.
+	MirrorNBD   string   `json:"mirror_nbd,omitempty"`
+	MirrorDisks []string `json:"mirror_disks,omitempty"`
 	// QMP event times, so QueryOutgoing answers the same after a restart.
 	StoppedAt       time.Time `json:"stopped_at"`
 	PreSwitchoverAt time.Time `json:"pre_switchover_at"`

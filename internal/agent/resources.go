@@ -34,7 +34,15 @@ func (v *vm) prepareDisks(ctx context.Context, sp *ferryv1.VMSpec, r *revert.Rev
 			continue
 		}
 		path := filepath.Join(v.dir, disksDir, d.GetName()+"."+format)
-		if _, err := os.Stat(path); os.IsNotExist(err) {
+		if _, err := os.Stat(path); os.IsNotExist(err) && d.GetSource() != "" {
+			src, err := allowedSource(field+".source", d.GetSource(), v.a.cfg.ImageDirs)
+			if err != nil {
+				return nil, err
+			}
+			if err := copySource(ctx, field+".source", src, path, format, r); err != nil {
+				return nil, err
+			}
+		} else if os.IsNotExist(err) {
 			size, err := spec.ParseSize(d.GetSize())
 			if err != nil {
 				return nil, invalid(field+".size", "%v", err)

@@ -63,16 +63,18 @@ type vmTelemetry struct {
 	dirtyMu sync.Mutex         // one calc-dirty-rate at a time: QEMU refuses a second
 	ramMu   sync.Mutex         // one scan of this VM's RAM at a time
 
-	mu         sync.Mutex // guards the fields below
-	dirty      *telemetry.Series
-	nonZero    *telemetry.Series
-	rssAtCount int64     // QEMU's RSS when the latest RAM count ended
-	lastDirty  time.Time // last attempts (telemetry.VMView)
-	lastRAM    time.Time
-	quietSince time.Time
-	migrating  bool
-	cpu        time.Duration // agent thread CPU spent sampling
-	since      time.Time     // when the record was created
+	mu      sync.Mutex // guards the fields below
+	dirty   *telemetry.Series
+	nonZero *telemetry.Series
+	// compressRatio is the latest RAM count's compressibility sample.
+	compressRatio float64
+	rssAtCount    int64     // QEMU's RSS when the latest RAM count ended
+	lastDirty     time.Time // last attempts (telemetry.VMView)
+	lastRAM       time.Time
+	quietSince    time.Time
+	migrating     bool
+	cpu           time.Duration // agent thread CPU spent sampling
+	since         time.Time     // when the record was created
 }
 
 func newTelemetryHub(a *Agent, sch telemetry.Schedule) *telemetryHub {
@@ -312,12 +314,13 @@ func (h *telemetryHub) countRAM(ctx context.Context, v *vm, t *vmTelemetry, sv v
 	case <-ctx.Done():
 		return false, ctx.Err()
 	}
-	var nz int64
+	var st qemu.RAMStats
 	cpu, err := threadCPU(func() error {
 		var err error
-		nz, err = qemu.NonZeroRAM(sv.proc.PID(), sv.memBytes)
+		st, err = qemu.ScanRAM(sv.proc.PID(), sv.memBytes)
 		return err
 	})
+	nz := st.NonZeroBytes
 	<-h.ramScans
 	if err != nil {
 		return false, err
@@ -331,6 +334,7 @@ func (h *telemetryHub) countRAM(ctx context.Context, v *vm, t *vmTelemetry, sv v
 	t.cpu += cpu
 	t.nonZero.Add(now, float64(nz))
 	t.rssAtCount = sv.proc.RSSBytes()
+	t.compressRatio = st.CompressRatio
 	return true, nil
 }
 

@@ -96,6 +96,7 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 		if !resp.NonZeroFresh {
 			resp.NonZeroBytes, resp.NonZeroRssGrowthBytes = telemetry.NonZeroNow(resp.NonZeroBytes, t.rssAtCount, resp.RssBytes, sv.memBytes)
 		}
+		resp.CompressRatio = t.compressRatio
 	}
 	if el := now.Sub(t.since); el > 0 {
 		resp.SamplerCpuSecondsPerMinute = t.cpu.Seconds() / el.Minutes()

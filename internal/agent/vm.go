@@ -49,6 +49,11 @@ type vm struct {
 	arrivedIn  *incoming // that arrival, when this agent adopted it
 	recoverURI string    // where a paused post-copy destination listens again
 	started    time.Time // when this agent started or found the VM's QEMU (reaper grace)
+
+	qgaMu sync.Mutex // one session at a time on the guest agent channel (QEMU serves one client)
+
+	probeMu sync.Mutex
+	probe   *aliveProbe // the guest-alive probe of the last arrival (see liveness.go)
 }
 
 func (a *Agent) newVM(name string) *vm {
@@ -151,7 +156,7 @@ func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r 
 	if err != nil {
 		return nil, nil, "", err
 	}
-	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile} {
+	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile, v.paths.GuestAgentSocket} {
 		_ = os.Remove(p)
 	}
 	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming})

@@ -47,6 +47,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Bridge, "bridge", "", "default bridge for VM NICs")
 	f.StringVar(&cfg.Accel, "accel", "auto", "auto (KVM if a probe boots a guest, else TCG), kvm, or tcg for every VM")
 	f.StringVar(&cfg.MigrationIP, "migration-ip", "", "address for migration traffic (default: the bridge's IPv4)")
+	f.StringSliceVar(&cfg.ImageDirs, "image-dir", agent.ImageDirsDefault(), "directory a VM disk's source: may copy an image from (repeatable; none: no source images; default from "+agent.ImageDirsEnv+", ':'-separated)")
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
 	f.IntVar(&cfg.LogRetention.Count, "keep-logs", agent.DefaultKeepLogs, "archived log sets kept per VM (0 = any number)")
 	f.DurationVar(&cfg.LogRetention.Age, "keep-logs-for", agent.DefaultKeepLogsFor, "how long archived VM logs are kept (0 = forever)")

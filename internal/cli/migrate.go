@@ -45,6 +45,7 @@ type migrateFlags struct {
 	noPostcopy   bool
 	noThrottle   bool
 	recovery     time.Duration
+	aliveTimeout time.Duration
 }
 
 // strategies are the values of --strategy.
@@ -64,6 +65,9 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 	}
 	if f.noThrottle && f.strategy == "converge" {
 		return nil, errors.New("--no-throttle: conflicts with --strategy converge (it throttles the guest)")
+	}
+	if f.aliveTimeout < 0 || f.aliveTimeout > 10*time.Minute {
+		return nil, fmt.Errorf("--guest-alive-timeout: must be between 0 (server default, 5s) and 10m, got %s", f.aliveTimeout)
 	}
 	if f.recovery < 0 {
 		return nil, fmt.Errorf("--recovery-window: must not be negative, got %s", f.recovery)
@@ -121,6 +125,8 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 		NoPostcopy:       f.noPostcopy,
 		NoThrottle:       f.noThrottle,
 		RecoveryWindowMs: f.recovery.Milliseconds(),
+
+		GuestAliveTimeoutMs: f.aliveTimeout.Milliseconds(),
 	}, nil
 }
 
@@ -202,6 +208,7 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	fl.BoolVar(&f.dryRun, "dry-run", false, "measure and predict every strategy, print the choice, change nothing")
 	fl.BoolVar(&f.noPostcopy, "no-postcopy", false, "policy: never switch to post-copy")
 	fl.BoolVar(&f.noThrottle, "no-throttle", false, "policy: never slow the guest down (auto-converge)")
+	fl.DurationVar(&f.aliveTimeout, "guest-alive-timeout", 0, "how long the guest may take to show a sign of life after the switchover before the migration warns \"guest unresponsive\" (0 = server default, 5s)")
 	fl.DurationVar(&f.recovery, "recovery-window", 0, "how long a post-copy broken by the link waits to recover (0 = server default, 5m)")
 	fl.DurationVar(&f.maxDowntime, "max-downtime", 0, "QEMU's downtime target, 1ms..60s (0 = the VM's maxDowntimeMs)")
 	fl.Int64Var(&f.bandwidth, "bandwidth", 0, "cap the migration stream, MiB/s (0 = unlimited)")

@@ -307,3 +307,15 @@ func TestMigrationSubcommands(t *testing.T) {
 		t.Errorf("list:\n%s", out)
 	}
 }
+
+// The report shows each local disk's mirror.
+func TestRenderReportDisks(t *testing.T) {
+	m := &ferryv1.Migration{Id: "mig-1", Vm: "vm", From: "h1", To: "h2", Status: "completed", State: "completed",
+		Disks: []*ferryv1.MigrationDisk{{Name: "data", Format: "qcow2", VirtualSizeBytes: 1 << 30, AllocatedBytes: 3 << 20,
+			BytesTransferred: 4 << 20, MirrorMs: 105, CompleteMs: 744, State: "completed"}}}
+	out := renderReport(m)
+	want := "data (qcow2, 1024.0 MiB virtual, 3.0 MiB allocated): completed, 4.0 MiB copied, in sync after 105 ms, completed after 744 ms"
+	if !strings.Contains(out, want) {
+		t.Errorf("report:\n%s\nwant a disk line %q", out, want)
+	}
+}

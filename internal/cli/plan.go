@@ -48,6 +48,9 @@ func renderPlan(vm, to string, p *ferryv1.Plan) string {
 	} else {
 		fmt.Fprintf(&b, "  no strategy fits: %s\n", p.GetReason())
 	}
+	for _, l := range tuningLines(p.GetTuning()) {
+		fmt.Fprintf(&b, "  tuning     %s\n", l)
+	}
 	return b.String()
 }
 

@@ -214,6 +214,9 @@ func statusText(m *ferryv1.Migration) string {
 	if m.GetCancelRequested() && m.GetStatus() == "running" {
 		s += ", cancel requested"
 	}
+	if n := len(m.GetWarnings()); n > 0 {
+		s += fmt.Sprintf(", %d warning(s)", n)
+	}
 	return s
 }
 
@@ -262,11 +265,25 @@ func renderReport(m *ferryv1.Migration) string {
 	if tt := transferText(m); tt != "" {
 		line("transferred", tt)
 	}
+	for _, d := range m.GetDisks() {
+		v := fmt.Sprintf("%s (%s, %s MiB virtual, %s MiB allocated): %s, %s MiB copied", d.GetName(), d.GetFormat(),
+			fmtMiB(d.GetVirtualSizeBytes()), fmtMiB(d.GetAllocatedBytes()), orDash(d.GetState()), fmtMiB(d.GetBytesTransferred()))
+		if d.GetMirrorMs() > 0 {
+			v += ", in sync after " + fmtMs(d.GetMirrorMs())
+		}
+		if d.GetCompleteMs() > 0 {
+			v += ", completed after " + fmtMs(d.GetCompleteMs())
+		}
+		line("disk", v)
+	}
 	if pr := m.GetPredicted(); pr != nil {
 		line("predicted", fmt.Sprintf("total %s, downtime %s (planning %s)", fmtMs(pr.GetTotalMs()), fmtMs(pr.GetDowntimeMs()), fmtMs(m.GetPlanningMs())))
 	}
 	if t := m.GetThrottlePercent(); t > 0 {
 		line("throttle", fmt.Sprintf("up to %d%% of the guest's CPU", t))
+	}
+	for _, l := range tuningLines(m.GetPlan().GetTuning()) {
+		line("tuning", l)
 	}
 	if pc := m.GetPostcopyMs(); pc > 0 {
 		v := fmt.Sprintf("%s, %d pages faulted in", fmtMs(pc), m.GetPostcopyRequests())
@@ -274,6 +291,15 @@ func renderReport(m *ferryv1.Migration) string {
 			v += fmt.Sprintf(", paused %s by a broken link", fmtMs(p))
 		}
 		line("post-copy", v)
+	}
+	switch a := m.GetGuestAliveAfterMs(); {
+	case a > 0:
+		line("guest alive", fmt.Sprintf("%s after the resume (%s)", fmtMs(a), m.GetGuestAliveMethod()))
+	case a < 0:
+		line("guest alive", "no sign of life ("+m.GetGuestAliveMethod()+")")
+	}
+	for _, w := range m.GetWarnings() {
+		line("warning", w)
 	}
 	for _, dcs := range m.GetDecisions() {
 		line("decision", fmt.Sprintf("+%s %s: %s", fmtMs(dcs.GetTMs()), dcs.GetAction(), dcs.GetReason()))

@@ -250,6 +250,21 @@ func TestRenderReport(t *testing.T) {
 			"migration m: v  a → b  precopy  completed\n" +
 			"  total        1.20 s\n" +
 			"  downtime     38 ms    (QEMU 30 ms; stop 2 ms, final round 18 ms, switchover 9 ms, device state 6 ms, resume 3 ms)\n"},
+		{"guest alive", &ferryv1.Migration{
+			Id: "m", Vm: "v", From: "a", To: "b", Strategy: "precopy", Status: "completed", State: "completed", TotalMs: 900,
+			GuestAliveAfterMs: 82, GuestAliveMethod: "guest-ping",
+		}, "" +
+			"migration m: v  a → b  precopy  completed\n" +
+			"  total        900 ms\n" +
+			"  guest alive  82 ms after the resume (guest-ping)\n"},
+		{"guest unresponsive", &ferryv1.Migration{
+			Id: "m", Vm: "v", From: "a", To: "b", Strategy: "precopy", Status: "completed", State: "completed", TotalMs: 3_500,
+			GuestAliveAfterMs: -1, GuestAliveMethod: "guest-ping", Warnings: []string{"guest unresponsive: no sign of life on b after the switchover (no answer)"},
+		}, "" +
+			"migration m: v  a → b  precopy  completed, 1 warning(s)\n" +
+			"  total        3.50 s\n" +
+			"  guest alive  no sign of life (guest-ping)\n" +
+			"  warning      guest unresponsive: no sign of life on b after the switchover (no answer)\n"},
 		{"phases without total, no QEMU figure", &ferryv1.Migration{
 			Id: "m", Vm: "v", From: "a", To: "b", Strategy: "precopy", Status: "completed", State: "completed", TotalMs: 900,
 			DowntimePhases: &ferryv1.DowntimePhases{FinalRoundMs: 10, SwitchoverMs: 5, DeviceStateMs: 4, ResumeMs: 1},

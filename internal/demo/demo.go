@@ -90,6 +90,8 @@ func Run(ctx context.Context, opt Options, out io.Writer) (err error) {
 		Name: "demo", Vcpus: 1, MemoryMib: 512, Accel: opt.Accel,
 		Boot: &ferryv1.BootSpec{Kernel: kernel, Initrd: initrd, Cmdline: guestapi.BaseCmdline + " ferry.ip=" + GuestIP + "/15 ferry.dirty=128:32"},
 		Nics: []*ferryv1.NICSpec{{}},
+		// The test guest answers guest-ping: the post-migration check uses it.
+		GuestAgent: true,
 	}
 	step("creating VM %q on h1 (real QEMU; guest dirties a 128 MiB working set at 32 MiB/s)", spec.Name)
 	start := time.Now()

@@ -23,6 +23,13 @@ type Host struct {
 	// AllocatedVCPUs and AllocatedMemoryMiB are what VMs placed there claim.
 	AllocatedVCPUs     int
 	AllocatedMemoryMiB int64
+	// DiskGiB and AllocatedDiskGiB are the host's local disk and what VMs
+	// claim of it; DiskGiB 0 means disk is not checked.
+	DiskGiB          int64
+	AllocatedDiskGiB int64
+	// Groups counts, per anti-affinity group, the VMs of that group placed
+	// on the host.
+	Groups map[string]int
 }
 
 // Request is the VM to place.
@@ -32,6 +39,11 @@ type Request struct {
 	// Exclude lists hosts that must not be chosen (e.g. the source of a
 	// migration).
 	Exclude []string
+	// DiskGiB is the local disk the VM needs on the host.
+	DiskGiB int64
+	// AntiAffinity lists the VM's anti-affinity groups: no two VMs of one
+	// group on the same host.
+	AntiAffinity []string
 }
 
 // ReservedMiB is memory kept free on every host for the host itself and
@@ -41,34 +53,33 @@ const ReservedMiB = 256
 // MaxVCPUOvercommit is how many vCPUs may be placed per host CPU.
 const MaxVCPUOvercommit = 4
 
-// Choose returns the ready host with the most free memory that fits the
-// request (ties broken by name). It returns ErrNoCapacity with the reason
-// for every rejected host when none fits.
+// Choose returns the ready host that fits the request (Check) with the
+// best Score — the most room left in its scarcest resource, the scoring
+// the evacuation planner and the balancer use — ties broken by free
+// memory, then name. It returns ErrNoCapacity with the reason for every
+// rejected host when none fits.
 func Choose(hosts []Host, req Request) (string, error) {
 	excluded := map[string]bool{}
 	for _, n := range req.Exclude {
 		excluded[n] = true
 	}
 	type cand struct {
-		name string
-		free int64
+		name  string
+		score float64
+		free  int64
 	}
 	var cands []cand
 	var reasons []string
 	for _, h := range hosts {
-		free := h.MemoryMiB - ReservedMiB - h.AllocatedMemoryMiB
-		switch {
-		case excluded[h.Name]:
+		if excluded[h.Name] {
 			reasons = append(reasons, h.Name+": excluded")
-		case !h.Ready:
-			reasons = append(reasons, h.Name+": unreachable")
-		case free < req.MemoryMiB:
-			reasons = append(reasons, fmt.Sprintf("%s: %d MiB free, need %d", h.Name, max(free, 0), req.MemoryMiB))
-		case h.AllocatedVCPUs+req.VCPUs > h.CPUs*MaxVCPUOvercommit:
-			reasons = append(reasons, fmt.Sprintf("%s: %d vCPUs allocated on %d CPUs, limit %dx", h.Name, h.AllocatedVCPUs, h.CPUs, MaxVCPUOvercommit))
-		default:
-			cands = append(cands, cand{h.Name, free})
+			continue
 		}
+		if r := Check(h, req); r != nil {
+			reasons = append(reasons, h.Name+": "+r.Detail)
+			continue
+		}
+		cands = append(cands, cand{h.Name, Score(h, req), h.FreeMemoryMiB()})
 	}
 	if len(cands) == 0 {
 		if len(hosts) == 0 {
@@ -78,6 +89,9 @@ func Choose(hosts []Host, req Request) (string, error) {
 		return "", fmt.Errorf("%w: %s", ErrNoCapacity, strings.Join(reasons, "; "))
 	}
 	sort.Slice(cands, func(i, j int) bool {
+		if cands[i].score != cands[j].score {
+			return cands[i].score > cands[j].score
+		}
 		if cands[i].free != cands[j].free {
 			return cands[i].free > cands[j].free
 		}

@@ -23,6 +23,7 @@ func TestChoose(t *testing.T) {
 		{"excluded skipped", []Host{h("h1", true, 8192, 0), h("h2", true, 2048, 0)}, Request{VCPUs: 1, MemoryMiB: 512, Exclude: []string{"h1"}}, "h2", ""},
 		{"reserve respected", []Host{h("h1", true, 1024, 0)}, Request{VCPUs: 1, MemoryMiB: 1024}, "", "h1: 768 MiB free, need 1024"},
 		{"vcpu overcommit limit", []Host{{Name: "h1", Ready: true, CPUs: 1, MemoryMiB: 8192, AllocatedVCPUs: 4}}, Request{VCPUs: 1, MemoryMiB: 64}, "", "limit 4x"},
+		{"scarcest resource decides", []Host{{Name: "h1", Ready: true, CPUs: 1, MemoryMiB: 16384, AllocatedVCPUs: 3}, {Name: "h2", Ready: true, CPUs: 2, MemoryMiB: 8192, AllocatedMemoryMiB: 2048}}, Request{VCPUs: 1, MemoryMiB: 512}, "h2", ""},
 		{"no hosts", nil, Request{VCPUs: 1, MemoryMiB: 64}, "", "no hosts registered"},
 	}
 	for _, tc := range tests {

@@ -44,11 +44,13 @@
 // seconds, longer while rounds last more than a second. A throttle p scales
 // the dirty rate (and the working set's rewriting) by 1−p.
 //
-// Post-copy switches after round 1: downtime = S/B + SwitchoverSeconds, and
-// total = SetupSeconds + (M + dirtied(t₁) + S)/B + SwitchoverSeconds, the
-// dirtied pages arriving afterwards by remote page faults and the background
-// copy. Hybrid is pre-copy when that converges within MaxDowntime, otherwise
-// post-copy after round 1. Cold stops the guest for
+// Post-copy switches at tₛ = M/(B+R), where round 1's remainder M − B·tₛ
+// equals what the guest dirtied meanwhile (Tune's postcopy-start; after
+// round 1 when R is 0): downtime = S/B + SwitchoverSeconds, and
+// total = SetupSeconds + (M + dirtied(tₛ) + S)/B + SwitchoverSeconds, the
+// rest arriving afterwards by remote page faults and the background copy.
+// Hybrid is pre-copy when that converges within MaxDowntime, otherwise
+// post-copy after round 1 (the controller's fallback). Cold stops the guest for
 // SetupSeconds + M/B + ColdBootSeconds.
 //
 // # Choosing

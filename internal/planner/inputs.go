@@ -98,6 +98,12 @@ type Inputs struct {
 	StepDowntime bool
 	// Policy says which strategies may be used.
 	Policy Policy
+	// DiskBytes is the data of the VM's local disks (their allocated
+	// bytes): a live migration mirrors it before the RAM transfer starts.
+	DiskBytes int64
+	// DiskWriteBytesPerSec is the guest's disk write rate while the disks
+	// are mirrored (the mirror sends those writes too); 0 means unknown.
+	DiskWriteBytesPerSec float64
 }
 
 // Policy says which strategies may be used and within which limits.
@@ -136,7 +142,7 @@ func (in Inputs) Validate() error {
 	for _, f := range []struct {
 		name string
 		v    int64
-	}{{"non-zero bytes", in.NonZeroBytes}, {"WSS", in.WSSBytes}, {"device state", in.DeviceStateBytes}} {
+	}{{"non-zero bytes", in.NonZeroBytes}, {"WSS", in.WSSBytes}, {"device state", in.DeviceStateBytes}, {"disk bytes", in.DiskBytes}} {
 		if f.v < 0 {
 			return bad("%s must not be negative, got %d", f.name, f.v)
 		}
@@ -147,6 +153,7 @@ func (in Inputs) Validate() error {
 	}{
 		{"dirty rate", in.DirtyRateBytesPerSec}, {"bandwidth", in.BandwidthBytesPerSec}, {"setup seconds", in.SetupSeconds},
 		{"switchover seconds", in.SwitchoverSeconds}, {"cold boot seconds", in.ColdBootSeconds},
+		{"disk write rate", in.DiskWriteBytesPerSec},
 	} {
 		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
 			return bad("%s must be a finite number ≥ 0, got %v", f.name, f.v)
@@ -183,6 +190,7 @@ type model struct {
 	maxTotal            float64 // seconds, 0 = none
 	stepped             bool    // Inputs.StepDowntime
 	pol                 Policy
+	disk, dw            float64 // local disks' data (bytes) and the guest's disk write rate (bytes/s)
 }
 
 // newModel applies the defaults. It fails only on invalid inputs; a zero
@@ -208,6 +216,8 @@ func newModel(in Inputs) (model, error) {
 		maxTotal:     in.Policy.MaxTotal.Seconds(),
 		stepped:      in.StepDowntime,
 		pol:          in.Policy,
+		disk:         float64(in.DiskBytes),
+		dw:           in.DiskWriteBytesPerSec,
 	}
 	if m.nz == 0 || m.nz > m.mem {
 		m.nz = m.mem

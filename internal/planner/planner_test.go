@@ -82,12 +82,13 @@ func TestPredictByHand(t *testing.T) {
 			rounds: 6, downtime: ms(190), total: ms(20450), bytesMiB: 2033,
 		},
 		{
-			// Post-copy of the same guest: switch after round 1 (10.24 s) with
-			// 512 MiB dirtied meanwhile.
+			// Post-copy of the same guest: switch where round 1's remainder
+			// equals what was dirtied, at 1024/(100+50) = 6.8267 s of round 1
+			// (10.24 s), with 50 × 6.8267 = 341.33 MiB dirtied meanwhile.
 			// downtime = 0.01 + 0.02 = 30 ms
-			// total    = 0.1 + (1024 + 512 + 1)/100 + 0.02 = 15.49 s
+			// total    = 0.1 + (1024 + 341.33 + 1)/100 + 0.02 = 13.7833 s
 			name: "half the bandwidth, post-copy", in: base(50), strategy: StrategyPostcopy,
-			rounds: 1, downtime: ms(30), total: ms(15490), bytesMiB: 1537,
+			rounds: 1, downtime: ms(30), total: 13783333 * time.Microsecond, bytesMiB: 1366.33,
 		},
 		{
 			// Dirty 120 MiB/s on 100 MiB/s with auto-converge; QEMU 7.2 checks at
@@ -333,5 +334,41 @@ func TestSecondsSaturates(t *testing.T) {
 		if p.Total < 0 || p.Downtime < 0 {
 			t.Fatalf("%+v", p)
 		}
+	}
+}
+
+// TestPredictLocalDisks: 512 MiB of local disk data on the 100 MiB/s link
+// with the guest writing 4 MiB/s adds 512/96 s of mirroring to every live
+// strategy (and its bytes), nothing to the downtime; cold is refused.
+func TestPredictLocalDisks(t *testing.T) {
+	in := base(10, StrategyPrecopy, StrategyPostcopy, StrategyCold)
+	without := Predict(in)
+	in.DiskBytes, in.DiskWriteBytesPerSec = 512*mib, 4*testMiB
+	with := Predict(in)
+	mirror := 512.0 / 96
+	for _, s := range []string{StrategyPrecopy, StrategyPostcopy, StrategyHybrid} {
+		a, b := find(t, without, s), find(t, with, s)
+		if !a.Converges || !b.Converges {
+			t.Fatalf("%s: converges %v without disks, %v with", s, a.Converges, b.Converges)
+		}
+		if d := (b.Total - a.Total).Seconds(); math.Abs(d-mirror) > 0.01 {
+			t.Errorf("%s: the disks add %.3f s, want %.3f s", s, d, mirror)
+		}
+		if b.Downtime != a.Downtime {
+			t.Errorf("%s: downtime %s with disks, %s without", s, b.Downtime, a.Downtime)
+		}
+		if want := a.Bytes + int64(512*testMiB+4*testMiB*mirror+0.5); b.Bytes != want {
+			t.Errorf("%s: bytes %d, want %d", s, b.Bytes, want)
+		}
+		if !strings.Contains(b.Reason, "mirroring 512.0 MiB of local disks") {
+			t.Errorf("%s: reason %q", s, b.Reason)
+		}
+	}
+	if c := find(t, with, StrategyCold); c.Converges || !strings.Contains(c.Reason, "local disks") {
+		t.Errorf("cold with local disks: %+v", c)
+	}
+	in.DiskBytes = -1
+	if err := in.Validate(); err == nil {
+		t.Error("negative disk bytes accepted")
 	}
 }

@@ -68,12 +68,53 @@ func Predict(in Inputs) []Prediction {
 }
 
 func (m *model) predictAll() []Prediction {
-	pre, post := m.predictPrecopy(), m.predictPostcopy()
-	return []Prediction{pre, m.predictConverge(), post, m.predictHybrid(pre, post), m.predictCold()}
+	pre := m.predictPrecopy()
+	preds := []Prediction{pre, m.predictConverge(), m.predictPostcopy(), m.predictHybrid(pre, m.predictPostcopyAfterRound1()), m.predictCold()}
+	for i := range preds {
+		preds[i] = m.withDisks(preds[i])
+	}
+	return preds
 }
 
-// predict returns the prediction of one strategy.
+// withDisks adds the local disks' mirror to a prediction: a live
+// migration mirrors them first (the RAM transfer starts when every mirror
+// is ready), at the link's rate less what the guest writes meanwhile
+// (those writes go over the link too). The mirrors complete at the
+// switchover with the guest paused and in sync (write-blocking mode), so
+// they add nothing to the downtime, and post-copy starts only after they
+// completed: every live strategy keeps the disks consistent. A cold
+// migration does not copy local disks yet.
+func (m *model) withDisks(p Prediction) Prediction {
+	if m.disk <= 0 {
+		return p
+	}
+	if p.Strategy == StrategyCold {
+		p.Converges, p.Total, p.Downtime, p.Bytes = false, 0, 0, 0
+		p.Reason = "the VM has local disks: a cold migration does not copy them yet"
+		return p
+	}
+	if !p.Converges {
+		return p
+	}
+	t := m.diskSeconds()
+	p.Total += seconds(t)
+	p.Bytes += int64(m.disk + m.dw*t + 0.5)
+	p.Reason += fmt.Sprintf("; first %.1f s mirroring %.1f MiB of local disks", t, m.disk/(1<<20))
+	return p
+}
+
+// diskSeconds is the time the mirrors take until every one is ready.
+func (m *model) diskSeconds() float64 {
+	return m.disk / max(m.b-m.dw, m.b/10)
+}
+
+// predict returns the prediction of one strategy (with the disks).
 func (m *model) predict(strategy string) Prediction {
+	return m.withDisks(m.predictRAM(strategy))
+}
+
+// predictRAM is predict without the local disks.
+func (m *model) predictRAM(strategy string) Prediction {
 	switch strategy {
 	case StrategyPrecopy:
 		return m.predictPrecopy()
@@ -82,7 +123,7 @@ func (m *model) predict(strategy string) Prediction {
 	case StrategyPostcopy:
 		return m.predictPostcopy()
 	case StrategyHybrid:
-		return m.predictHybrid(m.predictPrecopy(), m.predictPostcopy())
+		return m.predictHybrid(m.predictPrecopy(), m.predictPostcopyAfterRound1())
 	case StrategyCold:
 		return m.predictCold()
 	}
@@ -246,6 +287,40 @@ func (m *model) predictConverge() Prediction {
 }
 
 func (m *model) predictPostcopy() Prediction {
+	t1 := m.nz / m.b
+	ts := postcopySwitchBytes(m.nz, m.b, m.r) / m.b
+	if ts >= t1-1e-9 {
+		return m.predictPostcopyAfterRound1()
+	}
+	// The post-copy strategy switches at Tune's switch point: round 1's
+	// remainder then equals what the guest dirtied meanwhile.
+	d2 := m.dirtied(ts, 0)
+	down := m.fixedDowntime()
+	p := Prediction{
+		Strategy: StrategyPostcopy, Converges: true, Postcopy: true,
+		Total:    seconds(m.setup + (m.nz+d2+m.s)/m.b + m.sw),
+		Downtime: seconds(down),
+		Bytes:    int64(m.nz + d2 + m.s + 0.5),
+		Rounds:   1, DowntimeLimit: seconds(m.limit),
+	}
+	p.Reason = fmt.Sprintf("switches to the destination at %s of round 1 (%s); the rest of round 1 and the %s dirtied meanwhile arrive afterwards (%s during which the guest waits on remote page faults; a broken link pauses it until recovered)",
+		fmtSec(ts), fmtSec(t1), fmtBytes(d2), fmtSec((m.nz-ts*m.b+d2)/m.b)) + m.overBudget(down)
+	return p
+}
+
+// postcopySwitchBytes is where the post-copy strategy switches: after
+// m·b/(b+r) bytes of round 1, where round 1's remainder m − b·t equals
+// what the guest dirtied meanwhile, r·t (m itself when r is 0).
+func postcopySwitchBytes(m, b, r float64) float64 {
+	if m <= 0 || b <= 0 || r <= 0 {
+		return m
+	}
+	return m * b / (b + r)
+}
+
+// predictPostcopyAfterRound1 is post-copy started after the first full
+// round: hybrid's fallback, and the post-copy strategy of an idle guest.
+func (m *model) predictPostcopyAfterRound1() Prediction {
 	t1 := m.nz / m.b
 	// The tail is the pages dirtied during round 1, and a page the guest
 	// rewrites is one it holds data in: never more than its non-zero RAM

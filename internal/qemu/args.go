@@ -22,6 +22,10 @@ import (
 // both ends of a migration.
 const DefaultMachineType = "pc-q35-7.2"
 
+// GuestAgentPort is the virtio-serial port name of the QEMU guest agent
+// channel (the name qemu-ga and the test guest look for).
+const GuestAgentPort = "org.qemu.guest_agent.0"
+
 // maxSocketPath is the longest AF_UNIX path (sun_path is 108 bytes with
 // the terminating NUL).
 const maxSocketPath = 107
@@ -38,6 +42,9 @@ type Paths struct {
 	// read-only observers such as tests and operators; the agent never
 	// uses it, so observing never competes with the agent's connection.
 	ObserveSocket string
+	// GuestAgentSocket is the host side (qga.sock) of the VM's QEMU guest
+	// agent channel, used only when the spec asks for one (guestAgent).
+	GuestAgentSocket string
 }
 
 // PathsFor returns the fixed file names inside vmDir.
@@ -50,7 +57,8 @@ func PathsFor(vmDir string) Paths {
 		StderrLog: filepath.Join(vmDir, "qemu.log"),
 		QMPLog:    filepath.Join(vmDir, "qmp.log"),
 
-		ObserveSocket: filepath.Join(vmDir, "qmp-observe.sock"),
+		ObserveSocket:    filepath.Join(vmDir, "qmp-observe.sock"),
+		GuestAgentSocket: filepath.Join(vmDir, "qga.sock"),
 	}
 }
 
@@ -214,6 +222,19 @@ func options(cfg Config) ([]option, error) {
 		return nil, err
 	}
 	opts = append(opts, nicOpts...)
+	if s.GuestAgent {
+		// Last, so the devices before it keep their PCI slots with or
+		// without the channel. The ids depend on nothing host-specific:
+		// source and destination have the same device model.
+		if !filepath.IsAbs(p.GuestAgentSocket) || len(p.GuestAgentSocket) > maxSocketPath {
+			return nil, fmt.Errorf("qemu: Config.Paths.GuestAgentSocket: spec.guestAgent needs an absolute unix socket path of at most %d bytes (use PathsFor with a short VM directory), got %q", maxSocketPath, p.GuestAgentSocket)
+		}
+		opts = append(opts,
+			propOpt("-device", kv("", "virtio-serial-pci"), kv("id", "vser0")),
+			propOpt("-chardev", kv("", "socket"), kv("id", "qga0"), kv("path", p.GuestAgentSocket), kv("server", "on"), kv("wait", "off")),
+			propOpt("-device", kv("", "virtserialport"), kv("bus", "vser0.0"), kv("chardev", "qga0"), kv("name", GuestAgentPort), kv("id", "qga0-port")),
+		)
+	}
 	if cfg.Incoming != "" {
 		// -S: the destination stays paused after the state arrives; the
 		// agent resumes it only once the owner record names this host.

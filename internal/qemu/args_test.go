@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/spec"
 )
@@ -32,6 +34,14 @@ func twoDiskSpec() *ferryv1.VMSpec {
 	}
 }
 
+// guestAgentSpec is a kernel-boot VM with a NIC and the guest agent channel.
+func guestAgentSpec() *ferryv1.VMSpec {
+	s := kernelSpec("web-1")
+	s.Nics = []*ferryv1.NICSpec{{}}
+	s.GuestAgent = true
+	return s
+}
+
 func goldenConfigs() map[string]Config {
 	vmDir := func(n string) Paths { return PathsFor("/var/lib/ferry/vms/" + n) }
 	diskBoot := twoDiskSpec()
@@ -50,6 +60,10 @@ func goldenConfigs() map[string]Config {
 			Disks: []Disk{{Path: "/images/db-root.qcow2"}, {Name: "disk1", Path: "/var/lib/ferry/vms/boot-disk/disk1.raw", Format: "raw"}},
 		},
 		"incoming_defer": {Spec: kernelSpec("web-1"), Accel: "tcg", Paths: vmDir("web-1"), Incoming: "defer"},
+		"guest_agent":    {Spec: guestAgentSpec(), Accel: "tcg", Paths: vmDir("web-1"), NICs: []NIC{{Tap: "fr-web-0"}}},
+		"guest_agent_incoming": {
+			Spec: guestAgentSpec(), Accel: "tcg", Paths: vmDir("web-1"), NICs: []NIC{{Tap: "fr-web-0"}}, Incoming: "defer",
+		},
 	}
 }
 
@@ -80,6 +94,8 @@ func TestArgsGolden(t *testing.T) {
 
 func TestArgsDeterministicAcrossHosts(t *testing.T) {
 	src := goldenConfigs()["two_disks_two_nics"]
+	src.Spec = proto.Clone(src.Spec).(*ferryv1.VMSpec)
+	src.Spec.GuestAgent = true // the channel is part of the device model on both sides
 	dst := src
 	dst.Paths = PathsFor("/other/host/db")
 	dst.Disks = []Disk{{Path: "/other/root.qcow2"}, {Path: "/other/disk1.raw"}}
@@ -172,6 +188,7 @@ func TestArgsErrors(t *testing.T) {
 		{"nic count", func(c *Config) { c.NICs = nil }, "Config.NICs: need one resolved NIC per spec.nics entry (2), got 0"},
 		{"tap", func(c *Config) { c.NICs[0].Tap = "" }, `Config.NICs[0].Tap: must be a tap interface name`},
 		{"mac", func(c *Config) { c.NICs[1].MAC = "nope" }, `Config.NICs[1].MAC: must be a MAC address like 52:54:00:12:34:56, got "nope"`},
+		{"guest agent socket", func(c *Config) { c.Spec.GuestAgent = true; c.Paths.GuestAgentSocket = "" }, "Config.Paths.GuestAgentSocket: spec.guestAgent needs an absolute unix socket path"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -201,7 +218,7 @@ func TestArgsDoesNotMutateSpec(t *testing.T) {
 
 func TestPathsFor(t *testing.T) {
 	p := PathsFor("/v/x")
-	want := Paths{Dir: "/v/x", QMPSocket: "/v/x/qmp.sock", SerialLog: "/v/x/serial.log", PIDFile: "/v/x/qemu.pid", StderrLog: "/v/x/qemu.log", QMPLog: "/v/x/qmp.log", ObserveSocket: "/v/x/qmp-observe.sock"}
+	want := Paths{Dir: "/v/x", QMPSocket: "/v/x/qmp.sock", SerialLog: "/v/x/serial.log", PIDFile: "/v/x/qemu.pid", StderrLog: "/v/x/qemu.log", QMPLog: "/v/x/qmp.log", ObserveSocket: "/v/x/qmp-observe.sock", GuestAgentSocket: "/v/x/qga.sock"}
 	if p != want {
 		t.Errorf("PathsFor = %+v", p)
 	}

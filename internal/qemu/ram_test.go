@@ -30,7 +30,7 @@ func TestNonZeroRAMCountsOnlyNonZeroPages(t *testing.T) {
 	}
 	_ = mem[size/2] // a read fault maps the zero page
 	start := uint64(uintptr(unsafe.Pointer(&mem[0])))
-	got, err := nonZeroPages(os.Getpid(), start, start+size)
+	got, err := nonZeroPages(os.Getpid(), start, start+size, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,5 +68,45 @@ func TestRAMMappingFindsTheLargest(t *testing.T) {
 	}
 	if _, _, err := ramMapping(os.Getpid(), 1<<50); err == nil {
 		t.Error("a 1 PiB mapping was found")
+	}
+}
+
+// TestCompressRatioSeparatesTextFromNoise: the compressibility sample of
+// pages of repeated text is far below 1, of pseudo-random pages about 1.
+func TestCompressRatioSeparatesTextFromNoise(t *testing.T) {
+	const pages = 256
+	mem, err := syscall.Mmap(-1, 0, pages*pageSize, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
+	if err != nil {
+		t.Fatalf("mmap: %v", err)
+	}
+	defer syscall.Munmap(mem)
+	start := uint64(uintptr(unsafe.Pointer(&mem[0])))
+	ratio := func() float64 {
+		var cs compressSample
+		if _, err := nonZeroPages(os.Getpid(), start, start+pages*pageSize, &cs); err != nil {
+			t.Fatal(err)
+		}
+		return cs.ratio()
+	}
+	text := []byte("the guest writes log lines and source code, which compress well; ")
+	for i := range mem {
+		mem[i] = text[i%len(text)]
+	}
+	if r := ratio(); r <= 0 || r > 0.2 {
+		t.Errorf("repeated text: ratio %.3f, want (0, 0.2]", r)
+	}
+	x := uint64(0x9e3779b97f4a7c15)
+	for i := range mem {
+		x ^= x << 13
+		x ^= x >> 7
+		x ^= x << 17
+		mem[i] = byte(x)
+	}
+	if r := ratio(); r < 0.95 {
+		t.Errorf("pseudo-random data: ratio %.3f, want about 1", r)
+	}
+	var none compressSample
+	if none.ratio() != 0 {
+		t.Error("no sample must give ratio 0 (unknown)")
 	}
 }

@@ -102,8 +102,9 @@ func TestParseQEMU72HandWritten(t *testing.T) {
 	if !c.HasParameter("compress-level") || !c.HasParameter("max-bandwidth") {
 		t.Error("7.2 parameters missing")
 	}
-	if got := Supported(c); len(got) != 0 {
-		t.Errorf("7.2 supports %v, want none of the newer features", got)
+	// 7.2 has multifd with zstd (since 5.0), none of the newer features.
+	if got := Supported(c); len(got) != 1 || got[0] != MultifdZstd {
+		t.Errorf("7.2 supports %v, want only %s of the features", got, MultifdZstd)
 	}
 }
 

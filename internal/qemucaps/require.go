@@ -22,6 +22,9 @@ const (
 	// DirtyLimit: per-vCPU dirty-page rate limiting instead of auto-converge
 	// throttling (capability dirty-limit, parameter vcpu-dirty-limit).
 	DirtyLimit Feature = "dirty-limit"
+	// MultifdZstd: multifd channels compress with zstd (parameter
+	// multifd-zstd-level, multifd-compression=zstd).
+	MultifdZstd Feature = "multifd-zstd"
 )
 
 // requirement is what a feature needs from a binary.
@@ -43,11 +46,13 @@ var requirements = map[Feature]requirement{
 	MultifdZeroPageDetection: {parameter: "zero-page-detection", major: 9, minor: 0},
 	AvailSwitchoverBandwidth: {parameter: "avail-switchover-bandwidth", major: 8, minor: 2},
 	DirtyLimit:               {capability: "dirty-limit", parameter: "vcpu-dirty-limit", major: 8, minor: 1},
+	MultifdZstd: {parameter: "multifd-zstd-level", major: 5, minor: 0,
+		note: "and a QEMU built with zstd, as Debian's is"},
 }
 
 // Features returns every feature Require knows, in a fixed order.
 func Features() []Feature {
-	return []Feature{PostcopyPreempt, MultifdZeroPageDetection, AvailSwitchoverBandwidth, DirtyLimit}
+	return []Feature{PostcopyPreempt, MultifdZeroPageDetection, AvailSwitchoverBandwidth, DirtyLimit, MultifdZstd}
 }
 
 // ErrUnsupported is wrapped by Require when the binary lacks a feature.

@@ -216,6 +216,13 @@ func TestCommandWireFormat(t *testing.T) {
 		{func(ctx context.Context) error {
 			return m.MigrateSetParameters(ctx, MigrationParameters{BlockBitmapMapping: []BitmapMigrationNodeAlias{}})
 		}, "migrate-set-parameters", `{"block-bitmap-mapping":[]}`},
+		{func(ctx context.Context) error {
+			return m.MigrateSetParameters(ctx, MigrationParameters{MultifdChannels: Ptr[int64](4), MultifdCompression: Ptr(MultiFDCompressionZstd),
+				MultifdZstdLevel: Ptr[int64](1), ZeroPageDetection: Ptr(ZeroPageDetectionMultifd), AvailSwitchoverBandwidth: Ptr[int64](45298483)})
+		}, "migrate-set-parameters", `{"multifd-channels":4,"multifd-compression":"zstd","multifd-zstd-level":1,"zero-page-detection":"multifd","avail-switchover-bandwidth":45298483}`},
+		{func(ctx context.Context) error {
+			return m.MigrateSetCapabilities(ctx, []CapabilityState{{CapPostcopyRAM, true}, {CapPostcopyPreempt, true}})
+		}, "migrate-set-capabilities", `{"capabilities":[{"capability":"postcopy-ram","state":true},{"capability":"postcopy-preempt","state":true}]}`},
 		{func(ctx context.Context) error { return m.Migrate(ctx, "tcp:10.0.0.2:4444", MigrateOptions{}) },
 			"migrate", `{"uri":"tcp:10.0.0.2:4444"}`},
 		{func(ctx context.Context) error {

@@ -329,7 +329,25 @@ type MigrationParameters struct {
 	// BlockBitmapMapping is sent when non-nil; an empty non-nil slice
 	// clears the mapping.
 	BlockBitmapMapping []BitmapMigrationNodeAlias `json:"block-bitmap-mapping,omitzero"`
+	// ZeroPageDetection says who detects zero pages (QEMU ≥ 9.0).
+	ZeroPageDetection *ZeroPageDetection `json:"zero-page-detection,omitempty"`
+	// AvailSwitchoverBandwidth is the rate (bytes per second) QEMU assumes
+	// when it decides to switch over; 0 = its own estimate (QEMU ≥ 8.2).
+	AvailSwitchoverBandwidth *int64 `json:"avail-switchover-bandwidth,omitempty"`
 }
+
+// ZeroPageDetection is QAPI's ZeroPageDetection (QEMU ≥ 9.0).
+type ZeroPageDetection string
+
+// ZeroPageDetection values.
+const (
+	// ZeroPageDetectionNone sends zero pages as data.
+	ZeroPageDetectionNone ZeroPageDetection = "none"
+	// ZeroPageDetectionLegacy checks in the migration thread.
+	ZeroPageDetectionLegacy ZeroPageDetection = "legacy"
+	// ZeroPageDetectionMultifd checks in the multifd channel threads.
+	ZeroPageDetectionMultifd ZeroPageDetection = "multifd"
+)
 
 // MigrateOptions are the optional flags of the migrate command.
 type MigrateOptions struct {

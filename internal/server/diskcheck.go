@@ -25,17 +25,19 @@ const diskCheckCall = 10 * time.Second
 // without a path (a legacy record with size), is refused as well: its only
 // copy is on the source.
 func (s *Server) checkSharedDisks(ctx context.Context, vm *ferryv1.VM, src, dst *ferryv1.Host) error {
-	disks := vm.Spec.GetDisks()
+	var disks []*ferryv1.DiskSpec
+	for i, d := range vm.Spec.GetDisks() {
+		switch {
+		case d.GetShared() && d.GetPath() == "":
+			return precondition("spec.disks[%d] (%s) is shared but has no path (it was created with size on host %s, so that host holds its only copy): it cannot be migrated; recreate the VM with path: set to an image on shared storage", i, d.GetName(), vm.Host)
+		case d.GetShared():
+			disks = append(disks, d)
+		case d.GetPath() != "":
+			return precondition("spec.disks[%d] (%s) is an image given by path (%s) that is not marked shared: Ferry moves only the local disks it keeps itself (size: or source:); mark it shared: true if both hosts see it at the same path, or recreate the VM with source: %s to have Ferry copy it", i, d.GetName(), d.GetPath(), d.GetPath())
+		}
+	}
 	if len(disks) == 0 {
 		return nil
-	}
-	for i, d := range disks {
-		switch {
-		case !d.GetShared():
-			return precondition("spec.disks[%d] (%s) is not shared: moving local disks needs storage migration, which Ferry does not do yet; mark the disk shared: true if both hosts see it at the same path", i, d.GetName())
-		case d.GetPath() == "":
-			return precondition("spec.disks[%d] (%s) is shared but has no path (it was created with size on host %s, so that host holds its only copy): it cannot be migrated; recreate the VM with path: set to an image on shared storage", i, d.GetName(), vm.Host)
-		}
 	}
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
@@ -113,4 +115,36 @@ func (s *Server) removeDiskMarkers(ctx context.Context, req *agentv1.DiskMarkers
 			}
 		}
 	}
+}
+
+// localDisks asks the source agent for the VM's local disks (created from
+// size or copied from source, kept in the VM's directory there): what a
+// live migration mirrors. A cold migration of local disks is refused.
+func (s *Server) localDisks(ctx context.Context, vm *ferryv1.VM, src *ferryv1.Host, strategy string) ([]*ferryv1.MigrationDisk, error) {
+	n := 0
+	for _, d := range vm.Spec.GetDisks() {
+		if !d.GetShared() && d.GetPath() == "" {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	if strategy == "cold" {
+		return nil, precondition("VM %s has %d local disk(s): a cold migration does not copy local disks yet; migrate it live (they are mirrored) or put its disks on shared storage", vm.Spec.GetName(), n)
+	}
+	cctx, cancel := context.WithTimeout(ctx, diskCheckCall)
+	defer cancel()
+	resp, err := s.agents.get(src.Address).disk.LocalDisks(cctx, connect.NewRequest(&agentv1.LocalDisksRequest{Name: vm.Spec.GetName()}))
+	if err != nil {
+		return nil, agentError(fmt.Errorf("local disks of VM %s on host %s: %w", vm.Spec.GetName(), src.Name, err))
+	}
+	if len(resp.Msg.GetDisks()) != n {
+		return nil, fmt.Errorf("local disks of VM %s: host %s reports %d, the spec has %d", vm.Spec.GetName(), src.Name, len(resp.Msg.GetDisks()), n)
+	}
+	var out []*ferryv1.MigrationDisk
+	for _, d := range resp.Msg.GetDisks() {
+		out = append(out, &ferryv1.MigrationDisk{Name: d.Name, Format: d.Format, VirtualSizeBytes: d.VirtualSizeBytes, AllocatedBytes: d.AllocatedBytes})
+	}
+	return out, nil
 }

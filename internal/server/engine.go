@@ -7,6 +7,7 @@ import (
 	"github.com/ferryvm/ferry/internal/store"
 	"time"
 
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/planner"
@@ -70,11 +71,24 @@ func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
 	if opt.GetBandwidthMibps() > 0 {
 		bw = opt.GetBandwidthMibps() << 20
 	}
-	return exec.Knobs{
+	k := exec.Knobs{
 		Spec: sp, MaxBandwidthBytes: bw, DowntimeLimitMs: qemuDowntimeLimit(m), MultifdChannels: opt.GetMultifdChannels(),
 		MaxPostcopyBandwidthBytes: postcopyBandwidth(m, bw), ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
-		NoThrottle: opt.GetNoThrottle(),
+		NoThrottle: opt.GetNoThrottle(), LocalDisks: localDiskKnobs(m),
+		GuestAliveTimeout: time.Duration(opt.GetGuestAliveTimeoutMs()) * time.Millisecond,
 	}
+	applyTuning(&k, m.GetPlan().GetTuning(), m.Strategy)
+	return k
+}
+
+// localDiskKnobs are the local disks the destination creates and the
+// source mirrors (from the migration's record).
+func localDiskKnobs(m *ferryv1.Migration) []*agentv1.LocalDisk {
+	var out []*agentv1.LocalDisk
+	for _, d := range m.GetDisks() {
+		out = append(out, &agentv1.LocalDisk{Name: d.Name, Format: d.Format, VirtualSizeBytes: d.VirtualSizeBytes, AllocatedBytes: d.AllocatedBytes})
+	}
+	return out
 }
 
 // controller is the adaptive controller of a planned pre-copy, hybrid or
@@ -103,7 +117,14 @@ func postcopyBandwidth(m *ferryv1.Migration, capBytes int64) int64 {
 	if in := m.GetPlan().GetInputs(); in != nil && in.BandwidthMibps > 0 {
 		link = min(link, in.BandwidthMibps*(1<<20))
 	}
-	return int64(link * 0.8)
+	share := planner.PostcopyBackgroundShare
+	if t := m.GetPlan().GetTuning(); t.GetPostcopyBackgroundShare() > 0 {
+		share = t.PostcopyBackgroundShare // 1 with postcopy-preempt
+	}
+	if share >= 1 {
+		return capBytes // faulted pages have their own channel: no reserve
+	}
+	return int64(link * share)
 }
 
 // qemuDowntimeLimit is QEMU's downtime-limit: the target less what the

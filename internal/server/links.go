@@ -53,11 +53,18 @@ func (b *bandwidths) observe(from, to string, mibps float64) {
 	b.book().ObserveMigration(from, to, mibps*(1<<20), time.Now())
 }
 
-// observeProbe records a probe's rate (MiB/s).
-func (b *bandwidths) observeProbe(from, to string, mibps float64, inline bool) {
+// observeProbe records a probe's rate (MiB/s) and round-trip time.
+func (b *bandwidths) observeProbe(from, to string, pr linkProbe, inline bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.book().ObserveProbe(from, to, mibps*(1<<20), time.Now(), inline)
+	b.book().ObserveProbe(from, to, pr.mibps*(1<<20), time.Now(), inline)
+	b.book().ObserveRTT(from, to, pr.rtt)
+}
+
+// linkProbe is one probe's result.
+type linkProbe struct {
+	mibps float64
+	rtt   time.Duration // the TCP handshake; 0 from an agent that does not measure it
 }
 
 // figure is the link rate to plan with from → to, if the book has one.
@@ -80,18 +87,18 @@ func (b *bandwidths) due(hosts []string) []telemetry.Pair {
 }
 
 // probeLink runs a TCP probe of d from src to dst and returns its rate in
-// MiB/s.
-func (s *Server) probeLink(ctx context.Context, src, dst *ferryv1.Host, d time.Duration) (float64, error) {
+// MiB/s and the round-trip time of its handshake.
+func (s *Server) probeLink(ctx context.Context, src, dst *ferryv1.Host, d time.Duration) (linkProbe, error) {
 	sa, da := s.agents.get(src.Address), s.agents.get(dst.Address)
 	lis, err := da.mig.ProbeListen(ctx, connect.NewRequest(&agentv1.ProbeListenRequest{}))
 	if err != nil {
-		return 0, fmt.Errorf("open a bandwidth probe on %s: %w", dst.Name, err)
+		return linkProbe{}, fmt.Errorf("open a bandwidth probe on %s: %w", dst.Name, err)
 	}
 	probe, err := sa.mig.ProbeSend(ctx, connect.NewRequest(&agentv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: d.Milliseconds()}))
 	if err != nil {
-		return 0, fmt.Errorf("probe the link %s → %s: %w", src.Name, dst.Name, err)
+		return linkProbe{}, fmt.Errorf("probe the link %s → %s: %w", src.Name, dst.Name, err)
 	}
-	return probe.Msg.Mibps, nil
+	return linkProbe{mibps: probe.Msg.Mibps, rtt: time.Duration(probe.Msg.RttUs) * time.Microsecond}, nil
 }
 
 // linkProbeLoop probes, every linkProbeTick, at most probesPerTick of
@@ -150,13 +157,13 @@ func (s *Server) probeDue(ctx context.Context) {
 		}
 		probed++
 		pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
-		mibps, err := s.probeLink(pctx, byName[p.From], byName[p.To], telemetry.BackgroundProbe)
+		pr, err := s.probeLink(pctx, byName[p.From], byName[p.To], telemetry.BackgroundProbe)
 		pcancel()
 		if err != nil {
 			s.log.Debug("background link probe failed", "pair", p.String(), "err", err)
 			s.bw.probeFailed(p.From, p.To)
 			continue
 		}
-		s.bw.observeProbe(p.From, p.To, mibps, false)
+		s.bw.observeProbe(p.From, p.To, pr, false)
 	}
 }

@@ -23,6 +23,9 @@ const (
 	DefaultStallTimeout     = 15 * time.Second
 	DefaultMigrationTimeout = 10 * time.Minute
 	DefaultRecoveryWindow   = 5 * time.Minute
+	// DefaultGuestAliveTimeout bounds the check after the switchover that
+	// the guest shows a sign of life.
+	DefaultGuestAliveTimeout = 5 * time.Second
 )
 
 type migrationService struct{ s *Server }
@@ -147,6 +150,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err := s.checkSharedDisks(ctx, vm, src, dst); err != nil {
 		return nil, nil, err
 	}
+	localDisks, err := s.localDisks(ctx, vm, src, opt.Strategy)
+	if err != nil {
+		return nil, nil, err
+	}
 	if opt.MaxDowntimeMs == 0 {
 		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
 		if opt.MaxDowntimeMs == 0 {
@@ -168,12 +175,23 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.RecoveryWindowMs == 0 {
 		opt.RecoveryWindowMs = DefaultRecoveryWindow.Milliseconds()
 	}
+	if t := opt.GuestAliveTimeoutMs; t < 0 || t > (10*time.Minute).Milliseconds() {
+		return nil, nil, invalidArg("options.guest_alive_timeout_ms: must be between 0 (default %v) and 600000, got %d", DefaultGuestAliveTimeout, t)
+	}
+	if opt.GuestAliveTimeoutMs == 0 {
+		opt.GuestAliveTimeoutMs = DefaultGuestAliveTimeout.Milliseconds()
+	}
 
 	// Plan live migrations: measure, predict every strategy, choose for auto.
 	var plan *ferryv1.Plan
 	planStart := time.Now()
 	if opt.Strategy != "cold" {
 		in, err := s.measurePlanInputs(ctx, vm, src, dst, opt)
+		if in != nil {
+			for _, d := range localDisks {
+				in.DiskBytes += d.AllocatedBytes
+			}
+		}
 		if err != nil {
 			if req.DryRun || opt.Strategy == "auto" {
 				return nil, nil, connect.NewError(connect.CodeUnavailable, err)
@@ -182,6 +200,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		} else {
 			var perr error
 			plan, perr = makePlan(in, opt)
+			// The QEMU tuning of the strategy that will run.
+			if st := tunedStrategy(opt.Strategy, plan.Choice); st != "" {
+				plan.Tuning = tunePlan(st, in, opt, src, dst)
+			}
 			if req.DryRun {
 				return nil, plan, nil
 			}
@@ -222,10 +244,15 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		s.releaseReservation(id)
 		return nil, nil, invalidArg("%v", err)
 	}
+	rec.Options.PostcopyAtFraction = postcopyAt(plan, opt.Strategy)
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),
 		Options: opt, VmGeneration: locked.Generation, Plan: plan, PlanningMs: planningMs,
+		Disks: localDisks,
+	}
+	for _, d := range localDisks {
+		m.DiskBytesTotal += d.AllocatedBytes
 	}
 	if plan != nil {
 		m.Predicted = predictionFor(plan, opt.Strategy)

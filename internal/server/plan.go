@@ -61,15 +61,15 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 			linkc <- linkResult{fig: f}
 			return
 		}
-		mibps, err := s.probeLink(mctx, src, dst, telemetry.InlineProbe)
+		pr, err := s.probeLink(mctx, src, dst, telemetry.InlineProbe)
 		if err != nil {
 			linkc <- linkResult{err: err}
 			return
 		}
-		s.bw.observeProbe(src.Name, dst.Name, mibps, true)
+		s.bw.observeProbe(src.Name, dst.Name, pr, true)
 		f, ok := s.bw.figure(src.Name, dst.Name)
 		if !ok {
-			linkc <- linkResult{err: fmt.Errorf("probe the link %s → %s: no usable rate (%.1f MiB/s)", src.Name, dst.Name, mibps)}
+			linkc <- linkResult{err: fmt.Errorf("probe the link %s → %s: no usable rate (%.1f MiB/s)", src.Name, dst.Name, pr.mibps)}
 			return
 		}
 		linkc <- linkResult{fig: f, inline: true}
@@ -136,6 +136,8 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 	in.WssBytes = min(in.MemoryBytes, int64(in.DirtyRateMibps*(1<<20)))
 	in.BandwidthMibps, in.BandwidthSource = fig.BytesPerSec/(1<<20), fig.Source
 	in.BandwidthAgeMs = fig.Age.Milliseconds()
+	in.RttMs = float64(fig.RTT.Microseconds()) / 1000
+	in.CompressRatio = m.CompressRatio
 	if linkInline {
 		in.BandwidthSource = "measured for this plan (no recent figure for the pair): " + in.BandwidthSource
 	}
@@ -170,6 +172,7 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		// Every live pre-copy the server runs (precopy, converge, hybrid)
 		// has a controller stepping the downtime target (engine.go).
 		StepDowntime: true,
+		DiskBytes:    in.DiskBytes,
 		Policy: planner.Policy{
 			AllowPrecopy:  true,
 			AllowConverge: !opt.NoThrottle,

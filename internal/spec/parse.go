@@ -26,7 +26,7 @@ import (
 //
 // A number given for a string field (size: 1073741824) is taken as its
 // decimal text. When baseDir is not empty, relative paths in boot.kernel,
-// boot.initrd and disks[].path are resolved against it (the directory of
+// boot.initrd, disks[].path and disks[].source are resolved against it (the directory of
 // the spec file). Parse neither defaults nor validates: call Default and
 // Validate next.
 func Parse(data []byte, baseDir string) (*ferryv1.VMSpec, error) {
@@ -78,6 +78,7 @@ func resolvePaths(s *ferryv1.VMSpec, baseDir string) {
 	for _, d := range s.GetDisks() {
 		if d != nil {
 			d.Path = abs(d.Path)
+			d.Source = abs(d.Source)
 		}
 	}
 }

@@ -270,7 +270,13 @@ func TestValidateRules(t *testing.T) {
 		{"cmdline too long", func(s *ferryv1.VMSpec) { s.Boot.Cmdline = strings.Repeat("x", 2048) }, "spec.boot.cmdline", "must be at most 2047 bytes, got 2048"},
 		{"cmdline newline", func(s *ferryv1.VMSpec) { s.Boot.Cmdline = "a\nb" }, "spec.boot.cmdline", "must be a single line without NUL bytes"},
 		{"disk neither path nor size", func(s *ferryv1.VMSpec) { s.Disks[1].Size = "" }, "spec.disks[1]",
-			"set exactly one of path (an existing image) or size (a new image)"},
+			"set exactly one of path (an existing image), size (a new empty local image) or source (a new local image copied from an allowed image)"},
+		{"disk size and source", func(s *ferryv1.VMSpec) { s.Disks[1].Source = "/images/base.qcow2" }, "spec.disks[1]", "set exactly one of path..."},
+		{"disk source relative", func(s *ferryv1.VMSpec) { s.Disks[1].Size, s.Disks[1].Source = "", "base.qcow2" }, "spec.disks[1].source", "must be an absolute path..."},
+		{"disk source shared", func(s *ferryv1.VMSpec) {
+			s.Disks[1].Size, s.Disks[1].Source, s.Disks[1].Shared = "", "/images/base.qcow2", true
+		}, "spec.disks[1].shared",
+			"a disk copied from source is local to its host: remove shared: true, or set path to an image on shared storage instead of source"},
 		{"disk both path and size", func(s *ferryv1.VMSpec) { s.Disks[0].Size = "1G" }, "spec.disks[0]", "set exactly one of path..."},
 		{"disk path relative", func(s *ferryv1.VMSpec) { s.Disks[0].Path = "root.qcow2" }, "spec.disks[0].path", "must be an absolute path..."},
 		{"disk size syntax", func(s *ferryv1.VMSpec) { s.Disks[1].Size = "lots" }, "spec.disks[1].size",
@@ -346,8 +352,11 @@ func TestValidateAcceptsGoodVariants(t *testing.T) {
 		"limits": func(s *ferryv1.VMSpec) {
 			s.Vcpus, s.MemoryMib, s.MaxDowntimeMs, s.Name = 64, 64, 60000, strings.Repeat("a", 63)
 		},
-		"accel values":        func(s *ferryv1.VMSpec) { s.Accel = "kvm" },
-		"shared path disk":    func(s *ferryv1.VMSpec) { s.Disks[0].Shared = true },
+		"accel values":     func(s *ferryv1.VMSpec) { s.Accel = "kvm" },
+		"shared path disk": func(s *ferryv1.VMSpec) { s.Disks[0].Shared = true },
+		"local disk from source": func(s *ferryv1.VMSpec) {
+			s.Disks[1].Size, s.Disks[1].Source = "", "/images/base.qcow2"
+		},
 		"machine type pinned": func(s *ferryv1.VMSpec) { s.MachineType = "pc-q35-10.0" },
 		"machine type alias":  func(s *ferryv1.VMSpec) { s.MachineType = "q35" },
 		"one char name": func(s *ferryv1.VMSpec) {

@@ -99,11 +99,22 @@ func validateDisks(c *collector, disks []*ferryv1.DiskSpec) []string {
 		} else {
 			seen[name] = i
 		}
+		set := 0
+		for _, v := range []string{d.Path, d.Size, d.Source} {
+			if v != "" {
+				set++
+			}
+		}
 		switch {
-		case (d.Path == "") == (d.Size == ""):
-			c.add(p, "set exactly one of path (an existing image) or size (a new image)")
+		case set != 1:
+			c.add(p, "set exactly one of path (an existing image), size (a new empty local image) or source (a new local image copied from an allowed image)")
 		case d.Path != "":
 			checkAbs(c, p+".path", d.Path)
+		case d.Source != "":
+			checkAbs(c, p+".source", d.Source)
+			if d.Shared {
+				c.add(p+".shared", "a disk copied from source is local to its host: remove shared: true, or set path to an image on shared storage instead of source")
+			}
 		default:
 			n, err := ParseSize(d.Size)
 			switch {

@@ -49,6 +49,7 @@ type probe struct {
 	bytesPerSec float64
 	at          time.Time
 	inline      bool
+	rtt         time.Duration // 0: not measured
 	// recent are the rates of the pair's latest probes (this one last, at
 	// most probeWindow) that agree with this one within probesAgree: the
 	// figure is their median, as one 100 ms probe of a shaped link is off
@@ -85,6 +86,7 @@ type Links struct {
 	migrated  map[Pair]time.Time // last migration on the pair, either direction recorded both ways
 	probes    map[Pair]probe
 	failed    map[Pair]time.Time // last failed background probe
+	rtts      map[Pair]time.Duration
 }
 
 // NewLinks returns an empty book with the default policy.
@@ -151,6 +153,18 @@ func (l *Links) ObserveProbe(from, to string, bytesPerSec float64, at time.Time,
 	delete(l.failed, Pair{from, to})
 }
 
+// ObserveRTT records the round-trip time a probe from → to measured (its
+// TCP handshake) with the probe ObserveProbe recorded last.
+func (l *Links) ObserveRTT(from, to string, rtt time.Duration) {
+	if rtt <= 0 {
+		return
+	}
+	if l.rtts == nil {
+		l.rtts = map[Pair]time.Duration{}
+	}
+	l.rtts[Pair{from, to}] = rtt
+}
+
 // ProbeFailed records a failed probe from → to at at: Due leaves the pair
 // alone for ProbeRetry.
 func (l *Links) ProbeFailed(from, to string, at time.Time) {
@@ -176,6 +190,9 @@ type Figure struct {
 	Age time.Duration
 	// Source says in words where it came from.
 	Source string
+	// RTT is the pair's round-trip time from its latest probe (also one
+	// older than ProbeMaxAge: latency changes slowly); 0 when unknown.
+	RTT time.Duration
 }
 
 // Figure returns the rate to plan with from → to at now, false when the
@@ -184,6 +201,14 @@ type Figure struct {
 // QEMU rarely reaches, so it is capped by what migrations reached on the
 // pair (or anywhere, when the pair never migrated).
 func (l *Links) Figure(from, to string, now time.Time) (Figure, bool) {
+	f, ok := l.figure(from, to, now)
+	if ok {
+		f.RTT = l.rtts[Pair{from, to}]
+	}
+	return f, ok
+}
+
+func (l *Links) figure(from, to string, now time.Time) (Figure, bool) {
 	k := Pair{from, to}
 	mb := func(bps float64) float64 { return bps / (1 << 20) }
 	learned, haveLearned := l.learned.Estimate(from, to)

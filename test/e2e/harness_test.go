@@ -4,11 +4,13 @@ package e2e
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -70,7 +72,37 @@ func run(m *testing.M) int {
 			}
 		}
 	}
+	if guestHasAgent, err = initrdHasGuestAgent(filepath.Join(guestDir, "initrd.img")); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
+	if !guestHasAgent {
+		fmt.Fprintf(os.Stderr, "e2e: WARNING: the test guest in %s predates the guest agent channel (no virtio_console in its initramfs): "+
+			"VMs get no guestAgent and the guest-alive tests fail; rebuild it with make guest (hack/build-guest.sh)\n", guestDir)
+	}
 	return m.Run()
+}
+
+// guestHasAgent: the test guest answers the guest agent protocol (its
+// initramfs loads virtio_console), so its specs get guestAgent: true.
+var guestHasAgent bool
+
+// initrdHasGuestAgent looks for virtio_console.ko in the gzip'd initramfs.
+func initrdHasGuestAgent(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, fmt.Errorf("test guest initramfs: %w", err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		return false, fmt.Errorf("test guest initramfs %s: %w", path, err)
+	}
+	b, err := io.ReadAll(zr)
+	if err != nil {
+		return false, fmt.Errorf("test guest initramfs %s: %w", path, err)
+	}
+	return bytes.Contains(b, []byte("virtio_console.ko")), nil
 }
 
 // cluster is a dev cluster made for one test through the CLI.
@@ -170,9 +202,14 @@ func (c *cluster) mustFerry(args ...string) string {
 	return out
 }
 
-// writeSpec writes a test-guest spec and returns its path.
+// writeSpec writes a test-guest spec and returns its path. The test guest
+// has the guest agent channel (guestAgent: true) unless extra says
+// otherwise.
 func (c *cluster) writeSpec(name, ip string, extra string) string {
 	c.t.Helper()
+	if guestHasAgent && !strings.Contains(extra, "guestAgent:") {
+		extra = "guestAgent: true\n" + extra
+	}
 	spec := fmt.Sprintf(`name: %s
 vcpus: 1
 memoryMiB: 256

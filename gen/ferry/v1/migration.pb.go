@@ -53,8 +53,12 @@ type MigrationOptions struct {
 	// recovery_window_ms is how long a paused post-copy waits for its link
 	// to come back before giving up; 0 means the default (5 min).
 	RecoveryWindowMs int64 `protobuf:"varint,9,opt,name=recovery_window_ms,json=recoveryWindowMs,proto3" json:"recovery_window_ms,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// guest_alive_timeout_ms bounds the check after the switchover that the
+	// guest shows a sign of life; 0 means the default (5 s). A guest that
+	// shows none completes the migration with a "guest unresponsive" warning.
+	GuestAliveTimeoutMs int64 `protobuf:"varint,45,opt,name=guest_alive_timeout_ms,json=guestAliveTimeoutMs,proto3" json:"guest_alive_timeout_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -164,6 +168,13 @@ func (x *MigrationOptions) GetRecoveryWindowMs() int64 {
 	return 0
 }
 
+func (x *MigrationOptions) GetGuestAliveTimeoutMs() int64 {
+	if x != nil {
+		return x.GuestAliveTimeoutMs
+	}
+	return 0
+}
+
 // PlanInputs are the measured figures a plan is made from.
 type PlanInputs struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -196,8 +207,17 @@ type PlanInputs struct {
 	// measured_inline says the plan had to measure something itself (stale
 	// or missing telemetry), which is what makes planning slow.
 	MeasuredInline bool `protobuf:"varint,14,opt,name=measured_inline,json=measuredInline,proto3" json:"measured_inline,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// rtt_ms is the link's round-trip time (TCP connect of the latest
+	// probe); 0 when unknown.
+	RttMs float64 `protobuf:"fixed64,15,opt,name=rtt_ms,json=rttMs,proto3" json:"rtt_ms,omitempty"`
+	// compress_ratio is how well the guest's non-zero RAM compresses
+	// (compressed over original size of a sample; 0 = unknown).
+	CompressRatio float64 `protobuf:"fixed64,16,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
+	// disk_bytes is the data of the VM's local disks (allocated bytes on
+	// the source) that a live migration mirrors before the RAM.
+	DiskBytes     int64 `protobuf:"varint,80,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PlanInputs) Reset() {
@@ -328,6 +348,27 @@ func (x *PlanInputs) GetMeasuredInline() bool {
 	return false
 }
 
+func (x *PlanInputs) GetRttMs() float64 {
+	if x != nil {
+		return x.RttMs
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetCompressRatio() float64 {
+	if x != nil {
+		return x.CompressRatio
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetDiskBytes() int64 {
+	if x != nil {
+		return x.DiskBytes
+	}
+	return 0
+}
+
 // StrategyPrediction is the planner's forecast for one strategy.
 type StrategyPrediction struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -454,8 +495,12 @@ type Plan struct {
 	Inputs      *PlanInputs            `protobuf:"bytes,1,opt,name=inputs,proto3" json:"inputs,omitempty"`
 	Predictions []*StrategyPrediction  `protobuf:"bytes,2,rep,name=predictions,proto3" json:"predictions,omitempty"`
 	// choice is the strategy chosen (empty when none fits).
-	Choice        string `protobuf:"bytes,3,opt,name=choice,proto3" json:"choice,omitempty"`
-	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Choice string `protobuf:"bytes,3,opt,name=choice,proto3" json:"choice,omitempty"`
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// tuning are the QEMU capabilities and parameters the planner chose for
+	// the strategy (postcopy-preempt, multifd-channels, zero-page-detection,
+	// multifd-compression, avail-switchover-bandwidth), each with its reason.
+	Tuning        *PlanTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -518,6 +563,196 @@ func (x *Plan) GetReason() string {
 	return ""
 }
 
+func (x *Plan) GetTuning() *PlanTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
+}
+
+// PlanTuning is what the planner set beyond the strategy, applied by the
+// agents on both sides where QEMU needs it on both.
+type PlanTuning struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// choices are the decisions with their reasons, in a fixed order.
+	Choices         []*TuningChoice `protobuf:"bytes,1,rep,name=choices,proto3" json:"choices,omitempty"`
+	PostcopyPreempt bool            `protobuf:"varint,2,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
+	// multifd_channels > 1 enables multifd (0: one stream).
+	MultifdChannels int32 `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
+	// zero_page_detection is QEMU's zero-page-detection ("" = default).
+	ZeroPageDetection string `protobuf:"bytes,4,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
+	// multifd_compression is "zstd" or "" (none).
+	MultifdCompression string `protobuf:"bytes,5,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
+	MultifdZstdLevel   int32  `protobuf:"varint,6,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
+	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
+	// (bytes/s); 0 = QEMU's own estimate.
+	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,7,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
+	// postcopy_background_share is the share of the link post-copy's
+	// background stream may use (1 with preempt, 0.8 without).
+	PostcopyBackgroundShare float64 `protobuf:"fixed64,8,opt,name=postcopy_background_share,json=postcopyBackgroundShare,proto3" json:"postcopy_background_share,omitempty"`
+	// postcopy_at_fraction: a post-copy migration switches once round 1
+	// has gone through this fraction of the guest's RAM (0: after round 1).
+	PostcopyAtFraction float64 `protobuf:"fixed64,9,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *PlanTuning) Reset() {
+	*x = PlanTuning{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlanTuning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlanTuning) ProtoMessage() {}
+
+func (x *PlanTuning) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlanTuning.ProtoReflect.Descriptor instead.
+func (*PlanTuning) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PlanTuning) GetChoices() []*TuningChoice {
+	if x != nil {
+		return x.Choices
+	}
+	return nil
+}
+
+func (x *PlanTuning) GetPostcopyPreempt() bool {
+	if x != nil {
+		return x.PostcopyPreempt
+	}
+	return false
+}
+
+func (x *PlanTuning) GetMultifdChannels() int32 {
+	if x != nil {
+		return x.MultifdChannels
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetZeroPageDetection() string {
+	if x != nil {
+		return x.ZeroPageDetection
+	}
+	return ""
+}
+
+func (x *PlanTuning) GetMultifdCompression() string {
+	if x != nil {
+		return x.MultifdCompression
+	}
+	return ""
+}
+
+func (x *PlanTuning) GetMultifdZstdLevel() int32 {
+	if x != nil {
+		return x.MultifdZstdLevel
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetAvailSwitchoverBandwidthBytes() int64 {
+	if x != nil {
+		return x.AvailSwitchoverBandwidthBytes
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyBackgroundShare() float64 {
+	if x != nil {
+		return x.PostcopyBackgroundShare
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyAtFraction() float64 {
+	if x != nil {
+		return x.PostcopyAtFraction
+	}
+	return 0
+}
+
+// TuningChoice is one QEMU capability or parameter the planner set.
+type TuningChoice struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the QEMU capability or parameter.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// value is what Ferry set ("on", "off", "4", "zstd", "43.2 MiB/s").
+	Value         string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TuningChoice) Reset() {
+	*x = TuningChoice{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TuningChoice) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TuningChoice) ProtoMessage() {}
+
+func (x *TuningChoice) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TuningChoice.ProtoReflect.Descriptor instead.
+func (*TuningChoice) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TuningChoice) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *TuningChoice) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *TuningChoice) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // ControllerDecision is one action of the adaptive controller.
 type ControllerDecision struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -530,7 +765,7 @@ type ControllerDecision struct {
 
 func (x *ControllerDecision) Reset() {
 	*x = ControllerDecision{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -542,7 +777,7 @@ func (x *ControllerDecision) String() string {
 func (*ControllerDecision) ProtoMessage() {}
 
 func (x *ControllerDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[4]
+	mi := &file_ferry_v1_migration_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -555,7 +790,7 @@ func (x *ControllerDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControllerDecision.ProtoReflect.Descriptor instead.
 func (*ControllerDecision) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ControllerDecision) GetTMs() int64 {
@@ -598,7 +833,7 @@ type MigrationSample struct {
 
 func (x *MigrationSample) Reset() {
 	*x = MigrationSample{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +845,7 @@ func (x *MigrationSample) String() string {
 func (*MigrationSample) ProtoMessage() {}
 
 func (x *MigrationSample) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[5]
+	mi := &file_ferry_v1_migration_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +858,7 @@ func (x *MigrationSample) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationSample.ProtoReflect.Descriptor instead.
 func (*MigrationSample) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MigrationSample) GetTMs() int64 {
@@ -700,7 +935,7 @@ type DowntimePhases struct {
 
 func (x *DowntimePhases) Reset() {
 	*x = DowntimePhases{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +947,7 @@ func (x *DowntimePhases) String() string {
 func (*DowntimePhases) ProtoMessage() {}
 
 func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[6]
+	mi := &file_ferry_v1_migration_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +960,7 @@ func (x *DowntimePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DowntimePhases.ProtoReflect.Descriptor instead.
 func (*DowntimePhases) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DowntimePhases) GetFinalRoundMs() int64 {
@@ -789,7 +1024,7 @@ type MigrationEvent struct {
 
 func (x *MigrationEvent) Reset() {
 	*x = MigrationEvent{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1036,7 @@ func (x *MigrationEvent) String() string {
 func (*MigrationEvent) ProtoMessage() {}
 
 func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[7]
+	mi := &file_ferry_v1_migration_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1049,7 @@ func (x *MigrationEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationEvent.ProtoReflect.Descriptor instead.
 func (*MigrationEvent) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *MigrationEvent) GetAt() *timestamppb.Timestamp {
@@ -897,14 +1132,36 @@ type Migration struct {
 	PostcopyRequests int64 `protobuf:"varint,35,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
 	// planning_ms is the measurement before the migration (dirty rate, link
 	// probe); started_at and total_ms begin after it.
-	PlanningMs    int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	PlanningMs int64 `protobuf:"varint,36,opt,name=planning_ms,json=planningMs,proto3" json:"planning_ms,omitempty"`
+	// guest_alive_after_ms is how long after the destination resumed the
+	// guest first showed a sign of life (guest_alive_method); -1 when it
+	// showed none within the check's timeout (see warnings), 0 when not
+	// checked (cold migrations, or before the check ran).
+	GuestAliveAfterMs int64 `protobuf:"varint,45,opt,name=guest_alive_after_ms,json=guestAliveAfterMs,proto3" json:"guest_alive_after_ms,omitempty"`
+	// guest_alive_method is the sign seen: guest-ping, vcpu or nic-tx.
+	GuestAliveMethod string `protobuf:"bytes,46,opt,name=guest_alive_method,json=guestAliveMethod,proto3" json:"guest_alive_method,omitempty"`
+	// warnings are what a completed migration wants the operator to know,
+	// e.g. "guest unresponsive: ..." when the guest showed no sign of life
+	// after the switchover (the migration still completed: the guest runs
+	// on the destination and was never rolled back).
+	Warnings []string `protobuf:"bytes,47,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// disks are the VM's local disks this migration mirrors (empty when
+	// every disk is shared).
+	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
+	// disk_bytes_total is the data of the local disks when the mirrors
+	// started; disk_bytes_transferred what the mirrors copied (it includes
+	// what the guest wrote during the mirror).
+	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
+	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
+	// disk_uri is the destination's NBD server (host:port).
+	DiskUri       string `protobuf:"bytes,83,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Migration) Reset() {
 	*x = Migration{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1173,7 @@ func (x *Migration) String() string {
 func (*Migration) ProtoMessage() {}
 
 func (x *Migration) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[8]
+	mi := &file_ferry_v1_migration_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1186,7 @@ func (x *Migration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Migration.ProtoReflect.Descriptor instead.
 func (*Migration) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Migration) GetId() string {
@@ -1198,6 +1455,162 @@ func (x *Migration) GetPlanningMs() int64 {
 	return 0
 }
 
+func (x *Migration) GetGuestAliveAfterMs() int64 {
+	if x != nil {
+		return x.GuestAliveAfterMs
+	}
+	return 0
+}
+
+func (x *Migration) GetGuestAliveMethod() string {
+	if x != nil {
+		return x.GuestAliveMethod
+	}
+	return ""
+}
+
+func (x *Migration) GetWarnings() []string {
+	if x != nil {
+		return x.Warnings
+	}
+	return nil
+}
+
+func (x *Migration) GetDisks() []*MigrationDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *Migration) GetDiskBytesTotal() int64 {
+	if x != nil {
+		return x.DiskBytesTotal
+	}
+	return 0
+}
+
+func (x *Migration) GetDiskBytesTransferred() int64 {
+	if x != nil {
+		return x.DiskBytesTransferred
+	}
+	return 0
+}
+
+func (x *Migration) GetDiskUri() string {
+	if x != nil {
+		return x.DiskUri
+	}
+	return ""
+}
+
+// MigrationDisk is one local disk a live migration mirrors.
+type MigrationDisk struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Format           string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	VirtualSizeBytes int64                  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
+	// allocated_bytes is the image's allocation on the source at the start.
+	AllocatedBytes int64 `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
+	// bytes_transferred is the data its mirror copied.
+	BytesTransferred int64 `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
+	// mirror_ms is from the mirror's start until it was ready (in sync);
+	// complete_ms from the start until it completed at the switchover.
+	MirrorMs   int64 `protobuf:"varint,6,opt,name=mirror_ms,json=mirrorMs,proto3" json:"mirror_ms,omitempty"`
+	CompleteMs int64 `protobuf:"varint,7,opt,name=complete_ms,json=completeMs,proto3" json:"complete_ms,omitempty"`
+	// state is the mirror's last state (mirroring, ready, completed, failed,
+	// cancelled).
+	State         string `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrationDisk) Reset() {
+	*x = MigrationDisk{}
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationDisk) ProtoMessage() {}
+
+func (x *MigrationDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationDisk.ProtoReflect.Descriptor instead.
+func (*MigrationDisk) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *MigrationDisk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *MigrationDisk) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *MigrationDisk) GetVirtualSizeBytes() int64 {
+	if x != nil {
+		return x.VirtualSizeBytes
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetAllocatedBytes() int64 {
+	if x != nil {
+		return x.AllocatedBytes
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetBytesTransferred() int64 {
+	if x != nil {
+		return x.BytesTransferred
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetMirrorMs() int64 {
+	if x != nil {
+		return x.MirrorMs
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetCompleteMs() int64 {
+	if x != nil {
+		return x.CompleteMs
+	}
+	return 0
+}
+
+func (x *MigrationDisk) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 // MigrationRetry is one attempt of a live migration that failed before the
 // owner switch for a link-related reason and was cleaned up and retried.
 type MigrationRetry struct {
@@ -1214,7 +1627,7 @@ type MigrationRetry struct {
 
 func (x *MigrationRetry) Reset() {
 	*x = MigrationRetry{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1639,7 @@ func (x *MigrationRetry) String() string {
 func (*MigrationRetry) ProtoMessage() {}
 
 func (x *MigrationRetry) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[9]
+	mi := &file_ferry_v1_migration_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1652,7 @@ func (x *MigrationRetry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationRetry.ProtoReflect.Descriptor instead.
 func (*MigrationRetry) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *MigrationRetry) GetAttempt() int32 {
@@ -1283,7 +1696,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1708,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[10]
+	mi := &file_ferry_v1_migration_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1721,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MigrateRequest) GetVm() string {
@@ -1351,7 +1764,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1776,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[11]
+	mi := &file_ferry_v1_migration_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1789,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MigrateResponse) GetMigration() *Migration {
@@ -1404,7 +1817,7 @@ type GetMigrationRequest struct {
 
 func (x *GetMigrationRequest) Reset() {
 	*x = GetMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1416,7 +1829,7 @@ func (x *GetMigrationRequest) String() string {
 func (*GetMigrationRequest) ProtoMessage() {}
 
 func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[12]
+	mi := &file_ferry_v1_migration_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1429,7 +1842,7 @@ func (x *GetMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationRequest.ProtoReflect.Descriptor instead.
 func (*GetMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetMigrationRequest) GetId() string {
@@ -1455,7 +1868,7 @@ type GetMigrationResponse struct {
 
 func (x *GetMigrationResponse) Reset() {
 	*x = GetMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +1880,7 @@ func (x *GetMigrationResponse) String() string {
 func (*GetMigrationResponse) ProtoMessage() {}
 
 func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[13]
+	mi := &file_ferry_v1_migration_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +1893,7 @@ func (x *GetMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetMigrationResponse.ProtoReflect.Descriptor instead.
 func (*GetMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetMigrationResponse) GetMigration() *Migration {
@@ -1500,7 +1913,7 @@ type ListMigrationsRequest struct {
 
 func (x *ListMigrationsRequest) Reset() {
 	*x = ListMigrationsRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1925,7 @@ func (x *ListMigrationsRequest) String() string {
 func (*ListMigrationsRequest) ProtoMessage() {}
 
 func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[14]
+	mi := &file_ferry_v1_migration_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1938,7 @@ func (x *ListMigrationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsRequest.ProtoReflect.Descriptor instead.
 func (*ListMigrationsRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{14}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListMigrationsRequest) GetVm() string {
@@ -1544,7 +1957,7 @@ type ListMigrationsResponse struct {
 
 func (x *ListMigrationsResponse) Reset() {
 	*x = ListMigrationsResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1969,7 @@ func (x *ListMigrationsResponse) String() string {
 func (*ListMigrationsResponse) ProtoMessage() {}
 
 func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[15]
+	mi := &file_ferry_v1_migration_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1982,7 @@ func (x *ListMigrationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListMigrationsResponse.ProtoReflect.Descriptor instead.
 func (*ListMigrationsResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{15}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListMigrationsResponse) GetMigrations() []*Migration {
@@ -1588,7 +2001,7 @@ type CancelMigrationRequest struct {
 
 func (x *CancelMigrationRequest) Reset() {
 	*x = CancelMigrationRequest{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +2013,7 @@ func (x *CancelMigrationRequest) String() string {
 func (*CancelMigrationRequest) ProtoMessage() {}
 
 func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[16]
+	mi := &file_ferry_v1_migration_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +2026,7 @@ func (x *CancelMigrationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationRequest.ProtoReflect.Descriptor instead.
 func (*CancelMigrationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{16}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelMigrationRequest) GetId() string {
@@ -1632,7 +2045,7 @@ type CancelMigrationResponse struct {
 
 func (x *CancelMigrationResponse) Reset() {
 	*x = CancelMigrationResponse{}
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +2057,7 @@ func (x *CancelMigrationResponse) String() string {
 func (*CancelMigrationResponse) ProtoMessage() {}
 
 func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_migration_proto_msgTypes[17]
+	mi := &file_ferry_v1_migration_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +2070,7 @@ func (x *CancelMigrationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelMigrationResponse.ProtoReflect.Descriptor instead.
 func (*CancelMigrationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{17}
+	return file_ferry_v1_migration_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelMigrationResponse) GetMigration() *Migration {
@@ -1671,7 +2084,7 @@ var File_ferry_v1_migration_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x03\n" +
+	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
 	"\x10MigrationOptions\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12&\n" +
 	"\x0fmax_downtime_ms\x18\x02 \x01(\x03R\rmaxDowntimeMs\x12'\n" +
@@ -1686,7 +2099,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"noThrottle\x12!\n" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12(\n" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
-	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\"\xbf\x04\n" +
+	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
+	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\"\x9c\x05\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -1703,7 +2117,11 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0fnon_zero_source\x18\v \x01(\tR\rnonZeroSource\x12%\n" +
 	"\x0fnon_zero_age_ms\x18\f \x01(\x03R\fnonZeroAgeMs\x12(\n" +
 	"\x10bandwidth_age_ms\x18\r \x01(\x03R\x0ebandwidthAgeMs\x12'\n" +
-	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\"\xc1\x02\n" +
+	"\x0fmeasured_inline\x18\x0e \x01(\bR\x0emeasuredInline\x12\x15\n" +
+	"\x06rtt_ms\x18\x0f \x01(\x01R\x05rttMs\x12%\n" +
+	"\x0ecompress_ratio\x18\x10 \x01(\x01R\rcompressRatio\x12\x1d\n" +
+	"\n" +
+	"disk_bytes\x18P \x01(\x03R\tdiskBytes\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +
@@ -1716,12 +2134,28 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12\x18\n" +
 	"\aallowed\x18\t \x01(\bR\aallowed\x12*\n" +
 	"\x11downtime_limit_ms\x18\n" +
-	" \x01(\x03R\x0fdowntimeLimitMs\"\xa4\x01\n" +
+	" \x01(\x03R\x0fdowntimeLimitMs\"\xd2\x01\n" +
 	"\x04Plan\x12,\n" +
 	"\x06inputs\x18\x01 \x01(\v2\x14.ferry.v1.PlanInputsR\x06inputs\x12>\n" +
 	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
 	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"W\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xda\x03\n" +
+	"\n" +
+	"PlanTuning\x120\n" +
+	"\achoices\x18\x01 \x03(\v2\x16.ferry.v1.TuningChoiceR\achoices\x12)\n" +
+	"\x10postcopy_preempt\x18\x02 \x01(\bR\x0fpostcopyPreempt\x12)\n" +
+	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12.\n" +
+	"\x13zero_page_detection\x18\x04 \x01(\tR\x11zeroPageDetection\x12/\n" +
+	"\x13multifd_compression\x18\x05 \x01(\tR\x12multifdCompression\x12,\n" +
+	"\x12multifd_zstd_level\x18\x06 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
+	" avail_switchover_bandwidth_bytes\x18\a \x01(\x03R\x1davailSwitchoverBandwidthBytes\x12:\n" +
+	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\x120\n" +
+	"\x14postcopy_at_fraction\x18\t \x01(\x01R\x12postcopyAtFraction\"P\n" +
+	"\fTuningChoice\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"W\n" +
 	"\x12ControllerDecision\x12\x11\n" +
 	"\x04t_ms\x18\x01 \x01(\x03R\x03tMs\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x16\n" +
@@ -1745,7 +2179,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xca\v\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xef\r\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -1792,7 +2226,24 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12postcopy_paused_ms\x18\" \x01(\x03R\x10postcopyPausedMs\x12+\n" +
 	"\x11postcopy_requests\x18# \x01(\x03R\x10postcopyRequests\x12\x1f\n" +
 	"\vplanning_ms\x18$ \x01(\x03R\n" +
-	"planningMs\"\x9a\x01\n" +
+	"planningMs\x12/\n" +
+	"\x14guest_alive_after_ms\x18- \x01(\x03R\x11guestAliveAfterMs\x12,\n" +
+	"\x12guest_alive_method\x18. \x01(\tR\x10guestAliveMethod\x12\x1a\n" +
+	"\bwarnings\x18/ \x03(\tR\bwarnings\x12-\n" +
+	"\x05disks\x18P \x03(\v2\x17.ferry.v1.MigrationDiskR\x05disks\x12(\n" +
+	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
+	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\x12\x19\n" +
+	"\bdisk_uri\x18S \x01(\tR\adiskUri\"\x93\x02\n" +
+	"\rMigrationDisk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +
+	"\x12virtual_size_bytes\x18\x03 \x01(\x03R\x10virtualSizeBytes\x12'\n" +
+	"\x0fallocated_bytes\x18\x04 \x01(\x03R\x0eallocatedBytes\x12+\n" +
+	"\x11bytes_transferred\x18\x05 \x01(\x03R\x10bytesTransferred\x12\x1b\n" +
+	"\tmirror_ms\x18\x06 \x01(\x03R\bmirrorMs\x12\x1f\n" +
+	"\vcomplete_ms\x18\a \x01(\x03R\n" +
+	"completeMs\x12\x14\n" +
+	"\x05state\x18\b \x01(\tR\x05state\"\x9a\x01\n" +
 	"\x0eMigrationRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
@@ -1840,63 +2291,69 @@ func file_ferry_v1_migration_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_migration_proto_rawDescData
 }
 
-var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_ferry_v1_migration_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_ferry_v1_migration_proto_goTypes = []any{
 	(*MigrationOptions)(nil),        // 0: ferry.v1.MigrationOptions
 	(*PlanInputs)(nil),              // 1: ferry.v1.PlanInputs
 	(*StrategyPrediction)(nil),      // 2: ferry.v1.StrategyPrediction
 	(*Plan)(nil),                    // 3: ferry.v1.Plan
-	(*ControllerDecision)(nil),      // 4: ferry.v1.ControllerDecision
-	(*MigrationSample)(nil),         // 5: ferry.v1.MigrationSample
-	(*DowntimePhases)(nil),          // 6: ferry.v1.DowntimePhases
-	(*MigrationEvent)(nil),          // 7: ferry.v1.MigrationEvent
-	(*Migration)(nil),               // 8: ferry.v1.Migration
-	(*MigrationRetry)(nil),          // 9: ferry.v1.MigrationRetry
-	(*MigrateRequest)(nil),          // 10: ferry.v1.MigrateRequest
-	(*MigrateResponse)(nil),         // 11: ferry.v1.MigrateResponse
-	(*GetMigrationRequest)(nil),     // 12: ferry.v1.GetMigrationRequest
-	(*GetMigrationResponse)(nil),    // 13: ferry.v1.GetMigrationResponse
-	(*ListMigrationsRequest)(nil),   // 14: ferry.v1.ListMigrationsRequest
-	(*ListMigrationsResponse)(nil),  // 15: ferry.v1.ListMigrationsResponse
-	(*CancelMigrationRequest)(nil),  // 16: ferry.v1.CancelMigrationRequest
-	(*CancelMigrationResponse)(nil), // 17: ferry.v1.CancelMigrationResponse
-	(*timestamppb.Timestamp)(nil),   // 18: google.protobuf.Timestamp
+	(*PlanTuning)(nil),              // 4: ferry.v1.PlanTuning
+	(*TuningChoice)(nil),            // 5: ferry.v1.TuningChoice
+	(*ControllerDecision)(nil),      // 6: ferry.v1.ControllerDecision
+	(*MigrationSample)(nil),         // 7: ferry.v1.MigrationSample
+	(*DowntimePhases)(nil),          // 8: ferry.v1.DowntimePhases
+	(*MigrationEvent)(nil),          // 9: ferry.v1.MigrationEvent
+	(*Migration)(nil),               // 10: ferry.v1.Migration
+	(*MigrationDisk)(nil),           // 11: ferry.v1.MigrationDisk
+	(*MigrationRetry)(nil),          // 12: ferry.v1.MigrationRetry
+	(*MigrateRequest)(nil),          // 13: ferry.v1.MigrateRequest
+	(*MigrateResponse)(nil),         // 14: ferry.v1.MigrateResponse
+	(*GetMigrationRequest)(nil),     // 15: ferry.v1.GetMigrationRequest
+	(*GetMigrationResponse)(nil),    // 16: ferry.v1.GetMigrationResponse
+	(*ListMigrationsRequest)(nil),   // 17: ferry.v1.ListMigrationsRequest
+	(*ListMigrationsResponse)(nil),  // 18: ferry.v1.ListMigrationsResponse
+	(*CancelMigrationRequest)(nil),  // 19: ferry.v1.CancelMigrationRequest
+	(*CancelMigrationResponse)(nil), // 20: ferry.v1.CancelMigrationResponse
+	(*timestamppb.Timestamp)(nil),   // 21: google.protobuf.Timestamp
 }
 var file_ferry_v1_migration_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.Plan.inputs:type_name -> ferry.v1.PlanInputs
 	2,  // 1: ferry.v1.Plan.predictions:type_name -> ferry.v1.StrategyPrediction
-	18, // 2: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
-	18, // 3: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
-	18, // 4: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
-	6,  // 5: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
-	5,  // 6: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
-	0,  // 7: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
-	7,  // 8: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
-	9,  // 9: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
-	18, // 10: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 11: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
-	2,  // 12: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
-	4,  // 13: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
-	18, // 14: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
-	0,  // 15: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
-	8,  // 16: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
-	3,  // 17: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
-	8,  // 18: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
-	8,  // 19: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
-	8,  // 20: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
-	10, // 21: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
-	12, // 22: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
-	14, // 23: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
-	16, // 24: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
-	11, // 25: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
-	13, // 26: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
-	15, // 27: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
-	17, // 28: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
-	25, // [25:29] is the sub-list for method output_type
-	21, // [21:25] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	4,  // 2: ferry.v1.Plan.tuning:type_name -> ferry.v1.PlanTuning
+	5,  // 3: ferry.v1.PlanTuning.choices:type_name -> ferry.v1.TuningChoice
+	21, // 4: ferry.v1.MigrationEvent.at:type_name -> google.protobuf.Timestamp
+	21, // 5: ferry.v1.Migration.started_at:type_name -> google.protobuf.Timestamp
+	21, // 6: ferry.v1.Migration.finished_at:type_name -> google.protobuf.Timestamp
+	8,  // 7: ferry.v1.Migration.downtime_phases:type_name -> ferry.v1.DowntimePhases
+	7,  // 8: ferry.v1.Migration.samples:type_name -> ferry.v1.MigrationSample
+	0,  // 9: ferry.v1.Migration.options:type_name -> ferry.v1.MigrationOptions
+	9,  // 10: ferry.v1.Migration.events:type_name -> ferry.v1.MigrationEvent
+	12, // 11: ferry.v1.Migration.retries:type_name -> ferry.v1.MigrationRetry
+	21, // 12: ferry.v1.Migration.updated_at:type_name -> google.protobuf.Timestamp
+	3,  // 13: ferry.v1.Migration.plan:type_name -> ferry.v1.Plan
+	2,  // 14: ferry.v1.Migration.predicted:type_name -> ferry.v1.StrategyPrediction
+	6,  // 15: ferry.v1.Migration.decisions:type_name -> ferry.v1.ControllerDecision
+	11, // 16: ferry.v1.Migration.disks:type_name -> ferry.v1.MigrationDisk
+	21, // 17: ferry.v1.MigrationRetry.failed_at:type_name -> google.protobuf.Timestamp
+	0,  // 18: ferry.v1.MigrateRequest.options:type_name -> ferry.v1.MigrationOptions
+	10, // 19: ferry.v1.MigrateResponse.migration:type_name -> ferry.v1.Migration
+	3,  // 20: ferry.v1.MigrateResponse.plan:type_name -> ferry.v1.Plan
+	10, // 21: ferry.v1.GetMigrationResponse.migration:type_name -> ferry.v1.Migration
+	10, // 22: ferry.v1.ListMigrationsResponse.migrations:type_name -> ferry.v1.Migration
+	10, // 23: ferry.v1.CancelMigrationResponse.migration:type_name -> ferry.v1.Migration
+	13, // 24: ferry.v1.MigrationService.Migrate:input_type -> ferry.v1.MigrateRequest
+	15, // 25: ferry.v1.MigrationService.GetMigration:input_type -> ferry.v1.GetMigrationRequest
+	17, // 26: ferry.v1.MigrationService.ListMigrations:input_type -> ferry.v1.ListMigrationsRequest
+	19, // 27: ferry.v1.MigrationService.CancelMigration:input_type -> ferry.v1.CancelMigrationRequest
+	14, // 28: ferry.v1.MigrationService.Migrate:output_type -> ferry.v1.MigrateResponse
+	16, // 29: ferry.v1.MigrationService.GetMigration:output_type -> ferry.v1.GetMigrationResponse
+	18, // 30: ferry.v1.MigrationService.ListMigrations:output_type -> ferry.v1.ListMigrationsResponse
+	20, // 31: ferry.v1.MigrationService.CancelMigration:output_type -> ferry.v1.CancelMigrationResponse
+	28, // [28:32] is the sub-list for method output_type
+	24, // [24:28] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_migration_proto_init() }
@@ -1910,7 +2367,7 @@ func file_ferry_v1_migration_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_migration_proto_rawDesc), len(file_ferry_v1_migration_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

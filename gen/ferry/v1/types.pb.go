@@ -48,7 +48,12 @@ type VMSpec struct {
 	// The server pins it at create time, resolving the alias q35 (or the one
 	// given) on the chosen host, so the VM never follows a moving alias.
 	// Empty in VMs created before it existed: those run pc-q35-7.2.
-	MachineType   string `protobuf:"bytes,10,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
+	MachineType string `protobuf:"bytes,10,opt,name=machine_type,json=machineType,proto3" json:"machine_type,omitempty"`
+	// guest_agent gives the VM a QEMU guest agent channel: a virtio-serial
+	// port named org.qemu.guest_agent.0 whose host side is a unix socket the
+	// agent owns. After a migration Ferry pings the guest agent over it to
+	// check the guest is alive; without it, vCPU and NIC progress are used.
+	GuestAgent    bool `protobuf:"varint,11,opt,name=guest_agent,json=guestAgent,proto3" json:"guest_agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -153,6 +158,13 @@ func (x *VMSpec) GetMachineType() string {
 	return ""
 }
 
+func (x *VMSpec) GetGuestAgent() bool {
+	if x != nil {
+		return x.GuestAgent
+	}
+	return false
+}
+
 // BootSpec is either a direct kernel boot (kernel, initrd, cmdline) or a
 // bootable disk named by disk.
 type BootSpec struct {
@@ -237,7 +249,11 @@ type DiskSpec struct {
 	// format is qcow2 (default) or raw.
 	Format string `protobuf:"bytes,4,opt,name=format,proto3" json:"format,omitempty"`
 	// shared marks storage every host sees at the same path (no copy needed).
-	Shared        bool `protobuf:"varint,5,opt,name=shared,proto3" json:"shared,omitempty"`
+	Shared bool `protobuf:"varint,5,opt,name=shared,proto3" json:"shared,omitempty"`
+	// source creates a new local image as a copy of this image (an absolute
+	// path inside a directory the agent allows with --image-dir); the copy
+	// keeps the source's virtual size and is sparse.
+	Source        string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -305,6 +321,13 @@ func (x *DiskSpec) GetShared() bool {
 		return x.Shared
 	}
 	return false
+}
+
+func (x *DiskSpec) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
 }
 
 // NICSpec is one virtio-net interface backed by a tap on a bridge.
@@ -1245,7 +1268,7 @@ var File_ferry_v1_types_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc8\x02\n" +
+	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x02\n" +
 	"\x06VMSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05vcpus\x18\x02 \x01(\x05R\x05vcpus\x12\x1d\n" +
@@ -1258,18 +1281,21 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x05accel\x18\b \x01(\tR\x05accel\x12&\n" +
 	"\x0fmax_downtime_ms\x18\t \x01(\x03R\rmaxDowntimeMs\x12!\n" +
 	"\fmachine_type\x18\n" +
-	" \x01(\tR\vmachineType\"h\n" +
+	" \x01(\tR\vmachineType\x12\x1f\n" +
+	"\vguest_agent\x18\v \x01(\bR\n" +
+	"guestAgent\"h\n" +
 	"\bBootSpec\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x16\n" +
 	"\x06initrd\x18\x02 \x01(\tR\x06initrd\x12\x18\n" +
 	"\acmdline\x18\x03 \x01(\tR\acmdline\x12\x12\n" +
-	"\x04disk\x18\x04 \x01(\tR\x04disk\"v\n" +
+	"\x04disk\x18\x04 \x01(\tR\x04disk\"\x8e\x01\n" +
 	"\bDiskSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\tR\x04size\x12\x16\n" +
 	"\x06format\x18\x04 \x01(\tR\x06format\x12\x16\n" +
-	"\x06shared\x18\x05 \x01(\bR\x06shared\"3\n" +
+	"\x06shared\x18\x05 \x01(\bR\x06shared\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\"3\n" +
 	"\aNICSpec\x12\x10\n" +
 	"\x03mac\x18\x01 \x01(\tR\x03mac\x12\x16\n" +
 	"\x06bridge\x18\x02 \x01(\tR\x06bridge\"\xf4\x02\n" +

@@ -5,7 +5,8 @@
 // As PID 1 it mounts /proc, /sys and /dev, loads the kernel modules listed
 // in /etc/ferry/modules, configures eth0 from ferry.ip=, starts the memory
 // dirtier (ferry.dirty=), the disk writer (ferry.disk=), the counter stream
-// on TCP 7000 and GET /status on TCP 8080, then prints
+// on TCP 7000, GET /status (and POST /stop-kernel) on TCP 8080 and the
+// QEMU guest agent's ping on the org.qemu.guest_agent.0 port, then prints
 // "FERRY-GUEST READY boot_id=<id>" on the console. It never exits.
 //
 // Run as an ordinary process (PID != 1) it skips the system setup and takes
@@ -29,12 +30,14 @@ import (
 	"github.com/ferryvm/ferry/guest/internal/agent"
 	"github.com/ferryvm/ferry/guest/internal/cmdline"
 	"github.com/ferryvm/ferry/guest/internal/dirtier"
+	"github.com/ferryvm/ferry/guest/internal/qga"
 	"github.com/ferryvm/ferry/guest/internal/sysinit"
 )
 
 const (
-	moduleList = "/etc/ferry/modules"
-	netIf      = "eth0"
+	moduleList     = "/etc/ferry/modules"
+	netIf          = "eth0"
+	guestAgentPort = "org.qemu.guest_agent.0"
 )
 
 var logger = log.New(os.Stdout, guestapi.LogPrefix, 0)
@@ -140,6 +143,11 @@ func main() {
 	a.Kernel = kernel
 	a.Stream.Logf = logf
 	a.SetNetError(netErr)
+	a.Logf = logf
+	if pid1 {
+		a.StopKernel = sysinit.StopKernel
+		go safe("guest-agent", func() { serveGuestAgent(a) })
+	}
 
 	sl := listen(streamAddr)
 	hl := listen(httpAddr)
@@ -207,6 +215,24 @@ func main() {
 		}
 	})
 	idle()
+}
+
+// serveGuestAgent answers the QEMU guest agent protocol on the
+// org.qemu.guest_agent.0 port, when the VM has one (the virtio_console
+// module registers it shortly after loading).
+func serveGuestAgent(a *agent.Agent) {
+	var port string
+	for i := 0; i < 100 && port == ""; i++ {
+		if port = qga.FindPort("/sys", "/dev", guestAgentPort); port == "" {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if port == "" {
+		logf("guest agent: no %s port (the VM has no guest agent channel)", guestAgentPort)
+		return
+	}
+	logf("guest agent: serving on %s", port)
+	logf("guest agent stopped: %v", qga.Serve(port, qga.Handler{Before: a.GuestAgentCommand}, logf))
 }
 
 func isFlagSet(name string) bool {

@@ -8,7 +8,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -34,8 +36,29 @@ type Agent struct {
 	// Uptime returns the time since boot.
 	Uptime func() time.Duration
 
+	// StopKernel stops the guest's kernel (POST /stop-kernel); nil when
+	// the guest cannot (not PID 1). Console receives the stop line and Logf
+	// the rest (defaults: stdout, nothing).
+	StopKernel func() error
+	Console    io.Writer
+	Logf       func(format string, args ...any)
+
 	mu     sync.Mutex
 	netErr string
+	stop   *stopArm
+}
+
+func (a *Agent) console() io.Writer {
+	if a.Console != nil {
+		return a.Console
+	}
+	return os.Stdout
+}
+
+func (a *Agent) logf(format string, args ...any) {
+	if a.Logf != nil {
+		a.Logf(format, args...)
+	}
 }
 
 // NewBootID returns a random 16-byte boot id.
@@ -114,7 +137,7 @@ func (a *Agent) Status() guestapi.Status {
 	return st
 }
 
-// Handler serves GET /status (and a short index on /).
+// Handler serves GET /status, POST /stop-kernel (and a short index on /).
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
@@ -127,9 +150,20 @@ func (a *Agent) Handler() http.Handler {
 		w.Header().Set("Cache-Control", "no-store")
 		w.Write(append(b, '\n'))
 	})
+	mux.HandleFunc("GET "+guestapi.VerifyPath, func(w http.ResponseWriter, r *http.Request) {
+		b, err := json.MarshalIndent(a.Disk.Verify(), "", "  ")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(append(b, '\n'))
+	})
+	mux.HandleFunc("POST /stop-kernel", a.stopKernelHandler)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "ferry-guest boot_id=%s\nGET /status  JSON status\nTCP %d      counter stream\n", a.BootIDHex, guestapi.StreamPort)
+		fmt.Fprintf(w, "ferry-guest boot_id=%s\nGET /status  JSON status\nGET /verify  disk records read back\nPOST /stop-kernel?delay_ms=N|on=guest-agent  stop the kernel\nTCP %d      counter stream\n", a.BootIDHex, guestapi.StreamPort)
 	})
 	return mux
 }

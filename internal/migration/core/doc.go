@@ -69,6 +69,8 @@
 //	        preparing | transferring ─(link failure, attempts left)─▶ rolling-back (Retrying) → retry-wait ─▶ preparing (retry.go)
 //	        resuming ─(destination provably never ran)─▶ unswitching ─CAS back─▶ rolling-back → failed
 //	        resuming | postcopy-* ─(the VM's only QEMU died)─▶ cleanup (Error set) → failed
+//	        preparing → mirroring → transferring (local disks: mirrored to the destination's
+//	        NBD export before RAM; mirroring rolls back like transferring)
 //	cold:   pending → stopping → switchover ─CAS─▶ starting → cleanup → completed
 //	        (a stopped VM skips stopping's StopVM and starting's StartVM: it is never booted)
 //	        starting ─(StartVM refused and GetVM: not running)─▶ unswitching ─CAS back─▶ rolling-back (StartVM src if it ran)
@@ -77,8 +79,8 @@
 // the stall timeout, the overall timeout, a cancel, a refused CAS — rolls
 // back: CancelOutgoing and AbortIncoming (cold: StartVM on the source if
 // the VM ran), then the VM record gets what the source's QEMU really does.
-// A record loaded (restart, new leader) in preparing, transferring or
-// stopping rolls back (restart.go); a destination agent silent for
+// A record loaded (restart, new leader) in preparing, mirroring,
+// transferring or stopping rolls back (restart.go); a destination agent silent for
 // DestUnreachable before the CAS rolls back too, and that rollback may end
 // without the destination's removal (never armed, it cannot run; its
 // agent's orphan reaper removes it). Stopping is bounded by the timeout

@@ -61,7 +61,7 @@ func (r *Record) plan(now time.Time) []Action {
 	switch r.State {
 	case Preparing:
 		p.want(Action{Kind: ActPrepareIncoming, Side: Dst, Postcopy: r.Strategy.UsesPostcopy()})
-	case Transferring:
+	case Transferring, Mirroring:
 		r.planTransfer(p)
 	case Switchover:
 		r.planSwitchover(p)
@@ -114,7 +114,7 @@ func (r *Record) plan(now time.Time) []Action {
 func (r *Record) deadlineWake(p *planner) {
 	if !r.Facts.OwnerSwitched {
 		switch r.State {
-		case Preparing, Transferring, Switchover:
+		case Preparing, Mirroring, Transferring, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
 		case Stopping, RetryWait:
@@ -135,7 +135,7 @@ func (r *Record) planTransfer(p *planner) {
 		return
 	}
 	if !r.Facts.OutgoingStarted {
-		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, Postcopy: r.Strategy.UsesPostcopy(),
+		p.want(Action{Kind: ActStartOutgoing, Side: Src, URI: r.DestURI, DiskURI: r.DiskURI, Postcopy: r.Strategy.UsesPostcopy(),
 			AutoConverge: r.Strategy == Converge || r.Strategy == Hybrid})
 	} else {
 		if r.PostcopyWanted && !r.Facts.PostcopyAsked {

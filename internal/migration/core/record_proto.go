@@ -35,7 +35,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 			MaxAttempts:    r.Options.MaxAttempts, RetryBackoff: durationpb.New(r.Options.RetryBackoff),
 		},
 		State: string(r.State), PrevVmState: string(r.PrevVMState), Generation: r.Generation,
-		DestUri: r.DestURI, RecoverUri: r.RecoverURI,
+		DestUri: r.DestURI, RecoverUri: r.RecoverURI, DiskUri: r.DiskURI,
 		Facts: &statev1.MigrationFacts{
 			DestPrepared: f.DestPrepared, OutgoingStarted: f.OutgoingStarted, PostcopyAsked: f.PostcopyAsked,
 			SourceStopped: f.SourceStopped, OwnerSwitched: f.OwnerSwitched, DestArmed: f.DestArmed,
@@ -58,6 +58,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 	for _, e := range r.History {
 		m.History = append(m.History, &statev1.MigrationRecordEvent{At: ts(e.At), State: string(e.State), Message: e.Message})
 	}
+	m.Options.PostcopyAtFraction = r.Options.PostcopyAtFraction
 	return m
 }
 
@@ -77,7 +78,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 			MaxAttempts:    o.GetMaxAttempts(), RetryBackoff: o.GetRetryBackoff().AsDuration(),
 		},
 		State: State(m.State), PrevVMState: VMState(m.PrevVmState), Generation: m.Generation,
-		DestURI: m.DestUri, RecoverURI: m.RecoverUri,
+		DestURI: m.DestUri, RecoverURI: m.RecoverUri, DiskURI: m.DiskUri,
 		Facts: Facts{
 			DestPrepared: f.GetDestPrepared(), OutgoingStarted: f.GetOutgoingStarted(), PostcopyAsked: f.GetPostcopyAsked(),
 			SourceStopped: f.GetSourceStopped(), OwnerSwitched: f.GetOwnerSwitched(), DestArmed: f.GetDestArmed(),
@@ -99,6 +100,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 	for _, e := range m.History {
 		r.History = append(r.History, Event{At: tm(e.At), State: State(e.State), Message: e.Message})
 	}
+	r.Options.PostcopyAtFraction = o.GetPostcopyAtFraction()
 	if err := r.Validate(); err != nil {
 		return Record{}, err
 	}

@@ -23,7 +23,7 @@ func (r *Record) rollbackInterrupted(now time.Time) {
 		return
 	}
 	switch r.State {
-	case Preparing, Transferring:
+	case Preparing, Mirroring, Transferring:
 		r.rollback(now, ErrRestarted, false)
 	}
 }
@@ -45,7 +45,7 @@ func (r *Record) destReachable(obs Observation) {
 		r.vol.dstDown = time.Time{}
 		return
 	}
-	if r.Facts.OwnerSwitched || (r.State != Preparing && r.State != Transferring && r.State != RollingBack) {
+	if r.Facts.OwnerSwitched || (r.State != Preparing && r.State != Mirroring && r.State != Transferring && r.State != RollingBack) {
 		return
 	}
 	if r.vol.dstDown.IsZero() {

@@ -87,8 +87,12 @@ func (r *Record) onPrepare(now time.Time, obs Observation) {
 	}
 	switch obs.Err {
 	case OK:
-		r.Facts.DestPrepared, r.DestURI = true, obs.URI
-		r.enter(now, Transferring, "sending RAM to "+obs.URI)
+		r.Facts.DestPrepared, r.DestURI, r.DiskURI = true, obs.URI, obs.DiskURI
+		if obs.DiskURI != "" {
+			r.enter(now, Mirroring, "mirroring the local disks to "+obs.DiskURI+"; RAM to "+obs.URI+" when they are ready")
+		} else {
+			r.enter(now, Transferring, "sending RAM to "+obs.URI)
+		}
 	default:
 		r.rollback(now, fmt.Sprintf("prepare the destination on %s: %s: %s", r.To, obs.Err, obs.ErrMsg), false)
 	}
@@ -111,7 +115,7 @@ func (r *Record) onQueryIncoming(now time.Time, obs Observation) {
 		return
 	}
 	switch {
-	case !r.Facts.OwnerSwitched && (r.State == Preparing || r.State == Transferring || r.State == Switchover):
+	case !r.Facts.OwnerSwitched && (r.State == Preparing || r.State == Mirroring || r.State == Transferring || r.State == Switchover):
 		r.rollback(now, "destination QEMU is gone (it exited or was killed)", false)
 	case r.Facts.OwnerSwitched && r.Facts.DestRan && r.State != Cleanup && r.State != Unswitching:
 		r.Facts.DestLost = true
@@ -126,7 +130,7 @@ func isPostcopy(s State) bool {
 }
 
 func (r *Record) onStartOutgoing(now time.Time, obs Observation) {
-	if r.State != Transferring {
+	if r.State != Transferring && r.State != Mirroring {
 		return
 	}
 	switch obs.Err {
@@ -198,6 +202,22 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		return
 	}
 	switch r.State {
+	case Mirroring:
+		switch out.Status {
+		case "mirroring":
+			// Progress is the disks' bytes (Transferred): the stall timer runs.
+		case "none", "":
+			r.Facts.OutgoingStarted = false // the source knows no migration: start it (again)
+		case "failed", "cancelled":
+			r.rollback(now, fmt.Sprintf("source reports the disk mirror or migration %s: %s", out.Status, orUnknown(out.Error)), false)
+		case "completed", "postcopy-active", "postcopy-paused", "postcopy-recover":
+			r.rollback(now, "source QEMU reports "+out.Status+" before the owner switch", false)
+		case "pre-switchover":
+			r.enter(now, Transferring, "every disk mirror is ready; RAM sent")
+			r.enter(now, Switchover, "source paused with the last RAM owed and the disks in sync; switching the owner")
+		default:
+			r.enter(now, Transferring, "every disk mirror is ready; sending RAM")
+		}
 	case Transferring:
 		switch out.Status {
 		case "pre-switchover":
@@ -213,7 +233,7 @@ func (r *Record) sourceStatus(now time.Time, out *Outgoing) {
 		case "none", "":
 			r.Facts.OutgoingStarted = false // the source knows no migration: start it (again)
 		default:
-			if r.Strategy == Postcopy && out.Rounds >= 2 {
+			if r.Strategy == Postcopy && (out.Rounds >= 2 || r.postcopyDue(out)) {
 				r.PostcopyWanted = true
 			}
 		}

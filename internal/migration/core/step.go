@@ -190,7 +190,7 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 // persistMode compares what changed.
 func persistMode(a, b *Record) PersistMode {
 	if a.State != b.State || a.Facts != b.Facts || a.Generation != b.Generation || a.DestURI != b.DestURI ||
-		a.RecoverURI != b.RecoverURI || a.CancelRequested != b.CancelRequested || a.PostcopyWanted != b.PostcopyWanted || a.Error != b.Error ||
+		a.RecoverURI != b.RecoverURI || a.DiskURI != b.DiskURI || a.CancelRequested != b.CancelRequested || a.PostcopyWanted != b.PostcopyWanted || a.Error != b.Error ||
 		!a.GiveUpAt.Equal(b.GiveUpAt) || !a.SwitchedAt.Equal(b.SwitchedAt) || a.FinalVMState != b.FinalVMState ||
 		len(a.History) != len(b.History) || a.Attempt != b.Attempt || a.Retrying != b.Retrying ||
 		!a.NextAttemptAt.Equal(b.NextAttemptAt) || len(a.Retries) != len(b.Retries) {
@@ -273,7 +273,7 @@ func (r *Record) deadlines(now time.Time) {
 			r.enter(now, Stopping, "stopping the guest on "+r.From)
 		}
 		return
-	case Preparing, Transferring, Stopping, Switchover:
+	case Preparing, Mirroring, Transferring, Stopping, Switchover:
 		if r.Facts.OwnerSwitched {
 			return
 		}

@@ -46,8 +46,12 @@ const (
 	Pending      State = "pending"      // recorded, nothing done yet
 	Preparing    State = "preparing"    // PrepareIncoming on the destination
 	Transferring State = "transferring" // StartOutgoing, then RAM rounds (and post-copy's request)
-	Switchover   State = "switchover"   // source paused at pre-switchover (or cold: stopped): CAS the owner
-	Resuming     State = "resuming"     // owner is the destination: arm, continue, finish incoming
+	// Mirroring: the VM has local disks: StartOutgoing started a mirror of
+	// each to the destination's NBD export; RAM follows (Transferring) when
+	// every mirror is ready. Like Transferring, it rolls back on failure.
+	Mirroring  State = "mirroring"
+	Switchover State = "switchover" // source paused at pre-switchover (or cold: stopped): CAS the owner
+	Resuming   State = "resuming"   // owner is the destination: arm, continue, finish incoming
 
 	PostcopyActive     State = "postcopy-active"     // destination runs, pulls the rest of RAM
 	PostcopyPaused     State = "postcopy-paused"     // link broke: both sides paused, guest waits
@@ -94,6 +98,11 @@ const (
 
 // Options are the bounds of one migration (from ferryv1.MigrationOptions).
 type Options struct {
+	// PostcopyAtFraction makes a post-copy migration switch once round 1
+	// has gone through this fraction of the guest's RAM (the planner's
+	// switch point, 0..1; QEMU's remaining over total bytes); 0: after
+	// round 1.
+	PostcopyAtFraction float64
 	// StallTimeout fails a pre-copy (before the CAS) that makes no progress
 	// this long, and pauses a post-copy that makes none (to recover it).
 	StallTimeout time.Duration
@@ -156,7 +165,10 @@ type Record struct {
 	Generation int64
 	DestURI    string
 	RecoverURI string // where a paused post-copy destination listens again
-	Facts      Facts
+	// DiskURI is the destination's NBD server (host:port) exporting the
+	// local disks; empty when the VM has none (no mirror, no Mirroring).
+	DiskURI string
+	Facts   Facts
 
 	StartedAt time.Time
 	// Deadline is StartedAt + Timeout: the end of attempts before the CAS.
@@ -326,6 +338,7 @@ type Action struct {
 	Side Side // agent actions: which host
 
 	URI             string        // StartOutgoing (dest URI), ResumeOutgoing (recover URI)
+	DiskURI         string        // StartOutgoing: the NBD server to mirror the local disks to
 	Wait            time.Duration // QueryOutgoing long poll
 	KnownStatus     string        // QueryOutgoing: the status seen last
 	ResumeCompleted bool          // CancelOutgoing: the destination provably never ran
@@ -448,6 +461,9 @@ type Outgoing struct {
 	Transferred int64
 	Rounds      int64
 	Error       string
+	// Remaining and Total are QEMU's RAM bytes still to send in this
+	// round and of the whole guest (0: unknown).
+	Remaining, Total int64
 }
 
 // Incoming is the destination's side (QueryIncoming, ArmResume, FinishIncoming).
@@ -488,6 +504,7 @@ type Observation struct {
 	ErrMsg string
 
 	URI      string    // PrepareIncoming, RecoverIncoming
+	DiskURI  string    // PrepareIncoming: the NBD server of the local disks ("" without)
 	Out      *Outgoing // source steps
 	In       *Incoming // destination steps
 	VM       *VMInfo   // VM steps

@@ -93,9 +93,10 @@ func (t Timeouts) withDefaults() Timeouts {
 
 // connectAgent is the Agent over an agent's ConnectRPC services.
 type connectAgent struct {
-	vm  agentv1connect.AgentServiceClient
-	mig agentv1connect.MigrationAgentServiceClient
-	t   Timeouts
+	vm   agentv1connect.AgentServiceClient
+	mig  agentv1connect.MigrationAgentServiceClient
+	live agentv1connect.LivenessAgentServiceClient
+	t    Timeouts
 }
 
 // NewConnectAgent returns the Agent served at addr (an rpcaddr address);
@@ -103,9 +104,10 @@ type connectAgent struct {
 func NewConnectAgent(addr string, t Timeouts) Agent {
 	hc, base := rpcaddr.Client(addr)
 	return &connectAgent{
-		vm:  agentv1connect.NewAgentServiceClient(hc, base),
-		mig: agentv1connect.NewMigrationAgentServiceClient(hc, base),
-		t:   t.withDefaults(),
+		vm:   agentv1connect.NewAgentServiceClient(hc, base),
+		mig:  agentv1connect.NewMigrationAgentServiceClient(hc, base),
+		live: agentv1connect.NewLivenessAgentServiceClient(hc, base),
+		t:    t.withDefaults(),
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ type fakeQEMUPair struct {
 	srcRuns   bool
 	dstState  string // "", listening, armed, running, aborted
 	dstRan    bool
+	guestDead bool // CheckGuestAlive answers alive=false
 	calls     []string
 }
 
@@ -85,6 +87,19 @@ func (a fakeAgent) FinishIncoming(context.Context, *agentv1.MigrationStepRequest
 		return a.inStatus(), nil
 	}
 	return nil, connect.NewError(connect.CodeDeadlineExceeded, errors.New("fake: not running yet"))
+}
+
+func (a fakeAgent) CheckGuestAlive(_ context.Context, req *agentv1.CheckGuestAliveRequest) (*agentv1.CheckGuestAliveResponse, error) {
+	a.f.mu.Lock()
+	defer a.f.mu.Unlock()
+	a.f.note("CheckGuestAlive")
+	if !a.f.dstRan || req.TimeoutMs <= 0 {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("fake: checked before the destination ran, or without a timeout"))
+	}
+	if a.f.guestDead {
+		return &agentv1.CheckGuestAliveResponse{AliveAfterMs: -1, Method: "guest-ping", Detail: "fake: no answer"}, nil
+	}
+	return &agentv1.CheckGuestAliveResponse{Alive: true, AliveAfterMs: 12, Method: "guest-ping"}, nil
 }
 
 func (a fakeAgent) AbortIncoming(context.Context, *agentv1.MigrationStepRequest) error {
@@ -220,6 +235,12 @@ func (r *fakeRecords) get(id string) *statev1.MigrationRecord {
 // newFakeEngine runs an Engine over fakes and returns it with its parts.
 func newFakeEngine(t *testing.T) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRecords, context.CancelFunc, chan error) {
 	t.Helper()
+	return newFakeEngineWith(t, Knobs{Spec: &ferryv1.VMSpec{Name: "web"}})
+}
+
+// newFakeEngineWith is newFakeEngine with the migrations' knobs.
+func newFakeEngineWith(t *testing.T, knobs Knobs) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRecords, context.CancelFunc, chan error) {
+	t.Helper()
 	pair := &fakeQEMUPair{srcRuns: true}
 	vms := &fakeVMStore{vms: map[string]*ferryv1.VM{
 		"web": {Spec: &ferryv1.VMSpec{Name: "web"}, Host: "h1", Generation: 5, State: "migrating", MigrationId: "mig-1"},
@@ -229,7 +250,7 @@ func newFakeEngine(t *testing.T) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRec
 	e := New(Config{
 		Store: vms, Records: recs,
 		AgentFor: func(_ context.Context, host string) (Agent, error) { return fakeAgent{f: pair, src: host == "h1"}, nil },
-		Knobs:    func(*ferryv1.Migration, *ferryv1.VM) Knobs { return Knobs{Spec: &ferryv1.VMSpec{Name: "web"}} },
+		Knobs:    func(*ferryv1.Migration, *ferryv1.VM) Knobs { return knobs },
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -302,6 +323,9 @@ func TestEngineDrivesAPrecopyToItsEnd(t *testing.T) {
 	if pr.GetState() != "completed" || pr.GetReport().GetStatus() != "completed" || !pr.GetFacts().GetOwnerSwitched() {
 		t.Errorf("stored record: state %s report status %s facts %v", pr.GetState(), pr.GetReport().GetStatus(), pr.GetFacts())
 	}
+	if m.GuestAliveAfterMs != 12 || m.GuestAliveMethod != "guest-ping" || len(m.Warnings) != 0 {
+		t.Errorf("report: guestAliveAfterMs %d method %q warnings %q; want 12 by guest-ping, none", m.GuestAliveAfterMs, m.GuestAliveMethod, m.Warnings)
+	}
 	if m.TransferredBytes == 0 || len(m.Events) < 4 {
 		t.Errorf("report: transferred %d, %d events; want figures and the history", m.TransferredBytes, len(m.Events))
 	}
@@ -310,9 +334,43 @@ func TestEngineDrivesAPrecopyToItsEnd(t *testing.T) {
 	t.Logf("agent calls: %v", pair.calls)
 	// The destination is armed only after the owner CAS, and continue
 	// only after it is armed.
-	want := []string{"PrepareIncoming", "StartOutgoing", "ArmResume", "ContinueOutgoing", "FinishIncoming", "FinishOutgoing"}
+	want := []string{"PrepareIncoming", "StartOutgoing", "ArmResume", "ContinueOutgoing", "FinishIncoming", "CheckGuestAlive", "FinishOutgoing"}
 	if fmt.Sprint(pair.calls) != fmt.Sprint(want) {
 		t.Errorf("agent calls %v, want %v", pair.calls, want)
+	}
+}
+
+func TestEngineWarnsWhenTheGuestIsUnresponsive(t *testing.T) {
+	e, pair, vms, recs, _, _ := newFakeEngine(t)
+	pair.guestDead = true
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, e, recs, "mig-1", "completed")
+	// The guest ran on the destination: it stays there, the report says why
+	// it is suspicious (also as stored).
+	vm, _ := vms.GetVM(context.Background(), "web")
+	if vm.Host != "h2" || vm.State != "running" {
+		t.Errorf("VM record: host %s state %s; want h2 running (never rolled back)", vm.Host, vm.State)
+	}
+	m := recs.get("mig-1").GetReport()
+	if m.GuestAliveAfterMs != -1 || len(m.Warnings) != 1 || !strings.HasPrefix(m.Warnings[0], WarnGuestUnresponsive+": ") {
+		t.Fatalf("stored report: guestAliveAfterMs %d warnings %q; want -1 and one %q warning", m.GuestAliveAfterMs, m.Warnings, WarnGuestUnresponsive)
+	}
+	var warned bool
+	for i, ev := range m.Events {
+		if ev.State == warningState {
+			warned = strings.Contains(ev.Message, WarnGuestUnresponsive) && i < len(m.Events)-1 // before completed
+		}
+	}
+	if !warned {
+		t.Errorf("events %v: want a warning event before the end", m.Events)
+	}
+	// A report rendered again from the stored one keeps the warning event.
+	again := Render(recs.get("mig-1"))
+	if n := len(warningEvents(again)); n != 1 {
+		t.Errorf("re-rendered report has %d warning events, want 1", n)
 	}
 }
 
@@ -345,5 +403,45 @@ func TestEngineStopsAndTheNextRunRecovers(t *testing.T) {
 	m := waitStatus(t, e, recs, "mig-1", "failed")
 	if m.Error != core.ErrRestarted {
 		t.Errorf("error %q, want %q", m.Error, core.ErrRestarted)
+	}
+}
+
+// A destination that answers PrepareIncoming without an NBD export of the
+// VM's local disks (an agent that knows nothing of them) fails the
+// migration before any RAM is sent: its disks would stay empty.
+func TestEngineRefusesADestinationWithoutTheDisksExport(t *testing.T) {
+	e, pair, vms, recs, _, _ := newFakeEngineWith(t, Knobs{Spec: &ferryv1.VMSpec{Name: "web"},
+		LocalDisks: []*agentv1.LocalDisk{{Name: "data", Format: "qcow2", VirtualSizeBytes: 1 << 30}}})
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, e, recs, "mig-1", "failed")
+	if !strings.Contains(m.Error, "does not export the VM's 1 local disks") {
+		t.Errorf("error %q", m.Error)
+	}
+	if vm, _ := vms.GetVM(context.Background(), "web"); vm.Host != "h1" {
+		t.Errorf("VM on %s after the refusal", vm.Host)
+	}
+	pair.mu.Lock()
+	defer pair.mu.Unlock()
+	for _, c := range pair.calls {
+		if c == "StartOutgoing" {
+			t.Errorf("StartOutgoing sent although the destination exports no disks: %v", pair.calls)
+		}
+	}
+}
+
+func TestReporterAliveReplacesAnEarlierCheck(t *testing.T) {
+	_, report := newFakeRecord(t)
+	r := newReporter(report, nil)
+	r.Alive(nil, errors.New("fake: agent unreachable"), time.Now())
+	r.Alive(&agentv1.CheckGuestAliveResponse{AliveAfterMs: -1, Method: "guest-ping", Detail: "fake: no answer"}, nil, time.Now())
+	if w := r.m.Warnings; len(w) != 1 || !strings.HasPrefix(w[0], WarnGuestUnresponsive+": ") || len(r.extra) != 1 {
+		t.Fatalf("after two checks: warnings %q, %d events; want only the last one's", w, len(r.extra))
+	}
+	r.Alive(&agentv1.CheckGuestAliveResponse{Alive: true, AliveAfterMs: 40, Method: "vcpu"}, nil, time.Now())
+	if len(r.m.Warnings) != 0 || len(r.extra) != 0 || r.m.GuestAliveAfterMs != 40 || r.m.GuestAliveMethod != "vcpu" {
+		t.Fatalf("after an alive check: %q %v %d %q", r.m.Warnings, r.extra, r.m.GuestAliveAfterMs, r.m.GuestAliveMethod)
 	}
 }

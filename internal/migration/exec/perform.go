@@ -55,7 +55,10 @@ func (RealClock) After(d time.Duration) <-chan time.Time { return time.After(d) 
 // destination's setup, fixed when the migration began.
 type Knobs struct {
 	// Spec is the VM's spec as the destination must start it (accel pinned).
-	Spec                      *ferryv1.VMSpec
+	Spec *ferryv1.VMSpec
+	// Tuning are the planner's further QEMU capabilities and parameters
+	// (planner.Tune), sent to both sides; nil sets none.
+	Tuning                    *agentv1.MigrationTuning
 	MaxBandwidthBytes         int64
 	DowntimeLimitMs           int64
 	MultifdChannels           int32
@@ -64,6 +67,12 @@ type Knobs struct {
 	ThrottleIncrement         int32
 	// NoThrottle forbids QEMU's auto-converge whatever the strategy.
 	NoThrottle bool
+	// LocalDisks are the VM's local disks: the destination creates and
+	// exports them, the source mirrors them before RAM (issue 8).
+	LocalDisks []*agentv1.LocalDisk
+	// GuestAliveTimeout bounds the check after FinishIncoming that the guest
+	// shows a sign of life (0: DefaultGuestAliveTimeout).
+	GuestAliveTimeout time.Duration
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,
@@ -113,9 +122,10 @@ type performer struct {
 	record func(core.Record) *statev1.MigrationRecord
 	revs   *recordRevision
 
-	mu        sync.Mutex
-	stopTimer context.CancelFunc // cancels the pending timer
-	owner     *ownerRead         // the VM record read before the pause (prefetch)
+	mu           sync.Mutex
+	stopTimer    context.CancelFunc // cancels the pending timer
+	owner        *ownerRead         // the VM record read before the pause (prefetch)
+	aliveChecked bool               // the guest-alive check ran (once per performer)
 }
 
 // ownerRead is the VM record as read before the switchover, with the
@@ -162,7 +172,14 @@ func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
 	if st == nil {
 		return nil
 	}
-	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: st.TransferredBytes, Rounds: st.DirtySyncCount, Error: st.Error}
+	// The disks' mirrors count as progress too (the stall timer): QEMU's
+	// job offsets grow as long as a mirror works.
+	tr := st.TransferredBytes
+	for _, d := range st.Disks {
+		tr += d.JobOffset
+	}
+	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: tr, Rounds: st.DirtySyncCount, Error: st.Error,
+		Remaining: st.RemainingBytes, Total: st.TotalBytes}
 }
 
 func incoming(st *agentv1.IncomingStatus) *core.Incoming {
@@ -237,9 +254,16 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
 			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
+			Tuning:     p.knobs.Tuning,
+			LocalDisks: p.knobs.LocalDisks,
 		})
+		if err == nil && len(p.knobs.LocalDisks) > 0 && r.NbdAddress == "" {
+			// An agent that does not export the disks (an older one): never
+			// send RAM to a destination whose disks would stay empty.
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not export the VM's %d local disks over NBD: upgrade its agent", p.to, len(p.knobs.LocalDisks)))
+		}
 		if err == nil {
-			o.URI = r.Uri
+			o.URI, o.DiskURI = r.Uri, r.NbdAddress
 		}
 		return err
 	case core.ActQueryIncoming, core.ActArmResume, core.ActFinishIncoming:
@@ -250,6 +274,11 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		if err == nil {
 			o.In = incoming(st)
 			p.watch.Incoming(a.Kind, st)
+			if a.Kind == core.ActFinishIncoming && st.GetRan() {
+				// The destination runs: before the core moves on (and the
+				// migration can complete), see that the guest does too.
+				p.checkAlive(ctx, a)
+			}
 		}
 		return err
 	case core.ActAbortIncoming:
@@ -259,7 +288,8 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			Name: p.vm, MigrationId: p.id, Uri: a.URI,
 			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
-			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes,
+			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes, Tuning: p.knobs.Tuning,
+			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
 		})
 		if err == nil {
 			p.prefetchOwner(ctx)
@@ -399,4 +429,17 @@ func (p *performer) updateVM(ctx context.Context, a core.Action, o *core.Observa
 	}
 	o.StoreVM = storeVM(vm)
 	return nil
+}
+
+// mirrorNames are the disks a StartOutgoing mirrors: every local disk when
+// the destination exports them (nbd set), none otherwise.
+func mirrorNames(nbd string, disks []*agentv1.LocalDisk) []string {
+	if nbd == "" {
+		return nil
+	}
+	var out []string
+	for _, d := range disks {
+		out = append(out, d.GetName())
+	}
+	return out
 }

@@ -37,6 +37,7 @@ type reporter struct {
 	// phase (round 1) when it ran at least minLearnPhase: what the link
 	// carried before the switch (0: none).
 	precopyMibps float64
+	extra        []*ferryv1.MigrationEvent // warning events (see Alive)
 }
 
 // minLearnPhase is how long a post-copy's pre-copy phase must have run for
@@ -44,7 +45,7 @@ type reporter struct {
 const minLearnPhase = 2 * time.Second
 
 func newReporter(m *ferryv1.Migration, ctrl *planner.Controller) *reporter {
-	r := &reporter{m: m, ctrl: ctrl}
+	r := &reporter{m: m, ctrl: ctrl, extra: warningEvents(m)}
 	if m.StartedAt != nil {
 		r.transfer = m.StartedAt.AsTime()
 	}
@@ -73,10 +74,12 @@ func (r *reporter) render(rec core.Record) *ferryv1.Migration {
 	m.CancelRequested = rec.CancelRequested
 	m.VmGeneration = rec.Generation
 	m.DestUri = rec.DestURI
+	m.DiskUri = rec.DiskURI
 	m.Events = m.Events[:0]
 	for _, e := range rec.History {
 		m.Events = append(m.Events, &ferryv1.MigrationEvent{At: timestamppb.New(e.At), State: string(e.State), Message: e.Message})
 	}
+	m.Events = mergeEvents(m.Events, r.extra)
 	m.PostcopyPausedMs = pausedMs(rec.History, time.Now())
 	renderRetries(m, rec)
 	if rec.State.Terminal() && !rec.FinishedAt.IsZero() {
@@ -104,6 +107,7 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	if k == core.ActStartOutgoing && r.lastOut == nil {
 		r.transfer = time.Now()
 	}
+	r.disksLocked(out)
 	if (k == core.ActStartPostcopy || out.PostcopyStartedAt != nil) && !r.postcopy {
 		r.postcopy = true
 		if !r.transfer.IsZero() && time.Since(r.transfer) >= minLearnPhase && r.m.GetOptions().GetBandwidthMibps() == 0 {
@@ -357,4 +361,37 @@ func pausedMs(h []core.Event, now time.Time) int64 {
 		total += now.Sub(since)
 	}
 	return total.Milliseconds()
+}
+
+// disksLocked folds the source's disk mirrors into the report: per disk
+// the data copied, the time to ready and to completion; the totals.
+func (r *reporter) disksLocked(out *agentv1.OutgoingStatus) {
+	if len(out.Disks) == 0 {
+		return
+	}
+	m := r.m
+	m.DiskBytesTotal = max(m.DiskBytesTotal, out.DiskBytesTotal)
+	m.DiskBytesTransferred = max(m.DiskBytesTransferred, out.DiskBytesTransferred)
+	for _, d := range out.Disks {
+		var md *ferryv1.MigrationDisk
+		for _, x := range m.Disks {
+			if x.Name == d.Name {
+				md = x
+			}
+		}
+		if md == nil {
+			md = &ferryv1.MigrationDisk{Name: d.Name}
+			m.Disks = append(m.Disks, md)
+		}
+		md.State = d.State
+		if d.State == "ready" || d.State == "completed" {
+			md.BytesTransferred = max(md.BytesTransferred, d.DataBytes)
+		}
+		if d.StartedAt != nil && d.ReadyAt != nil {
+			md.MirrorMs = d.ReadyAt.AsTime().Sub(d.StartedAt.AsTime()).Milliseconds()
+		}
+		if d.StartedAt != nil && d.CompletedAt != nil {
+			md.CompleteMs = d.CompletedAt.AsTime().Sub(d.StartedAt.AsTime()).Milliseconds()
+		}
+	}
 }

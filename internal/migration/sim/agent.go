@@ -70,7 +70,7 @@ func (ag *FakeAgent) handle(a core.Action, id string) core.Observation {
 			if !ag.alive() {
 				return refused("the destination QEMU of %s exited", id)
 			}
-			return core.Observation{URI: v.uri}
+			return core.Observation{URI: v.uri, DiskURI: v.diskURI}
 		}
 		if v != nil {
 			return refused("VM already on this host")
@@ -78,7 +78,11 @@ func (ag *FakeAgent) handle(a core.Action, id string) core.Observation {
 		q := w.newQEMU(0)
 		q.Run, q.In, q.Postcopy = "inmigrate", "listening", a.Postcopy
 		ag.vm = &vmOnHost{qemu: q, tap: true, dir: true, inID: id, inState: "listening", uri: fmt.Sprintf("tcp:%s:%d", ag.Host, 4000+q.PID)}
-		return core.Observation{URI: ag.vm.uri}
+		if w.disks {
+			// An empty disk of the same size, exported over NBD.
+			ag.vm.disk, ag.vm.diskURI = true, fmt.Sprintf("%s:%d", ag.Host, 10800+q.PID)
+		}
+		return core.Observation{URI: ag.vm.uri, DiskURI: ag.vm.diskURI}
 	case core.ActQueryIncoming:
 		if v == nil || v.inID != id {
 			return notFound("no incoming migration " + id)
@@ -216,12 +220,25 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 		if ag.cancelled[id] {
 			return refused("migration %s was cancelled here: it is not started again", id)
 		}
-		if q.Mig == "active" || q.Mig == "pre-switchover" || q.Mig == "device" || q.Mig == "postcopy-active" {
+		if q.Mig == "active" || q.Mig == "mirroring" || q.Mig == "pre-switchover" || q.Mig == "device" || q.Mig == "postcopy-active" {
 			return refused("another migration is active")
 		}
 		v.outID = id
 		q.Mig, q.Rounds, q.Sent, q.Postcopy, q.PCPending = "active", 0, 0, a.Postcopy, false
-		q.peer = w.peerFor(ag.side, a.URI)
+		q.peer, q.diskPeer = w.peerFor(ag.side, a.URI), nil
+		if w.disks {
+			if a.DiskURI == "" {
+				w.violate("the source started sending RAM without mirroring its local disk (no disk URI)")
+			}
+			// blockdev-add of the NBD target, blockdev-mirror of each disk;
+			// migrate follows when every mirror is ready.
+			q.diskPeer = w.diskPeerFor(ag.side, a.DiskURI)
+			q.Mig, q.mirrorLeft = "mirroring", 3
+			if q.diskPeer == nil || q.peer == nil || !w.linkUp() {
+				q.Mig = "failed" // blockdev-add cannot connect: nothing started, the guest runs on
+			}
+			return core.Observation{Out: ag.outgoing()}
+		}
 		if q.peer == nil || !w.linkUp() {
 			q.Mig = "failed" // migrate cannot connect: QEMU reports failed, the guest runs on
 		} else {
@@ -258,6 +275,8 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 				return refused("the migration is %s: the source never runs again unless the destination provably never ran", q.Mig)
 			}
 			q.Mig = "cancelled"
+		case "mirroring":
+			q.Mig = "cancelled" // block-job-cancel: the destination's copy is left incomplete
 		case "active", "pre-switchover", "device":
 			q.Mig = "cancelled"
 			if q.peer != nil && q.peer.Alive && q.peer.In != "" {
@@ -271,6 +290,11 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 	case core.ActFinishOutgoing:
 		if q.Mig != "completed" {
 			return refused("the migration is %s: the source is quit only once it completed", q.Mig)
+		}
+		if v.disk {
+			if dv := w.Agents[1-ag.side].vm; dv == nil || !dv.disk || !dv.diskSynced || !dv.ran {
+				w.violate("the source's local disk was removed before the destination took over with a complete copy")
+			}
 		}
 		ag.remove()
 		return core.Observation{}
@@ -313,6 +337,9 @@ func (ag *FakeAgent) reconcile() {
 	case "loaded", "postcopy", "postcopy-paused", "postcopy-recover", "done":
 		if v.qemu.loadedTicks < 1 {
 			return // the agent reacts to MIGRATION completed on its next look
+		}
+		if ag.w.disks && !v.diskSynced && !v.ran {
+			ag.w.violate("the destination ran on a copy of the local disk its mirror had not completed")
 		}
 		v.qemu.Run = "running"
 		v.ran = true

@@ -78,6 +78,9 @@ func (w *World) CheckEnd() {
 	if owner.vm != nil && owner.vm.qemu != nil && owner.vm.qemu.Alive {
 		q = owner.vm.qemu
 	}
+	if w.disks && q != nil && (owner.vm == nil || !owner.vm.disk || !owner.vm.diskSynced) {
+		w.violate("the VM runs on %s without a complete copy of its local disk", owner.Host)
+	}
 	switch core.VMState(vm.State) {
 	case core.VMRunning:
 		if q == nil || q.Run != "running" {

@@ -15,16 +15,21 @@ type Scenario struct {
 	Name     string
 	Strategy core.Strategy
 	Prev     core.VMState
+	// LocalDisks gives the VM a local disk: live strategies mirror it to
+	// the destination's NBD export first (core.Mirroring).
+	LocalDisks bool
 }
 
 // Scenarios is every strategy the engine has; cold twice (running and stopped VM).
 var Scenarios = []Scenario{
-	{"precopy", core.Precopy, core.VMRunning},
-	{"converge", core.Converge, core.VMRunning},
-	{"postcopy", core.Postcopy, core.VMRunning},
-	{"hybrid", core.Hybrid, core.VMRunning},
-	{"cold-running", core.Cold, core.VMRunning},
-	{"cold-stopped", core.Cold, core.VMStopped},
+	{Name: "precopy", Strategy: core.Precopy, Prev: core.VMRunning},
+	{Name: "converge", Strategy: core.Converge, Prev: core.VMRunning},
+	{Name: "postcopy", Strategy: core.Postcopy, Prev: core.VMRunning},
+	{Name: "hybrid", Strategy: core.Hybrid, Prev: core.VMRunning},
+	{Name: "cold-running", Strategy: core.Cold, Prev: core.VMRunning},
+	{Name: "cold-stopped", Strategy: core.Cold, Prev: core.VMStopped},
+	{Name: "precopy-disks", Strategy: core.Precopy, Prev: core.VMRunning, LocalDisks: true},
+	{Name: "postcopy-disks", Strategy: core.Postcopy, Prev: core.VMRunning, LocalDisks: true},
 }
 
 // Case is one simulated run: a scenario with one fault at one step.
@@ -58,6 +63,9 @@ type Result struct {
 // breaks the core's output on purpose (the checker's own test).
 func RunCase(c Case, mutate func(core.Record, *core.Ready)) Result {
 	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
+	if c.Scenario.LocalDisks {
+		w.WithLocalDisks()
+	}
 	w.Mutate = mutate
 	w.SetFlaps(scenarioFlaps[c.Scenario.Name])
 	if c.Fault != NoFault {
@@ -180,6 +188,9 @@ type PairCase struct {
 // RunPair runs one two-fault case.
 func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
 	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
+	if c.Scenario.LocalDisks {
+		w.WithLocalDisks()
+	}
 	w.Mutate = mutate
 	w.SetFlaps(scenarioFlaps[c.Scenario.Name])
 	w.Hook = func(w *World, k int, a core.Action) Disposition {
@@ -244,6 +255,9 @@ func ExploreTriples(seed int64, n int) *Exploration {
 		ks = append(ks, ks[1]+1+rng.Intn(10))
 		fs := []Fault{AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))]}
 		w := NewWorld(s.Strategy, s.Prev, seed+int64(i))
+		if s.LocalDisks {
+			w.WithLocalDisks()
+		}
 		w.Hook = func(w *World, k int, a core.Action) Disposition {
 			for j := range ks {
 				if ks[j] == k {

@@ -44,6 +44,11 @@ type FakeQEMU struct {
 	// loadedTicks counts the ticks since the state arrived: the agent
 	// resumes an armed destination on the tick after (its reaction time).
 	loadedTicks int
+	// mirrorLeft counts the ticks until the source's disk mirrors are
+	// ready (Mig "mirroring"); diskPeer is the destination QEMU whose NBD
+	// export they write to.
+	mirrorLeft int
+	diskPeer   *FakeQEMU
 }
 
 func (q *FakeQEMU) running() bool { return q != nil && q.Alive && q.Run == "running" }
@@ -54,11 +59,17 @@ type vmOnHost struct {
 	qemu *FakeQEMU
 	tap  bool
 	dir  bool
+	// disk: the VM's local disk image is in the directory (scenarios with
+	// local disks); diskSynced: the destination's copy holds every write
+	// (its mirror completed while the source was paused).
+	disk       bool
+	diskSynced bool
 	// incoming migration (the agent's small files)
 	inID    string
 	inState string // listening, armed, running, adopted
 	ran     bool
 	uri     string
+	diskURI string // the NBD export of the local disk (incoming with disks)
 	// outgoing migration id (a small file: rebuilt with query-migrate after a restart)
 	outID string
 	// orphanSince: the reaper saw no migration in flight name this arrival since

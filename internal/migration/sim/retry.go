@@ -15,9 +15,9 @@ import (
 // The last scenario flaps once more than SimOptions allows attempts: the
 // retries run out and the migration fails with the VM running on the source.
 var RetryScenarios = []Scenario{
-	{"precopy-flap", core.Precopy, core.VMRunning},
-	{"hybrid-flap2", core.Hybrid, core.VMRunning},
-	{"precopy-flap-exhausted", core.Precopy, core.VMRunning},
+	{Name: "precopy-flap", Strategy: core.Precopy, Prev: core.VMRunning},
+	{Name: "hybrid-flap2", Strategy: core.Hybrid, Prev: core.VMRunning},
+	{Name: "precopy-flap-exhausted", Strategy: core.Precopy, Prev: core.VMRunning},
 }
 
 // FlapFor is how long a scenario's link flap lasts: shorter than the

@@ -13,7 +13,7 @@ import (
 // Interp runs script commands against a World (the scripts in
 // internal/migration/core/testdata). Each command returns its output.
 //
-//	start <strategy> [stopped]      a new world; the VM runs (or is stopped) on h1
+//	start <strategy> [stopped] [disks]  a new world; the VM runs (or is stopped) on h1 (disks: with a local disk)
 //	run [for=<duration>]            run to the end (or for a while); prints the trace since the last print
 //	deliver [n=<events>]            process the next event(s) only
 //	crash server [manual] [at=<action>] [for=<duration>]   (manual: stays down until restart)
@@ -102,6 +102,11 @@ func (in *Interp) Do(cmd string, args []string) (string, error) {
 			prev = core.VMStopped
 		}
 		in.W = NewWorld(s, prev, 1)
+		for _, p := range pos[1:] {
+			if p == "disks" {
+				in.W.WithLocalDisks()
+			}
+		}
 		in.printed, in.armed = 0, nil
 		in.W.Hook = in.hook
 		in.W.Start()

@@ -177,3 +177,22 @@ func TestTripleFaults(t *testing.T) {
 		t.Errorf("shortest violating trace:\n%s", e.Shortest().Report())
 	}
 }
+
+// TestCheckerCatchesBrokenDiskRules breaks a storage rule on purpose: a
+// core whose StartOutgoing carries no disk URI (the RAM transfer starts
+// without the local disk's mirror) must be caught.
+func TestCheckerCatchesBrokenDiskRules(t *testing.T) {
+	disks := Scenario{Name: "precopy-disks", Strategy: core.Precopy, Prev: core.VMRunning, LocalDisks: true}
+	noMirror := func(rec core.Record, ready *core.Ready) {
+		for i, a := range ready.Actions {
+			if a.Kind == core.ActStartOutgoing {
+				ready.Actions[i].DiskURI = ""
+			}
+		}
+	}
+	r := RunCase(Case{Scenario: disks, Fault: NoFault, Seed: 1}, noMirror)
+	if len(r.Violations) == 0 {
+		t.Fatalf("the checker missed a migration that did not mirror its local disk:\n%s", r.Report())
+	}
+	t.Logf("caught: %v", r.Violations)
+}

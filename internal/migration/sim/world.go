@@ -80,6 +80,7 @@ type World struct {
 
 	strategy core.Strategy
 	prev     core.VMState
+	disks    bool // the VM has a local disk (WithLocalDisks)
 
 	// the server
 	serverUp bool
@@ -158,6 +159,15 @@ func NewWorld(s core.Strategy, prev core.VMState, seed int64) *World {
 	return w
 }
 
+// WithLocalDisks gives the VM a local disk on the source (call it before
+// Start): a live migration mirrors it to the destination's NBD export.
+func (w *World) WithLocalDisks() {
+	w.disks = true
+	if v := w.Agents[core.Src].vm; v != nil {
+		v.disk, v.diskSynced = true, true
+	}
+}
+
 func (w *World) newQEMU(boot int) *FakeQEMU {
 	w.nextPID++
 	return &FakeQEMU{PID: w.nextPID, Boot: boot, Alive: true, Mig: "none"}
@@ -195,6 +205,15 @@ func (w *World) kill(q *FakeQEMU) {
 func (w *World) peerFor(from core.Side, uri string) *FakeQEMU {
 	other := w.Agents[1-from]
 	if other.vm == nil || other.vm.uri != uri || !other.alive() || other.vm.qemu.In != "listening" {
+		return nil
+	}
+	return other.vm.qemu
+}
+
+// diskPeerFor finds the destination QEMU exporting the local disk at uri.
+func (w *World) diskPeerFor(from core.Side, uri string) *FakeQEMU {
+	other := w.Agents[1-from]
+	if uri == "" || other.vm == nil || other.vm.diskURI != uri || !other.alive() {
 		return nil
 	}
 	return other.vm.qemu
@@ -488,7 +507,27 @@ func (w *World) physics() {
 		q := ag.vm.qemu
 		p := q.peer
 		peerOK := p != nil && p.Alive && w.linkUp()
+		dp := q.diskPeer
+		diskOK := dp != nil && dp.Alive && w.linkUp()
 		switch q.Mig {
+		case "mirroring":
+			if !diskOK {
+				// The mirror's NBD target failed: the job ends with an
+				// error; the guest runs on with its own disk (the
+				// destination QEMU is left for the engine to remove).
+				q.Mig = "failed"
+				break
+			}
+			q.Sent += 1 << 20
+			if q.mirrorLeft--; q.mirrorLeft <= 0 {
+				// Every mirror is ready: the agent starts the RAM transfer.
+				if peerOK {
+					q.Mig = "active"
+					p.In = "receiving"
+				} else {
+					q.Mig = "failed"
+				}
+			}
 		case "active":
 			if !peerOK {
 				q.Mig = "failed" // the guest keeps running
@@ -498,6 +537,18 @@ func (w *World) physics() {
 			q.Rounds++
 			q.Sent += 1 << 20
 			if q.PCPending || (w.strategy != core.Postcopy && w.strategy != core.Hybrid && q.Rounds >= 4) {
+				if dp != nil {
+					// The agent completes the mirrors with the guest paused
+					// before it reports pre-switchover.
+					if !diskOK {
+						q.Mig = "failed"
+						w.failIncoming(p)
+						break
+					}
+					if dv := w.Agents[1-ag.side].vm; dv != nil && dv.qemu == dp {
+						dv.diskSynced = true
+					}
+				}
 				q.Mig, q.Run = "pre-switchover", "finish-migrate"
 			}
 		case "device":

@@ -499,8 +499,15 @@ type OutgoingStatus struct {
 	ThrottlePercent   int64                  `protobuf:"varint,20,opt,name=throttle_percent,json=throttlePercent,proto3" json:"throttle_percent,omitempty"`
 	PostcopyRequests  int64                  `protobuf:"varint,21,opt,name=postcopy_requests,json=postcopyRequests,proto3" json:"postcopy_requests,omitempty"`
 	PostcopyStartedAt *timestamppb.Timestamp `protobuf:"bytes,22,opt,name=postcopy_started_at,json=postcopyStartedAt,proto3" json:"postcopy_started_at,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// disks are the mirrors of the local disks (empty without local disks).
+	Disks []*DiskMirror `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
+	// disk_bytes_total is the data the mirrors had to copy when they
+	// started (allocated bytes); disk_bytes_transferred what they copied so
+	// far (including what the guest wrote meanwhile).
+	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
+	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *OutgoingStatus) Reset() {
@@ -687,6 +694,27 @@ func (x *OutgoingStatus) GetPostcopyStartedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *OutgoingStatus) GetDisks() []*DiskMirror {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+func (x *OutgoingStatus) GetDiskBytesTotal() int64 {
+	if x != nil {
+		return x.DiskBytesTotal
+	}
+	return 0
+}
+
+func (x *OutgoingStatus) GetDiskBytesTransferred() int64 {
+	if x != nil {
+		return x.DiskBytesTransferred
+	}
+	return 0
+}
+
 // IncomingStatus is the destination side of a live migration.
 type IncomingStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -786,12 +814,18 @@ func (x *IncomingStatus) GetRan() bool {
 }
 
 type PrepareIncomingRequest struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	Spec            *v1.VMSpec             `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	MigrationId     string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	MultifdChannels int32                  `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tuning is what the destination must match of the source's tuning.
+	Tuning          *MigrationTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Spec            *v1.VMSpec       `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	MigrationId     string           `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	MultifdChannels int32            `protobuf:"varint,3,opt,name=multifd_channels,json=multifdChannels,proto3" json:"multifd_channels,omitempty"`
 	// postcopy enables postcopy-ram on the destination (it must match the source).
-	Postcopy      bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	Postcopy bool `protobuf:"varint,4,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	// local_disks are the VM's local disks (not shared): the destination
+	// creates each empty with the same format and virtual size and exports
+	// it over NBD for the source's mirror.
+	LocalDisks    []*LocalDisk `protobuf:"bytes,80,rep,name=local_disks,json=localDisks,proto3" json:"local_disks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -826,6 +860,13 @@ func (*PrepareIncomingRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
+func (x *PrepareIncomingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
+}
+
 func (x *PrepareIncomingRequest) GetSpec() *v1.VMSpec {
 	if x != nil {
 		return x.Spec
@@ -854,10 +895,20 @@ func (x *PrepareIncomingRequest) GetPostcopy() bool {
 	return false
 }
 
+func (x *PrepareIncomingRequest) GetLocalDisks() []*LocalDisk {
+	if x != nil {
+		return x.LocalDisks
+	}
+	return nil
+}
+
 type PrepareIncomingResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is the tcp:IP:PORT the destination QEMU listens on.
-	Uri           string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	Uri string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
+	// nbd_address is host:port of the NBD server exporting the local disks
+	// (each under its disk name); empty when there are none.
+	NbdAddress    string `protobuf:"bytes,80,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -899,11 +950,20 @@ func (x *PrepareIncomingResponse) GetUri() string {
 	return ""
 }
 
+func (x *PrepareIncomingResponse) GetNbdAddress() string {
+	if x != nil {
+		return x.NbdAddress
+	}
+	return ""
+}
+
 type StartOutgoingRequest struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	MigrationId string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	Uri         string                 `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tuning are the planner's further capabilities and parameters.
+	Tuning      *MigrationTuning `protobuf:"bytes,12,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Name        string           `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MigrationId string           `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	Uri         string           `protobuf:"bytes,3,opt,name=uri,proto3" json:"uri,omitempty"`
 	// max_bandwidth_bytes is QEMU's max-bandwidth (bytes/s).
 	MaxBandwidthBytes int64 `protobuf:"varint,4,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
 	DowntimeLimitMs   int64 `protobuf:"varint,5,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
@@ -918,8 +978,13 @@ type StartOutgoingRequest struct {
 	// (bytes/s) so demand-faulted pages do not queue behind it; 0 = the same
 	// as max_bandwidth_bytes.
 	MaxPostcopyBandwidthBytes int64 `protobuf:"varint,11,opt,name=max_postcopy_bandwidth_bytes,json=maxPostcopyBandwidthBytes,proto3" json:"max_postcopy_bandwidth_bytes,omitempty"`
-	unknownFields             protoimpl.UnknownFields
-	sizeCache                 protoimpl.SizeCache
+	// mirror_disks names the local disks to mirror to nbd_address before
+	// RAM is sent: the RAM transfer starts when every mirror is ready, and
+	// at pre-switchover the mirrors complete before the source reports it.
+	MirrorDisks   []string `protobuf:"bytes,80,rep,name=mirror_disks,json=mirrorDisks,proto3" json:"mirror_disks,omitempty"`
+	NbdAddress    string   `protobuf:"bytes,81,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartOutgoingRequest) Reset() {
@@ -950,6 +1015,13 @@ func (x *StartOutgoingRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StartOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*StartOutgoingRequest) Descriptor() ([]byte, []int) {
 	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *StartOutgoingRequest) GetTuning() *MigrationTuning {
+	if x != nil {
+		return x.Tuning
+	}
+	return nil
 }
 
 func (x *StartOutgoingRequest) GetName() string {
@@ -1027,6 +1099,20 @@ func (x *StartOutgoingRequest) GetMaxPostcopyBandwidthBytes() int64 {
 		return x.MaxPostcopyBandwidthBytes
 	}
 	return 0
+}
+
+func (x *StartOutgoingRequest) GetMirrorDisks() []string {
+	if x != nil {
+		return x.MirrorDisks
+	}
+	return nil
+}
+
+func (x *StartOutgoingRequest) GetNbdAddress() string {
+	if x != nil {
+		return x.NbdAddress
+	}
+	return ""
 }
 
 type MeasureRequest struct {
@@ -1142,8 +1228,12 @@ type MeasureResponse struct {
 	// not grow by telemetry.RSSGrowthMin): a guest that filled memory after
 	// its count.
 	NonZeroRssGrowthBytes int64 `protobuf:"varint,15,opt,name=non_zero_rss_growth_bytes,json=nonZeroRssGrowthBytes,proto3" json:"non_zero_rss_growth_bytes,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// compress_ratio is how well the guest's non-zero RAM compresses
+	// (compressed over original size of a sample, from the latest RAM count);
+	// 0 when unknown.
+	CompressRatio float64 `protobuf:"fixed64,40,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MeasureResponse) Reset() {
@@ -1281,6 +1371,97 @@ func (x *MeasureResponse) GetNonZeroRssGrowthBytes() int64 {
 	return 0
 }
 
+func (x *MeasureResponse) GetCompressRatio() float64 {
+	if x != nil {
+		return x.CompressRatio
+	}
+	return 0
+}
+
+// MigrationTuning are the QEMU capabilities and parameters the planner
+// chose beyond the strategy's own (see planner.Tune). Zero values leave
+// QEMU's defaults, so an older server's request changes nothing.
+type MigrationTuning struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// postcopy_preempt enables capability postcopy-preempt (both sides).
+	PostcopyPreempt bool `protobuf:"varint,1,opt,name=postcopy_preempt,json=postcopyPreempt,proto3" json:"postcopy_preempt,omitempty"`
+	// zero_page_detection is zero-page-detection ("multifd"; "" = default).
+	ZeroPageDetection string `protobuf:"bytes,2,opt,name=zero_page_detection,json=zeroPageDetection,proto3" json:"zero_page_detection,omitempty"`
+	// multifd_compression is multifd-compression ("zstd"; "" = none), both sides.
+	MultifdCompression string `protobuf:"bytes,3,opt,name=multifd_compression,json=multifdCompression,proto3" json:"multifd_compression,omitempty"`
+	MultifdZstdLevel   int32  `protobuf:"varint,4,opt,name=multifd_zstd_level,json=multifdZstdLevel,proto3" json:"multifd_zstd_level,omitempty"`
+	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
+	// (bytes/s, source only); 0 = QEMU's own estimate.
+	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,5,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
+	unknownFields                 protoimpl.UnknownFields
+	sizeCache                     protoimpl.SizeCache
+}
+
+func (x *MigrationTuning) Reset() {
+	*x = MigrationTuning{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationTuning) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationTuning) ProtoMessage() {}
+
+func (x *MigrationTuning) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationTuning.ProtoReflect.Descriptor instead.
+func (*MigrationTuning) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MigrationTuning) GetPostcopyPreempt() bool {
+	if x != nil {
+		return x.PostcopyPreempt
+	}
+	return false
+}
+
+func (x *MigrationTuning) GetZeroPageDetection() string {
+	if x != nil {
+		return x.ZeroPageDetection
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdCompression() string {
+	if x != nil {
+		return x.MultifdCompression
+	}
+	return ""
+}
+
+func (x *MigrationTuning) GetMultifdZstdLevel() int32 {
+	if x != nil {
+		return x.MultifdZstdLevel
+	}
+	return 0
+}
+
+func (x *MigrationTuning) GetAvailSwitchoverBandwidthBytes() int64 {
+	if x != nil {
+		return x.AvailSwitchoverBandwidthBytes
+	}
+	return 0
+}
+
 type ProbeListenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1289,7 +1470,7 @@ type ProbeListenRequest struct {
 
 func (x *ProbeListenRequest) Reset() {
 	*x = ProbeListenRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1482,7 @@ func (x *ProbeListenRequest) String() string {
 func (*ProbeListenRequest) ProtoMessage() {}
 
 func (x *ProbeListenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1495,7 @@ func (x *ProbeListenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeListenRequest.ProtoReflect.Descriptor instead.
 func (*ProbeListenRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 type ProbeListenResponse struct {
@@ -1327,7 +1508,7 @@ type ProbeListenResponse struct {
 
 func (x *ProbeListenResponse) Reset() {
 	*x = ProbeListenResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1520,7 @@ func (x *ProbeListenResponse) String() string {
 func (*ProbeListenResponse) ProtoMessage() {}
 
 func (x *ProbeListenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1533,7 @@ func (x *ProbeListenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeListenResponse.ProtoReflect.Descriptor instead.
 func (*ProbeListenResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ProbeListenResponse) GetAddress() string {
@@ -1372,7 +1553,7 @@ type ProbeSendRequest struct {
 
 func (x *ProbeSendRequest) Reset() {
 	*x = ProbeSendRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1384,7 +1565,7 @@ func (x *ProbeSendRequest) String() string {
 func (*ProbeSendRequest) ProtoMessage() {}
 
 func (x *ProbeSendRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1397,7 +1578,7 @@ func (x *ProbeSendRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSendRequest.ProtoReflect.Descriptor instead.
 func (*ProbeSendRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ProbeSendRequest) GetAddress() string {
@@ -1415,16 +1596,18 @@ func (x *ProbeSendRequest) GetDurationMs() int64 {
 }
 
 type ProbeSendResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mibps         float64                `protobuf:"fixed64,1,opt,name=mibps,proto3" json:"mibps,omitempty"`
-	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mibps float64                `protobuf:"fixed64,1,opt,name=mibps,proto3" json:"mibps,omitempty"`
+	Bytes int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// rtt_us is the TCP connect time to the sink: one round trip.
+	RttUs         int64 `protobuf:"varint,3,opt,name=rtt_us,json=rttUs,proto3" json:"rtt_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProbeSendResponse) Reset() {
 	*x = ProbeSendResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1619,7 @@ func (x *ProbeSendResponse) String() string {
 func (*ProbeSendResponse) ProtoMessage() {}
 
 func (x *ProbeSendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1632,7 @@ func (x *ProbeSendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeSendResponse.ProtoReflect.Descriptor instead.
 func (*ProbeSendResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ProbeSendResponse) GetMibps() float64 {
@@ -1466,6 +1649,13 @@ func (x *ProbeSendResponse) GetBytes() int64 {
 	return 0
 }
 
+func (x *ProbeSendResponse) GetRttUs() int64 {
+	if x != nil {
+		return x.RttUs
+	}
+	return 0
+}
+
 type RecoverResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is where the destination waits for the source to resume.
@@ -1476,7 +1666,7 @@ type RecoverResponse struct {
 
 func (x *RecoverResponse) Reset() {
 	*x = RecoverResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1678,7 @@ func (x *RecoverResponse) String() string {
 func (*RecoverResponse) ProtoMessage() {}
 
 func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1691,7 @@ func (x *RecoverResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecoverResponse.ProtoReflect.Descriptor instead.
 func (*RecoverResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RecoverResponse) GetUri() string {
@@ -1522,7 +1712,7 @@ type ResumeOutgoingRequest struct {
 
 func (x *ResumeOutgoingRequest) Reset() {
 	*x = ResumeOutgoingRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1724,7 @@ func (x *ResumeOutgoingRequest) String() string {
 func (*ResumeOutgoingRequest) ProtoMessage() {}
 
 func (x *ResumeOutgoingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1737,7 @@ func (x *ResumeOutgoingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeOutgoingRequest.ProtoReflect.Descriptor instead.
 func (*ResumeOutgoingRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ResumeOutgoingRequest) GetName() string {
@@ -1598,7 +1788,7 @@ type MigrationStepRequest struct {
 
 func (x *MigrationStepRequest) Reset() {
 	*x = MigrationStepRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1800,7 @@ func (x *MigrationStepRequest) String() string {
 func (*MigrationStepRequest) ProtoMessage() {}
 
 func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1813,7 @@ func (x *MigrationStepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrationStepRequest.ProtoReflect.Descriptor instead.
 func (*MigrationStepRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *MigrationStepRequest) GetName() string {
@@ -1677,7 +1867,7 @@ type OutgoingStatusResponse struct {
 
 func (x *OutgoingStatusResponse) Reset() {
 	*x = OutgoingStatusResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1879,7 @@ func (x *OutgoingStatusResponse) String() string {
 func (*OutgoingStatusResponse) ProtoMessage() {}
 
 func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1892,7 @@ func (x *OutgoingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OutgoingStatusResponse.ProtoReflect.Descriptor instead.
 func (*OutgoingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OutgoingStatusResponse) GetStatus() *OutgoingStatus {
@@ -1721,7 +1911,7 @@ type IncomingStatusResponse struct {
 
 func (x *IncomingStatusResponse) Reset() {
 	*x = IncomingStatusResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1733,7 +1923,7 @@ func (x *IncomingStatusResponse) String() string {
 func (*IncomingStatusResponse) ProtoMessage() {}
 
 func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1746,7 +1936,7 @@ func (x *IncomingStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IncomingStatusResponse.ProtoReflect.Descriptor instead.
 func (*IncomingStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *IncomingStatusResponse) GetStatus() *IncomingStatus {
@@ -1765,7 +1955,7 @@ type StepResponse struct {
 
 func (x *StepResponse) Reset() {
 	*x = StepResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1777,7 +1967,7 @@ func (x *StepResponse) String() string {
 func (*StepResponse) ProtoMessage() {}
 
 func (x *StepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1790,7 +1980,7 @@ func (x *StepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResponse.ProtoReflect.Descriptor instead.
 func (*StepResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StepResponse) GetVm() *v1.VMStatus {
@@ -1798,6 +1988,288 @@ func (x *StepResponse) GetVm() *v1.VMStatus {
 		return x.Vm
 	}
 	return nil
+}
+
+type LocalDisksRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalDisksRequest) Reset() {
+	*x = LocalDisksRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDisksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDisksRequest) ProtoMessage() {}
+
+func (x *LocalDisksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDisksRequest.ProtoReflect.Descriptor instead.
+func (*LocalDisksRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LocalDisksRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type LocalDisksResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Disks         []*LocalDisk           `protobuf:"bytes,1,rep,name=disks,proto3" json:"disks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocalDisksResponse) Reset() {
+	*x = LocalDisksResponse{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDisksResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDisksResponse) ProtoMessage() {}
+
+func (x *LocalDisksResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDisksResponse.ProtoReflect.Descriptor instead.
+func (*LocalDisksResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LocalDisksResponse) GetDisks() []*LocalDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+// LocalDisk is a disk image the agent keeps in the VM's directory (a spec
+// disk with size or source, not shared).
+type LocalDisk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// format is qcow2 or raw.
+	Format           string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
+	VirtualSizeBytes int64  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
+	// allocated_bytes is what the image holds on the host (sparse files
+	// count only their allocated blocks).
+	AllocatedBytes int64  `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
+	Path           string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *LocalDisk) Reset() {
+	*x = LocalDisk{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocalDisk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocalDisk) ProtoMessage() {}
+
+func (x *LocalDisk) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocalDisk.ProtoReflect.Descriptor instead.
+func (*LocalDisk) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *LocalDisk) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *LocalDisk) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *LocalDisk) GetVirtualSizeBytes() int64 {
+	if x != nil {
+		return x.VirtualSizeBytes
+	}
+	return 0
+}
+
+func (x *LocalDisk) GetAllocatedBytes() int64 {
+	if x != nil {
+		return x.AllocatedBytes
+	}
+	return 0
+}
+
+func (x *LocalDisk) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+// DiskMirror is one local disk's blockdev-mirror to the destination.
+type DiskMirror struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// state is mirroring, ready, completed, failed or cancelled.
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// job_len and job_offset are QEMU's job progress (zero ranges count).
+	JobLen    int64 `protobuf:"varint,3,opt,name=job_len,json=jobLen,proto3" json:"job_len,omitempty"`
+	JobOffset int64 `protobuf:"varint,4,opt,name=job_offset,json=jobOffset,proto3" json:"job_offset,omitempty"`
+	// data_bytes is the data the mirror copies: the image's allocated bytes
+	// when it started plus what the guest wrote since.
+	DataBytes     int64                  `protobuf:"varint,5,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	ReadyAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
+	CompletedAt   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=completed_at,json=completedAt,proto3" json:"completed_at,omitempty"`
+	Error         string                 `protobuf:"bytes,9,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskMirror) Reset() {
+	*x = DiskMirror{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskMirror) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskMirror) ProtoMessage() {}
+
+func (x *DiskMirror) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskMirror.ProtoReflect.Descriptor instead.
+func (*DiskMirror) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DiskMirror) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DiskMirror) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DiskMirror) GetJobLen() int64 {
+	if x != nil {
+		return x.JobLen
+	}
+	return 0
+}
+
+func (x *DiskMirror) GetJobOffset() int64 {
+	if x != nil {
+		return x.JobOffset
+	}
+	return 0
+}
+
+func (x *DiskMirror) GetDataBytes() int64 {
+	if x != nil {
+		return x.DataBytes
+	}
+	return 0
+}
+
+func (x *DiskMirror) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *DiskMirror) GetReadyAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ReadyAt
+	}
+	return nil
+}
+
+func (x *DiskMirror) GetCompletedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CompletedAt
+	}
+	return nil
+}
+
+func (x *DiskMirror) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 // DiskMarker is one disk's marker in a shared-disk check.
@@ -1820,7 +2292,7 @@ type DiskMarker struct {
 
 func (x *DiskMarker) Reset() {
 	*x = DiskMarker{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1832,7 +2304,7 @@ func (x *DiskMarker) String() string {
 func (*DiskMarker) ProtoMessage() {}
 
 func (x *DiskMarker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1845,7 +2317,7 @@ func (x *DiskMarker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarker.ProtoReflect.Descriptor instead.
 func (*DiskMarker) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DiskMarker) GetDiskPath() string {
@@ -1895,7 +2367,7 @@ type DiskMarkersRequest struct {
 
 func (x *DiskMarkersRequest) Reset() {
 	*x = DiskMarkersRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1907,7 +2379,7 @@ func (x *DiskMarkersRequest) String() string {
 func (*DiskMarkersRequest) ProtoMessage() {}
 
 func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1920,7 +2392,7 @@ func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersRequest.ProtoReflect.Descriptor instead.
 func (*DiskMarkersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DiskMarkersRequest) GetCheckId() string {
@@ -1946,7 +2418,7 @@ type DiskMarkersResponse struct {
 
 func (x *DiskMarkersResponse) Reset() {
 	*x = DiskMarkersResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1958,7 +2430,7 @@ func (x *DiskMarkersResponse) String() string {
 func (*DiskMarkersResponse) ProtoMessage() {}
 
 func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1971,7 +2443,7 @@ func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersResponse.ProtoReflect.Descriptor instead.
 func (*DiskMarkersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
@@ -1979,6 +2451,142 @@ func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
 		return x.Markers
 	}
 	return nil
+}
+
+type CheckGuestAliveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// migration_id, when set, measures alive_after_ms from the moment the
+	// destination of that migration resumed (else from the request).
+	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// timeout_ms bounds the wait (default 5000).
+	TimeoutMs     int64 `protobuf:"varint,3,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckGuestAliveRequest) Reset() {
+	*x = CheckGuestAliveRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckGuestAliveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckGuestAliveRequest) ProtoMessage() {}
+
+func (x *CheckGuestAliveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckGuestAliveRequest.ProtoReflect.Descriptor instead.
+func (*CheckGuestAliveRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CheckGuestAliveRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CheckGuestAliveRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *CheckGuestAliveRequest) GetTimeoutMs() int64 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+type CheckGuestAliveResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Alive bool                   `protobuf:"varint,1,opt,name=alive,proto3" json:"alive,omitempty"`
+	// alive_after_ms is when the first sign of life came, after the
+	// destination resumed (or after the request): -1 when none came.
+	AliveAfterMs int64 `protobuf:"varint,2,opt,name=alive_after_ms,json=aliveAfterMs,proto3" json:"alive_after_ms,omitempty"`
+	// method is guest-ping, vcpu or nic-tx (the sign seen, or the ones
+	// watched when none came).
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// detail says what was seen or what was missing.
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckGuestAliveResponse) Reset() {
+	*x = CheckGuestAliveResponse{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckGuestAliveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckGuestAliveResponse) ProtoMessage() {}
+
+func (x *CheckGuestAliveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckGuestAliveResponse.ProtoReflect.Descriptor instead.
+func (*CheckGuestAliveResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CheckGuestAliveResponse) GetAlive() bool {
+	if x != nil {
+		return x.Alive
+	}
+	return false
+}
+
+func (x *CheckGuestAliveResponse) GetAliveAfterMs() int64 {
+	if x != nil {
+		return x.AliveAfterMs
+	}
+	return 0
+}
+
+func (x *CheckGuestAliveResponse) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *CheckGuestAliveResponse) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
 }
 
 var File_ferry_agent_v1_agent_proto protoreflect.FileDescriptor
@@ -2005,7 +2613,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"\x15\n" +
 	"\x13AgentListVMsRequest\"<\n" +
 	"\x14AgentListVMsResponse\x12$\n" +
-	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xb0\a\n" +
+	"\x03vms\x18\x01 \x03(\v2\x12.ferry.v1.VMStatusR\x03vms\"\xc2\b\n" +
 	"\x0eOutgoingStatus\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12+\n" +
 	"\x11transferred_bytes\x18\x02 \x01(\x03R\x10transferredBytes\x12'\n" +
@@ -2033,7 +2641,10 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0edowntime_bytes\x18\x13 \x01(\x03R\rdowntimeBytes\x12)\n" +
 	"\x10throttle_percent\x18\x14 \x01(\x03R\x0fthrottlePercent\x12+\n" +
 	"\x11postcopy_requests\x18\x15 \x01(\x03R\x10postcopyRequests\x12J\n" +
-	"\x13postcopy_started_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11postcopyStartedAt\"\x87\x02\n" +
+	"\x13postcopy_started_at\x18\x16 \x01(\v2\x1a.google.protobuf.TimestampR\x11postcopyStartedAt\x120\n" +
+	"\x05disks\x18P \x03(\v2\x1a.ferry.agent.v1.DiskMirrorR\x05disks\x12(\n" +
+	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
+	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\"\x87\x02\n" +
 	"\x0eIncomingStatus\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1f\n" +
 	"\vqemu_status\x18\x02 \x01(\tR\n" +
@@ -2043,15 +2654,21 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"resumed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tresumedAt\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
 	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\x12\x10\n" +
-	"\x03ran\x18\a \x01(\bR\x03ran\"\xa8\x01\n" +
-	"\x16PrepareIncomingRequest\x12$\n" +
+	"\x03ran\x18\a \x01(\bR\x03ran\"\x9d\x02\n" +
+	"\x16PrepareIncomingRequest\x127\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12)\n" +
 	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
-	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\"+\n" +
+	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\x12:\n" +
+	"\vlocal_disks\x18P \x03(\v2\x19.ferry.agent.v1.LocalDiskR\n" +
+	"localDisks\"L\n" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
-	"\x03uri\x18\x01 \x01(\tR\x03uri\"\xc2\x03\n" +
-	"\x14StartOutgoingRequest\x12\x12\n" +
+	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x1f\n" +
+	"\vnbd_address\x18P \x01(\tR\n" +
+	"nbdAddress\"\xbf\x04\n" +
+	"\x14StartOutgoingRequest\x127\n" +
+	"\x06tuning\x18\f \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
 	"\x03uri\x18\x03 \x01(\tR\x03uri\x12.\n" +
@@ -2063,13 +2680,16 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10throttle_initial\x18\t \x01(\x05R\x0fthrottleInitial\x12-\n" +
 	"\x12throttle_increment\x18\n" +
 	" \x01(\x05R\x11throttleIncrement\x12?\n" +
-	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\"\x81\x01\n" +
+	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\x12!\n" +
+	"\fmirror_disks\x18P \x03(\tR\vmirrorDisks\x12\x1f\n" +
+	"\vnbd_address\x18Q \x01(\tR\n" +
+	"nbdAddress\"\x81\x01\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
 	"\n" +
 	"max_age_ms\x18\x03 \x01(\x03R\bmaxAgeMs\x12#\n" +
-	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\xd1\x05\n" +
+	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\xf8\x05\n" +
 	"\x0fMeasureResponse\x12(\n" +
 	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
 	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
@@ -2087,17 +2707,25 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15dirty_rate_ewma_mibps\x18\f \x01(\x01R\x12dirtyRateEwmaMibps\x121\n" +
 	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
 	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x128\n" +
-	"\x19non_zero_rss_growth_bytes\x18\x0f \x01(\x03R\x15nonZeroRssGrowthBytes\"\x14\n" +
+	"\x19non_zero_rss_growth_bytes\x18\x0f \x01(\x03R\x15nonZeroRssGrowthBytes\x12%\n" +
+	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\x94\x02\n" +
+	"\x0fMigrationTuning\x12)\n" +
+	"\x10postcopy_preempt\x18\x01 \x01(\bR\x0fpostcopyPreempt\x12.\n" +
+	"\x13zero_page_detection\x18\x02 \x01(\tR\x11zeroPageDetection\x12/\n" +
+	"\x13multifd_compression\x18\x03 \x01(\tR\x12multifdCompression\x12,\n" +
+	"\x12multifd_zstd_level\x18\x04 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
+	" avail_switchover_bandwidth_bytes\x18\x05 \x01(\x03R\x1davailSwitchoverBandwidthBytes\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
 	"\x10ProbeSendRequest\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1f\n" +
 	"\vduration_ms\x18\x02 \x01(\x03R\n" +
-	"durationMs\"?\n" +
+	"durationMs\"V\n" +
 	"\x11ProbeSendResponse\x12\x14\n" +
 	"\x05mibps\x18\x01 \x01(\x01R\x05mibps\x12\x14\n" +
-	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\"#\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x15\n" +
+	"\x06rtt_us\x18\x03 \x01(\x03R\x05rttUs\"#\n" +
 	"\x0fRecoverResponse\x12\x10\n" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\"`\n" +
 	"\x15ResumeOutgoingRequest\x12\x12\n" +
@@ -2116,7 +2744,31 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x16IncomingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.IncomingStatusR\x06status\"2\n" +
 	"\fStepResponse\x12\"\n" +
-	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\x97\x01\n" +
+	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"'\n" +
+	"\x11LocalDisksRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"E\n" +
+	"\x12LocalDisksResponse\x12/\n" +
+	"\x05disks\x18\x01 \x03(\v2\x19.ferry.agent.v1.LocalDiskR\x05disks\"\xa2\x01\n" +
+	"\tLocalDisk\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +
+	"\x12virtual_size_bytes\x18\x03 \x01(\x03R\x10virtualSizeBytes\x12'\n" +
+	"\x0fallocated_bytes\x18\x04 \x01(\x03R\x0eallocatedBytes\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\"\xd4\x02\n" +
+	"\n" +
+	"DiskMirror\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x17\n" +
+	"\ajob_len\x18\x03 \x01(\x03R\x06jobLen\x12\x1d\n" +
+	"\n" +
+	"job_offset\x18\x04 \x01(\x03R\tjobOffset\x12\x1d\n" +
+	"\n" +
+	"data_bytes\x18\x05 \x01(\x03R\tdataBytes\x129\n" +
+	"\n" +
+	"started_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x125\n" +
+	"\bready_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\areadyAt\x12=\n" +
+	"\fcompleted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vcompletedAt\x12\x14\n" +
+	"\x05error\x18\t \x01(\tR\x05error\"\x97\x01\n" +
 	"\n" +
 	"DiskMarker\x12\x1b\n" +
 	"\tdisk_path\x18\x01 \x01(\tR\bdiskPath\x12\x14\n" +
@@ -2130,7 +2782,17 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\bcheck_id\x18\x01 \x01(\tR\acheckId\x124\n" +
 	"\amarkers\x18\x02 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers\"K\n" +
 	"\x13DiskMarkersResponse\x124\n" +
-	"\amarkers\x18\x01 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers2\xf5\x03\n" +
+	"\amarkers\x18\x01 \x03(\v2\x1a.ferry.agent.v1.DiskMarkerR\amarkers\"n\n" +
+	"\x16CheckGuestAliveRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x03 \x01(\x03R\ttimeoutMs\"\x85\x01\n" +
+	"\x17CheckGuestAliveResponse\x12\x14\n" +
+	"\x05alive\x18\x01 \x01(\bR\x05alive\x12$\n" +
+	"\x0ealive_after_ms\x18\x02 \x01(\x03R\faliveAfterMs\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail2\xf5\x03\n" +
 	"\fAgentService\x12T\n" +
 	"\aStartVM\x12#.ferry.agent.v1.AgentStartVMRequest\x1a$.ferry.agent.v1.AgentStartVMResponse\x12Q\n" +
 	"\x06StopVM\x12\".ferry.agent.v1.AgentStopVMRequest\x1a#.ferry.agent.v1.AgentStopVMResponse\x12W\n" +
@@ -2155,11 +2817,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ePauseMigration\x12$.ferry.agent.v1.MigrationStepRequest\x1a\x1c.ferry.agent.v1.StepResponse\x12J\n" +
 	"\aMeasure\x12\x1e.ferry.agent.v1.MeasureRequest\x1a\x1f.ferry.agent.v1.MeasureResponse\x12V\n" +
 	"\vProbeListen\x12\".ferry.agent.v1.ProbeListenRequest\x1a#.ferry.agent.v1.ProbeListenResponse\x12P\n" +
-	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponse2\xa9\x02\n" +
+	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponse2\xfe\x02\n" +
 	"\x10DiskAgentService\x12[\n" +
 	"\x10WriteDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12Z\n" +
 	"\x0fReadDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12\\\n" +
-	"\x11RemoveDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
+	"\x11RemoveDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12S\n" +
+	"\n" +
+	"LocalDisks\x12!.ferry.agent.v1.LocalDisksRequest\x1a\".ferry.agent.v1.LocalDisksResponse2z\n" +
+	"\x14LivenessAgentService\x12b\n" +
+	"\x0fCheckGuestAlive\x12&.ferry.agent.v1.CheckGuestAliveRequest\x1a'.ferry.agent.v1.CheckGuestAliveResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_ferry_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -2173,7 +2839,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*AgentStartVMRequest)(nil),     // 0: ferry.agent.v1.AgentStartVMRequest
 	(*AgentStartVMResponse)(nil),    // 1: ferry.agent.v1.AgentStartVMResponse
@@ -2192,104 +2858,123 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*StartOutgoingRequest)(nil),    // 14: ferry.agent.v1.StartOutgoingRequest
 	(*MeasureRequest)(nil),          // 15: ferry.agent.v1.MeasureRequest
 	(*MeasureResponse)(nil),         // 16: ferry.agent.v1.MeasureResponse
-	(*ProbeListenRequest)(nil),      // 17: ferry.agent.v1.ProbeListenRequest
-	(*ProbeListenResponse)(nil),     // 18: ferry.agent.v1.ProbeListenResponse
-	(*ProbeSendRequest)(nil),        // 19: ferry.agent.v1.ProbeSendRequest
-	(*ProbeSendResponse)(nil),       // 20: ferry.agent.v1.ProbeSendResponse
-	(*RecoverResponse)(nil),         // 21: ferry.agent.v1.RecoverResponse
-	(*ResumeOutgoingRequest)(nil),   // 22: ferry.agent.v1.ResumeOutgoingRequest
-	(*MigrationStepRequest)(nil),    // 23: ferry.agent.v1.MigrationStepRequest
-	(*OutgoingStatusResponse)(nil),  // 24: ferry.agent.v1.OutgoingStatusResponse
-	(*IncomingStatusResponse)(nil),  // 25: ferry.agent.v1.IncomingStatusResponse
-	(*StepResponse)(nil),            // 26: ferry.agent.v1.StepResponse
-	(*DiskMarker)(nil),              // 27: ferry.agent.v1.DiskMarker
-	(*DiskMarkersRequest)(nil),      // 28: ferry.agent.v1.DiskMarkersRequest
-	(*DiskMarkersResponse)(nil),     // 29: ferry.agent.v1.DiskMarkersResponse
-	(*v1.VMSpec)(nil),               // 30: ferry.v1.VMSpec
-	(*v1.VMStatus)(nil),             // 31: ferry.v1.VMStatus
-	(*timestamppb.Timestamp)(nil),   // 32: google.protobuf.Timestamp
-	(*v1.ConsoleRequest)(nil),       // 33: ferry.v1.ConsoleRequest
-	(*v1.ConsoleChunk)(nil),         // 34: ferry.v1.ConsoleChunk
+	(*MigrationTuning)(nil),         // 17: ferry.agent.v1.MigrationTuning
+	(*ProbeListenRequest)(nil),      // 18: ferry.agent.v1.ProbeListenRequest
+	(*ProbeListenResponse)(nil),     // 19: ferry.agent.v1.ProbeListenResponse
+	(*ProbeSendRequest)(nil),        // 20: ferry.agent.v1.ProbeSendRequest
+	(*ProbeSendResponse)(nil),       // 21: ferry.agent.v1.ProbeSendResponse
+	(*RecoverResponse)(nil),         // 22: ferry.agent.v1.RecoverResponse
+	(*ResumeOutgoingRequest)(nil),   // 23: ferry.agent.v1.ResumeOutgoingRequest
+	(*MigrationStepRequest)(nil),    // 24: ferry.agent.v1.MigrationStepRequest
+	(*OutgoingStatusResponse)(nil),  // 25: ferry.agent.v1.OutgoingStatusResponse
+	(*IncomingStatusResponse)(nil),  // 26: ferry.agent.v1.IncomingStatusResponse
+	(*StepResponse)(nil),            // 27: ferry.agent.v1.StepResponse
+	(*LocalDisksRequest)(nil),       // 28: ferry.agent.v1.LocalDisksRequest
+	(*LocalDisksResponse)(nil),      // 29: ferry.agent.v1.LocalDisksResponse
+	(*LocalDisk)(nil),               // 30: ferry.agent.v1.LocalDisk
+	(*DiskMirror)(nil),              // 31: ferry.agent.v1.DiskMirror
+	(*DiskMarker)(nil),              // 32: ferry.agent.v1.DiskMarker
+	(*DiskMarkersRequest)(nil),      // 33: ferry.agent.v1.DiskMarkersRequest
+	(*DiskMarkersResponse)(nil),     // 34: ferry.agent.v1.DiskMarkersResponse
+	(*CheckGuestAliveRequest)(nil),  // 35: ferry.agent.v1.CheckGuestAliveRequest
+	(*CheckGuestAliveResponse)(nil), // 36: ferry.agent.v1.CheckGuestAliveResponse
+	(*v1.VMSpec)(nil),               // 37: ferry.v1.VMSpec
+	(*v1.VMStatus)(nil),             // 38: ferry.v1.VMStatus
+	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
+	(*v1.ConsoleRequest)(nil),       // 40: ferry.v1.ConsoleRequest
+	(*v1.ConsoleChunk)(nil),         // 41: ferry.v1.ConsoleChunk
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	30, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	31, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	31, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	31, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	31, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	32, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	32, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	32, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	32, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	32, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
-	32, // 10: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	32, // 11: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	31, // 12: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
-	30, // 13: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	32, // 14: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
-	32, // 15: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
-	10, // 16: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
-	11, // 17: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	31, // 18: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	27, // 19: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
-	27, // 20: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
-	0,  // 21: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
-	2,  // 22: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
-	4,  // 23: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
-	6,  // 24: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
-	8,  // 25: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	33, // 26: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	12, // 27: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
-	23, // 28: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 29: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 30: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 31: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	14, // 32: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
-	23, // 33: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 34: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 35: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 36: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 37: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 38: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	22, // 39: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
-	23, // 40: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 41: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
-	17, // 42: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
-	19, // 43: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
-	28, // 44: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	28, // 45: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	28, // 46: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	1,  // 47: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 48: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 49: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 50: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 51: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	34, // 52: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 53: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	25, // 54: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 55: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	25, // 56: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 57: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	24, // 58: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 59: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	24, // 60: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 61: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	26, // 62: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	24, // 63: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	21, // 64: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	24, // 65: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	26, // 66: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 67: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	18, // 68: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	20, // 69: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	29, // 70: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	29, // 71: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	29, // 72: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	47, // [47:73] is the sub-list for method output_type
-	21, // [21:47] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	37, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
+	38, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
+	38, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
+	38, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
+	38, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
+	39, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	39, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	39, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	39, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	39, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	31, // 10: ferry.agent.v1.OutgoingStatus.disks:type_name -> ferry.agent.v1.DiskMirror
+	39, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	39, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	38, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	17, // 14: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	37, // 15: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	30, // 16: ferry.agent.v1.PrepareIncomingRequest.local_disks:type_name -> ferry.agent.v1.LocalDisk
+	17, // 17: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
+	39, // 18: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	39, // 19: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	10, // 20: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
+	11, // 21: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
+	38, // 22: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	30, // 23: ferry.agent.v1.LocalDisksResponse.disks:type_name -> ferry.agent.v1.LocalDisk
+	39, // 24: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
+	39, // 25: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
+	39, // 26: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
+	32, // 27: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
+	32, // 28: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
+	0,  // 29: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
+	2,  // 30: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
+	4,  // 31: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
+	6,  // 32: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
+	8,  // 33: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
+	40, // 34: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	12, // 35: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
+	24, // 36: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 37: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 38: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 39: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	14, // 40: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	24, // 41: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 42: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 43: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 44: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 45: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 46: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 47: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
+	24, // 48: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
+	15, // 49: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	18, // 50: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
+	20, // 51: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
+	33, // 52: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	33, // 53: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	33, // 54: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	28, // 55: ferry.agent.v1.DiskAgentService.LocalDisks:input_type -> ferry.agent.v1.LocalDisksRequest
+	35, // 56: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:input_type -> ferry.agent.v1.CheckGuestAliveRequest
+	1,  // 57: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 58: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 59: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 60: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 61: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	41, // 62: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	13, // 63: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	26, // 64: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 65: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 66: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	27, // 67: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	25, // 68: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 69: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 70: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 71: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	27, // 72: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	25, // 73: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	22, // 74: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	25, // 75: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 76: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	16, // 77: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	19, // 78: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	21, // 79: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	34, // 80: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	34, // 81: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	34, // 82: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	29, // 83: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
+	36, // 84: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:output_type -> ferry.agent.v1.CheckGuestAliveResponse
+	57, // [57:85] is the sub-list for method output_type
+	29, // [29:57] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2303,9 +2988,9 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   37,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_ferry_agent_v1_agent_proto_goTypes,
 		DependencyIndexes: file_ferry_agent_v1_agent_proto_depIdxs,

@@ -86,7 +86,9 @@ type MigrationRecord struct {
 	Retries  []*MigrationRecordRetry `protobuf:"bytes,63,rep,name=retries,proto3" json:"retries,omitempty"`
 	// report is the public report so far (figures, samples, plan), kept by
 	// the executor; status, state and error are rendered from this record.
-	Report        *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
+	Report *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
+	// disk_uri is the destination's NBD server for the local disks' mirrors.
+	DiskUri       string `protobuf:"bytes,80,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -359,6 +361,13 @@ func (x *MigrationRecord) GetReport() *v1.Migration {
 	return nil
 }
 
+func (x *MigrationRecord) GetDiskUri() string {
+	if x != nil {
+		return x.DiskUri
+	}
+	return ""
+}
+
 // MigrationRecordRetry is one failed and retried attempt (see core.Retry).
 type MigrationRecordRetry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -430,10 +439,13 @@ func (x *MigrationRecordRetry) GetBackoff() *durationpb.Duration {
 
 // MigrationBounds are the time bounds of one migration.
 type MigrationBounds struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	StallTimeout   *durationpb.Duration   `protobuf:"bytes,1,opt,name=stall_timeout,json=stallTimeout,proto3" json:"stall_timeout,omitempty"`
-	Timeout        *durationpb.Duration   `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	RecoveryWindow *durationpb.Duration   `protobuf:"bytes,3,opt,name=recovery_window,json=recoveryWindow,proto3" json:"recovery_window,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// postcopy_at_fraction: a post-copy migration switches once round 1 has
+	// gone through this fraction of the guest's RAM (0: after round 1).
+	PostcopyAtFraction float64              `protobuf:"fixed64,70,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
+	StallTimeout       *durationpb.Duration `protobuf:"bytes,1,opt,name=stall_timeout,json=stallTimeout,proto3" json:"stall_timeout,omitempty"`
+	Timeout            *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	RecoveryWindow     *durationpb.Duration `protobuf:"bytes,3,opt,name=recovery_window,json=recoveryWindow,proto3" json:"recovery_window,omitempty"`
 	// max_attempts bounds the attempts of a live migration before the owner
 	// switch (0 in version-1 records: read as 1, never retried).
 	MaxAttempts   int32                `protobuf:"varint,60,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
@@ -470,6 +482,13 @@ func (x *MigrationBounds) ProtoReflect() protoreflect.Message {
 // Deprecated: Use MigrationBounds.ProtoReflect.Descriptor instead.
 func (*MigrationBounds) Descriptor() ([]byte, []int) {
 	return file_ferry_state_v1_migration_record_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MigrationBounds) GetPostcopyAtFraction() float64 {
+	if x != nil {
+		return x.PostcopyAtFraction
+	}
+	return 0
 }
 
 func (x *MigrationBounds) GetStallTimeout() *durationpb.Duration {
@@ -747,8 +766,7 @@ var File_ferry_state_v1_migration_record_proto protoreflect.FileDescriptor
 
 const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\n" +
-	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\n" +
-	"\n" +
+	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\v\n" +
 	"\x0fMigrationRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x0e\n" +
@@ -791,13 +809,15 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\x0fnext_attempt_at\x18= \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12\x1a\n" +
 	"\bretrying\x18> \x01(\bR\bretrying\x12>\n" +
 	"\aretries\x18? \x03(\v2$.ferry.state.v1.MigrationRecordRetryR\aretries\x12+\n" +
-	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\"\xb6\x01\n" +
+	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\x12\x19\n" +
+	"\bdisk_uri\x18P \x01(\tR\adiskUri\"\xb6\x01\n" +
 	"\x14MigrationRecordRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x123\n" +
-	"\abackoff\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"\xad\x02\n" +
-	"\x0fMigrationBounds\x12>\n" +
+	"\abackoff\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"\xdf\x02\n" +
+	"\x0fMigrationBounds\x120\n" +
+	"\x14postcopy_at_fraction\x18F \x01(\x01R\x12postcopyAtFraction\x12>\n" +
 	"\rstall_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fstallTimeout\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
 	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\x12!\n" +

@@ -31,6 +31,8 @@ const (
 	MigrationAgentServiceName = "ferry.agent.v1.MigrationAgentService"
 	// DiskAgentServiceName is the fully-qualified name of the DiskAgentService service.
 	DiskAgentServiceName = "ferry.agent.v1.DiskAgentService"
+	// LivenessAgentServiceName is the fully-qualified name of the LivenessAgentService service.
+	LivenessAgentServiceName = "ferry.agent.v1.LivenessAgentService"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -113,6 +115,12 @@ const (
 	// DiskAgentServiceRemoveDiskMarkersProcedure is the fully-qualified name of the DiskAgentService's
 	// RemoveDiskMarkers RPC.
 	DiskAgentServiceRemoveDiskMarkersProcedure = "/ferry.agent.v1.DiskAgentService/RemoveDiskMarkers"
+	// DiskAgentServiceLocalDisksProcedure is the fully-qualified name of the DiskAgentService's
+	// LocalDisks RPC.
+	DiskAgentServiceLocalDisksProcedure = "/ferry.agent.v1.DiskAgentService/LocalDisks"
+	// LivenessAgentServiceCheckGuestAliveProcedure is the fully-qualified name of the
+	// LivenessAgentService's CheckGuestAlive RPC.
+	LivenessAgentServiceCheckGuestAliveProcedure = "/ferry.agent.v1.LivenessAgentService/CheckGuestAlive"
 )
 
 // AgentServiceClient is a client for the ferry.agent.v1.AgentService service.
@@ -858,6 +866,9 @@ type DiskAgentServiceClient interface {
 	ReadDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
 	// RemoveDiskMarkers removes the markers of check_id (idempotent).
 	RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// LocalDisks reports a VM's local disk images here (format, virtual and
+	// allocated size): what a storage migration must copy.
+	LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error)
 }
 
 // NewDiskAgentServiceClient constructs a client for the ferry.agent.v1.DiskAgentService service. By
@@ -889,6 +900,12 @@ func NewDiskAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(diskAgentServiceMethods.ByName("RemoveDiskMarkers")),
 			connect.WithClientOptions(opts...),
 		),
+		localDisks: connect.NewClient[v1.LocalDisksRequest, v1.LocalDisksResponse](
+			httpClient,
+			baseURL+DiskAgentServiceLocalDisksProcedure,
+			connect.WithSchema(diskAgentServiceMethods.ByName("LocalDisks")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -897,6 +914,7 @@ type diskAgentServiceClient struct {
 	writeDiskMarkers  *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
 	readDiskMarkers   *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
 	removeDiskMarkers *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
+	localDisks        *connect.Client[v1.LocalDisksRequest, v1.LocalDisksResponse]
 }
 
 // WriteDiskMarkers calls ferry.agent.v1.DiskAgentService.WriteDiskMarkers.
@@ -914,6 +932,11 @@ func (c *diskAgentServiceClient) RemoveDiskMarkers(ctx context.Context, req *con
 	return c.removeDiskMarkers.CallUnary(ctx, req)
 }
 
+// LocalDisks calls ferry.agent.v1.DiskAgentService.LocalDisks.
+func (c *diskAgentServiceClient) LocalDisks(ctx context.Context, req *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error) {
+	return c.localDisks.CallUnary(ctx, req)
+}
+
 // DiskAgentServiceHandler is an implementation of the ferry.agent.v1.DiskAgentService service.
 type DiskAgentServiceHandler interface {
 	// WriteDiskMarkers writes <disk>.ferry-shared-check-<check_id> holding
@@ -924,6 +947,9 @@ type DiskAgentServiceHandler interface {
 	ReadDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
 	// RemoveDiskMarkers removes the markers of check_id (idempotent).
 	RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error)
+	// LocalDisks reports a VM's local disk images here (format, virtual and
+	// allocated size): what a storage migration must copy.
+	LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error)
 }
 
 // NewDiskAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -951,6 +977,12 @@ func NewDiskAgentServiceHandler(svc DiskAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(diskAgentServiceMethods.ByName("RemoveDiskMarkers")),
 		connect.WithHandlerOptions(opts...),
 	)
+	diskAgentServiceLocalDisksHandler := connect.NewUnaryHandler(
+		DiskAgentServiceLocalDisksProcedure,
+		svc.LocalDisks,
+		connect.WithSchema(diskAgentServiceMethods.ByName("LocalDisks")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.agent.v1.DiskAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case DiskAgentServiceWriteDiskMarkersProcedure:
@@ -959,6 +991,8 @@ func NewDiskAgentServiceHandler(svc DiskAgentServiceHandler, opts ...connect.Han
 			diskAgentServiceReadDiskMarkersHandler.ServeHTTP(w, r)
 		case DiskAgentServiceRemoveDiskMarkersProcedure:
 			diskAgentServiceRemoveDiskMarkersHandler.ServeHTTP(w, r)
+		case DiskAgentServiceLocalDisksProcedure:
+			diskAgentServiceLocalDisksHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -978,4 +1012,89 @@ func (UnimplementedDiskAgentServiceHandler) ReadDiskMarkers(context.Context, *co
 
 func (UnimplementedDiskAgentServiceHandler) RemoveDiskMarkers(context.Context, *connect.Request[v1.DiskMarkersRequest]) (*connect.Response[v1.DiskMarkersResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.RemoveDiskMarkers is not implemented"))
+}
+
+func (UnimplementedDiskAgentServiceHandler) LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.LocalDisks is not implemented"))
+}
+
+// LivenessAgentServiceClient is a client for the ferry.agent.v1.LivenessAgentService service.
+type LivenessAgentServiceClient interface {
+	// CheckGuestAlive waits up to timeout_ms for a sign of life from the
+	// guest: an answer to the QEMU guest agent's guest-ping over the VM's
+	// org.qemu.guest_agent.0 channel when it has one, otherwise vCPU progress
+	// (its vCPU threads' CPU time) or packets its NIC sent (its tap's rx
+	// counters). It answers alive=false, not an error, when none came in time.
+	CheckGuestAlive(context.Context, *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error)
+}
+
+// NewLivenessAgentServiceClient constructs a client for the ferry.agent.v1.LivenessAgentService
+// service. By default, it uses the Connect protocol with the binary Protobuf Codec, asks for
+// gzipped responses, and sends uncompressed requests. To use the gRPC or gRPC-Web protocols, supply
+// the connect.WithGRPC() or connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewLivenessAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) LivenessAgentServiceClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	livenessAgentServiceMethods := v1.File_ferry_agent_v1_agent_proto.Services().ByName("LivenessAgentService").Methods()
+	return &livenessAgentServiceClient{
+		checkGuestAlive: connect.NewClient[v1.CheckGuestAliveRequest, v1.CheckGuestAliveResponse](
+			httpClient,
+			baseURL+LivenessAgentServiceCheckGuestAliveProcedure,
+			connect.WithSchema(livenessAgentServiceMethods.ByName("CheckGuestAlive")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// livenessAgentServiceClient implements LivenessAgentServiceClient.
+type livenessAgentServiceClient struct {
+	checkGuestAlive *connect.Client[v1.CheckGuestAliveRequest, v1.CheckGuestAliveResponse]
+}
+
+// CheckGuestAlive calls ferry.agent.v1.LivenessAgentService.CheckGuestAlive.
+func (c *livenessAgentServiceClient) CheckGuestAlive(ctx context.Context, req *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error) {
+	return c.checkGuestAlive.CallUnary(ctx, req)
+}
+
+// LivenessAgentServiceHandler is an implementation of the ferry.agent.v1.LivenessAgentService
+// service.
+type LivenessAgentServiceHandler interface {
+	// CheckGuestAlive waits up to timeout_ms for a sign of life from the
+	// guest: an answer to the QEMU guest agent's guest-ping over the VM's
+	// org.qemu.guest_agent.0 channel when it has one, otherwise vCPU progress
+	// (its vCPU threads' CPU time) or packets its NIC sent (its tap's rx
+	// counters). It answers alive=false, not an error, when none came in time.
+	CheckGuestAlive(context.Context, *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error)
+}
+
+// NewLivenessAgentServiceHandler builds an HTTP handler from the service implementation. It returns
+// the path on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewLivenessAgentServiceHandler(svc LivenessAgentServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	livenessAgentServiceMethods := v1.File_ferry_agent_v1_agent_proto.Services().ByName("LivenessAgentService").Methods()
+	livenessAgentServiceCheckGuestAliveHandler := connect.NewUnaryHandler(
+		LivenessAgentServiceCheckGuestAliveProcedure,
+		svc.CheckGuestAlive,
+		connect.WithSchema(livenessAgentServiceMethods.ByName("CheckGuestAlive")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ferry.agent.v1.LivenessAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case LivenessAgentServiceCheckGuestAliveProcedure:
+			livenessAgentServiceCheckGuestAliveHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedLivenessAgentServiceHandler returns CodeUnimplemented from all methods.
+type UnimplementedLivenessAgentServiceHandler struct{}
+
+func (UnimplementedLivenessAgentServiceHandler) CheckGuestAlive(context.Context, *connect.Request[v1.CheckGuestAliveRequest]) (*connect.Response[v1.CheckGuestAliveResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.LivenessAgentService.CheckGuestAlive is not implemented"))
 }

@@ -1,0 +1,282 @@
+package planner
+
+import (
+	"fmt"
+	"math"
+	"time"
+)
+
+// Tuning defaults: figures measured on the project's 2-core TCG test
+// machine (see docs/migration.md, "Tuning"), used when TuneInputs leaves
+// them 0.
+const (
+	// DefaultStreamBytesPerSec is what one migration stream (QEMU's
+	// migration thread on one TCP connection) sends when the link is not
+	// the limit: measured on QEMU 10.0.2 here, a 1 GiB TCG guest with
+	// 351 MiB non-zero over loopback took a median 947 ms with one stream
+	// (≈ 370 MiB/s), 345 ms with 2 multifd channels, 249 ms with 4.
+	DefaultStreamBytesPerSec = 360 * mib
+	// ZstdBytesPerSecPerCore is what zstd level 1 compresses per second on
+	// one core: measured here 268 MB/s on source text (ratio 3.5), 466 MB/s
+	// on a binary (ratio 4.8), 1385 MB/s on random data (incompressible).
+	ZstdBytesPerSecPerCore = 250 * mib
+	// DefaultWindowBytes is the TCP window one connection can keep in
+	// flight (Linux autotuning's default net.ipv4.tcp_wmem maximum, 4 MiB).
+	DefaultWindowBytes = 4 * mib
+	// MaxMultifdChannels bounds the channels Tune asks for.
+	MaxMultifdChannels = 8
+	// PostcopyBackgroundShare is the share of the link post-copy's
+	// background stream may use without preempt, so that pages the running
+	// guest faults in do not wait behind a full queue of background pages.
+	PostcopyBackgroundShare = 0.8
+	// ZstdLevel is the multifd-zstd-level Tune asks for: the fastest.
+	ZstdLevel = 1
+	// compressGain is how much more effective throughput compression must
+	// promise than the plain link before Tune turns it on.
+	compressGain = 1.2
+	// availSwitchoverShare is the share of the planned bandwidth Tune
+	// gives QEMU as avail-switchover-bandwidth: a margin for a link a bit
+	// slower than measured.
+	availSwitchoverShare = 0.9
+)
+
+// Features are the optional QEMU migration features of one host (from its
+// capability probe, internal/qemucaps).
+type Features struct {
+	// PostcopyPreempt: capability postcopy-preempt (QEMU ≥ 8.0).
+	PostcopyPreempt bool
+	// ZeroPageDetection: parameter zero-page-detection (QEMU ≥ 9.0).
+	ZeroPageDetection bool
+	// AvailSwitchoverBandwidth: parameter avail-switchover-bandwidth
+	// (QEMU ≥ 8.2).
+	AvailSwitchoverBandwidth bool
+	// Zstd: multifd-compression=zstd.
+	Zstd bool
+	// MultifdPostcopy: multifd together with postcopy-ram (QEMU ≥ 10.1).
+	MultifdPostcopy bool
+}
+
+// TuneInputs are what Tune needs beyond the chosen strategy.
+type TuneInputs struct {
+	// Strategy is the strategy Choose picked.
+	Strategy string
+	// BandwidthBytesPerSec is the planned link rate (Inputs.BandwidthBytesPerSec).
+	BandwidthBytesPerSec float64
+	// NonZeroBytes and DirtyRateBytesPerSec are the plan's (Inputs):
+	// round 1 sends the first, the guest dirties at the second meanwhile.
+	NonZeroBytes         int64
+	DirtyRateBytesPerSec float64
+	// RTT is the link's round-trip time; 0 means unknown (no latency term).
+	RTT time.Duration
+	// Src and Dst are the two hosts' features; a feature is used only when
+	// both sides that need it have it.
+	Src, Dst Features
+	// MultifdChannels is the operator's --multifd: 0 lets Tune decide, 1
+	// asks for one stream, more asks for that many channels.
+	MultifdChannels int
+	// StreamBytesPerSec is what one migration stream sends on the source
+	// when the link is not the limit; 0 means DefaultStreamBytesPerSec.
+	StreamBytesPerSec float64
+	// WindowBytes is the TCP window of one connection; 0 means
+	// DefaultWindowBytes.
+	WindowBytes float64
+	// CompressBytesPerSec is how many bytes per second zstd (level 1) can
+	// compress within the CPU the source may spend on the migration; 0
+	// means no budget (no compression).
+	CompressBytesPerSec float64
+	// CompressRatio is the compressed size of the guest's non-zero RAM
+	// over its size (0..1); 0 means unknown, taken as incompressible.
+	CompressRatio float64
+}
+
+// Choice is one tuning decision with its reason, for the report.
+type Choice struct {
+	// Name is the QEMU capability or parameter (postcopy-preempt,
+	// multifd-channels, ...).
+	Name string
+	// Value is what Ferry sets ("on", "off", "4", "zstd", "43.2 MiB/s").
+	Value string
+	// Reason says why in one line.
+	Reason string
+}
+
+// Tuning is Tune's answer: the QEMU capabilities and parameters of one
+// migration, applied on both sides where QEMU needs them on both.
+type Tuning struct {
+	// PostcopyPreempt enables capability postcopy-preempt (both sides).
+	PostcopyPreempt bool
+	// MultifdChannels > 0 enables multifd with that many channels (both
+	// sides); 0 means one migration stream.
+	MultifdChannels int
+	// ZeroPageDetection is zero-page-detection ("multifd"), "" leaves
+	// QEMU's default.
+	ZeroPageDetection string
+	// AvailSwitchoverBandwidth is avail-switchover-bandwidth in bytes per
+	// second (source only); 0 leaves QEMU's own estimate.
+	AvailSwitchoverBandwidth int64
+	// Compression is multifd-compression ("zstd"), "" for none (both sides).
+	Compression string
+	// ZstdLevel is multifd-zstd-level when Compression is "zstd".
+	ZstdLevel int
+	// PostcopyBackgroundShare is the share of the link post-copy's
+	// background stream may use.
+	PostcopyBackgroundShare float64
+	// PostcopyAtFraction is where a post-copy migration switches: once
+	// round 1 has gone through this fraction of the guest's RAM (0: after
+	// round 1).
+	PostcopyAtFraction float64
+	// Choices are the decisions with their reasons, in a fixed order.
+	Choices []Choice
+}
+
+// Tune chooses the QEMU capabilities and parameters for a migration with
+// the chosen strategy: postcopy-preempt for post-copy when both sides
+// have it; multifd when one stream cannot fill the link (the link is faster
+// than one stream sends, or its bandwidth-delay product exceeds one TCP
+// window), with zero-page detection in the multifd threads; zstd when the
+// link is slower than the source can compress and the guest's RAM
+// compresses; avail-switchover-bandwidth from the planned rate for a
+// pre-copy switchover. Every decision carries its reason. It is pure.
+func Tune(in TuneInputs) Tuning {
+	t := Tuning{PostcopyBackgroundShare: PostcopyBackgroundShare}
+	add := func(name, value, format string, a ...any) {
+		t.Choices = append(t.Choices, Choice{Name: name, Value: value, Reason: fmt.Sprintf(format, a...)})
+	}
+	b := in.BandwidthBytesPerSec
+	postcopy := in.Strategy == StrategyPostcopy || in.Strategy == StrategyHybrid
+	precopySwitch := in.Strategy == StrategyPrecopy || in.Strategy == StrategyConverge || in.Strategy == StrategyHybrid
+
+	// postcopy-preempt.
+	switch {
+	case !postcopy:
+		add("postcopy-preempt", "off", "the %s strategy never enters post-copy", in.Strategy)
+	case !in.Src.PostcopyPreempt || !in.Dst.PostcopyPreempt:
+		add("postcopy-preempt", "off", "%s: post-copy runs without it (needs QEMU 8.0 or later on both hosts); the background stream keeps %.0f%% of the link so faulted pages do not queue behind it",
+			missing(in.Src.PostcopyPreempt, in.Dst.PostcopyPreempt), PostcopyBackgroundShare*100)
+	default:
+		t.PostcopyPreempt = true
+		t.PostcopyBackgroundShare = 1
+		add("postcopy-preempt", "on", "post-copy: pages the guest faults in travel on their own channel, past the background stream's queue in QEMU and its socket, so the background stream is not held to %.0f%% of the planned rate (with a low link figure, 32 for 46 MiB/s, that cap made the bench's half scenario 1.9× the bound)",
+			PostcopyBackgroundShare*100)
+	}
+
+	// Where post-copy starts. Every page the guest dirties during round 1
+	// is sent twice (the bitmap sync at the switch marks it again), so a
+	// switch at t costs M + R·t bytes: the earlier the fewer, but the
+	// longer the guest waits on remote faults for pages round 1 would have
+	// sent. Tune switches where round 1's remainder has shrunk to what the
+	// guest dirtied meanwhile: M − B·t = R·t.
+	m, r := float64(in.NonZeroBytes), in.DirtyRateBytesPerSec
+	switch {
+	case in.Strategy == StrategyHybrid:
+		add("postcopy-start", "controller", "hybrid: post-copy only when the controller sees pre-copy not converging")
+	case in.Strategy != StrategyPostcopy:
+	case m <= 0 || b <= 0 || r <= 0:
+		add("postcopy-start", "after round 1", "the guest dirties nothing measurable (or RAM and link are unknown): round 1 costs no second copy")
+	default:
+		after := postcopySwitchBytes(m, b, r)
+		t1, ts := m/b, after/b
+		t.PostcopyAtFraction = after / m
+		add("postcopy-start", fmt.Sprintf("%.0f%% of round 1", 100*after/m), "at %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
+			fmtBytes(after), fmtBytes(m), fmtSec(ts), fmtSec(t1), fmtBytes(r*ts), fmtRate(r), fmtBytes(r*(t1-ts)))
+	}
+
+	// multifd and its channels.
+	stream := orF(in.StreamBytesPerSec, DefaultStreamBytesPerSec)
+	window := orF(in.WindowBytes, DefaultWindowBytes)
+	rtt := in.RTT.Seconds()
+	bdp := b * rtt
+	nCPU := int(math.Ceil(b / stream))
+	nBDP := int(math.Ceil(bdp / window))
+	n := min(max(nCPU, nBDP, 1), MaxMultifdChannels)
+	why := fmt.Sprintf("link %s: one stream sends up to %s", fmtRate(b), fmtRate(stream))
+	if rtt > 0 {
+		why += fmt.Sprintf("; bandwidth-delay product %s × %s = %s vs a %s TCP window", fmtRate(b), fmtSec(rtt), fmtBytes(bdp), fmtBytes(window))
+	} else {
+		why += "; round-trip time unknown (no latency term)"
+	}
+	multifdOK := !postcopy || (in.Src.MultifdPostcopy && in.Dst.MultifdPostcopy)
+	switch {
+	case !multifdOK && in.MultifdChannels > 1:
+		add("multifd-channels", "1", "--multifd %d not used: QEMU before 10.1 does not combine multifd with post-copy (strategy %s)", in.MultifdChannels, in.Strategy)
+	case !multifdOK:
+		add("multifd-channels", "1", "one stream: QEMU before 10.1 does not combine multifd with post-copy (strategy %s)", in.Strategy)
+	case in.MultifdChannels == 1:
+		add("multifd-channels", "1", "one stream, as --multifd 1 asks")
+	case in.MultifdChannels > 1:
+		t.MultifdChannels = in.MultifdChannels
+		add("multifd-channels", fmt.Sprint(in.MultifdChannels), "%d channels, as --multifd asks (%s)", in.MultifdChannels, why)
+	case n >= 2:
+		t.MultifdChannels = n
+		add("multifd-channels", fmt.Sprint(n), "%d channels: one stream cannot fill the link (%s)", n, why)
+	default:
+		add("multifd-channels", "1", "one stream fills the link (%s)", why)
+	}
+
+	// zstd compression (a multifd feature).
+	ratio := in.CompressRatio
+	switch {
+	case !multifdOK:
+		add("multifd-compression", "none", "compression needs multifd, which post-copy does not combine with here")
+	case !in.Src.Zstd || !in.Dst.Zstd:
+		add("multifd-compression", "none", "%s: no zstd in QEMU's multifd", missing(in.Src.Zstd, in.Dst.Zstd))
+	case in.CompressBytesPerSec <= 0:
+		add("multifd-compression", "none", "no CPU budget for compression on the source")
+	case ratio <= 0 || ratio >= 1:
+		add("multifd-compression", "none", "the guest's RAM is not known to compress (taken as incompressible)")
+	default:
+		eff := math.Min(in.CompressBytesPerSec, b/ratio)
+		if eff < compressGain*b {
+			add("multifd-compression", "none", "zstd would reach %s of guest RAM vs %s plain (compression to %.0f%%, %s of CPU budget): not %.1f× faster",
+				fmtRate(eff), fmtRate(b), ratio*100, fmtRate(in.CompressBytesPerSec), compressGain)
+			break
+		}
+		t.Compression, t.ZstdLevel = "zstd", ZstdLevel
+		if t.MultifdChannels == 0 {
+			t.MultifdChannels = max(n, 2)
+			t.Choices[len(t.Choices)-1] = Choice{Name: "multifd-channels", Value: fmt.Sprint(t.MultifdChannels),
+				Reason: fmt.Sprintf("%d channels, for zstd compression (%s)", t.MultifdChannels, why)}
+		}
+		add("multifd-compression", "zstd", "the link (%s) is slower than the source compresses (%s within its CPU budget) and the guest's RAM compresses to %.0f%%: %s of guest RAM instead of %s",
+			fmtRate(b), fmtRate(in.CompressBytesPerSec), ratio*100, fmtRate(eff), fmtRate(b))
+		add("multifd-zstd-level", fmt.Sprint(ZstdLevel), "the fastest level: the link, not the ratio, is what compression must beat")
+	}
+
+	// zero-page detection in the multifd threads.
+	switch {
+	case t.MultifdChannels == 0:
+		add("zero-page-detection", "default", "one stream: the migration thread checks zero pages")
+	case !in.Src.ZeroPageDetection:
+		add("zero-page-detection", "default", "the source's QEMU has no zero-page-detection (needs QEMU 9.0 or later)")
+	default:
+		t.ZeroPageDetection = "multifd"
+		add("zero-page-detection", "multifd", "multifd: the %d channel threads check zero pages in parallel instead of the one migration thread", t.MultifdChannels)
+	}
+
+	// avail-switchover-bandwidth.
+	switch {
+	case !precopySwitch:
+		add("avail-switchover-bandwidth", "auto", "the %s strategy switches over by post-copy, not by QEMU's final-round estimate", in.Strategy)
+	case !in.Src.AvailSwitchoverBandwidth:
+		add("avail-switchover-bandwidth", "auto", "the source's QEMU has no avail-switchover-bandwidth (needs QEMU 8.2 or later): QEMU estimates the final round's rate itself")
+	case b <= 0:
+		add("avail-switchover-bandwidth", "auto", "link rate unknown")
+	default:
+		v := b * availSwitchoverShare
+		t.AvailSwitchoverBandwidth = int64(v)
+		add("avail-switchover-bandwidth", fmtRate(v), "%.0f%% of the planned %s: QEMU sizes the final round with the rate the planner's downtime-limit assumes, not with its own estimate from a round that was partly zero pages and bitmap syncs",
+			availSwitchoverShare*100, fmtRate(b))
+	}
+	return t
+}
+
+// missing names which side lacks a feature.
+func missing(src, dst bool) string {
+	switch {
+	case !src && !dst:
+		return "neither host's QEMU has it"
+	case !src:
+		return "the source's QEMU lacks it"
+	}
+	return "the destination's QEMU lacks it"
+}

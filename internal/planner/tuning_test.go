@@ -1,0 +1,160 @@
+package planner
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestTuningScenarios runs testdata/tuning.txt: blocks of
+//
+//	tune TITLE
+//	key=value ...   strategy, bandwidth, rtt, src, dst (comma-separated
+//	                features or "none"), multifd, stream, window,
+//	                compress, ratio, nonzero, dirty
+//	----
+//	one line per choice: NAME=VALUE, then its reason indented
+//
+// Rewrite with -rewrite, as for TestScenarios.
+func TestTuningScenarios(t *testing.T) {
+	const path = "testdata/tuning.txt"
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var out []string
+	blocks := 0
+	for i := 0; i < len(lines); {
+		l := lines[i]
+		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
+			out = append(out, l)
+			i++
+			continue
+		}
+		start := i + 1
+		var header []string
+		for ; i < len(lines) && lines[i] != "----"; i++ {
+			header = append(header, lines[i])
+			out = append(out, lines[i])
+		}
+		if i == len(lines) {
+			t.Fatalf("line %d: block without ----", start)
+		}
+		out = append(out, "----")
+		var want []string
+		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
+			want = append(want, lines[i])
+		}
+		if f := strings.Fields(header[0]); len(f) == 0 || f[0] != "tune" {
+			t.Fatalf("line %d: want a tune block, got %q", start, header[0])
+		}
+		blocks++
+		in, err := parseTune(header[1:])
+		if err != nil {
+			t.Fatalf("line %d: %v", start, err)
+		}
+		got := fmtTuning(Tune(in))
+		out = append(out, got...)
+		if !*rewrite && strings.Join(got, "\n") != strings.Join(want, "\n") {
+			t.Errorf("line %d: %s\n--- got:\n%s\n--- want:\n%s", start, header[0], strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+	}
+	if *rewrite {
+		if err := os.WriteFile(path, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if blocks < 8 {
+		t.Fatalf("read %d tune blocks, want at least 8", blocks)
+	}
+}
+
+func fmtTuning(tu Tuning) []string {
+	var out []string
+	for _, c := range tu.Choices {
+		out = append(out, c.Name+"="+c.Value, "  "+c.Reason)
+	}
+	out = append(out, fmt.Sprintf("apply: preempt=%v multifd=%d zero-page=%q compression=%q level=%d avail-switchover=%d postcopy-share=%g postcopy-at=%.3f",
+		tu.PostcopyPreempt, tu.MultifdChannels, tu.ZeroPageDetection, tu.Compression, tu.ZstdLevel, tu.AvailSwitchoverBandwidth, tu.PostcopyBackgroundShare, tu.PostcopyAtFraction))
+	return out
+}
+
+func parseFeatures(s string) (Features, error) {
+	var f Features
+	if s == "none" {
+		return f, nil
+	}
+	for _, name := range strings.Split(s, ",") {
+		switch name {
+		case "qemu10.0":
+			f.PostcopyPreempt, f.ZeroPageDetection, f.AvailSwitchoverBandwidth, f.Zstd = true, true, true, true
+		case "preempt":
+			f.PostcopyPreempt = true
+		case "zero-page":
+			f.ZeroPageDetection = true
+		case "avail-switchover":
+			f.AvailSwitchoverBandwidth = true
+		case "zstd":
+			f.Zstd = true
+		case "multifd-postcopy":
+			f.MultifdPostcopy = true
+		default:
+			return f, fmt.Errorf("unknown feature %q", name)
+		}
+	}
+	return f, nil
+}
+
+func parseTune(lines []string) (TuneInputs, error) {
+	var in TuneInputs
+	for _, l := range lines {
+		if strings.HasPrefix(l, "#") {
+			continue
+		}
+		for _, kv := range strings.Fields(l) {
+			k, v, ok := strings.Cut(kv, "=")
+			if !ok {
+				return in, fmt.Errorf("want key=value, got %q", kv)
+			}
+			var err error
+			switch k {
+			case "strategy":
+				in.Strategy = v
+			case "bandwidth":
+				in.BandwidthBytesPerSec, err = parseRate(v)
+			case "stream":
+				in.StreamBytesPerSec, err = parseRate(v)
+			case "dirty":
+				in.DirtyRateBytesPerSec, err = parseRate(v)
+			case "nonzero":
+				in.NonZeroBytes, err = parseSize(v)
+			case "compress":
+				in.CompressBytesPerSec, err = parseRate(v)
+			case "rtt":
+				in.RTT, err = time.ParseDuration(v)
+			case "window":
+				var w int64
+				w, err = parseSize(v)
+				in.WindowBytes = float64(w)
+			case "multifd":
+				in.MultifdChannels, err = strconv.Atoi(v)
+			case "ratio":
+				in.CompressRatio, err = strconv.ParseFloat(v, 64)
+			case "src":
+				in.Src, err = parseFeatures(v)
+			case "dst":
+				in.Dst, err = parseFeatures(v)
+			default:
+				err = fmt.Errorf("unknown key")
+			}
+			if err != nil {
+				return in, fmt.Errorf("%s: %w", kv, err)
+			}
+		}
+	}
+	return in, nil
+}

@@ -1,0 +1,122 @@
+package server
+
+import (
+	"strings"
+	"testing"
+
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/exec"
+)
+
+func qemuHost(name, version string, features ...string) *ferryv1.Host {
+	return &ferryv1.Host{Name: name, Qemu: &ferryv1.HostQEMU{Version: version, Features: features},
+		Capacity: &ferryv1.HostCapacity{Cpus: 2, AllocatedVcpus: 1}}
+}
+
+var qemu10 = []string{"postcopy-preempt", "multifd-zero-page-detection", "avail-switchover-bandwidth", "dirty-limit", "multifd-zstd"}
+
+func choice(t *testing.T, pt *ferryv1.PlanTuning, name string) *ferryv1.TuningChoice {
+	t.Helper()
+	for _, c := range pt.GetChoices() {
+		if c.Name == name {
+			if c.Reason == "" {
+				t.Errorf("choice %s has no reason", name)
+			}
+			return c
+		}
+	}
+	t.Fatalf("no choice %s in %v", name, pt.GetChoices())
+	return nil
+}
+
+// Post-copy between two QEMU 10 hosts: preempt, the background stream not
+// capped; to a 7.2 host: neither, the 80 % share stays.
+func TestTunePlanFromHostRecords(t *testing.T) {
+	in := &ferryv1.PlanInputs{BandwidthMibps: 48, RttMs: 0.2}
+	opt := &ferryv1.MigrationOptions{MultifdChannels: 4}
+	pt := tunePlan("postcopy", in, opt, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
+	if !pt.PostcopyPreempt || pt.MultifdChannels != 0 || pt.PostcopyBackgroundShare != 1 || choice(t, pt, "postcopy-preempt").Value != "on" {
+		t.Fatalf("post-copy 10.0 → 10.0: %+v", pt)
+	}
+	if r := choice(t, pt, "multifd-channels").Reason; !strings.Contains(r, "--multifd 4 not used") {
+		t.Errorf("--multifd with post-copy: %q", r)
+	}
+	old := tunePlan("postcopy", in, opt, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h3", "7.2.0", "multifd-zstd"))
+	if old.PostcopyPreempt || old.PostcopyBackgroundShare != 0.8 || !strings.Contains(choice(t, old, "postcopy-preempt").Reason, "destination") {
+		t.Fatalf("post-copy 10.0 → 7.2: %+v", old)
+	}
+	// Pre-copy, fast link: multifd with zero-page detection, the
+	// switchover bandwidth from the measured rate.
+	pre := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048}, &ferryv1.MigrationOptions{}, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
+	if pre.MultifdChannels < 2 || pre.ZeroPageDetection != "multifd" || pre.AvailSwitchoverBandwidthBytes != int64(1932735283) || pre.PostcopyPreempt {
+		t.Fatalf("pre-copy 2 GiB/s: %+v", pre)
+	}
+	// A host without a capability probe gets nothing optional.
+	bare := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048}, &ferryv1.MigrationOptions{}, &ferryv1.Host{Name: "h1"}, &ferryv1.Host{Name: "h2"})
+	if bare.ZeroPageDetection != "" || bare.AvailSwitchoverBandwidthBytes != 0 || bare.MultifdCompression != "" {
+		t.Fatalf("unprobed hosts: %+v", bare)
+	}
+}
+
+func TestTunedStrategy(t *testing.T) {
+	for _, c := range [][3]string{{"auto", "hybrid", "hybrid"}, {"postcopy", "precopy", "postcopy"}, {"auto", "", ""}, {"cold", "cold", ""}} {
+		if got := tunedStrategy(c[0], c[1]); got != c[2] {
+			t.Errorf("tunedStrategy(%q, %q) = %q, want %q", c[0], c[1], got, c[2])
+		}
+	}
+}
+
+// The knobs carry the tuning to the agents; with preempt the post-copy
+// background stream is not held back.
+func TestKnobsCarryTheTuning(t *testing.T) {
+	m := &ferryv1.Migration{Strategy: "postcopy", Options: &ferryv1.MigrationOptions{MultifdChannels: 4},
+		Plan: &ferryv1.Plan{Inputs: &ferryv1.PlanInputs{BandwidthMibps: 48},
+			Tuning: &ferryv1.PlanTuning{PostcopyPreempt: true, PostcopyBackgroundShare: 1}}}
+	vm := &ferryv1.VM{Spec: &ferryv1.VMSpec{Name: "web"}}
+	k := knobs(m, vm)
+	if k.Tuning == nil || !k.Tuning.PostcopyPreempt || k.MultifdChannels != 0 || k.MaxPostcopyBandwidthBytes != unlimitedBandwidth {
+		t.Fatalf("knobs with preempt: %+v", k)
+	}
+	m.Plan.Tuning = &ferryv1.PlanTuning{PostcopyBackgroundShare: 0.8}
+	if k := knobs(m, vm); k.MaxPostcopyBandwidthBytes != int64(40265318) {
+		t.Fatalf("without preempt: post-copy bandwidth %d, want 80%% of 48 MiB/s", k.MaxPostcopyBandwidthBytes)
+	}
+	// No plan (a measurement failed): the options as before.
+	m.Plan = nil
+	if k := knobs(m, vm); k.Tuning != nil || k.MultifdChannels != 4 {
+		t.Fatalf("without a plan: %+v", k)
+	}
+	var _ exec.Knobs = k
+}
+
+// The planner's post-copy switch point reaches the engine only for a
+// post-copy migration.
+func TestPostcopyAfterOnlyForPostcopy(t *testing.T) {
+	in := &ferryv1.PlanInputs{BandwidthMibps: 48, NonZeroBytes: 352 << 20, DirtyRateMibps: 24}
+	h := qemuHost("h1", "10.0.2", qemu10...)
+	plan := &ferryv1.Plan{Tuning: tunePlan("postcopy", in, &ferryv1.MigrationOptions{}, h, h)}
+	if got := postcopyAt(plan, "postcopy"); got < 0.666 || got > 0.667 {
+		t.Fatalf("switch point %.4f, want 48/72 (B/(B+R))", got)
+	}
+	if c := choice(t, plan.Tuning, "postcopy-start"); c.Value != "67% of round 1" {
+		t.Errorf("postcopy-start choice %+v", c)
+	}
+	if postcopyAt(plan, "hybrid") != 0 || postcopyAt(nil, "postcopy") != 0 {
+		t.Fatal("a switch point outside post-copy")
+	}
+}
+
+// zstd when the source agent's RAM count says the guest compresses and the
+// link is slower than the source's spare core compresses.
+func TestTunePlanCompressesASlowLink(t *testing.T) {
+	h := qemuHost("h1", "10.0.2", qemu10...)
+	pt := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 20, CompressRatio: 0.3}, &ferryv1.MigrationOptions{}, h, h)
+	if pt.MultifdCompression != "zstd" || pt.MultifdZstdLevel != 1 || pt.MultifdChannels < 2 {
+		t.Fatalf("slow link, compressible RAM: %+v", pt)
+	}
+	busy := qemuHost("h1", "10.0.2", qemu10...)
+	busy.Capacity.AllocatedVcpus = 2 // no spare core
+	if pt := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 20, CompressRatio: 0.3}, &ferryv1.MigrationOptions{}, busy, h); pt.MultifdCompression != "" {
+		t.Fatalf("no spare core but compression: %+v", pt)
+	}
+}
