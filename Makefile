@@ -7,7 +7,7 @@ GUEST := build/guest/initrd.img
 # End-to-end tests boot real guests; they share the machine's two cores.
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build guest test unit e2e demo generate lint clean bench-fleet
+.PHONY: all deps build guest test unit e2e demo generate lint clean fuzz bench-fleet
 
 all: build
 
@@ -28,10 +28,18 @@ guest: deps
 test: deps guest build
 	FERRY_GUEST_DIR=$(CURDIR)/build/guest FERRY_BIN=$(CURDIR)/$(BIN) \
 		$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -p 1 $$($(GO) list ./... | grep -v /test/e2e)
+	$(MAKE) fuzz
 	set -o pipefail; $(GO) test -count=1 -v -run 'TestFaultExploration|TestPairFaults|TestTripleFaults|TestCheckerCatchesBrokenRule' ./internal/migration/sim \
 		| grep -E '^(fault|pair-fault|triple-fault) exploration|^checker self-test|^(ok|FAIL|---)'
 	FERRY_GUEST_DIR=$(CURDIR)/build/guest FERRY_BIN=$(CURDIR)/$(BIN) \
 		$(GO) test -count=1 -timeout $(TEST_TIMEOUT) ./test/e2e/...
+
+# A short, bounded fuzz run of each target (seed corpora in each package's
+# testdata/fuzz; a crash found is fixed and its input kept there).
+FUZZTIME ?= 5s
+fuzz: deps
+	$(GO) test -run '^$$' -fuzz '^FuzzParseValidate$$' -fuzztime $(FUZZTIME) ./internal/spec
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/qmp
 
 unit: deps
 	$(GO) test -count=1 -short ./internal/...

@@ -6,6 +6,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
@@ -16,12 +17,15 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/pathguard"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
@@ -36,11 +40,17 @@ type Config struct {
 	Listen string
 	// Advertise is the address the server dials; defaults to the bound Listen URL.
 	Advertise string
+	// JoinToken is a one-time agent token (or "@FILE" holding one) used
+	// when the agent has no certificate yet in DATA/pki.
+	JoinToken string
 	// Server is the control plane's addresses, comma-separated: heartbeats
 	// go to the one that answered last and fail over in order.
 	Server string
 	// DataDir holds one directory per VM and the accel probe cache.
 	DataDir string
+	// AllowPaths are directories, besides DataDir, whose regular files a
+	// VM spec may name as kernel, initrd or disk image (--allow-path).
+	AllowPaths []string
 	// Bridge is the default bridge for VM NICs that name none.
 	Bridge string
 	// Accel is auto (honour each VM's spec), kvm or tcg (force for every VM).
@@ -79,7 +89,9 @@ type Agent struct {
 	log *slog.Logger
 
 	qemu   QEMURuntime
-	ended  endedArrivals // incoming migrations that ended here (aborted, failed)
+	paths  *pathguard.Guard         // where a spec's kernel, initrd and disks may be
+	ident  atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
+	ended  endedArrivals            // incoming migrations that ended here (aborted, failed)
 	reaper reaper
 
 	mu  sync.Mutex
@@ -149,7 +161,19 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MigrationIP == "" && cfg.Bridge != "" {
 		cfg.MigrationIP = firstIPv4(cfg.Bridge)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU}, nil
+	allow := []string{cfg.DataDir}
+	for _, d := range cfg.AllowPaths {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			return nil, fmt.Errorf("--allow-path %q: %w", d, err)
+		}
+		allow = append(allow, abs)
+	}
+	guard, err := pathguard.New(allow...)
+	if err != nil {
+		return nil, fmt.Errorf("--allow-path: %w", err)
+	}
+	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard}, nil
 }
 
 func firstIPv4(ifname string) string {
@@ -180,20 +204,31 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.reattachAll(ctx); err != nil {
 		return err
 	}
-	l, err := rpcaddr.Listen(a.cfg.Listen)
+	id, err := a.loadIdentity(ctx)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(id.ca)
+	rpcaddr.SetCredentials(&rpcaddr.Credentials{TLS: pki.ClientTLS(pool, id.kp, pki.KindServer)})
+	tlsCfg := pki.AgentTLS(pool, id.kp)
+	a.ident.Store(id)
+	go a.renewLoop(ctx, id)
+	l, err := rpcaddr.ListenTLS(a.cfg.Listen, tlsCfg)
 	if err != nil {
 		return err
 	}
 	advertise := a.cfg.Advertise
 	if advertise == "" {
-		advertise = rpcaddr.URL(a.cfg.Listen, l)
+		advertise = rpcaddr.URLTLS(a.cfg.Listen, l, true)
 	}
 	mux := http.NewServeMux()
-	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}))
-	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}))
-	mux.Handle(agentv1connect.NewDiskAgentServiceHandler(&diskService{a}))
-	mux.Handle(agentv1connect.NewLivenessAgentServiceHandler(&livenessService{a}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	limit := connect.WithReadMaxBytes(rpcaddr.MaxRequestBytes)
+	mux.Handle(agentv1connect.NewAgentServiceHandler(&service{a}, limit))
+	mux.Handle(agentv1connect.NewMigrationAgentServiceHandler(&migrationService{a}, limit))
+	mux.Handle(agentv1connect.NewDiskAgentServiceHandler(&diskService{a}, limit))
+	mux.Handle(agentv1connect.NewLivenessAgentServiceHandler(&livenessService{a}, limit))
+	hs := rpcaddr.NewHTTPServer(mux)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(l) }()
 	a.log.Info("agent listening", "url", advertise, "data_dir", a.cfg.DataDir, "accel", a.cfg.Accel, "migration_ip", a.cfg.MigrationIP)

@@ -129,7 +129,7 @@ func newTestAgent(t *testing.T) *testAgent {
 func startTestAgent(t *testing.T, rt *fakeRuntime, dir string) *testAgent {
 	t.Helper()
 	a, err := New(Config{Name: "h1", Listen: "127.0.0.1:0", Server: "unix:///nonexistent", DataDir: dir, Accel: "tcg",
-		MigrationIP: "127.0.0.1", QEMU: rt, OrphanGrace: time.Minute, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		MigrationIP: "127.0.0.1", AllowPaths: []string{os.TempDir()}, QEMU: rt, OrphanGrace: time.Minute, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -155,6 +155,9 @@ func (s *migrationService) ProbeSend(ctx context.Context, req *connect.Request[a
 	if d <= 0 || d > 10*time.Second {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("duration_ms: must be 1..10000, got %d", req.Msg.DurationMs))
 	}
+	if err := probePeer(req.Msg.Address, s.a.cfg.MigrationIP); err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
 	resp, err := probeSend(ctx, req.Msg.Address, d)
 	if err != nil {
 		return nil, err

@@ -138,7 +138,7 @@ func (a *Agent) probeListen() (string, error) {
 // probeSend streams zeros to a probe sink for d and reports the rate: the
 // bandwidth a migration between the two hosts can expect.
 func probeSend(ctx context.Context, addr string, d time.Duration) (*agentv1.ProbeSendResponse, error) {
-	var dialer net.Dialer
+	dialer := net.Dialer{Timeout: 5 * time.Second}
 	c, err := dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("probe connect %s: %w", addr, err)
@@ -177,4 +177,32 @@ func handshakeRTT(c net.Conn) time.Duration {
 		return 0
 	}
 	return time.Duration(info.Rtt) * time.Microsecond
+}
+
+// probePeer checks a probe sink address before the agent streams to it:
+// a literal unicast IP:port with a port (no names to resolve, no
+// unspecified, multicast or broadcast address), and loopback only when
+// this host's own migration address is loopback (a single-machine test).
+// The server asks only for the registered migration address of a peer
+// host (server.probeTarget); this is the agent's own floor under that.
+func probePeer(addr, ownIP string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("address: must be IP:port, got %q", addr)
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return fmt.Errorf("address: must be a literal IP (a peer's migration address), got %q", host)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("address: port must be 1-65535, got %q", port)
+	}
+	own := net.ParseIP(ownIP)
+	switch {
+	case ip.IsUnspecified() || ip.IsMulticast() || ip.Equal(net.IPv4bcast):
+		return fmt.Errorf("address: %s is not a unicast peer address", ip)
+	case ip.IsLoopback() && (own == nil || !own.IsLoopback()):
+		return fmt.Errorf("address: %s is loopback; a probe goes to a peer host's migration address", ip)
+	}
+	return nil
 }

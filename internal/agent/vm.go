@@ -136,13 +136,8 @@ func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r 
 	if err := writeSpec(filepath.Join(v.dir, specFile), sp); err != nil {
 		return nil, nil, "", err
 	}
-	for _, f := range []struct{ field, path string }{{"spec.boot.kernel", sp.GetBoot().GetKernel()}, {"spec.boot.initrd", sp.GetBoot().GetInitrd()}} {
-		if f.path == "" {
-			continue
-		}
-		if _, err := os.Stat(f.path); err != nil {
-			return nil, nil, "", invalid(f.field, "%s not found on host %s: copy it there or fix the path", f.path, a.cfg.Name)
-		}
+	if err := v.checkHostPaths(sp); err != nil {
+		return nil, nil, "", err
 	}
 	disks, err := v.prepareDisks(ctx, sp, r)
 	if err != nil {

@@ -56,6 +56,7 @@ func newDevClusterUpCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVar(&fopt.Servers, "servers", 1, "number of server replicas (more than 1: each runs a member of one embedded etcd cluster)")
 	cmd.Flags().StringVar(&fopt.EtcdEndpoints, "etcd-endpoints", "", "run every server on this etcd cluster (comma-separated client URLs) instead of embedded etcd")
 	cmd.Flags().DurationVar(&fopt.LeaderTTL, "leader-ttl", 0, "lease TTL of the servers' leader election (default: the server's)")
+	cmd.Flags().StringArrayVar(&fopt.AllowPaths, "allow-path", nil, "directory every agent lets VM specs name kernels, initrds and disks in (repeatable; DIR, $FERRY_GUEST_DIR and ./build/guest are always allowed)")
 	return cmd
 }
 

@@ -68,6 +68,7 @@ func NewRoot() *cobra.Command {
 	}
 	root.AddCommand(newServerCmd(g), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
 	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g))
+	root.AddCommand(newTokenCmd(g), newLoginCmd(g), newWhoAmICmd(g))
 	return root
 }
 
@@ -91,6 +92,10 @@ func describe(err error) string {
 	msg := ce.Message()
 	if ce.Code() == connect.CodeUnavailable && strings.Contains(msg, "connect:") {
 		msg += "\n(is `ferry server` running? set --server or FERRY_SERVER)"
+	}
+	switch ce.Code() {
+	case connect.CodeUnauthenticated, connect.CodePermissionDenied:
+		msg = ce.Code().String() + ": " + msg
 	}
 	for _, d := range ce.Details() {
 		v, derr := d.Value()

@@ -4,16 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/ferryvm/ferry/internal/auth"
 	"github.com/ferryvm/ferry/internal/etcdembed"
 	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/leader"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/replica"
 	"github.com/ferryvm/ferry/internal/retention"
+	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/server"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/spf13/cobra"
@@ -29,6 +33,8 @@ type serverFlags struct {
 	leaderTTL time.Duration
 	member    etcdembed.Member
 	keep      retention.Policy
+	caDir     string
+	certTTL   time.Duration
 }
 
 func newServerCmd(g *globals) *cobra.Command {
@@ -60,6 +66,8 @@ func newServerCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.member.AdvertiseClient, "advertise-client", "", "embedded etcd client URL announced (default --listen-client)")
 	fl.IntVar(&f.keep.Count, "keep-migrations", server.DefaultKeepMigrations, "finished migration records kept (0 = any number)")
 	fl.DurationVar(&f.keep.Age, "keep-migrations-for", server.DefaultKeepMigrationsFor, "how long finished migration records are kept (0 = forever)")
+	fl.StringVar(&f.caDir, "ca", "", "directory of the cluster CA (ca.crt, ca.key) shared by the replicas; default: the CA in etcd, created on first start in DATA/pki")
+	fl.DurationVar(&f.certTTL, "agent-cert-ttl", server.DefaultAgentCertTTL, "validity of the certificates agents get (they renew at two thirds)")
 	cmd.AddCommand(newServerStatusCmd(g))
 	return cmd
 }
@@ -130,10 +138,15 @@ func runServer(f serverFlags) error {
 	}
 	defer st.Close()
 
+	sec, err := serverSecurity(ctx, f, st, log)
+	if err != nil {
+		return err
+	}
 	var rep *replica.Replica
 	srv := server.New(server.Config{
 		Store:     st,
 		Log:       log,
+		Security:  sec,
 		Retention: f.keep,
 		Wrap:      func(h http.Handler) http.Handler { return rep.Handler(h) },
 		Leading:   func() bool { return rep.Leading() },
@@ -177,4 +190,34 @@ func runServer(f serverFlags) error {
 		return err
 	}
 	return rerr
+}
+
+// serverSecurity loads (or on first start creates) the cluster CA and
+// returns the server's security settings. A new CA's fingerprint is
+// logged, and an admin credential is written next to it (mode 0600):
+// FERRY_CREDENTIALS=<that file> ferry token create --role operator.
+func serverSecurity(ctx context.Context, f serverFlags, st *store.Etcd, log *slog.Logger) (*server.Security, error) {
+	ca, created, err := auth.ClusterCA(ctx, st.Client(), f.dataDir, f.caDir)
+	if err != nil {
+		return nil, fmt.Errorf("cluster CA: %w", err)
+	}
+	if created {
+		dir := f.caDir
+		if dir == "" {
+			dir = filepath.Join(f.dataDir, "pki")
+		}
+		cred := filepath.Join(dir, "admin.json")
+		c, k, err := ca.IssueKeyPair(pki.KindAdmin, "bootstrap-admin", server.ServerCertTTL)
+		if err != nil {
+			return nil, err
+		}
+		if err := rpcaddr.WriteEntry(cred, rpcaddr.Entry{CA: string(ca.CertPEM), Cert: string(c), Key: string(k)}); err != nil {
+			return nil, fmt.Errorf("write the bootstrap admin credential: %w", err)
+		}
+		log.Info("cluster CA created", "fingerprint", ca.Fingerprint(), "dir", dir, "admin_credential", cred)
+		fmt.Fprintf(os.Stderr, "cluster CA created: fingerprint %s\nadmin credential: %s (FERRY_CREDENTIALS=%s ferry token create --role operator)\n", ca.Fingerprint(), cred, cred)
+	} else {
+		log.Info("cluster CA", "fingerprint", ca.Fingerprint())
+	}
+	return &server.Security{CA: ca, Name: f.name, Tokens: auth.EtcdTokens{C: st.Client()}, CertTTL: f.certTTL}, nil
 }

@@ -72,7 +72,7 @@ func Run(ctx context.Context, opt Options, out io.Writer) (err error) {
 			err = derr
 		}
 	}()
-	if err := c.StartFerry(ctx, devcluster.FerryOptions{Accel: opt.Accel}); err != nil {
+	if err := c.StartFerry(ctx, devcluster.FerryOptions{Accel: opt.Accel, AllowPaths: []string{filepath.Dir(kernel), filepath.Dir(initrd)}}); err != nil {
 		return err
 	}
 	hc, base := rpcaddr.Client(c.ServerURL())

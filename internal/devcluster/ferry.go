@@ -30,6 +30,31 @@ type FerryOptions struct {
 	// EtcdEndpoints, when set, makes every server use that etcd cluster
 	// (--etcd-endpoints) instead of an embedded one.
 	EtcdEndpoints string
+	// AllowPaths are directories every agent lets VM specs name files in
+	// (--allow-path), besides the ones DevAllowPaths always adds.
+	AllowPaths []string
+}
+
+// DevAllowPaths lists the directories a dev cluster's agents accept
+// kernels, initrds and disk images from, besides each agent's data dir:
+// the cluster's state dir, $FERRY_GUEST_DIR and ./build/guest (the test
+// guest, `make guest`) when they exist, and extra.
+func (c *Cluster) DevAllowPaths(extra []string) []string {
+	out := []string{c.Config.Dir}
+	cands := append([]string{os.Getenv("FERRY_GUEST_DIR"), "build/guest"}, extra...)
+	for _, d := range cands {
+		if d == "" {
+			continue
+		}
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			continue
+		}
+		if fi, err := os.Stat(abs); err == nil && fi.IsDir() {
+			out = append(out, abs)
+		}
+	}
+	return out
 }
 
 // ServerURL is the first server's address in a cluster started by
@@ -61,25 +86,40 @@ func (c *Cluster) StartFerry(ctx context.Context, opt FerryOptions) error {
 		opt.ReadyTimeout = 60 * time.Second
 	}
 	dir := c.Config.Dir
+	if _, err := c.bootstrapPKI(); err != nil {
+		return err
+	}
 	urls, err := c.startServers(opt)
 	if err != nil {
 		return err
 	}
 	server := strings.Join(urls, ",")
+	if err := c.storeUserCredential(server); err != nil {
+		return fmt.Errorf("store the dev admin credential: %w", err)
+	}
+	joins, err := c.joinTokens(ctx, server, opt.ReadyTimeout)
+	if err != nil {
+		return err
+	}
+	allow := c.DevAllowPaths(opt.AllowPaths)
 	for _, h := range c.Hosts {
-		if _, err := c.StartProcess(h.Netns, filepath.Join(dir, "logs", h.Name+"-agent.log"), []string{
+		argv := []string{
 			opt.Binary, "agent", "--name", h.Name, "--server", server,
 			"--listen", "unix://" + filepath.Join(dir, h.Name, "agent.sock"),
 			"--data-dir", filepath.Join(dir, h.Name), "--bridge", h.Bridge,
-			"--migration-ip", h.IP, "--accel", opt.Accel,
-		}); err != nil {
+			"--migration-ip", h.IP, "--accel", opt.Accel, "--join", "@" + joins[h.Name],
+		}
+		for _, a := range allow {
+			argv = append(argv, "--allow-path", a)
+		}
+		if _, err := c.StartProcess(h.Netns, filepath.Join(dir, "logs", h.Name+"-agent.log"), argv); err != nil {
 			return err
 		}
 	}
 	if err := c.WaitHostsReady(ctx, opt.ReadyTimeout); err != nil {
 		return err
 	}
-	env := fmt.Sprintf("FERRY_SERVER=%s\nFERRY_DEV_PREFIX=%s\nFERRY_DEV_CLIENT_NETNS=%s\n", server, c.Config.Prefix, c.Client)
+	env := fmt.Sprintf("FERRY_SERVER=%s\nFERRY_CREDENTIALS=%s\nFERRY_DEV_PREFIX=%s\nFERRY_DEV_CLIENT_NETNS=%s\n", server, c.AdminCredentials(), c.Config.Prefix, c.Client)
 	for _, h := range c.Hosts {
 		env += fmt.Sprintf("FERRY_DEV_%s_NETNS=%s\nFERRY_DEV_%s_IP=%s\n", strings.ToUpper(h.Name), h.Netns, strings.ToUpper(h.Name), h.IP)
 	}
@@ -136,7 +176,8 @@ func (c *Cluster) WaitHostsReady(ctx context.Context, timeout time.Duration) err
 // server's etcd, the agents' VM directories, sockets, env), so the next Up
 // in the same dir starts empty. Logs stay.
 func removeFerryState(dir string, hosts int) error {
-	paths := []string{filepath.Join(dir, "env")}
+	removeUserCredential(dir)
+	paths := []string{filepath.Join(dir, "env"), filepath.Join(dir, pkiDirName), filepath.Join(dir, adminCredName)}
 	servers, _ := filepath.Glob(filepath.Join(dir, "server*"))
 	paths = append(paths, servers...)
 	for i := 1; i <= hosts; i++ {

@@ -76,7 +76,7 @@ func (c *Cluster) startServers(opt FerryOptions) ([]string, error) {
 	if n < 1 || n > MaxServers {
 		return nil, fmt.Errorf("--servers: must be 1-%d, got %d", MaxServers, n)
 	}
-	var extra []string
+	extra := []string{"--ca", c.CADir()}
 	if opt.LeaderTTL > 0 {
 		extra = append(extra, "--leader-ttl", opt.LeaderTTL.String())
 	}

@@ -61,17 +61,14 @@ func NewTransport(addrs []string) (*Transport, error) {
 	t := &Transport{}
 	for _, a := range addrs {
 		hc, base := rpcaddr.Client(a)
-		rt := hc.Transport
-		if ht, ok := rt.(*http.Transport); ok && len(addrs) > 1 {
+		if len(addrs) > 1 {
 			// A request on a kept-alive connection to a server that just
 			// died fails after it may have been sent, which cannot be
 			// failed over safely; a fresh connection per request fails at
 			// the dial instead.
-			ht = ht.Clone()
-			ht.DisableKeepAlives = true
-			rt = ht
+			hc, base = rpcaddr.FreshConnClient(a)
 		}
-		t.targets = append(t.targets, target{addr: a, base: base, rt: rt})
+		t.targets = append(t.targets, target{addr: a, base: base, rt: hc.Transport})
 	}
 	return t, nil
 }

@@ -91,16 +91,7 @@ func dialWire(ctx context.Context, socketPath string, timeout time.Duration, log
 	}
 	log.note(map[string]string{"connect": socketPath})
 
-	w := &wire{
-		conn:       conn,
-		dec:        json.NewDecoder(conn),
-		log:        log,
-		hub:        hub,
-		sendLock:   make(chan struct{}, 1),
-		pending:    make(map[string]chan reply),
-		done:       make(chan struct{}),
-		readerDone: make(chan struct{}),
-	}
+	w := newWire(conn, log, hub)
 
 	early, err := w.handshake(ctx, timeout, &g)
 	if err != nil {
@@ -172,6 +163,22 @@ func (w *wire) handshake(ctx context.Context, timeout time.Duration, g *greeting
 	}
 }
 
+// newWire wraps an open connection. Every message QEMU sends is one line
+// of at most MaxLineBytes: a longer one ends the session (ErrProtocol)
+// instead of growing the decoder's buffer without bound.
+func newWire(conn net.Conn, log *wireLog, hub *eventHub) *wire {
+	return &wire{
+		conn:       conn,
+		dec:        json.NewDecoder(&lineLimiter{r: conn, max: MaxLineBytes}),
+		log:        log,
+		hub:        hub,
+		sendLock:   make(chan struct{}, 1),
+		pending:    make(map[string]chan reply),
+		done:       make(chan struct{}),
+		readerDone: make(chan struct{}),
+	}
+}
+
 func (w *wire) newID() string {
 	return idPrefix + strconv.FormatUint(w.nextID.Add(1), 10)
 }
@@ -198,6 +205,10 @@ func (w *wire) readLoop(early []json.RawMessage) {
 	for {
 		var raw json.RawMessage
 		if err := w.dec.Decode(&raw); err != nil {
+			if errors.Is(err, ErrProtocol) { // an overlong line (lineLimiter)
+				w.shutdown(err)
+				return
+			}
 			w.shutdown(withCause(ErrDisconnected, err))
 			return
 		}

@@ -6,6 +6,7 @@ package rpcaddr
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -36,7 +37,7 @@ func Listen(addr string) (net.Listener, error) {
 		}
 		return l, nil
 	}
-	hostport := strings.TrimPrefix(addr, "http://")
+	hostport := strings.TrimPrefix(strings.TrimPrefix(addr, "http://"), "https://")
 	l, err := net.Listen("tcp", hostport)
 	if err != nil {
 		return nil, fmt.Errorf("listen %q: %w", addr, err)
@@ -54,27 +55,110 @@ func URL(addr string, l net.Listener) string {
 	return "http://" + l.Addr().String()
 }
 
-// Client returns an HTTP client and the base URL to use with it for addr.
+// Client returns an HTTP client and the base URL to use with it for addr,
+// with the credentials this process has for it (see credentialsFor): TLS
+// and a token when it has them, plaintext otherwise. A credential that
+// cannot be read makes every request fail with that error.
 func Client(addr string) (*http.Client, string) {
+	return clientFor(addr, true)
+}
+
+// FreshConnClient is Client with a new connection per request: a request
+// to a server that just died then fails at the dial, before anything was
+// sent, so a caller may safely try another address (internal/failover).
+func FreshConnClient(addr string) (*http.Client, string) {
+	return clientFor(addr, false)
+}
+
+func clientFor(addr string, keepAlive bool) (*http.Client, string) {
+	c, err := credentialsFor(addr)
+	if err != nil {
+		return &http.Client{Transport: failing{err}}, "http://invalid"
+	}
+	return clientWith(addr, c, keepAlive)
+}
+
+// ClientWith is Client with explicit credentials (nil: plaintext).
+func ClientWith(addr string, c *Credentials) (*http.Client, string) {
+	return clientWith(addr, c, true)
+}
+
+func clientWith(addr string, c *Credentials, keepAlive bool) (*http.Client, string) {
+	var tlsCfg *tls.Config
+	if c != nil {
+		tlsCfg = withPeerName(c.TLS, addr)
+	}
+	var tr *http.Transport
+	var base string
 	if path, ok := strings.CutPrefix(addr, unixPrefix); ok {
-		tr := &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", path)
-			},
+		dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}
+		tr = &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 8, IdleConnTimeout: 30 * time.Second}
+		base = "http://unix"
+		if tlsCfg != nil {
+			tr.DialTLSContext = func(ctx context.Context, network, a string) (net.Conn, error) {
+				raw, err := dial(ctx, network, a)
+				if err != nil {
+					return nil, err
+				}
+				tc := tls.Client(raw, tlsCfg.Clone())
+				if err := tc.HandshakeContext(ctx); err != nil {
+					raw.Close()
+					return nil, fmt.Errorf("TLS with %s: %w", addr, err)
+				}
+				return tc, nil
+			}
+			base = "https://unix"
+		}
+	} else {
+		base = addr
+		if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
+			base = "http://" + base
+		}
+		tr = &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 			MaxIdleConnsPerHost: 8,
 			IdleConnTimeout:     30 * time.Second,
 		}
-		return &http.Client{Transport: tr}, "http://unix"
+		if tlsCfg != nil {
+			tr.TLSClientConfig = tlsCfg.Clone()
+			base = "https://" + strings.TrimPrefix(strings.TrimPrefix(base, "http://"), "https://")
+		}
 	}
-	base := addr
-	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
-		base = "http://" + base
+	tr.DisableKeepAlives = !keepAlive
+	var rt http.RoundTripper = tr
+	switch {
+	case c == nil:
+		rt = plain{addr: addr, next: tr}
+	case c.Token != "":
+		rt = bearer{token: c.Token, next: tr}
 	}
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
-		MaxIdleConnsPerHost: 8,
-		IdleConnTimeout:     30 * time.Second,
+	return &http.Client{Transport: rt}, strings.TrimSuffix(base, "/")
+}
+
+// failing is a transport whose every request fails with err.
+type failing struct{ err error }
+
+func (f failing) RoundTrip(*http.Request) (*http.Response, error) { return nil, f.err }
+
+// ListenTLS is Listen serving TLS with cfg (nil: plaintext).
+func ListenTLS(addr string, cfg *tls.Config) (net.Listener, error) {
+	l, err := Listen(addr)
+	if err != nil || cfg == nil {
+		return l, err
 	}
-	return &http.Client{Transport: tr}, strings.TrimSuffix(base, "/")
+	return tls.NewListener(l, cfg), nil
+}
+
+// URLTLS is URL for a listener serving TLS: TCP addresses get https://.
+func URLTLS(addr string, l net.Listener, tlsOn bool) string {
+	u := URL(addr, l)
+	if tlsOn {
+		if rest, ok := strings.CutPrefix(u, "http://"); ok {
+			return "https://" + rest
+		}
+	}
+	return u
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"github.com/ferryvm/ferry/internal/auth"
 	"time"
 
 	"connectrpc.com/connect"
@@ -18,6 +19,12 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 	host := req.Msg.GetHost()
 	if host.GetName() == "" || host.GetAddress() == "" {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("heartbeat: host.name and host.address are required"))
+	}
+	if c, ok := auth.CallerFrom(ctx); ok && c.Role == auth.RoleAgent && c.Host != host.GetName() {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("heartbeat: %s may report only host %s, not %s", c.ID, c.Host, host.GetName()))
+	}
+	if c, ok := auth.CallerFrom(ctx); ok && c.Role == auth.RoleAgent {
+		h.s.sec.notePeer(host.GetAddress(), c.Host)
 	}
 	prev, err := h.s.store.GetHost(ctx, host.Name)
 	switch {

@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/ferryvm/ferry/internal/migration/core"
+	"net"
 	"sync"
 	"time"
 
@@ -94,6 +95,9 @@ func (s *Server) probeLink(ctx context.Context, src, dst *ferryv1.Host, d time.D
 	if err != nil {
 		return linkProbe{}, fmt.Errorf("open a bandwidth probe on %s: %w", dst.Name, err)
 	}
+	if err := probeTarget(lis.Msg.Address, dst); err != nil {
+		return linkProbe{}, err
+	}
 	probe, err := sa.mig.ProbeSend(ctx, connect.NewRequest(&agentv1.ProbeSendRequest{Address: lis.Msg.Address, DurationMs: d.Milliseconds()}))
 	if err != nil {
 		return linkProbe{}, fmt.Errorf("probe the link %s → %s: %w", src.Name, dst.Name, err)
@@ -166,4 +170,19 @@ func (s *Server) probeDue(ctx context.Context) {
 		}
 		s.bw.observeProbe(p.From, p.To, pr, false)
 	}
+}
+
+// probeTarget checks that the probe sink an agent opened is on the
+// registered migration address of that host, so a source agent is only
+// ever asked to stream to a registered peer.
+func probeTarget(addr string, dst *ferryv1.Host) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("probe sink of %s: %q is not IP:port: %w", dst.Name, addr, err)
+	}
+	want := net.ParseIP(dst.GetMigrationIp())
+	if want == nil || !want.Equal(net.ParseIP(host)) {
+		return fmt.Errorf("probe sink of %s is %s, not on its registered migration address %q: refusing to probe", dst.Name, addr, dst.GetMigrationIp())
+	}
+	return nil
 }

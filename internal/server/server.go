@@ -46,6 +46,10 @@ type Config struct {
 	// keep everything; ferry server defaults to DefaultKeepMigrations for
 	// DefaultKeepMigrationsFor).
 	Retention retention.Policy
+	// Security, if set, serves TLS with the cluster PKI and authenticates
+	// and authorizes every call (see security.go); nil serves plaintext
+	// without checks (unit tests).
+	Security *Security
 }
 
 // Server is the control plane.
@@ -65,6 +69,8 @@ type Server struct {
 	bw bandwidths // learned migration rate per host pair
 
 	retention retention.Policy // finished migration records kept
+
+	sec *Security // nil: plaintext, unauthenticated (unit tests)
 }
 
 // New returns a Server over cfg.Store.
@@ -80,16 +86,23 @@ func New(cfg Config) *Server {
 	s.engine = s.newEngine()
 	s.metrics = newMetrics(s)
 	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}
+	s.sec = cfg.Security
+	if s.sec != nil {
+		s.sec.install()
+	}
 	return s
 }
 
 // Handler returns the HTTP handler serving the API, /metrics and /healthz.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	opts := connect.WithInterceptors(s.metrics.interceptor())
+	opts := connect.WithHandlerOptions(connect.WithInterceptors(s.metrics.interceptor()), connect.WithReadMaxBytes(rpcaddr.MaxRequestBytes))
 	mux.Handle(ferryv1connect.NewHostServiceHandler(&hostService{s}, opts))
 	mux.Handle(ferryv1connect.NewVMServiceHandler(&vmService{s}, opts))
 	mux.Handle(ferryv1connect.NewMigrationServiceHandler(&migrationService{s}, opts))
+	if s.sec != nil {
+		mux.Handle(ferryv1connect.NewAuthServiceHandler(&authService{s: s, sec: s.sec}, opts))
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", s.healthz)
 	return mux
@@ -111,7 +124,7 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 	var ls []net.Listener
 	var urls []string
 	for _, a := range addrs {
-		l, err := rpcaddr.Listen(a)
+		l, err := rpcaddr.ListenTLS(a, s.sec.tlsConfig())
 		if err != nil {
 			for _, o := range ls {
 				o.Close()
@@ -119,9 +132,9 @@ func (s *Server) Serve(ctx context.Context, addrs []string, ready func([]string)
 			return err
 		}
 		ls = append(ls, l)
-		urls = append(urls, rpcaddr.URL(a, l))
+		urls = append(urls, rpcaddr.URLTLS(a, l, s.sec != nil))
 	}
-	hs := &http.Server{Handler: s.replica.handler(s.Handler()), ReadHeaderTimeout: 10 * time.Second}
+	hs := rpcaddr.NewHTTPServer(s.sec.middleware(s.replica.handler(s.Handler())))
 	errc := make(chan error, len(ls))
 	for _, l := range ls {
 		go func() { errc <- hs.Serve(l) }()

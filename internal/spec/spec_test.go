@@ -311,6 +311,14 @@ func TestValidateRules(t *testing.T) {
 			`must be a QEMU CPU model name (letters, digits, '-', '_', '.', at most 64 chars, no options), got "qemu64,+avx"`},
 		{"downtime negative", func(s *ferryv1.VMSpec) { s.MaxDowntimeMs = -1 }, "spec.maxDowntimeMs", "must be between 1 and 60000 (or unset for 300), got -1"},
 		{"downtime too big", func(s *ferryv1.VMSpec) { s.MaxDowntimeMs = 60001 }, "spec.maxDowntimeMs", "must be between 1 and 60000..."},
+		// Hostile input: the field is named (which directories a path may
+		// be in is the agent's check, see internal/agent/hostpaths.go).
+		{"kernel relative dotdot", func(s *ferryv1.VMSpec) { s.Boot.Kernel = "../../x" }, "spec.boot.kernel", "must be an absolute path..."},
+		{"kernel dotdot", func(s *ferryv1.VMSpec) { s.Boot.Kernel = "/var/lib/ferry/../../etc/shadow" }, "spec.boot.kernel", `must not contain a ".." element...`},
+		{"disk dotdot", func(s *ferryv1.VMSpec) { s.Disks[0].Path = "/srv/../dev/sda" }, "spec.disks[0].path", `must not contain a ".." element...`},
+		{"path too long", func(s *ferryv1.VMSpec) { s.Boot.Initrd = "/" + strings.Repeat("a", MaxPathLen) }, "spec.boot.initrd", "must be at most 4095 bytes..."},
+		{"memory too big", func(s *ferryv1.VMSpec) { s.MemoryMib = MaxMemoryMiB + 1 }, "spec.memoryMiB", "must be at most..."},
+		{"disk too big", func(s *ferryv1.VMSpec) { s.Disks[1].Size = "65TiB" }, "spec.disks[1].size", "must be at most 64TiB..."},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -12,7 +13,13 @@ import (
 
 // Limits enforced by Validate.
 const (
-	MinMemoryMiB     = 64
+	MinMemoryMiB = 64
+	// MaxMemoryMiB is 16 TiB of guest RAM.
+	MaxMemoryMiB = 16 << 20
+	// MaxDiskBytes bounds a new disk's size (64 TiB).
+	MaxDiskBytes = 64 << 40
+	// MaxPathLen is Linux's PATH_MAX minus the terminating NUL.
+	MaxPathLen       = 4095
 	MaxVcpus         = 64
 	MaxDisks         = 16
 	MaxNICs          = 8
@@ -53,6 +60,8 @@ func Validate(s *ferryv1.VMSpec) error {
 	}
 	if s.MemoryMib < MinMemoryMiB {
 		c.add("spec.memoryMiB", "must be >= %d, got %d", MinMemoryMiB, s.MemoryMib)
+	} else if s.MemoryMib > MaxMemoryMiB {
+		c.add("spec.memoryMiB", "must be at most %d (16 TiB), got %d", MaxMemoryMiB, s.MemoryMib)
 	}
 	names := validateDisks(&c, s.Disks)
 	validateBoot(&c, s.Boot, names)
@@ -122,6 +131,8 @@ func validateDisks(c *collector, disks []*ferryv1.DiskSpec) []string {
 				c.add(p+".size", "must be a size like 512MiB, 1GiB, 10G or a byte count, got %q", d.Size)
 			case n <= 0:
 				c.add(p+".size", "must be greater than 0, got %q", d.Size)
+			case n > MaxDiskBytes:
+				c.add(p+".size", "must be at most 64TiB, got %q", d.Size)
 			}
 		}
 		if d.Shared && d.Size != "" {
@@ -220,9 +231,18 @@ func macProblem(mac string) string {
 	return ""
 }
 
-// checkAbs reports a path that is not absolute.
+// checkAbs reports a path that is not absolute, has a ".." element or
+// is longer than MaxPathLen. (Which directories a path may be in is the
+// agent's check: it knows its data directory and --allow-path list.)
 func checkAbs(c *collector, field, p string) {
-	if !filepath.IsAbs(p) {
+	switch {
+	case len(p) > MaxPathLen:
+		c.add(field, "must be at most %d bytes, got %d", MaxPathLen, len(p))
+	case !filepath.IsAbs(p):
 		c.add(field, "must be an absolute path (relative paths in a spec file are resolved against its directory), got %q", p)
+	case slices.Contains(strings.Split(p, "/"), ".."):
+		c.add(field, "must not contain a \"..\" element, got %q: name the file by its own path", p)
+	case strings.ContainsRune(p, 0):
+		c.add(field, "must not contain a NUL byte")
 	}
 }

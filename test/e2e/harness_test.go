@@ -156,7 +156,7 @@ func upClusterEnv(t *testing.T, hosts int, env []string, extra ...string) *clust
 		}
 		os.RemoveAll(dir)
 	})
-	args := append([]string{"dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg"}, extra...)
+	args := append([]string{"dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg", "--allow-path", guestDir}, extra...)
 	up := exec.Command(ferryBin, args...)
 	up.Env = append(os.Environ(), env...)
 	out, err := up.CombinedOutput()

@@ -16,6 +16,7 @@ import (
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/etcdembed"
 	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/spec"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -252,15 +253,19 @@ func TestServerExternalEtcd(t *testing.T) {
 	}
 	t.Cleanup(e.Close)
 	sock := "unix://" + filepath.Join(dir, "server.sock")
-	cmd := exec.Command(ferryBin, "server", "--etcd-endpoints", e.Endpoint, "--listen", sock)
+	caDir := filepath.Join(dir, "pki")
+	cmd := exec.Command(ferryBin, "server", "--etcd-endpoints", e.Endpoint, "--listen", sock, "--ca", caDir, "--name", "x1")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	hc, base := rpcaddr.Client(sock)
-	hosts := ferryv1connect.NewHostServiceClient(hc, base)
+	// The server creates the CA in --ca on first start; the test holds
+	// it, so it mints an agent certificate for "hx" to heartbeat with.
 	deadline := time.Now().Add(20 * time.Second)
+	agentCreds := waitCredentials(t, caDir, pki.KindAgent, "hx", deadline)
+	hc, base := rpcaddr.ClientWith(sock, agentCreds)
+	hosts := ferryv1connect.NewHostServiceClient(hc, base)
 	for {
 		_, err := hosts.Heartbeat(context.Background(), connect.NewRequest(&ferryv1.HeartbeatRequest{Host: &ferryv1.Host{Name: "hx", Address: "unix:///nowhere"}}))
 		if err == nil {
@@ -271,18 +276,20 @@ func TestServerExternalEtcd(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	resp, err := hosts.ListHosts(context.Background(), connect.NewRequest(&ferryv1.ListHostsRequest{}))
+	admin := waitCredentials(t, caDir, pki.KindAdmin, "test-admin", deadline)
+	ahc, abase := rpcaddr.ClientWith(sock, admin)
+	resp, err := ferryv1connect.NewHostServiceClient(ahc, abase).ListHosts(context.Background(), connect.NewRequest(&ferryv1.ListHostsRequest{}))
 	if err != nil || len(resp.Msg.Hosts) != 1 || resp.Msg.Hosts[0].State != "ready" {
 		t.Fatalf("ListHosts = %v, %v; want hx ready", resp, err)
 	}
 	// The record is in the external etcd: visible to a second server.
 	sock2 := "unix://" + filepath.Join(dir, "server2.sock")
-	cmd2 := exec.Command(ferryBin, "server", "--etcd-endpoints", e.Endpoint, "--listen", sock2)
+	cmd2 := exec.Command(ferryBin, "server", "--etcd-endpoints", e.Endpoint, "--listen", sock2, "--ca", caDir, "--name", "x2")
 	if err := cmd2.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd2.Process.Kill(); _ = cmd2.Wait() })
-	hc2, base2 := rpcaddr.Client(sock2)
+	hc2, base2 := rpcaddr.ClientWith(sock2, admin)
 	h2 := ferryv1connect.NewHostServiceClient(hc2, base2)
 	for {
 		resp, err = h2.ListHosts(context.Background(), connect.NewRequest(&ferryv1.ListHostsRequest{}))
@@ -296,5 +303,29 @@ func TestServerExternalEtcd(t *testing.T) {
 	}
 	if len(resp.Msg.Hosts) != 1 || resp.Msg.Hosts[0].Name != "hx" {
 		t.Fatalf("second server sees %v, want hx", resp.Msg.Hosts)
+	}
+}
+
+// waitCredentials waits (until deadline) for a CA in caDir and returns
+// client credentials of a certificate of kind for name minted from it.
+func waitCredentials(t *testing.T, caDir string, kind pki.Kind, name string, deadline time.Time) *rpcaddr.Credentials {
+	t.Helper()
+	for {
+		ca, err := pki.LoadCA(caDir)
+		if err == nil {
+			cert, key, err := ca.IssueKeyPair(kind, name, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kp, err := pki.NewKeypair(cert, key, ca.CertPEM)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return &rpcaddr.Credentials{TLS: pki.ClientTLS(ca.Pool(), kp, pki.KindServer)}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CA in %s: %v", caDir, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -445,7 +445,8 @@ func (s qmpSample) String() string {
 }
 
 // observer samples the run state of the VM's QEMU on h1 and h2 every
-// 20 ms through their observer QMP sockets, both at once.
+// 20 ms through their observer QMP sockets: both at once until one runs
+// alone, then the other one first (see run).
 type observer struct {
 	paths [2]string
 	mons  [2]*qmp.Monitor
@@ -478,13 +479,24 @@ func (o *observer) run(ctx context.Context) {
 	}()
 	start := time.Now()
 	var prev string
+	sole := -1 // the QEMU last seen running alone: the source of a switchover
 	for ctx.Err() == nil {
 		var s qmpSample
-		var wg sync.WaitGroup
-		for i := range 2 {
-			wg.Go(func() { s.status[i], s.running[i] = o.poll(ctx, i) })
+		if sole < 0 {
+			var wg sync.WaitGroup
+			for i := range 2 {
+				wg.Go(func() { s.status[i], s.running[i] = o.poll(ctx, i) })
+			}
+			wg.Wait()
+		} else {
+			// The other QEMU first, then the one that ran alone: "both
+			// running" then means the source ran after the destination
+			// did, a real second copy. Polled the other way round, a
+			// pause shorter than one poll (13 ms) would fall between the
+			// two answers and look like an overlap.
+			s.status[1-sole], s.running[1-sole] = o.poll(ctx, 1-sole)
+			s.status[sole], s.running[sole] = o.poll(ctx, sole)
 		}
-		wg.Wait()
 		if ctx.Err() != nil {
 			break // the polls were cut short: not a sample
 		}
@@ -493,6 +505,12 @@ func (o *observer) run(ctx context.Context) {
 		o.samples = append(o.samples, s)
 		if s.running[0] && s.running[1] {
 			o.bothRunning = append(o.bothRunning, s)
+		}
+		if s.running[0] != s.running[1] {
+			sole = 0
+			if s.running[1] {
+				sole = 1
+			}
 		}
 		if str := s.String(); str != prev {
 			o.changes = append(o.changes, fmt.Sprintf("+%.3fs %s", s.at.Sub(start).Seconds(), str))

@@ -171,7 +171,11 @@ func TestPlanAfterAMinute(t *testing.T) {
 // agentClient is a MigrationAgentService client of host's agent socket.
 func agentClient(t *testing.T, c *cluster, host string) agentv1connect.MigrationAgentServiceClient {
 	t.Helper()
-	hc, base := rpcaddr.Client("unix://" + filepath.Join(c.dir, host, "agent.sock"))
+	creds, err := c.c.ServerCredentials() // agents answer only server certificates
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, base := rpcaddr.ClientWith("unix://"+filepath.Join(c.dir, host, "agent.sock"), creds)
 	return agentv1connect.NewMigrationAgentServiceClient(hc, base)
 }
 

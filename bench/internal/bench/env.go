@@ -30,7 +30,9 @@ type Env struct {
 // upEnv tears down a leftover cluster of the same prefix (ours, from a
 // crashed run), brings up a 2-host cluster and starts Ferry in it (TCG, as
 // for the other systems).
-func upEnv(ctx context.Context, prefix, stateDir, ferryBin string) (*devcluster.Cluster, error) {
+// allow are the directories the agents let the benchmark's VM specs name
+// files in (the guest, the work directory).
+func upEnv(ctx context.Context, prefix, stateDir, ferryBin string, allow ...string) (*devcluster.Cluster, error) {
 	cfg := devcluster.Config{Prefix: prefix, Hosts: 2, Dir: stateDir}
 	if err := devcluster.Down(ctx, cfg); err != nil {
 		return nil, fmt.Errorf("remove leftovers of an earlier benchmark cluster %q: %w", prefix, err)
@@ -39,7 +41,7 @@ func upEnv(ctx context.Context, prefix, stateDir, ferryBin string) (*devcluster.
 	if err != nil {
 		return nil, err
 	}
-	if err := c.StartFerry(ctx, devcluster.FerryOptions{Binary: ferryBin, Accel: "tcg"}); err != nil {
+	if err := c.StartFerry(ctx, devcluster.FerryOptions{Binary: ferryBin, Accel: "tcg", AllowPaths: allow}); err != nil {
 		_ = c.Down(context.Background())
 		return nil, fmt.Errorf("start ferry in the benchmark cluster: %w", err)
 	}

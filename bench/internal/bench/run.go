@@ -155,7 +155,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 	ferryBin, env.FerryBin = snap, snap
 	binInfo := describeBinary(ctx, o.Repo, snap)
 	logf("bringing up a 2-host dev cluster (prefix %s) with Ferry's server and agents", o.Prefix)
-	c, err := upEnv(ctx, o.Prefix, filepath.Join(base, "cluster"), ferryBin)
+	c, err := upEnv(ctx, o.Prefix, filepath.Join(base, "cluster"), ferryBin, guestDir, env.Dir)
 	if err != nil {
 		return "", err
 	}

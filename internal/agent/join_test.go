@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/auth"
+	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/rpcaddr"
+	"github.com/ferryvm/ferry/internal/server"
+	"github.com/ferryvm/ferry/internal/store"
+)
+
+// TestJoinRenewAndTakenName runs a real server (embedded etcd, TLS, auth)
+// and agents joining it: a join token gives a certificate for the host
+// name, saved and reused after a restart; a second agent with the same
+// name is refused; the token cannot be used twice; the certificate is
+// renewed at two thirds of its lifetime.
+func TestJoinRenewAndTakenName(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	dir, err := os.MkdirTemp("", "fjoin") // short: unix socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	e, err := etcdembed.Start(ctx, filepath.Join(dir, "etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	st, err := store.NewEtcd(ctx, []string{e.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	ca, _, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv := server.New(server.Config{Store: st, Log: quiet, Security: &server.Security{CA: ca, Name: "s1", Tokens: auth.EtcdTokens{C: st.Client()}, CertTTL: 3 * time.Second}})
+	t.Cleanup(func() { rpcaddr.SetCredentials(nil) })
+	sock := "unix://" + filepath.Join(dir, "server.sock")
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, []string{sock}, nil) }()
+	t.Cleanup(func() { stop(); <-done })
+
+	cert, key, err := ca.IssueKeyPair(pki.KindAdmin, "root", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin, err := rpcaddr.Entry{CA: string(ca.CertPEM), Cert: string(cert), Key: string(key)}.Credentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc, base := rpcaddr.ClientWith(sock, admin)
+	authc := ferryv1connect.NewAuthServiceClient(hc, base)
+	var tok string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		resp, err := authc.CreateToken(ctx, connect.NewRequest(&ferryv1.CreateTokenRequest{Role: "agent"}))
+		if err == nil {
+			tok = resp.Msg.Token
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("create token: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	tokFile := filepath.Join(dir, "join.token")
+	if err := os.WriteFile(tokFile, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	newAgent := func(name, data string) *Agent {
+		a, err := New(Config{Name: name, Listen: "127.0.0.1:0", Server: sock, DataDir: filepath.Join(dir, data), JoinToken: "@" + tokFile, Log: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	a := newAgent("h1", "h1")
+	id, err := a.loadIdentity(ctx)
+	if err != nil {
+		t.Fatalf("join: %v", err)
+	}
+	if got := pki.IdentityOf(id.kp.Leaf()); got != (pki.Identity{Kind: pki.KindAgent, Name: "h1"}) {
+		t.Fatalf("joined as %s", got)
+	}
+	if fi, err := os.Stat(a.pkiPath(agentKey)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("agent key: %v mode %v", err, fi.Mode().Perm())
+	}
+	// Restarted: the saved certificate is used, the spent token is not needed.
+	again, err := newAgent("h1", "h1").loadIdentity(ctx)
+	if err != nil || pki.Fingerprint(again.kp.Leaf()) != pki.Fingerprint(id.kp.Leaf()) {
+		t.Fatalf("restart: %v (same certificate: %v)", err, err == nil && pki.Fingerprint(again.kp.Leaf()) == pki.Fingerprint(id.kp.Leaf()))
+	}
+	// The token is spent.
+	if _, err := newAgent("h2", "h2").loadIdentity(ctx); err == nil {
+		t.Fatal("a used join token let h2 join")
+	}
+	// A fresh token, but a taken name.
+	resp, err := authc.CreateToken(ctx, connect.NewRequest(&ferryv1.CreateTokenRequest{Role: "agent"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokFile, []byte(resp.Msg.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newAgent("h1", "h1-impostor").loadIdentity(ctx); err == nil || connect.CodeOf(err) != connect.CodeAlreadyExists {
+		t.Fatalf("second agent named h1: %v, want already_exists", err)
+	}
+	// Renewal at two thirds of the 3 s lifetime.
+	rpcaddr.SetCredentials(&rpcaddr.Credentials{TLS: pki.ClientTLS(ca.Pool(), id.kp, pki.KindServer)})
+	first := id.kp.Leaf()
+	rctx, rstop := context.WithCancel(ctx)
+	defer rstop()
+	go a.renewLoop(rctx, id)
+	for deadline := time.Now().Add(15 * time.Second); pki.Fingerprint(id.kp.Leaf()) == pki.Fingerprint(first); {
+		if time.Now().After(deadline) {
+			t.Fatal("certificate not renewed within 15 s of a 3 s lifetime")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	renewed := id.kp.Leaf()
+	if !renewed.NotAfter.After(first.NotAfter) || pki.IdentityOf(renewed).Name != "h1" {
+		t.Fatalf("renewed certificate %s until %s (was until %s)", pki.IdentityOf(renewed), renewed.NotAfter, first.NotAfter)
+	}
+	saved, err := a.savedIdentity()
+	if err != nil || pki.Fingerprint(saved.kp.Leaf()) != pki.Fingerprint(renewed) {
+		t.Fatalf("renewed certificate not saved: %v", err)
+	}
+}

@@ -1,0 +1,130 @@
+package pki
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func TestCASaveLoadAndKeyMode(t *testing.T) {
+	dir := t.TempDir()
+	ca, created, err := LoadOrCreateCA(dir)
+	if err != nil || !created {
+		t.Fatalf("LoadOrCreateCA: %v created=%v", err, created)
+	}
+	fi, err := os.Stat(filepath.Join(dir, CAKeyFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("CA key mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	again, created, err := LoadOrCreateCA(dir)
+	if err != nil || created || again.Fingerprint() != ca.Fingerprint() {
+		t.Fatalf("reload: %v created=%v same=%v", err, created, again.Fingerprint() == ca.Fingerprint())
+	}
+}
+
+func TestIssueAndIdentity(t *testing.T) {
+	ca, _ := NewCA("t")
+	other, _ := NewCA("o")
+	cert, _, err := ca.IssueKeyPair(KindAgent, "h1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := ParseCert(cert)
+	id, err := ca.Verify(c)
+	if err != nil || id != (Identity{KindAgent, "h1"}) {
+		t.Fatalf("Verify = %v, %v", id, err)
+	}
+	if _, err := other.Verify(c); err == nil {
+		t.Fatal("another CA verified the certificate")
+	}
+}
+
+// handshake runs a TLS handshake between server and client configs and
+// returns the client's and the server's errors.
+func handshake(t *testing.T, server, client *tls.Config) (error, error) {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	errc := make(chan error, 1)
+	go func() {
+		s := tls.Server(a, server)
+		errc <- s.Handshake()
+		s.Close()
+	}()
+	cl := tls.Client(b, client)
+	cerr := cl.Handshake()
+	if cerr == nil {
+		// TLS 1.3: the server's verdict on the client certificate arrives
+		// after the client's handshake; a read surfaces it.
+		_ = cl.SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, rerr := cl.Read(make([]byte, 1))
+		if rerr != nil && !isTimeout(rerr) && !errors.Is(rerr, io.EOF) {
+			cerr = rerr
+		}
+	}
+	cl.Close()
+	return cerr, <-errc
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
+
+func kp(t *testing.T, ca *CA, kind Kind, name string) *Keypair {
+	c, k, err := ca.IssueKeyPair(kind, name, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewKeypair(c, k, ca.CertPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestAgentAcceptsOnlyServerCertificates: the agent API's TLS refuses a
+// client without a certificate, with an agent's or admin's, or from
+// another CA, and accepts a server certificate of the cluster.
+func TestAgentAcceptsOnlyServerCertificates(t *testing.T) {
+	ca, _ := NewCA("t")
+	other, _ := NewCA("o")
+	agent := AgentTLS(ca.Pool(), kp(t, ca, KindAgent, "h1"))
+	for name, c := range map[string]*Keypair{
+		"none":           nil,
+		"agent":          kp(t, ca, KindAgent, "h2"),
+		"admin":          kp(t, ca, KindAdmin, "root"),
+		"foreign-server": kp(t, other, KindServer, "s1"),
+	} {
+		cerr, serr := handshake(t, agent, ClientTLS(ca.Pool(), c, KindAgent))
+		if cerr == nil && serr == nil {
+			t.Errorf("agent accepted a client with %s certificate", name)
+		}
+	}
+	if cerr, serr := handshake(t, agent, ClientTLS(ca.Pool(), kp(t, ca, KindServer, "s1"), KindAgent)); cerr != nil || serr != nil {
+		t.Fatalf("server certificate refused: client %v, server %v", cerr, serr)
+	}
+	// The client side: a server expecting an agent refuses a peer that
+	// presents a server certificate where an agent's is wanted.
+	if cerr, _ := handshake(t, ServerTLS(ca.Pool(), kp(t, ca, KindServer, "s2")), ClientTLS(ca.Pool(), nil, KindAgent)); cerr == nil {
+		t.Fatal("a client wanting an agent accepted a server certificate")
+	}
+}
+
+func TestPinnedTLS(t *testing.T) {
+	ca, _ := NewCA("t")
+	srv := ServerTLS(ca.Pool(), kp(t, ca, KindServer, "s1"))
+	if cerr, _ := handshake(t, srv, PinnedTLS(ShortFingerprint(ca.Fingerprint()), new(*x509.Certificate))); cerr != nil {
+		t.Fatalf("pinned to the right CA: %v", cerr)
+	}
+	if cerr, _ := handshake(t, srv, PinnedTLS("0000000000000000", new(*x509.Certificate))); cerr == nil {
+		t.Fatal("pinned to another fingerprint: accepted")
+	}
+}
