@@ -22,6 +22,7 @@ func TestLearnableRateOfAPostcopy(t *testing.T) {
 		{"long pre-copy phase", 4 * time.Second, true, nil},
 		{"post-copy right away", 500 * time.Millisecond, false, nil},
 		{"capped by --bandwidth", 4 * time.Second, false, &ferryv1.MigrationOptions{BandwidthMibps: 40}},
+		{"paused by a broken link", 4 * time.Second, false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := &ferryv1.Migration{Strategy: "postcopy", Options: tc.options, StartedAt: timestamppb.New(time.Now().Add(-tc.phase))}
@@ -29,6 +30,9 @@ func TestLearnableRateOfAPostcopy(t *testing.T) {
 			r.Outgoing(core.ActQueryOutgoing, &agentv1.OutgoingStatus{TotalBytes: 1 << 30, TransferredBytes: int64(tc.phase.Seconds() * 45 * (1 << 20))})
 			r.Outgoing(core.ActStartPostcopy, &agentv1.OutgoingStatus{TotalBytes: 1 << 30, TransferredBytes: 600 << 20})
 			m.Status = "completed"
+			if tc.name == "paused by a broken link" {
+				m.PostcopyPausedMs = 2000
+			}
 			got := r.learnable()
 			if !tc.want {
 				if got != 0 {
