@@ -68,6 +68,7 @@ type vmTelemetry struct {
 	nonZero *telemetry.Series
 	// compressRatio is the latest RAM count's compressibility sample.
 	compressRatio float64
+	rssAtCount    int64     // QEMU's RSS when the latest RAM count ended
 	lastDirty     time.Time // last attempts (telemetry.VMView)
 	lastRAM       time.Time
 	quietSince    time.Time
@@ -332,6 +333,7 @@ func (h *telemetryHub) countRAM(ctx context.Context, v *vm, t *vmTelemetry, sv v
 	defer t.mu.Unlock()
 	t.cpu += cpu
 	t.nonZero.Add(now, float64(nz))
+	t.rssAtCount = sv.proc.RSSBytes()
 	t.compressRatio = st.CompressRatio
 	return true, nil
 }

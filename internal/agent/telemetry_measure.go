@@ -9,6 +9,7 @@ import (
 
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	"github.com/ferryvm/ferry/internal/telemetry"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -92,6 +93,9 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 	}
 	if e, ok := t.nonZero.Estimate(now); ok {
 		resp.NonZeroBytes, resp.NonZeroSampledAt = int64(e.Latest), timestamppb.New(e.At)
+		if !resp.NonZeroFresh {
+			resp.NonZeroBytes, resp.NonZeroRssGrowthBytes = telemetry.NonZeroNow(resp.NonZeroBytes, t.rssAtCount, resp.RssBytes, sv.memBytes)
+		}
 		resp.CompressRatio = t.compressRatio
 	}
 	if el := now.Sub(t.since); el > 0 {

@@ -53,6 +53,12 @@ func (e *BandwidthEstimator) Observe(from, to string, bytesPerSec float64) {
 	e.links[k] = l
 }
 
+// Forget drops what was learned from → to (a link that changed: its past
+// migrations no longer say what it carries).
+func (e *BandwidthEstimator) Forget(from, to string) {
+	delete(e.links, pair{from, to})
+}
+
 // Estimate returns the learned bandwidth from → to, and false if that pair
 // was never observed.
 func (e BandwidthEstimator) Estimate(from, to string) (float64, bool) {

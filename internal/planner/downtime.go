@@ -122,3 +122,50 @@ func (c *Controller) raiseDowntime(m *model, s Sample, b float64, why string) Ac
 func fmtMs(sec float64) string {
 	return fmt.Sprintf("%.0f ms", sec*1000)
 }
+
+// steppedRun is a pre-copy simulated as a stepped controller runs it: first
+// at DowntimeStepStart, then, while it does not converge, at the target
+// raiseDowntime would set from the dirty set it stopped at (at least
+// stepFactor times the last, at most the cap m.limit). It returns the run
+// at the first target that converges (or the cap's run), that target, and
+// how many raises it took.
+func (m *model) steppedRun(start float64, p0 int, autoConverge bool) (r run, limit float64, raises int) {
+	limit = math.Min(DowntimeStepStart.Seconds(), m.limit)
+	for {
+		s := *m
+		s.thr = m.b * limit
+		r = s.simulate(start, p0, autoConverge)
+		if r.converges || limit >= m.limit {
+			return r, limit, raises
+		}
+		need := r.final / m.b
+		limit = math.Min(m.limit, math.Ceil(math.Max(limit*stepFactor, need*stepMargin)*1000-1e-6)/1000)
+		raises++
+	}
+}
+
+// precopyRun is the pre-copy simulation a prediction uses: stepped when
+// the controller steps the downtime target (unthrottled: the controller
+// throttles only once the target is at its cap), else at the cap. extra is the
+// time the raises cost: each waits for the controller to see no
+// convergence at the lower target (about nearFor).
+func (m *model) precopyRun(autoConverge bool) (r run, why string, extra float64) {
+	if !m.stepped {
+		return m.simulate(m.nz, 0, autoConverge), "", 0
+	}
+	// The controller raises the target to its cap before it throttles:
+	// throttling starts only at the cap.
+	r, limit, raises := m.steppedRun(m.nz, 0, false)
+	if !r.converges {
+		if autoConverge {
+			return m.simulate(m.nz, 0, true), "", 0
+		}
+		return r, "", 0
+	}
+	extra = float64(raises) * nearFor.Seconds()
+	why = fmt.Sprintf("; stepped downtime target: switches over at %s", fmtMs(limit))
+	if raises > 0 {
+		why += fmt.Sprintf(" after %s from %s (about %s each)", plural(raises, "raise"), fmtMs(DowntimeStepStart.Seconds()), fmtSec(nearFor.Seconds()))
+	}
+	return r, why, extra
+}

@@ -91,6 +91,11 @@ type Inputs struct {
 	// MaxDowntime is the longest acceptable guest pause; 0 means
 	// DefaultMaxDowntime.
 	MaxDowntime time.Duration
+	// StepDowntime says the migration's controller steps QEMU's
+	// downtime-limit up from DowntimeStepStart only as far as convergence
+	// needs (ControllerOptions.StepDowntime): pre-copy then switches over
+	// with a smaller final dirty set, after more rounds, than at the cap.
+	StepDowntime bool
 	// Policy says which strategies may be used.
 	Policy Policy
 	// DiskBytes is the data of the VM's local disks (their allocated
@@ -183,6 +188,7 @@ type model struct {
 	initThrottle        int
 	incThrottle         int
 	maxTotal            float64 // seconds, 0 = none
+	stepped             bool    // Inputs.StepDowntime
 	pol                 Policy
 	disk, dw            float64 // local disks' data (bytes) and the guest's disk write rate (bytes/s)
 }
@@ -208,6 +214,7 @@ func newModel(in Inputs) (model, error) {
 		initThrottle: orI(in.Policy.ThrottleInitial, DefaultThrottleInitial),
 		incThrottle:  orI(in.Policy.ThrottleIncrement, DefaultThrottleIncrement),
 		maxTotal:     in.Policy.MaxTotal.Seconds(),
+		stepped:      in.StepDowntime,
 		pol:          in.Policy,
 		disk:         float64(in.DiskBytes),
 		dw:           in.DiskWriteBytesPerSec,

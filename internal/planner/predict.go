@@ -2,6 +2,7 @@ package planner
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -247,12 +248,13 @@ func (m *model) overBudget(down float64) string {
 }
 
 func (m *model) predictPrecopy() Prediction {
-	r := m.simulate(m.nz, 0, false)
+	r, stepped, extra := m.precopyRun(false)
 	if !r.converges {
 		return Prediction{Strategy: StrategyPrecopy, Rounds: r.rounds, DowntimeLimit: seconds(m.limit), Reason: r.fail}
 	}
 	p := m.live(StrategyPrecopy, r)
-	p.Reason = m.convergedReason(r) + m.overBudget(p.Downtime.Seconds())
+	p.Total += seconds(extra)
+	p.Reason = m.convergedReason(r) + stepped + m.overBudget(p.Downtime.Seconds())
 	return p
 }
 
@@ -266,12 +268,13 @@ func (m *model) convergedReason(r run) string {
 }
 
 func (m *model) predictConverge() Prediction {
-	r := m.simulate(m.nz, 0, true)
+	r, stepped, extra := m.precopyRun(true)
 	if !r.converges {
 		return Prediction{Strategy: StrategyConverge, Rounds: r.rounds, Throttle: r.throttle, DowntimeLimit: seconds(m.limit),
 			Reason: fmt.Sprintf("auto-converge (max throttle %d%%) fails: %s", m.maxThrottle, r.fail)}
 	}
 	p := m.live(StrategyConverge, r)
+	p.Total += seconds(extra)
 	if r.throttle == 0 {
 		p.Reason = "no throttling needed: " + m.convergedReason(r)
 	} else {
@@ -279,7 +282,7 @@ func (m *model) predictConverge() Prediction {
 		p.Reason = fmt.Sprintf("auto-converge throttles the vCPUs to %d%% (dirty rate %s → %s); converges after %s with a final dirty set of %s",
 			r.throttle, fmtRate(m.r), fmtRate(f*m.r), plural(r.rounds, "round"), fmtBytes(r.final))
 	}
-	p.Reason += m.overBudget(p.Downtime.Seconds())
+	p.Reason += stepped + m.overBudget(p.Downtime.Seconds())
 	return p
 }
 
@@ -319,7 +322,11 @@ func postcopySwitchBytes(m, b, r float64) float64 {
 // round: hybrid's fallback, and the post-copy strategy of an idle guest.
 func (m *model) predictPostcopyAfterRound1() Prediction {
 	t1 := m.nz / m.b
-	d2 := m.dirtied(t1, 0)
+	// The tail is the pages dirtied during round 1, and a page the guest
+	// rewrites is one it holds data in: never more than its non-zero RAM
+	// (the working set over a long round 1 saturates there, where the
+	// measured rate times t1 would not).
+	d2 := math.Min(m.dirtied(t1, 0), m.nz)
 	down := m.fixedDowntime()
 	p := Prediction{
 		Strategy: StrategyPostcopy, Converges: true, Postcopy: true,

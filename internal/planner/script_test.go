@@ -271,6 +271,8 @@ func parseInputs(t *testing.T, b block) (Inputs, []Sample, ControllerOptions) {
 			}
 		}
 	}
+	// A plan block with step= predicts what the stepped controller does.
+	in.StepDowntime = opt.StepDowntime || opt.DowntimeOnly
 	return in, samples, opt
 }
 

@@ -106,8 +106,8 @@ func (s *Server) probeLink(ctx context.Context, src, dst *ferryv1.Host, d time.D
 }
 
 // linkProbeLoop probes, every linkProbeTick, at most probesPerTick of
-// the pairs the book says are due (recently migrated pairs every few
-// minutes, the others every ten), skipping pairs with a migration running
+// the pairs the book says are due (recently migrated pairs every 15 s,
+// the others every ten minutes), skipping pairs with a migration running
 // between their hosts: the probe would compete with it.
 func (s *Server) linkProbeLoop(ctx context.Context) {
 	t := time.NewTicker(linkProbeTick)

@@ -21,6 +21,16 @@ const (
 	throttleIncrement = 20
 )
 
+// The pause's fixed parts the planner predicts with, from the pause phases
+// of the bench's Ferry runs on QEMU 10 with the owner switch prepared
+// before the pause (bench/results, December 2026): the device state took
+// 28–31 ms at 45 MiB/s and 5–10 ms unshaped (≈ 1.5 MiB), stop plus
+// switchover 5–16 ms. The planner's defaults (1 MiB, 20 ms) predate both.
+const (
+	planDeviceStateBytes  = 3 << 19 // 1.5 MiB
+	planSwitchoverSeconds = 0.008
+)
+
 // How old telemetry may be for a plan to use it without measuring.
 const (
 	// planDirtyMaxAge is two dirty-rate sampling periods: one missed
@@ -94,7 +104,7 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 		NonZeroBytes:     min(m.RssBytes, m.MemoryBytes),
 		NonZeroSource:    "QEMU's RSS (the RAM count failed)",
 		DirtyRateMibps:   m.DirtyRateMibps,
-		DeviceStateBytes: 1 << 20,
+		DeviceStateBytes: planDeviceStateBytes,
 		MaxDowntimeMs:    opt.MaxDowntimeMs,
 		MeasuredInline:   dirtyFresh || ramFresh || linkInline,
 	}
@@ -116,6 +126,9 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 		in.NonZeroBytes = m.NonZeroBytes
 		in.NonZeroAgeMs = ageOf(m.NonZeroSampledAt)
 		in.NonZeroSource = fmt.Sprintf("telemetry of %s (RAM count %s old)", src, ms(in.NonZeroAgeMs))
+		if g := m.NonZeroRssGrowthBytes; g > 0 {
+			in.NonZeroSource = fmt.Sprintf("telemetry of %s (RAM count %s old, plus %.0f MiB QEMU's RSS grew since)", src, ms(in.NonZeroAgeMs), float64(g)/(1<<20))
+		}
 		if ramFresh {
 			in.NonZeroSource = fmt.Sprintf("counted for this plan on %s: %s", src, staleWhy(m.StaleReason, "non-zero RAM"))
 		}
@@ -154,8 +167,12 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		WSSBytes:             in.WssBytes,
 		BandwidthBytesPerSec: in.BandwidthMibps * (1 << 20),
 		DeviceStateBytes:     in.DeviceStateBytes,
+		SwitchoverSeconds:    planSwitchoverSeconds,
 		MaxDowntime:          time.Duration(in.MaxDowntimeMs) * time.Millisecond,
-		DiskBytes:            in.DiskBytes,
+		// Every live pre-copy the server runs (precopy, converge, hybrid)
+		// has a controller stepping the downtime target (engine.go).
+		StepDowntime: true,
+		DiskBytes:    in.DiskBytes,
 		Policy: planner.Policy{
 			AllowPrecopy:  true,
 			AllowConverge: !opt.NoThrottle,

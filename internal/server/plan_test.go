@@ -55,6 +55,18 @@ func TestPlanInputsFromTelemetry(t *testing.T) {
 	}
 }
 
+func TestPlanInputsSayTheRSSGrowthAdded(t *testing.T) {
+	now := time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
+	m := &agentv1.MeasureResponse{
+		MemoryBytes: 4 << 30, RssBytes: 1500 << 20, NonZeroBytes: 1180 << 20, NonZeroRssGrowthBytes: 1024 << 20, DirtyRateMibps: 1,
+		DirtySampledAt: timestamppb.New(now), NonZeroSampledAt: timestamppb.New(now.Add(-10 * time.Second)),
+	}
+	in := planInputsFrom(m, telemetry.Figure{BytesPerSec: 100 << 20, Source: "x"}, false, "h1", &ferryv1.MigrationOptions{}, now)
+	if want := "telemetry of h1 (RAM count 10s old, plus 1024 MiB QEMU's RSS grew since)"; in.NonZeroSource != want || in.NonZeroBytes != 1180<<20 || in.MeasuredInline {
+		t.Errorf("non-zero %d MiB from %q (inline %v), want 1180 MiB from %q", in.NonZeroBytes>>20, in.NonZeroSource, in.MeasuredInline, want)
+	}
+}
+
 func TestPlanInputsFromAnAgentWithoutTelemetry(t *testing.T) {
 	m := &agentv1.MeasureResponse{MemoryBytes: 256 << 20, RssBytes: 120 << 20, NonZeroBytes: 90 << 20, DirtyRateMibps: 3}
 	fig := telemetry.Figure{BytesPerSec: 300 << 20, Source: "x"}

@@ -186,10 +186,27 @@ func TestLinksFigure(t *testing.T) {
 		t.Errorf("reverse pair has a figure: %+v", f)
 	}
 	// The moving average follows planner.EWMAAlpha.
-	l.ObserveMigration("h1", "h2", 200*mib, c.now())
+	l.ObserveMigration("h1", "h2", 300*mib, c.now())
 	f, _ = l.Figure("h1", "h2", c.now())
-	if want := 0.3*200*mib + 0.7*400*mib; math.Abs(f.BytesPerSec-want) > 1 {
+	if want := 0.3*300*mib + 0.7*400*mib; math.Abs(f.BytesPerSec-want) > 1 {
 		t.Errorf("EWMA %.0f, want %.0f", f.BytesPerSec, want)
+	}
+	// A migration far below (or above) the average: the link changed, and
+	// the average restarts from that migration.
+	c.advance(DefaultProbeMaxAge + time.Second)
+	l.ObserveMigration("h1", "h2", 45*mib, c.now())
+	f, _ = l.Figure("h1", "h2", c.now())
+	if f.BytesPerSec != 45*mib || !strings.Contains(f.Source, "learned from 1 past migration(s) h1→h2") {
+		t.Errorf("link changed to 45 MiB/s: %+v", f)
+	}
+	l.ObserveMigration("h1", "h2", 60*mib, c.now()) // within the factor: averaged
+	f, _ = l.Figure("h1", "h2", c.now())
+	if want := 0.3*60*mib + 0.7*45*mib; math.Abs(f.BytesPerSec-want) > 1 {
+		t.Errorf("EWMA after the change %.0f, want %.0f", f.BytesPerSec, want)
+	}
+	l.ObserveMigration("h1", "h2", 200*mib, c.now()) // faster again: restart
+	if f, _ = l.Figure("h1", "h2", c.now()); f.BytesPerSec != 200*mib {
+		t.Errorf("link changed to 200 MiB/s: %+v", f)
 	}
 	// Bad figures are ignored.
 	l.ObserveProbe("h5", "h6", math.Inf(1), c.now(), false)
@@ -235,7 +252,8 @@ func TestLinksDue(t *testing.T) {
 	if d := l.Due(c.now(), hosts); len(d) != 0 {
 		t.Errorf("after a failed probe: %v", d)
 	}
-	if d := l.Due(c.advance(DefaultProbeRetry), hosts); !reflect.DeepEqual(d, []Pair{{"h1", "h2"}}) {
+	// (By then the other direction is due again too, after it: probed later.)
+	if d := l.Due(c.advance(DefaultProbeRetry), hosts); !reflect.DeepEqual(d, []Pair{{"h1", "h2"}, {"h2", "h1"}}) {
 		t.Errorf("after ProbeRetry: %v", d)
 	}
 	// Idle pairs come after active ones, oldest probe first.
@@ -252,5 +270,50 @@ func TestLinksDue(t *testing.T) {
 	}
 	if d := l.Due(c.advance(DefaultProbeEvery), []string{"h1", "h2"}); len(d) != 0 {
 		t.Errorf("inactive pairs re-probed before ProbeIdleEvery: %v", d)
+	}
+}
+
+func TestLinksProbeFigureIsTheMedianOfAgreeingProbes(t *testing.T) {
+	const mib = 1 << 20
+	c := &fakeClock{t: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	l := NewLinks()
+	for _, r := range []float64{5000, 58, 34, 40} { // the unshaped link, then three probes of the shaped one
+		l.ObserveProbe("h1", "h2", r*mib, c.advance(DefaultProbeEvery), false)
+	}
+	f, ok := l.Figure("h1", "h2", c.now())
+	if !ok || f.BytesPerSec != 40*mib || !strings.Contains(f.Source, "median of the last 3 agreeing probes 40 MiB/s") {
+		t.Errorf("three probes of the shaped link: %+v", f)
+	}
+	// A probe more than probesAgree off the others: the link changed.
+	l.ObserveProbe("h1", "h2", 200*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ = l.Figure("h1", "h2", c.now()); f.BytesPerSec != 200*mib || strings.Contains(f.Source, "median") {
+		t.Errorf("after the link changed: %+v", f)
+	}
+	// Probes older than ProbeMaxAge are not part of the median.
+	l.ObserveProbe("h1", "h2", 120*mib, c.advance(DefaultProbeMaxAge+time.Second), false)
+	if f, _ = l.Figure("h1", "h2", c.now()); f.BytesPerSec != 120*mib {
+		t.Errorf("after a long gap: %+v", f)
+	}
+}
+
+func TestLinksProbeBelowTheLearnedRate(t *testing.T) {
+	const mib = 1 << 20
+	c := &fakeClock{t: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	l := NewLinks()
+	l.ObserveMigration("h1", "h2", 44*mib, c.now())
+	// Somewhat below: the probe's error; the migrations' rate is planned with.
+	l.ObserveProbe("h1", "h2", 32*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 44*mib || !strings.Contains(f.Source, "planned with theirs") {
+		t.Errorf("probe 32 MiB/s, migrations 44 MiB/s: %+v", f)
+	}
+	// Far below (a far link's slow start): still the migrations' rate.
+	l.ObserveProbe("h1", "h2", 2.4*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 44*mib {
+		t.Errorf("probe 2.4 MiB/s, migrations 44 MiB/s: %+v", f)
+	}
+	// A pair without migrations plans with its probe.
+	l.ObserveProbe("h3", "h4", 2.4*mib, c.now(), false)
+	if f, _ := l.Figure("h3", "h4", c.now()); f.BytesPerSec != 2.4*mib {
+		t.Errorf("probe only: %+v", f)
 	}
 }

@@ -41,7 +41,8 @@ type Config struct {
 	Controller func(m *ferryv1.Migration) *planner.Controller
 	// Release frees a migration's capacity reservation (nil: none kept).
 	Release func(ctx context.Context, id string) error
-	// Learn is told the live-phase rate of each completed pre-copy (nil: ignored).
+	// Learn is told the live-phase rate of each completed pre-copy, or of a
+	// post-copy's pre-copy phase (nil: ignored).
 	Learn func(from, to string, mibps float64)
 	// Fenced reports whether a write error means this replica lost the
 	// right to write (nil: only errors wrapping ErrFenced).

@@ -33,8 +33,16 @@ type reporter struct {
 	stopAt   time.Time // cold: the source stopped
 	dstVM    *ferryv1.VMStatus
 	postcopy bool
-	extra    []*ferryv1.MigrationEvent // warning events (see Alive)
+	// precopyMibps is the live rate of a post-copy migration's pre-copy
+	// phase (round 1) when it ran at least minLearnPhase: what the link
+	// carried before the switch (0: none).
+	precopyMibps float64
+	extra        []*ferryv1.MigrationEvent // warning events (see Alive)
 }
+
+// minLearnPhase is how long a post-copy's pre-copy phase must have run for
+// its rate to be learned.
+const minLearnPhase = 2 * time.Second
 
 func newReporter(m *ferryv1.Migration, ctrl *planner.Controller) *reporter {
 	r := &reporter{m: m, ctrl: ctrl, extra: warningEvents(m)}
@@ -99,12 +107,12 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	if k == core.ActStartOutgoing && r.lastOut == nil {
 		r.transfer = time.Now()
 	}
-	if k == core.ActStartPostcopy {
-		r.postcopy = true
-	}
 	r.disksLocked(out)
-	if out.PostcopyStartedAt != nil {
+	if (k == core.ActStartPostcopy || out.PostcopyStartedAt != nil) && !r.postcopy {
 		r.postcopy = true
+		if !r.transfer.IsZero() && time.Since(r.transfer) >= minLearnPhase && r.m.GetOptions().GetBandwidthMibps() == 0 {
+			r.precopyMibps = r.m.BandwidthMibps // the pre-copy phase's average, before this status
+		}
 	}
 	if prev := r.lastOut; prev != nil {
 		if out.TotalBytes == 0 {
@@ -319,13 +327,22 @@ func (r *reporter) phasesLocked() {
 	m.DowntimePhases = p
 }
 
-// learnable reports the live-phase rate of a completed pre-copy the
-// planner may learn from (0 when there is none to learn).
+// learnable reports the live-phase rate of a completed migration the
+// planner may learn from: a pre-copy's, or a post-copy's pre-copy phase
+// (0 when there is none to learn).
 func (r *reporter) learnable() float64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.m.Status != "completed" || r.postcopy || r.m.Strategy == "cold" || r.m.GetOptions().GetBandwidthMibps() != 0 {
+	if r.m.Status != "completed" || r.m.Strategy == "cold" || r.m.GetOptions().GetBandwidthMibps() != 0 {
 		return 0
+	}
+	if len(r.m.Retries) > 0 || r.m.PostcopyPausedMs > 0 {
+		// A broken link's outage is in its rate (the bench's flaky
+		// scenario taught 21 MiB/s of a 46 MiB/s link): not the link's.
+		return 0
+	}
+	if r.postcopy {
+		return r.precopyMibps
 	}
 	return r.m.BandwidthMibps
 }

@@ -1223,6 +1223,11 @@ type MeasureResponse struct {
 	// sampler_cpu_seconds_per_minute is the agent CPU its background
 	// sampler spent on this VM, per minute of sampling (thread CPU time).
 	SamplerCpuSecondsPerMinute float64 `protobuf:"fixed64,14,opt,name=sampler_cpu_seconds_per_minute,json=samplerCpuSecondsPerMinute,proto3" json:"sampler_cpu_seconds_per_minute,omitempty"`
+	// non_zero_rss_growth_bytes is how much QEMU's resident memory grew since
+	// the last non-zero RAM count, already added to non_zero_bytes (0: it did
+	// not grow by telemetry.RSSGrowthMin): a guest that filled memory after
+	// its count.
+	NonZeroRssGrowthBytes int64 `protobuf:"varint,15,opt,name=non_zero_rss_growth_bytes,json=nonZeroRssGrowthBytes,proto3" json:"non_zero_rss_growth_bytes,omitempty"`
 	// compress_ratio is how well the guest's non-zero RAM compresses
 	// (compressed over original size of a sample, from the latest RAM count);
 	// 0 when unknown.
@@ -1355,6 +1360,13 @@ func (x *MeasureResponse) GetDirtyRatePeakMibps() float64 {
 func (x *MeasureResponse) GetSamplerCpuSecondsPerMinute() float64 {
 	if x != nil {
 		return x.SamplerCpuSecondsPerMinute
+	}
+	return 0
+}
+
+func (x *MeasureResponse) GetNonZeroRssGrowthBytes() int64 {
+	if x != nil {
+		return x.NonZeroRssGrowthBytes
 	}
 	return 0
 }
@@ -2677,7 +2689,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
 	"\n" +
 	"max_age_ms\x18\x03 \x01(\x03R\bmaxAgeMs\x12#\n" +
-	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\xbe\x05\n" +
+	"\x0emax_ram_age_ms\x18\x04 \x01(\x03R\vmaxRamAgeMs\"\xf8\x05\n" +
 	"\x0fMeasureResponse\x12(\n" +
 	"\x10dirty_rate_mibps\x18\x01 \x01(\x01R\x0edirtyRateMibps\x12\x1b\n" +
 	"\trss_bytes\x18\x02 \x01(\x03R\brssBytes\x12!\n" +
@@ -2694,7 +2706,8 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x17dirty_rate_latest_mibps\x18\v \x01(\x01R\x14dirtyRateLatestMibps\x121\n" +
 	"\x15dirty_rate_ewma_mibps\x18\f \x01(\x01R\x12dirtyRateEwmaMibps\x121\n" +
 	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
-	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x12%\n" +
+	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x128\n" +
+	"\x19non_zero_rss_growth_bytes\x18\x0f \x01(\x03R\x15nonZeroRssGrowthBytes\x12%\n" +
 	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\x94\x02\n" +
 	"\x0fMigrationTuning\x12)\n" +
 	"\x10postcopy_preempt\x18\x01 \x01(\bR\x0fpostcopyPreempt\x12.\n" +
