@@ -125,7 +125,7 @@ func estMigration(scenario, system string) time.Duration {
 // Estimate is the expected duration of a benchmark run with o.
 func Estimate(o Options, scenarios []Scenario) time.Duration {
 	d := estClusterUp
-	warm := map[string]bool{}
+	warm := "" // as in Run: a warm-up whenever the link setting changes
 	for _, sc := range scenarios {
 		d += 4 * time.Second // bandwidth probe, shaping
 		for _, sys := range o.Systems {
@@ -140,8 +140,8 @@ func Estimate(o Options, scenarios []Scenario) time.Duration {
 			one += m + o.Settle - defaultSettleMs*time.Millisecond
 			if sys == "ferry" {
 				one += estDryRun
-				if o.Warmup && !warm[linkKey(sc)] {
-					warm[linkKey(sc)] = true
+				if o.Warmup && warm != linkKey(sc) {
+					warm = linkKey(sc)
 					d += one
 				}
 			}
