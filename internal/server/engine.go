@@ -42,7 +42,10 @@ func (s *Server) newEngine() *exec.Engine {
 		// A write refused by the leader fence: this replica no longer
 		// leads; its engine stops and the new leader takes over.
 		Fenced: func(err error) bool { return errors.Is(err, store.ErrNotLeader) },
-		Log:    s.log,
+		// Finished migrations are counted at the engine's terminal
+		// transition (see migrationMetrics).
+		Ended: func(m *ferryv1.Migration) { s.metrics.mig.migrationEnded(m) },
+		Log:   s.log,
 	})
 }
 
@@ -53,6 +56,8 @@ func (s *Server) RunEngine(ctx context.Context) error {
 	// The leader's reconcilers live as long as its engine.
 	go s.runRetention(ctx)
 	go s.linkProbeLoop(ctx)
+	s.metrics.mig.leadingChanged(true)
+	defer s.metrics.mig.leadingChanged(false)
 	err := s.engine.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("migration engine: %w", err)

@@ -13,6 +13,7 @@ type metrics struct {
 	reg      *prometheus.Registry
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	mig      *migrationMetrics
 }
 
 // newMetrics registers the server's metrics, including gauges read from the
@@ -28,6 +29,8 @@ func newMetrics(s *Server) *metrics {
 	}, []string{"procedure"})
 	m.reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(&stateCollector{s: s})
+	m.mig = newMigrationMetrics(m.reg)
+	m.reg.MustRegister(&clusterCollector{s: s})
 	return m
 }
 

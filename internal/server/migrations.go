@@ -263,6 +263,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		s.releaseReservation(id)
 		return nil, nil, connectError(err)
 	}
+	s.metrics.mig.migrationStarted(opt.Strategy)
 	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
 	if live, ok := s.engine.Get(id, false); ok {
 		m = live

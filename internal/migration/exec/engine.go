@@ -47,8 +47,15 @@ type Config struct {
 	// Fenced reports whether a write error means this replica lost the
 	// right to write (nil: only errors wrapping ErrFenced).
 	Fenced func(error) bool
-	Clock  Clock
-	Log    *slog.Logger
+	// Ended is told the final report of each migration this engine drove to
+	// a terminal state, once, after the terminal record was persisted (nil:
+	// ignored). A migration another leader finishes is reported by that
+	// leader's engine; one whose terminal record was written just before
+	// this replica crashed is not reported at all (the count is at most
+	// once, never twice: recovery skips terminal records).
+	Ended func(m *ferryv1.Migration)
+	Clock Clock
+	Log   *slog.Logger
 }
 
 // Engine runs every in-flight migration of this server, one goroutine each.
@@ -250,6 +257,9 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record, first core
 		log.Info("migration ended", "state", final.State, "err", final.Error)
 		if bw := rp.rep.learnable(); bw > 0 && e.cfg.Learn != nil {
 			e.cfg.Learn(rec.From, rec.To, bw)
+		}
+		if e.cfg.Ended != nil && final.State.Terminal() {
+			e.cfg.Ended(rp.rep.render(final))
 		}
 	case errors.Is(err, ErrStopped):
 		log.Info("migration left to the next leader", "state", runner.Snapshot().State)

@@ -445,3 +445,43 @@ func TestReporterAliveReplacesAnEarlierCheck(t *testing.T) {
 		t.Fatalf("after an alive check: %q %v %d %q", r.m.Warnings, r.extra, r.m.GuestAliveAfterMs, r.m.GuestAliveMethod)
 	}
 }
+
+// TestEngineReportsTheEndOnce: the Ended hook (the server's migration
+// counters) is told a finished migration's final report exactly once,
+// after its terminal record was persisted.
+func TestEngineReportsTheEndOnce(t *testing.T) {
+	e, _, _, recs, _, _ := newFakeEngine(t)
+	var mu sync.Mutex
+	var ended []*ferryv1.Migration
+	var persisted string
+	e.cfg.Ended = func(m *ferryv1.Migration) {
+		mu.Lock()
+		defer mu.Unlock()
+		ended = append(ended, m)
+		persisted = recs.get(m.Id).GetState()
+	}
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, e, recs, "mig-1", "completed")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(ended)
+		mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ended) != 1 || ended[0].Status != "completed" || ended[0].Strategy != "precopy" {
+		t.Fatalf("Ended calls: %v; want one completed precopy report", ended)
+	}
+	if persisted != "completed" {
+		t.Errorf("record state when Ended ran: %q, want completed (persisted first)", persisted)
+	}
+}
