@@ -82,6 +82,8 @@ var Policy = map[string]Role{
 	"/ferry.v1.VMService/StopVM":                 RoleOperator,
 	"/ferry.v1.VMService/DeleteVM":               RoleOperator,
 	"/ferry.v1.VMService/Console":                RoleOperator,
+	"/ferry.v1.EventService/ListEvents":          RoleViewer,
+	"/ferry.v1.EventService/WatchEvents":         RoleViewer,
 }
 
 // Needed is the role procedure needs.

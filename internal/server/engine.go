@@ -56,6 +56,8 @@ func (s *Server) RunEngine(ctx context.Context) error {
 	// The leader's reconcilers live as long as its engine.
 	go s.runRetention(ctx)
 	go s.linkProbeLoop(ctx)
+	go s.runEvents(ctx)
+	go s.runEventRetention(ctx)
 	s.metrics.mig.leadingChanged(true)
 	defer s.metrics.mig.leadingChanged(false)
 	err := s.engine.Run(ctx)

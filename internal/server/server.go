@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -46,6 +47,9 @@ type Config struct {
 	// keep everything; ferry server defaults to DefaultKeepMigrations for
 	// DefaultKeepMigrationsFor).
 	Retention retention.Policy
+	// EventRetention bounds the event history (zero: DefaultKeepEvents
+	// events, none older than DefaultKeepEventsFor).
+	EventRetention retention.Policy
 	// Security, if set, serves TLS with the cluster PKI and authenticates
 	// and authorizes every call (see security.go); nil serves plaintext
 	// without checks (unit tests).
@@ -70,6 +74,9 @@ type Server struct {
 
 	retention retention.Policy // finished migration records kept
 
+	eventRetention retention.Policy // events kept
+	eventsFrom     atomic.Int64     // revision the event recorder resumes from after a compaction gap (0: none)
+
 	sec *Security // nil: plaintext, unauthenticated (unit tests)
 }
 
@@ -82,6 +89,10 @@ func New(cfg Config) *Server {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
 	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, retention: cfg.Retention}
+	s.eventRetention = cfg.EventRetention
+	if s.eventRetention == (retention.Policy{}) {
+		s.eventRetention = retention.Policy{Count: DefaultKeepEvents, Age: DefaultKeepEventsFor}
+	}
 	s.reserve = newReservations(cfg)
 	s.engine = s.newEngine()
 	s.metrics = newMetrics(s)
@@ -100,6 +111,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(ferryv1connect.NewHostServiceHandler(&hostService{s}, opts))
 	mux.Handle(ferryv1connect.NewVMServiceHandler(&vmService{s}, opts))
 	mux.Handle(ferryv1connect.NewMigrationServiceHandler(&migrationService{s}, opts))
+	mux.Handle(ferryv1connect.NewEventServiceHandler(&eventService{s}, opts))
 	if s.sec != nil {
 		mux.Handle(ferryv1connect.NewAuthServiceHandler(&authService{s: s, sec: s.sec}, opts))
 	}

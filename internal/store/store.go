@@ -73,4 +73,16 @@ type Store interface {
 
 	// Close releases the store's connections.
 	Close() error
+	// PutEvent records an event (see events.go), ListEvents returns the
+	// kept ones oldest first, LastEvent the newest, DeleteEvents removes
+	// some, WatchEvents streams new ones.
+	PutEvent(ctx context.Context, e *ferryv1.Event) error
+	ListEvents(ctx context.Context) ([]*ferryv1.Event, error)
+	LastEvent(ctx context.Context) (*ferryv1.Event, error)
+	DeleteEvents(ctx context.Context, ids []string) error
+	WatchEvents(ctx context.Context, ready func() error, fn func(*ferryv1.Event) error) error
+	// Revision is the store's current revision; WatchStateChanges streams
+	// the changes of hosts, VMs and migrations from a revision on.
+	Revision(ctx context.Context) (int64, error)
+	WatchStateChanges(ctx context.Context, from int64, fn func(StateChange) error) error
 }
