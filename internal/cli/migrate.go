@@ -360,7 +360,7 @@ func migrationResult(m *ferryv1.Migration) error {
 
 func newMigrationCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "migration", Short: "List, inspect and cancel migrations"}
-	cmd.AddCommand(newMigrationListCmd(g), newMigrationGetCmd(g), newMigrationCancelCmd(g))
+	cmd.AddCommand(newMigrationListCmd(g), newMigrationGetCmd(g), newMigrationCancelCmd(g), newMigrationPlotCmd(g))
 	return cmd
 }
 
