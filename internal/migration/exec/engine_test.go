@@ -485,3 +485,39 @@ func TestEngineReportsTheEndOnce(t *testing.T) {
 		t.Errorf("record state when Ended ran: %q, want completed (persisted first)", persisted)
 	}
 }
+
+// TestEngineEndedAcrossALeaderChange: a new leader's engine reports the
+// end of a migration it recovered mid-transfer once, and never that of a
+// migration the previous leader already finished (its terminal record).
+func TestEngineEndedAcrossALeaderChange(t *testing.T) {
+	e, _, _, recs, cancel, done := newFakeEngine(t)
+	var mu sync.Mutex
+	ended := map[string]int{}
+	e.cfg.Ended = func(m *ferryv1.Migration) { mu.Lock(); ended[m.Id]++; mu.Unlock() }
+	cancel()
+	<-done
+	rec, report := newFakeRecord(t)
+	rec.State, rec.Facts.DestPrepared, rec.Facts.OutgoingStarted, rec.DestURI = core.Transferring, true, true, "tcp:fake:1"
+	pr := core.ToProto(rec)
+	pr.Report = report
+	if err := recs.PutMigration(context.Background(), pr); err != nil {
+		t.Fatal(err)
+	}
+	fin := core.ToProto(rec)
+	fin.Id, fin.State = "mig-0", string(core.Completed)
+	fin.Report = &ferryv1.Migration{Id: "mig-0", Vm: "old", Status: "completed", Strategy: "precopy"}
+	if err := recs.PutMigration(context.Background(), fin); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel2 := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() { _ = e.Run(ctx); close(stopped) }()
+	waitStatus(t, e, recs, "mig-1", "failed")
+	cancel2()
+	<-stopped // every migration goroutine returned
+	mu.Lock()
+	defer mu.Unlock()
+	if ended["mig-1"] != 1 || ended["mig-0"] != 0 {
+		t.Errorf("Ended calls %v, want mig-1 once (recovered, rolled back) and mig-0 never (finished before)", ended)
+	}
+}
