@@ -234,3 +234,68 @@ func TestEventOfSkipsChangesWithoutAStateChange(t *testing.T) {
 		t.Error("a garbled VM record: no error")
 	}
 }
+
+// TestEventRecorderResumesAfterALeaderGap: changes made while no replica
+// records (between two terms) are recorded when the next term resumes from
+// the newest event, each once.
+func TestEventRecorderResumesAfterALeaderGap(t *testing.T) {
+	s, st := newTestServer(t)
+	ctx := context.Background()
+	rev, err := st.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.eventsFrom.Store(rev + 1)
+	h := &eventService{s}
+	setVM := func(state string) {
+		if _, err := st.UpdateVM(ctx, "web", false, func(v *ferryv1.VM) error { v.State = state; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	term := func() context.CancelFunc {
+		c, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); s.runEvents(c) }()
+		return func() { cancel(); <-done }
+	}
+	stop := term()
+	setVM("stopped")
+	waitEvents(t, h, "web", 1)
+	stop()
+	setVM("running") // no one records
+	setVM("paused")
+	s.eventsFrom.Store(0) // the next leader knows only the stored events
+	stop = term()
+	defer stop()
+	got := waitEvents(t, h, "web", 3)
+	time.Sleep(100 * time.Millisecond)
+	got = waitEvents(t, h, "web", 3)
+	var seq []string
+	for _, e := range got {
+		seq = append(seq, e.FromState+"->"+e.ToState)
+	}
+	if fmt.Sprint(seq) != "[running->stopped stopped->running running->paused]" {
+		t.Errorf("events across the gap: %v, want each change once, in order", seq)
+	}
+}
+
+// TestWatchStateChangesReportsCompaction: resuming from a revision etcd
+// compacted is ErrEventHistoryCompacted (the recorder then starts from
+// now and logs the gap).
+func TestWatchStateChangesReportsCompaction(t *testing.T) {
+	_, st := newTestServer(t)
+	ctx := context.Background()
+	rev, err := st.Revision(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.(*store.Etcd).Client().Compact(ctx, rev); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err = st.WatchStateChanges(wctx, 1, func(store.StateChange) error { return nil })
+	if !errors.Is(err, store.ErrEventHistoryCompacted) {
+		t.Fatalf("watch from a compacted revision: %v, want ErrEventHistoryCompacted", err)
+	}
+}
