@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
+	"github.com/ferryvm/ferry/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,6 +35,9 @@ import (
 
 // Config configures an Agent.
 type Config struct {
+	// Version is the ferry version this agent reports in heartbeats
+	// (default version.String()); tests inject one.
+	Version string
 	// Name is the host's name in the cluster.
 	Name string
 	// Listen is the agent API address (host:port or unix:///path).
@@ -110,6 +114,9 @@ type Agent struct {
 // New validates cfg and returns an Agent; Run starts it.
 func New(cfg Config) (*Agent, error) {
 	var errs []error
+	if cfg.Version == "" {
+		cfg.Version = version.String()
+	}
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("--name: required (the host's name in the cluster)"))
 	}
@@ -348,7 +355,7 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 		vms = append(vms, v)
 	}
 	a.mu.Unlock()
-	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU()}
+	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version}
 	a.accelMu.Lock()
 	h.Accel = a.autoAccel
 	a.accelMu.Unlock()
