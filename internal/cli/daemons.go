@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -11,25 +10,29 @@ import (
 	"github.com/spf13/cobra"
 )
 
-func newLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
-
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
 func newAgentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
+	var dc daemonConfig
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the host agent (runs VMs as QEMU processes, reports to the server)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if printed, err := dc.load(cmd); printed || err != nil {
+				return err
+			}
+			log, err := dc.logger()
+			if err != nil {
+				return err
+			}
 			ctx, cancel := signalContext()
 			defer cancel()
 			cfg.Server = g.server
-			cfg.Log = newLogger().With("component", "agent")
+			cfg.Log = log.With("component", "agent")
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -39,6 +42,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	}
 	host, _ := os.Hostname()
 	f := cmd.Flags()
+	dc.addFlags(f, DefaultAgentConfig, "server")
 	addTelemetryFlags(f, &cfg.Telemetry)
 	f.StringVar(&cfg.Name, "name", host, "this host's name in the cluster")
 	f.StringVar(&cfg.JoinToken, "join", "", "one-time agent token (ferry token create --role agent), or @FILE holding it: used when DATA/pki holds no certificate yet")
