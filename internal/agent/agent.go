@@ -35,6 +35,9 @@ import (
 
 // Config configures an Agent.
 type Config struct {
+	// QEMUScope is qemu.ScopeAuto, ScopeSystemd or ScopeNone: whether each
+	// QEMU runs in its own systemd scope, outside the agent's cgroup.
+	QEMUScope string
 	// Version is the ferry version this agent reports in heartbeats
 	// (default version.String()); tests inject one.
 	Version string
@@ -116,6 +119,11 @@ func New(cfg Config) (*Agent, error) {
 	var errs []error
 	if cfg.Version == "" {
 		cfg.Version = version.String()
+	}
+	switch cfg.QEMUScope {
+	case "", qemu.ScopeAuto, qemu.ScopeSystemd, qemu.ScopeNone:
+	default:
+		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd or none, got %q", cfg.QEMUScope))
 	}
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("--name: required (the host's name in the cluster)"))
