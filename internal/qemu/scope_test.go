@@ -29,4 +29,3 @@ func TestScopedCommand(t *testing.T) {
 		t.Fatalf("auto chose %s (systemd booted %v): %v", bin, systemdBooted(), err)
 	}
 }
-
