@@ -340,6 +340,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context, advertise string) {
 			}()
 		}
 		switch {
+		case err != nil && !failing && connect.CodeOf(err) == connect.CodeFailedPrecondition:
+			a.log.Error("server refuses this agent (upgrade the server or the agent); retrying", "agent_version", a.cfg.Version, "server", a.cfg.Server, "err", err)
+			failing = true
 		case err != nil && !failing && ctx.Err() == nil:
 			a.log.Warn("heartbeat failed; retrying", "server", a.cfg.Server, "err", err)
 			failing = true
