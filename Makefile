@@ -15,7 +15,7 @@ deps:
 	@bash hack/deps.sh
 
 build: deps
-	$(GO) build -o $(BIN) ./cmd/ferry
+	$(GO) build -ldflags "-X github.com/ferryvm/ferry/internal/version.revision=$$(git rev-parse HEAD 2>/dev/null)" -o $(BIN) ./cmd/ferry
 
 # The Debian package dist/ferry_<version>_amd64.deb (nfpm from the module
 # proxy; version from the latest tag, else 0.0.0~git<commit time>.<hash>;

@@ -19,7 +19,7 @@ export FERRY_VERSION
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 export FERRY_STAGE=$stage
-CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-X github.com/ferryvm/ferry/internal/version.override=$FERRY_VERSION" -o "$stage/ferry" ./cmd/ferry
+CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-X github.com/ferryvm/ferry/internal/version.override=$FERRY_VERSION -X github.com/ferryvm/ferry/internal/version.revision=$(git rev-parse HEAD 2>/dev/null || true)" -o "$stage/ferry" ./cmd/ferry
 "$stage/ferry" gen-docs --man "$stage/man" --completions "$stage/completions"
 gzip -9n "$stage"/man/*.1
 mkdir -p "$out"

@@ -15,6 +15,11 @@ import (
 // go build -ldflags "-X github.com/ferryvm/ferry/internal/version.override=1.4.0".
 var override string
 
+// revision is set at link time when the build's VCS stamp is missing
+// (-buildvcs=false, or a git worktree the go command does not stamp):
+// -X github.com/ferryvm/ferry/internal/version.revision=$(git rev-parse HEAD).
+var revision string
+
 // ErrIncompatible is returned by Compatible when two versions are more than
 // one minor version apart (or of different major versions).
 var ErrIncompatible = errors.New("incompatible ferry versions")
@@ -56,6 +61,9 @@ func Get() Info {
 	}
 	if override != "" {
 		info.Version = override
+	}
+	if info.Revision == "" {
+		info.Revision = revision
 	}
 	return info
 }
