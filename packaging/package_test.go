@@ -108,6 +108,14 @@ func TestDebianPackage(t *testing.T) {
 	if !strings.Contains(agent, "qemu-scope: auto\n") || !strings.Contains(agent, "data-dir: /var/lib/ferry/agent\n") {
 		t.Errorf("agent --print-config with the shipped agent.yaml:\n%s", agent)
 	}
+	// The installed server starts with the shipped config (JSON logs on
+	// stderr) and answers the installed client.
+	_, env := startInstalledServer(t, root)
+	status := exec.Command(bin, "server", "status")
+	status.Env = env
+	if out, err := status.CombinedOutput(); err != nil {
+		t.Errorf("installed ferry server status: %v\n%s", err, out)
+	}
 	unit, err := os.ReadFile(filepath.Join(root, "usr/lib/systemd/system/ferry-agent.service"))
 	if err != nil {
 		t.Fatal(err)
