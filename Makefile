@@ -7,7 +7,7 @@ GUEST := build/guest/initrd.img
 # End-to-end tests boot real guests; they share the machine's two cores.
 TEST_TIMEOUT ?= 25m
 
-.PHONY: all deps build guest test unit e2e demo generate lint clean fuzz bench-fleet
+.PHONY: all deps build guest test unit e2e demo generate lint clean fuzz bench-fleet package
 
 all: build
 
@@ -15,7 +15,13 @@ deps:
 	@bash hack/deps.sh
 
 build: deps
-	$(GO) build -o $(BIN) ./cmd/ferry
+	$(GO) build -ldflags "-X github.com/ferryvm/ferry/internal/version.revision=$$(git rev-parse HEAD 2>/dev/null)" -o $(BIN) ./cmd/ferry
+
+# The Debian package dist/ferry_<version>_amd64.deb (nfpm from the module
+# proxy; version from the latest tag, else 0.0.0~git<commit time>.<hash>;
+# FERRY_VERSION=1.2.3 overrides it).
+package: deps
+	bash hack/package.sh dist
 
 guest: deps
 	bash hack/build-guest.sh build/guest
@@ -59,7 +65,7 @@ lint:
 	$(GO) vet ./...
 
 clean:
-	rm -rf bin build
+	rm -rf bin build dist
 
 # Ferry vs QEMU 10 defaults vs libvirt 11.3 defaults and tuned (bench/README.md);
 # a subset: BENCH_FLAGS="-runs 1 -scenarios wan,flaky -systems ferry,libvirt-tuned".

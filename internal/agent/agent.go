@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/ferryvm/ferry/gen/ferry/agent/v1/agentv1connect"
+	"github.com/ferryvm/ferry/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,6 +35,12 @@ import (
 
 // Config configures an Agent.
 type Config struct {
+	// QEMUScope is qemu.ScopeAuto, ScopeSystemd or ScopeNone: whether each
+	// QEMU runs in its own systemd scope, outside the agent's cgroup.
+	QEMUScope string
+	// Version is the ferry version this agent reports in heartbeats
+	// (default version.String()); tests inject one.
+	Version string
 	// Name is the host's name in the cluster.
 	Name string
 	// Listen is the agent API address (host:port or unix:///path).
@@ -110,6 +117,14 @@ type Agent struct {
 // New validates cfg and returns an Agent; Run starts it.
 func New(cfg Config) (*Agent, error) {
 	var errs []error
+	if cfg.Version == "" {
+		cfg.Version = version.String()
+	}
+	switch cfg.QEMUScope {
+	case "", qemu.ScopeAuto, qemu.ScopeSystemd, qemu.ScopeNone:
+	default:
+		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd or none, got %q", cfg.QEMUScope))
+	}
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("--name: required (the host's name in the cluster)"))
 	}
@@ -325,6 +340,9 @@ func (a *Agent) heartbeatLoop(ctx context.Context, advertise string) {
 			}()
 		}
 		switch {
+		case err != nil && !failing && connect.CodeOf(err) == connect.CodeFailedPrecondition:
+			a.log.Error("server refuses this agent (upgrade the server or the agent); retrying", "agent_version", a.cfg.Version, "server", a.cfg.Server, "err", err)
+			failing = true
 		case err != nil && !failing && ctx.Err() == nil:
 			a.log.Warn("heartbeat failed; retrying", "server", a.cfg.Server, "err", err)
 			failing = true
@@ -348,7 +366,7 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 		vms = append(vms, v)
 	}
 	a.mu.Unlock()
-	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU()}
+	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version}
 	a.accelMu.Lock()
 	h.Accel = a.autoAccel
 	a.accelMu.Unlock()

@@ -2,18 +2,14 @@ package cli
 
 import (
 	"context"
-	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/ferryvm/ferry/internal/agent"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/spf13/cobra"
 )
-
-func newLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-}
 
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -21,15 +17,23 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func newAgentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
+	var dc daemonConfig
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the host agent (runs VMs as QEMU processes, reports to the server)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if printed, err := dc.load(cmd); printed || err != nil {
+				return err
+			}
+			log, err := dc.logger()
+			if err != nil {
+				return err
+			}
 			ctx, cancel := signalContext()
 			defer cancel()
 			cfg.Server = g.server
-			cfg.Log = newLogger().With("component", "agent")
+			cfg.Log = log.With("component", "agent")
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -39,6 +43,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	}
 	host, _ := os.Hostname()
 	f := cmd.Flags()
+	dc.addFlags(f, DefaultAgentConfig, "server")
 	addTelemetryFlags(f, &cfg.Telemetry)
 	f.StringVar(&cfg.Name, "name", host, "this host's name in the cluster")
 	f.StringVar(&cfg.JoinToken, "join", "", "one-time agent token (ferry token create --role agent), or @FILE holding it: used when DATA/pki holds no certificate yet")
@@ -51,6 +56,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.MigrationIP, "migration-ip", "", "address for migration traffic (default: the bridge's IPv4)")
 	f.StringSliceVar(&cfg.ImageDirs, "image-dir", agent.ImageDirsDefault(), "directory a VM disk's source: may copy an image from (repeatable; none: no source images; default from "+agent.ImageDirsEnv+", ':'-separated)")
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
+	f.StringVar(&cfg.QEMUScope, "qemu-scope", qemu.ScopeAuto, "run each QEMU in its own systemd scope (systemd-run --scope, machine.slice) so restarting the agent's unit leaves it running: auto (when systemd is the init system), systemd, or none")
 	f.IntVar(&cfg.LogRetention.Count, "keep-logs", agent.DefaultKeepLogs, "archived log sets kept per VM (0 = any number)")
 	f.DurationVar(&cfg.LogRetention.Age, "keep-logs-for", agent.DefaultKeepLogsFor, "how long archived VM logs are kept (0 = forever)")
 	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", agent.OrphanGraceDefault(), "how long a QEMU that no record names may run before the agent stops and removes it (default from "+agent.OrphanGraceEnv+" if set)")

@@ -28,13 +28,13 @@ func newHostCmd(g *globals) *cobra.Command {
 			for _, h := range resp.Msg.Hosts {
 				c := h.GetCapacity()
 				rows = append(rows, []string{
-					h.Name, h.State, orDash(h.Accel), orDash(h.GetQemu().GetVersion()),
+					h.Name, h.State, orDash(h.Accel), orDash(h.FerryVersion), orDash(h.GetQemu().GetVersion()),
 					fmt.Sprintf("%d/%d", c.GetAllocatedVcpus(), c.GetCpus()),
 					fmt.Sprintf("%d/%d MiB", c.GetAllocatedMemoryMib(), c.GetMemoryMib()),
 					fmt.Sprint(c.GetVms()), orDash(h.MigrationIp), age(h.LastSeen, now) + " ago",
 				})
 			}
-			return table(g.stdout, []string{"NAME", "STATE", "ACCEL", "QEMU", "VCPUS", "MEMORY", "VMS", "MIGRATION-IP", "LAST-SEEN"}, rows)
+			return table(g.stdout, []string{"NAME", "STATE", "ACCEL", "FERRY", "QEMU", "VCPUS", "MEMORY", "VMS", "MIGRATION-IP", "LAST-SEEN"}, rows)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{

@@ -68,7 +68,7 @@ func NewRoot() *cobra.Command {
 	}
 	root.AddCommand(newServerCmd(g), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
 	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g), newEventsCmd(g))
-	root.AddCommand(newTokenCmd(g), newLoginCmd(g), newWhoAmICmd(g))
+	root.AddCommand(newTokenCmd(g), newLoginCmd(g), newWhoAmICmd(g), newVersionCmd(g), newDocsCmd())
 	return root
 }
 

@@ -39,6 +39,7 @@ type serverFlags struct {
 
 func newServerCmd(g *globals) *cobra.Command {
 	var f serverFlags
+	var dc daemonConfig
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a control-plane replica (API, placement, cluster state in etcd)",
@@ -47,10 +48,20 @@ func newServerCmd(g *globals) *cobra.Command {
 			"With --etcd-endpoints it uses that etcd cluster. Every replica serves the API; one,\n" +
 			"elected through etcd, runs the migration engine, and the others forward writes to it.",
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runServer(f) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if printed, err := dc.load(cmd); printed || err != nil {
+				return err
+			}
+			log, err := dc.logger()
+			if err != nil {
+				return err
+			}
+			return runServer(f, log)
+		},
 	}
 	host, _ := os.Hostname()
 	fl := cmd.Flags()
+	dc.addFlags(fl, DefaultServerConfig)
 	fl.StringSliceVar(&f.listen, "listen", []string{DefaultServer}, "API addresses (host:port or unix:///path), repeatable")
 	fl.StringVar(&f.advertise, "advertise", "", "API URL other replicas forward to (default: the first bound --listen address)")
 	fl.StringVar(&f.name, "name", "", "this replica's name (default: --etcd-name, else the host name "+host+")")
@@ -101,13 +112,13 @@ func (f *serverFlags) validate() error {
 	return errors.Join(errs...)
 }
 
-func runServer(f serverFlags) error {
+func runServer(f serverFlags, base *slog.Logger) error {
 	if err := f.validate(); err != nil {
 		return err
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	log := newLogger().With("component", "server", "replica", f.name)
+	log := base.With("component", "server", "replica", f.name)
 	var eps []string
 	var localMember string
 	switch {

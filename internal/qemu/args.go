@@ -84,6 +84,7 @@ type Config struct {
 	NICs        []NIC  // one per spec.nics entry, same order
 	Incoming    string // "" or "defer" (destination of a migration)
 	MachineType string // overrides Spec.MachineType; default DefaultMachineType
+	Scope       string // ScopeAuto, ScopeSystemd or ScopeNone ("" = none): see scopedCommand
 }
 
 // prop is one key=value of an option; an empty key renders the value alone.

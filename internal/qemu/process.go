@@ -93,7 +93,12 @@ func Start(ctx context.Context, binary string, cfg Config) (*Process, error) {
 		return fail("seek log: %w", err)
 	}
 
-	cmd := exec.Command(binary, argv...)
+	prog, progArgs, err := scopedCommand(cfg.Scope, name, binary, argv, time.Now())
+	if err != nil {
+		logf.Close()
+		return fail("%w", err)
+	}
+	cmd := exec.Command(prog, progArgs...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = paths.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

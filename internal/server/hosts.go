@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/ferryvm/ferry/internal/auth"
+	"github.com/ferryvm/ferry/internal/version"
 	"time"
 
 	"connectrpc.com/connect"
@@ -22,6 +23,10 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 	}
 	if c, ok := auth.CallerFrom(ctx); ok && c.Role == auth.RoleAgent && c.Host != host.GetName() {
 		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("heartbeat: %s may report only host %s, not %s", c.ID, c.Host, host.GetName()))
+	}
+	if err := version.Compatible(h.s.version, host.GetFerryVersion()); err != nil {
+		h.s.log.Warn("agent refused", "host", host.GetName(), "server_version", h.s.version, "agent_version", host.GetFerryVersion())
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("heartbeat of host %s: %w", host.GetName(), err))
 	}
 	if c, ok := auth.CallerFrom(ctx); ok && c.Role == auth.RoleAgent {
 		h.s.sec.notePeer(host.GetAddress(), c.Host)
@@ -42,7 +47,7 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 		return nil, connectError(err)
 	}
 	h.s.reconcileHost(ctx, host)
-	resp := &ferryv1.HeartbeatResponse{LeaseTtlSeconds: int64(HostLeaseTTL / time.Second)}
+	resp := &ferryv1.HeartbeatResponse{LeaseTtlSeconds: int64(HostLeaseTTL / time.Second), ServerVersion: h.s.version}
 	h.s.hostExpectation(ctx, host.Name, resp)
 	return connect.NewResponse(resp), nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ferryvm/ferry/internal/version"
 	"log/slog"
 	"net"
 	"net/http"
@@ -54,10 +55,14 @@ type Config struct {
 	// and authorizes every call (see security.go); nil serves plaintext
 	// without checks (unit tests).
 	Security *Security
+	// Version is this server's version (default version.String()); tests
+	// inject one to exercise the agent version check.
+	Version string
 }
 
 // Server is the control plane.
 type Server struct {
+	version string
 	store   store.Store
 	log     *slog.Logger
 	agents  *agentPool
@@ -98,6 +103,10 @@ func New(cfg Config) *Server {
 	s.metrics = newMetrics(s)
 	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}
 	s.sec = cfg.Security
+	s.version = cfg.Version
+	if s.version == "" {
+		s.version = version.String()
+	}
 	if s.sec != nil {
 		s.sec.install()
 	}

@@ -79,6 +79,8 @@ type HeartbeatResponse struct {
 	// leader's complete view: only then may the agent remove a QEMU that no
 	// record names (the orphan reaper); a reply without it never does.
 	Authoritative bool `protobuf:"varint,4,opt,name=authoritative,proto3" json:"authoritative,omitempty"`
+	// server_version is the version of the replica that answered.
+	ServerVersion string `protobuf:"bytes,5,opt,name=server_version,json=serverVersion,proto3" json:"server_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -139,6 +141,13 @@ func (x *HeartbeatResponse) GetAuthoritative() bool {
 		return x.Authoritative
 	}
 	return false
+}
+
+func (x *HeartbeatResponse) GetServerVersion() string {
+	if x != nil {
+		return x.ServerVersion
+	}
+	return ""
 }
 
 type ListHostsRequest struct {
@@ -960,12 +969,13 @@ const file_ferry_v1_services_proto_rawDesc = "" +
 	"\n" +
 	"\x17ferry/v1/services.proto\x12\bferry.v1\x1a\x14ferry/v1/types.proto\"6\n" +
 	"\x10HeartbeatRequest\x12\"\n" +
-	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"\xb9\x01\n" +
+	"\x04host\x18\x01 \x01(\v2\x0e.ferry.v1.HostR\x04host\"\xe0\x01\n" +
 	"\x11HeartbeatResponse\x12*\n" +
 	"\x11lease_ttl_seconds\x18\x01 \x01(\x03R\x0fleaseTtlSeconds\x12!\n" +
 	"\fexpected_vms\x18\x02 \x03(\tR\vexpectedVms\x12/\n" +
 	"\x13inflight_migrations\x18\x03 \x03(\tR\x12inflightMigrations\x12$\n" +
-	"\rauthoritative\x18\x04 \x01(\bR\rauthoritative\"\x12\n" +
+	"\rauthoritative\x18\x04 \x01(\bR\rauthoritative\x12%\n" +
+	"\x0eserver_version\x18\x05 \x01(\tR\rserverVersion\"\x12\n" +
 	"\x10ListHostsRequest\"9\n" +
 	"\x11ListHostsResponse\x12$\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x0e.ferry.v1.HostR\x05hosts\"$\n" +

@@ -751,7 +751,9 @@ type Host struct {
 	// accel is the accelerator auto resolves to on this host.
 	Accel string `protobuf:"bytes,9,opt,name=accel,proto3" json:"accel,omitempty"`
 	// qemu is what the host's QEMU binary offers, probed by the agent at start.
-	Qemu          *HostQEMU `protobuf:"bytes,10,opt,name=qemu,proto3" json:"qemu,omitempty"`
+	Qemu *HostQEMU `protobuf:"bytes,10,opt,name=qemu,proto3" json:"qemu,omitempty"`
+	// ferry_version is the version of the host's `ferry agent` (ferry version).
+	FerryVersion  string `protobuf:"bytes,11,opt,name=ferry_version,json=ferryVersion,proto3" json:"ferry_version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -854,6 +856,13 @@ func (x *Host) GetQemu() *HostQEMU {
 		return x.Qemu
 	}
 	return nil
+}
+
+func (x *Host) GetFerryVersion() string {
+	if x != nil {
+		return x.FerryVersion
+	}
+	return ""
 }
 
 // HostQEMU describes a host's QEMU binary (agent probe at start, cached by
@@ -1339,7 +1348,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x03vms\x18\x03 \x01(\x05R\x03vms\x12'\n" +
 	"\x0fallocated_vcpus\x18\x04 \x01(\x05R\x0eallocatedVcpus\x120\n" +
 	"\x14allocated_memory_mib\x18\x05 \x01(\x03R\x12allocatedMemoryMib\x12&\n" +
-	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\"\xff\x02\n" +
+	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\"\xa4\x03\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -1351,7 +1360,8 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\fmigration_ip\x18\b \x01(\tR\vmigrationIp\x12\x14\n" +
 	"\x05accel\x18\t \x01(\tR\x05accel\x12&\n" +
 	"\x04qemu\x18\n" +
-	" \x01(\v2\x12.ferry.v1.HostQEMUR\x04qemu\"\xd5\x03\n" +
+	" \x01(\v2\x12.ferry.v1.HostQEMUR\x04qemu\x12#\n" +
+	"\rferry_version\x18\v \x01(\tR\fferryVersion\"\xd5\x03\n" +
 	"\bHostQEMU\x12\x16\n" +
 	"\x06binary\x18\x01 \x01(\tR\x06binary\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +

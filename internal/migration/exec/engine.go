@@ -67,6 +67,10 @@ type Engine struct {
 	runs    map[string]*run
 	wg      sync.WaitGroup
 	running bool
+	// recovered is closed once Run launched every recovered record: Start
+	// waits for it, so a new record cannot also be found by the recovery's
+	// listing and be driven twice.
+	recovered chan struct{}
 }
 
 // run is one migration the engine drives.
@@ -115,6 +119,8 @@ func (e *Engine) Run(ctx context.Context) error {
 		return errors.New("migration engine: already running")
 	}
 	e.running, e.ctx = true, ctx
+	recovered := make(chan struct{})
+	e.recovered = recovered
 	e.mu.Unlock()
 	defer func() {
 		e.mu.Lock()
@@ -122,7 +128,9 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.mu.Unlock()
 		e.wg.Wait()
 	}()
-	if err := e.recover(ctx); err != nil {
+	err := e.recover(ctx)
+	close(recovered)
+	if err != nil {
 		return err
 	}
 	<-ctx.Done()
@@ -170,10 +178,15 @@ func (e *Engine) recover(ctx context.Context) error {
 // drives it. A failed write changes nothing; the caller undoes the lock.
 func (e *Engine) Start(ctx context.Context, rec core.Record, report *ferryv1.Migration) error {
 	e.mu.Lock()
-	running := e.running
+	running, recovered := e.running, e.recovered
 	e.mu.Unlock()
 	if !running {
 		return connect.NewError(connect.CodeUnavailable, ErrNotRunning)
+	}
+	select {
+	case <-recovered:
+	case <-ctx.Done():
+		return fmt.Errorf("migration %s: wait for the engine to recover the in-flight migrations: %w", rec.ID, ctx.Err())
 	}
 	rep := newReporter(report, nil)
 	pr := core.ToProto(rec)
