@@ -186,7 +186,7 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	if req.MultifdChannels > 1 {
 		caps = append(caps, qmp.CapabilityState{Capability: qmp.CapMultifd, State: true})
 	}
-	caps = append(caps, tuningCaps(req.Tuning)...)
+	caps = append(caps, tuningCaps(req.Tuning, false)...) // a fresh QEMU: nothing stale
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return "", fmt.Errorf("destination capabilities: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"github.com/ferryvm/ferry/internal/migration"
+	"github.com/ferryvm/ferry/internal/qemucaps"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
 
@@ -167,7 +168,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		{Capability: qmp.CapPostcopyRAM, State: req.Postcopy},
 		{Capability: qmp.CapAutoConverge, State: req.AutoConverge},
 	}
-	caps = append(caps, tuningCaps(req.Tuning)...)
+	caps = append(caps, tuningCaps(req.Tuning, a.hasFeature(qemucaps.PostcopyPreempt))...)
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return fail(fmt.Errorf("source capabilities: %w", err))
 	}

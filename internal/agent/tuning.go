@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 
@@ -69,13 +70,22 @@ func (a *Agent) checkTuning(t *agentv1.MigrationTuning, source bool) error {
 	return nil
 }
 
-// tuningCaps are the capabilities a tuning enables (only enabled ones: a
-// capability QEMU lacks must not even be named).
-func tuningCaps(t *agentv1.MigrationTuning) []qmp.CapabilityState {
-	if t.GetPostcopyPreempt() {
-		return []qmp.CapabilityState{{Capability: qmp.CapPostcopyPreempt, State: true}}
+// tuningCaps are the capabilities a tuning sets. A capability QEMU lacks
+// must not even be named, so postcopy-preempt is named off only when the
+// QEMU has it (hasPreempt): a source that was a preempt destination keeps
+// the capability on otherwise.
+func tuningCaps(t *agentv1.MigrationTuning, hasPreempt bool) []qmp.CapabilityState {
+	if t.GetPostcopyPreempt() || hasPreempt {
+		return []qmp.CapabilityState{{Capability: qmp.CapPostcopyPreempt, State: t.GetPostcopyPreempt()}}
 	}
 	return nil
+}
+
+// hasFeature says whether this host's probed QEMU has f (false when the
+// probe failed or has not run).
+func (a *Agent) hasFeature(f qemucaps.Feature) bool {
+	h := a.hostQEMU()
+	return h != nil && h.ProbeError == "" && slices.Contains(h.Features, string(f))
 }
 
 // tuneParams adds a tuning's parameters to p for one side: compression on
@@ -85,7 +95,13 @@ func tuneParams(t *agentv1.MigrationTuning, source bool, multifd bool, p *qmp.Mi
 	if t == nil {
 		return
 	}
-	if c := t.MultifdCompression; c != "" && multifd {
+	if multifd {
+		// Always named: a QEMU keeps the parameters of the migration it
+		// received, so a source that was the zstd destination of the last
+		// migration would compress again although this one asks for none,
+		// and its fresh destination would refuse the stream ("multifd 0:
+		// flags received 4 flags expected 0", seen in CI).
+		c := cmp.Or(t.MultifdCompression, string(qmp.MultiFDCompressionNone))
 		p.MultifdCompression = qmp.Ptr(qmp.MultiFDCompression(c))
 		if c == string(qmp.MultiFDCompressionZstd) && t.MultifdZstdLevel > 0 {
 			p.MultifdZstdLevel = qmp.Ptr(int64(t.MultifdZstdLevel))
