@@ -84,6 +84,13 @@ var Policy = map[string]Role{
 	"/ferry.v1.VMService/Console":                RoleOperator,
 	"/ferry.v1.EventService/ListEvents":          RoleViewer,
 	"/ferry.v1.EventService/WatchEvents":         RoleViewer,
+	// Prometheus scrapes the API's /metrics with a bearer token (viewer);
+	// `ferry server --metrics-listen` serves it without one on loopback.
+	"/metrics": RoleViewer,
+	// The dashboard's data (its page and assets are Open: they hold none).
+	"/ui/api/snapshot": RoleViewer,
+	"/ui/api/stream":   RoleViewer,
+	"/ui/api/plot":     RoleViewer,
 }
 
 // Needed is the role procedure needs.
@@ -94,8 +101,27 @@ func Needed(procedure string) Role {
 	return RoleAdmin
 }
 
-// Open paths need no credential (Prometheus convention).
-var Open = map[string]bool{"/healthz": true, "/metrics": true}
+// Open paths need no credential: the health check, and the dashboard's
+// page and static assets (they carry no cluster data; the page asks for a
+// token and sends it with every data call).
+var Open = map[string]bool{"/healthz": true, "/ui": true, "/ui/": true}
+
+// OpenPrefixes are path prefixes that need no credential (the dashboard's
+// static assets).
+var OpenPrefixes = []string{"/ui/assets/"}
+
+// IsOpen reports whether path needs no credential.
+func IsOpen(path string) bool {
+	if Open[path] {
+		return true
+	}
+	for _, p := range OpenPrefixes {
+		if strings.HasPrefix(path, p) && !strings.Contains(path, "..") {
+			return true
+		}
+	}
+	return false
+}
 
 // Caller is an authenticated caller.
 type Caller struct {
@@ -242,7 +268,7 @@ func (a *Authenticator) now() time.Time {
 func (a *Authenticator) Middleware(next http.Handler) http.Handler {
 	ew := connect.NewErrorWriter()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if Open[r.URL.Path] {
+		if IsOpen(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -35,6 +35,9 @@ type serverFlags struct {
 	keep      retention.Policy
 	caDir     string
 	certTTL   time.Duration
+	// metricsListen is the loopback address of the unauthenticated
+	// metrics listener ("" for none).
+	metricsListen string
 }
 
 func newServerCmd(g *globals) *cobra.Command {
@@ -79,6 +82,7 @@ func newServerCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&f.keep.Age, "keep-migrations-for", server.DefaultKeepMigrationsFor, "how long finished migration records are kept (0 = forever)")
 	fl.StringVar(&f.caDir, "ca", "", "directory of the cluster CA (ca.crt, ca.key) shared by the replicas; default: the CA in etcd, created on first start in DATA/pki")
 	fl.DurationVar(&f.certTTL, "agent-cert-ttl", server.DefaultAgentCertTTL, "validity of the certificates agents get (they renew at two thirds)")
+	fl.StringVar(&f.metricsListen, "metrics-listen", "", "also serve /metrics over plain HTTP without authentication on this loopback address (127.0.0.1:9464), for a local Prometheus agent; the API's /metrics needs a viewer token")
 	cmd.AddCommand(newServerStatusCmd(g))
 	return cmd
 }
@@ -99,6 +103,11 @@ func (f *serverFlags) validate() error {
 	}
 	if err := f.keep.Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("--keep-migrations/--keep-migrations-for: %w", err))
+	}
+	if f.metricsListen != "" {
+		if err := server.CheckMetricsAddr(f.metricsListen); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(f.listen) == 0 {
 		errs = append(errs, errors.New("--listen: at least one address"))
@@ -163,7 +172,8 @@ func runServer(f serverFlags, base *slog.Logger) error {
 		Leading:   func() bool { return rep.Leading() },
 	})
 	urls := make(chan []string, 1)
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2) // the API's listeners and the metrics listener
+	serving := 1
 	sctx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
 	// The replica must exist before the first request; its URL is known
@@ -178,6 +188,16 @@ func runServer(f serverFlags, base *slog.Logger) error {
 	case bound = <-urls:
 	case err := <-serveErr:
 		return err
+	}
+	if f.metricsListen != "" {
+		murl := make(chan string, 1)
+		serving++
+		go func() { serveErr <- srv.ServeMetrics(sctx, f.metricsListen, func(u string) { murl <- u }) }()
+		select {
+		case <-murl:
+		case err := <-serveErr:
+			return err
+		}
 	}
 	self := leader.Info{Name: f.name, URL: f.advertise}
 	if self.URL == "" {
@@ -197,7 +217,11 @@ func runServer(f serverFlags, base *slog.Logger) error {
 	// stop serving.
 	rerr := <-repDone
 	stopServing()
-	if err := <-serveErr; err != nil {
+	var errs []error
+	for range serving {
+		errs = append(errs, <-serveErr)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	return rerr

@@ -23,7 +23,6 @@ import (
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // HostLeaseTTL is how long a host stays ready without a heartbeat.
@@ -113,7 +112,8 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Handler returns the HTTP handler serving the API, /metrics and /healthz.
+// Handler returns the HTTP handler serving the API, /metrics, /healthz and
+// the web dashboard (/ui/).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	opts := connect.WithHandlerOptions(connect.WithInterceptors(s.metrics.interceptor()), connect.WithReadMaxBytes(rpcaddr.MaxRequestBytes))
@@ -124,8 +124,11 @@ func (s *Server) Handler() http.Handler {
 	if s.sec != nil {
 		mux.Handle(ferryv1connect.NewAuthServiceHandler(&authService{s: s, sec: s.sec}, opts))
 	}
-	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.Handle("/metrics", s.metricsHandler())
 	mux.HandleFunc("/healthz", s.healthz)
+	dash := s.dashboardHandler()
+	mux.Handle("/ui/", dash)
+	mux.Handle("/ui", dash)
 	return mux
 }
 
