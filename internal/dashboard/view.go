@@ -90,8 +90,8 @@ type Migration struct {
 	// ElapsedMs is the migration's age while it runs, its total after.
 	ElapsedMs int64 `json:"elapsedMs"`
 	// DowntimeMs is the measured pause (its parts in Phases).
-	DowntimeMs int64                   `json:"downtimeMs"`
-	Phases     *ferryv1.DowntimePhases `json:"phases,omitempty"`
+	DowntimeMs int64   `json:"downtimeMs"`
+	Phases     *Phases `json:"phases,omitempty"`
 	// PredictedTotalMs and PredictedDowntimeMs are the planner's forecast
 	// (0: none).
 	PredictedTotalMs    int64      `json:"predictedTotalMs"`
@@ -99,6 +99,17 @@ type Migration struct {
 	Warnings            []string   `json:"warnings,omitempty"`
 	StartedAt           *time.Time `json:"startedAt,omitempty"`
 	FinishedAt          *time.Time `json:"finishedAt,omitempty"`
+}
+
+// Phases are the parts of the pause (ferryv1.DowntimePhases), in ms.
+type Phases struct {
+	StopMs          int64 `json:"stopMs"`
+	FinalRoundMs    int64 `json:"finalRoundMs"`
+	SwitchoverMs    int64 `json:"switchoverMs"`
+	DeviceStateMs   int64 `json:"deviceStateMs"`
+	ResumeMs        int64 `json:"resumeMs"`
+	TotalMs         int64 `json:"totalMs"`
+	FinalRoundBytes int64 `json:"finalRoundBytes"`
 }
 
 // Event is one state change.
@@ -170,8 +181,12 @@ func migrationRow(m *ferryv1.Migration, now time.Time) Migration {
 	r := Migration{ID: m.GetId(), VM: m.GetVm(), From: m.GetFrom(), To: m.GetTo(), Strategy: m.GetStrategy(), Status: m.GetStatus(),
 		State: m.GetState(), Error: m.GetError(), RemainingBytes: m.GetRemainingBytes(), TransferredBytes: m.GetTransferredBytes(),
 		DirtyRateMiBps: m.GetDirtyRateMibps(), BandwidthMiBps: m.GetBandwidthMibps(), Rounds: m.GetRounds(), DowntimeMs: migplot.DowntimeMs(m),
-		Phases: m.GetDowntimePhases(), PredictedTotalMs: m.GetPredicted().GetTotalMs(), PredictedDowntimeMs: m.GetPredicted().GetDowntimeMs(),
+		PredictedTotalMs: m.GetPredicted().GetTotalMs(), PredictedDowntimeMs: m.GetPredicted().GetDowntimeMs(),
 		Warnings: m.GetWarnings(), ElapsedMs: m.GetTotalMs()}
+	if p := m.GetDowntimePhases(); p != nil {
+		r.Phases = &Phases{StopMs: p.GetStopMs(), FinalRoundMs: p.GetFinalRoundMs(), SwitchoverMs: p.GetSwitchoverMs(), DeviceStateMs: p.GetDeviceStateMs(),
+			ResumeMs: p.GetResumeMs(), TotalMs: p.GetTotalMs(), FinalRoundBytes: p.GetFinalRoundBytes()}
+	}
 	if sent := r.TransferredBytes + r.RemainingBytes; sent > 0 {
 		r.Progress = fraction(float64(r.TransferredBytes), float64(sent))
 	}

@@ -82,16 +82,19 @@ func Write(w io.Writer, c Chart) error {
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
 	fmt.Fprintf(&b, `<text x="%d" y="28" font-size="16" font-weight="bold">%s</text>`+"\n", left, html.EscapeString(c.Title))
-	for t := 0.0; t <= maxX+1e-9; t += stepX {
+	for i := 0; tick(i, stepX) <= maxX+1e-9; i++ {
+		t := tick(i, stepX)
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>`+"\n", x(t), top, x(t), top+plotH)
 		fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">%g</text>`+"\n", x(t), top+plotH+18, t)
 	}
-	for v := 0.0; v <= maxY+1e-9; v += stepY {
+	for i := 0; tick(i, stepY) <= maxY+1e-9; i++ {
+		v := tick(i, stepY)
 		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", left, y(v), left+plotW, y(v))
 		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%g</text>`+"\n", left-6, y(v)+4, v)
 	}
 	if c.Y2Label != "" {
-		for v := 0.0; v <= maxY2+1e-9; v += stepY2 {
+		for i := 0; tick(i, stepY2) <= maxY2+1e-9; i++ {
+			v := tick(i, stepY2)
 			fmt.Fprintf(&b, `<text x="%d" y="%.1f">%g</text>`+"\n", left+plotW+6, y2(v)+4, v)
 		}
 		fmt.Fprintf(&b, `<text transform="translate(%d %d) rotate(90)" text-anchor="middle">%s</text>`+"\n", left+plotW+50, top+plotH/2, html.EscapeString(c.Y2Label))
@@ -172,4 +175,10 @@ func NiceStep(max float64) float64 {
 		}
 	}
 	return 10 * p
+}
+
+// tick is the i-th tick of an axis with this step, rounded so that its
+// label reads 0.6, not 0.6000000000000001.
+func tick(i int, step float64) float64 {
+	return math.Round(float64(i)*step*1e9) / 1e9
 }

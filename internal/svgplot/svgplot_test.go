@@ -53,3 +53,15 @@ func TestNiceStep(t *testing.T) {
 		}
 	}
 }
+
+// TestTickLabelsRounded: ticks of a fractional step read as decimals
+// (0.6, not 0.6000000000000001).
+func TestTickLabelsRounded(t *testing.T) {
+	var b strings.Builder
+	if err := Write(&b, Chart{Series: []Series{{Points: []Point{{0, 0.9}, {1, 0.1}}, Color: "red"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if s := b.String(); strings.Contains(s, "00000") || !strings.Contains(s, ">0.6<") {
+		t.Errorf("tick labels not rounded:\n%s", s)
+	}
+}

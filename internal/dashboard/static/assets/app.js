@@ -85,22 +85,44 @@ function renderHosts(s) {
     el("td", {}, h.version || ""))));
 }
 
+// renderVMs updates the VM rows in place (keyed by name), so a choice the
+// user is making in a row's controls survives the next snapshot.
+const vmRows = new Map(); // name -> {tr, cells, to, strategy, cap, btn, targets}
 function renderVMs(s) {
   const ready = s.hosts.filter((h) => h.state === "ready").map((h) => h.name);
-  setRows("vms", s.vms.map((v) => {
+  const tb = $("vms").tBodies[0];
+  const names = new Set(s.vms.map((v) => v.name));
+  for (const [n, r] of vmRows) {
+    if (!names.has(n)) { r.tr.remove(); vmRows.delete(n); }
+  }
+  tb.querySelectorAll("tr.empty").forEach((e) => e.remove());
+  s.vms.forEach((v, i) => {
+    let r = vmRows.get(v.name);
+    if (!r) {
+      r = { cells: [0, 1, 2, 3, 4, 5].map(() => el("td")), targets: null };
+      r.to = el("select", { "aria-label": "destination of " + v.name });
+      r.strategy = el("select", { "aria-label": "strategy for " + v.name },
+        ...["auto", "precopy", "postcopy", "hybrid", "converge", "cold"].map((n) => el("option", { value: n }, n)));
+      r.cap = el("input", { type: "number", min: "0", step: "1", placeholder: "MiB/s cap", class: "cap", "aria-label": "bandwidth cap for " + v.name });
+      r.btn = el("button", { type: "button", class: "migrate", onclick: () => planMigration(v.name, r.to.value, r.strategy.value, Number(r.cap.value) || 0) }, "Migrate…");
+      r.tr = el("tr", { "data-vm": v.name }, ...r.cells, el("td", {}, r.to, " ", r.strategy, " ", r.cap, " ", r.btn));
+      vmRows.set(v.name, r);
+    }
+    const texts = [v.name, v.host, v.state, v.vcpus, v.memoryMiB + " MiB", v.uptimeSeconds ? dur(v.uptimeSeconds) : "–"];
+    texts.forEach((t, k) => { if (r.cells[k].textContent !== String(t)) r.cells[k].textContent = t; });
+    r.cells[2].className = "state " + v.state;
+    r.cells[2].title = v.message || "";
     const targets = ready.filter((n) => n !== v.host);
-    const to = el("select", { "aria-label": "destination of " + v.name }, ...targets.map((n) => el("option", { value: n }, n)));
-    const strategy = el("select", { "aria-label": "strategy for " + v.name },
-      ...["auto", "precopy", "postcopy", "hybrid", "converge", "cold"].map((n) => el("option", { value: n }, n)));
-    const busy = v.state !== "running" || v.migrationId || targets.length === 0;
-    const btn = el("button", { type: "button", onclick: () => planMigration(v.name, to.value, strategy.value) }, "Migrate…");
-    if (busy) btn.disabled = true;
-    return el("tr", { "data-vm": v.name },
-      el("td", {}, v.name), el("td", {}, v.host), el("td", { class: "state " + v.state, title: v.message || "" }, v.state),
-      el("td", {}, v.vcpus), el("td", {}, v.memoryMiB + " MiB"),
-      el("td", {}, v.uptimeSeconds ? dur(v.uptimeSeconds) : "–"),
-      el("td", {}, to, " ", strategy, " ", btn));
-  }));
+    if (targets.join(",") !== r.targets) {
+      const keep = r.to.value;
+      r.to.replaceChildren(...targets.map((n) => el("option", { value: n }, n)));
+      if (targets.includes(keep)) r.to.value = keep;
+      r.targets = targets.join(",");
+    }
+    r.btn.disabled = v.state !== "running" || !!v.migrationId || targets.length === 0;
+    if (tb.children[i] !== r.tr) tb.insertBefore(r.tr, tb.children[i] || null);
+  });
+  if (s.vms.length === 0) tb.append(el("tr", { class: "empty" }, el("td", { colspan: 7, class: "none" }, "none")));
 }
 
 // showPlot fetches a migration's SVG with the token and shows it in img.
@@ -198,14 +220,14 @@ function render(s) {
 }
 
 // planMigration asks for a dry run and shows the plan; confirming starts it.
-async function planMigration(vm, to, strategy) {
+async function planMigration(vm, to, strategy, capMiBps) {
   const dlg = $("confirm");
-  $("confirm-title").textContent = "Migrate " + vm + " to " + to + " (" + strategy + ")?";
+  $("confirm-title").textContent = "Migrate " + vm + " to " + to + " (" + strategy + (capMiBps ? ", at most " + capMiBps + " MiB/s" : "") + ")?";
   $("confirm-plan").replaceChildren(el("p", {}, "planning (dry run)…"));
   $("confirm-error").textContent = "";
   $("confirm-go").disabled = true;
   dlg.showModal();
-  const req = { vm: vm, to: to, options: { strategy: strategy } };
+  const req = { vm: vm, to: to, options: { strategy: strategy, bandwidthMibps: capMiBps } };
   try {
     const r = await rpc("ferry.v1.MigrationService/Migrate", Object.assign({ dryRun: true }, req));
     const plan = r.plan || {};
