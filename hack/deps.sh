@@ -11,7 +11,9 @@ if [ "${1:-}" = --libvirt ]; then
 	want_libvirt=1
 	shift
 fi
-pkgs=(busybox-static linux-image-cloud-amd64 iproute2 cpio kmod procps "$@")
+# chromium-headless-shell: the browser of the dashboard's end-to-end test
+# (test/e2e TestDashboardInBrowser).
+pkgs=(busybox-static linux-image-cloud-amd64 iproute2 cpio kmod procps chromium-headless-shell "$@")
 # QEMU 10.0 is the platform (docs/design.md): Debian 13's, which Debian 12
 # takes from bookworm-backports. A machine already on Debian 13 has it in its
 # release.

@@ -2,17 +2,19 @@ package e2e
 
 import (
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/rpcaddr"
 )
 
 // TestMetricsEventsAndPlotAfterMigration: after a live pre-copy migration
-// on a real cluster, the server's /metrics counts it (started, completed)
+// on a real cluster, the server's /metrics (refused without a credential,
+// scraped with a viewer token) counts it (started, completed)
 // with a downtime histogram sample, `ferry events --vm` lists the VM's and
 // the migration's state changes in order, and `ferry migration plot`
 // writes its SVG with the switchover marked.
@@ -26,22 +28,44 @@ func TestMetricsEventsAndPlotAfterMigration(t *testing.T) {
 		t.Fatalf("migration %s: %s, want completed", m.Id, m.Status)
 	}
 
-	// The CLI's own client: the same address resolution and credentials.
-	hc, base := failover.Client(c.server)
-	hc.Timeout = 10 * time.Second
-	resp, err := hc.Get(base + "/metrics")
+	// Prometheus's view: the cluster CA pinned, and a viewer token or
+	// nothing.
+	url := c.c.ServerURL()
+	admin, err := rpcaddr.ReadEntry(c.c.AdminCredentials())
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	scrape := func(token string) (int, string) {
+		t.Helper()
+		creds, err := rpcaddr.Entry{CA: admin.CA, Token: token}.Credentials()
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc, base := rpcaddr.ClientWith(url, creds)
+		hc.Timeout = 10 * time.Second
+		resp, err := hc.Get(base + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := scrape(""); code != http.StatusUnauthorized || !strings.Contains(body, "unauthenticated") {
+		t.Errorf("/metrics without a token: %d %q, want 401 unauthenticated", code, body)
+	}
+	viewer := strings.TrimSpace(c.mustFerry("token", "create", "--role", "viewer"))
+	code, body := scrape(viewer)
+	if code != http.StatusOK {
+		t.Fatalf("/metrics with a viewer token: %d %q", code, body)
+	}
 	for _, want := range []string{
 		`ferry_migrations_started_total{strategy="precopy"} 1`,
 		`ferry_migrations_completed_total{strategy="precopy"} 1`,
 		`ferry_migration_downtime_seconds_count{strategy="precopy"} 1`,
 		`ferry_leader 1`,
 	} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
