@@ -137,7 +137,7 @@ func Build(in Input, now time.Time) Snapshot {
 	sort.Slice(s.VMs, func(i, j int) bool { return s.VMs[i].Name < s.VMs[j].Name })
 	for _, m := range in.Migrations {
 		row := migrationRow(m, now)
-		if m.GetStatus() == "running" || m.GetStatus() == "" {
+		if IsLive(m) {
 			s.Live = append(s.Live, row)
 		} else {
 			s.Finished = append(s.Finished, row)
@@ -154,6 +154,16 @@ func Build(in Input, now time.Time) Snapshot {
 			From: e.GetFromState(), To: e.GetToState(), Message: e.GetMessage()})
 	}
 	return s
+}
+
+// IsLive reports whether m is in flight: not completed, failed or
+// cancelled (a record the server could not read counts as in flight).
+func IsLive(m *ferryv1.Migration) bool {
+	switch m.GetStatus() {
+	case "completed", "failed", "cancelled":
+		return false
+	}
+	return true
 }
 
 func hostRow(h *ferryv1.Host, now time.Time) Host {

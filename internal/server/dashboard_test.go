@@ -10,51 +10,87 @@ import (
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/dashboard"
+	"github.com/ferryvm/ferry/internal/migration/core"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-// TestDashboardSnapshot: the server's /ui/api/snapshot shows the store's
-// hosts and VMs, and the event history re-read when a new event arrived
-// (not before: the cached list serves until the newest event changes).
-func TestDashboardSnapshot(t *testing.T) {
+// TestDashboardSource: the dashboard reads hosts and VMs each time, the
+// migrations and events again only when a new event arrived (a record
+// without one waits for the next full read), a live migration's progress
+// by its id in between; one read serves all dashboards for shareFor.
+func TestDashboardSource(t *testing.T) {
 	s, st := newTestServer(t)
 	ctx := context.Background()
-	srv := httptest.NewServer(s.Handler())
-	defer srv.Close()
-	snap := func() dashboard.Snapshot {
+	d := &dashSource{s: s, fullEvery: time.Hour}
+	input := func() dashboard.Input {
 		t.Helper()
-		resp, err := srv.Client().Get(srv.URL + "/ui/api/snapshot")
+		in, err := d.Input(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var sn dashboard.Snapshot
-		if err := json.Unmarshal(b, &sn); err != nil || resp.StatusCode != 200 {
-			t.Fatalf("snapshot: %d %v %s", resp.StatusCode, err, b)
-		}
-		return sn
+		return in
 	}
-	put := func(id, to string) {
+	event := func(id, to string) {
 		t.Helper()
-		if err := st.PutEvent(ctx, &ferryv1.Event{Id: id, Time: timestamppb.New(time.Now()), Kind: "vm", Name: "web", Vm: "web", ToState: to}); err != nil {
+		if err := st.PutEvent(ctx, &ferryv1.Event{Id: id, Time: timestamppb.Now(), Kind: "migration", Name: "mig-1", Vm: "web", ToState: to}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	put("00000000000000000010-vm-web", "pending")
-	a := snap()
-	if len(a.Hosts) != 2 || a.Hosts[0].Name != "h1" || len(a.VMs) != 1 || a.VMs[0].Name != "web" || a.VMs[0].Host != "h1" {
-		t.Errorf("hosts %+v, VMs %+v", a.Hosts, a.VMs)
+	migration := func(sent int64) {
+		t.Helper()
+		r, err := core.New("mig-1", "web", "h1", "h2", core.Precopy, core.VMRunning, 1,
+			core.Options{StallTimeout: time.Minute, Timeout: time.Minute, RecoveryWindow: time.Minute}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.State = core.Transferring
+		rec := core.ToProto(r)
+		rec.Report = &ferryv1.Migration{Id: "mig-1", TransferredBytes: sent, RemainingBytes: 100 - sent}
+		if err := st.PutMigration(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if len(a.Events) != 1 || a.Events[0].To != "pending" {
-		t.Errorf("events %+v, want the one recorded", a.Events)
+	event("00000000000000000010-vm-web", "running")
+	if in := input(); len(in.Hosts) != 2 || len(in.VMs) != 1 || len(in.Events) != 1 || len(in.Migrations) != 0 {
+		t.Fatalf("first input: %d hosts, %d VMs, %d events, %d migrations", len(in.Hosts), len(in.VMs), len(in.Events), len(in.Migrations))
 	}
-	put("00000000000000000011-vm-web", "running")
-	b := snap()
-	if len(b.Events) != 2 || b.Events[0].To != "running" {
-		t.Errorf("events after a new one %+v, want it first", b.Events)
+	migration(10)
+	if in := input(); len(in.Migrations) != 0 {
+		t.Errorf("a migration without its event read already: the full list was re-read")
 	}
-	resp, err := srv.Client().Get(srv.URL + "/ui/api/plot?id=mig-nope")
+	event("00000000000000000011-migration-mig-1", "transferring")
+	in := input()
+	if len(in.Events) != 2 || len(in.Migrations) != 1 || in.Migrations[0].GetTransferredBytes() != 10 {
+		t.Fatalf("after a new event: %d events, migrations %v", len(in.Events), in.Migrations)
+	}
+	migration(60) // progress: no event
+	if in := input(); len(in.Migrations) != 1 || in.Migrations[0].GetTransferredBytes() != 60 || in.Migrations[0].GetStatus() != "running" {
+		t.Errorf("the live migration's progress not re-read: %v", in.Migrations)
+	}
+	d.shareFor = time.Hour
+	migration(90)
+	if in := input(); in.Migrations[0].GetTransferredBytes() != 60 {
+		t.Errorf("read again within shareFor: %v", in.Migrations)
+	}
+}
+
+// TestDashboardSnapshotServed: the server serves /ui/api/snapshot from the
+// store, and a plot of an unknown migration is 404.
+func TestDashboardSnapshotServed(t *testing.T) {
+	s, _ := newTestServer(t)
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/ui/api/snapshot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var sn dashboard.Snapshot
+	if err := json.Unmarshal(b, &sn); err != nil || resp.StatusCode != 200 || len(sn.Hosts) != 2 || sn.Hosts[0].Name != "h1" || len(sn.VMs) != 1 || sn.VMs[0].Host != "h1" {
+		t.Errorf("snapshot: %d %v %s", resp.StatusCode, err, b)
+	}
+	resp, err = srv.Client().Get(srv.URL + "/ui/api/plot?id=mig-nope")
 	if err != nil {
 		t.Fatal(err)
 	}
