@@ -147,7 +147,10 @@ func Write(w io.Writer, c Chart) error {
 			legendY += 20
 		}
 	}
-	if c.Note != "" {
+	switch {
+	case c.Note != "" && c.Y2Label != "": // the legend row is full: on the title's line, at the right
+		fmt.Fprintf(&b, `<text x="%d" y="28" font-size="11" text-anchor="end">%s</text>`+"\n", left+plotW, html.EscapeString(c.Note))
+	case c.Note != "":
 		fmt.Fprintf(&b, `<text x="%d" y="%d" font-size="11">%s</text>`+"\n", legendX, legendY+4, html.EscapeString(c.Note))
 	}
 	b.WriteString("</svg>\n")
