@@ -158,7 +158,7 @@ func TestDashboardInBrowser(t *testing.T) {
 
 	do("plan the migration",
 		chromedp.SetValue(chromedp.CSS(row+` select[aria-label^="strategy"]`), "precopy"),
-		chromedp.SendKeys(chromedp.CSS(row+` input.cap`), "16"),
+		chromedp.SendKeys(chromedp.CSS(row+` input.cap`), "8"),
 		chromedp.Click(chromedp.CSS(row+` button.migrate`)),
 		chromedp.WaitVisible(chromedp.CSS(`#confirm-go:enabled`)),
 	)

@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem(tokenKey) || "";
 let streamAbort = null;
 let lastSnapshot = null;
+let canOperate = false; // the token's role may migrate (operator, admin)
 const livePlots = new Map(); // migration id -> {img, url, at}
 
 function authHeaders(extra) {
@@ -119,7 +120,8 @@ function renderVMs(s) {
       if (targets.includes(keep)) r.to.value = keep;
       r.targets = targets.join(",");
     }
-    r.btn.disabled = v.state !== "running" || !!v.migrationId || targets.length === 0;
+    r.btn.disabled = !canOperate || v.state !== "running" || !!v.migrationId || targets.length === 0;
+    r.btn.title = canOperate ? "" : "needs a token with the operator role";
     if (tb.children[i] !== r.tr) tb.insertBefore(r.tr, tb.children[i] || null);
   });
   if (s.vms.length === 0) tb.append(el("tr", { class: "empty" }, el("td", { colspan: 7, class: "none" }, "none")));
@@ -313,6 +315,7 @@ async function login(t) {
     const who = await rpc("ferry.v1.AuthService/WhoAmI", {});
     sessionStorage.setItem(tokenKey, token);
     $("who").textContent = who.identity + " (" + who.role + ")";
+    canOperate = ["operator", "admin", "server"].includes(who.role);
     $("login").hidden = true;
     $("main").hidden = false;
     $("logout").hidden = false;
