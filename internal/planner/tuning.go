@@ -125,6 +125,11 @@ type Tuning struct {
 	// round 1 has gone through this fraction of the guest's RAM (0: after
 	// round 1).
 	PostcopyAtFraction float64
+	// PostcopyAtBytes is the same switch point in RAM bytes round 1 has
+	// sent (0: none). The engine prefers it: QEMU scans zero pages without
+	// sending them, so the fraction of RAM scanned runs ahead of the data
+	// sent wherever the guest's data sits low in its RAM.
+	PostcopyAtBytes int64
 	// Choices are the decisions with their reasons, in a fixed order.
 	Choices []Choice
 }
@@ -177,6 +182,7 @@ func Tune(in TuneInputs) Tuning {
 		after := postcopySwitchBytes(m, b, r)
 		t1, ts := m/b, after/b
 		t.PostcopyAtFraction = after / m
+		t.PostcopyAtBytes = int64(after)
 		add("postcopy-start", fmt.Sprintf("%.0f%% of round 1", 100*after/m), "at %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
 			fmtBytes(after), fmtBytes(m), fmtSec(ts), fmtSec(t1), fmtBytes(r*ts), fmtRate(r), fmtBytes(r*(t1-ts)))
 	}
