@@ -34,6 +34,12 @@ const (
 	// compressGain is how much more effective throughput compression must
 	// promise than the plain link before Tune turns it on.
 	compressGain = 1.2
+	// multifdMinSaving is the transfer time multifd channels must save on
+	// the guest's data before Tune asks for them: their final sync
+	// lengthens the pause (the bench's idle scenario, 112 MiB non-zero on a
+	// 1.4 GiB/s link, paused 80-166 ms with 2 channels where one stream
+	// paused 16-21 ms), which a short transfer does not pay back.
+	multifdMinSaving = 1.0 // seconds
 	// availSwitchoverShare is the share of the planned bandwidth Tune
 	// gives QEMU as avail-switchover-bandwidth: a margin for a link a bit
 	// slower than measured.
@@ -212,6 +218,10 @@ func Tune(in TuneInputs) Tuning {
 	case in.MultifdChannels > 1:
 		t.MultifdChannels = in.MultifdChannels
 		add("multifd-channels", fmt.Sprint(in.MultifdChannels), "%d channels, as --multifd asks (%s)", in.MultifdChannels, why)
+	case n >= 2 && m > 0 && m/math.Min(b, stream)-m/math.Min(b, float64(n)*stream) < multifdMinSaving:
+		one, many := m/math.Min(b, stream), m/math.Min(b, float64(n)*stream)
+		add("multifd-channels", "1", "one stream: %d channels would send the guest's %s in %s instead of %s, less than %s saved, and their final sync lengthens the pause (%s)",
+			n, fmtBytes(m), fmtSec(many), fmtSec(one), fmtSec(multifdMinSaving), why)
 	case n >= 2:
 		t.MultifdChannels = n
 		add("multifd-channels", fmt.Sprint(n), "%d channels: one stream cannot fill the link (%s)", n, why)
