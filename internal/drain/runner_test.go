@@ -17,7 +17,9 @@ import (
 var errFakeNotFound = errors.New("fake: not found")
 
 // fakeRecords keeps records in memory (clones, like a store).
-type fakeRecords struct{ m map[string]*ferryv1.Evacuation }
+type fakeRecords struct {
+	m map[string]*ferryv1.Evacuation
+}
 
 func (f *fakeRecords) GetEvacuation(_ context.Context, h string) (*ferryv1.Evacuation, error) {
 	e, ok := f.m[h]

@@ -76,7 +76,7 @@ func decode(b []byte, m proto.Message) error {
 // PutHost implements Store.
 func (s *Etcd) PutHost(ctx context.Context, h *ferryv1.Host, ttl time.Duration) error {
 	h = proto.Clone(h).(*ferryv1.Host)
-	h.State = "" // derived from the lease on read
+	h.State = ""          // derived from the lease on read
 	h.Maintenance = false // derived from the evacuation records on read
 	v, err := encode(h)
 	if err != nil {
