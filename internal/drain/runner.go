@@ -25,9 +25,6 @@ var (
 
 // Snapshot is the cluster as one tick sees it.
 type Snapshot struct {
-	// Input is the planner's input for draining the host: every host, the
-	// movable VMs on it (not pinned), the policies and link rates.
-	Input evacuate.Input
 	// SourceReachable says the source's agent holds its lease; while it
 	// does not, no migration starts (its VMs may be running: nothing is
 	// touched).
@@ -48,8 +45,13 @@ type Snapshot struct {
 
 // Cluster is what the runner acts on (the server implements it).
 type Cluster interface {
-	// Snapshot returns the cluster as seen for draining host.
+	// Snapshot returns the cluster as seen for draining host (cheap: every
+	// pass calls it).
 	Snapshot(ctx context.Context, host string) (Snapshot, error)
+	// PlanInput is the planner's input for moving vms off host: every
+	// host, those VMs with their measured figures, the policies and the
+	// link rates (measured now where none is known). Only a plan calls it.
+	PlanInput(ctx context.Context, host string, vms []string) (evacuate.Input, error)
 	// VM returns what the store says about a VM.
 	VM(ctx context.Context, name string) (VMView, error)
 	// Migration returns what the engine says about a migration.
@@ -136,7 +138,7 @@ func (r *Runner) DryRun(ctx context.Context, host string) (*ferryv1.Evacuation, 
 	}
 	rec := &ferryv1.Evacuation{Host: host, Reason: ReasonManual, State: StatePlanned}
 	AddItems(rec, snap.OnHost)
-	plan, err := r.plan(rec, snap)
+	plan, err := r.plan(ctx, rec, snap)
 	if err != nil {
 		return nil, evacuate.Plan{}, err
 	}
@@ -297,7 +299,7 @@ func (r *Runner) advance(ctx context.Context, rec *ferryv1.Evacuation) error {
 		}
 	}
 	if (needPlan || len(rec.Plan) == 0) && rec.State == StateRunning {
-		if _, err := r.plan(rec, snap); err != nil {
+		if _, err := r.plan(ctx, rec, snap); err != nil {
 			return err
 		}
 	}
@@ -350,17 +352,22 @@ func (r *Runner) advance(ctx context.Context, rec *ferryv1.Evacuation) error {
 
 // plan places every pending item without a destination and records the
 // plan's lines the first time.
-func (r *Runner) plan(rec *ferryv1.Evacuation, snap Snapshot) (evacuate.Plan, error) {
-	in := snap.Input
-	in.Source = rec.Host
-	in.Avoid = map[string][]string{}
+func (r *Runner) plan(ctx context.Context, rec *ferryv1.Evacuation, snap Snapshot) (evacuate.Plan, error) {
+	avoid := map[string][]string{}
 	want := map[string]bool{}
+	var names []string
 	for _, it := range rec.Items {
 		if it.Status == ItemPending && it.To == "" {
 			want[it.Vm] = true
-			in.Avoid[it.Vm] = slices.Clone(it.Avoid)
+			names = append(names, it.Vm)
+			avoid[it.Vm] = slices.Clone(it.Avoid)
 		}
 	}
+	in, err := r.cfg.Cluster.PlanInput(ctx, rec.Host, names)
+	if err != nil {
+		return evacuate.Plan{}, fmt.Errorf("gather the plan's input for %s: %w", rec.Host, err)
+	}
+	in.Source, in.Avoid = rec.Host, avoid
 	in.VMs = slices.DeleteFunc(slices.Clone(in.VMs), func(v evacuate.VM) bool { return !want[v.Name] })
 	plan, err := evacuate.PlanDrain(in)
 	if err != nil {

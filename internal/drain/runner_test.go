@@ -79,21 +79,30 @@ type fakeBW struct{}
 func (fakeBW) Estimate(string, string) (float64, bool) { return 100 << 20, true }
 
 func (c *fakeCluster) Snapshot(_ context.Context, host string) (Snapshot, error) {
-	s := Snapshot{SourceReachable: !c.unreachable, ClusterFree: 8, Input: evacuate.Input{Bandwidth: fakeBW{}}}
+	s := Snapshot{SourceReachable: !c.unreachable, ClusterFree: 8}
+	for v, at := range c.vmHost {
+		if at == host {
+			s.OnHost = append(s.OnHost, v)
+		}
+	}
+	return s, nil
+}
+
+func (c *fakeCluster) PlanInput(_ context.Context, host string, vms []string) (evacuate.Input, error) {
+	in := evacuate.Input{Bandwidth: fakeBW{}}
+	for _, v := range vms {
+		in.VMs = append(in.VMs, evacuate.VM{Name: v, VCPUs: 1, MemoryMiB: 256})
+	}
 	for _, h := range c.hosts {
 		ph := placement.Host{Name: h, CPUs: 4, MemoryMiB: 8192}
-		for v, at := range c.vmHost {
+		for _, at := range c.vmHost {
 			if at == h {
 				ph.Place(placement.Request{VCPUs: 1, MemoryMiB: 256})
 			}
-			if at == host && h == host {
-				s.OnHost = append(s.OnHost, v)
-				s.Input.VMs = append(s.Input.VMs, evacuate.VM{Name: v, VCPUs: 1, MemoryMiB: 256})
-			}
 		}
-		s.Input.Hosts = append(s.Input.Hosts, evacuate.Host{Host: ph, Schedulable: h != host, Health: evacuate.Healthy})
+		in.Hosts = append(in.Hosts, evacuate.Host{Host: ph, Schedulable: h != host, Health: evacuate.Healthy})
 	}
-	return s, nil
+	return in, nil
 }
 
 func (c *fakeCluster) VM(_ context.Context, name string) (VMView, error) {

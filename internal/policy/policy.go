@@ -54,7 +54,17 @@ type Policy struct {
 	CompletionTimeoutPerGiB time.Duration `json:"completionTimeoutPerGiB,omitempty"`
 	// ProgressTimeout is how long a migration may go without progress.
 	ProgressTimeout time.Duration `json:"progressTimeout,omitempty"`
+	// OnDegraded is what the leader does with a host whose health checks
+	// report it degraded or failed: evacuate (the default) or none. A
+	// host whose agent is unreachable is never evacuated automatically.
+	OnDegraded string `json:"onDegraded,omitempty"`
 }
+
+// OnDegraded values.
+const (
+	OnDegradedEvacuate = "evacuate"
+	OnDegradedNone     = "none"
+)
 
 // Override changes some per-VM fields of the cluster policy; a nil field
 // keeps the value underneath. Parallelism and per-host bandwidth are
@@ -139,6 +149,9 @@ func (p Policy) validate(f string) error {
 	}
 	if p.MaxParallelCluster > 0 && p.MaxParallelPerSource > p.MaxParallelCluster {
 		return fmt.Errorf("%w: %s.maxParallelPerSource = %d exceeds maxParallelCluster = %d: lower it or raise the cluster limit", ErrInvalid, f, p.MaxParallelPerSource, p.MaxParallelCluster)
+	}
+	if p.OnDegraded != "" && p.OnDegraded != OnDegradedEvacuate && p.OnDegraded != OnDegradedNone {
+		return fmt.Errorf("%w: %s.onDegraded = %q: use evacuate or none", ErrInvalid, f, p.OnDegraded)
 	}
 	if p.BandwidthPerHost < 0 {
 		return fmt.Errorf("%w: %s.bandwidthPerHost = %g: must be positive bytes/s (or 0 for no cap)", ErrInvalid, f, p.BandwidthPerHost)
@@ -253,6 +266,9 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.ProgressTimeout == 0 {
 		p.ProgressTimeout = DefaultProgressTimeout
+	}
+	if p.OnDegraded == "" {
+		p.OnDegraded = OnDegradedEvacuate
 	}
 	return p
 }

@@ -45,6 +45,10 @@ var routes = map[string]route{
 	ferryv1connect.MigrationServiceCancelMigrationProcedure: toLeader,
 	ferryv1connect.MigrationServiceGetMigrationProcedure:    toLeaderOrLocal,
 	ferryv1connect.HostServiceHeartbeatProcedure:            toLeaderOrLocal,
+	ferryv1connect.FleetServiceEnterMaintenanceProcedure:    toLeader,
+	ferryv1connect.FleetServiceExitMaintenanceProcedure:     toLeader,
+	ferryv1connect.FleetServiceCancelEvacuationProcedure:    toLeader,
+	ferryv1connect.FleetServiceSetPoliciesProcedure:         toLeader,
 }
 
 // LeaderView tells the forwarder who leads.

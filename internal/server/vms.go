@@ -110,7 +110,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		byName[h.Name] = h
 		a := alloc[h.Name]
 		cands = append(cands, placement.Host{
-			Name: h.Name, Ready: h.State == "ready",
+			Name: h.Name, Ready: schedulable(h),
 			CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
 			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB,
 		})
@@ -120,8 +120,8 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		if !ok {
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("host %q is not registered (see `ferry host list`)", pinned))
 		}
-		if h.State != "ready" {
-			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("host %q is %s: choose a ready host (see `ferry host list`)", pinned, h.State))
+		if why := unschedulableWhy(h); why != "" {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("host %q is %s: choose a ready host (see `ferry host list`)", pinned, why))
 		}
 		return h, nil
 	}
