@@ -88,6 +88,8 @@ var Policy = map[string]Role{
 	"/ferry.v1.FleetService/GetEvacuation":       RoleViewer,
 	"/ferry.v1.FleetService/GetPolicies":         RoleViewer,
 	"/ferry.v1.FleetService/SetPolicies":         RoleAdmin,
+	"/ferry.v1.FleetService/Balance":             RoleOperator,
+	"/ferry.v1.FleetService/ListRecommendations": RoleViewer,
 }
 
 // Needed is the role procedure needs.

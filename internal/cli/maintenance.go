@@ -236,3 +236,61 @@ func newPolicyCmd(g *globals) *cobra.Command {
 	cmd.AddCommand(set)
 	return cmd
 }
+
+func newBalanceCmd(g *globals) *cobra.Command {
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "balance",
+		Short: "Plan the migrations that even out hosts' CPU and memory use and start them (--dry-run: plan only)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := g.fleet().Balance(cmd.Context(), connect.NewRequest(&ferryv1.BalanceRequest{DryRun: dryRun}))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return printJSON(g.stdout, resp.Msg)
+			}
+			fmt.Fprint(g.stdout, renderBalance(resp.Msg))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the proposals and change nothing")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "recommendations",
+		Short: "List the background balancer's last proposals with their reasons",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			resp, err := g.fleet().ListRecommendations(cmd.Context(), connect.NewRequest(&ferryv1.ListRecommendationsRequest{}))
+			if err != nil {
+				return err
+			}
+			if g.output == "json" {
+				return printJSON(g.stdout, resp.Msg)
+			}
+			fmt.Fprint(g.stdout, renderBalance(resp.Msg))
+			return nil
+		},
+	})
+	return cmd
+}
+
+// renderBalance is a balancer plan for people.
+func renderBalance(r *ferryv1.BalanceResponse) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "balancer %s: imbalance %.3f, %.3f after %d proposals; %s\n", r.Mode, r.ImbalanceBefore, r.ImbalanceAfter, len(r.Proposals), r.Why)
+	var rows [][]string
+	for _, p := range r.Proposals {
+		rows = append(rows, []string{p.Vm, p.From, p.To, p.Strategy, fmt.Sprintf("%.4f", p.Gain), fmt.Sprintf("%.3f", p.Cost), fmtMs(p.PredictedMs), fmtMs(p.PredictedDowntimeMs), p.Reason})
+	}
+	if len(rows) > 0 {
+		_ = table(&b, []string{"VM", "FROM", "TO", "STRATEGY", "GAIN", "COST", "PREDICTED", "DOWNTIME", "REASON"}, rows)
+	}
+	if len(r.Cooling) > 0 {
+		fmt.Fprintf(&b, "cooling down (moved recently): %s\n", strings.Join(r.Cooling, ", "))
+	}
+	if len(r.Started) > 0 {
+		fmt.Fprintf(&b, "started: %s\n", strings.Join(r.Started, ", "))
+	}
+	return b.String()
+}

@@ -49,6 +49,8 @@ var routes = map[string]route{
 	ferryv1connect.FleetServiceExitMaintenanceProcedure:     toLeader,
 	ferryv1connect.FleetServiceCancelEvacuationProcedure:    toLeader,
 	ferryv1connect.FleetServiceSetPoliciesProcedure:         toLeader,
+	ferryv1connect.FleetServiceBalanceProcedure:             toLeader,
+	ferryv1connect.FleetServiceListRecommendationsProcedure: toLeaderOrLocal,
 }
 
 // LeaderView tells the forwarder who leads.

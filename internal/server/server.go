@@ -18,6 +18,7 @@ import (
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/drain"
 	"github.com/ferryvm/ferry/internal/migration/exec"
+	"github.com/ferryvm/ferry/internal/rebalance"
 	"github.com/ferryvm/ferry/internal/reserve"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
@@ -80,6 +81,9 @@ type Server struct {
 
 	drain    *drain.Runner // host evacuations (nil: the store keeps no records)
 	entering sync.Map      // host -> true while a health-driven evacuation is being entered
+
+	sampler  *rebalance.Sampler // VMs' use from the heartbeats
+	balancer *rebalance.Runner  // the load balancer (nil: the store keeps no state)
 }
 
 // New returns a Server over cfg.Store.
@@ -94,6 +98,8 @@ func New(cfg Config) *Server {
 	s.reserve = newReservations(cfg)
 	s.engine = s.newEngine()
 	s.drain = s.newDrain()
+	s.sampler = rebalance.NewSampler()
+	s.balancer = s.newBalancer()
 	s.metrics = newMetrics(s)
 	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}
 	s.sec = cfg.Security

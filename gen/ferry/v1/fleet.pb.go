@@ -22,6 +22,311 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type BalanceRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DryRun        bool                   `protobuf:"varint,1,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BalanceRequest) Reset() {
+	*x = BalanceRequest{}
+	mi := &file_ferry_v1_fleet_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalanceRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalanceRequest) ProtoMessage() {}
+
+func (x *BalanceRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_fleet_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalanceRequest.ProtoReflect.Descriptor instead.
+func (*BalanceRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *BalanceRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ListRecommendationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListRecommendationsRequest) Reset() {
+	*x = ListRecommendationsRequest{}
+	mi := &file_ferry_v1_fleet_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListRecommendationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListRecommendationsRequest) ProtoMessage() {}
+
+func (x *ListRecommendationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_fleet_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListRecommendationsRequest.ProtoReflect.Descriptor instead.
+func (*ListRecommendationsRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{1}
+}
+
+// BalanceResponse is one balancer plan.
+type BalanceResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mode is the background balancer's: off, recommend or auto.
+	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	// imbalance_before and imbalance_after (predicted) are the larger of the
+	// standard deviations of hosts' CPU and memory utilisation (0..1).
+	ImbalanceBefore float64            `protobuf:"fixed64,2,opt,name=imbalance_before,json=imbalanceBefore,proto3" json:"imbalance_before,omitempty"`
+	ImbalanceAfter  float64            `protobuf:"fixed64,3,opt,name=imbalance_after,json=imbalanceAfter,proto3" json:"imbalance_after,omitempty"`
+	Proposals       []*BalanceProposal `protobuf:"bytes,4,rep,name=proposals,proto3" json:"proposals,omitempty"`
+	// why says why the plan stops where it does.
+	Why string `protobuf:"bytes,5,opt,name=why,proto3" json:"why,omitempty"`
+	// cooling names VMs skipped because they moved within the cooldown.
+	Cooling []string `protobuf:"bytes,6,rep,name=cooling,proto3" json:"cooling,omitempty"`
+	// started are the migrations started for the proposals.
+	Started   []string               `protobuf:"bytes,7,rep,name=started,proto3" json:"started,omitempty"`
+	PlannedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=planned_at,json=plannedAt,proto3" json:"planned_at,omitempty"`
+	// active is the hysteresis state: acting until the imbalance is low.
+	Active        bool `protobuf:"varint,9,opt,name=active,proto3" json:"active,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BalanceResponse) Reset() {
+	*x = BalanceResponse{}
+	mi := &file_ferry_v1_fleet_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalanceResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalanceResponse) ProtoMessage() {}
+
+func (x *BalanceResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_fleet_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalanceResponse.ProtoReflect.Descriptor instead.
+func (*BalanceResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BalanceResponse) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *BalanceResponse) GetImbalanceBefore() float64 {
+	if x != nil {
+		return x.ImbalanceBefore
+	}
+	return 0
+}
+
+func (x *BalanceResponse) GetImbalanceAfter() float64 {
+	if x != nil {
+		return x.ImbalanceAfter
+	}
+	return 0
+}
+
+func (x *BalanceResponse) GetProposals() []*BalanceProposal {
+	if x != nil {
+		return x.Proposals
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+func (x *BalanceResponse) GetCooling() []string {
+	if x != nil {
+		return x.Cooling
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetStarted() []string {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetPlannedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PlannedAt
+	}
+	return nil
+}
+
+func (x *BalanceResponse) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+// BalanceProposal is one recommended migration with its reason.
+type BalanceProposal struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	Vm                  string                 `protobuf:"bytes,1,opt,name=vm,proto3" json:"vm,omitempty"`
+	From                string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To                  string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	Strategy            string                 `protobuf:"bytes,4,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Gain                float64                `protobuf:"fixed64,5,opt,name=gain,proto3" json:"gain,omitempty"`
+	Cost                float64                `protobuf:"fixed64,6,opt,name=cost,proto3" json:"cost,omitempty"`
+	Reason              string                 `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	PredictedMs         int64                  `protobuf:"varint,8,opt,name=predicted_ms,json=predictedMs,proto3" json:"predicted_ms,omitempty"`
+	PredictedDowntimeMs int64                  `protobuf:"varint,9,opt,name=predicted_downtime_ms,json=predictedDowntimeMs,proto3" json:"predicted_downtime_ms,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *BalanceProposal) Reset() {
+	*x = BalanceProposal{}
+	mi := &file_ferry_v1_fleet_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BalanceProposal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BalanceProposal) ProtoMessage() {}
+
+func (x *BalanceProposal) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_v1_fleet_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BalanceProposal.ProtoReflect.Descriptor instead.
+func (*BalanceProposal) Descriptor() ([]byte, []int) {
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *BalanceProposal) GetVm() string {
+	if x != nil {
+		return x.Vm
+	}
+	return ""
+}
+
+func (x *BalanceProposal) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *BalanceProposal) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *BalanceProposal) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
+func (x *BalanceProposal) GetGain() float64 {
+	if x != nil {
+		return x.Gain
+	}
+	return 0
+}
+
+func (x *BalanceProposal) GetCost() float64 {
+	if x != nil {
+		return x.Cost
+	}
+	return 0
+}
+
+func (x *BalanceProposal) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *BalanceProposal) GetPredictedMs() int64 {
+	if x != nil {
+		return x.PredictedMs
+	}
+	return 0
+}
+
+func (x *BalanceProposal) GetPredictedDowntimeMs() int64 {
+	if x != nil {
+		return x.PredictedDowntimeMs
+	}
+	return 0
+}
+
 type EnterMaintenanceRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
@@ -32,7 +337,7 @@ type EnterMaintenanceRequest struct {
 
 func (x *EnterMaintenanceRequest) Reset() {
 	*x = EnterMaintenanceRequest{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[0]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -44,7 +349,7 @@ func (x *EnterMaintenanceRequest) String() string {
 func (*EnterMaintenanceRequest) ProtoMessage() {}
 
 func (x *EnterMaintenanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[0]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -57,7 +362,7 @@ func (x *EnterMaintenanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnterMaintenanceRequest.ProtoReflect.Descriptor instead.
 func (*EnterMaintenanceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{0}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EnterMaintenanceRequest) GetHost() string {
@@ -83,7 +388,7 @@ type EnterMaintenanceResponse struct {
 
 func (x *EnterMaintenanceResponse) Reset() {
 	*x = EnterMaintenanceResponse{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[1]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -95,7 +400,7 @@ func (x *EnterMaintenanceResponse) String() string {
 func (*EnterMaintenanceResponse) ProtoMessage() {}
 
 func (x *EnterMaintenanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[1]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -108,7 +413,7 @@ func (x *EnterMaintenanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EnterMaintenanceResponse.ProtoReflect.Descriptor instead.
 func (*EnterMaintenanceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{1}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EnterMaintenanceResponse) GetEvacuation() *Evacuation {
@@ -127,7 +432,7 @@ type ExitMaintenanceRequest struct {
 
 func (x *ExitMaintenanceRequest) Reset() {
 	*x = ExitMaintenanceRequest{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[2]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -139,7 +444,7 @@ func (x *ExitMaintenanceRequest) String() string {
 func (*ExitMaintenanceRequest) ProtoMessage() {}
 
 func (x *ExitMaintenanceRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[2]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -152,7 +457,7 @@ func (x *ExitMaintenanceRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitMaintenanceRequest.ProtoReflect.Descriptor instead.
 func (*ExitMaintenanceRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{2}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExitMaintenanceRequest) GetHost() string {
@@ -170,7 +475,7 @@ type ExitMaintenanceResponse struct {
 
 func (x *ExitMaintenanceResponse) Reset() {
 	*x = ExitMaintenanceResponse{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[3]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -182,7 +487,7 @@ func (x *ExitMaintenanceResponse) String() string {
 func (*ExitMaintenanceResponse) ProtoMessage() {}
 
 func (x *ExitMaintenanceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[3]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -195,7 +500,7 @@ func (x *ExitMaintenanceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExitMaintenanceResponse.ProtoReflect.Descriptor instead.
 func (*ExitMaintenanceResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{3}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{7}
 }
 
 type GetEvacuationRequest struct {
@@ -207,7 +512,7 @@ type GetEvacuationRequest struct {
 
 func (x *GetEvacuationRequest) Reset() {
 	*x = GetEvacuationRequest{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[4]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -219,7 +524,7 @@ func (x *GetEvacuationRequest) String() string {
 func (*GetEvacuationRequest) ProtoMessage() {}
 
 func (x *GetEvacuationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[4]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -232,7 +537,7 @@ func (x *GetEvacuationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEvacuationRequest.ProtoReflect.Descriptor instead.
 func (*GetEvacuationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{4}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetEvacuationRequest) GetHost() string {
@@ -251,7 +556,7 @@ type GetEvacuationResponse struct {
 
 func (x *GetEvacuationResponse) Reset() {
 	*x = GetEvacuationResponse{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[5]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +568,7 @@ func (x *GetEvacuationResponse) String() string {
 func (*GetEvacuationResponse) ProtoMessage() {}
 
 func (x *GetEvacuationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[5]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +581,7 @@ func (x *GetEvacuationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEvacuationResponse.ProtoReflect.Descriptor instead.
 func (*GetEvacuationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{5}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetEvacuationResponse) GetEvacuation() *Evacuation {
@@ -295,7 +600,7 @@ type CancelEvacuationRequest struct {
 
 func (x *CancelEvacuationRequest) Reset() {
 	*x = CancelEvacuationRequest{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[6]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -307,7 +612,7 @@ func (x *CancelEvacuationRequest) String() string {
 func (*CancelEvacuationRequest) ProtoMessage() {}
 
 func (x *CancelEvacuationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[6]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -320,7 +625,7 @@ func (x *CancelEvacuationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelEvacuationRequest.ProtoReflect.Descriptor instead.
 func (*CancelEvacuationRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{6}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CancelEvacuationRequest) GetHost() string {
@@ -339,7 +644,7 @@ type CancelEvacuationResponse struct {
 
 func (x *CancelEvacuationResponse) Reset() {
 	*x = CancelEvacuationResponse{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[7]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -351,7 +656,7 @@ func (x *CancelEvacuationResponse) String() string {
 func (*CancelEvacuationResponse) ProtoMessage() {}
 
 func (x *CancelEvacuationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[7]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -364,7 +669,7 @@ func (x *CancelEvacuationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelEvacuationResponse.ProtoReflect.Descriptor instead.
 func (*CancelEvacuationResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{7}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CancelEvacuationResponse) GetEvacuation() *Evacuation {
@@ -382,7 +687,7 @@ type GetPoliciesRequest struct {
 
 func (x *GetPoliciesRequest) Reset() {
 	*x = GetPoliciesRequest{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[8]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +699,7 @@ func (x *GetPoliciesRequest) String() string {
 func (*GetPoliciesRequest) ProtoMessage() {}
 
 func (x *GetPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[8]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +712,7 @@ func (x *GetPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*GetPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{8}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{12}
 }
 
 type GetPoliciesResponse struct {
@@ -420,7 +725,7 @@ type GetPoliciesResponse struct {
 
 func (x *GetPoliciesResponse) Reset() {
 	*x = GetPoliciesResponse{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[9]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -432,7 +737,7 @@ func (x *GetPoliciesResponse) String() string {
 func (*GetPoliciesResponse) ProtoMessage() {}
 
 func (x *GetPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[9]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -445,7 +750,7 @@ func (x *GetPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*GetPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{9}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetPoliciesResponse) GetJson() string {
@@ -464,7 +769,7 @@ type SetPoliciesRequest struct {
 
 func (x *SetPoliciesRequest) Reset() {
 	*x = SetPoliciesRequest{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[10]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +781,7 @@ func (x *SetPoliciesRequest) String() string {
 func (*SetPoliciesRequest) ProtoMessage() {}
 
 func (x *SetPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[10]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,7 +794,7 @@ func (x *SetPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*SetPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{10}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SetPoliciesRequest) GetJson() string {
@@ -508,7 +813,7 @@ type SetPoliciesResponse struct {
 
 func (x *SetPoliciesResponse) Reset() {
 	*x = SetPoliciesResponse{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[11]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +825,7 @@ func (x *SetPoliciesResponse) String() string {
 func (*SetPoliciesResponse) ProtoMessage() {}
 
 func (x *SetPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[11]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +838,7 @@ func (x *SetPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*SetPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{11}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SetPoliciesResponse) GetJson() string {
@@ -580,7 +885,7 @@ type Evacuation struct {
 
 func (x *Evacuation) Reset() {
 	*x = Evacuation{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[12]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +897,7 @@ func (x *Evacuation) String() string {
 func (*Evacuation) ProtoMessage() {}
 
 func (x *Evacuation) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[12]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +910,7 @@ func (x *Evacuation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Evacuation.ProtoReflect.Descriptor instead.
 func (*Evacuation) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{12}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Evacuation) GetHost() string {
@@ -735,7 +1040,7 @@ type EvacuationItem struct {
 
 func (x *EvacuationItem) Reset() {
 	*x = EvacuationItem{}
-	mi := &file_ferry_v1_fleet_proto_msgTypes[13]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -747,7 +1052,7 @@ func (x *EvacuationItem) String() string {
 func (*EvacuationItem) ProtoMessage() {}
 
 func (x *EvacuationItem) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_v1_fleet_proto_msgTypes[13]
+	mi := &file_ferry_v1_fleet_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -760,7 +1065,7 @@ func (x *EvacuationItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvacuationItem.ProtoReflect.Descriptor instead.
 func (*EvacuationItem) Descriptor() ([]byte, []int) {
-	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{13}
+	return file_ferry_v1_fleet_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EvacuationItem) GetVm() string {
@@ -865,7 +1170,31 @@ var File_ferry_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_fleet_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/fleet.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n" +
+	"\x14ferry/v1/fleet.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\")\n" +
+	"\x0eBalanceRequest\x12\x17\n" +
+	"\adry_run\x18\x01 \x01(\bR\x06dryRun\"\x1c\n" +
+	"\x1aListRecommendationsRequest\"\xcb\x02\n" +
+	"\x0fBalanceResponse\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12)\n" +
+	"\x10imbalance_before\x18\x02 \x01(\x01R\x0fimbalanceBefore\x12'\n" +
+	"\x0fimbalance_after\x18\x03 \x01(\x01R\x0eimbalanceAfter\x127\n" +
+	"\tproposals\x18\x04 \x03(\v2\x19.ferry.v1.BalanceProposalR\tproposals\x12\x10\n" +
+	"\x03why\x18\x05 \x01(\tR\x03why\x12\x18\n" +
+	"\acooling\x18\x06 \x03(\tR\acooling\x12\x18\n" +
+	"\astarted\x18\a \x03(\tR\astarted\x129\n" +
+	"\n" +
+	"planned_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tplannedAt\x12\x16\n" +
+	"\x06active\x18\t \x01(\bR\x06active\"\xf8\x01\n" +
+	"\x0fBalanceProposal\x12\x0e\n" +
+	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x1a\n" +
+	"\bstrategy\x18\x04 \x01(\tR\bstrategy\x12\x12\n" +
+	"\x04gain\x18\x05 \x01(\x01R\x04gain\x12\x12\n" +
+	"\x04cost\x18\x06 \x01(\x01R\x04cost\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12!\n" +
+	"\fpredicted_ms\x18\b \x01(\x03R\vpredictedMs\x122\n" +
+	"\x15predicted_downtime_ms\x18\t \x01(\x03R\x13predictedDowntimeMs\"F\n" +
 	"\x17EnterMaintenanceRequest\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"P\n" +
@@ -933,14 +1262,16 @@ const file_ferry_v1_fleet_proto_rawDesc = "" +
 	"\bprogress\x18\f \x01(\x01R\bprogress\x129\n" +
 	"\n" +
 	"started_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x1a\n" +
-	"\bfailures\x18\x0e \x03(\tR\bfailures2\x86\x04\n" +
+	"\bfailures\x18\x0e \x03(\tR\bfailures2\x9e\x05\n" +
 	"\fFleetService\x12Y\n" +
 	"\x10EnterMaintenance\x12!.ferry.v1.EnterMaintenanceRequest\x1a\".ferry.v1.EnterMaintenanceResponse\x12V\n" +
 	"\x0fExitMaintenance\x12 .ferry.v1.ExitMaintenanceRequest\x1a!.ferry.v1.ExitMaintenanceResponse\x12P\n" +
 	"\rGetEvacuation\x12\x1e.ferry.v1.GetEvacuationRequest\x1a\x1f.ferry.v1.GetEvacuationResponse\x12Y\n" +
 	"\x10CancelEvacuation\x12!.ferry.v1.CancelEvacuationRequest\x1a\".ferry.v1.CancelEvacuationResponse\x12J\n" +
 	"\vGetPolicies\x12\x1c.ferry.v1.GetPoliciesRequest\x1a\x1d.ferry.v1.GetPoliciesResponse\x12J\n" +
-	"\vSetPolicies\x12\x1c.ferry.v1.SetPoliciesRequest\x1a\x1d.ferry.v1.SetPoliciesResponseB/Z-github.com/ferryvm/ferry/gen/ferry/v1;ferryv1b\x06proto3"
+	"\vSetPolicies\x12\x1c.ferry.v1.SetPoliciesRequest\x1a\x1d.ferry.v1.SetPoliciesResponse\x12>\n" +
+	"\aBalance\x12\x18.ferry.v1.BalanceRequest\x1a\x19.ferry.v1.BalanceResponse\x12V\n" +
+	"\x13ListRecommendations\x12$.ferry.v1.ListRecommendationsRequest\x1a\x19.ferry.v1.BalanceResponseB/Z-github.com/ferryvm/ferry/gen/ferry/v1;ferryv1b\x06proto3"
 
 var (
 	file_ferry_v1_fleet_proto_rawDescOnce sync.Once
@@ -954,49 +1285,59 @@ func file_ferry_v1_fleet_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_fleet_proto_rawDescData
 }
 
-var file_ferry_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_ferry_v1_fleet_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ferry_v1_fleet_proto_goTypes = []any{
-	(*EnterMaintenanceRequest)(nil),  // 0: ferry.v1.EnterMaintenanceRequest
-	(*EnterMaintenanceResponse)(nil), // 1: ferry.v1.EnterMaintenanceResponse
-	(*ExitMaintenanceRequest)(nil),   // 2: ferry.v1.ExitMaintenanceRequest
-	(*ExitMaintenanceResponse)(nil),  // 3: ferry.v1.ExitMaintenanceResponse
-	(*GetEvacuationRequest)(nil),     // 4: ferry.v1.GetEvacuationRequest
-	(*GetEvacuationResponse)(nil),    // 5: ferry.v1.GetEvacuationResponse
-	(*CancelEvacuationRequest)(nil),  // 6: ferry.v1.CancelEvacuationRequest
-	(*CancelEvacuationResponse)(nil), // 7: ferry.v1.CancelEvacuationResponse
-	(*GetPoliciesRequest)(nil),       // 8: ferry.v1.GetPoliciesRequest
-	(*GetPoliciesResponse)(nil),      // 9: ferry.v1.GetPoliciesResponse
-	(*SetPoliciesRequest)(nil),       // 10: ferry.v1.SetPoliciesRequest
-	(*SetPoliciesResponse)(nil),      // 11: ferry.v1.SetPoliciesResponse
-	(*Evacuation)(nil),               // 12: ferry.v1.Evacuation
-	(*EvacuationItem)(nil),           // 13: ferry.v1.EvacuationItem
-	(*timestamppb.Timestamp)(nil),    // 14: google.protobuf.Timestamp
+	(*BalanceRequest)(nil),             // 0: ferry.v1.BalanceRequest
+	(*ListRecommendationsRequest)(nil), // 1: ferry.v1.ListRecommendationsRequest
+	(*BalanceResponse)(nil),            // 2: ferry.v1.BalanceResponse
+	(*BalanceProposal)(nil),            // 3: ferry.v1.BalanceProposal
+	(*EnterMaintenanceRequest)(nil),    // 4: ferry.v1.EnterMaintenanceRequest
+	(*EnterMaintenanceResponse)(nil),   // 5: ferry.v1.EnterMaintenanceResponse
+	(*ExitMaintenanceRequest)(nil),     // 6: ferry.v1.ExitMaintenanceRequest
+	(*ExitMaintenanceResponse)(nil),    // 7: ferry.v1.ExitMaintenanceResponse
+	(*GetEvacuationRequest)(nil),       // 8: ferry.v1.GetEvacuationRequest
+	(*GetEvacuationResponse)(nil),      // 9: ferry.v1.GetEvacuationResponse
+	(*CancelEvacuationRequest)(nil),    // 10: ferry.v1.CancelEvacuationRequest
+	(*CancelEvacuationResponse)(nil),   // 11: ferry.v1.CancelEvacuationResponse
+	(*GetPoliciesRequest)(nil),         // 12: ferry.v1.GetPoliciesRequest
+	(*GetPoliciesResponse)(nil),        // 13: ferry.v1.GetPoliciesResponse
+	(*SetPoliciesRequest)(nil),         // 14: ferry.v1.SetPoliciesRequest
+	(*SetPoliciesResponse)(nil),        // 15: ferry.v1.SetPoliciesResponse
+	(*Evacuation)(nil),                 // 16: ferry.v1.Evacuation
+	(*EvacuationItem)(nil),             // 17: ferry.v1.EvacuationItem
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
 }
 var file_ferry_v1_fleet_proto_depIdxs = []int32{
-	12, // 0: ferry.v1.EnterMaintenanceResponse.evacuation:type_name -> ferry.v1.Evacuation
-	12, // 1: ferry.v1.GetEvacuationResponse.evacuation:type_name -> ferry.v1.Evacuation
-	12, // 2: ferry.v1.CancelEvacuationResponse.evacuation:type_name -> ferry.v1.Evacuation
-	14, // 3: ferry.v1.Evacuation.started_at:type_name -> google.protobuf.Timestamp
-	14, // 4: ferry.v1.Evacuation.ended_at:type_name -> google.protobuf.Timestamp
-	13, // 5: ferry.v1.Evacuation.items:type_name -> ferry.v1.EvacuationItem
-	14, // 6: ferry.v1.EvacuationItem.started_at:type_name -> google.protobuf.Timestamp
-	0,  // 7: ferry.v1.FleetService.EnterMaintenance:input_type -> ferry.v1.EnterMaintenanceRequest
-	2,  // 8: ferry.v1.FleetService.ExitMaintenance:input_type -> ferry.v1.ExitMaintenanceRequest
-	4,  // 9: ferry.v1.FleetService.GetEvacuation:input_type -> ferry.v1.GetEvacuationRequest
-	6,  // 10: ferry.v1.FleetService.CancelEvacuation:input_type -> ferry.v1.CancelEvacuationRequest
-	8,  // 11: ferry.v1.FleetService.GetPolicies:input_type -> ferry.v1.GetPoliciesRequest
-	10, // 12: ferry.v1.FleetService.SetPolicies:input_type -> ferry.v1.SetPoliciesRequest
-	1,  // 13: ferry.v1.FleetService.EnterMaintenance:output_type -> ferry.v1.EnterMaintenanceResponse
-	3,  // 14: ferry.v1.FleetService.ExitMaintenance:output_type -> ferry.v1.ExitMaintenanceResponse
-	5,  // 15: ferry.v1.FleetService.GetEvacuation:output_type -> ferry.v1.GetEvacuationResponse
-	7,  // 16: ferry.v1.FleetService.CancelEvacuation:output_type -> ferry.v1.CancelEvacuationResponse
-	9,  // 17: ferry.v1.FleetService.GetPolicies:output_type -> ferry.v1.GetPoliciesResponse
-	11, // 18: ferry.v1.FleetService.SetPolicies:output_type -> ferry.v1.SetPoliciesResponse
-	13, // [13:19] is the sub-list for method output_type
-	7,  // [7:13] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	3,  // 0: ferry.v1.BalanceResponse.proposals:type_name -> ferry.v1.BalanceProposal
+	18, // 1: ferry.v1.BalanceResponse.planned_at:type_name -> google.protobuf.Timestamp
+	16, // 2: ferry.v1.EnterMaintenanceResponse.evacuation:type_name -> ferry.v1.Evacuation
+	16, // 3: ferry.v1.GetEvacuationResponse.evacuation:type_name -> ferry.v1.Evacuation
+	16, // 4: ferry.v1.CancelEvacuationResponse.evacuation:type_name -> ferry.v1.Evacuation
+	18, // 5: ferry.v1.Evacuation.started_at:type_name -> google.protobuf.Timestamp
+	18, // 6: ferry.v1.Evacuation.ended_at:type_name -> google.protobuf.Timestamp
+	17, // 7: ferry.v1.Evacuation.items:type_name -> ferry.v1.EvacuationItem
+	18, // 8: ferry.v1.EvacuationItem.started_at:type_name -> google.protobuf.Timestamp
+	4,  // 9: ferry.v1.FleetService.EnterMaintenance:input_type -> ferry.v1.EnterMaintenanceRequest
+	6,  // 10: ferry.v1.FleetService.ExitMaintenance:input_type -> ferry.v1.ExitMaintenanceRequest
+	8,  // 11: ferry.v1.FleetService.GetEvacuation:input_type -> ferry.v1.GetEvacuationRequest
+	10, // 12: ferry.v1.FleetService.CancelEvacuation:input_type -> ferry.v1.CancelEvacuationRequest
+	12, // 13: ferry.v1.FleetService.GetPolicies:input_type -> ferry.v1.GetPoliciesRequest
+	14, // 14: ferry.v1.FleetService.SetPolicies:input_type -> ferry.v1.SetPoliciesRequest
+	0,  // 15: ferry.v1.FleetService.Balance:input_type -> ferry.v1.BalanceRequest
+	1,  // 16: ferry.v1.FleetService.ListRecommendations:input_type -> ferry.v1.ListRecommendationsRequest
+	5,  // 17: ferry.v1.FleetService.EnterMaintenance:output_type -> ferry.v1.EnterMaintenanceResponse
+	7,  // 18: ferry.v1.FleetService.ExitMaintenance:output_type -> ferry.v1.ExitMaintenanceResponse
+	9,  // 19: ferry.v1.FleetService.GetEvacuation:output_type -> ferry.v1.GetEvacuationResponse
+	11, // 20: ferry.v1.FleetService.CancelEvacuation:output_type -> ferry.v1.CancelEvacuationResponse
+	13, // 21: ferry.v1.FleetService.GetPolicies:output_type -> ferry.v1.GetPoliciesResponse
+	15, // 22: ferry.v1.FleetService.SetPolicies:output_type -> ferry.v1.SetPoliciesResponse
+	2,  // 23: ferry.v1.FleetService.Balance:output_type -> ferry.v1.BalanceResponse
+	2,  // 24: ferry.v1.FleetService.ListRecommendations:output_type -> ferry.v1.BalanceResponse
+	17, // [17:25] is the sub-list for method output_type
+	9,  // [9:17] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_fleet_proto_init() }
@@ -1010,7 +1351,7 @@ func file_ferry_v1_fleet_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_fleet_proto_rawDesc), len(file_ferry_v1_fleet_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

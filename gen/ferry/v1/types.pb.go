@@ -566,7 +566,10 @@ type VMStatus struct {
 	Accel      string `protobuf:"bytes,9,opt,name=accel,proto3" json:"accel,omitempty"`
 	Message    string `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
 	// console_path is the serial log file on the host.
-	ConsolePath   string `protobuf:"bytes,11,opt,name=console_path,json=consolePath,proto3" json:"console_path,omitempty"`
+	ConsolePath string `protobuf:"bytes,11,opt,name=console_path,json=consolePath,proto3" json:"console_path,omitempty"`
+	// cpu_seconds is the CPU time the VM's QEMU process used since it
+	// started (user + system, all threads): the balancer's CPU figure.
+	CpuSeconds    float64 `protobuf:"fixed64,12,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -676,6 +679,13 @@ func (x *VMStatus) GetConsolePath() string {
 		return x.ConsolePath
 	}
 	return ""
+}
+
+func (x *VMStatus) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
 }
 
 // HostCapacity is what a host has and what its VMs use.
@@ -1389,7 +1399,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x03pid\x18\t \x01(\x03R\x03pid\x12\x14\n" +
 	"\x05accel\x18\n" +
 	" \x01(\tR\x05accel\x12!\n" +
-	"\fmigration_id\x18\v \x01(\tR\vmigrationId\"\xc7\x02\n" +
+	"\fmigration_id\x18\v \x01(\tR\vmigrationId\"\xe8\x02\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
@@ -1405,7 +1415,9 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x05accel\x18\t \x01(\tR\x05accel\x12\x18\n" +
 	"\amessage\x18\n" +
 	" \x01(\tR\amessage\x12!\n" +
-	"\fconsole_path\x18\v \x01(\tR\vconsolePath\"\xd6\x01\n" +
+	"\fconsole_path\x18\v \x01(\tR\vconsolePath\x12\x1f\n" +
+	"\vcpu_seconds\x18\f \x01(\x01R\n" +
+	"cpuSeconds\"\xd6\x01\n" +
 	"\fHostCapacity\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12\x1d\n" +
 	"\n" +

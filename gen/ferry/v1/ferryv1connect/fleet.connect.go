@@ -51,6 +51,11 @@ const (
 	// FleetServiceSetPoliciesProcedure is the fully-qualified name of the FleetService's SetPolicies
 	// RPC.
 	FleetServiceSetPoliciesProcedure = "/ferry.v1.FleetService/SetPolicies"
+	// FleetServiceBalanceProcedure is the fully-qualified name of the FleetService's Balance RPC.
+	FleetServiceBalanceProcedure = "/ferry.v1.FleetService/Balance"
+	// FleetServiceListRecommendationsProcedure is the fully-qualified name of the FleetService's
+	// ListRecommendations RPC.
+	FleetServiceListRecommendationsProcedure = "/ferry.v1.FleetService/ListRecommendations"
 )
 
 // FleetServiceClient is a client for the ferry.v1.FleetService service.
@@ -70,6 +75,11 @@ type FleetServiceClient interface {
 	GetPolicies(context.Context, *connect.Request[v1.GetPoliciesRequest]) (*connect.Response[v1.GetPoliciesResponse], error)
 	// SetPolicies validates and stores the cluster's migration policies.
 	SetPolicies(context.Context, *connect.Request[v1.SetPoliciesRequest]) (*connect.Response[v1.SetPoliciesResponse], error)
+	// Balance plans the migrations that reduce the load imbalance now and,
+	// unless dry_run, starts them (whatever the background mode).
+	Balance(context.Context, *connect.Request[v1.BalanceRequest]) (*connect.Response[v1.BalanceResponse], error)
+	// ListRecommendations returns the background balancer's last plan.
+	ListRecommendations(context.Context, *connect.Request[v1.ListRecommendationsRequest]) (*connect.Response[v1.BalanceResponse], error)
 }
 
 // NewFleetServiceClient constructs a client for the ferry.v1.FleetService service. By default, it
@@ -119,17 +129,31 @@ func NewFleetServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(fleetServiceMethods.ByName("SetPolicies")),
 			connect.WithClientOptions(opts...),
 		),
+		balance: connect.NewClient[v1.BalanceRequest, v1.BalanceResponse](
+			httpClient,
+			baseURL+FleetServiceBalanceProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("Balance")),
+			connect.WithClientOptions(opts...),
+		),
+		listRecommendations: connect.NewClient[v1.ListRecommendationsRequest, v1.BalanceResponse](
+			httpClient,
+			baseURL+FleetServiceListRecommendationsProcedure,
+			connect.WithSchema(fleetServiceMethods.ByName("ListRecommendations")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // fleetServiceClient implements FleetServiceClient.
 type fleetServiceClient struct {
-	enterMaintenance *connect.Client[v1.EnterMaintenanceRequest, v1.EnterMaintenanceResponse]
-	exitMaintenance  *connect.Client[v1.ExitMaintenanceRequest, v1.ExitMaintenanceResponse]
-	getEvacuation    *connect.Client[v1.GetEvacuationRequest, v1.GetEvacuationResponse]
-	cancelEvacuation *connect.Client[v1.CancelEvacuationRequest, v1.CancelEvacuationResponse]
-	getPolicies      *connect.Client[v1.GetPoliciesRequest, v1.GetPoliciesResponse]
-	setPolicies      *connect.Client[v1.SetPoliciesRequest, v1.SetPoliciesResponse]
+	enterMaintenance    *connect.Client[v1.EnterMaintenanceRequest, v1.EnterMaintenanceResponse]
+	exitMaintenance     *connect.Client[v1.ExitMaintenanceRequest, v1.ExitMaintenanceResponse]
+	getEvacuation       *connect.Client[v1.GetEvacuationRequest, v1.GetEvacuationResponse]
+	cancelEvacuation    *connect.Client[v1.CancelEvacuationRequest, v1.CancelEvacuationResponse]
+	getPolicies         *connect.Client[v1.GetPoliciesRequest, v1.GetPoliciesResponse]
+	setPolicies         *connect.Client[v1.SetPoliciesRequest, v1.SetPoliciesResponse]
+	balance             *connect.Client[v1.BalanceRequest, v1.BalanceResponse]
+	listRecommendations *connect.Client[v1.ListRecommendationsRequest, v1.BalanceResponse]
 }
 
 // EnterMaintenance calls ferry.v1.FleetService.EnterMaintenance.
@@ -162,6 +186,16 @@ func (c *fleetServiceClient) SetPolicies(ctx context.Context, req *connect.Reque
 	return c.setPolicies.CallUnary(ctx, req)
 }
 
+// Balance calls ferry.v1.FleetService.Balance.
+func (c *fleetServiceClient) Balance(ctx context.Context, req *connect.Request[v1.BalanceRequest]) (*connect.Response[v1.BalanceResponse], error) {
+	return c.balance.CallUnary(ctx, req)
+}
+
+// ListRecommendations calls ferry.v1.FleetService.ListRecommendations.
+func (c *fleetServiceClient) ListRecommendations(ctx context.Context, req *connect.Request[v1.ListRecommendationsRequest]) (*connect.Response[v1.BalanceResponse], error) {
+	return c.listRecommendations.CallUnary(ctx, req)
+}
+
 // FleetServiceHandler is an implementation of the ferry.v1.FleetService service.
 type FleetServiceHandler interface {
 	// EnterMaintenance makes the host unschedulable and evacuates it
@@ -179,6 +213,11 @@ type FleetServiceHandler interface {
 	GetPolicies(context.Context, *connect.Request[v1.GetPoliciesRequest]) (*connect.Response[v1.GetPoliciesResponse], error)
 	// SetPolicies validates and stores the cluster's migration policies.
 	SetPolicies(context.Context, *connect.Request[v1.SetPoliciesRequest]) (*connect.Response[v1.SetPoliciesResponse], error)
+	// Balance plans the migrations that reduce the load imbalance now and,
+	// unless dry_run, starts them (whatever the background mode).
+	Balance(context.Context, *connect.Request[v1.BalanceRequest]) (*connect.Response[v1.BalanceResponse], error)
+	// ListRecommendations returns the background balancer's last plan.
+	ListRecommendations(context.Context, *connect.Request[v1.ListRecommendationsRequest]) (*connect.Response[v1.BalanceResponse], error)
 }
 
 // NewFleetServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -224,6 +263,18 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(fleetServiceMethods.ByName("SetPolicies")),
 		connect.WithHandlerOptions(opts...),
 	)
+	fleetServiceBalanceHandler := connect.NewUnaryHandler(
+		FleetServiceBalanceProcedure,
+		svc.Balance,
+		connect.WithSchema(fleetServiceMethods.ByName("Balance")),
+		connect.WithHandlerOptions(opts...),
+	)
+	fleetServiceListRecommendationsHandler := connect.NewUnaryHandler(
+		FleetServiceListRecommendationsProcedure,
+		svc.ListRecommendations,
+		connect.WithSchema(fleetServiceMethods.ByName("ListRecommendations")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.v1.FleetService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case FleetServiceEnterMaintenanceProcedure:
@@ -238,6 +289,10 @@ func NewFleetServiceHandler(svc FleetServiceHandler, opts ...connect.HandlerOpti
 			fleetServiceGetPoliciesHandler.ServeHTTP(w, r)
 		case FleetServiceSetPoliciesProcedure:
 			fleetServiceSetPoliciesHandler.ServeHTTP(w, r)
+		case FleetServiceBalanceProcedure:
+			fleetServiceBalanceHandler.ServeHTTP(w, r)
+		case FleetServiceListRecommendationsProcedure:
+			fleetServiceListRecommendationsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -269,4 +324,12 @@ func (UnimplementedFleetServiceHandler) GetPolicies(context.Context, *connect.Re
 
 func (UnimplementedFleetServiceHandler) SetPolicies(context.Context, *connect.Request[v1.SetPoliciesRequest]) (*connect.Response[v1.SetPoliciesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.FleetService.SetPolicies is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) Balance(context.Context, *connect.Request[v1.BalanceRequest]) (*connect.Response[v1.BalanceResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.FleetService.Balance is not implemented"))
+}
+
+func (UnimplementedFleetServiceHandler) ListRecommendations(context.Context, *connect.Request[v1.ListRecommendationsRequest]) (*connect.Response[v1.BalanceResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.v1.FleetService.ListRecommendations is not implemented"))
 }
