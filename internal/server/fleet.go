@@ -342,8 +342,26 @@ func (c drainCluster) Migration(ctx context.Context, id string) (drain.Migration
 	return out, nil
 }
 
+// Migrate starts a migration with the VM's effective policy: its
+// bandwidth cap and max downtime.
 func (c drainCluster) Migrate(ctx context.Context, vm, to, strategy string) (string, error) {
-	m, _, err := c.s.beginMigration(ctx, &ferryv1.MigrateRequest{Vm: vm, To: to, Options: &ferryv1.MigrationOptions{Strategy: strategy}})
+	opt := &ferryv1.MigrationOptions{Strategy: strategy}
+	set, err := c.s.policies(ctx)
+	if err != nil {
+		return "", err
+	}
+	rec, err := c.s.store.GetVM(ctx, vm)
+	if err != nil {
+		return "", err
+	}
+	eff := set.Resolve(vm, rec.Spec.GetLabels())
+	if eff.BandwidthPerMigration > 0 {
+		opt.BandwidthMibps = max(int64(eff.BandwidthPerMigration/(1<<20)), 1)
+	}
+	if rec.Spec.GetMaxDowntimeMs() == 0 { // the spec's own target wins; the policy's defaults to the planner's 300 ms
+		opt.MaxDowntimeMs = eff.MaxDowntime.Milliseconds()
+	}
+	m, _, err := c.s.beginMigration(ctx, &ferryv1.MigrateRequest{Vm: vm, To: to, Options: opt})
 	if err != nil {
 		return "", err
 	}

@@ -104,6 +104,10 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 	if err != nil {
 		return nil, connectError(err)
 	}
+	groups, err := s.antiAffinityGroups(ctx, sp)
+	if err != nil {
+		return nil, connectError(err)
+	}
 	byName := map[string]*ferryv1.Host{}
 	cands := make([]placement.Host, 0, len(hosts))
 	for _, h := range hosts {
@@ -112,7 +116,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		cands = append(cands, placement.Host{
 			Name: h.Name, Ready: schedulable(h),
 			CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
-			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB,
+			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name],
 		})
 	}
 	if pinned != "" {
@@ -125,7 +129,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		}
 		return h, nil
 	}
-	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude})
+	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude, AntiAffinity: sp.GetAntiAffinity()})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeResourceExhausted, err)
 	}
@@ -333,4 +337,29 @@ func (v *vmService) Console(ctx context.Context, req *connect.Request[ferryv1.Co
 		return agentError(err)
 	}
 	return nil
+}
+
+// antiAffinityGroups counts, per host, the other VMs of each of sp's
+// anti-affinity groups placed there (none when sp has no group).
+func (s *Server) antiAffinityGroups(ctx context.Context, sp *ferryv1.VMSpec) (map[string]map[string]int, error) {
+	out := map[string]map[string]int{}
+	if len(sp.GetAntiAffinity()) == 0 {
+		return out, nil
+	}
+	vms, err := s.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, vm := range vms {
+		if vm.Spec.GetName() == sp.GetName() {
+			continue
+		}
+		for _, g := range vm.Spec.GetAntiAffinity() {
+			if out[vm.Host] == nil {
+				out[vm.Host] = map[string]int{}
+			}
+			out[vm.Host][g]++
+		}
+	}
+	return out, nil
 }

@@ -276,3 +276,79 @@ func TestFleetHealthDrivenEvacuation(t *testing.T) {
 		t.Errorf("fh2 boot_id %s after the agent came back, want %s", got, boot2)
 	}
 }
+
+func TestFleetEvacuationRetriesElsewhere(t *testing.T) {
+	c := upCluster(t, 3)
+	// 16 MiB/s per migration: long enough to kill a destination
+	// mid-transfer; pre-copy only, so the failed attempt rolls back (a
+	// post-copy past its switchover must wait for its destination).
+	pol := c.dir + "/policies.json"
+	if err := os.WriteFile(pol, []byte(`{"cluster": {"bandwidthPerMigration": 16777216, "allowedStrategies": ["precopy", "converge"]}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.mustFerry("policy", "set", "-f", pol)
+	ips := map[string]string{"fr1": "198.19.0.121", "fr2": "198.19.0.122"}
+	for _, n := range []string{"fr1", "fr2"} {
+		c.createOn(n, ips[n], "h1")
+	}
+	boots := map[string]string{}
+	for _, n := range []string{"fr1", "fr2"} {
+		boots[n] = c.waitBoot(n, ips[n], "h1")
+	}
+	out := c.mustFerry("host", "maintenance", "enter", "h1", "--detach")
+	t.Logf("started:\n%s", out)
+	// Wait until the VM going to h2 is transferring, then kill h2's agent.
+	var victim string
+	deadline := time.Now().Add(60 * time.Second)
+	for victim == "" {
+		e, err := c.evacuation("h1")
+		if err == nil {
+			for _, it := range e.Items {
+				if it.To == "h2" && it.Status == "migrating" && it.Progress > 0.05 {
+					victim = it.Vm
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no VM transferring to h2 within 60s: %v %v", e, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	agent := c.process("agent", "h2")
+	c.killProcess(agent, "h2 agent (destination of "+victim+")")
+	var e *ferryv1.Evacuation
+	deadline = time.Now().Add(3 * time.Minute)
+	for {
+		var err error
+		e, err = c.evacuation("h1")
+		if err == nil && (e.State == "completed" || e.State == "incomplete") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("evacuation not ended within 3m: %v %v", e, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("evacuation %s: predicted %d ms, measured %d ms: %s", e.State, e.PredictedEtaMs, e.MeasuredMs, e.Message)
+	if e.State != "completed" {
+		t.Fatalf("evacuation %s: %s", e.State, e.Message)
+	}
+	for _, it := range e.Items {
+		t.Logf("  %s -> %s: attempts %d, failures %v", it.Vm, it.To, it.Attempts, it.Failures)
+		if it.Vm == victim && (it.To != "h3" || it.Attempts != 2 || len(it.Failures) != 1 || !strings.Contains(it.Failures[0], "h2")) {
+			t.Errorf("%s was not retried on h3 after h2 failed: %v", victim, it)
+		}
+	}
+	for n, ip := range ips {
+		vm := c.waitVM(n, 15*time.Second, "running", func(v *ferryv1.VM) bool { return v.State == "running" && v.MigrationId == "" })
+		if vm.Host != "h3" {
+			t.Errorf("%s on %s, want h3", n, vm.Host)
+		}
+		if got := c.bootID(ip, 30*time.Second); got != boots[n] {
+			t.Errorf("%s boot_id %s, want %s", n, got, boots[n])
+		}
+	}
+	// h2's agent back: nothing of the failed attempt is left there.
+	c.startProcessEnv(agent, "h2 agent")
+	c.waitNoLeftovers("h2", victim, 60*time.Second)
+}
