@@ -309,7 +309,15 @@ func (r *Runner) advance(ctx context.Context, rec *ferryv1.Evacuation) error {
 		if rec.Message != "" && !Terminal(rec.State) {
 			rec.Message = ""
 		}
-		for _, it := range Admit(rec, snap.OtherInto, snap.ClusterFree) {
+		starts := Admit(rec, snap.OtherInto, snap.ClusterFree)
+		if len(starts) > 0 && !proto.Equal(before, rec) {
+			// The items and the plan are stored before any start, so a
+			// VM that starts moving is always in the stored record.
+			if err := r.put(ctx, rec); err != nil {
+				return err
+			}
+		}
+		for _, it := range starts {
 			strategy := it.Strategy
 			if snap.Cold[it.Vm] {
 				strategy = "cold"

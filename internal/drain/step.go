@@ -128,6 +128,9 @@ func Fold(rec *ferryv1.Evacuation, obs Observed, maxAttempts int) (needPlan bool
 			case m.Status == "completed":
 				it.Status, it.Progress, it.Error = ItemCompleted, 1, ""
 				it.MeasuredMs = m.Took.Milliseconds()
+				if known && vm.Host != rec.Host && vm.MigrationID == "" {
+					it.To = vm.Host // where the VM's record says it is (an adopted start had no destination)
+				}
 			case m.Status == "failed" || m.Status == "cancelled" || m.Gone:
 				why := m.Error
 				if m.Gone {
