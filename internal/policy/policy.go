@@ -84,6 +84,9 @@ type Balancer struct {
 	// Period between plans; Window the span of the use figures averaged.
 	Period time.Duration `json:"period,omitempty"`
 	Window time.Duration `json:"window,omitempty"`
+	// MinGainPerCost is the least imbalance reduction per unit of
+	// migration cost a move must bring (0: the balancer's default).
+	MinGainPerCost float64 `json:"minGainPerCost,omitempty"`
 }
 
 // OnDegraded values.
@@ -184,8 +187,8 @@ func (p Policy) validate(f string) error {
 	default:
 		return fmt.Errorf("%w: %s.balancer.mode = %q: use off, recommend or auto", ErrInvalid, f, p.Balancer.Mode)
 	}
-	if b := p.Balancer; b.Threshold < 0 || b.Threshold > 1 || b.Hysteresis < 0 || b.Cooldown < 0 || b.Period < 0 || b.Window < 0 {
-		return fmt.Errorf("%w: %s.balancer: threshold must be in 0..1 and hysteresis, cooldown, period and window must not be negative", ErrInvalid, f)
+	if b := p.Balancer; b.Threshold < 0 || b.Threshold > 1 || b.Hysteresis < 0 || b.MinGainPerCost < 0 || b.Cooldown < 0 || b.Period < 0 || b.Window < 0 {
+		return fmt.Errorf("%w: %s.balancer: threshold must be in 0..1 and hysteresis, cooldown, period, window and minGainPerCost must not be negative", ErrInvalid, f)
 	}
 	if b := p.Balancer; b.Threshold > 0 && b.Hysteresis >= b.Threshold {
 		return fmt.Errorf("%w: %s.balancer.hysteresis = %g must be below threshold = %g", ErrInvalid, f, b.Hysteresis, b.Threshold)

@@ -155,7 +155,7 @@ func settings(p policy.Policy) (policy.Balancer, balance.Config) {
 	if b.Window == 0 {
 		b.Window = DefaultWindow
 	}
-	return b, balance.Config{Threshold: b.Threshold, Hysteresis: b.Hysteresis, Cooldown: b.Cooldown}
+	return b, balance.Config{Threshold: b.Threshold, Hysteresis: b.Hysteresis, Cooldown: b.Cooldown, MinGainPerCost: b.MinGainPerCost}
 }
 
 // Recommendations is the last background plan (nil before the first).

@@ -352,3 +352,97 @@ func TestFleetEvacuationRetriesElsewhere(t *testing.T) {
 	c.startProcessEnv(agent, "h2 agent")
 	c.waitNoLeftovers("h2", victim, 60*time.Second)
 }
+
+// migrationsByVM lists the migrations per VM from `ferry migration list`.
+func (c *cluster) migrationsByVM() (map[string]int, int) {
+	c.t.Helper()
+	resp := &ferryv1.ListMigrationsResponse{}
+	if err := jsonIn.Unmarshal([]byte(c.mustFerry("migration", "list", "-o", "json")), resp); err != nil {
+		c.t.Fatal(err)
+	}
+	out, running := map[string]int{}, 0
+	for _, m := range resp.Migrations {
+		out[m.Vm]++
+		if m.Status == "running" {
+			running++
+		}
+	}
+	return out, running
+}
+
+func TestFleetBalancerSpreadsThenStops(t *testing.T) {
+	c := upCluster(t, 3)
+	pol := c.dir + "/policies.json"
+	setPolicy := func(mode string) {
+		// Small guests on a 24-GiB machine: a low threshold and gain per
+		// cost so their RSS and CPU count; 5 s period, 10 s window.
+		js := fmt.Sprintf(`{"cluster": {"balancer": {"mode": %q, "threshold": 0.01, "hysteresis": 0.005, "period": 5000000000, "window": 10000000000, "cooldown": 600000000000, "minGainPerCost": 1e-9}}}`, mode)
+		if err := os.WriteFile(pol, []byte(js), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c.mustFerry("policy", "set", "-f", pol)
+	}
+	setPolicy("off")
+	names := []string{"fb1", "fb2", "fb3", "fb4"}
+	ips := map[string]string{"fb1": "198.19.0.131", "fb2": "198.19.0.132", "fb3": "198.19.0.133", "fb4": "198.19.0.134"}
+	for _, n := range names {
+		c.createOn(n, ips[n], "h1")
+	}
+	boots := map[string]string{}
+	for _, n := range names {
+		boots[n] = c.waitBoot(n, ips[n], "h1")
+	}
+	t.Logf("dry run:\n%s", c.mustFerry("balance", "--dry-run"))
+	if by, _ := c.migrationsByVM(); len(by) != 0 {
+		t.Fatalf("migrations before auto: %v", by)
+	}
+	start := time.Now()
+	setPolicy("auto")
+	perHost := func() map[string]int {
+		out := map[string]int{}
+		for _, n := range names {
+			vm, err := c.getVM(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[vm.Host]++
+		}
+		return out
+	}
+	var spread map[string]int
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		spread = perHost()
+		_, running := c.migrationsByVM()
+		if running == 0 && spread["h1"] <= 2 && spread["h2"] >= 1 && spread["h3"] >= 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("load did not spread within 2m: %v (running %d)\n%s", spread, running, c.mustFerry("balance", "recommendations"))
+		}
+		time.Sleep(time.Second)
+	}
+	by, _ := c.migrationsByVM()
+	n := 0
+	for _, k := range by {
+		n += k
+	}
+	t.Logf("spread %v after %s with %d migrations %v", spread, time.Since(start).Round(time.Millisecond), n, by)
+	// It stops: three more periods bring no migration.
+	time.Sleep(16 * time.Second)
+	by2, _ := c.migrationsByVM()
+	t.Logf("recommendations after the spread:\n%s", c.mustFerry("balance", "recommendations"))
+	for vm, k := range by2 {
+		if k > 1 {
+			t.Errorf("%s migrated %d times within the cooldown", vm, k)
+		}
+		if k != by[vm] {
+			t.Errorf("%s migrated again after the load had spread (%d -> %d)", vm, by[vm], k)
+		}
+	}
+	for _, nm := range names {
+		if got := c.bootID(ips[nm], 30*time.Second); got != boots[nm] {
+			t.Errorf("%s boot_id %s, want %s", nm, got, boots[nm])
+		}
+	}
+}
