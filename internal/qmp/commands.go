@@ -105,6 +105,23 @@ func (m *Monitor) MigrateCancel(ctx context.Context) error {
 	return m.Run(ctx, "migrate_cancel", nil, nil)
 }
 
+// YankMigration runs yank on the migration instance: QEMU shuts down every
+// channel the migration registered (the main stream, multifd and post-copy
+// channels, the return path), so a thread blocked in a send to a peer that
+// no longer answers returns at once. migrate_cancel alone shuts down only
+// the main stream: multifd channels stuck on a dead link keep the
+// migration in "cancelling" until TCP gives up (about 15 minutes).
+// ErrDeviceNotFound means no migration channel is registered (nothing to
+// yank: the migration already ended).
+func (m *Monitor) YankMigration(ctx context.Context) error {
+	type instance struct {
+		Type string `json:"type"`
+	}
+	return m.Run(ctx, "yank", struct {
+		Instances []instance `json:"instances"`
+	}{[]instance{{"migration"}}}, nil)
+}
+
 // MigrateContinue runs migrate-continue, releasing a migration paused in
 // state (normally MigrationStatusPreSwitchover).
 func (m *Monitor) MigrateContinue(ctx context.Context, state MigrationStatus) error {
