@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -314,8 +315,20 @@ func TestFleetEvacuationRetriesElsewhere(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// h2 dies: its agent and the incoming QEMU. (The agent alone is not
+	// enough: the destination is armed at the start, so the transfer and
+	// the owner switch go on without it and the engine waits in resuming
+	// for the agent to come back, the VM running on h2.)
+	incoming := qemuPIDs(t, c.hostNS("h2"))
 	agent := c.process("agent", "h2")
 	c.killProcess(agent, "h2 agent (destination of "+victim+")")
+	for _, pid := range incoming {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitGone(t, pid, 10*time.Second)
+	}
+	t.Logf("killed the incoming QEMU(s) %v on h2", incoming)
 	var e *ferryv1.Evacuation
 	deadline = time.Now().Add(3 * time.Minute)
 	for {
