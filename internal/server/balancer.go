@@ -56,15 +56,7 @@ func (c balanceCluster) Inputs(ctx context.Context) (balance.Inputs, []balance.V
 	if err != nil {
 		return in, nil, nil, err
 	}
-	groups := map[string]map[string]int{}
-	for _, vm := range vms {
-		for _, g := range vm.Spec.GetAntiAffinity() {
-			if groups[vm.Host] == nil {
-				groups[vm.Host] = map[string]int{}
-			}
-			groups[vm.Host][g]++
-		}
-	}
+	groups := groupsByHost(vms, "")
 	byName := map[string]*ferryv1.Host{}
 	for _, h := range hosts {
 		byName[h.Name] = h

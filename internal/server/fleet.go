@@ -196,15 +196,7 @@ func (c drainCluster) PlanInput(ctx context.Context, host string, names []string
 	if err != nil {
 		return in, err
 	}
-	groups := map[string]map[string]int{}
-	for _, vm := range vms {
-		for _, g := range vm.Spec.GetAntiAffinity() {
-			if groups[vm.Host] == nil {
-				groups[vm.Host] = map[string]int{}
-			}
-			groups[vm.Host][g]++
-		}
-	}
+	groups := groupsByHost(vms, "")
 	var src *ferryv1.Host
 	var dests []*ferryv1.Host
 	for _, h := range hosts {

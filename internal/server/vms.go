@@ -342,16 +342,22 @@ func (v *vmService) Console(ctx context.Context, req *connect.Request[ferryv1.Co
 // antiAffinityGroups counts, per host, the other VMs of each of sp's
 // anti-affinity groups placed there (none when sp has no group).
 func (s *Server) antiAffinityGroups(ctx context.Context, sp *ferryv1.VMSpec) (map[string]map[string]int, error) {
-	out := map[string]map[string]int{}
 	if len(sp.GetAntiAffinity()) == 0 {
-		return out, nil
+		return map[string]map[string]int{}, nil
 	}
 	vms, err := s.store.ListVMs(ctx)
 	if err != nil {
 		return nil, err
 	}
+	return groupsByHost(vms, sp.GetName()), nil
+}
+
+// groupsByHost counts, per host, the VMs of each anti-affinity group
+// placed there (skip: a VM not to count).
+func groupsByHost(vms []*ferryv1.VM, skip string) map[string]map[string]int {
+	out := map[string]map[string]int{}
 	for _, vm := range vms {
-		if vm.Spec.GetName() == sp.GetName() {
+		if vm.Spec.GetName() == skip && skip != "" {
 			continue
 		}
 		for _, g := range vm.Spec.GetAntiAffinity() {
@@ -361,5 +367,5 @@ func (s *Server) antiAffinityGroups(ctx context.Context, sp *ferryv1.VMSpec) (ma
 			out[vm.Host][g]++
 		}
 	}
-	return out, nil
+	return out
 }
