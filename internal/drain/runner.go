@@ -293,9 +293,12 @@ func (r *Runner) advance(ctx context.Context, rec *ferryv1.Evacuation) error {
 		}
 	}
 	needPlan := Fold(rec, obs, r.cfg.MaxAttempts)
+	if RetryUnplaced(rec, now) {
+		needPlan = true
+	}
 	for _, it := range rec.Items {
 		if why, ok := snap.Unmovable[it.Vm]; ok && it.Status == ItemPending {
-			it.Status, it.Error = ItemUnplaced, why
+			it.Status, it.Error, it.Plans = ItemUnplaced, why, MaxPlans
 		}
 	}
 	if (needPlan || len(rec.Plan) == 0) && rec.State == StateRunning {
@@ -398,6 +401,7 @@ func (r *Runner) plan(ctx context.Context, rec *ferryv1.Evacuation, snap Snapsho
 		}
 	}
 	ApplyPlan(rec, plan)
+	rec.PlannedAt = timestamppb.New(r.cfg.Now())
 	if len(rec.Plan) == 0 {
 		rec.Plan = plan.Lines()
 	}

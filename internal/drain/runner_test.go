@@ -62,6 +62,7 @@ type fakeCluster struct {
 	migs        map[string]*fakeMig
 	failTo      map[string]bool
 	unreachable bool
+	full        bool // no host has room
 	maxInFlight int
 	n           int
 }
@@ -95,6 +96,9 @@ func (c *fakeCluster) PlanInput(_ context.Context, host string, vms []string) (e
 	}
 	for _, h := range c.hosts {
 		ph := placement.Host{Name: h, CPUs: 4, MemoryMiB: 8192}
+		if c.full {
+			ph.MemoryMiB = 300
+		}
 		for _, at := range c.vmHost {
 			if at == h {
 				ph.Place(placement.Request{VCPUs: 1, MemoryMiB: 256})
@@ -336,5 +340,53 @@ func TestDrainCancel(t *testing.T) {
 		if h != "h1" {
 			t.Errorf("%s moved to %s despite the cancel", v, h)
 		}
+	}
+}
+
+// TestDrainPlansAnUnplacedVMAgain: a VM the first plan could not place
+// (here: no room anywhere) is planned again RePlanAfter later and moves
+// once room was freed; the evacuation does not end in between.
+func TestDrainPlansAnUnplacedVMAgain(t *testing.T) {
+	c, recs := newFakeCluster(1), &fakeRecords{m: map[string]*ferryv1.Evacuation{}}
+	c.full = true
+	now := time.Unix(1000, 0)
+	r := New(Config{Cluster: c, Records: recs, IsNotFound: func(err error) bool { return errors.Is(err, errFakeNotFound) }, Now: func() time.Time { return now }})
+	rec, err := r.Enter(context.Background(), "h1", ReasonManual)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if it := rec.Items[0]; it.Status != ItemUnplaced || it.Plans != 1 || rec.State != StateRunning {
+		t.Fatalf("after the first plan: %s, item %v", rec.State, it)
+	}
+	now = now.Add(RePlanAfter / 2)
+	r.Pass(context.Background())
+	if e := recs.m["h1"]; e.State != StateRunning || e.Items[0].Plans != 1 {
+		t.Fatalf("re-planned too early or ended: %v", e)
+	}
+	c.full = false
+	now = now.Add(RePlanAfter)
+	e := drive(t, r, c, recs, "h1")
+	if e.State != StateCompleted || e.Items[0].Plans != 2 {
+		t.Fatalf("got %s, plans %d: %s", e.State, e.Items[0].Plans, e.Message)
+	}
+}
+
+// TestDrainEndsIncompleteAfterMaxPlans: a VM that never fits is reported
+// after MaxPlans plans, with the planner's reason.
+func TestDrainEndsIncompleteAfterMaxPlans(t *testing.T) {
+	c, recs := newFakeCluster(1), &fakeRecords{m: map[string]*ferryv1.Evacuation{}}
+	c.full = true
+	now := time.Unix(1000, 0)
+	r := New(Config{Cluster: c, Records: recs, IsNotFound: func(err error) bool { return errors.Is(err, errFakeNotFound) }, Now: func() time.Time { return now }})
+	if _, err := r.Enter(context.Background(), "h1", ReasonManual); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < MaxPlans+2; i++ {
+		now = now.Add(RePlanAfter)
+		r.Pass(context.Background())
+	}
+	e := recs.m["h1"]
+	if e.State != StateIncomplete || e.Items[0].Plans != MaxPlans || !strings.Contains(e.Items[0].Error, "memory") {
+		t.Fatalf("got %s, item %v", e.State, e.Items[0])
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -51,6 +52,29 @@ const (
 	ReasonManual   = "manual"
 	ReasonDegraded = "degraded"
 )
+
+// Unplaced VMs are planned again up to MaxPlans times, RePlanAfter apart,
+// while the evacuation runs.
+const (
+	MaxPlans    = 3
+	RePlanAfter = 10 * time.Second
+)
+
+// RetryUnplaced puts the unplaced items back to pending (to be planned
+// again) once RePlanAfter passed since the last plan, at most MaxPlans
+// plans per item. It returns whether it did.
+func RetryUnplaced(rec *ferryv1.Evacuation, now time.Time) bool {
+	if rec.State != StateRunning || rec.PlannedAt == nil || now.Sub(rec.PlannedAt.AsTime()) < RePlanAfter {
+		return false
+	}
+	again := false
+	for _, it := range rec.Items {
+		if it.Status == ItemUnplaced && it.Plans < MaxPlans && !strings.HasPrefix(it.Error, "pinned") {
+			it.Status, it.Error, again = ItemPending, "", true
+		}
+	}
+	return again
+}
 
 // DefaultMaxAttempts is how many migrations of one VM an evacuation tries
 // (each to a different destination) before it gives the VM up.
@@ -194,6 +218,11 @@ func ApplyPlan(rec *ferryv1.Evacuation, plan evacuate.Plan) {
 		byVM[it.Vm] = it
 		next = max(next, it.Order)
 	}
+	for _, it := range rec.Items {
+		if it.Status == ItemPending && it.To == "" {
+			it.Plans++
+		}
+	}
 	for _, m := range plan.Moves {
 		it, ok := byVM[m.VM]
 		if !ok || it.Status != ItemPending || it.To != "" {
@@ -284,6 +313,9 @@ func Finish(rec *ferryv1.Evacuation, left []string, now time.Time) bool {
 		return false
 	}
 	for _, it := range rec.Items {
+		if rec.State == StateRunning && it.Status == ItemUnplaced && it.Plans < MaxPlans {
+			return false // to be planned again (RetryUnplaced)
+		}
 		if !itemDone(it.Status) {
 			if rec.State == StateCancelling && it.Status == ItemPending {
 				it.Status = ItemCancelled

@@ -280,11 +280,11 @@ func TestFleetHealthDrivenEvacuation(t *testing.T) {
 
 func TestFleetEvacuationRetriesElsewhere(t *testing.T) {
 	c := upCluster(t, 3)
-	// 16 MiB/s per migration: long enough to kill a destination
+	// 24 MiB/s per migration: long enough to kill a destination
 	// mid-transfer; pre-copy only, so the failed attempt rolls back (a
 	// post-copy past its switchover must wait for its destination).
 	pol := c.dir + "/policies.json"
-	if err := os.WriteFile(pol, []byte(`{"cluster": {"bandwidthPerMigration": 16777216, "allowedStrategies": ["precopy", "converge"]}}`), 0o644); err != nil {
+	if err := os.WriteFile(pol, []byte(`{"cluster": {"bandwidthPerMigration": 25165824, "allowedStrategies": ["precopy", "converge"]}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c.mustFerry("policy", "set", "-f", pol)

@@ -878,7 +878,9 @@ type Evacuation struct {
 	// message says why the evacuation ended as it did.
 	Message string `protobuf:"bytes,13,opt,name=message,proto3" json:"message,omitempty"`
 	// generation counts writes of the record.
-	Generation    int64 `protobuf:"varint,14,opt,name=generation,proto3" json:"generation,omitempty"`
+	Generation int64 `protobuf:"varint,14,opt,name=generation,proto3" json:"generation,omitempty"`
+	// planned_at is when the planner last ran for some of its VMs.
+	PlannedAt     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=planned_at,json=plannedAt,proto3" json:"planned_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1011,6 +1013,13 @@ func (x *Evacuation) GetGeneration() int64 {
 	return 0
 }
 
+func (x *Evacuation) GetPlannedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PlannedAt
+	}
+	return nil
+}
+
 // EvacuationItem is one VM of an evacuation.
 type EvacuationItem struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1033,7 +1042,11 @@ type EvacuationItem struct {
 	Progress  float64                `protobuf:"fixed64,12,opt,name=progress,proto3" json:"progress,omitempty"`
 	StartedAt *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	// failures are the earlier attempts' errors, oldest first.
-	Failures      []string `protobuf:"bytes,14,rep,name=failures,proto3" json:"failures,omitempty"`
+	Failures []string `protobuf:"bytes,14,rep,name=failures,proto3" json:"failures,omitempty"`
+	// plans counts the times the planner tried to place it (an unplaced VM
+	// is planned again, a few times, in case what stopped it was passing:
+	// a dirty-rate peak, a link not yet measured, room being freed).
+	Plans         int32 `protobuf:"varint,15,opt,name=plans,proto3" json:"plans,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1166,6 +1179,13 @@ func (x *EvacuationItem) GetFailures() []string {
 	return nil
 }
 
+func (x *EvacuationItem) GetPlans() int32 {
+	if x != nil {
+		return x.Plans
+	}
+	return 0
+}
+
 var File_ferry_v1_fleet_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_fleet_proto_rawDesc = "" +
@@ -1223,7 +1243,7 @@ const file_ferry_v1_fleet_proto_rawDesc = "" +
 	"\x12SetPoliciesRequest\x12\x12\n" +
 	"\x04json\x18\x01 \x01(\tR\x04json\")\n" +
 	"\x13SetPoliciesResponse\x12\x12\n" +
-	"\x04json\x18\x01 \x01(\tR\x04json\"\xe4\x03\n" +
+	"\x04json\x18\x01 \x01(\tR\x04json\"\x9f\x04\n" +
 	"\n" +
 	"Evacuation\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x16\n" +
@@ -1244,7 +1264,9 @@ const file_ferry_v1_fleet_proto_rawDesc = "" +
 	"\amessage\x18\r \x01(\tR\amessage\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x0e \x01(\x03R\n" +
-	"generation\"\x9c\x03\n" +
+	"generation\x129\n" +
+	"\n" +
+	"planned_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tplannedAt\"\xb2\x03\n" +
 	"\x0eEvacuationItem\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x1a\n" +
@@ -1262,7 +1284,8 @@ const file_ferry_v1_fleet_proto_rawDesc = "" +
 	"\bprogress\x18\f \x01(\x01R\bprogress\x129\n" +
 	"\n" +
 	"started_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12\x1a\n" +
-	"\bfailures\x18\x0e \x03(\tR\bfailures2\x9e\x05\n" +
+	"\bfailures\x18\x0e \x03(\tR\bfailures\x12\x14\n" +
+	"\x05plans\x18\x0f \x01(\x05R\x05plans2\x9e\x05\n" +
 	"\fFleetService\x12Y\n" +
 	"\x10EnterMaintenance\x12!.ferry.v1.EnterMaintenanceRequest\x1a\".ferry.v1.EnterMaintenanceResponse\x12V\n" +
 	"\x0fExitMaintenance\x12 .ferry.v1.ExitMaintenanceRequest\x1a!.ferry.v1.ExitMaintenanceResponse\x12P\n" +
@@ -1316,28 +1339,29 @@ var file_ferry_v1_fleet_proto_depIdxs = []int32{
 	18, // 5: ferry.v1.Evacuation.started_at:type_name -> google.protobuf.Timestamp
 	18, // 6: ferry.v1.Evacuation.ended_at:type_name -> google.protobuf.Timestamp
 	17, // 7: ferry.v1.Evacuation.items:type_name -> ferry.v1.EvacuationItem
-	18, // 8: ferry.v1.EvacuationItem.started_at:type_name -> google.protobuf.Timestamp
-	4,  // 9: ferry.v1.FleetService.EnterMaintenance:input_type -> ferry.v1.EnterMaintenanceRequest
-	6,  // 10: ferry.v1.FleetService.ExitMaintenance:input_type -> ferry.v1.ExitMaintenanceRequest
-	8,  // 11: ferry.v1.FleetService.GetEvacuation:input_type -> ferry.v1.GetEvacuationRequest
-	10, // 12: ferry.v1.FleetService.CancelEvacuation:input_type -> ferry.v1.CancelEvacuationRequest
-	12, // 13: ferry.v1.FleetService.GetPolicies:input_type -> ferry.v1.GetPoliciesRequest
-	14, // 14: ferry.v1.FleetService.SetPolicies:input_type -> ferry.v1.SetPoliciesRequest
-	0,  // 15: ferry.v1.FleetService.Balance:input_type -> ferry.v1.BalanceRequest
-	1,  // 16: ferry.v1.FleetService.ListRecommendations:input_type -> ferry.v1.ListRecommendationsRequest
-	5,  // 17: ferry.v1.FleetService.EnterMaintenance:output_type -> ferry.v1.EnterMaintenanceResponse
-	7,  // 18: ferry.v1.FleetService.ExitMaintenance:output_type -> ferry.v1.ExitMaintenanceResponse
-	9,  // 19: ferry.v1.FleetService.GetEvacuation:output_type -> ferry.v1.GetEvacuationResponse
-	11, // 20: ferry.v1.FleetService.CancelEvacuation:output_type -> ferry.v1.CancelEvacuationResponse
-	13, // 21: ferry.v1.FleetService.GetPolicies:output_type -> ferry.v1.GetPoliciesResponse
-	15, // 22: ferry.v1.FleetService.SetPolicies:output_type -> ferry.v1.SetPoliciesResponse
-	2,  // 23: ferry.v1.FleetService.Balance:output_type -> ferry.v1.BalanceResponse
-	2,  // 24: ferry.v1.FleetService.ListRecommendations:output_type -> ferry.v1.BalanceResponse
-	17, // [17:25] is the sub-list for method output_type
-	9,  // [9:17] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	18, // 8: ferry.v1.Evacuation.planned_at:type_name -> google.protobuf.Timestamp
+	18, // 9: ferry.v1.EvacuationItem.started_at:type_name -> google.protobuf.Timestamp
+	4,  // 10: ferry.v1.FleetService.EnterMaintenance:input_type -> ferry.v1.EnterMaintenanceRequest
+	6,  // 11: ferry.v1.FleetService.ExitMaintenance:input_type -> ferry.v1.ExitMaintenanceRequest
+	8,  // 12: ferry.v1.FleetService.GetEvacuation:input_type -> ferry.v1.GetEvacuationRequest
+	10, // 13: ferry.v1.FleetService.CancelEvacuation:input_type -> ferry.v1.CancelEvacuationRequest
+	12, // 14: ferry.v1.FleetService.GetPolicies:input_type -> ferry.v1.GetPoliciesRequest
+	14, // 15: ferry.v1.FleetService.SetPolicies:input_type -> ferry.v1.SetPoliciesRequest
+	0,  // 16: ferry.v1.FleetService.Balance:input_type -> ferry.v1.BalanceRequest
+	1,  // 17: ferry.v1.FleetService.ListRecommendations:input_type -> ferry.v1.ListRecommendationsRequest
+	5,  // 18: ferry.v1.FleetService.EnterMaintenance:output_type -> ferry.v1.EnterMaintenanceResponse
+	7,  // 19: ferry.v1.FleetService.ExitMaintenance:output_type -> ferry.v1.ExitMaintenanceResponse
+	9,  // 20: ferry.v1.FleetService.GetEvacuation:output_type -> ferry.v1.GetEvacuationResponse
+	11, // 21: ferry.v1.FleetService.CancelEvacuation:output_type -> ferry.v1.CancelEvacuationResponse
+	13, // 22: ferry.v1.FleetService.GetPolicies:output_type -> ferry.v1.GetPoliciesResponse
+	15, // 23: ferry.v1.FleetService.SetPolicies:output_type -> ferry.v1.SetPoliciesResponse
+	2,  // 24: ferry.v1.FleetService.Balance:output_type -> ferry.v1.BalanceResponse
+	2,  // 25: ferry.v1.FleetService.ListRecommendations:output_type -> ferry.v1.BalanceResponse
+	18, // [18:26] is the sub-list for method output_type
+	10, // [10:18] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_fleet_proto_init() }
