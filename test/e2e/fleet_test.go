@@ -465,3 +465,67 @@ func TestFleetBalancerSpreadsThenStops(t *testing.T) {
 		}
 	}
 }
+
+func TestFleetEvacuationSurvivesServerRestart(t *testing.T) {
+	c := upCluster(t, 3)
+	pol := c.dir + "/policies.json"
+	if err := os.WriteFile(pol, []byte(`{"cluster": {"bandwidthPerMigration": 25165824, "allowedStrategies": ["precopy", "converge"]}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.mustFerry("policy", "set", "-f", pol)
+	ips := map[string]string{"fs1": "198.19.0.141", "fs2": "198.19.0.142"}
+	for _, n := range []string{"fs1", "fs2"} {
+		c.createOn(n, ips[n], "h1")
+	}
+	boots := map[string]string{}
+	for _, n := range []string{"fs1", "fs2"} {
+		boots[n] = c.waitBoot(n, ips[n], "h1")
+	}
+	c.mustFerry("host", "maintenance", "enter", "h1", "--detach")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		e, err := c.evacuation("h1")
+		if err == nil && len(e.Items) > 0 && e.Items[0].Status == "migrating" && e.Items[0].Progress > 0.05 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no migration under way within 60s: %v %v", e, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	p := c.process("server")
+	c.killProcess(p, "server")
+	c.startProcessEnv(p, "server")
+	var e *ferryv1.Evacuation
+	deadline = time.Now().Add(3 * time.Minute)
+	for {
+		var err error
+		e, err = c.evacuation("h1")
+		if err == nil && (e.State == "completed" || e.State == "incomplete") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("evacuation not ended within 3m of the restart: %v %v", e, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("after the server restart: %s, predicted %d ms, measured %d ms, max in flight %d: %s", e.State, e.PredictedEtaMs, e.MeasuredMs, e.MaxInFlight, e.Message)
+	for _, it := range e.Items {
+		t.Logf("  %s -> %s: attempts %d, failures %v", it.Vm, it.To, it.Attempts, it.Failures)
+	}
+	if e.State != "completed" || e.MaxInFlight > 2 {
+		t.Fatalf("evacuation %s (max in flight %d): %s", e.State, e.MaxInFlight, e.Message)
+	}
+	for n, ip := range ips {
+		vm := c.waitVM(n, 15*time.Second, "running", func(v *ferryv1.VM) bool { return v.State == "running" && v.MigrationId == "" })
+		if vm.Host == "h1" {
+			t.Errorf("%s still on h1", n)
+		}
+		if got := c.bootID(ip, 30*time.Second); got != boots[n] {
+			t.Errorf("%s boot_id %s, want %s", n, got, boots[n])
+		}
+	}
+	if p := qemuPIDs(t, c.hostNS("h1")); len(p) > 0 {
+		t.Errorf("QEMU still on h1: %v", p)
+	}
+}
