@@ -112,6 +112,7 @@ type cluster struct {
 	prefix string
 	server string
 	c      *devcluster.Cluster
+	bin    string // the ferry CLI the helpers run; ferryBin when empty
 }
 
 // upCluster runs `ferry dev cluster up` with a unique prefix and registers
@@ -184,7 +185,11 @@ func dumpLogs(t *testing.T, dir string) {
 
 // ferry runs the CLI against the cluster's server.
 func (c *cluster) ferry(args ...string) (stdout, stderr string, err error) {
-	cmd := exec.Command(ferryBin, args...)
+	bin := ferryBin
+	if c.bin != "" {
+		bin = c.bin
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "FERRY_SERVER="+c.server)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
