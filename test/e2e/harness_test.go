@@ -133,6 +133,13 @@ func upClusterWith(t *testing.T, hosts int, extra ...string) *cluster {
 // (FERRY_FAILPOINTS=...).
 func upClusterEnv(t *testing.T, hosts int, env []string, extra ...string) *cluster {
 	t.Helper()
+	return upClusterBin(t, ferryBin, hosts, env, extra...)
+}
+
+// upClusterBin is upClusterEnv with the daemons run from bin (a ferry
+// linked with another version): `bin dev cluster up` starts them.
+func upClusterBin(t *testing.T, bin string, hosts int, env []string, extra ...string) *cluster {
+	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	prefix := "fe" + hex.EncodeToString(b)
@@ -158,7 +165,7 @@ func upClusterEnv(t *testing.T, hosts int, env []string, extra ...string) *clust
 		os.RemoveAll(dir)
 	})
 	args := append([]string{"dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg", "--allow-path", guestDir}, extra...)
-	up := exec.Command(ferryBin, args...)
+	up := exec.Command(bin, args...)
 	up.Env = append(os.Environ(), env...)
 	out, err := up.CombinedOutput()
 	if err != nil {
