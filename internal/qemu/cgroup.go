@@ -86,11 +86,17 @@ func newVMCgroup(parent, vm string, now time.Time) (*vmCgroup, error) {
 			return nil, fmt.Errorf("qemu cgroup: %w (set the agent's --qemu-cgroup, or --qemu-scope none)", err)
 		}
 	}
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return nil, fmt.Errorf("qemu cgroup: create parent: %w", err)
+	if _, err := os.Stat(parent); errors.Is(err, fs.ErrNotExist) {
+		// Make only the last level, inside an existing cgroup.
+		if up := filepath.Dir(parent); !isCgroupDir(up) {
+			return nil, fmt.Errorf("qemu cgroup: parent %s does not exist and %s is not a cgroup v2 directory (no cgroup.procs)", parent, up)
+		}
+		if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("qemu cgroup: create parent: %w", err)
+		}
 	}
-	if _, err := os.Stat(filepath.Join(parent, "cgroup.procs")); err != nil {
-		return nil, fmt.Errorf("qemu cgroup: parent %s is not a cgroup v2 directory (no cgroup.procs): %w", parent, err)
+	if !isCgroupDir(parent) {
+		return nil, fmt.Errorf("qemu cgroup: parent %s is not a cgroup v2 directory (no cgroup.procs)", parent)
 	}
 	unit := strings.TrimSuffix(ScopeUnit(vm, now), ".scope") // ferry-vm-NAME-N
 	dir := filepath.Join(parent, unit)
@@ -103,6 +109,12 @@ func newVMCgroup(parent, vm string, now time.Time) (*vmCgroup, error) {
 		return nil, fmt.Errorf("qemu cgroup: open %s: %w", dir, err)
 	}
 	return &vmCgroup{dir: dir, fd: fd}, nil
+}
+
+// isCgroupDir reports whether dir is a cgroup v2 directory.
+func isCgroupDir(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "cgroup.procs"))
+	return err == nil
 }
 
 // closeFD closes the descriptor used to start the process in the cgroup.

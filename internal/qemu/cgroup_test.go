@@ -53,13 +53,13 @@ func TestStartInOwnCgroup(t *testing.T) {
 	parent := testCgroupParent(t)
 	dir := vmDir(t)
 	cfg := Config{
-		Spec:  &ferryv1.VMSpec{Name: "cg/vm", Vcpus: 1, MemoryMib: 128, Boot: &ferryv1.BootSpec{Kernel: kernel}},
+		Spec:  &ferryv1.VMSpec{Name: "cg-vm", Vcpus: 1, MemoryMib: 128, Boot: &ferryv1.BootSpec{Kernel: kernel}},
 		Accel: "tcg", Paths: PathsFor(dir), Scope: ScopeCgroup, CgroupParent: parent,
 	}
 	p := startVM(t, cfg)
 	cg := procVMCgroup(p.PID())
-	if filepath.Dir(cg) != parent || !strings.HasPrefix(filepath.Base(cg), "ferry-vm-cg_vm-") {
-		t.Fatalf("QEMU pid %d runs in cgroup %q, want %s/ferry-vm-cg_vm-N", p.PID(), cg, parent)
+	if filepath.Dir(cg) != parent || !strings.HasPrefix(filepath.Base(cg), "ferry-vm-cg-vm-") {
+		t.Fatalf("QEMU pid %d runs in cgroup %q, want %s/ferry-vm-cg-vm-N", p.PID(), cg, parent)
 	}
 	if self := procVMCgroup(os.Getpid()); self != "" {
 		t.Fatalf("the test process itself is in %s", self)

@@ -250,8 +250,8 @@ func (in *installed) startAgent(host string, bin string) *pkgAgent {
 	return a
 }
 
-// run (re)starts a's process: `ip netns exec` runs it in place, so its PID
-// and process group are the agent's; in a cgroups cluster clone3 puts it
+// run (re)starts a's process: `ip netns exec` (or nsenter) runs it in
+// place, so its PID and process group are the agent's; in a cgroups cluster clone3 puts it
 // straight into a.cgroup. The namespace's teardown stops it.
 func (in *installed) run(a *pkgAgent) {
 	t := in.t
@@ -265,6 +265,12 @@ func (in *installed) run(a *pkgAgent) {
 	}
 	defer logf.Close()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", a.host.Netns}, a.argv...)...)
+	if a.cgroup != "" {
+		// `ip netns exec` mounts a fresh /sys for the namespace, without
+		// /sys/fs/cgroup; nsenter joins only the network namespace, so the
+		// agent sees the cgroup hierarchy as on a real host.
+		cmd = exec.Command("nsenter", append([]string{"--net=/run/netns/" + a.host.Netns, "--"}, a.argv...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if a.cgroup != "" {
