@@ -274,7 +274,13 @@ func (in *installed) run(a *pkgAgent) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if a.cgroup != "" {
-		if err := os.MkdirAll(a.cgroup, 0o755); err != nil {
+		// Each start gets a fresh cgroup, as systemd gives each start a new
+		// one: a process cloned into a cgroup after its cgroup.kill is
+		// killed at once (seen on Linux 6.18).
+		if err := os.Remove(a.cgroup); err != nil && !os.IsNotExist(err) {
+			t.Fatalf("remove the agent's old cgroup: %v", err)
+		}
+		if err := os.Mkdir(a.cgroup, 0o755); err != nil {
 			t.Fatal(err)
 		}
 		fd, err := unix.Open(a.cgroup, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -295,6 +301,40 @@ func (in *installed) run(a *pkgAgent) {
 			_ = syscall.Kill(-pid, syscall.SIGKILL)
 		}
 	})
+}
+
+// waitLog waits until the agent's log has a line with every one of words
+// written after offset, and returns that line.
+func (a *pkgAgent) waitLog(t *testing.T, offset int, timeout time.Duration, words ...string) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		b, _ := os.ReadFile(a.log)
+		if offset < len(b) {
+			for _, l := range strings.Split(string(b[offset:]), "\n") {
+				ok := true
+				for _, w := range words {
+					ok = ok && strings.Contains(l, w)
+				}
+				if ok {
+					return l
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent %s logged no line with %q within %s:\n%s", a.host.Name, words, timeout, b[min(offset, len(b)):])
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// logSize is the current length of the agent's log.
+func (a *pkgAgent) logSize() int {
+	fi, err := os.Stat(a.log)
+	if err != nil {
+		return 0
+	}
+	return int(fi.Size())
 }
 
 // procCgroup is the cgroup v2 path pid runs in (relative to the mount).

@@ -146,7 +146,17 @@ func TestAgentCgroupKillLeavesVMs(t *testing.T) {
 	checkStream(t, stream, "with the agent dead")
 
 	// Restart the agent: it reattaches to the running QEMU.
+	off := a.logSize()
 	in.run(a)
+	line := a.waitLog(t, off, 30*time.Second, `msg="reattached VM"`, "vm="+name, fmt.Sprintf("pid=%d", qpid))
+	t.Logf("restarted agent: %s", line)
+	a.waitLog(t, off, 30*time.Second, "QEMU capabilities")
+	if !alive(a.pid) {
+		t.Fatalf("the restarted agent (pid %d) is not running", a.pid)
+	}
+	if got := procCgroup(t, a.pid); got != agentCG {
+		t.Fatalf("restarted agent in cgroup %s, want %s", got, agentCG)
+	}
 	if err := in.c.WaitHostsReady(ctxT(t, time.Minute), 45*time.Second); err != nil {
 		t.Fatal(err)
 	}
