@@ -307,9 +307,16 @@ func (in *installed) run(a *pkgAgent) {
 // written after offset, and returns that line.
 func (a *pkgAgent) waitLog(t *testing.T, offset int, timeout time.Duration, words ...string) string {
 	t.Helper()
+	return waitLogLine(t, a.log, offset, timeout, words...)
+}
+
+// waitLogLine waits until the file at path has a line with every one of
+// words past byte offset, and returns that line.
+func waitLogLine(t *testing.T, path string, offset int, timeout time.Duration, words ...string) string {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		b, _ := os.ReadFile(a.log)
+		b, _ := os.ReadFile(path)
 		if offset < len(b) {
 			for _, l := range strings.Split(string(b[offset:]), "\n") {
 				ok := true
@@ -322,20 +329,23 @@ func (a *pkgAgent) waitLog(t *testing.T, offset int, timeout time.Duration, word
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("agent %s logged no line with %q within %s:\n%s", a.host.Name, words, timeout, b[min(offset, len(b)):])
+			t.Fatalf("%s has no line with %q within %s:\n%s", path, words, timeout, b[min(offset, len(b)):])
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 }
 
-// logSize is the current length of the agent's log.
-func (a *pkgAgent) logSize() int {
-	fi, err := os.Stat(a.log)
+// fileSize is the current length of the file at path (0 if missing).
+func fileSize(path string) int {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return 0
 	}
 	return int(fi.Size())
 }
+
+// logSize is the current length of the agent's log.
+func (a *pkgAgent) logSize() int { return fileSize(a.log) }
 
 // procCgroup is the cgroup v2 path pid runs in (relative to the mount).
 func procCgroup(t *testing.T, pid int) string {

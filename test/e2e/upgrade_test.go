@@ -16,9 +16,11 @@ import (
 // upgradeProcess stops a recorded daemon as `systemctl restart` would
 // (SIGTERM, then wait), starts it again from binary newBin with the same
 // arguments, and returns when every host is ready again and, for a server
-// replica, when that replica itself answers and is registered.
-func (c *cluster) upgradeProcess(p devcluster.Process, label, newBin string) {
+// replica, when that replica itself answers and is registered; for an
+// agent, when its log shows it reattached to every VM in reattach.
+func (c *cluster) upgradeProcess(p devcluster.Process, label, newBin string, reattach ...string) {
 	c.t.Helper()
+	off := fileSize(p.Log)
 	if err := syscall.Kill(p.PID, syscall.SIGTERM); err != nil {
 		c.t.Fatalf("stop %s (pid %d): %v", label, p.PID, err)
 	}
@@ -41,6 +43,9 @@ func (c *cluster) upgradeProcess(p devcluster.Process, label, newBin string) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+	}
+	for _, vm := range reattach {
+		c.t.Logf("%s: %s", label, waitLogLine(c.t, p.Log, off, 30*time.Second, `msg="reattached VM"`, "vm="+vm))
 	}
 	if err := c.c.WaitHostsReady(ctxT(c.t, time.Minute), 45*time.Second); err != nil {
 		c.t.Fatal(err)
@@ -105,7 +110,7 @@ func TestRollingUpgradeDuringMigration(t *testing.T) {
 		inFlight("follower " + rep)
 	}
 	for _, h := range []string{"h1", "h2"} {
-		c.upgradeProcess(c.process("agent", h), "agent "+h, newBin)
+		c.upgradeProcess(c.process("agent", h), "agent "+h, newBin, name)
 		inFlight("agent " + h)
 	}
 
