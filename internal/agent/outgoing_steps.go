@@ -120,7 +120,9 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 		out.mu.Unlock()
 		if set != nil {
 			// The source keeps its disks; the destination's copies go with it.
-			cancelMirrors(ctx, mon, set)
+			if err := cancelMirrors(ctx, mon, set); err != nil {
+				a.log.Warn("disk mirrors not cleanly stopped (the destination's copies are removed with it)", "vm", name, "migration", id, "err", err)
+			}
 		}
 	}
 	info, err := mon.QueryMigrate(ctx)

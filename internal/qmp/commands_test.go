@@ -208,6 +208,7 @@ func TestCommandWireFormat(t *testing.T) {
 		{m.MigrateStartPostcopy, "migrate-start-postcopy", ""},
 		{m.MigratePause, "migrate-pause", ""},
 		{m.YankMigration, "yank", `{"instances":[{"type":"migration"}]}`},
+		{func(ctx context.Context) error { return m.YankBlockNode(ctx, "mirror-vda") }, "yank", `{"instances":[{"type":"block-node","node-name":"mirror-vda"}]}`},
 		{func(ctx context.Context) error {
 			return m.MigrateSetCapabilities(ctx, []CapabilityState{{CapPauseBeforeSwitchover, true}, {CapMultifd, false}})
 		}, "migrate-set-capabilities", `{"capabilities":[{"capability":"pause-before-switchover","state":true},{"capability":"multifd","state":false}]}`},
