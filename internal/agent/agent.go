@@ -36,9 +36,13 @@ import (
 
 // Config configures an Agent.
 type Config struct {
-	// QEMUScope is qemu.ScopeAuto, ScopeSystemd or ScopeNone: whether each
-	// QEMU runs in its own systemd scope, outside the agent's cgroup.
+	// QEMUScope is qemu.ScopeAuto, ScopeSystemd, ScopeCgroup or ScopeNone:
+	// whether each QEMU runs in its own systemd scope or cgroup, outside
+	// the agent's cgroup.
 	QEMUScope string
+	// QEMUCgroup is the cgroup v2 directory under which ScopeCgroup makes
+	// one cgroup per QEMU (default qemu.DefaultCgroupParent()).
+	QEMUCgroup string
 	// Version is the ferry version this agent reports in heartbeats
 	// (default version.String()); tests inject one.
 	Version string
@@ -128,8 +132,16 @@ func New(cfg Config) (*Agent, error) {
 	}
 	switch cfg.QEMUScope {
 	case "", qemu.ScopeAuto, qemu.ScopeSystemd, qemu.ScopeNone:
+	case qemu.ScopeCgroup:
+		if cfg.QEMUCgroup == "" {
+			parent, err := qemu.DefaultCgroupParent()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--qemu-scope cgroup: %w; set --qemu-cgroup to a cgroup v2 directory, or use --qemu-scope none", err))
+			}
+			cfg.QEMUCgroup = parent
+		}
 	default:
-		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd or none, got %q", cfg.QEMUScope))
+		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd, cgroup or none, got %q", cfg.QEMUScope))
 	}
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("--name: required (the host's name in the cluster)"))
