@@ -104,6 +104,10 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if k == core.ActCopyDisks {
+		r.disksLocked(out) // a cold migration's disk copy: no RAM figures
+		return
+	}
 	if k == core.ActStartOutgoing && r.lastOut == nil {
 		r.transfer = time.Now()
 	}
