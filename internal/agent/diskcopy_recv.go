@@ -59,6 +59,8 @@ type diskArrival struct {
 	verified bool
 	digests  []string
 	closed   bool
+
+	orphanSince time.Time // an authoritative heartbeat named neither it nor its VM since (reapArrivals)
 }
 
 // diskArrivals are the arrivals of this agent, by VM name.
@@ -239,6 +241,17 @@ func (arr *diskArrival) check(h copyHeader) error {
 func (arr *diskArrival) receiveDisks(c net.Conn, r *bufio.Reader, h copyHeader) ([]string, error) {
 	buf := make([]byte, copyBlockSize)
 	var digests []string
+	var verified int64
+	last := time.Now()
+	progress := func(_ int64, b []byte) error {
+		verified += int64(len(b))
+		if time.Since(last) >= time.Second {
+			last = time.Now()
+			_ = c.SetWriteDeadline(time.Now().Add(copyIdle))
+			return writeLine(c, copyReply{Progress: true, VerifiedBytes: verified})
+		}
+		return nil
+	}
 	for i, d := range h.Disks {
 		part := arr.imagePath(arr.disks[i]) + ".part"
 		f, err := os.OpenFile(part, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
@@ -251,7 +264,7 @@ func (arr *diskArrival) receiveDisks(c net.Conn, r *bufio.Reader, h copyHeader) 
 		}
 		var got [32]byte
 		if err == nil {
-			got, err = contentDigest(f, d.Size, nil)
+			got, err = contentDigest(f, d.Size, progress)
 		}
 		f.Close()
 		if err == nil && got != dig {
@@ -424,4 +437,30 @@ func readDiskNames(dir string) ([]*agentv1.LocalDisk, error) {
 		}
 	}
 	return out, nil
+}
+
+// reapArrivals removes disk copies that an authoritative heartbeat reply
+// has, for at least grace, named neither by their migration (in flight)
+// nor by their VM (placed here): a rollback that could not reach this
+// agent left them (the owner never switched to this host).
+func (a *Agent) reapArrivals(now time.Time, grace time.Duration, exp expectation) {
+	if !exp.authoritative {
+		return
+	}
+	as := &a.arrivals
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	for name, arr := range as.byVM {
+		if exp.vms[name] || exp.migrations[arr.id] {
+			arr.orphanSince = time.Time{}
+			continue
+		}
+		if arr.orphanSince.IsZero() {
+			arr.orphanSince = now
+			continue
+		}
+		if now.Sub(arr.orphanSince) >= grace {
+			arr.removeLocked(as, "no migration in flight names it (orphan reaper)")
+		}
+	}
 }

@@ -43,6 +43,7 @@ type copyJob struct {
 	err       string
 	total     int64 // allocated bytes of the images
 	sent      int64 // data bytes sent
+	verified  int64 // data bytes the destination has read back for its digests
 	disks     []*agentv1.DiskMirror
 	changed   chan struct{} // closed when the status changes
 	started   time.Time
@@ -127,7 +128,9 @@ func (v *vm) stopCopy() {
 func (j *copyJob) report() *agentv1.OutgoingStatus {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	st := &agentv1.OutgoingStatus{Status: j.status, Error: j.err, TransferredBytes: j.sent, DiskBytesTotal: j.total, DiskBytesTransferred: j.sent}
+	// TransferredBytes is the engine's progress (its stall timer): the
+	// data sent, then what the destination verified of it.
+	st := &agentv1.OutgoingStatus{Status: j.status, Error: j.err, TransferredBytes: j.sent + j.verified, DiskBytesTotal: j.total, DiskBytesTransferred: j.sent}
 	for _, d := range j.disks {
 		st.Disks = append(st.Disks, cloneMirror(d))
 	}
@@ -220,6 +223,26 @@ func (j *copyJob) copy(ctx context.Context, imgs []localImage, addr, token strin
 	case ack.Verified:
 		return nil // verified before this agent restarted
 	}
+	// The destination's progress lines and verdict, read as they come
+	// (it verifies each disk while the next one is still on its way).
+	verdict := make(chan copyReply, 1)
+	go func() {
+		for {
+			var rep copyReply
+			if err := readLine(r, &rep); err != nil {
+				verdict <- copyReply{Error: fmt.Sprintf("the destination's verdict: %v", err)}
+				return
+			}
+			if !rep.Progress {
+				verdict <- rep
+				return
+			}
+			j.mu.Lock()
+			j.verified = rep.VerifiedBytes
+			j.mu.Unlock()
+		}
+	}()
+	_ = c.SetReadDeadline(time.Time{})
 	start := time.Now()
 	corrupt := j.corrupt
 	for i, f := range files {
@@ -229,7 +252,7 @@ func (j *copyJob) copy(ctx context.Context, imgs []localImage, addr, token strin
 				b[0] ^= 0xff // after the digest took the block: the destination's differs
 				corrupt = false
 			}
-			_ = c.SetDeadline(time.Now().Add(copyIdle))
+			_ = c.SetWriteDeadline(time.Now().Add(copyIdle))
 			n, err := writeDataRuns(w, off, b)
 			if err != nil {
 				return err
@@ -264,16 +287,27 @@ func (j *copyJob) copy(ctx context.Context, imgs []localImage, addr, token strin
 	if err := w.Flush(); err != nil {
 		return fmt.Errorf("send the disks: %w", err)
 	}
-	// The destination reads its copies back for their digests: allow for it.
-	_ = c.SetDeadline(time.Now().Add(10 * time.Minute))
-	var rep copyReply
-	if err := readLine(r, &rep); err != nil {
-		return fmt.Errorf("the destination's verdict: %w", err)
+	// The destination reads its copies back for their digests: it reports
+	// progress at least every copyIdle while it does.
+	for seen := int64(-1); ; {
+		j.mu.Lock()
+		v := j.verified
+		j.mu.Unlock()
+		if v == seen {
+			return fmt.Errorf("the destination verified nothing for %s", copyIdle)
+		}
+		seen = v
+		select {
+		case rep := <-verdict:
+			if !rep.OK {
+				return fmt.Errorf("the destination refused the copy: %s", rep.Error)
+			}
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(copyIdle):
+		}
 	}
-	if !rep.OK {
-		return fmt.Errorf("the destination refused the copy: %s", rep.Error)
-	}
-	return nil
 }
 
 // copyPage is the granularity at which a block's zero pages are left out.

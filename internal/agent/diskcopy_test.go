@@ -210,3 +210,30 @@ func TestDiskCopyWrongTokenRefused(t *testing.T) {
 		t.Fatalf("copy %s (%s), want refused for its token", st.Status, st.Error)
 	}
 }
+
+// TestReapArrivals: disk copies no authoritative heartbeat names (neither
+// their migration nor their VM) are removed after the grace period; named
+// ones, and any on a non-authoritative reply, are kept.
+func TestReapArrivals(t *testing.T) {
+	_, dst, _, _ := copyPair(t, 1<<20, 0)
+	t0 := time.Now()
+	named := expectation{authoritative: true, vms: map[string]bool{}, migrations: map[string]bool{"m1": true}}
+	none := expectation{authoritative: true, vms: map[string]bool{}, migrations: map[string]bool{}}
+	dst.reapArrivals(t0, time.Minute, named)
+	dst.reapArrivals(t0.Add(2*time.Minute), time.Minute, none) // orphan from now
+	dst.reapArrivals(t0.Add(2*time.Minute+30*time.Second), time.Minute, none)
+	if dst.arrivalOf("v1") == nil {
+		t.Fatal("removed before its grace period")
+	}
+	dst.reapArrivals(t0.Add(4*time.Minute), time.Minute, expectation{})
+	if dst.arrivalOf("v1") == nil {
+		t.Fatal("removed on a non-authoritative reply")
+	}
+	dst.reapArrivals(t0.Add(5*time.Minute), time.Minute, none)
+	if dst.arrivalOf("v1") != nil {
+		t.Fatal("an orphan copy was kept past the grace period")
+	}
+	if _, err := os.Stat(filepath.Join(dst.vmsDir(), "v1")); !os.IsNotExist(err) {
+		t.Errorf("the orphan copy's directory is left: %v", err)
+	}
+}

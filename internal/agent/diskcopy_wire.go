@@ -22,7 +22,8 @@ import (
 //	per disk, in the header's order:
 //	  'D' offset(8) length(4) data   a block holding data
 //	  'E' digest(32)                 the disk's content digest (contentDigest)
-//	reply     one JSON line from the destination: copyReply
+//	reply     JSON lines from the destination: copyReply (progress lines
+//	          while it verifies, written as it goes, then the verdict)
 //
 // Only blocks of the image file that hold data are sent (SEEK_DATA /
 // SEEK_HOLE, all-zero blocks skipped): a sparse raw image or a qcow2 image
@@ -63,11 +64,15 @@ type copyAck struct {
 	Verified bool   `json:"verified,omitempty"`
 }
 
-// copyReply is the destination's verdict after the last disk.
+// copyReply is the destination's verdict after the last disk; before it,
+// while the destination reads its copies back for their digests, progress
+// lines (Progress set) say how much it has verified.
 type copyReply struct {
-	OK      bool     `json:"ok"`
-	Error   string   `json:"error,omitempty"`
-	Digests []string `json:"digests,omitempty"`
+	OK            bool     `json:"ok"`
+	Error         string   `json:"error,omitempty"`
+	Digests       []string `json:"digests,omitempty"`
+	Progress      bool     `json:"progress,omitempty"`
+	VerifiedBytes int64    `json:"verified_bytes,omitempty"`
 }
 
 // Linux lseek whence values for sparse files.

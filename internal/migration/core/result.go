@@ -13,6 +13,9 @@ func (r *Record) result(obs Observation) {
 	a, side := obs.Action, obs.Side
 	r.destReachable(obs)
 	if obs.Err == Transient {
+		if a == ActStopVM {
+			r.vol.stopRetried = true // that StopVM may still be on its way
+		}
 		r.vol.notBefore[a][side] = now.Add(RetryBackoff)
 		r.Attempts++
 		r.streamFailedDestSilent(obs)
@@ -438,7 +441,7 @@ func (r *Record) onVMStep(now time.Time, obs Observation) {
 	case ActStopVM:
 		if r.State == Stopping && side == Src && (obs.Err == OK || obs.Err == NotFound) {
 			r.Facts.SourceStopped = true
-			r.vol.soleStop = r.vol.loadedIn != Stopping
+			r.vol.soleStop = r.vol.loadedIn != Stopping && !r.vol.stopRetried
 			if r.CopyDisks {
 				r.enter(now, Copying, "guest stopped on "+r.From+"; copying its local disks to "+r.To)
 			} else {
@@ -637,7 +640,7 @@ func (r *Record) onDiskCopy(now time.Time, obs Observation) {
 	case obs.Action == ActPrepareDisks && obs.Err == OK && obs.DiskURI != "":
 		r.DiskURI = obs.DiskURI
 		r.LastProgressAt = now
-		r.History = append(r.History, Event{At: now, State: Copying, Message: "the destination receives the local disks at " + obs.DiskURI})
+		r.Note = "the destination receives the local disks at " + obs.DiskURI
 	case obs.Action == ActPrepareDisks && obs.Err == OK:
 		r.rollback(now, "the destination on "+r.To+" answered no address for the local disks' copy", false)
 	case obs.Action == ActPrepareDisks:

@@ -56,10 +56,12 @@ type volatile struct {
 	freshOut    bool      // the QueryOutgoing in flight was asked after FinishOutgoing was refused
 	prepared    *Record   // the switched record the CASOwner in flight writes with the owner
 	// soleStop: this session sent the only StopVM of the migration (it
-	// was not loaded in stopping) and saw it answer: no StopVM can still
-	// be on its way, so a cold rollback starts the guest again at once.
-	soleStop bool
-	wrote    *Record // the record the last step's owner CAS wrote (what the store holds now)
+	// was not loaded in stopping, none was retried after a transient
+	// error) and saw it answer: no StopVM can still be on its way, so a
+	// cold rollback starts the guest again at once.
+	soleStop    bool
+	stopRetried bool    // a StopVM of this session failed transiently (it may land late)
+	wrote       *Record // the record the last step's owner CAS wrote (what the store holds now)
 }
 
 // New returns the record of a migration that has locked its VM (state
