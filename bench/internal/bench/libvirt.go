@@ -344,6 +344,7 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 	// migration the destination keeps no completed statistics.
 	var lastSrc map[string]string
 	var lastSrcMs int64
+	var diskMax int64 // the largest disk_processed the source reported while it ran
 	for !mig.Exited() {
 		select {
 		case <-ctx.Done():
@@ -364,6 +365,7 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 			continue // the domain may just have left the source
 		}
 		st := jobStats(out)
+		diskMax = max(diskMax, statInt(st, "disk_processed")) // (the storage copy runs before the first RAM round)
 		if statInt(st, "data_total") == 0 {
 			continue // the job has not started its first round yet
 		}
@@ -407,7 +409,9 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 		rep.TotalMs = statInt(st, "time_elapsed")
 		rep.DowntimeMs = statInt(st, "downtime")
 		rep.TransferredBytes = statInt(st, "data_processed")
-		rep.DiskBytes = statInt(st, "disk_processed")
+		// The destination's completed statistics carry no disk figures:
+		// the source's running ones do.
+		rep.DiskBytes = max(statInt(st, "disk_processed"), diskMax)
 		rep.Rounds = statInt(st, "memory_iteration")
 		rep.BandwidthMiBps = float64(statInt(st, "memory_bps")) / (1 << 20)
 		st["bench_migrate_getspeed_MiBps"] = strings.TrimSpace(speed)

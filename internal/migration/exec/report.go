@@ -140,7 +140,10 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	m.ThrottlePercent = max(m.ThrottlePercent, out.ThrottlePercent)
 	m.PostcopyRequests = max(m.PostcopyRequests, out.PostcopyRequests)
 	if el := time.Since(r.transfer).Seconds(); el > 0 && out.PreSwitchoverAt == nil {
-		m.BandwidthMibps = float64(out.TransferredBytes) / (1 << 20) / el
+		// Everything the link carried since the start: RAM and the local
+		// disks' mirrors (which run first), so that a migration with disks
+		// teaches the planner the link's rate, not RAM over the whole time.
+		m.BandwidthMibps = float64(out.TransferredBytes+out.DiskBytesTransferred) / (1 << 20) / el
 	}
 	if k == core.ActQueryOutgoing {
 		m.Samples = append(m.Samples, &ferryv1.MigrationSample{
