@@ -95,14 +95,21 @@ func TestPostcopyAfterOnlyForPostcopy(t *testing.T) {
 	in := &ferryv1.PlanInputs{BandwidthMibps: 48, NonZeroBytes: 352 << 20, DirtyRateMibps: 24}
 	h := qemuHost("h1", "10.0.2", qemu10...)
 	plan := &ferryv1.Plan{Tuning: tunePlan("postcopy", in, &ferryv1.MigrationOptions{}, h, h)}
-	if got := postcopyAt(plan, "postcopy"); got < 0.666 || got > 0.667 {
+	got, bytes := postcopyAt(plan, "postcopy")
+	if got < 0.666 || got > 0.667 {
 		t.Fatalf("switch point %.4f, want 48/72 (B/(B+R))", got)
+	}
+	if want := int64(352 << 20 * 2 / 3); bytes < want-1 || bytes > want+1 {
+		t.Fatalf("switch point %d bytes, want %d (non-zero × B/(B+R))", bytes, want)
 	}
 	if c := choice(t, plan.Tuning, "postcopy-start"); c.Value != "67% of round 1" {
 		t.Errorf("postcopy-start choice %+v", c)
 	}
-	if postcopyAt(plan, "hybrid") != 0 || postcopyAt(nil, "postcopy") != 0 {
+	if f, b := postcopyAt(plan, "hybrid"); f != 0 || b != 0 {
 		t.Fatal("a switch point outside post-copy")
+	}
+	if f, b := postcopyAt(nil, "postcopy"); f != 0 || b != 0 {
+		t.Fatal("a switch point without a plan")
 	}
 }
 

@@ -59,6 +59,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 		m.History = append(m.History, &statev1.MigrationRecordEvent{At: ts(e.At), State: string(e.State), Message: e.Message})
 	}
 	m.Options.PostcopyAtFraction = r.Options.PostcopyAtFraction
+	m.Options.PostcopyAtBytes = r.Options.PostcopyAtBytes
 	m.CopyDisks = r.CopyDisks
 	return m
 }
@@ -102,6 +103,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 		r.History = append(r.History, Event{At: tm(e.At), State: State(e.State), Message: e.Message})
 	}
 	r.Options.PostcopyAtFraction = o.GetPostcopyAtFraction()
+	r.Options.PostcopyAtBytes = o.GetPostcopyAtBytes()
 	r.CopyDisks = m.GetCopyDisks()
 	if err := r.Validate(); err != nil {
 		return Record{}, err
