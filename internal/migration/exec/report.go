@@ -148,7 +148,7 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 		// Everything the link carried since the start: RAM and the local
 		// disks' mirrors (which run first), so that a migration with disks
 		// teaches the planner the link's rate, not RAM over the whole time.
-		m.BandwidthMibps = float64(out.TransferredBytes+out.DiskBytesTransferred) / (1 << 20) / el
+		m.BandwidthMibps = float64(out.TransferredBytes+m.DiskBytesTransferred) / (1 << 20) / el
 	}
 	if k == core.ActQueryOutgoing {
 		m.Samples = append(m.Samples, &ferryv1.MigrationSample{
@@ -299,7 +299,8 @@ func (r *reporter) phasesLocked() {
 	m.DowntimeMs = max(m.DowntimeMs, out.DowntimeMs)
 	if out.PreSwitchoverAt != nil && !r.transfer.IsZero() {
 		if el := out.PreSwitchoverAt.AsTime().Sub(r.transfer).Seconds(); el > 0 {
-			m.BandwidthMibps = float64(out.TransferredBytes-out.DowntimeBytes) / (1 << 20) / el
+			// (With local disks their mirrors ran first, over the same link.)
+			m.BandwidthMibps = float64(out.TransferredBytes-out.DowntimeBytes+m.DiskBytesTransferred) / (1 << 20) / el
 		}
 	}
 	if in == nil || in.ResumedAt == nil {
