@@ -25,6 +25,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/health"
 	"github.com/ferryvm/ferry/internal/pathguard"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -84,6 +85,9 @@ type Config struct {
 	// record of the control plane names it before the agent stops and
 	// removes it (see reaper.go); 0 means DefaultOrphanGrace.
 	OrphanGrace time.Duration
+	// HealthChecks are the host's health checks (internal/health); their
+	// verdict goes into every heartbeat. None: always healthy.
+	HealthChecks []health.Check
 	// QEMU starts and reattaches QEMU processes; nil means real QEMU.
 	// Unit tests pass a fake.
 	QEMU QEMURuntime
@@ -114,6 +118,8 @@ type Agent struct {
 
 	capsMu   sync.Mutex
 	qemuCaps *ferryv1.HostQEMU // probed at start (qemucaps.go)
+
+	health *health.Tracker // the host's health checks (nil: none)
 }
 
 // New validates cfg and returns an Agent; Run starts it.
@@ -255,6 +261,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.probeAccel(ctx)
 	}
 	a.probeQEMU(ctx)
+	if len(a.cfg.HealthChecks) > 0 {
+		a.health = health.NewTracker(a.cfg.HealthChecks)
+		go a.health.Run(ctx)
+	}
 	go a.heartbeatLoop(ctx, advertise)
 	go a.sweepLogsLoop(ctx)
 	go a.telemetry().run(ctx)
@@ -375,6 +385,10 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	a.accelMu.Unlock()
 	if a.cfg.Accel != "auto" {
 		h.Accel = a.cfg.Accel
+	}
+	h.Health = health.Healthy
+	if a.health != nil {
+		h.Health, h.HealthDetail = a.health.Verdict()
 	}
 	for _, v := range vms {
 		st := v.status()

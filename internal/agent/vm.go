@@ -309,6 +309,9 @@ func (v *vm) statusLocked() *ferryv1.VMStatus {
 		st.Pid = int64(v.proc.PID())
 		st.StartedAt = timestamppb.New(v.proc.StartedAt())
 		st.RssBytes = v.proc.RSSBytes()
+		if st.Pid > 0 {
+			st.CpuSeconds = cpuSeconds(int(st.Pid))
+		}
 	}
 	if v.mon != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

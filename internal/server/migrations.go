@@ -132,8 +132,8 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if dst == nil {
 		return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination host %q is not registered (see ferry host list)", req.To))
 	}
-	if dst.State != "ready" {
-		return nil, nil, precondition("destination host %s is %s", dst.Name, dst.State)
+	if why := unschedulableWhy(dst); why != "" {
+		return nil, nil, precondition("destination host %s is %s", dst.Name, why)
 	}
 	if src == nil || src.State != "ready" {
 		return nil, nil, precondition("VM %s's host %s is not ready: its agent must take part in the migration", req.Vm, vm.Host)
