@@ -103,11 +103,13 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
-	qemu   QEMURuntime
-	paths  *pathguard.Guard         // where a spec's kernel, initrd and disks may be
-	ident  atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
-	ended  endedArrivals            // incoming migrations that ended here (aborted, failed)
-	reaper reaper
+	qemu  QEMURuntime
+	paths *pathguard.Guard         // where a spec's kernel, initrd and disks may be
+	ident atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
+	ended endedArrivals            // incoming migrations that ended here (aborted, failed)
+	// arrivals are the cold migrations' disk copies arriving here (diskcopy_recv.go).
+	arrivals diskArrivals
+	reaper   reaper
 
 	mu  sync.Mutex
 	vms map[string]*vm
@@ -234,6 +236,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.vmsDir(), 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
+	a.loadArrivals()
 	if err := a.reattachAll(ctx); err != nil {
 		return err
 	}

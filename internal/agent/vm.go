@@ -54,6 +54,8 @@ type vm struct {
 
 	probeMu sync.Mutex
 	probe   *aliveProbe // the guest-alive probe of the last arrival (see liveness.go)
+
+	copy *copyJob // the cold migration's copy of the local disks from here (diskcopy_send.go)
 }
 
 func (a *Agent) newVM(name string) *vm {
@@ -88,6 +90,7 @@ func (v *vm) start(ctx context.Context, sp *ferryv1.VMSpec) (*ferryv1.VMStatus, 
 		}
 		return v.statusLocked(), nil
 	}
+	v.stopCopy() // from now on the disks change: a copy of them cannot be used
 	r := revert.New()
 	defer r.Fail()
 	proc, mon, accel, err := v.launch(ctx, sp, "", r)

@@ -339,7 +339,8 @@ func TestSecondsSaturates(t *testing.T) {
 
 // TestPredictLocalDisks: 512 MiB of local disk data on the 100 MiB/s link
 // with the guest writing 4 MiB/s adds 512/96 s of mirroring to every live
-// strategy (and its bytes), nothing to the downtime; cold is refused.
+// strategy (and its bytes), nothing to the downtime; cold copies the
+// 512 MiB at 100 MiB/s with the guest stopped (total and downtime).
 func TestPredictLocalDisks(t *testing.T) {
 	in := base(10, StrategyPrecopy, StrategyPostcopy, StrategyCold)
 	without := Predict(in)
@@ -364,8 +365,10 @@ func TestPredictLocalDisks(t *testing.T) {
 			t.Errorf("%s: reason %q", s, b.Reason)
 		}
 	}
-	if c := find(t, with, StrategyCold); c.Converges || !strings.Contains(c.Reason, "local disks") {
-		t.Errorf("cold with local disks: %+v", c)
+	a, c := find(t, without, StrategyCold), find(t, with, StrategyCold)
+	if copyS := 512.0 / 100; !c.Converges || math.Abs((c.Total-a.Total).Seconds()-copyS) > 0.01 || math.Abs((c.Downtime-a.Downtime).Seconds()-copyS) > 0.01 ||
+		c.Bytes != a.Bytes+512*mib || !strings.Contains(c.Reason, "copying 512.0 MiB of local disks") {
+		t.Errorf("cold with local disks: %+v, want %.2f s more total and downtime than %+v", c, copyS, a)
 	}
 	in.DiskBytes = -1
 	if err := in.Validate(); err == nil {
