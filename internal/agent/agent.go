@@ -25,6 +25,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/health"
 	"github.com/ferryvm/ferry/internal/pathguard"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -35,9 +36,13 @@ import (
 
 // Config configures an Agent.
 type Config struct {
-	// QEMUScope is qemu.ScopeAuto, ScopeSystemd or ScopeNone: whether each
-	// QEMU runs in its own systemd scope, outside the agent's cgroup.
+	// QEMUScope is qemu.ScopeAuto, ScopeSystemd, ScopeCgroup or ScopeNone:
+	// whether each QEMU runs in its own systemd scope or cgroup, outside
+	// the agent's cgroup.
 	QEMUScope string
+	// QEMUCgroup is the cgroup v2 directory under which ScopeCgroup makes
+	// one cgroup per QEMU (default qemu.DefaultCgroupParent()).
+	QEMUCgroup string
 	// Version is the ferry version this agent reports in heartbeats
 	// (default version.String()); tests inject one.
 	Version string
@@ -84,6 +89,9 @@ type Config struct {
 	// record of the control plane names it before the agent stops and
 	// removes it (see reaper.go); 0 means DefaultOrphanGrace.
 	OrphanGrace time.Duration
+	// HealthChecks are the host's health checks (internal/health); their
+	// verdict goes into every heartbeat. None: always healthy.
+	HealthChecks []health.Check
 	// QEMU starts and reattaches QEMU processes; nil means real QEMU.
 	// Unit tests pass a fake.
 	QEMU QEMURuntime
@@ -95,11 +103,13 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
-	qemu   QEMURuntime
-	paths  *pathguard.Guard         // where a spec's kernel, initrd and disks may be
-	ident  atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
-	ended  endedArrivals            // incoming migrations that ended here (aborted, failed)
-	reaper reaper
+	qemu  QEMURuntime
+	paths *pathguard.Guard         // where a spec's kernel, initrd and disks may be
+	ident atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
+	ended endedArrivals            // incoming migrations that ended here (aborted, failed)
+	// arrivals are the cold migrations' disk copies arriving here (diskcopy_recv.go).
+	arrivals diskArrivals
+	reaper   reaper
 
 	mu  sync.Mutex
 	vms map[string]*vm
@@ -112,6 +122,8 @@ type Agent struct {
 
 	capsMu   sync.Mutex
 	qemuCaps *ferryv1.HostQEMU // probed at start (qemucaps.go)
+
+	health *health.Tracker // the host's health checks (nil: none)
 }
 
 // New validates cfg and returns an Agent; Run starts it.
@@ -122,8 +134,16 @@ func New(cfg Config) (*Agent, error) {
 	}
 	switch cfg.QEMUScope {
 	case "", qemu.ScopeAuto, qemu.ScopeSystemd, qemu.ScopeNone:
+	case qemu.ScopeCgroup:
+		if cfg.QEMUCgroup == "" {
+			parent, err := qemu.DefaultCgroupParent()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--qemu-scope cgroup: %w; set --qemu-cgroup to a cgroup v2 directory, or use --qemu-scope none", err))
+			}
+			cfg.QEMUCgroup = parent
+		}
 	default:
-		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd or none, got %q", cfg.QEMUScope))
+		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd, cgroup or none, got %q", cfg.QEMUScope))
 	}
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("--name: required (the host's name in the cluster)"))
@@ -216,6 +236,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.vmsDir(), 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
+	a.loadArrivals()
 	if err := a.reattachAll(ctx); err != nil {
 		return err
 	}
@@ -252,6 +273,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.probeAccel(ctx)
 	}
 	a.probeQEMU(ctx)
+	if len(a.cfg.HealthChecks) > 0 {
+		a.health = health.NewTracker(a.cfg.HealthChecks)
+		go a.health.Run(ctx)
+	}
 	go a.heartbeatLoop(ctx, advertise)
 	go a.sweepLogsLoop(ctx)
 	go a.telemetry().run(ctx)
@@ -372,6 +397,10 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	a.accelMu.Unlock()
 	if a.cfg.Accel != "auto" {
 		h.Accel = a.cfg.Accel
+	}
+	h.Health = health.Healthy
+	if a.health != nil {
+		h.Health, h.HealthDetail = a.health.Verdict()
 	}
 	for _, v := range vms {
 		st := v.status()

@@ -185,6 +185,7 @@ func (a *Agent) reapOrphans(ctx context.Context, resp *ferryv1.HeartbeatResponse
 		}
 		cancel()
 	}
+	a.reapArrivals(time.Now(), a.cfg.OrphanGrace, exp)
 	reap, warn := a.reaper.observe(time.Now(), a.cfg.OrphanGrace, exp, facts)
 	for _, name := range warn {
 		a.log.Warn("no record names this VM, but it arrived by migration and ran here: leaving it running", "vm", name)

@@ -28,10 +28,24 @@ func (s *service) StartVM(ctx context.Context, req *connect.Request[agentv1.Agen
 	if err := spec.Validate(sp); err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
+	arr := s.a.arrivalOf(sp.Name)
+	if arr != nil {
+		arr.mu.Lock()
+		verified := arr.verified
+		arr.mu.Unlock()
+		if !verified {
+			// Never boot on a copy the checksum did not verify (nor create
+			// empty disks in its place).
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("VM %s: the copies of its local disks (migration %s) are not verified on host %s", sp.Name, arr.id, s.a.cfg.Name))
+		}
+	}
 	st, err := s.a.getOrCreate(sp.Name).start(ctx, sp)
 	if err != nil {
 		s.a.forgetIfIdle(sp.Name)
 		return nil, err
+	}
+	if arr != nil {
+		s.a.adoptArrival(sp.Name) // the verified copies are the VM's disks now
 	}
 	return connect.NewResponse(&agentv1.AgentStartVMResponse{Status: st}), nil
 }
@@ -67,6 +81,10 @@ func (s *service) StopVM(ctx context.Context, req *connect.Request[agentv1.Agent
 // created). Deleting an unknown VM is not an error.
 func (s *service) DeleteVM(ctx context.Context, req *connect.Request[agentv1.AgentDeleteVMRequest]) (*connect.Response[agentv1.AgentDeleteVMResponse], error) {
 	name := req.Msg.GetName()
+	if req.Msg.GetRemoveLocalDisks() && s.a.removeArrival(name, req.Msg.GetMigrationId(), "deleted by the migration") {
+		// A cold migration's disk copies arriving here (never a VM of this host).
+		return connect.NewResponse(&agentv1.AgentDeleteVMResponse{}), nil
+	}
 	v, err := s.a.lookup(name)
 	if err != nil {
 		return connect.NewResponse(&agentv1.AgentDeleteVMResponse{}), nil
@@ -75,9 +93,9 @@ func (s *service) DeleteVM(ctx context.Context, req *connect.Request[agentv1.Age
 		return nil, err
 	}
 	v.archiveLogs("deleted")
-	// The source of a cold migration keeps its local disks: the
-	// destination does not hold them.
-	if err := v.removeDir(req.Msg.GetMigrationId() != "", "deleted"); err != nil {
+	// The source of a cold migration keeps its local disks unless the
+	// destination verified its copies (remove_local_disks).
+	if err := v.removeDir(req.Msg.GetMigrationId() != "" && !req.Msg.GetRemoveLocalDisks(), "deleted"); err != nil {
 		return nil, err
 	}
 	s.a.mu.Lock()

@@ -54,6 +54,8 @@ type vm struct {
 
 	probeMu sync.Mutex
 	probe   *aliveProbe // the guest-alive probe of the last arrival (see liveness.go)
+
+	copy *copyJob // the cold migration's copy of the local disks from here (diskcopy_send.go)
 }
 
 func (a *Agent) newVM(name string) *vm {
@@ -88,6 +90,7 @@ func (v *vm) start(ctx context.Context, sp *ferryv1.VMSpec) (*ferryv1.VMStatus, 
 		}
 		return v.statusLocked(), nil
 	}
+	v.stopCopy() // from now on the disks change: a copy of them cannot be used
 	r := revert.New()
 	defer r.Fail()
 	proc, mon, accel, err := v.launch(ctx, sp, "", r)
@@ -154,7 +157,7 @@ func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r 
 	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile, v.paths.GuestAgentSocket} {
 		_ = os.Remove(p)
 	}
-	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming, Scope: a.cfg.QEMUScope})
+	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming, Scope: a.cfg.QEMUScope, CgroupParent: a.cfg.QEMUCgroup})
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("start QEMU for VM %s: %w", v.name, err)
 	}
@@ -306,6 +309,9 @@ func (v *vm) statusLocked() *ferryv1.VMStatus {
 		st.Pid = int64(v.proc.PID())
 		st.StartedAt = timestamppb.New(v.proc.StartedAt())
 		st.RssBytes = v.proc.RSSBytes()
+		if st.Pid > 0 {
+			st.CpuSeconds = cpuSeconds(int(st.Pid))
+		}
 	}
 	if v.mon != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

@@ -84,7 +84,10 @@ type Config struct {
 	NICs        []NIC  // one per spec.nics entry, same order
 	Incoming    string // "" or "defer" (destination of a migration)
 	MachineType string // overrides Spec.MachineType; default DefaultMachineType
-	Scope       string // ScopeAuto, ScopeSystemd or ScopeNone ("" = none): see scopedCommand
+	Scope       string // ScopeAuto, ScopeSystemd, ScopeCgroup or ScopeNone ("" = none): see scopedCommand
+	// CgroupParent is where ScopeCgroup makes the QEMU's cgroup (default
+	// DefaultCgroupParent).
+	CgroupParent string
 }
 
 // prop is one key=value of an option; an empty key renders the value alone.

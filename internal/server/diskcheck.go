@@ -119,7 +119,7 @@ func (s *Server) removeDiskMarkers(ctx context.Context, req *agentv1.DiskMarkers
 
 // localDisks asks the source agent for the VM's local disks (created from
 // size or copied from source, kept in the VM's directory there): what a
-// live migration mirrors. A cold migration of local disks is refused.
+// live migration mirrors and a cold one copies (core.Copying).
 func (s *Server) localDisks(ctx context.Context, vm *ferryv1.VM, src *ferryv1.Host, strategy string) ([]*ferryv1.MigrationDisk, error) {
 	n := 0
 	for _, d := range vm.Spec.GetDisks() {
@@ -129,9 +129,6 @@ func (s *Server) localDisks(ctx context.Context, vm *ferryv1.VM, src *ferryv1.Ho
 	}
 	if n == 0 {
 		return nil, nil
-	}
-	if strategy == "cold" {
-		return nil, precondition("VM %s has %d local disk(s): a cold migration does not copy local disks yet; migrate it live (they are mirrored) or put its disks on shared storage", vm.Spec.GetName(), n)
 	}
 	cctx, cancel := context.WithTimeout(ctx, diskCheckCall)
 	defer cancel()

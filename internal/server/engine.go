@@ -60,6 +60,12 @@ func (s *Server) RunEngine(ctx context.Context) error {
 	go s.runEventRetention(ctx)
 	s.metrics.mig.leadingChanged(true)
 	defer s.metrics.mig.leadingChanged(false)
+	if s.drain != nil {
+		go s.drain.Run(ctx) // evacuations resume from their records
+	}
+	if s.balancer != nil {
+		go s.balancer.Run(ctx)
+	}
 	err := s.engine.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("migration engine: %w", err)

@@ -132,8 +132,8 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if dst == nil {
 		return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination host %q is not registered (see ferry host list)", req.To))
 	}
-	if dst.State != "ready" {
-		return nil, nil, precondition("destination host %s is %s", dst.Name, dst.State)
+	if why := unschedulableWhy(dst); why != "" {
+		return nil, nil, precondition("destination host %s is %s", dst.Name, why)
 	}
 	if src == nil || src.State != "ready" {
 		return nil, nil, precondition("VM %s's host %s is not ready: its agent must take part in the migration", req.Vm, vm.Host)
@@ -153,6 +153,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	localDisks, err := s.localDisks(ctx, vm, src, opt.Strategy)
 	if err != nil {
 		return nil, nil, err
+	}
+	if opt.Strategy == "cold" && len(localDisks) > 0 && dst.MigrationIp == "" {
+		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip): VM %s's %d local disk(s) are copied over it", dst.Name, req.Vm, len(localDisks))
 	}
 	if opt.MaxDowntimeMs == 0 {
 		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
@@ -215,7 +218,11 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 			}
 		}
 	} else if req.DryRun {
-		return nil, &ferryv1.Plan{Choice: "cold", Reason: "cold migration: the guest is stopped, moved and booted again"}, nil
+		reason := "cold migration: the guest is stopped, moved and booted again"
+		if len(localDisks) > 0 {
+			reason = fmt.Sprintf("cold migration: the guest is stopped, its %d local disk(s) copied (allocated extents) and verified, then it is booted again", len(localDisks))
+		}
+		return nil, &ferryv1.Plan{Choice: "cold", Reason: reason}, nil
 	}
 	planningMs := time.Since(planStart).Milliseconds()
 
@@ -245,6 +252,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		return nil, nil, invalidArg("%v", err)
 	}
 	rec.Options.PostcopyAtFraction, rec.Options.PostcopyAtBytes = postcopyAt(plan, opt.Strategy)
+	rec.CopyDisks = opt.Strategy == "cold" && len(localDisks) > 0
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),

@@ -370,8 +370,7 @@ func TestMigrationReservationHoldsRoom(t *testing.T) {
 }
 
 // TestMigrationRefusesDisksTheDestinationCannotHold: an unshared disk given
-// by path (not Ferry's to move), a local disk in a cold migration, and a
-// shared disk without a path (a record from before shared+size was
+// by path (not Ferry's to move) and a shared disk without a path (a record from before shared+size was
 // refused), are refused before any agent is asked, and nothing changes.
 func TestMigrationRefusesDisksTheDestinationCannotHold(t *testing.T) {
 	s, st := newTestServer(t)
@@ -381,7 +380,6 @@ func TestMigrationRefusesDisksTheDestinationCannotHold(t *testing.T) {
 		want string
 	}{
 		{&ferryv1.DiskSpec{Name: "data", Path: "/srv/data.qcow2"}, "spec.disks[0] (data) is an image given by path (/srv/data.qcow2) that is not marked shared"},
-		{&ferryv1.DiskSpec{Name: "data", Size: "1GiB"}, "a cold migration does not copy local disks yet"},
 		{&ferryv1.DiskSpec{Name: "data", Size: "1GiB", Shared: true}, "spec.disks[0] (data) is shared but has no path"},
 	} {
 		if _, err := st.UpdateVM(ctx, "web", false, func(v *ferryv1.VM) error { v.Spec.Disks = []*ferryv1.DiskSpec{tc.disk}; return nil }); err != nil {

@@ -63,6 +63,15 @@ func TestScenarios(t *testing.T) {
 	if sc := by["big"]; sc.MemoryMiB != 4096 || sc.WSSMiB != 1024 || sc.DirtyMiBps != 0 || sc.Shaped() {
 		t.Errorf("big = %+v", sc)
 	}
+	if sc := by["disk"]; sc.MemoryMiB != 1024 || sc.DiskMiB != 4096 || sc.DiskAllocMiB != 1024 || sc.DiskKiBps != 512 || sc.Shaped() {
+		t.Errorf("disk = %+v", sc)
+	}
+	if g := newGuest("ferry", by["disk"], "/g", 1024); !strings.Contains(g.Cmdline, " ferry.disk=512") {
+		t.Errorf("disk guest cmdline %q lacks the disk writer", g.Cmdline)
+	}
+	if g := newGuest("ferry", by["big"], "/g", 4096); strings.Contains(g.Cmdline, "ferry.disk") || diskXML(g) != "" {
+		t.Errorf("big guest has a disk: %q", g.Cmdline)
+	}
 	if linkKey(by["flaky"]) != linkKey(by["half"]) || linkKey(by["wan"]) == linkKey(by["half"]) {
 		t.Error("warm-up link keys: flaky must share half's link, wan must not")
 	}

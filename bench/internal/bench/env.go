@@ -23,6 +23,9 @@ type Env struct {
 	Dir string
 	// FerryBin is the ferry binary; GuestDir holds vmlinuz and initrd.img.
 	FerryBin, GuestDir string
+	// DiskBase is the disk scenario's qcow2 image (every system's guest
+	// disk starts as a sparse copy of it); "" without that scenario.
+	DiskBase string
 	// shaped is set while the link emulator is inserted.
 	shaped bool
 }

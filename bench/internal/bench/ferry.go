@@ -40,11 +40,16 @@ func (s *FerrySystem) ferry(ctx context.Context, args ...string) (string, error)
 
 // Boot implements System.
 func (s *FerrySystem) Boot(ctx context.Context, g Guest) (int, error) {
-	specJSON, err := json.MarshalIndent(map[string]any{
+	sp := map[string]any{
 		"name": g.Name, "vcpus": g.Vcpus, "memoryMiB": g.MemoryMiB, "accel": "tcg",
 		"boot": map[string]string{"kernel": g.Kernel, "initrd": g.Initrd, "cmdline": g.Cmdline},
 		"nics": []map[string]string{{"mac": g.MAC}},
-	}, "", "  ")
+	}
+	if g.DiskSource != "" {
+		// A local disk: the agent makes a sparse copy of the image.
+		sp["disks"] = []map[string]string{{"name": "data", "source": g.DiskSource}}
+	}
+	specJSON, err := json.MarshalIndent(sp, "", "  ")
 	if err != nil {
 		return 0, fmt.Errorf("ferry: encode spec: %w", err)
 	}
@@ -178,6 +183,7 @@ wait:
 		rep.DowntimeMs = m.DowntimeMs
 	}
 	rep.TransferredBytes = m.TransferredBytes
+	rep.DiskBytes = m.DiskBytesTransferred
 	rep.Rounds = m.Rounds
 	rep.BandwidthMiBps = m.BandwidthMibps
 	rep.Strategy = m.Strategy

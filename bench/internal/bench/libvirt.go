@@ -193,14 +193,62 @@ func domainXML(g Guest, serial string) string {
       <model type='virtio'/>
     </interface>
     <serial type='file'><source path='%s'/><target port='0'/></serial>
-    <memballoon model='none'/>
+    <memballoon model='none'/>%s
   </devices>
 </domain>
-`, e(g.Name), g.MemoryMiB, g.Vcpus, e(g.Kernel), e(g.Initrd), e(g.Cmdline), e(g.MAC), e(serial))
+`, e(g.Name), g.MemoryMiB, g.Vcpus, e(g.Kernel), e(g.Initrd), e(g.Cmdline), e(g.MAC), e(serial), diskXML(g))
+}
+
+// libvirtImage is where a libvirt guest's local disk lives: under
+// /var/lib/libvirt, which each daemon's mount namespace maps to its own
+// directory (the two hosts do not share it).
+func libvirtImage(g Guest) string { return "/var/lib/libvirt/images/" + g.Name + ".qcow2" }
+
+// diskXML is the guest's local disk as a domain device ("" without one).
+func diskXML(g Guest) string {
+	if g.DiskSource == "" {
+		return ""
+	}
+	return fmt.Sprintf(`
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='%s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>`, html.EscapeString(libvirtImage(g)))
+}
+
+// hostImage is libvirtImage of g as this process sees it on host i (its
+// daemon's private lib directory).
+func (s *libvirtd) hostImage(i int, g Guest) string {
+	return filepath.Join(s.roots[i], "lib", "images", g.Name+".qcow2")
+}
+
+// prepareDisks gives g its disk on the source (a sparse copy of the
+// scenario's image, as Ferry's agent makes it) and an empty image of the
+// same size on the destination, which --copy-storage-all needs there.
+func (s *libvirtd) prepareDisks(ctx context.Context, g Guest) error {
+	if g.DiskSource == "" {
+		return nil
+	}
+	for i := range s.roots {
+		if err := os.MkdirAll(filepath.Dir(s.hostImage(i, g)), 0o755); err != nil {
+			return fmt.Errorf("libvirt: %w", err)
+		}
+	}
+	if _, err := run(ctx, "", "qemu-img", "convert", "-q", "-S", "4k", "-O", "qcow2", g.DiskSource, s.hostImage(0, g)); err != nil {
+		return fmt.Errorf("libvirt: copy the disk image: %w", err)
+	}
+	if _, err := run(ctx, "", "qemu-img", "create", "-q", "-f", "qcow2", s.hostImage(1, g), fmt.Sprintf("%dM", g.DiskMiB)); err != nil {
+		return fmt.Errorf("libvirt: create the destination's disk image: %w", err)
+	}
+	return nil
 }
 
 // Boot implements System.
 func (s *LibvirtSystem) Boot(ctx context.Context, g Guest) (int, error) {
+	if err := s.prepareDisks(ctx, g); err != nil {
+		return 0, err
+	}
 	xmlPath := filepath.Join(s.env.Dir, g.Name+".xml")
 	if err := os.WriteFile(xmlPath, []byte(domainXML(g, "/var/log/libvirt/"+g.Name+"-serial.log")), 0o644); err != nil {
 		return 0, fmt.Errorf("libvirt: write domain XML: %w", err)
@@ -279,6 +327,9 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 	_ = os.Remove(logPath)
 	speed, _ := s.virsh(ctx, src, "migrate-getspeed", g.Name)
 	args := append([]string{"-c", uri(src), "migrate", "--live", "--p2p"}, s.flags...)
+	if g.DiskSource != "" {
+		args = append(args, "--copy-storage-all", "--persistent")
+	}
 	args = append(args, g.Name, uri(dst), "--migrateuri", "tcp://"+dst.IP)
 	t0 := time.Now()
 	mig, err := startProc(src.Netns, logPath, "virsh", args...)
@@ -293,6 +344,7 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 	// migration the destination keeps no completed statistics.
 	var lastSrc map[string]string
 	var lastSrcMs int64
+	var diskMax int64 // the largest disk_processed the source reported while it ran
 	for !mig.Exited() {
 		select {
 		case <-ctx.Done():
@@ -313,6 +365,7 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 			continue // the domain may just have left the source
 		}
 		st := jobStats(out)
+		diskMax = max(diskMax, statInt(st, "disk_processed")) // (the storage copy runs before the first RAM round)
 		if statInt(st, "data_total") == 0 {
 			continue // the job has not started its first round yet
 		}
@@ -356,6 +409,9 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 		rep.TotalMs = statInt(st, "time_elapsed")
 		rep.DowntimeMs = statInt(st, "downtime")
 		rep.TransferredBytes = statInt(st, "data_processed")
+		// The destination's completed statistics carry no disk figures:
+		// the source's running ones do.
+		rep.DiskBytes = max(statInt(st, "disk_processed"), diskMax)
 		rep.Rounds = statInt(st, "memory_iteration")
 		rep.BandwidthMiBps = float64(statInt(st, "memory_bps")) / (1 << 20)
 		st["bench_migrate_getspeed_MiBps"] = strings.TrimSpace(speed)
@@ -379,6 +435,14 @@ func (s *LibvirtSystem) Destroy(ctx context.Context, g Guest) error {
 		}
 		if _, err := s.virsh(ctx, h, "destroy", g.Name); err != nil {
 			errs = append(errs, fmt.Errorf("libvirt: destroy %s on %s: %w", g.Name, h.Name, err))
+		}
+		_, _ = s.virsh(ctx, h, "undefine", g.Name) // --persistent defined it on the destination
+	}
+	if g.DiskSource != "" {
+		for i := range s.roots {
+			if err := os.Remove(s.hostImage(i, g)); err != nil && !os.IsNotExist(err) {
+				errs = append(errs, fmt.Errorf("libvirt: remove disk image: %w", err))
+			}
 		}
 	}
 	return errors.Join(errs...)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferryvm/ferry/bench/internal/report"
+	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/guestprobe"
 )
 
@@ -52,7 +53,7 @@ type Options struct {
 
 // AllScenarios and AllSystems are the defaults, in run order.
 var (
-	AllScenarios = []string{"idle", "half", "heavy", "wan", "flaky", "big"}
+	AllScenarios = []string{"idle", "half", "heavy", "wan", "flaky", "big", "disk"}
 	AllSystems   = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
 )
 
@@ -66,6 +67,10 @@ const (
 	FlakyGapMs      = 2000 // the next this long after the link came back
 	BigMemoryMiB    = 4096 // the big guest's RAM
 	BigNonZeroMiB   = 1024 // of which the dirtier fills this much
+	DiskMemoryMiB   = 1024 // the disk scenario's guest RAM
+	DiskMiB         = 4096 // its local disk's virtual size
+	DiskAllocMiB    = 1024 // of which this much holds data before the guest boots
+	DiskWriterKiBps = 512  // its disk writer (ferry.disk=RATE)
 	defaultSettleMs = 3000
 )
 
@@ -89,6 +94,8 @@ func (o Options) scenarios() ([]Scenario, error) {
 			sc.Flaps, sc.FlapDownMs, sc.FlapFirstMs, sc.FlapGapMs = FlakyFlaps, FlakyDownMs, FlakyFirstMs, FlakyGapMs
 		case "big":
 			sc.MemoryMiB, sc.WSSMiB = BigMemoryMiB, BigNonZeroMiB
+		case "disk":
+			sc.MemoryMiB, sc.DiskMiB, sc.DiskAllocMiB, sc.DiskKiBps = DiskMemoryMiB, DiskMiB, DiskAllocMiB, DiskWriterKiBps
 		default:
 			return nil, fmt.Errorf("-scenarios: unknown scenario %q (%s)", name, strings.Join(AllScenarios, ", "))
 		}
@@ -154,6 +161,15 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 	}
 	ferryBin, env.FerryBin = snap, snap
 	binInfo := describeBinary(ctx, o.Repo, snap)
+	if hasDisks(scenarios) {
+		// The disk scenario's image, which every system's guest starts from
+		// (Ferry's agents copy it as a local disk's source: --image-dir).
+		logf("creating the disk scenario's image: %d MiB virtual, %d MiB of data", DiskMiB, DiskAllocMiB)
+		if env.DiskBase, err = makeDiskBase(ctx, env.Dir, DiskMiB, DiskAllocMiB); err != nil {
+			return "", err
+		}
+		os.Setenv(agent.ImageDirsEnv, env.Dir)
+	}
 	logf("bringing up a 2-host dev cluster (prefix %s) with Ferry's server and agents", o.Prefix)
 	c, err := upEnv(ctx, o.Prefix, filepath.Join(base, "cluster"), ferryBin, guestDir, env.Dir)
 	if err != nil {
@@ -261,6 +277,12 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 					if err := ctx.Err(); err != nil {
 						return err
 					}
+					if sc.DiskMiB > 0 && !migratesDisks(sys) {
+						if n == 1 {
+							notes = append(notes, fmt.Sprintf("%s: %s skipped (the harness drives no storage migration for it)", sc.Name, sys.Name()))
+						}
+						continue
+					}
 					r := runOne(ctx, env, pr, sys, *sc, n, o)
 					runs = append(runs, r)
 					if err := writeJSON(filepath.Join(resultDir, fmt.Sprintf("%s-%s-%d.json", sc.Name, sys.Name(), n)), r); err != nil {
@@ -284,7 +306,8 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 
 	meta := map[string]any{
 		"started": started.UTC().Format(time.RFC3339), "runs": o.Runs, "capSeconds": o.Cap.Seconds(),
-		"guest":         fmt.Sprintf("%d MiB (big: %d MiB), 1 vCPU, TCG, WSS %d MiB in half/heavy/wan/flaky", o.MemoryMiB, BigMemoryMiB, o.WSSMiB),
+		"guest": fmt.Sprintf("%d MiB (big: %d MiB; disk: %d MiB with a %d MiB local qcow2 disk, %d MiB allocated, writer at %d KiB/s), 1 vCPU, TCG, WSS %d MiB in half/heavy/wan/flaky",
+			o.MemoryMiB, BigMemoryMiB, DiskMemoryMiB, DiskMiB, DiskAllocMiB, DiskWriterKiBps, o.WSSMiB),
 		"libvirt":       orDefault(libvirtInfo, "not run"),
 		"libvirtTuned":  tunedInfo(lvTuned),
 		"elapsed":       time.Since(started).Round(time.Second).String(),
@@ -369,6 +392,9 @@ func fillAborted(m *report.Migration) {
 // runOne boots the guest with sys, measures it, migrates it and removes it.
 func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, n int, o Options) (r report.Run) {
 	g := newGuest(sys.Name(), sc, env.GuestDir, sc.MemoryMiB)
+	if sc.DiskMiB > 0 {
+		g.DiskSource, g.DiskMiB = env.DiskBase, sc.DiskMiB
+	}
 	spec := sc
 	r = report.Run{Scenario: sc.Name, System: sys.Name(), Index: n, Started: time.Now().UTC(), Guest: g,
 		ShapedMiBps: sc.ShapedMiBps, MeasuredMiBps: sc.MeasuredMiBps, Spec: &spec}
@@ -446,6 +472,9 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	r.AchievedMiBps = after.AchievedMiBps
 	if dt := after.DirtyElapsedS - before.DirtyElapsedS; dt > 0 && after.PagesDirtied >= before.PagesDirtied {
 		r.WindowMiBps = float64(after.PagesDirtied-before.PagesDirtied) * 4096 / (1 << 20) / dt
+	}
+	if sc.DiskMiB > 0 && rep.Completed() {
+		r.DiskVerify = pr.verify(ctx, g.IP)
 	}
 	st := stream.Close()
 	r.StreamLines = st.Lines

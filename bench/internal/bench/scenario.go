@@ -94,6 +94,7 @@ func usesLibvirt(systems []string) bool {
 const (
 	estRunOverhead = 11 * time.Second
 	estBigExtra    = 14 * time.Second
+	estDiskExtra   = 10 * time.Second // the disk image's copy at boot, the guest's /verify
 	estDryRun      = 2 * time.Second
 	estClusterUp   = 40 * time.Second // cluster, Ferry, libvirtd, probes
 )
@@ -118,6 +119,8 @@ func estMigration(scenario, system string) time.Duration {
 		return s(24)
 	case "big":
 		return s(13)
+	case "disk":
+		return s(25) // guessed, not measured in a smoke run yet
 	}
 	return s(20)
 }
@@ -129,9 +132,15 @@ func Estimate(o Options, scenarios []Scenario) time.Duration {
 	for _, sc := range scenarios {
 		d += 4 * time.Second // bandwidth probe, shaping
 		for _, sys := range o.Systems {
+			if sc.DiskMiB > 0 && sys == "qemu" {
+				continue // skipped: no storage migration driven for it
+			}
 			one := estRunOverhead
 			if sc.Name == "big" {
 				one += estBigExtra
+			}
+			if sc.DiskMiB > 0 {
+				one += estDiskExtra
 			}
 			m := estMigration(sc.Name, sys)
 			if m == 0 || m > o.Cap {

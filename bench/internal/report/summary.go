@@ -45,6 +45,12 @@ type Row struct {
 	CPUS       F `json:"medianCpuS"`
 	// Strategies counts the strategies the runs used (Ferry).
 	Strategies map[string]int `json:"strategies,omitempty"`
+	// DiskBytes is the median local-disk data sent over completed runs;
+	// DiskVerified counts the runs whose guest read every disk record
+	// back intact, DiskChecked the median records it checked.
+	DiskBytes    F   `json:"medianDiskBytes,omitempty"`
+	DiskVerified int `json:"diskVerified,omitempty"`
+	DiskChecked  F   `json:"medianDiskChecked,omitempty"`
 	// Errors lists distinct failure messages.
 	Errors []string `json:"errors,omitempty"`
 }
@@ -165,7 +171,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 		for _, sys := range Systems {
 			var r Row
 			r.Scenario, r.System = sc.Name, sys
-			var total, down, gap, bytes, ach, win, nz, wall, plan, cpu []float64
+			var total, down, gap, bytes, ach, win, nz, wall, plan, cpu, disk, checked []float64
 			for _, run := range runs {
 				if run.Scenario != sc.Name || run.System != sys {
 					continue
@@ -202,6 +208,15 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 					if run.CPU != nil {
 						cpu = append(cpu, run.CPU.HostsS())
 					}
+					if sc.DiskMiB > 0 {
+						disk = append(disk, float64(run.Migration.DiskBytes))
+					}
+					if v := run.DiskVerify; v != nil {
+						checked = append(checked, float64(v.Checked))
+						if v.OK {
+							r.DiskVerified++
+						}
+					}
 					if st := run.Migration.Strategy; st != "" {
 						if r.Strategies == nil {
 							r.Strategies = map[string]int{}
@@ -216,6 +231,9 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 			r.TotalMs, r.DowntimeMs, r.ClientGapMs = median(total), median(down), median(gap)
 			r.Bytes, r.AchievedMiBps, r.WindowMiBps, r.NonZeroBytes = median(bytes), median(ach), median(win), median(nz)
 			r.WallMs, r.PlanningMs, r.CPUS = median(wall), median(plan), median(cpu)
+			if sc.DiskMiB > 0 {
+				r.DiskBytes, r.DiskChecked = median(disk), median(checked)
+			}
 			rows[sys] = r
 			ss.Rows = append(ss.Rows, r)
 		}
@@ -399,6 +417,7 @@ func (s Summary) Markdown(w io.Writer) {
 			fmt.Fprintf(w, " %s |\n", fmtNum("%.2f", b))
 		}
 	}
+	s.diskMarkdown(w)
 	s.predictionMarkdown(w)
 	if len(s.Checks) > 0 {
 		fmt.Fprint(w, "\n## Requirement checks\n\n")
@@ -546,3 +565,28 @@ func stringList(v any) []string {
 // StringList is stringList for the harness (meta values after a JSON round
 // trip).
 func StringList(v any) []string { return stringList(v) }
+
+// diskMarkdown writes the "Local disks" section of the scenarios whose
+// guest has a local disk.
+func (s Summary) diskMarkdown(w io.Writer) {
+	head := false
+	for _, ss := range s.Scenarios {
+		sc := ss.Scenario
+		if sc.DiskMiB == 0 {
+			continue
+		}
+		if !head {
+			head = true
+			fmt.Fprint(w, "\n## Local disks\n\n")
+			fmt.Fprintln(w, "Disk sent = the system's own figure of local-disk data sent (Ferry: diskBytesTransferred; libvirt: disk_processed), "+
+				"median over completed runs; verified = runs whose guest then read every record its disk writer had made durable back intact (`GET /verify`).")
+			fmt.Fprintln(w, "\n| scenario | disk (virtual / allocated MiB, writer KiB/s) | system | completed | total s | downtime ms | client gap ms | disk sent MiB | verified | records checked |")
+			fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
+		}
+		for _, r := range ss.Rows {
+			fmt.Fprintf(w, "| %s | %d / %d, %d | %s | %d/%d | %s | %s | %s | %s | %d/%d | %s |\n", sc.Name, sc.DiskMiB, sc.DiskAllocMiB, sc.DiskKiBps,
+				r.System, r.Completed, r.Runs, fmtNum("%.2f", r.TotalMs/1000), fmtNum("%.0f", r.DowntimeMs), fmtNum("%.0f", r.ClientGapMs),
+				fmtNum("%.0f", r.DiskBytes/(1<<20)), r.DiskVerified, r.Runs, fmtNum("%.0f", r.DiskChecked))
+		}
+	}
+}

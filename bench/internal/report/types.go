@@ -48,6 +48,9 @@ type Migration struct {
 	PostcopyMs       int64      `json:"postcopyMs,omitempty"`
 	PostcopyPausedMs int64      `json:"postcopyPausedMs,omitempty"`
 	Decisions        []string   `json:"decisions,omitempty"`
+	// DiskBytes is the local-disk data the system sent (Ferry:
+	// diskBytesTransferred; libvirt: disk_processed); 0 without disks.
+	DiskBytes int64 `json:"diskBytes,omitempty"`
 }
 
 // Predicted is one strategy's forecast (Ferry's StrategyPrediction).
@@ -114,6 +117,12 @@ type Scenario struct {
 	FlapGapMs   int64 `json:"flapGapMs,omitempty"`
 	// MemoryMiB is the guest's RAM in this scenario.
 	MemoryMiB int64 `json:"memoryMiB,omitempty"`
+	// DiskMiB is the virtual size of the guest's local disk (0: none),
+	// DiskAllocMiB how much of it holds data before the guest boots, and
+	// DiskKiBps the guest's disk writer (ferry.disk=RATE).
+	DiskMiB      int64 `json:"diskMiB,omitempty"`
+	DiskAllocMiB int64 `json:"diskAllocMiB,omitempty"`
+	DiskKiBps    int64 `json:"diskKiBps,omitempty"`
 }
 
 // Shaped reports whether the scenario's link goes through the link
@@ -208,6 +217,8 @@ type Run struct {
 	LinkEvents []LinkEvent `json:"linkEvents,omitempty"`
 	// QEMUBinary is the source QEMU's /proc/PID/exe and its version.
 	QEMUBinary string `json:"qemuBinary,omitempty"`
+	// DiskVerify is the guest's disk check after the migration (disk scenario).
+	DiskVerify *DiskVerify `json:"diskVerify,omitempty"`
 	// Spec is the scenario as run (for -resummarize).
 	Spec *Scenario `json:"scenarioSpec,omitempty"`
 	// DryRun is the system's prediction made just before the migration
@@ -246,5 +257,15 @@ func pctError(predicted, actual int64) float64 {
 // OK reports whether the run completed cleanly: migrated, no reboot,
 // intact stream, no harness error.
 func (r Run) OK() bool {
-	return r.Error == "" && r.Migration.Completed() && !r.Rebooted && !r.StreamBroken
+	return r.Error == "" && r.Migration.Completed() && !r.Rebooted && !r.StreamBroken && (r.DiskVerify == nil || r.DiskVerify.OK)
+}
+
+// DiskVerify is the guest's GET /verify after a migration with a local
+// disk: every record its writer made durable read back.
+type DiskVerify struct {
+	OK      bool   `json:"ok"`
+	LastSeq uint64 `json:"lastSeq"`
+	Checked uint64 `json:"checked"`
+	Problem string `json:"problem,omitempty"`
+	Error   string `json:"error,omitempty"`
 }

@@ -73,6 +73,10 @@
 //	        NBD export before RAM; mirroring rolls back like transferring)
 //	cold:   pending → stopping → switchover ─CAS─▶ starting → cleanup → completed
 //	        (a stopped VM skips stopping's StopVM and starting's StartVM: it is never booted)
+//	        stopping → copying → switchover (local disks, Record.CopyDisks: PrepareDisks on the
+//	        destination, CopyDisks from the source until the destination verified every checksum;
+//	        copying rolls back: DeleteVM(dst, RemoveDisks), StartVM(src); cleanup's DeleteVM(src)
+//	        removes the source's disks only with DisksCopied)
 //	        starting ─(StartVM refused and GetVM: not running)─▶ unswitching ─CAS back─▶ rolling-back (StartVM src if it ran)
 //
 // Before the owner CAS (Facts.OwnerSwitched) every failure — an error,
@@ -80,7 +84,7 @@
 // back: CancelOutgoing and AbortIncoming (cold: StartVM on the source if
 // the VM ran), then the VM record gets what the source's QEMU really does.
 // A record loaded (restart, new leader) in preparing, mirroring,
-// transferring or stopping rolls back (restart.go); a destination agent silent for
+// transferring rolls back (restart.go; stopping and copying go on); a destination agent silent for
 // DestUnreachable before the CAS rolls back too, and that rollback may end
 // without the destination's removal (never armed, it cannot run; its
 // agent's orphan reaper removes it). Stopping is bounded by the timeout

@@ -74,9 +74,15 @@ func (r *Record) plan(now time.Time) []Action {
 			p.want(Action{Kind: ActStopVM, Side: Src})
 		} else {
 			r.Facts.SourceStopped = true
-			r.enter(now, Switchover, "the VM is stopped: nothing to stop")
+			if r.CopyDisks {
+				r.enter(now, Copying, "the VM is stopped: copying its local disks to "+r.To)
+			} else {
+				r.enter(now, Switchover, "the VM is stopped: nothing to stop")
+			}
 			return r.plan(now)
 		}
+	case Copying:
+		r.planCopy(p)
 	case Starting:
 		switch {
 		case r.PrevVMState != VMRunning:
@@ -114,7 +120,7 @@ func (r *Record) plan(now time.Time) []Action {
 func (r *Record) deadlineWake(p *planner) {
 	if !r.Facts.OwnerSwitched {
 		switch r.State {
-		case Preparing, Mirroring, Transferring, Switchover:
+		case Preparing, Mirroring, Transferring, Copying, Switchover:
 			p.wakeAt(r.Deadline)
 			p.wakeAt(r.LastProgressAt.Add(r.Options.StallTimeout + time.Millisecond))
 		case Stopping, RetryWait:
@@ -127,6 +133,17 @@ func (r *Record) deadlineWake(p *planner) {
 	if !r.GiveUpAt.IsZero() {
 		p.wakeAt(r.GiveUpAt)
 	}
+}
+
+// planCopy: the destination creates empty copies and listens, then the
+// source copies the disks' allocated extents to it and reports the copy
+// completed once the destination verified each checksum (polled).
+func (r *Record) planCopy(p *planner) {
+	if r.DiskURI == "" {
+		p.want(Action{Kind: ActPrepareDisks, Side: Dst})
+		return
+	}
+	p.want(Action{Kind: ActCopyDisks, Side: Src, DiskURI: r.DiskURI, Wait: PollWait, KnownStatus: r.vol.lastOut})
 }
 
 func (r *Record) planTransfer(p *planner) {
@@ -249,7 +266,7 @@ func (r *Record) planUnswitch(p *planner) {
 			p.want(Action{Kind: ActGetVM, Side: Dst})
 			return
 		}
-		p.want(Action{Kind: ActDeleteVM, Side: Dst})
+		p.want(Action{Kind: ActDeleteVM, Side: Dst, RemoveDisks: r.CopyDisks})
 		return
 	}
 	if r.Facts.OwnerSwitched {
@@ -330,7 +347,9 @@ func (r *Record) planCleanup(p *planner) {
 			return
 		}
 	} else if !r.Facts.SourceQuit {
-		p.want(Action{Kind: ActDeleteVM, Side: Src})
+		// The source's local disks go only once the destination verified
+		// its copies (DisksCopied, before the owner switched).
+		p.want(Action{Kind: ActDeleteVM, Side: Src, RemoveDisks: r.CopyDisks && r.Facts.DisksCopied})
 		return
 	}
 	r.planFinal(p, Dst)
@@ -365,10 +384,11 @@ func (r *Record) planRollback(p *planner) {
 			r.Note = "the destination agent on " + r.To + " does not answer: it removes the never-armed destination QEMU itself when it is back"
 		}
 	} else if r.PrevVMState == VMRunning && !r.Facts.SourceResumed && !r.Facts.SourceLost {
+		r.planRemoveCopies(p)
 		if r.vol.inflight[ActStopVM][Src] {
 			return // query before acting: a StopVM landing after the StartVM would stop the guest again
 		}
-		if r.cameFrom(RollingBack) != Pending {
+		if r.cameFrom(RollingBack) != Pending && !r.vol.soleStop {
 			// A StopVM that timed out may still be on its way: start the
 			// guest again only once it must have ended.
 			if grace := r.entered(RollingBack).Add(StartGrace); p.now.Before(grace) {
@@ -379,7 +399,27 @@ func (r *Record) planRollback(p *planner) {
 		p.want(Action{Kind: ActStartVM, Side: Src})
 		return
 	}
+	if !r.Strategy.Live() && !r.planRemoveCopies(p) {
+		return
+	}
 	r.planFinal(p, Src)
+}
+
+// planRemoveCopies (cold rollback with local disks) removes whatever the
+// destination holds of the disk copies (DeleteVM with RemoveDisks: its
+// empty or partial copies, its receiver); it reports whether that is done
+// or left to the destination agent (silent for DestUnreachable: it drops
+// an unverified arrival when it starts and reaps a verified one no
+// migration in flight names).
+func (r *Record) planRemoveCopies(p *planner) bool {
+	if !r.CopyDisks || r.Facts.DestAborted || !r.visited(Copying) || r.destLeftToAgent(p.now) {
+		return true
+	}
+	p.want(Action{Kind: ActDeleteVM, Side: Dst, RemoveDisks: true})
+	if !r.vol.dstDown.IsZero() {
+		p.wakeAt(r.vol.dstDown.Add(DestUnreachable))
+	}
+	return false
 }
 
 // entered is when the record last entered state s (from its history).
@@ -426,6 +466,16 @@ func (r *Record) planGaveUp(p *planner) {
 		return
 	}
 	r.enter(p.now, Failed, r.Error)
+}
+
+// visited reports whether the record was ever in state s.
+func (r *Record) visited(s State) bool {
+	for _, e := range r.History {
+		if e.State == s {
+			return true
+		}
+	}
+	return false
 }
 
 // cameFrom is the state the record was in before it last entered s.

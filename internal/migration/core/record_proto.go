@@ -42,7 +42,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 			ContinueSent: f.ContinueSent, PostcopyStarted: f.PostcopyStarted, DestRan: f.DestRan,
 			DestAborted: f.DestAborted, SourceResumed: f.SourceResumed, SourceQuit: f.SourceQuit,
 			SourceLost: f.SourceLost, DestLost: f.DestLost, VmRecordReleased: f.VMRecordReleased,
-			ReservationFreed: f.ReservationFreed, GaveUp: f.GaveUp,
+			ReservationFreed: f.ReservationFreed, GaveUp: f.GaveUp, DisksCopied: f.DisksCopied,
 		},
 		StartedAt: ts(r.StartedAt), Deadline: ts(r.Deadline), SwitchedAt: ts(r.SwitchedAt), GiveUpAt: ts(r.GiveUpAt),
 		Attempts: r.Attempts, TransferredBytes: r.Transferred, Rounds: r.Rounds,
@@ -60,6 +60,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 	}
 	m.Options.PostcopyAtFraction = r.Options.PostcopyAtFraction
 	m.Options.PostcopyAtBytes = r.Options.PostcopyAtBytes
+	m.CopyDisks = r.CopyDisks
 	return m
 }
 
@@ -86,7 +87,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 			ContinueSent: f.GetContinueSent(), PostcopyStarted: f.GetPostcopyStarted(), DestRan: f.GetDestRan(),
 			DestAborted: f.GetDestAborted(), SourceResumed: f.GetSourceResumed(), SourceQuit: f.GetSourceQuit(),
 			SourceLost: f.GetSourceLost(), DestLost: f.GetDestLost(), VMRecordReleased: f.GetVmRecordReleased(),
-			ReservationFreed: f.GetReservationFreed(), GaveUp: f.GetGaveUp(),
+			ReservationFreed: f.GetReservationFreed(), GaveUp: f.GetGaveUp(), DisksCopied: f.GetDisksCopied(),
 		},
 		StartedAt: tm(m.StartedAt), Deadline: tm(m.Deadline), SwitchedAt: tm(m.SwitchedAt), GiveUpAt: tm(m.GiveUpAt),
 		Attempts: m.Attempts, Transferred: m.TransferredBytes, Rounds: m.Rounds,
@@ -103,6 +104,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 	}
 	r.Options.PostcopyAtFraction = o.GetPostcopyAtFraction()
 	r.Options.PostcopyAtBytes = o.GetPostcopyAtBytes()
+	r.CopyDisks = m.GetCopyDisks()
 	if err := r.Validate(); err != nil {
 		return Record{}, err
 	}

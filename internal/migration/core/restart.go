@@ -17,7 +17,9 @@ const ErrRestarted = "the control plane restarted during the migration"
 // switchover first learns from the owner CAS whether it happened; a cold
 // one stopping its guest stops it again (StopVM is idempotent) and goes on,
 // since a StopVM of the previous executor still on its way would stop a
-// guest a rollback had just started again.
+// guest a rollback had just started again; one copying its local disks
+// goes on too (CopyDisks reports the copy of this migration id, or starts
+// it again: the guest is stopped, the source's disks are untouched).
 func (r *Record) rollbackInterrupted(now time.Time) {
 	if r.Facts.OwnerSwitched {
 		return
@@ -45,7 +47,7 @@ func (r *Record) destReachable(obs Observation) {
 		r.vol.dstDown = time.Time{}
 		return
 	}
-	if r.Facts.OwnerSwitched || (r.State != Preparing && r.State != Mirroring && r.State != Transferring && r.State != RollingBack) {
+	if r.Facts.OwnerSwitched || (r.State != Preparing && r.State != Mirroring && r.State != Transferring && r.State != Copying && r.State != RollingBack) {
 		return
 	}
 	if r.vol.dstDown.IsZero() {

@@ -13,6 +13,9 @@ func (r *Record) result(obs Observation) {
 	a, side := obs.Action, obs.Side
 	r.destReachable(obs)
 	if obs.Err == Transient {
+		if a == ActStopVM {
+			r.vol.stopRetried = true // that StopVM may still be on its way
+		}
 		r.vol.notBefore[a][side] = now.Add(RetryBackoff)
 		r.Attempts++
 		r.streamFailedDestSilent(obs)
@@ -46,6 +49,8 @@ func (r *Record) result(obs Observation) {
 		r.onRecoverIncoming(now, obs)
 	case ActStartVM, ActStopVM, ActDeleteVM, ActGetVM:
 		r.onVMStep(now, obs)
+	case ActPrepareDisks, ActCopyDisks:
+		r.onDiskCopy(now, obs)
 	case ActCASOwner:
 		r.onCAS(now, obs)
 	case ActUpdateVM:
@@ -436,7 +441,12 @@ func (r *Record) onVMStep(now time.Time, obs Observation) {
 	case ActStopVM:
 		if r.State == Stopping && side == Src && (obs.Err == OK || obs.Err == NotFound) {
 			r.Facts.SourceStopped = true
-			r.enter(now, Switchover, "guest stopped on "+r.From)
+			r.vol.soleStop = r.vol.loadedIn != Stopping && !r.vol.stopRetried
+			if r.CopyDisks {
+				r.enter(now, Copying, "guest stopped on "+r.From+"; copying its local disks to "+r.To)
+			} else {
+				r.enter(now, Switchover, "guest stopped on "+r.From)
+			}
 		} else if r.State == Stopping && side == Src {
 			r.rollback(now, "stop the guest on "+r.From+": "+obs.ErrMsg, false)
 		} else if obs.Err != OK && obs.Err != NotFound {
@@ -467,6 +477,8 @@ func (r *Record) onVMStep(now time.Time, obs Observation) {
 			r.Facts.SourceQuit = true
 		case side == Dst && (r.State == Unswitching || r.State == Cleanup):
 			r.Facts.DestAborted = true
+		case side == Dst && r.State == RollingBack && r.Strategy == Cold:
+			r.Facts.DestAborted = true // the destination's disk copies are removed
 		}
 	}
 }
@@ -616,5 +628,33 @@ func (r *Record) onCAS(now time.Time, obs Observation) {
 		r.Facts.OwnerSwitched = false
 		r.GiveUpAt = now.Add(r.rollbackWindow())
 		r.enter(now, RollingBack, "owner back to "+r.From+": the destination never ran")
+	}
+}
+
+// onDiskCopy handles PrepareDisks and CopyDisks (cold, local disks).
+func (r *Record) onDiskCopy(now time.Time, obs Observation) {
+	if r.State != Copying {
+		return
+	}
+	switch {
+	case obs.Action == ActPrepareDisks && obs.Err == OK && obs.DiskURI != "":
+		r.DiskURI = obs.DiskURI
+		r.LastProgressAt = now
+		r.Note = "the destination receives the local disks at " + obs.DiskURI
+	case obs.Action == ActPrepareDisks && obs.Err == OK:
+		r.rollback(now, "the destination on "+r.To+" answered no address for the local disks' copy", false)
+	case obs.Action == ActPrepareDisks:
+		r.rollback(now, fmt.Sprintf("prepare the disk copies on %s: %s: %s", r.To, obs.Err, obs.ErrMsg), false)
+	case obs.Err != OK:
+		r.rollback(now, fmt.Sprintf("copy the local disks from %s: %s: %s", r.From, obs.Err, obs.ErrMsg), false)
+	case obs.Out == nil:
+	default:
+		switch obs.Out.Status {
+		case "completed":
+			r.Facts.DisksCopied = true
+			r.enter(now, Switchover, "local disks copied and their checksums verified on "+r.To+"; switching the owner")
+		case "failed", "cancelled":
+			r.rollback(now, "the local disks' copy "+obs.Out.Status+": "+orUnknown(obs.Out.Error), false)
+		}
 	}
 }

@@ -55,7 +55,13 @@ type volatile struct {
 	dstDown     time.Time // the destination agent has not answered since (before the CAS)
 	freshOut    bool      // the QueryOutgoing in flight was asked after FinishOutgoing was refused
 	prepared    *Record   // the switched record the CASOwner in flight writes with the owner
-	wrote       *Record   // the record the last step's owner CAS wrote (what the store holds now)
+	// soleStop: this session sent the only StopVM of the migration (it
+	// was not loaded in stopping, none was retried after a transient
+	// error) and saw it answer: no StopVM can still be on its way, so a
+	// cold rollback starts the guest again at once.
+	soleStop    bool
+	stopRetried bool    // a StopVM of this session failed transiently (it may land late)
+	wrote       *Record // the record the last step's owner CAS wrote (what the store holds now)
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -273,7 +279,7 @@ func (r *Record) deadlines(now time.Time) {
 			r.enter(now, Stopping, "stopping the guest on "+r.From)
 		}
 		return
-	case Preparing, Mirroring, Transferring, Stopping, Switchover:
+	case Preparing, Mirroring, Transferring, Stopping, Copying, Switchover:
 		if r.Facts.OwnerSwitched {
 			return
 		}

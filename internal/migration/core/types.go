@@ -58,6 +58,11 @@ const (
 	PostcopyRecovering State = "postcopy-recovering" // RecoverIncoming done, ResumeOutgoing
 
 	Stopping State = "stopping" // cold: stop the guest on the source (running VM only)
+	// Copying (cold, local disks): the stopped guest's local disks are
+	// copied to the destination (allocated extents only) and verified
+	// there by checksum before the owner switches; like stopping's
+	// successors before the CAS, it rolls back on failure.
+	Copying  State = "copying"
 	Starting State = "starting" // cold: owner is the destination: boot it there (running VM only)
 
 	// RetryWait: a live attempt that failed for a link-related reason
@@ -146,6 +151,7 @@ type Facts struct {
 	VMRecordReleased bool // the VM record was written with its final state and unlocked
 	ReservationFreed bool // the destination's capacity reservation was released
 	GaveUp           bool // the retries ran out of their window: only the final VM record write is left
+	DisksCopied      bool // cold: CopyDisks reported the local disks copied and verified by the destination's checksum
 }
 
 // Record is a migration's persisted state: everything a restarted or newly
@@ -172,7 +178,11 @@ type Record struct {
 	// DiskURI is the destination's NBD server (host:port) exporting the
 	// local disks; empty when the VM has none (no mirror, no Mirroring).
 	DiskURI string
-	Facts   Facts
+	// CopyDisks: a cold migration of a VM with local disks: they are
+	// copied (Copying) before the owner switch and the source's copies
+	// removed only at the cleanup (set by the executor before Start).
+	CopyDisks bool
+	Facts     Facts
 
 	StartedAt time.Time
 	// Deadline is StartedAt + Timeout: the end of attempts before the CAS.
@@ -296,6 +306,9 @@ const (
 	ActReleaseReservation // the destination's capacity reservation for this migration
 	// Timer.
 	ActSetTimer // deliver a Tick at At
+	// Agent disk-copy steps (DiskAgentService, cold migration of local disks).
+	ActPrepareDisks // dst: create empty copies of the local disks, listen for them; result: DiskURI
+	ActCopyDisks    // src: start (or report) the sparse copy to DiskURI; result: Out (copying, completed = verified, failed)
 	actCount
 )
 
@@ -307,6 +320,7 @@ var actionNames = [...]string{
 	ActRecoverIncoming: "RecoverIncoming", ActResumeOutgoing: "ResumeOutgoing", ActStartVM: "StartVM", ActStopVM: "StopVM",
 	ActDeleteVM: "DeleteVM", ActGetVM: "GetVM", ActCASOwner: "CASOwner", ActUpdateVM: "UpdateVM",
 	ActReleaseReservation: "ReleaseReservation", ActSetTimer: "SetTimer",
+	ActPrepareDisks: "PrepareDisks", ActCopyDisks: "CopyDisks",
 }
 
 // String is the action's name (its agent RPC or store step).
@@ -323,7 +337,9 @@ func (k ActionKind) IsStore() bool {
 }
 
 // IsAgent reports whether k is an agent RPC.
-func (k ActionKind) IsAgent() bool { return k >= ActPrepareIncoming && k <= ActGetVM }
+func (k ActionKind) IsAgent() bool {
+	return k >= ActPrepareIncoming && k <= ActGetVM || k == ActPrepareDisks || k == ActCopyDisks
+}
 
 // VMUpdate is what ActUpdateVM writes to the VM record, only while the
 // record's migration_id is the migration's (else the result is Refused).
@@ -342,11 +358,12 @@ type Action struct {
 	Side Side // agent actions: which host
 
 	URI             string        // StartOutgoing (dest URI), ResumeOutgoing (recover URI)
-	DiskURI         string        // StartOutgoing: the NBD server to mirror the local disks to
+	DiskURI         string        // StartOutgoing: the NBD server to mirror the local disks to; CopyDisks: the destination's receiver
 	Wait            time.Duration // QueryOutgoing long poll
 	KnownStatus     string        // QueryOutgoing: the status seen last
 	ResumeCompleted bool          // CancelOutgoing: the destination provably never ran
 	Force           bool          // StopVM: kill instead of a guest power-off
+	RemoveDisks     bool          // DeleteVM: the VM's local disk images go too (else a cold source keeps them)
 	Postcopy        bool          // PrepareIncoming, StartOutgoing: postcopy-ram
 	AutoConverge    bool          // StartOutgoing: QEMU throttles the guest
 
@@ -511,7 +528,7 @@ type Observation struct {
 	ErrMsg string
 
 	URI      string    // PrepareIncoming, RecoverIncoming
-	DiskURI  string    // PrepareIncoming: the NBD server of the local disks ("" without)
+	DiskURI  string    // PrepareIncoming: the NBD server of the local disks ("" without); PrepareDisks: where the copy goes
 	Out      *Outgoing // source steps
 	In       *Incoming // destination steps
 	VM       *VMInfo   // VM steps

@@ -39,8 +39,16 @@ type Agent interface {
 	StopVM(ctx context.Context, name string, force bool) (*ferryv1.VMStatus, error)
 	// DeleteVM removes a VM from the host; migrationID, when set, names
 	// the migration whose source this is, so the agent keeps its local
-	// disk images (the destination holds the VM now).
-	DeleteVM(ctx context.Context, name, migrationID string) error
+	// disk images (the destination holds the VM now) unless removeDisks
+	// (a cold migration whose destination verified its copies, or the
+	// destination's copies being undone).
+	DeleteVM(ctx context.Context, name, migrationID string, removeDisks bool) error
+	// PrepareDiskCopy (destination of a cold migration of local disks)
+	// creates empty copies and returns where it receives them.
+	PrepareDiskCopy(ctx context.Context, req *agentv1.PrepareDiskCopyRequest) (string, error)
+	// CopyDisks (source) starts or reports the sparse copy of the local
+	// disks to the destination's receiver.
+	CopyDisks(ctx context.Context, req *agentv1.CopyDisksRequest) (*agentv1.OutgoingStatus, error)
 	GetVM(ctx context.Context, name string) (*ferryv1.VMStatus, error)
 	CancelOutgoingVM(ctx context.Context, req *agentv1.MigrationStepRequest) (*ferryv1.VMStatus, error)
 }
@@ -94,6 +102,7 @@ func (t Timeouts) withDefaults() Timeouts {
 // connectAgent is the Agent over an agent's ConnectRPC services.
 type connectAgent struct {
 	vm   agentv1connect.AgentServiceClient
+	disk agentv1connect.DiskAgentServiceClient
 	mig  agentv1connect.MigrationAgentServiceClient
 	live agentv1connect.LivenessAgentServiceClient
 	t    Timeouts
@@ -105,6 +114,7 @@ func NewConnectAgent(addr string, t Timeouts) Agent {
 	hc, base := rpcaddr.Client(addr)
 	return &connectAgent{
 		vm:   agentv1connect.NewAgentServiceClient(hc, base),
+		disk: agentv1connect.NewDiskAgentServiceClient(hc, base),
 		mig:  agentv1connect.NewMigrationAgentServiceClient(hc, base),
 		live: agentv1connect.NewLivenessAgentServiceClient(hc, base),
 		t:    t.withDefaults(),
@@ -288,12 +298,34 @@ func (a *connectAgent) StopVM(ctx context.Context, name string, force bool) (*fe
 }
 
 // DeleteVM implements Agent.
-func (a *connectAgent) DeleteVM(ctx context.Context, name, migrationID string) error {
+func (a *connectAgent) DeleteVM(ctx context.Context, name, migrationID string, removeDisks bool) error {
 	_, err := call(ctx, a.t.Step*3, "delete VM", func(c context.Context) (struct{}, error) {
-		_, err := a.vm.DeleteVM(c, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: name, MigrationId: migrationID}))
+		_, err := a.vm.DeleteVM(c, connect.NewRequest(&agentv1.AgentDeleteVMRequest{Name: name, MigrationId: migrationID, RemoveLocalDisks: removeDisks}))
 		return struct{}{}, err
 	})
 	return err
+}
+
+// PrepareDiskCopy implements Agent.
+func (a *connectAgent) PrepareDiskCopy(ctx context.Context, req *agentv1.PrepareDiskCopyRequest) (string, error) {
+	return call(ctx, a.t.Prepare, "prepare disk copy", func(c context.Context) (string, error) {
+		r, err := a.disk.PrepareDiskCopy(c, connect.NewRequest(req))
+		if err != nil {
+			return "", err
+		}
+		return r.Msg.Address, nil
+	})
+}
+
+// CopyDisks implements Agent; its deadline leaves room for the long poll.
+func (a *connectAgent) CopyDisks(ctx context.Context, req *agentv1.CopyDisksRequest) (*agentv1.OutgoingStatus, error) {
+	return call(ctx, a.t.Step+time.Duration(req.WaitMs)*time.Millisecond, "copy disks", func(c context.Context) (*agentv1.OutgoingStatus, error) {
+		r, err := a.disk.CopyDisks(c, connect.NewRequest(req))
+		if err != nil {
+			return nil, err
+		}
+		return r.Msg.Status, nil
+	})
 }
 
 // GetVM implements Agent.

@@ -197,7 +197,13 @@ func (fakeAgent) StartVM(context.Context, *ferryv1.VMSpec) (*ferryv1.VMStatus, e
 func (fakeAgent) StopVM(context.Context, string, bool) (*ferryv1.VMStatus, error) {
 	return nil, errFakeUnsupported
 }
-func (fakeAgent) DeleteVM(context.Context, string, string) error { return nil }
+func (fakeAgent) DeleteVM(context.Context, string, string, bool) error { return nil }
+func (fakeAgent) PrepareDiskCopy(context.Context, *agentv1.PrepareDiskCopyRequest) (string, error) {
+	return "", errors.New("fake agent: no disk copy")
+}
+func (fakeAgent) CopyDisks(context.Context, *agentv1.CopyDisksRequest) (*agentv1.OutgoingStatus, error) {
+	return nil, errors.New("fake agent: no disk copy")
+}
 
 // fakeRecords is an in-memory Records.
 type fakeRecords struct {

@@ -344,10 +344,23 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		return err
 	case core.ActDeleteVM:
 		id := ""
-		if a.Side == core.Src {
-			id = p.id // a cold migration's source: the destination holds the VM
+		if a.Side == core.Src || a.RemoveDisks {
+			// A cold migration's source (the destination holds the VM), or
+			// the destination's disk copies of this migration.
+			id = p.id
 		}
-		return ag.DeleteVM(ctx, p.vm, id)
+		return ag.DeleteVM(ctx, p.vm, id, a.RemoveDisks)
+	case core.ActPrepareDisks:
+		if len(p.knobs.LocalDisks) == 0 {
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("the migration copies local disks but knows none of VM %s", p.vm))
+		}
+		addr, err := ag.PrepareDiskCopy(ctx, &agentv1.PrepareDiskCopyRequest{Name: p.vm, MigrationId: p.id, Disks: p.knobs.LocalDisks})
+		o.DiskURI = addr
+		return err
+	case core.ActCopyDisks:
+		st, err := ag.CopyDisks(ctx, &agentv1.CopyDisksRequest{Name: p.vm, MigrationId: p.id, Address: a.DiskURI,
+			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, WaitMs: a.Wait.Milliseconds(), KnownStatus: a.KnownStatus})
+		return p.out(a.Kind, st, err, o)
 	case core.ActCASOwner:
 		return p.casOwner(ctx, a, o)
 	case core.ActUpdateVM:

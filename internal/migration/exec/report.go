@@ -109,6 +109,10 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if k == core.ActCopyDisks {
+		r.disksLocked(out) // a cold migration's disk copy: no RAM figures
+		return
+	}
 	if k == core.ActStartOutgoing && r.lastOut == nil {
 		r.transfer = time.Now()
 	}
@@ -141,7 +145,10 @@ func (r *reporter) Outgoing(k core.ActionKind, out *agentv1.OutgoingStatus) {
 	m.ThrottlePercent = max(m.ThrottlePercent, out.ThrottlePercent)
 	m.PostcopyRequests = max(m.PostcopyRequests, out.PostcopyRequests)
 	if el := time.Since(r.transfer).Seconds(); el > 0 && out.PreSwitchoverAt == nil {
-		m.BandwidthMibps = float64(out.TransferredBytes) / (1 << 20) / el
+		// Everything the link carried since the start: RAM and the local
+		// disks' mirrors (which run first), so that a migration with disks
+		// teaches the planner the link's rate, not RAM over the whole time.
+		m.BandwidthMibps = float64(out.TransferredBytes+m.DiskBytesTransferred) / (1 << 20) / el
 	}
 	if k == core.ActQueryOutgoing {
 		m.Samples = append(m.Samples, &ferryv1.MigrationSample{
@@ -292,7 +299,8 @@ func (r *reporter) phasesLocked() {
 	m.DowntimeMs = max(m.DowntimeMs, out.DowntimeMs)
 	if out.PreSwitchoverAt != nil && !r.transfer.IsZero() {
 		if el := out.PreSwitchoverAt.AsTime().Sub(r.transfer).Seconds(); el > 0 {
-			m.BandwidthMibps = float64(out.TransferredBytes-out.DowntimeBytes) / (1 << 20) / el
+			// (With local disks their mirrors ran first, over the same link.)
+			m.BandwidthMibps = float64(out.TransferredBytes-out.DowntimeBytes+m.DiskBytesTransferred) / (1 << 20) / el
 		}
 	}
 	if in == nil || in.ResumedAt == nil {
@@ -421,7 +429,9 @@ func (r *reporter) disksLocked(out *agentv1.OutgoingStatus) {
 			m.Disks = append(m.Disks, md)
 		}
 		md.State = d.State
-		if d.State == "ready" || d.State == "completed" {
+		if d.State == "ready" || d.State == "completed" || d.State == "copying" {
+			// (A cold copy's data bytes are exact while it runs; a mirror's
+			// only once it is in sync.)
 			md.BytesTransferred = max(md.BytesTransferred, d.DataBytes)
 		}
 		if d.StartedAt != nil && d.ReadyAt != nil {

@@ -70,3 +70,21 @@ func TestLearnableRateOfAPostcopy(t *testing.T) {
 		})
 	}
 }
+
+// A pre-copy with local disks teaches the link's rate over both: the
+// disks' mirrors ran first, over the same link, in the same time.
+func TestLearnableRateWithDisks(t *testing.T) {
+	m := &ferryv1.Migration{Strategy: "precopy"}
+	r := newReporter(m, nil)
+	r.Outgoing(core.ActStartOutgoing, &agentv1.OutgoingStatus{Status: "mirroring"})
+	r.transfer = time.Now().Add(-4 * time.Second)
+	// 3 s of mirroring 135 MiB, then 1 s of RAM: 45 MiB over 4 s is not the link's rate.
+	r.Outgoing(core.ActQueryOutgoing, &agentv1.OutgoingStatus{Status: "mirroring", DiskBytesTotal: 135 << 20, DiskBytesTransferred: 135 << 20,
+		Disks: []*agentv1.DiskMirror{{Name: "data", State: "ready", DataBytes: 135 << 20}}})
+	r.Outgoing(core.ActQueryOutgoing, &agentv1.OutgoingStatus{Status: "pre-switchover", TotalBytes: 1 << 30, TransferredBytes: 45 << 20,
+		DiskBytesTransferred: 135 << 20, PreSwitchoverAt: timestamppb.Now()})
+	m.Status = "completed"
+	if got := r.learnable(); got < 42 || got > 46 {
+		t.Errorf("learned %.1f MiB/s, want about 45 (180 MiB of disk and RAM over 4 s)", got)
+	}
+}

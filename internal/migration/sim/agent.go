@@ -154,10 +154,35 @@ func (ag *FakeAgent) handle(a core.Action, id string) core.Observation {
 			}
 			return core.Observation{VM: ag.vmInfo()}
 		}
+		if v != nil && v.diskInID != "" && !v.diskSynced {
+			return refused("the local disks' copy of %s is not verified here", v.diskInID)
+		}
+		if w.disks && (v == nil || !v.disk) {
+			// The agent would create an empty disk from the spec's size.
+			w.violate("the VM was booted on %s without its local disk (an empty one)", ag.Host)
+		}
 		q := w.newQEMU(w.newBoot())
 		q.Run = "running"
-		ag.vm = &vmOnHost{qemu: q, tap: true, dir: true}
+		nv := &vmOnHost{qemu: q, tap: true, dir: true}
+		if v != nil {
+			nv.disk, nv.diskSynced = v.disk, v.diskSynced
+		}
+		ag.vm = nv
 		return core.Observation{VM: ag.vmInfo()}
+	case core.ActPrepareDisks:
+		if ag.ended[id] {
+			return refused("migration %s already ended on this host: start a new migration", id)
+		}
+		if v != nil && v.diskInID == id {
+			return core.Observation{DiskURI: v.diskURI}
+		}
+		if v != nil {
+			return refused("VM already on this host")
+		}
+		ag.vm = &vmOnHost{dir: true, disk: true, diskInID: id, diskURI: ag.Host + ":9900"}
+		return core.Observation{DiskURI: ag.vm.diskURI}
+	case core.ActCopyDisks:
+		return ag.copyDisks(a, id)
 	case core.ActStopVM:
 		if v == nil || v.qemu == nil {
 			return core.Observation{VM: ag.vmInfo()}
@@ -166,15 +191,50 @@ func (ag *FakeAgent) handle(a core.Action, id string) core.Observation {
 		v.qemu, v.tap = nil, false
 		return core.Observation{VM: ag.vmInfo()}
 	case core.ActDeleteVM:
+		if v != nil && v.disk && v.diskSynced && a.RemoveDisks {
+			if o := w.Agents[1-ag.side].vm; o == nil || !o.disk || !o.diskSynced {
+				w.violate("the local disk on %s was removed while %s held no verified copy", ag.Host, w.Agents[1-ag.side].Host)
+			}
+		}
+		if v != nil && v.diskInID != "" {
+			ag.end(v.diskInID)
+		}
+		keep := v != nil && v.disk && !a.RemoveDisks && w.strategy == core.Cold
 		ag.remove()
+		if keep {
+			ag.vm = &vmOnHost{disk: true, diskSynced: v.diskSynced} // the agent keeps a cold source's local disks
+		}
 		return core.Observation{}
 	case core.ActGetVM:
-		if v == nil {
+		if v == nil || v.diskInID != "" && v.qemu == nil {
 			return notFound("no VM here")
 		}
 		return core.Observation{VM: ag.vmInfo()}
 	}
 	return refused("unknown action %s", a.Kind)
+}
+
+// copyDisks is CopyDisks on the source: the stopped VM's local disk is
+// copied to the destination's receiver at a.DiskURI (keyed by id; a second
+// call reports the copy).
+func (ag *FakeAgent) copyDisks(a core.Action, id string) core.Observation {
+	w := ag.w
+	v := ag.vm
+	if v == nil || !v.disk {
+		return notFound("no local disk of the VM here")
+	}
+	if ag.alive() {
+		return refused("the VM runs here: its disks are copied only while it is stopped")
+	}
+	if j := ag.copyJob; j == nil || j.id != id {
+		j = &fakeCopy{id: id, uri: a.DiskURI, status: "copying", left: 10}
+		if w.copyPeer(ag.side, j) == nil {
+			j.status, j.err = "failed", "cannot connect to the destination's receiver" // (or it refuses the id)
+		}
+		ag.copyJob = j
+	}
+	j := ag.copyJob
+	return core.Observation{Out: &core.Outgoing{Status: j.status, Transferred: j.sent, Error: j.err}}
 }
 
 // handleOutgoing runs the source steps.
@@ -354,6 +414,20 @@ func (ag *FakeAgent) reconcile() {
 func (ag *FakeAgent) reap() {
 	v := ag.vm
 	w := ag.w
+	if ag.Up && w.serverUp && w.reach(ag.side) && v != nil && v.diskInID != "" && v.qemu == nil {
+		// A cold migration's disk copy that no migration in flight names,
+		// for a VM the store places elsewhere.
+		if !w.rec.State.Terminal() || w.Store.VM.Host == ag.Host {
+			v.orphanSince = time.Time{}
+		} else if v.orphanSince.IsZero() {
+			v.orphanSince = w.Clock.now
+		} else if w.Clock.now.Sub(v.orphanSince) >= OrphanGrace {
+			w.logf("agent %s reaper: removed the disk copy of %s", ag.side, v.diskInID)
+			ag.end(v.diskInID)
+			ag.vm = nil
+		}
+		return
+	}
 	if !ag.Up || !w.serverUp || !w.reach(ag.side) || v == nil || v.inID == "" || v.ran || v.inState == "adopted" {
 		return
 	}
@@ -374,7 +448,7 @@ func (ag *FakeAgent) reap() {
 // reapPending reports whether an agent still holds an arrival its reaper will remove.
 func (w *World) reapPending() bool {
 	for _, ag := range w.Agents {
-		if v := ag.vm; v != nil && v.inID != "" && !v.ran && v.inState != "adopted" {
+		if v := ag.vm; v != nil && (v.inID != "" && !v.ran && v.inState != "adopted" || v.diskInID != "" && v.qemu == nil) {
 			return true
 		}
 	}

@@ -78,7 +78,7 @@ func (w *World) CheckEnd() {
 	if owner.vm != nil && owner.vm.qemu != nil && owner.vm.qemu.Alive {
 		q = owner.vm.qemu
 	}
-	if w.disks && q != nil && (owner.vm == nil || !owner.vm.disk || !owner.vm.diskSynced) {
+	if w.disks && (q != nil || w.strategy == core.Cold) && (owner.vm == nil || !owner.vm.disk || !owner.vm.diskSynced) {
 		w.violate("the VM runs on %s without a complete copy of its local disk", owner.Host)
 	}
 	switch core.VMState(vm.State) {

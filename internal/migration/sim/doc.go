@@ -10,7 +10,8 @@
 //
 // Explore records each scenario's happy path (precopy, converge, postcopy,
 // hybrid with its post-copy switch, cold of a running VM, cold of a stopped
-// VM), then replays it once for every step index × every fault kind
+// VM; with a local disk: pre-copy and post-copy mirroring it, cold of a
+// running and of a stopped VM copying it), then replays it once for every step index × every fault kind
 // (AllFaults): server crash + restart (record reloaded, memory lost),
 // source/destination agent crash + restart, a request lost, a reply lost, a
 // request delayed past its caller's timeout, source/destination QEMU

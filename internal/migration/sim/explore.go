@@ -30,6 +30,8 @@ var Scenarios = []Scenario{
 	{Name: "cold-stopped", Strategy: core.Cold, Prev: core.VMStopped},
 	{Name: "precopy-disks", Strategy: core.Precopy, Prev: core.VMRunning, LocalDisks: true},
 	{Name: "postcopy-disks", Strategy: core.Postcopy, Prev: core.VMRunning, LocalDisks: true},
+	{Name: "cold-running-disks", Strategy: core.Cold, Prev: core.VMRunning, LocalDisks: true},
+	{Name: "cold-stopped-disks", Strategy: core.Cold, Prev: core.VMStopped, LocalDisks: true},
 }
 
 // Case is one simulated run: a scenario with one fault at one step.

@@ -69,7 +69,10 @@ type vmOnHost struct {
 	inState string // listening, armed, running, adopted
 	ran     bool
 	uri     string
-	diskURI string // the NBD export of the local disk (incoming with disks)
+	diskURI string // the NBD export of the local disk (incoming with disks); a cold copy's receiver
+	// diskInID: a cold migration's disk copy arriving (PrepareDisks): the
+	// copy (diskSynced once verified) without a QEMU; "" once booted here.
+	diskInID string
 	// outgoing migration id (a small file: rebuilt with query-migrate after a restart)
 	outID string
 	// orphanSince: the reaper saw no migration in flight name this arrival since
@@ -89,6 +92,20 @@ type FakeAgent struct {
 	cancelled map[string]bool
 	// ended are the incoming ids AbortIncoming removed (kept across restarts)
 	ended map[string]bool
+	// copyJob is the source agent's cold disk copy (in the agent's memory:
+	// lost with its process).
+	copyJob *fakeCopy
+}
+
+// fakeCopy is a source agent's copy of the local disk to a destination's
+// receiver (CopyDisks): copying for a few ticks, then completed once the
+// destination verified the checksum, or failed.
+type fakeCopy struct {
+	id, uri string
+	status  string
+	err     string
+	left    int
+	sent    int64
 }
 
 // FakeStoreVM is the VM record in the fake store.

@@ -105,6 +105,7 @@ func (w *World) RestartServer() {
 // CrashAgent takes side's agent down for d (its QEMUs live on).
 func (w *World) CrashAgent(s core.Side, d time.Duration) {
 	w.Agents[s].Up = false
+	w.Agents[s].copyJob = nil // a copy's sender dies with its agent
 	if d > 0 {
 		w.after(d, func() { w.RestartAgent(s) })
 	}
@@ -119,6 +120,13 @@ func (w *World) RestartAgent(s core.Side) {
 	}
 	ag.Up = true
 	w.logf("agent %s restarted", s)
+	if v := ag.vm; v != nil && v.diskInID != "" && !v.diskSynced {
+		// Its receiver died with it: an unverified disk copy is removed
+		// when the agent starts (the source's copy failed).
+		w.logf("agent %s dropped the unverified disk copy of %s", s, v.diskInID)
+		ag.end(v.diskInID)
+		ag.vm = nil
+	}
 	ag.reconcile()
 	epoch := w.epoch
 	w.after(NetLatency, func() { w.deliverIf(epoch, core.Observation{Kind: core.ObsAgentRestarted, Side: s}) })

@@ -25,6 +25,7 @@ import (
 //	link down [at=<action>] [for=<duration>]
 //	fail store [at=<action>]
 //	cancel [at=<action>]
+//	corrupt copy [at=<action>]      the cold disk copy arrives corrupted: the destination's checksum differs
 //	state                           the record's state, facts and the world
 //
 // at=<action> arms the fault for the next action whose name starts with it
@@ -243,6 +244,12 @@ func (in *Interp) Do(cmd string, args []string) (string, error) {
 		return schedule(func(core.Action) Disposition {
 			in.W.logf("FAULT store write fails")
 			in.W.Store.failNext = true
+			return DispDeliver
+		}), nil
+	case "corrupt":
+		return schedule(func(core.Action) Disposition {
+			in.W.logf("FAULT the disk copy is corrupted on its way")
+			in.W.corruptCopy = true
 			return DispDeliver
 		}), nil
 	case "cancel":

@@ -196,3 +196,37 @@ func TestCheckerCatchesBrokenDiskRules(t *testing.T) {
 	}
 	t.Logf("caught: %v", r.Violations)
 }
+
+// TestCheckerCatchesBrokenColdDiskRules breaks the cold copy's rules on
+// purpose: a core that removes the source's disk before the copy is
+// verified, and one whose rollback removes the source's disk instead of the
+// destination's copy must each be caught.
+func TestCheckerCatchesBrokenColdDiskRules(t *testing.T) {
+	cold := Scenario{Name: "cold-running-disks", Strategy: core.Cold, Prev: core.VMRunning, LocalDisks: true}
+	for _, tc := range []struct {
+		name   string
+		mutate func(core.Record, *core.Ready)
+	}{
+		{"the source's disk removed before the copy is verified", func(rec core.Record, ready *core.Ready) {
+			for _, a := range ready.Actions {
+				if a.Kind == core.ActPrepareDisks {
+					ready.Actions = append(ready.Actions, core.Action{Kind: core.ActDeleteVM, Side: core.Src, RemoveDisks: true, MigrationID: a.MigrationID})
+				}
+			}
+		}},
+		{"the rollback removes the source's disk", func(rec core.Record, ready *core.Ready) {
+			for i, a := range ready.Actions {
+				if a.Kind == core.ActDeleteVM && a.Side == core.Dst && rec.State == core.RollingBack {
+					ready.Actions[i].Side = core.Src
+				}
+			}
+		}},
+	} {
+		e := exploreScenarios([]Scenario{cold}, AllFaults, 1, tc.mutate)
+		if len(e.Violations) == 0 {
+			t.Errorf("%s: the checker missed it in %d cases", tc.name, e.Cases)
+			continue
+		}
+		t.Logf("%s: %d of %d cases caught, e.g. %v", tc.name, len(e.Violations), e.Cases, e.Shortest().Violations)
+	}
+}

@@ -120,6 +120,7 @@ type World struct {
 	flapped           int32
 	retrySeen         bool
 	lateRequest       bool // a request was delayed past its caller's deadline
+	corruptCopy       bool // the cold disk copy arrives corrupted (its checksum differs)
 }
 
 // Disposition says what happens to one action.
@@ -165,6 +166,46 @@ func (w *World) WithLocalDisks() {
 	w.disks = true
 	if v := w.Agents[core.Src].vm; v != nil {
 		v.disk, v.diskSynced = true, true
+	}
+	if w.strategy == core.Cold {
+		// A cold migration copies it (core.Copying) before the owner switch.
+		w.rec.CopyDisks = true
+		w.putRecord(w.rec)
+	}
+}
+
+// copyPeer finds the destination's disk receiver a copy job writes to: the
+// address and migration id match and its agent (the receiver) runs.
+func (w *World) copyPeer(from core.Side, j *fakeCopy) *vmOnHost {
+	other := w.Agents[1-from]
+	v := other.vm
+	if !other.Up || !w.linkUp() || v == nil || v.diskInID != j.id || v.diskURI != j.uri || v.qemu != nil {
+		return nil
+	}
+	return v
+}
+
+// copyPhysics moves the source agents' disk copies by one Tick.
+func (w *World) copyPhysics() {
+	for _, ag := range w.Agents {
+		j := ag.copyJob
+		if j == nil || j.status != "copying" || !ag.Up {
+			continue
+		}
+		peer := w.copyPeer(ag.side, j)
+		if peer == nil || ag.alive() {
+			j.status, j.err = "failed", "the connection to the destination broke" // (or the guest started again under the copy)
+			continue
+		}
+		j.sent += 1 << 20
+		if j.left--; j.left <= 0 {
+			if w.corruptCopy {
+				j.status, j.err = "failed", "checksum mismatch on the destination" // its copy is not used
+				continue
+			}
+			peer.diskSynced = true // the destination verified the checksum
+			j.status = "completed"
+		}
 	}
 }
 
@@ -600,6 +641,7 @@ func (w *World) physics() {
 			}
 		}
 	}
+	w.copyPhysics()
 	for _, ag := range w.Agents {
 		ag.reconcile()
 	}

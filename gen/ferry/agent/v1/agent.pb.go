@@ -217,9 +217,13 @@ type AgentDeleteVMRequest struct {
 	// migration_id is set when the delete removes a migration's source
 	// (cold migration): local disk images in the VM's directory are then
 	// kept, since the destination does not hold them (no storage migration).
-	MigrationId   string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MigrationId string `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// remove_local_disks: the local disk images go too, also with a
+	// migration_id: a cold migration's source whose disks the destination
+	// holds verified copies of, or a destination's copies being undone.
+	RemoveLocalDisks bool `protobuf:"varint,80,opt,name=remove_local_disks,json=removeLocalDisks,proto3" json:"remove_local_disks,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *AgentDeleteVMRequest) Reset() {
@@ -264,6 +268,13 @@ func (x *AgentDeleteVMRequest) GetMigrationId() string {
 		return x.MigrationId
 	}
 	return ""
+}
+
+func (x *AgentDeleteVMRequest) GetRemoveLocalDisks() bool {
+	if x != nil {
+		return x.RemoveLocalDisks
+	}
+	return false
 }
 
 type AgentDeleteVMResponse struct {
@@ -1990,6 +2001,200 @@ func (x *StepResponse) GetVm() *v1.VMStatus {
 	return nil
 }
 
+type PrepareDiskCopyRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MigrationId string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// disks are the source's local disks (name, format, virtual size).
+	Disks         []*LocalDisk `protobuf:"bytes,3,rep,name=disks,proto3" json:"disks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareDiskCopyRequest) Reset() {
+	*x = PrepareDiskCopyRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareDiskCopyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareDiskCopyRequest) ProtoMessage() {}
+
+func (x *PrepareDiskCopyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareDiskCopyRequest.ProtoReflect.Descriptor instead.
+func (*PrepareDiskCopyRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PrepareDiskCopyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PrepareDiskCopyRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *PrepareDiskCopyRequest) GetDisks() []*LocalDisk {
+	if x != nil {
+		return x.Disks
+	}
+	return nil
+}
+
+type PrepareDiskCopyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// address is host:port on the destination's migration address.
+	Address       string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareDiskCopyResponse) Reset() {
+	*x = PrepareDiskCopyResponse{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareDiskCopyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareDiskCopyResponse) ProtoMessage() {}
+
+func (x *PrepareDiskCopyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareDiskCopyResponse.ProtoReflect.Descriptor instead.
+func (*PrepareDiskCopyResponse) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PrepareDiskCopyResponse) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+type CopyDisksRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	MigrationId string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
+	// address is PrepareDiskCopy's answer.
+	Address string `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	// max_bandwidth_bytes caps the copy (bytes per second; 0: none).
+	MaxBandwidthBytes int64 `protobuf:"varint,4,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
+	// wait_ms: a long poll: answer once the status moves from known_status,
+	// or after this long.
+	WaitMs        int64  `protobuf:"varint,5,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	KnownStatus   string `protobuf:"bytes,6,opt,name=known_status,json=knownStatus,proto3" json:"known_status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CopyDisksRequest) Reset() {
+	*x = CopyDisksRequest{}
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CopyDisksRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CopyDisksRequest) ProtoMessage() {}
+
+func (x *CopyDisksRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CopyDisksRequest.ProtoReflect.Descriptor instead.
+func (*CopyDisksRequest) Descriptor() ([]byte, []int) {
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CopyDisksRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CopyDisksRequest) GetMigrationId() string {
+	if x != nil {
+		return x.MigrationId
+	}
+	return ""
+}
+
+func (x *CopyDisksRequest) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *CopyDisksRequest) GetMaxBandwidthBytes() int64 {
+	if x != nil {
+		return x.MaxBandwidthBytes
+	}
+	return 0
+}
+
+func (x *CopyDisksRequest) GetWaitMs() int64 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
+}
+
+func (x *CopyDisksRequest) GetKnownStatus() string {
+	if x != nil {
+		return x.KnownStatus
+	}
+	return ""
+}
+
 type LocalDisksRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1999,7 +2204,7 @@ type LocalDisksRequest struct {
 
 func (x *LocalDisksRequest) Reset() {
 	*x = LocalDisksRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2011,7 +2216,7 @@ func (x *LocalDisksRequest) String() string {
 func (*LocalDisksRequest) ProtoMessage() {}
 
 func (x *LocalDisksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2024,7 +2229,7 @@ func (x *LocalDisksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalDisksRequest.ProtoReflect.Descriptor instead.
 func (*LocalDisksRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LocalDisksRequest) GetName() string {
@@ -2043,7 +2248,7 @@ type LocalDisksResponse struct {
 
 func (x *LocalDisksResponse) Reset() {
 	*x = LocalDisksResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2055,7 +2260,7 @@ func (x *LocalDisksResponse) String() string {
 func (*LocalDisksResponse) ProtoMessage() {}
 
 func (x *LocalDisksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2068,7 +2273,7 @@ func (x *LocalDisksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalDisksResponse.ProtoReflect.Descriptor instead.
 func (*LocalDisksResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *LocalDisksResponse) GetDisks() []*LocalDisk {
@@ -2096,7 +2301,7 @@ type LocalDisk struct {
 
 func (x *LocalDisk) Reset() {
 	*x = LocalDisk{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2313,7 @@ func (x *LocalDisk) String() string {
 func (*LocalDisk) ProtoMessage() {}
 
 func (x *LocalDisk) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2326,7 @@ func (x *LocalDisk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocalDisk.ProtoReflect.Descriptor instead.
 func (*LocalDisk) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LocalDisk) GetName() string {
@@ -2181,7 +2386,7 @@ type DiskMirror struct {
 
 func (x *DiskMirror) Reset() {
 	*x = DiskMirror{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2398,7 @@ func (x *DiskMirror) String() string {
 func (*DiskMirror) ProtoMessage() {}
 
 func (x *DiskMirror) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2411,7 @@ func (x *DiskMirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMirror.ProtoReflect.Descriptor instead.
 func (*DiskMirror) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DiskMirror) GetName() string {
@@ -2292,7 +2497,7 @@ type DiskMarker struct {
 
 func (x *DiskMarker) Reset() {
 	*x = DiskMarker{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2509,7 @@ func (x *DiskMarker) String() string {
 func (*DiskMarker) ProtoMessage() {}
 
 func (x *DiskMarker) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2522,7 @@ func (x *DiskMarker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarker.ProtoReflect.Descriptor instead.
 func (*DiskMarker) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DiskMarker) GetDiskPath() string {
@@ -2367,7 +2572,7 @@ type DiskMarkersRequest struct {
 
 func (x *DiskMarkersRequest) Reset() {
 	*x = DiskMarkersRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2584,7 @@ func (x *DiskMarkersRequest) String() string {
 func (*DiskMarkersRequest) ProtoMessage() {}
 
 func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2597,7 @@ func (x *DiskMarkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersRequest.ProtoReflect.Descriptor instead.
 func (*DiskMarkersRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DiskMarkersRequest) GetCheckId() string {
@@ -2418,7 +2623,7 @@ type DiskMarkersResponse struct {
 
 func (x *DiskMarkersResponse) Reset() {
 	*x = DiskMarkersResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2430,7 +2635,7 @@ func (x *DiskMarkersResponse) String() string {
 func (*DiskMarkersResponse) ProtoMessage() {}
 
 func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2443,7 +2648,7 @@ func (x *DiskMarkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiskMarkersResponse.ProtoReflect.Descriptor instead.
 func (*DiskMarkersResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DiskMarkersResponse) GetMarkers() []*DiskMarker {
@@ -2467,7 +2672,7 @@ type CheckGuestAliveRequest struct {
 
 func (x *CheckGuestAliveRequest) Reset() {
 	*x = CheckGuestAliveRequest{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2684,7 @@ func (x *CheckGuestAliveRequest) String() string {
 func (*CheckGuestAliveRequest) ProtoMessage() {}
 
 func (x *CheckGuestAliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2697,7 @@ func (x *CheckGuestAliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckGuestAliveRequest.ProtoReflect.Descriptor instead.
 func (*CheckGuestAliveRequest) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CheckGuestAliveRequest) GetName() string {
@@ -2533,7 +2738,7 @@ type CheckGuestAliveResponse struct {
 
 func (x *CheckGuestAliveResponse) Reset() {
 	*x = CheckGuestAliveResponse{}
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2545,7 +2750,7 @@ func (x *CheckGuestAliveResponse) String() string {
 func (*CheckGuestAliveResponse) ProtoMessage() {}
 
 func (x *CheckGuestAliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ferry_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_ferry_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2558,7 +2763,7 @@ func (x *CheckGuestAliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckGuestAliveResponse.ProtoReflect.Descriptor instead.
 func (*CheckGuestAliveResponse) Descriptor() ([]byte, []int) {
-	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_ferry_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CheckGuestAliveResponse) GetAlive() bool {
@@ -2602,10 +2807,11 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05force\x18\x02 \x01(\bR\x05force\"A\n" +
 	"\x13AgentStopVMResponse\x12*\n" +
-	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"M\n" +
+	"\x06status\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x06status\"{\n" +
 	"\x14AgentDeleteVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
-	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\"\x17\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12,\n" +
+	"\x12remove_local_disks\x18P \x01(\bR\x10removeLocalDisks\"\x17\n" +
 	"\x15AgentDeleteVMResponse\"'\n" +
 	"\x11AgentGetVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"@\n" +
@@ -2744,7 +2950,20 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x16IncomingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.IncomingStatusR\x06status\"2\n" +
 	"\fStepResponse\x12\"\n" +
-	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"'\n" +
+	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\x80\x01\n" +
+	"\x16PrepareDiskCopyRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12/\n" +
+	"\x05disks\x18\x03 \x03(\v2\x19.ferry.agent.v1.LocalDiskR\x05disks\"3\n" +
+	"\x17PrepareDiskCopyResponse\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\"\xcf\x01\n" +
+	"\x10CopyDisksRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x18\n" +
+	"\aaddress\x18\x03 \x01(\tR\aaddress\x12.\n" +
+	"\x13max_bandwidth_bytes\x18\x04 \x01(\x03R\x11maxBandwidthBytes\x12\x17\n" +
+	"\await_ms\x18\x05 \x01(\x03R\x06waitMs\x12!\n" +
+	"\fknown_status\x18\x06 \x01(\tR\vknownStatus\"'\n" +
 	"\x11LocalDisksRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"E\n" +
 	"\x12LocalDisksResponse\x12/\n" +
@@ -2817,13 +3036,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x0ePauseMigration\x12$.ferry.agent.v1.MigrationStepRequest\x1a\x1c.ferry.agent.v1.StepResponse\x12J\n" +
 	"\aMeasure\x12\x1e.ferry.agent.v1.MeasureRequest\x1a\x1f.ferry.agent.v1.MeasureResponse\x12V\n" +
 	"\vProbeListen\x12\".ferry.agent.v1.ProbeListenRequest\x1a#.ferry.agent.v1.ProbeListenResponse\x12P\n" +
-	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponse2\xfe\x02\n" +
+	"\tProbeSend\x12 .ferry.agent.v1.ProbeSendRequest\x1a!.ferry.agent.v1.ProbeSendResponse2\xb9\x04\n" +
 	"\x10DiskAgentService\x12[\n" +
 	"\x10WriteDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12Z\n" +
 	"\x0fReadDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12\\\n" +
 	"\x11RemoveDiskMarkers\x12\".ferry.agent.v1.DiskMarkersRequest\x1a#.ferry.agent.v1.DiskMarkersResponse\x12S\n" +
 	"\n" +
-	"LocalDisks\x12!.ferry.agent.v1.LocalDisksRequest\x1a\".ferry.agent.v1.LocalDisksResponse2z\n" +
+	"LocalDisks\x12!.ferry.agent.v1.LocalDisksRequest\x1a\".ferry.agent.v1.LocalDisksResponse\x12b\n" +
+	"\x0fPrepareDiskCopy\x12&.ferry.agent.v1.PrepareDiskCopyRequest\x1a'.ferry.agent.v1.PrepareDiskCopyResponse\x12U\n" +
+	"\tCopyDisks\x12 .ferry.agent.v1.CopyDisksRequest\x1a&.ferry.agent.v1.OutgoingStatusResponse2z\n" +
 	"\x14LivenessAgentService\x12b\n" +
 	"\x0fCheckGuestAlive\x12&.ferry.agent.v1.CheckGuestAliveRequest\x1a'.ferry.agent.v1.CheckGuestAliveResponseB5Z3github.com/ferryvm/ferry/gen/ferry/agent/v1;agentv1b\x06proto3"
 
@@ -2839,7 +3060,7 @@ func file_ferry_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_ferry_agent_v1_agent_proto_rawDescData
 }
 
-var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_ferry_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*AgentStartVMRequest)(nil),     // 0: ferry.agent.v1.AgentStartVMRequest
 	(*AgentStartVMResponse)(nil),    // 1: ferry.agent.v1.AgentStartVMResponse
@@ -2869,112 +3090,120 @@ var file_ferry_agent_v1_agent_proto_goTypes = []any{
 	(*OutgoingStatusResponse)(nil),  // 25: ferry.agent.v1.OutgoingStatusResponse
 	(*IncomingStatusResponse)(nil),  // 26: ferry.agent.v1.IncomingStatusResponse
 	(*StepResponse)(nil),            // 27: ferry.agent.v1.StepResponse
-	(*LocalDisksRequest)(nil),       // 28: ferry.agent.v1.LocalDisksRequest
-	(*LocalDisksResponse)(nil),      // 29: ferry.agent.v1.LocalDisksResponse
-	(*LocalDisk)(nil),               // 30: ferry.agent.v1.LocalDisk
-	(*DiskMirror)(nil),              // 31: ferry.agent.v1.DiskMirror
-	(*DiskMarker)(nil),              // 32: ferry.agent.v1.DiskMarker
-	(*DiskMarkersRequest)(nil),      // 33: ferry.agent.v1.DiskMarkersRequest
-	(*DiskMarkersResponse)(nil),     // 34: ferry.agent.v1.DiskMarkersResponse
-	(*CheckGuestAliveRequest)(nil),  // 35: ferry.agent.v1.CheckGuestAliveRequest
-	(*CheckGuestAliveResponse)(nil), // 36: ferry.agent.v1.CheckGuestAliveResponse
-	(*v1.VMSpec)(nil),               // 37: ferry.v1.VMSpec
-	(*v1.VMStatus)(nil),             // 38: ferry.v1.VMStatus
-	(*timestamppb.Timestamp)(nil),   // 39: google.protobuf.Timestamp
-	(*v1.ConsoleRequest)(nil),       // 40: ferry.v1.ConsoleRequest
-	(*v1.ConsoleChunk)(nil),         // 41: ferry.v1.ConsoleChunk
+	(*PrepareDiskCopyRequest)(nil),  // 28: ferry.agent.v1.PrepareDiskCopyRequest
+	(*PrepareDiskCopyResponse)(nil), // 29: ferry.agent.v1.PrepareDiskCopyResponse
+	(*CopyDisksRequest)(nil),        // 30: ferry.agent.v1.CopyDisksRequest
+	(*LocalDisksRequest)(nil),       // 31: ferry.agent.v1.LocalDisksRequest
+	(*LocalDisksResponse)(nil),      // 32: ferry.agent.v1.LocalDisksResponse
+	(*LocalDisk)(nil),               // 33: ferry.agent.v1.LocalDisk
+	(*DiskMirror)(nil),              // 34: ferry.agent.v1.DiskMirror
+	(*DiskMarker)(nil),              // 35: ferry.agent.v1.DiskMarker
+	(*DiskMarkersRequest)(nil),      // 36: ferry.agent.v1.DiskMarkersRequest
+	(*DiskMarkersResponse)(nil),     // 37: ferry.agent.v1.DiskMarkersResponse
+	(*CheckGuestAliveRequest)(nil),  // 38: ferry.agent.v1.CheckGuestAliveRequest
+	(*CheckGuestAliveResponse)(nil), // 39: ferry.agent.v1.CheckGuestAliveResponse
+	(*v1.VMSpec)(nil),               // 40: ferry.v1.VMSpec
+	(*v1.VMStatus)(nil),             // 41: ferry.v1.VMStatus
+	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
+	(*v1.ConsoleRequest)(nil),       // 43: ferry.v1.ConsoleRequest
+	(*v1.ConsoleChunk)(nil),         // 44: ferry.v1.ConsoleChunk
 }
 var file_ferry_agent_v1_agent_proto_depIdxs = []int32{
-	37, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
-	38, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
-	38, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
-	38, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
-	38, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
-	39, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
-	39, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
-	39, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
-	39, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
-	39, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
-	31, // 10: ferry.agent.v1.OutgoingStatus.disks:type_name -> ferry.agent.v1.DiskMirror
-	39, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
-	39, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
-	38, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
+	40, // 0: ferry.agent.v1.AgentStartVMRequest.spec:type_name -> ferry.v1.VMSpec
+	41, // 1: ferry.agent.v1.AgentStartVMResponse.status:type_name -> ferry.v1.VMStatus
+	41, // 2: ferry.agent.v1.AgentStopVMResponse.status:type_name -> ferry.v1.VMStatus
+	41, // 3: ferry.agent.v1.AgentGetVMResponse.status:type_name -> ferry.v1.VMStatus
+	41, // 4: ferry.agent.v1.AgentListVMsResponse.vms:type_name -> ferry.v1.VMStatus
+	42, // 5: ferry.agent.v1.OutgoingStatus.stopped_at:type_name -> google.protobuf.Timestamp
+	42, // 6: ferry.agent.v1.OutgoingStatus.pre_switchover_at:type_name -> google.protobuf.Timestamp
+	42, // 7: ferry.agent.v1.OutgoingStatus.continued_at:type_name -> google.protobuf.Timestamp
+	42, // 8: ferry.agent.v1.OutgoingStatus.completed_at:type_name -> google.protobuf.Timestamp
+	42, // 9: ferry.agent.v1.OutgoingStatus.postcopy_started_at:type_name -> google.protobuf.Timestamp
+	34, // 10: ferry.agent.v1.OutgoingStatus.disks:type_name -> ferry.agent.v1.DiskMirror
+	42, // 11: ferry.agent.v1.IncomingStatus.loaded_at:type_name -> google.protobuf.Timestamp
+	42, // 12: ferry.agent.v1.IncomingStatus.resumed_at:type_name -> google.protobuf.Timestamp
+	41, // 13: ferry.agent.v1.IncomingStatus.vm:type_name -> ferry.v1.VMStatus
 	17, // 14: ferry.agent.v1.PrepareIncomingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
-	37, // 15: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
-	30, // 16: ferry.agent.v1.PrepareIncomingRequest.local_disks:type_name -> ferry.agent.v1.LocalDisk
+	40, // 15: ferry.agent.v1.PrepareIncomingRequest.spec:type_name -> ferry.v1.VMSpec
+	33, // 16: ferry.agent.v1.PrepareIncomingRequest.local_disks:type_name -> ferry.agent.v1.LocalDisk
 	17, // 17: ferry.agent.v1.StartOutgoingRequest.tuning:type_name -> ferry.agent.v1.MigrationTuning
-	39, // 18: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
-	39, // 19: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
+	42, // 18: ferry.agent.v1.MeasureResponse.dirty_sampled_at:type_name -> google.protobuf.Timestamp
+	42, // 19: ferry.agent.v1.MeasureResponse.non_zero_sampled_at:type_name -> google.protobuf.Timestamp
 	10, // 20: ferry.agent.v1.OutgoingStatusResponse.status:type_name -> ferry.agent.v1.OutgoingStatus
 	11, // 21: ferry.agent.v1.IncomingStatusResponse.status:type_name -> ferry.agent.v1.IncomingStatus
-	38, // 22: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
-	30, // 23: ferry.agent.v1.LocalDisksResponse.disks:type_name -> ferry.agent.v1.LocalDisk
-	39, // 24: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
-	39, // 25: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
-	39, // 26: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
-	32, // 27: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
-	32, // 28: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
-	0,  // 29: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
-	2,  // 30: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
-	4,  // 31: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
-	6,  // 32: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
-	8,  // 33: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
-	40, // 34: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
-	12, // 35: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
-	24, // 36: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 37: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 38: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 39: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	14, // 40: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
-	24, // 41: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 42: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 43: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 44: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 45: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
-	24, // 46: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
-	23, // 47: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
-	24, // 48: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
-	15, // 49: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
-	18, // 50: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
-	20, // 51: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
-	33, // 52: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	33, // 53: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	33, // 54: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
-	28, // 55: ferry.agent.v1.DiskAgentService.LocalDisks:input_type -> ferry.agent.v1.LocalDisksRequest
-	35, // 56: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:input_type -> ferry.agent.v1.CheckGuestAliveRequest
-	1,  // 57: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
-	3,  // 58: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
-	5,  // 59: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
-	7,  // 60: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
-	9,  // 61: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
-	41, // 62: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
-	13, // 63: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
-	26, // 64: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 65: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
-	26, // 66: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
-	27, // 67: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
-	25, // 68: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	25, // 69: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	25, // 70: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	27, // 71: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
-	27, // 72: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
-	25, // 73: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	22, // 74: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
-	25, // 75: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
-	27, // 76: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
-	16, // 77: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
-	19, // 78: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
-	21, // 79: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
-	34, // 80: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	34, // 81: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	34, // 82: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
-	29, // 83: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
-	36, // 84: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:output_type -> ferry.agent.v1.CheckGuestAliveResponse
-	57, // [57:85] is the sub-list for method output_type
-	29, // [29:57] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	41, // 22: ferry.agent.v1.StepResponse.vm:type_name -> ferry.v1.VMStatus
+	33, // 23: ferry.agent.v1.PrepareDiskCopyRequest.disks:type_name -> ferry.agent.v1.LocalDisk
+	33, // 24: ferry.agent.v1.LocalDisksResponse.disks:type_name -> ferry.agent.v1.LocalDisk
+	42, // 25: ferry.agent.v1.DiskMirror.started_at:type_name -> google.protobuf.Timestamp
+	42, // 26: ferry.agent.v1.DiskMirror.ready_at:type_name -> google.protobuf.Timestamp
+	42, // 27: ferry.agent.v1.DiskMirror.completed_at:type_name -> google.protobuf.Timestamp
+	35, // 28: ferry.agent.v1.DiskMarkersRequest.markers:type_name -> ferry.agent.v1.DiskMarker
+	35, // 29: ferry.agent.v1.DiskMarkersResponse.markers:type_name -> ferry.agent.v1.DiskMarker
+	0,  // 30: ferry.agent.v1.AgentService.StartVM:input_type -> ferry.agent.v1.AgentStartVMRequest
+	2,  // 31: ferry.agent.v1.AgentService.StopVM:input_type -> ferry.agent.v1.AgentStopVMRequest
+	4,  // 32: ferry.agent.v1.AgentService.DeleteVM:input_type -> ferry.agent.v1.AgentDeleteVMRequest
+	6,  // 33: ferry.agent.v1.AgentService.GetVM:input_type -> ferry.agent.v1.AgentGetVMRequest
+	8,  // 34: ferry.agent.v1.AgentService.ListVMs:input_type -> ferry.agent.v1.AgentListVMsRequest
+	43, // 35: ferry.agent.v1.AgentService.Console:input_type -> ferry.v1.ConsoleRequest
+	12, // 36: ferry.agent.v1.MigrationAgentService.PrepareIncoming:input_type -> ferry.agent.v1.PrepareIncomingRequest
+	24, // 37: ferry.agent.v1.MigrationAgentService.QueryIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 38: ferry.agent.v1.MigrationAgentService.ArmResume:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 39: ferry.agent.v1.MigrationAgentService.FinishIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 40: ferry.agent.v1.MigrationAgentService.AbortIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	14, // 41: ferry.agent.v1.MigrationAgentService.StartOutgoing:input_type -> ferry.agent.v1.StartOutgoingRequest
+	24, // 42: ferry.agent.v1.MigrationAgentService.QueryOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 43: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 44: ferry.agent.v1.MigrationAgentService.CancelOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 45: ferry.agent.v1.MigrationAgentService.FinishOutgoing:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 46: ferry.agent.v1.MigrationAgentService.StartPostcopy:input_type -> ferry.agent.v1.MigrationStepRequest
+	24, // 47: ferry.agent.v1.MigrationAgentService.RecoverIncoming:input_type -> ferry.agent.v1.MigrationStepRequest
+	23, // 48: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:input_type -> ferry.agent.v1.ResumeOutgoingRequest
+	24, // 49: ferry.agent.v1.MigrationAgentService.PauseMigration:input_type -> ferry.agent.v1.MigrationStepRequest
+	15, // 50: ferry.agent.v1.MigrationAgentService.Measure:input_type -> ferry.agent.v1.MeasureRequest
+	18, // 51: ferry.agent.v1.MigrationAgentService.ProbeListen:input_type -> ferry.agent.v1.ProbeListenRequest
+	20, // 52: ferry.agent.v1.MigrationAgentService.ProbeSend:input_type -> ferry.agent.v1.ProbeSendRequest
+	36, // 53: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	36, // 54: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	36, // 55: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:input_type -> ferry.agent.v1.DiskMarkersRequest
+	31, // 56: ferry.agent.v1.DiskAgentService.LocalDisks:input_type -> ferry.agent.v1.LocalDisksRequest
+	28, // 57: ferry.agent.v1.DiskAgentService.PrepareDiskCopy:input_type -> ferry.agent.v1.PrepareDiskCopyRequest
+	30, // 58: ferry.agent.v1.DiskAgentService.CopyDisks:input_type -> ferry.agent.v1.CopyDisksRequest
+	38, // 59: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:input_type -> ferry.agent.v1.CheckGuestAliveRequest
+	1,  // 60: ferry.agent.v1.AgentService.StartVM:output_type -> ferry.agent.v1.AgentStartVMResponse
+	3,  // 61: ferry.agent.v1.AgentService.StopVM:output_type -> ferry.agent.v1.AgentStopVMResponse
+	5,  // 62: ferry.agent.v1.AgentService.DeleteVM:output_type -> ferry.agent.v1.AgentDeleteVMResponse
+	7,  // 63: ferry.agent.v1.AgentService.GetVM:output_type -> ferry.agent.v1.AgentGetVMResponse
+	9,  // 64: ferry.agent.v1.AgentService.ListVMs:output_type -> ferry.agent.v1.AgentListVMsResponse
+	44, // 65: ferry.agent.v1.AgentService.Console:output_type -> ferry.v1.ConsoleChunk
+	13, // 66: ferry.agent.v1.MigrationAgentService.PrepareIncoming:output_type -> ferry.agent.v1.PrepareIncomingResponse
+	26, // 67: ferry.agent.v1.MigrationAgentService.QueryIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 68: ferry.agent.v1.MigrationAgentService.ArmResume:output_type -> ferry.agent.v1.IncomingStatusResponse
+	26, // 69: ferry.agent.v1.MigrationAgentService.FinishIncoming:output_type -> ferry.agent.v1.IncomingStatusResponse
+	27, // 70: ferry.agent.v1.MigrationAgentService.AbortIncoming:output_type -> ferry.agent.v1.StepResponse
+	25, // 71: ferry.agent.v1.MigrationAgentService.StartOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 72: ferry.agent.v1.MigrationAgentService.QueryOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	25, // 73: ferry.agent.v1.MigrationAgentService.ContinueOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 74: ferry.agent.v1.MigrationAgentService.CancelOutgoing:output_type -> ferry.agent.v1.StepResponse
+	27, // 75: ferry.agent.v1.MigrationAgentService.FinishOutgoing:output_type -> ferry.agent.v1.StepResponse
+	25, // 76: ferry.agent.v1.MigrationAgentService.StartPostcopy:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	22, // 77: ferry.agent.v1.MigrationAgentService.RecoverIncoming:output_type -> ferry.agent.v1.RecoverResponse
+	25, // 78: ferry.agent.v1.MigrationAgentService.ResumeOutgoing:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	27, // 79: ferry.agent.v1.MigrationAgentService.PauseMigration:output_type -> ferry.agent.v1.StepResponse
+	16, // 80: ferry.agent.v1.MigrationAgentService.Measure:output_type -> ferry.agent.v1.MeasureResponse
+	19, // 81: ferry.agent.v1.MigrationAgentService.ProbeListen:output_type -> ferry.agent.v1.ProbeListenResponse
+	21, // 82: ferry.agent.v1.MigrationAgentService.ProbeSend:output_type -> ferry.agent.v1.ProbeSendResponse
+	37, // 83: ferry.agent.v1.DiskAgentService.WriteDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	37, // 84: ferry.agent.v1.DiskAgentService.ReadDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	37, // 85: ferry.agent.v1.DiskAgentService.RemoveDiskMarkers:output_type -> ferry.agent.v1.DiskMarkersResponse
+	32, // 86: ferry.agent.v1.DiskAgentService.LocalDisks:output_type -> ferry.agent.v1.LocalDisksResponse
+	29, // 87: ferry.agent.v1.DiskAgentService.PrepareDiskCopy:output_type -> ferry.agent.v1.PrepareDiskCopyResponse
+	25, // 88: ferry.agent.v1.DiskAgentService.CopyDisks:output_type -> ferry.agent.v1.OutgoingStatusResponse
+	39, // 89: ferry.agent.v1.LivenessAgentService.CheckGuestAlive:output_type -> ferry.agent.v1.CheckGuestAliveResponse
+	60, // [60:90] is the sub-list for method output_type
+	30, // [30:60] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_ferry_agent_v1_agent_proto_init() }
@@ -2988,7 +3217,7 @@ func file_ferry_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_agent_v1_agent_proto_rawDesc), len(file_ferry_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

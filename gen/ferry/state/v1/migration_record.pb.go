@@ -88,7 +88,11 @@ type MigrationRecord struct {
 	// the executor; status, state and error are rendered from this record.
 	Report *v1.Migration `protobuf:"bytes,30,opt,name=report,proto3" json:"report,omitempty"`
 	// disk_uri is the destination's NBD server for the local disks' mirrors.
-	DiskUri       string `protobuf:"bytes,80,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
+	DiskUri string `protobuf:"bytes,80,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
+	// copy_disks: a cold migration copies the VM's local disks (state
+	// copying) before the owner switch; disk_uri is then the destination's
+	// receiver.
+	CopyDisks     bool `protobuf:"varint,81,opt,name=copy_disks,json=copyDisks,proto3" json:"copy_disks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -368,6 +372,13 @@ func (x *MigrationRecord) GetDiskUri() string {
 	return ""
 }
 
+func (x *MigrationRecord) GetCopyDisks() bool {
+	if x != nil {
+		return x.CopyDisks
+	}
+	return false
+}
+
 // MigrationRecordRetry is one failed and retried attempt (see core.Retry).
 type MigrationRecordRetry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -557,7 +568,10 @@ type MigrationFacts struct {
 	ReservationFreed bool                   `protobuf:"varint,16,opt,name=reservation_freed,json=reservationFreed,proto3" json:"reservation_freed,omitempty"`
 	// gave_up: the retries ran out of their window; only the final VM
 	// record write is left.
-	GaveUp        bool `protobuf:"varint,17,opt,name=gave_up,json=gaveUp,proto3" json:"gave_up,omitempty"`
+	GaveUp bool `protobuf:"varint,17,opt,name=gave_up,json=gaveUp,proto3" json:"gave_up,omitempty"`
+	// disks_copied: a cold migration's local disks were copied and the
+	// destination verified their checksum.
+	DisksCopied   bool `protobuf:"varint,80,opt,name=disks_copied,json=disksCopied,proto3" json:"disks_copied,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -711,6 +725,13 @@ func (x *MigrationFacts) GetGaveUp() bool {
 	return false
 }
 
+func (x *MigrationFacts) GetDisksCopied() bool {
+	if x != nil {
+		return x.DisksCopied
+	}
+	return false
+}
+
 // MigrationRecordEvent is one state change with its reason.
 type MigrationRecordEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -776,7 +797,7 @@ var File_ferry_state_v1_migration_record_proto protoreflect.FileDescriptor
 
 const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\n" +
-	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\v\n" +
+	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\v\n" +
 	"\x0fMigrationRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x0e\n" +
@@ -820,7 +841,9 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\bretrying\x18> \x01(\bR\bretrying\x12>\n" +
 	"\aretries\x18? \x03(\v2$.ferry.state.v1.MigrationRecordRetryR\aretries\x12+\n" +
 	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\x12\x19\n" +
-	"\bdisk_uri\x18P \x01(\tR\adiskUri\"\xb6\x01\n" +
+	"\bdisk_uri\x18P \x01(\tR\adiskUri\x12\x1d\n" +
+	"\n" +
+	"copy_disks\x18Q \x01(\bR\tcopyDisks\"\xb6\x01\n" +
 	"\x14MigrationRecordRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
@@ -833,7 +856,7 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
 	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\x12!\n" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12>\n" +
-	"\rretry_backoff\x18= \x01(\v2\x19.google.protobuf.DurationR\fretryBackoff\"\xfc\x04\n" +
+	"\rretry_backoff\x18= \x01(\v2\x19.google.protobuf.DurationR\fretryBackoff\"\x9f\x05\n" +
 	"\x0eMigrationFacts\x12#\n" +
 	"\rdest_prepared\x18\x01 \x01(\bR\fdestPrepared\x12)\n" +
 	"\x10outgoing_started\x18\x02 \x01(\bR\x0foutgoingStarted\x12%\n" +
@@ -855,7 +878,8 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\tdest_lost\x18\x0e \x01(\bR\bdestLost\x12,\n" +
 	"\x12vm_record_released\x18\x0f \x01(\bR\x10vmRecordReleased\x12+\n" +
 	"\x11reservation_freed\x18\x10 \x01(\bR\x10reservationFreed\x12\x17\n" +
-	"\agave_up\x18\x11 \x01(\bR\x06gaveUp\"r\n" +
+	"\agave_up\x18\x11 \x01(\bR\x06gaveUp\x12!\n" +
+	"\fdisks_copied\x18P \x01(\bR\vdisksCopied\"r\n" +
 	"\x14MigrationRecordEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +

@@ -118,6 +118,12 @@ const (
 	// DiskAgentServiceLocalDisksProcedure is the fully-qualified name of the DiskAgentService's
 	// LocalDisks RPC.
 	DiskAgentServiceLocalDisksProcedure = "/ferry.agent.v1.DiskAgentService/LocalDisks"
+	// DiskAgentServicePrepareDiskCopyProcedure is the fully-qualified name of the DiskAgentService's
+	// PrepareDiskCopy RPC.
+	DiskAgentServicePrepareDiskCopyProcedure = "/ferry.agent.v1.DiskAgentService/PrepareDiskCopy"
+	// DiskAgentServiceCopyDisksProcedure is the fully-qualified name of the DiskAgentService's
+	// CopyDisks RPC.
+	DiskAgentServiceCopyDisksProcedure = "/ferry.agent.v1.DiskAgentService/CopyDisks"
 	// LivenessAgentServiceCheckGuestAliveProcedure is the fully-qualified name of the
 	// LivenessAgentService's CheckGuestAlive RPC.
 	LivenessAgentServiceCheckGuestAliveProcedure = "/ferry.agent.v1.LivenessAgentService/CheckGuestAlive"
@@ -869,6 +875,15 @@ type DiskAgentServiceClient interface {
 	// LocalDisks reports a VM's local disk images here (format, virtual and
 	// allocated size): what a storage migration must copy.
 	LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error)
+	// PrepareDiskCopy (destination of a cold migration) creates empty copies
+	// of the local disks and listens on the host-to-host address for the
+	// source's copy (idempotent per migration id).
+	PrepareDiskCopy(context.Context, *connect.Request[v1.PrepareDiskCopyRequest]) (*connect.Response[v1.PrepareDiskCopyResponse], error)
+	// CopyDisks (source of a cold migration, VM stopped) starts the sparse
+	// copy of the local disks to the destination's address, or reports the
+	// one running for this migration id: status copying, completed (the
+	// destination verified every disk's checksum) or failed.
+	CopyDisks(context.Context, *connect.Request[v1.CopyDisksRequest]) (*connect.Response[v1.OutgoingStatusResponse], error)
 }
 
 // NewDiskAgentServiceClient constructs a client for the ferry.agent.v1.DiskAgentService service. By
@@ -906,6 +921,18 @@ func NewDiskAgentServiceClient(httpClient connect.HTTPClient, baseURL string, op
 			connect.WithSchema(diskAgentServiceMethods.ByName("LocalDisks")),
 			connect.WithClientOptions(opts...),
 		),
+		prepareDiskCopy: connect.NewClient[v1.PrepareDiskCopyRequest, v1.PrepareDiskCopyResponse](
+			httpClient,
+			baseURL+DiskAgentServicePrepareDiskCopyProcedure,
+			connect.WithSchema(diskAgentServiceMethods.ByName("PrepareDiskCopy")),
+			connect.WithClientOptions(opts...),
+		),
+		copyDisks: connect.NewClient[v1.CopyDisksRequest, v1.OutgoingStatusResponse](
+			httpClient,
+			baseURL+DiskAgentServiceCopyDisksProcedure,
+			connect.WithSchema(diskAgentServiceMethods.ByName("CopyDisks")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -915,6 +942,8 @@ type diskAgentServiceClient struct {
 	readDiskMarkers   *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
 	removeDiskMarkers *connect.Client[v1.DiskMarkersRequest, v1.DiskMarkersResponse]
 	localDisks        *connect.Client[v1.LocalDisksRequest, v1.LocalDisksResponse]
+	prepareDiskCopy   *connect.Client[v1.PrepareDiskCopyRequest, v1.PrepareDiskCopyResponse]
+	copyDisks         *connect.Client[v1.CopyDisksRequest, v1.OutgoingStatusResponse]
 }
 
 // WriteDiskMarkers calls ferry.agent.v1.DiskAgentService.WriteDiskMarkers.
@@ -937,6 +966,16 @@ func (c *diskAgentServiceClient) LocalDisks(ctx context.Context, req *connect.Re
 	return c.localDisks.CallUnary(ctx, req)
 }
 
+// PrepareDiskCopy calls ferry.agent.v1.DiskAgentService.PrepareDiskCopy.
+func (c *diskAgentServiceClient) PrepareDiskCopy(ctx context.Context, req *connect.Request[v1.PrepareDiskCopyRequest]) (*connect.Response[v1.PrepareDiskCopyResponse], error) {
+	return c.prepareDiskCopy.CallUnary(ctx, req)
+}
+
+// CopyDisks calls ferry.agent.v1.DiskAgentService.CopyDisks.
+func (c *diskAgentServiceClient) CopyDisks(ctx context.Context, req *connect.Request[v1.CopyDisksRequest]) (*connect.Response[v1.OutgoingStatusResponse], error) {
+	return c.copyDisks.CallUnary(ctx, req)
+}
+
 // DiskAgentServiceHandler is an implementation of the ferry.agent.v1.DiskAgentService service.
 type DiskAgentServiceHandler interface {
 	// WriteDiskMarkers writes <disk>.ferry-shared-check-<check_id> holding
@@ -950,6 +989,15 @@ type DiskAgentServiceHandler interface {
 	// LocalDisks reports a VM's local disk images here (format, virtual and
 	// allocated size): what a storage migration must copy.
 	LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error)
+	// PrepareDiskCopy (destination of a cold migration) creates empty copies
+	// of the local disks and listens on the host-to-host address for the
+	// source's copy (idempotent per migration id).
+	PrepareDiskCopy(context.Context, *connect.Request[v1.PrepareDiskCopyRequest]) (*connect.Response[v1.PrepareDiskCopyResponse], error)
+	// CopyDisks (source of a cold migration, VM stopped) starts the sparse
+	// copy of the local disks to the destination's address, or reports the
+	// one running for this migration id: status copying, completed (the
+	// destination verified every disk's checksum) or failed.
+	CopyDisks(context.Context, *connect.Request[v1.CopyDisksRequest]) (*connect.Response[v1.OutgoingStatusResponse], error)
 }
 
 // NewDiskAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -983,6 +1031,18 @@ func NewDiskAgentServiceHandler(svc DiskAgentServiceHandler, opts ...connect.Han
 		connect.WithSchema(diskAgentServiceMethods.ByName("LocalDisks")),
 		connect.WithHandlerOptions(opts...),
 	)
+	diskAgentServicePrepareDiskCopyHandler := connect.NewUnaryHandler(
+		DiskAgentServicePrepareDiskCopyProcedure,
+		svc.PrepareDiskCopy,
+		connect.WithSchema(diskAgentServiceMethods.ByName("PrepareDiskCopy")),
+		connect.WithHandlerOptions(opts...),
+	)
+	diskAgentServiceCopyDisksHandler := connect.NewUnaryHandler(
+		DiskAgentServiceCopyDisksProcedure,
+		svc.CopyDisks,
+		connect.WithSchema(diskAgentServiceMethods.ByName("CopyDisks")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ferry.agent.v1.DiskAgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case DiskAgentServiceWriteDiskMarkersProcedure:
@@ -993,6 +1053,10 @@ func NewDiskAgentServiceHandler(svc DiskAgentServiceHandler, opts ...connect.Han
 			diskAgentServiceRemoveDiskMarkersHandler.ServeHTTP(w, r)
 		case DiskAgentServiceLocalDisksProcedure:
 			diskAgentServiceLocalDisksHandler.ServeHTTP(w, r)
+		case DiskAgentServicePrepareDiskCopyProcedure:
+			diskAgentServicePrepareDiskCopyHandler.ServeHTTP(w, r)
+		case DiskAgentServiceCopyDisksProcedure:
+			diskAgentServiceCopyDisksHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1016,6 +1080,14 @@ func (UnimplementedDiskAgentServiceHandler) RemoveDiskMarkers(context.Context, *
 
 func (UnimplementedDiskAgentServiceHandler) LocalDisks(context.Context, *connect.Request[v1.LocalDisksRequest]) (*connect.Response[v1.LocalDisksResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.LocalDisks is not implemented"))
+}
+
+func (UnimplementedDiskAgentServiceHandler) PrepareDiskCopy(context.Context, *connect.Request[v1.PrepareDiskCopyRequest]) (*connect.Response[v1.PrepareDiskCopyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.PrepareDiskCopy is not implemented"))
+}
+
+func (UnimplementedDiskAgentServiceHandler) CopyDisks(context.Context, *connect.Request[v1.CopyDisksRequest]) (*connect.Response[v1.OutgoingStatusResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ferry.agent.v1.DiskAgentService.CopyDisks is not implemented"))
 }
 
 // LivenessAgentServiceClient is a client for the ferry.agent.v1.LivenessAgentService service.
