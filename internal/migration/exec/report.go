@@ -306,7 +306,10 @@ func (r *reporter) phasesLocked() {
 	if in == nil || in.ResumedAt == nil {
 		return
 	}
-	ms := func(a, b *timestamppb.Timestamp) int64 { return b.AsTime().Sub(a.AsTime()).Milliseconds() }
+	// The two QEMUs' event times come from two clocks (and QMP stamps them
+	// to the microsecond): a phase of a few microseconds can come out
+	// slightly negative, which is reported as 0, never as -1 ms.
+	ms := func(a, b *timestamppb.Timestamp) int64 { return max(0, b.AsTime().Sub(a.AsTime()).Milliseconds()) }
 	p := &ferryv1.DowntimePhases{FinalRoundBytes: out.DowntimeBytes}
 	if out.StoppedAt != nil && out.PreSwitchoverAt != nil {
 		p.StopMs = ms(out.StoppedAt, out.PreSwitchoverAt)
