@@ -38,7 +38,9 @@ const (
 
 // WriteDir writes a host's certificate and key, and the cluster CA, into
 // dir for QEMU: the same certificate serves both endpoints (it carries
-// server and client usage and the host name). Keys get mode 0600.
+// server and client usage and the host name). Every file gets mode 0600
+// and dir 0700: only QEMU's user reads them, and only while QEMU loads the
+// credentials (object-add reads them at once; callers delete dir then).
 func WriteDir(dir string, caPEM, certPEM, keyPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("QEMU TLS dir: %w", err)
@@ -48,9 +50,9 @@ func WriteDir(dir string, caPEM, certPEM, keyPEM []byte) error {
 		data []byte
 		mode os.FileMode
 	}{
-		{caFile, caPEM, 0o644},
-		{serverCertFile, certPEM, 0o644}, {serverKeyFile, keyPEM, 0o600},
-		{clientCertFile, certPEM, 0o644}, {clientKeyFile, keyPEM, 0o600},
+		{caFile, caPEM, 0o600},
+		{serverCertFile, certPEM, 0o600}, {serverKeyFile, keyPEM, 0o600},
+		{clientCertFile, certPEM, 0o600}, {clientKeyFile, keyPEM, 0o600},
 	} {
 		if err := pki.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("QEMU TLS dir: %w", err)

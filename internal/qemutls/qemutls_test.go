@@ -23,7 +23,7 @@ func TestWriteDirAndPair(t *testing.T) {
 	if err := WriteDir(dir, ca.CertPEM, cert, key); err != nil {
 		t.Fatal(err)
 	}
-	for f, mode := range map[string]os.FileMode{caFile: 0o644, serverCertFile: 0o644, serverKeyFile: 0o600, clientCertFile: 0o644, clientKeyFile: 0o600} {
+	for f, mode := range map[string]os.FileMode{caFile: 0o600, serverCertFile: 0o600, serverKeyFile: 0o600, clientCertFile: 0o600, clientKeyFile: 0o600} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || fi.Mode().Perm() != mode {
 			t.Errorf("%s: %v mode %v, want %v", f, err, fi.Mode().Perm(), mode)

@@ -249,7 +249,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),
 		Options: opt, VmGeneration: locked.Generation, Plan: plan, PlanningMs: planningMs,
-		Disks: localDisks,
+		Disks: localDisks, Transport: streamTransport(opt),
 	}
 	for _, d := range localDisks {
 		m.DiskBytesTotal += d.AllocatedBytes
@@ -263,7 +263,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		s.releaseReservation(id)
 		return nil, nil, connectError(err)
 	}
-	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
+	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy, "transport", m.Transport)
 	if live, ok := s.engine.Get(id, false); ok {
 		m = live
 	}
@@ -360,4 +360,13 @@ func (h *migrationService) CancelMigration(ctx context.Context, req *connect.Req
 	}
 	h.s.log.Info("migration cancel requested", "id", m.Id)
 	return connect.NewResponse(&ferryv1.CancelMigrationResponse{Migration: m}), nil
+}
+
+// streamTransport names how a migration's streams cross the network: TLS
+// unless its options explicitly ask for plaintext.
+func streamTransport(opt *ferryv1.MigrationOptions) string {
+	if opt.GetInsecureTransport() {
+		return "plain"
+	}
+	return "tls"
 }
