@@ -171,6 +171,9 @@ func (a *Agent) renewLoop(ctx context.Context, id *identity) {
 		leaf := id.kp.Leaf()
 		life := leaf.NotAfter.Sub(leaf.NotBefore)
 		wait := time.Until(leaf.NotBefore.Add(time.Duration(float64(life) * renewAtRatio)))
+		if leaf.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+			wait = 0 // issued before QEMU's streams used it: QEMU would refuse it
+		}
 		select {
 		case <-ctx.Done():
 			return

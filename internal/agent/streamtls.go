@@ -69,16 +69,29 @@ func (v *vm) streamTLS(ctx context.Context, mon *qmp.Monitor, peer string, ep qe
 	if err := qemutls.WriteDir(dir, caPEM, certPEM, keyPEM); err != nil {
 		return qemutls.Creds{}, err
 	}
+	if err := v.a.chownQEMU(dir); err != nil { // QEMU reads them as its own user
+		return qemutls.Creds{}, err
+	}
 	c := qemutls.ForPair(dir, streamTLSID, peer, ep)
 	if err := replaceObject(ctx, mon, c.ID, c.ObjectArgs()); err != nil {
-		return qemutls.Creds{}, fmt.Errorf("QEMU TLS credentials: %w", err)
+		return qemutls.Creds{}, refusedByQEMU(fmt.Errorf("QEMU TLS credentials of host %s: %w", v.a.cfg.Name, err))
 	}
 	if args := c.AuthzArgs(); args != nil {
 		if err := replaceObject(ctx, mon, c.AuthzID(), args); err != nil {
-			return qemutls.Creds{}, fmt.Errorf("QEMU TLS authorization of host %s: %w", peer, err)
+			return qemutls.Creds{}, refusedByQEMU(fmt.Errorf("QEMU TLS authorization of host %s: %w", peer, err))
 		}
 	}
 	return c, nil
+}
+
+// refusedByQEMU makes an error QEMU answered (bad credentials: retrying
+// cannot help) a failed precondition; a lost monitor stays as it is.
+func refusedByQEMU(err error) error {
+	var ce *qmp.CommandError
+	if errors.As(err, &ce) {
+		return connect.NewError(connect.CodeFailedPrecondition, err)
+	}
+	return err
 }
 
 // replaceObject adds a QOM object, first deleting one of the same id an

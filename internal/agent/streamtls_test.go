@@ -71,7 +71,7 @@ func TestIncomingStreamOnTLSAdmitsOnlyTheSource(t *testing.T) {
 		t.Errorf("credentials object %v", obj)
 	}
 	authz := q.Object(streamTLSID + "-authz")
-	if authz == nil || authz["qom-type"] != "authz-simple" || authz["identity"] != "CN=h1,OU=ferry-agent,O=ferry" {
+	if authz == nil || authz["qom-type"] != "authz-simple" || authz["identity"] != "O=ferry,OU=ferry-agent,CN=h1" {
 		t.Errorf("authz object %v", authz)
 	}
 	if c, z := param(t, q, "tls-creds"), param(t, q, "tls-authz"); c != streamTLSID || z != streamTLSID+"-authz" {

@@ -94,9 +94,12 @@ func (c Creds) AuthzID() string {
 }
 
 // PeerDN is the distinguished name of the peer host's certificate, as
-// QEMU's authz-simple compares it (RFC 4514 order).
+// QEMU's authz-simple compares it: GnuTLS's gnutls_x509_crt_get_dn, which
+// lists the attributes in the certificate's order (O, OU, CN), not in
+// RFC 4514's reversed one (seen with QEMU 10.0: "TLS x509 authz check for
+// O=ferry,OU=ferry-agent,CN=h1").
 func (c Creds) PeerDN() string {
-	return "CN=" + c.Peer + ",OU=" + string(pki.KindAgent) + ",O=ferry"
+	return "O=ferry,OU=" + string(pki.KindAgent) + ",CN=" + c.Peer
 }
 
 // AuthzArgs are the object-add arguments of the listener's authz-simple
