@@ -98,13 +98,13 @@ type Agent struct {
 	cfg Config
 	log *slog.Logger
 
-	qemu   QEMURuntime
-	paths  *pathguard.Guard         // where a spec's kernel, initrd and disks may be
-	ident  atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
-	ended  endedArrivals            // incoming migrations that ended here (aborted, failed)
+	qemu  QEMURuntime
+	paths *pathguard.Guard         // where a spec's kernel, initrd and disks may be
+	ident atomic.Pointer[identity] // the agent's certificate (nil: --insecure or not joined yet)
+	ended endedArrivals            // incoming migrations that ended here (aborted, failed)
 	// qemuUser is the resolved Config.QEMUUser (nil: none).
 	qemuUser *qemuUser
-	reaper reaper
+	reaper   reaper
 
 	mu  sync.Mutex
 	vms map[string]*vm
