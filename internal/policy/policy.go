@@ -54,6 +54,9 @@ type Policy struct {
 	CompletionTimeoutPerGiB time.Duration `json:"completionTimeoutPerGiB,omitempty"`
 	// ProgressTimeout is how long a migration may go without progress.
 	ProgressTimeout time.Duration `json:"progressTimeout,omitempty"`
+	// InsecureTransport sends every migration's streams in plaintext
+	// (default: TLS). Cluster-wide only; each report names the transport.
+	InsecureTransport bool `json:"insecureTransport,omitempty"`
 }
 
 // Override changes some per-VM fields of the cluster policy; a nil field

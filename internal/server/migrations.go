@@ -13,6 +13,7 @@ import (
 	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/placement"
+	"github.com/ferryvm/ferry/internal/policy"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -107,6 +108,13 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	if vm.Host == req.To {
 		return nil, nil, invalidArg("VM %s is already on host %s: choose another destination", req.Vm, req.To)
+	}
+	if !opt.InsecureTransport {
+		plain, err := s.clusterInsecureTransport(ctx)
+		if err != nil {
+			return nil, nil, connectError(err)
+		}
+		opt.InsecureTransport = plain
 	}
 	switch {
 	case vm.State == "migrating":
@@ -369,4 +377,23 @@ func streamTransport(opt *ferryv1.MigrationOptions) string {
 		return "plain"
 	}
 	return "tls"
+}
+
+// policyStore is a store that holds the cluster's migration policies.
+type policyStore interface {
+	GetPolicies(ctx context.Context) (policy.Set, error)
+}
+
+// clusterInsecureTransport reports whether the cluster policy sends every
+// migration in plaintext (insecureTransport: true).
+func (s *Server) clusterInsecureTransport(ctx context.Context) (bool, error) {
+	ps, ok := s.store.(policyStore)
+	if !ok {
+		return false, nil
+	}
+	set, err := ps.GetPolicies(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the cluster policy (insecureTransport): %w", err)
+	}
+	return set.Cluster.InsecureTransport, nil
 }
