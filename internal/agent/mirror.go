@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -227,8 +228,8 @@ func startMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet, disks [
 			add["tls-creds"], add["tls-hostname"] = set.tls.ID, set.tls.Peer
 		}
 		if err := mon.Run(ctx, "blockdev-add", add, nil); err != nil && !isDuplicateNode(err) {
-			cancelMirrors(context.WithoutCancel(ctx), mon, set)
-			return fmt.Errorf("disk %s: connect to the destination's NBD export %s: %w", d.name, set.nbd, err)
+			err = fmt.Errorf("disk %s: connect to the destination's NBD export %s: %w", d.name, set.nbd, err)
+			return withUndo(err, cancelMirrors(context.WithoutCancel(ctx), mon, set))
 		}
 		mirror := map[string]any{
 			"job-id": d.job, "device": d.name, "target": d.target, "sync": "full",
@@ -240,11 +241,19 @@ func startMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet, disks [
 			mirror["speed"] = set.speed
 		}
 		if err := mon.Run(ctx, "blockdev-mirror", mirror, nil); err != nil {
-			cancelMirrors(context.WithoutCancel(ctx), mon, set)
-			return fmt.Errorf("disk %s: blockdev-mirror to %s: %w", d.name, set.nbd, err)
+			err = fmt.Errorf("disk %s: blockdev-mirror to %s: %w", d.name, set.nbd, err)
+			return withUndo(err, cancelMirrors(context.WithoutCancel(ctx), mon, set))
 		}
 	}
 	return nil
+}
+
+// withUndo adds what the undo of a failed step could not do to its error.
+func withUndo(err, undo error) error {
+	if undo == nil {
+		return err
+	}
+	return errors.Join(err, fmt.Errorf("undo: %w", undo))
 }
 
 func isDuplicateNode(err error) bool {
@@ -425,8 +434,13 @@ func (v *vm) completeMirrors(out *outgoing, mon *qmp.Monitor, set *mirrorSet) {
 
 // cancelMirrors stops every mirror of the set (the destination's copies
 // are left incomplete: the destination is removed) and closes the NBD
-// connections; the source's disks are untouched. Best effort, bounded.
-func cancelMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet) {
+// connections; the source's disks are untouched. Bounded: a job still
+// running after mirrorYankAfter has a request stuck on a target that does
+// not answer (a cut link; in write-blocking mode the guest's writes wait
+// on it too), so its NBD connection is yanked. What could not be done is
+// returned; the caller logs it (the destination's copy goes with the
+// destination in every case).
+func cancelMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet) error {
 	set.mu.Lock()
 	if !set.stopped {
 		set.stopped = true
@@ -436,40 +450,80 @@ func cancelMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet) {
 	completed := set.completed
 	set.mu.Unlock()
 	if completed {
-		return
+		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for _, d := range disks {
-		_ = mon.Run(ctx, "block-job-cancel", map[string]any{"device": d.job, "force": true}, nil)
+	var errs []error
+	gone := func(err error) bool { // nothing left to stop or remove
+		if err == nil || errors.Is(err, qmp.ErrDeviceNotActive) || errors.Is(err, qmp.ErrDeviceNotFound) {
+			return true
+		}
+		msg := strings.ToLower(err.Error())
+		return strings.Contains(msg, "not found") || strings.Contains(msg, "failed to find") || strings.Contains(msg, "cannot find")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	for _, d := range disks {
+		if err := mon.Run(ctx, "block-job-cancel", map[string]any{"device": d.job, "force": true}, nil); !gone(err) {
+			errs = append(errs, fmt.Errorf("disk %s: block-job-cancel: %w", d.name, err))
+		}
+	}
+	start := time.Now()
+	yanked := false
+	var busy []*diskMirror
+	for {
 		jobs, err := queryBlockJobs(ctx, mon)
 		if err != nil {
+			errs = append(errs, err)
 			break
 		}
-		busy := false
+		busy = busy[:0]
 		for _, d := range disks {
 			if j, ok := jobs[d.job]; ok && j.Status != "concluded" && j.Status != "null" {
-				busy = true
+				busy = append(busy, d)
 			}
 		}
-		if !busy {
+		if len(busy) == 0 {
+			break
+		}
+		if !yanked && time.Since(start) >= mirrorYankAfter {
+			yanked = true
+			for _, d := range busy {
+				if err := mon.YankBlockNode(ctx, d.target); !gone(err) {
+					errs = append(errs, fmt.Errorf("disk %s: yank NBD node %s: %w", d.name, d.target, err))
+				}
+			}
+		}
+		if time.Since(start) >= mirrorCancelWait {
+			for _, d := range busy {
+				errs = append(errs, fmt.Errorf("disk %s: mirror job %s still running %s after block-job-cancel (NBD yanked: %v)", d.name, d.job, mirrorCancelWait, yanked))
+			}
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	set.mu.Lock()
 	for _, d := range disks {
-		_ = mon.Run(ctx, "job-dismiss", map[string]any{"id": d.job}, nil)
-		_ = mon.Run(ctx, "blockdev-del", map[string]any{"node-name": d.target}, nil)
+		if err := mon.Run(ctx, "job-dismiss", map[string]any{"id": d.job}, nil); !gone(err) && !slices.Contains(busy, d) {
+			errs = append(errs, fmt.Errorf("disk %s: job-dismiss: %w", d.name, err))
+		}
+		if err := mon.Run(ctx, "blockdev-del", map[string]any{"node-name": d.target}, nil); !gone(err) && !slices.Contains(busy, d) {
+			errs = append(errs, fmt.Errorf("disk %s: close the NBD node %s: %w", d.name, d.target, err))
+		}
 		if d.state != mirrorFailed {
 			d.state = mirrorCancelled
 		}
 	}
 	set.mu.Unlock()
+	return errors.Join(errs...)
 }
+
+// mirrorYankAfter is how long a cancelled mirror job may keep running
+// before its NBD connection is yanked; mirrorCancelWait bounds the whole
+// wait.
+const (
+	mirrorYankAfter  = 2 * time.Second
+	mirrorCancelWait = 5 * time.Second
+)
 
 // fill adds the mirrors to a QueryOutgoing answer, and says what the
 // source's status is while they decide it: mirroring until the RAM

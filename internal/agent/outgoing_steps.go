@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -26,6 +27,11 @@ const (
 // cancelWait bounds how long CancelOutgoing waits for QEMU to end a
 // cancelled transfer.
 const cancelWait = 15 * time.Second
+
+// yankAfter is how long a migration may stay running after migrate_cancel
+// before its channels are yanked. A healthy link ends a cancel in
+// milliseconds.
+const yankAfter = 2 * time.Second
 
 // postcopyStarted reports whether s says post-copy began: from then on the
 // destination holds pages the source lacks.
@@ -114,7 +120,9 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 		out.mu.Unlock()
 		if set != nil {
 			// The source keeps its disks; the destination's copies go with it.
-			cancelMirrors(ctx, mon, set)
+			if err := cancelMirrors(ctx, mon, set); err != nil {
+				a.log.Warn("disk mirrors not cleanly stopped (the destination's copies are removed with it)", "vm", name, "migration", id, "err", err)
+			}
 		}
 	}
 	info, err := mon.QueryMigrate(ctx)
@@ -131,7 +139,7 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 		if err := mon.MigrateCancel(ctx); err != nil {
 			return nil, fmt.Errorf("migrate_cancel: %w", err)
 		}
-		if s, err = waitMigrationEnd(ctx, mon, name); err != nil {
+		if s, err = a.waitMigrationEnd(ctx, mon, name); err != nil {
 			return nil, err
 		}
 	}
@@ -171,15 +179,36 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 }
 
 // waitMigrationEnd waits (bounded) until QEMU's migration status is final.
-func waitMigrationEnd(ctx context.Context, mon *qmp.Monitor, name string) (qmp.MigrationStatus, error) {
-	deadline := time.Now().Add(cancelWait)
+// A migration still running yankAfter after migrate_cancel has a channel
+// blocked in a send to a peer that does not answer (a cut link: multifd
+// channels are not shut down by migrate_cancel); it is yanked once, which
+// shuts every migration channel down.
+func (a *Agent) waitMigrationEnd(ctx context.Context, mon *qmp.Monitor, name string) (qmp.MigrationStatus, error) {
+	start := time.Now()
+	deadline := start.Add(cancelWait)
+	yanked := false
+	var last qmp.MigrationStatus
 	for {
 		info, err := mon.QueryMigrate(ctx)
-		if err == nil && info.CurrentStatus().Finished() {
-			return info.CurrentStatus(), nil
+		if err == nil {
+			last = info.CurrentStatus()
+			if last.Finished() {
+				return last, nil
+			}
+		}
+		if !yanked && time.Since(start) >= yankAfter {
+			yanked = true
+			switch yerr := mon.YankMigration(ctx); {
+			case yerr == nil:
+				a.log.Warn("migration still running after migrate_cancel: yanked its channels", "vm", name, "status", last, "after", time.Since(start).Round(time.Millisecond))
+			case errors.Is(yerr, qmp.ErrDeviceNotFound):
+				// No channel registered: the migration is ending on its own.
+			default:
+				a.log.Warn("yank of the migration channels failed", "vm", name, "err", yerr)
+			}
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("migration of VM %s did not stop within %s of migrate_cancel", name, cancelWait)
+			return "", fmt.Errorf("migration of VM %s still %q %s after migrate_cancel (channels yanked: %v)", name, last, cancelWait, yanked)
 		}
 		select {
 		case <-ctx.Done():

@@ -74,7 +74,11 @@ func (v *vm) streamTLS(ctx context.Context, mon *qmp.Monitor, peer string, ep qe
 	}
 	c := qemutls.ForPair(dir, streamTLSID, peer, ep)
 	if err := replaceObject(ctx, mon, c.ID, c.ObjectArgs()); err != nil {
-		return qemutls.Creds{}, refusedByQEMU(fmt.Errorf("QEMU TLS credentials of host %s: %w", v.a.cfg.Name, err))
+		hint := ""
+		if u := v.a.qemuUser; u != nil && strings.Contains(err.Error(), "Permission denied") {
+			hint = fmt.Sprintf(" (QEMU runs as %s: every directory above %s needs search permission for it, e.g. chmod o+x)", u.name, v.dir)
+		}
+		return qemutls.Creds{}, refusedByQEMU(fmt.Errorf("QEMU TLS credentials of host %s: %w%s", v.a.cfg.Name, err, hint))
 	}
 	if args := c.AuthzArgs(); args != nil {
 		if err := replaceObject(ctx, mon, c.AuthzID(), args); err != nil {

@@ -105,6 +105,39 @@ func (m *Monitor) MigrateCancel(ctx context.Context) error {
 	return m.Run(ctx, "migrate_cancel", nil, nil)
 }
 
+// YankInstance names what yank shuts down: {"type":"migration"},
+// {"type":"block-node","node-name":N} (an NBD client node) or
+// {"type":"chardev","id":ID}.
+type YankInstance struct {
+	Type     string `json:"type"`
+	NodeName string `json:"node-name,omitempty"`
+	ID       string `json:"id,omitempty"`
+}
+
+// Yank runs yank: QEMU shuts down the connections of each instance, so a
+// thread or request blocked on a peer that no longer answers fails at once
+// instead of when TCP gives up (about 15 minutes). ErrDeviceNotFound means
+// an instance has nothing registered (its connections are already gone).
+func (m *Monitor) Yank(ctx context.Context, instances ...YankInstance) error {
+	return m.Run(ctx, "yank", struct {
+		Instances []YankInstance `json:"instances"`
+	}{instances}, nil)
+}
+
+// YankMigration yanks the migration instance: every channel the migration
+// registered (the main stream, multifd and post-copy channels, the return
+// path). migrate_cancel alone shuts down only the main stream: multifd
+// channels stuck on a dead link keep the migration in "cancelling".
+func (m *Monitor) YankMigration(ctx context.Context) error {
+	return m.Yank(ctx, YankInstance{Type: "migration"})
+}
+
+// YankBlockNode yanks an NBD client node's connection: its in-flight
+// requests fail, so a mirror job writing to it can end.
+func (m *Monitor) YankBlockNode(ctx context.Context, node string) error {
+	return m.Yank(ctx, YankInstance{Type: "block-node", NodeName: node})
+}
+
 // MigrateContinue runs migrate-continue, releasing a migration paused in
 // state (normally MigrationStatusPreSwitchover).
 func (m *Monitor) MigrateContinue(ctx context.Context, state MigrationStatus) error {

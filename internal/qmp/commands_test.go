@@ -189,7 +189,11 @@ func TestCommandWireFormat(t *testing.T) {
 	s := qmptest.NewServer(t)
 	for _, name := range []string{"stop", "cont", "quit", "system_powerdown", "migrate-set-capabilities",
 		"migrate-set-parameters", "migrate", "migrate-incoming", "migrate_cancel", "migrate-continue",
+<<<<<<< HEAD
 		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self", "object-add", "object-del"} {
+=======
+		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self", "yank"} {
+>>>>>>> next
 		s.HandleStatic(name, qmptest.Reply{})
 	}
 	m := connectFake(t, s)
@@ -207,6 +211,8 @@ func TestCommandWireFormat(t *testing.T) {
 		{m.MigrateCancel, "migrate_cancel", ""},
 		{m.MigrateStartPostcopy, "migrate-start-postcopy", ""},
 		{m.MigratePause, "migrate-pause", ""},
+		{m.YankMigration, "yank", `{"instances":[{"type":"migration"}]}`},
+		{func(ctx context.Context) error { return m.YankBlockNode(ctx, "mirror-vda") }, "yank", `{"instances":[{"type":"block-node","node-name":"mirror-vda"}]}`},
 		{func(ctx context.Context) error {
 			return m.MigrateSetCapabilities(ctx, []CapabilityState{{CapPauseBeforeSwitchover, true}, {CapMultifd, false}})
 		}, "migrate-set-capabilities", `{"capabilities":[{"capability":"pause-before-switchover","state":true},{"capability":"multifd","state":false}]}`},

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -197,6 +198,15 @@ func TestMigrationFailsWhenLinkCut(t *testing.T) {
 	checkFailed(t, m, "failed")
 	if took > 20*time.Second {
 		t.Errorf("migration took %s to fail after the link cut with --stall-timeout 3s, want < 20s", took)
+	}
+	// With multifd on the cut link, migrate_cancel leaves channels blocked
+	// in a send until the agent yanks them; show whether it had to.
+	if log, err := os.ReadFile(filepath.Join(c.dir, "logs", "h1-agent.log")); err == nil {
+		for _, line := range strings.Split(string(log), "\n") {
+			if strings.Contains(line, "yank") {
+				t.Logf("h1 agent: %s", line)
+			}
+		}
 	}
 	c.checkOnHost("linkcut", "h1")
 	c.waitNoLeftovers("h2", "linkcut", 15*time.Second)

@@ -627,8 +627,15 @@ type streamWatch struct {
 	maxGapAt   time.Time
 	maxGapLine int
 	bigGaps    []string // gaps over 100 ms
+	gaps       []gapAt  // the same gaps, as data
 	anomalies  []string
 	readErr    error
+}
+
+// gapAt is one silence of the stream: it ended at end and lasted d.
+type gapAt struct {
+	end time.Time
+	d   time.Duration
 }
 
 func (c *cluster) watchStream(ip string) *streamWatch {
@@ -677,6 +684,7 @@ func (w *streamWatch) run() {
 			}
 			if gap > 100*time.Millisecond {
 				w.bigGaps = append(w.bigGaps, fmt.Sprintf("%s before line %d at %s", gap.Round(time.Millisecond), n, now.Format("15:04:05.000")))
+				w.gaps = append(w.gaps, gapAt{end: now, d: gap})
 			}
 		}
 		w.lastAt = now

@@ -43,8 +43,14 @@ func TestHostQEMUCapabilitiesAndCompat(t *testing.T) {
 			t.Errorf("parameter %s missing from the host record", p)
 		}
 	}
-	if len(q.GetFeatures()) != 4 {
-		t.Errorf("features %v, want postcopy-preempt, multifd-zero-page-detection, avail-switchover-bandwidth, dirty-limit", q.GetFeatures())
+	wantFeatures := []string{"postcopy-preempt", "multifd-zero-page-detection", "avail-switchover-bandwidth", "dirty-limit", "multifd-zstd"}
+	if got := q.GetFeatures(); len(got) != len(wantFeatures) {
+		t.Errorf("features %v, want %v", got, wantFeatures)
+	}
+	for _, f := range wantFeatures {
+		if !slices.Contains(q.GetFeatures(), f) {
+			t.Errorf("feature %s missing from the host record (QEMU 10.0 offers it)", f)
+		}
 	}
 	var q35 string
 	for _, m := range q.GetMachines() {

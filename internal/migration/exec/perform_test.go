@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -201,6 +202,39 @@ func TestReportPostcopyFigures(t *testing.T) {
 	m := r.snapshot(false)
 	if m.PostcopyMs != 3000 || m.GetDowntimePhases().GetTotalMs() != 30 {
 		t.Fatalf("postcopyMs %d, downtime total %d; want 3000 and 30", m.PostcopyMs, m.GetDowntimePhases().GetTotalMs())
+	}
+}
+
+// TestReportWarnsOfDowntimeOverTheLimit: a pause longer than maxDowntime
+// is a warning naming the phases; within the limit there is none, and a
+// report computed again keeps one warning.
+func TestReportWarnsOfDowntimeOverTheLimit(t *testing.T) {
+	t0 := time.Now()
+	ts := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(t0.Add(d)) }
+	for _, tc := range []struct {
+		resumed time.Duration
+		warn    bool
+	}{{250 * time.Millisecond, false}, {1010 * time.Millisecond, true}} {
+		r := newReporter(&ferryv1.Migration{Strategy: "precopy", StartedAt: ts(0), Options: &ferryv1.MigrationOptions{MaxDowntimeMs: 300}}, nil)
+		out := &agentv1.OutgoingStatus{Status: "completed", TotalBytes: 1 << 28, DowntimeMs: 20,
+			StoppedAt: ts(time.Second), PreSwitchoverAt: ts(time.Second + time.Millisecond), ContinuedAt: ts(time.Second + 6*time.Millisecond)}
+		r.Outgoing(core.ActQueryOutgoing, out)
+		in := &agentv1.IncomingStatus{LoadedAt: ts(time.Second + tc.resumed - time.Millisecond), ResumedAt: ts(time.Second + tc.resumed)}
+		r.Incoming(core.ActFinishIncoming, in)
+		r.Incoming(core.ActQueryIncoming, in)
+		m := r.snapshot(false)
+		var got []string
+		for _, w := range m.Warnings {
+			if strings.HasPrefix(w, WarnDowntimeOverLimit) {
+				got = append(got, w)
+			}
+		}
+		switch {
+		case tc.warn && (len(got) != 1 || !strings.Contains(got[0], "paused 1010 ms, maxDowntime 300 ms") || !strings.Contains(got[0], "device state")):
+			t.Errorf("pause %s: warnings %q, want one naming 1010 ms, the limit and the phases", tc.resumed, m.Warnings)
+		case !tc.warn && len(got) != 0:
+			t.Errorf("pause %s within the limit: warnings %q", tc.resumed, got)
+		}
 	}
 }
 

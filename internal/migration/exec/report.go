@@ -2,6 +2,8 @@ package exec
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -325,6 +327,29 @@ func (r *reporter) phasesLocked() {
 		p.TotalMs = ms(out.StoppedAt, in.ResumedAt)
 	}
 	m.DowntimePhases = p
+	r.downtimeWarningLocked()
+}
+
+// WarnDowntimeOverLimit starts the report's warning for a guest paused
+// longer than the migration's maxDowntime.
+const WarnDowntimeOverLimit = "downtime over the limit"
+
+// downtimeWarningLocked warns when the guest's pause (the phases' total,
+// from the source's stop to the destination's resume, or QEMU's own figure
+// when larger) exceeded maxDowntime: QEMU sized the final round for the
+// limit, but the stream after it (device state, data still queued on the
+// link) or the switchover took longer. The warning names the phases.
+func (r *reporter) downtimeWarningLocked() {
+	m := r.m
+	m.Warnings = slices.DeleteFunc(m.Warnings, func(w string) bool { return strings.HasPrefix(w, WarnDowntimeOverLimit) })
+	limit := m.GetOptions().GetMaxDowntimeMs()
+	p := m.GetDowntimePhases()
+	paused := max(p.GetTotalMs(), m.DowntimeMs)
+	if limit <= 0 || paused <= limit {
+		return
+	}
+	m.Warnings = append(m.Warnings, fmt.Sprintf("%s: the guest paused %d ms, maxDowntime %d ms (stop %d, final round %d, switchover %d, device state %d, resume %d ms)",
+		WarnDowntimeOverLimit, paused, limit, p.GetStopMs(), p.GetFinalRoundMs(), p.GetSwitchoverMs(), p.GetDeviceStateMs(), p.GetResumeMs()))
 }
 
 // learnable reports the live-phase rate of a completed migration the
