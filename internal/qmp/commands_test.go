@@ -189,11 +189,7 @@ func TestCommandWireFormat(t *testing.T) {
 	s := qmptest.NewServer(t)
 	for _, name := range []string{"stop", "cont", "quit", "system_powerdown", "migrate-set-capabilities",
 		"migrate-set-parameters", "migrate", "migrate-incoming", "migrate_cancel", "migrate-continue",
-<<<<<<< HEAD
-		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self", "object-add", "object-del"} {
-=======
-		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self", "yank"} {
->>>>>>> next
+		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self", "yank", "object-add", "object-del"} {
 		s.HandleStatic(name, qmptest.Reply{})
 	}
 	m := connectFake(t, s)
