@@ -29,11 +29,22 @@ const (
 	// background stream may use without preempt, so that pages the running
 	// guest faults in do not wait behind a full queue of background pages.
 	PostcopyBackgroundShare = 0.8
+	// PreemptBackgroundShare is the same share with postcopy-preempt: the
+	// faulted pages have their own channel in QEMU and their own socket,
+	// but the network queue is shared — with no reserve the half bench's
+	// guest stalled 3.2-3.4 s on faults behind a full queue.
+	PreemptBackgroundShare = 0.9
 	// ZstdLevel is the multifd-zstd-level Tune asks for: the fastest.
 	ZstdLevel = 1
 	// compressGain is how much more effective throughput compression must
 	// promise than the plain link before Tune turns it on.
 	compressGain = 1.2
+	// multifdMinSaving is the transfer time multifd channels must save on
+	// the guest's data before Tune asks for them: their final sync
+	// lengthens the pause (the bench's idle scenario, 112 MiB non-zero on a
+	// 1.4 GiB/s link, paused 80-166 ms with 2 channels where one stream
+	// paused 16-21 ms), which a short transfer does not pay back.
+	multifdMinSaving = 1.0 // seconds
 	// availSwitchoverShare is the share of the planned bandwidth Tune
 	// gives QEMU as avail-switchover-bandwidth: a margin for a link a bit
 	// slower than measured.
@@ -125,6 +136,11 @@ type Tuning struct {
 	// round 1 has gone through this fraction of the guest's RAM (0: after
 	// round 1).
 	PostcopyAtFraction float64
+	// PostcopyAtBytes is the same switch point in RAM bytes round 1 has
+	// sent (0: none). The engine prefers it: QEMU scans zero pages without
+	// sending them, so the fraction of RAM scanned runs ahead of the data
+	// sent wherever the guest's data sits low in its RAM.
+	PostcopyAtBytes int64
 	// Choices are the decisions with their reasons, in a fixed order.
 	Choices []Choice
 }
@@ -155,9 +171,9 @@ func Tune(in TuneInputs) Tuning {
 			missing(in.Src.PostcopyPreempt, in.Dst.PostcopyPreempt), PostcopyBackgroundShare*100)
 	default:
 		t.PostcopyPreempt = true
-		t.PostcopyBackgroundShare = 1
-		add("postcopy-preempt", "on", "post-copy: pages the guest faults in travel on their own channel, past the background stream's queue in QEMU and its socket, so the background stream is not held to %.0f%% of the planned rate (with a low link figure, 32 for 46 MiB/s, that cap made the bench's half scenario 1.9× the bound)",
-			PostcopyBackgroundShare*100)
+		t.PostcopyBackgroundShare = PreemptBackgroundShare
+		add("postcopy-preempt", "on", "post-copy: pages the guest faults in travel on their own channel, past the background stream's queue in QEMU and its socket; the background stream keeps %.0f%% of the planned rate (not %.0f%%) so the link's queue stays short for them",
+			PreemptBackgroundShare*100, PostcopyBackgroundShare*100)
 	}
 
 	// Where post-copy starts. Every page the guest dirties during round 1
@@ -177,6 +193,7 @@ func Tune(in TuneInputs) Tuning {
 		after := postcopySwitchBytes(m, b, r)
 		t1, ts := m/b, after/b
 		t.PostcopyAtFraction = after / m
+		t.PostcopyAtBytes = int64(after)
 		add("postcopy-start", fmt.Sprintf("%.0f%% of round 1", 100*after/m), "at %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
 			fmtBytes(after), fmtBytes(m), fmtSec(ts), fmtSec(t1), fmtBytes(r*ts), fmtRate(r), fmtBytes(r*(t1-ts)))
 	}
@@ -206,6 +223,10 @@ func Tune(in TuneInputs) Tuning {
 	case in.MultifdChannels > 1:
 		t.MultifdChannels = in.MultifdChannels
 		add("multifd-channels", fmt.Sprint(in.MultifdChannels), "%d channels, as --multifd asks (%s)", in.MultifdChannels, why)
+	case n >= 2 && m > 0 && m/math.Min(b, stream)-m/math.Min(b, float64(n)*stream) < multifdMinSaving:
+		one, many := m/math.Min(b, stream), m/math.Min(b, float64(n)*stream)
+		add("multifd-channels", "1", "one stream: %d channels would send the guest's %s in %s instead of %s, less than %s saved, and their final sync lengthens the pause (%s)",
+			n, fmtBytes(m), fmtSec(many), fmtSec(one), fmtSec(multifdMinSaving), why)
 	case n >= 2:
 		t.MultifdChannels = n
 		add("multifd-channels", fmt.Sprint(n), "%d channels: one stream cannot fill the link (%s)", n, why)

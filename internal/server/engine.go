@@ -110,9 +110,10 @@ func controller(m *ferryv1.Migration) *planner.Controller {
 	return planner.NewSteppedController(pin, planner.ControllerOptions{StepDowntime: true})
 }
 
-// postcopyBandwidth caps post-copy's background stream at 80% of the link
-// the planner measured (or of --bandwidth), so pages the running guest
-// faults in do not wait behind a full queue of background pages.
+// postcopyBandwidth caps post-copy's background stream at the tuning's
+// share of the link the planner measured (or of --bandwidth): 80%, 90%
+// with postcopy-preempt, so pages the running guest faults in do not wait
+// behind a full queue of background pages.
 func postcopyBandwidth(m *ferryv1.Migration, capBytes int64) int64 {
 	link := float64(capBytes)
 	if in := m.GetPlan().GetInputs(); in != nil && in.BandwidthMibps > 0 {
@@ -120,7 +121,7 @@ func postcopyBandwidth(m *ferryv1.Migration, capBytes int64) int64 {
 	}
 	share := planner.PostcopyBackgroundShare
 	if t := m.GetPlan().GetTuning(); t.GetPostcopyBackgroundShare() > 0 {
-		share = t.PostcopyBackgroundShare // 1 with postcopy-preempt
+		share = t.PostcopyBackgroundShare
 	}
 	if share >= 1 {
 		return capBytes // faulted pages have their own channel: no reserve

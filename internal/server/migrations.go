@@ -252,7 +252,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		s.releaseReservation(id)
 		return nil, nil, invalidArg("%v", err)
 	}
-	rec.Options.PostcopyAtFraction = postcopyAt(plan, opt.Strategy)
+	rec.Options.PostcopyAtFraction, rec.Options.PostcopyAtBytes = postcopyAt(plan, opt.Strategy)
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),

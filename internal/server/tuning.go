@@ -65,6 +65,7 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		AvailSwitchoverBandwidthBytes: t.AvailSwitchoverBandwidth,
 		PostcopyBackgroundShare:       t.PostcopyBackgroundShare,
 		PostcopyAtFraction:            t.PostcopyAtFraction,
+		PostcopyAtBytes:               t.PostcopyAtBytes,
 	}
 	for _, c := range t.Choices {
 		out.Choices = append(out.Choices, &ferryv1.TuningChoice{Name: c.Name, Value: c.Value, Reason: c.Reason})
@@ -105,10 +106,11 @@ func applyTuning(k *exec.Knobs, t *ferryv1.PlanTuning, strategy string) {
 }
 
 // postcopyAt is the engine's post-copy switch point for a migration
-// running strategy under plan (0: after round 1).
-func postcopyAt(plan *ferryv1.Plan, strategy string) float64 {
+// running strategy under plan, as a fraction of RAM scanned and in RAM
+// bytes sent (0, 0: after round 1).
+func postcopyAt(plan *ferryv1.Plan, strategy string) (float64, int64) {
 	if strategy != "postcopy" {
-		return 0
+		return 0, 0
 	}
-	return plan.GetTuning().GetPostcopyAtFraction()
+	return plan.GetTuning().GetPostcopyAtFraction(), plan.GetTuning().GetPostcopyAtBytes()
 }

@@ -6,6 +6,7 @@ import (
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration/exec"
+	"github.com/ferryvm/ferry/internal/planner"
 )
 
 func qemuHost(name, version string, features ...string) *ferryv1.Host {
@@ -29,13 +30,13 @@ func choice(t *testing.T, pt *ferryv1.PlanTuning, name string) *ferryv1.TuningCh
 	return nil
 }
 
-// Post-copy between two QEMU 10 hosts: preempt, the background stream not
-// capped; to a 7.2 host: neither, the 80 % share stays.
+// Post-copy between two QEMU 10 hosts: preempt, the background stream at
+// 90 %; to a 7.2 host: no preempt, the 80 % share.
 func TestTunePlanFromHostRecords(t *testing.T) {
 	in := &ferryv1.PlanInputs{BandwidthMibps: 48, RttMs: 0.2}
 	opt := &ferryv1.MigrationOptions{MultifdChannels: 4}
 	pt := tunePlan("postcopy", in, opt, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
-	if !pt.PostcopyPreempt || pt.MultifdChannels != 0 || pt.PostcopyBackgroundShare != 1 || choice(t, pt, "postcopy-preempt").Value != "on" {
+	if !pt.PostcopyPreempt || pt.MultifdChannels != 0 || pt.PostcopyBackgroundShare != planner.PreemptBackgroundShare || choice(t, pt, "postcopy-preempt").Value != "on" {
 		t.Fatalf("post-copy 10.0 → 10.0: %+v", pt)
 	}
 	if r := choice(t, pt, "multifd-channels").Reason; !strings.Contains(r, "--multifd 4 not used") {
@@ -95,14 +96,21 @@ func TestPostcopyAfterOnlyForPostcopy(t *testing.T) {
 	in := &ferryv1.PlanInputs{BandwidthMibps: 48, NonZeroBytes: 352 << 20, DirtyRateMibps: 24}
 	h := qemuHost("h1", "10.0.2", qemu10...)
 	plan := &ferryv1.Plan{Tuning: tunePlan("postcopy", in, &ferryv1.MigrationOptions{}, h, h)}
-	if got := postcopyAt(plan, "postcopy"); got < 0.666 || got > 0.667 {
+	got, bytes := postcopyAt(plan, "postcopy")
+	if got < 0.666 || got > 0.667 {
 		t.Fatalf("switch point %.4f, want 48/72 (B/(B+R))", got)
+	}
+	if want := int64(352 << 20 * 2 / 3); bytes < want-1 || bytes > want+1 {
+		t.Fatalf("switch point %d bytes, want %d (non-zero × B/(B+R))", bytes, want)
 	}
 	if c := choice(t, plan.Tuning, "postcopy-start"); c.Value != "67% of round 1" {
 		t.Errorf("postcopy-start choice %+v", c)
 	}
-	if postcopyAt(plan, "hybrid") != 0 || postcopyAt(nil, "postcopy") != 0 {
+	if f, b := postcopyAt(plan, "hybrid"); f != 0 || b != 0 {
 		t.Fatal("a switch point outside post-copy")
+	}
+	if f, b := postcopyAt(nil, "postcopy"); f != 0 || b != 0 {
+		t.Fatal("a switch point without a plan")
 	}
 }
 

@@ -236,3 +236,78 @@ func TestLocalDiskMirrorDestinationAgentKilled(t *testing.T) {
 	}
 	c.verifyDisk(ip, "after h2's agent is back")
 }
+
+// TestLocalDiskMirrorLinkCut: h2's link is cut while the disk is being
+// mirrored (write-blocking mode: the guest's writes wait on the
+// destination once the mirror is ready, and the cancelled job's requests
+// hang on the dead NBD connection until it is yanked). The migration fails
+// within the stall timeout and the cleanup's bounds, the VM keeps running
+// on h1 with its disk writer going and every record intact, and once the
+// link is back nothing of it is left on h2.
+func TestLocalDiskMirrorLinkCut(t *testing.T) {
+	images := t.TempDir()
+	src := filepath.Join(images, "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", src, "1G").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v\n%s", err, out)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 512M 96M", src).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io write: %v\n%s", err, out)
+	}
+	c := upClusterEnv(t, 2, []string{agent.ImageDirsEnv + "=" + images})
+	const name, ip = "ldcut", "198.19.0.83"
+	boot := c.bootDiskGuest(name, ip, "source: "+src)
+	obs := c.startObserver(name)
+	t.Cleanup(func() { checkNeverBoth(t, obs) })
+	m := c.startMigration(name, "h2", "--bandwidth", "8", "--stall-timeout", "3s", "--max-attempts", "1")
+	started := time.Now()
+	cur := c.waitMigration(m.Id, 30*time.Second, "mirroring for 3s", func(m *ferryv1.Migration) bool {
+		return m.State == "mirroring" && time.Since(started) > 3*time.Second || m.Status != "running"
+	})
+	if cur.State != "mirroring" {
+		t.Fatalf("migration %s %s before the cut: %s", cur.State, cur.Status, cur.Error)
+	}
+	ns := c.hostNS("h2")
+	t.Cleanup(func() { _ = setLink(ns, true) })
+	if err := setLink(ns, false); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	t.Logf("h2's link cut %s after the start, %d of %d disk bytes sent", cut.Sub(started).Round(time.Millisecond), cur.DiskBytesTransferred, cur.DiskBytesTotal)
+	m, took := c.waitFinal(m.Id, 90*time.Second)
+	checkFailed(t, m, "failed")
+	t.Logf("failed %s after the cut: %s; events %s", took.Round(time.Millisecond), m.Error, states(m))
+	if took > 30*time.Second {
+		t.Errorf("the migration took %s to fail after the link cut with --stall-timeout 3s, want < 30s", took)
+	}
+	if log, err := os.ReadFile(filepath.Join(c.dir, "logs", "h1-agent.log")); err == nil {
+		for _, line := range strings.Split(string(log), "\n") {
+			if strings.Contains(line, "yank") || strings.Contains(line, "not cleanly stopped") {
+				t.Logf("h1 agent: %s", line)
+			}
+		}
+	}
+	c.checkOnHost(name, "h1")
+	// The guest's writes go on: a mirror job left hanging on the dead
+	// target would hold them.
+	st0, err := c.guestStatus(ip, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	st1, err := c.guestStatus(ip, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st1["last_seq"].(float64) <= st0["last_seq"].(float64) {
+		t.Errorf("the guest's disk writer is stuck on h1 after the rollback: last_seq %v then %v", st0["last_seq"], st1["last_seq"])
+	}
+	c.verifyDisk(ip, "after the failed migration")
+	if err := setLink(ns, true); err != nil {
+		t.Fatal(err)
+	}
+	c.waitNoLeftovers("h2", name, 20*time.Second)
+	c.checkRolledBack(name, ip, boot, obs)
+	if got := c.imageFiles("h1", name); len(got) != 1 {
+		t.Errorf("the source's image after the rollback: %v, want it kept", got)
+	}
+}

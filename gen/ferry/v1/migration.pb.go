@@ -604,8 +604,12 @@ type PlanTuning struct {
 	// postcopy_at_fraction: a post-copy migration switches once round 1
 	// has gone through this fraction of the guest's RAM (0: after round 1).
 	PostcopyAtFraction float64 `protobuf:"fixed64,9,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// postcopy_at_bytes: a post-copy migration switches once round 1 has
+	// sent this many RAM bytes (the non-zero bytes of the switch point; 0:
+	// use postcopy_at_fraction). Preferred: zero pages cost round 1 no bytes.
+	PostcopyAtBytes int64 `protobuf:"varint,10,opt,name=postcopy_at_bytes,json=postcopyAtBytes,proto3" json:"postcopy_at_bytes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PlanTuning) Reset() {
@@ -697,6 +701,13 @@ func (x *PlanTuning) GetPostcopyBackgroundShare() float64 {
 func (x *PlanTuning) GetPostcopyAtFraction() float64 {
 	if x != nil {
 		return x.PostcopyAtFraction
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyAtBytes() int64 {
+	if x != nil {
+		return x.PostcopyAtBytes
 	}
 	return 0
 }
@@ -2162,7 +2173,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
 	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
-	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xda\x03\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\x86\x04\n" +
 	"\n" +
 	"PlanTuning\x120\n" +
 	"\achoices\x18\x01 \x03(\v2\x16.ferry.v1.TuningChoiceR\achoices\x12)\n" +
@@ -2173,7 +2184,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12multifd_zstd_level\x18\x06 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
 	" avail_switchover_bandwidth_bytes\x18\a \x01(\x03R\x1davailSwitchoverBandwidthBytes\x12:\n" +
 	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\x120\n" +
-	"\x14postcopy_at_fraction\x18\t \x01(\x01R\x12postcopyAtFraction\"P\n" +
+	"\x14postcopy_at_fraction\x18\t \x01(\x01R\x12postcopyAtFraction\x12*\n" +
+	"\x11postcopy_at_bytes\x18\n" +
+	" \x01(\x03R\x0fpostcopyAtBytes\"P\n" +
 	"\fTuningChoice\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +

@@ -43,6 +43,25 @@ func TestPostcopyAtThePlannersSwitchPoint(t *testing.T) {
 	if poll(r, total, 0).PostcopyWanted {
 		t.Fatal("nothing scanned yet, post-copy wanted")
 	}
+	// The byte switch point goes by RAM bytes sent, not RAM scanned: a
+	// scan past zero pages does not reach it, the data sent does.
+	byBytes := transferring(0.66)
+	byBytes.Options.PostcopyAtBytes = 200 << 20
+	sent := func(r Record, remaining, ram int64) Record {
+		next, _ := Step(r, Observation{Kind: ObsResult, Now: t0.Add(time.Second), Action: ActQueryOutgoing, Side: Src,
+			Out: &Outgoing{Status: "active", QEMUStatus: "running", Transferred: ram + 50<<20, RAMTransferred: ram, Rounds: 1, Remaining: remaining, Total: total}})
+		return next
+	}
+	if sent(byBytes, total/10, 150<<20).PostcopyWanted {
+		t.Fatal("post-copy wanted at 90% of RAM scanned with 150 MiB sent, before the 200 MiB byte switch point")
+	}
+	if !sent(byBytes, total/2, 200<<20).PostcopyWanted {
+		t.Fatal("post-copy not wanted with 200 MiB of RAM sent")
+	}
+	back, err = FromProto(ToProto(byBytes))
+	if err != nil || back.Options.PostcopyAtBytes != 200<<20 {
+		t.Fatalf("byte switch point after a round trip: %v, %v", back.Options.PostcopyAtBytes, err)
+	}
 	hy := transferring(0.1)
 	hy.Strategy = Hybrid
 	if poll(hy, 0, 1).PostcopyWanted {

@@ -59,6 +59,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 		m.History = append(m.History, &statev1.MigrationRecordEvent{At: ts(e.At), State: string(e.State), Message: e.Message})
 	}
 	m.Options.PostcopyAtFraction = r.Options.PostcopyAtFraction
+	m.Options.PostcopyAtBytes = r.Options.PostcopyAtBytes
 	return m
 }
 
@@ -101,6 +102,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 		r.History = append(r.History, Event{At: tm(e.At), State: State(e.State), Message: e.Message})
 	}
 	r.Options.PostcopyAtFraction = o.GetPostcopyAtFraction()
+	r.Options.PostcopyAtBytes = o.GetPostcopyAtBytes()
 	if err := r.Validate(); err != nil {
 		return Record{}, err
 	}

@@ -103,6 +103,10 @@ type Options struct {
 	// switch point, 0..1; QEMU's remaining over total bytes); 0: after
 	// round 1.
 	PostcopyAtFraction float64
+	// PostcopyAtBytes, when set, is the switch point as RAM bytes round 1
+	// has sent (Outgoing.RAMTransferred); it takes precedence over the
+	// fraction, which runs ahead of the data over zero pages.
+	PostcopyAtBytes int64
 	// StallTimeout fails a pre-copy (before the CAS) that makes no progress
 	// this long, and pauses a post-copy that makes none (to recover it).
 	StallTimeout time.Duration
@@ -464,6 +468,9 @@ type Outgoing struct {
 	// Remaining and Total are QEMU's RAM bytes still to send in this
 	// round and of the whole guest (0: unknown).
 	Remaining, Total int64
+	// RAMTransferred is QEMU's RAM bytes sent in this migration (without
+	// the disks' mirrors, which Transferred counts as progress).
+	RAMTransferred int64
 }
 
 // Incoming is the destination's side (QueryIncoming, ArmResume, FinishIncoming).

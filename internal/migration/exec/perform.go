@@ -182,7 +182,7 @@ func outgoing(st *agentv1.OutgoingStatus) *core.Outgoing {
 		tr += d.JobOffset
 	}
 	return &core.Outgoing{Status: st.Status, QEMUStatus: st.QemuStatus, Transferred: tr, Rounds: st.DirtySyncCount, Error: st.Error,
-		Remaining: st.RemainingBytes, Total: st.TotalBytes}
+		Remaining: st.RemainingBytes, Total: st.TotalBytes, RAMTransferred: st.TransferredBytes}
 }
 
 func incoming(st *agentv1.IncomingStatus) *core.Incoming {

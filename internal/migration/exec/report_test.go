@@ -10,6 +10,30 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
+// A pre-copy teaches its live phase's rate only when that phase ran long
+// enough to be more than setup and the final sync.
+func TestLearnableRateOfAPrecopy(t *testing.T) {
+	for _, tc := range []struct {
+		phase time.Duration
+		want  bool
+	}{{4 * time.Second, true}, {400 * time.Millisecond, false}} {
+		m := &ferryv1.Migration{Strategy: "precopy"}
+		r := newReporter(m, nil)
+		r.Outgoing(core.ActStartOutgoing, &agentv1.OutgoingStatus{TotalBytes: 1 << 30})
+		r.transfer = time.Now().Add(-tc.phase)
+		r.Outgoing(core.ActQueryOutgoing, &agentv1.OutgoingStatus{Status: "pre-switchover", TotalBytes: 1 << 30,
+			TransferredBytes: int64(tc.phase.Seconds() * 45 * (1 << 20)), PreSwitchoverAt: timestamppb.Now()})
+		m.Status = "completed"
+		got := r.learnable()
+		switch {
+		case tc.want && (got < 40 || got > 46):
+			t.Errorf("phase %s: learned %.1f MiB/s, want about 45", tc.phase, got)
+		case !tc.want && got != 0:
+			t.Errorf("phase %s: learned %.1f MiB/s from a migration that short, want nothing", tc.phase, got)
+		}
+	}
+}
+
 // A post-copy teaches the rate of its pre-copy phase: what the bytes sent
 // until the switch took, not the whole transfer over that phase's time.
 func TestLearnableRateOfAPostcopy(t *testing.T) {

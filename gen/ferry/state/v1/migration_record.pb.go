@@ -442,10 +442,13 @@ type MigrationBounds struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// postcopy_at_fraction: a post-copy migration switches once round 1 has
 	// gone through this fraction of the guest's RAM (0: after round 1).
-	PostcopyAtFraction float64              `protobuf:"fixed64,70,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
-	StallTimeout       *durationpb.Duration `protobuf:"bytes,1,opt,name=stall_timeout,json=stallTimeout,proto3" json:"stall_timeout,omitempty"`
-	Timeout            *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
-	RecoveryWindow     *durationpb.Duration `protobuf:"bytes,3,opt,name=recovery_window,json=recoveryWindow,proto3" json:"recovery_window,omitempty"`
+	PostcopyAtFraction float64 `protobuf:"fixed64,70,opt,name=postcopy_at_fraction,json=postcopyAtFraction,proto3" json:"postcopy_at_fraction,omitempty"`
+	// postcopy_at_bytes: a post-copy migration switches once round 1 has
+	// sent this many RAM bytes (0: use postcopy_at_fraction).
+	PostcopyAtBytes int64                `protobuf:"varint,71,opt,name=postcopy_at_bytes,json=postcopyAtBytes,proto3" json:"postcopy_at_bytes,omitempty"`
+	StallTimeout    *durationpb.Duration `protobuf:"bytes,1,opt,name=stall_timeout,json=stallTimeout,proto3" json:"stall_timeout,omitempty"`
+	Timeout         *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	RecoveryWindow  *durationpb.Duration `protobuf:"bytes,3,opt,name=recovery_window,json=recoveryWindow,proto3" json:"recovery_window,omitempty"`
 	// max_attempts bounds the attempts of a live migration before the owner
 	// switch (0 in version-1 records: read as 1, never retried).
 	MaxAttempts   int32                `protobuf:"varint,60,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
@@ -487,6 +490,13 @@ func (*MigrationBounds) Descriptor() ([]byte, []int) {
 func (x *MigrationBounds) GetPostcopyAtFraction() float64 {
 	if x != nil {
 		return x.PostcopyAtFraction
+	}
+	return 0
+}
+
+func (x *MigrationBounds) GetPostcopyAtBytes() int64 {
+	if x != nil {
+		return x.PostcopyAtBytes
 	}
 	return 0
 }
@@ -815,9 +825,10 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x123\n" +
-	"\abackoff\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"\xdf\x02\n" +
+	"\abackoff\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"\x8b\x03\n" +
 	"\x0fMigrationBounds\x120\n" +
-	"\x14postcopy_at_fraction\x18F \x01(\x01R\x12postcopyAtFraction\x12>\n" +
+	"\x14postcopy_at_fraction\x18F \x01(\x01R\x12postcopyAtFraction\x12*\n" +
+	"\x11postcopy_at_bytes\x18G \x01(\x03R\x0fpostcopyAtBytes\x12>\n" +
 	"\rstall_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\fstallTimeout\x123\n" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
 	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\x12!\n" +
