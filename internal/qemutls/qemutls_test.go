@@ -2,7 +2,10 @@ package qemutls
 
 import (
 	"crypto/x509"
+	"encoding/asn1"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,5 +70,29 @@ func TestAgentCertificateServesQEMU(t *testing.T) {
 	c, _ := pki.ParseCert(certPEM)
 	if c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 || c.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		t.Fatalf("agent certificate key usage %b: want digital signature and key encipherment", c.KeyUsage)
+	}
+}
+
+// The shipped Diffie-Hellman group is a 2048-bit safe prime with
+// generator 2, in the PKCS#3 form GnuTLS reads.
+func TestDHParams(t *testing.T) {
+	b, _ := pem.Decode([]byte(ffdhe2048))
+	if b == nil || b.Type != "DH PARAMETERS" {
+		t.Fatalf("dh params: not a DH PARAMETERS PEM block")
+	}
+	var p struct{ P, G *big.Int }
+	if rest, err := asn1.Unmarshal(b.Bytes, &p); err != nil || len(rest) != 0 {
+		t.Fatalf("dh params: %v (%d bytes left)", err, len(rest))
+	}
+	q := new(big.Int).Rsh(p.P, 1) // (p-1)/2 for odd p
+	if p.P.BitLen() != 2048 || p.G.Int64() != 2 || !p.P.ProbablyPrime(8) || !q.ProbablyPrime(8) {
+		t.Fatalf("dh params: p of %d bits (prime %v, safe %v), g %v", p.P.BitLen(), p.P.ProbablyPrime(8), q.ProbablyPrime(8), p.G)
+	}
+	dir := filepath.Join(t.TempDir(), "tls")
+	if err := WriteDir(dir, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, dhParamsFile)); err != nil || string(got) != ffdhe2048 {
+		t.Fatalf("dh-params.pem not written: %v", err)
 	}
 }
