@@ -25,6 +25,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/health"
 	"github.com/ferryvm/ferry/internal/pathguard"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
@@ -35,9 +36,13 @@ import (
 
 // Config configures an Agent.
 type Config struct {
-	// QEMUScope is qemu.ScopeAuto, ScopeSystemd or ScopeNone: whether each
-	// QEMU runs in its own systemd scope, outside the agent's cgroup.
+	// QEMUScope is qemu.ScopeAuto, ScopeSystemd, ScopeCgroup or ScopeNone:
+	// whether each QEMU runs in its own systemd scope or cgroup, outside
+	// the agent's cgroup.
 	QEMUScope string
+	// QEMUCgroup is the cgroup v2 directory under which ScopeCgroup makes
+	// one cgroup per QEMU (default qemu.DefaultCgroupParent()).
+	QEMUCgroup string
 	// Version is the ferry version this agent reports in heartbeats
 	// (default version.String()); tests inject one.
 	Version string
@@ -87,6 +92,9 @@ type Config struct {
 	// record of the control plane names it before the agent stops and
 	// removes it (see reaper.go); 0 means DefaultOrphanGrace.
 	OrphanGrace time.Duration
+	// HealthChecks are the host's health checks (internal/health); their
+	// verdict goes into every heartbeat. None: always healthy.
+	HealthChecks []health.Check
 	// QEMU starts and reattaches QEMU processes; nil means real QEMU.
 	// Unit tests pass a fake.
 	QEMU QEMURuntime
@@ -117,6 +125,8 @@ type Agent struct {
 
 	capsMu   sync.Mutex
 	qemuCaps *ferryv1.HostQEMU // probed at start (qemucaps.go)
+
+	health *health.Tracker // the host's health checks (nil: none)
 }
 
 // New validates cfg and returns an Agent; Run starts it.
@@ -127,8 +137,16 @@ func New(cfg Config) (*Agent, error) {
 	}
 	switch cfg.QEMUScope {
 	case "", qemu.ScopeAuto, qemu.ScopeSystemd, qemu.ScopeNone:
+	case qemu.ScopeCgroup:
+		if cfg.QEMUCgroup == "" {
+			parent, err := qemu.DefaultCgroupParent()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--qemu-scope cgroup: %w; set --qemu-cgroup to a cgroup v2 directory, or use --qemu-scope none", err))
+			}
+			cfg.QEMUCgroup = parent
+		}
 	default:
-		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd or none, got %q", cfg.QEMUScope))
+		errs = append(errs, fmt.Errorf("--qemu-scope: auto, systemd, cgroup or none, got %q", cfg.QEMUScope))
 	}
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("--name: required (the host's name in the cluster)"))
@@ -261,6 +279,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.probeAccel(ctx)
 	}
 	a.probeQEMU(ctx)
+	if len(a.cfg.HealthChecks) > 0 {
+		a.health = health.NewTracker(a.cfg.HealthChecks)
+		go a.health.Run(ctx)
+	}
 	go a.heartbeatLoop(ctx, advertise)
 	go a.sweepLogsLoop(ctx)
 	go a.telemetry().run(ctx)
@@ -381,6 +403,10 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	a.accelMu.Unlock()
 	if a.cfg.Accel != "auto" {
 		h.Accel = a.cfg.Accel
+	}
+	h.Health = health.Healthy
+	if a.health != nil {
+		h.Health, h.HealthDetail = a.health.Verdict()
 	}
 	for _, v := range vms {
 		st := v.status()

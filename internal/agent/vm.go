@@ -154,7 +154,7 @@ func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r 
 	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile, v.paths.GuestAgentSocket} {
 		_ = os.Remove(p)
 	}
-	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming, Scope: a.cfg.QEMUScope,
+	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming, Scope: a.cfg.QEMUScope, CgroupParent: a.cfg.QEMUCgroup,
 		RunAs: a.runAs(), Sandbox: a.qemuUser != nil})
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("start QEMU for VM %s: %w", v.name, err)
@@ -307,6 +307,9 @@ func (v *vm) statusLocked() *ferryv1.VMStatus {
 		st.Pid = int64(v.proc.PID())
 		st.StartedAt = timestamppb.New(v.proc.StartedAt())
 		st.RssBytes = v.proc.RSSBytes()
+		if st.Pid > 0 {
+			st.CpuSeconds = cpuSeconds(int(st.Pid))
+		}
 	}
 	if v.mon != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

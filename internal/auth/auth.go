@@ -82,6 +82,14 @@ var Policy = map[string]Role{
 	"/ferry.v1.VMService/StopVM":                 RoleOperator,
 	"/ferry.v1.VMService/DeleteVM":               RoleOperator,
 	"/ferry.v1.VMService/Console":                RoleOperator,
+	"/ferry.v1.FleetService/EnterMaintenance":    RoleOperator,
+	"/ferry.v1.FleetService/ExitMaintenance":     RoleOperator,
+	"/ferry.v1.FleetService/CancelEvacuation":    RoleOperator,
+	"/ferry.v1.FleetService/GetEvacuation":       RoleViewer,
+	"/ferry.v1.FleetService/GetPolicies":         RoleViewer,
+	"/ferry.v1.FleetService/SetPolicies":         RoleAdmin,
+	"/ferry.v1.FleetService/Balance":             RoleOperator,
+	"/ferry.v1.FleetService/ListRecommendations": RoleViewer,
 }
 
 // Needed is the role procedure needs.

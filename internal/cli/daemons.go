@@ -2,11 +2,14 @@ package cli
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/ferryvm/ferry/internal/agent"
+	"github.com/ferryvm/ferry/internal/health"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/spf13/cobra"
 )
@@ -18,6 +21,9 @@ func signalContext() (context.Context, context.CancelFunc) {
 func newAgentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
 	var dc daemonConfig
+	var healthChecks []string
+	var healthPeriod time.Duration
+	var healthThreshold int
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the host agent (runs VMs as QEMU processes, reports to the server)",
@@ -34,6 +40,13 @@ func newAgentCmd(g *globals) *cobra.Command {
 			defer cancel()
 			cfg.Server = g.server
 			cfg.Log = log.With("component", "agent")
+			for _, hc := range healthChecks {
+				c, err := health.Parse(hc, healthPeriod, healthThreshold)
+				if err != nil {
+					return fmt.Errorf("--health-check: %w", err)
+				}
+				cfg.HealthChecks = append(cfg.HealthChecks, c)
+			}
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -57,9 +70,13 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringSliceVar(&cfg.ImageDirs, "image-dir", agent.ImageDirsDefault(), "directory a VM disk's source: may copy an image from (repeatable; none: no source images; default from "+agent.ImageDirsEnv+", ':'-separated)")
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.QEMUUserDefault(), "unprivileged user every QEMU runs as (-run-with user=, under -sandbox on); QEMU opens its disks, taps and sockets before it switches. Empty: QEMU keeps the agent's user (default from "+agent.QEMUUserEnv+")")
-	f.StringVar(&cfg.QEMUScope, "qemu-scope", qemu.ScopeAuto, "run each QEMU in its own systemd scope (systemd-run --scope, machine.slice) so restarting the agent's unit leaves it running: auto (when systemd is the init system), systemd, or none")
+	f.StringVar(&cfg.QEMUScope, "qemu-scope", qemu.ScopeAuto, "run each QEMU in its own systemd scope (systemd-run --scope, machine.slice) so restarting the agent's unit leaves it running: auto (when systemd is the init system), systemd, cgroup (a cgroup v2 of its own under --qemu-cgroup, no systemd needed), or none")
+	f.StringVar(&cfg.QEMUCgroup, "qemu-cgroup", "", "with --qemu-scope cgroup: the cgroup v2 directory under which each QEMU gets its own cgroup ferry-vm-NAME-N (default: ferry-vms at the root of the cgroup v2 mount)")
 	f.IntVar(&cfg.LogRetention.Count, "keep-logs", agent.DefaultKeepLogs, "archived log sets kept per VM (0 = any number)")
 	f.DurationVar(&cfg.LogRetention.Age, "keep-logs-for", agent.DefaultKeepLogsFor, "how long archived VM logs are kept (0 = forever)")
+	f.StringArrayVar(&healthChecks, "health-check", nil, "a health check, KIND:TARGET with KIND file (fails while the file exists), command (fails on a non-zero exit of sh -c TARGET) or http (fails unless GET TARGET answers 2xx); prefix failed: to report the host failed rather than degraded (repeatable)")
+	f.DurationVar(&healthPeriod, "health-period", health.DefaultPeriod, "how often each health check runs")
+	f.IntVar(&healthThreshold, "health-threshold", health.DefaultThreshold, "consecutive failures before a health check counts as failing")
 	f.DurationVar(&cfg.OrphanGrace, "orphan-grace", agent.OrphanGraceDefault(), "how long a QEMU that no record names may run before the agent stops and removes it (default from "+agent.OrphanGraceEnv+" if set)")
 	return cmd
 }

@@ -10,7 +10,7 @@ import (
 )
 
 func newHostCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "host", Short: "Inspect hosts"}
+	cmd := &cobra.Command{Use: "host", Short: "Inspect hosts; maintenance mode"}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "List hosts with state, capacity and VMs",
@@ -28,7 +28,7 @@ func newHostCmd(g *globals) *cobra.Command {
 			for _, h := range resp.Msg.Hosts {
 				c := h.GetCapacity()
 				rows = append(rows, []string{
-					h.Name, h.State, orDash(h.Accel), orDash(h.FerryVersion), orDash(h.GetQemu().GetVersion()),
+					h.Name, hostStateCell(h), orDash(h.Accel), orDash(h.FerryVersion), orDash(h.GetQemu().GetVersion()),
 					fmt.Sprintf("%d/%d", c.GetAllocatedVcpus(), c.GetCpus()),
 					fmt.Sprintf("%d/%d MiB", c.GetAllocatedMemoryMib(), c.GetMemoryMib()),
 					fmt.Sprint(c.GetVms()), orDash(h.MigrationIp), age(h.LastSeen, now) + " ago",
@@ -49,5 +49,19 @@ func newHostCmd(g *globals) *cobra.Command {
 			return printJSON(g.stdout, resp.Msg.Host)
 		},
 	})
+	cmd.AddCommand(newMaintenanceCmd(g))
 	return cmd
+}
+
+// hostStateCell is the host's state with its maintenance and health when
+// they matter ("ready,maintenance", "ready,degraded").
+func hostStateCell(h *ferryv1.Host) string {
+	s := h.State
+	if h.Maintenance {
+		s += ",maintenance"
+	}
+	if h.Health != "" && h.Health != "healthy" {
+		s += "," + h.Health
+	}
+	return s
 }

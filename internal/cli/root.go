@@ -67,7 +67,7 @@ func NewRoot() *cobra.Command {
 		return g.checkOutput()
 	}
 	root.AddCommand(newServerCmd(g), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
-	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g))
+	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g), newPolicyCmd(g), newBalanceCmd(g))
 	root.AddCommand(newTokenCmd(g), newLoginCmd(g), newWhoAmICmd(g), newVersionCmd(g), newDocsCmd())
 	return root
 }

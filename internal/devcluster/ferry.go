@@ -108,6 +108,8 @@ func (c *Cluster) StartFerry(ctx context.Context, opt FerryOptions) error {
 			"--listen", "unix://" + filepath.Join(dir, h.Name, "agent.sock"),
 			"--data-dir", filepath.Join(dir, h.Name), "--bridge", h.Bridge,
 			"--migration-ip", h.IP, "--accel", opt.Accel, "--join", "@" + joins[h.Name],
+			// Touch DIR/<host>/health-degraded to make the host degraded.
+			"--health-check", "file:" + c.HealthMarker(h.Name), "--health-period", "1s", "--health-threshold", "1",
 		}
 		for _, a := range allow {
 			argv = append(argv, "--allow-path", a)
@@ -189,4 +191,10 @@ func removeFerryState(dir string, hosts int) error {
 		}
 	}
 	return nil
+}
+
+// HealthMarker is the file whose presence makes a dev host's agent report
+// the host degraded (its --health-check).
+func (c *Cluster) HealthMarker(host string) string {
+	return filepath.Join(c.Config.Dir, host, "health-degraded")
 }

@@ -16,6 +16,11 @@ const (
 	DefaultSetupSeconds = 0.1
 	// DefaultSwitchoverSeconds is the ownership flip plus resume overhead.
 	DefaultSwitchoverSeconds = 0.02
+	// DefaultFinishSeconds is what a live migration takes after the guest
+	// resumed on the destination until it is completed: the destination's
+	// announce, the liveness check and the source's removal (measured
+	// 100-150 ms in the idle bench).
+	DefaultFinishSeconds = 0.12
 	// DefaultColdBootSeconds is the time a cold-migrated guest needs to
 	// power off and boot again on the destination.
 	DefaultColdBootSeconds = 5.0
@@ -85,6 +90,20 @@ type Inputs struct {
 	// SwitchoverSeconds is the ownership flip plus resume overhead inside
 	// the downtime; 0 means DefaultSwitchoverSeconds.
 	SwitchoverSeconds float64
+	// FinishSeconds is a live migration's time from the guest's resume on
+	// the destination to completed; 0 means DefaultFinishSeconds.
+	FinishSeconds float64
+	// StreamBytesPerSec is what one migration stream sends when the link
+	// is not the limit (DefaultStreamBytesPerSec when 0): the rate of a
+	// strategy that runs one stream is min(link, stream), of a multifd
+	// pre-copy min(link, channels × stream).
+	StreamBytesPerSec float64
+	// MultifdChannels is the operator's --multifd for the pre-copy
+	// strategies (0: as Tune chooses, from the link, RTT and the data).
+	MultifdChannels int
+	// RTT is the host pair's round-trip time (0: unknown), for the
+	// channels Tune chooses.
+	RTT time.Duration
 	// ColdBootSeconds is the power-off plus boot time of a cold migration;
 	// 0 means DefaultColdBootSeconds.
 	ColdBootSeconds float64
@@ -181,6 +200,11 @@ func (in Inputs) Validate() error {
 type model struct {
 	mem, nz, r, w, b, s float64
 	setup, sw, boot     float64
+	finish              float64 // seconds after the destination resumed
+	link                float64 // BandwidthBytesPerSec; b is the rate of the strategy predicted
+	stream              float64 // one stream's rate
+	channels            int     // MultifdChannels
+	rtt                 float64 // seconds
 	maxDown             float64 // seconds
 	limit               float64 // QEMU downtime-limit in seconds (whole ms, ≥ 1 ms)
 	thr                 float64 // B·limit: the dirty set at which QEMU switches over
@@ -208,6 +232,11 @@ func newModel(in Inputs) (model, error) {
 		s:            float64(in.DeviceStateBytes),
 		setup:        orF(in.SetupSeconds, DefaultSetupSeconds),
 		sw:           orF(in.SwitchoverSeconds, DefaultSwitchoverSeconds),
+		finish:       orF(in.FinishSeconds, DefaultFinishSeconds),
+		link:         in.BandwidthBytesPerSec,
+		stream:       orF(in.StreamBytesPerSec, DefaultStreamBytesPerSec),
+		channels:     in.MultifdChannels,
+		rtt:          in.RTT.Seconds(),
 		boot:         orF(in.ColdBootSeconds, DefaultColdBootSeconds),
 		maxDown:      in.MaxDowntime.Seconds(),
 		maxThrottle:  orI(in.Policy.MaxThrottle, DefaultMaxThrottle),

@@ -54,10 +54,49 @@ type Policy struct {
 	CompletionTimeoutPerGiB time.Duration `json:"completionTimeoutPerGiB,omitempty"`
 	// ProgressTimeout is how long a migration may go without progress.
 	ProgressTimeout time.Duration `json:"progressTimeout,omitempty"`
+	// OnDegraded is what the leader does with a host whose health checks
+	// report it degraded or failed: evacuate (the default) or none. A
+	// host whose agent is unreachable is never evacuated automatically.
+	OnDegraded string `json:"onDegraded,omitempty"`
+	// Balancer configures the background load balancer.
+	Balancer Balancer `json:"balancer,omitempty"`
 	// InsecureTransport sends every migration's streams in plaintext
 	// (default: TLS). Cluster-wide only; each report names the transport.
 	InsecureTransport bool `json:"insecureTransport,omitempty"`
 }
+
+// Balancer modes.
+const (
+	BalancerOff       = "off"
+	BalancerRecommend = "recommend"
+	BalancerAuto      = "auto"
+)
+
+// Balancer configures the background load balancer; zero fields take the
+// defaults of internal/rebalance and internal/balance.
+type Balancer struct {
+	// Mode is off, recommend (the default: plan and list, never migrate)
+	// or auto (start the proposals).
+	Mode string `json:"mode,omitempty"`
+	// Threshold and Hysteresis are the imbalance (0..1) above which the
+	// balancer acts and how far below it it goes before resting.
+	Threshold  float64 `json:"threshold,omitempty"`
+	Hysteresis float64 `json:"hysteresis,omitempty"`
+	// Cooldown: a VM moved less than this long ago is not moved again.
+	Cooldown time.Duration `json:"cooldown,omitempty"`
+	// Period between plans; Window the span of the use figures averaged.
+	Period time.Duration `json:"period,omitempty"`
+	Window time.Duration `json:"window,omitempty"`
+	// MinGainPerCost is the least imbalance reduction per unit of
+	// migration cost a move must bring (0: the balancer's default).
+	MinGainPerCost float64 `json:"minGainPerCost,omitempty"`
+}
+
+// OnDegraded values.
+const (
+	OnDegradedEvacuate = "evacuate"
+	OnDegradedNone     = "none"
+)
 
 // Override changes some per-VM fields of the cluster policy; a nil field
 // keeps the value underneath. Parallelism and per-host bandwidth are
@@ -142,6 +181,20 @@ func (p Policy) validate(f string) error {
 	}
 	if p.MaxParallelCluster > 0 && p.MaxParallelPerSource > p.MaxParallelCluster {
 		return fmt.Errorf("%w: %s.maxParallelPerSource = %d exceeds maxParallelCluster = %d: lower it or raise the cluster limit", ErrInvalid, f, p.MaxParallelPerSource, p.MaxParallelCluster)
+	}
+	if p.OnDegraded != "" && p.OnDegraded != OnDegradedEvacuate && p.OnDegraded != OnDegradedNone {
+		return fmt.Errorf("%w: %s.onDegraded = %q: use evacuate or none", ErrInvalid, f, p.OnDegraded)
+	}
+	switch p.Balancer.Mode {
+	case "", BalancerOff, BalancerRecommend, BalancerAuto:
+	default:
+		return fmt.Errorf("%w: %s.balancer.mode = %q: use off, recommend or auto", ErrInvalid, f, p.Balancer.Mode)
+	}
+	if b := p.Balancer; b.Threshold < 0 || b.Threshold > 1 || b.Hysteresis < 0 || b.MinGainPerCost < 0 || b.Cooldown < 0 || b.Period < 0 || b.Window < 0 {
+		return fmt.Errorf("%w: %s.balancer: threshold must be in 0..1 and hysteresis, cooldown, period, window and minGainPerCost must not be negative", ErrInvalid, f)
+	}
+	if b := p.Balancer; b.Threshold > 0 && b.Hysteresis >= b.Threshold {
+		return fmt.Errorf("%w: %s.balancer.hysteresis = %g must be below threshold = %g", ErrInvalid, f, b.Hysteresis, b.Threshold)
 	}
 	if p.BandwidthPerHost < 0 {
 		return fmt.Errorf("%w: %s.bandwidthPerHost = %g: must be positive bytes/s (or 0 for no cap)", ErrInvalid, f, p.BandwidthPerHost)
@@ -256,6 +309,12 @@ func (p Policy) withDefaults() Policy {
 	}
 	if p.ProgressTimeout == 0 {
 		p.ProgressTimeout = DefaultProgressTimeout
+	}
+	if p.OnDegraded == "" {
+		p.OnDegraded = OnDegradedEvacuate
+	}
+	if p.Balancer.Mode == "" {
+		p.Balancer.Mode = BalancerRecommend
 	}
 	return p
 }

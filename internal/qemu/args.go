@@ -84,7 +84,10 @@ type Config struct {
 	NICs        []NIC  // one per spec.nics entry, same order
 	Incoming    string // "" or "defer" (destination of a migration)
 	MachineType string // overrides Spec.MachineType; default DefaultMachineType
-	Scope       string // ScopeAuto, ScopeSystemd or ScopeNone ("" = none): see scopedCommand
+	Scope       string // ScopeAuto, ScopeSystemd, ScopeCgroup or ScopeNone ("" = none): see scopedCommand
+	// CgroupParent is where ScopeCgroup makes the QEMU's cgroup (default
+	// DefaultCgroupParent).
+	CgroupParent string
 	// RunAs is the unprivileged user QEMU switches to once it has opened
 	// its command line's files and devices (-run-with user=); "" = none.
 	RunAs string

@@ -41,6 +41,7 @@ type Process struct {
 	startedAt  time.Time
 	cmd        *exec.Cmd // nil when attached
 	exited     chan struct{}
+	cgroup     string // the per-QEMU cgroup (ScopeCgroup), removed at exit; "" otherwise
 
 	mu    sync.Mutex
 	pidfd int // attached processes only; -1 when unavailable or closed
@@ -102,12 +103,31 @@ func Start(ctx context.Context, binary string, cfg Config) (*Process, error) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Dir = paths.Dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	var cg *vmCgroup
+	if cfg.Scope == ScopeCgroup {
+		if cg, err = newVMCgroup(cfg.CgroupParent, name, time.Now()); err != nil {
+			logf.Close()
+			return fail("%w", err)
+		}
+		// clone3 starts QEMU directly in its cgroup: it is never in the
+		// agent's, not even for an instant.
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, cg.fd
+	}
 	err = cmd.Start()
 	logf.Close() // the child holds its own descriptor
+	if cg != nil {
+		cg.closeFD()
+	}
 	if err != nil {
+		if cg != nil {
+			_ = removeCgroup(cg.dir) // undo: the process never ran in it
+		}
 		return fail("%w", err)
 	}
 	p := &Process{pid: cmd.Process.Pid, paths: paths, cmd: cmd, exited: make(chan struct{}), pidfd: -1}
+	if cg != nil {
+		p.cgroup = cg.dir
+	}
 	if st, err := readProcStat(p.pid); err == nil {
 		p.startTicks = st.startTicks
 		p.startedAt = startTime(st.startTicks)
@@ -115,6 +135,7 @@ func Start(ctx context.Context, binary string, cfg Config) (*Process, error) {
 	var waitErr error
 	go func() {
 		waitErr = cmd.Wait() // reaps the child: no zombie remains
+		p.dropCgroup()
 		close(p.exited)
 	}()
 
@@ -274,7 +295,7 @@ func Attach(paths Paths) (*Process, error) {
 		return notRunning("pid %d from %s is not a QEMU with QMP socket %s (PID reused?)", pid, paths.PIDFile, paths.QMPSocket)
 	}
 	p := &Process{pid: pid, paths: paths, startTicks: st.startTicks, startedAt: startTime(st.startTicks),
-		exited: make(chan struct{}), pidfd: pidfd}
+		exited: make(chan struct{}), pidfd: pidfd, cgroup: procVMCgroup(pid)}
 	go p.watch()
 	return p, nil
 }
@@ -303,7 +324,22 @@ func (p *Process) watch() {
 		p.pidfd = -1
 	}
 	p.mu.Unlock()
+	p.dropCgroup()
 	close(p.exited)
+}
+
+// dropCgroup removes the exited process's own cgroup (ScopeCgroup); a
+// failure is noted in the VM's QEMU log, the only place this package
+// reports to once the VM is gone.
+func (p *Process) dropCgroup() {
+	err := removeCgroup(p.cgroup)
+	if err == nil {
+		return
+	}
+	if f, ferr := os.OpenFile(p.paths.StderrLog, os.O_WRONLY|os.O_APPEND, 0); ferr == nil {
+		fmt.Fprintf(f, "--- %s ferry: %v\n", time.Now().Format(time.RFC3339), err)
+		f.Close()
+	}
 }
 
 // PID returns the QEMU process ID.

@@ -48,7 +48,7 @@ func ScopeUnit(vm string, now time.Time) string {
 // `systemctl restart ferry-agent` does not kill it.
 func scopedCommand(mode, vm, binary string, argv []string, now time.Time) (string, []string, error) {
 	switch mode {
-	case "", ScopeNone:
+	case "", ScopeNone, ScopeCgroup: // ScopeCgroup: Start clones QEMU into its cgroup
 		return binary, argv, nil
 	case ScopeAuto:
 		if !systemdBooted() {
@@ -59,7 +59,7 @@ func scopedCommand(mode, vm, binary string, argv []string, now time.Time) (strin
 		}
 	case ScopeSystemd:
 	default:
-		return "", nil, fmt.Errorf("qemu scope %q: auto, systemd or none", mode)
+		return "", nil, fmt.Errorf("qemu scope %q: auto, systemd, cgroup or none", mode)
 	}
 	args := []string{"--scope", "--quiet", "--collect", "--slice=machine.slice",
 		"--unit=" + ScopeUnit(vm, now), "--description=ferry VM " + vm, "--", binary}

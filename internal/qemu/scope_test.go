@@ -21,7 +21,7 @@ func TestScopedCommand(t *testing.T) {
 	if got != want {
 		t.Fatalf("systemd args:\n%s\nwant\n%s", got, want)
 	}
-	if _, _, err := scopedCommand("cgroup", "web", "q", nil, now); err == nil || !strings.Contains(err.Error(), "auto, systemd or none") {
+	if _, _, err := scopedCommand("cgroups", "web", "q", nil, now); err == nil || !strings.Contains(err.Error(), "auto, systemd, cgroup or none") {
 		t.Fatalf("bad mode: %v", err)
 	}
 	bin, _, err = scopedCommand(ScopeAuto, "web", "q", nil, now)

@@ -45,6 +45,12 @@ var routes = map[string]route{
 	ferryv1connect.MigrationServiceCancelMigrationProcedure: toLeader,
 	ferryv1connect.MigrationServiceGetMigrationProcedure:    toLeaderOrLocal,
 	ferryv1connect.HostServiceHeartbeatProcedure:            toLeaderOrLocal,
+	ferryv1connect.FleetServiceEnterMaintenanceProcedure:    toLeader,
+	ferryv1connect.FleetServiceExitMaintenanceProcedure:     toLeader,
+	ferryv1connect.FleetServiceCancelEvacuationProcedure:    toLeader,
+	ferryv1connect.FleetServiceSetPoliciesProcedure:         toLeader,
+	ferryv1connect.FleetServiceBalanceProcedure:             toLeader,
+	ferryv1connect.FleetServiceListRecommendationsProcedure: toLeaderOrLocal,
 }
 
 // LeaderView tells the forwarder who leads.

@@ -53,6 +53,12 @@ func (s *Server) RunEngine(ctx context.Context) error {
 	// The leader's reconcilers live as long as its engine.
 	go s.runRetention(ctx)
 	go s.linkProbeLoop(ctx)
+	if s.drain != nil {
+		go s.drain.Run(ctx) // evacuations resume from their records
+	}
+	if s.balancer != nil {
+		go s.balancer.Run(ctx)
+	}
 	err := s.engine.Run(ctx)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("migration engine: %w", err)

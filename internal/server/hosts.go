@@ -47,6 +47,8 @@ func (h *hostService) Heartbeat(ctx context.Context, req *connect.Request[ferryv
 		return nil, connectError(err)
 	}
 	h.s.reconcileHost(ctx, host)
+	h.s.noteHealth(host)
+	h.s.sampler.Observe(host.Vms, time.Now(), sampleKeep)
 	resp := &ferryv1.HeartbeatResponse{LeaseTtlSeconds: int64(HostLeaseTTL / time.Second), ServerVersion: h.s.version}
 	h.s.hostExpectation(ctx, host.Name, resp)
 	return connect.NewResponse(resp), nil

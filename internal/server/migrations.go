@@ -140,8 +140,8 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if dst == nil {
 		return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("destination host %q is not registered (see ferry host list)", req.To))
 	}
-	if dst.State != "ready" {
-		return nil, nil, precondition("destination host %s is %s", dst.Name, dst.State)
+	if why := unschedulableWhy(dst); why != "" {
+		return nil, nil, precondition("destination host %s is %s", dst.Name, why)
 	}
 	if src == nil || src.State != "ready" {
 		return nil, nil, precondition("VM %s's host %s is not ready: its agent must take part in the migration", req.Vm, vm.Host)
@@ -379,15 +379,15 @@ func streamTransport(opt *ferryv1.MigrationOptions) string {
 	return "tls"
 }
 
-// policyStore is a store that holds the cluster's migration policies.
-type policyStore interface {
+// policyReader is a store that holds the cluster's migration policies.
+type policyReader interface {
 	GetPolicies(ctx context.Context) (policy.Set, error)
 }
 
 // clusterInsecureTransport reports whether the cluster policy sends every
 // migration in plaintext (insecureTransport: true).
 func (s *Server) clusterInsecureTransport(ctx context.Context) (bool, error) {
-	ps, ok := s.store.(policyStore)
+	ps, ok := s.store.(policyReader)
 	if !ok {
 		return false, nil
 	}

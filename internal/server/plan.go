@@ -166,6 +166,8 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		DirtyRateBytesPerSec: in.DirtyRateMibps * (1 << 20),
 		WSSBytes:             in.WssBytes,
 		BandwidthBytesPerSec: in.BandwidthMibps * (1 << 20),
+		RTT:                  time.Duration(in.RttMs * float64(time.Millisecond)),
+		MultifdChannels:      int(opt.MultifdChannels),
 		DeviceStateBytes:     in.DeviceStateBytes,
 		SwitchoverSeconds:    planSwitchoverSeconds,
 		MaxDowntime:          time.Duration(in.MaxDowntimeMs) * time.Millisecond,

@@ -16,7 +16,9 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
+	"github.com/ferryvm/ferry/internal/drain"
 	"github.com/ferryvm/ferry/internal/migration/exec"
+	"github.com/ferryvm/ferry/internal/rebalance"
 	"github.com/ferryvm/ferry/internal/reserve"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
@@ -76,6 +78,12 @@ type Server struct {
 	retention retention.Policy // finished migration records kept
 
 	sec *Security // nil: plaintext, unauthenticated (unit tests)
+
+	drain    *drain.Runner // host evacuations (nil: the store keeps no records)
+	entering sync.Map      // host -> true while a health-driven evacuation is being entered
+
+	sampler  *rebalance.Sampler // VMs' use from the heartbeats
+	balancer *rebalance.Runner  // the load balancer (nil: the store keeps no state)
 }
 
 // New returns a Server over cfg.Store.
@@ -89,6 +97,9 @@ func New(cfg Config) *Server {
 	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, retention: cfg.Retention}
 	s.reserve = newReservations(cfg)
 	s.engine = s.newEngine()
+	s.drain = s.newDrain()
+	s.sampler = rebalance.NewSampler()
+	s.balancer = s.newBalancer()
 	s.metrics = newMetrics(s)
 	s.replica = replicaHooks{wrap: cfg.Wrap, leading: cfg.Leading}
 	s.sec = cfg.Security
@@ -109,6 +120,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle(ferryv1connect.NewHostServiceHandler(&hostService{s}, opts))
 	mux.Handle(ferryv1connect.NewVMServiceHandler(&vmService{s}, opts))
 	mux.Handle(ferryv1connect.NewMigrationServiceHandler(&migrationService{s}, opts))
+	mux.Handle(ferryv1connect.NewFleetServiceHandler(&fleetService{s}, opts))
 	if s.sec != nil {
 		mux.Handle(ferryv1connect.NewAuthServiceHandler(&authService{s: s, sec: s.sec}, opts))
 	}

@@ -104,15 +104,19 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 	if err != nil {
 		return nil, connectError(err)
 	}
+	groups, err := s.antiAffinityGroups(ctx, sp)
+	if err != nil {
+		return nil, connectError(err)
+	}
 	byName := map[string]*ferryv1.Host{}
 	cands := make([]placement.Host, 0, len(hosts))
 	for _, h := range hosts {
 		byName[h.Name] = h
 		a := alloc[h.Name]
 		cands = append(cands, placement.Host{
-			Name: h.Name, Ready: h.State == "ready",
+			Name: h.Name, Ready: schedulable(h),
 			CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
-			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB,
+			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name],
 		})
 	}
 	if pinned != "" {
@@ -120,12 +124,12 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		if !ok {
 			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("host %q is not registered (see `ferry host list`)", pinned))
 		}
-		if h.State != "ready" {
-			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("host %q is %s: choose a ready host (see `ferry host list`)", pinned, h.State))
+		if why := unschedulableWhy(h); why != "" {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("host %q is %s: choose a ready host (see `ferry host list`)", pinned, why))
 		}
 		return h, nil
 	}
-	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude})
+	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude, AntiAffinity: sp.GetAntiAffinity()})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeResourceExhausted, err)
 	}
@@ -333,4 +337,35 @@ func (v *vmService) Console(ctx context.Context, req *connect.Request[ferryv1.Co
 		return agentError(err)
 	}
 	return nil
+}
+
+// antiAffinityGroups counts, per host, the other VMs of each of sp's
+// anti-affinity groups placed there (none when sp has no group).
+func (s *Server) antiAffinityGroups(ctx context.Context, sp *ferryv1.VMSpec) (map[string]map[string]int, error) {
+	if len(sp.GetAntiAffinity()) == 0 {
+		return map[string]map[string]int{}, nil
+	}
+	vms, err := s.store.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return groupsByHost(vms, sp.GetName()), nil
+}
+
+// groupsByHost counts, per host, the VMs of each anti-affinity group
+// placed there (skip: a VM not to count).
+func groupsByHost(vms []*ferryv1.VM, skip string) map[string]map[string]int {
+	out := map[string]map[string]int{}
+	for _, vm := range vms {
+		if vm.Spec.GetName() == skip && skip != "" {
+			continue
+		}
+		for _, g := range vm.Spec.GetAntiAffinity() {
+			if out[vm.Host] == nil {
+				out[vm.Host] = map[string]int{}
+			}
+			out[vm.Host][g]++
+		}
+	}
+	return out
 }

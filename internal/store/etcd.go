@@ -76,7 +76,8 @@ func decode(b []byte, m proto.Message) error {
 // PutHost implements Store.
 func (s *Etcd) PutHost(ctx context.Context, h *ferryv1.Host, ttl time.Duration) error {
 	h = proto.Clone(h).(*ferryv1.Host)
-	h.State = "" // derived from the lease on read
+	h.State = ""          // derived from the lease on read
+	h.Maintenance = false // derived from the evacuation records on read
 	v, err := encode(h)
 	if err != nil {
 		return err
@@ -119,6 +120,7 @@ func (s *Etcd) GetHost(ctx context.Context, name string) (*ferryv1.Host, error) 
 	resp, err := s.c.Txn(ctx).Then(
 		clientv3.OpGet(hostsPrefix+name),
 		clientv3.OpGet(alivePrefix+name),
+		clientv3.OpGet(evacPrefix+name, clientv3.WithKeysOnly()),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("get host %s: %w", name, err)
@@ -132,6 +134,7 @@ func (s *Etcd) GetHost(ctx context.Context, name string) (*ferryv1.Host, error) 
 		return nil, err
 	}
 	h.State = hostState(len(resp.Responses[1].GetResponseRange().Kvs) > 0)
+	h.Maintenance = len(resp.Responses[2].GetResponseRange().Kvs) > 0
 	return h, nil
 }
 
@@ -147,10 +150,16 @@ func (s *Etcd) ListHosts(ctx context.Context) ([]*ferryv1.Host, error) {
 	resp, err := s.c.Txn(ctx).Then(
 		clientv3.OpGet(hostsPrefix, clientv3.WithPrefix()),
 		clientv3.OpGet(alivePrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(evacPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 	).Commit()
 	if err != nil {
 		return nil, fmt.Errorf("list hosts: %w", err)
 	}
+	var keys [][]byte
+	for _, kv := range resp.Responses[2].GetResponseRange().Kvs {
+		keys = append(keys, kv.Key)
+	}
+	inMaintenance := maintenanceHosts(keys)
 	alive := map[string]bool{}
 	for _, kv := range resp.Responses[1].GetResponseRange().Kvs {
 		alive[string(kv.Key[len(alivePrefix):])] = true
@@ -162,6 +171,7 @@ func (s *Etcd) ListHosts(ctx context.Context) ([]*ferryv1.Host, error) {
 			return nil, err
 		}
 		h.State = hostState(alive[h.Name])
+		h.Maintenance = inMaintenance[h.Name]
 		out = append(out, h)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })

@@ -112,6 +112,7 @@ type cluster struct {
 	prefix string
 	server string
 	c      *devcluster.Cluster
+	bin    string // the ferry CLI the helpers run; ferryBin when empty
 }
 
 // upCluster runs `ferry dev cluster up` with a unique prefix and registers
@@ -131,6 +132,13 @@ func upClusterWith(t *testing.T, hosts int, extra ...string) *cluster {
 // upClusterEnv is upClusterWith with extra environment for every daemon
 // (FERRY_FAILPOINTS=...).
 func upClusterEnv(t *testing.T, hosts int, env []string, extra ...string) *cluster {
+	t.Helper()
+	return upClusterBin(t, ferryBin, hosts, env, extra...)
+}
+
+// upClusterBin is upClusterEnv with the daemons run from bin (a ferry
+// linked with another version): `bin dev cluster up` starts them.
+func upClusterBin(t *testing.T, bin string, hosts int, env []string, extra ...string) *cluster {
 	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
@@ -157,7 +165,7 @@ func upClusterEnv(t *testing.T, hosts int, env []string, extra ...string) *clust
 		os.RemoveAll(dir)
 	})
 	args := append([]string{"dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg", "--allow-path", guestDir}, extra...)
-	up := exec.Command(ferryBin, args...)
+	up := exec.Command(bin, args...)
 	up.Env = append(os.Environ(), env...)
 	out, err := up.CombinedOutput()
 	if err != nil {
@@ -184,7 +192,11 @@ func dumpLogs(t *testing.T, dir string) {
 
 // ferry runs the CLI against the cluster's server.
 func (c *cluster) ferry(args ...string) (stdout, stderr string, err error) {
-	cmd := exec.Command(ferryBin, args...)
+	bin := ferryBin
+	if c.bin != "" {
+		bin = c.bin
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), "FERRY_SERVER="+c.server)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e

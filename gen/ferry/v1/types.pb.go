@@ -53,7 +53,16 @@ type VMSpec struct {
 	// port named org.qemu.guest_agent.0 whose host side is a unix socket the
 	// agent owns. After a migration Ferry pings the guest agent over it to
 	// check the guest is alive; without it, vCPU and NIC progress are used.
-	GuestAgent    bool `protobuf:"varint,11,opt,name=guest_agent,json=guestAgent,proto3" json:"guest_agent,omitempty"`
+	GuestAgent bool `protobuf:"varint,11,opt,name=guest_agent,json=guestAgent,proto3" json:"guest_agent,omitempty"`
+	// anti_affinity lists the VM's anti-affinity groups: placement, the
+	// evacuation planner and the balancer never put two VMs of one group on
+	// the same host.
+	AntiAffinity []string `protobuf:"bytes,12,rep,name=anti_affinity,json=antiAffinity,proto3" json:"anti_affinity,omitempty"`
+	// labels select per-label migration policy overrides (ferry policy).
+	Labels map[string]string `protobuf:"bytes,13,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// pinned VMs are never migrated automatically (evacuation, balancer):
+	// an evacuation reports them as not moved and the host as not empty.
+	Pinned        bool `protobuf:"varint,14,opt,name=pinned,proto3" json:"pinned,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -161,6 +170,27 @@ func (x *VMSpec) GetMachineType() string {
 func (x *VMSpec) GetGuestAgent() bool {
 	if x != nil {
 		return x.GuestAgent
+	}
+	return false
+}
+
+func (x *VMSpec) GetAntiAffinity() []string {
+	if x != nil {
+		return x.AntiAffinity
+	}
+	return nil
+}
+
+func (x *VMSpec) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *VMSpec) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
 	}
 	return false
 }
@@ -536,7 +566,10 @@ type VMStatus struct {
 	Accel      string `protobuf:"bytes,9,opt,name=accel,proto3" json:"accel,omitempty"`
 	Message    string `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
 	// console_path is the serial log file on the host.
-	ConsolePath   string `protobuf:"bytes,11,opt,name=console_path,json=consolePath,proto3" json:"console_path,omitempty"`
+	ConsolePath string `protobuf:"bytes,11,opt,name=console_path,json=consolePath,proto3" json:"console_path,omitempty"`
+	// cpu_seconds is the CPU time the VM's QEMU process used since it
+	// started (user + system, all threads): the balancer's CPU figure.
+	CpuSeconds    float64 `protobuf:"fixed64,12,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -648,6 +681,13 @@ func (x *VMStatus) GetConsolePath() string {
 	return ""
 }
 
+func (x *VMStatus) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
+}
+
 // HostCapacity is what a host has and what its VMs use.
 type HostCapacity struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -753,7 +793,15 @@ type Host struct {
 	// qemu is what the host's QEMU binary offers, probed by the agent at start.
 	Qemu *HostQEMU `protobuf:"bytes,10,opt,name=qemu,proto3" json:"qemu,omitempty"`
 	// ferry_version is the version of the host's `ferry agent` (ferry version).
-	FerryVersion  string `protobuf:"bytes,11,opt,name=ferry_version,json=ferryVersion,proto3" json:"ferry_version,omitempty"`
+	FerryVersion string `protobuf:"bytes,11,opt,name=ferry_version,json=ferryVersion,proto3" json:"ferry_version,omitempty"`
+	// health is the agent's health checks' verdict: healthy, degraded or
+	// failed (empty from an agent without checks: healthy).
+	Health string `protobuf:"bytes,12,opt,name=health,proto3" json:"health,omitempty"`
+	// health_detail says which check failed and how.
+	HealthDetail string `protobuf:"bytes,13,opt,name=health_detail,json=healthDetail,proto3" json:"health_detail,omitempty"`
+	// maintenance is set by the server on read: the host is in maintenance
+	// (manual or after a degraded health report) and takes no new VMs.
+	Maintenance   bool `protobuf:"varint,14,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -863,6 +911,27 @@ func (x *Host) GetFerryVersion() string {
 		return x.FerryVersion
 	}
 	return ""
+}
+
+func (x *Host) GetHealth() string {
+	if x != nil {
+		return x.Health
+	}
+	return ""
+}
+
+func (x *Host) GetHealthDetail() string {
+	if x != nil {
+		return x.HealthDetail
+	}
+	return ""
+}
+
+func (x *Host) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
 }
 
 // HostQEMU describes a host's QEMU binary (agent probe at start, cached by
@@ -1277,7 +1346,7 @@ var File_ferry_v1_types_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_types_proto_rawDesc = "" +
 	"\n" +
-	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x02\n" +
+	"\x14ferry/v1/types.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x04\n" +
 	"\x06VMSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05vcpus\x18\x02 \x01(\x05R\x05vcpus\x12\x1d\n" +
@@ -1292,7 +1361,13 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\fmachine_type\x18\n" +
 	" \x01(\tR\vmachineType\x12\x1f\n" +
 	"\vguest_agent\x18\v \x01(\bR\n" +
-	"guestAgent\"h\n" +
+	"guestAgent\x12#\n" +
+	"\ranti_affinity\x18\f \x03(\tR\fantiAffinity\x124\n" +
+	"\x06labels\x18\r \x03(\v2\x1c.ferry.v1.VMSpec.LabelsEntryR\x06labels\x12\x16\n" +
+	"\x06pinned\x18\x0e \x01(\bR\x06pinned\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"h\n" +
 	"\bBootSpec\x12\x16\n" +
 	"\x06kernel\x18\x01 \x01(\tR\x06kernel\x12\x16\n" +
 	"\x06initrd\x18\x02 \x01(\tR\x06initrd\x12\x18\n" +
@@ -1324,7 +1399,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x03pid\x18\t \x01(\x03R\x03pid\x12\x14\n" +
 	"\x05accel\x18\n" +
 	" \x01(\tR\x05accel\x12!\n" +
-	"\fmigration_id\x18\v \x01(\tR\vmigrationId\"\xc7\x02\n" +
+	"\fmigration_id\x18\v \x01(\tR\vmigrationId\"\xe8\x02\n" +
 	"\bVMStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x10\n" +
@@ -1340,7 +1415,9 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x05accel\x18\t \x01(\tR\x05accel\x12\x18\n" +
 	"\amessage\x18\n" +
 	" \x01(\tR\amessage\x12!\n" +
-	"\fconsole_path\x18\v \x01(\tR\vconsolePath\"\xd6\x01\n" +
+	"\fconsole_path\x18\v \x01(\tR\vconsolePath\x12\x1f\n" +
+	"\vcpu_seconds\x18\f \x01(\x01R\n" +
+	"cpuSeconds\"\xd6\x01\n" +
 	"\fHostCapacity\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12\x1d\n" +
 	"\n" +
@@ -1348,7 +1425,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x03vms\x18\x03 \x01(\x05R\x03vms\x12'\n" +
 	"\x0fallocated_vcpus\x18\x04 \x01(\x05R\x0eallocatedVcpus\x120\n" +
 	"\x14allocated_memory_mib\x18\x05 \x01(\x03R\x12allocatedMemoryMib\x12&\n" +
-	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\"\xa4\x03\n" +
+	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\"\x83\x04\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -1361,7 +1438,10 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x05accel\x18\t \x01(\tR\x05accel\x12&\n" +
 	"\x04qemu\x18\n" +
 	" \x01(\v2\x12.ferry.v1.HostQEMUR\x04qemu\x12#\n" +
-	"\rferry_version\x18\v \x01(\tR\fferryVersion\"\xd5\x03\n" +
+	"\rferry_version\x18\v \x01(\tR\fferryVersion\x12\x16\n" +
+	"\x06health\x18\f \x01(\tR\x06health\x12#\n" +
+	"\rhealth_detail\x18\r \x01(\tR\fhealthDetail\x12 \n" +
+	"\vmaintenance\x18\x0e \x01(\bR\vmaintenance\"\xd5\x03\n" +
 	"\bHostQEMU\x12\x16\n" +
 	"\x06binary\x18\x01 \x01(\tR\x06binary\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
@@ -1417,7 +1497,7 @@ func file_ferry_v1_types_proto_rawDescGZIP() []byte {
 	return file_ferry_v1_types_proto_rawDescData
 }
 
-var file_ferry_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_ferry_v1_types_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ferry_v1_types_proto_goTypes = []any{
 	(*VMSpec)(nil),                // 0: ferry.v1.VMSpec
 	(*BootSpec)(nil),              // 1: ferry.v1.BootSpec
@@ -1432,29 +1512,31 @@ var file_ferry_v1_types_proto_goTypes = []any{
 	(*QEMUCPUModel)(nil),          // 10: ferry.v1.QEMUCPUModel
 	(*FieldViolation)(nil),        // 11: ferry.v1.FieldViolation
 	(*BadRequest)(nil),            // 12: ferry.v1.BadRequest
-	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	nil,                           // 13: ferry.v1.VMSpec.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
 }
 var file_ferry_v1_types_proto_depIdxs = []int32{
 	1,  // 0: ferry.v1.VMSpec.boot:type_name -> ferry.v1.BootSpec
 	2,  // 1: ferry.v1.VMSpec.disks:type_name -> ferry.v1.DiskSpec
 	3,  // 2: ferry.v1.VMSpec.nics:type_name -> ferry.v1.NICSpec
-	0,  // 3: ferry.v1.VM.spec:type_name -> ferry.v1.VMSpec
-	13, // 4: ferry.v1.VM.created_at:type_name -> google.protobuf.Timestamp
-	13, // 5: ferry.v1.VM.started_at:type_name -> google.protobuf.Timestamp
-	13, // 6: ferry.v1.VMStatus.started_at:type_name -> google.protobuf.Timestamp
-	6,  // 7: ferry.v1.Host.capacity:type_name -> ferry.v1.HostCapacity
-	5,  // 8: ferry.v1.Host.vms:type_name -> ferry.v1.VMStatus
-	13, // 9: ferry.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
-	13, // 10: ferry.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
-	8,  // 11: ferry.v1.Host.qemu:type_name -> ferry.v1.HostQEMU
-	9,  // 12: ferry.v1.HostQEMU.machines:type_name -> ferry.v1.QEMUMachine
-	10, // 13: ferry.v1.HostQEMU.cpu_models:type_name -> ferry.v1.QEMUCPUModel
-	11, // 14: ferry.v1.BadRequest.violations:type_name -> ferry.v1.FieldViolation
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	13, // 3: ferry.v1.VMSpec.labels:type_name -> ferry.v1.VMSpec.LabelsEntry
+	0,  // 4: ferry.v1.VM.spec:type_name -> ferry.v1.VMSpec
+	14, // 5: ferry.v1.VM.created_at:type_name -> google.protobuf.Timestamp
+	14, // 6: ferry.v1.VM.started_at:type_name -> google.protobuf.Timestamp
+	14, // 7: ferry.v1.VMStatus.started_at:type_name -> google.protobuf.Timestamp
+	6,  // 8: ferry.v1.Host.capacity:type_name -> ferry.v1.HostCapacity
+	5,  // 9: ferry.v1.Host.vms:type_name -> ferry.v1.VMStatus
+	14, // 10: ferry.v1.Host.registered_at:type_name -> google.protobuf.Timestamp
+	14, // 11: ferry.v1.Host.last_seen:type_name -> google.protobuf.Timestamp
+	8,  // 12: ferry.v1.Host.qemu:type_name -> ferry.v1.HostQEMU
+	9,  // 13: ferry.v1.HostQEMU.machines:type_name -> ferry.v1.QEMUMachine
+	10, // 14: ferry.v1.HostQEMU.cpu_models:type_name -> ferry.v1.QEMUCPUModel
+	11, // 15: ferry.v1.BadRequest.violations:type_name -> ferry.v1.FieldViolation
+	16, // [16:16] is the sub-list for method output_type
+	16, // [16:16] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_ferry_v1_types_proto_init() }
@@ -1468,7 +1550,7 @@ func file_ferry_v1_types_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ferry_v1_types_proto_rawDesc), len(file_ferry_v1_types_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
