@@ -7,6 +7,7 @@
 package guestapi
 
 import (
+	"crypto/sha512"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -42,6 +43,23 @@ const (
 	// PageSize is the unit the memory dirtier works in.
 	PageSize = 4096
 )
+
+// MarkerSize is the size of the memory marker (ferry.marker=SEED).
+const MarkerSize = sha512.Size
+
+// MarkerCopies is how many copies of its marker the guest keeps in RAM
+// (4 MiB: 1024 pages of 64 copies each).
+const MarkerCopies = 1 << 16
+
+// Marker is the 64-byte pattern a guest started with ferry.marker=SEED
+// keeps in its memory (MarkerCopies copies, back to back): SHA-512 of
+// "ferry-marker/" + SEED. It appears nowhere but in the guest's RAM (the
+// seed, not the marker, is on the command line), so a capture that finds
+// it saw guest memory in the clear.
+func Marker(seed string) []byte {
+	h := sha512.Sum512([]byte("ferry-marker/" + seed))
+	return h[:]
+}
 
 // ReadyRe matches the READY line; submatch 1 is the boot id.
 var ReadyRe = regexp.MustCompile(`FERRY-GUEST READY boot_id=([0-9a-f]{32})`)

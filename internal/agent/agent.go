@@ -76,6 +76,9 @@ type Config struct {
 	ImageDirs []string
 	// QEMUBinary is the QEMU system emulator to run.
 	QEMUBinary string
+	// QEMUUser is the unprivileged user every QEMU runs as (-run-with
+	// user=, with -sandbox on); "" keeps the agent's user. See qemuuser.go.
+	QEMUUser string
 	// HeartbeatInterval is how often the agent reports to the server.
 	HeartbeatInterval time.Duration
 	// Telemetry is the background sampler's schedule per running VM
@@ -109,6 +112,8 @@ type Agent struct {
 	ended endedArrivals            // incoming migrations that ended here (aborted, failed)
 	// arrivals are the cold migrations' disk copies arriving here (diskcopy_recv.go).
 	arrivals diskArrivals
+	// qemuUser is the resolved Config.QEMUUser (nil: none).
+	qemuUser *qemuUser
 	reaper   reaper
 
 	mu  sync.Mutex
@@ -208,7 +213,11 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--allow-path: %w", err)
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard}, nil
+	qu, err := lookupQEMUUser(cfg.QEMUUser)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard, qemuUser: qu}, nil
 }
 
 func firstIPv4(ifname string) string {

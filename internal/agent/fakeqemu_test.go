@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/qmp/qmptest"
 )
@@ -136,12 +137,39 @@ func startTestAgent(t *testing.T, rt *fakeRuntime, dir string) *testAgent {
 	if err := os.MkdirAll(a.vmsDir(), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	giveTestIdentity(t, a)
 	if err := a.reattachAll(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
 	ta := &testAgent{t: t, a: a, rt: rt, dir: dir, svc: &service{a}, mig: &migrationService{a}}
 	t.Cleanup(ta.die)
 	return ta
+}
+
+// testCA is the fake cluster CA of the agent tests (made once: a key
+// pair takes a while).
+var testCA = sync.OnceValues(func() (*pki.CA, error) { return pki.NewCA("test") })
+
+// giveTestIdentity saves a certificate for a's host from testCA, as a join
+// would, so migrations can have encrypted streams.
+func giveTestIdentity(t *testing.T, a *Agent) {
+	t.Helper()
+	ca, err := testCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := ca.IssueKeyPair(pki.KindAgent, a.cfg.Name, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.saveIdentity(ca.CertPEM, cert, key); err != nil {
+		t.Fatal(err)
+	}
+	id, err := a.savedIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ident.Store(id)
 }
 
 // restart plays the agent process dying (its QEMUs keep running) and a

@@ -16,7 +16,6 @@ import (
 	"github.com/ferryvm/ferry/internal/auth"
 	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/pki"
-	"github.com/ferryvm/ferry/internal/qemutls"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 )
 
@@ -172,6 +171,9 @@ func (a *Agent) renewLoop(ctx context.Context, id *identity) {
 		leaf := id.kp.Leaf()
 		life := leaf.NotAfter.Sub(leaf.NotBefore)
 		wait := time.Until(leaf.NotBefore.Add(time.Duration(float64(life) * renewAtRatio)))
+		if leaf.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+			wait = 0 // issued before QEMU's streams used it: QEMU would refuse it
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -229,31 +231,20 @@ func readSecret(s string) (string, error) {
 // ErrNoIdentity: the agent has no certificate yet (Run has not joined).
 var ErrNoIdentity = errors.New("agent has no certificate")
 
-// StreamTLS returns the QEMU TLS credentials for this host's endpoint of
-// an encrypted stream to peer (a migration, an NBD mirror): the agent's
-// certificate and the cluster CA written for QEMU into DATA/qemu-tls, and
-// the object and parameter arguments naming peer (see internal/qemutls).
-// id names the QOM objects.
-func (a *Agent) StreamTLS(peer string, ep qemutls.Endpoint, id string) (qemutls.Creds, error) {
-	ident := a.ident.Load()
-	if ident == nil {
-		return qemutls.Creds{}, ErrNoIdentity
+// identityPEM returns the cluster CA, the agent's certificate and its key
+// as saved in DATA/pki (what QEMU's TLS credentials are made of).
+func (a *Agent) identityPEM() (caPEM, certPEM, keyPEM []byte, err error) {
+	if a.ident.Load() == nil {
+		return nil, nil, nil, ErrNoIdentity
 	}
-	caPEM, err := os.ReadFile(a.pkiPath(agentCACert))
-	if err != nil {
-		return qemutls.Creds{}, err
+	if caPEM, err = os.ReadFile(a.pkiPath(agentCACert)); err != nil {
+		return nil, nil, nil, err
 	}
-	certPEM, err := os.ReadFile(a.pkiPath(agentCert))
-	if err != nil {
-		return qemutls.Creds{}, err
+	if certPEM, err = os.ReadFile(a.pkiPath(agentCert)); err != nil {
+		return nil, nil, nil, err
 	}
-	keyPEM, err := os.ReadFile(a.pkiPath(agentKey))
-	if err != nil {
-		return qemutls.Creds{}, err
+	if keyPEM, err = os.ReadFile(a.pkiPath(agentKey)); err != nil {
+		return nil, nil, nil, err
 	}
-	dir := filepath.Join(a.cfg.DataDir, "qemu-tls")
-	if err := qemutls.WriteDir(dir, caPEM, certPEM, keyPEM); err != nil {
-		return qemutls.Creds{}, err
-	}
-	return qemutls.ForPair(dir, id, peer, ep), nil
+	return caPEM, certPEM, keyPEM, nil
 }

@@ -13,6 +13,7 @@ import (
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"github.com/ferryvm/ferry/internal/failpoint"
 	"github.com/ferryvm/ferry/internal/migration"
+	"github.com/ferryvm/ferry/internal/qemutls"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/revert"
 	"github.com/ferryvm/ferry/internal/spec"
@@ -190,12 +191,20 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	if err := mon.MigrateSetCapabilities(ctx, caps); err != nil {
 		return "", fmt.Errorf("destination capabilities: %w", err)
 	}
+	var params qmp.MigrationParameters
 	if req.MultifdChannels > 1 {
-		params := qmp.MigrationParameters{MultifdChannels: qmp.Ptr(int64(req.MultifdChannels))}
+		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))
 		tuneParams(req.Tuning, false, true, &params)
-		if err := mon.MigrateSetParameters(ctx, params); err != nil {
-			return "", fmt.Errorf("destination multifd parameters: %w", err)
+	}
+	var creds qemutls.Creds
+	if !req.InsecureTransport {
+		if creds, err = v.streamTLS(ctx, mon, req.SourceHost, qemutls.Server); err != nil {
+			return "", err
 		}
+	}
+	streamParams(&params, creds, req.InsecureTransport)
+	if err := mon.MigrateSetParameters(ctx, params); err != nil {
+		return "", fmt.Errorf("destination parameters: %w", err)
 	}
 	if err := mon.MigrateIncoming(ctx, "tcp:"+a.cfg.MigrationIP+":0"); err != nil {
 		return "", fmt.Errorf("migrate-incoming: %w", err)
@@ -209,7 +218,11 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 		return "", fmt.Errorf("destination QEMU reports no listening port (query-migrate: %+v)", info.SocketAddress)
 	}
 	if len(req.LocalDisks) > 0 {
-		if in.nbd, err = exportDisks(ctx, mon, a.cfg.MigrationIP, req.LocalDisks); err != nil {
+		var tls *qemutls.Creds
+		if !req.InsecureTransport {
+			tls = &creds
+		}
+		if in.nbd, err = exportDisks(ctx, mon, a.cfg.MigrationIP, req.LocalDisks, tls); err != nil {
 			return "", err
 		}
 	}
@@ -225,7 +238,7 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	v.in = in
 	go v.watch(proc, mon)
 	go v.watchIncoming(in)
-	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "nbd", in.nbd, "pid", proc.PID())
+	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "nbd", in.nbd, "pid", proc.PID(), "transport", transport(req.InsecureTransport))
 	if err := failpoint.Inject(fpAfterPrepareIncoming); err != nil {
 		return "", connect.NewError(connect.CodeUnavailable, err)
 	}

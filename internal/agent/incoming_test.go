@@ -11,7 +11,7 @@ import (
 
 func prepare(t *testing.T, ta *testAgent, name, id string) (string, error) {
 	t.Helper()
-	resp, err := ta.mig.PrepareIncoming(testCtx(t), connect.NewRequest(&agentv1.PrepareIncomingRequest{Spec: testSpec(t, name), MigrationId: id}))
+	resp, err := ta.mig.PrepareIncoming(testCtx(t), connect.NewRequest(&agentv1.PrepareIncomingRequest{SourceHost: "h1", Spec: testSpec(t, name), MigrationId: id}))
 	if err != nil {
 		return "", err
 	}

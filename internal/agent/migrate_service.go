@@ -19,7 +19,7 @@ func (s *migrationService) PrepareIncoming(ctx context.Context, req *connect.Req
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&agentv1.PrepareIncomingResponse{Uri: uri, NbdAddress: nbd}), nil
+	return connect.NewResponse(&agentv1.PrepareIncomingResponse{Uri: uri, NbdAddress: nbd, Transport: transport(req.Msg.InsecureTransport)}), nil
 }
 
 func (s *migrationService) QueryIncoming(_ context.Context, req *connect.Request[agentv1.MigrationStepRequest]) (*connect.Response[agentv1.IncomingStatusResponse], error) {

@@ -12,6 +12,7 @@ import (
 
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	"github.com/ferryvm/ferry/internal/qemutls"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
 
@@ -64,6 +65,9 @@ type diskMirror struct {
 type mirrorSet struct {
 	nbd   string // host:port of the destination's NBD server
 	speed int64  // the bulk copy's cap in bytes/s (the migration's bandwidth cap; 0: none)
+	// tls is the source's credentials toward the destination (nil:
+	// plaintext, the migration's insecure_transport).
+	tls *qemutls.Creds
 
 	mu          sync.Mutex
 	disks       []*diskMirror
@@ -218,6 +222,10 @@ func startMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet, disks [
 		add := map[string]any{
 			"driver": "nbd", "node-name": d.target, "export": d.name, "discard": "unmap",
 			"server": map[string]any{"type": "inet", "host": host, "port": port},
+		}
+		if set.tls != nil {
+			// The NBD client verifies the destination host's certificate.
+			add["tls-creds"], add["tls-hostname"] = set.tls.ID, set.tls.Peer
 		}
 		if err := mon.Run(ctx, "blockdev-add", add, nil); err != nil && !isDuplicateNode(err) {
 			err = fmt.Errorf("disk %s: connect to the destination's NBD export %s: %w", d.name, set.nbd, err)

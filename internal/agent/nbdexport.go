@@ -14,6 +14,7 @@ import (
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/qemutls"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/revert"
 )
@@ -101,7 +102,7 @@ func (v *vm) createArrivingDisks(ctx context.Context, sp *ferryv1.VMSpec, disks 
 // exportDisks starts QEMU's NBD server on ip and exports each local disk
 // writable under its name; it returns host:port. The port is chosen here
 // (QMP does not report a port QEMU picked), retried if taken meanwhile.
-func exportDisks(ctx context.Context, mon *qmp.Monitor, ip string, disks []*agentv1.LocalDisk) (string, error) {
+func exportDisks(ctx context.Context, mon *qmp.Monitor, ip string, disks []*agentv1.LocalDisk, tls *qemutls.Creds) (string, error) {
 	var addr string
 	var err error
 	for range 5 {
@@ -111,6 +112,10 @@ func exportDisks(ctx context.Context, mon *qmp.Monitor, ip string, disks []*agen
 		}
 		addr = net.JoinHostPort(ip, strconv.Itoa(port))
 		start := map[string]any{"addr": map[string]any{"type": "inet", "data": map[string]any{"host": ip, "port": strconv.Itoa(port)}}}
+		if tls != nil {
+			// Only the source host's certificate is admitted.
+			start["tls-creds"], start["tls-authz"] = tls.ID, tls.AuthzID()
+		}
 		if err = mon.Run(ctx, "nbd-server-start", start, nil); err == nil {
 			break
 		}

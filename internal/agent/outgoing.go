@@ -15,6 +15,7 @@ import (
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"github.com/ferryvm/ferry/internal/migration"
 	"github.com/ferryvm/ferry/internal/qemucaps"
+	"github.com/ferryvm/ferry/internal/qemutls"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
 
@@ -183,6 +184,13 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))
 	}
 	tuneParams(req.Tuning, true, req.MultifdChannels > 1, &params)
+	var creds qemutls.Creds
+	if !req.InsecureTransport {
+		if creds, err = v.streamTLS(ctx, mon, req.DestHost, qemutls.Client); err != nil {
+			return fail(err)
+		}
+	}
+	streamParams(&params, creds, req.InsecureTransport)
 	if req.AutoConverge {
 		if req.ThrottleInitial > 0 {
 			params.CPUThrottleInitial = qmp.Ptr(int64(req.ThrottleInitial))
@@ -207,6 +215,9 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		if err != nil {
 			return fail(err)
 		}
+		if !req.InsecureTransport {
+			set.tls = &creds
+		}
 		out.mu.Lock()
 		out.mir = set
 		out.mu.Unlock()
@@ -217,7 +228,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 			return fail(err)
 		}
 		go v.runMirrors(out, mon, set)
-		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId,
+		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId, "transport", transport(req.InsecureTransport),
 			"nbd", req.NbdAddress, "disks", req.MirrorDisks, "uri", req.Uri)
 		return v.outgoingStatus(ctx)
 	}
@@ -225,7 +236,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
-	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri,
+	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", transport(req.InsecureTransport),
 		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)
 }

@@ -15,7 +15,7 @@ const dstURI = "tcp:127.0.0.2:49152"
 
 func startOut(t *testing.T, ta *testAgent, name, id string) (*agentv1.OutgoingStatus, error) {
 	t.Helper()
-	resp, err := ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{Name: name, MigrationId: id, Uri: dstURI,
+	resp, err := ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{DestHost: "h2", Name: name, MigrationId: id, Uri: dstURI,
 		MaxBandwidthBytes: 1 << 30, DowntimeLimitMs: 300}))
 	if err != nil {
 		return nil, err
@@ -120,7 +120,7 @@ func TestStartOutgoingAfterLostMigrateReply(t *testing.T) {
 	ctx := testCtx(t)
 	short, cancel := contextWithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
-	if _, err := ta.mig.StartOutgoing(short, connect.NewRequest(&agentv1.StartOutgoingRequest{Name: "web", MigrationId: "m1", Uri: dstURI})); err == nil {
+	if _, err := ta.mig.StartOutgoing(short, connect.NewRequest(&agentv1.StartOutgoingRequest{DestHost: "h2", Name: "web", MigrationId: "m1", Uri: dstURI})); err == nil {
 		t.Fatal("StartOutgoing answered although QEMU's reply was lost")
 	}
 	// QEMU did start migrating; the agent restarts and the step is retried.
@@ -300,7 +300,7 @@ func TestFinishOutgoingIdempotentAndAfterRestart(t *testing.T) {
 func TestStartPostcopyIdempotent(t *testing.T) {
 	ta := newTestAgent(t)
 	startVM(t, ta, "web")
-	must[agentv1.OutgoingStatusResponse](t)(ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{Name: "web", MigrationId: "m1", Uri: dstURI, Postcopy: true})))
+	must[agentv1.OutgoingStatusResponse](t)(ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{DestHost: "h2", Name: "web", MigrationId: "m1", Uri: dstURI, Postcopy: true})))
 	q := ta.qemu("web")
 	for i := 0; i < 2; i++ {
 		must[agentv1.OutgoingStatusResponse](t)(ta.mig.StartPostcopy(testCtx(t), step("web", "m1")))
@@ -325,7 +325,7 @@ func TestPostcopyPauseRecoverResumeIdempotent(t *testing.T) {
 	src := newTestAgent(t)
 	dst := newTestAgent(t)
 	startVM(t, src, "web")
-	must[agentv1.OutgoingStatusResponse](t)(src.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{Name: "web", MigrationId: "m1", Uri: dstURI, Postcopy: true})))
+	must[agentv1.OutgoingStatusResponse](t)(src.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{DestHost: "h2", Name: "web", MigrationId: "m1", Uri: dstURI, Postcopy: true})))
 	mustPrepare(t, dst, "web", "m1")
 	sq, dq := src.qemu("web"), dst.qemu("web")
 	sq.SetMigrationStatus("postcopy-active")

@@ -23,7 +23,7 @@ func TestStartOutgoingAppliesTuning(t *testing.T) {
 	ta := newTestAgent(t)
 	setHostQEMU(ta, "10.0.2", "postcopy-preempt", "multifd-zero-page-detection", "avail-switchover-bandwidth", "multifd-zstd")
 	startVM(t, ta, "web")
-	_, err := ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{Name: "web", MigrationId: "m1", Uri: dstURI,
+	_, err := ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{DestHost: "h2", Name: "web", MigrationId: "m1", Uri: dstURI,
 		MaxBandwidthBytes: 1 << 30, DowntimeLimitMs: 300, MultifdChannels: 4,
 		Tuning: &agentv1.MigrationTuning{ZeroPageDetection: "multifd", MultifdCompression: "zstd", MultifdZstdLevel: 1, AvailSwitchoverBandwidthBytes: 45298483}}))
 	if err != nil {
@@ -50,11 +50,11 @@ func TestPostcopyPreemptOnBothSides(t *testing.T) {
 		setHostQEMU(ta, "10.0.2", "postcopy-preempt", "multifd-zero-page-detection", "avail-switchover-bandwidth", "multifd-zstd")
 	}
 	tu := &agentv1.MigrationTuning{PostcopyPreempt: true}
-	if _, err := dst.mig.PrepareIncoming(testCtx(t), connect.NewRequest(&agentv1.PrepareIncomingRequest{Spec: testSpec(t, "db"), MigrationId: "m2", Postcopy: true, Tuning: tu})); err != nil {
+	if _, err := dst.mig.PrepareIncoming(testCtx(t), connect.NewRequest(&agentv1.PrepareIncomingRequest{SourceHost: "h1", Spec: testSpec(t, "db"), MigrationId: "m2", Postcopy: true, Tuning: tu})); err != nil {
 		t.Fatal(err)
 	}
 	startVM(t, src, "db")
-	if _, err := src.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{Name: "db", MigrationId: "m2", Uri: dstURI,
+	if _, err := src.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{DestHost: "h2", Name: "db", MigrationId: "m2", Uri: dstURI,
 		MaxBandwidthBytes: 1 << 30, DowntimeLimitMs: 300, Postcopy: true, Tuning: tu})); err != nil {
 		t.Fatal(err)
 	}
@@ -77,13 +77,13 @@ func TestTuningCheckedAgainstHostRecord(t *testing.T) {
 	ta := newTestAgent(t)
 	setHostQEMU(ta, "7.2.0", "multifd-zstd")
 	startVM(t, ta, "old")
-	_, err := ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{Name: "old", MigrationId: "m3", Uri: dstURI,
+	_, err := ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{DestHost: "h2", Name: "old", MigrationId: "m3", Uri: dstURI,
 		MaxBandwidthBytes: 1 << 30, DowntimeLimitMs: 300, Postcopy: true, Tuning: &agentv1.MigrationTuning{PostcopyPreempt: true}}))
 	wantCode(t, err, connect.CodeFailedPrecondition)
 	if q := ta.qemu("old"); q.Capability("postcopy-preempt") || q.Capability("postcopy-ram") {
 		t.Fatal("a refused tuning set capabilities")
 	}
-	_, err = ta.mig.PrepareIncoming(testCtx(t), connect.NewRequest(&agentv1.PrepareIncomingRequest{Spec: testSpec(t, "new"), MigrationId: "m4",
+	_, err = ta.mig.PrepareIncoming(testCtx(t), connect.NewRequest(&agentv1.PrepareIncomingRequest{SourceHost: "h1", Spec: testSpec(t, "new"), MigrationId: "m4",
 		Tuning: &agentv1.MigrationTuning{MultifdCompression: "lz4"}}))
 	wantCode(t, err, connect.CodeInvalidArgument)
 

@@ -157,7 +157,8 @@ func (v *vm) launch(ctx context.Context, sp *ferryv1.VMSpec, incoming string, r 
 	for _, p := range []string{v.paths.QMPSocket, v.paths.PIDFile, v.paths.GuestAgentSocket} {
 		_ = os.Remove(p)
 	}
-	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming, Scope: a.cfg.QEMUScope, CgroupParent: a.cfg.QEMUCgroup})
+	proc, err := a.qemu.Start(ctx, a.cfg.QEMUBinary, qemu.Config{Spec: sp, Accel: accel, Paths: v.paths, Disks: disks, NICs: nics, Incoming: incoming, Scope: a.cfg.QEMUScope, CgroupParent: a.cfg.QEMUCgroup,
+		RunAs: a.runAs(), Sandbox: a.qemuUser != nil})
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("start QEMU for VM %s: %w", v.name, err)
 	}

@@ -46,6 +46,7 @@ type migrateFlags struct {
 	noThrottle   bool
 	recovery     time.Duration
 	aliveTimeout time.Duration
+	insecure     bool
 }
 
 // strategies are the values of --strategy.
@@ -127,6 +128,7 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 		RecoveryWindowMs: f.recovery.Milliseconds(),
 
 		GuestAliveTimeoutMs: f.aliveTimeout.Milliseconds(),
+		InsecureTransport:   f.insecure,
 	}, nil
 }
 
@@ -218,6 +220,7 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	fl.DurationVar(&f.stallTimeout, "stall-timeout", 15*time.Second, "fail and roll back after this long without progress")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "fail and roll back if not done within this long")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the end, showing progress, and print the report")
+	fl.BoolVar(&f.insecure, "insecure-transport", false, "send the guest's memory and disks in plaintext (default: TLS with the cluster's certificates, each host verified); the report names the transport")
 	return cmd
 }
 

@@ -250,6 +250,13 @@ func renderReport(m *ferryv1.Migration) string {
 		total = fmt.Sprintf("%-8s (setup %s)", total, fmtMs(s))
 	}
 	line(label, total)
+	if t := m.GetTransport(); t != "" {
+		v := "TLS (each host verified)"
+		if t != "tls" {
+			v = "plaintext (insecureTransport)"
+		}
+		line("transport", v)
+	}
 
 	if dt := downtimeText(m); dt != "" {
 		line("downtime", dt)

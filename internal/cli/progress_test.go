@@ -189,7 +189,7 @@ func TestProgressLineElapsed(t *testing.T) {
 
 func TestRenderReport(t *testing.T) {
 	failed := &ferryv1.Migration{
-		Id: "mig-00ff00ff", Vm: "db", From: "h1", To: "h3", Strategy: "precopy",
+		Id: "mig-00ff00ff", Vm: "db", From: "h1", To: "h3", Strategy: "precopy", Transport: "plain",
 		Status: "failed", State: "failed", Error: "no progress for 15s (stall timeout); rolled back",
 		StartedAt: ts(0), FinishedAt: ts(17_250), SetupMs: 40,
 		TransferredBytes: 900 * mib, TotalBytes: 2048 * mib, RemainingBytes: 10 * mib, Rounds: 31,
@@ -224,6 +224,7 @@ func TestRenderReport(t *testing.T) {
 		{"failed with error", failed, "" +
 			"migration mig-00ff00ff: db  h1 → h3  precopy  failed\n" +
 			"  total        17.2 s   (setup 40 ms)\n" +
+			"  transport    plaintext (insecureTransport)\n" +
 			"  transferred  900.0 MiB in 31 rounds at 58.2 MiB/s, dirty rate 240.5 MiB/s\n" +
 			"  error        no progress for 15s (stall timeout); rolled back\n"},
 		{"cold without samples", cold, "" +

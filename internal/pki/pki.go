@@ -199,6 +199,11 @@ func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...n
 		DNSNames:     []string{name},
 		IPAddresses:  ips,
 	}
+	if kind == KindAgent {
+		// QEMU (GnuTLS) refuses a TLS server certificate, which an agent's
+		// is on the migration and NBD streams, without key encipherment.
+		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
+	}
 	if kind == KindServer {
 		tmpl.DNSNames = append(tmpl.DNSNames, ServerName)
 	}

@@ -60,6 +60,9 @@ type Policy struct {
 	OnDegraded string `json:"onDegraded,omitempty"`
 	// Balancer configures the background load balancer.
 	Balancer Balancer `json:"balancer,omitempty"`
+	// InsecureTransport sends every migration's streams in plaintext
+	// (default: TLS). Cluster-wide only; each report names the transport.
+	InsecureTransport bool `json:"insecureTransport,omitempty"`
 }
 
 // Balancer modes.

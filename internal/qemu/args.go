@@ -88,6 +88,12 @@ type Config struct {
 	// CgroupParent is where ScopeCgroup makes the QEMU's cgroup (default
 	// DefaultCgroupParent).
 	CgroupParent string
+	// RunAs is the unprivileged user QEMU switches to once it has opened
+	// its command line's files and devices (-run-with user=); "" = none.
+	RunAs string
+	// Sandbox turns on QEMU's seccomp filter (-sandbox on): obsolete
+	// system calls, spawning processes and resource control denied.
+	Sandbox bool
 }
 
 // prop is one key=value of an option; an empty key renders the value alone.
@@ -131,6 +137,7 @@ func (o option) render() []string {
 var (
 	machineRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*$`)
 	tapRE     = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+	userRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]{0,31}$`)
 	macRE     = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
 )
 
@@ -175,6 +182,9 @@ func options(cfg Config) ([]option, error) {
 	if !machineRE.MatchString(machine) {
 		return nil, fmt.Errorf("qemu: Config.MachineType: must be a QEMU machine type like %s, got %q", DefaultMachineType, machine)
 	}
+	if cfg.RunAs != "" && !userRE.MatchString(cfg.RunAs) {
+		return nil, fmt.Errorf("qemu: Config.RunAs: must be a user name (letters, digits, '_', '-', '.'), got %q", cfg.RunAs)
+	}
 	if cfg.Incoming != "" && cfg.Incoming != "defer" {
 		return nil, fmt.Errorf(`qemu: Config.Incoming: must be "" or "defer", got %q`, cfg.Incoming)
 	}
@@ -196,6 +206,12 @@ func options(cfg Config) ([]option, error) {
 		propOpt("-msg", kv("timestamp", "on")),
 		propOpt("-chardev", kv("", "socket"), kv("id", "qmp"), kv("path", p.QMPSocket), kv("server", "on"), kv("wait", "off")),
 		propOpt("-mon", kv("chardev", "qmp"), kv("mode", "control")),
+	}
+	if cfg.Sandbox {
+		opts = append(opts, propOpt("-sandbox", kv("", "on"), kv("obsolete", "deny"), kv("spawn", "deny"), kv("resourcecontrol", "deny")))
+	}
+	if cfg.RunAs != "" {
+		opts = append(opts, propOpt("-run-with", kv("user", cfg.RunAs)))
 	}
 	if p.ObserveSocket != "" {
 		opts = append(opts,

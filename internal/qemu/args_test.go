@@ -64,6 +64,7 @@ func goldenConfigs() map[string]Config {
 		"guest_agent_incoming": {
 			Spec: guestAgentSpec(), Accel: "tcg", Paths: vmDir("web-1"), NICs: []NIC{{Tap: "fr-web-0"}}, Incoming: "defer",
 		},
+		"unprivileged": {Spec: kernelSpec("web-1"), Accel: "tcg", Paths: vmDir("web-1"), RunAs: "ferry-qemu", Sandbox: true},
 	}
 }
 
@@ -178,6 +179,7 @@ func TestArgsErrors(t *testing.T) {
 		{"invalid spec", func(c *Config) { c.Spec = kernelSpec("Bad_Name") }, "Config.Spec: invalid VM spec (1 problem):\n  spec.name:"},
 		{"unresolved accel", func(c *Config) { c.Accel = "auto" }, `Config.Accel: must be kvm or tcg (resolve "auto" with ResolveAccel first), got "auto"`},
 		{"machine", func(c *Config) { c.MachineType = "q35,accel=kvm" }, "Config.MachineType: must be a QEMU machine type"},
+		{"run as", func(c *Config) { c.RunAs = "root,x=1" }, `Config.RunAs: must be a user name`},
 		{"incoming", func(c *Config) { c.Incoming = "tcp:0:4444" }, `Config.Incoming: must be "" or "defer", got "tcp:0:4444"`},
 		{"relative paths", func(c *Config) { c.Paths = PathsFor("vms/db") }, `Config.Paths.QMPSocket: must be an absolute path`},
 		{"long socket", func(c *Config) { c.Paths = PathsFor("/" + strings.Repeat("d", 120)) }, "Config.Paths.QMPSocket: unix socket paths are limited to 107 bytes"},

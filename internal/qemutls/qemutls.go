@@ -34,11 +34,30 @@ const (
 	serverKeyFile  = "server-key.pem"
 	clientCertFile = "client-cert.pem"
 	clientKeyFile  = "client-key.pem"
+	dhParamsFile   = "dh-params.pem"
 )
 
+// ffdhe2048 is the RFC 7919 ffdhe2048 group (PKCS#3 PEM): a listening
+// QEMU without dh-params.pem generates 2048-bit Diffie-Hellman parameters
+// while adding its credentials, which took over a second on a busy host
+// (seen as PrepareIncoming outlasting a 1 s stall timeout). The group is a
+// public standard, so every host may share it.
+const ffdhe2048 = `-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+`
+
 // WriteDir writes a host's certificate and key, and the cluster CA, into
-// dir for QEMU: the same certificate serves both endpoints (it carries
-// server and client usage and the host name). Keys get mode 0600.
+// dir for QEMU, with the Diffie-Hellman group a listener uses: the same
+// certificate serves both endpoints (it carries server and client usage
+// and the host name). Every file gets mode 0600
+// and dir 0700: only QEMU's user reads them, and only while QEMU loads the
+// credentials (object-add reads them at once; callers delete dir then).
 func WriteDir(dir string, caPEM, certPEM, keyPEM []byte) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("QEMU TLS dir: %w", err)
@@ -48,9 +67,10 @@ func WriteDir(dir string, caPEM, certPEM, keyPEM []byte) error {
 		data []byte
 		mode os.FileMode
 	}{
-		{caFile, caPEM, 0o644},
-		{serverCertFile, certPEM, 0o644}, {serverKeyFile, keyPEM, 0o600},
-		{clientCertFile, certPEM, 0o644}, {clientKeyFile, keyPEM, 0o600},
+		{caFile, caPEM, 0o600},
+		{serverCertFile, certPEM, 0o600}, {serverKeyFile, keyPEM, 0o600},
+		{clientCertFile, certPEM, 0o600}, {clientKeyFile, keyPEM, 0o600},
+		{dhParamsFile, []byte(ffdhe2048), 0o600},
 	} {
 		if err := pki.WriteFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
 			return fmt.Errorf("QEMU TLS dir: %w", err)
@@ -92,9 +112,12 @@ func (c Creds) AuthzID() string {
 }
 
 // PeerDN is the distinguished name of the peer host's certificate, as
-// QEMU's authz-simple compares it (RFC 4514 order).
+// QEMU's authz-simple compares it: GnuTLS's gnutls_x509_crt_get_dn, which
+// lists the attributes in the certificate's order (O, OU, CN), not in
+// RFC 4514's reversed one (seen with QEMU 10.0: "TLS x509 authz check for
+// O=ferry,OU=ferry-agent,CN=h1").
 func (c Creds) PeerDN() string {
-	return "CN=" + c.Peer + ",OU=" + string(pki.KindAgent) + ",O=ferry"
+	return "O=ferry,OU=" + string(pki.KindAgent) + ",CN=" + c.Peer
 }
 
 // AuthzArgs are the object-add arguments of the listener's authz-simple

@@ -1,9 +1,14 @@
 package qemutls
 
 import (
-	"crypto/x509/pkix"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/pem"
+	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,24 +28,71 @@ func TestWriteDirAndPair(t *testing.T) {
 	if err := WriteDir(dir, ca.CertPEM, cert, key); err != nil {
 		t.Fatal(err)
 	}
-	for f, mode := range map[string]os.FileMode{caFile: 0o644, serverCertFile: 0o644, serverKeyFile: 0o600, clientCertFile: 0o644, clientKeyFile: 0o600} {
+	for f, mode := range map[string]os.FileMode{caFile: 0o600, serverCertFile: 0o600, serverKeyFile: 0o600, clientCertFile: 0o600, clientKeyFile: 0o600} {
 		fi, err := os.Stat(filepath.Join(dir, f))
 		if err != nil || fi.Mode().Perm() != mode {
 			t.Errorf("%s: %v mode %v, want %v", f, err, fi.Mode().Perm(), mode)
 		}
 	}
 	srv := ForPair(dir, "tls0", "h2", Server)
-	if srv.AuthzArgs()["identity"] != "CN=h2,OU=ferry-agent,O=ferry" || srv.MigrationParameters()["tls-authz"] != "tls0-authz" {
+	if srv.AuthzArgs()["identity"] != "O=ferry,OU=ferry-agent,CN=h2" || srv.MigrationParameters()["tls-authz"] != "tls0-authz" {
 		t.Fatalf("server side: %v %v", srv.AuthzArgs(), srv.MigrationParameters())
 	}
 	cl := ForPair(dir, "tls0", "h2", Client)
 	if cl.AuthzArgs() != nil || cl.MigrationParameters()["tls-hostname"] != "h2" || cl.ObjectArgs()["endpoint"] != "client" {
 		t.Fatalf("client side: %v %v", cl.ObjectArgs(), cl.MigrationParameters())
 	}
-	// The DN the listener admits is the one the peer's certificate has.
+	// The DN the listener admits is the peer's certificate subject in the
+	// certificate's attribute order (GnuTLS's, not RFC 4514's reversal).
 	c, _ := pki.ParseCert(cert)
-	want := pkix.Name{CommonName: "h1", OrganizationalUnit: []string{string(pki.KindAgent)}, Organization: []string{"ferry"}}
-	if got := ForPair(dir, "x", "h1", Server).PeerDN(); got != c.Subject.String() || got != want.String() {
-		t.Fatalf("PeerDN %q, certificate subject %q", got, c.Subject.String())
+	var parts []string
+	for _, rdn := range c.Subject.ToRDNSequence() {
+		for _, atv := range rdn {
+			key := map[string]string{"2.5.4.10": "O", "2.5.4.11": "OU", "2.5.4.3": "CN"}[atv.Type.String()]
+			parts = append(parts, fmt.Sprintf("%s=%v", key, atv.Value))
+		}
+	}
+	if got, want := ForPair(dir, "x", "h1", Server).PeerDN(), strings.Join(parts, ","); got != want {
+		t.Fatalf("PeerDN %q, certificate subject in its order %q", got, want)
+	}
+}
+
+// QEMU (GnuTLS) refuses a server certificate without key encipherment.
+func TestAgentCertificateServesQEMU(t *testing.T) {
+	ca, err := pki.NewCA("t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _, err := ca.IssueKeyPair(pki.KindAgent, "h1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _ := pki.ParseCert(certPEM)
+	if c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 || c.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+		t.Fatalf("agent certificate key usage %b: want digital signature and key encipherment", c.KeyUsage)
+	}
+}
+
+// The shipped Diffie-Hellman group is a 2048-bit safe prime with
+// generator 2, in the PKCS#3 form GnuTLS reads.
+func TestDHParams(t *testing.T) {
+	b, _ := pem.Decode([]byte(ffdhe2048))
+	if b == nil || b.Type != "DH PARAMETERS" {
+		t.Fatalf("dh params: not a DH PARAMETERS PEM block")
+	}
+	var p struct{ P, G *big.Int }
+	if rest, err := asn1.Unmarshal(b.Bytes, &p); err != nil || len(rest) != 0 {
+		t.Fatalf("dh params: %v (%d bytes left)", err, len(rest))
+	}
+	q := new(big.Int).Rsh(p.P, 1) // (p-1)/2 for odd p
+	if p.P.BitLen() != 2048 || p.G.Int64() != 2 || !p.P.ProbablyPrime(8) || !q.ProbablyPrime(8) {
+		t.Fatalf("dh params: p of %d bits (prime %v, safe %v), g %v", p.P.BitLen(), p.P.ProbablyPrime(8), q.ProbablyPrime(8), p.G)
+	}
+	dir := filepath.Join(t.TempDir(), "tls")
+	if err := WriteDir(dir, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, dhParamsFile)); err != nil || string(got) != ffdhe2048 {
+		t.Fatalf("dh-params.pem not written: %v", err)
 	}
 }

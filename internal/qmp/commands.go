@@ -188,3 +188,15 @@ func (m *Monitor) QueryDirtyRate(ctx context.Context) (DirtyRateInfo, error) {
 func (m *Monitor) AnnounceSelf(ctx context.Context, p AnnounceParameters) error {
 	return m.Run(ctx, "announce-self", p, nil)
 }
+
+// ObjectAdd runs object-add: args are the object's properties, with
+// "qom-type" and "id" among them (QEMU reads a tls-creds-x509 object's
+// files while adding it).
+func (m *Monitor) ObjectAdd(ctx context.Context, args map[string]any) error {
+	return m.Run(ctx, "object-add", args, nil)
+}
+
+// ObjectDel runs object-del on the user-created object id.
+func (m *Monitor) ObjectDel(ctx context.Context, id string) error {
+	return m.Run(ctx, "object-del", map[string]any{"id": id}, nil)
+}

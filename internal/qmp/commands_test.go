@@ -189,7 +189,7 @@ func TestCommandWireFormat(t *testing.T) {
 	s := qmptest.NewServer(t)
 	for _, name := range []string{"stop", "cont", "quit", "system_powerdown", "migrate-set-capabilities",
 		"migrate-set-parameters", "migrate", "migrate-incoming", "migrate_cancel", "migrate-continue",
-		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self", "yank"} {
+		"migrate-start-postcopy", "migrate-recover", "migrate-pause", "calc-dirty-rate", "announce-self", "yank", "object-add", "object-del"} {
 		s.HandleStatic(name, qmptest.Reply{})
 	}
 	m := connectFake(t, s)
@@ -245,6 +245,10 @@ func TestCommandWireFormat(t *testing.T) {
 		{func(ctx context.Context) error {
 			return m.AnnounceSelf(ctx, AnnounceParameters{Initial: 50, Max: 550, Rounds: 5, Step: 100, Interfaces: []string{"net0"}})
 		}, "announce-self", `{"initial":50,"max":550,"rounds":5,"step":100,"interfaces":["net0"]}`},
+		{func(ctx context.Context) error {
+			return m.ObjectAdd(ctx, map[string]any{"qom-type": "authz-simple", "id": "a1", "identity": "CN=h2"})
+		}, "object-add", `{"qom-type":"authz-simple","id":"a1","identity":"CN=h2"}`},
+		{func(ctx context.Context) error { return m.ObjectDel(ctx, "a1") }, "object-del", `{"id":"a1"}`},
 		{m.Quit, "quit", ""},
 	}
 	for _, c := range calls {

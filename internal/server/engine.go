@@ -89,6 +89,7 @@ func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
 		MaxPostcopyBandwidthBytes: postcopyBandwidth(m, bw), ThrottleInitial: throttleInitial, ThrottleIncrement: throttleIncrement,
 		NoThrottle: opt.GetNoThrottle(), LocalDisks: localDiskKnobs(m),
 		GuestAliveTimeout: time.Duration(opt.GetGuestAliveTimeoutMs()) * time.Millisecond,
+		InsecureTransport: opt.GetInsecureTransport(),
 	}
 	applyTuning(&k, m.GetPlan().GetTuning(), m.Strategy)
 	return k

@@ -8,6 +8,8 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/migration/core"
+	"github.com/ferryvm/ferry/internal/policy"
+	"github.com/ferryvm/ferry/internal/store"
 )
 
 // TestMigrateWithoutTheEngineChangesNothing: a replica whose engine does
@@ -69,5 +71,38 @@ func TestRunEngineRecordsAndRendersAMigration(t *testing.T) {
 	list, err := h.ListMigrations(context.Background(), connect.NewRequest(&ferryv1.ListMigrationsRequest{}))
 	if err != nil || len(list.Msg.Migrations) != 1 {
 		t.Fatalf("list migrations: %v %v", list, err)
+	}
+	if m.Transport != "tls" || m.GetOptions().GetInsecureTransport() {
+		t.Errorf("transport %q (insecure option %v), want tls by default", m.Transport, m.GetOptions().GetInsecureTransport())
+	}
+}
+
+// The cluster policy insecureTransport: true makes every migration
+// plaintext, and its report says so.
+func TestClusterPolicyInsecureTransport(t *testing.T) {
+	s, st := newTestServer(t)
+	if err := st.(*store.Etcd).PutPolicies(context.Background(), policy.Set{Cluster: policy.Policy{InsecureTransport: true}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.RunEngine(ctx) }()
+	defer func() { cancel(); <-done }()
+	h := &migrationService{s}
+	var resp *connect.Response[ferryv1.MigrateResponse]
+	var err error
+	for i := 0; i < 100; i++ { // RunEngine starts asynchronously
+		resp, err = h.Migrate(context.Background(), connect.NewRequest(&ferryv1.MigrateRequest{Vm: "web", To: "h2",
+			Options: &ferryv1.MigrationOptions{Strategy: "cold"}}))
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := resp.Msg.Migration; m.Transport != "plain" || !m.GetOptions().GetInsecureTransport() {
+		t.Errorf("transport %q (insecure option %v), want plain by the cluster policy", m.Transport, m.GetOptions().GetInsecureTransport())
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/placement"
+	"github.com/ferryvm/ferry/internal/policy"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -107,6 +108,13 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	if vm.Host == req.To {
 		return nil, nil, invalidArg("VM %s is already on host %s: choose another destination", req.Vm, req.To)
+	}
+	if !opt.InsecureTransport {
+		plain, err := s.clusterInsecureTransport(ctx)
+		if err != nil {
+			return nil, nil, connectError(err)
+		}
+		opt.InsecureTransport = plain
 	}
 	switch {
 	case vm.State == "migrating":
@@ -257,7 +265,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,
 		Status: "running", State: string(core.Pending), StartedAt: timestamppb.New(now),
 		Options: opt, VmGeneration: locked.Generation, Plan: plan, PlanningMs: planningMs,
-		Disks: localDisks,
+		Disks: localDisks, Transport: streamTransport(opt),
 	}
 	for _, d := range localDisks {
 		m.DiskBytesTotal += d.AllocatedBytes
@@ -272,7 +280,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		return nil, nil, connectError(err)
 	}
 	s.metrics.mig.migrationStarted(opt.Strategy)
-	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy)
+	s.log.Info("migration started", "id", id, "vm", req.Vm, "from", vm.Host, "to", req.To, "strategy", opt.Strategy, "transport", m.Transport)
 	if live, ok := s.engine.Get(id, false); ok {
 		m = live
 	}
@@ -369,4 +377,32 @@ func (h *migrationService) CancelMigration(ctx context.Context, req *connect.Req
 	}
 	h.s.log.Info("migration cancel requested", "id", m.Id)
 	return connect.NewResponse(&ferryv1.CancelMigrationResponse{Migration: m}), nil
+}
+
+// streamTransport names how a migration's streams cross the network: TLS
+// unless its options explicitly ask for plaintext.
+func streamTransport(opt *ferryv1.MigrationOptions) string {
+	if opt.GetInsecureTransport() {
+		return "plain"
+	}
+	return "tls"
+}
+
+// policyReader is a store that holds the cluster's migration policies.
+type policyReader interface {
+	GetPolicies(ctx context.Context) (policy.Set, error)
+}
+
+// clusterInsecureTransport reports whether the cluster policy sends every
+// migration in plaintext (insecureTransport: true).
+func (s *Server) clusterInsecureTransport(ctx context.Context) (bool, error) {
+	ps, ok := s.store.(policyReader)
+	if !ok {
+		return false, nil
+	}
+	set, err := ps.GetPolicies(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the cluster policy (insecureTransport): %w", err)
+	}
+	return set.Cluster.InsecureTransport, nil
 }

@@ -246,3 +246,7 @@ func checkAbs(c *collector, field, p string) {
 		c.add(field, "must not contain a NUL byte")
 	}
 }
+
+// IsDNSLabel reports whether s is a DNS label (the form of VM and host
+// names).
+func IsDNSLabel(s string) bool { return dnsLabelRE.MatchString(s) }

@@ -57,8 +57,12 @@ type MigrationOptions struct {
 	// guest shows a sign of life; 0 means the default (5 s). A guest that
 	// shows none completes the migration with a "guest unresponsive" warning.
 	GuestAliveTimeoutMs int64 `protobuf:"varint,45,opt,name=guest_alive_timeout_ms,json=guestAliveTimeoutMs,proto3" json:"guest_alive_timeout_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// insecure_transport sends the migration and NBD streams in plaintext.
+	// By default they are encrypted with TLS (certificates from the cluster
+	// PKI, each side verifying the other host's identity).
+	InsecureTransport bool `protobuf:"varint,90,opt,name=insecure_transport,json=insecureTransport,proto3" json:"insecure_transport,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -173,6 +177,13 @@ func (x *MigrationOptions) GetGuestAliveTimeoutMs() int64 {
 		return x.GuestAliveTimeoutMs
 	}
 	return 0
+}
+
+func (x *MigrationOptions) GetInsecureTransport() bool {
+	if x != nil {
+		return x.InsecureTransport
+	}
+	return false
 }
 
 // PlanInputs are the measured figures a plan is made from.
@@ -1165,7 +1176,10 @@ type Migration struct {
 	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
 	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
 	// disk_uri is the destination's NBD server (host:port).
-	DiskUri       string `protobuf:"bytes,83,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
+	DiskUri string `protobuf:"bytes,83,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
+	// transport is how the streams crossed the network: "tls" (the
+	// default) or "plain" (insecure_transport).
+	Transport     string `protobuf:"bytes,90,opt,name=transport,proto3" json:"transport,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1511,6 +1525,13 @@ func (x *Migration) GetDiskBytesTransferred() int64 {
 func (x *Migration) GetDiskUri() string {
 	if x != nil {
 		return x.DiskUri
+	}
+	return ""
+}
+
+func (x *Migration) GetTransport() string {
+	if x != nil {
+		return x.Transport
 	}
 	return ""
 }
@@ -2095,7 +2116,7 @@ var File_ferry_v1_migration_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x03\n" +
+	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x04\n" +
 	"\x10MigrationOptions\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12&\n" +
 	"\x0fmax_downtime_ms\x18\x02 \x01(\x03R\rmaxDowntimeMs\x12'\n" +
@@ -2111,7 +2132,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12(\n" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
-	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\"\x9c\x05\n" +
+	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\x12-\n" +
+	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\"\x9c\x05\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -2192,7 +2214,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xef\r\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\x8d\x0e\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -2246,7 +2268,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x05disks\x18P \x03(\v2\x17.ferry.v1.MigrationDiskR\x05disks\x12(\n" +
 	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
 	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\x12\x19\n" +
-	"\bdisk_uri\x18S \x01(\tR\adiskUri\"\x93\x02\n" +
+	"\bdisk_uri\x18S \x01(\tR\adiskUri\x12\x1c\n" +
+	"\ttransport\x18Z \x01(\tR\ttransport\"\x93\x02\n" +
 	"\rMigrationDisk\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +

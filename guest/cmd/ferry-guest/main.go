@@ -4,7 +4,8 @@
 //
 // As PID 1 it mounts /proc, /sys and /dev, loads the kernel modules listed
 // in /etc/ferry/modules, configures eth0 from ferry.ip=, starts the memory
-// dirtier (ferry.dirty=), the disk writer (ferry.disk=), the counter stream
+// dirtier (ferry.dirty=), the disk writer (ferry.disk=), the memory marker
+// (ferry.marker=), the counter stream
 // on TCP 7000, GET /status (and POST /stop-kernel) on TCP 8080 and the
 // QEMU guest agent's ping on the org.qemu.guest_agent.0 port, then prints
 // "FERRY-GUEST READY boot_id=<id>" on the console. It never exits.
@@ -43,6 +44,20 @@ const (
 var logger = log.New(os.Stdout, guestapi.LogPrefix, 0)
 
 func logf(format string, args ...any) { logger.Printf(format, args...) }
+
+// marker holds the memory marker (ferry.marker=) for the guest's life.
+var marker []byte
+
+// placeMarker fills marker with guestapi.MarkerCopies copies of the
+// seed's marker (resident: every page is written).
+func placeMarker(seed string) {
+	m := guestapi.Marker(seed)
+	marker = make([]byte, len(m)*guestapi.MarkerCopies)
+	for i := 0; i < len(marker); i += len(m) {
+		copy(marker[i:], m)
+	}
+	logf("marker: %d copies of a %d-byte marker in RAM (%d KiB)", guestapi.MarkerCopies, len(m), len(marker)>>10)
+}
 
 func main() {
 	pid1 := os.Getpid() == 1
@@ -156,6 +171,10 @@ func main() {
 		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		logf("http server stopped: %v", srv.Serve(hl))
 	})
+
+	if cfg.MarkerSeed != "" {
+		placeMarker(cfg.MarkerSeed)
+	}
 
 	if cfg.DiskKiBps > 0 {
 		go safe("disk", func() {

@@ -5,6 +5,7 @@ package cmdline
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,10 +22,15 @@ type Config struct {
 	RateMiBps uint64
 	// DiskKiBps comes from ferry.disk=RATE_KiBps (0 = off).
 	DiskKiBps uint64
+	// MarkerSeed comes from ferry.marker=SEED (1-64 hex digits; "" = no
+	// marker): the guest keeps guestapi.Marker(SEED) in its memory.
+	MarkerSeed string
 	// Errors lists every ferry.* parameter that could not be parsed; the
 	// guest carries on with the parameter unset.
 	Errors []string
 }
+
+var markerSeedRE = regexp.MustCompile(`^[0-9a-f]{1,64}$`)
 
 // Limits to reject obviously wrong values before they take the guest down.
 const (
@@ -113,6 +119,12 @@ func Parse(s string) Config {
 				continue
 			}
 			c.WSSMiB, c.RateMiBps = w, r
+		case "ferry.marker":
+			if !markerSeedRE.MatchString(v) {
+				fail(k, v, fmt.Errorf("want 1-64 hex digits"))
+				continue
+			}
+			c.MarkerSeed = v
 		case "ferry.disk":
 			r, err := parseUint(v, maxDiskKiBs)
 			if err != nil {

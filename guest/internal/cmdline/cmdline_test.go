@@ -19,7 +19,7 @@ func TestSplit(t *testing.T) {
 }
 
 func TestParseFull(t *testing.T) {
-	c := Parse("BOOT_IMAGE=/vmlinuz console=ttyS0 ferry.ip=10.0.2.15/24 ferry.gw=10.0.2.2 ferry.dirty=64:16 ferry.disk=256 quiet\n")
+	c := Parse("BOOT_IMAGE=/vmlinuz console=ttyS0 ferry.ip=10.0.2.15/24 ferry.gw=10.0.2.2 ferry.dirty=64:16 ferry.disk=256 ferry.marker=0badc0de quiet\n")
 	if len(c.Errors) != 0 {
 		t.Fatalf("errors: %v", c.Errors)
 	}
@@ -37,6 +37,9 @@ func TestParseFull(t *testing.T) {
 	}
 	if c.DiskKiBps != 256 {
 		t.Errorf("disk = %d", c.DiskKiBps)
+	}
+	if c.MarkerSeed != "0badc0de" {
+		t.Errorf("marker seed = %q", c.MarkerSeed)
 	}
 }
 
@@ -70,6 +73,8 @@ func TestParseErrors(t *testing.T) {
 		{"ferry.dirty=99999999:1", "ferry.dirty"},
 		{"ferry.disk=1.5", "ferry.disk"},
 		{"ferry.disk=", "ferry.disk"},
+		{"ferry.marker=", "ferry.marker"},
+		{"ferry.marker=XYZ", "ferry.marker"},
 		{"ferry.bogus=1", "unknown"},
 	} {
 		c := Parse(tc.line)

@@ -17,7 +17,7 @@ type fakeIDAgent struct {
 
 func (f *fakeIDAgent) PrepareIncoming(_ context.Context, req *agentv1.PrepareIncomingRequest) (*agentv1.PrepareIncomingResponse, error) {
 	f.ids = append(f.ids, req.MigrationId)
-	return &agentv1.PrepareIncomingResponse{Uri: "tcp:h2:1"}, nil
+	return &agentv1.PrepareIncomingResponse{Uri: "tcp:h2:1", Transport: "tls"}, nil
 }
 
 func (f *fakeIDAgent) AbortIncoming(_ context.Context, req *agentv1.MigrationStepRequest) error {

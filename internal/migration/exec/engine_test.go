@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -29,7 +30,10 @@ type fakeQEMUPair struct {
 	dstState  string // "", listening, armed, running, aborted
 	dstRan    bool
 	guestDead bool // CheckGuestAlive answers alive=false
+	plainDst  bool // the destination answers as an agent without TLS streams
 	calls     []string
+	prepared  *agentv1.PrepareIncomingRequest // the last PrepareIncoming
+	started   *agentv1.StartOutgoingRequest   // the last StartOutgoing
 }
 
 func (f *fakeQEMUPair) note(s string) {
@@ -44,14 +48,22 @@ type fakeAgent struct {
 
 var errFakeUnsupported = connect.NewError(connect.CodeUnimplemented, errors.New("fake agent: not modelled"))
 
-func (a fakeAgent) PrepareIncoming(context.Context, *agentv1.PrepareIncomingRequest) (*agentv1.PrepareIncomingResponse, error) {
+func (a fakeAgent) PrepareIncoming(_ context.Context, req *agentv1.PrepareIncomingRequest) (*agentv1.PrepareIncomingResponse, error) {
 	a.f.mu.Lock()
 	defer a.f.mu.Unlock()
 	a.f.note("PrepareIncoming")
+	a.f.prepared = req
 	if a.f.dstState == "" {
 		a.f.dstState = "listening"
 	}
-	return &agentv1.PrepareIncomingResponse{Uri: "tcp:fake:1"}, nil
+	tr := "tls"
+	if req.InsecureTransport {
+		tr = "plain"
+	}
+	if a.f.plainDst {
+		tr = ""
+	}
+	return &agentv1.PrepareIncomingResponse{Uri: "tcp:fake:1", Transport: tr}, nil
 }
 
 func (a fakeAgent) inStatus() *agentv1.IncomingStatus {
@@ -117,10 +129,11 @@ func (a fakeAgent) outStatus() *agentv1.OutgoingStatus {
 	return &agentv1.OutgoingStatus{Status: a.f.srcStatus, TransferredBytes: int64(a.f.polls) << 20, TotalBytes: 64 << 20, DirtySyncCount: 1}
 }
 
-func (a fakeAgent) StartOutgoing(context.Context, *agentv1.StartOutgoingRequest) (*agentv1.OutgoingStatus, error) {
+func (a fakeAgent) StartOutgoing(_ context.Context, req *agentv1.StartOutgoingRequest) (*agentv1.OutgoingStatus, error) {
 	a.f.mu.Lock()
 	defer a.f.mu.Unlock()
 	a.f.note("StartOutgoing")
+	a.f.started = req
 	if a.f.srcStatus == "" {
 		a.f.srcStatus = "active"
 	}
@@ -344,6 +357,11 @@ func TestEngineDrivesAPrecopyToItsEnd(t *testing.T) {
 	if fmt.Sprint(pair.calls) != fmt.Sprint(want) {
 		t.Errorf("agent calls %v, want %v", pair.calls, want)
 	}
+	// Encrypted streams by default, each side naming the other host.
+	if p, st := pair.prepared, pair.started; p.SourceHost != "h1" || p.InsecureTransport || st.DestHost != "h2" || st.InsecureTransport {
+		t.Errorf("PrepareIncoming source_host %q insecure %v, StartOutgoing dest_host %q insecure %v; want h1/h2 on TLS",
+			p.SourceHost, p.InsecureTransport, st.DestHost, st.InsecureTransport)
+	}
 }
 
 func TestEngineWarnsWhenTheGuestIsUnresponsive(t *testing.T) {
@@ -435,6 +453,32 @@ func TestEngineRefusesADestinationWithoutTheDisksExport(t *testing.T) {
 		if c == "StartOutgoing" {
 			t.Errorf("StartOutgoing sent although the destination exports no disks: %v", pair.calls)
 		}
+	}
+}
+
+// The engine asks both sides for TLS streams naming the other host, and
+// refuses a destination that would listen in plaintext (an agent older
+// than encrypted streams) before the source sends anything.
+func TestEngineAsksForTLSAndRefusesAPlaintextDestination(t *testing.T) {
+	e, pair, _, recs, _, _ := newFakeEngineWith(t, Knobs{Spec: &ferryv1.VMSpec{Name: "web"}})
+	pair.mu.Lock()
+	pair.plainDst = true
+	pair.mu.Unlock()
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	m := waitStatus(t, e, recs, "mig-1", "failed")
+	if !strings.Contains(m.Error, "does not listen on TLS") {
+		t.Errorf("error %q", m.Error)
+	}
+	pair.mu.Lock()
+	defer pair.mu.Unlock()
+	if p := pair.prepared; p == nil || p.SourceHost != "h1" || p.InsecureTransport {
+		t.Errorf("PrepareIncoming %v, want source_host h1 and TLS", p)
+	}
+	if slices.Contains(pair.calls, "StartOutgoing") {
+		t.Errorf("StartOutgoing sent to a plaintext destination: %v", pair.calls)
 	}
 }
 

@@ -73,6 +73,9 @@ type Knobs struct {
 	// GuestAliveTimeout bounds the check after FinishIncoming that the guest
 	// shows a sign of life (0: DefaultGuestAliveTimeout).
 	GuestAliveTimeout time.Duration
+	// InsecureTransport sends the streams in plaintext (the migration's
+	// explicit option); false: TLS, each side verifying the other host.
+	InsecureTransport bool
 }
 
 // Watcher sees every agent reply a performer gets, for the report (figures,
@@ -256,7 +259,13 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
 			Tuning:     p.knobs.Tuning,
 			LocalDisks: p.knobs.LocalDisks,
+			SourceHost: p.from, InsecureTransport: p.knobs.InsecureTransport,
 		})
+		if err == nil && !p.knobs.InsecureTransport && r.Transport != "tls" {
+			// An agent that would listen in plaintext (an older one): never
+			// send the guest's memory in the clear unasked.
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not listen on TLS for migration streams: upgrade its agent (or migrate with insecureTransport)", p.to))
+		}
 		if err == nil && len(p.knobs.LocalDisks) > 0 && r.NbdAddress == "" {
 			// An agent that does not export the disks (an older one): never
 			// send RAM to a destination whose disks would stay empty.
@@ -290,6 +299,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
 			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes, Tuning: p.knobs.Tuning,
 			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
+			DestHost: p.to, InsecureTransport: p.knobs.InsecureTransport,
 		})
 		if err == nil {
 			p.prefetchOwner(ctx)

@@ -3,6 +3,8 @@ package qmptest
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 )
@@ -22,7 +24,7 @@ const (
 // (query-status, query-migrate, migrate, migrate-continue, migrate_cancel,
 // migrate-start-postcopy, migrate-incoming, migrate-set-capabilities,
 // migrate-set-parameters, migrate-pause, migrate-recover, cont, stop, quit,
-// system_powerdown, announce-self), emitting STOP, RESUME, MIGRATION and SHUTDOWN like QEMU.
+// system_powerdown, announce-self, object-add, object-del), emitting STOP, RESUME, MIGRATION and SHUTDOWN like QEMU.
 // A test moves what QEMU would do by itself (the transfer reaching
 // pre-switchover, the incoming state arriving, a crash) with its methods.
 // Commands the model does not know can be scripted on Server().
@@ -39,6 +41,7 @@ type FakeQEMU struct {
 	oldRun    string
 	caps      map[string]bool
 	params    map[string]json.RawMessage
+	objects   map[string]map[string]any // object-add arguments by id
 	exited    chan struct{}
 	exitOnce  sync.Once
 }
@@ -56,7 +59,7 @@ func Paused() FakeOption { return func(q *FakeQEMU) { q.run = RunPaused } }
 // StartFakeQEMU starts a fake QEMU whose QMP socket is path. It runs until
 // quit, system_powerdown, Crash or Close.
 func StartFakeQEMU(path string, opts ...FakeOption) (*FakeQEMU, error) {
-	q := &FakeQEMU{run: RunRunning, mig: "none", caps: map[string]bool{}, params: map[string]json.RawMessage{}, exited: make(chan struct{})}
+	q := &FakeQEMU{run: RunRunning, mig: "none", caps: map[string]bool{}, params: map[string]json.RawMessage{}, objects: map[string]map[string]any{}, exited: make(chan struct{})}
 	for _, o := range opts {
 		o(q)
 	}
@@ -131,6 +134,43 @@ func (q *FakeQEMU) Parameter(name string) json.RawMessage {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.params[name]
+}
+
+// Object returns the object-add arguments of the object id (nil if none).
+func (q *FakeQEMU) Object(id string) map[string]any {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.objects[id]
+}
+
+// objectAdd models object-add: ids are unique, and a tls-creds-x509
+// object reads its directory's files at once (as QEMU does), failing when
+// one is missing.
+func (q *FakeQEMU) objectAdd(args json.RawMessage) Reply {
+	var m map[string]any
+	if err := json.Unmarshal(args, &m); err != nil {
+		return Reply{Err: GenericError("bad arguments: %v", err)}
+	}
+	id, _ := m["id"].(string)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.objects[id]; ok {
+		return Reply{Err: GenericError("attempt to add duplicate property '%s' to object (type 'container')", id)}
+	}
+	if m["qom-type"] == "tls-creds-x509" {
+		dir, _ := m["dir"].(string)
+		files := []string{"ca-cert.pem", "server-cert.pem", "server-key.pem"}
+		if m["endpoint"] == "client" {
+			files = []string{"ca-cert.pem", "client-cert.pem", "client-key.pem"}
+		}
+		for _, f := range files {
+			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
+				return Reply{Err: GenericError("Unable to access credentials %s: %v", filepath.Join(dir, f), err)}
+			}
+		}
+	}
+	q.objects[id] = m
+	return Reply{}
 }
 
 // SetRunState changes the run state, emitting STOP or RESUME as QEMU would.
@@ -270,6 +310,18 @@ func (q *FakeQEMU) install() {
 	s.Handle("quit", func(json.RawMessage) Reply { return Reply{After: func() { go q.exit(true) }} })
 	s.Handle("system_powerdown", func(json.RawMessage) Reply { return Reply{After: func() { go q.exit(true) }} })
 	s.Handle("announce-self", func(json.RawMessage) Reply { return Reply{} })
+	s.Handle("object-add", q.objectAdd)
+	s.Handle("object-del", func(args json.RawMessage) Reply {
+		var m struct{ ID string }
+		_ = json.Unmarshal(args, &m)
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if _, ok := q.objects[m.ID]; !ok {
+			return Reply{Err: GenericError("object '%s' not found", m.ID)}
+		}
+		delete(q.objects, m.ID)
+		return Reply{}
+	})
 	s.Handle("migrate-pause", func(json.RawMessage) Reply {
 		q.mu.Lock()
 		defer q.mu.Unlock()

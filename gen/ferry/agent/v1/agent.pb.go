@@ -836,9 +836,16 @@ type PrepareIncomingRequest struct {
 	// local_disks are the VM's local disks (not shared): the destination
 	// creates each empty with the same format and virtual size and exports
 	// it over NBD for the source's mirror.
-	LocalDisks    []*LocalDisk `protobuf:"bytes,80,rep,name=local_disks,json=localDisks,proto3" json:"local_disks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LocalDisks []*LocalDisk `protobuf:"bytes,80,rep,name=local_disks,json=localDisks,proto3" json:"local_disks,omitempty"`
+	// source_host is the host the stream comes from: the destination's QEMU
+	// admits only that host's certificate (tls-authz) on the migration and
+	// NBD streams. Required unless insecure_transport.
+	SourceHost string `protobuf:"bytes,90,opt,name=source_host,json=sourceHost,proto3" json:"source_host,omitempty"`
+	// insecure_transport carries the streams in plaintext (the migration's
+	// explicit insecureTransport option); false encrypts them with TLS.
+	InsecureTransport bool `protobuf:"varint,91,opt,name=insecure_transport,json=insecureTransport,proto3" json:"insecure_transport,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PrepareIncomingRequest) Reset() {
@@ -913,13 +920,30 @@ func (x *PrepareIncomingRequest) GetLocalDisks() []*LocalDisk {
 	return nil
 }
 
+func (x *PrepareIncomingRequest) GetSourceHost() string {
+	if x != nil {
+		return x.SourceHost
+	}
+	return ""
+}
+
+func (x *PrepareIncomingRequest) GetInsecureTransport() bool {
+	if x != nil {
+		return x.InsecureTransport
+	}
+	return false
+}
+
 type PrepareIncomingResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// uri is the tcp:IP:PORT the destination QEMU listens on.
 	Uri string `protobuf:"bytes,1,opt,name=uri,proto3" json:"uri,omitempty"`
 	// nbd_address is host:port of the NBD server exporting the local disks
 	// (each under its disk name); empty when there are none.
-	NbdAddress    string `protobuf:"bytes,80,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
+	NbdAddress string `protobuf:"bytes,80,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
+	// transport is what the destination listens with: "tls" or "plain"
+	// (empty from an agent older than encrypted streams).
+	Transport     string `protobuf:"bytes,90,opt,name=transport,proto3" json:"transport,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -968,6 +992,13 @@ func (x *PrepareIncomingResponse) GetNbdAddress() string {
 	return ""
 }
 
+func (x *PrepareIncomingResponse) GetTransport() string {
+	if x != nil {
+		return x.Transport
+	}
+	return ""
+}
+
 type StartOutgoingRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// tuning are the planner's further capabilities and parameters.
@@ -992,10 +1023,16 @@ type StartOutgoingRequest struct {
 	// mirror_disks names the local disks to mirror to nbd_address before
 	// RAM is sent: the RAM transfer starts when every mirror is ready, and
 	// at pre-switchover the mirrors complete before the source reports it.
-	MirrorDisks   []string `protobuf:"bytes,80,rep,name=mirror_disks,json=mirrorDisks,proto3" json:"mirror_disks,omitempty"`
-	NbdAddress    string   `protobuf:"bytes,81,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MirrorDisks []string `protobuf:"bytes,80,rep,name=mirror_disks,json=mirrorDisks,proto3" json:"mirror_disks,omitempty"`
+	NbdAddress  string   `protobuf:"bytes,81,opt,name=nbd_address,json=nbdAddress,proto3" json:"nbd_address,omitempty"`
+	// dest_host is the host the stream goes to: the source's QEMU checks
+	// that the listener's certificate names it (tls-hostname). Required
+	// unless insecure_transport.
+	DestHost string `protobuf:"bytes,90,opt,name=dest_host,json=destHost,proto3" json:"dest_host,omitempty"`
+	// insecure_transport sends in plaintext (see PrepareIncomingRequest).
+	InsecureTransport bool `protobuf:"varint,91,opt,name=insecure_transport,json=insecureTransport,proto3" json:"insecure_transport,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StartOutgoingRequest) Reset() {
@@ -1124,6 +1161,20 @@ func (x *StartOutgoingRequest) GetNbdAddress() string {
 		return x.NbdAddress
 	}
 	return ""
+}
+
+func (x *StartOutgoingRequest) GetDestHost() string {
+	if x != nil {
+		return x.DestHost
+	}
+	return ""
+}
+
+func (x *StartOutgoingRequest) GetInsecureTransport() bool {
+	if x != nil {
+		return x.InsecureTransport
+	}
+	return false
 }
 
 type MeasureRequest struct {
@@ -2860,7 +2911,7 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"resumed_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tresumedAt\x12\x14\n" +
 	"\x05error\x18\x05 \x01(\tR\x05error\x12\"\n" +
 	"\x02vm\x18\x06 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\x12\x10\n" +
-	"\x03ran\x18\a \x01(\bR\x03ran\"\x9d\x02\n" +
+	"\x03ran\x18\a \x01(\bR\x03ran\"\xed\x02\n" +
 	"\x16PrepareIncomingRequest\x127\n" +
 	"\x06tuning\x18\x05 \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12$\n" +
 	"\x04spec\x18\x01 \x01(\v2\x10.ferry.v1.VMSpecR\x04spec\x12!\n" +
@@ -2868,11 +2919,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x10multifd_channels\x18\x03 \x01(\x05R\x0fmultifdChannels\x12\x1a\n" +
 	"\bpostcopy\x18\x04 \x01(\bR\bpostcopy\x12:\n" +
 	"\vlocal_disks\x18P \x03(\v2\x19.ferry.agent.v1.LocalDiskR\n" +
-	"localDisks\"L\n" +
+	"localDisks\x12\x1f\n" +
+	"\vsource_host\x18Z \x01(\tR\n" +
+	"sourceHost\x12-\n" +
+	"\x12insecure_transport\x18[ \x01(\bR\x11insecureTransport\"j\n" +
 	"\x17PrepareIncomingResponse\x12\x10\n" +
 	"\x03uri\x18\x01 \x01(\tR\x03uri\x12\x1f\n" +
 	"\vnbd_address\x18P \x01(\tR\n" +
-	"nbdAddress\"\xbf\x04\n" +
+	"nbdAddress\x12\x1c\n" +
+	"\ttransport\x18Z \x01(\tR\ttransport\"\x8b\x05\n" +
 	"\x14StartOutgoingRequest\x127\n" +
 	"\x06tuning\x18\f \x01(\v2\x1f.ferry.agent.v1.MigrationTuningR\x06tuning\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
@@ -2889,7 +2944,9 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x1cmax_postcopy_bandwidth_bytes\x18\v \x01(\x03R\x19maxPostcopyBandwidthBytes\x12!\n" +
 	"\fmirror_disks\x18P \x03(\tR\vmirrorDisks\x12\x1f\n" +
 	"\vnbd_address\x18Q \x01(\tR\n" +
-	"nbdAddress\"\x81\x01\n" +
+	"nbdAddress\x12\x1b\n" +
+	"\tdest_host\x18Z \x01(\tR\bdestHost\x12-\n" +
+	"\x12insecure_transport\x18[ \x01(\bR\x11insecureTransport\"\x81\x01\n" +
 	"\x0eMeasureRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aseconds\x18\x02 \x01(\x05R\aseconds\x12\x1c\n" +
