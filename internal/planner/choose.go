@@ -52,17 +52,6 @@ type Decision struct {
 // than the fastest and still be preferred.
 const nearTotal = 0.10
 
-// On a link whose round trip is at least farRTT, a strategy that never
-// enters post-copy may be up to farNearTotal slower than a post-copy and
-// still be preferred: every page the guest faults in after the switch
-// costs it a round trip with a vCPU stalled (the wan bench, 41 ms RTT:
-// post-copy 14.3 s with client gaps of 6.9 s, where pre-copy peers took
-// 17 s with gaps under 0.5 s).
-const (
-	farRTT       = 0.010 // seconds
-	farNearTotal = 0.60
-)
-
 // Choose suggests a longer max downtime only up to the larger of
 // suggestFactor times the current one and suggestFloor, and never beyond
 // suggestCeiling (the CLI's limit): a pre-copy that needs a ten-second
@@ -112,15 +101,8 @@ func Choose(in Inputs, preds []Prediction) (Decision, error) {
 			}
 		}
 		chosen = fastest
-		far := m.rtt >= farRTT && preds[fastest].Postcopy
-		margin := func(p Prediction) float64 {
-			if far && !p.Postcopy {
-				return farNearTotal
-			}
-			return nearTotal
-		}
 		for _, i := range live {
-			if rank(preds[i]) < rank(preds[chosen]) && float64(preds[i].Total) <= (1+margin(preds[i]))*float64(preds[fastest].Total) {
+			if rank(preds[i]) < rank(preds[chosen]) && float64(preds[i].Total) <= (1+nearTotal)*float64(preds[fastest].Total) {
 				chosen = i
 			}
 		}
@@ -130,12 +112,7 @@ func Choose(in Inputs, preds []Prediction) (Decision, error) {
 			reason += ", the fastest strategy that fits"
 		} else {
 			f := preds[fastest]
-			if margin(p) > nearTotal {
-				reason += fmt.Sprintf(", within %.0f%% of the fastest (%s, %s): on a %s round trip post-copy would stall the guest a round trip for every page it faults in",
-					100*farNearTotal, f.Strategy, fmtDur(f.Total), fmtSec(m.rtt))
-			} else {
-				reason += fmt.Sprintf(", within 10%% of the fastest (%s, %s) and gentler on the guest", f.Strategy, fmtDur(f.Total))
-			}
+			reason += fmt.Sprintf(", within 10%% of the fastest (%s, %s) and gentler on the guest", f.Strategy, fmtDur(f.Total))
 		}
 	case cold >= 0:
 		chosen = cold

@@ -345,21 +345,13 @@ func (m *model) predictPostcopy() Prediction {
 
 // postcopySwitchBytes is where the post-copy strategy switches: after
 // m·b/(b+r) bytes of round 1, where round 1's remainder m − b·t equals
-// what the guest dirtied meanwhile, r·t (m itself when r is 0) — but not
-// before round 1's remainder fits PostcopyTailSeconds at b.
+// what the guest dirtied meanwhile, r·t (m itself when r is 0).
 func postcopySwitchBytes(m, b, r float64) float64 {
 	if m <= 0 || b <= 0 || r <= 0 {
 		return m
 	}
-	return math.Max(m*b/(b+r), m-b*PostcopyTailSeconds)
+	return m * b / (b + r)
 }
-
-// PostcopyTailSeconds bounds how much of round 1 a post-copy leaves for
-// after the switch: what the link sends in this long. The guest faults in
-// what was never sent, and with one vCPU each fault stalls it whole: a
-// switch at two thirds of the half bench's data (1.27× the bound) showed
-// client gaps of 2.0-4.0 s.
-const PostcopyTailSeconds = 1.0
 
 // predictPostcopyAfterRound1 is post-copy started after the first full
 // round: hybrid's fallback, and the post-copy strategy of an idle guest.
