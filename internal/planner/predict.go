@@ -99,8 +99,8 @@ func (m *model) streamRates() (multi, one float64) {
 	one = math.Min(m.link, m.stream)
 	n := m.channels
 	if n == 0 {
-		n = min(max(int(math.Ceil(m.link/m.stream)), int(math.Ceil(m.link*m.rtt/DefaultWindowBytes)), 1), MaxMultifdChannels)
-		if n >= 2 && m.nz/one-m.nz/math.Min(m.link, float64(n)*m.stream) < multifdMinSaving {
+		n = linkChannels(m.link, m.stream, DefaultWindowBytes, m.rtt)
+		if n >= 2 && !channelsPay(m.nz, m.link, m.stream, n) {
 			n = 1 // Tune's rule: channels that save under 1 s are not used
 		}
 	}

@@ -203,9 +203,7 @@ func Tune(in TuneInputs) Tuning {
 	window := orF(in.WindowBytes, DefaultWindowBytes)
 	rtt := in.RTT.Seconds()
 	bdp := b * rtt
-	nCPU := int(math.Ceil(b / stream))
-	nBDP := int(math.Ceil(bdp / window))
-	n := min(max(nCPU, nBDP, 1), MaxMultifdChannels)
+	n := linkChannels(b, stream, window, rtt)
 	why := fmt.Sprintf("link %s: one stream sends up to %s", fmtRate(b), fmtRate(stream))
 	if rtt > 0 {
 		why += fmt.Sprintf("; bandwidth-delay product %s × %s = %s vs a %s TCP window", fmtRate(b), fmtSec(rtt), fmtBytes(bdp), fmtBytes(window))
@@ -223,7 +221,7 @@ func Tune(in TuneInputs) Tuning {
 	case in.MultifdChannels > 1:
 		t.MultifdChannels = in.MultifdChannels
 		add("multifd-channels", fmt.Sprint(in.MultifdChannels), "%d channels, as --multifd asks (%s)", in.MultifdChannels, why)
-	case n >= 2 && m > 0 && m/math.Min(b, stream)-m/math.Min(b, float64(n)*stream) < multifdMinSaving:
+	case n >= 2 && !channelsPay(m, b, stream, n):
 		one, many := m/math.Min(b, stream), m/math.Min(b, float64(n)*stream)
 		add("multifd-channels", "1", "one stream: %d channels would send the guest's %s in %s instead of %s, less than %s saved, and their final sync lengthens the pause (%s)",
 			n, fmtBytes(m), fmtSec(many), fmtSec(one), fmtSec(multifdMinSaving), why)
@@ -300,4 +298,17 @@ func missing(src, dst bool) string {
 		return "the source's QEMU lacks it"
 	}
 	return "the destination's QEMU lacks it"
+}
+
+// linkChannels is the multifd channels a link of b bytes/s and rtt seconds
+// needs: enough streams of stream bytes/s for its rate, enough TCP windows
+// for its bandwidth-delay product, 1..MaxMultifdChannels.
+func linkChannels(b, stream, window, rtt float64) int {
+	return min(max(int(math.Ceil(b/stream)), int(math.Ceil(b*rtt/window)), 1), MaxMultifdChannels)
+}
+
+// channelsPay reports whether n channels save at least multifdMinSaving
+// over one stream on data bytes (unknown data: they do).
+func channelsPay(data, b, stream float64, n int) bool {
+	return data <= 0 || data/math.Min(b, stream)-data/math.Min(b, float64(n)*stream) >= multifdMinSaving
 }
