@@ -52,9 +52,7 @@ type diskMirror struct {
 	state     string
 	jobLen    int64
 	jobOffset int64
-	allocated int64 // the image's allocation at the start
-	wrStart   int64 // the guest's written bytes on this disk at the start
-	written   int64 // the guest's written bytes since the start
+	allocated int64 // the image's guest data at the start (qemu-img map)
 	started   time.Time
 	ready     time.Time
 	completed time.Time
@@ -111,11 +109,11 @@ func (v *vm) mirrorSet(ctx context.Context, req *agentv1.StartOutgoingRequest) (
 		if !ok {
 			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("mirror_disks[%d]: VM %s has no local disk %q (shared disks and disks given by path are not mirrored)", i, v.name, name))
 		}
-		info, err := readImageInfo(ctx, path, true)
+		data, err := imageDataBytes(ctx, path, true)
 		if err != nil {
 			return nil, err
 		}
-		set.pending = append(set.pending, &diskMirror{name: name, job: blockJobID(name), target: nbdNode(name), allocated: info.ActualSize})
+		set.pending = append(set.pending, &diskMirror{name: name, job: blockJobID(name), target: nbdNode(name), allocated: data})
 	}
 	return set, nil
 }
@@ -154,46 +152,6 @@ func queryBlockJobs(ctx context.Context, mon *qmp.Monitor) (map[string]blockJobI
 	return out, nil
 }
 
-// blockStats returns the guest's written bytes per disk from
-// query-blockstats (the devices' backends), keyed by the disk's name.
-func blockStats(ctx context.Context, mon *qmp.Monitor) (map[string]int64, error) {
-	var st []struct {
-		Qdev     string `json:"qdev"`
-		NodeName string `json:"node-name"`
-		Stats    struct {
-			WrBytes int64 `json:"wr_bytes"`
-		} `json:"stats"`
-	}
-	if err := mon.Run(ctx, "query-blockstats", nil, &st); err != nil {
-		return nil, fmt.Errorf("query-blockstats: %w", err)
-	}
-	out := map[string]int64{}
-	for _, s := range st {
-		if name := diskOfStats(s.Qdev, s.NodeName); name != "" {
-			out[name] = s.Stats.WrBytes
-		}
-	}
-	return out, nil
-}
-
-// diskOfStats names the disk of a query-blockstats entry: its root node
-// is the disk's format node, or its qdev (an id "<disk>-dev", or a QOM path
-// such as /machine/peripheral/<disk>-dev/virtio-backend) names the device.
-func diskOfStats(qdev, node string) string {
-	if node != "" {
-		return node
-	}
-	for _, part := range strings.Split(qdev, "/") {
-		if name, ok := strings.CutSuffix(part, "-dev"); ok && name != "" {
-			return name
-		}
-	}
-	return ""
-}
-
-// qdevWritten is the written bytes of disk in a blockStats answer.
-func qdevWritten(stats map[string]int64, disk string) int64 { return stats[disk] }
-
 // startMirrors connects to the destination's NBD export of each disk and
 // starts its mirror. A mirror already running (a retried step) is kept.
 // On error the mirrors started so far are cancelled again.
@@ -206,13 +164,8 @@ func startMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet, disks [
 	if err != nil {
 		return err
 	}
-	stats, err := blockStats(ctx, mon)
-	if err != nil {
-		return err
-	}
 	for _, d := range disks {
 		d.state, d.started = mirrorRunning, time.Now()
-		d.wrStart = qdevWritten(stats, d.name)
 		set.mu.Lock()
 		set.disks = append(set.disks, d)
 		set.mu.Unlock()
@@ -268,15 +221,11 @@ func (set *mirrorSet) refresh(ctx context.Context, mon *qmp.Monitor) (allReady b
 	if err != nil {
 		return false, err
 	}
-	stats, _ := blockStats(ctx, mon)
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	allReady = true
 	for _, d := range set.disks {
 		j, ok := jobs[d.job]
-		if stats != nil {
-			d.written = max(0, qdevWritten(stats, d.name)-d.wrStart)
-		}
 		switch {
 		case !ok:
 			if d.state == mirrorRunning || d.state == mirrorReady {
@@ -294,7 +243,9 @@ func (set *mirrorSet) refresh(ctx context.Context, mon *qmp.Monitor) (allReady b
 			}
 		}
 		if ok {
-			d.jobLen, d.jobOffset = j.Len, j.Offset
+			// A job's offset only grows; its length is 0 until QEMU has
+			// scanned the image, then grows with the guest's writes.
+			d.jobLen, d.jobOffset = max(d.jobLen, j.Len), max(d.jobOffset, j.Offset)
 		}
 		if d.state == mirrorFailed && set.err == "" {
 			set.err = fmt.Sprintf("mirror of disk %s to %s failed: %s", d.name, set.nbd, d.err)
@@ -533,19 +484,17 @@ func (set *mirrorSet) fill(st *agentv1.OutgoingStatus) {
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	for _, d := range set.disks {
-		data := d.allocated + d.written
 		st.Disks = append(st.Disks, &agentv1.DiskMirror{
-			Name: d.name, State: d.state, JobLen: d.jobLen, JobOffset: d.jobOffset, DataBytes: data,
+			Name: d.name, State: d.state, JobLen: d.jobLen, JobOffset: d.jobOffset, DataBytes: d.jobOffset,
 			StartedAt: ts(d.started), ReadyAt: ts(d.ready), CompletedAt: ts(d.completed), Error: d.err,
 		})
-		st.DiskBytesTotal += d.allocated
-		done := data
-		if d.state == mirrorRunning && d.jobLen > 0 {
-			// Not in sync yet: QEMU's job counts the target's zeroing
-			// too, but len − offset is the data still to copy.
-			done = max(0, min(data, data-(d.jobLen-d.jobOffset)))
-		}
-		st.DiskBytesTransferred += done
+		// Sent is what QEMU copied (job offset); the total is at least the
+		// data the image held at the start, and once QEMU has scanned the
+		// image its own count of copied plus still to copy (which grows
+		// with the guest's writes). Before the scan the job reports 0/0:
+		// nothing is sent yet.
+		st.DiskBytesTotal += max(d.allocated, d.jobLen)
+		st.DiskBytesTransferred += d.jobOffset
 	}
 	switch {
 	case set.err != "":

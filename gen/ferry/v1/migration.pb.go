@@ -1170,9 +1170,11 @@ type Migration struct {
 	// disks are the VM's local disks this migration mirrors (empty when
 	// every disk is shared).
 	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
-	// disk_bytes_total is the data of the local disks when the mirrors
-	// started; disk_bytes_transferred what the mirrors copied (it includes
-	// what the guest wrote during the mirror).
+	// disk_bytes_total is the data of the local disks: at least their
+	// allocated data when the mirrors started, and for a live mirror what
+	// QEMU counts as copied plus still to copy (it grows with the guest's
+	// writes); disk_bytes_transferred what the mirrors copied so far (QEMU's
+	// job offsets, the guest's writes they mirrored included).
 	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
 	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
 	// disk_uri is the destination's NBD server (host:port).
@@ -1542,7 +1544,8 @@ type MigrationDisk struct {
 	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Format           string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
 	VirtualSizeBytes int64                  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
-	// allocated_bytes is the image's allocation on the source at the start.
+	// allocated_bytes is the guest data of the image on the source at the
+	// start (qemu-img map's data extents; the image's metadata not counted).
 	AllocatedBytes int64 `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
 	// bytes_transferred is the data its mirror copied.
 	BytesTransferred int64 `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
