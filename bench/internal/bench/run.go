@@ -54,7 +54,7 @@ type Options struct {
 // AllScenarios and AllSystems are the defaults, in run order.
 var (
 	AllScenarios = []string{"idle", "half", "heavy", "wan", "flaky", "big", "disk"}
-	AllSystems   = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+	AllSystems   = []string{"ferry", "qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 )
 
 // Fixed parameters of the wan, flaky and big scenarios.
@@ -205,7 +205,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 			systems = append(systems, NewFerrySystem(env, o.FerryStrategy))
 		case "qemu":
 			systems = append(systems, NewQEMUSystem(env))
-		case "libvirt", "libvirt-tuned":
+		case "libvirt", "libvirt-tuned", "libvirt-plain":
 			if lv == nil {
 				logf("starting two private libvirtd (one per host namespace, each in its own mount namespace)")
 				var err error
@@ -219,9 +219,12 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 				libvirtInfo = lv.Version(ctx)
 				logf("libvirt: %s", libvirtInfo)
 			}
-			if name == "libvirt" {
+			switch name {
+			case "libvirt":
 				systems = append(systems, lv)
-			} else {
+			case "libvirt-plain":
+				systems = append(systems, lv.Plain())
+			default:
 				lvTuned = lv.Tuned()
 				systems = append(systems, lvTuned)
 			}
@@ -282,6 +285,9 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 							notes = append(notes, fmt.Sprintf("%s: %s skipped (the harness drives no storage migration for it)", sc.Name, sys.Name()))
 						}
 						continue
+					}
+					if sc.DiskMiB == 0 && diskOnly(sys) {
+						continue // the same migration as libvirt's but for --p2p
 					}
 					r := runOne(ctx, env, pr, sys, *sc, n, o)
 					runs = append(runs, r)

@@ -10,14 +10,14 @@ import (
 )
 
 // Systems is the order systems appear in tables and plots.
-var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 
 // probeStreams is the harness's number of bandwidth-probe streams (see
 // bench.ProbeStreams), for the text.
 const probeStreams = 4
 
 // Peers are the systems Ferry is compared with.
-var Peers = []string{"qemu", "libvirt", "libvirt-tuned"}
+var Peers = []string{"qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 
 // Row is the summary of one system in one scenario. Time medians (total,
 // downtime, client gap) are over completed runs; bytes over all runs.
