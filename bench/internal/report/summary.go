@@ -344,7 +344,7 @@ func fmtNum(format string, v F) string {
 // Markdown writes the summary as Markdown tables.
 func (s Summary) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "# Live-migration benchmark: Ferry vs plain QEMU defaults vs libvirt (defaults and tuned)\n\n")
-	for _, k := range []string{"started", "elapsed", "runs", "capSeconds", "guest", "ferryStrategy", "warmup", "host", "ferryBinary", "libvirt", "libvirtTuned"} {
+	for _, k := range []string{"started", "elapsed", "runs", "capSeconds", "guest", "ferryStrategy", "ferryTransport", "warmup", "host", "ferryBinary", "libvirt", "libvirtTuned"} {
 		if v, ok := s.Meta[k]; ok {
 			fmt.Fprintf(w, "- %s: %v\n", k, v)
 		}
