@@ -53,6 +53,8 @@ type diskMirror struct {
 	jobLen    int64
 	jobOffset int64
 	allocated int64 // the image's guest data at the start (qemu-img map)
+	wrStart   int64 // the guest's written bytes on this disk at the start
+	written   int64 // the guest's written bytes since the start
 	started   time.Time
 	ready     time.Time
 	completed time.Time
@@ -152,6 +154,46 @@ func queryBlockJobs(ctx context.Context, mon *qmp.Monitor) (map[string]blockJobI
 	return out, nil
 }
 
+// blockStats returns the guest's written bytes per disk from
+// query-blockstats (the devices' backends), keyed by the disk's name.
+func blockStats(ctx context.Context, mon *qmp.Monitor) (map[string]int64, error) {
+	var st []struct {
+		Qdev     string `json:"qdev"`
+		NodeName string `json:"node-name"`
+		Stats    struct {
+			WrBytes int64 `json:"wr_bytes"`
+		} `json:"stats"`
+	}
+	if err := mon.Run(ctx, "query-blockstats", nil, &st); err != nil {
+		return nil, fmt.Errorf("query-blockstats: %w", err)
+	}
+	out := map[string]int64{}
+	for _, s := range st {
+		if name := diskOfStats(s.Qdev, s.NodeName); name != "" {
+			out[name] = s.Stats.WrBytes
+		}
+	}
+	return out, nil
+}
+
+// diskOfStats names the disk of a query-blockstats entry: its root node
+// is the disk's format node, or its qdev (an id "<disk>-dev", or a QOM path
+// such as /machine/peripheral/<disk>-dev/virtio-backend) names the device.
+func diskOfStats(qdev, node string) string {
+	if node != "" {
+		return node
+	}
+	for _, part := range strings.Split(qdev, "/") {
+		if name, ok := strings.CutSuffix(part, "-dev"); ok && name != "" {
+			return name
+		}
+	}
+	return ""
+}
+
+// qdevWritten is the written bytes of disk in a blockStats answer.
+func qdevWritten(stats map[string]int64, disk string) int64 { return stats[disk] }
+
 // startMirrors connects to the destination's NBD export of each disk and
 // starts its mirror. A mirror already running (a retried step) is kept.
 // On error the mirrors started so far are cancelled again.
@@ -164,8 +206,13 @@ func startMirrors(ctx context.Context, mon *qmp.Monitor, set *mirrorSet, disks [
 	if err != nil {
 		return err
 	}
+	stats, err := blockStats(ctx, mon)
+	if err != nil {
+		return err
+	}
 	for _, d := range disks {
 		d.state, d.started = mirrorRunning, time.Now()
+		d.wrStart = qdevWritten(stats, d.name)
 		set.mu.Lock()
 		set.disks = append(set.disks, d)
 		set.mu.Unlock()
@@ -221,11 +268,15 @@ func (set *mirrorSet) refresh(ctx context.Context, mon *qmp.Monitor) (allReady b
 	if err != nil {
 		return false, err
 	}
+	stats, _ := blockStats(ctx, mon) // (a failed query keeps the last figure)
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	allReady = true
 	for _, d := range set.disks {
 		j, ok := jobs[d.job]
+		if stats != nil {
+			d.written = max(d.written, qdevWritten(stats, d.name)-d.wrStart)
+		}
 		switch {
 		case !ok:
 			if d.state == mirrorRunning || d.state == mirrorReady {
@@ -484,17 +535,13 @@ func (set *mirrorSet) fill(st *agentv1.OutgoingStatus) {
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	for _, d := range set.disks {
+		sent, total := d.progress()
 		st.Disks = append(st.Disks, &agentv1.DiskMirror{
-			Name: d.name, State: d.state, JobLen: d.jobLen, JobOffset: d.jobOffset, DataBytes: d.jobOffset,
+			Name: d.name, State: d.state, JobLen: d.jobLen, JobOffset: d.jobOffset, DataBytes: sent,
 			StartedAt: ts(d.started), ReadyAt: ts(d.ready), CompletedAt: ts(d.completed), Error: d.err,
 		})
-		// Sent is what QEMU copied (job offset); the total is at least the
-		// data the image held at the start, and once QEMU has scanned the
-		// image its own count of copied plus still to copy (which grows
-		// with the guest's writes). Before the scan the job reports 0/0:
-		// nothing is sent yet.
-		st.DiskBytesTotal += max(d.allocated, d.jobLen)
-		st.DiskBytesTransferred += d.jobOffset
+		st.DiskBytesTotal += total
+		st.DiskBytesTransferred += sent
 	}
 	switch {
 	case set.err != "":
@@ -504,6 +551,19 @@ func (set *mirrorSet) fill(st *agentv1.OutgoingStatus) {
 	case st.Status == "pre-switchover" && !set.completed:
 		st.Status = mirrorRunning
 	}
+}
+
+// progress is the disk's data sent and to send. The data to send is the
+// image's data at the start plus what the guest wrote since (every write
+// is mirrored). QEMU's job offset is what the job processed: the data it
+// copied, but also every zero cluster of the source (an image that arrived
+// by a mirror has the whole disk in zero clusters, which the mirror's
+// write-zeroes requests cross with no payload; its len counts them too).
+// So sent is the offset, at most the data: 0 until QEMU scanned the image
+// (its job reads 0 of 0 then), never the whole disk.
+func (d *diskMirror) progress() (sent, total int64) {
+	total = d.allocated + d.written
+	return min(d.jobOffset, total), total
 }
 
 // wake wakes QueryOutgoing long polls: the reported status moved.

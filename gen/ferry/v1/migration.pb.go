@@ -1181,11 +1181,11 @@ type Migration struct {
 	// disks are the VM's local disks this migration mirrors (empty when
 	// every disk is shared).
 	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
-	// disk_bytes_total is the data of the local disks: at least their
-	// allocated data when the mirrors started, and for a live mirror what
-	// QEMU counts as copied plus still to copy (it grows with the guest's
-	// writes); disk_bytes_transferred what the mirrors copied so far (QEMU's
-	// job offsets, the guest's writes they mirrored included).
+	// disk_bytes_total is the data of the local disks: their allocated data
+	// when the mirrors started plus what the guest wrote since (a cold copy:
+	// the images' allocated extents); disk_bytes_transferred the data sent
+	// so far (QEMU's job offsets, at most that data: the offsets count zero
+	// clusters too, which cross the link without payload).
 	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
 	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
 	// disk_uri is the destination's NBD server (host:port).

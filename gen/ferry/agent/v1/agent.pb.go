@@ -2429,8 +2429,10 @@ type DiskMirror struct {
 	// image).
 	JobLen    int64 `protobuf:"varint,3,opt,name=job_len,json=jobLen,proto3" json:"job_len,omitempty"`
 	JobOffset int64 `protobuf:"varint,4,opt,name=job_offset,json=jobOffset,proto3" json:"job_offset,omitempty"`
-	// data_bytes is what the mirror (or cold copy) sent so far: the job's
-	// offset.
+	// data_bytes is the data the mirror (or cold copy) sent so far: the
+	// job's offset, at most the image's data at the start plus what the
+	// guest wrote since (the offset also counts zero clusters, which cross
+	// the link without payload).
 	DataBytes     int64                  `protobuf:"varint,5,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
 	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	ReadyAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
