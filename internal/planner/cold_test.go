@@ -15,9 +15,9 @@ func TestPredictCold(t *testing.T) {
 		reasonHas     string
 		wantErrSubstr string
 	}{
-		{"running, no disks", ColdInputs{Running: true}, 150 * time.Millisecond, 150 * time.Millisecond, 0, "no RAM", ""},
-		{"running, 1 GiB at 100 MiB/s", ColdInputs{BandwidthBytesPerSec: 100 << 20, DiskBytes: 1 << 30, Running: true}, 10890 * time.Millisecond, 10890 * time.Millisecond, 1 << 30, "1 GiB of local disks", ""},
-		{"stopped, 100 MiB at 100 MiB/s", ColdInputs{BandwidthBytesPerSec: 100 << 20, DiskBytes: 100 << 20}, 1650 * time.Millisecond, 0, 100 << 20, "stays stopped", ""},
+		{"running, no disks", ColdInputs{Running: true}, 150 * time.Millisecond, 80 * time.Millisecond, 0, "no RAM", ""},
+		{"running, 1 GiB at 100 MiB/s", ColdInputs{BandwidthBytesPerSec: 100 << 20, DiskBytes: 1 << 30, Running: true}, 10860 * time.Millisecond, 10390 * time.Millisecond, 1 << 30, "1 GiB of local disks", ""},
+		{"stopped, 100 MiB at 100 MiB/s", ColdInputs{BandwidthBytesPerSec: 100 << 20, DiskBytes: 100 << 20}, 1620 * time.Millisecond, 0, 100 << 20, "stays stopped", ""},
 		{"disks without a rate", ColdInputs{DiskBytes: 1}, 0, 0, 0, "", "BandwidthBytesPerSec"},
 		{"negative disks", ColdInputs{DiskBytes: -1}, 0, 0, 0, "", "DiskBytes"},
 	} {

@@ -21,20 +21,21 @@ func TestColdPlan(t *testing.T) {
 
 	plan := s.coldPlan(ctx, &ferryv1.VM{State: "running"}, src, dst, disks, &ferryv1.MigrationOptions{})
 	p := predictionFor(plan, "cold")
-	want := int64((planner.ColdFixedSeconds + planner.ColdDiskFixedSeconds + 2) * 1000)
-	if p == nil || p.TotalMs != want || p.DowntimeMs != want || p.Bytes != 200<<20 || plan.Choice != "cold" || plan.Inputs.DiskBytes != 200<<20 {
+	down := int64((planner.ColdOffSeconds + planner.ColdDiskOffSeconds + 2) * 1000)
+	want := down + int64((planner.ColdPowerOffSeconds+planner.ColdDiskPowerOffSeconds)*1000)
+	if p == nil || p.TotalMs != want || p.DowntimeMs != down || p.Bytes != 200<<20 || plan.Choice != "cold" || plan.Inputs.DiskBytes != 200<<20 {
 		t.Fatalf("running, 200 MiB at 100 MiB/s: plan %v", plan)
 	}
 
 	plan = s.coldPlan(ctx, &ferryv1.VM{State: "stopped"}, src, dst, disks, &ferryv1.MigrationOptions{BandwidthMibps: 50})
 	p = predictionFor(plan, "cold")
-	want = int64((planner.ColdFixedSeconds + planner.ColdDiskFixedSeconds + 4) * 1000)
+	want = int64((planner.ColdOffSeconds + planner.ColdDiskOffSeconds + 4 + planner.ColdPowerOffSeconds + planner.ColdDiskPowerOffSeconds) * 1000)
 	if p == nil || p.TotalMs != want || p.DowntimeMs != 0 || !strings.Contains(plan.Inputs.BandwidthSource, "capped by --bandwidth 50") {
 		t.Fatalf("stopped, capped at 50 MiB/s: plan %v", plan)
 	}
 
 	plan = s.coldPlan(ctx, &ferryv1.VM{State: "running"}, &ferryv1.Host{Name: "h3"}, dst, nil, &ferryv1.MigrationOptions{})
-	if p := predictionFor(plan, "cold"); p == nil || p.TotalMs != int64(planner.ColdFixedSeconds*1000) || plan.Inputs.BandwidthMibps != 0 {
+	if p := predictionFor(plan, "cold"); p == nil || p.TotalMs != int64((planner.ColdOffSeconds+planner.ColdPowerOffSeconds)*1000) || plan.Inputs.BandwidthMibps != 0 {
 		t.Fatalf("no disks, unknown pair: plan %v", plan)
 	}
 }
