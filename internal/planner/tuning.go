@@ -205,6 +205,11 @@ func Tune(in TuneInputs) Tuning {
 		t1, ts := m/b, after/b
 		t.PostcopyAtFraction = after / m
 		t.PostcopyAtBytes = int64(after)
+		if eq := m * b / (b + r); after > eq+1 {
+			add("postcopy-start", fmt.Sprintf("%.0f%% of round 1", 100*after/m), "at %s of round 1's %s (%s, not %s): %s of the link is left for after the switch — the guest faults in every page never sent, each fault stalling a vCPU; switching where the remainder equals what the guest dirtied (%s) would send up to %s less",
+				fmtBytes(after), fmtBytes(m), fmtSec(ts), fmtSec(t1), fmtSec(PostcopyTailSeconds), fmtBytes(eq), fmtBytes(r*(ts-eq/b)))
+			break
+		}
 		add("postcopy-start", fmt.Sprintf("%.0f%% of round 1", 100*after/m), "at %s of round 1's %s (%s, not %s): round 1's remainder then equals what the guest dirtied meanwhile (%s at %s), which is sent again in any case; waiting for the end of round 1 would send about %s more",
 			fmtBytes(after), fmtBytes(m), fmtSec(ts), fmtSec(t1), fmtBytes(r*ts), fmtRate(r), fmtBytes(r*(t1-ts)))
 	}
