@@ -66,7 +66,7 @@ func (e *LimitError) Error() string {
 	case "maxParallelPerDest":
 		where = "into host " + e.Host
 	}
-	return fmt.Sprintf("%v: policy %s = %d, and %d migration(s) are in flight %s (%s): wait for one to finish (ferry migration list; ferry migrate --wait DURATION retries until then), raise the limit (ferry policy set), or start it anyway with --ignore-limits",
+	return fmt.Sprintf("%v: policy %s = %d, and %d migration(s) are in flight %s (%s): wait for one to finish (ferry migration list; ferry migrate --wait-limits DURATION retries until then), raise the limit (ferry policy set), or start it anyway with --ignore-limits",
 		ErrLimit, e.Limit, e.Value, len(e.InFlight), where, strings.Join(e.InFlight, ", "))
 }
 

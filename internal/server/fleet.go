@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -324,7 +325,8 @@ func (c drainCluster) Migration(ctx context.Context, id string) (drain.Migration
 		}
 		m = exec.Render(pr)
 	}
-	out := drain.Migration{Status: m.Status, Error: m.Error}
+	// A rollback by a control-plane restart is not the destination's fault.
+	out := drain.Migration{Status: m.Status, Error: m.Error, NotDestination: strings.Contains(m.Error, core.ErrRestarted)}
 	if m.TotalBytes > 0 {
 		out.Progress = min(float64(m.TransferredBytes)/float64(m.TotalBytes), 1)
 	}
@@ -334,26 +336,14 @@ func (c drainCluster) Migration(ctx context.Context, id string) (drain.Migration
 	return out, nil
 }
 
-// Migrate starts a migration with the VM's effective policy: its
-// bandwidth cap and max downtime.
+// Migrate starts a migration; beginMigration applies the VM's effective
+// policy (bandwidth cap, max downtime, timeouts) and its limits: a start
+// refused for a limit waits (drain.ErrWait), it is not a failed attempt.
 func (c drainCluster) Migrate(ctx context.Context, vm, to, strategy string) (string, error) {
-	opt := &ferryv1.MigrationOptions{Strategy: strategy}
-	set, err := c.s.policies(ctx)
-	if err != nil {
-		return "", err
+	m, _, err := c.s.beginMigration(ctx, &ferryv1.MigrateRequest{Vm: vm, To: to, Options: &ferryv1.MigrationOptions{Strategy: strategy}})
+	if isLimit(err) {
+		return "", fmt.Errorf("%w: %w", drain.ErrWait, err)
 	}
-	rec, err := c.s.store.GetVM(ctx, vm)
-	if err != nil {
-		return "", err
-	}
-	eff := set.Resolve(vm, rec.Spec.GetLabels())
-	if eff.BandwidthPerMigration > 0 {
-		opt.BandwidthMibps = max(int64(eff.BandwidthPerMigration/(1<<20)), 1)
-	}
-	if rec.Spec.GetMaxDowntimeMs() == 0 { // the spec's own target wins; the policy's defaults to the planner's 300 ms
-		opt.MaxDowntimeMs = eff.MaxDowntime.Milliseconds()
-	}
-	m, _, err := c.s.beginMigration(ctx, &ferryv1.MigrateRequest{Vm: vm, To: to, Options: opt})
 	if err != nil {
 		return "", err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/admit"
 	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/placement"
@@ -165,6 +166,18 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.Strategy == "cold" && len(localDisks) > 0 && dst.MigrationIp == "" {
 		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip): VM %s's %d local disk(s) are copied over it", dst.Name, req.Vm, len(localDisks))
 	}
+	set, err := s.policies(ctx)
+	if err != nil {
+		return nil, nil, connectError(fmt.Errorf("read the migration policy: %w", err))
+	}
+	applyPolicy(set, vm, opt) // admission.go: bandwidth, downtime and timeouts the request leaves unset
+	if !req.DryRun {
+		// Refused now, before any measurement, when a limit is reached
+		// (checked again, serialized, just before the start).
+		if err := s.admitMigration(ctx, req.Vm, vm.Host, req.To, opt); err != nil {
+			return nil, nil, err
+		}
+	}
 	if opt.MaxDowntimeMs == 0 {
 		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
 		if opt.MaxDowntimeMs == 0 {
@@ -235,6 +248,14 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	planningMs := time.Since(planStart).Milliseconds()
 
 	id := newMigrationID()
+	s.adm.start.Lock() // from the limit check to the engine's start (admission.go)
+	defer s.adm.start.Unlock()
+	if err := s.admitMigration(ctx, req.Vm, vm.Host, req.To, opt); err != nil {
+		return nil, nil, err
+	}
+	if err := s.reshare(ctx, admit.Flight{ID: id, From: vm.Host, To: req.To, Cap: float64(opt.BandwidthMibps << 20)}); err != nil {
+		s.log.Warn("bandwidth shares not recomputed before the start; the next poll corrects them", "vm", req.Vm, "err", err)
+	}
 	if err := s.reserveMigration(ctx, id, vm, dst, opt); err != nil {
 		return nil, nil, err
 	}

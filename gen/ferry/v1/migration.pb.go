@@ -61,8 +61,13 @@ type MigrationOptions struct {
 	// By default they are encrypted with TLS (certificates from the cluster
 	// PKI, each side verifying the other host's identity).
 	InsecureTransport bool `protobuf:"varint,90,opt,name=insecure_transport,json=insecureTransport,proto3" json:"insecure_transport,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// ignore_limits starts the migration even when the policy's parallelism
+	// limits (maxParallelCluster, maxParallelPerSource, maxParallelPerDest)
+	// are reached; it still counts against them for the others, and its
+	// bandwidth is still shared under bandwidthPerHost.
+	IgnoreLimits  bool `protobuf:"varint,100,opt,name=ignore_limits,json=ignoreLimits,proto3" json:"ignore_limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -182,6 +187,13 @@ func (x *MigrationOptions) GetGuestAliveTimeoutMs() int64 {
 func (x *MigrationOptions) GetInsecureTransport() bool {
 	if x != nil {
 		return x.InsecureTransport
+	}
+	return false
+}
+
+func (x *MigrationOptions) GetIgnoreLimits() bool {
+	if x != nil {
+		return x.IgnoreLimits
 	}
 	return false
 }
@@ -2116,7 +2128,7 @@ var File_ferry_v1_migration_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x04\n" +
+	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x04\n" +
 	"\x10MigrationOptions\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12&\n" +
 	"\x0fmax_downtime_ms\x18\x02 \x01(\x03R\rmaxDowntimeMs\x12'\n" +
@@ -2133,7 +2145,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
 	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\x12-\n" +
-	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\"\x9c\x05\n" +
+	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\x12#\n" +
+	"\rignore_limits\x18d \x01(\bR\fignoreLimits\"\x9c\x05\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
