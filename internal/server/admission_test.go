@@ -126,3 +126,36 @@ func TestApplyPolicy(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// TestDiskRoom: vm create's placement skips a host whose data directory
+// lacks room for the new VM's local disks (and says so when none has it);
+// a migration's preflight refuses such a destination, naming the figures.
+func TestDiskRoom(t *testing.T) {
+	s, st := newTestServer(t)
+	ctx := context.Background()
+	for name, free := range map[string]int64{"h1": 512 << 20, "h2": 8 << 30} {
+		if err := st.PutHost(ctx, &ferryv1.Host{Name: name, Address: "unix:///nonexistent/" + name, MigrationIp: "198.18.0.9", State: "ready",
+			Capacity: &ferryv1.HostCapacity{Cpus: 2, MemoryMib: 4096, DiskFreeBytes: free}}, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sp := &ferryv1.VMSpec{Name: "big", Vcpus: 1, MemoryMib: 256, Disks: []*ferryv1.DiskSpec{{Size: "1GiB"}, {Path: "/shared/x.qcow2", Shared: true}}}
+	if got := newDiskBytes(sp); got != 1<<30 {
+		t.Fatalf("newDiskBytes = %d, want the 1 GiB created disk only", got)
+	}
+	h, err := s.pickHost(ctx, sp, "", nil)
+	if err != nil || h.Name != "h2" {
+		t.Fatalf("placement chose %v (%v), want h2: h1 has 512 MiB free", h.GetName(), err)
+	}
+	if _, err := s.pickHost(ctx, sp, "", []string{"h2"}); connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "h1: 512 MiB free in its data directory, need 1024 MiB") {
+		t.Fatalf("without h2: err = %v, want ResourceExhausted naming h1's free space", err)
+	}
+	dst, _ := st.GetHost(ctx, "h1")
+	err = checkDiskRoom(&ferryv1.VM{Spec: sp}, dst, []*ferryv1.MigrationDisk{{Name: "disk0", AllocatedBytes: 300 << 20}})
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "destination host h1 cannot take VM big's 1 local disk(s): 512 MiB free in its data directory, need 300 MiB for the local disks + 256 MiB margin") {
+		t.Fatalf("preflight: err = %v, want a refusal with the figures", err)
+	}
+	if err := checkDiskRoom(&ferryv1.VM{Spec: sp}, dst, []*ferryv1.MigrationDisk{{Name: "disk0", AllocatedBytes: 100 << 20}}); err != nil {
+		t.Fatalf("100 MiB + margin into 512 MiB: %v, want room", err)
+	}
+}

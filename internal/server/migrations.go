@@ -15,6 +15,7 @@ import (
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/policy"
+	"github.com/ferryvm/ferry/internal/spec"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -161,6 +162,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	localDisks, err := s.localDisks(ctx, vm, src, opt.Strategy)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkDiskRoom(vm, dst, localDisks); err != nil {
 		return nil, nil, err
 	}
 	if opt.Strategy == "cold" && len(localDisks) > 0 && dst.MigrationIp == "" {
@@ -319,6 +323,37 @@ func (s *Server) checkRoom(ctx context.Context, vm *ferryv1.VM, dst *ferryv1.Hos
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("destination host %s cannot take VM %s: %w", dst.Name, vm.Spec.GetName(), err))
 	}
 	return nil
+}
+
+// checkDiskRoom verifies the destination's data directory has room for
+// the VM's local disks (their allocated size, as the source reports it)
+// and the margin, when its agent reports its free space.
+func checkDiskRoom(vm *ferryv1.VM, dst *ferryv1.Host, disks []*ferryv1.MigrationDisk) error {
+	var need int64
+	for _, d := range disks {
+		need += d.AllocatedBytes
+	}
+	h := placement.Host{Name: dst.Name, Ready: true, CPUs: 1, MemoryMiB: placement.ReservedMiB, DiskFreeBytes: dst.GetCapacity().GetDiskFreeBytes()}
+	if r := placement.Check(h, placement.Request{DiskBytes: need}); r != nil && r.Kind == placement.RejectDisk {
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("destination host %s cannot take VM %s's %d local disk(s): %s (free space there, or choose another host)", dst.Name, vm.Spec.GetName(), len(disks), r.Detail))
+	}
+	return nil
+}
+
+// newDiskBytes is the space a new VM's local disks may take: the size of
+// each disk created with size: (sparse, but it can fill it); a copy of a
+// source: image is not counted (its size is known only where it is).
+func newDiskBytes(sp *ferryv1.VMSpec) int64 {
+	var n int64
+	for _, d := range sp.GetDisks() {
+		if d.GetShared() || d.GetPath() != "" || d.GetSize() == "" {
+			continue
+		}
+		if b, err := spec.ParseSize(d.GetSize()); err == nil {
+			n += b
+		}
+	}
+	return n
 }
 
 // unlockVMRecord clears the VM's migration lock and restores its state.

@@ -117,6 +117,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 			Name: h.Name, Ready: schedulable(h),
 			CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
 			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name],
+			DiskFreeBytes: h.GetCapacity().GetDiskFreeBytes(),
 		})
 	}
 	if pinned != "" {
@@ -129,7 +130,8 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		}
 		return h, nil
 	}
-	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude, AntiAffinity: sp.GetAntiAffinity()})
+	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude, AntiAffinity: sp.GetAntiAffinity(),
+		DiskBytes: newDiskBytes(sp)})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeResourceExhausted, err)
 	}
