@@ -11,6 +11,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/policy"
 	"github.com/ferryvm/ferry/internal/store"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // putInFlight records a migration in flight from..to (no engine drives it:
@@ -157,5 +158,33 @@ func TestDiskRoom(t *testing.T) {
 	}
 	if err := checkDiskRoom(&ferryv1.VM{Spec: sp}, dst, []*ferryv1.MigrationDisk{{Name: "disk0", AllocatedBytes: 100 << 20}}); err != nil {
 		t.Fatalf("100 MiB + margin into 512 MiB: %v, want room", err)
+	}
+}
+
+// TestOverheadsLearned: the fixed time a migration takes besides QEMU's
+// own total is learned from completed live migrations (QEMU start times
+// before any), and only from those.
+func TestOverheadsLearned(t *testing.T) {
+	var o overheads
+	if o.setup() != 0 {
+		t.Fatal("a setup before any observation")
+	}
+	o.observeStart(800 * time.Millisecond)
+	if got := o.setup(); got != 800*time.Millisecond {
+		t.Errorf("prior from QEMU starts = %v, want 800ms", got)
+	}
+	at := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	done := func(status, strategy string, wall time.Duration, qemuMs int64) *ferryv1.Migration {
+		return &ferryv1.Migration{Status: status, Strategy: strategy, StartedAt: timestamppb.New(at), FinishedAt: timestamppb.New(at.Add(wall)), TotalMs: qemuMs}
+	}
+	o.observe(done("failed", "precopy", 9*time.Second, 1000))
+	o.observe(done("completed", "cold", 9*time.Second, 1000))
+	if got := o.setup(); got != 800*time.Millisecond {
+		t.Errorf("after a failed and a cold migration: %v, want the prior", got)
+	}
+	o.observe(done("completed", "precopy", 2500*time.Millisecond, 1000))
+	o.observe(done("completed", "precopy", 3500*time.Millisecond, 1000))
+	if got := o.setup(); got != 1800*time.Millisecond { // 1.5 s, then 0.3×2.5 + 0.7×1.5
+		t.Errorf("learned = %v, want 1.8s", got)
 	}
 }

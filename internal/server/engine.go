@@ -46,7 +46,8 @@ func (s *Server) newEngine() *exec.Engine {
 		// transition (see migrationMetrics).
 		Ended: func(m *ferryv1.Migration) {
 			s.metrics.mig.migrationEnded(m)
-			s.reshareSoon() // its share of bandwidthPerHost goes to the others
+			s.fix.observe(m) // evacuation ETAs include the fixed time
+			s.reshareSoon()  // its share of bandwidthPerHost goes to the others
 		},
 		Bandwidth: s.bandwidthShare,
 		Log:       s.log,

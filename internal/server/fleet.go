@@ -287,6 +287,7 @@ func (c drainCluster) PlanInput(ctx context.Context, host string, names []string
 	}
 	wg.Wait()
 	in.Bandwidth = bookRates{s}
+	in.Setup = s.fix.setup()
 	return in, nil
 }
 

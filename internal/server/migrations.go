@@ -373,6 +373,7 @@ func (s *Server) unlockVMRecord(ctx context.Context, vm, id, state string) {
 // here, rendered from its stored record otherwise.
 func (h *migrationService) GetMigration(ctx context.Context, req *connect.Request[ferryv1.GetMigrationRequest]) (*connect.Response[ferryv1.GetMigrationResponse], error) {
 	if m, ok := h.s.engine.Get(req.Msg.Id, !req.Msg.WithoutSamples); ok {
+		m.BandwidthShareBytes = h.s.bandwidthShare(m.Id)
 		return connect.NewResponse(&ferryv1.GetMigrationResponse{Migration: m}), nil
 	}
 	pr, err := h.s.store.GetMigration(ctx, req.Msg.Id)
@@ -401,7 +402,9 @@ func (h *migrationService) ListMigrations(ctx context.Context, req *connect.Requ
 			continue
 		}
 		m, ok := h.s.engine.Get(pr.Id, false)
-		if !ok {
+		if ok {
+			m.BandwidthShareBytes = h.s.bandwidthShare(m.Id)
+		} else {
 			m = exec.Render(pr)
 		}
 		m.Samples = nil

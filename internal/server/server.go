@@ -92,6 +92,7 @@ type Server struct {
 	balancer *rebalance.Runner  // the load balancer (nil: the store keeps no state)
 
 	adm admission // the policy's limits and bandwidth shares (admission.go)
+	fix overheads // the learned fixed time of a migration (overhead.go)
 }
 
 // New returns a Server over cfg.Store.

@@ -1191,9 +1191,14 @@ type Migration struct {
 	DiskUri string `protobuf:"bytes,83,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	// transport is how the streams crossed the network: "tls" (the
 	// default) or "plain" (insecure_transport).
-	Transport     string `protobuf:"bytes,90,opt,name=transport,proto3" json:"transport,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Transport string `protobuf:"bytes,90,opt,name=transport,proto3" json:"transport,omitempty"`
+	// bandwidth_share_bytes is the max-bandwidth (bytes/s) the leader gives
+	// this running migration now: its share of the policy's bandwidthPerHost
+	// among the migrations touching its hosts (0: no per-host cap; the
+	// migration's own bandwidth_mibps, if any, applies).
+	BandwidthShareBytes int64 `protobuf:"varint,100,opt,name=bandwidth_share_bytes,json=bandwidthShareBytes,proto3" json:"bandwidth_share_bytes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Migration) Reset() {
@@ -1546,6 +1551,13 @@ func (x *Migration) GetTransport() string {
 		return x.Transport
 	}
 	return ""
+}
+
+func (x *Migration) GetBandwidthShareBytes() int64 {
+	if x != nil {
+		return x.BandwidthShareBytes
+	}
+	return 0
 }
 
 // MigrationDisk is one local disk a live migration mirrors.
@@ -2227,7 +2239,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\x8d\x0e\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xc1\x0e\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -2282,7 +2294,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
 	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\x12\x19\n" +
 	"\bdisk_uri\x18S \x01(\tR\adiskUri\x12\x1c\n" +
-	"\ttransport\x18Z \x01(\tR\ttransport\"\x93\x02\n" +
+	"\ttransport\x18Z \x01(\tR\ttransport\x122\n" +
+	"\x15bandwidth_share_bytes\x18d \x01(\x03R\x13bandwidthShareBytes\"\x93\x02\n" +
 	"\rMigrationDisk\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +
