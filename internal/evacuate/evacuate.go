@@ -240,8 +240,9 @@ func request(vm VM) placement.Request {
 // the migrations in flight together share it (its NIC, and the CPUs that
 // send), so with n running at once each gets 1/n. n is what the schedule
 // can run at once: the parallelism, the moves, and the per-destination
-// limit times the destinations used. A move whose re-prediction finds no
-// strategy keeps its first one.
+// limit times the destinations used. The strategy chosen at the whole
+// link stays (the engine's controller adapts it to what the link gives);
+// one that would not converge at the share keeps its first prediction.
 func sharePass(in Input, moves []Move, vms map[string]VM, parallel, perDest int) {
 	dests := map[string]bool{}
 	for _, m := range moves {
@@ -260,12 +261,12 @@ func sharePass(in Input, moves []Move, vms map[string]VM, parallel, perDest int)
 		}
 		eff := in.Policies.Resolve(vm.Name, vm.Labels)
 		bw := eff.Bandwidth(link/float64(n), parallel)
-		d, err := planner.Choose(plannerInputs(in, vm, eff, bw), nil)
-		if err != nil {
-			continue
+		for _, p := range planner.Predict(plannerInputs(in, vm, eff, bw)) {
+			if p.Strategy == m.Strategy && p.Converges {
+				m.Prediction, m.BandwidthBytesPerSec = p, bw
+				m.Reason = fmt.Sprintf("%s; predicted at 1/%d of the link (%d migrations in flight out of %s)", m.Reason, n, n, in.Source)
+			}
 		}
-		m.Strategy, m.Prediction, m.BandwidthBytesPerSec = d.Strategy, d.Prediction, bw
-		m.Reason = fmt.Sprintf("%s; predicted at 1/%d of the link (%d migrations in flight out of %s)", m.Reason, n, n, in.Source)
 	}
 }
 
