@@ -403,6 +403,7 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	}
 	a.mu.Unlock()
 	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version}
+	h.Capacity.DiskFreeBytes = diskFree(a.cfg.DataDir)
 	a.accelMu.Lock()
 	h.Accel = a.autoAccel
 	a.accelMu.Unlock()

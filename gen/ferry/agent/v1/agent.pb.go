@@ -1844,8 +1844,14 @@ type MigrationStepRequest struct {
 	// downtime-limit to it before answering (the controller's stepped
 	// downtime target rides on the progress poll: no extra round trip).
 	DowntimeLimitMs int64 `protobuf:"varint,6,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// max_bandwidth_bytes (QueryOutgoing only): when > 0 and not the cap the
+	// agent last gave this migration's QEMU, the agent sets QEMU's
+	// max-bandwidth to it (and lowers max-postcopy-bandwidth to it) before
+	// answering: the leader re-shares the policy's bandwidthPerHost among
+	// the migrations in flight as they start and finish.
+	MaxBandwidthBytes int64 `protobuf:"varint,100,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *MigrationStepRequest) Reset() {
@@ -1916,6 +1922,13 @@ func (x *MigrationStepRequest) GetResumeCompleted() bool {
 func (x *MigrationStepRequest) GetDowntimeLimitMs() int64 {
 	if x != nil {
 		return x.DowntimeLimitMs
+	}
+	return 0
+}
+
+func (x *MigrationStepRequest) GetMaxBandwidthBytes() int64 {
+	if x != nil {
+		return x.MaxBandwidthBytes
 	}
 	return 0
 }
@@ -3001,14 +3014,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15ResumeOutgoingRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
-	"\x03uri\x18\x03 \x01(\tR\x03uri\"\xe0\x01\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\"\x90\x02\n" +
 	"\x14MigrationStepRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12!\n" +
 	"\fknown_status\x18\x04 \x01(\tR\vknownStatus\x12)\n" +
 	"\x10resume_completed\x18\x05 \x01(\bR\x0fresumeCompleted\x12*\n" +
-	"\x11downtime_limit_ms\x18\x06 \x01(\x03R\x0fdowntimeLimitMs\"P\n" +
+	"\x11downtime_limit_ms\x18\x06 \x01(\x03R\x0fdowntimeLimitMs\x12.\n" +
+	"\x13max_bandwidth_bytes\x18d \x01(\x03R\x11maxBandwidthBytes\"P\n" +
 	"\x16OutgoingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.OutgoingStatusR\x06status\"P\n" +
 	"\x16IncomingStatusResponse\x126\n" +
