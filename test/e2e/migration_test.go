@@ -332,7 +332,13 @@ func TestColdMigration(t *testing.T) {
 // transfer going): it completes on h2 with the same boot, its events name
 // the adoption after a lost leader, nothing is rolled back.
 func TestServerRestartMidMigrationContinues(t *testing.T) {
-	c, boot, m, obs := failureSetup(t, "srvdie", "198.19.0.39")
+	// A guest that converges (96 MiB filled, not dirtied) at 2 MiB/s.
+	c := upCluster(t, 2)
+	boot := c.bootGuest("srvdie", "198.19.0.39", "96:0")
+	obs := c.startObserver("srvdie")
+	t.Cleanup(func() { checkNeverBoth(t, obs) })
+	m := c.startMigration("srvdie", "h2", "--bandwidth", "2")
+	c.waitTransferring(m.Id)
 	server := c.process("server")
 	if err := syscall.Kill(server.PID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
