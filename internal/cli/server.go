@@ -152,7 +152,9 @@ func runServer(f serverFlags, base *slog.Logger) error {
 		eps = []string{e.Endpoint}
 		log.Info("embedded etcd ready", "endpoint", e.Endpoint, "dir", filepath.Join(f.dataDir, "etcd"))
 	}
-	st, err := store.NewEtcd(ctx, eps)
+	// The client outlives the stop signal (closed on return): a stopping
+	// leader still writes its handed-over migration records.
+	st, err := store.NewEtcd(context.WithoutCancel(ctx), eps)
 	if err != nil {
 		return err
 	}
@@ -205,11 +207,20 @@ func runServer(f serverFlags, base *slog.Logger) error {
 	}
 	rep.SetSelf(self)
 	repDone := make(chan error, 1)
-	go func() { repDone <- rep.Run(ctx) }()
+	// The replica runs until it has handed its migrations over: a stop
+	// signal (ctx) first hands them over while it still leads.
+	rctx, stopReplica := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopReplica()
+	go func() { repDone <- rep.Run(rctx) }()
 	select {
 	case <-ctx.Done():
+		hctx, hcancel := context.WithTimeout(context.Background(), server.HandOverWait)
+		rep.HandOver(hctx)
+		hcancel()
+		stopReplica()
 	case err := <-serveErr:
 		cancel()
+		stopReplica()
 		<-repDone
 		return err
 	}

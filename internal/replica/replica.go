@@ -27,6 +27,13 @@ type Engine interface {
 	RunEngine(ctx context.Context) error
 }
 
+// HandOverer is an Engine that hands its in-flight work over to the next
+// leader before this replica resigns (while its fence still admits its
+// writes); term is this replica's (its election key's create revision).
+type HandOverer interface {
+	HandOver(ctx context.Context, term int64)
+}
+
 // Config configures a Replica.
 type Config struct {
 	// Self is this replica's name and advertised API URL.
@@ -149,6 +156,24 @@ func (r *Replica) lead(ctx context.Context, t leader.Term) {
 		return
 	}
 	r.cfg.Log.Info("engine stopped")
+}
+
+// HandOver asks the engine, while this replica still leads, to hand its
+// in-flight migrations over (HandOverer), bounded by ctx: call it on a
+// graceful stop before Run's context ends, so that the next leader finds
+// each record handed over and adopts it. It reports whether this replica
+// led and its engine handed over.
+func (r *Replica) HandOver(ctx context.Context) bool {
+	h, ok := r.cfg.Engine.(HandOverer)
+	if !ok || !r.leading.Load() {
+		return false
+	}
+	r.mu.Lock()
+	t := r.term
+	r.mu.Unlock()
+	r.cfg.Log.Info("stopping: handing the migrations over before resigning", "fence_rev", t.Fence.Rev)
+	h.HandOver(ctx, t.Fence.Rev)
+	return true
 }
 
 // endTerm closes the fence before anything else, so the engine's next

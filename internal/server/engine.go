@@ -79,6 +79,18 @@ func (s *Server) RunEngine(ctx context.Context) error {
 	return nil
 }
 
+// HandOverWait bounds a stopping leader's handover (exec.HandOverWait).
+const HandOverWait = exec.HandOverWait
+
+// HandOver hands this leader's in-flight migrations over before it
+// resigns (replica.HandOverer): each record is written with the
+// handed-over fact of term and its runner stops acting; the next leader
+// adopts them (internal/migration/core/handover.go).
+func (s *Server) HandOver(ctx context.Context, term int64) {
+	handed, left := s.engine.HandOver(ctx, term)
+	s.log.Info("handed the migrations over to the next leader", "term", term, "handed_over", handed, "left_as_written", left)
+}
+
 // knobs are the QEMU parameters of a migration, from its options and plan.
 func knobs(m *ferryv1.Migration, vm *ferryv1.VM) exec.Knobs {
 	sp := proto.Clone(vm.GetSpec()).(*ferryv1.VMSpec)

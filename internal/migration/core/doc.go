@@ -84,8 +84,10 @@
 // back: CancelOutgoing and AbortIncoming (cold: StartVM on the source if
 // the VM ran), then the VM record gets what the source's QEMU really does.
 // A record loaded (restart, new leader) in preparing, mirroring,
-// transferring rolls back (restart.go; stopping and copying go on); a destination agent silent for
-// DestUnreachable before the CAS rolls back too, and that rollback may end
+// transferring is adopted: driven on from its state, whether the previous
+// leader handed it over (ObsHandOver: Record.Handover) or was lost
+// (handover.go; stopping and copying go on too); a destination agent silent for
+// DestUnreachable before the CAS rolls back, and that rollback may end
 // without the destination's removal (never armed, it cannot run; its
 // agent's orphan reaper removes it). Stopping is bounded by the timeout
 // only, never the stall timeout (no StopVM may still be on its way when a
@@ -136,8 +138,9 @@
 // # Testing
 //
 // testdata/*.txt are scripts run by TestScripts over sim.Interp (commands:
-// start, run, crash server|agent, kill qemu, drop request|reply, cut, link
-// down, fail store, cancel, state; -args -rewrite regenerates them). The
+// start, run, crash server|agent, hand over, kill qemu, drop request|reply,
+// cut, link down, fail store, cancel, state, history; -args -rewrite
+// regenerates them). The
 // exhaustive fault exploration is in internal/migration/sim:
 //
 //	go test ./internal/migration/sim -run TestFaultExploration -v

@@ -422,10 +422,14 @@ func (r *Record) planRemoveCopies(p *planner) bool {
 	return false
 }
 
-// entered is when the record last entered state s (from its history).
+// entered is when the record last entered state s (from its history;
+// events within a state, such as an adoption's, are not entries).
 func (r *Record) entered(s State) time.Time {
 	for i := len(r.History) - 1; i >= 0; i-- {
 		if r.History[i].State == s {
+			for i > 0 && r.History[i-1].State == s {
+				i--
+			}
 			return r.History[i].At
 		}
 	}
@@ -482,6 +486,12 @@ func (r *Record) visited(s State) bool {
 func (r *Record) cameFrom(s State) State {
 	for i := len(r.History) - 1; i > 0; i-- {
 		if r.History[i].State == s {
+			for i > 0 && r.History[i-1].State == s {
+				i-- // an event within s, not its entry
+			}
+			if i == 0 {
+				return ""
+			}
 			return r.History[i-1].State
 		}
 	}

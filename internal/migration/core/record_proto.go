@@ -61,6 +61,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 	m.Options.PostcopyAtFraction = r.Options.PostcopyAtFraction
 	m.Options.PostcopyAtBytes = r.Options.PostcopyAtBytes
 	m.CopyDisks = r.CopyDisks
+	m.HandoverTerm, m.HandedOverAt = r.Handover.Term, ts(r.Handover.At)
 	return m
 }
 
@@ -105,6 +106,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 	r.Options.PostcopyAtFraction = o.GetPostcopyAtFraction()
 	r.Options.PostcopyAtBytes = o.GetPostcopyAtBytes()
 	r.CopyDisks = m.GetCopyDisks()
+	r.Handover = Handover{Term: m.GetHandoverTerm(), At: tm(m.GetHandedOverAt())}
 	if err := r.Validate(); err != nil {
 		return Record{}, err
 	}

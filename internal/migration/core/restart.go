@@ -5,30 +5,12 @@ import (
 	"time"
 )
 
-// ErrRestarted is the cause recorded for a migration a control-plane
-// restart (or a change of leader) interrupted before the owner switch.
+// ErrRestarted is the cause older engines recorded for a live migration
+// a control-plane restart (or a change of leader) interrupted before the
+// owner switch: they rolled it back. This engine adopts such a migration
+// instead (handover.go) and no longer records it; it is kept for records
+// written by older engines and for callers that recognise it.
 const ErrRestarted = "the control plane restarted during the migration"
-
-// rollbackInterrupted applies the rule for a record loaded by a new
-// executor: a live migration that was preparing or transferring and had
-// not switched the owner is rolled back, as the fault model promises
-// ("rolls back before the owner switch"); the source still runs the guest.
-// A pending migration has done nothing yet and starts; one at the
-// switchover first learns from the owner CAS whether it happened; a cold
-// one stopping its guest stops it again (StopVM is idempotent) and goes on,
-// since a StopVM of the previous executor still on its way would stop a
-// guest a rollback had just started again; one copying its local disks
-// goes on too (CopyDisks reports the copy of this migration id, or starts
-// it again: the guest is stopped, the source's disks are untouched).
-func (r *Record) rollbackInterrupted(now time.Time) {
-	if r.Facts.OwnerSwitched {
-		return
-	}
-	switch r.State {
-	case Preparing, Mirroring, Transferring:
-		r.rollback(now, ErrRestarted, false)
-	}
-}
 
 // DestUnreachable is how long the destination agent may stay silent
 // before the owner switch before the migration rolls back: its QEMU may be

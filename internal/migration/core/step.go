@@ -62,6 +62,10 @@ type volatile struct {
 	soleStop    bool
 	stopRetried bool    // a StopVM of this session failed transiently (it may land late)
 	wrote       *Record // the record the last step's owner CAS wrote (what the store holds now)
+	// handing: this executor's leader resigns (ObsHandOver, term
+	// handoverTerm): it plans nothing more (handover.go).
+	handing      bool
+	handoverTerm int64
 }
 
 // New returns the record of a migration that has locked its VM (state
@@ -119,12 +123,15 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	if r.State.Terminal() {
 		return r, Ready{}
 	}
+	if obs.Kind == ObsHandOver || r.vol.handing && obs.Kind != ObsLoaded {
+		return r.handingOver(before, obs) // the leader resigns: nothing more from this executor (handover.go)
+	}
 	now := obs.Now
 	switch obs.Kind {
 	case ObsLoaded:
 		r.vol = volatile{loadedIn: r.State}
 		r.LastProgressAt = now
-		r.rollbackInterrupted(now)
+		r.adoptLoaded(now)
 	case ObsAgentRestarted:
 		for k := range r.vol.notBefore {
 			r.vol.notBefore[k][obs.Side] = time.Time{}
@@ -146,6 +153,9 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 	case ObsPersistFailed:
 		// The executor kept this record and did none of the last step's
 		// actions: forget what was in flight, retry after a pause.
+		if r.handedOver() {
+			r.adoptLoaded(now) // it was the load's write: adopt again
+		}
 		r.vol.inflight = [actCount][2]bool{}
 		for k := range r.vol.notBefore {
 			for s := range r.vol.notBefore[k] {
@@ -199,7 +209,7 @@ func persistMode(a, b *Record) PersistMode {
 		a.RecoverURI != b.RecoverURI || a.DiskURI != b.DiskURI || a.CancelRequested != b.CancelRequested || a.PostcopyWanted != b.PostcopyWanted || a.Error != b.Error ||
 		!a.GiveUpAt.Equal(b.GiveUpAt) || !a.SwitchedAt.Equal(b.SwitchedAt) || a.FinalVMState != b.FinalVMState ||
 		len(a.History) != len(b.History) || a.Attempt != b.Attempt || a.Retrying != b.Retrying ||
-		!a.NextAttemptAt.Equal(b.NextAttemptAt) || len(a.Retries) != len(b.Retries) {
+		!a.NextAttemptAt.Equal(b.NextAttemptAt) || len(a.Retries) != len(b.Retries) || !a.Handover.equal(b.Handover) {
 		return PersistBefore
 	}
 	if a.Transferred != b.Transferred || a.Rounds != b.Rounds || !a.LastProgressAt.Equal(b.LastProgressAt) ||

@@ -228,6 +228,12 @@ type Record struct {
 	// Retries lists the attempts that failed and were retried.
 	Retries []Retry
 
+	// Handover is set by a resigning leader's executor once it stopped
+	// driving the record (ObsHandOver) and cleared by the next load
+	// (handover.go); zero when the last executor did not resign (crashed,
+	// was cut off, or still drives it).
+	Handover Handover
+
 	vol volatile
 }
 
@@ -433,9 +439,14 @@ const (
 	// ObsPersistFailed: the executor could not write the record Step asked to
 	// persist; it kept the previous record and did none of the actions.
 	ObsPersistFailed
+	// ObsHandOver: this executor's leader resigns (Term is its term): the
+	// record gets the handed-over fact, written before the executor stops
+	// driving it; from then on Step asks for nothing until a next
+	// executor's ObsLoaded (handover.go).
+	ObsHandOver
 )
 
-var obsNames = [...]string{"result", "tick", "loaded", "agent-restarted", "cancel", "steer", "persist-failed"}
+var obsNames = [...]string{"result", "tick", "loaded", "agent-restarted", "cancel", "steer", "persist-failed", "hand-over"}
 
 // String is the observation kind's name.
 func (k ObsKind) String() string {
@@ -535,6 +546,9 @@ type Observation struct {
 	StoreVM  *StoreVM  // store steps: the record after the write, or as found when refused
 	Steer    Steer     // ObsSteer
 	SteerWhy string
+	// Term is the leadership term of the executor (ObsHandOver: the
+	// resigning leader's; the election key's create revision).
+	Term int64
 }
 
 // PersistMode says whether the record must be written before the actions.

@@ -20,6 +20,10 @@ import (
 // run here (the server is stopping, or this replica is not the leader).
 var ErrNotRunning = errors.New("the migration engine is not running on this server (not the leader?)")
 
+// ErrHandingOver is returned by Start and Cancel while this replica hands
+// its migrations over to the next leader (HandOver): ask again in a moment.
+var ErrHandingOver = errors.New("this server is handing its migrations over to the next leader: try again in a moment")
+
 // Records is where migration records are kept (/ferry/migrations/<id>).
 type Records interface {
 	PutMigration(ctx context.Context, m *statev1.MigrationRecord) error
@@ -76,6 +80,9 @@ type Engine struct {
 	// waits for it, so a new record cannot also be found by the recovery's
 	// listing and be driven twice.
 	recovered chan struct{}
+	// handing: HandOver was called (the leader resigns): no new
+	// migration, no cancel (handover.go).
+	handing bool
 }
 
 // run is one migration the engine drives.
@@ -123,7 +130,7 @@ func (e *Engine) Run(ctx context.Context) error {
 		e.mu.Unlock()
 		return errors.New("migration engine: already running")
 	}
-	e.running, e.ctx = true, ctx
+	e.running, e.ctx, e.handing = true, ctx, false
 	recovered := make(chan struct{})
 	e.recovered = recovered
 	e.mu.Unlock()
@@ -183,10 +190,13 @@ func (e *Engine) recover(ctx context.Context) error {
 // drives it. A failed write changes nothing; the caller undoes the lock.
 func (e *Engine) Start(ctx context.Context, rec core.Record, report *ferryv1.Migration) error {
 	e.mu.Lock()
-	running, recovered := e.running, e.recovered
+	running, recovered, handing := e.running, e.recovered, e.handing
 	e.mu.Unlock()
 	if !running {
 		return connect.NewError(connect.CodeUnavailable, ErrNotRunning)
+	}
+	if handing {
+		return connect.NewError(connect.CodeUnavailable, ErrHandingOver)
 	}
 	select {
 	case <-recovered:
@@ -342,6 +352,8 @@ func (e *Engine) Cancel(ctx context.Context, id string) (*ferryv1.Migration, err
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("migration %s is past the switchover (%s): the VM already belongs to %s; it cannot be cancelled", id, rec.State, rec.To))
 	case runner == nil:
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("migration %s is still being set up; try again", id))
+	case e.handingOver():
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cancel migration %s: %w", id, ErrHandingOver))
 	}
 	if !runner.Observe(ctx, core.Observation{Kind: core.ObsCancel, Now: e.cfg.Clock.Now()}) {
 		return nil, fmt.Errorf("cancel migration %s: %w", id, ctx.Err())

@@ -31,6 +31,7 @@ type fakeQEMUPair struct {
 	dstRan    bool
 	guestDead bool // CheckGuestAlive answers alive=false
 	plainDst  bool // the destination answers as an agent without TLS streams
+	hold      bool // the source's transfer stays active (never reaches pre-switchover)
 	calls     []string
 	prepared  *agentv1.PrepareIncomingRequest // the last PrepareIncoming
 	started   *agentv1.StartOutgoingRequest   // the last StartOutgoing
@@ -146,7 +147,7 @@ func (a fakeAgent) QueryOutgoing(_ context.Context, req *agentv1.MigrationStepRe
 	defer a.f.mu.Unlock()
 	a.f.polls++
 	a.f.polledBW = append(a.f.polledBW, req.MaxBandwidthBytes)
-	if a.f.srcStatus == "active" && a.f.polls >= 3 {
+	if a.f.srcStatus == "active" && a.f.polls >= 3 && !a.f.hold {
 		a.f.srcStatus, a.f.srcRuns = "pre-switchover", false
 	}
 	return a.outStatus(), nil
@@ -412,11 +413,13 @@ func TestEngineRefusesToStartWhenNotRunning(t *testing.T) {
 }
 
 func TestEngineStopsAndTheNextRunRecovers(t *testing.T) {
-	e, _, _, recs, cancel, done := newFakeEngine(t)
+	e, pair, _, recs, cancel, done := newFakeEngine(t)
 	rec, report := newFakeRecord(t)
 	recs.fail = false
-	// A record persisted mid-transfer by a previous leader.
+	// A record persisted mid-transfer by a previous leader; the agents'
+	// QEMUs go on with the transfer.
 	rec.State, rec.Facts.DestPrepared, rec.Facts.OutgoingStarted, rec.DestURI = core.Transferring, true, true, "tcp:fake:1"
+	pair.srcStatus, pair.dstState = "active", "listening"
 	pr := core.ToProto(rec)
 	pr.Report = report
 	cancel()
@@ -425,13 +428,13 @@ func TestEngineStopsAndTheNextRunRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	// This replica leads again: it recovers the record and, the owner not
-	// having switched, rolls the migration back.
+	// having switched, adopts the running transfer (core/handover.go).
 	ctx, cancel2 := context.WithCancel(context.Background())
 	defer cancel2()
 	go func() { _ = e.Run(ctx) }()
-	m := waitStatus(t, e, recs, "mig-1", "failed")
-	if m.Error != core.ErrRestarted {
-		t.Errorf("error %q, want %q", m.Error, core.ErrRestarted)
+	m := waitStatus(t, e, recs, "mig-1", "completed")
+	if !slices.ContainsFunc(m.Events, func(ev *ferryv1.MigrationEvent) bool { return strings.Contains(ev.Message, "adopted by a new leader") }) {
+		t.Errorf("events %v: want the adoption", m.Events)
 	}
 }
 
@@ -545,7 +548,8 @@ func TestEngineReportsTheEndOnce(t *testing.T) {
 // end of a migration it recovered mid-transfer once, and never that of a
 // migration the previous leader already finished (its terminal record).
 func TestEngineEndedAcrossALeaderChange(t *testing.T) {
-	e, _, _, recs, cancel, done := newFakeEngine(t)
+	e, pair, _, recs, cancel, done := newFakeEngine(t)
+	pair.srcStatus, pair.dstState = "active", "listening"
 	var mu sync.Mutex
 	ended := map[string]int{}
 	e.cfg.Ended = func(m *ferryv1.Migration) { mu.Lock(); ended[m.Id]++; mu.Unlock() }
@@ -567,13 +571,13 @@ func TestEngineEndedAcrossALeaderChange(t *testing.T) {
 	ctx, cancel2 := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	go func() { _ = e.Run(ctx); close(stopped) }()
-	waitStatus(t, e, recs, "mig-1", "failed")
+	waitStatus(t, e, recs, "mig-1", "completed")
 	cancel2()
 	<-stopped // every migration goroutine returned
 	mu.Lock()
 	defer mu.Unlock()
 	if ended["mig-1"] != 1 || ended["mig-0"] != 0 {
-		t.Errorf("Ended calls %v, want mig-1 once (recovered, rolled back) and mig-0 never (finished before)", ended)
+		t.Errorf("Ended calls %v, want mig-1 once (recovered, adopted) and mig-0 never (finished before)", ended)
 	}
 }
 

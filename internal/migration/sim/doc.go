@@ -18,7 +18,8 @@
 // killed, the server cut off from one agent while the agents still reach
 // each other, the agents cut off from each other, a store write failing, a
 // timeout firing (the server stalls past the stall timeout), a timer firing
-// early, a user cancel. ExplorePairs samples cases with a second fault
+// early, a user cancel, a graceful leader change (hand-over: the leader
+// resigns, the next one adopts). ExplorePairs samples cases with a second fault
 // landing in the path the first one caused.
 //
 // The fakes also model the two control-plane/agent loops the engine relies

@@ -27,11 +27,12 @@ const (
 	TimerEarly    Fault = "timer-early"     // a timer fires before its deadline
 	CancelByUser  Fault = "cancel"          // the user cancels
 	DelayRequest  Fault = "delay-request"   // the step's request arrives late (after the caller timed out)
+	HandOverFault Fault = "hand-over"       // the leading server resigns after the step is sent; the next leader adopts (handover.go)
 )
 
 // AllFaults is every fault kind the exploration injects.
 var AllFaults = []Fault{CrashServer, CrashAgentSrc, CrashAgentDst, LoseRequest, LoseReply, KillQEMUSrc, KillQEMUDst,
-	CutSrc, CutDst, LinkDown, StoreFail, TimeoutFires, TimerEarly, CancelByUser, DelayRequest}
+	CutSrc, CutDst, LinkDown, StoreFail, TimeoutFires, TimerEarly, CancelByUser, DelayRequest, HandOverFault}
 
 // Inject applies fault f now, before action a; it returns what happens to a.
 func (w *World) Inject(f Fault, a core.Action) Disposition {
@@ -78,6 +79,8 @@ func (w *World) Inject(f Fault, a core.Action) Disposition {
 	case CancelByUser:
 		epoch := w.epoch
 		w.after(0, func() { w.deliverIf(epoch, core.Observation{Kind: core.ObsCancel}) })
+	case HandOverFault:
+		w.HandOver()
 	}
 	return DispDeliver
 }

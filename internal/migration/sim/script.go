@@ -19,6 +19,7 @@ import (
 //	crash server [manual] [at=<action>] [for=<duration>]   (manual: stays down until restart)
 //	crash agent src|dst [manual] [at=<action>] [for=<duration>]
 //	restart server | restart agent src|dst
+//	hand over [at=<action>]         the leading server resigns (handover), the next one adopts
 //	kill qemu src|dst [at=<action>]
 //	drop request|reply [at=<action>]   (default: the next action)
 //	cut src|dst [at=<action>] [for=<duration>]
@@ -27,6 +28,7 @@ import (
 //	cancel [at=<action>]
 //	corrupt copy [at=<action>]      the cold disk copy arrives corrupted: the destination's checksum differs
 //	state                           the record's state, facts and the world
+//	history                         the stored record's history (state and message of each event)
 //
 // at=<action> arms the fault for the next action whose name starts with it
 // (e.g. at=FinishIncoming, at=CASOwner(h2)); in=<state> for the first action
@@ -259,6 +261,18 @@ func (in *Interp) Do(cmd string, args []string) (string, error) {
 			w.after(0, func() { w.deliverIf(epoch, core.Observation{Kind: core.ObsCancel}) })
 			return DispDeliver
 		}), nil
+	case "hand":
+		return schedule(func(core.Action) Disposition {
+			in.W.logf("FAULT the leader hands over")
+			in.W.HandOver()
+			return DispDeliver
+		}), nil
+	case "history":
+		var b strings.Builder
+		for _, e := range in.W.Record().History {
+			fmt.Fprintf(&b, "%7.3fs %s: %s\n", e.At.Sub(in.W.rec.StartedAt).Seconds(), e.State, e.Message)
+		}
+		return strings.TrimSuffix(b.String(), "\n"), nil
 	case "state":
 		r := in.W.Record()
 		return fmt.Sprintf("state %s facts [%s]\n%s", r.State, facts(r.Facts), in.W.Summary()), nil

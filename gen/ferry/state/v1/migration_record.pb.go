@@ -92,7 +92,15 @@ type MigrationRecord struct {
 	// copy_disks: a cold migration copies the VM's local disks (state
 	// copying) before the owner switch; disk_uri is then the destination's
 	// receiver.
-	CopyDisks     bool `protobuf:"varint,81,opt,name=copy_disks,json=copyDisks,proto3" json:"copy_disks,omitempty"`
+	CopyDisks bool `protobuf:"varint,81,opt,name=copy_disks,json=copyDisks,proto3" json:"copy_disks,omitempty"`
+	// handover_term is the leadership term (the election key's create
+	// revision) of the leader that handed this migration over when it
+	// resigned (its runner stopped after this write); 0: not handed over
+	// since it was last loaded. A next leader adopts the migration either
+	// way; this says whether the previous one resigned or was lost.
+	HandoverTerm int64 `protobuf:"varint,90,opt,name=handover_term,json=handoverTerm,proto3" json:"handover_term,omitempty"`
+	// handed_over_at is when the resigning leader stopped driving it.
+	HandedOverAt  *timestamppb.Timestamp `protobuf:"bytes,91,opt,name=handed_over_at,json=handedOverAt,proto3" json:"handed_over_at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,6 +385,20 @@ func (x *MigrationRecord) GetCopyDisks() bool {
 		return x.CopyDisks
 	}
 	return false
+}
+
+func (x *MigrationRecord) GetHandoverTerm() int64 {
+	if x != nil {
+		return x.HandoverTerm
+	}
+	return 0
+}
+
+func (x *MigrationRecord) GetHandedOverAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HandedOverAt
+	}
+	return nil
 }
 
 // MigrationRecordRetry is one failed and retried attempt (see core.Retry).
@@ -797,7 +819,7 @@ var File_ferry_state_v1_migration_record_proto protoreflect.FileDescriptor
 
 const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\n" +
-	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaf\v\n" +
+	"%ferry/state/v1/migration_record.proto\x12\x0eferry.state.v1\x1a\x18ferry/v1/migration.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x96\f\n" +
 	"\x0fMigrationRecord\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x0e\n" +
@@ -843,7 +865,9 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\x06report\x18\x1e \x01(\v2\x13.ferry.v1.MigrationR\x06report\x12\x19\n" +
 	"\bdisk_uri\x18P \x01(\tR\adiskUri\x12\x1d\n" +
 	"\n" +
-	"copy_disks\x18Q \x01(\bR\tcopyDisks\"\xb6\x01\n" +
+	"copy_disks\x18Q \x01(\bR\tcopyDisks\x12#\n" +
+	"\rhandover_term\x18Z \x01(\x03R\fhandoverTerm\x12@\n" +
+	"\x0ehanded_over_at\x18[ \x01(\v2\x1a.google.protobuf.TimestampR\fhandedOverAt\"\xb6\x01\n" +
 	"\x14MigrationRecordRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
@@ -922,18 +946,19 @@ var file_ferry_state_v1_migration_record_proto_depIdxs = []int32{
 	5,  // 10: ferry.state.v1.MigrationRecord.next_attempt_at:type_name -> google.protobuf.Timestamp
 	1,  // 11: ferry.state.v1.MigrationRecord.retries:type_name -> ferry.state.v1.MigrationRecordRetry
 	6,  // 12: ferry.state.v1.MigrationRecord.report:type_name -> ferry.v1.Migration
-	5,  // 13: ferry.state.v1.MigrationRecordRetry.failed_at:type_name -> google.protobuf.Timestamp
-	7,  // 14: ferry.state.v1.MigrationRecordRetry.backoff:type_name -> google.protobuf.Duration
-	7,  // 15: ferry.state.v1.MigrationBounds.stall_timeout:type_name -> google.protobuf.Duration
-	7,  // 16: ferry.state.v1.MigrationBounds.timeout:type_name -> google.protobuf.Duration
-	7,  // 17: ferry.state.v1.MigrationBounds.recovery_window:type_name -> google.protobuf.Duration
-	7,  // 18: ferry.state.v1.MigrationBounds.retry_backoff:type_name -> google.protobuf.Duration
-	5,  // 19: ferry.state.v1.MigrationRecordEvent.at:type_name -> google.protobuf.Timestamp
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	5,  // 13: ferry.state.v1.MigrationRecord.handed_over_at:type_name -> google.protobuf.Timestamp
+	5,  // 14: ferry.state.v1.MigrationRecordRetry.failed_at:type_name -> google.protobuf.Timestamp
+	7,  // 15: ferry.state.v1.MigrationRecordRetry.backoff:type_name -> google.protobuf.Duration
+	7,  // 16: ferry.state.v1.MigrationBounds.stall_timeout:type_name -> google.protobuf.Duration
+	7,  // 17: ferry.state.v1.MigrationBounds.timeout:type_name -> google.protobuf.Duration
+	7,  // 18: ferry.state.v1.MigrationBounds.recovery_window:type_name -> google.protobuf.Duration
+	7,  // 19: ferry.state.v1.MigrationBounds.retry_backoff:type_name -> google.protobuf.Duration
+	5,  // 20: ferry.state.v1.MigrationRecordEvent.at:type_name -> google.protobuf.Timestamp
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_ferry_state_v1_migration_record_proto_init() }
