@@ -82,4 +82,3 @@ func TestFleetMetrics(t *testing.T) {
 	}
 	t.Logf("balancer plan: %d proposals, imbalance %.3f → %.3f (%s)", len(plan.GetProposals()), plan.GetImbalanceBefore(), plan.GetImbalanceAfter(), plan.GetWhy())
 }
-
