@@ -111,11 +111,21 @@ type Migration struct {
 	Phases     *Phases `json:"phases,omitempty"`
 	// PredictedTotalMs and PredictedDowntimeMs are the planner's forecast
 	// (0: none).
-	PredictedTotalMs    int64      `json:"predictedTotalMs"`
-	PredictedDowntimeMs int64      `json:"predictedDowntimeMs"`
-	Warnings            []string   `json:"warnings,omitempty"`
-	StartedAt           *time.Time `json:"startedAt,omitempty"`
-	FinishedAt          *time.Time `json:"finishedAt,omitempty"`
+	PredictedTotalMs    int64 `json:"predictedTotalMs"`
+	PredictedDowntimeMs int64 `json:"predictedDowntimeMs"`
+	// Predicted says the planner forecast the strategy that ran; it
+	// predicted no convergence when PredictedConverges is false (the
+	// forecast's times are then 0 and PredictionReason says why).
+	Predicted          bool   `json:"predicted"`
+	PredictedConverges bool   `json:"predictedConverges"`
+	PredictionReason   string `json:"predictionReason,omitempty"`
+	// PlannedDirtyRateMiBps and PlannedBandwidthMiBps are the plan's
+	// inputs (0: no plan).
+	PlannedDirtyRateMiBps float64    `json:"plannedDirtyRateMiBps"`
+	PlannedBandwidthMiBps float64    `json:"plannedBandwidthMiBps"`
+	Warnings              []string   `json:"warnings,omitempty"`
+	StartedAt             *time.Time `json:"startedAt,omitempty"`
+	FinishedAt            *time.Time `json:"finishedAt,omitempty"`
 }
 
 // Phases are the parts of the pause (ferryv1.DowntimePhases), in ms.
@@ -222,6 +232,12 @@ func migrationRow(m *ferryv1.Migration, now time.Time) Migration {
 		DirtyRateMiBps: m.GetDirtyRateMibps(), BandwidthMiBps: m.GetBandwidthMibps(), Rounds: m.GetRounds(), DowntimeMs: migplot.DowntimeMs(m),
 		PredictedTotalMs: m.GetPredicted().GetTotalMs(), PredictedDowntimeMs: m.GetPredicted().GetDowntimeMs(),
 		Warnings: m.GetWarnings(), ElapsedMs: m.GetTotalMs()}
+	if p := m.GetPredicted(); p != nil {
+		r.Predicted, r.PredictedConverges, r.PredictionReason = true, p.GetConverges(), p.GetReason()
+	}
+	if in := m.GetPlan().GetInputs(); in != nil {
+		r.PlannedDirtyRateMiBps, r.PlannedBandwidthMiBps = in.GetDirtyRateMibps(), in.GetBandwidthMibps()
+	}
 	if p := m.GetDowntimePhases(); p != nil {
 		r.Phases = &Phases{StopMs: p.GetStopMs(), FinalRoundMs: p.GetFinalRoundMs(), SwitchoverMs: p.GetSwitchoverMs(), DeviceStateMs: p.GetDeviceStateMs(),
 			ResumeMs: p.GetResumeMs(), TotalMs: p.GetTotalMs(), FinalRoundBytes: p.GetFinalRoundBytes()}

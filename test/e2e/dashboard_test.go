@@ -236,7 +236,22 @@ func TestDashboardShowsLiveMigration(t *testing.T) {
 	if done.Status != "completed" || done.Progress != 1 || done.DowntimeMs <= 0 || done.TransferredBytes <= 0 || done.Phases == nil || done.Phases.TotalMs != done.DowntimeMs {
 		t.Errorf("finished row %+v: want completed with downtime, its parts and bytes", *done)
 	}
-	t.Logf("finished: total %d ms (predicted %d), downtime %d ms (predicted %d), phases %+v", done.ElapsedMs, done.PredictedTotalMs, done.DowntimeMs, done.PredictedDowntimeMs, *done.Phases)
+	t.Logf("finished: total %d ms (predicted %d), downtime %d ms (predicted %d), phases %+v; planned with dirty rate %.1f MiB/s, bandwidth %.1f MiB/s: converges %v (%s)",
+		done.ElapsedMs, done.PredictedTotalMs, done.DowntimeMs, done.PredictedDowntimeMs, *done.Phases, done.PlannedDirtyRateMiBps, done.PlannedBandwidthMiBps, done.PredictedConverges, done.PredictionReason)
+	// A prediction of 0 means none: either the planner forecast the
+	// migration's times, or it said (with its reason) that it would not
+	// converge, and the record warns of it.
+	switch {
+	case !done.Predicted:
+		t.Errorf("finished row %+v: no prediction (the dry run made one)", *done)
+	case done.PredictedConverges && (done.PredictedTotalMs <= 0 || done.PredictedDowntimeMs <= 0):
+		t.Errorf("finished row %+v: a converging prediction without times", *done)
+	case !done.PredictedConverges && (done.PredictionReason == "" || !strings.Contains(strings.Join(done.Warnings, "; "), "predicted not to converge")):
+		t.Errorf("finished row %+v: a non-converging prediction without its reason or the record's warning", *done)
+	}
+	if p := done.Phases; p.StopMs+p.FinalRoundMs+p.SwitchoverMs+p.DeviceStateMs+p.ResumeMs > p.TotalMs+2 || p.ResumeMs < 0 {
+		t.Errorf("pause parts %+v add up to more than the pause", *p)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for !dashShows(last, name, id) && time.Now().Before(deadline) {
 		select {

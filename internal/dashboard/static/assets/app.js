@@ -252,12 +252,25 @@ function phases(p) {
   return parts.map(([n, v]) => n + " " + Number(v || 0)).join(", ");
 }
 
+// predicted is a forecast's figure: none, or "no convergence" when the
+// planner predicted the strategy would not converge (its times are 0).
+function predicted(m, v) {
+  if (!m.predicted) return "–";
+  return m.predictedConverges || m.strategy === "cold" ? ms(v) : "predicted not to converge";
+}
+
+function predictionTitle(m) {
+  if (!m.predicted) return "no prediction";
+  return (m.predictionReason || "") + (m.plannedBandwidthMiBps ? " (planned with dirty rate " + m.plannedDirtyRateMiBps.toFixed(1) +
+    " MiB/s, bandwidth " + m.plannedBandwidthMiBps.toFixed(1) + " MiB/s)" : "");
+}
+
 function renderFinished(s) {
   setRows("finished", s.finished.map((m) => el("tr", { "data-migration": m.id, class: m.status },
     el("td", {}, m.id), el("td", {}, m.vm), el("td", {}, m.from + " → " + m.to), el("td", {}, m.strategy),
     el("td", { class: "state " + m.status, title: m.error || (m.warnings || []).join("; ") }, m.status),
-    el("td", {}, ms(m.elapsedMs) + " (" + ms(m.predictedTotalMs) + ")"),
-    el("td", {}, ms(m.downtimeMs) + " (" + ms(m.predictedDowntimeMs) + ")"),
+    el("td", { title: predictionTitle(m) }, ms(m.elapsedMs) + " (" + predicted(m, m.predictedTotalMs) + ")"),
+    el("td", { title: predictionTitle(m) }, ms(m.downtimeMs) + " (" + predicted(m, m.predictedDowntimeMs) + ")"),
     el("td", { class: "small" }, phases(m.phases)),
     el("td", {}, mib(m.transferredBytes)),
     el("td", {}, el("button", { type: "button", onclick: () => showReport(m) }, "plot")))));
@@ -419,6 +432,7 @@ function logout(why) {
   if (streamAbort) streamAbort.abort();
   token = "";
   sessionStorage.removeItem(tokenKey);
+  $("token").value = "";
   $("main").hidden = true;
   $("logout").hidden = true;
   $("who").textContent = "";
