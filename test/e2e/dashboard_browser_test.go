@@ -225,6 +225,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	if got := text(evac); !strings.Contains(got, "1 / 1 moved") {
 		t.Errorf("evacuation %q: want 1 / 1 moved", got)
 	}
+	poll("the evacuation's completion among the events", `[...document.querySelectorAll("#events tbody tr")].some(r => r.cells[1].textContent === "evacuation" && r.cells[2].textContent === "h2" && r.cells[3].textContent.endsWith("→ completed"))`)
 	poll("h2 offers the exit", `!!document.querySelector('`+h2+` button.maint-exit:not([hidden]):enabled')`)
 	shot(t, ctx, "dashboard-evacuated.png")
 
