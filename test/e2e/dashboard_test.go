@@ -147,6 +147,12 @@ func TestDashboardShowsLiveMigration(t *testing.T) {
 	if len(first.Hosts) != 2 || first.Hosts[0].State != "ready" || first.Hosts[0].CPUs == 0 || len(first.VMs) != 1 || first.VMs[0].Host != "h1" || first.VMs[0].State != "running" {
 		t.Errorf("first snapshot: hosts %+v, VMs %+v", first.Hosts, first.VMs)
 	}
+	if len(first.Hosts) == 0 {
+		t.Fatalf("first snapshot: no hosts")
+	}
+	if h := first.Hosts[0]; h.Health != "healthy" || h.Maintenance || first.Evacuations == nil || len(first.Evacuations) != 0 {
+		t.Errorf("first snapshot: host %+v, evacuations %v; want a healthy host, none in maintenance", h, first.Evacuations)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -172,6 +178,19 @@ func TestDashboardShowsLiveMigration(t *testing.T) {
 	}
 	if code, body := viewer.rpc("ferry.v1.MigrationService/Migrate", req, nil); code != http.StatusForbidden || !strings.Contains(body, "permission_denied") {
 		t.Errorf("Migrate as viewer: %d %s, want 403 permission_denied", code, body)
+	}
+	// The page's fleet controls are the operator's too, the dry run included.
+	for method, body := range map[string]map[string]any{
+		"FleetService/EnterMaintenance": {"host": "h2", "dryRun": true}, "FleetService/ExitMaintenance": {"host": "h2"},
+		"FleetService/CancelEvacuation": {"host": "h2"}, "FleetService/Balance": {"dryRun": true},
+	} {
+		if code, resp := viewer.rpc("ferry.v1."+method, body, nil); code != http.StatusForbidden || !strings.Contains(resp, "permission_denied") {
+			t.Errorf("%s as viewer: %d %s, want 403 permission_denied", method, code, resp)
+		}
+	}
+	var recs map[string]any
+	if code, body := viewer.rpc("ferry.v1.FleetService/ListRecommendations", map[string]any{}, &recs); code != 200 {
+		t.Errorf("ListRecommendations as viewer: %d %s, want the balancer's plan", code, body)
 	}
 	dryReq := map[string]any{"dryRun": true}
 	for k, v := range req {
