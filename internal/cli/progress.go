@@ -284,7 +284,11 @@ func renderReport(m *ferryv1.Migration) string {
 		line("disk", v)
 	}
 	if pr := m.GetPredicted(); pr != nil {
-		line("predicted", fmt.Sprintf("total %s, downtime %s (planning %s)", fmtMs(pr.GetTotalMs()), fmtMs(pr.GetDowntimeMs()), fmtMs(m.GetPlanningMs())))
+		if pr.GetConverges() || pr.GetStrategy() == "cold" {
+			line("predicted", fmt.Sprintf("total %s, downtime %s (planning %s)", fmtMs(pr.GetTotalMs()), fmtMs(pr.GetDowntimeMs()), fmtMs(m.GetPlanningMs())))
+		} else {
+			line("predicted", fmt.Sprintf("does not converge: %s (planning %s)", pr.GetReason(), fmtMs(m.GetPlanningMs())))
+		}
 	}
 	if t := m.GetThrottlePercent(); t > 0 {
 		line("throttle", fmt.Sprintf("up to %d%% of the guest's CPU", t))

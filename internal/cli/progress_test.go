@@ -366,3 +366,15 @@ func TestMigrationTable(t *testing.T) {
 		fmt.Println(got)
 	}
 }
+
+// TestRenderReportNonConvergingPrediction: a prediction that the strategy
+// does not converge reads as such, with its reason, never as predicted
+// times of 0.
+func TestRenderReportNonConvergingPrediction(t *testing.T) {
+	m := completedMig()
+	m.Predicted = &ferryv1.StrategyPrediction{Strategy: "precopy", Reason: "dirty rate 9 MiB/s ≥ bandwidth 8 MiB/s: pre-copy never converges"}
+	got := renderReport(m)
+	if !strings.Contains(got, "does not converge: dirty rate 9 MiB/s ≥ bandwidth 8 MiB/s") || strings.Contains(got, "total 0 ms") {
+		t.Errorf("report:\n%s\nwant the prediction read as not converging, with its reason", got)
+	}
+}

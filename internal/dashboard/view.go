@@ -22,6 +22,10 @@ type Input struct {
 	VMs        []*ferryv1.VM
 	Migrations []*ferryv1.Migration // without samples
 	Events     []*ferryv1.Event     // oldest first
+	// Evacuations are the hosts' maintenance records; Balance the
+	// balancer's last plan (nil: none yet, or no balancer).
+	Evacuations []*ferryv1.Evacuation
+	Balance     *ferryv1.BalanceResponse
 }
 
 // Snapshot is what the page shows, ready to render (JSON).
@@ -32,6 +36,10 @@ type Snapshot struct {
 	Live     []Migration `json:"live"`     // in flight, oldest first
 	Finished []Migration `json:"finished"` // newest first, at most MaxFinished
 	Events   []Event     `json:"events"`   // newest first, at most MaxEvents
+	// Evacuations are by host name; Balancer is the balancer's last plan
+	// (absent before its first).
+	Evacuations []Evacuation `json:"evacuations"`
+	Balancer    *Balancer    `json:"balancer,omitempty"`
 }
 
 // Host is one host's row.
@@ -54,6 +62,15 @@ type Host struct {
 	HeartbeatAgeSeconds float64 `json:"heartbeatAgeSeconds"`
 	Version             string  `json:"version,omitempty"`
 	QEMU                string  `json:"qemu,omitempty"`
+	// Health is healthy, degraded, failed (the agent's checks) or
+	// unreachable (its lease expired); HealthDetail the checks' reasons.
+	Health       string `json:"health"`
+	HealthDetail string `json:"healthDetail,omitempty"`
+	// Maintenance is set while the host has a maintenance record; its
+	// evacuation's state is Evacuation (running, cancelling, completed,
+	// incomplete, cancelled).
+	Maintenance bool   `json:"maintenance"`
+	Evacuation  string `json:"evacuation,omitempty"`
 }
 
 // VM is one VM's row.
@@ -94,11 +111,21 @@ type Migration struct {
 	Phases     *Phases `json:"phases,omitempty"`
 	// PredictedTotalMs and PredictedDowntimeMs are the planner's forecast
 	// (0: none).
-	PredictedTotalMs    int64      `json:"predictedTotalMs"`
-	PredictedDowntimeMs int64      `json:"predictedDowntimeMs"`
-	Warnings            []string   `json:"warnings,omitempty"`
-	StartedAt           *time.Time `json:"startedAt,omitempty"`
-	FinishedAt          *time.Time `json:"finishedAt,omitempty"`
+	PredictedTotalMs    int64 `json:"predictedTotalMs"`
+	PredictedDowntimeMs int64 `json:"predictedDowntimeMs"`
+	// Predicted says the planner forecast the strategy that ran; it
+	// predicted no convergence when PredictedConverges is false (the
+	// forecast's times are then 0 and PredictionReason says why).
+	Predicted          bool   `json:"predicted"`
+	PredictedConverges bool   `json:"predictedConverges"`
+	PredictionReason   string `json:"predictionReason,omitempty"`
+	// PlannedDirtyRateMiBps and PlannedBandwidthMiBps are the plan's
+	// inputs (0: no plan).
+	PlannedDirtyRateMiBps float64    `json:"plannedDirtyRateMiBps"`
+	PlannedBandwidthMiBps float64    `json:"plannedBandwidthMiBps"`
+	Warnings              []string   `json:"warnings,omitempty"`
+	StartedAt             *time.Time `json:"startedAt,omitempty"`
+	FinishedAt            *time.Time `json:"finishedAt,omitempty"`
 }
 
 // Phases are the parts of the pause (ferryv1.DowntimePhases), in ms.
@@ -126,9 +153,20 @@ type Event struct {
 
 // Build makes the snapshot of in at now. It is pure.
 func Build(in Input, now time.Time) Snapshot {
-	s := Snapshot{At: now, Hosts: []Host{}, VMs: []VM{}, Live: []Migration{}, Finished: []Migration{}, Events: []Event{}}
+	s := Snapshot{At: now, Hosts: []Host{}, VMs: []VM{}, Live: []Migration{}, Finished: []Migration{}, Events: []Event{}, Evacuations: []Evacuation{},
+		Balancer: balancerView(in.Balance)}
+	evac := map[string]string{}
+	for _, e := range in.Evacuations {
+		evac[e.GetHost()] = e.GetState()
+		s.Evacuations = append(s.Evacuations, evacuationRow(e, now))
+	}
+	sort.Slice(s.Evacuations, func(i, j int) bool { return s.Evacuations[i].Host < s.Evacuations[j].Host })
 	for _, h := range in.Hosts {
-		s.Hosts = append(s.Hosts, hostRow(h, now))
+		r := hostRow(h, now)
+		if st, ok := evac[r.Name]; ok {
+			r.Maintenance, r.Evacuation = true, st
+		}
+		s.Hosts = append(s.Hosts, r)
 	}
 	sort.Slice(s.Hosts, func(i, j int) bool { return s.Hosts[i].Name < s.Hosts[j].Name })
 	for _, v := range in.VMs {
@@ -169,7 +207,8 @@ func IsLive(m *ferryv1.Migration) bool {
 func hostRow(h *ferryv1.Host, now time.Time) Host {
 	c := h.GetCapacity()
 	r := Host{Name: h.GetName(), State: h.GetState(), CPUs: c.GetCpus(), VCPUs: c.GetAllocatedVcpus(), MemoryMiB: c.GetMemoryMib(),
-		UsedMemoryMiB: c.GetAllocatedMemoryMib(), VMs: c.GetVms(), HeartbeatAgeSeconds: -1, Version: h.GetFerryVersion(), QEMU: h.GetQemu().GetVersion()}
+		UsedMemoryMiB: c.GetAllocatedMemoryMib(), VMs: c.GetVms(), HeartbeatAgeSeconds: -1, Version: h.GetFerryVersion(), QEMU: h.GetQemu().GetVersion(),
+		Health: health(h), HealthDetail: h.GetHealthDetail(), Maintenance: h.GetMaintenance()}
 	r.CPUUse = fraction(float64(r.VCPUs), float64(r.CPUs))
 	r.MemoryUse = fraction(float64(r.UsedMemoryMiB), float64(r.MemoryMiB))
 	if h.GetLastSeen() != nil {
@@ -193,6 +232,12 @@ func migrationRow(m *ferryv1.Migration, now time.Time) Migration {
 		DirtyRateMiBps: m.GetDirtyRateMibps(), BandwidthMiBps: m.GetBandwidthMibps(), Rounds: m.GetRounds(), DowntimeMs: migplot.DowntimeMs(m),
 		PredictedTotalMs: m.GetPredicted().GetTotalMs(), PredictedDowntimeMs: m.GetPredicted().GetDowntimeMs(),
 		Warnings: m.GetWarnings(), ElapsedMs: m.GetTotalMs()}
+	if p := m.GetPredicted(); p != nil {
+		r.Predicted, r.PredictedConverges, r.PredictionReason = true, p.GetConverges(), p.GetReason()
+	}
+	if in := m.GetPlan().GetInputs(); in != nil {
+		r.PlannedDirtyRateMiBps, r.PlannedBandwidthMiBps = in.GetDirtyRateMibps(), in.GetBandwidthMibps()
+	}
 	if p := m.GetDowntimePhases(); p != nil {
 		r.Phases = &Phases{StopMs: p.GetStopMs(), FinalRoundMs: p.GetFinalRoundMs(), SwitchoverMs: p.GetSwitchoverMs(), DeviceStateMs: p.GetDeviceStateMs(),
 			ResumeMs: p.GetResumeMs(), TotalMs: p.GetTotalMs(), FinalRoundBytes: p.GetFinalRoundBytes()}

@@ -31,8 +31,9 @@ func TestBuild(t *testing.T) {
 		},
 		Migrations: []*ferryv1.Migration{
 			{Id: "mig-0", Vm: "db", Status: "completed", StartedAt: ts(0), FinishedAt: ts(2 * time.Second), TotalMs: 2000,
-				TransferredBytes: 100, DowntimePhases: &ferryv1.DowntimePhases{TotalMs: 40, SwitchoverMs: 7}, Predicted: &ferryv1.StrategyPrediction{TotalMs: 1800, DowntimeMs: 30}},
-			{Id: "mig-1", Vm: "db", Status: "failed", StartedAt: ts(10 * time.Second), FinishedAt: ts(11 * time.Second), Error: "link down", RemainingBytes: 50, TransferredBytes: 50},
+				TransferredBytes: 100, DowntimePhases: &ferryv1.DowntimePhases{TotalMs: 40, SwitchoverMs: 7}, Predicted: &ferryv1.StrategyPrediction{TotalMs: 1800, DowntimeMs: 30, Converges: true}},
+			{Id: "mig-1", Vm: "db", Status: "failed", Predicted: &ferryv1.StrategyPrediction{Strategy: "precopy", Reason: "never converges"},
+				Plan: &ferryv1.Plan{Inputs: &ferryv1.PlanInputs{DirtyRateMibps: 9, BandwidthMibps: 8}}, StartedAt: ts(10 * time.Second), FinishedAt: ts(11 * time.Second), Error: "link down", RemainingBytes: 50, TransferredBytes: 50},
 			{Id: "mig-2", Vm: "web", Status: "running", State: "transferring", StartedAt: ts(50 * time.Second), TransferredBytes: 300, RemainingBytes: 100, DirtyRateMibps: 12.5},
 		},
 	}
@@ -55,6 +56,12 @@ func TestBuild(t *testing.T) {
 	if len(s.Finished) != 2 || s.Finished[0].ID != "mig-1" || s.Finished[0].Progress != 0.5 || s.Finished[1].Progress != 1 ||
 		s.Finished[1].DowntimeMs != 40 || s.Finished[1].Phases.SwitchoverMs != 7 || s.Finished[1].PredictedDowntimeMs != 30 || s.Finished[1].ElapsedMs != 2000 || s.Finished[1].PredictedTotalMs != 1800 {
 		t.Errorf("finished %+v", s.Finished)
+	}
+	if f := s.Finished[0]; !f.Predicted || f.PredictedConverges || f.PredictionReason != "never converges" || f.PlannedDirtyRateMiBps != 9 || f.PlannedBandwidthMiBps != 8 {
+		t.Errorf("a non-converging prediction: %+v, want it marked as such with its reason and the plan's inputs", f)
+	}
+	if f := s.Finished[1]; !f.Predicted || !f.PredictedConverges {
+		t.Errorf("a converging prediction: %+v", f)
 	}
 	if len(s.Events) != MaxEvents || s.Events[0].ID != fmt.Sprintf("%03d", MaxEvents+4) {
 		t.Errorf("%d events, first %q; want the newest %d, newest first", len(s.Events), s.Events[0].ID, MaxEvents)

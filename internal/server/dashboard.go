@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/dashboard"
+	"github.com/ferryvm/ferry/internal/drain"
 )
 
 // Read budget of the dashboard's source (see dashSource).
@@ -64,6 +65,12 @@ func (d *dashSource) Input(ctx context.Context) (dashboard.Input, error) {
 		return in, fmt.Errorf("VMs: %w", err)
 	}
 	in.Hosts, in.VMs = hs.Msg.Hosts, vs.Msg.Vms
+	if in.Evacuations, err = d.s.evacuations(ctx); err != nil {
+		return in, fmt.Errorf("evacuations: %w", err)
+	}
+	if d.s.balancer != nil {
+		in.Balance = d.s.balancer.Recommendations()
+	}
 	last, err := d.s.store.LastEvent(ctx)
 	if err != nil {
 		return in, fmt.Errorf("events: %w", err)
@@ -99,6 +106,16 @@ func (d *dashSource) Input(ctx context.Context) (dashboard.Input, error) {
 	}
 	d.in, d.at = in, now
 	return in, nil
+}
+
+// evacuations lists the hosts' maintenance records (none when the store
+// keeps none).
+func (s *Server) evacuations(ctx context.Context) ([]*ferryv1.Evacuation, error) {
+	recs, ok := s.store.(drain.Records)
+	if !ok {
+		return nil, nil
+	}
+	return recs.ListEvacuations(ctx)
 }
 
 func (d *dashSource) Migration(ctx context.Context, id string) (*ferryv1.Migration, error) {

@@ -8,6 +8,8 @@ import (
 
 	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/dashboard"
+	"github.com/ferryvm/ferry/internal/drain"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -81,8 +83,55 @@ func eventOf(c store.StateChange, now time.Time) (e *ferryv1.Event, ok bool, err
 			e.Message += ": " + cur.GetError()
 		}
 		return e, true, nil
+	case store.KindHostRecord:
+		var prev, cur ferryv1.Host
+		if err := decodeEither(c, &prev, &cur); err != nil {
+			return nil, false, err
+		}
+		if c.Prev == nil || c.Cur == nil { // registered or removed: the liveness key tells
+			return nil, false, nil
+		}
+		from, to := healthOf(&prev), healthOf(&cur)
+		if from == to {
+			return nil, false, nil
+		}
+		e.Kind, e.FromState, e.ToState = store.KindHost, from, to
+		e.Message = "health: " + cur.GetHealthDetail()
+		if cur.GetHealthDetail() == "" {
+			e.Message = "health: every check passes"
+		}
+		return e, true, nil
+	case store.KindEvacuation:
+		var prev, cur ferryv1.Evacuation
+		if err := decodeEither(c, &prev, &cur); err != nil {
+			return nil, false, err
+		}
+		e.FromState, e.ToState = stateOf(c.Prev, prev.GetState()), stateOf(c.Cur, cur.GetState())
+		if c.Cur == nil {
+			e.ToState = "deleted"
+			e.Message = "maintenance exited: the host is schedulable again"
+			return e, true, nil
+		}
+		if e.FromState == e.ToState {
+			return nil, false, nil
+		}
+		planned, done, failed, inFlight := dashboard.EvacuationCounts(&cur)
+		e.Message = fmt.Sprintf("%s: %d of %d VMs moved, %d failed, %d in flight", cur.GetReason(), done, planned, failed, inFlight)
+		if m := cur.GetMessage(); m != "" && drain.Terminal(cur.GetState()) {
+			e.Message += "; " + m
+		}
+		return e, true, nil
 	}
 	return nil, false, nil
+}
+
+// healthOf is a host record's health verdict (an agent without checks
+// reports none: healthy).
+func healthOf(h *ferryv1.Host) string {
+	if h.GetHealth() == "" {
+		return "healthy"
+	}
+	return h.GetHealth()
 }
 
 // stateOf is the state of a stored value, "" for an absent one.

@@ -30,7 +30,7 @@ func newMetrics(s *Server) *metrics {
 	m.reg.MustRegister(m.requests, m.latency, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(&stateCollector{s: s})
 	m.mig = newMigrationMetrics(m.reg)
-	m.reg.MustRegister(&clusterCollector{s: s})
+	m.reg.MustRegister(&clusterCollector{s: s}, &fleetCollector{s: s})
 	return m
 }
 

@@ -296,6 +296,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	if plan != nil {
 		m.Predicted = predictionFor(plan, opt.Strategy)
+		if w := predictionWarning(m.Predicted); w != "" {
+			m.Warnings = append(m.Warnings, w)
+		}
 	}
 	if err := s.engine.Start(ctx, rec, m); err != nil {
 		// Undo the lock so the VM is as it was.

@@ -260,6 +260,21 @@ func predictionFor(plan *ferryv1.Plan, strategy string) *ferryv1.StrategyPredict
 	return nil
 }
 
+// WarnPredictedNoConvergence starts a migration's warning when the
+// strategy asked for is one the planner predicts does not converge (its
+// predicted times are then 0: none, not instant).
+const WarnPredictedNoConvergence = "predicted not to converge"
+
+// predictionWarning is the warning of an explicit strategy's prediction
+// that does not converge ("" when it converges, or there is none).
+func predictionWarning(p *ferryv1.StrategyPrediction) string {
+	if p == nil || p.GetConverges() || p.GetStrategy() == "cold" {
+		return ""
+	}
+	return fmt.Sprintf("%s: the planner predicted %s would not converge (%s); it ran as asked, so its predicted total and downtime are none",
+		WarnPredictedNoConvergence, p.GetStrategy(), p.GetReason())
+}
+
 // noPlanError turns the planner's refusal into a precondition error that
 // changes nothing.
 func noPlanError(vm string, err error) error {

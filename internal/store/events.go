@@ -20,11 +20,17 @@ const (
 	KindHost      = "host" // /ferry/alive/<name>: present while the host's agent is heard from
 	KindVM        = "vm"
 	KindMigration = "migration"
+	// KindHostRecord is a host's record (/ferry/hosts/<name>): its health
+	// as the agent reports it (written with every heartbeat).
+	KindHostRecord = "host-record"
+	// KindEvacuation is a host's evacuation record: present while the
+	// host is in maintenance.
+	KindEvacuation = "evacuation"
 )
 
-// StateChange is one change of a host, VM or migration key.
+// StateChange is one change of a host, VM, migration or evacuation key.
 type StateChange struct {
-	Kind string // KindHost, KindVM or KindMigration
+	Kind string // KindHost, KindHostRecord, KindVM, KindMigration or KindEvacuation
 	Name string // host, VM or migration id
 	// Prev and Cur are the stored values before and after (nil: absent);
 	// Prev is nil also when etcd no longer had it.
@@ -161,6 +167,10 @@ func (s *Etcd) WatchStateChanges(ctx context.Context, from int64, fn func(StateC
 				c.Kind, c.Name = KindVM, key[len(vmsPrefix):]
 			case strings.HasPrefix(key, migPrefix):
 				c.Kind, c.Name = KindMigration, key[len(migPrefix):]
+			case strings.HasPrefix(key, hostsPrefix):
+				c.Kind, c.Name = KindHostRecord, key[len(hostsPrefix):]
+			case strings.HasPrefix(key, evacPrefix):
+				c.Kind, c.Name = KindEvacuation, key[len(evacPrefix):]
 			default:
 				continue
 			}

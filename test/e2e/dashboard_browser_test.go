@@ -83,7 +83,10 @@ func tcpRelay(t *testing.T, path string) string {
 // with the VM row's Migrate button (strategy and a bandwidth cap chosen,
 // the dry run's plan shown and confirmed), sees the live progress bar
 // advance, the finished report appear with the VM on its new host, opens
-// its plot, and keeps a screenshot (ferry-e2e-artifacts).
+// its plot; then puts that host in maintenance from its row (the dry run's
+// ETA and plan confirmed), sees it drain (the VM moves back, the
+// evacuation's per-VM progress), and checks a viewer token gets disabled
+// controls. Screenshots are kept in ferry-e2e-artifacts.
 func TestDashboardInBrowser(t *testing.T) {
 	bin := browserBinary(t)
 	c := upCluster(t, 2)
@@ -199,6 +202,45 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("finished row %q: want the VM, its route and the times", report)
 	}
 	shot(t, ctx, "dashboard-finished.png")
+
+	// Maintenance from the UI: h2's button shows the evacuation's dry run
+	// (its ETA and plan) first; confirmed, h2 drains (the VM moves back to
+	// h1) and the evacuation shows its per-VM progress.
+	h2 := `tr[data-host="h2"]`
+	do("plan h2's maintenance",
+		chromedp.WaitVisible(chromedp.CSS(h2+` button.maint-enter:enabled`)),
+		chromedp.Click(chromedp.CSS(h2+` button.maint-enter`)),
+		chromedp.WaitVisible(chromedp.CSS(`#confirm-go:enabled`)),
+	)
+	if plan := text("#confirm-plan"); !strings.Contains(plan, "Predicted ETA") || !strings.Contains(plan, name) {
+		t.Errorf("the maintenance dialog %q lacks the dry run's ETA or its plan for %s", plan, name)
+	}
+	shot(t, ctx, "dashboard-maintenance-plan.png")
+	do("confirm maintenance", chromedp.Click(chromedp.ID("confirm-go")))
+	poll("h2 in maintenance", `document.querySelector('`+h2+` td:nth-child(8)').textContent.startsWith("in maintenance")`)
+	evac := `#evacuations div[data-evacuation="h2"]`
+	poll("h2's evacuation lists the VM", `!!document.querySelector('`+evac+` tr[data-vm="`+name+`"]')`)
+	poll("the VM back on h1", `document.querySelector('`+row+` td:nth-child(2)').textContent === "h1"`)
+	poll("the evacuation completed", `document.querySelector('`+evac+` tr[data-vm="`+name+`"] td:nth-child(4)').textContent === "completed"`)
+	if got := text(evac); !strings.Contains(got, "1 / 1 moved") {
+		t.Errorf("evacuation %q: want 1 / 1 moved", got)
+	}
+	poll("the evacuation's completion among the events", `[...document.querySelectorAll("#events tbody tr")].some(r => r.cells[1].textContent === "evacuation" && r.cells[2].textContent === "h2" && r.cells[3].textContent.endsWith("→ completed"))`)
+	poll("h2 offers the exit", `!!document.querySelector('`+h2+` button.maint-exit:not([hidden]):enabled')`)
+	shot(t, ctx, "dashboard-evacuated.png")
+
+	// A viewer sees the controls disabled (the server refuses them anyway).
+	viewer := strings.TrimSpace(c.mustFerry("token", "create", "--role", "viewer"))
+	do("log in as a viewer",
+		chromedp.Click(chromedp.ID("logout")),
+		chromedp.WaitVisible(chromedp.ID("token")),
+		chromedp.SetValue(chromedp.ID("token"), viewer),
+		chromedp.Click(chromedp.CSS(`#login-form button`)),
+		chromedp.WaitVisible(chromedp.CSS(h2+` button.maint-exit:disabled`)),
+	)
+	if n := eval(`document.querySelectorAll("#hosts button:enabled, #vms button:enabled, #balance-now:enabled").length`); n != 0 {
+		t.Errorf("a viewer sees %v enabled controls, want none", n)
+	}
 }
 
 // shot keeps a full-page screenshot in the artifact directory.

@@ -147,6 +147,12 @@ func TestDashboardShowsLiveMigration(t *testing.T) {
 	if len(first.Hosts) != 2 || first.Hosts[0].State != "ready" || first.Hosts[0].CPUs == 0 || len(first.VMs) != 1 || first.VMs[0].Host != "h1" || first.VMs[0].State != "running" {
 		t.Errorf("first snapshot: hosts %+v, VMs %+v", first.Hosts, first.VMs)
 	}
+	if len(first.Hosts) == 0 {
+		t.Fatalf("first snapshot: no hosts")
+	}
+	if h := first.Hosts[0]; h.Health != "healthy" || h.Maintenance || first.Evacuations == nil || len(first.Evacuations) != 0 {
+		t.Errorf("first snapshot: host %+v, evacuations %v; want a healthy host, none in maintenance", h, first.Evacuations)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -172,6 +178,19 @@ func TestDashboardShowsLiveMigration(t *testing.T) {
 	}
 	if code, body := viewer.rpc("ferry.v1.MigrationService/Migrate", req, nil); code != http.StatusForbidden || !strings.Contains(body, "permission_denied") {
 		t.Errorf("Migrate as viewer: %d %s, want 403 permission_denied", code, body)
+	}
+	// The page's fleet controls are the operator's too, the dry run included.
+	for method, body := range map[string]map[string]any{
+		"FleetService/EnterMaintenance": {"host": "h2", "dryRun": true}, "FleetService/ExitMaintenance": {"host": "h2"},
+		"FleetService/CancelEvacuation": {"host": "h2"}, "FleetService/Balance": {"dryRun": true},
+	} {
+		if code, resp := viewer.rpc("ferry.v1."+method, body, nil); code != http.StatusForbidden || !strings.Contains(resp, "permission_denied") {
+			t.Errorf("%s as viewer: %d %s, want 403 permission_denied", method, code, resp)
+		}
+	}
+	var recs map[string]any
+	if code, body := viewer.rpc("ferry.v1.FleetService/ListRecommendations", map[string]any{}, &recs); code != 200 {
+		t.Errorf("ListRecommendations as viewer: %d %s, want the balancer's plan", code, body)
 	}
 	dryReq := map[string]any{"dryRun": true}
 	for k, v := range req {
@@ -236,7 +255,22 @@ func TestDashboardShowsLiveMigration(t *testing.T) {
 	if done.Status != "completed" || done.Progress != 1 || done.DowntimeMs <= 0 || done.TransferredBytes <= 0 || done.Phases == nil || done.Phases.TotalMs != done.DowntimeMs {
 		t.Errorf("finished row %+v: want completed with downtime, its parts and bytes", *done)
 	}
-	t.Logf("finished: total %d ms (predicted %d), downtime %d ms (predicted %d), phases %+v", done.ElapsedMs, done.PredictedTotalMs, done.DowntimeMs, done.PredictedDowntimeMs, *done.Phases)
+	t.Logf("finished: total %d ms (predicted %d), downtime %d ms (predicted %d), phases %+v; planned with dirty rate %.1f MiB/s, bandwidth %.1f MiB/s: converges %v (%s)",
+		done.ElapsedMs, done.PredictedTotalMs, done.DowntimeMs, done.PredictedDowntimeMs, *done.Phases, done.PlannedDirtyRateMiBps, done.PlannedBandwidthMiBps, done.PredictedConverges, done.PredictionReason)
+	// A prediction of 0 means none: either the planner forecast the
+	// migration's times, or it said (with its reason) that it would not
+	// converge, and the record warns of it.
+	switch {
+	case !done.Predicted:
+		t.Errorf("finished row %+v: no prediction (the dry run made one)", *done)
+	case done.PredictedConverges && (done.PredictedTotalMs <= 0 || done.PredictedDowntimeMs <= 0):
+		t.Errorf("finished row %+v: a converging prediction without times", *done)
+	case !done.PredictedConverges && (done.PredictionReason == "" || !strings.Contains(strings.Join(done.Warnings, "; "), "predicted not to converge")):
+		t.Errorf("finished row %+v: a non-converging prediction without its reason or the record's warning", *done)
+	}
+	if p := done.Phases; p.StopMs+p.FinalRoundMs+p.SwitchoverMs+p.DeviceStateMs+p.ResumeMs > p.TotalMs+2 || p.ResumeMs < 0 {
+		t.Errorf("pause parts %+v add up to more than the pause", *p)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for !dashShows(last, name, id) && time.Now().Before(deadline) {
 		select {

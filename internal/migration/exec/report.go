@@ -319,6 +319,7 @@ func (r *reporter) phasesLocked() {
 	// to the microsecond): a phase of a few microseconds can come out
 	// slightly negative, which is reported as 0, never as -1 ms.
 	ms := func(a, b *timestamppb.Timestamp) int64 { return max(0, b.AsTime().Sub(a.AsTime()).Milliseconds()) }
+	loaded := loadedAt(in)
 	p := &ferryv1.DowntimePhases{FinalRoundBytes: out.DowntimeBytes}
 	if out.StoppedAt != nil && out.PreSwitchoverAt != nil {
 		p.StopMs = ms(out.StoppedAt, out.PreSwitchoverAt)
@@ -334,8 +335,8 @@ func (r *reporter) phasesLocked() {
 			m.PostcopyMs = ms(out.PostcopyStartedAt, out.CompletedAt)
 		}
 		p.FinalRoundBytes = 0
-	} else if out.ContinuedAt != nil && in.LoadedAt != nil {
-		stream := ms(out.ContinuedAt, in.LoadedAt)
+	} else if out.ContinuedAt != nil && loaded != nil {
+		stream := ms(out.ContinuedAt, loaded)
 		// QEMU sends the last RAM and the device state in one stream: split
 		// it by the final round's bytes at the measured rate.
 		if m.BandwidthMibps > 0 {
@@ -343,14 +344,30 @@ func (r *reporter) phasesLocked() {
 		}
 		p.DeviceStateMs = stream - p.FinalRoundMs
 	}
-	if in.LoadedAt != nil {
-		p.ResumeMs = ms(in.LoadedAt, in.ResumedAt)
+	if loaded != nil {
+		p.ResumeMs = ms(loaded, in.ResumedAt)
 	}
 	if out.StoppedAt != nil {
 		p.TotalMs = ms(out.StoppedAt, in.ResumedAt)
 	}
 	m.DowntimePhases = p
 	r.downtimeWarningLocked()
+}
+
+// loadedAt is when the destination had loaded the state: its incoming
+// migration's completed event, but never after its resume. The agent arms
+// the destination with cont while it loads (autostart), and QEMU then
+// starts the guest before it announces completed (the RESUME event comes
+// first, by the time vm_start takes): the state was loaded by the resume,
+// so the resume phase is 0 and the time in vm_start stays in the total and
+// is not counted twice in the device state (a report had resumeMs -1 and a
+// device state longer than the whole pause).
+func loadedAt(in *agentv1.IncomingStatus) *timestamppb.Timestamp {
+	l, r := in.GetLoadedAt(), in.GetResumedAt()
+	if l == nil || r == nil || !r.AsTime().Before(l.AsTime()) {
+		return l
+	}
+	return r
 }
 
 // WarnDowntimeOverLimit starts the report's warning for a guest paused

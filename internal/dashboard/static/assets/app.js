@@ -35,6 +35,7 @@ async function rpc(method, body) {
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined) continue;
     if (k === "class") e.className = v;
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v);
@@ -74,16 +75,81 @@ function setRows(tableId, rows) {
   }
 }
 
+// renderHosts updates the host rows in place (keyed by name), so a click
+// on a row's button is not lost to the next snapshot.
+const hostRows = new Map(); // name -> {tr, cells, enter, exit, cancel}
 function renderHosts(s) {
-  setRows("hosts", s.hosts.map((h) => el("tr", { "data-host": h.name },
-    el("td", {}, h.name),
-    el("td", { class: "state " + h.state }, h.state),
-    el("td", {}, bar(h.cpuUse, h.vcpus + " / " + h.cpus)),
-    el("td", {}, bar(h.memoryUse, gib(h.usedMemoryMiB) + " / " + gib(h.memoryMiB))),
-    el("td", {}, h.vms),
-    el("td", {}, h.heartbeatAgeSeconds < 0 ? "never" : h.heartbeatAgeSeconds.toFixed(1) + " s ago"),
-    el("td", {}, h.qemu || ""),
-    el("td", {}, h.version || ""))));
+  const tb = $("hosts").tBodies[0];
+  const names = new Set(s.hosts.map((h) => h.name));
+  for (const [n, r] of hostRows) {
+    if (!names.has(n)) { r.tr.remove(); hostRows.delete(n); }
+  }
+  tb.querySelectorAll("tr.empty").forEach((e) => e.remove());
+  s.hosts.forEach((h, i) => {
+    let r = hostRows.get(h.name);
+    if (!r) {
+      r = { cells: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map(() => el("td")) };
+      r.enter = el("button", { type: "button", class: "maint-enter", onclick: () => planMaintenance(h.name) }, "Maintenance…");
+      r.exit = el("button", { type: "button", class: "maint-exit", onclick: () => exitMaintenance(h.name) }, "Exit maintenance…");
+      r.cancel = el("button", { type: "button", class: "maint-cancel", onclick: () => cancelEvacuation(h.name) }, "Cancel evacuation…");
+      r.tr = el("tr", { "data-host": h.name }, ...r.cells, el("td", {}, r.enter, r.exit, r.cancel));
+      hostRows.set(h.name, r);
+    }
+    const hb = h.heartbeatAgeSeconds < 0 ? "never" : h.heartbeatAgeSeconds.toFixed(1) + " s ago";
+    const maint = h.maintenance ? "in maintenance" + (h.evacuation ? " (evacuation " + h.evacuation + ")" : "") : "–";
+    const texts = [h.name, h.state, h.health + (h.healthDetail ? ": " + h.healthDetail : ""), null, null, h.vms, hb, maint, h.qemu || "", h.version || ""];
+    texts.forEach((t, k) => { if (t !== null && r.cells[k].textContent !== String(t)) r.cells[k].textContent = t; });
+    r.cells[1].className = "state " + h.state;
+    r.cells[2].className = "health " + h.health;
+    r.cells[7].className = h.maintenance ? "maintenance" : "";
+    r.cells[3].replaceChildren(bar(h.cpuUse, h.vcpus + " / " + h.cpus));
+    r.cells[4].replaceChildren(bar(h.memoryUse, gib(h.usedMemoryMiB) + " / " + gib(h.memoryMiB)));
+    const evacRunning = h.evacuation === "running" || h.evacuation === "cancelling";
+    r.enter.hidden = h.maintenance;
+    r.cancel.hidden = !evacRunning;
+    r.exit.hidden = !h.maintenance || evacRunning;
+    for (const b of [r.enter, r.exit, r.cancel]) {
+      b.disabled = !canOperate || (b === r.cancel && h.evacuation === "cancelling");
+      b.title = canOperate ? "" : "needs a token with the operator role";
+    }
+    if (tb.children[i] !== r.tr) tb.insertBefore(r.tr, tb.children[i] || null);
+  });
+  if (s.hosts.length === 0) tb.append(el("tr", { class: "empty" }, el("td", { colspan: 11, class: "none" }, "none")));
+}
+
+// renderEvacuations shows each host's evacuation: state, counts, ETA and
+// each VM's progress.
+function renderEvacuations(s) {
+  const box = $("evacuations");
+  if (s.evacuations.length === 0) { box.replaceChildren(el("p", { class: "none" }, "none")); return; }
+  box.replaceChildren(...s.evacuations.map((e) => el("div", { class: "evacuation", "data-evacuation": e.host },
+    el("div", {}, el("strong", {}, e.host), " ", el("span", { class: "state " + e.state }, e.state), " (" + e.reason + ") · ",
+      e.done + " / " + e.planned + " moved · " + e.failed + " failed · " + e.inFlight + " in flight · " +
+      dur(Number(e.measuredMs) / 1000) + (Number(e.predictedEtaMs) ? " (ETA " + dur(Number(e.predictedEtaMs) / 1000) + ")" : "")),
+    e.message ? el("div", { class: "small" }, e.message) : null,
+    el("table", {}, el("thead", {}, el("tr", {}, ...["VM", "to", "strategy", "status", "progress", "attempts", "time (predicted)", ""].map((t) => el("th", {}, t)))),
+      el("tbody", {}, ...e.items.map((it) => el("tr", { "data-vm": it.vm, class: it.status },
+        el("td", {}, it.vm), el("td", {}, it.to || "–"), el("td", {}, it.strategy || "–"),
+        el("td", { class: "state " + it.status }, it.status),
+        el("td", {}, el("progress", { max: "1", value: String(it.progress || 0) }), " " + ((it.progress || 0) * 100).toFixed(0) + " %"),
+        el("td", {}, it.attempts || 0), el("td", {}, ms(it.measuredMs) + " (" + ms(it.predictedMs) + ")"),
+        el("td", { class: "small" }, it.error || ""))))))));
+}
+
+// renderBalancer shows the balancer's recommendations, each with an
+// apply button (a migration, confirmed with its dry run).
+function renderBalancer(s) {
+  const b = s.balancer;
+  $("balance-now").disabled = !canOperate;
+  $("balance-now").title = canOperate ? "" : "needs a token with the operator role";
+  if (!b) { $("balancer-summary").textContent = "no plan yet"; setRows("proposals", []); return; }
+  $("balancer-summary").textContent = "mode " + b.mode + " · imbalance " + b.imbalanceBefore.toFixed(3) + " → " + b.imbalanceAfter.toFixed(3) +
+    (b.plannedAt ? " · planned " + new Date(b.plannedAt).toLocaleTimeString() : "") + (b.why ? " · " + b.why : "");
+  setRows("proposals", b.proposals.map((p) => el("tr", { "data-vm": p.vm },
+    el("td", {}, p.vm), el("td", {}, p.from + " → " + p.to), el("td", {}, p.strategy), el("td", {}, p.gain.toFixed(3)),
+    el("td", {}, ms(p.predictedMs) + " / " + ms(p.predictedDowntimeMs)), el("td", { class: "small" }, p.reason || ""),
+    el("td", {}, el("button", { type: "button", class: "apply", disabled: canOperate ? null : "", title: canOperate ? "" : "needs a token with the operator role",
+      onclick: () => planMigration(p.vm, p.to, p.strategy || "auto", 0) }, "Apply…")))));
 }
 
 // renderVMs updates the VM rows in place (keyed by name), so a choice the
@@ -186,12 +252,25 @@ function phases(p) {
   return parts.map(([n, v]) => n + " " + Number(v || 0)).join(", ");
 }
 
+// predicted is a forecast's figure: none, or "no convergence" when the
+// planner predicted the strategy would not converge (its times are 0).
+function predicted(m, v) {
+  if (!m.predicted) return "–";
+  return m.predictedConverges || m.strategy === "cold" ? ms(v) : "predicted not to converge";
+}
+
+function predictionTitle(m) {
+  if (!m.predicted) return "no prediction";
+  return (m.predictionReason || "") + (m.plannedBandwidthMiBps ? " (planned with dirty rate " + m.plannedDirtyRateMiBps.toFixed(1) +
+    " MiB/s, bandwidth " + m.plannedBandwidthMiBps.toFixed(1) + " MiB/s)" : "");
+}
+
 function renderFinished(s) {
   setRows("finished", s.finished.map((m) => el("tr", { "data-migration": m.id, class: m.status },
     el("td", {}, m.id), el("td", {}, m.vm), el("td", {}, m.from + " → " + m.to), el("td", {}, m.strategy),
     el("td", { class: "state " + m.status, title: m.error || (m.warnings || []).join("; ") }, m.status),
-    el("td", {}, ms(m.elapsedMs) + " (" + ms(m.predictedTotalMs) + ")"),
-    el("td", {}, ms(m.downtimeMs) + " (" + ms(m.predictedDowntimeMs) + ")"),
+    el("td", { title: predictionTitle(m) }, ms(m.elapsedMs) + " (" + predicted(m, m.predictedTotalMs) + ")"),
+    el("td", { title: predictionTitle(m) }, ms(m.downtimeMs) + " (" + predicted(m, m.predictedDowntimeMs) + ")"),
     el("td", { class: "small" }, phases(m.phases)),
     el("td", {}, mib(m.transferredBytes)),
     el("td", {}, el("button", { type: "button", onclick: () => showReport(m) }, "plot")))));
@@ -213,6 +292,8 @@ function renderEvents(s) {
 function render(s) {
   lastSnapshot = s;
   renderHosts(s);
+  renderEvacuations(s);
+  renderBalancer(s);
   renderVMs(s);
   renderLive(s);
   renderFinished(s);
@@ -221,24 +302,18 @@ function render(s) {
   $("status").className = "status ok";
 }
 
-// planMigration asks for a dry run and shows the plan; confirming starts it.
-async function planMigration(vm, to, strategy, capMiBps) {
+// confirmAction opens the dialog: title, then plan() (a dry run: its
+// nodes are shown; it throws to refuse), then on the go button act().
+async function confirmAction(title, goLabel, plan, act) {
   const dlg = $("confirm");
-  $("confirm-title").textContent = "Migrate " + vm + " to " + to + " (" + strategy + (capMiBps ? ", at most " + capMiBps + " MiB/s" : "") + ")?";
+  $("confirm-title").textContent = title;
   $("confirm-plan").replaceChildren(el("p", {}, "planning (dry run)…"));
   $("confirm-error").textContent = "";
+  $("confirm-go").textContent = goLabel;
   $("confirm-go").disabled = true;
   dlg.showModal();
-  const req = { vm: vm, to: to, options: { strategy: strategy, bandwidthMibps: capMiBps } };
   try {
-    const r = await rpc("ferry.v1.MigrationService/Migrate", Object.assign({ dryRun: true }, req));
-    const plan = r.plan || {};
-    const rows = (plan.predictions || []).map((p) => el("tr", { class: p.strategy === plan.choice ? "chosen" : "" },
-      el("td", {}, p.strategy), el("td", {}, p.converges ? "yes" : "no"), el("td", {}, ms(p.totalMs)),
-      el("td", {}, ms(p.downtimeMs)), el("td", {}, p.reason || "")));
-    $("confirm-plan").replaceChildren(
-      el("p", {}, "The planner chooses ", el("strong", {}, plan.choice || strategy), ": ", plan.reason || ""),
-      el("table", {}, el("thead", {}, el("tr", {}, ...["strategy", "converges", "total", "downtime", "why"].map((h) => el("th", {}, h)))), el("tbody", {}, ...rows)));
+    $("confirm-plan").replaceChildren(...(await plan()));
     $("confirm-go").disabled = false;
   } catch (e) {
     $("confirm-plan").replaceChildren();
@@ -249,12 +324,69 @@ async function planMigration(vm, to, strategy, capMiBps) {
     dlg.removeEventListener("close", onClose);
     if (dlg.returnValue !== "go") return;
     try {
-      await rpc("ferry.v1.MigrationService/Migrate", req);
+      await act();
       $("error").textContent = "";
     } catch (e) {
-      $("error").textContent = "migrate " + vm + ": " + e.message;
+      $("error").textContent = goLabel.toLowerCase() + ": " + e.message;
     }
   });
+}
+
+// planMigration asks for a dry run and shows the plan; confirming starts it.
+function planMigration(vm, to, strategy, capMiBps) {
+  const req = { vm: vm, to: to, options: { strategy: strategy, bandwidthMibps: capMiBps } };
+  return confirmAction("Migrate " + vm + " to " + to + " (" + strategy + (capMiBps ? ", at most " + capMiBps + " MiB/s" : "") + ")?", "Migrate",
+    async () => {
+      const r = await rpc("ferry.v1.MigrationService/Migrate", Object.assign({ dryRun: true }, req));
+      const plan = r.plan || {};
+      const rows = (plan.predictions || []).map((p) => el("tr", { class: p.strategy === plan.choice ? "chosen" : "" },
+        el("td", {}, p.strategy), el("td", {}, p.converges ? "yes" : "no"), el("td", {}, ms(p.totalMs)),
+        el("td", {}, ms(p.downtimeMs)), el("td", {}, p.reason || "")));
+      return [el("p", {}, "The planner chooses ", el("strong", {}, plan.choice || strategy), ": ", plan.reason || ""),
+        el("table", {}, el("thead", {}, el("tr", {}, ...["strategy", "converges", "total", "downtime", "why"].map((h) => el("th", {}, h)))), el("tbody", {}, ...rows))];
+    },
+    () => rpc("ferry.v1.MigrationService/Migrate", req));
+}
+
+// evacuationPlan renders a dry run's evacuation: its ETA and plan lines.
+function evacuationPlan(e) {
+  const eta = Number(e.predictedEtaMs || 0);
+  return [el("p", { class: "eta" }, "Predicted ETA: ", el("strong", {}, eta ? dur(eta / 1000) + " (" + eta + " ms)" : "none (no VM to move)")),
+    el("pre", { class: "plan" }, (e.plan || []).join("\n") || "no VMs on the host")];
+}
+
+// planMaintenance shows the evacuation's dry run; confirming enters
+// maintenance (the host takes no new VMs and its VMs move away).
+function planMaintenance(host) {
+  return confirmAction("Put " + host + " in maintenance and evacuate it?", "Enter maintenance",
+    async () => evacuationPlan((await rpc("ferry.v1.FleetService/EnterMaintenance", { host: host, dryRun: true })).evacuation || {}),
+    () => rpc("ferry.v1.FleetService/EnterMaintenance", { host: host }));
+}
+
+function exitMaintenance(host) {
+  return confirmAction("Take " + host + " out of maintenance?", "Exit maintenance",
+    async () => [el("p", {}, host + " becomes schedulable again: new VMs and migrations may be placed on it.")],
+    () => rpc("ferry.v1.FleetService/ExitMaintenance", { host: host }));
+}
+
+function cancelEvacuation(host) {
+  return confirmAction("Cancel the evacuation of " + host + "?", "Cancel evacuation",
+    async () => [el("p", {}, "No more migrations start and those in flight roll back; " + host + " stays in maintenance.")],
+    () => rpc("ferry.v1.FleetService/CancelEvacuation", { host: host }));
+}
+
+// planBalance shows the balancer's plan now (a dry run); confirming
+// starts its migrations.
+function planBalance() {
+  return confirmAction("Balance the cluster now?", "Balance",
+    async () => {
+      const b = await rpc("ferry.v1.FleetService/Balance", { dryRun: true });
+      const rows = (b.proposals || []).map((p) => el("tr", {}, el("td", {}, p.vm), el("td", {}, p.from + " → " + p.to), el("td", {}, p.strategy),
+        el("td", {}, ms(p.predictedMs)), el("td", {}, p.reason || "")));
+      return [el("p", {}, "imbalance " + Number(b.imbalanceBefore || 0).toFixed(3) + " → " + Number(b.imbalanceAfter || 0).toFixed(3) + (b.why ? ": " + b.why : "")),
+        el("table", {}, el("thead", {}, el("tr", {}, ...["VM", "route", "strategy", "predicted", "why"].map((h) => el("th", {}, h)))), el("tbody", {}, ...rows))];
+    },
+    () => rpc("ferry.v1.FleetService/Balance", {}));
 }
 
 // stream reads the server-sent events of /ui/api/stream until it ends,
@@ -300,6 +432,7 @@ function logout(why) {
   if (streamAbort) streamAbort.abort();
   token = "";
   sessionStorage.removeItem(tokenKey);
+  $("token").value = "";
   $("main").hidden = true;
   $("logout").hidden = true;
   $("who").textContent = "";
@@ -328,5 +461,6 @@ async function login(t) {
 document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", (ev) => { ev.preventDefault(); login($("token").value); });
   $("logout").addEventListener("click", () => logout(""));
+  $("balance-now").addEventListener("click", () => planBalance());
   if (token) login(token); else logout("");
 });
