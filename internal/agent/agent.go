@@ -77,7 +77,8 @@ type Config struct {
 	// QEMUBinary is the QEMU system emulator to run.
 	QEMUBinary string
 	// QEMUUser is the unprivileged user every QEMU runs as (-run-with
-	// user=, with -sandbox on); "" keeps the agent's user. See qemuuser.go.
+	// user=, with -sandbox on); "" or QEMURoot keeps the agent's user,
+	// warned. The CLI's default is DefaultQEMUUser. See qemuuser.go.
 	QEMUUser string
 	// HeartbeatInterval is how often the agent reports to the server.
 	HeartbeatInterval time.Duration
@@ -114,6 +115,9 @@ type Agent struct {
 	arrivals diskArrivals
 	// qemuUser is the resolved Config.QEMUUser (nil: none).
 	qemuUser *qemuUser
+	// postcopyProblem is why QEMU's user cannot use userfaultfd ("" = it
+	// can), found at start (checkPostcopy).
+	postcopyProblem string
 	reaper   reaper
 
 	mu  sync.Mutex
@@ -213,11 +217,12 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--allow-path: %w", err)
 	}
-	qu, err := lookupQEMUUser(cfg.QEMUUser)
+	log := cfg.Log.With("host", cfg.Name)
+	qu, err := lookupQEMUUser(cfg.QEMUUser, log)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard, qemuUser: qu}, nil
+	return &Agent{cfg: cfg, log: log, vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard, qemuUser: qu}, nil
 }
 
 func firstIPv4(ifname string) string {
@@ -245,6 +250,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.vmsDir(), 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
+	if err := a.qemuUser.checkDataDir(a.cfg.DataDir); err != nil {
+		return err
+	}
+	a.checkPostcopy()
 	a.loadArrivals()
 	if err := a.reattachAll(ctx); err != nil {
 		return err

@@ -962,9 +962,13 @@ type HostQEMU struct {
 	// probe_accel is the accelerator cpu_models[].usable refers to.
 	ProbeAccel string `protobuf:"bytes,12,opt,name=probe_accel,json=probeAccel,proto3" json:"probe_accel,omitempty"`
 	// cached is true when the capabilities came from the agent's cache.
-	Cached        bool `protobuf:"varint,13,opt,name=cached,proto3" json:"cached,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Cached bool `protobuf:"varint,13,opt,name=cached,proto3" json:"cached,omitempty"`
+	// postcopy_unavailable, when set, says why this host's QEMU (as its
+	// unprivileged user) cannot take a post-copy arrival (no userfaultfd
+	// access) and how to fix it; empty: it can.
+	PostcopyUnavailable string `protobuf:"bytes,14,opt,name=postcopy_unavailable,json=postcopyUnavailable,proto3" json:"postcopy_unavailable,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *HostQEMU) Reset() {
@@ -1086,6 +1090,13 @@ func (x *HostQEMU) GetCached() bool {
 		return x.Cached
 	}
 	return false
+}
+
+func (x *HostQEMU) GetPostcopyUnavailable() string {
+	if x != nil {
+		return x.PostcopyUnavailable
+	}
+	return ""
 }
 
 // QEMUMachine is one machine type of a host's QEMU.
@@ -1441,7 +1452,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\rferry_version\x18\v \x01(\tR\fferryVersion\x12\x16\n" +
 	"\x06health\x18\f \x01(\tR\x06health\x12#\n" +
 	"\rhealth_detail\x18\r \x01(\tR\fhealthDetail\x12 \n" +
-	"\vmaintenance\x18\x0e \x01(\bR\vmaintenance\"\xd5\x03\n" +
+	"\vmaintenance\x18\x0e \x01(\bR\vmaintenance\"\x88\x04\n" +
 	"\bHostQEMU\x12\x16\n" +
 	"\x06binary\x18\x01 \x01(\tR\x06binary\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
@@ -1459,7 +1470,8 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"probeError\x12\x1f\n" +
 	"\vprobe_accel\x18\f \x01(\tR\n" +
 	"probeAccel\x12\x16\n" +
-	"\x06cached\x18\r \x01(\bR\x06cached\"\x8a\x01\n" +
+	"\x06cached\x18\r \x01(\bR\x06cached\x121\n" +
+	"\x14postcopy_unavailable\x18\x0e \x01(\tR\x13postcopyUnavailable\"\x8a\x01\n" +
 	"\vQEMUMachine\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05alias\x18\x02 \x01(\tR\x05alias\x12\x18\n" +
