@@ -118,7 +118,7 @@ type Agent struct {
 	// postcopyProblem is why QEMU's user cannot use userfaultfd ("" = it
 	// can), found at start (checkPostcopy).
 	postcopyProblem string
-	reaper   reaper
+	reaper          reaper
 
 	mu  sync.Mutex
 	vms map[string]*vm
