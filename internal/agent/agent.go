@@ -409,7 +409,8 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 		vms = append(vms, v)
 	}
 	a.mu.Unlock()
-	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version}
+	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version,
+		AgentFeatures: []string{pki.FeatureTLSStreams}}
 	a.accelMu.Lock()
 	h.Accel = a.autoAccel
 	a.accelMu.Unlock()

@@ -162,6 +162,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkStreamTransport(opt, src, dst, len(localDisks)); err != nil { // transport.go
+		return nil, nil, err
+	}
 	if opt.Strategy == "cold" && len(localDisks) > 0 && dst.MigrationIp == "" {
 		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip): VM %s's %d local disk(s) are copied over it", dst.Name, req.Vm, len(localDisks))
 	}
