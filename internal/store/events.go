@@ -20,6 +20,8 @@ const (
 	KindHost      = "host" // /ferry/alive/<name>: present while the host's agent is heard from
 	KindVM        = "vm"
 	KindMigration = "migration"
+	// KindPolicy is /ferry/policies, the cluster's policy set (name "cluster").
+	KindPolicy = "policy"
 )
 
 // StateChange is one change of a host, VM or migration key.
@@ -161,6 +163,8 @@ func (s *Etcd) WatchStateChanges(ctx context.Context, from int64, fn func(StateC
 				c.Kind, c.Name = KindVM, key[len(vmsPrefix):]
 			case strings.HasPrefix(key, migPrefix):
 				c.Kind, c.Name = KindMigration, key[len(migPrefix):]
+			case key == policiesKey:
+				c.Kind, c.Name = KindPolicy, "cluster"
 			default:
 				continue
 			}
