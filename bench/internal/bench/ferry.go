@@ -23,6 +23,10 @@ type FerrySystem struct {
 	env *Env
 	// Strategy is passed as --strategy unless empty (Ferry's default).
 	Strategy string
+	// Plain migrates with --insecure-transport (system "ferry-plain"):
+	// the same migration as "ferry" without TLS, for the cost of
+	// encryption.
+	Plain bool
 }
 
 // NewFerrySystem returns the Ferry system.
@@ -31,7 +35,12 @@ func NewFerrySystem(env *Env, strategy string) *FerrySystem {
 }
 
 // Name implements System.
-func (s *FerrySystem) Name() string { return "ferry" }
+func (s *FerrySystem) Name() string {
+	if s.Plain {
+		return "ferry-plain"
+	}
+	return "ferry"
+}
 
 // ferry runs the ferry CLI against the benchmark cluster's server.
 func (s *FerrySystem) ferry(ctx context.Context, args ...string) (string, error) {
@@ -81,6 +90,9 @@ func (s *FerrySystem) migrateFlags(g Guest) []string {
 	args := []string{"migrate", g.Name, "--to", s.env.Dst.Name}
 	if s.Strategy != "" {
 		args = append(args, "--strategy", s.Strategy)
+	}
+	if s.Plain {
+		args = append(args, "--insecure-transport")
 	}
 	return args
 }

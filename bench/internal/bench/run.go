@@ -203,6 +203,10 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		switch name {
 		case "ferry":
 			systems = append(systems, NewFerrySystem(env, o.FerryStrategy))
+		case "ferry-plain":
+			fs := NewFerrySystem(env, o.FerryStrategy)
+			fs.Plain = true
+			systems = append(systems, fs)
 		case "qemu":
 			systems = append(systems, NewQEMUSystem(env))
 		case "libvirt", "libvirt-tuned":

@@ -10,7 +10,7 @@ import (
 )
 
 // Systems is the order systems appear in tables and plots.
-var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+var Systems = []string{"ferry", "ferry-plain", "qemu", "libvirt", "libvirt-tuned"}
 
 // probeStreams is the harness's number of bandwidth-probe streams (see
 // bench.ProbeStreams), for the text.
@@ -18,6 +18,10 @@ const probeStreams = 4
 
 // Peers are the systems Ferry is compared with.
 var Peers = []string{"qemu", "libvirt", "libvirt-tuned"}
+
+// RatioPeers are the systems of the ratio table: Peers and ferry-plain
+// (Ferry with insecureTransport: ferry ÷ ferry-plain is the cost of TLS).
+var RatioPeers = append(append([]string{}, Peers...), "ferry-plain")
 
 // Row is the summary of one system in one scenario. Time medians (total,
 // downtime, client gap) are over completed runs; bytes over all runs.
@@ -242,7 +246,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 			ss.BoundMs = ss.NonZeroBytes / F(sc.MeasuredMiBps*(1<<20)) * 1000
 		}
 		f, hasF := rows["ferry"]
-		for _, other := range Peers {
+		for _, other := range RatioPeers {
 			o, ok := rows[other]
 			if !hasF || !ok {
 				continue
@@ -402,7 +406,7 @@ func (s Summary) Markdown(w io.Writer) {
 	}
 	fmt.Fprintln(w, "---|")
 	for _, ss := range s.Scenarios {
-		for _, peer := range Peers {
+		for _, peer := range RatioPeers {
 			if _, ok := ss.Ratios["total_ferry/"+peer]; !ok {
 				continue
 			}
