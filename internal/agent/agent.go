@@ -409,14 +409,14 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 		vms = append(vms, v)
 	}
 	a.mu.Unlock()
-	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version,
-		AgentFeatures: []string{pki.FeatureTLSStreams}}
+	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version}
 	a.accelMu.Lock()
 	h.Accel = a.autoAccel
 	a.accelMu.Unlock()
 	if a.cfg.Accel != "auto" {
 		h.Accel = a.cfg.Accel
 	}
+	h.AgentFeatures = []string{pki.FeatureTLSStreams} // every stream on TLS unless insecureTransport
 	h.Health = health.Healthy
 	if a.health != nil {
 		h.Health, h.HealthDetail = a.health.Verdict()

@@ -2,14 +2,12 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/policy"
 	"github.com/ferryvm/ferry/internal/retention"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -30,6 +28,8 @@ const (
 func eventOf(c store.StateChange, now time.Time) (e *ferryv1.Event, ok bool, err error) {
 	e = &ferryv1.Event{Id: eventID(c), Time: timestamppb.New(now), Kind: c.Kind, Name: c.Name, Revision: c.Rev}
 	switch c.Kind {
+	case store.KindPolicy:
+		return transportPolicyEvent(e, c) // transport.go
 	case store.KindHost:
 		// The liveness key exists while the agent is heard from.
 		switch {
@@ -83,44 +83,8 @@ func eventOf(c store.StateChange, now time.Time) (e *ferryv1.Event, ok bool, err
 			e.Message += ": " + cur.GetError()
 		}
 		return e, true, nil
-	case store.KindPolicy:
-		return transportPolicyEvent(e, c)
 	}
 	return nil, false, nil
-}
-
-// transportPolicyEvent is the event of a change of the cluster policy's
-// insecureTransport (states tls and plain); other policy changes make none.
-func transportPolicyEvent(e *ferryv1.Event, c store.StateChange) (*ferryv1.Event, bool, error) {
-	transport := func(raw []byte) (string, error) {
-		var set policy.Set
-		if raw != nil {
-			if err := json.Unmarshal(raw, &set); err != nil {
-				return "", fmt.Errorf("event of the cluster policy: decode: %w", err)
-			}
-		}
-		if set.Cluster.InsecureTransport {
-			return "plain", nil
-		}
-		return "tls", nil
-	}
-	from, err := transport(c.Prev)
-	if err != nil {
-		return nil, false, err
-	}
-	to, err := transport(c.Cur)
-	if err != nil {
-		return nil, false, err
-	}
-	if from == to {
-		return nil, false, nil
-	}
-	e.FromState, e.ToState = from, to
-	e.Message = "cluster policy insecureTransport: migrations' streams now on TLS"
-	if to == "plain" {
-		e.Message = "cluster policy insecureTransport: true: every migration's streams now cross the network in plaintext"
-	}
-	return e, true, nil
 }
 
 // stateOf is the state of a stored value, "" for an absent one.

@@ -162,9 +162,6 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := checkStreamTransport(opt, src, dst, len(localDisks)); err != nil { // transport.go
-		return nil, nil, err
-	}
 	if opt.Strategy == "cold" && len(localDisks) > 0 && dst.MigrationIp == "" {
 		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip): VM %s's %d local disk(s) are copied over it", dst.Name, req.Vm, len(localDisks))
 	}
@@ -194,6 +191,10 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	}
 	if opt.GuestAliveTimeoutMs == 0 {
 		opt.GuestAliveTimeoutMs = DefaultGuestAliveTimeout.Milliseconds()
+	}
+	// Before any agent is asked anything (transport.go).
+	if err := checkStreamTransport(opt, src, dst, len(localDisks)); err != nil {
+		return nil, nil, err
 	}
 
 	// Plan live migrations: measure, predict every strategy, choose for auto.

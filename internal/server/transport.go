@@ -1,10 +1,14 @@
 package server
 
 import (
+	"encoding/json"
+	"fmt"
 	"slices"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/policy"
+	"github.com/ferryvm/ferry/internal/store"
 )
 
 // checkStreamTransport refuses, before any byte is sent, a migration on
@@ -29,4 +33,38 @@ func checkStreamTransport(opt *ferryv1.MigrationOptions, src, dst *ferryv1.Host,
 		}
 	}
 	return nil
+}
+
+// transportPolicyEvent is the event of a change of the cluster policy's
+// insecureTransport (states tls and plain); other policy changes make none.
+func transportPolicyEvent(e *ferryv1.Event, c store.StateChange) (*ferryv1.Event, bool, error) {
+	transport := func(raw []byte) (string, error) {
+		var set policy.Set
+		if raw != nil {
+			if err := json.Unmarshal(raw, &set); err != nil {
+				return "", fmt.Errorf("event of the cluster policy: decode: %w", err)
+			}
+		}
+		if set.Cluster.InsecureTransport {
+			return "plain", nil
+		}
+		return "tls", nil
+	}
+	from, err := transport(c.Prev)
+	if err != nil {
+		return nil, false, err
+	}
+	to, err := transport(c.Cur)
+	if err != nil {
+		return nil, false, err
+	}
+	if from == to {
+		return nil, false, nil
+	}
+	e.FromState, e.ToState = from, to
+	e.Message = "cluster policy insecureTransport: migrations' streams now on TLS"
+	if to == "plain" {
+		e.Message = "cluster policy insecureTransport: true: every migration's streams now cross the network in plaintext"
+	}
+	return e, true, nil
 }

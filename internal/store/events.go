@@ -20,9 +20,10 @@ const (
 	KindHost      = "host" // /ferry/alive/<name>: present while the host's agent is heard from
 	KindVM        = "vm"
 	KindMigration = "migration"
-	// KindPolicy is /ferry/policies, the cluster's policy set (name "cluster").
-	KindPolicy = "policy"
 )
+
+// KindPolicy is /ferry/policies, the cluster's policy set (name "cluster").
+const KindPolicy = "policy"
 
 // StateChange is one change of a host, VM or migration key.
 type StateChange struct {
@@ -157,14 +158,14 @@ func (s *Etcd) WatchStateChanges(ctx context.Context, from int64, fn func(StateC
 			key := string(ev.Kv.Key)
 			var c StateChange
 			switch {
+			case key == policiesKey:
+				c.Kind, c.Name = KindPolicy, "cluster"
 			case strings.HasPrefix(key, alivePrefix):
 				c.Kind, c.Name = KindHost, key[len(alivePrefix):]
 			case strings.HasPrefix(key, vmsPrefix):
 				c.Kind, c.Name = KindVM, key[len(vmsPrefix):]
 			case strings.HasPrefix(key, migPrefix):
 				c.Kind, c.Name = KindMigration, key[len(migPrefix):]
-			case key == policiesKey:
-				c.Kind, c.Name = KindPolicy, "cluster"
 			default:
 				continue
 			}
