@@ -115,16 +115,17 @@ type Agent struct {
 	arrivals diskArrivals
 	// qemuUser is the resolved Config.QEMUUser (nil: none).
 	qemuUser *qemuUser
-	// postcopyProblem is why QEMU's user cannot use userfaultfd ("" = it
-	// can), found at start (checkPostcopy).
-	postcopyProblem string
-	reaper          reaper
+	reaper   reaper
 
 	mu  sync.Mutex
 	vms map[string]*vm
 
 	teleOnce sync.Once
 	tele     *telemetryHub // background telemetry of the running VMs (see telemetry())
+
+	// postcopyProblem is why QEMU's user cannot use userfaultfd ("" = it
+	// can), found at start (checkPostcopy).
+	postcopyProblem string
 
 	accelMu   sync.Mutex
 	autoAccel string // what auto resolves to on this host, once known

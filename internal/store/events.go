@@ -11,6 +11,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// KindPolicy is /ferry/policies, the cluster's policy set (name "cluster").
+const KindPolicy = "policy"
+
 // eventsPrefix holds the event history, one key per event named by its id
 // (which sorts as the events were recorded).
 const eventsPrefix = "/ferry/events/"
@@ -21,9 +24,6 @@ const (
 	KindVM        = "vm"
 	KindMigration = "migration"
 )
-
-// KindPolicy is /ferry/policies, the cluster's policy set (name "cluster").
-const KindPolicy = "policy"
 
 // StateChange is one change of a host, VM or migration key.
 type StateChange struct {

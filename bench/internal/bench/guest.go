@@ -35,7 +35,7 @@ type Guest struct {
 }
 
 // guestIPs gives every system its own guest address on the segment.
-var guestIPs = map[string]string{"ferry": "198.19.0.21", "qemu": "198.19.0.22", "libvirt": "198.19.0.23", "libvirt-tuned": "198.19.0.24", "ferry-plain": "198.19.0.25"}
+var guestIPs = map[string]string{"ferry": "198.19.0.21", "qemu": "198.19.0.22", "libvirt": "198.19.0.23", "libvirt-tuned": "198.19.0.24", "ferry-plain": "198.19.0.26"}
 
 // newGuest describes the guest system runs in scenario sc.
 func newGuest(system string, sc Scenario, guestDir string, memMiB int64) Guest {
