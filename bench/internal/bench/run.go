@@ -118,7 +118,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		return "", err
 	}
 	for _, s := range o.Systems {
-		if _, ok := guestIPs[s]; !ok {
+		if guestIP(s) == "" {
 			return "", fmt.Errorf("-systems: unknown system %q (%s)", s, strings.Join(AllSystems, ", "))
 		}
 	}

@@ -10,7 +10,13 @@ import (
 )
 
 // Systems is the order systems appear in tables and plots.
-var Systems = []string{"ferry", "ferry-plain", "qemu", "libvirt", "libvirt-tuned"}
+var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+
+// tableSystems is the order of tables and plots: Systems with ferry-plain
+// (Ferry with --insecure-transport) right after ferry.
+func tableSystems() []string {
+	return append([]string{Systems[0], "ferry-plain"}, Systems[1:]...)
+}
 
 // probeStreams is the harness's number of bandwidth-probe streams (see
 // bench.ProbeStreams), for the text.
@@ -172,7 +178,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 		ss := ScenarioSummary{Scenario: sc, Ratios: map[string]F{}}
 		var nonzero []float64
 		rows := map[string]Row{}
-		for _, sys := range Systems {
+		for _, sys := range tableSystems() {
 			var r Row
 			r.Scenario, r.System = sc.Name, sys
 			var total, down, gap, bytes, ach, win, nz, wall, plan, cpu, disk, checked []float64
