@@ -196,6 +196,9 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err := checkStreamTransport(opt, src, dst, len(localDisks)); err != nil {
 		return nil, nil, err
 	}
+	if err := checkPostcopyHost(opt, dst); err != nil {
+		return nil, nil, err
+	}
 
 	// Plan live migrations: measure, predict every strategy, choose for auto.
 	var plan *ferryv1.Plan

@@ -68,3 +68,21 @@ func transportPolicyEvent(e *ferryv1.Event, c store.StateChange) (*ferryv1.Event
 	}
 	return e, true, nil
 }
+
+// checkPostcopyHost keeps post-copy away from a destination whose QEMU
+// user cannot open userfaultfd (its agent reports why, with the fix, in
+// qemu.postcopy_unavailable): strategies postcopy and hybrid are refused
+// naming the reason; auto plans without post-copy.
+func checkPostcopyHost(opt *ferryv1.MigrationOptions, dst *ferryv1.Host) error {
+	why := dst.GetQemu().GetPostcopyUnavailable()
+	if why == "" {
+		return nil
+	}
+	switch opt.GetStrategy() {
+	case "postcopy", "hybrid":
+		return precondition("destination host %s cannot take a post-copy migration (strategy %s): %s", dst.GetName(), opt.GetStrategy(), why)
+	case "auto":
+		opt.NoPostcopy = true
+	}
+	return nil
+}

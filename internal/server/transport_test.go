@@ -62,3 +62,27 @@ func TestMigrateRefusesOldSourceAgent(t *testing.T) {
 		t.Errorf("VM record after the refusal: %v", vm)
 	}
 }
+
+// TestPostcopyKeptFromHostsWithoutUserfaultfd: a destination whose agent
+// reports post-copy unavailable refuses strategies postcopy and hybrid
+// with its reason; auto plans without post-copy; precopy is untouched.
+func TestPostcopyKeptFromHostsWithoutUserfaultfd(t *testing.T) {
+	dst := &ferryv1.Host{Name: "h2", Qemu: &ferryv1.HostQEMU{PostcopyUnavailable: "QEMU user ferry-qemu cannot open /dev/userfaultfd"}}
+	for _, s := range []string{"postcopy", "hybrid"} {
+		err := checkPostcopyHost(&ferryv1.MigrationOptions{Strategy: s}, dst)
+		if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "/dev/userfaultfd") {
+			t.Errorf("strategy %s: %v, want refused with the host's reason", s, err)
+		}
+	}
+	auto := &ferryv1.MigrationOptions{Strategy: "auto"}
+	if err := checkPostcopyHost(auto, dst); err != nil || !auto.NoPostcopy {
+		t.Errorf("auto: %v, no_postcopy %v; want planned without post-copy", err, auto.NoPostcopy)
+	}
+	pre := &ferryv1.MigrationOptions{Strategy: "precopy"}
+	if err := checkPostcopyHost(pre, dst); err != nil || pre.NoPostcopy {
+		t.Errorf("precopy: %v, no_postcopy %v", err, pre.NoPostcopy)
+	}
+	if err := checkPostcopyHost(&ferryv1.MigrationOptions{Strategy: "postcopy"}, &ferryv1.Host{Name: "h3"}); err != nil {
+		t.Errorf("a host that can: %v", err)
+	}
+}
