@@ -101,6 +101,9 @@ type Inputs struct {
 	// MultifdChannels is the operator's --multifd for the pre-copy
 	// strategies (0: as Tune chooses, from the link, RTT and the data).
 	MultifdChannels int
+	// MaxChannels bounds the channels the channel rule picks on its own
+	// (TuneInputs.MaxChannels; 0: MaxMultifdChannels).
+	MaxChannels int
 	// RTT is the host pair's round-trip time (0: unknown), for the
 	// channels Tune chooses.
 	RTT time.Duration
@@ -204,6 +207,7 @@ type model struct {
 	link                float64 // BandwidthBytesPerSec; b is the rate of the strategy predicted
 	stream              float64 // one stream's rate
 	channels            int     // MultifdChannels
+	maxChannels         int     // MaxChannels
 	rtt                 float64 // seconds
 	maxDown             float64 // seconds
 	limit               float64 // QEMU downtime-limit in seconds (whole ms, ≥ 1 ms)
@@ -236,6 +240,7 @@ func newModel(in Inputs) (model, error) {
 		link:         in.BandwidthBytesPerSec,
 		stream:       orF(in.StreamBytesPerSec, DefaultStreamBytesPerSec),
 		channels:     in.MultifdChannels,
+		maxChannels:  in.MaxChannels,
 		rtt:          in.RTT.Seconds(),
 		boot:         orF(in.ColdBootSeconds, DefaultColdBootSeconds),
 		maxDown:      in.MaxDowntime.Seconds(),

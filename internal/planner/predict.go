@@ -99,7 +99,7 @@ func (m *model) streamRates() (multi, one float64) {
 	one = math.Min(m.link, m.stream)
 	n := m.channels
 	if n == 0 {
-		n = linkChannels(m.link, m.stream, DefaultWindowBytes, m.rtt)
+		n = linkChannels(m.link, m.stream, DefaultWindowBytes, m.rtt, m.maxChannels)
 		if n >= 2 && !channelsPay(m.nz, m.link, m.stream, n) {
 			n = 1 // Tune's rule: channels that save under 1 s are not used
 		}

@@ -16,6 +16,13 @@ const (
 	// 351 MiB non-zero over loopback took a median 947 ms with one stream
 	// (≈ 370 MiB/s), 345 ms with 2 multifd channels, 249 ms with 4.
 	DefaultStreamBytesPerSec = 360 * mib
+	// DefaultTLSStreamBytesPerSec is DefaultStreamBytesPerSec when the
+	// stream is encrypted (the default transport): QEMU's TLS channel costs
+	// CPU on the migration thread. Measured side by side here by
+	// test/e2e TestMigrationTLSCost (one stream, a 241 MiB post-copy under
+	// TCG, medians of 3): 173 MiB/s with TLS, 532 MiB/s plain; that ratio
+	// (0.325) applied to DefaultStreamBytesPerSec.
+	DefaultTLSStreamBytesPerSec = 117 * mib
 	// ZstdBytesPerSecPerCore is what zstd level 1 compresses per second on
 	// one core: measured here 268 MB/s on source text (ratio 3.5), 466 MB/s
 	// on a binary (ratio 4.8), 1385 MB/s on random data (incompressible).
@@ -91,6 +98,10 @@ type TuneInputs struct {
 	// WindowBytes is the TCP window of one connection; 0 means
 	// DefaultWindowBytes.
 	WindowBytes float64
+	// MaxChannels bounds the multifd channels Tune chooses on its own (0:
+	// MaxMultifdChannels): an encrypted stream costs a core per channel,
+	// so the server passes the source's spare CPUs for TLS migrations.
+	MaxChannels int
 	// CompressBytesPerSec is how many bytes per second zstd (level 1) can
 	// compress within the CPU the source may spend on the migration; 0
 	// means no budget (no compression).
@@ -203,8 +214,11 @@ func Tune(in TuneInputs) Tuning {
 	window := orF(in.WindowBytes, DefaultWindowBytes)
 	rtt := in.RTT.Seconds()
 	bdp := b * rtt
-	n := linkChannels(b, stream, window, rtt)
+	n := linkChannels(b, stream, window, rtt, in.MaxChannels)
 	why := fmt.Sprintf("link %s: one stream sends up to %s", fmtRate(b), fmtRate(stream))
+	if in.MaxChannels > 0 && in.MaxChannels < MaxMultifdChannels {
+		why += fmt.Sprintf("; at most %d channel(s): one per spare CPU of the source for an encrypted stream", in.MaxChannels)
+	}
 	if rtt > 0 {
 		why += fmt.Sprintf("; bandwidth-delay product %s × %s = %s vs a %s TCP window", fmtRate(b), fmtSec(rtt), fmtBytes(bdp), fmtBytes(window))
 	} else {
@@ -228,6 +242,8 @@ func Tune(in TuneInputs) Tuning {
 	case n >= 2:
 		t.MultifdChannels = n
 		add("multifd-channels", fmt.Sprint(n), "%d channels: one stream cannot fill the link (%s)", n, why)
+	case in.MaxChannels == 1 && math.Ceil(b/stream) >= 2:
+		add("multifd-channels", "1", "one stream: the source has no spare CPU for a second encrypted channel (%s)", why)
 	default:
 		add("multifd-channels", "1", "one stream fills the link (%s)", why)
 	}
@@ -303,8 +319,11 @@ func missing(src, dst bool) string {
 // linkChannels is the multifd channels a link of b bytes/s and rtt seconds
 // needs: enough streams of stream bytes/s for its rate, enough TCP windows
 // for its bandwidth-delay product, 1..MaxMultifdChannels.
-func linkChannels(b, stream, window, rtt float64) int {
-	return min(max(int(math.Ceil(b/stream)), int(math.Ceil(b*rtt/window)), 1), MaxMultifdChannels)
+func linkChannels(b, stream, window, rtt float64, maxN int) int {
+	if maxN <= 0 || maxN > MaxMultifdChannels {
+		maxN = MaxMultifdChannels
+	}
+	return min(max(int(math.Ceil(b/stream)), int(math.Ceil(b*rtt/window)), 1), maxN)
 }
 
 // channelsPay reports whether n channels save at least multifdMinSaving

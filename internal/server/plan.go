@@ -86,7 +86,10 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 	if link.err != nil {
 		return nil, link.err
 	}
-	return planInputsFrom(meas.Msg, link.fig, link.inline, src.Name, opt, time.Now()), nil
+	in := planInputsFrom(meas.Msg, link.fig, link.inline, src.Name, opt, time.Now())
+	c := src.GetCapacity()
+	in.SourceSpareCpus = max(c.GetCpus()-c.GetAllocatedVcpus(), 0)
+	return in, nil
 }
 
 // planInputsFrom turns the agent's answer and the link figure into plan
@@ -168,6 +171,8 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		BandwidthBytesPerSec: in.BandwidthMibps * (1 << 20),
 		RTT:                  time.Duration(in.RttMs * float64(time.Millisecond)),
 		MultifdChannels:      int(opt.MultifdChannels),
+		StreamBytesPerSec:    streamBytesPerSec(opt),
+		MaxChannels:          maxChannels(in, opt),
 		DeviceStateBytes:     in.DeviceStateBytes,
 		SwitchoverSeconds:    planSwitchoverSeconds,
 		MaxDowntime:          time.Duration(in.MaxDowntimeMs) * time.Millisecond,
@@ -185,6 +190,25 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 			ThrottleIncrement: throttleIncrement,
 		},
 	}
+}
+
+// streamBytesPerSec is one migration stream's rate when the link is not
+// the limit, for the migration's transport (TLS unless insecure).
+func streamBytesPerSec(opt *ferryv1.MigrationOptions) float64 {
+	if opt.GetInsecureTransport() {
+		return planner.DefaultStreamBytesPerSec
+	}
+	return planner.DefaultTLSStreamBytesPerSec
+}
+
+// maxChannels bounds the multifd channels the planner picks on its own: an
+// encrypted migration gets one per spare CPU of the source (one when
+// unknown), a plaintext one the planner's own bound.
+func maxChannels(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) int {
+	if opt.GetInsecureTransport() {
+		return 0
+	}
+	return max(int(in.GetSourceSpareCpus()), 1)
 }
 
 // makePlan predicts every strategy and, for auto, chooses one.

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"github.com/ferryvm/ferry/internal/planner"
 	"strings"
 	"testing"
 	"time"
@@ -89,5 +90,31 @@ func TestBandwidthsIgnoresTheAnyPair(t *testing.T) {
 	}
 	if d := b.due([]string{"h1", "h2"}); len(d) != 2 {
 		t.Errorf("due after a migration: %v, want both directions", d)
+	}
+}
+
+// TestPlanPredictsTheTLSStream: on a link faster than one stream, an
+// encrypted one-stream migration (the default transport) is predicted at
+// the TLS stream's rate, a plaintext one (insecureTransport) at the plain
+// stream's — the same inputs otherwise. (With channels left to Tune, TLS
+// makes multifd pay sooner: each channel encrypts on its own thread.)
+func TestPlanPredictsTheTLSStream(t *testing.T) {
+	in := &ferryv1.PlanInputs{MemoryBytes: 1 << 30, NonZeroBytes: 351 << 20, BandwidthMibps: 1000, MaxDowntimeMs: 300}
+	total := func(insecure bool) float64 {
+		t.Helper()
+		plan, err := makePlan(in, &ferryv1.MigrationOptions{Strategy: "precopy", MultifdChannels: 1, InsecureTransport: insecure})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := predictionFor(plan, "precopy")
+		if p == nil {
+			t.Fatalf("no precopy prediction in %v", plan)
+		}
+		return float64(p.TotalMs)
+	}
+	tls, plain := total(false), total(true)
+	want := float64(planner.DefaultStreamBytesPerSec) / float64(planner.DefaultTLSStreamBytesPerSec)
+	if r := tls / plain; r < 0.8*want || r > 1.2*want {
+		t.Fatalf("predicted TLS %.0f ms vs plain %.0f ms (ratio %.2f); want about the streams' ratio %.2f", tls, plain, r, want)
 	}
 }

@@ -46,11 +46,20 @@ func TestTunePlanFromHostRecords(t *testing.T) {
 	if old.PostcopyPreempt || old.PostcopyBackgroundShare != 0.8 || !strings.Contains(choice(t, old, "postcopy-preempt").Reason, "destination") {
 		t.Fatalf("post-copy 10.0 → 7.2: %+v", old)
 	}
-	// Pre-copy, fast link: multifd with zero-page detection, the
-	// switchover bandwidth from the measured rate.
-	pre := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048}, &ferryv1.MigrationOptions{}, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
+	// Pre-copy, fast link, plaintext: multifd with zero-page detection,
+	// the switchover bandwidth from the measured rate.
+	pre := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048}, &ferryv1.MigrationOptions{InsecureTransport: true}, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
 	if pre.MultifdChannels < 2 || pre.ZeroPageDetection != "multifd" || pre.AvailSwitchoverBandwidthBytes != int64(1932735283) || pre.PostcopyPreempt {
 		t.Fatalf("pre-copy 2 GiB/s: %+v", pre)
+	}
+	// Encrypted (the default): one channel per spare CPU of the source.
+	tls1 := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048, SourceSpareCpus: 1}, &ferryv1.MigrationOptions{}, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
+	if tls1.MultifdChannels != 0 || !strings.Contains(choice(t, tls1, "multifd-channels").Reason, "no spare CPU") {
+		t.Fatalf("TLS pre-copy, 1 spare CPU: %+v", tls1)
+	}
+	tls6 := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048, SourceSpareCpus: 6}, &ferryv1.MigrationOptions{}, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
+	if tls6.MultifdChannels < 2 || tls6.MultifdChannels > 6 {
+		t.Fatalf("TLS pre-copy, 6 spare CPUs: %d channels, want 2..6: %+v", tls6.MultifdChannels, tls6)
 	}
 	// A host without a capability probe gets nothing optional.
 	bare := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048}, &ferryv1.MigrationOptions{}, &ferryv1.Host{Name: "h1"}, &ferryv1.Host{Name: "h2"})

@@ -60,6 +60,14 @@ func run(m *testing.M) int {
 			return 1
 		}
 	}
+	reaped, err := reapStaleClusters(ferryBin)
+	for _, d := range reaped {
+		fmt.Fprintf(os.Stderr, "e2e: tore down %s, left behind by a test process that died before its cleanups\n", d)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
+		return 1
+	}
 	guestDir = os.Getenv("FERRY_GUEST_DIR")
 	if guestDir == "" {
 		guestDir = filepath.Join(root, "build", "guest")
@@ -145,6 +153,10 @@ func upClusterBin(t *testing.T, bin string, hosts int, env []string, extra ...st
 	prefix := "fe" + hex.EncodeToString(b)
 	dir, err := os.MkdirTemp("", "ferry-e2e-"+prefix+"-")
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := markOwner(dir); err != nil {
+		os.RemoveAll(dir)
 		t.Fatal(err)
 	}
 	cl := &cluster{t: t, dir: dir, prefix: prefix}

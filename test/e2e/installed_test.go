@@ -109,6 +109,10 @@ func upInstalled(t *testing.T, hosts int, version string, cgroups bool) *install
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := markOwner(dir); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
 	in := &installed{cluster: &cluster{t: t, dir: dir, prefix: prefix, bin: filepath.Join(root, "usr/bin/ferry")},
 		root: root, version: version, agents: map[string]*pkgAgent{}}
 	t.Cleanup(func() {

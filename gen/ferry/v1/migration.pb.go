@@ -226,9 +226,13 @@ type PlanInputs struct {
 	CompressRatio float64 `protobuf:"fixed64,16,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
 	// disk_bytes is the data of the VM's local disks (allocated bytes on
 	// the source) that a live migration mirrors before the RAM.
-	DiskBytes     int64 `protobuf:"varint,80,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DiskBytes int64 `protobuf:"varint,80,opt,name=disk_bytes,json=diskBytes,proto3" json:"disk_bytes,omitempty"`
+	// source_spare_cpus is the source host's CPUs not allocated to VMs
+	// when planned (0 = unknown). An encrypted migration gets at most that
+	// many multifd channels (each channel encrypts on a thread of its own).
+	SourceSpareCpus int32 `protobuf:"varint,90,opt,name=source_spare_cpus,json=sourceSpareCpus,proto3" json:"source_spare_cpus,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PlanInputs) Reset() {
@@ -376,6 +380,13 @@ func (x *PlanInputs) GetCompressRatio() float64 {
 func (x *PlanInputs) GetDiskBytes() int64 {
 	if x != nil {
 		return x.DiskBytes
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetSourceSpareCpus() int32 {
+	if x != nil {
+		return x.SourceSpareCpus
 	}
 	return 0
 }
@@ -2133,7 +2144,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
 	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\x12-\n" +
-	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\"\x9c\x05\n" +
+	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\"\xc8\x05\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -2154,7 +2165,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x06rtt_ms\x18\x0f \x01(\x01R\x05rttMs\x12%\n" +
 	"\x0ecompress_ratio\x18\x10 \x01(\x01R\rcompressRatio\x12\x1d\n" +
 	"\n" +
-	"disk_bytes\x18P \x01(\x03R\tdiskBytes\"\xc1\x02\n" +
+	"disk_bytes\x18P \x01(\x03R\tdiskBytes\x12*\n" +
+	"\x11source_spare_cpus\x18Z \x01(\x05R\x0fsourceSpareCpus\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +

@@ -35,7 +35,7 @@ func (ag *FakeAgent) vmInfo() *core.VMInfo {
 
 func (ag *FakeAgent) outgoing() *core.Outgoing {
 	q := ag.vm.qemu
-	return &core.Outgoing{Status: q.Mig, QEMUStatus: q.Run, Transferred: q.Sent, Rounds: q.Rounds}
+	return &core.Outgoing{Status: q.Mig, QEMUStatus: q.Run, Transferred: q.Sent, RAMTransferred: q.RAM, Rounds: q.Rounds}
 }
 
 func (ag *FakeAgent) incoming() *core.Incoming {
@@ -285,6 +285,7 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 		}
 		v.outID = id
 		q.Mig, q.Rounds, q.Sent, q.Postcopy, q.PCPending = "active", 0, 0, a.Postcopy, false
+		q.RAM, q.ramTicks = 0, 0
 		q.peer, q.diskPeer = w.peerFor(ag.side, a.URI), nil
 		if w.disks {
 			if a.DiskURI == "" {
@@ -312,6 +313,12 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 		case "active":
 			if !q.Postcopy {
 				return refused("postcopy-ram is not enabled")
+			}
+			if b := w.rec.Options.PostcopyAtBytes; b > 0 && q.Rounds <= 1 && q.RAM < b {
+				w.violate("post-copy asked in round %d after %d RAM bytes, before the switch point of %d bytes", q.Rounds, q.RAM, b)
+			}
+			if !q.PCPending {
+				q.pcAskedRound, q.pcAskedRAM = q.Rounds, q.RAM
 			}
 			q.PCPending = true
 		case "pre-switchover", "device", "postcopy-active", "postcopy-paused", "postcopy-recover", "completed":

@@ -18,6 +18,26 @@ type Scenario struct {
 	// LocalDisks gives the VM a local disk: live strategies mirror it to
 	// the destination's NBD export first (core.Mirroring).
 	LocalDisks bool
+	// PostcopyAtBytes sets the planner's switch point in RAM bytes
+	// (core.Options.PostcopyAtBytes); the fake's round 1 then lasts
+	// postcopyRoundTicks ticks so the point falls inside it.
+	PostcopyAtBytes int64
+}
+
+// postcopyRoundTicks is how many ticks round 1 lasts in the byte switch
+// point scenarios (1 MiB of RAM per tick).
+const postcopyRoundTicks = 4
+
+// newWorld builds a scenario's world with the seed.
+func newWorld(s Scenario, seed int64) *World {
+	w := NewWorld(s.Strategy, s.Prev, seed)
+	if s.LocalDisks {
+		w.WithLocalDisks()
+	}
+	if s.PostcopyAtBytes > 0 {
+		w.WithPostcopyAtBytes(s.PostcopyAtBytes, postcopyRoundTicks)
+	}
+	return w
 }
 
 // Scenarios is every strategy the engine has; cold twice (running and stopped VM).
@@ -30,6 +50,10 @@ var Scenarios = []Scenario{
 	{Name: "cold-stopped", Strategy: core.Cold, Prev: core.VMStopped},
 	{Name: "precopy-disks", Strategy: core.Precopy, Prev: core.VMRunning, LocalDisks: true},
 	{Name: "postcopy-disks", Strategy: core.Postcopy, Prev: core.VMRunning, LocalDisks: true},
+	// The switch point in bytes: 2 MiB of RAM into a 4 MiB round 1 (with
+	// a disk, the mirror's bytes must not count towards it).
+	{Name: "postcopy-bytes", Strategy: core.Postcopy, Prev: core.VMRunning, PostcopyAtBytes: 2 << 20},
+	{Name: "postcopy-disks-bytes", Strategy: core.Postcopy, Prev: core.VMRunning, LocalDisks: true, PostcopyAtBytes: 2 << 20},
 	{Name: "cold-running-disks", Strategy: core.Cold, Prev: core.VMRunning, LocalDisks: true},
 	{Name: "cold-stopped-disks", Strategy: core.Cold, Prev: core.VMStopped, LocalDisks: true},
 }
@@ -64,10 +88,7 @@ type Result struct {
 // RunCase runs one case to quiescence and checks it. mutate, when set,
 // breaks the core's output on purpose (the checker's own test).
 func RunCase(c Case, mutate func(core.Record, *core.Ready)) Result {
-	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
-	if c.Scenario.LocalDisks {
-		w.WithLocalDisks()
-	}
+	w := newWorld(c.Scenario, c.Seed)
 	w.Mutate = mutate
 	w.SetFlaps(scenarioFlaps[c.Scenario.Name])
 	if c.Fault != NoFault {
@@ -189,10 +210,7 @@ type PairCase struct {
 
 // RunPair runs one two-fault case.
 func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
-	w := NewWorld(c.Scenario.Strategy, c.Scenario.Prev, c.Seed)
-	if c.Scenario.LocalDisks {
-		w.WithLocalDisks()
-	}
+	w := newWorld(c.Scenario, c.Seed)
 	w.Mutate = mutate
 	w.SetFlaps(scenarioFlaps[c.Scenario.Name])
 	w.Hook = func(w *World, k int, a core.Action) Disposition {
@@ -256,10 +274,7 @@ func ExploreTriples(seed int64, n int) *Exploration {
 		ks = append(ks, ks[0]+1+rng.Intn(10))
 		ks = append(ks, ks[1]+1+rng.Intn(10))
 		fs := []Fault{AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))], AllFaults[rng.Intn(len(AllFaults))]}
-		w := NewWorld(s.Strategy, s.Prev, seed+int64(i))
-		if s.LocalDisks {
-			w.WithLocalDisks()
-		}
+		w := newWorld(s, seed+int64(i))
 		w.Hook = func(w *World, k int, a core.Action) Disposition {
 			for j := range ks {
 				if ks[j] == k {

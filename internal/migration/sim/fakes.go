@@ -30,13 +30,20 @@ type FakeQEMU struct {
 	// Mig is the outgoing migration status: none, active, pre-switchover,
 	// device (after migrate-continue), completed, failed, cancelled,
 	// postcopy-active, postcopy-paused, postcopy-recover.
-	Mig       string
-	Rounds    int64
-	Sent      int64
-	Postcopy  bool // postcopy-ram
-	PCPending bool // migrate-start-postcopy asked: switches at pre-switchover
-	pcLeft    int  // post-copy ticks until every page is on the destination
-	peer      *FakeQEMU
+	Mig    string
+	Rounds int64
+	Sent   int64
+	// RAM is the RAM bytes sent (Sent without the mirror's), as QEMU's
+	// ram.transferred; ramTicks counts the ticks of RAM transfer.
+	RAM      int64
+	ramTicks int64
+	// pcAskedRound and pcAskedRAM are Rounds and RAM when post-copy was
+	// first asked for.
+	pcAskedRound, pcAskedRAM int64
+	Postcopy                 bool // postcopy-ram
+	PCPending                bool // migrate-start-postcopy asked: switches at pre-switchover
+	pcLeft                   int  // post-copy ticks until every page is on the destination
+	peer                     *FakeQEMU
 	// In is the incoming side: "" (not incoming), listening, receiving,
 	// loaded (complete, paused), postcopy (device state in, pages pending),
 	// postcopy-paused, postcopy-recover, done (the migration is over).

@@ -21,6 +21,32 @@ func TestHappyPaths(t *testing.T) {
 	}
 }
 
+// TestPostcopySwitchPointInBytes: with Options.PostcopyAtBytes the engine
+// asks for post-copy inside round 1 once that much RAM went (the mirror's
+// bytes not counted), not at round 2 as without it.
+func TestPostcopySwitchPointInBytes(t *testing.T) {
+	for _, s := range Scenarios {
+		if s.PostcopyAtBytes == 0 {
+			continue
+		}
+		w := newWorld(s, 1)
+		src := w.Agents[core.Src].vm.qemu
+		w.Start()
+		w.Run()
+		if len(w.Violations) == 0 {
+			w.CheckEnd()
+		}
+		if len(w.Violations) > 0 || w.Record().State != core.Completed {
+			t.Fatalf("%s: ended %s, violations %v", s.Name, w.Record().State, w.Violations)
+		}
+		if src.pcAskedRound != 1 || src.pcAskedRAM < s.PostcopyAtBytes || src.pcAskedRAM >= postcopyRoundTicks<<20 {
+			t.Errorf("%s: post-copy asked in round %d after %d RAM bytes; want round 1, at or after %d bytes and before its end",
+				s.Name, src.pcAskedRound, src.pcAskedRAM, s.PostcopyAtBytes)
+		}
+		t.Logf("%s: post-copy asked in round %d after %d KiB of RAM (switch point %d KiB)", s.Name, src.pcAskedRound, src.pcAskedRAM>>10, s.PostcopyAtBytes>>10)
+	}
+}
+
 // TestFaultExploration runs every scenario × every step of its happy path ×
 // every fault kind and checks the invariants.
 //

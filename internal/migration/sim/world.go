@@ -81,6 +81,9 @@ type World struct {
 	strategy core.Strategy
 	prev     core.VMState
 	disks    bool // the VM has a local disk (WithLocalDisks)
+	// roundTicks is how many ticks of RAM transfer one round lasts
+	// (WithPostcopyAtBytes; 1 otherwise).
+	roundTicks int64
 
 	// the server
 	serverUp bool
@@ -138,7 +141,7 @@ const (
 
 // NewWorld sets up a VM running (or stopped, for cold) on the source host.
 func NewWorld(s core.Strategy, prev core.VMState, seed int64) *World {
-	w := &World{rng: rand.New(rand.NewSource(seed)), strategy: s, prev: prev, nextPID: 100}
+	w := &World{rng: rand.New(rand.NewSource(seed)), strategy: s, prev: prev, nextPID: 100, roundTicks: 1}
 	w.Clock.now = time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)
 	w.Agents[core.Src] = &FakeAgent{w: w, side: core.Src, Host: "h1", Up: true}
 	w.Agents[core.Dst] = &FakeAgent{w: w, side: core.Dst, Host: "h2", Up: true}
@@ -172,6 +175,15 @@ func (w *World) WithLocalDisks() {
 		w.rec.CopyDisks = true
 		w.putRecord(w.rec)
 	}
+}
+
+// WithPostcopyAtBytes sets the record's post-copy switch point in RAM
+// bytes (call it before Start) and makes each round of the fake's RAM
+// transfer last roundTicks ticks, so the point can fall inside round 1.
+func (w *World) WithPostcopyAtBytes(b int64, roundTicks int64) {
+	w.rec.Options.PostcopyAtBytes = b
+	w.putRecord(w.rec)
+	w.roundTicks = max(roundTicks, 1)
 }
 
 // copyPeer finds the destination's disk receiver a copy job writes to: the
@@ -575,8 +587,10 @@ func (w *World) physics() {
 				w.failIncomingLater(p)
 				break
 			}
-			q.Rounds++
+			q.ramTicks++
+			q.Rounds = (q.ramTicks + w.roundTicks - 1) / w.roundTicks
 			q.Sent += 1 << 20
+			q.RAM += 1 << 20
 			if q.PCPending || (w.strategy != core.Postcopy && w.strategy != core.Hybrid && q.Rounds >= 4) {
 				if dp != nil {
 					// The agent completes the mirrors with the guest paused
