@@ -84,10 +84,16 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 	}
 	resp.StaleReason = strings.Join(reasons, "; ")
 
+	// A booted VM's first bootSettle saw its guest boot (and the bench's
+	// guests fill their memory then): those samples do not count for a plan.
+	since := time.Time{}
+	if booted, ok := v.bootedAt(); ok {
+		since = booted.Add(bootSettle)
+	}
 	now := time.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if e, ok := t.dirty.Estimate(now); ok {
+	if e, ok := t.dirty.EstimateSince(now, since); ok {
 		resp.DirtyRateMibps, resp.DirtyRateLatestMibps, resp.DirtyRateEwmaMibps, resp.DirtyRatePeakMibps = e.Value, e.Latest, e.EWMA, e.Peak
 		resp.DirtySampledAt, resp.Samples = timestamppb.New(e.At), int32(e.Samples)
 	}

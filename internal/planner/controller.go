@@ -98,6 +98,21 @@ const (
 	slowLink = 0.8
 )
 
+// A hybrid migration's patience with a pre-copy judged not converging.
+// Hybrid was planned because post-copy finishes where pre-copy may not:
+// once pre-copy is judged not converging, the steps that may still rescue
+// it (a downtime target that holds the dirty set, a bandwidth cap lifted,
+// a throttle) get HybridPatience, and the dirty set at most HybridRounds
+// more rounds to shrink by 10%; then the controller switches to post-copy,
+// whatever step is still pending. Without this bound, the heavy bench
+// (256 MiB rewritten at 96 MiB/s over 48 MiB/s, rounds of 5.5 s) waited for
+// QEMU's auto-converge to ramp to 99% at one step per round and never
+// switched within 60 s.
+const (
+	HybridPatience = judgeAfter
+	HybridRounds   = 2
+)
+
 // Controller is the adaptive convergence controller. It watches samples of
 // a running pre-copy and, when it is not converging, escalates within the
 // policy: raise QEMU's bandwidth cap (if QEMU sends below 80% of the known
@@ -112,7 +127,10 @@ const (
 // converging. After asking for a throttle it waits until QEMU's throttle
 // reached the expected need (the maximum when the next step would be to
 // abort), or had the time to (two checks per step), and judges afresh from
-// there. Each action is issued at most once (RaiseDowntime once per step);
+// there — but a controller that may switch to post-copy (hybrid) waits for
+// no ramp: HybridPatience after its first not-converging verdict (or
+// HybridRounds rounds), a dirty set that has not shrunk means post-copy.
+// Each action is issued at most once (RaiseDowntime once per step);
 // after post-copy or abort it only answers None. With ControllerOptions
 // StepDowntime the switchover threshold is the stepped downtime target's,
 // raised (RaiseDowntime) before anything else is tried. It is pure and deterministic, and not safe for
@@ -133,6 +151,8 @@ type Controller struct {
 	ramped      bool          // the throttle reached the target (or had time to)
 	done        string        // why the controller has nothing more to do
 	dt          downtimeStep  // the stepped downtime target (downtime.go)
+	stuck       roundStart    // the first not-converging verdict (round 0: none yet)
+	bwAt        time.Duration // when the bandwidth was raised (0: never)
 }
 
 // roundStart is the largest remaining seen during a round (its start).
@@ -209,6 +229,9 @@ func (c *Controller) Observe(s Sample) Action {
 			return none(fmt.Sprintf("remaining %s ≤ switchover threshold %s: switchover is near", fmtBytes(float64(s.RemainingBytes)), fmtBytes(m.thr)))
 		}
 	}
+	if a, ok := c.outOfPatience(&m, s); ok {
+		return a
+	}
 	if c.throttleAt >= 0 && !c.ramped && m.pol.AllowConverge &&
 		(s.Throttle >= c.rampTarget(&m) || c.rampLeft(&m, s) <= 0) {
 		// Judge the throttle by what happens from now on.
@@ -271,6 +294,16 @@ func last(rs []roundStart) roundStart {
 // escalate picks the next action the policy allows for a migration that is
 // not converging.
 func (c *Controller) escalate(m *model, s Sample, b float64, why string) Action {
+	if c.stuck.round == 0 {
+		c.stuck = roundStart{round: s.Round, at: s.Elapsed, remaining: s.RemainingBytes}
+		if r := last(c.starts); r.round > 0 {
+			c.stuck.round, c.stuck.remaining = r.round, r.remaining
+		}
+	}
+	overTime := m.maxTotal > 0 && s.Elapsed.Seconds() >= m.maxTotal
+	if m.pol.AllowPostcopy && (overTime || s.Elapsed-max(c.stuck.at, c.bwAt) >= HybridPatience) {
+		return c.postcopy(s, why+c.afterThrottle(s)+c.tried(s))
+	}
 	if c.dt.on && c.stepLimit(m) < m.limit {
 		return c.raiseDowntime(m, s, b, why)
 	}
@@ -278,6 +311,7 @@ func (c *Controller) escalate(m *model, s Sample, b float64, why string) Action 
 		return none(fmt.Sprintf("%s; the downtime target is at its cap %s: plain pre-copy has nothing more to change", why, fmtMs(m.limit)))
 	}
 	if !c.issued[RaiseBandwidth] && c.m.b > 0 && s.RateBytesPerSec > 0 && s.RateBytesPerSec < slowLink*c.m.b {
+		c.bwAt = s.Elapsed
 		return c.issue(s, Action{Kind: RaiseBandwidth, BandwidthBytesPerSec: c.m.b,
 			Reason: fmt.Sprintf("%s: QEMU sends %s on a link known to carry %s: raise its max-bandwidth", why, fmtRate(s.RateBytesPerSec), fmtRate(c.m.b))})
 	}
@@ -288,14 +322,15 @@ func (c *Controller) escalate(m *model, s Sample, b float64, why string) Action 
 			return c.issue(s, Action{Kind: Throttle, Throttle: need,
 				Reason: fmt.Sprintf("%s: throttle the vCPUs (auto-converge; about %d%% needed)", why, need)})
 		}
+		if !c.ramped && m.pol.AllowPostcopy {
+			return none(fmt.Sprintf("%s; throttle at %d%% and rising towards %d%%: post-copy in %s unless pre-copy converges", why, s.Throttle, c.rampTarget(m), fmtDur(HybridPatience-(s.Elapsed-max(c.stuck.at, c.bwAt)))))
+		}
 		if !c.ramped {
 			return none(fmt.Sprintf("%s; throttle at %d%% and rising towards %d%%: waiting up to %s more", why, s.Throttle, c.rampTarget(m), fmtDur(c.rampLeft(m, s))))
 		}
 	}
 	if m.pol.AllowPostcopy {
-		a := c.issue(s, Action{Kind: StartPostcopy, Reason: why + c.afterThrottle(s) + ": switch to post-copy"})
-		c.done = "post-copy requested: " + a.Reason
-		return a
+		return c.postcopy(s, why+c.afterThrottle(s))
 	}
 	var forbids []string
 	if !m.pol.AllowConverge {
@@ -305,6 +340,49 @@ func (c *Controller) escalate(m *model, s Sample, b float64, why string) Action 
 	a := c.issue(s, Action{Kind: Abort, Reason: why + c.afterThrottle(s) + " and policy forbids " + strings.Join(forbids, " and ")})
 	c.done = "abort requested: " + a.Reason
 	return a
+}
+
+// outOfPatience is hybrid's bound on a pre-copy judged not converging:
+// HybridPatience after the verdict (or after a bandwidth raise, which
+// needs a round to show), or HybridRounds rounds after it, a dirty set at
+// the round's start that has not shrunk by 10% since the verdict means
+// post-copy, whatever step is pending (a throttle ramping, a judging window
+// a downtime or bandwidth raise restarted).
+func (c *Controller) outOfPatience(m *model, s Sample) (Action, bool) {
+	cur := last(c.starts)
+	if !m.pol.AllowPostcopy || c.stuck.round == 0 || float64(cur.remaining) < flatRatio*float64(c.stuck.remaining) {
+		return Action{}, false
+	}
+	waited := s.Elapsed - max(c.stuck.at, c.bwAt)
+	if waited < HybridPatience && cur.round-c.stuck.round < HybridRounds {
+		return Action{}, false
+	}
+	return c.postcopy(s, fmt.Sprintf("pre-copy has not converged %s (%s) after it was judged not converging: the dirty set at a round's start %s → %s%s%s",
+		fmtDur(s.Elapsed-c.stuck.at), plural(cur.round-c.stuck.round, "round"), fmtBytes(float64(c.stuck.remaining)), fmtBytes(float64(cur.remaining)), c.afterThrottle(s), c.tried(s))), true
+}
+
+// postcopy issues StartPostcopy; the controller is done after it.
+func (c *Controller) postcopy(s Sample, why string) Action {
+	a := c.issue(s, Action{Kind: StartPostcopy, Reason: why + ": switch to post-copy"})
+	c.done = "post-copy requested: " + a.Reason
+	return a
+}
+
+// tried lists the steps already issued that did not bring convergence.
+func (c *Controller) tried(s Sample) string {
+	var steps []string
+	for _, k := range []ActionKind{RaiseDowntime, RaiseBandwidth} {
+		for _, a := range c.history {
+			if a.Kind == k {
+				steps = append(steps, k.String())
+				break
+			}
+		}
+	}
+	if len(steps) == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%s tried; %s since the verdict)", strings.Join(steps, ", "), fmtDur(s.Elapsed-c.stuck.at))
 }
 
 // afterThrottle notes the throttle already tried.

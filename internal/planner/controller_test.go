@@ -117,7 +117,11 @@ func TestControllerEscalation(t *testing.T) {
 // TestControllerWaitsForTheRamp: after asking for a throttle it does not
 // escalate until the throttle reached what it expected to need (or had the
 // time to) and a new window shows no progress.
-func TestControllerWaitsForTheRamp(t *testing.T) {
+// A hybrid controller waits for no throttle ramp: once pre-copy is judged
+// not converging it switches to post-copy within HybridRounds rounds (the
+// dirty set not shrinking by 10%), and a throttle that does shrink the
+// dirty set is given its chance.
+func TestControllerHybridPatience(t *testing.T) {
 	c := NewController(base(120, "precopy", "converge", "postcopy"))
 	samples := flat(12, 1)
 	acts := observeAll(t, c, samples)
@@ -133,12 +137,41 @@ func TestControllerWaitsForTheRamp(t *testing.T) {
 	if throttleAt != 1 || postAt < 0 {
 		t.Fatalf("throttle at sample %d, post-copy at %d: %+v", throttleAt, postAt, acts)
 	}
-	target := acts[throttleAt].Throttle
-	if samples[postAt].Throttle < target {
-		t.Fatalf("post-copy at throttle %d%% before reaching the expected %d%%", samples[postAt].Throttle, target)
+	if d := samples[postAt].Round - samples[throttleAt].Round; d > HybridRounds {
+		t.Fatalf("post-copy %d rounds after the verdict, beyond %d", d, HybridRounds)
 	}
-	if samples[postAt].Round-samples[throttleAt].Round < 3 {
-		t.Fatalf("post-copy %d rounds after the throttle", samples[postAt].Round-samples[throttleAt].Round)
+
+	// QEMU's own auto-converge (on from the start) ramps one step per 5.5 s
+	// round: the controller does not wait for it beyond HybridPatience.
+	c = NewController(base(120, "precopy", "converge", "postcopy"))
+	at := 8 * time.Second
+	var verdict, post time.Duration = -1, -1
+	for ; at < 60*time.Second && post < 0; at += 200 * time.Millisecond {
+		round := 2 + int((at-8*time.Second)/(5500*time.Millisecond))
+		s := Sample{Elapsed: at, Round: round, RemainingBytes: 256 * mib, RateBytesPerSec: 46 * testMiB, DirtyRateBytesPerSec: 44 * testMiB, Throttle: min(99, 10+10*round)}
+		a := c.Observe(s)
+		if a.Kind != None && verdict < 0 {
+			verdict = at
+		}
+		if a.Kind == StartPostcopy {
+			post = at
+		}
+	}
+	if verdict < 0 || post < 0 || post-verdict > HybridPatience {
+		t.Fatalf("verdict at %s, post-copy at %s: beyond the patience %s", verdict, post, HybridPatience)
+	}
+
+	// A throttle that shrinks the dirty set: no post-copy.
+	c = NewController(base(120, "precopy", "converge", "postcopy"))
+	rem := []int64{410, 408, 300, 200, 120, 60, 20}
+	for i, r := range rem {
+		s := Sample{Elapsed: 10*time.Second + time.Duration(i)*4100*time.Millisecond, Round: 2 + i, RemainingBytes: r * mib, RateBytesPerSec: 100 * testMiB, DirtyRateBytesPerSec: 120 * testMiB}
+		if i >= 2 {
+			s.DirtyRateBytesPerSec, s.Throttle = 40*testMiB, 60
+		}
+		if a := c.Observe(s); a.Kind == StartPostcopy || a.Kind == Abort {
+			t.Fatalf("sample %d (%d MiB remaining): %s: %s", i, r, a.Kind, a.Reason)
+		}
 	}
 }
 

@@ -82,13 +82,14 @@ func TestPredictByHand(t *testing.T) {
 			rounds: 6, downtime: ms(190), total: ms(20570), bytesMiB: 2033,
 		},
 		{
-			// Post-copy of the same guest: switch where round 1's remainder
-			// equals what was dirtied, at 1024/(100+50) = 6.8267 s of round 1
-			// (10.24 s), with 50 × 6.8267 = 341.33 MiB dirtied meanwhile.
+			// Post-copy of the same guest: round 1's remainder would equal
+			// what was dirtied at 1024/(100+50) = 6.8267 s, but the tail
+			// bound (1 s at 100 MiB/s) moves the switch to 9.24 s of round 1
+			// (10.24 s), with 50 × 9.24 = 462 MiB dirtied meanwhile.
 			// downtime = 0.01 + 0.02 = 30 ms
-			// total    = 0.1 + (1024 + 341.33 + 1)/100 + 0.02 + 0.12 = 13.9033 s
+			// total    = 0.1 + (1024 + 462 + 1)/100 + 0.02 + 0.12 = 15.11 s
 			name: "half the bandwidth, post-copy", in: base(50), strategy: StrategyPostcopy,
-			rounds: 1, downtime: ms(30), total: 13903333 * time.Microsecond, bytesMiB: 1366.33,
+			rounds: 1, downtime: ms(30), total: ms(15110), bytesMiB: 1487,
 		},
 		{
 			// Dirty 120 MiB/s on 100 MiB/s with auto-converge; QEMU 7.2 checks at

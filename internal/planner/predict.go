@@ -78,7 +78,7 @@ func (m *model) predictAll() []Prediction {
 	pre, conv := m.predictPrecopy(), m.predictConverge()
 	m.setBandwidth(one)
 	post := m.predictPostcopy()
-	hybrid := m.predictHybrid(m.predictPrecopy(), m.predictPostcopyAfterRound1())
+	hybrid := m.predictHybrid(m.predictPrecopy(), m.predictHybridFallback())
 	m.setBandwidth(m.link)
 	preds := []Prediction{pre, conv, post, hybrid, m.predictCold()}
 	for i := range preds {
@@ -158,7 +158,7 @@ func (m *model) predictRAM(strategy string) Prediction {
 	case StrategyPostcopy:
 		return m.predictPostcopy()
 	case StrategyHybrid:
-		return m.predictHybrid(m.predictPrecopy(), m.predictPostcopyAfterRound1())
+		return m.predictHybrid(m.predictPrecopy(), m.predictHybridFallback())
 	case StrategyCold:
 		return m.predictCold()
 	}
@@ -327,9 +327,10 @@ func (m *model) predictPostcopy() Prediction {
 	if ts >= t1-1e-9 {
 		return m.predictPostcopyAfterRound1()
 	}
-	// The post-copy strategy switches at Tune's switch point: round 1's
-	// remainder then equals what the guest dirtied meanwhile.
-	d2 := m.dirtied(ts, 0)
+	// The post-copy strategy switches at Tune's switch point. What the
+	// guest dirtied meanwhile is sent again, but never more than its
+	// non-zero RAM (as after round 1: a page it rewrites holds data).
+	d2 := math.Min(m.dirtied(ts, 0), m.nz)
 	down := m.fixedDowntime()
 	p := Prediction{
 		Strategy: StrategyPostcopy, Converges: true, Postcopy: true,
@@ -345,13 +346,22 @@ func (m *model) predictPostcopy() Prediction {
 
 // postcopySwitchBytes is where the post-copy strategy switches: after
 // m·b/(b+r) bytes of round 1, where round 1's remainder m − b·t equals
-// what the guest dirtied meanwhile, r·t (m itself when r is 0).
+// what the guest dirtied meanwhile, r·t (m itself when r is 0) — but not
+// before round 1's remainder fits PostcopyTailSeconds at b.
 func postcopySwitchBytes(m, b, r float64) float64 {
 	if m <= 0 || b <= 0 || r <= 0 {
 		return m
 	}
-	return m * b / (b + r)
+	return math.Max(m*b/(b+r), m-b*PostcopyTailSeconds)
 }
+
+// PostcopyTailSeconds bounds how much of round 1 a post-copy leaves for
+// after the switch: what the link sends in this long. The guest faults in
+// every page never sent (its kernel's and its programs', not only the
+// pages it rewrites), and with one vCPU each fault stalls it whole. The
+// bench's client gaps: a switch at 67% of round 1 (half) 3.2-3.6 s; at
+// 91-93% (big, heavy's warm-up) 0.34-0.48 s and 0.9 s.
+const PostcopyTailSeconds = 1.0
 
 // predictPostcopyAfterRound1 is post-copy started after the first full
 // round: hybrid's fallback, and the post-copy strategy of an idle guest.
@@ -372,6 +382,32 @@ func (m *model) predictPostcopyAfterRound1() Prediction {
 	}
 	p.Reason = fmt.Sprintf("switches to the destination after round 1 (%s); the %s dirtied meanwhile arrive afterwards (%s during which the guest waits on remote page faults; a broken link pauses it until recovered)",
 		fmtSec(t1), fmtBytes(d2), fmtSec(d2/m.b)) + m.overBudget(down)
+	return p
+}
+
+// predictHybridFallback is hybrid's post-copy: the controller judges
+// pre-copy from two round starts, so round 2 (the dirty set round 1 left,
+// at most the non-zero RAM) runs in full, then HybridPatience passes before
+// it switches; what the guest dirtied since round 2 began arrives after.
+func (m *model) predictHybridFallback() Prediction {
+	t1 := m.nz / m.b
+	d2 := math.Min(m.dirtied(t1, 0), m.nz)
+	if d2 <= 0 {
+		return m.predictPostcopyAfterRound1()
+	}
+	t2 := d2/m.b + HybridPatience.Seconds()
+	d3 := math.Min(m.dirtied(t2, 0), m.nz)
+	down := m.fixedDowntime()
+	sent := m.nz + d2 + m.b*HybridPatience.Seconds() + d3 + m.s
+	p := Prediction{
+		Strategy: StrategyPostcopy, Converges: true, Postcopy: true,
+		Total:    seconds(m.setup + sent/m.b + m.sw),
+		Downtime: seconds(down),
+		Bytes:    int64(sent + 0.5),
+		Rounds:   2, DowntimeLimit: seconds(m.limit),
+	}
+	p.Reason = fmt.Sprintf("switches to the destination when the controller sees pre-copy not converging: after round 1 (%s), round 2 (%s) and %s more (%s); the %s dirtied meanwhile arrive afterwards (%s during which the guest waits on remote page faults; a broken link pauses it until recovered)",
+		fmtSec(t1), fmtSec(d2/m.b), fmtSec(HybridPatience.Seconds()), fmtSec(t1+t2), fmtBytes(d3), fmtSec(d3/m.b)) + m.overBudget(down)
 	return p
 }
 

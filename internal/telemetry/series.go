@@ -128,6 +128,34 @@ func (s *Series) Estimate(now time.Time) (Estimate, bool) {
 	return e, true
 }
 
+// EstimateSince is Estimate over the samples taken at or after since only:
+// the moving average and peak start afresh from the first of them, so a
+// burst before since (a guest's boot, its workload filling memory) does not
+// count. The latest sample always counts, however old; false when the
+// series holds none.
+func (s *Series) EstimateSince(now, since time.Time) (Estimate, bool) {
+	last, ok := s.Latest()
+	if !ok {
+		return Estimate{}, false
+	}
+	e := Estimate{Latest: last.Value, At: last.At, Age: max(now.Sub(last.At), 0)}
+	first := true
+	for _, x := range s.Samples() {
+		if x.At.Before(since) && !x.At.Equal(last.At) {
+			continue
+		}
+		if first {
+			e.EWMA, first = x.Value, false
+		} else {
+			e.EWMA = s.alpha*x.Value + (1-s.alpha)*e.EWMA
+		}
+		e.Peak = max(e.Peak, x.Value)
+		e.Samples++
+	}
+	e.Value = max(e.Latest, e.EWMA)
+	return e, true
+}
+
 // Staleness applies the freshness rule: a series is fresh at now when its
 // latest sample is at most maxAge old. It returns "" when fresh, else the
 // reason (no sample yet, or how old the latest is). maxAge ≤ 0 means the

@@ -88,3 +88,38 @@ func TestLearnableRateWithDisks(t *testing.T) {
 		t.Errorf("learned %.1f MiB/s, want about 45 (180 MiB of disk and RAM over 4 s)", got)
 	}
 }
+
+// A pre-copy whose link was down for a while teaches the rate of the time
+// the link carried data: the flaky bench's two 2 s outages otherwise
+// taught 31, 16, then 10.5 MiB/s of a link that sent 35-37 MiB/s.
+func TestLearnableRateLeavesOutOutages(t *testing.T) {
+	m := &ferryv1.Migration{Strategy: "precopy"}
+	r := newReporter(m, nil)
+	start := time.Now()
+	r.transfer = start
+	at := func(el time.Duration, bytes int64, status string, sw bool) {
+		r.transfer = time.Now().Add(-el)
+		st := &agentv1.OutgoingStatus{Status: status, TotalBytes: 1 << 30, TransferredBytes: bytes}
+		if sw {
+			st.PreSwitchoverAt = timestamppb.Now()
+		}
+		r.Outgoing(core.ActQueryOutgoing, st)
+	}
+	// 45 MiB/s for 2 s, nothing for 3 s (the link down), 45 MiB/s for 2 s.
+	for i := 1; i <= 10; i++ {
+		at(time.Duration(i)*200*time.Millisecond, int64(i)*9<<20, "active", false)
+	}
+	at(3*time.Second, 90<<20, "active", false)
+	at(4800*time.Millisecond, 90<<20, "active", false)
+	for i := 1; i <= 10; i++ {
+		at(5*time.Second+time.Duration(i)*200*time.Millisecond, int64(90+i*9)<<20, "active", false)
+	}
+	at(7*time.Second, 180<<20, "pre-switchover", true)
+	m.Status = "completed"
+	if got := r.learnable(); got < 40 || got > 50 {
+		t.Errorf("learned %.1f MiB/s, want about 45 (180 MiB over the 4 s the link was up)", got)
+	}
+	if m.BandwidthMibps > 30 {
+		t.Errorf("the report's bandwidth %.1f MiB/s: want the whole transfer's, about 26", m.BandwidthMibps)
+	}
+}
