@@ -116,6 +116,8 @@ type Agent struct {
 	// qemuUser is the resolved Config.QEMUUser (nil: none).
 	qemuUser *qemuUser
 	reaper   reaper
+	// direct is whether local disks open with O_DIRECT (diskdirect.go).
+	direct directIOProbe
 
 	mu  sync.Mutex
 	vms map[string]*vm
@@ -411,6 +413,7 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	}
 	a.mu.Unlock()
 	h := &ferryv1.Host{Name: a.cfg.Name, Address: advertise, MigrationIp: a.cfg.MigrationIP, Capacity: hostCapacity(), Qemu: a.hostQEMU(), FerryVersion: a.cfg.Version}
+	h.Capacity.DiskFreeBytes = diskFree(a.cfg.DataDir)
 	a.accelMu.Lock()
 	h.Accel = a.autoAccel
 	a.accelMu.Unlock()

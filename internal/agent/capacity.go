@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 )
@@ -36,4 +37,15 @@ func hostCapacity() *ferryv1.HostCapacity {
 		}
 	}
 	return c
+}
+
+// diskFree is the space available to unprivileged writers in dir's file
+// system (the data directory, where local disks are created); 0 when it
+// cannot be read (placement then does not check disk).
+func diskFree(dir string) int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0
+	}
+	return int64(st.Bavail) * int64(st.Bsize)
 }

@@ -77,6 +77,9 @@ func (s *migrationService) QueryOutgoing(ctx context.Context, req *connect.Reque
 	if err := v.setDowntimeLimit(ctx, out, req.Msg.DowntimeLimitMs); err != nil {
 		s.a.log.Warn("stepped downtime target not applied; the next poll tries again", "vm", req.Msg.Name, "err", err)
 	}
+	if err := v.setMaxBandwidth(ctx, out, req.Msg.MaxBandwidthBytes); err != nil {
+		s.a.log.Warn("bandwidth share not applied; the next poll tries again", "vm", req.Msg.Name, "err", err)
+	}
 	if w := req.Msg.WaitMs; w > 0 {
 		out.waitChange(ctx, req.Msg.KnownStatus, time.Duration(min(w, 5000))*time.Millisecond)
 	}

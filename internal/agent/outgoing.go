@@ -34,6 +34,10 @@ type outgoing struct {
 	changed                                              chan struct{} // closed and replaced at each status event
 	status                                               string        // QEMU's migration status from the last event
 	downtimeLimitMs                                      int64         // the downtime-limit last given to QEMU (0: StartOutgoing's)
+	// maxBandwidth is the max-bandwidth last given to QEMU (0: unknown,
+	// after an agent restart); postcopyBandwidth StartOutgoing's
+	// max-postcopy-bandwidth, which a lower share lowers.
+	maxBandwidth, postcopyBandwidth int64
 
 	// mir is the local disks' mirrors (nil without local disks);
 	// disksMirrored: they completed at the switchover (persisted), so the
@@ -66,6 +70,43 @@ func (v *vm) setDowntimeLimit(ctx context.Context, out *outgoing, ms int64) erro
 	out.downtimeLimitMs = ms
 	out.mu.Unlock()
 	v.a.log.Info("downtime target set", "vm", v.name, "migration", out.id, "downtime_limit_ms", ms)
+	return nil
+}
+
+// setMaxBandwidth gives QEMU the bandwidth cap a QueryOutgoing carries
+// (the migration's share of the policy's bandwidthPerHost, re-shared by
+// the leader as migrations start and finish) unless it already has it:
+// max-bandwidth, and max-postcopy-bandwidth lowered to it when above. A
+// migration that has ended or paused the guest is left alone.
+func (v *vm) setMaxBandwidth(ctx context.Context, out *outgoing, b int64) error {
+	out.mu.Lock()
+	same, status, pc := out.maxBandwidth == b, out.status, out.postcopyBandwidth
+	out.mu.Unlock()
+	switch qmp.MigrationStatus(status) {
+	case "", qmp.MigrationStatusActive, qmp.MigrationStatusSetup, qmp.MigrationStatusPostcopyActive:
+	default:
+		return nil
+	}
+	if b <= 0 || same {
+		return nil
+	}
+	v.mu.Lock()
+	mon := v.mon
+	v.mu.Unlock()
+	if mon == nil {
+		return nil
+	}
+	p := qmp.MigrationParameters{MaxBandwidth: qmp.Ptr(b)}
+	if pc <= 0 || pc > b {
+		p.MaxPostcopyBandwidth = qmp.Ptr(b)
+	}
+	if err := mon.MigrateSetParameters(ctx, p); err != nil {
+		return fmt.Errorf("set max-bandwidth %d B/s: %w", b, err)
+	}
+	out.mu.Lock()
+	out.maxBandwidth = b
+	out.mu.Unlock()
+	v.a.log.Info("bandwidth share set", "vm", v.name, "migration", out.id, "max_bandwidth", b)
 	return nil
 }
 
@@ -141,7 +182,8 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		}
 	}
 	mon := v.mon
-	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs}
+	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs,
+		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes)}
 	out.sub = mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
 	v.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -47,6 +48,10 @@ type migrateFlags struct {
 	recovery     time.Duration
 	aliveTimeout time.Duration
 	insecure     bool
+	// waitLimits retries a start the policy's parallelism limits refuse
+	// for up to this long; ignoreLimits starts it past them.
+	waitLimits   time.Duration
+	ignoreLimits bool
 }
 
 // strategies are the values of --strategy.
@@ -111,6 +116,12 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 	if f.strategy == "cold" && f.maxAttempts > 1 {
 		return nil, errors.New("--max-attempts: only applies to live strategies (a cold migration has no transfer to retry)")
 	}
+	if f.waitLimits < 0 || f.waitLimits > time.Hour {
+		return nil, fmt.Errorf("--wait-limits: must be between 0 (refused at once) and 1h, got %s", f.waitLimits)
+	}
+	if f.waitLimits > 0 && f.ignoreLimits {
+		return nil, errors.New("--wait-limits: conflicts with --ignore-limits (which starts at once, past the limits)")
+	}
 	if f.stallTimeout > 0 && f.timeout > 0 && f.stallTimeout > f.timeout {
 		return nil, fmt.Errorf("--stall-timeout: must not exceed --timeout (%s), got %s", f.timeout, f.stallTimeout)
 	}
@@ -129,6 +140,7 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 
 		GuestAliveTimeoutMs: f.aliveTimeout.Milliseconds(),
 		InsecureTransport:   f.insecure,
+		IgnoreLimits:        f.ignoreLimits,
 	}, nil
 }
 
@@ -170,7 +182,7 @@ func newMigrateCmd(g *globals) *cobra.Command {
 				return err
 			}
 			c := g.migrations()
-			resp, err := c.Migrate(cmd.Context(), connect.NewRequest(&ferryv1.MigrateRequest{Vm: args[0], To: f.to, Options: opts, DryRun: f.dryRun}))
+			resp, err := g.migrateWithinLimits(cmd.Context(), c, &ferryv1.MigrateRequest{Vm: args[0], To: f.to, Options: opts, DryRun: f.dryRun}, f.waitLimits)
 			if err != nil {
 				return err
 			}
@@ -217,14 +229,51 @@ func newMigrateCmd(g *globals) *cobra.Command {
 	fl.Int32Var(&f.multifd, "multifd", 0, "parallel migration streams (0 or 1 = one stream)")
 	fl.Int32Var(&f.maxAttempts, "max-attempts", 0, "attempts of a live migration whose link fails before the switchover (0 = server default, 3; 1 = never retry)")
 	fl.DurationVar(&f.retryBackoff, "retry-backoff", 0, "wait before the second attempt, doubled for each further one (0 = server default, 2s)")
-	fl.DurationVar(&f.stallTimeout, "stall-timeout", 15*time.Second, "fail and roll back after this long without progress")
-	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "fail and roll back if not done within this long")
+	fl.DurationVar(&f.stallTimeout, "stall-timeout", 0, "fail and roll back after this long without progress (0 = the policy's progressTimeout, else the server default, 15s)")
+	fl.DurationVar(&f.timeout, "timeout", 0, "fail and roll back if not done within this long (0 = the policy's completionTimeoutPerGiB x the VM's GiB, else the server default, 10m)")
+	fl.DurationVar(&f.waitLimits, "wait-limits", 0, "when the policy's parallelism limits (ferry policy get) are reached, retry the start every 2s for up to this long instead of failing at once")
+	fl.BoolVar(&f.ignoreLimits, "ignore-limits", false, "start even when the policy's parallelism limits are reached (it still counts against them, and still gets only its share of bandwidthPerHost)")
 	fl.BoolVar(&f.wait, "wait", false, "wait for the end, showing progress, and print the report")
 	fl.BoolVar(&f.insecure, "insecure-transport", false, "send the guest's memory and disks in plaintext (default: TLS with the cluster's certificates, each host verified); the report names the transport")
 	return cmd
 }
 
 // isTerminal reports whether w is a terminal.
+// limitRetry is how often --wait-limits retries a start a limit refused
+// (a variable so tests can shorten it).
+var limitRetry = 2 * time.Second
+
+// migrateWithinLimits starts the migration; a start refused because a
+// policy limit is reached (the server's error says "migration limit
+// reached") is retried every limitRetry for up to wait, saying so on
+// stderr, then given up with the server's last refusal.
+func (g *globals) migrateWithinLimits(ctx context.Context, c ferryv1connect.MigrationServiceClient, req *ferryv1.MigrateRequest, wait time.Duration) (*connect.Response[ferryv1.MigrateResponse], error) {
+	deadline := time.Now().Add(wait)
+	told := false
+	for {
+		resp, err := c.Migrate(ctx, connect.NewRequest(req))
+		if err == nil || wait <= 0 || connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), limitReached) {
+			return resp, err
+		}
+		if time.Now().Add(limitRetry).After(deadline) {
+			return nil, fmt.Errorf("still refused after --wait-limits %s: %w", wait, err)
+		}
+		if !told {
+			fmt.Fprintf(g.stderr, "waiting up to %s for a migration slot: %v\n", wait, err)
+			told = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("waiting for a migration slot: %w", ctx.Err())
+		case <-time.After(limitRetry):
+		}
+	}
+}
+
+// limitReached is in the text of every refusal for a policy limit
+// (internal/admit.ErrLimit).
+const limitReached = "migration limit reached"
+
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -56,7 +57,9 @@ func TestMigrateFlagValidation(t *testing.T) {
 		{[]string{"migrate", "web", "--to", "h2", "--strategy", "cold", "--multifd", "4"}, "--multifd: only applies to live strategies"},
 		{[]string{"migrate", "web", "--to", "h2", "--stall-timeout", "500ms"}, "--stall-timeout: must be at least 1s (0 uses the server's default), got 500ms"},
 		{[]string{"migrate", "web", "--to", "h2", "--timeout", "-1s"}, "--timeout: must be at least 1s (0 uses the server's default), got -1s"},
-		{[]string{"migrate", "web", "--to", "h2", "--stall-timeout", "20m"}, "--stall-timeout: must not exceed --timeout (10m0s), got 20m0s"},
+		{[]string{"migrate", "web", "--to", "h2", "--stall-timeout", "20m", "--timeout", "10m"}, "--stall-timeout: must not exceed --timeout (10m0s), got 20m0s"},
+		{[]string{"migrate", "web", "--to", "h2", "--wait-limits", "-1s"}, "--wait-limits: must be between 0 (refused at once) and 1h, got -1s"},
+		{[]string{"migrate", "web", "--to", "h2", "--wait-limits", "1m", "--ignore-limits"}, "--wait-limits: conflicts with --ignore-limits"},
 		{[]string{"migrate", "web", "--to", "h2", "-o", "yaml"}, `-o: must be table or json, got "yaml"`},
 		{[]string{"migration", "get"}, "accepts 1 arg(s), received 0"},
 		{[]string{"migration", "cancel"}, "accepts 1 arg(s), received 0"},
@@ -100,12 +103,17 @@ type fakeMigrations struct {
 	full      int                  // requests with samples
 	cancelled bool
 	list      *ferryv1.ListMigrationsRequest
+	refuse    int // Migrate answers this many limit refusals first
+	starts    int // Migrate calls
 }
 
 func (f *fakeMigrations) Migrate(_ context.Context, r *connect.Request[ferryv1.MigrateRequest]) (*connect.Response[ferryv1.MigrateResponse], error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.req = r.Msg
+	if f.starts++; f.starts <= f.refuse {
+		return nil, connect.NewError(connect.CodeResourceExhausted, errors.New("VM web to h2: migration limit reached: policy maxParallelPerSource = 2 ... (fake)"))
+	}
 	return connect.NewResponse(&ferryv1.MigrateResponse{Migration: &ferryv1.Migration{
 		Id: "mig-1a2b3c4d", Vm: r.Msg.Vm, From: "h1", To: r.Msg.To, Strategy: r.Msg.GetOptions().GetStrategy(),
 		Status: "running", State: "pending", Options: r.Msg.Options,
@@ -185,7 +193,6 @@ func TestMigrateWait(t *testing.T) {
 	}
 	wantReq := &ferryv1.MigrateRequest{Vm: "web", To: "h2", Options: &ferryv1.MigrationOptions{
 		Strategy: "precopy", MaxDowntimeMs: 50, BandwidthMibps: 500, MultifdChannels: 4,
-		StallTimeoutMs: 15_000, TimeoutMs: 600_000,
 	}}
 	if !proto.Equal(f.req, wantReq) {
 		t.Errorf("request = %v, want %v", f.req, wantReq)
@@ -317,5 +324,27 @@ func TestRenderReportDisks(t *testing.T) {
 	want := "data (qcow2, 1024.0 MiB virtual, 3.0 MiB allocated): completed, 4.0 MiB copied, in sync after 105 ms, completed after 744 ms"
 	if !strings.Contains(out, want) {
 		t.Errorf("report:\n%s\nwant a disk line %q", out, want)
+	}
+}
+
+func TestMigrateWaitLimits(t *testing.T) {
+	defer func(d time.Duration) { limitRetry = d }(limitRetry)
+	limitRetry = 10 * time.Millisecond
+	// Without --wait-limits a refusal is the answer.
+	f := &fakeMigrations{refuse: 1}
+	_, _, err := runCLI(t, nil, "--server", serveFake(t, f), "migrate", "web", "--to", "h2")
+	if err == nil || !strings.Contains(err.Error(), "maxParallelPerSource") || f.starts != 1 {
+		t.Fatalf("err = %v after %d starts, want the limit refusal after 1", err, f.starts)
+	}
+	// With it, the start is retried until a slot frees up.
+	f = &fakeMigrations{refuse: 3}
+	out, stderr, err := runCLI(t, nil, "--server", serveFake(t, f), "migrate", "web", "--to", "h2", "--wait-limits", "1m")
+	if err != nil || f.starts != 4 || !strings.Contains(out, "migration mig-1a2b3c4d started") || !strings.Contains(stderr, "waiting up to 1m0s for a migration slot") {
+		t.Fatalf("err = %v after %d starts, out %q, stderr %q; want started on the 4th after saying it waits", err, f.starts, out, stderr)
+	}
+	// --ignore-limits reaches the server as the option.
+	f = &fakeMigrations{}
+	if _, _, err := runCLI(t, nil, "--server", serveFake(t, f), "migrate", "web", "--to", "h2", "--ignore-limits"); err != nil || !f.req.GetOptions().GetIgnoreLimits() {
+		t.Fatalf("err = %v, request %v: want ignore_limits set", err, f.req)
 	}
 }

@@ -21,6 +21,11 @@ var (
 	ErrNotFound = errors.New("no evacuation record")
 	// ErrBusy: the evacuation still runs (cancel it first).
 	ErrBusy = errors.New("evacuation still running")
+	// ErrWait is wrapped by a Cluster.Migrate refusal that is not the
+	// destination's fault and passes by itself (a policy limit reached by
+	// other migrations): the item keeps its destination and starts on a
+	// later tick; it is not a failed attempt.
+	ErrWait = errors.New("not now")
 )
 
 // Snapshot is the cluster as one tick sees it.
@@ -326,10 +331,15 @@ func (r *Runner) advance(ctx context.Context, rec *ferryv1.Evacuation) error {
 				strategy = "cold"
 			}
 			id, err := r.cfg.Cluster.Migrate(ctx, it.Vm, it.To, strategy)
+			if errors.Is(err, ErrWait) {
+				rec.Message = fmt.Sprintf("%s waits: %v", it.Vm, err)
+				r.cfg.Log.Info("evacuation: start deferred", "host", rec.Host, "vm", it.Vm, "to", it.To, "err", err)
+				continue
+			}
 			it.Attempts++
 			it.StartedAt = timestamppb.New(now)
 			if err != nil {
-				failAttempt(rec, it, fmt.Sprintf("start to %s: %v", it.To, err), r.cfg.MaxAttempts)
+				failAttempt(rec, it, fmt.Sprintf("start to %s: %v", it.To, err), r.cfg.MaxAttempts, true)
 				r.cfg.Log.Warn("evacuation: migration refused", "host", rec.Host, "vm", it.Vm, "to", it.To, "err", err)
 				continue
 			}

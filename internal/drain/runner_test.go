@@ -47,10 +47,11 @@ func (f *fakeRecords) DeleteEvacuation(_ context.Context, h string) error {
 }
 
 type fakeMig struct {
-	vm, to string
-	ticks  int // passes left before it ends
-	fail   bool
-	done   bool
+	vm, to    string
+	ticks     int // passes left before it ends
+	fail      bool
+	restarted bool // its failure is a control-plane restart's
+	done      bool
 }
 
 // fakeCluster is a fake cluster of 256-MiB VMs: a migration ends after
@@ -65,6 +66,8 @@ type fakeCluster struct {
 	full        bool // no host has room
 	maxInFlight int
 	n           int
+	restartOnce map[string]bool // the first migration to this host fails by a control-plane restart
+	waitStarts  int             // Migrate refuses this many starts with ErrWait (a limit held by others)
 }
 
 func newFakeCluster(vms int) *fakeCluster {
@@ -125,6 +128,9 @@ func (c *fakeCluster) Migration(_ context.Context, id string) (Migration, error)
 	if !m.done {
 		return Migration{Status: "running", Progress: 0.5}, nil
 	}
+	if m.restarted {
+		return Migration{Status: "failed", Error: "the control plane restarted during the migration", NotDestination: true}, nil
+	}
 	if m.fail {
 		return Migration{Status: "failed", Error: "destination agent gone"}, nil
 	}
@@ -135,9 +141,16 @@ func (c *fakeCluster) Migrate(_ context.Context, vm, to, _ string) (string, erro
 	if c.lock[vm] != "" {
 		return "", fmt.Errorf("VM %s is already migrating", vm)
 	}
+	if c.waitStarts > 0 {
+		c.waitStarts--
+		return "", fmt.Errorf("%w: migration limit reached (fake)", ErrWait)
+	}
 	c.n++
 	id := fmt.Sprintf("mig-%d", c.n)
-	c.migs[id] = &fakeMig{vm: vm, to: to, ticks: 2, fail: c.failTo[to]}
+	c.migs[id] = &fakeMig{vm: vm, to: to, ticks: 2, fail: c.failTo[to], restarted: c.restartOnce[to]}
+	if c.restartOnce[to] {
+		delete(c.restartOnce, to)
+	}
 	c.lock[vm] = id
 	inFlight := 0
 	for _, m := range c.migs {
@@ -166,7 +179,7 @@ func (c *fakeCluster) step() {
 		if m.ticks--; m.ticks <= 0 {
 			m.done = true
 			delete(c.lock, m.vm)
-			if !m.fail {
+			if !m.fail && !m.restarted {
 				c.vmHost[m.vm] = m.to
 			}
 		}
@@ -388,5 +401,42 @@ func TestDrainEndsIncompleteAfterMaxPlans(t *testing.T) {
 	e := recs.m["h1"]
 	if e.State != StateIncomplete || e.Items[0].Plans != MaxPlans || !strings.Contains(e.Items[0].Error, "memory") {
 		t.Fatalf("got %s, item %v", e.State, e.Items[0])
+	}
+}
+
+// TestDrainRestartIsNotTheDestinationsFault: a migration rolled back by a
+// control-plane restart is retried without avoiding its destination.
+func TestDrainRestartIsNotTheDestinationsFault(t *testing.T) {
+	c, recs := newFakeCluster(1), &fakeRecords{m: map[string]*ferryv1.Evacuation{}}
+	c.hosts = []string{"h1", "h2"} // one destination: avoiding it would leave none
+	c.restartOnce = map[string]bool{"h2": true}
+	r := newTestRunner(c, recs)
+	if _, err := r.Enter(context.Background(), "h1", ReasonManual); err != nil {
+		t.Fatal(err)
+	}
+	e := drive(t, r, c, recs, "h1")
+	it := e.Items[0]
+	if e.State != StateCompleted || it.To != "h2" || it.Attempts != 2 || len(it.Avoid) != 0 || len(it.Failures) != 1 {
+		t.Fatalf("state %s, item %v: want completed to h2 on attempt 2, nothing avoided", e.State, it)
+	}
+}
+
+// TestDrainWaitsForALimit: a start refused for a limit other migrations
+// hold waits for a later pass; it is no failed attempt.
+func TestDrainWaitsForALimit(t *testing.T) {
+	c, recs := newFakeCluster(2), &fakeRecords{m: map[string]*ferryv1.Evacuation{}}
+	c.waitStarts = 3
+	r := newTestRunner(c, recs)
+	if _, err := r.Enter(context.Background(), "h1", ReasonManual); err != nil {
+		t.Fatal(err)
+	}
+	e := drive(t, r, c, recs, "h1")
+	if e.State != StateCompleted {
+		t.Fatalf("state %s: %s", e.State, e.Message)
+	}
+	for _, it := range e.Items {
+		if it.Attempts != 1 || len(it.Failures) != 0 || len(it.Avoid) != 0 {
+			t.Errorf("%s: attempts %d, failures %v, avoid %v; want one attempt", it.Vm, it.Attempts, it.Failures, it.Avoid)
+		}
 	}
 }

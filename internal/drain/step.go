@@ -103,6 +103,10 @@ type Migration struct {
 	// Gone: no record of it exists (retention removed it, or it never
 	// started).
 	Gone bool
+	// NotDestination: it failed for a cause that is not its destination's
+	// (a control-plane restart rolled it back): the retry may use the
+	// same destination, which is not added to the item's avoid list.
+	NotDestination bool
 }
 
 // VMView is what the VM's record says now.
@@ -163,7 +167,7 @@ func Fold(rec *ferryv1.Evacuation, obs Observed, maxAttempts int) (needPlan bool
 				if why == "" {
 					why = "migration " + m.Status
 				}
-				failAttempt(rec, it, fmt.Sprintf("%s to %s: %s", it.MigrationId, it.To, why), maxAttempts)
+				failAttempt(rec, it, fmt.Sprintf("%s to %s: %s", it.MigrationId, it.To, why), maxAttempts, !m.NotDestination)
 			}
 		case ItemPending:
 			if !known {
@@ -191,9 +195,10 @@ func Fold(rec *ferryv1.Evacuation, obs Observed, maxAttempts int) (needPlan bool
 
 // failAttempt records a failed attempt: the item goes back to pending to
 // another destination, or fails for good after maxAttempts.
-func failAttempt(rec *ferryv1.Evacuation, it *ferryv1.EvacuationItem, why string, maxAttempts int) {
+// With avoid, its destination is not tried again for this VM.
+func failAttempt(rec *ferryv1.Evacuation, it *ferryv1.EvacuationItem, why string, maxAttempts int, avoid bool) {
 	it.Failures = append(it.Failures, why)
-	if it.To != "" && !slices.Contains(it.Avoid, it.To) {
+	if avoid && it.To != "" && !slices.Contains(it.Avoid, it.To) {
 		it.Avoid = append(it.Avoid, it.To)
 	}
 	it.MigrationId, it.Progress = "", 0

@@ -95,6 +95,10 @@ type Input struct {
 	// MaxCandidates bounds the destinations tried per VM; 0 means
 	// DefaultMaxCandidates.
 	MaxCandidates int
+	// Setup is the fixed time of one migration besides its transfer and
+	// pause (destination start, stream setup, the guest-alive check), as
+	// learned from the cluster's past migrations; 0: the planner's default.
+	Setup time.Duration
 }
 
 // Move is one planned migration.
@@ -210,8 +214,10 @@ func PlanDrain(in Input) (Plan, error) {
 	if maxCand <= 0 {
 		maxCand = DefaultMaxCandidates
 	}
+	byName := map[string]VM{}
 	for _, vm := range vms {
-		mv, un := placeOne(in, hosts, vm, parallel, maxCand)
+		byName[vm.Name] = vm
+		mv, un := placeOne(in, hosts, vm, parallel, 1, maxCand)
 		if un != nil {
 			plan.Unplaced = append(plan.Unplaced, *un)
 			continue
@@ -219,6 +225,7 @@ func PlanDrain(in Input) (Plan, error) {
 		plan.Moves = append(plan.Moves, mv)
 	}
 	sort.Slice(plan.Unplaced, func(i, j int) bool { return plan.Unplaced[i].VM < plan.Unplaced[j].VM })
+	sharePass(in, plan.Moves, byName, parallel, cluster.MaxParallelPerDest)
 	plan.ETA = Schedule(plan.Moves, cluster.MaxParallelCluster, parallel, cluster.MaxParallelPerDest)
 	sort.Slice(plan.Moves, func(i, j int) bool { return plan.Moves[i].Order < plan.Moves[j].Order })
 	return plan, nil
@@ -229,6 +236,49 @@ func request(vm VM) placement.Request {
 	return placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, DiskGiB: vm.DiskGiB, AntiAffinity: vm.AntiAffinity}
 }
 
+// sharePass predicts every move again at its share of the source's link:
+// the migrations in flight together share it (its NIC, and the CPUs that
+// send), so with n running at once each gets 1/n. n is what the schedule
+// can run at once: the parallelism, the moves, and the per-destination
+// limit times the destinations used. The strategy chosen at the whole
+// link stays (the engine's controller adapts it to what the link gives);
+// one that would not converge at the share keeps its first prediction.
+func sharePass(in Input, moves []Move, vms map[string]VM, parallel, perDest int) {
+	dests := map[string]bool{}
+	for _, m := range moves {
+		dests[m.To] = true
+	}
+	n := min(parallel, len(moves), max(perDest, 1)*len(dests))
+	if n <= 1 || in.Bandwidth == nil {
+		return
+	}
+	for i := range moves {
+		m := &moves[i]
+		vm := vms[m.VM]
+		link, ok := in.Bandwidth.Estimate(in.Source, m.To)
+		if !ok || link <= 0 {
+			continue
+		}
+		eff := in.Policies.Resolve(vm.Name, vm.Labels)
+		bw := eff.Bandwidth(link/float64(n), parallel)
+		for _, p := range planner.Predict(plannerInputs(in, vm, eff, bw)) {
+			if p.Strategy == m.Strategy && p.Converges {
+				m.Prediction, m.BandwidthBytesPerSec = p, bw
+				m.Reason = fmt.Sprintf("%s; predicted at 1/%d of the link (%d migrations in flight out of %s)", m.Reason, n, n, in.Source)
+			}
+		}
+	}
+}
+
+// plannerInputs are the planner's inputs for vm at bandwidth bw.
+func plannerInputs(in Input, vm VM, eff policy.Effective, bw float64) planner.Inputs {
+	return planner.Inputs{
+		MemoryBytes: vm.MemoryMiB << 20, NonZeroBytes: vm.NonZeroBytes, DirtyRateBytesPerSec: vm.DirtyRateBytesPerSec,
+		BandwidthBytesPerSec: bw, MaxDowntime: eff.MaxDowntime, Policy: eff.PlannerPolicy(vm.MemoryMiB << 20),
+		SetupSeconds: in.Setup.Seconds(),
+	}
+}
+
 type cand struct {
 	i     int
 	score float64
@@ -236,7 +286,7 @@ type cand struct {
 
 // placeOne chooses vm's destination among hosts (updating it) or says why
 // there is none.
-func placeOne(in Input, hosts []Host, vm VM, parallel, maxCand int) (Move, *Unplaced) {
+func placeOne(in Input, hosts []Host, vm VM, parallel, concurrent, maxCand int) (Move, *Unplaced) {
 	if len(hosts) == 0 {
 		return Move{}, &Unplaced{VM: vm.Name, Reason: ReasonNoHost, Detail: "no other host is schedulable and healthy",
 			Help: "add a host, or bring one out of maintenance or back to health"}
@@ -294,12 +344,8 @@ func placeOne(in Input, hosts []Host, vm VM, parallel, maxCand int) (Move, *Unpl
 			noBW++
 			continue
 		}
-		bw := eff.Bandwidth(link, parallel)
-		pin := planner.Inputs{
-			MemoryBytes: vm.MemoryMiB << 20, NonZeroBytes: vm.NonZeroBytes, DirtyRateBytesPerSec: vm.DirtyRateBytesPerSec,
-			BandwidthBytesPerSec: bw, MaxDowntime: eff.MaxDowntime, Policy: eff.PlannerPolicy(vm.MemoryMiB << 20),
-		}
-		d, err := planner.Choose(pin, nil)
+		bw := eff.Bandwidth(link/float64(concurrent), parallel)
+		d, err := planner.Choose(plannerInputs(in, vm, eff, bw), nil)
 		if err != nil {
 			if firstNoPlan == nil {
 				firstNoPlan = err

@@ -27,6 +27,12 @@ type Host struct {
 	// claim of it; DiskGiB 0 means disk is not checked.
 	DiskGiB          int64
 	AllocatedDiskGiB int64
+	// DiskFreeBytes is the free space its agent reports in its data
+	// directory, where local disks are created (0: not reported, not
+	// checked); AllocatedDiskBytes is what placements since that report
+	// claim of it (Place).
+	DiskFreeBytes      int64
+	AllocatedDiskBytes int64
 	// Groups counts, per anti-affinity group, the VMs of that group placed
 	// on the host.
 	Groups map[string]int
@@ -41,6 +47,9 @@ type Request struct {
 	Exclude []string
 	// DiskGiB is the local disk the VM needs on the host.
 	DiskGiB int64
+	// DiskBytes is the space the VM's local disks take on the host (their
+	// allocated size; DiskMargin is added when checking DiskFreeBytes).
+	DiskBytes int64
 	// AntiAffinity lists the VM's anti-affinity groups: no two VMs of one
 	// group on the same host.
 	AntiAffinity []string
@@ -49,6 +58,19 @@ type Request struct {
 // ReservedMiB is memory kept free on every host for the host itself and
 // QEMU's own overhead.
 const ReservedMiB = 256
+
+// DiskMargin is the space left free on top of a VM's local disks: the
+// larger of DiskMarginMin and DiskMarginFraction of their size (disks
+// grow, and a full file system stops every VM on it).
+func DiskMargin(diskBytes int64) int64 {
+	return max(DiskMarginMin, int64(float64(diskBytes)*DiskMarginFraction))
+}
+
+// The disk margin's floor and fraction (DiskMargin).
+const (
+	DiskMarginMin      = 256 << 20
+	DiskMarginFraction = 0.10
+)
 
 // MaxVCPUOvercommit is how many vCPUs may be placed per host CPU.
 const MaxVCPUOvercommit = 4

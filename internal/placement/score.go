@@ -38,6 +38,9 @@ func Check(h Host, req Request) *Reject {
 		return &Reject{RejectVCPUs, fmt.Sprintf("%d vCPUs allocated on %d CPUs, limit %dx", h.AllocatedVCPUs, h.CPUs, MaxVCPUOvercommit)}
 	case h.DiskGiB > 0 && h.AllocatedDiskGiB+req.DiskGiB > h.DiskGiB:
 		return &Reject{RejectDisk, fmt.Sprintf("%d GiB disk free, need %d", max(h.DiskGiB-h.AllocatedDiskGiB, 0), req.DiskGiB)}
+	case h.DiskFreeBytes > 0 && req.DiskBytes > 0 && req.DiskBytes+DiskMargin(req.DiskBytes) > h.DiskFreeBytes-h.AllocatedDiskBytes:
+		return &Reject{RejectDisk, fmt.Sprintf("%d MiB free in its data directory, need %d MiB for the local disks + %d MiB margin",
+			max(h.DiskFreeBytes-h.AllocatedDiskBytes, 0)>>20, req.DiskBytes>>20, DiskMargin(req.DiskBytes)>>20)}
 	}
 	for _, g := range req.AntiAffinity {
 		if h.Groups[g] > 0 {
@@ -65,6 +68,7 @@ func (h *Host) Place(req Request) {
 	h.AllocatedVCPUs += req.VCPUs
 	h.AllocatedMemoryMiB += req.MemoryMiB
 	h.AllocatedDiskGiB += req.DiskGiB
+	h.AllocatedDiskBytes += req.DiskBytes
 	if len(req.AntiAffinity) > 0 {
 		g := make(map[string]int, len(h.Groups)+len(req.AntiAffinity))
 		for k, v := range h.Groups {
@@ -82,6 +86,7 @@ func (h *Host) Remove(req Request) {
 	h.AllocatedVCPUs -= req.VCPUs
 	h.AllocatedMemoryMiB -= req.MemoryMiB
 	h.AllocatedDiskGiB -= req.DiskGiB
+	h.AllocatedDiskBytes -= req.DiskBytes
 	if len(req.AntiAffinity) > 0 {
 		g := make(map[string]int, len(h.Groups))
 		for k, v := range h.Groups {

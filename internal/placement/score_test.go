@@ -55,3 +55,32 @@ func TestPlaceRemove(t *testing.T) {
 		t.Fatalf("Remove left %+v", h)
 	}
 }
+
+// TestCheckDiskFree: a host whose agent reports its data directory's free
+// space takes a VM only if its local disks and the margin fit; a host
+// that reports nothing, or a VM without local disks, is not checked.
+func TestCheckDiskFree(t *testing.T) {
+	h := Host{Name: "h", Ready: true, CPUs: 4, MemoryMiB: 8192, DiskFreeBytes: 2 << 30}
+	req := Request{VCPUs: 1, MemoryMiB: 512, DiskBytes: 1 << 30}
+	if r := Check(h, req); r != nil {
+		t.Fatalf("1 GiB into 2 GiB free: %+v, want fit", r)
+	}
+	req.DiskBytes = 1900 << 20 // + 190 MiB... the 256 MiB floor: 2156 MiB > 2048
+	r := Check(h, req)
+	if r == nil || r.Kind != RejectDisk || r.Detail != "2048 MiB free in its data directory, need 1900 MiB for the local disks + 256 MiB margin" {
+		t.Fatalf("1900 MiB into 2 GiB free: %+v, want a disk refusal with the figures", r)
+	}
+	h.Place(Request{DiskBytes: 1 << 30})
+	if r := Check(h, Request{VCPUs: 1, MemoryMiB: 512, DiskBytes: 900 << 20}); r == nil || r.Kind != RejectDisk {
+		t.Fatalf("after placing 1 GiB there: %+v, want the placed disk counted", r)
+	}
+	if r := Check(Host{Name: "h", Ready: true, CPUs: 4, MemoryMiB: 8192}, req); r != nil {
+		t.Errorf("a host without a report: %+v, want no disk check", r)
+	}
+	if r := Check(Host{Name: "h", Ready: true, CPUs: 4, MemoryMiB: 8192, DiskFreeBytes: 1}, Request{VCPUs: 1, MemoryMiB: 512}); r != nil {
+		t.Errorf("a VM without local disks: %+v, want no disk check", r)
+	}
+	if got := DiskMargin(10 << 30); got != 1<<30 {
+		t.Errorf("DiskMargin(10 GiB) = %d, want 10%%", got)
+	}
+}

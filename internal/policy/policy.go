@@ -243,6 +243,13 @@ type Effective struct {
 // policy, then every matching label override in (Key, Value) order, then
 // the VM's own override, then defaults for what is still zero.
 func (s Set) Resolve(name string, labels map[string]string) Effective {
+	e := s.resolve(name, labels)
+	e.Policy = e.Policy.withDefaults()
+	return e
+}
+
+// resolve is Resolve without the defaults.
+func (s Set) resolve(name string, labels map[string]string) Effective {
 	e := Effective{Policy: s.Cluster, Sources: []string{"cluster"}}
 	e.AllowedStrategies = slices.Clone(e.AllowedStrategies)
 	ls := slices.Clone(s.Labels)
@@ -262,7 +269,6 @@ func (s Set) Resolve(name string, labels map[string]string) Effective {
 		e.apply(o)
 		e.Sources = append(e.Sources, "vm "+name)
 	}
-	e.Policy = e.Policy.withDefaults()
 	return e
 }
 
@@ -344,4 +350,16 @@ func (e Effective) Bandwidth(link float64, parallel int) float64 {
 		b = min(b, e.BandwidthPerHost/float64(parallel))
 	}
 	return b
+}
+
+// Timeouts are the completion timeout per GiB and the progress timeout
+// the policies set for VM name with labels (resolved like Resolve), 0
+// for each one no policy sets: the migration engine then keeps its own
+// defaults (its progress timeout is shorter than DefaultProgressTimeout,
+// and its flat 10-minute bound is not per GiB).
+func (s Set) Timeouts(name string, labels map[string]string) (completionPerGiB, progress time.Duration) {
+	raw := s
+	raw.Cluster = Policy{CompletionTimeoutPerGiB: s.Cluster.CompletionTimeoutPerGiB, ProgressTimeout: s.Cluster.ProgressTimeout}
+	e := raw.resolve(name, labels)
+	return e.CompletionTimeoutPerGiB, e.ProgressTimeout
 }

@@ -44,8 +44,13 @@ func (s *Server) newEngine() *exec.Engine {
 		Fenced: func(err error) bool { return errors.Is(err, store.ErrNotLeader) },
 		// Finished migrations are counted at the engine's terminal
 		// transition (see migrationMetrics).
-		Ended: func(m *ferryv1.Migration) { s.metrics.mig.migrationEnded(m) },
-		Log:   s.log,
+		Ended: func(m *ferryv1.Migration) {
+			s.metrics.mig.migrationEnded(m)
+			s.fix.observe(m) // evacuation ETAs include the fixed time
+			s.reshareSoon()  // its share of bandwidthPerHost goes to the others
+		},
+		Bandwidth: s.bandwidthShare,
+		Log:       s.log,
 	})
 }
 
@@ -58,6 +63,7 @@ func (s *Server) RunEngine(ctx context.Context) error {
 	go s.linkProbeLoop(ctx)
 	go s.runEvents(ctx)
 	go s.runEventRetention(ctx)
+	go s.reshareLoop(ctx)
 	s.metrics.mig.leadingChanged(true)
 	defer s.metrics.mig.leadingChanged(false)
 	if s.drain != nil {

@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -263,32 +265,46 @@ func (c drainCluster) PlanInput(ctx context.Context, host string, names []string
 			mu.Unlock()
 		}()
 	}
-	// Links with no figure yet are probed now (in parallel with the
-	// measurements), so the plan uses measured rates.
+	wg.Wait()
+	// Links with no figure yet are probed now, one after another and after
+	// the measurements: probes run together share the source's NIC and
+	// CPUs with each other and with calc-dirty-rate, and one taken so read
+	// 13 MiB/s on a link QEMU then crossed at hundreds. At most
+	// maxInlineProbes, the destinations with the most free memory first;
+	// the planner places VMs on the measured ones (a VM it cannot place
+	// for want of a figure is planned again later).
 	if src.State == "ready" {
+		sort.SliceStable(dests, func(i, j int) bool {
+			return dests[i].GetCapacity().GetMemoryMib()-alloc[dests[i].Name].MemoryMiB > dests[j].GetCapacity().GetMemoryMib()-alloc[dests[j].Name].MemoryMiB
+		})
+		probed := 0
 		for _, d := range dests {
 			if _, ok := s.bw.figure(host, d.Name); ok {
 				continue
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-				defer cancel()
-				pr, err := s.probeLink(pctx, src, d, telemetry.InlineProbe)
-				if err != nil {
-					s.log.Warn("evacuation plan: probe link", "from", host, "to", d.Name, "err", err)
-					s.bw.probeFailed(host, d.Name)
-					return
-				}
-				s.bw.observeProbe(host, d.Name, pr, true)
-			}()
+			if probed == maxInlineProbes || ctx.Err() != nil {
+				break
+			}
+			probed++
+			pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+			pr, err := s.probeLink(pctx, src, d, telemetry.InlineProbe)
+			cancel()
+			if err != nil {
+				s.log.Warn("evacuation plan: probe link", "from", host, "to", d.Name, "err", err)
+				s.bw.probeFailed(host, d.Name)
+				continue
+			}
+			s.bw.observeProbe(host, d.Name, pr, true)
 		}
 	}
-	wg.Wait()
 	in.Bandwidth = bookRates{s}
+	in.Setup = s.fix.setup()
 	return in, nil
 }
+
+// maxInlineProbes bounds the links an evacuation plan probes before it
+// plans (each telemetry.InlineProbe long, one at a time).
+const maxInlineProbes = 6
 
 // bookRates gives the planner the server's link book.
 type bookRates struct{ s *Server }
@@ -325,7 +341,8 @@ func (c drainCluster) Migration(ctx context.Context, id string) (drain.Migration
 		}
 		m = exec.Render(pr)
 	}
-	out := drain.Migration{Status: m.Status, Error: m.Error}
+	// A rollback by a control-plane restart is not the destination's fault.
+	out := drain.Migration{Status: m.Status, Error: m.Error, NotDestination: strings.Contains(m.Error, core.ErrRestarted)}
 	if m.TotalBytes > 0 {
 		out.Progress = min(float64(m.TransferredBytes)/float64(m.TotalBytes), 1)
 	}
@@ -335,26 +352,14 @@ func (c drainCluster) Migration(ctx context.Context, id string) (drain.Migration
 	return out, nil
 }
 
-// Migrate starts a migration with the VM's effective policy: its
-// bandwidth cap and max downtime.
+// Migrate starts a migration; beginMigration applies the VM's effective
+// policy (bandwidth cap, max downtime, timeouts) and its limits: a start
+// refused for a limit waits (drain.ErrWait), it is not a failed attempt.
 func (c drainCluster) Migrate(ctx context.Context, vm, to, strategy string) (string, error) {
-	opt := &ferryv1.MigrationOptions{Strategy: strategy}
-	set, err := c.s.policies(ctx)
-	if err != nil {
-		return "", err
+	m, _, err := c.s.beginMigration(ctx, &ferryv1.MigrateRequest{Vm: vm, To: to, Options: &ferryv1.MigrationOptions{Strategy: strategy}})
+	if isLimit(err) {
+		return "", fmt.Errorf("%w: %w", drain.ErrWait, err)
 	}
-	rec, err := c.s.store.GetVM(ctx, vm)
-	if err != nil {
-		return "", err
-	}
-	eff := set.Resolve(vm, rec.Spec.GetLabels())
-	if eff.BandwidthPerMigration > 0 {
-		opt.BandwidthMibps = max(int64(eff.BandwidthPerMigration/(1<<20)), 1)
-	}
-	if rec.Spec.GetMaxDowntimeMs() == 0 { // the spec's own target wins; the policy's defaults to the planner's 300 ms
-		opt.MaxDowntimeMs = eff.MaxDowntime.Milliseconds()
-	}
-	m, _, err := c.s.beginMigration(ctx, &ferryv1.MigrateRequest{Vm: vm, To: to, Options: opt})
 	if err != nil {
 		return "", err
 	}

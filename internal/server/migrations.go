@@ -10,10 +10,12 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/admit"
 	"github.com/ferryvm/ferry/internal/migration/core"
 	"github.com/ferryvm/ferry/internal/migration/exec"
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/policy"
+	"github.com/ferryvm/ferry/internal/spec"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -162,8 +164,23 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := checkDiskRoom(vm, dst, localDisks); err != nil {
+		return nil, nil, err
+	}
 	if opt.Strategy == "cold" && len(localDisks) > 0 && dst.MigrationIp == "" {
 		return nil, nil, precondition("destination host %s has no migration address (agent --migration-ip): VM %s's %d local disk(s) are copied over it", dst.Name, req.Vm, len(localDisks))
+	}
+	set, err := s.policies(ctx)
+	if err != nil {
+		return nil, nil, connectError(fmt.Errorf("read the migration policy: %w", err))
+	}
+	applyPolicy(set, vm, opt) // admission.go: bandwidth, downtime and timeouts the request leaves unset
+	if !req.DryRun {
+		// Refused now, before any measurement, when a limit is reached
+		// (checked again, serialized, just before the start).
+		if err := s.admitMigration(ctx, req.Vm, vm.Host, req.To, opt); err != nil {
+			return nil, nil, err
+		}
 	}
 	if opt.MaxDowntimeMs == 0 {
 		opt.MaxDowntimeMs = vm.Spec.GetMaxDowntimeMs()
@@ -232,16 +249,23 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 				opt.Strategy = plan.Choice
 			}
 		}
-	} else if req.DryRun {
-		reason := "cold migration: the guest is stopped, moved and booted again"
-		if len(localDisks) > 0 {
-			reason = fmt.Sprintf("cold migration: the guest is stopped, its %d local disk(s) copied (allocated extents) and verified, then it is booted again", len(localDisks))
+	} else {
+		plan = s.coldPlan(ctx, vm, src, dst, localDisks, opt) // coldplan.go
+		if req.DryRun {
+			return nil, plan, nil
 		}
-		return nil, &ferryv1.Plan{Choice: "cold", Reason: reason}, nil
 	}
 	planningMs := time.Since(planStart).Milliseconds()
 
 	id := newMigrationID()
+	s.adm.start.Lock() // from the limit check to the engine's start (admission.go)
+	defer s.adm.start.Unlock()
+	if err := s.admitMigration(ctx, req.Vm, vm.Host, req.To, opt); err != nil {
+		return nil, nil, err
+	}
+	if err := s.reshare(ctx, admit.Flight{ID: id, From: vm.Host, To: req.To, Cap: float64(opt.BandwidthMibps << 20)}); err != nil {
+		s.log.Warn("bandwidth shares not recomputed before the start; the next poll corrects them", "vm", req.Vm, "err", err)
+	}
 	if err := s.reserveMigration(ctx, id, vm, dst, opt); err != nil {
 		return nil, nil, err
 	}
@@ -307,6 +331,37 @@ func (s *Server) checkRoom(ctx context.Context, vm *ferryv1.VM, dst *ferryv1.Hos
 	return nil
 }
 
+// checkDiskRoom verifies the destination's data directory has room for
+// the VM's local disks (their allocated size, as the source reports it)
+// and the margin, when its agent reports its free space.
+func checkDiskRoom(vm *ferryv1.VM, dst *ferryv1.Host, disks []*ferryv1.MigrationDisk) error {
+	var need int64
+	for _, d := range disks {
+		need += d.AllocatedBytes
+	}
+	h := placement.Host{Name: dst.Name, Ready: true, CPUs: 1, MemoryMiB: placement.ReservedMiB, DiskFreeBytes: dst.GetCapacity().GetDiskFreeBytes()}
+	if r := placement.Check(h, placement.Request{DiskBytes: need}); r != nil && r.Kind == placement.RejectDisk {
+		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("destination host %s cannot take VM %s's %d local disk(s): %s (free space there, or choose another host)", dst.Name, vm.Spec.GetName(), len(disks), r.Detail))
+	}
+	return nil
+}
+
+// newDiskBytes is the space a new VM's local disks may take: the size of
+// each disk created with size: (sparse, but it can fill it); a copy of a
+// source: image is not counted (its size is known only where it is).
+func newDiskBytes(sp *ferryv1.VMSpec) int64 {
+	var n int64
+	for _, d := range sp.GetDisks() {
+		if d.GetShared() || d.GetPath() != "" || d.GetSize() == "" {
+			continue
+		}
+		if b, err := spec.ParseSize(d.GetSize()); err == nil {
+			n += b
+		}
+	}
+	return n
+}
+
 // unlockVMRecord clears the VM's migration lock and restores its state.
 func (s *Server) unlockVMRecord(ctx context.Context, vm, id, state string) {
 	if _, err := s.store.UpdateVM(ctx, vm, false, func(cur *ferryv1.VM) error {
@@ -324,6 +379,7 @@ func (s *Server) unlockVMRecord(ctx context.Context, vm, id, state string) {
 // here, rendered from its stored record otherwise.
 func (h *migrationService) GetMigration(ctx context.Context, req *connect.Request[ferryv1.GetMigrationRequest]) (*connect.Response[ferryv1.GetMigrationResponse], error) {
 	if m, ok := h.s.engine.Get(req.Msg.Id, !req.Msg.WithoutSamples); ok {
+		m.BandwidthShareBytes = h.s.bandwidthShare(m.Id)
 		return connect.NewResponse(&ferryv1.GetMigrationResponse{Migration: m}), nil
 	}
 	pr, err := h.s.store.GetMigration(ctx, req.Msg.Id)
@@ -352,7 +408,9 @@ func (h *migrationService) ListMigrations(ctx context.Context, req *connect.Requ
 			continue
 		}
 		m, ok := h.s.engine.Get(pr.Id, false)
-		if !ok {
+		if ok {
+			m.BandwidthShareBytes = h.s.bandwidthShare(m.Id)
+		} else {
 			m = exec.Render(pr)
 		}
 		m.Samples = nil

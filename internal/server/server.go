@@ -90,6 +90,9 @@ type Server struct {
 
 	sampler  *rebalance.Sampler // VMs' use from the heartbeats
 	balancer *rebalance.Runner  // the load balancer (nil: the store keeps no state)
+
+	adm admission // the policy's limits and bandwidth shares (admission.go)
+	fix overheads // the learned fixed time of a migration (overhead.go)
 }
 
 // New returns a Server over cfg.Store.

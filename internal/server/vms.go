@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	"time"
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
@@ -117,6 +118,7 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 			Name: h.Name, Ready: schedulable(h),
 			CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
 			AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name],
+			DiskFreeBytes: h.GetCapacity().GetDiskFreeBytes(),
 		})
 	}
 	if pinned != "" {
@@ -129,7 +131,8 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 		}
 		return h, nil
 	}
-	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude, AntiAffinity: sp.GetAntiAffinity()})
+	name, err := placement.Choose(cands, placement.Request{VCPUs: int(sp.Vcpus), MemoryMiB: sp.MemoryMib, Exclude: exclude, AntiAffinity: sp.GetAntiAffinity(),
+		DiskBytes: newDiskBytes(sp)})
 	if err != nil {
 		return nil, connect.NewError(connect.CodeResourceExhausted, err)
 	}
@@ -141,7 +144,11 @@ func (s *Server) pickHost(ctx context.Context, sp *ferryv1.VMSpec, pinned string
 func (s *Server) startOn(ctx context.Context, vm *ferryv1.VM, host *ferryv1.Host) (*ferryv1.VM, error) {
 	actx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
+	began := time.Now()
 	resp, err := s.agents.get(host.Address).StartVM(actx, connect.NewRequest(&agentv1.AgentStartVMRequest{Spec: vm.Spec}))
+	if err == nil {
+		s.fix.observeStart(time.Since(began)) // a migration's destination starts a QEMU too
+	}
 	if err == nil {
 		// A lost reply: the agent started the VM but the server never hears.
 		err = failpoint.Inject("server/after-agent-start")

@@ -192,6 +192,73 @@ func TestFleetMaintenanceDrainsHost(t *testing.T) {
 	if h := c.hostRecord("h1"); h.Maintenance {
 		t.Error("h1 still in maintenance after exit")
 	}
+	manualWithinPolicy(t, c, names)
+}
+
+// manualWithinPolicy: a manual ferry migrate counts against the policy's
+// limits and gets its share of bandwidthPerHost. With one migration per
+// source and 16 MiB/s per host, a second migration out of the same host
+// is refused naming the limit and how to wait or override, and with
+// --wait-limits it starts once the first has ended.
+func manualWithinPolicy(t *testing.T, c *cluster, names []string) {
+	pol := c.dir + "/limits.json"
+	if err := os.WriteFile(pol, []byte(`{"cluster": {"maxParallelPerSource": 1, "bandwidthPerHost": 16777216}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.mustFerry("policy", "set", "-f", pol)
+	on := map[string][]string{}
+	for _, n := range names {
+		vm, err := c.getVM(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[vm.Host] = append(on[vm.Host], n)
+	}
+	var pair []string
+	for _, vms := range on {
+		if len(vms) >= 2 {
+			pair = vms[:2]
+		}
+	}
+	if pair == nil {
+		t.Fatalf("no host holds two of the VMs: %v", on)
+	}
+	first := c.startMigration(pair[0], "h1", "--strategy", "precopy")
+	m := c.waitMigration(first.Id, 30*time.Second, "a bandwidth share", func(m *ferryv1.Migration) bool { return m.BandwidthShareBytes > 0 || m.Status != "running" })
+	if m.Status == "running" && m.BandwidthShareBytes != 16<<20 {
+		t.Errorf("%s alone on its hosts has a share of %d B/s, want all of bandwidthPerHost (16 MiB/s)", m.Id, m.BandwidthShareBytes)
+	}
+	if m.Status != "running" {
+		t.Fatalf("%s ended (%s) before the second start: it should take seconds at 16 MiB/s", m.Id, m.Status)
+	}
+	_, errOut, err := c.ferry("migrate", pair[1], "--to", "h1", "--strategy", "precopy")
+	for _, want := range []string{"migration limit reached", "maxParallelPerSource = 1", first.Id, "--wait-limits", "--ignore-limits"} {
+		if err == nil || !strings.Contains(errOut, want) {
+			t.Errorf("second migration out of the same host: err %v, stderr %q; want a refusal saying %q", err, errOut, want)
+		}
+	}
+	began := time.Now()
+	out, errOut, err := c.ferry("migrate", pair[1], "--to", "h1", "--strategy", "precopy", "--wait-limits", "90s", "--wait", "-o", "json")
+	if err != nil {
+		t.Fatalf("migrate --wait-limits: %v\n%s%s", err, out, errOut)
+	}
+	second, err := parseMigration(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done, err := c.getMigration(first.Id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("first %s %s in %d ms (share 16 MiB/s); second waited %s for the slot (%q), %s", done.Id, done.Status, done.TotalMs,
+		second.StartedAt.AsTime().Sub(began).Round(time.Millisecond), strings.TrimSpace(errOut), second.Status)
+	if done.Status != "completed" || second.Status != "completed" || second.StartedAt.AsTime().Before(done.FinishedAt.AsTime()) {
+		t.Errorf("first %s (finished %v), second %s (started %v): want both completed, the second started after the first ended",
+			done.Status, done.FinishedAt.AsTime(), second.Status, second.StartedAt.AsTime())
+	}
+	if !strings.Contains(errOut, "waiting up to 1m30s for a migration slot") {
+		t.Errorf("--wait-limits did not say it waits: %q", errOut)
+	}
 }
 
 func TestFleetHealthDrivenEvacuation(t *testing.T) {
@@ -511,7 +578,13 @@ func TestFleetEvacuationSurvivesServerRestart(t *testing.T) {
 	}
 	t.Logf("after the server restart: %s, predicted %d ms, measured %d ms, max in flight %d: %s", e.State, e.PredictedEtaMs, e.MeasuredMs, e.MaxInFlight, e.Message)
 	for _, it := range e.Items {
-		t.Logf("  %s -> %s: attempts %d, failures %v", it.Vm, it.To, it.Attempts, it.Failures)
+		t.Logf("  %s -> %s: attempts %d, failures %v, avoid %v", it.Vm, it.To, it.Attempts, it.Failures, it.Avoid)
+		// A rollback by the restart is not its destination's fault.
+		for _, f := range it.Failures {
+			if strings.Contains(f, "control plane restarted") && len(it.Avoid) > 0 {
+				t.Errorf("%s avoids %v after a failure the restart caused (%s)", it.Vm, it.Avoid, f)
+			}
+		}
 	}
 	if e.State != "completed" || e.MaxInFlight > 2 {
 		t.Fatalf("evacuation %s (max in flight %d): %s", e.State, e.MaxInFlight, e.Message)

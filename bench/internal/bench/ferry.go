@@ -23,8 +23,10 @@ type FerrySystem struct {
 	env *Env
 	// Strategy is passed as --strategy unless empty (Ferry's default).
 	Strategy string
-	// Plain migrates with --insecure-transport (system "ferry-plain"):
-	// the same migration as "ferry" without TLS, for the cost of
+	// Insecure runs `ferry migrate --insecure-transport` (plaintext).
+	Insecure bool
+	// Plain names the system "ferry-plain" (Insecure set): the same
+	// migration as "ferry" without TLS beside it, for the cost of
 	// encryption.
 	Plain bool
 }
@@ -91,7 +93,7 @@ func (s *FerrySystem) migrateFlags(g Guest) []string {
 	if s.Strategy != "" {
 		args = append(args, "--strategy", s.Strategy)
 	}
-	if s.Plain {
+	if s.Insecure {
 		args = append(args, "--insecure-transport")
 	}
 	return args

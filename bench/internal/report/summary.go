@@ -10,7 +10,7 @@ import (
 )
 
 // Systems is the order systems appear in tables and plots.
-var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 
 // tableSystems is the order of tables and plots: Systems with ferry-plain
 // (Ferry with --insecure-transport) right after ferry.
@@ -23,7 +23,7 @@ func tableSystems() []string {
 const probeStreams = 4
 
 // Peers are the systems Ferry is compared with.
-var Peers = []string{"qemu", "libvirt", "libvirt-tuned"}
+var Peers = []string{"qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 
 // RatioPeers are the systems of the ratio table: Peers and ferry-plain
 // (Ferry with insecureTransport: ferry ÷ ferry-plain is the cost of TLS).
@@ -354,7 +354,7 @@ func fmtNum(format string, v F) string {
 // Markdown writes the summary as Markdown tables.
 func (s Summary) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "# Live-migration benchmark: Ferry vs plain QEMU defaults vs libvirt (defaults and tuned)\n\n")
-	for _, k := range []string{"started", "elapsed", "runs", "capSeconds", "guest", "ferryStrategy", "warmup", "host", "ferryBinary", "libvirt", "libvirtTuned"} {
+	for _, k := range []string{"started", "elapsed", "runs", "capSeconds", "guest", "ferryStrategy", "ferryTransport", "warmup", "host", "ferryBinary", "libvirt", "libvirtTuned"} {
 		if v, ok := s.Meta[k]; ok {
 			fmt.Fprintf(w, "- %s: %v\n", k, v)
 		}

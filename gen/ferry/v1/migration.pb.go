@@ -61,8 +61,13 @@ type MigrationOptions struct {
 	// By default they are encrypted with TLS (certificates from the cluster
 	// PKI, each side verifying the other host's identity).
 	InsecureTransport bool `protobuf:"varint,90,opt,name=insecure_transport,json=insecureTransport,proto3" json:"insecure_transport,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// ignore_limits starts the migration even when the policy's parallelism
+	// limits (maxParallelCluster, maxParallelPerSource, maxParallelPerDest)
+	// are reached; it still counts against them for the others, and its
+	// bandwidth is still shared under bandwidthPerHost.
+	IgnoreLimits  bool `protobuf:"varint,100,opt,name=ignore_limits,json=ignoreLimits,proto3" json:"ignore_limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrationOptions) Reset() {
@@ -182,6 +187,13 @@ func (x *MigrationOptions) GetGuestAliveTimeoutMs() int64 {
 func (x *MigrationOptions) GetInsecureTransport() bool {
 	if x != nil {
 		return x.InsecureTransport
+	}
+	return false
+}
+
+func (x *MigrationOptions) GetIgnoreLimits() bool {
+	if x != nil {
+		return x.IgnoreLimits
 	}
 	return false
 }
@@ -1181,18 +1193,25 @@ type Migration struct {
 	// disks are the VM's local disks this migration mirrors (empty when
 	// every disk is shared).
 	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
-	// disk_bytes_total is the data of the local disks when the mirrors
-	// started; disk_bytes_transferred what the mirrors copied (it includes
-	// what the guest wrote during the mirror).
+	// disk_bytes_total is the data of the local disks: their allocated data
+	// when the mirrors started plus what the guest wrote since (a cold copy:
+	// the images' allocated extents); disk_bytes_transferred the data sent
+	// so far (QEMU's job offsets, at most that data: the offsets count zero
+	// clusters too, which cross the link without payload).
 	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
 	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
 	// disk_uri is the destination's NBD server (host:port).
 	DiskUri string `protobuf:"bytes,83,opt,name=disk_uri,json=diskUri,proto3" json:"disk_uri,omitempty"`
 	// transport is how the streams crossed the network: "tls" (the
 	// default) or "plain" (insecure_transport).
-	Transport     string `protobuf:"bytes,90,opt,name=transport,proto3" json:"transport,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Transport string `protobuf:"bytes,90,opt,name=transport,proto3" json:"transport,omitempty"`
+	// bandwidth_share_bytes is the max-bandwidth (bytes/s) the leader gives
+	// this running migration now: its share of the policy's bandwidthPerHost
+	// among the migrations touching its hosts (0: no per-host cap; the
+	// migration's own bandwidth_mibps, if any, applies).
+	BandwidthShareBytes int64 `protobuf:"varint,100,opt,name=bandwidth_share_bytes,json=bandwidthShareBytes,proto3" json:"bandwidth_share_bytes,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Migration) Reset() {
@@ -1547,13 +1566,21 @@ func (x *Migration) GetTransport() string {
 	return ""
 }
 
+func (x *Migration) GetBandwidthShareBytes() int64 {
+	if x != nil {
+		return x.BandwidthShareBytes
+	}
+	return 0
+}
+
 // MigrationDisk is one local disk a live migration mirrors.
 type MigrationDisk struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Format           string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
 	VirtualSizeBytes int64                  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
-	// allocated_bytes is the image's allocation on the source at the start.
+	// allocated_bytes is the guest data of the image on the source at the
+	// start (qemu-img map's data extents; the image's metadata not counted).
 	AllocatedBytes int64 `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
 	// bytes_transferred is the data its mirror copied.
 	BytesTransferred int64 `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`
@@ -2127,7 +2154,7 @@ var File_ferry_v1_migration_proto protoreflect.FileDescriptor
 
 const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\n" +
-	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x04\n" +
+	"\x18ferry/v1/migration.proto\x12\bferry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x04\n" +
 	"\x10MigrationOptions\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12&\n" +
 	"\x0fmax_downtime_ms\x18\x02 \x01(\x03R\rmaxDowntimeMs\x12'\n" +
@@ -2144,7 +2171,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10retry_backoff_ms\x18= \x01(\x03R\x0eretryBackoffMs\x12,\n" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
 	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\x12-\n" +
-	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\"\xc8\x05\n" +
+	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\x12#\n" +
+	"\rignore_limits\x18d \x01(\bR\fignoreLimits\"\xc8\x05\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -2226,7 +2254,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0eMigrationEvent\x12*\n" +
 	"\x02at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\x8d\x0e\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xc1\x0e\n" +
 	"\tMigration\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x0e\n" +
 	"\x02vm\x18\x02 \x01(\tR\x02vm\x12\x12\n" +
@@ -2281,7 +2309,8 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x10disk_bytes_total\x18Q \x01(\x03R\x0ediskBytesTotal\x124\n" +
 	"\x16disk_bytes_transferred\x18R \x01(\x03R\x14diskBytesTransferred\x12\x19\n" +
 	"\bdisk_uri\x18S \x01(\tR\adiskUri\x12\x1c\n" +
-	"\ttransport\x18Z \x01(\tR\ttransport\"\x93\x02\n" +
+	"\ttransport\x18Z \x01(\tR\ttransport\x122\n" +
+	"\x15bandwidth_share_bytes\x18d \x01(\x03R\x13bandwidthShareBytes\"\x93\x02\n" +
 	"\rMigrationDisk\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06format\x18\x02 \x01(\tR\x06format\x12,\n" +

@@ -698,6 +698,9 @@ type HostCapacity struct {
 	AllocatedMemoryMib int64                  `protobuf:"varint,5,opt,name=allocated_memory_mib,json=allocatedMemoryMib,proto3" json:"allocated_memory_mib,omitempty"`
 	// free_memory_mib is MemAvailable on the host.
 	FreeMemoryMib int64 `protobuf:"varint,6,opt,name=free_memory_mib,json=freeMemoryMib,proto3" json:"free_memory_mib,omitempty"`
+	// disk_free_bytes is the free space of the agent's data directory, where
+	// VMs' local disks live (0: not reported; placement does not check it).
+	DiskFreeBytes int64 `protobuf:"varint,100,opt,name=disk_free_bytes,json=diskFreeBytes,proto3" json:"disk_free_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -770,6 +773,13 @@ func (x *HostCapacity) GetAllocatedMemoryMib() int64 {
 func (x *HostCapacity) GetFreeMemoryMib() int64 {
 	if x != nil {
 		return x.FreeMemoryMib
+	}
+	return 0
+}
+
+func (x *HostCapacity) GetDiskFreeBytes() int64 {
+	if x != nil {
+		return x.DiskFreeBytes
 	}
 	return 0
 }
@@ -1440,7 +1450,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	" \x01(\tR\amessage\x12!\n" +
 	"\fconsole_path\x18\v \x01(\tR\vconsolePath\x12\x1f\n" +
 	"\vcpu_seconds\x18\f \x01(\x01R\n" +
-	"cpuSeconds\"\xd6\x01\n" +
+	"cpuSeconds\"\xfe\x01\n" +
 	"\fHostCapacity\x12\x12\n" +
 	"\x04cpus\x18\x01 \x01(\x05R\x04cpus\x12\x1d\n" +
 	"\n" +
@@ -1448,7 +1458,8 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x03vms\x18\x03 \x01(\x05R\x03vms\x12'\n" +
 	"\x0fallocated_vcpus\x18\x04 \x01(\x05R\x0eallocatedVcpus\x120\n" +
 	"\x14allocated_memory_mib\x18\x05 \x01(\x03R\x12allocatedMemoryMib\x12&\n" +
-	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\"\xab\x04\n" +
+	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\x12&\n" +
+	"\x0fdisk_free_bytes\x18d \x01(\x03R\rdiskFreeBytes\"\xab\x04\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +

@@ -54,8 +54,13 @@ type Config struct {
 	// this replica crashed is not reported at all (the count is at most
 	// once, never twice: recovery skips terminal records).
 	Ended func(m *ferryv1.Migration)
-	Clock Clock
-	Log   *slog.Logger
+	// Bandwidth is a migration's bandwidth cap now (bytes/s): its share of
+	// the policy's per-host bandwidth, which the leader re-shares as
+	// migrations start and finish. It is given at the start and on every
+	// progress poll; 0 (or a nil func) keeps Knobs.MaxBandwidthBytes.
+	Bandwidth func(id string) int64
+	Clock     Clock
+	Log       *slog.Logger
 }
 
 // Engine runs every in-flight migration of this server, one goroutine each.
@@ -251,6 +256,7 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record, first core
 		id: rec.ID, vm: rec.VM, from: rec.From, to: rec.To, src: src, dst: dst,
 		store: e.cfg.Store, clock: e.cfg.Clock, knobs: e.cfg.Knobs(report, vm), watch: rp.rep, release: e.cfg.Release,
 		fill: func(cur *ferryv1.VM, u core.VMUpdate) { rp.rep.fillVM(cur, u, rec.To) }, log: log,
+		share: e.cfg.Bandwidth,
 	}
 	persist := &recordWriter{e: e, rep: rp.rep, log: log, revs: &recordRevision{}}
 	p.record, p.revs = persist.proto, persist.revs

@@ -34,6 +34,7 @@ type fakeQEMUPair struct {
 	calls     []string
 	prepared  *agentv1.PrepareIncomingRequest // the last PrepareIncoming
 	started   *agentv1.StartOutgoingRequest   // the last StartOutgoing
+	polledBW  []int64                         // each QueryOutgoing's max_bandwidth_bytes
 }
 
 func (f *fakeQEMUPair) note(s string) {
@@ -140,10 +141,11 @@ func (a fakeAgent) StartOutgoing(_ context.Context, req *agentv1.StartOutgoingRe
 	return a.outStatus(), nil
 }
 
-func (a fakeAgent) QueryOutgoing(context.Context, *agentv1.MigrationStepRequest) (*agentv1.OutgoingStatus, error) {
+func (a fakeAgent) QueryOutgoing(_ context.Context, req *agentv1.MigrationStepRequest) (*agentv1.OutgoingStatus, error) {
 	a.f.mu.Lock()
 	defer a.f.mu.Unlock()
 	a.f.polls++
+	a.f.polledBW = append(a.f.polledBW, req.MaxBandwidthBytes)
 	if a.f.srcStatus == "active" && a.f.polls >= 3 {
 		a.f.srcStatus, a.f.srcRuns = "pre-switchover", false
 	}
@@ -258,7 +260,7 @@ func newFakeEngine(t *testing.T) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRec
 }
 
 // newFakeEngineWith is newFakeEngine with the migrations' knobs.
-func newFakeEngineWith(t *testing.T, knobs Knobs) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRecords, context.CancelFunc, chan error) {
+func newFakeEngineWith(t *testing.T, knobs Knobs, share ...func(string) int64) (*Engine, *fakeQEMUPair, *fakeVMStore, *fakeRecords, context.CancelFunc, chan error) {
 	t.Helper()
 	pair := &fakeQEMUPair{srcRuns: true}
 	vms := &fakeVMStore{vms: map[string]*ferryv1.VM{
@@ -271,6 +273,9 @@ func newFakeEngineWith(t *testing.T, knobs Knobs) (*Engine, *fakeQEMUPair, *fake
 		AgentFor: func(_ context.Context, host string) (Agent, error) { return fakeAgent{f: pair, src: host == "h1"}, nil },
 		Knobs:    func(*ferryv1.Migration, *ferryv1.VM) Knobs { return knobs },
 	})
+	if len(share) > 0 {
+		e.cfg.Bandwidth = share[0]
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	stopped := make(chan struct{})
@@ -569,5 +574,37 @@ func TestEngineEndedAcrossALeaderChange(t *testing.T) {
 	defer mu.Unlock()
 	if ended["mig-1"] != 1 || ended["mig-0"] != 0 {
 		t.Errorf("Ended calls %v, want mig-1 once (recovered, rolled back) and mig-0 never (finished before)", ended)
+	}
+}
+
+// TestEngineGivesTheLiveBandwidthShare: the migration starts at its share
+// of the per-host bandwidth (below its own cap) and every progress poll
+// carries the share in force then (re-shared as others start and end).
+func TestEngineGivesTheLiveBandwidthShare(t *testing.T) {
+	var mu sync.Mutex
+	share := int64(40 << 20)
+	e, pair, _, recs, _, _ := newFakeEngineWith(t, Knobs{Spec: &ferryv1.VMSpec{Name: "web"}, MaxBandwidthBytes: 100 << 20, MaxPostcopyBandwidthBytes: 80 << 20},
+		func(id string) int64 {
+			mu.Lock()
+			defer mu.Unlock()
+			if id != "mig-1" {
+				return 0
+			}
+			s := share
+			share = 200 << 20 // another migration ended: above the migration's own cap from now on
+			return s
+		})
+	rec, report := newFakeRecord(t)
+	if err := e.Start(context.Background(), rec, report); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, e, recs, "mig-1", "completed")
+	pair.mu.Lock()
+	defer pair.mu.Unlock()
+	if st := pair.started; st.MaxBandwidthBytes != 40<<20 || st.MaxPostcopyBandwidthBytes != 40<<20 {
+		t.Errorf("StartOutgoing max-bandwidth %d, postcopy %d; want the 40 MiB/s share for both", st.MaxBandwidthBytes, st.MaxPostcopyBandwidthBytes)
+	}
+	if len(pair.polledBW) == 0 || pair.polledBW[0] != 100<<20 {
+		t.Errorf("polls carried %v; want the migration's own 100 MiB/s cap once the share rose above it", pair.polledBW)
 	}
 }

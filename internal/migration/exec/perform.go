@@ -129,6 +129,20 @@ type performer struct {
 	stopTimer    context.CancelFunc // cancels the pending timer
 	owner        *ownerRead         // the VM record read before the pause (prefetch)
 	aliveChecked bool               // the guest-alive check ran (once per performer)
+	// share is the migration's live bandwidth cap (Config.Bandwidth; nil
+	// or 0: the knob's).
+	share func(id string) int64
+}
+
+// bandwidth is the max-bandwidth to give QEMU now: the live share when
+// one is set and below the knob, else the knob. live reports a share.
+func (p *performer) bandwidth() (b int64, live bool) {
+	if p.share != nil {
+		if s := p.share(p.id); s > 0 && s < p.knobs.MaxBandwidthBytes {
+			return s, true
+		}
+	}
+	return p.knobs.MaxBandwidthBytes, false
 }
 
 // ownerRead is the VM record as read before the switchover, with the
@@ -293,11 +307,12 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	case core.ActAbortIncoming:
 		return ag.AbortIncoming(ctx, p.stepReq())
 	case core.ActStartOutgoing:
+		bw, _ := p.bandwidth()
 		st, err := ag.StartOutgoing(ctx, &agentv1.StartOutgoingRequest{
 			Name: p.vm, MigrationId: p.id, Uri: a.URI,
-			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.knobs.MultifdChannels,
+			MaxBandwidthBytes: bw, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.knobs.MultifdChannels,
 			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
-			MaxPostcopyBandwidthBytes: p.knobs.MaxPostcopyBandwidthBytes, Tuning: p.knobs.Tuning,
+			MaxPostcopyBandwidthBytes: min(p.knobs.MaxPostcopyBandwidthBytes, bw), Tuning: p.knobs.Tuning,
 			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
 			DestHost: p.to, InsecureTransport: p.knobs.InsecureTransport,
 		})
@@ -309,6 +324,9 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		req := p.stepReq()
 		req.WaitMs, req.KnownStatus = a.Wait.Milliseconds(), a.KnownStatus
 		req.DowntimeLimitMs = p.downtimeLimitMs() // the stepped target rides on the poll
+		if bw, live := p.bandwidth(); live || p.share != nil {
+			req.MaxBandwidthBytes = bw // the re-shared cap too (the knob's when the share is above it)
+		}
 		st, err := ag.QueryOutgoing(ctx, req)
 		return p.out(a.Kind, st, err, o)
 	case core.ActStartPostcopy:

@@ -1844,8 +1844,14 @@ type MigrationStepRequest struct {
 	// downtime-limit to it before answering (the controller's stepped
 	// downtime target rides on the progress poll: no extra round trip).
 	DowntimeLimitMs int64 `protobuf:"varint,6,opt,name=downtime_limit_ms,json=downtimeLimitMs,proto3" json:"downtime_limit_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// max_bandwidth_bytes (QueryOutgoing only): when > 0 and not the cap the
+	// agent last gave this migration's QEMU, the agent sets QEMU's
+	// max-bandwidth to it (and lowers max-postcopy-bandwidth to it) before
+	// answering: the leader re-shares the policy's bandwidthPerHost among
+	// the migrations in flight as they start and finish.
+	MaxBandwidthBytes int64 `protobuf:"varint,100,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *MigrationStepRequest) Reset() {
@@ -1916,6 +1922,13 @@ func (x *MigrationStepRequest) GetResumeCompleted() bool {
 func (x *MigrationStepRequest) GetDowntimeLimitMs() int64 {
 	if x != nil {
 		return x.DowntimeLimitMs
+	}
+	return 0
+}
+
+func (x *MigrationStepRequest) GetMaxBandwidthBytes() int64 {
+	if x != nil {
+		return x.MaxBandwidthBytes
 	}
 	return 0
 }
@@ -2391,8 +2404,9 @@ type LocalDisk struct {
 	// format is qcow2 or raw.
 	Format           string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
 	VirtualSizeBytes int64  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
-	// allocated_bytes is what the image holds on the host (sparse files
-	// count only their allocated blocks).
+	// allocated_bytes is the guest data the image holds: the extents
+	// qemu-img map reports as data (a mirror copies at least these; the
+	// image's own metadata, e.g. qcow2 tables, is not counted).
 	AllocatedBytes int64  `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
 	Path           string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields  protoimpl.UnknownFields
@@ -2470,11 +2484,17 @@ type DiskMirror struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// state is mirroring, ready, completed, failed or cancelled.
 	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	// job_len and job_offset are QEMU's job progress (zero ranges count).
+	// job_len and job_offset are QEMU's job progress: job_offset is what
+	// the job copied (the guest's writes it mirrored included; the target's
+	// initial zeroing not), job_len − job_offset what it still has to copy
+	// (it grows while the guest dirties the disk; 0 before QEMU scanned the
+	// image).
 	JobLen    int64 `protobuf:"varint,3,opt,name=job_len,json=jobLen,proto3" json:"job_len,omitempty"`
 	JobOffset int64 `protobuf:"varint,4,opt,name=job_offset,json=jobOffset,proto3" json:"job_offset,omitempty"`
-	// data_bytes is the data the mirror copies: the image's allocated bytes
-	// when it started plus what the guest wrote since.
+	// data_bytes is the data the mirror (or cold copy) sent so far: the
+	// job's offset, at most the image's data at the start plus what the
+	// guest wrote since (the offset also counts zero clusters, which cross
+	// the link without payload).
 	DataBytes     int64                  `protobuf:"varint,5,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
 	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	ReadyAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
@@ -3043,14 +3063,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15ResumeOutgoingRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x10\n" +
-	"\x03uri\x18\x03 \x01(\tR\x03uri\"\xe0\x01\n" +
+	"\x03uri\x18\x03 \x01(\tR\x03uri\"\x90\x02\n" +
 	"\x14MigrationStepRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x17\n" +
 	"\await_ms\x18\x03 \x01(\x03R\x06waitMs\x12!\n" +
 	"\fknown_status\x18\x04 \x01(\tR\vknownStatus\x12)\n" +
 	"\x10resume_completed\x18\x05 \x01(\bR\x0fresumeCompleted\x12*\n" +
-	"\x11downtime_limit_ms\x18\x06 \x01(\x03R\x0fdowntimeLimitMs\"P\n" +
+	"\x11downtime_limit_ms\x18\x06 \x01(\x03R\x0fdowntimeLimitMs\x12.\n" +
+	"\x13max_bandwidth_bytes\x18d \x01(\x03R\x11maxBandwidthBytes\"P\n" +
 	"\x16OutgoingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.OutgoingStatusR\x06status\"P\n" +
 	"\x16IncomingStatusResponse\x126\n" +
