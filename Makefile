@@ -10,7 +10,7 @@ TEST_TIMEOUT ?= 25m
 # fails on a test, not on the package timeout.
 E2E_TIMEOUT ?= 40m
 
-.PHONY: all deps build guest test unit e2e demo generate lint clean fuzz bench-fleet package
+.PHONY: all deps build guest test unit e2e demo generate lint clean fuzz bench-fleet bench-tls package
 
 all: build
 
@@ -75,6 +75,12 @@ clean:
 bench: deps guest build
 	bash hack/deps.sh --libvirt
 	$(GO) run ./bench/cmd/ferry-bench $(BENCH_FLAGS)
+
+# The cost of encryption: the same Ferry migrations on TLS (the default)
+# and in plaintext (--insecure-transport), side by side in one run.
+BENCH_TLS_FLAGS ?= -scenarios idle
+bench-tls: deps guest build
+	$(GO) run ./bench/cmd/ferry-bench -systems ferry,ferry-plain $(BENCH_TLS_FLAGS)
 
 # Plans (does not execute) a drain of one host and a full rebalance of a
 # FAKE simulated fleet (internal/fleetsim): 1,000 hosts, 20,000 VMs; prints

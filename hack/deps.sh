@@ -102,6 +102,15 @@ if [ -n "$want_libvirt" ] && ! at_least "$libvirt_min" "${libvirt_pkgs[@]}"; the
 	qemu_ok || { echo "hack/deps.sh: installing libvirt replaced QEMU $qemu_min" >&2; exit 1; }
 fi
 
+# The unprivileged user every QEMU runs as (agent --qemu-user default) and
+# its access to /dev/userfaultfd (post-copy): what the package's postinst does.
+if [ "$(id -u)" = 0 ]; then
+	sh "$(dirname "$0")/../packaging/qemu-user.sh" ferry-qemu
+elif ! getent passwd ferry-qemu >/dev/null; then
+	echo "hack/deps.sh: user ferry-qemu missing; run as root (packaging/qemu-user.sh)" >&2
+	exit 1
+fi
+
 # Go: the machine image ships it in /usr/local/go; otherwise Debian's go plus
 # the toolchain go.mod asks for, fetched through the Go module proxy.
 export PATH="$PATH:/usr/local/go/bin"

@@ -74,6 +74,7 @@ func TestDebianPackage(t *testing.T) {
 		"./usr/share/man/man1/ferry.1.gz",
 		"./usr/share/man/man1/ferry-server.1.gz",
 		"./usr/share/man/man1/ferry-agent.1.gz",
+		"./usr/lib/ferry/qemu-user.sh",
 	} {
 		if !strings.Contains(contents, " "+path+"\n") {
 			t.Errorf("package lacks %s", path)
@@ -93,6 +94,12 @@ func TestDebianPackage(t *testing.T) {
 		t.Errorf("conffiles = %q, want /etc/ferry/agent.yaml and /etc/ferry/server.yaml", got)
 	}
 
+	// postinst creates the unprivileged user the agent's QEMUs run as.
+	postinst, err := os.ReadFile(filepath.Join(ctrl, "postinst"))
+	if err != nil || !strings.Contains(string(postinst), "/usr/lib/ferry/qemu-user.sh ferry-qemu") {
+		t.Errorf("package postinst (err %v) does not run qemu-user.sh ferry-qemu:\n%s", err, postinst)
+	}
+
 	root := t.TempDir()
 	run(t, "dpkg-deb", "-x", deb, root)
 	bin := filepath.Join(root, "usr/bin/ferry")
@@ -105,7 +112,7 @@ func TestDebianPackage(t *testing.T) {
 		t.Errorf("server --print-config with the shipped server.yaml:\n%s", srv)
 	}
 	agent := run(t, bin, "agent", "--config", filepath.Join(root, "etc/ferry/agent.yaml"), "--print-config")
-	if !strings.Contains(agent, "qemu-scope: auto\n") || !strings.Contains(agent, "data-dir: /var/lib/ferry/agent\n") {
+	if !strings.Contains(agent, "qemu-user: ferry-qemu\n") || !strings.Contains(agent, "qemu-scope: auto\n") || !strings.Contains(agent, "data-dir: /var/lib/ferry/agent\n") {
 		t.Errorf("agent --print-config with the shipped agent.yaml:\n%s", agent)
 	}
 	// The installed server starts with the shipped config (JSON logs on

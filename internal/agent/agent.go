@@ -77,7 +77,8 @@ type Config struct {
 	// QEMUBinary is the QEMU system emulator to run.
 	QEMUBinary string
 	// QEMUUser is the unprivileged user every QEMU runs as (-run-with
-	// user=, with -sandbox on); "" keeps the agent's user. See qemuuser.go.
+	// user=, with -sandbox on); "" or QEMURoot keeps the agent's user,
+	// warned. The CLI's default is DefaultQEMUUser. See qemuuser.go.
 	QEMUUser string
 	// HeartbeatInterval is how often the agent reports to the server.
 	HeartbeatInterval time.Duration
@@ -123,6 +124,10 @@ type Agent struct {
 
 	teleOnce sync.Once
 	tele     *telemetryHub // background telemetry of the running VMs (see telemetry())
+
+	// postcopyProblem is why QEMU's user cannot use userfaultfd ("" = it
+	// can), found at start (checkPostcopy).
+	postcopyProblem string
 
 	accelMu   sync.Mutex
 	autoAccel string // what auto resolves to on this host, once known
@@ -215,11 +220,12 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--allow-path: %w", err)
 	}
-	qu, err := lookupQEMUUser(cfg.QEMUUser)
+	log := cfg.Log.With("host", cfg.Name)
+	qu, err := lookupQEMUUser(cfg.QEMUUser, log)
 	if err != nil {
 		return nil, err
 	}
-	return &Agent{cfg: cfg, log: cfg.Log.With("host", cfg.Name), vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard, qemuUser: qu}, nil
+	return &Agent{cfg: cfg, log: log, vms: map[string]*vm{}, qemu: cfg.QEMU, paths: guard, qemuUser: qu}, nil
 }
 
 func firstIPv4(ifname string) string {
@@ -247,6 +253,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := os.MkdirAll(a.vmsDir(), 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
+	if err := a.qemuUser.checkDataDir(a.cfg.DataDir); err != nil {
+		return err
+	}
+	a.checkPostcopy()
 	a.loadArrivals()
 	if err := a.reattachAll(ctx); err != nil {
 		return err
@@ -410,6 +420,7 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	if a.cfg.Accel != "auto" {
 		h.Accel = a.cfg.Accel
 	}
+	h.AgentFeatures = []string{pki.FeatureTLSStreams} // every stream on TLS unless insecureTransport
 	h.Health = health.Healthy
 	if a.health != nil {
 		h.Health, h.HealthDetail = a.health.Verdict()

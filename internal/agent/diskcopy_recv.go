@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -53,6 +54,9 @@ type diskArrival struct {
 	dir   string
 	disks []*agentv1.LocalDisk
 	ln    net.Listener // nil once verified, or after an agent restart
+	// transport is how ln receives: TransportTLS (mutual TLS admitting
+	// only the source host's agent) or TransportPlain (insecure_transport).
+	transport string
 
 	mu       sync.Mutex
 	conn     net.Conn
@@ -96,14 +100,24 @@ func (s *diskService) PrepareDiskCopy(ctx context.Context, req *connect.Request[
 			return nil, invalid(fmt.Sprintf("disks[%d].virtual_size_bytes", i), "must be > 0")
 		}
 	}
-	arr, err := a.prepareArrival(m)
+	var tlsCfg *tls.Config
+	if !m.GetInsecureTransport() {
+		c, err := a.hostStreamTLS(m.GetSourceHost(), "source_host", true)
+		if err != nil {
+			return nil, err
+		}
+		tlsCfg = c
+	}
+	arr, err := a.prepareArrival(m, tlsCfg)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&agentv1.PrepareDiskCopyResponse{Address: arr.ln.Addr().String() + "/" + arr.token}), nil
+	return connect.NewResponse(&agentv1.PrepareDiskCopyResponse{Address: arr.ln.Addr().String() + "/" + arr.token, Transport: arr.transport}), nil
 }
 
-func (a *Agent) prepareArrival(m *agentv1.PrepareDiskCopyRequest) (*diskArrival, error) {
+// prepareArrival makes (or finds) the arrival of m's copies; its receiver
+// is on TLS with tlsCfg (nil: plaintext).
+func (a *Agent) prepareArrival(m *agentv1.PrepareDiskCopyRequest, tlsCfg *tls.Config) (*diskArrival, error) {
 	as := &a.arrivals
 	as.mu.Lock()
 	defer as.mu.Unlock()
@@ -142,12 +156,16 @@ func (a *Agent) prepareArrival(m *agentv1.PrepareDiskCopyRequest) (*diskArrival,
 		_ = os.RemoveAll(dir)
 		return nil, fmt.Errorf("listen for the disk copy on %s: %w", a.cfg.MigrationIP, err)
 	}
+	transport := TransportPlain
+	if tlsCfg != nil {
+		ln, transport = tls.NewListener(ln, tlsCfg), TransportTLS
+	}
 	tok := make([]byte, 16)
 	_, _ = rand.Read(tok)
-	arr := &diskArrival{a: a, vm: m.Name, id: m.MigrationId, token: hex.EncodeToString(tok), dir: dir, disks: m.Disks, ln: ln}
+	arr := &diskArrival{a: a, vm: m.Name, id: m.MigrationId, token: hex.EncodeToString(tok), dir: dir, disks: m.Disks, ln: ln, transport: transport}
 	as.byVM[m.Name] = arr
 	go arr.serve()
-	a.log.Info("receiving disk copies", "vm", m.Name, "migration", m.MigrationId, "address", ln.Addr().String(), "disks", len(m.Disks))
+	a.log.Info("receiving disk copies", "vm", m.Name, "migration", m.MigrationId, "address", ln.Addr().String(), "disks", len(m.Disks), "transport", transport, "from", m.GetSourceHost())
 	return arr, nil
 }
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -37,6 +38,9 @@ type copyJob struct {
 	cancel context.CancelFunc
 	// corrupt flips a byte of the first data block sent (CorruptDiskCopy).
 	corrupt bool
+	// tls is the stream's mutual TLS with the destination host's agent
+	// (nil: plaintext, insecure_transport).
+	tls *tls.Config
 
 	mu        sync.Mutex
 	status    string // copying, completed, failed
@@ -95,12 +99,20 @@ func (v *vm) copyJobFor(m *agentv1.CopyDisksRequest) (*copyJob, error) {
 	if !ok || token == "" {
 		return nil, invalid("address", "must be host:port/token as PrepareDiskCopy answered, got %q", m.GetAddress())
 	}
+	var tlsCfg *tls.Config
+	if !m.GetInsecureTransport() {
+		c, err := v.a.hostStreamTLS(m.GetDestHost(), "dest_host", false)
+		if err != nil {
+			return nil, err
+		}
+		tlsCfg = c
+	}
 	if v.copy != nil {
 		v.copy.cancel()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	job := &copyJob{id: m.GetMigrationId(), cancel: cancel, status: "copying", changed: make(chan struct{}), started: time.Now(),
-		corrupt: failpoint.Inject(CorruptDiskCopy) != nil}
+		corrupt: failpoint.Inject(CorruptDiskCopy) != nil, tls: tlsCfg}
 	for _, img := range imgs {
 		d := &agentv1.DiskMirror{Name: img.name, State: "copying", StartedAt: timestamppb.New(job.started)}
 		if fi, err := os.Stat(img.path); err == nil {
@@ -112,7 +124,7 @@ func (v *vm) copyJobFor(m *agentv1.CopyDisksRequest) (*copyJob, error) {
 	}
 	v.copy = job
 	go job.run(ctx, v, imgs, addr, token, m.GetMaxBandwidthBytes())
-	v.a.log.Info("copying local disks", "vm", v.name, "migration", job.id, "to", addr, "disks", len(imgs), "allocated", job.total)
+	v.a.log.Info("copying local disks", "vm", v.name, "migration", job.id, "to", addr, "disks", len(imgs), "allocated", job.total, "transport", transport(tlsCfg == nil))
 	return job, nil
 }
 
@@ -175,7 +187,13 @@ func (j *copyJob) run(ctx context.Context, v *vm, imgs []localImage, addr, token
 
 func (j *copyJob) copy(ctx context.Context, imgs []localImage, addr, token string, rate int64) error {
 	d := net.Dialer{Timeout: 10 * time.Second}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	var c net.Conn
+	var err error
+	if j.tls != nil {
+		c, err = (&tls.Dialer{NetDialer: &d, Config: j.tls}).DialContext(ctx, "tcp", addr)
+	} else {
+		c, err = d.DialContext(ctx, "tcp", addr)
+	}
 	if err != nil {
 		return fmt.Errorf("connect to the destination's receiver %s: %w", addr, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/pki"
 )
 
 // sparseImage writes a sparse file of size bytes with data at offs (4 KiB each).
@@ -71,14 +73,39 @@ func TestContentDigestSparse(t *testing.T) {
 	}
 }
 
-// copyPair sets up a destination arrival and a source VM with one sparse
-// raw disk, both on loopback.
+// testIdentity gives a an agent certificate for its host name from ca.
+func testIdentity(t *testing.T, a *Agent, ca *pki.CA) {
+	t.Helper()
+	c, k, err := ca.IssueKeyPair(pki.KindAgent, a.cfg.Name, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := pki.NewKeypair(c, k, ca.CertPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.ident.Store(&identity{ca: ca.Cert, kp: kp})
+}
+
+// copyPair sets up a destination arrival (plaintext) and a source VM with
+// one sparse raw disk, both on loopback.
 func copyPair(t *testing.T, size int64, offs ...int64) (src *vm, dst *Agent, addr string, srcImg string) {
+	return copyPairTLS(t, nil, size, offs...)
+}
+
+// copyPairTLS is copyPair with the receiver on mutual TLS (the default)
+// when ca is set: both agents (h1 the source, h2 the destination) get
+// agent certificates from it.
+func copyPairTLS(t *testing.T, ca *pki.CA, size int64, offs ...int64) (src *vm, dst *Agent, addr string, srcImg string) {
 	t.Helper()
 	dst = quietAgent()
 	dst.cfg.DataDir, dst.cfg.MigrationIP, dst.cfg.Name = t.TempDir(), "127.0.0.1", "h2"
 	sa := quietAgent()
 	sa.cfg.DataDir, sa.cfg.Name = t.TempDir(), "h1"
+	if ca != nil {
+		testIdentity(t, dst, ca)
+		testIdentity(t, sa, ca)
+	}
 	src = sa.newVM("v1")
 	src.spec = &ferryv1.VMSpec{Name: "v1", Disks: []*ferryv1.DiskSpec{{Name: "data", Format: "raw", Size: "1MiB"}}}
 	srcImg = filepath.Join(src.dir, disksDir, "data.raw")
@@ -87,9 +114,12 @@ func copyPair(t *testing.T, size int64, offs ...int64) (src *vm, dst *Agent, add
 	}
 	sparseImage(t, srcImg, size, offs...)
 	resp, err := (&diskService{dst}).PrepareDiskCopy(context.Background(), connect.NewRequest(&agentv1.PrepareDiskCopyRequest{Name: "v1", MigrationId: "m1",
-		Disks: []*agentv1.LocalDisk{{Name: "data", Format: "raw", VirtualSizeBytes: size}}}))
+		Disks: []*agentv1.LocalDisk{{Name: "data", Format: "raw", VirtualSizeBytes: size}}, SourceHost: "h1", InsecureTransport: ca == nil}))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if want := map[bool]string{true: TransportPlain, false: TransportTLS}[ca == nil]; resp.Msg.Transport != want {
+		t.Fatalf("receiver transport %q, want %q", resp.Msg.Transport, want)
 	}
 	t.Cleanup(func() { dst.removeArrival("v1", "", "test end") })
 	return src, dst, resp.Msg.Address, srcImg
@@ -113,8 +143,12 @@ func waitJob(t *testing.T, j *copyJob) *agentv1.OutgoingStatus {
 // the same content, and the arrival is verified.
 func TestDiskCopySparseVerified(t *testing.T) {
 	const size = 256 << 20
-	src, dst, addr, img := copyPair(t, size, 4096, 100<<20, size-4096)
-	job, err := src.copyJobFor(&agentv1.CopyDisksRequest{Name: "v1", MigrationId: "m1", Address: addr})
+	ca, err := pki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, dst, addr, img := copyPairTLS(t, ca, size, 4096, 100<<20, size-4096)
+	job, err := src.copyJobFor(&agentv1.CopyDisksRequest{Name: "v1", MigrationId: "m1", Address: addr, DestHost: "h2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +169,7 @@ func TestDiskCopySparseVerified(t *testing.T) {
 		t.Error("the arrival is not marked verified")
 	}
 	// A second call of the same migration reports the same job.
-	again, _ := src.copyJobFor(&agentv1.CopyDisksRequest{Name: "v1", MigrationId: "m1", Address: addr})
+	again, _ := src.copyJobFor(&agentv1.CopyDisksRequest{Name: "v1", MigrationId: "m1", Address: addr, DestHost: "h2"})
 	if again != job {
 		t.Error("CopyDisks of the same migration started another job")
 	}
@@ -202,7 +236,7 @@ func TestDiskCopyCorruptedRefused(t *testing.T) {
 func TestDiskCopyWrongTokenRefused(t *testing.T) {
 	src, _, addr, _ := copyPair(t, 1<<20, 0)
 	host, _, _ := strings.Cut(addr, "/")
-	job, err := src.copyJobFor(&agentv1.CopyDisksRequest{Name: "v1", MigrationId: "m1", Address: host + "/bad"})
+	job, err := src.copyJobFor(&agentv1.CopyDisksRequest{Name: "v1", MigrationId: "m1", Address: host + "/bad", InsecureTransport: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,4 +270,73 @@ func TestReapArrivals(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dst.vmsDir(), "v1")); !os.IsNotExist(err) {
 		t.Errorf("the orphan copy's directory is left: %v", err)
 	}
+}
+
+// TestDiskCopyStreamTLS: by default the copy stream is mutual TLS between
+// the two hosts' agents: a plaintext sender gets no ack (not even the
+// token check), a sender with another host's certificate and a sender
+// expecting another destination are refused, and requests without the
+// peer host's name are refused naming the field.
+func TestDiskCopyStreamTLS(t *testing.T) {
+	ca, err := pki.NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, dst, addr, _ := copyPairTLS(t, ca, 8<<20, 0)
+	host, token, _ := strings.Cut(addr, "/")
+
+	c, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, r := bufio.NewWriter(c), bufio.NewReader(c)
+	w.WriteString(copyMagic)
+	writeLine(w, copyHeader{MigrationID: "m1", Token: token})
+	w.Flush()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var ack copyAck
+	if err := readLine(r, &ack); err == nil {
+		t.Errorf("a plaintext sender got an answer %+v", ack)
+	}
+	c.Close()
+
+	// h3's agent, or h1 dialling for h3: the handshake fails.
+	h3 := quietAgent()
+	h3.cfg.Name = "h3"
+	testIdentity(t, h3, ca)
+	for name, cfg := range map[string]func() (*tls.Config, error){
+		"h3's certificate": func() (*tls.Config, error) { return h3.hostStreamTLS("h2", "dest_host", false) },
+		"h1 expecting h3":  func() (*tls.Config, error) { return src.a.hostStreamTLS("h3", "dest_host", false) },
+	} {
+		tc, err := cfg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn, err := tls.Dial("tcp", host, tc)
+		if err == nil {
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = conn.Read(make([]byte, 1))
+			conn.Close()
+		}
+		if err == nil || isTimeout(err) {
+			t.Errorf("%s: stream accepted (%v)", name, err)
+		}
+	}
+	if arr := dst.arrivalOf("v1"); arr == nil || arr.verified {
+		t.Error("the arrival is verified after refused streams")
+	}
+
+	_, err = (&diskService{dst}).PrepareDiskCopy(context.Background(), connect.NewRequest(&agentv1.PrepareDiskCopyRequest{Name: "v2", MigrationId: "m2",
+		Disks: []*agentv1.LocalDisk{{Name: "data", Format: "raw", VirtualSizeBytes: 1 << 20}}}))
+	if err == nil || !strings.Contains(err.Error(), "source_host") {
+		t.Errorf("PrepareDiskCopy without source_host: %v", err)
+	}
+	if _, err := src.copyJobFor(&agentv1.CopyDisksRequest{Name: "v1", MigrationId: "m1", Address: addr}); err == nil || !strings.Contains(err.Error(), "dest_host") {
+		t.Errorf("CopyDisks without dest_host: %v", err)
+	}
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
 }

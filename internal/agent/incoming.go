@@ -159,6 +159,9 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 		_ = os.RemoveAll(v.dir) // the remains of an earlier, failed arrival
 	}
 
+	if req.Postcopy && a.postcopyProblem != "" {
+		return "", connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("%w: %s", ErrNoPostcopy, a.postcopyProblem))
+	}
 	r := revert.New()
 	defer r.Fail()
 	if len(req.LocalDisks) > 0 {

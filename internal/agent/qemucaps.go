@@ -32,6 +32,7 @@ func (a *Agent) probeQEMU(ctx context.Context) {
 			"machines", len(res.Caps.Machines), "cpu_models", len(res.Caps.CPUModels), "features", qemucaps.Supported(res.Caps))
 		h = qemucaps.ToProto(res)
 	}
+	h.PostcopyUnavailable = a.postcopyProblem
 	a.capsMu.Lock()
 	a.qemuCaps = h
 	a.capsMu.Unlock()
@@ -45,4 +46,14 @@ func (a *Agent) hostQEMU() *ferryv1.HostQEMU {
 		return nil
 	}
 	return proto.Clone(a.qemuCaps).(*ferryv1.HostQEMU)
+}
+
+// checkPostcopy finds out at start whether this host's QEMU user can open
+// userfaultfd (post-copy's page faults on a destination): the answer goes
+// into the host record and a post-copy arrival is refused without it.
+func (a *Agent) checkPostcopy() {
+	a.postcopyProblem = a.qemuUser.postcopyProblem(userfaultfdDev, unprivilegedUFFDSysctl)
+	if a.postcopyProblem != "" {
+		a.log.Warn("post-copy arrivals refused on this host", "reason", a.postcopyProblem)
+	}
 }

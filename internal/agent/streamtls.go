@@ -2,12 +2,15 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
 	"strings"
 
 	"connectrpc.com/connect"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qemutls"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/spec"
@@ -128,4 +131,29 @@ func streamParams(p *qmp.MigrationParameters, creds qemutls.Creds, insecure bool
 	if z, ok := m["tls-authz"].(string); ok {
 		p.TLSAuthz = qmp.Ptr(z)
 	}
+}
+
+// hostStreamTLS is the TLS config of Ferry's own stream between this agent
+// and host peer (the cold disk copy), with the agents' cluster
+// certificates, each side verifying the other names its host: receiving,
+// a server admitting only peer's certificate; sending, a client accepting
+// only peer's. field names the request field peer came from.
+func (a *Agent) hostStreamTLS(peer, field string, receive bool) (*tls.Config, error) {
+	if peer == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument,
+			fmt.Errorf("%s: required for an encrypted stream (a server older than this agent? upgrade it, or migrate with insecureTransport)", field))
+	}
+	if !spec.IsDNSLabel(peer) {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: must be a DNS label (a host name), got %q", field, peer))
+	}
+	id := a.ident.Load()
+	if id == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("stream TLS of host %s: %w", a.cfg.Name, ErrNoIdentity))
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(id.ca)
+	if receive {
+		return pki.HostServerTLS(pool, id.kp, peer), nil
+	}
+	return pki.HostClientTLS(pool, id.kp, peer), nil
 }

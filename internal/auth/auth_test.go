@@ -201,3 +201,17 @@ func TestClaimHostOnce(t *testing.T) {
 		t.Fatal("a second claim of h1 succeeded")
 	}
 }
+
+// TestPolicyWritesAreAdminOnly: the cluster policy (insecureTransport
+// among it) is read by viewers and written only by admins.
+func TestPolicyWritesAreAdminOnly(t *testing.T) {
+	set := Needed("/ferry.v1.FleetService/SetPolicies")
+	for _, r := range []Role{RoleViewer, RoleOperator, RoleAgent} {
+		if Allows(r, set) {
+			t.Errorf("%s may set the cluster policies", r)
+		}
+	}
+	if !Allows(RoleAdmin, set) || !Allows(RoleViewer, Needed("/ferry.v1.FleetService/GetPolicies")) {
+		t.Error("admin cannot set, or viewer cannot read, the policies")
+	}
+}

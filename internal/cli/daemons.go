@@ -69,7 +69,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.MigrationIP, "migration-ip", "", "address for migration traffic (default: the bridge's IPv4)")
 	f.StringSliceVar(&cfg.ImageDirs, "image-dir", agent.ImageDirsDefault(), "directory a VM disk's source: may copy an image from (repeatable; none: no source images; default from "+agent.ImageDirsEnv+", ':'-separated)")
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
-	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.QEMUUserDefault(), "unprivileged user every QEMU runs as (-run-with user=, under -sandbox on); QEMU opens its disks, taps and sockets before it switches. Empty: QEMU keeps the agent's user (default from "+agent.QEMUUserEnv+")")
+	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.QEMUUserDefault(), "unprivileged user every QEMU runs as (-run-with user=, under -sandbox on); QEMU opens its disks, taps and sockets before it switches. The agent refuses to start when the user does not exist; "+agent.QEMURoot+" keeps QEMU privileged (warned). Default "+agent.DefaultQEMUUser+" (or "+agent.QEMUUserEnv+")")
 	f.StringVar(&cfg.QEMUScope, "qemu-scope", qemu.ScopeAuto, "run each QEMU in its own systemd scope (systemd-run --scope, machine.slice) so restarting the agent's unit leaves it running: auto (when systemd is the init system), systemd, cgroup (a cgroup v2 of its own under --qemu-cgroup, no systemd needed), or none")
 	f.StringVar(&cfg.QEMUCgroup, "qemu-cgroup", "", "with --qemu-scope cgroup: the cgroup v2 directory under which each QEMU gets its own cgroup ferry-vm-NAME-N (default: ferry-vms at the root of the cgroup v2 mount)")
 	f.IntVar(&cfg.LogRetention.Count, "keep-logs", agent.DefaultKeepLogs, "archived log sets kept per VM (0 = any number)")

@@ -2,9 +2,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,6 +15,7 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/failover"
+	"github.com/ferryvm/ferry/internal/policy"
 	"github.com/spf13/cobra"
 )
 
@@ -207,17 +211,24 @@ func newPolicyCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
-	var file string
+	var file, insecure string
 	set := &cobra.Command{
-		Use:   "set -f FILE",
-		Short: "Validate and store the migration policies from a JSON file (- for stdin)",
+		Use:   "set (-f FILE | --insecure-transport=true|false)",
+		Short: "Validate and store the migration policies from a JSON file (- for stdin), or change only the cluster's insecureTransport (admin)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var b []byte
 			var err error
-			if file == "-" {
+			switch {
+			case (file == "") == (insecure == ""):
+				return errors.New("give one of -f FILE (the whole policy set) or --insecure-transport=true|false")
+			case insecure != "":
+				if b, err = withInsecureTransport(cmd.Context(), g, insecure); err != nil {
+					return err
+				}
+			case file == "-":
 				b, err = io.ReadAll(os.Stdin)
-			} else {
+			default:
 				b, err = os.ReadFile(file)
 			}
 			if err != nil {
@@ -232,7 +243,7 @@ func newPolicyCmd(g *globals) *cobra.Command {
 		},
 	}
 	set.Flags().StringVarP(&file, "file", "f", "", "JSON policy set (see ferry policy get)")
-	_ = set.MarkFlagRequired("file")
+	set.Flags().StringVar(&insecure, "insecure-transport", "", "true: every migration's streams in plaintext (cluster policy insecureTransport); false: TLS (the default). Changes only this key of the stored policies; recorded as an event")
 	cmd.AddCommand(set)
 	return cmd
 }
@@ -293,4 +304,23 @@ func renderBalance(r *ferryv1.BalanceResponse) string {
 		fmt.Fprintf(&b, "started: %s\n", strings.Join(r.Started, ", "))
 	}
 	return b.String()
+}
+
+// withInsecureTransport reads the stored policies and returns them as JSON
+// with the cluster's insecureTransport set to value ("true" or "false").
+func withInsecureTransport(ctx context.Context, g *globals, value string) ([]byte, error) {
+	on, err := strconv.ParseBool(value)
+	if err != nil {
+		return nil, fmt.Errorf("--insecure-transport: want true or false, got %q", value)
+	}
+	resp, err := g.fleet().GetPolicies(ctx, connect.NewRequest(&ferryv1.GetPoliciesRequest{}))
+	if err != nil {
+		return nil, fmt.Errorf("read the stored policies: %w", err)
+	}
+	var set policy.Set
+	if err := json.Unmarshal([]byte(resp.Msg.Json), &set); err != nil {
+		return nil, fmt.Errorf("the stored policies: %w", err)
+	}
+	set.Cluster.InsecureTransport = on
+	return json.Marshal(set)
 }

@@ -188,6 +188,13 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create dev cluster directory: %w", err)
 	}
+	// The agents' QEMUs run as an unprivileged user (--qemu-user) that
+	// must reach its VM directories below: search, not list.
+	if fi, err := os.Stat(cfg.Dir); err == nil && fi.Mode().Perm()&0o011 != 0o011 {
+		if err := os.Chmod(cfg.Dir, fi.Mode().Perm()|0o011); err != nil {
+			return nil, fmt.Errorf("dev cluster directory: let QEMU's user search it: %w", err)
+		}
+	}
 	unlock, err := lockDir(cfg.Dir)
 	if err != nil {
 		return nil, err

@@ -128,3 +128,34 @@ func TestPinnedTLS(t *testing.T) {
 		t.Fatal("pinned to another fingerprint: accepted")
 	}
 }
+
+// TestHostStreamTLS: a stream between two agents (the cold disk copy) is
+// mutual TLS naming both hosts: the receiver refuses another host's agent
+// certificate, a server's, none, or another CA's; the sender refuses a
+// receiver that is not the destination host.
+func TestHostStreamTLS(t *testing.T) {
+	ca, _ := NewCA("t")
+	other, _ := NewCA("o")
+	h1, h2 := kp(t, ca, KindAgent, "h1"), kp(t, ca, KindAgent, "h2")
+	recv := HostServerTLS(ca.Pool(), h2, "h1")
+	if cerr, serr := handshake(t, recv, HostClientTLS(ca.Pool(), h1, "h2")); cerr != nil || serr != nil {
+		t.Fatalf("h1 -> h2 refused: client %v, server %v", cerr, serr)
+	}
+	for name, c := range map[string]*Keypair{
+		"none":          nil,
+		"agent h3":      kp(t, ca, KindAgent, "h3"),
+		"server h1":     kp(t, ca, KindServer, "h1"),
+		"foreign agent": kp(t, other, KindAgent, "h1"),
+	} {
+		cfg := HostClientTLS(ca.Pool(), c, "h2")
+		if c == nil {
+			cfg.GetClientCertificate = nil
+		}
+		if cerr, serr := handshake(t, recv, cfg); cerr == nil && serr == nil {
+			t.Errorf("receiver of h1's stream accepted %s", name)
+		}
+	}
+	if cerr, _ := handshake(t, HostServerTLS(ca.Pool(), kp(t, ca, KindAgent, "h3"), "h1"), HostClientTLS(ca.Pool(), h1, "h2")); cerr == nil {
+		t.Error("sender to h2 accepted a receiver presenting h3's certificate")
+	}
+}

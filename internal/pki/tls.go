@@ -159,3 +159,36 @@ func ValidHex(s string) bool {
 	_, err := hex.DecodeString(s)
 	return err == nil && strings.ToLower(s) == s
 }
+
+// HostServerTLS is the TLS config of a stream one agent receives from
+// another (the cold disk copy): its own agent certificate, and the peer
+// must present the agent certificate of host peer.
+func HostServerTLS(ca *x509.CertPool, kp *Keypair, peer string) *tls.Config {
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		GetCertificate:   func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return kp.get() },
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        ca,
+		VerifyConnection: verifyPeer(ca, peer, KindAgent),
+	}
+}
+
+// HostClientTLS is the TLS config of a stream one agent sends to another:
+// its agent certificate, and the receiver must present the agent
+// certificate of host peer.
+func HostClientTLS(ca *x509.CertPool, kp *Keypair, peer string) *tls.Config {
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS13,
+		InsecureSkipVerify:   true, // verifyPeer checks the chain and the host name
+		VerifyConnection:     verifyPeer(ca, peer, KindAgent),
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return kp.get() },
+	}
+}
+
+// FeatureTLSStreams is the agent feature (Host.agent_features) saying
+// every stream the agent sends or receives between hosts (QEMU's RAM,
+// multifd and preempt channels, NBD mirrors, the cold disk copy) is on
+// TLS with the cluster's certificates unless a migration is explicitly
+// insecureTransport. A server never starts a TLS migration whose source
+// or destination agent lacks it: an older agent would send in plaintext.
+const FeatureTLSStreams = "tls-streams"

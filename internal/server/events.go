@@ -30,6 +30,8 @@ const (
 func eventOf(c store.StateChange, now time.Time) (e *ferryv1.Event, ok bool, err error) {
 	e = &ferryv1.Event{Id: eventID(c), Time: timestamppb.New(now), Kind: c.Kind, Name: c.Name, Revision: c.Rev}
 	switch c.Kind {
+	case store.KindPolicy:
+		return transportPolicyEvent(e, c) // transport.go
 	case store.KindHost:
 		// The liveness key exists while the agent is heard from.
 		switch {

@@ -217,6 +217,10 @@ func TestEventOfSkipsChangesWithoutAStateChange(t *testing.T) {
 		{store.StateChange{Kind: store.KindVM, Name: "web", Prev: vm, Cur: vm, Rev: 6}, ""},
 		{store.StateChange{Kind: store.KindVM, Name: "web", Cur: vm, Rev: 6}, "->running"},
 		{store.StateChange{Kind: store.KindVM, Name: "web", Prev: vm, Rev: 6}, "running->deleted"},
+		// The cluster policy: only a change of insecureTransport is an event.
+		{store.StateChange{Kind: store.KindPolicy, Name: "cluster", Cur: []byte(`{"cluster":{"insecureTransport":true}}`), Rev: 7}, "tls->plain"},
+		{store.StateChange{Kind: store.KindPolicy, Name: "cluster", Prev: []byte(`{"cluster":{"insecureTransport":true}}`), Cur: []byte(`{"cluster":{"maxParallelCluster":2}}`), Rev: 8}, "plain->tls"},
+		{store.StateChange{Kind: store.KindPolicy, Name: "cluster", Prev: []byte(`{"cluster":{}}`), Cur: []byte(`{"cluster":{"maxParallelCluster":2}}`), Rev: 9}, ""},
 	} {
 		e, ok, err := eventOf(tc.c, now)
 		if err != nil {

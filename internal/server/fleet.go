@@ -18,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/auth"
 	"github.com/ferryvm/ferry/internal/drain"
 	"github.com/ferryvm/ferry/internal/evacuate"
 	"github.com/ferryvm/ferry/internal/migration/core"
@@ -482,8 +483,20 @@ func (f *fleetService) SetPolicies(ctx context.Context, req *connect.Request[fer
 	if err := set.Validate(); err != nil {
 		return nil, invalidArg("%v", err)
 	}
+	old, err := ps.GetPolicies(ctx)
+	if err != nil {
+		return nil, connectError(err)
+	}
 	if err := ps.PutPolicies(ctx, set); err != nil {
 		return nil, connectError(err)
+	}
+	if old.Cluster.InsecureTransport != set.Cluster.InsecureTransport {
+		// The event recorder records it too (events.go).
+		by := "?"
+		if c, ok := auth.CallerFrom(ctx); ok {
+			by = c.ID
+		}
+		f.s.log.Warn("cluster policy insecureTransport changed", "insecure_transport", set.Cluster.InsecureTransport, "by", by)
 	}
 	b, _ := json.MarshalIndent(set, "", "  ")
 	return connect.NewResponse(&ferryv1.SetPoliciesResponse{Json: string(b)}), nil

@@ -209,6 +209,13 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 	if opt.GuestAliveTimeoutMs == 0 {
 		opt.GuestAliveTimeoutMs = DefaultGuestAliveTimeout.Milliseconds()
 	}
+	// Before any agent is asked anything (transport.go).
+	if err := checkStreamTransport(opt, src, dst, len(localDisks)); err != nil {
+		return nil, nil, err
+	}
+	if err := checkPostcopyHost(opt, dst); err != nil {
+		return nil, nil, err
+	}
 
 	// Plan live migrations: measure, predict every strategy, choose for auto.
 	var plan *ferryv1.Plan

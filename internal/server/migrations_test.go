@@ -9,6 +9,7 @@ import (
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
 )
@@ -30,7 +31,7 @@ func newTestServer(t *testing.T) (*Server, store.Store) {
 	t.Cleanup(func() { st.Close() })
 	for _, h := range []string{"h1", "h2"} {
 		if err := st.PutHost(ctx, &ferryv1.Host{Name: h, Address: "unix:///nonexistent/" + h, MigrationIp: "198.18.0.9",
-			Capacity: &ferryv1.HostCapacity{Cpus: 2, MemoryMib: 4096}}, time.Minute); err != nil {
+			Capacity: &ferryv1.HostCapacity{Cpus: 2, MemoryMib: 4096}, AgentFeatures: []string{pki.FeatureTLSStreams}}, time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -11,6 +11,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
+// KindPolicy is /ferry/policies, the cluster's policy set (name "cluster").
+const KindPolicy = "policy"
+
 // eventsPrefix holds the event history, one key per event named by its id
 // (which sorts as the events were recorded).
 const eventsPrefix = "/ferry/events/"
@@ -161,6 +164,8 @@ func (s *Etcd) WatchStateChanges(ctx context.Context, from int64, fn func(StateC
 			key := string(ev.Kv.Key)
 			var c StateChange
 			switch {
+			case key == policiesKey:
+				c.Kind, c.Name = KindPolicy, "cluster"
 			case strings.HasPrefix(key, alivePrefix):
 				c.Kind, c.Name = KindHost, key[len(alivePrefix):]
 			case strings.HasPrefix(key, vmsPrefix):

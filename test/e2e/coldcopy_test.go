@@ -167,10 +167,22 @@ func TestColdLocalDiskMigration(t *testing.T) {
 	c.verifyDisk(ip, "before")
 	ack := c.diskWriter(ip)
 	t.Logf("acknowledged before the migration: last_seq %d of boot %s", ack.lastSeq, ack.boot)
+	// The copy is mutual TLS between the agents (#9): a capture on h1's
+	// link sees the copy's bytes but none of the disk's records in clear.
+	cp := startCapture(t, c.c.Segment, "h1", []byte(guestapi.RecordMagic))
 	m, wall := c.mustMigrateWait(name, "h2", "--strategy", "cold")
 	logReport(t, "cold local-disk migration h1→h2", m, wall)
 	if m.Status != "completed" {
 		t.Fatalf("cold migration %s: %s", m.Status, m.Error)
+	}
+	time.Sleep(200 * time.Millisecond) // the capture's last frames
+	if st := cp.stats(); m.Transport != "tls" || st.Hits != 0 || st.Bytes < m.DiskBytesTransferred/2 {
+		t.Errorf("cold copy over %q: capture on h1 %s for %d disk bytes sent; want tls, no record magic in clear, the copy seen", m.Transport, st, m.DiskBytesTransferred)
+	} else {
+		t.Logf("cold copy over tls: capture on h1 %s, no record in clear", st)
+	}
+	if err := cp.stop(); err != nil {
+		t.Errorf("capture: %v", err)
 	}
 	c.checkOnHost(name, "h2")
 	found, maxSeq := c.imageRecordCheck("h2", name, ack)

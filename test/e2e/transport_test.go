@@ -86,16 +86,23 @@ func TestMigrationStreamsAreEncrypted(t *testing.T) {
 	legs := []struct {
 		to, transport string
 		args          []string
+		// policy is the cluster policy's insecureTransport set (with
+		// `ferry policy set --insecure-transport`) before the leg.
+		policy string
 	}{
-		{"h2", "tls", nil},
+		{"h2", "tls", nil, ""},
 		// Post-copy sends pages on one stream (QEMU 10.0 does not combine
 		// multifd with it) and so never compressed, which would hide the
-		// marker too: the plaintext check sees raw pages.
-		{"h1", "plain", []string{"--strategy", "postcopy", "--insecure-transport"}},
-		{"h2", "tls", []string{"--multifd", "4"}},
-		{"h1", "tls", []string{"--strategy", "postcopy"}},
+		// marker too: the plaintext check sees raw pages. Plaintext from
+		// the cluster policy insecureTransport: true.
+		{"h1", "plain", []string{"--strategy", "postcopy"}, "true"},
+		{"h2", "tls", []string{"--multifd", "4"}, "false"},
+		{"h1", "tls", []string{"--strategy", "postcopy"}, ""},
 	}
 	for i, l := range legs {
+		if l.policy != "" {
+			c.mustFerry("policy", "set", "--insecure-transport="+l.policy)
+		}
 		cp.reset()
 		m, wall := c.mustMigrateWait(name, l.to, l.args...)
 		time.Sleep(200 * time.Millisecond) // the capture's last frames
@@ -124,6 +131,12 @@ func TestMigrationStreamsAreEncrypted(t *testing.T) {
 	}
 	if err := cp.stop(); err != nil {
 		t.Errorf("capture: %v", err)
+	}
+	// Each change of the policy is an event (tls -> plain -> tls).
+	events := c.mustFerry("events")
+	on, off := strings.Index(events, "tls -> plain"), strings.LastIndex(events, "plain -> tls")
+	if on < 0 || off < on {
+		t.Errorf("ferry events lacks the policy's changes tls -> plain -> tls:\n%s", events)
 	}
 }
 

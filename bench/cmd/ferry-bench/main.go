@@ -25,7 +25,7 @@ func main() {
 	var scenarios, systems string
 	flag.IntVar(&o.Runs, "runs", 3, "runs per scenario and system (medians are reported)")
 	flag.StringVar(&scenarios, "scenarios", strings.Join(bench.AllScenarios, ","), "comma-separated scenarios: "+strings.Join(bench.AllScenarios, ", "))
-	flag.StringVar(&systems, "systems", strings.Join(bench.AllSystems, ","), "comma-separated systems: "+strings.Join(bench.AllSystems, ", "))
+	flag.StringVar(&systems, "systems", strings.Join(bench.AllSystems, ","), "comma-separated systems: "+strings.Join(bench.AllSystems, ", ")+"; also ferry-plain (Ferry with --insecure-transport: ferry ÷ ferry-plain is the cost of TLS; make bench-tls)")
 	flag.DurationVar(&o.Cap, "cap", 60*time.Second, "abort a migration that has not completed after this long")
 	flag.Float64Var(&o.LinkMiBps, "link-mibps", 48, "host-to-host link rate of the shaped scenarios, MiB/s (half dirties at half of it, heavy at twice, wan and flaky at a third)")
 	flag.Int64Var(&o.MemoryMiB, "memory-mib", 1024, "guest RAM, MiB (big: 4096)")

@@ -204,7 +204,7 @@ func startCPU(env *Env, sys System) (*cpuSampler, error) {
 	var daemons []string
 	var ctl []int
 	switch sys.Name() {
-	case "ferry":
+	case "ferry", "ferry-plain":
 		daemons = []string{"ferry"}
 		if procs, err := env.Cluster.Processes(); err == nil {
 			for _, p := range procs {

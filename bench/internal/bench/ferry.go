@@ -25,6 +25,10 @@ type FerrySystem struct {
 	Strategy string
 	// Insecure runs `ferry migrate --insecure-transport` (plaintext).
 	Insecure bool
+	// Plain names the system "ferry-plain" (Insecure set): the same
+	// migration as "ferry" without TLS beside it, for the cost of
+	// encryption.
+	Plain bool
 }
 
 // NewFerrySystem returns the Ferry system.
@@ -33,7 +37,12 @@ func NewFerrySystem(env *Env, strategy string) *FerrySystem {
 }
 
 // Name implements System.
-func (s *FerrySystem) Name() string { return "ferry" }
+func (s *FerrySystem) Name() string {
+	if s.Plain {
+		return "ferry-plain"
+	}
+	return "ferry"
+}
 
 // ferry runs the ferry CLI against the benchmark cluster's server.
 func (s *FerrySystem) ferry(ctx context.Context, args ...string) (string, error) {

@@ -37,10 +37,22 @@ type Guest struct {
 // guestIPs gives every system its own guest address on the segment.
 var guestIPs = map[string]string{"ferry": "198.19.0.21", "qemu": "198.19.0.22", "libvirt": "198.19.0.23", "libvirt-tuned": "198.19.0.24", "libvirt-plain": "198.19.0.25"}
 
+// ferryPlainIP is the guest address of system ferry-plain (Ferry with
+// --insecure-transport: the cost of TLS beside ferry).
+const ferryPlainIP = "198.19.0.26"
+
+// guestIP is system's guest address ("" for an unknown system).
+func guestIP(system string) string {
+	if system == "ferry-plain" {
+		return ferryPlainIP
+	}
+	return guestIPs[system]
+}
+
 // newGuest describes the guest system runs in scenario sc.
 func newGuest(system string, sc Scenario, guestDir string, memMiB int64) Guest {
 	name := "bench-" + system
-	ip := guestIPs[system]
+	ip := guestIP(system)
 	return Guest{
 		Name:      name,
 		IP:        ip,

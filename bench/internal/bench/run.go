@@ -122,7 +122,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		return "", err
 	}
 	for _, s := range o.Systems {
-		if _, ok := guestIPs[s]; !ok {
+		if guestIP(s) == "" {
 			return "", fmt.Errorf("-systems: unknown system %q (%s)", s, strings.Join(AllSystems, ", "))
 		}
 	}
@@ -208,6 +208,10 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		case "ferry":
 			fs := NewFerrySystem(env, o.FerryStrategy)
 			fs.Insecure = o.FerryInsecure
+			systems = append(systems, fs)
+		case "ferry-plain":
+			fs := NewFerrySystem(env, o.FerryStrategy)
+			fs.Plain, fs.Insecure = true, true
 			systems = append(systems, fs)
 		case "qemu":
 			systems = append(systems, NewQEMUSystem(env))

@@ -12,12 +12,22 @@ import (
 // Systems is the order systems appear in tables and plots.
 var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 
+// tableSystems is the order of tables and plots: Systems with ferry-plain
+// (Ferry with --insecure-transport) right after ferry.
+func tableSystems() []string {
+	return append([]string{Systems[0], "ferry-plain"}, Systems[1:]...)
+}
+
 // probeStreams is the harness's number of bandwidth-probe streams (see
 // bench.ProbeStreams), for the text.
 const probeStreams = 4
 
 // Peers are the systems Ferry is compared with.
 var Peers = []string{"qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
+
+// RatioPeers are the systems of the ratio table: Peers and ferry-plain
+// (Ferry with insecureTransport: ferry ÷ ferry-plain is the cost of TLS).
+var RatioPeers = append(append([]string{}, Peers...), "ferry-plain")
 
 // Row is the summary of one system in one scenario. Time medians (total,
 // downtime, client gap) are over completed runs; bytes over all runs.
@@ -168,7 +178,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 		ss := ScenarioSummary{Scenario: sc, Ratios: map[string]F{}}
 		var nonzero []float64
 		rows := map[string]Row{}
-		for _, sys := range Systems {
+		for _, sys := range tableSystems() {
 			var r Row
 			r.Scenario, r.System = sc.Name, sys
 			var total, down, gap, bytes, ach, win, nz, wall, plan, cpu, disk, checked []float64
@@ -242,7 +252,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 			ss.BoundMs = ss.NonZeroBytes / F(sc.MeasuredMiBps*(1<<20)) * 1000
 		}
 		f, hasF := rows["ferry"]
-		for _, other := range Peers {
+		for _, other := range RatioPeers {
 			o, ok := rows[other]
 			if !hasF || !ok {
 				continue
@@ -402,7 +412,7 @@ func (s Summary) Markdown(w io.Writer) {
 	}
 	fmt.Fprintln(w, "---|")
 	for _, ss := range s.Scenarios {
-		for _, peer := range Peers {
+		for _, peer := range RatioPeers {
 			if _, ok := ss.Ratios["total_ferry/"+peer]; !ok {
 				continue
 			}

@@ -15,14 +15,14 @@ var colors = map[string]string{"ferry": "#d62728", "qemu": "#1f77b4", "libvirt":
 func PlotRemaining(w io.Writer, title string, runs []Run) error {
 	const mib float64 = 1 << 20
 	c := svgplot.Chart{Title: title, XLabel: "seconds since the migration was issued", YLabel: "remaining MiB", Note: "dashed: not completed"}
-	for _, sys := range Systems {
+	for _, sys := range tableSystems() {
 		n := 0
 		for _, r := range runs {
 			if r.System != sys || len(r.Migration.Samples) == 0 {
 				continue
 			}
 			n++
-			s := svgplot.Series{Color: colors[sys], Dashed: !r.Migration.Completed(),
+			s := svgplot.Series{Color: colorOf(sys), Dashed: !r.Migration.Completed(),
 				Tooltip: fmt.Sprintf("%s run %d: %s", sys, r.Index, r.Migration.Status)}
 			for _, p := range r.Migration.Samples {
 				s.Points = append(s.Points, svgplot.Point{X: float64(p.TMs) / 1000, Y: float64(p.RemainingBytes) / mib})
@@ -30,8 +30,16 @@ func PlotRemaining(w io.Writer, title string, runs []Run) error {
 			c.Series = append(c.Series, s)
 		}
 		if n > 0 {
-			c.Legend = append(c.Legend, svgplot.LegendEntry{Color: colors[sys], Label: fmt.Sprintf("%s (%d runs)", sys, n)})
+			c.Legend = append(c.Legend, svgplot.LegendEntry{Color: colorOf(sys), Label: fmt.Sprintf("%s (%d runs)", sys, n)})
 		}
 	}
 	return svgplot.Write(w, c)
+}
+
+// colorOf is sys's plot colour (ferry-plain: a lighter Ferry red).
+func colorOf(sys string) string {
+	if sys == "ferry-plain" {
+		return "#ff9896"
+	}
+	return colors[sys]
 }

@@ -811,7 +811,12 @@ type Host struct {
 	HealthDetail string `protobuf:"bytes,13,opt,name=health_detail,json=healthDetail,proto3" json:"health_detail,omitempty"`
 	// maintenance is set by the server on read: the host is in maintenance
 	// (manual or after a degraded health report) and takes no new VMs.
-	Maintenance   bool `protobuf:"varint,14,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	Maintenance bool `protobuf:"varint,14,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	// agent_features are the optional protocol features of the host's agent
+	// (an older agent reports fewer): "tls-streams" = every stream it sends
+	// or receives (RAM, multifd, post-copy preempt, NBD mirror, cold disk
+	// copy) is on TLS unless the migration is insecureTransport.
+	AgentFeatures []string `protobuf:"bytes,150,rep,name=agent_features,json=agentFeatures,proto3" json:"agent_features,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -944,6 +949,13 @@ func (x *Host) GetMaintenance() bool {
 	return false
 }
 
+func (x *Host) GetAgentFeatures() []string {
+	if x != nil {
+		return x.AgentFeatures
+	}
+	return nil
+}
+
 // HostQEMU describes a host's QEMU binary (agent probe at start, cached by
 // path and modification time).
 type HostQEMU struct {
@@ -972,9 +984,13 @@ type HostQEMU struct {
 	// probe_accel is the accelerator cpu_models[].usable refers to.
 	ProbeAccel string `protobuf:"bytes,12,opt,name=probe_accel,json=probeAccel,proto3" json:"probe_accel,omitempty"`
 	// cached is true when the capabilities came from the agent's cache.
-	Cached        bool `protobuf:"varint,13,opt,name=cached,proto3" json:"cached,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Cached bool `protobuf:"varint,13,opt,name=cached,proto3" json:"cached,omitempty"`
+	// postcopy_unavailable, when set, says why this host's QEMU (as its
+	// unprivileged user) cannot take a post-copy arrival (no userfaultfd
+	// access) and how to fix it; empty: it can.
+	PostcopyUnavailable string `protobuf:"bytes,150,opt,name=postcopy_unavailable,json=postcopyUnavailable,proto3" json:"postcopy_unavailable,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *HostQEMU) Reset() {
@@ -1096,6 +1112,13 @@ func (x *HostQEMU) GetCached() bool {
 		return x.Cached
 	}
 	return false
+}
+
+func (x *HostQEMU) GetPostcopyUnavailable() string {
+	if x != nil {
+		return x.PostcopyUnavailable
+	}
+	return ""
 }
 
 // QEMUMachine is one machine type of a host's QEMU.
@@ -1436,7 +1459,7 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\x0fallocated_vcpus\x18\x04 \x01(\x05R\x0eallocatedVcpus\x120\n" +
 	"\x14allocated_memory_mib\x18\x05 \x01(\x03R\x12allocatedMemoryMib\x12&\n" +
 	"\x0ffree_memory_mib\x18\x06 \x01(\x03R\rfreeMemoryMib\x12&\n" +
-	"\x0fdisk_free_bytes\x18d \x01(\x03R\rdiskFreeBytes\"\x83\x04\n" +
+	"\x0fdisk_free_bytes\x18d \x01(\x03R\rdiskFreeBytes\"\xab\x04\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x14\n" +
@@ -1452,7 +1475,8 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"\rferry_version\x18\v \x01(\tR\fferryVersion\x12\x16\n" +
 	"\x06health\x18\f \x01(\tR\x06health\x12#\n" +
 	"\rhealth_detail\x18\r \x01(\tR\fhealthDetail\x12 \n" +
-	"\vmaintenance\x18\x0e \x01(\bR\vmaintenance\"\xd5\x03\n" +
+	"\vmaintenance\x18\x0e \x01(\bR\vmaintenance\x12&\n" +
+	"\x0eagent_features\x18\x96\x01 \x03(\tR\ragentFeatures\"\x89\x04\n" +
 	"\bHostQEMU\x12\x16\n" +
 	"\x06binary\x18\x01 \x01(\tR\x06binary\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
@@ -1470,7 +1494,8 @@ const file_ferry_v1_types_proto_rawDesc = "" +
 	"probeError\x12\x1f\n" +
 	"\vprobe_accel\x18\f \x01(\tR\n" +
 	"probeAccel\x12\x16\n" +
-	"\x06cached\x18\r \x01(\bR\x06cached\"\x8a\x01\n" +
+	"\x06cached\x18\r \x01(\bR\x06cached\x122\n" +
+	"\x14postcopy_unavailable\x18\x96\x01 \x01(\tR\x13postcopyUnavailable\"\x8a\x01\n" +
 	"\vQEMUMachine\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05alias\x18\x02 \x01(\tR\x05alias\x12\x18\n" +

@@ -45,7 +45,7 @@ type Agent interface {
 	DeleteVM(ctx context.Context, name, migrationID string, removeDisks bool) error
 	// PrepareDiskCopy (destination of a cold migration of local disks)
 	// creates empty copies and returns where it receives them.
-	PrepareDiskCopy(ctx context.Context, req *agentv1.PrepareDiskCopyRequest) (string, error)
+	PrepareDiskCopy(ctx context.Context, req *agentv1.PrepareDiskCopyRequest) (*agentv1.PrepareDiskCopyResponse, error)
 	// CopyDisks (source) starts or reports the sparse copy of the local
 	// disks to the destination's receiver.
 	CopyDisks(ctx context.Context, req *agentv1.CopyDisksRequest) (*agentv1.OutgoingStatus, error)
@@ -307,13 +307,13 @@ func (a *connectAgent) DeleteVM(ctx context.Context, name, migrationID string, r
 }
 
 // PrepareDiskCopy implements Agent.
-func (a *connectAgent) PrepareDiskCopy(ctx context.Context, req *agentv1.PrepareDiskCopyRequest) (string, error) {
-	return call(ctx, a.t.Prepare, "prepare disk copy", func(c context.Context) (string, error) {
+func (a *connectAgent) PrepareDiskCopy(ctx context.Context, req *agentv1.PrepareDiskCopyRequest) (*agentv1.PrepareDiskCopyResponse, error) {
+	return call(ctx, a.t.Prepare, "prepare disk copy", func(c context.Context) (*agentv1.PrepareDiskCopyResponse, error) {
 		r, err := a.disk.PrepareDiskCopy(c, connect.NewRequest(req))
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		return r.Msg.Address, nil
+		return r.Msg, nil
 	})
 }
 

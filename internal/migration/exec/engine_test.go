@@ -214,8 +214,8 @@ func (fakeAgent) StopVM(context.Context, string, bool) (*ferryv1.VMStatus, error
 	return nil, errFakeUnsupported
 }
 func (fakeAgent) DeleteVM(context.Context, string, string, bool) error { return nil }
-func (fakeAgent) PrepareDiskCopy(context.Context, *agentv1.PrepareDiskCopyRequest) (string, error) {
-	return "", errors.New("fake agent: no disk copy")
+func (fakeAgent) PrepareDiskCopy(context.Context, *agentv1.PrepareDiskCopyRequest) (*agentv1.PrepareDiskCopyResponse, error) {
+	return nil, errors.New("fake agent: no disk copy")
 }
 func (fakeAgent) CopyDisks(context.Context, *agentv1.CopyDisksRequest) (*agentv1.OutgoingStatus, error) {
 	return nil, errors.New("fake agent: no disk copy")

@@ -382,12 +382,22 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		if len(p.knobs.LocalDisks) == 0 {
 			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("the migration copies local disks but knows none of VM %s", p.vm))
 		}
-		addr, err := ag.PrepareDiskCopy(ctx, &agentv1.PrepareDiskCopyRequest{Name: p.vm, MigrationId: p.id, Disks: p.knobs.LocalDisks})
-		o.DiskURI = addr
-		return err
+		r, err := ag.PrepareDiskCopy(ctx, &agentv1.PrepareDiskCopyRequest{Name: p.vm, MigrationId: p.id, Disks: p.knobs.LocalDisks,
+			SourceHost: p.from, InsecureTransport: p.knobs.InsecureTransport})
+		if err != nil {
+			return err
+		}
+		if !p.knobs.InsecureTransport && r.GetTransport() != "tls" {
+			// An older agent receives the copy in plaintext: never send
+			// the disks (nor the copy's token) in the clear unasked.
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not receive disk copies on TLS: upgrade its agent (or migrate with insecureTransport)", p.to))
+		}
+		o.DiskURI = r.GetAddress()
+		return nil
 	case core.ActCopyDisks:
 		st, err := ag.CopyDisks(ctx, &agentv1.CopyDisksRequest{Name: p.vm, MigrationId: p.id, Address: a.DiskURI,
-			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, WaitMs: a.Wait.Milliseconds(), KnownStatus: a.KnownStatus})
+			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, WaitMs: a.Wait.Milliseconds(), KnownStatus: a.KnownStatus,
+			DestHost: p.to, InsecureTransport: p.knobs.InsecureTransport})
 		return p.out(a.Kind, st, err, o)
 	case core.ActCASOwner:
 		return p.casOwner(ctx, a, o)

@@ -2070,9 +2070,14 @@ type PrepareDiskCopyRequest struct {
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	MigrationId string                 `protobuf:"bytes,2,opt,name=migration_id,json=migrationId,proto3" json:"migration_id,omitempty"`
 	// disks are the source's local disks (name, format, virtual size).
-	Disks         []*LocalDisk `protobuf:"bytes,3,rep,name=disks,proto3" json:"disks,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Disks []*LocalDisk `protobuf:"bytes,3,rep,name=disks,proto3" json:"disks,omitempty"`
+	// source_host is the host the copy comes from: the receiver admits only
+	// its agent certificate (mutual TLS). Required unless insecure_transport.
+	SourceHost string `protobuf:"bytes,150,opt,name=source_host,json=sourceHost,proto3" json:"source_host,omitempty"`
+	// insecure_transport receives the copy in plaintext (explicit policy).
+	InsecureTransport bool `protobuf:"varint,151,opt,name=insecure_transport,json=insecureTransport,proto3" json:"insecure_transport,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PrepareDiskCopyRequest) Reset() {
@@ -2126,10 +2131,27 @@ func (x *PrepareDiskCopyRequest) GetDisks() []*LocalDisk {
 	return nil
 }
 
+func (x *PrepareDiskCopyRequest) GetSourceHost() string {
+	if x != nil {
+		return x.SourceHost
+	}
+	return ""
+}
+
+func (x *PrepareDiskCopyRequest) GetInsecureTransport() bool {
+	if x != nil {
+		return x.InsecureTransport
+	}
+	return false
+}
+
 type PrepareDiskCopyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// address is host:port on the destination's migration address.
-	Address       string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// transport is how the receiver listens: tls or plain (empty: an older
+	// agent, plaintext).
+	Transport     string `protobuf:"bytes,150,opt,name=transport,proto3" json:"transport,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2171,6 +2193,13 @@ func (x *PrepareDiskCopyResponse) GetAddress() string {
 	return ""
 }
 
+func (x *PrepareDiskCopyResponse) GetTransport() string {
+	if x != nil {
+		return x.Transport
+	}
+	return ""
+}
+
 type CopyDisksRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -2181,10 +2210,16 @@ type CopyDisksRequest struct {
 	MaxBandwidthBytes int64 `protobuf:"varint,4,opt,name=max_bandwidth_bytes,json=maxBandwidthBytes,proto3" json:"max_bandwidth_bytes,omitempty"`
 	// wait_ms: a long poll: answer once the status moves from known_status,
 	// or after this long.
-	WaitMs        int64  `protobuf:"varint,5,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
-	KnownStatus   string `protobuf:"bytes,6,opt,name=known_status,json=knownStatus,proto3" json:"known_status,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	WaitMs      int64  `protobuf:"varint,5,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	KnownStatus string `protobuf:"bytes,6,opt,name=known_status,json=knownStatus,proto3" json:"known_status,omitempty"`
+	// dest_host is the host the copy goes to: the sender verifies the
+	// receiver's agent certificate names it. Required unless
+	// insecure_transport.
+	DestHost string `protobuf:"bytes,150,opt,name=dest_host,json=destHost,proto3" json:"dest_host,omitempty"`
+	// insecure_transport sends the copy in plaintext (explicit policy).
+	InsecureTransport bool `protobuf:"varint,151,opt,name=insecure_transport,json=insecureTransport,proto3" json:"insecure_transport,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CopyDisksRequest) Reset() {
@@ -2257,6 +2292,20 @@ func (x *CopyDisksRequest) GetKnownStatus() string {
 		return x.KnownStatus
 	}
 	return ""
+}
+
+func (x *CopyDisksRequest) GetDestHost() string {
+	if x != nil {
+		return x.DestHost
+	}
+	return ""
+}
+
+func (x *CopyDisksRequest) GetInsecureTransport() bool {
+	if x != nil {
+		return x.InsecureTransport
+	}
+	return false
 }
 
 type LocalDisksRequest struct {
@@ -3028,20 +3077,26 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x16IncomingStatusResponse\x126\n" +
 	"\x06status\x18\x01 \x01(\v2\x1e.ferry.agent.v1.IncomingStatusR\x06status\"2\n" +
 	"\fStepResponse\x12\"\n" +
-	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\x80\x01\n" +
+	"\x02vm\x18\x01 \x01(\v2\x12.ferry.v1.VMStatusR\x02vm\"\xd2\x01\n" +
 	"\x16PrepareDiskCopyRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12/\n" +
-	"\x05disks\x18\x03 \x03(\v2\x19.ferry.agent.v1.LocalDiskR\x05disks\"3\n" +
+	"\x05disks\x18\x03 \x03(\v2\x19.ferry.agent.v1.LocalDiskR\x05disks\x12 \n" +
+	"\vsource_host\x18\x96\x01 \x01(\tR\n" +
+	"sourceHost\x12.\n" +
+	"\x12insecure_transport\x18\x97\x01 \x01(\bR\x11insecureTransport\"R\n" +
 	"\x17PrepareDiskCopyResponse\x12\x18\n" +
-	"\aaddress\x18\x01 \x01(\tR\aaddress\"\xcf\x01\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x1d\n" +
+	"\ttransport\x18\x96\x01 \x01(\tR\ttransport\"\x9d\x02\n" +
 	"\x10CopyDisksRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
 	"\fmigration_id\x18\x02 \x01(\tR\vmigrationId\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12.\n" +
 	"\x13max_bandwidth_bytes\x18\x04 \x01(\x03R\x11maxBandwidthBytes\x12\x17\n" +
 	"\await_ms\x18\x05 \x01(\x03R\x06waitMs\x12!\n" +
-	"\fknown_status\x18\x06 \x01(\tR\vknownStatus\"'\n" +
+	"\fknown_status\x18\x06 \x01(\tR\vknownStatus\x12\x1c\n" +
+	"\tdest_host\x18\x96\x01 \x01(\tR\bdestHost\x12.\n" +
+	"\x12insecure_transport\x18\x97\x01 \x01(\bR\x11insecureTransport\"'\n" +
 	"\x11LocalDisksRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"E\n" +
 	"\x12LocalDisksResponse\x12/\n" +
