@@ -115,6 +115,8 @@ type Agent struct {
 	// qemuUser is the resolved Config.QEMUUser (nil: none).
 	qemuUser *qemuUser
 	reaper   reaper
+	// direct is whether local disks open with O_DIRECT (diskdirect.go).
+	direct directIOProbe
 
 	mu  sync.Mutex
 	vms map[string]*vm

@@ -54,6 +54,41 @@ func readImageInfo(ctx context.Context, path string, force bool) (imageInfo, err
 	return info, nil
 }
 
+// imageDataBytes is the guest data an image holds: the bytes of the
+// extents qemu-img map reports as data and not zero (what a mirror of it
+// must copy; the image's own metadata, which the destination's image has
+// anyway, is not counted). force reads an image a running QEMU holds.
+func imageDataBytes(ctx context.Context, path string, force bool) (int64, error) {
+	args := []string{"map", "--output=json"}
+	if force {
+		args = append(args, "-U")
+	}
+	out, err := exec.CommandContext(ctx, "qemu-img", append(args, path)...).Output()
+	if err != nil {
+		return 0, fmt.Errorf("qemu-img map %s: %w%s", path, err, exitStderr(err))
+	}
+	return mapDataBytes(out)
+}
+
+// mapDataBytes sums the data extents of qemu-img map's JSON output.
+func mapDataBytes(out []byte) (int64, error) {
+	var extents []struct {
+		Length int64 `json:"length"`
+		Data   bool  `json:"data"`
+		Zero   bool  `json:"zero"`
+	}
+	if err := json.Unmarshal(out, &extents); err != nil {
+		return 0, fmt.Errorf("qemu-img map: decode: %w", err)
+	}
+	var n int64
+	for _, e := range extents {
+		if e.Data && !e.Zero {
+			n += e.Length
+		}
+	}
+	return n, nil
+}
+
 func exitStderr(err error) string {
 	if ee, ok := err.(*exec.ExitError); ok && len(ee.Stderr) > 0 {
 		return ": " + strings.TrimSpace(string(ee.Stderr))

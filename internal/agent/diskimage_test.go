@@ -101,7 +101,7 @@ func TestLocalDiskImages(t *testing.T) {
 // fill reports mirroring until the RAM transfer started, and again at
 // pre-switchover until the mirrors completed; a failed mirror fails it.
 func TestMirrorSetStatus(t *testing.T) {
-	set := &mirrorSet{nbd: "198.18.0.2:10809", disks: []*diskMirror{{name: "data", state: mirrorRunning, allocated: 100, written: 50, jobLen: 1000, jobOffset: 925}}}
+	set := &mirrorSet{nbd: "198.18.0.2:10809", disks: []*diskMirror{{name: "data", state: mirrorRunning, allocated: 100, written: 50, jobLen: 1000, jobOffset: 75}}}
 	for _, c := range []struct {
 		migrateSent, completed bool
 		err, qemu, want        string
@@ -118,12 +118,11 @@ func TestMirrorSetStatus(t *testing.T) {
 		if st.Status != c.want {
 			t.Errorf("%+v: status %q, want %q", c, st.Status, c.want)
 		}
-		if st.DiskBytesTotal != 100 || st.DiskBytesTransferred != 75 || len(st.Disks) != 1 {
+		if st.DiskBytesTotal != 150 || st.DiskBytesTransferred != 75 || len(st.Disks) != 1 {
 			t.Errorf("%+v: disk figures %d/%d %v", c, st.DiskBytesTransferred, st.DiskBytesTotal, st.Disks)
 		}
 	}
 }
-
 func TestDiskOfStats(t *testing.T) {
 	for _, c := range []struct{ qdev, node, want string }{
 		{"", "data", "data"},

@@ -52,7 +52,7 @@ type diskMirror struct {
 	state     string
 	jobLen    int64
 	jobOffset int64
-	allocated int64 // the image's allocation at the start
+	allocated int64 // the image's guest data at the start (qemu-img map)
 	wrStart   int64 // the guest's written bytes on this disk at the start
 	written   int64 // the guest's written bytes since the start
 	started   time.Time
@@ -111,11 +111,11 @@ func (v *vm) mirrorSet(ctx context.Context, req *agentv1.StartOutgoingRequest) (
 		if !ok {
 			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("mirror_disks[%d]: VM %s has no local disk %q (shared disks and disks given by path are not mirrored)", i, v.name, name))
 		}
-		info, err := readImageInfo(ctx, path, true)
+		data, err := imageDataBytes(ctx, path, true)
 		if err != nil {
 			return nil, err
 		}
-		set.pending = append(set.pending, &diskMirror{name: name, job: blockJobID(name), target: nbdNode(name), allocated: info.ActualSize})
+		set.pending = append(set.pending, &diskMirror{name: name, job: blockJobID(name), target: nbdNode(name), allocated: data})
 	}
 	return set, nil
 }
@@ -268,14 +268,14 @@ func (set *mirrorSet) refresh(ctx context.Context, mon *qmp.Monitor) (allReady b
 	if err != nil {
 		return false, err
 	}
-	stats, _ := blockStats(ctx, mon)
+	stats, _ := blockStats(ctx, mon) // (a failed query keeps the last figure)
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	allReady = true
 	for _, d := range set.disks {
 		j, ok := jobs[d.job]
 		if stats != nil {
-			d.written = max(0, qdevWritten(stats, d.name)-d.wrStart)
+			d.written = max(d.written, qdevWritten(stats, d.name)-d.wrStart)
 		}
 		switch {
 		case !ok:
@@ -294,7 +294,9 @@ func (set *mirrorSet) refresh(ctx context.Context, mon *qmp.Monitor) (allReady b
 			}
 		}
 		if ok {
-			d.jobLen, d.jobOffset = j.Len, j.Offset
+			// A job's offset only grows; its length is 0 until QEMU has
+			// scanned the image, then grows with the guest's writes.
+			d.jobLen, d.jobOffset = max(d.jobLen, j.Len), max(d.jobOffset, j.Offset)
 		}
 		if d.state == mirrorFailed && set.err == "" {
 			set.err = fmt.Sprintf("mirror of disk %s to %s failed: %s", d.name, set.nbd, d.err)
@@ -533,19 +535,13 @@ func (set *mirrorSet) fill(st *agentv1.OutgoingStatus) {
 	set.mu.Lock()
 	defer set.mu.Unlock()
 	for _, d := range set.disks {
-		data := d.allocated + d.written
+		sent, total := d.progress()
 		st.Disks = append(st.Disks, &agentv1.DiskMirror{
-			Name: d.name, State: d.state, JobLen: d.jobLen, JobOffset: d.jobOffset, DataBytes: data,
+			Name: d.name, State: d.state, JobLen: d.jobLen, JobOffset: d.jobOffset, DataBytes: sent,
 			StartedAt: ts(d.started), ReadyAt: ts(d.ready), CompletedAt: ts(d.completed), Error: d.err,
 		})
-		st.DiskBytesTotal += d.allocated
-		done := data
-		if d.state == mirrorRunning && d.jobLen > 0 {
-			// Not in sync yet: QEMU's job counts the target's zeroing
-			// too, but len − offset is the data still to copy.
-			done = max(0, min(data, data-(d.jobLen-d.jobOffset)))
-		}
-		st.DiskBytesTransferred += done
+		st.DiskBytesTotal += total
+		st.DiskBytesTransferred += sent
 	}
 	switch {
 	case set.err != "":
@@ -555,6 +551,19 @@ func (set *mirrorSet) fill(st *agentv1.OutgoingStatus) {
 	case st.Status == "pre-switchover" && !set.completed:
 		st.Status = mirrorRunning
 	}
+}
+
+// progress is the disk's data sent and to send. The data to send is the
+// image's data at the start plus what the guest wrote since (every write
+// is mirrored). QEMU's job offset is what the job processed: the data it
+// copied, but also every zero cluster of the source (an image that arrived
+// by a mirror has the whole disk in zero clusters, which the mirror's
+// write-zeroes requests cross with no payload; its len counts them too).
+// So sent is the offset, at most the data: 0 until QEMU scanned the image
+// (its job reads 0 of 0 then), never the whole disk.
+func (d *diskMirror) progress() (sent, total int64) {
+	total = d.allocated + d.written
+	return min(d.jobOffset, total), total
 }
 
 // wake wakes QueryOutgoing long polls: the reported status moved.

@@ -61,7 +61,11 @@ func (s *diskService) LocalDisks(ctx context.Context, req *connect.Request[agent
 		if err != nil {
 			return nil, fmt.Errorf("disk %s of VM %s: %w", img.name, v.name, err)
 		}
-		out.Disks = append(out.Disks, &agentv1.LocalDisk{Name: img.name, Format: info.Format, VirtualSizeBytes: info.VirtualSize, AllocatedBytes: info.ActualSize, Path: img.path})
+		data, err := imageDataBytes(ctx, img.path, true)
+		if err != nil {
+			return nil, fmt.Errorf("disk %s of VM %s: %w", img.name, v.name, err)
+		}
+		out.Disks = append(out.Disks, &agentv1.LocalDisk{Name: img.name, Format: info.Format, VirtualSizeBytes: info.VirtualSize, AllocatedBytes: data, Path: img.path})
 	}
 	return connect.NewResponse(out), nil
 }

@@ -56,7 +56,7 @@ func (v *vm) prepareDisks(ctx context.Context, sp *ferryv1.VMSpec, r *revert.Rev
 			}
 			r.Add(func() { _ = os.Remove(path) })
 		}
-		out = append(out, qemu.Disk{Name: d.GetName(), Path: path, Format: format})
+		out = append(out, qemu.Disk{Name: d.GetName(), Path: path, Format: format, Direct: v.a.localDisksDirect()})
 	}
 	return out, nil
 }

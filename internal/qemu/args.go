@@ -67,6 +67,12 @@ type Disk struct {
 	Name   string // spec.disks[i].name; empty means the (defaulted) spec name
 	Path   string // absolute image path on this host
 	Format string // qcow2 or raw; empty means the spec's format
+	// Direct opens the image with O_DIRECT (cache.direct=on, the host's
+	// page cache bypassed; the guest still sees a write cache it flushes).
+	// The agent sets it for its local disks where their filesystem allows
+	// O_DIRECT: a destination writing a mirrored disk through the page
+	// cache pays the whole image again in the mirror's final flush.
+	Direct bool
 }
 
 // NIC is a resolved network interface for spec.nics[i].
@@ -283,10 +289,16 @@ func checkPaths(p Paths) error {
 // blockdevFile and blockdevFormat are the JSON -blockdev nodes of a disk;
 // field order is fixed so the argv is deterministic.
 type blockdevFile struct {
-	Driver   string `json:"driver"`
-	Filename string `json:"filename"`
-	NodeName string `json:"node-name"`
-	Discard  string `json:"discard"`
+	Driver   string         `json:"driver"`
+	Filename string         `json:"filename"`
+	NodeName string         `json:"node-name"`
+	Discard  string         `json:"discard"`
+	Cache    *blockdevCache `json:"cache,omitempty"`
+}
+
+// blockdevCache is a file node's cache options.
+type blockdevCache struct {
+	Direct bool `json:"direct"`
 }
 
 type blockdevFormat struct {
@@ -319,7 +331,11 @@ func diskOptions(s *ferryv1.VMSpec, disks []Disk) ([]option, error) {
 			return nil, fmt.Errorf("%s.Format: must be qcow2 or raw, got %q", field, format)
 		}
 		name := sd.Name
-		file, err := jsonArg(blockdevFile{Driver: "file", Filename: d.Path, NodeName: name + "-file", Discard: "unmap"})
+		fileNode := blockdevFile{Driver: "file", Filename: d.Path, NodeName: name + "-file", Discard: "unmap"}
+		if d.Direct {
+			fileNode.Cache = &blockdevCache{Direct: true}
+		}
+		file, err := jsonArg(fileNode)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
 		}

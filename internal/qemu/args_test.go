@@ -59,6 +59,10 @@ func goldenConfigs() map[string]Config {
 			Spec: diskBoot, Accel: "tcg", Paths: vmDir("boot-disk"),
 			Disks: []Disk{{Path: "/images/db-root.qcow2"}, {Name: "disk1", Path: "/var/lib/ferry/vms/boot-disk/disk1.raw", Format: "raw"}},
 		},
+		"local_disk_direct": {
+			Spec: diskBoot, Accel: "tcg", Paths: vmDir("boot-disk"), Incoming: "defer",
+			Disks: []Disk{{Path: "/images/db-root.qcow2"}, {Name: "disk1", Path: "/var/lib/ferry/vms/boot-disk/disks/disk1.raw", Format: "raw", Direct: true}},
+		},
 		"incoming_defer": {Spec: kernelSpec("web-1"), Accel: "tcg", Paths: vmDir("web-1"), Incoming: "defer"},
 		"guest_agent":    {Spec: guestAgentSpec(), Accel: "tcg", Paths: vmDir("web-1"), NICs: []NIC{{Tap: "fr-web-0"}}},
 		"guest_agent_incoming": {

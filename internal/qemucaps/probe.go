@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/ferryvm/ferry/internal/qmp"
@@ -154,10 +155,27 @@ func query(ctx context.Context, path string) (_ Replies, err error) {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
-	mon, err := qmp.Connect(ctx, sock, qmp.WithName("probe"))
-	if err != nil {
-		_ = cmd.Process.Kill()
-		return Replies{}, err
+	var mon *qmp.Monitor
+	for {
+		mon, err = qmp.Connect(ctx, sock, qmp.WithName("probe"))
+		if err == nil {
+			break
+		}
+		// QEMU binds the socket file before it listens: retry a refusal
+		// (under load the window is long enough to hit).
+		if !errors.Is(err, syscall.ECONNREFUSED) || ctx.Err() != nil {
+			_ = cmd.Process.Kill()
+			return Replies{}, err
+		}
+		select {
+		case err := <-exited:
+			exited <- err
+			return Replies{}, fmt.Errorf("exited before it answered on its QMP socket: %v: %s", err, bytes.TrimSpace(stderr.Bytes()))
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+			return Replies{}, fmt.Errorf("QMP socket refused connections: %w", ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
 	}
 	defer mon.Close()
 	var r Replies

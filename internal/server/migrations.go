@@ -242,12 +242,11 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 				opt.Strategy = plan.Choice
 			}
 		}
-	} else if req.DryRun {
-		reason := "cold migration: the guest is stopped, moved and booted again"
-		if len(localDisks) > 0 {
-			reason = fmt.Sprintf("cold migration: the guest is stopped, its %d local disk(s) copied (allocated extents) and verified, then it is booted again", len(localDisks))
+	} else {
+		plan = s.coldPlan(ctx, vm, src, dst, localDisks, opt) // coldplan.go
+		if req.DryRun {
+			return nil, plan, nil
 		}
-		return nil, &ferryv1.Plan{Choice: "cold", Reason: reason}, nil
 	}
 	planningMs := time.Since(planStart).Milliseconds()
 

@@ -114,6 +114,27 @@ func checkColdDiskReport(t *testing.T, m *ferryv1.Migration, virt int64, written
 	}
 }
 
+// checkColdPrediction checks a cold migration's report carries the
+// planner's cold prediction (the disks' data over the link plus the fixed
+// parts) and logs it against the actual figures.
+func checkColdPrediction(t *testing.T, m *ferryv1.Migration) {
+	t.Helper()
+	p := m.GetPredicted()
+	if p == nil || p.Strategy != "cold" || p.TotalMs <= 0 {
+		t.Errorf("cold migration report: predicted %v, want the planner's cold prediction (plan reason %q)", p, m.GetPlan().GetReason())
+		return
+	}
+	var alloc int64
+	for _, d := range m.Disks {
+		alloc += d.AllocatedBytes
+	}
+	if p.Bytes != alloc {
+		t.Errorf("cold prediction bytes %d, want the disks' allocated %d", p.Bytes, alloc)
+	}
+	t.Logf("cold prediction: total %d ms vs actual %d ms (%+.0f%%), downtime %d ms vs %d ms; %s",
+		p.TotalMs, m.TotalMs, 100*float64(p.TotalMs-m.TotalMs)/float64(max(1, m.TotalMs)), p.DowntimeMs, m.DowntimeMs, p.Reason)
+}
+
 // waitDiskWriter waits until the guest at ip runs its disk writer in a
 // boot other than notBoot.
 func (c *cluster) waitDiskWriter(ip, notBoot string, timeout time.Duration) diskWriterState {
@@ -157,6 +178,7 @@ func TestColdLocalDiskMigration(t *testing.T) {
 		t.Errorf("the copy on h2 holds records of the old boot up to %d, behind the %d acknowledged before the shutdown", maxSeq, ack.lastSeq)
 	}
 	checkColdDiskReport(t, m, virt, int64(ack.lastSeq)*guestapi.RecordSize)
+	checkColdPrediction(t, m)
 	c.waitNoLeftovers("h1", name, 15*time.Second)
 	now := c.waitDiskWriter(ip, ack.boot, 90*time.Second)
 	time.Sleep(time.Second)

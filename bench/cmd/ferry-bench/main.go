@@ -33,6 +33,7 @@ func main() {
 	flag.DurationVar(&o.Settle, "settle", 3*time.Second, "let the dirtier run this long before migrating")
 	flag.BoolVar(&o.Warmup, "warmup", true, "before the measured runs, one unmeasured Ferry migration per shaping setting so Ferry's server has learned the rate QEMU reaches (-warmup=false: off)")
 	flag.StringVar(&o.FerryStrategy, "strategy", "", "ferry migrate --strategy (empty: Ferry's default)")
+	flag.BoolVar(&o.FerryInsecure, "ferry-insecure", false, "ferry migrate --insecure-transport: Ferry's streams in plaintext like the libvirt systems' (default: Ferry's TLS)")
 	flag.StringVar(&o.Repo, "repo", ".", "repository root (bin/ferry, build/guest, hack/, bench/scripts)")
 	flag.StringVar(&o.ResultsDir, "results", "", "parent of the timestamped result directory (default REPO/bench/results)")
 	flag.StringVar(&o.Prefix, "prefix", "fbench", "namespace prefix of the benchmark's dev cluster")

@@ -213,7 +213,7 @@ func startCPU(env *Env, sys System) (*cpuSampler, error) {
 				}
 			}
 		}
-	case "libvirt", "libvirt-tuned":
+	case "libvirt", "libvirt-tuned", "libvirt-plain":
 		daemons = []string{"libvirtd"}
 	}
 	return startCPUSampler(map[string]string{env.Src.Netns: env.Src.Name, env.Dst.Netns: env.Dst.Name}, daemons, ctl)

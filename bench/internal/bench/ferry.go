@@ -23,6 +23,8 @@ type FerrySystem struct {
 	env *Env
 	// Strategy is passed as --strategy unless empty (Ferry's default).
 	Strategy string
+	// Insecure runs `ferry migrate --insecure-transport` (plaintext).
+	Insecure bool
 }
 
 // NewFerrySystem returns the Ferry system.
@@ -81,6 +83,9 @@ func (s *FerrySystem) migrateFlags(g Guest) []string {
 	args := []string{"migrate", g.Name, "--to", s.env.Dst.Name}
 	if s.Strategy != "" {
 		args = append(args, "--strategy", s.Strategy)
+	}
+	if s.Insecure {
+		args = append(args, "--insecure-transport")
 	}
 	return args
 }

@@ -35,7 +35,7 @@ type Guest struct {
 }
 
 // guestIPs gives every system its own guest address on the segment.
-var guestIPs = map[string]string{"ferry": "198.19.0.21", "qemu": "198.19.0.22", "libvirt": "198.19.0.23", "libvirt-tuned": "198.19.0.24"}
+var guestIPs = map[string]string{"ferry": "198.19.0.21", "qemu": "198.19.0.22", "libvirt": "198.19.0.23", "libvirt-tuned": "198.19.0.24", "libvirt-plain": "198.19.0.25"}
 
 // newGuest describes the guest system runs in scenario sc.
 func newGuest(system string, sc Scenario, guestDir string, memMiB int64) Guest {
@@ -76,6 +76,10 @@ func hasDisks(scs []Scenario) bool {
 // (Ferry: mirrored by the engine; libvirt: --copy-storage-all). The plain
 // QEMU system would need the NBD and mirror steps driven by hand: skipped.
 func migratesDisks(sys System) bool { return sys.Name() != "qemu" }
+
+// diskOnly reports whether the harness runs sys only in scenarios with a
+// local disk (libvirt-plain: elsewhere it would repeat libvirt's run).
+func diskOnly(sys System) bool { return sys.Name() == "libvirt-plain" }
 
 // makeDiskBase creates dir/disk-base.qcow2: virtMiB virtual, dataMiB of
 // pattern data from 1 GiB on (the guest's disk writer writes from 0).

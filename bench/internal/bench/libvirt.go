@@ -36,9 +36,13 @@ var TunedMigrateFlags = []string{"--auto-converge", "--postcopy", "--postcopy-af
 // and migrates with `virsh migrate --live --p2p` with libvirt's defaults.
 type LibvirtSystem struct {
 	*libvirtd
-	// name is "libvirt" (defaults) or "libvirt-tuned" (flags).
+	// name is "libvirt" (defaults), "libvirt-tuned" (flags) or
+	// "libvirt-plain" (no --p2p: virsh drives the migration).
 	name  string
 	flags []string
+	// plain migrates with `virsh migrate --live [--copy-storage-all]`
+	// as the virsh manual's first example does: no --p2p, no --persistent.
+	plain bool
 	// Note says why flags differ from TunedMigrateFlags, if they do.
 	Note string
 }
@@ -54,6 +58,14 @@ type libvirtd struct {
 // the same daemons.
 func (s *LibvirtSystem) Tuned() *LibvirtSystem {
 	return &LibvirtSystem{libvirtd: s.libvirtd, name: "libvirt-tuned", flags: TunedMigrateFlags}
+}
+
+// Plain returns the system that migrates through the same daemons with
+// plain `virsh migrate --live --copy-storage-all` (the client, not the
+// source daemon, drives it; the domain stays transient on the
+// destination). The harness runs it only where a disk is copied.
+func (s *LibvirtSystem) Plain() *LibvirtSystem {
+	return &LibvirtSystem{libvirtd: s.libvirtd, name: "libvirt-plain", plain: true}
 }
 
 // Version is `virsh version` of the source daemon in one line: the
@@ -329,6 +341,12 @@ func (s *LibvirtSystem) migrate(ctx context.Context, g Guest, limit time.Duratio
 	args := append([]string{"-c", uri(src), "migrate", "--live", "--p2p"}, s.flags...)
 	if g.DiskSource != "" {
 		args = append(args, "--copy-storage-all", "--persistent")
+	}
+	if s.plain {
+		args = []string{"-c", uri(src), "migrate", "--live"}
+		if g.DiskSource != "" {
+			args = append(args, "--copy-storage-all")
+		}
 	}
 	args = append(args, g.Name, uri(dst), "--migrateuri", "tcp://"+dst.IP)
 	t0 := time.Now()

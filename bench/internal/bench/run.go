@@ -44,6 +44,10 @@ type Options struct {
 	Warmup bool
 	// FerryStrategy is passed to `ferry migrate --strategy` unless empty.
 	FerryStrategy string
+	// FerryInsecure passes --insecure-transport to `ferry migrate`: the
+	// migration and NBD streams in plaintext, as the libvirt systems run
+	// (Ferry's default is TLS).
+	FerryInsecure bool
 	// Repo is the repository root (bin/ferry, build/guest, hack/deps.sh,
 	// bench/scripts); ResultsDir the parent of the timestamped result
 	// directory; Prefix the dev cluster's namespace prefix.
@@ -54,7 +58,7 @@ type Options struct {
 // AllScenarios and AllSystems are the defaults, in run order.
 var (
 	AllScenarios = []string{"idle", "half", "heavy", "wan", "flaky", "big", "disk"}
-	AllSystems   = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+	AllSystems   = []string{"ferry", "qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 )
 
 // Fixed parameters of the wan, flaky and big scenarios.
@@ -202,10 +206,12 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 	for _, name := range o.Systems {
 		switch name {
 		case "ferry":
-			systems = append(systems, NewFerrySystem(env, o.FerryStrategy))
+			fs := NewFerrySystem(env, o.FerryStrategy)
+			fs.Insecure = o.FerryInsecure
+			systems = append(systems, fs)
 		case "qemu":
 			systems = append(systems, NewQEMUSystem(env))
-		case "libvirt", "libvirt-tuned":
+		case "libvirt", "libvirt-tuned", "libvirt-plain":
 			if lv == nil {
 				logf("starting two private libvirtd (one per host namespace, each in its own mount namespace)")
 				var err error
@@ -219,9 +225,12 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 				libvirtInfo = lv.Version(ctx)
 				logf("libvirt: %s", libvirtInfo)
 			}
-			if name == "libvirt" {
+			switch name {
+			case "libvirt":
 				systems = append(systems, lv)
-			} else {
+			case "libvirt-plain":
+				systems = append(systems, lv.Plain())
+			default:
 				lvTuned = lv.Tuned()
 				systems = append(systems, lvTuned)
 			}
@@ -283,6 +292,9 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 						}
 						continue
 					}
+					if sc.DiskMiB == 0 && diskOnly(sys) {
+						continue // the same migration as libvirt's but for --p2p
+					}
 					r := runOne(ctx, env, pr, sys, *sc, n, o)
 					runs = append(runs, r)
 					if err := writeJSON(filepath.Join(resultDir, fmt.Sprintf("%s-%s-%d.json", sc.Name, sys.Name(), n)), r); err != nil {
@@ -308,15 +320,16 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		"started": started.UTC().Format(time.RFC3339), "runs": o.Runs, "capSeconds": o.Cap.Seconds(),
 		"guest": fmt.Sprintf("%d MiB (big: %d MiB; disk: %d MiB with a %d MiB local qcow2 disk, %d MiB allocated, writer at %d KiB/s), 1 vCPU, TCG, WSS %d MiB in half/heavy/wan/flaky",
 			o.MemoryMiB, BigMemoryMiB, DiskMemoryMiB, DiskMiB, DiskAllocMiB, DiskWriterKiBps, o.WSSMiB),
-		"libvirt":       orDefault(libvirtInfo, "not run"),
-		"libvirtTuned":  tunedInfo(lvTuned),
-		"elapsed":       time.Since(started).Round(time.Second).String(),
-		"ferryStrategy": orDefault(o.FerryStrategy, "(Ferry's default)"),
-		"host":          fmt.Sprintf("%d CPUs, %s, guests under TCG", runtime.NumCPU(), kernelRelease()),
-		"ferryBinary":   binInfo,
-		"warmup":        warmupString(o.Warmup, contains(o.Systems, "ferry")),
-		"warmupRuns":    warmups,
-		"notes":         notes,
+		"libvirt":        orDefault(libvirtInfo, "not run"),
+		"libvirtTuned":   tunedInfo(lvTuned),
+		"elapsed":        time.Since(started).Round(time.Second).String(),
+		"ferryStrategy":  orDefault(o.FerryStrategy, "(Ferry's default)"),
+		"ferryTransport": map[bool]string{false: "TLS (Ferry's default)", true: "plaintext (--insecure-transport)"}[o.FerryInsecure],
+		"host":           fmt.Sprintf("%d CPUs, %s, guests under TCG", runtime.NumCPU(), kernelRelease()),
+		"ferryBinary":    binInfo,
+		"warmup":         warmupString(o.Warmup, contains(o.Systems, "ferry")),
+		"warmupRuns":     warmups,
+		"notes":          notes,
 	}
 	if err := writeSummary(resultDir, scenarios, runs, meta, o.Out); err != nil {
 		return resultDir, err

@@ -84,7 +84,7 @@ func qemuBinary(ctx context.Context, pid int) string {
 
 // usesLibvirt reports whether a libvirt system is among systems.
 func usesLibvirt(systems []string) bool {
-	return contains(systems, "libvirt") || contains(systems, "libvirt-tuned")
+	return contains(systems, "libvirt") || contains(systems, "libvirt-tuned") || contains(systems, "libvirt-plain")
 }
 
 // Per-run costs outside the migration, measured on this machine (2 CPUs,
@@ -134,6 +134,9 @@ func Estimate(o Options, scenarios []Scenario) time.Duration {
 		for _, sys := range o.Systems {
 			if sc.DiskMiB > 0 && sys == "qemu" {
 				continue // skipped: no storage migration driven for it
+			}
+			if sc.DiskMiB == 0 && sys == "libvirt-plain" {
+				continue // disk scenarios only
 			}
 			one := estRunOverhead
 			if sc.Name == "big" {

@@ -10,14 +10,14 @@ import (
 )
 
 // Systems is the order systems appear in tables and plots.
-var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned"}
+var Systems = []string{"ferry", "qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 
 // probeStreams is the harness's number of bandwidth-probe streams (see
 // bench.ProbeStreams), for the text.
 const probeStreams = 4
 
 // Peers are the systems Ferry is compared with.
-var Peers = []string{"qemu", "libvirt", "libvirt-tuned"}
+var Peers = []string{"qemu", "libvirt", "libvirt-tuned", "libvirt-plain"}
 
 // Row is the summary of one system in one scenario. Time medians (total,
 // downtime, client gap) are over completed runs; bytes over all runs.
@@ -344,7 +344,7 @@ func fmtNum(format string, v F) string {
 // Markdown writes the summary as Markdown tables.
 func (s Summary) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "# Live-migration benchmark: Ferry vs plain QEMU defaults vs libvirt (defaults and tuned)\n\n")
-	for _, k := range []string{"started", "elapsed", "runs", "capSeconds", "guest", "ferryStrategy", "warmup", "host", "ferryBinary", "libvirt", "libvirtTuned"} {
+	for _, k := range []string{"started", "elapsed", "runs", "capSeconds", "guest", "ferryStrategy", "ferryTransport", "warmup", "host", "ferryBinary", "libvirt", "libvirtTuned"} {
 		if v, ok := s.Meta[k]; ok {
 			fmt.Fprintf(w, "- %s: %v\n", k, v)
 		}

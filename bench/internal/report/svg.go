@@ -8,7 +8,7 @@ import (
 )
 
 // colors per system in plots.
-var colors = map[string]string{"ferry": "#d62728", "qemu": "#1f77b4", "libvirt": "#2ca02c", "libvirt-tuned": "#9467bd"}
+var colors = map[string]string{"ferry": "#d62728", "qemu": "#1f77b4", "libvirt": "#2ca02c", "libvirt-tuned": "#9467bd", "libvirt-plain": "#8c564b"}
 
 // PlotRemaining writes an SVG line plot of remaining bytes over time since
 // the migration was issued, one line per run, one colour per system.

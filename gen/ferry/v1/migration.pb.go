@@ -1193,9 +1193,11 @@ type Migration struct {
 	// disks are the VM's local disks this migration mirrors (empty when
 	// every disk is shared).
 	Disks []*MigrationDisk `protobuf:"bytes,80,rep,name=disks,proto3" json:"disks,omitempty"`
-	// disk_bytes_total is the data of the local disks when the mirrors
-	// started; disk_bytes_transferred what the mirrors copied (it includes
-	// what the guest wrote during the mirror).
+	// disk_bytes_total is the data of the local disks: their allocated data
+	// when the mirrors started plus what the guest wrote since (a cold copy:
+	// the images' allocated extents); disk_bytes_transferred the data sent
+	// so far (QEMU's job offsets, at most that data: the offsets count zero
+	// clusters too, which cross the link without payload).
 	DiskBytesTotal       int64 `protobuf:"varint,81,opt,name=disk_bytes_total,json=diskBytesTotal,proto3" json:"disk_bytes_total,omitempty"`
 	DiskBytesTransferred int64 `protobuf:"varint,82,opt,name=disk_bytes_transferred,json=diskBytesTransferred,proto3" json:"disk_bytes_transferred,omitempty"`
 	// disk_uri is the destination's NBD server (host:port).
@@ -1577,7 +1579,8 @@ type MigrationDisk struct {
 	Name             string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Format           string                 `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
 	VirtualSizeBytes int64                  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
-	// allocated_bytes is the image's allocation on the source at the start.
+	// allocated_bytes is the guest data of the image on the source at the
+	// start (qemu-img map's data extents; the image's metadata not counted).
 	AllocatedBytes int64 `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
 	// bytes_transferred is the data its mirror copied.
 	BytesTransferred int64 `protobuf:"varint,5,opt,name=bytes_transferred,json=bytesTransferred,proto3" json:"bytes_transferred,omitempty"`

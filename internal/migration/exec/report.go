@@ -470,11 +470,8 @@ func (r *reporter) disksLocked(out *agentv1.OutgoingStatus) {
 			m.Disks = append(m.Disks, md)
 		}
 		md.State = d.State
-		if d.State == "ready" || d.State == "completed" || d.State == "copying" {
-			// (A cold copy's data bytes are exact while it runs; a mirror's
-			// only once it is in sync.)
-			md.BytesTransferred = max(md.BytesTransferred, d.DataBytes)
-		}
+		// What the disk's mirror (QEMU's job offset) or cold copy sent.
+		md.BytesTransferred = max(md.BytesTransferred, d.DataBytes)
 		if d.StartedAt != nil && d.ReadyAt != nil {
 			md.MirrorMs = d.ReadyAt.AsTime().Sub(d.StartedAt.AsTime()).Milliseconds()
 		}

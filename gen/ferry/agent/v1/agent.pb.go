@@ -2355,8 +2355,9 @@ type LocalDisk struct {
 	// format is qcow2 or raw.
 	Format           string `protobuf:"bytes,2,opt,name=format,proto3" json:"format,omitempty"`
 	VirtualSizeBytes int64  `protobuf:"varint,3,opt,name=virtual_size_bytes,json=virtualSizeBytes,proto3" json:"virtual_size_bytes,omitempty"`
-	// allocated_bytes is what the image holds on the host (sparse files
-	// count only their allocated blocks).
+	// allocated_bytes is the guest data the image holds: the extents
+	// qemu-img map reports as data (a mirror copies at least these; the
+	// image's own metadata, e.g. qcow2 tables, is not counted).
 	AllocatedBytes int64  `protobuf:"varint,4,opt,name=allocated_bytes,json=allocatedBytes,proto3" json:"allocated_bytes,omitempty"`
 	Path           string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields  protoimpl.UnknownFields
@@ -2434,11 +2435,17 @@ type DiskMirror struct {
 	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// state is mirroring, ready, completed, failed or cancelled.
 	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
-	// job_len and job_offset are QEMU's job progress (zero ranges count).
+	// job_len and job_offset are QEMU's job progress: job_offset is what
+	// the job copied (the guest's writes it mirrored included; the target's
+	// initial zeroing not), job_len − job_offset what it still has to copy
+	// (it grows while the guest dirties the disk; 0 before QEMU scanned the
+	// image).
 	JobLen    int64 `protobuf:"varint,3,opt,name=job_len,json=jobLen,proto3" json:"job_len,omitempty"`
 	JobOffset int64 `protobuf:"varint,4,opt,name=job_offset,json=jobOffset,proto3" json:"job_offset,omitempty"`
-	// data_bytes is the data the mirror copies: the image's allocated bytes
-	// when it started plus what the guest wrote since.
+	// data_bytes is the data the mirror (or cold copy) sent so far: the
+	// job's offset, at most the image's data at the start plus what the
+	// guest wrote since (the offset also counts zero clusters, which cross
+	// the link without payload).
 	DataBytes     int64                  `protobuf:"varint,5,opt,name=data_bytes,json=dataBytes,proto3" json:"data_bytes,omitempty"`
 	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	ReadyAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=ready_at,json=readyAt,proto3" json:"ready_at,omitempty"`
