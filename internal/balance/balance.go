@@ -42,6 +42,10 @@ type VM struct {
 	Host      string
 	VCPUs     int
 	MemoryMiB int64
+	// DiskBytes is the space its local disks take: a destination needs it
+	// plus placement.DiskMargin free in its data directory
+	// (Host.DiskFreeBytes), as the migration preflight checks. 0: none.
+	DiskBytes int64
 	// CPUUsed (cores) and RSSMiB are its mean use over the window.
 	CPUUsed float64
 	RSSMiB  float64

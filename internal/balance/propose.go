@@ -205,7 +205,7 @@ func (p *planState) step(cooling map[string]bool) (Proposal, bool) {
 				cooling[vm.Name] = true
 				continue
 			}
-			req := placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, AntiAffinity: vm.AntiAffinity}
+			req := placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, AntiAffinity: vm.AntiAffinity}
 			for _, d := range dsts {
 				if d == s || p.load(d) >= p.load(s) {
 					continue
@@ -269,7 +269,7 @@ func (p *planState) apply(j, s, d int) {
 	p.ucpu[d] += cd
 	p.umem[d] += md
 	vm := p.vms[j]
-	req := placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, AntiAffinity: vm.AntiAffinity}
+	req := placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, AntiAffinity: vm.AntiAffinity}
 	p.hosts[s].Remove(req)
 	p.hosts[d].Place(req)
 	list := p.onHost[s]

@@ -19,8 +19,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 // A script block:
 //
 //	balance TITLE
-//	host NAME cpus=N mem=SIZE [unready]
-//	vm NAME host=H vcpus=N mem=SIZE cpu=CORES rss=SIZE [dirty=RATE] [nonzero=SIZE] [groups=a,b]
+//	host NAME cpus=N mem=SIZE [disk-free=SIZE] [unready]
+//	vm NAME host=H vcpus=N mem=SIZE cpu=CORES rss=SIZE [local-disk=SIZE] [dirty=RATE] [nonzero=SIZE] [groups=a,b]
 //	bw FROM TO RATE
 //	config threshold=F hysteresis=F cooldown=DUR max-moves=N
 //	round at=DUR             plan, print, and apply the proposals
@@ -64,12 +64,13 @@ func runBalance(t *testing.T, header []string) []string {
 		switch f[0] {
 		case "host":
 			_, unready := a["unready"]
-			hosts = append(hosts, Host{Host: placement.Host{Name: f[1], Ready: !unready, CPUs: scripttest.Int(t, a["cpus"]), MemoryMiB: scripttest.Size(t, a["mem"]) >> 20}})
+			hosts = append(hosts, Host{Host: placement.Host{Name: f[1], Ready: !unready, CPUs: scripttest.Int(t, a["cpus"]), MemoryMiB: scripttest.Size(t, a["mem"]) >> 20,
+				DiskFreeBytes: scripttest.Size(t, a["disk-free"])}})
 		case "vm":
 			vms = append(vms, VM{Name: f[1], Host: a["host"], VCPUs: scripttest.Int(t, a["vcpus"]), MemoryMiB: scripttest.Size(t, a["mem"]) >> 20,
 				CPUUsed: scripttest.Float(t, a["cpu"]), RSSMiB: float64(scripttest.Size(t, a["rss"]) >> 20),
 				NonZeroBytes: scripttest.Size(t, a["nonzero"]), DirtyRateBytesPerSec: float64(scripttest.Size(t, a["dirty"])),
-				AntiAffinity: scripttest.List(a["groups"])})
+				AntiAffinity: scripttest.List(a["groups"]), DiskBytes: scripttest.Size(t, a["local-disk"])})
 		case "bw":
 			bw[[2]string{f[1], f[2]}] = float64(scripttest.Size(t, f[3]))
 		case "config":

@@ -55,6 +55,11 @@ type VM struct {
 	VCPUs     int
 	MemoryMiB int64
 	DiskGiB   int64
+	// DiskBytes is the space its local disks take (their allocated size):
+	// a destination needs that plus placement.DiskMargin free in its data
+	// directory (Host.DiskFreeBytes), the rule the migration preflight
+	// applies. 0: it has no local disks.
+	DiskBytes int64
 	// NonZeroBytes is the guest RAM that is not zero (0 = all of it).
 	NonZeroBytes int64
 	// DirtyRateBytesPerSec is its measured dirty rate.
@@ -233,7 +238,7 @@ func PlanDrain(in Input) (Plan, error) {
 
 // request is vm as a placement request.
 func request(vm VM) placement.Request {
-	return placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, DiskGiB: vm.DiskGiB, AntiAffinity: vm.AntiAffinity}
+	return placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, DiskGiB: vm.DiskGiB, DiskBytes: vm.DiskBytes, AntiAffinity: vm.AntiAffinity}
 }
 
 // sharePass predicts every move again at its share of the source's link:
@@ -301,6 +306,7 @@ func placeOne(in Input, hosts []Host, vm VM, parallel, concurrent, maxCand int) 
 	var firstIncompat error
 	incompat, avoided := 0, 0
 	var bestFree int64
+	bestDisk := int64(-1) // most data-directory space free on a compatible host reporting it
 	for i, h := range hosts {
 		if avoid[h.Name] {
 			avoided++
@@ -316,6 +322,9 @@ func placeOne(in Input, hosts []Host, vm VM, parallel, concurrent, maxCand int) 
 			}
 		}
 		bestFree = max(bestFree, h.FreeMemoryMiB())
+		if h.DiskFreeBytes > 0 {
+			bestDisk = max(bestDisk, h.DiskFreeBytes-h.AllocatedDiskBytes)
+		}
 		if r := placement.Check(h.Host, req); r != nil {
 			rejects[r.Kind]++
 			continue
@@ -356,12 +365,12 @@ func placeOne(in Input, hosts []Host, vm VM, parallel, concurrent, maxCand int) 
 		return Move{VM: vm.Name, From: in.Source, To: h.Name, Strategy: d.Strategy, Prediction: d.Prediction, BandwidthBytesPerSec: bw,
 			Reason: fmt.Sprintf("best-scoring host with room (%d candidates); %s", len(cands), d.Reason)}, nil
 	}
-	return Move{}, unplaced(vm, len(hosts), avoided, incompat, firstIncompat, rejects, bestFree, len(cands), noBW, firstNoPlan, in.Source)
+	return Move{}, unplaced(vm, len(hosts), avoided, incompat, firstIncompat, rejects, bestFree, bestDisk, len(cands), noBW, firstNoPlan, in.Source)
 }
 
 // unplaced chooses the reason a VM found no destination: the last hurdle
 // the most hosts passed.
-func unplaced(vm VM, hosts, avoided, incompat int, firstIncompat error, rejects map[placement.RejectKind]int, bestFree int64, cands, noBW int, noPlan error, src string) *Unplaced {
+func unplaced(vm VM, hosts, avoided, incompat int, firstIncompat error, rejects map[placement.RejectKind]int, bestFree, bestDisk int64, cands, noBW int, noPlan error, src string) *Unplaced {
 	u := &Unplaced{VM: vm.Name}
 	switch {
 	case cands > 0 && noPlan != nil:
@@ -401,6 +410,12 @@ func unplaced(vm VM, hosts, avoided, incompat int, firstIncompat error, rejects 
 			u.Reason = ReasonDisk
 			u.Detail = fmt.Sprintf("needs %d GiB of local disk; %d of %d compatible hosts lack it", vm.DiskGiB, n, compatible)
 			u.Help = "free local disk on a compatible host, or add one"
+			if vm.DiskBytes > 0 && bestDisk >= 0 {
+				margin := placement.DiskMargin(vm.DiskBytes)
+				u.Detail = fmt.Sprintf("local disks take %d MiB, + %d MiB margin = %d MiB; %d of %d compatible hosts lack the space in their data directory (most free: %d MiB)",
+					vm.DiskBytes>>20, margin>>20, (vm.DiskBytes+margin)>>20, n, compatible, max(bestDisk, 0)>>20)
+				u.Help = fmt.Sprintf("free %d MiB in a compatible host's data directory, or add one", (vm.DiskBytes+margin-max(bestDisk, 0)+(1<<20)-1)>>20)
+			}
 		default:
 			u.Reason = ReasonAntiAffinity
 			u.Detail = fmt.Sprintf("groups %v: %d of %d compatible hosts already run a VM of its group", vm.AntiAffinity, n, compatible)

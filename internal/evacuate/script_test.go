@@ -22,9 +22,9 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //
 //	drain TITLE
 //	source HOST
-//	host NAME cpus=N mem=SIZE [disk=SIZE] [vcpus-used=N] [mem-used=SIZE] [disk-used=SIZE]
+//	host NAME cpus=N mem=SIZE [disk=SIZE] [vcpus-used=N] [mem-used=SIZE] [disk-used=SIZE] [disk-free=SIZE]
 //	     [groups=a,b] [unschedulable] [health=H] [machines=m1,m2] [cpu-models=c1,c2]
-//	vm NAME vcpus=N mem=SIZE [disk=SIZE] [nonzero=SIZE] [dirty=SIZE/s] [groups=a,b]
+//	vm NAME vcpus=N mem=SIZE [disk=SIZE] [local-disk=SIZE] [nonzero=SIZE] [dirty=SIZE/s] [groups=a,b]
 //	   [labels=k=v,...] [machine=M] [cpu=C]
 //	bw FROM TO RATE            (FROM or TO may be * for any)
 //	policy cluster|vm NAME|label K=V key=value...
@@ -45,7 +45,8 @@ func parseHost(t *testing.T, f []string) Host {
 	a := scripttest.KV(f[2:])
 	h := Host{Host: placement.Host{Name: f[1], CPUs: scripttest.Int(t, a["cpus"]), MemoryMiB: scripttest.Size(t, a["mem"]) >> 20,
 		DiskGiB: scripttest.Size(t, a["disk"]) >> 30, AllocatedVCPUs: scripttest.Int(t, a["vcpus-used"]),
-		AllocatedMemoryMiB: scripttest.Size(t, a["mem-used"]) >> 20, AllocatedDiskGiB: scripttest.Size(t, a["disk-used"]) >> 30},
+		AllocatedMemoryMiB: scripttest.Size(t, a["mem-used"]) >> 20, AllocatedDiskGiB: scripttest.Size(t, a["disk-used"]) >> 30,
+		DiskFreeBytes: scripttest.Size(t, a["disk-free"])},
 		Schedulable: true, Health: Healthy}
 	if _, ok := a["unschedulable"]; ok {
 		h.Schedulable = false
@@ -75,7 +76,7 @@ func parseHost(t *testing.T, f []string) Host {
 func parseVM(t *testing.T, f []string) VM {
 	a := scripttest.KV(f[2:])
 	vm := VM{Name: f[1], VCPUs: scripttest.Int(t, a["vcpus"]), MemoryMiB: scripttest.Size(t, a["mem"]) >> 20, DiskGiB: scripttest.Size(t, a["disk"]) >> 30,
-		NonZeroBytes: scripttest.Size(t, a["nonzero"]), DirtyRateBytesPerSec: float64(scripttest.Size(t, a["dirty"])),
+		DiskBytes: scripttest.Size(t, a["local-disk"]), NonZeroBytes: scripttest.Size(t, a["nonzero"]), DirtyRateBytesPerSec: float64(scripttest.Size(t, a["dirty"])),
 		AntiAffinity: scripttest.List(a["groups"]), Needs: qemucaps.VMNeeds{MachineType: a["machine"], CPUModel: a["cpu"]}}
 	for _, l := range scripttest.List(a["labels"]) {
 		k, v, _ := strings.Cut(l, ":")

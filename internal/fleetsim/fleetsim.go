@@ -72,11 +72,16 @@ var (
 	memWeight = []int{20, 30, 25, 15, 7, 3}
 )
 
+// HostDiskBytes is a fake host's data directory size (4 TiB).
+const HostDiskBytes = 4 << 40
+
 // New builds a fake fleet of hosts hosts and vms VMs from seed. Hosts have
 // 64 or 96 CPUs and 512 or 768 GiB; 60% run the newer fake QEMU. VM sizes
 // follow memGiB/memWeight, non-zero RAM is 20–90% of it, dirty rates are
 // log-normal (median 8 MiB/s, capped at 1 GiB/s), CPU use 5–80% of the
-// vCPUs; 10% of VMs are in anti-affinity groups of three. Placement is
+// vCPUs; local disks of 20 GiB + 2 GiB per GiB of RAM are 30–90%
+// allocated against 4 TiB per host (reported free space, as agents do);
+// 10% of VMs are in anti-affinity groups of three. Placement is
 // skewed (hosts get log-normal weights), so the fleet starts imbalanced.
 func New(seed uint64, hosts, vms int) *FakeFleet {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
@@ -85,7 +90,7 @@ func New(seed uint64, hosts, vms int) *FakeFleet {
 	var wsum float64
 	for i := 0; i < hosts; i++ {
 		name := fmt.Sprintf("fake-host-%04d", i)
-		h := evacuate.Host{Host: placement.Host{Name: name, Ready: true, CPUs: 64, MemoryMiB: 512 << 10, DiskGiB: 4096}, Schedulable: true, Health: evacuate.Healthy}
+		h := evacuate.Host{Host: placement.Host{Name: name, Ready: true, CPUs: 64, MemoryMiB: 512 << 10, DiskFreeBytes: HostDiskBytes}, Schedulable: true, Health: evacuate.Healthy}
 		if r.IntN(10) < 3 {
 			h.CPUs, h.MemoryMiB = 96, 768<<10
 		}
@@ -111,9 +116,13 @@ func New(seed uint64, hosts, vms int) *FakeFleet {
 	group := 0
 	for j := 0; j < vms; j++ {
 		mem := memGiB[weighted(r, memWeight)]
-		vm := FakeVM{VM: evacuate.VM{Name: fmt.Sprintf("fake-vm-%05d", j), MemoryMiB: mem << 10, DiskGiB: 20 + mem*2}}
+		vm := FakeVM{VM: evacuate.VM{Name: fmt.Sprintf("fake-vm-%05d", j), MemoryMiB: mem << 10}}
 		vm.VCPUs = int(max(1, min(16, mem/4))) * (1 + r.IntN(2))
-		vm.NonZeroBytes = int64(float64(mem<<30) * (0.2 + 0.7*r.Float64()))
+		used := 0.2 + 0.7*r.Float64()
+		vm.NonZeroBytes = int64(float64(mem<<30) * used)
+		// Local disks of 20 GiB + 2 GiB per GiB of RAM, allocated as much
+		// as the guest uses its RAM (30-90 %).
+		vm.DiskBytes = int64(float64((20+mem*2)<<30) * (0.3 + 0.6*(used-0.2)/0.7))
 		vm.DirtyRateBytesPerSec = min(float64(1<<30), 8*(1<<20)*math.Exp(r.NormFloat64()*1.2))
 		vm.CPUUsed = float64(vm.VCPUs) * (0.05 + 0.75*r.Float64())
 		vm.RSSMiB = float64(vm.NonZeroBytes >> 20)
@@ -130,7 +139,7 @@ func New(seed uint64, hosts, vms int) *FakeFleet {
 		if j%10 < 1 {
 			vm.AntiAffinity = []string{fmt.Sprintf("fake-group-%04d", group)}
 		}
-		req := placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, DiskGiB: vm.DiskGiB, AntiAffinity: vm.AntiAffinity}
+		req := placement.Request{VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB, DiskBytes: vm.DiskBytes, AntiAffinity: vm.AntiAffinity}
 		for try := 0; try < 100; try++ {
 			h := &f.Hosts[pick()]
 			if placement.Check(h.Host, req) != nil || qemucaps.CheckDestination(h.Name, *h.Caps, vm.Needs) != nil {
@@ -144,6 +153,10 @@ func New(seed uint64, hosts, vms int) *FakeFleet {
 			continue // the fleet is full for it: leave it out
 		}
 		f.VMs = append(f.VMs, vm)
+	}
+	for i := range f.Hosts { // what an agent reports: free space after its VMs' disks
+		h := &f.Hosts[i].Host
+		h.DiskFreeBytes, h.AllocatedDiskBytes = h.DiskFreeBytes-h.AllocatedDiskBytes, 0
 	}
 	return f
 }
@@ -209,7 +222,7 @@ func (f *FakeFleet) BalanceInput() balance.Inputs {
 		h.MemUsedMiB += vm.RSSMiB
 		in.VMs = append(in.VMs, balance.VM{Name: vm.Name, Host: vm.Host, VCPUs: vm.VCPUs, MemoryMiB: vm.MemoryMiB,
 			CPUUsed: vm.CPUUsed, RSSMiB: vm.RSSMiB, NonZeroBytes: vm.NonZeroBytes, DirtyRateBytesPerSec: vm.DirtyRateBytesPerSec,
-			AntiAffinity: vm.AntiAffinity, Labels: vm.Labels, Needs: vm.Needs})
+			AntiAffinity: vm.AntiAffinity, Labels: vm.Labels, Needs: vm.Needs, DiskBytes: vm.DiskBytes})
 	}
 	return in
 }

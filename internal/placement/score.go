@@ -38,9 +38,10 @@ func Check(h Host, req Request) *Reject {
 		return &Reject{RejectVCPUs, fmt.Sprintf("%d vCPUs allocated on %d CPUs, limit %dx", h.AllocatedVCPUs, h.CPUs, MaxVCPUOvercommit)}
 	case h.DiskGiB > 0 && h.AllocatedDiskGiB+req.DiskGiB > h.DiskGiB:
 		return &Reject{RejectDisk, fmt.Sprintf("%d GiB disk free, need %d", max(h.DiskGiB-h.AllocatedDiskGiB, 0), req.DiskGiB)}
-	case h.DiskFreeBytes > 0 && req.DiskBytes > 0 && req.DiskBytes+DiskMargin(req.DiskBytes) > h.DiskFreeBytes-h.AllocatedDiskBytes:
-		return &Reject{RejectDisk, fmt.Sprintf("%d MiB free in its data directory, need %d MiB for the local disks + %d MiB margin",
-			max(h.DiskFreeBytes-h.AllocatedDiskBytes, 0)>>20, req.DiskBytes>>20, DiskMargin(req.DiskBytes)>>20)}
+	case h.DiskFreeBytes > 0:
+		if r := CheckDiskRoom(h.DiskFreeBytes-h.AllocatedDiskBytes, req.DiskBytes); r != nil {
+			return r
+		}
 	}
 	for _, g := range req.AntiAffinity {
 		if h.Groups[g] > 0 {
@@ -48,6 +49,19 @@ func Check(h Host, req Request) *Reject {
 		}
 	}
 	return nil
+}
+
+// CheckDiskRoom says whether a data directory with freeBytes free can
+// take local disks of diskBytes (their allocated size) plus DiskMargin;
+// nil means it can (and always for diskBytes 0). It is the one rule for
+// placement, the evacuation planner, the balancer and the migration
+// preflight.
+func CheckDiskRoom(freeBytes, diskBytes int64) *Reject {
+	if diskBytes <= 0 || diskBytes+DiskMargin(diskBytes) <= freeBytes {
+		return nil
+	}
+	return &Reject{RejectDisk, fmt.Sprintf("%d MiB free in its data directory, need %d MiB for the local disks + %d MiB margin",
+		max(freeBytes, 0)>>20, diskBytes>>20, DiskMargin(diskBytes)>>20)}
 }
 
 // Score ranks a host that passed Check for req: higher is better. It is

@@ -62,7 +62,8 @@ func (c balanceCluster) Inputs(ctx context.Context) (balance.Inputs, []balance.V
 		byName[h.Name] = h
 		a := alloc[h.Name]
 		bh := balance.Host{Host: placement.Host{Name: h.Name, Ready: schedulable(h) && h.MigrationIp != "", CPUs: int(h.GetCapacity().GetCpus()),
-			MemoryMiB: h.GetCapacity().GetMemoryMib(), AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name]}}
+			MemoryMiB: h.GetCapacity().GetMemoryMib(), AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name],
+			DiskFreeBytes: h.GetCapacity().GetDiskFreeBytes()}}
 		if caps, ok := qemucaps.FromProto(h.GetQemu()); ok {
 			bh.Caps = &caps
 		}
@@ -75,7 +76,8 @@ func (c balanceCluster) Inputs(ctx context.Context) (balance.Inputs, []balance.V
 			continue
 		}
 		bv := balance.VM{Name: vm.Spec.GetName(), Host: vm.Host, VCPUs: int(vm.Spec.GetVcpus()), MemoryMiB: vm.Spec.GetMemoryMib(),
-			AntiAffinity: vm.Spec.GetAntiAffinity(), Labels: vm.Spec.GetLabels(), Needs: vmNeeds(vm.Spec, h)}
+			AntiAffinity: vm.Spec.GetAntiAffinity(), Labels: vm.Spec.GetLabels(), Needs: vmNeeds(vm.Spec, h),
+			DiskBytes: newDiskBytes(vm.Spec)} // the spec's sizes (no agent call per VM here): at least what sparse disks hold
 		if vm.Accel != "" {
 			bv.Needs.Accel = vm.Accel
 		}

@@ -206,7 +206,8 @@ func (c drainCluster) PlanInput(ctx context.Context, host string, names []string
 		a := alloc[h.Name]
 		eh := evacuate.Host{
 			Host: placement.Host{Name: h.Name, CPUs: int(h.GetCapacity().GetCpus()), MemoryMiB: h.GetCapacity().GetMemoryMib(),
-				AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name]},
+				AllocatedVCPUs: a.VCPUs, AllocatedMemoryMiB: a.MemoryMiB, Groups: groups[h.Name],
+				DiskFreeBytes: h.GetCapacity().GetDiskFreeBytes()},
 			Schedulable: h.State == "ready" && !h.Maintenance, Health: hostHealth(h),
 		}
 		if caps, ok := qemucaps.FromProto(h.GetQemu()); ok {
@@ -233,7 +234,10 @@ func (c drainCluster) PlanInput(ctx context.Context, host string, names []string
 			continue
 		}
 		ev := evacuate.VM{Name: vm.Spec.GetName(), VCPUs: int(vm.Spec.GetVcpus()), MemoryMiB: vm.Spec.GetMemoryMib(),
-			AntiAffinity: vm.Spec.GetAntiAffinity(), Labels: vm.Spec.GetLabels()}
+			AntiAffinity: vm.Spec.GetAntiAffinity(), Labels: vm.Spec.GetLabels(),
+			// The spec's disk sizes until the source agent reports the
+			// allocated ones (below): the figure the preflight checks.
+			DiskBytes: newDiskBytes(vm.Spec)}
 		if len(dests) > 0 {
 			ev.Needs = vmNeeds(vm.Spec, dests[0])
 			if vm.Accel != "" {
@@ -249,6 +253,14 @@ func (c drainCluster) PlanInput(ctx context.Context, host string, names []string
 			defer wg.Done()
 			mctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 			defer cancel()
+			if disks, err := s.localDisks(mctx, vm, src, ""); err == nil {
+				ev.DiskBytes = 0
+				for _, d := range disks {
+					ev.DiskBytes += d.AllocatedBytes
+				}
+			} else {
+				s.log.Warn("evacuation plan: local disks; planning with their spec sizes", "vm", ev.Name, "err", err)
+			}
 			m, err := s.agents.get(src.Address).mig.Measure(mctx, connect.NewRequest(&agentv1.MeasureRequest{
 				Name: ev.Name, Seconds: 1, MaxAgeMs: planDirtyMaxAge.Milliseconds(), MaxRamAgeMs: planRAMMaxAge.Milliseconds()}))
 			if err == nil {

@@ -342,8 +342,11 @@ func checkDiskRoom(vm *ferryv1.VM, dst *ferryv1.Host, disks []*ferryv1.Migration
 	for _, d := range disks {
 		need += d.AllocatedBytes
 	}
-	h := placement.Host{Name: dst.Name, Ready: true, CPUs: 1, MemoryMiB: placement.ReservedMiB, DiskFreeBytes: dst.GetCapacity().GetDiskFreeBytes()}
-	if r := placement.Check(h, placement.Request{DiskBytes: need}); r != nil && r.Kind == placement.RejectDisk {
+	free := dst.GetCapacity().GetDiskFreeBytes()
+	if free <= 0 {
+		return nil // not reported: not checked
+	}
+	if r := placement.CheckDiskRoom(free, need); r != nil {
 		return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("destination host %s cannot take VM %s's %d local disk(s): %s (free space there, or choose another host)", dst.Name, vm.Spec.GetName(), len(disks), r.Detail))
 	}
 	return nil
