@@ -420,7 +420,9 @@ func (a *Agent) report(advertise string) *ferryv1.Host {
 	if a.cfg.Accel != "auto" {
 		h.Accel = a.cfg.Accel
 	}
-	h.AgentFeatures = []string{pki.FeatureTLSStreams} // every stream on TLS unless insecureTransport
+	// Every stream on TLS unless insecureTransport; QEMU on stream
+	// certificates, never the agent's own.
+	h.AgentFeatures = []string{pki.FeatureTLSStreams, pki.FeatureQEMUStreamCert}
 	h.Health = health.Healthy
 	if a.health != nil {
 		h.Health, h.HealthDetail = a.health.Verdict()

@@ -150,8 +150,8 @@ func startTestAgent(t *testing.T, rt *fakeRuntime, dir string) *testAgent {
 // pair takes a while).
 var testCA = sync.OnceValues(func() (*pki.CA, error) { return pki.NewCA("test") })
 
-// giveTestIdentity saves a certificate for a's host from testCA, as a join
-// would, so migrations can have encrypted streams.
+// giveTestIdentity saves an agent and a stream certificate for a's host
+// from testCA, as a join would, so migrations can have encrypted streams.
 func giveTestIdentity(t *testing.T, a *Agent) {
 	t.Helper()
 	ca, err := testCA()
@@ -163,6 +163,13 @@ func giveTestIdentity(t *testing.T, a *Agent) {
 		t.Fatal(err)
 	}
 	if err := a.saveIdentity(ca.CertPEM, cert, key); err != nil {
+		t.Fatal(err)
+	}
+	scert, skey, err := ca.IssueKeyPair(pki.KindQEMU, a.cfg.Name, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.takeStream(ca.CertPEM, scert, skey); err != nil {
 		t.Fatal(err)
 	}
 	id, err := a.savedIdentity()

@@ -19,12 +19,16 @@ import (
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 )
 
-// Files of the agent's identity, in DATA/pki.
+// Files of the agent's identity, in DATA/pki: its agent certificate
+// (the agent's own: API, heartbeats, cold disk copy) and the host's
+// stream certificate (pki.KindQEMU: the only one QEMU gets).
 const (
 	pkiDir       = "pki"
 	agentCert    = "agent.crt"
 	agentKey     = "agent.key"
 	agentCACert  = "ca.crt"
+	streamCert   = "stream.crt"
+	streamKey    = "stream.key"
 	renewAtRatio = 2.0 / 3
 )
 
@@ -134,12 +138,16 @@ func (a *Agent) join(ctx context.Context, token string) (*identity, error) {
 	if err != nil {
 		return nil, err
 	}
+	streamCSR, streamKeyPEM, err := pki.NewCSR(a.cfg.Name)
+	if err != nil {
+		return nil, err
+	}
 	var lastErr error
 	for _, srv := range failover.Split(a.cfg.Server) {
 		var seen *x509.Certificate
 		hc, base := rpcaddr.ClientWith(srv, &rpcaddr.Credentials{TLS: pki.PinnedTLS(fp, &seen)})
 		jctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		resp, err := ferryv1connect.NewAuthServiceClient(hc, base).Join(jctx, connect.NewRequest(&ferryv1.JoinRequest{Token: token, Host: a.cfg.Name, Csr: csr}))
+		resp, err := ferryv1connect.NewAuthServiceClient(hc, base).Join(jctx, connect.NewRequest(&ferryv1.JoinRequest{Token: token, Host: a.cfg.Name, Csr: csr, StreamCsr: streamCSR}))
 		cancel()
 		if err != nil {
 			lastErr = fmt.Errorf("join through %s: %w", srv, err)
@@ -158,21 +166,32 @@ func (a *Agent) join(ctx context.Context, token string) (*identity, error) {
 		if err := a.saveIdentity(resp.Msg.Ca, resp.Msg.Certificate, key); err != nil {
 			return nil, fmt.Errorf("save the agent certificate: %w", err)
 		}
+		if err := a.takeStream(resp.Msg.Ca, resp.Msg.StreamCertificate, streamKeyPEM); err != nil {
+			return nil, fmt.Errorf("join: %w", err)
+		}
 		a.log.Info("joined the cluster", "ca_fingerprint", pki.Fingerprint(id.ca), "expires", id.kp.Leaf().NotAfter.UTC().Format(time.RFC3339))
 		return id, nil
 	}
 	return nil, lastErr
 }
 
-// renewLoop renews the certificate once two thirds of its lifetime have
-// passed; a failed renewal is retried every minute until it expires.
+// renewLoop renews the certificate (and the host's stream certificate
+// with it) once two thirds of its lifetime have passed; a failed renewal
+// is retried every minute until it expires. An agent without a valid
+// stream certificate (upgraded from a version without them) renews once
+// at start to get one.
 func (a *Agent) renewLoop(ctx context.Context, id *identity) {
+	streamAsked := false
 	for {
 		leaf := id.kp.Leaf()
 		life := leaf.NotAfter.Sub(leaf.NotBefore)
 		wait := time.Until(leaf.NotBefore.Add(time.Duration(float64(life) * renewAtRatio)))
 		if leaf.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
 			wait = 0 // issued before QEMU's streams used it: QEMU would refuse it
+		}
+		if _, _, err := a.savedStream(); err != nil && !streamAsked {
+			a.log.Info("no valid stream certificate; renewing now to get one", "reason", err)
+			wait, streamAsked = 0, true
 		}
 		select {
 		case <-ctx.Done():
@@ -195,10 +214,14 @@ func (a *Agent) renew(ctx context.Context, id *identity) error {
 	if err != nil {
 		return err
 	}
+	streamCSR, streamKeyPEM, err := pki.NewCSR(a.cfg.Name)
+	if err != nil {
+		return err
+	}
 	hc, base := failover.Client(a.cfg.Server)
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	resp, err := ferryv1connect.NewAuthServiceClient(hc, base).Renew(rctx, connect.NewRequest(&ferryv1.RenewRequest{Csr: csr}))
+	resp, err := ferryv1connect.NewAuthServiceClient(hc, base).Renew(rctx, connect.NewRequest(&ferryv1.RenewRequest{Csr: csr, StreamCsr: streamCSR}))
 	if err != nil {
 		return fmt.Errorf("renew: %w", err)
 	}
@@ -211,8 +234,88 @@ func (a *Agent) renew(ctx context.Context, id *identity) error {
 	if err := id.kp.Set(resp.Msg.Certificate, key, resp.Msg.Ca); err != nil {
 		return err
 	}
+	if err := a.takeStream(resp.Msg.Ca, resp.Msg.StreamCertificate, streamKeyPEM); err != nil {
+		return fmt.Errorf("renew: %w", err)
+	}
 	a.log.Info("certificate renewed", "expires", id.kp.Leaf().NotAfter.UTC().Format(time.RFC3339))
 	return nil
+}
+
+// ErrNoStreamCert: the host has no valid stream certificate, so its QEMU
+// cannot take part in an encrypted stream (it never gets the agent's own
+// certificate instead).
+var ErrNoStreamCert = errors.New("host has no stream certificate")
+
+// takeStream checks and saves the stream certificate a join or renewal
+// returned for keyPEM; a server older than stream certificates returns
+// none, which is logged (the old one, if any, stays until it expires).
+func (a *Agent) takeStream(caPEM, certPEM, keyPEM []byte) error {
+	if len(certPEM) == 0 {
+		a.log.Warn("the server issued no stream certificate (a server older than this agent?): encrypted migrations of this host fail until it does; upgrade the servers")
+		return nil
+	}
+	if err := a.checkStream(certPEM, keyPEM, caPEM); err != nil {
+		return fmt.Errorf("the stream certificate received: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(a.cfg.DataDir, pkiDir), 0o700); err != nil {
+		return fmt.Errorf("save the stream certificate: %w", err)
+	}
+	if err := pki.WriteFile(a.pkiPath(streamKey), keyPEM, 0o600); err != nil {
+		return fmt.Errorf("save the stream key: %w", err)
+	}
+	if err := pki.WriteFile(a.pkiPath(streamCert), certPEM, 0o644); err != nil {
+		return fmt.Errorf("save the stream certificate: %w", err)
+	}
+	return nil
+}
+
+// checkStream verifies a stream certificate: it matches keyPEM, chains to
+// caPEM, is of kind pki.KindQEMU for this host, has not expired and has
+// the key encipherment QEMU (GnuTLS) needs.
+func (a *Agent) checkStream(certPEM, keyPEM, caPEM []byte) error {
+	kp, err := pki.NewKeypair(certPEM, keyPEM, caPEM)
+	if err != nil {
+		return err
+	}
+	ca, err := pki.ParseCert(caPEM)
+	if err != nil {
+		return fmt.Errorf("cluster CA: %w", err)
+	}
+	leaf := kp.Leaf()
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("not issued by the cluster CA: %w", err)
+	}
+	if got := pki.IdentityOf(leaf); got.Kind != pki.KindQEMU || got.Name != a.cfg.Name {
+		return fmt.Errorf("stream certificate is %s, not %s/%s", got, pki.KindQEMU, a.cfg.Name)
+	}
+	if time.Now().After(leaf.NotAfter) {
+		return fmt.Errorf("stream certificate expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if leaf.KeyUsage&x509.KeyUsageKeyEncipherment == 0 {
+		return errors.New("stream certificate lacks key encipherment (QEMU refuses it)")
+	}
+	return nil
+}
+
+// savedStream returns the host's stream certificate and key as saved in
+// DATA/pki, checked (checkStream) against the saved cluster CA.
+func (a *Agent) savedStream() (certPEM, keyPEM []byte, err error) {
+	caPEM, err := os.ReadFile(a.pkiPath(agentCACert))
+	if err != nil {
+		return nil, nil, err
+	}
+	if certPEM, err = os.ReadFile(a.pkiPath(streamCert)); err != nil {
+		return nil, nil, err
+	}
+	if keyPEM, err = os.ReadFile(a.pkiPath(streamKey)); err != nil {
+		return nil, nil, err
+	}
+	if err := a.checkStream(certPEM, keyPEM, caPEM); err != nil {
+		return nil, nil, err
+	}
+	return certPEM, keyPEM, nil
 }
 
 // readSecret returns s, or the trimmed contents of file F when s is "@F"
@@ -231,20 +334,19 @@ func readSecret(s string) (string, error) {
 // ErrNoIdentity: the agent has no certificate yet (Run has not joined).
 var ErrNoIdentity = errors.New("agent has no certificate")
 
-// identityPEM returns the cluster CA, the agent's certificate and its key
-// as saved in DATA/pki (what QEMU's TLS credentials are made of).
-func (a *Agent) identityPEM() (caPEM, certPEM, keyPEM []byte, err error) {
+// streamPEM returns the cluster CA and the host's stream certificate and
+// key as saved in DATA/pki: what QEMU's TLS credentials are made of
+// (never the agent's own key). Without a valid stream certificate it
+// fails with ErrNoStreamCert and the reason.
+func (a *Agent) streamPEM() (caPEM, certPEM, keyPEM []byte, err error) {
 	if a.ident.Load() == nil {
 		return nil, nil, nil, ErrNoIdentity
 	}
 	if caPEM, err = os.ReadFile(a.pkiPath(agentCACert)); err != nil {
 		return nil, nil, nil, err
 	}
-	if certPEM, err = os.ReadFile(a.pkiPath(agentCert)); err != nil {
-		return nil, nil, nil, err
-	}
-	if keyPEM, err = os.ReadFile(a.pkiPath(agentKey)); err != nil {
-		return nil, nil, nil, err
+	if certPEM, keyPEM, err = a.savedStream(); err != nil {
+		return nil, nil, nil, fmt.Errorf("%w (%w): the agent asks for one when it starts and at every renewal; is the server older than this agent?", ErrNoStreamCert, err)
 	}
 	return caPEM, certPEM, keyPEM, nil
 }

@@ -100,6 +100,22 @@ func TestJoinRenewAndTakenName(t *testing.T) {
 	if fi, err := os.Stat(a.pkiPath(agentKey)); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("agent key: %v mode %v", err, fi.Mode().Perm())
 	}
+	// The join brought the host's stream certificate too: its own key
+	// (mode 0600), kind ferry-qemu, this host's name.
+	scert, skey, err := a.savedStream()
+	if err != nil {
+		t.Fatalf("stream certificate after the join: %v", err)
+	}
+	akey, _ := os.ReadFile(a.pkiPath(agentKey))
+	if string(skey) == string(akey) {
+		t.Fatal("the stream key is the agent's key")
+	}
+	if fi, err := os.Stat(a.pkiPath(streamKey)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("stream key: %v mode %v", err, fi.Mode().Perm())
+	}
+	if c, _ := pki.ParseCert(scert); pki.IdentityOf(c) != (pki.Identity{Kind: pki.KindQEMU, Name: "h1"}) {
+		t.Fatalf("stream certificate is %s", pki.IdentityOf(c))
+	}
 	// Restarted: the saved certificate is used, the spent token is not needed.
 	again, err := newAgent("h1", "h1").loadIdentity(ctx)
 	if err != nil || pki.Fingerprint(again.kp.Leaf()) != pki.Fingerprint(id.kp.Leaf()) {
@@ -120,7 +136,12 @@ func TestJoinRenewAndTakenName(t *testing.T) {
 	if _, err := newAgent("h1", "h1-impostor").loadIdentity(ctx); err == nil || connect.CodeOf(err) != connect.CodeAlreadyExists {
 		t.Fatalf("second agent named h1: %v, want already_exists", err)
 	}
-	// Renewal at two thirds of the 3 s lifetime.
+	// An agent upgraded from a version without stream certificates (none
+	// saved) renews at once to get one; then at two thirds of the 3 s
+	// lifetime.
+	if err := os.Remove(a.pkiPath(streamCert)); err != nil {
+		t.Fatal(err)
+	}
 	rpcaddr.SetCredentials(&rpcaddr.Credentials{TLS: pki.ClientTLS(ca.Pool(), id.kp, pki.KindServer)})
 	first := id.kp.Leaf()
 	rctx, rstop := context.WithCancel(ctx)
@@ -139,5 +160,17 @@ func TestJoinRenewAndTakenName(t *testing.T) {
 	saved, err := a.savedIdentity()
 	if err != nil || pki.Fingerprint(saved.kp.Leaf()) != pki.Fingerprint(renewed) {
 		t.Fatalf("renewed certificate not saved: %v", err)
+	}
+	var rcert []byte
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if rcert, _, err = a.savedStream(); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("no stream certificate after the renewal: %v", err)
+	}
+	if c, _ := pki.ParseCert(rcert); pki.IdentityOf(c) != (pki.Identity{Kind: pki.KindQEMU, Name: "h1"}) || !c.NotAfter.After(first.NotAfter) {
+		t.Fatalf("renewed stream certificate %s until %s", pki.IdentityOf(c), c.NotAfter)
 	}
 }

@@ -43,8 +43,10 @@ func transport(insecure bool) string {
 }
 
 // streamTLS gives the VM's QEMU the credentials of its endpoint of an
-// encrypted stream to host peer: it writes the agent's certificate, key
-// and the cluster CA (mode 0600) into a directory of the VM's own, adds
+// encrypted stream to host peer: it writes the host's stream certificate
+// and key (pki.KindQEMU; never the agent's own key, which authenticates
+// the agent to the server) and the cluster CA (mode 0600) into a
+// directory of the VM's own, adds
 // the tls-creds-x509 object (and, listening, the authz object admitting
 // only peer) and removes the directory again on every path: QEMU reads
 // the files while adding the object and never again.
@@ -57,7 +59,10 @@ func (v *vm) streamTLS(ctx context.Context, mon *qmp.Monitor, peer string, ep qe
 	if !spec.IsDNSLabel(peer) {
 		return qemutls.Creds{}, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: must be a DNS label (a host name), got %q", field, peer))
 	}
-	caPEM, certPEM, keyPEM, err := v.a.identityPEM()
+	caPEM, certPEM, keyPEM, err := v.a.streamPEM()
+	if errors.Is(err, ErrNoStreamCert) {
+		return qemutls.Creds{}, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("stream TLS credentials of host %s: %w", v.a.cfg.Name, err))
+	}
 	if err != nil {
 		return qemutls.Creds{}, fmt.Errorf("stream TLS credentials: %w", err)
 	}

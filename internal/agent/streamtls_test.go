@@ -8,8 +8,11 @@ import (
 	"strings"
 	"testing"
 
+	"time"
+
 	"connectrpc.com/connect"
 	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qmp/qmptest"
 )
 
@@ -55,7 +58,7 @@ func TestOutgoingStreamOnTLSByDefault(t *testing.T) {
 	}
 }
 
-// The destination listens on TLS admitting only the source host's
+// The destination listens on TLS admitting only the source host's stream
 // certificate, and says so.
 func TestIncomingStreamOnTLSAdmitsOnlyTheSource(t *testing.T) {
 	ta := newTestAgent(t)
@@ -71,7 +74,7 @@ func TestIncomingStreamOnTLSAdmitsOnlyTheSource(t *testing.T) {
 		t.Errorf("credentials object %v", obj)
 	}
 	authz := q.Object(streamTLSID + "-authz")
-	if authz == nil || authz["qom-type"] != "authz-simple" || authz["identity"] != "O=ferry,OU=ferry-agent,CN=h1" {
+	if authz == nil || authz["qom-type"] != "authz-simple" || authz["identity"] != "O=ferry,OU=ferry-qemu,CN=h1" {
 		t.Errorf("authz object %v", authz)
 	}
 	if c, z := param(t, q, "tls-creds"), param(t, q, "tls-authz"); c != streamTLSID || z != streamTLSID+"-authz" {
@@ -139,4 +142,99 @@ func TestStreamTLSReplacesAnEarlierMigrationsCredentials(t *testing.T) {
 		t.Errorf("credentials dir %q after %q: want a new object", second, first)
 	}
 	noTLSDirs(t, ta, "web")
+}
+
+// QEMU gets the host's stream certificate and key, never the agent's own
+// key: on both endpoints the files the credentials object read are the
+// stream pair (kind ferry-qemu, this host), and no file holds the agent's
+// key.
+func TestQEMUGetsTheStreamPairNotTheAgentKey(t *testing.T) {
+	ta := newTestAgent(t)
+	agentKeyPEM, err := os.ReadFile(ta.a.pkiPath(agentKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	streamKeyPEM, err := os.ReadFile(ta.a.pkiPath(streamKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(agentKeyPEM) == string(streamKeyPEM) {
+		t.Fatal("the stream key is the agent's key")
+	}
+	if fi, err := os.Stat(ta.a.pkiPath(streamKey)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("stream key: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	}
+	out := leaving(t, ta, "web", "m1")
+	if _, err := ta.mig.PrepareIncoming(testCtx(t), connect.NewRequest(&agentv1.PrepareIncomingRequest{SourceHost: "h2", Spec: testSpec(t, "db"), MigrationId: "m2"})); err != nil {
+		t.Fatal(err)
+	}
+	in := ta.rt.qemuOf(ta.dir, "db")
+	for _, c := range []struct {
+		side      string
+		q         *qmptest.FakeQEMU
+		cert, key string
+	}{{"source", out, "client-cert.pem", "client-key.pem"}, {"destination", in, "server-cert.pem", "server-key.pem"}} {
+		files := c.q.CredentialFiles(streamTLSID)
+		if files == nil {
+			t.Fatalf("%s: no credentials read", c.side)
+		}
+		if string(files[c.key]) != string(streamKeyPEM) {
+			t.Errorf("%s: QEMU's key is not the stream key", c.side)
+		}
+		for f, b := range files {
+			if strings.Contains(string(b), string(agentKeyPEM)) {
+				t.Errorf("%s: %s holds the agent's identity key", c.side, f)
+			}
+		}
+		cert, err := pki.ParseCert(files[c.cert])
+		if err != nil {
+			t.Fatalf("%s: %v", c.side, err)
+		}
+		if got := pki.IdentityOf(cert); got != (pki.Identity{Kind: pki.KindQEMU, Name: ta.a.cfg.Name}) {
+			t.Errorf("%s: QEMU's certificate is %s, want %s/%s", c.side, got, pki.KindQEMU, ta.a.cfg.Name)
+		}
+	}
+}
+
+// An agent without a stream certificate (upgraded, its server older than
+// stream certificates) refuses an encrypted stream with a failed
+// precondition naming the cause, rather than hand QEMU its own key.
+func TestNoStreamCertRefusesTLSStreams(t *testing.T) {
+	ta := newTestAgent(t)
+	if err := os.Remove(ta.a.pkiPath(streamCert)); err != nil {
+		t.Fatal(err)
+	}
+	startVM(t, ta, "web")
+	_, err := ta.mig.StartOutgoing(testCtx(t), connect.NewRequest(&agentv1.StartOutgoingRequest{Name: "web", MigrationId: "m1", Uri: dstURI, DestHost: "h2"}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition || !errors.Is(err, ErrNoStreamCert) {
+		t.Fatalf("StartOutgoing without a stream certificate: %v, want failed precondition (%v)", err, ErrNoStreamCert)
+	}
+	if obj := ta.rt.qemuOf(ta.dir, "web").Object(streamTLSID); obj != nil {
+		t.Errorf("credentials added anyway: %v", obj)
+	}
+	noTLSDirs(t, ta, "web")
+}
+
+// A saved stream certificate of the wrong kind or host is not valid.
+func TestSavedStreamChecksKindAndHost(t *testing.T) {
+	ta := newTestAgent(t)
+	ca, err := testCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		kind pki.Kind
+		name string
+	}{{pki.KindAgent, ta.a.cfg.Name}, {pki.KindQEMU, "other"}} {
+		cert, key, err := ca.IssueKeyPair(c.kind, c.name, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ta.a.takeStream(ca.CertPEM, cert, key); err == nil {
+			t.Errorf("%s/%s taken as the stream certificate", c.kind, c.name)
+		}
+	}
+	if _, _, err := ta.a.savedStream(); err != nil {
+		t.Errorf("the valid saved stream certificate: %v", err)
+	}
 }

@@ -38,8 +38,11 @@ const (
 	// KindAdmin is a user certificate with the admin role (the dev
 	// cluster's, or one an operator mints from the CA key).
 	KindAdmin Kind = "ferry-admin"
-	// KindQEMU is a host's QEMU migration endpoint (tls-creds-x509); its
-	// name is the host name.
+	// KindQEMU is a host's stream certificate: the only certificate its
+	// QEMU processes get (tls-creds-x509), for their migration and NBD
+	// streams; its name is the host name. It authenticates nowhere else:
+	// neither the server's API nor an agent's, nor the agents' own
+	// streams (the cold disk copy) accept it.
 	KindQEMU Kind = "ferry-qemu"
 )
 
@@ -199,9 +202,12 @@ func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...n
 		DNSNames:     []string{name},
 		IPAddresses:  ips,
 	}
-	if kind == KindAgent {
-		// QEMU (GnuTLS) refuses a TLS server certificate, which an agent's
-		// is on the migration and NBD streams, without key encipherment.
+	if kind == KindAgent || kind == KindQEMU {
+		// QEMU (GnuTLS) refuses a TLS server certificate, which a host's
+		// stream certificate is on the migration and NBD streams, without
+		// key encipherment (agent certificates keep it: issued so before
+		// stream certificates existed, and a mixed cluster's old agents
+		// still give theirs to QEMU).
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
 	if kind == KindServer {

@@ -192,3 +192,12 @@ func HostClientTLS(ca *x509.CertPool, kp *Keypair, peer string) *tls.Config {
 // insecureTransport. A server never starts a TLS migration whose source
 // or destination agent lacks it: an older agent would send in plaintext.
 const FeatureTLSStreams = "tls-streams"
+
+// FeatureQEMUStreamCert is the agent feature saying the host's QEMU
+// processes present and expect stream certificates (KindQEMU) on their
+// TLS streams, never an agent's own certificate: a destination's QEMU
+// admits only the source host's stream certificate. An agent without the
+// feature gives QEMU its agent certificate and admits only the peer's
+// agent certificate, so a server refuses a TLS migration between a host
+// with the feature and one without (see docs/security.md).
+const FeatureQEMUStreamCert = "qemu-stream-cert"

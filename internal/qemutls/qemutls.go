@@ -52,7 +52,8 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 `
 
-// WriteDir writes a host's certificate and key, and the cluster CA, into
+// WriteDir writes a host's stream certificate and key (pki.KindQEMU), and
+// the cluster CA, into
 // dir for QEMU, with the Diffie-Hellman group a listener uses: the same
 // certificate serves both endpoints (it carries server and client usage
 // and the host name). Every file gets mode 0600
@@ -111,13 +112,14 @@ func (c Creds) AuthzID() string {
 	return c.ID + "-authz"
 }
 
-// PeerDN is the distinguished name of the peer host's certificate, as
+// PeerDN is the distinguished name of the peer host's stream certificate
+// (pki.KindQEMU: a host's QEMU never holds its agent's certificate), as
 // QEMU's authz-simple compares it: GnuTLS's gnutls_x509_crt_get_dn, which
 // lists the attributes in the certificate's order (O, OU, CN), not in
 // RFC 4514's reversed one (seen with QEMU 10.0: "TLS x509 authz check for
-// O=ferry,OU=ferry-agent,CN=h1").
+// O=ferry,OU=ferry-agent,CN=h1", an agent certificate of before).
 func (c Creds) PeerDN() string {
-	return "O=ferry,OU=" + string(pki.KindAgent) + ",CN=" + c.Peer
+	return "O=ferry,OU=" + string(pki.KindQEMU) + ",CN=" + c.Peer
 }
 
 // AuthzArgs are the object-add arguments of the listener's authz-simple

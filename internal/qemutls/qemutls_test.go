@@ -20,7 +20,7 @@ func TestWriteDirAndPair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := ca.IssueKeyPair(pki.KindAgent, "h1", time.Hour)
+	cert, key, err := ca.IssueKeyPair(pki.KindQEMU, "h1", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,15 +35,16 @@ func TestWriteDirAndPair(t *testing.T) {
 		}
 	}
 	srv := ForPair(dir, "tls0", "h2", Server)
-	if srv.AuthzArgs()["identity"] != "O=ferry,OU=ferry-agent,CN=h2" || srv.MigrationParameters()["tls-authz"] != "tls0-authz" {
+	if srv.AuthzArgs()["identity"] != "O=ferry,OU=ferry-qemu,CN=h2" || srv.MigrationParameters()["tls-authz"] != "tls0-authz" {
 		t.Fatalf("server side: %v %v", srv.AuthzArgs(), srv.MigrationParameters())
 	}
 	cl := ForPair(dir, "tls0", "h2", Client)
 	if cl.AuthzArgs() != nil || cl.MigrationParameters()["tls-hostname"] != "h2" || cl.ObjectArgs()["endpoint"] != "client" {
 		t.Fatalf("client side: %v %v", cl.ObjectArgs(), cl.MigrationParameters())
 	}
-	// The DN the listener admits is the peer's certificate subject in the
-	// certificate's attribute order (GnuTLS's, not RFC 4514's reversal).
+	// The DN the listener admits is the peer's stream certificate subject
+	// in the certificate's attribute order (GnuTLS's, not RFC 4514's
+	// reversal): a stream certificate's, not an agent certificate's.
 	c, _ := pki.ParseCert(cert)
 	var parts []string
 	for _, rdn := range c.Subject.ToRDNSequence() {
@@ -57,19 +58,26 @@ func TestWriteDirAndPair(t *testing.T) {
 	}
 }
 
-// QEMU (GnuTLS) refuses a server certificate without key encipherment.
-func TestAgentCertificateServesQEMU(t *testing.T) {
+// QEMU (GnuTLS) refuses a server certificate without key encipherment:
+// a stream certificate has it (and an agent certificate keeps it, for a
+// mixed cluster's older agents); it names the host as CN and DNS SAN.
+func TestStreamCertificateServesQEMU(t *testing.T) {
 	ca, err := pki.NewCA("t")
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM, _, err := ca.IssueKeyPair(pki.KindAgent, "h1", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, _ := pki.ParseCert(certPEM)
-	if c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 || c.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
-		t.Fatalf("agent certificate key usage %b: want digital signature and key encipherment", c.KeyUsage)
+	for _, kind := range []pki.Kind{pki.KindQEMU, pki.KindAgent} {
+		certPEM, _, err := ca.IssueKeyPair(kind, "h1", time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := pki.ParseCert(certPEM)
+		if c.KeyUsage&x509.KeyUsageKeyEncipherment == 0 || c.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
+			t.Errorf("%s certificate key usage %b: want digital signature and key encipherment", kind, c.KeyUsage)
+		}
+		if c.Subject.CommonName != "h1" || len(c.DNSNames) != 1 || c.DNSNames[0] != "h1" {
+			t.Errorf("%s certificate names %q, SANs %v: want h1", kind, c.Subject.CommonName, c.DNSNames)
+		}
 	}
 }
 

@@ -155,8 +155,12 @@ func (a *authService) Join(ctx context.Context, req *connect.Request[ferryv1.Joi
 	if err != nil {
 		return nil, err
 	}
-	a.s.log.Info("agent joined", "host", req.Msg.Host, "token_id", rec.ID)
-	return connect.NewResponse(&ferryv1.JoinResponse{Certificate: cert, Ca: a.sec.CA.CertPEM}), nil
+	stream, err := a.issueStream(req.Msg.Host, req.Msg.StreamCsr)
+	if err != nil {
+		return nil, err
+	}
+	a.s.log.Info("agent joined", "host", req.Msg.Host, "token_id", rec.ID, "stream_certificate", stream != nil)
+	return connect.NewResponse(&ferryv1.JoinResponse{Certificate: cert, Ca: a.sec.CA.CertPEM, StreamCertificate: stream}), nil
 }
 
 func (a *authService) Renew(ctx context.Context, req *connect.Request[ferryv1.RenewRequest]) (*connect.Response[ferryv1.RenewResponse], error) {
@@ -168,12 +172,38 @@ func (a *authService) Renew(ctx context.Context, req *connect.Request[ferryv1.Re
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
+	if !hostNameRE.MatchString(c.Host) {
+		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("renew: caller %s names no host", c.ID))
+	}
 	cert, err := a.sec.CA.Issue(pki.KindAgent, c.Host, csr.PublicKey, a.sec.CertTTL)
 	if err != nil {
 		return nil, err
 	}
-	a.s.log.Info("agent certificate renewed", "host", c.Host)
-	return connect.NewResponse(&ferryv1.RenewResponse{Certificate: cert, Ca: a.sec.CA.CertPEM}), nil
+	stream, err := a.issueStream(c.Host, req.Msg.StreamCsr)
+	if err != nil {
+		return nil, err
+	}
+	a.s.log.Info("agent certificate renewed", "host", c.Host, "stream_certificate", stream != nil)
+	return connect.NewResponse(&ferryv1.RenewResponse{Certificate: cert, Ca: a.sec.CA.CertPEM, StreamCertificate: stream}), nil
+}
+
+// issueStream issues host's stream certificate (pki.KindQEMU, named by
+// host whatever the request says: the caller's own host only) for the
+// key of csrPEM; nil when csrPEM is empty (an agent older than stream
+// certificates asks for none).
+func (a *authService) issueStream(host string, csrPEM []byte) ([]byte, error) {
+	if len(csrPEM) == 0 {
+		return nil, nil
+	}
+	csr, err := pki.ParseCSR(csrPEM)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("stream_csr: %w", err))
+	}
+	cert, err := a.sec.CA.Issue(pki.KindQEMU, host, csr.PublicKey, a.sec.CertTTL)
+	if err != nil {
+		return nil, fmt.Errorf("stream certificate of host %s: %w", host, err)
+	}
+	return cert, nil
 }
 
 func (a *authService) WhoAmI(ctx context.Context, _ *connect.Request[ferryv1.WhoAmIRequest]) (*connect.Response[ferryv1.WhoAmIResponse], error) {

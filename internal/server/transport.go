@@ -32,7 +32,30 @@ func checkStreamTransport(opt *ferryv1.MigrationOptions, src, dst *ferryv1.Host,
 				h.role, h.host.GetName(), v)
 		}
 	}
-	return nil
+	return checkStreamCerts(src, dst)
+}
+
+// checkStreamCerts refuses a TLS migration between a host whose QEMU uses
+// stream certificates (pki.FeatureQEMUStreamCert) and one whose QEMU
+// still uses its agent's certificate: the destination's QEMU admits only
+// the kind of certificate its own agent version expects, so the handshake
+// would fail after the destination was prepared.
+func checkStreamCerts(src, dst *ferryv1.Host) error {
+	s := slices.Contains(src.GetAgentFeatures(), pki.FeatureQEMUStreamCert)
+	d := slices.Contains(dst.GetAgentFeatures(), pki.FeatureQEMUStreamCert)
+	if s == d {
+		return nil
+	}
+	old, oldRole := dst, "destination"
+	if d {
+		old, oldRole = src, "source"
+	}
+	v := old.GetFerryVersion()
+	if v == "" {
+		v = "unknown"
+	}
+	return precondition("%s host %s: its agent (version %s) gives QEMU its own agent certificate for TLS streams, the other host's QEMU uses a stream certificate (%s): the two cannot authenticate each other; upgrade %s's agent first, or migrate with insecureTransport",
+		oldRole, old.GetName(), v, pki.FeatureQEMUStreamCert, old.GetName())
 }
 
 // transportPolicyEvent is the event of a change of the cluster policy's

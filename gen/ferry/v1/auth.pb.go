@@ -144,7 +144,12 @@ type JoinRequest struct {
 	// host is the agent's host name, the identity of its certificate.
 	Host string `protobuf:"bytes,2,opt,name=host,proto3" json:"host,omitempty"`
 	// csr is a PEM certificate request for the agent's key.
-	Csr           []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	Csr []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	// stream_csr is a PEM certificate request for a second key, the host's
+	// stream key: its certificate (kind ferry-qemu, named by the host) is
+	// the only one the host's QEMU processes get, for their migration and
+	// NBD streams. Empty from an agent older than stream certificates.
+	StreamCsr     []byte `protobuf:"bytes,4,opt,name=stream_csr,json=streamCsr,proto3" json:"stream_csr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -200,13 +205,23 @@ func (x *JoinRequest) GetCsr() []byte {
 	return nil
 }
 
+func (x *JoinRequest) GetStreamCsr() []byte {
+	if x != nil {
+		return x.StreamCsr
+	}
+	return nil
+}
+
 type JoinResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// certificate and ca are PEM.
-	Certificate   []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
-	Ca            []byte `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Ca          []byte `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	// stream_certificate is the host's stream certificate (PEM), issued
+	// for stream_csr's key; empty when no stream_csr was sent.
+	StreamCertificate []byte `protobuf:"bytes,3,opt,name=stream_certificate,json=streamCertificate,proto3" json:"stream_certificate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
@@ -253,9 +268,19 @@ func (x *JoinResponse) GetCa() []byte {
 	return nil
 }
 
+func (x *JoinResponse) GetStreamCertificate() []byte {
+	if x != nil {
+		return x.StreamCertificate
+	}
+	return nil
+}
+
 type RenewRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Csr   []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// stream_csr, as JoinRequest's: the caller's host gets a fresh stream
+	// certificate too.
+	StreamCsr     []byte `protobuf:"bytes,2,opt,name=stream_csr,json=streamCsr,proto3" json:"stream_csr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -297,12 +322,21 @@ func (x *RenewRequest) GetCsr() []byte {
 	return nil
 }
 
+func (x *RenewRequest) GetStreamCsr() []byte {
+	if x != nil {
+		return x.StreamCsr
+	}
+	return nil
+}
+
 type RenewResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Certificate   []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
-	Ca            []byte                 `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Certificate []byte                 `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	Ca          []byte                 `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	// stream_certificate, as JoinResponse's.
+	StreamCertificate []byte `protobuf:"bytes,3,opt,name=stream_certificate,json=streamCertificate,proto3" json:"stream_certificate,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RenewResponse) Reset() {
@@ -345,6 +379,13 @@ func (x *RenewResponse) GetCertificate() []byte {
 func (x *RenewResponse) GetCa() []byte {
 	if x != nil {
 		return x.Ca
+	}
+	return nil
+}
+
+func (x *RenewResponse) GetStreamCertificate() []byte {
+	if x != nil {
+		return x.StreamCertificate
 	}
 	return nil
 }
@@ -460,19 +501,25 @@ const file_ferry_v1_auth_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x12\n" +
-	"\x04role\x18\x03 \x01(\tR\x04role\"I\n" +
+	"\x04role\x18\x03 \x01(\tR\x04role\"h\n" +
 	"\vJoinRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x10\n" +
-	"\x03csr\x18\x03 \x01(\fR\x03csr\"@\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\x12\x1d\n" +
+	"\n" +
+	"stream_csr\x18\x04 \x01(\fR\tstreamCsr\"o\n" +
 	"\fJoinResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
-	"\x02ca\x18\x02 \x01(\fR\x02ca\" \n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\x12-\n" +
+	"\x12stream_certificate\x18\x03 \x01(\fR\x11streamCertificate\"?\n" +
 	"\fRenewRequest\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr\"A\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1d\n" +
+	"\n" +
+	"stream_csr\x18\x02 \x01(\fR\tstreamCsr\"p\n" +
 	"\rRenewResponse\x12 \n" +
 	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
-	"\x02ca\x18\x02 \x01(\fR\x02ca\"\x0f\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\x12-\n" +
+	"\x12stream_certificate\x18\x03 \x01(\fR\x11streamCertificate\"\x0f\n" +
 	"\rWhoAmIRequest\"g\n" +
 	"\x0eWhoAmIResponse\x12\x1a\n" +
 	"\bidentity\x18\x01 \x01(\tR\bidentity\x12\x12\n" +

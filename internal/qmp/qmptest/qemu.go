@@ -41,7 +41,8 @@ type FakeQEMU struct {
 	oldRun    string
 	caps      map[string]bool
 	params    map[string]json.RawMessage
-	objects   map[string]map[string]any // object-add arguments by id
+	objects   map[string]map[string]any    // object-add arguments by id
+	credFiles map[string]map[string][]byte // the files each tls-creds-x509 object read
 	exited    chan struct{}
 	exitOnce  sync.Once
 }
@@ -143,6 +144,15 @@ func (q *FakeQEMU) Object(id string) map[string]any {
 	return q.objects[id]
 }
 
+// CredentialFiles returns the files (by name: ca-cert.pem,
+// server-key.pem, ...) the tls-creds-x509 object id read when it was
+// added: what a real QEMU would hold in memory.
+func (q *FakeQEMU) CredentialFiles(id string) map[string][]byte {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.credFiles[id]
+}
+
 // objectAdd models object-add: ids are unique, and a tls-creds-x509
 // object reads its directory's files at once (as QEMU does), failing when
 // one is missing.
@@ -163,11 +173,18 @@ func (q *FakeQEMU) objectAdd(args json.RawMessage) Reply {
 		if m["endpoint"] == "client" {
 			files = []string{"ca-cert.pem", "client-cert.pem", "client-key.pem"}
 		}
+		read := map[string][]byte{}
 		for _, f := range files {
-			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
+			b, err := os.ReadFile(filepath.Join(dir, f))
+			if err != nil {
 				return Reply{Err: GenericError("Unable to access credentials %s: %v", filepath.Join(dir, f), err)}
 			}
+			read[f] = b
 		}
+		if q.credFiles == nil {
+			q.credFiles = map[string]map[string][]byte{}
+		}
+		q.credFiles[id] = read
 	}
 	q.objects[id] = m
 	return Reply{}
