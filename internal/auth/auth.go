@@ -245,6 +245,8 @@ func (a *Authenticator) Authenticate(r *http.Request) (Caller, error) {
 			}
 			return Caller{Role: RoleServer, ID: "server:" + id.Name}, nil
 		}
+		// Any other kind, pki.KindQEMU above all (a host's stream
+		// certificate, which its QEMU processes hold), is no credential.
 	}
 	h := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(h, "Bearer ")

@@ -127,6 +127,10 @@ func TestMiddlewareRefusals(t *testing.T) {
 		{"forged forward header ignored", migrate, viewer, anon, []string{ForwardedCallerHeader, "admin|token:x|"}, 403, "permission_denied"},
 		{"replica forwards a caller", migrate, "", client(ca, mint(t, ca, pki.KindServer, "s2")), []string{ForwardedCallerHeader, "operator|token:abc|"}, 200, "operator token:abc"},
 		{"QEMU cert is nobody", list, "", client(ca, mint(t, ca, pki.KindQEMU, "h1")), nil, 401, "unauthenticated"},
+		// A host's stream certificate (what its QEMU holds) is not its agent.
+		{"stream cert heartbeats", heartbeat, "", client(ca, mint(t, ca, pki.KindQEMU, "h1")), nil, 401, "unauthenticated"},
+		{"stream cert renews", "/ferry.v1.AuthService/Renew", "", client(ca, mint(t, ca, pki.KindQEMU, "h1")), nil, 401, "unauthenticated"},
+		{"stream cert forwards a caller", migrate, "", client(ca, mint(t, ca, pki.KindQEMU, "h1")), []string{ForwardedCallerHeader, "admin|token:x|"}, 401, "unauthenticated"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, body := call(t, tc.c, srv.URL+tc.path, tc.token, tc.hdr...)

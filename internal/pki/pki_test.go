@@ -102,6 +102,7 @@ func TestAgentAcceptsOnlyServerCertificates(t *testing.T) {
 		"agent":          kp(t, ca, KindAgent, "h2"),
 		"admin":          kp(t, ca, KindAdmin, "root"),
 		"foreign-server": kp(t, other, KindServer, "s1"),
+		"stream":         kp(t, ca, KindQEMU, "h1"),
 	} {
 		cerr, serr := handshake(t, agent, ClientTLS(ca.Pool(), c, KindAgent))
 		if cerr == nil && serr == nil {
@@ -146,6 +147,7 @@ func TestHostStreamTLS(t *testing.T) {
 		"agent h3":      kp(t, ca, KindAgent, "h3"),
 		"server h1":     kp(t, ca, KindServer, "h1"),
 		"foreign agent": kp(t, other, KindAgent, "h1"),
+		"stream h1":     kp(t, ca, KindQEMU, "h1"), // what h1's QEMU holds: not h1's agent
 	} {
 		cfg := HostClientTLS(ca.Pool(), c, "h2")
 		if c == nil {
@@ -157,5 +159,8 @@ func TestHostStreamTLS(t *testing.T) {
 	}
 	if cerr, _ := handshake(t, HostServerTLS(ca.Pool(), kp(t, ca, KindAgent, "h3"), "h1"), HostClientTLS(ca.Pool(), h1, "h2")); cerr == nil {
 		t.Error("sender to h2 accepted a receiver presenting h3's certificate")
+	}
+	if cerr, _ := handshake(t, HostServerTLS(ca.Pool(), kp(t, ca, KindQEMU, "h2"), "h1"), HostClientTLS(ca.Pool(), h1, "h2")); cerr == nil {
+		t.Error("sender to h2 accepted a receiver presenting h2's stream certificate")
 	}
 }

@@ -86,3 +86,34 @@ func TestPostcopyKeptFromHostsWithoutUserfaultfd(t *testing.T) {
 		t.Errorf("a host that can: %v", err)
 	}
 }
+
+// TestStreamCertMismatchRefused: in a rolling upgrade, a TLS migration
+// between a host whose QEMU uses stream certificates and one whose QEMU
+// still uses its agent's certificate is refused (the destination would
+// refuse the handshake), naming the older host, its version and the fix;
+// hosts agreeing pass, and plaintext asked for explicitly passes.
+func TestStreamCertMismatchRefused(t *testing.T) {
+	streamCert := &ferryv1.Host{Name: "h2", FerryVersion: "1.6.0", AgentFeatures: []string{pki.FeatureTLSStreams, pki.FeatureQEMUStreamCert}}
+	agentCert := &ferryv1.Host{Name: "h1", FerryVersion: "1.5.0", AgentFeatures: []string{pki.FeatureTLSStreams}}
+	precopy := &ferryv1.MigrationOptions{Strategy: "precopy"}
+	for _, c := range []struct {
+		name     string
+		opt      *ferryv1.MigrationOptions
+		src, dst *ferryv1.Host
+		refused  string
+	}{
+		{"old source to new destination", precopy, agentCert, streamCert, "source host h1: its agent (version 1.5.0) gives QEMU its own agent certificate"},
+		{"new source to old destination", precopy, streamCert, agentCert, "destination host h1: its agent (version 1.5.0)"},
+		{"both new", precopy, streamCert, streamCert, ""},
+		{"both old", precopy, agentCert, agentCert, ""},
+		{"mixed, plaintext asked", &ferryv1.MigrationOptions{Strategy: "precopy", InsecureTransport: true}, streamCert, agentCert, ""},
+	} {
+		err := checkStreamTransport(c.opt, c.src, c.dst, 0)
+		switch {
+		case c.refused == "" && err != nil:
+			t.Errorf("%s: refused: %v", c.name, err)
+		case c.refused != "" && (connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), c.refused) || !strings.Contains(err.Error(), "insecureTransport") || !strings.Contains(err.Error(), "upgrade h1")):
+			t.Errorf("%s: %v, want a failed precondition naming %q and the fix", c.name, err, c.refused)
+		}
+	}
+}

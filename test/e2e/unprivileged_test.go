@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/user"
@@ -11,6 +12,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/qmp"
 )
 
 // procStatus returns the fields of /proc/PID/status.
@@ -139,6 +143,7 @@ func TestQEMURunsUnprivileged(t *testing.T) {
 	}
 	c.checkOnHost(name, "h2")
 	c.checkUnprivilegedQEMU("h2", uid)
+	c.checkStreamCredentials("h2", name, "h1")
 	if id := c.bootID(ip, 10*time.Second); id != boot {
 		t.Errorf("boot id %s after the migration, was %s: the guest rebooted", id, boot)
 	}
@@ -150,4 +155,60 @@ func TestQEMURunsUnprivileged(t *testing.T) {
 	c.checkNoSecrets("migration report", c.mustFerry("migration", "get", m.Id, "-o", "json"))
 	c.checkNoSecretsInPS()
 	c.noCredentialsLeft(name)
+}
+
+// checkStreamCredentials checks that QEMU's TLS streams use the hosts'
+// stream certificates, not the agents' identities: each host keeps a
+// stream key (mode 0600) that is not its agent key and a certificate of
+// kind ferry-qemu for its name; the arrived VM's QEMU on host admitted
+// only peer's stream certificate (its authz object names OU=ferry-qemu,
+// and the TLS migration completed, so peer's QEMU presented one); and no
+// QEMU command line names the agents' pki directory.
+func (c *cluster) checkStreamCredentials(host, vm, peer string) {
+	c.t.Helper()
+	for _, h := range []string{host, peer} {
+		dir := filepath.Join(c.dir, h, "pki")
+		agentKey, err := os.ReadFile(filepath.Join(dir, "agent.key"))
+		if err != nil {
+			c.t.Fatalf("agent key of %s: %v", h, err)
+		}
+		streamKey, err := os.ReadFile(filepath.Join(dir, "stream.key"))
+		if err != nil {
+			c.t.Fatalf("stream key of %s: %v", h, err)
+		}
+		if string(agentKey) == string(streamKey) {
+			c.t.Errorf("%s: the stream key QEMU gets is the agent's identity key", h)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "stream.key")); err != nil || fi.Mode().Perm() != 0o600 {
+			c.t.Errorf("%s: stream key %v, mode %v; want 0600", h, err, fi.Mode().Perm())
+		}
+		certPEM, err := os.ReadFile(filepath.Join(dir, "stream.crt"))
+		if err != nil {
+			c.t.Fatalf("stream certificate of %s: %v", h, err)
+		}
+		cert, err := pki.ParseCert(certPEM)
+		if err != nil || pki.IdentityOf(cert) != (pki.Identity{Kind: pki.KindQEMU, Name: h}) {
+			c.t.Errorf("%s: stream certificate %v (%v), want %s/%s", h, err, cert != nil && err == nil, pki.KindQEMU, h)
+		}
+		for _, pid := range qemuPIDs(c.t, c.hostNS(h)) {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(b), dir) {
+				c.t.Errorf("QEMU pid %d on %s names the agent's pki directory: %q", pid, h, strings.ReplaceAll(string(b), "\x00", " "))
+			}
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, err := qmp.Connect(ctx, c.observeSock(host, vm), qmp.WithHandshakeTimeout(3*time.Second))
+	if err != nil {
+		c.t.Fatalf("connect to %s's QEMU on %s: %v", vm, host, err)
+	}
+	defer m.Close()
+	var identity string
+	if err := m.Run(ctx, "qom-get", map[string]any{"path": "/objects/ferry-stream-tls-authz", "property": "identity"}, &identity); err != nil {
+		c.t.Fatalf("qom-get the stream authz of %s on %s: %v", vm, host, err)
+	}
+	if want := "O=ferry,OU=ferry-qemu,CN=" + peer; identity != want {
+		c.t.Errorf("%s's QEMU on %s admitted %q, want only %q (the source's stream certificate)", vm, host, identity, want)
+	}
+	c.t.Logf("%s's QEMU on %s admitted %q; stream keys differ from the agent keys", vm, host, identity)
 }
