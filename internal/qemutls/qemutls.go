@@ -53,10 +53,9 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 `
 
 // WriteDir writes a host's stream certificate and key (pki.KindQEMU), and
-// the cluster CA, into
-// dir for QEMU, with the Diffie-Hellman group a listener uses: the same
-// certificate serves both endpoints (it carries server and client usage
-// and the host name). Every file gets mode 0600
+// the cluster CA, into dir for QEMU, with the Diffie-Hellman group a
+// listener uses: the same certificate serves both endpoints (it carries
+// server and client usage and the host name). Every file gets mode 0600
 // and dir 0700: only QEMU's user reads them, and only while QEMU loads the
 // credentials (object-add reads them at once; callers delete dir then).
 func WriteDir(dir string, caPEM, certPEM, keyPEM []byte) error {
