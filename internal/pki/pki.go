@@ -41,11 +41,20 @@ const (
 	// KindQEMU is a host's QEMU migration endpoint (tls-creds-x509); its
 	// name is the host name.
 	KindQEMU Kind = "ferry-qemu"
+	// KindEtcd is an embedded etcd member's peer and client certificate;
+	// its name is the member name and it also carries EtcdName.
+	KindEtcd Kind = "ferry-etcd"
 )
 
 // ServerName is the DNS name every server certificate carries; clients
 // verify the server against it whatever address they dialled.
 const ServerName = "ferry-server.cluster.ferry"
+
+// EtcdName is the DNS name every etcd member certificate carries; the
+// embedded members accept peers and clients only with a certificate
+// naming it, so an agent's certificate (whose names are DNS labels) from
+// the same CA cannot reach etcd.
+const EtcdName = "etcd.cluster.ferry"
 
 // Files of a CA directory (--ca DIR, or the server's data dir).
 const (
@@ -185,6 +194,10 @@ func (ca *CA) Pool() *x509.CertPool {
 // Server certificates also carry ServerName, agent and QEMU certificates
 // the host name, plus any ips given.
 func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...net.IP) ([]byte, error) {
+	return ca.issue(kind, name, pub, ttl, nil, ips)
+}
+
+func (ca *CA) issue(kind Kind, name string, pub any, ttl time.Duration, dns []string, ips []net.IP) ([]byte, error) {
 	if name == "" {
 		return nil, errors.New("issue: empty name")
 	}
@@ -196,7 +209,7 @@ func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...n
 		NotAfter:     now.Add(ttl),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{name},
+		DNSNames:     append([]string{name}, dns...),
 		IPAddresses:  ips,
 	}
 	if kind == KindAgent {
@@ -204,8 +217,11 @@ func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...n
 		// is on the migration and NBD streams, without key encipherment.
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
-	if kind == KindServer {
+	switch kind {
+	case KindServer:
 		tmpl.DNSNames = append(tmpl.DNSNames, ServerName)
+	case KindEtcd:
+		tmpl.DNSNames = append(tmpl.DNSNames, EtcdName)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.key)
 	if err != nil {
@@ -221,6 +237,21 @@ func (ca *CA) IssueKeyPair(kind Kind, name string, ttl time.Duration, ips ...net
 		return nil, nil, err
 	}
 	certPEM, err = ca.Issue(kind, name, &key.PublicKey, ttl, ips...)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = KeyPEM(key)
+	return certPEM, keyPEM, err
+}
+
+// IssueHostKeyPair is IssueKeyPair for a certificate that also names
+// the extra DNS names dns and the addresses ips (an etcd member's URLs).
+func (ca *CA) IssueHostKeyPair(kind Kind, name string, ttl time.Duration, dns []string, ips []net.IP) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	certPEM, err = ca.issue(kind, name, &key.PublicKey, ttl, dns, ips)
 	if err != nil {
 		return nil, nil, err
 	}
