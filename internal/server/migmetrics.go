@@ -127,6 +127,8 @@ var (
 	hostVCPUsDesc    = prometheus.NewDesc("ferry_host_allocated_vcpus", "vCPUs of the VMs placed on a host.", []string{"host"}, nil)
 	hostAllocMemDesc = prometheus.NewDesc("ferry_host_allocated_memory_bytes", "Memory of the VMs placed on a host.", []string{"host"}, nil)
 	hostVMsDesc      = prometheus.NewDesc("ferry_host_vms", "VMs running on a host.", []string{"host"}, nil)
+	hostFreeMemDesc  = prometheus.NewDesc("ferry_host_free_memory_bytes", "Memory a host's agent reports free (its MemAvailable).", []string{"host"}, nil)
+	hostDiskFreeDesc = prometheus.NewDesc("ferry_host_disk_free_bytes", "Free space of a host agent's data directory (where local disks live).", []string{"host"}, nil)
 	heartbeatDesc    = prometheus.NewDesc("ferry_agent_heartbeat_age_seconds", "Time since a host's agent was last heard from.", []string{"host"}, nil)
 )
 
@@ -135,7 +137,7 @@ var (
 type clusterCollector struct{ s *Server }
 
 func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{inFlightDesc, hostCPUsDesc, hostMemDesc, hostVCPUsDesc, hostAllocMemDesc, hostVMsDesc, heartbeatDesc} {
+	for _, d := range []*prometheus.Desc{inFlightDesc, hostCPUsDesc, hostMemDesc, hostVCPUsDesc, hostAllocMemDesc, hostVMsDesc, hostFreeMemDesc, hostDiskFreeDesc, heartbeatDesc} {
 		ch <- d
 	}
 }
@@ -167,6 +169,12 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(hostVCPUsDesc, prometheus.GaugeValue, float64(cp.GetAllocatedVcpus()), h.Name)
 		ch <- prometheus.MustNewConstMetric(hostAllocMemDesc, prometheus.GaugeValue, float64(cp.GetAllocatedMemoryMib())*mib, h.Name)
 		ch <- prometheus.MustNewConstMetric(hostVMsDesc, prometheus.GaugeValue, float64(cp.GetVms()), h.Name)
+		if cp.GetFreeMemoryMib() > 0 { // 0: an agent that does not report it
+			ch <- prometheus.MustNewConstMetric(hostFreeMemDesc, prometheus.GaugeValue, float64(cp.GetFreeMemoryMib())*mib, h.Name)
+		}
+		if cp.GetDiskFreeBytes() > 0 {
+			ch <- prometheus.MustNewConstMetric(hostDiskFreeDesc, prometheus.GaugeValue, float64(cp.GetDiskFreeBytes()), h.Name)
+		}
 		if h.GetLastSeen() != nil {
 			ch <- prometheus.MustNewConstMetric(heartbeatDesc, prometheus.GaugeValue, now.Sub(h.GetLastSeen().AsTime()).Seconds(), h.Name)
 		}

@@ -22,7 +22,7 @@ import (
 func TestMetricsAfterMigrations(t *testing.T) {
 	s, st := newTestServer(t)
 	if err := st.PutHost(context.Background(), &ferryv1.Host{Name: "h3", Address: "unix:///nonexistent/h3",
-		Capacity: &ferryv1.HostCapacity{Cpus: 4}, LastSeen: timestamppb.New(time.Now().Add(-5 * time.Second))}, time.Minute); err != nil {
+		Capacity: &ferryv1.HostCapacity{Cpus: 4, FreeMemoryMib: 1024, DiskFreeBytes: 5 << 30}, LastSeen: timestamppb.New(time.Now().Add(-5 * time.Second))}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -72,6 +72,8 @@ func TestMetricsAfterMigrations(t *testing.T) {
 		`ferry_leader 1`,
 		`ferry_leader_terms_total 1`,
 		`ferry_host_capacity_cpus{host="h1"} 2`,
+		`ferry_host_free_memory_bytes{host="h3"} 1.073741824e+09`,
+		`ferry_host_disk_free_bytes{host="h3"} 5.36870912e+09`,
 		`ferry_host_capacity_memory_bytes{host="h2"} 4.294967296e+09`,
 	} {
 		if !strings.Contains(text, want) {
