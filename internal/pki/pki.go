@@ -232,16 +232,7 @@ func (ca *CA) issue(kind Kind, name string, pub any, ttl time.Duration, dns []st
 
 // IssueKeyPair makes a new key and a certificate for it: both PEM.
 func (ca *CA) IssueKeyPair(kind Kind, name string, ttl time.Duration, ips ...net.IP) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	certPEM, err = ca.Issue(kind, name, &key.PublicKey, ttl, ips...)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyPEM, err = KeyPEM(key)
-	return certPEM, keyPEM, err
+	return ca.IssueHostKeyPair(kind, name, ttl, nil, ips)
 }
 
 // IssueHostKeyPair is IssueKeyPair for a certificate that also names
