@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 
@@ -84,6 +85,13 @@ func (m *Member) security() (memberTLS, error) {
 	}
 	if (t.peer || t.client) && m.CA == nil {
 		errs = append(errs, errors.New("embedded etcd: https:// member URLs need the cluster CA before etcd starts: pass --ca DIR (the same CA directory, or a copy, on every replica)"))
+	}
+	if t.client {
+		for _, raw := range split(m.AdvertiseClient) {
+			if e, err := etcdtls.ParseEndpoint("", strings.TrimSpace(raw)); err == nil && net.ParseIP(e.Host) != nil && net.ParseIP(e.Host).IsUnspecified() {
+				errs = append(errs, fmt.Errorf("--advertise-client: %s is not an address a TLS client can verify: give --advertise-client https://<this machine's address>:port", raw))
+			}
+		}
 	}
 	for _, s := range []string{m.ListenPeer, m.AdvertisePeer, m.ListenClient, m.AdvertiseClient} {
 		for _, raw := range split(s) {

@@ -186,6 +186,8 @@ func TestMemberTLSValidation(t *testing.T) {
 			[]string{"--listen-client http://10.0.0.1:2379", "--etcd-insecure"}},
 		{"https without CA", etcdembed.Member{InitialCluster: "a=https://10.0.0.1:2380", ListenPeer: "https://10.0.0.1:2380", ListenClient: "http://127.0.0.1:2379"},
 			[]string{"pass --ca DIR"}},
+		{"https client on any address", etcdembed.Member{InitialCluster: "a=https://10.0.0.1:2380", ListenPeer: "https://10.0.0.1:2380", ListenClient: "https://0.0.0.0:2379", CA: ca},
+			[]string{"--advertise-client: https://0.0.0.0:2379", "give --advertise-client https://"}},
 		{"mixed peers", etcdembed.Member{InitialCluster: "a=https://10.0.0.1:2380,b=http://10.0.0.2:2380", ListenPeer: "https://10.0.0.1:2380", ListenClient: "http://127.0.0.1:2379", CA: ca, Insecure: true},
 			[]string{"--initial-cluster", "use https:// for all"}},
 	} {
