@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/ferryvm/ferry/internal/auth"
 	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdtls"
 	"github.com/ferryvm/ferry/internal/failover"
 	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/pki"
@@ -30,6 +32,10 @@ type serverFlags struct {
 	name      string
 	dataDir   string
 	endpoints string
+	// etcdTLS is the client TLS of an external etcd (--etcd-ca,
+	// --etcd-cert, --etcd-key, --etcd-insecure); Insecure also covers the
+	// embedded member's URLs.
+	etcdTLS   etcdtls.Client
 	leaderTTL time.Duration
 	member    etcdembed.Member
 	keep      retention.Policy
@@ -70,6 +76,10 @@ func newServerCmd(g *globals) *cobra.Command {
 	fl.StringVar(&f.name, "name", "", "this replica's name (default: --etcd-name, else the host name "+host+")")
 	fl.StringVar(&f.dataDir, "data-dir", "/var/lib/ferry/server", "state directory (embedded etcd data)")
 	fl.StringVar(&f.endpoints, "etcd-endpoints", "", "comma-separated etcd client URLs; empty runs an embedded etcd")
+	fl.StringVar(&f.etcdTLS.CA, "etcd-ca", "", "PEM CA file the external etcd's server certificates are verified against (https:// endpoints; default: the system's roots)")
+	fl.StringVar(&f.etcdTLS.Cert, "etcd-cert", "", "PEM client certificate presented to the external etcd (with --etcd-key)")
+	fl.StringVar(&f.etcdTLS.Key, "etcd-key", "", "PEM key of --etcd-cert")
+	fl.BoolVar(&f.etcdTLS.Insecure, "etcd-insecure", false, "allow plaintext http:// etcd URLs (--etcd-endpoints, --initial-cluster, peer and client URLs) on other machines: the cluster's state crosses the network unencrypted")
 	fl.DurationVar(&f.leaderTTL, "leader-ttl", leader.DefaultTTL, "lease TTL of the leader election: a dead leader is replaced within about this long")
 	fl.StringVar(&f.member.Name, "etcd-name", "", "embedded etcd member name (with --initial-cluster)")
 	fl.StringVar(&f.member.InitialCluster, "initial-cluster", "", "embedded etcd cluster: name=http://host:peerport,... for every member")
@@ -94,6 +104,13 @@ func (f *serverFlags) validate() error {
 	}
 	if f.member.InitialCluster == "" && (f.member.ListenPeer != "" || f.member.ListenClient != "" || f.member.Name != "") {
 		errs = append(errs, errors.New("--etcd-name, --listen-peer, --listen-client: only with --initial-cluster"))
+	}
+	if f.endpoints != "" {
+		if _, err := f.etcdTLS.Check(failover.Split(f.endpoints)); err != nil {
+			errs = append(errs, err)
+		}
+	} else if f.etcdTLS.CA != "" || f.etcdTLS.Cert != "" || f.etcdTLS.Key != "" {
+		errs = append(errs, errors.New("--etcd-ca, --etcd-cert, --etcd-key: only with --etcd-endpoints (embedded members use certificates from --ca DIR)"))
 	}
 	if f.endpoints == "" && f.dataDir == "" {
 		errs = append(errs, errors.New("--data-dir: required for the embedded etcd (or pass --etcd-endpoints)"))
@@ -130,19 +147,46 @@ func runServer(f serverFlags, base *slog.Logger) error {
 	log := base.With("component", "server", "replica", f.name)
 	var eps []string
 	var localMember string
+	var etcdTLS *tls.Config
+	var early *earlyCA
 	switch {
 	case f.endpoints != "":
 		eps = failover.Split(f.endpoints)
+		plain, err := f.etcdTLS.Check(eps)
+		if err != nil {
+			return err
+		}
+		if len(plain) > 0 {
+			log.Warn("etcd traffic crosses the network in plaintext (--etcd-insecure)", "endpoints", plain)
+		}
+		if etcdTLS, err = f.etcdTLS.Config(eps); err != nil {
+			return err
+		}
 	case f.member.InitialCluster != "":
 		f.member.Dir = filepath.Join(f.dataDir, "etcd")
+		f.member.Insecure = f.etcdTLS.Insecure
+		if f.caDir != "" {
+			// The member's certificate comes from the CA, so it must
+			// exist before etcd starts.
+			ca, created, err := pki.LoadOrCreateCA(f.caDir)
+			if err != nil {
+				return fmt.Errorf("cluster CA in --ca %s: %w", f.caDir, err)
+			}
+			f.member.CA = ca
+			early = &earlyCA{ca: ca, created: created}
+		}
 		e, err := etcdembed.StartMember(ctx, f.member)
 		if err != nil {
 			return err
 		}
 		defer e.Close()
+		if len(e.Plaintext) > 0 {
+			log.Warn("etcd traffic crosses the network in plaintext (--etcd-insecure)", "urls", e.Plaintext)
+		}
 		eps = []string{e.Endpoint}
+		etcdTLS = e.ClientTLS
 		localMember = e.Endpoint
-		log.Info("embedded etcd member ready", "member", f.member.Name, "endpoint", e.Endpoint, "dir", f.member.Dir)
+		log.Info("embedded etcd member ready", "member", f.member.Name, "endpoint", e.Endpoint, "dir", f.member.Dir, "tls", e.ClientTLS != nil)
 	default:
 		e, err := etcdembed.Start(ctx, filepath.Join(f.dataDir, "etcd"))
 		if err != nil {
@@ -154,13 +198,13 @@ func runServer(f serverFlags, base *slog.Logger) error {
 	}
 	// The client outlives the stop signal (closed on return): a stopping
 	// leader still writes its handed-over migration records.
-	st, err := store.NewEtcd(context.WithoutCancel(ctx), eps)
+	st, err := store.NewEtcdTLS(context.WithoutCancel(ctx), eps, etcdTLS)
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 
-	sec, err := serverSecurity(ctx, f, st, log)
+	sec, err := serverSecurity(ctx, f, st, early, log)
 	if err != nil {
 		return err
 	}
@@ -238,13 +282,24 @@ func runServer(f serverFlags, base *slog.Logger) error {
 	return rerr
 }
 
-// serverSecurity loads (or on first start creates) the cluster CA and
-// returns the server's security settings. A new CA's fingerprint is
-// logged, and an admin credential is written next to it (mode 0600):
-// FERRY_CREDENTIALS=<that file> ferry token create --role operator.
-func serverSecurity(ctx context.Context, f serverFlags, st *store.Etcd, log *slog.Logger) (*server.Security, error) {
-	ca, created, err := auth.ClusterCA(ctx, st.Client(), f.dataDir, f.caDir)
-	if err != nil {
+// earlyCA is the cluster CA loaded from --ca before the embedded etcd
+// member started (its certificate is issued from it).
+type earlyCA struct {
+	ca      *pki.CA
+	created bool
+}
+
+// serverSecurity loads (or on first start creates) the cluster CA, unless
+// early already did, and returns the server's security settings. A new
+// CA's fingerprint is logged, and an admin credential is written next to
+// it (mode 0600): FERRY_CREDENTIALS=<that file> ferry token create --role operator.
+func serverSecurity(ctx context.Context, f serverFlags, st *store.Etcd, early *earlyCA, log *slog.Logger) (*server.Security, error) {
+	var ca *pki.CA
+	var created bool
+	var err error
+	if early != nil {
+		ca, created = early.ca, early.created
+	} else if ca, created, err = auth.ClusterCA(ctx, st.Client(), f.dataDir, f.caDir); err != nil {
 		return nil, fmt.Errorf("cluster CA: %w", err)
 	}
 	if created {

@@ -1,10 +1,13 @@
 // Package etcdembed runs a single-member etcd inside the Ferry server
 // process, with its data and chosen ports kept in the server's data dir so a
-// restart finds the same cluster.
+// restart finds the same cluster, or one member of a multi-member cluster
+// whose https:// peer and client traffic uses certificates issued from the
+// cluster CA.
 package etcdembed
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,6 +25,12 @@ type Etcd struct {
 	e *embed.Etcd
 	// Endpoint is the client URL (http://127.0.0.1:PORT).
 	Endpoint string
+	// ClientTLS is the TLS configuration for Endpoint when it is https
+	// (a member with https client URLs), else nil.
+	ClientTLS *tls.Config
+	// Plaintext lists the member's URLs that carry plaintext across the
+	// network (allowed by Member.Insecure): log a warning about them.
+	Plaintext []string
 }
 
 type ports struct {

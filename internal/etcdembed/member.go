@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferryvm/ferry/internal/pki"
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
@@ -35,6 +36,13 @@ type Member struct {
 	// ReadyTimeout bounds the wait for the member to join a quorum
 	// (default 60s).
 	ReadyTimeout time.Duration
+	// CA is the cluster CA (`--ca DIR`), needed when the member's URLs
+	// are https://: the member's certificate is issued from it and peers
+	// and clients must present one of its etcd member certificates.
+	CA *pki.CA
+	// Insecure allows http:// URLs on other machines (plaintext across
+	// the network, `--etcd-insecure`).
+	Insecure bool
 }
 
 func parseURLs(field, s string) ([]url.URL, error) {
@@ -103,6 +111,10 @@ func StartMember(ctx context.Context, m Member) (*Etcd, error) {
 	if err := m.validate(); err != nil {
 		return nil, err
 	}
+	sec, err := m.security()
+	if err != nil {
+		return nil, err
+	}
 	cfg := embed.NewConfig()
 	cfg.Name = m.Name
 	cfg.Dir = filepath.Join(m.Dir, "data")
@@ -111,7 +123,6 @@ func StartMember(ctx context.Context, m Member) (*Etcd, error) {
 		return nil, fmt.Errorf("embedded etcd: create %s: %w", m.Dir, err)
 	}
 	cfg.LogOutputs = []string{filepath.Join(m.Dir, "etcd.log")}
-	var err error
 	urls := []struct {
 		field string
 		val   string
@@ -130,6 +141,10 @@ func StartMember(ctx context.Context, m Member) (*Etcd, error) {
 	cfg.InitialCluster = m.InitialCluster
 	cfg.ClusterState = m.InitialClusterState
 	cfg.InitialClusterToken = "ferry"
+	clientTLS, err := m.applyTLS(cfg, sec)
+	if err != nil {
+		return nil, err
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd member %s: start in %s (log %s): %w", m.Name, m.Dir, cfg.LogOutputs[0], err)
@@ -147,5 +162,5 @@ func StartMember(ctx context.Context, m Member) (*Etcd, error) {
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd member %s: %w", m.Name, ctx.Err())
 	}
-	return &Etcd{e: e, Endpoint: cfg.AdvertiseClientUrls[0].String()}, nil
+	return &Etcd{e: e, Endpoint: cfg.AdvertiseClientUrls[0].String(), ClientTLS: clientTLS, Plaintext: sec.plaintext}, nil
 }

@@ -44,11 +44,20 @@ const (
 	// neither the server's API nor an agent's, nor the agents' own
 	// streams (the cold disk copy) accept it.
 	KindQEMU Kind = "ferry-qemu"
+	// KindEtcd is an embedded etcd member's peer and client certificate;
+	// its name is the member name and it also carries EtcdName.
+	KindEtcd Kind = "ferry-etcd"
 )
 
 // ServerName is the DNS name every server certificate carries; clients
 // verify the server against it whatever address they dialled.
 const ServerName = "ferry-server.cluster.ferry"
+
+// EtcdName is the DNS name every etcd member certificate carries; the
+// embedded members accept peers and clients only with a certificate
+// naming it, so an agent's certificate (whose names are DNS labels) from
+// the same CA cannot reach etcd.
+const EtcdName = "etcd.cluster.ferry"
 
 // Files of a CA directory (--ca DIR, or the server's data dir).
 const (
@@ -188,6 +197,10 @@ func (ca *CA) Pool() *x509.CertPool {
 // Server certificates also carry ServerName, agent and QEMU certificates
 // the host name, plus any ips given.
 func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...net.IP) ([]byte, error) {
+	return ca.issue(kind, name, pub, ttl, nil, ips)
+}
+
+func (ca *CA) issue(kind Kind, name string, pub any, ttl time.Duration, dns []string, ips []net.IP) ([]byte, error) {
 	if name == "" {
 		return nil, errors.New("issue: empty name")
 	}
@@ -199,7 +212,7 @@ func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...n
 		NotAfter:     now.Add(ttl),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{name},
+		DNSNames:     append([]string{name}, dns...),
 		IPAddresses:  ips,
 	}
 	if kind == KindAgent || kind == KindQEMU {
@@ -210,8 +223,11 @@ func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...n
 		// still give theirs to QEMU).
 		tmpl.KeyUsage |= x509.KeyUsageKeyEncipherment
 	}
-	if kind == KindServer {
+	switch kind {
+	case KindServer:
 		tmpl.DNSNames = append(tmpl.DNSNames, ServerName)
+	case KindEtcd:
+		tmpl.DNSNames = append(tmpl.DNSNames, EtcdName)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.key)
 	if err != nil {
@@ -222,11 +238,17 @@ func (ca *CA) Issue(kind Kind, name string, pub any, ttl time.Duration, ips ...n
 
 // IssueKeyPair makes a new key and a certificate for it: both PEM.
 func (ca *CA) IssueKeyPair(kind Kind, name string, ttl time.Duration, ips ...net.IP) (certPEM, keyPEM []byte, err error) {
+	return ca.IssueHostKeyPair(kind, name, ttl, nil, ips)
+}
+
+// IssueHostKeyPair is IssueKeyPair for a certificate that also names
+// the extra DNS names dns and the addresses ips (an etcd member's URLs).
+func (ca *CA) IssueHostKeyPair(kind Kind, name string, ttl time.Duration, dns []string, ips []net.IP) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
-	certPEM, err = ca.Issue(kind, name, &key.PublicKey, ttl, ips...)
+	certPEM, err = ca.issue(kind, name, &key.PublicKey, ttl, dns, ips)
 	if err != nil {
 		return nil, nil, err
 	}

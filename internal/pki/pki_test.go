@@ -164,3 +164,33 @@ func TestHostStreamTLS(t *testing.T) {
 		t.Error("sender to h2 accepted a receiver presenting h2's stream certificate")
 	}
 }
+
+func TestIssueEtcdMember(t *testing.T) {
+	ca, err := NewCA("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _, err := ca.IssueHostKeyPair(KindEtcd, "s1", time.Hour, []string{"etcd1.example"}, []net.IP{net.ParseIP("10.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseCert(certPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{EtcdName, "s1", "etcd1.example", "10.0.0.1"} {
+		if err := c.VerifyHostname(h); err != nil {
+			t.Errorf("etcd member certificate does not name %s: %v", h, err)
+		}
+	}
+	if id, err := ca.Verify(c); err != nil || id != (Identity{KindEtcd, "s1"}) {
+		t.Errorf("identity = %v, %v; want ferry-etcd/s1", id, err)
+	}
+	agent, _, err := ca.IssueKeyPair(KindAgent, "host1", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ac, _ := ParseCert(agent); ac.VerifyHostname(EtcdName) == nil {
+		t.Error("an agent certificate names the etcd name")
+	}
+}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sort"
@@ -32,13 +33,20 @@ type Etcd struct {
 	fence fenceRef // nil: unfenced; see SetFence
 }
 
-// NewEtcd connects to the etcd cluster at endpoints.
+// NewEtcd connects to the etcd cluster at endpoints in plaintext.
 func NewEtcd(ctx context.Context, endpoints []string) (*Etcd, error) {
+	return NewEtcdTLS(ctx, endpoints, nil)
+}
+
+// NewEtcdTLS connects to the etcd cluster at endpoints, over TLS with
+// tlsCfg when it is not nil (internal/etcdtls builds it).
+func NewEtcdTLS(ctx context.Context, endpoints []string, tlsCfg *tls.Config) (*Etcd, error) {
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Context:     ctx,
 		Logger:      nil,
+		TLS:         tlsCfg,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to etcd %v: %w", endpoints, err)
@@ -48,7 +56,7 @@ func NewEtcd(ctx context.Context, endpoints []string) (*Etcd, error) {
 	defer cancel()
 	if _, err := c.Get(sctx, "/ferry/ping"); err != nil {
 		c.Close()
-		return nil, fmt.Errorf("etcd %v not reachable: %w (check --etcd-endpoints)", endpoints, err)
+		return nil, fmt.Errorf("etcd %v not reachable: %w (check --etcd-endpoints, and for https:// --etcd-ca/--etcd-cert/--etcd-key)", endpoints, err)
 	}
 	return &Etcd{c: c, leases: map[string]clientv3.LeaseID{}}, nil
 }
