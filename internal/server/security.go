@@ -137,6 +137,13 @@ func (a *authService) Join(ctx context.Context, req *connect.Request[ferryv1.Joi
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
+	// The stream request is checked before the token is spent and the
+	// name claimed: a refusal leaves both as they were.
+	if len(req.Msg.StreamCsr) > 0 {
+		if _, err := pki.ParseCSR(req.Msg.StreamCsr); err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("stream_csr: %w", err))
+		}
+	}
 	h := auth.Hash(req.Msg.Token)
 	rec, err := a.sec.Tokens.GetToken(ctx, h)
 	if err != nil || rec.Role != auth.RoleAgent || !time.Now().Before(rec.ExpiresAt) {

@@ -133,7 +133,13 @@ func TestJoinIssuesStreamCert(t *testing.T) {
 			t.Errorf("join with a %s token: %v, want unauthenticated", role, err)
 		}
 	}
-	resp, err := a.Join(ctx, connect.NewRequest(&ferryv1.JoinRequest{Token: token(auth.RoleAgent), Host: "h2", Csr: idCSR, StreamCsr: streamCSR}))
+	// A bad stream request is refused before the token is spent and the
+	// name claimed: the same token then joins h2.
+	agentTok := token(auth.RoleAgent)
+	if _, err := a.Join(ctx, connect.NewRequest(&ferryv1.JoinRequest{Token: agentTok, Host: "h2", Csr: idCSR, StreamCsr: []byte("not a CSR")})); connect.CodeOf(err) != connect.CodeInvalidArgument || !strings.Contains(err.Error(), "stream_csr") {
+		t.Fatalf("join with a bad stream_csr: %v, want invalid argument naming stream_csr", err)
+	}
+	resp, err := a.Join(ctx, connect.NewRequest(&ferryv1.JoinRequest{Token: agentTok, Host: "h2", Csr: idCSR, StreamCsr: streamCSR}))
 	if err != nil {
 		t.Fatal(err)
 	}
