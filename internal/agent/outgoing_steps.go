@@ -107,7 +107,9 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 	out, mon := v.out, v.mon
 	v.mu.Unlock()
 	if mon == nil {
-		return nil, failedPrecondition("VM %s has no QEMU on host %s", name, a.cfg.Name)
+		// Not found, not a refusal: the engine then asks for the VM's
+		// state (its QEMU died) instead of retrying the cancel forever.
+		return nil, notFound("VM %s has no QEMU on host %s", name, a.cfg.Name)
 	}
 	other := ""
 	if out != nil && out.id != id {
