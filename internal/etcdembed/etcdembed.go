@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -44,7 +45,23 @@ func Start(ctx context.Context, dir string) (*Etcd, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("embedded etcd: create %s: %w", dir, err)
 	}
-	p, err := loadOrPickPorts(filepath.Join(dir, "ports.json"))
+	portsPath := filepath.Join(dir, "ports.json")
+	_, statErr := os.Stat(portsPath)
+	picked := os.IsNotExist(statErr) // fresh ports: another process may take one before etcd binds it
+	for attempt := 1; ; attempt++ {
+		e, err := start(ctx, dir, portsPath)
+		if err == nil || !picked || attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+			return e, err
+		}
+		if rerr := os.Remove(portsPath); rerr != nil {
+			return nil, errors.Join(err, fmt.Errorf("embedded etcd: pick new ports: %w", rerr))
+		}
+	}
+}
+
+// start runs etcd once on the ports of portsPath (picked when missing).
+func start(ctx context.Context, dir, portsPath string) (*Etcd, error) {
+	p, err := loadOrPickPorts(portsPath)
 	if err != nil {
 		return nil, err
 	}
