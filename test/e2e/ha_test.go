@@ -65,6 +65,24 @@ func (c *cluster) waitLeader(not string, timeout time.Duration) (*ferryv1.Cluste
 	return nil, 0
 }
 
+// waitReplicas waits for a leader and for the status to list replicas
+// registered servers and members etcd members: a replica registers a moment
+// after `dev cluster up` returns, so the first status with a leader may not
+// list it yet. It returns the last status, whether or not the counts were
+// reached, so that the caller's check reports what was seen.
+func (c *cluster) waitReplicas(replicas, members int, timeout time.Duration) *ferryv1.ClusterStatus {
+	c.t.Helper()
+	st, _ := c.waitLeader("", timeout)
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && (len(st.Replicas) != replicas || len(st.EtcdMembers) != members) {
+		time.Sleep(100 * time.Millisecond)
+		if next, err := c.serverStatus(""); err == nil && next.Leader != "" {
+			st = next
+		}
+	}
+	return st
+}
+
 // serverProcess returns the recorded process of replica name.
 func (c *cluster) serverProcess(name string) devcluster.Process {
 	c.t.Helper()
@@ -154,7 +172,7 @@ func TestHALeaderKilledMidMigration(t *testing.T) {
 	if n := len(strings.Split(c.server, ",")); n != 3 {
 		t.Fatalf("FERRY_SERVER lists %d addresses (%s), want 3", n, c.server)
 	}
-	st, _ := c.waitLeader("", 30*time.Second)
+	st := c.waitReplicas(3, 3, 30*time.Second)
 	if len(st.Replicas) != 3 || len(st.EtcdMembers) != 3 {
 		t.Fatalf("status: %d replicas, %d etcd members; want 3 and 3: %v", len(st.Replicas), len(st.EtcdMembers), st)
 	}
@@ -283,7 +301,7 @@ func TestHATwoServersOneEtcd(t *testing.T) {
 	}
 	t.Cleanup(e.Close)
 	c := upClusterWith(t, 2, "--servers", "2", "--etcd-endpoints", e.Endpoint, "--leader-ttl", haLeaderTTL)
-	st, _ := c.waitLeader("", 30*time.Second)
+	st := c.waitReplicas(2, 1, 30*time.Second)
 	if len(st.Replicas) != 2 || len(st.EtcdMembers) != 1 {
 		t.Fatalf("status: %d replicas, %d etcd members; want 2 and 1: %v", len(st.Replicas), len(st.EtcdMembers), st)
 	}
