@@ -2,19 +2,13 @@ package admit
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 
 	"github.com/ferryvm/ferry/internal/scripttest"
 )
-
-// rewrite regenerates the expected output of testdata/*.txt:
-// go test ./internal/admit -run TestScripts -rewrite (then review).
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testdata/*.txt")
 
 // A script block:
 //
@@ -30,18 +24,12 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 // host whose flights' caps sum above host-bw, or a flight above its own
 // cap, prints a VIOLATION line.
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) { scripttest.Run(t, f, *rewrite, runAdmit) })
-	}
+	scripttest.Dir(t, func(t *testing.T, f string) { scripttest.Run(t, f, runAdmit) })
 }
 
 func mib(v float64) string { return fmt.Sprintf("%.1fMiB/s", v/(1<<20)) }
 
-func runAdmit(t *testing.T, header []string) []string {
+func runAdmit(t *testing.T, b scripttest.Block) []string {
 	var l Limits
 	var flights []Flight
 	var out []string
@@ -65,7 +53,7 @@ func runAdmit(t *testing.T, header []string) []string {
 			}
 		}
 	}
-	for _, line := range header[1:] {
+	for _, line := range b.Header[1:] {
 		f := strings.Fields(line)
 		a := scripttest.KV(f[1:])
 		switch f[0] {
@@ -121,7 +109,7 @@ func runAdmit(t *testing.T, header []string) []string {
 				out = append(out, fmt.Sprintf("  host %s %s", h, mib(sum[h])))
 			}
 		default:
-			t.Fatalf("unknown line %q", line)
+			b.Fatalf(t, "unknown line %q", line)
 		}
 	}
 	return out

@@ -1,9 +1,7 @@
 package balance
 
 import (
-	"flag"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,10 +9,6 @@ import (
 	"github.com/ferryvm/ferry/internal/placement"
 	"github.com/ferryvm/ferry/internal/scripttest"
 )
-
-// rewrite regenerates the expected output of testdata/*.txt:
-// go test ./internal/balance -run TestScripts -rewrite (then review).
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testdata/*.txt")
 
 // A script block:
 //
@@ -32,16 +26,10 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 // count is checked: a VM moved twice within the cooldown prints a
 // VIOLATION line.
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) { scripttest.Run(t, f, *rewrite, runBalance) })
-	}
+	scripttest.Dir(t, func(t *testing.T, f string) { scripttest.Run(t, f, runBalance) })
 }
 
-func runBalance(t *testing.T, header []string) []string {
+func runBalance(t *testing.T, b scripttest.Block) []string {
 	var hosts []Host
 	var vms []VM
 	bw := scripttest.Bandwidths{}
@@ -58,7 +46,7 @@ func runBalance(t *testing.T, header []string) []string {
 		t.Fatalf("unknown VM %s", name)
 		return -1
 	}
-	for _, l := range header[1:] {
+	for _, l := range b.Header[1:] {
 		f := strings.Fields(l)
 		a := scripttest.KV(f[1:])
 		switch f[0] {
@@ -119,7 +107,7 @@ func runBalance(t *testing.T, header []string) []string {
 			out = append(out, "  why: "+res.Why)
 			st.Active = res.Active
 		default:
-			t.Fatalf("unknown line %q", l)
+			b.Fatalf(t, "unknown line %q", l)
 		}
 	}
 	return out

@@ -1,9 +1,7 @@
 package evacuate
 
 import (
-	"flag"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -13,10 +11,6 @@ import (
 	"github.com/ferryvm/ferry/internal/qemucaps"
 	"github.com/ferryvm/ferry/internal/scripttest"
 )
-
-// rewrite regenerates the expected output of testdata/*.txt:
-// go test ./internal/evacuate -run TestScripts -rewrite (then review the diff).
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testdata/*.txt")
 
 // A script is a sequence of blocks:
 //
@@ -32,13 +26,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //	----
 //	expected output, up to a blank line
 func TestScripts(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(filepath.Base(f), func(t *testing.T) { scripttest.Run(t, f, *rewrite, runDrain) })
-	}
+	scripttest.Dir(t, func(t *testing.T, f string) { scripttest.Run(t, f, runDrain) })
 }
 
 func parseHost(t *testing.T, f []string) Host {
@@ -147,7 +135,7 @@ func parsePolicy(t *testing.T, set *policy.Set, f []string) {
 	}
 }
 
-func runDrain(t *testing.T, header []string) []string {
+func runDrain(t *testing.T, b scripttest.Block) []string {
 	in := Input{}
 	bw := scripttest.Bandwidths{}
 	in.Bandwidth = bw
@@ -156,7 +144,7 @@ func runDrain(t *testing.T, header []string) []string {
 		done     []string
 	}
 	var fails []failure
-	for _, l := range header[1:] {
+	for _, l := range b.Header[1:] {
 		f := strings.Fields(l)
 		switch f[0] {
 		case "source":
@@ -173,7 +161,7 @@ func runDrain(t *testing.T, header []string) []string {
 			a := scripttest.KV(f[3:])
 			fails = append(fails, failure{f[1], f[2], scripttest.List(a["done"])})
 		default:
-			t.Fatalf("unknown line %q", l)
+			b.Fatalf(t, "unknown line %q", l)
 		}
 	}
 	plan, err := PlanDrain(in)

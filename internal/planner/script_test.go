@@ -2,21 +2,17 @@ package planner
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferryvm/ferry/internal/scripttest"
 )
 
-// rewrite regenerates the expected output of testdata/scenarios.txt:
-// go test ./internal/planner -run TestScenarios -rewrite (then review the diff).
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testdata/scenarios.txt")
-
-// The scenario file is a sequence of blocks in the style of etcd-raft's
-// interaction tests (cockroachdb/datadriven):
+// TestScenarios runs testdata/scenarios.txt, a sequence of blocks in the
+// style of etcd-raft's interaction tests (cockroachdb/datadriven):
 //
 //	# comments
 //	plan TITLE                      or: controller TITLE
@@ -27,71 +23,30 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of testda
 //
 // A plan block prints every prediction (converges or not, its figures and
 // reason) and then "choose: STRATEGY" or "choose: error" with the reasons.
-// A controller block prints the action of every sample.
-type block struct {
-	line   int      // of the directive
-	header []string // directive and input lines
-	want   []string // expected output
-}
-
+// A controller block prints the action of every sample. Rewrite the
+// expected output with -rewrite (then review the diff).
 func TestScenarios(t *testing.T) {
-	const path = "testdata/scenarios.txt"
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var out []string // the rewritten file
 	plans, controllers := 0, 0
-	for i := 0; i < len(lines); {
-		l := lines[i]
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
-			out = append(out, l)
-			i++
-			continue
-		}
-		b := block{line: i + 1}
-		for ; i < len(lines) && lines[i] != "----"; i++ {
-			if !strings.HasPrefix(lines[i], "#") {
-				b.header = append(b.header, lines[i])
-			}
-			out = append(out, lines[i])
-		}
-		if i == len(lines) {
-			t.Fatalf("line %d: block without ----", b.line)
-		}
-		out = append(out, "----")
-		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
-			b.want = append(b.want, lines[i])
-		}
-		var got []string
-		switch directive := strings.Fields(b.header[0])[0]; directive {
+	scripttest.Run(t, "testdata/scenarios.txt", func(t *testing.T, b scripttest.Block) []string {
+		switch d := b.Directive(); d {
 		case "plan":
 			plans++
-			got = runPlan(t, b)
+			return runPlan(t, b)
 		case "controller":
 			controllers++
-			got = runController(t, b)
+			return runController(t, b)
 		default:
-			t.Fatalf("line %d: unknown directive %q", b.line, directive)
+			b.Fatalf(t, "unknown directive %q", d)
+			return nil
 		}
-		out = append(out, got...)
-		if !*rewrite && strings.Join(got, "\n") != strings.Join(b.want, "\n") {
-			t.Errorf("line %d: %s\n--- got:\n%s\n--- want:\n%s", b.line, b.header[0], strings.Join(got, "\n"), strings.Join(b.want, "\n"))
-		}
-	}
-	if *rewrite {
-		if err := os.WriteFile(path, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	})
 	if plans < 8 || controllers < 2 {
 		t.Fatalf("read %d plan and %d controller scenarios, want at least 8 and 2", plans, controllers)
 	}
 }
 
 // runPlan predicts and chooses for a plan block.
-func runPlan(t *testing.T, b block) []string {
+func runPlan(t *testing.T, b scripttest.Block) []string {
 	in, _, _ := parseInputs(t, b)
 	var got []string
 	preds := Predict(in)
@@ -102,7 +57,7 @@ func runPlan(t *testing.T, b block) []string {
 	if err != nil {
 		var npe *NoPlanError
 		if !errors.As(err, &npe) || !errors.Is(err, ErrNoPlan) {
-			t.Fatalf("line %d: Choose error %v is not a *NoPlanError matching ErrNoPlan", b.line, err)
+			b.Fatalf(t, "Choose error %v is not a *NoPlanError matching ErrNoPlan", err)
 		}
 		got = append(got, "choose: error")
 		for _, r := range npe.Reasons {
@@ -137,7 +92,7 @@ func fmtPrediction(p Prediction) string {
 }
 
 // runController feeds a controller block's samples to a Controller.
-func runController(t *testing.T, b block) []string {
+func runController(t *testing.T, b scripttest.Block) []string {
 	in, samples, opt := parseInputs(t, b)
 	c := NewSteppedController(in, opt)
 	var got []string
@@ -163,16 +118,16 @@ func runController(t *testing.T, b block) []string {
 
 // parseInputs reads key=value pairs and sample lines; step=downtime or
 // step=downtime-only sets the controller's options.
-func parseInputs(t *testing.T, b block) (Inputs, []Sample, ControllerOptions) {
+func parseInputs(t *testing.T, b scripttest.Block) (Inputs, []Sample, ControllerOptions) {
 	t.Helper()
 	var in Inputs
 	var opt ControllerOptions
 	var samples []Sample
 	fail := func(format string, a ...any) {
 		t.Helper()
-		t.Fatalf("line %d: %s", b.line, fmt.Sprintf(format, a...))
+		b.Fatalf(t, format, a...)
 	}
-	for _, l := range b.header[1:] {
+	for _, l := range b.Header[1:] {
 		fields := strings.Fields(l)
 		if len(fields) > 0 && fields[0] == "sample" {
 			var s Sample

@@ -2,11 +2,12 @@ package planner
 
 import (
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferryvm/ferry/internal/scripttest"
 )
 
 // TestTuningScenarios runs testdata/tuning.txt: blocks of
@@ -20,54 +21,18 @@ import (
 //
 // Rewrite with -rewrite, as for TestScenarios.
 func TestTuningScenarios(t *testing.T) {
-	const path = "testdata/tuning.txt"
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var out []string
 	blocks := 0
-	for i := 0; i < len(lines); {
-		l := lines[i]
-		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "#") {
-			out = append(out, l)
-			i++
-			continue
-		}
-		start := i + 1
-		var header []string
-		for ; i < len(lines) && lines[i] != "----"; i++ {
-			header = append(header, lines[i])
-			out = append(out, lines[i])
-		}
-		if i == len(lines) {
-			t.Fatalf("line %d: block without ----", start)
-		}
-		out = append(out, "----")
-		var want []string
-		for i++; i < len(lines) && strings.TrimSpace(lines[i]) != ""; i++ {
-			want = append(want, lines[i])
-		}
-		if f := strings.Fields(header[0]); len(f) == 0 || f[0] != "tune" {
-			t.Fatalf("line %d: want a tune block, got %q", start, header[0])
+	scripttest.Run(t, "testdata/tuning.txt", func(t *testing.T, b scripttest.Block) []string {
+		if d := b.Directive(); d != "tune" {
+			b.Fatalf(t, "want a tune block, got %q", b.Header[0])
 		}
 		blocks++
-		in, err := parseTune(header[1:])
+		in, err := parseTune(b.Header[1:])
 		if err != nil {
-			t.Fatalf("line %d: %v", start, err)
+			b.Fatalf(t, "%v", err)
 		}
-		got := fmtTuning(Tune(in))
-		out = append(out, got...)
-		if !*rewrite && strings.Join(got, "\n") != strings.Join(want, "\n") {
-			t.Errorf("line %d: %s\n--- got:\n%s\n--- want:\n%s", start, header[0], strings.Join(got, "\n"), strings.Join(want, "\n"))
-		}
-	}
-	if *rewrite {
-		if err := os.WriteFile(path, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+		return fmtTuning(Tune(in))
+	})
 	if blocks < 8 {
 		t.Fatalf("read %d tune blocks, want at least 8", blocks)
 	}
