@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"math"
 	"sort"
+
+	"github.com/ferryvm/ferry/internal/ewma"
 )
 
 // EWMAAlpha is the weight of a new observation in BandwidthEstimator.
@@ -47,7 +49,7 @@ func (e *BandwidthEstimator) Observe(from, to string, bytesPerSec float64) {
 	if !ok {
 		l = Link{From: from, To: to, BytesPerSec: bytesPerSec}
 	} else {
-		l.BytesPerSec = EWMAAlpha*bytesPerSec + (1-EWMAAlpha)*l.BytesPerSec
+		l.BytesPerSec = ewma.Step(l.BytesPerSec, bytesPerSec, EWMAAlpha)
 	}
 	l.Samples++
 	e.links[k] = l

@@ -10,21 +10,26 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/ewma"
 )
 
 // overheadWeight is the weight of the newest migration in the average.
 const overheadWeight = 0.3
 
 // overheads keeps the exponentially weighted average of the fixed time of
-// the cluster's completed live migrations.
+// the cluster's completed live migrations. The zero value is ready to use.
 type overheads struct {
-	mu  sync.Mutex
-	avg time.Duration
-	n   int
+	mu    sync.Mutex
+	fixed ewma.Average // nanoseconds
 	// start is the average time an agent took to start a VM's QEMU: the
 	// prior before any migration completed (a destination starts one).
-	start  time.Duration
-	starts int
+	start ewma.Average // nanoseconds
+}
+
+// fold adds d to a with weight overheadWeight.
+func fold(a *ewma.Average, d time.Duration) {
+	a.Alpha = overheadWeight
+	a.Add(float64(d))
 }
 
 // observeStart folds in how long an agent's StartVM took.
@@ -34,12 +39,7 @@ func (o *overheads) observeStart(d time.Duration) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.starts == 0 {
-		o.start = d
-	} else {
-		o.start = time.Duration(overheadWeight*float64(d) + (1-overheadWeight)*float64(o.start))
-	}
-	o.starts++
+	fold(&o.start, d)
 }
 
 // observe folds in a finished migration's report: its wall time from the
@@ -55,12 +55,7 @@ func (o *overheads) observe(m *ferryv1.Migration) {
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.n == 0 {
-		o.avg = fixed
-	} else {
-		o.avg = time.Duration(overheadWeight*float64(fixed) + (1-overheadWeight)*float64(o.avg))
-	}
-	o.n++
+	fold(&o.fixed, fixed)
 }
 
 // setup is the learned fixed time: from completed live migrations, else
@@ -68,8 +63,8 @@ func (o *overheads) observe(m *ferryv1.Migration) {
 func (o *overheads) setup() time.Duration {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.n > 0 {
-		return o.avg
+	if o.fixed.N > 0 {
+		return time.Duration(o.fixed.Value)
 	}
-	return o.start
+	return time.Duration(o.start.Value)
 }

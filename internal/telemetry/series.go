@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/ferryvm/ferry/internal/ewma"
 )
 
 // DefaultAlpha is the weight of the newest sample in a Series' moving
@@ -30,12 +32,10 @@ type Sample struct {
 // always in time order. The zero value is not usable; use NewSeries. It is
 // not safe for concurrent use.
 type Series struct {
-	alpha float64
-	buf   []Sample
-	next  int // where the next sample goes
-	n     int // samples held (≤ len(buf))
-	ewma  float64
-	total int // samples ever added
+	avg  ewma.Average // over every sample ever added
+	buf  []Sample
+	next int // where the next sample goes
+	n    int // samples held (≤ len(buf))
 }
 
 // NewSeries returns an empty series holding at most capacity samples
@@ -48,7 +48,7 @@ func NewSeries(capacity int, alpha float64) *Series {
 	if !(alpha > 0 && alpha <= 1) {
 		alpha = DefaultAlpha
 	}
-	return &Series{alpha: alpha, buf: make([]Sample, capacity)}
+	return &Series{avg: ewma.Average{Alpha: alpha}, buf: make([]Sample, capacity)}
 }
 
 // Add records v taken at at. A value that is negative or not finite, or a
@@ -60,12 +60,7 @@ func (s *Series) Add(at time.Time, v float64) bool {
 	if last, ok := s.Latest(); ok && at.Before(last.At) {
 		return false
 	}
-	if s.total == 0 {
-		s.ewma = v
-	} else {
-		s.ewma = s.alpha*v + (1-s.alpha)*s.ewma
-	}
-	s.total++
+	s.avg.Add(v)
 	s.buf[s.next] = Sample{At: at, Value: v}
 	s.next = (s.next + 1) % len(s.buf)
 	if s.n < len(s.buf) {
@@ -96,7 +91,7 @@ func (s *Series) Samples() []Sample {
 
 // Reset forgets every sample (a new QEMU process starts a new series).
 func (s *Series) Reset() {
-	*s = Series{alpha: s.alpha, buf: make([]Sample, len(s.buf))}
+	*s = Series{avg: ewma.Average{Alpha: s.avg.Alpha}, buf: make([]Sample, len(s.buf))}
 }
 
 // Estimate is what a series says at one moment.
@@ -120,7 +115,7 @@ func (s *Series) Estimate(now time.Time) (Estimate, bool) {
 	if !ok {
 		return Estimate{}, false
 	}
-	e := Estimate{Latest: last.Value, EWMA: s.ewma, Samples: s.n, At: last.At, Age: max(now.Sub(last.At), 0)}
+	e := Estimate{Latest: last.Value, EWMA: s.avg.Value, Samples: s.n, At: last.At, Age: max(now.Sub(last.At), 0)}
 	for _, x := range s.Samples() {
 		e.Peak = max(e.Peak, x.Value)
 	}
@@ -139,19 +134,16 @@ func (s *Series) EstimateSince(now, since time.Time) (Estimate, bool) {
 		return Estimate{}, false
 	}
 	e := Estimate{Latest: last.Value, At: last.At, Age: max(now.Sub(last.At), 0)}
-	first := true
+	avg := ewma.Average{Alpha: s.avg.Alpha}
 	for _, x := range s.Samples() {
 		if x.At.Before(since) && !x.At.Equal(last.At) {
 			continue
 		}
-		if first {
-			e.EWMA, first = x.Value, false
-		} else {
-			e.EWMA = s.alpha*x.Value + (1-s.alpha)*e.EWMA
-		}
+		avg.Add(x.Value)
 		e.Peak = max(e.Peak, x.Value)
 		e.Samples++
 	}
+	e.EWMA = avg.Value
 	e.Value = max(e.Latest, e.EWMA)
 	return e, true
 }
