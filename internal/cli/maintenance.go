@@ -44,11 +44,7 @@ func newMaintenanceCmd(g *globals) *cobra.Command {
 			}
 			e := resp.Msg.Evacuation
 			if dryRun || detach {
-				if g.output == "json" {
-					return printJSON(g.stdout, e)
-				}
-				fmt.Fprint(g.stdout, renderEvacuation(e))
-				return nil
+				return g.show(e, func() string { return renderEvacuation(e) })
 			}
 			if g.output != "json" {
 				fmt.Fprintln(g.stdout, strings.Join(e.Plan, "\n"))
@@ -92,11 +88,7 @@ func newMaintenanceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(g.stdout, resp.Msg.Evacuation)
-			}
-			fmt.Fprint(g.stdout, renderEvacuation(resp.Msg.Evacuation))
-			return nil
+			return g.show(resp.Msg.Evacuation, func() string { return renderEvacuation(resp.Msg.Evacuation) })
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -259,11 +251,7 @@ func newBalanceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(g.stdout, resp.Msg)
-			}
-			fmt.Fprint(g.stdout, renderBalance(resp.Msg))
-			return nil
+			return g.show(resp.Msg, func() string { return renderBalance(resp.Msg) })
 		},
 	}
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the proposals and change nothing")
@@ -276,11 +264,7 @@ func newBalanceCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(g.stdout, resp.Msg)
-			}
-			fmt.Fprint(g.stdout, renderBalance(resp.Msg))
-			return nil
+			return g.show(resp.Msg, func() string { return renderBalance(resp.Msg) })
 		},
 	})
 	return cmd

@@ -58,3 +58,12 @@ func orDash(s string) string {
 	}
 	return s
 }
+
+// show prints msg as JSON with -o json, else the text render returns.
+func (g *globals) show(msg proto.Message, render func() string) error {
+	if g.output == "json" {
+		return printJSON(g.stdout, msg)
+	}
+	fmt.Fprint(g.stdout, render())
+	return nil
+}

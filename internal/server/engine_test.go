@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"io"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -38,24 +40,8 @@ func TestMigrateWithoutTheEngineChangesNothing(t *testing.T) {
 // stored record.
 func TestRunEngineRecordsAndRendersAMigration(t *testing.T) {
 	s, st := newTestServer(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.RunEngine(ctx) }()
-	defer func() { cancel(); <-done }()
-	h := &migrationService{s}
-	var resp *connect.Response[ferryv1.MigrateResponse]
-	var err error
-	for i := 0; i < 100; i++ { // RunEngine starts asynchronously
-		resp, err = h.Migrate(context.Background(), connect.NewRequest(&ferryv1.MigrateRequest{Vm: "web", To: "h2",
-			Options: &ferryv1.MigrationOptions{Strategy: "cold"}}))
-		if connect.CodeOf(err) != connect.CodeUnavailable {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := runTestEngine(t, s)
+	resp := migrateColdWebToH2(t, h)
 	m := resp.Msg.Migration
 	if m.Id == "" || m.Status != "running" || m.Strategy != "cold" {
 		t.Fatalf("started migration: %v", m)
@@ -84,11 +70,28 @@ func TestClusterPolicyInsecureTransport(t *testing.T) {
 	if err := st.(*store.Etcd).PutPolicies(context.Background(), policy.Set{Cluster: policy.Policy{InsecureTransport: true}}); err != nil {
 		t.Fatal(err)
 	}
+	h := runTestEngine(t, s)
+	resp := migrateColdWebToH2(t, h)
+	if m := resp.Msg.Migration; m.Transport != "plain" || !m.GetOptions().GetInsecureTransport() {
+		t.Errorf("transport %q (insecure option %v), want plain by the cluster policy", m.Transport, m.GetOptions().GetInsecureTransport())
+	}
+}
+
+// runTestEngine runs s's migration engine until the test ends and
+// returns its migration service.
+func runTestEngine(t *testing.T, s *Server) *migrationService {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.RunEngine(ctx) }()
-	defer func() { cancel(); <-done }()
-	h := &migrationService{s}
+	t.Cleanup(func() { cancel(); <-done })
+	return &migrationService{s}
+}
+
+// migrateColdWebToH2 starts a cold migration of VM web to h2, retried
+// for up to a second while the engine is not yet running.
+func migrateColdWebToH2(t *testing.T, h *migrationService) *connect.Response[ferryv1.MigrateResponse] {
+	t.Helper()
 	var resp *connect.Response[ferryv1.MigrateResponse]
 	var err error
 	for i := 0; i < 100; i++ { // RunEngine starts asynchronously
@@ -102,7 +105,19 @@ func TestClusterPolicyInsecureTransport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m := resp.Msg.Migration; m.Transport != "plain" || !m.GetOptions().GetInsecureTransport() {
-		t.Errorf("transport %q (insecure option %v), want plain by the cluster policy", m.Transport, m.GetOptions().GetInsecureTransport())
+	return resp
+}
+
+// scrapeMetrics returns the text s's /metrics serves.
+func scrapeMetrics(t *testing.T, s *Server) string {
+	t.Helper()
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return string(body)
 }

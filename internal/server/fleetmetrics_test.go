@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"io"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -47,15 +45,7 @@ func TestFleetMetrics(t *testing.T) {
 	if plan.GetImbalanceBefore() < 0.3 {
 		t.Errorf("imbalance %v with 3 GiB of VMs on h1 and none on h4: want about 0.4", plan.GetImbalanceBefore())
 	}
-	srv := httptest.NewServer(s.Handler())
-	defer srv.Close()
-	resp, err := srv.Client().Get(srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(body)
+	text := scrapeMetrics(t, s)
 	for _, want := range []string{
 		`ferry_host_health{health="healthy",host="h1"} 1`,
 		`ferry_host_health{health="degraded",host="h1"} 0`,

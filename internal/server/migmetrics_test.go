@@ -2,14 +2,11 @@ package server
 
 import (
 	"context"
-	"io"
-	"net/http/httptest"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -25,23 +22,7 @@ func TestMetricsAfterMigrations(t *testing.T) {
 		Capacity: &ferryv1.HostCapacity{Cpus: 4, FreeMemoryMib: 1024, DiskFreeBytes: 5 << 30}, LastSeen: timestamppb.New(time.Now().Add(-5 * time.Second))}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.RunEngine(ctx) }()
-	defer func() { cancel(); <-done }()
-	h := &migrationService{s}
-	var err error
-	for i := 0; i < 100; i++ { // RunEngine starts asynchronously
-		_, err = h.Migrate(context.Background(), connect.NewRequest(&ferryv1.MigrateRequest{Vm: "web", To: "h2",
-			Options: &ferryv1.MigrationOptions{Strategy: "cold"}}))
-		if connect.CodeOf(err) != connect.CodeUnavailable {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+	migrateColdWebToH2(t, runTestEngine(t, s))
 	start := time.Now().Add(-3 * time.Second)
 	s.metrics.mig.migrationEnded(&ferryv1.Migration{Id: "a", Strategy: "precopy", Status: "completed",
 		StartedAt: timestamppb.New(start), FinishedAt: timestamppb.New(start.Add(2 * time.Second)),
@@ -49,15 +30,7 @@ func TestMetricsAfterMigrations(t *testing.T) {
 	s.metrics.mig.migrationEnded(&ferryv1.Migration{Id: "b", Strategy: "postcopy", Status: "failed"})
 	s.metrics.mig.migrationEnded(&ferryv1.Migration{Id: "c", Strategy: "precopy", Status: "running"}) // not terminal: ignored
 
-	srv := httptest.NewServer(s.Handler())
-	defer srv.Close()
-	resp, err := srv.Client().Get(srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	text := string(body)
+	text := scrapeMetrics(t, s)
 	for _, want := range []string{
 		`ferry_migrations_started_total{strategy="cold"} 1`,
 		`ferry_migrations_completed_total{strategy="precopy"} 1`,

@@ -47,6 +47,19 @@ func (s *Server) migrationInFlight(ctx context.Context, id string) (bool, *ferry
 	return m.Status == "running", m, nil
 }
 
+// lockedVM takes the VM's lockVM and reads its record through
+// settleMigrationLock: the first steps of starting, stopping and deleting
+// it. unlock is never nil, also with an error (a Connect error); the
+// caller defers it.
+func (s *Server) lockedVM(ctx context.Context, name string) (vm *ferryv1.VM, unlock func(), err error) {
+	unlock = s.lockVM(name)
+	if vm, err = s.store.GetVM(ctx, name); err != nil {
+		return nil, unlock, connectError(err)
+	}
+	vm, err = s.settleMigrationLock(ctx, vm)
+	return vm, unlock, err
+}
+
 // settleMigrationLock is the first step of every VM operation (start,
 // stop, delete, migrate). A VM locked by a migration that is really in
 // flight is refused with a message naming the migration and how to cancel

@@ -210,13 +210,9 @@ func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.St
 	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
-	unlock := s.lockVM(name)
+	vm, unlock, err := s.lockedVM(ctx, name)
 	defer unlock()
-	vm, err := s.store.GetVM(ctx, name)
 	if err != nil {
-		return nil, connectError(err)
-	}
-	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
 		return nil, err
 	}
 	switch vm.State {
@@ -251,13 +247,9 @@ func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.Sto
 	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
-	unlock := s.lockVM(name)
+	vm, unlock, err := s.lockedVM(ctx, name)
 	defer unlock()
-	vm, err := s.store.GetVM(ctx, name)
 	if err != nil {
-		return nil, connectError(err)
-	}
-	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
 		return nil, err
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
@@ -289,13 +281,9 @@ func (v *vmService) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.D
 	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
-	unlock := s.lockVM(name)
+	vm, unlock, err := s.lockedVM(ctx, name)
 	defer unlock()
-	vm, err := s.store.GetVM(ctx, name)
 	if err != nil {
-		return nil, connectError(err)
-	}
-	if vm, err = s.settleMigrationLock(ctx, vm); err != nil {
 		return nil, err
 	}
 	host, err := s.store.GetHost(ctx, vm.Host)
