@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdembed/etcdtest"
 	"github.com/ferryvm/ferry/internal/etcdtls"
 	"github.com/ferryvm/ferry/internal/pki"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -21,37 +21,17 @@ import (
 func startTLSPair(t *testing.T, ca *pki.CA) ([]etcdembed.Member, []*etcdembed.Etcd) {
 	t.Helper()
 	var ms []etcdembed.Member
-	var initial []string
 	for i := 1; i <= 2; i++ {
-		m := etcdembed.Member{
+		ms = append(ms, etcdembed.Member{
 			Name:         fmt.Sprintf("t%d", i),
 			Dir:          t.TempDir(),
-			ListenPeer:   fmt.Sprintf("https://127.0.0.1:%d", port(t)),
-			ListenClient: fmt.Sprintf("https://127.0.0.1:%d", port(t)),
+			ListenPeer:   etcdtest.URL(t, "https"),
+			ListenClient: etcdtest.URL(t, "https"),
 			CA:           ca,
 			ReadyTimeout: 20 * time.Second,
-		}
-		ms = append(ms, m)
-		initial = append(initial, m.Name+"="+m.ListenPeer)
+		})
 	}
-	es := make([]*etcdembed.Etcd, len(ms))
-	errs := make([]error, len(ms))
-	var wg sync.WaitGroup
-	for i := range ms {
-		ms[i].InitialCluster = strings.Join(initial, ",")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			es[i], errs[i] = etcdembed.StartMember(context.Background(), ms[i])
-		}()
-	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("member %d: %v", i+1, err)
-		}
-		t.Cleanup(es[i].Close)
-	}
+	es := etcdtest.Start(t, ms)
 	return ms, es
 }
 

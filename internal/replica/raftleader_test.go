@@ -3,13 +3,12 @@ package replica_test
 import (
 	"context"
 	"fmt"
-	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdembed/etcdtest"
 	"github.com/ferryvm/ferry/internal/leader"
 	"github.com/ferryvm/ferry/internal/replica"
 	"github.com/ferryvm/ferry/internal/store"
@@ -29,49 +28,15 @@ func (f *fakeEngine) RunEngine(ctx context.Context) error {
 	return nil
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // TestLeaderShedsRaftLeadership: a replica elected while its own embedded
 // member is etcd's raft leader moves raft leadership to another member.
 func TestLeaderShedsRaftLeadership(t *testing.T) {
 	var ms []etcdembed.Member
-	var initial []string
 	for i := 1; i <= 3; i++ {
-		m := etcdembed.Member{Name: fmt.Sprintf("m%d", i), Dir: t.TempDir(),
-			ListenPeer: fmt.Sprintf("http://127.0.0.1:%d", freePort(t)), ListenClient: fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
-		ms = append(ms, m)
-		initial = append(initial, m.Name+"="+m.ListenPeer)
+		ms = append(ms, etcdembed.Member{Name: fmt.Sprintf("m%d", i), Dir: t.TempDir(),
+			ListenPeer: etcdtest.URL(t, "http"), ListenClient: etcdtest.URL(t, "http")})
 	}
-	es := make([]*etcdembed.Etcd, 3)
-	var wg sync.WaitGroup
-	for i := range ms {
-		ms[i].InitialCluster = strings.Join(initial, ",")
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var err error
-			if es[i], err = etcdembed.StartMember(context.Background(), ms[i]); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	wg.Wait()
-	for _, e := range es {
-		if e != nil {
-			t.Cleanup(e.Close)
-		}
-	}
-	if t.Failed() {
-		t.FailNow()
-	}
+	es := etcdtest.Start(t, ms)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	probe, err := store.NewEtcd(ctx, []string{es[0].Endpoint})
