@@ -43,6 +43,7 @@ const (
 // Pair is a directed host pair.
 type Pair struct{ From, To string }
 
+// String is "FROM→TO".
 func (p Pair) String() string { return p.From + "→" + p.To }
 
 type probe struct {

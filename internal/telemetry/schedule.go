@@ -35,6 +35,7 @@ const (
 	RAM
 )
 
+// String names the kind as logs and reports show it.
 func (k Kind) String() string {
 	switch k {
 	case Dirty:
