@@ -13,11 +13,10 @@ import (
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
 	"github.com/ferryvm/ferry/gen/ferry/v1/ferryv1connect"
 	"github.com/ferryvm/ferry/internal/auth"
-	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdembed/etcdtest"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/rpcaddr"
 	"github.com/ferryvm/ferry/internal/server"
-	"github.com/ferryvm/ferry/internal/store"
 )
 
 // TestJoinRenewAndTakenName runs a real server (embedded etcd, TLS, auth)
@@ -33,16 +32,7 @@ func TestJoinRenewAndTakenName(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e, err := etcdembed.Start(ctx, filepath.Join(dir, "etcd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	st, err := store.NewEtcd(ctx, []string{e.Endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := etcdtest.Store(t, filepath.Join(dir, "etcd"))
 	ca, _, err := pki.LoadOrCreateCA(filepath.Join(dir, "ca"))
 	if err != nil {
 		t.Fatal(err)

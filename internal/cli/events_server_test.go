@@ -11,9 +11,8 @@ import (
 
 	statev1 "github.com/ferryvm/ferry/gen/ferry/state/v1"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdembed/etcdtest"
 	"github.com/ferryvm/ferry/internal/server"
-	"github.com/ferryvm/ferry/internal/store"
 )
 
 // syncBuffer is a bytes.Buffer safe to read while the CLI writes it.
@@ -34,16 +33,7 @@ func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return 
 // prints web's migration's state changes in order as they happen.
 func TestEventsFollowAgainstTheServer(t *testing.T) {
 	ctx := context.Background()
-	e, err := etcdembed.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	st, err := store.NewEtcd(ctx, []string{e.Endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := etcdtest.Store(t, t.TempDir())
 	for _, name := range []string{"web", "db"} {
 		if err := st.CreateVM(ctx, &ferryv1.VM{Spec: &ferryv1.VMSpec{Name: name, Vcpus: 1, MemoryMib: 256}, Host: "h1", State: "running", Generation: 1}); err != nil {
 			t.Fatal(err)

@@ -8,7 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdembed/etcdtest"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
@@ -19,16 +19,7 @@ import (
 func newTestServer(t *testing.T) (*Server, store.Store) {
 	t.Helper()
 	ctx := context.Background()
-	e, err := etcdembed.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	st, err := store.NewEtcd(ctx, []string{e.Endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := etcdtest.Store(t, t.TempDir())
 	for _, h := range []string{"h1", "h2"} {
 		if err := st.PutHost(ctx, &ferryv1.Host{Name: h, Address: "unix:///nonexistent/" + h, MigrationIp: "198.18.0.9",
 			Capacity: &ferryv1.HostCapacity{Cpus: 2, MemoryMib: 4096}, AgentFeatures: []string{pki.FeatureTLSStreams}}, time.Minute); err != nil {

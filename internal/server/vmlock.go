@@ -47,17 +47,20 @@ func (s *Server) migrationInFlight(ctx context.Context, id string) (bool, *ferry
 	return m.Status == "running", m, nil
 }
 
-// lockedVM takes the VM's lockVM and reads its record through
-// settleMigrationLock: the first steps of starting, stopping and deleting
-// it. unlock is never nil, also with an error (a Connect error); the
-// caller defers it.
-func (s *Server) lockedVM(ctx context.Context, name string) (vm *ferryv1.VM, unlock func(), err error) {
-	unlock = s.lockVM(name)
+// beginVMOp is the start of starting, stopping and deleting a VM: the
+// operation's context bounded (boundOp), the VM's lockVM taken and its
+// record read through settleMigrationLock. done releases both; it is
+// never nil, also with an error (a Connect error), and the caller defers
+// it.
+func (s *Server) beginVMOp(ctx context.Context, name string) (_ context.Context, vm *ferryv1.VM, done func(), err error) {
+	ctx, cancel := s.boundOp(ctx)
+	unlock := s.lockVM(name)
+	done = func() { unlock(); cancel() }
 	if vm, err = s.store.GetVM(ctx, name); err != nil {
-		return nil, unlock, connectError(err)
+		return ctx, nil, done, connectError(err)
 	}
 	vm, err = s.settleMigrationLock(ctx, vm)
-	return vm, unlock, err
+	return ctx, vm, done, err
 }
 
 // settleMigrationLock is the first step of every VM operation (start,

@@ -206,12 +206,10 @@ func (v *vmService) ListVMs(ctx context.Context, _ *connect.Request[ferryv1.List
 
 // StartVM starts a stopped or failed VM on the host that owns it.
 func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.StartVMRequest]) (*connect.Response[ferryv1.StartVMResponse], error) {
-	ctx, cancel := v.s.boundOp(ctx)
-	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
-	vm, unlock, err := s.lockedVM(ctx, name)
-	defer unlock()
+	ctx, vm, done, err := s.beginVMOp(ctx, name)
+	defer done()
 	if err != nil {
 		return nil, err
 	}
@@ -243,12 +241,10 @@ func (v *vmService) StartVM(ctx context.Context, req *connect.Request[ferryv1.St
 
 // StopVM stops a VM's QEMU on its host; the VM keeps its host and disks.
 func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.StopVMRequest]) (*connect.Response[ferryv1.StopVMResponse], error) {
-	ctx, cancel := v.s.boundOp(ctx)
-	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
-	vm, unlock, err := s.lockedVM(ctx, name)
-	defer unlock()
+	ctx, vm, done, err := s.beginVMOp(ctx, name)
+	defer done()
 	if err != nil {
 		return nil, err
 	}
@@ -277,12 +273,10 @@ func (v *vmService) StopVM(ctx context.Context, req *connect.Request[ferryv1.Sto
 
 // DeleteVM stops the VM, removes its files on its host and its record.
 func (v *vmService) DeleteVM(ctx context.Context, req *connect.Request[ferryv1.DeleteVMRequest]) (*connect.Response[ferryv1.DeleteVMResponse], error) {
-	ctx, cancel := v.s.boundOp(ctx)
-	defer cancel()
 	s := v.s
 	name := req.Msg.GetName()
-	vm, unlock, err := s.lockedVM(ctx, name)
-	defer unlock()
+	ctx, vm, done, err := s.beginVMOp(ctx, name)
+	defer done()
 	if err != nil {
 		return nil, err
 	}

@@ -7,24 +7,13 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdembed/etcdtest"
 	"github.com/ferryvm/ferry/internal/store"
 )
 
 func newEtcdStore(t *testing.T) store.Store {
 	t.Helper()
-	ctx := context.Background()
-	e, err := etcdembed.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	s, err := store.NewEtcd(ctx, []string{e.Endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return etcdtest.Store(t, t.TempDir())
 }
 
 func vm(name, host string) *ferryv1.VM {

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/etcdembed/etcdtest"
 	"github.com/ferryvm/ferry/internal/store"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -20,16 +20,7 @@ import (
 // heartbeats still work.
 func TestFencedWrites(t *testing.T) {
 	ctx := context.Background()
-	e, err := etcdembed.Start(ctx, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	s, err := store.NewEtcd(ctx, []string{e.Endpoint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
+	s := etcdtest.Store(t, t.TempDir())
 	c := s.Client()
 
 	put, err := c.Put(ctx, "/ferry/leader/a", "a")

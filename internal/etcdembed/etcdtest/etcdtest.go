@@ -1,6 +1,7 @@
-// Package etcdtest starts clusters of embedded etcd members
-// (etcdembed.StartMember) for tests, on 127.0.0.1, and stops them when
-// the test ends. It is imported by tests only.
+// Package etcdtest starts embedded etcd for tests, on 127.0.0.1: one
+// server with a store client of it, or a cluster of members
+// (etcdembed.StartMember); everything it starts is closed when the test
+// ends. It is imported by tests only.
 package etcdtest
 
 import (
@@ -12,7 +13,26 @@ import (
 	"testing"
 
 	"github.com/ferryvm/ferry/internal/etcdembed"
+	"github.com/ferryvm/ferry/internal/store"
 )
+
+// Store starts one embedded etcd with its data in dir and returns a
+// store client of it; both are closed when the test ends.
+func Store(t *testing.T, dir string) *store.Etcd {
+	t.Helper()
+	ctx := context.Background()
+	e, err := etcdembed.Start(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	st, err := store.NewEtcd(ctx, []string{e.Endpoint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
 
 // Port returns a TCP port of 127.0.0.1 that was free a moment ago (its
 // listener is closed again, for a member to bind).
