@@ -431,6 +431,43 @@ func TestDownSparesReusedPID(t *testing.T) {
 	}
 }
 
+// TestIsRecordedAfterEnv: a daemon restarted as `env VAR=... ferry ...`
+// (the e2e tests' failpoint restarts) is recognised once env exec'd, so
+// Down stops it; a process running a different command is not.
+func TestIsRecordedAfterEnv(t *testing.T) {
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("env", "FERRY_TEST_MARK=1", sleep, "301")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-done })
+	pid := cmd.Process.Pid
+	deadline := time.Now().Add(5 * time.Second)
+	for { // until env has exec'd sleep
+		if c, err := readCmdline(pid); err == nil && len(c) > 0 && c[0] == sleep {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("env did not exec sleep within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !isRecorded(Process{PID: pid, Argv: []string{"env", "FERRY_TEST_MARK=1", sleep, "301"}}) {
+		t.Error("a process started through env is not recognised after env exec'd")
+	}
+	if isRecorded(Process{PID: pid, Argv: []string{"env", "FERRY_TEST_MARK=1", sleep, "302"}}) {
+		t.Error("a process with other arguments is recognised")
+	}
+	if got := afterEnv([]string{"env", "A=1", "B=2"}); got != nil {
+		t.Errorf("afterEnv of an env with no command = %v, want nil", got)
+	}
+}
+
 func TestConfigValidation(t *testing.T) {
 	for _, cfg := range []Config{
 		{Prefix: "bad/prefix"},

@@ -137,7 +137,10 @@ func readCmdline(pid int) ([]string, error) {
 
 // isRecorded reports whether the live process pid is still the one p
 // describes: same start time (if recorded) and a command line equal to
-// p.Argv, or to `ip netns exec NS argv...` if it has not exec'd yet.
+// p.Argv, or to `ip netns exec NS argv...` if it has not exec'd yet. An
+// argv that starts with `env VAR=VALUE...` (a daemon restarted with extra
+// environment, e.g. failpoints) also matches the command env exec'd into:
+// without that, Down took such a daemon for a reused PID and left it running.
 func isRecorded(p Process) bool {
 	info, err := readProc(p.PID)
 	if err != nil || info.state == 'Z' {
@@ -151,7 +154,27 @@ func isRecorded(p Process) bool {
 		return false
 	}
 	wrapped := append([]string{"ip", "netns", "exec", p.Netns}, p.Argv...)
-	return slices.Equal(cmdline, p.Argv) || slices.Equal(cmdline, wrapped)
+	if slices.Equal(cmdline, p.Argv) || slices.Equal(cmdline, wrapped) {
+		return true
+	}
+	execd := afterEnv(p.Argv)
+	return execd != nil && slices.Equal(cmdline, execd)
+}
+
+// afterEnv returns the command `env [VAR=VALUE...] cmd args...` runs once
+// env has exec'd it (nil if argv is not such an env invocation).
+func afterEnv(argv []string) []string {
+	if len(argv) == 0 || filepath.Base(argv[0]) != "env" {
+		return nil
+	}
+	i := 1
+	for i < len(argv) && strings.Contains(argv[i], "=") && !strings.HasPrefix(argv[i], "-") {
+		i++
+	}
+	if i == len(argv) {
+		return nil
+	}
+	return argv[i:]
 }
 
 // stopPIDs sends SIGTERM to every pid (and to the process group of each
