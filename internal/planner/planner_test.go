@@ -84,12 +84,12 @@ func TestPredictByHand(t *testing.T) {
 		{
 			// Post-copy of the same guest: round 1's remainder would equal
 			// what was dirtied at 1024/(100+50) = 6.8267 s, but the tail
-			// bound (1 s at 100 MiB/s) moves the switch to 9.24 s of round 1
-			// (10.24 s), with 50 × 9.24 = 462 MiB dirtied meanwhile.
+			// bound (0.25 s at 100 MiB/s) moves the switch to 9.99 s of
+			// round 1 (10.24 s), with 50 × 9.99 = 499.5 MiB dirtied meanwhile.
 			// downtime = 0.01 + 0.02 = 30 ms
-			// total    = 0.1 + (1024 + 462 + 1)/100 + 0.02 + 0.12 = 15.11 s
+			// total    = 0.1 + (1024 + 499.5 + 1)/100 + 0.02 + 0.12 = 15.485 s
 			name: "half the bandwidth, post-copy", in: base(50), strategy: StrategyPostcopy,
-			rounds: 1, downtime: ms(30), total: ms(15110), bytesMiB: 1487,
+			rounds: 1, downtime: ms(30), total: ms(15485), bytesMiB: 1524.5,
 		},
 		{
 			// Dirty 120 MiB/s on 100 MiB/s with auto-converge; QEMU 7.2 checks at

@@ -360,8 +360,12 @@ func postcopySwitchBytes(m, b, r float64) float64 {
 // every page never sent (its kernel's and its programs', not only the
 // pages it rewrites), and with one vCPU each fault stalls it whole. The
 // bench's client gaps: a switch at 67% of round 1 (half) 3.2-3.6 s; at
-// 91-93% (big, heavy's warm-up) 0.34-0.48 s and 0.9 s.
-const PostcopyTailSeconds = 1.0
+// 91-93% (big, heavy's warm-up) 0.34-0.48 s and 0.9 s. Heavy, side by
+// side in one session (3 runs each, medians): a 1 s tail gave 1385 ms
+// (TLS) and 783 ms (plaintext), 0.25 s gave 1243 ms and 733 ms, for the
+// same total (14.3 s and 14.2 s): once the guest's working set is dirty,
+// a later switch re-sends nothing more.
+const PostcopyTailSeconds = 0.25
 
 // predictPostcopyAfterRound1 is post-copy started after the first full
 // round: hybrid's fallback, and the post-copy strategy of an idle guest.
