@@ -106,15 +106,15 @@ func TestPostcopyAfterOnlyForPostcopy(t *testing.T) {
 	h := qemuHost("h1", "10.0.2", qemu10...)
 	plan := &ferryv1.Plan{Tuning: tunePlan("postcopy", in, &ferryv1.MigrationOptions{}, h, h)}
 	got, bytes := postcopyAt(plan, "postcopy")
-	// B/(B+R) = 2/3 of the data, but the tail bound leaves only 1 s of
-	// the link (48 MiB) for after the switch: 304 of 352 MiB.
-	if got < 0.863 || got > 0.864 {
-		t.Fatalf("switch point %.4f, want 304/352", got)
+	// B/(B+R) = 2/3 of the data, but the tail bound leaves only 0.25 s
+	// of the link (12 MiB) for after the switch: 340 of 352 MiB.
+	if got < 0.9658 || got > 0.9660 {
+		t.Fatalf("switch point %.4f, want 340/352", got)
 	}
-	if want := int64(304 << 20); bytes < want-1 || bytes > want+1 {
-		t.Fatalf("switch point %d bytes, want %d (non-zero − 1 s of the link)", bytes, want)
+	if want := int64(340 << 20); bytes < want-1 || bytes > want+1 {
+		t.Fatalf("switch point %d bytes, want %d (non-zero − 0.25 s of the link)", bytes, want)
 	}
-	if c := choice(t, plan.Tuning, "postcopy-start"); c.Value != "86% of round 1" {
+	if c := choice(t, plan.Tuning, "postcopy-start"); c.Value != "97% of round 1" {
 		t.Errorf("postcopy-start choice %+v", c)
 	}
 	if f, b := postcopyAt(plan, "hybrid"); f != 0 || b != 0 {
