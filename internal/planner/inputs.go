@@ -98,6 +98,10 @@ type Inputs struct {
 	// strategy that runs one stream is min(link, stream), of a multifd
 	// pre-copy min(link, channels × stream).
 	StreamBytesPerSec float64
+	// MirrorBytesPerSec is what one local disk's NBD mirror sends when the
+	// link is not the limit (0: DefaultMirrorBytesPerSec; an encrypted
+	// mirror: DefaultTLSMirrorBytesPerSec).
+	MirrorBytesPerSec float64
 	// MultifdChannels is the operator's --multifd for the pre-copy
 	// strategies (0: as Tune chooses, from the link, RTT and the data).
 	MultifdChannels int
@@ -206,6 +210,7 @@ type model struct {
 	finish              float64 // seconds after the destination resumed
 	link                float64 // BandwidthBytesPerSec; b is the rate of the strategy predicted
 	stream              float64 // one stream's rate
+	mirror              float64 // one disk mirror's rate
 	channels            int     // MultifdChannels
 	maxChannels         int     // MaxChannels
 	rtt                 float64 // seconds
@@ -239,6 +244,7 @@ func newModel(in Inputs) (model, error) {
 		finish:       orF(in.FinishSeconds, DefaultFinishSeconds),
 		link:         in.BandwidthBytesPerSec,
 		stream:       orF(in.StreamBytesPerSec, DefaultStreamBytesPerSec),
+		mirror:       orF(in.MirrorBytesPerSec, DefaultMirrorBytesPerSec),
 		channels:     in.MultifdChannels,
 		maxChannels:  in.MaxChannels,
 		rtt:          in.RTT.Seconds(),

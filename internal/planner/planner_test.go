@@ -377,6 +377,33 @@ func TestPredictLocalDisks(t *testing.T) {
 	}
 }
 
+// TestMirrorRateCapsAFastLink: on a 2.6 GiB/s link a 1 GiB disk mirrors at
+// one mirror's rate, not the link's (the disk bench's dry run predicted
+// 1.08 s for 3.69 s with the link's): 1024/646 s plaintext by default,
+// 1024/362 s with the encrypted mirror's rate; below those rates the link
+// is the limit again.
+func TestMirrorRateCapsAFastLink(t *testing.T) {
+	in := Inputs{MemoryBytes: 1 << 30, NonZeroBytes: 112 << 20, BandwidthBytesPerSec: 2600 << 20,
+		Policy: Policy{AllowPrecopy: true}}
+	without := find(t, Predict(in), StrategyPrecopy)
+	in.DiskBytes = 1 << 30
+	for _, c := range []struct {
+		name   string
+		rate   float64
+		mirror float64
+	}{
+		{"plaintext default", 0, 1024.0 / 646},
+		{"tls", DefaultTLSMirrorBytesPerSec, 1024.0 / 362},
+		{"mirror faster than the link", 5000 << 20, 1024.0 / 2600},
+	} {
+		in.MirrorBytesPerSec = c.rate
+		with := find(t, Predict(in), StrategyPrecopy)
+		if d := (with.Total - without.Total).Seconds(); math.Abs(d-c.mirror) > 0.01 {
+			t.Errorf("%s: the disk adds %.3f s, want %.3f s", c.name, d, c.mirror)
+		}
+	}
+}
+
 // An idle guest on a link faster than one stream: Tune runs one stream
 // (channels would save under 1 s), so the prediction goes at one stream's
 // rate, not the link's; with --multifd 8 at the link's.

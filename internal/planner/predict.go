@@ -138,9 +138,12 @@ func (m *model) withDisks(p Prediction) Prediction {
 	return p
 }
 
-// diskSeconds is the time the mirrors take until every one is ready.
+// diskSeconds is the time the mirrors take until every one is ready: at
+// the link's rate or one mirror's (an NBD stream, TLS unless insecure),
+// whichever is lower.
 func (m *model) diskSeconds() float64 {
-	return m.disk / max(m.b-m.dw, m.b/10)
+	b := math.Min(m.b, m.mirror)
+	return m.disk / max(b-m.dw, b/10)
 }
 
 // predict returns the prediction of one strategy (with the disks).

@@ -23,6 +23,14 @@ const (
 	// unshaped link): 1197 MiB in 4.99 s, about 240 MiB/s, where libvirt's
 	// plaintext stream reached about 285 MiB/s in the same run.
 	DefaultTLSStreamBytesPerSec = 240 * mib
+	// DefaultMirrorBytesPerSec and DefaultTLSMirrorBytesPerSec are what one
+	// local disk's NBD mirror sends, plaintext and TLS, when the link is
+	// not the limit: the disk bench scenario less the idle one in the same
+	// batch (bench/RESULTS.md, session 7: 1027 MiB of disk in 2.22−0.63 s
+	// plain, 3.69−0.85 s TLS, on a 3.3 GiB/s link).
+	DefaultMirrorBytesPerSec = 646 * mib
+	// DefaultTLSMirrorBytesPerSec: see DefaultMirrorBytesPerSec.
+	DefaultTLSMirrorBytesPerSec = 362 * mib
 	// ZstdBytesPerSecPerCore is what zstd level 1 compresses per second on
 	// one core: measured here 268 MB/s on source text (ratio 3.5), 466 MB/s
 	// on a binary (ratio 4.8), 1385 MB/s on random data (incompressible).

@@ -172,6 +172,7 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		RTT:                  time.Duration(in.RttMs * float64(time.Millisecond)),
 		MultifdChannels:      int(opt.MultifdChannels),
 		StreamBytesPerSec:    streamBytesPerSec(opt),
+		MirrorBytesPerSec:    mirrorBytesPerSec(opt),
 		MaxChannels:          maxChannels(in, opt),
 		DeviceStateBytes:     in.DeviceStateBytes,
 		SwitchoverSeconds:    planSwitchoverSeconds,
@@ -199,6 +200,15 @@ func streamBytesPerSec(opt *ferryv1.MigrationOptions) float64 {
 		return planner.DefaultStreamBytesPerSec
 	}
 	return planner.DefaultTLSStreamBytesPerSec
+}
+
+// mirrorBytesPerSec is one disk mirror's rate when the link is not the
+// limit, for the migration's transport (TLS unless insecure).
+func mirrorBytesPerSec(opt *ferryv1.MigrationOptions) float64 {
+	if opt.GetInsecureTransport() {
+		return planner.DefaultMirrorBytesPerSec
+	}
+	return planner.DefaultTLSMirrorBytesPerSec
 }
 
 // maxChannels bounds the multifd channels the planner picks on its own: an
