@@ -144,8 +144,8 @@ func (a *Agent) prepareArrival(m *agentv1.PrepareDiskCopyRequest, tlsCfg *tls.Co
 	if _, err := os.Stat(filepath.Join(dir, specFile)); err == nil {
 		return nil, failedPrecondition("VM %s has a directory with a spec on host %s: remove it first", m.Name, a.cfg.Name)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, disksDir), 0o755); err != nil {
-		return nil, fmt.Errorf("create disks dir: %w", err)
+	if err := mkDisksDir(filepath.Join(dir, disksDir)); err != nil {
+		return nil, err
 	}
 	if err := writeRecord(filepath.Join(dir, diskArrivalFile), diskArrivalRecord{ID: m.MigrationId}); err != nil {
 		_ = os.RemoveAll(dir)

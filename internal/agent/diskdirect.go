@@ -64,3 +64,17 @@ func probeDirectIO(dir string) error {
 	}
 	return nil
 }
+
+// mkDisksDir creates a VM's disks directory, or narrows an existing one,
+// to mode 0700 for root: QEMU opens its own images by path as root before
+// it switches to the unprivileged QEMU user (-run-with user=), and that
+// user must not reach another VM's images through the data dir.
+func mkDisksDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create disks dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("disks dir: %w", err)
+	}
+	return nil
+}

@@ -23,3 +23,26 @@ func TestProbeDirectIO(t *testing.T) {
 		t.Error("probe under a regular file succeeded")
 	}
 }
+
+// TestMkDisksDirIsPrivate: a new disks directory is 0700, and an existing
+// 0755 one (an older agent's) is narrowed to 0700.
+func TestMkDisksDirIsPrivate(t *testing.T) {
+	base := t.TempDir()
+	fresh := filepath.Join(base, "vm1", "disks")
+	old := filepath.Join(base, "vm2", "disks")
+	if err := os.MkdirAll(old, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{fresh, old} {
+		if err := mkDisksDir(d); err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.Stat(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := st.Mode().Perm(); m != 0o700 {
+			t.Errorf("%s: mode %o, want 700", d, m)
+		}
+	}
+}

@@ -137,8 +137,8 @@ func copySource(ctx context.Context, field, source, path, format string, r *reve
 	if info.BackingFilename != "" {
 		return invalid(field, "%s has a backing file (%s): flatten it first (qemu-img convert)", source, info.BackingFilename)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("create disks dir: %w", err)
+	if err := mkDisksDir(filepath.Dir(path)); err != nil {
+		return err
 	}
 	tmp := path + ".part"
 	cmd := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", info.Format, "-O", format, "-S", "4k", source, tmp)

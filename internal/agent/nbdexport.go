@@ -90,8 +90,8 @@ func (v *vm) createArrivingDisks(ctx context.Context, sp *ferryv1.VMSpec, disks 
 		case d.GetVirtualSizeBytes() <= 0:
 			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("local_disks[%d].virtual_size_bytes: must be > 0", i))
 		}
-		if err := os.MkdirAll(filepath.Dir(img.path), 0o755); err != nil {
-			return fmt.Errorf("create disks dir: %w", err)
+		if err := mkDisksDir(filepath.Dir(img.path)); err != nil {
+			return err
 		}
 		cmd := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", img.format, img.path, strconv.FormatInt(d.GetVirtualSizeBytes(), 10))
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -47,8 +47,8 @@ func (v *vm) prepareDisks(ctx context.Context, sp *ferryv1.VMSpec, r *revert.Rev
 			if err != nil {
 				return nil, invalid(field+".size", "%v", err)
 			}
-			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-				return nil, fmt.Errorf("create disks dir: %w", err)
+			if err := mkDisksDir(filepath.Dir(path)); err != nil {
+				return nil, err
 			}
 			cmd := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", format, path, fmt.Sprint(size))
 			if out, err := cmd.CombinedOutput(); err != nil {

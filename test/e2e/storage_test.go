@@ -168,6 +168,13 @@ func TestLocalDiskLiveMigration(t *testing.T) {
 		if got := c.imageFiles(hop.to, name); len(got) != 1 {
 			t.Errorf("images of %s on %s after the migration: %v, want one", name, hop.to, got)
 		}
+		// The unprivileged QEMU user cannot reach the images: QEMU opened
+		// them as root before it switched user.
+		if st, err := os.Stat(filepath.Join(c.vmDir(hop.to, name), "disks")); err != nil {
+			t.Errorf("disks dir of %s on %s: %v", name, hop.to, err)
+		} else if m := st.Mode().Perm(); m != 0o700 {
+			t.Errorf("disks dir of %s on %s: mode %o, want 700", name, hop.to, m)
+		}
 		c.verifyDisk(ip, fmt.Sprintf("after migration %d", i+1))
 	}
 	if !stream.flowing(2 * time.Second) {
