@@ -463,8 +463,8 @@ func TestIsRecordedAfterEnv(t *testing.T) {
 	if isRecorded(Process{PID: pid, Argv: []string{"env", "FERRY_TEST_MARK=1", sleep, "302"}}) {
 		t.Error("a process with other arguments is recognised")
 	}
-	if got := afterEnv([]string{"env", "A=1", "B=2"}); got != nil {
-		t.Errorf("afterEnv of an env with no command = %v, want nil", got)
+	if got := AfterEnv([]string{"env", "A=1", "B=2"}); got != nil {
+		t.Errorf("AfterEnv of an env with no command = %v, want nil", got)
 	}
 }
 

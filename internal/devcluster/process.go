@@ -157,13 +157,13 @@ func isRecorded(p Process) bool {
 	if slices.Equal(cmdline, p.Argv) || slices.Equal(cmdline, wrapped) {
 		return true
 	}
-	execd := afterEnv(p.Argv)
+	execd := AfterEnv(p.Argv)
 	return execd != nil && slices.Equal(cmdline, execd)
 }
 
-// afterEnv returns the command `env [VAR=VALUE...] cmd args...` runs once
+// AfterEnv returns the command `env [VAR=VALUE...] cmd args...` runs once
 // env has exec'd it (nil if argv is not such an env invocation).
-func afterEnv(argv []string) []string {
+func AfterEnv(argv []string) []string {
 	if len(argv) == 0 || filepath.Base(argv[0]) != "env" {
 		return nil
 	}

@@ -20,14 +20,10 @@ import (
 // baseArgv strips an `env K=V...` prefix a previous restart put in front
 // of a daemon's command line.
 func baseArgv(argv []string) []string {
-	if len(argv) == 0 || filepath.Base(argv[0]) != "env" {
-		return argv
+	if cmd := devcluster.AfterEnv(argv); cmd != nil {
+		return cmd
 	}
-	i := 1
-	for i < len(argv) && strings.Contains(argv[i], "=") && !strings.HasPrefix(argv[i], "-") {
-		i++
-	}
-	return argv[i:]
+	return argv
 }
 
 // killProcess SIGKILLs a recorded cluster daemon and waits until it is gone.
