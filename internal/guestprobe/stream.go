@@ -43,6 +43,21 @@ func (s StreamStats) Broken() bool {
 	return s.Missing > 0 || s.Repeated > 0 || s.Garbled > 0 || s.Err != nil
 }
 
+// Gap is one silence on the stream of at least GapRecordMin.
+type Gap struct {
+	// End is when the line that ended the silence arrived.
+	End time.Time
+	// Length is the silence.
+	Length time.Duration
+}
+
+// GapRecordMin is the shortest silence Gaps keeps; MaxGaps bounds how many
+// it keeps (the first ones).
+const (
+	GapRecordMin = 100 * time.Millisecond
+	MaxGaps      = 256
+)
+
 // Stream reads the guest's counter stream over one TCP connection.
 type Stream struct {
 	conn net.Conn
@@ -51,6 +66,7 @@ type Stream struct {
 	st        StreamStats
 	lastAt    time.Time
 	windowGap time.Duration
+	gaps      []Gap
 	closed    bool
 	done      chan struct{}
 }
@@ -83,6 +99,9 @@ func (s *Stream) read() {
 			gap := now.Sub(s.lastAt)
 			s.st.MaxGap = max(s.st.MaxGap, gap)
 			s.windowGap = max(s.windowGap, gap)
+			if gap >= GapRecordMin && len(s.gaps) < MaxGaps {
+				s.gaps = append(s.gaps, Gap{End: now, Length: gap})
+			}
 		}
 		s.lastAt = now
 		s.st.Lines++
@@ -135,6 +154,20 @@ func (s *Stream) WindowGap() time.Duration {
 	}
 	s.windowGap = 0
 	return g
+}
+
+// Gaps returns the silences of at least GapRecordMin that ended at or
+// after since, oldest first: where in a migration the client waited.
+func (s *Stream) Gaps(since time.Time) []Gap {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Gap
+	for _, g := range s.gaps {
+		if !g.End.Before(since) {
+			out = append(out, g)
+		}
+	}
+	return out
 }
 
 // WaitLines waits until at least n lines arrived.

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -13,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -463,7 +465,8 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	cpu, cpuErr := startCPU(env, sys)
 	flapCtx, stopFlaps := context.WithCancel(ctx)
 	flapsDone := make(chan []report.LinkEvent, 1)
-	go func() { flapsDone <- flap(flapCtx, env, sc, time.Now()) }()
+	issued := time.Now()
+	go func() { flapsDone <- flap(flapCtx, env, sc, issued) }()
 	rep, err := sys.Migrate(ctx, g, o.Cap)
 	stopFlaps()
 	r.LinkEvents = <-flapsDone
@@ -480,6 +483,9 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	}
 	time.Sleep(500 * time.Millisecond) // let a lingering stall show
 	r.ClientGapMs = stream.WindowGap().Milliseconds()
+	for _, gp := range stream.Gaps(issued) {
+		r.ClientGaps = append(r.ClientGaps, report.ClientGap{EndMs: gp.End.Sub(issued).Milliseconds(), Ms: gp.Length.Milliseconds()})
+	}
 	after, err := pr.waitStatus(ctx, g.IP, 15*time.Second)
 	if err != nil {
 		return fail(fmt.Errorf("guest after migration: %w", err))
@@ -502,6 +508,18 @@ func runOne(ctx context.Context, env *Env, pr *prober, sys System, sc Scenario, 
 	return r
 }
 
+// longestGaps lists the n longest client gaps as "LEN ms at END s"
+// (after the migration was issued), longest first.
+func longestGaps(gaps []report.ClientGap, n int) string {
+	gs := slices.Clone(gaps)
+	slices.SortStableFunc(gs, func(a, b report.ClientGap) int { return cmp.Compare(b.Ms, a.Ms) })
+	var parts []string
+	for _, g := range gs[:min(n, len(gs))] {
+		parts = append(parts, fmt.Sprintf("%d ms at %.1f s", g.Ms, float64(g.EndMs)/1000))
+	}
+	return strings.Join(parts, ", ")
+}
+
 // describe is a one-line account of a run.
 func describe(r report.Run) string {
 	head := fmt.Sprintf("%-6s run %d %-13s", r.Scenario, r.Index, r.System)
@@ -518,6 +536,9 @@ func describe(r report.Run) string {
 		float64(r.NonZeroBytes)/(1<<20), r.AchievedMiBps)
 	if r.Rebooted {
 		s += " REBOOTED"
+	}
+	if gs := longestGaps(r.ClientGaps, 3); gs != "" {
+		s += " (gaps " + gs + ")"
 	}
 	if r.StreamBroken {
 		s += " STREAM BROKEN (" + r.StreamError + ")"

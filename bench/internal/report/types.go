@@ -178,6 +178,14 @@ type LinkEvent struct {
 	What string `json:"what"`
 }
 
+// ClientGap is one silence on the guest's counter stream.
+type ClientGap struct {
+	// EndMs is when it ended, in ms after the migration was issued.
+	EndMs int64 `json:"endMs"`
+	// Ms is its length.
+	Ms int64 `json:"ms"`
+}
+
 // Run is one migration of one system in one scenario, measured from the
 // outside as well as by the system itself.
 type Run struct {
@@ -198,10 +206,13 @@ type Run struct {
 	Rebooted     bool   `json:"rebooted"`
 	// ClientGapMs is the longest gap between two counter lines the client
 	// saw from just before the migration to 0.5 s after it ended.
-	ClientGapMs  int64  `json:"clientGapMs"`
-	StreamLines  int64  `json:"streamLines"`
-	StreamBroken bool   `json:"streamBroken"`
-	StreamError  string `json:"streamError,omitempty"`
+	ClientGapMs int64 `json:"clientGapMs"`
+	// ClientGaps are the silences of 100 ms or more in that window, in
+	// order: where in the migration the client waited.
+	ClientGaps   []ClientGap `json:"clientGaps,omitempty"`
+	StreamLines  int64       `json:"streamLines"`
+	StreamBroken bool        `json:"streamBroken"`
+	StreamError  string      `json:"streamError,omitempty"`
 	// AchievedMiBps is the guest's achieved_mibps after the migration
 	// (average since its dirtier started); WindowMiBps the rate during the
 	// migration alone (pages dirtied between the two /status reads).
