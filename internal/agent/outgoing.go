@@ -39,6 +39,12 @@ type outgoing struct {
 	// max-postcopy-bandwidth, which a lower share lowers.
 	maxBandwidth, postcopyBandwidth int64
 
+	// warmup is StartOutgoing's post-copy warm-up (nil: none); warmupRestore
+	// the max-postcopy-bandwidth to restore while it is on (persisted, so a
+	// restarted agent restores it).
+	warmup        *agentv1.MigrationTuning
+	warmupRestore int64
+
 	// mir is the local disks' mirrors (nil without local disks);
 	// disksMirrored: they completed at the switchover (persisted), so the
 	// destination holds the disks and the source's may go with it.
@@ -123,7 +129,8 @@ func (out *outgoing) record() outgoingRecord {
 	}
 	return outgoingRecord{ID: out.id, URI: out.uri, MirrorNBD: nbd, MirrorDisks: disks, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
 		Cancelled: out.state == migration.SrcCancelled, DisksMirrored: out.disksMirrored,
-		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
+		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt,
+		WarmupRestoreBytes: out.warmupRestore}
 }
 
 // saveOutgoing persists the departure's facts in the VM's directory.
@@ -183,7 +190,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	}
 	mon := v.mon
 	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs,
-		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes)}
+		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes), warmup: req.Tuning}
 	out.sub = mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
 	v.mu.Unlock()
@@ -278,6 +285,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
+	go v.keepNoDelay(req.MigrationId, req.Uri)
 	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", transport(req.InsecureTransport),
 		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)
@@ -317,6 +325,7 @@ func (v *vm) watchOutgoing(out *outgoing) {
 				case qmp.MigrationStatusPostcopyActive:
 					if out.postcopyAt.IsZero() {
 						out.postcopyAt = ev.Timestamp
+						go v.postcopyWarmup(out)
 					}
 				case qmp.MigrationStatusCompleted:
 					out.completedAt = ev.Timestamp
