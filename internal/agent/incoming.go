@@ -220,7 +220,6 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	if in.uri == "" {
 		return "", fmt.Errorf("destination QEMU reports no listening port (query-migrate: %+v)", info.SocketAddress)
 	}
-	go v.keepNoDelay(in.id, in.uri)
 	if len(req.LocalDisks) > 0 {
 		var tls *qemutls.Creds
 		if !req.InsecureTransport {

@@ -353,7 +353,6 @@ func (v *vm) runMirrors(out *outgoing, mon *qmp.Monitor, set *mirrorSet) {
 		out.wake()
 		return
 	}
-	go v.keepNoDelay(out.id, out.uri)
 	set.mu.Lock()
 	set.migrateSent = true
 	set.mu.Unlock()

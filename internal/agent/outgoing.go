@@ -285,7 +285,6 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
-	go v.keepNoDelay(req.MigrationId, req.Uri)
 	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", transport(req.InsecureTransport),
 		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)

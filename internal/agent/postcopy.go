@@ -70,7 +70,6 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 	v.mu.Lock()
 	v.recoverURI = uri
 	v.mu.Unlock()
-	go v.keepNoDelay(id, uri) // after an agent restart no loop runs yet
 	a.log.Info("post-copy recovery listening", "vm", name, "migration", id, "uri", uri)
 	return uri, nil
 }
@@ -100,7 +99,6 @@ func (a *Agent) resumeOutgoing(ctx context.Context, req *agentv1.ResumeOutgoingR
 	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{Resume: true}); err != nil {
 		return nil, fmt.Errorf("migrate resume to %s: %w", req.Uri, err)
 	}
-	go v.keepNoDelay(req.MigrationId, req.Uri) // after an agent restart no loop runs yet
 	a.log.Info("post-copy resumed", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri)
 	return v.outgoingStatus(ctx)
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -55,8 +54,6 @@ type vm struct {
 
 	probeMu sync.Mutex
 	probe   *aliveProbe // the guest-alive probe of the last arrival (see liveness.go)
-
-	noDelay atomic.Bool // a keepNoDelay loop runs (nodelay.go)
 
 	copy *copyJob // the cold migration's copy of the local disks from here (diskcopy_send.go)
 }
