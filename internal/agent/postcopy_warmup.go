@@ -37,7 +37,7 @@ func (v *vm) postcopyWarmup(out *outgoing) {
 		out.mu.Unlock()
 		return
 	}
-	if err := v.setPostcopyBandwidth(out, low); err != nil {
+	if err := v.setPostcopyBandwidth(out, low, false); err != nil {
 		v.a.log.Warn("post-copy warm-up not started", "vm", v.name, "migration", out.id, "err", err)
 	} else {
 		v.a.log.Info("post-copy warm-up: background stream lowered", "vm", v.name, "migration", out.id,
@@ -59,7 +59,7 @@ func (v *vm) endWarmup(out *outgoing) {
 	if pc <= 0 {
 		return
 	}
-	if err := v.setPostcopyBandwidth(out, pc); err != nil {
+	if err := v.setPostcopyBandwidth(out, pc, true); err != nil {
 		v.a.log.Warn("post-copy warm-up: background stream not restored", "vm", v.name, "migration", out.id, "err", err)
 		// Left on: the migration ends slower, never wrong. The record
 		// keeps the restore for a restarted agent.
@@ -72,14 +72,19 @@ func (v *vm) endWarmup(out *outgoing) {
 	v.a.log.Info("post-copy warm-up ended: background stream restored", "vm", v.name, "migration", out.id, "max_postcopy_bandwidth", pc)
 }
 
-// setPostcopyBandwidth sets max-postcopy-bandwidth while the post-copy
-// runs (QEMU applies it to the running stream); a migration that has
-// moved on (completed, paused, failed) is left alone.
-func (v *vm) setPostcopyBandwidth(out *outgoing, b int64) error {
+// setPostcopyBandwidth sets max-postcopy-bandwidth (QEMU applies it to
+// the running stream). The warm-up lowers it only while the post-copy runs
+// (restore false); the restore also reaches a post-copy paused by a broken
+// link, so it resumes at full share. A migration that has ended is left
+// alone.
+func (v *vm) setPostcopyBandwidth(out *outgoing, b int64, restore bool) error {
 	out.mu.Lock()
 	status := qmp.MigrationStatus(out.status)
 	out.mu.Unlock()
-	if status != qmp.MigrationStatusPostcopyActive {
+	switch {
+	case status == qmp.MigrationStatusPostcopyActive:
+	case restore && postcopyStarted(status):
+	default:
 		return nil
 	}
 	mon := v.monitor()

@@ -90,3 +90,20 @@ func TestPostcopyWarmupValidated(t *testing.T) {
 		wantCode(t, err, connect.CodeInvalidArgument)
 	}
 }
+
+// A link that breaks during the warm-up pauses the post-copy: the restore
+// still reaches QEMU, so the resumed post-copy runs at full share.
+func TestPostcopyWarmupRestoredWhilePaused(t *testing.T) {
+	ta := newTestAgent(t)
+	q := startWarmupPostcopy(t, ta, 300)
+	low, full := int64(30<<20), int64(100<<20)
+	eventually(t, "warm-up on", func() bool {
+		b := postcopyBandwidths(t, q)
+		return len(b) >= 2 && b[len(b)-1] == low
+	})
+	q.SetMigrationStatus("postcopy-paused")
+	eventually(t, "restored while paused", func() bool {
+		b := postcopyBandwidths(t, q)
+		return b[len(b)-1] == full
+	})
+}

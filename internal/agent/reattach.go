@@ -213,7 +213,7 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 	}
 	out.sub = v.mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
-	if rec.WarmupRestoreBytes > 0 && s == qmp.MigrationStatusPostcopyActive {
+	if rec.WarmupRestoreBytes > 0 && postcopyStarted(s) {
 		// The agent that lowered the background stream died before it
 		// restored it: restore it now rather than leave it low.
 		out.warmupRestore = rec.WarmupRestoreBytes
