@@ -39,12 +39,6 @@ type outgoing struct {
 	// max-postcopy-bandwidth, which a lower share lowers.
 	maxBandwidth, postcopyBandwidth int64
 
-	// warmup is StartOutgoing's post-copy warm-up (nil: none); warmupRestore
-	// the max-postcopy-bandwidth to restore while it is on (persisted, so a
-	// restarted agent restores it).
-	warmup        *agentv1.MigrationTuning
-	warmupRestore int64
-
 	// mir is the local disks' mirrors (nil without local disks);
 	// disksMirrored: they completed at the switchover (persisted), so the
 	// destination holds the disks and the source's may go with it.
@@ -129,8 +123,7 @@ func (out *outgoing) record() outgoingRecord {
 	}
 	return outgoingRecord{ID: out.id, URI: out.uri, MirrorNBD: nbd, MirrorDisks: disks, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
 		Cancelled: out.state == migration.SrcCancelled, DisksMirrored: out.disksMirrored,
-		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt,
-		WarmupRestoreBytes: out.warmupRestore}
+		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
 }
 
 // saveOutgoing persists the departure's facts in the VM's directory.
@@ -190,7 +183,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	}
 	mon := v.mon
 	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs,
-		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes), warmup: req.Tuning}
+		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes)}
 	out.sub = mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
 	v.mu.Unlock()
@@ -324,7 +317,6 @@ func (v *vm) watchOutgoing(out *outgoing) {
 				case qmp.MigrationStatusPostcopyActive:
 					if out.postcopyAt.IsZero() {
 						out.postcopyAt = ev.Timestamp
-						go v.postcopyWarmup(out)
 					}
 				case qmp.MigrationStatusCompleted:
 					out.completedAt = ev.Timestamp

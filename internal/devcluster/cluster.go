@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"golang.org/x/sys/unix"
 	"io/fs"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -273,9 +272,6 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		if err := c.plug(h.Name, h.Netns, HostUplink, HostBridge); err != nil {
 			return nil, err
 		}
-		if err := netnsutil.Do(h.Netns, func() error { return quickack(HostBridge, h.IP) }); err != nil {
-			return nil, fmt.Errorf("quickack in %s: %w", h.Netns, err)
-		}
 	}
 	if err := addNS(c.Client); err != nil {
 		return nil, err
@@ -441,30 +437,6 @@ func addAddr(name, ip string) error {
 	}
 	if err := netlink.AddrAdd(link, addr); err != nil {
 		return fmt.Errorf("add %s to %s: %w", addr, name, err)
-	}
-	return nil
-}
-
-// quickack sets quickack on a host's route to the segment (link name,
-// address ip): its TCP sockets acknowledge every segment at once instead
-// of delaying ACKs up to 40 ms. QEMU leaves Nagle's algorithm on for a
-// migration's main and postcopy-preempt channels, so a faulted page's small
-// last segment waits for the ACK of the page before it; with delayed ACKs
-// a post-copy guest waits up to 40 ms more per fault. An operator sets the
-// same on the migration network's route (docs/migration.md).
-func quickack(name, ip string) error {
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", name, err)
-	}
-	addr, err := netlink.ParseAddr(ip + "/" + strconv.Itoa(PrefixLen))
-	if err != nil {
-		return fmt.Errorf("parse address %s: %w", ip, err)
-	}
-	rt := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &net.IPNet{IP: addr.IP.Mask(addr.Mask), Mask: addr.Mask}, Src: addr.IP,
-		Scope: netlink.SCOPE_LINK, Protocol: unix.RTPROT_KERNEL, QuickACK: 1}
-	if err := netlink.RouteReplace(rt); err != nil {
-		return fmt.Errorf("set quickack on the route of %s: %w", addr, err)
 	}
 	return nil
 }
