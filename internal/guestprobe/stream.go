@@ -52,7 +52,7 @@ type Gap struct {
 }
 
 // GapRecordMin is the shortest silence Gaps keeps; MaxGaps bounds how many
-// it keeps (the first ones).
+// it keeps (the newest ones).
 const (
 	GapRecordMin = 100 * time.Millisecond
 	MaxGaps      = 256
@@ -99,7 +99,10 @@ func (s *Stream) read() {
 			gap := now.Sub(s.lastAt)
 			s.st.MaxGap = max(s.st.MaxGap, gap)
 			s.windowGap = max(s.windowGap, gap)
-			if gap >= GapRecordMin && len(s.gaps) < MaxGaps {
+			if gap >= GapRecordMin {
+				if len(s.gaps) == MaxGaps {
+					s.gaps = append(s.gaps[:0], s.gaps[1:]...) // keep the newest
+				}
 				s.gaps = append(s.gaps, Gap{End: now, Length: gap})
 			}
 		}

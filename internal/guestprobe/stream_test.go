@@ -64,3 +64,19 @@ func TestWindowGapResets(t *testing.T) {
 		t.Fatalf("second window gap %s, want 0", g)
 	}
 }
+
+func TestGapsKeepsLongSilencesWithTheirTime(t *testing.T) {
+	start := time.Now()
+	s := NewStream(serve(t, []string{"0", "1", "2", "3"}, 2, 150*time.Millisecond))
+	<-s.done
+	gs := s.Gaps(start)
+	if len(gs) != 1 {
+		t.Fatalf("Gaps = %v, want the one silence of 150 ms", gs)
+	}
+	if gs[0].Length < 140*time.Millisecond || gs[0].End.Before(start.Add(140*time.Millisecond)) {
+		t.Fatalf("gap %s ending %s after start, want ≥ 140 ms ending ≥ 140 ms after start", gs[0].Length, gs[0].End.Sub(start))
+	}
+	if later := s.Gaps(time.Now()); len(later) != 0 {
+		t.Fatalf("Gaps(now) = %v, want none", later)
+	}
+}
