@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -120,11 +121,55 @@ func loadOrPickPorts(path string) (ports, error) {
 	return p, nil
 }
 
+// freePort picks a free loopback port outside the kernel's ephemeral
+// range, so that no outgoing connection of another process can hold it
+// when etcd restarts on it (a restart reuses ports.json's ports; CI once
+// saw "bind: address already in use" on a port from the ephemeral range).
+// With no room outside that range it takes an ephemeral port.
 func freePort() (int, error) {
+	lo, hi := ephemeralRange()
+	first, last := stablePorts(lo, hi)
+	for i := 0; i < 64 && last >= first; i++ {
+		port := first + rand.IntN(last-first+1)
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // taken: try another
+		}
+		l.Close()
+		return port, nil
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("embedded etcd: pick a port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// ephemeralRange reads net.ipv4.ip_local_port_range (Linux's default,
+// 32768-60999, when it cannot).
+func ephemeralRange() (lo, hi int) {
+	lo, hi = 32768, 60999
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	var a, z int
+	if n, err := fmt.Sscan(string(b), &a, &z); err != nil || n != 2 || a < 1 || z > 65535 || a > z {
+		return lo, hi
+	}
+	return a, z
+}
+
+// stablePorts is the range freePort picks from: below the ephemeral range
+// (from 10000), else above it; empty (last < first) when neither has 1000
+// ports.
+func stablePorts(lo, hi int) (first, last int) {
+	switch {
+	case lo-10000 >= 1000:
+		return 10000, lo - 1
+	case 65535-hi >= 1000:
+		return hi + 1, 65535
+	}
+	return 1, 0
 }
