@@ -207,8 +207,9 @@ type Run struct {
 	// ClientGapMs is the longest gap between two counter lines the client
 	// saw from just before the migration to 0.5 s after it ended.
 	ClientGapMs int64 `json:"clientGapMs"`
-	// ClientGaps are the silences of 100 ms or more in that window, in
-	// order: where in the migration the client waited.
+	// ClientGaps are the silences of 100 ms or more that ended after the
+	// migration was issued (up to 0.5 s after it ended), in order: where
+	// in the migration the client waited.
 	ClientGaps   []ClientGap `json:"clientGaps,omitempty"`
 	StreamLines  int64       `json:"streamLines"`
 	StreamBroken bool        `json:"streamBroken"`
