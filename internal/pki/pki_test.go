@@ -194,3 +194,48 @@ func TestIssueEtcdMember(t *testing.T) {
 		t.Error("an agent certificate names the etcd name")
 	}
 }
+
+// TestStreamTLS: a migration stream Ferry relays is mutual TLS between
+// the two hosts' stream certificates, as QEMU's own TLS checks them: the
+// receiver refuses another host's, an agent's, none or another CA's; the
+// sender refuses a receiver that is not the destination's stream
+// certificate.
+func TestStreamTLS(t *testing.T) {
+	ca, _ := NewCA("t")
+	other, _ := NewCA("o")
+	cert := func(p *Keypair) tls.Certificate {
+		c, err := p.get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return *c
+	}
+	h1, h2 := cert(kp(t, ca, KindQEMU, "h1")), cert(kp(t, ca, KindQEMU, "h2"))
+	recv := StreamServerTLS(ca.Pool(), h2, "h1")
+	if cerr, serr := handshake(t, recv, StreamClientTLS(ca.Pool(), h1, "h2")); cerr != nil || serr != nil {
+		t.Fatalf("h1 -> h2 refused: client %v, server %v", cerr, serr)
+	}
+	for name, c := range map[string]*Keypair{
+		"stream h3":      kp(t, ca, KindQEMU, "h3"),
+		"agent h1":       kp(t, ca, KindAgent, "h1"),
+		"foreign h1":     kp(t, other, KindQEMU, "h1"),
+		"server h1":      kp(t, ca, KindServer, "h1"),
+		"no certificate": nil,
+	} {
+		cfg := StreamClientTLS(ca.Pool(), tls.Certificate{}, "h2")
+		if c != nil {
+			cfg = StreamClientTLS(ca.Pool(), cert(c), "h2")
+		} else {
+			cfg.Certificates, cfg.GetClientCertificate = nil, nil
+		}
+		if cerr, serr := handshake(t, recv, cfg); cerr == nil && serr == nil {
+			t.Errorf("receiver of h1's stream accepted %s", name)
+		}
+	}
+	if cerr, _ := handshake(t, StreamServerTLS(ca.Pool(), cert(kp(t, ca, KindQEMU, "h3")), "h1"), StreamClientTLS(ca.Pool(), h1, "h2")); cerr == nil {
+		t.Error("sender to h2 accepted a receiver presenting h3's stream certificate")
+	}
+	if cerr, _ := handshake(t, StreamServerTLS(ca.Pool(), cert(kp(t, ca, KindAgent, "h2")), "h1"), StreamClientTLS(ca.Pool(), h1, "h2")); cerr == nil {
+		t.Error("sender to h2 accepted a receiver presenting h2's agent certificate")
+	}
+}

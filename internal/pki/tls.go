@@ -185,6 +185,33 @@ func HostClientTLS(ca *x509.CertPool, kp *Keypair, peer string) *tls.Config {
 	}
 }
 
+// StreamServerTLS is the TLS config of the receiving end of a
+// migration stream Ferry carries itself (internal/relay): the host's
+// stream certificate (KindQEMU), and the sender must present host peer's
+// stream certificate — what a listening QEMU's tls-authz admits.
+func StreamServerTLS(ca *x509.CertPool, cert tls.Certificate, peer string) *tls.Config {
+	return &tls.Config{
+		MinVersion:       tls.VersionTLS13,
+		Certificates:     []tls.Certificate{cert},
+		ClientAuth:       tls.RequireAndVerifyClientCert,
+		ClientCAs:        ca,
+		VerifyConnection: verifyPeer(ca, peer, KindQEMU),
+	}
+}
+
+// StreamClientTLS is the sending end's: its stream certificate, and the
+// receiver must present host peer's — what a connecting QEMU's
+// tls-hostname checks.
+func StreamClientTLS(ca *x509.CertPool, cert tls.Certificate, peer string) *tls.Config {
+	return &tls.Config{
+		MinVersion:           tls.VersionTLS13,
+		InsecureSkipVerify:   true, // verifyPeer checks the chain and the host name
+		VerifyConnection:     verifyPeer(ca, peer, KindQEMU),
+		Certificates:         []tls.Certificate{cert},
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil },
+	}
+}
+
 // FeatureTLSStreams is the agent feature (Host.agent_features) saying
 // every stream the agent sends or receives between hosts (QEMU's RAM,
 // multifd and preempt channels, NBD mirrors, the cold disk copy) is on
