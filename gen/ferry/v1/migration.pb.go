@@ -243,8 +243,23 @@ type PlanInputs struct {
 	// when planned (0 = unknown). An encrypted migration gets at most that
 	// many multifd channels (each channel encrypts on a thread of its own).
 	SourceSpareCpus int32 `protobuf:"varint,90,opt,name=source_spare_cpus,json=sourceSpareCpus,proto3" json:"source_spare_cpus,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// stream_mibps is the rate one migration stream is planned to reach when
+	// the link is not the limit: learned from past migrations over the
+	// plan's transport on this host pair (else on any pair), else the
+	// planner's constant; stream_source says which.
+	StreamMibps  float64 `protobuf:"fixed64,100,opt,name=stream_mibps,json=streamMibps,proto3" json:"stream_mibps,omitempty"`
+	StreamSource string  `protobuf:"bytes,101,opt,name=stream_source,json=streamSource,proto3" json:"stream_source,omitempty"`
+	// mirror_mibps is the rate one local disk's mirror is planned to reach
+	// when the link is not the limit (learned like stream_mibps, else the
+	// planner's constant); mirror_source says which.
+	MirrorMibps  float64 `protobuf:"fixed64,102,opt,name=mirror_mibps,json=mirrorMibps,proto3" json:"mirror_mibps,omitempty"`
+	MirrorSource string  `protobuf:"bytes,103,opt,name=mirror_source,json=mirrorSource,proto3" json:"mirror_source,omitempty"`
+	// link_probe_mibps is the pair's latest probe figure before any cap by
+	// past migrations (0: no recent probe): with bandwidth_mibps, what the
+	// link can carry, against which a migration's stream is judged.
+	LinkProbeMibps float64 `protobuf:"fixed64,104,opt,name=link_probe_mibps,json=linkProbeMibps,proto3" json:"link_probe_mibps,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PlanInputs) Reset() {
@@ -399,6 +414,41 @@ func (x *PlanInputs) GetDiskBytes() int64 {
 func (x *PlanInputs) GetSourceSpareCpus() int32 {
 	if x != nil {
 		return x.SourceSpareCpus
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetStreamMibps() float64 {
+	if x != nil {
+		return x.StreamMibps
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetStreamSource() string {
+	if x != nil {
+		return x.StreamSource
+	}
+	return ""
+}
+
+func (x *PlanInputs) GetMirrorMibps() float64 {
+	if x != nil {
+		return x.MirrorMibps
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetMirrorSource() string {
+	if x != nil {
+		return x.MirrorSource
+	}
+	return ""
+}
+
+func (x *PlanInputs) GetLinkProbeMibps() float64 {
+	if x != nil {
+		return x.LinkProbeMibps
 	}
 	return 0
 }
@@ -2172,7 +2222,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
 	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\x12-\n" +
 	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\x12#\n" +
-	"\rignore_limits\x18d \x01(\bR\fignoreLimits\"\xc8\x05\n" +
+	"\rignore_limits\x18d \x01(\bR\fignoreLimits\"\x82\a\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -2194,7 +2244,12 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x0ecompress_ratio\x18\x10 \x01(\x01R\rcompressRatio\x12\x1d\n" +
 	"\n" +
 	"disk_bytes\x18P \x01(\x03R\tdiskBytes\x12*\n" +
-	"\x11source_spare_cpus\x18Z \x01(\x05R\x0fsourceSpareCpus\"\xc1\x02\n" +
+	"\x11source_spare_cpus\x18Z \x01(\x05R\x0fsourceSpareCpus\x12!\n" +
+	"\fstream_mibps\x18d \x01(\x01R\vstreamMibps\x12#\n" +
+	"\rstream_source\x18e \x01(\tR\fstreamSource\x12!\n" +
+	"\fmirror_mibps\x18f \x01(\x01R\vmirrorMibps\x12#\n" +
+	"\rmirror_source\x18g \x01(\tR\fmirrorSource\x12(\n" +
+	"\x10link_probe_mibps\x18h \x01(\x01R\x0elinkProbeMibps\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +
