@@ -194,6 +194,9 @@ type Figure struct {
 	// RTT is the pair's round-trip time from its latest probe (also one
 	// older than ProbeMaxAge: latency changes slowly); 0 when unknown.
 	RTT time.Duration
+	// ProbeBytesPerSec is the probes' figure before any cap by past
+	// migrations (Kind FromProbe; 0 otherwise): what the link carried raw.
+	ProbeBytesPerSec float64
 }
 
 // Figure returns the rate to plan with from → to at now, false when the
@@ -221,6 +224,7 @@ func (l *Links) figure(from, to string, now time.Time) (Figure, bool) {
 	switch {
 	case haveProbe:
 		f := Figure{BytesPerSec: median(pr.recent), Kind: FromProbe, Age: max(now.Sub(pr.at), 0)}
+		f.ProbeBytesPerSec = f.BytesPerSec
 		how := "background"
 		if pr.inline {
 			how = "inline"

@@ -200,6 +200,9 @@ func TestLinksFigure(t *testing.T) {
 	if f.BytesPerSec != 300*mib || !strings.Contains(f.Source, "capped by past migrations any pair") {
 		t.Errorf("capped by any pair: %+v", f)
 	}
+	if f.ProbeBytesPerSec != 900*mib {
+		t.Errorf("capped figure: probe %.0f MiB/s, want the raw 900", f.ProbeBytesPerSec/mib)
+	}
 	// The pair's own migrations cap it when it has some.
 	l.ObserveMigration("h1", "h2", 400*mib, c.now())
 	f, _ = l.Figure("h1", "h2", c.now())
