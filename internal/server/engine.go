@@ -33,11 +33,13 @@ func (s *Server) newEngine() *exec.Engine {
 		Knobs:      knobs,
 		Release:    s.releaseReservationErr, // reservations.go: the destination's room, held since beginMigration
 		Controller: controller,
-		Learn: func(from, to string, mibps float64) {
+		Learn: func(from, to string, l exec.Learned) {
 			// What QEMU really reaches between these hosts (and anywhere):
 			// the planner's bandwidth for the next migration.
-			s.bw.observe(from, to, mibps)
-			s.bw.observe("*", "*", mibps)
+			s.bw.observe(from, to, l.LinkMibps)
+			// What one stream and one mirror reach when the link is not
+			// their limit (rates.go).
+			s.bw.learnRates(from, to, l)
 		},
 		// A write refused by the leader fence: this replica no longer
 		// leads; its engine stops and the new leader takes over.

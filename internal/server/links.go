@@ -28,11 +28,13 @@ const (
 	probesPerTick = 2
 )
 
-// bandwidths is the server's link book (see telemetry.Links), safe for
+// bandwidths is the server's link book (see telemetry.Links) and its book
+// of stream and mirror rates (telemetry.Rates, rates.go), safe for
 // concurrent use.
 type bandwidths struct {
 	mu    sync.Mutex
 	links *telemetry.Links
+	rates telemetry.Rates
 }
 
 func (b *bandwidths) book() *telemetry.Links {

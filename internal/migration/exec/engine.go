@@ -45,9 +45,11 @@ type Config struct {
 	Controller func(m *ferryv1.Migration) *planner.Controller
 	// Release frees a migration's capacity reservation (nil: none kept).
 	Release func(ctx context.Context, id string) error
-	// Learn is told the live-phase rate of each completed pre-copy, or of a
-	// post-copy's pre-copy phase (nil: ignored).
-	Learn func(from, to string, mibps float64)
+	// Learn is told what each completed migration teaches the planner
+	// (nil: ignored): the live-phase rate of a pre-copy, or of a
+	// post-copy's pre-copy phase, and the rates of its stream and disk
+	// mirrors when the link was not their limit (see Learned).
+	Learn func(from, to string, l Learned)
 	// Fenced reports whether a write error means this replica lost the
 	// right to write (nil: only errors wrapping ErrFenced).
 	Fenced func(error) bool
@@ -284,8 +286,8 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record, first core
 	case err == nil:
 		final := runner.Snapshot()
 		log.Info("migration ended", "state", final.State, "err", final.Error)
-		if bw := rp.rep.learnable(); bw > 0 && e.cfg.Learn != nil {
-			e.cfg.Learn(rec.From, rec.To, bw)
+		if l := rp.rep.learned(); !l.Empty() && e.cfg.Learn != nil {
+			e.cfg.Learn(rec.From, rec.To, l)
 		}
 		if e.cfg.Ended != nil && final.State.Terminal() {
 			e.cfg.Ended(rp.rep.render(final))

@@ -1,0 +1,135 @@
+package exec
+
+import (
+	"time"
+
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/planner"
+)
+
+// Learned is what a completed migration teaches the planner; a zero field
+// teaches nothing of its kind.
+type Learned struct {
+	// LinkMibps is the live phase's rate (reporter.learnable): the link's.
+	LinkMibps float64
+	// Transport is how the streams crossed the network: "tls" or "plain".
+	Transport string
+	// Stream is a single-stream pre-copy the link did not limit (nil:
+	// none); the learner fills in the fixed parts its plans use and turns
+	// it into a rate with planner.StreamRateOf.
+	Stream *planner.StreamRun
+	// DiskBytes and MirrorTime are local disks' mirrors the link did not
+	// limit: the plan's disk data and the time until every mirror was
+	// ready (0: none; planner.MirrorRateOf).
+	DiskBytes  int64
+	MirrorTime time.Duration
+}
+
+// Empty reports that l teaches nothing.
+func (l Learned) Empty() bool { return l.LinkMibps <= 0 && l.Stream == nil && l.MirrorTime <= 0 }
+
+// StreamBelowLink is how far below what the link can carry a stream or a
+// mirror must have stayed for its rate to be taken as its own, not the
+// link's: at most this fraction of the larger of the plan's link figure
+// and the pair's raw probe. A shaped link's migrations reach 85-95 % of
+// it (44 of 48 MiB/s); the unshaped idle bench's TLS stream reached 60-90
+// MiB/s of a link probed at 1203 MiB/s. The raw probe counts because the
+// plan's figure is capped by what migrations reached, which on a fast
+// link is a stream's rate itself (the big bench: 140 MiB/s learned as
+// the link, the probe 1203 MiB/s).
+const StreamBelowLink = 0.7
+
+// learned is what the completed migration teaches: the link's rate
+// (learnable), and, when the link was not the limit, the stream's and the
+// mirrors'.
+//
+// A stream rate is learned from a completed live pre-copy (precopy,
+// converge or hybrid that never switched to post-copy) with one stream
+// (no multifd), no local disks (their mirrors' setup would count as the
+// stream's), no bandwidth cap (--bandwidth or a per-host share), no retry,
+// no outage, no throttle and no controller action but downtime raises,
+// whose rate stayed under StreamBelowLink of what the link carries — also
+// when it was short: the rate the pre-copy model needs is the one that
+// reproduces a short run's total too (planner.StreamRateOf), unlike the
+// link's (minLearnPhase). A mirror rate is learned from a completed live
+// migration with local disks, every mirror ready, under the same caps.
+func (r *reporter) learned() Learned {
+	l := Learned{LinkMibps: r.learnable()}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m := r.m
+	l.Transport = transportOf(m)
+	in := m.GetPlan().GetInputs()
+	link := max(in.GetBandwidthMibps(), in.GetLinkProbeMibps())
+	if m.Status != "completed" || m.Strategy == "cold" || m.Strategy == "postcopy" || r.postcopy || link <= 0 ||
+		m.GetOptions().GetBandwidthMibps() != 0 || m.GetBandwidthShareBytes() != 0 ||
+		len(m.Retries) > 0 || m.PostcopyPausedMs > 0 || r.stalled > 0 {
+		return l
+	}
+	if len(m.Disks) > 0 || m.DiskBytesTotal > 0 {
+		l.DiskBytes, l.MirrorTime = r.mirrorsLocked(link)
+		return l
+	}
+	l.Stream = r.streamRunLocked(link)
+	return l
+}
+
+// streamRunLocked is the completed pre-copy as a planner.StreamRun, nil
+// when it does not show one stream's rate (see learned).
+func (r *reporter) streamRunLocked(link float64) *planner.StreamRun {
+	m, out := r.m, r.lastOut
+	if out == nil || out.PreSwitchoverAt == nil || m.TotalMs <= 0 || m.ThrottlePercent > 0 ||
+		m.GetOptions().GetMultifdChannels() > 1 || m.GetPlan().GetTuning().GetMultifdChannels() > 1 {
+		return nil
+	}
+	raises := 0
+	for _, d := range m.Decisions {
+		if d.Action != planner.RaiseDowntime.String() {
+			return nil // throttled, bandwidth raised, post-copy armed: not the stream alone
+		}
+		raises++
+	}
+	run := &planner.StreamRun{
+		Total:  time.Duration(m.TotalMs) * time.Millisecond,
+		Bytes:  m.TransferredBytes + m.GetPlan().GetInputs().GetDeviceStateBytes(),
+		Raises: raises,
+	}
+	if rate, ok := planner.StreamRateOf(*run); !ok || max(rate/(1<<20), r.liveMibpsLocked()) > StreamBelowLink*link {
+		return nil // the fixed parts explain it, or the link may have been the limit
+	}
+	return run
+}
+
+// mirrorsLocked is the plan's disk data and the mirrors' time until the
+// last was ready (0, 0 when a mirror never got ready or the link may have
+// been their limit).
+func (r *reporter) mirrorsLocked(link float64) (int64, time.Duration) {
+	m := r.m
+	var mirror time.Duration
+	for _, d := range m.Disks {
+		if d.MirrorMs <= 0 {
+			return 0, 0
+		}
+		mirror = max(mirror, time.Duration(d.MirrorMs)*time.Millisecond)
+	}
+	bytes := m.GetPlan().GetInputs().GetDiskBytes() // what the next plan divides by the rate
+	if bytes <= 0 {
+		bytes = m.DiskBytesTransferred
+	}
+	rate, ok := planner.MirrorRateOf(bytes, mirror)
+	if !ok || rate/(1<<20) > StreamBelowLink*link {
+		return 0, 0
+	}
+	return bytes, mirror
+}
+
+// transportOf is a migration's transport name ("tls" unless insecure).
+func transportOf(m *ferryv1.Migration) string {
+	if t := m.GetTransport(); t != "" {
+		return t
+	}
+	if m.GetOptions().GetInsecureTransport() {
+		return "plain"
+	}
+	return "tls"
+}

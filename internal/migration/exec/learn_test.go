@@ -1,0 +1,123 @@
+package exec
+
+import (
+	"testing"
+	"time"
+
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
+	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
+	"github.com/ferryvm/ferry/internal/migration/core"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// completedPrecopy is a completed pre-copy of sent bytes whose live phase
+// took live and the whole migration total, planned on a link of linkMibps
+// (probed at probeMibps).
+func completedPrecopy(m *ferryv1.Migration, live, total time.Duration, sent int64, linkMibps, probeMibps float64) *reporter {
+	if m.Strategy == "" {
+		m.Strategy = "precopy"
+	}
+	m.Plan = &ferryv1.Plan{Inputs: &ferryv1.PlanInputs{BandwidthMibps: linkMibps, LinkProbeMibps: probeMibps, DeviceStateBytes: 3 << 19}}
+	r := newReporter(m, nil)
+	r.Outgoing(core.ActStartOutgoing, &agentv1.OutgoingStatus{Status: "active", TotalBytes: 1 << 30})
+	r.transfer = time.Now().Add(-live)
+	r.Outgoing(core.ActQueryOutgoing, &agentv1.OutgoingStatus{Status: "pre-switchover", TotalBytes: 1 << 30, TransferredBytes: sent, PreSwitchoverAt: timestamppb.Now()})
+	m.Status, m.TotalMs = "completed", total.Milliseconds()
+	return r
+}
+
+// A short pre-copy on an unshaped link (the idle bench: 116 MiB in 1.8 s,
+// the link probed at 1203 MiB/s) teaches the stream's rate, not the
+// link's: its live phase is under minLearnPhase.
+func TestLearnedShortUnshapedPrecopyTeachesTheStream(t *testing.T) {
+	r := completedPrecopy(&ferryv1.Migration{Transport: "tls"}, 600*time.Millisecond, 1800*time.Millisecond, 116<<20, 1203, 1203)
+	l := r.learned()
+	if l.LinkMibps != 0 {
+		t.Errorf("a 0.6 s live phase taught the link %.0f MiB/s", l.LinkMibps)
+	}
+	if l.Stream == nil || l.Transport != "tls" {
+		t.Fatalf("learned %+v, want a TLS stream run", l)
+	}
+	if s := l.Stream; s.Total != 1800*time.Millisecond || s.Bytes != 116<<20+3<<19 || s.Raises != 0 || s.MirrorTime != 0 {
+		t.Errorf("stream run %+v, want 1.8 s, 117.5 MiB, no raises", *s)
+	}
+	if l.Empty() {
+		t.Error("Empty for a stream run")
+	}
+}
+
+// The link's figure in the plan is capped by past migrations, which on a
+// fast link is a stream's rate: the raw probe says what the link carries.
+func TestLearnedJudgesTheLinkByItsProbeToo(t *testing.T) {
+	r := completedPrecopy(&ferryv1.Migration{}, 8500*time.Millisecond, 8780*time.Millisecond, 1200<<20, 45, 1203)
+	l := r.learned()
+	if l.Stream == nil || l.Transport != "tls" {
+		t.Fatalf("big's run under a 45 MiB/s plan figure, 1203 MiB/s probe: learned %+v, want a stream run", l)
+	}
+	if l.LinkMibps < 130 {
+		t.Errorf("its live phase taught the link %.0f MiB/s, want about 141", l.LinkMibps)
+	}
+}
+
+// A pre-copy that the link, a cap, a retry, post-copy, throttling or more
+// than one stream may have limited teaches no stream rate.
+func TestLearnedNoStreamWhenSomethingElseLimitedIt(t *testing.T) {
+	const live, total, sent = 600 * time.Millisecond, 1800 * time.Millisecond, int64(116 << 20)
+	for _, tc := range []struct {
+		name string
+		m    *ferryv1.Migration
+		link float64
+		edit func(m *ferryv1.Migration)
+	}{
+		{"the link was the limit", &ferryv1.Migration{}, 180, nil},
+		{"capped by --bandwidth", &ferryv1.Migration{Options: &ferryv1.MigrationOptions{BandwidthMibps: 500}}, 1203, nil},
+		{"a per-host bandwidth share", &ferryv1.Migration{BandwidthShareBytes: 500 << 20}, 1203, nil},
+		{"retried", &ferryv1.Migration{Retries: []*ferryv1.MigrationRetry{{Attempt: 1}}}, 1203, nil},
+		{"post-copy", &ferryv1.Migration{Strategy: "postcopy"}, 1203, nil},
+		{"multifd", &ferryv1.Migration{Options: &ferryv1.MigrationOptions{MultifdChannels: 4}}, 1203, nil},
+		{"multifd by the tuning", &ferryv1.Migration{}, 1203, func(m *ferryv1.Migration) { m.Plan.Tuning = &ferryv1.PlanTuning{MultifdChannels: 2} }},
+		{"throttled", &ferryv1.Migration{Strategy: "converge"}, 1203, func(m *ferryv1.Migration) {
+			m.ThrottlePercent = 30
+			m.Decisions = []*ferryv1.ControllerDecision{{Action: "throttle"}}
+		}},
+		{"not completed", &ferryv1.Migration{}, 1203, func(m *ferryv1.Migration) { m.Status = "failed" }},
+		{"explained by the fixed parts", &ferryv1.Migration{}, 1203, func(m *ferryv1.Migration) { m.TotalMs = 250 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := completedPrecopy(tc.m, live, total, sent, tc.link, tc.link)
+			if tc.edit != nil {
+				tc.edit(tc.m)
+			}
+			if l := r.learned(); l.Stream != nil || l.MirrorTime != 0 {
+				t.Errorf("learned %+v, want no stream or mirror rate", l)
+			}
+		})
+	}
+}
+
+// The controller's downtime raises are in the model (about a second
+// each): the run says how many there were.
+func TestLearnedStreamCountsTheDowntimeRaises(t *testing.T) {
+	m := &ferryv1.Migration{Decisions: []*ferryv1.ControllerDecision{{Action: "raise-downtime"}, {Action: "raise-downtime"}}}
+	r := completedPrecopy(m, 2600*time.Millisecond, 3800*time.Millisecond, 116<<20, 1203, 1203)
+	if l := r.learned(); l.Stream == nil || l.Stream.Raises != 2 {
+		t.Errorf("learned %+v, want a stream run with 2 raises", l)
+	}
+}
+
+// A migration with local disks teaches the mirrors' rate (the plan's disk
+// data over the time until the last mirror was ready), not the stream's.
+func TestLearnedMirrorOfLocalDisks(t *testing.T) {
+	m := &ferryv1.Migration{Transport: "plain", Disks: []*ferryv1.MigrationDisk{{Name: "data", MirrorMs: 6800}, {Name: "logs", MirrorMs: 900}}}
+	r := completedPrecopy(m, 7400*time.Millisecond, 8800*time.Millisecond, 116<<20, 1203, 1203)
+	m.Plan.Inputs.DiskBytes = 1 << 30
+	m.DiskBytesTransferred = 1100 << 20
+	l := r.learned()
+	if l.Stream != nil || l.DiskBytes != 1<<30 || l.MirrorTime != 6800*time.Millisecond || l.Transport != "plain" {
+		t.Errorf("learned %+v, want 1 GiB of plaintext mirrors in 6.8 s and no stream run", l)
+	}
+	m.Disks[1].MirrorMs = 0 // a mirror never ready
+	if l := r.learned(); l.MirrorTime != 0 {
+		t.Errorf("a mirror never ready: learned %+v", l)
+	}
+}
