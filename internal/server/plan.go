@@ -42,8 +42,9 @@ const (
 
 // measurePlanInputs gathers what a plan needs: the VM's dirty rate and
 // non-zero RAM from the source agent's background telemetry (measured now
-// only when stale), and the link from the server's link book (probed now
-// only when the pair has no figure). The two run in parallel; the inputs
+// only when stale), the link from the server's link book (probed now
+// only when the pair has no figure), and one stream's and one mirror's
+// rate from the rates the pair's migrations showed (rates.go). The two run in parallel; the inputs
 // say where each figure came from and how old it is.
 func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst *ferryv1.Host, opt *ferryv1.MigrationOptions) (*ferryv1.PlanInputs, error) {
 	sa := s.agents.get(src.Address)
@@ -87,6 +88,7 @@ func (s *Server) measurePlanInputs(ctx context.Context, vm *ferryv1.VM, src, dst
 		return nil, link.err
 	}
 	in := planInputsFrom(meas.Msg, link.fig, link.inline, src.Name, opt, time.Now())
+	s.planRates(in, src.Name, dst.Name, opt)
 	c := src.GetCapacity()
 	in.SourceSpareCpus = max(c.GetCpus()-c.GetAllocatedVcpus(), 0)
 	return in, nil
@@ -140,6 +142,7 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 	in.BandwidthMibps, in.BandwidthSource = fig.BytesPerSec/(1<<20), fig.Source
 	in.BandwidthAgeMs = fig.Age.Milliseconds()
 	in.RttMs = float64(fig.RTT.Microseconds()) / 1000
+	in.LinkProbeMibps = fig.ProbeBytesPerSec / (1 << 20)
 	in.CompressRatio = m.CompressRatio
 	if linkInline {
 		in.BandwidthSource = "measured for this plan (no recent figure for the pair): " + in.BandwidthSource
@@ -171,8 +174,8 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		BandwidthBytesPerSec: in.BandwidthMibps * (1 << 20),
 		RTT:                  time.Duration(in.RttMs * float64(time.Millisecond)),
 		MultifdChannels:      int(opt.MultifdChannels),
-		StreamBytesPerSec:    streamBytesPerSec(opt),
-		MirrorBytesPerSec:    mirrorBytesPerSec(opt),
+		StreamBytesPerSec:    plannedStream(in, opt),
+		MirrorBytesPerSec:    plannedMirror(in, opt),
 		MaxChannels:          maxChannels(in, opt),
 		DeviceStateBytes:     in.DeviceStateBytes,
 		SwitchoverSeconds:    planSwitchoverSeconds,
@@ -191,24 +194,6 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 			ThrottleIncrement: throttleIncrement,
 		},
 	}
-}
-
-// streamBytesPerSec is one migration stream's rate when the link is not
-// the limit, for the migration's transport (TLS unless insecure).
-func streamBytesPerSec(opt *ferryv1.MigrationOptions) float64 {
-	if opt.GetInsecureTransport() {
-		return planner.DefaultStreamBytesPerSec
-	}
-	return planner.DefaultTLSStreamBytesPerSec
-}
-
-// mirrorBytesPerSec is one disk mirror's rate when the link is not the
-// limit, for the migration's transport (TLS unless insecure).
-func mirrorBytesPerSec(opt *ferryv1.MigrationOptions) float64 {
-	if opt.GetInsecureTransport() {
-		return planner.DefaultMirrorBytesPerSec
-	}
-	return planner.DefaultTLSMirrorBytesPerSec
 }
 
 // maxChannels bounds the multifd channels the planner picks on its own: an

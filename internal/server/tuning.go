@@ -52,7 +52,7 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		Src:                  hostFeatures(src),
 		Dst:                  hostFeatures(dst),
 		MultifdChannels:      int(opt.GetMultifdChannels()),
-		StreamBytesPerSec:    streamBytesPerSec(opt),
+		StreamBytesPerSec:    plannedStream(in, opt),
 		MaxChannels:          maxChannels(in, opt),
 		CompressBytesPerSec:  compressBudget(src),
 		// From the source agent's RAM count (a DEFLATE sample; 0 unknown).
