@@ -19,6 +19,12 @@ func renderPlan(vm, to string, p *ferryv1.Plan) string {
 		if in.DirtyRateSource != "" {
 			fmt.Fprintf(&b, "  from       dirty rate: %s; non-zero RAM: %s\n", in.DirtyRateSource, in.NonZeroSource)
 		}
+		if in.StreamSource != "" {
+			fmt.Fprintf(&b, "  stream     %.0f MiB/s when the link is not the limit (%s)\n", in.StreamMibps, in.StreamSource)
+		}
+		if in.DiskBytes > 0 && in.MirrorSource != "" {
+			fmt.Fprintf(&b, "  mirror     %.0f MiB/s for %s of local disks when the link is not the limit (%s)\n", in.MirrorMibps, mibStr(in.DiskBytes), in.MirrorSource)
+		}
 	}
 	if len(p.GetPredictions()) > 0 {
 		rows := [][]string{}
