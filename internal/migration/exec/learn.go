@@ -48,8 +48,10 @@ const StreamBelowLink = 0.7
 // (no multifd), no local disks (their mirrors' setup would count as the
 // stream's), no bandwidth cap (--bandwidth or a per-host share), no retry,
 // no outage, no throttle and no controller action but downtime raises,
-// whose rate stayed under StreamBelowLink of what the link carries — also
-// when it was short: the rate the pre-copy model needs is the one that
+// whose rate stayed under StreamBelowLink of what the link carries, or
+// beat the stream rate its plan used (what one stream did, it can do:
+// a figure from a link-limited run is a lower bound, which the next faster
+// run raises again) — also when it was short: the rate the pre-copy model needs is the one that
 // reproduces a short run's total too (planner.StreamRateOf), unlike the
 // link's (minLearnPhase). A mirror rate is learned from a completed live
 // migration with local disks, every mirror ready, under the same caps.
@@ -94,8 +96,14 @@ func (r *reporter) streamRunLocked(link float64) *planner.StreamRun {
 		Bytes:  m.TransferredBytes + m.GetPlan().GetInputs().GetDeviceStateBytes(),
 		Raises: raises,
 	}
-	if rate, ok := planner.StreamRateOf(*run); !ok || max(rate/(1<<20), r.liveMibpsLocked()) > StreamBelowLink*link {
-		return nil // the fixed parts explain it, or the link may have been the limit
+	rate, ok := planner.StreamRateOf(*run)
+	if !ok {
+		return nil // the fixed parts explain it
+	}
+	mibps := rate / (1 << 20)
+	planned := m.GetPlan().GetInputs().GetStreamMibps()
+	if max(mibps, r.liveMibpsLocked()) > StreamBelowLink*link && !(planned > 0 && mibps > planned) {
+		return nil // the link may have been the limit, and the stream did no better than planned
 	}
 	return run
 }

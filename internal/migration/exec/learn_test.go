@@ -121,3 +121,23 @@ func TestLearnedMirrorOfLocalDisks(t *testing.T) {
 		t.Errorf("a mirror never ready: learned %+v", l)
 	}
 }
+
+// A stream that did better than its plan's stream figure teaches its rate
+// even when the link may have been the limit (the big bench planned with a
+// small migration's 75 MiB/s and a stale 45 MiB/s link figure, and its
+// stream sent 140 MiB/s): what one stream did it can do.
+func TestLearnedStreamThatBeatItsPlan(t *testing.T) {
+	m := &ferryv1.Migration{}
+	r := completedPrecopy(m, 8500*time.Millisecond, 8780*time.Millisecond, 1200<<20, 150, 150)
+	if l := r.learned(); l.Stream != nil {
+		t.Fatalf("a link-limited run without a planned stream figure taught %+v", *l.Stream)
+	}
+	m.Plan.Inputs.StreamMibps = 75
+	if l := r.learned(); l.Stream == nil {
+		t.Errorf("a stream at 140 MiB/s planned at 75 taught nothing")
+	}
+	m.Plan.Inputs.StreamMibps = 240
+	if l := r.learned(); l.Stream != nil {
+		t.Errorf("a link-limited stream slower than planned taught %+v", *l.Stream)
+	}
+}
