@@ -31,7 +31,7 @@ func main() {
 	flag.Int64Var(&o.MemoryMiB, "memory-mib", 1024, "guest RAM, MiB (big: 4096)")
 	flag.Int64Var(&o.WSSMiB, "wss-mib", 256, "dirtier working set in half/heavy/wan/flaky, MiB")
 	flag.DurationVar(&o.Settle, "settle", 3*time.Second, "let the dirtier run this long before migrating")
-	flag.BoolVar(&o.Warmup, "warmup", true, "before the measured runs, one unmeasured Ferry migration per shaping setting so Ferry's server has learned the rate QEMU reaches (-warmup=false: off)")
+	flag.BoolVar(&o.Warmup, "warmup", true, "before the measured runs, one unmeasured migration per Ferry system and shaping setting, and one before a scenario with local disks, so Ferry's server has learned the rates QEMU's stream, the link and the disk mirror reach (-warmup=false: off)")
 	flag.StringVar(&o.FerryStrategy, "strategy", "", "ferry migrate --strategy (empty: Ferry's default)")
 	flag.BoolVar(&o.FerryInsecure, "ferry-insecure", false, "ferry migrate --insecure-transport: Ferry's streams in plaintext like the libvirt systems' (default: Ferry's TLS)")
 	flag.StringVar(&o.Repo, "repo", ".", "repository root (bin/ferry, build/guest, hack/, bench/scripts)")

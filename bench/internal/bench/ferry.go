@@ -122,6 +122,10 @@ func (s *FerrySystem) DryRun(ctx context.Context, g Guest) *report.DryRun {
 	in := plan.GetInputs()
 	dr.BandwidthMiBps, dr.BandwidthSource = in.GetBandwidthMibps(), in.GetBandwidthSource()
 	dr.DirtyRateMiBps, dr.NonZeroBytes = in.GetDirtyRateMibps(), in.GetNonZeroBytes()
+	dr.StreamMiBps, dr.StreamSource = in.GetStreamMibps(), in.GetStreamSource()
+	if in.GetDiskBytes() > 0 {
+		dr.MirrorMiBps, dr.MirrorSource = in.GetMirrorMibps(), in.GetMirrorSource()
+	}
 	strategy := plan.Choice
 	if s.Strategy != "" && s.Strategy != "auto" {
 		strategy = s.Strategy

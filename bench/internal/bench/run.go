@@ -40,9 +40,11 @@ type Options struct {
 	WSSMiB    int64 // dirtier working set in half, heavy, wan and flaky
 	// Settle is how long the guest's dirtier runs before the migration.
 	Settle time.Duration
-	// Warmup runs one unmeasured Ferry migration per shaping setting
+	// Warmup runs one unmeasured migration per Ferry system and shaping
+	// setting, and one before a scenario with local disks (warmState),
 	// before the measured runs, so that Ferry's server has learned the
-	// rate QEMU reaches (a fresh server only has its raw TCP probe).
+	// rates QEMU's stream, the link and the disk mirror reach (a fresh
+	// server only has its raw TCP probe and the planner's constants).
 	Warmup bool
 	// FerryStrategy is passed to `ferry migrate --strategy` unless empty.
 	FerryStrategy string
@@ -115,6 +117,38 @@ func (o Options) scenarios() ([]Scenario, error) {
 func linkKey(sc Scenario) string {
 	return fmt.Sprintf("%g/%g/%g", sc.ShapedMiBps, sc.DelayMs, sc.LossPct)
 }
+
+// warmState says which warm-ups the Ferry runs had. A scenario on another
+// link setting than the last warm-up's gets one (the link's and one
+// stream's rate), also when an earlier scenario had its setting (big after
+// flaky: the rate learned through the flaps would plan big); a scenario
+// with local disks gets one too when no warm-up with disks ran since the
+// link setting last changed (the mirrors' rate, which no disk-less
+// migration teaches). Every other scenario plans with what the last
+// warm-ups and measured runs taught: one warm-up per distinct setting.
+type warmState struct{ link, disk string }
+
+// due reports whether sc needs a warm-up.
+func (w *warmState) due(sc Scenario) bool {
+	k := linkKey(sc)
+	return w.link != k || (sc.DiskMiB > 0 && w.disk != k)
+}
+
+// done records a warm-up of sc.
+func (w *warmState) done(sc Scenario) {
+	k := linkKey(sc)
+	if w.link != k {
+		w.disk = ""
+	}
+	w.link = k
+	if sc.DiskMiB > 0 {
+		w.disk = k
+	}
+}
+
+// isFerry reports whether system is one of Ferry's (each transport learns
+// its own stream and mirror rates, so each gets its warm-up).
+func isFerry(system string) bool { return system == "ferry" || system == "ferry-plain" }
 
 // Run runs the benchmark and writes the results; it returns the result
 // directory. Everything it starts is stopped on every path.
@@ -246,10 +280,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 	pr := newProber(c.Client)
 	var runs []report.Run
 	var warmups []string
-	// The link setting of the last Ferry migration: a scenario on another
-	// setting gets a warm-up, also when an earlier scenario had its setting
-	// (big after flaky: the rate learned through the flaps would plan big).
-	warmed := ""
+	var warm warmState
 	loopErr := func() error {
 		for i := range scenarios {
 			sc := &scenarios[i]
@@ -265,13 +296,17 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 			}
 			sc.MeasuredMiBps = bw
 			logf("scenario %s: %d MiB guest, ferry.dirty=%d:%d, link %s, measured %.0f MiB/s (%d TCP streams)", sc.Name, sc.MemoryMiB, sc.WSSMiB, sc.DirtyMiBps, sc.LinkString(), bw, ProbeStreams)
-			if o.Warmup && warmed != linkKey(*sc) {
+			if o.Warmup && warm.due(*sc) {
+				warm.done(*sc)
 				for _, sys := range systems {
-					if sys.Name() != "ferry" {
+					if !isFerry(sys.Name()) {
 						continue
 					}
-					warmed = linkKey(*sc)
-					logf("warm-up: one unmeasured Ferry migration with link %s (teaches the server the rate QEMU reaches)", sc.LinkString())
+					what := "the rates QEMU's stream and the link reach"
+					if sc.DiskMiB > 0 {
+						what += ", and its disk mirror's"
+					}
+					logf("warm-up: one unmeasured %s migration with link %s (teaches the server %s)", sys.Name(), sc.LinkString(), what)
 					r := runOne(ctx, env, pr, sys, *sc, 0, o)
 					if err := ctx.Err(); err != nil {
 						return err
@@ -588,6 +623,12 @@ func predictionString(r report.Run) string {
 		s += fmt.Sprintf("; report's own prediction %.2f s / %d ms", float64(rp.TotalMs)/1000, rp.DowntimeMs)
 	}
 	s += fmt.Sprintf("; link %.0f MiB/s (%s)", dr.BandwidthMiBps, dr.BandwidthSource)
+	if dr.StreamSource != "" {
+		s += fmt.Sprintf("; stream %.0f MiB/s (%s)", dr.StreamMiBps, dr.StreamSource)
+	}
+	if dr.MirrorSource != "" {
+		s += fmt.Sprintf("; mirror %.0f MiB/s (%s)", dr.MirrorMiBps, dr.MirrorSource)
+	}
 	return s
 }
 
@@ -620,7 +661,7 @@ func warmupString(on, ferry bool) string {
 	case !ferry:
 		return "n/a (no Ferry runs)"
 	case on:
-		return "on (one unmeasured Ferry migration per shaping setting before the measured runs)"
+		return "on (one unmeasured migration per Ferry system and shaping setting, and one before a scenario with local disks, before the measured runs)"
 	}
 	return "off (-warmup=false): the first Ferry run plans without a learned rate"
 }

@@ -128,9 +128,13 @@ func estMigration(scenario, system string) time.Duration {
 // Estimate is the expected duration of a benchmark run with o.
 func Estimate(o Options, scenarios []Scenario) time.Duration {
 	d := estClusterUp
-	warm := "" // as in Run: a warm-up whenever the link setting changes
+	var warm warmState // as in Run
 	for _, sc := range scenarios {
 		d += 4 * time.Second // bandwidth probe, shaping
+		warmNow := o.Warmup && warm.due(sc)
+		if warmNow {
+			warm.done(sc)
+		}
 		for _, sys := range o.Systems {
 			if sc.DiskMiB > 0 && sys == "qemu" {
 				continue // skipped: no storage migration driven for it
@@ -150,10 +154,9 @@ func Estimate(o Options, scenarios []Scenario) time.Duration {
 				m = o.Cap + 5*time.Second // abort and its aftermath
 			}
 			one += m + o.Settle - defaultSettleMs*time.Millisecond
-			if sys == "ferry" {
+			if isFerry(sys) {
 				one += estDryRun
-				if o.Warmup && warm != linkKey(sc) {
-					warm = linkKey(sc)
+				if warmNow {
 					d += one
 				}
 			}

@@ -507,7 +507,7 @@ func (s Summary) predictionMarkdown(w io.Writer) {
 		"(on the unshaped veth far faster than QEMU's migration thread reaches under TCG) and may predate the harness's "+
 		"change of the emulated link between scenarios (the dry run's bandwidth source says how old it is). The server learns "+
 		"the rate from finished migrations. The harness's `-warmup` (on by default) therefore runs one unmeasured Ferry "+
-		"migration per link setting before the measured runs; those are in no figure above (they are in `warmup/`).")
+		"migration per link setting, and one before a scenario with local disks (the mirror's rate), before the measured runs; those are in no figure above (they are in `warmup/`).")
 	if ws, ok := s.Meta["warmupRuns"]; ok {
 		if lines := stringList(ws); len(lines) > 0 {
 			fmt.Fprintln(w, "\nWarm-up migrations (unmeasured):")

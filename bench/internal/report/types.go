@@ -74,6 +74,14 @@ type DryRun struct {
 	BandwidthSource string  `json:"bandwidthSource"`
 	DirtyRateMiBps  float64 `json:"dirtyRateMibps"`
 	NonZeroBytes    int64   `json:"nonZeroBytes"`
+	// StreamMiBps and StreamSource are the one-stream rate the plan used
+	// and where it came from (learned or the planner's constant);
+	// MirrorMiBps and MirrorSource the local disks' mirror rate (only
+	// with local disks).
+	StreamMiBps  float64 `json:"streamMibps,omitempty"`
+	StreamSource string  `json:"streamSource,omitempty"`
+	MirrorMiBps  float64 `json:"mirrorMibps,omitempty"`
+	MirrorSource string  `json:"mirrorSource,omitempty"`
 	// WallMs is how long the dry run took.
 	WallMs int64 `json:"wallMs"`
 	// Error is why there is no prediction.
