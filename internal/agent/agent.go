@@ -70,6 +70,10 @@ type Config struct {
 	// MigrationIP is the address other hosts use for migration traffic;
 	// defaults to the first IPv4 address of Bridge.
 	MigrationIP string
+	// StreamRelay carries an encrypted migration's RAM channels on the
+	// agents' own TLS, QEMU sending in plaintext to a local relay
+	// (streamrelay.go), instead of QEMU's TLS.
+	StreamRelay bool
 	// ImageDirs are the directories a spec's disks[].source may name an
 	// image in (the agent copies it into the VM's directory); none allows
 	// no source.

@@ -25,6 +25,9 @@ type incoming struct {
 	id  string
 	uri string
 	nbd string // host:port of the NBD server exporting the local disks ("" without)
+	// relayPeer is the source host when the stream is relayed
+	// (streamrelay.go; persisted), "" when QEMU speaks TLS or plaintext.
+	relayPeer string
 
 	mu        sync.Mutex
 	state     migration.IncomingState
@@ -56,7 +59,7 @@ func (in *incoming) abortedUnran() bool {
 func (in *incoming) record() incomingRecord {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return incomingRecord{ID: in.id, URI: in.uri, NBD: in.nbd, Armed: in.armed, Ran: in.ran, Adopted: in.adopted, LoadedAt: in.loadedAt, ResumedAt: in.resumedAt}
+	return incomingRecord{ID: in.id, URI: in.uri, NBD: in.nbd, RelayPeer: in.relayPeer, Armed: in.armed, Ran: in.ran, Adopted: in.adopted, LoadedAt: in.loadedAt, ResumedAt: in.resumedAt}
 }
 
 // saveIncoming persists the arrival's facts in the VM's directory. Writers
@@ -199,26 +202,43 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))
 		tuneParams(req.Tuning, false, true, &params)
 	}
+	relayed := a.relayed(req.InsecureTransport)
 	var creds qemutls.Creds
-	if !req.InsecureTransport {
+	if !req.InsecureTransport && (!relayed || len(req.LocalDisks) > 0) {
+		// QEMU's own TLS: for its stream, or only for its disks' export.
 		if creds, err = v.streamTLS(ctx, mon, req.SourceHost, qemutls.Server); err != nil {
 			return "", err
 		}
 	}
-	streamParams(&params, creds, req.InsecureTransport)
+	streamParams(&params, creds, req.InsecureTransport || relayed)
 	if err := mon.MigrateSetParameters(ctx, params); err != nil {
 		return "", fmt.Errorf("destination parameters: %w", err)
 	}
-	if err := mon.MigrateIncoming(ctx, "tcp:"+a.cfg.MigrationIP+":0"); err != nil {
-		return "", fmt.Errorf("migrate-incoming: %w", err)
-	}
-	info, err := mon.QueryMigrate(ctx)
-	if err != nil {
-		return "", fmt.Errorf("read incoming port: %w", err)
-	}
-	in.uri = listenURI(a.cfg.MigrationIP, info)
-	if in.uri == "" {
-		return "", fmt.Errorf("destination QEMU reports no listening port (query-migrate: %+v)", info.SocketAddress)
+	if relayed {
+		sock, err := v.relaySocket(relayInSocket)
+		if err != nil {
+			return "", err
+		}
+		if err := mon.MigrateIncoming(ctx, "unix:"+sock); err != nil {
+			return "", fmt.Errorf("migrate-incoming: %w", err)
+		}
+		if in.uri, err = v.startInboundRelayLocked(req.SourceHost, "source_host", sock); err != nil {
+			return "", err
+		}
+		r.Add(v.closeRelaysLocked) // v.mu is held until r runs
+		in.relayPeer = req.SourceHost
+	} else {
+		if err := mon.MigrateIncoming(ctx, "tcp:"+a.cfg.MigrationIP+":0"); err != nil {
+			return "", fmt.Errorf("migrate-incoming: %w", err)
+		}
+		info, err := mon.QueryMigrate(ctx)
+		if err != nil {
+			return "", fmt.Errorf("read incoming port: %w", err)
+		}
+		in.uri = listenURI(a.cfg.MigrationIP, info)
+		if in.uri == "" {
+			return "", fmt.Errorf("destination QEMU reports no listening port (query-migrate: %+v)", info.SocketAddress)
+		}
 	}
 	if len(req.LocalDisks) > 0 {
 		var tls *qemutls.Creds
@@ -241,7 +261,7 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	v.in = in
 	go v.watch(proc, mon)
 	go v.watchIncoming(in)
-	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "nbd", in.nbd, "pid", proc.PID(), "transport", transport(req.InsecureTransport))
+	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "nbd", in.nbd, "pid", proc.PID(), "transport", a.streamTransport(req.InsecureTransport))
 	if err := failpoint.Inject(fpAfterPrepareIncoming); err != nil {
 		return "", connect.NewError(connect.CodeUnavailable, err)
 	}
@@ -279,6 +299,9 @@ func (v *vm) watchIncoming(in *incoming) {
 				in.err = "incoming migration failed on the destination"
 			}
 			in.mu.Unlock()
+			if me.Status.Finished() {
+				v.relayEnded()
+			}
 			if save {
 				v.saveAfterEvent(v.saveIncoming(in))
 			}

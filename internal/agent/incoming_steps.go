@@ -226,6 +226,9 @@ func (a *Agent) finishIncoming(ctx context.Context, name, id string) (*agentv1.I
 	in.sub.Close()
 	in.mu.Unlock()
 	v.in, v.arrived, v.arrivedIn, v.state = nil, id, in, "running"
+	if v.relay != nil {
+		go v.relayUntilEnded(mon, v.relay) // the event watcher just stopped
+	}
 	st := v.incomingStatusLocked()
 	a.log.Info("VM arrived by migration", "vm", name, "migration", id, "pid", v.proc.PID())
 	return st, nil

@@ -348,7 +348,7 @@ func (v *vm) runMirrors(out *outgoing, mon *qmp.Monitor, set *mirrorSet) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := mon.Migrate(ctx, out.uri, qmp.MigrateOptions{}); err != nil && !migrationRuns(mon) {
+	if err := mon.Migrate(ctx, out.qemuURI, qmp.MigrateOptions{}); err != nil && !migrationRuns(mon) {
 		set.fail(fmt.Errorf("every disk mirror is ready, but migrate to %s failed: %w", out.uri, err))
 		out.wake()
 		return

@@ -23,6 +23,11 @@ import (
 type outgoing struct {
 	id  string
 	uri string
+	// qemuURI is what QEMU migrates to: uri, or the relay's unix: socket
+	// when relayPeer (the destination host of a relayed stream,
+	// streamrelay.go; persisted) is set.
+	qemuURI   string
+	relayPeer string
 
 	mu    sync.Mutex // guards the fields below (updated by the event watcher)
 	state migration.SourceState
@@ -121,7 +126,7 @@ func (out *outgoing) record() outgoingRecord {
 			disks = append(disks, d.name)
 		}
 	}
-	return outgoingRecord{ID: out.id, URI: out.uri, MirrorNBD: nbd, MirrorDisks: disks, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
+	return outgoingRecord{ID: out.id, URI: out.uri, RelayPeer: out.relayPeer, MirrorNBD: nbd, MirrorDisks: disks, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
 		Cancelled: out.state == migration.SrcCancelled, DisksMirrored: out.disksMirrored,
 		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
 }
@@ -182,9 +187,21 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		}
 	}
 	mon := v.mon
-	out := &outgoing{id: req.MigrationId, uri: req.Uri, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs,
+	relayed := a.relayed(req.InsecureTransport)
+	qemuURI := req.Uri
+	if relayed {
+		var err error
+		if qemuURI, err = v.startOutboundRelayLocked(req.DestHost, "dest_host", req.Uri); err != nil {
+			v.mu.Unlock()
+			return nil, err
+		}
+	}
+	out := &outgoing{id: req.MigrationId, uri: req.Uri, qemuURI: qemuURI, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs,
 		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes)}
 	out.sub = mon.Subscribe(qmp.EventMigration, qmp.EventStop)
+	if relayed {
+		out.relayPeer = req.DestHost
+	}
 	v.out = out
 	v.mu.Unlock()
 
@@ -200,6 +217,9 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		if v.out == out {
 			v.out = nil
 			_ = os.Remove(filepath.Join(v.dir, outgoingFile))
+			if relayed {
+				v.closeRelaysLocked()
+			}
 		}
 		v.mu.Unlock()
 		return nil, err
@@ -227,12 +247,13 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	}
 	tuneParams(req.Tuning, true, req.MultifdChannels > 1, &params)
 	var creds qemutls.Creds
-	if !req.InsecureTransport {
+	if !req.InsecureTransport && (!relayed || len(req.MirrorDisks) > 0) {
+		// QEMU's own TLS: for its stream, or only for its disks' mirrors.
 		if creds, err = v.streamTLS(ctx, mon, req.DestHost, qemutls.Client); err != nil {
 			return fail(err)
 		}
 	}
-	streamParams(&params, creds, req.InsecureTransport)
+	streamParams(&params, creds, req.InsecureTransport || relayed)
 	if req.AutoConverge {
 		if req.ThrottleInitial > 0 {
 			params.CPUThrottleInitial = qmp.Ptr(int64(req.ThrottleInitial))
@@ -270,15 +291,15 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 			return fail(err)
 		}
 		go v.runMirrors(out, mon, set)
-		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId, "transport", transport(req.InsecureTransport),
+		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId, "transport", a.streamTransport(req.InsecureTransport),
 			"nbd", req.NbdAddress, "disks", req.MirrorDisks, "uri", req.Uri)
 		return v.outgoingStatus(ctx)
 	}
 	sent = true
-	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{}); err != nil {
+	if err := mon.Migrate(ctx, qemuURI, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
-	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", transport(req.InsecureTransport),
+	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", a.streamTransport(req.InsecureTransport),
 		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)
 }
@@ -319,10 +340,14 @@ func (v *vm) watchOutgoing(out *outgoing) {
 						out.postcopyAt = ev.Timestamp
 					}
 				case qmp.MigrationStatusCompleted:
+					go v.relayEnded()
 					out.completedAt = ev.Timestamp
 					if next, err := migration.StepSource(out.state, migration.SrcEvCompleted); err == nil {
 						out.state = next
 					}
+				case qmp.MigrationStatusFailed, qmp.MigrationStatusCancelled:
+					go v.relayEnded()
+					save = false
 				default:
 					save = false
 				}

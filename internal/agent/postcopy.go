@@ -46,7 +46,10 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 		return "", err
 	}
 	v.mu.Lock()
-	mon := v.mon
+	mon, in := v.mon, v.in
+	if in == nil {
+		in = v.arrivedIn // adopted: a post-copy arrival runs here already
+	}
 	v.mu.Unlock()
 	if mon == nil {
 		return "", failedPrecondition("VM %s has no QEMU on host %s", name, a.cfg.Name)
@@ -59,13 +62,20 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 			return uri, nil // a retried step: already listening there
 		}
 	}
-	port, err := freePort(a.cfg.MigrationIP)
-	if err != nil {
-		return "", err
-	}
-	uri := "tcp:" + net.JoinHostPort(a.cfg.MigrationIP, strconv.Itoa(port))
-	if err := mon.MigrateRecover(ctx, uri); err != nil {
-		return "", fmt.Errorf("migrate-recover %s: %w", uri, err)
+	var uri string
+	if in != nil && in.relayPeer != "" {
+		if uri, err = v.recoverRelayed(ctx, mon, in.relayPeer); err != nil {
+			return "", err
+		}
+	} else {
+		port, err := freePort(a.cfg.MigrationIP)
+		if err != nil {
+			return "", err
+		}
+		uri = "tcp:" + net.JoinHostPort(a.cfg.MigrationIP, strconv.Itoa(port))
+		if err := mon.MigrateRecover(ctx, uri); err != nil {
+			return "", fmt.Errorf("migrate-recover %s: %w", uri, err)
+		}
 	}
 	v.mu.Lock()
 	v.recoverURI = uri
@@ -96,7 +106,13 @@ func (a *Agent) resumeOutgoing(ctx context.Context, req *agentv1.ResumeOutgoingR
 		}
 		return nil, failedPrecondition("VM %s's migration is %s, not postcopy-paused: nothing to resume", req.Name, s)
 	}
-	if err := mon.Migrate(ctx, req.Uri, qmp.MigrateOptions{Resume: true}); err != nil {
+	qemuURI := req.Uri
+	if peer := v.outgoingRelayPeer(); peer != "" {
+		if qemuURI, err = v.resumeRelayed(peer, req.Uri); err != nil {
+			return nil, err
+		}
+	}
+	if err := mon.Migrate(ctx, qemuURI, qmp.MigrateOptions{Resume: true}); err != nil {
 		return nil, fmt.Errorf("migrate resume to %s: %w", req.Uri, err)
 	}
 	a.log.Info("post-copy resumed", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri)

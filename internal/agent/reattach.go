@@ -107,7 +107,7 @@ func (a *Agent) reattach(ctx context.Context, v *vm) {
 // An armed one whose resume was not sent yet is resumed now: the owner CAS
 // is done.
 func (v *vm) reattachIncoming(ctx context.Context, rec incomingRecord) {
-	in := &incoming{id: rec.ID, uri: rec.URI, nbd: rec.NBD, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
+	in := &incoming{id: rec.ID, uri: rec.URI, nbd: rec.NBD, relayPeer: rec.RelayPeer, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
 		loadedAt: rec.LoadedAt, resumedAt: rec.ResumedAt}
 	if rec.Armed {
 		in.state = migration.InArmed
@@ -171,7 +171,13 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 		v.a.log.Warn("reattach: query-migrate", "vm", v.name, "err", err)
 		return
 	}
-	out := &outgoing{id: rec.ID, uri: rec.URI, changed: make(chan struct{}),
+	// A relayed stream's relay did not survive the restart: a resume opens
+	// a new one (resumeRelayed); QEMU is never pointed at the tcp: URI.
+	qemuURI := rec.URI
+	if rec.RelayPeer != "" {
+		qemuURI = ""
+	}
+	out := &outgoing{id: rec.ID, uri: rec.URI, qemuURI: qemuURI, relayPeer: rec.RelayPeer, changed: make(chan struct{}),
 		stoppedAt: rec.StoppedAt, preSwitchoverAt: rec.PreSwitchoverAt, continuedAt: rec.ContinuedAt, completedAt: rec.CompletedAt, postcopyAt: rec.PostcopyAt, disksMirrored: rec.DisksMirrored}
 	s := info.CurrentStatus()
 	out.status = string(s)

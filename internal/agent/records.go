@@ -35,6 +35,9 @@ type incomingRecord struct {
 	Armed   bool   `json:"armed,omitempty"`   // ArmResume accepted: the owner CAS is done
 	Ran     bool   `json:"ran,omitempty"`     // the destination QEMU has run
 	Adopted bool   `json:"adopted,omitempty"` // an ordinary VM of this host now
+	// RelayPeer is the source host of a relayed stream (streamrelay.go):
+	// a restarted agent relays a post-copy recovery from it again.
+	RelayPeer string `json:"relay_peer,omitempty"`
 	// QMP event times, so QueryIncoming answers the same after a restart.
 	LoadedAt  time.Time `json:"loaded_at"`
 	ResumedAt time.Time `json:"resumed_at"`
@@ -46,6 +49,10 @@ type outgoingRecord struct {
 	URI       string `json:"uri,omitempty"`
 	Continued bool   `json:"continued,omitempty"` // migrate-continue was sent
 	Cancelled bool   `json:"cancelled,omitempty"` // CancelOutgoing succeeded
+	// RelayPeer is the destination host of a relayed stream
+	// (streamrelay.go): a restarted agent relays a post-copy resume to it
+	// again.
+	RelayPeer string `json:"relay_peer,omitempty"`
 	// DisksMirrored: the local disks' mirrors completed at the switchover.
 	DisksMirrored bool `json:"disks_mirrored,omitempty"`
 	// MirrorNBD and MirrorDisks are the local disks' mirrors (where to,

@@ -48,6 +48,7 @@ type vm struct {
 	arrived    string    // id of the migration this VM arrived by, once adopted
 	arrivedIn  *incoming // that arrival, when this agent adopted it
 	recoverURI string    // where a paused post-copy destination listens again
+	relay      *relays   // the current migration's stream relays (streamrelay.go), nil without
 	started    time.Time // when this agent started or found the VM's QEMU (reaper grace)
 
 	qgaMu sync.Mutex // one session at a time on the guest agent channel (QEMU serves one client)
@@ -181,6 +182,7 @@ func (v *vm) watch(proc QEMUProcess, mon *qmp.Monitor) {
 	}
 	_ = mon.Close()
 	v.proc, v.mon = nil, nil
+	v.closeRelaysLocked()
 	if v.in != nil && v.in.adoptable() {
 		// An arriving VM whose QEMU ended (the source cancelled, or it was
 		// killed) was never this host's: remove every trace of it.

@@ -67,6 +67,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Bridge, "bridge", "", "default bridge for VM NICs")
 	f.StringVar(&cfg.Accel, "accel", "auto", "auto (KVM if a probe boots a guest, else TCG), kvm, or tcg for every VM")
 	f.StringVar(&cfg.MigrationIP, "migration-ip", "", "address for migration traffic (default: the bridge's IPv4)")
+	f.BoolVar(&cfg.StreamRelay, "stream-relay", agent.StreamRelayDefault(), "carry encrypted migration streams on the agent's own TLS, QEMU sending in plaintext to a local relay, instead of QEMU's TLS (faster, and Nagle off for post-copy's page requests; an agent restart breaks a relayed transfer in flight). Default from "+agent.StreamRelayEnv+" (1/0) if set")
 	f.StringSliceVar(&cfg.ImageDirs, "image-dir", agent.ImageDirsDefault(), "directory a VM disk's source: may copy an image from (repeatable; none: no source images; default from "+agent.ImageDirsEnv+", ':'-separated)")
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.QEMUUserDefault(), "unprivileged user every QEMU runs as (-run-with user=, under -sandbox on); QEMU opens its disks, taps and sockets before it switches. The agent refuses to start when the user does not exist; "+agent.QEMURoot+" keeps QEMU privileged (warned). Default "+agent.DefaultQEMUUser+" (or "+agent.QEMUUserEnv+")")

@@ -129,6 +129,15 @@ func (r *relay) Stats() Stats {
 	return Stats{Channels: r.channels.Load(), Sent: r.sent.Load(), Received: r.received.Load()}
 }
 
+// StopAccepting closes the listener and leaves the open channels to end
+// on their own (a migration that ended: its last bytes may still be on
+// their way). Close ends them.
+func (r *relay) StopAccepting() {
+	if err := r.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		r.log.Warn("relay: close the listener", "err", err)
+	}
+}
+
 // Close stops accepting, closes every open channel and waits for their
 // goroutines. It is safe to call more than once.
 func (r *relay) Close() error {
