@@ -34,7 +34,7 @@ func (b *bandwidths) learnRates(from, to string, l exec.Learned) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if stream > 0 {
-		b.rates.Observe(telemetry.StreamRate, l.Transport, from, to, stream, now)
+		b.rates.Observe(telemetry.StreamRateFor(l.NonZeroBytes), l.Transport, from, to, stream, now)
 	}
 	if mirror > 0 {
 		b.rates.Observe(telemetry.MirrorRate, l.Transport, from, to, mirror, now)
@@ -57,16 +57,16 @@ func transportName(opt *ferryv1.MigrationOptions) string {
 }
 
 // streamBytesPerSec is one migration stream's rate from src to dst when
-// the link is not the limit, for the migration's transport: learned on
-// the pair (else on any pair), else the planner's constant; and where it
-// comes from.
-func (s *Server) streamBytesPerSec(src, dst string, opt *ferryv1.MigrationOptions) (float64, string) {
-	tr := transportName(opt)
-	if f, ok := s.bw.rate(telemetry.StreamRate, tr, src, dst); ok {
-		return f.BytesPerSec, f.Source
+// the link is not the limit, for the migration's transport and a guest
+// of nonZero bytes (its size class): learned on the pair (else on any
+// pair), else the planner's constant; and where it comes from.
+func (s *Server) streamBytesPerSec(src, dst string, nonZero int64, opt *ferryv1.MigrationOptions) (float64, string) {
+	tr, class := transportName(opt), telemetry.SizeClass(nonZero)
+	if f, ok := s.bw.rate(telemetry.StreamRateFor(nonZero), tr, src, dst); ok {
+		return f.BytesPerSec, f.Source + " for guests of " + class + " non-zero RAM"
 	}
 	c := defaultStreamBytesPerSec(opt)
-	return c, fmt.Sprintf("the planner's constant for one %s stream (%.0f MiB/s): nothing learned over %s yet", tr, c/(1<<20), tr)
+	return c, fmt.Sprintf("the planner's constant for one %s stream (%.0f MiB/s): nothing learned over %s for guests of %s non-zero RAM yet", tr, c/(1<<20), tr, class)
 }
 
 // mirrorBytesPerSec is one disk mirror's rate from src to dst when the
@@ -83,7 +83,7 @@ func (s *Server) mirrorBytesPerSec(src, dst string, opt *ferryv1.MigrationOption
 // planRates puts into a plan's inputs the stream and mirror rates to plan
 // the migration src → dst with, and where they come from.
 func (s *Server) planRates(in *ferryv1.PlanInputs, src, dst string, opt *ferryv1.MigrationOptions) {
-	stream, streamSrc := s.streamBytesPerSec(src, dst, opt)
+	stream, streamSrc := s.streamBytesPerSec(src, dst, in.GetNonZeroBytes(), opt)
 	mirror, mirrorSrc := s.mirrorBytesPerSec(src, dst, opt)
 	in.StreamMibps, in.StreamSource = stream/(1<<20), streamSrc
 	in.MirrorMibps, in.MirrorSource = mirror/(1<<20), mirrorSrc

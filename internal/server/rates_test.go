@@ -106,3 +106,36 @@ func TestPlanAfterALearnedMirrorUsesIt(t *testing.T) {
 		t.Errorf("predicted %s with the learned mirror, want %s (the mirror's 6.8 s instead of the constant's)", got, want)
 	}
 }
+
+// A stream rate a small guest taught is not used for a big one (and the
+// other way round): the bench's idle guest (112 MiB non-zero) taught
+// 57 MiB/s, which planned the big guest (1.2 GiB) at +107 % and with a
+// compression it did not need.
+func TestStreamRatesKeepSizeClassesApart(t *testing.T) {
+	s := &Server{}
+	tls := &ferryv1.MigrationOptions{Strategy: "precopy", MultifdChannels: 1, MaxDowntimeMs: 50}
+	s.bw.learnRates("h1", "h2", exec.Learned{Transport: "tls", NonZeroBytes: 112 << 20,
+		Stream: &planner.StreamRun{Total: 2300 * time.Millisecond, Bytes: 116<<20 + planDeviceStateBytes}})
+	small := idlePlanInputs()
+	s.planRates(small, "h1", "h2", tls)
+	if !strings.Contains(small.StreamSource, "learned") || !strings.Contains(small.StreamSource, "<256MiB") {
+		t.Fatalf("the small guest's plan: stream from %q, want the learned figure of its class", small.StreamSource)
+	}
+	big := idlePlanInputs()
+	big.MemoryBytes, big.NonZeroBytes = 4<<30, 1200<<20
+	s.planRates(big, "h1", "h2", tls)
+	if big.StreamMibps != planner.DefaultTLSStreamBytesPerSec/(1<<20) || !strings.Contains(big.StreamSource, "1-4GiB") {
+		t.Errorf("the big guest's plan: %.0f MiB/s from %q, want the constant (nothing learned for 1-4GiB)", big.StreamMibps, big.StreamSource)
+	}
+	s.bw.learnRates("h1", "h2", exec.Learned{Transport: "tls", NonZeroBytes: 1200 << 20,
+		Stream: &planner.StreamRun{Total: 8800 * time.Millisecond, Bytes: 1200 << 20}})
+	s.planRates(big, "h1", "h2", tls)
+	if big.StreamMibps < 130 || big.StreamMibps > 150 {
+		t.Errorf("after a big run at about 140 MiB/s the big plan uses %.0f MiB/s (%s)", big.StreamMibps, big.StreamSource)
+	}
+	again := idlePlanInputs()
+	s.planRates(again, "h1", "h2", tls)
+	if again.StreamMibps != small.StreamMibps {
+		t.Errorf("the big run changed the small class's figure: %.1f → %.1f MiB/s", small.StreamMibps, again.StreamMibps)
+	}
+}

@@ -88,3 +88,30 @@ func TestRatesChangedRateReplacesTheAverage(t *testing.T) {
 		t.Errorf("any pair: %+v, want all 5 migrations averaged", a)
 	}
 }
+
+// TestSizeClassesAndTheWiderBand: the size classes' edges, and a rate
+// within RateChanged of the average joins it (the idle runs' 57–105
+// MiB/s) while one beyond replaces it.
+func TestSizeClassesAndTheWiderBand(t *testing.T) {
+	for n, want := range map[int64]string{112 << 20: "<256MiB", 256 << 20: "256MiB-1GiB", 1 << 30: "256MiB-1GiB", 1200 << 20: "1-4GiB", 5 << 30: ">4GiB"} {
+		if got := SizeClass(n); got != want {
+			t.Errorf("SizeClass(%d MiB) = %s, want %s", n>>20, got, want)
+		}
+	}
+	if StreamRateFor(112<<20) == StreamRateFor(1200<<20) {
+		t.Error("a small and a big guest share a stream rate kind")
+	}
+	r := NewRates()
+	now := time.Now()
+	k := StreamRateFor(112 << 20)
+	r.Observe(k, TransportTLS, "a", "b", 57<<20, now)
+	r.Observe(k, TransportTLS, "a", "b", 105<<20, now)
+	f, _ := r.Figure(k, TransportTLS, "a", "b", now)
+	if f.Samples != 2 {
+		t.Errorf("57 then 105 MiB/s: %d sample(s) (%s), want both averaged", f.Samples, f.Source)
+	}
+	r.Observe(k, TransportTLS, "a", "b", 500<<20, now)
+	if f, _ := r.Figure(k, TransportTLS, "a", "b", now); f.Samples != 1 || f.BytesPerSec != 500<<20 {
+		t.Errorf("a rate 6× the average: %d sample(s) at %.0f MiB/s, want it alone", f.Samples, f.BytesPerSec/(1<<20))
+	}
+}

@@ -141,3 +141,20 @@ func TestLearnedStreamThatBeatItsPlan(t *testing.T) {
 		t.Errorf("a link-limited stream slower than planned taught %+v", *l.Stream)
 	}
 }
+
+// A mirror teaches its rate also when the link may have been its limit:
+// the disk bench's mirror reached 119 MiB/s where the contended link was
+// probed at 157 MiB/s, and the rule "under 0.7 of the link" learned
+// nothing, leaving a 362 MiB/s constant that predicted −49 %.
+func TestLearnedMirrorAtTheLinksRate(t *testing.T) {
+	m := &ferryv1.Migration{Transport: "tls", Disks: []*ferryv1.MigrationDisk{{Name: "data", MirrorMs: 8620}}}
+	r := completedPrecopy(m, 10000*time.Millisecond, 10740*time.Millisecond, 45<<20, 105, 157)
+	m.Plan.Inputs.DiskBytes = 1026 << 20
+	if l := r.learned(); l.DiskBytes != 1026<<20 || l.MirrorTime != 8620*time.Millisecond {
+		t.Errorf("a mirror at 119 MiB/s on a link probed at 157 MiB/s: learned %+v, want its 1026 MiB in 8.62 s", l)
+	}
+	m.Options = &ferryv1.MigrationOptions{BandwidthMibps: 100}
+	if l := r.learned(); l.MirrorTime != 0 {
+		t.Errorf("a mirror under --bandwidth taught %+v", l)
+	}
+}
