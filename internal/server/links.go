@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/ferryvm/ferry/internal/migration/core"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -35,6 +36,7 @@ type bandwidths struct {
 	mu    sync.Mutex
 	links *telemetry.Links
 	rates telemetry.Rates
+	log   *slog.Logger // nil: no log of what the book learns
 }
 
 func (b *bandwidths) book() *telemetry.Links {

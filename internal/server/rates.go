@@ -31,6 +31,10 @@ func (b *bandwidths) learnRates(from, to string, l exec.Learned) {
 	if stream <= 0 && mirror <= 0 {
 		return
 	}
+	if b.log != nil {
+		b.log.Info("rates learned from a migration", "from", from, "to", to, "transport", l.Transport,
+			"stream_mibps", stream/(1<<20), "size_class", telemetry.SizeClass(l.NonZeroBytes), "mirror_mibps", mirror/(1<<20))
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if stream > 0 {

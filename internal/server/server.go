@@ -104,6 +104,7 @@ func New(cfg Config) *Server {
 		cfg.AgentCallTimeout = 2 * time.Minute
 	}
 	s := &Server{store: cfg.Store, log: cfg.Log, agents: newAgentPool(), timeout: cfg.AgentCallTimeout, retention: cfg.Retention}
+	s.bw.log = cfg.Log
 	s.eventRetention = cfg.EventRetention
 	if s.eventRetention == (retention.Policy{}) {
 		s.eventRetention = retention.Policy{Count: DefaultKeepEvents, Age: DefaultKeepEventsFor}

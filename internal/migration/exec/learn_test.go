@@ -153,6 +153,12 @@ func TestLearnedMirrorAtTheLinksRate(t *testing.T) {
 	if l := r.learned(); l.DiskBytes != 1026<<20 || l.MirrorTime != 8620*time.Millisecond {
 		t.Errorf("a mirror at 119 MiB/s on a link probed at 157 MiB/s: learned %+v, want its 1026 MiB in 8.62 s", l)
 	}
+	// RAM sends nothing while the mirrors run: its progress counts a
+	// stall, which must not hide the mirrors' rate.
+	r.stalled = 8 * time.Second
+	if l := r.learned(); l.MirrorTime != 8620*time.Millisecond {
+		t.Errorf("a mirror whose RAM waited 8 s for it: learned %+v, want its mirror time", l)
+	}
 	m.Options = &ferryv1.MigrationOptions{BandwidthMibps: 100}
 	if l := r.learned(); l.MirrorTime != 0 {
 		t.Errorf("a mirror under --bandwidth taught %+v", l)
