@@ -164,3 +164,20 @@ func TestLearnedMirrorAtTheLinksRate(t *testing.T) {
 		t.Errorf("a mirror under --bandwidth taught %+v", l)
 	}
 }
+
+// A stream run counts the bytes its plan counted when they exceed what
+// QEMU sent (the idle bench: 154 MB of non-zero RAM planned, 122 MB
+// sent), so the rate it teaches predicts that run again from the next
+// plan's figure; a run that sent more than planned keeps its own.
+func TestLearnedStreamCountsThePlannedBytes(t *testing.T) {
+	m := &ferryv1.Migration{Transport: "tls"}
+	r := completedPrecopy(m, 600*time.Millisecond, 1470*time.Millisecond, 116<<20, 1203, 1203)
+	m.Predicted = &ferryv1.StrategyPrediction{Strategy: "precopy", Bytes: 155516928}
+	if l := r.learned(); l.Stream == nil || l.Stream.Bytes != 155516928 {
+		t.Fatalf("learned %+v, want the planned 155516928 bytes", l.Stream)
+	}
+	m.Predicted.Bytes = 50 << 20
+	if l := r.learned(); l.Stream == nil || l.Stream.Bytes != 116<<20+3<<19 {
+		t.Fatalf("learned %+v, want the bytes sent (more than planned)", l.Stream)
+	}
+}
