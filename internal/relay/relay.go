@@ -346,7 +346,7 @@ func (o *Outbound) open(local net.Conn) {
 		_ = local.Close()
 		return
 	}
-	tc := tls.Client(raw, o.cfg)
+	tc := tls.Client(newLowatConn(raw), o.cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		o.log.Warn("relay: TLS with the peer host failed; the channel is closed", "target", target, "err", err)
 		_ = raw.Close()
@@ -398,7 +398,7 @@ func (in *Inbound) Retarget(target string) {
 func (in *Inbound) open(raw net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
 	defer cancel()
-	tc := tls.Server(raw, in.cfg)
+	tc := tls.Server(newLowatConn(raw), in.cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		in.log.Warn("relay: refused a connection (TLS)", "peer", raw.RemoteAddr().String(), "err", err)
 		_ = raw.Close()
