@@ -17,7 +17,6 @@ import (
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/relay"
-	"github.com/ferryvm/ferry/internal/spec"
 )
 
 // Relayed streams (Config.StreamRelay): an encrypted migration's RAM
@@ -101,12 +100,8 @@ func (a *Agent) streamTransport(insecure bool) string {
 // host peer (field names the request field peer came from): the host's
 // stream certificate, the peer's verified.
 func (a *Agent) relayTLS(peer, field string, receive bool) (*tls.Config, error) {
-	if peer == "" {
-		return nil, connect.NewError(connect.CodeInvalidArgument,
-			fmt.Errorf("%s: required for an encrypted stream (a server older than this agent? upgrade it, or migrate with insecureTransport)", field))
-	}
-	if !spec.IsDNSLabel(peer) {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: must be a DNS label (a host name), got %q", field, peer))
+	if err := checkStreamPeer(peer, field); err != nil {
+		return nil, err
 	}
 	caPEM, certPEM, keyPEM, err := a.streamPEM()
 	if errors.Is(err, ErrNoStreamCert) || errors.Is(err, ErrNoIdentity) {

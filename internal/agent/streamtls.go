@@ -52,12 +52,8 @@ func transport(insecure bool) string {
 // the files while adding the object and never again.
 func (v *vm) streamTLS(ctx context.Context, mon *qmp.Monitor, peer string, ep qemutls.Endpoint) (qemutls.Creds, error) {
 	field := map[qemutls.Endpoint]string{qemutls.Server: "source_host", qemutls.Client: "dest_host"}[ep]
-	if peer == "" {
-		return qemutls.Creds{}, connect.NewError(connect.CodeInvalidArgument,
-			fmt.Errorf("%s: required for an encrypted stream (a server older than this agent? upgrade it, or migrate with insecureTransport)", field))
-	}
-	if !spec.IsDNSLabel(peer) {
-		return qemutls.Creds{}, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: must be a DNS label (a host name), got %q", field, peer))
+	if err := checkStreamPeer(peer, field); err != nil {
+		return qemutls.Creds{}, err
 	}
 	caPEM, certPEM, keyPEM, err := v.a.streamPEM()
 	if errors.Is(err, ErrNoStreamCert) {
@@ -94,6 +90,19 @@ func (v *vm) streamTLS(ctx context.Context, mon *qmp.Monitor, peer string, ep qe
 		}
 	}
 	return c, nil
+}
+
+// checkStreamPeer refuses the peer host of an encrypted stream that a
+// request (its field) left empty or that is not a host name.
+func checkStreamPeer(peer, field string) error {
+	if peer == "" {
+		return connect.NewError(connect.CodeInvalidArgument,
+			fmt.Errorf("%s: required for an encrypted stream (a server older than this agent? upgrade it, or migrate with insecureTransport)", field))
+	}
+	if !spec.IsDNSLabel(peer) {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: must be a DNS label (a host name), got %q", field, peer))
+	}
+	return nil
 }
 
 // refusedByQEMU makes an error QEMU answered (bad credentials: retrying
@@ -144,12 +153,8 @@ func streamParams(p *qmp.MigrationParameters, creds qemutls.Creds, insecure bool
 // a server admitting only peer's certificate; sending, a client accepting
 // only peer's. field names the request field peer came from.
 func (a *Agent) hostStreamTLS(peer, field string, receive bool) (*tls.Config, error) {
-	if peer == "" {
-		return nil, connect.NewError(connect.CodeInvalidArgument,
-			fmt.Errorf("%s: required for an encrypted stream (a server older than this agent? upgrade it, or migrate with insecureTransport)", field))
-	}
-	if !spec.IsDNSLabel(peer) {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: must be a DNS label (a host name), got %q", field, peer))
+	if err := checkStreamPeer(peer, field); err != nil {
+		return nil, err
 	}
 	id := a.ident.Load()
 	if id == nil {

@@ -92,6 +92,14 @@ func (r *relay) track(cs ...net.Conn) bool {
 	return true
 }
 
+// drop closes and forgets connections of a channel that will not open.
+func (r *relay) drop(cs ...net.Conn) {
+	for _, c := range cs {
+		_ = c.Close()
+	}
+	r.untrack(cs...)
+}
+
 func (r *relay) untrack(cs ...net.Conn) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -337,21 +345,17 @@ func (o *Outbound) open(local net.Conn) {
 	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
 	if err != nil {
 		o.log.Warn("relay: cannot reach the peer host; the channel is closed", "target", target, "err", err)
-		_ = local.Close()
-		o.untrack(local)
+		o.drop(local)
 		return
 	}
 	if !o.track(raw) {
-		_ = raw.Close()
-		_ = local.Close()
+		o.drop(raw, local)
 		return
 	}
 	tc := tls.Client(newLowatConn(raw), o.cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		o.log.Warn("relay: TLS with the peer host failed; the channel is closed", "target", target, "err", err)
-		_ = raw.Close()
-		_ = local.Close()
-		o.untrack(local, raw)
+		o.drop(raw, local)
 		return
 	}
 	o.pipe(local, tc, raw)
@@ -401,21 +405,18 @@ func (in *Inbound) open(raw net.Conn) {
 	tc := tls.Server(newLowatConn(raw), in.cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		in.log.Warn("relay: refused a connection (TLS)", "peer", raw.RemoteAddr().String(), "err", err)
-		_ = raw.Close()
-		in.untrack(raw)
+		in.drop(raw)
 		return
 	}
 	target := *in.target.Load()
 	local, err := (&net.Dialer{}).DialContext(ctx, "unix", target)
 	if err != nil {
 		in.log.Warn("relay: QEMU's socket refused the channel", "socket", target, "err", err)
-		_ = raw.Close()
-		in.untrack(raw)
+		in.drop(raw)
 		return
 	}
 	if !in.track(local) {
-		_ = local.Close()
-		_ = raw.Close()
+		in.drop(local, raw)
 		return
 	}
 	in.pipe(local, tc, raw)
