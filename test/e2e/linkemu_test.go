@@ -171,10 +171,17 @@ func TestLinkEmulator(t *testing.T) {
 		t.Errorf("UDP loss %.2f%%, want 2%% ± 1%%", 100*lost)
 	}
 	link("--loss", "0%")
-	lo, hi := jitterRange(t, h1.Netns, h2.IP+":7000", 40)
-	t.Logf("jitter asked 5ms each way: round trips %v..%v", lo, hi)
-	if lo < 29*time.Millisecond || hi > 52*time.Millisecond || hi-lo < 3*time.Millisecond {
-		t.Errorf("round trips %v..%v, want within 30..50 ms and spread out", lo, hi)
+	rtts := jitterSamples(t, h1.Netns, h2.IP+":7000", 40)
+	lo, hi := rtts[0], rtts[len(rtts)-1]
+	p5, p95 := rtts[len(rtts)*5/100], rtts[len(rtts)*95/100]
+	t.Logf("jitter asked 5ms each way: round trips %v..%v, 5th..95th percentile %v..%v", lo, hi, p5, p95)
+	// The emulator can never make a round trip shorter than 2×(20−5) ms, so
+	// the floor is hard. The ceiling is the emulator's 2×(20+5) ms plus this
+	// shared 2-core machine's scheduling: a stray slow round trip (53 ms in
+	// one CI run) is the host's, not the emulator's, so the 95th percentile
+	// carries the bound.
+	if lo < 29*time.Millisecond || p95 > 52*time.Millisecond || p95-p5 < 3*time.Millisecond {
+		t.Errorf("round trips %v..%v (5th..95th percentile %v..%v), want at least 29 ms, 95th percentile at most 52 ms, and spread out", lo, hi, p5, p95)
 	}
 	link("--jitter", "0s")
 
@@ -327,8 +334,8 @@ func udpLoss(t *testing.T, src, dst, addr string, n int) float64 {
 	return 1 - float64(<-got)/float64(n)
 }
 
-// jitterRange returns the shortest and longest of n round trips.
-func jitterRange(t *testing.T, ns, addr string, n int) (lo, hi time.Duration) {
+// jitterSamples returns n round trips, sorted shortest first.
+func jitterSamples(t *testing.T, ns, addr string, n int) []time.Duration {
 	t.Helper()
 	conn, err := netnsutil.Dial(ns, "tcp", addr)
 	if err != nil {
@@ -337,7 +344,7 @@ func jitterRange(t *testing.T, ns, addr string, n int) (lo, hi time.Duration) {
 	defer conn.Close()
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	buf := make([]byte, 1)
-	lo = time.Hour
+	rtts := make([]time.Duration, 0, n)
 	for range n {
 		start := time.Now()
 		if _, err := conn.Write(buf); err != nil {
@@ -346,9 +353,9 @@ func jitterRange(t *testing.T, ns, addr string, n int) (lo, hi time.Duration) {
 		if _, err := io.ReadFull(conn, buf); err != nil {
 			t.Fatal(err)
 		}
-		d := time.Since(start)
-		lo, hi = min(lo, d), max(hi, d)
+		rtts = append(rtts, time.Since(start))
 		time.Sleep(5 * time.Millisecond)
 	}
-	return lo, hi
+	slices.Sort(rtts)
+	return rtts
 }
