@@ -212,6 +212,9 @@ func TestStreamTLS(t *testing.T) {
 	}
 	h1, h2 := cert(kp(t, ca, KindQEMU, "h1")), cert(kp(t, ca, KindQEMU, "h2"))
 	recv := StreamServerTLS(ca.Pool(), h2, "h1")
+	if !recv.SessionTicketsDisabled {
+		t.Error("stream server sends session tickets: a QEMU that never reads its channel resets it on close and the stream's unread tail is lost")
+	}
 	if cerr, serr := handshake(t, recv, StreamClientTLS(ca.Pool(), h1, "h2")); cerr != nil || serr != nil {
 		t.Fatalf("h1 -> h2 refused: client %v, server %v", cerr, serr)
 	}
