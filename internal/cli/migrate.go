@@ -89,8 +89,8 @@ func (f *migrateFlags) options(changed func(string) bool) (*ferryv1.MigrationOpt
 	if f.bandwidth < 0 {
 		return nil, fmt.Errorf("--bandwidth: must be >= 0 MiB/s (0 = unlimited), got %d", f.bandwidth)
 	}
-	if f.multifd < 0 || f.multifd > 255 {
-		return nil, fmt.Errorf("--multifd: must be between 0 and 255 channels (0 or 1 = one stream), got %d", f.multifd)
+	if f.multifd < 0 || f.multifd > 16 {
+		return nil, fmt.Errorf("--multifd: must be between 0 and 16 channels (0 or 1 = one stream), got %d", f.multifd)
 	}
 	if f.strategy == "cold" {
 		for _, name := range []string{"max-downtime", "multifd"} {

@@ -52,7 +52,7 @@ func TestMigrateFlagValidation(t *testing.T) {
 		{[]string{"migrate", "web", "--to", "h2", "--max-downtime", "-1ms"}, "--max-downtime: must not be negative, got -1ms"},
 		{[]string{"migrate", "web", "--to", "h2", "--max-downtime", "100"}, `invalid argument "100" for "--max-downtime" flag`},
 		{[]string{"migrate", "web", "--to", "h2", "--bandwidth", "-1"}, "--bandwidth: must be >= 0 MiB/s (0 = unlimited), got -1"},
-		{[]string{"migrate", "web", "--to", "h2", "--multifd", "300"}, "--multifd: must be between 0 and 255 channels (0 or 1 = one stream), got 300"},
+		{[]string{"migrate", "web", "--to", "h2", "--multifd", "300"}, "--multifd: must be between 0 and 16 channels (0 or 1 = one stream), got 300"},
 		{[]string{"migrate", "web", "--to", "h2", "--strategy", "cold", "--max-downtime", "100ms"}, "--max-downtime: only applies to live strategies"},
 		{[]string{"migrate", "web", "--to", "h2", "--strategy", "cold", "--multifd", "4"}, "--multifd: only applies to live strategies"},
 		{[]string{"migrate", "web", "--to", "h2", "--stall-timeout", "500ms"}, "--stall-timeout: must be at least 1s (0 uses the server's default), got 500ms"},

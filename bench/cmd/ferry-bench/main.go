@@ -33,6 +33,7 @@ func main() {
 	flag.DurationVar(&o.Settle, "settle", 3*time.Second, "let the dirtier run this long before migrating")
 	flag.BoolVar(&o.Warmup, "warmup", true, "before the measured runs, one unmeasured migration per Ferry system and shaping setting, and one before a scenario with local disks, so Ferry's server has learned the rates QEMU's stream, the link and the disk mirror reach (-warmup=false: off)")
 	flag.StringVar(&o.FerryStrategy, "strategy", "", "ferry migrate --strategy (empty: Ferry's default)")
+	flag.IntVar(&o.FerryMultifd, "multifd", 0, "ferry migrate --multifd N: N parallel streams for Ferry's systems (0: Ferry's planner decides)")
 	flag.BoolVar(&o.FerryInsecure, "ferry-insecure", false, "ferry migrate --insecure-transport: Ferry's streams in plaintext like the libvirt systems' (default: Ferry's TLS)")
 	flag.StringVar(&o.Repo, "repo", ".", "repository root (bin/ferry, build/guest, hack/, bench/scripts)")
 	flag.StringVar(&o.ResultsDir, "results", "", "parent of the timestamped result directory (default REPO/bench/results)")
@@ -55,6 +56,10 @@ func main() {
 	o.Systems = splitList(systems)
 	if o.Runs < 1 {
 		fmt.Fprintln(os.Stderr, "ferry-bench: -runs must be at least 1")
+		os.Exit(2)
+	}
+	if o.FerryMultifd < 0 || o.FerryMultifd > 16 {
+		fmt.Fprintf(os.Stderr, "ferry-bench: -multifd %d: give 0 (Ferry's planner decides) or 1..16 streams\n", o.FerryMultifd)
 		os.Exit(2)
 	}
 	if *estimate {

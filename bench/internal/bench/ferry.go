@@ -25,6 +25,8 @@ type FerrySystem struct {
 	Strategy string
 	// Insecure runs `ferry migrate --insecure-transport` (plaintext).
 	Insecure bool
+	// Multifd is passed as --multifd unless 0 (Ferry's planner decides).
+	Multifd int
 	// Plain names the system "ferry-plain" (Insecure set): the same
 	// migration as "ferry" without TLS beside it, for the cost of
 	// encryption.
@@ -95,6 +97,9 @@ func (s *FerrySystem) migrateFlags(g Guest) []string {
 	}
 	if s.Insecure {
 		args = append(args, "--insecure-transport")
+	}
+	if s.Multifd > 0 {
+		args = append(args, "--multifd", fmt.Sprint(s.Multifd))
 	}
 	return args
 }

@@ -52,6 +52,9 @@ type Options struct {
 	// migration and NBD streams in plaintext, as the libvirt systems run
 	// (Ferry's default is TLS).
 	FerryInsecure bool
+	// FerryMultifd passes --multifd to `ferry migrate` unless 0 (Ferry's
+	// planner chooses the channels).
+	FerryMultifd int
 	// Repo is the repository root (bin/ferry, build/guest, hack/deps.sh,
 	// bench/scripts); ResultsDir the parent of the timestamped result
 	// directory; Prefix the dev cluster's namespace prefix.
@@ -243,11 +246,11 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		switch name {
 		case "ferry":
 			fs := NewFerrySystem(env, o.FerryStrategy)
-			fs.Insecure = o.FerryInsecure
+			fs.Insecure, fs.Multifd = o.FerryInsecure, o.FerryMultifd
 			systems = append(systems, fs)
 		case "ferry-plain":
 			fs := NewFerrySystem(env, o.FerryStrategy)
-			fs.Plain, fs.Insecure = true, true
+			fs.Plain, fs.Insecure, fs.Multifd = true, true, o.FerryMultifd
 			systems = append(systems, fs)
 		case "qemu":
 			systems = append(systems, NewQEMUSystem(env))
@@ -365,6 +368,7 @@ func Run(ctx context.Context, o Options) (resultDir string, err error) {
 		"libvirtTuned":   tunedInfo(lvTuned),
 		"elapsed":        time.Since(started).Round(time.Second).String(),
 		"ferryStrategy":  orDefault(o.FerryStrategy, "(Ferry's default)"),
+		"ferryMultifd":   map[bool]string{true: "(Ferry's planner)", false: fmt.Sprintf("--multifd %d", o.FerryMultifd)}[o.FerryMultifd == 0],
 		"ferryTransport": map[bool]string{false: "TLS (Ferry's default)", true: "plaintext (--insecure-transport)"}[o.FerryInsecure],
 		"host":           fmt.Sprintf("%d CPUs, %s, guests under TCG", runtime.NumCPU(), kernelRelease()),
 		"ferryBinary":    binInfo,
