@@ -57,6 +57,12 @@ func TestTunePlanFromHostRecords(t *testing.T) {
 	if tls1.MultifdChannels != 0 || !strings.Contains(choice(t, tls1, "multifd-channels").Reason, "no spare CPU") {
 		t.Fatalf("TLS pre-copy, 1 spare CPU: %+v", tls1)
 	}
+	// Its final round travels at the one TLS stream's rate, not the link's:
+	// QEMU must size it with that rate (90 % of the constant, nothing
+	// learned here), or it switches over with a round 8× too big.
+	if want := int64(0.9 * planner.DefaultTLSStreamBytesPerSec); tls1.AvailSwitchoverBandwidthBytes != want {
+		t.Errorf("TLS pre-copy, 1 stream on 2 GiB/s: avail-switchover-bandwidth %d, want %d (90%% of the stream's rate)", tls1.AvailSwitchoverBandwidthBytes, want)
+	}
 	tls6 := tunePlan("precopy", &ferryv1.PlanInputs{BandwidthMibps: 2048, SourceSpareCpus: 6}, &ferryv1.MigrationOptions{}, qemuHost("h1", "10.0.2", qemu10...), qemuHost("h2", "10.0.2", qemu10...))
 	if tls6.MultifdChannels < 2 || tls6.MultifdChannels > 6 {
 		t.Fatalf("TLS pre-copy, 6 spare CPUs: %d channels, want 2..6: %+v", tls6.MultifdChannels, tls6)
