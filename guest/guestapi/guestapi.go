@@ -36,7 +36,8 @@ const (
 	// log it lands in tells which host's QEMU ran the guest then.
 	StopKernelLine = "FERRY-GUEST STOP-KERNEL "
 	// StopKernelPath is the guest's HTTP endpoint that stops its kernel:
-	// POST with delay_ms=N (guest time) or on=guest-agent (at the next
+	// POST with delay_ms=N (guest time from the reply, at least 200 ms so
+	// the reply leaves the guest first) or on=guest-agent (at the next
 	// command on the guest agent channel, which then gets no answer).
 	StopKernelPath = "/stop-kernel"
 

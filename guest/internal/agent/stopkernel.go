@@ -21,8 +21,8 @@ type stopArm struct {
 	at           time.Time // when asked
 }
 
-// stopKernelHandler serves POST /stop-kernel: after delay_ms (guest time;
-// it stands still while the VM is paused) or, with on=guest-agent, at the
+// stopKernelHandler serves POST /stop-kernel: delay_ms after its reply
+// (guest time, at least replyLead; it stands still while the VM is paused) or, with on=guest-agent, at the
 // next command on the guest agent channel (before it is answered), the
 // guest logs guestapi.StopKernelLine on the console and stops its kernel
 // (a.StopKernel: a sysrq crash with panic=0, so it hangs and answers
@@ -57,15 +57,26 @@ func (a *Agent) stopKernelHandler(w http.ResponseWriter, r *http.Request) {
 	} else {
 		resp["stop"] = fmt.Sprintf("in %v", delay)
 		a.logf("stop-kernel armed: in %v", delay)
-		go func() {
-			time.Sleep(delay)
-			a.stopNow(fmt.Sprintf("%v after the request", delay))
-		}()
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusAccepted)
 	_ = json.NewEncoder(w).Encode(resp)
+	if on == "guest-agent" {
+		return
+	}
+	// The clock starts once the reply is on its way, and never runs out
+	// before replyLead: a stop scheduled before the reply was written (CI:
+	// delay_ms=0) crashed the kernel with the 202 still in the guest, and
+	// the caller timed out instead of seeing it accepted.
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	time.AfterFunc(max(delay, replyLead), func() { a.stopNow(fmt.Sprintf("%v after the request", delay)) })
 }
+
+// replyLead is the least time between POST /stop-kernel's reply and the
+// stop: enough for the guest's NIC to send the reply.
+const replyLead = 200 * time.Millisecond
 
 // GuestAgentCommand is called before each guest agent command is answered:
 // an armed on=guest-agent stop happens now, so the command gets no answer.
