@@ -22,8 +22,9 @@ type stopArm struct {
 }
 
 // stopKernelHandler serves POST /stop-kernel: delay_ms after its reply
-// (guest time, at least replyLead; it stands still while the VM is paused) or, with on=guest-agent, at the
-// next command on the guest agent channel (before it is answered), the
+// (guest time, at least replyLead; it stands still while the VM is
+// paused) or, with on=guest-agent, at the next command on the guest agent
+// channel (before it is answered), the
 // guest logs guestapi.StopKernelLine on the console and stops its kernel
 // (a.StopKernel: a sysrq crash with panic=0, so it hangs and answers
 // nothing any more).
