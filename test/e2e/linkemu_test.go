@@ -145,11 +145,17 @@ func TestLinkEmulator(t *testing.T) {
 	const asked = 48 << 20
 	t.Logf("rate asked 48 MiB/s: TCP goodput %.1f MiB/s (%.1f%%), frames on the emulated link %.1f MiB/s (%.1f%%); forwarder CPU %.2fs in %.2fs = %.0f%% of a core",
 		goodput/(1<<20), 100*goodput/asked, wireRate/(1<<20), 100*wireRate/asked, cpu, r.dur.Seconds(), 100*cpu/r.dur.Seconds())
-	if math.Abs(goodput-asked)/asked > 0.10 {
-		t.Errorf("TCP goodput %.1f MiB/s, want 48 MiB/s ± 10%%", goodput/(1<<20))
+	// The link may never carry more than asked (5 % for the window's
+	// edges); it carries less when TCP's window, halved at each tail drop,
+	// leaves it idle for a moment, and more so on a busy machine (one CI
+	// run under the rest of the suite: 93 %), hence −15 %. TCP's goodput
+	// is the link's frames less headers (about 4 %): well below that, TCP
+	// was retransmitting or stalling on the emulator.
+	if wireRate > 1.05*asked || wireRate < 0.85*asked {
+		t.Errorf("link rate %.1f MiB/s, want 48 MiB/s −15 %%/+5 %%", wireRate/(1<<20))
 	}
-	if math.Abs(wireRate-asked)/asked > 0.10 {
-		t.Errorf("link rate %.1f MiB/s, want 48 MiB/s ± 10%%", wireRate/(1<<20))
+	if goodput > wireRate || goodput < 0.90*wireRate {
+		t.Errorf("TCP goodput %.1f MiB/s on a link that carried %.1f MiB/s of frames: want 90–100 %% of it", goodput/(1<<20), wireRate/(1<<20))
 	}
 
 	// Down: nothing passes; up: back with the same shaping.

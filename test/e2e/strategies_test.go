@@ -7,7 +7,6 @@ import (
 	"time"
 
 	ferryv1 "github.com/ferryvm/ferry/gen/ferry/v1"
-	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // TestDryRunPredictsAndChangesNothing: --dry-run measures the guest and the
@@ -19,22 +18,9 @@ func TestDryRunPredictsAndChangesNothing(t *testing.T) {
 	c.bootGuest(name, ip, "64:16")
 	before := c.checkOnHost(name, "h1")
 
-	// The guest's dirtier starts as it boots, and the agent's first
-	// telemetry sample can predate it (one CI run planned from a single
-	// 0.0 MiB/s sample): dry runs change nothing, so ask again until the
-	// telemetry has seen the guest write, for at most 20 s.
-	var plan *ferryv1.Plan
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		out := c.mustFerry("migrate", name, "--to", "h2", "--dry-run", "-o", "json")
-		plan = &ferryv1.Plan{}
-		if err := protojson.Unmarshal([]byte(out), plan); err != nil {
-			t.Fatalf("decode dry-run plan: %v\n%s", err, out)
-		}
-		if plan.GetInputs().GetDirtyRateMibps() > 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Second)
-	}
+	// Dry runs change nothing: ask until the telemetry has seen the guest
+	// write.
+	plan := c.waitPlannedDirty(name, "h2", 20*time.Second)
 	in := plan.GetInputs()
 	t.Logf("inputs: memory %d, non-zero %d, dirty %.1f MiB/s, link %.0f MiB/s (%s)", in.GetMemoryBytes(), in.GetNonZeroBytes(), in.GetDirtyRateMibps(), in.GetBandwidthMibps(), in.GetBandwidthSource())
 	if in.GetMemoryBytes() != 256<<20 || in.GetNonZeroBytes() <= 0 || in.GetBandwidthMibps() <= 0 || in.GetDirtyRateMibps() <= 0 {

@@ -109,6 +109,23 @@ func (c *cluster) dryRun(vm, to string) *ferryv1.Plan {
 	return plan
 }
 
+// waitPlannedDirty returns the first dry-run plan for moving vm to to
+// whose telemetry has seen the guest dirty memory, asking once a second for
+// at most timeout (then the last plan). A dirtying guest's first telemetry
+// sample can predate its dirtier, and a plan from a 0 MiB/s sample is a
+// plan for an idle guest (CI runs planned that way twice).
+func (c *cluster) waitPlannedDirty(vm, to string, timeout time.Duration) *ferryv1.Plan {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		plan := c.dryRun(vm, to)
+		if plan.GetInputs().GetDirtyRateMibps() > 0 || time.Now().After(deadline) {
+			return plan
+		}
+		time.Sleep(time.Second)
+	}
+}
+
 func predictionOf(p *ferryv1.Plan, strategy string) *ferryv1.StrategyPrediction {
 	for _, x := range p.GetPredictions() {
 		if x.Strategy == strategy {

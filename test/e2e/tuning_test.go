@@ -55,6 +55,10 @@ func TestPostcopyWithPreempt(t *testing.T) {
 	c := upCluster(t, 2)
 	const name, ip = "preempt", "198.19.0.81"
 	boot := c.bootGuest(name, ip, "64:16")
+	// The switch point needs the dirty rate: wait until telemetry has it.
+	if p := c.waitPlannedDirty(name, "h2", 20*time.Second); p.GetInputs().GetDirtyRateMibps() <= 0 {
+		t.Fatalf("telemetry saw no dirtying in 20 s: %v", p.GetInputs())
+	}
 	// A 24 MiB/s cap against 16 MiB/s of dirtying: round 1 takes seconds,
 	// so the switch point comes before QEMU could converge on its own.
 	m, wall := c.mustMigrateWait(name, "h2", "--strategy", "postcopy", "--bandwidth", "24")
