@@ -323,6 +323,8 @@ func (p *liveProgress) clear() {
 
 // waitMigration polls m until it is no longer running, showing progress,
 // then prints the full migration and returns an error unless it completed.
+// It polls every pollInterval and at once when the server records an event
+// of the migration (migrationWakeups).
 func (g *globals) waitMigration(ctx context.Context, c ferryv1connect.MigrationServiceClient, m *ferryv1.Migration) error {
 	id := m.GetId()
 	var live *liveProgress
@@ -342,6 +344,9 @@ func (g *globals) waitMigration(ctx context.Context, c ferryv1connect.MigrationS
 	}
 	stillRunning := fmt.Errorf("still running: ferry migration get %s / ferry migration cancel %s", id, id)
 
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	wake := g.migrationWakeups(watchCtx, m.GetVm(), id)
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	failures := 0
@@ -354,6 +359,7 @@ func (g *globals) waitMigration(ctx context.Context, c ferryv1connect.MigrationS
 			}
 			return stillRunning
 		case <-tick.C:
+		case <-wake:
 		}
 		resp, err := c.GetMigration(ctx, connect.NewRequest(&ferryv1.GetMigrationRequest{Id: id, WithoutSamples: true}))
 		if err != nil {
