@@ -108,6 +108,15 @@ type Inputs struct {
 	// MaxChannels bounds the channels the channel rule picks on its own
 	// (TuneInputs.MaxChannels; 0: MaxMultifdChannels).
 	MaxChannels int
+	// Zstd says both hosts' QEMU have multifd zstd: a pre-copy then runs
+	// through zstd channels where Tune would turn them on, at the rate
+	// of guest RAM they reach (CompressBytesPerSec, CompressRatio: as in
+	// TuneInputs).
+	Zstd bool
+	// CompressBytesPerSec: see TuneInputs.
+	CompressBytesPerSec float64
+	// CompressRatio: see TuneInputs.
+	CompressRatio float64
 	// RTT is the host pair's round-trip time (0: unknown), for the
 	// channels Tune chooses.
 	RTT time.Duration
@@ -179,7 +188,8 @@ func (in Inputs) Validate() error {
 	}{
 		{"dirty rate", in.DirtyRateBytesPerSec}, {"bandwidth", in.BandwidthBytesPerSec}, {"setup seconds", in.SetupSeconds},
 		{"switchover seconds", in.SwitchoverSeconds}, {"cold boot seconds", in.ColdBootSeconds},
-		{"disk write rate", in.DiskWriteBytesPerSec},
+		{"disk write rate", in.DiskWriteBytesPerSec}, {"compression rate", in.CompressBytesPerSec},
+		{"compression ratio", in.CompressRatio},
 	} {
 		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
 			return bad("%s must be a finite number ≥ 0, got %v", f.name, f.v)
@@ -213,6 +223,8 @@ type model struct {
 	mirror              float64 // one disk mirror's rate
 	channels            int     // MultifdChannels
 	maxChannels         int     // MaxChannels
+	zstd                bool    // Zstd
+	compress, ratio     float64 // CompressBytesPerSec, CompressRatio
 	rtt                 float64 // seconds
 	maxDown             float64 // seconds
 	limit               float64 // QEMU downtime-limit in seconds (whole ms, ≥ 1 ms)
@@ -247,6 +259,9 @@ func newModel(in Inputs) (model, error) {
 		mirror:       orF(in.MirrorBytesPerSec, DefaultMirrorBytesPerSec),
 		channels:     in.MultifdChannels,
 		maxChannels:  in.MaxChannels,
+		zstd:         in.Zstd,
+		compress:     in.CompressBytesPerSec,
+		ratio:        in.CompressRatio,
 		rtt:          in.RTT.Seconds(),
 		boot:         orF(in.ColdBootSeconds, DefaultColdBootSeconds),
 		maxDown:      in.MaxDowntime.Seconds(),

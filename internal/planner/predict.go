@@ -94,7 +94,9 @@ func (m *model) predictAll() []Prediction {
 // chooses, or the operator's) and one stream reach: the link, or the
 // source's per-stream rate times the streams when that is lower (one
 // stream sends about 360 MiB/s here: the idle bench's 1 GiB guest took
-// 0.6 s on a 2.7 GiB/s link where the link's rate predicted 0.19 s).
+// 0.6 s on a 2.7 GiB/s link where the link's rate predicted 0.19 s); or,
+// where Tune turns zstd on for the pre-copy, the rate of guest RAM its
+// channels reach.
 func (m *model) streamRates() (multi, one float64) {
 	one = math.Min(m.link, m.stream)
 	n := m.channels
@@ -104,7 +106,13 @@ func (m *model) streamRates() (multi, one float64) {
 			n = 1 // Tune's rule: channels that save under 1 s are not used
 		}
 	}
-	return math.Min(m.link, float64(max(n, 1))*m.stream), one
+	multi = streamsRate(m.link, m.stream, n)
+	if m.zstd && m.channels != 1 {
+		if eff, pays := zstdRate(m.link, multi, m.compress, m.ratio); pays {
+			multi = eff
+		}
+	}
+	return multi, one
 }
 
 // withDisks adds the local disks' mirror to a prediction: a live

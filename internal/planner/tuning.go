@@ -17,12 +17,15 @@ const (
 	// (≈ 370 MiB/s), 345 ms with 2 multifd channels, 249 ms with 4.
 	DefaultStreamBytesPerSec = 360 * mib
 	// DefaultTLSStreamBytesPerSec is DefaultStreamBytesPerSec when the
-	// stream is encrypted (the default transport): QEMU's TLS channel costs
-	// CPU on the migration thread. Measured here in the bench's big
-	// scenario (a 3-round pre-copy of about 1.2 GiB, one TLS stream on an
-	// unshaped link): 1197 MiB in 4.99 s, about 240 MiB/s, where libvirt's
-	// plaintext stream reached about 285 MiB/s in the same run.
-	DefaultTLSStreamBytesPerSec = 240 * mib
+	// stream is encrypted (the default transport): QEMU's TLS channel
+	// encrypts each iovec of a write as its own record, a record and a
+	// socket write per 4 KiB page, on the migration thread. Measured on
+	// this project's current machines (2026-12-03, QEMU 10.0.2, one TLS
+	// stream on an unshaped link): the rates learned from the bench were
+	// 151 MiB/s for the idle guest (116 MiB sent) and 127 MiB/s for big
+	// (1.2 GiB); the machine before measured about 240 MiB/s for big. A
+	// pair's learned rate replaces it after one migration.
+	DefaultTLSStreamBytesPerSec = 140 * mib
 	// DefaultMirrorBytesPerSec and DefaultTLSMirrorBytesPerSec are what one
 	// local disk's NBD mirror sends, plaintext and TLS, when the link is
 	// not the limit: the disk bench scenario less the idle one in the same
@@ -160,6 +163,9 @@ type Tuning struct {
 	// sending them, so the fraction of RAM scanned runs ahead of the data
 	// sent wherever the guest's data sits low in its RAM.
 	PostcopyAtBytes int64
+	// CompressedBytesPerSec is the rate of guest RAM Tune expects through
+	// zstd (Compression "zstd"; 0 otherwise).
+	CompressedBytesPerSec float64
 	// Choices are the decisions with their reasons, in a fixed order.
 	Choices []Choice
 }
@@ -169,8 +175,8 @@ type Tuning struct {
 // have it; multifd when one stream cannot fill the link (the link is faster
 // than one stream sends, or its bandwidth-delay product exceeds one TCP
 // window), with zero-page detection in the multifd threads; zstd when the
-// link is slower than the source can compress and the guest's RAM
-// compresses; avail-switchover-bandwidth from the planned rate (the link,
+// streams (the link, or one stream's rate per channel) are slower than the
+// source can compress and the guest's RAM compresses; avail-switchover-bandwidth from the planned rate (the link,
 // or the streams' rate when that is lower) for a pre-copy switchover. Every decision carries its reason. It is pure.
 func Tune(in TuneInputs) Tuning {
 	t := Tuning{PostcopyBackgroundShare: PostcopyBackgroundShare}
@@ -266,6 +272,8 @@ func Tune(in TuneInputs) Tuning {
 	switch {
 	case !multifdOK:
 		add("multifd-compression", "none", "compression needs multifd, which post-copy does not combine with here")
+	case in.MultifdChannels == 1:
+		add("multifd-compression", "none", "compression needs multifd channels, and --multifd 1 asks for one stream")
 	case !in.Src.Zstd || !in.Dst.Zstd:
 		add("multifd-compression", "none", "%s: no zstd in QEMU's multifd", missing(in.Src.Zstd, in.Dst.Zstd))
 	case in.CompressBytesPerSec <= 0:
@@ -273,21 +281,39 @@ func Tune(in TuneInputs) Tuning {
 	case ratio <= 0 || ratio >= 1:
 		add("multifd-compression", "none", "the guest's RAM is not known to compress (taken as incompressible)")
 	default:
-		eff := math.Min(in.CompressBytesPerSec, b/ratio)
-		if eff < compressGain*b {
+		// Plain, the streams send min(link, channels × one stream's rate);
+		// compressed, what zstd compresses within the CPU budget, or the
+		// link over the ratio. One stream's rate counts: QEMU's TLS
+		// channel encrypts each iovec of a write as its own record, so a
+		// plain stream pays a record (and a write to the socket) per 4 KiB
+		// page, where zstd's channels send one compressed buffer per
+		// packet (the big bench on a 1.4 GiB/s link: one TLS stream 9.6 s,
+		// two zstd channels 4.8 s).
+		plainN := max(t.MultifdChannels, 1)
+		plain := streamsRate(b, stream, plainN)
+		eff, pays := zstdRate(b, plain, in.CompressBytesPerSec, ratio)
+		if !pays {
 			add("multifd-compression", "none", "zstd would reach %s of guest RAM vs %s plain (compression to %.0f%%, %s of CPU budget): not %.1f× faster",
-				fmtRate(eff), fmtRate(b), ratio*100, fmtRate(in.CompressBytesPerSec), compressGain)
+				fmtRate(eff), fmtRate(plain), ratio*100, fmtRate(in.CompressBytesPerSec), compressGain)
 			break
 		}
+		t.CompressedBytesPerSec = eff
 		t.Compression, t.ZstdLevel = "zstd", ZstdLevel
 		if t.MultifdChannels == 0 {
 			t.MultifdChannels = max(n, 2)
 			t.Choices[len(t.Choices)-1] = Choice{Name: "multifd-channels", Value: fmt.Sprint(t.MultifdChannels),
 				Reason: fmt.Sprintf("%d channels, for zstd compression (%s)", t.MultifdChannels, why)}
 		}
-		add("multifd-compression", "zstd", "the link (%s) is slower than the source compresses (%s within its CPU budget) and the guest's RAM compresses to %.0f%%: %s of guest RAM instead of %s",
-			fmtRate(b), fmtRate(in.CompressBytesPerSec), ratio*100, fmtRate(eff), fmtRate(b))
-		add("multifd-zstd-level", fmt.Sprint(ZstdLevel), "the fastest level: the link, not the ratio, is what compression must beat")
+		what := fmt.Sprintf("the link (%s) is", fmtRate(b))
+		switch {
+		case plain < b && plainN == 1:
+			what = fmt.Sprintf("one plain stream (%s, on a %s link) is", fmtRate(plain), fmtRate(b))
+		case plain < b:
+			what = fmt.Sprintf("%d plain streams (%s each, %s in all, on a %s link) are", plainN, fmtRate(stream), fmtRate(plain), fmtRate(b))
+		}
+		add("multifd-compression", "zstd", "%s slower than the source compresses (%s within its CPU budget) and the guest's RAM compresses to %.0f%%: %s of guest RAM instead of %s",
+			what, fmtRate(in.CompressBytesPerSec), ratio*100, fmtRate(eff), fmtRate(plain))
+		add("multifd-zstd-level", fmt.Sprint(ZstdLevel), "the fastest level: the plain rate, not the ratio, is what compression must beat")
 	}
 
 	// zero-page detection in the multifd threads.
@@ -317,7 +343,11 @@ func Tune(in TuneInputs) Tuning {
 		// sends within the target: the idle bench paused 67 ms with a 5 ms
 		// target on a 1086 MiB/s link its one stream sent at about 100.
 		eff, limited := b, ""
-		if n := max(t.MultifdChannels, 1); float64(n)*stream < b {
+		if n := max(t.MultifdChannels, 1); t.CompressedBytesPerSec > 0 {
+			// QEMU divides the RAM still to send by this rate.
+			eff = t.CompressedBytesPerSec
+			limited = fmt.Sprintf(" (guest RAM through %d zstd channels)", n)
+		} else if float64(n)*stream < b {
 			eff = float64(n) * stream
 			limited = fmt.Sprintf(" (one stream sends %s, less than the link's %s)", fmtRate(stream), fmtRate(b))
 			if n > 1 {
@@ -351,6 +381,24 @@ func linkChannels(b, stream, window, rtt float64, maxN int) int {
 		maxN = MaxMultifdChannels
 	}
 	return min(max(int(math.Ceil(b/stream)), int(math.Ceil(b*rtt/window)), 1), maxN)
+}
+
+// streamsRate is what n plain streams of stream bytes/s send on a link of
+// b bytes/s.
+func streamsRate(b, stream float64, n int) float64 {
+	return math.Min(b, float64(max(n, 1))*stream)
+}
+
+// zstdRate is the rate of guest RAM zstd channels reach on a link of b
+// bytes/s with budget bytes/s of compression and RAM compressing to ratio
+// (0..1): the budget, or the link over the ratio. pays reports that it
+// beats plain, the plain streams' rate, by compressGain.
+func zstdRate(b, plain, budget, ratio float64) (eff float64, pays bool) {
+	if budget <= 0 || ratio <= 0 || ratio >= 1 {
+		return plain, false
+	}
+	eff = math.Min(budget, b/ratio)
+	return eff, eff >= compressGain*plain
 }
 
 // channelsPay reports whether n channels save at least multifdMinSaving

@@ -14,7 +14,7 @@ import (
 //
 //	tune TITLE
 //	key=value ...   strategy, bandwidth, rtt, src, dst (comma-separated
-//	                features or "none"), multifd, stream, window,
+//	                features or "none"), multifd, maxchannels, stream, window,
 //	                compress, ratio, nonzero, dirty
 //	----
 //	one line per choice: NAME=VALUE, then its reason indented
@@ -107,6 +107,8 @@ func parseTune(lines []string) (TuneInputs, error) {
 				in.WindowBytes = float64(w)
 			case "multifd":
 				in.MultifdChannels, err = strconv.Atoi(v)
+			case "maxchannels":
+				in.MaxChannels, err = strconv.Atoi(v)
 			case "ratio":
 				in.CompressRatio, err = strconv.ParseFloat(v, 64)
 			case "src":

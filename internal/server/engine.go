@@ -134,7 +134,9 @@ func controller(m *ferryv1.Migration) *planner.Controller {
 		return nil
 	}
 	opt := m.GetOptions()
-	pin := plannerInputs(m.Plan.Inputs, opt)
+	// The model's rate is that of the tuning that runs: zstd channels
+	// only where the plan's tuning asked QEMU for them.
+	pin := plannerInputs(m.Plan.Inputs, opt, m.GetPlan().GetTuning().GetMultifdCompression() == "zstd")
 	if m.Strategy == "precopy" {
 		return planner.NewSteppedController(pin, planner.ControllerOptions{DowntimeOnly: true})
 	}

@@ -234,7 +234,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 			s.log.Warn("planning measurement failed; migrating without a prediction", "vm", req.Vm, "err", err)
 		} else {
 			var perr error
-			plan, perr = makePlan(in, opt)
+			plan, perr = makePlan(in, opt, bothZstd(src, dst))
 			// The QEMU tuning of the strategy that will run.
 			if st := tunedStrategy(opt.Strategy, plan.Choice); st != "" {
 				plan.Tuning = tunePlan(st, in, opt, src, dst)

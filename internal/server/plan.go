@@ -165,7 +165,7 @@ func staleWhy(reason, figure string) string {
 }
 
 // plannerInputs converts measured inputs and the options' policy.
-func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planner.Inputs {
+func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions, zstd bool) planner.Inputs {
 	return planner.Inputs{
 		MemoryBytes:          in.MemoryBytes,
 		NonZeroBytes:         in.NonZeroBytes,
@@ -177,6 +177,9 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) planne
 		StreamBytesPerSec:    plannedStream(in, opt),
 		MirrorBytesPerSec:    plannedMirror(in, opt),
 		MaxChannels:          maxChannels(in, opt),
+		Zstd:                 zstd,
+		CompressBytesPerSec:  compressBudget(in),
+		CompressRatio:        in.GetCompressRatio(),
 		DeviceStateBytes:     in.DeviceStateBytes,
 		SwitchoverSeconds:    planSwitchoverSeconds,
 		MaxDowntime:          time.Duration(in.MaxDowntimeMs) * time.Millisecond,
@@ -206,9 +209,10 @@ func maxChannels(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) int {
 	return max(int(in.GetSourceSpareCpus()), 1)
 }
 
-// makePlan predicts every strategy and, for auto, chooses one.
-func makePlan(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) (*ferryv1.Plan, error) {
-	pin := plannerInputs(in, opt)
+// makePlan predicts every strategy and, for auto, chooses one; zstd says
+// both hosts' QEMU have multifd zstd (a pre-copy may run through it).
+func makePlan(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions, zstd bool) (*ferryv1.Plan, error) {
+	pin := plannerInputs(in, opt, zstd)
 	preds := planner.Predict(pin)
 	plan := &ferryv1.Plan{Inputs: in}
 	for _, p := range preds {

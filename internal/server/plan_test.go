@@ -102,7 +102,7 @@ func TestPlanPredictsTheTLSStream(t *testing.T) {
 	in := &ferryv1.PlanInputs{MemoryBytes: 1 << 30, NonZeroBytes: 351 << 20, BandwidthMibps: 1000, MaxDowntimeMs: 300}
 	total := func(insecure bool) float64 {
 		t.Helper()
-		plan, err := makePlan(in, &ferryv1.MigrationOptions{Strategy: "precopy", MultifdChannels: 1, InsecureTransport: insecure})
+		plan, err := makePlan(in, &ferryv1.MigrationOptions{Strategy: "precopy", MultifdChannels: 1, InsecureTransport: insecure}, false)
 		if err != nil {
 			t.Fatal(err)
 		}

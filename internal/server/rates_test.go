@@ -20,7 +20,7 @@ func idlePlanInputs() *ferryv1.PlanInputs {
 
 func precopyTotal(t *testing.T, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions) time.Duration {
 	t.Helper()
-	plan, err := makePlan(in, opt)
+	plan, err := makePlan(in, opt, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +45,10 @@ func TestPlanAfterALearnedMigrationUsesTheLearnedStream(t *testing.T) {
 	if before.StreamMibps != planner.DefaultTLSStreamBytesPerSec/(1<<20) || !strings.Contains(before.StreamSource, "constant") {
 		t.Fatalf("before any migration: stream %.0f MiB/s from %q, want the TLS constant", before.StreamMibps, before.StreamSource)
 	}
-	if got := precopyTotal(t, before, tls); got > time.Second {
-		t.Fatalf("with the constant the plan predicts %s, the bench's 0.90 s expected", got)
+	// The constant predicts well under the 1.8 s run below: what moves the
+	// prediction there is the learned rate.
+	if got := precopyTotal(t, before, tls); got > 1200*time.Millisecond {
+		t.Fatalf("with the constant the plan predicts %s, want under 1.2 s", got)
 	}
 
 	// The run: 117.5 MiB sent in 1.80 s (the bench measured 1.51-2.15 s).

@@ -30,14 +30,15 @@ func hostFeatures(h *ferryv1.Host) planner.Features {
 }
 
 // compressBudget is what zstd can compress per second on the source with
-// the cores its VMs leave free (none free: no budget).
-func compressBudget(src *ferryv1.Host) float64 {
-	c := src.GetCapacity()
-	spare := c.GetCpus() - c.GetAllocatedVcpus()
-	if spare <= 0 {
-		return 0
-	}
-	return float64(spare) * planner.ZstdBytesPerSecPerCore
+// the cores its VMs left free when the plan measured it (none free: no
+// budget). Tune and the model take it from the plan's inputs alike.
+func compressBudget(in *ferryv1.PlanInputs) float64 {
+	return float64(in.GetSourceSpareCpus()) * planner.ZstdBytesPerSecPerCore
+}
+
+// bothZstd reports whether both hosts' QEMU compress multifd with zstd.
+func bothZstd(src, dst *ferryv1.Host) bool {
+	return hostFeatures(src).Zstd && hostFeatures(dst).Zstd
 }
 
 // tunePlan chooses the QEMU tuning of a migration with strategy from the
@@ -54,7 +55,7 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		MultifdChannels:      int(opt.GetMultifdChannels()),
 		StreamBytesPerSec:    plannedStream(in, opt),
 		MaxChannels:          maxChannels(in, opt),
-		CompressBytesPerSec:  compressBudget(src),
+		CompressBytesPerSec:  compressBudget(in),
 		// From the source agent's RAM count (a DEFLATE sample; 0 unknown).
 		CompressRatio: in.GetCompressRatio(),
 	})
