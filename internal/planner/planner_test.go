@@ -451,4 +451,12 @@ func TestPredictZstdPrecopy(t *testing.T) {
 	if one := find(t, Predict(in), StrategyPrecopy); one.Total != plain.Total {
 		t.Errorf("--multifd 1 with zstd hosts: %v, want the plain stream's %v", one.Total, plain.Total)
 	}
+	// The idle guest: zstd would save 0.29 s, under multifdMinSaving, and
+	// Tune keeps one stream; so does the model.
+	in.MultifdChannels, in.NonZeroBytes, in.StreamBytesPerSec = 0, 112*mib, 151*mib
+	zstdIdle := find(t, Predict(in), StrategyPrecopy)
+	in.Zstd = false
+	if plainIdle := find(t, Predict(in), StrategyPrecopy); zstdIdle.Total != plainIdle.Total {
+		t.Errorf("idle guest with zstd hosts: %v, want the plain stream's %v", zstdIdle.Total, plainIdle.Total)
+	}
 }

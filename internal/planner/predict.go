@@ -108,7 +108,9 @@ func (m *model) streamRates() (multi, one float64) {
 	}
 	multi = streamsRate(m.link, m.stream, n)
 	if m.zstd && m.channels != 1 {
-		if eff, pays := zstdRate(m.link, multi, m.compress, m.ratio); pays {
+		// Tune's rules: zstd pays against the plain streams, and when the
+		// plain plan has no channels, saves what channels must.
+		if eff, pays := zstdRate(m.link, multi, m.compress, m.ratio); pays && (n >= 2 || zstdSaves(m.nz, multi, eff)) {
 			multi = eff
 		}
 	}
