@@ -150,10 +150,15 @@ func (f *fakeMigrations) CancelMigration(_ context.Context, r *connect.Request[f
 	}}), nil
 }
 
-func serveFake(t *testing.T, f *fakeMigrations) string {
+// serveFake serves f, and whatever more each also mounts, with polls 1 ms
+// apart.
+func serveFake(t *testing.T, f *fakeMigrations, also ...func(*http.ServeMux)) string {
 	t.Helper()
 	mux := http.NewServeMux()
 	mux.Handle(ferryv1connect.NewMigrationServiceHandler(f))
+	for _, a := range also {
+		a(mux)
+	}
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	old := pollInterval

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"net/http"
-	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -56,18 +55,14 @@ func TestMigrateWaitWakesOnEvents(t *testing.T) {
 		{Id: "mig-1a2b3c4d", Status: "completed", State: "completed"}}
 	f := &fakeMigrations{script: script, final: completedMig()}
 	ev := &stepEvents{id: "mig-1a2b3c4d", n: len(script), asked: make(chan string, 1)}
-	mux := http.NewServeMux()
-	mux.Handle(ferryv1connect.NewMigrationServiceHandler(f))
-	mux.Handle(ferryv1connect.NewEventServiceHandler(ev))
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
+	url := serveFake(t, f, func(mux *http.ServeMux) { mux.Handle(ferryv1connect.NewEventServiceHandler(ev)) })
 	old := pollInterval
 	pollInterval = time.Hour
 	t.Cleanup(func() { pollInterval = old })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	_, _, err := runCLI(t, ctx, "--server", srv.URL, "migrate", "web", "--to", "h2", "--wait")
+	_, _, err := runCLI(t, ctx, "--server", url, "migrate", "web", "--to", "h2", "--wait")
 	if err != nil {
 		t.Fatalf("--wait with polls an hour apart: %v (the events did not wake it)", err)
 	}

@@ -257,7 +257,7 @@ func Tune(in TuneInputs) Tuning {
 		t.MultifdChannels = in.MultifdChannels
 		add("multifd-channels", fmt.Sprint(in.MultifdChannels), "%d channels, as --multifd asks (%s)", in.MultifdChannels, why)
 	case n >= 2 && !channelsPay(m, b, stream, n):
-		one, many := m/math.Min(b, stream), m/math.Min(b, float64(n)*stream)
+		one, many := m/streamsRate(b, stream, 1), m/streamsRate(b, stream, n)
 		add("multifd-channels", "1", "one stream: %d channels would send the guest's %s in %s instead of %s, less than %s saved, and their final sync lengthens the pause (%s)",
 			n, fmtBytes(m), fmtSec(many), fmtSec(one), fmtSec(multifdMinSaving), why)
 	case n >= 2:
@@ -421,5 +421,5 @@ func zstdSaves(data, plain, eff float64) bool {
 // channelsPay reports whether n channels save at least multifdMinSaving
 // over one stream on data bytes (unknown data: they do).
 func channelsPay(data, b, stream float64, n int) bool {
-	return data <= 0 || data/math.Min(b, stream)-data/math.Min(b, float64(n)*stream) >= multifdMinSaving
+	return data <= 0 || data/streamsRate(b, stream, 1)-data/streamsRate(b, stream, n) >= multifdMinSaving
 }
