@@ -74,6 +74,12 @@ type Config struct {
 	// agents' own TLS, QEMU sending in plaintext to a local relay
 	// (streamrelay.go), instead of QEMU's TLS.
 	StreamRelay bool
+	// RelayCommand runs a relay process (the ferry binary and its hidden
+	// stream-relay command): each relay then lives in a process of its
+	// own, in its QEMU's cgroup, and an agent restart leaves its channels
+	// running (the restarted agent adopts it). Empty: the relays run
+	// inside the agent (unit tests), and a restart ends their channels.
+	RelayCommand []string
 	// ImageDirs are the directories a spec's disks[].source may name an
 	// image in (the agent copies it into the VM's directory); none allows
 	// no source.

@@ -222,7 +222,7 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 		if err := mon.MigrateIncoming(ctx, "unix:"+sock); err != nil {
 			return "", fmt.Errorf("migrate-incoming: %w", err)
 		}
-		if in.uri, err = v.startInboundRelayLocked(req.SourceHost, "source_host", sock); err != nil {
+		if in.uri, err = v.startInboundRelayLocked(req.SourceHost, "source_host", sock, proc.PID()); err != nil {
 			return "", err
 		}
 		r.Add(v.closeRelaysLocked) // v.mu is held until r runs

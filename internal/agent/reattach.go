@@ -109,6 +109,9 @@ func (a *Agent) reattach(ctx context.Context, v *vm) {
 func (v *vm) reattachIncoming(ctx context.Context, rec incomingRecord) {
 	in := &incoming{id: rec.ID, uri: rec.URI, nbd: rec.NBD, relayPeer: rec.RelayPeer, state: migration.InListening, armed: rec.Armed, ran: rec.Ran,
 		loadedAt: rec.LoadedAt, resumedAt: rec.ResumedAt}
+	if rec.RelayPeer != "" {
+		v.adoptRelaysLocked() // a relay process carries on across the restart (v.mu is held)
+	}
 	if rec.Armed {
 		in.state = migration.InArmed
 	}
@@ -171,11 +174,17 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 		v.a.log.Warn("reattach: query-migrate", "vm", v.name, "err", err)
 		return
 	}
-	// A relayed stream's relay did not survive the restart: a resume opens
-	// a new one (resumeRelayed); QEMU is never pointed at the tcp: URI.
+	// A relayed stream's relay process carries on across the restart and
+	// is adopted; a relay that ran inside the agent did not survive it (a
+	// resume opens a new one, resumeRelayed). QEMU is never pointed at the
+	// tcp: URI.
 	qemuURI := rec.URI
 	if rec.RelayPeer != "" {
 		qemuURI = ""
+		v.adoptRelaysLocked() // v.mu is held
+		if r := v.relay; r != nil && r.out != nil {
+			qemuURI = r.out.Endpoint()
+		}
 	}
 	out := &outgoing{id: rec.ID, uri: rec.URI, qemuURI: qemuURI, relayPeer: rec.RelayPeer, changed: make(chan struct{}),
 		stoppedAt: rec.StoppedAt, preSwitchoverAt: rec.PreSwitchoverAt, continuedAt: rec.ContinuedAt, completedAt: rec.CompletedAt, postcopyAt: rec.PostcopyAt, disksMirrored: rec.DisksMirrored}

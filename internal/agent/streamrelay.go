@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/ferryvm/ferry/internal/pki"
+	"github.com/ferryvm/ferry/internal/qemu"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"github.com/ferryvm/ferry/internal/relay"
 )
@@ -27,19 +28,21 @@ import (
 // host), so a relaying agent interoperates with one that lets QEMU speak
 // TLS. NBD disk mirrors keep QEMU's TLS.
 //
-// The relays live in the agent: an agent restart ends the channels in
-// flight, which QEMU sees as a broken link (a pre-copy fails and the
-// engine retries or rolls back; a post-copy pauses and the engine
-// recovers it through a new relay).
+// Each relay runs as a process of its own (`ferry stream-relay`,
+// Config.RelayCommand) in its QEMU's cgroup, and ends with that QEMU: an
+// agent restart leaves the channels in flight running, and the restarted
+// agent adopts the relay through its control socket. Relays run inside
+// the agent only when no command is configured (unit tests): a restart
+// then ends their channels, which QEMU sees as a broken link.
 
 // StreamRelayEnv, when set to 1 or 0, is the --stream-relay default
 // (tests and the bench start agents through `ferry dev cluster up`).
 const StreamRelayEnv = "FERRY_STREAM_RELAY"
 
-// StreamRelayDefault returns the --stream-relay default: StreamRelayEnv
-// when it is 1 or 0, else false.
+// StreamRelayDefault returns the --stream-relay default: on, unless
+// StreamRelayEnv is 0.
 func StreamRelayDefault() bool {
-	return os.Getenv(StreamRelayEnv) == "1"
+	return os.Getenv(StreamRelayEnv) != "0"
 }
 
 // TransportTLSRelay names a relayed TLS stream in reports and logs.
@@ -78,11 +81,33 @@ func (v *vm) relaySocket(name string) (string, error) {
 
 // relays are the stream relays of a VM's current migration (under vm.mu).
 type relays struct {
-	out      *relay.Outbound
-	in       *relay.Inbound
-	peer     string // the other host
+	out      streamRelay
+	in       streamRelay
+	peer     string // the other host ("" for relays adopted after a restart)
 	recovers int    // post-copy recoveries listened for so far
 }
+
+// streamRelay is one end of a relayed stream: a relay process of its own
+// (relay.Process, Config.RelayCommand set: it outlives an agent restart),
+// or a relay inside the agent (relay.Outbound, relay.Inbound).
+type streamRelay interface {
+	// Endpoint is the unix: URI QEMU migrates to (source) or the
+	// HOST:PORT the peer host sends to (destination).
+	Endpoint() string
+	Retarget(target string) error
+	StopAccepting()
+	Close() error
+	Stats() relay.Stats
+}
+
+// The relay processes' control sockets, in the VM's directory (the
+// agent's, not relaySocketDir, which QEMU's user owns: a QEMU must not be
+// able to plant a control socket the agent would adopt), each with its
+// log beside it.
+const (
+	relayOutControl = "relay-out.ctl"
+	relayInControl  = "relay-in.ctl"
+)
 
 // relayed reports whether a migration's RAM channels go through a relay:
 // the agent relays, and the stream is encrypted.
@@ -100,15 +125,9 @@ func (a *Agent) streamTransport(insecure bool) string {
 // host peer (field names the request field peer came from): the host's
 // stream certificate, the peer's verified.
 func (a *Agent) relayTLS(peer, field string, receive bool) (*tls.Config, error) {
-	if err := checkStreamPeer(peer, field); err != nil {
-		return nil, err
-	}
-	caPEM, certPEM, keyPEM, err := a.streamPEM()
-	if errors.Is(err, ErrNoStreamCert) || errors.Is(err, ErrNoIdentity) {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("stream TLS credentials of host %s: %w", a.cfg.Name, err))
-	}
+	caPEM, certPEM, keyPEM, err := a.relayPEM(peer, field)
 	if err != nil {
-		return nil, fmt.Errorf("stream TLS credentials: %w", err)
+		return nil, err
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
@@ -122,6 +141,87 @@ func (a *Agent) relayTLS(peer, field string, receive bool) (*tls.Config, error) 
 		return pki.StreamServerTLS(pool, cert, peer), nil
 	}
 	return pki.StreamClientTLS(pool, cert, peer), nil
+}
+
+// relayPEM are the CA, certificate and key (PEM) of this host's end of a
+// relayed stream with host peer (field names the request field peer came
+// from).
+func (a *Agent) relayPEM(peer, field string) (caPEM, certPEM, keyPEM []byte, err error) {
+	if err := checkStreamPeer(peer, field); err != nil {
+		return nil, nil, nil, err
+	}
+	caPEM, certPEM, keyPEM, err = a.streamPEM()
+	if errors.Is(err, ErrNoStreamCert) || errors.Is(err, ErrNoIdentity) {
+		return nil, nil, nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("stream TLS credentials of host %s: %w", a.cfg.Name, err))
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("stream TLS credentials: %w", err)
+	}
+	return caPEM, certPEM, keyPEM, nil
+}
+
+// startRelayProcess starts the VM's relay process of mode (relay.ModeOut,
+// relay.ModeIn) listening on listen and carrying to target, in the cgroup
+// of its QEMU (qemuPID), whose end it also ends with. v.mu is held.
+func (v *vm) startRelayProcess(mode, peer, field, listen, target string, uid, qemuPID int) (streamRelay, error) {
+	caPEM, certPEM, keyPEM, err := v.a.relayPEM(peer, field)
+	if err != nil {
+		return nil, err
+	}
+	ctl := relayOutControl
+	if mode == relay.ModeIn {
+		ctl = relayInControl
+	}
+	ctlPath := filepath.Join(v.dir, ctl)
+	spec := relay.ProcessSpec{Mode: mode, Listen: listen, Target: target, Peer: peer, UID: uid,
+		CA: caPEM, Cert: certPEM, Key: keyPEM, Control: ctlPath}
+	cgroup := ""
+	if qemuPID > 0 {
+		spec.WatchPID = qemuPID
+		cgroup = qemu.OwnCgroupOf(qemuPID)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), relay.ReadyTimeout)
+	defer cancel()
+	p, err := relay.StartProcess(ctx, v.a.cfg.RelayCommand, spec, strings.TrimSuffix(ctlPath, ".ctl")+".log", cgroup)
+	if err != nil {
+		return nil, fmt.Errorf("%s stream relay: %w", map[string]string{relay.ModeOut: "source", relay.ModeIn: "destination"}[mode], err)
+	}
+	v.a.log.Info("stream relay process started", "vm", v.name, "mode", mode, "pid", p.PID(), "endpoint", p.Endpoint(), "cgroup", cgroup)
+	return p, nil
+}
+
+// qemuPIDLocked is the VM's QEMU's pid (0: none). v.mu is held.
+func (v *vm) qemuPIDLocked() int {
+	if v.proc == nil {
+		return 0
+	}
+	return v.proc.PID()
+}
+
+// adoptRelaysLocked finds the relay processes of the VM's migration that
+// outlived an agent restart (none when relays are in the agent). v.mu is
+// held.
+func (v *vm) adoptRelaysLocked() {
+	if v.relay != nil || len(v.a.cfg.RelayCommand) == 0 {
+		return
+	}
+	var r relays
+	for _, end := range []struct {
+		ctl string
+		to  *streamRelay
+	}{{relayOutControl, &r.out}, {relayInControl, &r.in}} {
+		p, err := relay.AdoptProcess(filepath.Join(v.dir, end.ctl))
+		switch {
+		case err == nil:
+			*end.to = p
+			v.a.log.Info("stream relay process adopted", "vm", v.name, "pid", p.PID(), "endpoint", p.Endpoint())
+		case !errors.Is(err, os.ErrNotExist):
+			v.a.log.Warn("stream relay process not adopted", "vm", v.name, "control", end.ctl, "err", err)
+		}
+	}
+	if r.out != nil || r.in != nil {
+		v.relay = &r
+	}
 }
 
 // tcpTarget is the HOST:PORT of a "tcp:HOST:PORT" migration URI.
@@ -157,29 +257,38 @@ func (v *vm) startOutboundRelayLocked(peer, field, uri string) (string, error) {
 		return "", err
 	}
 	v.closeRelaysLocked()
-	o, err := relay.ListenOutbound(sock, target, cfg, uid, v.a.log.With("vm", v.name, "relay", "out"))
-	if err != nil {
+	var o streamRelay
+	if len(v.a.cfg.RelayCommand) > 0 {
+		if o, err = v.startRelayProcess(relay.ModeOut, peer, field, sock, target, uid, v.qemuPIDLocked()); err != nil {
+			return "", err
+		}
+	} else if o, err = relay.ListenOutbound(sock, target, cfg, uid, v.a.log.With("vm", v.name, "relay", "out")); err != nil {
 		return "", fmt.Errorf("source stream relay: %w", err)
 	}
 	v.relay = &relays{out: o, peer: peer}
-	return o.URI(), nil
+	return o.Endpoint(), nil
 }
 
 // startInboundRelayLocked opens the destination relay of a migration from
 // host peer on this host's migration address, carrying to QEMU's socket
 // qemuSock, and returns the tcp: URI the source sends to. v.mu is held.
-func (v *vm) startInboundRelayLocked(peer, field, qemuSock string) (string, error) {
+func (v *vm) startInboundRelayLocked(peer, field, qemuSock string, qemuPID int) (string, error) {
 	cfg, err := v.a.relayTLS(peer, field, true)
 	if err != nil {
 		return "", err
 	}
 	v.closeRelaysLocked()
-	in, err := relay.ListenInbound(net.JoinHostPort(v.a.cfg.MigrationIP, "0"), qemuSock, cfg, v.a.log.With("vm", v.name, "relay", "in"))
-	if err != nil {
+	listen := net.JoinHostPort(v.a.cfg.MigrationIP, "0")
+	var in streamRelay
+	if len(v.a.cfg.RelayCommand) > 0 {
+		if in, err = v.startRelayProcess(relay.ModeIn, peer, field, listen, qemuSock, -1, qemuPID); err != nil {
+			return "", err
+		}
+	} else if in, err = relay.ListenInbound(listen, qemuSock, cfg, v.a.log.With("vm", v.name, "relay", "in")); err != nil {
 		return "", fmt.Errorf("destination stream relay: %w", err)
 	}
 	v.relay = &relays{in: in, peer: peer}
-	return "tcp:" + in.Addr(), nil
+	return "tcp:" + in.Endpoint(), nil
 }
 
 // recoverRelayed makes a paused post-copy destination listen for its
@@ -188,6 +297,7 @@ func (v *vm) startInboundRelayLocked(peer, field, qemuSock string) (string, erro
 // the source resumes to.
 func (v *vm) recoverRelayed(ctx context.Context, mon *qmp.Monitor, peer string) (string, error) {
 	v.mu.Lock()
+	v.adoptRelaysLocked()
 	n := 1
 	if v.relay != nil {
 		n = v.relay.recovers + 1
@@ -203,11 +313,13 @@ func (v *vm) recoverRelayed(ctx context.Context, mon *qmp.Monitor, peer string) 
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if r := v.relay; r != nil && r.in != nil {
-		r.in.Retarget(sock)
+		if err := r.in.Retarget(sock); err != nil {
+			return "", fmt.Errorf("destination stream relay: %w", err)
+		}
 		r.recovers = n
-		return "tcp:" + r.in.Addr(), nil
+		return "tcp:" + r.in.Endpoint(), nil
 	}
-	uri, err := v.startInboundRelayLocked(peer, "source_host", sock)
+	uri, err := v.startInboundRelayLocked(peer, "source_host", sock, v.qemuPIDLocked())
 	if err != nil {
 		return "", err
 	}
@@ -232,6 +344,7 @@ func (v *vm) outgoingRelayPeer() string {
 func (v *vm) resumeRelayed(peer, uri string) (string, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.adoptRelaysLocked()
 	if r := v.relay; r != nil && r.out != nil {
 		target, err := tcpTarget(uri)
 		if err != nil {
@@ -240,7 +353,7 @@ func (v *vm) resumeRelayed(peer, uri string) (string, error) {
 		if err := r.out.Retarget(target); err != nil {
 			return "", err
 		}
-		return r.out.URI(), nil
+		return r.out.Endpoint(), nil
 	}
 	qemuURI, err := v.startOutboundRelayLocked(peer, "dest_host", uri)
 	if err != nil {
@@ -255,6 +368,7 @@ func (v *vm) resumeRelayed(peer, uri string) (string, error) {
 // closeRelaysLocked ends the VM's relays and their open channels (its
 // QEMU exited, or a new migration replaces them). v.mu is held.
 func (v *vm) closeRelaysLocked() {
+	v.adoptRelaysLocked()
 	r := v.relay
 	if r == nil {
 		return
@@ -281,6 +395,7 @@ func (v *vm) relayEnded() { v.stopRelays(v.currentRelays()) }
 func (v *vm) currentRelays() *relays {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	v.adoptRelaysLocked()
 	return v.relay
 }
 

@@ -2,7 +2,10 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -11,11 +14,42 @@ import (
 	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/health"
 	"github.com/ferryvm/ferry/internal/qemu"
+	"github.com/ferryvm/ferry/internal/relay"
 	"github.com/spf13/cobra"
 )
 
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// streamRelayCmdName is the hidden command an agent runs each relay
+// process with.
+const streamRelayCmdName = "stream-relay"
+
+// newStreamRelayCmd runs one stream relay process: the agent hands it a
+// relay.ProcessSpec on standard input and reads its ready line from
+// standard output (internal/relay/process.go).
+func newStreamRelayCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:    streamRelayCmdName,
+		Short:  "Run one migration stream relay (started by the agent)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var spec relay.ProcessSpec
+			if err := json.NewDecoder(io.LimitReader(os.Stdin, 1<<20)).Decode(&spec); err != nil {
+				return fmt.Errorf("stream-relay: read the spec on standard input: %w", err)
+			}
+			ctx, cancel := signalContextFrom(cmd.Context())
+			defer cancel()
+			log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "stream-relay", "mode", spec.Mode, "pid", os.Getpid())
+			err := relay.RunProcess(ctx, spec, os.Stdout, log)
+			if err != nil {
+				log.Error("stream relay ended", "err", err)
+			}
+			return err
+		},
+	}
 }
 
 func newAgentCmd(g *globals) *cobra.Command {
@@ -47,6 +81,13 @@ func newAgentCmd(g *globals) *cobra.Command {
 				}
 				cfg.HealthChecks = append(cfg.HealthChecks, c)
 			}
+			if cfg.StreamRelay {
+				exe, err := os.Executable()
+				if err != nil {
+					return fmt.Errorf("--stream-relay: find the ferry binary for the relay processes: %w", err)
+				}
+				cfg.RelayCommand = []string{exe, streamRelayCmdName}
+			}
 			a, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -67,7 +108,7 @@ func newAgentCmd(g *globals) *cobra.Command {
 	f.StringVar(&cfg.Bridge, "bridge", "", "default bridge for VM NICs")
 	f.StringVar(&cfg.Accel, "accel", "auto", "auto (KVM if a probe boots a guest, else TCG), kvm, or tcg for every VM")
 	f.StringVar(&cfg.MigrationIP, "migration-ip", "", "address for migration traffic (default: the bridge's IPv4)")
-	f.BoolVar(&cfg.StreamRelay, "stream-relay", agent.StreamRelayDefault(), "carry encrypted migration streams on the agent's own TLS, QEMU sending in plaintext to a local relay, instead of QEMU's TLS: Nagle off for post-copy's page requests (heavy bench: client gap about a third), at the cost of agent CPU (6 s per GiB received on a 2-core host); an agent restart breaks a relayed transfer in flight. See docs/migration.md. Default from "+agent.StreamRelayEnv+" (1 to enable) if set")
+	f.BoolVar(&cfg.StreamRelay, "stream-relay", agent.StreamRelayDefault(), "carry encrypted migration streams on Ferry's own TLS, QEMU sending in plaintext to a relay process of its VM (in its QEMU's cgroup; it survives an agent restart), instead of QEMU's TLS, which writes a record and a send() per 4 KiB page: an idle 1 GiB guest migrates in about the time plaintext takes, and post-copy's page requests wait on no Nagle delay. false: QEMU's own TLS. See docs/migration.md. Default on; "+agent.StreamRelayEnv+"=0 turns it off")
 	f.StringSliceVar(&cfg.ImageDirs, "image-dir", agent.ImageDirsDefault(), "directory a VM disk's source: may copy an image from (repeatable; none: no source images; default from "+agent.ImageDirsEnv+", ':'-separated)")
 	f.StringVar(&cfg.QEMUBinary, "qemu", "qemu-system-x86_64", "QEMU system emulator")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", agent.QEMUUserDefault(), "unprivileged user every QEMU runs as (-run-with user=, under -sandbox on); QEMU opens its disks, taps and sockets before it switches. The agent refuses to start when the user does not exist; "+agent.QEMURoot+" keeps QEMU privileged (warned). Default "+agent.DefaultQEMUUser+" (or "+agent.QEMUUserEnv+")")

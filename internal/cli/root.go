@@ -68,7 +68,7 @@ func NewRoot() *cobra.Command {
 	}
 	root.AddCommand(newServerCmd(g), newAgentCmd(g), newHostCmd(g), newVMCmd(g), newDevCmd(g))
 	root.AddCommand(newMigrateCmd(g), newMigrationCmd(g), newEventsCmd(g), newPolicyCmd(g), newBalanceCmd(g))
-	root.AddCommand(newTokenCmd(g), newLoginCmd(g), newWhoAmICmd(g), newVersionCmd(g), newDocsCmd())
+	root.AddCommand(newTokenCmd(g), newLoginCmd(g), newWhoAmICmd(g), newVersionCmd(g), newDocsCmd(), newStreamRelayCmd())
 	return root
 }
 

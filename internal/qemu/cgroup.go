@@ -166,3 +166,36 @@ func procVMCgroup(pid int) string {
 	}
 	return ""
 }
+
+// OwnCgroupOf returns the cgroup v2 directory pid runs in when it is not
+// the calling process's own (a QEMU in its systemd scope or cgroup), else
+// "": what a helper of that QEMU starts in to share its lifetime across a
+// restart of the agent's unit.
+func OwnCgroupOf(pid int) string {
+	rel, ok := cgroupPath(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if !ok {
+		return ""
+	}
+	if self, ok := cgroupPath("/proc/self/cgroup"); ok && self == rel {
+		return ""
+	}
+	m, err := Cgroup2Mount()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(m, rel)
+}
+
+// cgroupPath is the cgroup v2 path a /proc/PID/cgroup file names.
+func cgroupPath(file string) (string, bool) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return "", false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rel, ok := strings.CutPrefix(line, "0::"); ok && rel != "" {
+			return rel, true
+		}
+	}
+	return "", false
+}

@@ -107,3 +107,14 @@ func TestStartInCgroupBadParent(t *testing.T) {
 		t.Fatalf("Start under %s: %v, want a refusal naming it", bad, err)
 	}
 }
+
+// TestOwnCgroupOfSelf: a process in the caller's own cgroup has no cgroup
+// of its own to join.
+func TestOwnCgroupOfSelf(t *testing.T) {
+	if got := OwnCgroupOf(os.Getpid()); got != "" {
+		t.Errorf("OwnCgroupOf(self) = %q, want \"\"", got)
+	}
+	if got := OwnCgroupOf(-1); got != "" {
+		t.Errorf("OwnCgroupOf(-1) = %q, want \"\"", got)
+	}
+}

@@ -132,6 +132,13 @@ func (r *relay) serve(open func(net.Conn)) {
 	}
 }
 
+// openConns is the number of connections open (both ends of each channel).
+func (r *relay) openConns() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.conns)
+}
+
 // Stats returns the counters so far.
 func (r *relay) Stats() Stats {
 	return Stats{Channels: r.channels.Load(), Sent: r.sent.Load(), Received: r.received.Load()}
@@ -325,6 +332,9 @@ func ListenOutbound(path, target string, cfg *tls.Config, uid int, log *slog.Log
 // URI is the migration URI QEMU is given ("unix:PATH").
 func (o *Outbound) URI() string { return "unix:" + o.path }
 
+// Endpoint is URI: what QEMU is given.
+func (o *Outbound) Endpoint() string { return o.URI() }
+
 // Target is where new channels go.
 func (o *Outbound) Target() string { return *o.target.Load() }
 
@@ -393,10 +403,17 @@ func ListenInbound(addr, target string, cfg *tls.Config, log *slog.Logger) (*Inb
 // Addr is the TCP address the relay listens on ("IP:PORT").
 func (in *Inbound) Addr() string { return in.ln.Addr().String() }
 
+// Endpoint is Addr: what the peer host dials.
+func (in *Inbound) Endpoint() string { return in.Addr() }
+
 // Retarget carries the channels accepted from now on to QEMU's Unix
 // socket target (a post-copy recovery's new listener).
-func (in *Inbound) Retarget(target string) {
+func (in *Inbound) Retarget(target string) error {
+	if target == "" {
+		return errors.New("relay retarget: no QEMU socket to carry to")
+	}
 	in.target.Store(&target)
+	return nil
 }
 
 func (in *Inbound) open(raw net.Conn) {

@@ -303,7 +303,9 @@ func TestRetarget(t *testing.T) {
 	if got := read(); got != '1' {
 		t.Fatalf("first channel reached %q", got)
 	}
-	in.Retarget(second)
+	if err := in.Retarget(second); err != nil {
+		t.Fatal(err)
+	}
 	if got := read(); got != '2' {
 		t.Fatalf("after the destination's Retarget the channel reached %q", got)
 	}
