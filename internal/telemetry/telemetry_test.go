@@ -345,6 +345,21 @@ func TestLinksProbeBelowTheLearnedRate(t *testing.T) {
 	if f, _ := l.Figure("h1", "h2", c.now()); f.BytesPerSec != 44*mib {
 		t.Errorf("probe 2.4 MiB/s, migrations 44 MiB/s: %+v", f)
 	}
+	// Under half on a LAN (RTT known, under SlowedProbeRTT): the link
+	// slowed, the probe is planned with.
+	l.ObserveMigration("h5", "h6", 225*mib, c.now())
+	l.ObserveRTT("h5", "h6", 100*time.Microsecond)
+	l.ObserveProbe("h5", "h6", 54*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ := l.Figure("h5", "h6", c.now()); f.BytesPerSec != 54*mib || !strings.Contains(f.Source, "the link slowed") {
+		t.Errorf("probe 54 MiB/s at 0.1 ms RTT, migrations 225 MiB/s: %+v", f)
+	}
+	// The same on a far link (slow start distorts the probe): the migrations'.
+	l.ObserveMigration("h7", "h8", 225*mib, c.now())
+	l.ObserveRTT("h7", "h8", 40*time.Millisecond)
+	l.ObserveProbe("h7", "h8", 54*mib, c.advance(DefaultProbeEvery), false)
+	if f, _ := l.Figure("h7", "h8", c.now()); f.BytesPerSec != 225*mib {
+		t.Errorf("probe 54 MiB/s at 40 ms RTT, migrations 225 MiB/s: %+v", f)
+	}
 	// A pair without migrations plans with its probe.
 	l.ObserveProbe("h3", "h4", 2.4*mib, c.now(), false)
 	if f, _ := l.Figure("h3", "h4", c.now()); f.BytesPerSec != 2.4*mib {
