@@ -49,21 +49,48 @@ func (a *connectAgent) CheckGuestAlive(ctx context.Context, req *agentv1.CheckGu
 	})
 }
 
-// checkAlive runs once per performer, right after FinishIncoming saw the
-// destination run: it asks the destination's agent whether the guest shows
-// a sign of life and hands the answer to the report. It never fails the
-// step: the guest already ran on the destination, so whatever the answer
-// the migration goes forward (an unresponsive guest is a warning).
-func (p *performer) checkAlive(ctx context.Context, a core.Action) {
-	p.mu.Lock()
-	done := p.aliveChecked
-	p.aliveChecked = true
-	p.mu.Unlock()
+// startAlive starts the guest-alive check once per performer, right after
+// FinishIncoming saw the destination run: it asks the destination's agent
+// whether the guest shows a sign of life and hands the answer to the
+// report. It runs beside the cleanup (the source's quit, the VM record,
+// the reservation): the migration's final record waits for it
+// (waitAlive), nothing else does. It never fails a step: the guest
+// already ran on the destination, so whatever the answer the migration
+// goes forward (an unresponsive guest is a warning).
+func (p *performer) startAlive(ctx context.Context, a core.Action) {
 	ac, ok := p.dst.(AliveChecker)
 	w, wok := p.watch.(aliveWatcher)
-	if done || !ok || !wok {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.aliveChecked || !ok || !wok {
 		return
 	}
+	p.aliveChecked = true
+	done := make(chan struct{})
+	p.aliveDone = done
+	go func() {
+		defer close(done)
+		p.checkAlive(ctx, a, ac, w)
+	}()
+}
+
+// waitAlive waits for a guest-alive check started (none: returns at once)
+// or ctx's end.
+func (p *performer) waitAlive(ctx context.Context) {
+	p.mu.Lock()
+	done := p.aliveDone
+	p.mu.Unlock()
+	if done == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// checkAlive is the check startAlive runs.
+func (p *performer) checkAlive(ctx context.Context, a core.Action, ac AliveChecker, w aliveWatcher) {
 	timeout := p.knobs.GuestAliveTimeout
 	if timeout <= 0 {
 		timeout = DefaultGuestAliveTimeout

@@ -270,7 +270,7 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record, first core
 		fill: func(cur *ferryv1.VM, u core.VMUpdate) { rp.rep.fillVM(cur, u, rec.To) }, log: log,
 		share: e.cfg.Bandwidth,
 	}
-	persist := &recordWriter{e: e, rep: rp.rep, log: log, revs: &recordRevision{}}
+	persist := &recordWriter{e: e, rep: rp.rep, log: log, revs: &recordRevision{}, beforeFinal: p.waitAlive}
 	p.record, p.revs = persist.proto, persist.revs
 	runner := NewRunner[core.Record, core.Observation, core.Action](machine{e.cfg.Clock}, p, persist, rec, func(r core.Record) core.Record { return r }, log)
 	rp.rep.mu.Lock()
@@ -405,6 +405,9 @@ type recordWriter struct {
 	log   *slog.Logger
 	state core.State
 	revs  *recordRevision // the revision of the latest write (when the store tells it)
+	// beforeFinal runs before a final record is rendered: the guest-alive
+	// check's answer belongs in it (nil: nothing to wait for).
+	beforeFinal func(ctx context.Context)
 }
 
 // revisionPutter is a Records that tells the revision of a write (the
@@ -425,6 +428,9 @@ func (w *recordWriter) proto(rec core.Record) *statev1.MigrationRecord {
 
 // Put implements Persister.
 func (w *recordWriter) Put(ctx context.Context, rec core.Record) error {
+	if rec.State.Terminal() && w.beforeFinal != nil {
+		w.beforeFinal(ctx)
+	}
 	pr := w.proto(rec)
 	var err error
 	if rp, ok := w.e.cfg.Records.(revisionPutter); ok {

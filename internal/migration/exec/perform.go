@@ -129,6 +129,7 @@ type performer struct {
 	stopTimer    context.CancelFunc // cancels the pending timer
 	owner        *ownerRead         // the VM record read before the pause (prefetch)
 	aliveChecked bool               // the guest-alive check ran (once per performer)
+	aliveDone    chan struct{}      // closed when that check ended (nil: not started)
 	// share is the migration's live bandwidth cap (Config.Bandwidth; nil
 	// or 0: the knob's).
 	share func(id string) int64
@@ -298,9 +299,9 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 			o.In = incoming(st)
 			p.watch.Incoming(a.Kind, st)
 			if a.Kind == core.ActFinishIncoming && st.GetRan() {
-				// The destination runs: before the core moves on (and the
-				// migration can complete), see that the guest does too.
-				p.checkAlive(ctx, a)
+				// The destination runs: see that the guest does too, beside
+				// the cleanup (the final record waits for the answer).
+				p.startAlive(ctx, a)
 			}
 		}
 		return err
