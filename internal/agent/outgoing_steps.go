@@ -141,6 +141,15 @@ func (a *Agent) cancelOutgoing(ctx context.Context, name, id string, resumeCompl
 		if err := mon.MigrateCancel(ctx); err != nil {
 			return nil, fmt.Errorf("migrate_cancel: %w", err)
 		}
+		if out != nil && out.relayPeer != "" {
+			// A relayed channel may be blocked in a send to its relay,
+			// which waits on a cut link itself: closing the relay fails
+			// every channel's socket at once (the next attempt opens a
+			// relay of its own).
+			v.mu.Lock()
+			v.closeRelaysLocked()
+			v.mu.Unlock()
+		}
 		if s, err = a.waitMigrationEnd(ctx, mon, name); err != nil {
 			return nil, err
 		}

@@ -69,6 +69,11 @@ type relay struct {
 	wg     sync.WaitGroup
 
 	channels, sent, received atomic.Int64
+
+	// ctx ends at Close: a channel still dialing or shaking hands (a cut
+	// link) gives up then, not at DialTimeout.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func (r *relay) init(ln net.Listener, log *slog.Logger) {
@@ -76,6 +81,7 @@ func (r *relay) init(ln net.Listener, log *slog.Logger) {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	r.ln, r.log, r.conns = ln, log, map[net.Conn]struct{}{}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 }
 
 // track registers open connections; false once the relay is closed (the
@@ -162,6 +168,7 @@ func (r *relay) Close() error {
 		return nil
 	}
 	r.closed = true
+	r.cancel()
 	err := r.ln.Close()
 	for c := range r.conns {
 		_ = c.Close()
@@ -350,7 +357,7 @@ func (o *Outbound) Retarget(target string) error {
 
 func (o *Outbound) open(local net.Conn) {
 	target := o.Target()
-	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
+	ctx, cancel := context.WithTimeout(o.ctx, DialTimeout)
 	defer cancel()
 	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", target)
 	if err != nil {
@@ -417,7 +424,7 @@ func (in *Inbound) Retarget(target string) error {
 }
 
 func (in *Inbound) open(raw net.Conn) {
-	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
+	ctx, cancel := context.WithTimeout(in.ctx, DialTimeout)
 	defer cancel()
 	tc := tls.Server(newLowatConn(raw), in.cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {

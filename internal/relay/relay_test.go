@@ -6,14 +6,17 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/ferryvm/ferry/internal/pki"
+	"golang.org/x/sys/unix"
 )
 
 // certs are the stream certificates of hosts h1 and h2 (and a third, h3)
@@ -394,5 +397,52 @@ func BenchmarkRelay(b *testing.B) {
 			b.Fatalf("carried %d of %d bytes", n, size)
 		}
 		c.Close()
+	}
+}
+
+// TestCloseEndsADialInFlight: a channel whose dial to the peer hangs (its
+// SYNs dropped, as on a cut link: here a listener whose backlog is full)
+// does not hold Close until DialTimeout.
+func TestCloseEndsADialInFlight(t *testing.T) {
+	cs := newCerts(t)
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	// Fill the backlog: later SYNs are dropped.
+	for range 3 {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			t.Cleanup(func() { _ = c.Close() })
+		}
+	}
+	out, err := ListenOutbound(filepath.Join(t.TempDir(), "o.sock"), addr, pki.StreamClientTLS(cs.ca.Pool(), cs.h1, "h2"), -1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := net.Dial("unix", strings.TrimPrefix(out.URI(), "unix:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close()
+	time.Sleep(300 * time.Millisecond) // the channel is dialing
+	start := time.Now()
+	if err := out.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("Close took %v with a dial in flight, want it cut short (DialTimeout %v)", took, DialTimeout)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferryvm/ferry/internal/agent"
 	"github.com/ferryvm/ferry/internal/pki"
 	"github.com/ferryvm/ferry/internal/qmp"
 )
@@ -121,7 +122,11 @@ func TestQEMURunsUnprivileged(t *testing.T) {
 		t.Fatalf("the QEMU user (agent --qemu-user default): %v; run hack/deps.sh (packaging/qemu-user.sh)", err)
 	}
 	uid, _ := strconv.Atoi(u.Uid)
-	c := upCluster(t, 2)
+	// QEMU's own TLS, not the agents' relays (the default): this test is
+	// about the unprivileged QEMUs reading their TLS credentials. The
+	// relays' side is TestRelayedStreamInteroperatesWithQEMUTLS's and the
+	// relay package's.
+	c := upClusterEnv(t, 2, []string{agent.StreamRelayEnv + "=0"})
 	const name, ip = "lowpriv", "198.19.0.63"
 	boot := c.bootGuest(name, ip, "16:4")
 	c.checkUnprivilegedQEMU("h1", uid)
