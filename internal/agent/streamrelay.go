@@ -404,13 +404,14 @@ func (v *vm) stopRelays(r *relays) {
 	if r == nil {
 		return
 	}
+	stats := relayStatsOf(r) // first: a relay process ends once it stopped and its channels did
 	if r.out != nil {
 		r.out.StopAccepting()
 	}
 	if r.in != nil {
 		r.in.StopAccepting()
 	}
-	v.a.log.Info("stream relay done", "vm", v.name, "stats", relayStatsOf(r))
+	v.a.log.Info("stream relay done", "vm", v.name, "stats", stats)
 }
 
 // relayUntilEnded stops the relays accepting once QEMU's migration has
