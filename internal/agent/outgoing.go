@@ -187,7 +187,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		}
 	}
 	mon := v.mon
-	relayed := a.relayed(req.InsecureTransport)
+	relayed := a.relayed(req.InsecureTransport, req.Postcopy)
 	qemuURI := req.Uri
 	if relayed {
 		var err error
@@ -291,7 +291,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 			return fail(err)
 		}
 		go v.runMirrors(out, mon, set)
-		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId, "transport", a.streamTransport(req.InsecureTransport),
+		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId, "transport", a.streamTransport(req.InsecureTransport, req.Postcopy),
 			"nbd", req.NbdAddress, "disks", req.MirrorDisks, "uri", req.Uri)
 		return v.outgoingStatus(ctx)
 	}
@@ -299,7 +299,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err := mon.Migrate(ctx, qemuURI, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
-	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", a.streamTransport(req.InsecureTransport),
+	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", a.streamTransport(req.InsecureTransport, req.Postcopy),
 		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)
 }
