@@ -40,6 +40,10 @@ type ports struct {
 	Peer   int `json:"peer"`
 }
 
+// RestartBindWait bounds how long a restart waits for its remembered
+// ports to be free.
+const RestartBindWait = 10 * time.Second
+
 // Start starts (or restarts) the embedded etcd whose data lives in dir.
 // Its ports are chosen once and remembered in dir/ports.json.
 func Start(ctx context.Context, dir string) (*Etcd, error) {
@@ -49,9 +53,27 @@ func Start(ctx context.Context, dir string) (*Etcd, error) {
 	portsPath := filepath.Join(dir, "ports.json")
 	_, statErr := os.Stat(portsPath)
 	picked := os.IsNotExist(statErr) // fresh ports: another process may take one before etcd binds it
+	deadline := time.Now().Add(RestartBindWait)
 	for attempt := 1; ; attempt++ {
 		e, err := start(ctx, dir, portsPath)
-		if err == nil || !picked || attempt == 3 || !errors.Is(err, syscall.EADDRINUSE) {
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			return e, err
+		}
+		if !picked {
+			// A restart keeps its ports (its peers and clients know them):
+			// a socket of the process before may still hold one for a
+			// moment (CI saw a restarted server's peer port taken once).
+			if time.Now().After(deadline) {
+				return nil, fmt.Errorf("%w (still after %v)", err, RestartBindWait)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, errors.Join(err, ctx.Err())
+			case <-time.After(250 * time.Millisecond):
+			}
+			continue
+		}
+		if attempt == 3 {
 			return e, err
 		}
 		if rerr := os.Remove(portsPath); rerr != nil {
