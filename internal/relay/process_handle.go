@@ -122,8 +122,7 @@ func AdoptProcess(control string) (*Process, error) {
 	}
 	rep, err := request(control, controlRequest{Op: "info"})
 	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) {
+		if errors.Is(err, syscall.ECONNREFUSED) {
 			_ = os.Remove(control) // nobody listens: a relay that died
 			return nil, fmt.Errorf("relay control %s: %w (%w)", control, err, os.ErrNotExist)
 		}
