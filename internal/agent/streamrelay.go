@@ -133,13 +133,9 @@ func (a *Agent) streamTransport(insecure, postcopy bool) string {
 }
 
 // relayTLS is the TLS config of this host's end of a relayed stream with
-// host peer (field names the request field peer came from): the host's
-// stream certificate, the peer's verified.
-func (a *Agent) relayTLS(peer, field string, receive bool) (*tls.Config, error) {
-	caPEM, certPEM, keyPEM, err := a.relayPEM(peer, field)
-	if err != nil {
-		return nil, err
-	}
+// host peer inside the agent: the host's stream certificate, the peer's
+// verified.
+func (a *Agent) relayTLS(caPEM, certPEM, keyPEM []byte, peer string, receive bool) (*tls.Config, error) {
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("stream certificate of host %s: %w", a.cfg.Name, err)
@@ -174,11 +170,7 @@ func (a *Agent) relayPEM(peer, field string) (caPEM, certPEM, keyPEM []byte, err
 // startRelayProcess starts the VM's relay process of mode (relay.ModeOut,
 // relay.ModeIn) listening on listen and carrying to target, in the cgroup
 // of its QEMU (qemuPID), whose end it also ends with. v.mu is held.
-func (v *vm) startRelayProcess(mode, peer, field, listen, target string, uid, qemuPID int) (streamRelay, error) {
-	caPEM, certPEM, keyPEM, err := v.a.relayPEM(peer, field)
-	if err != nil {
-		return nil, err
-	}
+func (v *vm) startRelayProcess(mode, peer, listen, target string, uid, qemuPID int, caPEM, certPEM, keyPEM []byte) (streamRelay, error) {
 	ctl := relayOutControl
 	if mode == relay.ModeIn {
 		ctl = relayInControl
@@ -199,6 +191,40 @@ func (v *vm) startRelayProcess(mode, peer, field, listen, target string, uid, qe
 	}
 	v.a.log.Info("stream relay process started", "vm", v.name, "mode", mode, "pid", p.PID(), "endpoint", p.Endpoint(), "cgroup", cgroup)
 	return p, nil
+}
+
+// openRelayLocked replaces the VM's relays with one of mode (relay.ModeOut,
+// relay.ModeIn) with host peer (field names the request field peer came
+// from), listening on listen and carrying to target: a relay process when
+// a relay command is configured, else a relay inside the agent. uid owns
+// the out socket (-1: none); qemuPID is the QEMU it carries for. v.mu is
+// held.
+func (v *vm) openRelayLocked(mode, peer, field, listen, target string, uid, qemuPID int) (streamRelay, error) {
+	caPEM, certPEM, keyPEM, err := v.a.relayPEM(peer, field)
+	if err != nil {
+		return nil, err
+	}
+	v.closeRelaysLocked()
+	if len(v.a.cfg.RelayCommand) > 0 {
+		return v.startRelayProcess(mode, peer, listen, target, uid, qemuPID, caPEM, certPEM, keyPEM)
+	}
+	cfg, err := v.a.relayTLS(caPEM, certPEM, keyPEM, peer, mode == relay.ModeIn)
+	if err != nil {
+		return nil, err
+	}
+	log := v.a.log.With("vm", v.name, "relay", mode)
+	if mode == relay.ModeIn {
+		in, err := relay.ListenInbound(listen, target, cfg, log)
+		if err != nil {
+			return nil, fmt.Errorf("destination stream relay: %w", err)
+		}
+		return in, nil
+	}
+	o, err := relay.ListenOutbound(listen, target, cfg, uid, log)
+	if err != nil {
+		return nil, fmt.Errorf("source stream relay: %w", err)
+	}
+	return o, nil
 }
 
 // qemuPIDLocked is the VM's QEMU's pid (0: none). v.mu is held.
@@ -255,10 +281,6 @@ func (v *vm) startOutboundRelayLocked(peer, field, uri string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cfg, err := v.a.relayTLS(peer, field, false)
-	if err != nil {
-		return "", err
-	}
 	uid := -1
 	if u := v.a.qemuUser; u != nil {
 		uid = u.uid
@@ -267,14 +289,9 @@ func (v *vm) startOutboundRelayLocked(peer, field, uri string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	v.closeRelaysLocked()
-	var o streamRelay
-	if len(v.a.cfg.RelayCommand) > 0 {
-		if o, err = v.startRelayProcess(relay.ModeOut, peer, field, sock, target, uid, v.qemuPIDLocked()); err != nil {
-			return "", err
-		}
-	} else if o, err = relay.ListenOutbound(sock, target, cfg, uid, v.a.log.With("vm", v.name, "relay", "out")); err != nil {
-		return "", fmt.Errorf("source stream relay: %w", err)
+	o, err := v.openRelayLocked(relay.ModeOut, peer, field, sock, target, uid, v.qemuPIDLocked())
+	if err != nil {
+		return "", err
 	}
 	v.relay = &relays{out: o, peer: peer}
 	return o.Endpoint(), nil
@@ -284,19 +301,9 @@ func (v *vm) startOutboundRelayLocked(peer, field, uri string) (string, error) {
 // host peer on this host's migration address, carrying to QEMU's socket
 // qemuSock, and returns the tcp: URI the source sends to. v.mu is held.
 func (v *vm) startInboundRelayLocked(peer, field, qemuSock string, qemuPID int) (string, error) {
-	cfg, err := v.a.relayTLS(peer, field, true)
+	in, err := v.openRelayLocked(relay.ModeIn, peer, field, net.JoinHostPort(v.a.cfg.MigrationIP, "0"), qemuSock, -1, qemuPID)
 	if err != nil {
 		return "", err
-	}
-	v.closeRelaysLocked()
-	listen := net.JoinHostPort(v.a.cfg.MigrationIP, "0")
-	var in streamRelay
-	if len(v.a.cfg.RelayCommand) > 0 {
-		if in, err = v.startRelayProcess(relay.ModeIn, peer, field, listen, qemuSock, -1, qemuPID); err != nil {
-			return "", err
-		}
-	} else if in, err = relay.ListenInbound(listen, qemuSock, cfg, v.a.log.With("vm", v.name, "relay", "in")); err != nil {
-		return "", fmt.Errorf("destination stream relay: %w", err)
 	}
 	v.relay = &relays{in: in, peer: peer}
 	return "tcp:" + in.Endpoint(), nil

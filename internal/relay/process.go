@@ -236,17 +236,23 @@ func watchPID(ctx context.Context, pid int) <-chan struct{} {
 		defer close(gone)
 		defer func() { _ = unix.Close(fd) }()
 		for ctx.Err() == nil {
-			fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			n, err := unix.Poll(fds, 500)
-			if err != nil && !errors.Is(err, unix.EINTR) {
-				return
-			}
-			if n > 0 {
+			if exited, err := pidfdExited(fd, 500*time.Millisecond); exited || err != nil {
 				return
 			}
 		}
 	}()
 	return gone
+}
+
+// pidfdExited waits up to d for the process of pidfd fd to end and
+// reports whether it did (an error: it cannot be watched).
+func pidfdExited(fd int, d time.Duration) (bool, error) {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, int(d.Milliseconds()))
+	if errors.Is(err, unix.EINTR) {
+		return false, nil
+	}
+	return n > 0, err
 }
 
 // readReady reads the relay process's ready line.

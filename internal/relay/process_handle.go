@@ -206,9 +206,8 @@ func (p *Process) wait(d time.Duration) bool {
 	if p.pidfd < 0 {
 		return false
 	}
-	fds := []unix.PollFd{{Fd: int32(p.pidfd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, int(d.Milliseconds()))
-	return err == nil && n > 0
+	exited, err := pidfdExited(p.pidfd, d)
+	return err == nil && exited
 }
 
 // kill ends the process by its pidfd (never a pid some other process may
