@@ -205,6 +205,9 @@ wait:
 	if rep.DowntimeMs == 0 {
 		rep.DowntimeMs = m.DowntimeMs
 	}
+	// Ferry's phases run from the source's STOP event to the destination's
+	// RESUME event: the same measure as QEMUSystem's pause.
+	rep.PauseMs = m.GetDowntimePhases().GetTotalMs()
 	rep.TransferredBytes = m.TransferredBytes
 	rep.DiskBytes = m.DiskBytesTransferred
 	rep.Rounds = m.Rounds

@@ -129,12 +129,17 @@ func (s *QEMUSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) 
 	if err != nil {
 		return rep, fmt.Errorf("plain QEMU: destination: %w", err)
 	}
-	dm.Close()
+	defer dm.Close()
 	sm, err := connectQMP(ctx, s.src, s.srcDir)
 	if err != nil {
 		return rep, fmt.Errorf("plain QEMU: source: %w", err)
 	}
 	defer sm.Close()
+	// The guest's pause, as Ferry's report measures it: the source's STOP
+	// to the destination's RESUME, by the events' timestamps.
+	stops, resumes := sm.Subscribe("STOP"), dm.Subscribe("RESUME")
+	defer stops.Close()
+	defer resumes.Close()
 
 	t0 := time.Now()
 	if err := sm.Migrate(ctx, "tcp:"+listen, qmp.MigrateOptions{}); err != nil {
@@ -196,10 +201,33 @@ func (s *QEMUSystem) Migrate(ctx context.Context, g Guest, limit time.Duration) 
 	}
 	rep.Raw, _ = json.Marshal(info)
 	if rep.Completed() {
+		rep.PauseMs = pauseMs(ctx, stops, resumes)
+	}
+	if rep.Completed() {
 		// The source stays paused (postmigrate); the destination runs.
 		_ = sm.Quit(ctx)
 	}
 	return rep, nil
+}
+
+// pauseMs is the time from the first STOP on stops to the first RESUME on
+// resumes, by the events' timestamps; 0 when either did not come within
+// 2 s of the migration's end or the clocks disagree (RESUME before STOP).
+func pauseMs(ctx context.Context, stops, resumes *qmp.Subscription) int64 {
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	stop, err := stops.Next(wctx)
+	if err != nil {
+		return 0
+	}
+	resume, err := resumes.Next(wctx)
+	if err != nil || stop.Timestamp.IsZero() || resume.Timestamp.IsZero() {
+		return 0
+	}
+	if d := resume.Timestamp.Sub(stop.Timestamp); d >= 0 {
+		return d.Milliseconds()
+	}
+	return 0
 }
 
 // Destroy implements System.

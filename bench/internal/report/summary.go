@@ -46,6 +46,10 @@ type Row struct {
 	AchievedMiBps F `json:"medianAchievedMiBps"`
 	WindowMiBps   F `json:"medianWindowMiBps"`
 	NonZeroBytes  F `json:"medianNonZeroBytes"`
+	// PauseMs is the median guest pause from the source QEMU's STOP event
+	// to the destination QEMU's RESUME event (Migration.PauseMs), over the
+	// completed runs that measured it; NaN for systems that do not.
+	PauseMs F `json:"medianPauseMs"`
 	// WallMs is the median time from issuing the migration to its end as
 	// the harness saw it (Ferry: including planning), PlanningMs Ferry's
 	// planning time, CPUS the hosts' CPU seconds (QEMU and daemons), all
@@ -181,7 +185,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 		for _, sys := range tableSystems() {
 			var r Row
 			r.Scenario, r.System = sc.Name, sys
-			var total, down, gap, bytes, ach, win, nz, wall, plan, cpu, disk, checked []float64
+			var total, down, pause, gap, bytes, ach, win, nz, wall, plan, cpu, disk, checked []float64
 			for _, run := range runs {
 				if run.Scenario != sc.Name || run.System != sys {
 					continue
@@ -209,6 +213,9 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 					total = append(total, float64(run.Migration.TotalMs))
 					if !run.Migration.DowntimeUnknown {
 						down = append(down, float64(run.Migration.DowntimeMs))
+					}
+					if run.Migration.PauseMs > 0 {
+						pause = append(pause, float64(run.Migration.PauseMs))
 					}
 					gap = append(gap, float64(run.ClientGapMs))
 					wall = append(wall, float64(run.Migration.WallMs))
@@ -238,7 +245,7 @@ func Summarize(scenarios []Scenario, runs []Run, meta map[string]any) Summary {
 			if r.Runs == 0 {
 				continue
 			}
-			r.TotalMs, r.DowntimeMs, r.ClientGapMs = median(total), median(down), median(gap)
+			r.TotalMs, r.DowntimeMs, r.ClientGapMs, r.PauseMs = median(total), median(down), median(gap), median(pause)
 			r.Bytes, r.AchievedMiBps, r.WindowMiBps, r.NonZeroBytes = median(bytes), median(ach), median(win), median(nz)
 			r.WallMs, r.PlanningMs, r.CPUS = median(wall), median(plan), median(cpu)
 			if sc.DiskMiB > 0 {
@@ -376,13 +383,13 @@ func (s Summary) Markdown(w io.Writer) {
 		fmt.Fprintf(w, "- `%s`: %s%s; link %s, %d TCP streams measured %s MiB/s; plot `remaining-%s.svg`\n",
 			sc.Name, mem, load, sc.LinkString(), probeStreams, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.Name)
 	}
-	fmt.Fprintf(w, "\nTimes are medians over completed runs (total and downtime as each system reports them; wall = from issuing "+
+	fmt.Fprintf(w, "\nTimes are medians over completed runs (total and downtime as each system reports them; pause = the guest's pause from the source QEMU's STOP event to the destination QEMU's RESUME event, measured the same way for Ferry and plain QEMU (libvirt owns its QEMUs' monitors: not measured); wall = from issuing "+
 		"the migration to its end as the harness saw it, for Ferry including planning; "+
 		"client gap = longest silence on the guest's 2 ms TCP counter stream seen from the client namespace; "+
 		"CPU = utime+stime of the QEMU processes and the system's migration daemons on both hosts during the migration). "+
 		"Bytes: median over all runs. Bound = non-zero guest memory ÷ measured host-to-host bandwidth.\n\n")
-	fmt.Fprintln(w, "| scenario | link MiB/s (shaped / measured) | dirty asked / achieved MiB/s | system | completed | total s | wall s | downtime ms | client gap ms | sent MiB | CPU s | non-zero MiB | bound s | total / bound |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| scenario | link MiB/s (shaped / measured) | dirty asked / achieved MiB/s | system | completed | total s | wall s | downtime ms | pause ms | client gap ms | sent MiB | CPU s | non-zero MiB | bound s | total / bound |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, ss := range s.Scenarios {
 		sc := ss.Scenario
 		link := fmtNum("%.0f", F(sc.ShapedMiBps))
@@ -394,9 +401,9 @@ func (s Summary) Markdown(w io.Writer) {
 			if r.Clean != r.Completed {
 				comp += fmt.Sprintf(" (%d clean)", r.Clean)
 			}
-			fmt.Fprintf(w, "| %s | %s / %s | %d / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			fmt.Fprintf(w, "| %s | %s / %s | %d / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
 				sc.Name, link, fmtNum("%.0f", F(sc.MeasuredMiBps)), sc.DirtyMiBps, fmtNum("%.1f", r.AchievedMiBps),
-				r.System, comp, fmtNum("%.2f", r.TotalMs/1000), fmtNum("%.2f", r.WallMs/1000), fmtNum("%.0f", r.DowntimeMs), fmtNum("%.0f", r.ClientGapMs),
+				r.System, comp, fmtNum("%.2f", r.TotalMs/1000), fmtNum("%.2f", r.WallMs/1000), fmtNum("%.0f", r.DowntimeMs), fmtNum("%.0f", r.PauseMs), fmtNum("%.0f", r.ClientGapMs),
 				fmtNum("%.0f", r.Bytes/(1<<20)), fmtNum("%.2f", r.CPUS), fmtNum("%.0f", r.NonZeroBytes/(1<<20)), fmtNum("%.2f", ss.BoundMs/1000),
 				fmtNum("%.1f×", r.TotalMs/ss.BoundMs))
 		}

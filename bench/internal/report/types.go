@@ -23,6 +23,14 @@ type Migration struct {
 	// DowntimeUnknown is set when the system reported no downtime (libvirt
 	// after a post-copy migration): DowntimeMs is then in no median.
 	DowntimeUnknown bool `json:"downtimeUnknown,omitempty"`
+	// PauseMs is the guest's pause measured the same way for every system
+	// that exposes both QEMUs' monitors: from the source QEMU's STOP event
+	// to the destination QEMU's RESUME event, by the events' own
+	// timestamps (one clock: both hosts are namespaces of this machine).
+	// QEMU's own downtime figure ends when the source has sent its last
+	// byte, before the destination has loaded and resumed. 0 when not
+	// measured (libvirt owns its QEMUs' monitors).
+	PauseMs int64 `json:"pauseMs,omitempty"`
 	// TransferredBytes is what went over the wire; Rounds is QEMU's
 	// dirty-sync count (libvirt: memory_iteration).
 	TransferredBytes int64 `json:"transferredBytes"`
