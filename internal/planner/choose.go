@@ -90,6 +90,7 @@ func Choose(in Inputs, preds []Prediction) (Decision, error) {
 			live = append(live, i)
 		}
 	}
+	live, setAside := m.setAsideFragilePrecopy(preds, live)
 	var chosen int
 	var reason string
 	switch {
@@ -114,6 +115,7 @@ func Choose(in Inputs, preds []Prediction) (Decision, error) {
 			f := preds[fastest]
 			reason += fmt.Sprintf(", within 10%% of the fastest (%s, %s) and gentler on the guest", f.Strategy, fmtDur(f.Total))
 		}
+		reason += setAside
 	case cold >= 0:
 		chosen = cold
 		p := preds[cold]
@@ -128,6 +130,49 @@ func Choose(in Inputs, preds []Prediction) (Decision, error) {
 		}
 	}
 	return d, nil
+}
+
+// fragileDirtyShare is the share of its planned rate a pre-copy's guest
+// may dirty before Choose sets the pre-copy aside for a strategy that has
+// a way out. Ferry runs a pre-copy with a controller that can only step
+// its downtime target, and with multifd QEMU 10.0 cannot switch it to
+// post-copy: when the dirty rate, the working set or the compression ratio
+// was estimated wrong (one telemetry sample, a guest that speeds up), a
+// pre-copy planned near its limit never converges. The heavy bench showed
+// it: 87.7 MiB/s dirtied against 123.7 MiB/s planned through two zstd
+// channels ran to the 60 s cap, while post-copy completed in 14 s.
+const fragileDirtyShare = 0.5
+
+// setAsideFragilePrecopy removes a converging pre-copy from live when its
+// guest dirties more than fragileDirtyShare of the rate it would be sent
+// at and another live strategy that can leave pre-copy (converge's
+// throttle, hybrid's or postcopy's switch) fits; the second result is the
+// clause the decision's reason gets ("" when nothing was set aside).
+func (m *model) setAsideFragilePrecopy(preds []Prediction, live []int) ([]int, string) {
+	if m.r <= 0 {
+		return live, ""
+	}
+	pre, escape := -1, false
+	for _, i := range live {
+		switch preds[i].Strategy {
+		case StrategyPrecopy:
+			pre = i
+		case StrategyConverge, StrategyHybrid, StrategyPostcopy:
+			escape = true
+		}
+	}
+	multi, _ := m.streamRates()
+	if pre < 0 || !escape || multi <= 0 || m.r <= fragileDirtyShare*multi {
+		return live, ""
+	}
+	out := make([]int, 0, len(live)-1)
+	for _, i := range live {
+		if i != pre {
+			out = append(out, i)
+		}
+	}
+	return out, fmt.Sprintf("; precopy set aside: the guest dirties %s, %.0f%% of the %s it would be sent at (over %.0f%%), and a pre-copy has no way out if that estimate is wrong",
+		fmtRate(m.r), 100*m.r/multi, fmtRate(multi), 100*fragileDirtyShare)
 }
 
 // better orders by total time, then downtime, then preference.

@@ -61,7 +61,11 @@
 // then smallest downtime) and takes the first, in the order precopy,
 // converge, hybrid, postcopy, whose total is within 10% of it: the earlier
 // ones disturb the guest less. A hybrid that already predicts post-copy ranks
-// after postcopy (it would do the same thing under a vaguer name). Cold,
+// after postcopy (it would do the same thing under a vaguer name). A
+// pre-copy whose guest dirties more than half the rate it would be sent at
+// is set aside when converge, hybrid or postcopy qualifies: Ferry's
+// pre-copy has no way out (no throttle, and with multifd no post-copy) if
+// the estimate it was planned on is wrong. Cold,
 // which reboots the guest, is chosen only when no live strategy qualifies
 // and cold itself meets both limits. When nothing qualifies Choose returns a
 // *NoPlanError naming, per strategy, why it fails and what would help.

@@ -191,6 +191,10 @@ func parseInputs(t *testing.T, b scripttest.Block) (Inputs, []Sample, Controller
 				in.DirtyRateBytesPerSec, err = parseRate(v)
 			case "bandwidth":
 				in.BandwidthBytesPerSec, err = parseRate(v)
+			case "stream":
+				in.StreamBytesPerSec, err = parseRate(v)
+			case "channels":
+				in.MultifdChannels, err = strconv.Atoi(v)
 			case "setup", "switchover", "boot":
 				d, err = time.ParseDuration(v)
 				*map[string]*float64{"setup": &in.SetupSeconds, "switchover": &in.SwitchoverSeconds, "boot": &in.ColdBootSeconds}[k] = d.Seconds()
