@@ -179,8 +179,19 @@ func (s *migrationService) PauseMigration(ctx context.Context, req *connect.Requ
 	if mon == nil {
 		return nil, failedPrecondition("VM %s has no QEMU on host %s", req.Msg.Name, s.a.cfg.Name)
 	}
-	if info, err := mon.QueryMigrate(ctx); err == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyPaused {
+	info, qerr := mon.QueryMigrate(ctx)
+	if qerr == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyPaused {
 		return connect.NewResponse(&agentv1.StepResponse{}), nil // paused already: a retried step
+	}
+	if qerr == nil && reconnecting(info.CurrentStatus()) && v.dropOutboundRelay() {
+		// A relayed source still reconnecting after a resume into a dead
+		// link: its relay took the connection and may never fail it.
+		// Closing the relay ends QEMU's channels, and QEMU pauses; the next
+		// resume opens a relay again (resumeRelayed).
+		if waitPostcopyPaused(ctx, mon, 2*time.Second) {
+			s.a.log.Info("post-copy paused on request (its relay closed)", "vm", req.Msg.Name, "migration", req.Msg.MigrationId)
+			return connect.NewResponse(&agentv1.StepResponse{}), nil
+		}
 	}
 	if err := mon.MigratePause(ctx); err != nil {
 		return nil, fmt.Errorf("migrate-pause: %w", err)

@@ -222,3 +222,28 @@ func probePeer(addr, ownIP string) error {
 	}
 	return nil
 }
+
+// reconnecting reports whether a source's post-copy is taking a resume
+// (QEMU's postcopy-recover-setup and postcopy-recover).
+func reconnecting(s qmp.MigrationStatus) bool {
+	return s == qmp.MigrationStatusPostcopyRecover || s == "postcopy-recover-setup"
+}
+
+// waitPostcopyPaused polls QEMU's migration status for up to d and reports
+// whether it reached postcopy-paused.
+func waitPostcopyPaused(ctx context.Context, mon *qmp.Monitor, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if info, err := mon.QueryMigrate(ctx); err == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyPaused {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

@@ -232,8 +232,11 @@ func (r *Record) planPostcopy(p *planner) {
 		}
 	case PostcopyPaused:
 		r.vol.resumeSent = false
-		if r.vol.lastOut == "postcopy-paused" {
+		switch r.vol.lastOut {
+		case "postcopy-paused":
 			p.want(Action{Kind: ActRecoverIncoming, Side: Dst})
+		case "postcopy-recover", "postcopy-recover-setup":
+			r.planRepause(p)
 		}
 	case PostcopyRecovering:
 		r.planRecovering(p)

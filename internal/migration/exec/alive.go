@@ -166,12 +166,36 @@ func warningEvents(m *ferryv1.Migration) []*ferryv1.MigrationEvent {
 }
 
 // mergeEvents adds the warning events to the history's, in time order
-// (a warning sorts after a state change of the same instant).
+// (a warning sorts after a state change of the same instant), but never
+// after the migration's end: the final record waits for the guest-alive
+// check, so a warning whose answer came in after the core had decided the
+// end still belongs before it (its own time is kept).
 func mergeEvents(events, extra []*ferryv1.MigrationEvent) []*ferryv1.MigrationEvent {
 	if len(extra) == 0 {
 		return events
 	}
+	var end time.Time
+	for _, e := range events {
+		if core.State(e.State).Terminal() {
+			end = e.At.AsTime()
+			break
+		}
+	}
+	key := func(e *ferryv1.MigrationEvent) (time.Time, bool) {
+		t := e.At.AsTime()
+		if e.State == warningState && !end.IsZero() && t.After(end) {
+			return end, true // just before the end
+		}
+		return t, false
+	}
 	events = append(events, extra...)
-	sort.SliceStable(events, func(i, j int) bool { return events[i].At.AsTime().Before(events[j].At.AsTime()) })
+	sort.SliceStable(events, func(i, j int) bool {
+		ti, bi := key(events[i])
+		tj, bj := key(events[j])
+		if ti.Equal(tj) {
+			return bi && !bj
+		}
+		return ti.Before(tj)
+	})
 	return events
 }

@@ -377,6 +377,11 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 		if p == nil || !p.Alive || p.In != "postcopy-recover" {
 			return refused("the destination does not listen for a resume")
 		}
+		if w.stuckResume {
+			w.stuckResume = false
+			q.Mig, q.reconnectSince, q.stuck = "postcopy-recover", w.Clock.now, true
+			return core.Observation{Out: ag.outgoing()}
+		}
 		if !w.linkUp() {
 			// QEMU takes the resume and reconnects on its own (physics).
 			q.Mig, q.reconnectSince = "postcopy-recover", w.Clock.now
@@ -385,8 +390,10 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 		q.Mig, p.In = "postcopy-active", "postcopy"
 		return core.Observation{Out: ag.outgoing()}
 	case core.ActPauseMigration:
-		if q.Mig == "postcopy-active" {
-			q.Mig = "postcopy-paused"
+		// A reconnecting source is paused too (the agent closes its relay's
+		// channels, then migrate-pause).
+		if q.Mig == "postcopy-active" || q.Mig == "postcopy-recover" {
+			q.Mig, q.stuck = "postcopy-paused", false
 		}
 		return core.Observation{}
 	}

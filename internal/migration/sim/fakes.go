@@ -20,6 +20,10 @@ type FakeQEMU struct {
 	// reconnectSince: a resumed post-copy source reconnects since then
 	// (status postcopy-recover) while the link is down.
 	reconnectSince time.Time
+	// stuck: that reconnect neither connects nor gives up until the source
+	// is paused (a relay took QEMU's connection at once and its channel
+	// died with the link: the script's "stuck" fault).
+	stuck bool
 
 	PID   int64
 	Boot  int // the guest's boot: the same number after a live migration

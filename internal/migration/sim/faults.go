@@ -28,11 +28,12 @@ const (
 	CancelByUser  Fault = "cancel"          // the user cancels
 	DelayRequest  Fault = "delay-request"   // the step's request arrives late (after the caller timed out)
 	HandOverFault Fault = "hand-over"       // the leading server resigns after the step is sent; the next leader adopts (handover.go)
+	StuckResume   Fault = "stuck-resume"    // the link breaks, and the next post-copy resume hangs until the source is paused (a relay's channel that died with the link)
 )
 
 // AllFaults is every fault kind the exploration injects.
 var AllFaults = []Fault{CrashServer, CrashAgentSrc, CrashAgentDst, LoseRequest, LoseReply, KillQEMUSrc, KillQEMUDst,
-	CutSrc, CutDst, LinkDown, StoreFail, TimeoutFires, TimerEarly, CancelByUser, DelayRequest, HandOverFault}
+	CutSrc, CutDst, LinkDown, StoreFail, TimeoutFires, TimerEarly, CancelByUser, DelayRequest, HandOverFault, StuckResume}
 
 // Inject applies fault f now, before action a; it returns what happens to a.
 func (w *World) Inject(f Fault, a core.Action) Disposition {
@@ -81,6 +82,9 @@ func (w *World) Inject(f Fault, a core.Action) Disposition {
 		w.after(0, func() { w.deliverIf(epoch, core.Observation{Kind: core.ObsCancel}) })
 	case HandOverFault:
 		w.HandOver()
+	case StuckResume:
+		w.linkUntil = w.Clock.now.Add(LinkDownFor)
+		w.stuckResume = true
 	}
 	return DispDeliver
 }

@@ -24,6 +24,7 @@ import (
 //	drop request|reply [at=<action>]   (default: the next action)
 //	cut src|dst [at=<action>] [for=<duration>]
 //	link down [at=<action>] [for=<duration>]
+//	stuck [at=<action>]             the next resume of a post-copy hangs (neither connects nor gives up) until the source is paused
 //	fail store [at=<action>]
 //	cancel [at=<action>]
 //	corrupt copy [at=<action>]      the cold disk copy arrives corrupted: the destination's checksum differs
@@ -240,6 +241,12 @@ func (in *Interp) Do(cmd string, args []string) (string, error) {
 		return schedule(func(core.Action) Disposition {
 			in.W.logf("FAULT link down for %s", d)
 			in.W.linkUntil = in.W.Clock.now.Add(d)
+			return DispDeliver
+		}), nil
+	case "stuck":
+		return schedule(func(core.Action) Disposition {
+			in.W.logf("FAULT the next resume hangs until the source is paused")
+			in.W.stuckResume = true
 			return DispDeliver
 		}), nil
 	case "fail":

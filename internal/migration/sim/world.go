@@ -92,8 +92,10 @@ type World struct {
 	lastSoft time.Time
 	frozen   time.Time // the server does nothing until then
 
-	cutUntil  [2]time.Time // server ↔ agent
-	linkUntil time.Time    // agent ↔ agent
+	cutUntil [2]time.Time // server ↔ agent
+	// stuckResume: the next ResumeOutgoing hangs (FakeQEMU.stuck).
+	stuckResume bool
+	linkUntil   time.Time // agent ↔ agent
 
 	nextPID  int64
 	nextBoot int
@@ -625,6 +627,8 @@ func (w *World) physics() {
 			// A resume taken while the link was down: it connects once the
 			// link is back, or gives up (paused again) after ReconnectFor.
 			switch {
+			case q.stuck:
+				// neither connects nor gives up until paused
 			case peerOK && p.In == "postcopy-recover":
 				q.Mig, p.In = "postcopy-active", "postcopy"
 			case w.Clock.now.Sub(q.reconnectSince) >= ReconnectFor || p == nil || !p.Alive:
