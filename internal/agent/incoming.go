@@ -202,7 +202,7 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 		params.MultifdChannels = qmp.Ptr(int64(req.MultifdChannels))
 		tuneParams(req.Tuning, false, true, &params)
 	}
-	relayed := a.relayed(req.InsecureTransport, req.Postcopy)
+	relayed := a.relayed(req.InsecureTransport)
 	var creds qemutls.Creds
 	if !req.InsecureTransport && (!relayed || len(req.LocalDisks) > 0) {
 		// QEMU's own TLS: for its stream, or only for its disks' export.
@@ -261,7 +261,7 @@ func (a *Agent) prepareIncomingQEMU(ctx context.Context, req *agentv1.PrepareInc
 	v.in = in
 	go v.watch(proc, mon)
 	go v.watchIncoming(in)
-	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "nbd", in.nbd, "pid", proc.PID(), "transport", a.streamTransport(req.InsecureTransport, req.Postcopy))
+	a.log.Info("incoming migration listening", "vm", v.name, "migration", in.id, "uri", in.uri, "nbd", in.nbd, "pid", proc.PID(), "transport", a.streamTransport(req.InsecureTransport))
 	if err := failpoint.Inject(fpAfterPrepareIncoming); err != nil {
 		return "", connect.NewError(connect.CodeUnavailable, err)
 	}

@@ -44,6 +44,12 @@ type outgoing struct {
 	// max-postcopy-bandwidth, which a lower share lowers.
 	maxBandwidth, postcopyBandwidth int64
 
+	// warmup is StartOutgoing's post-copy warm-up (nil: none); warmupRestore
+	// the max-postcopy-bandwidth to restore while it is on (persisted, so a
+	// restarted agent restores it).
+	warmup        *agentv1.MigrationTuning
+	warmupRestore int64
+
 	// mir is the local disks' mirrors (nil without local disks);
 	// disksMirrored: they completed at the switchover (persisted), so the
 	// destination holds the disks and the source's may go with it.
@@ -128,7 +134,8 @@ func (out *outgoing) record() outgoingRecord {
 	}
 	return outgoingRecord{ID: out.id, URI: out.uri, RelayPeer: out.relayPeer, MirrorNBD: nbd, MirrorDisks: disks, Continued: !out.continuedAt.IsZero() || out.state == migration.SrcContinued || out.state == migration.SrcCompleted,
 		Cancelled: out.state == migration.SrcCancelled, DisksMirrored: out.disksMirrored,
-		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt}
+		StoppedAt: out.stoppedAt, PreSwitchoverAt: out.preSwitchoverAt, ContinuedAt: out.continuedAt, CompletedAt: out.completedAt, PostcopyAt: out.postcopyAt,
+		WarmupRestoreBytes: out.warmupRestore}
 }
 
 // saveOutgoing persists the departure's facts in the VM's directory.
@@ -187,7 +194,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		}
 	}
 	mon := v.mon
-	relayed := a.relayed(req.InsecureTransport, req.Postcopy)
+	relayed := a.relayed(req.InsecureTransport)
 	qemuURI := req.Uri
 	if relayed {
 		var err error
@@ -197,7 +204,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 		}
 	}
 	out := &outgoing{id: req.MigrationId, uri: req.Uri, qemuURI: qemuURI, state: migration.SrcIdle, changed: make(chan struct{}), downtimeLimitMs: req.DowntimeLimitMs,
-		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes)}
+		maxBandwidth: req.MaxBandwidthBytes, postcopyBandwidth: cmp.Or(req.MaxPostcopyBandwidthBytes, req.MaxBandwidthBytes), warmup: req.Tuning}
 	out.sub = mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	if relayed {
 		out.relayPeer = req.DestHost
@@ -291,7 +298,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 			return fail(err)
 		}
 		go v.runMirrors(out, mon, set)
-		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId, "transport", a.streamTransport(req.InsecureTransport, req.Postcopy),
+		a.log.Info("disk mirrors started; RAM follows when they are ready", "vm", req.Name, "migration", req.MigrationId, "transport", a.streamTransport(req.InsecureTransport),
 			"nbd", req.NbdAddress, "disks", req.MirrorDisks, "uri", req.Uri)
 		return v.outgoingStatus(ctx)
 	}
@@ -299,7 +306,7 @@ func (a *Agent) startOutgoing(ctx context.Context, req *agentv1.StartOutgoingReq
 	if err := mon.Migrate(ctx, qemuURI, qmp.MigrateOptions{}); err != nil {
 		return fail(fmt.Errorf("migrate to %s: %w", req.Uri, err))
 	}
-	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", a.streamTransport(req.InsecureTransport, req.Postcopy),
+	a.log.Info("outgoing migration started", "vm", req.Name, "migration", req.MigrationId, "uri", req.Uri, "transport", a.streamTransport(req.InsecureTransport),
 		"max_bandwidth", req.MaxBandwidthBytes, "downtime_limit_ms", req.DowntimeLimitMs, "multifd", req.MultifdChannels, "tuning", describeTuning(req.Tuning))
 	return v.outgoingStatus(ctx)
 }
@@ -338,6 +345,7 @@ func (v *vm) watchOutgoing(out *outgoing) {
 				case qmp.MigrationStatusPostcopyActive:
 					if out.postcopyAt.IsZero() {
 						out.postcopyAt = ev.Timestamp
+						go v.postcopyWarmup(out)
 					}
 				case qmp.MigrationStatusCompleted:
 					go v.relayEnded()

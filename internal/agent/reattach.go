@@ -228,6 +228,12 @@ func (v *vm) reattachOutgoing(ctx context.Context) {
 	}
 	out.sub = v.mon.Subscribe(qmp.EventMigration, qmp.EventStop)
 	v.out = out
+	if rec.WarmupRestoreBytes > 0 && postcopyStarted(s) {
+		// The agent that lowered the background stream died before it
+		// restored it: restore it now rather than leave it low.
+		out.warmupRestore = rec.WarmupRestoreBytes
+		go v.endWarmup(out)
+	}
 	go v.watchOutgoing(out)
 }
 

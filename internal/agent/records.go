@@ -65,6 +65,9 @@ type outgoingRecord struct {
 	ContinuedAt     time.Time `json:"continued_at"`
 	CompletedAt     time.Time `json:"completed_at"`
 	PostcopyAt      time.Time `json:"postcopy_at"`
+	// WarmupRestoreBytes is the max-postcopy-bandwidth the post-copy
+	// warm-up lowered and restores (0: no warm-up on).
+	WarmupRestoreBytes int64 `json:"warmup_restore_bytes,omitempty"`
 }
 
 // readRecord reads a record file; ok is false when there is none. A

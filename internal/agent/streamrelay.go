@@ -110,23 +110,24 @@ const (
 )
 
 // relayed reports whether a migration's RAM channels go through a relay:
-// the agent relays, the stream is encrypted, and the migration may not
-// enter post-copy (postcopy: the request's Postcopy, set for the postcopy
-// and hybrid strategies). Post-copy keeps QEMU's TLS: each page the guest
-// faults in would cross two relays more (the heavy bench, 2026-12-03:
-// 25.8 s and a 2.9 s client gap relayed, 19.6 s and 2.2 s on QEMU's TLS),
-// and a resume into a link still down connects at once to the local
-// relay, so QEMU does not see the link down until the relay's dial gives
-// up (a recovery test stayed paused in CI). Both sides decide alike from
-// the same strategy; a relaying end and a TLS-speaking one interoperate
+// the agent relays and the stream is encrypted. Post-copy and hybrid are
+// relayed too: on the heavy bench (2026-12-03, relay processes, 3 runs
+// each, minutes apart) the client gap after the switch was 893–939 ms
+// relayed against 1300–1802 ms on QEMU's TLS, at the same total (14.1–14.2
+// s against 14.3–15.4 s): the relay's sockets keep Nagle off, so a faulted
+// page or a page request does not wait for a delayed ACK. A resume into a
+// link still down connects at once to the local relay; the engine then
+// sees the post-copy not running again within the stall timeout and
+// pauses and resumes it again (TestPostcopyRecoversFromTwoLinkBreaks). Both
+// sides decide alike; a relaying end and a TLS-speaking one interoperate
 // anyway.
-func (a *Agent) relayed(insecure, postcopy bool) bool {
-	return a.cfg.StreamRelay && !insecure && !postcopy
+func (a *Agent) relayed(insecure bool) bool {
+	return a.cfg.StreamRelay && !insecure
 }
 
 // streamTransport names the transport of a migration's RAM channels.
-func (a *Agent) streamTransport(insecure, postcopy bool) string {
-	if a.relayed(insecure, postcopy) {
+func (a *Agent) streamTransport(insecure bool) string {
+	if a.relayed(insecure) {
 		return TransportTLSRelay
 	}
 	return transport(insecure)
@@ -381,6 +382,27 @@ func (v *vm) resumeRelayed(peer, uri string) (string, error) {
 		v.out.qemuURI = qemuURI
 	}
 	return qemuURI, nil
+}
+
+// dropOutboundRelay closes the VM's source relay and its open channels
+// (a paused post-copy reconnects through a new one: resumeRelayed) and
+// reports whether there was one.
+func (v *vm) dropOutboundRelay() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.adoptRelaysLocked()
+	r := v.relay
+	if r == nil || r.out == nil {
+		return false
+	}
+	if err := r.out.Close(); err != nil {
+		v.a.log.Warn("close the source stream relay", "vm", v.name, "err", err)
+	}
+	r.out = nil
+	if r.in == nil {
+		v.relay = nil
+	}
+	return true
 }
 
 // closeRelaysLocked ends the VM's relays and their open channels (its

@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"fmt"
+	"math"
 	"slices"
 
 	"connectrpc.com/connect"
@@ -56,6 +57,12 @@ func (a *Agent) checkTuning(t *agentv1.MigrationTuning, source bool) error {
 	}
 	if t.AvailSwitchoverBandwidthBytes < 0 {
 		return invalidArg("tuning.avail_switchover_bandwidth_bytes: must not be negative, got %d", t.AvailSwitchoverBandwidthBytes)
+	}
+	if s := t.PostcopyWarmupShare; s < 0 || s >= 1 || math.IsNaN(s) {
+		return invalidArg("tuning.postcopy_warmup_share: want a share in [0, 1), got %g", s)
+	}
+	if ms := t.PostcopyWarmupMs; ms < 0 || ms > maxWarmupMs {
+		return invalidArg("tuning.postcopy_warmup_ms: want 0..%d, got %d", maxWarmupMs, ms)
 	}
 	h := a.hostQEMU()
 	if h == nil || h.ProbeError != "" {
@@ -123,9 +130,13 @@ func describeTuning(t *agentv1.MigrationTuning) string {
 	if t == nil {
 		return "none"
 	}
-	return fmt.Sprintf("preempt=%v zero-page=%q compression=%q/%d avail-switchover=%d",
-		t.PostcopyPreempt, t.ZeroPageDetection, t.MultifdCompression, t.MultifdZstdLevel, t.AvailSwitchoverBandwidthBytes)
+	return fmt.Sprintf("preempt=%v zero-page=%q compression=%q/%d avail-switchover=%d warmup=%dms/%g",
+		t.PostcopyPreempt, t.ZeroPageDetection, t.MultifdCompression, t.MultifdZstdLevel, t.AvailSwitchoverBandwidthBytes,
+		t.PostcopyWarmupMs, t.PostcopyWarmupShare)
 }
+
+// maxWarmupMs bounds a post-copy warm-up (tuning.postcopy_warmup_ms).
+const maxWarmupMs = 60_000
 
 func invalidArg(format string, args ...any) error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))

@@ -43,8 +43,9 @@ func fmtTuning(tu Tuning) []string {
 	for _, c := range tu.Choices {
 		out = append(out, c.Name+"="+c.Value, "  "+c.Reason)
 	}
-	out = append(out, fmt.Sprintf("apply: preempt=%v multifd=%d zero-page=%q compression=%q level=%d avail-switchover=%d postcopy-share=%g postcopy-at=%.3f/%d",
-		tu.PostcopyPreempt, tu.MultifdChannels, tu.ZeroPageDetection, tu.Compression, tu.ZstdLevel, tu.AvailSwitchoverBandwidth, tu.PostcopyBackgroundShare, tu.PostcopyAtFraction, tu.PostcopyAtBytes))
+	out = append(out, fmt.Sprintf("apply: preempt=%v multifd=%d zero-page=%q compression=%q level=%d avail-switchover=%d postcopy-share=%g postcopy-at=%.3f/%d warmup=%s/%g",
+		tu.PostcopyPreempt, tu.MultifdChannels, tu.ZeroPageDetection, tu.Compression, tu.ZstdLevel, tu.AvailSwitchoverBandwidth, tu.PostcopyBackgroundShare, tu.PostcopyAtFraction, tu.PostcopyAtBytes,
+		tu.PostcopyWarmup, tu.PostcopyWarmupShare))
 	return out
 }
 

@@ -69,6 +69,8 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		PostcopyBackgroundShare:       t.PostcopyBackgroundShare,
 		PostcopyAtFraction:            t.PostcopyAtFraction,
 		PostcopyAtBytes:               t.PostcopyAtBytes,
+		PostcopyWarmupMs:              t.PostcopyWarmup.Milliseconds(),
+		PostcopyWarmupShare:           t.PostcopyWarmupShare,
 	}
 	for _, c := range t.Choices {
 		out.Choices = append(out.Choices, &ferryv1.TuningChoice{Name: c.Name, Value: c.Value, Reason: c.Reason})
@@ -105,6 +107,8 @@ func applyTuning(k *exec.Knobs, t *ferryv1.PlanTuning, strategy string) {
 		MultifdCompression:            t.MultifdCompression,
 		MultifdZstdLevel:              t.MultifdZstdLevel,
 		AvailSwitchoverBandwidthBytes: t.AvailSwitchoverBandwidthBytes,
+		PostcopyWarmupMs:              t.PostcopyWarmupMs,
+		PostcopyWarmupShare:           t.PostcopyWarmupShare,
 	}
 }
 

@@ -681,8 +681,14 @@ type PlanTuning struct {
 	// sent this many RAM bytes (the non-zero bytes of the switch point; 0:
 	// use postcopy_at_fraction). Preferred: zero pages cost round 1 no bytes.
 	PostcopyAtBytes int64 `protobuf:"varint,10,opt,name=postcopy_at_bytes,json=postcopyAtBytes,proto3" json:"postcopy_at_bytes,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// postcopy_warmup_ms and postcopy_warmup_share: for this long after the
+	// switch the background stream keeps this share of its bandwidth, so
+	// the pages the resumed guest faults first do not queue behind it (0:
+	// no warm-up).
+	PostcopyWarmupMs    int64   `protobuf:"varint,11,opt,name=postcopy_warmup_ms,json=postcopyWarmupMs,proto3" json:"postcopy_warmup_ms,omitempty"`
+	PostcopyWarmupShare float64 `protobuf:"fixed64,12,opt,name=postcopy_warmup_share,json=postcopyWarmupShare,proto3" json:"postcopy_warmup_share,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *PlanTuning) Reset() {
@@ -781,6 +787,20 @@ func (x *PlanTuning) GetPostcopyAtFraction() float64 {
 func (x *PlanTuning) GetPostcopyAtBytes() int64 {
 	if x != nil {
 		return x.PostcopyAtBytes
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyWarmupMs() int64 {
+	if x != nil {
+		return x.PostcopyWarmupMs
+	}
+	return 0
+}
+
+func (x *PlanTuning) GetPostcopyWarmupShare() float64 {
+	if x != nil {
+		return x.PostcopyWarmupShare
 	}
 	return 0
 }
@@ -2268,7 +2288,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
 	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
-	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\x86\x04\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xe8\x04\n" +
 	"\n" +
 	"PlanTuning\x120\n" +
 	"\achoices\x18\x01 \x03(\v2\x16.ferry.v1.TuningChoiceR\achoices\x12)\n" +
@@ -2281,7 +2301,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x19postcopy_background_share\x18\b \x01(\x01R\x17postcopyBackgroundShare\x120\n" +
 	"\x14postcopy_at_fraction\x18\t \x01(\x01R\x12postcopyAtFraction\x12*\n" +
 	"\x11postcopy_at_bytes\x18\n" +
-	" \x01(\x03R\x0fpostcopyAtBytes\"P\n" +
+	" \x01(\x03R\x0fpostcopyAtBytes\x12,\n" +
+	"\x12postcopy_warmup_ms\x18\v \x01(\x03R\x10postcopyWarmupMs\x122\n" +
+	"\x15postcopy_warmup_share\x18\f \x01(\x01R\x13postcopyWarmupShare\"P\n" +
 	"\fTuningChoice\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +

@@ -1455,8 +1455,13 @@ type MigrationTuning struct {
 	// avail_switchover_bandwidth_bytes is avail-switchover-bandwidth
 	// (bytes/s, source only); 0 = QEMU's own estimate.
 	AvailSwitchoverBandwidthBytes int64 `protobuf:"varint,5,opt,name=avail_switchover_bandwidth_bytes,json=availSwitchoverBandwidthBytes,proto3" json:"avail_switchover_bandwidth_bytes,omitempty"`
-	unknownFields                 protoimpl.UnknownFields
-	sizeCache                     protoimpl.SizeCache
+	// postcopy_warmup_ms and postcopy_warmup_share (source only): from
+	// postcopy-active, max-postcopy-bandwidth is lowered to this share for
+	// this long, then restored (0: no warm-up).
+	PostcopyWarmupMs    int64   `protobuf:"varint,6,opt,name=postcopy_warmup_ms,json=postcopyWarmupMs,proto3" json:"postcopy_warmup_ms,omitempty"`
+	PostcopyWarmupShare float64 `protobuf:"fixed64,7,opt,name=postcopy_warmup_share,json=postcopyWarmupShare,proto3" json:"postcopy_warmup_share,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *MigrationTuning) Reset() {
@@ -1520,6 +1525,20 @@ func (x *MigrationTuning) GetMultifdZstdLevel() int32 {
 func (x *MigrationTuning) GetAvailSwitchoverBandwidthBytes() int64 {
 	if x != nil {
 		return x.AvailSwitchoverBandwidthBytes
+	}
+	return 0
+}
+
+func (x *MigrationTuning) GetPostcopyWarmupMs() int64 {
+	if x != nil {
+		return x.PostcopyWarmupMs
+	}
+	return 0
+}
+
+func (x *MigrationTuning) GetPostcopyWarmupShare() float64 {
+	if x != nil {
+		return x.PostcopyWarmupShare
 	}
 	return 0
 }
@@ -3040,13 +3059,15 @@ const file_ferry_agent_v1_agent_proto_rawDesc = "" +
 	"\x15dirty_rate_peak_mibps\x18\r \x01(\x01R\x12dirtyRatePeakMibps\x12B\n" +
 	"\x1esampler_cpu_seconds_per_minute\x18\x0e \x01(\x01R\x1asamplerCpuSecondsPerMinute\x128\n" +
 	"\x19non_zero_rss_growth_bytes\x18\x0f \x01(\x03R\x15nonZeroRssGrowthBytes\x12%\n" +
-	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\x94\x02\n" +
+	"\x0ecompress_ratio\x18( \x01(\x01R\rcompressRatio\"\xf6\x02\n" +
 	"\x0fMigrationTuning\x12)\n" +
 	"\x10postcopy_preempt\x18\x01 \x01(\bR\x0fpostcopyPreempt\x12.\n" +
 	"\x13zero_page_detection\x18\x02 \x01(\tR\x11zeroPageDetection\x12/\n" +
 	"\x13multifd_compression\x18\x03 \x01(\tR\x12multifdCompression\x12,\n" +
 	"\x12multifd_zstd_level\x18\x04 \x01(\x05R\x10multifdZstdLevel\x12G\n" +
-	" avail_switchover_bandwidth_bytes\x18\x05 \x01(\x03R\x1davailSwitchoverBandwidthBytes\"\x14\n" +
+	" avail_switchover_bandwidth_bytes\x18\x05 \x01(\x03R\x1davailSwitchoverBandwidthBytes\x12,\n" +
+	"\x12postcopy_warmup_ms\x18\x06 \x01(\x03R\x10postcopyWarmupMs\x122\n" +
+	"\x15postcopy_warmup_share\x18\a \x01(\x01R\x13postcopyWarmupShare\"\x14\n" +
 	"\x12ProbeListenRequest\"/\n" +
 	"\x13ProbeListenResponse\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\"M\n" +
