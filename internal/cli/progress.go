@@ -264,7 +264,11 @@ func renderReport(m *ferryv1.Migration) string {
 		line("downtime", fmt.Sprintf("~%s expected (QEMU estimate)", fmtMs(e)))
 	}
 	for _, r := range m.GetRetries() {
-		line("retried", fmt.Sprintf("attempt %d: %s (next after %s)", r.GetAttempt(), r.GetReason(), fmtMs(r.GetBackoffMs())))
+		next := "next"
+		if st := r.GetStrategy(); st != "" {
+			next += " as " + st // re-planned: a pre-copy auto chose that could not converge
+		}
+		line("retried", fmt.Sprintf("attempt %d: %s (%s after %s)", r.GetAttempt(), r.GetReason(), next, fmtMs(r.GetBackoffMs())))
 	}
 	if a := m.GetAttempt(); a > 1 {
 		line("attempts", fmt.Sprintf("%d of %d", a, max(m.GetOptions().GetMaxAttempts(), a)))

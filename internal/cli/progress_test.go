@@ -378,3 +378,15 @@ func TestRenderReportNonConvergingPrediction(t *testing.T) {
 		t.Errorf("report:\n%s\nwant the prediction read as not converging, with its reason", got)
 	}
 }
+
+// A retry that re-planned the migration says as what the next attempt ran.
+func TestReportNamesTheRetriedStrategy(t *testing.T) {
+	m := &ferryv1.Migration{Id: "mig-1", Strategy: "hybrid", Status: "completed", State: "completed", Attempt: 2,
+		Retries: []*ferryv1.MigrationRetry{{Attempt: 1, Reason: "precopy did not converge in 4.1s after its downtime target reached its cap 270ms: retried as hybrid",
+			BackoffMs: 500, Strategy: "hybrid"}}}
+	out := renderReport(m)
+	if !strings.Contains(out, "attempt 1: precopy did not converge in 4.1s") || !strings.Contains(out, "(next as hybrid after 500 ms)") ||
+		!strings.Contains(out, "  hybrid  completed") {
+		t.Fatalf("report:\n%s\nwant the retry as hybrid and the strategy that ran", out)
+	}
+}

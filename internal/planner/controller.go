@@ -83,6 +83,10 @@ type Action struct {
 	BandwidthBytesPerSec float64
 	// DowntimeLimit is QEMU's downtime-limit to set (Kind RaiseDowntime).
 	DowntimeLimit time.Duration
+	// RetryAs (Kind Abort) is the strategy to retry the migration as once
+	// this attempt is rolled back ("hybrid" or "converge"; see
+	// ControllerOptions.AutoChosen); "" is a plain abort.
+	RetryAs string
 	// Reason explains the action, None included, in one line.
 	Reason string
 }
@@ -153,6 +157,7 @@ type Controller struct {
 	dt          downtimeStep  // the stepped downtime target (downtime.go)
 	stuck       roundStart    // the first not-converging verdict (round 0: none yet)
 	bwAt        time.Duration // when the bandwidth was raised (0: never)
+	retryAs     string        // what a stuck auto-chosen pre-copy is retried as ("": never; retry.go)
 }
 
 // roundStart is the largest remaining seen during a round (its start).
@@ -308,6 +313,9 @@ func (c *Controller) escalate(m *model, s Sample, b float64, why string) Action 
 		return c.raiseDowntime(m, s, b, why)
 	}
 	if c.dt.only {
+		if c.retryAs != "" {
+			return c.retryOther(m, s, why)
+		}
 		return none(fmt.Sprintf("%s; the downtime target is at its cap %s: plain pre-copy has nothing more to change", why, fmtMs(m.limit)))
 	}
 	if !c.issued[RaiseBandwidth] && c.m.b > 0 && s.RateBytesPerSec > 0 && s.RateBytesPerSec < slowLink*c.m.b {

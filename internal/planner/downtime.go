@@ -34,8 +34,17 @@ type ControllerOptions struct {
 	StepDowntime bool
 	// DowntimeOnly makes the controller step the downtime target and
 	// nothing else (plain pre-copy: no throttle, no post-copy, no abort;
-	// QEMU keeps sending at the cap and the migration's own bounds apply).
+	// QEMU keeps sending at the cap and the migration's own bounds apply),
+	// whatever the Inputs' policy allows.
 	DowntimeOnly bool
+	// AutoChosen (with DowntimeOnly): the planner chose this plain
+	// pre-copy on its own (the operator asked for auto). Once its
+	// downtime target is at its cap and it is still judged not converging
+	// HybridPatience later (or HybridRounds rounds later), the controller
+	// asks to abort it and retry it as hybrid when the policy allows
+	// post-copy, else as converge when it allows throttling (Action.RetryAs,
+	// retry.go); a policy that allows neither keeps plain pre-copy going.
+	AutoChosen bool
 }
 
 // downtimeStep is the stepped downtime target's state.
@@ -43,6 +52,7 @@ type downtimeStep struct {
 	on, only bool
 	limit    float64       // seconds: the downtime-limit QEMU has now (before the cap)
 	nearAt   time.Duration // since when the dirty set is at or below the threshold; < 0: it is not
+	capAt    roundStart    // when the target reached its cap (round 0: not yet)
 }
 
 // NewSteppedController is NewController with options: with StepDowntime
@@ -51,6 +61,13 @@ func NewSteppedController(in Inputs, o ControllerOptions) *Controller {
 	c := NewController(in)
 	if o.StepDowntime || o.DowntimeOnly {
 		c.dt = downtimeStep{on: true, only: o.DowntimeOnly, limit: DowntimeStepStart.Seconds(), nearAt: -1}
+	}
+	if o.DowntimeOnly {
+		if o.AutoChosen {
+			c.retryAs = retryStrategy(c.m.pol)
+		}
+		// Plain pre-copy itself never throttles, switches or aborts.
+		c.m.pol.AllowConverge, c.m.pol.AllowPostcopy = false, false
 	}
 	return c
 }
@@ -105,6 +122,7 @@ func (c *Controller) raiseDowntime(m *model, s Sample, b float64, why string) Ac
 	fits := need <= m.limit
 	if next >= m.limit {
 		next = m.limit
+		c.reachedCap(s)
 	}
 	c.dt.limit, c.dt.nearAt = next, -1
 	base, baseSet := c.base, c.baseSet

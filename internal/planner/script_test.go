@@ -108,6 +108,9 @@ func runController(t *testing.T, b scripttest.Block) []string {
 		if a.Kind == RaiseDowntime {
 			line += " " + a.DowntimeLimit.String()
 		}
+		if a.RetryAs != "" {
+			line += " retry-as=" + a.RetryAs
+		}
 		if opt.StepDowntime || opt.DowntimeOnly {
 			line += " (limit " + c.DowntimeLimit().String() + ")"
 		}
@@ -117,7 +120,7 @@ func runController(t *testing.T, b scripttest.Block) []string {
 }
 
 // parseInputs reads key=value pairs and sample lines; step=downtime or
-// step=downtime-only sets the controller's options.
+// step=downtime-only and chosen=auto set the controller's options.
 func parseInputs(t *testing.T, b scripttest.Block) (Inputs, []Sample, ControllerOptions) {
 	t.Helper()
 	var in Inputs
@@ -179,6 +182,11 @@ func parseInputs(t *testing.T, b scripttest.Block) (Inputs, []Sample, Controller
 				default:
 					err = fmt.Errorf("want step=downtime or step=downtime-only")
 				}
+			case "chosen":
+				if v != "auto" {
+					err = fmt.Errorf("want chosen=auto")
+				}
+				opt.AutoChosen = true
 			case "memory":
 				in.MemoryBytes, err = parseSize(v)
 			case "nonzero":

@@ -33,6 +33,7 @@ func (s *Server) newEngine() *exec.Engine {
 		Knobs:      knobs,
 		Release:    s.releaseReservationErr, // reservations.go: the destination's room, held since beginMigration
 		Controller: controller,
+		Replan:     s.replanMigration, // replan.go: a stuck auto-chosen pre-copy retried as hybrid or converge
 		Learn: func(from, to string, l exec.Learned) {
 			// What QEMU really reaches between these hosts (and anywhere):
 			// the planner's bandwidth for the next migration.
@@ -128,7 +129,9 @@ func localDiskKnobs(m *ferryv1.Migration) []*agentv1.LocalDisk {
 // controller is the adaptive controller of a planned pre-copy, hybrid or
 // converge migration (nil otherwise). Each steps QEMU's downtime-limit up
 // from planner.DowntimeStepStart only as far as convergence needs (capped
-// by the VM's max downtime); plain pre-copy does nothing else.
+// by the VM's max downtime); plain pre-copy does nothing else, except that
+// one auto chose asks to be retried as hybrid or converge when it cannot
+// converge at the cap (planner.ControllerOptions.AutoChosen).
 func controller(m *ferryv1.Migration) *planner.Controller {
 	if m.GetPlan().GetInputs() == nil || (m.Strategy != "hybrid" && m.Strategy != "converge" && m.Strategy != "precopy") {
 		return nil
@@ -138,7 +141,11 @@ func controller(m *ferryv1.Migration) *planner.Controller {
 	// only where the plan's tuning asked QEMU for them.
 	pin := plannerInputs(m.Plan.Inputs, opt, m.GetPlan().GetTuning().GetMultifdCompression() == "zstd")
 	if m.Strategy == "precopy" {
-		return planner.NewSteppedController(pin, planner.ControllerOptions{DowntimeOnly: true})
+		// A pre-copy the planner chose (auto) that cannot converge at its
+		// downtime cap is retried as hybrid (or converge) when the policy
+		// allows it; one the operator named is never changed.
+		return planner.NewSteppedController(pin, planner.ControllerOptions{DowntimeOnly: true,
+			AutoChosen: m.GetPlan().GetRequested() == "auto"})
 	}
 	pin.Policy.AllowConverge = m.Strategy == "converge" || !opt.GetNoThrottle()
 	pin.Policy.AllowPostcopy = m.Strategy == "hybrid"

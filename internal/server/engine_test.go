@@ -47,8 +47,8 @@ func TestRunEngineRecordsAndRendersAMigration(t *testing.T) {
 		t.Fatalf("started migration: %v", m)
 	}
 	pr, err := st.GetMigration(context.Background(), m.Id)
-	if err != nil || pr.GetVersion() != core.Version || pr.GetReport().GetId() != m.Id {
-		t.Fatalf("stored record: %v (err %v), want a version %d record with its report", pr, err, core.Version)
+	if err != nil || pr.GetVersion() != core.BaseVersion || pr.GetReport().GetId() != m.Id {
+		t.Fatalf("stored record: %v (err %v), want a version %d record with its report", pr, err, core.BaseVersion)
 	}
 	got, err := h.GetMigration(context.Background(), connect.NewRequest(&ferryv1.GetMigrationRequest{Id: m.Id}))
 	if err != nil || got.Msg.Migration.Vm != "web" || got.Msg.Migration.From != "h1" {

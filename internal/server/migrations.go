@@ -235,6 +235,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		} else {
 			var perr error
 			plan, perr = makePlan(in, opt, bothZstd(src, dst))
+			plan.Requested = opt.Strategy // auto, or the strategy named (replan.go)
 			// The QEMU tuning of the strategy that will run.
 			if st := tunedStrategy(opt.Strategy, plan.Choice); st != "" {
 				plan.Tuning = tunePlan(st, in, opt, src, dst)
@@ -291,6 +292,7 @@ func (s *Server) beginMigration(ctx context.Context, req *ferryv1.MigrateRequest
 		return nil, nil, invalidArg("%v", err)
 	}
 	rec.Options.PostcopyAtFraction, rec.Options.PostcopyAtBytes = postcopyAt(plan, opt.Strategy)
+	rec.Options.Auto = plan.GetRequested() == "auto" // the planner chose: a stuck pre-copy may be re-planned
 	rec.CopyDisks = opt.Strategy == "cold" && len(localDisks) > 0
 	m := &ferryv1.Migration{
 		Id: id, Vm: req.Vm, From: vm.Host, To: req.To, Strategy: opt.Strategy,

@@ -93,8 +93,8 @@ func tunedStrategy(requested, choice string) string {
 }
 
 // applyTuning puts the plan's tuning into the migration's knobs, when it
-// was made for the strategy that runs (a plan has one tuning; the engine
-// never changes strategy afterwards). The operator's --multifd, already in
+// was made for the strategy that runs (a plan has one tuning: a retry as
+// another strategy is re-tuned first, replan.go). The operator's --multifd, already in
 // the knobs, stays unless the tuning turned it down for post-copy.
 func applyTuning(k *exec.Knobs, t *ferryv1.PlanTuning, strategy string) {
 	if t == nil || strategy == "" {

@@ -584,7 +584,10 @@ type Plan struct {
 	// tuning are the QEMU capabilities and parameters the planner chose for
 	// the strategy (postcopy-preempt, multifd-channels, zero-page-detection,
 	// multifd-compression, avail-switchover-bandwidth), each with its reason.
-	Tuning        *PlanTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	Tuning *PlanTuning `protobuf:"bytes,5,opt,name=tuning,proto3" json:"tuning,omitempty"`
+	// requested is the strategy the operator asked for (auto, or the one
+	// named); with auto, choice is what the planner picked.
+	Requested     string `protobuf:"bytes,6,opt,name=requested,proto3" json:"requested,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -652,6 +655,13 @@ func (x *Plan) GetTuning() *PlanTuning {
 		return x.Tuning
 	}
 	return nil
+}
+
+func (x *Plan) GetRequested() string {
+	if x != nil {
+		return x.Requested
+	}
+	return ""
 }
 
 // PlanTuning is what the planner set beyond the strategy, applied by the
@@ -1760,7 +1770,11 @@ type MigrationRetry struct {
 	FailedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
 	Reason   string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
 	// backoff_ms is the wait after its cleanup before the next attempt.
-	BackoffMs     int64 `protobuf:"varint,4,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	BackoffMs int64 `protobuf:"varint,4,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	// strategy is the strategy the next attempt ran when the engine
+	// re-planned it (a pre-copy the planner chose that did not converge,
+	// retried as hybrid or converge); "" when it kept the strategy.
+	Strategy      string `protobuf:"bytes,5,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1821,6 +1835,13 @@ func (x *MigrationRetry) GetBackoffMs() int64 {
 		return x.BackoffMs
 	}
 	return 0
+}
+
+func (x *MigrationRetry) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
 }
 
 type MigrateRequest struct {
@@ -2282,13 +2303,14 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12\x18\n" +
 	"\aallowed\x18\t \x01(\bR\aallowed\x12*\n" +
 	"\x11downtime_limit_ms\x18\n" +
-	" \x01(\x03R\x0fdowntimeLimitMs\"\xd2\x01\n" +
+	" \x01(\x03R\x0fdowntimeLimitMs\"\xf0\x01\n" +
 	"\x04Plan\x12,\n" +
 	"\x06inputs\x18\x01 \x01(\v2\x14.ferry.v1.PlanInputsR\x06inputs\x12>\n" +
 	"\vpredictions\x18\x02 \x03(\v2\x1c.ferry.v1.StrategyPredictionR\vpredictions\x12\x16\n" +
 	"\x06choice\x18\x03 \x01(\tR\x06choice\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12,\n" +
-	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\"\xe8\x04\n" +
+	"\x06tuning\x18\x05 \x01(\v2\x14.ferry.v1.PlanTuningR\x06tuning\x12\x1c\n" +
+	"\trequested\x18\x06 \x01(\tR\trequested\"\xe8\x04\n" +
 	"\n" +
 	"PlanTuning\x120\n" +
 	"\achoices\x18\x01 \x03(\v2\x16.ferry.v1.TuningChoiceR\achoices\x12)\n" +
@@ -2397,13 +2419,14 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\tmirror_ms\x18\x06 \x01(\x03R\bmirrorMs\x12\x1f\n" +
 	"\vcomplete_ms\x18\a \x01(\x03R\n" +
 	"completeMs\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\"\x9a\x01\n" +
+	"\x05state\x18\b \x01(\tR\x05state\"\xb6\x01\n" +
 	"\x0eMigrationRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x1d\n" +
 	"\n" +
-	"backoff_ms\x18\x04 \x01(\x03R\tbackoffMs\"\x7f\n" +
+	"backoff_ms\x18\x04 \x01(\x03R\tbackoffMs\x12\x1a\n" +
+	"\bstrategy\x18\x05 \x01(\tR\bstrategy\"\x7f\n" +
 	"\x0eMigrateRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x124\n" +

@@ -28,11 +28,12 @@ func tm(t *timestamppb.Timestamp) time.Time {
 func ToProto(r Record) *statev1.MigrationRecord {
 	f := r.Facts
 	m := &statev1.MigrationRecord{
-		Version: Version, Id: r.ID, Vm: r.VM, From: r.From, To: r.To, Strategy: string(r.Strategy),
+		Version: r.writtenVersion(), Id: r.ID, Vm: r.VM, From: r.From, To: r.To, Strategy: string(r.Strategy),
 		Options: &statev1.MigrationBounds{
 			StallTimeout: durationpb.New(r.Options.StallTimeout), Timeout: durationpb.New(r.Options.Timeout),
 			RecoveryWindow: durationpb.New(r.Options.RecoveryWindow),
 			MaxAttempts:    r.Options.MaxAttempts, RetryBackoff: durationpb.New(r.Options.RetryBackoff),
+			Auto: r.Options.Auto,
 		},
 		State: string(r.State), PrevVmState: string(r.PrevVMState), Generation: r.Generation,
 		DestUri: r.DestURI, RecoverUri: r.RecoverURI, DiskUri: r.DiskURI,
@@ -53,7 +54,7 @@ func ToProto(r Record) *statev1.MigrationRecord {
 	}
 	for _, t := range r.Retries {
 		m.Retries = append(m.Retries, &statev1.MigrationRecordRetry{Attempt: t.Attempt, FailedAt: ts(t.At), Reason: t.Reason,
-			Backoff: durationpb.New(t.Backoff)})
+			Backoff: durationpb.New(t.Backoff), Strategy: string(t.Strategy)})
 	}
 	for _, e := range r.History {
 		m.History = append(m.History, &statev1.MigrationRecordEvent{At: ts(e.At), State: string(e.State), Message: e.Message})
@@ -79,6 +80,7 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 			StallTimeout: o.GetStallTimeout().AsDuration(), Timeout: o.GetTimeout().AsDuration(),
 			RecoveryWindow: o.GetRecoveryWindow().AsDuration(),
 			MaxAttempts:    o.GetMaxAttempts(), RetryBackoff: o.GetRetryBackoff().AsDuration(),
+			Auto: o.GetAuto(),
 		},
 		State: State(m.State), PrevVMState: VMState(m.PrevVmState), Generation: m.Generation,
 		DestURI: m.DestUri, RecoverURI: m.RecoverUri, DiskURI: m.DiskUri,
@@ -98,7 +100,8 @@ func FromProto(m *statev1.MigrationRecord) (Record, error) {
 		Attempt: m.Attempt, NextAttemptAt: tm(m.NextAttemptAt), Retrying: m.Retrying,
 	}
 	for _, t := range m.Retries {
-		r.Retries = append(r.Retries, Retry{Attempt: t.Attempt, At: tm(t.FailedAt), Reason: t.Reason, Backoff: t.GetBackoff().AsDuration()})
+		r.Retries = append(r.Retries, Retry{Attempt: t.Attempt, At: tm(t.FailedAt), Reason: t.Reason, Backoff: t.GetBackoff().AsDuration(),
+			Strategy: Strategy(t.GetStrategy())})
 	}
 	for _, e := range m.History {
 		r.History = append(r.History, Event{At: tm(e.At), State: State(e.State), Message: e.Message})

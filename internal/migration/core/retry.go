@@ -36,8 +36,14 @@ const (
 // attempt is the current attempt number (a version-1 record has 0: one).
 func (r *Record) attempt() int32 { return max(r.Attempt, 1) }
 
-// maxAttempts is the policy's bound (0 in a version-1 record: one).
-func (r *Record) maxAttempts() int32 { return max(r.Options.MaxAttempts, 1) }
+// maxAttempts is the policy's bound (0 in a version-1 record: one), plus
+// the re-planned attempt when there was one (replan.go): it is not a
+// link retry and takes none of theirs.
+func (r *Record) maxAttempts() int32 { return max(r.Options.MaxAttempts, 1) + r.replans() }
+
+// AttemptLimit is how many attempts the migration may make: the policy's
+// MaxAttempts (at least 1) plus a re-planned attempt if it made one.
+func (r *Record) AttemptLimit() int32 { return r.maxAttempts() }
 
 // AttemptID is the id the agents key the current attempt's steps by: the
 // migration id for the first attempt, "<id>-a<n>" for attempt n > 1 (an
@@ -154,8 +160,12 @@ func (r *Record) planRetryCleanup(p *planner) {
 	r.Retrying = false
 	r.NextAttemptAt = p.now.Add(last.Backoff)
 	r.GiveUpAt = time.Time{}
-	r.enter(p.now, RetryWait, fmt.Sprintf("attempt %d cleaned up (destination removed, the guest runs on %s): attempt %d in %s",
-		last.Attempt, r.From, last.Attempt+1, last.Backoff))
+	next := fmt.Sprintf("attempt %d in %s", last.Attempt+1, last.Backoff)
+	if last.Strategy != "" {
+		next = fmt.Sprintf("attempt %d as %s in %s", last.Attempt+1, last.Strategy, last.Backoff)
+	}
+	r.enter(p.now, RetryWait, fmt.Sprintf("attempt %d cleaned up (destination removed, the guest runs on %s): %s",
+		last.Attempt, r.From, next))
 	r.planRetryWait(p)
 }
 
@@ -174,6 +184,11 @@ func (r *Record) planRetryWait(p *planner) {
 // startAttempt resets what one attempt proved and prepares again.
 func (r *Record) startAttempt(now time.Time) {
 	r.Attempt = r.attempt() + 1
+	as := ""
+	if n := len(r.Retries); n > 0 && r.Retries[n-1].Strategy != "" && r.Retries[n-1].Attempt == r.Attempt-1 {
+		r.Strategy = r.Retries[n-1].Strategy // re-planned (replan.go)
+		as = fmt.Sprintf(" (re-planned as %s)", r.Strategy)
+	}
 	r.Facts = Facts{}
 	r.DestURI, r.RecoverURI = "", ""
 	r.Transferred, r.Rounds = 0, 0
@@ -181,7 +196,7 @@ func (r *Record) startAttempt(now time.Time) {
 	r.NextAttemptAt, r.GiveUpAt = time.Time{}, time.Time{}
 	r.Note = ""
 	r.vol = volatile{loadedIn: r.vol.loadedIn, timerAt: r.vol.timerAt}
-	r.enter(now, Preparing, fmt.Sprintf("attempt %d of %d: starting the destination QEMU on %s", r.Attempt, r.maxAttempts(), r.To))
+	r.enter(now, Preparing, fmt.Sprintf("attempt %d of %d%s: starting the destination QEMU on %s", r.Attempt, r.maxAttempts(), as, r.To))
 }
 
 // streamFailed notes a source-reported stream failure while transferring:

@@ -72,7 +72,7 @@ type volatile struct {
 // migrating, migration_id set, generation gen) and starts at now.
 func New(id, vm, from, to string, s Strategy, prev VMState, gen int64, opt Options, now time.Time) (Record, error) {
 	r := Record{
-		Version: Version, ID: id, VM: vm, From: from, To: to, Strategy: s, Options: opt, State: Pending,
+		Version: BaseVersion, ID: id, VM: vm, From: from, To: to, Strategy: s, Options: opt, State: Pending,
 		PrevVMState: prev, Generation: gen, StartedAt: now, Deadline: now.Add(opt.Timeout), LastProgressAt: now,
 		Attempt: 1,
 	}
@@ -205,7 +205,7 @@ func Step(rec Record, obs Observation) (Record, Ready) {
 
 // persistMode compares what changed.
 func persistMode(a, b *Record) PersistMode {
-	if a.State != b.State || a.Facts != b.Facts || a.Generation != b.Generation || a.DestURI != b.DestURI ||
+	if a.State != b.State || a.Strategy != b.Strategy || a.Facts != b.Facts || a.Generation != b.Generation || a.DestURI != b.DestURI ||
 		a.RecoverURI != b.RecoverURI || a.DiskURI != b.DiskURI || a.CancelRequested != b.CancelRequested || a.PostcopyWanted != b.PostcopyWanted || a.Error != b.Error ||
 		!a.GiveUpAt.Equal(b.GiveUpAt) || !a.SwitchedAt.Equal(b.SwitchedAt) || a.FinalVMState != b.FinalVMState ||
 		len(a.History) != len(b.History) || a.Attempt != b.Attempt || a.Retrying != b.Retrying ||
@@ -371,6 +371,8 @@ func (r *Record) steer(now time.Time, obs Observation) {
 		}
 	case SteerAbort:
 		r.rollback(now, "the migration cannot finish within policy: "+obs.SteerWhy, false)
+	case SteerReplan:
+		r.replan(now, obs.Strategy, obs.SteerWhy)
 	}
 }
 

@@ -5,9 +5,15 @@ import (
 	"time"
 )
 
-// Version is the version of the persisted record this package writes
-// (statev1.MigrationRecord.version). Records of a newer version are refused.
-const Version uint32 = 2
+// Version is the newest version of the persisted record this package
+// reads and writes (statev1.MigrationRecord.version). Records of a newer
+// version are refused. A record is written as version 3 only once it was
+// re-planned (replan.go: an older engine must not drive an attempt whose
+// strategy changed under it); every other record stays version 2.
+const Version uint32 = 3
+
+// BaseVersion is the version of a record that was never re-planned.
+const BaseVersion uint32 = 2
 
 // Strategy is how a migration moves the VM.
 type Strategy string
@@ -128,6 +134,10 @@ type Options struct {
 	// RetryBackoff is the wait before the second attempt, doubled for each
 	// further one up to MaxRetryBackoff; 0: DefaultRetryBackoff.
 	RetryBackoff time.Duration
+	// Auto: the planner chose the strategy (the operator asked for auto).
+	// Only then may a pre-copy the controller judges not converging be
+	// re-planned once as another strategy (SteerReplan, replan.go).
+	Auto bool
 }
 
 // Facts are what observations proved. Each is set only when an observation
@@ -244,6 +254,9 @@ type Retry struct {
 	At      time.Time // when it failed
 	Reason  string
 	Backoff time.Duration // the wait after its cleanup before the next attempt
+	// Strategy is what the next attempt runs when the engine re-planned
+	// it (replan.go); "" when it keeps the failed attempt's strategy.
+	Strategy Strategy
 }
 
 // Event is one state change of a migration's history.
@@ -480,6 +493,10 @@ const (
 	SteerNone Steer = iota
 	SteerPostcopy
 	SteerAbort
+	// SteerReplan: a pre-copy the planner chose does not converge with
+	// everything plain pre-copy may change: abort this attempt and retry
+	// it once as Observation.Strategy (replan.go).
+	SteerReplan
 )
 
 // Outgoing is the source QEMU's side (QueryOutgoing and the other source steps).
@@ -546,6 +563,9 @@ type Observation struct {
 	StoreVM  *StoreVM  // store steps: the record after the write, or as found when refused
 	Steer    Steer     // ObsSteer
 	SteerWhy string
+	// Strategy is what SteerReplan retries the migration as (hybrid or
+	// converge).
+	Strategy Strategy
 	// Term is the leadership term of the executor (ObsHandOver: the
 	// resigning leader's; the election key's create revision).
 	Term int64

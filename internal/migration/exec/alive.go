@@ -91,7 +91,7 @@ func (p *performer) waitAlive(ctx context.Context) {
 
 // checkAlive is the check startAlive runs.
 func (p *performer) checkAlive(ctx context.Context, a core.Action, ac AliveChecker, w aliveWatcher) {
-	timeout := p.knobs.GuestAliveTimeout
+	timeout := p.k().GuestAliveTimeout
 	if timeout <= 0 {
 		timeout = DefaultGuestAliveTimeout
 	}

@@ -43,6 +43,12 @@ type Config struct {
 	Knobs func(m *ferryv1.Migration, vm *ferryv1.VM) Knobs
 	// Controller returns the adaptive controller of a migration (nil: none).
 	Controller func(m *ferryv1.Migration) *planner.Controller
+	// Replan re-plans a migration's report for the strategy the core
+	// retries it as (core.SteerReplan): the tuning and the prediction of
+	// that strategy, written into m before the new attempt's record (nil:
+	// only the report's strategy changes). An error is a failed write: the
+	// attempt waits and is re-planned again.
+	Replan func(ctx context.Context, m *ferryv1.Migration, strategy string) error
 	// Release frees a migration's capacity reservation (nil: none kept).
 	Release func(ctx context.Context, id string) error
 	// Learn is told what each completed migration teaches the planner
@@ -266,16 +272,19 @@ func (e *Engine) drive(ctx context.Context, rp *run, rec core.Record, first core
 	report := rp.rep.snapshot(false)
 	p := &performer{
 		id: rec.ID, vm: rec.VM, from: rec.From, to: rec.To, src: src, dst: dst,
-		store: e.cfg.Store, clock: e.cfg.Clock, knobs: e.cfg.Knobs(report, vm), watch: rp.rep, release: e.cfg.Release,
+		store: e.cfg.Store, clock: e.cfg.Clock, watch: rp.rep, release: e.cfg.Release,
 		fill: func(cur *ferryv1.VM, u core.VMUpdate) { rp.rep.fillVM(cur, u, rec.To) }, log: log,
 		share: e.cfg.Bandwidth,
 	}
-	persist := &recordWriter{e: e, rep: rp.rep, log: log, revs: &recordRevision{}, beforeFinal: p.waitAlive}
+	p.setKnobs(e.cfg.Knobs(report, vm))
+	persist := &recordWriter{e: e, rep: rp.rep, log: log, revs: &recordRevision{}, beforeFinal: p.waitAlive,
+		attempt: rec.Attempt, strategy: rec.Strategy,
+		retuned: func(m *ferryv1.Migration) { p.setKnobs(e.cfg.Knobs(m, vm)) }}
 	p.record, p.revs = persist.proto, persist.revs
 	runner := NewRunner[core.Record, core.Observation, core.Action](machine{e.cfg.Clock}, p, persist, rec, func(r core.Record) core.Record { return r }, log)
 	rp.rep.mu.Lock()
-	rp.rep.steer = func(s core.Steer, why string) {
-		runner.Observe(ctx, core.Observation{Kind: core.ObsSteer, Now: e.cfg.Clock.Now(), Steer: s, SteerWhy: why})
+	rp.rep.steer = func(s core.Steer, as core.Strategy, why string) {
+		runner.Observe(ctx, core.Observation{Kind: core.ObsSteer, Now: e.cfg.Clock.Now(), Steer: s, Strategy: as, SteerWhy: why})
 	}
 	rp.rep.mu.Unlock()
 	rp.mu.Lock()
@@ -408,6 +417,12 @@ type recordWriter struct {
 	// beforeFinal runs before a final record is rendered: the guest-alive
 	// check's answer belongs in it (nil: nothing to wait for).
 	beforeFinal func(ctx context.Context)
+	// attempt and strategy are those of the last record written (or
+	// loaded); retuned is told the report of a re-planned attempt, whose
+	// knobs the next steps use (replan.go).
+	attempt  int32
+	strategy core.Strategy
+	retuned  func(m *ferryv1.Migration)
 }
 
 // revisionPutter is a Records that tells the revision of a write (the
@@ -430,6 +445,9 @@ func (w *recordWriter) proto(rec core.Record) *statev1.MigrationRecord {
 func (w *recordWriter) Put(ctx context.Context, rec core.Record) error {
 	if rec.State.Terminal() && w.beforeFinal != nil {
 		w.beforeFinal(ctx)
+	}
+	if err := w.newAttempt(ctx, rec); err != nil {
+		return err
 	}
 	pr := w.proto(rec)
 	var err error

@@ -32,10 +32,15 @@ type fakeQEMUPair struct {
 	guestDead bool // CheckGuestAlive answers alive=false
 	plainDst  bool // the destination answers as an agent without TLS streams
 	hold      bool // the source's transfer stays active (never reaches pre-switchover)
-	calls     []string
-	prepared  *agentv1.PrepareIncomingRequest // the last PrepareIncoming
-	started   *agentv1.StartOutgoingRequest   // the last StartOutgoing
-	polledBW  []int64                         // each QueryOutgoing's max_bandwidth_bytes
+	// stuck: a transfer started without postcopy-ram stays active (a guest
+	// that outruns plain pre-copy); a cancelled transfer and an aborted
+	// destination may be started again (a retried attempt).
+	stuck    bool
+	stuckNow bool
+	calls    []string
+	prepared *agentv1.PrepareIncomingRequest // the last PrepareIncoming
+	started  *agentv1.StartOutgoingRequest   // the last StartOutgoing
+	polledBW []int64                         // each QueryOutgoing's max_bandwidth_bytes
 }
 
 func (f *fakeQEMUPair) note(s string) {
@@ -55,7 +60,7 @@ func (a fakeAgent) PrepareIncoming(_ context.Context, req *agentv1.PrepareIncomi
 	defer a.f.mu.Unlock()
 	a.f.note("PrepareIncoming")
 	a.f.prepared = req
-	if a.f.dstState == "" {
+	if a.f.dstState == "" || a.f.stuck && a.f.dstState == "aborted" {
 		a.f.dstState = "listening"
 	}
 	tr := "tls"
@@ -136,8 +141,8 @@ func (a fakeAgent) StartOutgoing(_ context.Context, req *agentv1.StartOutgoingRe
 	defer a.f.mu.Unlock()
 	a.f.note("StartOutgoing")
 	a.f.started = req
-	if a.f.srcStatus == "" {
-		a.f.srcStatus = "active"
+	if a.f.srcStatus == "" || a.f.stuck && a.f.srcStatus == "cancelled" {
+		a.f.srcStatus, a.f.polls, a.f.stuckNow = "active", 0, a.f.stuck && !req.Postcopy
 	}
 	return a.outStatus(), nil
 }
@@ -147,7 +152,7 @@ func (a fakeAgent) QueryOutgoing(_ context.Context, req *agentv1.MigrationStepRe
 	defer a.f.mu.Unlock()
 	a.f.polls++
 	a.f.polledBW = append(a.f.polledBW, req.MaxBandwidthBytes)
-	if a.f.srcStatus == "active" && a.f.polls >= 3 && !a.f.hold {
+	if a.f.srcStatus == "active" && a.f.polls >= 3 && !a.f.hold && !a.f.stuckNow {
 		a.f.srcStatus, a.f.srcRuns = "pre-switchover", false
 	}
 	return a.outStatus(), nil

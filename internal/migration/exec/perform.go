@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -101,7 +102,7 @@ func (p *performer) downtimeLimitMs() int64 {
 			return ms
 		}
 	}
-	return p.knobs.DowntimeLimitMs
+	return p.k().DowntimeLimitMs
 }
 
 // performer carries out the actions of one migration.
@@ -111,8 +112,10 @@ type performer struct {
 	src, dst Agent
 	store    VMStore
 	clock    Clock
-	knobs    Knobs
-	watch    Watcher
+	// knobs are the QEMU parameters of the strategy that runs (k, setKnobs):
+	// a re-planned attempt gets its own (Config.Replan).
+	knobs atomic.Pointer[Knobs]
+	watch Watcher
 	// release frees the destination's capacity reservation (nil: none kept).
 	release func(ctx context.Context, id string) error
 	// fill adds what is known of the destination QEMU (pid, ...) to a VM
@@ -135,15 +138,26 @@ type performer struct {
 	share func(id string) int64
 }
 
+// k returns the knobs of the strategy that runs (zero before setKnobs).
+func (p *performer) k() *Knobs {
+	if k := p.knobs.Load(); k != nil {
+		return k
+	}
+	return &Knobs{}
+}
+
+// setKnobs sets the knobs the next steps use.
+func (p *performer) setKnobs(k Knobs) { p.knobs.Store(&k) }
+
 // bandwidth is the max-bandwidth to give QEMU now: the live share when
 // one is set and below the knob, else the knob. live reports a share.
 func (p *performer) bandwidth() (b int64, live bool) {
 	if p.share != nil {
-		if s := p.share(p.id); s > 0 && s < p.knobs.MaxBandwidthBytes {
+		if s := p.share(p.id); s > 0 && s < p.k().MaxBandwidthBytes {
 			return s, true
 		}
 	}
-	return p.knobs.MaxBandwidthBytes, false
+	return p.k().MaxBandwidthBytes, false
 }
 
 // ownerRead is the VM record as read before the switchover, with the
@@ -271,20 +285,20 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 	switch a.Kind {
 	case core.ActPrepareIncoming:
 		r, err := ag.PrepareIncoming(ctx, &agentv1.PrepareIncomingRequest{
-			Spec: p.knobs.Spec, MigrationId: p.id, MultifdChannels: p.knobs.MultifdChannels, Postcopy: a.Postcopy,
-			Tuning:     p.knobs.Tuning,
-			LocalDisks: p.knobs.LocalDisks,
-			SourceHost: p.from, InsecureTransport: p.knobs.InsecureTransport,
+			Spec: p.k().Spec, MigrationId: p.id, MultifdChannels: p.k().MultifdChannels, Postcopy: a.Postcopy,
+			Tuning:     p.k().Tuning,
+			LocalDisks: p.k().LocalDisks,
+			SourceHost: p.from, InsecureTransport: p.k().InsecureTransport,
 		})
-		if err == nil && !p.knobs.InsecureTransport && r.Transport != "tls" {
+		if err == nil && !p.k().InsecureTransport && r.Transport != "tls" {
 			// An agent that would listen in plaintext (an older one): never
 			// send the guest's memory in the clear unasked.
 			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not listen on TLS for migration streams: upgrade its agent (or migrate with insecureTransport)", p.to))
 		}
-		if err == nil && len(p.knobs.LocalDisks) > 0 && r.NbdAddress == "" {
+		if err == nil && len(p.k().LocalDisks) > 0 && r.NbdAddress == "" {
 			// An agent that does not export the disks (an older one): never
 			// send RAM to a destination whose disks would stay empty.
-			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not export the VM's %d local disks over NBD: upgrade its agent", p.to, len(p.knobs.LocalDisks)))
+			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not export the VM's %d local disks over NBD: upgrade its agent", p.to, len(p.k().LocalDisks)))
 		}
 		if err == nil {
 			o.URI, o.DiskURI = r.Uri, r.NbdAddress
@@ -311,11 +325,11 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		bw, _ := p.bandwidth()
 		st, err := ag.StartOutgoing(ctx, &agentv1.StartOutgoingRequest{
 			Name: p.vm, MigrationId: p.id, Uri: a.URI,
-			MaxBandwidthBytes: bw, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.knobs.MultifdChannels,
-			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.knobs.NoThrottle, ThrottleInitial: p.knobs.ThrottleInitial, ThrottleIncrement: p.knobs.ThrottleIncrement,
-			MaxPostcopyBandwidthBytes: min(p.knobs.MaxPostcopyBandwidthBytes, bw), Tuning: p.knobs.Tuning,
-			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.knobs.LocalDisks),
-			DestHost: p.to, InsecureTransport: p.knobs.InsecureTransport,
+			MaxBandwidthBytes: bw, DowntimeLimitMs: p.downtimeLimitMs(), MultifdChannels: p.k().MultifdChannels,
+			Postcopy: a.Postcopy, AutoConverge: a.AutoConverge && !p.k().NoThrottle, ThrottleInitial: p.k().ThrottleInitial, ThrottleIncrement: p.k().ThrottleIncrement,
+			MaxPostcopyBandwidthBytes: min(p.k().MaxPostcopyBandwidthBytes, bw), Tuning: p.k().Tuning,
+			NbdAddress: a.DiskURI, MirrorDisks: mirrorNames(a.DiskURI, p.k().LocalDisks),
+			DestHost: p.to, InsecureTransport: p.k().InsecureTransport,
 		})
 		if err == nil {
 			p.prefetchOwner(ctx)
@@ -360,7 +374,7 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		var err error
 		switch a.Kind {
 		case core.ActStartVM:
-			st, err = ag.StartVM(ctx, p.knobs.Spec)
+			st, err = ag.StartVM(ctx, p.k().Spec)
 		case core.ActStopVM:
 			st, err = ag.StopVM(ctx, p.vm, a.Force)
 		default:
@@ -380,15 +394,15 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		}
 		return ag.DeleteVM(ctx, p.vm, id, a.RemoveDisks)
 	case core.ActPrepareDisks:
-		if len(p.knobs.LocalDisks) == 0 {
+		if len(p.k().LocalDisks) == 0 {
 			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("the migration copies local disks but knows none of VM %s", p.vm))
 		}
-		r, err := ag.PrepareDiskCopy(ctx, &agentv1.PrepareDiskCopyRequest{Name: p.vm, MigrationId: p.id, Disks: p.knobs.LocalDisks,
-			SourceHost: p.from, InsecureTransport: p.knobs.InsecureTransport})
+		r, err := ag.PrepareDiskCopy(ctx, &agentv1.PrepareDiskCopyRequest{Name: p.vm, MigrationId: p.id, Disks: p.k().LocalDisks,
+			SourceHost: p.from, InsecureTransport: p.k().InsecureTransport})
 		if err != nil {
 			return err
 		}
-		if !p.knobs.InsecureTransport && r.GetTransport() != "tls" {
+		if !p.k().InsecureTransport && r.GetTransport() != "tls" {
 			// An older agent receives the copy in plaintext: never send
 			// the disks (nor the copy's token) in the clear unasked.
 			return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("destination host %s does not receive disk copies on TLS: upgrade its agent (or migrate with insecureTransport)", p.to))
@@ -397,8 +411,8 @@ func (p *performer) do(ctx context.Context, a core.Action, o *core.Observation) 
 		return nil
 	case core.ActCopyDisks:
 		st, err := ag.CopyDisks(ctx, &agentv1.CopyDisksRequest{Name: p.vm, MigrationId: p.id, Address: a.DiskURI,
-			MaxBandwidthBytes: p.knobs.MaxBandwidthBytes, WaitMs: a.Wait.Milliseconds(), KnownStatus: a.KnownStatus,
-			DestHost: p.to, InsecureTransport: p.knobs.InsecureTransport})
+			MaxBandwidthBytes: p.k().MaxBandwidthBytes, WaitMs: a.Wait.Milliseconds(), KnownStatus: a.KnownStatus,
+			DestHost: p.to, InsecureTransport: p.k().InsecureTransport})
 		return p.out(a.Kind, st, err, o)
 	case core.ActCASOwner:
 		return p.casOwner(ctx, a, o)

@@ -28,7 +28,7 @@ type reporter struct {
 	m        *ferryv1.Migration
 	ctrl     *planner.Controller // nil without a plan or for strategies it does not steer
 	steered  bool                // a decision went to the core: no more
-	steer    func(core.Steer, string)
+	steer    func(s core.Steer, as core.Strategy, why string)
 	lastOut  *agentv1.OutgoingStatus
 	lastIn   *agentv1.IncomingStatus
 	transfer time.Time // when StartOutgoing answered first
@@ -81,6 +81,7 @@ func (r *reporter) render(rec core.Record) *ferryv1.Migration {
 	defer r.mu.Unlock()
 	m := r.m
 	m.State, m.Status = string(rec.State), rec.State.Status()
+	m.Strategy = string(rec.Strategy) // the re-planned attempt's, once it started
 	m.Error = rec.Error
 	m.CancelRequested = rec.CancelRequested
 	m.VmGeneration = rec.Generation
@@ -196,7 +197,7 @@ func (r *reporter) steerLocked(out *agentv1.OutgoingStatus) {
 	case planner.StartPostcopy:
 		r.decideLocked(act.Kind.String(), act.Reason)
 		r.steered = true
-		go r.steer(core.SteerPostcopy, act.Reason)
+		go r.steer(core.SteerPostcopy, "", act.Reason)
 	case planner.Abort:
 		// With QEMU throttling, give up only once the throttle is at its
 		// maximum: until then a round's figures are noisy and QEMU is still
@@ -207,7 +208,13 @@ func (r *reporter) steerLocked(out *agentv1.OutgoingStatus) {
 		}
 		r.decideLocked(act.Kind.String(), act.Reason)
 		r.steered = true
-		go r.steer(core.SteerAbort, "the migration cannot finish within policy: "+act.Reason)
+		if act.RetryAs != "" {
+			// An auto-chosen pre-copy that cannot converge: this attempt
+			// ends, the next one runs RetryAs (core replan.go).
+			go r.steer(core.SteerReplan, core.Strategy(act.RetryAs), act.Reason)
+			return
+		}
+		go r.steer(core.SteerAbort, "", "the migration cannot finish within policy: "+act.Reason)
 	default:
 		r.decideLocked(act.Kind.String(), act.Reason)
 	}

@@ -13,6 +13,6 @@ func renderRetries(m *ferryv1.Migration, rec core.Record) {
 	m.Retries = m.Retries[:0]
 	for _, t := range rec.Retries {
 		m.Retries = append(m.Retries, &ferryv1.MigrationRetry{Attempt: t.Attempt, FailedAt: timestamppb.New(t.At), Reason: t.Reason,
-			BackoffMs: t.Backoff.Milliseconds()})
+			BackoffMs: t.Backoff.Milliseconds(), Strategy: string(t.Strategy)})
 	}
 }

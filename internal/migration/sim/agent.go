@@ -284,7 +284,7 @@ func (ag *FakeAgent) handleOutgoing(a core.Action, id string) core.Observation {
 			return refused("another migration is active")
 		}
 		v.outID = id
-		q.Mig, q.Rounds, q.Sent, q.Postcopy, q.PCPending = "active", 0, 0, a.Postcopy, false
+		q.Mig, q.Rounds, q.Sent, q.Postcopy, q.PCPending, q.AutoConverge = "active", 0, 0, a.Postcopy, false, a.AutoConverge
 		q.RAM, q.ramTicks = 0, 0
 		q.peer, q.diskPeer = w.peerFor(ag.side, a.URI), nil
 		if w.disks {

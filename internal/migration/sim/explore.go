@@ -22,6 +22,12 @@ type Scenario struct {
 	// (core.Options.PostcopyAtBytes); the fake's round 1 then lasts
 	// postcopyRoundTicks ticks so the point falls inside it.
 	PostcopyAtBytes int64
+	// Stuck: the guest outruns plain pre-copy (WithStuckGuest); Auto: the
+	// planner chose the strategy; ReplanAs: what the controller asks a
+	// stuck pre-copy to be retried as (replan.go).
+	Stuck    bool
+	Auto     bool
+	ReplanAs core.Strategy
 }
 
 // postcopyRoundTicks is how many ticks round 1 lasts in the byte switch
@@ -36,6 +42,9 @@ func newWorld(s Scenario, seed int64) *World {
 	}
 	if s.PostcopyAtBytes > 0 {
 		w.WithPostcopyAtBytes(s.PostcopyAtBytes, postcopyRoundTicks)
+	}
+	if s.Stuck {
+		w.WithStuckGuest(s.Auto, s.ReplanAs)
 	}
 	return w
 }
@@ -104,6 +113,7 @@ func RunCase(c Case, mutate func(core.Record, *core.Ready)) Result {
 	if len(w.Violations) == 0 {
 		w.CheckEnd()
 		w.checkRetryEnd(w.Record(), c.Fault != NoFault)
+		w.checkReplanEnd(w.Record(), c.Fault != NoFault)
 	}
 	rec := w.Record()
 	return Result{Case: c, Steps: w.Steps, Trace: w.Trace, Violations: dedup(w.Violations), Final: w.Summary(), Outcome: rec.State,
@@ -226,6 +236,7 @@ func RunPair(c PairCase, mutate func(core.Record, *core.Ready)) Result {
 	w.Run()
 	if len(w.Violations) == 0 {
 		w.CheckEnd()
+		w.checkReplanEnd(w.Record(), true)
 	}
 	name := fmt.Sprintf("%s+%s", c.F1, c.F2)
 	rec := w.Record()

@@ -46,6 +46,7 @@ type FakeQEMU struct {
 	pcAskedRound, pcAskedRAM int64
 	Postcopy                 bool // postcopy-ram
 	PCPending                bool // migrate-start-postcopy asked: switches at pre-switchover
+	AutoConverge             bool // QEMU throttles the guest (a stuck pre-copy converges with it)
 	pcLeft                   int  // post-copy ticks until every page is on the destination
 	peer                     *FakeQEMU
 	// In is the incoming side: "" (not incoming), listening, receiving,

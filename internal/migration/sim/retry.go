@@ -18,6 +18,9 @@ var RetryScenarios = []Scenario{
 	{Name: "precopy-flap", Strategy: core.Precopy, Prev: core.VMRunning},
 	{Name: "hybrid-flap2", Strategy: core.Hybrid, Prev: core.VMRunning},
 	{Name: "precopy-flap-exhausted", Strategy: core.Precopy, Prev: core.VMRunning},
+	// auto chose pre-copy, the guest outruns it: the controller's abort
+	// retries it once as hybrid, which switches to post-copy.
+	{Name: "auto-precopy-replan-hybrid", Strategy: core.Precopy, Prev: core.VMRunning, Stuck: true, Auto: true, ReplanAs: core.Hybrid},
 }
 
 // FlapFor is how long a scenario's link flap lasts: shorter than the
@@ -72,8 +75,8 @@ func (w *World) checkRetry() {
 // checkRetryEnd: no more attempts than the policy allows, and a migration
 // whose scenario flapped within the policy and that no fault hit completes.
 func (w *World) checkRetryEnd(r core.Record, faulted bool) {
-	if r.Attempt > r.Options.MaxAttempts {
-		w.violate("%d attempts, the policy allows %d", r.Attempt, r.Options.MaxAttempts)
+	if r.Attempt > r.AttemptLimit() {
+		w.violate("%d attempts, the policy allows %d", r.Attempt, r.AttemptLimit())
 	}
 	if !faulted && w.flapsAsked > 0 && w.flapsAsked < int(r.Options.MaxAttempts) && r.State != core.Completed {
 		w.violate("%d link flap(s) within %d attempts but the migration ended %s: %s", w.flapsAsked, r.Options.MaxAttempts, r.State, r.Error)

@@ -15,9 +15,10 @@ func TestRetryScenarios(t *testing.T) {
 		outcome  core.State
 		attempts int32
 	}{
-		"precopy-flap":           {core.Completed, 2},
-		"hybrid-flap2":           {core.Completed, 3},
-		"precopy-flap-exhausted": {core.Failed, 3},
+		"precopy-flap":               {core.Completed, 2},
+		"hybrid-flap2":               {core.Completed, 3},
+		"precopy-flap-exhausted":     {core.Failed, 3},
+		"auto-precopy-replan-hybrid": {core.Completed, 2},
 	}
 	for _, s := range RetryScenarios {
 		r := HappyPath(s, 1)

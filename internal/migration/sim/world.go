@@ -126,6 +126,11 @@ type World struct {
 	retrySeen         bool
 	lateRequest       bool // a request was delayed past its caller's deadline
 	corruptCopy       bool // the cold disk copy arrives corrupted (its checksum differs)
+	// stuck: the guest dirties faster than plain pre-copy sends (it
+	// converges only throttled or through post-copy); replanAs is what the
+	// controller asks a stuck pre-copy to be retried as (replan.go).
+	stuck    bool
+	replanAs core.Strategy
 }
 
 // Disposition says what happens to one action.
@@ -380,13 +385,14 @@ func (w *World) deliver(obs core.Observation) {
 	for _, a := range ready.Actions {
 		w.perform(a)
 	}
-	if obs.Kind == core.ObsResult && obs.Action == core.ActQueryOutgoing && w.strategy == core.Hybrid &&
+	if obs.Kind == core.ObsResult && obs.Action == core.ActQueryOutgoing && next.Strategy == core.Hybrid &&
 		obs.Out != nil && obs.Out.Rounds >= 3 && obs.Out.Status == "active" && next.State == core.Transferring {
 		// The executor's adaptive controller sees pre-copy will not converge.
 		w.after(0, func() {
 			w.deliver(core.Observation{Kind: core.ObsSteer, Steer: core.SteerPostcopy, SteerWhy: "the dirty rate exceeds the link"})
 		})
 	}
+	w.steerReplan(obs, next)
 }
 
 // perform executes one action on behalf of the executor.
@@ -593,7 +599,10 @@ func (w *World) physics() {
 			q.Rounds = (q.ramTicks + w.roundTicks - 1) / w.roundTicks
 			q.Sent += 1 << 20
 			q.RAM += 1 << 20
-			if q.PCPending || (w.strategy != core.Postcopy && w.strategy != core.Hybrid && q.Rounds >= 4) {
+			// (A pre-copy converges after 4 rounds; with postcopy-ram
+			// armed it waits for the switch; a stuck guest's plain
+			// pre-copy never converges, only a throttled one.)
+			if q.PCPending || (!q.Postcopy && (!w.stuck || q.AutoConverge) && q.Rounds >= 4) {
 				if dp != nil {
 					// The agent completes the mirrors with the guest paused
 					// before it reports pre-switchover.

@@ -403,11 +403,15 @@ func (x *MigrationRecord) GetHandedOverAt() *timestamppb.Timestamp {
 
 // MigrationRecordRetry is one failed and retried attempt (see core.Retry).
 type MigrationRecordRetry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Attempt       int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	FailedAt      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Backoff       *durationpb.Duration   `protobuf:"bytes,4,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Attempt  int32                  `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	FailedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=failed_at,json=failedAt,proto3" json:"failed_at,omitempty"`
+	Reason   string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Backoff  *durationpb.Duration   `protobuf:"bytes,4,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	// strategy is the strategy the next attempt ran when it differs from
+	// the failed one's (version 3: a pre-copy the planner chose that did
+	// not converge, re-planned once as hybrid or converge); "" otherwise.
+	Strategy      string `protobuf:"bytes,5,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -470,6 +474,13 @@ func (x *MigrationRecordRetry) GetBackoff() *durationpb.Duration {
 	return nil
 }
 
+func (x *MigrationRecordRetry) GetStrategy() string {
+	if x != nil {
+		return x.Strategy
+	}
+	return ""
+}
+
 // MigrationBounds are the time bounds of one migration.
 type MigrationBounds struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -484,8 +495,11 @@ type MigrationBounds struct {
 	RecoveryWindow  *durationpb.Duration `protobuf:"bytes,3,opt,name=recovery_window,json=recoveryWindow,proto3" json:"recovery_window,omitempty"`
 	// max_attempts bounds the attempts of a live migration before the owner
 	// switch (0 in version-1 records: read as 1, never retried).
-	MaxAttempts   int32                `protobuf:"varint,60,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
-	RetryBackoff  *durationpb.Duration `protobuf:"bytes,61,opt,name=retry_backoff,json=retryBackoff,proto3" json:"retry_backoff,omitempty"`
+	MaxAttempts  int32                `protobuf:"varint,60,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	RetryBackoff *durationpb.Duration `protobuf:"bytes,61,opt,name=retry_backoff,json=retryBackoff,proto3" json:"retry_backoff,omitempty"`
+	// auto: the planner chose the strategy (the operator asked for auto), so
+	// a pre-copy judged not converging may be re-planned once (version 3).
+	Auto          bool `protobuf:"varint,72,opt,name=auto,proto3" json:"auto,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -567,6 +581,13 @@ func (x *MigrationBounds) GetRetryBackoff() *durationpb.Duration {
 		return x.RetryBackoff
 	}
 	return nil
+}
+
+func (x *MigrationBounds) GetAuto() bool {
+	if x != nil {
+		return x.Auto
+	}
+	return false
 }
 
 // MigrationFacts are what observations proved (see core.Facts).
@@ -867,12 +888,13 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\n" +
 	"copy_disks\x18Q \x01(\bR\tcopyDisks\x12#\n" +
 	"\rhandover_term\x18Z \x01(\x03R\fhandoverTerm\x12@\n" +
-	"\x0ehanded_over_at\x18[ \x01(\v2\x1a.google.protobuf.TimestampR\fhandedOverAt\"\xb6\x01\n" +
+	"\x0ehanded_over_at\x18[ \x01(\v2\x1a.google.protobuf.TimestampR\fhandedOverAt\"\xd2\x01\n" +
 	"\x14MigrationRecordRetry\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\x05R\aattempt\x127\n" +
 	"\tfailed_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\bfailedAt\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x123\n" +
-	"\abackoff\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\abackoff\"\x8b\x03\n" +
+	"\abackoff\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\abackoff\x12\x1a\n" +
+	"\bstrategy\x18\x05 \x01(\tR\bstrategy\"\x9f\x03\n" +
 	"\x0fMigrationBounds\x120\n" +
 	"\x14postcopy_at_fraction\x18F \x01(\x01R\x12postcopyAtFraction\x12*\n" +
 	"\x11postcopy_at_bytes\x18G \x01(\x03R\x0fpostcopyAtBytes\x12>\n" +
@@ -880,7 +902,8 @@ const file_ferry_state_v1_migration_record_proto_rawDesc = "" +
 	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12B\n" +
 	"\x0frecovery_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x0erecoveryWindow\x12!\n" +
 	"\fmax_attempts\x18< \x01(\x05R\vmaxAttempts\x12>\n" +
-	"\rretry_backoff\x18= \x01(\v2\x19.google.protobuf.DurationR\fretryBackoff\"\x9f\x05\n" +
+	"\rretry_backoff\x18= \x01(\v2\x19.google.protobuf.DurationR\fretryBackoff\x12\x12\n" +
+	"\x04auto\x18H \x01(\bR\x04auto\"\x9f\x05\n" +
 	"\x0eMigrationFacts\x12#\n" +
 	"\rdest_prepared\x18\x01 \x01(\bR\fdestPrepared\x12)\n" +
 	"\x10outgoing_started\x18\x02 \x01(\bR\x0foutgoingStarted\x12%\n" +
