@@ -145,7 +145,8 @@ const fragileDirtyShare = 0.5
 
 // setAsideFragilePrecopy removes a converging pre-copy from live when its
 // guest dirties more than fragileDirtyShare of the rate it would be sent
-// at and another live strategy that can leave pre-copy (converge's
+// at (through zstd: the rate of the rewritten pages, taken as
+// incompressible) and another live strategy that can leave pre-copy (converge's
 // throttle, hybrid's or postcopy's switch) fits; the second result is the
 // clause the decision's reason gets ("" when nothing was set aside).
 func (m *model) setAsideFragilePrecopy(preds []Prediction, live []int) ([]int, string) {
@@ -161,7 +162,7 @@ func (m *model) setAsideFragilePrecopy(preds []Prediction, live []int) ([]int, s
 			escape = true
 		}
 	}
-	multi, _ := m.streamRates()
+	_, multi, _ := m.streamRates()
 	if pre < 0 || !escape || multi <= 0 || m.r <= fragileDirtyShare*multi {
 		return live, ""
 	}

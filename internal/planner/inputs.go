@@ -219,6 +219,7 @@ type model struct {
 	setup, sw, boot     float64
 	finish              float64 // seconds after the destination resumed
 	link                float64 // BandwidthBytesPerSec; b is the rate of the strategy predicted
+	first               float64 // round 1's rate when it differs from b (zstd on RAM that compresses); 0: b
 	stream              float64 // one stream's rate
 	mirror              float64 // one disk mirror's rate
 	channels            int     // MultifdChannels

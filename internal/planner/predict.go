@@ -69,13 +69,19 @@ func Predict(in Inputs) []Prediction {
 }
 
 func (m *model) predictAll() []Prediction {
-	multi, one := m.streamRates()
+	first, multi, one := m.streamRates()
 	defer m.setBandwidth(m.link)
-	// Pre-copy and converge run the channels Tune gives them; post-copy and
-	// hybrid one stream (QEMU 10.0 does not combine multifd with post-copy);
-	// cold runs at the link's rate.
+	// Pre-copy and converge run the channels Tune gives them (through zstd
+	// round 1 at the rate the sampled RAM compresses to, the pages the
+	// guest rewrites at their own); post-copy and hybrid one stream (QEMU
+	// 10.0 does not combine multifd with post-copy); cold runs at the
+	// link's rate.
 	m.setBandwidth(multi)
+	if first != multi {
+		m.first = first
+	}
 	pre, conv := m.predictPrecopy(), m.predictConverge()
+	m.first = 0
 	m.setBandwidth(one)
 	post := m.predictPostcopy()
 	hybrid := m.predictHybrid(m.predictPrecopy(), m.predictHybridFallback())
@@ -94,10 +100,15 @@ func (m *model) predictAll() []Prediction {
 // chooses, or the operator's) and one stream reach: the link, or the
 // source's per-stream rate times the streams when that is lower (one
 // stream sends about 360 MiB/s here: the idle bench's 1 GiB guest took
-// 0.6 s on a 2.7 GiB/s link where the link's rate predicted 0.19 s); or,
-// where Tune turns zstd on for the pre-copy, the rate of guest RAM its
-// channels reach.
-func (m *model) streamRates() (multi, one float64) {
+// 0.6 s on a 2.7 GiB/s link where the link's rate predicted 0.19 s). Where
+// Tune turns zstd on for the pre-copy, first is the rate of guest RAM its
+// channels reach on RAM compressing as the scan sampled it, and multi
+// theirs on the pages the guest rewrites, taken as incompressible: the
+// scan samples the RAM at rest, not what the guest writes (the half
+// bench's guest rewrites random data: round 1 at 1.4× the link, the rest
+// at the link's rate, and a model with the ratio everywhere predicted
+// 7–9 s for pre-copies of 15–27 s). Without zstd first is multi.
+func (m *model) streamRates() (first, multi, one float64) {
 	one = math.Min(m.link, m.stream)
 	n := m.channels
 	if n == 0 {
@@ -107,14 +118,15 @@ func (m *model) streamRates() (multi, one float64) {
 		}
 	}
 	multi = streamsRate(m.link, m.stream, n)
+	first = multi
 	if m.zstd && m.channels != 1 {
 		// Tune's rules: zstd pays against the plain streams, and when the
 		// plain plan has no channels, saves what channels must.
 		if eff, pays := zstdRate(m.link, multi, m.compress, m.ratio); pays && (n >= 2 || zstdSaves(m.nz, multi, eff)) {
-			multi = eff
+			first, multi = eff, rewrittenRate(m.link, m.compress)
 		}
 	}
-	return multi, one
+	return first, multi, one
 }
 
 // withDisks adds the local disks' mirror to a prediction: a live
@@ -210,7 +222,11 @@ func (m *model) simulate(start float64, p0 int, autoConverge bool) run {
 			r.final, r.throttle, r.fail = d, p, m.slowReason(p, d, r.rounds)
 			return r
 		}
-		t := d / m.b
+		b := m.b
+		if r.rounds == 0 && m.first > 0 && d == m.nz {
+			b = m.first // round 1 over the RAM the scan sampled
+		}
+		t := d / b
 		next := m.dirtied(t, p)
 		r.rounds++
 		sinceChange++
@@ -311,8 +327,13 @@ func (m *model) convergedReason(r run) string {
 	if r.rounds == 0 {
 		return fmt.Sprintf("all non-zero RAM (%s) fits the switchover threshold %s: stop and copy at once", fmtBytes(m.nz), fmtBytes(m.thr))
 	}
-	return fmt.Sprintf("converges after %s: dirty rate %s is %.2f of bandwidth %s; final dirty set %s ≤ %s (bandwidth × QEMU downtime-limit %s)",
+	why := fmt.Sprintf("converges after %s: dirty rate %s is %.2f of bandwidth %s; final dirty set %s ≤ %s (bandwidth × QEMU downtime-limit %s)",
 		plural(r.rounds, "round"), fmtRate(m.r), m.r/m.b, fmtRate(m.b), fmtBytes(r.final), fmtBytes(m.thr), fmtSec(m.limit))
+	if m.first > 0 {
+		why += fmt.Sprintf("; round 1 at %s through zstd (RAM compressing to %.0f%%), the pages the guest rewrites at %s (taken as incompressible)",
+			fmtRate(m.first), m.ratio*100, fmtRate(m.b))
+	}
+	return why
 }
 
 func (m *model) predictConverge() Prediction {

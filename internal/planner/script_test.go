@@ -203,6 +203,12 @@ func parseInputs(t *testing.T, b scripttest.Block) (Inputs, []Sample, Controller
 				in.StreamBytesPerSec, err = parseRate(v)
 			case "channels":
 				in.MultifdChannels, err = strconv.Atoi(v)
+			case "zstd":
+				in.Zstd, err = strconv.ParseBool(v)
+			case "compress":
+				in.CompressBytesPerSec, err = parseRate(v)
+			case "ratio":
+				in.CompressRatio, err = strconv.ParseFloat(v, 64)
 			case "setup", "switchover", "boot":
 				d, err = time.ParseDuration(v)
 				*map[string]*float64{"setup": &in.SetupSeconds, "switchover": &in.SwitchoverSeconds, "boot": &in.ColdBootSeconds}[k] = d.Seconds()

@@ -375,9 +375,11 @@ func Tune(in TuneInputs) Tuning {
 		// target on a 1086 MiB/s link its one stream sent at about 100.
 		eff, limited := b, ""
 		if n := max(t.MultifdChannels, 1); t.CompressedBytesPerSec > 0 {
-			// QEMU divides the RAM still to send by this rate.
-			eff = t.CompressedBytesPerSec
-			limited = fmt.Sprintf(" (guest RAM through %d zstd channels)", n)
+			// QEMU divides the RAM still to send by this rate: the pages
+			// the guest rewrote, taken as incompressible (the planner's
+			// model sends them at this rate too).
+			eff = rewrittenRate(b, in.CompressBytesPerSec)
+			limited = fmt.Sprintf(" (the pages the guest rewrote through %d zstd channels, taken as incompressible)", n)
 		} else if r := streamsRate(b, stream, n); r < b {
 			eff = r
 			limited = fmt.Sprintf(" (one stream sends %s, less than the link's %s)", fmtRate(stream), fmtRate(b))
@@ -430,6 +432,14 @@ func zstdRate(b, plain, budget, ratio float64) (eff float64, pays bool) {
 	}
 	eff = math.Min(budget, b/ratio)
 	return eff, eff >= compressGain*plain
+}
+
+// rewrittenRate is the rate of guest RAM zstd channels reach on a link
+// of b bytes/s with budget bytes/s of compression when the pages do not
+// compress: what the guest rewrites since round 1 (its compressibility
+// was never sampled) is planned that way.
+func rewrittenRate(b, budget float64) float64 {
+	return math.Min(b, budget)
 }
 
 // zstdSaves reports whether zstd channels at eff bytes/s of guest RAM save
