@@ -2,13 +2,14 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"io"
 	"net"
 	"strconv"
 	"time"
 
+	agentv1 "github.com/ferryvm/ferry/gen/ferry/agent/v1"
 	"github.com/ferryvm/ferry/internal/qmp"
 	"golang.org/x/sys/unix"
 )
@@ -54,13 +55,25 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 	if mon == nil {
 		return "", failedPrecondition("VM %s has no QEMU on host %s", name, a.cfg.Name)
 	}
-	if info, err := mon.QueryMigrate(ctx); err == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyRecover {
+	// In band, query-migrate waits for QEMU's main thread, and a post-copy
+	// destination's can be blocked on a page the broken link does not
+	// bring (a device touching guest RAM): migrate-recover, out of band,
+	// is what unblocks it, so the query gets a short bound and is skipped
+	// when unanswered.
+	qctx, cancel := context.WithTimeout(ctx, recoverQueryTimeout)
+	info, qerr := mon.QueryMigrate(qctx)
+	cancel()
+	switch {
+	case qerr == nil && info.CurrentStatus() == qmp.MigrationStatusPostcopyRecover:
 		v.mu.Lock()
 		uri := v.recoverURI
 		v.mu.Unlock()
 		if uri != "" {
 			return uri, nil // a retried step: already listening there
 		}
+	case qerr != nil && ctx.Err() == nil && errors.Is(qerr, context.DeadlineExceeded):
+		a.log.Warn("post-copy destination's main loop does not answer (blocked on a missing page?): recovering out of band",
+			"vm", name, "migration", id, "waited", recoverQueryTimeout, "oob", mon.OOB())
 	}
 	var uri string
 	if in != nil && in.relayPeer != "" {
@@ -83,6 +96,10 @@ func (a *Agent) recoverIncoming(ctx context.Context, name, id string) (string, e
 	a.log.Info("post-copy recovery listening", "vm", name, "migration", id, "uri", uri)
 	return uri, nil
 }
+
+// recoverQueryTimeout bounds recoverIncoming's look at the destination's
+// migration state before migrate-recover.
+const recoverQueryTimeout = 2 * time.Second
 
 // resumeOutgoing reconnects a paused post-copy source to the destination.
 func (a *Agent) resumeOutgoing(ctx context.Context, req *agentv1.ResumeOutgoingRequest) (*agentv1.OutgoingStatus, error) {

@@ -153,17 +153,21 @@ func (m *Monitor) MigrateStartPostcopy(ctx context.Context) error {
 }
 
 // MigrateRecover runs migrate-recover on the destination of a paused
-// postcopy migration, listening on uri for the resumed stream.
+// postcopy migration, listening on uri for the resumed stream. It runs
+// out of band where the session has it: a destination whose main thread
+// waits on a page the broken link does not bring answers nothing in band,
+// and QEMU then listens in the monitor's thread.
 func (m *Monitor) MigrateRecover(ctx context.Context, uri string) error {
-	return m.Run(ctx, "migrate-recover", struct {
+	return m.RunOOB(ctx, "migrate-recover", struct {
 		URI string `json:"uri"`
 	}{uri}, nil)
 }
 
 // MigratePause runs migrate-pause, forcing a postcopy migration into
-// postcopy-paused.
+// postcopy-paused (out of band where the session has it, as
+// MigrateRecover).
 func (m *Monitor) MigratePause(ctx context.Context) error {
-	return m.Run(ctx, "migrate-pause", nil, nil)
+	return m.RunOOB(ctx, "migrate-pause", nil, nil)
 }
 
 // CalcDirtyRate runs calc-dirty-rate for calcTime seconds; poll

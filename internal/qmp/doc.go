@@ -15,6 +15,18 @@
 //     [Monitor.Migrate], ...) wrap the commands Ferry needs, using the
 //     exact QAPI wire names and the types of QEMU 7.2's qapi/migration.json.
 //
+// # Out of band
+//
+// Where QEMU's greeting offers "oob" the session enables it
+// ([WithoutOOB] declines). [Monitor.RunOOB] then sends a command with
+// "exec-oob": QEMU runs it in the monitor's own thread, also while its
+// main thread is blocked (a post-copy destination waiting on a page the
+// broken link does not bring); [Monitor.MigrateRecover] and
+// [Monitor.MigratePause] go that way. In-band commands still go through
+// QEMU's main thread, at most [MaxInBand] unanswered at once, so that
+// QEMU never stops reading the socket and an out-of-band command always
+// gets through.
+//
 // # Errors
 //
 // Every error returned by the package reads "qmp: <command>: <detail>".

@@ -24,6 +24,7 @@ type options struct {
 	name             string
 	eventBuffer      int
 	handshakeTimeout time.Duration
+	noOOB            bool
 }
 
 // WithLog writes every QMP exchange to w, one line per message (see the
@@ -49,6 +50,10 @@ func WithEventBuffer(n int) Option { return func(o *options) { o.eventBuffer = n
 func WithHandshakeTimeout(d time.Duration) Option {
 	return func(o *options) { o.handshakeTimeout = d }
 }
+
+// WithoutOOB keeps the session in band only: out-of-band execution is
+// not negotiated even when QEMU offers it (RunOOB then runs in band).
+func WithoutOOB() Option { return func(o *options) { o.noOOB = true } }
 
 // Monitor is a QMP connection to one QEMU process. All methods are safe
 // for concurrent use; commands may be issued from many goroutines at once.
@@ -96,7 +101,7 @@ func Connect(ctx context.Context, socketPath string, opts ...Option) (*Monitor, 
 
 	hub := newEventHub(o.eventBuffer)
 	events := hub.subscribe() // subscribe before any event can arrive
-	w, g, err := dialWire(ctx, socketPath, o.handshakeTimeout, log, hub)
+	w, g, err := dialWire(ctx, socketPath, o.handshakeTimeout, !o.noOOB, log, hub)
 	if err != nil {
 		if logFile != nil {
 			_ = logFile.Close()
@@ -123,10 +128,13 @@ func (m *Monitor) Name() string { return m.name }
 func (m *Monitor) Version() VersionInfo { return m.greeting.QMP.Version }
 
 // Capabilities returns the QMP capabilities announced in the greeting
-// (e.g. "oob"). None of them are enabled by this client.
+// (e.g. "oob"). Connect enables "oob" when it is there (see WithoutOOB).
 func (m *Monitor) Capabilities() []string {
 	return append([]string(nil), m.greeting.QMP.Capabilities...)
 }
+
+// OOB reports whether the session negotiated out-of-band execution.
+func (m *Monitor) OOB() bool { return m != nil && m.w != nil && m.w.oob }
 
 // Run executes command with args (marshalled as the "arguments" object;
 // nil for none) and, if result is non-nil, unmarshals the "return" value
@@ -136,10 +144,22 @@ func (m *Monitor) Capabilities() []string {
 // executes the command and its late reply is discarded. QEMU errors are
 // returned as *CommandError; transport failures match ErrClosed.
 func (m *Monitor) Run(ctx context.Context, command string, args any, result any) error {
+	return m.run(ctx, command, args, result, false)
+}
+
+// RunOOB is Run out of band ("exec-oob") when the session negotiated it,
+// else in band: QEMU runs the command in the monitor's own thread, even
+// while its main loop is blocked. Only commands QEMU's schema marks
+// allow-oob are accepted that way (migrate-recover, migrate-pause).
+func (m *Monitor) RunOOB(ctx context.Context, command string, args any, result any) error {
+	return m.run(ctx, command, args, result, true)
+}
+
+func (m *Monitor) run(ctx context.Context, command string, args any, result any, oob bool) error {
 	if m == nil || m.w == nil {
 		return &OpError{Op: command, Err: ErrNotConnected}
 	}
-	ret, err := m.w.call(ctx, command, args)
+	ret, err := m.w.call(ctx, command, args, oob)
 	if err != nil {
 		return opErr(command, err)
 	}

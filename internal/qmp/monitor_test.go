@@ -58,7 +58,10 @@ func TestHandshake(t *testing.T) {
 	if len(rcv) != 2 || rcv[0].Execute != "qmp_capabilities" || rcv[1].Execute != "query-status" {
 		t.Fatalf("received %+v", rcv)
 	}
-	if rcv[0].Arguments != nil || rcv[1].Arguments != nil {
+	if string(rcv[0].Arguments) != `{"enable":["oob"]}` || !m.OOB() {
+		t.Fatalf("the greeting offers oob: qmp_capabilities must enable it, got arguments %s (OOB %v)", rcv[0].Arguments, m.OOB())
+	}
+	if rcv[1].Arguments != nil {
 		t.Fatalf("commands without arguments must omit the member: %+v", rcv)
 	}
 	ids := map[string]bool{}

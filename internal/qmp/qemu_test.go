@@ -277,6 +277,18 @@ func TestQEMUMonitor(t *testing.T) {
 	}
 	t.Logf("migrate-continue without migration: %v", err)
 
+	// Out of band: QEMU offers it on this monitor, the session has it, and
+	// an allow-oob command sent with exec-oob is run (it refuses for the
+	// missing migration, not for the way it came).
+	if !m.OOB() {
+		t.Fatalf("QEMU's greeting offers %v but the session has no out-of-band execution", m.Capabilities())
+	}
+	err = m.MigratePause(ctx)
+	if !errors.As(err, &ce) || ce.Command != "migrate-pause" || strings.Contains(strings.ToLower(ce.Desc), "oob") {
+		t.Fatalf("migrate-pause out of band without a migration: %v, want QEMU's refusal for the state", err)
+	}
+	t.Logf("migrate-pause out of band without migration: %v", err)
+
 	// Defaults of QEMU 7.2.
 	p, err := m.QueryMigrateParameters(ctx)
 	if err != nil {

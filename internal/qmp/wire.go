@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -26,12 +27,30 @@ type greeting struct {
 	} `json:"QMP"`
 }
 
-// request is a command on the wire.
+// request is a command on the wire: Execute for the in-band queue,
+// ExecOOB for one QEMU runs out of band (in the monitor's own thread).
 type request struct {
-	Execute   string          `json:"execute"`
+	Execute   string          `json:"execute,omitempty"`
+	ExecOOB   string          `json:"exec-oob,omitempty"`
 	Arguments json.RawMessage `json:"arguments,omitempty"`
 	ID        string          `json:"id"`
 }
+
+// capsArgs are qmp_capabilities' arguments.
+type capsArgs struct {
+	Enable []string `json:"enable"`
+}
+
+// MaxInBand is how many in-band commands a session with out-of-band
+// execution keeps unanswered in QEMU at once. QEMU queues in-band
+// commands for its main thread and stops reading the socket when that
+// queue is nearly full (8), and then an out-of-band command is not read
+// either: with a main thread blocked (a post-copy destination touching a
+// page the broken link does not bring) the out-of-band migrate-recover
+// that would unblock it must still get through. A slot is freed by the
+// reply, not by the caller giving up: QEMU still holds a command whose
+// caller went away.
+const MaxInBand = 4
 
 // wireError is the "error" member of a failed reply.
 type wireError struct {
@@ -69,17 +88,23 @@ type wire struct {
 	sendLock chan struct{} // one-slot semaphore serialising writes
 	nextID   atomic.Uint64
 
+	// oob says out-of-band execution was negotiated; inBand then holds a
+	// slot per in-band command QEMU has not answered (MaxInBand).
+	oob    bool
+	inBand chan struct{}
+
 	mu       sync.Mutex
 	pending  map[string]chan reply
-	closeErr error         // set once, when the session ends
-	done     chan struct{} // closed when the session ends
+	held     map[string]bool // in-band ids holding an inBand slot
+	closeErr error           // set once, when the session ends
+	done     chan struct{}   // closed when the session ends
 
 	readerDone chan struct{}
 }
 
 // dialWire connects to socketPath and performs the QMP handshake. The
 // handshake is bounded by ctx and by timeout (if > 0).
-func dialWire(ctx context.Context, socketPath string, timeout time.Duration, log *wireLog, hub *eventHub) (*wire, greeting, error) {
+func dialWire(ctx context.Context, socketPath string, timeout time.Duration, oob bool, log *wireLog, hub *eventHub) (*wire, greeting, error) {
 	var g greeting
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", socketPath)
@@ -93,7 +118,7 @@ func dialWire(ctx context.Context, socketPath string, timeout time.Duration, log
 
 	w := newWire(conn, log, hub)
 
-	early, err := w.handshake(ctx, timeout, &g)
+	early, err := w.handshake(ctx, timeout, oob, &g)
 	if err != nil {
 		_ = conn.Close()
 		log.note(map[string]string{"handshake-failed": err.Error()})
@@ -106,10 +131,11 @@ func dialWire(ctx context.Context, socketPath string, timeout time.Duration, log
 	return w, g, nil
 }
 
-// handshake reads the greeting and negotiates capabilities. Messages that
+// handshake reads the greeting and negotiates capabilities: out-of-band
+// execution when oob is asked and the greeting offers it. Messages that
 // are neither (events sent before our reply) are returned for later
 // dispatch.
-func (w *wire) handshake(ctx context.Context, timeout time.Duration, g *greeting) ([]json.RawMessage, error) {
+func (w *wire) handshake(ctx context.Context, timeout time.Duration, oob bool, g *greeting) ([]json.RawMessage, error) {
 	if timeout > 0 {
 		_ = w.conn.SetDeadline(time.Now().Add(timeout))
 	}
@@ -135,7 +161,11 @@ func (w *wire) handshake(ctx context.Context, timeout time.Duration, g *greeting
 	}
 
 	id := w.newID()
-	b, err := json.Marshal(request{Execute: "qmp_capabilities", ID: id})
+	req := request{Execute: "qmp_capabilities", ID: id}
+	if oob && slices.Contains(g.QMP.Capabilities, "oob") {
+		req.Arguments, _ = json.Marshal(capsArgs{Enable: []string{"oob"}}) // a fixed struct: cannot fail
+	}
+	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +189,7 @@ func (w *wire) handshake(ctx context.Context, timeout time.Duration, g *greeting
 		if m.Error != nil {
 			return nil, withCause(ErrHandshake, &CommandError{Command: "qmp_capabilities", Class: m.Error.Class, Desc: m.Error.Desc})
 		}
+		w.oob = req.Arguments != nil
 		return early, nil
 	}
 }
@@ -173,7 +204,9 @@ func newWire(conn net.Conn, log *wireLog, hub *eventHub) *wire {
 		log:        log,
 		hub:        hub,
 		sendLock:   make(chan struct{}, 1),
+		inBand:     make(chan struct{}, MaxInBand),
 		pending:    make(map[string]chan reply),
+		held:       make(map[string]bool),
 		done:       make(chan struct{}),
 		readerDone: make(chan struct{}),
 	}
@@ -244,6 +277,10 @@ func (w *wire) dispatch(raw json.RawMessage) {
 	w.mu.Lock()
 	ch, ok := w.pending[id]
 	delete(w.pending, id)
+	if w.held[id] {
+		delete(w.held, id)
+		<-w.inBand // QEMU answered: its queue has room again
+	}
 	w.mu.Unlock()
 	if !ok {
 		return // the caller gave up (context cancelled): discard
@@ -294,12 +331,16 @@ func (w *wire) close() {
 	<-w.readerDone
 }
 
-// call sends one command and waits for its reply.
-func (w *wire) call(ctx context.Context, command string, args any) (json.RawMessage, error) {
+// call sends one command and waits for its reply: out of band when oob
+// is asked and the session negotiated it, else in band.
+func (w *wire) call(ctx context.Context, command string, args any, oob bool) (json.RawMessage, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	req := request{Execute: command, ID: w.newID()}
+	if oob && w.oob {
+		req.Execute, req.ExecOOB = "", command
+	}
 	if args != nil {
 		b, err := json.Marshal(args)
 		if err != nil {
@@ -314,18 +355,34 @@ func (w *wire) call(ctx context.Context, command string, args any) (json.RawMess
 		return nil, err
 	}
 
+	hold := w.oob && req.Execute != ""
+	if hold {
+		select {
+		case w.inBand <- struct{}{}:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (QEMU has not answered %d earlier in-band commands: its main loop is busy or blocked)", ctx.Err(), MaxInBand)
+		case <-w.done:
+			return nil, w.err()
+		}
+	}
 	ch := make(chan reply, 1)
 	w.mu.Lock()
 	if w.closeErr != nil {
 		err := w.closeErr
 		w.mu.Unlock()
+		if hold {
+			<-w.inBand
+		}
 		return nil, err
 	}
 	w.pending[req.ID] = ch
+	if hold {
+		w.held[req.ID] = true
+	}
 	w.mu.Unlock()
 
 	if err := w.send(ctx, b); err != nil {
-		w.forget(req.ID)
+		w.forget(req.ID, hold)
 		return nil, err
 	}
 
@@ -340,15 +397,24 @@ func (w *wire) call(ctx context.Context, command string, args any) (json.RawMess
 		return r.ret, nil
 	case <-ctx.Done():
 		// QEMU will still execute the command; its reply is dropped by
-		// dispatch because the id is no longer pending.
-		w.forget(req.ID)
+		// dispatch because the id is no longer pending, and frees the
+		// in-band slot then.
+		w.mu.Lock()
+		delete(w.pending, req.ID)
+		w.mu.Unlock()
 		return nil, ctx.Err()
 	}
 }
 
-func (w *wire) forget(id string) {
+// forget drops a command that never reached QEMU, and its in-band slot
+// (held) with it.
+func (w *wire) forget(id string, held bool) {
 	w.mu.Lock()
 	delete(w.pending, id)
+	if held && w.held[id] {
+		delete(w.held, id)
+		<-w.inBand
+	}
 	w.mu.Unlock()
 }
 

@@ -183,6 +183,7 @@ func upClusterBin(t *testing.T, bin string, hosts int, env []string, extra ...st
 		if t.Failed() {
 			dumpLogs(t, dir)
 		}
+		keepLogs(t, dir)
 		os.RemoveAll(dir)
 	})
 	args := append([]string{"dev", "cluster", "up", "--hosts", fmt.Sprint(hosts), "--dir", dir, "--prefix", prefix, "--accel", "tcg", "--allow-path", guestDir}, extra...)
@@ -198,6 +199,30 @@ func upClusterBin(t *testing.T, bin string, hosts int, env []string, extra ...st
 	}
 	cl.server = strings.Join(cl.c.ServerURLs(), ",")
 	return cl
+}
+
+// keepLogs copies the cluster's logs to $FERRY_E2E_KEEP_LOGS/<test name>/
+// when that is set, passed or failed (the cluster's directory is removed).
+func keepLogs(t *testing.T, dir string) {
+	keep := os.Getenv("FERRY_E2E_KEEP_LOGS")
+	if keep == "" {
+		return
+	}
+	to := filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		t.Logf("keep logs: %v", err)
+		return
+	}
+	logs, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+	for _, l := range logs {
+		b, err := os.ReadFile(l)
+		if err == nil {
+			err = os.WriteFile(filepath.Join(to, filepath.Base(l)), b, 0o644)
+		}
+		if err != nil {
+			t.Logf("keep logs: %v", err)
+		}
+	}
 }
 
 func dumpLogs(t *testing.T, dir string) {

@@ -52,11 +52,14 @@ type Reply struct {
 // Handler computes the reply to one command from its arguments.
 type Handler func(args json.RawMessage) Reply
 
-// Command is one command the fake server received.
+// Command is one command the fake server received. A command sent out of
+// band ("exec-oob") has its name in Execute too, and OOB set.
 type Command struct {
 	Execute   string          `json:"execute"`
+	ExecOOB   string          `json:"exec-oob,omitempty"`
 	Arguments json.RawMessage `json:"arguments"`
 	ID        json.RawMessage `json:"id"`
+	OOB       bool            `json:"-"`
 }
 
 // Option configures a Server before it accepts connections.
@@ -286,6 +289,9 @@ func (s *Server) serve(c net.Conn) {
 		var cmd Command
 		if err := dec.Decode(&cmd); err != nil {
 			return
+		}
+		if cmd.Execute == "" && cmd.ExecOOB != "" {
+			cmd.Execute, cmd.OOB = cmd.ExecOOB, true
 		}
 		s.mu.Lock()
 		s.received = append(s.received, cmd)
