@@ -75,8 +75,14 @@ func (p *performer) startAlive(ctx context.Context, a core.Action) {
 }
 
 // waitAlive waits for a guest-alive check started (none: returns at once)
-// or ctx's end.
-func (p *performer) waitAlive(ctx context.Context) {
+// or ctx's end, before the final record rec is written. A post-copy
+// (rec.Facts.PostcopyStarted) that completed after a check that saw no
+// sign of life is checked once more: its guest ran on pages still coming
+// (and, over a broken link, not coming) during the first check, and the
+// destination's probe, which watches from the resume on, answers again
+// now that every page is there. A guest that still shows none keeps the
+// warning; one that did gets its figure, the time after the resume.
+func (p *performer) waitAlive(ctx context.Context, rec core.Record) {
 	p.mu.Lock()
 	done := p.aliveDone
 	p.mu.Unlock()
@@ -86,6 +92,14 @@ func (p *performer) waitAlive(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		return
+	}
+	p.mu.Lock()
+	again := p.aliveAgain
+	p.aliveAgain = nil
+	p.mu.Unlock()
+	if again != nil && rec.State == core.Completed && rec.Facts.PostcopyStarted {
+		again(ctx)
 	}
 }
 
@@ -99,13 +113,19 @@ func (p *performer) checkAlive(ctx context.Context, a core.Action, ac AliveCheck
 	if a.MigrationID != "" {
 		id = a.MigrationID // a retried pre-copy's attempt: the destination knows it by that id
 	}
-	r, err := ac.CheckGuestAlive(ctx, &agentv1.CheckGuestAliveRequest{Name: p.vm, MigrationId: id, TimeoutMs: timeout.Milliseconds()})
+	req := &agentv1.CheckGuestAliveRequest{Name: p.vm, MigrationId: id, TimeoutMs: timeout.Milliseconds()}
+	r, err := ac.CheckGuestAlive(ctx, req)
 	if ctx.Err() != nil {
 		// Stopping (another leader takes over): the next one checks again.
 		p.mu.Lock()
 		p.aliveChecked = false
 		p.mu.Unlock()
 		return
+	}
+	if err == nil && !r.Alive {
+		p.mu.Lock()
+		p.aliveAgain = func(ctx context.Context) { p.recheckAlive(ctx, ac, w, req, r) }
+		p.mu.Unlock()
 	}
 	if p.log != nil {
 		switch {
@@ -118,6 +138,27 @@ func (p *performer) checkAlive(ctx context.Context, a core.Action, ac AliveCheck
 		}
 	}
 	w.Alive(r, err, p.clock.Now())
+}
+
+// recheckAlive is waitAlive's second check of a post-copy's guest (first
+// is the first check's answer, kept when the second cannot run).
+func (p *performer) recheckAlive(ctx context.Context, ac AliveChecker, w aliveWatcher, req *agentv1.CheckGuestAliveRequest, first *agentv1.CheckGuestAliveResponse) {
+	r, err := ac.CheckGuestAlive(ctx, req)
+	if err != nil || ctx.Err() != nil {
+		if p.log != nil {
+			p.log.Warn("guest liveness not checked again after the post-copy", "vm", p.vm, "host", p.to, "err", err)
+		}
+		return // the first answer stands
+	}
+	if !r.Alive {
+		if p.log != nil {
+			p.log.Warn("guest still unresponsive after the post-copy completed", "vm", p.vm, "host", p.to, "method", r.Method, "detail", r.Detail)
+		}
+		r.Detail = fmt.Sprintf("%s; checked again once the post-copy completed: %s", first.Detail, r.Detail)
+	} else if p.log != nil {
+		p.log.Info("guest alive after the post-copy completed", "vm", p.vm, "host", p.to, "after_ms", r.AliveAfterMs, "method", r.Method, "first", first.Detail)
+	}
+	w.Alive(r, nil, p.clock.Now())
 }
 
 // Alive implements aliveWatcher: the figure, and a warning with an event

@@ -414,9 +414,9 @@ type recordWriter struct {
 	log   *slog.Logger
 	state core.State
 	revs  *recordRevision // the revision of the latest write (when the store tells it)
-	// beforeFinal runs before a final record is rendered: the guest-alive
-	// check's answer belongs in it (nil: nothing to wait for).
-	beforeFinal func(ctx context.Context)
+	// beforeFinal runs before a final record (rec) is rendered: the
+	// guest-alive check's answer belongs in it (nil: nothing to wait for).
+	beforeFinal func(ctx context.Context, rec core.Record)
 	// attempt and strategy are those of the last record written (or
 	// loaded); retuned is told the report of a re-planned attempt, whose
 	// knobs the next steps use (replan.go).
@@ -444,7 +444,7 @@ func (w *recordWriter) proto(rec core.Record) *statev1.MigrationRecord {
 // Put implements Persister.
 func (w *recordWriter) Put(ctx context.Context, rec core.Record) error {
 	if rec.State.Terminal() && w.beforeFinal != nil {
-		w.beforeFinal(ctx)
+		w.beforeFinal(ctx, rec)
 	}
 	if err := w.newAttempt(ctx, rec); err != nil {
 		return err

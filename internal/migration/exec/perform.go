@@ -133,6 +133,7 @@ type performer struct {
 	owner        *ownerRead         // the VM record read before the pause (prefetch)
 	aliveChecked bool               // the guest-alive check ran (once per performer)
 	aliveDone    chan struct{}      // closed when that check ended (nil: not started)
+	aliveAgain   func(context.Context) // checks once more (set by a check that saw no sign of life; nil: none)
 	// share is the migration's live bandwidth cap (Config.Bandwidth; nil
 	// or 0: the knob's).
 	share func(id string) int64
