@@ -177,6 +177,11 @@ func postcopyThroughCuts(t *testing.T, name, ip string, breaks int, bandwidth st
 	if final.PostcopyPausedMs <= 0 {
 		t.Errorf("the report shows no post-copy pause (postcopyPausedMs %d)", final.PostcopyPausedMs)
 	}
+	// The guest was fine: a first check within the break saw no sign of
+	// life, the one after the post-copy completed did.
+	if len(final.Warnings) > 0 || final.GuestAliveAfterMs <= 0 {
+		t.Errorf("a guest that came through the breaks is reported with warnings %q, guestAliveAfterMs %d", final.Warnings, final.GuestAliveAfterMs)
+	}
 	pauses, recoveries, paused := 0, 0, false
 	for _, e := range final.Events {
 		switch e.State {
