@@ -129,10 +129,10 @@ type performer struct {
 	revs   *recordRevision
 
 	mu           sync.Mutex
-	stopTimer    context.CancelFunc // cancels the pending timer
-	owner        *ownerRead         // the VM record read before the pause (prefetch)
-	aliveChecked bool               // the guest-alive check ran (once per performer)
-	aliveDone    chan struct{}      // closed when that check ended (nil: not started)
+	stopTimer    context.CancelFunc    // cancels the pending timer
+	owner        *ownerRead            // the VM record read before the pause (prefetch)
+	aliveChecked bool                  // the guest-alive check ran (once per performer)
+	aliveDone    chan struct{}         // closed when that check ended (nil: not started)
 	aliveAgain   func(context.Context) // checks once more (set by a check that saw no sign of life; nil: none)
 	// share is the migration's live bandwidth cap (Config.Bandwidth; nil
 	// or 0: the knob's).
