@@ -99,10 +99,12 @@ func (a *Agent) measure(ctx context.Context, req *agentv1.MeasureRequest) (*agen
 	}
 	if e, ok := t.nonZero.Estimate(now); ok {
 		resp.NonZeroBytes, resp.NonZeroSampledAt = int64(e.Latest), timestamppb.New(e.At)
-		if !resp.NonZeroFresh {
-			resp.NonZeroBytes, resp.NonZeroRssGrowthBytes = telemetry.NonZeroNow(resp.NonZeroBytes, t.rssAtCount, resp.RssBytes, sv.memBytes)
-		}
 		resp.CompressRatio = t.compressRatio
+		if !resp.NonZeroFresh {
+			counted := resp.NonZeroBytes
+			resp.NonZeroBytes, resp.NonZeroRssGrowthBytes = telemetry.NonZeroNow(counted, t.rssAtCount, resp.RssBytes, sv.memBytes)
+			resp.CompressRatio = telemetry.CompressRatioNow(t.compressRatio, counted, resp.NonZeroRssGrowthBytes)
+		}
 	}
 	if el := now.Sub(t.since); el > 0 {
 		resp.SamplerCpuSecondsPerMinute = t.cpu.Seconds() / el.Minutes()

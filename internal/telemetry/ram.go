@@ -23,3 +23,18 @@ func NonZeroNow(count, rssAtCount, rssNow, memBytes int64) (bytes, grown int64) 
 	}
 	return bytes, grown
 }
+
+// CompressRatioNow is the compression ratio to plan with when a plan adds
+// grown bytes to a RAM count whose sample found ratio (0: nothing was
+// sampled): the grown pages were never sampled, so they are taken as
+// incompressible. A guest that filled memory after its count (the bench's
+// dirtier writes random data into its working set) would otherwise be
+// planned at the ratio of the little RAM it had when counted: measured
+// here, a 0.45 sample of 106 MiB where round 1 then sent 378 MiB at about
+// 0.8.
+func CompressRatioNow(ratio float64, count, grown int64) float64 {
+	if ratio <= 0 || grown <= 0 || count < 0 {
+		return ratio
+	}
+	return min((ratio*float64(count)+float64(grown))/float64(count+grown), 1)
+}

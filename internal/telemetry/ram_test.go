@@ -1,6 +1,9 @@
 package telemetry
 
-import "testing"
+import (
+	"math"
+	"testing"
+)
 
 func TestNonZeroNow(t *testing.T) {
 	const mib = 1 << 20
@@ -21,6 +24,28 @@ func TestNonZeroNow(t *testing.T) {
 			if b != tc.wantBytes || g != tc.wantGrown {
 				t.Errorf("NonZeroNow(%d, %d, %d, %d) = %d MiB (+%d MiB), want %d MiB (+%d MiB)", tc.count/mib, tc.rssAt/mib, tc.rssNow/mib, tc.mem/mib,
 					b/mib, g/mib, tc.wantBytes/mib, tc.wantGrown/mib)
+			}
+		})
+	}
+}
+
+func TestCompressRatioNow(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		name         string
+		ratio        float64
+		count, grown int64
+		want         float64
+	}{
+		{"no growth keeps the sample", 0.45, 106 * mib, 0, 0.45},
+		{"nothing sampled stays unknown", 0, 106 * mib, 272 * mib, 0},
+		{"half bench: 272 MiB grown over a 0.45 sample of 106 MiB", 0.45, 106 * mib, 272 * mib, (0.45*106 + 272) / 378},
+		{"big bench: 1 GiB grown over 156 MiB", 0.32, 156 * mib, 1044 * mib, (0.32*156 + 1044) / 1200},
+		{"nothing counted: the grown RAM is all there is", 0.5, 0, 64 * mib, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := CompressRatioNow(tc.ratio, tc.count, tc.grown); math.Abs(got-tc.want) > 1e-9 {
+				t.Errorf("CompressRatioNow(%.2f, %d MiB, %d MiB) = %.4f, want %.4f", tc.ratio, tc.count/mib, tc.grown/mib, got, tc.want)
 			}
 		})
 	}

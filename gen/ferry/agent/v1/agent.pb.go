@@ -1291,7 +1291,8 @@ type MeasureResponse struct {
 	// its count.
 	NonZeroRssGrowthBytes int64 `protobuf:"varint,15,opt,name=non_zero_rss_growth_bytes,json=nonZeroRssGrowthBytes,proto3" json:"non_zero_rss_growth_bytes,omitempty"`
 	// compress_ratio is how well the guest's non-zero RAM compresses
-	// (compressed over original size of a sample, from the latest RAM count);
+	// (compressed over original size of a sample, from the latest RAM count;
+	// RAM added by non_zero_rss_growth_bytes is counted as incompressible);
 	// 0 when unknown.
 	CompressRatio float64 `protobuf:"fixed64,40,opt,name=compress_ratio,json=compressRatio,proto3" json:"compress_ratio,omitempty"`
 	unknownFields protoimpl.UnknownFields
