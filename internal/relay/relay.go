@@ -369,6 +369,9 @@ func (o *Outbound) open(local net.Conn) {
 		o.drop(raw, local)
 		return
 	}
+	if err := capBackoff(raw); err != nil {
+		o.log.Debug("relay: the default TCP backoff stays", "err", err)
+	}
 	tc := tls.Client(newLowatConn(raw), o.cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		o.log.Warn("relay: TLS with the peer host failed; the channel is closed", "target", target, "err", err)
@@ -426,6 +429,9 @@ func (in *Inbound) Retarget(target string) error {
 func (in *Inbound) open(raw net.Conn) {
 	ctx, cancel := context.WithTimeout(in.ctx, DialTimeout)
 	defer cancel()
+	if err := capBackoff(raw); err != nil {
+		in.log.Debug("relay: the default TCP backoff stays", "err", err)
+	}
 	tc := tls.Server(newLowatConn(raw), in.cfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		in.log.Warn("relay: refused a connection (TLS)", "peer", raw.RemoteAddr().String(), "err", err)
