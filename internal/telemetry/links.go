@@ -88,6 +88,11 @@ type Links struct {
 	probes    map[Pair]probe
 	failed    map[Pair]time.Time // last failed background probe
 	rtts      map[Pair]time.Duration
+	// probeAtLearn is the pair's probe figure (median of its agreeing
+	// probes) when its latest migration was observed, when it had one
+	// younger than ProbeMaxAge: what a probe of the link the learned rate
+	// was reached on measured. slowedLAN compares a probe with it.
+	probeAtLearn map[Pair]float64
 }
 
 // NewLinks returns an empty book with the default policy.
@@ -95,6 +100,7 @@ func NewLinks() *Links {
 	return &Links{
 		ProbeMaxAge: DefaultProbeMaxAge, ProbeEvery: DefaultProbeEvery, ProbeIdleEvery: DefaultProbeIdleEvery, ActiveFor: DefaultActiveFor, ProbeRetry: DefaultProbeRetry,
 		learnedAt: map[Pair]time.Time{}, migrated: map[Pair]time.Time{}, probes: map[Pair]probe{}, failed: map[Pair]time.Time{},
+		probeAtLearn: map[Pair]float64{},
 	}
 }
 
@@ -132,6 +138,12 @@ func (l *Links) ObserveMigration(from, to string, bytesPerSec float64, at time.T
 	if from != Any && to != Any {
 		l.migrated[Pair{from, to}] = at
 		l.migrated[Pair{to, from}] = at
+		k := Pair{from, to}
+		if pr, ok := l.probes[k]; ok && at.Sub(pr.at) <= l.ProbeMaxAge {
+			l.probeAtLearn[k] = median(pr.recent)
+		} else {
+			delete(l.probeAtLearn, k)
+		}
 	}
 }
 
@@ -243,6 +255,10 @@ func (l *Links) figure(from, to string, now time.Time) (Figure, bool) {
 			f.BytesPerSec = capBPS
 			f.Source += fmt.Sprintf(", capped by past migrations %s (%.0f MiB/s)", capFrom, mb(capBPS))
 		case haveLearned && l.slowedLAN(k, f.BytesPerSec, learned):
+			if ref, ok := l.probeAtLearn[k]; ok {
+				f.Source += fmt.Sprintf(", under half of the probes (%.0f MiB/s) of the link past migrations %s reached %.0f MiB/s on, at %.1f ms RTT: the link slowed, planned with the probe", mb(ref), capFrom, mb(learned), float64(l.rtts[k].Microseconds())/1000)
+				break
+			}
 			f.Source += fmt.Sprintf(", under half of past migrations %s (%.0f MiB/s) on a %.1f ms RTT link: the link slowed, planned with the probe", capFrom, mb(learned), float64(l.rtts[k].Microseconds())/1000)
 		case haveLearned:
 			// A probe below what migrations on the pair reached is the
@@ -284,9 +300,21 @@ const (
 
 // slowedLAN reports whether a probe of probe B/s on pair k, whose
 // migrations reached learned, shows a slower link (see SlowedProbeRTT).
+// When the pair was probed around its latest migration, the probe is
+// compared with that probe, not with the migration's rate: probes have a
+// ceiling of their own, the CPU the hosts' busy guests leave them, far
+// below a fast link's (the bench's unshaped link: 104-321 MiB/s probed
+// beside busy guests, 2442 beside idle ones, where migrations reached
+// 1038-1092), and a probe at that ceiling says nothing of the link.
 func (l *Links) slowedLAN(k Pair, probe, learned float64) bool {
 	rtt, ok := l.rtts[k]
-	return ok && rtt > 0 && rtt < SlowedProbeRTT && probe < SlowedFraction*learned
+	if !ok || rtt <= 0 || rtt >= SlowedProbeRTT {
+		return false
+	}
+	if ref, ok := l.probeAtLearn[k]; ok {
+		return probe < SlowedFraction*min(ref, learned)
+	}
+	return probe < SlowedFraction*learned
 }
 
 // Due returns the pairs among hosts (the ready hosts with a migration

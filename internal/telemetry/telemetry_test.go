@@ -366,3 +366,32 @@ func TestLinksProbeBelowTheLearnedRate(t *testing.T) {
 		t.Errorf("probe only: %+v", f)
 	}
 }
+
+func TestLinksProbeAtItsOwnCeilingKeepsTheLearnedRate(t *testing.T) {
+	const mib = 1 << 20
+	c := &fakeClock{t: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	l := NewLinks()
+	l.ObserveRTT("h1", "h2", 100*time.Microsecond)
+	// The bench's disk scenario: busy guests hold the probes of an
+	// unshaped link at 150-240 MiB/s, where migrations reach 1 GiB/s.
+	l.ObserveProbe("h1", "h2", 147*mib, c.now(), false)
+	l.ObserveMigration("h1", "h2", 1092*mib, c.advance(time.Second))
+	l.ObserveProbe("h1", "h2", 104*mib, c.advance(DefaultProbeEvery), false)
+	f, _ := l.Figure("h1", "h2", c.now())
+	if f.BytesPerSec != 1092*mib || !strings.Contains(f.Source, "planned with theirs") {
+		t.Errorf("probe 104 MiB/s where the migration's link probed 147: want the migrations' 1092 MiB/s, got %.0f MiB/s (%s)", f.BytesPerSec/mib, f.Source)
+	}
+	// The link is then shaped: the probe falls under half of the probes
+	// the learned rate was reached with, and the plan takes it.
+	l.ObserveProbe("h1", "h2", 45*mib, c.advance(DefaultProbeEvery), false)
+	f, _ = l.Figure("h1", "h2", c.now())
+	if f.BytesPerSec != 45*mib || !strings.Contains(f.Source, "the link slowed") || !strings.Contains(f.Source, "of the link past migrations") {
+		t.Errorf("probe 45 MiB/s after probes of 104-147: want the probe, got %.0f MiB/s (%s)", f.BytesPerSec/mib, f.Source)
+	}
+	// A migration with no recent probe forgets the reference: the rule
+	// falls back to the migrations' own rate.
+	l.ObserveMigration("h1", "h2", 1000*mib, c.advance(time.Hour))
+	if _, ok := l.probeAtLearn[Pair{"h1", "h2"}]; ok {
+		t.Error("a migration without a recent probe kept the old probe reference")
+	}
+}
