@@ -178,3 +178,21 @@ type teleFakeProcPtr struct{ pid int }
 func (p *teleFakeProcPtr) PID() int        { return p.pid }
 func (p *teleFakeProcPtr) Alive() bool     { return true }
 func (p *teleFakeProcPtr) RSSBytes() int64 { return 0 }
+
+func TestSamplePagesPerGiB(t *testing.T) {
+	for _, tc := range []struct {
+		memBytes int64
+		want     int64
+	}{
+		{0, 0},
+		{512 << 20, 16384},
+		{1 << 30, 16384},
+		{4 << 30, 4096},
+		{64 << 30, 256},
+		{1 << 40, 128},
+	} {
+		if got := samplePagesPerGiB(tc.memBytes); got != tc.want {
+			t.Errorf("samplePagesPerGiB(%d MiB) = %d, want %d", tc.memBytes>>20, got, tc.want)
+		}
+	}
+}
