@@ -120,6 +120,11 @@ type Inputs struct {
 	// RTT is the host pair's round-trip time (0: unknown), for the
 	// channels Tune chooses.
 	RTT time.Duration
+	// LinkStall is the time the pair's recent migrations lost, each, to a
+	// link that carried nothing (outages, learned by the server; 0: none).
+	// Every strategy that crosses the link takes that much longer, and a
+	// cold migration's guest stays off for it too.
+	LinkStall time.Duration
 	// ColdBootSeconds is the power-off plus boot time of a cold migration;
 	// 0 means DefaultColdBootSeconds.
 	ColdBootSeconds float64
@@ -198,6 +203,9 @@ func (in Inputs) Validate() error {
 	if in.MaxDowntime < 0 {
 		return bad("max downtime must not be negative, got %s", in.MaxDowntime)
 	}
+	if in.LinkStall < 0 {
+		return bad("link stall must not be negative, got %s", in.LinkStall)
+	}
 	p := in.Policy
 	if p.MaxTotal < 0 {
 		return bad("max total must not be negative, got %s", p.MaxTotal)
@@ -227,6 +235,7 @@ type model struct {
 	zstd                bool    // Zstd
 	compress, ratio     float64 // CompressBytesPerSec, CompressRatio
 	rtt                 float64 // seconds
+	stall               float64 // LinkStall, seconds
 	maxDown             float64 // seconds
 	limit               float64 // QEMU downtime-limit in seconds (whole ms, ≥ 1 ms)
 	thr                 float64 // B·limit: the dirty set at which QEMU switches over
@@ -264,6 +273,7 @@ func newModel(in Inputs) (model, error) {
 		compress:     in.CompressBytesPerSec,
 		ratio:        in.CompressRatio,
 		rtt:          in.RTT.Seconds(),
+		stall:        in.LinkStall.Seconds(),
 		boot:         orF(in.ColdBootSeconds, DefaultColdBootSeconds),
 		maxDown:      in.MaxDowntime.Seconds(),
 		maxThrottle:  orI(in.Policy.MaxThrottle, DefaultMaxThrottle),

@@ -291,7 +291,7 @@ func TestValidateAndDefaults(t *testing.T) {
 	}
 	for _, in := range []Inputs{
 		{}, {MemoryBytes: 1, NonZeroBytes: -1}, {MemoryBytes: 1, DirtyRateBytesPerSec: math.NaN()},
-		{MemoryBytes: 1, BandwidthBytesPerSec: math.Inf(1)}, {MemoryBytes: 1, MaxDowntime: -1},
+		{MemoryBytes: 1, BandwidthBytesPerSec: math.Inf(1)}, {MemoryBytes: 1, MaxDowntime: -1}, {MemoryBytes: 1, LinkStall: -time.Second},
 		{MemoryBytes: 1, Policy: Policy{MaxTotal: -1}}, {MemoryBytes: 1, Policy: Policy{ThrottleIncrement: 100}},
 	} {
 		if err := in.Validate(); !errors.Is(err, ErrInvalidInput) {

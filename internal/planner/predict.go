@@ -88,7 +88,7 @@ func (m *model) predictAll() []Prediction {
 	m.setBandwidth(m.link)
 	preds := []Prediction{pre, conv, post, hybrid, m.predictCold()}
 	for i := range preds {
-		preds[i] = m.withDisks(preds[i])
+		preds[i] = m.withStall(m.withDisks(preds[i]))
 		if t := preds[i].Total + seconds(m.finish); preds[i].Converges && preds[i].Strategy != StrategyCold && t > preds[i].Total {
 			preds[i].Total = t // saturated totals stay saturated
 		}
@@ -157,6 +157,25 @@ func (m *model) withDisks(p Prediction) Prediction {
 	p.Total += seconds(t)
 	p.Bytes += int64(m.disk + m.dw*t + 0.5)
 	p.Reason += fmt.Sprintf("; first %.1f s mirroring %.1f MiB of local disks", t, m.disk/(1<<20))
+	return p
+}
+
+// withStall adds the time the pair's link lately carried nothing for
+// (Inputs.LinkStall) to a prediction that crosses it: QEMU's stream
+// waits through an outage and resumes where it was, so the migration
+// takes that much longer (the flaky bench: two 2 s outages cost a
+// pre-copy about 6 s, retransmission backoff included). A cold
+// migration's guest is off meanwhile. A prediction that does not
+// converge stays as it is.
+func (m *model) withStall(p Prediction) Prediction {
+	if m.stall <= 0 || !p.Converges {
+		return p
+	}
+	p.Total += seconds(m.stall)
+	if p.Strategy == StrategyCold {
+		p.Downtime += seconds(m.stall)
+	}
+	p.Reason += fmt.Sprintf("; plus %s the pair's recent migrations each lost to a link that carried nothing", fmtSec(m.stall))
 	return p
 }
 

@@ -41,6 +41,10 @@ func (s *Server) newEngine() *exec.Engine {
 			// What one stream and one mirror reach when the link is not
 			// their limit (rates.go).
 			s.bw.learnRates(from, to, l)
+			// What the pair's outages cost it (telemetry.Links.ObserveStall).
+			if l.StallKnown {
+				s.bw.observeStall(from, to, l.Stalled)
+			}
 		},
 		// A write refused by the leader fence: this replica no longer
 		// leads; its engine stops and the new leader takes over.

@@ -58,6 +58,14 @@ func (b *bandwidths) observe(from, to string, mibps float64) {
 	b.book().ObserveMigration(from, to, mibps*(1<<20), time.Now())
 }
 
+// observeStall records how long a completed migration from → to had its
+// link carry nothing.
+func (b *bandwidths) observeStall(from, to string, stalled time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.book().ObserveStall(from, to, stalled, time.Now())
+}
+
 // observeProbe records a probe's rate (MiB/s) and round-trip time.
 func (b *bandwidths) observeProbe(from, to string, pr linkProbe, inline bool) {
 	b.mu.Lock()

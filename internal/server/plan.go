@@ -143,6 +143,7 @@ func planInputsFrom(m *agentv1.MeasureResponse, fig telemetry.Figure, linkInline
 	in.BandwidthAgeMs = fig.Age.Milliseconds()
 	in.RttMs = float64(fig.RTT.Microseconds()) / 1000
 	in.LinkProbeMibps = fig.ProbeBytesPerSec / (1 << 20)
+	in.LinkStallMs, in.LinkStallSource = fig.Stall.Milliseconds(), fig.StallSource
 	in.CompressRatio = m.CompressRatio
 	if linkInline {
 		in.BandwidthSource = "measured for this plan (no recent figure for the pair): " + in.BandwidthSource
@@ -173,6 +174,7 @@ func plannerInputs(in *ferryv1.PlanInputs, opt *ferryv1.MigrationOptions, zstd b
 		WSSBytes:             in.WssBytes,
 		BandwidthBytesPerSec: in.BandwidthMibps * (1 << 20),
 		RTT:                  time.Duration(in.RttMs * float64(time.Millisecond)),
+		LinkStall:            time.Duration(in.LinkStallMs) * time.Millisecond,
 		MultifdChannels:      int(opt.MultifdChannels),
 		StreamBytesPerSec:    plannedStream(in, opt),
 		MirrorBytesPerSec:    plannedMirror(in, opt),

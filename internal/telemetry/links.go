@@ -93,6 +93,64 @@ type Links struct {
 	// younger than ProbeMaxAge: what a probe of the link the learned rate
 	// was reached on measured. slowedLAN compares a probe with it.
 	probeAtLearn map[Pair]float64
+	stalls       map[Pair]stallBook
+}
+
+// stallBook is what a pair's recent completed migrations lost to a link
+// that carried nothing (outages): a moving average of the time per
+// migration (planner.EWMAAlpha), over n migrations, the latest at at.
+type stallBook struct {
+	avg float64 // seconds per migration
+	n   int
+	at  time.Time
+}
+
+// StallMaxAge is how long a pair's stall figure is planned with after its
+// latest migration: a link that lost seconds to outages an hour ago is
+// not expected to lose them now.
+const StallMaxAge = time.Hour
+
+// StallMin is the average stall per migration under which a plan adds
+// none (a stall is at least a second by the reporter's rule; an average
+// diluted below this by migrations without one is noise).
+const StallMin = 500 * time.Millisecond
+
+// ObserveStall folds in how long a completed live migration from → to at
+// at had its link carry nothing (0: never). A pair whose link changed
+// (ObserveMigration restarting its average) starts over.
+func (l *Links) ObserveStall(from, to string, stalled time.Duration, at time.Time) {
+	if stalled < 0 || from == Any || to == Any {
+		return
+	}
+	if l.stalls == nil {
+		l.stalls = map[Pair]stallBook{}
+	}
+	k := Pair{from, to}
+	b, ok := l.stalls[k]
+	x := stalled.Seconds()
+	if !ok || at.Sub(b.at) > StallMaxAge {
+		l.stalls[k] = stallBook{avg: x, n: 1, at: at}
+		return
+	}
+	b.avg += planner.EWMAAlpha * (x - b.avg)
+	b.n++
+	b.at = at
+	l.stalls[k] = b
+}
+
+// stallFigure is the stall a plan from → to at now adds, with its source
+// in words ("" and 0 when none).
+func (l *Links) stallFigure(from, to string, now time.Time) (time.Duration, string) {
+	b, ok := l.stalls[Pair{from, to}]
+	if !ok || now.Sub(b.at) > StallMaxAge {
+		return 0, ""
+	}
+	d := time.Duration(b.avg * float64(time.Second)).Round(time.Millisecond)
+	if d < StallMin {
+		return 0, ""
+	}
+	return d, fmt.Sprintf("past migrations %s→%s lost %s each to a link that carried nothing (average of %d, the latest %s ago)",
+		from, to, d, b.n, ago(max(now.Sub(b.at), 0)))
 }
 
 // NewLinks returns an empty book with the default policy.
@@ -130,6 +188,7 @@ func (l *Links) ObserveMigration(from, to string, bytesPerSec float64, at time.T
 	}
 	if old, ok := l.learned.Estimate(from, to); ok && from != Any && (bytesPerSec > LinkChanged*old || bytesPerSec*LinkChanged < old) {
 		l.learned.Forget(from, to)
+		delete(l.stalls, Pair{from, to})
 	}
 	for _, p := range []Pair{{from, to}, {Any, Any}} {
 		l.learned.Observe(p.From, p.To, bytesPerSec)
@@ -209,6 +268,11 @@ type Figure struct {
 	// ProbeBytesPerSec is the probes' figure before any cap by past
 	// migrations (Kind FromProbe; 0 otherwise): what the link carried raw.
 	ProbeBytesPerSec float64
+	// Stall is the time the pair's recent migrations lost to a link that
+	// carried nothing, per migration (0: none, or not within StallMaxAge);
+	// StallSource says so in words.
+	Stall       time.Duration
+	StallSource string
 }
 
 // Figure returns the rate to plan with from → to at now, false when the
@@ -220,6 +284,7 @@ func (l *Links) Figure(from, to string, now time.Time) (Figure, bool) {
 	f, ok := l.figure(from, to, now)
 	if ok {
 		f.RTT = l.rtts[Pair{from, to}]
+		f.Stall, f.StallSource = l.stallFigure(from, to, now)
 	}
 	return f, ok
 }

@@ -395,3 +395,45 @@ func TestLinksProbeAtItsOwnCeilingKeepsTheLearnedRate(t *testing.T) {
 		t.Error("a migration without a recent probe kept the old probe reference")
 	}
 }
+
+func TestLinksStallFigure(t *testing.T) {
+	const mib = 1 << 20
+	c := &fakeClock{t: time.Date(2026, 12, 1, 8, 0, 0, 0, time.UTC)}
+	l := NewLinks()
+	l.ObserveMigration("h1", "h2", 44*mib, c.now())
+	if f, _ := l.Figure("h1", "h2", c.now()); f.Stall != 0 || f.StallSource != "" {
+		t.Errorf("no stall observed: %+v", f)
+	}
+	// The flaky bench: two 2 s outages cost each migration about 6 s.
+	l.ObserveStall("h1", "h2", 6*time.Second, c.now())
+	l.ObserveStall("h1", "h2", 7*time.Second, c.advance(time.Minute))
+	f, _ := l.Figure("h1", "h2", c.now())
+	if want := 6300 * time.Millisecond; f.Stall != want || !strings.Contains(f.StallSource, "average of 2") {
+		t.Errorf("stalls of 6 and 7 s: %v (%s), want %v", f.Stall, f.StallSource, want)
+	}
+	// Migrations without a stall dilute it below StallMin.
+	for range 8 {
+		l.ObserveStall("h1", "h2", 0, c.advance(time.Minute))
+	}
+	if f, _ := l.Figure("h1", "h2", c.now()); f.Stall != 0 {
+		t.Errorf("after 8 migrations without a stall: %v", f.Stall)
+	}
+	// An old figure is not planned with.
+	l.ObserveStall("h3", "h4", 5*time.Second, c.now())
+	l.ObserveMigration("h3", "h4", 44*mib, c.now())
+	if f, _ := l.Figure("h3", "h4", c.advance(StallMaxAge+time.Second)); f.Stall != 0 {
+		t.Errorf("a stall %s old: %v", StallMaxAge+time.Second, f.Stall)
+	}
+	// A link that changed starts over.
+	l.ObserveStall("h5", "h6", 5*time.Second, c.now())
+	l.ObserveMigration("h5", "h6", 44*mib, c.now())
+	l.ObserveMigration("h5", "h6", 130*mib, c.now())
+	if f, _ := l.Figure("h5", "h6", c.now()); f.Stall != 0 {
+		t.Errorf("after the link changed (44 → 130 MiB/s): %v", f.Stall)
+	}
+	// A negative stall is refused.
+	l.ObserveStall("h7", "h8", -time.Second, c.now())
+	if _, ok := l.stalls[Pair{"h7", "h8"}]; ok {
+		t.Error("a negative stall was recorded")
+	}
+}

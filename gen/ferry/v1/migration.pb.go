@@ -258,8 +258,14 @@ type PlanInputs struct {
 	// past migrations (0: no recent probe): with bandwidth_mibps, what the
 	// link can carry, against which a migration's stream is judged.
 	LinkProbeMibps float64 `protobuf:"fixed64,104,opt,name=link_probe_mibps,json=linkProbeMibps,proto3" json:"link_probe_mibps,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// link_stall_ms is the time the pair's recent migrations lost, each, to
+	// a link that carried nothing (outages; 0: none within the last hour),
+	// which every prediction adds; link_stall_source says where it came
+	// from.
+	LinkStallMs     int64  `protobuf:"varint,105,opt,name=link_stall_ms,json=linkStallMs,proto3" json:"link_stall_ms,omitempty"`
+	LinkStallSource string `protobuf:"bytes,106,opt,name=link_stall_source,json=linkStallSource,proto3" json:"link_stall_source,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PlanInputs) Reset() {
@@ -451,6 +457,20 @@ func (x *PlanInputs) GetLinkProbeMibps() float64 {
 		return x.LinkProbeMibps
 	}
 	return 0
+}
+
+func (x *PlanInputs) GetLinkStallMs() int64 {
+	if x != nil {
+		return x.LinkStallMs
+	}
+	return 0
+}
+
+func (x *PlanInputs) GetLinkStallSource() string {
+	if x != nil {
+		return x.LinkStallSource
+	}
+	return ""
 }
 
 // StrategyPrediction is the planner's forecast for one strategy.
@@ -2263,7 +2283,7 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\x12recovery_window_ms\x18\t \x01(\x03R\x10recoveryWindowMs\x123\n" +
 	"\x16guest_alive_timeout_ms\x18- \x01(\x03R\x13guestAliveTimeoutMs\x12-\n" +
 	"\x12insecure_transport\x18Z \x01(\bR\x11insecureTransport\x12#\n" +
-	"\rignore_limits\x18d \x01(\bR\fignoreLimits\"\x82\a\n" +
+	"\rignore_limits\x18d \x01(\bR\fignoreLimits\"\xd2\a\n" +
 	"\n" +
 	"PlanInputs\x12!\n" +
 	"\fmemory_bytes\x18\x01 \x01(\x03R\vmemoryBytes\x12$\n" +
@@ -2290,7 +2310,9 @@ const file_ferry_v1_migration_proto_rawDesc = "" +
 	"\rstream_source\x18e \x01(\tR\fstreamSource\x12!\n" +
 	"\fmirror_mibps\x18f \x01(\x01R\vmirrorMibps\x12#\n" +
 	"\rmirror_source\x18g \x01(\tR\fmirrorSource\x12(\n" +
-	"\x10link_probe_mibps\x18h \x01(\x01R\x0elinkProbeMibps\"\xc1\x02\n" +
+	"\x10link_probe_mibps\x18h \x01(\x01R\x0elinkProbeMibps\x12\"\n" +
+	"\rlink_stall_ms\x18i \x01(\x03R\vlinkStallMs\x12*\n" +
+	"\x11link_stall_source\x18j \x01(\tR\x0flinkStallSource\"\xc1\x02\n" +
 	"\x12StrategyPrediction\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\x1c\n" +
 	"\tconverges\x18\x02 \x01(\bR\tconverges\x12\x19\n" +

@@ -26,10 +26,19 @@ type Learned struct {
 	// ready (0: none; planner.MirrorRateOf).
 	DiskBytes  int64
 	MirrorTime time.Duration
+	// Stalled is how long the completed live migration's link carried
+	// nothing (stretches of stallMin or more in its pre-copy, and its
+	// post-copy's pauses), when StallKnown: what the pair's outages cost
+	// it. Migrations with local disks teach none (RAM sends nothing while
+	// the mirrors run).
+	Stalled    time.Duration
+	StallKnown bool
 }
 
 // Empty reports that l teaches nothing.
-func (l Learned) Empty() bool { return l.LinkMibps <= 0 && l.Stream == nil && l.MirrorTime <= 0 }
+func (l Learned) Empty() bool {
+	return l.LinkMibps <= 0 && l.Stream == nil && l.MirrorTime <= 0 && !l.StallKnown
+}
 
 // StreamBelowLink is how far below what the link can carry a stream or a
 // mirror must have stayed for its rate to be taken as its own, not the
@@ -67,6 +76,10 @@ func (r *reporter) learned() Learned {
 	in := m.GetPlan().GetInputs()
 	l.NonZeroBytes = in.GetNonZeroBytes()
 	link := max(in.GetBandwidthMibps(), in.GetLinkProbeMibps())
+	if m.Status == "completed" && m.Strategy != "cold" && len(m.Disks) == 0 && m.DiskBytesTotal == 0 {
+		l.StallKnown = true
+		l.Stalled = r.stalled + time.Duration(m.PostcopyPausedMs)*time.Millisecond
+	}
 	if m.Status != "completed" || m.Strategy == "cold" || m.Strategy == "postcopy" || r.postcopy || link <= 0 ||
 		m.GetOptions().GetBandwidthMibps() != 0 || m.GetBandwidthShareBytes() != 0 ||
 		len(m.Retries) > 0 || m.PostcopyPausedMs > 0 {

@@ -196,3 +196,36 @@ func TestLearnedStreamCountsThePlannedBytes(t *testing.T) {
 		t.Fatalf("learned %+v, want the bytes sent (more than planned)", l.Stream)
 	}
 }
+
+// A completed migration teaches how long its link carried nothing: the
+// pre-copy's stalls and the post-copy's pauses; one with local disks, or
+// a cold one, teaches nothing of it.
+func TestLearnedStalls(t *testing.T) {
+	r := completedPrecopy(&ferryv1.Migration{}, 12*time.Second, 13*time.Second, 600<<20, 44, 45)
+	r.stalled = 6 * time.Second
+	if l := r.learned(); !l.StallKnown || l.Stalled != 6*time.Second {
+		t.Errorf("pre-copy with 6 s of stalls: learned %+v", l)
+	}
+	r = completedPrecopy(&ferryv1.Migration{}, 12*time.Second, 13*time.Second, 600<<20, 44, 45)
+	if l := r.learned(); !l.StallKnown || l.Stalled != 0 || l.Empty() {
+		t.Errorf("pre-copy without stalls: learned %+v, want a known 0 s", l)
+	}
+	r = completedPrecopy(&ferryv1.Migration{Strategy: "postcopy", PostcopyPausedMs: 4100}, 12*time.Second, 13*time.Second, 600<<20, 44, 45)
+	if l := r.learned(); !l.StallKnown || l.Stalled != 4100*time.Millisecond {
+		t.Errorf("post-copy paused 4.1 s: learned %+v", l)
+	}
+	r = completedPrecopy(&ferryv1.Migration{DiskBytesTotal: 1 << 30}, 12*time.Second, 13*time.Second, 600<<20, 44, 45)
+	r.stalled = 8 * time.Second
+	if l := r.learned(); l.StallKnown {
+		t.Errorf("a migration with local disks taught a stall: %+v", l)
+	}
+	r = completedPrecopy(&ferryv1.Migration{Strategy: "cold"}, 12*time.Second, 13*time.Second, 600<<20, 44, 45)
+	if l := r.learned(); l.StallKnown {
+		t.Errorf("a cold migration taught a stall: %+v", l)
+	}
+	r = completedPrecopy(&ferryv1.Migration{}, 12*time.Second, 13*time.Second, 600<<20, 44, 45)
+	r.m.Status = "failed"
+	if l := r.learned(); l.StallKnown {
+		t.Errorf("a failed migration taught a stall: %+v", l)
+	}
+}
