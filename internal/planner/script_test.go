@@ -214,6 +214,8 @@ func parseInputs(t *testing.T, b scripttest.Block) (Inputs, []Sample, Controller
 				*map[string]*float64{"setup": &in.SetupSeconds, "switchover": &in.SwitchoverSeconds, "boot": &in.ColdBootSeconds}[k] = d.Seconds()
 			case "stall":
 				in.LinkStall, err = time.ParseDuration(v)
+			case "rtt":
+				in.RTT, err = time.ParseDuration(v)
 			case "max-downtime":
 				in.MaxDowntime, err = time.ParseDuration(v)
 			case "max-total":

@@ -102,6 +102,8 @@ func parseTune(lines []string) (TuneInputs, error) {
 				in.CompressBytesPerSec, err = parseRate(v)
 			case "rtt":
 				in.RTT, err = time.ParseDuration(v)
+			case "stall":
+				in.LinkStall, err = time.ParseDuration(v)
 			case "window":
 				var w int64
 				w, err = parseSize(v)

@@ -50,6 +50,7 @@ func tunePlan(strategy string, in *ferryv1.PlanInputs, opt *ferryv1.MigrationOpt
 		NonZeroBytes:         in.GetNonZeroBytes(),
 		DirtyRateBytesPerSec: in.GetDirtyRateMibps() * (1 << 20),
 		RTT:                  time.Duration(in.GetRttMs() * float64(time.Millisecond)),
+		LinkStall:            time.Duration(in.GetLinkStallMs()) * time.Millisecond,
 		Src:                  hostFeatures(src),
 		Dst:                  hostFeatures(dst),
 		MultifdChannels:      int(opt.GetMultifdChannels()),
