@@ -446,7 +446,8 @@ func EarlyPostcopy(b, r, rtt, stall float64) bool {
 // after the switch: what the link sends in this long. The guest faults in
 // every page never sent (its kernel's and its programs', not only the
 // pages it rewrites), and with one vCPU each fault stalls it whole. The
-// bench's client gaps: a switch at 67% of round 1 (half) 3.2-3.6 s; at
+// bench's client gaps (before postcopy-preempt and the warm-up; with
+// them, see EarlyPostcopy): a switch at 67% of round 1 (half) 3.2-3.6 s; at
 // 91-93% (big, heavy's warm-up) 0.34-0.48 s and 0.9 s. Heavy, side by
 // side in one session (3 runs each, medians): a 1 s tail gave 1385 ms
 // (TLS) and 783 ms (plaintext), 0.25 s gave 1243 ms and 733 ms, for the
