@@ -408,15 +408,20 @@ func TestLinksStallFigure(t *testing.T) {
 	l.ObserveStall("h1", "h2", 6*time.Second, c.now())
 	l.ObserveStall("h1", "h2", 7*time.Second, c.advance(time.Minute))
 	f, _ := l.Figure("h1", "h2", c.now())
-	if want := 6300 * time.Millisecond; f.Stall != want || !strings.Contains(f.StallSource, "average of 2") {
-		t.Errorf("stalls of 6 and 7 s: %v (%s), want %v", f.Stall, f.StallSource, want)
+	if want := 7 * time.Second; f.Stall != want || !strings.Contains(f.StallSource, "average of 2, 6.3s") {
+		t.Errorf("stalls of 6 and 7 s: %v (%s), want the latest, %v", f.Stall, f.StallSource, want)
 	}
-	// Migrations without a stall dilute it below StallMin.
+	// Migrations without a stall dilute the average below StallMin.
 	for range 8 {
 		l.ObserveStall("h1", "h2", 0, c.advance(time.Minute))
 	}
 	if f, _ := l.Figure("h1", "h2", c.now()); f.Stall != 0 {
 		t.Errorf("after 8 migrations without a stall: %v", f.Stall)
+	}
+	// A link that starts to flap after calm migrations shows at once.
+	l.ObserveStall("h1", "h2", 5*time.Second, c.advance(time.Minute))
+	if f, _ := l.Figure("h1", "h2", c.now()); f.Stall != 5*time.Second {
+		t.Errorf("a 5 s stall after calm migrations: %v, want 5s", f.Stall)
 	}
 	// An old figure is not planned with.
 	l.ObserveStall("h3", "h4", 5*time.Second, c.now())
